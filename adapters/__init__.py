@@ -1,0 +1,1 @@
+"""Backends: each subpackage implements the four ports on one engine."""

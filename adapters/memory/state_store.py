@@ -1,0 +1,174 @@
+"""In-process StateStore: compare-and-set records, checkpoint history, fenced leases.
+
+Records and checkpoints are kept as JSON bytes so that readers never share objects with
+writers, as with a networked store. Expiry (``state_ttl``) is applied lazily on access.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import (
+    FencingTokenRejectedError,
+    LeaseLostError,
+    VersionConflictError,
+    WorkflowExistsError,
+)
+from distributed_agents.core.ports.state_store import (
+    Checkpoint,
+    StateStore,
+    WorkflowLease,
+    WorkflowRecord,
+    checkpoints_page,
+)
+
+__all__ = ["MemoryStateStore", "StateData"]
+
+
+@dataclass
+class _Workflow:
+    record: bytes
+    version: int
+    status: str
+    created_at: float
+    checkpoints: list[bytes] = field(default_factory=list)
+    expires_at: float | None = None
+
+
+@dataclass
+class _Lease:
+    owner: str
+    token: int
+    deadline: float
+
+
+class StateData:
+    """All state of one prefix; shared by every ``MemoryStateStore`` on it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.workflows: dict[str, _Workflow] = {}
+        self.leases: dict[str, _Lease] = {}
+        # Fencing tokens only ever grow, even across lease expiry and release.
+        self.tokens: dict[str, int] = {}
+
+
+class MemoryStateStore(StateStore):
+    """StateStore over ``StateData``; see the port's docstring for the contract."""
+
+    def __init__(self, data: StateData, *, state_ttl: float | None = None) -> None:
+        self._data = data
+        self.state_ttl = state_ttl
+
+    def _live(self, workflow_id: str) -> _Workflow | None:
+        stored = self._data.workflows.get(workflow_id)
+        if stored is not None and stored.expires_at is not None and stored.expires_at <= time.time():
+            del self._data.workflows[workflow_id]
+            self._data.leases.pop(workflow_id, None)
+            return None
+        return stored
+
+    async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        with self._data.lock:
+            stored = self._live(workflow_id)
+            raw = None if stored is None else stored.record
+        return None if raw is None else WorkflowRecord.from_dict(decode(raw))
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None = None,
+        fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        now = time.time()
+        new = record.evolve(version=expected_version + 1, updated_at=now)
+        raw = encode(new.to_dict())
+        raw_checkpoint = None if checkpoint is None else encode(checkpoint.to_dict())
+        workflow_id = record.workflow_id
+        with self._data.lock:
+            stored = self._live(workflow_id)
+            if fencing_token is not None and fencing_token < self._data.tokens.get(workflow_id, 0):
+                raise FencingTokenRejectedError(
+                    f"workflow {workflow_id!r}: write with fencing token {fencing_token} refused; "
+                    f"a newer owner holds token {self._data.tokens[workflow_id]}"
+                )
+            if expected_version == 0:
+                if stored is not None:
+                    raise WorkflowExistsError(f"workflow {workflow_id!r} already exists; choose another workflow_id")
+                stored = _Workflow(raw, 1, new.status, new.created_at)
+                self._data.workflows[workflow_id] = stored
+            else:
+                actual = None if stored is None else stored.version
+                if stored is None or actual != expected_version:
+                    raise VersionConflictError(
+                        f"workflow {workflow_id!r}: expected version {expected_version}, found {actual}; "
+                        "another writer committed first: reload and retry",
+                        expected=expected_version,
+                        actual=actual,
+                    )
+                stored.record, stored.version, stored.status = raw, new.version, new.status
+            if raw_checkpoint is not None:
+                stored.checkpoints.append(raw_checkpoint)
+            stored.expires_at = None if self.state_ttl is None else now + self.state_ttl
+        return new
+
+    async def list_checkpoints(
+        self, workflow_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[Checkpoint]:
+        with self._data.lock:
+            stored = self._live(workflow_id)
+            raws = [] if stored is None else list(stored.checkpoints)
+        return checkpoints_page([Checkpoint.from_dict(decode(r)) for r in raws], limit=limit, before=before)
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        with self._data.lock:
+            raws = []
+            for workflow_id in list(self._data.workflows):
+                stored = self._live(workflow_id)
+                if stored is not None and (status is None or stored.status == status):
+                    raws.append((stored.created_at, stored.record))
+        raws.sort(key=lambda item: item[0])
+        return [WorkflowRecord.from_dict(decode(raw)) for _, raw in raws]
+
+    async def delete(self, workflow_id: str) -> bool:
+        with self._data.lock:
+            self._data.leases.pop(workflow_id, None)
+            return self._data.workflows.pop(workflow_id, None) is not None
+
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        with self._data.lock:
+            now = time.time()
+            lease = self._data.leases.get(workflow_id)
+            if lease is not None and lease.deadline > now:
+                if lease.owner != owner:
+                    return None
+                lease.deadline = now + ttl
+            else:
+                token = self._data.tokens.get(workflow_id, 0) + 1
+                self._data.tokens[workflow_id] = token
+                lease = _Lease(owner, token, now + ttl)
+                self._data.leases[workflow_id] = lease
+            return WorkflowLease(workflow_id, owner, lease.token, lease.deadline)
+
+    async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
+        with self._data.lock:
+            now = time.time()
+            held = self._data.leases.get(lease.workflow_id)
+            if held is None or held.token != lease.fencing_token or held.deadline <= now:
+                raise LeaseLostError(
+                    f"workflow {lease.workflow_id!r}: lease of {lease.owner!r} (token {lease.fencing_token}) "
+                    "expired or was taken over; stop driving this workflow"
+                )
+            held.deadline = now + ttl
+            return WorkflowLease(lease.workflow_id, lease.owner, held.token, held.deadline)
+
+    async def release_lease(self, lease: WorkflowLease) -> None:
+        with self._data.lock:
+            held = self._data.leases.get(lease.workflow_id)
+            if held is not None and held.token == lease.fencing_token:
+                del self._data.leases[lease.workflow_id]

@@ -1,0 +1,1 @@
+"""The NATS backend (needs the [nats] extra)."""

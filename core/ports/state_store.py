@@ -1,0 +1,225 @@
+"""The StateStore port: durable workflow records, checkpoints and ownership leases.
+
+The contract (checked by ``distributed_agents.conformance``):
+
+* A ``WorkflowRecord`` is written with compare-and-set on ``version``: ``save`` with
+  ``expected_version=0`` creates it (``WorkflowExistsError`` if it exists); otherwise the
+  stored version must equal ``expected_version`` or ``VersionConflictError`` is raised
+  and nothing changes. A successful save stores ``version = expected_version + 1``.
+* ``save`` may carry a ``Checkpoint``; record and checkpoint are written atomically (a
+  step commits exactly once, or not at all).
+* Checkpoints are append-only per workflow; ``list_checkpoints`` returns them newest
+  first, at most ``limit``, only those with ``step < before`` when ``before`` is given.
+* ``acquire_lease`` grants a workflow lease to one owner at a time; each grant carries
+  a ``fencing_token`` strictly greater than every token granted before for that
+  workflow. A lease can be renewed by its holder until it expires; once expired anyone
+  may acquire it. ``save(..., fencing_token=t)`` is refused with
+  ``FencingTokenRejectedError`` when a lease with a greater token has been granted.
+* ``list_workflows(status=)`` lists records, optionally filtered by status.
+* Records, checkpoints and leases of a workflow expire ``state_ttl`` seconds after the
+  record's last save when ``state_ttl`` is set.
+* Two stores with different prefixes never see each other's data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = [
+    "Checkpoint",
+    "checkpoints_page",
+    "StateStore",
+    "WorkflowLease",
+    "WorkflowRecord",
+    "WorkflowStatus",
+]
+
+
+class WorkflowStatus:
+    """The lifecycle of a workflow, as plain strings so they cross the wire unchanged."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TERMINAL = frozenset({"completed", "failed", "cancelled"})
+    ALL = frozenset({"pending", "running", "completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    """Everything needed to continue a workflow in any process.
+
+    ``state`` is the full state after ``step`` committed steps; ``frontier`` is the
+    engine's opaque description of what runs next (triggered nodes, join progress);
+    ``error`` is set when the workflow failed; ``graph`` is the graph's JSON spec.
+    """
+
+    workflow_id: str
+    graph_name: str
+    status: str
+    state: Mapping[str, Any]
+    step: int = 0
+    version: int = 0
+    frontier: Mapping[str, Any] = field(default_factory=dict)
+    error: Mapping[str, Any] | None = None
+    graph: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def evolve(self, **changes: Any) -> WorkflowRecord:
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the record."""
+        return {
+            "workflow_id": self.workflow_id,
+            "graph_name": self.graph_name,
+            "status": self.status,
+            "state": dict(self.state),
+            "step": self.step,
+            "version": self.version,
+            "frontier": dict(self.frontier),
+            "error": None if self.error is None else dict(self.error),
+            "graph": None if self.graph is None else dict(self.graph),
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkflowRecord:
+        """Rebuild a record from ``to_dict`` output."""
+        return cls(
+            workflow_id=data["workflow_id"],
+            graph_name=data.get("graph_name", ""),
+            status=data["status"],
+            state=data.get("state") or {},
+            step=int(data.get("step", 0)),
+            version=int(data.get("version", 0)),
+            frontier=data.get("frontier") or {},
+            error=data.get("error"),
+            graph=data.get("graph"),
+            metadata=data.get("metadata") or {},
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The committed result of one step.
+
+    ``state`` is the full state after the step; ``frontier`` what the next step runs
+    (so a resumed workflow knows its pending tasks); ``writes`` maps each node that ran
+    in the step to the updates it returned.
+    """
+
+    workflow_id: str
+    step: int
+    state: Mapping[str, Any]
+    frontier: Mapping[str, Any] = field(default_factory=dict)
+    writes: Mapping[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the checkpoint."""
+        return {
+            "workflow_id": self.workflow_id,
+            "step": self.step,
+            "state": dict(self.state),
+            "frontier": dict(self.frontier),
+            "writes": dict(self.writes),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
+        """Rebuild a checkpoint from ``to_dict`` output."""
+        return cls(
+            workflow_id=data["workflow_id"],
+            step=int(data["step"]),
+            state=data.get("state") or {},
+            frontier=data.get("frontier") or {},
+            writes=data.get("writes") or {},
+            created_at=float(data.get("created_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class WorkflowLease:
+    """Ownership of one workflow by one owner until ``deadline`` (``time.time()``)."""
+
+    workflow_id: str
+    owner: str
+    fencing_token: int
+    deadline: float
+
+
+class StateStore:
+    """Port: durable workflow state. Subclasses implement every method; see module docstring."""
+
+    state_ttl: float | None = None
+
+    async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        """The stored record, or None."""
+        raise NotImplementedError
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None = None,
+        fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        """Compare-and-set ``record``; returns it as stored (with the new version)."""
+        raise NotImplementedError
+
+    async def list_checkpoints(
+        self, workflow_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[Checkpoint]:
+        """Checkpoints newest first; ``before`` keeps those with ``step < before``."""
+        raise NotImplementedError
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        """Records, optionally only those with ``status``, oldest first."""
+        raise NotImplementedError
+
+    async def delete(self, workflow_id: str) -> bool:
+        """Remove a workflow's record, checkpoints and lease; True if it existed."""
+        raise NotImplementedError
+
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        """Grant the lease to ``owner`` if it is free or expired (or already ``owner``'s).
+
+        Returns None if another owner holds an unexpired lease. Every grant to a new
+        holder issues a strictly greater fencing token; re-acquiring one's own live
+        lease keeps the token and extends the deadline.
+        """
+        raise NotImplementedError
+
+    async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
+        """Extend a live lease; ``LeaseLostError`` if it expired or another holds it."""
+        raise NotImplementedError
+
+    async def release_lease(self, lease: WorkflowLease) -> None:
+        """Give the lease up if still held (no error if it was already lost)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+
+def checkpoints_page(
+    items: Sequence[Checkpoint], *, limit: int | None, before: int | None
+) -> list[Checkpoint]:
+    """Apply the ``list_checkpoints`` ordering and filters to checkpoints stored oldest first."""
+    selected = [cp for cp in reversed(items) if before is None or cp.step < before]
+    return selected if limit is None else selected[:limit]

@@ -1,0 +1,285 @@
+"""The TaskQueue port: leased, prioritised, at-least-once delivery of node tasks.
+
+The contract (checked by ``distributed_agents.conformance``):
+
+* ``enqueue`` is idempotent on ``Task.id``: enqueuing an id that is queued, claimed,
+  done or dead-lettered changes nothing and returns False.
+* ``claim`` hands out tasks of the requested node types, highest ``priority`` first and
+  FIFO (by enqueue order) within a priority. A claimed task is invisible to every other
+  claimer until it is acked, nacked, released or its lease expires; after expiry it is
+  claimable again and that delivery counts as a new attempt.
+* Every delivery increments ``ClaimedTask.attempt`` (1 on the first delivery). When a
+  task would be delivered for attempt ``max_attempts + 1`` (after a nack or a lease
+  expiry), it is dead-lettered instead, with its error history.
+* ``extend`` pushes the lease deadline forward; ``ack``, ``nack``, ``extend`` and
+  ``release`` on a lease that expired and was re-claimed (or already settled) raise
+  ``LeaseLostError`` and change nothing.
+* ``ack`` stores the ``TaskResult`` (kept ``result_ttl`` seconds) atomically with
+  removing the task. ``nack(delay=)`` makes the task claimable again after ``delay``
+  seconds, recording the error. ``release`` gives a task back without counting the
+  attempt (a draining worker uses it).
+* Bytes on the queue that do not decode as a task are dead-lettered with the reason at
+  claim time; ``claim`` never raises for them and never returns them.
+* A dead-lettered task stores a failed ``TaskResult`` too, so whoever waits on the task
+  learns that it failed. ``requeue_dead_letter`` puts it back with a fresh attempt count.
+* ``stats`` reports per node type: queued (ready or delayed), in flight, dead letters.
+
+All times are seconds. Adapters translate engine errors into ``BackendError``s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ClaimedTask",
+    "DeadLetter",
+    "QueueStats",
+    "Task",
+    "TaskQueue",
+    "TaskResult",
+    "task_from_dict",
+    "task_to_dict",
+]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: run ``node`` (served by workers of ``node_type``) on ``payload``.
+
+    ``max_attempts`` overrides the queue's default when set. ``payload`` must be
+    JSON-serialisable; for node tasks it holds the state snapshot and run metadata.
+    """
+
+    id: str
+    workflow_id: str
+    node: str
+    node_type: str
+    payload: Mapping[str, Any]
+    priority: int = 0
+    max_attempts: int | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The JSON shape of a task on the wire."""
+    return {
+        "id": task.id,
+        "workflow_id": task.workflow_id,
+        "node": task.node,
+        "node_type": task.node_type,
+        "payload": dict(task.payload),
+        "priority": task.priority,
+        "max_attempts": task.max_attempts,
+        "created_at": task.created_at,
+    }
+
+
+def task_from_dict(data: Any) -> Task:
+    """Rebuild a task from its wire shape; raises ``ValueError`` naming the bad field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a task must be a JSON object, got {type(data).__name__}")
+    try:
+        payload = data["payload"]
+        if not isinstance(payload, dict):
+            raise ValueError("field 'payload' must be an object")
+        max_attempts = data.get("max_attempts")
+        return Task(
+            id=_str_field(data, "id"),
+            workflow_id=_str_field(data, "workflow_id"),
+            node=_str_field(data, "node"),
+            node_type=_str_field(data, "node_type"),
+            payload=payload,
+            priority=int(data.get("priority", 0)),
+            max_attempts=None if max_attempts is None else int(max_attempts),
+            created_at=float(data.get("created_at", 0.0)),
+        )
+    except KeyError as exc:
+        raise ValueError(f"task is missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task has an invalid field: {exc}") from None
+
+
+def _str_field(data: Mapping[str, Any], name: str) -> str:
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"field {name!r} must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task together with the lease under which one worker holds it.
+
+    ``lease_id`` identifies this delivery; settling calls must present it.
+    ``deadline`` is the wall-clock time (``time.time()``) at which the lease expires.
+    """
+
+    task: Task
+    lease_id: str
+    attempt: int
+    deadline: float
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The outcome of a task: ``succeeded`` with ``output``, or ``failed`` with ``error``."""
+
+    task_id: str
+    status: Literal["succeeded", "failed"]
+    output: Mapping[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+    worker_id: str = ""
+    finished_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of a result."""
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "output": None if self.output is None else dict(self.output),
+            "error": self.error,
+            "attempts": self.attempts,
+            "worker_id": self.worker_id,
+            "finished_at": self.finished_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        """Rebuild a result from ``to_dict`` output."""
+        return cls(
+            task_id=data["task_id"],
+            status=data["status"],
+            output=data.get("output"),
+            error=data.get("error"),
+            attempts=int(data.get("attempts", 0)),
+            worker_id=data.get("worker_id", ""),
+            finished_at=float(data.get("finished_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A task that will not be delivered again without a ``requeue_dead_letter``.
+
+    ``task`` is None when the bytes on the queue could not be decoded; ``raw`` then
+    holds them. ``errors`` is the history, oldest first; ``reason`` is the last word.
+    """
+
+    task_id: str
+    node_type: str
+    reason: str
+    errors: Sequence[str]
+    attempts: int
+    task: Task | None = None
+    raw: bytes | None = None
+    dead_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts for one node type at one moment."""
+
+    node_type: str
+    queued: int
+    in_flight: int
+    dead: int
+
+
+class TaskQueue:
+    """Port: a leased task queue. Subclasses implement every method; see module docstring.
+
+    Attributes set by adapters: ``visibility_timeout`` (default lease seconds),
+    ``max_attempts`` (default for tasks that do not set one), ``result_ttl`` seconds.
+    """
+
+    visibility_timeout: float = 30.0
+    max_attempts: int = 3
+    result_ttl: float = 3600.0
+
+    async def enqueue(self, task: Task) -> bool:
+        """Queue ``task``; return False (and change nothing) if its id was seen before."""
+        raise NotImplementedError
+
+    async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
+        """Put raw bytes on the queue of ``node_type``, as a foreign producer would.
+
+        For tooling and tests: bytes that do not decode as a task must be dead-lettered
+        at claim time with the reason.
+        """
+        raise NotImplementedError
+
+    async def claim(
+        self,
+        node_types: Collection[str],
+        *,
+        worker_id: str,
+        max_tasks: int = 1,
+        lease_seconds: float | None = None,
+        wait: float = 0.0,
+    ) -> list[ClaimedTask]:
+        """Claim up to ``max_tasks`` ready tasks of ``node_types`` (priority, then FIFO).
+
+        Waits up to ``wait`` seconds for at least one task when none is ready; returns
+        an empty list if none came. ``lease_seconds`` defaults to ``visibility_timeout``.
+        """
+        raise NotImplementedError
+
+    async def extend(self, claim: ClaimedTask, seconds: float | None = None) -> ClaimedTask:
+        """Move the lease deadline to now + ``seconds``; ``LeaseLostError`` if lost."""
+        raise NotImplementedError
+
+    async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
+        """Store a succeeded result and remove the task, atomically; ``LeaseLostError`` if lost."""
+        raise NotImplementedError
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+        """Record ``error``; re-deliver after ``delay`` or dead-letter past max attempts.
+
+        Returns True if the task will be delivered again, False if it was dead-lettered.
+        Raises ``LeaseLostError`` if the lease was lost.
+        """
+        raise NotImplementedError
+
+    async def release(self, claim: ClaimedTask) -> None:
+        """Give the task back at once without counting the attempt; ``LeaseLostError`` if lost."""
+        raise NotImplementedError
+
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        """The stored result of a finished task, or None (unknown, pending or expired)."""
+        raise NotImplementedError
+
+    async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
+        """Results of those ``task_ids`` that are finished.
+
+        If none is finished yet, waits up to ``timeout`` seconds for the first; returns
+        an empty dict on timeout. Adapters should wake promptly on an ack rather than poll.
+        """
+        raise NotImplementedError
+
+    async def cancel(self, task_id: str) -> bool:
+        """Remove a queued (not claimed) task; True if it was removed."""
+        raise NotImplementedError
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one node type."""
+        raise NotImplementedError
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        """Queue a dead-lettered task again with a fresh attempt count; False if unknown.
+
+        Raw (undecodable) dead letters cannot be requeued and return False.
+        """
+        raise NotImplementedError
+
+    async def stats(self, node_type: str) -> QueueStats:
+        """Queued, in-flight and dead-letter counts for ``node_type``."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""

@@ -1,0 +1,1 @@
+"""Shared test helpers: real server launchers and fixtures."""
