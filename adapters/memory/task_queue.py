@@ -223,13 +223,13 @@ class MemoryTaskQueue(TaskQueue):
             del self._data.entries[entry.task_id]
             self._store_result(stored)
 
-    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._data.lock:
             entry = self._held(claim)
             entry.errors.append(f"attempt {entry.attempt}: {error}")
             entry.lease_id = ""
             now = time.time()
-            if entry.attempt >= self._limit(entry):
+            if final or entry.attempt >= self._limit(entry):
                 self._dead_letter(entry, error, now)
                 return False
             entry.seq = next(self._data.seq)

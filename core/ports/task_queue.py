@@ -16,7 +16,7 @@ The contract (checked by ``distributed_agents.conformance``):
   ``LeaseLostError`` and change nothing.
 * ``ack`` stores the ``TaskResult`` (kept ``result_ttl`` seconds) atomically with
   removing the task. ``nack(delay=)`` makes the task claimable again after ``delay``
-  seconds, recording the error. ``release`` gives a task back without counting the
+  seconds, recording the error; ``nack(final=True)`` dead-letters at once. ``release`` gives a task back without counting the
   attempt (a draining worker uses it).
 * Bytes on the queue that do not decode as a task are dead-lettered with the reason at
   claim time; ``claim`` never raises for them and never returns them.
@@ -238,11 +238,13 @@ class TaskQueue:
         """Store a succeeded result and remove the task, atomically; ``LeaseLostError`` if lost."""
         raise NotImplementedError
 
-    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
-        """Record ``error``; re-deliver after ``delay`` or dead-letter past max attempts.
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
+        """Record ``error``; re-deliver after ``delay``, or dead-letter.
 
-        Returns True if the task will be delivered again, False if it was dead-lettered.
-        Raises ``LeaseLostError`` if the lease was lost.
+        The task is dead-lettered when this was its last allowed attempt, or at once
+        when ``final`` is True (the node's retry policy gave up). Returns True if the
+        task will be delivered again, False if it was dead-lettered. Raises
+        ``LeaseLostError`` if the lease was lost.
         """
         raise NotImplementedError
 
