@@ -1,10 +1,48 @@
-"""distributed-agents: agent workflows as graphs, on one machine or across many."""
+"""distributed-agents: agent workflows as graphs, on one machine or across many.
+
+The public API::
+
+    from distributed_agents import Graph, State, Orchestrator, NodeRegistry, Worker
+    from distributed_agents.core.graph import END, START
+
+Backends are chosen by URL (``memory://`` by default; ``redis://`` and ``nats://``
+with their extras) and discovered through the ``distributed_agents`` entry-point group.
+"""
 
 from __future__ import annotations
 
 from distributed_agents import plugins as _plugins
 from distributed_agents.core.backend_resolver import install_backend_opener as _install_backend_opener
 
+# Core code opens backends through this hook; it must be in place before any use.
 _install_backend_opener(_plugins.open_backend)
 
-__all__: list[str] = []
+from distributed_agents.core.graph import END, START, Graph  # noqa: E402
+from distributed_agents.core.node_runner import NodeContext, current_context  # noqa: E402
+from distributed_agents.core.orchestrator import Orchestrator  # noqa: E402
+from distributed_agents.core.ports.state_store import WorkflowStatus  # noqa: E402
+from distributed_agents.core.registry import NodeRegistry  # noqa: E402
+from distributed_agents.core.retry import RetryPolicy  # noqa: E402
+from distributed_agents.core.state import State  # noqa: E402
+from distributed_agents.core.status import WorkflowStatusInfo  # noqa: E402
+from distributed_agents.core.worker import Worker  # noqa: E402
+from distributed_agents.plugins import available_backends, open_backend  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "END",
+    "START",
+    "Graph",
+    "NodeContext",
+    "NodeRegistry",
+    "Orchestrator",
+    "RetryPolicy",
+    "State",
+    "Worker",
+    "WorkflowStatus",
+    "WorkflowStatusInfo",
+    "available_backends",
+    "current_context",
+    "open_backend",
+]

@@ -16,7 +16,8 @@ The contract (checked by ``distributed_agents.conformance``):
   ``LeaseLostError`` and change nothing.
 * ``ack`` stores the ``TaskResult`` (kept ``result_ttl`` seconds) atomically with
   removing the task. ``nack(delay=)`` makes the task claimable again after ``delay``
-  seconds, recording the error; ``nack(final=True)`` dead-letters at once. ``release`` gives a task back without counting the
+  seconds, recording the error; ``nack(final=True)`` dead-letters at once.
+  ``release`` gives a task back without counting the
   attempt (a draining worker uses it).
 * Bytes on the queue that do not decode as a task are dead-lettered with the reason at
   claim time; ``claim`` never raises for them and never returns them.

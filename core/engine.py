@@ -1,0 +1,239 @@
+"""The step loop: one engine for local and distributed execution.
+
+A workflow advances in bulk-synchronous super-steps. Each step runs every triggered
+node concurrently on a snapshot of the state, merges their updates with the graph's
+reducers in node declaration order, routes on the merged state, and commits the new
+state with the next step's frontier as one compare-and-set write (record + checkpoint)
+fenced by the workflow lease. Where a node runs is decided per node: in-process when
+the orchestrator has its function, otherwise as a task on the backend's queue.
+
+The frontier stored with every commit is ``{"next": [...nodes], "joins": {target:
+[sources seen]}}``, enough for any process to continue the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed_agents.core.codec import encode
+from distributed_agents.core.errors import (
+    ExecutionError,
+    FencingTokenRejectedError,
+    LeaseLostError,
+    NodeNotFoundError,
+    NodeExecutionError,
+    NodeTimeoutError,
+    ReducerConflictError,
+    StepLimitExceededError,
+    VersionConflictError,
+    WorkflowCancelledError,
+)
+from distributed_agents.core.events import EventPublisher
+from distributed_agents.core.executors import InProcessExecutor, NodeCall, NodeOutcome, TaskQueueExecutor
+from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.reducers import Reducer
+from distributed_agents.core.registry import NodeFunction
+from distributed_agents.core.state import State
+
+__all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "task_id_for"]
+
+
+class WorkflowTakenOverError(ExecutionError):
+    """Another orchestrator committed to this workflow; this one stopped driving it."""
+
+
+def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
+    """The deterministic task id of ``node`` in ``step`` of a workflow run.
+
+    Deterministic ids make enqueue idempotent across orchestrator restarts, so a
+    resumed step reuses results of tasks that already finished.
+    """
+    return f"{workflow_id}:{run}:{step}:{node}"
+
+
+def merge_updates(
+    state: Mapping[str, Any], writes: Sequence[tuple[str, Mapping[str, Any]]], reducers: Mapping[str, Reducer]
+) -> dict[str, Any]:
+    """Apply ``writes`` (node, updates), in the given order, to a copy of ``state``.
+
+    Keys with a reducer are folded through it; a key without one may be written by one
+    node per step only (``ReducerConflictError`` names both writers).
+    """
+    merged = dict(state)
+    writer: dict[str, str] = {}
+    for node, updates in writes:
+        for key, value in updates.items():
+            reducer = reducers.get(key)
+            if reducer is None:
+                if key in writer:
+                    raise ReducerConflictError(
+                        f"nodes {writer[key]!r} and {node!r} both wrote state key {key!r} in one step and the key "
+                        f"has no reducer; declare one, e.g. Graph(..., reducers={{{key!r}: 'append'}})",
+                        key=key, nodes=(writer[key], node),
+                    )
+                merged[key] = value
+            else:
+                try:
+                    merged[key] = reducer(merged.get(key), value)
+                except Exception as exc:
+                    raise ExecutionError(f"reducer of state key {key!r} failed on the update from node {node!r}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            writer.setdefault(key, node)
+    return merged
+
+
+@dataclass
+class DriveOptions:
+    """Per-run settings of the step loop."""
+
+    step_limit: int
+    lease_ttl: float
+
+
+class StepEngine:
+    """Drives workflows step by step against one backend's state store and queue."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        queue_executor: TaskQueueExecutor,
+        events: EventPublisher,
+        local_function: Callable[[NodeSpec], NodeFunction | None],
+    ) -> None:
+        self._store = store
+        self._queue_executor = queue_executor
+        self._events = events
+        self._local_function = local_function
+
+    async def drive(
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
+    ) -> WorkflowRecord:
+        """Run ``record``'s workflow to a terminal status and return the final record.
+
+        Raises the workflow's error (``NodeExecutionError``, ``StepLimitExceededError``,
+        ``ReducerConflictError``, ``WorkflowCancelledError``, ...) after recording it,
+        or ``WorkflowTakenOverError`` if another orchestrator committed in between.
+        """
+        recent: collections.deque[list[str]] = collections.deque(maxlen=8)
+        run = int(record.metadata.get("run", 0))
+        while True:
+            next_nodes = list(record.frontier.get("next", ()))
+            if not next_nodes:
+                record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
+                self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
+                return record
+            if record.step >= options.step_limit:
+                cycling = tuple(graph.order({n for nodes in recent for n in nodes} | set(next_nodes)))
+                error = StepLimitExceededError(
+                    f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
+                    f"{options.step_limit} with nodes {', '.join(map(repr, cycling))} still cycling; "
+                    "fix the loop's exit condition or pass a larger step_limit",
+                    limit=options.step_limit, nodes=cycling,
+                )
+                await self._fail(record, lease, error, {"nodes": list(cycling)})
+                raise error
+            try:
+                outcomes = await self._run_step(graph, record, run, next_nodes)
+            except NodeNotFoundError as exc:
+                await self._fail(record, lease, exc, {"nodes": next_nodes})
+                raise
+            failed = [o for o in outcomes if not o.ok]
+            if failed:
+                raise await self._node_failed(graph, record, lease, failed[0])
+            for outcome in outcomes:
+                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
+                                  duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id)
+            writes = [(o.node, o.updates) for o in outcomes if o.updates]
+            try:
+                merged = merge_updates(record.state, writes, graph.reducers)
+                routed, joins = await graph.route(
+                    next_nodes, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {})
+                )
+            except ExecutionError as exc:
+                await self._fail(record, lease, exc, {})
+                raise
+            recent.append(next_nodes)
+            frontier = {"next": routed, "joins": joins}
+            step = record.step + 1
+            checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
+            record = await self._commit(
+                record.evolve(state=merged, step=step, frontier=frontier, status=WorkflowStatus.RUNNING),
+                lease, checkpoint,
+            )
+
+    async def _run_step(self, graph: Graph, record: WorkflowRecord, run: int, nodes: list[str]) -> list[NodeOutcome]:
+        state_json = encode(record.state)
+        local: dict[str, NodeFunction] = {}
+        local_calls: list[NodeCall] = []
+        remote_calls: list[NodeCall] = []
+        for name in nodes:
+            spec = graph.node(name)
+            call = NodeCall(
+                workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
+                node_type=spec.node_type, task_id=task_id_for(record.workflow_id, run, record.step, name),
+                state_json=state_json, retry=spec.retry, timeout=spec.timeout,
+            )
+            func = self._local_function(spec)
+            if func is not None:
+                local[name] = func
+                local_calls.append(call)
+            else:
+                remote_calls.append(call)
+            self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
+                              where="local" if func is not None else "worker")
+        batches = []
+        if local_calls:
+            batches.append(InProcessExecutor(local).run(local_calls))
+        if remote_calls:
+            batches.append(self._queue_executor.run(remote_calls))
+        results = await asyncio.gather(*batches)
+        by_node = {outcome.node: outcome for batch in results for outcome in batch}
+        return [by_node[name] for name in nodes]
+
+    async def _node_failed(
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, outcome: NodeOutcome
+    ) -> NodeExecutionError:
+        failure = outcome.failure
+        assert failure is not None
+        error_cls = NodeTimeoutError if failure.timed_out else NodeExecutionError
+        error = error_cls(
+            f"node {outcome.node!r} of graph {graph.name!r} (workflow {record.workflow_id!r}) failed after "
+            f"{outcome.attempts} attempt(s): {failure.error_type}: {failure.message}",
+            node=outcome.node, attempts=outcome.attempts, error_type=failure.error_type,
+            error_message=failure.message, traceback_text=failure.traceback_text,
+        )
+        self._events.emit(record.workflow_id, "node.failed", step=record.step, node=outcome.node,
+                          attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
+                          duration=outcome.duration)
+        await self._fail(record, lease, error, {
+            "node": outcome.node, "attempts": outcome.attempts, "error_type": failure.error_type,
+            "message": failure.message, "traceback": failure.traceback_text,
+        })
+        return error
+
+    async def _fail(self, record: WorkflowRecord, lease: WorkflowLease, error: Exception, details: dict[str, Any]) -> None:
+        info = {"kind": type(error).__name__, "summary": str(error), "step": record.step, **details}
+        await self._commit(record.evolve(status=WorkflowStatus.FAILED, error=info), lease)
+        self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=str(error))
+
+    async def _commit(
+        self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
+    ) -> WorkflowRecord:
+        try:
+            return await self._store.save(
+                record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
+            )
+        except (VersionConflictError, LeaseLostError, FencingTokenRejectedError) as exc:
+            current = await self._store.get(record.workflow_id)
+            if current is not None and current.status == WorkflowStatus.CANCELLED:
+                raise WorkflowCancelledError(f"workflow {record.workflow_id!r} was cancelled") from None
+            raise WorkflowTakenOverError(
+                f"workflow {record.workflow_id!r}: another orchestrator committed step "
+                f"{None if current is None else current.step} first; this one stopped driving it"
+            ) from exc

@@ -1,0 +1,197 @@
+"""Where nodes run: in this process, or as tasks on the backend's queue.
+
+The step engine hands a batch of ``NodeCall``s to a ``NodeExecutor`` and gets one
+``NodeOutcome`` per call. ``InProcessExecutor`` runs functions it has (applying retry
+policy and timeouts itself); ``TaskQueueExecutor`` enqueues tasks for workers and waits
+for their results. Both go through the same ``invoke_node``; only the transport differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed_agents.core.codec import decode
+from distributed_agents.core.errors import NodeNotFoundError
+from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node
+from distributed_agents.core.ports.task_queue import Task, TaskQueue
+from distributed_agents.core.ports.worker_registry import WorkerRegistry
+from distributed_agents.core.registry import NodeFunction
+from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.state import State
+
+__all__ = ["InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor", "task_payload"]
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    """One node to run in one step. ``state_json`` is the step's input state, encoded once."""
+
+    workflow_id: str
+    graph_name: str
+    step: int
+    node: str
+    node_type: str
+    task_id: str
+    state_json: bytes
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """What became of a ``NodeCall``: ``updates`` on success, ``failure`` otherwise."""
+
+    node: str
+    task_id: str
+    updates: Mapping[str, Any] | None
+    failure: NodeFailure | None
+    attempts: int
+    started_at: float
+    duration: float
+    worker_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the node succeeded."""
+        return self.failure is None
+
+
+class NodeExecutor:
+    """Runs a batch of node calls concurrently; returns outcomes in the calls' order."""
+
+    async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        """Run every call to completion (success or final failure)."""
+        raise NotImplementedError
+
+
+class InProcessExecutor(NodeExecutor):
+    """Runs node functions in this process; ``functions`` maps node name to function."""
+
+    def __init__(self, functions: Mapping[str, NodeFunction]) -> None:
+        self._functions = functions
+
+    async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
+
+    async def _run_one(self, call: NodeCall) -> NodeOutcome:
+        func = self._functions[call.node]
+        policy = call.retry
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id)
+            state = State._trusted(decode(call.state_json), call.workflow_id)
+            try:
+                updates = await invoke_node(func, state, context, timeout=call.timeout)
+            except Exception as exc:
+                if policy is not None and policy.should_retry(attempt, exc):
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                return NodeOutcome(call.node, call.task_id, None, describe_failure(exc), attempt, started,
+                                   time.time() - started)
+            return NodeOutcome(call.node, call.task_id, updates, None, attempt, started, time.time() - started)
+
+
+def task_payload(call: NodeCall) -> dict[str, Any]:
+    """The JSON payload of a node task: what a worker needs to run the node."""
+    return {
+        "v": 1,
+        "graph": call.graph_name,
+        "step": call.step,
+        "state": decode(call.state_json),
+        "retry": None if call.retry is None else call.retry.to_dict(),
+        "timeout": call.timeout,
+    }
+
+
+WaitingHook = Callable[[Sequence[str]], Awaitable[None]]
+
+
+@dataclass
+class TaskQueueExecutor(NodeExecutor):
+    """Runs nodes as tasks on ``queue``, served by workers found in ``workers``.
+
+    Results of tasks that already finished (for example before an orchestrator was
+    restarted) are reused: task ids are deterministic and enqueue is idempotent.
+    When no live worker serves a node type, ``on_waiting`` is told which types are
+    missing (the orchestrator records it in the workflow's status); with
+    ``worker_timeout`` set, waiting longer than that fails the node.
+    """
+
+    queue: TaskQueue
+    workers: WorkerRegistry
+    worker_timeout: float | None = None
+    on_waiting: WaitingHook | None = None
+    poll_interval: float = 1.0
+    require_workers: bool = False
+
+    async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        if self.require_workers:
+            missing = await self._types_without_workers(calls)
+            if missing:
+                nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)
+                raise NodeNotFoundError(
+                    f"no function and no live worker for node(s) {nodes} of graph {calls[0].graph_name!r}: "
+                    "pass the function to graph.add_node(name, func), register it with "
+                    "@registry.register(node_type), or start a Worker serving that type"
+                )
+        try:
+            return await self._run(calls)
+        except asyncio.CancelledError:
+            for call in calls:  # take back tasks no worker has claimed yet
+                try:
+                    await asyncio.shield(self.queue.cancel(call.task_id))
+                except Exception:  # best effort: a claimed task ends with its worker
+                    pass
+            raise
+
+    async def _run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        started = time.time()
+        by_id = {call.task_id: call for call in calls}
+        for call in calls:
+            max_attempts = None if call.retry is None else call.retry.max_attempts
+            await self.queue.enqueue(
+                Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
+                     priority=call.priority, max_attempts=max_attempts)
+            )
+        outcomes: dict[str, NodeOutcome] = {}
+        waiting_since: float | None = None
+        while len(outcomes) < len(calls):
+            pending = [task_id for task_id in by_id if task_id not in outcomes]
+            results = await self.queue.wait_results(pending, timeout=self.poll_interval)
+            for task_id, result in results.items():
+                call = by_id[task_id]
+                failure = None if result.status == "succeeded" else NodeFailure.from_text(result.error or "failed")
+                outcomes[task_id] = NodeOutcome(
+                    call.node, task_id, dict(result.output or {}) if result.output is not None else None,
+                    failure, result.attempts, started, max(result.finished_at - started, 0.0), result.worker_id,
+                )
+            if results:
+                waiting_since = None
+                continue
+            missing = await self._types_without_workers([by_id[t] for t in pending])
+            if not missing:
+                waiting_since = None
+                continue
+            waiting_since = waiting_since or time.monotonic()
+            if self.on_waiting is not None:
+                await self.on_waiting(missing)
+            if self.worker_timeout is not None and time.monotonic() - waiting_since >= self.worker_timeout:
+                raise NodeNotFoundError(
+                    f"no live worker serves node type(s) {', '.join(map(repr, missing))} "
+                    f"after waiting {self.worker_timeout}s; start a worker with those node types"
+                )
+        return [outcomes[call.task_id] for call in calls]
+
+    async def _types_without_workers(self, calls: Sequence[NodeCall]) -> list[str]:
+        missing = []
+        for node_type in sorted({call.node_type for call in calls}):
+            if not await self.workers.list_workers(node_type):
+                missing.append(node_type)
+        return missing

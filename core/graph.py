@@ -1,0 +1,418 @@
+"""``Graph``: a workflow's nodes, edges, conditional routes and state reducers.
+
+Build a graph, then ``compile()`` it: compiling validates the structure (every problem
+is a ``GraphValidationError`` naming the node or edge at fault) and freezes the graph.
+Only compiled graphs run. ``spec()`` describes a compiled graph as JSON for the
+distributed side (functions stay in the process that defined them).
+
+Routing happens after each step, on the merged state: a static edge ``a -> b``
+triggers ``b`` whenever ``a`` ran; a join ``add_edge(["a", "b"], "c")`` triggers ``c``
+once both ``a`` and ``b`` have run since ``c`` last did; a conditional edge calls its
+condition, which returns one key or a list of keys (fan-out), each mapped to a node or
+``END``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    ExecutionError,
+    GraphFrozenError,
+    GraphNotCompiledError,
+    GraphValidationError,
+)
+from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
+from distributed_agents.core.registry import NodeFunction
+from distributed_agents.core.retry import RetryPolicy
+
+__all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec"]
+
+START = "__start__"
+END = "__end__"
+RESERVED_NAMES = frozenset({START, END})
+
+Condition = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: its name, the function (if given here) and how it runs."""
+
+    name: str
+    func: NodeFunction | None
+    node_type: str
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ConditionalEdge:
+    """A route out of ``source`` chosen at run time by ``condition(state)``.
+
+    ``mapping`` maps the condition's keys to node names (or END); None means the
+    condition returns node names itself, restricted to ``allowed`` when that is set.
+    """
+
+    source: str
+    condition: Condition
+    mapping: Mapping[Hashable, str] | None
+    allowed: frozenset[str] | None
+
+    def possible_targets(self, all_nodes: Iterable[str]) -> set[str]:
+        """Every node (or END) this edge may route to."""
+        if self.mapping is not None:
+            return set(self.mapping.values())
+        if self.allowed is not None:
+            return set(self.allowed)
+        return set(all_nodes) | {END}
+
+
+@dataclass
+class _Routing:
+    """What compile() derives for fast routing at run time."""
+
+    order: dict[str, int] = field(default_factory=dict)
+    static: dict[str, list[str]] = field(default_factory=dict)
+    joins: dict[str, list[tuple[str, frozenset[str]]]] = field(default_factory=dict)
+    conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
+    entry: list[str] = field(default_factory=list)
+
+
+class Graph:
+    """A workflow graph. Build it with the ``add_*``/``set_*`` methods, then ``compile()``."""
+
+    def __init__(self, name: str, description: str = "", *, reducers: Mapping[str, str | Reducer] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"Graph name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.description = description
+        self._nodes: dict[str, NodeSpec] = {}
+        self._edges: list[tuple[tuple[str, ...], str]] = []
+        self._conditional: list[ConditionalEdge] = []
+        self._reducers: dict[str, Reducer] = {}
+        self._reducer_names: dict[str, str] = {}
+        self._compiled = False
+        self._routing = _Routing()
+        for key, reducer in (reducers or {}).items():
+            self.add_reducer(key, reducer)
+
+    # -- building -----------------------------------------------------------------------
+
+    def _mutable(self) -> None:
+        if self._compiled:
+            raise GraphFrozenError(
+                f"graph {self.name!r} is compiled and can no longer change; build a new Graph instead"
+            )
+
+    def add_node(
+        self,
+        name: str,
+        func: NodeFunction | None = None,
+        node_type: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Graph:
+        """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``)."""
+        self._mutable()
+        if not isinstance(name, str) or not name:
+            raise GraphValidationError(f"graph {self.name!r}: node name must be a non-empty string, got {name!r}",
+                                       graph=self.name, culprit=repr(name))
+        if name in RESERVED_NAMES or name.startswith("__"):
+            raise GraphValidationError(
+                f"graph {self.name!r}: {name!r} is a reserved name (names starting with '__' are reserved); rename the node",
+                graph=self.name, culprit=name,
+            )
+        if name in self._nodes:
+            raise GraphValidationError(f"graph {self.name!r}: duplicate node {name!r}; node names must be unique",
+                                       graph=self.name, culprit=name)
+        if func is not None and not callable(func):
+            raise GraphValidationError(f"graph {self.name!r}: node {name!r}: func {func!r} is not callable",
+                                       graph=self.name, culprit=name)
+        if timeout is not None and timeout <= 0:
+            raise GraphValidationError(f"graph {self.name!r}: node {name!r}: timeout must be > 0, got {timeout!r}",
+                                       graph=self.name, culprit=name)
+        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout)
+        return self
+
+    def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
+        """``source -> target``; a list of sources is a join: ``target`` waits for all of them."""
+        self._mutable()
+        sources = (source,) if isinstance(source, str) else tuple(source)
+        if not sources:
+            raise GraphValidationError(f"graph {self.name!r}: add_edge needs at least one source",
+                                       graph=self.name, culprit=f"-> {target}")
+        if END in sources:
+            raise GraphValidationError(f"graph {self.name!r}: END cannot be the source of an edge",
+                                       graph=self.name, culprit=f"{END} -> {target}")
+        if target == START:
+            raise GraphValidationError(f"graph {self.name!r}: START cannot be the target of an edge",
+                                       graph=self.name, culprit=f"{source} -> {START}")
+        if len(sources) > 1 and START in sources:
+            raise GraphValidationError(f"graph {self.name!r}: START cannot be part of a join",
+                                       graph=self.name, culprit=f"{list(sources)} -> {target}")
+        self._edges.append((sources, target))
+        return self
+
+    def add_conditional_edge(
+        self,
+        source: str,
+        condition: Condition,
+        targets: Mapping[Hashable, str] | Sequence[str] | None = None,
+    ) -> Graph:
+        """Route out of ``source`` by ``condition(state)``.
+
+        ``targets`` is a dict from the condition's return values to node names (or
+        END), a list of the node names the condition may return, or omitted (the
+        condition returns node names). The condition may return one value or a list.
+        """
+        self._mutable()
+        if not callable(condition):
+            raise GraphValidationError(f"graph {self.name!r}: condition for {source!r} is not callable",
+                                       graph=self.name, culprit=source)
+        mapping: dict[Hashable, str] | None = None
+        allowed: frozenset[str] | None = None
+        if isinstance(targets, Mapping):
+            mapping = dict(targets)
+            if not mapping:
+                raise GraphValidationError(
+                    f"graph {self.name!r}: conditional edge from {source!r} has an empty targets mapping; "
+                    "map each value the condition returns to a node or END",
+                    graph=self.name, culprit=source,
+                )
+        elif targets is not None:
+            if isinstance(targets, str):
+                targets = [targets]
+            allowed = frozenset(targets)
+            if not allowed:
+                raise GraphValidationError(
+                    f"graph {self.name!r}: conditional edge from {source!r} has an empty targets list",
+                    graph=self.name, culprit=source,
+                )
+        self._conditional.append(ConditionalEdge(source, condition, mapping, allowed))
+        return self
+
+    def add_reducer(self, key: str, reducer: str | Reducer) -> Graph:
+        """Merge writes to state ``key`` with ``reducer`` (built-in name or callable)."""
+        self._mutable()
+        self._reducers[key] = resolve_reducer(key, reducer)
+        self._reducer_names[key] = reducer_name(reducer)
+        return self
+
+    def set_entry_point(self, node: str) -> Graph:
+        """Start the workflow at ``node``."""
+        return self.add_edge(START, node)
+
+    def set_finish_point(self, node: str) -> Graph:
+        """Finish a branch after ``node`` (an edge ``node -> END``)."""
+        return self.add_edge(node, END)
+
+    # -- compiling ----------------------------------------------------------------------
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile()`` succeeded."""
+        return self._compiled
+
+    def compile(self) -> Graph:
+        """Validate and freeze the graph; returns it. Raises ``GraphValidationError``."""
+        if self._compiled:
+            return self
+        self._validate()
+        routing = _Routing(order={name: i for i, name in enumerate(self._nodes)})
+        for sources, target in self._edges:
+            if sources == (START,):
+                if target not in routing.entry:
+                    routing.entry.append(target)
+            elif len(sources) == 1:
+                routing.static.setdefault(sources[0], []).append(target)
+            else:
+                for src in sources:
+                    routing.joins.setdefault(src, []).append((target, frozenset(sources)))
+        for edge in self._conditional:
+            routing.conditional.setdefault(edge.source, []).append(edge)
+        self._routing = routing
+        self._compiled = True
+        return self
+
+    def _fail(self, message: str, culprit: str) -> GraphValidationError:
+        return GraphValidationError(f"graph {self.name!r}: {message}", graph=self.name, culprit=culprit)
+
+    def _validate(self) -> None:
+        nodes = set(self._nodes)
+        if not any(sources == (START,) for sources, _ in self._edges):
+            raise self._fail("no entry point; call set_entry_point(node)", START)
+        for sources, target in self._edges:
+            for src in sources:
+                if src != START and src not in nodes:
+                    raise self._fail(f"edge {src!r} -> {target!r} starts at unknown node {src!r}; add_node it first", src)
+            if target != END and target not in nodes:
+                raise self._fail(f"edge {sources[0] if len(sources) == 1 else list(sources)!r} -> {target!r} "
+                                 f"targets unknown node {target!r}", target)
+        for edge in self._conditional:
+            if edge.source not in nodes:
+                raise self._fail(f"conditional edge starts at unknown node {edge.source!r}", edge.source)
+            for target in edge.possible_targets(nodes):
+                if target != END and target not in nodes:
+                    raise self._fail(f"conditional edge from {edge.source!r} targets unknown node {target!r}", target)
+        successors: dict[str, set[str]] = {name: set() for name in [START, *nodes]}
+        for sources, target in self._edges:
+            for src in sources:
+                successors[src].add(target)
+        for edge in self._conditional:
+            successors[edge.source] |= edge.possible_targets(nodes)
+        reachable = _closure(START, successors)
+        for name in self._nodes:
+            if name not in reachable:
+                raise self._fail(f"node {name!r} is unreachable from the entry point; connect it or remove it", name)
+        predecessors: dict[str, set[str]] = {END: set(), **{name: set() for name in nodes}}
+        for src, targets in successors.items():
+            for target in targets:
+                predecessors.setdefault(target, set()).add(src)
+        finishing = _closure(END, predecessors)
+        for name in self._nodes:
+            if name not in finishing:
+                raise self._fail(
+                    f"node {name!r} has no path to END; add set_finish_point({name!r}) or an edge onward", name
+                )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _require_compiled(self) -> None:
+        if not self._compiled:
+            raise GraphNotCompiledError(f"graph {self.name!r} is not compiled; call graph.compile() before running it")
+
+    @property
+    def nodes(self) -> Mapping[str, NodeSpec]:
+        """Nodes by name, in declaration order."""
+        return dict(self._nodes)
+
+    @property
+    def reducers(self) -> Mapping[str, Reducer]:
+        """Reducers by state key."""
+        return dict(self._reducers)
+
+    def node(self, name: str) -> NodeSpec:
+        """The node called ``name``."""
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise ExecutionError(f"graph {self.name!r} has no node {name!r}") from None
+
+    def entry_nodes(self) -> list[str]:
+        """Nodes triggered by the start of a workflow."""
+        self._require_compiled()
+        return list(self._routing.entry)
+
+    def order(self, names: Iterable[str]) -> list[str]:
+        """``names`` without duplicates, in node declaration order."""
+        return sorted(set(names), key=self._routing.order.__getitem__)
+
+    async def route(
+        self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]]
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """Nodes triggered after ``ran`` completed on ``state``, and the new join progress.
+
+        ``joins`` maps a join's target to the sources seen so far (the engine keeps it
+        in the checkpoint's frontier). Conditions run here, in the orchestrator.
+        """
+        self._require_compiled()
+        triggered: list[str] = []
+        progress = {target: set(seen) for target, seen in joins.items()}
+        for node in ran:
+            triggered.extend(self._routing.static.get(node, ()))
+            for target, sources in self._routing.joins.get(node, ()):
+                seen = progress.setdefault(target, set())
+                seen.add(node)
+                if seen >= sources:
+                    triggered.append(target)
+                    del progress[target]
+            for edge in self._routing.conditional.get(node, ()):
+                triggered.extend(await self._follow(edge, state))
+        next_nodes = self.order(t for t in triggered if t != END)
+        return next_nodes, {target: sorted(seen) for target, seen in progress.items()}
+
+    async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str]:
+        try:
+            chosen = edge.condition(state)
+            if inspect.isawaitable(chosen):
+                chosen = await chosen
+        except Exception as exc:
+            raise ExecutionError(
+                f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
+                f"raised {type(exc).__name__}: {exc}"
+            ) from exc
+        keys = list(chosen) if isinstance(chosen, (list, tuple, set, frozenset)) else [chosen]
+        targets = []
+        for key in keys:
+            if edge.mapping is not None:
+                try:
+                    target = edge.mapping[key]
+                except (KeyError, TypeError):
+                    raise ExecutionError(
+                        f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
+                        f"returned {key!r}, which is not in its targets {sorted(map(repr, edge.mapping))}"
+                    ) from None
+            else:
+                target = key
+                valid = edge.allowed if edge.allowed is not None else set(self._nodes) | {END}
+                if target not in valid:
+                    raise ExecutionError(
+                        f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
+                        f"returned {key!r}, which is not one of {sorted(valid)}"
+                    )
+            targets.append(target)
+        return targets
+
+    def spec(self) -> dict[str, Any]:
+        """The compiled graph as JSON: nodes, node types, edges, routes, reducers."""
+        self._require_compiled()
+        return {
+            "name": self.name,
+            "description": self.description,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "node_type": n.node_type,
+                    "retry": None if n.retry is None else n.retry.to_dict(),
+                    "timeout": n.timeout,
+                }
+                for n in self._nodes.values()
+            ],
+            "edges": [{"sources": list(sources), "target": target} for sources, target in self._edges],
+            "conditional_edges": [
+                {
+                    "source": e.source,
+                    "condition": _callable_name(e.condition),
+                    "targets": None if e.mapping is None and e.allowed is None
+                    else sorted(e.allowed) if e.mapping is None
+                    else {str(k): v for k, v in e.mapping.items()},
+                }
+                for e in self._conditional
+            ],
+            "reducers": dict(self._reducer_names),
+        }
+
+    def __repr__(self) -> str:
+        state = "compiled" if self._compiled else "not compiled"
+        return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
+
+
+def _closure(start: str, successors: Mapping[str, set[str]]) -> set[str]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for nxt in successors.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)

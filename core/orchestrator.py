@@ -1,0 +1,362 @@
+"""``Orchestrator``: runs compiled graphs, checkpointing every step through a backend.
+
+Nodes whose function the orchestrator has (given to ``Graph.add_node`` or registered
+in its ``NodeRegistry``) run in this process; every other node becomes a task on the
+backend's queue for a ``Worker`` serving its node type. With the default ``memory://``
+backend everything stays in one process and needs nothing but Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core.engine import DriveOptions, StepEngine
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    ExecutionError,
+    GraphNotCompiledError,
+    LeaseLostError,
+    VersionConflictError,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from distributed_agents.core.events import EventPublisher
+from distributed_agents.core.executors import TaskQueueExecutor
+from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.registry import NodeFunction, NodeRegistry
+from distributed_agents.core.state import State, check_values
+from distributed_agents.core.status import WorkflowStatusInfo
+
+__all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "validate_workflow_id"]
+
+log = logging.getLogger("distributed_agents.orchestrator")
+
+DEFAULT_STEP_LIMIT = 10_000
+CONTROL_CANCEL_CHANNEL = "control.cancel"
+_FORBIDDEN_ID_CHARS = frozenset(" \t\n\r.*>/\\")
+
+
+def validate_workflow_id(workflow_id: str) -> str:
+    """Return ``workflow_id`` if it is usable in every backend's key space, else raise."""
+    if not isinstance(workflow_id, str) or not workflow_id or len(workflow_id) > 200 or (
+        _FORBIDDEN_ID_CHARS & set(workflow_id)
+    ):
+        raise ConfigurationError(
+            f"workflow_id {workflow_id!r} must be 1-200 characters without spaces, '.', '*', '>', '/' or '\\'"
+        )
+    return workflow_id
+
+
+class Orchestrator:
+    """Runs workflows: ``execute``, ``resume``, status, cancellation and listing.
+
+    ``registry`` supplies node functions by node type; ``backend`` is a URL
+    (default ``memory://``) or an opened ``Backend``. ``step_limit`` bounds the steps
+    of one workflow (per-call override). ``lease_ttl`` is how long this
+    orchestrator's ownership of a workflow survives without renewal. With
+    ``wait_for_workers`` False (the default here), a node that has no local function
+    and no live worker fails at once; when True the workflow waits for a worker,
+    up to ``worker_timeout`` seconds if that is set.
+    """
+
+    def __init__(
+        self,
+        registry: NodeRegistry | None = None,
+        *,
+        backend: str | Backend | None = None,
+        step_limit: int = DEFAULT_STEP_LIMIT,
+        lease_ttl: float = 30.0,
+        wait_for_workers: bool = False,
+        worker_timeout: float | None = None,
+        orchestrator_id: str | None = None,
+    ) -> None:
+        if step_limit < 1:
+            raise ConfigurationError(f"step_limit must be >= 1, got {step_limit}")
+        if lease_ttl <= 0:
+            raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        self.registry = registry if registry is not None else NodeRegistry()
+        self._backend_arg = backend
+        self._owns_backend = not isinstance(backend, Backend)
+        self._backend: Backend | None = backend if isinstance(backend, Backend) else None
+        self.step_limit = step_limit
+        self.lease_ttl = lease_ttl
+        self.wait_for_workers = wait_for_workers
+        self.worker_timeout = worker_timeout
+        self.orchestrator_id = orchestrator_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._graphs: dict[str, Graph] = {}
+        self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
+        self._waiting: dict[str, str] = {}
+        self._events: EventPublisher | None = None
+        self._connected = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The backend, opened on first use."""
+        if self._backend is None:
+            url = self._backend_arg if isinstance(self._backend_arg, str) else DEFAULT_BACKEND_URL
+            self._backend = open_backend(url)
+        return self._backend
+
+    async def connect(self) -> None:
+        """Connect to the backend. Called by every operation; idempotent."""
+        if not self._connected:
+            await self.backend.connect()
+            self._connected = True
+
+    async def close(self) -> None:
+        """Stop driving workflows (they stay resumable), flush events, close an owned backend."""
+        for task in list(self._running.values()):
+            task.cancel()
+        for task in list(self._running.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
+        if self._connected and self._owns_backend and self._backend is not None:
+            await self._backend.close()
+        self._connected = False
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _publisher(self) -> EventPublisher:
+        if self._events is None:
+            self._events = EventPublisher(self.backend.message_bus)
+        return self._events
+
+    def _local_function(self, spec: NodeSpec) -> NodeFunction | None:
+        return spec.func if spec.func is not None else self.registry.get(spec.node_type)
+
+    def _engine(self, workflow_id: str) -> StepEngine:
+        backend = self.backend
+
+        async def waiting(node_types: Sequence[str]) -> None:
+            self._waiting[workflow_id] = "waiting for a worker of type " + ", ".join(map(repr, node_types))
+
+        executor = TaskQueueExecutor(
+            backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
+            on_waiting=waiting, require_workers=not self.wait_for_workers,
+        )
+        return StepEngine(store=backend.state_store, queue_executor=executor, events=self._publisher(),
+                          local_function=self._local_function)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        graph: Graph,
+        initial_state: Mapping[str, Any] | State | None = None,
+        *,
+        workflow_id: str | None = None,
+        step_limit: int | None = None,
+    ) -> State:
+        """Run ``graph`` from ``initial_state`` to the end; return the final state.
+
+        Raises the workflow's error if it fails (``NodeExecutionError`` naming the
+        node, attempts and original exception; ``StepLimitExceededError``; ...) and
+        ``WorkflowCancelledError`` if it is cancelled. The failure is also recorded
+        in ``get_workflow_status``.
+        """
+        if not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
+        if isinstance(initial_state, State):
+            values = initial_state.values_copy()
+            workflow_id = workflow_id or initial_state.workflow_id
+        else:
+            values = dict(initial_state or {})
+            check_values(values)
+            values = State(values).values_copy()
+        workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
+        await self.connect()
+        self._graphs[graph.name] = graph
+        lease = await self._acquire(workflow_id)
+        frontier = {"next": graph.entry_nodes(), "joins": {}}
+        record = WorkflowRecord(
+            workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
+            frontier=frontier, graph=graph.spec(), metadata={"run": 0, "orchestrator": self.orchestrator_id},
+        )
+        try:
+            record = await self.backend.state_store.save(
+                record, expected_version=0, checkpoint=Checkpoint(workflow_id, 0, values, frontier),
+                fencing_token=lease.fencing_token,
+            )
+        except BaseException:
+            await self._release(lease)
+            raise
+        self._publisher().emit(workflow_id, "workflow.started", step=0, graph=graph.name)
+        return await self._drive(graph, record, lease, step_limit)
+
+    async def resume(self, workflow_id: str, graph: Graph | None = None, *, step_limit: int | None = None) -> State:
+        """Continue a workflow from its last committed step; return the final state.
+
+        Committed steps are not run again; tasks of the interrupted step that already
+        finished are reused. A completed workflow returns its final state at once. A
+        failed or cancelled workflow is retried from the step that did not commit.
+        ``graph`` defaults to the graph of the same name this orchestrator last ran.
+        """
+        await self.connect()
+        record = await self.backend.state_store.get(workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+        if record.status == WorkflowStatus.COMPLETED:
+            return State._trusted(dict(record.state), workflow_id)
+        graph = graph or self._graphs.get(record.graph_name)
+        if graph is None:
+            raise ConfigurationError(
+                f"resume({workflow_id!r}) needs the graph {record.graph_name!r}: pass it as resume(workflow_id, graph)"
+            )
+        if not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
+        self._graphs[graph.name] = graph
+        lease = await self._acquire(workflow_id)
+        try:
+            if record.status != WorkflowStatus.RUNNING:
+                # A new run: fresh task ids, so failed or cancelled tasks are not reused.
+                metadata = {**record.metadata, "run": int(record.metadata.get("run", 0)) + 1,
+                            "orchestrator": self.orchestrator_id}
+                record = await self.backend.state_store.save(
+                    record.evolve(status=WorkflowStatus.RUNNING, error=None, metadata=metadata),
+                    expected_version=record.version, fencing_token=lease.fencing_token,
+                )
+        except BaseException:
+            await self._release(lease)
+            raise
+        return await self._drive(graph, record, lease, step_limit)
+
+    async def _acquire(self, workflow_id: str) -> WorkflowLease:
+        lease = await self.backend.state_store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
+        if lease is None:
+            raise ExecutionError(
+                f"workflow {workflow_id!r} is being driven by another orchestrator (its lease is held); "
+                "wait for it to finish, or for its lease to expire if that process died"
+            )
+        return lease
+
+    async def _release(self, lease: WorkflowLease) -> None:
+        with contextlib.suppress(Exception):
+            await self.backend.state_store.release_lease(lease)
+
+    async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None) -> State:
+        workflow_id = record.workflow_id
+        options = DriveOptions(step_limit=step_limit or self.step_limit, lease_ttl=self.lease_ttl)
+        drive = asyncio.ensure_future(self._engine(workflow_id).drive(graph, record, lease, options))
+        self._running[workflow_id] = drive
+        renewer = asyncio.ensure_future(self._renew(lease, drive))
+        try:
+            final = await drive
+        except asyncio.CancelledError:
+            current = await self._safe_get(workflow_id)
+            if current is not None and current.status == WorkflowStatus.CANCELLED:
+                raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled") from None
+            raise
+        finally:
+            renewer.cancel()
+            self._running.pop(workflow_id, None)
+            self._waiting.pop(workflow_id, None)
+            await self._release(lease)
+            if self._events is not None:
+                await self._events.flush()
+        return State._trusted(dict(final.state), workflow_id)
+
+    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord]) -> None:
+        store = self.backend.state_store
+        while not drive.done():
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                lease = await store.renew_lease(lease, self.lease_ttl)
+            except LeaseLostError as exc:
+                log.error("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
+                drive.cancel()
+                return
+            except Exception as exc:  # a backend hiccup: try again next round, the lease has slack
+                log.warning("could not renew the lease of workflow %r: %s", lease.workflow_id, exc)
+
+    async def _safe_get(self, workflow_id: str) -> WorkflowRecord | None:
+        try:
+            return await self.backend.state_store.get(workflow_id)
+        except Exception:
+            return None
+
+    # -- observing and controlling --------------------------------------------------------
+
+    async def get_workflow_status(self, workflow_id: str) -> WorkflowStatusInfo:
+        """The workflow's status; ``WorkflowNotFoundError`` if it is unknown."""
+        await self.connect()
+        record = await self.backend.state_store.get(workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+        return WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
+
+    async def get_result(self, workflow_id: str) -> State:
+        """The final state of a completed workflow.
+
+        ``WorkflowFailedError`` if it failed, ``WorkflowCancelledError`` if cancelled,
+        ``ExecutionError`` if it is still running.
+        """
+        status = await self.get_workflow_status(workflow_id)
+        if status.status == WorkflowStatus.COMPLETED:
+            record = await self.backend.state_store.get(workflow_id)
+            assert record is not None
+            return State._trusted(dict(record.state), workflow_id)
+        if status.status == WorkflowStatus.FAILED:
+            summary = (status.error or {}).get("summary", "no details recorded")
+            raise WorkflowFailedError(f"workflow {workflow_id!r} failed: {summary}", workflow_id=workflow_id,
+                                      status=status)
+        if status.status == WorkflowStatus.CANCELLED:
+            raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled")
+        raise ExecutionError(f"workflow {workflow_id!r} is still {status.status} (step {status.step})")
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowStatusInfo]:
+        """Workflows in the backend, oldest first; ``status`` filters (e.g. ``"running"``)."""
+        if status is not None and status not in WorkflowStatus.ALL:
+            raise ConfigurationError(f"unknown status {status!r}; use one of {sorted(WorkflowStatus.ALL)}")
+        await self.connect()
+        records = await self.backend.state_store.list_workflows(status)
+        return [WorkflowStatusInfo.from_record(r, waiting_for=self._waiting.get(r.workflow_id)) for r in records]
+
+    async def cancel_workflow(self, workflow_id: str) -> bool:
+        """Cancel a running workflow; False if it already finished.
+
+        Records CANCELLED (so the orchestrator driving it, in any process, stops at
+        its next commit), stops running in-process nodes at once, takes queued tasks
+        back and tells workers to cancel the workflow's running tasks.
+        """
+        await self.connect()
+        store = self.backend.state_store
+        for _ in range(20):
+            record = await store.get(workflow_id)
+            if record is None:
+                raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+            if record.status in WorkflowStatus.TERMINAL:
+                return False
+            try:
+                await store.save(record.evolve(status=WorkflowStatus.CANCELLED), expected_version=record.version)
+                break
+            except VersionConflictError:
+                continue  # a step committed meanwhile; cancel the newer version
+        else:
+            raise ExecutionError(f"could not cancel workflow {workflow_id!r}: it kept changing; try again")
+        await self.backend.message_bus.publish(CONTROL_CANCEL_CHANNEL, {"workflow_id": workflow_id})
+        self._publisher().emit(workflow_id, "workflow.cancelled", step=record.step)
+        drive = self._running.get(workflow_id)
+        if drive is not None:
+            drive.cancel()
+        return True

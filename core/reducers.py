@@ -1,0 +1,83 @@
+"""Per-key reducers: how updates from the nodes of one step are merged into state.
+
+A reducer is called as ``reducer(current, update)`` and returns the new value; it is
+applied once per writing node, in the graph's node declaration order, so the result
+never depends on which branch finished first. Keys without a reducer take the written
+value ("replace"), and two nodes writing such a key in one step is an error.
+
+Built-ins, by name: ``replace``, ``append`` (add one item, or every item of a list, to
+a list), ``extend`` (concatenate lists), ``merge`` (shallow dict merge), ``add``
+(numbers), plus any callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from distributed_agents.core.errors import ConfigurationError
+
+__all__ = ["BUILTIN_REDUCERS", "Reducer", "resolve_reducer"]
+
+Reducer = Callable[[Any, Any], Any]
+
+
+def _replace(current: Any, update: Any) -> Any:
+    return update
+
+
+def _append(current: Any, update: Any) -> Any:
+    base = [] if current is None else list(current)
+    if isinstance(update, list):
+        return base + update
+    return base + [update]
+
+
+def _extend(current: Any, update: Any) -> Any:
+    if not isinstance(update, list):
+        raise TypeError(f"'extend' needs a list update, got {type(update).__name__}")
+    return ([] if current is None else list(current)) + update
+
+
+def _merge(current: Any, update: Any) -> Any:
+    if not isinstance(update, dict):
+        raise TypeError(f"'merge' needs a dict update, got {type(update).__name__}")
+    merged = {} if current is None else dict(current)
+    merged.update(update)
+    return merged
+
+
+def _add(current: Any, update: Any) -> Any:
+    return update if current is None else current + update
+
+
+BUILTIN_REDUCERS: dict[str, Reducer] = {
+    "replace": _replace,
+    "append": _append,
+    "extend": _extend,
+    "merge": _merge,
+    "add": _add,
+}
+
+
+def resolve_reducer(key: str, reducer: str | Reducer) -> Reducer:
+    """The callable for ``reducer`` (a built-in name or a callable) of state key ``key``."""
+    if callable(reducer):
+        return reducer
+    found = BUILTIN_REDUCERS.get(reducer)
+    if found is None:
+        raise ConfigurationError(
+            f"unknown reducer {reducer!r} for state key {key!r}; "
+            f"use one of {', '.join(sorted(BUILTIN_REDUCERS))} or a callable (current, update) -> value"
+        )
+    return found
+
+
+def reducer_name(reducer: str | Reducer) -> str:
+    """A printable name for a reducer, for graph specs."""
+    if isinstance(reducer, str):
+        return reducer
+    for name, builtin in BUILTIN_REDUCERS.items():
+        if builtin is reducer:
+            return name
+    return getattr(reducer, "__qualname__", repr(reducer))

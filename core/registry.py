@@ -1,0 +1,64 @@
+"""``NodeRegistry``: node functions by node type, for orchestrators and workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from distributed_agents.core.errors import ConfigurationError
+
+__all__ = ["NodeFunction", "NodeRegistry"]
+
+NodeFunction = Callable[..., Any]
+F = TypeVar("F", bound=NodeFunction)
+
+
+class NodeRegistry:
+    """Maps node types to the functions that implement them.
+
+    A node function takes the ``State`` (and, if it accepts a second positional
+    parameter, a ``NodeContext``) and returns a dict of updates or None; it may be
+    ``async def`` (run on the event loop) or a plain function (run in a thread).
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[str, NodeFunction] = {}
+
+    def register(self, node_type: str) -> Callable[[F], F]:
+        """Decorator: ``@registry.register("researcher")``."""
+
+        def decorate(func: F) -> F:
+            self.register_node(node_type, func)
+            return func
+
+        return decorate
+
+    def register_node(self, node_type: str, func: NodeFunction) -> None:
+        """Register ``func`` for ``node_type``; replacing an existing one is an error."""
+        if not isinstance(node_type, str) or not node_type:
+            raise ConfigurationError(f"node type must be a non-empty string, got {node_type!r}")
+        if not callable(func):
+            raise ConfigurationError(f"node {node_type!r}: {func!r} is not callable")
+        existing = self._functions.get(node_type)
+        if existing is not None and existing is not func:
+            raise ConfigurationError(
+                f"node type {node_type!r} is already registered to {getattr(existing, '__qualname__', existing)!r}"
+            )
+        self._functions[node_type] = func
+
+    def get(self, node_type: str) -> NodeFunction | None:
+        """The function for ``node_type``, or None."""
+        return self._functions.get(node_type)
+
+    def node_types(self) -> frozenset[str]:
+        """Every registered node type."""
+        return frozenset(self._functions)
+
+    def __contains__(self, node_type: object) -> bool:
+        return node_type in self._functions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._functions)
+
+    def __len__(self) -> int:
+        return len(self._functions)

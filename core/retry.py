@@ -1,0 +1,109 @@
+"""Retry policies: how often a node is attempted and how long to wait in between.
+
+The same policy governs a node wherever it runs: in-process, the engine retries; on a
+worker, the worker nacks the task with the computed delay, or dead-letters it when the
+policy gives up. Attempts count every delivery, including ones whose worker died, so
+``max_attempts`` also bounds how often a crashing node is re-delivered.
+
+``retry_on`` lists exception types; only those (and their subclasses) are retried.
+Because a policy travels with the task to other machines, exception types are matched
+by qualified name against the raised exception's class hierarchy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed_agents.core.errors import ConfigurationError
+
+__all__ = ["NO_RETRY", "RetryPolicy"]
+
+
+def _qualified(exc_type: type[BaseException]) -> str:
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How to retry a failing node.
+
+    Attempt ``n`` (1-based) that fails is followed, if ``n < max_attempts`` and the
+    exception matches ``retry_on``, by a wait of
+    ``min(initial_interval * backoff_factor ** (n - 1), max_interval)`` seconds,
+    randomised by up to ±25% when ``jitter`` is set.
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 0.5
+    backoff_factor: float = 2.0
+    max_interval: float = 60.0
+    jitter: bool = True
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    _retry_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_interval < 0 or self.max_interval < 0 or self.backoff_factor < 1:
+            raise ConfigurationError(
+                "RetryPolicy needs initial_interval >= 0, max_interval >= 0 and backoff_factor >= 1"
+            )
+        types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+            raise ConfigurationError(f"RetryPolicy.retry_on must be exception types, got {self.retry_on!r}")
+        if not self._retry_names:
+            object.__setattr__(self, "_retry_names", tuple(_qualified(t) for t in types))
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        base = min(self.initial_interval * self.backoff_factor ** max(attempt - 1, 0), self.max_interval)
+        if self.jitter and base > 0:
+            base *= random.uniform(0.75, 1.25)
+        return base
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is of a type this policy retries."""
+        return matches_exception(self._retry_names, exc)
+
+    def should_retry(self, attempt: int, exc: BaseException) -> bool:
+        """Whether failed attempt ``attempt`` should be followed by another."""
+        return attempt < self.max_attempts and self.retries(exc)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape that travels with a task."""
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_interval": self.initial_interval,
+            "backoff_factor": self.backoff_factor,
+            "max_interval": self.max_interval,
+            "jitter": self.jitter,
+            "retry_on": list(self._retry_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
+        """Rebuild a policy on a worker; ``retry_on`` stays as qualified names."""
+        names = tuple(data.get("retry_on", ("builtins.Exception",)))
+        return cls(
+            max_attempts=int(data.get("max_attempts", 3)),
+            initial_interval=float(data.get("initial_interval", 0.5)),
+            backoff_factor=float(data.get("backoff_factor", 2.0)),
+            max_interval=float(data.get("max_interval", 60.0)),
+            jitter=bool(data.get("jitter", True)),
+            _retry_names=names,
+        )
+
+
+def matches_exception(names: Sequence[str], exc: BaseException) -> bool:
+    """Whether any class in ``exc``'s hierarchy has one of the qualified ``names``."""
+    wanted = set(names)
+    return any(_qualified(cls) in wanted for cls in type(exc).__mro__)
+
+
+# Nodes without a policy: exceptions are not retried (they are usually deterministic),
+# but a worker that dies mid-task still gets the task re-delivered up to the queue's
+# max_attempts, because that is a lease expiry, not an exception.
+NO_RETRY = RetryPolicy(max_attempts=1, initial_interval=0.0, jitter=False)

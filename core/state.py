@@ -1,0 +1,159 @@
+"""``State``: the data that flows through a workflow, always JSON-serialisable.
+
+Every value is checked when it is written, so a value that could not be checkpointed or
+sent to another machine fails at the line that wrote it, naming the key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import StateError, StateNotSerializableError
+
+__all__ = ["State", "new_workflow_id"]
+
+
+def new_workflow_id() -> str:
+    """A fresh, unique workflow id."""
+    return f"wf_{uuid.uuid4().hex}"
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise ``StateNotSerializableError`` naming ``key`` if ``value`` is not JSON."""
+    if not isinstance(key, str):
+        raise StateNotSerializableError(f"state keys must be strings, got {key!r} ({type(key).__name__})", key=str(key))
+    try:
+        encode(value)
+    except (TypeError, ValueError) as exc:
+        raise StateNotSerializableError(
+            f"state key {key!r}: value of type {type(value).__name__} is not JSON-serialisable ({exc}); "
+            "store plain data (str, int, float, bool, None, lists and dicts of them)",
+            key=key,
+        ) from None
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Check every item of ``values``; one encode in the common case where all are fine."""
+    try:
+        encode(values)
+    except (TypeError, ValueError):
+        for key, value in values.items():
+            check_value(key, value)
+        raise  # pragma: no cover - some value failed as a whole but not alone
+
+
+class State(MutableMapping[str, Any]):
+    """A workflow's data: a mapping of string keys to JSON-serialisable values.
+
+    Nodes receive a ``State`` (a snapshot as of the start of their step) and return a
+    dict of updates; changing the snapshot in place has no effect on the workflow.
+    """
+
+    __slots__ = ("_data", "workflow_id")
+
+    def __init__(self, data: Mapping[str, Any] | None = None, *, workflow_id: str | None = None) -> None:
+        self.workflow_id = workflow_id or new_workflow_id()
+        self._data: dict[str, Any] = {}
+        if data:
+            self.update(data)
+
+    @classmethod
+    def _trusted(cls, data: dict[str, Any], workflow_id: str) -> State:
+        """Wrap ``data`` already known to be JSON-clean, without copying or checking it."""
+        state = cls.__new__(cls)
+        state.workflow_id = workflow_id
+        state._data = data
+        return state
+
+    # -- mapping protocol ------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        check_value(key, value)
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``."""
+        return self._data.get(key, default)
+
+    def update(self, data: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:  # type: ignore[override]
+        """Write every item of ``data`` (and ``kwargs``), checking each value first."""
+        items: dict[str, Any] = dict(data or {})
+        items.update(kwargs)
+        check_values(items)
+        self._data.update(items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, State):
+            return self.workflow_id == other.workflow_id and self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"State(workflow_id={self.workflow_id!r}, data={self._data!r})"
+
+    # -- copies, checkpoints and serialisation ------------------------------------------
+
+    def values_copy(self) -> dict[str, Any]:
+        """A deep copy of the data (through JSON), sharing nothing with this state."""
+        result: dict[str, Any] = decode(encode(self._data))
+        return result
+
+    def copy(self) -> State:
+        """A deep copy with the same workflow id."""
+        return State._trusted(self.values_copy(), self.workflow_id)
+
+    def checkpoint(self, node_name: str) -> dict[str, Any]:
+        """A JSON-serialisable snapshot taken after ``node_name``, for ``restore_from_checkpoint``."""
+        return {
+            "checkpoint_id": uuid.uuid4().hex,
+            "workflow_id": self.workflow_id,
+            "node": node_name,
+            "timestamp": time.time(),
+            "data": self.values_copy(),
+        }
+
+    def restore_from_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Replace the data with the checkpoint's; the checkpoint must be of this workflow."""
+        if "data" not in checkpoint or not isinstance(checkpoint["data"], Mapping):
+            raise StateError("not a State checkpoint: it has no 'data' mapping; pass what State.checkpoint() returned")
+        if checkpoint.get("workflow_id") not in (None, self.workflow_id):
+            raise StateError(
+                f"checkpoint of workflow {checkpoint.get('workflow_id')!r} cannot restore state of "
+                f"workflow {self.workflow_id!r}"
+            )
+        data = dict(checkpoint["data"])
+        check_values(data)
+        self._data = decode(encode(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"workflow_id": ..., "data": {...}}``, a deep copy."""
+        return {"workflow_id": self.workflow_id, "data": self.values_copy()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> State:
+        """Rebuild a state from ``to_dict`` output."""
+        if "data" not in data:
+            raise StateError("State.from_dict needs the output of State.to_dict(): a mapping with 'data'")
+        return cls(data["data"], workflow_id=data.get("workflow_id"))

@@ -1,0 +1,354 @@
+"""``Worker``: serves node tasks from a backend's queue.
+
+A worker claims tasks of the node types it serves (never more than ``capacity`` at
+once), runs each node with its timeout while extending the task's lease, acks the
+updates, and nacks failures with the delay the node's retry policy asks for (or
+dead-letters them when the policy gives up). It heartbeats into the worker registry,
+cancels running tasks of workflows that get cancelled, and on ``stop()`` drains:
+it stops claiming, lets running tasks finish within the grace period, gives the rest
+back to the queue and deregisters. A malformed task never crashes it: the task is
+dead-lettered with the reason and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core.errors import ConfigurationError, LeaseLostError
+from distributed_agents.core.node_runner import NodeContext, describe_failure, invoke_node
+from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.message_bus import Subscription
+from distributed_agents.core.ports.task_queue import ClaimedTask
+from distributed_agents.core.ports.worker_registry import WorkerInfo
+from distributed_agents.core.registry import NodeFunction, NodeRegistry
+from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.state import State
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("distributed_agents.worker")
+
+CONTROL_CANCEL_CHANNEL = "control.cancel"
+F = TypeVar("F", bound=NodeFunction)
+
+
+@dataclass
+class WorkerStats:
+    """Counters since the worker started."""
+
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    lost_leases: int = 0
+    malformed: int = 0
+
+    def summary(self) -> str:
+        """One line for logs."""
+        return (f"{self.succeeded} succeeded, {self.failed} failed, {self.retried} retried, "
+                f"{self.released} released, {self.lost_leases} lost leases, {self.malformed} malformed")
+
+
+class _Cancelled(Exception):
+    """Why a running node task was stopped from outside."""
+
+
+class Worker:
+    """Serves node tasks of ``node_types`` from ``backend`` (default ``memory://``).
+
+    ``node_types`` defaults to every type with a registered function; each listed
+    type must have one by ``start()``. ``capacity`` bounds concurrent tasks.
+    ``heartbeat_interval`` paces registry heartbeats; ``shutdown_grace`` is how long
+    ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
+    the longest a claim waits for work (and so the longest ``stop()`` waits for it).
+    """
+
+    def __init__(
+        self,
+        node_types: Iterable[str] | None = None,
+        capacity: int = 1,
+        *,
+        backend: str | Backend | None = None,
+        worker_id: str | None = None,
+        registry: NodeRegistry | None = None,
+        heartbeat_interval: float = 10.0,
+        lease_seconds: float | None = None,
+        shutdown_grace: float = 30.0,
+        poll_wait: float = 1.0,
+    ) -> None:
+        if capacity < 1:
+            raise ConfigurationError(f"Worker capacity must be >= 1, got {capacity}")
+        if heartbeat_interval <= 0:
+            raise ConfigurationError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        self.node_types = frozenset(node_types) if node_types is not None else None
+        self.capacity = capacity
+        self.worker_id = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.registry = registry if registry is not None else NodeRegistry()
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_seconds = lease_seconds
+        self.shutdown_grace = shutdown_grace
+        self.poll_wait = poll_wait
+        self.stats = WorkerStats()
+        self._backend_arg = backend
+        self._backend: Backend | None = backend if isinstance(backend, Backend) else None
+        self._owns_backend = not isinstance(backend, Backend)
+        self._stopping: asyncio.Event | None = None  # created on the serving loop
+        self._running: dict[asyncio.Task[None], ClaimedTask] = {}
+        self._cancel_reasons: dict[asyncio.Task[None], str] = {}
+        self._serving = False
+        self._stopped: asyncio.Event | None = None
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register(self, node_type: str) -> Callable[[F], F]:
+        """Decorator: ``@worker.register("researcher")``."""
+        return self.registry.register(node_type)
+
+    def register_node(self, node_type: str, func: NodeFunction) -> None:
+        """Serve ``node_type`` with ``func``."""
+        self.registry.register_node(node_type, func)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend, opened on first use."""
+        if self._backend is None:
+            url = self._backend_arg if isinstance(self._backend_arg, str) else DEFAULT_BACKEND_URL
+            self._backend = open_backend(url)
+        return self._backend
+
+    def served_types(self) -> frozenset[str]:
+        """The node types this worker claims; raises if one has no function."""
+        types = self.node_types if self.node_types is not None else self.registry.node_types()
+        if not types:
+            raise ConfigurationError(f"worker {self.worker_id!r} serves no node types: register a function first")
+        missing = sorted(t for t in types if t not in self.registry)
+        if missing:
+            raise ConfigurationError(
+                f"worker {self.worker_id!r} lists node type(s) {missing} without a function; "
+                "register each with worker.register_node(name, func) before start()"
+            )
+        return frozenset(types)
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve tasks until ``stop()`` is called (or this coroutine is cancelled)."""
+        if self._serving:
+            raise ConfigurationError(f"worker {self.worker_id!r} is already serving")
+        types = self.served_types()
+        self._serving = True
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        backend = self.backend
+        await backend.connect()
+        info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid())
+        await backend.worker_registry.register(info)
+        subscription = await backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL)
+        helpers = [
+            asyncio.ensure_future(self._heartbeat(info)),
+            asyncio.ensure_future(self._listen_for_cancels(subscription)),
+        ]
+        log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.url)
+        try:
+            await self._claim_loop(types)
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            for task in list(self._running):
+                self._cancel_reasons[task] = "worker stopped"
+                task.cancel()
+            await asyncio.gather(*helpers, *self._running, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await subscription.close()
+            with contextlib.suppress(Exception):
+                await backend.worker_registry.deregister(self.worker_id)
+            if self._owns_backend:
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            self._serving = False
+            log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
+            self._stopped.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let running tasks finish (up to ``grace``), release the rest, deregister."""
+        if grace is not None:
+            self.shutdown_grace = grace
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._serving and self._stopped is not None:
+            await self._stopped.wait()
+
+    async def _claim_loop(self, types: frozenset[str]) -> None:
+        assert self._stopping is not None
+        queue = self.backend.task_queue
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.capacity - len(self._running)
+            if free <= 0:
+                await asyncio.wait([*self._running, asyncio.ensure_future(self._stopping.wait())],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                claims = await queue.claim(types, worker_id=self.worker_id, max_tasks=free,
+                                           lease_seconds=self.lease_seconds, wait=self.poll_wait)
+                backoff = 0.1
+            except Exception as exc:  # the engine is down: report, back off, keep serving
+                log.warning("worker %s could not claim tasks (%s); retrying in %.1fs", self.worker_id, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for claim in claims:
+                task = asyncio.ensure_future(self._handle(claim))
+                self._running[task] = claim
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._cancel_reasons.pop(task, None)
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        _, late = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
+        for task in late:
+            self._cancel_reasons[task] = "worker stopped"
+            task.cancel()
+
+    async def _heartbeat(self, info: WorkerInfo) -> None:
+        registry = self.backend.worker_registry
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                if not await registry.heartbeat(self.worker_id):
+                    await registry.register(info)
+            except Exception as exc:
+                log.warning("worker %s heartbeat failed: %s", self.worker_id, exc)
+
+    async def _listen_for_cancels(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            workflow_id = message.data.get("workflow_id")
+            for task, claim in list(self._running.items()):
+                if claim.task.workflow_id == workflow_id:
+                    self._cancel_reasons[task] = "workflow cancelled"
+                    task.cancel()
+
+    # -- one task ------------------------------------------------------------------------
+
+    async def _handle(self, claim: ClaimedTask) -> None:
+        queue = self.backend.task_queue
+        task = claim.task
+        try:
+            func, state, retry, timeout = self._prepare(claim)
+        except ValueError as exc:
+            self.stats.malformed += 1
+            log.error("task %s (node %r) is malformed and was dead-lettered: %s", task.id, task.node, exc)
+            await self._settle(queue.nack(claim, f"malformed task: {exc}", final=True), claim)
+            return
+        context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
+                              claim.attempt, task.id, self.worker_id)
+        lease = _LeaseKeeper(self, claim)
+        keeper = asyncio.ensure_future(lease.keep())
+        started = time.monotonic()
+        try:
+            updates = await invoke_node(func, state, context, timeout=timeout)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.get(asyncio.current_task(), "") or lease.lost_reason  # type: ignore[arg-type]
+            keeper.cancel()
+            await self._on_cancelled(lease.claim, reason)
+            raise
+        except Exception as exc:
+            keeper.cancel()
+            failure = describe_failure(exc)
+            if retry is not None and retry.should_retry(claim.attempt, exc):
+                self.stats.retried += 1
+                delay = retry.delay(claim.attempt)
+                log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
+                         task.id, task.node, claim.attempt, failure.error_type, delay)
+                await self._settle(queue.nack(lease.claim, failure.to_text(), delay=delay), claim)
+            else:
+                self.stats.failed += 1
+                log.info("task %s node %r failed on attempt %d: %s: %s",
+                         task.id, task.node, claim.attempt, failure.error_type, failure.message)
+                await self._settle(queue.nack(lease.claim, failure.to_text(), final=True), claim)
+            return
+        keeper.cancel()
+        if await self._settle(queue.ack(lease.claim, updates), claim):
+            self.stats.succeeded += 1
+            log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
+                     time.monotonic() - started, claim.attempt)
+
+    def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State, RetryPolicy | None, float | None]:
+        payload = claim.task.payload
+        func = self.registry.get(claim.task.node_type)
+        if func is None:
+            raise ValueError(f"worker {self.worker_id!r} has no function for node type {claim.task.node_type!r}")
+        state = payload.get("state")
+        if not isinstance(state, dict):
+            raise ValueError("payload has no 'state' object")
+        retry_data = payload.get("retry")
+        try:
+            retry = None if retry_data is None else RetryPolicy.from_dict(retry_data)
+            timeout = payload.get("timeout")
+            timeout = None if timeout is None else float(timeout)
+        except (TypeError, ValueError, AttributeError, ConfigurationError) as exc:
+            raise ValueError(f"payload has an invalid retry policy or timeout: {exc}") from None
+        return func, State._trusted(state, claim.task.workflow_id), retry, timeout
+
+    async def _on_cancelled(self, claim: ClaimedTask, reason: str) -> None:
+        queue = self.backend.task_queue
+        if reason == "workflow cancelled":
+            await self._settle(queue.nack(claim, "cancelled: the workflow was cancelled", final=True), claim)
+        elif reason == "worker stopped":
+            self.stats.released += 1
+            await self._settle(queue.release(claim), claim)
+        # a lost lease: another worker owns the task now; nothing to settle
+
+    async def _settle(self, operation: Any, claim: ClaimedTask) -> bool:
+        try:
+            await asyncio.shield(operation)
+            return True
+        except LeaseLostError:
+            self.stats.lost_leases += 1
+            log.warning("task %s node %r: lease lost before settling; another worker will run it",
+                        claim.task.id, claim.task.node)
+        except Exception as exc:
+            log.error("task %s node %r could not be settled (%s); it will be re-delivered after its lease",
+                      claim.task.id, claim.task.node, exc)
+        return False
+
+
+class _LeaseKeeper:
+    """Extends a task's lease while its node runs; cancels the node if the lease is lost."""
+
+    def __init__(self, worker: Worker, claim: ClaimedTask) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.lost_reason = ""
+        self._node_task = asyncio.current_task()
+
+    async def keep(self) -> None:
+        queue = self.worker.backend.task_queue
+        lease = self.worker.lease_seconds or queue.visibility_timeout
+        while True:
+            await asyncio.sleep(max(lease / 3, 0.01))
+            try:
+                self.claim = await queue.extend(self.claim, lease)
+            except LeaseLostError:
+                self.lost_reason = "lease lost"
+                self.worker.stats.lost_leases += 1
+                if self._node_task is not None:
+                    self._node_task.cancel()
+                return
+            except Exception as exc:  # transient: the lease has slack until the next try
+                log.warning("could not extend lease of task %s: %s", self.claim.task.id, exc)
