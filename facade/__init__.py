@@ -32,12 +32,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "END",
-    "START",
     "Graph",
     "NodeContext",
     "NodeRegistry",
     "Orchestrator",
     "RetryPolicy",
+    "START",
     "State",
     "Worker",
     "WorkflowStatus",
