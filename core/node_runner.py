@@ -8,6 +8,7 @@ thread, applies the timeout, exposes a ``NodeContext`` (also through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import traceback
@@ -117,13 +118,26 @@ async def invoke_node(
         finally:
             _current.reset(token)
 
-    try:
-        output = await (call() if timeout is None else asyncio.wait_for(call(), timeout))
-    except asyncio.TimeoutError:
-        raise NodeTimeoutError(
-            f"node {context.node!r} timed out after {timeout}s (attempt {context.attempt})",
-            node=context.node, attempts=context.attempt, error_type="TimeoutError",
-        ) from None
+    if timeout is None:
+        output = await call()
+    else:
+        # Not asyncio.wait_for: a TimeoutError raised by the node itself must stay the
+        # node's error, not be mistaken for the node running out of time.
+        running = asyncio.ensure_future(call())
+        try:
+            done, _ = await asyncio.wait({running}, timeout=timeout)
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        if not done:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            raise NodeTimeoutError(
+                f"node {context.node!r} timed out after {timeout}s (attempt {context.attempt})",
+                node=context.node, attempts=context.attempt, error_type="NodeTimeoutError",
+            )
+        output = running.result()
     if output is None:
         return None
     if not isinstance(output, Mapping):

@@ -1,0 +1,184 @@
+"""Workers serving node tasks from the memory backend's queue, in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph, NodeContext, Orchestrator, RetryPolicy, State, Worker, open_backend
+from distributed_agents.core.errors import ConfigurationError, NodeExecutionError, WorkflowCancelledError
+from distributed_agents.core.ports import Task
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def remote_chain(name: str, *types: str, **options: Any) -> Graph:
+    graph = Graph(name)
+    for node in types:
+        graph.add_node(node, **options)
+    graph.set_entry_point(types[0])
+    for a, b in zip(types, types[1:]):
+        graph.add_edge(a, b)
+    return graph.set_finish_point(types[-1]).compile()
+
+
+async def with_worker(worker: Worker, body: Callable[[], Awaitable[Any]]) -> Any:
+    serving = asyncio.ensure_future(worker.start())
+    while not worker._serving:
+        await asyncio.sleep(0.005)
+    try:
+        return await body()
+    finally:
+        await worker.stop(grace=1)
+        await serving
+
+
+def test_worker_serves_only_its_types_and_reports_to_the_registry() -> None:
+    worker = Worker(node_types={"upper"}, capacity=2, poll_wait=0.05)
+    worker.register_node("upper", lambda s: {"text": s["text"].upper()})
+
+    async def body() -> Any:
+        workers = await worker.backend.worker_registry.list_workers("upper")
+        assert [w.worker_id for w in workers] == [worker.worker_id] and workers[0].capacity == 2
+        return await Orchestrator().execute(remote_chain("upper", "upper"), {"text": "hi"})
+
+    result = run(with_worker(worker, body))
+    assert result["text"] == "HI"
+    assert run(worker.backend.worker_registry.list_workers()) == []  # deregistered on stop
+
+
+def test_capacity_bounds_concurrent_tasks() -> None:
+    running = {"now": 0, "peak": 0}
+
+    async def node(state: State) -> dict[str, Any]:
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        await asyncio.sleep(0.02)
+        running["now"] -= 1
+        return {}
+
+    graph = Graph("wide")
+    graph.add_node("start", lambda s: None)
+    names = [f"w{i}" for i in range(8)]
+    for name in names:
+        graph.add_node(name, node_type="work")
+        graph.add_edge("start", name)
+        graph.set_finish_point(name)
+    graph.set_entry_point("start").compile()
+    worker = Worker(capacity=3, poll_wait=0.05)
+    worker.register_node("work", node)
+    run(with_worker(worker, lambda: Orchestrator().execute(graph, {})))
+    assert running["peak"] == 3
+    assert worker.stats.succeeded == 8
+
+
+def test_worker_retries_with_the_nodes_policy_then_dead_letters() -> None:
+    attempts: list[int] = []
+
+    def flaky(state: State, context: NodeContext) -> dict[str, Any]:
+        attempts.append(context.attempt)
+        raise TimeoutError(f"attempt {context.attempt} failed")
+
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("flaky", flaky)
+    graph = remote_chain("flaky", "flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+
+    async def body() -> Any:
+        with pytest.raises(NodeExecutionError) as caught:
+            await Orchestrator().execute(graph, {}, workflow_id="wf-flaky")
+        assert caught.value.node == "flaky" and caught.value.attempts == 3
+        assert caught.value.error_type == "TimeoutError" and "attempt 3 failed" in caught.value.error_message
+        return await worker.backend.task_queue.dead_letters("flaky")
+
+    (letter,) = run(with_worker(worker, body))
+    assert attempts == [1, 2, 3]
+    assert len(letter.errors) == 3 and "attempt 1 failed" in letter.errors[0]
+    assert worker.stats.retried == 2 and worker.stats.failed == 1
+
+
+def test_malformed_task_is_dead_lettered_and_the_worker_goes_on() -> None:
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("echo", lambda s: {"echo": True})
+    queue = worker.backend.task_queue
+
+    async def body() -> Any:
+        await queue.enqueue(Task("bad-1", "wf-x", "echo", "echo", {"no_state": 1}))
+        await queue.enqueue_raw("echo", b"\xff not json")
+        result = await Orchestrator().execute(remote_chain("echo", "echo"), {})
+        for _ in range(100):
+            letters = await queue.dead_letters("echo")
+            if len(letters) == 2:
+                return result, letters
+            await asyncio.sleep(0.01)
+        raise AssertionError("malformed tasks were not dead-lettered")
+
+    result, letters = run(with_worker(worker, body))
+    assert result["echo"] is True
+    reasons = sorted(letter.reason for letter in letters)
+    assert "malformed task" in reasons[0] and "no 'state'" in reasons[0]
+    assert "undecodable" in reasons[1]
+    assert worker.stats.malformed == 1
+
+
+def test_stop_releases_unfinished_tasks_back_to_the_queue() -> None:
+    started = asyncio.Event()
+
+    async def stuck(state: State) -> dict[str, Any]:
+        started.set()
+        await asyncio.sleep(60)
+        return {}
+
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("stuck", stuck)
+    backend = open_backend("memory://")
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start())
+        await backend.task_queue.enqueue(Task("t-stuck", "wf-s", "stuck", "stuck", {"state": {}}))
+        await started.wait()
+        await worker.stop(grace=0.05)
+        await serving
+        return await backend.task_queue.stats("stuck")
+
+    stats = run(scenario())
+    assert (stats.queued, stats.in_flight) == (1, 0)
+    assert worker.stats.released == 1
+
+
+def test_cancel_reaches_tasks_running_on_a_worker() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def long(state: State) -> dict[str, Any]:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("long", long)
+
+    async def body() -> None:
+        orchestrator = Orchestrator()
+        running = asyncio.ensure_future(orchestrator.execute(remote_chain("long", "long"), {}, workflow_id="wf-c"))
+        await started.wait()
+        await orchestrator.cancel_workflow("wf-c")
+        with pytest.raises(WorkflowCancelledError):
+            await running
+        await asyncio.wait_for(cancelled.wait(), 5)
+
+    run(with_worker(worker, body))
+
+
+def test_a_listed_type_without_a_function_is_refused_at_start() -> None:
+    worker = Worker(node_types={"a", "b"})
+    worker.register_node("a", lambda s: None)
+    with pytest.raises(ConfigurationError, match=r"\['b'\]"):
+        run(worker.start())
