@@ -14,7 +14,9 @@ condition, which returns one key or a list of keys (fan-out), each mapped to a n
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,6 +399,15 @@ class Graph:
             ],
             "reducers": dict(self._reducer_names),
         }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A small identity of the compiled graph: name, node count and a hash of ``spec()``.
+
+        Workflow records carry this instead of the whole spec, so each step's commit
+        stays small however large the graph is.
+        """
+        digest = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
+        return {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
 
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"

@@ -191,7 +191,7 @@ class Orchestrator:
         frontier = {"next": graph.entry_nodes(), "joins": {}}
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
-            frontier=frontier, graph=graph.spec(), metadata={"run": 0, "orchestrator": self.orchestrator_id},
+            frontier=frontier, graph=graph.fingerprint(), metadata={"run": 0, "orchestrator": self.orchestrator_id},
         )
         try:
             record = await self.backend.state_store.save(

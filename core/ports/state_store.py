@@ -56,7 +56,8 @@ class WorkflowRecord:
 
     ``state`` is the full state after ``step`` committed steps; ``frontier`` is the
     engine's opaque description of what runs next (triggered nodes, join progress);
-    ``error`` is set when the workflow failed; ``graph`` is the graph's JSON spec.
+    ``error`` is set when the workflow failed; ``graph`` identifies the graph
+    (name and a hash of its spec).
     """
 
     workflow_id: str
