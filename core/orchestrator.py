@@ -67,7 +67,9 @@ class Orchestrator:
     orchestrator's ownership of a workflow survives without renewal. With
     ``wait_for_workers`` False (the default here), a node that has no local function
     and no live worker fails at once; when True the workflow waits for a worker,
-    up to ``worker_timeout`` seconds if that is set.
+    up to ``worker_timeout`` seconds if that is set. ``backend_options`` are passed
+    to the backend (``prefix``, ``visibility_timeout``, ...). With ``local_nodes``
+    False every node goes to workers, even one whose function this process has.
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class Orchestrator:
         wait_for_workers: bool = False,
         worker_timeout: float | None = None,
         orchestrator_id: str | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+        local_nodes: bool = True,
     ) -> None:
         if step_limit < 1:
             raise ConfigurationError(f"step_limit must be >= 1, got {step_limit}")
@@ -93,6 +97,8 @@ class Orchestrator:
         self.lease_ttl = lease_ttl
         self.wait_for_workers = wait_for_workers
         self.worker_timeout = worker_timeout
+        self.local_nodes = local_nodes
+        self._backend_options = dict(backend_options or {})
         self.orchestrator_id = orchestrator_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._graphs: dict[str, Graph] = {}
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
@@ -107,7 +113,7 @@ class Orchestrator:
         """The backend, opened on first use."""
         if self._backend is None:
             url = self._backend_arg if isinstance(self._backend_arg, str) else DEFAULT_BACKEND_URL
-            self._backend = open_backend(url)
+            self._backend = open_backend(url, **self._backend_options)
         return self._backend
 
     async def connect(self) -> None:
@@ -143,6 +149,8 @@ class Orchestrator:
         return self._events
 
     def _local_function(self, spec: NodeSpec) -> NodeFunction | None:
+        if not self.local_nodes:
+            return None
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
     def _engine(self, workflow_id: str) -> StepEngine:

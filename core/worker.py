@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,6 +73,8 @@ class Worker:
     ``heartbeat_interval`` paces registry heartbeats; ``shutdown_grace`` is how long
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
     the longest a claim waits for work (and so the longest ``stop()`` waits for it).
+    With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop (only
+    when serving on the main thread's event loop).
     """
 
     def __init__(
@@ -85,6 +89,8 @@ class Worker:
         lease_seconds: float | None = None,
         shutdown_grace: float = 30.0,
         poll_wait: float = 1.0,
+        backend_options: Mapping[str, Any] | None = None,
+        handle_signals: bool = False,
     ) -> None:
         if capacity < 1:
             raise ConfigurationError(f"Worker capacity must be >= 1, got {capacity}")
@@ -99,6 +105,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.poll_wait = poll_wait
         self.stats = WorkerStats()
+        self.handle_signals = handle_signals
+        self._backend_options = dict(backend_options or {})
         self._backend_arg = backend
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None
         self._owns_backend = not isinstance(backend, Backend)
@@ -123,7 +131,7 @@ class Worker:
         """The backend, opened on first use."""
         if self._backend is None:
             url = self._backend_arg if isinstance(self._backend_arg, str) else DEFAULT_BACKEND_URL
-            self._backend = open_backend(url)
+            self._backend = open_backend(url, **self._backend_options)
         return self._backend
 
     def served_types(self) -> frozenset[str]:
@@ -159,6 +167,7 @@ class Worker:
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
         ]
         log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.url)
+        signals = self._install_signal_handlers()
         try:
             await self._claim_loop(types)
             await self._drain()
@@ -176,9 +185,33 @@ class Worker:
             if self._owns_backend:
                 with contextlib.suppress(Exception):
                     await backend.close()
+            self._remove_signal_handlers(signals)
             self._serving = False
             log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
             self._stopped.set()
+
+    def _install_signal_handlers(self) -> list[int]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not supported on this platform/loop
+                pass
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("worker %s received %s: draining", self.worker_id, signal.Signals(sig).name)
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _remove_signal_handlers(self, signals: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let running tasks finish (up to ``grace``), release the rest, deregister."""
