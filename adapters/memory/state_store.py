@@ -142,6 +142,7 @@ class MemoryStateStore(StateStore):
 
     async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
         with self._data.lock:
+            self._live(workflow_id)  # an expired record takes its lease with it (state_ttl)
             now = time.time()
             lease = self._data.leases.get(workflow_id)
             if lease is not None and lease.deadline > now:

@@ -277,6 +277,7 @@ class MemoryTaskQueue(TaskQueue):
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         with self._data.lock:
+            self._apply_time(time.time())  # a lease that just expired may have dead-lettered it
             stored = self._data.results.get(task_id)
             if stored is None:
                 return None
@@ -314,6 +315,7 @@ class MemoryTaskQueue(TaskQueue):
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         with self._data.lock:
+            self._apply_time(time.time())
             letters = [d for d, _, _ in self._data.dead.values() if node_type is None or d.node_type == node_type]
         return letters[:limit]
 

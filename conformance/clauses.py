@@ -1,0 +1,97 @@
+"""The contract as a list of named clauses, and the error that names a broken one.
+
+Every check in the suite fails by raising ``ContractViolation`` with the id of the
+clause it proves broken (``task_queue.priority-fifo``), so a report can say *which*
+promise a backend breaks, not only that a test failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CLAUSES", "PORTS", "Clause", "ContractViolation", "clause", "expect"]
+
+PORTS = ("task_queue", "state_store", "worker_registry", "message_bus", "concurrency")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One promise of one port: ``id`` is ``"<port>.<name>"``; ``text`` states it."""
+
+    id: str
+    text: str
+
+    @property
+    def port(self) -> str:
+        """The port the clause belongs to (the part of ``id`` before the dot)."""
+        return self.id.split(".", 1)[0]
+
+
+_TEXTS = {
+    # TaskQueue
+    "task_queue.priority-fifo": "claim hands out the highest priority first, FIFO by enqueue order within a priority",
+    "task_queue.idempotent-enqueue": "enqueue is idempotent on task id (queued, claimed, done or dead)",
+    "task_queue.invisible-while-claimed": "a claimed task is invisible to other claimers until ack/nack/release/expiry",
+    "task_queue.lease-expiry": "a task whose lease expired is delivered again (or dead-lettered at the limit)",
+    "task_queue.lease-extension": "extend pushes the lease deadline forward so the task stays claimed",
+    "task_queue.ack-result": "ack stores the result and removes the task, atomically",
+    "task_queue.lost-lease-refused": "ack/nack/extend/release on a lost lease raise LeaseLostError and change nothing",
+    "task_queue.nack-redelivery": "nack re-delivers at once, or not before its delay",
+    "task_queue.release": "release gives the task back at once without counting the attempt",
+    "task_queue.attempts": "attempts are counted across nacks and lease expiries (1 on first delivery)",
+    "task_queue.dead-letter": "past max_attempts a task is dead-lettered with its error history and a failed result",
+    "task_queue.requeue": "a dead letter can be inspected and re-queued with a fresh attempt count",
+    "task_queue.undecodable": "undecodable bytes are dead-lettered with a reason at claim time, never returned",
+    "task_queue.stats": "queued, in-flight and dead-letter counts per node type are exact",
+    "task_queue.result-expiry": "results are kept result_ttl seconds, then forgotten",
+    "task_queue.cancel": "cancel removes a queued (not claimed) task",
+    "task_queue.prefix-isolation": "two prefixes never see each other's tasks",
+    # StateStore
+    "state_store.cas": "save is compare-and-set on version: a stale version is refused and changes nothing",
+    "state_store.checkpoint-order": "checkpoints are append-only, listed newest first with limit/before",
+    "state_store.fencing": "lease grants carry strictly increasing fencing tokens; a superseded holder cannot commit",
+    "state_store.lease": "a workflow lease has one live holder, renewable until it expires, then free for anyone",
+    "state_store.list-by-status": "list_workflows returns the records, filtered by status, oldest first",
+    "state_store.ttl": "records, checkpoints and leases expire state_ttl seconds after the last save",
+    "state_store.prefix-isolation": "two prefixes never see each other's workflows",
+    # WorkerRegistry
+    "worker_registry.register": "register records a worker with its node types, capacity, host and pid",
+    "worker_registry.heartbeat": "heartbeat keeps a registered worker listed; False for unknown workers",
+    "worker_registry.expiry": "a worker without a heartbeat for heartbeat_ttl seconds is no longer listed",
+    "worker_registry.deregister": "deregister removes a worker at once",
+    "worker_registry.lookup": "list_workers(node_type=) returns exactly the live workers serving that type",
+    "worker_registry.prefix-isolation": "two prefixes never see each other's workers",
+    # MessageBus
+    "message_bus.fanout": "every current subscriber gets every message",
+    "message_bus.order": "messages arrive in publish order per publisher",
+    "message_bus.patterns": "pattern subscriptions ('*' one token, '>' the rest) get exactly the matching channels",
+    "message_bus.unsubscribe": "after close a subscription gets nothing more",
+    "message_bus.slow-subscriber": "a subscriber that never reads does not stall publishers or other subscribers",
+    "message_bus.prefix-isolation": "two prefixes never see each other's messages",
+    # Concurrency
+    "concurrency.exclusive-claim": "N concurrent claimers never hold the same task at once",
+    "concurrency.no-loss": "every enqueued task is eventually acked or dead-lettered, never lost or duplicated",
+    "concurrency.cas-race": "of two concurrent compare-and-set writers of one version exactly one wins",
+}
+
+CLAUSES: dict[str, Clause] = {key: Clause(key, text) for key, text in _TEXTS.items()}
+
+
+def clause(clause_id: str) -> Clause:
+    """The clause named ``clause_id``; ``KeyError`` for an unknown id (a typo in a check)."""
+    return CLAUSES[clause_id]
+
+
+class ContractViolation(AssertionError):
+    """A backend broke ``clause``; the message starts with ``[clause id]`` and says how."""
+
+    def __init__(self, clause_id: str, detail: str) -> None:
+        self.clause = clause(clause_id)
+        self.detail = detail
+        super().__init__(f"[{clause_id}] {self.clause.text}: {detail}")
+
+
+def expect(condition: object, clause_id: str, detail: str) -> None:
+    """Raise ``ContractViolation(clause_id, detail)`` unless ``condition`` is truthy."""
+    if not condition:
+        raise ContractViolation(clause_id, detail)

@@ -1,0 +1,145 @@
+"""Scenario checks of the StateStore port: CAS, checkpoints, fenced leases, status, TTL."""
+
+from __future__ import annotations
+
+import asyncio
+
+from distributed_agents.conformance.catalog import conformance_check
+from distributed_agents.conformance.clauses import expect
+from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.helpers import refused, sleep_past
+from distributed_agents.core.errors import (
+    FencingTokenRejectedError,
+    LeaseLostError,
+    VersionConflictError,
+    WorkflowExistsError,
+)
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord, WorkflowStatus
+
+PORT = "state_store"
+
+
+def record(workflow_id: str, *, status: str = WorkflowStatus.RUNNING, step: int = 0, created_at: float = 1.0, **state: object) -> WorkflowRecord:
+    """A small record whose state says what wrote it."""
+    return WorkflowRecord(workflow_id, "graph", status, dict(state), step=step, created_at=created_at, updated_at=created_at)
+
+
+@conformance_check(PORT, ("state_store.cas",))
+async def check_compare_and_set(session: Session) -> None:
+    """Create with version 0, update with the current version; stale versions change nothing."""
+    store = (await session.open()).state_store
+    clause = "state_store.cas"
+    saved = await store.save(record("w1", n=1), expected_version=0)
+    expect(saved.version == 1, clause, f"a created record has version {saved.version}, expected 1")
+    await refused(store.save(record("w1", n=99), expected_version=0), WorkflowExistsError, clause, "creating w1 twice")
+    second = await store.save(record("w1", n=2), expected_version=1)
+    expect(second.version == 2, clause, f"saving on version 1 stored version {second.version}, expected 2")
+    error = await refused(store.save(record("w1", n=3), expected_version=1), VersionConflictError, clause, "save with stale version 1")
+    expect(getattr(error, "expected", None) == 1, clause, f"the conflict error reports expected={getattr(error, 'expected', None)}")
+    await refused(store.save(record("w1", n=4), expected_version=7), VersionConflictError, clause, "save with future version 7")
+    await refused(store.save(record("ghost", n=1), expected_version=3), VersionConflictError, clause, "update of a missing record")
+    current = await store.get("w1")
+    expect(current is not None and current.version == 2 and dict(current.state) == {"n": 2}, clause,
+           f"after refused saves the record is {current!r}, expected version 2 with n=2")
+    expect(await store.get("ghost") is None, clause, "a refused update created a record")
+
+
+@conformance_check(PORT, ("state_store.checkpoint-order", "state_store.cas"))
+async def check_checkpoint_history(session: Session) -> None:
+    """Checkpoints are appended with their save, listed newest first, honouring limit/before."""
+    store = (await session.open()).state_store
+    clause = "state_store.checkpoint-order"
+    version = 0
+    for step in range(6):
+        saved = await store.save(record("w1", step=step, s=step), expected_version=version,
+                                 checkpoint=Checkpoint("w1", step, {"s": step}, writes={"node": {"s": step}}))
+        version = saved.version
+    await refused(store.save(record("w1", step=99), expected_version=1, checkpoint=Checkpoint("w1", 99, {})),
+                  VersionConflictError, "state_store.cas", "a stale save with a checkpoint")
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(steps == [5, 4, 3, 2, 1, 0], clause, f"checkpoints listed as steps {steps}, expected newest first [5..0]")
+    limited = [cp.step for cp in await store.list_checkpoints("w1", limit=2)]
+    expect(limited == [5, 4], clause, f"limit=2 gave {limited}")
+    before = [cp.step for cp in await store.list_checkpoints("w1", before=3)]
+    expect(before == [2, 1, 0], clause, f"before=3 gave {before}")
+    both = [cp.step for cp in await store.list_checkpoints("w1", before=5, limit=3)]
+    expect(both == [4, 3, 2], clause, f"before=5, limit=3 gave {both}")
+    [latest] = await store.list_checkpoints("w1", limit=1)
+    expect(dict(latest.state) == {"s": 5} and dict(latest.writes) == {"node": {"s": 5}}, clause, f"checkpoint content {latest!r}")
+    expect(await store.list_checkpoints("other") == [], clause, "an unknown workflow has checkpoints")
+
+
+@conformance_check(PORT, ("state_store.lease", "state_store.fencing"))
+async def check_leases_and_fencing(session: Session) -> None:
+    """One holder at a time; renewal; expiry frees it; tokens grow; a superseded holder cannot commit."""
+    store = (await session.open()).state_store
+    short = session.short
+    await store.save(record("w1"), expected_version=0)
+    first = await store.acquire_lease("w1", "orch-a", short)
+    expect(first is not None, "state_store.lease", "a free lease was not granted")
+    assert first is not None
+    expect(await store.acquire_lease("w1", "orch-b", 30.0) is None, "state_store.lease", "a held lease was granted to another owner")
+    again = await store.acquire_lease("w1", "orch-a", short)
+    expect(again is not None and again.fencing_token == first.fencing_token, "state_store.lease",
+           f"re-acquiring one's own live lease changed the token: {first} -> {again}")
+    renewed = await store.renew_lease(first, short)
+    expect(renewed.fencing_token == first.fencing_token, "state_store.lease", "renewal changed the fencing token")
+    saved = await store.save(record("w1", by="a"), expected_version=1, fencing_token=first.fencing_token)
+    await sleep_past(short, session.slack)
+    await refused(store.renew_lease(first, short), LeaseLostError, "state_store.lease", "renewing an expired lease")
+    second = await store.acquire_lease("w1", "orch-b", 30.0)
+    expect(second is not None, "state_store.lease", "an expired lease could not be taken over")
+    assert second is not None
+    expect(second.fencing_token > first.fencing_token, "state_store.fencing",
+           f"the takeover token {second.fencing_token} is not greater than {first.fencing_token}")
+    await refused(store.save(record("w1", by="zombie"), expected_version=saved.version, fencing_token=first.fencing_token),
+                  FencingTokenRejectedError, "state_store.fencing", "a commit by the superseded lease holder")
+    current = await store.get("w1")
+    expect(current is not None and dict(current.state) == {"by": "a"}, "state_store.fencing", f"the refused commit changed the record: {current!r}")
+    await store.save(record("w1", by="b"), expected_version=saved.version, fencing_token=second.fencing_token)
+    await store.release_lease(second)
+    third = await store.acquire_lease("w1", "orch-c", 30.0)
+    expect(third is not None, "state_store.lease", "a released lease was not free")
+    assert third is not None
+    expect(third.fencing_token > second.fencing_token, "state_store.fencing", "a grant after release reused an old token")
+    await store.release_lease(first)  # released long ago: must not free orch-c's lease
+    expect(await store.acquire_lease("w1", "orch-d", 30.0) is None, "state_store.lease", "releasing a lost lease freed the new holder's lease")
+
+
+@conformance_check(PORT, ("state_store.list-by-status",))
+async def check_list_by_status(session: Session) -> None:
+    """list_workflows filters by status and lists oldest first."""
+    store = (await session.open()).state_store
+    clause = "state_store.list-by-status"
+    statuses = [WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED, WorkflowStatus.RUNNING, WorkflowStatus.FAILED]
+    for index, status in enumerate(statuses):
+        await store.save(record(f"w{index}", status=status, created_at=100.0 + index), expected_version=0)
+    await store.save(record("w0", status=WorkflowStatus.COMPLETED, created_at=100.0), expected_version=1)
+    listed = {s: [r.workflow_id for r in await store.list_workflows(s)] for s in sorted(WorkflowStatus.ALL)}
+    expected = {"running": ["w2"], "completed": ["w0", "w1"], "failed": ["w3"], "pending": [], "cancelled": []}
+    expect(listed == expected, clause, f"by status: {listed}, expected {expected}")
+    everything = [r.workflow_id for r in await store.list_workflows()]
+    expect(everything == ["w0", "w1", "w2", "w3"], clause, f"all workflows listed as {everything}")
+    expect(await store.delete("w1") is True and await store.delete("w1") is False, clause, "delete did not report existence")
+    remaining = [r.workflow_id for r in await store.list_workflows(WorkflowStatus.COMPLETED)]
+    expect(remaining == ["w0"], clause, f"after deleting w1 completed lists {remaining}")
+
+
+@conformance_check(PORT, ("state_store.ttl",), requires=("state_ttl",))
+async def check_state_ttl(session: Session) -> None:
+    """Records, checkpoints and leases vanish state_ttl after the last save, not before."""
+    store = (await session.open(state_ttl=session.short * 2)).state_store
+    clause = "state_store.ttl"
+    ttl = session.short * 2
+    await store.save(record("w1"), expected_version=0, checkpoint=Checkpoint("w1", 0, {}))
+    await store.save(record("w2"), expected_version=0)
+    await store.acquire_lease("w1", "orch", 30.0)
+    await asyncio.sleep(ttl * 0.5)
+    await store.save(record("w2"), expected_version=1)  # a save restarts w2's clock
+    await sleep_past(ttl * 0.5, session.slack)
+    # The lease is probed first: reading the record must not be what expires it.
+    expect(await store.acquire_lease("w1", "other", 30.0) is not None, clause, "w1's lease outlived its record")
+    expect(await store.list_checkpoints("w1") == [], clause, "w1's checkpoints outlived its record")
+    expect(await store.get("w1") is None, clause, f"w1 is still stored {ttl}s after its last save")
+    expect(await store.get("w2") is not None, clause, "w2 expired although it was saved again within state_ttl")
+    expect([r.workflow_id for r in await store.list_workflows()] == ["w2"], clause, "an expired workflow is still listed")

@@ -1,0 +1,354 @@
+"""Scenario checks of the TaskQueue port: one short, deterministic story per clause.
+
+The state machine in ``task_queue_machine`` explores random interleavings; these
+scenarios make sure each clause is exercised at least once, so a failure names the
+clause precisely.
+"""
+
+from __future__ import annotations
+
+from distributed_agents.conformance.catalog import conformance_check
+from distributed_agents.conformance.clauses import ContractViolation, expect
+from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.helpers import claim_ids, make_task, refused, sleep_past
+from distributed_agents.core.errors import LeaseLostError
+from distributed_agents.core.ports.backend import Backend
+
+PORT = "task_queue"
+
+
+async def _peer(session: Session, backend: Backend) -> Backend:
+    """A second connection on the same prefix, or the same backend if the engine cannot share."""
+    if session.requirements.supports("shared_prefix"):
+        return await session.open(prefix=backend.options.prefix)
+    return backend
+
+
+@conformance_check(PORT, ("task_queue.priority-fifo",))
+async def check_priority_then_fifo(session: Session) -> None:
+    """Highest priority first, FIFO within a priority, for single and batch claims."""
+    queue = (await session.open()).task_queue
+    plan = [("a1", 0), ("b1", 2), ("a2", 0), ("c1", 1), ("b2", 2), ("a3", 0), ("c2", 1), ("n1", -1)]
+    for task_id, priority in plan:
+        await queue.enqueue(make_task(task_id, priority=priority))
+    expected = ["b1", "b2", "c1", "c2", "a1", "a2", "a3", "n1"]
+    got = [c.task.id for _ in range(4) for c in await claim_ids(queue, ["alpha"])]
+    expect(got == expected[:4], "task_queue.priority-fifo", f"single claims returned {got}, expected {expected[:4]}")
+    batch = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=10)]
+    expect(batch == expected[4:], "task_queue.priority-fifo", f"a batch claim returned {batch}, expected {expected[4:]}")
+
+
+@conformance_check(PORT, ("task_queue.idempotent-enqueue",))
+async def check_enqueue_is_idempotent(session: Session) -> None:
+    """Enqueuing a known id (queued, claimed, done, dead) returns False and changes nothing."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.idempotent-enqueue"
+    expect(await queue.enqueue(make_task("t1")) is True, clause, "first enqueue of t1 did not return True")
+    expect(await queue.enqueue(make_task("t1", payload={"other": 1})) is False, clause, "re-enqueue of queued t1 returned True")
+    stats = await queue.stats("alpha")
+    expect(stats.queued == 1, clause, f"after enqueuing t1 twice, {stats.queued} tasks are queued")
+    [claim] = await claim_ids(queue, ["alpha"])
+    expect(claim.task.payload == {"task": "t1"}, clause, f"the second enqueue replaced the payload: {claim.task.payload}")
+    expect(await queue.enqueue(make_task("t1")) is False, clause, "re-enqueue of claimed t1 returned True")
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, "re-enqueue of claimed t1 made it claimable twice")
+    await queue.ack(claim, {"ok": True})
+    expect(await queue.enqueue(make_task("t1")) is False, clause, "re-enqueue of finished t1 returned True")
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, "re-enqueue of finished t1 queued it again")
+    await queue.enqueue(make_task("t2", max_attempts=1))
+    [doomed] = await claim_ids(queue, ["alpha"])
+    await queue.nack(doomed, "fails")
+    expect(await queue.enqueue(make_task("t2")) is False, clause, "re-enqueue of dead-lettered t2 returned True")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight) == (0, 0), clause, f"re-enqueues left queued={stats.queued} in_flight={stats.in_flight}")
+
+
+@conformance_check(PORT, ("task_queue.invisible-while-claimed",))
+async def check_claimed_task_is_invisible(session: Session) -> None:
+    """While one worker holds a task, no other claimer gets it."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    clause = "task_queue.invisible-while-claimed"
+    await backend.task_queue.enqueue(make_task("t1"))
+    await backend.task_queue.enqueue(make_task("t2", priority=-1))
+    [held] = await claim_ids(backend.task_queue, ["alpha"], worker_id="w1")
+    got = [c.task.id for c in await claim_ids(other.task_queue, ["alpha"], worker_id="w2", max_tasks=5)]
+    expect(got == ["t2"], clause, f"while w1 holds t1, w2's claim returned {got}, expected only ['t2']")
+    again = [c.task.id for c in await claim_ids(other.task_queue, ["alpha"], worker_id="w3", max_tasks=5)]
+    expect(again == [], clause, f"while both tasks are held, w3's claim returned {again}")
+    stats = await backend.task_queue.stats("alpha")
+    expect((stats.queued, stats.in_flight) == (0, 2), "task_queue.stats", f"two held tasks show {stats}")
+
+
+@conformance_check(PORT, ("task_queue.lease-expiry", "task_queue.attempts"))
+async def check_expired_lease_is_redelivered(session: Session) -> None:
+    """A lease that runs out makes the task claimable again, as a new attempt."""
+    backend = await session.open()
+    queue = backend.task_queue
+    await queue.enqueue(make_task("t1"))
+    [first] = await claim_ids(queue, ["alpha"], lease=session.short)
+    expect(first.attempt == 1, "task_queue.attempts", f"first delivery has attempt {first.attempt}, expected 1")
+    early = await claim_ids(queue, ["alpha"])
+    expect(early == [], "task_queue.invisible-while-claimed", "the task was claimable again before its lease expired")
+    await sleep_past(session.short, session.slack)
+    again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in again] == ["t1"], "task_queue.lease-expiry",
+           f"after the lease of {session.short}s expired, claim returned {[c.task.id for c in again]}")
+    expect(again[0].attempt == 2, "task_queue.attempts", f"redelivery after lease expiry has attempt {again[0].attempt}, expected 2")
+    expect(again[0].lease_id != first.lease_id, "task_queue.lease-expiry", "redelivery reused the expired lease id")
+
+
+@conformance_check(PORT, ("task_queue.lease-extension",))
+async def check_extend_keeps_the_task(session: Session) -> None:
+    """An extended lease outlives its original deadline; the extended claim can still ack."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    clause = "task_queue.lease-extension"
+    await backend.task_queue.enqueue(make_task("t1"))
+    [claim] = await claim_ids(backend.task_queue, ["alpha"], lease=session.short)
+    extended = await backend.task_queue.extend(claim, 30.0)
+    expect(extended.deadline > claim.deadline + 1.0, clause, f"extend(30) moved the deadline from {claim.deadline} to {extended.deadline}")
+    expect(extended.task.id == claim.task.id and extended.lease_id == claim.lease_id, clause, "extend returned another delivery")
+    await sleep_past(session.short, session.slack)
+    stolen = await claim_ids(other.task_queue, ["alpha"], worker_id="w2")
+    expect(stolen == [], clause, "the task was delivered again after its lease was extended")
+    stats = await backend.task_queue.stats("alpha")
+    expect(stats.in_flight == 1, clause, f"an extended lease shows in_flight={stats.in_flight}")
+    await backend.task_queue.ack(extended, {"done": 1})
+
+
+@conformance_check(PORT, ("task_queue.ack-result",))
+async def check_ack_stores_result_and_removes(session: Session) -> None:
+    """Ack stores the output (visible to get_result and wait_results) and removes the task."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.ack-result"
+    await queue.enqueue(make_task("t1"))
+    expect(await queue.get_result("t1") is None, clause, "a queued task already has a result")
+    [claim] = await claim_ids(queue, ["alpha"], worker_id="w7")
+    await queue.ack(claim, {"answer": 42, "nested": {"list": [1, 2]}})
+    result = await queue.get_result("t1")
+    expect(result is not None, clause, "get_result is None right after ack")
+    assert result is not None
+    expect(result.status == "succeeded", clause, f"acked task has status {result.status!r}")
+    expect(dict(result.output or {}) == {"answer": 42, "nested": {"list": [1, 2]}}, clause, f"stored output is {result.output!r}")
+    expect(result.attempts == 1, clause, f"stored attempts is {result.attempts}, expected 1")
+    waited = await queue.wait_results(["t1", "unknown"], timeout=session.requirements.delivery_timeout)
+    expect(set(waited) == {"t1"}, clause, f"wait_results returned {sorted(waited)}")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), clause, f"after ack the stats are {stats}")
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, "an acked task was delivered again")
+
+
+@conformance_check(PORT, ("task_queue.lost-lease-refused",))
+async def check_lost_lease_is_refused(session: Session) -> None:
+    """Settling through a lease that expired and was re-claimed, or was settled, is refused."""
+    backend = await session.open()
+    queue = backend.task_queue
+    clause = "task_queue.lost-lease-refused"
+    await queue.enqueue(make_task("t1"))
+    [stale] = await claim_ids(queue, ["alpha"], worker_id="w1", lease=session.short)
+    await sleep_past(session.short, session.slack)
+    [current] = await claim_ids(queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
+    await refused(queue.ack(stale, {"by": "w1"}), LeaseLostError, clause, "ack by the worker whose lease expired")
+    await refused(queue.nack(stale, "late"), LeaseLostError, clause, "nack by the worker whose lease expired")
+    await refused(queue.extend(stale, 30.0), LeaseLostError, clause, "extend by the worker whose lease expired")
+    await refused(queue.release(stale), LeaseLostError, clause, "release by the worker whose lease expired")
+    expect(await queue.get_result("t1") is None, clause, "a refused ack stored a result")
+    stats = await queue.stats("alpha")
+    expect(stats.in_flight == 1, clause, f"after refused calls the new holder's task shows in_flight={stats.in_flight}")
+    await queue.ack(current, {"by": "w2"})
+    result = await queue.get_result("t1")
+    expect(result is not None and dict(result.output or {}) == {"by": "w2"}, clause, f"result is {result!r}, expected w2's")
+    await refused(queue.ack(current, {"by": "again"}), LeaseLostError, clause, "a second ack of the same delivery")
+    await refused(queue.nack(current, "after ack"), LeaseLostError, clause, "nack after ack")
+
+
+@conformance_check(PORT, ("task_queue.nack-redelivery", "task_queue.attempts"))
+async def check_nack_redelivers(session: Session) -> None:
+    """Nack without delay re-delivers at once; with a delay, not before it; attempts count."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.nack-redelivery"
+    await queue.enqueue(make_task("t1", max_attempts=5))
+    [first] = await claim_ids(queue, ["alpha"])
+    expect(await queue.nack(first, "e1") is True, clause, "nack below max_attempts did not return True")
+    second = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in second] == ["t1"], clause, "a task nacked without delay was not delivered again")
+    expect(second[0].attempt == 2, "task_queue.attempts", f"delivery after one nack has attempt {second[0].attempt}")
+    delay = session.short
+    await queue.nack(second[0], "e2", delay=delay)
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, f"a task nacked with delay={delay}s was claimable at once")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight) == (1, 0), "task_queue.stats",
+           f"a delayed task must count as queued: queued={stats.queued} in_flight={stats.in_flight}")
+    await sleep_past(delay, session.slack)
+    third = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in third] == ["t1"], clause, "a task nacked with a delay was not delivered after the delay")
+    expect(third[0].attempt == 3, "task_queue.attempts", f"delivery after two nacks has attempt {third[0].attempt}")
+
+
+@conformance_check(PORT, ("task_queue.release",))
+async def check_release_does_not_count(session: Session) -> None:
+    """Release gives the task back at once and the next delivery keeps the attempt number."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.release"
+    await queue.enqueue(make_task("t1", max_attempts=1))
+    [claim] = await claim_ids(queue, ["alpha"])
+    await queue.release(claim)
+    again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in again] == ["t1"], clause, "a released task was not delivered again")
+    expect(again[0].attempt == 1, clause, f"after release the next delivery has attempt {again[0].attempt}, expected 1")
+
+
+@conformance_check(PORT, ("task_queue.attempts", "task_queue.dead-letter"))
+async def check_attempts_across_nacks_and_expiry(session: Session) -> None:
+    """Nacks and lease expiries both count; the dead letter records every attempt's error."""
+    queue = (await session.open()).task_queue
+    await queue.enqueue(make_task("t1", max_attempts=3))
+    [a1] = await claim_ids(queue, ["alpha"])
+    await queue.nack(a1, "first-error")
+    [a2] = await claim_ids(queue, ["alpha"], lease=session.short, wait=session.requirements.delivery_timeout)
+    expect(a2.attempt == 2, "task_queue.attempts", f"second delivery has attempt {a2.attempt}")
+    await sleep_past(session.short, session.slack)
+    a3 = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect(len(a3) == 1, "task_queue.lease-expiry", "the task was not delivered after its lease expired")
+    expect(a3[0].attempt == 3, "task_queue.attempts", f"delivery after a nack and an expiry has attempt {a3[0].attempt}")
+    expect(await queue.nack(a3[0], "third-error") is False, "task_queue.dead-letter",
+           "nack on the last allowed attempt did not return False (dead-lettered)")
+    letters = await queue.dead_letters("alpha")
+    expect([d.task_id for d in letters] == ["t1"], "task_queue.dead-letter", f"dead letters are {[d.task_id for d in letters]}")
+    expect(letters[0].attempts == 3, "task_queue.attempts", f"dead letter records {letters[0].attempts} attempts, expected 3")
+    history = " | ".join(letters[0].errors)
+    expect(len(letters[0].errors) == 3 and "first-error" in history and "third-error" in history,
+           "task_queue.dead-letter", f"error history {list(letters[0].errors)} lacks an attempt")
+
+
+@conformance_check(PORT, ("task_queue.dead-letter",))
+async def check_dead_letter_after_max_attempts(session: Session) -> None:
+    """Past max_attempts (by nack or by expiry) a task is dead-lettered with a failed result."""
+    queue = (await session.open(max_attempts=2)).task_queue
+    clause = "task_queue.dead-letter"
+    await queue.enqueue(make_task("t1", payload={"keep": "me"}))
+    await queue.enqueue(make_task("t2", "beta", max_attempts=1))
+    [c1] = await claim_ids(queue, ["alpha"])
+    expect(await queue.nack(c1, "boom-1") is True, clause, "nack on attempt 1 of 2 dead-lettered the task")
+    [c2] = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect(await queue.nack(c2, "boom-2") is False, clause, "nack on attempt 2 of 2 (queue default) did not dead-letter")
+    [c3] = await claim_ids(queue, ["beta"], lease=session.short)
+    await sleep_past(session.short, session.slack)
+    expect(await claim_ids(queue, ["alpha", "beta"]) == [], clause, "a task past its max_attempts was delivered again")
+    letters = {d.task_id: d for d in await queue.dead_letters()}
+    expect(set(letters) == {"t1", "t2"}, clause, f"dead letters are {sorted(letters)}, expected t1 (nacked) and t2 (expired)")
+    t1 = letters["t1"]
+    expect(t1.task is not None and dict(t1.task.payload) == {"keep": "me"}, clause, f"dead letter lost the task: {t1.task!r}")
+    expect(t1.node_type == "alpha" and t1.reason, clause, f"dead letter has node_type={t1.node_type!r} reason={t1.reason!r}")
+    expect(any("boom-1" in e for e in t1.errors) and any("boom-2" in e for e in t1.errors), clause, f"errors {list(t1.errors)}")
+    expect([d.task_id for d in await queue.dead_letters("beta")] == ["t2"], clause, "dead_letters('beta') is not [t2]")
+    for task_id in ("t1", "t2"):
+        result = await queue.get_result(task_id)
+        expect(result is not None and result.status == "failed", clause, f"dead-lettered {task_id} has result {result!r}")
+    waited = await queue.wait_results(["t1"], timeout=session.requirements.delivery_timeout)
+    expect("t1" in waited and waited["t1"].status == "failed", clause, "wait_results does not report the dead letter")
+    alpha = await queue.stats("alpha")
+    expect((alpha.queued, alpha.in_flight, alpha.dead) == (0, 0, 1), "task_queue.stats", f"stats after dead-lettering: {alpha}")
+    del c3
+
+
+@conformance_check(PORT, ("task_queue.requeue",), requires=("dead_letter_requeue",))
+async def check_requeue_dead_letter(session: Session) -> None:
+    """A dead letter goes back to the queue with a fresh attempt count."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.requeue"
+    await queue.enqueue(make_task("t1", max_attempts=1, payload={"p": 1}))
+    [claim] = await claim_ids(queue, ["alpha"])
+    await queue.nack(claim, "fatal")
+    expect(await queue.requeue_dead_letter("t1") is True, clause, "requeue_dead_letter of a dead letter returned False")
+    expect(await queue.requeue_dead_letter("t1") is False, clause, "a second requeue of the same letter returned True")
+    expect(await queue.requeue_dead_letter("never-seen") is False, clause, "requeue of an unknown id returned True")
+    expect(await queue.dead_letters("alpha") == [], clause, "the requeued task is still listed as a dead letter")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.dead) == (1, 0), clause, f"after requeue stats are {stats}")
+    again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in again] == ["t1"], clause, "the requeued task was not delivered")
+    expect(again[0].attempt == 1, clause, f"requeued task starts at attempt {again[0].attempt}, expected 1")
+    expect(dict(again[0].task.payload) == {"p": 1}, clause, f"requeued payload is {again[0].task.payload}")
+    await queue.ack(again[0], {"second": "life"})
+    result = await queue.get_result("t1")
+    expect(result is not None and result.status == "succeeded", clause, f"after requeue and ack the result is {result!r}")
+
+
+@conformance_check(PORT, ("task_queue.undecodable",), requires=("undecodable_payloads",))
+async def check_undecodable_payload_dead_lettered(session: Session) -> None:
+    """Garbage bytes are dead-lettered with a reason at claim time; claim never returns them."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.undecodable"
+    await queue.enqueue(make_task("good1"))
+    await queue.enqueue_raw("alpha", b"\xff\xfe not json")
+    await queue.enqueue_raw("alpha", b'{"not": "a task"}', priority=5)
+    await queue.enqueue(make_task("good2"))
+    got: list[str] = []
+    for _ in range(4):
+        try:
+            claims = await claim_ids(queue, ["alpha"])
+        except Exception as exc:
+            raise ContractViolation(clause, f"claim raised {type(exc).__name__} on an undecodable payload: {exc}") from exc
+        got += [c.task.id for c in claims]
+        for claim in claims:
+            await queue.ack(claim, None)
+    expect(got == ["good1", "good2"], clause, f"claims around garbage returned {got}, expected ['good1', 'good2']")
+    letters = await queue.dead_letters("alpha")
+    expect(len(letters) == 2, clause, f"{len(letters)} dead letters for 2 undecodable payloads")
+    raws = sorted(bytes(d.raw or b"") for d in letters)
+    expect(raws == sorted([b"\xff\xfe not json", b'{"not": "a task"}']), clause, f"dead letters keep raw bytes {raws}")
+    expect(all(d.task is None and d.reason for d in letters), clause, "an undecodable dead letter has a task or no reason")
+    expect((await queue.stats("alpha")).dead == 2, "task_queue.stats", "undecodable dead letters are not counted")
+    if session.requirements.supports("dead_letter_requeue"):
+        expect(await queue.requeue_dead_letter(letters[0].task_id) is False, clause, "an undecodable dead letter was requeued")
+
+
+@conformance_check(PORT, ("task_queue.stats",))
+async def check_depth_and_in_flight_counts(session: Session) -> None:
+    """Queued (ready or delayed), in flight and dead are counted per node type."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.stats"
+    for index in range(4):
+        await queue.enqueue(make_task(f"a{index}", max_attempts=1))
+    await queue.enqueue(make_task("b0", "beta"))
+    c_dead, c_delay, c_held = await claim_ids(queue, ["alpha"], max_tasks=3)
+    await queue.nack(c_dead, "dead")
+    await queue.enqueue(make_task("a9", priority=5, max_attempts=3))
+    [c9] = await claim_ids(queue, ["alpha"], max_tasks=1)
+    await queue.nack(c9, "later", delay=30.0)
+    del c_delay, c_held
+    cases = {"alpha": (2, 2, 1), "beta": (1, 0, 0), "gamma": (0, 0, 0)}
+    for node_type, expected in cases.items():
+        stats = await queue.stats(node_type)
+        got = (stats.queued, stats.in_flight, stats.dead)
+        expect(stats.node_type == node_type, clause, f"stats({node_type!r}) names {stats.node_type!r}")
+        expect(got == expected, clause, f"stats({node_type!r}) is (queued, in_flight, dead)={got}, expected {expected}")
+
+
+@conformance_check(PORT, ("task_queue.result-expiry",), requires=("result_expiry",))
+async def check_results_expire(session: Session) -> None:
+    """A result is readable right after ack and gone after result_ttl."""
+    queue = (await session.open(result_ttl=session.short)).task_queue
+    clause = "task_queue.result-expiry"
+    await queue.enqueue(make_task("t1"))
+    [claim] = await claim_ids(queue, ["alpha"])
+    await queue.ack(claim, {"x": 1})
+    expect(await queue.get_result("t1") is not None, "task_queue.ack-result", "no result right after ack")
+    await sleep_past(session.short, session.slack)
+    expect(await queue.get_result("t1") is None, clause, f"the result is still there after result_ttl={session.short}s")
+
+
+@conformance_check(PORT, ("task_queue.cancel",))
+async def check_cancel_queued_only(session: Session) -> None:
+    """Cancel removes a queued task, refuses a claimed or unknown one."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.cancel"
+    await queue.enqueue(make_task("t1"))
+    await queue.enqueue(make_task("t2"))
+    expect(await queue.cancel("t1") is True, clause, "cancel of a queued task returned False")
+    [claim] = await claim_ids(queue, ["alpha"])
+    expect(claim.task.id == "t2", clause, f"a cancelled task was delivered ({claim.task.id})")
+    expect(await queue.cancel("t2") is False, clause, "cancel of a claimed task returned True")
+    expect(await queue.cancel("nope") is False, clause, "cancel of an unknown task returned True")
+    await queue.ack(claim, None)

@@ -1,0 +1,70 @@
+"""Scenario checks of the WorkerRegistry port: register, heartbeat, expiry, deregister, lookup."""
+
+from __future__ import annotations
+
+import asyncio
+
+from distributed_agents.conformance.catalog import conformance_check
+from distributed_agents.conformance.clauses import expect
+from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.helpers import sleep_past
+from distributed_agents.core.ports.worker_registry import WorkerInfo
+
+PORT = "worker_registry"
+
+
+def worker(worker_id: str, *node_types: str, capacity: int = 2) -> WorkerInfo:
+    """A worker record with every field set, so a dropped field shows."""
+    return WorkerInfo(worker_id, frozenset(node_types), capacity=capacity, host=f"host-{worker_id}", pid=1000 + len(worker_id),
+                      metadata={"zone": "z1"})
+
+
+@conformance_check(PORT, ("worker_registry.register", "worker_registry.lookup"))
+async def check_register_and_lookup(session: Session) -> None:
+    """Registered workers are listed with their fields, sorted by id, filtered by node type."""
+    registry = (await session.open()).worker_registry
+    await registry.register(worker("w2", "alpha", "beta", capacity=4))
+    await registry.register(worker("w1", "alpha"))
+    await registry.register(worker("w3", "gamma"))
+    listed = await registry.list_workers()
+    expect([w.worker_id for w in listed] == ["w1", "w2", "w3"], "worker_registry.register", f"listed {[w.worker_id for w in listed]}")
+    w2 = listed[1]
+    expect((w2.node_types, w2.capacity, w2.host, w2.pid) == (frozenset({"alpha", "beta"}), 4, "host-w2", 1002),
+           "worker_registry.register", f"w2 was stored as {w2!r}")
+    for node_type, expected in {"alpha": ["w1", "w2"], "beta": ["w2"], "gamma": ["w3"], "delta": []}.items():
+        got = [w.worker_id for w in await registry.list_workers(node_type)]
+        expect(got == expected, "worker_registry.lookup", f"list_workers({node_type!r}) gave {got}, expected {expected}")
+    await registry.register(worker("w1", "delta"))  # re-registering replaces the record
+    got = [w.worker_id for w in await registry.list_workers("alpha")]
+    expect(got == ["w2"], "worker_registry.register", f"after w1 re-registered for delta only, alpha lists {got}")
+
+
+@conformance_check(PORT, ("worker_registry.heartbeat", "worker_registry.expiry"))
+async def check_heartbeat_and_expiry(session: Session) -> None:
+    """Heartbeats keep a worker listed past heartbeat_ttl; silence drops it; heartbeat then says False."""
+    ttl = session.short * 2
+    registry = (await session.open(heartbeat_ttl=ttl)).worker_registry
+    await registry.register(worker("beating", "alpha"))
+    await registry.register(worker("silent", "alpha"))
+    expect(await registry.heartbeat("never-registered") is False, "worker_registry.heartbeat", "heartbeat of an unknown worker returned True")
+    for _ in range(3):
+        await asyncio.sleep(ttl / 3)
+        expect(await registry.heartbeat("beating") is True, "worker_registry.heartbeat", "heartbeat of a live worker returned False")
+    await sleep_past(ttl / 3, session.slack)
+    listed = [w.worker_id for w in await registry.list_workers()]
+    expect("silent" not in listed, "worker_registry.expiry", f"a worker silent for longer than heartbeat_ttl={ttl}s is listed: {listed}")
+    expect("beating" in listed, "worker_registry.heartbeat", f"a worker that kept beating is not listed: {listed}")
+    expect(await registry.heartbeat("silent") is False, "worker_registry.expiry", "heartbeat of an expired worker returned True")
+
+
+@conformance_check(PORT, ("worker_registry.deregister",))
+async def check_deregister(session: Session) -> None:
+    """Deregister removes a worker at once; deregistering an unknown id is no error."""
+    registry = (await session.open()).worker_registry
+    await registry.register(worker("w1", "alpha"))
+    await registry.register(worker("w2", "alpha"))
+    await registry.deregister("w1")
+    await registry.deregister("unknown")
+    listed = [w.worker_id for w in await registry.list_workers("alpha")]
+    expect(listed == ["w2"], "worker_registry.deregister", f"after deregistering w1 the registry lists {listed}")
+    expect(await registry.heartbeat("w1") is False, "worker_registry.deregister", "heartbeat of a deregistered worker returned True")
