@@ -391,9 +391,7 @@ class Graph:
                 {
                     "source": e.source,
                     "condition": _callable_name(e.condition),
-                    "targets": None if e.mapping is None and e.allowed is None
-                    else sorted(e.allowed) if e.mapping is None
-                    else {str(k): v for k, v in e.mapping.items()},
+                    "targets": _targets_spec(e),
                 }
                 for e in self._conditional
             ],
@@ -412,6 +410,12 @@ class Graph:
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
+
+
+def _targets_spec(edge: ConditionalEdge) -> Any:
+    if edge.mapping is not None:
+        return {str(key): target for key, target in edge.mapping.items()}
+    return None if edge.allowed is None else sorted(edge.allowed)
 
 
 def _closure(start: str, successors: Mapping[str, set[str]]) -> set[str]:

@@ -12,6 +12,7 @@ by qualified name against the raised exception's class hierarchy.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,31 +43,42 @@ class RetryPolicy:
     max_interval: float = 60.0
     jitter: bool = True
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
-    _retry_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # None means "derive from retry_on"; () is a real value (retry nothing) that must survive from_dict.
+    _retry_names: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
-        if self.initial_interval < 0 or self.max_interval < 0 or self.backoff_factor < 1:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        numbers = (self.initial_interval, self.backoff_factor, self.max_interval)
+        # NaN compares False with everything, and infinities cannot travel as JSON with a task.
+        if (
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)
+            or self.initial_interval < 0 or self.max_interval < 0 or self.backoff_factor < 1
+        ):
             raise ConfigurationError(
-                "RetryPolicy needs initial_interval >= 0, max_interval >= 0 and backoff_factor >= 1"
+                "RetryPolicy needs finite numbers initial_interval >= 0, max_interval >= 0 and backoff_factor >= 1, "
+                f"got {self.initial_interval!r}, {self.max_interval!r} and {self.backoff_factor!r}"
             )
         types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
             raise ConfigurationError(f"RetryPolicy.retry_on must be exception types, got {self.retry_on!r}")
-        if not self._retry_names:
+        if self._retry_names is None:
             object.__setattr__(self, "_retry_names", tuple(_qualified(t) for t in types))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        base = min(self.initial_interval * self.backoff_factor ** max(attempt - 1, 0), self.max_interval)
+        try:
+            grown = self.initial_interval * self.backoff_factor ** max(attempt - 1, 0)
+        except OverflowError:  # float ** int overflows long before a retry loop would end
+            grown = math.inf
+        base = min(grown, self.max_interval)
         if self.jitter and base > 0:
             base *= random.uniform(0.75, 1.25)
         return base
 
     def retries(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a type this policy retries."""
-        return matches_exception(self._retry_names, exc)
+        return matches_exception(self._retry_names or (), exc)
 
     def should_retry(self, attempt: int, exc: BaseException) -> bool:
         """Whether failed attempt ``attempt`` should be followed by another."""
@@ -80,7 +92,7 @@ class RetryPolicy:
             "backoff_factor": self.backoff_factor,
             "max_interval": self.max_interval,
             "jitter": self.jitter,
-            "retry_on": list(self._retry_names),
+            "retry_on": list(self._retry_names or ()),
         }
 
     @classmethod

@@ -38,6 +38,10 @@ def check_value(key: str, value: Any) -> None:
 
 def check_values(values: Mapping[str, Any]) -> None:
     """Check every item of ``values``; one encode in the common case where all are fine."""
+    for key in values:
+        if not isinstance(key, str):
+            # json would silently turn 1 into "1", so the key would change on the first round trip.
+            check_value(key, values[key])
     try:
         encode(values)
     except (TypeError, ValueError):
@@ -136,6 +140,10 @@ class State(MutableMapping[str, Any]):
 
     def restore_from_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
         """Replace the data with the checkpoint's; the checkpoint must be of this workflow."""
+        if not isinstance(checkpoint, Mapping):
+            raise StateError(
+                f"not a State checkpoint: got {type(checkpoint).__name__}; pass what State.checkpoint() returned"
+            )
         if "data" not in checkpoint or not isinstance(checkpoint["data"], Mapping):
             raise StateError("not a State checkpoint: it has no 'data' mapping; pass what State.checkpoint() returned")
         if checkpoint.get("workflow_id") not in (None, self.workflow_id):
@@ -154,6 +162,6 @@ class State(MutableMapping[str, Any]):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
         """Rebuild a state from ``to_dict`` output."""
-        if "data" not in data:
+        if not isinstance(data, Mapping) or not isinstance(data.get("data"), Mapping):
             raise StateError("State.from_dict needs the output of State.to_dict(): a mapping with 'data'")
         return cls(data["data"], workflow_id=data.get("workflow_id"))

@@ -194,7 +194,7 @@ class Worker:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return []
         loop = asyncio.get_running_loop()
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
