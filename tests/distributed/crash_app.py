@@ -1,0 +1,36 @@
+"""Node functions for the worker-crash tests, served by real worker processes via the CLI.
+
+``DA_MARKER_DIR``: each attempt of ``slow`` writes a marker file there (worker id and
+attempt), so the test knows when a worker is mid-task. ``DA_HANG=1`` makes ``slow``
+hang, so that worker can be killed while it holds the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+from typing import Any
+
+from distributed_agents import NodeContext, NodeRegistry, State
+
+registry = NodeRegistry()
+
+
+@registry.register("prepare")
+async def prepare(state: State) -> dict[str, Any]:
+    return {"prepared": f"prepared {state['query']}"}
+
+
+@registry.register("slow")
+async def slow(state: State, context: NodeContext) -> dict[str, Any]:
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
+    marker.write_text(str(os.getpid()))
+    if os.environ.get("DA_HANG") == "1":
+        await asyncio.sleep(300)
+    return {"analysis": f"analysed {state['prepared']}"}
+
+
+@registry.register("finish")
+def finish(state: State) -> dict[str, Any]:
+    return {"report": f"report on {state['analysis']}"}
