@@ -1,0 +1,336 @@
+"""Deliberately broken variants of the memory backend, one small subclass per contract clause.
+
+Each variant breaks exactly one promise; ``test_broken_backends`` proves the suite
+catches it and names that clause. They live in tests/, never in the shipped package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
+from typing import Any
+
+from distributed_agents.adapters.memory.backend import _space
+from distributed_agents.adapters.memory.message_bus import MemoryMessageBus, MemorySubscription
+from distributed_agents.adapters.memory.state_store import MemoryStateStore
+from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue, _Entry
+from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
+from distributed_agents.core.ports.backend import Backend, BackendOptions
+from distributed_agents.core.ports.message_bus import BusMessage, Subscription, pattern_matches
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+from distributed_agents.core.ports.task_queue import ClaimedTask, QueueStats, Task, TaskResult
+from distributed_agents.core.ports.worker_registry import WorkerInfo
+
+# --- TaskQueue ------------------------------------------------------------------------
+
+
+class LifoQueue(MemoryTaskQueue):
+    """Newest first within a priority."""
+
+    def _push_ready(self, entry: _Entry) -> None:
+        entry.seq = -next(self._data.seq)
+        super()._push_ready(entry)
+
+
+class NeverExpiringLeaseQueue(MemoryTaskQueue):
+    """Ignores the lease length: a dead worker's task is never delivered again."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        return await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=3600.0, wait=wait)
+
+
+class AckIgnoresLeaseQueue(MemoryTaskQueue):
+    """Accepts settlement from any delivery of a task that is claimed by anyone."""
+
+    def _held(self, claim: ClaimedTask) -> _Entry:
+        entry = self._data.entries.get(claim.task.id)
+        if entry is None:
+            return super()._held(claim)
+        return entry
+
+
+class NonIdempotentEnqueueQueue(MemoryTaskQueue):
+    """Queues a task again whenever its id is enqueued."""
+
+    async def enqueue(self, task: Task) -> bool:
+        self._data.seen.discard(task.id)
+        self._data.entries.pop(task.id, None)
+        return await super().enqueue(task)
+
+
+class NackDoesNotCountQueue(MemoryTaskQueue):
+    """A nack gives the attempt back, so nothing ever reaches max_attempts by nacks."""
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+        with self._data.lock:
+            entry = self._held(claim)
+            entry.attempt -= 1
+            return await super().nack(claim, error, delay=delay)
+
+
+class NoDeadLetterQueue(MemoryTaskQueue):
+    """Past max_attempts a decodable task is queued again instead of dead-lettered."""
+
+    def _dead_letter(self, entry: _Entry, reason: str, now: float) -> None:
+        try:
+            Task  # noqa: B018 - decodability decided like the parent does
+            from distributed_agents.core.codec import decode
+            from distributed_agents.core.ports.task_queue import task_from_dict
+
+            task_from_dict(decode(entry.raw))
+        except ValueError:
+            return super()._dead_letter(entry, reason, now)
+        entry.attempt = 0
+        self._push_ready(entry)
+
+
+class UndecodableDroppedQueue(MemoryTaskQueue):
+    """Silently drops bytes it cannot decode instead of dead-lettering them."""
+
+    def _dead_letter(self, entry: _Entry, reason: str, now: float) -> None:
+        if entry.task_id.startswith("raw-"):
+            self._data.entries.pop(entry.task_id, None)
+            return
+        super()._dead_letter(entry, reason, now)
+
+
+class DelayedNotCountedQueue(MemoryTaskQueue):
+    """Forgets delayed tasks in the queued count."""
+
+    async def stats(self, node_type: str) -> QueueStats:
+        stats = await super().stats(node_type)
+        with self._data.lock:
+            delayed = sum(1 for e in self._data.entries.values() if e.node_type == node_type and e.state == "delayed")
+        return replace(stats, queued=stats.queued - delayed)
+
+
+class ImmortalResultQueue(MemoryTaskQueue):
+    """Keeps results forever."""
+
+    def _store_result(self, result: TaskResult) -> None:
+        self._data.results[result.task_id] = (result, float("inf"))
+        self._data.waiters.notify(("result", result.task_id))
+
+
+class ExtendDoesNothingQueue(MemoryTaskQueue):
+    """Reports a new deadline but keeps the old lease."""
+
+    async def extend(self, claim: ClaimedTask, seconds: float | None = None) -> ClaimedTask:
+        with self._data.lock:
+            self._held(claim)
+        return replace(claim, deadline=time.time() + (seconds or self.visibility_timeout))
+
+
+class VisibleWhileClaimedQueue(MemoryTaskQueue):
+    """Leaves a claimed task claimable by the next claimer."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        claims = await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds, wait=wait)
+        with self._data.lock:
+            for claim in claims:
+                entry = self._data.entries[claim.task.id]
+                heapq.heappush(self._data.ready.setdefault(entry.node_type, []), (-entry.priority, entry.seq, entry.task_id))
+                entry.state = "queued"
+        return claims
+
+
+class DelayedNackLosesTaskQueue(MemoryTaskQueue):
+    """A nack with a delay throws the task away."""
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+        if delay <= 0:
+            return await super().nack(claim, error, delay=delay)
+        with self._data.lock:
+            self._held(claim)
+            del self._data.entries[claim.task.id]
+        return True
+
+
+# --- StateStore -----------------------------------------------------------------------
+
+
+class NoCompareStore(MemoryStateStore):
+    """Overwrites whatever version is stored."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        stored = self._data.workflows.get(record.workflow_id)
+        if expected_version and stored is not None:
+            expected_version = stored.version
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+
+
+class RacyCompareStore(MemoryStateStore):
+    """Compares, then writes later without holding the lock in between."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        stored = self._data.workflows.get(record.workflow_id)
+        if expected_version and stored is not None and stored.version == expected_version:
+            time.sleep(0.005)  # the window another writer slips through
+            current = self._data.workflows[record.workflow_id].version
+            return await super().save(record, expected_version=current, checkpoint=checkpoint, fencing_token=fencing_token)
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+
+
+class NoFencingStore(MemoryStateStore):
+    """Ignores fencing tokens."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint)
+
+
+class OldestFirstCheckpointsStore(MemoryStateStore):
+    """Lists checkpoints oldest first."""
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        items = await super().list_checkpoints(workflow_id, limit=limit, before=before)
+        return list(reversed(items))
+
+
+class StatusFilterIgnoredStore(MemoryStateStore):
+    """Ignores the status filter."""
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        return await super().list_workflows(None)
+
+
+# --- WorkerRegistry -------------------------------------------------------------------
+
+
+class ImmortalWorkerRegistry(MemoryWorkerRegistry):
+    """Never expires a worker."""
+
+    def _alive(self, info: WorkerInfo, now: float) -> bool:
+        return True
+
+
+class HeartbeatIgnoredRegistry(MemoryWorkerRegistry):
+    """Says yes to a heartbeat but does not record it."""
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        with self._data.lock:
+            info = self._data.workers.get(worker_id)
+            return info is not None and self._alive(info, time.time())
+
+
+class DeregisterIgnoredRegistry(MemoryWorkerRegistry):
+    """Deregister does nothing."""
+
+    async def deregister(self, worker_id: str) -> None:
+        return None
+
+
+class NodeTypeIgnoredRegistry(MemoryWorkerRegistry):
+    """Lists every worker whatever node type is asked for."""
+
+    async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
+        return await super().list_workers(None)
+
+
+# --- MessageBus -----------------------------------------------------------------------
+
+
+class FirstSubscriberOnlyBus(MemoryMessageBus):
+    """Delivers each message to the first matching subscriber only."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        with self._data.lock:
+            targets = [s for s in self._data.subscriptions if pattern_matches(s.pattern, channel)]
+        if targets:
+            targets[0]._deliver(BusMessage(channel, dict(data)))
+
+
+class ReorderingSubscription(MemorySubscription):
+    """Hands out the newest message first."""
+
+    def _deliver(self, message: BusMessage) -> None:
+        self._buffer.appendleft(message)
+        self._data.waiters.notify(id(self))
+
+
+class ReorderingBus(MemoryMessageBus):
+    """Subscriptions deliver in reverse order."""
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = ReorderingSubscription(self._data, pattern)
+        with self._data.lock:
+            self._data.subscriptions.append(subscription)
+        return subscription
+
+
+class BlockingBus(MemoryMessageBus):
+    """Waits for every subscriber to have room: one sleeping reader stalls everybody."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        with self._data.lock:
+            targets = [s for s in self._data.subscriptions if pattern_matches(s.pattern, channel)]
+        while any(len(s._buffer) >= 100 for s in targets):
+            await asyncio.sleep(0.01)
+        await super().publish(channel, data)
+
+
+class ExactMatchBus(MemoryMessageBus):
+    """Treats patterns as plain channel names."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        with self._data.lock:
+            targets = [s for s in self._data.subscriptions if s.pattern == channel]
+        for subscription in targets:
+            subscription._deliver(BusMessage(channel, dict(data)))
+
+
+class StickySubscription(MemorySubscription):
+    """Close forgets to detach from the bus."""
+
+    async def close(self) -> None:
+        return None
+
+
+class StickyBus(MemoryMessageBus):
+    """Unsubscribing does not stop delivery."""
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = StickySubscription(self._data, pattern)
+        with self._data.lock:
+            self._data.subscriptions.append(subscription)
+        return subscription
+
+
+# --- assembling a broken backend ------------------------------------------------------
+
+Ports = dict[str, type]
+
+
+def broken_opener(*, leak_prefix: str = "", ignore_state_ttl: bool = False, **ports: type) -> Callable[..., Backend]:
+    """An ``opener(url, **options)`` like ``open_backend`` but with ``ports`` swapped in.
+
+    ``leak_prefix`` names one port that ignores the prefix (all prefixes share its data).
+    """
+
+    def opener(url: str, **options: Any) -> Backend:
+        parsed = BackendOptions.from_url(url, **options)
+        own, shared = _space(url, parsed.prefix), _space(url, "shared")
+
+        def space(port: str) -> Any:
+            return shared if port == leak_prefix else own
+
+        return Backend(
+            url=url,
+            options=parsed,
+            task_queue=ports.get("task_queue", MemoryTaskQueue)(
+                space("task_queue").queue, visibility_timeout=parsed.visibility_timeout, max_attempts=parsed.max_attempts,
+                result_ttl=parsed.result_ttl),
+            state_store=ports.get("state_store", MemoryStateStore)(
+                space("state_store").state, state_ttl=None if ignore_state_ttl else parsed.state_ttl),
+            worker_registry=ports.get("worker_registry", MemoryWorkerRegistry)(space("worker_registry").registry, heartbeat_ttl=parsed.heartbeat_ttl),
+            message_bus=ports.get("message_bus", MemoryMessageBus)(space("message_bus").bus),
+        )
+
+    return opener

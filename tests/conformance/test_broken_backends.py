@@ -1,0 +1,108 @@
+"""The suite must be able to fail: each broken memory variant is caught, naming its clause.
+
+For every variant, every check that proves the clause runs against it (with Hypothesis
+shrinking off, since a failure is expected); at least one must raise a
+``ContractViolation`` for exactly that clause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import Phase
+
+from conformance import broken_backends as bb
+from distributed_agents.conformance import (
+    BackendFactory,
+    CheckContext,
+    CheckSkipped,
+    ContractViolation,
+    Requirements,
+    checks_for_clause,
+    current_profile,
+    run_check,
+)
+from distributed_agents.core.ports.backend import Backend
+
+CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
+    "lifo-within-priority": ("task_queue.priority-fifo", bb.broken_opener(task_queue=bb.LifoQueue)),
+    "enqueue-not-idempotent": ("task_queue.idempotent-enqueue", bb.broken_opener(task_queue=bb.NonIdempotentEnqueueQueue)),
+    "claimed-task-visible": ("task_queue.invisible-while-claimed", bb.broken_opener(task_queue=bb.VisibleWhileClaimedQueue)),
+    "lease-never-expires": ("task_queue.lease-expiry", bb.broken_opener(task_queue=bb.NeverExpiringLeaseQueue)),
+    "extend-does-nothing": ("task_queue.lease-extension", bb.broken_opener(task_queue=bb.ExtendDoesNothingQueue)),
+    "ack-ignores-lease": ("task_queue.lost-lease-refused", bb.broken_opener(task_queue=bb.AckIgnoresLeaseQueue)),
+    "nack-not-counted": ("task_queue.attempts", bb.broken_opener(task_queue=bb.NackDoesNotCountQueue)),
+    "no-dead-letters": ("task_queue.dead-letter", bb.broken_opener(task_queue=bb.NoDeadLetterQueue)),
+    "delayed-nack-loses-task": ("task_queue.nack-redelivery", bb.broken_opener(task_queue=bb.DelayedNackLosesTaskQueue)),
+    "undecodable-dropped": ("task_queue.undecodable", bb.broken_opener(task_queue=bb.UndecodableDroppedQueue)),
+    "wrong-depth-count": ("task_queue.stats", bb.broken_opener(task_queue=bb.DelayedNotCountedQueue)),
+    "results-never-expire": ("task_queue.result-expiry", bb.broken_opener(task_queue=bb.ImmortalResultQueue)),
+    "queue-prefix-leak": ("task_queue.prefix-isolation", bb.broken_opener(leak_prefix="task_queue")),
+    "cas-does-not-compare": ("state_store.cas", bb.broken_opener(state_store=bb.NoCompareStore)),
+    "fencing-ignored": ("state_store.fencing", bb.broken_opener(state_store=bb.NoFencingStore)),
+    "checkpoints-oldest-first": ("state_store.checkpoint-order", bb.broken_opener(state_store=bb.OldestFirstCheckpointsStore)),
+    "status-filter-ignored": ("state_store.list-by-status", bb.broken_opener(state_store=bb.StatusFilterIgnoredStore)),
+    "state-ttl-never-expires": ("state_store.ttl", bb.broken_opener(ignore_state_ttl=True)),
+    "state-prefix-leak": ("state_store.prefix-isolation", bb.broken_opener(leak_prefix="state_store")),
+    "registry-prefix-leak": ("worker_registry.prefix-isolation", bb.broken_opener(leak_prefix="worker_registry")),
+    "workers-never-expire": ("worker_registry.expiry", bb.broken_opener(worker_registry=bb.ImmortalWorkerRegistry)),
+    "heartbeat-not-recorded": ("worker_registry.heartbeat", bb.broken_opener(worker_registry=bb.HeartbeatIgnoredRegistry)),
+    "deregister-ignored": ("worker_registry.deregister", bb.broken_opener(worker_registry=bb.DeregisterIgnoredRegistry)),
+    "lookup-ignores-node-type": ("worker_registry.lookup", bb.broken_opener(worker_registry=bb.NodeTypeIgnoredRegistry)),
+    "bus-drops-second-subscriber": ("message_bus.fanout", bb.broken_opener(message_bus=bb.FirstSubscriberOnlyBus)),
+    "bus-loses-order": ("message_bus.order", bb.broken_opener(message_bus=bb.ReorderingBus)),
+    "bus-exact-match-only": ("message_bus.patterns", bb.broken_opener(message_bus=bb.ExactMatchBus)),
+    "unsubscribe-ignored": ("message_bus.unsubscribe", bb.broken_opener(message_bus=bb.StickyBus)),
+    "slow-subscriber-blocks": ("message_bus.slow-subscriber", bb.broken_opener(message_bus=bb.BlockingBus)),
+    "bus-prefix-leak": ("message_bus.prefix-isolation", bb.broken_opener(leak_prefix="message_bus")),
+    "double-claim": ("concurrency.exclusive-claim", bb.broken_opener(task_queue=bb.VisibleWhileClaimedQueue)),
+    "tasks-lost": ("concurrency.no-loss", bb.broken_opener(task_queue=bb.DelayedNackLosesTaskQueue)),
+    "racy-cas": ("concurrency.cas-race", bb.broken_opener(state_store=bb.RacyCompareStore)),
+}
+
+
+def violations_for(clause_id: str, opener: Callable[..., Backend], name: str) -> list[ContractViolation]:
+    """Run every check proving ``clause_id`` against the variant; the violations they raised."""
+    context = CheckContext(
+        BackendFactory(f"memory://broken-{name}", opener=opener),
+        Requirements(delivery_timeout=0.5),
+        current_profile("default"),
+        {"phases": [Phase.explicit, Phase.generate]},
+    )
+    found: list[ContractViolation] = []
+    for check in checks_for_clause(clause_id):
+        try:
+            run_check(check, context)
+        except ContractViolation as exc:
+            found.append(exc)
+        except CheckSkipped:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_broken_variant_is_caught_naming_its_clause(name: str) -> None:
+    clause_id, opener = CASES[name]
+    found = violations_for(clause_id, opener, name)
+    named = sorted({v.clause.id for v in found})
+    assert clause_id in named, f"variant {name!r} breaks {clause_id} but the suite reported {named or 'nothing'}"
+
+
+def test_every_clause_has_a_broken_variant() -> None:
+    from distributed_agents.conformance import CLAUSES
+
+    covered = {clause_id for clause_id, _ in CASES.values()}
+    missing = sorted(set(CLAUSES) - covered)
+    # Clauses without a variant yet must be listed here deliberately, never forgotten.
+    allowed: set[str] = {"task_queue.ack-result", "task_queue.release", "task_queue.requeue", "task_queue.cancel",
+                         "state_store.lease", "worker_registry.register"}
+    assert set(missing) <= allowed, f"clauses with no broken variant: {sorted(set(missing) - allowed)}"
+
+
+def test_the_reference_backend_passes_the_same_checks() -> None:
+    """Control: the unbroken opener passes every clause the variants break."""
+    opener: Any = bb.broken_opener()
+    for clause_id in sorted({c for c, _ in CASES.values()}):
+        assert violations_for(clause_id, opener, "control") == [], clause_id
