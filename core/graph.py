@@ -229,7 +229,8 @@ class Graph:
         routing = _Routing(order={name: i for i, name in enumerate(self._nodes)})
         for sources, target in self._edges:
             if sources == (START,):
-                if target not in routing.entry:
+                # START -> END runs nothing; END is not a node the engine could run.
+                if target != END and target not in routing.entry:
                     routing.entry.append(target)
             elif len(sources) == 1:
                 routing.static.setdefault(sources[0], []).append(target)
@@ -363,7 +364,8 @@ class Graph:
             else:
                 target = key
                 valid = edge.allowed if edge.allowed is not None else set(self._nodes) | {END}
-                if target not in valid:
+                # An unhashable key (a nested list, a dict) must not escape as a bare TypeError.
+                if not isinstance(target, str) or target not in valid:
                     raise ExecutionError(
                         f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
                         f"returned {key!r}, which is not one of {sorted(valid)}"

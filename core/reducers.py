@@ -26,8 +26,17 @@ def _replace(current: Any, update: Any) -> Any:
     return update
 
 
+def _as_list(name: str, current: Any) -> list[Any]:
+    # list("abc") or list({"k": 1}) would silently turn a scalar or a dict into something else.
+    if current is None:
+        return []
+    if not isinstance(current, (list, tuple)):
+        raise TypeError(f"{name!r} needs a list in state, found {type(current).__name__}")
+    return list(current)
+
+
 def _append(current: Any, update: Any) -> Any:
-    base = [] if current is None else list(current)
+    base = _as_list("append", current)
     if isinstance(update, list):
         return base + update
     return base + [update]
@@ -36,12 +45,14 @@ def _append(current: Any, update: Any) -> Any:
 def _extend(current: Any, update: Any) -> Any:
     if not isinstance(update, list):
         raise TypeError(f"'extend' needs a list update, got {type(update).__name__}")
-    return ([] if current is None else list(current)) + update
+    return _as_list("extend", current) + update
 
 
 def _merge(current: Any, update: Any) -> Any:
     if not isinstance(update, dict):
         raise TypeError(f"'merge' needs a dict update, got {type(update).__name__}")
+    if current is not None and not isinstance(current, dict):
+        raise TypeError(f"'merge' needs a dict in state, found {type(current).__name__}")
     merged = {} if current is None else dict(current)
     merged.update(update)
     return merged
@@ -64,7 +75,7 @@ def resolve_reducer(key: str, reducer: str | Reducer) -> Reducer:
     """The callable for ``reducer`` (a built-in name or a callable) of state key ``key``."""
     if callable(reducer):
         return reducer
-    found = BUILTIN_REDUCERS.get(reducer)
+    found = BUILTIN_REDUCERS.get(reducer) if isinstance(reducer, str) else None
     if found is None:
         raise ConfigurationError(
             f"unknown reducer {reducer!r} for state key {key!r}; "

@@ -26,6 +26,9 @@ class NodeRegistry:
 
     def register(self, node_type: str) -> Callable[[F], F]:
         """Decorator: ``@registry.register("researcher")``."""
+        # Checked now, not at decoration: a bare ``@registry.register`` would otherwise
+        # silently replace the function with the inner decorator.
+        _check_node_type(node_type)
 
         def decorate(func: F) -> F:
             self.register_node(node_type, func)
@@ -35,8 +38,7 @@ class NodeRegistry:
 
     def register_node(self, node_type: str, func: NodeFunction) -> None:
         """Register ``func`` for ``node_type``; replacing an existing one is an error."""
-        if not isinstance(node_type, str) or not node_type:
-            raise ConfigurationError(f"node type must be a non-empty string, got {node_type!r}")
+        _check_node_type(node_type)
         if not callable(func):
             raise ConfigurationError(f"node {node_type!r}: {func!r} is not callable")
         existing = self._functions.get(node_type)
@@ -62,3 +64,8 @@ class NodeRegistry:
 
     def __len__(self) -> int:
         return len(self._functions)
+
+
+def _check_node_type(node_type: object) -> None:
+    if not isinstance(node_type, str) or not node_type:
+        raise ConfigurationError(f"node type must be a non-empty string, got {node_type!r}")

@@ -70,7 +70,7 @@ class RetryPolicy:
         try:
             grown = self.initial_interval * self.backoff_factor ** max(attempt - 1, 0)
         except OverflowError:  # float ** int overflows long before a retry loop would end
-            grown = math.inf
+            grown = math.inf if self.initial_interval > 0 else 0.0
         base = min(grown, self.max_interval)
         if self.jitter and base > 0:
             base *= random.uniform(0.75, 1.25)

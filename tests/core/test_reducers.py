@@ -1,0 +1,230 @@
+"""Reducers: the built-ins, resolution by name, and merge_updates (order independence, conflicts, failures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distributed_agents.core.engine import merge_updates
+from distributed_agents.core.errors import ConfigurationError, ExecutionError, ReducerConflictError
+from distributed_agents.core.graph import Graph
+from distributed_agents.core.reducers import BUILTIN_REDUCERS, resolve_reducer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- built-ins -------------------------------------------------------------------------
+
+
+def test_replace_takes_the_update() -> None:
+    """replace ignores the current value."""
+    replace = resolve_reducer("k", "replace")
+    assert replace([1, 2], "new") == "new"
+    assert replace(None, 0) == 0
+
+
+def test_append_adds_an_item_or_every_item_of_a_list() -> None:
+    """append adds one item, or each item of a list, to a copy of the current list."""
+    append = resolve_reducer("k", "append")
+    current = [1]
+    assert append(current, 2) == [1, 2]
+    assert append(current, [2, 3]) == [1, 2, 3]
+    assert append(current, {"a": 1}) == [1, {"a": 1}]
+    assert append(None, "x") == ["x"]
+    assert append(None, ["x"]) == ["x"]
+    assert current == [1]  # never changed in place
+
+
+def test_extend_concatenates_lists_and_refuses_anything_else() -> None:
+    """extend needs a list update."""
+    extend = resolve_reducer("k", "extend")
+    assert extend([1], [2, 3]) == [1, 2, 3]
+    assert extend(None, []) == []
+    with pytest.raises(TypeError, match="'extend' needs a list update, got int"):
+        extend([1], 2)
+
+
+def test_merge_is_a_shallow_dict_merge() -> None:
+    """merge overlays the update's keys; nested dicts are replaced, not merged."""
+    merge = resolve_reducer("k", "merge")
+    current = {"a": 1, "nested": {"x": 1}}
+    assert merge(current, {"b": 2, "nested": {"y": 2}}) == {"a": 1, "b": 2, "nested": {"y": 2}}
+    assert merge(None, {"a": 1}) == {"a": 1}
+    assert current == {"a": 1, "nested": {"x": 1}}
+    with pytest.raises(TypeError, match="'merge' needs a dict update, got list"):
+        merge({}, [("a", 1)])
+
+
+def test_add_sums_numbers() -> None:
+    """add adds to the current number, starting from the first update."""
+    add = resolve_reducer("k", "add")
+    assert add(None, 5) == 5
+    assert add(5, 2.5) == 7.5
+    assert add(-1, 1) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "update", "found"),
+    [
+        ("append", "abc", "d", "str"),
+        ("append", {"a": 1}, 1, "dict"),
+        ("extend", "abc", ["d"], "str"),
+        ("merge", [("a", 1)], {"b": 2}, "list"),
+    ],
+)
+def test_collection_reducers_refuse_a_current_value_of_the_wrong_kind(
+    name: str, current: Any, update: Any, found: str
+) -> None:
+    """A scalar or dict in state is not silently exploded into a list (list("abc")), it is a TypeError."""
+    with pytest.raises(TypeError, match=rf"'{name}' needs a .* in state, found {found}"):
+        resolve_reducer("k", name)(current, update)
+
+
+def test_builtin_names_are_exactly_the_documented_ones() -> None:
+    """The five documented built-ins, by name."""
+    assert sorted(BUILTIN_REDUCERS) == ["add", "append", "extend", "merge", "replace"]
+
+
+def test_a_callable_is_used_as_is() -> None:
+    """A callable reducer resolves to itself."""
+
+    def longest(current: Any, update: Any) -> Any:
+        return update if current is None or len(update) > len(current) else current
+
+    assert resolve_reducer("k", longest) is longest
+
+
+@pytest.mark.parametrize("bad", ["concat", "", 42, None, []])
+def test_unknown_reducer_is_a_configuration_error_naming_the_key(bad: Any) -> None:
+    """An unknown name (or a non-callable, non-string) fails naming the key and listing the built-ins."""
+    with pytest.raises(ConfigurationError) as info:
+        resolve_reducer("messages", bad)
+    message = str(info.value)
+    assert "state key 'messages'" in message
+    assert f"unknown reducer {bad!r}" in message
+    assert "add, append, extend, merge, replace" in message
+
+
+def test_graph_rejects_an_unknown_reducer_when_declared() -> None:
+    """Graph(reducers=...) and add_reducer fail at once, naming the key."""
+    with pytest.raises(ConfigurationError, match="state key 'log'"):
+        Graph("g", reducers={"log": "appendd"})
+    with pytest.raises(ConfigurationError, match="state key 'total'"):
+        Graph("g").add_reducer("total", "sum")
+
+
+# -- merge_updates ---------------------------------------------------------------------
+
+REDUCED = {"log": "append", "items": "extend", "meta": "merge", "total": "add"}
+
+
+@st.composite
+def step_writes(draw: st.DrawFn) -> tuple[Graph, list[tuple[str, dict[str, Any]]]]:
+    """A compiled graph whose N nodes are declared in a random order, and one write per node.
+
+    Each node may write any reduced key, plus one reducer-less key only it writes.
+    """
+    count = draw(st.integers(1, 7))
+    declared = draw(st.permutations([f"node{i}" for i in range(count)]))
+    graph = Graph("writes", reducers=REDUCED)
+    for name in declared:
+        graph.add_node(name)
+    graph.set_entry_point(declared[0])
+    for a, b in zip(declared, declared[1:]):
+        graph.add_edge(a, b)
+    graph.set_finish_point(declared[-1]).compile()
+    writes = []
+    for name in declared:
+        updates: dict[str, Any] = {}
+        if draw(st.booleans()):
+            updates["log"] = draw(st.one_of(st.integers(0, 9), st.lists(st.integers(0, 9), max_size=3)))
+        if draw(st.booleans()):
+            updates["items"] = draw(st.lists(st.text(max_size=2), max_size=3))
+        if draw(st.booleans()):
+            updates["meta"] = draw(st.dictionaries(st.sampled_from("abc"), st.integers(0, 9), max_size=2))
+        if draw(st.booleans()):
+            updates["total"] = draw(st.integers(-5, 5))
+        if draw(st.booleans()):
+            updates[f"own_{name}"] = draw(st.integers())
+        writes.append((name, updates))
+    return graph, writes
+
+
+def model_merge(state: dict[str, Any], writes: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A reference fold of ``writes`` in the given order, written out by hand."""
+    result = dict(state)
+    for _, updates in writes:
+        for key, value in updates.items():
+            if key == "log":
+                result["log"] = result.get("log", []) + (value if isinstance(value, list) else [value])
+            elif key == "items":
+                result["items"] = result.get("items", []) + value
+            elif key == "meta":
+                result["meta"] = {**result.get("meta", {}), **value}
+            elif key == "total":
+                result["total"] = result.get("total", 0) + value
+            else:
+                result[key] = value
+    return result
+
+
+@settings(max_examples=100, deadline=None)
+@given(step_writes(), st.randoms(use_true_random=False))
+def test_merge_is_independent_of_branch_completion_order(
+    case: tuple[Graph, list[tuple[str, dict[str, Any]]]], rnd: Any
+) -> None:
+    """Writes gathered in any completion order, re-sorted by declaration, merge to one result."""
+    graph, writes = case
+    initial = {"log": ["start"], "total": 10, "untouched": True}
+    completed = list(writes)
+    rnd.shuffle(completed)
+    position = {name: i for i, name in enumerate(graph.order(name for name, _ in completed))}
+    resorted = sorted(completed, key=lambda write: position[write[0]])
+    assert [name for name, _ in resorted] == list(graph.nodes)
+    result = merge_updates(initial, resorted, graph.reducers)
+    assert result == merge_updates(initial, writes, graph.reducers)
+    assert result == model_merge(initial, writes)
+    assert initial == {"log": ["start"], "total": 10, "untouched": True}  # the input is not changed
+
+
+def test_two_writers_of_a_key_without_reducer_conflict_naming_both() -> None:
+    """Two nodes writing one reducer-less key in a step raise ReducerConflictError naming both and the key."""
+    writes = [("planner", {"plan": "a", "log": [1]}), ("critic", {"log": [2]}), ("writer", {"plan": "b"})]
+    with pytest.raises(ReducerConflictError) as info:
+        merge_updates({}, writes, {"log": resolve_reducer("log", "append")})
+    assert info.value.key == "plan"
+    assert info.value.nodes == ("planner", "writer")
+    message = str(info.value)
+    assert "'planner'" in message and "'writer'" in message and "'plan'" in message
+
+
+def test_one_writer_per_key_without_reducer_replaces() -> None:
+    """Distinct writers of distinct reducer-less keys simply replace; same writes with a reducer combine."""
+    assert merge_updates({"a": 0}, [("x", {"a": 1}), ("y", {"b": 2})], {}) == {"a": 1, "b": 2}
+    add = resolve_reducer("n", "add")
+    assert merge_updates({"n": 1}, [("x", {"n": 2}), ("y", {"n": 3})], {"n": add}) == {"n": 6}
+
+
+def test_a_failing_reducer_is_an_execution_error_naming_key_and_node() -> None:
+    """An exception from a reducer becomes an ExecutionError naming the key and the writing node."""
+
+    def picky(current: Any, update: Any) -> Any:
+        if update < 0:
+            raise ValueError("negative")
+        return update
+
+    writes = [("ok_node", {"score": 1}), ("bad_node", {"score": -1})]
+    with pytest.raises(ExecutionError) as info:
+        merge_updates({}, writes, {"score": picky})
+    message = str(info.value)
+    assert "state key 'score'" in message and "node 'bad_node'" in message and "ValueError: negative" in message
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_builtin_reducer_type_error_names_key_and_node() -> None:
+    """extend given a non-list through merge_updates names the key and node."""
+    with pytest.raises(ExecutionError, match=r"state key 'items' failed on the update from node 'n1': TypeError"):
+        merge_updates({}, [("n1", {"items": 5})], {"items": resolve_reducer("items", "extend")})

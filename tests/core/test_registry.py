@@ -1,0 +1,111 @@
+"""NodeRegistry: registration by decorator and call, duplicates, and argument checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from distributed_agents import NodeRegistry
+from distributed_agents.core.errors import ConfigurationError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_register_decorator_records_the_function_and_returns_it_unchanged() -> None:
+    """@registry.register("name") maps the type to the function and leaves the function as it was."""
+    registry = NodeRegistry()
+
+    @registry.register("researcher")
+    def research(state: Any) -> dict[str, Any]:
+        return {"found": True}
+
+    @registry.register("writer")
+    async def write(state: Any) -> None:
+        return None
+
+    assert research({}) == {"found": True}
+    assert registry.get("researcher") is research
+    assert registry.get("writer") is write
+    assert registry.get("missing") is None
+    assert "researcher" in registry and "missing" not in registry
+    assert len(registry) == 2
+    assert list(registry) == ["researcher", "writer"]
+    assert registry.node_types() == frozenset({"researcher", "writer"})
+
+
+def test_register_node_accepts_any_callable() -> None:
+    """register_node takes lambdas and callable objects too."""
+
+    class Node:
+        def __call__(self, state: Any) -> None:
+            return None
+
+    registry = NodeRegistry()
+    node = Node()
+    registry.register_node("obj", node)
+    registry.register_node("fn", lambda state: None)
+    assert registry.get("obj") is node
+    assert registry.node_types() == frozenset({"obj", "fn"})
+
+
+def test_registering_a_type_twice_with_another_function_is_refused() -> None:
+    """A second function for a registered type raises ConfigurationError naming the type and the first function."""
+    registry = NodeRegistry()
+
+    def first(state: Any) -> None:
+        return None
+
+    def second(state: Any) -> None:
+        return None
+
+    registry.register_node("step", first)
+    with pytest.raises(ConfigurationError, match=r"node type 'step' is already registered to '.*first'"):
+        registry.register("step")(second)
+    with pytest.raises(ConfigurationError, match="already registered"):
+        registry.register_node("step", second)
+    assert registry.get("step") is first
+
+
+def test_registering_the_same_function_again_is_harmless() -> None:
+    """Re-registering the identical function (e.g. a module imported twice) is not an error."""
+    registry = NodeRegistry()
+
+    def step(state: Any) -> None:
+        return None
+
+    registry.register_node("step", step)
+    registry.register_node("step", step)
+    assert registry.get("step") is step and len(registry) == 1
+
+
+@pytest.mark.parametrize("not_callable", [None, 42, "func", {"a": 1}])
+def test_a_non_callable_is_refused(not_callable: Any) -> None:
+    """register_node with something that cannot be called raises ConfigurationError naming the type."""
+    registry = NodeRegistry()
+    with pytest.raises(ConfigurationError, match=r"node 'step': .* is not callable"):
+        registry.register_node("step", not_callable)
+    assert "step" not in registry
+
+
+@pytest.mark.parametrize("node_type", ["", None, 3])
+def test_node_type_must_be_a_non_empty_string(node_type: Any) -> None:
+    """An empty or non-string node type is refused, both by register_node and by the decorator itself."""
+    registry = NodeRegistry()
+    with pytest.raises(ConfigurationError, match="node type must be a non-empty string"):
+        registry.register_node(node_type, lambda state: None)
+    with pytest.raises(ConfigurationError, match="node type must be a non-empty string"):
+        registry.register(node_type)
+    assert len(registry) == 0
+
+
+def test_bare_decorator_without_a_name_fails_at_once() -> None:
+    """@registry.register without ("name") is refused instead of silently replacing the function."""
+    registry = NodeRegistry()
+
+    def step(state: Any) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match=r"got <function .*step"):
+        registry.register(step)  # type: ignore[arg-type]
+    assert len(registry) == 0
