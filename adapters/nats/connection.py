@@ -1,0 +1,262 @@
+"""One NATS connection per backend, shared by its four ports, and the JetStream layout.
+
+``NatsSettings.from_url`` turns ``nats://`` / ``tls://`` URLs into nats-py connect
+arguments: ``user:password@`` or a bare ``token@``; ``?creds=/path`` for a credentials
+file; ``?replicas=N`` for stream and bucket replicas; ``?connect_attempts=N`` (initial
+connection, default 3), ``?reconnect_wait=S`` (default 2) and
+``?max_reconnect_attempts=N`` (default -1, forever) for reconnection, which is nats-py's
+job. Several servers may be given comma-separated in the host part.
+
+``NatsConnection.connect`` creates every stream, bucket and consumer idempotently with
+explicit settings (file storage, the configured replicas), so several processes may
+connect at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from distributed_agents.adapters.nats.errors import mask_url, nats_errors
+from distributed_agents.adapters.nats.naming import Names
+from distributed_agents.core.errors import BackendConfigError, MissingExtraError
+from distributed_agents.core.ports.backend import BackendOptions
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+__all__ = ["NatsConnection", "NatsSettings", "require_nats", "ttl_header"]
+
+log = logging.getLogger("distributed_agents.adapters.nats")
+
+_INSTALL = "pip install 'distributed-agents[nats]'"
+# JetStream refuses publishes whose dedup window is shorter than this; two minutes is
+# nats-py's and the server's default.
+_DUPLICATE_WINDOW = 120.0
+
+
+def require_nats() -> None:
+    """Raise ``MissingExtraError`` with the install command if nats-py is missing."""
+    try:
+        import nats  # noqa: F401
+        import nats.js  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(f"the NATS backend needs nats-py, which is not installed; run: {_INSTALL}") from exc
+
+
+def ttl_header(seconds: float | None) -> dict[str, str]:
+    """The per-message TTL header (whole seconds, at least 1: the server's resolution)."""
+    if seconds is None:
+        return {}
+    return {"Nats-TTL": str(max(1, math.ceil(seconds)))}
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """Connection settings parsed from a backend URL and its options."""
+
+    servers: tuple[str, ...]
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    tls: bool = False
+    replicas: int = 1
+    connect_attempts: int = 3
+    reconnect_wait: float = 2.0
+    max_reconnect_attempts: int = -1
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_url(cls, url: str, options: BackendOptions) -> NatsSettings:
+        """Parse ``url``; ``BackendConfigError`` naming the problem if it is malformed."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("nats", "tls"):
+            raise BackendConfigError(f"{mask_url(url)!r} is not a nats:// or tls:// URL")
+        netloc = parts.netloc.rpartition("@")[2] or "127.0.0.1:4222"
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        token = None
+        if user is not None and password is None:
+            # nats://TOKEN@host: a bare user part is a token, as in the NATS CLI.
+            token, user = user, None
+        servers = tuple(f"{scheme}://{host if ':' in host else host + ':4222'}" for host in netloc.split(","))
+        extra = dict(options.extra)
+        try:
+            return cls(
+                servers=servers,
+                user=user,
+                password=password,
+                token=token,
+                creds=extra.pop("creds", None) or None,
+                tls=scheme == "tls",
+                replicas=int(extra.pop("replicas", "1")),
+                connect_attempts=int(extra.pop("connect_attempts", "3")),
+                reconnect_wait=float(extra.pop("reconnect_wait", "2")),
+                max_reconnect_attempts=int(extra.pop("max_reconnect_attempts", "-1")),
+                extra=extra,
+            )
+        except ValueError as exc:
+            raise BackendConfigError(f"invalid NATS option in {mask_url(url)!r}: {exc}") from None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (credentials included)."""
+        kwargs: dict[str, Any] = {
+            "servers": list(self.servers),
+            "reconnect_time_wait": self.reconnect_wait,
+            # Bounded for the first connection; switched to max_reconnect_attempts after
+            # it succeeded (nats-py would otherwise retry an unreachable server forever).
+            "max_reconnect_attempts": self.connect_attempts,
+            "connect_timeout": 2,
+            "allow_reconnect": True,
+        }
+        if self.user is not None:
+            kwargs["user"] = self.user
+            kwargs["password"] = self.password or ""
+        if self.token is not None:
+            kwargs["token"] = self.token
+        if self.creds:
+            kwargs["user_credentials"] = self.creds
+        if self.tls:
+            import ssl
+
+            kwargs["tls"] = ssl.create_default_context()
+        return kwargs
+
+
+class NatsConnection:
+    """The shared client, its JetStream context and the deployment's buckets."""
+
+    def __init__(self, url: str, options: BackendOptions) -> None:
+        require_nats()
+        self.url = url
+        self.options = options
+        self.settings = NatsSettings.from_url(url, options)
+        self.names = Names(options.prefix)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._buckets: dict[str, KeyValue] = {}
+        self._outage_reported = False
+        self.closed = False
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            from distributed_agents.core.errors import BackendError
+
+            raise BackendError(f"NATS backend {mask_url(self.url)} is not connected; await backend.connect() first")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "connect() first"
+        return self._js
+
+    def bucket(self, name: str) -> KeyValue:
+        return self._buckets[name]
+
+    async def connect(self) -> None:
+        """Connect and create streams and buckets (idempotent)."""
+        if self._nc is not None:
+            return
+        import nats
+
+        nc = nats.NATS()
+        with nats_errors(self.url, "connect"):
+            try:
+                await nc.connect(
+                    **self.settings.connect_kwargs(),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                )
+            except BaseException:
+                await nc.close()
+                raise
+        nc.options["max_reconnect_attempts"] = self.settings.max_reconnect_attempts
+        self._nc = nc
+        self._js = nc.jetstream(timeout=5.0)
+        try:
+            with nats_errors(self.url, "create JetStream streams and buckets"):
+                await self._create_layout()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _create_layout(self) -> None:
+        from nats.js import api
+
+        names, replicas = self.names, self.settings.replicas
+        storage = api.StorageType.FILE
+        stream = api.StreamConfig(
+            name=names.task_stream,
+            subjects=[f"{names.base}.tasks.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=_DUPLICATE_WINDOW,
+            discard=api.DiscardPolicy.OLD,
+        )
+        await self._add_or_update_stream(stream)
+        for bucket in (names.task_bucket, names.claim_bucket, names.dead_bucket, names.state_bucket, names.worker_bucket):
+            self._buckets[bucket] = await self._create_bucket(bucket)
+
+    async def _add_or_update_stream(self, config: Any) -> None:
+        import nats.js.errors
+
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with other settings (e.g. an older version): keep the data, adopt ours.
+            await self.js.update_stream(config)
+
+    async def _create_bucket(self, name: str) -> KeyValue:
+        import nats.js.errors
+        from nats.js import api
+
+        config = api.KeyValueConfig(
+            bucket=name,
+            history=1,
+            storage=api.StorageType.FILE,
+            replicas=self.settings.replicas,
+            direct=True,
+        )
+        try:
+            return await self.js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            return await self.js.key_value(name)
+
+    async def close(self) -> None:
+        """Drain and close the connection (idempotent)."""
+        self.closed = True
+        nc, self._nc = self._nc, None
+        self._js = None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await nc.drain()
+        except Exception:  # draining a connection that lost its server: close it anyway
+            pass
+        if not nc.is_closed:
+            await nc.close()
+
+    # -- callbacks: report an outage once, and its end --------------------------------
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._outage_reported:
+            log.warning("NATS %s: %s: %s", mask_url(self.url), type(exc).__name__, exc)
+            self._outage_reported = True
+
+    async def _on_disconnect(self) -> None:
+        if not self.closed and not self._outage_reported:
+            log.warning("NATS %s: disconnected; nats-py keeps reconnecting", mask_url(self.url))
+            self._outage_reported = True
+
+    async def _on_reconnect(self) -> None:
+        log.warning("NATS %s: reconnected", mask_url(self.url))
+        self._outage_reported = False

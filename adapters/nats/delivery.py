@@ -1,0 +1,72 @@
+"""Pulling ready messages without lingering requests, and JetStream's ack protocol.
+
+``pull_ready`` asks a durable pull consumer for up to ``batch`` messages with
+``no_wait``: the server answers at once with what is ready and never keeps the request
+open, so no orphaned pull can capture a message that nobody reads (a known pitfall of
+``fetch()`` with timeouts). Waiting is done by the caller on a wake-up subject instead.
+
+A delivery's reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``)
+identifies it and is all that is needed to settle it, from any connection; it is the
+adapter's lease id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+__all__ = ["delivery_count", "pull_ready", "send_ack", "stream_sequence"]
+
+
+async def pull_ready(nc: Client, stream: str, consumer: str, batch: int, *, timeout: float = 5.0) -> list[Msg]:
+    """Up to ``batch`` messages that are deliverable now (possibly none)."""
+    import nats.errors
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    messages: list[Msg] = []
+    try:
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, reply=inbox)
+        while len(messages) < batch:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                if messages:
+                    break
+                raise
+            if msg.headers and msg.headers.get("Status"):
+                break  # 404 No Messages / 408: nothing more is ready
+            messages.append(msg)
+    finally:
+        await sub.unsubscribe()
+    return messages
+
+
+def stream_sequence(reply: str) -> int:
+    """The stream sequence named by a delivery's reply subject."""
+    return int(reply.split(".")[5])
+
+
+def delivery_count(reply: str) -> int:
+    """How many times the server has delivered this message (this delivery included)."""
+    return int(reply.split(".")[4])
+
+
+async def send_ack(nc: Client, reply: str, kind: str, *, delay: float = 0.0, timeout: float = 5.0) -> None:
+    """Settle a delivery: ``ack`` (waits for the server), ``nak`` (optional delay), ``progress``, ``term``."""
+    if kind == "ack":
+        await nc.request(reply, b"+ACK", timeout=timeout)
+    elif kind == "nak":
+        payload = b"-NAK" if delay <= 0 else b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
+        await nc.publish(reply, payload)
+    elif kind == "progress":
+        await nc.publish(reply, b"+WPI")
+    elif kind == "term":
+        await nc.publish(reply, b"+TERM")
+    else:  # pragma: no cover - programming error
+        raise ValueError(kind)

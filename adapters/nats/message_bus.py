@@ -1,0 +1,105 @@
+"""MessageBus on core NATS subjects: ``<p>.bus.<channel>``, wildcards as they are.
+
+The port already uses NATS pattern syntax (``*`` one token, ``>`` the rest), so a
+pattern maps to a subject unchanged under the prefix. Each subscription copies incoming
+messages into its own unbounded buffer from nats-py's callback, so a slow reader never
+makes nats-py drop messages or stall the connection, and publishers never wait for
+subscribers. ``subscribe`` flushes, so the server knows the subscription before it
+returns. Core NATS keeps publish order per publisher connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.errors import nats_errors
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import PayloadDecodeError
+from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+__all__ = ["NatsMessageBus", "NatsSubscription"]
+
+
+class NatsSubscription(Subscription):
+    """One subscription with its own buffer."""
+
+    def __init__(self, pattern: str, root: str) -> None:
+        self.pattern = pattern
+        self._root = root
+        self._buffer: deque[BusMessage] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._sub: Any = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self._closed:
+            return
+        try:
+            data = decode(msg.data)
+        except PayloadDecodeError:
+            return  # not one of ours: a bus carries JSON objects only
+        if isinstance(data, dict):
+            self._buffer.append(BusMessage(msg.subject[len(self._root):], data))
+            self._ready.set()
+
+    async def get(self, timeout: float | None = None) -> BusMessage | None:
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._closed:
+                return None
+            self._ready.clear()
+            remaining = None if give_up is None else give_up - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), remaining)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._ready.set()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await sub.unsubscribe()
+
+
+class NatsMessageBus(MessageBus):
+    """MessageBus over core NATS; see the module docstring."""
+
+    def __init__(self, conn: NatsConnection) -> None:
+        self._conn = conn
+        self._own: list[NatsSubscription] = []
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        raw = encode(dict(data))
+        with nats_errors(self._conn.url, f"publish to {channel!r}"):
+            await self._conn.nc.publish(self._conn.names.bus_subject(channel), raw)
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = NatsSubscription(pattern, self._conn.names.bus_root)
+        with nats_errors(self._conn.url, f"subscribe to {pattern!r}"):
+            subscription._sub = await self._conn.nc.subscribe(
+                self._conn.names.bus_subject(pattern), cb=subscription._on_message
+            )
+            await self._conn.nc.flush()
+        self._own.append(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        for subscription in self._own:
+            await subscription.close()
+        self._own.clear()

@@ -1,0 +1,101 @@
+"""Names of streams, buckets, consumers and subjects, all derived from the prefix.
+
+Stream, bucket and consumer names allow only ``[A-Za-z0-9_-]``; subject tokens must not
+contain ``.``, ``*``, ``>`` or whitespace. ``token`` escapes anything else (and ``_``
+itself) as ``_XX`` hex so the mapping is injective: two different node types, task ids
+or prefixes never share a name. A prefix that needed escaping also gets a short hash so
+that, e.g., ``a.b`` and ``a_2eb`` stay apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+__all__ = ["Names", "priority_from_token", "priority_token", "token"]
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+
+
+def token(value: str) -> str:
+    """``value`` as one subject token / name fragment using only ``[A-Za-z0-9_-]``."""
+    if not value:
+        return "_"
+    return "".join(ch if _SAFE.fullmatch(ch) else "".join(f"_{b:02x}" for b in ch.encode()) for ch in value)
+
+
+def priority_token(priority: int) -> str:
+    """``p3`` for 3, ``m2`` for -2 (subject tokens cannot hold a minus sign safely)."""
+    return f"p{priority}" if priority >= 0 else f"m{-priority}"
+
+
+def priority_from_token(value: str) -> int | None:
+    """Inverse of ``priority_token``; None for anything else."""
+    if len(value) > 1 and value[0] in "pm" and value[1:].isdigit():
+        number = int(value[1:])
+        return number if value[0] == "p" else -number
+    return None
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every engine-side name of one deployment (one prefix)."""
+
+    prefix: str
+
+    @property
+    def base(self) -> str:
+        escaped = token(self.prefix)
+        if escaped == self.prefix:
+            return escaped
+        return f"{escaped}-{hashlib.sha1(self.prefix.encode()).hexdigest()[:8]}"
+
+    # -- task queue ------------------------------------------------------------------
+    @property
+    def task_stream(self) -> str:
+        return f"{self.base}_TASKS"
+
+    def task_subject(self, node_type: str, priority: int) -> str:
+        return f"{self.base}.tasks.{token(node_type)}.{priority_token(priority)}"
+
+    def task_subjects_of(self, node_type: str) -> str:
+        return f"{self.base}.tasks.{token(node_type)}.*"
+
+    def task_consumer(self, node_type: str, priority: int) -> str:
+        return f"{token(node_type)}-{priority_token(priority)}"
+
+    def wake_subject(self, node_type: str) -> str:
+        return f"{self.base}.wake.{token(node_type)}"
+
+    @property
+    def done_subject(self) -> str:
+        return f"{self.base}.done"
+
+    @property
+    def task_bucket(self) -> str:
+        return f"{self.base}_tasks"
+
+    @property
+    def claim_bucket(self) -> str:
+        return f"{self.base}_claims"
+
+    @property
+    def dead_bucket(self) -> str:
+        return f"{self.base}_dead"
+
+    # -- state, registry, bus --------------------------------------------------------
+    @property
+    def state_bucket(self) -> str:
+        return f"{self.base}_state"
+
+    @property
+    def worker_bucket(self) -> str:
+        return f"{self.base}_workers"
+
+    def bus_subject(self, channel: str) -> str:
+        return f"{self.base}.bus.{channel}"
+
+    @property
+    def bus_root(self) -> str:
+        return f"{self.base}.bus."

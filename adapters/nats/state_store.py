@@ -1,0 +1,267 @@
+"""StateStore on a JetStream KV bucket (``<p>_state``), compare-and-set on revisions.
+
+Keys (workflow ids and steps escaped into key tokens):
+
+* ``wf.<id>``: the ``WorkflowRecord`` as JSON plus two private fields: ``_cp``, the key
+  of the newest committed checkpoint, and ``_fence``, the greatest fencing token seen.
+  Our ``version`` lives inside the record; every write is a CAS on the key's KV
+  revision (``Nats-Expected-Last-Subject-Sequence``), read in the same call, so version
+  and revision move together.
+* ``cp.<id>.<step>.<nonce>``: one checkpoint, with ``_prev`` naming the checkpoint
+  committed before it.
+* ``lease.<id>``: owner, fencing token and deadline. Never removed, so tokens only grow.
+
+Atomicity of record + checkpoint. KV has no multi-key transaction, so ``save`` writes
+the checkpoint first under a key no other writer can use (a fresh nonce), then CASes
+the record to point at it. The record CAS is the commit: a writer that loses it leaves
+an orphan checkpoint (removed best effort) that no record points to. Readers walk the
+chain from the record's ``_cp`` through ``_prev``, so they see exactly the checkpoints
+of committed saves, in commit order: it looks atomic. Round trips: ``save`` 2 (get,
+CAS), 3 with a checkpoint, +1 with a fencing token (lease read).
+
+Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
+record's ``_fence``; granting a new lease CASes ``_fence`` into the record before
+returning, so a stale holder that read the old lease still loses its record CAS.
+
+TTL. With ``state_ttl``, record and checkpoints are written with a per-message TTL
+(``Nats-TTL``, nats-server 2.11+, whole seconds, at least 1). Readers ignore checkpoints
+of a record that is gone. Difference from the memory backend: a checkpoint expires
+``state_ttl`` after it was written, so a workflow that lives longer than ``state_ttl``
+loses its oldest history entries while its record lives on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from distributed_agents.adapters.nats import kv
+from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.errors import nats_errors
+from distributed_agents.adapters.nats.naming import token
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import (
+    FencingTokenRejectedError,
+    LeaseLostError,
+    VersionConflictError,
+    WorkflowExistsError,
+)
+from distributed_agents.core.ports.state_store import (
+    Checkpoint,
+    StateStore,
+    WorkflowLease,
+    WorkflowRecord,
+    checkpoints_page,
+)
+
+__all__ = ["NatsStateStore"]
+
+
+class NatsStateStore(StateStore):
+    """StateStore over JetStream KV; see the module docstring for the layout."""
+
+    def __init__(self, conn: NatsConnection, *, state_ttl: float | None = None) -> None:
+        self._conn = conn
+        self.state_ttl = state_ttl
+
+    @property
+    def _kv(self) -> Any:
+        return self._conn.bucket(self._conn.names.state_bucket)
+
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return nats_errors(self._conn.url, action)
+
+    async def _record(self, workflow_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The live record (None if absent or expired) and the key's revision for a CAS."""
+        entry = await kv.get(self._kv, f"wf.{token(workflow_id)}")
+        if entry is None:
+            return None, 0
+        stored = decode(entry.value)
+        # The server's TTL has whole-second resolution; expire exactly here.
+        expires_at = stored.get("_expires_at")
+        if expires_at is not None and float(expires_at) <= time.time():
+            return None, entry.revision
+        return stored, entry.revision
+
+    async def _lease(self, workflow_id: str) -> tuple[dict[str, Any] | None, int]:
+        entry = await kv.get(self._kv, f"lease.{token(workflow_id)}")
+        return (None, 0) if entry is None else (decode(entry.value), entry.revision)
+
+    async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        with self._errors(f"read workflow {workflow_id!r}"):
+            stored, _ = await self._record(workflow_id)
+        return None if stored is None else WorkflowRecord.from_dict(stored)
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None = None,
+        fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        workflow_id = record.workflow_id
+        new = record.evolve(version=expected_version + 1, updated_at=time.time())
+        body = new.to_dict()
+        cp_body = None if checkpoint is None else checkpoint.to_dict()
+        encode(body)  # not JSON: fail before writing anything
+        with self._errors(f"save workflow {workflow_id!r}"):
+            stored, revision = await self._record(workflow_id)
+            if fencing_token is not None:
+                await self._check_fence(workflow_id, stored, fencing_token)
+            self._check_version(workflow_id, stored, expected_version)
+            cp_key = None if stored is None else stored.get("_cp")
+            if cp_body is not None:
+                assert checkpoint is not None
+                new_key = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
+                await kv.put(self._conn.js, self._kv, new_key, encode({**cp_body, "_prev": cp_key}), ttl=self.state_ttl)
+                cp_key = new_key
+            fence = max(int((stored or {}).get("_fence", 0)), fencing_token or 0)
+            expires_at = None if self.state_ttl is None else time.time() + self.state_ttl
+            raw = encode({**body, "_cp": cp_key, "_fence": fence, "_expires_at": expires_at})
+            key = f"wf.{token(workflow_id)}"
+            if await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl) is None:
+                if cp_body is not None and cp_key is not None:
+                    with contextlib.suppress(Exception):
+                        await kv.remove(self._conn.js, self._kv, cp_key)
+                stored, _ = await self._record(workflow_id)
+                if fencing_token is not None:
+                    await self._check_fence(workflow_id, stored, fencing_token)
+                self._check_version(workflow_id, stored, expected_version)
+                raise self._conflict(workflow_id, expected_version, None if stored is None else int(stored["version"]))
+        return new
+
+    async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int) -> None:
+        lease, _ = await self._lease(workflow_id)
+        newest = max(int((stored or {}).get("_fence", 0)), int((lease or {}).get("token", 0)))
+        if fencing_token < newest:
+            raise FencingTokenRejectedError(
+                f"workflow {workflow_id!r}: write with fencing token {fencing_token} refused; "
+                f"a newer owner holds token {newest}"
+            )
+
+    def _check_version(self, workflow_id: str, stored: dict[str, Any] | None, expected_version: int) -> None:
+        if expected_version == 0:
+            if stored is not None:
+                raise WorkflowExistsError(f"workflow {workflow_id!r} already exists; choose another workflow_id")
+            return
+        actual = None if stored is None else int(stored["version"])
+        if actual != expected_version:
+            raise self._conflict(workflow_id, expected_version, actual)
+
+    def _conflict(self, workflow_id: str, expected: int, actual: int | None) -> VersionConflictError:
+        return VersionConflictError(
+            f"workflow {workflow_id!r}: expected version {expected}, found {actual}; "
+            "another writer committed first: reload and retry",
+            expected=expected,
+            actual=actual,
+        )
+
+    async def list_checkpoints(
+        self, workflow_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[Checkpoint]:
+        with self._errors(f"list checkpoints of workflow {workflow_id!r}"):
+            stored, _ = await self._record(workflow_id)
+            if stored is None or not stored.get("_cp"):
+                return []
+            entries = {e.key: decode(e.value) for e in await kv.scan(self._conn.js, self._kv, f"cp.{token(workflow_id)}.>")}
+        chain: list[Checkpoint] = []
+        key = stored.get("_cp")
+        while key and key in entries:
+            chain.append(Checkpoint.from_dict(entries[key]))
+            key = entries[key].get("_prev")
+        chain.reverse()  # oldest first, as checkpoints_page expects
+        return checkpoints_page(chain, limit=limit, before=before)
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        with self._errors("list workflows"):
+            entries = await kv.scan(self._conn.js, self._kv, "wf.*")
+        now = time.time()
+        bodies = [decode(e.value) for e in entries]
+        records = [WorkflowRecord.from_dict(b) for b in bodies if b.get("_expires_at") is None or float(b["_expires_at"]) > now]
+        records = [r for r in records if status is None or r.status == status]
+        records.sort(key=lambda r: r.created_at)
+        return records
+
+    async def delete(self, workflow_id: str) -> bool:
+        with self._errors(f"delete workflow {workflow_id!r}"):
+            stored, _ = await self._record(workflow_id)
+            await self._conn.js.purge_stream(f"KV_{self._conn.names.state_bucket}",
+                                             subject=f"$KV.{self._conn.names.state_bucket}.cp.{token(workflow_id)}.>")
+            await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")
+            lease, revision = await self._lease(workflow_id)
+            if lease is not None and lease.get("owner"):
+                # Keep the token (tokens only grow), drop the holder.
+                freed = {**lease, "owner": None, "deadline": 0.0}
+                await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}", encode(freed), last=revision)
+        return stored is not None
+
+    # -- leases ------------------------------------------------------------------------
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        key = f"lease.{token(workflow_id)}"
+        with self._errors(f"acquire the lease of workflow {workflow_id!r}"):
+            while True:
+                current, revision = await self._lease(workflow_id)
+                stored, _ = await self._record(workflow_id)
+                now = time.time()
+                # A lease taken on an existing record ends with it (state_ttl, delete).
+                orphaned = current is not None and bool(current.get("bound")) and stored is None
+                if current is not None and current.get("owner") and float(current["deadline"]) > now and not orphaned:
+                    if current["owner"] != owner:
+                        return None
+                    new = {**current, "deadline": now + ttl}
+                    granted = False
+                else:
+                    new = {"owner": owner, "token": int((current or {}).get("token", 0)) + 1, "deadline": now + ttl,
+                           "bound": stored is not None}
+                    granted = True
+                if await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision) is None:
+                    continue
+                if granted:
+                    await self._raise_fence(workflow_id, int(new["token"]))
+                return WorkflowLease(workflow_id, owner, int(new["token"]), float(new["deadline"]))
+
+    async def _raise_fence(self, workflow_id: str, fence: int) -> None:
+        """Record a new token in the record so that older holders lose their next CAS."""
+        key = f"wf.{token(workflow_id)}"
+        for _ in range(10):
+            stored, revision = await self._record(workflow_id)
+            if stored is None or int(stored.get("_fence", 0)) >= fence:
+                return
+            if await kv.cas(self._conn.js, self._kv, key, encode({**stored, "_fence": fence}), last=revision,
+                            ttl=self.state_ttl) is not None:
+                return
+
+    async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
+        key = f"lease.{token(lease.workflow_id)}"
+        with self._errors(f"renew the lease of workflow {lease.workflow_id!r}"):
+            for _ in range(10):
+                current, revision = await self._lease(lease.workflow_id)
+                now = time.time()
+                if (
+                    current is None
+                    or not current.get("owner")
+                    or int(current["token"]) != lease.fencing_token
+                    or float(current["deadline"]) <= now
+                ):
+                    break
+                new = {**current, "deadline": now + ttl}
+                if await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision) is not None:
+                    return WorkflowLease(lease.workflow_id, lease.owner, lease.fencing_token, float(new["deadline"]))
+        raise LeaseLostError(
+            f"workflow {lease.workflow_id!r}: lease of {lease.owner!r} (token {lease.fencing_token}) "
+            "expired or was taken over; stop driving this workflow"
+        )
+
+    async def release_lease(self, lease: WorkflowLease) -> None:
+        key = f"lease.{token(lease.workflow_id)}"
+        with self._errors(f"release the lease of workflow {lease.workflow_id!r}"):
+            for _ in range(10):
+                current, revision = await self._lease(lease.workflow_id)
+                if current is None or not current.get("owner") or int(current["token"]) != lease.fencing_token:
+                    return
+                freed = {**current, "owner": None, "deadline": 0.0}
+                if await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision) is not None:
+                    return

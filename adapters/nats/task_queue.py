@@ -1,0 +1,677 @@
+"""TaskQueue on NATS JetStream: a work-queue stream plus a KV record per task.
+
+Layout (``<p>`` is the sanitised prefix):
+
+* Stream ``<p>_TASKS`` (work-queue retention, file storage) with one subject per node
+  type and priority, ``<p>.tasks.<type>.<p3|m2>``, and one durable pull consumer per
+  subject (``<type>-<p3>``), shared by every worker of that type. ``AckWait`` is the
+  visibility timeout. A claim asks the stream which priority subjects hold messages
+  (``stream_info(subjects_filter=...)``), then pulls highest priority first with
+  ``no_wait``; within a priority, messages of several node types are merged by stream
+  sequence, so order is FIFO by enqueue across types too.
+* KV ``<p>_tasks``: one control record per task id: state (queued, claimed, delayed,
+  done, dead, cancelled), the stream sequence of the message that carries it, the
+  attempt count, the error history, the current lease (delivery) and, once settled, the
+  ``TaskResult``. It is the source of truth for ownership; every transition is a
+  compare-and-set on the record's KV revision.
+* KV ``<p>_claims``: one key per task in flight (``<type>.<task>``), for ``stats``.
+* KV ``<p>_dead``: dead letters (``<type>.<task>``), kept until requeued.
+* Core subjects ``<p>.wake.<type>`` (a task became ready: claimers waiting stop polling)
+  and ``<p>.done`` (a result was stored: ``wait_results`` wakes).
+
+Leases. A lease id is the delivery's ack reply subject, which names the stream sequence
+and the server's delivery count. JetStream itself would accept an ack from a stale
+holder, so ownership is checked on the record: claiming CASes the record to the new
+lease; ``ack``/``nack``/``extend``/``release`` CAS it away from their own lease and raise
+``LeaseLostError`` if the record names another lease, the deadline passed, or the CAS
+loses. A per-claim keeper task in the claiming process sends ``in_progress()`` so leases
+longer than AckWait hold, and at the deadline expires the lease itself (records the
+error, naks or dead-letters), so leases shorter than AckWait end on time too. If the
+holder process dies, AckWait bounds the lease and the next claimer sees the record still
+naming the old lease: it records "lease expired" and counts the attempt.
+
+Attempts and dead letters. MaxDeliver is left unlimited: the adapter counts attempts in
+the record (``release`` gives one back, which the server's delivery count cannot do, and
+a message that hit MaxDeliver would sit in the stream for ever). A nack on the last
+attempt, or a lease expiry on it, CASes the record to ``dead`` with a failed result,
+writes the dead letter and acks the message away. Undecodable bytes are dead-lettered
+at claim time with the reason.
+
+Idempotent enqueue. The message is published with ``Nats-Msg-Id`` = task id (dedup within
+the stream's window), then the record is created with ``create`` semantics, which holds
+for as long as the record lives (done and dead records live ``result_ttl``). A
+duplicate published after the window finds the record and deletes its own message. A
+claimer that finds no record (the producer died between the two writes) creates it.
+
+Round trips per task: enqueue 2 (publish, create record); claim about 4, shared by the
+batch where possible (stream info, pull, record get + CAS, claims index); ack 3 (CAS with
+the result, claims index removal, ``ack_sync``). The result is durable (a stored KV
+write) before the message is acked; a crash in between leaves the message to be
+redelivered, and its claimer sees the record ``done`` and just acks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed_agents.adapters.nats import kv
+from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
+from distributed_agents.adapters.nats.errors import nats_errors
+from distributed_agents.adapters.nats.naming import priority_from_token, token
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError
+from distributed_agents.core.ports.task_queue import (
+    ClaimedTask,
+    DeadLetter,
+    QueueStats,
+    Task,
+    TaskQueue,
+    TaskResult,
+    task_from_dict,
+    task_to_dict,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+__all__ = ["NatsTaskQueue"]
+
+log = logging.getLogger("distributed_agents.adapters.nats")
+
+_TERMINAL = ("done", "dead", "cancelled")
+# How often a waiting claim or wait_results looks again when no wake-up came (delayed
+# re-deliveries and AckWait expiries publish no wake-up).
+_POLL = 0.2
+
+
+@dataclass
+class _Held:
+    """What the claiming process remembers about one of its leases."""
+
+    record: dict[str, Any]
+    revision: int
+    ack_wait: float
+    keeper: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Found:
+    record: dict[str, Any] | None
+    revision: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NatsTaskQueue(TaskQueue):
+    """TaskQueue over JetStream; see the module docstring for the mapping."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        *,
+        visibility_timeout: float = 30.0,
+        max_attempts: int = 3,
+        result_ttl: float = 3600.0,
+    ) -> None:
+        self._conn = conn
+        self.visibility_timeout = visibility_timeout
+        self.max_attempts = max_attempts
+        self.result_ttl = result_ttl
+        self._held: dict[str, _Held] = {}
+        self._ack_waits: dict[tuple[str, int], float] = {}
+
+    # -- helpers -----------------------------------------------------------------------
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return nats_errors(self._conn.url, action)
+
+    @property
+    def _tasks(self) -> Any:
+        return self._conn.bucket(self._conn.names.task_bucket)
+
+    @property
+    def _claims(self) -> Any:
+        return self._conn.bucket(self._conn.names.claim_bucket)
+
+    @property
+    def _dead(self) -> Any:
+        return self._conn.bucket(self._conn.names.dead_bucket)
+
+    def _limit(self, record: Mapping[str, Any]) -> int:
+        value = record.get("max_attempts")
+        return int(value) if value is not None else self.max_attempts
+
+    async def _read(self, task_id: str) -> _Found:
+        entry = await kv.get(self._tasks, token(task_id))
+        if entry is None:
+            return _Found(None)
+        return _Found(decode(entry.value), entry.revision)
+
+    async def _ensure_consumer(self, node_type: str, priority: int) -> float:
+        key = (node_type, priority)
+        if key in self._ack_waits:
+            return self._ack_waits[key]
+        import nats.js.errors
+        from nats.js import api
+
+        names = self._conn.names
+        config = api.ConsumerConfig(
+            durable_name=names.task_consumer(node_type, priority),
+            filter_subject=names.task_subject(node_type, priority),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.visibility_timeout,
+            max_deliver=-1,
+            max_ack_pending=100_000,
+        )
+        try:
+            info = await self._conn.js.add_consumer(names.task_stream, config)
+        except nats.js.errors.BadRequestError:
+            # Created by a process with another visibility timeout: use it as it is.
+            info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
+        ack_wait = float(info.config.ack_wait or self.visibility_timeout)
+        self._ack_waits[key] = ack_wait
+        return ack_wait
+
+    async def _wake(self, node_type: str) -> None:
+        # Core NATS, no round trip: a lost wake-up only costs a waiting claimer one poll.
+        await self._conn.nc.publish(self._conn.names.wake_subject(node_type), b"")
+
+    async def _notify_done(self, task_id: str) -> None:
+        await self._conn.nc.publish(self._conn.names.done_subject, task_id.encode())
+
+    async def _claim_index(self, node_type: str, task_id: str, present: bool) -> None:
+        key = f"{token(node_type)}.{token(task_id)}"
+        if present:
+            await kv.put(self._conn.js, self._claims, key, b"1")
+        else:
+            await kv.remove(self._conn.js, self._claims, key)
+
+    # -- producing ---------------------------------------------------------------------
+    async def enqueue(self, task: Task) -> bool:
+        raw = encode(task_to_dict(task))
+        with self._errors(f"enqueue task {task.id!r}"):
+            await self._ensure_consumer(task.node_type, task.priority)
+            subject = self._conn.names.task_subject(task.node_type, task.priority)
+            ack = await self._conn.js.publish(subject, raw, headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            if ack.duplicate:
+                return False
+            record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
+            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=0) is None:
+                found = await self._read(task.id)
+                if found.record is not None and found.record.get("seq") == ack.seq:
+                    return True  # a claimer adopted our message before we wrote the record
+                # The id was seen before (outside the dedup window): withdraw our copy.
+                with contextlib.suppress(Exception):
+                    await self._conn.js.delete_msg(self._conn.names.task_stream, int(ack.seq))
+                return False
+            await self._wake(task.node_type)
+            return True
+
+    async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
+        with self._errors(f"enqueue raw bytes for node type {node_type!r}"):
+            await self._ensure_consumer(node_type, priority)
+            subject = self._conn.names.task_subject(node_type, priority)
+            await self._conn.js.publish(subject, bytes(data), headers={"Da-Task-Id": f"raw-{uuid.uuid4().hex}"})
+            await self._wake(node_type)
+
+    # -- claiming ----------------------------------------------------------------------
+    async def claim(
+        self,
+        node_types: Collection[str],
+        *,
+        worker_id: str,
+        max_tasks: int = 1,
+        lease_seconds: float | None = None,
+        wait: float = 0.0,
+    ) -> list[ClaimedTask]:
+        types = list(dict.fromkeys(node_types))
+        if not types or max_tasks < 1:
+            return []
+        lease = self.visibility_timeout if lease_seconds is None else lease_seconds
+        give_up = time.monotonic() + max(wait, 0.0)
+        woken = asyncio.Event()
+        subs: list[Any] = []
+        try:
+            with self._errors(f"claim tasks of {types!r}"):
+                while True:
+                    claimed = await self._claim_now(types, worker_id, max_tasks, lease)
+                    remaining = give_up - time.monotonic()
+                    if claimed or remaining <= 0:
+                        return claimed
+                    if not subs:
+
+                        async def on_wake(_msg: Msg) -> None:
+                            woken.set()
+
+                        for node_type in types:
+                            subs.append(await self._conn.nc.subscribe(self._conn.names.wake_subject(node_type), cb=on_wake))
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(remaining, _POLL))
+                    woken.clear()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _claim_now(self, types: list[str], worker_id: str, max_tasks: int, lease: float) -> list[ClaimedTask]:
+        names = self._conn.names
+        wanted = {token(t): t for t in types}
+        subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
+        info = await self._conn.js.stream_info(names.task_stream, subjects_filter=subject_filter)
+        levels: dict[int, list[str]] = {}
+        for subject, count in (info.state.subjects or {}).items():
+            _, _, type_token, priority_token = subject.rsplit(".", 3)
+            priority = priority_from_token(priority_token)
+            if count and type_token in wanted and priority is not None:
+                levels.setdefault(priority, []).append(wanted[type_token])
+        claimed: list[ClaimedTask] = []
+        for priority in sorted(levels, reverse=True):
+            need = max_tasks - len(claimed)
+            if need <= 0:
+                break
+            batch: list[tuple[int, str, Msg, float]] = []
+            for node_type in levels[priority]:
+                ack_wait = await self._ensure_consumer(node_type, priority)
+                consumer = names.task_consumer(node_type, priority)
+                for msg in await pull_ready(self._conn.nc, names.task_stream, consumer, need):
+                    batch.append((stream_sequence(msg.reply or ""), node_type, msg, ack_wait))
+            batch.sort(key=lambda item: item[0])
+            for _, node_type, msg, ack_wait in batch:
+                if len(claimed) >= max_tasks:
+                    # Pulled from a second node type but not needed: give it straight back.
+                    await send_ack(self._conn.nc, msg.reply or "", "nak")
+                    continue
+                taken = await self._take(msg, node_type, worker_id, lease, ack_wait)
+                if taken is not None:
+                    claimed.append(taken)
+        return claimed
+
+    async def _take(self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float) -> ClaimedTask | None:
+        lease_id = msg.reply or ""
+        seq = stream_sequence(lease_id)
+        try:
+            task = task_from_dict(decode(msg.data))
+        except (PayloadDecodeError, ValueError) as exc:
+            await self._dead_letter_raw(msg, node_type, f"undecodable payload: {exc}")
+            return None
+        for _ in range(5):
+            found = await self._read(task.id)
+            record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
+            if record.get("seq") not in (0, seq):
+                await send_ack(self._conn.nc, lease_id, "ack")  # a stale duplicate of the task
+                return None
+            if record["state"] in _TERMINAL:
+                if record["state"] == "dead":
+                    await self._write_dead_letter(record, task, None)
+                await self._claim_index(task.node_type, task.id, False)
+                await send_ack(self._conn.nc, lease_id, "ack")  # settled; only the ack was lost
+                return None
+            errors = list(record.get("errors", []))
+            if record["state"] == "claimed":
+                if delivery_count(record["lease"]) >= delivery_count(lease_id):
+                    return None  # a newer delivery holds it; ours is stale
+                # The previous holder vanished and AckWait handed the task to us.
+                errors.append(f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})")
+                limit = self._limit(record)
+                if record["attempt"] >= limit:
+                    reason = f"lease expired on attempt {record['attempt']} of {limit}"
+                    if await self._dead_letter(record, found.revision, task, reason, errors, lease_id):
+                        return None
+                    continue
+            attempt = int(record.get("attempt", 0)) + 1
+            deadline = time.time() + lease
+            new = {**record, "seq": seq, "state": "claimed", "attempt": attempt, "errors": errors,
+                   "lease": lease_id, "worker": worker_id, "deadline": deadline}
+            revision = await kv.cas(self._conn.js, self._tasks, token(task.id), encode(new), last=found.revision)
+            if revision is None:
+                continue
+            await self._claim_index(task.node_type, task.id, True)
+            held = _Held(new, revision, ack_wait)
+            self._held[lease_id] = held
+            held.keeper = asyncio.ensure_future(self._keep(lease_id))
+            return ClaimedTask(task, lease_id, attempt, deadline, worker_id)
+        return None
+
+    # -- leases ------------------------------------------------------------------------
+    async def _keep(self, lease_id: str) -> None:
+        """Hold the lease with in_progress() until its deadline, then expire it."""
+        try:
+            while True:
+                held = self._held.get(lease_id)
+                if held is None:
+                    return
+                remaining = held.record["deadline"] - time.time()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, held.ack_wait / 3))
+                if lease_id in self._held and time.time() < held.record["deadline"]:
+                    await send_ack(self._conn.nc, lease_id, "progress")
+            await self._expire(lease_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the server's AckWait still bounds the lease
+            log.warning("lease keeper for %s failed: %s", lease_id, exc)
+
+    async def _expire(self, lease_id: str) -> None:
+        held = self._held.pop(lease_id, None)
+        if held is None:
+            return
+        record = held.record
+        errors = [*record.get("errors", []), f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})"]
+        limit = self._limit(record)
+        task = await self._task_of(record)
+        if record["attempt"] >= limit:
+            reason = f"lease expired on attempt {record['attempt']} of {limit}"
+            await self._dead_letter(record, held.revision, task, reason, errors, lease_id)
+            return
+        new = {**record, "state": "queued", "errors": errors, "lease": ""}
+        if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=held.revision) is None:
+            return
+        await self._claim_index(record["node_type"], record["id"], False)
+        await send_ack(self._conn.nc, lease_id, "nak")
+        await self._wake(record["node_type"])
+
+    async def _held_record(self, claim: ClaimedTask) -> tuple[dict[str, Any], int]:
+        held = self._held.get(claim.lease_id)
+        if held is not None:
+            record, revision = held.record, held.revision
+        else:
+            found = await self._read(claim.task.id)
+            record, revision = found.record or {}, found.revision
+        if (
+            record.get("state") != "claimed"
+            or record.get("lease") != claim.lease_id
+            or float(record.get("deadline", 0)) <= time.time()
+        ):
+            raise self._lost(claim)
+        return record, revision
+
+    def _lost(self, claim: ClaimedTask) -> LeaseLostError:
+        return LeaseLostError(
+            f"task {claim.task.id!r} (node {claim.task.node!r}) is no longer leased to {claim.worker_id!r}: "
+            "its lease expired or it was settled; another worker may be running it"
+        )
+
+    async def _commit(self, claim: ClaimedTask, change: dict[str, Any], *, ttl: float | None = None) -> tuple[dict[str, Any], int]:
+        """CAS the record from our lease to ``record | change``; LeaseLostError if it is not ours."""
+        for _ in range(5):
+            record, revision = await self._held_record(claim)
+            new = {**record, **change}
+            new_revision = await kv.cas(self._conn.js, self._tasks, token(claim.task.id), encode(new), last=revision, ttl=ttl)
+            if new_revision is not None:
+                return new, new_revision
+            self._held.pop(claim.lease_id, None)  # our cached revision is stale: re-read
+        raise self._lost(claim)
+
+    def _forget(self, lease_id: str) -> None:
+        held = self._held.pop(lease_id, None)
+        if held is not None and held.keeper is not None and held.keeper is not asyncio.current_task():
+            held.keeper.cancel()
+
+    async def extend(self, claim: ClaimedTask, seconds: float | None = None) -> ClaimedTask:
+        with self._errors(f"extend the lease of task {claim.task.id!r}"):
+            deadline = time.time() + (self.visibility_timeout if seconds is None else seconds)
+            held = self._held.get(claim.lease_id)
+            record, revision = await self._commit(claim, {"deadline": deadline})
+            await send_ack(self._conn.nc, claim.lease_id, "progress")
+            ack_wait = held.ack_wait if held is not None else self.visibility_timeout
+            self._forget(claim.lease_id)
+            new_held = _Held(record, revision, ack_wait)
+            self._held[claim.lease_id] = new_held
+            new_held.keeper = asyncio.ensure_future(self._keep(claim.lease_id))
+            return ClaimedTask(claim.task, claim.lease_id, claim.attempt, deadline, claim.worker_id)
+
+    async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
+        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id)
+        stored = decode(encode(result.to_dict()))  # fails before touching the engine if not JSON
+        with self._errors(f"ack task {claim.task.id!r}"):
+            change = {"state": "done", "result": stored, "lease": "", "expires_at": time.time() + self.result_ttl}
+            await self._commit(claim, change, ttl=self.result_ttl)
+            self._forget(claim.lease_id)
+            await self._claim_index(claim.task.node_type, claim.task.id, False)
+            try:
+                await send_ack(self._conn.nc, claim.lease_id, "ack")
+            except Exception as exc:  # the result is stored: a redelivery will just be acked
+                log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, exc)
+            await self._notify_done(claim.task.id)
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+        with self._errors(f"nack task {claim.task.id!r}"):
+            record, revision = await self._held_record(claim)
+            errors = [*record.get("errors", []), f"attempt {record['attempt']}: {error}"]
+            if record["attempt"] >= self._limit(record):
+                if await self._dead_letter(record, revision, claim.task, error, errors, claim.lease_id):
+                    self._forget(claim.lease_id)
+                    return False
+                raise self._lost(claim)
+            state = "delayed" if delay > 0 else "queued"
+            await self._commit(claim, {"state": state, "errors": errors, "lease": ""})
+            self._forget(claim.lease_id)
+            await self._claim_index(claim.task.node_type, claim.task.id, False)
+            await send_ack(self._conn.nc, claim.lease_id, "nak", delay=delay)
+            if delay <= 0:
+                await self._wake(claim.task.node_type)
+            return True
+
+    async def release(self, claim: ClaimedTask) -> None:
+        with self._errors(f"release task {claim.task.id!r}"):
+            record, _ = await self._held_record(claim)
+            await self._commit(claim, {"state": "queued", "attempt": int(record["attempt"]) - 1, "lease": ""})
+            self._forget(claim.lease_id)
+            await self._claim_index(claim.task.node_type, claim.task.id, False)
+            await send_ack(self._conn.nc, claim.lease_id, "nak")
+            await self._wake(claim.task.node_type)
+
+    # -- dead letters ------------------------------------------------------------------
+    async def _task_of(self, record: Mapping[str, Any]) -> Task | None:
+        seq = int(record.get("seq") or 0)
+        if not seq:
+            return None
+        import nats.js.errors
+
+        try:
+            raw = await self._conn.js.get_msg(self._conn.names.task_stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            return task_from_dict(decode(raw.data or b""))
+        except (PayloadDecodeError, ValueError):
+            return None
+
+    async def _dead_letter(
+        self, record: dict[str, Any], revision: int, task: Task | None, reason: str, errors: list[str], lease_id: str
+    ) -> bool:
+        """CAS the record to dead (the commit point), write the dead letter, ack the message."""
+        result = TaskResult(record["id"], "failed", error=reason, attempts=int(record["attempt"]))
+        new = {**record, "state": "dead", "errors": errors, "reason": reason, "lease": "",
+               "result": result.to_dict(), "dead_at": time.time(), "expires_at": time.time() + self.result_ttl}
+        if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=revision, ttl=self.result_ttl) is None:
+            return False
+        await self._write_dead_letter(new, task, None)
+        await self._claim_index(record["node_type"], record["id"], False)
+        with contextlib.suppress(Exception):
+            await send_ack(self._conn.nc, lease_id, "ack")
+        await self._notify_done(record["id"])
+        return True
+
+    async def _write_dead_letter(self, record: Mapping[str, Any], task: Task | None, raw: bytes | None) -> None:
+        letter = {
+            "task_id": record["id"],
+            "node_type": record["node_type"],
+            "reason": record.get("reason", ""),
+            "errors": list(record.get("errors") or [record.get("reason", "")]),
+            "attempts": int(record.get("attempt", 0)),
+            "task": None if task is None else task_to_dict(task),
+            "raw": None if raw is None else base64.b64encode(raw).decode(),
+            "dead_at": float(record.get("dead_at", time.time())),
+            "priority": int(record.get("priority", 0)),
+            "max_attempts": record.get("max_attempts"),
+        }
+        key = f"{token(record['node_type'])}.{token(record['id'])}"
+        await kv.put(self._conn.js, self._dead, key, encode(letter))
+
+    async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
+        headers = msg.headers or {}
+        task_id = headers.get("Da-Task-Id") or f"raw-{stream_sequence(msg.reply or '')}"
+        now = time.time()
+        record = {**_new_record(task_id, node_type, 0, None, seq=0), "state": "dead", "reason": reason,
+                  "errors": [reason], "dead_at": now, "expires_at": now + self.result_ttl,
+                  "result": TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now).to_dict()}
+        await kv.put(self._conn.js, self._tasks, token(task_id), encode(record), ttl=self.result_ttl)
+        await self._write_dead_letter(record, None, bytes(msg.data))
+        await send_ack(self._conn.nc, msg.reply or "", "ack")
+        await self._notify_done(task_id)
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        with self._errors("list dead letters"):
+            pattern = ">" if node_type is None else f"{token(node_type)}.*"
+            entries = await kv.scan(self._conn.js, self._dead, pattern)
+        letters = [_letter_from(decode(e.value)) for e in entries]
+        letters.sort(key=lambda letter: letter.dead_at)
+        return letters[:limit]
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._errors(f"requeue dead letter {task_id!r}"):
+            matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
+            if not matches:
+                return False
+            letter = decode(matches[-1].value)
+            if letter.get("task") is None:
+                return False
+            task = task_from_dict(letter["task"])
+            found = await self._read(task_id)
+            if found.record is not None and not (
+                found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))
+            ):
+                return False
+            priority = int(letter.get("priority", task.priority))
+            record = _new_record(task_id, task.node_type, priority, letter.get("max_attempts"), seq=0)
+            if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision) is None:
+                return False
+            await self._ensure_consumer(task.node_type, priority)
+            # seq 0 in the record: the first claimer of the new message adopts it.
+            await self._conn.js.publish(
+                self._conn.names.task_subject(task.node_type, priority),
+                encode(task_to_dict(task)),
+                headers={"Nats-Msg-Id": f"{task_id}/requeue/{uuid.uuid4().hex}", "Da-Task-Id": task_id},
+            )
+            await kv.remove(self._conn.js, self._dead, matches[-1].key)
+            await self._wake(task.node_type)
+            return True
+
+    # -- results -----------------------------------------------------------------------
+    async def get_result(self, task_id: str) -> TaskResult | None:
+        with self._errors(f"read the result of task {task_id!r}"):
+            found = await self._read(task_id)
+        record = found.record
+        if record is None or record.get("state") not in ("done", "dead") or not record.get("result"):
+            return None
+        # The server's per-message TTL has whole-second resolution; expire exactly here.
+        if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
+            return None
+        return TaskResult.from_dict(record["result"])
+
+    async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
+        ids = list(dict.fromkeys(task_ids))
+        wanted = set(ids)
+        woken = asyncio.Event()
+
+        async def on_done(msg: Msg) -> None:
+            if msg.data.decode(errors="replace") in wanted:
+                woken.set()
+
+        give_up = time.monotonic() + timeout
+        with self._errors("wait for task results"):
+            sub = await self._conn.nc.subscribe(self._conn.names.done_subject, cb=on_done)
+        try:
+            while True:
+                woken.clear()
+                found = {}
+                for task_id in ids:
+                    result = await self.get_result(task_id)
+                    if result is not None:
+                        found[task_id] = result
+                remaining = give_up - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                # Poll now and then as well: a notification is lost if we reconnect.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def cancel(self, task_id: str) -> bool:
+        with self._errors(f"cancel task {task_id!r}"):
+            found = await self._read(task_id)
+            record = found.record
+            if record is None or record["state"] not in ("queued", "delayed"):
+                return False
+            new = {**record, "state": "cancelled", "expires_at": time.time() + self.result_ttl}
+            if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(new), last=found.revision, ttl=self.result_ttl) is None:
+                return False
+            if record.get("seq"):
+                with contextlib.suppress(Exception):
+                    await self._conn.js.delete_msg(self._conn.names.task_stream, int(record["seq"]))
+            return True
+
+    # -- observability -----------------------------------------------------------------
+    async def stats(self, node_type: str) -> QueueStats:
+        names = self._conn.names
+        with self._errors(f"read queue stats of {node_type!r}"):
+            info = await self._conn.js.stream_info(names.task_stream, subjects_filter=names.task_subjects_of(node_type))
+            waiting = 0
+            for subject, count in (info.state.subjects or {}).items():
+                if count:
+                    waiting += int(count)
+            in_flight = await kv.count(self._conn.js, self._claims, f"{token(node_type)}.*")
+            dead = await kv.count(self._conn.js, self._dead, f"{token(node_type)}.*")
+        # Every message in the stream is waiting, delayed or in flight (acked ones are gone).
+        return QueueStats(node_type, max(waiting - in_flight, 0), in_flight, dead)
+
+    async def close(self) -> None:
+        keepers = [held.keeper for held in self._held.values() if held.keeper is not None]
+        self._held.clear()
+        for keeper in keepers:
+            keeper.cancel()
+        for keeper in keepers:
+            with contextlib.suppress(BaseException):
+                await keeper
+
+
+def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "node_type": node_type,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "seq": seq,
+        "state": "queued",
+        "attempt": 0,
+        "errors": [],
+        "lease": "",
+        "worker": "",
+        "deadline": 0.0,
+    }
+
+
+def _letter_from(data: Mapping[str, Any]) -> DeadLetter:
+    raw = data.get("raw")
+    return DeadLetter(
+        task_id=data["task_id"],
+        node_type=data["node_type"],
+        reason=data.get("reason", ""),
+        errors=tuple(data.get("errors") or ()),
+        attempts=int(data.get("attempts", 0)),
+        task=None if data.get("task") is None else task_from_dict(data["task"]),
+        raw=None if raw is None else base64.b64decode(raw),
+        dead_at=float(data.get("dead_at", 0.0)),
+    )
