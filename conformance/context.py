@@ -54,7 +54,7 @@ class Profile:
 
 
 PROFILES: Mapping[str, Profile] = {
-    "default": Profile("default", max_examples=25, step_count=30, concurrent_tasks=60, concurrent_workers=6, cas_rounds=20),
+    "default": Profile("default", max_examples=40, step_count=40, concurrent_tasks=60, concurrent_workers=6, cas_rounds=20),
     "thorough": Profile("thorough", max_examples=200, step_count=60, concurrent_tasks=400, concurrent_workers=12, cas_rounds=200),
 }
 
