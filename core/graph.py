@@ -80,7 +80,7 @@ class _Routing:
 
     order: dict[str, int] = field(default_factory=dict)
     static: dict[str, list[str]] = field(default_factory=dict)
-    joins: dict[str, list[tuple[str, frozenset[str]]]] = field(default_factory=dict)
+    joins: dict[str, list[tuple[str, str, frozenset[str]]]] = field(default_factory=dict)
     conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
     entry: list[str] = field(default_factory=list)
 
@@ -236,7 +236,7 @@ class Graph:
                 routing.static.setdefault(sources[0], []).append(target)
             else:
                 for src in sources:
-                    routing.joins.setdefault(src, []).append((target, frozenset(sources)))
+                    routing.joins.setdefault(src, []).append((join_key(target, sources), target, frozenset(sources)))
         for edge in self._conditional:
             routing.conditional.setdefault(edge.source, []).append(edge)
         self._routing = routing
@@ -321,24 +321,25 @@ class Graph:
     ) -> tuple[list[str], dict[str, list[str]]]:
         """Nodes triggered after ``ran`` completed on ``state``, and the new join progress.
 
-        ``joins`` maps a join's target to the sources seen so far (the engine keeps it
-        in the checkpoint's frontier). Conditions run here, in the orchestrator.
+        ``joins`` maps each join (``join_key``: ``"target<-a+b"``) to the sources seen so
+        far; the engine keeps it in the checkpoint's frontier. Two joins into one target
+        keep separate progress. Conditions run here, in the orchestrator.
         """
         self._require_compiled()
         triggered: list[str] = []
-        progress = {target: set(seen) for target, seen in joins.items()}
+        progress = {key: set(seen) for key, seen in joins.items()}
         for node in ran:
             triggered.extend(self._routing.static.get(node, ()))
-            for target, sources in self._routing.joins.get(node, ()):
-                seen = progress.setdefault(target, set())
+            for key, target, sources in self._routing.joins.get(node, ()):
+                seen = progress.setdefault(key, set())
                 seen.add(node)
                 if seen >= sources:
                     triggered.append(target)
-                    del progress[target]
+                    del progress[key]
             for edge in self._routing.conditional.get(node, ()):
                 triggered.extend(await self._follow(edge, state))
         next_nodes = self.order(t for t in triggered if t != END)
-        return next_nodes, {target: sorted(seen) for target, seen in progress.items()}
+        return next_nodes, {key: sorted(seen) for key, seen in progress.items()}
 
     async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str]:
         try:
@@ -412,6 +413,11 @@ class Graph:
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
+
+
+def join_key(target: str, sources: Iterable[str]) -> str:
+    """The frontier key of the join of ``sources`` into ``target``."""
+    return f"{target}<-{'+'.join(sorted(sources))}"
 
 
 def _targets_spec(edge: ConditionalEdge) -> Any:

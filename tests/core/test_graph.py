@@ -449,16 +449,24 @@ def test_join_carries_progress_across_steps() -> None:
     graph = diamond("e").add_edge("a", "b").add_edge("a", "e").add_edge("e", "c")
     graph.add_edge(["b", "c"], "d").set_finish_point("d").compile()
     assert routed(graph, ["a"]) == (["b", "e"], {})
-    assert routed(graph, ["b", "e"]) == (["c"], {"d": ["b"]})
-    assert routed(graph, ["c"], joins={"d": ["b"]}) == (["d"], {})
+    assert routed(graph, ["b", "e"]) == (["c"], {"d<-b+c": ["b"]})
+    assert routed(graph, ["c"], joins={"d<-b+c": ["b"]}) == (["d"], {})
     # Without the carried progress, c alone does not fire the join.
-    assert routed(graph, ["c"]) == ([], {"d": ["c"]})
+    assert routed(graph, ["c"]) == ([], {"d<-b+c": ["c"]})
     # A source running again before the join fires does not fire it twice.
-    assert routed(graph, ["b"], joins={"d": ["b"]}) == ([], {"d": ["b"]})
+    assert routed(graph, ["b"], joins={"d<-b+c": ["b"]}) == ([], {"d<-b+c": ["b"]})
+
+
+def test_two_joins_into_one_target_keep_separate_progress() -> None:
+    """add_edge(["a","b"], "d") and add_edge(["a","c"], "d") fire independently."""
+    graph = diamond().add_edge("a", "b").add_edge("a", "c")
+    graph.add_edge(["a", "b"], "d").add_edge(["a", "c"], "d").set_finish_point("d").compile()
+    assert routed(graph, ["a"]) == (["c", "b"], {"d<-a+b": ["a"], "d<-a+c": ["a"]})
+    assert routed(graph, ["b"], joins={"d<-a+b": ["a"], "d<-a+c": ["a"]}) == (["d"], {"d<-a+c": ["a"]})
 
 
 def test_join_progress_for_other_targets_is_kept() -> None:
     """Progress of joins not touched this step is passed through unchanged."""
     graph = diamond().add_edge("a", "b").add_edge("a", "c").add_edge(["b", "c"], "d").set_finish_point("d")
     graph.compile()
-    assert routed(graph, ["a"], joins={"d": ["c"]}) == (["c", "b"], {"d": ["c"]})
+    assert routed(graph, ["a"], joins={"d<-b+c": ["c"]}) == (["c", "b"], {"d<-b+c": ["c"]})
