@@ -1,0 +1,125 @@
+"""URL parsing, the missing-extra message, error mapping and server restarts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from support.aio import run
+from support.nats_server import NatsServer, find_nats_server, free_port
+
+from distributed_agents.adapters.nats.connection import NatsSettings
+from distributed_agents.adapters.nats.errors import mask_url
+from distributed_agents.adapters.nats.naming import Names, token
+from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.task_queue import Task
+
+from .conftest import open_nats
+
+
+def settings(url: str) -> NatsSettings:
+    return NatsSettings.from_url(url, BackendOptions.from_url(url))
+
+
+def test_user_and_password_in_url() -> None:
+    parsed = settings("nats://alice:s%40cret@host1:4333?replicas=3&creds=/tmp/x.creds")
+    assert parsed.servers == ("nats://host1:4333",)
+    assert (parsed.user, parsed.password, parsed.token) == ("alice", "s@cret", None)
+    assert parsed.replicas == 3 and parsed.creds == "/tmp/x.creds"
+    assert parsed.connect_kwargs()["user_credentials"] == "/tmp/x.creds"
+
+
+def test_token_and_tls_and_default_port() -> None:
+    parsed = settings("tls://T0KEN@a,b:5000")
+    assert parsed.token == "T0KEN" and parsed.user is None and parsed.tls
+    assert parsed.servers == ("tls://a:4222", "tls://b:5000")
+
+
+def test_bad_option_is_a_config_error() -> None:
+    with pytest.raises(BackendConfigError, match="replicas"):
+        settings("nats://host?replicas=many")
+
+
+def test_credentials_are_masked() -> None:
+    assert mask_url("nats://alice:secret@h:1") == "nats://alice:***@h:1"
+    assert mask_url("nats://tok@h:1") == "nats://***@h:1"
+
+
+def test_names_are_injective_and_valid() -> None:
+    assert token("fetch_data") != token("fetch-data")
+    assert token("a.b") == "a_2eb"
+    assert Names("a.b").base != Names("a_2eb").base
+    assert all(ch.isalnum() or ch in "_-" for ch in Names("weird prefix.*").task_stream)
+
+
+def test_package_imports_without_nats_and_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['nats'] = None\n"
+        "import distributed_agents.adapters.nats as pkg\n"
+        "from distributed_agents.core.errors import MissingExtraError\n"
+        "from distributed_agents.core.ports.backend import BackendOptions\n"
+        "try:\n"
+        "    pkg.open_nats_backend('nats://127.0.0.1:1', BackendOptions())\n"
+        "except MissingExtraError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'distributed-agents[nats]'" in out.stdout
+
+
+def test_unreachable_server_is_backend_unavailable_with_masked_url() -> None:
+    url = f"nats://bob:hunter2@127.0.0.1:{free_port()}?connect_attempts=1&reconnect_wait=0.05"
+    with pytest.raises(BackendUnavailableError) as info:
+        run(open_nats(url), 30)
+    assert "hunter2" not in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+def test_tasks_survive_a_server_restart_and_outage_is_mapped() -> None:
+    binary = find_nats_server()
+    assert binary is not None, "nats-server binary missing"
+    server = NatsServer(binary)
+    server.start()
+    try:
+        async def before() -> None:
+            backend = await open_nats(server.url + "?reconnect_wait=0.1", prefix="durable")
+            try:
+                assert await backend.task_queue.enqueue(Task("t1", "w", "n", "n", {"x": 1}))
+            finally:
+                await backend.close()
+
+        run(before())
+        server.restart(kill=True)
+
+        async def after() -> None:
+            backend = await open_nats(server.url + "?reconnect_wait=0.1", prefix="durable")
+            try:
+                claimed = await backend.task_queue.claim(["n"], worker_id="w1", wait=2)
+                assert [c.task.payload for c in claimed] == [{"x": 1}]
+                await backend.task_queue.ack(claimed[0], {"ok": True})
+                server.stop(kill=True)
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailableError):
+                    await backend.task_queue.get_result("t1")
+                assert time.monotonic() - started < 15
+                server.start()
+                give_up = time.monotonic() + 15
+                while True:  # nats-py reconnects by itself
+                    try:
+                        result = await backend.task_queue.get_result("t1")
+                        break
+                    except BackendUnavailableError:
+                        assert time.monotonic() < give_up
+                        await asyncio.sleep(0.2)
+                assert result is not None and result.output == {"ok": True}
+            finally:
+                await backend.close()
+
+        import asyncio
+
+        run(after(), 60)
+    finally:
+        server.cleanup()

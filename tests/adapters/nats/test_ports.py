@@ -1,0 +1,79 @@
+"""NATS-specific state store, registry and bus behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+
+from support.aio import run
+
+from distributed_agents.core.errors import VersionConflictError
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+from distributed_agents.core.ports.worker_registry import WorkerInfo
+
+from .conftest import open_nats
+
+
+def test_losing_writer_leaves_no_checkpoint(nats_url: str) -> None:
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        store = backend.state_store
+        try:
+            record = WorkflowRecord("w", "g", "running", {})
+            await store.save(record, expected_version=0, checkpoint=Checkpoint("w", 0, {"s": 0}))
+            await store.save(record, expected_version=1, checkpoint=Checkpoint("w", 1, {"s": "winner"}))
+            try:
+                await store.save(record, expected_version=1, checkpoint=Checkpoint("w", 1, {"s": "loser"}))
+            except VersionConflictError:
+                pass
+            assert [c.state for c in await store.list_checkpoints("w")] == [{"s": "winner"}, {"s": 0}]
+            assert [c.step for c in await store.list_checkpoints("w", before=1)] == [0]
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_registry_expires_silent_workers(nats_url: str) -> None:
+    async def scenario() -> None:
+        backend = await open_nats(nats_url, heartbeat_ttl=0.5)
+        registry = backend.worker_registry
+        try:
+            await registry.register(WorkerInfo("w1", frozenset({"a"})))
+            await registry.register(WorkerInfo("w2", frozenset({"b"})))
+            assert [w.worker_id for w in await registry.list_workers("a")] == ["w1"]
+            await asyncio.sleep(0.7)
+            assert await registry.list_workers() == []
+            assert not await registry.heartbeat("w1")
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_bus_patterns_order_and_unsubscribe(nats_url: str) -> None:
+    async def scenario() -> None:
+        publisher = await open_nats(nats_url)
+        listener = await open_nats(nats_url, prefix=publisher.options.prefix)
+        try:
+            everything = await listener.message_bus.subscribe("events.wf1.>")
+            one_token = await listener.message_bus.subscribe("events.*.done")
+            slow = await listener.message_bus.subscribe("events.>")  # never read until the end
+            for index in range(50):
+                await publisher.message_bus.publish(f"events.wf1.n{index}", {"i": index})
+            await publisher.message_bus.publish("events.wf2.done", {"i": -1})
+            got = [await everything.get(timeout=5) for _ in range(50)]
+            assert [m.data["i"] for m in got if m] == list(range(50))
+            done = await one_token.get(timeout=5)
+            assert done is not None and done.channel == "events.wf2.done"
+            await everything.close()
+            await publisher.message_bus.publish("events.wf1.late", {"i": 99})
+            assert await everything.get(timeout=0.3) is None
+            count = 0
+            while await slow.get(timeout=1) is not None:
+                count += 1
+            assert count == 52
+        finally:
+            await listener.close()
+            await publisher.close()
+
+    run(scenario())

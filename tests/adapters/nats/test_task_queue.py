@@ -1,0 +1,126 @@
+"""NATS-specific task queue behaviour (the shared contract is in test_conformance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from support.aio import run
+
+from distributed_agents.core.errors import LeaseLostError
+from distributed_agents.core.ports.task_queue import Task
+
+from .conftest import open_nats
+
+
+def task(task_id: str, node_type: str = "n", priority: int = 0, **payload: object) -> Task:
+    return Task(task_id, "wf", node_type, node_type, dict(payload), priority=priority)
+
+
+def test_priority_first_then_fifo_across_node_types(nats_url: str) -> None:
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            for item in (task("a", "x"), task("b", "y"), task("c", "x", priority=-1), task("d", "y", priority=5)):
+                assert await queue.enqueue(item)
+            order = []
+            for _ in range(4):
+                (claimed,) = await queue.claim(["x", "y"], worker_id="w")
+                order.append(claimed.task.id)
+                await queue.ack(claimed, None)
+            assert order == ["d", "a", "b", "c"]
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_dead_holder_loses_lease_after_ack_wait(nats_url: str) -> None:
+    """A holder whose process is gone (no keeper, no ack) loses the task at AckWait."""
+
+    async def scenario() -> None:
+        holder = await open_nats(nats_url, visibility_timeout=1.0)
+        other = await open_nats(nats_url, prefix=holder.options.prefix, visibility_timeout=1.0)
+        try:
+            await holder.task_queue.enqueue(task("t"))
+            (first,) = await holder.task_queue.claim(["n"], worker_id="dead")
+            await holder.close()  # its keeper stops: only the server's AckWait is left
+            assert await other.task_queue.claim(["n"], worker_id="live") == []
+            (second,) = await other.task_queue.claim(["n"], worker_id="live", wait=5)
+            assert second.attempt == 2
+            with pytest.raises(LeaseLostError):
+                await other.task_queue.ack(first, {"stale": True})  # a stale holder, settled from anywhere
+            await other.task_queue.nack(second, "boom")
+            (third,) = await other.task_queue.claim(["n"], worker_id="live", wait=5)
+            await other.task_queue.nack(third, "boom again")
+            (letter,) = await other.task_queue.dead_letters("n")
+            assert letter.errors == ("attempt 1: lease expired (worker 'dead')", "attempt 2: boom", "attempt 3: boom again")
+        finally:
+            await other.close()
+            await holder.close()
+
+    run(scenario(), 40)
+
+
+def test_short_and_long_leases_are_honoured(nats_url: str) -> None:
+    async def scenario() -> None:
+        backend = await open_nats(nats_url, visibility_timeout=1.0)
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(task("long"))
+            (held,) = await queue.claim(["n"], worker_id="w", lease_seconds=3.0)
+            await asyncio.sleep(2.0)  # past AckWait: in_progress() keeps it
+            assert await queue.claim(["n"], worker_id="x") == []
+            await queue.ack(held, {"done": 1})
+            await queue.enqueue(task("short"))
+            (short,) = await queue.claim(["n"], worker_id="w", lease_seconds=0.3)
+            (again,) = await queue.claim(["n"], worker_id="x", wait=2.0)
+            assert again.task.id == "short" and again.attempt == 2
+            with pytest.raises(LeaseLostError):
+                await queue.extend(short)
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_wait_results_wakes_on_ack(nats_url: str) -> None:
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(task("t"))
+            (claimed,) = await queue.claim(["n"], worker_id="w")
+
+            async def finish() -> None:
+                await asyncio.sleep(0.3)
+                await queue.ack(claimed, {"v": 1})
+
+            finisher = asyncio.ensure_future(finish())
+            started = time.monotonic()
+            results = await queue.wait_results(["t"], timeout=10)
+            await finisher
+            assert results["t"].output == {"v": 1}
+            assert time.monotonic() - started < 0.8  # woken by the notification, not the poll
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_prefixes_are_isolated(nats_url: str) -> None:
+    async def scenario() -> None:
+        one = await open_nats(nats_url, prefix="a.b")
+        two = await open_nats(nats_url, prefix="a_2eb")
+        try:
+            await one.task_queue.enqueue(task("t"))
+            assert await two.task_queue.enqueue(task("t"))  # same id, other deployment
+            assert (await two.task_queue.stats("n")).queued == 1
+            assert len(await one.task_queue.claim(["n"], worker_id="w", max_tasks=5)) == 1
+        finally:
+            await one.close()
+            await two.close()
+
+    run(scenario())
