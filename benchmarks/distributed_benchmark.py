@@ -1,0 +1,174 @@
+"""Distributed throughput and latency on a real backend, with real worker processes.
+
+    python benchmarks/distributed_benchmark.py --backend-url redis://127.0.0.1:6379/0
+    python benchmarks/distributed_benchmark.py --backend-url nats://127.0.0.1:4222
+    python benchmarks/distributed_benchmark.py --start redis     # temporary local server
+    python benchmarks/distributed_benchmark.py --start nats
+
+Workloads, each with 1 and with 4 worker processes (``--workers 1,4``):
+  * ``single``: 1,000 single-node workflows, run concurrently: node tasks per second;
+  * ``fan-out``: one workflow fanning out to 1,000 parallel no-op nodes: tasks per second;
+  * ``latency``: 200 single-node workflows one after another: from a node being
+    triggered (dispatched) to its result being merged, p50 and p99.
+Every run uses a fresh key prefix. Figures depend on the machine: compare ratios
+measured in one run rather than absolute numbers across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from distributed_agents import Graph
+from distributed_agents.distributed import DistributedOrchestrator
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def single_graph() -> Graph:
+    return Graph("bench_single").add_node("n", node_type="noop").set_entry_point("n").set_finish_point("n").compile()
+
+
+def fan_graph(width: int) -> Graph:
+    graph = Graph(f"bench_fan_{width}")
+    graph.add_node("start", node_type="noop").add_node("join", node_type="noop")
+    leaves = [f"leaf{i}" for i in range(width)]
+    for leaf in leaves:
+        graph.add_node(leaf, node_type="noop")
+        graph.add_edge("start", leaf)
+    graph.add_edge(leaves, "join")
+    return graph.set_entry_point("start").set_finish_point("join").compile()
+
+
+@contextlib.contextmanager
+def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[None]:
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
+                          "--app", "bench_app:registry", "--backend-url", url, "--prefix", prefix,
+                          "--capacity", str(capacity), "--worker-id", f"bench-{i}"], cwd=HERE, env=env)
+        for i in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+async def wait_for_workers(orchestrator: DistributedOrchestrator, count: int) -> None:
+    for _ in range(600):
+        if len(await orchestrator.backend.worker_registry.list_workers("noop")) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{count} workers did not register within 30s")
+
+
+async def single_workflows(orchestrator: DistributedOrchestrator, total: int, concurrency: int) -> float:
+    graph = single_graph()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with limit:
+            await orchestrator.execute(graph, {})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(total)))
+    return total / (time.perf_counter() - started)
+
+
+async def fan_out(orchestrator: DistributedOrchestrator, width: int) -> float:
+    started = time.perf_counter()
+    await orchestrator.execute(fan_graph(width), {})
+    return (width + 2) / (time.perf_counter() - started)
+
+
+async def latency(orchestrator: DistributedOrchestrator, runs: int) -> tuple[float, float]:
+    graph = single_graph()
+    subscription = await orchestrator.backend.message_bus.subscribe("events.*.node.*")
+    samples = []
+    for _ in range(runs):
+        result = await orchestrator.execute(graph, {})
+        times: dict[str, float] = {}
+        while len(times) < 2:
+            message = await subscription.get(timeout=5)
+            if message is None:
+                raise RuntimeError("node events did not arrive")
+            if message.data.get("workflow_id") == result.workflow_id:
+                times[str(message.data["type"])] = float(message.data["time"])
+        samples.append(times["node.completed"] - times["node.started"])
+    await subscription.close()
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    with workers(url, prefix, worker_count, args.capacity):
+        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
+        await orchestrator.connect()
+        await wait_for_workers(orchestrator, worker_count)
+        figures = {
+            "single": await single_workflows(orchestrator, args.workflows, args.concurrency),
+            "fan-out": await fan_out(orchestrator, args.width),
+            "latency": await latency(orchestrator, args.latency_runs),
+        }
+        await orchestrator.close()
+    return figures
+
+
+@contextlib.contextmanager
+def local_server(kind: str | None, url: str | None) -> Iterator[str]:
+    if kind is None:
+        if not url:
+            raise SystemExit("pass --backend-url URL or --start redis|nats")
+        yield url
+        return
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    if kind == "redis":
+        from support.redis_server import RedisServer as Server  # type: ignore[import-not-found]
+    else:
+        from support.nats_server import NatsServer as Server  # type: ignore[import-not-found]
+    server = Server()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend-url")
+    parser.add_argument("--start", choices=("redis", "nats"))
+    parser.add_argument("--workers", default="1,4")
+    parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--workflows", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    args = parser.parse_args()
+    with local_server(args.start, args.backend_url) as url:
+        print(f"backend {url}")
+        for count in (int(c) for c in args.workers.split(",")):
+            f = await measure(url, count, args)
+            p50, p99 = f["latency"]
+            print(f"{count} worker(s): single-node workflows {f['single']:8.0f} tasks/s | "
+                  f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s | "
+                  f"trigger->merged p50 {p50 * 1000:6.2f} ms p99 {p99 * 1000:6.2f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
