@@ -1,0 +1,81 @@
+"""The edge between redis-py and the project: lazy import and error translation.
+
+``load_redis()`` imports redis-py on first use, so this package imports cleanly without
+the ``[redis]`` extra and says how to install it when it is needed. ``redis_errors()``
+is the one place where redis-py exceptions become the project's own:
+
+* ``redis.ConnectionError`` / ``redis.TimeoutError`` (raised after the client's own
+  retries with backoff gave up) -> ``BackendUnavailableError`` naming the URL with its
+  password masked;
+* ``redis.AuthenticationError`` and other ``redis.RedisError`` -> ``BackendError``;
+* ``OSError`` from the socket layer -> ``BackendUnavailableError``.
+
+The original exception is always chained (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from urllib.parse import urlsplit, urlunsplit
+
+from distributed_agents.core.errors import BackendError, BackendUnavailableError, MissingExtraError
+
+__all__ = ["INSTALL_HINT", "load_redis", "mask_url", "redis_errors"]
+
+INSTALL_HINT = "pip install 'distributed-agents[redis]'"
+
+
+def load_redis() -> ModuleType:
+    """The ``redis.asyncio`` module; ``MissingExtraError`` saying what to install if absent."""
+    try:
+        import redis.asyncio as redis_asyncio
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"the Redis backend needs the redis-py client library, which is not installed; run: {INSTALL_HINT}"
+        ) from exc
+    return redis_asyncio
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@contextmanager
+def redis_errors(url: str, action: str) -> Iterator[None]:
+    """Translate redis-py and socket errors raised inside the block; ``action`` says what was attempted."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        translated = _translate(exc, url, action)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
+    import redis.exceptions as rexc  # only reached after redis-py raised, so it is installed
+
+    where = mask_url(url)
+    if isinstance(exc, rexc.AuthenticationError):
+        return BackendError(f"Redis at {where} refused the credentials while trying to {action}: {exc}; check the username and password in the URL")
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+        return BackendUnavailableError(
+            f"Redis at {where} is unreachable while trying to {action} ({type(exc).__name__}: {exc}); "
+            "retries with backoff gave up. Check that redis-server is running and the URL is right"
+        )
+    if isinstance(exc, rexc.RedisError):
+        return BackendError(f"Redis at {where} failed to {action}: {type(exc).__name__}: {exc}")
+    return None

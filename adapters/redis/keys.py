@@ -1,0 +1,91 @@
+"""Key and channel names of one prefix; the Lua scripts build the same names.
+
+Everything lives under ``{prefix}:`` so that two prefixes never see each other's data:
+``{prefix}:q:*`` task queue, ``{prefix}:wf:*`` state store, ``{prefix}:w:*`` worker
+registry, ``{prefix}:bus:*`` message-bus channels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["QueueKeys", "StateKeys", "WorkerKeys", "bus_channel", "bus_glob"]
+
+
+class QueueKeys:
+    """Names used by the task queue (see ``task_queue`` for what each holds)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:q:t:{task_id}"
+
+    def result(self, task_id: str) -> str:
+        return f"{self.prefix}:q:r:{task_id}"
+
+    def ready_channel(self, node_type: str) -> str:
+        return f"{self.prefix}:q:ev:ready:{node_type}"
+
+    @property
+    def done_channel(self) -> str:
+        return f"{self.prefix}:q:ev:done"
+
+
+class StateKeys:
+    """Names used by the state store."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def record(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:r:{workflow_id}"
+
+    def checkpoints(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:c:{workflow_id}"
+
+    def lease(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:l:{workflow_id}"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:wf:all"
+
+    def status_index(self, status: str) -> str:
+        return f"{self.prefix}:wf:status:{status}"
+
+
+class WorkerKeys:
+    """Names used by the worker registry."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def info(self, worker_id: str) -> str:
+        return f"{self.prefix}:w:i:{worker_id}"
+
+    @property
+    def beats(self) -> str:
+        return f"{self.prefix}:w:beats"
+
+
+def bus_channel(prefix: str, channel: str) -> str:
+    """The Redis channel of a bus channel."""
+    return f"{prefix}:bus:{channel}"
+
+
+_GLOB_SPECIAL = "\\*?[]"
+
+
+def _escape_glob(text: str) -> str:
+    return "".join("\\" + ch if ch in _GLOB_SPECIAL else ch for ch in text)
+
+
+def bus_glob(prefix: str, pattern: str) -> str:
+    """A Redis ``PSUBSCRIBE`` glob matching at least every channel ``pattern`` matches.
+
+    ``*`` (one token) and ``>`` (one or more trailing tokens) both become ``*``, which
+    also crosses dots; the exact NATS-style match is made client-side with
+    ``pattern_matches``. Everything else, the prefix included, is matched literally.
+    """
+    tokens = pattern.split(".")
+    translated = ["*" if token in ("*", ">") else _escape_glob(token) for token in tokens]
+    return _escape_glob(f"{prefix}:bus:") + ".".join(translated)

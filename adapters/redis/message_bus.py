@@ -1,0 +1,235 @@
+"""MessageBus on Redis pub/sub: ``PUBLISH`` to ``{prefix}:bus:{channel}``, ``PSUBSCRIBE`` to globs.
+
+Patterns use the port's NATS syntax (``*`` one token, ``>`` the trailing tokens); they
+become a Redis glob that matches a superset (``keys.bus_glob``) and every message is
+filtered client-side with ``pattern_matches``, so delivery is exact.
+
+One bus object holds one pub/sub connection and one reader task. The reader moves each
+message into the unbounded buffer of every matching ``RedisSubscription``: it never
+waits for a consumer, so a slow subscriber cannot stall publishers (nor, through the
+server's output buffer, the connection). Patterns are reference-counted: the glob is
+``PUNSUBSCRIBE``d when its last subscription closes, and a closed subscription is
+removed from dispatch at once, so nothing is delivered to it afterwards.
+
+``subscribe`` returns only after the server confirmed the ``PSUBSCRIBE``, so every
+message published after it returns is delivered. Redis delivers messages of one
+connection in order, and one publisher awaits each ``PUBLISH``, so per-publisher order
+holds. Messages are JSON objects; anything else on the channel is dropped with a log
+line. Round trips: ``publish`` 1, ``subscribe`` 1 for a new pattern, 0 for a known one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.adapters.redis.errors import redis_errors
+from distributed_agents.adapters.redis.keys import bus_channel, bus_glob
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import BackendUnavailableError, PayloadDecodeError
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription, pattern_matches
+
+__all__ = ["RedisMessageBus", "RedisSubscription"]
+
+log = logging.getLogger(__name__)
+
+_SUBSCRIBE_TIMEOUT = 5.0
+
+
+class RedisSubscription(Subscription):
+    """One subscriber's buffer; filled by its bus's reader task."""
+
+    def __init__(self, bus: RedisMessageBus, pattern: str, glob: str) -> None:
+        self._bus = bus
+        self.pattern = pattern
+        self.glob = glob
+        self._buffer: deque[BusMessage] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def _deliver(self, message: BusMessage) -> None:
+        if not self._closed:
+            self._buffer.append(message)
+            self._ready.set()
+
+    async def get(self, timeout: float | None = None) -> BusMessage | None:
+        """The next message, or None on timeout or once closed."""
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._closed:
+                return None
+            self._ready.clear()
+            remaining = None if give_up is None else give_up - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+
+    async def close(self) -> None:
+        """Stop delivery at once and drop buffered messages. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._ready.set()
+        await self._bus._forget(self)
+
+
+class RedisMessageBus(MessageBus):
+    """Publish/subscribe over Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str | None = None,
+        connection: RedisConnection | None = None,
+    ) -> None:
+        self.prefix = BackendOptions.from_url(redis_url, prefix=prefix).prefix
+        self._owns_connection = connection is None
+        self._connection = connection or RedisConnection(redis_url)
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._subscriptions: dict[str, list[RedisSubscription]] = {}
+        self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._lock: asyncio.Lock | None = None
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        """Send ``data`` (a JSON object) to every current subscriber of ``channel``."""
+        payload = encode(dict(data))
+        with redis_errors(self._connection.url, f"publish to {channel!r}"):
+            await self._connection.client().publish(bus_channel(self.prefix, channel), payload)
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        """Subscribe to a channel or pattern; returns once the server confirmed it."""
+        glob = bus_glob(self.prefix, pattern)
+        subscription = RedisSubscription(self, pattern, glob)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            group = self._subscriptions.get(glob)
+            if group:
+                group.append(subscription)
+                return subscription
+            loop = asyncio.get_running_loop()
+            if self._pubsub is None:
+                self._pubsub = self._connection.client().pubsub()
+            confirmed = self._confirm[glob] = loop.create_future()
+            with redis_errors(self._connection.url, f"subscribe to {pattern!r}"):
+                await self._pubsub.psubscribe(glob)
+            self._subscriptions[glob] = [subscription]
+            if self._reader is None or self._reader.done():
+                self._reader = loop.create_task(self._read(), name="redis-message-bus")
+            try:
+                await asyncio.wait_for(confirmed, _SUBSCRIBE_TIMEOUT)
+            except asyncio.TimeoutError:
+                self._subscriptions.pop(glob, None)
+                raise BackendUnavailableError(
+                    f"Redis at {self._connection.masked_url} did not confirm the subscription to {pattern!r} "
+                    f"within {_SUBSCRIBE_TIMEOUT}s"
+                ) from None
+        return subscription
+
+    async def _forget(self, subscription: RedisSubscription) -> None:
+        if self._lock is None:
+            return
+        async with self._lock:
+            await self._forget_locked(subscription)
+
+    async def _forget_locked(self, subscription: RedisSubscription) -> None:
+        group = self._subscriptions.get(subscription.glob)
+        if group is None or subscription not in group:
+            return
+        group.remove(subscription)
+        if group or self._pubsub is None:
+            return
+        del self._subscriptions[subscription.glob]
+        with contextlib.suppress(Exception):  # the glob only costs server-side filtering now
+            await self._pubsub.punsubscribe(subscription.glob)
+
+    async def _read(self) -> None:
+        pause = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # lost connection: redis-py reconnects and re-subscribes
+                log.warning("message bus on %s lost its connection: %s", self._connection.masked_url, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            pause = 0.05
+            if message is None:
+                continue
+            kind = message.get("type")
+            glob = _text(message.get("pattern"))
+            if kind == "psubscribe":
+                future = self._confirm.pop(_text(message.get("channel")), None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif kind == "pmessage":
+                self._dispatch(glob, _text(message.get("channel")), message.get("data"))
+
+    def _dispatch(self, glob: str, redis_channel: str, raw: Any) -> None:
+        group = self._subscriptions.get(glob)
+        if not group:
+            return
+        head = f"{self.prefix}:bus:"
+        if not redis_channel.startswith(head):
+            return
+        channel = redis_channel[len(head):]
+        targets = [s for s in group if pattern_matches(s.pattern, channel)]
+        if not targets:
+            return
+        try:
+            data = decode(raw)
+        except PayloadDecodeError as exc:
+            log.warning("dropped a message on %r that is not JSON: %s", channel, exc)
+            return
+        if not isinstance(data, dict):
+            log.warning("dropped a message on %r that is not a JSON object", channel)
+            return
+        for subscription in targets:
+            # Each subscriber gets its own copy so that none can change another's message.
+            subscription._deliver(BusMessage(channel, data if len(targets) == 1 else decode(raw)))
+
+    async def close(self) -> None:
+        """Close every subscription, the reader and the pub/sub connection. Idempotent."""
+        for group in list(self._subscriptions.values()):
+            for subscription in list(group):
+                subscription._closed = True
+                subscription._buffer.clear()
+                subscription._ready.set()
+        self._subscriptions.clear()
+        self._confirm.clear()
+        reader, self._reader = self._reader, None
+        pubsub, self._pubsub = self._pubsub, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        self._lock = None
+        if self._owns_connection:
+            await self._connection.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisMessageBus {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)

@@ -1,0 +1,179 @@
+"""Wake-ups over Redis pub/sub, so that waiting never means polling Redis in a loop.
+
+The queue's scripts ``PUBLISH`` small events: ``{prefix}:q:ev:ready:{node type}`` when a
+task of that type becomes claimable (or a delayed one is scheduled), and
+``{prefix}:q:ev:done`` with the task id when a task gets a result (ack or dead letter).
+A ``Notifier`` owns one pub/sub connection and one reader task per queue object; it
+subscribes to a channel the first time someone waits on it and stays subscribed.
+
+Waiters register *before* they look at Redis, and wait with a bound: a message that
+arrives between the look and the wait still wakes them, and a message that is lost
+(pub/sub is fire-and-forget; a reconnect drops what was sent meanwhile) costs at most
+the bound, after which the waiter looks again. Pub/sub is thus an accelerator, never a
+correctness requirement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.adapters.redis.errors import redis_errors
+from distributed_agents.core.errors import BackendError
+
+__all__ = ["Notifier", "Waiter"]
+
+log = logging.getLogger(__name__)
+
+# How long to wait for the server to confirm a SUBSCRIBE before relying on polling alone.
+_SUBSCRIBE_TIMEOUT = 2.0
+
+
+class Waiter:
+    """Interest in some channels, optionally only in messages whose data is in ``keys``."""
+
+    def __init__(self, channels: Collection[str], keys: Collection[str] | None) -> None:
+        self.channels = tuple(channels)
+        self.keys = None if keys is None else frozenset(keys)
+        self._event = asyncio.Event()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups; call before looking at Redis."""
+        self._event.clear()
+
+    def notify(self, data: str) -> None:
+        """Wake the waiter if ``data`` concerns it."""
+        if self.keys is None or data in self.keys:
+            self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until notified or ``timeout`` seconds passed; True if notified."""
+        if timeout <= 0:
+            return self._event.is_set()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class Notifier:
+    """One pub/sub connection dispatching channel messages to in-process ``Waiter``s."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscribed: set[str] = set()
+        self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channels: Collection[str], keys: Collection[str] | None = None) -> AsyncIterator[Waiter]:
+        """A ``Waiter`` registered on ``channels`` for the duration of the block."""
+        waiter = Waiter(channels, keys)
+        for channel in waiter.channels:
+            self._waiters.setdefault(channel, set()).add(waiter)
+        try:
+            try:
+                await self._subscribe([c for c in waiter.channels if c not in self._subscribed])
+            except BackendError as exc:
+                # Waiting still works, by bounded polling; the next operation reports the outage.
+                log.debug("pub/sub unavailable, falling back to polling: %s", exc)
+            yield waiter
+        finally:
+            for channel in waiter.channels:
+                group = self._waiters.get(channel)
+                if group is not None:
+                    group.discard(waiter)
+                    if not group:
+                        del self._waiters[channel]
+
+    async def _subscribe(self, channels: list[str]) -> None:
+        if not channels:
+            return
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            await self._reset()
+            self._loop = loop
+        if self._pubsub is None:
+            self._pubsub = self._connection.client().pubsub()
+        confirmations = []
+        for channel in channels:
+            future = self._confirm.get(channel)
+            if future is None:
+                future = self._confirm[channel] = loop.create_future()
+            confirmations.append(future)
+        with redis_errors(self._connection.url, "subscribe to queue events"):
+            await self._pubsub.subscribe(*channels)
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read(), name="redis-queue-notifier")
+        done, _ = await asyncio.wait(confirmations, timeout=_SUBSCRIBE_TIMEOUT)
+        for channel, future in zip(channels, confirmations):
+            if future in done:
+                self._subscribed.add(channel)
+
+    async def _read(self) -> None:
+        pause = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: wake everyone to poll, then reconnect
+                log.debug("queue notifier lost its connection: %s", exc)
+                for group in list(self._waiters.values()):
+                    for waiter in list(group):
+                        waiter._event.set()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            pause = 0.05
+            if message is None:
+                continue
+            channel = _text(message.get("channel"))
+            kind = message.get("type")
+            if kind == "subscribe":
+                future = self._confirm.pop(channel, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif kind == "message":
+                data = _text(message.get("data"))
+                for waiter in list(self._waiters.get(channel, ())):
+                    waiter.notify(data)
+
+    async def _reset(self) -> None:
+        reader, self._reader = self._reader, None
+        pubsub, self._pubsub = self._pubsub, None
+        self._subscribed.clear()
+        self._confirm.clear()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        """Stop the reader and close the pub/sub connection. Idempotent."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is None or running is self._loop:
+            await self._reset()
+        else:  # that loop is gone; its sockets went with it
+            self._reader = self._pubsub = None
+            self._subscribed.clear()
+            self._confirm.clear()
+        self._loop = None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,404 @@
+"""Lua scripts of the Redis task queue: each atomic change of the queue is one script.
+
+Every script receives ``ARGV[1]`` = key prefix, ``ARGV[2]`` = the queue's default
+``max_attempts``, ``ARGV[3]`` = ``result_ttl`` in milliseconds; its own arguments
+follow. Keys are built inside the scripts from the prefix (task ids are only known
+there, e.g. after ``ZPOPMIN``), so the scripts assume a single Redis node, not Redis
+Cluster. Times come from the server's ``TIME`` (milliseconds): see ``task_queue``.
+
+Settling scripts (``ack``, ``nack``, ``release``) take an operation id, chosen afresh by
+each Python call, and record ``settled = <op id>|<outcome>`` in the task hash: when the
+client repeats a call whose reply was lost on a broken connection, the repeat sees its
+own op id and returns the first outcome instead of a false ``LeaseLostError``, while a
+second, separate call on the same delivery is still refused.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACK",
+    "BAD_PAYLOAD",
+    "CANCEL",
+    "CLAIM",
+    "DEAD_LETTERS",
+    "ENQUEUE",
+    "EXTEND",
+    "NACK",
+    "RELEASE",
+    "REQUEUE",
+    "RESULTS",
+    "STATS",
+]
+
+# Shared helpers, prepended to every script (Redis scripts cannot call each other).
+_LIBRARY = r"""
+local P = ARGV[1]
+local DEFAULT_MAX = tonumber(ARGV[2])
+local RESULT_TTL = tonumber(ARGV[3])
+local WOKEN = {}
+
+local function k_task(id) return P .. ':q:t:' .. id end
+local function k_errors(id) return P .. ':q:e:' .. id end
+local function k_result(id) return P .. ':q:r:' .. id end
+local function k_ready(t) return P .. ':q:ready:' .. t end
+local function k_delayed(t) return P .. ':q:delayed:' .. t end
+local function k_leased(t) return P .. ':q:leased:' .. t end
+local function k_dead(t) return P .. ':q:dead:' .. t end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Tell claimers waiting on this node type to try again (once per script run).
+local function wake(t)
+  if not WOKEN[t] then
+    WOKEN[t] = true
+    redis.call('PUBLISH', P .. ':q:ev:ready:' .. t, '1')
+  end
+end
+
+local function limit_of(h)
+  local m = redis.call('HGET', h, 'max')
+  if m and m ~= '' then return tonumber(m) end
+  return DEFAULT_MAX
+end
+
+local function new_member(id)
+  return string.format('%016d', redis.call('INCR', P .. ':q:seq')) .. id
+end
+
+local function push_ready(id, t)
+  local h = k_task(id)
+  local f = redis.call('HMGET', h, 'score', 'member')
+  redis.call('HSET', h, 'state', 'queued')
+  redis.call('ZADD', k_ready(t), f[1], f[2])
+  wake(t)
+end
+
+local function store_result(id, json)
+  redis.call('SET', k_result(id), json, 'PX', RESULT_TTL)
+  redis.call('PUBLISH', P .. ':q:ev:done', id)
+end
+
+local function dead_letter(id, t, reason, attempts, now, bad)
+  local h = k_task(id)
+  local seq = redis.call('INCR', P .. ':q:deadseq')
+  redis.call('HSET', h, 'state', 'dead', 'reason', reason, 'dead_at', now, 'lease', '',
+             'attempt', attempts, 'bad', bad)
+  redis.call('HDEL', h, 'deadline', 'worker')
+  redis.call('ZADD', k_dead(t), seq, id)
+  redis.call('ZADD', P .. ':q:dead', seq, id)
+  store_result(id, cjson.encode({task_id = id, status = 'failed', output = cjson.null, error = reason,
+                                 attempts = attempts, worker_id = '', finished_at = now / 1000}))
+end
+
+-- Apply time to one node type: release due delayed tasks, expire overdue leases.
+local function tick(t, now)
+  local dkey = k_delayed(t)
+  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', dkey, id)
+    push_ready(id, t)
+  end
+  local lkey = k_leased(t)
+  local expired = redis.call('ZRANGEBYSCORE', lkey, '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', lkey, id)
+    local h = k_task(id)
+    local f = redis.call('HMGET', h, 'attempt', 'worker')
+    local attempt = tonumber(f[1])
+    redis.call('RPUSH', k_errors(id), 'attempt ' .. attempt .. ": lease expired (worker '" .. (f[2] or '') .. "')")
+    redis.call('HSET', h, 'lease', '')
+    local limit = limit_of(h)
+    if attempt >= limit then
+      dead_letter(id, t, 'lease expired on attempt ' .. attempt .. ' of ' .. limit, attempt, now, '0')
+    else
+      push_ready(id, t)
+    end
+  end
+end
+
+-- After applying time: 'held' if lease L holds task id; a repeated call sees 'settled'.
+local function check_held(id, lease, op, now)
+  local h = k_task(id)
+  local t = redis.call('HGET', h, 'type')
+  if not t then return 'lost', nil end
+  tick(t, now)
+  local f = redis.call('HMGET', h, 'state', 'lease', 'settled')
+  if f[1] == 'claimed' and f[2] == lease then return 'held', t end
+  if f[3] and string.sub(f[3], 1, #op + 1) == op .. '|' then return 'settled', string.sub(f[3], #op + 2) end
+  return 'lost', nil
+end
+"""
+
+ENQUEUE = _LIBRARY + r"""
+-- ARGV: 4 id, 5 node type, 6 score (-priority), 7 max attempts or '', 8 raw bytes, 9 workflow id
+local id, t = ARGV[4], ARGV[5]
+local h = k_task(id)
+if redis.call('EXISTS', h) == 1 then return 0 end
+local member = new_member(id)
+redis.call('HSET', h, 'type', t, 'score', ARGV[6], 'max', ARGV[7], 'raw', ARGV[8], 'wf', ARGV[9],
+           'attempt', 0, 'member', member, 'state', 'queued')
+redis.call('SADD', P .. ':q:types', t)
+redis.call('ZADD', k_ready(t), ARGV[6], member)
+wake(t)
+return 1
+"""
+
+CLAIM = _LIBRARY + r"""
+-- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8.. node types
+-- Returns {ms until the next delayed release or lease expiry of these types (-1: none),
+--          id, raw, attempt, lease id, deadline ms, id, raw, ...}
+local worker, base, lease_ms, want = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local types = {}
+for i = 8, #ARGV do types[#types + 1] = ARGV[i] end
+local now = now_ms()
+for _, t in ipairs(types) do tick(t, now) end
+local out = {-1}
+local n = 0
+local function deliver(member, t)
+  local id = string.sub(member, 17)
+  local h = k_task(id)
+  local attempt = redis.call('HINCRBY', h, 'attempt', 1)
+  n = n + 1
+  local lease = base .. ':' .. n
+  local deadline = now + lease_ms
+  redis.call('HSET', h, 'state', 'claimed', 'lease', lease, 'deadline', deadline, 'worker', worker)
+  redis.call('ZADD', k_leased(t), deadline, id)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', h, 'raw') or ''
+  out[#out + 1] = attempt
+  out[#out + 1] = lease
+  out[#out + 1] = deadline
+end
+if #types == 1 then
+  local popped = redis.call('ZPOPMIN', k_ready(types[1]), want)
+  for i = 1, #popped, 2 do deliver(popped[i], types[1]) end
+else
+  while n < want do
+    local best_t, best_m, best_s = nil, nil, nil
+    for _, t in ipairs(types) do
+      local head = redis.call('ZRANGE', k_ready(t), 0, 0, 'WITHSCORES')
+      if head[1] then
+        local s = tonumber(head[2])
+        if best_t == nil or s < best_s or (s == best_s and head[1] < best_m) then
+          best_t, best_m, best_s = t, head[1], s
+        end
+      end
+    end
+    if best_t == nil then break end
+    redis.call('ZREM', k_ready(best_t), best_m)
+    deliver(best_m, best_t)
+  end
+end
+if n == 0 then
+  local next_at = nil
+  for _, t in ipairs(types) do
+    for _, key in ipairs({k_delayed(t), k_leased(t)}) do
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if head[1] then
+        local s = tonumber(head[2])
+        if next_at == nil or s < next_at then next_at = s end
+      end
+    end
+  end
+  if next_at ~= nil then out[1] = math.max(next_at - now, 0) end
+end
+return out
+"""
+
+BAD_PAYLOAD = _LIBRARY + r"""
+-- ARGV: 4 id, 5 lease id, 6 reason. Dead-letter a delivery whose bytes did not decode;
+-- the delivery does not count as an attempt (nothing ran).
+local id, lease = ARGV[4], ARGV[5]
+local now = now_ms()
+local h = k_task(id)
+local f = redis.call('HMGET', h, 'type', 'state', 'lease', 'attempt')
+if not f[1] or f[2] ~= 'claimed' or f[3] ~= lease then return 0 end
+redis.call('ZREM', k_leased(f[1]), id)
+dead_letter(id, f[1], ARGV[6], tonumber(f[4]) - 1, now, '1')
+return 1
+"""
+
+EXTEND = _LIBRARY + r"""
+-- ARGV: 4 id, 5 lease id, 6 lease ms. Returns the new deadline (ms) or -1 if the lease is lost.
+local id, lease = ARGV[4], ARGV[5]
+local now = now_ms()
+local state, t = check_held(id, lease, '-', now)
+if state ~= 'held' then return -1 end
+local deadline = now + tonumber(ARGV[6])
+redis.call('HSET', k_task(id), 'deadline', deadline)
+redis.call('ZADD', k_leased(t), deadline, id)
+return deadline
+"""
+
+ACK = _LIBRARY + r"""
+-- ARGV: 4 id, 5 lease id, 6 op id, 7 result JSON. Returns 1, or -1 if the lease is lost.
+local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
+local now = now_ms()
+local state, t = check_held(id, lease, op, now)
+if state == 'settled' then return 1 end
+if state ~= 'held' then return -1 end
+local h = k_task(id)
+redis.call('ZREM', k_leased(t), id)
+redis.call('HDEL', h, 'raw', 'deadline', 'member', 'worker')
+-- The hash stays as a tombstone for result_ttl so that enqueue stays idempotent.
+redis.call('HSET', h, 'state', 'done', 'lease', '', 'settled', op .. '|1')
+redis.call('PEXPIRE', h, RESULT_TTL)
+redis.call('DEL', k_errors(id))
+store_result(id, ARGV[7])
+return 1
+"""
+
+NACK = _LIBRARY + r"""
+-- ARGV: 4 id, 5 lease id, 6 op id, 7 error, 8 delay ms, 9 final ('1'/'0').
+-- Returns 1 (delivered again), 0 (dead-lettered) or -1 (lease lost).
+local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
+local now = now_ms()
+local state, t = check_held(id, lease, op, now)
+if state == 'settled' then return tonumber(t) end
+if state ~= 'held' then return -1 end
+local h = k_task(id)
+local attempt = tonumber(redis.call('HGET', h, 'attempt'))
+redis.call('ZREM', k_leased(t), id)
+redis.call('RPUSH', k_errors(id), 'attempt ' .. attempt .. ': ' .. ARGV[7])
+redis.call('HSET', h, 'lease', '')
+if ARGV[9] == '1' or attempt >= limit_of(h) then
+  dead_letter(id, t, ARGV[7], attempt, now, '0')
+  redis.call('HSET', h, 'settled', op .. '|0')
+  return 0
+end
+-- A nacked task goes to the back of its priority.
+redis.call('HSET', h, 'member', new_member(id), 'settled', op .. '|1')
+redis.call('HDEL', h, 'deadline', 'worker')
+local delay = tonumber(ARGV[8])
+if delay > 0 then
+  redis.call('HSET', h, 'state', 'delayed')
+  redis.call('ZADD', k_delayed(t), now + delay, id)
+  wake(t)  -- waiting claimers learn the new earliest release time
+else
+  push_ready(id, t)
+end
+return 1
+"""
+
+RELEASE = _LIBRARY + r"""
+-- ARGV: 4 id, 5 lease id, 6 op id. Back to the queue at its old place, attempt not counted.
+local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
+local now = now_ms()
+local state, t = check_held(id, lease, op, now)
+if state == 'settled' then return 1 end
+if state ~= 'held' then return -1 end
+local h = k_task(id)
+redis.call('ZREM', k_leased(t), id)
+redis.call('HINCRBY', h, 'attempt', -1)
+redis.call('HSET', h, 'lease', '', 'settled', op .. '|1')
+redis.call('HDEL', h, 'deadline', 'worker')
+push_ready(id, t)
+return 1
+"""
+
+RESULTS = _LIBRARY + r"""
+-- ARGV: 4.. task ids. Applies time to the node types of claimed tasks among them (an
+-- expired last lease dead-letters a task, which gives it a failed result), then returns
+-- {ms until the earliest lease deadline among them (-1: none), result or false, ...}.
+local now = now_ms()
+local out = {-1}
+local missing = false
+for i = 4, #ARGV do
+  local r = redis.call('GET', k_result(ARGV[i]))
+  out[#out + 1] = r or false
+  if not r then missing = true end
+end
+if not missing then return out end
+local ticked = {}
+for i = 4, #ARGV do
+  if not out[i - 2] then
+    local f = redis.call('HMGET', k_task(ARGV[i]), 'state', 'type')
+    if f[1] == 'claimed' and not ticked[f[2]] then
+      ticked[f[2]] = true
+      tick(f[2], now)
+    end
+  end
+end
+local next_at = nil
+for i = 4, #ARGV do
+  if not out[i - 2] then
+    local r = redis.call('GET', k_result(ARGV[i]))
+    if r then
+      out[i - 2] = r
+    else
+      local f = redis.call('HMGET', k_task(ARGV[i]), 'state', 'deadline')
+      if f[1] == 'claimed' and f[2] then
+        local d = tonumber(f[2])
+        if next_at == nil or d < next_at then next_at = d end
+      end
+    end
+  end
+end
+if next_at ~= nil then out[1] = math.max(next_at - now, 0) end
+return out
+"""
+
+CANCEL = _LIBRARY + r"""
+-- ARGV: 4 id. Removes a queued or delayed task; its hash stays as a tombstone.
+local id = ARGV[4]
+local h = k_task(id)
+local f = redis.call('HMGET', h, 'state', 'type', 'member')
+if f[1] ~= 'queued' and f[1] ~= 'delayed' then return 0 end
+redis.call('ZREM', k_ready(f[2]), f[3])
+redis.call('ZREM', k_delayed(f[2]), id)
+redis.call('HDEL', h, 'raw', 'member')
+redis.call('HSET', h, 'state', 'cancelled')
+redis.call('PEXPIRE', h, RESULT_TTL)
+redis.call('DEL', k_errors(id))
+return 1
+"""
+
+DEAD_LETTERS = _LIBRARY + r"""
+-- ARGV: 4 node type or '', 5 limit. Returns {{id, type, reason, attempts, raw, dead_at ms,
+-- bad, {errors}}, ...}, oldest first.
+local t, limit = ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+local key
+if t == '' then
+  for _, each in ipairs(redis.call('SMEMBERS', P .. ':q:types')) do tick(each, now) end
+  key = P .. ':q:dead'
+else
+  tick(t, now)
+  key = k_dead(t)
+end
+local out = {}
+if limit <= 0 then return out end
+for _, id in ipairs(redis.call('ZRANGE', key, 0, limit - 1)) do
+  local f = redis.call('HMGET', k_task(id), 'type', 'reason', 'attempt', 'raw', 'dead_at', 'bad')
+  out[#out + 1] = {id, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', f[5] or '0', f[6] or '0',
+                   redis.call('LRANGE', k_errors(id), 0, -1)}
+end
+return out
+"""
+
+REQUEUE = _LIBRARY + r"""
+-- ARGV: 4 id. A decodable dead letter goes back to the end of its priority, attempt 0.
+local id = ARGV[4]
+local h = k_task(id)
+local f = redis.call('HMGET', h, 'state', 'type', 'bad')
+if f[1] ~= 'dead' or f[3] == '1' then return 0 end
+local t = f[2]
+redis.call('ZREM', k_dead(t), id)
+redis.call('ZREM', P .. ':q:dead', id)
+redis.call('DEL', k_result(id), k_errors(id))
+redis.call('HDEL', h, 'reason', 'dead_at', 'bad', 'settled')
+redis.call('HSET', h, 'attempt', 0, 'member', new_member(id))
+push_ready(id, t)
+return 1
+"""
+
+STATS = _LIBRARY + r"""
+-- ARGV: 4 node type. Returns {queued (ready + delayed), in flight, dead}.
+local t = ARGV[4]
+tick(t, now_ms())
+return {redis.call('ZCARD', k_ready(t)) + redis.call('ZCARD', k_delayed(t)),
+        redis.call('ZCARD', k_leased(t)), redis.call('ZCARD', k_dead(t))}
+"""

@@ -1,0 +1,322 @@
+"""StateStore on Redis: compare-and-set records, checkpoint lists and fenced leases.
+
+Data layout (``{p}`` is the prefix, ``{w}`` a workflow id)::
+
+    {p}:wf:r:{w}          HASH  rec (record JSON), ver, status, created, cid (commit id)
+    {p}:wf:c:{w}          LIST  checkpoint JSON, oldest first (RPUSH: append-only)
+    {p}:wf:l:{w}          HASH  owner, token, deadline (ms, server time), max (the
+                                highest fencing token ever granted: tokens only grow)
+    {p}:wf:all            ZSET  workflow id -> created_at (list_workflows, oldest first)
+    {p}:wf:status:{s}     ZSET  the same, per status (list_workflows(status=))
+
+Atomicity: ``save`` is one Lua script that checks the fencing token against ``max``,
+compares the version, writes the record, moves the id between status indexes and
+appends the checkpoint; nothing is written unless every check passes. Lease acquire,
+renew and release are one script each; deadlines use the server's ``TIME``, so
+orchestrators with skewed clocks agree on who owns a workflow.
+
+``state_ttl``: every save sets ``PEXPIRE`` on the record, its checkpoints and its lease
+hash, and a lease granted later takes the record's remaining TTL, so the three vanish
+together. Index entries of expired records are dropped lazily by ``list_workflows``.
+When a record expires its lease hash goes with it, so a workflow id reused after
+expiry starts its fencing tokens afresh; ``delete`` keeps the token counter.
+
+A repeated ``save`` after a lost reply (the client retries on a broken connection)
+recognises its own commit id and reports success instead of a false version conflict.
+
+Round trips: ``get``, ``save``, ``list_checkpoints``, each lease call: 1;
+``list_workflows``: 1.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.adapters.redis.errors import redis_errors
+from distributed_agents.adapters.redis.keys import StateKeys
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import (
+    FencingTokenRejectedError,
+    LeaseLostError,
+    VersionConflictError,
+    WorkflowExistsError,
+)
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.state_store import (
+    Checkpoint,
+    StateStore,
+    WorkflowLease,
+    WorkflowRecord,
+    checkpoints_page,
+)
+
+__all__ = ["RedisStateManager"]
+
+_NOW = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_SAVE = r"""
+-- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index
+-- ARGV: 1 prefix, 2 workflow id, 3 expected version, 4 record JSON, 5 status, 6 created_at,
+--       7 checkpoint JSON or '', 8 fencing token or '', 9 state_ttl ms or '', 10 commit id
+local P, id, expected = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid')
+if cur[1] and tonumber(cur[1]) == expected + 1 and cur[3] == ARGV[10] then return {'ok'} end
+if ARGV[8] ~= '' then
+  local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+  if tonumber(ARGV[8]) < max then return {'fenced', max} end
+end
+if expected == 0 then
+  if cur[1] then return {'exists'} end
+else
+  if not cur[1] or tonumber(cur[1]) ~= expected then return {'conflict', cur[1] or ''} end
+  if cur[2] ~= ARGV[5] then redis.call('ZREM', P .. ':wf:status:' .. cur[2], id) end
+end
+redis.call('ZADD', KEYS[4], ARGV[6], id)
+redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
+redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
+           'cid', ARGV[10])
+if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[7]) end
+if ARGV[9] ~= '' then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
+else
+  for i = 1, 3 do redis.call('PERSIST', KEYS[i]) end
+end
+return {'ok'}
+"""
+
+_ACQUIRE = _NOW + r"""
+-- KEYS: 1 lease, 2 record. ARGV: 1 owner, 2 ttl ms. Returns {token, deadline} or {}.
+local now = now_ms()
+local f = redis.call('HMGET', KEYS[1], 'owner', 'token', 'deadline')
+local deadline = now + tonumber(ARGV[2])
+local token
+if f[1] and f[1] ~= '' and tonumber(f[3]) > now then
+  if f[1] ~= ARGV[1] then return {} end
+  token = tonumber(f[2])
+  redis.call('HSET', KEYS[1], 'deadline', deadline)
+else
+  token = redis.call('HINCRBY', KEYS[1], 'max', 1)
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'deadline', deadline)
+end
+-- A lease lives no longer than its record (state_ttl).
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {token, deadline}
+"""
+
+_RENEW = _NOW + r"""
+-- KEYS: 1 lease, 2 record. ARGV: 1 token, 2 ttl ms. Returns the new deadline or -1 if lost.
+local now = now_ms()
+local f = redis.call('HMGET', KEYS[1], 'owner', 'token', 'deadline')
+if not f[1] or f[1] == '' or f[2] ~= ARGV[1] or tonumber(f[3]) <= now then return -1 end
+local deadline = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'deadline', deadline)
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return deadline
+"""
+
+_RELEASE = r"""
+-- KEYS: 1 lease. ARGV: 1 token. Frees the lease if that token still holds it.
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] and (redis.call('HGET', KEYS[1], 'owner') or '') ~= '' then
+  redis.call('HSET', KEYS[1], 'owner', '', 'deadline', 0)
+  return 1
+end
+return 0
+"""
+
+_LIST = r"""
+-- KEYS: 1 the index to read (all or one status). ARGV: 1 prefix, 2 status or ''.
+-- Returns record JSONs oldest first; drops index entries of expired or moved records.
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. ':wf:r:' .. id, 'rec', 'status')
+  if not f[1] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif ARGV[2] ~= '' and f[2] ~= ARGV[2] then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    out[#out + 1] = f[1]
+  end
+end
+return out
+"""
+
+_DELETE = r"""
+-- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index. ARGV: 1 prefix, 2 workflow id.
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], 'owner', 'token', 'deadline')  -- 'max' stays: tokens only grow
+redis.call('ZREM', KEYS[4], ARGV[2])
+if status then
+  redis.call('ZREM', ARGV[1] .. ':wf:status:' .. status, ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisStateManager(StateStore):
+    """Workflow records, checkpoints and leases on Redis; see the module docstring.
+
+    ``RedisStateManager(redis_url, prefix=, state_ttl=)`` opens its own connection on
+    first use; a ``RedisBackend`` passes its shared ``connection`` instead.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str | None = None,
+        state_ttl: float | None = None,
+        connection: RedisConnection | None = None,
+    ) -> None:
+        options = BackendOptions.from_url(redis_url, prefix=prefix, state_ttl=state_ttl)
+        self.prefix = options.prefix
+        self.state_ttl = options.state_ttl
+        self._owns_connection = connection is None
+        self._connection = connection or RedisConnection(redis_url)
+        self._keys = StateKeys(self.prefix)
+
+    async def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
+        return await self._connection.run_script(name, source, keys, args, action)
+
+    def _workflow_keys(self, workflow_id: str) -> list[str]:
+        k = self._keys
+        return [k.record(workflow_id), k.checkpoints(workflow_id), k.lease(workflow_id), k.index]
+
+    async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        """The stored record, or None (one round trip)."""
+        with redis_errors(self._connection.url, f"read workflow {workflow_id!r}"):
+            raw = await self._connection.client().hget(self._keys.record(workflow_id), "rec")
+        return None if raw is None else WorkflowRecord.from_dict(decode(raw))
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None = None,
+        fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        """Compare-and-set ``record`` (and append ``checkpoint``) in one script."""
+        new = record.evolve(version=expected_version + 1, updated_at=time.time())
+        workflow_id = record.workflow_id
+        reply = await self._script(
+            "state_save",
+            _SAVE,
+            self._workflow_keys(workflow_id),
+            [
+                self.prefix,
+                workflow_id,
+                int(expected_version),
+                encode(new.to_dict()),
+                new.status,
+                repr(float(new.created_at)),
+                b"" if checkpoint is None else encode(checkpoint.to_dict()),
+                "" if fencing_token is None else int(fencing_token),
+                "" if self.state_ttl is None else _ms(self.state_ttl),
+                uuid.uuid4().hex,
+            ],
+            f"save workflow {workflow_id!r}",
+        )
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise FencingTokenRejectedError(
+                f"workflow {workflow_id!r}: write with fencing token {fencing_token} refused; "
+                f"a newer owner holds token {int(reply[1])}"
+            )
+        if outcome == "exists":
+            raise WorkflowExistsError(f"workflow {workflow_id!r} already exists; choose another workflow_id")
+        if outcome == "conflict":
+            actual = _text(reply[1]) if len(reply) > 1 else ""
+            found = int(actual) if actual else None
+            raise VersionConflictError(
+                f"workflow {workflow_id!r}: expected version {expected_version}, found {found}; "
+                "another writer committed first: reload and retry",
+                expected=expected_version,
+                actual=found,
+            )
+        return new
+
+    async def list_checkpoints(
+        self, workflow_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[Checkpoint]:
+        """Checkpoints newest first (one round trip; only the tail is read when possible)."""
+        key = self._keys.checkpoints(workflow_id)
+        start = -limit if (limit is not None and limit > 0 and before is None) else 0
+        with redis_errors(self._connection.url, f"read checkpoints of {workflow_id!r}"):
+            raws = [] if limit == 0 else await self._connection.client().lrange(key, start, -1)
+        return checkpoints_page([Checkpoint.from_dict(decode(r)) for r in raws], limit=limit, before=before)
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        """Records (optionally of one status), oldest first (one round trip)."""
+        index = self._keys.index if status is None else self._keys.status_index(status)
+        raws = await self._script("state_list", _LIST, [index], [self.prefix, status or ""], "list workflows")
+        return [WorkflowRecord.from_dict(decode(raw)) for raw in raws]
+
+    async def delete(self, workflow_id: str) -> bool:
+        """Remove record, checkpoints and lease (the fencing counter stays)."""
+        removed = await self._script(
+            "state_delete", _DELETE, self._workflow_keys(workflow_id), [self.prefix, workflow_id],
+            f"delete workflow {workflow_id!r}",
+        )
+        return bool(removed)
+
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        """Grant the lease if free, expired or already ``owner``'s; None otherwise."""
+        reply = await self._script(
+            "state_acquire", _ACQUIRE, [self._keys.lease(workflow_id), self._keys.record(workflow_id)],
+            [owner, _ms(ttl)], f"acquire the lease of workflow {workflow_id!r}",
+        )
+        if not reply:
+            return None
+        token, deadline = reply
+        return WorkflowLease(workflow_id, owner, int(token), int(deadline) / 1000.0)
+
+    async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
+        """Extend a live lease; ``LeaseLostError`` if it expired or was taken over."""
+        deadline = int(
+            await self._script(
+                "state_renew", _RENEW, [self._keys.lease(lease.workflow_id), self._keys.record(lease.workflow_id)],
+                [lease.fencing_token, _ms(ttl)], f"renew the lease of workflow {lease.workflow_id!r}",
+            )
+        )
+        if deadline < 0:
+            raise LeaseLostError(
+                f"workflow {lease.workflow_id!r}: lease of {lease.owner!r} (token {lease.fencing_token}) "
+                "expired or was taken over; stop driving this workflow"
+            )
+        return WorkflowLease(lease.workflow_id, lease.owner, lease.fencing_token, deadline / 1000.0)
+
+    async def release_lease(self, lease: WorkflowLease) -> None:
+        """Free the lease if ``lease`` still holds it; no error otherwise."""
+        await self._script(
+            "state_release", _RELEASE, [self._keys.lease(lease.workflow_id)], [lease.fencing_token],
+            f"release the lease of workflow {lease.workflow_id!r}",
+        )
+
+    async def close(self) -> None:
+        """Close the connection if this store opened it. Idempotent."""
+        if self._owns_connection:
+            await self._connection.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisStateManager {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)

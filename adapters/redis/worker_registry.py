@@ -1,0 +1,158 @@
+"""WorkerRegistry on Redis: one expiring key per worker and a ZSET of heartbeats.
+
+Data layout (``{p}`` is the prefix)::
+
+    {p}:w:i:{id}   STRING  the worker's ``WorkerInfo`` JSON, PX heartbeat_ttl: the key
+                           exists exactly while the worker is live
+    {p}:w:beats    ZSET    worker id -> last heartbeat (ms, server time), for listing
+                           without SCAN; PX heartbeat_ttl so an abandoned registry
+                           cleans itself up
+
+``register`` and ``heartbeat`` are one script each (set or refresh both, reading the
+server's ``TIME`` so that heartbeats from machines with skewed clocks compare fairly);
+``list_workers`` is one script that drops stale ZSET entries and returns the live
+records with their last heartbeat. Round trips: 1 per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.adapters.redis.keys import WorkerKeys
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry
+
+__all__ = ["RedisNodeRegistry"]
+
+_NOW = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_REGISTER = _NOW + r"""
+-- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 info JSON, 3 ttl ms. Returns the heartbeat ms.
+local now = now_ms()
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return now
+"""
+
+_HEARTBEAT = _NOW + r"""
+-- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 ttl ms. Returns 1, or 0 if not registered.
+local now = now_ms()
+if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+_LIST = _NOW + r"""
+-- KEYS: 1 beats. ARGV: 1 prefix, 2 ttl ms. Returns {id, info JSON, heartbeat ms, ...}.
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local out = {}
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local info = redis.call('GET', ARGV[1] .. ':w:i:' .. entries[i])
+  if info then
+    out[#out + 1] = entries[i]
+    out[#out + 1] = info
+    out[#out + 1] = entries[i + 1]
+  else
+    redis.call('ZREM', KEYS[1], entries[i])
+  end
+end
+return out
+"""
+
+_DEREGISTER = r"""
+-- KEYS: 1 info, 2 beats. ARGV: 1 worker id.
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisNodeRegistry(WorkerRegistry):
+    """Live workers on Redis; see the module docstring.
+
+    ``RedisNodeRegistry(redis_url, heartbeat_ttl=, prefix=)`` opens its own connection
+    on first use; a ``RedisBackend`` passes its shared ``connection`` instead.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        *,
+        heartbeat_ttl: float | None = None,
+        prefix: str | None = None,
+        connection: RedisConnection | None = None,
+    ) -> None:
+        options = BackendOptions.from_url(redis_url, prefix=prefix, heartbeat_ttl=heartbeat_ttl)
+        self.prefix = options.prefix
+        self.heartbeat_ttl = options.heartbeat_ttl
+        self._owns_connection = connection is None
+        self._connection = connection or RedisConnection(redis_url)
+        self._keys = WorkerKeys(self.prefix)
+
+    async def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
+        return await self._connection.run_script(name, source, keys, args, action)
+
+    async def register(self, info: WorkerInfo) -> None:
+        """Record ``info`` as live now (replacing an earlier record of the same id)."""
+        await self._script(
+            "registry_register", _REGISTER, [self._keys.info(info.worker_id), self._keys.beats],
+            [info.worker_id, encode(info.to_dict()), _ms(self.heartbeat_ttl)],
+            f"register worker {info.worker_id!r}",
+        )
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        """Refresh ``worker_id``; False if it is not registered (or expired)."""
+        alive = await self._script(
+            "registry_heartbeat", _HEARTBEAT, [self._keys.info(worker_id), self._keys.beats],
+            [worker_id, _ms(self.heartbeat_ttl)], f"heartbeat worker {worker_id!r}",
+        )
+        return bool(alive)
+
+    async def deregister(self, worker_id: str) -> None:
+        """Remove ``worker_id`` at once; no error if unknown."""
+        await self._script(
+            "registry_deregister", _DEREGISTER, [self._keys.info(worker_id), self._keys.beats], [worker_id],
+            f"deregister worker {worker_id!r}",
+        )
+
+    async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
+        """Live workers (heartbeat within ``heartbeat_ttl``), sorted by id."""
+        reply = await self._script(
+            "registry_list", _LIST, [self._keys.beats], [self.prefix, _ms(self.heartbeat_ttl)], "list workers"
+        )
+        workers = []
+        for index in range(0, len(reply), 3):
+            info = WorkerInfo.from_dict(decode(reply[index + 1]))
+            info = replace(info, last_heartbeat=float(reply[index + 2]) / 1000.0)
+            if node_type is None or node_type in info.node_types:
+                workers.append(info)
+        return sorted(workers, key=lambda w: w.worker_id)
+
+    async def close(self) -> None:
+        """Close the connection if this registry opened it. Idempotent."""
+        if self._owns_connection:
+            await self._connection.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisNodeRegistry {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
