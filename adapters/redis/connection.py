@@ -38,6 +38,9 @@ _SCHEMES = ("redis", "rediss", "unix")
 _RETRIES = 6
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 0.5
+# Pool defaults; ?max_connections= and ?timeout= in the URL override them.
+_MAX_CONNECTIONS = 64
+_POOL_TIMEOUT = 20.0
 
 
 def redis_client_url(url: str) -> str:
@@ -78,14 +81,20 @@ class RedisConnection:
             try:
                 # A client of a previous, now finished, loop is dropped, not closed:
                 # its sockets belong to that loop and cannot be closed from this one.
-                self._client = redis_asyncio.Redis.from_url(
+                # A blocking pool makes a burst of concurrent calls queue for a
+                # connection instead of failing with "Too many connections".
+                # Keyword defaults; settings in the URL's query string take precedence.
+                pool = redis_asyncio.BlockingConnectionPool.from_url(
                     self._client_url,
-                    retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
-                    retry_on_error=[ConnectionError, TimeoutError],
+                    max_connections=_MAX_CONNECTIONS,
+                    timeout=_POOL_TIMEOUT,
                     socket_connect_timeout=5,
                     socket_timeout=10,
                     health_check_interval=30,
+                    retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
+                    retry_on_error=[ConnectionError, TimeoutError],
                 )
+                self._client = redis_asyncio.Redis.from_pool(pool)
             except ValueError as exc:
                 raise BackendConfigError(f"invalid Redis URL {self.masked_url}: {exc}") from exc
             self._loop = loop
