@@ -1,0 +1,97 @@
+"""URLs: scheme, credentials, database number, TLS, unix sockets, and our own query options."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as redis_asyncio
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from support.aio import run
+from support.redis_server import RedisServer
+
+from distributed_agents import open_backend
+from distributed_agents.adapters.redis.backend import RedisBackend
+from distributed_agents.adapters.redis.connection import RedisConnection, redis_client_url
+from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.ports.state_store import WorkflowRecord
+
+
+def test_our_query_options_are_stripped_and_redis_py_ones_kept() -> None:
+    url = "redis://u:p@h:6379/2?prefix=app&max_attempts=5&socket_timeout=3&state_ttl=none"
+    assert redis_client_url(url) == "redis://u:p@h:6379/2?socket_timeout=3"
+
+
+def test_a_non_redis_scheme_is_a_config_error() -> None:
+    with pytest.raises(BackendConfigError, match="not a Redis URL"):
+        redis_client_url("http://:pw@h:6379/0")
+
+
+def test_options_come_from_the_query_string_and_keywords() -> None:
+    backend = open_backend("redis://127.0.0.1:1/0?prefix=app&max_attempts=5&visibility_timeout=7", result_ttl=9)
+    assert isinstance(backend, RedisBackend)
+    assert backend.task_queue.prefix == "app"  # type: ignore[attr-defined]
+    assert (backend.task_queue.max_attempts, backend.task_queue.visibility_timeout) == (5, 7.0)
+    assert backend.task_queue.result_ttl == 9.0
+
+
+def test_rediss_selects_tls_and_unix_selects_a_socket_connection() -> None:
+    async def classes() -> tuple[type, type, dict[str, object]]:
+        tls = RedisConnection("rediss://user:pw@example.invalid:6380/4?prefix=x&ssl_cert_reqs=none")
+        unix = RedisConnection("unix://:pw@/tmp/nowhere.sock?db=3")
+        try:
+            tls_pool = tls.client().connection_pool
+            unix_pool = unix.client().connection_pool
+            return tls_pool.connection_class, unix_pool.connection_class, dict(tls_pool.connection_kwargs)
+        finally:
+            await tls.close()
+            await unix.close()
+
+    tls_class, unix_class, tls_kwargs = run(classes(), 10)
+    assert issubclass(tls_class, SSLConnection)
+    assert issubclass(unix_class, UnixDomainSocketConnection)
+    assert tls_kwargs["username"] == "user" and tls_kwargs["password"] == "pw" and tls_kwargs["db"] == 4
+    assert tls_kwargs["ssl_cert_reqs"] == "none" and "prefix" not in tls_kwargs
+
+
+def test_password_and_database_number_come_from_the_url() -> None:
+    with RedisServer(password="pa55") as server:
+        url = f"redis://:pa55@127.0.0.1:{server.port}/3?prefix=dbtest"
+
+        async def scenario() -> tuple[int, int]:
+            backend = open_backend(url)
+            await backend.connect()
+            try:
+                await backend.state_store.save(WorkflowRecord("w1", "g", "running", {}), expected_version=0)
+            finally:
+                await backend.close()
+            probe = redis_asyncio.Redis.from_url(f"redis://:pa55@127.0.0.1:{server.port}/0")
+            try:
+                in_db0 = await probe.exists("dbtest:wf:r:w1")
+            finally:
+                await probe.aclose()
+            probe3 = redis_asyncio.Redis.from_url(f"redis://:pa55@127.0.0.1:{server.port}/3")
+            try:
+                in_db3 = await probe3.exists("dbtest:wf:r:w1")
+            finally:
+                await probe3.aclose()
+            return in_db0, in_db3
+
+        assert run(scenario(), 30) == (0, 1)
+
+
+def test_a_unix_socket_url_reaches_the_server() -> None:
+    with RedisServer(unix_socket=True, password="sock") as server:
+        prefix = f"u{uuid.uuid4().hex[:6]}"
+
+        async def scenario() -> str | None:
+            backend = open_backend(server.unix_url + f"&prefix={prefix}")
+            await backend.connect()
+            try:
+                await backend.state_store.save(WorkflowRecord("w1", "g", "completed", {"x": 1}), expected_version=0)
+                [record] = await backend.state_store.list_workflows("completed")
+                return record.workflow_id
+            finally:
+                await backend.close()
+
+        assert run(scenario(), 30) == "w1"

@@ -1,0 +1,110 @@
+"""Error translation at the edge, and the package without redis-py installed."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from support.aio import run
+from support.redis_server import RedisServer
+
+from distributed_agents.adapters.redis import RedisStateManager, RedisTaskQueue
+from distributed_agents.adapters.redis.errors import mask_url
+from distributed_agents.core.errors import BackendError, BackendUnavailableError
+from distributed_agents.core.ports.task_queue import Task
+
+
+def test_mask_url_hides_only_the_password() -> None:
+    assert mask_url("redis://user:s3cret@host:6379/2") == "redis://user:***@host:6379/2"
+    assert mask_url("rediss://:s3cret@host/0") == "rediss://:***@host/0"
+    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert mask_url("unix://:pw@/tmp/redis.sock?db=1") == "unix://:***@/tmp/redis.sock?db=1"
+
+
+def test_a_stopped_server_is_reported_as_unavailable_naming_the_url_without_password() -> None:
+    """Operations retry with backoff, then raise BackendUnavailableError; after a restart they work again."""
+
+    async def while_down(queue: RedisTaskQueue) -> BackendUnavailableError:
+        with pytest.raises(BackendUnavailableError) as caught:
+            await queue.enqueue(Task("t2", "wf", "n", "alpha", {}))
+        return caught.value
+
+    async def use(queue: RedisTaskQueue, task_id: str) -> bool:
+        return await queue.enqueue(Task(task_id, "wf", "n", "alpha", {}))
+
+    with RedisServer(password="hunter2-secret", appendonly=True) as server:
+
+        async def scenario() -> tuple[BackendUnavailableError, bool, bool]:
+            queue = RedisTaskQueue(server.url, prefix="down")
+            try:
+                assert await use(queue, "t1")
+                await asyncio.to_thread(server.stop, kill=True)
+                error = await while_down(queue)
+                await asyncio.to_thread(server.start)
+                # The same queue object recovers: the pool reconnects on the next call.
+                again = await use(queue, "t3")
+                # AOF kept t1 across the SIGKILL: enqueue stays idempotent.
+                duplicate = await use(queue, "t1")
+                return error, again, duplicate
+            finally:
+                await queue.close()
+
+        error, again, duplicate = run(scenario(), 60)
+    message = str(error)
+    assert "hunter2-secret" not in message
+    assert f"redis://:***@127.0.0.1:{server.port}/0" in message
+    assert "enqueue task 't2'" in message
+    assert isinstance(error.__cause__, Exception)
+    assert again is True and duplicate is False
+
+
+def test_wrong_password_is_a_backend_error_that_says_so() -> None:
+    with RedisServer(password="right") as server:
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+
+        async def scenario() -> BackendError:
+            store = RedisStateManager(url, prefix="auth")
+            try:
+                with pytest.raises(BackendError) as caught:
+                    await store.get("w1")
+                return caught.value
+            finally:
+                await store.close()
+
+        error = run(scenario(), 30)
+    assert "wrong" not in str(error) and "***" in str(error)
+    assert "password" in str(error) or "credentials" in str(error)
+
+
+def _run_without_redis(code: str) -> subprocess.CompletedProcess[str]:
+    prelude = "import sys\nsys.modules['redis'] = None\nsys.modules['redis.asyncio'] = None\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_package_imports_without_redis_and_use_says_how_to_install() -> None:
+    done = _run_without_redis(
+        """
+        import distributed_agents.adapters.redis as pkg
+        import distributed_agents.adapters.redis.plugin
+        from distributed_agents.core.errors import MissingExtraError
+        cls = pkg.RedisTaskQueue          # lazy attribute: no redis-py needed to get the class
+        try:
+            cls("redis://127.0.0.1:1/0")
+        except MissingExtraError as exc:
+            print("QUEUE:", exc)
+        from distributed_agents import open_backend
+        try:
+            open_backend("redis://127.0.0.1:1/0")
+        except MissingExtraError as exc:
+            print("OPEN:", exc)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("QUEUE:") and "pip install 'distributed-agents[redis]'" in line for line in lines), lines
+    assert any(line.startswith("OPEN:") and "pip install 'distributed-agents[redis]'" in line for line in lines), lines
