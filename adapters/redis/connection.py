@@ -62,7 +62,6 @@ class RedisConnection:
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
-        self._closed = False
 
     @property
     def masked_url(self) -> str:
@@ -94,12 +93,17 @@ class RedisConnection:
                     retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
                     retry_on_error=[ConnectionError, TimeoutError],
                 )
+                # Building (not connecting) one connection object rejects unknown query
+                # options now, instead of on the first command.
+                pool.connection_class(**pool.connection_kwargs)
                 self._client = redis_asyncio.Redis.from_pool(pool)
-            except ValueError as exc:
-                raise BackendConfigError(f"invalid Redis URL {self.masked_url}: {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise BackendConfigError(
+                    f"invalid Redis URL {self.masked_url}: {exc}; query options are ours "
+                    f"({', '.join(sorted(_OUR_OPTIONS - {'extra'}))}) or redis-py connection settings"
+                ) from exc
             self._loop = loop
             self._scripts.clear()
-            self._closed = False
         return self._client
 
     def script(self, name: str, source: str) -> Any:
