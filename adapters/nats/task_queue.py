@@ -554,15 +554,18 @@ class NatsTaskQueue(TaskQueue):
                 return False
             priority = int(letter.get("priority", task.priority))
             record = _new_record(task_id, task.node_type, priority, letter.get("max_attempts"), seq=0)
-            if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision) is None:
+            revision = await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision)
+            if revision is None:
                 return False
             await self._ensure_consumer(task.node_type, priority)
-            # seq 0 in the record: the first claimer of the new message adopts it.
-            await self._conn.js.publish(
+            # seq 0 in the record until the CAS below: a claimer of the new message adopts it.
+            ack = await self._conn.js.publish(
                 self._conn.names.task_subject(task.node_type, priority),
                 encode(task_to_dict(task)),
                 headers={"Nats-Msg-Id": f"{task_id}/requeue/{uuid.uuid4().hex}", "Da-Task-Id": task_id},
             )
+            # Fails harmlessly if a claimer adopted the message or the task was cancelled first.
+            await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": int(ack.seq)}), last=revision)
             await kv.remove(self._conn.js, self._dead, matches[-1].key)
             await self._wake(task.node_type)
             return True
