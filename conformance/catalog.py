@@ -29,7 +29,9 @@ CHECK_MODULES = (
     "distributed_agents.conformance.state_store_checks",
     "distributed_agents.conformance.state_store_machine",
     "distributed_agents.conformance.worker_registry_checks",
+    "distributed_agents.conformance.worker_registry_machine",
     "distributed_agents.conformance.message_bus_checks",
+    "distributed_agents.conformance.message_bus_machine",
     "distributed_agents.conformance.isolation_checks",
     "distributed_agents.conformance.concurrency_checks",
 )

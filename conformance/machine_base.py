@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from distributed_agents.conformance.context import CheckContext, run_in_loop
+from distributed_agents.conformance.context import CheckContext, monotonic, run_in_loop
 from distributed_agents.core.ports.backend import Backend
 
 __all__ = ["BackendMachine", "run_machine"]
@@ -31,26 +31,53 @@ class BackendMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.backend: Backend = self.call(self.context.factory.open(**self.backend_options))
+        self._peers: list[Backend] = []
+        self.backend: Backend = self.call(self.context.factory.open(**self.open_options()))
+
+    def open_options(self) -> dict[str, Any]:
+        """Options of every backend this example opens; override to derive them from ``context``."""
+        return dict(self.backend_options)
+
+    def open_peer(self) -> Backend:
+        """Another connection on this example's prefix (closed at teardown), or ``backend``
+        itself when the backend declares ``shared_prefix`` unsupported."""
+        if not self.context.requirements.supports("shared_prefix"):
+            return self.backend
+        peer = self.call(self.context.factory.open(prefix=self.backend.options.prefix, **self.open_options()))
+        self._peers.append(peer)
+        return peer
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` to completion on this example's loop, bounded in time."""
         return run_in_loop(self.loop, coro, 30.0)
 
+    def sleep_until(self, when: float) -> None:
+        """Let real time pass until monotonic ``when``, running the loop (background tasks of
+        the backend, such as lease keepers, keep working meanwhile)."""
+        delay = when - monotonic()
+        if delay > 0:
+            self.call(asyncio.sleep(delay))
+
     def teardown(self) -> None:
         try:
+            for peer in reversed(self._peers):
+                self.call(peer.close())
             self.call(self.backend.close())
         finally:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
 
-def run_machine(machine: type[BackendMachine], context: CheckContext) -> None:
-    """Run ``machine`` against ``context``'s backend with the profile's example budget."""
+def run_machine(machine: type[BackendMachine], context: CheckContext, *, examples: float = 1.0, steps: float = 1.0) -> None:
+    """Run ``machine`` against ``context``'s backend with the profile's example budget.
+
+    ``examples`` and ``steps`` scale the profile's budget down for machines whose rules
+    let real time pass (at least 3 examples of 8 steps either way).
+    """
     bound = type(machine.__name__, (machine,), {"context": context})
     options: dict[str, Any] = {
-        "max_examples": context.profile.max_examples,
-        "stateful_step_count": context.profile.step_count,
+        "max_examples": max(3, round(context.profile.max_examples * examples)),
+        "stateful_step_count": max(8, round(context.profile.step_count * steps)),
         "deadline": None,
         "database": None,
         "suppress_health_check": list(HealthCheck),

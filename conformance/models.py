@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelTask", "QueueModel", "StoreModel"]
+__all__ = [
+    "BusModel",
+    "ModelSubscription",
+    "ModelTask",
+    "ModelWorker",
+    "QueueModel",
+    "RegistryModel",
+    "StoreModel",
+    "channel_matches",
+]
 
 
 @dataclass
@@ -23,7 +32,7 @@ class ModelTask:
     priority: int
     limit: int
     order: int
-    state: str = "queued"  # queued | claimed | done | dead | cancelled
+    state: str = "queued"  # queued | delayed | claimed | done | dead | cancelled
     attempt: int = 0
     fresh: bool = True  # never delivered since (re)queueing: strict FIFO applies
     errors: int = 0
@@ -88,6 +97,23 @@ class QueueModel:
         task.state = "queued"
         return True
 
+    def nack_delayed(self, task_id: str) -> bool:
+        """A nack with a delay: like ``nack``, but the task waits (counted as queued, not ready)."""
+        again = self.nack(task_id)
+        if again:
+            self.tasks[task_id].state = "delayed"
+        return again
+
+    def delay_over(self, task_id: str) -> None:
+        """The delay of a nacked task passed: it is ready again."""
+        task = self.tasks[task_id]
+        if task.state == "delayed":
+            task.state = "queued"
+
+    def expire(self, task_id: str) -> bool:
+        """The lease of a claimed task ran out: the attempt counts as failed, like a nack."""
+        return self.nack(task_id)
+
     def release(self, task_id: str) -> None:
         """Give back without counting the attempt."""
         task = self.tasks[task_id]
@@ -113,7 +139,7 @@ class QueueModel:
     def stats(self, node_type: str) -> tuple[int, int, int]:
         """(queued, in flight, dead) of ``node_type``."""
         states = [t.state for t in self.tasks.values() if t.node_type == node_type]
-        return states.count("queued"), states.count("claimed"), states.count("dead")
+        return states.count("queued") + states.count("delayed"), states.count("claimed"), states.count("dead")
 
     def dead_ids(self) -> set[str]:
         """Ids of dead-lettered tasks."""
@@ -168,3 +194,104 @@ class StoreModel:
         """Ids ``list_workflows`` must return, oldest first."""
         chosen = [(w.created_at, wid) for wid, w in self.workflows.items() if status is None or w.status == status]
         return [wid for _, wid in sorted(chosen)]
+
+
+# --- WorkerRegistry -----------------------------------------------------------------------
+
+
+@dataclass
+class ModelWorker:
+    """A registered worker: what it registered with and when its liveness may end.
+
+    ``expires`` is a ``Window`` (``earliest``/``latest`` on the monotonic clock) of the
+    moment ``heartbeat_ttl`` runs out after its last register or heartbeat; ``beat`` is
+    the operation that set it (``"register"`` or ``"heartbeat"``).
+    """
+
+    node_types: frozenset[str]
+    capacity: int
+    host: str
+    pid: int
+    expires: Any
+    beat: str = "register"
+
+
+class RegistryModel:
+    """The WorkerRegistry contract: workers by id, each live until its expiry window.
+
+    ``gone`` remembers why an id is not registered (``"deregistered"`` or ``"expired"``)
+    so that a violation can name the broken clause.
+    """
+
+    def __init__(self) -> None:
+        self.workers: dict[str, ModelWorker] = {}
+        self.gone: dict[str, str] = {}
+
+    def register(self, worker_id: str, worker: ModelWorker) -> None:
+        """Record (or replace) ``worker_id``."""
+        self.workers[worker_id] = worker
+        self.gone.pop(worker_id, None)
+
+    def remove(self, worker_id: str, why: str) -> None:
+        """Forget ``worker_id`` because of ``why``."""
+        if self.workers.pop(worker_id, None) is not None or why == "deregistered":
+            self.gone[worker_id] = why
+
+    def serving(self, node_type: str | None) -> dict[str, ModelWorker]:
+        """The registered workers (live or not yet known dead) serving ``node_type`` (all if None)."""
+        return {wid: w for wid, w in self.workers.items() if node_type is None or node_type in w.node_types}
+
+
+# --- MessageBus ---------------------------------------------------------------------------
+
+
+def channel_matches(pattern: str, channel: str) -> bool:
+    """The bus contract's token rule: ``*`` is exactly one token, a final ``>`` one or more."""
+    want, have = pattern.split("."), channel.split(".")
+    if want[-1] == ">":
+        head = want[:-1]
+        return len(have) > len(head) and all(w in ("*", h) for w, h in zip(head, have))
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have))
+
+
+@dataclass
+class ModelSubscription:
+    """One subscription: its pattern and, per publisher, the sequence numbers still owed to it."""
+
+    pattern: str
+    open: bool = True
+    owed: dict[str, list[int]] = field(default_factory=dict)
+
+    def pending(self) -> int:
+        """How many messages must still arrive."""
+        return sum(len(seqs) for seqs in self.owed.values())
+
+
+class BusModel:
+    """The MessageBus contract: a message goes to every open subscription whose pattern
+    matches its channel at publish time, in publish order per publisher; nothing to a
+    closed one, nothing replayed to a later one."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[ModelSubscription] = []
+        self.published: dict[str, int] = {}
+
+    def subscribe(self, pattern: str) -> int:
+        """Add a subscription; its index."""
+        self.subscriptions.append(ModelSubscription(pattern))
+        return len(self.subscriptions) - 1
+
+    def publish(self, publisher: str, channel: str) -> int:
+        """Record a message of ``publisher`` on ``channel``; its sequence number."""
+        seq = self.published.get(publisher, 0)
+        self.published[publisher] = seq + 1
+        for sub in self.subscriptions:
+            if sub.open and channel_matches(sub.pattern, channel):
+                sub.owed.setdefault(publisher, []).append(seq)
+        return seq
+
+    def close(self, index: int) -> None:
+        """Close subscription ``index``: it is owed nothing more."""
+        sub = self.subscriptions[index]
+        sub.open = False
+        sub.owed.clear()

@@ -20,7 +20,7 @@ from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue, _Entr
 from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import BusMessage, Subscription, pattern_matches
-from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord
 from distributed_agents.core.ports.task_queue import ClaimedTask, QueueStats, Task, TaskResult
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 
@@ -151,6 +151,46 @@ class DelayedNackLosesTaskQueue(MemoryTaskQueue):
         return True
 
 
+class AckDropsOutputQueue(MemoryTaskQueue):
+    """Acks remove the task but store the result without its output."""
+
+    async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
+        await super().ack(claim, None)
+
+
+class ReleaseCountsAttemptQueue(MemoryTaskQueue):
+    """Release gives the task back but keeps the attempt counted."""
+
+    async def release(self, claim: ClaimedTask) -> None:
+        with self._data.lock:
+            self._held(claim).attempt += 1
+            await super().release(claim)
+
+
+class RequeueKeepsAttemptsQueue(MemoryTaskQueue):
+    """A re-queued dead letter starts from its old attempt count instead of a fresh one."""
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            stored = self._data.dead.get(task_id)
+            done = await super().requeue_dead_letter(task_id)
+            if done and stored is not None:
+                self._data.entries[task_id].attempt = stored[0].attempts
+            return done
+
+
+class CancelTakesClaimedQueue(MemoryTaskQueue):
+    """Cancel also removes a task a worker holds."""
+
+    async def cancel(self, task_id: str) -> bool:
+        with self._data.lock:
+            entry = self._data.entries.get(task_id)
+            if entry is not None and entry.state == "claimed":
+                del self._data.entries[task_id]
+                return True
+        return await super().cancel(task_id)
+
+
 # --- StateStore -----------------------------------------------------------------------
 
 
@@ -201,6 +241,18 @@ class StatusFilterIgnoredStore(MemoryStateStore):
         return await super().list_workflows(None)
 
 
+class SharedLeaseStore(MemoryStateStore):
+    """Grants a held lease to a second owner too (same token: no fencing violation)."""
+
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        lease = await super().acquire_lease(workflow_id, owner, ttl)
+        if lease is not None:
+            return lease
+        with self._data.lock:
+            held = self._data.leases[workflow_id]
+            return WorkflowLease(workflow_id, owner, held.token, held.deadline)
+
+
 # --- WorkerRegistry -------------------------------------------------------------------
 
 
@@ -232,6 +284,13 @@ class NodeTypeIgnoredRegistry(MemoryWorkerRegistry):
 
     async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
         return await super().list_workers(None)
+
+
+class FieldsDroppedRegistry(MemoryWorkerRegistry):
+    """Records only a worker's id and node types; capacity, host and pid are lost."""
+
+    async def register(self, info: WorkerInfo) -> None:
+        await super().register(WorkerInfo(info.worker_id, info.node_types))
 
 
 # --- MessageBus -----------------------------------------------------------------------
