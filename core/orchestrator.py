@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
-from distributed_agents.core.engine import DriveOptions, StepEngine
+from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError
 from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
@@ -58,6 +58,12 @@ def validate_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    # The outcome of a taken-over workflow is in its record; retrieve it to silence asyncio.
+    if not task.cancelled():
+        task.exception()
+
+
 class Orchestrator:
     """Runs workflows: ``execute``, ``resume``, status, cancellation and listing.
 
@@ -70,6 +76,11 @@ class Orchestrator:
     up to ``worker_timeout`` seconds if that is set. ``backend_options`` are passed
     to the backend (``prefix``, ``visibility_timeout``, ...). With ``local_nodes``
     False every node goes to workers, even one whose function this process has.
+
+    With ``recover``, a background loop (every ``recovery_interval`` seconds) takes
+    over running workflows whose owner's lease expired (that orchestrator died or
+    stalled) and whose graph this orchestrator knows (``register_graph``, or any
+    graph it executed), resuming each from its last committed step.
     """
 
     def __init__(
@@ -84,6 +95,8 @@ class Orchestrator:
         orchestrator_id: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         local_nodes: bool = True,
+        recover: bool = False,
+        recovery_interval: float | None = None,
     ) -> None:
         if step_limit < 1:
             raise ConfigurationError(f"step_limit must be >= 1, got {step_limit}")
@@ -98,6 +111,9 @@ class Orchestrator:
         self.wait_for_workers = wait_for_workers
         self.worker_timeout = worker_timeout
         self.local_nodes = local_nodes
+        self.recover = recover
+        self.recovery_interval = recovery_interval if recovery_interval is not None else max(lease_ttl / 2, 0.05)
+        self._recovery: asyncio.Task[None] | None = None
         self._backend_options = dict(backend_options or {})
         self.orchestrator_id = orchestrator_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._graphs: dict[str, Graph] = {}
@@ -121,9 +137,16 @@ class Orchestrator:
         if not self._connected:
             await self.backend.connect()
             self._connected = True
+            if self.recover and self._recovery is None:
+                self._recovery = asyncio.ensure_future(self._recovery_loop())
 
     async def close(self) -> None:
         """Stop driving workflows (they stay resumable), flush events, close an owned backend."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
+            self._recovery = None
         for task in list(self._running.values()):
             task.cancel()
         for task in list(self._running.values()):
@@ -165,6 +188,12 @@ class Orchestrator:
         )
         return StepEngine(store=backend.state_store, queue_executor=executor, events=self._publisher(),
                           local_function=self._local_function)
+
+    def register_graph(self, graph: Graph) -> None:
+        """Make ``graph`` known by name, so this orchestrator can resume or take over its workflows."""
+        if not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
+        self._graphs[graph.name] = graph
 
     # -- running ------------------------------------------------------------------------
 
@@ -267,13 +296,21 @@ class Orchestrator:
         options = DriveOptions(step_limit=step_limit or self.step_limit, lease_ttl=self.lease_ttl)
         drive = asyncio.ensure_future(self._engine(workflow_id).drive(graph, record, lease, options))
         self._running[workflow_id] = drive
-        renewer = asyncio.ensure_future(self._renew(lease, drive))
+        lease_lost = asyncio.Event()
+        renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost))
         try:
             final = await drive
+        except WorkflowTakenOverError:
+            # Another orchestrator owns the workflow now; the caller still gets its result.
+            log.warning("workflow %r was taken over by another orchestrator; waiting for its result", workflow_id)
+            renewer.cancel()
+            return await self.wait(workflow_id)
         except asyncio.CancelledError:
             current = await self._safe_get(workflow_id)
             if current is not None and current.status == WorkflowStatus.CANCELLED:
                 raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled") from None
+            if lease_lost.is_set():
+                return await self._after_lease_loss(graph, workflow_id, step_limit)
             raise
         finally:
             renewer.cancel()
@@ -284,14 +321,28 @@ class Orchestrator:
                 await self._events.flush()
         return State._trusted(dict(final.state), workflow_id)
 
-    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord]) -> None:
+    async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
+        # The lease lapsed (this process stalled). If nobody took it, carry on from the
+        # last commit under a new lease; otherwise the new owner finishes: wait for it.
+        lease = await self.backend.state_store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
+        if lease is not None:
+            current = await self.backend.state_store.get(workflow_id)
+            if current is not None and current.status == WorkflowStatus.RUNNING:
+                log.warning("workflow %r: lease lapsed but was free; continuing from step %d", workflow_id, current.step)
+                return await self._drive(graph, current, lease, step_limit)
+            await self._release(lease)
+        log.warning("workflow %r: lease taken by another orchestrator; waiting for its result", workflow_id)
+        return await self.wait(workflow_id)
+
+    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord], lost: asyncio.Event) -> None:
         store = self.backend.state_store
         while not drive.done():
             await asyncio.sleep(self.lease_ttl / 3)
             try:
                 lease = await store.renew_lease(lease, self.lease_ttl)
             except LeaseLostError as exc:
-                log.error("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
+                log.warning("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
+                lost.set()
                 drive.cancel()
                 return
             except Exception as exc:  # a backend hiccup: try again next round, the lease has slack
@@ -302,6 +353,64 @@ class Orchestrator:
             return await self.backend.state_store.get(workflow_id)
         except Exception:
             return None
+
+    async def wait(self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2) -> State:
+        """Wait until the workflow (driven by any orchestrator) ends; return its final state.
+
+        Raises like ``get_result`` for a failed or cancelled workflow, and
+        ``TimeoutError`` after ``timeout`` seconds.
+        """
+        await self.connect()
+        subscription = await self.backend.message_bus.subscribe(f"events.{workflow_id}.workflow.*")
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                status = await self.get_workflow_status(workflow_id)
+                if status.done:
+                    return await self.get_result(workflow_id)
+                pause = poll_interval
+                if deadline is not None:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
+                    pause = min(pause, remaining)
+                await subscription.get(timeout=pause)  # an end event wakes us early
+        finally:
+            await subscription.close()
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.recovery_interval)
+            try:
+                await self.recover_workflows()
+            except Exception as exc:  # the backend may be down; try again next round
+                log.warning("workflow recovery round failed: %s", exc)
+
+    async def recover_workflows(self) -> list[str]:
+        """Take over running workflows whose lease is free and whose graph is known; their ids.
+
+        Each is resumed in the background from its last committed step; ``wait`` (or
+        ``execute`` in the process that started it) returns its result.
+        """
+        await self.connect()
+        store = self.backend.state_store
+        taken = []
+        for record in await store.list_workflows(WorkflowStatus.RUNNING):
+            graph = self._graphs.get(record.graph_name)
+            if graph is None or record.workflow_id in self._running:
+                continue
+            lease = await store.acquire_lease(record.workflow_id, self.orchestrator_id, self.lease_ttl)
+            if lease is None:
+                continue
+            current = await store.get(record.workflow_id)
+            if current is None or current.status != WorkflowStatus.RUNNING:
+                await self._release(lease)
+                continue
+            log.info("taking over workflow %r at step %d", current.workflow_id, current.step)
+            taken.append(current.workflow_id)
+            task = asyncio.ensure_future(self._drive(graph, current, lease, None))
+            task.add_done_callback(_ignore_outcome)
+        return taken
 
     # -- observing and controlling --------------------------------------------------------
 

@@ -49,6 +49,8 @@ class DistributedOrchestrator(Orchestrator):
     type (default: wait, reporting "waiting for a worker of type ..." in the status).
     Backend options (``prefix``, ``visibility_timeout``, ``max_attempts``,
     ``result_ttl``, ``state_ttl``, ``heartbeat_ttl``) may be given as keywords.
+    ``recover`` (on by default) takes over workflows of orchestrators that died,
+    for every graph this one has executed or registered (``register_graph``).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class DistributedOrchestrator(Orchestrator):
         backend_url: str | None = None,
         registry: NodeRegistry | None = None,
         worker_timeout: float | None = None,
+        recover: bool = True,
         **options: Any,
     ) -> None:
         backend_options = _split_options(options)
@@ -68,6 +71,7 @@ class DistributedOrchestrator(Orchestrator):
             wait_for_workers=True,
             worker_timeout=worker_timeout,
             local_nodes=False,
+            recover=recover,
             **options,
         )
 
