@@ -26,7 +26,7 @@ from distributed_agents.distributed import DistributedOrchestrator
 
 HERE = pathlib.Path(__file__).resolve().parent
 VISIBILITY = 1.5
-BACKENDS = ["redis"]
+BACKENDS = ["redis", "nats"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -42,14 +42,16 @@ def graph() -> Graph:
 
 
 def start_worker(url: str, prefix: str, worker_id: str, markers: pathlib.Path, *, hang: bool) -> subprocess.Popen[str]:
+    """A worker process whose output goes to ``<markers>/../<worker_id>.log``."""
     env = {**os.environ, "DA_MARKER_DIR": str(markers), "DA_HANG": "1" if hang else "0",
            "PYTHONPATH": str(HERE)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "distributed_agents", "worker", "--app", "crash_app:registry",
-         "--backend-url", url, "--prefix", prefix, "--worker-id", worker_id,
-         "--visibility-timeout", str(VISIBILITY), "--heartbeat-interval", "0.5", "--shutdown-grace", "5"],
-        cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    with open(markers.parent / f"{worker_id}.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "distributed_agents", "worker", "--app", "crash_app:registry",
+             "--backend-url", url, "--prefix", prefix, "--worker-id", worker_id,
+             "--visibility-timeout", str(VISIBILITY), "--heartbeat-interval", "0.5", "--shutdown-grace", "5"],
+            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -97,8 +99,10 @@ def test_sigkilled_worker_task_is_redelivered_and_the_result_is_unchanged(
                                                             "survivor.attempt2"]
         assert survivor is not None
         survivor.send_signal(signal.SIGTERM)
-        output, _ = survivor.communicate(timeout=30)
+        survivor.wait(timeout=30)
+        output = (tmp_path / "survivor.log").read_text()
         assert survivor.returncode == 0, output
+        assert "received SIGTERM: draining" in output
         # slow (re-delivered) and finish of the crashed workflow, then all three nodes of the reference run
         assert "stopped: 5 succeeded" in output
     finally:
