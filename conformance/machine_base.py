@@ -27,11 +27,14 @@ class BackendMachine(RuleBasedStateMachine):
 
     context: ClassVar[CheckContext]
     backend_options: ClassVar[dict[str, Any]] = {}
+    # Seconds of real waiting one example may ask for (nominal, so that replays agree).
+    wait_budget: ClassVar[float] = float("inf")
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self._peers: list[Backend] = []
+        self.waited = 0.0
         self.backend: Backend = self.call(self.context.factory.open(**self.open_options()))
 
     def open_options(self) -> dict[str, Any]:
@@ -58,6 +61,18 @@ class BackendMachine(RuleBasedStateMachine):
         if delay > 0:
             self.call(asyncio.sleep(delay))
 
+    def may_wait(self, seconds: float) -> bool:
+        """Whether this example may still wait ``seconds`` within ``wait_budget`` (a precondition).
+
+        Rules charge the nominal ``seconds`` (``charge``), not the measured time, so a
+        replayed example takes the same rules.
+        """
+        return self.waited + seconds <= self.wait_budget
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of waiting against this example's ``wait_budget``."""
+        self.waited += seconds
+
     def teardown(self) -> None:
         try:
             for peer in reversed(self._peers):
@@ -68,13 +83,18 @@ class BackendMachine(RuleBasedStateMachine):
             self.loop.close()
 
 
-def run_machine(machine: type[BackendMachine], context: CheckContext, *, examples: float = 1.0, steps: float = 1.0) -> None:
+def run_machine(
+    machine: type[BackendMachine], context: CheckContext, *, examples: float = 1.0, steps: float = 1.0, wait: float | None = None
+) -> None:
     """Run ``machine`` against ``context``'s backend with the profile's example budget.
 
     ``examples`` and ``steps`` scale the profile's budget down for machines whose rules
-    let real time pass (at least 3 examples of 8 steps either way).
+    let real time pass (at least 3 examples of 8 steps either way). ``wait`` bounds the
+    seconds of waiting one example may ask for (``may_wait``/``charge``), so the run
+    time is bounded whatever Hypothesis draws.
     """
-    bound = type(machine.__name__, (machine,), {"context": context})
+    budget = float("inf") if wait is None else wait
+    bound = type(machine.__name__, (machine,), {"context": context, "wait_budget": budget})
     options: dict[str, Any] = {
         "max_examples": max(3, round(context.profile.max_examples * examples)),
         "stateful_step_count": max(8, round(context.profile.step_count * steps)),

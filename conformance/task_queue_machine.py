@@ -221,6 +221,8 @@ def check_task_queue_state_machine(context: CheckContext) -> None:
 
 
 TIMED = "gamma"
+# Each example runs at most this many timed stories (each waits about short_timeout).
+STORIES_PER_EXAMPLE = 3
 
 
 class TimedTaskQueueMachine(TaskQueueMachine):
@@ -237,10 +239,11 @@ class TimedTaskQueueMachine(TaskQueueMachine):
     def claim(self, types: tuple[str, ...], max_tasks: int) -> None:
         self.live.extend(self._claim(types, max_tasks))
 
-    @precondition(lambda self: not self.model.ready(TIMED))
+    @precondition(lambda self: not self.model.ready(TIMED) and self.may_wait(self.short))
     @rule(story=st.sampled_from(["lease-expiry", "extension", "delayed-nack"]), limit=st.sampled_from([None, 1, 2]))
     def timed(self, story: str, limit: int | None) -> None:
         """Enqueue a fresh ``gamma`` task (the only ready one of its type) and run ``story`` on it."""
+        self.charge(self.short)
         self.counter += 1
         task_id = f"g{self.counter}"
         added = self.call(self.queue.enqueue(make_task(task_id, TIMED, max_attempts=limit)))
@@ -326,4 +329,4 @@ class TimedTaskQueueMachine(TaskQueueMachine):
 ), timeout=300.0)
 def check_task_queue_timed_state_machine(context: CheckContext) -> None:
     """Random queue operations mixed with real lease expiry, extension and delayed nacks agree with the model."""
-    run_machine(TimedTaskQueueMachine, context, examples=0.2, steps=0.4)
+    run_machine(TimedTaskQueueMachine, context, examples=0.2, steps=0.4, wait=STORIES_PER_EXAMPLE * context.requirements.short_timeout)

@@ -24,6 +24,8 @@ from distributed_agents.core.ports.worker_registry import WorkerInfo
 
 WORKERS = ("w1", "w2", "w3")
 NODE_TYPES = ("alpha", "beta", "gamma")
+# Each example waits at most this many heartbeat_ttl's in all (bounds the run time).
+WAIT_PER_EXAMPLE = 3.0
 node_type_sets = st.frozensets(st.sampled_from(NODE_TYPES), min_size=1, max_size=2)
 
 
@@ -91,13 +93,14 @@ class WorkerRegistryMachine(BackendMachine):
     def lookup(self, node_type: str, via_peer: bool) -> None:
         self._compare((self.peer if via_peer else self.registry), node_type)
 
-    @precondition(lambda self: bool(self.model.workers))
+    @precondition(lambda self: bool(self.model.workers) and self.may_wait(self.ttl / 3))
     @rule(how=st.sampled_from(["third", "over-half", "expire"]))
     def wait(self, how: str) -> None:
         """Let time pass: a third of the TTL; just over half of it (two such waits end a registration
         that a heartbeat between them must keep alive); or until every current heartbeat has
         certainly expired."""
         seconds = {"third": self.ttl / 3, "over-half": self.ttl / 2 + self.slack, "expire": self.ttl + 2 * self.slack}[how]
+        self.charge(seconds)
         self.sleep_until(monotonic() + seconds)
 
     # -- comparison after every step -------------------------------------------------------
@@ -145,4 +148,4 @@ class WorkerRegistryMachine(BackendMachine):
 ), timeout=300.0)
 def check_worker_registry_state_machine(context: CheckContext) -> None:
     """Random registers, heartbeats, deregisters, lookups and waits agree with the model after every step."""
-    run_machine(WorkerRegistryMachine, context, examples=0.25, steps=0.5)
+    run_machine(WorkerRegistryMachine, context, examples=0.25, steps=0.5, wait=WAIT_PER_EXAMPLE * context.requirements.short_timeout)
