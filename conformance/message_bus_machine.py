@@ -69,10 +69,12 @@ class MessageBusMachine(BackendMachine):
         self.call(self.subs[index].close())
         self.model.close(index)
 
-    @precondition(lambda self: any(sub.pending() for sub in self.model.subscriptions))
+    # No precondition on what is still owed: that depends on which messages the
+    # invariant happened to receive already (network timing), and Hypothesis needs the
+    # set of enabled rules to depend only on its own choices.
     @rule()
     def settle(self) -> None:
-        """Wait until every open subscription got all it is owed."""
+        """Wait until every open subscription got all it is owed (a no-op when nothing is)."""
         give_up = monotonic() + self.context.requirements.delivery_timeout
         for index, sub in enumerate(self.model.subscriptions):
             while sub.open and sub.pending():

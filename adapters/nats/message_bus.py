@@ -5,7 +5,8 @@ pattern maps to a subject unchanged under the prefix. Each subscription copies i
 messages into its own unbounded buffer from nats-py's callback, so a slow reader never
 makes nats-py drop messages or stall the connection, and publishers never wait for
 subscribers. ``subscribe`` flushes, so the server knows the subscription before it
-returns. Core NATS keeps publish order per publisher connection.
+returns; ``publish`` flushes, so the server has routed the message before it returns
+(one round trip, like Redis PUBLISH). Core NATS keeps publish order per publisher connection.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class NatsMessageBus(MessageBus):
         raw = encode(dict(data))
         with nats_errors(self._conn.url, f"publish to {channel!r}"):
             await self._conn.nc.publish(self._conn.names.bus_subject(channel), raw)
+            # Flush, so that when publish returns the server has routed the message: a
+            # subscription made afterwards (on any connection) never receives it, and
+            # one that existed before always does - the same as Redis PUBLISH.
+            await self._conn.nc.flush()
 
     async def subscribe(self, pattern: str) -> Subscription:
         subscription = NatsSubscription(pattern, self._conn.names.bus_root)
