@@ -155,7 +155,9 @@ class TaskQueueExecutor(NodeExecutor):
         started = time.time()
         by_id = {call.task_id: call for call in calls}
         for call in calls:
-            max_attempts = None if call.retry is None else call.retry.max_attempts
+            # The enqueuer fixes the attempt limit, so every worker agrees on it whatever
+            # its own queue default is.
+            max_attempts = self.queue.max_attempts if call.retry is None else call.retry.max_attempts
             await self.queue.enqueue(
                 Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
                      priority=call.priority, max_attempts=max_attempts)

@@ -34,3 +34,13 @@ async def slow(state: State, context: NodeContext) -> dict[str, Any]:
 @registry.register("finish")
 def finish(state: State) -> dict[str, Any]:
     return {"report": f"report on {state['analysis']}"}
+
+
+@registry.register("poison")
+def poison(state: State, context: NodeContext) -> dict[str, Any]:
+    raise ValueError(f"poisoned input on attempt {context.attempt}")
+
+
+@registry.register("crasher")
+def crasher(state: State) -> dict[str, Any]:
+    os._exit(3)  # the worker process dies mid-task, every time

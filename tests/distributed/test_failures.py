@@ -1,0 +1,186 @@
+"""Failures stay explicit across processes: poison tasks, crashing nodes, cancellation, no workers.
+
+Worker processes are real (the CLI); the backend is a real Redis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph, RetryPolicy
+from distributed_agents.core.errors import (
+    NodeExecutionError,
+    NodeNotFoundError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+)
+from distributed_agents.distributed import DistributedOrchestrator
+
+HERE = pathlib.Path(__file__).resolve().parent
+pytestmark = pytest.mark.timeout(90)
+
+
+def single(node_type: str, **options: Any) -> Graph:
+    graph = Graph(f"single_{node_type}").add_node(node_type, **options)
+    return graph.set_entry_point(node_type).set_finish_point(node_type).compile()
+
+
+class Workers:
+    """Worker processes for one test, with output in log files; all killed at the end."""
+
+    def __init__(self, url: str, prefix: str, tmp: pathlib.Path, **env: str) -> None:
+        self.url, self.prefix, self.tmp = url, prefix, tmp
+        self.env = {**os.environ, "PYTHONPATH": str(HERE), "DA_MARKER_DIR": str(tmp), **env}
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, worker_id: str, *extra: str) -> subprocess.Popen[str]:
+        with open(self.tmp / f"{worker_id}.log", "a") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "distributed_agents", "worker", "--app", "crash_app:registry",
+                 "--backend-url", self.url, "--prefix", self.prefix, "--worker-id", worker_id,
+                 "--heartbeat-interval", "0.5", *extra],
+                cwd=HERE, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.processes.append(process)
+        return process
+
+    def log(self, worker_id: str) -> str:
+        return (self.tmp / f"{worker_id}.log").read_text()
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"poison{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, prefix, tmp_path)
+    worker = workers.start("w1")
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
+            poisoned = single("poison", retry=RetryPolicy(max_attempts=3, initial_interval=0.05, jitter=False))
+            with pytest.raises(NodeExecutionError) as caught:
+                await orchestrator.execute(poisoned, {}, workflow_id=f"{prefix}-bad")
+            status = await orchestrator.get_workflow_status(f"{prefix}-bad")
+            letters = await orchestrator.backend.task_queue.dead_letters("poison")
+            healthy = await orchestrator.execute(single("prepare"), {"query": "after"})
+            await orchestrator.close()
+            return caught.value, status, letters, healthy
+
+        error, status, letters, healthy = run(scenario(), timeout=60)
+        assert (error.node, error.attempts, error.error_type) == ("poison", 3, "ValueError")
+        assert error.error_message == "poisoned input on attempt 3"
+        assert status.status == "failed" and status.error["attempts"] == 3
+        assert "raise ValueError" in status.error["traceback"]
+        (letter,) = letters
+        assert letter.attempts == 3 and [e.splitlines()[0] for e in letter.errors] == [
+            f"attempt {n}: ValueError: poisoned input on attempt {n}" for n in (1, 2, 3)]
+        assert healthy["prepared"] == "prepared after"  # the same worker process went on serving
+        assert worker.poll() is None
+    finally:
+        workers.close()
+
+
+def test_node_that_kills_its_worker_every_time_ends_in_dead_letters(redis_url: str, tmp_path: pathlib.Path) -> None:
+    """Each delivery kills the worker; after max_attempts lease expiries the task is dead-lettered."""
+    prefix = f"crasher{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, prefix, tmp_path)
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=60,
+                                                   visibility_timeout=0.5, max_attempts=2)
+            running = asyncio.ensure_future(orchestrator.execute(single("crasher"), {}, workflow_id=f"{prefix}-1"))
+            crashes = 0
+            while not running.done():  # a supervisor: restart the worker whenever the task kills it
+                worker = workers.start(f"w{crashes}", "--visibility-timeout", "0.5")
+                while worker.poll() is None and not running.done():
+                    await asyncio.sleep(0.05)
+                crashes += worker.returncode == 3
+            with pytest.raises(NodeExecutionError) as caught:
+                await running
+            letters = await orchestrator.backend.task_queue.dead_letters("crasher")
+            await orchestrator.close()
+            return caught.value, crashes, letters
+
+        error, crashes, letters = run(scenario(), timeout=80)
+        assert crashes == 2
+        assert error.node == "crasher" and error.attempts == 2 and "lease expired" in error.error_message
+        (letter,) = letters
+        assert letter.attempts == 2 and all("lease expired" in e for e in letter.errors)
+    finally:
+        workers.close()
+
+
+def test_cancel_reaches_a_task_running_in_another_process(redis_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"cancel{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, prefix, tmp_path, DA_HANG="1")
+    worker = workers.start("w1")
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
+            graph = Graph("cancel_me").add_node("prepare").add_node("slow")
+            graph.set_entry_point("prepare").add_edge("prepare", "slow").set_finish_point("slow").compile()
+            running = asyncio.ensure_future(orchestrator.execute(graph, {"query": "q"}, workflow_id=f"{prefix}-1"))
+            while not (tmp_path / "w1.attempt1").exists():
+                await asyncio.sleep(0.05)
+            assert await orchestrator.cancel_workflow(f"{prefix}-1") is True
+            with pytest.raises(WorkflowCancelledError):
+                await running
+            queue = orchestrator.backend.task_queue
+            for _ in range(100):  # the worker cancels the node and records why
+                letters = await queue.dead_letters("slow")
+                if letters:
+                    break
+                await asyncio.sleep(0.05)
+            stats = await queue.stats("slow")
+            status = await orchestrator.get_workflow_status(f"{prefix}-1")
+            await orchestrator.close()
+            return letters, stats, status
+
+        letters, stats, status = run(scenario(), timeout=60)
+        assert status.status == "cancelled"
+        assert [letter.reason for letter in letters] == ["cancelled: the workflow was cancelled"]
+        assert (stats.queued, stats.in_flight) == (0, 0)
+        assert worker.poll() is None  # still serving
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        workers.close()
+
+
+def test_a_node_type_without_workers_waits_then_fails_with_the_reason(redis_url: str) -> None:
+    async def scenario() -> Any:
+        orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=f"nowork{uuid.uuid4().hex[:8]}",
+                                               worker_timeout=1.5)
+        running = asyncio.ensure_future(orchestrator.execute(single("writer"), {}, workflow_id="wf-wait"))
+        status = None
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            try:
+                status = await orchestrator.get_workflow_status("wf-wait")
+            except WorkflowNotFoundError:  # not created yet
+                continue
+            if status.waiting_for:
+                break
+        with pytest.raises(NodeNotFoundError) as caught:
+            await running
+        final = await orchestrator.get_workflow_status("wf-wait")
+        await orchestrator.close()
+        return status, caught.value, final
+
+    waiting, error, final = run(scenario(), timeout=30)
+    assert waiting is not None and waiting.waiting_for == "waiting for a worker of type 'writer'"
+    assert "no live worker serves node type(s) 'writer'" in str(error)
+    assert final.status == "failed" and final.error["kind"] == "NodeNotFoundError"
