@@ -125,7 +125,8 @@ class StepEngine:
         while True:
             next_nodes = list(record.frontier.get("next", ()))
             if not next_nodes:
-                record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
+                if record.status != WorkflowStatus.COMPLETED:  # e.g. a graph resumed with nothing left
+                    record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
             if record.step >= options.step_limit:
@@ -163,7 +164,9 @@ class StepEngine:
             step = record.step + 1
             checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
             record = await self._commit(
-                record.evolve(state=merged, step=step, frontier=frontier, status=WorkflowStatus.RUNNING),
+                # The last step commits COMPLETED itself: one write fewer per workflow.
+                record.evolve(state=merged, step=step, frontier=frontier,
+                              status=WorkflowStatus.RUNNING if routed else WorkflowStatus.COMPLETED),
                 lease, checkpoint,
             )
 
