@@ -11,10 +11,7 @@ returns; ``publish`` flushes, so the server has routed the message before it ret
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +19,7 @@ from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import PayloadDecodeError
-from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
+from distributed_agents.core.ports.message_bus import BufferedSubscription, BusMessage, MessageBus, Subscription
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -30,48 +27,23 @@ if TYPE_CHECKING:
 __all__ = ["NatsMessageBus", "NatsSubscription"]
 
 
-class NatsSubscription(Subscription):
+class NatsSubscription(BufferedSubscription):
     """One subscription with its own buffer."""
 
     def __init__(self, pattern: str, root: str) -> None:
-        self.pattern = pattern
+        super().__init__(pattern)
         self._root = root
-        self._buffer: deque[BusMessage] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
         self._sub: Any = None
 
     async def _on_message(self, msg: Msg) -> None:
-        if self._closed:
-            return
         try:
             data = decode(msg.data)
         except PayloadDecodeError:
             return  # not one of ours: a bus carries JSON objects only
         if isinstance(data, dict):
-            self._buffer.append(BusMessage(msg.subject[len(self._root):], data))
-            self._ready.set()
+            self._deliver(BusMessage(msg.subject[len(self._root):], data))
 
-    async def get(self, timeout: float | None = None) -> BusMessage | None:
-        give_up = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._buffer:
-                return self._buffer.popleft()
-            if self._closed:
-                return None
-            self._ready.clear()
-            remaining = None if give_up is None else give_up - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), remaining)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer.clear()
-        self._ready.set()
+    async def _on_close(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):  # the connection may already be gone

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,13 @@ from distributed_agents.adapters.redis.keys import bus_channel, bus_glob
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import BackendUnavailableError, PayloadDecodeError
 from distributed_agents.core.ports.backend import BackendOptions
-from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription, pattern_matches
+from distributed_agents.core.ports.message_bus import (
+    BufferedSubscription,
+    BusMessage,
+    MessageBus,
+    Subscription,
+    pattern_matches,
+)
 
 __all__ = ["RedisMessageBus", "RedisSubscription"]
 
@@ -42,47 +47,15 @@ log = logging.getLogger(__name__)
 _SUBSCRIBE_TIMEOUT = 5.0
 
 
-class RedisSubscription(Subscription):
+class RedisSubscription(BufferedSubscription):
     """One subscriber's buffer; filled by its bus's reader task."""
 
     def __init__(self, bus: RedisMessageBus, pattern: str, glob: str) -> None:
+        super().__init__(pattern)
         self._bus = bus
-        self.pattern = pattern
         self.glob = glob
-        self._buffer: deque[BusMessage] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
 
-    def _deliver(self, message: BusMessage) -> None:
-        if not self._closed:
-            self._buffer.append(message)
-            self._ready.set()
-
-    async def get(self, timeout: float | None = None) -> BusMessage | None:
-        """The next message, or None on timeout or once closed."""
-        loop = asyncio.get_running_loop()
-        give_up = None if timeout is None else loop.time() + timeout
-        while True:
-            if self._buffer:
-                return self._buffer.popleft()
-            if self._closed:
-                return None
-            self._ready.clear()
-            remaining = None if give_up is None else give_up - loop.time()
-            if remaining is not None and remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._ready.wait(), remaining)
-            except asyncio.TimeoutError:
-                return None
-
-    async def close(self) -> None:
-        """Stop delivery at once and drop buffered messages. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer.clear()
-        self._ready.set()
+    async def _on_close(self) -> None:
         await self._bus._forget(self)
 
 

@@ -14,11 +14,13 @@ The contract (checked by ``distributed_agents.conformance``):
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BusMessage", "MessageBus", "Subscription", "pattern_matches"]
+__all__ = ["BufferedSubscription", "BusMessage", "MessageBus", "Subscription", "pattern_matches"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,56 @@ class Subscription:
             if message is None:
                 return
             yield message
+
+
+class BufferedSubscription(Subscription):
+    """A subscription whose engine callback appends to its own unbounded buffer.
+
+    Adapters call ``_deliver`` from their reader (never blocking, so a slow consumer
+    cannot stall anything upstream) and override ``_on_close`` to stop the engine-side
+    subscription. Bound to the event loop it is used on.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._buffer: deque[BusMessage] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def _deliver(self, message: BusMessage) -> None:
+        if not self._closed:
+            self._buffer.append(message)
+            self._ready.set()
+
+    async def get(self, timeout: float | None = None) -> BusMessage | None:
+        """The next message, or None on timeout or once closed."""
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._closed:
+                return None
+            self._ready.clear()
+            remaining = None if give_up is None else give_up - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+
+    async def close(self) -> None:
+        """Stop delivery at once and drop buffered messages. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._ready.set()
+        await self._on_close()
+
+    async def _on_close(self) -> None:
+        """Release the engine-side subscription."""
 
 
 class MessageBus:
