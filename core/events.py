@@ -30,6 +30,9 @@ EVENT_KINDS = frozenset({
 })
 
 
+MAX_BATCH = 500
+
+
 def event_channel(workflow_id: str, kind: str) -> str:
     """The bus channel of event ``kind`` of ``workflow_id``."""
     return f"events.{workflow_id}.{kind}"
@@ -53,16 +56,21 @@ class EventPublisher:
 
     async def _pump(self, queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]) -> None:
         while True:
-            item = await queue.get()
+            # Everything queued so far goes out as one batch (one round trip on Redis/NATS).
+            items = [await queue.get()]
+            while not queue.empty() and len(items) < MAX_BATCH:
+                items.append(queue.get_nowait())
+            events = [item for item in items if item is not None]
             try:
-                if item is None:
-                    return
-                try:
-                    await self._bus.publish(*item)
-                except Exception as exc:  # events are best effort; the checkpoint is the record
-                    log.warning("could not publish event %s: %s", item[0], exc)
+                if events:
+                    await self._bus.publish_many(events)
+            except Exception as exc:  # events are best effort; the checkpoint is the record
+                log.warning("could not publish %d event(s) starting with %s: %s", len(events), events[0][0], exc)
             finally:
-                queue.task_done()
+                for _ in items:
+                    queue.task_done()
+            if len(events) < len(items):
+                return
 
     async def flush(self) -> None:
         """Wait until every queued event has been published (or failed to be)."""

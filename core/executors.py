@@ -110,6 +110,8 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     }
 
 
+ENQUEUE_CONCURRENCY = 32
+
 WaitingHook = Callable[[Sequence[str]], Awaitable[None]]
 
 
@@ -154,14 +156,18 @@ class TaskQueueExecutor(NodeExecutor):
     async def _run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         started = time.time()
         by_id = {call.task_id: call for call in calls}
-        for call in calls:
-            # The enqueuer fixes the attempt limit, so every worker agrees on it whatever
-            # its own queue default is.
-            max_attempts = self.queue.max_attempts if call.retry is None else call.retry.max_attempts
-            await self.queue.enqueue(
-                Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
-                     priority=call.priority, max_attempts=max_attempts)
-            )
+        # The enqueuer fixes the attempt limit, so every worker agrees on it whatever its
+        # own queue default is.
+        tasks = [
+            Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
+                 priority=call.priority,
+                 max_attempts=self.queue.max_attempts if call.retry is None else call.retry.max_attempts)
+            for call in calls
+        ]
+        # A fan-out's enqueues go out concurrently, ENQUEUE_CONCURRENCY at a time, so a
+        # networked backend overlaps their round trips instead of paying them in series.
+        for start in range(0, len(tasks), ENQUEUE_CONCURRENCY):
+            await asyncio.gather(*(self.queue.enqueue(task) for task in tasks[start:start + ENQUEUE_CONCURRENCY]))
         outcomes: dict[str, NodeOutcome] = {}
         waiting_since: float | None = None
         while len(outcomes) < len(calls):

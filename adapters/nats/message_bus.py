@@ -12,7 +12,7 @@ returns; ``publish`` flushes, so the server has routed the message before it ret
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import NatsConnection
@@ -64,6 +64,15 @@ class NatsMessageBus(MessageBus):
             # Flush, so that when publish returns the server has routed the message: a
             # subscription made afterwards (on any connection) never receives it, and
             # one that existed before always does - the same as Redis PUBLISH.
+            await self._conn.nc.flush()
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Publish in order with one flush (one round trip) for the whole batch."""
+        if not messages:
+            return
+        with nats_errors(self._conn.url, f"publish {len(messages)} messages"):
+            for channel, data in messages:
+                await self._conn.nc.publish(self._conn.names.bus_subject(channel), encode(dict(data)))
             await self._conn.nc.flush()
 
     async def subscribe(self, pattern: str) -> Subscription:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
@@ -83,6 +83,16 @@ class RedisMessageBus(MessageBus):
         payload = encode(dict(data))
         with redis_errors(self._connection.url, f"publish to {channel!r}"):
             await self._connection.client().publish(bus_channel(self.prefix, channel), payload)
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Publish in order, pipelined: one round trip for the whole batch."""
+        if not messages:
+            return
+        with redis_errors(self._connection.url, f"publish {len(messages)} messages"):
+            async with self._connection.client().pipeline(transaction=False) as pipe:
+                for channel, data in messages:
+                    pipe.publish(bus_channel(self.prefix, channel), encode(dict(data)))
+                await pipe.execute()
 
     async def subscribe(self, pattern: str) -> Subscription:
         """Subscribe to a channel or pattern; returns once the server confirmed it."""

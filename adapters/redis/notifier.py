@@ -40,15 +40,32 @@ class Waiter:
         self.channels = tuple(channels)
         self.keys = None if keys is None else frozenset(keys)
         self._event = asyncio.Event()
+        self._fired: list[str] = []
+        self._everything = False
 
     def clear(self) -> None:
         """Forget earlier wake-ups; call before looking at Redis."""
         self._event.clear()
 
     def notify(self, data: str) -> None:
-        """Wake the waiter if ``data`` concerns it."""
+        """Wake the waiter if ``data`` concerns it, remembering which key fired."""
         if self.keys is None or data in self.keys:
+            self._fired.append(data)
             self._event.set()
+
+    def wake_all(self) -> None:
+        """Wake the waiter without saying which key changed (events may have been missed)."""
+        self._everything = True
+        self._event.set()
+
+    def take_fired(self) -> list[str] | None:
+        """Keys notified since the last call, or None if anything may have changed."""
+        if self._everything:
+            self._everything = False
+            self._fired.clear()
+            return None
+        fired, self._fired = self._fired, []
+        return fired
 
     async def wait(self, timeout: float) -> bool:
         """Sleep until notified or ``timeout`` seconds passed; True if notified."""
@@ -129,7 +146,7 @@ class Notifier:
                 log.debug("queue notifier lost its connection: %s", exc)
                 for group in list(self._waiters.values()):
                     for waiter in list(group):
-                        waiter._event.set()
+                        waiter.wake_all()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue

@@ -314,13 +314,23 @@ class RedisTaskQueue(TaskQueue):
         loop_time = _loop_time()
         give_up = loop_time() + timeout
         async with self._notifier.watch([self._keys.done_channel], ids) as waiter:
+            check: list[str] | None = None  # None: read every id; else only these
             while True:
                 waiter.clear()
-                found, next_ms = await self._results(ids)
+                # After a "done" event only the tasks it named are read, so waiting on a
+                # large fan-out costs O(tasks) reads in all rather than O(tasks) per wake-up.
+                # Only a full read knows the earliest lease deadline among all the ids.
+                if check is None or check:
+                    found, deadline_ms = await self._results(ids if check is None else check)
+                    if check is None:
+                        next_ms = deadline_ms
+                    if found:
+                        return found
                 remaining = give_up - loop_time()
-                if found or remaining <= 0:
-                    return found
-                await waiter.wait(_pause(remaining, next_ms))
+                if remaining <= 0:
+                    return {}
+                woken = await waiter.wait(_pause(remaining, next_ms))
+                check = waiter.take_fired() if woken else None  # a timeout: look at everything
 
     async def cancel(self, task_id: str) -> bool:
         """Remove a queued or delayed task; True if removed."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,11 @@ class MessageBus:
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
         """Send ``data`` to every current subscriber of a matching channel or pattern."""
         raise NotImplementedError
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Publish ``(channel, data)`` pairs in order; adapters may batch them in one round trip."""
+        for channel, data in messages:
+            await self.publish(channel, data)
 
     async def subscribe(self, pattern: str) -> Subscription:
         """Subscribe to a channel or pattern; delivery starts before this returns."""
