@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     ExecutionError,
@@ -41,6 +44,8 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 
 __all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "task_id_for"]
+
+log = logging.getLogger("distributed_agents.engine")
 
 
 class WorkflowTakenOverError(ExecutionError):
@@ -105,11 +110,13 @@ class StepEngine:
         queue_executor: TaskQueueExecutor,
         events: EventPublisher,
         local_function: Callable[[NodeSpec], NodeFunction | None],
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
         self._queue_executor = queue_executor
         self._events = events
         self._local_function = local_function
+        self._outage = outage if outage is not None else Outage(log, "engine")
 
     async def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
@@ -119,6 +126,10 @@ class StepEngine:
         Raises the workflow's error (``NodeExecutionError``, ``StepLimitExceededError``,
         ``ReducerConflictError``, ``WorkflowCancelledError``, ...) after recording it,
         or ``WorkflowTakenOverError`` if another orchestrator committed in between.
+        While the backend is unavailable (``BackendUnavailableError``, e.g. a server
+        restart) the step and its commit are retried with backoff: the step's tasks
+        have deterministic ids, so a retried step reuses results of finished tasks, and
+        a commit whose reply was lost is recognised rather than made twice.
         """
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
@@ -140,7 +151,10 @@ class StepEngine:
                 await self._fail(record, lease, error, {"nodes": list(cycling)})
                 raise error
             try:
-                outcomes = await self._run_step(graph, record, run, next_nodes)
+                outcomes = await until_available(
+                    functools.partial(self._run_step, graph, record, run, next_nodes),
+                    what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
+                )
             except NodeNotFoundError as exc:
                 await self._fail(record, lease, exc, {"nodes": next_nodes})
                 raise
@@ -228,15 +242,36 @@ class StepEngine:
     async def _commit(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
     ) -> WorkflowRecord:
-        try:
+        attempts = 0
+
+        async def save() -> WorkflowRecord:
+            nonlocal attempts
+            attempts += 1
             return await self._store.save(
                 record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
             )
+
+        async def current_record() -> WorkflowRecord | None:
+            return await self._store.get(record.workflow_id)
+
+        what = f"commit step {record.step} of workflow {record.workflow_id!r}"
+        try:
+            return await until_available(save, what=what, outage=self._outage)
         except (VersionConflictError, LeaseLostError, FencingTokenRejectedError) as exc:
-            current = await self._store.get(record.workflow_id)
+            current = await until_available(current_record, what=what, outage=self._outage)
+            if attempts > 1 and current is not None and _landed(current, record):
+                # An earlier attempt was applied but its reply was lost in the outage.
+                return current
             if current is not None and current.status == WorkflowStatus.CANCELLED:
                 raise WorkflowCancelledError(f"workflow {record.workflow_id!r} was cancelled") from None
             raise WorkflowTakenOverError(
                 f"workflow {record.workflow_id!r}: another orchestrator committed step "
                 f"{None if current is None else current.step} first; this one stopped driving it"
             ) from exc
+
+
+def _landed(current: WorkflowRecord, attempted: WorkflowRecord) -> bool:
+    """Whether ``current`` is exactly what saving ``attempted`` stores (the next version)."""
+    return (current.version == attempted.version + 1 and current.step == attempted.step
+            and current.status == attempted.status and dict(current.state) == dict(attempted.state)
+            and dict(current.frontier) == dict(attempted.frontier))

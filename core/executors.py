@@ -124,6 +124,12 @@ class TaskQueueExecutor(NodeExecutor):
     When no live worker serves a node type, ``on_waiting`` is told which types are
     missing (the orchestrator records it in the workflow's status); with
     ``worker_timeout`` set, waiting longer than that fails the node.
+
+    When the step is cancelled, tasks no worker has claimed yet are taken back only if
+    ``withdraw_on_cancel()`` says so (the workflow itself was cancelled). A step stopped
+    because this orchestrator lost the workflow's lease, or is closing, leaves its tasks
+    queued: the orchestrator that takes over enqueues the same task ids and reuses them,
+    and withdrawing them here could remove tasks the new owner is waiting for.
     """
 
     queue: TaskQueue
@@ -132,6 +138,7 @@ class TaskQueueExecutor(NodeExecutor):
     on_waiting: WaitingHook | None = None
     poll_interval: float = 1.0
     require_workers: bool = False
+    withdraw_on_cancel: Callable[[], bool] | None = None
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         if self.require_workers:
@@ -146,6 +153,8 @@ class TaskQueueExecutor(NodeExecutor):
         try:
             return await self._run(calls)
         except asyncio.CancelledError:
+            if self.withdraw_on_cancel is not None and not self.withdraw_on_cancel():
+                raise
             for call in calls:  # take back tasks no worker has claimed yet
                 try:
                     await asyncio.shield(self.queue.cancel(call.task_id))

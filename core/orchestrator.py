@@ -14,18 +14,21 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError
 from distributed_agents.core.errors import (
+    BackendUnavailableError,
     ConfigurationError,
     ExecutionError,
     GraphNotCompiledError,
     LeaseLostError,
     VersionConflictError,
     WorkflowCancelledError,
+    WorkflowExistsError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
@@ -41,6 +44,7 @@ from distributed_agents.core.status import WorkflowStatusInfo
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "validate_workflow_id"]
 
 log = logging.getLogger("distributed_agents.orchestrator")
+T = TypeVar("T")
 
 DEFAULT_STEP_LIMIT = 10_000
 CONTROL_CANCEL_CHANNEL = "control.cancel"
@@ -121,6 +125,9 @@ class Orchestrator:
         self._waiting: dict[str, str] = {}
         self._events: EventPublisher | None = None
         self._connected = False
+        self._cancelled: set[str] = set()  # workflows cancel_workflow stopped in this process
+        # One outage report per process, shared by every workflow it drives.
+        self._outage = Outage(log, f"orchestrator {self.orchestrator_id}")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -185,9 +192,10 @@ class Orchestrator:
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
+            withdraw_on_cancel=lambda: workflow_id in self._cancelled,
         )
         return StepEngine(store=backend.state_store, queue_executor=executor, events=self._publisher(),
-                          local_function=self._local_function)
+                          local_function=self._local_function, outage=self._outage)
 
     def register_graph(self, graph: Graph) -> None:
         """Make ``graph`` known by name, so this orchestrator can resume or take over its workflows."""
@@ -224,17 +232,33 @@ class Orchestrator:
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
         await self.connect()
         self._graphs[graph.name] = graph
-        lease = await self._acquire(workflow_id)
+        lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         frontier = {"next": graph.entry_nodes(), "joins": {}}
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(), metadata={"run": 0, "orchestrator": self.orchestrator_id},
         )
-        try:
-            record = await self.backend.state_store.save(
+        attempts = 0
+
+        async def create() -> WorkflowRecord:
+            nonlocal attempts
+            attempts += 1
+            return await self.backend.state_store.save(
                 record, expected_version=0, checkpoint=Checkpoint(workflow_id, 0, values, frontier),
                 fencing_token=lease.fencing_token,
             )
+
+        try:
+            try:
+                record = await self._retrying(create, f"start workflow {workflow_id!r}")
+            except WorkflowExistsError:
+                # A retry after a lost reply finds the record the first attempt created.
+                current = await self._retrying(lambda: self.backend.state_store.get(workflow_id),
+                                               f"start workflow {workflow_id!r}")
+                if attempts < 2 or current is None or current.version != 1 or \
+                        current.metadata.get("orchestrator") != self.orchestrator_id:
+                    raise
+                record = current
         except BaseException:
             await self._release(lease)
             raise
@@ -278,6 +302,10 @@ class Orchestrator:
             raise
         return await self._drive(graph, record, lease, step_limit)
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """``call()``, retried with backoff while the backend is unavailable."""
+        return await until_available(call, what=what, outage=self._outage)
+
     async def _acquire(self, workflow_id: str) -> WorkflowLease:
         lease = await self.backend.state_store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
         if lease is None:
@@ -316,6 +344,7 @@ class Orchestrator:
             renewer.cancel()
             self._running.pop(workflow_id, None)
             self._waiting.pop(workflow_id, None)
+            self._cancelled.discard(workflow_id)
             await self._release(lease)
             if self._events is not None:
                 await self._events.flush()
@@ -324,9 +353,12 @@ class Orchestrator:
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
         # The lease lapsed (this process stalled). If nobody took it, carry on from the
         # last commit under a new lease; otherwise the new owner finishes: wait for it.
-        lease = await self.backend.state_store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
+        store = self.backend.state_store
+        what = f"take back workflow {workflow_id!r}"
+        lease = await self._retrying(lambda: store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl),
+                                     what)
         if lease is not None:
-            current = await self.backend.state_store.get(workflow_id)
+            current = await self._retrying(lambda: store.get(workflow_id), what)
             if current is not None and current.status == WorkflowStatus.RUNNING:
                 log.warning("workflow %r: lease lapsed but was free; continuing from step %d", workflow_id, current.step)
                 return await self._drive(graph, current, lease, step_limit)
@@ -340,12 +372,15 @@ class Orchestrator:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
                 lease = await store.renew_lease(lease, self.lease_ttl)
+                self._outage.succeeded()
             except LeaseLostError as exc:
                 log.warning("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
                 lost.set()
                 drive.cancel()
                 return
-            except Exception as exc:  # a backend hiccup: try again next round, the lease has slack
+            except BackendUnavailableError as exc:  # an outage: try again next round, the lease has slack
+                self._outage.failed(f"renew the lease of workflow {lease.workflow_id!r}", exc)
+            except Exception as exc:
                 log.warning("could not renew the lease of workflow %r: %s", lease.workflow_id, exc)
 
     async def _safe_get(self, workflow_id: str) -> WorkflowRecord | None:
@@ -361,20 +396,29 @@ class Orchestrator:
         ``TimeoutError`` after ``timeout`` seconds.
         """
         await self.connect()
-        subscription = await self.backend.message_bus.subscribe(f"events.{workflow_id}.workflow.*")
+        what = f"wait for workflow {workflow_id!r}"
+        subscription = await self._retrying(
+            lambda: self.backend.message_bus.subscribe(f"events.{workflow_id}.workflow.*"), what)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:
             while True:
-                status = await self.get_workflow_status(workflow_id)
-                if status.done:
-                    return await self.get_result(workflow_id)
+                try:
+                    status = await self.get_workflow_status(workflow_id)
+                    if status.done:
+                        return await self.get_result(workflow_id)
+                    self._outage.succeeded()
+                except BackendUnavailableError as exc:  # keep waiting through an outage
+                    self._outage.failed(what, exc)
                 pause = poll_interval
                 if deadline is not None:
                     remaining = deadline - asyncio.get_running_loop().time()
                     if remaining <= 0:
                         raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
                     pause = min(pause, remaining)
-                await subscription.get(timeout=pause)  # an end event wakes us early
+                try:
+                    await subscription.get(timeout=pause)  # an end event wakes us early
+                except BackendUnavailableError:
+                    await asyncio.sleep(pause)  # polling carries on while the bus reconnects
         finally:
             await subscription.close()
 
@@ -383,7 +427,10 @@ class Orchestrator:
             await asyncio.sleep(self.recovery_interval)
             try:
                 await self.recover_workflows()
-            except Exception as exc:  # the backend may be down; try again next round
+                self._outage.succeeded()
+            except BackendUnavailableError as exc:  # the backend is down; try again next round
+                self._outage.failed("look for workflows to take over", exc)
+            except Exception as exc:
                 log.warning("workflow recovery round failed: %s", exc)
 
     async def recover_workflows(self) -> list[str]:
@@ -475,5 +522,6 @@ class Orchestrator:
         self._publisher().emit(workflow_id, "workflow.cancelled", step=record.step)
         drive = self._running.get(workflow_id)
         if drive is not None:
+            self._cancelled.add(workflow_id)
             drive.cancel()
         return True

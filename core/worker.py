@@ -21,12 +21,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
-from distributed_agents.core.errors import ConfigurationError, LeaseLostError
+from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
+from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
 from distributed_agents.core.node_runner import NodeContext, describe_failure, invoke_node
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.message_bus import Subscription
@@ -41,6 +42,7 @@ __all__ = ["Worker", "WorkerStats"]
 log = logging.getLogger("distributed_agents.worker")
 
 CONTROL_CANCEL_CHANNEL = "control.cancel"
+SETTLE_PATIENCE = 60.0  # seconds a result is kept trying to reach an unavailable backend
 F = TypeVar("F", bound=NodeFunction)
 
 
@@ -115,6 +117,7 @@ class Worker:
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
         self._serving = False
         self._stopped: asyncio.Event | None = None
+        self._outage = Outage(log, f"worker {self.worker_id}")
 
     # -- registration ---------------------------------------------------------------------
 
@@ -158,10 +161,12 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         backend = self.backend
-        await backend.connect()
         info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid())
-        await backend.worker_registry.register(info)
-        subscription = await backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL)
+        # A worker started while the backend is down waits for it instead of exiting.
+        await until_available(backend.connect, what="connect", outage=self._outage)
+        await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
+        subscription = await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
+                                             what="subscribe to cancellations", outage=self._outage)
         helpers = [
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
@@ -236,10 +241,16 @@ class Worker:
                 claims = await queue.claim(types, worker_id=self.worker_id, max_tasks=free,
                                            lease_seconds=self.lease_seconds, wait=self.poll_wait)
                 backoff = 0.1
-            except Exception as exc:  # the engine is down: report, back off, keep serving
+                self._outage.succeeded()
+            except BackendUnavailableError as exc:  # the engine is down: report once, back off, keep serving
+                self._outage.failed("claim tasks", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_DELAY)
+                continue
+            except Exception as exc:
                 log.warning("worker %s could not claim tasks (%s); retrying in %.1fs", self.worker_id, exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_DELAY)
                 continue
             for claim in claims:
                 task = asyncio.ensure_future(self._handle(claim))
@@ -265,6 +276,8 @@ class Worker:
             try:
                 if not await registry.heartbeat(self.worker_id):
                     await registry.register(info)
+            except BackendUnavailableError as exc:
+                self._outage.failed("heartbeat", exc)
             except Exception as exc:
                 log.warning("worker %s heartbeat failed: %s", self.worker_id, exc)
 
@@ -286,7 +299,7 @@ class Worker:
         except ValueError as exc:
             self.stats.malformed += 1
             log.error("task %s (node %r) is malformed and was dead-lettered: %s", task.id, task.node, exc)
-            await self._settle(queue.nack(claim, f"malformed task: {exc}", final=True), claim)
+            await self._settle(lambda: queue.nack(claim, f"malformed task: {exc}", final=True), claim)
             return
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
                               claim.attempt, task.id, self.worker_id)
@@ -308,15 +321,15 @@ class Worker:
                 delay = retry.delay(claim.attempt)
                 log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
                          task.id, task.node, claim.attempt, failure.error_type, delay)
-                await self._settle(queue.nack(lease.claim, failure.to_text(), delay=delay), claim)
+                await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), delay=delay), claim)
             else:
                 self.stats.failed += 1
                 log.info("task %s node %r failed on attempt %d: %s: %s",
                          task.id, task.node, claim.attempt, failure.error_type, failure.message)
-                await self._settle(queue.nack(lease.claim, failure.to_text(), final=True), claim)
+                await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return
         keeper.cancel()
-        if await self._settle(queue.ack(lease.claim, updates), claim):
+        if await self._settle(lambda: queue.ack(lease.claim, updates), claim):
             self.stats.succeeded += 1
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
                      time.monotonic() - started, claim.attempt)
@@ -341,15 +354,19 @@ class Worker:
     async def _on_cancelled(self, claim: ClaimedTask, reason: str) -> None:
         queue = self.backend.task_queue
         if reason == "workflow cancelled":
-            await self._settle(queue.nack(claim, "cancelled: the workflow was cancelled", final=True), claim)
+            await self._settle(lambda: queue.nack(claim, "cancelled: the workflow was cancelled", final=True), claim)
         elif reason == "worker stopped":
             self.stats.released += 1
-            await self._settle(queue.release(claim), claim)
+            await self._settle(lambda: queue.release(claim), claim)
         # a lost lease: another worker owns the task now; nothing to settle
 
-    async def _settle(self, operation: Any, claim: ClaimedTask) -> bool:
+    async def _settle(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> bool:
+        # Through a backend outage the call is repeated with backoff (ack, nack and
+        # release are safe to repeat); a lease that lapsed meanwhile ends as lost.
+        settle = until_available(operation, what=f"settle task {claim.task.id}", outage=self._outage,
+                                 give_up_after=SETTLE_PATIENCE)
         try:
-            await asyncio.shield(operation)
+            await asyncio.shield(settle)
             return True
         except LeaseLostError:
             self.stats.lost_leases += 1
@@ -383,5 +400,7 @@ class _LeaseKeeper:
                 if self._node_task is not None:
                     self._node_task.cancel()
                 return
+            except BackendUnavailableError as exc:  # an outage: the lease has slack until the next try
+                self.worker._outage.failed(f"extend the lease of task {self.claim.task.id}", exc)
             except Exception as exc:  # transient: the lease has slack until the next try
                 log.warning("could not extend lease of task %s: %s", self.claim.task.id, exc)

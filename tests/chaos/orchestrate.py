@@ -25,6 +25,7 @@ from typing import Any
 
 from chaos_app import build_graphs, workflow_spec
 
+from distributed_agents.core.errors import BackendUnavailableError
 from distributed_agents.distributed import DistributedOrchestrator
 
 
@@ -43,13 +44,20 @@ async def main(args: argparse.Namespace) -> int:
     await orchestrator.connect()
     print("READY", flush=True)
 
+    async def exists(workflow_id: str) -> bool:
+        while True:  # the client's own look-up, through a backend outage
+            try:
+                return await orchestrator.backend.state_store.get(workflow_id) is not None
+            except BackendUnavailableError:
+                await asyncio.sleep(0.5)
+
     async def one(position: int, index: int) -> None:
         await asyncio.sleep(position * args.stagger)
         graph_name, state = workflow_spec(index)
         workflow_id = f"{args.prefix}-{index}"
         outcome: dict[str, Any] = {"workflow_id": workflow_id}
         try:
-            if args.resubmit and await orchestrator.backend.state_store.get(workflow_id) is not None:
+            if args.resubmit and await exists(workflow_id):
                 # A client retrying after its orchestrator died: the workflow exists; wait for it.
                 final = await orchestrator.wait(workflow_id)
             else:

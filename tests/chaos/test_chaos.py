@@ -11,7 +11,8 @@ revise loop. Meanwhile a schedule drawn from a seeded RNG
 * SIGKILLs one orchestrator (a replacement is started that, like a retrying client,
   waits for that orchestrator's workflows; the surviving orchestrator or the
   replacement takes each over once its lease expires),
-* restarts the backend server (stop, then start on the same port and data directory).
+* restarts the backend server (stop, stay down for a few seconds, start on the same port
+  and data directory).
 
 Proven at the end, per backend:
 
@@ -74,14 +75,15 @@ class Profile:
     window: float  # faults happen in [1, window] seconds after the start
     stagger: float  # seconds between one orchestrator's submissions (they span about the window)
     deadline: float  # how long all workflows may take to end after the last fault
+    outage: tuple[float, float]  # a restarted backend stays down this long (uniform, seconds)
 
 
 PROFILE = (
     Profile(workflows=36, workers=4, worker_kills=10, orchestrator_kills=2, backend_restarts=3,
-            window=30.0, stagger=1.4, deadline=240.0)
+            window=30.0, stagger=1.4, deadline=240.0, outage=(0.5, 8.0))
     if THOROUGH else
-    Profile(workflows=12, workers=3, worker_kills=3, orchestrator_kills=1, backend_restarts=1,
-            window=7.0, stagger=1.0, deadline=90.0)
+    Profile(workflows=12, workers=3, worker_kills=3, orchestrator_kills=1, backend_restarts=2,
+            window=8.0, stagger=1.0, deadline=90.0, outage=(1.0, 4.0))
 )
 NODE_DELAY = "0.3"
 VISIBILITY = 2.0
@@ -112,9 +114,13 @@ class Server:
     def start(self) -> None:
         (self.redis or self.nats).start()  # type: ignore[union-attr]
 
-    def restart(self) -> None:
-        """Stop (SIGTERM) and start again on the same port and data directory."""
-        (self.redis or self.nats).restart()  # type: ignore[union-attr]
+    def restart(self, outage: float) -> None:
+        """Stop (SIGTERM), stay down ``outage`` seconds, start again on the same port and data directory."""
+        launcher = self.redis or self.nats
+        assert launcher is not None
+        launcher.stop()
+        time.sleep(outage)
+        launcher.start()
 
     def cleanup(self) -> None:
         (self.redis or self.nats).cleanup()  # type: ignore[union-attr]
@@ -200,7 +206,10 @@ class Processes:
 
 
 def schedule(rng: random.Random) -> list[tuple[float, str]]:
-    """Fault times (seconds after start) and kinds; backend restarts at least 2s apart."""
+    """Fault times (seconds after start) and kinds; backend restarts at least 2s apart.
+
+    Faults fall due one after the other: one scheduled during an outage happens after it.
+    """
     faults: list[tuple[float, str]] = []
     kinds = (["kill_worker"] * PROFILE.worker_kills + ["kill_orchestrator"] * PROFILE.orchestrator_kills
              + ["restart_backend"] * PROFILE.backend_restarts)
@@ -248,7 +257,15 @@ async def snapshot(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, 
         steps = {wf: [cp.step for cp in await backend.state_store.list_checkpoints(wf)] for wf in workflow_ids}
         stats = {t: await backend.task_queue.stats(t) for t in NODE_TYPES}
         everything = await backend.state_store.list_workflows()
-        return {"records": records, "steps": steps, "stats": stats, "all_ids": [r.workflow_id for r in everything]}
+        pending: dict[str, Any] = {}  # for a stuck workflow: its pending tasks and their results
+        for wf, record in records.items():
+            if record is not None and record.status not in WorkflowStatus.TERMINAL:
+                run_no = int(record.metadata.get("run", 0))
+                for node in record.frontier.get("next", ()):
+                    task_id = f"{wf}:{run_no}:{record.step}:{node}"
+                    pending[task_id] = await backend.task_queue.get_result(task_id)
+        return {"records": records, "steps": steps, "stats": stats, "all_ids": [r.workflow_id for r in everything],
+                "pending": pending}
     finally:
         await backend.close()
 
@@ -304,7 +321,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
                 procs.start_orchestrator(f"{victim[:5]}{killed_orchestrators}", procs.assignments[victim],
                                          resubmit=True)
             else:
-                server.restart()
+                server.restart(outage=rng.uniform(*PROFILE.outage))
             injected[fault] += 1
         faults_done = time.monotonic() - began
 
@@ -356,7 +373,8 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
 
     assert injected == Counter(kind for _, kind in faults), logs
     assert not lost, f"workflows never recorded: {lost} {logs}"
-    assert not stuck, f"workflows not ended after {PROFILE.deadline}s: {stuck} {logs}"
+    assert not stuck, (f"workflows not ended after {PROFILE.deadline}s: {stuck}; pending tasks {snap['pending']}; "
+                       f"queues {snap['stats']} {logs}")
     assert all(error and error.get("summary") for error in failed.values()), f"failures without a reason {failed}"
     assert not wrong, f"completed workflows whose state differs from a fault-free run: {wrong} {logs}"
     assert not duplicated, f"checkpoint histories not one entry per step: {duplicated} {logs}"
