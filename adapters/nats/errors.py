@@ -1,7 +1,8 @@
 """Translate nats-py exceptions into this framework's errors, in one place.
 
 Every call into nats-py goes through ``nats_errors``: connection trouble (no server,
-disconnected, timeouts waiting for the server) becomes ``BackendUnavailableError``
+disconnected, timeouts waiting for the server, JetStream not ready yet after a restart:
+503 / no response from stream) becomes ``BackendUnavailableError``
 naming the URL with its credentials masked; any other nats-py error becomes
 ``BackendError``. Both keep the original as ``__cause__``. Errors of this framework pass
 through unchanged.
@@ -34,10 +35,15 @@ def mask_url(url: str) -> str:
 
 def _is_connection_problem(exc: BaseException) -> bool:
     import nats.errors
+    import nats.js.errors
 
     return isinstance(
         exc,
         (
+            # JetStream answers 503 / "no response from stream" while a restarted server
+            # is still recovering its streams: transient, like a lost connection.
+            nats.js.errors.NoStreamResponseError,
+            nats.js.errors.ServiceUnavailableError,
             nats.errors.NoServersError,
             nats.errors.ConnectionClosedError,
             nats.errors.ConnectionDrainingError,

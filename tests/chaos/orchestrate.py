@@ -41,7 +41,12 @@ async def main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await orchestrator.connect()
+    while True:  # a replacement may start while the backend is restarting
+        try:
+            await orchestrator.connect()
+            break
+        except BackendUnavailableError:
+            await asyncio.sleep(0.5)
     print("READY", flush=True)
 
     async def exists(workflow_id: str) -> bool:
