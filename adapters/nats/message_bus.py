@@ -24,7 +24,22 @@ from distributed_agents.core.ports.message_bus import BufferedSubscription, BusM
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["NatsMessageBus", "NatsSubscription"]
+__all__ = ["NatsMessageBus", "NatsSubscription", "flush_in_order"]
+
+
+async def flush_in_order(nc: Any) -> None:
+    """Return once the server has processed every command sent so far on ``nc``.
+
+    nats-py's ``flush()`` writes its PING straight to the socket while earlier PUB/SUB
+    commands may still sit in the client's pending buffer, so the PONG can come back
+    before the server saw them (seen under CPU load: a subscription that missed
+    messages published after ``subscribe`` returned). Pushing the pending buffer out
+    first restores the order ``flush`` promises.
+    """
+    push_pending = getattr(nc, "_flush_pending", None)
+    if push_pending is not None:
+        await push_pending(force_flush=True)
+    await nc.flush()
 
 
 class NatsSubscription(BufferedSubscription):
@@ -64,7 +79,7 @@ class NatsMessageBus(MessageBus):
             # Flush, so that when publish returns the server has routed the message: a
             # subscription made afterwards (on any connection) never receives it, and
             # one that existed before always does - the same as Redis PUBLISH.
-            await self._conn.nc.flush()
+            await flush_in_order(self._conn.nc)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Publish in order with one flush (one round trip) for the whole batch."""
@@ -73,7 +88,7 @@ class NatsMessageBus(MessageBus):
         with nats_errors(self._conn.url, f"publish {len(messages)} messages"):
             for channel, data in messages:
                 await self._conn.nc.publish(self._conn.names.bus_subject(channel), encode(dict(data)))
-            await self._conn.nc.flush()
+            await flush_in_order(self._conn.nc)
 
     async def subscribe(self, pattern: str) -> Subscription:
         subscription = NatsSubscription(pattern, self._conn.names.bus_root)
@@ -81,7 +96,7 @@ class NatsMessageBus(MessageBus):
             subscription._sub = await self._conn.nc.subscribe(
                 self._conn.names.bus_subject(pattern), cb=subscription._on_message
             )
-            await self._conn.nc.flush()
+            await flush_in_order(self._conn.nc)
         self._own.append(subscription)
         return subscription
 
