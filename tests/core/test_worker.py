@@ -182,3 +182,31 @@ def test_a_listed_type_without_a_function_is_refused_at_start() -> None:
     worker.register_node("a", lambda s: None)
     with pytest.raises(ConfigurationError, match=r"\['b'\]"):
         run(worker.start())
+
+
+def test_a_node_past_its_timeout_is_cancelled_on_the_worker_and_retried() -> None:
+    attempts: list[int] = []
+    cancelled: list[int] = []
+
+    async def sleepy(state: State, context: NodeContext) -> dict[str, Any]:
+        attempts.append(context.attempt)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(context.attempt)
+            raise
+        return {}
+
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("sleepy", sleepy)
+    graph = remote_chain("sleepy", "sleepy", timeout=0.05,
+                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False))
+
+    async def body() -> Any:
+        with pytest.raises(NodeExecutionError) as caught:
+            await Orchestrator().execute(graph, {})
+        return caught.value
+
+    error = run(with_worker(worker, body))
+    assert attempts == [1, 2] and cancelled == [1, 2]
+    assert error.attempts == 2 and error.error_type == "NodeTimeoutError"

@@ -6,11 +6,13 @@ Worker processes are real (the CLI); the backend is a real Redis server.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -89,6 +91,27 @@ def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: st
             f"attempt {n}: ValueError: poisoned input on attempt {n}" for n in (1, 2, 3)]
         assert healthy["prepared"] == "prepared after"  # the same worker process went on serving
         assert worker.poll() is None
+        # The dead letter is visible and can be re-driven from the command line.
+        cli = [sys.executable, "-m", "distributed_agents", "dead-letters"]
+        where = ["--backend-url", redis_url, "--prefix", prefix]
+        listed = subprocess.run([*cli, "list", *where], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert entry["task_id"] == letter.task_id and entry["attempts"] == 3
+        assert entry["workflow_id"] == f"{prefix}-bad" and "poisoned input" in entry["reason"]
+        requeued = subprocess.run([*cli, "requeue", letter.task_id, *where], capture_output=True, text=True,
+                                  timeout=60)
+        assert requeued.returncode == 0 and requeued.stdout.strip() == f"{letter.task_id}: requeued"
+        # Re-driven, the (still poisonous) task runs its three attempts again and comes back.
+        for _ in range(200):
+            if workers.log("w1").count("failed on attempt 3") == 2:
+                break
+            time.sleep(0.05)
+        assert workers.log("w1").count("failed on attempt 3") == 2, workers.log("w1")
+        relisted = subprocess.run([*cli, "list", *where], capture_output=True, text=True, timeout=60)
+        (again,) = [json.loads(line) for line in relisted.stdout.splitlines()]
+        assert again["task_id"] == letter.task_id and again["attempts"] == 3
+        assert "attempt 3" in again["reason"]
     finally:
         workers.close()
 
