@@ -17,15 +17,12 @@ must.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.server_process import ServerProcess, free_port
 
 __all__ = ["RedisServer", "find_redis_server", "free_port", "redis_server", "redis_url"]
 
@@ -40,19 +37,14 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One ``redis-server`` process bound to loopback; restartable on the same port and dir.
 
     ``password`` adds ``--requirepass``; ``unix_socket`` listens on a socket file in the
     data directory as well (``unix_url``); ``appendonly`` keeps data across restarts.
     """
+
+    name = "redis-server"
 
     def __init__(
         self,
@@ -67,15 +59,15 @@ class RedisServer:
         found = binary or find_redis_server()
         if found is None:
             raise RuntimeError(_INSTALL_HINT)
-        self.binary = found
-        self.port = port or free_port()
-        self._own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="da-redis-")
+        super().__init__(found, port=port, directory=data_dir, temp_prefix="da-redis-")
         self.appendonly = appendonly
         self.password = password
-        self.socket_path = str(Path(self.data_dir) / "redis.sock") if unix_socket else None
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_path = Path(self.data_dir) / "server.log"
+        self.socket_path = str(Path(self.directory) / "redis.sock") if unix_socket else None
+
+    @property
+    def data_dir(self) -> str:
+        """Redis's ``--dir`` (the AOF lives here)."""
+        return self.directory
 
     @property
     def url(self) -> str:
@@ -102,29 +94,13 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             "--protected-mode", "yes",
-            "--logfile", str(self._log_path),
+            "--logfile", "",  # to stdout, which the launcher sends to its log file
         ]
         if self.password:
             args += ["--requirepass", self.password]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         return args
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start the server and wait until it answers PING."""
-        if self.process is not None and self.process.poll() is None:
-            return
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {stderr}{self.log_tail()}")
-            if self.ping():
-                return
-            time.sleep(0.02)
-        self.stop(kill=True)
-        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {timeout}s: {self.log_tail()}")
 
     def ping(self) -> bool:
         """Whether the server answers PING now (a raw RESP exchange; needs no client library)."""
@@ -147,45 +123,9 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
-        """Stop the server (SIGKILL when ``kill``); the data directory is kept."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-        if process.stderr is not None:
-            process.stderr.close()
-
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop and start again on the same port and data directory."""
-        self.stop(kill=kill)
-        self.start()
-
-    def cleanup(self) -> None:
-        """Stop and remove the data directory if this launcher created it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the server's log, for error messages."""
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+    def ready(self) -> bool:
+        """Ready once it answers PING (not while it is still loading its AOF)."""
+        return self.ping()
 
 
 @pytest.fixture(scope="session")
