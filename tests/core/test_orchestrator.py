@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.nodes import BlockingNode
 
 from distributed_agents import Graph, NodeContext, Orchestrator, RetryPolicy, State
 from distributed_agents.core.errors import (
@@ -277,28 +278,15 @@ def test_resume_after_failure_retries_the_failed_step_only() -> None:
 
 
 def test_cancel_workflow_cancels_running_node_tasks() -> None:
-    cancelled = asyncio.Event()
-    started = asyncio.Event()
-
-    async def long(state: State) -> dict[str, Any]:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return {}
-
-    graph = chain("cancel", long)
-
     async def scenario() -> Any:
+        long = BlockingNode()
         orchestrator = Orchestrator()
-        running = asyncio.ensure_future(orchestrator.execute(graph, {}, workflow_id="wf-cancel"))
-        await started.wait()
+        running = asyncio.ensure_future(orchestrator.execute(chain("cancel", long), {}, workflow_id="wf-cancel"))
+        await long.started.wait()
         assert await orchestrator.cancel_workflow("wf-cancel") is True
         with pytest.raises(WorkflowCancelledError):
             await running
-        await asyncio.wait_for(cancelled.wait(), 5)
+        await asyncio.wait_for(long.cancelled.wait(), 5)
         assert await orchestrator.cancel_workflow("wf-cancel") is False
         return await orchestrator.get_workflow_status("wf-cancel")
 

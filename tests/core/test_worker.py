@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.nodes import BlockingNode
 
 from distributed_agents import Graph, NodeContext, Orchestrator, RetryPolicy, State, Worker, open_backend
 from distributed_agents.core.errors import ConfigurationError, NodeExecutionError, WorkflowCancelledError
@@ -150,31 +151,24 @@ def test_stop_releases_unfinished_tasks_back_to_the_queue() -> None:
 
 
 def test_cancel_reaches_tasks_running_on_a_worker() -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def long(state: State) -> dict[str, Any]:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return {}
-
     worker = Worker(poll_wait=0.05)
-    worker.register_node("long", long)
 
-    async def body() -> None:
-        orchestrator = Orchestrator()
-        running = asyncio.ensure_future(orchestrator.execute(remote_chain("long", "long"), {}, workflow_id="wf-c"))
-        await started.wait()
-        await orchestrator.cancel_workflow("wf-c")
-        with pytest.raises(WorkflowCancelledError):
-            await running
-        await asyncio.wait_for(cancelled.wait(), 5)
+    async def scenario() -> None:
+        long = BlockingNode()
+        worker.register_node("long", long)
 
-    run(with_worker(worker, body))
+        async def body() -> None:
+            orchestrator = Orchestrator()
+            running = asyncio.ensure_future(orchestrator.execute(remote_chain("long", "long"), {}, workflow_id="wf-c"))
+            await long.started.wait()
+            await orchestrator.cancel_workflow("wf-c")
+            with pytest.raises(WorkflowCancelledError):
+                await running
+            await asyncio.wait_for(long.cancelled.wait(), 5)
+
+        await with_worker(worker, body)
+
+    run(scenario())
 
 
 def test_a_listed_type_without_a_function_is_refused_at_start() -> None:
