@@ -37,6 +37,7 @@ __all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec"]
 START = "__start__"
 END = "__end__"
 RESERVED_NAMES = frozenset({START, END})
+MAX_PRIORITY = 1_000_000  # |priority| bound: exact in every backend's ordering (e.g. a Redis score)
 
 Condition = Callable[..., Any]
 
@@ -50,6 +51,7 @@ class NodeSpec:
     node_type: str
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,14 @@ class Graph:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> Graph:
-        """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``)."""
+        """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
+
+        ``priority`` (an int in -1,000,000..1,000,000, default 0) orders this node's tasks
+        on the queue: workers claim higher priorities first. It adds to the workflow's
+        priority (``execute(..., priority=)``).
+        """
         self._mutable()
         if not isinstance(name, str) or not name:
             raise GraphValidationError(f"graph {self.name!r}: node name must be a non-empty string, got {name!r}",
@@ -139,7 +147,11 @@ class Graph:
         if timeout is not None and timeout <= 0:
             raise GraphValidationError(f"graph {self.name!r}: node {name!r}: timeout must be > 0, got {timeout!r}",
                                        graph=self.name, culprit=name)
-        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout)
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+            raise GraphValidationError(
+                f"graph {self.name!r}: node {name!r}: priority must be an int between {-MAX_PRIORITY} and "
+                f"{MAX_PRIORITY}, got {priority!r}", graph=self.name, culprit=name)
+        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
@@ -386,6 +398,8 @@ class Graph:
                     "node_type": n.node_type,
                     "retry": None if n.retry is None else n.retry.to_dict(),
                     "timeout": n.timeout,
+                    # Only when set, so graphs without priorities keep their fingerprint.
+                    **({"priority": n.priority} if n.priority else {}),
                 }
                 for n in self._nodes.values()
             ],
