@@ -24,6 +24,7 @@ __all__ = ["Check", "CheckSkipped", "all_checks", "checks_for_clause", "conforma
 
 # The modules that define checks, in report order; imported on first use.
 CHECK_MODULES = (
+    "distributed_agents.conformance.signature_checks",
     "distributed_agents.conformance.task_queue_checks",
     "distributed_agents.conformance.task_queue_machine",
     "distributed_agents.conformance.state_store_checks",

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from distributed_agents.core.ports.message_bus import MessageBus
 from distributed_agents.core.ports.state_store import StateStore
 from distributed_agents.core.ports.task_queue import TaskQueue
@@ -30,7 +31,10 @@ class BackendOptions:
     default task lease; ``max_attempts`` the default delivery limit before a task is
     dead-lettered; ``result_ttl`` how long task results are kept; ``state_ttl`` how long
     workflow records live after their last save (None: forever); ``heartbeat_ttl`` after
-    how long without a heartbeat a worker is considered gone.
+    how long without a heartbeat a worker is considered gone; ``max_payload_bytes`` the
+    largest node result or workflow state (UTF-8 JSON bytes) the core will write (None:
+    ``DEFAULT_MAX_PAYLOAD_BYTES``, or less if the server accepts less; see
+    ``distributed_agents.core.limits``).
     """
 
     prefix: str = "da"
@@ -39,6 +43,7 @@ class BackendOptions:
     result_ttl: float = 3600.0
     state_ttl: float | None = None
     heartbeat_ttl: float = 30.0
+    max_payload_bytes: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +81,8 @@ class BackendOptions:
             raise BackendConfigError(f"state_ttl{where} must be > 0 or unset, got {self.state_ttl!r}")
         if self.max_attempts < 1:
             raise BackendConfigError(f"max_attempts{where} must be >= 1, got {self.max_attempts!r}")
+        if self.max_payload_bytes is not None and self.max_payload_bytes < 1:
+            raise BackendConfigError(f"max_payload_bytes{where} must be >= 1 or unset, got {self.max_payload_bytes!r}")
 
 
 def _coerce(url: str, key: str, raw: str) -> Any:
@@ -84,6 +91,8 @@ def _coerce(url: str, key: str, raw: str) -> Any:
             return raw
         if key == "max_attempts":
             return int(raw)
+        if key == "max_payload_bytes":
+            return None if raw.lower() in ("", "none") else int(raw)
         if key == "state_ttl" and raw.lower() in ("", "none"):
             return None
         return float(raw)
@@ -125,6 +134,15 @@ class Backend:
         self.state_store = state_store
         self.worker_registry = worker_registry
         self.message_bus = message_bus
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The size limit the core checks before writing a node result or a workflow state.
+
+        ``options.max_payload_bytes`` or ``DEFAULT_MAX_PAYLOAD_BYTES``; an adapter whose
+        server accepts less overrides this (after ``connect``) with what it accepts.
+        """
+        return self.options.max_payload_bytes or DEFAULT_MAX_PAYLOAD_BYTES
 
     async def connect(self) -> None:
         """Open connections and create engine-side structures. Idempotent."""

@@ -7,9 +7,17 @@ The contract (checked by ``distributed_agents.conformance``):
   convention; adapters translate it to their engine).
 * Every subscription that exists when a message is published receives it, in publish
   order per publisher. There is no replay for later subscribers.
+* Subscriptions are independent: a message whose channel matches several subscriptions
+  (say ``events.wf1`` and ``events.*`` made by the same caller on the same bus) is
+  delivered once to each of them, so that caller gets one copy per subscription.
+* ``publish_many`` is ``publish`` of each pair in order: every message reaches every
+  matching subscription, whatever mix of channels the batch holds, in batch order.
+* Delivery never drops: a burst of any size reaches every subscriber in full (buffers
+  are unbounded, or the engine applies back-pressure without losing messages).
 * A slow subscriber never stalls a publisher: each subscription buffers on its own.
 * After ``Subscription.close()`` no further messages are delivered to it.
 * Messages are JSON objects.
+* Every method accepts exactly the parameters of this class (names, kinds, defaults).
 """
 
 from __future__ import annotations

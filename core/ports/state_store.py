@@ -8,17 +8,27 @@ The contract (checked by ``distributed_agents.conformance``):
   and nothing changes. A successful save stores ``version = expected_version + 1``.
 * ``save`` may carry a ``Checkpoint``; record and checkpoint are written atomically (a
   step commits exactly once, or not at all).
+* Everything saved reads back unchanged: every field of the record (``get`` and
+  ``list_workflows``) except ``version`` and ``updated_at``, which the store sets, and
+  every field of each checkpoint. Values are JSON (any Unicode text included).
 * Checkpoints are append-only per workflow; ``list_checkpoints`` returns them newest
-  first, at most ``limit``, only those with ``step < before`` when ``before`` is given.
+  first by step compared as a number (step 10 before step 9), at most ``limit``, only
+  those with ``step < before`` when ``before`` is given.
+* ``list_workflows`` returns every record (there is no page limit), oldest
+  ``created_at`` first.
 * ``acquire_lease`` grants a workflow lease to one owner at a time; each grant carries
   a ``fencing_token`` strictly greater than every token granted before for that
   workflow. A lease can be renewed by its holder until it expires; once expired anyone
   may acquire it. ``save(..., fencing_token=t)`` is refused with
-  ``FencingTokenRejectedError`` when a lease with a greater token has been granted.
+  ``FencingTokenRejectedError`` when a lease with a greater token has been granted,
+  for as long as the record lives: also after that newer lease expired or was released.
 * ``list_workflows(status=)`` lists records, optionally filtered by status.
 * Records, checkpoints and leases of a workflow expire ``state_ttl`` seconds after the
-  record's last save when ``state_ttl`` is set.
-* Two stores with different prefixes never see each other's data.
+  record's last save when ``state_ttl`` is set: every save (with or without a
+  checkpoint) restarts the clock of the record and of all its checkpoints.
+* Two stores with different prefixes never see each other's data, also when one prefix
+  is a prefix of the other (``app-1`` and ``app-12``).
+* Every method accepts exactly the parameters of this class (names, kinds, defaults).
 """
 
 from __future__ import annotations

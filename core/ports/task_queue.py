@@ -2,18 +2,30 @@
 
 The contract (checked by ``distributed_agents.conformance``):
 
-* ``enqueue`` is idempotent on ``Task.id``: enqueuing an id that is queued, claimed,
-  done or dead-lettered changes nothing and returns False.
-* ``claim`` hands out tasks of the requested node types, highest ``priority`` first and
-  FIFO (by enqueue order) within a priority. A claimed task is invisible to every other
-  claimer until it is acked, nacked, released or its lease expires; after expiry it is
-  claimable again and that delivery counts as a new attempt.
+* ``enqueue`` is idempotent on ``Task.id``: enqueuing an id that is queued, delayed,
+  claimed or dead-lettered changes nothing and returns False, whatever the new task's
+  node type, priority or payload. After a task finished (acked, or cancelled) its id is
+  remembered exactly as long as its result: ``result_ttl`` seconds. Until then enqueue
+  returns False; once the result expired, the id is new again (enqueue returns True and
+  the task runs again). A dead letter keeps its id until it is requeued.
+* ``claim`` hands out only tasks whose node type is one of ``node_types`` (names are
+  compared exactly: ``"a"`` never matches ``"ab"``; any non-empty Unicode string is a
+  valid node type or task id), highest ``priority`` first and FIFO (by enqueue order)
+  within a priority. Priorities are any integers from ``-2**31`` to ``2**31 - 1``,
+  compared as numbers. When several node types are claimed at once, their tasks are
+  merged as one queue: highest priority across all of them first, then enqueue order
+  across them. A claimed task is invisible to every other claimer until it is acked,
+  nacked, released or its lease expires; after expiry it is claimable again and that
+  delivery counts as a new attempt. ``claim(wait=w)`` returns as soon as a task
+  becomes ready during the wait (enqueued, released, nacked, a ``nack`` delay or a
+  lease running out), and an empty list once ``w`` seconds passed without one.
 * Every delivery increments ``ClaimedTask.attempt`` (1 on the first delivery). When a
   task would be delivered for attempt ``max_attempts + 1`` (after a nack or a lease
   expiry), it is dead-lettered instead, with its error history.
-* ``extend`` pushes the lease deadline forward; ``ack``, ``nack``, ``extend`` and
-  ``release`` on a lease that expired and was re-claimed (or already settled) raise
-  ``LeaseLostError`` and change nothing.
+* ``extend`` moves the lease deadline to now + ``seconds`` (the extended lease then
+  expires like any other); ``ack``, ``nack``, ``extend`` and ``release`` on a lease that
+  expired and was re-claimed (or already settled) raise ``LeaseLostError`` and change
+  nothing.
 * ``ack`` stores the ``TaskResult`` (kept ``result_ttl`` seconds) atomically with
   removing the task. ``nack(delay=)`` makes the task claimable again after ``delay``
   seconds, recording the error; ``nack(final=True)`` dead-letters at once.
@@ -22,8 +34,14 @@ The contract (checked by ``distributed_agents.conformance``):
 * Bytes on the queue that do not decode as a task are dead-lettered with the reason at
   claim time; ``claim`` never raises for them and never returns them.
 * A dead-lettered task stores a failed ``TaskResult`` too, so whoever waits on the task
-  learns that it failed. ``requeue_dead_letter`` puts it back with a fresh attempt count.
+  learns that it failed. ``requeue_dead_letter`` puts it back at the end of its priority
+  with a fresh attempt count and forgets that failed result: ``get_result`` reads None
+  while the requeued task is pending, then the new run's result.
+* ``dead_letters`` lists oldest (first dead-lettered) first, only the given node type
+  when one is given, at most ``limit`` (100 by default) of them.
 * ``stats`` reports per node type: queued (ready or delayed), in flight, dead letters.
+* Every method accepts exactly the parameters of this class (names, kinds, defaults):
+  the core passes keyword arguments such as ``nack(final=True)``.
 
 All times are seconds. Adapters translate engine errors into ``BackendError``s.
 """

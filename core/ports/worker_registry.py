@@ -6,9 +6,13 @@ The contract (checked by ``distributed_agents.conformance``):
   counts as a heartbeat.
 * ``heartbeat`` refreshes a registered worker; it returns False when the worker is not
   registered (never registered, deregistered or expired), telling it to register again.
-* Only workers whose last heartbeat is within ``heartbeat_ttl`` seconds are listed.
+* Only workers whose last heartbeat is within ``heartbeat_ttl`` seconds are listed. A
+  heartbeat just before ``heartbeat_ttl`` runs out succeeds and keeps the worker listed
+  for another full ``heartbeat_ttl``; one just after it returns False.
 * ``deregister`` removes a worker at once.
-* ``list_workers(node_type=)`` filters by a node type the worker serves.
+* ``list_workers(node_type=)`` filters by a node type the worker serves (compared
+  exactly), and lists every live worker sorted by id (no page limit).
+* Every method accepts exactly the parameters of this class (names, kinds, defaults).
 """
 
 from __future__ import annotations
