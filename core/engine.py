@@ -38,6 +38,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import InProcessExecutor, NodeCall, NodeOutcome, TaskQueueExecutor
 from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.reducers import Reducer
 from distributed_agents.core.registry import NodeFunction
@@ -111,8 +112,10 @@ class StepEngine:
         events: EventPublisher,
         local_function: Callable[[NodeSpec], NodeFunction | None],
         outage: Outage | None = None,
+        payload_limit: int | None = None,
     ) -> None:
         self._store = store
+        self._payload_limit = payload_limit  # bytes; see core.limits
         self._queue_executor = queue_executor
         self._events = events
         self._local_function = local_function
@@ -242,6 +245,11 @@ class StepEngine:
     async def _commit(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
     ) -> WorkflowRecord:
+        # Before writing: a record or checkpoint over the backend's size limit fails here,
+        # naming the sizes, instead of failing (or, on NATS, hanging) in the store.
+        check_commit_size(record.workflow_id, record.step, record.state,
+                          {**record.to_dict(), "state": None}, None if checkpoint is None else checkpoint.writes,
+                          self._payload_limit)
         attempts = 0
 
         async def save() -> WorkflowRecord:

@@ -18,6 +18,7 @@ The tree::
     │   ├── NodeExecutionError            a node failed after all its attempts
     │   │   └── NodeTimeoutError          ... because an attempt ran past its timeout
     │   ├── InvalidNodeOutputError        a node returned something other than a dict/None
+    │   ├── PayloadTooLargeError          a result or state is over the backend's size limit
     │   ├── ReducerConflictError          two nodes wrote one key in a step, no reducer
     │   ├── StepLimitExceededError        a loop ran past the step limit
     │   ├── WorkflowCancelledError        the workflow was cancelled
@@ -58,6 +59,7 @@ __all__ = [
     "NodeNotFoundError",
     "NodeTimeoutError",
     "PayloadDecodeError",
+    "PayloadTooLargeError",
     "ReducerConflictError",
     "StateError",
     "StateNotSerializableError",
@@ -156,6 +158,21 @@ class NodeTimeoutError(NodeExecutionError):
 
 class InvalidNodeOutputError(ExecutionError, TypeError):
     """A node returned something other than a dict of updates or None."""
+
+
+class PayloadTooLargeError(ExecutionError):
+    """A node result or a workflow state encodes to more bytes than the backend accepts.
+
+    ``size`` and ``limit`` are in bytes (UTF-8 JSON); ``node`` names the node whose
+    result was too large, or is empty for a state too large to commit. Checked before
+    anything is written, so the node is not retried and nothing half-written remains.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int, node: str = "") -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+        self.node = node
 
 
 class ReducerConflictError(ExecutionError):

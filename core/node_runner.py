@@ -3,6 +3,15 @@
 ``invoke_node`` runs ``async def`` nodes on the event loop and plain functions in a
 thread, applies the timeout, exposes a ``NodeContext`` (also through
 ``current_context()``), and checks that the node returned a dict or None.
+
+Cancellation (the workflow was cancelled, the node timed out, the worker stops)
+interrupts an ``async def`` node at its next ``await``. A thread cannot be interrupted
+from outside, so a plain-function node is told instead: ``context.cancelled`` becomes
+True (``current_context().cancelled`` from anywhere in the node), and a node that works
+in a loop should check it and return (or wait with ``context.wait_cancelled(seconds)``
+instead of ``time.sleep``). Until the thread returns, the caller is told it still runs
+(``on_abandoned``), so a worker keeps its capacity slot taken; one warning says that
+the function could not be interrupted.
 """
 
 from __future__ import annotations
@@ -11,16 +20,34 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import logging
+import threading
+import time
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_agents.core.errors import InvalidNodeOutputError, NodeTimeoutError, StateNotSerializableError
+from distributed_agents.core.errors import (
+    InvalidNodeOutputError,
+    NodeTimeoutError,
+    PayloadTooLargeError,
+    StateNotSerializableError,
+)
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State, check_values
 
-__all__ = ["NodeContext", "NodeFailure", "current_context", "describe_failure", "invoke_node"]
+__all__ = [
+    "NodeContext",
+    "NodeFailure",
+    "current_context",
+    "describe_failure",
+    "invoke_node",
+    "is_output_error",
+    "safe_text",
+]
+
+log = logging.getLogger("distributed_agents.node")
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,12 @@ class NodeContext:
 
     The key is the same on every attempt of the same node in the same step of the same
     workflow run, so a re-delivered task can recognise work it already did.
+
+    ``cancelled`` turns True when the run is cancelled (workflow cancelled, timeout,
+    worker stopping). An ``async def`` node is interrupted anyway; a plain function
+    runs in a thread that nothing can interrupt, so it should check ``cancelled``
+    between units of work and return early (its result is discarded), and wait with
+    ``wait_cancelled(seconds)`` rather than ``time.sleep``.
     """
 
     workflow_id: str
@@ -38,6 +71,23 @@ class NodeContext:
     attempt: int
     idempotency_key: str
     worker_id: str = ""
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether this run of the node was cancelled; safe to read from any thread."""
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds (None: until cancelled); True if cancelled.
+
+        A sleep that ends early on cancellation, for plain-function nodes.
+        """
+        return self._cancel.wait(timeout)
+
+    def cancel(self) -> None:
+        """Mark the run cancelled (done by the framework; nodes only read it)."""
+        self._cancel.set()
 
 
 _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("distributed_agents_node", default=None)
@@ -76,10 +126,56 @@ class NodeFailure:
                 "timed_out": self.timed_out}
 
 
+def safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped, so it can be stored."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def describe_failure(exc: BaseException) -> NodeFailure:
-    """Capture ``exc`` with its traceback text."""
+    """Capture ``exc`` with its traceback text (made storable with ``safe_text``)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return NodeFailure(type(exc).__name__, str(exc), text, timed_out=isinstance(exc, NodeTimeoutError))
+    return NodeFailure(type(exc).__name__, safe_text(str(exc)), safe_text(text),
+                       timed_out=isinstance(exc, NodeTimeoutError))
+
+
+def is_output_error(exc: BaseException) -> bool:
+    """Whether ``exc`` rejects what a node returned (not JSON, not a dict, too large).
+
+    The same input gives the same output, so such a failure is final: it is never retried.
+    """
+    return isinstance(exc, (InvalidNodeOutputError, StateNotSerializableError, PayloadTooLargeError))
+
+
+async def _in_thread(
+    func: NodeFunction, args: tuple[Any, ...], context: NodeContext, on_abandoned: AbandonedHook | None
+) -> Any:
+    ctx = contextvars.copy_context()
+    thread = asyncio.get_running_loop().run_in_executor(None, ctx.run, func, *args)
+    try:
+        # Shielded: cancelling the caller must not cancel ``thread``, which has to keep
+        # reporting when the function really returns.
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        context.cancel()
+        if not thread.done():
+            since = time.monotonic()
+            log.warning(
+                "node %r (workflow %r, attempt %d) was cancelled but runs as a plain function in a thread, which "
+                "cannot be interrupted; it keeps running until it returns and its result will be discarded. "
+                "Check context.cancelled (or distributed_agents.current_context().cancelled) in the function to "
+                "stop early, or make it async def", context.node, context.workflow_id, context.attempt,
+            )
+            thread.add_done_callback(lambda done: _abandoned_returned(done, context, since))
+            if on_abandoned is not None:
+                on_abandoned(thread)
+        raise
+
+
+def _abandoned_returned(thread: asyncio.Future[Any], context: NodeContext, since: float) -> None:
+    error = None if thread.cancelled() else thread.exception()  # retrieved: nobody else will
+    log.info("cancelled node %r (workflow %r) returned %.1fs after its cancellation%s; its result was discarded",
+             context.node, context.workflow_id, time.monotonic() - since,
+             f" raising {type(error).__name__}" if error is not None else "")
 
 
 def _wants_context(func: NodeFunction) -> bool:
@@ -91,16 +187,27 @@ def _wants_context(func: NodeFunction) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+AbandonedHook = Callable[["asyncio.Future[Any]"], None]
+
+
 async def invoke_node(
-    func: NodeFunction, state: State, context: NodeContext, *, timeout: float | None
+    func: NodeFunction,
+    state: State,
+    context: NodeContext,
+    *,
+    timeout: float | None,
+    on_abandoned: AbandonedHook | None = None,
 ) -> dict[str, Any] | None:
     """Run ``func`` once on ``state``; return its checked updates.
 
-    Raises ``NodeTimeoutError`` past ``timeout`` (an ``async`` node is cancelled; a
-    plain function's thread cannot be stopped and finishes in the background, its
-    result discarded), ``InvalidNodeOutputError`` for a return value that is not a
-    dict or None, ``StateNotSerializableError`` for a non-JSON value, and whatever the
-    node itself raises.
+    Raises ``NodeTimeoutError`` past ``timeout``, ``InvalidNodeOutputError`` for a
+    return value that is not a dict or None, ``StateNotSerializableError`` for a
+    non-JSON value, and whatever the node itself raises.
+
+    On cancellation or timeout ``context.cancelled`` becomes True. An ``async`` node is
+    cancelled; a plain function's thread cannot be stopped: it is logged once, its
+    result will be discarded, and ``on_abandoned`` receives a future that completes
+    when the thread returns (a worker counts it against its capacity until then).
     """
     args: tuple[Any, ...] = (state, context) if _wants_context(func) else (state,)
 
@@ -108,10 +215,13 @@ async def invoke_node(
         token = _current.set(context)
         try:
             if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
-                result = await func(*args)
+                try:
+                    result = await func(*args)
+                except asyncio.CancelledError:
+                    context.cancel()
+                    raise
             else:
-                ctx = contextvars.copy_context()
-                result = await asyncio.to_thread(ctx.run, func, *args)
+                result = await _in_thread(func, args, context, on_abandoned)
             if inspect.isawaitable(result):
                 result = await result
             return result
@@ -128,6 +238,7 @@ async def invoke_node(
             done, _ = await asyncio.wait({running}, timeout=timeout)
         except asyncio.CancelledError:
             running.cancel()
+            await asyncio.wait({running})  # let it see the cancellation (and report a thread it leaves)
             raise
         if not done:
             running.cancel()

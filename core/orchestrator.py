@@ -195,7 +195,8 @@ class Orchestrator:
             withdraw_on_cancel=lambda: workflow_id in self._cancelled,
         )
         return StepEngine(store=backend.state_store, queue_executor=executor, events=self._publisher(),
-                          local_function=self._local_function, outage=self._outage)
+                          local_function=self._local_function, outage=self._outage,
+                          payload_limit=backend.max_payload_bytes)
 
     def register_graph(self, graph: Graph) -> None:
         """Make ``graph`` known by name, so this orchestrator can resume or take over its workflows."""

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
-from distributed_agents.core.node_runner import NodeContext, describe_failure, invoke_node
+from distributed_agents.core.limits import check_result_size
+from distributed_agents.core.node_runner import NodeContext, describe_failure, invoke_node, is_output_error, safe_text
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask
@@ -115,6 +116,9 @@ class Worker:
         self._stopping: asyncio.Event | None = None  # created on the serving loop
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
+        # Threads of cancelled plain-function nodes that have not returned yet: each
+        # still uses a capacity slot, though its task is settled.
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self._serving = False
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
@@ -232,10 +236,11 @@ class Worker:
         queue = self.backend.task_queue
         backoff = 0.1
         while not self._stopping.is_set():
-            free = self.capacity - len(self._running)
+            free = self.capacity - len(self._running) - len(self._abandoned)
             if free <= 0:
-                await asyncio.wait([*self._running, asyncio.ensure_future(self._stopping.wait())],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait([*self._running, *self._abandoned, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
                 continue
             try:
                 claims = await queue.claim(types, worker_id=self.worker_id, max_tasks=free,
@@ -256,6 +261,11 @@ class Worker:
                 task = asyncio.ensure_future(self._handle(claim))
                 self._running[task] = claim
                 task.add_done_callback(self._forget)
+
+    def _hold_slot(self, thread: asyncio.Future[Any]) -> None:
+        """Count a cancelled plain function's still-running thread against capacity until it returns."""
+        self._abandoned.add(thread)
+        thread.add_done_callback(self._abandoned.discard)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -307,16 +317,19 @@ class Worker:
         keeper = asyncio.ensure_future(lease.keep())
         started = time.monotonic()
         try:
-            updates = await invoke_node(func, state, context, timeout=timeout)
+            updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot)
+            # Checked here, before the ack writes it: a result the backend cannot store
+            # fails the node now, with the reason, instead of failing the write.
+            check_result_size(updates, self.backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.get(asyncio.current_task(), "") or lease.lost_reason  # type: ignore[arg-type]
             keeper.cancel()
-            await self._on_cancelled(lease.claim, reason)
+            await self._on_cancelled(lease.claim, reason, lease.broken)
             raise
         except Exception as exc:
             keeper.cancel()
             failure = describe_failure(exc)
-            if retry is not None and retry.should_retry(claim.attempt, exc):
+            if retry is not None and not is_output_error(exc) and retry.should_retry(claim.attempt, exc):
                 self.stats.retried += 1
                 delay = retry.delay(claim.attempt)
                 log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
@@ -351,9 +364,13 @@ class Worker:
             raise ValueError(f"payload has an invalid retry policy or timeout: {exc}") from None
         return func, State._trusted(state, claim.task.workflow_id), retry, timeout
 
-    async def _on_cancelled(self, claim: ClaimedTask, reason: str) -> None:
+    async def _on_cancelled(self, claim: ClaimedTask, reason: str, broken: BaseException | None = None) -> None:
         queue = self.backend.task_queue
-        if reason == "workflow cancelled":
+        if broken is not None:  # extending the lease raised something other than an outage: a bug
+            self.stats.failed += 1
+            text = safe_text(f"extending the lease failed: {type(broken).__name__}: {broken}")
+            await self._settle(lambda: queue.nack(claim, text, final=True), claim)
+        elif reason == "workflow cancelled":
             await self._settle(lambda: queue.nack(claim, "cancelled: the workflow was cancelled", final=True), claim)
         elif reason == "worker stopped":
             self.stats.released += 1
@@ -361,21 +378,48 @@ class Worker:
         # a lost lease: another worker owns the task now; nothing to settle
 
     async def _settle(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> bool:
-        # Through a backend outage the call is repeated with backoff (ack, nack and
-        # release are safe to repeat); a lease that lapsed meanwhile ends as lost.
-        settle = until_available(operation, what=f"settle task {claim.task.id}", outage=self._outage,
-                                 give_up_after=SETTLE_PATIENCE)
+        """Run one settling call (ack, nack or release); True if it was applied.
+
+        Only two failures are expected: a backend outage (the call is repeated with
+        backoff, as ack, nack and release are safe to repeat, for up to
+        ``SETTLE_PATIENCE`` seconds; after that the lease runs out and the task is
+        re-delivered) and a lost lease (another worker owns the task). Anything else
+        is a bug (in an adapter, or a result the backend cannot store): it is logged
+        with its traceback and the task is dead-lettered with that reason, so the
+        workflow learns of it at once instead of after every attempt's lease expiry.
+        """
         try:
-            await asyncio.shield(settle)
+            await asyncio.shield(self._until_settled(operation, claim))
             return True
         except LeaseLostError:
-            self.stats.lost_leases += 1
-            log.warning("task %s node %r: lease lost before settling; another worker will run it",
-                        claim.task.id, claim.task.node)
-        except Exception as exc:
+            self._lease_lost_before_settling(claim)
+        except BackendUnavailableError as exc:
             log.error("task %s node %r could not be settled (%s); it will be re-delivered after its lease",
                       claim.task.id, claim.task.node, exc)
+        except Exception as exc:
+            reason = safe_text(f"settling the task failed: {type(exc).__name__}: {exc}")
+            log.error("task %s node %r: settling raised %s; dead-lettering the task with that reason",
+                      claim.task.id, claim.task.node, type(exc).__name__, exc_info=exc)
+            try:
+                await asyncio.shield(self._until_settled(
+                    lambda: self.backend.task_queue.nack(claim, reason, final=True), claim))
+                self.stats.failed += 1
+            except LeaseLostError:
+                self._lease_lost_before_settling(claim)
+            except Exception as second:
+                log.error("task %s node %r could not be dead-lettered either (%s: %s); it will be re-delivered "
+                          "after its lease", claim.task.id, claim.task.node, type(second).__name__, second,
+                          exc_info=second)
         return False
+
+    def _until_settled(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> Awaitable[Any]:
+        return until_available(operation, what=f"settle task {claim.task.id}", outage=self._outage,
+                               give_up_after=SETTLE_PATIENCE)
+
+    def _lease_lost_before_settling(self, claim: ClaimedTask) -> None:
+        self.stats.lost_leases += 1
+        log.warning("task %s node %r: lease lost before settling; another worker will run it",
+                    claim.task.id, claim.task.node)
 
 
 class _LeaseKeeper:
@@ -385,6 +429,7 @@ class _LeaseKeeper:
         self.worker = worker
         self.claim = claim
         self.lost_reason = ""
+        self.broken: BaseException | None = None
         self._node_task = asyncio.current_task()
 
     async def keep(self) -> None:
@@ -402,5 +447,14 @@ class _LeaseKeeper:
                 return
             except BackendUnavailableError as exc:  # an outage: the lease has slack until the next try
                 self.worker._outage.failed(f"extend the lease of task {self.claim.task.id}", exc)
-            except Exception as exc:  # transient: the lease has slack until the next try
-                log.warning("could not extend lease of task %s: %s", self.claim.task.id, exc)
+            except Exception as exc:
+                # Not an outage and not a lost lease: a bug (in the adapter, most likely).
+                # Stop the node and dead-letter the task with this reason rather than let
+                # the lease lapse and the task run again, attempt after attempt.
+                log.error("task %s node %r: extending its lease raised %s; stopping the node and dead-lettering "
+                          "the task", self.claim.task.id, self.claim.task.node, type(exc).__name__, exc_info=exc)
+                self.broken = exc
+                self.lost_reason = "extend failed"
+                if self._node_task is not None:
+                    self._node_task.cancel()
+                return

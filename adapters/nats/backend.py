@@ -14,6 +14,8 @@ from distributed_agents.adapters.nats.message_bus import NatsMessageBus
 from distributed_agents.adapters.nats.state_store import NatsStateStore
 from distributed_agents.adapters.nats.task_queue import NatsTaskQueue
 from distributed_agents.adapters.nats.worker_registry import NatsWorkerRegistry
+from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES, limit_below
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 
 __all__ = ["NatsBackend", "open_nats_backend"]
@@ -24,6 +26,7 @@ class NatsBackend(Backend):
 
     def __init__(self, url: str, options: BackendOptions) -> None:
         self.connection = NatsConnection(url, options)
+        self._max_payload: int | None = None
         super().__init__(
             url=url,
             options=options,
@@ -40,6 +43,28 @@ class NatsBackend(Backend):
 
     async def connect(self) -> None:
         await self.connection.connect()
+        # The server says in its INFO how large a message it accepts (max_payload,
+        # 1 MiB by default); task records, results, records and checkpoints are each one
+        # message, so the core's size limit must leave room for their envelope under it.
+        server_max = int(self.connection.nc.max_payload or 0)
+        if server_max <= 0:
+            return
+        fits = limit_below(server_max)
+        configured = self.options.max_payload_bytes
+        if configured is not None and configured > fits:
+            await self.connection.close()
+            raise BackendConfigError(
+                f"max_payload_bytes={configured} is more than NATS at {mask_url(self.url)} can store: the server "
+                f"accepts messages of up to {server_max} bytes (its max_payload), which leaves {fits} bytes for a "
+                f"result or state; lower max_payload_bytes to at most {fits}, or raise max_payload in the "
+                "nats-server configuration"
+            )
+        self._max_payload = min(configured or DEFAULT_MAX_PAYLOAD_BYTES, fits)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The configured limit, lowered (once connected) to what the server's max_payload leaves room for."""
+        return self._max_payload if self._max_payload is not None else super().max_payload_bytes
 
     async def close(self) -> None:
         await super().close()

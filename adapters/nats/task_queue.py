@@ -443,11 +443,13 @@ class NatsTaskQueue(TaskQueue):
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, exc)
             await self._notify_done(claim.task.id)
 
-    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
             record, revision = await self._held_record(claim)
             errors = [*record.get("errors", []), f"attempt {record['attempt']}: {error}"]
-            if record["attempt"] >= self._limit(record):
+            # ``final``: the node's retry policy gave up (or the workflow was cancelled);
+            # dead-letter now rather than re-deliver the remaining attempts.
+            if final or record["attempt"] >= self._limit(record):
                 if await self._dead_letter(record, revision, claim.task, error, errors, claim.lease_id):
                     self._forget(claim.lease_id)
                     return False

@@ -1,0 +1,127 @@
+"""Size limits: one documented, configurable ceiling on what a backend is asked to store.
+
+Every backend has a largest value it accepts, and they differ: NATS refuses a message
+over the server's ``max_payload`` (1 MiB by default, advertised in the server's INFO;
+JetStream KV values are messages too); Redis refuses a bulk string over
+``proto-max-bulk-len`` (512 MB by default); the memory backend has none. Rather than
+let each fail in its own way, at its own size, after the work was done (on NATS a
+700 KB result used to leave the workflow ``running`` for ever), the core checks one
+limit, ``max_payload_bytes``, before writing, on every backend:
+
+* a node's result (its updates, as UTF-8 JSON) over the limit fails the node at once
+  (``PayloadTooLargeError`` naming the node, the size and the limit; no retry: the
+  same input gives the same result);
+* a commit whose workflow record or checkpoint (the state plus the step's writes)
+  would be over the limit fails the workflow with the same error, naming the largest
+  state keys and the node that wrote the most.
+
+The default, ``DEFAULT_MAX_PAYLOAD_BYTES`` (1 MiB minus ``ENVELOPE_BYTES``), is the same
+on every backend so a workflow that runs on one runs on all. It is set with the backend
+option ``max_payload_bytes`` (keyword or ``?max_payload_bytes=`` in the URL). A backend
+may lower it to what its server accepts (the NATS backend takes the server's
+``max_payload`` minus ``ENVELOPE_BYTES``) and refuses a configured value its server
+cannot store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from distributed_agents.core.codec import encode
+from distributed_agents.core.errors import PayloadTooLargeError
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ENVELOPE_BYTES",
+    "check_commit_size",
+    "check_result_size",
+    "limit_below",
+]
+
+ENVELOPE_BYTES = 64 * 1024
+"""Room left under a transport's own message limit for what wraps a result or state:
+task and record fields, the error history of earlier attempts, metadata."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024 - ENVELOPE_BYTES
+"""983,040 bytes: fits NATS's default 1 MiB ``max_payload`` with its envelope."""
+
+_HINT = ("keep large data outside the workflow state (store it elsewhere and keep a reference in the state), "
+         "or raise the backend option max_payload_bytes (on NATS also the server's max_payload)")
+
+
+def limit_below(transport_max: int) -> int:
+    """The largest payload that fits a transport accepting ``transport_max`` bytes per message."""
+    return max(transport_max - ENVELOPE_BYTES, 1)
+
+
+def _size(value: Any) -> int | None:
+    try:
+        return len(encode(value))
+    except (TypeError, ValueError):
+        return None  # not JSON: the serialisation check reports that, naming the key
+
+
+def check_result_size(updates: Mapping[str, Any] | None, limit: int | None, *, node: str, workflow_id: str) -> int:
+    """Return the encoded size of a node's ``updates``; raise if it is over ``limit``.
+
+    Raises ``PayloadTooLargeError`` (with ``node``, ``size`` and ``limit``) naming the
+    node, the workflow, the size, the limit and the largest keys. ``limit`` None: no check.
+    """
+    if updates is None:
+        return 0
+    size = _size(dict(updates)) or 0
+    if limit is not None and size > limit:
+        raise PayloadTooLargeError(
+            f"node {node!r} (workflow {workflow_id!r}) returned a result of {size:,} bytes, over the backend's "
+            f"limit of {limit:,} bytes (max_payload_bytes); largest keys: {_largest(updates)}; {_HINT}",
+            size=size, limit=limit, node=node,
+        )
+    return size
+
+
+def check_commit_size(
+    workflow_id: str,
+    step: int,
+    state: Mapping[str, Any],
+    record_rest: Mapping[str, Any],
+    writes: Mapping[str, Mapping[str, Any]] | None,
+    limit: int | None,
+) -> int:
+    """Return the encoded size of the largest value a commit writes; raise if over ``limit``.
+
+    A commit stores the workflow record (``state`` plus ``record_rest``: frontier,
+    metadata, error) and, for a step, a checkpoint (``state`` plus the step's
+    ``writes`` by node). ``PayloadTooLargeError`` names the workflow, the step, the
+    size, the limit, the largest state keys and (as ``node``) the node that wrote the
+    most. ``limit`` None: no check. Values that are not JSON are not measured here.
+    """
+    state_size = _size(dict(state))
+    if limit is None or state_size is None:
+        return state_size or 0
+    record_size = state_size + (_size(dict(record_rest)) or 0)
+    writes_size = 0 if writes is None else (_size({k: dict(v) for k, v in writes.items()}) or 0)
+    checkpoint_size = state_size + writes_size
+    size = max(record_size, checkpoint_size)
+    if size <= limit:
+        return size
+    what = "checkpoint (the state plus this step's writes)" if checkpoint_size >= record_size else "workflow record"
+    writer = ""
+    if writes:
+        sizes = {name: _size(dict(updates)) or 0 for name, updates in writes.items()}
+        writer = max(sizes, key=lambda name: sizes[name])
+        by_node = f"; the step's writes are {writes_size:,} bytes, most by node {writer!r} ({sizes[writer]:,} bytes)"
+    else:
+        by_node = ""
+    raise PayloadTooLargeError(
+        f"workflow {workflow_id!r} cannot commit step {step}: its {what} encodes to {size:,} bytes, over the "
+        f"backend's limit of {limit:,} bytes (max_payload_bytes); the state is {state_size:,} bytes, largest keys: "
+        f"{_largest(state)}{by_node}; {_HINT}",
+        size=size, limit=limit, node=writer,
+    )
+
+
+def _largest(values: Mapping[str, Any], count: int = 3) -> str:
+    sizes = [(key, _size(value) or 0) for key, value in values.items()]
+    sizes.sort(key=lambda item: -item[1])
+    return ", ".join(f"{key!r} ({size:,} bytes)" for key, size in sizes[:count]) or "none"
