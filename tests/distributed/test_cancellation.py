@@ -1,0 +1,159 @@
+"""Cancelling a workflow reaches every kind of node running on a worker, and capacity stays honest.
+
+An ``async def`` node is interrupted; a plain function (run in a thread, which nothing can
+interrupt) sees ``context.cancelled`` / ``current_context().cancelled`` turn True, one
+warning says it could not be interrupted, and the worker keeps its capacity slot taken
+until the thread really returns. On memory, a real Redis server and a real NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+from support.nodes import BlockingNode
+
+from distributed_agents import Graph, NodeContext, Orchestrator, State, Worker, current_context
+from distributed_agents.core.errors import WorkflowCancelledError
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=["memory", "redis", "nats"])
+def url(request: pytest.FixtureRequest) -> str:
+    prefix = f"cancel{uuid.uuid4().hex[:8]}"
+    base = "memory://" if request.param == "memory" else request.getfixturevalue(f"{request.param}_url")
+    return f"{base}?prefix={prefix}"
+
+
+def fan_out() -> Graph:
+    graph = Graph("fan_out").add_node("start").add_node("coroutine").add_node("plain")
+    graph.set_entry_point("start").add_edge("start", "coroutine").add_edge("start", "plain")
+    return graph.set_finish_point("coroutine").set_finish_point("plain").compile()
+
+
+def single(node_type: str) -> Graph:
+    return Graph(node_type).add_node(node_type).set_entry_point(node_type).set_finish_point(node_type).compile()
+
+
+async def dead_letters(orchestrator: Orchestrator, count: int) -> list[Any]:
+    queue = orchestrator.backend.task_queue
+    for _ in range(400):
+        letters = await queue.dead_letters()
+        if len(letters) >= count:
+            return letters
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} dead letters, found {len(letters)}")
+
+
+def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain_running = threading.Event()
+    saw_cancel: list[bool] = []
+    finish = threading.Event()
+
+    def plain(state: State, context: NodeContext) -> dict[str, Any]:
+        plain_running.set()
+        # Cooperative: check the flag between units of work, as a long loop would.
+        while not context.wait_cancelled(0.01):
+            pass
+        saw_cancel.append(current_context() is not None and current_context().cancelled)  # type: ignore[union-attr]
+        finish.wait(30)  # keeps the thread busy after seeing the flag: the slot must stay taken
+        return {"plain": "too late"}
+
+    worker = Worker(backend=url, capacity=2, poll_wait=0.1)
+
+    async def scenario() -> Any:
+        coroutine = BlockingNode()
+        worker.register_node("start", lambda s: None)
+        worker.register_node("coroutine", coroutine)
+        worker.register_node("plain", plain)
+        worker.register_node("quick", lambda s: {"quick": True})
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            running = asyncio.ensure_future(orchestrator.execute(fan_out(), {}, workflow_id="wf-fan"))
+            await coroutine.started.wait()
+            while not plain_running.is_set():
+                await asyncio.sleep(0.01)
+            assert await orchestrator.cancel_workflow("wf-fan")
+            with pytest.raises(WorkflowCancelledError):
+                await running
+            await asyncio.wait_for(coroutine.cancelled.wait(), 10)
+            letters = await dead_letters(orchestrator, 2)  # both tasks settled as cancelled
+            while not saw_cancel:
+                await asyncio.sleep(0.01)
+            # One slot is free (the async node's); the thread still holds the other.
+            assert len(worker._abandoned) == 1
+            after = await orchestrator.execute(single("quick"), {}, workflow_id="wf-after")
+            finish.set()
+            while worker._abandoned:
+                await asyncio.sleep(0.01)
+            return letters, after
+        finally:
+            finish.set()
+            await worker.stop(grace=5)
+            await serving
+            await orchestrator.close()
+
+    with caplog.at_level(logging.INFO, logger="distributed_agents.node"):
+        letters, after = run(scenario(), timeout=60)
+    assert sorted(letter.node_type for letter in letters) == ["coroutine", "plain"]
+    assert {letter.reason for letter in letters} == {"cancelled: the workflow was cancelled"}
+    assert saw_cancel == [True]
+    assert after["quick"] is True
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "distributed_agents.node" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "node 'plain'" in warnings[0] and "cannot be interrupted" in warnings[0]
+    assert any("cancelled node 'plain'" in r.getMessage() and "returned" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cancelled_plain_function_keeps_its_capacity_slot_until_it_returns(url: str) -> None:
+    """Capacity 1: while the cancelled thread still runs, the worker claims nothing else."""
+    running = threading.Event()
+    finish = threading.Event()
+
+    def stubborn(state: State) -> dict[str, Any]:
+        running.set()
+        finish.wait(30)  # ignores cancellation entirely
+        return {}
+
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+    worker.register_node("stubborn", stubborn)
+    worker.register_node("quick", lambda s: {"quick": True})
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            first = asyncio.ensure_future(orchestrator.execute(single("stubborn"), {}, workflow_id="wf-stubborn"))
+            while not running.is_set():
+                await asyncio.sleep(0.01)
+            assert await orchestrator.cancel_workflow("wf-stubborn")
+            with pytest.raises(WorkflowCancelledError):
+                await first
+            await dead_letters(orchestrator, 1)
+            second = asyncio.ensure_future(orchestrator.execute(single("quick"), {}, workflow_id="wf-quick"))
+            queue = orchestrator.backend.task_queue
+            while (await queue.stats("quick")).queued == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)  # ten claim rounds: a freed slot would have claimed it by now
+            held = await queue.stats("quick")
+            finish.set()
+            result = await second
+            return held, result
+        finally:
+            finish.set()
+            await worker.stop(grace=5)
+            await serving
+            await orchestrator.close()
+
+    held, result = run(scenario(), timeout=60)
+    assert (held.queued, held.in_flight) == (1, 0)
+    assert result["quick"] is True
