@@ -11,11 +11,12 @@ server's output buffer, the connection). Patterns are reference-counted: the glo
 ``PUNSUBSCRIBE``d when its last subscription closes, and a closed subscription is
 removed from dispatch at once, so nothing is delivered to it afterwards.
 
-``subscribe`` returns only after the server confirmed the ``PSUBSCRIBE``, so every
-message published after it returns is delivered. Redis delivers messages of one
+``subscribe`` returns only after the server confirmed the ``PSUBSCRIBE`` (for a glob
+already subscribed: after a ``PING`` marker came back), so every message published after
+it returns is delivered and none published before it. Redis delivers messages of one
 connection in order, and one publisher awaits each ``PUBLISH``, so per-publisher order
 holds. Messages are JSON objects; anything else on the channel is dropped with a log
-line. Round trips: ``publish`` 1, ``subscribe`` 1 for a new pattern, 0 for a known one.
+line. Round trips: ``publish`` 1, ``subscribe`` 1.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +78,7 @@ class RedisMessageBus(MessageBus):
         self._reader: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, list[RedisSubscription]] = {}
         self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._joining: dict[str, RedisSubscription] = {}  # PING token -> subscription waiting for its pong
         self._lock: asyncio.Lock | None = None
 
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
@@ -101,11 +104,10 @@ class RedisMessageBus(MessageBus):
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            group = self._subscriptions.get(glob)
-            if group:
-                group.append(subscription)
-                return subscription
             loop = asyncio.get_running_loop()
+            if self._subscriptions.get(glob):
+                await self._join_known_glob(subscription, loop)
+                return subscription
             if self._pubsub is None:
                 self._pubsub = self._connection.client().pubsub()
             confirmed = self._confirm[glob] = loop.create_future()
@@ -123,6 +125,30 @@ class RedisMessageBus(MessageBus):
                     f"within {_SUBSCRIBE_TIMEOUT}s"
                 ) from None
         return subscription
+
+    async def _join_known_glob(self, subscription: RedisSubscription, loop: asyncio.AbstractEventLoop) -> None:
+        """Add ``subscription`` to its glob's group at a point of the server's stream.
+
+        The pub/sub connection may already hold messages for this glob that were published
+        before ``subscribe`` was called; they must not reach the new subscriber. A ``PING``
+        with a unique token marks the point: the reader adds the subscription when the
+        token's ``pong`` comes back, in stream order, so it gets exactly what follows.
+        """
+        token = f"join-{uuid.uuid4().hex}"
+        joined = self._confirm[token] = loop.create_future()
+        self._joining[token] = subscription
+        try:
+            with redis_errors(self._connection.url, f"subscribe to {subscription.pattern!r}"):
+                await self._pubsub.ping(token)
+            await asyncio.wait_for(joined, _SUBSCRIBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise BackendUnavailableError(
+                f"Redis at {self._connection.masked_url} did not answer the subscription to "
+                f"{subscription.pattern!r} within {_SUBSCRIBE_TIMEOUT}s"
+            ) from None
+        finally:
+            self._joining.pop(token, None)
+            self._confirm.pop(token, None)
 
     async def _forget(self, subscription: RedisSubscription) -> None:
         if self._lock is None:
@@ -162,6 +188,13 @@ class RedisMessageBus(MessageBus):
                 future = self._confirm.pop(_text(message.get("channel")), None)
                 if future is not None and not future.done():
                     future.set_result(None)
+            elif kind == "pong":
+                token = _text(message.get("data"))
+                joining = self._joining.pop(token, None)
+                future = self._confirm.pop(token, None)
+                if joining is not None and future is not None and not future.done():
+                    self._subscriptions.setdefault(joining.glob, []).append(joining)
+                    future.set_result(None)
             elif kind == "pmessage":
                 self._dispatch(glob, _text(message.get("channel")), message.get("data"))
 
@@ -197,6 +230,7 @@ class RedisMessageBus(MessageBus):
                 subscription._ready.set()
         self._subscriptions.clear()
         self._confirm.clear()
+        self._joining.clear()
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
         if reader is not None:

@@ -142,3 +142,38 @@ def test_close_ends_iteration(redis_url: str) -> None:
             await bus.close()
 
     assert run(scenario(), 20) == [0, 1, 2]
+
+
+def test_a_second_subscriber_of_a_known_pattern_gets_nothing_published_before_it_subscribed(redis_url: str) -> None:
+    # The pub/sub connection is shared: messages for the glob may already wait in its
+    # socket, unread, when a second subscription joins; none of them is owed to it. A
+    # blocking client publishes them while the event loop cannot read, so they wait.
+    import redis as redis_sync
+
+    async def scenario() -> tuple[list[int], int]:
+        bus = _bus(redis_url)
+        try:
+            first = await bus.subscribe("ev.>")
+            blocking = redis_sync.Redis.from_url(redis_url)
+            try:
+                with blocking.pipeline(transaction=False) as pipe:
+                    for n in range(500):
+                        pipe.publish(f"{bus.prefix}:bus:ev.a", b'{"n":%d}' % n)
+                    pipe.execute()
+            finally:
+                blocking.close()
+            second = await bus.subscribe("ev.>")
+            await bus.publish("ev.a", {"n": -1})
+            got = []
+            while (message := await second.get(0.5)) is not None:
+                got.append(message.data["n"])
+            received_by_first = 0
+            while (await first.get(0.2)) is not None:
+                received_by_first += 1
+            return got, received_by_first
+        finally:
+            await bus.close()
+
+    got, received_by_first = run(scenario(), 60)
+    assert got == [-1]
+    assert received_by_first == 501
