@@ -35,6 +35,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import TaskQueueExecutor
 from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
@@ -232,6 +233,8 @@ class Orchestrator:
             values = State(values).values_copy()
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
         await self.connect()
+        # An initial state the backend cannot store fails here, before anything is written.
+        check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
         self._graphs[graph.name] = graph
         lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         frontier = {"next": graph.entry_nodes(), "joins": {}}

@@ -1,0 +1,71 @@
+"""The size checks of ``core.limits``: exact sizes, the boundary, and messages that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distributed_agents.core.codec import encode
+from distributed_agents.core.errors import BackendConfigError, PayloadTooLargeError
+from distributed_agents.core.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    ENVELOPE_BYTES,
+    check_commit_size,
+    check_result_size,
+    limit_below,
+)
+from distributed_agents.core.ports.backend import BackendOptions
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+updates = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(updates, st.integers(min_value=1, max_value=2_000))
+def test_a_result_is_refused_exactly_when_its_json_is_over_the_limit(values: dict[str, Any], limit: int) -> None:
+    size = len(encode(values))
+    if size > limit:
+        with pytest.raises(PayloadTooLargeError) as caught:
+            check_result_size(values, limit, node="n", workflow_id="wf")
+        assert (caught.value.size, caught.value.limit, caught.value.node) == (size, limit, "n")
+    else:
+        assert check_result_size(values, limit, node="n", workflow_id="wf") == size
+
+
+def test_the_commit_check_counts_the_state_plus_the_steps_writes() -> None:
+    state = {"a": "x" * 600, "b": "y" * 100}
+    writes = {"writer": {"a": "x" * 600}, "other": {"b": "y" * 100}}
+    size = len(encode(state)) + len(encode(writes))
+    assert check_commit_size("wf", 3, state, {"frontier": {}}, writes, size) == size
+    with pytest.raises(PayloadTooLargeError) as caught:
+        check_commit_size("wf", 3, state, {"frontier": {}}, writes, size - 1)
+    message = str(caught.value)
+    assert caught.value.node == "writer" and caught.value.size == size
+    assert "workflow 'wf' cannot commit step 3" in message and "'a' (602 bytes)" in message
+    assert "most by node 'writer'" in message and "max_payload_bytes" in message
+
+
+def test_no_limit_means_no_check() -> None:
+    assert check_result_size({"a": "x" * 10}, None, node="n", workflow_id="wf") == len(b"{\"a\":\"xxxxxxxxxx\"}") == 18
+    check_commit_size("wf", 1, {"a": "x" * 10}, {}, None, None)
+
+
+def test_the_default_fits_natss_default_max_payload_with_the_envelope() -> None:
+    assert DEFAULT_MAX_PAYLOAD_BYTES == limit_below(1024 * 1024) == 1024 * 1024 - ENVELOPE_BYTES
+
+
+def test_the_option_comes_from_keywords_or_the_url_and_is_validated() -> None:
+    assert BackendOptions.from_url("memory://?max_payload_bytes=5000").max_payload_bytes == 5000
+    assert BackendOptions.from_url("memory://", max_payload_bytes=7).max_payload_bytes == 7
+    assert BackendOptions.from_url("memory://").max_payload_bytes is None
+    with pytest.raises(BackendConfigError, match="max_payload_bytes"):
+        BackendOptions.from_url("memory://?max_payload_bytes=0")
+    with pytest.raises(BackendConfigError, match="not a number"):
+        BackendOptions.from_url("memory://?max_payload_bytes=big")
