@@ -3,16 +3,26 @@
 Nothing read from a backend is unpickled or evaluated. ``encode`` produces compact UTF-8
 JSON; ``decode`` turns anything that is not valid JSON into a ``PayloadDecodeError`` so
 that callers can dead-letter it with a reason instead of crashing.
+
+``find_non_json`` decides what workflow state may hold: exactly the values JSON returns
+unchanged (``decode(encode(v))`` equal to ``v`` *and of the same types*, at every
+depth). That is ``None``, ``bool``, ``int`` (up to 4300 digits), finite ``float``,
+``str`` without lone surrogates, and ``list`` and ``dict`` (string keys) of those, with
+exactly these types. Refused: tuples and sets, subclasses (``Counter``,
+``OrderedDict``, ``IntEnum``, a ``str`` enum, ...), dict keys that are not strings,
+NaN and infinities, lone surrogates, and any other object.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from distributed_agents.core.errors import PayloadDecodeError
 
-__all__ = ["decode", "encode", "ensure_json_value"]
+__all__ = ["decode", "encode", "ensure_json_value", "find_non_json"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -37,3 +47,125 @@ def ensure_json_value(value: Any, *, where: str) -> None:
         _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{where}: value of type {type(value).__name__} is not JSON-serialisable ({exc})") from exc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_INT_DIGITS = 4300  # Python's default int <-> str conversion limit, which json obeys both ways
+_INT_BITS_SURELY_OK = 14_000  # below this many bits an int has fewer than 4300 digits
+_CONVERT = {dict: "dict(...)", list: "list(...)", str: "a plain str (an enum's .value)",
+            int: "int(value)", float: "float(value)"}
+
+
+def find_non_json(value: Any) -> tuple[str, str] | None:
+    """Where ``value`` holds something JSON would not return unchanged, and why; None if nowhere.
+
+    The path is relative to ``value``: ``""`` for the value itself, ``".name"`` for a
+    dict item, ``"[1]"`` for a list item, ``".<key 7>"`` for a dict key that is the
+    problem, e.g. ``"[1].fetched"`` or ``".by_id.<key 7>"``. One pass over the value,
+    no encoding; see the module docstring for the rule.
+    """
+    try:
+        found = _find(value)
+    except RecursionError:
+        return "", "it is nested too deeply for JSON (more than about 900 levels)"
+    if found is None:
+        return None
+    parts, why = found
+    return "".join(reversed(parts)), why
+
+
+def _find(value: Any) -> tuple[list[str], str] | None:  # noqa: C901 - one dispatch on exact types, for speed
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            return _surrogate_problem(value)
+        return None
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return [f".<key {key!r}>"], (
+                    f"dict key {key!r} ({type(key).__name__}) is not a str (JSON would turn it into "
+                    f"{_json_key(key)}); use string keys")
+            if not key.isascii():
+                bad = _surrogate_problem(key)
+                if bad is not None:
+                    return [f".<key {key!r}>"], "dict key " + bad[1]
+            item_kind = type(item)
+            if item_kind is str:
+                if item.isascii():
+                    continue
+            elif item_kind is bool or item is None:
+                continue
+            found = _find(item)
+            if found is not None:
+                found[0].append(f".{key}")
+                return found
+        return None
+    if kind is list:
+        for index, item in enumerate(value):
+            item_kind = type(item)
+            if item_kind is str:
+                if item.isascii():
+                    continue
+            elif item_kind is bool or item is None:
+                continue
+            found = _find(item)
+            if found is not None:
+                found[0].append(f"[{index}]")
+                return found
+        return None
+    if kind is bool or value is None:
+        return None
+    if kind is int:
+        if value.bit_length() > _INT_BITS_SURELY_OK and _too_many_digits(value):
+            return [], f"an int of more than {_MAX_INT_DIGITS} digits does not round-trip through JSON; store it as a str"
+        return None
+    if kind is float:
+        if not math.isfinite(value):
+            return [], f"{value!r} is not JSON (standard parsers refuse NaN and Infinity); use None or a str"
+        return None
+    return [], _describe_foreign(value)
+
+
+def _surrogate_problem(text: str) -> tuple[list[str], str] | None:
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    return [], (f"a str with a lone surrogate {match.group()!r} at index {match.start()} cannot be encoded as "
+                "UTF-8 JSON; decode the bytes it came from correctly, or replace it")
+
+
+def _too_many_digits(value: int) -> bool:
+    try:
+        return len(str(abs(value))) > _MAX_INT_DIGITS
+    except ValueError:  # str() itself refuses past the limit
+        return True
+
+
+def _json_key(key: Any) -> str:
+    try:
+        return json.dumps({key: 0})[1:-4]
+    except (TypeError, ValueError):
+        return "an error"
+
+
+def _describe_foreign(value: Any) -> str:
+    kind = type(value)
+    name = kind.__name__
+    if isinstance(value, tuple):
+        return f"{name} {_preview(value)} (JSON would return a list); use a list"
+    if isinstance(value, (set, frozenset)):
+        return f"{name} {_preview(value)} is not JSON; use a list (e.g. sorted(...))"
+    for base, convert in _CONVERT.items():
+        if isinstance(value, base):
+            return (f"{name} {_preview(value)} is a subclass of {base.__name__} (JSON would return a plain "
+                    f"{base.__name__}); convert it with {convert}")
+    return f"{name} {_preview(value)} is not JSON; store str, int, float, bool, None, or lists and dicts of them"
+
+
+def _preview(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real problem
+        return "(unprintable)"
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,7 +1,10 @@
 """``State``: the data that flows through a workflow, always JSON-serialisable.
 
 Every value is checked when it is written, so a value that could not be checkpointed or
-sent to another machine fails at the line that wrote it, naming the key.
+sent to another machine fails at the line that wrote it, naming the key and the nested
+path. Accepted are exactly the values JSON returns unchanged (``codec.find_non_json``):
+what a node writes is what the next node, ``get_result``, ``resume`` and every other
+process read, and what ``execute`` returns.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import uuid
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import decode, encode, find_non_json
 from distributed_agents.core.errors import StateError, StateNotSerializableError
 
 __all__ = ["State", "new_workflow_id"]
@@ -23,31 +26,33 @@ def new_workflow_id() -> str:
 
 
 def check_value(key: str, value: Any) -> None:
-    """Raise ``StateNotSerializableError`` naming ``key`` if ``value`` is not JSON."""
-    if not isinstance(key, str):
-        raise StateNotSerializableError(f"state keys must be strings, got {key!r} ({type(key).__name__})", key=str(key))
-    try:
-        encode(value)
-    except (TypeError, ValueError) as exc:
+    """Raise ``StateNotSerializableError`` unless JSON returns ``value`` unchanged (see ``codec``).
+
+    The message names the state key and the nested path of the culprit (e.g.
+    ``findings[1].fetched`` or ``by_id.<key 7>``) and says what to store instead.
+    """
+    if type(key) is not str:
         raise StateNotSerializableError(
-            f"state key {key!r}: value of type {type(value).__name__} is not JSON-serialisable ({exc}); "
-            "store plain data (str, int, float, bool, None, lists and dicts of them)",
-            key=key,
-        ) from None
+            f"state keys must be strings, got {key!r} ({type(key).__name__}); JSON would turn it into "
+            f"{str(key)!r}", key=str(key))
+    found = find_non_json(value)
+    if found is None:
+        if not key.isascii() and find_non_json(key) is not None:
+            raise StateNotSerializableError(f"state key {key!r} has a lone surrogate; it cannot be encoded as "
+                                            "UTF-8 JSON", key=key)
+        return
+    path, why = found
+    raise StateNotSerializableError(
+        f"state key {key!r}, at {key}{path}: {why}. State holds only what JSON returns unchanged: "
+        "str, int, float, bool, None, and lists and dicts (with str keys) of them",
+        key=key,
+    )
 
 
 def check_values(values: Mapping[str, Any]) -> None:
-    """Check every item of ``values``; one encode in the common case where all are fine."""
-    for key in values:
-        if not isinstance(key, str):
-            # json would silently turn 1 into "1", so the key would change on the first round trip.
-            check_value(key, values[key])
-    try:
-        encode(values)
-    except (TypeError, ValueError):
-        for key, value in values.items():
-            check_value(key, value)
-        raise  # pragma: no cover - some value failed as a whole but not alone
+    """``check_value`` every item of ``values``: one pass, no encoding."""
+    for key, value in values.items():
+        check_value(key, value)
 
 
 class State(MutableMapping[str, Any]):

@@ -232,3 +232,98 @@ def test_each_new_state_gets_its_own_workflow_id() -> None:
     """Without a workflow_id a State gets a fresh 'wf_' id."""
     first, second = State(), State()
     assert first.workflow_id.startswith("wf_") and first.workflow_id != second.workflow_id
+
+
+# -- exactly what JSON returns unchanged ---------------------------------------------------
+
+import enum  # noqa: E402
+from collections import Counter, OrderedDict, defaultdict  # noqa: E402
+
+from distributed_agents.core.codec import decode, encode, find_non_json  # noqa: E402
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Tag(str, enum.Enum):
+    NEW = "new"
+
+
+CHANGED_BY_JSON = [
+    pytest.param({"by_id": {7: "seven"}}, "by_id.<key 7>", id="int-key"),
+    pytest.param({"deep": [{"x": {None: 1}}]}, "deep[0].x.<key None>", id="none-key-nested"),
+    pytest.param({"pair": (1, 2)}, "pair", id="tuple"),
+    pytest.param({"findings": [{}, {"fetched": (2024, 1)}]}, "findings[1].fetched", id="nested-tuple"),
+    pytest.param({"tally": Counter(a=2)}, "tally", id="counter"),
+    pytest.param({"ordered": OrderedDict(a=1)}, "ordered", id="ordered-dict"),
+    pytest.param({"d": defaultdict(list)}, "d", id="defaultdict"),
+    pytest.param({"colour": Colour.RED}, "colour", id="int-enum"),
+    pytest.param({"tags": [Tag.NEW]}, "tags[0]", id="str-enum"),
+    pytest.param({"x": [1.0, float("-inf")]}, "x[1]", id="infinity"),
+    pytest.param({"text": "ok \ud83d"}, "text", id="lone-surrogate"),
+    pytest.param({"k": {"\udc00": 1}}, "k.<key '\\udc00'>", id="surrogate-key"),
+    pytest.param({"n": 10 ** 4400}, "n", id="huge-int"),
+]
+
+
+@pytest.mark.parametrize(("values", "path"), CHANGED_BY_JSON)
+def test_values_json_would_change_are_refused_naming_the_nested_path(values: dict[str, Any], path: str) -> None:
+    """Each of these would come back different (or not at all) from JSON: refused at write, with its path."""
+    key = next(iter(values))
+    with pytest.raises(StateNotSerializableError) as info:
+        State(values)
+    assert info.value.key == key
+    assert f"at {path}:" in str(info.value)
+    state = State({"kept": 1})
+    with pytest.raises(StateNotSerializableError):
+        state[key] = values[key]
+    with pytest.raises(StateNotSerializableError):
+        state.update(values)
+    assert dict(state) == {"kept": 1}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of identical types at every depth (1 == 1.0 == True in Python, not in JSON)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if type(a) is float and a != a:
+        return b != b
+    return bool(a == b)
+
+
+anything_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(alphabet=st.characters(), max_size=6),
+    st.sampled_from([Colour.RED, Tag.NEW]),
+)
+anything = st.recursive(
+    anything_scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(st.text(alphabet=st.characters(), max_size=4), st.integers(), st.booleans(),
+                                  st.none(), st.floats(allow_nan=False)), inner, max_size=3),
+        st.dictionaries(st.text(max_size=3), inner, max_size=3).map(Counter),
+        st.frozensets(st.integers(), max_size=2),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=anything)
+def test_a_value_is_accepted_exactly_when_json_returns_it_unchanged(value: Any) -> None:
+    """The write rule is precisely "JSON gives it back unchanged": no false refusals, no silent changes."""
+    try:
+        round_tripped = decode(encode(value))
+        unchanged = same(value, round_tripped)
+    except (TypeError, ValueError):
+        unchanged = False
+    accepted = find_non_json(value) is None
+    assert accepted == unchanged, (value, find_non_json(value))
+    if accepted:
+        assert same(State({"v": value}).values_copy()["v"], value)
