@@ -8,7 +8,14 @@ fenced by the workflow lease. Where a node runs is decided per node: in-process 
 the orchestrator has its function, otherwise as a task on the backend's queue.
 
 The frontier stored with every commit is ``{"next": [...nodes], "joins": {target:
-[sources seen]}}``, enough for any process to continue the workflow.
+[sources seen]}}``, enough for any process to continue the workflow. When a step
+fails, the record's frontier also keeps ``"pending_writes": {node: updates}`` of the
+step's nodes that did succeed, so resuming re-runs only the nodes that failed.
+
+Every way out of the step loop leaves the workflow in a terminal status with an error
+record (``kind``, ``summary``, ``step``, ``phase`` and the node or key at fault), except
+a backend outage (retried until the backend is back), a takeover by another
+orchestrator, a cancellation, and this process stopping (the workflow stays resumable).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Any
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
+    BackendUnavailableError,
+    DistributedAgentsError,
     ExecutionError,
     FencingTokenRejectedError,
     LeaseLostError,
@@ -134,11 +143,27 @@ class StepEngine:
         have deterministic ids, so a retried step reuses results of finished tasks, and
         a commit whose reply was lost is recognised rather than made twice.
         """
+        progress = _Progress(record)
+        try:
+            return await self._drive_steps(graph, progress, lease, options)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            if getattr(exc, _RECORDED, False):
+                raise
+            raise await self._fail_unexpected(graph, progress, lease, exc) from exc
+
+    async def _drive_steps(
+        self, graph: Graph, progress: _Progress, lease: WorkflowLease, options: DriveOptions
+    ) -> WorkflowRecord:
+        record = progress.record
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
         while True:
+            progress.begin(record)
             next_nodes = list(record.frontier.get("next", ()))
             if not next_nodes:
+                progress.phase = "commit"
                 if record.status != WorkflowStatus.COMPLETED:  # e.g. a graph resumed with nothing left
                     record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
@@ -153,33 +178,49 @@ class StepEngine:
                 )
                 await self._fail(record, lease, error, {"nodes": list(cycling)})
                 raise error
+            unknown = [name for name in next_nodes if name not in graph.nodes]
+            if unknown:
+                raise ExecutionError(
+                    f"workflow {record.workflow_id!r} is at step {record.step} with node(s) "
+                    f"{', '.join(map(repr, unknown))} to run, which graph {graph.name!r} does not have; "
+                    "resume it with the graph it was started with"
+                )
+            # Nodes of this step that succeeded before it failed keep their writes.
+            done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
+            to_run = [name for name in next_nodes if name not in done]
             try:
                 outcomes = await until_available(
-                    functools.partial(self._run_step, graph, record, run, next_nodes),
+                    functools.partial(self._run_step, graph, record, run, to_run),
                     what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
-                )
+                ) if to_run else []
             except NodeNotFoundError as exc:
-                await self._fail(record, lease, exc, {"nodes": next_nodes})
+                await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run"})
                 raise
+            progress.phase = "merge"
+            progress.pending = {**done, **{o.node: dict(o.updates or {}) for o in outcomes if o.ok}}
             failed = [o for o in outcomes if not o.ok]
             if failed:
-                raise await self._node_failed(graph, record, lease, failed[0])
+                raise await self._node_failed(graph, record, lease, failed, progress.pending)
             for outcome in outcomes:
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
                                   duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id)
-            writes = [(o.node, o.updates) for o in outcomes if o.updates]
+            for name in done:
+                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=name,
+                                  duration=0.0, attempts=0, worker="", reused=True)
+            writes = [(name, progress.pending[name]) for name in next_nodes if progress.pending[name]]
             try:
                 merged = merge_updates(record.state, writes, graph.reducers)
                 routed, joins = await graph.route(
                     next_nodes, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {})
                 )
             except ExecutionError as exc:
-                await self._fail(record, lease, exc, {})
+                await self._fail_unexpected(graph, progress, lease, exc)
                 raise
             recent.append(next_nodes)
             frontier = {"next": routed, "joins": joins}
             step = record.step + 1
             checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
+            progress.phase = "commit"
             record = await self._commit(
                 # The last step commits COMPLETED itself: one write fewer per workflow.
                 record.evolve(state=merged, step=step, frontier=frontier,
@@ -189,6 +230,7 @@ class StepEngine:
 
     async def _run_step(self, graph: Graph, record: WorkflowRecord, run: int, nodes: list[str]) -> list[NodeOutcome]:
         state_json = encode(record.state)
+        workflow_priority = int(record.metadata.get("priority", 0))
         local: dict[str, NodeFunction] = {}
         local_calls: list[NodeCall] = []
         remote_calls: list[NodeCall] = []
@@ -198,6 +240,7 @@ class StepEngine:
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
                 node_type=spec.node_type, task_id=task_id_for(record.workflow_id, run, record.step, name),
                 state_json=state_json, retry=spec.retry, timeout=spec.timeout,
+                priority=workflow_priority + spec.priority,
             )
             func = self._local_function(spec)
             if func is not None:
@@ -217,8 +260,10 @@ class StepEngine:
         return [by_node[name] for name in nodes]
 
     async def _node_failed(
-        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, outcome: NodeOutcome
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, failed: Sequence[NodeOutcome],
+        pending: Mapping[str, Mapping[str, Any]],
     ) -> NodeExecutionError:
+        outcome = failed[0]
         failure = outcome.failure
         assert failure is not None
         error_cls = NodeTimeoutError if failure.timed_out else NodeExecutionError
@@ -231,16 +276,71 @@ class StepEngine:
         self._events.emit(record.workflow_id, "node.failed", step=record.step, node=outcome.node,
                           attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
                           duration=outcome.duration)
+        for other in failed[1:]:
+            assert other.failure is not None
+            self._events.emit(record.workflow_id, "node.failed", step=record.step, node=other.node,
+                              attempts=other.attempts, error=f"{other.failure.error_type}: {other.failure.message}",
+                              duration=other.duration)
         await self._fail(record, lease, error, {
-            "node": outcome.node, "attempts": outcome.attempts, "error_type": failure.error_type,
+            "phase": "run", "node": outcome.node, "attempts": outcome.attempts, "error_type": failure.error_type,
             "message": failure.message, "traceback": failure.traceback_text,
-        })
+            "failed_nodes": [o.node for o in failed],
+        }, pending)
         return error
 
-    async def _fail(self, record: WorkflowRecord, lease: WorkflowLease, error: Exception, details: dict[str, Any]) -> None:
-        info = {"kind": type(error).__name__, "summary": str(error), "step": record.step, **details}
-        await self._commit(record.evolve(status=WorkflowStatus.FAILED, error=info), lease)
-        self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=str(error))
+    async def _fail_unexpected(
+        self, graph: Graph, progress: _Progress, lease: WorkflowLease, exc: Exception
+    ) -> DistributedAgentsError:
+        """Record FAILED for an error no earlier path recorded; return what the caller raises."""
+        record = progress.record
+        what = {"run": "running its nodes", "merge": "merging its nodes' updates and routing",
+                "commit": "committing it"}.get(progress.phase, progress.phase)
+        error = exc if isinstance(exc, DistributedAgentsError) else ExecutionError(
+            f"workflow {record.workflow_id!r} of graph {graph.name!r} failed in step {record.step} while {what}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        details: dict[str, Any] = {"phase": progress.phase, "nodes": list(record.frontier.get("next", ()))}
+        for attribute in ("key", "node", "nodes", "reducer", "path"):
+            value = getattr(exc, attribute, None)
+            if isinstance(value, (str, int)) or (isinstance(value, (list, tuple)) and
+                                                 all(isinstance(v, str) for v in value)):
+                details[attribute] = list(value) if isinstance(value, tuple) else value
+        if error is not exc:
+            details["kind"] = type(exc).__name__
+        log.error("workflow %r failed in step %d while %s", record.workflow_id, record.step, what, exc_info=exc)
+        await self._fail(record, lease, error, details, progress.pending)
+        return error
+
+    async def _fail(
+        self, record: WorkflowRecord, lease: WorkflowLease, error: Exception, details: dict[str, Any],
+        pending: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Commit FAILED with an error record; ``pending`` writes are kept for ``resume``.
+
+        Marks ``error`` as recorded, so the step loop does not record it twice. If the
+        failure cannot be committed with the pending writes (e.g. they are what is too
+        large for the backend) it is committed without them.
+        """
+        setattr(error, _RECORDED, True)
+        summary = str(error)
+        if len(summary) > MAX_SUMMARY:
+            summary = summary[:MAX_SUMMARY] + f"... ({len(summary) - MAX_SUMMARY} more characters)"
+        info = {"kind": type(error).__name__, "summary": summary, "step": record.step, **details}
+        failed = record.evolve(status=WorkflowStatus.FAILED, error=info)
+        if pending:
+            try:
+                await self._commit(failed.evolve(frontier={**record.frontier, "pending_writes": dict(pending)}),
+                                   lease)
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:
+                log.warning("workflow %r: could not keep the failed step's finished writes (%s: %s); "
+                            "resume will run those nodes again", record.workflow_id, type(exc).__name__, exc)
+                info["pending_writes_dropped"] = f"{type(exc).__name__}: {exc}"[:MAX_SUMMARY]
+                await self._commit(failed, lease)
+        else:
+            await self._commit(failed, lease)
+        self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
     async def _commit(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
@@ -276,6 +376,29 @@ class StepEngine:
                 f"workflow {record.workflow_id!r}: another orchestrator committed step "
                 f"{None if current is None else current.step} first; this one stopped driving it"
             ) from exc
+
+
+MAX_SUMMARY = 4000  # characters of an error summary kept in the record
+_RECORDED = "_distributed_agents_recorded"  # set on an error once FAILED is committed for it
+_PASS_THROUGH: tuple[type[BaseException], ...] = (
+    WorkflowTakenOverError, WorkflowCancelledError, BackendUnavailableError, LeaseLostError,
+    FencingTokenRejectedError, VersionConflictError,
+)
+
+
+class _Progress:
+    """Where the step loop is, for recording a failure no specific path caught."""
+
+    def __init__(self, record: WorkflowRecord) -> None:
+        self.record = record
+        self.phase = "run"
+        self.pending: dict[str, Mapping[str, Any]] = {}
+
+    def begin(self, record: WorkflowRecord) -> None:
+        """A new step starts from ``record`` (the last commit)."""
+        self.record = record
+        self.phase = "run"
+        self.pending = {}
 
 
 def _landed(current: WorkflowRecord, attempted: WorkflowRecord) -> bool:

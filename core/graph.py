@@ -7,9 +7,13 @@ distributed side (functions stay in the process that defined them).
 
 Routing happens after each step, on the merged state: a static edge ``a -> b``
 triggers ``b`` whenever ``a`` ran; a join ``add_edge(["a", "b"], "c")`` triggers ``c``
-once both ``a`` and ``b`` have run since ``c`` last did; a conditional edge calls its
-condition, which returns one key or a list of keys (fan-out), each mapped to a node or
-``END``.
+once both ``a`` and ``b`` have run since the join last fired (a barrier advanced once
+per step, see ``joins``); a conditional edge calls its condition, which returns one key
+or a list of keys (fan-out), each mapped to a node or ``END``. Conditions receive a
+read-only view of the state (``ReadOnlyState``): a write raises ``ExecutionError``.
+A conditional edge from ``START`` routes the input state when the workflow starts.
+The nodes a step triggers always run, and their updates merge, in node declaration
+order.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from distributed_agents.core.errors import (
     GraphNotCompiledError,
     GraphValidationError,
 )
+from distributed_agents.core.joins import Join, advance_joins, join_key
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.state_view import ReadOnlyState
 
-__all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec"]
+__all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec", "join_key"]
 
 START = "__start__"
 END = "__end__"
@@ -56,10 +62,12 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ConditionalEdge:
-    """A route out of ``source`` chosen at run time by ``condition(state)``.
+    """A route out of ``source`` (a node, or ``START``) chosen at run time by ``condition(state)``.
 
     ``mapping`` maps the condition's keys to node names (or END); None means the
     condition returns node names itself, restricted to ``allowed`` when that is set.
+    The condition gets a read-only view of the merged state (of the input state for
+    ``START``); writing to it raises ``ExecutionError`` naming the condition, graph and key.
     """
 
     source: str
@@ -82,7 +90,7 @@ class _Routing:
 
     order: dict[str, int] = field(default_factory=dict)
     static: dict[str, list[str]] = field(default_factory=dict)
-    joins: dict[str, list[tuple[str, str, frozenset[str]]]] = field(default_factory=dict)
+    joins: list[Join] = field(default_factory=list)  # distinct joins, in declaration order
     conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
     entry: list[str] = field(default_factory=list)
 
@@ -179,11 +187,15 @@ class Graph:
         condition: Condition,
         targets: Mapping[Hashable, str] | Sequence[str] | None = None,
     ) -> Graph:
-        """Route out of ``source`` by ``condition(state)``.
+        """Route out of ``source`` by ``condition(state)``; ``source`` may be ``START``.
 
         ``targets`` is a dict from the condition's return values to node names (or
         END), a list of the node names the condition may return, or omitted (the
         condition returns node names). The condition may return one value or a list.
+        It is called in the orchestrator with a read-only view of the state merged
+        after ``source``'s step (``ReadOnlyState``; writing to it raises
+        ``ExecutionError``); from ``START`` it routes the input state before the first
+        step, alongside any ``set_entry_point`` nodes.
         """
         self._mutable()
         if not callable(condition):
@@ -219,7 +231,7 @@ class Graph:
         return self
 
     def set_entry_point(self, node: str) -> Graph:
-        """Start the workflow at ``node``."""
+        """Start the workflow at ``node`` (an edge ``START -> node``; several entry points run together)."""
         return self.add_edge(START, node)
 
     def set_finish_point(self, node: str) -> Graph:
@@ -239,16 +251,19 @@ class Graph:
             return self
         self._validate()
         routing = _Routing(order={name: i for i, name in enumerate(self._nodes)})
+        entry = set()
         for sources, target in self._edges:
             if sources == (START,):
                 # START -> END runs nothing; END is not a node the engine could run.
-                if target != END and target not in routing.entry:
-                    routing.entry.append(target)
+                if target != END:
+                    entry.add(target)
             elif len(sources) == 1:
                 routing.static.setdefault(sources[0], []).append(target)
             else:
-                for src in sources:
-                    routing.joins.setdefault(src, []).append((join_key(target, sources), target, frozenset(sources)))
+                join = Join(target, frozenset(sources))
+                if join not in routing.joins:  # declared twice, in any source order: still one join
+                    routing.joins.append(join)
+        routing.entry = sorted(entry, key=routing.order.__getitem__)
         for edge in self._conditional:
             routing.conditional.setdefault(edge.source, []).append(edge)
         self._routing = routing
@@ -260,8 +275,10 @@ class Graph:
 
     def _validate(self) -> None:
         nodes = set(self._nodes)
-        if not any(sources == (START,) for sources, _ in self._edges):
-            raise self._fail("no entry point; call set_entry_point(node)", START)
+        if not any(sources == (START,) for sources, _ in self._edges) and not any(
+            edge.source == START for edge in self._conditional
+        ):
+            raise self._fail("no entry point; call set_entry_point(node) or add_conditional_edge(START, ...)", START)
         for sources, target in self._edges:
             for src in sources:
                 if src != START and src not in nodes:
@@ -270,7 +287,7 @@ class Graph:
                 raise self._fail(f"edge {sources[0] if len(sources) == 1 else list(sources)!r} -> {target!r} "
                                  f"targets unknown node {target!r}", target)
         for edge in self._conditional:
-            if edge.source not in nodes:
+            if edge.source != START and edge.source not in nodes:
                 raise self._fail(f"conditional edge starts at unknown node {edge.source!r}", edge.source)
             for target in edge.possible_targets(nodes):
                 if target != END and target not in nodes:
@@ -320,9 +337,25 @@ class Graph:
             raise ExecutionError(f"graph {self.name!r} has no node {name!r}") from None
 
     def entry_nodes(self) -> list[str]:
-        """Nodes triggered by the start of a workflow."""
+        """Nodes every workflow starts with (``set_entry_point``), in node declaration order.
+
+        Conditional edges from ``START`` add nodes chosen by the input state: ``start()``.
+        """
         self._require_compiled()
         return list(self._routing.entry)
+
+    async def start(self, state: Any) -> list[str]:
+        """The first step's nodes for input ``state``, in node declaration order.
+
+        The ``set_entry_point`` nodes plus those chosen by conditional edges from
+        ``START`` (called with a read-only view of ``state``). Raises ``ExecutionError``
+        if such a condition raises, writes to the state or returns an unknown route.
+        """
+        self._require_compiled()
+        triggered = list(self._routing.entry)
+        for edge in self._routing.conditional.get(START, ()):
+            triggered.extend(await self._follow(edge, state))
+        return self.order(t for t in triggered if t != END)
 
     def order(self, names: Iterable[str]) -> list[str]:
         """``names`` without duplicates, in node declaration order."""
@@ -331,38 +364,40 @@ class Graph:
     async def route(
         self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]]
     ) -> tuple[list[str], dict[str, list[str]]]:
-        """Nodes triggered after ``ran`` completed on ``state``, and the new join progress.
+        """Nodes triggered after the step that ran ``ran`` merged ``state``, and the new join progress.
 
-        ``joins`` maps each join (``join_key``: ``"target<-a+b"``) to the sources seen so
-        far; the engine keeps it in the checkpoint's frontier. Two joins into one target
-        keep separate progress. Conditions run here, in the orchestrator.
+        Triggered nodes come in node declaration order, each once. ``joins`` is the
+        join progress stored in the checkpoint's frontier: ``join_key(target,
+        sources)`` -> the sources that ran since that join last fired. Every join
+        advances once per step by the set of its sources in ``ran`` (see ``joins``); a
+        join declared twice is one join. Conditions run here, in the orchestrator, each
+        on a read-only view of ``state``.
         """
         self._require_compiled()
         triggered: list[str] = []
-        progress = {key: set(seen) for key, seen in joins.items()}
         for node in ran:
             triggered.extend(self._routing.static.get(node, ()))
-            for key, target, sources in self._routing.joins.get(node, ()):
-                seen = progress.setdefault(key, set())
-                seen.add(node)
-                if seen >= sources:
-                    triggered.append(target)
-                    del progress[key]
             for edge in self._routing.conditional.get(node, ()):
                 triggered.extend(await self._follow(edge, state))
-        next_nodes = self.order(t for t in triggered if t != END)
-        return next_nodes, {key: sorted(seen) for key, seen in progress.items()}
+        fired, progress = advance_joins(self._routing.joins, ran, joins)
+        triggered.extend(fired)
+        return self.order(t for t in triggered if t != END), progress
+
+    def _condition_label(self, edge: ConditionalEdge) -> str:
+        where = "at START" if edge.source == START else f"after node {edge.source!r}"
+        return f"condition {_callable_name(edge.condition)} {where}"
 
     async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str]:
+        label = self._condition_label(edge)
+        view = ReadOnlyState.of(state, where=f"graph {self.name!r}: {label}")
         try:
-            chosen = edge.condition(state)
+            chosen = edge.condition(view)
             if inspect.isawaitable(chosen):
                 chosen = await chosen
         except Exception as exc:
-            raise ExecutionError(
-                f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
-                f"raised {type(exc).__name__}: {exc}"
-            ) from exc
+            if exc is view.refused:
+                raise  # a write to the read-only view: its message already names condition, graph and key
+            raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
         keys = list(chosen) if isinstance(chosen, (list, tuple, set, frozenset)) else [chosen]
         targets = []
         for key in keys:
@@ -371,7 +406,7 @@ class Graph:
                     target = edge.mapping[key]
                 except (KeyError, TypeError):
                     raise ExecutionError(
-                        f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
+                        f"graph {self.name!r}: {label} "
                         f"returned {key!r}, which is not in its targets {sorted(map(repr, edge.mapping))}"
                     ) from None
             else:
@@ -380,8 +415,7 @@ class Graph:
                 # An unhashable key (a nested list, a dict) must not escape as a bare TypeError.
                 if not isinstance(target, str) or target not in valid:
                     raise ExecutionError(
-                        f"graph {self.name!r}: condition {_callable_name(edge.condition)} after node {edge.source!r} "
-                        f"returned {key!r}, which is not one of {sorted(valid)}"
+                        f"graph {self.name!r}: {label} returned {key!r}, which is not one of {sorted(valid)}"
                     )
             targets.append(target)
         return targets
@@ -427,11 +461,6 @@ class Graph:
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
-
-
-def join_key(target: str, sources: Iterable[str]) -> str:
-    """The frontier key of the join of ``sources`` into ``target``."""
-    return f"{target}<-{'+'.join(sorted(sources))}"
 
 
 def _targets_spec(edge: ConditionalEdge) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import Outage, until_available
-from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError
+from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError, task_id_for
 from distributed_agents.core.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -34,7 +34,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import TaskQueueExecutor
-from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
@@ -42,7 +42,7 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.state import State, check_values
 from distributed_agents.core.status import WorkflowStatusInfo
 
-__all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "validate_workflow_id"]
+__all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
 log = logging.getLogger("distributed_agents.orchestrator")
 T = TypeVar("T")
@@ -61,6 +61,22 @@ def validate_workflow_id(workflow_id: str) -> str:
             f"workflow_id {workflow_id!r} must be 1-200 characters without spaces, '.', '*', '>', '/' or '\\'"
         )
     return workflow_id
+
+
+def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any]) -> str | None:
+    """How ``record``'s stored graph fingerprint differs from ``fingerprint``; None if it matches.
+
+    A record without a fingerprint (written before fingerprints were stored) matches any graph.
+    """
+    stored = record.graph
+    if not stored or stored.get("sha256") == fingerprint.get("sha256"):
+        return None
+
+    def describe(fp: Mapping[str, Any]) -> str:
+        return f"graph {fp.get('name')!r} ({fp.get('nodes')} nodes, sha256 {str(fp.get('sha256'))[:12]})"
+
+    return (f"workflow {record.workflow_id!r} was started with {describe(stored)}, "
+            f"which differs from the given {describe(fingerprint)}")
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
@@ -85,7 +101,9 @@ class Orchestrator:
     With ``recover``, a background loop (every ``recovery_interval`` seconds) takes
     over running workflows whose owner's lease expired (that orchestrator died or
     stalled) and whose graph this orchestrator knows (``register_graph``, or any
-    graph it executed), resuming each from its last committed step.
+    graph it executed), resuming each from its last committed step. A workflow whose
+    stored graph fingerprint differs from the known graph of that name is left alone
+    (logged once) for an orchestrator that has the graph it was started with.
     """
 
     def __init__(
@@ -127,6 +145,7 @@ class Orchestrator:
         self._events: EventPublisher | None = None
         self._connected = False
         self._cancelled: set[str] = set()  # workflows cancel_workflow stopped in this process
+        self._mismatch_logged: set[tuple[str, str]] = set()  # (workflow, sha256) recovery skipped
         # One outage report per process, shared by every workflow it drives.
         self._outage = Outage(log, f"orchestrator {self.orchestrator_id}")
 
@@ -214,8 +233,13 @@ class Orchestrator:
         *,
         workflow_id: str | None = None,
         step_limit: int | None = None,
+        priority: int = 0,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
+
+        ``priority`` (an int in -1,000,000..1,000,000) is added to each node's own
+        priority for every task of this workflow: workers claim higher priorities
+        first. It is stored with the workflow, so ``resume`` and a takeover keep it.
 
         Raises the workflow's error if it fails (``NodeExecutionError`` naming the
         node, attempts and original exception; ``StepLimitExceededError``; ...) and
@@ -224,6 +248,10 @@ class Orchestrator:
         """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+            raise ConfigurationError(
+                f"execute(priority={priority!r}): priority must be an int between {-MAX_PRIORITY} and {MAX_PRIORITY}"
+            )
         if isinstance(initial_state, State):
             values = initial_state.values_copy()
             workflow_id = workflow_id or initial_state.workflow_id
@@ -240,7 +268,8 @@ class Orchestrator:
         frontier = {"next": graph.entry_nodes(), "joins": {}}
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
-            frontier=frontier, graph=graph.fingerprint(), metadata={"run": 0, "orchestrator": self.orchestrator_id},
+            frontier=frontier, graph=graph.fingerprint(),
+            metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {})},
         )
         attempts = 0
 
@@ -269,13 +298,30 @@ class Orchestrator:
         self._publisher().emit(workflow_id, "workflow.started", step=0, graph=graph.name)
         return await self._drive(graph, record, lease, step_limit)
 
-    async def resume(self, workflow_id: str, graph: Graph | None = None, *, step_limit: int | None = None) -> State:
+    async def resume(
+        self,
+        workflow_id: str,
+        graph: Graph | None = None,
+        *,
+        step_limit: int | None = None,
+        allow_graph_change: bool = False,
+    ) -> State:
         """Continue a workflow from its last committed step; return the final state.
 
-        Committed steps are not run again; tasks of the interrupted step that already
-        finished are reused. A completed workflow returns its final state at once. A
-        failed or cancelled workflow is retried from the step that did not commit.
-        ``graph`` defaults to the graph of the same name this orchestrator last ran.
+        Committed steps are not run again. Of the step that did not commit, only nodes
+        that did not finish run again: the writes of nodes that succeeded before the
+        step failed are kept in the record, and results of tasks that finished on
+        workers (also a dead letter requeued afterwards) are reused. A completed
+        workflow returns its final state at once. A failed or cancelled workflow is
+        retried from the step that did not commit. ``graph`` defaults to the graph of
+        the same name this orchestrator last ran.
+
+        ``graph`` must be the graph the workflow was started with (same fingerprint:
+        name and a hash of its nodes, edges, routes and reducers); another version is
+        refused with a ``ConfigurationError`` naming both, and the workflow is left as
+        it was. ``allow_graph_change=True`` migrates the workflow to ``graph`` instead
+        (its record then carries the new fingerprint); the nodes of the step to run
+        must exist in it, or the workflow fails naming them.
         """
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
@@ -290,21 +336,60 @@ class Orchestrator:
             )
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
-        self._graphs[graph.name] = graph
+        fingerprint = graph.fingerprint()
+        changed = graph_mismatch(record, fingerprint)
+        if changed and not allow_graph_change:
+            raise ConfigurationError(
+                f"resume({workflow_id!r}): {changed}; pass the graph it was started with, or "
+                "resume(..., allow_graph_change=True) to migrate the workflow to this version"
+            )
+        if not changed:
+            self._graphs[graph.name] = graph
         lease = await self._acquire(workflow_id)
         try:
+            # Re-read under the lease: the record may have moved since the first read.
+            current = await self.backend.state_store.get(workflow_id)
+            record = current if current is not None else record
+            if record.status == WorkflowStatus.COMPLETED:
+                await self._release(lease)
+                return State._trusted(dict(record.state), workflow_id)
+            changes: dict[str, Any] = {}
+            metadata = dict(record.metadata)
+            if changed:
+                log.warning("workflow %r migrated to a new graph version: %s", workflow_id, changed)
+                metadata["previous_graph"] = dict(record.graph or {})
+                changes["graph"] = fingerprint
             if record.status != WorkflowStatus.RUNNING:
-                # A new run: fresh task ids, so failed or cancelled tasks are not reused.
-                metadata = {**record.metadata, "run": int(record.metadata.get("run", 0)) + 1,
-                            "orchestrator": self.orchestrator_id}
+                # A new run: fresh task ids, so failed or cancelled tasks are not reused,
+                # but the step's tasks that did succeed (also after a requeue) are.
+                old_run = int(record.metadata.get("run", 0))
+                frontier = await self._reuse_finished_tasks(record, old_run)
+                metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
+                changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
+            if changes:
                 record = await self.backend.state_store.save(
-                    record.evolve(status=WorkflowStatus.RUNNING, error=None, metadata=metadata),
+                    record.evolve(metadata=metadata, **changes),
                     expected_version=record.version, fencing_token=lease.fencing_token,
                 )
         except BaseException:
             await self._release(lease)
             raise
         return await self._drive(graph, record, lease, step_limit)
+
+    async def _reuse_finished_tasks(self, record: WorkflowRecord, run: int) -> dict[str, Any]:
+        """``record``'s frontier, with results of its step's tasks that succeeded in ``run`` as pending writes."""
+        frontier = dict(record.frontier)
+        pending = dict(frontier.get("pending_writes") or {})
+        queue = self.backend.task_queue
+        for node in frontier.get("next", ()):
+            if node in pending:
+                continue
+            result = await queue.get_result(task_id_for(record.workflow_id, run, record.step, node))
+            if result is not None and result.status == "succeeded":
+                pending[node] = dict(result.output or {})
+        if pending:
+            frontier["pending_writes"] = pending
+        return frontier
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """``call()``, retried with backoff while the backend is unavailable."""
@@ -449,6 +534,16 @@ class Orchestrator:
         for record in await store.list_workflows(WorkflowStatus.RUNNING):
             graph = self._graphs.get(record.graph_name)
             if graph is None or record.workflow_id in self._running:
+                continue
+            changed = graph_mismatch(record, graph.fingerprint())
+            if changed:
+                # Another orchestrator may have the right version: leave it for that one.
+                seen = (record.workflow_id, str((record.graph or {}).get("sha256")))
+                if seen not in self._mismatch_logged:
+                    self._mismatch_logged.add(seen)
+                    log.warning("not taking over workflow %r: %s; an orchestrator with the graph it was started "
+                                "with can take it over (or resume(..., allow_graph_change=True) migrates it)",
+                                record.workflow_id, changed)
                 continue
             lease = await store.acquire_lease(record.workflow_id, self.orchestrator_id, self.lease_ttl)
             if lease is None:

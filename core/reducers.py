@@ -12,12 +12,12 @@ a list), ``extend`` (concatenate lists), ``merge`` (shallow dict merge), ``add``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError
 
-__all__ = ["BUILTIN_REDUCERS", "Reducer", "resolve_reducer"]
+__all__ = ["BUILTIN_REDUCERS", "Reducer", "reducer_name", "resolve_reducer", "suggest_reducer"]
 
 Reducer = Callable[[Any, Any], Any]
 
@@ -92,3 +92,32 @@ def reducer_name(reducer: str | Reducer) -> str:
         if builtin is reducer:
             return name
     return getattr(reducer, "__qualname__", repr(reducer))
+
+
+def suggest_reducer(key: str, values: Sequence[Any]) -> str:
+    """A hint naming the built-in reducer that combines ``values`` (written to ``key`` in one step).
+
+    By the values' type: numbers -> ``add`` (their sum), lists -> ``extend`` (one list
+    of all items), dicts -> ``merge``, anything else -> ``append`` (a list of the values).
+    """
+    kinds = {_kind(value) for value in values}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    reducer, effect = {
+        "number": ("add", "to sum the numbers"),
+        "list": ("extend", "to concatenate the lists (or 'append' to collect them as items)"),
+        "dict": ("merge", "to merge the dicts key by key"),
+    }.get(kind, ("append", "to collect every value in a list"))
+    return (f"declare one, e.g. Graph(..., reducers={{{key!r}: {reducer!r}}}) {effect}, "
+            "or a callable (current, update) -> value")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):  # bool is an int, but summing flags is rarely what is meant
+        return "other"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    return "other"

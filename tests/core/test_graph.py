@@ -19,7 +19,7 @@ from distributed_agents.core.errors import (
     GraphNotCompiledError,
     GraphValidationError,
 )
-from distributed_agents.core.graph import END, START, Graph
+from distributed_agents.core.graph import END, START, Graph, join_key
 from distributed_agents.core.state import State
 
 pytestmark = pytest.mark.timeout(60)
@@ -379,10 +379,11 @@ def test_static_edges_fan_out_in_declaration_order() -> None:
 
 def test_condition_returning_a_list_fans_out_through_a_dict() -> None:
     """A condition may return several keys; each maps through the dict, duplicates collapse."""
-    graph = diamond().add_conditional_edge("a", lambda s: s["pick"], {"x": "b", "y": "c", "z": END, "w": "b"})
+    graph = diamond().add_conditional_edge("a", lambda s: tuple(s["pick"]) if s.get("as_tuple") else s["pick"],
+                                           {"x": "b", "y": "c", "z": END, "w": "b"})
     graph.add_edge("b", "d").add_edge("c", "d").set_finish_point("d").compile()
     assert routed(graph, ["a"], {"pick": ["x", "y"]}) == (["c", "b"], {})
-    assert routed(graph, ["a"], {"pick": ("w", "x")}) == (["b"], {})
+    assert routed(graph, ["a"], {"pick": ["w", "x"], "as_tuple": True}) == (["b"], {})
     assert routed(graph, ["a"], {"pick": "z"}) == ([], {})
     assert routed(graph, ["a"], {"pick": ["z", "y"]}) == (["c"], {})
 
@@ -448,25 +449,28 @@ def test_join_carries_progress_across_steps() -> None:
     """A join remembers which sources ran through ``joins`` and fires when the last one arrives."""
     graph = diamond("e").add_edge("a", "b").add_edge("a", "e").add_edge("e", "c")
     graph.add_edge(["b", "c"], "d").set_finish_point("d").compile()
+    bc = join_key("d", ["b", "c"])
     assert routed(graph, ["a"]) == (["b", "e"], {})
-    assert routed(graph, ["b", "e"]) == (["c"], {"d<-b+c": ["b"]})
-    assert routed(graph, ["c"], joins={"d<-b+c": ["b"]}) == (["d"], {})
+    assert routed(graph, ["b", "e"]) == (["c"], {bc: ["b"]})
+    assert routed(graph, ["c"], joins={bc: ["b"]}) == (["d"], {})
     # Without the carried progress, c alone does not fire the join.
-    assert routed(graph, ["c"]) == ([], {"d<-b+c": ["c"]})
+    assert routed(graph, ["c"]) == ([], {bc: ["c"]})
     # A source running again before the join fires does not fire it twice.
-    assert routed(graph, ["b"], joins={"d<-b+c": ["b"]}) == ([], {"d<-b+c": ["b"]})
+    assert routed(graph, ["b"], joins={bc: ["b"]}) == ([], {bc: ["b"]})
 
 
 def test_two_joins_into_one_target_keep_separate_progress() -> None:
     """add_edge(["a","b"], "d") and add_edge(["a","c"], "d") fire independently."""
     graph = diamond().add_edge("a", "b").add_edge("a", "c")
     graph.add_edge(["a", "b"], "d").add_edge(["a", "c"], "d").set_finish_point("d").compile()
-    assert routed(graph, ["a"]) == (["c", "b"], {"d<-a+b": ["a"], "d<-a+c": ["a"]})
-    assert routed(graph, ["b"], joins={"d<-a+b": ["a"], "d<-a+c": ["a"]}) == (["d"], {"d<-a+c": ["a"]})
+    ab, ac = join_key("d", ["a", "b"]), join_key("d", ["a", "c"])
+    assert routed(graph, ["a"]) == (["c", "b"], {ab: ["a"], ac: ["a"]})
+    assert routed(graph, ["b"], joins={ab: ["a"], ac: ["a"]}) == (["d"], {ac: ["a"]})
 
 
 def test_join_progress_for_other_targets_is_kept() -> None:
     """Progress of joins not touched this step is passed through unchanged."""
     graph = diamond().add_edge("a", "b").add_edge("a", "c").add_edge(["b", "c"], "d").set_finish_point("d")
     graph.compile()
-    assert routed(graph, ["a"], joins={"d<-b+c": ["c"]}) == (["c", "b"], {"d<-b+c": ["c"]})
+    bc = join_key("d", ["b", "c"])
+    assert routed(graph, ["a"], joins={bc: ["c"]}) == (["c", "b"], {bc: ["c"]})

@@ -1,0 +1,230 @@
+"""No workflow is left RUNNING by an error: every way out of the step loop is recorded.
+
+Each kind of fault (a reducer that raises or returns a set, a condition that writes, a
+commit the store refuses, a state the backend cannot hold, a resumed graph missing a
+pending node, anything unexpected) ends the workflow FAILED with an error record
+naming the kind, the step, the phase and the node or key at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.aio import run
+
+from distributed_agents import Graph, Orchestrator, State
+from distributed_agents.adapters.memory.backend import _space
+from distributed_agents.adapters.memory.message_bus import MemoryMessageBus
+from distributed_agents.adapters.memory.state_store import MemoryStateStore
+from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue
+from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
+from distributed_agents.core.errors import (
+    DistributedAgentsError,
+    ExecutionError,
+    NodeExecutionError,
+    WorkflowFailedError,
+)
+from distributed_agents.core.ports.backend import Backend, BackendOptions
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class RefusingStore(MemoryStateStore):
+    """A store whose engine refuses (with a non-backend error) commits ``refuse`` matches.
+
+    Stands in for a server limit the adapter reports as an ordinary exception; only
+    the commit is refused, the engine under test is real.
+    """
+
+    def __init__(self, refuse: Callable[[WorkflowRecord], bool]) -> None:
+        super().__init__(_space("refusing", "da").state)
+        self.refuse = refuse
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        if self.refuse(record):
+            raise RuntimeError(f"value too large for this server (step {record.step})")
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                  fencing_token=fencing_token)
+
+
+def refusing_backend(refuse: Callable[[WorkflowRecord], bool]) -> Backend:
+    space = _space("refusing", "da")
+    return Backend(url="memory://refusing", options=BackendOptions(), task_queue=MemoryTaskQueue(space.queue),
+                   state_store=RefusingStore(refuse), worker_registry=MemoryWorkerRegistry(space.registry),
+                   message_bus=MemoryMessageBus(space.bus))
+
+
+async def failed_status(orchestrator: Orchestrator, graph: Graph, state: dict[str, Any] | None = None,
+                        workflow_id: str = "wf") -> tuple[BaseException, Any]:
+    """Execute, expect an error; return it and the recorded status (which must be terminal)."""
+    with pytest.raises(DistributedAgentsError) as caught:
+        await orchestrator.execute(graph, state or {}, workflow_id=workflow_id)
+    status = await orchestrator.get_workflow_status(workflow_id)
+    assert status.status == "failed", status
+    assert status.error is not None and status.error["kind"] and isinstance(status.error["step"], int)
+    with pytest.raises(WorkflowFailedError):
+        await orchestrator.get_result(workflow_id)
+    return caught.value, status
+
+
+def two_steps(name: str, *, reducers: dict[str, Any] | None = None, condition: Any = None) -> Graph:
+    graph = Graph(name, reducers=reducers)
+    graph.add_node("a", lambda s: {"items": [1]})
+    graph.add_node("b", lambda s: {"items": [2]})
+    graph.set_entry_point("a")
+    if condition is None:
+        graph.add_edge("a", "b")
+    else:
+        graph.add_conditional_edge("a", condition, {"go": "b", "stop": "__end__"})
+    return graph.set_finish_point("b").compile()
+
+
+def test_reducer_that_raises_fails_the_workflow_naming_key_and_step() -> None:
+    def broken(old: Any, new: Any) -> Any:
+        raise ZeroDivisionError("bad fold")
+
+    error, status = run(failed_status(Orchestrator(), two_steps("raising_reducer", reducers={"items": broken})))
+    assert isinstance(error, ExecutionError) and "items" in str(error)
+    assert status.error["step"] == 0 and "items" in status.error["summary"]
+
+
+def test_reducer_returning_a_set_fails_the_workflow() -> None:
+    def to_set(old: Any, new: Any) -> Any:
+        return set(old or []) | set(new)
+
+    error, status = run(failed_status(Orchestrator(), two_steps("set_reducer", reducers={"items": to_set})))
+    assert status.error["step"] == 0 and "items" in status.error["summary"]
+
+
+def test_condition_writing_a_set_into_the_state_fails_the_workflow() -> None:
+    def route(state: Any) -> str:
+        state["seen"] = {1, 2}
+        return "go"
+
+    error, status = run(failed_status(Orchestrator(), two_steps("writing_router", condition=route)))
+    assert status.error["step"] == 0
+
+
+def test_condition_returning_garbage_fails_the_workflow() -> None:
+    error, status = run(failed_status(Orchestrator(), two_steps("garbage_router", condition=lambda s: {"x": 1})))
+    assert status.error["step"] == 0
+
+
+def test_commit_refused_by_the_store_fails_the_workflow_naming_step_and_phase() -> None:
+    backend = refusing_backend(lambda record: record.step == 2)
+    error, status = run(failed_status(Orchestrator(backend=backend), two_steps("refused_commit")))
+    assert isinstance(error, ExecutionError) and "RuntimeError" in str(error) and "step 1" in str(error)
+    assert status.error["step"] == 1 and status.error["phase"] == "commit"
+    assert status.error["kind"] == "RuntimeError" and "value too large" in status.error["summary"]
+
+
+def test_node_result_too_large_for_the_store_fails_the_workflow_and_keeps_nothing_it_cannot_hold() -> None:
+    # The pending write is what the store refuses: the failure is recorded without it.
+    backend = refusing_backend(lambda record: len(str(record.to_dict())) > 50_000)
+    graph = Graph("big").add_node("big", lambda s: {"blob": "x" * 100_000}).set_entry_point("big") \
+        .set_finish_point("big").compile()
+    error, status = run(failed_status(Orchestrator(backend=backend), graph))
+    assert status.error["step"] == 0 and status.error["phase"] == "commit"
+    assert "pending_writes_dropped" in status.error
+
+
+def test_resume_with_a_graph_missing_the_pending_node_fails_naming_it() -> None:
+    started = two_steps("evolving")
+    shrunk = Graph("evolving").add_node("a", lambda s: None).set_entry_point("a").set_finish_point("a").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        # Stop the workflow after step 1 committed: the frontier holds 'b'.
+        gate = asyncio.Event()
+
+        async def b(state: State) -> dict[str, Any]:
+            await gate.wait()
+            return {}
+
+        graph = Graph("evolving").add_node("a", lambda s: {"items": [1]}).add_node("b", b)
+        graph.set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile()
+        assert graph.fingerprint() == started.fingerprint()
+        running = asyncio.ensure_future(orchestrator.execute(graph, {}, workflow_id="wf-shrunk"))
+        while (await orchestrator.backend.state_store.get("wf-shrunk")) is None or \
+                (await orchestrator.get_workflow_status("wf-shrunk")).step < 1:
+            await asyncio.sleep(0.005)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        with pytest.raises(ExecutionError) as caught:
+            await Orchestrator().resume("wf-shrunk", shrunk, allow_graph_change=True)
+        return caught.value, await orchestrator.get_workflow_status("wf-shrunk")
+
+    error, status = run(scenario())
+    assert "'b'" in str(error) and "does not have" in str(error)
+    assert status.status == "failed" and status.error["step"] == 1 and "'b'" in status.error["summary"]
+
+
+def test_node_failure_still_fails_with_the_nodes_own_error() -> None:
+    def boom(state: State) -> None:
+        raise ValueError("boom")
+
+    graph = Graph("boom").add_node("x", boom).set_entry_point("x").set_finish_point("x").compile()
+    error, status = run(failed_status(Orchestrator(), graph))
+    assert isinstance(error, NodeExecutionError) and status.error["node"] == "x"
+    assert status.error["error_type"] == "ValueError" and status.error["phase"] == "run"
+
+
+FAULTS = ("node", "reducer_raises", "reducer_set", "condition_raises", "condition_writes", "commit")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fault=st.sampled_from(FAULTS), at=st.integers(min_value=0, max_value=3))
+def test_any_fault_at_any_step_ends_in_failed_with_its_step(fault: str, at: int) -> None:
+    """A loop of four steps with one fault injected at step ``at``: always FAILED at that step."""
+    def step_of(state: Any) -> int:
+        return len(state.get("trail", []))
+
+    def node(state: State) -> dict[str, Any]:
+        if fault == "node" and step_of(state) == at:
+            raise RuntimeError("node fault")
+        return {"trail": [step_of(state)]}
+
+    def reducer(old: Any, new: Any) -> Any:
+        merged = (old or []) + new
+        if len(merged) == at + 1:
+            if fault == "reducer_raises":
+                raise RuntimeError("reducer fault")
+            if fault == "reducer_set":
+                return set(merged)
+        return merged
+
+    def route(state: Any) -> str:
+        if step_of(state) == at + 1:
+            if fault == "condition_raises":
+                raise RuntimeError("condition fault")
+            if fault == "condition_writes":
+                state["sneaky"] = 1
+        return "again" if step_of(state) < 4 else "done"
+
+    graph = Graph("faulty", reducers={"trail": reducer}).add_node("n", node).set_entry_point("n")
+    graph.add_conditional_edge("n", route, {"again": "n", "done": "__end__"}).compile()
+    backend = refusing_backend(lambda record: fault == "commit" and record.step == at + 1)
+    from distributed_agents.adapters.memory import reset_memory_spaces
+    reset_memory_spaces()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator(backend=backend if fault == "commit" else None)
+        with pytest.raises(DistributedAgentsError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-fault")
+        return await orchestrator.get_workflow_status("wf-fault")
+
+    status = run(scenario())
+    expected = "failed"
+    if fault == "condition_writes":
+        # A read-only view refuses the write: the condition fails like one that raises.
+        expected = "failed"
+    assert status.status == expected
+    assert status.error["step"] == at

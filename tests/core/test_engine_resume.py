@@ -1,0 +1,274 @@
+"""What ``resume`` re-runs, and with which graph.
+
+A failed step keeps the writes of its nodes that succeeded (pending writes in the
+record), so ``resume`` runs only the nodes that failed - in process and on workers.
+Recovery and ``resume`` refuse a graph whose fingerprint differs from the one the
+workflow was started with, unless ``allow_graph_change=True`` migrates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph, Orchestrator, State, Worker
+from distributed_agents.core.errors import ConfigurationError, ExecutionError, NodeExecutionError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def fan(name: str, funcs: dict[str, Any], *, remote: bool = False, reducers: Any = None) -> Graph:
+    """start -> each of ``funcs`` in parallel -> END."""
+    graph = Graph(name, reducers=reducers).add_node("start", lambda s: None)
+    for node, func in funcs.items():
+        if remote:
+            graph.add_node(node, node_type=node)
+        else:
+            graph.add_node(node, func)
+        graph.add_edge("start", node).set_finish_point(node)
+    return graph.set_entry_point("start").compile()
+
+
+def test_issue_example_resume_reruns_only_the_failed_node() -> None:
+    runs: Counter[str] = Counter()
+    broken = {"b": True}
+
+    def a(state: State) -> dict[str, Any]:
+        runs["a"] += 1  # the side effect
+        return {"a": "sent"}
+
+    def b(state: State) -> dict[str, Any]:
+        runs["b"] += 1
+        if broken["b"]:
+            raise RuntimeError("b is broken")
+        return {"b": "done"}
+
+    graph = fan("pending_writes", {"a": a, "b": b})
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        with pytest.raises(NodeExecutionError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-pw")
+        record = await orchestrator.backend.state_store.get("wf-pw")
+        assert record is not None and record.frontier["pending_writes"] == {"a": {"a": "sent"}}
+        broken["b"] = False
+        result = await orchestrator.resume("wf-pw")
+        checkpoints = await orchestrator.backend.state_store.list_checkpoints("wf-pw", limit=1)
+        return result, checkpoints[0]
+
+    result, last = run(scenario())
+    assert dict(result) == {"a": "sent", "b": "done"}
+    assert runs == {"a": 1, "b": 2}
+    assert last.writes == {"a": {"a": "sent"}, "b": {"b": "done"}} and "pending_writes" not in last.frontier
+
+
+def test_several_failures_then_a_partial_fix_keep_every_success() -> None:
+    runs: Counter[str] = Counter()
+    broken = {"b": True, "c": True}
+
+    def node(name: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            runs[name] += 1
+            if broken.get(name):
+                raise RuntimeError(f"{name} broken")
+            return {name: 1}
+        return run_node
+
+    graph = fan("partial_fix", {n: node(n) for n in "abcd"})
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        with pytest.raises(NodeExecutionError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-partial")
+        status = await orchestrator.get_workflow_status("wf-partial")
+        assert status.error is not None and status.error["failed_nodes"] == ["b", "c"]
+        broken["b"] = False
+        with pytest.raises(NodeExecutionError) as again:
+            await orchestrator.resume("wf-partial")
+        assert again.value.node == "c"
+        broken["c"] = False
+        return await orchestrator.resume("wf-partial")
+
+    assert dict(run(scenario())) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert runs == {"a": 1, "b": 2, "c": 3, "d": 1}
+
+
+def test_a_merge_failure_keeps_all_node_writes_and_resume_runs_no_node_again() -> None:
+    runs: Counter[str] = Counter()
+    reducer_broken = {"on": True}
+
+    def fold(old: Any, new: Any) -> Any:
+        if reducer_broken["on"]:
+            raise ValueError("fold bug")
+        return (old or []) + new
+
+    def node(name: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            runs[name] += 1
+            return {"items": [name]}
+        return run_node
+
+    graph = fan("merge_fail", {"a": node("a"), "b": node("b")}, reducers={"items": fold})
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        with pytest.raises(ExecutionError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-merge")
+        reducer_broken["on"] = False
+        return await orchestrator.resume("wf-merge")
+
+    assert dict(run(scenario())) == {"items": ["a", "b"]}
+    assert runs == {"a": 1, "b": 1}
+
+
+def test_on_workers_a_resumed_step_reuses_finished_tasks() -> None:
+    runs: Counter[str] = Counter()
+    broken = {"b": True}
+
+    def a(state: State) -> dict[str, Any]:
+        runs["a"] += 1
+        return {"a": 1}
+
+    def b(state: State) -> dict[str, Any]:
+        runs["b"] += 1
+        if broken["b"]:
+            raise RuntimeError("b broken")
+        return {"b": 2}
+
+    graph = fan("remote_pending", {"a": a, "b": b}, remote=True)
+    worker = Worker(capacity=2, poll_wait=0.05)
+    worker.register_node("a", a)
+    worker.register_node("b", b)
+    worker.register_node("start", lambda s: None)
+
+    async def scenario() -> State:
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            orchestrator = Orchestrator(local_nodes=False, wait_for_workers=True)
+            with pytest.raises(NodeExecutionError):
+                await orchestrator.execute(graph, {}, workflow_id="wf-remote-pw")
+            broken["b"] = False
+            return await orchestrator.resume("wf-remote-pw")
+        finally:
+            await worker.stop(grace=1)
+            await serving
+
+    assert dict(run(scenario())) == {"a": 1, "b": 2}
+    assert runs == {"a": 1, "b": 2}
+
+
+# -- graph identity ------------------------------------------------------------------------
+
+
+def demo(second: str, runs: Counter[str] | None = None, gate: asyncio.Event | None = None) -> Graph:
+    """Graph "demo": a -> ``second``; ``a`` waits for ``gate`` when one is given."""
+    async def a(state: State) -> dict[str, Any]:
+        if runs is not None:
+            runs["a"] += 1
+        if gate is not None:
+            await gate.wait()
+        return {"a": 1}
+
+    def last(state: State) -> dict[str, Any]:
+        if runs is not None:
+            runs[second] += 1
+        return {second: state["a"] + 1}
+
+    graph = Graph("demo").add_node("a", a).add_node(second, last)
+    return graph.set_entry_point("a").add_edge("a", second).set_finish_point(second).compile()
+
+
+async def abandoned(workflow_id: str) -> Orchestrator:
+    """A "demo" a->b workflow whose orchestrator stopped driving it mid-step (lease released)."""
+    first = Orchestrator()
+    gate = asyncio.Event()
+    running = asyncio.ensure_future(first.execute(demo("b", gate=gate), {}, workflow_id=workflow_id))
+    while await first.backend.state_store.get(workflow_id) is None:
+        await asyncio.sleep(0.005)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    return first
+
+
+def test_recovery_skips_a_workflow_of_another_graph_version_and_the_right_one_takes_it() -> None:
+    runs: Counter[str] = Counter()
+
+    async def scenario() -> Any:
+        observer = await abandoned("wf-ident")
+        wrong = Orchestrator(lease_ttl=0.2)
+        wrong.register_graph(demo("x", runs))
+        assert await wrong.recover_workflows() == []
+        assert await wrong.recover_workflows() == []  # still skipped, logged once
+        status = await observer.get_workflow_status("wf-ident")
+        assert status.status == "running" and status.step == 0
+        right = Orchestrator(lease_ttl=0.2)
+        right.register_graph(demo("b", runs))
+        assert await right.recover_workflows() == ["wf-ident"]
+        result = await right.wait("wf-ident", timeout=20)
+        await right.close()
+        await wrong.close()
+        return result
+
+    assert dict(run(scenario())) == {"a": 1, "b": 2}
+    assert runs == {"a": 1, "b": 1}
+
+
+def test_resume_refuses_another_graph_version_naming_both_and_changes_nothing() -> None:
+    async def scenario() -> Any:
+        observer = await abandoned("wf-refuse")
+        before = await observer.backend.state_store.get("wf-refuse")
+        with pytest.raises(ConfigurationError) as caught:
+            await Orchestrator().resume("wf-refuse", demo("x"))
+        after = await observer.backend.state_store.get("wf-refuse")
+        return caught.value, before, after
+
+    error, before, after = run(scenario())
+    message = str(error)
+    assert before.graph["sha256"][:12] in message and demo("x").fingerprint()["sha256"][:12] in message
+    assert "allow_graph_change=True" in message
+    assert after == before
+
+
+def test_allow_graph_change_migrates_the_workflow_to_the_new_version() -> None:
+    runs: Counter[str] = Counter()
+
+    async def scenario() -> Any:
+        observer = await abandoned("wf-migrate")
+        old = (await observer.backend.state_store.get("wf-migrate")).graph
+        # The new version keeps 'a' (the pending node) and goes on to 'x'.
+        result = await Orchestrator().resume("wf-migrate", demo("x", runs), allow_graph_change=True)
+        record = await observer.backend.state_store.get("wf-migrate")
+        return result, old, record
+
+    result, old, record = run(scenario())
+    assert dict(result) == {"a": 1, "x": 2} and runs == {"a": 1, "x": 1}
+    assert record.graph == demo("x").fingerprint() and record.metadata["previous_graph"] == old
+
+
+def test_a_failed_workflow_is_resumable_with_the_right_graph_after_a_refusal() -> None:
+    broken = {"b": True}
+
+    def b(state: State) -> dict[str, Any]:
+        if broken["b"]:
+            raise RuntimeError("b broken")
+        return {"b": 1}
+
+    graph = Graph("ident2").add_node("b", b).set_entry_point("b").set_finish_point("b").compile()
+    other = Graph("ident2").add_node("b", b, timeout=5).set_entry_point("b").set_finish_point("b").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        with pytest.raises(NodeExecutionError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-ident2")
+        broken["b"] = False
+        with pytest.raises(ConfigurationError):
+            await Orchestrator().resume("wf-ident2", other)
+        assert (await orchestrator.get_workflow_status("wf-ident2")).status == "failed"
+        return await Orchestrator().resume("wf-ident2", graph)
+
+    assert dict(run(scenario())) == {"b": 1}
