@@ -39,7 +39,6 @@ from distributed_agents.core.errors import (
     NodeNotFoundError,
     NodeExecutionError,
     NodeTimeoutError,
-    ReducerConflictError,
     StepLimitExceededError,
     VersionConflictError,
     WorkflowCancelledError,
@@ -48,8 +47,8 @@ from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import InProcessExecutor, NodeCall, NodeOutcome, TaskQueueExecutor
 from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.limits import check_commit_size
+from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
-from distributed_agents.core.reducers import Reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 
@@ -69,37 +68,6 @@ def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
     resumed step reuses results of tasks that already finished.
     """
     return f"{workflow_id}:{run}:{step}:{node}"
-
-
-def merge_updates(
-    state: Mapping[str, Any], writes: Sequence[tuple[str, Mapping[str, Any]]], reducers: Mapping[str, Reducer]
-) -> dict[str, Any]:
-    """Apply ``writes`` (node, updates), in the given order, to a copy of ``state``.
-
-    Keys with a reducer are folded through it; a key without one may be written by one
-    node per step only (``ReducerConflictError`` names both writers).
-    """
-    merged = dict(state)
-    writer: dict[str, str] = {}
-    for node, updates in writes:
-        for key, value in updates.items():
-            reducer = reducers.get(key)
-            if reducer is None:
-                if key in writer:
-                    raise ReducerConflictError(
-                        f"nodes {writer[key]!r} and {node!r} both wrote state key {key!r} in one step and the key "
-                        f"has no reducer; declare one, e.g. Graph(..., reducers={{{key!r}: 'append'}})",
-                        key=key, nodes=(writer[key], node),
-                    )
-                merged[key] = value
-            else:
-                try:
-                    merged[key] = reducer(merged.get(key), value)
-                except Exception as exc:
-                    raise ExecutionError(f"reducer of state key {key!r} failed on the update from node {node!r}: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-            writer.setdefault(key, node)
-    return merged
 
 
 @dataclass
@@ -169,14 +137,23 @@ class StepEngine:
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
             if record.step >= options.step_limit:
-                cycling = tuple(graph.order({n for nodes in recent for n in nodes} | set(next_nodes)))
-                error = StepLimitExceededError(
-                    f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
-                    f"{options.step_limit} with nodes {', '.join(map(repr, cycling))} still cycling; "
-                    "fix the loop's exit condition or pass a larger step_limit",
-                    limit=options.step_limit, nodes=cycling,
-                )
-                await self._fail(record, lease, error, {"nodes": list(cycling)})
+                # Cycling means running again: nodes in more than one of the last steps (pending included).
+                window = [*recent, next_nodes]
+                runs = collections.Counter(name for nodes in window for name in set(nodes))
+                cycling = [name for name in graph.nodes if runs[name] > 1]
+                message = (f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
+                           f"{options.step_limit} with {', '.join(map(repr, next_nodes))} pending; ")
+                if cycling:
+                    message += (f"{', '.join(map(repr, cycling))} ran repeatedly in the last {len(window)} steps, "
+                                "so they are cycling: fix the loop's exit condition or pass a larger step_limit")
+                elif len(window) > 1:
+                    message += (f"no node ran twice in the last {len(window)} steps, so this is no loop: "
+                                "the workflow needs more steps, pass a larger step_limit")
+                else:  # resumed at the limit: no step ran here to tell a loop from a long run
+                    message += "pass a larger step_limit if the workflow needs more steps"
+                involved = tuple(dict.fromkeys([*next_nodes, *cycling]))
+                error = StepLimitExceededError(message, limit=options.step_limit, nodes=involved)
+                await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
             unknown = [name for name in next_nodes if name not in graph.nodes]
             if unknown:

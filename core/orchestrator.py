@@ -79,6 +79,15 @@ def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any]) -> st
             f"which differs from the given {describe(fingerprint)}")
 
 
+def _check_step_limit(step_limit: int | None) -> None:
+    """Raise ``ConfigurationError`` unless a per-call ``step_limit`` is None (the default) or an int >= 1."""
+    if step_limit is not None and (isinstance(step_limit, bool) or not isinstance(step_limit, int) or step_limit < 1):
+        raise ConfigurationError(
+            f"step_limit must be an int >= 1 (the most steps the workflow may take), got {step_limit!r}; "
+            "omit it for the orchestrator's default"
+        )
+
+
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
     # The outcome of a taken-over workflow is in its record; retrieve it to silence asyncio.
     if not task.cancelled():
@@ -244,10 +253,14 @@ class Orchestrator:
         Raises the workflow's error if it fails (``NodeExecutionError`` naming the
         node, attempts and original exception; ``StepLimitExceededError``; ...) and
         ``WorkflowCancelledError`` if it is cancelled. The failure is also recorded
-        in ``get_workflow_status``.
+        in ``get_workflow_status``. ``step_limit`` (an int >= 1, else
+        ``ConfigurationError``) overrides the orchestrator's limit for this workflow.
+        Conditional edges from ``START`` route ``initial_state`` before the workflow is
+        stored; if one fails, its ``ExecutionError`` is raised and nothing is stored.
         """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
+        _check_step_limit(step_limit)
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
             raise ConfigurationError(
                 f"execute(priority={priority!r}): priority must be an int between {-MAX_PRIORITY} and {MAX_PRIORITY}"
@@ -260,12 +273,13 @@ class Orchestrator:
             check_values(values)
             values = State(values).values_copy()
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
+        # Conditional entry points route the input state; if one fails, no workflow is created.
+        frontier = {"next": await graph.start(State._trusted(values, workflow_id)), "joins": {}}
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
         self._graphs[graph.name] = graph
         lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
-        frontier = {"next": graph.entry_nodes(), "joins": {}}
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
@@ -323,6 +337,7 @@ class Orchestrator:
         (its record then carries the new fingerprint); the nodes of the step to run
         must exist in it, or the workflow fails naming them.
         """
+        _check_step_limit(step_limit)
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
