@@ -53,7 +53,9 @@ def test_the_node_named_is_the_one_whose_merge_went_wrong() -> None:
     ("add", 1e308, "'add'"),                                  # overflows to inf, which JSON refuses
     (lambda c, u: object(), 1, "<lambda>"),
     (lambda c, u: float("nan"), 1, "<lambda>"),
-], ids=["add-overflow", "object", "nan"])
+    (lambda c, u: {"by_id": {1: "int key"}}, 1, "<lambda>"),  # JSON would turn the key into "1"
+    (lambda c, u: (c, u), 1, "<lambda>"),                     # JSON would return a list
+], ids=["add-overflow", "object", "nan", "int-key", "tuple"])
 def test_every_non_json_reduced_value_is_refused(reducer: Any, update: Any, name: str) -> None:
     """Whatever JSON cannot carry unchanged, out of a built-in or custom reducer, is refused naming the reducer."""
     with pytest.raises(StateNotSerializableError) as info:
