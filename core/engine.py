@@ -7,8 +7,9 @@ state with the next step's frontier as one compare-and-set write (record + check
 fenced by the workflow lease. Where a node runs is decided per node: in-process when
 the orchestrator has its function, otherwise as a task on the backend's queue.
 
-The frontier stored with every commit is ``{"next": [...nodes], "joins": {target:
-[sources seen]}}``, enough for any process to continue the workflow. When a step
+The frontier stored with every commit is ``{"next": [...nodes, in declaration order],
+"joins": {join_key: [sources seen since that join last fired]}}`` (see ``joins``),
+enough for any process to continue the workflow. When a step
 fails, the record's frontier also keeps ``"pending_writes": {node: updates}`` of the
 step's nodes that did succeed, so resuming re-runs only the nodes that failed.
 
