@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from distributed_agents.core.dead_letters import requeue_dead_letter
 from distributed_agents.core.errors import ConfigurationError, DistributedAgentsError
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
@@ -131,9 +132,10 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             raise ConfigurationError("dead-letters requeue needs one or more task ids")
         failed = 0
         for task_id in args.task_ids:
-            ok = await queue.requeue_dead_letter(task_id)
-            print(f"{task_id}: {'requeued' if ok else 'not found (or undecodable)'}")
-            failed += not ok
+            # A task of a failed workflow also reopens it (see core.dead_letters).
+            outcome = await requeue_dead_letter(backend, task_id)
+            print(outcome.message)
+            failed += not outcome.requeued
         return 1 if failed else 0
     finally:
         await backend.close()

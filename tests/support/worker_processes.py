@@ -1,0 +1,44 @@
+"""Real worker processes (the CLI) for distributed tests, with output in log files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent.parent / "distributed"  # where the test apps live
+
+
+class WorkerProcesses:
+    """Worker processes serving ``app`` on one backend and prefix; all killed by ``close``."""
+
+    def __init__(self, url: str, prefix: str, tmp: pathlib.Path, app: str) -> None:
+        self.url, self.prefix, self.tmp, self.app = url, prefix, tmp, app
+        self.env = {**os.environ, "PYTHONPATH": str(HERE), "DA_MARKER_DIR": str(tmp)}
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, worker_id: str, *extra: str) -> subprocess.Popen[str]:
+        with open(self.tmp / f"{worker_id}.log", "a") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "distributed_agents", "worker", "--app", self.app,
+                 "--backend-url", self.url, "--prefix", self.prefix, "--worker-id", worker_id,
+                 "--heartbeat-interval", "0.5", *extra],
+                cwd=HERE, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.processes.append(process)
+        return process
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``distributed-agents ARGS --backend-url URL --prefix PREFIX``."""
+        return subprocess.run([sys.executable, "-m", "distributed_agents", *args, "--backend-url", self.url,
+                               "--prefix", self.prefix], capture_output=True, text=True, timeout=60, cwd=HERE,
+                              env=self.env)
+
+    def log(self, worker_id: str) -> str:
+        return (self.tmp / f"{worker_id}.log").read_text()
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
