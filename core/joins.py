@@ -75,13 +75,18 @@ def advance_joins(
 
 def _read_progress(joins: Sequence[Join], progress: Mapping[str, Sequence[str]]) -> dict[str, frozenset[str]]:
     by_key = {join.key: join for join in joins}
-    legacy: dict[str, list[Join]] = {}
-    for join in joins:
-        legacy.setdefault(legacy_join_key(join.target, join.sources), []).append(join)
+    legacy: dict[str, list[Join]] | None = None  # built only if an old checkpoint needs it
     read: dict[str, frozenset[str]] = {}
     for key, seen in progress.items():
-        # Old keys could be shared by several joins (that was their flaw); each gets the progress.
-        matching = [by_key[key]] if key in by_key else legacy.get(key, [])
+        if key in by_key:
+            matching = [by_key[key]]
+        else:
+            if legacy is None:
+                legacy = {}
+                for join in joins:
+                    legacy.setdefault(legacy_join_key(join.target, join.sources), []).append(join)
+            # Old keys could be shared by several joins (that was their flaw); each gets the progress.
+            matching = legacy.get(key, [])
         for join in matching:
             read[join.key] = read.get(join.key, frozenset()) | (join.sources & set(seen))
     return read

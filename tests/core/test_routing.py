@@ -145,6 +145,20 @@ def test_join_keys_with_arrows_in_node_names_do_not_collide_across_targets() -> 
     assert routed(graph, ["c"], progress) == (["x<-a", "x"], {})
 
 
+names = st.text(alphabet=st.sampled_from("ab+<-,\"[]\\ é"), min_size=1, max_size=5)
+
+
+@PROPERTY
+@given(names, st.lists(names, min_size=1, max_size=4), names, st.lists(names, min_size=1, max_size=4))
+def test_join_keys_are_equal_exactly_for_the_same_target_and_source_set(
+    target: str, sources: list[str], other_target: str, other_sources: list[str]
+) -> None:
+    """Whatever characters names hold, two joins share a key only if they are the same join."""
+    same = target == other_target and set(sources) == set(other_sources)
+    assert (join_key(target, sources) == join_key(other_target, other_sources)) == same
+    assert join_key(target, sources) == join_key(target, list(reversed(sources)) + sources[:1])
+
+
 def test_progress_stored_under_old_keys_is_still_read() -> None:
     """A checkpoint written before the key change ("d<-b+c") continues where it was."""
     graph = Graph("old").add_node("b").add_node("c").add_node("d")
@@ -336,6 +350,51 @@ def test_changing_nested_values_in_a_condition_changes_nothing_committed() -> No
 
     result = run(Orchestrator().execute(condition_graph(meddle), {}))
     assert result["items"] == ["x"] and result["seen"] == {"k": 1}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _mutate(value: Any, choice: int) -> None:
+    """Change a nested list or dict in place (whatever it holds)."""
+    if isinstance(value, list):
+        value.append(choice)
+        value.reverse()
+    elif isinstance(value, dict):
+        value["__changed__"] = choice
+        for item in list(value.values()):
+            _mutate(item, choice + 1)
+
+
+@PROPERTY
+@given(st.dictionaries(st.text(max_size=3), json_values, min_size=1, max_size=4), st.data())
+def test_no_condition_can_change_the_state_it_routes_on(values: dict[str, Any], data: st.DataObject) -> None:
+    """Reads, in-place changes of what was read, and writes (refused) leave the routed state as it was."""
+    state = State(values)
+    before = state.values_copy()
+    keys = sorted(values)
+    ops = data.draw(st.lists(st.tuples(st.sampled_from(["read", "mutate", "write"]), st.sampled_from(keys),
+                                       st.integers(0, 5)), max_size=6))
+
+    def meddler(view: Any) -> str:
+        changed = set()
+        for op, key, choice in ops:
+            if op == "read":
+                assert key in changed or view[key] == before[key]
+            elif op == "mutate":
+                _mutate(view[key], choice)
+                changed.add(key)
+            else:
+                with pytest.raises(ExecutionError, match=r"meddler after node 'start' tried to set state key"):
+                    view[key] = choice
+        return "done"
+
+    run(condition_graph(meddler).route(["start"], state, {}), 5)
+    assert state.values_copy() == before
 
 
 def test_reading_the_view_works_like_a_state() -> None:
