@@ -8,6 +8,8 @@ from distributed_agents.conformance.context import Session
 from distributed_agents.conformance.helpers import claim_ids, make_task
 from distributed_agents.conformance.state_store_checks import record
 from distributed_agents.conformance.worker_registry_checks import worker
+from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.state_store import Checkpoint
 
 PORT = "task_queue"
 
@@ -60,3 +62,54 @@ async def check_prefix_isolation(session: Session) -> None:
 
     # Sanity: the writes did land under my own prefix.
     expect(await mine.state_store.get("w1") is not None, "state_store.cas", "my own workflow is gone")
+
+
+async def _write_everything(backend: Backend, tag: str) -> None:
+    """One task queued, one done, one dead; a workflow with a checkpoint and a lease; a worker; a message."""
+    queue = backend.task_queue
+    await queue.enqueue(make_task(f"{tag}-done"))
+    await queue.enqueue(make_task(f"{tag}-dead", max_attempts=1))
+    for claim in await claim_ids(queue, ["alpha"], max_tasks=2):
+        if claim.task.id.endswith("-done"):
+            await queue.ack(claim, {"by": tag})
+        else:
+            await queue.nack(claim, "dead")
+    await queue.enqueue(make_task(f"{tag}-queued"))
+    await backend.state_store.save(record("wf", by=tag), expected_version=0, checkpoint=Checkpoint("wf", 0, {"by": tag}))
+    await backend.state_store.acquire_lease("wf", tag, 30.0)
+    await backend.worker_registry.register(worker(f"{tag}-worker", "alpha"))
+    await backend.message_bus.publish("events.wf", {"by": tag})
+
+
+@conformance_check(PORT, ("task_queue.prefix-isolation", "state_store.prefix-isolation",
+                          "worker_registry.prefix-isolation", "message_bus.prefix-isolation"))
+async def check_nested_prefixes_are_isolated(session: Session) -> None:
+    """Prefixes that are prefixes of one another ('app-1', 'app-12', 'app-1.2') never see each other's data."""
+    base = session.context.factory.fresh_prefix()
+    prefixes = [base, f"{base}2", f"{base}.2", f"{base}_2e2"]
+    backends = {p: await session.open(prefix=p) for p in prefixes}
+    spies = {p: await b.message_bus.subscribe(">" if session.requirements.supports("pattern_subscriptions") else "events.wf")
+             for p, b in backends.items()}
+    writer = f"{base}2"
+    await _write_everything(backends[writer], "mine")
+    for prefix, backend in backends.items():
+        if prefix == writer:
+            continue
+        seen = f"prefix {prefix!r} beside {writer!r}"
+        queue = backend.task_queue
+        stats = await queue.stats("alpha")
+        expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), "task_queue.prefix-isolation", f"{seen} sees stats {stats}")
+        expect(await queue.get_result("mine-done") is None, "task_queue.prefix-isolation", f"{seen} sees a result")
+        expect(await queue.dead_letters() == [], "task_queue.prefix-isolation", f"{seen} sees dead letters")
+        expect(await claim_ids(queue, ["alpha"], max_tasks=5) == [], "task_queue.prefix-isolation", f"{seen} claims a task")
+        store = backend.state_store
+        expect(await store.get("wf") is None, "state_store.prefix-isolation", f"{seen} reads a workflow")
+        expect(await store.list_workflows() == [], "state_store.prefix-isolation", f"{seen} lists workflows")
+        expect(await store.list_checkpoints("wf") == [], "state_store.prefix-isolation", f"{seen} lists checkpoints")
+        expect(await store.acquire_lease("wf", "other", 30.0) is not None, "state_store.prefix-isolation", f"{seen} finds the lease held")
+        expect(await backend.worker_registry.list_workers() == [], "worker_registry.prefix-isolation", f"{seen} lists workers")
+        leaked = await spies[prefix].get(timeout=session.slack * 2 + 0.05)
+        expect(leaked is None, "message_bus.prefix-isolation", f"a subscriber of {seen} received {leaked!r}")
+    own = await spies[writer].get(timeout=session.requirements.delivery_timeout)
+    expect(own is not None, "message_bus.fanout", "the writer's own subscriber got nothing")
+    expect(await backends[writer].state_store.get("wf") is not None, "state_store.cas", "the writer's own workflow is gone")

@@ -8,6 +8,7 @@ import time
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import expect
 from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.models import channel_matches
 from distributed_agents.core.ports.message_bus import BusMessage, Subscription
 
 PORT = "message_bus"
@@ -107,3 +108,69 @@ async def check_slow_subscriber_does_not_block(session: Session) -> None:
     expect(len(got) == count, "message_bus.slow-subscriber", f"the reading subscriber got {len(got)} of {count} messages")
     expect(got == list(range(count)), "message_bus.order", "the reading subscriber got the firehose out of order")
     del sleeper
+
+
+async def _exactly(subscription: Subscription, want: list[object], session: Session, what: str, clause: str) -> None:
+    """``subscription`` delivers the messages whose ``n`` is in ``want``, in that order, and nothing more."""
+    got = [m.data.get("n") for m in await drain(subscription, len(want), session.requirements.delivery_timeout)]
+    extra = await subscription.get(timeout=session.slack * 2 + 0.05)
+    if extra is not None:
+        got.append(extra.data.get("n"))
+    expect(got == want, clause, f"{what} received {got}, expected {want}")
+
+
+@conformance_check(PORT, ("message_bus.publish-many",))
+async def check_publish_many_across_channels(session: Session) -> None:
+    """publish_many of a batch spanning channels (and patterns) delivers like publish, in order, between publishes."""
+    bus = (await session.open()).message_bus
+    patterns = session.requirements.supports("pattern_subscriptions")
+    names = ["ev.a", "ev.b", "other.x"] + (["ev.*", "ev.>", "*.x", ">"] if patterns else [])
+    subs = {name: await bus.subscribe(name) for name in names}
+    batch = [("ev.a", 1), ("ev.b", 2), ("ev.a.x", 3), ("other.x", 4), ("ev.a", 5), ("nobody.here", 6), ("ev.b", 7)]
+    await bus.publish("ev.a", {"n": 0})
+    await bus.publish_many([(channel, {"n": n, "c": channel}) for channel, n in batch])
+    await bus.publish_many([])
+    await bus.publish("ev.b", {"n": 8})
+    sent = [("ev.a", 0), *batch, ("ev.b", 8)]
+    for name, subscription in subs.items():
+        want = [n for channel, n in sent if channel_matches(name, channel)]
+        await _exactly(subscription, want, session, f"subscription {name!r}", "message_bus.publish-many")
+
+
+@conformance_check(PORT, ("message_bus.overlap",))
+async def check_overlapping_subscriptions_get_one_copy_each(session: Session) -> None:
+    """One caller's overlapping subscriptions (same channel twice, exact and pattern) each get one copy."""
+    backend = await session.open()
+    bus = backend.message_bus
+    patterns = session.requirements.supports("pattern_subscriptions")
+    names = ["ev.a", "ev.a"] + (["ev.*", "ev.>", ">", "ev.*"] if patterns else [])
+    subs = [await bus.subscribe(name) for name in names]
+    await bus.publish("ev.a", {"n": 1})
+    await bus.publish_many([("ev.a", {"n": 2}), ("ev.b", {"n": 3})])
+    for index, (name, subscription) in enumerate(zip(names, subs)):
+        want = [n for channel, n in [("ev.a", 1), ("ev.a", 2), ("ev.b", 3)] if channel_matches(name, channel)]
+        await _exactly(subscription, want, session, f"subscription {index} to {name!r} (of {len(subs)} overlapping ones)",
+                       "message_bus.overlap")
+    await subs[0].close()
+    await bus.publish("ev.a", {"n": 4})
+    await _exactly(subs[1], [4], session, "the second 'ev.a' subscription after the first was closed", "message_bus.overlap")
+
+
+@conformance_check(PORT, ("message_bus.burst",))
+async def check_burst_reaches_everyone(session: Session) -> None:
+    """A burst of thousands (publish_many, then publish) reaches a reading and a sleeping subscriber in full, in order."""
+    bus = (await session.open()).message_bus
+    reader = await bus.subscribe("burst.x")
+    sleeper = await bus.subscribe("burst.x")
+    watchers = [await bus.subscribe("burst.*")] if session.requirements.supports("pattern_subscriptions") else []
+    count = 5000
+    pad = "x" * 256
+    await bus.publish_many([("burst.x", {"seq": seq, "pad": pad}) for seq in range(count)])
+    for seq in range(count, count + 200):
+        await bus.publish("burst.x", {"seq": seq})
+    total = count + 200
+    budget = session.requirements.delivery_timeout * 5
+    for name, subscription in [("reading", reader), ("sleeping", sleeper)] + [("pattern", w) for w in watchers]:
+        got = [m.data["seq"] for m in await drain(subscription, total, budget)]
+        expect(len(got) == total, "message_bus.burst", f"the {name} subscriber got {len(got)} of a {total}-message burst")
+        expect(got == list(range(total)), "message_bus.order", f"the {name} subscriber got the burst out of order")

@@ -6,7 +6,7 @@ import asyncio
 
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import expect
-from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.context import Session, monotonic
 from distributed_agents.conformance.helpers import refused, sleep_past
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -143,3 +143,146 @@ async def check_state_ttl(session: Session) -> None:
     expect(await store.get("w1") is None, clause, f"w1 is still stored {ttl}s after its last save")
     expect(await store.get("w2") is not None, clause, "w2 expired although it was saved again within state_ttl")
     expect([r.workflow_id for r in await store.list_workflows()] == ["w2"], clause, "an expired workflow is still listed")
+
+
+# --- everything a record holds, listings past ten, boundaries in time -----------------
+
+
+def _comparable(rec: WorkflowRecord) -> dict[str, object]:
+    """A record's fields that must read back as saved (the store sets version and updated_at)."""
+    data = rec.to_dict()
+    data.pop("version")
+    data.pop("updated_at")
+    return data
+
+
+FULL_STATE = {
+    "text": "héllo wörld ✓ 日本語 🚀", "int": 10**15, "neg": -7, "float": 0.1, "big": 1.5e300, "bool": False,
+    "none": None, "list": [1, "two", [3.0], {"four": 4}], "nested": {"a": {"b": {"c": []}}}, "empty": {}, "": "empty key",
+}
+
+
+@conformance_check(PORT, ("state_store.round-trip",))
+async def check_every_field_round_trips(session: Session) -> None:
+    """Every field of a record (state, frontier, error, metadata, status, graph, step...) and of a checkpoint reads back."""
+    store = (await session.open()).state_store
+    clause = "state_store.round-trip"
+    workflow_id = "wf-ünïcode-日本"
+    versions = [
+        WorkflowRecord(workflow_id, "graph-é", WorkflowStatus.PENDING, FULL_STATE, step=0,
+                       frontier={"run": ["a", "b"], "joins": {"j": ["a"]}}, error=None, graph={"name": "graph-é", "hash": "abc123"},
+                       metadata={"user": "zoë", "tags": ["x"], "n": 1}, created_at=1_700_000_000.123456, updated_at=5.0),
+        WorkflowRecord(workflow_id, "graph-é", WorkflowStatus.RUNNING, {**FULL_STATE, "step": 1}, step=1,
+                       frontier={}, error=None, graph={"name": "graph-é", "hash": "abc123"}, metadata={},
+                       created_at=1_700_000_000.123456, updated_at=6.0),
+        WorkflowRecord(workflow_id, "graph-é", WorkflowStatus.FAILED, {"only": "this"}, step=12,
+                       frontier={"run": ["c"]}, error={"type": "ValueError", "message": "bäd ✗", "node": "n1", "trace": ["l1", "l2"]},
+                       graph=None, metadata={"retry": {"left": 0}}, created_at=1_700_000_000.123456, updated_at=7.0),
+    ]
+    version = 0
+    for index, rec in enumerate(versions):
+        checkpoint = Checkpoint(workflow_id, rec.step, rec.state, frontier=rec.frontier,
+                                writes={"node-ä": {"out": index, "deep": [{"x": None}]}} if index != 1 else {},
+                                created_at=1_700_000_100.5 + index)
+        saved = await store.save(rec, expected_version=version, checkpoint=checkpoint)
+        version += 1
+        expect(saved.version == version, "state_store.cas", f"save {index + 1} returned version {saved.version}, expected {version}")
+        got = await store.get(workflow_id)
+        expect(got is not None, clause, f"get after save {index + 1} returned None")
+        assert got is not None
+        diff = {k: (v, _comparable(got).get(k)) for k, v in _comparable(rec).items() if _comparable(got).get(k) != v}
+        expect(not diff, clause, f"after save {index + 1} get() differs in (saved, read) {diff}")
+        expect(got.version == version, clause, f"after save {index + 1} get() has version {got.version}, expected {version}")
+        [listed] = [r for r in await store.list_workflows() if r.workflow_id == workflow_id] or [None]
+        expect(listed is not None and _comparable(listed) == _comparable(rec) and listed.version == version, clause,
+               f"after save {index + 1} list_workflows() returned {listed!r}")
+        [latest] = await store.list_checkpoints(workflow_id, limit=1) or [None]
+        expect(latest is not None and latest.to_dict() == checkpoint.to_dict(), clause,
+               f"after save {index + 1} the newest checkpoint reads {None if latest is None else latest.to_dict()}, "
+               f"saved {checkpoint.to_dict()}")
+
+
+@conformance_check(PORT, ("state_store.checkpoint-order",))
+async def check_checkpoints_past_ten(session: Session) -> None:
+    """25 checkpoints list newest first by numeric step (10 before 9), honouring limit and before."""
+    store = (await session.open()).state_store
+    clause = "state_store.checkpoint-order"
+    count = 25
+    for step in range(count):
+        await store.save(record("w1", step=step, s=step), expected_version=step, checkpoint=Checkpoint("w1", step, {"s": step}))
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(steps == list(range(count - 1, -1, -1)), clause, f"{count} checkpoints listed as steps {steps}")
+    cases = [({"limit": 12}, list(range(24, 12, -1))), ({"before": 11}, list(range(10, -1, -1))),
+             ({"before": 11, "limit": 3}, [10, 9, 8]), ({"before": 100}, list(range(24, -1, -1))), ({"before": 0}, []),
+             ({"limit": 100}, list(range(24, -1, -1))), ({"before": 20, "limit": 15}, list(range(19, 4, -1)))]
+    for kwargs, want in cases:
+        got = [cp.step for cp in await store.list_checkpoints("w1", **kwargs)]
+        expect(got == want, clause, f"list_checkpoints({kwargs}) gave {got}, expected {want}")
+    contents = [dict(cp.state) for cp in await store.list_checkpoints("w1", before=12, limit=3)]
+    expect(contents == [{"s": 11}, {"s": 10}, {"s": 9}], clause, f"checkpoints 11, 10, 9 hold {contents}")
+
+
+@conformance_check(PORT, ("state_store.list-by-status",))
+async def check_list_workflows_past_ten(session: Session) -> None:
+    """Many records list oldest created_at first (compared as numbers), every one of them, filtered exactly."""
+    store = (await session.open()).state_store
+    clause = "state_store.list-by-status"
+    created = [1e9, 9.5, 100.0, 10.0, 2.0, 11.0, 1e10, 99.9, 0.5, 1000.0, 3.25, 12.0, 21.0, 101.0, 9.0, 1.0, 5e9, 20.0, 30.0, 40.0, 50.5, 60.0]
+    for index, at in enumerate(created):
+        status = WorkflowStatus.COMPLETED if index % 3 == 0 else WorkflowStatus.RUNNING
+        await store.save(record(f"w{index}", status=status, created_at=at), expected_version=0)
+    want = [f"w{i}" for i, _ in sorted(enumerate(created), key=lambda item: item[1])]
+    got = [r.workflow_id for r in await store.list_workflows()]
+    expect(got == want, clause, f"{len(created)} workflows listed as {got}, expected oldest created_at first {want}")
+    done = [r.workflow_id for r in await store.list_workflows(WorkflowStatus.COMPLETED)]
+    expect(done == [w for w in want if int(w[1:]) % 3 == 0], clause, f"list_workflows('completed') gave {done}")
+
+
+@conformance_check(PORT, ("state_store.fencing",))
+async def check_fencing_token_stays_rejected(session: Session) -> None:
+    """A token stays refused after a newer lease was granted, even once that lease expired or was released."""
+    store = (await session.open()).state_store
+    clause = "state_store.fencing"
+    short = session.short
+    await store.save(record("w1"), expected_version=0)
+    first = await store.acquire_lease("w1", "a", short)
+    assert first is not None
+    await sleep_past(short, session.slack)
+    second = await store.acquire_lease("w1", "b", short)
+    expect(second is not None and second.fencing_token > first.fencing_token, clause, f"takeover lease {second} after {first}")
+    assert second is not None
+    await sleep_past(short, session.slack)  # now nobody holds a live lease
+    await refused(store.save(record("w1", by="a"), expected_version=1, fencing_token=first.fencing_token),
+                  FencingTokenRejectedError, clause, "a save with a token superseded by a lease that since expired")
+    saved = await store.save(record("w1", by="b"), expected_version=1, fencing_token=second.fencing_token)
+    third = await store.acquire_lease("w1", "c", 30.0)
+    assert third is not None
+    await store.release_lease(third)
+    for lease in (first, second):
+        await refused(store.save(record("w1", by=lease.owner), expected_version=saved.version, fencing_token=lease.fencing_token),
+                      FencingTokenRejectedError, clause, f"a save with token {lease.fencing_token} after token {third.fencing_token} "
+                      "was granted and released")
+    current = await store.get("w1")
+    expect(current is not None and dict(current.state) == {"by": "b"}, clause, f"refused saves changed the record: {current!r}")
+
+
+@conformance_check(PORT, ("state_store.ttl",), requires=("state_ttl",))
+async def check_state_ttl_covers_checkpoints(session: Session) -> None:
+    """Every save restarts the clock of the record and of all its checkpoints; after it all expire together."""
+    ttl = session.short * 2
+    store = (await session.open(state_ttl=ttl)).state_store
+    clause = "state_store.ttl"
+    started = monotonic()
+    await store.save(record("w1", step=0), expected_version=0, checkpoint=Checkpoint("w1", 0, {"s": 0}))
+    await asyncio.sleep(max(0.0, started + ttl * 0.6 - monotonic()))
+    await store.save(record("w1", step=0), expected_version=1)  # no checkpoint: still restarts every clock
+    await asyncio.sleep(max(0.0, started + ttl * 1.2 - monotonic()))
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(await store.get("w1") is not None, clause, f"w1 expired although it was saved again {ttl * 0.6:.2f}s into its {ttl}s")
+    expect(steps == [0], clause, f"checkpoint 0 of live w1 expired {ttl}s after it was written, not after w1's last save: {steps}")
+    await store.save(record("w1", step=1), expected_version=2, checkpoint=Checkpoint("w1", 1, {"s": 1}))
+    await store.acquire_lease("w1", "owner", 60.0)
+    await sleep_past(ttl, session.slack)
+    expect(await store.acquire_lease("w1", "other", 30.0) is not None, clause, "w1's lease outlived its record")
+    expect(await store.list_checkpoints("w1") == [], clause, "w1's checkpoints outlived its record")
+    expect(await store.get("w1") is None, clause, f"w1 is still stored {ttl}s after its last save")

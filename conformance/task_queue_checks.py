@@ -7,9 +7,11 @@ clause precisely.
 
 from __future__ import annotations
 
+import asyncio
+
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import ContractViolation, expect
-from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.context import Session, Window, monotonic
 from distributed_agents.conformance.helpers import claim_ids, make_task, refused, sleep_past
 from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.backend import Backend
@@ -266,6 +268,10 @@ async def check_requeue_dead_letter(session: Session) -> None:
     expect(await queue.requeue_dead_letter("t1") is False, clause, "a second requeue of the same letter returned True")
     expect(await queue.requeue_dead_letter("never-seen") is False, clause, "requeue of an unknown id returned True")
     expect(await queue.dead_letters("alpha") == [], clause, "the requeued task is still listed as a dead letter")
+    pending = await queue.get_result("t1")
+    expect(pending is None, clause, f"while the requeued task is pending get_result still reads {pending!r}")
+    expect(await queue.wait_results(["t1"], timeout=0) == {}, clause, "while the requeued task is pending wait_results reports a result")
+    expect(await queue.enqueue(make_task("t1")) is False, "task_queue.idempotent-enqueue", "enqueue of a requeued (queued) id returned True")
     stats = await queue.stats("alpha")
     expect((stats.queued, stats.dead) == (1, 0), clause, f"after requeue stats are {stats}")
     again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
@@ -354,3 +360,254 @@ async def check_cancel_queued_only(session: Session) -> None:
     expect(await queue.cancel("t2") is False, clause, "cancel of a claimed task returned True")
     expect(await queue.cancel("nope") is False, clause, "cancel of an unknown task returned True")
     await queue.ack(claim, None)
+
+
+# --- every parameter the core passes, full value ranges, boundaries in time ------------
+
+
+@conformance_check(PORT, ("task_queue.final-nack",))
+async def check_final_nack_dead_letters_at_once(session: Session) -> None:
+    """nack(final=True) dead-letters on attempt 1 of many; nack(final=False) is an ordinary nack."""
+    queue = (await session.open(max_attempts=5)).task_queue
+    clause = "task_queue.final-nack"
+    await queue.enqueue(make_task("t1", max_attempts=4))
+    [claim] = await claim_ids(queue, ["alpha"])
+    again = await queue.nack(claim, "the retry policy gave up", final=True)
+    expect(again is False, clause, f"nack(final=True) on attempt 1 of 4 returned {again!r}, expected False (dead-lettered)")
+    redelivered = [c.task.id for c in await claim_ids(queue, ["alpha"])]
+    expect(redelivered == [], clause, f"after nack(final=True) a claim returned {redelivered}")
+    letters = await queue.dead_letters("alpha")
+    expect([d.task_id for d in letters] == ["t1"], clause, f"after nack(final=True) the dead letters are {[d.task_id for d in letters]}")
+    expect(letters[0].attempts == 1 and any("gave up" in e for e in letters[0].errors), clause,
+           f"the dead letter has attempts={letters[0].attempts} errors={list(letters[0].errors)}")
+    result = await queue.get_result("t1")
+    expect(result is not None and result.status == "failed" and "gave up" in (result.error or ""), clause,
+           f"after nack(final=True) get_result is {result!r}, expected a failed result with the error")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, 1), clause, f"after nack(final=True) stats are {stats}")
+    await queue.enqueue(make_task("t2", max_attempts=2))
+    [first] = await claim_ids(queue, ["alpha"])
+    expect(await queue.nack(first, "e1", final=False) is True, clause, "nack(final=False) on attempt 1 of 2 dead-lettered the task")
+    [second] = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect(await queue.nack(second, "e2", final=False) is False, "task_queue.dead-letter",
+           "nack(final=False) on the last attempt did not dead-letter the task")
+
+
+@conformance_check(PORT, ("task_queue.claim-wait",))
+async def check_claim_waits_for_work(session: Session) -> None:
+    """claim(wait=) returns a task enqueued, or a delayed task becoming ready, during the wait."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    clause = "task_queue.claim-wait"
+    wait = session.requirements.delivery_timeout
+    nothing = await claim_ids(queue, ["alpha"], wait=session.short)
+    expect(nothing == [], clause, f"claim(wait={session.short}) on an empty queue returned {[c.task.id for c in nothing]}")
+
+    async def enqueue_soon() -> None:
+        await asyncio.sleep(session.short)
+        await other.task_queue.enqueue(make_task("t1"))
+
+    waited, _ = await asyncio.gather(claim_ids(queue, ["alpha"], wait=wait), enqueue_soon())
+    expect([c.task.id for c in waited] == ["t1"], clause,
+           f"claim(wait={wait}) returned {[c.task.id for c in waited]} although t1 was enqueued {session.short}s into the wait")
+    started = monotonic()
+    await queue.nack(waited[0], "later", delay=session.short)
+    window = Window.after(started, monotonic(), session.short, session.slack)
+    woken = await claim_ids(queue, ["alpha"], wait=wait)
+    got_at = monotonic()
+    expect([c.task.id for c in woken] == ["t1"], clause,
+           f"claim(wait={wait}) returned {[c.task.id for c in woken]} although t1's {session.short}s nack delay ended during the wait")
+    expect(got_at >= window.earliest, "task_queue.nack-redelivery", "a claim returned t1 before its nack delay ended")
+    expect(woken[0].attempt == 2, "task_queue.attempts", f"the delivery after a delayed nack has attempt {woken[0].attempt}")
+
+
+@conformance_check(PORT, ("task_queue.priority-fifo",))
+async def check_priorities_over_the_whole_range(session: Session) -> None:
+    """Priorities compare as numbers from -2**31 to 2**31-1 (15 before 9, -10 after -9); FIFO past ten tasks."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.priority-fifo"
+    priorities = [0, 9, 15, 10, -1, 2, -1000, 1000, 2**31 - 1, -(2**31), 99, 100, 1, -9, -10, 5, 9, 15, 0, 11]
+    for index, priority in enumerate(priorities):
+        await queue.enqueue(make_task(f"p{index}", priority=priority))
+    expected = [f"p{i}" for i, _ in sorted(enumerate(priorities), key=lambda item: (-item[1], item[0]))]
+    got = [c.task.id for _ in range(3) for c in await claim_ids(queue, ["alpha"])]
+    expect(got == expected[:3], clause, f"single claims returned {got}, expected {expected[:3]} (priorities "
+           f"{[priorities[int(i[1:])] for i in got]})")
+    batch = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=len(priorities))]
+    want = expected[3:]
+    expect(batch == want, clause, f"a batch claim returned priorities {[priorities[int(i[1:])] for i in batch]}, "
+           f"expected {[priorities[int(i[1:])] for i in want]}")
+    count = 25
+    for index in range(count):
+        await queue.enqueue(make_task(f"f{index}", "beta", priority=3))
+    fifo = [c.task.id for _ in range(2) for c in await claim_ids(queue, ["beta"])]
+    fifo += [c.task.id for c in await claim_ids(queue, ["beta"], max_tasks=count)]
+    expect(fifo == [f"f{i}" for i in range(count)], clause, f"{count} tasks of one priority were claimed as {fifo}")
+
+
+# Node types that are prefixes, substrings or wildcard look-alikes of one another, and Unicode.
+NODE_TYPE_NAMES = ("a", "ab", "ba", "a.b", "a*", "a>", "b", "ä", "日本", "日本語")
+
+
+@conformance_check(PORT, ("task_queue.node-types", "task_queue.stats"))
+async def check_node_types_are_exact(session: Session) -> None:
+    """Node types whose names overlap stay apart in claim, stats and dead letters; several merge by priority."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.node-types"
+    for name in NODE_TYPE_NAMES:
+        for index in range(2):
+            added = await queue.enqueue(make_task(f"t-{name}-{index}", name))
+            expect(added is True, "task_queue.idempotent-enqueue", f"first enqueue of task 't-{name}-{index}' returned {added}")
+    for name in NODE_TYPE_NAMES:
+        stats = await queue.stats(name)
+        expect((stats.queued, stats.in_flight) == (2, 0), "task_queue.stats", f"stats({name!r}) is {stats} with 2 tasks queued")
+    for name in NODE_TYPE_NAMES:
+        got = [c.task.id for c in await claim_ids(queue, [name], max_tasks=10)]
+        want = [f"t-{name}-0", f"t-{name}-1"]
+        expect(got == want, clause, f"claim([{name!r}]) returned {got}, expected {want}")
+        stats = await queue.stats(name)
+        expect((stats.queued, stats.in_flight) == (0, 2), "task_queue.stats", f"stats({name!r}) is {stats} with 2 tasks claimed")
+    plan = [("x1", "a", 0), ("y1", "ab", 1), ("z1", "日本", 0), ("x2", "a", 1), ("y2", "ab", 0), ("z2", "日本", 7), ("n1", "b", 9)]
+    for task_id, name, priority in plan:
+        await queue.enqueue(make_task(task_id, name, priority=priority))
+    types = ["a", "ab", "日本"]
+    first = [c.task.id for c in await claim_ids(queue, types)]
+    rest = [c.task.id for c in await claim_ids(queue, types, max_tasks=10)]
+    expected = ["z2", "y1", "x2", "x1", "z1", "y2"]
+    expect(first + rest == expected, clause, f"claim({types}) returned {first} then {rest}, expected {expected} "
+           "(highest priority across the types, then enqueue order across them)")
+    expect([c.task.id for c in await claim_ids(queue, ["ba", "a.b"], max_tasks=5)] == [], clause,
+           "a claim of node types with no ready task returned one of a similarly named type")
+
+
+@conformance_check(PORT, ("task_queue.idempotent-enqueue",))
+async def check_enqueue_known_id_in_every_state(session: Session) -> None:
+    """An id that is delayed, cancelled or queued under another type/priority cannot be enqueued again."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.idempotent-enqueue"
+    await queue.enqueue(make_task("t1"))
+    again = await queue.enqueue(make_task("t1", "beta", priority=9, payload={"other": True}))
+    expect(again is False, clause, "re-enqueue of queued t1 under another node type and priority returned True")
+    expect(await claim_ids(queue, ["beta"]) == [], clause, "re-enqueue of t1 under another node type made it claimable there")
+    [claim] = await claim_ids(queue, ["alpha"])
+    await queue.nack(claim, "later", delay=30.0)
+    expect(await queue.enqueue(make_task("t1")) is False, clause, "re-enqueue of delayed t1 returned True")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight) == (1, 0), clause, f"after re-enqueuing delayed t1 stats are {stats}")
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, "re-enqueue of delayed t1 made it claimable before its delay")
+    await queue.enqueue(make_task("t2"))
+    expect(await queue.cancel("t2") is True, "task_queue.cancel", "cancel of a queued task returned False")
+    expect(await queue.enqueue(make_task("t2")) is False, clause, "re-enqueue of cancelled t2 (within result_ttl) returned True")
+    expect(await claim_ids(queue, ["alpha"]) == [], clause, "re-enqueue of cancelled t2 queued it again")
+
+
+@conformance_check(PORT, ("task_queue.idempotent-enqueue", "task_queue.result-expiry"), requires=("result_expiry",))
+async def check_idempotency_window_is_result_ttl(session: Session) -> None:
+    """A finished id is refused while its result lives and accepted again after; a dead letter keeps its id."""
+    queue = (await session.open(result_ttl=session.short)).task_queue
+    clause = "task_queue.idempotent-enqueue"
+    await queue.enqueue(make_task("done"))
+    await queue.enqueue(make_task("dead", max_attempts=1))
+    await queue.enqueue(make_task("gone"))
+    claims = {c.task.id: c for c in await claim_ids(queue, ["alpha"], max_tasks=2)}
+    await queue.ack(claims["done"], {"n": 1})
+    await queue.nack(claims["dead"], "fatal")
+    await queue.cancel("gone")
+    for task_id in ("done", "dead", "gone"):
+        expect(await queue.enqueue(make_task(task_id)) is False, clause, f"re-enqueue of finished {task_id!r} right away returned True")
+    await sleep_past(session.short, session.slack)
+    expect(await queue.get_result("done") is None, "task_queue.result-expiry", "the result outlived result_ttl")
+    for task_id in ("done", "gone"):
+        added = await queue.enqueue(make_task(task_id, payload={"task": task_id, "run": 2}))
+        expect(added is True, clause, f"enqueue of {task_id!r} after its result expired (result_ttl={session.short}s) returned {added}")
+    expect(await queue.enqueue(make_task("dead")) is False, clause, "enqueue of a dead-lettered id returned True")
+    got = sorted(c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=5, wait=session.requirements.delivery_timeout))
+    expect(got == ["done", "gone"], clause, f"after their results expired, the re-enqueued ids were claimed as {got}")
+    expect([d.task_id for d in await queue.dead_letters("alpha")] == ["dead"], "task_queue.dead-letter",
+           "a dead letter vanished when its result expired")
+
+
+@conformance_check(PORT, ("task_queue.lease-extension", "task_queue.lease-expiry"))
+async def check_extended_lease_still_expires(session: Session) -> None:
+    """An extended lease holds past the first deadline, then expires at the new one and the task comes back."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    short = session.short
+    await queue.enqueue(make_task("t1"))
+    [claim] = await claim_ids(queue, ["alpha"], lease=short)
+    started = monotonic()
+    extended = await queue.extend(claim, short * 2)
+    window = Window.after(started, monotonic(), short * 2, session.slack)
+    await sleep_past(short, session.slack)
+    probe = monotonic()
+    held = await claim_ids(other.task_queue, ["alpha"], worker_id="w2")
+    if held and window.state(probe, monotonic() - probe) == "pending":
+        raise ContractViolation("task_queue.lease-extension", f"a lease extended by {short * 2}s was lost at its first {short}s deadline")
+    if not held:
+        await asyncio.sleep(max(0.0, window.latest - monotonic()))
+        held = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in held] == ["t1"], "task_queue.lease-expiry",
+           f"after the extended {short * 2}s lease ran out, claim returned {[c.task.id for c in held]}")
+    expect(held[0].attempt == 2, "task_queue.attempts", f"the delivery after an extended lease expired has attempt {held[0].attempt}")
+    await refused(queue.ack(extended, {"late": True}), LeaseLostError, "task_queue.lost-lease-refused",
+                  "ack through an extended lease that since expired")
+
+
+@conformance_check(PORT, ("task_queue.invisible-while-claimed", "task_queue.lease-expiry"))
+async def check_lease_boundary(session: Session) -> None:
+    """Just before a lease ends a claim gets nothing; just after, it gets the task."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    lease = session.short * 2
+    guard = max(2 * session.slack, 0.05)
+    await backend.task_queue.enqueue(make_task("t1"))
+    started = monotonic()
+    [claim] = await claim_ids(backend.task_queue, ["alpha"], lease=lease)
+    window = Window.after(started, monotonic(), lease, session.slack)
+    await asyncio.sleep(max(0.0, window.earliest - guard - monotonic()))
+    probe = monotonic()
+    early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2")
+    if early and monotonic() < window.earliest:
+        raise ContractViolation("task_queue.invisible-while-claimed",
+                                f"a claim {window.earliest + session.slack - probe:.2f}s before the {lease}s lease ended returned "
+                                f"{[c.task.id for c in early]}")
+    if not early:
+        await asyncio.sleep(max(0.0, window.latest - monotonic()))
+        early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in early] == ["t1"], "task_queue.lease-expiry",
+           f"just after the {lease}s lease ended, claim returned {[c.task.id for c in early]}")
+    expect(early[0].attempt == 2, "task_queue.attempts", f"the delivery after the lease ended has attempt {early[0].attempt}")
+    del claim
+
+
+@conformance_check(PORT, ("task_queue.dead-letter-listing", "task_queue.stats"))
+async def check_dead_letters_listing(session: Session) -> None:
+    """Past a page of dead letters: oldest first, the default limit of 100, exact node-type filter."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.dead-letter-listing"
+    plan = [("alpha" if i % 12 not in (5, 11) else ("alphabet" if i % 12 == 5 else "beta"), f"d{i:03d}") for i in range(112)]
+    for node_type, task_id in plan:
+        await queue.enqueue(make_task(task_id, node_type, max_attempts=1))
+    order: list[str] = []
+    for node_type in ("alpha", "alphabet", "beta"):
+        for claim in await claim_ids(queue, [node_type], max_tasks=len(plan)):
+            await queue.nack(claim, "fatal")
+            order.append(claim.task.id)
+    everything = [d.task_id for d in await queue.dead_letters(limit=1000)]
+    expect(everything == order, clause, f"dead_letters(limit=1000) listed {len(everything)} letters "
+           f"{'in another order' if sorted(everything) == sorted(order) else ''}: {everything[:12]}..., expected {order[:12]}...")
+    default = [d.task_id for d in await queue.dead_letters()]
+    expect(default == order[:100], clause, f"dead_letters() listed {len(default)} letters, expected the oldest 100")
+    alphas = [t for n, t in plan if n == "alpha"]
+    only = [d.task_id for d in await queue.dead_letters("alpha", limit=1000)]
+    expect(only == alphas, clause, f"dead_letters('alpha') listed {len(only)} letters ({sorted(set(only) - set(alphas))[:5]} not "
+           f"of type 'alpha'), expected {len(alphas)}")
+    few = [d.task_id for d in await queue.dead_letters("alpha", limit=7)]
+    expect(few == alphas[:7], clause, f"dead_letters('alpha', limit=7) listed {few}, expected {alphas[:7]}")
+    bet = [d.task_id for d in await queue.dead_letters("alphabet", limit=1000)]
+    expect(bet == [t for n, t in plan if n == "alphabet"], clause, f"dead_letters('alphabet') listed {bet}")
+    stats = await queue.stats("alpha")
+    expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, len(alphas)), "task_queue.stats",
+           f"stats('alpha') with {len(alphas)} dead letters is {stats}")

@@ -6,7 +6,7 @@ import asyncio
 
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import expect
-from distributed_agents.conformance.context import Session
+from distributed_agents.conformance.context import Session, Window, monotonic
 from distributed_agents.conformance.helpers import sleep_past
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 
@@ -68,3 +68,48 @@ async def check_deregister(session: Session) -> None:
     listed = [w.worker_id for w in await registry.list_workers("alpha")]
     expect(listed == ["w2"], "worker_registry.deregister", f"after deregistering w1 the registry lists {listed}")
     expect(await registry.heartbeat("w1") is False, "worker_registry.deregister", "heartbeat of a deregistered worker returned True")
+
+
+@conformance_check(PORT, ("worker_registry.heartbeat", "worker_registry.expiry"))
+async def check_heartbeat_at_the_edge(session: Session) -> None:
+    """A heartbeat just before heartbeat_ttl ends keeps the worker a full ttl more; silence then ends it."""
+    ttl = session.short * 2
+    registry = (await session.open(heartbeat_ttl=ttl)).worker_registry
+    guard = max(2 * session.slack, 0.05)
+    started = monotonic()
+    await registry.register(worker("edge", "alpha"))
+    registered = Window.after(started, monotonic(), ttl, session.slack)
+    await asyncio.sleep(max(0.0, registered.earliest - guard - monotonic()))
+    probe = monotonic()
+    alive = await registry.heartbeat("edge")
+    beat = Window.after(probe, monotonic(), ttl, session.slack)
+    if monotonic() < registered.earliest:
+        expect(alive is True, "worker_registry.heartbeat", f"a heartbeat {registered.earliest + session.slack - probe:.2f}s "
+               f"before heartbeat_ttl={ttl}s ran out returned {alive!r}")
+    if not alive:
+        return  # a slow run: the heartbeat came too late to judge
+    await asyncio.sleep(max(0.0, registered.latest - monotonic()))
+    probe = monotonic()
+    listed = [w.worker_id for w in await registry.list_workers("alpha")]
+    if beat.state(probe, monotonic() - probe) == "pending":
+        expect(listed == ["edge"], "worker_registry.heartbeat",
+               f"a worker that sent a heartbeat just before heartbeat_ttl ran out is not listed after its first ttl: {listed}")
+    await asyncio.sleep(max(0.0, beat.latest - monotonic()))
+    expect(await registry.list_workers() == [], "worker_registry.expiry", f"a worker silent for heartbeat_ttl={ttl}s after its last heartbeat is listed")
+    expect(await registry.heartbeat("edge") is False, "worker_registry.expiry", "a heartbeat just after heartbeat_ttl ran out returned True")
+
+
+@conformance_check(PORT, ("worker_registry.register", "worker_registry.lookup"))
+async def check_many_workers_and_names(session: Session) -> None:
+    """Past ten workers with Unicode ids and overlapping node-type names: all listed, sorted, filtered exactly."""
+    registry = (await session.open()).worker_registry
+    types = ["a", "ab", "ba", "a.b", "日本", "日本語"]
+    plan = {f"w{i}" if i % 4 else f"wörker-{i}-ü": {types[i % len(types)], types[(i * 2) % len(types)]} for i in range(14)}
+    for worker_id, node_types in plan.items():
+        await registry.register(worker(worker_id, *sorted(node_types)))
+    listed = [w.worker_id for w in await registry.list_workers()]
+    expect(listed == sorted(plan), "worker_registry.register", f"{len(plan)} workers listed as {listed}, expected {sorted(plan)}")
+    for node_type in types + ["b", "日"]:
+        got = [w.worker_id for w in await registry.list_workers(node_type)]
+        want = sorted(w for w, ts in plan.items() if node_type in ts)
+        expect(got == want, "worker_registry.lookup", f"list_workers({node_type!r}) gave {got}, expected {want}")

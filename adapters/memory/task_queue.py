@@ -57,7 +57,9 @@ class QueueData:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.entries: dict[str, _Entry] = {}
-        self.seen: set[str] = set()
+        # Task id -> when enqueue may accept it again: None while queued, claimed or dead,
+        # the result's expiry once it finished (the port's idempotency window).
+        self.seen: dict[str, float | None] = {}
         self.ready: dict[str, list[tuple[int, int, str]]] = {}
         self.delayed: list[tuple[float, int, str]] = []
         self.leases: list[tuple[float, str, str]] = []
@@ -89,7 +91,10 @@ class MemoryTaskQueue(TaskQueue):
         raw = encode(task_to_dict(task))
         with self._data.lock:
             if task.id in self._data.seen:
-                return False
+                until = self._data.seen[task.id]
+                if until is None or until > time.time():
+                    return False
+                self._data.results.pop(task.id, None)
             self._add(task.id, task.node_type, raw, task.priority, task.max_attempts)
         return True
 
@@ -99,7 +104,7 @@ class MemoryTaskQueue(TaskQueue):
 
     def _add(self, task_id: str, node_type: str, raw: bytes, priority: int, max_attempts: int | None) -> None:
         entry = _Entry(task_id, node_type, raw, priority, max_attempts, next(self._data.seq))
-        self._data.seen.add(task_id)
+        self._data.seen[task_id] = None
         self._data.entries[task_id] = entry
         self._push_ready(entry)
 
@@ -222,6 +227,7 @@ class MemoryTaskQueue(TaskQueue):
             entry = self._held(claim)
             del self._data.entries[entry.task_id]
             self._store_result(stored)
+            self._data.seen[entry.task_id] = time.time() + self.result_ttl
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._data.lock:
@@ -311,6 +317,7 @@ class MemoryTaskQueue(TaskQueue):
             if entry is None or entry.state == "claimed":
                 return False
             del self._data.entries[task_id]
+            self._data.seen[task_id] = time.time() + self.result_ttl
             return True
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,7 @@ from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegis
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import BusMessage, Subscription, pattern_matches
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord
-from distributed_agents.core.ports.task_queue import ClaimedTask, QueueStats, Task, TaskResult
+from distributed_agents.core.ports.task_queue import ClaimedTask, DeadLetter, QueueStats, Task, TaskResult
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 
 # --- TaskQueue ------------------------------------------------------------------------
@@ -57,7 +57,7 @@ class NonIdempotentEnqueueQueue(MemoryTaskQueue):
     """Queues a task again whenever its id is enqueued."""
 
     async def enqueue(self, task: Task) -> bool:
-        self._data.seen.discard(task.id)
+        self._data.seen.pop(task.id, None)
         self._data.entries.pop(task.id, None)
         return await super().enqueue(task)
 
@@ -65,11 +65,11 @@ class NonIdempotentEnqueueQueue(MemoryTaskQueue):
 class NackDoesNotCountQueue(MemoryTaskQueue):
     """A nack gives the attempt back, so nothing ever reaches max_attempts by nacks."""
 
-    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._data.lock:
             entry = self._held(claim)
             entry.attempt -= 1
-            return await super().nack(claim, error, delay=delay)
+            return await super().nack(claim, error, delay=delay, final=final)
 
 
 class NoDeadLetterQueue(MemoryTaskQueue):
@@ -142,9 +142,9 @@ class VisibleWhileClaimedQueue(MemoryTaskQueue):
 class DelayedNackLosesTaskQueue(MemoryTaskQueue):
     """A nack with a delay throws the task away."""
 
-    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:
-        if delay <= 0:
-            return await super().nack(claim, error, delay=delay)
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
+        if delay <= 0 or final:
+            return await super().nack(claim, error, delay=delay, final=final)
         with self._data.lock:
             self._held(claim)
             del self._data.entries[claim.task.id]
@@ -189,6 +189,92 @@ class CancelTakesClaimedQueue(MemoryTaskQueue):
                 del self._data.entries[task_id]
                 return True
         return await super().cancel(task_id)
+
+
+class StringPriorityQueue(MemoryTaskQueue):
+    """Compares priorities as text: right for 0..9, but 15 comes after 9 (and -1 after 0)."""
+
+    def _push_ready(self, entry: _Entry) -> None:
+        entry.state = "queued"
+        key: Any = tuple(-ord(ch) for ch in str(entry.priority))
+        heapq.heappush(self._data.ready.setdefault(entry.node_type, []), (key, entry.seq, entry.task_id))
+        self._data.waiters.notify(("type", entry.node_type))
+
+
+class FinalNackRequeuesQueue(MemoryTaskQueue):
+    """Accepts ``final`` but ignores it: a final nack queues the task again."""
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
+        return await super().nack(claim, error, delay=delay)
+
+
+class NoFinalParameterQueue(MemoryTaskQueue):
+    """Written against an older port: ``nack`` has no ``final`` keyword (the core's call raises TypeError)."""
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0) -> bool:  # type: ignore[override]
+        return await super().nack(claim, error, delay=delay)
+
+
+class WaitIgnoresDelaysQueue(MemoryTaskQueue):
+    """A waiting claim wakes on enqueues only, never when a nack delay runs out during the wait."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        claimed = await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds)
+        if claimed or wait <= 0:
+            return claimed
+        give_up = time.monotonic() + wait
+        while time.monotonic() < give_up:
+            with self._data.lock:
+                ready = any(e.state == "queued" and e.node_type in node_types for e in self._data.entries.values())
+            if ready:
+                return await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds)
+            await self._data.waiters.wait([("type", t) for t in node_types], give_up - time.monotonic())
+        return []
+
+
+class RequeueKeepsResultQueue(MemoryTaskQueue):
+    """A requeued dead letter still reads as failed while it runs again."""
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            kept = self._data.results.get(task_id)
+            done = await super().requeue_dead_letter(task_id)
+            if done and kept is not None:
+                self._data.results[task_id] = kept
+            return done
+
+
+class PrefixTypeQueue(MemoryTaskQueue):
+    """Matches node types by prefix (a glob ``type*``): claiming 'a' also takes tasks of 'ab'."""
+
+    def _types(self, node_types: Collection[str]) -> list[str]:
+        with self._data.lock:
+            known = {e.node_type for e in self._data.entries.values()}
+        return sorted({k for k in known for t in node_types if k.startswith(t)} | set(node_types))
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        return await super().claim(self._types(node_types), worker_id=worker_id, max_tasks=max_tasks,
+                                   lease_seconds=lease_seconds, wait=wait)
+
+
+class PrefixDeadLetterFilterQueue(MemoryTaskQueue):
+    """Filters dead letters by node-type prefix: dead_letters('alpha') also lists 'alphabet'."""
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        letters = await super().dead_letters(None, limit=10_000)
+        return [d for d in letters if node_type is None or d.node_type.startswith(node_type)][:limit]
+
+
+class EarlyLeaseExpiryQueue(MemoryTaskQueue):
+    """Ends a lease at 60% of its length (a unit slip), while reporting the full deadline."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        lease = self.visibility_timeout if lease_seconds is None else lease_seconds
+        claims = await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease * 0.6, wait=wait)
+        return [replace(c, deadline=c.deadline + lease * 0.4) for c in claims]
 
 
 # --- StateStore -----------------------------------------------------------------------
@@ -253,6 +339,74 @@ class SharedLeaseStore(MemoryStateStore):
             return WorkflowLease(workflow_id, owner, held.token, held.deadline)
 
 
+class StringSortedCheckpointsStore(MemoryStateStore):
+    """Sorts checkpoints by their step as text: once there are more than ten, step 10 comes before 9."""
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        items = await super().list_checkpoints(workflow_id)
+        items.sort(key=lambda cp: str(cp.step), reverse=True)
+        items = [cp for cp in items if before is None or cp.step < before]
+        return items if limit is None else items[:limit]
+
+
+class FirstPageOnlyStore(MemoryStateStore):
+    """Returns only the first page (ten records) of list_workflows."""
+
+    async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        return (await super().list_workflows(status))[:10]
+
+
+class LiveLeaseFencingStore(MemoryStateStore):
+    """Fences only against a live lease: once the newer lease expired, an old token commits again."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        with self._data.lock:
+            lease = self._data.leases.get(record.workflow_id)
+            if lease is None or lease.deadline <= time.time():
+                fencing_token = None
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+
+
+class CheckpointTtlFromWriteStore(MemoryStateStore):
+    """Expires each checkpoint state_ttl after it was written, not after the record's last save."""
+
+    def __init__(self, data: Any, *, state_ttl: float | None = None) -> None:
+        super().__init__(data, state_ttl=state_ttl)
+        self._written: dict[tuple[str, int], float] = {}
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        saved = await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+        if checkpoint is not None:
+            self._written[(checkpoint.workflow_id, checkpoint.step)] = time.time()
+        return saved
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        items = await super().list_checkpoints(workflow_id, limit=limit, before=before)
+        if self.state_ttl is None:
+            return items
+        now = time.time()
+        return [cp for cp in items if self._written.get((workflow_id, cp.step), now) + self.state_ttl > now]
+
+
+class MetadataDroppedStore(MemoryStateStore):
+    """Loses the record's metadata and error when a save carries a checkpoint (a second code path)."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        if checkpoint is not None:
+            record = record.evolve(metadata={}, error=None)
+        return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+
+
+class OtherDefaultsStore(MemoryStateStore):
+    """Pages checkpoints ten at a time by default, and takes ``limit`` positionally."""
+
+    async def list_checkpoints(self, workflow_id: str, limit: int | None = 10, before: int | None = None) -> list[Checkpoint]:  # type: ignore[override]
+        return await super().list_checkpoints(workflow_id, limit=limit, before=before)
+
+
 # --- WorkerRegistry -------------------------------------------------------------------
 
 
@@ -291,6 +445,20 @@ class FieldsDroppedRegistry(MemoryWorkerRegistry):
 
     async def register(self, info: WorkerInfo) -> None:
         await super().register(WorkerInfo(info.worker_id, info.node_types))
+
+
+class EdgeHeartbeatRegistry(MemoryWorkerRegistry):
+    """Treats a worker as gone once three quarters of heartbeat_ttl passed: a timely heartbeat is refused."""
+
+    def _alive(self, info: WorkerInfo, now: float) -> bool:
+        return now - info.last_heartbeat < self.heartbeat_ttl * 0.75
+
+
+class RequiredNodeTypeRegistry(MemoryWorkerRegistry):
+    """``list_workers`` without a default for ``node_type``: the core's plain call raises TypeError."""
+
+    async def list_workers(self, node_type: str | None) -> list[WorkerInfo]:  # type: ignore[override]
+        return await super().list_workers(node_type)
 
 
 # --- MessageBus -----------------------------------------------------------------------
@@ -362,22 +530,84 @@ class StickyBus(MemoryMessageBus):
         return subscription
 
 
+class GroupedPublishManyBus(MemoryMessageBus):
+    """Batches publish_many per channel: a subscriber of several channels gets them out of order."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for channel, data in sorted(messages, key=lambda item: item[0]):
+            await self.publish(channel, data)
+
+
+class OneCopyBus(MemoryMessageBus):
+    """Delivers a message once per bus object, to the first of its matching subscriptions only."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        with self._data.lock:
+            targets = [s for s in self._data.subscriptions if pattern_matches(s.pattern, channel)]
+        owners: set[int] = set()
+        for subscription in targets:
+            owner = getattr(subscription, "owner", 0)
+            if owner in owners:
+                continue
+            owners.add(owner)
+            subscription._deliver(BusMessage(channel, dict(data)))
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = await super().subscribe(pattern)
+        subscription.owner = id(self)  # type: ignore[attr-defined]
+        return subscription
+
+
+class BoundedSubscription(MemorySubscription):
+    """Keeps at most 4096 messages and drops the rest (a fixed-size client buffer)."""
+
+    def _deliver(self, message: BusMessage) -> None:
+        if len(self._buffer) < 4096:
+            super()._deliver(message)
+
+
+class BoundedBufferBus(MemoryMessageBus):
+    """Subscriptions with a bounded buffer: a burst larger than it loses messages."""
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = BoundedSubscription(self._data, pattern)
+        with self._data.lock:
+            self._data.subscriptions.append(subscription)
+        return subscription
+
+
+class VarargsPublishManyBus(MemoryMessageBus):
+    """``publish_many(*messages)``: the core's ``publish_many(list_of_pairs)`` publishes one bogus message."""
+
+    async def publish_many(self, *messages: tuple[str, Mapping[str, Any]]) -> None:  # type: ignore[override]
+        for channel, data in messages:
+            await self.publish(channel, data)
+
+
 # --- assembling a broken backend ------------------------------------------------------
 
 Ports = dict[str, type]
 
 
-def broken_opener(*, leak_prefix: str = "", ignore_state_ttl: bool = False, **ports: type) -> Callable[..., Backend]:
+def broken_opener(*, leak_prefix: str = "", nested_prefix_leak: str = "", ignore_state_ttl: bool = False,
+                  **ports: type) -> Callable[..., Backend]:
     """An ``opener(url, **options)`` like ``open_backend`` but with ``ports`` swapped in.
 
-    ``leak_prefix`` names one port that ignores the prefix (all prefixes share its data).
+    ``leak_prefix`` names one port that ignores the prefix (all prefixes share its data);
+    ``nested_prefix_leak`` one that matches prefixes as text prefixes, so ``app-12`` lands
+    in the data of an ``app-1`` opened before it (a ``KEYS app-1*`` style scan).
     """
+    opened: list[str] = []
 
     def opener(url: str, **options: Any) -> Backend:
         parsed = BackendOptions.from_url(url, **options)
         own, shared = _space(url, parsed.prefix), _space(url, "shared")
+        shorter = next((p for p in opened if parsed.prefix.startswith(p)), parsed.prefix)
+        opened.append(parsed.prefix)
 
         def space(port: str) -> Any:
+            if port == nested_prefix_leak:
+                return _space(url, shorter)
             return shared if port == leak_prefix else own
 
         return Backend(

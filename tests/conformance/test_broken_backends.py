@@ -67,6 +67,35 @@ CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
     "double-claim": ("concurrency.exclusive-claim", bb.broken_opener(task_queue=bb.VisibleWhileClaimedQueue)),
     "tasks-lost": ("concurrency.no-loss", bb.broken_opener(task_queue=bb.DelayedNackLosesTaskQueue)),
     "racy-cas": ("concurrency.cas-race", bb.broken_opener(state_store=bb.RacyCompareStore)),
+    # The four examples of a backend that passed the suite before, each now caught.
+    "priority-15-after-9": ("task_queue.priority-fifo", bb.broken_opener(task_queue=bb.StringPriorityQueue)),
+    "final-nack-requeues": ("task_queue.final-nack", bb.broken_opener(task_queue=bb.FinalNackRequeuesQueue)),
+    "checkpoints-sorted-as-text": ("state_store.checkpoint-order", bb.broken_opener(state_store=bb.StringSortedCheckpointsStore)),
+    "prefix-app-1-sees-app-12": ("state_store.prefix-isolation", bb.broken_opener(nested_prefix_leak="state_store")),
+    # Kind 1, every parameter the core passes: a missing keyword, a wait that ignores delays,
+    # a requeue that keeps the old result, a listing filter, publish_many.
+    "nack-without-final": ("task_queue.signatures", bb.broken_opener(task_queue=bb.NoFinalParameterQueue)),
+    "wait-ignores-delays": ("task_queue.claim-wait", bb.broken_opener(task_queue=bb.WaitIgnoresDelaysQueue)),
+    "requeue-keeps-result": ("task_queue.requeue", bb.broken_opener(task_queue=bb.RequeueKeepsResultQueue)),
+    "dead-letters-prefix-filter": ("task_queue.dead-letter-listing", bb.broken_opener(task_queue=bb.PrefixDeadLetterFilterQueue)),
+    "publish-many-grouped": ("message_bus.publish-many", bb.broken_opener(message_bus=bb.GroupedPublishManyBus)),
+    "store-other-defaults": ("state_store.signatures", bb.broken_opener(state_store=bb.OtherDefaultsStore)),
+    "registry-required-argument": ("worker_registry.signatures", bb.broken_opener(worker_registry=bb.RequiredNodeTypeRegistry)),
+    "publish-many-varargs": ("message_bus.signatures", bb.broken_opener(message_bus=bb.VarargsPublishManyBus)),
+    # Kind 2, full value ranges: overlapping node-type names, counts past a page.
+    "node-type-prefix-match": ("task_queue.node-types", bb.broken_opener(task_queue=bb.PrefixTypeQueue)),
+    "workflows-first-page-only": ("state_store.list-by-status", bb.broken_opener(state_store=bb.FirstPageOnlyStore)),
+    "queue-nested-prefix-leak": ("task_queue.prefix-isolation", bb.broken_opener(nested_prefix_leak="task_queue")),
+    # Kind 3, boundaries in time.
+    "lease-ends-early": ("task_queue.invisible-while-claimed", bb.broken_opener(task_queue=bb.EarlyLeaseExpiryQueue)),
+    "fencing-only-while-live": ("state_store.fencing", bb.broken_opener(state_store=bb.LiveLeaseFencingStore)),
+    "checkpoint-ttl-from-write": ("state_store.ttl", bb.broken_opener(state_store=bb.CheckpointTtlFromWriteStore)),
+    "heartbeat-edge-refused": ("worker_registry.heartbeat", bb.broken_opener(worker_registry=bb.EdgeHeartbeatRegistry)),
+    # Kind 4, everything a record holds round-trips.
+    "metadata-dropped-with-checkpoint": ("state_store.round-trip", bb.broken_opener(state_store=bb.MetadataDroppedStore)),
+    # Kind 5, bus delivery.
+    "one-copy-per-bus": ("message_bus.overlap", bb.broken_opener(message_bus=bb.OneCopyBus)),
+    "bounded-buffer": ("message_bus.burst", bb.broken_opener(message_bus=bb.BoundedBufferBus)),
 }
 
 
