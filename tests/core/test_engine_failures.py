@@ -135,6 +135,17 @@ def test_node_result_too_large_for_the_store_fails_the_workflow_and_keeps_nothin
     assert "pending_writes_dropped" in status.error
 
 
+def test_state_growing_past_the_backends_size_limit_fails_the_workflow_with_the_commit_error() -> None:
+    # Each node's result is under the limit; the state after the second step is not.
+    graph = Graph("growing").add_node("one", lambda s: {"one": "x" * 4000}).add_node("two", lambda s: {"two": "y" * 4000})
+    graph.set_entry_point("one").add_edge("one", "two").set_finish_point("two").compile()
+    orchestrator = Orchestrator(backend_options={"max_payload_bytes": 10_000})
+    error, status = run(failed_status(orchestrator, graph))
+    assert type(error).__name__ == "PayloadTooLargeError"
+    assert status.error["step"] == 1 and status.error["phase"] == "commit"
+    assert status.error["kind"] == "PayloadTooLargeError" and "10000" in status.error["summary"].replace(",", "")
+
+
 def test_resume_with_a_graph_missing_the_pending_node_fails_naming_it() -> None:
     started = two_steps("evolving")
     shrunk = Graph("evolving").add_node("a", lambda s: None).set_entry_point("a").set_finish_point("a").compile()
@@ -222,9 +233,5 @@ def test_any_fault_at_any_step_ends_in_failed_with_its_step(fault: str, at: int)
         return await orchestrator.get_workflow_status("wf-fault")
 
     status = run(scenario())
-    expected = "failed"
-    if fault == "condition_writes":
-        # A read-only view refuses the write: the condition fails like one that raises.
-        expected = "failed"
-    assert status.status == expected
+    assert status.status == "failed"
     assert status.error["step"] == at
