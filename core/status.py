@@ -17,8 +17,12 @@ class WorkflowStatusInfo:
 
     ``status`` is one of ``pending``, ``running``, ``completed``, ``failed``,
     ``cancelled``. ``next_nodes`` are the nodes of the step in progress (or next).
-    ``error`` (when failed) holds ``kind``, ``summary``, ``step`` and, for a node
-    failure, ``node``, ``attempts``, ``error_type``, ``message`` and ``traceback``.
+    ``error`` (when failed) holds ``kind`` (the exception's class), ``summary``,
+    ``step``, ``phase`` (``run``, ``merge`` or ``commit``) and what is known of the
+    culprit (``node``, ``key``, ``nodes``); for a node failure also ``attempts``,
+    ``error_type``, ``message``, ``traceback`` and ``failed_nodes`` (every node of the
+    step that failed). The writes of the step's nodes that succeeded are kept for
+    ``resume`` unless ``pending_writes_dropped`` says why they could not be.
     ``waiting_for`` says what a running workflow is blocked on, e.g.
     "waiting for a worker of type 'writer'".
     """
