@@ -274,13 +274,19 @@ async def check_state_ttl_covers_checkpoints(session: Session) -> None:
     clause = "state_store.ttl"
     started = monotonic()
     await store.save(record("w1", step=0), expected_version=0, checkpoint=Checkpoint("w1", 0, {"s": 0}))
-    await asyncio.sleep(max(0.0, started + ttl * 0.6 - monotonic()))
-    await store.save(record("w1", step=0), expected_version=1)  # no checkpoint: still restarts every clock
-    await asyncio.sleep(max(0.0, started + ttl * 1.2 - monotonic()))
+    # Saves without a checkpoint every 0.6 ttl keep w1 alive; checkpoint 0 must live as long
+    # (looked at 2.4 ttl after it was written, past any rounding of a per-write TTL).
+    version = 1
+    for share in (0.6, 1.2, 1.8):
+        await asyncio.sleep(max(0.0, started + ttl * share - monotonic()))
+        await store.save(record("w1", step=0), expected_version=version)
+        version += 1
+    await asyncio.sleep(max(0.0, started + ttl * 2.4 - monotonic()))
     steps = [cp.step for cp in await store.list_checkpoints("w1")]
-    expect(await store.get("w1") is not None, clause, f"w1 expired although it was saved again {ttl * 0.6:.2f}s into its {ttl}s")
-    expect(steps == [0], clause, f"checkpoint 0 of live w1 expired {ttl}s after it was written, not after w1's last save: {steps}")
-    await store.save(record("w1", step=1), expected_version=2, checkpoint=Checkpoint("w1", 1, {"s": 1}))
+    expect(await store.get("w1") is not None, clause, f"w1 expired although it was saved every {ttl * 0.6:.2f}s (state_ttl={ttl}s)")
+    expect(steps == [0], clause, f"checkpoint 0 of live w1 expired {ttl * 2.4:.2f}s after it was written, although w1 was saved "
+           f"since (state_ttl={ttl}s): {steps}")
+    await store.save(record("w1", step=1), expected_version=version, checkpoint=Checkpoint("w1", 1, {"s": 1}))
     await store.acquire_lease("w1", "owner", 60.0)
     await sleep_past(ttl, session.slack)
     expect(await store.acquire_lease("w1", "other", 30.0) is not None, clause, "w1's lease outlived its record")

@@ -2,7 +2,7 @@
 
 Keys (workflow ids and steps escaped into key tokens):
 
-* ``wf.<id>``: the ``WorkflowRecord`` as JSON plus two private fields: ``_cp``, the key
+* ``wf.<id>``: the ``WorkflowRecord`` as JSON plus private fields: ``_cp``, the key
   of the newest committed checkpoint, and ``_fence``, the greatest fencing token seen.
   Our ``version`` lives inside the record; every write is a CAS on the key's KV
   revision (``Nats-Expected-Last-Subject-Sequence``), read in the same call, so version
@@ -25,9 +25,12 @@ returning, so a stale holder that read the old lease still loses its record CAS.
 
 TTL. With ``state_ttl``, record and checkpoints are written with a per-message TTL
 (``Nats-TTL``, nats-server 2.11+, whole seconds, at least 1). Readers ignore checkpoints
-of a record that is gone. Difference from the memory backend: a checkpoint expires
-``state_ttl`` after it was written, so a workflow that lives longer than ``state_ttl``
-loses its oldest history entries while its record lives on.
+of a record that is gone. As the port requires, every save restarts the clock of all the
+record's checkpoints, without rewriting the whole history on every save: checkpoints are
+written with twice ``state_ttl``, the record keeps (``_cp_until``) the earliest moment
+one of them may vanish, and a save that would let the record outlive that moment first
+rewrites the chain with a fresh TTL (once per ``state_ttl`` or so of a workflow's life).
+A checkpoint so outlives its record by at most ``state_ttl``, unread.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ from distributed_agents.core.ports.state_store import (
 )
 
 __all__ = ["NatsStateStore"]
+
+
+# Seconds of safety between the record's expiry and the first checkpoint's (clock, rounding).
+_CP_MARGIN = 1.0
 
 
 class NatsStateStore(StateStore):
@@ -113,14 +120,23 @@ class NatsStateStore(StateStore):
                 await self._check_fence(workflow_id, stored, fencing_token)
             self._check_version(workflow_id, stored, expected_version)
             cp_key = None if stored is None else stored.get("_cp")
+            cp_ttl = None if self.state_ttl is None else self.state_ttl * 2
+            cp_until = None if stored is None else stored.get("_cp_until")
+            if cp_ttl is not None and cp_key is not None and self.state_ttl is not None:
+                now = time.time()
+                if cp_until is None or float(cp_until) <= now + self.state_ttl + _CP_MARGIN:
+                    await self._refresh_checkpoints(workflow_id, cp_key, cp_ttl)
+                    cp_until = now + cp_ttl
             if cp_body is not None:
                 assert checkpoint is not None
                 new_key = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
-                await kv.put(self._conn.js, self._kv, new_key, encode({**cp_body, "_prev": cp_key}), ttl=self.state_ttl)
+                await kv.put(self._conn.js, self._kv, new_key, encode({**cp_body, "_prev": cp_key}), ttl=cp_ttl)
+                if cp_ttl is not None and cp_until is None:
+                    cp_until = time.time() + cp_ttl
                 cp_key = new_key
             fence = max(int((stored or {}).get("_fence", 0)), fencing_token or 0)
             expires_at = None if self.state_ttl is None else time.time() + self.state_ttl
-            raw = encode({**body, "_cp": cp_key, "_fence": fence, "_expires_at": expires_at})
+            raw = encode({**body, "_cp": cp_key, "_fence": fence, "_expires_at": expires_at, "_cp_until": cp_until})
             key = f"wf.{token(workflow_id)}"
             if await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl) is None:
                 if cp_body is not None and cp_key is not None:
@@ -132,6 +148,15 @@ class NatsStateStore(StateStore):
                 self._check_version(workflow_id, stored, expected_version)
                 raise self._conflict(workflow_id, expected_version, None if stored is None else int(stored["version"]))
         return new
+
+    async def _refresh_checkpoints(self, workflow_id: str, head: str, ttl: float) -> None:
+        """Rewrite the checkpoint chain ending at ``head`` with a fresh per-message ``ttl``."""
+        entries = {e.key: e.value for e in await kv.scan(self._conn.js, self._kv, f"cp.{token(workflow_id)}.>")}
+        key: str | None = head
+        while key and key in entries:
+            raw = entries[key]
+            await kv.put(self._conn.js, self._kv, key, raw, ttl=ttl)
+            key = decode(raw).get("_prev")
 
     async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int) -> None:
         lease, _ = await self._lease(workflow_id)

@@ -42,6 +42,9 @@ the stream's window), then the record is created with ``create`` semantics, whic
 for as long as the record lives (done and dead records live ``result_ttl``). A
 duplicate published after the window finds the record and deletes its own message. A
 claimer that finds no record (the producer died between the two writes) creates it.
+As the port requires, a finished id is new again once its result expired, even inside
+the dedup window (``_id_is_free``: the task goes out under a message id of its own),
+while a dead letter keeps its id until it is requeued or purged.
 
 Round trips per task: enqueue 2 (publish, create record); claim about 4, shared by the
 batch where possible (stream info, pull, record get + CAS, claims index); ack 3 (CAS with
@@ -201,19 +204,56 @@ class NatsTaskQueue(TaskQueue):
             await self._ensure_consumer(task.node_type, task.priority)
             subject = self._conn.names.task_subject(task.node_type, task.priority)
             ack = await self._conn.js.publish(subject, raw, headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            last = 0
             if ack.duplicate:
-                return False
+                # The dedup window still knows the id, but the port remembers a finished id
+                # only as long as its result: once that expired, the task goes out again
+                # under a message id of its own.
+                found = await self._read(task.id)
+                if not await self._id_is_free(task.id, found, int(ack.seq)):
+                    return False
+                headers = {"Nats-Msg-Id": f"{task.id}/{uuid.uuid4().hex}", "Da-Task-Id": task.id}
+                ack = await self._conn.js.publish(subject, raw, headers=headers)
+                last = found.revision
             record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
-            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=0) is None:
+            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=last) is None:
                 found = await self._read(task.id)
                 if found.record is not None and found.record.get("seq") == ack.seq:
                     return True  # a claimer adopted our message before we wrote the record
+                if last == 0 and found.record is not None and await self._id_is_free(task.id, found, None):
+                    # A finished task whose result expired (its record awaits the server's TTL).
+                    if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=found.revision):
+                        await self._wake(task.node_type)
+                        return True
                 # The id was seen before (outside the dedup window): withdraw our copy.
                 with contextlib.suppress(Exception):
                     await self._conn.js.delete_msg(self._conn.names.task_stream, int(ack.seq))
                 return False
             await self._wake(task.node_type)
             return True
+
+    async def _id_is_free(self, task_id: str, found: _Found, seq: int | None) -> bool:
+        """Whether a known task id may be enqueued again: its task finished (acked, cancelled,
+        or dead-lettered and since purged) and its result expired (``result_ttl``).
+
+        ``seq`` is the stream sequence of the id's earlier message when the server reported
+        the publish as a duplicate: with no record, that message still being in the stream
+        means another producer is between its publish and its record write.
+        """
+        record = found.record
+        if record is None:
+            if seq is not None:
+                import nats.js.errors
+
+                try:
+                    await self._conn.js.get_msg(self._conn.names.task_stream, seq)
+                    return False
+                except nats.js.errors.NotFoundError:
+                    pass
+        elif record.get("state") not in _TERMINAL or not 0 < float(record.get("expires_at") or 0) <= time.time():
+            return False
+        # A dead letter keeps its id until it is requeued or purged.
+        return not await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
         with self._errors(f"enqueue raw bytes for node type {node_type!r}"):
