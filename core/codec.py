@@ -132,7 +132,7 @@ def _surrogate_problem(text: str) -> tuple[list[str], str] | None:
     if match is None:
         return None
     return [], (f"a str with a lone surrogate {match.group()!r} at index {match.start()} cannot be encoded as "
-                "UTF-8 JSON; decode the bytes it came from correctly, or replace it")
+                "UTF-8 JSON (surrogates not allowed); decode the bytes it came from correctly, or replace it")
 
 
 def _too_many_digits(value: int) -> bool:
