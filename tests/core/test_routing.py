@@ -496,6 +496,18 @@ def test_conditional_and_static_entry_points_run_together() -> None:
             .set_finish_point("z").compile()
 
 
+def test_conditional_entry_edges_are_validated_like_others() -> None:
+    """A START condition to an unknown node, or a condition out of END, is rejected naming the culprit."""
+    graph = Graph("g").add_node("a").set_finish_point("a").add_conditional_edge(START, pick, {"x": "a", "y": "ghost"})
+    with pytest.raises(GraphValidationError, match="from '__start__' targets unknown node 'ghost'"):
+        graph.compile()
+    graph = Graph("g").add_node("a").set_entry_point("a").set_finish_point("a").add_conditional_edge(END, pick, ["a"])
+    with pytest.raises(GraphValidationError, match="starts at unknown node '__end__'"):
+        graph.compile()
+    with pytest.raises(GraphValidationError, match="no entry point; call set_entry_point"):
+        Graph("g").add_node("a").set_finish_point("a").compile()
+
+
 def test_a_conditional_entry_failing_stores_no_workflow() -> None:
     """A START condition that raises, returns an unknown key or writes fails execute(); nothing is stored."""
     orchestrator = Orchestrator()
