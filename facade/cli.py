@@ -1,161 +1,588 @@
 """The ``distributed-agents`` command (also ``python -m distributed_agents``).
 
-    distributed-agents worker --app mymodule:registry [--backend-url URL] [--node-types a,b]
-                              [--worker-id ID] [--capacity N] [--heartbeat-interval S]
-    distributed-agents dead-letters list [--node-type T] [--backend-url URL]
-    distributed-agents dead-letters requeue TASK_ID [TASK_ID ...] [--backend-url URL]
+    distributed-agents [--log-level LEVEL] [--version] COMMAND ...
+    distributed-agents worker --app mymodule:registry [--backend-url URL] [--node-types a,b] ...
+    distributed-agents dead-letters list [--node-type T] [--limit N]
+    distributed-agents dead-letters show TASK_ID [--json]
+    distributed-agents dead-letters requeue TASK_ID [TASK_ID ...]
+    distributed-agents dead-letters purge [TASK_ID ...] [--node-type T] [--yes]
     distributed-agents backends
+    distributed-agents help [COMMAND ...]
 
-Flags fall back to the environment: ``BACKEND_URL`` (or ``REDIS_URL`` / ``NATS_URL``),
-``NODE_TYPES``, ``WORKER_ID``, ``CAPACITY``, ``HEARTBEAT_INTERVAL``, ``DA_APP``.
-``--app`` names a ``NodeRegistry`` (or a ``Worker``) as ``module:attribute``; the
-current directory is importable, as with other Python servers.
+Every option may also come from the environment (``--backend-url`` from
+``BACKEND_URL``, ``REDIS_URL`` or ``NATS_URL``; ``--app`` from ``DA_APP``; the others
+are listed by ``--help``). An environment value is read and checked only by the
+command that uses it, so a bad ``HEARTBEAT_INTERVAL`` breaks ``worker`` (with a
+message naming it) but not ``dead-letters``. ``--log-level`` is accepted before or
+after the command.
+
+Errors in the input (flags, environment, ``--app``, the backend URL) are one line on
+stderr, saying what is wrong and what to do, with exit status 2; other failures
+(an unreachable backend, a dead letter not found) exit with 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from distributed_agents.core.dead_letters import requeue_dead_letter
-from distributed_agents.core.errors import ConfigurationError, DistributedAgentsError
+from distributed_agents.core.errors import (
+    BackendConfigError,
+    BackendNotFoundError,
+    ConfigurationError,
+    DistributedAgentsError,
+    MissingExtraError,
+)
+from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
-from distributed_agents.distributed import DistributedWorker, backend_url_from
+from distributed_agents.distributed import DistributedWorker
 from distributed_agents.plugins import available_backends, open_backend
 
-__all__ = ["load_app", "main"]
+__all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
+
+PROG = "distributed-agents"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+HELP_FLAGS = ("-h", "--help")
+
+
+class UsageError(DistributedAgentsError):
+    """Bad input on the command line or in the environment: one line, exit status 2."""
+
+
+# Errors in what the user gave (flags, environment, --app, the URL): exit status 2.
+USAGE_ERRORS = (UsageError, ConfigurationError, BackendConfigError, BackendNotFoundError, MissingExtraError)
+
+
+# -- value parsers: each raises ValueError saying what the value must be ----------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{value} is not a positive whole number (at least 1)")
+    return value
+
+
+def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of seconds") from None
+        if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+            raise ValueError(f"{text!r} is not a finite number of seconds")
+        if value < minimum or (strict and value == minimum):
+            bound = "more than" if strict else "at least"
+            raise ValueError(f"{text!r} seconds must be {bound} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("is empty")
+    return text.strip()
+
+
+def _app_spec(text: str) -> str:
+    module_name, sep, attribute = text.strip().partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{text!r} must look like MODULE:ATTRIBUTE, e.g. myapp.nodes:registry")
+    return text.strip()
+
+
+def _node_types(text: str) -> tuple[str, ...]:
+    types = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not types:
+        raise ValueError(f"{text!r} names no node type; give a comma-separated list, e.g. researcher,writer")
+    return types
+
+
+# -- options: one table gives argparse its flags and help, and the environment its fallbacks --
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option with its environment variables and default.
+
+    ``parse`` turns the text (from the flag or the environment) into the value, raising
+    ``ValueError`` with what is wrong; ``example`` is a valid value shown in hints.
+    """
+
+    flag: str
+    env: tuple[str, ...]
+    parse: Callable[[str], Any]
+    help: str
+    example: str
+    default: Any = None
+    default_text: str = ""
+    metavar: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        shown_default = self.default_text or ("none" if self.default is None else str(self.default))
+        env = " or ".join(f"${name}" for name in self.env)
+        parser.add_argument(
+            self.flag,
+            dest=self.dest,
+            default=None,
+            type=_argparse_type(self.parse),
+            metavar=self.metavar or self.dest.upper(),
+            help=f"{self.help} (default: {shown_default}; env: {env})",
+        )
+
+    def resolve(self, args: argparse.Namespace) -> Any:
+        """The flag's value, else the first environment variable set, else the default."""
+        value = getattr(args, self.dest, None)
+        if value is not None:
+            return value
+        for name in self.env:
+            raw = os.environ.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                return self.parse(raw)
+            except ValueError as exc:
+                raise UsageError(
+                    f"environment variable {name}={raw!r} is invalid for {self.flag}: {exc}; "
+                    f"set it to a valid value (e.g. {name}={self.example}), unset it, or pass {self.flag} {self.example}"
+                ) from None
+        return self.default
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.lstrip("_")
+    return convert
+
+
+LOG_LEVEL = Option("--log-level", ("LOG_LEVEL",), _log_level, "how much to log: " + ", ".join(LOG_LEVELS),
+                   "info", default="info", metavar="LEVEL")
+BACKEND_URL = Option(
+    "--backend-url", ("BACKEND_URL", "REDIS_URL", "NATS_URL"), _text,
+    "backend to use, e.g. redis://HOST:6379/0 or nats://HOST:4222", "redis://127.0.0.1:6379/0", metavar="URL",
+)
+PREFIX = Option("--prefix", ("DA_PREFIX",), _text,
+                "key/subject prefix of the deployment (must match the orchestrator's)", "myapp",
+                default_text="the URL's ?prefix=, else the backend's default")
+APP = Option("--app", ("DA_APP",), _app_spec,
+             "the NodeRegistry (or Worker) with the node functions, as MODULE:ATTRIBUTE; "
+             "the current directory is importable", "myapp.nodes:registry", metavar="MODULE:ATTRIBUTE")
+NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types,
+                    "comma-separated node types to serve; each needs a function in --app", "researcher,writer",
+                    default_text="every node type --app has a function for", metavar="TYPES")
+WORKER_ID = Option("--worker-id", ("WORKER_ID",), _text, "unique name of this worker", "worker-1",
+                   default_text="worker-HOST-PID-RANDOM", metavar="ID")
+CAPACITY = Option("--capacity", ("CAPACITY",), _positive_int, "tasks run at the same time", "4", default=1,
+                  metavar="N")
+HEARTBEAT_INTERVAL = Option("--heartbeat-interval", ("HEARTBEAT_INTERVAL",), _seconds(0.0, strict=True),
+                            "seconds between liveness heartbeats", "10", default=10.0, metavar="SECONDS")
+SHUTDOWN_GRACE = Option("--shutdown-grace", ("SHUTDOWN_GRACE",), _seconds(0.0, strict=False),
+                        "seconds running tasks may finish after SIGTERM before they are given back", "30",
+                        default=30.0, metavar="SECONDS")
+VISIBILITY_TIMEOUT = Option("--visibility-timeout", ("VISIBILITY_TIMEOUT",), _seconds(0.0, strict=True),
+                            "lease length in seconds: a task of a dead worker is delivered again after it", "30",
+                            default_text="the URL's ?visibility_timeout=, else 30", metavar="SECONDS")
+NODE_TYPE = Option("--node-type", ("DA_NODE_TYPE",), _text, "only dead letters of this node type", "writer",
+                   default_text="all node types", metavar="TYPE")
+LIMIT = Option("--limit", ("DA_LIMIT",), _positive_int, "list at most this many", "100", default=100,
+               metavar="N")
+
+WORKER_OPTIONS = (APP, BACKEND_URL, PREFIX, NODE_TYPES, WORKER_ID, CAPACITY, HEARTBEAT_INTERVAL, SHUTDOWN_GRACE,
+                  VISIBILITY_TIMEOUT)
+BACKEND_OPTIONS = (BACKEND_URL, PREFIX)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line that says what to do."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _parser() -> Parser:
+    from distributed_agents import __version__
+
+    common = Parser(add_help=False)
+    # SUPPRESS: a subcommand that is not given --log-level keeps the top-level value.
+    common.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, metavar="LEVEL",
+                        type=_argparse_type(_log_level), help=argparse.SUPPRESS)
+
+    parser = Parser(
+        prog=PROG,
+        description="Run workers for distributed-agents workflows and inspect their backend.",
+        epilog=f"'{PROG} COMMAND --help' shows a command's options.",
+    )
+    LOG_LEVEL.add_to(parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str, description: str, into: Any = commands) -> Parser:
+        sub: Parser = into.add_parser(name, help=help_text, description=description, parents=[common])
+        return sub
+
+    worker = command(
+        "worker", "serve node tasks until SIGTERM/SIGINT",
+        "Serve the node functions of --app on a backend until SIGTERM or SIGINT, then drain: stop claiming, "
+        "let running tasks finish (up to --shutdown-grace), give the rest back, deregister.",
+    )
+    for option in WORKER_OPTIONS:
+        option.add_to(worker)
+    worker.set_defaults(run=_run_worker, options=WORKER_OPTIONS)
+
+    dead = command("dead-letters", "list, show, requeue or purge dead-lettered tasks",
+                   "Tasks that failed their last allowed attempt, or whose payload could not be decoded.")
+    actions = dead.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    actions.required = True
+    listing = command("list", "one JSON line per dead letter, oldest first",
+                      "Print one JSON object per dead letter, oldest first: task_id, node_type, attempts, "
+                      "reason (its first line), workflow_id.", actions)
+    show = command("show", "a dead letter's task, full error history and tracebacks",
+                   "Print everything stored about one dead letter: its task, every attempt's error with "
+                   "its traceback, and the payload.", actions)
+    show.add_argument("task_id", metavar="TASK_ID", help="the task id, as 'dead-letters list' prints it")
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of text (default: text)")
+    requeue = command("requeue", "queue dead-lettered tasks again",
+                      "Queue each dead-lettered task again with a fresh attempt count.", actions)
+    requeue.add_argument("task_ids", nargs="+", metavar="TASK_ID", help="task ids, as 'dead-letters list' prints them")
+    purge = command("purge", "delete dead letters for good (all, by task id or by node type)",
+                    "Delete dead letters so they are neither listed nor requeueable: the given TASK_IDs, or every "
+                    "dead letter (of --node-type, if given). Asks for confirmation unless --yes.", actions)
+    purge.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="task ids to delete (default: all)")
+    purge.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation (default: ask)")
+    for sub, options, run in (
+        (listing, (*BACKEND_OPTIONS, NODE_TYPE, LIMIT), _list_dead_letters),
+        (show, BACKEND_OPTIONS, _show_dead_letter),
+        (requeue, BACKEND_OPTIONS, _requeue_command),
+        (purge, (*BACKEND_OPTIONS, NODE_TYPE), _purge_dead_letters),
+    ):
+        for option in options:
+            option.add_to(sub)
+        sub.set_defaults(run=run, options=options)
+
+    backends = command("backends", "list installed backends (URL scheme, name, description)",
+                       "List the backends installed in this environment, one per URL scheme.")
+    backends.set_defaults(run=_list_backends, options=())
+
+    helper = command("help", "show the help of a command", "Show the help of the given command.")
+    helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. worker, or dead-letters purge")
+    helper.set_defaults(run=None, options=())
+    return parser
+
+
+def _help_last(argv: list[str]) -> list[str]:
+    """``--help worker`` and ``help worker`` mean ``worker --help``: the command's own help."""
+    if argv and argv[0] == "help":
+        return [*argv[1:], "--help"]
+    if any(arg in HELP_FLAGS for arg in argv) and "--" not in argv:
+        return [*(arg for arg in argv if arg not in HELP_FLAGS), "--help"]
+    return argv
+
+
+# -- the commands ------------------------------------------------------------------------------
 
 
 def load_app(spec: str) -> NodeRegistry | Worker:
-    """Import ``module:attribute`` and return the ``NodeRegistry`` or ``Worker`` it names."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"--app {spec!r} must look like 'module:attribute', e.g. 'myapp.nodes:registry'")
+    """Import ``module:attribute`` and return the ``NodeRegistry`` or ``Worker`` it names.
+
+    Raises ``ConfigurationError`` (naming ``--app``) if the spec is malformed, the
+    module cannot be imported or the attribute is missing or of another type.
+    """
+    try:
+        _app_spec(spec)
+    except ValueError as exc:
+        raise ConfigurationError(f"--app {exc}") from None
+    module_name, _, attribute = spec.strip().partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r} ({exc})") from exc
+        raise ConfigurationError(
+            f"--app {spec!r}: cannot import {module_name!r} ({exc}); run from the folder that contains it, "
+            "or add that folder to PYTHONPATH"
+        ) from None
     try:
         app = getattr(module, attribute)
     except AttributeError:
-        raise ConfigurationError(f"--app {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
+        names = sorted(n for n, v in vars(module).items() if isinstance(v, (NodeRegistry, Worker)))
+        found = f"; it has {', '.join(f'{module_name}:{n}' for n in names)}" if names else ""
+        raise ConfigurationError(
+            f"--app {spec!r}: module {module_name!r} has no attribute {attribute!r}{found}"
+        ) from None
     if not isinstance(app, (NodeRegistry, Worker)):
-        raise ConfigurationError(f"--app {spec!r} is a {type(app).__name__}, not a NodeRegistry or Worker")
+        raise ConfigurationError(
+            f"--app {spec!r} is a {type(app).__name__}, not a NodeRegistry or Worker; "
+            "point it at the NodeRegistry your node functions are registered on"
+        )
     return app
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"environment variable {name}={raw!r} is not an integer") from None
+def _backend_url(args: argparse.Namespace) -> str:
+    url: str | None = BACKEND_URL.resolve(args)
+    if url is None:
+        raise UsageError(
+            "no backend URL: pass --backend-url (e.g. --backend-url redis://127.0.0.1:6379/0 or "
+            "nats://127.0.0.1:4222), or set BACKEND_URL (or REDIS_URL / NATS_URL)"
+        )
+    return url
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distributed-agents", description="distributed-agents command line")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    worker = commands.add_parser("worker", help="serve node tasks until SIGTERM/SIGINT")
-    worker.add_argument("--app", default=os.environ.get("DA_APP"), help="module:attribute of a NodeRegistry")
-    worker.add_argument("--backend-url", default=None, help="backend URL (default: $BACKEND_URL, $REDIS_URL, $NATS_URL)")
-    worker.add_argument("--node-types", default=os.environ.get("NODE_TYPES"), help="comma-separated node types")
-    worker.add_argument("--worker-id", default=os.environ.get("WORKER_ID"))
-    worker.add_argument("--capacity", type=int, default=None)
-    worker.add_argument("--heartbeat-interval", type=float,
-                        default=float(os.environ.get("HEARTBEAT_INTERVAL", "10")))
-    worker.add_argument("--shutdown-grace", type=float, default=30.0)
-    worker.add_argument("--prefix", default=None)
-    worker.add_argument("--visibility-timeout", type=float, default=None)
-
-    dead = commands.add_parser("dead-letters", help="inspect and re-drive dead-lettered tasks")
-    dead.add_argument("action", choices=("list", "requeue"))
-    dead.add_argument("task_ids", nargs="*")
-    dead.add_argument("--node-type", default=None)
-    dead.add_argument("--backend-url", default=None)
-    dead.add_argument("--prefix", default=None)
-    dead.add_argument("--limit", type=int, default=100)
-
-    commands.add_parser("backends", help="list installed backends")
-    return parser
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    prefix = PREFIX.resolve(args)
+    return {"prefix": prefix} if prefix else {}
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
-    if not args.app:
-        raise ConfigurationError("worker needs --app module:registry (or DA_APP in the environment)")
-    app = load_app(args.app)
+    spec = APP.resolve(args)
+    if spec is None:
+        raise UsageError(
+            "worker needs the node functions to serve: pass --app MODULE:ATTRIBUTE naming a NodeRegistry "
+            "(e.g. --app myapp.nodes:registry), or set DA_APP"
+        )
+    app = load_app(spec)
     registry = app.registry if isinstance(app, Worker) else app
-    node_types = [t.strip() for t in args.node_types.split(",") if t.strip()] if args.node_types else None
-    capacity = args.capacity if args.capacity is not None else _env_int("CAPACITY", 1)
-    options: dict[str, Any] = {}
-    if args.prefix:
-        options["prefix"] = args.prefix
-    if args.visibility_timeout:
-        options["visibility_timeout"] = args.visibility_timeout
+    available = sorted(registry.node_types())
+    node_types: tuple[str, ...] | None = NODE_TYPES.resolve(args)
+    if node_types is not None:
+        missing = [t for t in node_types if t not in registry]
+        if missing:
+            raise UsageError(
+                f"--node-types (or NODE_TYPES) lists {', '.join(map(repr, missing))}, which --app {spec!r} has no "
+                f"function for (it has: {', '.join(available) or 'none'}); remove it from the list or register a "
+                "function for it"
+            )
+    elif not available:
+        raise UsageError(f"--app {spec!r} has no node functions registered; register one with @registry.register(NAME)")
+    options: dict[str, Any] = _backend_options(args)
+    visibility = VISIBILITY_TIMEOUT.resolve(args)
+    if visibility is not None:
+        options["visibility_timeout"] = visibility
     worker = DistributedWorker(
-        backend_url=backend_url_from(None, args.backend_url), worker_id=args.worker_id, node_types=node_types,
-        capacity=capacity, heartbeat_interval=args.heartbeat_interval, registry=registry,
-        shutdown_grace=args.shutdown_grace, **options,
+        backend_url=_backend_url(args),
+        worker_id=WORKER_ID.resolve(args),
+        node_types=node_types,
+        capacity=CAPACITY.resolve(args),
+        heartbeat_interval=HEARTBEAT_INTERVAL.resolve(args),
+        registry=registry,
+        shutdown_grace=SHUTDOWN_GRACE.resolve(args),
+        **options,
     )
     await worker.start()
     return 0
 
 
-async def _dead_letters(args: argparse.Namespace) -> int:
-    options = {"prefix": args.prefix} if args.prefix else {}
-    backend = open_backend(backend_url_from(None, args.backend_url), **options)
+async def _with_backend(args: argparse.Namespace, use: Callable[[Backend], Any]) -> int:
+    backend = open_backend(_backend_url(args), **_backend_options(args))
     await backend.connect()
     try:
-        queue = backend.task_queue
-        if args.action == "list":
-            for letter in await queue.dead_letters(args.node_type, limit=args.limit):
-                print(json.dumps({
-                    "task_id": letter.task_id, "node_type": letter.node_type, "attempts": letter.attempts,
-                    "reason": letter.reason.splitlines()[0] if letter.reason else "",
-                    "workflow_id": letter.task.workflow_id if letter.task else None,
-                }))
-            return 0
-        if not args.task_ids:
-            raise ConfigurationError("dead-letters requeue needs one or more task ids")
-        failed = 0
-        for task_id in args.task_ids:
-            # A task of a failed workflow also reopens it (see core.dead_letters).
-            outcome = await requeue_dead_letter(backend, task_id)
-            print(outcome.message)
-            failed += not outcome.requeued
-        return 1 if failed else 0
+        status: int = await use(backend)
+        return status
     finally:
         await backend.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "worker":
-            return asyncio.run(_run_worker(args))
-        if args.command == "dead-letters":
-            return asyncio.run(_dead_letters(args))
-        for scheme, spec in sorted(available_backends().items()):
-            print(f"{scheme}://\t{spec.name}\t{spec.description}")
+async def _list_dead_letters(args: argparse.Namespace) -> int:
+    async def use(backend: Backend) -> int:
+        for letter in await backend.task_queue.dead_letters(NODE_TYPE.resolve(args), limit=LIMIT.resolve(args)):
+            print(json.dumps({
+                "task_id": letter.task_id, "node_type": letter.node_type, "attempts": letter.attempts,
+                "reason": letter.reason.splitlines()[0] if letter.reason else "",
+                "workflow_id": letter.task.workflow_id if letter.task else None,
+            }))
         return 0
+
+    return await _with_backend(args, use)
+
+
+async def _find_dead_letters(backend: Backend, task_ids: Sequence[str]) -> dict[str, DeadLetter]:
+    """The dead letters among ``task_ids`` (by id), read through the port's listing."""
+    wanted = set(task_ids)
+    found: dict[str, DeadLetter] = {}
+    limit = 1000
+    while True:
+        letters = await backend.task_queue.dead_letters(None, limit=limit)
+        found = {letter.task_id: letter for letter in letters if letter.task_id in wanted}
+        if len(found) == len(wanted) or len(letters) < limit:
+            return found
+        limit *= 10
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "task_id": letter.task_id,
+        "node_type": letter.node_type,
+        "node": letter.task.node if letter.task else None,
+        "workflow_id": letter.task.workflow_id if letter.task else None,
+        "attempts": letter.attempts,
+        "dead_at": letter.dead_at,
+        "reason": letter.reason,
+        "errors": list(letter.errors),
+        "task": task_to_dict(letter.task) if letter.task else None,
+        "raw": base64.b64encode(letter.raw).decode() if letter.raw is not None else None,
+    }
+
+
+def _letter_text(letter: DeadLetter) -> str:
+    dead_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.dead_at))
+    lines = [f"task:       {letter.task_id}", f"node type:  {letter.node_type}"]
+    if letter.task is not None:
+        lines += [f"node:       {letter.task.node}", f"workflow:   {letter.task.workflow_id}",
+                  f"step:       {letter.task.payload.get('step', '?')}", f"priority:   {letter.task.priority}"]
+    else:
+        size = len(letter.raw or b"")
+        lines.append(f"payload:    {size} bytes that do not decode as a task (cannot be requeued)")
+    lines += [f"attempts:   {letter.attempts}", f"dead since: {dead_at}", f"reason:     {letter.reason.splitlines()[0] if letter.reason else ''}",
+              "", f"error history ({len(letter.errors)}, oldest first):"]
+    for error in letter.errors:
+        lines += ["", error.rstrip()]
+    return "\n".join(lines)
+
+
+async def _show_dead_letter(args: argparse.Namespace) -> int:
+    async def use(backend: Backend) -> int:
+        letter = (await _find_dead_letters(backend, [args.task_id])).get(args.task_id)
+        if letter is None:
+            print(f"{PROG}: error: no dead letter with task id {args.task_id!r}; "
+                  f"'{PROG} dead-letters list' shows the ids (check --backend-url and --prefix)", file=sys.stderr)
+            return 1
+        print(json.dumps(_letter_json(letter), indent=2) if args.json else _letter_text(letter))
+        return 0
+
+    return await _with_backend(args, use)
+
+
+async def requeue_dead_letters(backend: Backend, task_ids: Sequence[str]) -> int:
+    """``dead-letters requeue``: queue each dead letter again; prints one line per id.
+
+    A task of a failed workflow also reopens that workflow, which then continues with
+    the requeued task's result; a task of a workflow that moved on is refused with a
+    pointer to ``resume`` (see ``distributed_agents.core.dead_letters``).
+    Returns the exit status: 0 if every id was requeued, 1 otherwise.
+    """
+    failed = 0
+    for task_id in task_ids:
+        outcome = await requeue_dead_letter(backend, task_id)
+        print(outcome.message)
+        failed += not outcome.requeued
+    return 1 if failed else 0
+
+
+async def _requeue_command(args: argparse.Namespace) -> int:
+    return await _with_backend(args, lambda backend: requeue_dead_letters(backend, args.task_ids))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')} needs confirmation, but stdin is not a terminal; pass --yes")
+    print(f"{question} [y/N] ", end="", flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+async def _purge_dead_letters(args: argparse.Namespace) -> int:
+    node_type = NODE_TYPE.resolve(args)
+
+    async def use(backend: Backend) -> int:
+        queue = backend.task_queue
+        missing: list[str] = []
+        if args.task_ids:
+            found = await _find_dead_letters(backend, args.task_ids)
+            missing = [t for t in dict.fromkeys(args.task_ids) if t not in found]
+            targets = [found[t] for t in dict.fromkeys(args.task_ids) if t in found]
+            if node_type is not None:
+                targets = [t for t in targets if t.node_type == node_type]
+        else:
+            targets = []
+            while True:  # every dead letter (of node_type), in pages
+                page = await queue.dead_letters(node_type, limit=len(targets) + 1000)
+                if len(page) <= len(targets):
+                    break
+                targets = page
+        for task_id in missing:
+            print(f"{task_id}: not found", file=sys.stderr)
+        if not targets:
+            print("no dead letters to purge")
+            return 1 if missing else 0
+        scope = f" of node type {node_type!r}" if node_type is not None and not args.task_ids else ""
+        question = f"purge {len(targets)} dead letter(s){scope} for good?"
+        if not args.yes and not _confirm(question):
+            print("nothing purged")
+            return 1
+        purged = 0
+        for letter in targets:
+            if await queue.purge_dead_letter(letter.task_id):
+                purged += 1
+            else:
+                print(f"{letter.task_id}: already gone (requeued or purged meanwhile)", file=sys.stderr)
+        print(f"purged {purged} dead letter(s)")
+        return 1 if missing else 0
+
+    return await _with_backend(args, use)
+
+
+async def _list_backends(args: argparse.Namespace) -> int:
+    for scheme, spec in sorted(available_backends().items()):
+        print(f"{scheme}://\t{spec.name}\t{spec.description}")
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
+    arguments = _help_last(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(arguments)
+    try:
+        level = args.log_level if getattr(args, "log_level", None) else LOG_LEVEL.resolve(args)
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for option in args.options:
+            option.resolve(args)  # every environment value this command uses is checked up front
+        status: int = asyncio.run(args.run(args))
+        return status
+    except USAGE_ERRORS as exc:
+        return _fail(str(exc), 2)
     except DistributedAgentsError as exc:
-        print(f"distributed-agents: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
 

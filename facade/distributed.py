@@ -10,16 +10,19 @@ README, or ``backend_url=`` for any backend; with neither, ``BACKEND_URL``,
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from typing import Any
 
-from distributed_agents.core.errors import ConfigurationError
+from distributed_agents.core.errors import BackendError, ConfigurationError
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
 
 __all__ = ["DistributedOrchestrator", "DistributedWorker", "backend_url_from"]
+
+log = logging.getLogger("distributed_agents.orchestrator")
 
 BACKEND_OPTION_NAMES = ("prefix", "visibility_timeout", "max_attempts", "result_ttl", "state_ttl", "heartbeat_ttl")
 
@@ -74,6 +77,19 @@ class DistributedOrchestrator(Orchestrator):
             recover=recover,
             **options,
         )
+
+
+    async def connect(self) -> None:
+        """Connect to the backend (idempotent; every operation calls it).
+
+        A backend that cannot be reached (or is misconfigured) is logged first, as one
+        line naming the URL and what to check, then the ``BackendError`` is raised.
+        """
+        try:
+            await super().connect()
+        except BackendError as exc:
+            log.error("orchestrator %s: %s", self.orchestrator_id, exc)
+            raise
 
 
 class DistributedWorker(Worker):

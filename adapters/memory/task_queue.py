@@ -338,6 +338,15 @@ class MemoryTaskQueue(TaskQueue):
             self._add(task_id, letter.node_type, encode(task_to_dict(letter.task)), priority, max_attempts)
             return True
 
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            if self._data.dead.pop(task_id, None) is None:
+                return False
+            # Like a finished task: the id is remembered as long as its (failed) result.
+            stored = self._data.results.get(task_id)
+            self._data.seen[task_id] = stored[1] if stored is not None else time.time()
+            return True
+
     async def stats(self, node_type: str) -> QueueStats:
         with self._data.lock:
             self._apply_time(time.time())

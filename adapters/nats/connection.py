@@ -14,15 +14,20 @@ connect at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import math
+import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import Names
-from distributed_agents.core.errors import BackendConfigError, MissingExtraError
+from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.ports.backend import BackendOptions
 
 if TYPE_CHECKING:
@@ -144,6 +149,10 @@ class NatsConnection:
         self._buckets: dict[str, KeyValue] = {}
         self._outage_reported = False
         self.closed = False
+        # While the first connection is being made, nats-py's error callbacks are kept
+        # here and reported once, in connect()'s error, instead of logged one by one.
+        self._connecting = False
+        self._connect_errors: list[BaseException] = []
 
     @property
     def nc(self) -> Client:
@@ -162,32 +171,111 @@ class NatsConnection:
         return self._buckets[name]
 
     async def connect(self) -> None:
-        """Connect and create streams and buckets (idempotent)."""
+        """Connect and create streams and buckets (idempotent).
+
+        Failing to connect raises ``BackendUnavailableError`` with one line naming the
+        URL, the cause (refused, unknown host, no answer) and what to check, without
+        chained nats-py exceptions. ``BackendConfigError`` (no retry can fix it): a
+        ``tls://`` URL whose server does not offer TLS (nats-py would silently connect
+        unencrypted, credentials included), or a server without JetStream.
+        """
         if self._nc is not None:
             return
         import nats
 
+        if self.settings.tls:
+            await self._refuse_plain_servers()
         nc = nats.NATS()
-        with nats_errors(self.url, "connect"):
-            try:
-                await nc.connect(
-                    **self.settings.connect_kwargs(),
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                )
-            except BaseException:
-                await nc.close()
-                raise
+        self._connect_errors = []
+        self._connecting = True
+        try:
+            await nc.connect(
+                **self.settings.connect_kwargs(),
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+            )
+        except asyncio.CancelledError:
+            await nc.close()
+            raise
+        except Exception as exc:
+            await nc.close()
+            raise BackendUnavailableError(self._connect_problem(exc)) from None
+        finally:
+            self._connecting = False
         nc.options["max_reconnect_attempts"] = self.settings.max_reconnect_attempts
         self._nc = nc
         self._js = nc.jetstream(timeout=5.0)
         try:
             with nats_errors(self.url, "create JetStream streams and buckets"):
                 await self._create_layout()
+        except BackendUnavailableError:
+            await self.close()
+            # The server's INFO says whether JetStream is on; without it no retry helps.
+            if not getattr(nc, "_server_info", {"jetstream": True}).get("jetstream"):
+                raise BackendConfigError(
+                    f"NATS at {mask_url(self.url)} does not have JetStream enabled, which this backend needs; "
+                    "start nats-server with -js (or a jetstream {} block in its configuration)"
+                ) from None
+            raise
         except BaseException:
             await self.close()
             raise
+
+    def _connect_problem(self, exc: BaseException) -> str:
+        """One line: why the first connection failed, and what to check."""
+        where = mask_url(self.url)
+        servers = ", ".join(s.split("://", 1)[1] for s in self.settings.servers)
+        causes = [*self._connect_errors, exc]
+        if any(isinstance(c, socket.gaierror) for c in causes):
+            return f"cannot connect to NATS at {where}: a host in {servers} was not found (DNS lookup failed); check the URL"
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return (f"cannot connect to NATS at {where}: connection refused by {servers} (nothing listens there); "
+                    "check that nats-server is running (nats-server -js) and the URL's host and port")
+        tls = [c for c in causes if isinstance(c, ssl.SSLError)]
+        if tls:
+            return (f"cannot connect to NATS at {where}: TLS handshake failed ({tls[-1]}); check the server's "
+                    "certificate and that it is trusted here")
+        if any(isinstance(c, (asyncio.TimeoutError, TimeoutError)) for c in causes):
+            return (f"cannot connect to NATS at {where}: no NATS server answered at {servers}; check the host and "
+                    "port (4222 by default), firewalls, and that nats-server is running there")
+        detail = next((c for c in reversed(causes) if str(c)), exc)
+        return (f"cannot connect to NATS at {where}: {type(detail).__name__}: {detail}; check that nats-server is "
+                "running (nats-server -js) and the URL is right")
+
+    async def _refuse_plain_servers(self) -> None:
+        """Raise ``BackendConfigError`` if a ``tls://`` server answers without requiring TLS.
+
+        nats-py upgrades to TLS only when the server's INFO says ``tls_required``; against
+        a plain server it would send the credentials unencrypted. Reading that INFO line
+        ourselves, before nats-py connects, sends nothing.
+        """
+        for server in self.settings.servers:
+            host, _, port = server.split("://", 1)[1].rpartition(":")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+            except (OSError, ValueError, asyncio.TimeoutError):
+                continue  # unreachable: nats-py's connect reports it
+            try:
+                line = await asyncio.wait_for(reader.readline(), 2.0)
+            except (OSError, asyncio.TimeoutError):
+                continue
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            if not line.startswith(b"INFO "):
+                continue
+            try:
+                info = json.loads(line[5:])
+            except ValueError:
+                continue
+            if not info.get("tls_required"):
+                raise BackendConfigError(
+                    f"TLS connection to NATS at {mask_url(self.url)} failed: the server at {host}:{port} does not "
+                    "offer TLS (nats-py would connect unencrypted); use nats:// for it, or configure TLS on the "
+                    "server (a tls {} block with cert_file and key_file)"
+                )
 
     async def _create_layout(self) -> None:
         from nats.js import api
@@ -248,12 +336,15 @@ class NatsConnection:
 
     # -- callbacks: report an outage once, and its end --------------------------------
     async def _on_error(self, exc: Exception) -> None:
+        if self._connecting:
+            self._connect_errors.append(exc)  # reported once, in connect()'s error
+            return
         if not self._outage_reported:
             log.warning("NATS %s: %s: %s", mask_url(self.url), type(exc).__name__, exc)
             self._outage_reported = True
 
     async def _on_disconnect(self) -> None:
-        if not self.closed and not self._outage_reported:
+        if not self.closed and not self._connecting and not self._outage_reported:
             log.warning("NATS %s: disconnected; nats-py keeps reconnecting", mask_url(self.url))
             self._outage_reported = True
 

@@ -612,6 +612,14 @@ class NatsTaskQueue(TaskQueue):
             await self._wake(task.node_type)
             return True
 
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        # The task record (state "dead") keeps the id known until its TTL, the result's.
+        with self._errors(f"purge dead letter {task_id!r}"):
+            matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
+            for entry in matches:
+                await kv.remove(self._conn.js, self._dead, entry.key)
+            return bool(matches)
+
     # -- results -----------------------------------------------------------------------
     async def get_result(self, task_id: str) -> TaskResult | None:
         with self._errors(f"read the result of task {task_id!r}"):

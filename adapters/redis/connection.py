@@ -21,12 +21,15 @@ when it is used from another loop (test harnesses run one loop per test).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import ssl
 from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from distributed_agents.adapters.redis.errors import load_redis, mask_url, redis_errors
-from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
 from distributed_agents.core.ports.backend import BackendOptions
 
 __all__ = ["RedisConnection", "redis_client_url"]
@@ -41,6 +44,47 @@ _BACKOFF_CAP = 0.5
 # Pool defaults; ?max_connections= and ?timeout= in the URL override them.
 _MAX_CONNECTIONS = 64
 _POOL_TIMEOUT = 20.0
+_CONNECT_TIMEOUT = 5.0
+# rediss:// only: after this long without a reply, check whether the server speaks plain Redis.
+_TLS_PROBE_AFTER = 1.0
+
+
+def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
+    """One line: why connecting to ``where`` failed (from the exception chain) and what to check."""
+    parts = urlsplit(client_url)
+    scheme = parts.scheme.lower()
+    address = parts.path if scheme == "unix" else f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(c) for c in causes)
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return (f"cannot connect to Redis at {where}: host {parts.hostname!r} was not found (DNS lookup failed); "
+                "check the host name in the URL")
+    if any(isinstance(c, FileNotFoundError) for c in causes) or (scheme == "unix" and "No such file" in text):
+        return (f"cannot connect to Redis at {where}: socket file {address} does not exist; check that redis-server "
+                "is running with unixsocket set to that path")
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "refused" in text.lower():
+        return (f"cannot connect to Redis at {where}: connection refused by {address} (nothing listens there); "
+                "check that redis-server is running and listening on that address, and the URL's host and port")
+    tls_errors = [c for c in causes if isinstance(c, ssl.SSLError)]
+    if tls_errors:
+        return (f"cannot connect to Redis at {where}: TLS handshake failed ({tls_errors[-1]}); "
+                "check that the server has TLS enabled on that port and the certificate settings in the URL "
+                "(ssl_ca_certs=, ssl_cert_reqs=)")
+    if "closed by server" in text.lower() or any(isinstance(c, ConnectionResetError) for c in causes):
+        hint = "; if it only accepts TLS, use rediss://" if scheme == "redis" else ""
+        return (f"cannot connect to Redis at {where}: {address} closed the connection at once{hint}; "
+                "check that it is a Redis server and the URL's port is right")
+    if any(isinstance(c, (TimeoutError, asyncio.TimeoutError)) for c in causes) or "timeout" in text.lower():
+        hint = " and that it has TLS enabled on that port" if scheme == "rediss" else ""
+        return (f"cannot connect to Redis at {where}: no answer from {address} within {_CONNECT_TIMEOUT:g}s; "
+                f"check the host and port, firewalls, that redis-server is running{hint}")
+    last = causes[-1]
+    return (f"cannot connect to Redis at {where}: {type(last).__name__}: {last}; "
+            "check that redis-server is running and the URL is right")
 
 
 def redis_client_url(url: str) -> str:
@@ -87,7 +131,7 @@ class RedisConnection:
                     self._client_url,
                     max_connections=_MAX_CONNECTIONS,
                     timeout=_POOL_TIMEOUT,
-                    socket_connect_timeout=5,
+                    socket_connect_timeout=_CONNECT_TIMEOUT,
                     socket_timeout=10,
                     health_check_interval=30,
                     retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
@@ -121,9 +165,71 @@ class RedisConnection:
             return await script(keys=keys, args=args, client=self._client)
 
     async def ping(self) -> None:
-        """Round trip to the server; ``BackendUnavailableError`` if it cannot be reached."""
+        """Round trip to the server, as the backend's ``connect``.
+
+        Raises ``BackendUnavailableError`` with one line naming the URL, the cause
+        (connection refused, unknown host, no answer, ...) and what to check, with no
+        chained redis-py/socket exceptions; ``BackendConfigError`` when a ``rediss://``
+        URL points at a server that speaks plain (non-TLS) Redis, which no retry can fix.
+        """
+        ping = asyncio.ensure_future(self._ping())
+        try:
+            if self._tls_host() is not None:
+                # A TLS client talking to a plain server waits for a handshake reply that
+                # never comes, through every retry; a plain probe tells much sooner.
+                done, _ = await asyncio.wait({ping}, timeout=_TLS_PROBE_AFTER)
+                if not done and await self._answers_plain_redis():
+                    raise self._plain_server_error()
+            await ping
+        except BackendUnavailableError as exc:
+            if self._tls_host() is not None and await self._answers_plain_redis():
+                raise self._plain_server_error() from None
+            raise BackendUnavailableError(_connect_problem(self.masked_url, self._client_url, exc)) from None
+        finally:
+            if not ping.done():
+                ping.cancel()
+                with contextlib.suppress(BaseException):
+                    await ping
+
+    async def _ping(self) -> None:
         with redis_errors(self.url, "connect"):
             await self.client().ping()
+
+    def _tls_host(self) -> tuple[str, int] | None:
+        parts = urlsplit(self._client_url)
+        if parts.scheme.lower() != "rediss":
+            return None
+        return parts.hostname or "localhost", parts.port or 6379
+
+    async def _answers_plain_redis(self) -> bool:
+        """Whether the TLS URL's host:port answers a plain-text ``PING`` as Redis does."""
+        address = self._tls_host()
+        if address is None:
+            return False
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), _TLS_PROBE_AFTER)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readline(), _TLS_PROBE_AFTER)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        # +PONG, or an error such as -NOAUTH: either way a Redis server speaking plain text.
+        return reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS"))
+
+    def _plain_server_error(self) -> BackendConfigError:
+        host, port = self._tls_host() or ("", 0)
+        return BackendConfigError(
+            f"TLS handshake with Redis at {self.masked_url} failed: the server at {host}:{port} speaks plain "
+            "(non-TLS) Redis; use redis:// instead of rediss:// for it, or enable TLS on the server (tls-port) "
+            "and point the rediss:// URL at that port"
+        )
 
     async def close(self) -> None:
         """Close the client and its pool. Idempotent."""

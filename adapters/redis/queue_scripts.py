@@ -24,6 +24,7 @@ __all__ = [
     "ENQUEUE",
     "EXTEND",
     "NACK",
+    "PURGE",
     "RELEASE",
     "REQUEUE",
     "RESULTS",
@@ -392,6 +393,22 @@ redis.call('DEL', k_result(id), k_errors(id))
 redis.call('HDEL', h, 'reason', 'dead_at', 'bad', 'settled')
 redis.call('HSET', h, 'attempt', 0, 'member', new_member(id))
 push_ready(id, t)
+return 1
+"""
+
+PURGE = _LIBRARY + r"""
+-- ARGV: 4 id. Deletes a dead letter; the hash stays as a tombstone as long as the result.
+local id = ARGV[4]
+local h = k_task(id)
+local f = redis.call('HMGET', h, 'state', 'type')
+if f[1] ~= 'dead' then return 0 end
+redis.call('ZREM', k_dead(f[2]), id)
+redis.call('ZREM', P .. ':q:dead', id)
+redis.call('DEL', k_errors(id))
+redis.call('HDEL', h, 'raw', 'member', 'reason', 'dead_at', 'bad')
+redis.call('HSET', h, 'state', 'purged')
+local ttl = redis.call('PTTL', k_result(id))
+if ttl > 0 then redis.call('PEXPIRE', h, ttl) else redis.call('DEL', h) end
 return 1
 """
 

@@ -107,6 +107,7 @@ _SCRIPTS = {
     "nack": lua.NACK,
     "release": lua.RELEASE,
     "requeue": lua.REQUEUE,
+    "purge": lua.PURGE,
     "results": lua.RESULTS,
     "stats": lua.STATS,
 }
@@ -366,6 +367,10 @@ class RedisTaskQueue(TaskQueue):
     async def requeue_dead_letter(self, task_id: str) -> bool:
         """Queue a decodable dead letter again with attempt 0; False otherwise."""
         return bool(await self._run("requeue", [task_id], f"requeue dead letter {task_id!r}"))
+
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        """Delete a dead letter (one round trip); the id stays known as long as its result."""
+        return bool(await self._run("purge", [task_id], f"purge dead letter {task_id!r}"))
 
     async def stats(self, node_type: str) -> QueueStats:
         """Queued (ready + delayed), in flight and dead counts (one round trip)."""

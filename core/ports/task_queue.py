@@ -39,6 +39,9 @@ The contract (checked by ``distributed_agents.conformance``):
   while the requeued task is pending, then the new run's result.
 * ``dead_letters`` lists oldest (first dead-lettered) first, only the given node type
   when one is given, at most ``limit`` (100 by default) of them.
+* ``purge_dead_letter`` deletes one dead letter for good: it is no longer listed,
+  counted by ``stats`` or requeueable. Its failed result stays until ``result_ttl``
+  runs out and, as for a finished task, its id is remembered that long.
 * ``stats`` reports per node type: queued (ready or delayed), in flight, dead letters.
 * Every method accepts exactly the parameters of this class (names, kinds, defaults):
   the core passes keyword arguments such as ``nack(final=True)``.
@@ -296,6 +299,10 @@ class TaskQueue:
 
         Raw (undecodable) dead letters cannot be requeued and return False.
         """
+        raise NotImplementedError
+
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        """Delete the dead letter of ``task_id`` for good; False if there is none."""
         raise NotImplementedError
 
     async def stats(self, node_type: str) -> QueueStats:
