@@ -148,7 +148,8 @@ class Orchestrator:
         self._recovery: asyncio.Task[None] | None = None
         self._backend_options = dict(backend_options or {})
         self.orchestrator_id = orchestrator_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._graphs: dict[str, Graph] = {}
+        self._graphs: dict[str, Graph] = {}  # by name: the latest given
+        self._graph_versions: dict[tuple[str, str], Graph] = {}  # by (name, fingerprint sha256)
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
         self._waiting: dict[str, str] = {}
         self._events: EventPublisher | None = None
@@ -228,10 +229,23 @@ class Orchestrator:
                           payload_limit=backend.max_payload_bytes)
 
     def register_graph(self, graph: Graph) -> None:
-        """Make ``graph`` known by name, so this orchestrator can resume or take over its workflows."""
+        """Make ``graph`` known, so this orchestrator can resume or take over its workflows.
+
+        Several versions of one graph name may be registered: each workflow is driven
+        by the version whose fingerprint it was started with (or migrated to).
+        """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
+        self._remember(graph)
+
+    def _remember(self, graph: Graph) -> None:
         self._graphs[graph.name] = graph
+        self._graph_versions[(graph.name, str(graph.fingerprint()["sha256"]))] = graph
+
+    def _known_graph(self, record: WorkflowRecord) -> Graph | None:
+        """The known graph of ``record``'s fingerprint, else the latest of its name (may differ)."""
+        sha = (record.graph or {}).get("sha256")
+        return self._graph_versions.get((record.graph_name, str(sha))) or self._graphs.get(record.graph_name)
 
     # -- running ------------------------------------------------------------------------
 
@@ -278,7 +292,7 @@ class Orchestrator:
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
-        self._graphs[graph.name] = graph
+        self._remember(graph)
         lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
@@ -344,7 +358,7 @@ class Orchestrator:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
         if record.status == WorkflowStatus.COMPLETED:
             return State._trusted(dict(record.state), workflow_id)
-        graph = graph or self._graphs.get(record.graph_name)
+        graph = graph or self._known_graph(record)
         if graph is None:
             raise ConfigurationError(
                 f"resume({workflow_id!r}) needs the graph {record.graph_name!r}: pass it as resume(workflow_id, graph)"
@@ -358,8 +372,7 @@ class Orchestrator:
                 f"resume({workflow_id!r}): {changed}; pass the graph it was started with, or "
                 "resume(..., allow_graph_change=True) to migrate the workflow to this version"
             )
-        if not changed:
-            self._graphs[graph.name] = graph
+        self._remember(graph)
         lease = await self._acquire(workflow_id)
         try:
             # Re-read under the lease: the record may have moved since the first read.
@@ -547,7 +560,7 @@ class Orchestrator:
         store = self.backend.state_store
         taken = []
         for record in await store.list_workflows(WorkflowStatus.RUNNING):
-            graph = self._graphs.get(record.graph_name)
+            graph = self._known_graph(record)
             if graph is None or record.workflow_id in self._running:
                 continue
             changed = graph_mismatch(record, graph.fingerprint())

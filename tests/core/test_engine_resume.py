@@ -272,3 +272,40 @@ def test_a_failed_workflow_is_resumable_with_the_right_graph_after_a_refusal() -
         return await Orchestrator().resume("wf-ident2", graph)
 
     assert dict(run(scenario())) == {"b": 1}
+
+
+def test_one_orchestrator_knowing_two_versions_drives_each_workflow_with_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: Counter[str] = Counter()
+
+    async def scenario() -> Any:
+        observer = await abandoned("wf-old")
+        only_new = Orchestrator(lease_ttl=0.2)
+        only_new.register_graph(demo("x", runs))
+        with caplog.at_level("WARNING", logger="distributed_agents.orchestrator"):
+            assert await only_new.recover_workflows() == []
+            assert await only_new.recover_workflows() == []
+        await only_new.close()
+        # A workflow of the new version, abandoned the same way.
+        first = Orchestrator()
+        gate = asyncio.Event()
+        running = asyncio.ensure_future(first.execute(demo("x", gate=gate), {}, workflow_id="wf-new"))
+        while await first.backend.state_store.get("wf-new") is None:
+            await asyncio.sleep(0.005)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        both = Orchestrator(lease_ttl=0.2)
+        both.register_graph(demo("b", runs))
+        both.register_graph(demo("x", runs))
+        assert sorted(await both.recover_workflows()) == ["wf-new", "wf-old"]
+        results = (dict(await both.wait("wf-old", timeout=20)), dict(await both.wait("wf-new", timeout=20)))
+        await both.close()
+        await observer.close()
+        return results
+
+    (old, new) = run(scenario())
+    assert old == {"a": 1, "b": 2} and new == {"a": 1, "x": 2}
+    skipped = [r for r in caplog.records if "not taking over workflow 'wf-old'" in r.getMessage()]
+    assert len(skipped) == 1  # logged once, however many recovery rounds skip it
