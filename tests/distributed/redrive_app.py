@@ -45,3 +45,9 @@ def archive(state: State) -> dict[str, Any]:
 def work(state: State) -> dict[str, Any]:
     _append("order", state["label"])
     return {"done": state["label"]}
+
+
+@registry.register("audit")
+def audit(state: State) -> dict[str, Any]:
+    _append("audited", state["to"])
+    return {"audited": True}

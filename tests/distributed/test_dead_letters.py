@@ -146,3 +146,28 @@ def test_requeue_of_a_workflow_that_moved_on_is_refused_pointing_to_resume(
     assert refused.stdout.startswith(f"{task_id}: not requeued") and "resume(" in refused.stdout
     assert task_id in letters  # left where it was
     assert lines(tmp_path, "notified") == []
+
+
+def test_resume_on_workers_reruns_only_the_failed_node_of_a_parallel_step(
+    backend_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Parallel audit (succeeds, side effect) and notify (fails); after the fix, resume runs notify only."""
+    graph = Graph("audit_notify").add_node("audit").add_node("notify", retry=RetryPolicy(max_attempts=1))
+    graph.set_entry_point("audit").set_entry_point("notify").set_finish_point("audit").set_finish_point("notify")
+    graph.compile()
+
+    async def scenario(prefix: str, workers: WorkerProcesses) -> Any:
+        orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix, recover=False)
+        try:
+            with pytest.raises(NodeExecutionError):
+                await orchestrator.execute(graph, {"to": "ops"}, workflow_id=f"{prefix}-wf")
+            record = await orchestrator.backend.state_store.get(f"{prefix}-wf")
+            assert record is not None and record.frontier["pending_writes"] == {"audit": {"audited": True}}
+            (tmp_path / "broken").unlink()
+            return dict(await orchestrator.resume(f"{prefix}-wf"))
+        finally:
+            await orchestrator.close()
+
+    result = run_with_workers(backend_url, tmp_path, scenario)
+    assert result == {"to": "ops", "audited": True, "notified": "ops"}
+    assert len(lines(tmp_path, "audited")) == 1 and len(lines(tmp_path, "notified")) == 1
