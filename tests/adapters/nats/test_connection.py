@@ -123,3 +123,58 @@ def test_tasks_survive_a_server_restart_and_outage_is_mapped() -> None:
         run(after(), 60)
     finally:
         server.cleanup()
+
+
+# -- the first connection: one line naming the URL, the cause and what to check ------------------
+
+
+class NatsWithoutJetStream(NatsServer):
+    """``nats-server`` started without ``-js``."""
+
+    def command(self) -> list[str]:
+        return [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
+
+
+def connect_error(url: str) -> Exception:
+    async def scenario() -> Exception:
+        with pytest.raises(Exception) as caught:
+            backend = await open_nats(url)
+            await backend.close()
+        return caught.value
+
+    return run(scenario(), 60)
+
+
+def test_connection_refused_is_one_unchained_line_naming_url_and_server() -> None:
+    port = free_port()
+    error = connect_error(f"nats://bob:hunter2@127.0.0.1:{port}?connect_attempts=1&reconnect_wait=0.05")
+    assert isinstance(error, BackendUnavailableError)
+    message = str(error)
+    assert f"nats://bob:***@127.0.0.1:{port}" in message and "hunter2" not in message
+    assert "connection refused" in message and "nats-server -js" in message
+    assert error.__cause__ is None and error.__suppress_context__  # no chained nats-py tracebacks
+
+
+def test_an_unknown_host_says_the_name_was_not_found() -> None:
+    error = connect_error("nats://no-such-host.invalid:4222?connect_attempts=1&reconnect_wait=0.05")
+    assert isinstance(error, BackendUnavailableError) and "was not found (DNS" in str(error)
+
+
+def test_tls_url_to_a_plain_server_says_tls_failed_before_sending_credentials(nats_url: str) -> None:
+    tls_url = nats_url.replace("nats://", "tls://alice:secret@", 1)
+    error = connect_error(tls_url)
+    assert isinstance(error, BackendConfigError)  # no retry can fix it
+    assert "does not offer TLS" in str(error) and "use nats://" in str(error) and "secret" not in str(error)
+
+
+def test_a_server_without_jetstream_says_to_start_it_with_js() -> None:
+    binary = find_nats_server()
+    assert binary is not None
+    server = NatsWithoutJetStream(binary)
+    server.start()
+    try:
+        error = connect_error(server.url)
+    finally:
+        server.cleanup()
+    assert isinstance(error, BackendConfigError)
+    assert "does not have JetStream enabled" in str(error) and "-js" in str(error)

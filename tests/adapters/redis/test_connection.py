@@ -13,7 +13,7 @@ from support.redis_server import RedisServer
 from distributed_agents import open_backend
 from distributed_agents.adapters.redis.backend import RedisBackend
 from distributed_agents.adapters.redis.connection import RedisConnection, redis_client_url
-from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
 from distributed_agents.core.ports.state_store import WorkflowRecord
 
 
@@ -109,3 +109,56 @@ def test_an_unknown_query_option_is_a_config_error_naming_it() -> None:
 
     message = run(scenario(), 10)
     assert "bogus_option" in message and "pw@" not in message
+
+
+# -- the first connection: one line naming the URL, the cause and what to check ------------------
+
+
+def connect_error(url: str) -> Exception:
+    async def scenario() -> Exception:
+        backend = open_backend(url)
+        try:
+            with pytest.raises(Exception) as caught:
+                await backend.connect()
+            return caught.value
+        finally:
+            await backend.close()
+
+    return run(scenario(), 90)
+
+
+def test_connection_refused_is_one_unchained_line_naming_url_and_server() -> None:
+    from support.server_process import free_port
+
+    port = free_port()
+    error = connect_error(f"redis://:hunter2@127.0.0.1:{port}/0")
+    assert isinstance(error, BackendUnavailableError)
+    message = str(error)
+    assert f"redis://:***@127.0.0.1:{port}/0" in message and "hunter2" not in message
+    assert f"connection refused by 127.0.0.1:{port}" in message and "redis-server is running" in message
+    assert error.__cause__ is None and error.__suppress_context__  # no chained redis-py/socket tracebacks
+
+
+def test_an_unknown_host_says_the_name_was_not_found() -> None:
+    error = connect_error("redis://no-such-host.invalid:6379/0")
+    assert isinstance(error, BackendUnavailableError) and "'no-such-host.invalid' was not found" in str(error)
+
+
+def test_a_missing_unix_socket_names_the_path() -> None:
+    error = connect_error("unix:///tmp/da-no-such-redis.sock")
+    assert isinstance(error, BackendUnavailableError)
+    assert "/tmp/da-no-such-redis.sock does not exist" in str(error)
+
+
+def test_rediss_to_a_plain_redis_says_tls_failed_not_is_redis_running(redis_url: str) -> None:
+    error = connect_error(redis_url.replace("redis://", "rediss://", 1))
+    assert isinstance(error, BackendConfigError)  # no retry can fix it: the worker exits instead of waiting
+    message = str(error)
+    assert "TLS handshake" in message and "plain (non-TLS) Redis" in message and "use redis://" in message
+    assert "redis-server is running" not in message
+
+
+def test_rediss_to_a_plain_redis_with_a_password_is_still_recognised() -> None:
+    with RedisServer(password="pw") as server:
+        error = connect_error(server.url.replace("redis://", "rediss://", 1))
+    assert isinstance(error, BackendConfigError) and "plain (non-TLS)" in str(error)
