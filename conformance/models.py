@@ -59,13 +59,14 @@ class QueueModel:
         """Tasks of ``node_type`` a claim may hand out now."""
         return [t for t in self.tasks.values() if t.node_type == node_type and t.state == "queued"]
 
-    def acceptable_next(self, node_type: str) -> set[str]:
-        """Ids a claim of ``node_type`` may return next: top priority; oldest if never delivered.
+    def acceptable_next(self, *node_types: str) -> set[str]:
+        """Ids a claim of ``node_types`` may return next: top priority across all of them;
+        the oldest (by enqueue, across the types) if never delivered.
 
         A re-delivered task may come before or after the fresh ones of its priority
         (engines differ on where a redelivery goes), so all of them are acceptable.
         """
-        ready = self.ready(node_type)
+        ready = [t for node_type in node_types for t in self.ready(node_type)]
         if not ready:
             return set()
         top = max(t.priority for t in ready)

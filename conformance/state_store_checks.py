@@ -148,7 +148,7 @@ async def check_state_ttl(session: Session) -> None:
 # --- everything a record holds, listings past ten, boundaries in time -----------------
 
 
-def _comparable(rec: WorkflowRecord) -> dict[str, object]:
+def comparable_fields(rec: WorkflowRecord) -> dict[str, object]:
     """A record's fields that must read back as saved (the store sets version and updated_at)."""
     data = rec.to_dict()
     data.pop("version")
@@ -190,11 +190,11 @@ async def check_every_field_round_trips(session: Session) -> None:
         got = await store.get(workflow_id)
         expect(got is not None, clause, f"get after save {index + 1} returned None")
         assert got is not None
-        diff = {k: (v, _comparable(got).get(k)) for k, v in _comparable(rec).items() if _comparable(got).get(k) != v}
+        diff = {k: (v, comparable_fields(got).get(k)) for k, v in comparable_fields(rec).items() if comparable_fields(got).get(k) != v}
         expect(not diff, clause, f"after save {index + 1} get() differs in (saved, read) {diff}")
         expect(got.version == version, clause, f"after save {index + 1} get() has version {got.version}, expected {version}")
         [listed] = [r for r in await store.list_workflows() if r.workflow_id == workflow_id] or [None]
-        expect(listed is not None and _comparable(listed) == _comparable(rec) and listed.version == version, clause,
+        expect(listed is not None and comparable_fields(listed) == comparable_fields(rec) and listed.version == version, clause,
                f"after save {index + 1} list_workflows() returned {listed!r}")
         [latest] = await store.list_checkpoints(workflow_id, limit=1) or [None]
         expect(latest is not None and latest.to_dict() == checkpoint.to_dict(), clause,

@@ -14,13 +14,24 @@ from distributed_agents.conformance.clauses import ContractViolation, expect
 from distributed_agents.conformance.context import CheckContext
 from distributed_agents.conformance.machine_base import BackendMachine, run_machine
 from distributed_agents.conformance.models import ModelLease, ModelWorkflow, StoreModel
-from distributed_agents.conformance.state_store_checks import record
+from distributed_agents.conformance.state_store_checks import comparable_fields
 from distributed_agents.core.errors import FencingTokenRejectedError, VersionConflictError, WorkflowExistsError
-from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowStatus
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 
 WORKFLOWS = ("w1", "w2", "w3")
 OWNERS = ("o1", "o2")
 STATUSES = sorted(WorkflowStatus.ALL)
+
+
+def _full_record(workflow_id: str, *, status: str, step: int, created_at: float, value: int) -> WorkflowRecord:
+    """A record with every field set, varied by ``value`` (fields emptied and refilled across saves)."""
+    return WorkflowRecord(
+        workflow_id, f"graph-{value % 2}", status, {"v": value, "text": "ä" * value, "list": list(range(value))}, step=step,
+        frontier={"run": [f"n{value}"], "joins": {"j": [value]}} if value % 2 else {},
+        error={"message": f"failed ✗ {value}", "node": "n"} if status == WorkflowStatus.FAILED else None,
+        graph={"name": f"graph-{value % 2}", "hash": f"h{value}"} if value % 3 else None,
+        metadata={"owner": "zoë", "n": value} if value % 4 else {}, created_at=created_at, updated_at=0.0,
+    )
 
 
 class StateStoreMachine(BackendMachine):
@@ -32,6 +43,8 @@ class StateStoreMachine(BackendMachine):
         self.model = StoreModel()
         self.leases: list[WorkflowLease] = []  # every lease ever granted
         self.clock = 0.0
+        self.saved: dict[str, WorkflowRecord] = {}  # the last record saved per workflow
+        self.bodies: dict[tuple[str, int], dict[str, object]] = {}  # checkpoint contents
 
     @rule(workflow_id=st.sampled_from(WORKFLOWS), version_delta=st.sampled_from([0, 0, 0, -1, 1, -5]),
           status=st.sampled_from(STATUSES), with_checkpoint=st.booleans(), value=st.integers(0, 9),
@@ -46,8 +59,10 @@ class StateStoreMachine(BackendMachine):
         step = 0 if stored is None else len(stored.checkpoints)
         self.clock += 1.0
         created_at = self.clock if stored is None else stored.created_at
-        rec = record(workflow_id, status=status, step=step, created_at=created_at, v=value)
-        checkpoint = Checkpoint(workflow_id, step, {"v": value}) if with_checkpoint else None
+        rec = _full_record(workflow_id, status=status, step=step, created_at=created_at, value=value)
+        checkpoint = Checkpoint(workflow_id, step, {"v": value, "ü": "✓" * value}, frontier=dict(rec.frontier),
+                                writes={f"node-{value}": {"v": value}} if value % 2 else {},
+                                created_at=1_000.5 + self.clock) if with_checkpoint else None
         outcome = self.model.save_outcome(workflow_id, expected_version, token)
         try:
             saved = self.call(self.store.save(rec, expected_version=expected_version, checkpoint=checkpoint, fencing_token=token))
@@ -71,9 +86,11 @@ class StateStoreMachine(BackendMachine):
         expect(saved.version == expected_version + 1, "state_store.cas", f"save returned version {saved.version}")
         if stored is None:
             stored = self.model.workflows[workflow_id] = ModelWorkflow(0, status, {}, created_at)
-        stored.version, stored.status, stored.state = expected_version + 1, status, {"v": value}
-        if with_checkpoint:
+        stored.version, stored.status, stored.state = expected_version + 1, status, dict(rec.state)
+        self.saved[workflow_id] = rec
+        if checkpoint is not None:
             stored.checkpoints.append(step)
+            self.bodies[(workflow_id, step)] = checkpoint.to_dict()
 
     @rule(workflow_id=st.sampled_from(WORKFLOWS))
     def get(self, workflow_id: str) -> None:
@@ -84,19 +101,31 @@ class StateStoreMachine(BackendMachine):
             return
         expect(got is not None and (got.version, got.status, dict(got.state)) == (stored.version, stored.status, stored.state),
                "state_store.cas", f"get({workflow_id}) = {got!r}; model: version {stored.version}, {stored.status}, {stored.state}")
+        assert got is not None
+        want = comparable_fields(self.saved[workflow_id])
+        diff = {k: (v, comparable_fields(got).get(k)) for k, v in want.items() if comparable_fields(got).get(k) != v}
+        expect(not diff, "state_store.round-trip", f"get({workflow_id}) differs from the last save in (saved, read) {diff}")
 
     @rule(workflow_id=st.sampled_from(WORKFLOWS), limit=st.sampled_from([None, 1, 2, 5]), before=st.sampled_from([None, 0, 1, 2, 4]))
     def list_checkpoints(self, workflow_id: str, limit: int | None, before: int | None) -> None:
-        got = [cp.step for cp in self.call(self.store.list_checkpoints(workflow_id, limit=limit, before=before))]
+        listed = self.call(self.store.list_checkpoints(workflow_id, limit=limit, before=before))
+        got = [cp.step for cp in listed]
         want = self.model.list_checkpoints(workflow_id, limit, before)
         expect(got == want, "state_store.checkpoint-order",
                f"list_checkpoints({workflow_id}, limit={limit}, before={before}) = {got}, expected {want}")
+        for cp in listed:
+            body = self.bodies[(workflow_id, cp.step)]
+            expect(cp.to_dict() == body, "state_store.round-trip", f"checkpoint {cp.step} of {workflow_id} reads {cp.to_dict()}, saved {body}")
 
     @rule(status=st.sampled_from([None, *STATUSES]))
     def list_workflows(self, status: str | None) -> None:
-        got = [r.workflow_id for r in self.call(self.store.list_workflows(status))]
+        records = self.call(self.store.list_workflows(status))
+        got = [r.workflow_id for r in records]
         want = self.model.list_workflows(status)
         expect(got == want, "state_store.list-by-status", f"list_workflows({status!r}) = {got}, expected {want}")
+        for rec in records:
+            expect(comparable_fields(rec) == comparable_fields(self.saved[rec.workflow_id]), "state_store.round-trip",
+                   f"list_workflows lists {rec!r}, last saved {self.saved[rec.workflow_id]!r}")
 
     @rule(workflow_id=st.sampled_from(WORKFLOWS), owner=st.sampled_from(OWNERS))
     def acquire(self, workflow_id: str, owner: str) -> None:
@@ -135,6 +164,7 @@ class StateStoreMachine(BackendMachine):
 
 @conformance_check("state_store", (
     "state_store.cas", "state_store.checkpoint-order", "state_store.fencing", "state_store.lease", "state_store.list-by-status",
+    "state_store.round-trip",
 ), timeout=300.0)
 def check_state_store_state_machine(context: CheckContext) -> None:
     """Random sequences of store operations agree with the reference model after every step."""

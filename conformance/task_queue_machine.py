@@ -32,7 +32,10 @@ from distributed_agents.conformance.models import QueueModel
 from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.task_queue import ClaimedTask
 
-NODE_TYPES = ("alpha", "beta")
+# The second node type's name extends the first's: a claim must compare names exactly.
+NODE_TYPES = ("alpha", "alphabet")
+# Priorities from the whole range, compared as numbers (15 before 9, -10 after -9).
+PRIORITIES = st.one_of(st.integers(-2, 2), st.sampled_from([-(2**31), -1000, -10, 9, 10, 15, 1000, 2**31 - 1]))
 DEFAULT_LIMIT = 3
 index = st.integers(min_value=0, max_value=1_000)
 
@@ -53,7 +56,7 @@ class TaskQueueMachine(BackendMachine):
 
     # -- producing ---------------------------------------------------------------------
 
-    @rule(node_type=st.sampled_from(NODE_TYPES), priority=st.integers(0, 2), limit=st.sampled_from([None, 1, 2]))
+    @rule(node_type=st.sampled_from(NODE_TYPES), priority=PRIORITIES, limit=st.sampled_from([None, 1, 2]))
     def enqueue(self, node_type: str, priority: int, limit: int | None) -> None:
         self.counter += 1
         task_id = f"t{self.counter}"
@@ -62,7 +65,7 @@ class TaskQueueMachine(BackendMachine):
         self.model.enqueue(task_id, node_type, priority, limit)
 
     @precondition(lambda self: bool(self.model.tasks))
-    @rule(pick=index, node_type=st.sampled_from(NODE_TYPES), priority=st.integers(0, 2))
+    @rule(pick=index, node_type=st.sampled_from(NODE_TYPES), priority=PRIORITIES)
     def enqueue_again(self, pick: int, node_type: str, priority: int) -> None:
         task_id = sorted(self.model.tasks)[pick % len(self.model.tasks)]
         added = self.call(self.queue.enqueue(make_task(task_id, node_type, priority=priority, payload={"dup": True})))
@@ -71,7 +74,7 @@ class TaskQueueMachine(BackendMachine):
 
     # -- consuming ---------------------------------------------------------------------
 
-    @rule(types=st.sampled_from([("alpha",), ("beta",), ("alpha", "beta")]), max_tasks=st.integers(1, 3))
+    @rule(types=st.sampled_from([("alpha",), ("alphabet",), ("alpha", "alphabet")]), max_tasks=st.integers(1, 4))
     def claim(self, types: tuple[str, ...], max_tasks: int) -> None:
         self.live.extend(self._claim(types, max_tasks))
 
@@ -97,8 +100,8 @@ class TaskQueueMachine(BackendMachine):
             model_task = self.model.tasks.get(task_id)
             if model_task is None or model_task.state != "queued" or model_task.node_type not in types:
                 raise ContractViolation(self._why_unexpected(task_id), f"claim{types} returned {task_id}, which is not ready")
-            accepted = self.model.acceptable_next(model_task.node_type)
-            expect(task_id in accepted, "task_queue.priority-fifo",
+            accepted = self.model.acceptable_next(*types)
+            expect(task_id in accepted, "task_queue.priority-fifo" if len(types) == 1 else "task_queue.node-types",
                    f"claim{types} returned {task_id} (priority {model_task.priority}); acceptable next: {sorted(accepted)}")
             self.model.claim(task_id)
             expect(claim.attempt == model_task.attempt, "task_queue.attempts",
@@ -211,7 +214,7 @@ class TaskQueueMachine(BackendMachine):
 
 
 @conformance_check("task_queue", (
-    "task_queue.priority-fifo", "task_queue.idempotent-enqueue", "task_queue.invisible-while-claimed",
+    "task_queue.priority-fifo", "task_queue.node-types", "task_queue.idempotent-enqueue", "task_queue.invisible-while-claimed",
     "task_queue.ack-result", "task_queue.lost-lease-refused", "task_queue.attempts", "task_queue.dead-letter",
     "task_queue.requeue", "task_queue.release", "task_queue.cancel", "task_queue.stats",
 ), timeout=300.0)
@@ -235,7 +238,7 @@ class TimedTaskQueueMachine(TaskQueueMachine):
         self.short = self.context.requirements.short_timeout
         self.slack = self.context.requirements.timing_slack
 
-    @rule(types=st.sampled_from([("alpha",), ("beta",), ("alpha", "beta"), (TIMED,), ("alpha", TIMED)]), max_tasks=st.integers(1, 3))
+    @rule(types=st.sampled_from([("alpha",), ("alphabet",), ("alpha", "alphabet"), (TIMED,), ("alpha", TIMED)]), max_tasks=st.integers(1, 4))
     def claim(self, types: tuple[str, ...], max_tasks: int) -> None:
         self.live.extend(self._claim(types, max_tasks))
 
