@@ -309,3 +309,49 @@ def test_one_orchestrator_knowing_two_versions_drives_each_workflow_with_its_own
     assert old == {"a": 1, "b": 2} and new == {"a": 1, "x": 2}
     skipped = [r for r in caplog.records if "not taking over workflow 'wf-old'" in r.getMessage()]
     assert len(skipped) == 1  # logged once, however many recovery rounds skip it
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(width=st.integers(min_value=1, max_value=5), data=st.data())
+def test_every_node_succeeds_exactly_once_across_failures_and_resumes(width: int, data: st.DataObject) -> None:
+    """Any pattern of failing parallel nodes, fixed over several resumes: each node's success happens once."""
+    names = [f"n{i}" for i in range(width)]
+    # failures[name] = how many runs of that node fail before it is fixed
+    failures = {name: data.draw(st.integers(min_value=0, max_value=2), label=name) for name in names}
+    successes: Counter[str] = Counter()
+    attempts: Counter[str] = Counter()
+
+    def node(name: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            attempts[name] += 1
+            if attempts[name] <= failures[name]:
+                raise RuntimeError(f"{name} fails")
+            successes[name] += 1
+            return {name: attempts[name]}
+        return run_node
+
+    graph = fan("property_pending", {name: node(name) for name in names})
+    from distributed_agents.adapters.memory import reset_memory_spaces
+    reset_memory_spaces()
+
+    async def scenario() -> State:
+        orchestrator = Orchestrator()
+        try:
+            return await orchestrator.execute(graph, {}, workflow_id="wf-prop")
+        except NodeExecutionError:
+            pass
+        for _ in range(max(failures.values()) + 1):
+            try:
+                return await orchestrator.resume("wf-prop")
+            except NodeExecutionError:
+                continue
+        raise AssertionError("never completed")
+
+    result = run(scenario())
+    assert successes == {name: 1 for name in names}
+    assert {name: attempts[name] for name in names} == {name: failures[name] + 1 for name in names}
+    assert dict(result) == {name: failures[name] + 1 for name in names}
