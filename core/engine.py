@@ -188,6 +188,7 @@ class StepEngine:
             writes = [(name, progress.pending[name]) for name in next_nodes if progress.pending[name]]
             try:
                 merged = merge_updates(record.state, writes, graph.reducers)
+                graph.check_writes(writes, merged)  # a state schema's keys and types
                 routed, joins = await graph.route(
                     next_nodes, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {})
                 )

@@ -12,7 +12,8 @@ The tree::
     │   ├── GraphNotCompiledError         execute() on a graph that was not compiled
     │   └── GraphFrozenError              a compiled graph was changed
     ├── StateError
-    │   └── StateNotSerializableError     a value that JSON cannot carry was written
+    │   ├── StateNotSerializableError     a value that JSON cannot carry was written
+    │   └── StateValidationError          a key or value the graph's state schema refuses
     ├── ExecutionError
     │   ├── NodeNotFoundError             no function or worker serves a node's type
     │   ├── NodeExecutionError            a node failed after all its attempts
@@ -63,6 +64,7 @@ __all__ = [
     "ReducerConflictError",
     "StateError",
     "StateNotSerializableError",
+    "StateValidationError",
     "StepLimitExceededError",
     "VersionConflictError",
     "WorkflowCancelledError",
@@ -113,6 +115,20 @@ class StateNotSerializableError(StateError, TypeError):
     def __init__(self, message: str, *, key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class StateValidationError(StateError, ValueError):
+    """A key the graph's state schema does not declare, or a value of the wrong type.
+
+    ``key`` is the state key, ``node`` the node whose write was refused (None for the
+    input state) and ``graph`` the graph's name.
+    """
+
+    def __init__(self, message: str, *, key: str, graph: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.graph = graph
+        self.node = node
 
 
 # --- execution --------------------------------------------------------------------

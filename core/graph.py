@@ -36,6 +36,7 @@ from distributed_agents.core.joins import Join, advance_joins, join_key
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.schema import StateSchema
 from distributed_agents.core.state_view import ReadOnlyState
 
 __all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec", "join_key"]
@@ -98,7 +99,25 @@ class _Routing:
 class Graph:
     """A workflow graph. Build it with the ``add_*``/``set_*`` methods, then ``compile()``."""
 
-    def __init__(self, name: str, description: str = "", *, reducers: Mapping[str, str | Reducer] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        reducers: Mapping[str, str | Reducer] | None = None,
+        state_schema: type | None = None,
+        input_schema: type | None = None,
+        output_schema: type | None = None,
+    ) -> None:
+        """``reducers`` maps state keys to reducers (built-in names or callables).
+
+        ``state_schema`` (a TypedDict, dataclass or Pydantic model) declares the state's
+        keys, types, reducers (``Annotated[list, operator.add]``) and defaults;
+        ``input_schema``/``output_schema`` filter what ``execute`` takes and returns
+        (see ``schema``). Without a schema the state is an untyped dict. A key given a
+        reducer both here and in the schema must name the same one
+        (``ConfigurationError`` otherwise).
+        """
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Graph name must be a non-empty string, got {name!r}")
         self.name = name
@@ -110,6 +129,13 @@ class Graph:
         self._reducer_names: dict[str, str] = {}
         self._compiled = False
         self._routing = _Routing()
+        if state_schema is None and (input_schema is not None or output_schema is not None):
+            raise ConfigurationError(f"graph {name!r}: input_schema and output_schema need a state_schema too; "
+                                     "pass Graph(name, state_schema=...)")
+        self._schema = None if state_schema is None else StateSchema(name, state_schema, input_schema, output_schema)
+        for key, (schema_reducer, label) in (self._schema.reducers() if self._schema else {}).items():
+            self._reducers[key] = schema_reducer
+            self._reducer_names[key] = label
         for key, reducer in (reducers or {}).items():
             self.add_reducer(key, reducer)
 
@@ -224,10 +250,60 @@ class Graph:
         return self
 
     def add_reducer(self, key: str, reducer: str | Reducer) -> Graph:
-        """Merge writes to state ``key`` with ``reducer`` (built-in name or callable)."""
+        """Merge writes to state ``key`` with ``reducer`` (built-in name or callable).
+
+        With a state schema, ``key`` must be declared in it, and a reducer the schema
+        declares for it (``Annotated``) must be this one: ``ConfigurationError`` names the key.
+        """
         self._mutable()
-        self._reducers[key] = resolve_reducer(key, reducer)
+        resolved = resolve_reducer(key, reducer)
+        if self._schema is not None:
+            spec = self._schema.keys.get(key)
+            if spec is None:
+                raise ConfigurationError(
+                    f"graph {self.name!r}: reducer for state key {key!r}, which state schema {self._schema.name} "
+                    f"does not declare; declare the key in {self._schema.name}")
+            if spec.reducer is not None and spec.reducer is not resolved:
+                raise ConfigurationError(
+                    f"graph {self.name!r}: state key {key!r} has reducer {spec.reducer_label!r} in "
+                    f"{spec.owner} (Annotated) and {reducer_name(reducer)!r} in reducers=/add_reducer; "
+                    "declare it in one place")
+            if spec.reducer is not None:
+                return self  # the same reducer, declared twice
+        self._reducers[key] = resolved
         self._reducer_names[key] = reducer_name(reducer)
+        return self
+
+    def add_sequence(self, nodes: Sequence[str | NodeFunction | tuple[str, NodeFunction]]) -> Graph:
+        """Add ``nodes`` and chain them with edges, in order (as LangGraph's ``add_sequence``).
+
+        Each item is a node name (run by whatever serves that node type), a
+        ``(name, func)`` pair, or a function (named by its ``__name__``). Nothing is
+        connected to START or END: add those edges yourself. Raises
+        ``GraphValidationError`` for an empty sequence, a duplicate or an invalid item.
+        """
+        self._mutable()
+        if isinstance(nodes, (str, tuple)) or not isinstance(nodes, Sequence) or not nodes:
+            raise GraphValidationError(
+                f"graph {self.name!r}: add_sequence needs a non-empty list of node names, (name, func) pairs or "
+                f"functions, got {nodes!r}", graph=self.name, culprit=repr(nodes))
+        names = []
+        for item in nodes:
+            if isinstance(item, str):
+                name, func = item, None
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                name, func = item
+            elif callable(item) and isinstance(getattr(item, "__name__", None), str) and item.__name__ != "<lambda>":
+                name, func = item.__name__, item
+            else:
+                raise GraphValidationError(
+                    f"graph {self.name!r}: add_sequence item {item!r} is not a node name, a (name, func) pair or a "
+                    "named function (a lambda needs a name: pass ('name', func))",
+                    graph=self.name, culprit=repr(item))
+            self.add_node(name, func)
+            names.append(name)
+        for source, target in zip(names, names[1:]):
+            self.add_edge(source, target)
         return self
 
     def set_entry_point(self, node: str) -> Graph:
@@ -323,6 +399,20 @@ class Graph:
     def nodes(self) -> Mapping[str, NodeSpec]:
         """Nodes by name, in declaration order."""
         return dict(self._nodes)
+
+    @property
+    def schema(self) -> StateSchema | None:
+        """The state schema (keys, types, reducers, defaults), or None for an untyped state."""
+        return self._schema
+
+    def prepare_input(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The initial state for input ``values``: unchanged without a schema, else ``StateSchema.prepare_input``."""
+        return dict(values) if self._schema is None else self._schema.prepare_input(values)
+
+    def check_writes(self, writes: Sequence[tuple[str, Mapping[str, Any]]], merged: Mapping[str, Any]) -> None:
+        """With a schema, ``StateSchema.check_writes`` on one step's writes and merged state."""
+        if self._schema is not None:
+            self._schema.check_writes(writes, merged)
 
     @property
     def reducers(self) -> Mapping[str, Reducer]:
@@ -447,6 +537,8 @@ class Graph:
                 for e in self._conditional
             ],
             "reducers": dict(self._reducer_names),
+            # Only with a schema, so untyped graphs keep their fingerprint.
+            **({"state_schema": self._schema.spec()} if self._schema is not None else {}),
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
+from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.state import State, check_values
 from distributed_agents.core.status import WorkflowStatusInfo
 
@@ -286,6 +287,8 @@ class Orchestrator:
             values = dict(initial_state or {})
             check_values(values)
             values = State(values).values_copy()
+        # A state schema checks the input, filters it to the input schema and fills defaults.
+        values = graph.prepare_input(values)
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
         # Conditional entry points route the input state; if one fails, no workflow is created.
         frontier = {"next": await graph.start(State._trusted(values, workflow_id)), "joins": {}}
@@ -297,7 +300,9 @@ class Orchestrator:
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
-            metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {})},
+            metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
+                      # Every process returns the output schema's keys, without needing the graph.
+                      **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
         attempts = 0
 
@@ -357,7 +362,7 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
         if record.status == WorkflowStatus.COMPLETED:
-            return State._trusted(dict(record.state), workflow_id)
+            return State._trusted(result_values(record.state, record.metadata), workflow_id)
         graph = graph or self._known_graph(record)
         if graph is None:
             raise ConfigurationError(
@@ -380,7 +385,7 @@ class Orchestrator:
             record = current if current is not None else record
             if record.status == WorkflowStatus.COMPLETED:
                 await self._release(lease)
-                return State._trusted(dict(record.state), workflow_id)
+                return State._trusted(result_values(record.state, record.metadata), workflow_id)
             changes: dict[str, Any] = {}
             metadata = dict(record.metadata)
             if changed:
@@ -465,7 +470,7 @@ class Orchestrator:
             await self._release(lease)
             if self._events is not None:
                 await self._events.flush()
-        return State._trusted(dict(final.state), workflow_id)
+        return State._trusted(result_values(final.state, final.metadata), workflow_id)
 
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
         # The lease lapsed (this process stalled). If nobody took it, carry on from the
@@ -606,7 +611,7 @@ class Orchestrator:
         if status.status == WorkflowStatus.COMPLETED:
             record = await self.backend.state_store.get(workflow_id)
             assert record is not None
-            return State._trusted(dict(record.state), workflow_id)
+            return State._trusted(result_values(record.state, record.metadata), workflow_id)
         if status.status == WorkflowStatus.FAILED:
             summary = (status.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {workflow_id!r} failed: {summary}", workflow_id=workflow_id,

@@ -7,7 +7,8 @@ value ("replace"), and two nodes writing such a key in one step is an error.
 
 Built-ins, by name: ``replace``, ``append`` (add one item, or every item of a list, to
 a list), ``extend`` (concatenate lists), ``merge`` (shallow dict merge), ``add``
-(numbers), plus any callable.
+(numbers), ``add_messages`` (chat history: append, replace and remove by message id;
+see ``messages``), plus any callable.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError
+from distributed_agents.core.messages import add_messages
 
-__all__ = ["BUILTIN_REDUCERS", "Reducer", "reducer_name", "resolve_reducer", "suggest_reducer"]
+__all__ = ["BUILTIN_REDUCERS", "Reducer", "add_messages", "reducer_name", "resolve_reducer", "suggest_reducer"]
 
 Reducer = Callable[[Any, Any], Any]
 
@@ -68,6 +70,7 @@ BUILTIN_REDUCERS: dict[str, Reducer] = {
     "extend": _extend,
     "merge": _merge,
     "add": _add,
+    "add_messages": add_messages,
 }
 
 

@@ -18,6 +18,12 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.graph import END, START, Graph  # noqa: E402
+from distributed_agents.core.messages import (  # noqa: E402
+    REMOVE_ALL_MESSAGES,
+    MessagesState,
+    RemoveMessage,
+    add_messages,
+)
 from distributed_agents.core.node_runner import NodeContext, current_context  # noqa: E402
 from distributed_agents.core.orchestrator import Orchestrator  # noqa: E402
 from distributed_agents.core.ports.state_store import WorkflowStatus  # noqa: E402
@@ -33,15 +39,19 @@ __version__ = "0.1.0"
 __all__ = [
     "END",
     "Graph",
+    "MessagesState",
     "NodeContext",
     "NodeRegistry",
     "Orchestrator",
+    "REMOVE_ALL_MESSAGES",
+    "RemoveMessage",
     "RetryPolicy",
     "START",
     "State",
     "Worker",
     "WorkflowStatus",
     "WorkflowStatusInfo",
+    "add_messages",
     "available_backends",
     "current_context",
     "open_backend",

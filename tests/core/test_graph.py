@@ -474,3 +474,42 @@ def test_join_progress_for_other_targets_is_kept() -> None:
     graph.compile()
     bc = join_key("d", ["b", "c"])
     assert routed(graph, ["a"], joins={bc: ["c"]}) == (["c", "b"], {bc: ["c"]})
+
+
+# -- add_sequence --------------------------------------------------------------------------
+
+
+def shout(state: Any) -> dict[str, Any]:
+    return {"log": state.get("log", []) + ["shout"]}
+
+
+def test_add_sequence_adds_names_pairs_and_functions_chained_in_order() -> None:
+    registry_free = Graph("seq")
+    registry_free.add_sequence([("first", lambda s: {"log": ["first"]}), shout,
+                                ("last", lambda s: {"log": s["log"] + ["last"]})])
+    registry_free.set_entry_point("first").set_finish_point("last").compile()
+    assert list(registry_free.nodes) == ["first", "shout", "last"]
+    assert [(e["sources"], e["target"]) for e in registry_free.spec()["edges"][:2]] == [
+        (["first"], "shout"), (["shout"], "last")]
+    result = run(Orchestrator().execute(registry_free, {}))
+    assert result["log"] == ["first", "shout", "last"]
+
+
+def test_add_sequence_of_names_makes_nodes_served_by_their_node_type() -> None:
+    graph = Graph("seq_names").add_sequence(["fetch", "parse"])
+    graph.set_entry_point("fetch").set_finish_point("parse").compile()
+    assert [(n.name, n.node_type, n.func) for n in graph.nodes.values()] == [
+        ("fetch", "fetch", None), ("parse", "parse", None)]
+    assert graph.spec()["edges"][0] == {"sources": ["fetch"], "target": "parse"}
+
+
+@pytest.mark.parametrize("nodes", [[], "abc", ("a", "b"), [lambda s: {}], [3], [("a",)], [("a", 3)]])
+def test_add_sequence_refuses_what_is_not_a_sequence_of_nodes(nodes: Any) -> None:
+    with pytest.raises(GraphValidationError, match="graph 'bad_seq'"):
+        Graph("bad_seq").add_sequence(nodes)
+
+
+def test_add_sequence_refuses_a_duplicate_node() -> None:
+    graph = Graph("dup_seq").add_node("a")
+    with pytest.raises(GraphValidationError, match="duplicate node 'a'"):
+        graph.add_sequence(["a", "b"])

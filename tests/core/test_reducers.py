@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import pytest
@@ -11,7 +13,8 @@ from hypothesis import strategies as st
 from distributed_agents.core.engine import merge_updates
 from distributed_agents.core.errors import ConfigurationError, ExecutionError, ReducerConflictError
 from distributed_agents.core.graph import Graph
-from distributed_agents.core.reducers import BUILTIN_REDUCERS, resolve_reducer
+from distributed_agents.core.messages import REMOVE_ALL_MESSAGES, RemoveMessage
+from distributed_agents.core.reducers import BUILTIN_REDUCERS, add_messages, reducer_name, resolve_reducer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,8 +87,8 @@ def test_collection_reducers_refuse_a_current_value_of_the_wrong_kind(
 
 
 def test_builtin_names_are_exactly_the_documented_ones() -> None:
-    """The five documented built-ins, by name."""
-    assert sorted(BUILTIN_REDUCERS) == ["add", "append", "extend", "merge", "replace"]
+    """The six documented built-ins, by name."""
+    assert sorted(BUILTIN_REDUCERS) == ["add", "add_messages", "append", "extend", "merge", "replace"]
 
 
 def test_a_callable_is_used_as_is() -> None:
@@ -105,7 +108,7 @@ def test_unknown_reducer_is_a_configuration_error_naming_the_key(bad: Any) -> No
     message = str(info.value)
     assert "state key 'messages'" in message
     assert f"unknown reducer {bad!r}" in message
-    assert "add, append, extend, merge, replace" in message
+    assert "add, add_messages, append, extend, merge, replace" in message
 
 
 def test_graph_rejects_an_unknown_reducer_when_declared() -> None:
@@ -228,3 +231,108 @@ def test_a_builtin_reducer_type_error_names_key_and_node() -> None:
     """extend given a non-list through merge_updates names the key and node."""
     with pytest.raises(ExecutionError, match=r"state key 'items' failed on the update from node 'n1': TypeError"):
         merge_updates({}, [("n1", {"items": 5})], {"items": resolve_reducer("items", "extend")})
+
+
+# -- add_messages ------------------------------------------------------------------------
+
+
+def user(content: str, id: str | None = None) -> dict[str, Any]:
+    return {"role": "user", "content": content, **({"id": id} if id is not None else {})}
+
+
+def test_add_messages_is_importable_everywhere_and_usable_by_name() -> None:
+    import distributed_agents
+    from distributed_agents.core import reducers
+
+    assert distributed_agents.add_messages is reducers.add_messages is resolve_reducer("m", "add_messages")
+    assert reducer_name(add_messages) == "add_messages"
+
+
+def test_add_messages_appends_and_gives_messages_without_id_a_uuid4_hex() -> None:
+    merged = add_messages([user("a", "1")], [user("b"), {"role": "assistant", "content": "c", "tool_calls": []}])
+    assert [m["content"] for m in merged] == ["a", "b", "c"]
+    generated = merged[1]["id"]
+    assert len(generated) == 32 and uuid.UUID(hex=generated).version == 4
+    assert merged[2]["tool_calls"] == [] and merged[2]["role"] == "assistant"  # other keys kept as they are
+    assert json.loads(json.dumps(merged)) == merged
+
+
+def test_add_messages_takes_a_single_message_a_string_or_none_as_history() -> None:
+    assert add_messages(None, user("a", "1")) == [user("a", "1")]
+    (message,) = add_messages([], "hello")
+    assert message["role"] == "user" and message["content"] == "hello" and message["id"]
+
+
+def test_add_messages_replaces_by_id_in_place() -> None:
+    history = [user("a", "1"), user("b", "2"), user("c", "3")]
+    merged = add_messages(history, {"role": "user", "content": "B!", "id": "2"})
+    assert [(m["id"], m["content"]) for m in merged] == [("1", "a"), ("2", "B!"), ("3", "c")]
+    assert history[1]["content"] == "b"  # nothing changed in place
+
+
+def test_add_messages_removes_by_marker_and_refuses_an_unknown_id() -> None:
+    history = [user("a", "1"), user("b", "2"), user("c", "3")]
+    assert RemoveMessage("2") == {"type": "remove", "id": "2"}
+    assert [m["id"] for m in add_messages(history, [RemoveMessage("1"), RemoveMessage("3")])] == ["2"]
+    with pytest.raises(ValueError, match="cannot remove message 'nope'"):
+        add_messages(history, RemoveMessage("nope"))
+    # Removed and written again in one update: kept with the new content, as LangGraph does.
+    again = add_messages(history, [RemoveMessage("2"), user("B again", "2")])
+    assert [(m["id"], m["content"]) for m in again] == [("1", "a"), ("2", "B again"), ("3", "c")]
+
+
+def test_add_messages_remove_all_keeps_only_what_follows_the_marker() -> None:
+    history = [user("a", "1"), user("b", "2")]
+    merged = add_messages(history, [user("x", "9"), RemoveMessage(REMOVE_ALL_MESSAGES), user("fresh", "10")])
+    assert merged == [user("fresh", "10")]
+
+
+@pytest.mark.parametrize("bad", [5, ["ok", 3], {"type": "remove"}, {"role": "user", "content": "x", "id": 7}])
+def test_add_messages_refuses_what_is_not_a_message(bad: Any) -> None:
+    with pytest.raises(TypeError, match="add_messages"):
+        add_messages([], bad)
+
+
+# An operation on the history: ("append", content) adds a message without id, ("write", i,
+# content) writes a message with the id of the i-th message ever added (a replacement if
+# it is still there, else an append), ("remove", i) removes the i-th if it is still there.
+OPERATION = st.one_of(
+    st.tuples(st.just("append"), st.text(max_size=3)),
+    st.tuples(st.just("write"), st.integers(0, 20), st.text(max_size=3)),
+    st.tuples(st.just("remove"), st.integers(0, 20)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(OPERATION, max_size=4), max_size=8))
+def test_add_messages_keeps_ids_unique_and_order_of_first_appearance(updates: list[list[Any]]) -> None:
+    """After any sequence of appends, replacements and removals (several per update),
+    ids are unique and the history equals a model: an ordered mapping id -> content."""
+    history: list[dict[str, Any]] = []
+    model: dict[str, str] = {}  # id -> content, in order of first appearance (dict order)
+    ever: list[str] = []  # ids of every message added, for later writes and removals
+    for operations in updates:
+        batch: list[Any] = []
+        expected = dict(model)
+        for op in operations:
+            if op[0] == "append":
+                batch.append({"role": "user", "content": op[1]})
+                expected[f"new{len(batch)}"] = op[1]  # placeholder: the reducer picks the id
+            elif op[0] == "write" and op[1] < len(ever):
+                batch.append({"role": "user", "content": op[2], "id": ever[op[1]]})
+                expected[ever[op[1]]] = op[2]
+            elif op[0] == "remove" and op[1] < len(ever) and ever[op[1]] in expected:
+                batch.append(RemoveMessage(ever[op[1]]))
+                del expected[ever[op[1]]]
+        history = add_messages(history, batch)
+        ids = [m["id"] for m in history]
+        assert len(ids) == len(set(ids))
+        # Generated ids replace the placeholders, in the order the appends came.
+        fresh = iter(i for i in ids if i not in model and i not in ever)
+        model = {(next(fresh) if key.startswith("new") and key not in ever else key): content
+                 for key, content in expected.items()}
+        for i in ids:
+            if i not in ever:
+                ever.append(i)
+        assert [(m["id"], m["content"]) for m in history] == list(model.items())
+        assert json.loads(json.dumps(history)) == history

@@ -1,0 +1,108 @@
+"""``add_messages``: the chat-history reducer, on JSON message dicts in the OpenAI chat format.
+
+A message is a dict such as ``{"role": "user", "content": "hi", "id": "..."}`` (any
+other keys, e.g. ``tool_calls`` or ``tool_call_id``, are kept as they are). The
+reducer, as LangGraph's ``add_messages``:
+
+- appends messages whose ``id`` is new, in the order given;
+- replaces, in place, an existing message whose ``id`` matches (its position is kept);
+- removes an existing message for a removal marker ``{"type": "remove", "id": ID}``
+  (``RemoveMessage(ID)`` builds one); removing an id that is not there is an error;
+- drops every earlier message for ``{"type": "remove", "id": "__remove_all__"}``
+  (``RemoveMessage(REMOVE_ALL_MESSAGES)``): the result is the messages after that marker;
+- gives a message without an ``id`` a new one (``uuid4().hex``), so it can be replaced
+  or removed later; the id is stored with the message, so it stays the same in every
+  later step, checkpoint and process.
+
+Both sides may be one message or a list; a plain string is a user message
+(``{"role": "user", "content": s}``), as in LangGraph. Messages are copied, never
+changed in place, and the result is a new list of plain JSON dicts. Where LangGraph
+uses ``RemoveMessage`` objects, the marker here is a JSON dict, because state is JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, TypedDict
+
+__all__ = ["REMOVE_ALL_MESSAGES", "MessagesState", "RemoveMessage", "add_messages"]
+
+REMOVE_ALL_MESSAGES = "__remove_all__"
+
+
+def RemoveMessage(id: str) -> dict[str, str]:  # noqa: N802 - LangGraph's name, so a port is mechanical
+    """The removal marker for the message with ``id``: ``{"type": "remove", "id": id}``.
+
+    ``RemoveMessage(REMOVE_ALL_MESSAGES)`` removes every message before it.
+    """
+    if not isinstance(id, str) or not id:
+        raise TypeError(f"RemoveMessage needs the id (a non-empty str) of the message to remove, got {id!r}")
+    return {"type": "remove", "id": id}
+
+
+def _is_removal(message: Mapping[str, Any]) -> bool:
+    return message.get("type") == "remove"
+
+
+def _messages(side: str, value: Any) -> list[dict[str, Any]]:
+    """``value`` (one message, a string or a list of them) as a list of message dict copies with ids."""
+    items = value if isinstance(value, list) else [value]
+    result = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"role": "user", "content": item}
+        if not isinstance(item, dict):
+            where = f"{side}[{index}]" if isinstance(value, list) else side
+            raise TypeError(
+                f"add_messages: {where} is a {type(item).__name__}, not a message; messages are dicts in the "
+                "OpenAI chat format, e.g. {'role': 'assistant', 'content': 'hi'}"
+            )
+        message = dict(item)
+        if message.get("id") is None:
+            if _is_removal(message):
+                raise TypeError(f"add_messages: removal marker {item!r} has no id; use RemoveMessage(id)")
+            message["id"] = uuid.uuid4().hex
+        elif not isinstance(message["id"], str):
+            raise TypeError(f"add_messages: message id {message['id']!r} must be a str, got "
+                            f"{type(message['id']).__name__}")
+        result.append(message)
+    return result
+
+
+def add_messages(left: Any, right: Any) -> list[dict[str, Any]]:
+    """Merge messages ``right`` into the history ``left``; see the module docstring.
+
+    ``left`` may be None (no history yet). Raises ``TypeError`` for something that is
+    not a message, ``ValueError`` for removing an id that is not in the history.
+    """
+    history = [] if left is None else _messages("left", left)
+    updates = _messages("right", right)
+    for index in range(len(updates) - 1, -1, -1):
+        if _is_removal(updates[index]) and updates[index]["id"] == REMOVE_ALL_MESSAGES:
+            return [m for m in updates[index + 1:] if not _is_removal(m)]
+    merged = list(history)
+    position = {message["id"]: i for i, message in enumerate(merged)}
+    removed: set[str] = set()
+    for message in updates:
+        found = position.get(message["id"])
+        if _is_removal(message):
+            if found is None:
+                raise ValueError(f"add_messages: cannot remove message {message['id']!r}: no message has that id")
+            removed.add(message["id"])
+        elif found is None:
+            position[message["id"]] = len(merged)
+            merged.append(message)
+        else:
+            removed.discard(message["id"])  # removed then written again in one update: kept, as LangGraph
+            merged[found] = message
+    return [message for message in merged if message["id"] not in removed]
+
+
+class MessagesState(TypedDict):
+    """A state schema with a chat history: ``Graph(name, state_schema=MessagesState)``.
+
+    Subclass it to add keys (``class AgentState(MessagesState): summary: str``).
+    """
+
+    messages: Annotated[list[dict[str, Any]], add_messages]
