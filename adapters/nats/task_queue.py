@@ -39,7 +39,8 @@ at claim time with the reason.
 
 Idempotent enqueue. The message is published with ``Nats-Msg-Id`` = task id (dedup within
 the stream's window), then the record is created with ``create`` semantics, which holds
-for as long as the record lives (done and dead records live ``result_ttl``). A
+for as long as the record lives (done records live ``result_ttl``, dead ones until
+requeued). A
 duplicate published after the window finds the record and deletes its own message. A
 claimer that finds no record (the producer died between the two writes) creates it.
 As the port requires, a finished id is new again once its result expired, even inside
@@ -535,7 +536,9 @@ class NatsTaskQueue(TaskQueue):
         result = TaskResult(record["id"], "failed", error=reason, attempts=int(record["attempt"]))
         new = {**record, "state": "dead", "errors": errors, "reason": reason, "lease": "",
                "result": result.to_dict(), "dead_at": time.time(), "expires_at": time.time() + self.result_ttl}
-        if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=revision, ttl=self.result_ttl) is None:
+        # No TTL: the record keeps the id while the dead letter exists (``expires_at`` still
+        # ends the failed result after result_ttl, and a purged letter frees the id then).
+        if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=revision) is None:
             return False
         await self._write_dead_letter(new, task, None)
         await self._claim_index(record["node_type"], record["id"], False)
