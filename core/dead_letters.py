@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distributed_agents.core.engine import node_run
 from distributed_agents.core.errors import VersionConflictError
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
@@ -124,8 +125,8 @@ async def requeue_dead_letter(backend: Backend, task_id: str) -> RequeueOutcome:
 def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int) -> str | None:
     """Why requeueing ``letter`` would not continue ``record``'s workflow; None if it would."""
     assert letter.task is not None
-    current_run = int(record.metadata.get("run", 0))
     node = letter.task.node
+    current_run = node_run(record, node)
     if (record.status in (WorkflowStatus.FAILED, WorkflowStatus.RUNNING) and current_run == run
             and record.step == step and node in record.frontier.get("next", ())):
         return None

@@ -53,7 +53,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, StateStore, Wo
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 
-__all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "task_id_for"]
+__all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
 log = logging.getLogger("distributed_agents.engine")
 
@@ -69,6 +69,23 @@ def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
     resumed step reuses results of tasks that already finished.
     """
     return f"{workflow_id}:{run}:{step}:{node}"
+
+
+def node_run(record: WorkflowRecord, node: str) -> int:
+    """The run whose task id ``node`` uses in ``record``'s current step.
+
+    The workflow's run, unless the frontier pins an earlier one for that node
+    (``"task_runs"``): ``resume`` keeps the id of a task that may still be queued or
+    running - a dead letter requeued after the failure - so the step waits for it
+    instead of running the node a second time under a new id.
+    """
+    pinned = (record.frontier.get("task_runs") or {}).get(node)
+    return int(pinned if pinned is not None else record.metadata.get("run", 0))
+
+
+def node_task_id(record: WorkflowRecord, node: str) -> str:
+    """The task id of ``node`` in ``record``'s current step (see ``node_run``)."""
+    return task_id_for(record.workflow_id, node_run(record, node), record.step, node)
 
 
 @dataclass
@@ -217,7 +234,7 @@ class StepEngine:
             spec = graph.node(name)
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
-                node_type=spec.node_type, task_id=task_id_for(record.workflow_id, run, record.step, name),
+                node_type=spec.node_type, task_id=node_task_id(record, name),
                 state_json=state_json, retry=spec.retry, timeout=spec.timeout,
                 priority=workflow_priority + spec.priority,
             )

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import Outage, until_available
-from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError, task_id_for
+from distributed_agents.core.dead_letters import find_dead_letter
+from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError, node_run, node_task_id
 from distributed_agents.core.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -396,7 +397,7 @@ class Orchestrator:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,
                 # but the step's tasks that did succeed (also after a requeue) are.
                 old_run = int(record.metadata.get("run", 0))
-                frontier = await self._reuse_finished_tasks(record, old_run)
+                frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
             if changes:
@@ -409,19 +410,36 @@ class Orchestrator:
             raise
         return await self._drive(graph, record, lease, step_limit)
 
-    async def _reuse_finished_tasks(self, record: WorkflowRecord, run: int) -> dict[str, Any]:
-        """``record``'s frontier, with results of its step's tasks that succeeded in ``run`` as pending writes."""
+    async def _reuse_finished_tasks(self, record: WorkflowRecord) -> dict[str, Any]:
+        """``record``'s frontier for the new run of its failed or cancelled step.
+
+        A node whose task (of the run that stopped) succeeded keeps its result as a
+        pending write; one whose task failed runs under the new run's id. Of a FAILED
+        workflow, a node whose task has no result and is no dead letter keeps its task
+        id (``task_runs``): the task may be queued or running still - a dead letter
+        requeued after the failure, or a task left queued when waiting for a worker
+        timed out - and the step waits for it instead of running the node twice.
+        """
         frontier = dict(record.frontier)
         pending = dict(frontier.get("pending_writes") or {})
+        pinned: dict[str, int] = {}
         queue = self.backend.task_queue
         for node in frontier.get("next", ()):
             if node in pending:
                 continue
-            result = await queue.get_result(task_id_for(record.workflow_id, run, record.step, node))
-            if result is not None and result.status == "succeeded":
-                pending[node] = dict(result.output or {})
+            task_id = node_task_id(record, node)
+            result = await queue.get_result(task_id)
+            if result is not None:
+                if result.status == "succeeded":
+                    pending[node] = dict(result.output or {})
+                continue
+            if record.status == WorkflowStatus.FAILED and await find_dead_letter(self.backend, task_id) is None:
+                pinned[node] = node_run(record, node)
+        frontier.pop("task_runs", None)
         if pending:
             frontier["pending_writes"] = pending
+        if pinned:
+            frontier["task_runs"] = pinned
         return frontier
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:

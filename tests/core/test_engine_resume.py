@@ -355,3 +355,72 @@ def test_every_node_succeeds_exactly_once_across_failures_and_resumes(width: int
     assert successes == {name: 1 for name in names}
     assert {name: attempts[name] for name in names} == {name: failures[name] + 1 for name in names}
     assert dict(result) == {name: failures[name] + 1 for name in names}
+
+
+def test_resume_waits_for_a_requeued_task_that_has_not_run_yet() -> None:
+    """A dead letter requeued (through the port alone) but not yet run: resume waits for it, no second run."""
+    runs: Counter[str] = Counter()
+    broken = {"on": True}
+
+    def flaky(state: State) -> dict[str, Any]:
+        runs["flaky"] += 1
+        if broken["on"]:
+            raise RuntimeError("down")
+        return {"flaky": "ok"}
+
+    graph = Graph("requeued_pending").add_node("flaky", retry=None).set_entry_point("flaky")
+    graph.set_finish_point("flaky").compile()
+
+    async def scenario() -> State:
+        orchestrator = Orchestrator(local_nodes=False, wait_for_workers=True)
+        worker = Worker(capacity=1, poll_wait=0.05)
+        worker.register_node("flaky", flaky)
+        serving = asyncio.ensure_future(worker.start())
+        with pytest.raises(NodeExecutionError):
+            await orchestrator.execute(graph, {}, workflow_id="wf-rq")
+        await worker.stop(grace=1)
+        await serving
+        (letter,) = await orchestrator.backend.task_queue.dead_letters("flaky")
+        broken["on"] = False
+        assert await orchestrator.backend.task_queue.requeue_dead_letter(letter.task_id)
+        resumed = asyncio.ensure_future(orchestrator.resume("wf-rq"))
+        while (await orchestrator.get_workflow_status("wf-rq")).status != "running":
+            await asyncio.sleep(0.01)
+        worker = Worker(capacity=1, poll_wait=0.05)
+        worker.register_node("flaky", flaky)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            return await resumed
+        finally:
+            await worker.stop(grace=1)
+            await serving
+
+    assert dict(run(scenario())) == {"flaky": "ok"}
+    assert runs == {"flaky": 2}  # the failed attempt, then the requeued task - never a third run
+
+
+def test_resume_after_waiting_for_a_worker_timed_out_reuses_the_still_queued_task() -> None:
+    runs: Counter[str] = Counter()
+
+    def slow_to_come(state: State) -> dict[str, Any]:
+        runs["late"] += 1
+        return {"late": True}
+
+    graph = Graph("late_worker").add_node("late").set_entry_point("late").set_finish_point("late").compile()
+
+    async def scenario() -> State:
+        orchestrator = Orchestrator(local_nodes=False, wait_for_workers=True, worker_timeout=0.1)
+        with pytest.raises(ExecutionError, match="no live worker"):
+            await orchestrator.execute(graph, {}, workflow_id="wf-late")
+        assert (await orchestrator.get_workflow_status("wf-late")).status == "failed"
+        worker = Worker(capacity=1, poll_wait=0.05)
+        worker.register_node("late", slow_to_come)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            return await Orchestrator(local_nodes=False, wait_for_workers=True).resume("wf-late", graph)
+        finally:
+            await worker.stop(grace=1)
+            await serving
+
+    assert dict(run(scenario())) == {"late": True}
+    assert runs == {"late": 1}  # the task left queued by the failed wait, not a second one
