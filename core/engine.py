@@ -128,6 +128,12 @@ class StepEngine:
         restart) the step and its commit are retried with backoff: the step's tasks
         have deterministic ids, so a retried step reuses results of finished tasks, and
         a commit whose reply was lost is recognised rather than made twice.
+
+        Any other exception out of a step (a reducer, a condition, a commit the store
+        refuses, a bug) is recorded as FAILED first, with ``kind``, ``step``, ``phase``
+        and the culprit, then raised: a framework error as it is, anything else as an
+        ``ExecutionError`` naming it. The successful nodes' writes of a failed step are
+        kept in the record's frontier (``pending_writes``) for ``resume``.
         """
         progress = _Progress(record)
         try:
