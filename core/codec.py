@@ -52,6 +52,7 @@ def ensure_json_value(value: Any, *, where: str) -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_INT_DIGITS = 4300  # Python's default int <-> str conversion limit, which json obeys both ways
 _INT_BITS_SURELY_OK = 14_000  # below this many bits an int has fewer than 4300 digits
+_BIG_INT = 1 << _INT_BITS_SURELY_OK
 _CONVERT = {dict: "dict(...)", list: "list(...)", str: "a plain str (an enum's .value)",
             int: "int(value)", float: "float(value)"}
 
@@ -76,25 +77,24 @@ def find_non_json(value: Any) -> tuple[str, str] | None:
 
 def _find(value: Any) -> tuple[list[str], str] | None:  # noqa: C901 - one dispatch on exact types, for speed
     kind = type(value)
-    if kind is str:
-        if not value.isascii():
-            return _surrogate_problem(value)
-        return None
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str:
-                return [f".<key {key!r}>"], (
-                    f"dict key {key!r} ({type(key).__name__}) is not a str (JSON would turn it into "
-                    f"{_json_key(key)}); use string keys")
-            if not key.isascii():
-                bad = _surrogate_problem(key)
+            if type(key) is not str or not key.isascii():
+                bad = _key_problem(key)
                 if bad is not None:
-                    return [f".<key {key!r}>"], "dict key " + bad[1]
-            item_kind = type(item)
-            if item_kind is str:
+                    return [f".<key {key!r}>"], bad
+            # The common leaves are settled here, without a call.
+            kind = type(item)
+            if kind is str:
                 if item.isascii():
                     continue
-            elif item_kind is bool or item is None:
+            elif kind is int:
+                if -_BIG_INT < item < _BIG_INT:
+                    continue
+            elif kind is float:
+                if item - item == 0.0:  # finite: inf - inf and nan - nan are nan
+                    continue
+            elif kind is bool or item is None:
                 continue
             found = _find(item)
             if found is not None:
@@ -103,16 +103,26 @@ def _find(value: Any) -> tuple[list[str], str] | None:  # noqa: C901 - one dispa
         return None
     if kind is list:
         for index, item in enumerate(value):
-            item_kind = type(item)
-            if item_kind is str:
+            kind = type(item)
+            if kind is str:
                 if item.isascii():
                     continue
-            elif item_kind is bool or item is None:
+            elif kind is int:
+                if -_BIG_INT < item < _BIG_INT:
+                    continue
+            elif kind is float:
+                if item - item == 0.0:
+                    continue
+            elif kind is bool or item is None:
                 continue
             found = _find(item)
             if found is not None:
                 found[0].append(f"[{index}]")
                 return found
+        return None
+    if kind is str:
+        if not value.isascii():
+            return _surrogate_problem(value)
         return None
     if kind is bool or value is None:
         return None
@@ -125,6 +135,14 @@ def _find(value: Any) -> tuple[list[str], str] | None:  # noqa: C901 - one dispa
             return [], f"{value!r} is not JSON (standard parsers refuse NaN and Infinity); use None or a str"
         return None
     return [], _describe_foreign(value)
+
+
+def _key_problem(key: Any) -> str | None:
+    if type(key) is not str:
+        return (f"dict key {key!r} ({type(key).__name__}) is not a str (JSON would turn it into "
+                f"{_json_key(key)}); use string keys")
+    bad = _surrogate_problem(key)
+    return None if bad is None else "dict key " + bad[1]
 
 
 def _surrogate_problem(text: str) -> tuple[list[str], str] | None:
