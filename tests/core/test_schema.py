@@ -7,6 +7,7 @@ dict state unchanged. All on the memory backend through the real engine.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import operator
 from typing import Annotated, Any, Literal, Optional, TypedDict
@@ -337,3 +338,46 @@ def test_input_type_checks_accept_exactly_the_values_of_the_declared_type(which:
         assert exc.key == "key" and "'prop'" in str(exc)
         accepted = False
     assert accepted == accepts(value)
+
+
+# -- takeover ----------------------------------------------------------------------------
+
+
+def test_a_taken_over_typed_workflow_keeps_its_reducers_and_output_filter() -> None:
+    """Orchestrator A stops mid-workflow; B, which registered the same typed graph, takes it
+    over: the schema's operator.add reducer keeps merging and B returns the output schema's keys."""
+
+    def typed_graph(gate: Any) -> Graph:
+        graph = Graph("typed_takeover", state_schema=Overall, output_schema=Answer)
+        graph.add_node("think", lambda s: {"scratch": ["one"]}).add_node("gate", gate)
+        graph.add_node("reply", lambda s: {"answer": ",".join(s["scratch"]), "scratch": ["three"]})
+        return graph.set_entry_point("think").add_edge("think", "gate").add_edge("gate", "reply") \
+            .set_finish_point("reply").compile()
+
+    async def scenario() -> tuple[list[str], State, dict[str, Any]]:
+        started = asyncio.Event()
+
+        async def blocked_gate(state: State) -> dict[str, Any]:
+            started.set()
+            await asyncio.Event().wait()  # never returns: A stops while this step runs
+            return {}
+
+        a = Orchestrator()
+        running = asyncio.ensure_future(a.execute(typed_graph(blocked_gate), {"question": "q"}, workflow_id="wf-tk"))
+        await started.wait()
+        await a.close()  # stops driving; the workflow stays running and resumable
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        b = Orchestrator()
+        b.register_graph(typed_graph(lambda s: {"scratch": ["two"]}))
+        taken = await b.recover_workflows()
+        result = await b.wait("wf-tk", timeout=20)
+        record = await b.backend.state_store.get("wf-tk")
+        assert record is not None
+        await b.close()
+        return taken, result, dict(record.state)
+
+    taken, result, stored = run(scenario())
+    assert taken == ["wf-tk"]
+    assert dict(result) == {"answer": "one,two"}
+    assert stored["scratch"] == ["one", "two", "three"]
