@@ -392,6 +392,10 @@ class Orchestrator:
             if changed:
                 log.warning("workflow %r migrated to a new graph version: %s", workflow_id, changed)
                 metadata["previous_graph"] = dict(record.graph or {})
+                # The new version's output schema decides what the workflow returns.
+                metadata.pop(OUTPUT_KEYS, None)
+                if graph.schema is not None:
+                    metadata[OUTPUT_KEYS] = graph.schema.output_keys
                 changes["graph"] = fingerprint
             if record.status != WorkflowStatus.RUNNING:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,

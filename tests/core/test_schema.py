@@ -381,3 +381,25 @@ def test_a_taken_over_typed_workflow_keeps_its_reducers_and_output_filter() -> N
     assert taken == ["wf-tk"]
     assert dict(result) == {"answer": "one,two"}
     assert stored["scratch"] == ["one", "two", "three"]
+
+
+def test_a_workflow_migrated_to_another_graph_version_returns_that_versions_output_keys() -> None:
+    class Outline(TypedDict):
+        question: str
+        answer: str
+        scratch: Annotated[list[str], operator.add]
+        outline: str
+
+    def broken(state: State) -> dict[str, Any]:
+        raise RuntimeError("not yet")
+
+    old = single(Graph("migrating", state_schema=Overall, output_schema=Answer), broken, name="reply")
+    new = single(Graph("migrating", state_schema=Outline), lambda s: {"answer": "a", "outline": "o"}, name="reply")
+
+    async def scenario() -> State:
+        orchestrator = Orchestrator()
+        with pytest.raises(Exception, match="not yet"):
+            await orchestrator.execute(old, {"question": "q"}, workflow_id="wf-migrate")
+        return await Orchestrator().resume("wf-migrate", new, allow_graph_change=True)
+
+    assert dict(run(scenario())) == {"question": "q", "answer": "a", "scratch": [], "outline": "o"}
