@@ -155,6 +155,14 @@ async def check_overlapping_subscriptions_get_one_copy_each(session: Session) ->
                      [n for channel, n in sent if channel_matches(name, channel)])
                     for index, (name, subscription) in enumerate(zip(names, subs))], session, "message_bus.overlap")
     await subs[0].close()
+
+    async def publish_soon() -> None:
+        await asyncio.sleep(session.slack)
+        await bus.publish("ev.a", {"n": 5})
+
+    # get() without a timeout waits for the next message.
+    waited, _ = await asyncio.gather(asyncio.wait_for(subs[1].get(), session.requirements.delivery_timeout), publish_soon())
+    expect(waited is not None and waited.data.get("n") == 5, "message_bus.fanout", f"get() without a timeout returned {waited!r}")
     await bus.publish("ev.a", {"n": 4})
     await _exactly([("the second 'ev.a' subscription after the first was closed", subs[1], [4])], session, "message_bus.overlap")
 

@@ -297,3 +297,23 @@ async def check_state_ttl_covers_checkpoints(session: Session) -> None:
     expect(await store.acquire_lease("w1", "other", 30.0) is not None, clause, "w1's lease outlived its record")
     expect(await store.list_checkpoints("w1") == [], clause, "w1's checkpoints outlived its record")
     expect(await store.get("w1") is None, clause, f"w1 is still stored {ttl}s after its last save")
+
+
+@conformance_check(PORT, ("state_store.lease",))
+async def check_renewal_moves_the_deadline(session: Session) -> None:
+    """renew_lease(ttl) holds the lease past its first deadline, until the renewed one."""
+    store = (await session.open()).state_store
+    short = session.short
+    lease = await store.acquire_lease("w1", "a", short)
+    assert lease is not None
+    started = monotonic()
+    renewed = await store.renew_lease(lease, short * 3)
+    finished = monotonic()
+    await sleep_past(short, session.slack)
+    if monotonic() < started + short * 3 - session.slack:
+        expect(await store.acquire_lease("w1", "b", 30.0) is None, "state_store.lease",
+               f"a lease renewed for {short * 3}s was free again after its first {short}s")
+    await asyncio.sleep(max(0.0, finished + short * 3 + session.slack - monotonic()))
+    taken = await store.acquire_lease("w1", "b", 30.0)
+    expect(taken is not None, "state_store.lease", f"a lease renewed for {short * 3}s was still held after that")
+    del renewed

@@ -481,7 +481,7 @@ async def check_node_types_are_exact(session: Session) -> None:
            "a claim of node types with no ready task returned one of a similarly named type")
 
 
-@conformance_check(PORT, ("task_queue.idempotent-enqueue",))
+@conformance_check(PORT, ("task_queue.idempotent-enqueue", "task_queue.cancel"))
 async def check_enqueue_known_id_in_every_state(session: Session) -> None:
     """An id that is delayed, cancelled or queued under another type/priority cannot be enqueued again."""
     queue = (await session.open()).task_queue
@@ -496,6 +496,9 @@ async def check_enqueue_known_id_in_every_state(session: Session) -> None:
     stats = await queue.stats("alpha")
     expect((stats.queued, stats.in_flight) == (1, 0), clause, f"after re-enqueuing delayed t1 stats are {stats}")
     expect(await claim_ids(queue, ["alpha"]) == [], clause, "re-enqueue of delayed t1 made it claimable before its delay")
+    expect(await queue.cancel("t1") is True, "task_queue.cancel", "cancel of a delayed (queued, not claimed) task returned False")
+    stats = await queue.stats("alpha")
+    expect(stats.queued == 0, "task_queue.cancel", f"after cancelling delayed t1 stats are {stats}")
     await queue.enqueue(make_task("t2"))
     expect(await queue.cancel("t2") is True, "task_queue.cancel", "cancel of a queued task returned False")
     expect(await queue.enqueue(make_task("t2")) is False, clause, "re-enqueue of cancelled t2 (within result_ttl) returned True")
@@ -611,3 +614,55 @@ async def check_dead_letters_listing(session: Session) -> None:
     stats = await queue.stats("alpha")
     expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, len(alphas)), "task_queue.stats",
            f"stats('alpha') with {len(alphas)} dead letters is {stats}")
+
+
+@conformance_check(PORT, ("task_queue.lease-expiry", "task_queue.lease-extension"))
+async def check_default_lease_is_visibility_timeout(session: Session) -> None:
+    """claim() and extend() without a length use visibility_timeout: a short one ends, an extension holds."""
+    backend = await session.open(visibility_timeout=session.short)
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    await queue.enqueue(make_task("t1"))
+    await queue.enqueue(make_task("t2"))
+    started = monotonic()
+    first, second = await queue.claim(["alpha"], worker_id="w1", max_tasks=2)
+    window = Window.after(started, monotonic(), session.short, session.slack)
+    extended = await queue.extend(second)  # default: another visibility_timeout from now
+    expect(extended.deadline > second.deadline - session.slack, "task_queue.lease-extension",
+           f"extend() without seconds moved the deadline back from {second.deadline} to {extended.deadline}")
+    await asyncio.sleep(max(0.0, window.latest - monotonic()))
+    again = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
+    expect([c.task.id for c in again][:1] == [first.task.id], "task_queue.lease-expiry",
+           f"a claim without lease_seconds on a queue with visibility_timeout={session.short}s was not delivered again "
+           f"after it: claim returned {[c.task.id for c in again]}")
+    del extended
+
+
+@conformance_check(PORT, ("task_queue.ack-result", "task_queue.dead-letter"))
+async def check_wait_results_wakes(session: Session) -> None:
+    """wait_results returns a result stored during the wait (ack, or dead letter), and {} after its timeout."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    wait = session.requirements.delivery_timeout
+    await queue.enqueue(make_task("t1"))
+    await queue.enqueue(make_task("t2", max_attempts=1))
+    c1, c2 = await claim_ids(queue, ["alpha"], max_tasks=2)
+    expect(await queue.wait_results(["t1", "t2"], timeout=session.short) == {}, "task_queue.ack-result",
+           "wait_results reported a result for tasks still running")
+
+    async def settle_soon() -> None:
+        await asyncio.sleep(session.short)
+        await queue.ack(c1, {"v": 1})
+
+    got, _ = await asyncio.gather(other.task_queue.wait_results(["t1", "t2"], timeout=wait), settle_soon())
+    expect(set(got) == {"t1"} and got["t1"].status == "succeeded", "task_queue.ack-result",
+           f"wait_results(timeout={wait}) returned {sorted(got)} although t1 was acked {session.short}s into the wait")
+
+    async def fail_soon() -> None:
+        await asyncio.sleep(session.short)
+        await queue.nack(c2, "fatal")
+
+    got, _ = await asyncio.gather(other.task_queue.wait_results(["t2"], timeout=wait), fail_soon())
+    expect(set(got) == {"t2"} and got["t2"].status == "failed", "task_queue.dead-letter",
+           f"wait_results(timeout={wait}) returned {got} although t2 was dead-lettered {session.short}s into the wait")
