@@ -38,11 +38,14 @@ from distributed_agents.core.executors import TaskQueueExecutor
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core import history
+from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.state import State, check_values
-from distributed_agents.core.status import WorkflowStatusInfo
+from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
+from distributed_agents.core.sync_api import SyncOrchestrator, run_sync
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
@@ -153,6 +156,7 @@ class Orchestrator:
         self._graphs: dict[str, Graph] = {}  # by name: the latest given
         self._graph_versions: dict[tuple[str, str], Graph] = {}  # by (name, fingerprint sha256)
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
+        self._background: set[asyncio.Future[State]] = set()  # workflows submit() drives
         self._waiting: dict[str, str] = {}
         self._events: EventPublisher | None = None
         self._connected = False
@@ -186,9 +190,10 @@ class Orchestrator:
             with contextlib.suppress(BaseException):
                 await self._recovery
             self._recovery = None
-        for task in list(self._running.values()):
+        tasks: list[asyncio.Future[Any]] = [*self._running.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        for task in list(self._running.values()):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._events is not None:
@@ -259,6 +264,7 @@ class Orchestrator:
         workflow_id: str | None = None,
         step_limit: int | None = None,
         priority: int = 0,
+        from_checkpoint: str | None = None,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
 
@@ -273,7 +279,71 @@ class Orchestrator:
         ``ConfigurationError``) overrides the orchestrator's limit for this workflow.
         Conditional edges from ``START`` route ``initial_state`` before the workflow is
         stored; if one fails, its ``ExecutionError`` is raised and nothing is stored.
+
+        ``from_checkpoint`` (a checkpoint id, as ``get_state_history`` gives it) runs a
+        fork instead: a new workflow (``workflow_id``, default a fresh id) starts from
+        that past checkpoint, leaving the original's history as it was (see ``fork``);
+        ``initial_state`` must then be None, and ``priority`` 0 keeps the original's.
         """
+        record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
+                                          priority=priority, from_checkpoint=from_checkpoint)
+        return await self._drive(graph, record, lease, step_limit)
+
+    async def submit(
+        self,
+        graph: Graph,
+        initial_state: Mapping[str, Any] | State | None = None,
+        *,
+        workflow_id: str | None = None,
+        step_limit: int | None = None,
+        priority: int = 0,
+        from_checkpoint: str | None = None,
+    ) -> str:
+        """Start a workflow as ``execute`` does and return its id once it is stored.
+
+        The workflow runs in the background of this orchestrator (until ``close``;
+        another orchestrator with ``recover`` then takes it over). ``wait``,
+        ``get_result``, ``get_workflow_status``, ``get_state`` and ``cancel_workflow``
+        take the id, in this process or any other on the same backend. Errors before
+        the workflow is stored (a bad argument, a failing entry condition) are raised
+        here; later ones are recorded in its status.
+        """
+        record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
+                                          priority=priority, from_checkpoint=from_checkpoint)
+        task = asyncio.ensure_future(self._drive(graph, record, lease, step_limit))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_ignore_outcome)
+        return record.workflow_id
+
+    def invoke(self, graph: Graph, initial_state: Mapping[str, Any] | State | None = None, **options: Any) -> State:
+        """``execute`` for code that is not async (scripts, notebooks without a running loop).
+
+        Runs its own event loop and closes this orchestrator's connections before
+        returning, so every call stands alone. ``ExecutionError`` if called where an
+        event loop is running (use ``await execute(...)`` there). ``sync`` offers every
+        other method the same way.
+        """
+        return run_sync(self, "invoke()", lambda: self.execute(graph, initial_state, **options))
+
+    execute_sync = invoke
+
+    @property
+    def sync(self) -> SyncOrchestrator:
+        """This orchestrator's methods as plain blocking calls (``orchestrator.sync.get_state(id)``)."""
+        return SyncOrchestrator(self)
+
+    async def _start(
+        self,
+        graph: Graph,
+        initial_state: Mapping[str, Any] | State | None,
+        *,
+        workflow_id: str | None,
+        step_limit: int | None,
+        priority: int,
+        from_checkpoint: str | None,
+    ) -> tuple[WorkflowRecord, WorkflowLease]:
+        """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes."""
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
         _check_step_limit(step_limit)
@@ -281,6 +351,13 @@ class Orchestrator:
             raise ConfigurationError(
                 f"execute(priority={priority!r}): priority must be an int between {-MAX_PRIORITY} and {MAX_PRIORITY}"
             )
+        if from_checkpoint is not None:
+            if initial_state is not None and (not isinstance(initial_state, Mapping) or initial_state):
+                raise ConfigurationError(
+                    f"execute(from_checkpoint={from_checkpoint!r}) starts from that checkpoint's state: pass no "
+                    "initial_state; to change the state first, fork() it, update_state() the fork, then resume()"
+                )
+            return await self._fork(from_checkpoint, graph, workflow_id, WorkflowStatus.RUNNING, priority)
         if isinstance(initial_state, State):
             values = initial_state.values_copy()
             workflow_id = workflow_id or initial_state.workflow_id
@@ -297,7 +374,6 @@ class Orchestrator:
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
         self._remember(graph)
-        lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
@@ -305,14 +381,24 @@ class Orchestrator:
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
+        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier))
+        self._publisher().emit(workflow_id, "workflow.started", step=0, graph=graph.name)
+        return record, lease
+
+    async def _create(self, record: WorkflowRecord, checkpoint: Checkpoint) -> tuple[WorkflowRecord, WorkflowLease]:
+        """Store a new workflow ``record`` with its first ``checkpoint`` under a lease for this orchestrator.
+
+        Retried through backend outages; ``WorkflowExistsError`` if the id is taken.
+        """
+        workflow_id = record.workflow_id
+        lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         attempts = 0
 
         async def create() -> WorkflowRecord:
             nonlocal attempts
             attempts += 1
             return await self.backend.state_store.save(
-                record, expected_version=0, checkpoint=Checkpoint(workflow_id, 0, values, frontier),
-                fencing_token=lease.fencing_token,
+                record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token,
             )
 
         try:
@@ -329,8 +415,120 @@ class Orchestrator:
         except BaseException:
             await self._release(lease)
             raise
-        self._publisher().emit(workflow_id, "workflow.started", step=0, graph=graph.name)
-        return await self._drive(graph, record, lease, step_limit)
+        return record, lease
+
+    async def _fork(
+        self, checkpoint: str, graph: Graph | None, workflow_id: str | None, status: str, priority: int
+    ) -> tuple[WorkflowRecord, WorkflowLease]:
+        """Store a new workflow forked from ``checkpoint`` (see ``history.plan_fork``), leased to this orchestrator."""
+        new_id = validate_workflow_id(workflow_id or State().workflow_id)
+        await self.connect()
+        source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.url)
+        graph = self._history_graph(source, graph, f"fork of checkpoint {checkpoint!r}")
+        metadata = {"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {})}
+        record, first = history.plan_fork(graph, source, past, new_id, status=status, metadata=metadata)
+        check_commit_size(new_id, record.step, record.state, {**record.to_dict(), "state": None}, None,
+                          self.backend.max_payload_bytes)
+        record, lease = await self._create(record, first)
+        if record.status == WorkflowStatus.RUNNING:
+            self._publisher().emit(new_id, "workflow.started", step=record.step, graph=graph.name, forked_from=checkpoint)
+        return record, lease
+
+    def _history_graph(self, record: WorkflowRecord, graph: Graph | None, call: str) -> Graph:
+        """``graph`` (default: the known graph of ``record``), checked to be the one ``record`` was started with."""
+        graph = graph or self._known_graph(record)
+        if graph is None:
+            raise ConfigurationError(f"{call} needs the graph {record.graph_name!r}: pass it as graph=")
+        if not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
+        changed = graph_mismatch(record, graph.fingerprint())
+        if changed:
+            raise ConfigurationError(f"{call}: {changed}; pass the graph it was started with")
+        self._remember(graph)
+        return graph
+
+    async def fork(self, checkpoint_id: str, *, workflow_id: str | None = None, graph: Graph | None = None) -> str:
+        """Copy a past checkpoint into a new workflow, without running it; the new workflow's id.
+
+        The fork (``workflow_id``, default a fresh id) starts with the checkpoint's
+        state, step and next nodes, status ``pending`` (``completed`` if the
+        checkpoint had nothing left to run); ``update_state`` may change it, then
+        ``resume`` runs it. The original's history is left as it was; the fork's
+        first snapshot names the checkpoint as its parent, and its status record
+        ``metadata["forked_from"]``. ``graph`` defaults to the known graph of the
+        original and must be the version it was started with (``ConfigurationError``).
+        ``WorkflowNotFoundError`` if the checkpoint is not stored, ``WorkflowExistsError``
+        if ``workflow_id`` is taken.
+        """
+        record, lease = await self._fork(checkpoint_id, graph, workflow_id, WorkflowStatus.PENDING, 0)
+        await self._release(lease)
+        return record.workflow_id
+
+    async def get_state(self, workflow_id: str) -> StateSnapshot:
+        """The workflow's latest ``StateSnapshot`` (values, next nodes, step, checkpoint ids, status).
+
+        ``WorkflowNotFoundError`` if it is unknown.
+        """
+        await self.connect()
+        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.url)
+
+    async def get_state_history(
+        self, workflow_id: str, *, limit: int | None = None, before: str | int | None = None
+    ) -> list[StateSnapshot]:
+        """The workflow's snapshots, one per checkpoint, newest first.
+
+        ``limit`` bounds how many; ``before`` (a checkpoint id of this workflow, or a
+        step number) returns only older ones: pass the last snapshot's
+        ``checkpoint_id`` to read the next page. A fork's history starts at the
+        checkpoint it was forked from (its ``parent_checkpoint_id`` names it).
+        """
+        await self.connect()
+        return await history.read_history(self.backend.state_store, workflow_id, limit=limit, before=before,
+                                          where=self.backend.url)
+
+    async def update_state(
+        self, workflow_id: str, values: Mapping[str, Any], *, as_node: str | None = None, graph: Graph | None = None
+    ) -> StateSnapshot:
+        """Write ``values`` as if node ``as_node`` had returned them; the new latest snapshot.
+
+        The update merges through the graph's reducers in a new checkpoint, and the
+        next nodes become those the graph routes after ``as_node`` on the new state
+        (``as_node=START``: the entry points); ``resume`` then continues from there.
+        ``as_node`` defaults to the one node that wrote in the last step. A workflow
+        that is not running becomes ``pending`` (``completed`` if nothing is left to
+        run); a failed one loses its error. Refused with ``ExecutionError`` while an
+        orchestrator drives the workflow (its lease is held): cancel it first, or
+        wait for it. ``graph`` defaults to the known graph of the workflow. See
+        ``history.plan_update`` for the errors a bad update raises (nothing is written).
+        """
+        await self.connect()
+        call = f"update_state({workflow_id!r})"
+        store = self.backend.state_store
+        record = await store.get(workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+        graph = self._history_graph(record, graph, call)
+        # This orchestrator's own lease would be granted again: ask the running table first.
+        lease = None if workflow_id in self._running else await store.acquire_lease(
+            workflow_id, self.orchestrator_id, self.lease_ttl)
+        if lease is None:
+            who = "this" if workflow_id in self._running else "another"
+            raise ExecutionError(
+                f"{call}: workflow {workflow_id!r} is being run by {who} orchestrator (its lease is held), and its "
+                "state cannot change under a running step; cancel_workflow() it first, or wait until it finishes "
+                "(or its lease expires, if that process died)"
+            )
+        try:
+            record = await store.get(workflow_id)  # re-read under the lease
+            assert record is not None
+            last = await store.list_checkpoints(workflow_id, limit=1)
+            updated, checkpoint = await history.plan_update(graph, record, values, as_node, last[0] if last else None,
+                                                            self.backend.max_payload_bytes)
+            saved = await store.save(updated, expected_version=record.version, checkpoint=checkpoint,
+                                     fencing_token=lease.fencing_token)
+        finally:
+            await self._release(lease)
+        return history.snapshot_of(checkpoint, saved)
 
     async def resume(
         self,
@@ -642,13 +840,22 @@ class Orchestrator:
             raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled")
         raise ExecutionError(f"workflow {workflow_id!r} is still {status.status} (step {status.step})")
 
-    async def list_workflows(self, status: str | None = None) -> list[WorkflowStatusInfo]:
-        """Workflows in the backend, oldest first; ``status`` filters (e.g. ``"running"``)."""
-        if status is not None and status not in WorkflowStatus.ALL:
-            raise ConfigurationError(f"unknown status {status!r}; use one of {sorted(WorkflowStatus.ALL)}")
+    async def list_workflows(
+        self, status: str | None = None, *, graph: str | Graph | None = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> list[WorkflowStatusInfo]:
+        """Workflows in the backend, oldest first (ties by id).
+
+        ``status`` filters by one status (e.g. ``"running"``) or ``"active"`` (pending
+        or running: not yet completed, failed or cancelled); ``graph`` by graph name
+        (or a ``Graph``). ``limit`` (an int >= 1) bounds the page; pass the last
+        item's ``cursor`` to get the next page (see ``status.page_workflows``).
+        """
+        wanted = status_filter(status, graph, limit)
         await self.connect()
-        records = await self.backend.state_store.list_workflows(status)
-        return [WorkflowStatusInfo.from_record(r, waiting_for=self._waiting.get(r.workflow_id)) for r in records]
+        records = await self.backend.state_store.list_workflows(wanted)
+        infos = [WorkflowStatusInfo.from_record(r, waiting_for=self._waiting.get(r.workflow_id)) for r in records]
+        return page_workflows(infos, status=status, graph=graph, limit=limit, cursor=cursor)
 
     async def cancel_workflow(self, workflow_id: str) -> bool:
         """Cancel a running workflow; False if it already finished.

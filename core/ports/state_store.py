@@ -129,7 +129,10 @@ class Checkpoint:
 
     ``state`` is the full state after the step; ``frontier`` what the next step runs
     (so a resumed workflow knows its pending tasks); ``writes`` maps each node that ran
-    in the step to the updates it returned.
+    in the step to the updates it returned. ``metadata`` (JSON, empty for a step the
+    engine ran) says how a checkpoint written otherwise came about, e.g.
+    ``{"source": "update", "as_node": ...}`` or ``{"source": "fork", "parent": ...}``
+    (see ``core.history``); a store keeps it like every other field.
     """
 
     workflow_id: str
@@ -138,6 +141,7 @@ class Checkpoint:
     frontier: Mapping[str, Any] = field(default_factory=dict)
     writes: Mapping[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the checkpoint."""
@@ -148,6 +152,7 @@ class Checkpoint:
             "frontier": dict(self.frontier),
             "writes": dict(self.writes),
             "created_at": self.created_at,
+            "metadata": dict(self.metadata),
         }
 
     @classmethod
@@ -160,6 +165,7 @@ class Checkpoint:
             frontier=data.get("frontier") or {},
             writes=data.get("writes") or {},
             created_at=float(data.get("created_at", 0.0)),
+            metadata=data.get("metadata") or {},
         )
 
 

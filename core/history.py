@@ -1,0 +1,324 @@
+"""State history and time travel: snapshots of checkpoints, ``update_state`` and forks.
+
+Every commit of a workflow stores a ``Checkpoint``; this module reads them back as
+``StateSnapshot``s (the shape LangGraph users know) and writes the two kinds of
+checkpoint the engine's step loop does not:
+
+* an **update** (``Orchestrator.update_state``): values merged through the graph's
+  reducers as if node ``as_node`` had returned them, in a new step; the next nodes are
+  what the graph routes after ``as_node`` on the merged state (``Graph.route``), so a
+  later ``resume`` continues from there;
+* a **fork** (``Orchestrator.fork`` / ``execute(from_checkpoint=)``): a new workflow
+  whose first checkpoint copies a past checkpoint of another workflow (state, step,
+  next nodes, join progress); the original's history is left as it was.
+
+Checkpoint ids are ``"<workflow_id>:<step>"``: a workflow commits each step number at
+most once and its steps are consecutive (every commit, update included, is the
+previous step plus one), so the pair names one checkpoint across every backend
+without storing an id, and an id alone says which workflow to read. The parent of
+checkpoint ``w:s`` is ``w:s-1``, except for a workflow's first checkpoint: none for
+step 0 of ``execute``, the source checkpoint for a fork (``metadata["parent"]``).
+
+A checkpoint's ``metadata["source"]`` says how it came about: ``input`` (step 0,
+written by ``execute``), ``loop`` (a step the engine ran), ``update`` or ``fork``.
+Checkpoints written before the field existed read as ``input``/``loop`` by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+from distributed_agents.core.graph import START, Graph
+from distributed_agents.core.limits import check_commit_size
+from distributed_agents.core.merge import merge_updates
+from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.state import State, check_values
+
+__all__ = [
+    "StateSnapshot",
+    "checkpoint_id",
+    "parse_checkpoint_id",
+    "plan_fork",
+    "plan_update",
+    "read_checkpoint",
+    "read_history",
+    "read_state",
+    "snapshot_of",
+]
+
+
+def checkpoint_id(workflow_id: str, step: int) -> str:
+    """The id of the checkpoint of ``workflow_id`` after ``step`` committed steps."""
+    return f"{workflow_id}:{step}"
+
+
+def parse_checkpoint_id(text: str) -> tuple[str, int]:
+    """``(workflow_id, step)`` of a checkpoint id; ``ConfigurationError`` if it is not one."""
+    if isinstance(text, str):
+        workflow_id, separator, step = text.rpartition(":")
+        if separator and workflow_id and step.isascii() and step.isdigit():
+            return workflow_id, int(step)
+    raise ConfigurationError(
+        f"checkpoint id {text!r} is not of the form '<workflow_id>:<step>'; use a StateSnapshot's "
+        "checkpoint_id, as get_state() or get_state_history() return it"
+    )
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """A workflow's state at one checkpoint.
+
+    ``values`` is the full state after ``step`` committed steps; ``next`` the nodes the
+    next step runs (empty: nothing left to run); ``checkpoint_id`` is
+    ``"<workflow_id>:<step>"`` and ``parent_checkpoint_id`` the checkpoint it followed
+    (None for a workflow's first; for a fork, a checkpoint of the workflow it was
+    forked from). ``created_at`` is when it was committed (``time.time()`` seconds).
+    ``metadata`` holds ``source`` (``input``, ``loop``, ``update`` or ``fork``), ``step``
+    and ``writes`` (each node that ran in the step -> the updates it returned), plus
+    ``as_node`` for an update and ``parent`` for a fork. ``interrupts`` is always empty
+    (no node can interrupt a workflow yet). ``status`` and ``error`` are the workflow's
+    (as ``get_workflow_status`` reports them) on its latest checkpoint, None on older ones.
+    """
+
+    workflow_id: str
+    values: Mapping[str, Any]
+    next: tuple[str, ...]
+    step: int
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    created_at: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    interrupts: tuple[Any, ...] = ()
+    status: str | None = None
+    error: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape."""
+        return {
+            "workflow_id": self.workflow_id,
+            "values": dict(self.values),
+            "next": list(self.next),
+            "step": self.step,
+            "checkpoint_id": self.checkpoint_id,
+            "parent_checkpoint_id": self.parent_checkpoint_id,
+            "created_at": self.created_at,
+            "metadata": dict(self.metadata),
+            "interrupts": list(self.interrupts),
+            "status": self.status,
+            "error": None if self.error is None else dict(self.error),
+        }
+
+
+def _source(checkpoint: Checkpoint) -> str:
+    source = checkpoint.metadata.get("source")
+    if isinstance(source, str):
+        return source
+    return "input" if checkpoint.step == 0 else "loop"
+
+
+def _parent(checkpoint: Checkpoint) -> str | None:
+    parent = checkpoint.metadata.get("parent")
+    if isinstance(parent, str):
+        return parent
+    return None if checkpoint.step == 0 else checkpoint_id(checkpoint.workflow_id, checkpoint.step - 1)
+
+
+def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) -> StateSnapshot:
+    """The snapshot of ``checkpoint``; pass the workflow's ``record`` if it is the latest.
+
+    With ``record`` (at the checkpoint's step) the snapshot carries the workflow's
+    status and error, and its values and next nodes are the record's.
+    """
+    latest = record is not None and record.step == checkpoint.step
+    values = record.state if latest and record is not None else checkpoint.state
+    frontier = record.frontier if latest and record is not None else checkpoint.frontier
+    metadata = {**checkpoint.metadata, "source": _source(checkpoint), "step": checkpoint.step,
+                "writes": dict(checkpoint.writes)}
+    return StateSnapshot(
+        workflow_id=checkpoint.workflow_id,
+        values=dict(values),
+        next=tuple(frontier.get("next", ())),
+        step=checkpoint.step,
+        checkpoint_id=checkpoint_id(checkpoint.workflow_id, checkpoint.step),
+        parent_checkpoint_id=_parent(checkpoint),
+        created_at=checkpoint.created_at,
+        metadata=metadata,
+        status=record.status if latest and record is not None else None,
+        error=record.error if latest and record is not None else None,
+    )
+
+
+def _not_found(workflow_id: str, where: str) -> WorkflowNotFoundError:
+    return WorkflowNotFoundError(f"no workflow {workflow_id!r} in {where!r}")
+
+
+async def read_state(store: StateStore, workflow_id: str, *, where: str) -> StateSnapshot:
+    """The latest snapshot of ``workflow_id``; ``WorkflowNotFoundError`` (naming ``where``) if unknown."""
+    record = await store.get(workflow_id)
+    if record is None:
+        raise _not_found(workflow_id, where)
+    latest = await store.list_checkpoints(workflow_id, limit=1, before=record.step + 1)
+    if latest and latest[0].step == record.step:
+        checkpoint = latest[0]
+    else:  # its checkpoint expired or was never kept: the record alone still says where it is
+        checkpoint = Checkpoint(workflow_id, record.step, record.state, record.frontier, created_at=record.updated_at)
+    return snapshot_of(checkpoint, record)
+
+
+def _before_step(workflow_id: str, before: str | int | None) -> int | None:
+    if before is None:
+        return None
+    if isinstance(before, int) and not isinstance(before, bool):
+        return before
+    if isinstance(before, str):
+        owner, step = parse_checkpoint_id(before)
+        if owner != workflow_id:
+            raise ConfigurationError(
+                f"get_state_history({workflow_id!r}, before={before!r}): that checkpoint belongs to workflow "
+                f"{owner!r}; pass a checkpoint id of {workflow_id!r} (or a step number)"
+            )
+        return step
+    raise ConfigurationError(f"before={before!r} must be a checkpoint id ('<workflow_id>:<step>') or a step number")
+
+
+async def read_history(
+    store: StateStore, workflow_id: str, *, limit: int | None, before: str | int | None, where: str
+) -> list[StateSnapshot]:
+    """Snapshots of ``workflow_id``'s checkpoints, newest first.
+
+    At most ``limit`` (an int >= 1); ``before`` (a checkpoint id of this workflow, or a
+    step number) keeps only older checkpoints, for paging. ``WorkflowNotFoundError``
+    if the workflow is unknown, ``ConfigurationError`` for a bad ``limit``/``before``.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigurationError(f"get_state_history(limit={limit!r}): limit must be an int >= 1 or None")
+    before_step = _before_step(workflow_id, before)
+    record = await store.get(workflow_id)
+    if record is None:
+        raise _not_found(workflow_id, where)
+    checkpoints = await store.list_checkpoints(workflow_id, limit=limit, before=before_step)
+    return [snapshot_of(cp, record) for cp in checkpoints]
+
+
+async def read_checkpoint(store: StateStore, checkpoint: str, *, where: str) -> tuple[WorkflowRecord, Checkpoint]:
+    """The record of the workflow a checkpoint id names, and that checkpoint.
+
+    ``WorkflowNotFoundError`` if the workflow or the checkpoint is not (or no longer)
+    stored, naming the steps that are.
+    """
+    workflow_id, step = parse_checkpoint_id(checkpoint)
+    record = await store.get(workflow_id)
+    if record is None:
+        raise WorkflowNotFoundError(f"checkpoint {checkpoint!r}: no workflow {workflow_id!r} in {where!r}")
+    found = await store.list_checkpoints(workflow_id, limit=1, before=step + 1)
+    if not found or found[0].step != step:
+        steps = [cp.step for cp in await store.list_checkpoints(workflow_id)]
+        have = f"steps {min(steps)}..{max(steps)}" if steps else "none"
+        raise WorkflowNotFoundError(
+            f"no checkpoint {checkpoint!r}: workflow {workflow_id!r} has checkpoints at {have} "
+            "(get_state_history lists them)"
+        )
+    return record, found[0]
+
+
+def _as_node(graph: Graph, record: WorkflowRecord, as_node: str | None, last: Checkpoint | None) -> str:
+    call = f"update_state({record.workflow_id!r})"
+    if as_node is None:
+        if record.step == 0:
+            return START
+        writers = sorted((last.writes if last is not None and last.step == record.step else {}).keys())
+        if len(writers) == 1:
+            return str(writers[0])
+        ran = f"nodes {', '.join(map(repr, writers))} wrote" if writers else "no node wrote"
+        raise ConfigurationError(
+            f"{call}: pass as_node= (a node of graph {graph.name!r}, or START): {ran} in the last step, "
+            "so which node the update stands for is ambiguous"
+        )
+    if as_node != START and as_node not in graph.nodes:
+        raise ConfigurationError(
+            f"{call}: as_node={as_node!r} is not a node of graph {graph.name!r}; use one of "
+            f"{', '.join(map(repr, graph.nodes))} or START"
+        )
+    return as_node
+
+
+async def plan_update(
+    graph: Graph, record: WorkflowRecord, values: Mapping[str, Any], as_node: str | None,
+    last: Checkpoint | None, payload_limit: int | None,
+) -> tuple[WorkflowRecord, Checkpoint]:
+    """The record and checkpoint that writing ``values`` as node ``as_node`` commits (not saved).
+
+    ``values`` merge into ``record``'s state through the graph's reducers
+    (``merge_updates``, as a node's updates do) in a new step; the next nodes are those
+    ``graph`` routes after ``as_node`` on the merged state (from ``START``: the entry
+    points on it), and the workflow's join progress advances as if ``as_node`` ran.
+    ``as_node`` None means the one node that wrote in the last step (``START`` before
+    any step ran). The status becomes ``completed`` when nothing is left to run,
+    stays ``running`` for a running workflow nobody drives (recovery or ``resume``
+    continues it), and is ``pending`` otherwise (``resume`` continues it); the error
+    of a failed workflow and its failed step's pending writes are dropped.
+
+    Raises ``ConfigurationError`` for a bad ``values`` or ``as_node``,
+    ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` as a step
+    would, ``PayloadTooLargeError`` over ``payload_limit`` bytes.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigurationError(
+            f"update_state({record.workflow_id!r}): values must be a dict of state updates, got {type(values).__name__}"
+        )
+    node = _as_node(graph, record, as_node, last)
+    updates = dict(values)
+    check_values(updates)
+    merged = merge_updates(record.state, [(node, updates)], graph.reducers)
+    view = State._trusted(merged, record.workflow_id)
+    joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
+    if node == START:
+        routed, new_joins = await graph.start(view), {key: list(seen) for key, seen in joins.items()}
+    else:
+        routed, new_joins = await graph.route([node], view, joins)
+    frontier = {"next": routed, "joins": new_joins}
+    if not routed:
+        status = WorkflowStatus.COMPLETED
+    elif record.status == WorkflowStatus.RUNNING:
+        status = WorkflowStatus.RUNNING
+    else:
+        status = WorkflowStatus.PENDING
+    step = record.step + 1
+    writes = {node: updates}
+    updated = record.evolve(state=merged, step=step, frontier=frontier, status=status, error=None)
+    check_commit_size(record.workflow_id, step, merged, {**updated.to_dict(), "state": None}, writes, payload_limit)
+    checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=writes,
+                            metadata={"source": "update", "as_node": node})
+    return updated, checkpoint
+
+
+def plan_fork(
+    graph: Graph, source: WorkflowRecord, checkpoint: Checkpoint, workflow_id: str, *,
+    status: str, metadata: Mapping[str, Any],
+) -> tuple[WorkflowRecord, Checkpoint]:
+    """The record and first checkpoint of a new workflow ``workflow_id`` forked from ``checkpoint``.
+
+    The fork starts with the checkpoint's state, step, next nodes and join progress
+    (a failed step's pending writes are not copied: its nodes run again), under
+    ``graph`` with ``status`` (``completed`` if the checkpoint had nothing left to run).
+    Its record's metadata is ``metadata`` plus ``forked_from`` (``workflow_id``,
+    ``checkpoint_id``) and the source's priority; its checkpoint's metadata names the
+    parent checkpoint.
+    """
+    parent = checkpoint_id(checkpoint.workflow_id, checkpoint.step)
+    frontier = {"next": list(checkpoint.frontier.get("next", ())),
+                "joins": {key: list(seen) for key, seen in checkpoint.frontier.get("joins", {}).items()}}
+    priority = source.metadata.get("priority")
+    record = WorkflowRecord(
+        workflow_id=workflow_id, graph_name=graph.name,
+        status=status if frontier["next"] else WorkflowStatus.COMPLETED,
+        state=dict(checkpoint.state), step=checkpoint.step, frontier=frontier, graph=graph.fingerprint(),
+        metadata={**({"priority": priority} if priority else {}), **metadata,
+                  "forked_from": {"workflow_id": checkpoint.workflow_id, "checkpoint_id": parent}},
+    )
+    first = Checkpoint(workflow_id, checkpoint.step, dict(checkpoint.state), frontier,
+                       metadata={"source": "fork", "parent": parent})
+    return record, first

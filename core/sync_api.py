@@ -1,0 +1,90 @@
+"""Blocking calls for code that is not async: ``Orchestrator.invoke`` and ``Orchestrator.sync``.
+
+Each call runs its own event loop (``asyncio.run``) and closes the orchestrator's
+connections before returning: backend clients belong to the loop that opened them, so
+the next call opens fresh ones. Data lives in the backend, so nothing is lost between
+calls (``memory://`` keeps its data for the whole process). Inside a running loop (an
+``async def``, a Jupyter cell) a blocking call would stall that loop; it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from distributed_agents.core.errors import ConfigurationError, ExecutionError
+
+if TYPE_CHECKING:
+    from distributed_agents.core.orchestrator import Orchestrator
+
+__all__ = ["SyncOrchestrator", "run_sync"]
+
+T = TypeVar("T")
+
+# Methods that only make sense while a loop keeps running after they return.
+_BACKGROUND_ONLY = frozenset({"submit", "connect", "close", "recover_workflows"})
+
+
+def run_sync(orchestrator: Orchestrator, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call()`` to completion in a new event loop, then close ``orchestrator``'s connections.
+
+    ``ExecutionError`` when an event loop is already running in this thread;
+    ``ConfigurationError`` when the orchestrator was given an opened ``Backend``
+    (its connections belong to another loop) instead of a URL.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise ExecutionError(
+            f"Orchestrator.{what} blocks until it is done, so it cannot run inside a running event loop (an async "
+            "function, or a Jupyter notebook cell); await the async method there instead, e.g. "
+            "`await orchestrator.execute(graph, state)`"
+        )
+    if not orchestrator._owns_backend:
+        raise ConfigurationError(
+            f"Orchestrator.{what}: this orchestrator was given an opened Backend, whose connections belong to the "
+            "event loop that opened them; give it a backend URL (backend='redis://host:6379/0') to call it "
+            "without async"
+        )
+
+    async def main() -> T:
+        try:
+            return await call()
+        finally:
+            await orchestrator.close()
+            orchestrator._backend = None  # the next call opens fresh connections in its own loop
+
+    return asyncio.run(main())
+
+
+class SyncOrchestrator:
+    """An ``Orchestrator``'s async methods as blocking calls: ``orchestrator.sync.get_state(id)``.
+
+    Every method takes the same arguments as its async original (``execute``,
+    ``resume``, ``wait``, ``get_result``, ``get_state``, ``get_state_history``,
+    ``update_state``, ``fork``, ``list_workflows``, ``cancel_workflow``, ...) and
+    returns what it returns. ``submit`` is refused: a background workflow needs a loop
+    that keeps running (use ``invoke``/``execute`` instead).
+    """
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._orchestrator, name)
+        if name in _BACKGROUND_ONLY or name.startswith("_") or not inspect.iscoroutinefunction(method):
+            raise AttributeError(
+                f"Orchestrator.sync has no {name!r}: only the orchestrator's public async methods that finish "
+                "their work before returning are offered (submit needs a running loop: use invoke)"
+            )
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run_sync(self._orchestrator, f"sync.{name}()", lambda: method(*args, **kwargs))
+
+        call.__name__ = name
+        call.__doc__ = method.__doc__
+        return call
