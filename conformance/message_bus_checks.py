@@ -128,14 +128,15 @@ async def check_publish_many_across_channels(session: Session) -> None:
     """publish_many of a batch spanning channels (and patterns) delivers like publish, in order, between publishes."""
     bus = (await session.open()).message_bus
     patterns = session.requirements.supports("pattern_subscriptions")
-    names = ["ev.a", "ev.b", "other.x"] + (["ev.*", "ev.>", "*.x", ">"] if patterns else [])
+    names = ["ev.a", "ev.b", "other.x", "ev.日本"] + (["ev.*", "ev.>", "*.x", ">", "ev.日本.>"] if patterns else [])
     subs = {name: await bus.subscribe(name) for name in names}
-    batch = [("ev.a", 1), ("ev.b", 2), ("ev.a.x", 3), ("other.x", 4), ("ev.a", 5), ("nobody.here", 6), ("ev.b", 7)]
+    batch = [("ev.a", 1), ("ev.b", 2), ("ev.a.x", 3), ("other.x", 4), ("ev.日本", 5), ("ev.a", 6), ("nobody.here", 7),
+             ("ev.日本.ü", 8), ("ev.b", 9)]
     await bus.publish("ev.a", {"n": 0})
     await bus.publish_many([(channel, {"n": n, "c": channel}) for channel, n in batch])
     await bus.publish_many([])
-    await bus.publish("ev.b", {"n": 8})
-    sent = [("ev.a", 0), *batch, ("ev.b", 8)]
+    await bus.publish("ev.b", {"n": 10})
+    sent = [("ev.a", 0), *batch, ("ev.b", 10)]
     await _exactly([(f"subscription {name!r}", subscription, [n for channel, n in sent if channel_matches(name, channel)])
                     for name, subscription in subs.items()], session, "message_bus.publish-many")
 
