@@ -76,7 +76,9 @@ def _schema_name(cls: Any) -> str:
 
 
 def _schema_label(cls: Any) -> str:
-    return f"{getattr(cls, '__module__', '?')}.{_schema_name(cls)}"
+    # The qualified name without the module: a script's classes live in "__main__" in one
+    # process and in "app" in another, and both must give the same graph fingerprint.
+    return _schema_name(cls)
 
 
 def _is_pydantic(cls: Any) -> bool:
@@ -100,11 +102,20 @@ def _kind(cls: Any) -> str:
 
 
 def _type_label(annotation: Any) -> str:
-    if annotation is type(None):
+    """A readable name without module paths (stable across processes, see ``_schema_label``)."""
+    if annotation is type(None) or annotation is None:
         return "None"
-    if isinstance(annotation, type) and not typing.get_args(annotation):
-        return annotation.__name__
-    return repr(annotation).replace("typing.", "")
+    annotation, _ = _strip_annotated(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is None or not args:
+        name = getattr(annotation, "__name__", None)
+        return str(name) if isinstance(name, str) else repr(annotation).replace("typing.", "")
+    if origin is Union or origin is types.UnionType:
+        return " | ".join(_type_label(arg) for arg in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    name = getattr(origin, "__name__", None) or repr(origin).replace("typing.", "")
+    return f"{name}[{', '.join(_type_label(arg) for arg in args)}]"
 
 
 def _strip_annotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:

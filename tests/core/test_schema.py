@@ -299,7 +299,14 @@ def test_the_spec_names_the_schema_and_its_reducers_so_the_fingerprint_changes_w
 
     spec = build(Items).spec()
     assert spec["reducers"] == {"items": "operator.add"}
-    assert spec["state_schema"]["state"].endswith("Items")
+    # Names without module paths: "__main__" in one process is "app" in another.
+    assert spec["state_schema"]["state"] == "Items"
+    assert spec["state_schema"]["input"] is None and spec["state_schema"]["output"] is None
+    nested = build(Overall).spec()["state_schema"]
+    assert nested["keys"]["scratch"]["type"] == "list[str]"
+    moved = TypedDict("Items", {"items": Annotated[list[str], operator.add], "title": str})  # type: ignore[operator]
+    moved.__module__ = "elsewhere"
+    assert build(moved).fingerprint() == build(Items).fingerprint()
     assert spec["state_schema"]["keys"]["items"] == {"type": "list[str]", "reducer": "operator.add", "default": True}
     assert build(Items).fingerprint() == build(Items).fingerprint()
     assert build(Items).fingerprint() != build(Appending).fingerprint()
