@@ -218,13 +218,20 @@ def _json_default(cls: Any, key: str, make: Callable[[], Any]) -> Callable[[], A
 
 
 def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
-    try:
-        hints = typing.get_type_hints(cls, include_extras=True)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"state schema {_schema_name(cls)!r}: its annotations cannot be resolved ({type(exc).__name__}: "
-            f"{exc}); define the types it names at module level"
-        ) from exc
+    hints: dict[str, Any]
+    if kind == "pydantic":
+        # Pydantic resolved the annotations itself (also of local classes); Annotated
+        # extras are in each field's metadata.
+        hints = {name: typing.Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+                 for name, info in cls.model_fields.items()}
+    else:
+        try:
+            hints = typing.get_type_hints(cls, include_extras=True)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"state schema {_schema_name(cls)!r}: its annotations cannot be resolved ({type(exc).__name__}: "
+                f"{exc}); define the types it names at module level"
+            ) from exc
     defaults: dict[str, Callable[[], Any]] = {}
     if kind == "dataclass":
         fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -336,3 +336,16 @@ def test_add_messages_keeps_ids_unique_and_order_of_first_appearance(updates: li
                 ever.append(i)
         assert [(m["id"], m["content"]) for m in history] == list(model.items())
         assert json.loads(json.dumps(history)) == history
+
+
+def test_add_messages_by_name_on_an_untyped_graph() -> None:
+    from support.aio import run
+
+    from distributed_agents import Orchestrator
+
+    graph = Graph("untyped_chat", reducers={"messages": "add_messages"})
+    graph.add_node("a", lambda s: {"messages": "from a"}).add_node("b", lambda s: {"messages": ["from b"]})
+    graph.set_entry_point("a").set_entry_point("b").set_finish_point("a").set_finish_point("b").compile()
+    assert graph.spec()["reducers"] == {"messages": "add_messages"}
+    result = run(Orchestrator().execute(graph, {}))
+    assert [m["content"] for m in result["messages"]] == ["from a", "from b"]

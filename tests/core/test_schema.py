@@ -78,14 +78,21 @@ def test_default_factories_give_each_workflow_a_fresh_value() -> None:
 def test_pydantic_model_defaults_reducers_and_validation() -> None:
     pydantic = pytest.importorskip("pydantic")
 
+    class Profile(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        name: str
+
     class Chat(pydantic.BaseModel):  # type: ignore[name-defined,misc]
         messages: Annotated[list[dict[str, Any]], add_messages] = []
         turns: int = 0
         topic: str
+        profile: Optional[Profile] = None  # a local class: Pydantic resolved it, and so do we
 
     graph = single(Graph("typed_pd", state_schema=Chat),
                    lambda s: {"messages": {"role": "assistant", "content": "hi"}, "turns": s["turns"] + 1})
-    result = run(Orchestrator().execute(graph, {"topic": "x", "messages": ["hello"]}))
+    result = run(Orchestrator().execute(graph, {"topic": "x", "messages": ["hello"], "profile": {"name": "ann"}}))
+    assert result["profile"] == {"name": "ann"}  # validated through Profile, stored as written
+    with pytest.raises(StateValidationError, match="'profile'"):
+        run(Orchestrator().execute(graph, {"topic": "x", "profile": {"nom": "ann"}}))
     assert [m["content"] for m in result["messages"]] == ["hello", "hi"]
     assert result["turns"] == 1 and result["topic"] == "x"
 
@@ -410,3 +417,36 @@ def test_a_workflow_migrated_to_another_graph_version_returns_that_versions_outp
         return await Orchestrator().resume("wf-migrate", new, allow_graph_change=True)
 
     assert dict(run(scenario())) == {"question": "q", "answer": "a", "scratch": [], "outline": "o"}
+
+
+def test_pydantic_input_and_output_schemas_and_input_validation() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Ask(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        question: str
+
+    class Reply(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        answer: str = ""
+
+    class Everything(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        question: str
+        answer: str = ""
+        tries: Annotated[int, operator.add] = 0
+        notes: list[str] = pydantic.Field(default_factory=list)
+
+    graph = single(Graph("pd_io", state_schema=Everything, input_schema=Ask, output_schema=Reply),
+                   lambda s: {"answer": s["question"].upper(), "tries": 1, "notes": ["done"]})
+
+    async def scenario() -> tuple[State, dict[str, Any]]:
+        orchestrator = Orchestrator()
+        result = await orchestrator.execute(graph, {"question": "hi", "tries": 5}, workflow_id="wf-pd")
+        record = await orchestrator.backend.state_store.get("wf-pd")
+        assert record is not None
+        with pytest.raises(StateValidationError, match=r"the input state gives \['not', 'text'\] for state key 'question'"):
+            await orchestrator.execute(graph, {"question": ["not", "text"]})
+        return result, dict(record.state)
+
+    result, stored = run(scenario())
+    assert dict(result) == {"answer": "HI"}
+    # "tries" is declared but not an input key: filtered out, so it starts from its default.
+    assert stored == {"question": "hi", "answer": "HI", "tries": 1, "notes": ["done"]}
