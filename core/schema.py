@@ -118,10 +118,20 @@ def _type_label(annotation: Any) -> str:
     return f"{name}[{', '.join(_type_label(arg) for arg in args)}]"
 
 
+_KEY_QUALIFIERS = frozenset({"Required", "NotRequired", "ReadOnly"})  # TypedDict wrappers, not types
+
+
 def _strip_annotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:
-    if typing.get_origin(hint) is typing.Annotated:
-        return hint.__origin__, tuple(hint.__metadata__)
-    return hint, ()
+    """The type inside ``Annotated`` (and TypedDict's ``Required``/``NotRequired``), and the metadata."""
+    metadata: tuple[Any, ...] = ()
+    while True:
+        origin = typing.get_origin(hint)
+        if origin is typing.Annotated:
+            hint, metadata = hint.__origin__, tuple(hint.__metadata__)
+        elif getattr(origin, "_name", None) in _KEY_QUALIFIERS and typing.get_args(hint):
+            hint = typing.get_args(hint)[0]
+        else:
+            return hint, metadata
 
 
 def _type_check(annotation: Any) -> Check | None:

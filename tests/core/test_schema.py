@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.aio import run
+from typing_extensions import NotRequired, Required  # in typing from Python 3.11
 
 from distributed_agents import Graph, MessagesState, Orchestrator, State, add_messages
 from distributed_agents.core.errors import ConfigurationError, ExecutionError, StateValidationError
@@ -450,3 +451,16 @@ def test_pydantic_input_and_output_schemas_and_input_validation() -> None:
     assert dict(result) == {"answer": "HI"}
     # "tries" is declared but not an input key: filtered out, so it starts from its default.
     assert stored == {"question": "hi", "answer": "HI", "tries": 1, "notes": ["done"]}
+
+
+class Partial(TypedDict, total=False):
+    tags: NotRequired[Annotated[list[str], operator.add]]
+    count: Required[int]
+
+
+def test_typeddict_required_and_not_required_wrap_the_type_and_reducer() -> None:
+    graph = single(Graph("partial", state_schema=Partial), lambda s: {"tags": ["t"], "count": s["count"] + 1})
+    assert dict(run(Orchestrator().execute(graph, {"count": 1}))) == {"count": 2, "tags": ["t"]}
+    assert graph.spec()["state_schema"]["keys"]["tags"]["type"] == "list[str]"
+    with pytest.raises(StateValidationError, match="Partial declares as int"):
+        run(Orchestrator().execute(graph, {"count": "1"}))
