@@ -550,6 +550,18 @@ class Graph:
         digest = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
         return {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
 
+    def draw_mermaid(self) -> str:
+        """The compiled graph as Mermaid flowchart text (see ``core.drawing``)."""
+        from distributed_agents.core.drawing import draw_mermaid  # drawing reads graphs: imported on use
+
+        return draw_mermaid(self)
+
+    def draw_ascii(self) -> str:
+        """The compiled graph as plain text, one block per node (see ``core.drawing``)."""
+        from distributed_agents.core.drawing import draw_ascii
+
+        return draw_ascii(self)
+
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"

@@ -1,0 +1,166 @@
+"""Drawing a compiled graph: Mermaid flowchart text and a plain-text rendering.
+
+Both read only ``Graph.spec()`` (nodes, edges, conditional edges), so what is drawn
+is exactly what the engine routes on:
+
+* a static edge ``a -> b`` is a solid arrow;
+* a conditional edge is a dashed arrow to each target it may choose, labelled with
+  the condition's key for that target (the condition's name when it returns node
+  names itself); one without declared targets may choose any node or END;
+* a join ``add_edge(["a", "b"], "c")`` is drawn as a join point that every source
+  leads into and that leads on to ``c`` (``c`` runs once all of them ran);
+* ``START`` and, when something leads there, ``END``.
+
+No external library is needed; ``draw_mermaid`` output renders wherever Mermaid does
+(GitHub, GitLab, mermaid.live, Jupyter with an extension).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from distributed_agents.core.graph import END, START
+
+__all__ = ["draw_ascii", "draw_mermaid"]
+
+
+class _Drawable(Protocol):
+    def spec(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One arrow: ``sources`` (several for a join) to ``target``."""
+
+    sources: tuple[str, ...]
+    target: str
+    kind: str  # "edge", "conditional" or "join"
+    label: str = ""
+    condition: str = ""
+
+
+def _routes(spec: Mapping[str, Any]) -> list[_Route]:
+    nodes = [node["name"] for node in spec["nodes"]]
+    routes: list[_Route] = []
+    for edge in spec["edges"]:
+        sources = tuple(edge["sources"])
+        routes.append(_Route(sources, edge["target"], "join" if len(sources) > 1 else "edge"))
+    for edge in spec["conditional_edges"]:
+        targets = edge["targets"]
+        name = str(edge["condition"])
+        if isinstance(targets, Mapping):
+            labels: dict[str, list[str]] = {}
+            for key, target in targets.items():
+                labels.setdefault(target, []).append(str(key))
+            for target, keys in labels.items():
+                routes.append(_Route((edge["source"],), target, "conditional", " / ".join(keys), name))
+        else:
+            choices = list(targets) if targets is not None else [*nodes, END]
+            for target in sorted(choices, key=lambda t: (nodes.index(t) if t in nodes else len(nodes), t)):
+                routes.append(_Route((edge["source"],), target, "conditional", "", name))
+    return list(dict.fromkeys(routes))  # a route declared twice is drawn once
+
+
+def _order(spec: Mapping[str, Any], routes: Sequence[_Route]) -> list[str]:
+    """Nodes in the order a reader follows them: breadth first from START, declaration order within."""
+    declared = [node["name"] for node in spec["nodes"]]
+    successors: dict[str, list[str]] = {}
+    for route in routes:
+        for source in route.sources:
+            successors.setdefault(source, []).append(route.target)
+    seen: list[str] = []
+    frontier = [START]
+    while frontier:
+        following: list[str] = []
+        for name in frontier:
+            for target in sorted(successors.get(name, ()), key=lambda t: declared.index(t) if t in declared else 0):
+                if target in declared and target not in seen and target not in following:
+                    following.append(target)
+        seen.extend(following)
+        frontier = following
+    return seen + [name for name in declared if name not in seen]
+
+
+def _mermaid_text(text: str) -> str:
+    """``text`` inside a Mermaid quoted label (entity codes for what the parser would read)."""
+    replaced = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;"}
+    # Line breaks and other unprintable characters would end the line: numeric codes instead.
+    return "".join(replaced.get(char, char if char.isprintable() else f"#{ord(char)};") for char in text)
+
+
+def draw_mermaid(graph: _Drawable) -> str:
+    """A Mermaid ``flowchart TD`` of a compiled graph (see the module docstring for the notation).
+
+    Node ids are generated (``n0``, ``n1``, ...), so any node name is safe; names are
+    the labels. Raises ``GraphNotCompiledError`` for a graph not compiled yet.
+    """
+    spec = graph.spec()
+    routes = _routes(spec)
+    order = _order(spec, routes)
+    ids = {START: "__start__", END: "__end__", **{name: f"n{i}" for i, name in enumerate(order)}}
+    # A JSON string is a valid YAML double-quoted scalar: any graph name is safe as the title.
+    lines = ["---", f"title: {json.dumps(str(spec['name']), ensure_ascii=False)}", "---", "flowchart TD",
+             '    __start__(["START"]):::terminal']
+    lines += [f'    {ids[name]}["{_mermaid_text(name)}"]' for name in order]
+    if any(route.target == END for route in routes):
+        lines.append('    __end__(["END"]):::terminal')
+    joins = 0
+    for route in routes:
+        if route.kind == "join":
+            point = f"join{joins}"
+            joins += 1
+            lines.append(f'    {point}((" ")):::join')
+            lines += [f"    {ids[source]} --- {point}" for source in route.sources]
+            lines.append(f"    {point} --> {ids[route.target]}")
+        elif route.kind == "conditional":
+            label = route.label or route.condition
+            lines.append(f'    {ids[route.sources[0]]} -.->|"{_mermaid_text(label)}"| {ids[route.target]}')
+        else:
+            lines.append(f"    {ids[route.sources[0]]} --> {ids[route.target]}")
+    lines += ["    classDef terminal fill:#f2f2f2,stroke:#555", "    classDef join fill:#333,stroke:#333"]
+    return "\n".join(lines) + "\n"
+
+
+def _box(name: str) -> str:
+    return {START: "(START)", END: "(END)"}.get(name, f"[{name}]")
+
+
+def draw_ascii(graph: _Drawable) -> str:
+    """A plain-text rendering of a compiled graph, one block per node in flow order.
+
+    Each block lists the node's way out: ``-->`` an edge, ``-.->`` a conditional
+    edge (with the condition and the key that chooses it), ``==>`` a join (with all
+    the sources it waits for). Pure ASCII, no external library. Raises
+    ``GraphNotCompiledError`` for a graph not compiled yet.
+    """
+    spec = graph.spec()
+    routes = _routes(spec)
+    order = _order(spec, routes)
+    lines = [f"graph {spec['name']!r}", "=" * (len(str(spec["name"])) + 8)]
+    for name in [START, *order]:
+        outgoing = [route for route in routes if name in route.sources]
+        lines.append(_box(name))
+        rows = []
+        for route in outgoing:
+            target = _box(route.target)
+            if route.kind == "join":
+                others = " + ".join(route.sources)
+                rows.append(("==>", target, f"join: after {others}"))
+            elif route.kind == "conditional":
+                rows.append(("-.->", target, f"{route.condition}: {route.label}" if route.label else route.condition))
+            else:
+                rows.append(("-->", target, ""))
+        width = max((len(arrow) + len(target) for arrow, target, _ in rows), default=0)
+        for index, (arrow, target, note) in enumerate(rows):
+            branch = "`" if index == len(rows) - 1 else "|"
+            text = f"{arrow} {target}"
+            lines.append(f"  {branch}{text}" + (f"{' ' * (width + 3 - len(text))}({note})" if note else ""))
+    lines += ["", "--> edge   -.-> conditional edge (condition: key)   ==> join (runs once all its sources ran)"]
+    return "\n".join(_strip(lines)) + "\n"
+
+
+def _strip(lines: Iterable[str]) -> list[str]:
+    return [line.rstrip() for line in lines]
