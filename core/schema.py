@@ -29,6 +29,10 @@ and ``Literal`` are checked, element types and anything else are not. A Pydantic
 validates each written key through the model itself (its own rules, lax mode
 included); values are validated, never converted.
 
+``spec()`` names the classes and each key's type and reducer, without module paths (a
+script's classes are in ``__main__`` in one process and in its module in another), for
+the graph's fingerprint; the classes themselves never leave the process.
+
 Nodes still receive the state as a ``State`` mapping (``state["key"]``), also for a
 dataclass or Pydantic schema, where LangGraph passes an instance: state crosses
 processes as JSON, and a worker has the node function but not the graph's classes.
@@ -286,24 +290,18 @@ class StateSchema:
     def __init__(self, graph: str, state: Any, input: Any = None, output: Any = None) -> None:
         self.graph = graph
         self.state, self.input, self.output = state, input, output
-        self.keys: dict[str, KeySpec] = dict(_fields(state, _kind(state)))
-        extra: dict[str, dict[str, KeySpec]] = {}
+        self.name = _schema_name(state)
+        declared = {id(cls): _fields(cls, _kind(cls)) for cls in (state, input, output) if cls is not None}
+        self.keys: dict[str, KeySpec] = dict(declared[id(state)])
         for cls in (input, output):
-            if cls is None:
-                continue
-            extra[_schema_name(cls)] = specs = _fields(cls, _kind(cls))
-            for key, spec in specs.items():
-                known = self.keys.get(key)
-                if known is None:
-                    self.keys[key] = spec
-                elif spec.reducer is not None and spec.reducer is not known.reducer:
+            for key, spec in (declared[id(cls)] if cls is not None else {}).items():
+                known = self.keys.setdefault(key, spec)
+                if spec.reducer is not None and spec.reducer is not known.reducer:
                     raise ConfigurationError(
                         f"graph {graph!r}: state key {key!r} has reducer {known.reducer_label!r} in {known.owner} "
                         f"but {spec.reducer_label!r} in {spec.owner}; declare one reducer for the key")
-        self.input_keys: frozenset[str] | None = None if input is None else frozenset(_fields(input, _kind(input)))
-        self.output_keys: list[str] = list(_fields(output, _kind(output)) if output is not None else
-                                          _fields(state, _kind(state)))
-        self.name = _schema_name(state)
+        self.input_keys: frozenset[str] | None = None if input is None else frozenset(declared[id(input)])
+        self.output_keys: list[str] = list(declared[id(output if output is not None else state)])
 
     # -- reading ------------------------------------------------------------------------
 
