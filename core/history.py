@@ -273,6 +273,7 @@ async def plan_update(
     updates = dict(values)
     check_values(updates)
     merged = merge_updates(record.state, [(node, updates)], graph.reducers)
+    graph.check_writes([(node, updates)], merged)  # a state schema's keys and types, as for a node
     view = State._trusted(merged, record.workflow_id)
     joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
     if node == START:

@@ -464,3 +464,22 @@ def test_typeddict_required_and_not_required_wrap_the_type_and_reducer() -> None
     assert graph.spec()["state_schema"]["keys"]["tags"]["type"] == "list[str]"
     with pytest.raises(StateValidationError, match="Partial declares as int"):
         run(Orchestrator().execute(graph, {"count": "1"}))
+
+
+def test_update_state_merges_through_the_schema_and_is_checked_like_a_node() -> None:
+    graph = single(Graph("typed_update", state_schema=Overall, output_schema=Answer),
+                   lambda s: {"scratch": ["node"], "answer": "a"}, name="reply")
+
+    async def scenario() -> tuple[list[str], StateValidationError, State]:
+        orchestrator = Orchestrator()
+        await orchestrator.execute(graph, {"question": "q"}, workflow_id="wf-update")
+        await orchestrator.update_state("wf-update", {"scratch": ["edit"]}, as_node="reply")
+        snapshot = await orchestrator.get_state("wf-update")  # the whole state, as LangGraph's get_state
+        with pytest.raises(StateValidationError) as info:
+            await orchestrator.update_state("wf-update", {"answr": "typo"}, as_node="reply")
+        return list(snapshot.values["scratch"]), info.value, await orchestrator.get_result("wf-update")
+
+    scratch, error, result = run(scenario())
+    assert scratch == ["node", "edit"]  # merged through operator.add
+    assert (error.key, error.node, error.graph) == ("answr", "reply", "typed_update")
+    assert dict(result) == {"answer": "a"}
