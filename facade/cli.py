@@ -7,6 +7,7 @@
     distributed-agents dead-letters requeue TASK_ID [TASK_ID ...]
     distributed-agents dead-letters purge [TASK_ID ...] [--node-type T] [--yes]
     distributed-agents backends
+    distributed-agents draw MODULE:GRAPH [--format mermaid|ascii]
     distributed-agents help [COMMAND ...]
 
 Every option may also come from the environment (``--backend-url`` from
@@ -49,6 +50,7 @@ from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
 from distributed_agents.distributed import DistributedWorker
+from distributed_agents.draw import FORMATS, draw_graph
 from distributed_agents.plugins import available_backends, open_backend
 
 __all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
@@ -106,6 +108,12 @@ def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("is empty")
     return text.strip()
+
+
+def _draw_format(text: str) -> str:
+    if text.strip().lower() not in FORMATS:
+        raise ValueError(f"{text!r} is not a format; use one of {', '.join(FORMATS)}")
+    return text.strip().lower()
 
 
 def _app_spec(text: str) -> str:
@@ -196,7 +204,7 @@ BACKEND_URL = Option(
 )
 PREFIX = Option("--prefix", ("DA_PREFIX",), _text,
                 "key/subject prefix of the deployment (must match the orchestrator's)", "myapp",
-                default_text="the URL's ?prefix=, else the backend's default")
+                default_text="the URL's ?prefix=, else da")
 APP = Option("--app", ("DA_APP",), _app_spec,
              "the NodeRegistry (or Worker) with the node functions, as MODULE:ATTRIBUTE; "
              "the current directory is importable", "myapp.nodes:registry", metavar="MODULE:ATTRIBUTE")
@@ -217,6 +225,9 @@ VISIBILITY_TIMEOUT = Option("--visibility-timeout", ("VISIBILITY_TIMEOUT",), _se
                             default_text="the URL's ?visibility_timeout=, else 30", metavar="SECONDS")
 NODE_TYPE = Option("--node-type", ("DA_NODE_TYPE",), _text, "only dead letters of this node type", "writer",
                    default_text="all node types", metavar="TYPE")
+DRAW_FORMAT = Option("--format", ("DA_DRAW_FORMAT",), _draw_format,
+                     "how to draw: mermaid (flowchart text) or ascii (plain text)", "ascii", default="mermaid",
+                     metavar="FORMAT")
 LIMIT = Option("--limit", ("DA_LIMIT",), _positive_int, "list at most this many", "100", default=100,
                metavar="N")
 
@@ -238,7 +249,8 @@ def _parser() -> Parser:
     common = Parser(add_help=False)
     # SUPPRESS: a subcommand that is not given --log-level keeps the top-level value.
     common.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, metavar="LEVEL",
-                        type=_argparse_type(_log_level), help=argparse.SUPPRESS)
+                        type=_argparse_type(_log_level),
+                        help=f"{LOG_LEVEL.help}; also accepted before the command (default: info; env: $LOG_LEVEL)")
 
     parser = Parser(
         prog=PROG,
@@ -296,6 +308,13 @@ def _parser() -> Parser:
     backends = command("backends", "list installed backends (URL scheme, name, description)",
                        "List the backends installed in this environment, one per URL scheme.")
     backends.set_defaults(run=_list_backends, options=())
+
+    draw = command("draw", "print a graph as Mermaid flowchart text or plain text",
+                   "Import MODULE:GRAPH (a Graph, or a function returning one) and print it: Mermaid flowchart "
+                   "text (paste it into Markdown or mermaid.live) or a plain-text rendering.")
+    draw.add_argument("graph", metavar="MODULE:GRAPH", help="where the graph is, e.g. myapp.flows:graph")
+    DRAW_FORMAT.add_to(draw)
+    draw.set_defaults(run=_draw, options=(DRAW_FORMAT,))
 
     helper = command("help", "show the help of a command", "Show the help of the given command.")
     helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. worker, or dead-letters purge")
@@ -391,8 +410,15 @@ async def _run_worker(args: argparse.Namespace) -> int:
     visibility = VISIBILITY_TIMEOUT.resolve(args)
     if visibility is not None:
         options["visibility_timeout"] = visibility
+    url = _backend_url(args)
+    if url.partition("://")[0].lower() == "memory":
+        raise UsageError(
+            f"worker cannot use --backend-url {url!r}: memory:// lives inside one process, so no orchestrator "
+            "could send this worker tasks; pass a shared backend, e.g. --backend-url redis://HOST:6379/0 or "
+            "nats://HOST:4222"
+        )
     worker = DistributedWorker(
-        backend_url=_backend_url(args),
+        backend_url=url,
         worker_id=WORKER_ID.resolve(args),
         node_types=node_types,
         capacity=CAPACITY.resolve(args),
@@ -551,6 +577,11 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
         return 1 if missing else 0
 
     return await _with_backend(args, use)
+
+
+async def _draw(args: argparse.Namespace) -> int:
+    print(draw_graph(args.graph, DRAW_FORMAT.resolve(args)), end="")
+    return 0
 
 
 async def _list_backends(args: argparse.Namespace) -> int:
