@@ -1,0 +1,64 @@
+"""``distributed-agents draw MODULE:GRAPH``: find a graph by its import path and draw it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from distributed_agents.core.errors import ConfigurationError, GraphValidationError
+from distributed_agents.core.graph import Graph
+
+__all__ = ["FORMATS", "draw_graph", "load_graph"]
+
+FORMATS = ("mermaid", "ascii")
+
+
+def load_graph(spec: str) -> Graph:
+    """Import ``module:attribute`` and return the compiled ``Graph`` it names.
+
+    The attribute may be a ``Graph`` or a function taking no arguments that returns
+    one; a graph not compiled yet is compiled. ``ConfigurationError`` (naming the
+    spec and what to do) if the spec is malformed, the module cannot be imported, the
+    attribute is missing or not a graph, or the graph does not compile.
+    """
+    module_name, separator, attribute = spec.strip().partition(":") if isinstance(spec, str) else ("", "", "")
+    if not separator or not module_name or not attribute:
+        raise ConfigurationError(f"{spec!r} must look like MODULE:GRAPH, e.g. myapp.flows:graph")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{spec!r}: cannot import {module_name!r} ({exc}); run from the folder that contains it, "
+            "or add that folder to PYTHONPATH"
+        ) from None
+    try:
+        found = getattr(module, attribute)
+    except AttributeError:
+        graphs = sorted(name for name, value in vars(module).items() if isinstance(value, Graph))
+        hint = f"; it has {', '.join(f'{module_name}:{name}' for name in graphs)}" if graphs else ""
+        raise ConfigurationError(f"{spec!r}: module {module_name!r} has no attribute {attribute!r}{hint}") from None
+    if callable(found) and not isinstance(found, Graph):
+        try:
+            found = found()
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"{spec!r} is a function that could not be called without arguments ({exc}); "
+                "point at a Graph, or at a function that builds one from nothing"
+            ) from None
+    if not isinstance(found, Graph):
+        raise ConfigurationError(f"{spec!r} is a {type(found).__name__}, not a Graph (or a function returning one)")
+    try:
+        return found.compile()
+    except GraphValidationError as exc:
+        raise ConfigurationError(f"{spec!r} does not compile: {exc}") from None
+
+
+def draw_graph(spec: str, output_format: str) -> str:
+    """The graph at ``spec`` drawn in ``output_format`` (``mermaid`` or ``ascii``)."""
+    if output_format not in FORMATS:
+        raise ConfigurationError(f"unknown format {output_format!r}; use one of {', '.join(FORMATS)}")
+    graph = load_graph(spec)
+    return graph.draw_mermaid() if output_format == "mermaid" else graph.draw_ascii()
