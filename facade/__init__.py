@@ -18,6 +18,7 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.graph import END, START, Graph  # noqa: E402
+from distributed_agents.core.history import StateSnapshot  # noqa: E402
 from distributed_agents.core.messages import (  # noqa: E402
     REMOVE_ALL_MESSAGES,
     MessagesState,
@@ -48,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "START",
     "State",
+    "StateSnapshot",
     "Worker",
     "WorkflowStatus",
     "WorkflowStatusInfo",
