@@ -156,7 +156,7 @@ class Orchestrator:
         self._graphs: dict[str, Graph] = {}  # by name: the latest given
         self._graph_versions: dict[tuple[str, str], Graph] = {}  # by (name, fingerprint sha256)
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
-        self._background: set[asyncio.Future[State]] = set()  # workflows submit() drives
+        self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
         self._waiting: dict[str, str] = {}
         self._events: EventPublisher | None = None
         self._connected = False
@@ -190,7 +190,7 @@ class Orchestrator:
             with contextlib.suppress(BaseException):
                 await self._recovery
             self._recovery = None
-        tasks: list[asyncio.Future[Any]] = [*self._running.values(), *self._background]
+        tasks: list[asyncio.Future[Any]] = [*self._running.values(), *self._background.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -310,11 +310,12 @@ class Orchestrator:
         """
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint)
+        workflow_id = record.workflow_id
         task = asyncio.ensure_future(self._drive(graph, record, lease, step_limit))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background[workflow_id] = task
+        task.add_done_callback(lambda done: self._background.pop(workflow_id, None))
         task.add_done_callback(_ignore_outcome)
-        return record.workflow_id
+        return workflow_id
 
     def invoke(self, graph: Graph, initial_state: Mapping[str, Any] | State | None = None, **options: Any) -> State:
         """``execute`` for code that is not async (scripts, notebooks without a running loop).
@@ -508,11 +509,13 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
         graph = self._history_graph(record, graph, call)
-        # This orchestrator's own lease would be granted again: ask the running table first.
-        lease = None if workflow_id in self._running else await store.acquire_lease(
-            workflow_id, self.orchestrator_id, self.lease_ttl)
+        # An owner of its own: a lease this orchestrator holds to drive the workflow is
+        # never granted (and then released) here, however the calls interleave.
+        ours = workflow_id in self._running or workflow_id in self._background
+        lease = None if ours else await store.acquire_lease(
+            workflow_id, f"{self.orchestrator_id}/update_state", self.lease_ttl)
         if lease is None:
-            who = "this" if workflow_id in self._running else "another"
+            who = "this" if ours else "another"
             raise ExecutionError(
                 f"{call}: workflow {workflow_id!r} is being run by {who} orchestrator (its lease is held), and its "
                 "state cannot change under a running step; cancel_workflow() it first, or wait until it finishes "

@@ -130,6 +130,9 @@ def test_update_state_is_refused_while_an_orchestrator_runs_the_workflow(
         graph = Graph("slow").add_node("slow", slow).set_entry_point("slow").set_finish_point("slow").compile()
         driver, other = make(), make()
         workflow_id = await driver.submit(graph, {}, workflow_id="wf-busy")
+        # At once, before its step may even have started: this orchestrator holds the lease.
+        with pytest.raises(ExecutionError, match="being run by this orchestrator"):
+            await driver.update_state(workflow_id, {"x": 1}, as_node="slow")
         await entered.wait()
         with pytest.raises(ExecutionError, match="being run by another orchestrator .*cancel_workflow"):
             await other.update_state(workflow_id, {"x": 1}, as_node="slow", graph=graph)
