@@ -35,6 +35,7 @@ from distributed_agents.core.graph import START, Graph
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.schema import OUTPUT_KEYS
 from distributed_agents.core.state import State, check_values
 
 __all__ = [
@@ -306,18 +307,20 @@ def plan_fork(
     (a failed step's pending writes are not copied: its nodes run again), under
     ``graph`` with ``status`` (``completed`` if the checkpoint had nothing left to run).
     Its record's metadata is ``metadata`` plus ``forked_from`` (``workflow_id``,
-    ``checkpoint_id``) and the source's priority; its checkpoint's metadata names the
-    parent checkpoint.
+    ``checkpoint_id``) and the source's priority and output keys (unless ``metadata``
+    sets them); its checkpoint's metadata names the parent checkpoint.
     """
     parent = checkpoint_id(checkpoint.workflow_id, checkpoint.step)
     frontier = {"next": list(checkpoint.frontier.get("next", ())),
                 "joins": {key: list(seen) for key, seen in checkpoint.frontier.get("joins", {}).items()}}
-    priority = source.metadata.get("priority")
+    # What the source was started with and every process reads from its record: its
+    # priority, and the output schema's keys (what the workflow returns).
+    inherited = {key: source.metadata[key] for key in ("priority", OUTPUT_KEYS) if source.metadata.get(key)}
     record = WorkflowRecord(
         workflow_id=workflow_id, graph_name=graph.name,
         status=status if frontier["next"] else WorkflowStatus.COMPLETED,
         state=dict(checkpoint.state), step=checkpoint.step, frontier=frontier, graph=graph.fingerprint(),
-        metadata={**({"priority": priority} if priority else {}), **metadata,
+        metadata={**inherited, **metadata,
                   "forked_from": {"workflow_id": checkpoint.workflow_id, "checkpoint_id": parent}},
     )
     first = Checkpoint(workflow_id, checkpoint.step, dict(checkpoint.state), frontier,

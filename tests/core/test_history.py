@@ -85,3 +85,28 @@ def test_update_state_as_start_routes_like_input_and_keeps_join_progress() -> No
     snapshot, result = run(scenario())
     assert snapshot.next == ("a",) and snapshot.values == {"log": ["input"]}
     assert isinstance(result, State) and result["log"][0] == "input" and result["rounds"] == 2
+
+
+def test_a_fork_of_a_typed_workflow_returns_what_its_output_schema_declares() -> None:
+    from typing import TypedDict
+
+    class Essay(TypedDict, total=False):
+        topic: str
+        draft: str
+        notes: list[str]
+
+    class Published(TypedDict, total=False):
+        draft: str
+
+    graph = Graph("typed", state_schema=Essay, output_schema=Published)
+    graph.add_node("write", lambda s: {"draft": f"on {s['topic']}", "notes": ["written"]})
+    graph.set_entry_point("write").set_finish_point("write").compile()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with Orchestrator() as orchestrator:
+            original = await orchestrator.execute(graph, {"topic": "bees"}, workflow_id="wf-typed")
+            forked = await orchestrator.execute(graph, from_checkpoint="wf-typed:0", workflow_id="fork-typed")
+            return dict(original), dict(forked)
+
+    original, forked = run(scenario())
+    assert original == forked == {"draft": "on bees"}
