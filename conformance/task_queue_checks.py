@@ -565,24 +565,30 @@ async def check_lease_boundary(session: Session) -> None:
     other = await _peer(session, backend)
     lease = session.short * 2
     guard = max(2 * session.slack, 0.05)
-    await backend.task_queue.enqueue(make_task("t1"))
-    started = monotonic()
-    [claim] = await claim_ids(backend.task_queue, ["alpha"], lease=lease)
-    window = Window.after(started, monotonic(), lease, session.slack)
-    await asyncio.sleep(max(0.0, window.earliest - guard - monotonic()))
-    probe = monotonic()
-    early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2")
-    if early and monotonic() < window.earliest:
-        raise ContractViolation("task_queue.invisible-while-claimed",
-                                f"a claim {window.earliest + session.slack - probe:.2f}s before the {lease}s lease ended returned "
-                                f"{[c.task.id for c in early]}")
-    if not early:
-        await asyncio.sleep(max(0.0, window.latest - monotonic()))
-        early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
-    expect([c.task.id for c in early] == ["t1"], "task_queue.lease-expiry",
-           f"just after the {lease}s lease ended, claim returned {[c.task.id for c in early]}")
-    expect(early[0].attempt == 2, "task_queue.attempts", f"the delivery after the lease ended has attempt {early[0].attempt}")
-    del claim
+    for attempt in range(3):  # a loaded machine may wake too late to judge the edge; try again
+        task_id = f"t{attempt}"
+        await backend.task_queue.enqueue(make_task(task_id))
+        started = monotonic()
+        [claim] = await claim_ids(backend.task_queue, ["alpha"], lease=lease)
+        window = Window.after(started, monotonic(), lease, session.slack)
+        await asyncio.sleep(max(0.0, window.earliest - guard - monotonic()))
+        probe = monotonic()
+        early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2")
+        judged = monotonic() < window.earliest
+        if early and judged:
+            raise ContractViolation("task_queue.invisible-while-claimed",
+                                    f"a claim {window.earliest + session.slack - probe:.2f}s before the {lease}s lease ended returned "
+                                    f"{[c.task.id for c in early]}")
+        if not early:
+            await asyncio.sleep(max(0.0, window.latest - monotonic()))
+            early = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=session.requirements.delivery_timeout)
+        expect([c.task.id for c in early] == [task_id], "task_queue.lease-expiry",
+               f"just after the {lease}s lease ended, claim returned {[c.task.id for c in early]}")
+        expect(early[0].attempt == 2, "task_queue.attempts", f"the delivery after the lease ended has attempt {early[0].attempt}")
+        await other.task_queue.ack(early[0], None)
+        if judged:
+            return
+        del claim
 
 
 @conformance_check(PORT, ("task_queue.dead-letter-listing", "task_queue.stats"))

@@ -76,27 +76,31 @@ async def check_heartbeat_at_the_edge(session: Session) -> None:
     ttl = session.short * 2
     registry = (await session.open(heartbeat_ttl=ttl)).worker_registry
     guard = max(2 * session.slack, 0.05)
-    started = monotonic()
-    await registry.register(worker("edge", "alpha"))
-    registered = Window.after(started, monotonic(), ttl, session.slack)
-    await asyncio.sleep(max(0.0, registered.earliest - guard - monotonic()))
-    probe = monotonic()
-    alive = await registry.heartbeat("edge")
-    beat = Window.after(probe, monotonic(), ttl, session.slack)
-    if monotonic() < registered.earliest:
-        expect(alive is True, "worker_registry.heartbeat", f"a heartbeat {registered.earliest + session.slack - probe:.2f}s "
-               f"before heartbeat_ttl={ttl}s ran out returned {alive!r}")
-    if not alive:
-        return  # a slow run: the heartbeat came too late to judge
+    for attempt in range(3):  # a loaded machine may wake too late to judge the edge; try again
+        worker_id = f"edge-{attempt}"
+        started = monotonic()
+        await registry.register(worker(worker_id, "alpha"))
+        registered = Window.after(started, monotonic(), ttl, session.slack)
+        await asyncio.sleep(max(0.0, registered.earliest - guard - monotonic()))
+        probe = monotonic()
+        alive = await registry.heartbeat(worker_id)
+        beat = Window.after(probe, monotonic(), ttl, session.slack)
+        if monotonic() < registered.earliest:
+            break
+        await registry.deregister(worker_id)
+    else:
+        return  # never judged: the machine was too slow every time
+    expect(alive is True, "worker_registry.heartbeat", f"a heartbeat {registered.earliest + session.slack - probe:.2f}s "
+           f"before heartbeat_ttl={ttl}s ran out returned {alive!r}")
     await asyncio.sleep(max(0.0, registered.latest - monotonic()))
     probe = monotonic()
     listed = [w.worker_id for w in await registry.list_workers("alpha")]
     if beat.state(probe, monotonic() - probe) == "pending":
-        expect(listed == ["edge"], "worker_registry.heartbeat",
+        expect(listed == [worker_id], "worker_registry.heartbeat",
                f"a worker that sent a heartbeat just before heartbeat_ttl ran out is not listed after its first ttl: {listed}")
     await asyncio.sleep(max(0.0, beat.latest - monotonic()))
     expect(await registry.list_workers() == [], "worker_registry.expiry", f"a worker silent for heartbeat_ttl={ttl}s after its last heartbeat is listed")
-    expect(await registry.heartbeat("edge") is False, "worker_registry.expiry", "a heartbeat just after heartbeat_ttl ran out returned True")
+    expect(await registry.heartbeat(worker_id) is False, "worker_registry.expiry", "a heartbeat just after heartbeat_ttl ran out returned True")
 
 
 @conformance_check(PORT, ("worker_registry.register", "worker_registry.lookup"))
