@@ -70,6 +70,10 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
         return (f"cannot connect to Redis at {where}: connection refused by {address} (nothing listens there); "
                 "check that redis-server is running and listening on that address, and the URL's host and port")
     tls_errors = [c for c in causes if isinstance(c, ssl.SSLError)]
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in tls_errors):
+        return (f"cannot connect to Redis at {where}: TLS handshake failed: the server's certificate is not trusted "
+                f"here ({tls_errors[-1]}); pass the CA that signed it as ?ssl_ca_certs=/path/ca.pem in the URL "
+                "(or ?ssl_cert_reqs=none to skip verification, for tests only)")
     if tls_errors:
         return (f"cannot connect to Redis at {where}: TLS handshake failed ({tls_errors[-1]}); "
                 "check that the server has TLS enabled on that port and the certificate settings in the URL "

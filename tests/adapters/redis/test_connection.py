@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -162,3 +165,51 @@ def test_rediss_to_a_plain_redis_with_a_password_is_still_recognised() -> None:
     with RedisServer(password="pw") as server:
         error = connect_error(server.url.replace("redis://", "rediss://", 1))
     assert isinstance(error, BackendConfigError) and "plain (non-TLS)" in str(error)
+
+
+class TlsRedisServer(RedisServer):
+    """``redis-server`` listening with TLS only (a self-signed certificate made with openssl)."""
+
+    def command(self) -> list[str]:
+        cert, key = f"{self.data_dir}/cert.pem", f"{self.data_dir}/key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+        plain = super().command()
+        at = plain.index("--port")
+        return [*plain[:at], "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                "--tls-key-file", key, "--tls-auth-clients", "no", *plain[at + 2:]]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[TlsRedisServer]:
+    with TlsRedisServer() as server:
+        yield server
+
+
+def test_rediss_to_a_tls_redis_works_and_an_untrusted_certificate_says_so(tls_redis: TlsRedisServer) -> None:
+    url = f"rediss://127.0.0.1:{tls_redis.port}/0"
+    error = connect_error(url)
+    assert isinstance(error, BackendUnavailableError)
+    assert "certificate is not trusted" in str(error) and "ssl_ca_certs=" in str(error)
+
+    async def trusted() -> None:
+        backend = open_backend(url + "?ssl_cert_reqs=none&prefix=tls")
+        try:
+            await backend.connect()
+            await backend.state_store.save(WorkflowRecord("w1", "g", "completed", {}), expected_version=0)
+        finally:
+            await backend.close()
+
+    run(trusted(), 60)
+
+
+def test_redis_to_a_tls_only_port_suggests_rediss(tls_redis: TlsRedisServer) -> None:
+    error = connect_error(f"redis://127.0.0.1:{tls_redis.port}/0")
+    assert isinstance(error, BackendUnavailableError) and "use rediss://" in str(error)
