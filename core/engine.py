@@ -8,10 +8,18 @@ fenced by the workflow lease. Where a node runs is decided per node: in-process 
 the orchestrator has its function, otherwise as a task on the backend's queue.
 
 The frontier stored with every commit is ``{"next": [...nodes, in declaration order],
-"joins": {join_key: [sources seen since that join last fired]}}`` (see ``joins``),
-enough for any process to continue the workflow. When a step
-fails, the record's frontier also keeps ``"pending_writes": {node: updates}`` of the
-step's nodes that did succeed, so resuming re-runs only the nodes that failed.
+"sends": [{"node": ..., "arg": {...}}], "joins": {join_key: [sources seen since that
+join last fired]}}`` (see ``frontier`` and ``joins``), enough for any process to
+continue the workflow. Each step runs one task per frontier entry: a node on the shared
+state, or a ``Send``'s node on its own argument. When a step fails, the record's
+frontier also keeps ``"pending_writes": {task: output}`` of the step's tasks that did
+succeed, so resuming re-runs only the tasks that failed.
+
+A node that calls ``interrupt()`` pauses the workflow (see ``interrupts``): the step
+commits nothing, the record becomes ``interrupted`` with the pause in its frontier
+(``"interrupts"``) and the other tasks' outputs as pending writes, and the step loop
+returns. So do static breakpoints (``interrupt_before`` before a step that runs one of
+their nodes, ``interrupt_after`` with the commit of such a step).
 
 Every way out of the step loop leaves the workflow in a terminal status with an error
 record (``kind``, ``summary``, ``step``, ``phase`` and the node or key at fault), except
@@ -46,12 +54,15 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import InProcessExecutor, NodeCall, NodeOutcome, TaskQueueExecutor
+from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
+from distributed_agents.core.types import read_output
 
 __all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
@@ -72,7 +83,7 @@ def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
 
 
 def node_run(record: WorkflowRecord, node: str) -> int:
-    """The run whose task id ``node`` uses in ``record``'s current step.
+    """The run whose task id ``node`` (a ``TaskEntry.key``) uses in ``record``'s current step.
 
     The workflow's run, unless the frontier pins an earlier one for that node
     (``"task_runs"``): ``resume`` keeps the id of a task that may still be queued or
@@ -151,10 +162,12 @@ class StepEngine:
         record = progress.record
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
+        order = {name: i for i, name in enumerate(graph.nodes)}
         while True:
             progress.begin(record)
-            next_nodes = list(record.frontier.get("next", ()))
-            if not next_nodes:
+            entries = read_entries(record.frontier, order)
+            next_nodes = frontier_nodes(record.frontier)
+            if not entries:
                 progress.phase = "commit"
                 if record.status != WorkflowStatus.COMPLETED:  # e.g. a graph resumed with nothing left
                     record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
@@ -186,63 +199,112 @@ class StepEngine:
                     f"{', '.join(map(repr, unknown))} to run, which graph {graph.name!r} does not have; "
                     "resume it with the graph it was started with"
                 )
-            # Nodes of this step that succeeded before it failed keep their writes.
+            before = _breakpoint_hits(graph, record, "before", next_nodes)
+            if before and not record.frontier.get("breakpoint_passed"):
+                pauses = [Interrupt(interrupt_id(record.step, node, 0) + ":before", node, None, "before", node)
+                          for node in before]
+                return await self._pause(record, lease, pauses, dict(record.frontier.get("pending_writes") or {}))
+            # Tasks of this step that succeeded before it failed (or paused) keep their outputs.
             done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
-            to_run = [name for name in next_nodes if name not in done]
+            to_run = [entry for entry in entries if entry.key not in done]
             try:
                 outcomes = await until_available(
-                    functools.partial(self._run_step, graph, record, run, to_run),
+                    functools.partial(self._run_step, graph, record, run, to_run, options),
                     what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
                 ) if to_run else []
             except NodeNotFoundError as exc:
                 await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run"})
                 raise
             progress.phase = "merge"
-            progress.pending = {**done, **{o.node: dict(o.updates or {}) for o in outcomes if o.ok}}
+            results = {**done, **{e.key: dict(o.updates or {}) for e, o in zip(to_run, outcomes) if o.ok}}
+            parsed = {key: read_output(output) for key, output in results.items()}
+            paused = [entry for entry in entries if entry.key in parsed and parsed[entry.key].interrupt is not None]
+            progress.pending = {key: output for key, output in results.items() if parsed[key].interrupt is None}
             failed = [o for o in outcomes if not o.ok]
             if failed:
                 raise await self._node_failed(graph, record, lease, failed, progress.pending)
-            for outcome in outcomes:
+            for entry, outcome in zip(to_run, outcomes):
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
-                                  duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id)
-            for name in done:
-                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=name,
+                                  duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id,
+                                  **({"task": entry.key} if entry.is_send else {}))
+            for key in done:
+                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=key.split("#")[0],
                                   duration=0.0, attempts=0, worker="", reused=True)
-            writes = [(name, progress.pending[name]) for name in next_nodes if progress.pending[name]]
+            if paused:
+                pauses = []
+                for entry in paused:
+                    info = parsed[entry.key].interrupt or {}
+                    index = int(info.get("index", 0))
+                    pauses.append(Interrupt(interrupt_id(record.step, entry.key, index), entry.node,
+                                            info.get("value"), "interrupt", entry.key, index))
+                return await self._pause(record, lease, pauses, progress.pending)
+            writes = [(e.key, parsed[e.key].updates) for e in entries if parsed[e.key].updates]
+            gotos = [(e.node, parsed[e.key].goto) for e in entries if parsed[e.key].goto]
             try:
                 merged = merge_updates(record.state, writes, graph.reducers)
                 graph.check_writes(writes, merged)  # a state schema's keys and types
-                routed, joins = await graph.route(
-                    next_nodes, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {})
+                frontier = await graph.next_frontier(
+                    [e.node for e in entries], State._trusted(merged, record.workflow_id),
+                    record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()),
                 )
             except ExecutionError as exc:
                 await self._fail_unexpected(graph, progress, lease, exc)
                 raise
             recent.append(next_nodes)
-            frontier = {"next": routed, "joins": joins}
             step = record.step + 1
             checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
+            status = WorkflowStatus.RUNNING if frontier["next"] or frontier.get("sends") else WorkflowStatus.COMPLETED
+            after = _breakpoint_hits(graph, record, "after", [e.node for e in entries])
+            if after:
+                status = WorkflowStatus.INTERRUPTED
+                frontier = {**frontier, "interrupts": [
+                    Interrupt(interrupt_id(record.step, node, 0) + ":after", node, None, "after", node).to_dict()
+                    for node in after]}
             progress.phase = "commit"
             record = await self._commit(
                 # The last step commits COMPLETED itself: one write fewer per workflow.
-                record.evolve(state=merged, step=step, frontier=frontier,
-                              status=WorkflowStatus.RUNNING if routed else WorkflowStatus.COMPLETED),
+                record.evolve(state=merged, step=step, frontier=frontier, status=status),
                 lease, checkpoint,
             )
+            if status == WorkflowStatus.INTERRUPTED:
+                self._events.emit(record.workflow_id, "workflow.interrupted", step=record.step,
+                                  interrupts=frontier["interrupts"])
+                return record
 
-    async def _run_step(self, graph: Graph, record: WorkflowRecord, run: int, nodes: list[str]) -> list[NodeOutcome]:
+    async def _pause(
+        self, record: WorkflowRecord, lease: WorkflowLease, pauses: Sequence[Interrupt],
+        pending: Mapping[str, Mapping[str, Any]],
+    ) -> WorkflowRecord:
+        """Commit ``record`` as INTERRUPTED at its step with ``pauses`` and the step's finished ``pending`` outputs."""
+        frontier = {key: value for key, value in record.frontier.items() if key not in ("pending_writes", "interrupts")}
+        if pending:
+            frontier["pending_writes"] = dict(pending)
+        frontier["interrupts"] = [pause.to_dict() for pause in pauses]
+        record = await self._commit(record.evolve(status=WorkflowStatus.INTERRUPTED, frontier=frontier), lease)
+        self._events.emit(record.workflow_id, "workflow.interrupted", step=record.step,
+                          interrupts=frontier["interrupts"])
+        return record
+
+    async def _run_step(
+        self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], options: DriveOptions
+    ) -> list[NodeOutcome]:
         state_json = encode(record.state)
         workflow_priority = int(record.metadata.get("priority", 0))
+        answers = record.frontier.get("resume") or {}
         local: dict[str, NodeFunction] = {}
         local_calls: list[NodeCall] = []
         remote_calls: list[NodeCall] = []
-        for name in nodes:
+        for entry in entries:
+            name = entry.node
             spec = graph.node(name)
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
-                node_type=spec.node_type, task_id=node_task_id(record, name),
-                state_json=state_json, retry=spec.retry, timeout=spec.timeout,
-                priority=workflow_priority + spec.priority,
+                node_type=spec.node_type, task_id=node_task_id(record, entry.key),
+                # A Send's node gets the Send's argument, not the shared state.
+                state_json=state_json if entry.arg is None else encode(entry.arg),
+                retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
+                resume=list(answers.get(entry.key) or ()) or None,
+                remaining_steps=options.step_limit - record.step,
             )
             func = self._local_function(spec)
             if func is not None:
@@ -251,15 +313,16 @@ class StepEngine:
             else:
                 remote_calls.append(call)
             self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
-                              where="local" if func is not None else "worker")
+                              where="local" if func is not None else "worker",
+                              **({"task": entry.key} if entry.is_send else {}))
         batches = []
         if local_calls:
             batches.append(InProcessExecutor(local).run(local_calls))
         if remote_calls:
             batches.append(self._queue_executor.run(remote_calls))
         results = await asyncio.gather(*batches)
-        by_node = {outcome.node: outcome for batch in results for outcome in batch}
-        return [by_node[name] for name in nodes]
+        by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
+        return [by_task[node_task_id(record, entry.key)] for entry in entries]
 
     async def _node_failed(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, failed: Sequence[NodeOutcome],
@@ -401,6 +464,19 @@ class _Progress:
         self.record = record
         self.phase = "run"
         self.pending = {}
+
+
+def _breakpoint_hits(graph: Graph, record: WorkflowRecord, when: str, nodes: Sequence[str]) -> list[str]:
+    """The nodes of ``nodes`` with a static breakpoint ``when`` ("before"/"after") for this workflow.
+
+    Per-workflow lists (``execute(interrupt_before=...)``, kept in the record's
+    metadata) replace the graph's compiled ones; ``"*"`` means every node.
+    """
+    stored = record.metadata.get(f"interrupt_{when}")
+    names = stored if isinstance(stored, list) else list(getattr(graph, f"interrupt_{when}"))
+    if not names:
+        return []
+    return list(dict.fromkeys(nodes)) if "*" in names else [n for n in dict.fromkeys(nodes) if n in names]
 
 
 def _landed(current: WorkflowRecord, attempted: WorkflowRecord) -> bool:

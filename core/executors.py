@@ -28,7 +28,12 @@ __all__ = ["InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "Task
 
 @dataclass(frozen=True)
 class NodeCall:
-    """One node to run in one step. ``state_json`` is the step's input state, encoded once."""
+    """One node to run in one step. ``state_json`` is the step's input state, encoded once.
+
+    For a ``Send`` it is the Send's argument instead. ``resume`` lists the answers
+    the node's ``interrupt()`` calls return; ``remaining_steps`` is what
+    ``NodeContext.remaining_steps`` reports.
+    """
 
     workflow_id: str
     graph_name: str
@@ -40,6 +45,8 @@ class NodeCall:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     priority: int = 0
+    resume: list[Any] | None = None
+    remaining_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,11 @@ class InProcessExecutor(NodeExecutor):
         attempt = 0
         while True:
             attempt += 1
-            context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id)
+            context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
+                                  remaining_steps=call.remaining_steps)
             state = State._trusted(decode(call.state_json), call.workflow_id)
             try:
-                updates = await invoke_node(func, state, context, timeout=call.timeout)
+                updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume)
             except Exception as exc:
                 if policy is not None and policy.should_retry(attempt, exc):
                     await asyncio.sleep(policy.delay(attempt))
@@ -107,6 +115,9 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         "state": decode(call.state_json),
         "retry": None if call.retry is None else call.retry.to_dict(),
         "timeout": call.timeout,
+        # Only when set, so other tasks' payloads keep their shape.
+        **({"resume": list(call.resume)} if call.resume else {}),
+        **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
     }
 
 

@@ -13,7 +13,9 @@ or a list of keys (fan-out), each mapped to a node or ``END``. Conditions receiv
 read-only view of the state (``ReadOnlyState``): a write raises ``ExecutionError``.
 A conditional edge from ``START`` routes the input state when the workflow starts.
 The nodes a step triggers always run, and their updates merge, in node declaration
-order.
+order. A condition may also return ``Send(node, arg)``s (map-reduce): each runs ``node``
+on its own ``arg`` in the next step, as its own task; and a node may return
+``Command(update=, goto=)`` to route in addition to its edges (see ``core.types``).
 """
 
 from __future__ import annotations
@@ -27,19 +29,22 @@ from typing import Any
 
 from distributed_agents.core.errors import (
     ConfigurationError,
+    DistributedAgentsError,
     ExecutionError,
     GraphFrozenError,
     GraphNotCompiledError,
     GraphValidationError,
 )
+from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.schema import StateSchema
 from distributed_agents.core.state_view import ReadOnlyState
+from distributed_agents.core.types import Command, Send, send_dict
 
-__all__ = ["END", "START", "ConditionalEdge", "Graph", "NodeSpec", "join_key"]
+__all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "join_key"]
 
 START = "__start__"
 END = "__end__"
@@ -59,6 +64,8 @@ class NodeSpec:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     priority: int = 0
+    destinations: tuple[str, ...] | None = None  # where its Command(goto=) may go; None: anywhere
+    defer: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,10 @@ class _Routing:
 
 class Graph:
     """A workflow graph. Build it with the ``add_*``/``set_*`` methods, then ``compile()``."""
+
+    # Static breakpoints (see compile()); class-level defaults so every constructor path has them.
+    _interrupt_before: tuple[str, ...] = ()
+    _interrupt_after: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -156,12 +167,25 @@ class Graph:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        destinations: Sequence[str] | None = None,
+        defer: bool = False,
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
 
         ``priority`` (an int in -1,000,000..1,000,000, default 0) orders this node's tasks
         on the queue: workers claim higher priorities first. It adds to the workflow's
         priority (``execute(..., priority=)``).
+
+        ``destinations`` lists the nodes (or END) a ``Command(goto=...)`` returned by the
+        node may go to: compile checks they exist and counts them as edges for
+        reachability and drawing, and a ``goto`` elsewhere fails the step. Without it, a
+        function annotated ``-> Command[Literal["a", "b"]]`` declares them (as in
+        LangGraph); otherwise ``goto`` may name any node, but nodes reached only that
+        way fail compile's reachability check.
+
+        ``defer=True`` makes the node wait, once triggered, until no other node is
+        pending: it runs in a step of its own after every other branch finished (for
+        branches of uneven length that end in one node).
         """
         self._mutable()
         if not isinstance(name, str) or not name:
@@ -185,7 +209,16 @@ class Graph:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: priority must be an int between {-MAX_PRIORITY} and "
                 f"{MAX_PRIORITY}, got {priority!r}", graph=self.name, culprit=name)
-        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority)
+        if destinations is None and func is not None:
+            destinations = _annotated_destinations(func)
+        if destinations is not None:
+            if isinstance(destinations, str) or not all(isinstance(d, str) for d in destinations):
+                raise GraphValidationError(
+                    f"graph {self.name!r}: node {name!r}: destinations must be a list of node names, got "
+                    f"{destinations!r}", graph=self.name, culprit=name)
+            destinations = tuple(destinations)
+        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
+                                     None if destinations is None else tuple(destinations), bool(defer))
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
@@ -321,10 +354,31 @@ class Graph:
         """Whether ``compile()`` succeeded."""
         return self._compiled
 
-    def compile(self) -> Graph:
-        """Validate and freeze the graph; returns it. Raises ``GraphValidationError``."""
+    def compile(
+        self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None
+    ) -> Graph:
+        """Validate and freeze the graph; returns it. Raises ``GraphValidationError``.
+
+        ``interrupt_before`` / ``interrupt_after`` are static breakpoints: node names
+        (or ``"*"`` for all) before whose step, or after whose step, every workflow of
+        the graph pauses as ``interrupted``; ``Orchestrator.resume(workflow_id)``
+        continues it. ``execute(..., interrupt_before=, interrupt_after=)`` sets them per
+        workflow instead. Compiling a compiled graph again with other breakpoints raises
+        ``GraphFrozenError``.
+        """
+        before = self._interrupt_before if interrupt_before is None else _breakpoints(interrupt_before)
+        after = self._interrupt_after if interrupt_after is None else _breakpoints(interrupt_after)
         if self._compiled:
+            if (before, after) != (self._interrupt_before, self._interrupt_after):
+                raise GraphFrozenError(f"graph {self.name!r} is compiled with interrupt_before="
+                                       f"{list(self._interrupt_before)}, interrupt_after={list(self._interrupt_after)}; "
+                                       "pass other breakpoints to execute(...) instead")
             return self
+        for name in (*before, *after):
+            if name != "*" and name not in self._nodes:
+                raise self._fail(f"breakpoint on unknown node {name!r}; interrupt_before/interrupt_after take node "
+                                 "names or '*'", name)
+        self._interrupt_before, self._interrupt_after = before, after
         self._validate()
         routing = _Routing(order={name: i for i, name in enumerate(self._nodes)})
         entry = set()
@@ -368,16 +422,29 @@ class Graph:
             for target in edge.possible_targets(nodes):
                 if target != END and target not in nodes:
                     raise self._fail(f"conditional edge from {edge.source!r} targets unknown node {target!r}", target)
+        for spec in self._nodes.values():
+            for target in spec.destinations or ():
+                if target != END and target not in nodes:
+                    raise self._fail(f"node {spec.name!r} declares destination {target!r}, which is not a node; "
+                                     "destinations name nodes of this graph or END", target)
+            base, sep, index = spec.name.rpartition("#")
+            if sep and index.isdigit() and base in nodes:
+                raise self._fail(f"node name {spec.name!r} is how the Sends to node {base!r} are named; rename it",
+                                 spec.name)
         successors: dict[str, set[str]] = {name: set() for name in [START, *nodes]}
         for sources, target in self._edges:
             for src in sources:
                 successors[src].add(target)
+        for spec in self._nodes.values():
+            successors[spec.name] |= set(spec.destinations or ())
         for edge in self._conditional:
             successors[edge.source] |= edge.possible_targets(nodes)
         reachable = _closure(START, successors)
         for name in self._nodes:
             if name not in reachable:
-                raise self._fail(f"node {name!r} is unreachable from the entry point; connect it or remove it", name)
+                raise self._fail(f"node {name!r} is unreachable from the entry point; connect it, declare it in "
+                                 "add_node(..., destinations=[...]) of a node whose Command(goto=) goes there, "
+                                 "or remove it", name)
         predecessors: dict[str, set[str]] = {END: set(), **{name: set() for name in nodes}}
         for src, targets in successors.items():
             for target in targets:
@@ -386,7 +453,8 @@ class Graph:
         for name in self._nodes:
             if name not in finishing:
                 raise self._fail(
-                    f"node {name!r} has no path to END; add set_finish_point({name!r}) or an edge onward", name
+                    f"node {name!r} has no path to END; add set_finish_point({name!r}), an edge onward, or "
+                    f"add_node({name!r}, ..., destinations=[...]) if it routes with Command(goto=)", name
                 )
 
     # -- reading ------------------------------------------------------------------------
@@ -394,6 +462,16 @@ class Graph:
     def _require_compiled(self) -> None:
         if not self._compiled:
             raise GraphNotCompiledError(f"graph {self.name!r} is not compiled; call graph.compile() before running it")
+
+    @property
+    def interrupt_before(self) -> tuple[str, ...]:
+        """Nodes (or ``"*"``) before whose step workflows pause (``compile(interrupt_before=)``)."""
+        return self._interrupt_before
+
+    @property
+    def interrupt_after(self) -> tuple[str, ...]:
+        """Nodes (or ``"*"``) after whose step workflows pause (``compile(interrupt_after=)``)."""
+        return self._interrupt_after
 
     @property
     def nodes(self) -> Mapping[str, NodeSpec]:
@@ -439,13 +517,22 @@ class Graph:
 
         The ``set_entry_point`` nodes plus those chosen by conditional edges from
         ``START`` (called with a read-only view of ``state``). Raises ``ExecutionError``
-        if such a condition raises, writes to the state or returns an unknown route.
+        if such a condition raises, writes to the state or returns an unknown route
+        (or Sends: use ``start_frontier``).
+        """
+        return _plain(await self.start_frontier(state), "start_frontier")
+
+    async def start_frontier(self, state: Any) -> dict[str, Any]:
+        """The first step's frontier for input ``state`` (see ``core.frontier``).
+
+        As ``start``, plus the ``Send``s conditions from ``START`` return.
         """
         self._require_compiled()
-        triggered = list(self._routing.entry)
+        triggered: list[str] = list(self._routing.entry)
+        sends: list[dict[str, Any]] = []
         for edge in self._routing.conditional.get(START, ()):
-            triggered.extend(await self._follow(edge, state))
-        return self.order(t for t in triggered if t != END)
+            self._split(await self._follow(edge, state), triggered, sends)
+        return self._frontier(triggered, sends, {}, ())
 
     def order(self, names: Iterable[str]) -> list[str]:
         """``names`` without duplicates, in node declaration order."""
@@ -461,23 +548,83 @@ class Graph:
         sources)`` -> the sources that ran since that join last fired. Every join
         advances once per step by the set of its sources in ``ran`` (see ``joins``); a
         join declared twice is one join. Conditions run here, in the orchestrator, each
-        on a read-only view of ``state``.
+        on a read-only view of ``state``. A condition returning Sends raises
+        ``ExecutionError``: ``next_frontier`` returns those.
+        """
+        frontier = await self.next_frontier(ran, state, joins)
+        return _plain(frontier, "next_frontier"), frontier["joins"]
+
+    async def next_frontier(
+        self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]],
+        gotos: Sequence[tuple[str, Sequence[str | Send]]] = (), deferred: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The frontier after a step that ran the nodes ``ran`` (see ``route``) and merged ``state``.
+
+        ``gotos`` are ``(node, targets)`` of the ``Command(goto=...)``s the step's nodes
+        returned: they run in addition to the nodes' edges (each checked against the
+        node's declared destinations). Sends from conditions and gotos come in order:
+        ``ran``'s nodes' conditions, then the gotos. ``deferred`` are ``defer=True``
+        nodes already waiting (the previous frontier's ``"deferred"``): they, and
+        deferred nodes triggered now, wait while any other node is pending.
+        Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
         self._require_compiled()
         triggered: list[str] = []
+        sends: list[dict[str, Any]] = []
+        ran = list(dict.fromkeys(ran))  # a node run by several Sends routes once
         for node in ran:
             triggered.extend(self._routing.static.get(node, ()))
             for edge in self._routing.conditional.get(node, ()):
-                triggered.extend(await self._follow(edge, state))
+                self._split(await self._follow(edge, state), triggered, sends)
+        for source, targets in gotos:
+            self._split(self._check_goto(source, targets), triggered, sends)
         fired, progress = advance_joins(self._routing.joins, ran, joins)
         triggered.extend(fired)
-        return self.order(t for t in triggered if t != END), progress
+        return self._frontier(triggered, sends, progress, deferred)
+
+    def _frontier(self, triggered: list[str], sends: list[dict[str, Any]], joins: Mapping[str, Sequence[str]],
+                  deferred: Sequence[str]) -> dict[str, Any]:
+        names = [t for t in triggered if t != END]
+        waiting = [*deferred, *(n for n in names if self._nodes[n].defer)]
+        now = [n for n in names if not self._nodes[n].defer]
+        if not now and not sends:  # nothing else pending: the deferred nodes run
+            now, waiting = [*now, *waiting], []
+        frontier = make_frontier(self.order(now), sends, joins)
+        if waiting:
+            frontier["deferred"] = self.order(waiting)
+        return frontier
+
+    @staticmethod
+    def _split(targets: Sequence[str | Send], triggered: list[str], sends: list[dict[str, Any]]) -> None:
+        for target in targets:
+            if isinstance(target, Send):
+                sends.append({"node": target.node, "arg": target.arg})
+            else:
+                triggered.append(target)
+
+    def _check_goto(self, source: str, targets: Sequence[str | Send]) -> list[str | Send]:
+        spec = self._nodes.get(source)
+        allowed = None if spec is None or spec.destinations is None else set(spec.destinations) | {END}
+        checked: list[str | Send] = []
+        for target in targets:
+            name = target.node if isinstance(target, Send) else target
+            where = f"graph {self.name!r}: node {source!r} returned Command(goto={name!r})"
+            if name == END and not isinstance(target, Send):
+                continue
+            if name not in self._nodes:
+                raise ExecutionError(f"{where}, which is not a node of the graph; use one of "
+                                     f"{sorted(self._nodes)} or END")
+            if allowed is not None and name not in allowed:
+                raise ExecutionError(f"{where}, which is not among its declared destinations {sorted(allowed - {END})}; "
+                                     f"add it to add_node({source!r}, ..., destinations=[...])")
+            checked.append(Send(name, target.arg) if isinstance(target, Send) else name)
+        return checked
 
     def _condition_label(self, edge: ConditionalEdge) -> str:
         where = "at START" if edge.source == START else f"after node {edge.source!r}"
         return f"condition {_callable_name(edge.condition)} {where}"
 
-    async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str]:
+    async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str | Send]:
         label = self._condition_label(edge)
         view = ReadOnlyState.of(state, where=f"graph {self.name!r}: {label}")
         try:
@@ -489,8 +636,11 @@ class Graph:
                 raise  # a write to the read-only view: its message already names condition, graph and key
             raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
         keys = list(chosen) if isinstance(chosen, (list, tuple, set, frozenset)) else [chosen]
-        targets = []
+        targets: list[str | Send] = []
         for key in keys:
+            if isinstance(key, Send):
+                targets.append(self._check_send(edge, label, key))
+                continue
             if edge.mapping is not None:
                 try:
                     target = edge.mapping[key]
@@ -510,6 +660,18 @@ class Graph:
             targets.append(target)
         return targets
 
+    def _check_send(self, edge: ConditionalEdge, label: str, send: Send) -> Send:
+        """A Send a condition returned, checked: a JSON dict argument, to a node the edge may reach."""
+        try:
+            body = send_dict(send, f"graph {self.name!r}: {label}")
+        except DistributedAgentsError as exc:
+            raise ExecutionError(str(exc)) from None
+        valid = edge.possible_targets(self._nodes) - {END}
+        if body["node"] not in valid:
+            raise ExecutionError(f"graph {self.name!r}: {label} returned {send!r}, whose node is not one of "
+                                 f"{sorted(valid)}; a Send goes to a node this edge may route to")
+        return Send(body["node"], body["arg"])
+
     def spec(self) -> dict[str, Any]:
         """The compiled graph as JSON: nodes, node types, edges, routes, reducers."""
         self._require_compiled()
@@ -524,6 +686,8 @@ class Graph:
                     "timeout": n.timeout,
                     # Only when set, so graphs without priorities keep their fingerprint.
                     **({"priority": n.priority} if n.priority else {}),
+                    **({"destinations": list(n.destinations)} if n.destinations is not None else {}),
+                    **({"defer": True} if n.defer else {}),
                 }
                 for n in self._nodes.values()
             ],
@@ -537,6 +701,8 @@ class Graph:
                 for e in self._conditional
             ],
             "reducers": dict(self._reducer_names),
+            **({"interrupt_before": list(self._interrupt_before)} if self._interrupt_before else {}),
+            **({"interrupt_after": list(self._interrupt_after)} if self._interrupt_after else {}),
             # Only with a schema, so untyped graphs keep their fingerprint.
             **({"state_schema": self._schema.spec()} if self._schema is not None else {}),
         }
@@ -565,6 +731,41 @@ class Graph:
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
+
+
+def _plain(frontier: Mapping[str, Any], use: str) -> list[str]:
+    if frontier.get("sends"):
+        raise ExecutionError(f"a condition returned Send(...) objects; read routes with Graph.{use}, which keeps them")
+    return list(frontier["next"]) + list(frontier.get("deferred", ()))
+
+
+def _breakpoints(names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = [names]
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigurationError(f"breakpoints must be a list of node names (or '*'), got {names!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _annotated_destinations(func: Any) -> tuple[str, ...] | None:
+    """``("a", "b")`` for a function annotated ``-> Command[Literal["a", "b"]]``, else None."""
+    import typing  # only when a node has a function: reading annotations may evaluate strings
+
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except Exception:  # unresolvable annotations: no declared destinations
+        return None
+    from distributed_agents.core.types import Command
+
+    if typing.get_origin(hint) is not Command:
+        return None
+    names: list[str] = []
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is typing.Literal:
+            names.extend(str(v) for v in typing.get_args(arg))
+        elif isinstance(arg, str):
+            names.append(arg)
+    return tuple(names) or None
 
 
 def _targets_spec(edge: ConditionalEdge) -> Any:

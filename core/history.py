@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+from distributed_agents.core.frontier import frontier_nodes
 from distributed_agents.core.graph import START, Graph
+from distributed_agents.core.interrupts import read_interrupts
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
@@ -79,8 +81,8 @@ class StateSnapshot:
     forked from). ``created_at`` is when it was committed (``time.time()`` seconds).
     ``metadata`` holds ``source`` (``input``, ``loop``, ``update`` or ``fork``), ``step``
     and ``writes`` (each node that ran in the step -> the updates it returned), plus
-    ``as_node`` for an update and ``parent`` for a fork. ``interrupts`` is always empty
-    (no node can interrupt a workflow yet). ``status`` and ``error`` are the workflow's
+    ``as_node`` for an update and ``parent`` for a fork. ``interrupts`` lists the
+    pending ``Interrupt``s of an interrupted workflow's latest snapshot. ``status`` and ``error`` are the workflow's
     (as ``get_workflow_status`` reports them) on its latest checkpoint, None on older ones.
     """
 
@@ -141,7 +143,7 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
     return StateSnapshot(
         workflow_id=checkpoint.workflow_id,
         values=dict(values),
-        next=tuple(frontier.get("next", ())),
+        next=tuple(frontier_nodes(frontier)),
         step=checkpoint.step,
         checkpoint_id=checkpoint_id(checkpoint.workflow_id, checkpoint.step),
         parent_checkpoint_id=_parent(checkpoint),
@@ -149,6 +151,8 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
         metadata=metadata,
         status=record.status if latest and record is not None else None,
         error=record.error if latest and record is not None else None,
+        interrupts=read_interrupts(frontier) if latest and record is not None
+        and record.status == WorkflowStatus.INTERRUPTED else (),
     )
 
 
@@ -278,11 +282,11 @@ async def plan_update(
     view = State._trusted(merged, record.workflow_id)
     joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
     if node == START:
-        routed, new_joins = await graph.start(view), {key: list(seen) for key, seen in joins.items()}
+        frontier = await graph.start_frontier(view)
+        frontier["joins"] = {key: list(seen) for key, seen in joins.items()}
     else:
-        routed, new_joins = await graph.route([node], view, joins)
-    frontier = {"next": routed, "joins": new_joins}
-    if not routed:
+        frontier = await graph.next_frontier([node], view, joins, deferred=record.frontier.get("deferred", ()))
+    if not frontier_nodes(frontier):
         status = WorkflowStatus.COMPLETED
     elif record.status == WorkflowStatus.RUNNING:
         status = WorkflowStatus.RUNNING
@@ -311,14 +315,18 @@ def plan_fork(
     sets them); its checkpoint's metadata names the parent checkpoint.
     """
     parent = checkpoint_id(checkpoint.workflow_id, checkpoint.step)
-    frontier = {"next": list(checkpoint.frontier.get("next", ())),
-                "joins": {key: list(seen) for key, seen in checkpoint.frontier.get("joins", {}).items()}}
+    frontier: dict[str, Any] = {
+        "next": list(checkpoint.frontier.get("next", ())),
+        "joins": {key: list(seen) for key, seen in checkpoint.frontier.get("joins", {}).items()}}
+    for key in ("sends", "deferred"):  # pending Send tasks and deferred nodes go with the fork
+        if checkpoint.frontier.get(key):
+            frontier[key] = list(checkpoint.frontier[key])
     # What the source was started with and every process reads from its record: its
     # priority, and the output schema's keys (what the workflow returns).
     inherited = {key: source.metadata[key] for key in ("priority", OUTPUT_KEYS) if source.metadata.get(key)}
     record = WorkflowRecord(
         workflow_id=workflow_id, graph_name=graph.name,
-        status=status if frontier["next"] else WorkflowStatus.COMPLETED,
+        status=status if frontier_nodes(frontier) else WorkflowStatus.COMPLETED,
         state=dict(checkpoint.state), step=checkpoint.step, frontier=frontier, graph=graph.fingerprint(),
         metadata={**inherited, **metadata,
                   "forked_from": {"workflow_id": checkpoint.workflow_id, "checkpoint_id": parent}},

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed_agents.core import interrupts
 from distributed_agents.core.errors import (
     InvalidNodeOutputError,
     NodeTimeoutError,
@@ -36,6 +37,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State, check_values
+from distributed_agents.core.types import Command, command_output, interrupt_output
 
 __all__ = [
     "NodeContext",
@@ -71,6 +73,7 @@ class NodeContext:
     attempt: int
     idempotency_key: str
     worker_id: str = ""
+    remaining_steps: int | None = None  # steps left before the step limit, this one included
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -197,8 +200,13 @@ async def invoke_node(
     *,
     timeout: float | None,
     on_abandoned: AbandonedHook | None = None,
+    resume: Any = None,
 ) -> dict[str, Any] | None:
     """Run ``func`` once on ``state``; return its checked updates.
+
+    A ``Command`` the node returns, and a pause by ``interrupt()``, come back in their
+    JSON forms (``types.command_output`` / ``types.interrupt_output``); ``resume`` is
+    the list of answers the node's ``interrupt()`` calls return, in order.
 
     Raises ``NodeTimeoutError`` past ``timeout``, ``InvalidNodeOutputError`` for a
     return value that is not a dict or None, ``StateNotSerializableError`` for a
@@ -213,6 +221,7 @@ async def invoke_node(
 
     async def call() -> Any:
         token = _current.set(context)
+        answers = interrupts.resume_scope(resume if isinstance(resume, list) else None, context.node)
         try:
             if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
                 try:
@@ -225,7 +234,10 @@ async def invoke_node(
             if inspect.isawaitable(result):
                 result = await result
             return result
+        except interrupts.GraphInterrupt as paused:
+            return paused
         finally:
+            interrupts.reset_scope(answers)
             _current.reset(token)
 
     if timeout is None:
@@ -251,10 +263,14 @@ async def invoke_node(
         output = running.result()
     if output is None:
         return None
+    if isinstance(output, interrupts.GraphInterrupt):
+        return interrupt_output(output.value, output.index, context.node)
+    if isinstance(output, Command):
+        return command_output(output, context.node)
     if not isinstance(output, Mapping):
         raise InvalidNodeOutputError(
             f"node {context.node!r} returned {type(output).__name__}; a node must return a dict of "
-            "state updates or None"
+            "state updates, a Command or None"
         )
     updates = dict(output)
     try:

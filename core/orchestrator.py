@@ -35,7 +35,9 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import TaskQueueExecutor
+from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
+from distributed_agents.core.interrupts import NO_ANSWER, answer_interrupts, read_interrupts
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core import history
@@ -46,6 +48,7 @@ from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.state import State, check_values
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.sync_api import SyncOrchestrator, run_sync
+from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
@@ -91,6 +94,34 @@ def _check_step_limit(step_limit: int | None) -> None:
             f"step_limit must be an int >= 1 (the most steps the workflow may take), got {step_limit!r}; "
             "omit it for the orchestrator's default"
         )
+
+
+def _breakpoint_metadata(
+    graph: Graph, before: Sequence[str] | None, after: Sequence[str] | None
+) -> dict[str, list[str]]:
+    """Per-workflow breakpoints as stored in the record's metadata; ``ConfigurationError`` for unknown nodes."""
+    stored: dict[str, list[str]] = {}
+    for when, names in (("before", before), ("after", after)):
+        if names is None:
+            continue
+        if isinstance(names, str):
+            names = [names]
+        unknown = [n for n in names if n != "*" and n not in graph.nodes]
+        if unknown or not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(
+                f"interrupt_{when}={list(names)!r}: {', '.join(map(repr, unknown)) or 'an item'} is not a node of "
+                f"graph {graph.name!r}; pass node names (or '*' for every node)")
+        stored[f"interrupt_{when}"] = list(dict.fromkeys(names))
+    return stored
+
+
+def _result_state(record: WorkflowRecord) -> State:
+    """What ``execute``/``resume``/``wait`` return: the output values, plus ``__interrupt__`` when paused."""
+    values = result_values(record.state, record.metadata)
+    if record.status == WorkflowStatus.INTERRUPTED:
+        values = {**values, INTERRUPT_KEY: [
+            {"id": i.id, "node": i.node, "value": i.value, "kind": i.kind} for i in read_interrupts(record.frontier)]}
+    return State._trusted(values, record.workflow_id)
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
@@ -265,8 +296,19 @@ class Orchestrator:
         step_limit: int | None = None,
         priority: int = 0,
         from_checkpoint: str | None = None,
+        interrupt_before: Sequence[str] | None = None,
+        interrupt_after: Sequence[str] | None = None,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
+
+        If the workflow pauses (a node called ``interrupt()``, or a breakpoint), this
+        returns the state so far, with the pending interrupts as JSON under
+        ``"__interrupt__"`` (``[{"id", "node", "value", "kind"}]``, as LangGraph's
+        ``invoke``); ``get_workflow_status(id).status`` is then ``interrupted`` and
+        ``resume(id, Command(resume=answer))`` continues it. ``interrupt_before`` /
+        ``interrupt_after`` (node names, or ``"*"``) set this workflow's static
+        breakpoints, instead of those the graph was compiled with; they are stored with
+        the workflow, so resume and takeover keep them.
 
         ``priority`` (an int in -1,000,000..1,000,000) is added to each node's own
         priority for every task of this workflow: workers claim higher priorities
@@ -286,7 +328,8 @@ class Orchestrator:
         ``initial_state`` must then be None, and ``priority`` 0 keeps the original's.
         """
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
-                                          priority=priority, from_checkpoint=from_checkpoint)
+                                          priority=priority, from_checkpoint=from_checkpoint,
+                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after))
         return await self._drive(graph, record, lease, step_limit)
 
     async def submit(
@@ -343,6 +386,7 @@ class Orchestrator:
         step_limit: int | None,
         priority: int,
         from_checkpoint: str | None,
+        breakpoints: Mapping[str, Any] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes."""
         if not graph.compiled:
@@ -370,7 +414,7 @@ class Orchestrator:
         values = graph.prepare_input(values)
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
         # Conditional entry points route the input state; if one fails, no workflow is created.
-        frontier = {"next": await graph.start(State._trusted(values, workflow_id)), "joins": {}}
+        frontier = await graph.start_frontier(State._trusted(values, workflow_id))
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
@@ -379,6 +423,7 @@ class Orchestrator:
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
             metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
+                      **(breakpoints or {}),
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
@@ -536,12 +581,26 @@ class Orchestrator:
     async def resume(
         self,
         workflow_id: str,
-        graph: Graph | None = None,
+        graph: Graph | Command[Any] | None = None,
         *,
+        resume: Any = NO_ANSWER,
+        command: Command[Any] | None = None,
         step_limit: int | None = None,
         allow_graph_change: bool = False,
+        interrupt_before: Sequence[str] | None = None,
+        interrupt_after: Sequence[str] | None = None,
     ) -> State:
         """Continue a workflow from its last committed step; return the final state.
+
+        An ``interrupted`` workflow needs the answer to its ``interrupt()``:
+        ``resume(workflow_id, Command(resume=answer))`` (or ``command=``, or
+        ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
+        answer})``. The interrupted node runs again from its start and its
+        ``interrupt()`` returns the answer (see ``interrupts``); nodes of the step that
+        finished are not run again. A workflow paused at a breakpoint continues with
+        ``resume(workflow_id)``. ``interrupt_before``/``interrupt_after`` replace the
+        workflow's breakpoints from here on. Answering a workflow that is not waiting
+        for an answer is a ``ConfigurationError``.
 
         Committed steps are not run again. Of the step that did not commit, only nodes
         that did not finish run again: the writes of nodes that succeeded before the
@@ -559,10 +618,25 @@ class Orchestrator:
         must exist in it, or the workflow fails naming them.
         """
         _check_step_limit(step_limit)
+        if isinstance(graph, Command):
+            command, graph = graph, None
+        if command is not None:
+            if command.update is not None or command.goto != () or command.graph is not None:
+                raise ConfigurationError(
+                    f"resume({workflow_id!r}, Command(...)) takes only resume=; to change the state first, call "
+                    "update_state(), then resume()")
+            if command.resume is not None:
+                resume = command.resume
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+        if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
+            raise ConfigurationError(
+                f"resume({workflow_id!r}) was given an answer, but the workflow is {record.status}, not interrupted; "
+                "call resume() without one")
+        if record.status == WorkflowStatus.INTERRUPTED:
+            answer_interrupts(workflow_id, record.frontier, resume)  # a wrong answer fails before anything changes
         if record.status == WorkflowStatus.COMPLETED:
             return State._trusted(result_values(record.state, record.metadata), workflow_id)
         graph = graph or self._known_graph(record)
@@ -598,6 +672,13 @@ class Orchestrator:
                 if graph.schema is not None:
                     metadata[OUTPUT_KEYS] = graph.schema.output_keys
                 changes["graph"] = fingerprint
+            if interrupt_before is not None or interrupt_after is not None:
+                metadata.update(_breakpoint_metadata(graph, interrupt_before, interrupt_after))
+            if record.status == WorkflowStatus.INTERRUPTED:
+                record = record.evolve(frontier=answer_interrupts(workflow_id, record.frontier, resume))
+            elif resume is not NO_ANSWER:
+                raise ConfigurationError(f"resume({workflow_id!r}) was given an answer, but the workflow is "
+                                         f"{record.status}, not interrupted; call resume() without one")
             if record.status != WorkflowStatus.RUNNING:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,
                 # but the step's tasks that did succeed (also after a requeue) are.
@@ -605,7 +686,7 @@ class Orchestrator:
                 frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
-            if changes:
+            if changes or metadata != dict(record.metadata):
                 record = await self.backend.state_store.save(
                     record.evolve(metadata=metadata, **changes),
                     expected_version=record.version, fencing_token=lease.fencing_token,
@@ -629,13 +710,15 @@ class Orchestrator:
         pending = dict(frontier.get("pending_writes") or {})
         pinned: dict[str, int] = {}
         queue = self.backend.task_queue
-        for node in frontier.get("next", ()):
+        for entry in read_entries(frontier, {}):
+            node = entry.key
             if node in pending:
                 continue
             task_id = node_task_id(record, node)
             result = await queue.get_result(task_id)
             if result is not None:
-                if result.status == "succeeded":
+                # A task that paused in interrupt() runs again, with the answers, under the new run.
+                if result.status == "succeeded" and not is_interrupt_output(result.output):
                     pending[node] = dict(result.output or {})
                 continue
             if record.status == WorkflowStatus.FAILED and await find_dead_letter(self.backend, task_id) is None:
@@ -693,7 +776,7 @@ class Orchestrator:
             await self._release(lease)
             if self._events is not None:
                 await self._events.flush()
-        return State._trusted(result_values(final.state, final.metadata), workflow_id)
+        return _result_state(final)
 
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
         # The lease lapsed (this process stalled). If nobody took it, carry on from the
@@ -735,9 +818,10 @@ class Orchestrator:
             return None
 
     async def wait(self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2) -> State:
-        """Wait until the workflow (driven by any orchestrator) ends; return its final state.
+        """Wait until the workflow (driven by any orchestrator) ends or pauses; return its state.
 
-        Raises like ``get_result`` for a failed or cancelled workflow, and
+        A paused (``interrupted``) workflow returns its state so far with
+        ``"__interrupt__"``, as ``execute`` does. Raises like ``get_result`` for a failed or cancelled workflow, and
         ``TimeoutError`` after ``timeout`` seconds.
         """
         await self.connect()
@@ -749,7 +833,7 @@ class Orchestrator:
             while True:
                 try:
                     status = await self.get_workflow_status(workflow_id)
-                    if status.done:
+                    if status.done or status.status == WorkflowStatus.INTERRUPTED:
                         return await self.get_result(workflow_id)
                     self._outage.succeeded()
                 except BackendUnavailableError as exc:  # keep waiting through an outage
@@ -825,16 +909,17 @@ class Orchestrator:
         return WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
 
     async def get_result(self, workflow_id: str) -> State:
-        """The final state of a completed workflow.
+        """The final state of a completed workflow (of an interrupted one: its state so far,
+        with ``"__interrupt__"`` as ``execute`` returns it).
 
         ``WorkflowFailedError`` if it failed, ``WorkflowCancelledError`` if cancelled,
         ``ExecutionError`` if it is still running.
         """
         status = await self.get_workflow_status(workflow_id)
-        if status.status == WorkflowStatus.COMPLETED:
+        if status.status in (WorkflowStatus.COMPLETED, WorkflowStatus.INTERRUPTED):
             record = await self.backend.state_store.get(workflow_id)
             assert record is not None
-            return State._trusted(result_values(record.state, record.metadata), workflow_id)
+            return _result_state(record)
         if status.status == WorkflowStatus.FAILED:
             summary = (status.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {workflow_id!r} failed: {summary}", workflow_id=workflow_id,

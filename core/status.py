@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError
+from distributed_agents.core.frontier import frontier_nodes
+from distributed_agents.core.interrupts import Interrupt, read_interrupts
 from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
 
 __all__ = ["ACTIVE", "WorkflowStatusInfo", "page_workflows", "status_filter"]
@@ -19,7 +21,9 @@ class WorkflowStatusInfo:
     """A workflow's status at one moment.
 
     ``status`` is one of ``pending``, ``running``, ``completed``, ``failed``,
-    ``cancelled``. ``next_nodes`` are the nodes of the step in progress (or next).
+    ``cancelled``, ``interrupted`` (paused by ``interrupt()`` or a breakpoint; not
+    done: ``resume`` continues it). ``interrupts`` lists the pending pauses of an
+    interrupted workflow (``Interrupt``: ``id``, ``node``, ``value``, ``kind``). ``next_nodes`` are the nodes of the step in progress (or next).
     ``error`` (when failed) holds ``kind`` (the exception's class), ``summary``,
     ``step``, ``phase`` (``run``, ``merge`` or ``commit``) and what is known of the
     culprit (``node``, ``key``, ``nodes``); for a node failure also ``attempts``,
@@ -39,6 +43,7 @@ class WorkflowStatusInfo:
     waiting_for: str | None
     created_at: float
     updated_at: float
+    interrupts: tuple[Interrupt, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -59,11 +64,12 @@ class WorkflowStatusInfo:
             graph_name=record.graph_name,
             status=record.status,
             step=record.step,
-            next_nodes=tuple(record.frontier.get("next", ())),
+            next_nodes=tuple(frontier_nodes(record.frontier)),
             error=record.error,
             waiting_for=waiting if record.status == WorkflowStatus.RUNNING else None,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            interrupts=read_interrupts(record.frontier) if record.status == WorkflowStatus.INTERRUPTED else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +84,7 @@ class WorkflowStatusInfo:
             "waiting_for": self.waiting_for,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "interrupts": [i.to_dict() for i in self.interrupts],
         }
 
 

@@ -311,13 +311,16 @@ class Worker:
             log.error("task %s (node %r) is malformed and was dead-lettered: %s", task.id, task.node, exc)
             await self._settle(lambda: queue.nack(claim, f"malformed task: {exc}", final=True), claim)
             return
+        remaining = task.payload.get("remaining_steps")
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
-                              claim.attempt, task.id, self.worker_id)
+                              claim.attempt, task.id, self.worker_id,
+                              remaining_steps=remaining if isinstance(remaining, int) else None)
         lease = _LeaseKeeper(self, claim)
         keeper = asyncio.ensure_future(lease.keep())
         started = time.monotonic()
         try:
-            updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot)
+            updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
+                                        resume=task.payload.get("resume"))
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, self.backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)

@@ -19,6 +19,7 @@ _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.graph import END, START, Graph  # noqa: E402
 from distributed_agents.core.history import StateSnapshot  # noqa: E402
+from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
 from distributed_agents.core.messages import (  # noqa: E402
     REMOVE_ALL_MESSAGES,
     MessagesState,
@@ -32,14 +33,17 @@ from distributed_agents.core.registry import NodeRegistry  # noqa: E402
 from distributed_agents.core.retry import RetryPolicy  # noqa: E402
 from distributed_agents.core.state import State  # noqa: E402
 from distributed_agents.core.status import WorkflowStatusInfo  # noqa: E402
+from distributed_agents.core.types import Command, Send  # noqa: E402
 from distributed_agents.core.worker import Worker  # noqa: E402
 from distributed_agents.plugins import available_backends, open_backend  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Command",
     "END",
     "Graph",
+    "Interrupt",
     "MessagesState",
     "NodeContext",
     "NodeRegistry",
@@ -48,6 +52,7 @@ __all__ = [
     "RemoveMessage",
     "RetryPolicy",
     "START",
+    "Send",
     "State",
     "StateSnapshot",
     "Worker",
@@ -56,5 +61,6 @@ __all__ = [
     "add_messages",
     "available_backends",
     "current_context",
+    "interrupt",
     "open_backend",
 ]

@@ -56,8 +56,10 @@ class WorkflowStatus:
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Paused by interrupt() or a breakpoint until resumed: neither terminal nor failed.
+    INTERRUPTED = "interrupted"
     TERMINAL = frozenset({"completed", "failed", "cancelled"})
-    ALL = frozenset({"pending", "running", "completed", "failed", "cancelled"})
+    ALL = frozenset({"pending", "running", "completed", "failed", "cancelled", "interrupted"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The frontier: what a workflow's next step runs, as stored with every commit.
+
+Shape (JSON; every key but ``next`` optional, so frontiers of older versions read the same)::
+
+    {"next": [node, ...],                     # triggered by edges, in declaration order
+     "sends": [{"node": n, "arg": {...}}, ...],  # Send tasks, in the order they were sent
+     "joins": {join_key: [sources seen]},     # see core.joins
+     "pending_writes": {task: output},        # tasks of this step that already finished
+     "task_runs": {task: run},                # task ids pinned to an earlier run (resume)
+     "interrupts": [Interrupt.to_dict(), ...],# pending pauses (status "interrupted")
+     "resume": {task: [answer, ...]},         # answers to a task's interrupt() calls
+     "breakpoint_passed": true}               # interrupt_before already paused this step
+
+Each entry of the step is a ``TaskEntry``: a node plus its own input (``arg`` for a
+Send, None for the shared state). Its ``key`` names it in ``pending_writes``,
+``task_runs``, ``resume``, checkpoint ``writes`` and its task id: the node name for an
+edge-triggered entry, ``node#i`` for the i-th Send to ``node`` in the step, so ids are
+deterministic and a resumed or taken-over step reuses finished tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it)."""
+
+    node: str
+    index: int | None = None
+    arg: Mapping[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """The entry's name in the frontier and in its task id."""
+        return self.node if self.index is None else f"{self.node}#{self.index}"
+
+    @property
+    def is_send(self) -> bool:
+        """Whether the entry runs on its own argument."""
+        return self.index is not None
+
+
+def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[TaskEntry]:
+    """The step's entries in merge order: node declaration order (``order``), then Send index.
+
+    An edge-triggered entry of a node comes before its Sends; nodes not in ``order``
+    (a graph that changed) come last, in the order stored.
+    """
+    entries = [TaskEntry(str(name)) for name in frontier.get("next", ())]
+    counts: dict[str, int] = {}
+    for send in frontier.get("sends") or ():
+        node = str(send["node"])
+        index = counts.get(node, 0)
+        counts[node] = index + 1
+        entries.append(TaskEntry(node, index, dict(send.get("arg") or {})))
+    last = len(order)
+    positions = {entry.key: i for i, entry in enumerate(entries)}
+    return sorted(entries, key=lambda e: (order.get(e.node, last), -1 if e.index is None else e.index,
+                                          positions[e.key]))
+
+
+def frontier_nodes(frontier: Mapping[str, Any]) -> list[str]:
+    """Every node the frontier's step runs, each once: edge-triggered ones, then Send targets."""
+    names = [str(name) for name in frontier.get("next", ())]
+    names.extend(str(send["node"]) for send in frontier.get("sends") or ())
+    return list(dict.fromkeys(names))
+
+
+def make_frontier(next_nodes: Sequence[str], sends: Iterable[Mapping[str, Any]],
+                  joins: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """A fresh frontier; ``sends`` only when there are some, so plain frontiers keep their old shape."""
+    frontier: dict[str, Any] = {"next": list(next_nodes), "joins": {k: list(v) for k, v in joins.items()}}
+    sends = [dict(send) for send in sends]
+    if sends:
+        frontier["sends"] = sends
+    return frontier

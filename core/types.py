@@ -1,0 +1,199 @@
+"""``Send`` and ``Command``: control flow a condition or a node returns, as in LangGraph.
+
+``Send(node, arg)`` runs ``node`` once more in the next step with ``arg`` (a JSON
+object) as its input instead of the shared state; a condition (or a ``Command``'s
+``goto``) returns a list of them to map over a list. ``Command(update=, goto=)``
+returned by a node updates the state and routes in one value; ``Command(resume=)``
+given to ``Orchestrator.resume`` answers an ``interrupt``.
+
+What a node returns crosses processes as JSON: plain updates stay a dict, a
+``Command`` becomes ``{COMMAND_KEY: {"update": {...}, "goto": [...]}}`` and a paused
+node ``{INTERRUPT_KEY: {"value": ..., "index": i}}`` (see ``node_output`` and
+``read_output``); the step engine reads them back with ``read_output``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSerializableError
+from distributed_agents.core.state import check_value, check_values
+
+__all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "Send", "command_output", "read_output"]
+
+COMMAND_KEY = "__command__"
+INTERRUPT_KEY = "__interrupt__"
+END_NAME = "__end__"  # graph.END; not imported from graph, which imports this module
+
+N = TypeVar("N")
+
+
+class Send:
+    """Run ``node`` in the next step with ``arg`` as its input (LangGraph's ``Send``).
+
+    ``arg`` must be a dict of JSON values: it is what the node receives as its state
+    (``State``), on this machine or in a worker's task payload. Each ``Send`` is its
+    own task, with task id ``<workflow>:<run>:<step>:<node>#<i>`` for the i-th Send to
+    that node in the step; the tasks' updates merge through the graph's reducers in
+    node declaration order, a node's Sends by their index, after an edge-triggered
+    run of the same node.
+    """
+
+    __slots__ = ("node", "arg")
+
+    def __init__(self, node: str, arg: Any) -> None:
+        self.node = node
+        self.arg = arg
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Send) and (self.node, self.arg) == (other.node, other.arg)
+
+    def __hash__(self) -> int:
+        return hash(self.node)
+
+    def __repr__(self) -> str:
+        return f"Send(node={self.node!r}, arg={self.arg!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape stored in a frontier: ``{"node": ..., "arg": {...}}``."""
+        return {"node": self.node, "arg": self.arg}
+
+
+@dataclass(frozen=True)
+class Command(Generic[N]):
+    """What a node returns to update the state and route in one value (LangGraph's ``Command``).
+
+    ``update``: a dict of state updates, merged through the reducers like a node's
+    returned dict. ``goto``: a node name, a ``Send``, or a list of them (``END`` is
+    allowed and does nothing): they run in the next step *in addition to* the node's
+    static edges and conditional edges, as in LangGraph. A node declared with
+    ``add_node(..., destinations=(...))`` (or annotated ``-> Command[Literal["a", "b"]]``)
+    may only go to those. ``resume``: the answer to an ``interrupt``, given to
+    ``Orchestrator.resume(workflow_id, Command(resume=...))``; a node does not return it.
+    ``graph=Command.PARENT`` targets the parent graph of a subgraph; there are no
+    subgraphs yet, so a node returning it fails with ``InvalidNodeOutputError``.
+    """
+
+    graph: str | None = None
+    update: Any = None
+    resume: Any = None
+    goto: Any = field(default=())
+
+    PARENT: ClassVar[str] = "__parent__"
+
+    def goto_list(self) -> list[str | Send]:
+        """``goto`` as a list of node names and ``Send``s."""
+        if isinstance(self.goto, (str, Send)):
+            return [self.goto]
+        if isinstance(self.goto, (list, tuple)):
+            return list(self.goto)
+        raise InvalidNodeOutputError(
+            f"Command(goto={self.goto!r}): goto must be a node name, a Send or a list of them")
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """A node's output as the engine reads it: updates, routes, or a pause."""
+
+    updates: dict[str, Any]
+    goto: list[str | Send]
+    interrupt: Mapping[str, Any] | None = None
+
+
+def command_output(command: Command[Any], node: str) -> dict[str, Any]:
+    """The JSON form of ``command`` returned by ``node`` (see the module docstring).
+
+    Raises ``InvalidNodeOutputError`` for ``graph=Command.PARENT`` (no subgraphs
+    exist), a ``resume`` (only ``Orchestrator.resume`` takes one), an ``update`` that
+    is not a dict, or a bad ``goto``; ``StateNotSerializableError`` for a value JSON
+    cannot carry.
+    """
+    if command.graph is not None:
+        raise InvalidNodeOutputError(
+            f"node {node!r} returned Command(graph={command.graph!r}); Command.PARENT routes to the parent of a "
+            "subgraph, and this graph is no subgraph (subgraphs are not supported yet): return "
+            "Command(update=..., goto=...) without graph=")
+    if command.resume is not None:
+        raise InvalidNodeOutputError(
+            f"node {node!r} returned Command(resume=...); resume answers an interrupt and is given to "
+            "Orchestrator.resume(workflow_id, Command(resume=answer)), not returned by a node")
+    update = command.update
+    if update is None:
+        update = {}
+    if not isinstance(update, Mapping):
+        raise InvalidNodeOutputError(
+            f"node {node!r} returned Command(update={type(update).__name__}); update must be a dict of state updates")
+    updates = dict(update)
+    try:
+        check_values(updates)
+    except StateNotSerializableError as exc:
+        raise StateNotSerializableError(f"node {node!r}: Command(update=...): {exc}", key=exc.key) from None
+    goto: list[Any] = []
+    for target in command.goto_list():
+        if isinstance(target, Send):
+            goto.append(send_dict(target, f"node {node!r}: Command(goto=...)"))
+        elif isinstance(target, str):
+            goto.append(target)
+        else:
+            raise InvalidNodeOutputError(
+                f"node {node!r} returned Command(goto=...) with {target!r}; goto takes node names and Sends")
+    return {COMMAND_KEY: {"update": updates, "goto": goto}}
+
+
+def send_dict(send: Send, where: str) -> dict[str, Any]:
+    """``send.to_dict()``, checked: ``node`` a string, ``arg`` a dict of JSON values.
+
+    Raises ``InvalidNodeOutputError`` (``where`` says who produced the Send) otherwise.
+    """
+    if not isinstance(send.node, str) or not send.node:
+        raise InvalidNodeOutputError(f"{where}: Send node must be a node name, got {send.node!r}")
+    if not isinstance(send.arg, Mapping):
+        raise InvalidNodeOutputError(
+            f"{where}: Send({send.node!r}, ...) argument must be a dict (it becomes the node's state), got "
+            f"{type(send.arg).__name__}; wrap it, e.g. Send({send.node!r}, {{'item': value}})")
+    arg = dict(send.arg)
+    try:
+        check_values(arg)
+    except StateNotSerializableError as exc:
+        raise StateNotSerializableError(f"{where}: Send({send.node!r}, ...) argument: {exc}", key=exc.key) from None
+    return {"node": send.node, "arg": arg}
+
+
+def interrupt_output(value: Any, index: int, node: str) -> dict[str, Any]:
+    """The JSON form of a node paused by its ``index``-th ``interrupt(value)``."""
+    try:
+        check_value("interrupt", value)
+    except StateNotSerializableError as exc:
+        raise StateNotSerializableError(f"node {node!r}: the value given to interrupt(): {exc}",
+                                        key="interrupt") from None
+    return {INTERRUPT_KEY: {"value": value, "index": index}}
+
+
+def read_output(output: Mapping[str, Any] | None) -> NodeResult:
+    """A node's output (plain updates, or the forms above) as a ``NodeResult``.
+
+    Sends in ``goto`` come back as ``Send`` objects.
+    """
+    if not output:
+        return NodeResult({}, [])
+    if len(output) == 1 and INTERRUPT_KEY in output and isinstance(output[INTERRUPT_KEY], Mapping):
+        return NodeResult({}, [], dict(output[INTERRUPT_KEY]))
+    if len(output) == 1 and COMMAND_KEY in output and isinstance(output[COMMAND_KEY], Mapping):
+        body = output[COMMAND_KEY]
+        goto: list[str | Send] = []
+        for target in body.get("goto") or ():
+            goto.append(Send(target["node"], target.get("arg")) if isinstance(target, Mapping) else str(target))
+        return NodeResult(dict(body.get("update") or {}), goto)
+    return NodeResult(dict(output), [])
+
+
+def is_interrupt_output(output: Mapping[str, Any] | None) -> bool:
+    """Whether a task's stored output is a paused node (never reused as a finished result)."""
+    return bool(output) and output is not None and len(output) == 1 and INTERRUPT_KEY in output
+
+
+def goto_names(goto: Sequence[str | Send]) -> list[str]:
+    """The node names ``goto`` routes to (Sends by their node), END left out."""
+    return [t.node if isinstance(t, Send) else t for t in goto if (t.node if isinstance(t, Send) else t) != END_NAME]
