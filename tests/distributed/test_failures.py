@@ -99,6 +99,12 @@ def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: st
         (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
         assert entry["task_id"] == letter.task_id and entry["attempts"] == 3
         assert entry["workflow_id"] == f"{prefix}-bad" and "poisoned input" in entry["reason"]
+        # show: every attempt's error with the traceback the worker recorded.
+        shown = subprocess.run([*cli, "show", letter.task_id, *where], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"workflow:   {prefix}-bad" in shown.stdout and "attempts:   3" in shown.stdout
+        assert shown.stdout.count("Traceback (most recent call last)") == 3, shown.stdout
+        assert shown.stdout.count('raise ValueError(f"poisoned input on attempt {context.attempt}")') == 3
         requeued = subprocess.run([*cli, "requeue", letter.task_id, *where], capture_output=True, text=True,
                                   timeout=60)
         assert requeued.returncode == 0 and requeued.stdout.startswith(f"{letter.task_id}: requeued")
