@@ -303,8 +303,8 @@ OPERATION = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(OPERATION, max_size=4), max_size=8))
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(OPERATION, max_size=6), max_size=8))
 def test_add_messages_keeps_ids_unique_and_order_of_first_appearance(updates: list[list[Any]]) -> None:
     """After any sequence of appends, replacements and removals (several per update),
     ids are unique and the history equals a model: an ordered mapping id -> content."""
@@ -314,16 +314,19 @@ def test_add_messages_keeps_ids_unique_and_order_of_first_appearance(updates: li
     for operations in updates:
         batch: list[Any] = []
         expected = dict(model)
+        removed: set[str] = set()  # removals apply at the end of the update, as in LangGraph
         for op in operations:
             if op[0] == "append":
                 batch.append({"role": "user", "content": op[1]})
                 expected[f"new{len(batch)}"] = op[1]  # placeholder: the reducer picks the id
             elif op[0] == "write" and op[1] < len(ever):
                 batch.append({"role": "user", "content": op[2], "id": ever[op[1]]})
-                expected[ever[op[1]]] = op[2]
+                expected[ever[op[1]]] = op[2]  # in place if present (also if removed earlier in the update)
+                removed.discard(ever[op[1]])
             elif op[0] == "remove" and op[1] < len(ever) and ever[op[1]] in expected:
                 batch.append(RemoveMessage(ever[op[1]]))
-                del expected[ever[op[1]]]
+                removed.add(ever[op[1]])
+        expected = {key: content for key, content in expected.items() if key not in removed}
         history = add_messages(history, batch)
         ids = [m["id"] for m in history]
         assert len(ids) == len(set(ids))
