@@ -582,9 +582,9 @@ class Orchestrator:
         self,
         workflow_id: str,
         graph: Graph | Command[Any] | None = None,
+        command: Command[Any] | None = None,
         *,
         resume: Any = NO_ANSWER,
-        command: Command[Any] | None = None,
         step_limit: int | None = None,
         allow_graph_change: bool = False,
         interrupt_before: Sequence[str] | None = None,
@@ -593,8 +593,8 @@ class Orchestrator:
         """Continue a workflow from its last committed step; return the final state.
 
         An ``interrupted`` workflow needs the answer to its ``interrupt()``:
-        ``resume(workflow_id, Command(resume=answer))`` (or ``command=``, or
-        ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
+        ``resume(workflow_id, Command(resume=answer))`` (with a graph:
+        ``resume(workflow_id, graph, Command(resume=answer))``; or ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
         answer})``. The interrupted node runs again from its start and its
         ``interrupt()`` returns the answer (see ``interrupts``); nodes of the step that
         finished are not run again. A workflow paused at a breakpoint continues with

@@ -1,0 +1,349 @@
+"""``interrupt(value)`` and static breakpoints, on the in-process (memory) backend.
+
+A node that calls ``interrupt`` pauses the workflow (status ``interrupted``, the value
+in ``get_workflow_status(...).interrupts`` and in ``execute``'s ``__interrupt__``);
+``resume(id, Command(resume=answer))`` re-runs the node from its start with
+``interrupt`` returning the answer. Other nodes of the step keep their writes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.aio import run
+
+from distributed_agents import (
+    END,
+    START,
+    Command,
+    Graph,
+    Orchestrator,
+    Send,
+    State,
+    WorkflowStatus,
+    interrupt,
+)
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    ExecutionError,
+    NodeExecutionError,
+    WorkflowCancelledError,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def new_id() -> str:
+    return f"wf-{uuid.uuid4().hex[:8]}"
+
+
+# -- LangGraph's documented human-approval example -----------------------------------
+
+
+def approval_graph() -> Graph:
+    def generate(state: State) -> dict[str, Any]:
+        return {"llm_output": f"summary of {state['topic']}"}
+
+    def human_approval(state: State) -> Command[Literal["some_node", "another_node"]]:
+        is_approved = interrupt({"question": "Is this correct?", "llm_output": state["llm_output"]})
+        if is_approved:
+            return Command(goto="some_node")
+        return Command(goto="another_node")
+
+    graph = Graph("approval")
+    graph.add_node("generate", generate)
+    graph.add_node("human_approval", human_approval)
+    graph.add_node("some_node", lambda s: {"decision": "approved"})
+    graph.add_node("another_node", lambda s: {"decision": "rejected"})
+    graph.add_edge(START, "generate").add_edge("generate", "human_approval")
+    graph.add_edge("some_node", END).add_edge("another_node", END)
+    return graph.compile()
+
+
+@pytest.mark.parametrize(("answer", "decision"), [(True, "approved"), (False, "rejected")])
+def test_langgraph_human_approval_example_gives_the_same_result(answer: bool, decision: str) -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, Any, State]:
+        async with Orchestrator() as orchestrator:
+            paused = await orchestrator.execute(approval_graph(), {"topic": "tides"}, workflow_id=workflow_id)
+            status = await orchestrator.get_workflow_status(workflow_id)
+            done = await orchestrator.resume(workflow_id, Command(resume=answer))
+            return paused, status, done
+
+    paused, status, done = run(scenario())
+    value = {"question": "Is this correct?", "llm_output": "summary of tides"}
+    assert paused["__interrupt__"] == [{"id": "1:human_approval:0", "node": "human_approval", "value": value,
+                                        "kind": "interrupt"}]
+    assert paused["llm_output"] == "summary of tides"
+    assert status.status == WorkflowStatus.INTERRUPTED and not status.done and status.error is None
+    assert [(i.id, i.node, i.value) for i in status.interrupts] == [("1:human_approval:0", "human_approval", value)]
+    assert status.next_nodes == ("human_approval",)
+    assert dict(done) == {"topic": "tides", "llm_output": "summary of tides", "decision": decision}
+
+
+def test_langgraph_review_and_edit_example() -> None:
+    def human_editing(state: State) -> dict[str, Any]:
+        result = interrupt({"task": "Review the output from the LLM and make any necessary edits.",
+                            "llm_generated_summary": state["llm_generated_summary"]})
+        return {"llm_generated_summary": result["edited_text"]}
+
+    graph = Graph("review_edit")
+    graph.add_node("summarise", lambda s: {"llm_generated_summary": "draft"})
+    graph.add_node("human_editing", human_editing).add_node("publish", lambda s: {"published": True})
+    graph.set_entry_point("summarise").add_edge("summarise", "human_editing").add_edge("human_editing", "publish")
+    graph.set_finish_point("publish").compile()
+    workflow_id = new_id()
+
+    async def scenario() -> State:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            # A dict answer whose keys are no interrupt ids is one answer.
+            return await orchestrator.resume(workflow_id, resume={"edited_text": "final text"})
+
+    assert dict(run(scenario())) == {"llm_generated_summary": "final text", "published": True}
+
+
+# -- semantics ----------------------------------------------------------------------
+
+
+def test_the_node_re_runs_from_its_start_and_interrupts_are_answered_in_call_order() -> None:
+    side_effects: list[str] = []
+
+    def ask(state: State) -> dict[str, Any]:
+        side_effects.append("before")  # runs again on every resume: the idempotency rule
+        name = interrupt("name?")
+        age = interrupt(f"age of {name}?")
+        return {"name": name, "age": age}
+
+    graph = Graph("two_questions").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+    workflow_id = new_id()
+
+    async def scenario() -> list[Any]:
+        async with Orchestrator() as orchestrator:
+            first = await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            second = await orchestrator.resume(workflow_id, Command(resume="Ada"))
+            done = await orchestrator.resume(workflow_id, Command(resume=36))
+            return [first["__interrupt__"], second["__interrupt__"], dict(done)]
+
+    first, second, done = run(scenario())
+    assert [i["value"] for i in first] == ["name?"] and [i["value"] for i in second] == ["age of Ada?"]
+    assert [i["id"] for i in second] == ["0:ask:1"]
+    assert done == {"name": "Ada", "age": 36}
+    assert side_effects == ["before"] * 3
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(), min_size=1, max_size=5))
+def test_any_number_of_interrupts_answered_one_by_one_returns_the_answers_in_order(answers: list[int]) -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"got": [interrupt(i) for i in range(len(answers))]}
+
+    graph = Graph("n_questions").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+    workflow_id = new_id()
+
+    async def scenario() -> State:
+        async with Orchestrator() as orchestrator:
+            result = await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            for index, answer in enumerate(answers):
+                assert result["__interrupt__"][0]["value"] == index  # the next unanswered call
+                result = await orchestrator.resume(workflow_id, resume=answer)
+            return result
+
+    assert run(scenario())["got"] == answers
+
+
+def parallel_graph(calls: list[str]) -> Graph:
+    def ask(name: str) -> Any:
+        def node(state: State) -> dict[str, Any]:
+            calls.append(name)
+            return {name: interrupt(f"{name}?")}
+        return node
+
+    def quiet(state: State) -> dict[str, Any]:
+        calls.append("quiet")
+        return {"quiet": True}
+
+    graph = Graph("parallel_questions")
+    graph.add_node("left", ask("left")).add_node("right", ask("right")).add_node("quiet", quiet)
+    for name in ("left", "right", "quiet"):
+        graph.set_entry_point(name).set_finish_point(name)
+    return graph.compile()
+
+
+def test_parallel_interrupts_are_answered_by_id_and_other_nodes_keep_their_writes() -> None:
+    calls: list[str] = []
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, State, State]:
+        async with Orchestrator() as orchestrator:
+            paused = await orchestrator.execute(parallel_graph(calls), {}, workflow_id=workflow_id)
+            ids = {i["node"]: i["id"] for i in paused["__interrupt__"]}
+            with pytest.raises(ConfigurationError, match="2 interrupts pending"):
+                await orchestrator.resume(workflow_id, Command(resume="both?"))
+            # Answer one: the other pauses again, with the same id.
+            partly = await orchestrator.resume(workflow_id, Command(resume={ids["left"]: "L"}))
+            assert [i["id"] for i in partly["__interrupt__"]] == [ids["right"]]
+            done = await orchestrator.resume(workflow_id, Command(resume={ids["right"]: "R"}))
+            return paused, partly, done
+
+    paused, partly, done = run(scenario())
+    assert [i["node"] for i in paused["__interrupt__"]] == ["left", "right"]
+    assert "quiet" not in paused  # pending writes are not in the state until the step commits
+    assert dict(done) == {"left": "L", "right": "R", "quiet": True}
+    assert calls.count("quiet") == 1  # its write was kept across both pauses
+    assert calls.count("left") == 2 and calls.count("right") == 3
+
+
+def test_interrupts_inside_send_tasks_are_answered_by_id() -> None:
+    def review(state: State) -> dict[str, Any]:
+        return {"verdicts": [f"{state['doc']}:{interrupt({'review': state['doc']})}"]}
+
+    graph = Graph("send_reviews", reducers={"verdicts": "extend"})
+    graph.add_node("review", review)
+    graph.add_conditional_edge(START, lambda s: [Send("review", {"doc": d}) for d in s["docs"]], ["review"])
+    graph.set_finish_point("review").compile()
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, State]:
+        async with Orchestrator() as orchestrator:
+            paused = await orchestrator.execute(graph, {"docs": ["a", "b"]}, workflow_id=workflow_id)
+            answers = {i["id"]: ("ok" if i["value"]["review"] == "a" else "no") for i in paused["__interrupt__"]}
+            return paused, await orchestrator.resume(workflow_id, Command(resume=answers))
+
+    paused, done = run(scenario())
+    assert [i["id"] for i in paused["__interrupt__"]] == ["0:review#0:0", "0:review#1:0"]
+    assert done["verdicts"] == ["a:ok", "b:no"]
+
+
+def test_another_orchestrator_sees_and_resumes_the_interrupt_and_wait_returns_at_the_pause() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, Any, State]:
+        first = Orchestrator()
+        other = Orchestrator()  # same in-process backend; knows no graph until given one
+        try:
+            await first.execute(approval_graph(), {"topic": "reefs"}, workflow_id=workflow_id)
+            waited = await other.wait(workflow_id, timeout=10)
+            snapshot = await other.get_state(workflow_id)
+            done = await other.resume(workflow_id, approval_graph(), Command(resume=True))
+            return waited, snapshot, done
+        finally:
+            await first.close()
+            await other.close()
+
+    waited, snapshot, done = run(scenario())
+    assert waited["__interrupt__"][0]["node"] == "human_approval"
+    assert snapshot.next == ("human_approval",) and snapshot.interrupts[0].value["question"] == "Is this correct?"
+    assert done["decision"] == "approved"
+
+
+def test_resume_refuses_answers_that_do_not_fit() -> None:
+    workflow_id = new_id()
+    graph = approval_graph()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {"topic": "x"}, workflow_id=workflow_id)
+            with pytest.raises(ConfigurationError, match=r"paused by interrupt\(\) in node\(s\) human_approval"):
+                await orchestrator.resume(workflow_id)
+            with pytest.raises(ConfigurationError, match="takes only resume="):
+                await orchestrator.resume(workflow_id, Command(update={"a": 1}))
+            assert (await orchestrator.get_workflow_status(workflow_id)).status == WorkflowStatus.INTERRUPTED
+            await orchestrator.resume(workflow_id, Command(resume=True))
+            with pytest.raises(ConfigurationError, match="completed, not interrupted"):
+                await orchestrator.resume(workflow_id, Command(resume=True))
+
+    run(scenario())
+
+
+def test_an_interrupted_workflow_can_be_cancelled() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(approval_graph(), {"topic": "x"}, workflow_id=workflow_id)
+            assert await orchestrator.cancel_workflow(workflow_id)
+            with pytest.raises(WorkflowCancelledError):
+                await orchestrator.get_result(workflow_id)
+
+    run(scenario())
+
+
+def test_interrupt_outside_a_node_and_with_a_non_json_value() -> None:
+    with pytest.raises(ExecutionError, match=r"interrupt\(\) was called outside a node"):
+        interrupt("x")
+    graph = Graph("bad_value").add_node("a", lambda s: interrupt({1, 2}))
+    graph.set_entry_point("a").set_finish_point("a").compile()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {})
+
+    with pytest.raises(NodeExecutionError, match=r"the value given to interrupt\(\)"):
+        run(scenario())
+
+
+# -- static breakpoints ---------------------------------------------------------------
+
+
+def chain(name: str, ran: list[str]) -> Graph:
+    def node(n: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            ran.append(n)
+            return {n: True}
+        return run_node
+
+    graph = Graph(name)
+    for n in ("a", "b", "c"):
+        graph.add_node(n, node(n))
+    return graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c")
+
+
+@pytest.mark.parametrize(("compiled", "per_call", "paused_before"), [
+    ({"interrupt_before": ["b"]}, {}, ["a"]),
+    ({"interrupt_after": ["b"]}, {}, ["a", "b"]),
+    ({}, {"interrupt_before": ["c"]}, ["a", "b"]),
+    ({"interrupt_before": ["b"]}, {"interrupt_after": ["a"]}, ["a"]),  # per call replaces the graph's lists
+    ({}, {"interrupt_before": "*"}, []),
+])
+def test_static_breakpoints_pause_and_resume_continues(compiled: dict[str, Any], per_call: dict[str, Any],
+                                                       paused_before: list[str]) -> None:
+    ran: list[str] = []
+    graph = chain(f"breakpoints_{uuid.uuid4().hex[:6]}", ran).compile(**compiled)
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[Any, State]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {}, workflow_id=workflow_id, **per_call)
+            status = await orchestrator.get_workflow_status(workflow_id)
+            ran.append("|")
+            with pytest.raises(ConfigurationError, match="no interrupt\\(\\) waiting for an answer"):
+                await orchestrator.resume(workflow_id, Command(resume="x"))
+            result = await orchestrator.resume(workflow_id)
+            while "__interrupt__" in result:  # "*" pauses before every step
+                result = await orchestrator.resume(workflow_id)
+            return status, result
+
+    status, result = run(scenario())
+    assert status.status == WorkflowStatus.INTERRUPTED
+    assert status.interrupts[0].kind in ("before", "after") and status.interrupts[0].value is None
+    assert ran[:ran.index("|")] == paused_before
+    assert [n for n in ran if n != "|"] == ["a", "b", "c"]
+    assert dict(result) == {"a": True, "b": True, "c": True}
+
+
+def test_breakpoints_name_nodes_of_the_graph() -> None:
+    with pytest.raises(Exception, match="breakpoint on unknown node 'zz'"):
+        chain("bp_unknown", []).compile(interrupt_before=["zz"])
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(chain("bp_call", []).compile(), {}, interrupt_after=["zz"])
+
+    with pytest.raises(ConfigurationError, match="'zz' is not a node of graph 'bp_call'"):
+        run(scenario())
