@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from distributed_agents.core.engine import merge_updates
@@ -305,6 +305,7 @@ OPERATION = st.one_of(
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.lists(OPERATION, max_size=6), max_size=8))
+@example([[("append", ""), ("append", "")], [("remove", 0), ("write", 0, "")]])  # removed, rewritten: in place
 def test_add_messages_keeps_ids_unique_and_order_of_first_appearance(updates: list[list[Any]]) -> None:
     """After any sequence of appends, replacements and removals (several per update),
     ids are unique and the history equals a model: an ordered mapping id -> content."""
