@@ -9,6 +9,10 @@ is exactly what the engine routes on:
   names itself); one without declared targets may choose any node or END;
 * a join ``add_edge(["a", "b"], "c")`` is drawn as a join point that every source
   leads into and that leads on to ``c`` (``c`` runs once all of them ran);
+* a node's ``destinations`` (where its ``Command(goto=...)`` may go) are dashed arrows
+  labelled ``goto``; a ``Send`` goes where its condition's targets say;
+* a deferred node (``defer=True``) and a breakpoint (``interrupt_before`` /
+  ``interrupt_after``) are noted in the node's label;
 * ``START`` and, when something leads there, ``END``.
 
 No external library is needed; ``draw_mermaid`` output renders wherever Mermaid does
@@ -37,7 +41,7 @@ class _Route:
 
     sources: tuple[str, ...]
     target: str
-    kind: str  # "edge", "conditional" or "join"
+    kind: str  # "edge", "conditional", "goto" or "join"
     label: str = ""
     condition: str = ""
 
@@ -48,6 +52,9 @@ def _routes(spec: Mapping[str, Any]) -> list[_Route]:
     for edge in spec["edges"]:
         sources = tuple(edge["sources"])
         routes.append(_Route(sources, edge["target"], "join" if len(sources) > 1 else "edge"))
+    for node in spec["nodes"]:
+        for target in node.get("destinations") or ():
+            routes.append(_Route((node["name"],), target, "goto", "goto"))
     for edge in spec["conditional_edges"]:
         targets = edge["targets"]
         name = str(edge["condition"])
@@ -84,6 +91,18 @@ def _order(spec: Mapping[str, Any], routes: Sequence[_Route]) -> list[str]:
     return seen + [name for name in declared if name not in seen]
 
 
+def _notes(spec: Mapping[str, Any]) -> dict[str, str]:
+    """Node name -> what its label adds: deferred, interrupt before/after."""
+    notes: dict[str, list[str]] = {}
+    for node in spec["nodes"]:
+        if node.get("defer"):
+            notes.setdefault(node["name"], []).append("deferred")
+    for when in ("before", "after"):
+        for name in spec.get(f"interrupt_{when}") or ():
+            notes.setdefault(name, []).append(f"interrupt {when}")
+    return {name: ", ".join(items) for name, items in notes.items()}
+
+
 def _mermaid_text(text: str) -> str:
     """``text`` inside a Mermaid quoted label (entity codes for what the parser would read)."""
     replaced = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;"}
@@ -104,7 +123,9 @@ def draw_mermaid(graph: _Drawable) -> str:
     # A JSON string is a valid YAML double-quoted scalar: any graph name is safe as the title.
     lines = ["---", f"title: {json.dumps(str(spec['name']), ensure_ascii=False)}", "---", "flowchart TD",
              '    __start__(["START"]):::terminal']
-    lines += [f'    {ids[name]}["{_mermaid_text(name)}"]' for name in order]
+    notes = _notes(spec)
+    lines += [f'    {ids[name]}["{_mermaid_text(name + (f" ({notes[name]})" if name in notes else ""))}"]'
+              for name in order]
     if any(route.target == END for route in routes):
         lines.append('    __end__(["END"]):::terminal')
     joins = 0
@@ -115,7 +136,7 @@ def draw_mermaid(graph: _Drawable) -> str:
             lines.append(f'    {point}((" ")):::join')
             lines += [f"    {ids[source]} --- {point}" for source in route.sources]
             lines.append(f"    {point} --> {ids[route.target]}")
-        elif route.kind == "conditional":
+        elif route.kind in ("conditional", "goto"):
             label = route.label or route.condition
             lines.append(f'    {ids[route.sources[0]]} -.->|"{_mermaid_text(label)}"| {ids[route.target]}')
         else:
@@ -132,17 +153,18 @@ def draw_ascii(graph: _Drawable) -> str:
     """A plain-text rendering of a compiled graph, one block per node in flow order.
 
     Each block lists the node's way out: ``-->`` an edge, ``-.->`` a conditional
-    edge (with the condition and the key that chooses it), ``==>`` a join (with all
-    the sources it waits for). Pure ASCII, no external library. Raises
+    edge (with the condition and the key that chooses it) or a ``Command(goto=)``
+    destination, ``==>`` a join (with all the sources it waits for). Pure ASCII, no external library. Raises
     ``GraphNotCompiledError`` for a graph not compiled yet.
     """
     spec = graph.spec()
     routes = _routes(spec)
     order = _order(spec, routes)
     lines = [f"graph {spec['name']!r}", "=" * (len(str(spec["name"])) + 8)]
+    notes = _notes(spec)
     for name in [START, *order]:
         outgoing = [route for route in routes if name in route.sources]
-        lines.append(_box(name))
+        lines.append(_box(name) + (f"  ({notes[name]})" if name in notes else ""))
         rows = []
         for route in outgoing:
             target = _box(route.target)
@@ -151,6 +173,8 @@ def draw_ascii(graph: _Drawable) -> str:
                 rows.append(("==>", target, f"join: after {others}"))
             elif route.kind == "conditional":
                 rows.append(("-.->", target, f"{route.condition}: {route.label}" if route.label else route.condition))
+            elif route.kind == "goto":
+                rows.append(("-.->", target, "Command goto"))
             else:
                 rows.append(("-->", target, ""))
         width = max((len(arrow) + len(target) for arrow, target, _ in rows), default=0)
@@ -158,7 +182,8 @@ def draw_ascii(graph: _Drawable) -> str:
             branch = "`" if index == len(rows) - 1 else "|"
             text = f"{arrow} {target}"
             lines.append(f"  {branch}{text}" + (f"{' ' * (width + 3 - len(text))}({note})" if note else ""))
-    lines += ["", "--> edge   -.-> conditional edge (condition: key)   ==> join (runs once all its sources ran)"]
+    lines += ["", "--> edge   -.-> conditional edge (condition: key) or Command goto   "
+              "==> join (runs once all its sources ran)"]
     return "\n".join(_strip(lines)) + "\n"
 
 

@@ -934,8 +934,8 @@ class Orchestrator:
     ) -> list[WorkflowStatusInfo]:
         """Workflows in the backend, oldest first (ties by id).
 
-        ``status`` filters by one status (e.g. ``"running"``) or ``"active"`` (pending
-        or running: not yet completed, failed or cancelled); ``graph`` by graph name
+        ``status`` filters by one status (e.g. ``"running"``) or ``"active"`` (pending,
+        running or interrupted: not yet completed, failed or cancelled); ``graph`` by graph name
         (or a ``Graph``). ``limit`` (an int >= 1) bounds the page; pass the last
         item's ``cursor`` to get the next page (see ``status.page_workflows``).
         """

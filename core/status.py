@@ -13,7 +13,7 @@ from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowSt
 
 __all__ = ["ACTIVE", "WorkflowStatusInfo", "page_workflows", "status_filter"]
 
-ACTIVE = "active"  # list_workflows(status=ACTIVE): pending or running, i.e. not yet terminal
+ACTIVE = "active"  # list_workflows(status=ACTIVE): not yet terminal (pending, running or interrupted)
 
 
 @dataclass(frozen=True)

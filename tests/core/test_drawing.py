@@ -83,7 +83,7 @@ graph 'review'
 [publisher]
   `--> (END)
 
---> edge   -.-> conditional edge (condition: key)   ==> join (runs once all its sources ran)
+--> edge   -.-> conditional edge (condition: key) or Command goto   ==> join (runs once all its sources ran)
 """
     fan_out = fan_out_graph().draw_ascii()
     assert "[search]\n  `==> [summarise]  (join: after search + read)\n" in fan_out
@@ -101,6 +101,19 @@ def test_conditions_from_start_and_without_targets_are_drawn_to_every_possible_t
     for target in ("n0", "n1", "__end__"):
         assert f'n0 -.->|"route_review"| {target}' in text
     assert "[a]\n  |-.-> [a]    (route_review)\n  |-.-> [b]    (route_review)\n  `-.-> (END)  (route_review)\n" in graph.draw_ascii()
+
+
+def test_command_destinations_deferred_nodes_and_breakpoints_are_drawn() -> None:
+    graph = Graph("commands")
+    graph.add_node("a", noop, destinations=["b", "c"]).add_node("b", noop).add_node("c", noop, defer=True)
+    graph.set_entry_point("a").set_finish_point("b").set_finish_point("c")
+    graph.compile(interrupt_before=["b"], interrupt_after=["b"])
+    text = graph.draw_mermaid()
+    assert '    n0 -.->|"goto"| n1\n    n0 -.->|"goto"| n2\n' in text
+    assert '    n1["b (interrupt before, interrupt after)"]' in text and '    n2["c (deferred)"]' in text
+    ascii_text = graph.draw_ascii()
+    assert "[a]\n  |-.-> [b]  (Command goto)\n  `-.-> [c]  (Command goto)\n" in ascii_text
+    assert "[b]  (interrupt before, interrupt after)\n" in ascii_text and "[c]  (deferred)\n" in ascii_text
 
 
 def test_names_the_mermaid_parser_would_misread_are_escaped() -> None:
