@@ -350,6 +350,12 @@ def load_app(spec: str) -> NodeRegistry | Worker:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+            raise ConfigurationError(
+                f"--app {spec!r}: importing {module_name!r} failed: {exc}; install what it needs into this "
+                "environment (the one this command runs in)"
+            ) from None
         raise ConfigurationError(
             f"--app {spec!r}: cannot import {module_name!r} ({exc}); run from the folder that contains it, "
             "or add that folder to PYTHONPATH"

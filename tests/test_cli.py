@@ -52,6 +52,7 @@ ENV_NAMES = ("BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_APP", "NODE_TYPES", "WO
 def app_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
     """A folder with ``cliapp.py`` (researcher and writer), the current directory, clean environment."""
     (tmp_path / "cliapp.py").write_text(APP)
+    (tmp_path / "needsdep.py").write_text("import some_missing_dependency\n")
     monkeypatch.chdir(tmp_path)
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
@@ -223,6 +224,8 @@ def test_every_option_shows_help_default_and_environment_variable() -> None:
     (["worker", "--app", "cliapp"], ["--app", "MODULE:ATTRIBUTE"]),
     (["worker", "--app", "nosuchmodule_xyz:registry", "--backend-url", "redis://127.0.0.1:1/0"],
      ["cannot import 'nosuchmodule_xyz'", "PYTHONPATH"]),
+    (["worker", "--app", "needsdep:registry", "--backend-url", "redis://127.0.0.1:1/0"],
+     ["importing 'needsdep' failed", "No module named 'some_missing_dependency'", "install what it needs"]),
     (["worker", "--app", "cliapp:nothing", "--backend-url", "redis://127.0.0.1:1/0"],
      ["no attribute 'nothing'", "cliapp:registry"]),
     (["worker", "--app", "cliapp:not_a_registry", "--backend-url", "redis://127.0.0.1:1/0"],
