@@ -49,6 +49,7 @@ from distributed_agents.core.state import State, check_values
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.sync_api import SyncOrchestrator, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
+from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
@@ -189,6 +190,7 @@ class Orchestrator:
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
         self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
         self._waiting: dict[str, str] = {}
+        self.waiting_log_interval = WAITING_LOG_INTERVAL  # seconds between "still waiting" warnings
         self._events: EventPublisher | None = None
         self._connected = False
         self._cancelled: set[str] = set()  # workflows cancel_workflow stopped in this process
@@ -251,18 +253,18 @@ class Orchestrator:
             return None
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
-    def _engine(self, workflow_id: str) -> StepEngine:
+    def _engine(self, workflow_id: str, lease: WorkflowLease) -> StepEngine:
         backend = self.backend
-
-        async def waiting(node_types: Sequence[str]) -> None:
-            self._waiting[workflow_id] = "waiting for a worker of type " + ", ".join(map(repr, node_types))
-
+        # Waiting for a worker is logged, and noted in the stored record (visible from
+        # any process) through a store view that keeps the engine's commits in step.
+        store = NotingStore(backend.state_store, workflow_id, lease)
+        waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval)
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
             withdraw_on_cancel=lambda: workflow_id in self._cancelled,
         )
-        return StepEngine(store=backend.state_store, queue_executor=executor, events=self._publisher(),
+        return StepEngine(store=store, queue_executor=executor, events=self._publisher(),
                           local_function=self._local_function, outage=self._outage,
                           payload_limit=backend.max_payload_bytes)
 
@@ -750,7 +752,7 @@ class Orchestrator:
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None) -> State:
         workflow_id = record.workflow_id
         options = DriveOptions(step_limit=step_limit or self.step_limit, lease_ttl=self.lease_ttl)
-        drive = asyncio.ensure_future(self._engine(workflow_id).drive(graph, record, lease, options))
+        drive = asyncio.ensure_future(self._engine(workflow_id, lease).drive(graph, record, lease, options))
         self._running[workflow_id] = drive
         lease_lost = asyncio.Event()
         renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost))

@@ -1,0 +1,113 @@
+"""interrupt() on Redis and NATS: nodes on real worker processes, answers from other processes.
+
+The interrupted node runs on a worker; the pause is stored in the workflow record, so
+another orchestrator reads it and resumes the workflow, the answer travelling to the
+worker in the task payload. An orchestrator SIGKILLed while its workflow is interrupted
+loses nothing: a new process resumes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import uuid
+from types import ModuleType
+from typing import Any
+
+import pytest
+from support.aio import run
+from support.worker_processes import HERE, WorkerProcesses
+
+from distributed_agents import Command, Orchestrator, State, WorkflowStatus
+from distributed_agents.distributed import DistributedOrchestrator
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def control_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("control_app", HERE / "control_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_interrupts_on_workers_are_seen_and_answered_from_another_orchestrator(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    url = str(request.getfixturevalue(backend))
+    prefix = f"hitl{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(url, prefix, tmp_path, "control_app:registry")
+    app = control_app()
+
+    async def scenario() -> dict[str, Any]:
+        starter = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+        answerer = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+        try:
+            paused = await starter.execute(app.approval_graph(), {"topic": "tides"}, workflow_id="wf-approval")
+            status = await answerer.get_workflow_status("wf-approval")
+            rejected = await answerer.resume("wf-approval", app.approval_graph(), Command(resume=False))
+            asked = await starter.execute(app.ask_graph(), {}, workflow_id="wf-ask")
+            second = await answerer.resume("wf-ask", app.ask_graph(), Command(resume="Ada"))
+            greeted = await starter.resume("wf-ask", resume="Countess")
+            return {"paused": paused, "status": status, "rejected": rejected, "asked": asked, "second": second,
+                    "greeted": greeted}
+        finally:
+            await starter.close()
+            await answerer.close()
+
+    workers.start("w1", "--capacity", "2")
+    try:
+        out = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    value = {"question": "Is this correct?", "llm_output": "summary of tides"}
+    assert out["paused"]["__interrupt__"] == [{"id": "1:human_approval:0", "node": "human_approval",
+                                               "value": value, "kind": "interrupt"}]
+    assert out["status"].status == WorkflowStatus.INTERRUPTED and out["status"].interrupts[0].value == value
+    assert dict(out["rejected"]) == {"topic": "tides", "llm_output": "summary of tides", "decision": "rejected"}
+    assert [i["value"] for i in out["asked"]["__interrupt__"]] == ["name?"]
+    assert [i["value"] for i in out["second"]["__interrupt__"]] == ["title of Ada?"]
+    assert dict(out["greeted"]) == {"greeting": "Countess Ada"}
+
+
+def test_an_interrupt_survives_sigkill_of_its_orchestrator_and_another_process_resumes_it(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    prefix = f"hitlkill{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
+        [sys.executable, str(HERE / "interrupt_child.py"), redis_url, prefix, "wf-killed"],
+        stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line, (tmp_path / "child.log").read_text()
+            seen = json.loads(line)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+    assert seen["status"] == "interrupted"
+    app = control_app()
+
+    async def scenario() -> tuple[Any, State]:
+        async with Orchestrator(backend=redis_url, backend_options={"prefix": prefix}) as orchestrator:
+            status = await orchestrator.get_workflow_status("wf-killed")
+            done = await orchestrator.resume("wf-killed", app.approval_graph(local=True), Command(resume=True))
+            return status, done
+
+    status, done = run(scenario())
+    assert child.returncode == -signal.SIGKILL
+    assert status.status == WorkflowStatus.INTERRUPTED
+    assert [(i.id, i.node) for i in status.interrupts] == [(seen["interrupt"][0]["id"], "human_approval")]
+    assert dict(done) == {"topic": "storms", "llm_output": "summary of storms", "decision": "approved"}
