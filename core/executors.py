@@ -133,7 +133,8 @@ class TaskQueueExecutor(NodeExecutor):
     Results of tasks that already finished (for example before an orchestrator was
     restarted) are reused: task ids are deterministic and enqueue is idempotent.
     When no live worker serves a node type, ``on_waiting`` is told which types are
-    missing (the orchestrator records it in the workflow's status); with
+    missing, at every poll while that lasts, and once with none when the wait is over
+    (the orchestrator logs it and records it in the workflow's status); with
     ``worker_timeout`` set, waiting longer than that fails the node.
 
     When the step is cancelled, tasks no worker has claimed yet are taken back only if
@@ -201,10 +202,12 @@ class TaskQueueExecutor(NodeExecutor):
                     failure, result.attempts, started, max(result.finished_at - started, 0.0), result.worker_id,
                 )
             if results:
+                await self._waited(waiting_since)
                 waiting_since = None
                 continue
             missing = await self._types_without_workers([by_id[t] for t in pending])
             if not missing:
+                await self._waited(waiting_since)
                 waiting_since = None
                 continue
             waiting_since = waiting_since or time.monotonic()
@@ -216,6 +219,11 @@ class TaskQueueExecutor(NodeExecutor):
                     f"after waiting {self.worker_timeout}s; start a worker with those node types"
                 )
         return [outcomes[call.task_id] for call in calls]
+
+    async def _waited(self, waiting_since: float | None) -> None:
+        """The wait (if there was one) is over: tell ``on_waiting`` with no types."""
+        if waiting_since is not None and self.on_waiting is not None:
+            await self.on_waiting([])
 
     async def _types_without_workers(self, calls: Sequence[NodeCall]) -> list[str]:
         missing = []

@@ -5,7 +5,8 @@ shared backend (Redis, NATS JetStream, or any installed backend), and which wait
 workers instead of failing when none is up yet. ``DistributedWorker`` is a ``Worker``
 on such a backend that drains on SIGTERM/SIGINT. Both take ``redis_url=`` as in the
 README, or ``backend_url=`` for any backend; with neither, ``BACKEND_URL``,
-``REDIS_URL`` or ``NATS_URL`` from the environment is used.
+``REDIS_URL`` or ``NATS_URL`` from the environment is used. An in-process backend
+(``memory://``) is refused with the reason: other processes could never see its work.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
 
-__all__ = ["DistributedOrchestrator", "DistributedWorker", "backend_url_from"]
+__all__ = ["DistributedOrchestrator", "DistributedWorker", "backend_url_from", "require_shared_backend"]
 
 log = logging.getLogger("distributed_agents.orchestrator")
 
-BACKEND_OPTION_NAMES = ("prefix", "visibility_timeout", "max_attempts", "result_ttl", "state_ttl", "heartbeat_ttl")
+BACKEND_OPTION_NAMES = ("prefix", "visibility_timeout", "max_attempts", "result_ttl", "state_ttl", "heartbeat_ttl",
+                        "max_payload_bytes")
+# Backends whose data lives inside one process: another process never sees their tasks.
+IN_PROCESS_SCHEMES = frozenset({"memory"})
 
 
 def backend_url_from(redis_url: str | None, backend_url: str | None) -> str:
@@ -37,6 +41,19 @@ def backend_url_from(redis_url: str | None, backend_url: str | None) -> str:
         raise ConfigurationError(
             "no backend URL: pass redis_url='redis://host:6379/0' or backend_url='nats://host:4222', "
             "or set BACKEND_URL, REDIS_URL or NATS_URL"
+        )
+    return url
+
+
+def require_shared_backend(url: str, who: str) -> str:
+    """Return ``url`` unless it names an in-process backend, which ``who`` cannot work with."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in IN_PROCESS_SCHEMES:
+        raise ConfigurationError(
+            f"{who} cannot use {url!r}: the {scheme}:// backend lives inside one process, so workers and "
+            "orchestrators in other processes never see its tasks or workflows. Use a shared backend "
+            "(redis://host:6379/0 or nats://host:4222), or, to run everything in this process, the local "
+            "Orchestrator (with Worker if you want workers) instead"
         )
     return url
 
@@ -69,7 +86,7 @@ class DistributedOrchestrator(Orchestrator):
         backend_options = _split_options(options)
         super().__init__(
             registry,
-            backend=backend_url_from(redis_url, backend_url),
+            backend=require_shared_backend(backend_url_from(redis_url, backend_url), "DistributedOrchestrator"),
             backend_options=backend_options,
             wait_for_workers=True,
             worker_timeout=worker_timeout,
@@ -77,7 +94,6 @@ class DistributedOrchestrator(Orchestrator):
             recover=recover,
             **options,
         )
-
 
     async def connect(self) -> None:
         """Connect to the backend (idempotent; every operation calls it).
@@ -111,7 +127,7 @@ class DistributedWorker(Worker):
         super().__init__(
             node_types,
             capacity,
-            backend=backend_url_from(redis_url, backend_url),
+            backend=require_shared_backend(backend_url_from(redis_url, backend_url), "DistributedWorker"),
             worker_id=worker_id,
             heartbeat_interval=heartbeat_interval,
             backend_options=backend_options,

@@ -155,6 +155,7 @@ class NatsConnection:
         # here and reported once, in connect()'s error, instead of logged one by one.
         self._connecting = False
         self._connect_errors: list[BaseException] = []
+        self._connect_lock = asyncio.Lock()
 
     @property
     def nc(self) -> Client:
@@ -183,6 +184,13 @@ class NatsConnection:
         """
         if self._nc is not None:
             return
+        # Two callers at once (an orchestrator's execute and a status read, say) must
+        # share one client: without the lock each would open one and one would leak.
+        async with self._connect_lock:
+            if self._nc is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         import nats
 
         if self.settings.tls:

@@ -1,0 +1,190 @@
+"""Making "waiting for a worker of type X" visible: in the log, and in the stored record.
+
+When a step's tasks sit in the queue and no live worker serves their node type, the
+``TaskQueueExecutor`` reports the missing types every poll. ``WaitingReporter`` turns
+that into a warning naming the types when waiting starts, again every
+``log_interval`` seconds while it lasts, and an info line when it ends; and it writes
+the note into the workflow record's ``metadata["waiting_for"]``, so
+``get_workflow_status`` shows it from any process, not only the one driving the workflow.
+
+Writing the record mid-step bumps its version, which would make the engine's next
+compare-and-set commit fail as if another orchestrator had taken over. ``NotingStore``
+wraps the state store the engine commits through: the note is a fenced CAS write on
+top of the last version the engine wrote, the engine's next save expects the note's
+version instead, and every save the engine makes drops the note (a committed step is
+no longer waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from distributed_agents.core.errors import (
+    BackendUnavailableError,
+    FencingTokenRejectedError,
+    LeaseLostError,
+    VersionConflictError,
+)
+from distributed_agents.core.ports.state_store import (
+    Checkpoint,
+    StateStore,
+    WorkflowLease,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+
+__all__ = ["WAITING_KEY", "WAITING_LOG_INTERVAL", "NotingStore", "WaitingReporter", "waiting_text"]
+
+WAITING_KEY = "waiting_for"
+WAITING_LOG_INTERVAL = 30.0  # seconds between repeated warnings while a workflow waits
+
+log = logging.getLogger("distributed_agents.orchestrator")
+
+
+def waiting_text(node_types: Sequence[str]) -> str:
+    """``waiting for a worker of type 'a', 'b'``: the status line for missing ``node_types``."""
+    return "waiting for a worker of type " + ", ".join(map(repr, node_types))
+
+
+class NotingStore(StateStore):
+    """The engine's view of ``inner`` for one workflow run: saves that keep waiting notes in step.
+
+    Only ``get`` and ``save`` are used by the engine; everything else goes to ``inner``.
+    """
+
+    def __init__(self, inner: StateStore, workflow_id: str, lease: WorkflowLease) -> None:
+        self._inner = inner
+        self._workflow_id = workflow_id
+        self._lease = lease
+        self._base: WorkflowRecord | None = None  # the last version the engine wrote (or read)
+        self._noted: WorkflowRecord | None = None  # the note written on top of it, if any
+        self.state_ttl = inner.state_ttl
+
+    async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        return await self._inner.get(workflow_id)
+
+    async def save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None = None,
+        fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        noted = self._noted
+        if WAITING_KEY in record.metadata:  # e.g. carried over by a resume: the commit ends any wait
+            record = record.evolve(metadata={k: v for k, v in record.metadata.items() if k != WAITING_KEY})
+        if (record.workflow_id == self._workflow_id and noted is not None and self._base is not None
+                and expected_version == self._base.version):
+            expected_version = noted.version  # the note moved the record on by one version
+        try:
+            saved = await self._inner.save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                           fencing_token=fencing_token)
+        except VersionConflictError:
+            # A repeated save whose first attempt landed (its reply lost in an outage)
+            # is recognised here, as the engine cannot see past the note's version.
+            current = await self._inner.get(record.workflow_id) if noted is not None else None
+            if current is None or not _same_commit(current, record, expected_version + 1):
+                raise
+            saved = current
+        if record.workflow_id == self._workflow_id:
+            self._base, self._noted = saved, None
+        return saved
+
+    async def note(self, text: str | None) -> None:
+        """Record ``text`` as ``metadata["waiting_for"]`` (None: remove it); best effort.
+
+        A conflict means the workflow moved on (cancelled, committed, taken over): the
+        note is dropped, since the record already says more than it would.
+        """
+        current = self._noted or self._base
+        try:
+            if current is None:
+                current = await self._inner.get(self._workflow_id)
+                if current is None:
+                    return
+                self._base = current
+            if current.metadata.get(WAITING_KEY) == text or current.status != WorkflowStatus.RUNNING:
+                return
+            metadata = {k: v for k, v in current.metadata.items() if k != WAITING_KEY}
+            if text is not None:
+                metadata[WAITING_KEY] = text
+            self._noted = await self._inner.save(
+                current.evolve(metadata=metadata), expected_version=current.version,
+                fencing_token=self._lease.fencing_token,
+            )
+        except (VersionConflictError, LeaseLostError, FencingTokenRejectedError, BackendUnavailableError) as exc:
+            log.debug("workflow %r: waiting note not stored (%s)", self._workflow_id, exc)
+
+    # -- everything else is the inner store's --------------------------------------------
+
+    async def list_checkpoints(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.list_checkpoints(*args, **kwargs)
+
+    async def list_workflows(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.list_workflows(*args, **kwargs)
+
+    async def delete(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.delete(*args, **kwargs)
+
+    async def acquire_lease(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.acquire_lease(*args, **kwargs)
+
+    async def renew_lease(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.renew_lease(*args, **kwargs)
+
+    async def release_lease(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.release_lease(*args, **kwargs)
+
+    async def close(self) -> None:
+        """The inner store belongs to the backend: nothing to close here."""
+
+
+def _same_commit(current: WorkflowRecord, attempted: WorkflowRecord, version: int) -> bool:
+    return (current.version == version and current.step == attempted.step and current.status == attempted.status
+            and dict(current.state) == dict(attempted.state) and dict(current.frontier) == dict(attempted.frontier))
+
+
+class WaitingReporter:
+    """The executor's ``on_waiting`` hook for one workflow run: logs, stores and remembers the wait.
+
+    ``in_memory`` maps workflow id to the current note (what the driving process shows
+    at once, before the stored note lands).
+    """
+
+    def __init__(self, workflow_id: str, store: NotingStore, in_memory: MutableMapping[str, str],
+                 log_interval: float = WAITING_LOG_INTERVAL) -> None:
+        self._workflow_id = workflow_id
+        self._store = store
+        self._in_memory = in_memory
+        self._log_interval = log_interval
+        self._text: str | None = None
+        self._since = 0.0
+        self._logged = 0.0
+
+    async def __call__(self, node_types: Sequence[str]) -> None:
+        now = time.monotonic()
+        if not node_types:
+            if self._text is not None:
+                log.info("workflow %r: done waiting after %.0fs (%s)", self._workflow_id, now - self._since,
+                         self._text)
+                self._text = None
+                self._in_memory.pop(self._workflow_id, None)
+                await self._store.note(None)
+            return
+        text = waiting_text(node_types)
+        if text != self._text:
+            if self._text is None:
+                self._since = now
+            self._text, self._logged = text, now
+            log.warning("workflow %r: no live worker serves node type(s) %s; %s. Start a worker that serves them, "
+                        "e.g. distributed-agents worker --app module:registry --node-types %s",
+                        self._workflow_id, ", ".join(map(repr, node_types)), text, ",".join(node_types))
+        elif now - self._logged >= self._log_interval:
+            self._logged = now
+            log.warning("workflow %r: still %s, after %.0fs", self._workflow_id, text, now - self._since)
+        self._in_memory[self._workflow_id] = text
+        await self._store.note(text)
