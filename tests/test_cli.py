@@ -22,11 +22,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.aio import run
 from support.server_process import free_port
 
 from distributed_agents import open_backend
-from distributed_agents.cli import _parser, main
+from distributed_agents.cli import WORKER_OPTIONS, Option, UsageError, _parser, main
 from distributed_agents.core.ports.task_queue import Task
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -442,3 +444,35 @@ def test_rediss_to_a_plain_redis_says_tls_failed_and_exits(app_dir: pathlib.Path
 def test_dead_letters_against_a_down_backend_is_one_line_exit_1() -> None:
     done = cli("dead-letters", "list", "--backend-url", f"redis://127.0.0.1:{free_port()}/0")
     assert_one_line_error(done.returncode, done.stderr, "cannot connect to Redis", "connection refused", code=1)
+
+
+# -- property: any environment text is a valid value or one line naming the variable --------------
+
+env_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(option=st.sampled_from([o for o in WORKER_OPTIONS if o.env]), raw=env_text)
+def test_any_environment_value_parses_or_is_one_line_naming_the_variable(option: Option, raw: str) -> None:
+    name = option.env[0]
+    saved = {n: os.environ.pop(n, None) for n in option.env}
+    os.environ[name] = raw
+    try:
+        value = option.resolve(argparse.Namespace())
+    except UsageError as exc:
+        message = str(exc)
+        assert "\n" not in message and f"environment variable {name}=" in message and option.flag in message
+        return
+    finally:
+        for n, old in saved.items():
+            os.environ.pop(n, None)
+            if old is not None:
+                os.environ[n] = old
+    if raw == "":
+        assert value == option.default  # an empty variable counts as unset
+    elif option.dest in ("capacity",):
+        assert isinstance(value, int) and value >= 1
+    elif option.dest in ("heartbeat_interval", "visibility_timeout"):
+        assert isinstance(value, float) and value > 0 and value != float("inf")
+    elif option.dest == "shutdown_grace":
+        assert isinstance(value, float) and value >= 0 and value != float("inf")
