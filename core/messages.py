@@ -15,8 +15,10 @@ reducer, as LangGraph's ``add_messages``:
   later step, checkpoint and process.
 
 Both sides may be one message or a list; a plain string is a user message
-(``{"role": "user", "content": s}``), as in LangGraph. Messages are copied, never
-changed in place, and the result is a new list of plain JSON dicts. Where LangGraph
+(``{"role": "user", "content": s}``), as in LangGraph. Nothing given is changed in
+place: the result is a new list of plain JSON dicts, which may share unchanged message
+dicts with the arguments (state values are never mutated in place, so sharing is safe
+and keeps a long history's merge cheap). Where LangGraph
 uses ``RemoveMessage`` objects, the marker here is a JSON dict, because state is JSON.
 """
 
@@ -46,7 +48,7 @@ def _is_removal(message: Mapping[str, Any]) -> bool:
 
 
 def _messages(side: str, value: Any) -> list[dict[str, Any]]:
-    """``value`` (one message, a string or a list of them) as a list of message dict copies with ids."""
+    """``value`` (one message, a string or a list of them) as a list of message dicts, each with an id."""
     items = value if isinstance(value, list) else [value]
     result = []
     for index, item in enumerate(items):
@@ -58,15 +60,14 @@ def _messages(side: str, value: Any) -> list[dict[str, Any]]:
                 f"add_messages: {where} is a {type(item).__name__}, not a message; messages are dicts in the "
                 "OpenAI chat format, e.g. {'role': 'assistant', 'content': 'hi'}"
             )
-        message = dict(item)
-        if message.get("id") is None:
-            if _is_removal(message):
+        message_id = item.get("id")
+        if message_id is None:
+            if _is_removal(item):
                 raise TypeError(f"add_messages: removal marker {item!r} has no id; use RemoveMessage(id)")
-            message["id"] = uuid.uuid4().hex
-        elif not isinstance(message["id"], str):
-            raise TypeError(f"add_messages: message id {message['id']!r} must be a str, got "
-                            f"{type(message['id']).__name__}")
-        result.append(message)
+            item = {**item, "id": uuid.uuid4().hex}  # a copy: the caller's dict stays as it was
+        elif not isinstance(message_id, str):
+            raise TypeError(f"add_messages: message id {message_id!r} must be a str, got {type(message_id).__name__}")
+        result.append(item)
     return result
 
 

@@ -257,6 +257,14 @@ def test_add_messages_appends_and_gives_messages_without_id_a_uuid4_hex() -> Non
     assert json.loads(json.dumps(merged)) == merged
 
 
+def test_add_messages_changes_nothing_it_is_given() -> None:
+    history = [user("a", "1")]
+    update = {"role": "user", "content": "no id yet"}
+    merged = add_messages(history, [update, RemoveMessage("1")])
+    assert update == {"role": "user", "content": "no id yet"}  # the id went on a copy
+    assert history == [user("a", "1")] and merged == [{**update, "id": merged[0]["id"]}]
+
+
 def test_add_messages_takes_a_single_message_a_string_or_none_as_history() -> None:
     assert add_messages(None, user("a", "1")) == [user("a", "1")]
     (message,) = add_messages([], "hello")
