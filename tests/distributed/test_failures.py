@@ -1,6 +1,7 @@
 """Failures stay explicit across processes: poison tasks, crashing nodes, cancellation, no workers.
 
-Worker processes are real (the CLI); the backend is a real Redis server.
+Worker processes are real (the CLI); the backend is a real Redis server, and for the
+failure and cancellation paths a real NATS server too.
 """
 
 from __future__ import annotations
@@ -152,13 +153,46 @@ def test_node_that_kills_its_worker_every_time_ends_in_dead_letters(redis_url: s
         workers.close()
 
 
-def test_cancel_reaches_a_task_running_in_another_process(redis_url: str, tmp_path: pathlib.Path) -> None:
-    prefix = f"cancel{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, prefix, tmp_path, DA_HANG="1")
+@pytest.fixture(params=["redis", "nats"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a real Redis or NATS server."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def test_a_failing_node_without_retry_policy_runs_once_in_a_worker_process(
+    shared_url: str, tmp_path: pathlib.Path
+) -> None:
+    """No retry policy: one attempt, and the workflow fails with the node's own ValueError at once."""
+    prefix = f"once{uuid.uuid4().hex[:8]}"
+    workers = Workers(shared_url, prefix, tmp_path)
     worker = workers.start("w1")
     try:
         async def scenario() -> Any:
-            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
+            orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=30)
+            with pytest.raises(NodeExecutionError) as caught:
+                await orchestrator.execute(single("poison"), {}, workflow_id=f"{prefix}-1")
+            letters = await orchestrator.backend.task_queue.dead_letters("poison")
+            await orchestrator.close()
+            return caught.value, letters
+
+        error, letters = run(scenario(), timeout=60)
+        assert (error.node, error.attempts, error.error_type) == ("poison", 1, "ValueError")
+        assert error.error_message == "poisoned input on attempt 1"
+        (letter,) = letters
+        assert letter.attempts == 1 and letter.reason.startswith("ValueError: poisoned input on attempt 1")
+        assert workers.log("w1").count("failed on attempt") == 1
+        assert worker.poll() is None
+    finally:
+        workers.close()
+
+
+def test_cancel_reaches_a_task_running_in_another_process(shared_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"cancel{uuid.uuid4().hex[:8]}"
+    workers = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    worker = workers.start("w1")
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=30)
             graph = Graph("cancel_me").add_node("prepare").add_node("slow")
             graph.set_entry_point("prepare").add_edge("prepare", "slow").set_finish_point("slow").compile()
             running = asyncio.ensure_future(orchestrator.execute(graph, {"query": "q"}, workflow_id=f"{prefix}-1"))

@@ -124,3 +124,30 @@ def test_prefixes_are_isolated(nats_url: str) -> None:
             await two.close()
 
     run(scenario())
+
+
+def test_nack_final_dead_letters_at_once_with_attempts_left(nats_url: str) -> None:
+    """``nack(final=True)`` on attempt 1 of 3: dead-lettered now, result failed, never claimed again."""
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url, max_attempts=3)
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(task("final"))
+            (claimed,) = await queue.claim(["n"], worker_id="w")
+            assert await queue.nack(claimed, "ValueError: no retry policy", final=True) is False
+            (letter,) = await queue.dead_letters("n")
+            assert letter.task_id == "final" and letter.attempts == 1
+            assert letter.errors == ("attempt 1: ValueError: no retry policy",)
+            result = await queue.get_result("final")
+            assert result is not None and result.status == "failed" and result.attempts == 1
+            assert await queue.claim(["n"], worker_id="w", wait=0.5) == []
+            stats = await queue.stats("n")
+            assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
+            await queue.enqueue(task("retry"))
+            (again,) = await queue.claim(["n"], worker_id="w")
+            assert await queue.nack(again, "flaky") is True  # without final: delivered again
+        finally:
+            await backend.close()
+
+    run(scenario())
