@@ -16,7 +16,7 @@ from typing import Any
 
 from distributed_agents.core.codec import decode
 from distributed_agents.core.errors import NodeNotFoundError
-from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node
+from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node, is_output_error
 from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.registry import NodeFunction
@@ -98,7 +98,8 @@ class InProcessExecutor(NodeExecutor):
             try:
                 updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume)
             except Exception as exc:
-                if policy is not None and policy.should_retry(attempt, exc):
+                # A rejected output (not JSON, not a dict, too large) would be the same again.
+                if policy is not None and not is_output_error(exc) and policy.should_retry(attempt, exc):
                     await asyncio.sleep(policy.delay(attempt))
                     continue
                 return NodeOutcome(call.node, call.task_id, None, describe_failure(exc), attempt, started,

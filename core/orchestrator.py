@@ -343,6 +343,8 @@ class Orchestrator:
         step_limit: int | None = None,
         priority: int = 0,
         from_checkpoint: str | None = None,
+        interrupt_before: Sequence[str] | None = None,
+        interrupt_after: Sequence[str] | None = None,
     ) -> str:
         """Start a workflow as ``execute`` does and return its id once it is stored.
 
@@ -354,7 +356,8 @@ class Orchestrator:
         here; later ones are recorded in its status.
         """
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
-                                          priority=priority, from_checkpoint=from_checkpoint)
+                                          priority=priority, from_checkpoint=from_checkpoint,
+                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after))
         workflow_id = record.workflow_id
         task = asyncio.ensure_future(self._drive(graph, record, lease, step_limit))
         self._background[workflow_id] = task

@@ -204,3 +204,32 @@ def test_a_node_past_its_timeout_is_cancelled_on_the_worker_and_retried() -> Non
     error = run(with_worker(worker, body))
     assert attempts == [1, 2] and cancelled == [1, 2]
     assert error.attempts == 2 and error.error_type == "NodeTimeoutError"
+
+
+@pytest.mark.parametrize("where", ["in-process", "worker"])
+def test_a_rejected_output_is_not_retried_in_process_or_on_a_worker(where: str) -> None:
+    """Not JSON (a lone surrogate) or not a dict: the same input gives the same output, so one attempt."""
+    calls: list[str] = []
+
+    def bad(state: State) -> Any:
+        calls.append("bad")
+        return {"text": "\udc80"} if state.get("kind") == "json" else ["not", "a", "dict"]
+
+    retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False)
+    graph = Graph(f"rejected_{where.replace('-', '_')}")
+    graph.add_node("bad", bad if where == "in-process" else None, node_type="bad", retry=retry)
+    graph.set_entry_point("bad").set_finish_point("bad").compile()
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("bad", bad)
+
+    async def body() -> list[tuple[int, str]]:
+        outcomes = []
+        for kind in ("json", "dict"):
+            with pytest.raises(NodeExecutionError) as caught:
+                await Orchestrator().execute(graph, {"kind": kind})
+            outcomes.append((caught.value.attempts, caught.value.error_type))
+        return outcomes
+
+    outcomes = run(with_worker(worker, body))
+    assert outcomes == [(1, "StateNotSerializableError"), (1, "InvalidNodeOutputError")]
+    assert calls == ["bad", "bad"]
