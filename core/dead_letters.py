@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from distributed_agents.core.engine import node_run
 from distributed_agents.core.errors import VersionConflictError
+from distributed_agents.core.frontier import read_entries
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
@@ -62,8 +63,10 @@ def _run_and_step(letter: DeadLetter) -> tuple[int, int] | None:
     if task is None or not letter.task_id.startswith(f"{task.workflow_id}:"):
         return None
     run, _, rest = letter.task_id[len(task.workflow_id) + 1:].partition(":")
-    step, _, node = rest.partition(":")
-    if node != task.node or not run.isdigit() or not step.isdigit():
+    step, _, key = rest.partition(":")
+    node, _, index = key.rpartition("#") if "#" in key else (key, "", "")
+    # ``node`` or, for the i-th Send to it, ``node#i`` (see core.frontier).
+    if node != task.node or (index and not index.isdigit()) or not run.isdigit() or not step.isdigit():
         return None
     return int(run), int(step)
 
@@ -126,9 +129,11 @@ def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int) -> s
     """Why requeueing ``letter`` would not continue ``record``'s workflow; None if it would."""
     assert letter.task is not None
     node = letter.task.node
-    current_run = node_run(record, node)
+    # The frontier entry the task ran: node, or node#i for a Send (after "<workflow>:<run>:<step>:").
+    key = letter.task_id[len(letter.task.workflow_id) + 1:].split(":", 2)[-1]
+    current_run = node_run(record, key)
     if (record.status in (WorkflowStatus.FAILED, WorkflowStatus.RUNNING) and current_run == run
-            and record.step == step and node in record.frontier.get("next", ())):
+            and record.step == step and key in {e.key for e in read_entries(record.frontier, {})}):
         return None
     return (f"workflow {record.workflow_id!r} is {record.status} at step {record.step} (run {current_run}), "
             f"and this task ran node {node!r} in step {step} of run {run}, so its result would be used by "

@@ -119,6 +119,8 @@ class Graph:
         state_schema: type | None = None,
         input_schema: type | None = None,
         output_schema: type | None = None,
+        interrupt_before: Sequence[str] | None = None,
+        interrupt_after: Sequence[str] | None = None,
     ) -> None:
         """``reducers`` maps state keys to reducers (built-in names or callables).
 
@@ -128,6 +130,9 @@ class Graph:
         (see ``schema``). Without a schema the state is an untyped dict. A key given a
         reducer both here and in the schema must name the same one
         (``ConfigurationError`` otherwise).
+
+        ``interrupt_before`` / ``interrupt_after`` are static breakpoints, as
+        ``compile()`` takes them (checked when the graph compiles).
         """
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Graph name must be a non-empty string, got {name!r}")
@@ -140,6 +145,8 @@ class Graph:
         self._reducer_names: dict[str, str] = {}
         self._compiled = False
         self._routing = _Routing()
+        self._interrupt_before = () if interrupt_before is None else _breakpoints(interrupt_before)
+        self._interrupt_after = () if interrupt_after is None else _breakpoints(interrupt_after)
         if state_schema is None and (input_schema is not None or output_schema is not None):
             raise ConfigurationError(f"graph {name!r}: input_schema and output_schema need a state_schema too; "
                                      "pass Graph(name, state_schema=...)")

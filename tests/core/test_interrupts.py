@@ -291,14 +291,14 @@ def test_interrupt_outside_a_node_and_with_a_non_json_value() -> None:
 # -- static breakpoints ---------------------------------------------------------------
 
 
-def chain(name: str, ran: list[str]) -> Graph:
+def chain(name: str, ran: list[str], **options: Any) -> Graph:
     def node(n: str) -> Any:
         def run_node(state: State) -> dict[str, Any]:
             ran.append(n)
             return {n: True}
         return run_node
 
-    graph = Graph(name)
+    graph = Graph(name, **options)
     for n in ("a", "b", "c"):
         graph.add_node(n, node(n))
     return graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c")
@@ -310,11 +310,13 @@ def chain(name: str, ran: list[str]) -> Graph:
     ({}, {"interrupt_before": ["c"]}, ["a", "b"]),
     ({"interrupt_before": ["b"]}, {"interrupt_after": ["a"]}, ["a"]),  # per call replaces the graph's lists
     ({}, {"interrupt_before": "*"}, []),
+    ({"graph": {"interrupt_before": ["c"]}}, {}, ["a", "b"]),  # Graph(..., interrupt_before=)
 ])
 def test_static_breakpoints_pause_and_resume_continues(compiled: dict[str, Any], per_call: dict[str, Any],
                                                        paused_before: list[str]) -> None:
     ran: list[str] = []
-    graph = chain(f"breakpoints_{uuid.uuid4().hex[:6]}", ran).compile(**compiled)
+    compiled = dict(compiled)
+    graph = chain(f"breakpoints_{uuid.uuid4().hex[:6]}", ran, **compiled.pop("graph", {})).compile(**compiled)
     workflow_id = new_id()
 
     async def scenario() -> tuple[Any, State]:
