@@ -10,6 +10,9 @@ runs them itself (same fingerprint: functions are not part of a graph's identity
 from __future__ import annotations
 
 import asyncio
+import os
+import pathlib
+import uuid
 from typing import Any, Literal
 
 from distributed_agents import END, START, Command, Graph, NodeContext, NodeRegistry, Send, State, interrupt
@@ -24,7 +27,9 @@ def plan(state: State) -> dict[str, Any]:
 
 @registry.register("square")
 async def square(state: State, context: NodeContext) -> dict[str, Any]:
-    await asyncio.sleep(0.002)  # long enough that one worker cannot drain the queue alone
+    await asyncio.sleep(state.get("pause", 0.002))  # long enough that one worker cannot drain the queue alone
+    if state.get("mark"):  # one file per run of an item: how often each item ran
+        (pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"square-{state['n']}-{uuid.uuid4().hex}").touch()
     return {"total": state["n"] * state["n"], "ran_on": [context.worker_id], "order": [state["n"]]}
 
 
@@ -56,7 +61,8 @@ def ask_twice(state: State) -> dict[str, Any]:
 
 
 def fan_out(state: State) -> list[Send]:
-    return [Send("square", {"n": n}) for n in state["items"]]
+    extra = {key: state[key] for key in ("mark", "pause") if key in state}
+    return [Send("square", {"n": n, **extra}) for n in state["items"]]
 
 
 def map_graph(local: bool = False) -> Graph:

@@ -7,10 +7,17 @@ item order whichever worker finished first.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from types import ModuleType
+from typing import Any
 
 import pytest
 from support.aio import run
@@ -57,3 +64,51 @@ def test_a_map_runs_one_task_per_item_over_two_worker_processes(
     assert result["order"] == items  # merged by Send index
     assert len(result["ran_on"]) == size
     assert set(result["ran_on"]) == {"w1", "w2"}  # both workers took part
+
+
+def test_an_orchestrator_sigkilled_mid_map_is_taken_over_and_every_item_runs_once(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    prefix = f"sendkill{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(redis_url, prefix, tmp_path, "control_app:registry")
+    app = control_app()
+    workers.start("w1", "--capacity", "4")
+    workers.start("w2", "--capacity", "4")
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    try:
+        with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
+            [sys.executable, str(HERE / "map_child.py"), redis_url, prefix, "wf-midmap"],
+            stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
+        ) as child:
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline().strip() == "wf-midmap", (tmp_path / "child.log").read_text()
+                while len(list(tmp_path.glob("square-*"))) < 10:  # the map is under way
+                    assert child.poll() is None, (tmp_path / "child.log").read_text()
+                    time.sleep(0.02)
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(timeout=10)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(timeout=10)
+
+        async def take_over() -> tuple[Any, State]:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, recover=True, lease_ttl=1.0)
+            orchestrator.register_graph(app.map_graph())
+            try:
+                # Read before the first recovery round (one interval after connecting).
+                status = await orchestrator.get_workflow_status("wf-midmap")
+                return status, await orchestrator.wait("wf-midmap", timeout=120)
+            finally:
+                await orchestrator.close()
+
+        status, result = run(take_over(), timeout=150)
+    finally:
+        workers.close()
+    items = list(range(120))
+    assert (status.status, status.step) == ("running", 1)  # killed mid-map: the map's step had not committed
+    assert status.next_nodes == ("square",)
+    assert result["total"] == sum(n * n for n in items) and result["order"] == items
+    runs = collections.Counter(path.name.split("-")[1] for path in tmp_path.glob("square-*"))
+    assert sorted(map(int, runs)) == items and set(runs.values()) == {1}  # finished tasks were reused
