@@ -165,7 +165,8 @@ async def read_state(store: StateStore, workflow_id: str, *, where: str) -> Stat
     record = await store.get(workflow_id)
     if record is None:
         raise _not_found(workflow_id, where)
-    latest = await store.list_checkpoints(workflow_id, limit=1, before=record.step + 1)
+    # The record's step is its newest checkpoint's: limit=1 alone lets a store read only the tail.
+    latest = await store.list_checkpoints(workflow_id, limit=1)
     if latest and latest[0].step == record.step:
         checkpoint = latest[0]
     else:  # its checkpoint expired or was never kept: the record alone still says where it is

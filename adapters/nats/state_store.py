@@ -191,6 +191,8 @@ class NatsStateStore(StateStore):
             stored, _ = await self._record(workflow_id)
             if stored is None or not stored.get("_cp"):
                 return []
+            if limit is not None and limit >= 0 and before is None:  # the newest few: read only those
+                return await self._chain_head(stored["_cp"], limit)
             entries = {e.key: decode(e.value) for e in await kv.scan(self._conn.js, self._kv, f"cp.{token(workflow_id)}.>")}
         chain: list[Checkpoint] = []
         key = stored.get("_cp")
@@ -199,6 +201,19 @@ class NatsStateStore(StateStore):
             key = entries[key].get("_prev")
         chain.reverse()  # oldest first, as checkpoints_page expects
         return checkpoints_page(chain, limit=limit, before=before)
+
+    async def _chain_head(self, head: str, limit: int) -> list[Checkpoint]:
+        """The newest ``limit`` checkpoints, read one key at a time from ``head`` (no scan of the rest)."""
+        newest: list[Checkpoint] = []
+        key: str | None = head
+        while key and len(newest) < limit:
+            entry = await kv.get(self._kv, key)
+            if entry is None:  # expired: the chain ends here, as it does for a scan
+                break
+            body = decode(entry.value)
+            newest.append(Checkpoint.from_dict(body))
+            key = body.get("_prev")
+        return newest
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._errors("list workflows"):
