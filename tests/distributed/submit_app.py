@@ -1,7 +1,8 @@
 """Submits two workflows and drives them until they end: the far side of test_client_processes.
 
-Usage: python submit_app.py BACKEND_URL PREFIX MARKER_FILE. Prints each workflow id on
-its own line as soon as ``submit`` returns it; the gate node waits for MARKER_FILE.
+Usage: python submit_app.py BACKEND_URL PREFIX MARKER_FILE [LEASE_TTL]. Prints each
+workflow id on its own line as soon as ``submit`` returns it; the gate node waits for
+MARKER_FILE.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def gated_graph() -> Graph:
     return Graph("gated").add_node("gate", gate).set_entry_point("gate").set_finish_point("gate").compile()
 
 
-async def main(url: str, prefix: str, marker: str) -> None:
-    orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix})
+async def main(url: str, prefix: str, marker: str, lease_ttl: str = "30") -> None:
+    orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, lease_ttl=float(lease_ttl))
     ids = [await orchestrator.submit(gated_graph(), {"marker": marker, "name": name}) for name in ("first", "second")]
     for workflow_id in ids:
         print(workflow_id, flush=True)
@@ -38,4 +39,4 @@ async def main(url: str, prefix: str, marker: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))
