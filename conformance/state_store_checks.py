@@ -227,7 +227,8 @@ async def check_list_workflows_past_ten(session: Session) -> None:
     """Many records list oldest created_at first (compared as numbers), every one of them, filtered exactly."""
     store = (await session.open()).state_store
     clause = "state_store.list-by-status"
-    created = [1e9, 9.5, 100.0, 10.0, 2.0, 11.0, 1e10, 99.9, 0.5, 1000.0, 3.25, 12.0, 21.0, 101.0, 9.0, 1.0, 5e9, 20.0, 30.0, 40.0, 50.5, 60.0]
+    # 110 records (past a page of 100), created_at spread over many magnitudes, out of order.
+    created = [round(10 ** ((i * 37 % 110) / 12), 3) for i in range(110)]
     for index, at in enumerate(created):
         status = WorkflowStatus.COMPLETED if index % 3 == 0 else WorkflowStatus.RUNNING
         await store.save(record(f"w{index}", status=status, created_at=at), expected_version=0)

@@ -593,10 +593,11 @@ async def check_lease_boundary(session: Session) -> None:
 
 @conformance_check(PORT, ("task_queue.dead-letter-listing", "task_queue.stats"))
 async def check_dead_letters_listing(session: Session) -> None:
-    """Past a page of dead letters: oldest first, the default limit of 100, exact node-type filter."""
+    """Past a page of dead letters (270): oldest first, the default limit of 100, exact node-type filter."""
     queue = (await session.open()).task_queue
     clause = "task_queue.dead-letter-listing"
-    plan = [("alpha" if i % 12 not in (5, 11) else ("alphabet" if i % 12 == 5 else "beta"), f"d{i:03d}") for i in range(112)]
+    # More than any engine's read page (100 by default here, 256 per pull on NATS, ...).
+    plan = [("alpha" if i % 12 not in (5, 11) else ("alphabet" if i % 12 == 5 else "beta"), f"d{i:03d}") for i in range(270)]
     for node_type, task_id in plan:
         await queue.enqueue(make_task(task_id, node_type, max_attempts=1))
     order: list[str] = []
