@@ -94,18 +94,23 @@ class DistributedOrchestrator(Orchestrator):
             recover=recover,
             **options,
         )
+        self._connect_error_logged: str | None = None  # the last connect failure logged
 
     async def connect(self) -> None:
         """Connect to the backend (idempotent; every operation calls it).
 
         A backend that cannot be reached (or is misconfigured) is logged first, as one
-        line naming the URL and what to check, then the ``BackendError`` is raised.
+        line naming the URL and what to check, then the ``BackendError`` is raised. A
+        caller retrying through an outage gets the line once, not once per attempt.
         """
         try:
             await super().connect()
         except BackendError as exc:
-            log.error("orchestrator %s: %s", self.orchestrator_id, exc)
+            if str(exc) != self._connect_error_logged:
+                self._connect_error_logged = str(exc)
+                log.error("orchestrator %s: %s", self.orchestrator_id, exc)
             raise
+        self._connect_error_logged = None
 
 
 class DistributedWorker(Worker):

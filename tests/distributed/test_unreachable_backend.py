@@ -54,3 +54,29 @@ def test_orchestrator_on_rediss_to_a_plain_redis_says_tls_failed(redis_url: str)
     assert "TLS handshake" in first and "plain (non-TLS) Redis" in first, done.stderr
     assert "redis-server is running" not in done.stderr
     assert done.stderr.count("Traceback") == 1, done.stderr
+
+
+RETRYING = textwrap.dedent("""
+    import asyncio, sys
+    from distributed_agents.core.errors import BackendUnavailableError
+    from distributed_agents.distributed import DistributedOrchestrator
+
+    async def main():
+        orchestrator = DistributedOrchestrator(backend_url=sys.argv[1])
+        for _ in range(3):  # a caller retrying through an outage
+            try:
+                await orchestrator.connect()
+            except BackendUnavailableError:
+                pass
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.timeout(90)
+def test_a_retrying_caller_gets_the_line_once() -> None:
+    port = free_port()
+    done = subprocess.run([sys.executable, "-c", RETRYING, f"redis://127.0.0.1:{port}/0"], capture_output=True,
+                          text=True, timeout=80)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("cannot connect to Redis") == 1, done.stderr
