@@ -476,3 +476,15 @@ def test_any_environment_value_parses_or_is_one_line_naming_the_variable(option:
         assert isinstance(value, float) and value > 0 and value != float("inf")
     elif option.dest == "shutdown_grace":
         assert isinstance(value, float) and value >= 0 and value != float("inf")
+
+
+@pytest.mark.parametrize(("module", "url", "extra"), [
+    ("redis", "redis://127.0.0.1:1/0", "[redis]"),
+    ("nats", "nats://127.0.0.1:1", "[nats]"),
+])
+def test_a_missing_client_library_is_one_line_naming_the_extra(module: str, url: str, extra: str) -> None:
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from distributed_agents.cli import main\n"
+            f"sys.exit(main(['dead-letters', 'list', '--backend-url', {url!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(done.returncode, done.stderr, extra, "pip install")
