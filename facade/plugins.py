@@ -128,7 +128,8 @@ def open_backend(url: str, **options: Any) -> Backend:
         raise BackendNotFoundError(
             f"no installed backend serves {scheme}:// (from {url!r}). Installed: {installed}. "
             "Redis needs pip install 'distributed-agents[redis]', NATS needs pip install "
-            "'distributed-agents[nats]'; a third-party backend registers a plugin under the "
+            "'distributed-agents[nats]' (from a checkout: pip install '.[redis]' or '.[nats]'); a third-party "
+            "backend registers a plugin under the "
             f"{PROJECT_NAME!r} entry-point group."
         )
     factory = _load_factory(spec, url)

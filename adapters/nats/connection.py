@@ -39,7 +39,7 @@ __all__ = ["NatsConnection", "NatsSettings", "require_nats", "ttl_header"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
-_INSTALL = "pip install 'distributed-agents[nats]'"
+_INSTALL = "pip install 'distributed-agents[nats]' (from a checkout of the repository: pip install '.[nats]')"
 # JetStream refuses publishes whose dedup window is shorter than this; two minutes is
 # nats-py's and the server's default.
 _DUPLICATE_WINDOW = 120.0

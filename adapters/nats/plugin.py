@@ -21,7 +21,7 @@ def distributed_agents_backends() -> Sequence[BackendSpec]:
             name="nats",
             schemes=("nats", "tls"),
             factory="distributed_agents.adapters.nats.backend:open_nats_backend",
-            install_hint="pip install 'distributed-agents[nats]'",
+            install_hint="pip install 'distributed-agents[nats]' (from a checkout: pip install '.[nats]')",
             description="NATS coordination backend",
         )
     ]

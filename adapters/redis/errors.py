@@ -24,7 +24,7 @@ from distributed_agents.core.errors import BackendError, BackendUnavailableError
 
 __all__ = ["INSTALL_HINT", "load_redis", "mask_url", "redis_errors"]
 
-INSTALL_HINT = "pip install 'distributed-agents[redis]'"
+INSTALL_HINT = "pip install 'distributed-agents[redis]' (from a checkout of the repository: pip install '.[redis]')"
 
 
 def load_redis() -> ModuleType:

@@ -21,7 +21,7 @@ def distributed_agents_backends() -> Sequence[BackendSpec]:
             name="redis",
             schemes=("redis", "rediss", "unix"),
             factory="distributed_agents.adapters.redis.backend:open_redis_backend",
-            install_hint="pip install 'distributed-agents[redis]'",
+            install_hint="pip install 'distributed-agents[redis]' (from a checkout: pip install '.[redis]')",
             description="Redis coordination backend",
         )
     ]
