@@ -227,8 +227,9 @@ class StepEngine:
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
                                   duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id,
                                   **({"task": entry.key} if entry.is_send else {}))
+            node_of = {entry.key: entry.node for entry in entries}
             for key in done:
-                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=key.split("#")[0],
+                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=node_of.get(key, key),
                                   duration=0.0, attempts=0, worker="", reused=True)
             if paused:
                 pauses = []
