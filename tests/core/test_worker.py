@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -233,3 +234,25 @@ def test_a_rejected_output_is_not_retried_in_process_or_on_a_worker(where: str) 
     outcomes = run(with_worker(worker, body))
     assert outcomes == [(1, "StateNotSerializableError"), (1, "InvalidNodeOutputError")]
     assert calls == ["bad", "bad"]
+
+
+def test_a_plain_function_past_its_timeout_is_told_and_holds_its_slot_until_it_returns() -> None:
+    """Capacity 1: the retry starts only after the timed-out attempt's thread has returned."""
+    events: list[str] = []
+
+    def slow(state: State, context: NodeContext) -> dict[str, Any]:
+        if context.attempt == 1:
+            events.append(f"1 cancelled={context.wait_cancelled(30)}")
+            time.sleep(0.2)  # goes on a little after seeing the flag, as real cleanup would
+            events.append("1 returned")
+            return {"late": True}
+        events.append("2 started")
+        return {"done": True}
+
+    worker = Worker(capacity=1, poll_wait=0.05)
+    worker.register_node("slow", slow)
+    graph = remote_chain("slow_plain", "slow", timeout=0.1,
+                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False))
+    result = run(with_worker(worker, lambda: Orchestrator().execute(graph, {})))
+    assert result["done"] is True and "late" not in result
+    assert events == ["1 cancelled=True", "1 returned", "2 started"]
