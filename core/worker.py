@@ -8,6 +8,13 @@ cancels running tasks of workflows that get cancelled, and on ``stop()`` drains:
 it stops claiming, lets running tasks finish within the grace period, gives the rest
 back to the queue and deregisters. A malformed task never crashes it: the task is
 dead-lettered with the reason and the worker goes on.
+
+A result the backend could not store (not JSON, over ``max_payload_bytes``) fails the
+node before the ack, finally (no retry). Settling a task expects only two failures: a
+backend outage (repeated with backoff) and a lost lease; any other exception is a bug,
+logged with its traceback, and the task is dead-lettered with it as the reason. A
+cancelled plain-function node's thread, which cannot be interrupted, keeps its capacity
+slot until it returns (it is told through ``NodeContext.cancelled``).
 """
 
 from __future__ import annotations
