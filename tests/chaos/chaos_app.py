@@ -8,7 +8,9 @@ Three graphs mix the shapes the engine has to get right:
 * ``chaos_chain``: four nodes in a row;
 * ``chaos_fanout``: ``split`` fans out to three parallel branches whose writes meet in
   reducers (``extend``, ``add``, ``merge``), then a join (``gather``) waits for all three;
-* ``chaos_review``: the writer/reviewer revise loop, ``revisions`` rounds long.
+* ``chaos_review``: the writer/reviewer revise loop, ``revisions`` rounds long;
+* ``chaos_map``: ``mapper`` sends one ``mapped`` task per item (``Send``), whose results
+  meet in reducers before ``reduce``: faults land mid-map.
 
 ``DA_CHAOS_NODE_DELAY`` (seconds, default 0.15) is how long each node sleeps.
 """
@@ -20,11 +22,11 @@ import hashlib
 import os
 from typing import Any
 
-from distributed_agents import Graph, NodeRegistry, State
+from distributed_agents import Graph, NodeRegistry, Send, State
 
 registry = NodeRegistry()
 
-GRAPH_NAMES = ("chaos_chain", "chaos_fanout", "chaos_review")
+GRAPH_NAMES = ("chaos_chain", "chaos_fanout", "chaos_review", "chaos_map")
 
 
 def _delay() -> float:
@@ -97,6 +99,28 @@ def _after_review(state: Any) -> str:
     return str(state["decision"])
 
 
+@registry.register("mapper")
+async def mapper(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"items": [_digest("item", state["value"], i) for i in range(state["width"])], "trail": ["mapper"]}
+
+
+@registry.register("mapped")
+async def mapped(state: State) -> dict[str, Any]:  # state is the Send's argument
+    await asyncio.sleep(_delay())
+    return {"parts": [_digest("mapped", state["item"])], "total": len(state["item"])}
+
+
+@registry.register("reduce")
+async def reduce(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"value": _digest("reduce", *state["parts"], state["total"]), "trail": ["reduce"]}
+
+
+def _map_items(state: Any) -> list[Send]:
+    return [Send("mapped", {"item": item}) for item in state["items"]]
+
+
 def build_graphs() -> dict[str, Graph]:
     """The three compiled graphs by name (nodes run wherever their type is served)."""
     chain = Graph("chaos_chain", reducers={"trail": "extend"})
@@ -119,7 +143,13 @@ def build_graphs() -> dict[str, Graph]:
     review.set_entry_point("writer").add_edge("writer", "reviewer")
     review.add_conditional_edge("reviewer", _after_review, {"approve": "publisher", "revise": "writer"})
     review.set_finish_point("publisher")
-    return {g.name: g.compile() for g in (chain, fanout, review)}
+
+    mapping = Graph("chaos_map", reducers={"trail": "extend", "parts": "extend", "total": "add"})
+    for name in ("mapper", "mapped", "reduce"):
+        mapping.add_node(name)
+    mapping.set_entry_point("mapper").add_conditional_edge("mapper", _map_items, ["mapped"])
+    mapping.add_edge("mapped", "reduce").set_finish_point("reduce")
+    return {g.name: g.compile() for g in (chain, fanout, review, mapping)}
 
 
 def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
@@ -128,7 +158,10 @@ def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
     state: dict[str, Any] = {"value": f"input-{index}", "trail": []}
     if graph == "chaos_review":
         state["revisions"] = 1 + index % 3
+    if graph == "chaos_map":
+        state["width"] = 3 + index % 5
     return graph, state
 
 
-NODE_TYPES = ("c1", "c2", "c3", "c4", "split", "b1", "b2", "b3", "gather", "writer", "reviewer", "publisher")
+NODE_TYPES = ("c1", "c2", "c3", "c4", "split", "b1", "b2", "b3", "gather", "writer", "reviewer", "publisher",
+              "mapper", "mapped", "reduce")
