@@ -292,7 +292,7 @@ class Orchestrator:
     async def execute(
         self,
         graph: Graph,
-        initial_state: Mapping[str, Any] | State | None = None,
+        initial_state: Mapping[str, Any] | State | Command[Any] | None = None,
         *,
         workflow_id: str | None = None,
         step_limit: int | None = None,
@@ -310,7 +310,9 @@ class Orchestrator:
         ``resume(id, Command(resume=answer))`` continues it. ``interrupt_before`` /
         ``interrupt_after`` (node names, or ``"*"``) set this workflow's static
         breakpoints, instead of those the graph was compiled with; they are stored with
-        the workflow, so resume and takeover keep them.
+        the workflow, so resume and takeover keep them. As in LangGraph, passing
+        ``Command(resume=answer)`` as the input with the paused workflow's
+        ``workflow_id`` resumes it (``resume(workflow_id, graph, command)``).
 
         ``priority`` (an int in -1,000,000..1,000,000) is added to each node's own
         priority for every task of this workflow: workers claim higher priorities
@@ -329,6 +331,12 @@ class Orchestrator:
         that past checkpoint, leaving the original's history as it was (see ``fork``);
         ``initial_state`` must then be None, and ``priority`` 0 keeps the original's.
         """
+        if isinstance(initial_state, Command):
+            if workflow_id is None:
+                raise ConfigurationError("execute(graph, Command(resume=...)) resumes a paused workflow: pass its "
+                                         "workflow_id=")
+            return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
+                                     interrupt_before=interrupt_before, interrupt_after=interrupt_after)
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after))

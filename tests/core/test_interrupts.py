@@ -349,3 +349,16 @@ def test_breakpoints_name_nodes_of_the_graph() -> None:
 
     with pytest.raises(ConfigurationError, match="'zz' is not a node of graph 'bp_call'"):
         run(scenario())
+
+
+def test_execute_with_command_resume_as_input_resumes_as_langgraph_invoke_does() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> State:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(approval_graph(), {"topic": "x"}, workflow_id=workflow_id)
+            with pytest.raises(ConfigurationError, match="pass its workflow_id="):
+                await orchestrator.execute(approval_graph(), Command(resume=True))
+            return await orchestrator.execute(approval_graph(), Command(resume=False), workflow_id=workflow_id)
+
+    assert run(scenario())["decision"] == "rejected"
