@@ -77,13 +77,15 @@ def test_interrupts_on_workers_are_seen_and_answered_from_another_orchestrator(
     assert dict(out["greeted"]) == {"greeting": "Countess Ada"}
 
 
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
 def test_an_interrupt_survives_sigkill_of_its_orchestrator_and_another_process_resumes_it(
-    redis_url: str, tmp_path: pathlib.Path
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> None:
+    url = str(request.getfixturevalue(backend))
     prefix = f"hitlkill{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
-        [sys.executable, str(HERE / "interrupt_child.py"), redis_url, prefix, "wf-killed"],
+        [sys.executable, str(HERE / "interrupt_child.py"), url, prefix, "wf-killed"],
         stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
     ) as child:
         try:
@@ -101,7 +103,7 @@ def test_an_interrupt_survives_sigkill_of_its_orchestrator_and_another_process_r
     app = control_app()
 
     async def scenario() -> tuple[Any, State]:
-        async with Orchestrator(backend=redis_url, backend_options={"prefix": prefix}) as orchestrator:
+        async with Orchestrator(backend=url, backend_options={"prefix": prefix}) as orchestrator:
             status = await orchestrator.get_workflow_status("wf-killed")
             done = await orchestrator.resume("wf-killed", app.approval_graph(local=True), Command(resume=True))
             return status, done
