@@ -15,6 +15,8 @@ from distributed_agents.adapters.redis.message_bus import RedisMessageBus
 from distributed_agents.adapters.redis.state_store import RedisStateManager
 from distributed_agents.adapters.redis.task_queue import RedisTaskQueue
 from distributed_agents.adapters.redis.worker_registry import RedisNodeRegistry
+from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.limits import limit_below
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 
 __all__ = ["RedisBackend", "open_redis_backend"]
@@ -30,6 +32,7 @@ class RedisBackend(Backend):
 
     def __init__(self, *, url: str, options: BackendOptions, connection: RedisConnection) -> None:
         self.connection = connection
+        self._bulk_checked = False
         super().__init__(
             url=url,
             options=options,
@@ -49,8 +52,29 @@ class RedisBackend(Backend):
         )
 
     async def connect(self) -> None:
-        """Create the client and ping the server. Idempotent."""
+        """Create the client and ping the server. Idempotent.
+
+        A configured ``max_payload_bytes`` that the server could not store (over its
+        ``proto-max-bulk-len``, 512 MB by default, less the envelope) is refused with
+        ``BackendConfigError``; a server that does not allow ``CONFIG GET`` is trusted.
+        """
         await self.connection.ping()
+        configured = self.options.max_payload_bytes
+        if configured is None or self._bulk_checked:
+            return
+        self._bulk_checked = True
+        try:
+            reply = await self.connection.client().config_get("proto-max-bulk-len")
+            values = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in dict(reply).items()}
+            server_max = int(values.get("proto-max-bulk-len") or 0)
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to compare with
+            return
+        if server_max and configured > limit_below(server_max):
+            raise BackendConfigError(
+                f"max_payload_bytes={configured} is more than Redis at {self.connection.masked_url} can store: its "
+                f"proto-max-bulk-len is {server_max} bytes, which leaves {limit_below(server_max)} for a result or "
+                "state; lower max_payload_bytes, or raise proto-max-bulk-len in redis.conf"
+            )
 
     async def close(self) -> None:
         """Close every port, then the shared client. Idempotent."""

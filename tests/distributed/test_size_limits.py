@@ -128,3 +128,23 @@ def test_a_limit_the_nats_server_cannot_store_is_refused_at_connect(nats_url: st
     error, default_limit = run(scenario())
     assert "max_payload_bytes=5000000" in str(error) and "1048576" in str(error)
     assert default_limit == DEFAULT_MAX_PAYLOAD_BYTES  # fits the server's default 1 MiB with the envelope
+
+
+def test_a_limit_redis_cannot_store_is_refused_at_connect(redis_url: str) -> None:
+    async def scenario() -> Any:
+        backend = open_backend(redis_url, prefix=f"size{uuid.uuid4().hex[:8]}", max_payload_bytes=600 * 1024 * 1024)
+        try:
+            with pytest.raises(BackendConfigError) as caught:
+                await backend.connect()
+        finally:
+            await backend.close()
+        fits = open_backend(redis_url, prefix=f"size{uuid.uuid4().hex[:8]}", max_payload_bytes=4_000_000)
+        try:
+            await fits.connect()
+            return caught.value, fits.max_payload_bytes
+        finally:
+            await fits.close()
+
+    error, limit = run(scenario())
+    assert "max_payload_bytes=629145600" in str(error) and "proto-max-bulk-len is 536870912" in str(error)
+    assert limit == 4_000_000
