@@ -362,3 +362,31 @@ def test_execute_with_command_resume_as_input_resumes_as_langgraph_invoke_does()
             return await orchestrator.execute(approval_graph(), Command(resume=False), workflow_id=workflow_id)
 
     assert run(scenario())["decision"] == "rejected"
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.text(max_size=3), min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_parallel_send_interrupts_answered_in_any_batches_end_with_every_answer_in_send_order(
+    docs: list[str], rng: Any
+) -> None:
+    def review(state: State) -> dict[str, Any]:
+        return {"verdicts": [[state["i"], interrupt(state["i"])]]}
+
+    graph = Graph("batched_reviews", reducers={"verdicts": "extend"})
+    graph.add_node("review", review)
+    graph.add_conditional_edge(START, lambda s: [Send("review", {"i": i}) for i in range(len(s["docs"]))],
+                               ["review"])
+    graph.set_finish_point("review").compile()
+    workflow_id = new_id()
+
+    async def scenario() -> State:
+        async with Orchestrator() as orchestrator:
+            result = await orchestrator.execute(graph, {"docs": docs}, workflow_id=workflow_id)
+            while "__interrupt__" in result:
+                pending = result["__interrupt__"]
+                batch = rng.sample(pending, rng.randint(1, len(pending)))  # answer some, by id
+                result = await orchestrator.resume(workflow_id, Command(resume={
+                    i["id"]: docs[i["value"]] for i in batch}))
+            return result
+
+    assert run(scenario())["verdicts"] == [[i, doc] for i, doc in enumerate(docs)]
