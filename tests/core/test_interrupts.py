@@ -390,3 +390,18 @@ def test_parallel_send_interrupts_answered_in_any_batches_end_with_every_answer_
             return result
 
     assert run(scenario())["verdicts"] == [[i, doc] for i, doc in enumerate(docs)]
+
+
+def test_update_state_while_interrupted_then_the_node_asks_again_about_the_edited_state() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, State]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(approval_graph(), {"topic": "x"}, workflow_id=workflow_id)
+            await orchestrator.update_state(workflow_id, {"llm_output": "edited by hand"}, as_node="generate")
+            asked = await orchestrator.resume(workflow_id)  # the pause was replaced: no answer needed
+            return asked, await orchestrator.resume(workflow_id, Command(resume=True))
+
+    asked, done = run(scenario())
+    assert asked["__interrupt__"][0]["value"]["llm_output"] == "edited by hand"
+    assert done["decision"] == "approved" and done["llm_output"] == "edited by hand"
