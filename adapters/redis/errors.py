@@ -76,6 +76,12 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
             f"Redis at {where} is unreachable while trying to {action} ({type(exc).__name__}: {exc}); "
             "retries with backoff gave up. Check that redis-server is running and the URL is right"
         )
+    if isinstance(exc, rexc.NoScriptError):
+        # redis-py reloads a missing script once; missing again means the server lost its
+        # script cache in between (it restarted): an outage that a retry rides out.
+        return BackendUnavailableError(
+            f"Redis at {where} lost its Lua scripts while trying to {action} (it restarted?); retrying reloads them"
+        )
     if isinstance(exc, rexc.RedisError):
         return BackendError(f"Redis at {where} failed to {action}: {type(exc).__name__}: {exc}")
     return None

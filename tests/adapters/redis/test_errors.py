@@ -108,3 +108,33 @@ def test_package_imports_without_redis_and_use_says_how_to_install() -> None:
     lines = done.stdout.splitlines()
     assert any(line.startswith("QUEUE:") and "pip install 'distributed-agents[redis]'" in line for line in lines), lines
     assert any(line.startswith("OPEN:") and "pip install 'distributed-agents[redis]'" in line for line in lines), lines
+
+
+def test_a_script_missing_again_after_its_reload_is_an_outage_to_ride_out() -> None:
+    # redis-py reloads a missing script once; if the server restarts between that load and
+    # the EVALSHA, the script is missing again: a restart, retried like any other outage.
+    import redis.exceptions as rexc
+
+    from distributed_agents.adapters.redis.errors import redis_errors
+
+    with pytest.raises(BackendUnavailableError, match="lost its Lua scripts while trying to enqueue"):
+        with redis_errors("redis://:pw@host:6379/0", "enqueue"):
+            raise rexc.NoScriptError("No matching script. Please use EVAL.")
+
+
+def test_operations_work_after_the_server_flushed_its_scripts(redis_url: str) -> None:
+    import redis.asyncio as redis_asyncio
+
+    async def scenario() -> tuple[bool, bool]:
+        queue = RedisTaskQueue(redis_url, prefix=f"flush{id(object())}")
+        admin = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            first = await queue.enqueue(Task("t1", "wf", "n", "alpha", {}))
+            await admin.script_flush()
+            second = await queue.enqueue(Task("t2", "wf", "n", "alpha", {}))
+            return first, second
+        finally:
+            await admin.aclose()
+            await queue.close()
+
+    assert run(scenario(), 30) == (True, True)
