@@ -151,7 +151,12 @@ class StepEngine:
             return await self._drive_steps(graph, progress, lease, options)
         except _PASS_THROUGH:
             raise
-        except Exception as exc:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            # This run is cancelled or this process stops: the workflow stays resumable. User
+            # code's own BaseExceptions were turned into failures where it was called
+            # (node_runner, Graph routing, merge_updates).
+            raise
+        except BaseException as exc:  # an Exception, or a library's own BaseException out of user code
             if getattr(exc, _RECORDED, False):
                 raise
             raise await self._fail_unexpected(graph, progress, lease, exc) from exc
@@ -355,7 +360,7 @@ class StepEngine:
         return error
 
     async def _fail_unexpected(
-        self, graph: Graph, progress: _Progress, lease: WorkflowLease, exc: Exception
+        self, graph: Graph, progress: _Progress, lease: WorkflowLease, exc: BaseException
     ) -> DistributedAgentsError:
         """Record FAILED for an error no earlier path recorded; return what the caller raises."""
         record = progress.record

@@ -20,6 +20,7 @@ on its own ``arg`` in the next step, as its own task; and a node may return
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import json
@@ -638,7 +639,12 @@ class Graph:
             chosen = edge.condition(view)
             if inspect.isawaitable(chosen):
                 chosen = await chosen
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the workflow's run is cancelled, not the condition
+                raise
+            raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:  # any other BaseException the condition raises fails the workflow too
             if exc is view.refused:
                 raise  # a write to the read-only view: its message already names condition, graph and key
             raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc

@@ -47,7 +47,7 @@ def merge_updates(
             else:
                 try:
                     merged[key] = reducer(merged.get(key), value)
-                except Exception as exc:
+                except BaseException as exc:  # a reducer's KeyboardInterrupt, CancelledError... too: it runs no await
                     if key in reduced:  # perhaps an earlier merge left a value the reducer cannot take
                         _check_reduced(key, state.get(key), reduced[key], reducer, merged.get(key))
                     raise ExecutionError(

@@ -42,6 +42,7 @@ from distributed_agents.core.types import Command, command_output, interrupt_out
 __all__ = [
     "NodeContext",
     "NodeFailure",
+    "NodeRaisedBaseException",
     "current_context",
     "describe_failure",
     "invoke_node",
@@ -134,8 +135,47 @@ def safe_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class NodeRaisedBaseException(Exception):
+    """A node's own code raised ``original``, which asyncio cannot carry as a node failure.
+
+    ``StopIteration`` (a future refuses it: the run would hang), ``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``, a ``CancelledError`` that is not a cancellation of
+    the run, or a library's own ``BaseException`` subclass: each fails the node like any
+    exception, and ``describe_failure`` reports it by its own type and traceback.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+def _cancel_requested() -> bool:
+    """Whether the running task is being cancelled (a ``CancelledError`` now is genuine)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _guarded(func: NodeFunction, *args: Any) -> Any:
+    """Call ``func`` in a worker thread; what a future cannot carry comes back wrapped."""
+    try:
+        return func(*args)
+    except interrupts.GraphInterrupt:
+        raise
+    except (StopIteration, asyncio.CancelledError) as exc:
+        raise NodeRaisedBaseException(exc) from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise NodeRaisedBaseException(exc) from exc
+
+
 def describe_failure(exc: BaseException) -> NodeFailure:
-    """Capture ``exc`` with its traceback text (made storable with ``safe_text``)."""
+    """Capture ``exc`` with its traceback text (made storable with ``safe_text``).
+
+    A ``NodeRaisedBaseException`` is described as the exception the node raised.
+    """
+    if isinstance(exc, NodeRaisedBaseException):
+        exc = exc.original
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return NodeFailure(type(exc).__name__, safe_text(str(exc)), safe_text(text),
                        timed_out=isinstance(exc, NodeTimeoutError))
@@ -153,7 +193,7 @@ async def _in_thread(
     func: NodeFunction, args: tuple[Any, ...], context: NodeContext, on_abandoned: AbandonedHook | None
 ) -> Any:
     ctx = contextvars.copy_context()
-    thread = asyncio.get_running_loop().run_in_executor(None, ctx.run, func, *args)
+    thread = asyncio.get_running_loop().run_in_executor(None, ctx.run, _guarded, func, *args)
     try:
         # Shielded: cancelling the caller must not cancel ``thread``, which has to keep
         # reporting when the function really returns.
@@ -210,7 +250,11 @@ async def invoke_node(
 
     Raises ``NodeTimeoutError`` past ``timeout``, ``InvalidNodeOutputError`` for a
     return value that is not a dict or None, ``StateNotSerializableError`` for a
-    non-JSON value, and whatever the node itself raises.
+    non-JSON value, and whatever the node itself raises: an ``Exception`` as it is, any
+    other ``BaseException`` (``StopIteration``, ``KeyboardInterrupt``, ``SystemExit``, a
+    ``CancelledError`` while the run is not being cancelled, ...) wrapped in
+    ``NodeRaisedBaseException``. ``CancelledError`` escapes only when the run itself is
+    cancelled.
 
     On cancellation or timeout ``context.cancelled`` becomes True. An ``async`` node is
     cancelled; a plain function's thread cannot be stopped: it is logged once, its
@@ -224,11 +268,7 @@ async def invoke_node(
         answers = interrupts.resume_scope(resume if isinstance(resume, list) else None, context.node)
         try:
             if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
-                try:
-                    result = await func(*args)
-                except asyncio.CancelledError:
-                    context.cancel()
-                    raise
+                result = await func(*args)
             else:
                 result = await _in_thread(func, args, context, on_abandoned)
             if inspect.isawaitable(result):
@@ -236,6 +276,15 @@ async def invoke_node(
             return result
         except interrupts.GraphInterrupt as paused:
             return paused
+        except asyncio.CancelledError as exc:
+            if _cancel_requested():  # the run itself is cancelled (timeout, workflow cancelled, worker stops)
+                context.cancel()
+                raise
+            raise NodeRaisedBaseException(exc) from exc  # the node's code raised it: a node failure
+        except Exception:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit... raised by the node
+            raise NodeRaisedBaseException(exc) from exc
         finally:
             interrupts.reset_scope(answers)
             _current.reset(token)

@@ -235,3 +235,85 @@ def test_any_fault_at_any_step_ends_in_failed_with_its_step(fault: str, at: int)
     status = run(scenario())
     assert status.status == "failed"
     assert status.error["step"] == at
+
+
+class LibraryTimeout(BaseException):
+    """A library's own BaseException subclass (like gevent's Timeout)."""
+
+
+BASE_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    StopIteration, LibraryTimeout, GeneratorExit, asyncio.CancelledError, KeyboardInterrupt, SystemExit,
+)
+
+
+def raising_graph(where: str, kind: type[BaseException], *, is_async: bool = False) -> Graph:
+    def boom(*args: Any) -> Any:
+        raise kind("raised by user code")
+
+    async def async_boom(*args: Any) -> Any:
+        await asyncio.sleep(0)
+        raise kind("raised by user code")
+
+    culprit = async_boom if is_async else boom
+    graph = Graph(f"raises_{where}_{kind.__name__}_{is_async}",
+                  reducers={"k": culprit if where == "reducer" else "replace"})
+    graph.add_node("a", culprit if where == "node" else (lambda s: {"k": 1}))
+    graph.add_node("b", lambda s: {})
+    graph.set_entry_point("a")
+    if where == "condition":
+        graph.add_conditional_edge("a", culprit, ["b"])
+    else:
+        graph.add_edge("a", "b")
+    return graph.set_finish_point("b").compile()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["thread", "async"])
+@pytest.mark.parametrize("kind", BASE_EXCEPTIONS, ids=lambda k: k.__name__)
+def test_node_raising_any_base_exception_fails_the_node_by_its_own_type(kind: type[BaseException],
+                                                                         is_async: bool) -> None:
+    """StopIteration from a thread used to hang for ever; other BaseExceptions left the workflow RUNNING."""
+    graph = raising_graph("node", kind, is_async=is_async)
+
+    async def scenario() -> tuple[BaseException, Any]:
+        return await asyncio.wait_for(failed_status(Orchestrator(), graph, workflow_id=graph.name), 30)
+
+    error, status = run(scenario())
+    if is_async and kind is StopIteration:  # PEP 479: a coroutine's StopIteration arrives as RuntimeError
+        assert status.error["error_type"] == "RuntimeError"
+        return
+    assert isinstance(error, NodeExecutionError) and error.node == "a"
+    assert status.error["error_type"] == kind.__name__ and status.error["node"] == "a"
+    assert "raised by user code" in status.error["message"]
+
+
+@pytest.mark.parametrize("where", ["condition", "reducer"])
+@pytest.mark.parametrize("kind", BASE_EXCEPTIONS, ids=lambda k: k.__name__)
+def test_condition_or_reducer_raising_any_base_exception_fails_the_workflow(where: str,
+                                                                             kind: type[BaseException]) -> None:
+    graph = raising_graph(where, kind)
+    error, status = run(failed_status(Orchestrator(), graph, workflow_id=graph.name))
+    assert isinstance(error, ExecutionError) and kind.__name__ in str(error)
+    assert kind.__name__ in status.error["summary"] and status.error["step"] == 0
+
+
+def test_cancelling_execute_is_still_a_cancellation_not_a_node_failure() -> None:
+    """A genuine cancellation of the run still propagates as CancelledError."""
+    started = asyncio.Event()
+
+    async def slow(state: State) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    graph = Graph("cancel_me").add_node("x", slow).set_entry_point("x").set_finish_point("x").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        running = asyncio.ensure_future(orchestrator.execute(graph, {}, workflow_id="cancel_me"))
+        await started.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        return await orchestrator.get_workflow_status("cancel_me")
+
+    status = run(scenario())
+    assert status.status != "failed"
