@@ -44,3 +44,22 @@ def poison(state: State, context: NodeContext) -> dict[str, Any]:
 @registry.register("crasher")
 def crasher(state: State) -> dict[str, Any]:
     os._exit(3)  # the worker process dies mid-task, every time
+
+
+class LibraryTimeout(BaseException):
+    """A library's own BaseException subclass (like gevent's Timeout)."""
+
+
+@registry.register("stopiter")
+def stopiter(state: State) -> dict[str, Any]:
+    return {"first": next(iter([]))}  # StopIteration out of a thread: asyncio cannot carry it
+
+
+@registry.register("libtimeout")
+async def libtimeout(state: State) -> dict[str, Any]:
+    raise LibraryTimeout("library gave up")
+
+
+@registry.register("interrupted")
+def interrupted(state: State) -> dict[str, Any]:
+    raise KeyboardInterrupt("raised by the node, not by ^C")

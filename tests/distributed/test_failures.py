@@ -247,3 +247,33 @@ def test_a_node_type_without_workers_waits_then_fails_with_the_reason(redis_url:
     assert waiting is not None and waiting.waiting_for == "waiting for a worker of type 'writer'"
     assert "no live worker serves node type(s) 'writer'" in str(error)
     assert final.status == "failed" and final.error["kind"] == "NodeNotFoundError"
+
+
+@pytest.mark.parametrize("node_type,error_type", [
+    ("stopiter", "StopIteration"), ("libtimeout", "LibraryTimeout"), ("interrupted", "KeyboardInterrupt")])
+def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letters(
+        redis_url: str, tmp_path: pathlib.Path, node_type: str, error_type: str) -> None:
+    """Such a node used to hang: the task kept its lease, never retried, execute() never returned."""
+    prefix = f"base{node_type}{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, prefix, tmp_path)
+    worker = workers.start("w1")
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
+            graph = single(node_type, retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False))
+            with pytest.raises(NodeExecutionError) as caught:
+                await orchestrator.execute(graph, {}, workflow_id=f"{prefix}-1")
+            status = await orchestrator.get_workflow_status(f"{prefix}-1")
+            letters = await orchestrator.backend.task_queue.dead_letters(node_type)
+            healthy = await orchestrator.execute(single("prepare"), {"query": "after"})
+            await orchestrator.close()
+            return caught.value, status, letters, healthy
+
+        error, status, letters, healthy = run(scenario(), timeout=60)
+        assert (error.node, error.attempts, error.error_type) == (node_type, 2, error_type)
+        assert status.status == "failed" and status.error["error_type"] == error_type
+        (letter,) = letters
+        assert letter.attempts == 2
+        assert healthy["prepared"] == "prepared after" and worker.poll() is None
+    finally:
+        workers.close()
