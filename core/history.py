@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
-from distributed_agents.core.frontier import frontier_nodes
+from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import START, Graph
 from distributed_agents.core.interrupts import read_interrupts
 from distributed_agents.core.limits import check_commit_size
@@ -39,6 +39,7 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import OUTPUT_KEYS
 from distributed_agents.core.state import State, check_values
+from distributed_agents.core.types import read_output
 
 __all__ = [
     "StateSnapshot",
@@ -265,7 +266,10 @@ async def plan_update(
     any step ran). The status becomes ``completed`` when nothing is left to run,
     stays ``running`` for a running workflow nobody drives (recovery or ``resume``
     continues it), and is ``pending`` otherwise (``resume`` continues it); the error
-    of a failed workflow and its failed step's pending writes are dropped.
+    of a failed workflow is dropped. When the last step did not commit (it failed, or
+    paused on an interrupt), the update stands in for ``as_node``'s output in *that*
+    step: the outputs its other tasks kept are merged with it and routed as the step
+    would have been, and its tasks still without an output run next (never dropped).
 
     Raises ``ConfigurationError`` for a bad ``values`` or ``as_node``,
     ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` as a step
@@ -282,9 +286,12 @@ async def plan_update(
     graph.check_writes([(node, updates)], merged)  # a state schema's keys and types, as for a node
     view = State._trusted(merged, record.workflow_id)
     joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
+    step_writes: list[tuple[str, Mapping[str, Any]]] = [(node, updates)]
     if node == START:
         frontier = await graph.start_frontier(view)
         frontier["joins"] = {key: list(seen) for key, seen in joins.items()}
+    elif record.frontier.get("pending_writes"):
+        step_writes, merged, frontier = await _complete_step(graph, record, node, updates)
     else:
         frontier = await graph.next_frontier([node], view, joins, deferred=record.frontier.get("deferred", ()))
     if not frontier_nodes(frontier):
@@ -294,12 +301,62 @@ async def plan_update(
     else:
         status = WorkflowStatus.PENDING
     step = record.step + 1
-    writes = {node: updates}
+    writes = dict(step_writes)
     updated = record.evolve(state=merged, step=step, frontier=frontier, status=status, error=None)
     check_commit_size(record.workflow_id, step, merged, {**updated.to_dict(), "state": None}, writes, payload_limit)
     checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=writes,
                             metadata={"source": "update", "as_node": node})
     return updated, checkpoint
+
+
+async def _complete_step(
+    graph: Graph, record: WorkflowRecord, node: str, updates: Mapping[str, Any],
+) -> tuple[list[tuple[str, Mapping[str, Any]]], dict[str, Any], dict[str, Any]]:
+    """Finish ``record``'s uncommitted step (failed or interrupted) with ``updates`` as ``node``'s output.
+
+    The outputs its tasks kept (``pending_writes``) are merged with the update, in the
+    step's merge order, and routing follows every node that now has an output, as if the
+    step had run; tasks of the step that still have no output run in the next step.
+    Returns the step's writes, the merged state and the next frontier.
+    """
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    pending = record.frontier.get("pending_writes") or {}
+    entries = read_entries(record.frontier, order)
+    writes: list[tuple[str, Mapping[str, Any]]] = []
+    gotos: list[tuple[str, Sequence[Any]]] = []
+    ran: list[str] = []
+    missing: list[TaskEntry] = []
+    placed = False
+    for entry in entries:
+        if entry.node == node and not entry.is_send and not placed:
+            writes.append((node, updates))
+            ran.append(node)
+            placed = True
+            continue
+        result = read_output(pending[entry.key]) if entry.key in pending else None
+        if result is None or result.interrupt is not None:
+            missing.append(entry)
+            continue
+        ran.append(entry.node)
+        if result.updates:
+            writes.append((entry.key, result.updates))
+        if result.goto:
+            gotos.append((entry.node, result.goto))
+    if not placed:
+        writes.append((node, updates))
+        ran.append(node)
+    merged = merge_updates(record.state, writes, graph.reducers)
+    graph.check_writes(writes, merged)
+    frontier = await graph.next_frontier(list(dict.fromkeys(ran)), State._trusted(merged, record.workflow_id),
+                                         record.frontier.get("joins", {}), gotos,
+                                         record.frontier.get("deferred", ()))
+    again = [entry.node for entry in missing if not entry.is_send]
+    if again:
+        frontier["next"] = sorted(dict.fromkeys([*frontier["next"], *again]), key=lambda n: order.get(n, len(order)))
+    resent = [{"node": entry.node, "arg": dict(entry.arg or {})} for entry in missing if entry.is_send]
+    if resent:
+        frontier["sends"] = [*resent, *(frontier.get("sends") or ())]
+    return writes, merged, frontier
 
 
 def plan_fork(

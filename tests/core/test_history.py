@@ -110,3 +110,64 @@ def test_a_fork_of_a_typed_workflow_returns_what_its_output_schema_declares() ->
 
     original, forked = run(scenario())
     assert original == forked == {"draft": "on bees"}
+
+
+def failing_parallel_graph(name: str, ran: list[str]) -> Graph:
+    def a(state: State) -> dict[str, Any]:
+        ran.append("a")
+        return {"log": ["a"], "a_done": True}
+
+    def b(state: State) -> dict[str, Any]:
+        raise RuntimeError("b down")
+
+    graph = Graph(name, reducers={"log": "extend"})
+    graph.add_node("s", lambda st: {"log": ["s"]}).add_node("a", a).add_node("b", b)
+    graph.add_node("j", lambda st: {"log": ["j"]})
+    graph.set_entry_point("s").add_edge("s", "a").add_edge("s", "b").add_edge(["a", "b"], "j")
+    return graph.set_finish_point("j").compile()
+
+
+@pytest.mark.parametrize("as_node", ["b", "j"])
+def test_update_state_after_a_failed_step_keeps_the_finished_nodes_writes(as_node: str) -> None:
+    """The kept write of a (which succeeded beside the failing b) is merged, never dropped."""
+    reset_memory_spaces()
+    ran: list[str] = []
+    graph = failing_parallel_graph(f"keep_pending_{as_node}", ran)
+
+    async def scenario() -> tuple[Any, Any]:
+        orchestrator = Orchestrator()
+        with pytest.raises(Exception):
+            await orchestrator.execute(graph, {}, workflow_id="wf")
+        snapshot = await orchestrator.update_state("wf", {"log": [f"{as_node} (manual)"]}, as_node=as_node)
+        return snapshot, (await orchestrator.resume("wf") if as_node == "b" else None)
+
+    snapshot, final = run(scenario())
+    assert ran == ["a"]  # a never re-runs: its kept write was applied
+    assert snapshot.values["a_done"] is True and snapshot.status == "pending"
+    if as_node == "b":  # the update stood in for b: the join [a, b] fires
+        assert snapshot.next == ("j",)
+        assert final["log"] == ["s", "a", "b (manual)", "j"]
+    else:  # b still has no output: it runs next (and fails again, as it is still broken)
+        assert "b" in snapshot.next
+
+
+def test_update_state_at_an_interrupt_keeps_the_siblings_writes() -> None:
+    from distributed_agents import interrupt
+
+    def asks(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("ok?")}
+
+    graph = Graph("keep_sibling").add_node("asks", asks).add_node("plain", lambda s: {"plain": 1})
+    graph.add_node("after", lambda s: {"saw_plain": s.get("plain")})
+    graph.set_entry_point("asks").set_entry_point("plain").add_edge(["asks", "plain"], "after")
+    graph.set_finish_point("after").compile()
+
+    async def scenario() -> tuple[Any, Any]:
+        orchestrator = Orchestrator()
+        await orchestrator.execute(graph, {}, workflow_id="wf-int")
+        snapshot = await orchestrator.update_state("wf-int", {"answer": "manual"}, as_node="asks")
+        return snapshot, await orchestrator.resume("wf-int")
+
+    snapshot, final = run(scenario())
+    assert snapshot.values["plain"] == 1 and snapshot.next == ("after",)
+    assert final == {"answer": "manual", "plain": 1, "saw_plain": 1}
