@@ -648,6 +648,12 @@ class Orchestrator:
             raise ConfigurationError(
                 f"resume({workflow_id!r}) was given an answer, but the workflow is {record.status}, not interrupted; "
                 "call resume() without one")
+        if workflow_id in self._running or workflow_id in self._background:
+            # Its lease is this orchestrator's own, so acquiring it would succeed: refuse
+            # here, or the step in flight would run a second time beside itself.
+            raise ExecutionError(
+                f"resume({workflow_id!r}): this orchestrator is running workflow {workflow_id!r} already; "
+                f"wait for it with wait({workflow_id!r}) (or cancel_workflow() it first)")
         if record.status == WorkflowStatus.INTERRUPTED:
             answer_interrupts(workflow_id, record.frontier, resume)  # a wrong answer fails before anything changes
         if record.status == WorkflowStatus.COMPLETED:

@@ -424,3 +424,28 @@ def test_resume_after_waiting_for_a_worker_timed_out_reuses_the_still_queued_tas
 
     assert dict(run(scenario())) == {"late": True}
     assert runs == {"late": 1}  # the task left queued by the failed wait, not a second one
+
+
+def test_resume_on_the_orchestrator_already_running_the_workflow_is_refused_and_runs_nothing_twice() -> None:
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(state: State) -> dict[str, Any]:
+        calls.append("a")
+        await release.wait()
+        return {"x": len(calls)}
+
+    graph = Graph("selfrun").add_node("a", slow).set_entry_point("a").set_finish_point("a").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        await orchestrator.submit(graph, {}, workflow_id="w1")
+        while not calls:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ExecutionError, match="running workflow 'w1' already"):
+            await orchestrator.resume("w1")
+        release.set()
+        return await orchestrator.wait("w1")
+
+    assert dict(run(scenario())) == {"x": 1}
+    assert calls == ["a"]

@@ -299,3 +299,49 @@ def test_update_state_as_start_routes_the_entry_points_and_a_fresh_workflow_defa
         assert (await orchestrator.resume(fork, graph))["n"] == 3
 
     on_backend("memory", None, scenario)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_update_state_after_a_failed_parallel_step_keeps_the_finished_write(backend: str,
+                                                                          request: pytest.FixtureRequest) -> None:
+    graph = Graph("keep_pending", reducers={"log": "extend"})
+    graph.add_node("s", lambda st: {"log": ["s"]}).add_node("a", lambda st: {"log": ["a"], "a_done": True})
+    graph.add_node("b", lambda st: (_ for _ in ()).throw(RuntimeError("b down")))
+    graph.add_node("j", lambda st: {"log": ["j"]})
+    graph.set_entry_point("s").add_edge("s", "a").add_edge("s", "b").add_edge(["a", "b"], "j")
+    graph.set_finish_point("j").compile()
+
+    async def scenario(make: Callable[..., Orchestrator]) -> Any:
+        orchestrator = make()
+        with pytest.raises(Exception):
+            await orchestrator.execute(graph, {}, workflow_id="wf-keep")
+        snapshot = await orchestrator.update_state("wf-keep", {"log": ["b (manual)"]}, as_node="b")
+        assert snapshot.next == ("j",) and snapshot.values["a_done"] is True
+        return await orchestrator.resume("wf-keep")
+
+    final = on_backend(backend, request, scenario)
+    assert final["log"] == ["s", "a", "b (manual)", "j"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_on_the_orchestrator_running_the_workflow_is_refused(backend: str,
+                                                                   request: pytest.FixtureRequest) -> None:
+    calls: list[str] = []
+
+    async def slow(state: Any) -> dict[str, Any]:
+        calls.append("a")
+        await asyncio.sleep(0.5)
+        return {"x": len(calls)}
+
+    graph = Graph("selfrun").add_node("a", slow).set_entry_point("a").set_finish_point("a").compile()
+
+    async def scenario(make: Callable[..., Orchestrator]) -> Any:
+        orchestrator = make()
+        await orchestrator.submit(graph, {}, workflow_id="wf-self")
+        while not calls:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ExecutionError, match="already"):
+            await orchestrator.resume("wf-self")
+        return await orchestrator.wait("wf-self")
+
+    assert dict(on_backend(backend, request, scenario)) == {"x": 1} and calls == ["a"]
