@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_agents.core import interrupts
+from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     InvalidNodeOutputError,
     NodeTimeoutError,
@@ -312,10 +313,12 @@ async def invoke_node(
         output = running.result()
     if output is None:
         return None
+    # Every output leaves as a copy (decode(encode(...)), after the JSON check): what a node
+    # returns must not stay linked to objects it (or a later node) may still mutate.
     if isinstance(output, interrupts.GraphInterrupt):
-        return interrupt_output(output.value, output.index, context.node)
+        return _detached(interrupt_output(output.value, output.index, context.node))
     if isinstance(output, Command):
-        return command_output(output, context.node)
+        return _detached(command_output(output, context.node))
     if not isinstance(output, Mapping):
         raise InvalidNodeOutputError(
             f"node {context.node!r} returned {type(output).__name__}; a node must return a dict of "
@@ -326,4 +329,10 @@ async def invoke_node(
         check_values(updates)
     except StateNotSerializableError as exc:
         raise StateNotSerializableError(f"node {context.node!r}: {exc}", key=exc.key) from None
-    return updates
+    return _detached(updates)
+
+
+def _detached(output: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a checked JSON ``output`` sharing nothing with the node's objects."""
+    copied: dict[str, Any] = decode(encode(output))
+    return copied

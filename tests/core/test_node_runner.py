@@ -1,0 +1,69 @@
+"""core.node_runner: what a node returns is detached from its objects; how a node gets its context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.aio import run
+
+from distributed_agents import Command, Graph, Orchestrator, State
+from distributed_agents.adapters.memory import reset_memory_spaces
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+def aliasing_graph(name: str, shared: list[Any], *, command: bool) -> Graph:
+    def p(state: State) -> Any:
+        return Command(update={"x": shared}) if command else {"x": shared}
+
+    def q(state: State) -> dict[str, Any]:
+        shared.append("mutated later")  # q writes nothing to 'x'
+        return {"y": 1}
+
+    graph = Graph(name).add_node("p", p).add_node("q", q).add_node("r", lambda s: {"r_saw": list(s["x"])})
+    graph.set_entry_point("p").add_edge("p", "q").add_edge("q", "r")
+    return graph.set_finish_point("r").compile()
+
+
+@pytest.mark.parametrize("command", [False, True], ids=["dict", "Command"])
+def test_a_returned_value_mutated_after_the_node_returned_does_not_change_the_state(command: bool) -> None:
+    reset_memory_spaces()
+    shared: list[Any] = [1]
+    graph = aliasing_graph(f"alias_{command}", shared, command=command)
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        orchestrator = Orchestrator()
+        result = await orchestrator.execute(graph, {}, workflow_id="alias")
+        history = await orchestrator.get_state_history("alias")
+        return dict(result), dict(await orchestrator.get_result("alias")), [s.values for s in history]
+
+    result, stored, history = run(scenario())
+    assert result == stored == {"x": [1], "y": 1, "r_saw": [1]}
+    assert all(values.get("x", [1]) == [1] for values in history)
+
+
+@settings(max_examples=25, deadline=None)
+@given(value=JSON)
+def test_any_json_output_is_seen_unchanged_however_the_returned_object_is_mutated(value: Any) -> None:
+    reset_memory_spaces()
+    box: dict[str, Any] = {"v": value}
+
+    def writer(state: State) -> dict[str, Any]:
+        return {"out": box}
+
+    def vandal(state: State) -> dict[str, Any]:
+        box["v"] = "vandalised"
+        box["extra"] = 1
+        return {}
+
+    graph = Graph("alias_prop").add_node("w", writer).add_node("v", vandal)
+    graph.set_entry_point("w").add_edge("w", "v").set_finish_point("v").compile()
+    result = run(Orchestrator().execute(graph, {}, workflow_id="prop"))
+    assert result["out"] == {"v": value}
