@@ -49,8 +49,10 @@ class _Route:
 def _routes(spec: Mapping[str, Any]) -> list[_Route]:
     nodes = [node["name"] for node in spec["nodes"]]
     routes: list[_Route] = []
+    position = {name: i for i, name in enumerate(nodes)}
     for edge in spec["edges"]:
-        sources = tuple(edge["sources"])
+        # A join's sources are a set (sorted in the spec): drawn in node declaration order.
+        sources = tuple(sorted(edge["sources"], key=lambda name: position.get(name, len(position))))
         routes.append(_Route(sources, edge["target"], "join" if len(sources) > 1 else "edge"))
     for node in spec["nodes"]:
         for target in node.get("destinations") or ():

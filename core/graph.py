@@ -704,7 +704,7 @@ class Graph:
                 }
                 for n in self._nodes.values()
             ],
-            "edges": [{"sources": list(sources), "target": target} for sources, target in self._edges],
+            "edges": _edges_spec(self._edges),
             "conditional_edges": [
                 {
                     "source": e.source,
@@ -796,6 +796,22 @@ def _closure(start: str, successors: Mapping[str, set[str]]) -> set[str]:
                 seen.add(nxt)
                 stack.append(nxt)
     return seen
+
+
+def _edges_spec(edges: Sequence[tuple[tuple[str, ...], str]]) -> list[dict[str, Any]]:
+    """Edges as JSON, each once: a join's sources sorted and deduplicated (a join is its set of sources).
+
+    So a join written in another source order, or declared twice, gives the same spec,
+    fingerprint and drawing. Plain edges keep their declaration order (and their spec).
+    """
+    seen: set[tuple[tuple[str, ...], str]] = set()
+    spec: list[dict[str, Any]] = []
+    for sources, target in edges:
+        normal = tuple(sorted(set(sources))) if len(set(sources)) > 1 else tuple(dict.fromkeys(sources))
+        if (normal, target) not in seen:
+            seen.add((normal, target))
+            spec.append({"sources": list(normal), "target": target})
+    return spec
 
 
 def _callable_name(func: Callable[..., Any]) -> str:

@@ -513,3 +513,27 @@ def test_add_sequence_refuses_a_duplicate_node() -> None:
     graph = Graph("dup_seq").add_node("a")
     with pytest.raises(GraphValidationError, match="duplicate node 'a'"):
         graph.add_sequence(["a", "b"])
+
+
+def _joined(sources_list: list[list[str]]) -> Graph:
+    graph = Graph("jfp")
+    for name in "abcd":
+        graph.add_node(name, lambda s: {})
+    graph.set_entry_point("a").add_edge("a", "b").add_edge("a", "c")
+    for sources in sources_list:
+        graph.add_edge(sources, "d")
+    return graph.set_finish_point("d").compile()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.permutations(["b", "c", "a"]).map(lambda p: p[:2] if "a" not in p[:2] else ["b", "c"]),
+                min_size=1, max_size=3))
+def test_a_join_in_any_source_order_or_declared_twice_is_one_join_with_one_fingerprint(
+        declarations: list[list[str]]) -> None:
+    graph = _joined(declarations)
+    reference = _joined([["b", "c"]])
+    assert graph.fingerprint() == reference.fingerprint()
+    assert graph.spec() == reference.spec()
+    assert graph.draw_ascii() == reference.draw_ascii()
+    assert [e for e in graph.spec()["edges"] if e["target"] == "d"] == [{"sources": ["b", "c"], "target": "d"}]
+
