@@ -97,6 +97,24 @@ def _check_step_limit(step_limit: int | None) -> None:
         )
 
 
+def _check_migration(workflow_id: str, record: WorkflowRecord, graph: Graph) -> None:
+    """Raise ``ConfigurationError`` if ``graph`` lacks a node ``record``'s next step runs (or waits for).
+
+    Checked before a migration writes anything, so a refused migration leaves the
+    workflow on its original graph with its original error.
+    """
+    wanted = [*frontier_nodes(record.frontier), *(record.frontier.get("deferred") or ())]
+    wanted += [str(item.get("node")) for item in record.frontier.get("interrupts") or () if isinstance(item, dict)]
+    missing = [name for name in dict.fromkeys(wanted) if name not in graph.nodes]
+    if missing:
+        raise ConfigurationError(
+            f"resume({workflow_id!r}, allow_graph_change=True): graph {graph.name!r} has no node "
+            f"{', '.join(map(repr, missing))}, which the workflow's next step (step {record.step}) runs; "
+            "nothing was changed: add the node(s) to the new graph, or resume with the graph the workflow was "
+            "started with"
+        )
+
+
 def _breakpoint_metadata(
     graph: Graph, before: Sequence[str] | None, after: Sequence[str] | None
 ) -> dict[str, list[str]]:
@@ -628,7 +646,9 @@ class Orchestrator:
         refused with a ``ConfigurationError`` naming both, and the workflow is left as
         it was. ``allow_graph_change=True`` migrates the workflow to ``graph`` instead
         (its record then carries the new fingerprint); the nodes of the step to run
-        must exist in it, or the workflow fails naming them.
+        must exist in it, or the migration is refused with a ``ConfigurationError``
+        naming them before anything is written (the workflow keeps its graph and error).
+        A completed workflow given a different graph is refused the same way.
         """
         _check_step_limit(step_limit)
         if isinstance(graph, Command):
@@ -657,6 +677,12 @@ class Orchestrator:
         if record.status == WorkflowStatus.INTERRUPTED:
             answer_interrupts(workflow_id, record.frontier, resume)  # a wrong answer fails before anything changes
         if record.status == WorkflowStatus.COMPLETED:
+            # A graph passed explicitly is checked even here: a result is no answer to a wrong graph.
+            if graph is not None and graph.compiled and not allow_graph_change:
+                mismatch = graph_mismatch(record, graph.fingerprint())
+                if mismatch:
+                    raise ConfigurationError(f"resume({workflow_id!r}): {mismatch}; pass the graph it was "
+                                             "started with (the workflow is completed)")
             return State._trusted(result_values(record.state, record.metadata), workflow_id)
         graph = graph or self._known_graph(record)
         if graph is None:
@@ -672,6 +698,8 @@ class Orchestrator:
                 f"resume({workflow_id!r}): {changed}; pass the graph it was started with, or "
                 "resume(..., allow_graph_change=True) to migrate the workflow to this version"
             )
+        if changed:
+            _check_migration(workflow_id, record, graph)  # before anything is written
         self._remember(graph)
         lease = await self._acquire(workflow_id)
         try:

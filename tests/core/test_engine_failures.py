@@ -24,6 +24,7 @@ from distributed_agents.adapters.memory.state_store import MemoryStateStore
 from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue
 from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
 from distributed_agents.core.errors import (
+    ConfigurationError,
     DistributedAgentsError,
     ExecutionError,
     NodeExecutionError,
@@ -146,7 +147,7 @@ def test_state_growing_past_the_backends_size_limit_fails_the_workflow_with_the_
     assert status.error["kind"] == "PayloadTooLargeError" and "10000" in status.error["summary"].replace(",", "")
 
 
-def test_resume_with_a_graph_missing_the_pending_node_fails_naming_it() -> None:
+def test_migration_to_a_graph_missing_the_pending_node_is_refused_before_writing_anything() -> None:
     started = two_steps("evolving")
     shrunk = Graph("evolving").add_node("a", lambda s: None).set_entry_point("a").set_finish_point("a").compile()
 
@@ -169,13 +170,18 @@ def test_resume_with_a_graph_missing_the_pending_node_fails_naming_it() -> None:
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
-        with pytest.raises(ExecutionError) as caught:
+        before = await orchestrator.backend.state_store.get("wf-shrunk")
+        with pytest.raises(ConfigurationError) as caught:
             await Orchestrator().resume("wf-shrunk", shrunk, allow_graph_change=True)
-        return caught.value, await orchestrator.get_workflow_status("wf-shrunk")
+        after = await orchestrator.backend.state_store.get("wf-shrunk")
+        gate.set()
+        return caught.value, before, after, await Orchestrator().resume("wf-shrunk", graph)
 
-    error, status = run(scenario())
-    assert "'b'" in str(error) and "does not have" in str(error)
-    assert status.status == "failed" and status.error["step"] == 1 and "'b'" in status.error["summary"]
+    error, before, after, result = run(scenario())
+    # The migration is refused before anything is written: the workflow keeps its graph and step.
+    assert "'b'" in str(error) and "nothing was changed" in str(error)
+    assert after == before and after.graph == started.fingerprint()
+    assert dict(result) == {"items": [1]}  # and resuming with the original graph works
 
 
 def test_node_failure_still_fails_with_the_nodes_own_error() -> None:

@@ -449,3 +449,17 @@ def test_resume_on_the_orchestrator_already_running_the_workflow_is_refused_and_
 
     assert dict(run(scenario())) == {"x": 1}
     assert calls == ["a"]
+
+
+def test_resume_of_a_completed_workflow_with_a_different_graph_is_refused() -> None:
+    done = Graph("finished").add_node("a", lambda s: {"a": 1}).set_entry_point("a").set_finish_point("a").compile()
+    other = Graph("unrelated").add_node("z", lambda s: {}).set_entry_point("z").set_finish_point("z").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        await orchestrator.execute(done, {}, workflow_id="wf-done")
+        with pytest.raises(ConfigurationError, match="completed"):
+            await orchestrator.resume("wf-done", other)
+        return await orchestrator.resume("wf-done", done)
+
+    assert dict(run(scenario())) == {"a": 1}
