@@ -44,6 +44,7 @@ __all__ = [
     "NodeContext",
     "NodeFailure",
     "NodeRaisedBaseException",
+    "bounded",
     "current_context",
     "describe_failure",
     "invoke_node",
@@ -178,8 +179,24 @@ def describe_failure(exc: BaseException) -> NodeFailure:
     if isinstance(exc, NodeRaisedBaseException):
         exc = exc.original
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return NodeFailure(type(exc).__name__, safe_text(str(exc)), safe_text(text),
-                       timed_out=isinstance(exc, NodeTimeoutError))
+    return NodeFailure(type(exc).__name__, safe_text(bounded(str(exc), MAX_MESSAGE)),
+                       safe_text(bounded(text, MAX_TRACEBACK)), timed_out=isinstance(exc, NodeTimeoutError))
+
+
+MAX_MESSAGE = 4000  # characters of a node's error message kept (records, dead letters, events)
+MAX_TRACEBACK = 16000  # characters of its traceback kept
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and end and saying how much was cut.
+
+    A node's error is stored in the workflow record and dead letters; a message of
+    megabytes would make them too large for the backend and hide the node's failure.
+    """
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 4, limit // 4
+    return f"{text[:head]}... ({len(text) - head - tail:,} characters cut) ...{text[-tail:]}"
 
 
 def is_output_error(exc: BaseException) -> bool:

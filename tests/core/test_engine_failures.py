@@ -323,3 +323,26 @@ def test_cancelling_execute_is_still_a_cancellation_not_a_node_failure() -> None
 
     status = run(scenario())
     assert status.status != "failed"
+
+
+@pytest.mark.parametrize("where", ["message", "traceback"])
+def test_a_node_error_of_megabytes_is_cut_and_still_reported_as_the_nodes_error(where: str) -> None:
+    """A 6 MB exception message used to become a PayloadTooLargeError blaming the state."""
+    def call_api(state: State) -> None:
+        if where == "message":
+            raise RuntimeError("HTTP 500: " + "<html>" * 1_000_000 + " END")
+
+        try:  # a short message whose traceback (with its cause) is megabytes long
+            raise ValueError("<html>" * 1_000_000)
+        except ValueError as cause:
+            raise RuntimeError("short") from cause
+
+    graph = Graph(f"huge_{where}").add_node("call_api", call_api).set_entry_point("call_api") \
+        .set_finish_point("call_api").compile()
+    error, status = run(failed_status(Orchestrator(), graph, {"q": 1}))
+    assert isinstance(error, NodeExecutionError) and error.node == "call_api"
+    assert status.error["kind"] == "NodeExecutionError" and status.error["error_type"] == "RuntimeError"
+    assert len(status.error["message"]) <= 5000 and len(status.error["traceback"]) <= 17000
+    if where == "message":
+        assert status.error["message"].startswith("HTTP 500: <html>") and status.error["message"].endswith(" END")
+        assert "characters cut" in status.error["message"]
