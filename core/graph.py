@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,9 +211,16 @@ class Graph:
         if func is not None and not callable(func):
             raise GraphValidationError(f"graph {self.name!r}: node {name!r}: func {func!r} is not callable",
                                        graph=self.name, culprit=name)
-        if timeout is not None and timeout <= 0:
-            raise GraphValidationError(f"graph {self.name!r}: node {name!r}: timeout must be > 0, got {timeout!r}",
-                                       graph=self.name, culprit=name)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            # NaN compares False with everything and inf cannot travel as JSON with a task.
+            raise GraphValidationError(
+                f"graph {self.name!r}: node {name!r}: timeout must be a finite number of seconds > 0 (or None for "
+                f"no timeout), got {timeout!r}", graph=self.name, culprit=name)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise GraphValidationError(
+                f"graph {self.name!r}: node {name!r}: retry must be a RetryPolicy (or None), got {retry!r}",
+                graph=self.name, culprit=name)
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: priority must be an int between {-MAX_PRIORITY} and "

@@ -14,6 +14,7 @@ from support.aio import run
 
 from distributed_agents import Orchestrator, RetryPolicy
 from distributed_agents.core.errors import (
+    ConfigurationError,
     ExecutionError,
     GraphFrozenError,
     GraphNotCompiledError,
@@ -537,3 +538,17 @@ def test_a_join_in_any_source_order_or_declared_twice_is_one_join_with_one_finge
     assert graph.draw_ascii() == reference.draw_ascii()
     assert [e for e in graph.spec()["edges"] if e["target"] == "d"] == [{"sources": ["b", "c"], "target": "d"}]
 
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -float("inf"), 0, -1, True, "3"])
+def test_a_node_timeout_must_be_a_finite_positive_number(timeout: Any) -> None:
+    """nan and inf were accepted; a worker then failed on 'Out of range float values' naming nothing."""
+    with pytest.raises(GraphValidationError, match=r"node 'a': timeout must be a finite number"):
+        Graph("t").add_node("a", lambda s: None, timeout=timeout)
+
+
+@pytest.mark.parametrize("field", ["initial_interval", "backoff_factor", "max_interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_retry_policy_numbers_must_be_finite(field: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match="finite"):
+        RetryPolicy(**{field: value})
