@@ -179,17 +179,20 @@ class StepEngine:
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
             if record.step >= options.step_limit:
-                # Cycling means running again: nodes in more than one of the last steps (pending included).
-                window = [*recent, next_nodes]
-                runs = collections.Counter(name for nodes in window for name in set(nodes))
-                cycling = [name for name in graph.nodes if runs[name] > 1]
+                # Cycling means running again: a node that ran in more than one of the last
+                # steps this run took, or ran in one of them and is pending again.
+                runs = collections.Counter(name for nodes in recent for name in set(nodes))
+                pending = set(next_nodes)
+                cycling = [name for name in graph.nodes if runs[name] + (name in pending) > 1]
                 message = (f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
                            f"{options.step_limit} with {', '.join(map(repr, next_nodes))} pending; ")
                 if cycling:
-                    message += (f"{', '.join(map(repr, cycling))} ran repeatedly in the last {len(window)} steps, "
-                                "so they are cycling: fix the loop's exit condition or pass a larger step_limit")
-                elif len(window) > 1:
-                    message += (f"no node ran twice in the last {len(window)} steps, so this is no loop: "
+                    how = [f"{name!r} ran {runs[name]} time(s){' and is pending again' if name in pending else ''}"
+                           for name in cycling]
+                    message += (f"in the last {len(recent)} step(s) {', '.join(how)}, so the graph is cycling: "
+                                "fix the loop's exit condition or pass a larger step_limit")
+                elif recent:
+                    message += (f"no node ran twice in the last {len(recent)} step(s), so this is no loop: "
                                 "the workflow needs more steps, pass a larger step_limit")
                 else:  # resumed at the limit: no step ran here to tell a loop from a long run
                     message += "pass a larger step_limit if the workflow needs more steps"

@@ -185,8 +185,10 @@ class Orchestrator:
         recover: bool = False,
         recovery_interval: float | None = None,
     ) -> None:
-        if step_limit < 1:
-            raise ConfigurationError(f"step_limit must be >= 1, got {step_limit}")
+        if isinstance(step_limit, bool) or not isinstance(step_limit, int) or step_limit < 1:
+            raise ConfigurationError(
+                f"Orchestrator(step_limit=...) must be an int >= 1 (the most steps a workflow may take), "
+                f"got {step_limit!r}")
         if lease_ttl <= 0:
             raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
         self.registry = registry if registry is not None else NodeRegistry()

@@ -342,3 +342,10 @@ def test_misuse_gets_clear_errors() -> None:
     nowhere = Graph("nowhere").add_node("ghost").set_entry_point("ghost").set_finish_point("ghost").compile()
     with pytest.raises(NodeNotFoundError, match="ghost"):
         run(Orchestrator().execute(nowhere, {}))
+
+
+@pytest.mark.parametrize("limit", [True, 1.5, "3", None, 0, -1])
+def test_orchestrator_step_limit_must_be_an_int_of_at_least_one(limit: Any) -> None:
+    from distributed_agents.core.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match="step_limit"):
+        Orchestrator(step_limit=limit)

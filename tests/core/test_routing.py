@@ -581,7 +581,8 @@ def test_a_loop_at_the_step_limit_names_the_pending_and_the_cycling_nodes(limit:
         run(Orchestrator().execute(graph, {}, step_limit=limit))
     pending = "writer" if limit % 2 == 1 else "reviewer"
     message = str(info.value)
-    assert f"with '{pending}' pending" in message and "'writer', 'reviewer' ran repeatedly" in message
+    assert f"with '{pending}' pending" in message and "'writer' ran " in message and "'reviewer' ran " in message
+    assert f"in the last {min(limit, 8)} step(s)" in message
     assert "cycling" in message and "'pre'" not in message.split("pending")[1]
     assert set(info.value.nodes) == {"writer", "reviewer"} and info.value.nodes[0] == pending
 
@@ -595,7 +596,8 @@ def test_only_nodes_that_repeated_are_called_cycling() -> None:
     graph.add_conditional_edge("reviewer", lambda s: "writer", ["writer", "done"]).set_finish_point("done").compile()
     with pytest.raises(StepLimitExceededError) as info:
         run(Orchestrator().execute(graph, {}, step_limit=3))
-    assert "with 'writer' pending; 'writer' ran repeatedly in the last 4 steps" in str(info.value)
+    assert ("with 'writer' pending; in the last 3 step(s) 'writer' ran 1 time(s) and is pending again, so the graph "
+            "is cycling") in str(info.value)
     assert info.value.nodes == ("writer",)
 
 
@@ -612,3 +614,24 @@ def test_the_step_limit_failure_is_recorded_with_pending_and_cycling_nodes() -> 
         await orchestrator.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4])
+def test_the_step_limit_message_counts_each_nodes_runs_exactly(limit: int) -> None:
+    """a -> b -> a ...: a node is called cycling only when it ran twice or ran and is pending again."""
+    graph = Graph("ab").add_node("a", lambda s: None).add_node("b", lambda s: None)
+    graph.set_entry_point("a").add_edge("a", "b").add_conditional_edge("b", lambda s: "a", ["a", END]).compile()
+    with pytest.raises(StepLimitExceededError) as info:
+        run(Orchestrator().execute(graph, {}, step_limit=limit))
+    message = str(info.value)
+    ran = {"a": (limit + 1) // 2, "b": limit // 2}
+    pending = "a" if limit % 2 == 0 else "b"
+    assert f"in the last {limit} step(s)" in message or "no loop" in message
+    if limit == 1:
+        assert "no loop" in message and "cycling" not in message
+        return
+    for name, times in ran.items():
+        if times + (name == pending) > 1:
+            assert f"'{name}' ran {times} time(s)" + (" and is pending again" if name == pending else "") in message
+        else:
+            assert f"'{name}' ran" not in message
