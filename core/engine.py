@@ -48,6 +48,7 @@ from distributed_agents.core.errors import (
     NodeNotFoundError,
     NodeExecutionError,
     NodeTimeoutError,
+    PayloadTooLargeError,
     StepLimitExceededError,
     VersionConflictError,
     WorkflowCancelledError,
@@ -376,9 +377,14 @@ class StepEngine:
         details: dict[str, Any] = {"phase": progress.phase, "nodes": list(record.frontier.get("next", ()))}
         for attribute in ("key", "node", "nodes", "reducer", "path"):
             value = getattr(exc, attribute, None)
+            if value == "":
+                continue
             if isinstance(value, (str, int)) or (isinstance(value, (list, tuple)) and
                                                  all(isinstance(v, str) for v in value)):
                 details[attribute] = list(value) if isinstance(value, tuple) else value
+        if isinstance(exc, PayloadTooLargeError) and "node" in details:
+            # A commit too large is the step's writes together, not one node's fault.
+            details["largest_writer"] = details.pop("node")
         if error is not exc:
             details["kind"] = type(exc).__name__
         log.error("workflow %r failed in step %d while %s", record.workflow_id, record.step, what, exc_info=exc)
@@ -421,7 +427,9 @@ class StepEngine:
     ) -> WorkflowRecord:
         # Before writing: a record or checkpoint over the backend's size limit fails here,
         # naming the sizes, instead of failing (or, on NATS, hanging) in the store.
-        check_commit_size(record.workflow_id, record.step, record.state,
+        # Named by the step that ran (the record of a step's commit already carries the next step's number).
+        ran = record.step - 1 if checkpoint is not None else record.step
+        check_commit_size(record.workflow_id, ran, record.state,
                           {**record.to_dict(), "state": None}, None if checkpoint is None else checkpoint.writes,
                           self._payload_limit)
         attempts = 0

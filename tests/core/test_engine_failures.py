@@ -346,3 +346,18 @@ def test_a_node_error_of_megabytes_is_cut_and_still_reported_as_the_nodes_error(
     if where == "message":
         assert status.error["message"].startswith("HTTP 500: <html>") and status.error["message"].endswith(" END")
         assert "characters cut" in status.error["message"]
+
+
+def test_a_commit_too_large_names_the_step_that_ran_and_blames_no_single_node() -> None:
+    graph = Graph("bigcommit", reducers={"big": "add"}).add_node("s", lambda st: {})
+    for name in "xyz":
+        graph.add_node(name, lambda st: {"big": "y" * 1500})
+    graph.set_entry_point("s")
+    for name in "xyz":
+        graph.add_edge("s", name).add_edge(name, "__end__")
+    graph.compile()
+    error, status = run(failed_status(Orchestrator(backend="memory://?max_payload_bytes=4000"), graph,
+                                      workflow_id="bc"))
+    assert status.error["step"] == 1 and "cannot commit step 1" in str(error)
+    assert "node" not in status.error and status.error["largest_writer"] in ("x", "y", "z")
+    assert status.error["phase"] == "commit" and status.error["nodes"] == ["x", "y", "z"]

@@ -94,7 +94,7 @@ def test_a_700_kb_result_with_the_default_limit_fails_the_workflow_instead_of_ha
     error, status = run(scenario(), timeout=60)
     assert calls == [1]
     assert error.limit == DEFAULT_MAX_PAYLOAD_BYTES and error.size > error.limit and error.node == "large"
-    assert "cannot commit step 1" in str(error) and "most by node 'large'" in str(error)
+    assert "cannot commit step 0" in str(error) and "most by node 'large'" in str(error)
     assert status.status == "failed" and status.error["kind"] == "PayloadTooLargeError"
 
 
