@@ -25,8 +25,8 @@ def merge_updates(
     """Apply ``writes`` (node, updates), in the given order, to a copy of ``state``.
 
     Keys with a reducer are folded through it, once per writing node. A key without
-    one may be written by one node per step only: ``ReducerConflictError`` names both
-    writers and suggests a reducer for the values' type. A reducer that raises is an
+    one may be written by one node per step only: ``ReducerConflictError`` names every
+    writer of the key in the step and suggests a reducer that fits all their values. A reducer that raises is an
     ``ExecutionError``, one that returns a value JSON cannot carry a
     ``StateNotSerializableError``; both name the key, the reducer and the node.
     """
@@ -38,10 +38,15 @@ def merge_updates(
             reducer = reducers.get(key)
             if reducer is None:
                 if key in writer:
+                    # Every writer of the key in this step, so the hint fits all their values.
+                    writers = [(name, written[key]) for name, written in writes if key in written]
+                    names = [name for name, _ in writers]
+                    listed = ", ".join(map(repr, names[:-1])) + f" and {names[-1]!r}"
                     raise ReducerConflictError(
-                        f"nodes {writer[key]!r} and {node!r} both wrote state key {key!r} in one step and the key "
-                        f"has no reducer; {suggest_reducer(key, [merged[key], value])}",
-                        key=key, nodes=(writer[key], node),
+                        f"nodes {listed} {'both' if len(names) == 2 else 'all'} wrote state key {key!r} in one step "
+                        "and the key has no reducer; "
+                        f"{suggest_reducer(key, [v for _, v in writers])}",
+                        key=key, nodes=tuple(names),
                     )
                 merged[key] = value
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -120,3 +121,21 @@ def test_mixed_types_get_the_generic_hint() -> None:
     """An int and a list: 'append' collects both as they are."""
     with pytest.raises(ReducerConflictError, match=r"reducers=\{'k': 'append'\}"):
         merge_updates({}, [("x", {"k": 1}), ("y", {"k": [2]})], {})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.integers(), st.lists(st.integers(), max_size=2),
+                          st.dictionaries(st.text(max_size=2), st.integers(), max_size=2), st.text(max_size=3)),
+                min_size=2, max_size=5))
+def test_a_conflict_names_every_writer_and_its_hint_merges_all_their_values(values: list[Any]) -> None:
+    """With 1, 2 and [3] the hint said 'add' from the first two values, and following it failed on [3]."""
+    writes = [(f"n{i}", {"k": value}) for i, value in enumerate(values)]
+    with pytest.raises(ReducerConflictError) as caught:
+        merge_updates({}, writes, {})
+    assert caught.value.nodes == tuple(f"n{i}" for i in range(len(values)))
+    message = str(caught.value)
+    assert all(f"'n{i}'" in message for i in range(len(values)))
+    suggested = re.search(r"reducers=\{'k': '(\w+)'\}", message)
+    assert suggested is not None
+    merged = merge_updates({}, writes, {"k": resolve_reducer("k", suggested.group(1))})  # the hint works
+    assert "k" in merged
