@@ -38,7 +38,7 @@ from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import OUTPUT_KEYS
-from distributed_agents.core.state import State, check_values
+from distributed_agents.core.state import State, check_values, reserved_keys
 from distributed_agents.core.types import read_output
 
 __all__ = [
@@ -281,6 +281,11 @@ async def plan_update(
         )
     node = _as_node(graph, record, as_node, last)
     updates = dict(values)
+    reserved = reserved_keys(updates)
+    if reserved:
+        raise ConfigurationError(
+            f"update_state({record.workflow_id!r}): state key(s) {', '.join(map(repr, reserved))} start with '__', "
+            "which is reserved for the framework (e.g. '__interrupt__'); rename the key")
     check_values(updates)
     merged = merge_updates(record.state, [(node, updates)], graph.reducers)
     graph.check_writes([(node, updates)], merged)  # a state schema's keys and types, as for a node

@@ -37,7 +37,7 @@ from distributed_agents.core.errors import (
     StateNotSerializableError,
 )
 from distributed_agents.core.registry import NodeFunction
-from distributed_agents.core.state import State, check_values
+from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.types import Command, command_output, interrupt_output
 
 __all__ = [
@@ -335,6 +335,8 @@ async def invoke_node(
     if isinstance(output, interrupts.GraphInterrupt):
         return _detached(interrupt_output(output.value, output.index, context.node))
     if isinstance(output, Command):
+        if isinstance(output.update, Mapping):
+            _refuse_reserved(output.update, context.node)
         return _detached(command_output(output, context.node))
     if not isinstance(output, Mapping):
         raise InvalidNodeOutputError(
@@ -342,11 +344,23 @@ async def invoke_node(
             "state updates, a Command or None"
         )
     updates = dict(output)
+    _refuse_reserved(updates, context.node)
     try:
         check_values(updates)
     except StateNotSerializableError as exc:
         raise StateNotSerializableError(f"node {context.node!r}: {exc}", key=exc.key) from None
     return _detached(updates)
+
+
+def _refuse_reserved(updates: Mapping[str, Any], node: str) -> None:
+    """Raise ``InvalidNodeOutputError`` if ``updates`` write a reserved (``__``-prefixed) key."""
+    reserved = reserved_keys(updates)
+    if reserved:
+        raise InvalidNodeOutputError(
+            f"node {node!r} wrote state key(s) {', '.join(map(repr, reserved))}: keys starting with "
+            f"{RESERVED_PREFIX!r} are reserved for the framework (execute() reports a pause under '__interrupt__'); "
+            "rename the key"
+        )
 
 
 def _detached(output: dict[str, Any]) -> dict[str, Any]:

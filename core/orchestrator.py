@@ -45,7 +45,7 @@ from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
-from distributed_agents.core.state import State, check_values
+from distributed_agents.core.state import State, check_values, reserved_keys
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.sync_api import SyncOrchestrator, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
@@ -443,6 +443,10 @@ class Orchestrator:
             values = dict(initial_state or {})
             check_values(values)
             values = State(values).values_copy()
+        if reserved_keys(values):
+            raise ConfigurationError(
+                f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
+                "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
         # A state schema checks the input, filters it to the input schema and fills defaults.
         values = graph.prepare_input(values)
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)

@@ -17,7 +17,18 @@ from typing import Any
 from distributed_agents.core.codec import decode, encode, find_non_json
 from distributed_agents.core.errors import StateError, StateNotSerializableError
 
-__all__ = ["State", "new_workflow_id"]
+__all__ = ["RESERVED_PREFIX", "State", "new_workflow_id", "reserved_keys"]
+
+RESERVED_PREFIX = "__"  # state keys the framework uses in what it returns (e.g. "__interrupt__")
+
+
+def reserved_keys(values: Mapping[str, Any]) -> list[str]:
+    """The keys of ``values`` that start with ``RESERVED_PREFIX``: nodes and callers may not write them.
+
+    ``execute()`` reports a pause under ``"__interrupt__"``, so a user value there would
+    pass for a pause (or hide one); every ``__``-prefixed key is kept for such use.
+    """
+    return [key for key in values if isinstance(key, str) and key.startswith(RESERVED_PREFIX)]
 
 
 def new_workflow_id() -> str:

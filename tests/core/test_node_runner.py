@@ -67,3 +67,35 @@ def test_any_json_output_is_seen_unchanged_however_the_returned_object_is_mutate
     graph.set_entry_point("w").add_edge("w", "v").set_finish_point("v").compile()
     result = run(Orchestrator().execute(graph, {}, workflow_id="prop"))
     assert result["out"] == {"v": value}
+
+
+@pytest.mark.parametrize("how", ["dict", "Command"])
+@pytest.mark.parametrize("key", ["__interrupt__", "__command__", "__mine"])
+def test_a_node_writing_a_reserved_key_fails_naming_it(key: str, how: str) -> None:
+    """A node's '__interrupt__' made a completed result look like a pause."""
+    from distributed_agents.core.errors import NodeExecutionError
+
+    def writer(state: State) -> Any:
+        return Command(update={key: "user data"}) if how == "Command" else {key: "user data"}
+
+    graph = Graph(f"reserved_{how}").add_node("a", writer).set_entry_point("a").set_finish_point("a").compile()
+    with pytest.raises(NodeExecutionError) as caught:
+        run(Orchestrator().execute(graph, {}))
+    assert caught.value.node == "a" and caught.value.error_type == "InvalidNodeOutputError"
+    assert repr(key) in str(caught.value) and "reserved" in str(caught.value)
+
+
+def test_update_state_and_the_input_refuse_reserved_keys() -> None:
+    from distributed_agents.core.errors import ConfigurationError
+    graph = Graph("reserved_in").add_node("a", lambda s: {}).add_node("b", lambda s: {})
+    graph.set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile()
+
+    async def scenario() -> None:
+        orchestrator = Orchestrator()
+        with pytest.raises(ConfigurationError, match="'__interrupt__'"):
+            await orchestrator.execute(graph, {"__interrupt__": 1})
+        await orchestrator.execute(graph, {}, workflow_id="u", interrupt_after=["a"])
+        with pytest.raises(ConfigurationError, match="'__x'"):
+            await orchestrator.update_state("u", {"__x": 1}, as_node="a")
+
+    run(scenario())
