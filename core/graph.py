@@ -181,6 +181,13 @@ class Graph:
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
 
+        ``func(state)`` returns a dict of updates, a ``Command`` or None (``async def``
+        or plain). It is called ``func(state, context)`` with its ``NodeContext`` when
+        its second positional parameter has no default, or is annotated
+        ``NodeContext``, or it takes ``*args``; a second parameter with a default
+        (``lambda state, i=i: ...``) keeps it. ``timeout`` is a finite number of
+        seconds > 0 (or None).
+
         ``priority`` (an int in -1,000,000..1,000,000, default 0) orders this node's tasks
         on the queue: workers claim higher priorities first. It adds to the workflow's
         priority (``execute(..., priority=)``).

@@ -50,6 +50,7 @@ __all__ = [
     "invoke_node",
     "is_output_error",
     "safe_text",
+    "wants_context",
 ]
 
 log = logging.getLogger("distributed_agents.node")
@@ -239,13 +240,27 @@ def _abandoned_returned(thread: asyncio.Future[Any], context: NodeContext, since
              f" raising {type(error).__name__}" if error is not None else "")
 
 
-def _wants_context(func: NodeFunction) -> bool:
+def wants_context(func: NodeFunction) -> bool:
+    """Whether ``func`` is called as ``func(state, context)`` rather than ``func(state)``.
+
+    The rule: a node gets its ``NodeContext`` as the second positional argument when
+    that parameter has no default value, or is annotated ``NodeContext`` (also
+    ``NodeContext | None``), or the function takes ``*args``. A second parameter with
+    a default (``lambda state, i=i: ...``) keeps its default.
+    """
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(positional) >= 2:
+        second = positional[1]
+        annotation = second.annotation
+        annotated = annotation is NodeContext or (
+            annotation is not second.empty and "NodeContext" in (annotation if isinstance(annotation, str)
+                                                                  else repr(annotation)))
+        return second.default is second.empty or annotated
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 AbandonedHook = Callable[["asyncio.Future[Any]"], None]
@@ -279,7 +294,7 @@ async def invoke_node(
     result will be discarded, and ``on_abandoned`` receives a future that completes
     when the thread returns (a worker counts it against its capacity until then).
     """
-    args: tuple[Any, ...] = (state, context) if _wants_context(func) else (state,)
+    args: tuple[Any, ...] = (state, context) if wants_context(func) else (state,)
 
     async def call() -> Any:
         token = _current.set(context)

@@ -99,3 +99,38 @@ def test_update_state_and_the_input_refuse_reserved_keys() -> None:
             await orchestrator.update_state("u", {"__x": 1}, as_node="a")
 
     run(scenario())
+
+
+def _context_of(func: Any) -> Any:
+    from distributed_agents.core.node_runner import wants_context
+    return wants_context(func)
+
+
+def test_the_context_is_passed_only_to_a_required_or_annotated_second_parameter() -> None:
+    from distributed_agents import NodeContext
+
+    def required(state: State, context: NodeContext) -> None: ...
+
+    def required_unannotated(state, ctx):  # type: ignore[no-untyped-def]
+        ...
+
+    def annotated_optional(state: State, context: NodeContext | None = None) -> None: ...
+
+    def star(*args: Any) -> None: ...
+
+    def defaulted(state: State, i: int = 3) -> None: ...
+
+    assert _context_of(required) and _context_of(required_unannotated) and _context_of(annotated_optional)
+    assert _context_of(star)
+    assert not _context_of(defaulted) and not _context_of(lambda state, i=1: None)
+    assert not _context_of(lambda state: None)
+
+
+def test_a_lambda_with_a_default_argument_keeps_its_default() -> None:
+    """`lambda state, i=i: ...` got a NodeContext as i."""
+    graph = Graph("ctx_default")
+    for i in range(3):
+        graph.add_node(f"n{i}", lambda state, i=i: {f"v{i}": i})
+        graph.set_entry_point(f"n{i}").set_finish_point(f"n{i}")
+    graph.compile()
+    assert dict(run(Orchestrator().execute(graph, {}))) == {"v0": 0, "v1": 1, "v2": 2}
