@@ -77,7 +77,8 @@ class ConditionalEdge:
     ``mapping`` maps the condition's keys to node names (or END); None means the
     condition returns node names itself, restricted to ``allowed`` when that is set.
     The condition gets a read-only view of the merged state (of the input state for
-    ``START``); writing to it raises ``ExecutionError`` naming the condition, graph and key.
+    ``START``); writing to it raises ``ExecutionError`` naming the condition, graph and key,
+    and fails the workflow even if the condition catches that error and returns.
     """
 
     source: str
@@ -663,9 +664,15 @@ class Graph:
             if exc is view.refused:
                 raise  # a write to the read-only view: its message already names condition, graph and key
             raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
-        keys = list(chosen) if isinstance(chosen, (list, tuple, set, frozenset)) else [chosen]
+        if view.refused is not None:
+            # The condition caught its refused write and went on: the write still fails the workflow.
+            raise view.refused
+        several = isinstance(chosen, (list, tuple, set, frozenset))
+        keys = list(chosen) if several else [chosen]
         targets: list[str | Send] = []
         for key in keys:
+            # Name what the condition returned; for a collection, also the item at fault.
+            returned = f"{chosen!r}, whose item {key!r}" if several else repr(key)
             if isinstance(key, Send):
                 targets.append(self._check_send(edge, label, key))
                 continue
@@ -675,7 +682,7 @@ class Graph:
                 except (KeyError, TypeError):
                     raise ExecutionError(
                         f"graph {self.name!r}: {label} "
-                        f"returned {key!r}, which is not in its targets {sorted(map(repr, edge.mapping))}"
+                        f"returned {returned}, which is not in its targets {sorted(map(repr, edge.mapping))}"
                     ) from None
             else:
                 target = key
@@ -683,7 +690,7 @@ class Graph:
                 # An unhashable key (a nested list, a dict) must not escape as a bare TypeError.
                 if not isinstance(target, str) or target not in valid:
                     raise ExecutionError(
-                        f"graph {self.name!r}: {label} returned {key!r}, which is not one of {sorted(valid)}"
+                        f"graph {self.name!r}: {label} returned {returned}, which is not one of {sorted(valid)}"
                     )
             targets.append(target)
         return targets

@@ -393,7 +393,11 @@ def test_no_condition_can_change_the_state_it_routes_on(values: dict[str, Any], 
                     view[key] = choice
         return "done"
 
-    run(condition_graph(meddler).route(["start"], state, {}), 5)
+    if any(op == "write" for op, _, _ in ops):  # a refused write fails the routing even when caught
+        with pytest.raises(ExecutionError, match=r"tried to set state key"):
+            run(condition_graph(meddler).route(["start"], state, {}), 5)
+    else:
+        run(condition_graph(meddler).route(["start"], state, {}), 5)
     assert state.values_copy() == before
 
 
@@ -635,3 +639,34 @@ def test_the_step_limit_message_counts_each_nodes_runs_exactly(limit: int) -> No
             assert f"'{name}' ran {times} time(s)" + (" and is pending again" if name == pending else "") in message
         else:
             assert f"'{name}' ran" not in message
+
+
+def test_a_condition_that_catches_its_refused_write_still_fails_the_workflow() -> None:
+    def route(state: Any) -> str:
+        try:
+            state["visits"] = 1
+        except Exception:  # the condition swallows the refusal and returns a route
+            pass
+        return "b"
+
+    graph = Graph("swallow").add_node("a", lambda s: {"x": 1}).add_node("b", lambda s: {})
+    graph.set_entry_point("a").add_conditional_edge("a", route, ["b"]).set_finish_point("b").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        with pytest.raises(ExecutionError, match="tried to set state key 'visits'"):
+            await orchestrator.execute(graph, {}, workflow_id="swallow")
+        return await orchestrator.get_workflow_status("swallow")
+
+    status = run(scenario())
+    assert status.status == "failed" and "visits" in status.error["summary"]
+
+
+@pytest.mark.parametrize("returned", [{"junk"}, ["b", "junk"], ("junk",)])
+def test_a_condition_returning_a_collection_with_a_bad_item_is_reported_as_returned(returned: Any) -> None:
+    graph = Graph("junk").add_node("a", lambda s: {}).add_node("b", lambda s: {})
+    graph.set_entry_point("a").add_conditional_edge("a", lambda s: returned, {"b": "b"}).set_finish_point("b")
+    graph.compile()
+    with pytest.raises(ExecutionError) as caught:
+        run(Orchestrator().execute(graph, {}))
+    assert f"returned {returned!r}, whose item 'junk'" in str(caught.value)
