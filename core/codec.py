@@ -68,11 +68,35 @@ def find_non_json(value: Any) -> tuple[str, str] | None:
     try:
         found = _find(value)
     except RecursionError:
+        cycle = _find_cycle(value)
+        if cycle is not None:
+            return cycle, "it contains itself (a list or dict that holds itself, directly or deeper): JSON cannot " \
+                          "carry a cycle; store a copy or a reference such as an id"
         return "", "it is nested too deeply for JSON (more than about 900 levels)"
     if found is None:
         return None
     parts, why = found
     return "".join(reversed(parts)), why
+
+
+def _find_cycle(value: Any) -> str | None:
+    """The path of the first list or dict in ``value`` that holds one of its own ancestors; None if none.
+
+    Iterative (no recursion limit); called only once ``_find`` ran out of stack.
+    """
+    stack: list[tuple[Any, str, frozenset[int]]] = [(value, "", frozenset())]
+    while stack:
+        item, path, ancestors = stack.pop()
+        if type(item) not in (dict, list):
+            continue
+        if id(item) in ancestors:
+            return path
+        inner = ancestors | {id(item)}
+        children = item.items() if type(item) is dict else enumerate(item)
+        for key, child in children:
+            if type(child) in (dict, list):
+                stack.append((child, f"{path}.{key}" if type(item) is dict else f"{path}[{key}]", inner))
+    return None
 
 
 def _find(value: Any) -> tuple[list[str], str] | None:  # noqa: C901 - one dispatch on exact types, for speed

@@ -106,3 +106,20 @@ def test_execute_next_node_get_result_and_resume_see_the_same_value(value: Any) 
 
     from_execute, from_result, from_resume = run(scenario())
     assert repr(from_execute) == repr(from_result) == repr(from_resume) == repr(seen[0]) == repr(value)
+
+
+def test_a_value_that_contains_itself_is_reported_as_a_cycle_not_as_too_deep() -> None:
+    from distributed_agents.core.codec import find_non_json
+    looped: list[Any] = [1]
+    looped.append(looped)
+    nested: dict[str, Any] = {"x": {"y": []}}
+    nested["x"]["y"].append(nested["x"])
+    assert find_non_json(looped) is not None and find_non_json(looped)[0] == "[1]"  # type: ignore[index]
+    assert "contains itself" in find_non_json(looped)[1]  # type: ignore[index]
+    assert find_non_json(nested)[0] == ".x.y[0]"  # type: ignore[index]
+    deep: list[Any] = []
+    cursor = deep
+    for _ in range(3000):
+        cursor.append([])
+        cursor = cursor[0]
+    assert "nested too deeply" in find_non_json(deep)[1]  # type: ignore[index]
