@@ -222,7 +222,8 @@ class StepEngine:
                     what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
                 ) if to_run else []
             except NodeNotFoundError as exc:
-                await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run"})
+                missing = {"node": next_nodes[0]} if len(next_nodes) == 1 else {}
+                await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run", **missing})
                 raise
             progress.phase = "merge"
             results = {**done, **{e.key: dict(o.updates or {}) for e, o in zip(to_run, outcomes) if o.ok}}
@@ -374,8 +375,8 @@ class StepEngine:
             f"workflow {record.workflow_id!r} of graph {graph.name!r} failed in step {record.step} while {what}: "
             f"{type(exc).__name__}: {exc}"
         )
-        details: dict[str, Any] = {"phase": progress.phase, "nodes": list(record.frontier.get("next", ()))}
-        for attribute in ("key", "node", "nodes", "reducer", "path"):
+        details: dict[str, Any] = {"phase": progress.phase, "nodes": frontier_nodes(record.frontier)}
+        for attribute in ("key", "node", "nodes", "reducer", "path", "condition"):
             value = getattr(exc, attribute, None)
             if value == "":
                 continue

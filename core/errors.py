@@ -21,6 +21,7 @@ The tree::
     │   ├── InvalidNodeOutputError        a node returned something other than a dict/None
     │   ├── PayloadTooLargeError          a result or state is over the backend's size limit
     │   ├── ReducerConflictError          two nodes wrote one key in a step, no reducer
+    │   ├── RoutingError                  a condition failed, wrote state or chose no node
     │   ├── StepLimitExceededError        a loop ran past the step limit
     │   ├── WorkflowCancelledError        the workflow was cancelled
     │   ├── WorkflowFailedError           waiting on a workflow that failed
@@ -62,6 +63,7 @@ __all__ = [
     "PayloadDecodeError",
     "PayloadTooLargeError",
     "ReducerConflictError",
+    "RoutingError",
     "StateError",
     "StateNotSerializableError",
     "StateValidationError",
@@ -136,6 +138,19 @@ class StateValidationError(StateError, ValueError):
 
 class ExecutionError(DistributedAgentsError):
     """A workflow could not run to completion."""
+
+
+class RoutingError(ExecutionError):
+    """A condition failed, wrote to the state, or chose a route that does not exist.
+
+    ``node`` is the node it routes from (``"__start__"`` for a conditional entry),
+    ``condition`` the condition's name; the workflow's error record carries both.
+    """
+
+    def __init__(self, message: str, *, node: str, condition: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.condition = condition
 
 
 class NodeNotFoundError(ExecutionError):

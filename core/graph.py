@@ -36,6 +36,7 @@ from distributed_agents.core.errors import (
     GraphFrozenError,
     GraphNotCompiledError,
     GraphValidationError,
+    RoutingError,
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
@@ -649,6 +650,17 @@ class Graph:
         return f"condition {_callable_name(edge.condition)} {where}"
 
     async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str | Send]:
+        """The routes ``edge``'s condition chooses on ``state``; ``RoutingError`` naming node and condition."""
+        try:
+            return await self._follow_condition(edge, state)
+        except RoutingError:
+            raise
+        except ExecutionError as exc:
+            # Chained to what the condition raised, if it raised.
+            raise RoutingError(str(exc), node=edge.source,
+                               condition=_callable_name(edge.condition)) from (exc.__cause__ or exc)
+
+    async def _follow_condition(self, edge: ConditionalEdge, state: Any) -> list[str | Send]:
         label = self._condition_label(edge)
         view = ReadOnlyState.of(state, where=f"graph {self.name!r}: {label}")
         try:

@@ -361,3 +361,32 @@ def test_a_commit_too_large_names_the_step_that_ran_and_blames_no_single_node() 
     assert status.error["step"] == 1 and "cannot commit step 1" in str(error)
     assert "node" not in status.error and status.error["largest_writer"] in ("x", "y", "z")
     assert status.error["phase"] == "commit" and status.error["nodes"] == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("fault", ["raises", "writes", "bad_route"])
+def test_a_condition_failure_records_the_node_it_routes_from_and_the_condition(fault: str) -> None:
+    def route(state: Any) -> str:
+        if fault == "raises":
+            raise RuntimeError("condition fault")
+        if fault == "writes":
+            state["sneaky"] = 1
+        return "nowhere"
+
+    error, status = run(failed_status(Orchestrator(), two_steps(f"cond_{fault}", condition=route)))
+    assert status.error["node"] == "a" and status.error["condition"].endswith("route")
+    assert status.error["phase"] == "merge"
+
+
+def test_a_failing_reducer_of_send_results_records_the_send_nodes() -> None:
+    from distributed_agents import Send
+
+    def broken(old: Any, new: Any) -> Any:
+        raise ZeroDivisionError("bad fold")
+
+    graph = Graph("send_reducer", reducers={"out": broken}).add_node("fan", lambda s: {})
+    graph.add_node("work", lambda s: {"out": [s["i"]]})
+    graph.set_entry_point("fan").add_conditional_edge("fan", lambda s: [Send("work", {"i": i}) for i in range(2)],
+                                                      ["work"])
+    graph.set_finish_point("work").compile()
+    error, status = run(failed_status(Orchestrator(), graph))
+    assert status.error["nodes"] == ["work"] and status.error["step"] == 1
