@@ -345,3 +345,32 @@ def test_resume_on_the_orchestrator_running_the_workflow_is_refused(backend: str
         return await orchestrator.wait("wf-self")
 
     assert dict(on_backend(backend, request, scenario)) == {"x": 1} and calls == ["a"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_migration_writes_nothing_and_the_original_graph_still_resumes(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    broken = {"y": True}
+
+    def y(state: Any) -> dict[str, Any]:
+        if broken["y"]:
+            raise RuntimeError("y broken")
+        return {"y": 1}
+
+    def version(second: str) -> Graph:
+        graph = Graph("mig").add_node("x", lambda s: {"x": 1}).add_node(second, y)
+        return graph.set_entry_point("x").add_edge("x", second).set_finish_point(second).compile()
+
+    async def scenario(make: Callable[..., Orchestrator]) -> Any:
+        orchestrator = make()
+        with pytest.raises(Exception):
+            await orchestrator.execute(version("y"), {}, workflow_id="wf-mig")
+        before = await orchestrator.backend.state_store.get("wf-mig")
+        with pytest.raises(ConfigurationError, match="nothing was changed"):
+            await orchestrator.resume("wf-mig", version("z"), allow_graph_change=True)
+        after = await orchestrator.backend.state_store.get("wf-mig")
+        assert after == before and after.error["node"] == "y"
+        broken["y"] = False
+        return await orchestrator.resume("wf-mig", version("y"))
+
+    assert dict(on_backend(backend, request, scenario)) == {"x": 1, "y": 1}
