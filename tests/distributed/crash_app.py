@@ -63,3 +63,8 @@ async def libtimeout(state: State) -> dict[str, Any]:
 @registry.register("interrupted")
 def interrupted(state: State) -> dict[str, Any]:
     raise KeyboardInterrupt("raised by the node, not by ^C")
+
+
+@registry.register("hugeerror")
+def hugeerror(state: State) -> dict[str, Any]:
+    raise RuntimeError("HTTP 500: " + "<html>" * 1_000_000 + " END")  # a 6 MB message

@@ -249,11 +249,13 @@ def test_a_node_type_without_workers_waits_then_fails_with_the_reason(redis_url:
     assert final.status == "failed" and final.error["kind"] == "NodeNotFoundError"
 
 
-@pytest.mark.parametrize("node_type,error_type", [
-    ("stopiter", "StopIteration"), ("libtimeout", "LibraryTimeout"), ("interrupted", "KeyboardInterrupt")])
+@pytest.mark.parametrize("node_type,error_type,backend", [
+    ("stopiter", "StopIteration", "redis_url"), ("libtimeout", "LibraryTimeout", "redis_url"),
+    ("interrupted", "KeyboardInterrupt", "redis_url"), ("stopiter", "StopIteration", "nats_url")])
 def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letters(
-        redis_url: str, tmp_path: pathlib.Path, node_type: str, error_type: str) -> None:
+        request: pytest.FixtureRequest, tmp_path: pathlib.Path, node_type: str, error_type: str, backend: str) -> None:
     """Such a node used to hang: the task kept its lease, never retried, execute() never returned."""
+    redis_url = str(request.getfixturevalue(backend))  # the backend's URL (Redis or NATS)
     prefix = f"base{node_type}{uuid.uuid4().hex[:8]}"
     workers = Workers(redis_url, prefix, tmp_path)
     worker = workers.start("w1")
@@ -275,5 +277,31 @@ def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letter
         (letter,) = letters
         assert letter.attempts == 2
         assert healthy["prepared"] == "prepared after" and worker.poll() is None
+    finally:
+        workers.close()
+
+
+def test_a_node_error_of_megabytes_on_a_worker_is_cut_and_reported_as_the_nodes_error(
+        redis_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"huge{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, prefix, tmp_path)
+    workers.start("w1")
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
+            graph = single("hugeerror", retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False))
+            with pytest.raises(NodeExecutionError) as caught:
+                await orchestrator.execute(graph, {}, workflow_id=f"{prefix}-1")
+            status = await orchestrator.get_workflow_status(f"{prefix}-1")
+            letters = await orchestrator.backend.task_queue.dead_letters("hugeerror")
+            await orchestrator.close()
+            return caught.value, status, letters
+
+        error, status, letters = run(scenario(), timeout=60)
+        assert error.node == "hugeerror" and error.error_type == "RuntimeError"
+        assert status.error["kind"] == "NodeExecutionError" and len(status.error["message"]) <= 5000
+        assert status.error["message"].endswith(" END")
+        (letter,) = letters
+        assert letter.attempts == 2 and all(len(e) < 30_000 for e in letter.errors)
     finally:
         workers.close()
