@@ -110,7 +110,15 @@ class RetryPolicy:
 
 
 def matches_exception(names: Sequence[str], exc: BaseException) -> bool:
-    """Whether any class in ``exc``'s hierarchy has one of the qualified ``names``."""
+    """Whether any class in ``exc``'s hierarchy has one of the qualified ``names``.
+
+    A ``BaseException`` a node raised (carried as ``NodeRaisedBaseException``) is
+    matched by its own type: ``retry_on`` names what the node raises.
+    """
+    from distributed_agents.core.node_runner import NodeRaisedBaseException  # node_runner is imported later
+
+    if isinstance(exc, NodeRaisedBaseException):
+        exc = exc.original
     wanted = set(names)
     return any(_qualified(cls) in wanted for cls in type(exc).__mro__)
 

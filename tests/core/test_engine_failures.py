@@ -390,3 +390,21 @@ def test_a_failing_reducer_of_send_results_records_the_send_nodes() -> None:
     graph.set_finish_point("work").compile()
     error, status = run(failed_status(Orchestrator(), graph))
     assert status.error["nodes"] == ["work"] and status.error["step"] == 1
+
+
+@pytest.mark.parametrize("retry_on,attempts", [((LibraryTimeout,), 3), ((Exception,), 1)])
+def test_retry_on_matches_the_base_exception_the_node_raised(retry_on: tuple[type[BaseException], ...],
+                                                              attempts: int) -> None:
+    from distributed_agents import RetryPolicy
+    calls: list[int] = []
+
+    def flaky(state: State) -> None:
+        calls.append(1)
+        raise LibraryTimeout("library gave up")
+
+    graph = Graph(f"retry_base_{attempts}").add_node(
+        "a", flaky, retry=RetryPolicy(max_attempts=3, initial_interval=0.001, jitter=False, retry_on=retry_on))
+    graph.set_entry_point("a").set_finish_point("a").compile()
+    error, status = run(failed_status(Orchestrator(), graph))
+    assert len(calls) == attempts and status.error["attempts"] == attempts
+    assert status.error["error_type"] == "LibraryTimeout"
