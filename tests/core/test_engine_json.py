@@ -123,3 +123,21 @@ def test_a_value_that_contains_itself_is_reported_as_a_cycle_not_as_too_deep() -
         cursor.append([])
         cursor = cursor[0]
     assert "nested too deeply" in find_non_json(deep)[1]  # type: ignore[index]
+
+
+@pytest.mark.timeout(60)
+def test_a_value_nested_two_hundred_thousand_levels_is_refused_in_one_linear_walk() -> None:
+    # The cycle search that follows a RecursionError once copied its ancestors at every
+    # level: quadratic, so a node returning such a value kept a worker's event loop busy
+    # for many minutes (no heartbeats, no settle). It must be one linear walk.
+    from distributed_agents.core.codec import find_non_json
+    deep: list[Any] = []
+    cursor = deep
+    for _ in range(200_000):
+        cursor.append([])
+        cursor = cursor[0]
+    found = find_non_json(deep)
+    assert found is not None and "nested too deeply" in found[1]
+    cursor.append(deep)  # now the innermost list holds the outermost one
+    found = find_non_json(deep)
+    assert found is not None and "contains itself" in found[1] and found[0].count("[0]") == 200_001
