@@ -179,9 +179,24 @@ def describe_failure(exc: BaseException) -> NodeFailure:
     """
     if isinstance(exc, NodeRaisedBaseException):
         exc = exc.original
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return NodeFailure(type(exc).__name__, safe_text(bounded(str(exc), MAX_MESSAGE)),
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as problem:  # the failure must be reported whatever the exception object does
+        text = f"{type(exc).__name__}: <its traceback could not be formatted: {type(problem).__name__}>"
+    return NodeFailure(type(exc).__name__, safe_text(bounded(exception_message(exc), MAX_MESSAGE)),
                        safe_text(bounded(text, MAX_TRACEBACK)), timed_out=isinstance(exc, NodeTimeoutError))
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, or a note saying it failed: a node's exception class may have a broken ``__str__``.
+
+    Reporting a node's failure must never raise: an error escaping here would leave the
+    task unsettled, re-delivered after its lease and run again.
+    """
+    try:
+        return str(exc)
+    except Exception as problem:
+        return f"<str() of this {type(exc).__name__} raised {type(problem).__name__}>"
 
 
 MAX_MESSAGE = 4000  # characters of a node's error message kept (records, dead letters, events)

@@ -200,3 +200,47 @@ def test_an_unexpected_error_while_extending_the_lease_stops_the_node_and_dead_l
     error, cancelled = run(scenario(), timeout=60)
     assert cancelled
     assert error.attempts == 1 and "extending the lease failed: KeyError: 'adapter bug in extend'" in str(error)
+
+
+class UnprintableError(Exception):
+    """An exception whose ``__str__`` itself raises (seen in the wild in wrapper libraries)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+@pytest.mark.parametrize("where", ["worker", "in-process"])
+def test_a_node_error_whose_str_raises_fails_the_node_once_by_its_own_type(url: str, where: str) -> None:
+    calls: list[int] = []
+
+    async def unprintable(state: State, context: NodeContext) -> dict[str, Any]:
+        calls.append(context.attempt)
+        raise UnprintableError()
+
+    graph = single("unprintable")
+    if where == "in-process":
+        async def local() -> NodeExecutionError:
+            orchestrator = Orchestrator(backend=url)
+            orchestrator.registry.register_node("unprintable", unprintable)
+            try:
+                with pytest.raises(NodeExecutionError) as caught:
+                    await orchestrator.execute(graph, {}, workflow_id="wf-unprintable")
+                return caught.value
+            finally:
+                await orchestrator.close()
+
+        error = run(local(), timeout=60)
+    else:
+        worker = Worker(backend=url, poll_wait=0.1)
+        worker.register_node("unprintable", unprintable)
+
+        async def body(orchestrator: Orchestrator) -> NodeExecutionError:
+            with pytest.raises(NodeExecutionError) as caught:
+                await orchestrator.execute(graph, {}, workflow_id="wf-unprintable")
+            return caught.value
+
+        error = run(serving(worker, body, url), timeout=60)
+    assert calls == [1]
+    assert (error.node, error.attempts, error.error_type) == ("unprintable", 1, "UnprintableError")
+    assert "str() of this UnprintableError raised RuntimeError" in error.error_message
+    assert "UnprintableError" in (error.traceback_text or "")
