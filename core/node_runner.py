@@ -47,6 +47,7 @@ __all__ = [
     "bounded",
     "current_context",
     "describe_failure",
+    "exception_message",
     "invoke_node",
     "is_output_error",
     "safe_text",

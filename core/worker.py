@@ -36,7 +36,14 @@ from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_b
 from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
 from distributed_agents.core.limits import check_result_size
-from distributed_agents.core.node_runner import NodeContext, describe_failure, invoke_node, is_output_error, safe_text
+from distributed_agents.core.node_runner import (
+    NodeContext,
+    describe_failure,
+    exception_message,
+    invoke_node,
+    is_output_error,
+    safe_text,
+)
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask
@@ -265,7 +272,7 @@ class Worker:
                 backoff = min(backoff * 2, MAX_DELAY)
                 continue
             for claim in claims:
-                task = asyncio.ensure_future(self._handle(claim))
+                task = asyncio.ensure_future(self._handle_guarded(claim))
                 self._running[task] = claim
                 task.add_done_callback(self._forget)
 
@@ -307,6 +314,21 @@ class Worker:
                     task.cancel()
 
     # -- one task ------------------------------------------------------------------------
+
+    async def _handle_guarded(self, claim: ClaimedTask) -> None:
+        """``_handle``, with a backstop: an error in handling a task dead-letters it at once.
+
+        Without this, an exception escaping the handler (a custom ``RetryPolicy`` that
+        raises, a bug) would leave the task unsettled: re-delivered after each lease
+        and run again until its attempts ran out, with the real cause only in a log.
+        """
+        try:
+            await self._handle(claim)
+        except Exception as exc:
+            reason = safe_text(f"the worker failed while handling the task: {type(exc).__name__}: "
+                               f"{exception_message(exc)}")
+            log.error("task %s node %r: %s; dead-lettering it", claim.task.id, claim.task.node, reason, exc_info=exc)
+            await self._settle(lambda: self.backend.task_queue.nack(claim, reason, final=True), claim)
 
     async def _handle(self, claim: ClaimedTask) -> None:
         queue = self.backend.task_queue
