@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -360,6 +361,17 @@ def load_app(spec: str) -> NodeRegistry | Worker:
             f"--app {spec!r}: cannot import {module_name!r} ({exc}); run from the folder that contains it, "
             "or add that folder to PYTHONPATH"
         ) from None
+    except SyntaxError as exc:
+        raise ConfigurationError(
+            f"--app {spec!r}: {module_name!r} has a syntax error at {exc.filename}:{exc.lineno}: {exc.msg}; "
+            "fix it, then start again"
+        ) from None
+    except Exception as exc:  # the module's own code failed at import time
+        logging.getLogger("distributed_agents.cli").debug("importing %r failed", module_name, exc_info=exc)
+        raise ConfigurationError(
+            f"--app {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}{_raised_at(exc)}; "
+            f"fix the module (python3 -c 'import {module_name}' shows the traceback, as does --log-level debug)"
+        ) from None
     try:
         app = getattr(module, attribute)
     except AttributeError:
@@ -374,6 +386,12 @@ def load_app(spec: str) -> NodeRegistry | Worker:
             "point it at the NodeRegistry your node functions are registered on"
         )
     return app
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (at FILE:LINE)`` of the innermost frame of ``exc``'s traceback, or ``""``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _backend_url(args: argparse.Namespace) -> str:

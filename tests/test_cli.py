@@ -55,6 +55,8 @@ def app_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.
     """A folder with ``cliapp.py`` (researcher and writer), the current directory, clean environment."""
     (tmp_path / "cliapp.py").write_text(APP)
     (tmp_path / "needsdep.py").write_text("import some_missing_dependency\n")
+    (tmp_path / "raisesatimport.py").write_text("x = 1\nraise RuntimeError('settings file missing')\n")
+    (tmp_path / "badsyntax.py").write_text("def broken(:\n    pass\n")
     monkeypatch.chdir(tmp_path)
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
@@ -228,6 +230,11 @@ def test_every_option_shows_help_default_and_environment_variable() -> None:
      ["cannot import 'nosuchmodule_xyz'", "PYTHONPATH"]),
     (["worker", "--app", "needsdep:registry", "--backend-url", "redis://127.0.0.1:1/0"],
      ["importing 'needsdep' failed", "No module named 'some_missing_dependency'", "install what it needs"]),
+    (["worker", "--app", "raisesatimport:registry", "--backend-url", "redis://127.0.0.1:1/0"],
+     ["importing 'raisesatimport' raised RuntimeError: settings file missing", "raisesatimport.py:2",
+      "fix the module"]),
+    (["worker", "--app", "badsyntax:registry", "--backend-url", "redis://127.0.0.1:1/0"],
+     ["'badsyntax' has a syntax error at", "badsyntax.py:1"]),
     (["worker", "--app", "cliapp:nothing", "--backend-url", "redis://127.0.0.1:1/0"],
      ["no attribute 'nothing'", "cliapp:registry"]),
     (["worker", "--app", "cliapp:not_a_registry", "--backend-url", "redis://127.0.0.1:1/0"],
