@@ -43,6 +43,7 @@ _INSTALL = "pip install 'distributed-agents[nats]' (from a checkout of the repos
 # JetStream refuses publishes whose dedup window is shorter than this; two minutes is
 # nats-py's and the server's default.
 _DUPLICATE_WINDOW = 120.0
+_DRAIN_TIMEOUT = 5  # seconds close() waits for subscriptions to drain before closing anyway
 # Per-message TTLs (the Nats-TTL header, allow_msg_ttl streams) came with nats-server 2.11.
 _MIN_SERVER = (2, 11)
 
@@ -122,6 +123,9 @@ class NatsSettings:
             "max_reconnect_attempts": self.connect_attempts,
             "connect_timeout": 2,
             "allow_reconnect": True,
+            # close() drains first; nats-py's default of 30 s could outlast a supervisor's
+            # stop timeout when the server went away mid-drain (the process is then killed).
+            "drain_timeout": _DRAIN_TIMEOUT,
         }
         if self.user is not None:
             kwargs["user"] = self.user
@@ -156,6 +160,7 @@ class NatsConnection:
         self._connecting = False
         self._connect_errors: list[BaseException] = []
         self._connect_lock = asyncio.Lock()
+        self._ready = False  # connected, streams and buckets created
 
     @property
     def nc(self) -> Client:
@@ -182,13 +187,16 @@ class NatsConnection:
         ``tls://`` URL whose server does not offer TLS (nats-py would silently connect
         unencrypted, credentials included), or a server without JetStream.
         """
-        if self._nc is not None:
+        if self._ready:
             return
         # Two callers at once (an orchestrator's execute and a status read, say) must
         # share one client: without the lock each would open one and one would leak.
+        # Readiness, not the client, is what callers wait for: the client exists before
+        # the streams and buckets do, and a caller let through then would find no bucket.
         async with self._connect_lock:
-            if self._nc is None:
+            if not self._ready:
                 await self._connect()
+                self._ready = True
 
     async def _connect(self) -> None:
         import nats
@@ -340,6 +348,7 @@ class NatsConnection:
     async def close(self) -> None:
         """Drain and close the connection (idempotent)."""
         self.closed = True
+        self._ready = False
         nc, self._nc = self._nc, None
         self._js = None
         if nc is None or nc.is_closed:

@@ -178,3 +178,36 @@ def test_a_server_without_jetstream_says_to_start_it_with_js() -> None:
         server.cleanup()
     assert isinstance(error, BackendConfigError)
     assert "does not have JetStream enabled" in str(error) and "-js" in str(error)
+
+
+def test_callers_arriving_while_the_first_connect_creates_buckets_wait_for_them(nats_url: str) -> None:
+    # The client exists before the streams and buckets do; a second caller let through
+    # in that window read a bucket that was not there yet (KeyError from the store).
+    import asyncio
+    import uuid
+
+    from distributed_agents.adapters.nats import NatsBackend
+
+    async def scenario() -> list[object]:
+        results: list[object] = []
+        for _ in range(5):
+            backend = NatsBackend(nats_url, BackendOptions.from_url(nats_url, prefix=f"race{uuid.uuid4().hex[:8]}"))
+
+            async def read() -> object:
+                await backend.connect()
+                return await backend.state_store.get("missing")
+
+            try:
+                first = asyncio.ensure_future(read())
+                others = []
+                while not first.done():
+                    others.append(asyncio.ensure_future(read()))
+                    await asyncio.sleep(0.0005)
+                results.extend(await asyncio.gather(first, *others, return_exceptions=True))
+            finally:
+                await backend.close()
+        return results
+
+    results = run(scenario(), 60)
+    assert len(results) > 10
+    assert all(result is None for result in results), [r for r in results if r is not None][:3]
