@@ -44,7 +44,7 @@ from distributed_agents.core.node_runner import (
     is_output_error,
     safe_text,
 )
-from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask
 from distributed_agents.core.ports.worker_registry import WorkerInfo
@@ -78,6 +78,21 @@ class WorkerStats:
                 f"{self.released} released, {self.lost_leases} lost leases, {self.malformed} malformed")
 
 
+def _known_heartbeat_ttl(backend: str | Backend | None, options: Mapping[str, Any]) -> float | None:
+    """The registry's heartbeat TTL in seconds as far as it is known before the backend opens.
+
+    None if it cannot be told yet (a malformed URL is reported when the backend opens;
+    ``start()`` checks the opened backend's registry again).
+    """
+    if isinstance(backend, Backend):
+        return backend.worker_registry.heartbeat_ttl
+    try:
+        return BackendOptions.from_url(backend or DEFAULT_BACKEND_URL,
+                                       heartbeat_ttl=options.get("heartbeat_ttl")).heartbeat_ttl
+    except Exception:  # reported, with its URL, when the backend is opened
+        return None
+
+
 class _Cancelled(Exception):
     """Why a running node task was stopped from outside."""
 
@@ -87,7 +102,8 @@ class Worker:
 
     ``node_types`` defaults to every type with a registered function; each listed
     type must have one by ``start()``. ``capacity`` bounds concurrent tasks.
-    ``heartbeat_interval`` paces registry heartbeats; ``shutdown_grace`` is how long
+    ``heartbeat_interval`` paces registry heartbeats (at most half the registry's
+    ``heartbeat_ttl``, else ``ConfigurationError``); ``shutdown_grace`` is how long
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
     the longest a claim waits for work (and so the longest ``stop()`` waits for it).
     With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop (only
@@ -118,6 +134,7 @@ class Worker:
         self.worker_id = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry = registry if registry is not None else NodeRegistry()
         self.heartbeat_interval = heartbeat_interval
+        self._check_heartbeat(_known_heartbeat_ttl(backend, backend_options or {}))
         self.lease_seconds = lease_seconds
         self.shutdown_grace = shutdown_grace
         self.poll_wait = poll_wait
@@ -136,6 +153,22 @@ class Worker:
         self._serving = False
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
+
+    def _check_heartbeat(self, ttl: float | None) -> None:
+        """Raise ``ConfigurationError`` unless at least two heartbeats fit in ``ttl`` seconds.
+
+        With fewer, the registry forgets a live worker between two beats (one late beat
+        is enough), so operators and waiting orchestrators would see no worker.
+        """
+        if ttl is None or self.heartbeat_interval * 2 <= ttl:
+            return
+        raise ConfigurationError(
+            f"worker {self.worker_id!r}: heartbeat interval "
+            f"{self.heartbeat_interval:g}s is more than half the backend's heartbeat_ttl {ttl:g}s, so the live "
+            "worker would drop out of the registry between heartbeats; use a heartbeat interval of at most "
+            f"{ttl / 2:g}s (--heartbeat-interval / HEARTBEAT_INTERVAL) or raise heartbeat_ttl "
+            "(e.g. ?heartbeat_ttl=60 in the backend URL)"
+        )
 
     # -- registration ---------------------------------------------------------------------
 
@@ -175,10 +208,11 @@ class Worker:
         if self._serving:
             raise ConfigurationError(f"worker {self.worker_id!r} is already serving")
         types = self.served_types()
+        backend = self.backend
+        self._check_heartbeat(backend.worker_registry.heartbeat_ttl)
         self._serving = True
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        backend = self.backend
         info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid())
         # A worker started while the backend is down waits for it instead of exiting.
         await until_available(backend.connect, what="connect", outage=self._outage)

@@ -256,3 +256,18 @@ def test_a_plain_function_past_its_timeout_is_told_and_holds_its_slot_until_it_r
     result = run(with_worker(worker, lambda: Orchestrator().execute(graph, {})))
     assert result["done"] is True and "late" not in result
     assert events == ["1 cancelled=True", "1 returned", "2 started"]
+
+
+def test_a_heartbeat_interval_over_half_the_registry_ttl_is_refused() -> None:
+    """Two heartbeats must fit in the TTL, or the registry forgets a live worker between them."""
+    with pytest.raises(ConfigurationError, match=r"heartbeat interval 100s .* heartbeat_ttl 30s"):
+        Worker(["a"], heartbeat_interval=100)
+    with pytest.raises(ConfigurationError, match=r"heartbeat_ttl 4s"):
+        Worker(["a"], backend="memory://?heartbeat_ttl=4", heartbeat_interval=3)
+    with pytest.raises(ConfigurationError, match=r"heartbeat_ttl 4s"):
+        Worker(["a"], backend_options={"heartbeat_ttl": 4}, heartbeat_interval=2.5)
+    backend = open_backend("memory://", heartbeat_ttl=1)
+    with pytest.raises(ConfigurationError, match=r"heartbeat_ttl 1s"):
+        Worker(["a"], backend=backend, heartbeat_interval=0.6)
+    Worker(["a"], backend=backend, heartbeat_interval=0.5)  # two beats fit
+    Worker(["a"], heartbeat_interval=15)
