@@ -12,7 +12,7 @@ nodes of the step keep their results.
 
 A task of a workflow that has moved on (completed, cancelled, resumed into a new run,
 or past that step) is not requeued: running it would do the node's work for nobody.
-The outcome says so and points to ``resume``. A task of no stored workflow (enqueued
+The outcome says so and points to ``resume`` (for a completed workflow, to ``purge``). A task of no stored workflow (enqueued
 by other tooling) is simply requeued.
 """
 
@@ -135,6 +135,9 @@ def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int) -> s
     if (record.status in (WorkflowStatus.FAILED, WorkflowStatus.RUNNING) and current_run == run
             and record.step == step and key in {e.key for e in read_entries(record.frontier, {})}):
         return None
+    if record.status == WorkflowStatus.COMPLETED:
+        return (f"workflow {record.workflow_id!r} completed (at step {record.step}), so nothing needs re-running; "
+                f"delete this dead letter with 'distributed-agents dead-letters purge {letter.task_id}'")
     return (f"workflow {record.workflow_id!r} is {record.status} at step {record.step} (run {current_run}), "
             f"and this task ran node {node!r} in step {step} of run {run}, so its result would be used by "
             f"nobody; to retry the workflow, call Orchestrator.resume({record.workflow_id!r})")

@@ -265,6 +265,7 @@ def _parser() -> Parser:
 
     def command(name: str, help_text: str, description: str, into: Any = commands) -> Parser:
         sub: Parser = into.add_parser(name, help=help_text, description=description, parents=[common])
+        sub.set_defaults(command_parser=sub)  # the innermost command reports unknown arguments
         return sub
 
     worker = command(
@@ -538,6 +539,8 @@ async def _show_dead_letter(args: argparse.Namespace) -> int:
 async def requeue_dead_letters(backend: Backend, task_ids: Sequence[str]) -> int:
     """``dead-letters requeue``: queue each dead letter again; prints one line per id.
 
+    A requeued id's line goes to stdout; a refused one's to stderr as an error.
+
     A task of a failed workflow also reopens that workflow, which then continues with
     the requeued task's result; a task of a workflow that moved on is refused with a
     pointer to ``resume`` (see ``distributed_agents.core.dead_letters``).
@@ -546,7 +549,10 @@ async def requeue_dead_letters(backend: Backend, task_ids: Sequence[str]) -> int
     failed = 0
     for task_id in task_ids:
         outcome = await requeue_dead_letter(backend, task_id)
-        print(outcome.message)
+        if outcome.requeued:
+            print(outcome.message)
+        else:  # like every other error: on stderr, prefixed
+            print(f"{PROG}: error: {outcome.message}", file=sys.stderr)
         failed += not outcome.requeued
     return 1 if failed else 0
 
@@ -626,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
     arguments = _help_last(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
-    args = parser.parse_args(arguments)
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:  # reported by the command they were given to, so its error points to its own --help
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         level = args.log_level if getattr(args, "log_level", None) else LOG_LEVEL.resolve(args)
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

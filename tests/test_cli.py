@@ -360,8 +360,9 @@ def test_dead_letters_list_show_and_purge(backend_url: str, capsys: pytest.Captu
     assert "t-nope: not found" in err
     assert [e["task_id"] for e in listed(capsys, where)] == ["t-notify", "t-notify2"]
     # A purged dead letter cannot be requeued or shown.
-    status, out, _ = in_process(capsys, "dead-letters", "requeue", "t-archive", *where)
-    assert status == 1 and out.startswith("t-archive: not found")
+    status, out, err = in_process(capsys, "dead-letters", "requeue", "t-archive", *where)
+    assert status == 1 and out == ""
+    assert_one_line_error(status, err, "distributed-agents: error: t-archive: not found", code=1)
 
     # purge by node type with --yes, then everything.
     make_dead_letters(backend_url, prefix, [("t-other", "other", 1)])
@@ -495,3 +496,34 @@ def test_a_missing_client_library_is_one_line_naming_the_extra(module: str, url:
             f"sys.exit(main(['dead-letters', 'list', '--backend-url', {url!r}]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert_one_line_error(done.returncode, done.stderr, extra, "pip install")
+
+
+# -- heartbeat interval against the registry's TTL ----------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("scheme", ["redis", "nats"])
+def test_a_heartbeat_interval_the_registry_would_outlive_is_refused(
+    app_dir: pathlib.Path, scheme: str, request: pytest.FixtureRequest
+) -> None:
+    """Ops finding: --heartbeat-interval 100 with the default 30 s TTL made a live worker vanish."""
+    url: str = request.getfixturevalue(f"{scheme}_url")
+    done = cli("worker", "--app", "cliapp:registry", "--backend-url", url, "--heartbeat-interval", "100", cwd=app_dir)
+    assert_one_line_error(done.returncode, done.stderr, "heartbeat interval 100s", "heartbeat_ttl 30s",
+                          "at most 15s", "--heartbeat-interval")
+    sep = "&" if "?" in url else "?"
+    raised = cli("worker", "--app", "cliapp:registry", "--backend-url", f"{url}{sep}heartbeat_ttl=4",
+                 "--heartbeat-interval", "3", cwd=app_dir)
+    assert_one_line_error(raised.returncode, raised.stderr, "heartbeat interval 3s", "heartbeat_ttl 4s")
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["worker", "--app", "cliapp:registry", "--bogus", "1"], "worker"),
+    (["dead-letters", "list", "--bogus"], "dead-letters list"),
+    (["dead-letters", "requeue", "t1", "--bogus"], "dead-letters requeue"),
+])
+def test_an_unknown_flag_points_to_its_command_s_own_help(app_dir: pathlib.Path, argv: list[str],
+                                                           command: str) -> None:
+    done = cli(*argv, cwd=app_dir)
+    assert_one_line_error(done.returncode, done.stderr, f"distributed-agents {command}: error:", "--bogus",
+                          f"see 'distributed-agents {command} --help'")

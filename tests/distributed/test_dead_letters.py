@@ -143,7 +143,8 @@ def test_requeue_of_a_workflow_that_moved_on_is_refused_pointing_to_resume(
 
     refused, letters, task_id = run_with_workers(backend_url, tmp_path, scenario)
     assert refused.returncode == 1
-    assert refused.stdout.startswith(f"{task_id}: not requeued") and "resume(" in refused.stdout
+    assert refused.stdout == ""  # an error: on stderr, prefixed like every other CLI error
+    assert refused.stderr.startswith(f"distributed-agents: error: {task_id}: not requeued") and "resume(" in refused.stderr
     assert task_id in letters  # left where it was
     assert lines(tmp_path, "notified") == []
 
@@ -171,3 +172,27 @@ def test_resume_on_workers_reruns_only_the_failed_node_of_a_parallel_step(
     result = run_with_workers(backend_url, tmp_path, scenario)
     assert result == {"to": "ops", "audited": True, "notified": "ops"}
     assert len(lines(tmp_path, "audited")) == 1 and len(lines(tmp_path, "notified")) == 1
+
+
+def test_requeue_after_the_workflow_completed_says_nothing_needs_re_running(
+    backend_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Ops finding: a stale requeue of a completed workflow pointed to resume(); it should offer purge."""
+    async def scenario(prefix: str, workers: WorkerProcesses) -> Any:
+        orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix, recover=False)
+        workflow_id = f"{prefix}-wf"
+        try:
+            task_id = await fail_once(orchestrator, workflow_id)
+            (tmp_path / "broken").unlink()
+            assert dict(await orchestrator.resume(workflow_id))["archived"] is True
+            refused = await asyncio.to_thread(workers.cli, "dead-letters", "requeue", task_id)
+            return refused, task_id
+        finally:
+            await orchestrator.close()
+
+    refused, task_id = run_with_workers(backend_url, tmp_path, scenario)
+    assert refused.returncode == 1 and refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"distributed-agents: error: {task_id}: not requeued")
+    assert "completed" in line and "nothing needs re-running" in line and f"dead-letters purge {task_id}" in line
+    assert "resume(" not in line
