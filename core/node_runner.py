@@ -10,8 +10,9 @@ from outside, so a plain-function node is told instead: ``context.cancelled`` be
 True (``current_context().cancelled`` from anywhere in the node), and a node that works
 in a loop should check it and return (or wait with ``context.wait_cancelled(seconds)``
 instead of ``time.sleep``). Until the thread returns, the caller is told it still runs
-(``on_abandoned``), so a worker keeps its capacity slot taken; one warning says that
-the function could not be interrupted.
+(``on_abandoned``), so a worker keeps its capacity slot taken; if it still runs
+``CANCEL_WARNING_GRACE`` seconds after the cancellation, one warning says that it could
+not be interrupted (a function that checks the flag and returns in time logs none).
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def exception_message(exc: BaseException) -> str:
 
 MAX_MESSAGE = 4000  # characters of a node's error message kept (records, dead letters, events)
 MAX_TRACEBACK = 16000  # characters of its traceback kept
+CANCEL_WARNING_GRACE = 1.0  # seconds a cancelled plain function may take to return before a warning
 
 
 def bounded(text: str, limit: int) -> str:
@@ -237,19 +239,31 @@ async def _in_thread(
         context.cancel()
         if not thread.done():
             since = time.monotonic()
-            log.warning(
-                "node %r (workflow %r, attempt %d) was cancelled but runs as a plain function in a thread, which "
-                "cannot be interrupted; it keeps running until it returns and its result will be discarded. "
-                "Check context.cancelled (or distributed_agents.current_context().cancelled) in the function to "
-                "stop early, or make it async def", context.node, context.workflow_id, context.attempt,
-            )
-            thread.add_done_callback(lambda done: _abandoned_returned(done, context, since))
+            # Most cooperative functions return within moments of seeing context.cancelled:
+            # warn only about one that is still running after the grace.
+            timer = asyncio.get_running_loop().call_later(
+                CANCEL_WARNING_GRACE, _warn_still_running, thread, context, since)
+            thread.add_done_callback(lambda done: _abandoned_returned(done, context, since, timer))
             if on_abandoned is not None:
                 on_abandoned(thread)
         raise
 
 
-def _abandoned_returned(thread: asyncio.Future[Any], context: NodeContext, since: float) -> None:
+def _warn_still_running(thread: asyncio.Future[Any], context: NodeContext, since: float) -> None:
+    if thread.done():
+        return
+    log.warning(
+        "node %r (workflow %r, attempt %d) is still running %.1fs after it was cancelled: it runs as a plain "
+        "function in a thread, which cannot be interrupted, so it keeps its worker slot until it returns and its "
+        "result will be discarded. Check context.cancelled (or distributed_agents.current_context().cancelled) in "
+        "the function to stop early, or make it async def",
+        context.node, context.workflow_id, context.attempt, time.monotonic() - since,
+    )
+
+
+def _abandoned_returned(thread: asyncio.Future[Any], context: NodeContext, since: float,
+                        timer: asyncio.TimerHandle) -> None:
+    timer.cancel()
     error = None if thread.cancelled() else thread.exception()  # retrieved: nobody else will
     log.info("cancelled node %r (workflow %r) returned %.1fs after its cancellation%s; its result was discarded",
              context.node, context.workflow_id, time.monotonic() - since,

@@ -2,7 +2,8 @@
 
 An ``async def`` node is interrupted; a plain function (run in a thread, which nothing can
 interrupt) sees ``context.cancelled`` / ``current_context().cancelled`` turn True, one
-warning says it could not be interrupted, and the worker keeps its capacity slot taken
+warning says it could not be interrupted if it still runs after a grace (none for a
+function that returns in time), and the worker keeps its capacity slot taken
 until the thread really returns. On memory, a real Redis server and a real NATS server.
 """
 
@@ -19,6 +20,7 @@ from support.aio import run
 from support.nodes import BlockingNode
 
 from distributed_agents import Graph, NodeContext, Orchestrator, State, Worker, current_context
+from distributed_agents.core import node_runner
 from distributed_agents.core.errors import WorkflowCancelledError
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,6 +94,8 @@ def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
             # One slot is free (the async node's); the thread still holds the other.
             assert len(worker._abandoned) == 1
             after = await orchestrator.execute(single("quick"), {}, workflow_id="wf-after")
+            while not any(r.levelno == logging.WARNING for r in caplog.records):  # after the grace
+                await asyncio.sleep(0.02)
             finish.set()
             while worker._abandoned:
                 await asyncio.sleep(0.01)
@@ -111,6 +115,7 @@ def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
     warnings = [r.getMessage() for r in caplog.records
                 if r.name == "distributed_agents.node" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "node 'plain'" in warnings[0] and "cannot be interrupted" in warnings[0]
+    assert "still running" in warnings[0]
     assert any("cancelled node 'plain'" in r.getMessage() and "returned" in r.getMessage() for r in caplog.records)
 
 
@@ -157,3 +162,42 @@ def test_a_cancelled_plain_function_keeps_its_capacity_slot_until_it_returns(url
     held, result = run(scenario(), timeout=60)
     assert (held.queued, held.in_flight) == (1, 0)
     assert result["quick"] is True
+
+
+def test_a_plain_function_that_stops_when_told_logs_no_warning(
+    url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ops finding: the "cannot be interrupted" warning was logged for a function that returned at once."""
+    monkeypatch.setattr(node_runner, "CANCEL_WARNING_GRACE", 30.0)  # far longer than the function takes
+    running = threading.Event()
+
+    def cooperative(state: State, context: NodeContext) -> dict[str, Any]:
+        running.set()
+        context.wait_cancelled(30)
+        return {}
+
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+    worker.register_node("cooperative", cooperative)
+
+    async def scenario() -> None:
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            first = asyncio.ensure_future(orchestrator.execute(single("cooperative"), {}, workflow_id="wf-coop"))
+            while not running.is_set():
+                await asyncio.sleep(0.01)
+            assert await orchestrator.cancel_workflow("wf-coop")
+            with pytest.raises(WorkflowCancelledError):
+                await first
+            await dead_letters(orchestrator, 1)
+            while not any("cancelled node 'cooperative'" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.01)  # its thread has returned
+        finally:
+            await worker.stop(grace=5)
+            await serving
+            await orchestrator.close()
+
+    with caplog.at_level(logging.INFO, logger="distributed_agents.node"):
+        run(scenario(), timeout=60)
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "distributed_agents.node" and r.levelno >= logging.WARNING] == []
