@@ -84,13 +84,22 @@ async def _write_everything(backend: Backend, tag: str) -> None:
 @conformance_check(PORT, ("task_queue.prefix-isolation", "state_store.prefix-isolation",
                           "worker_registry.prefix-isolation", "message_bus.prefix-isolation"))
 async def check_nested_prefixes_are_isolated(session: Session) -> None:
-    """Prefixes that are prefixes of one another ('app-1', 'app-12', 'app-1.2') never see each other's data."""
+    """Prefixes that are prefixes of one another ('app-1', 'app-12', 'app-1.2', 'app-1:2') never see each other's data.
+
+    The writer's prefix extends a reader's by a character, by '.' and by ':' (the key
+    separators engines use), so a ``KEYS prefix*`` or ``prefix:*`` scan shows.
+    """
+    for suffix in ("2", ":2", ".2"):
+        await _nested_prefixes(session, suffix)
+
+
+async def _nested_prefixes(session: Session, suffix: str) -> None:
     base = session.context.factory.fresh_prefix()
-    prefixes = [base, f"{base}2", f"{base}.2", f"{base}_2e2"]
+    writer = f"{base}{suffix}"
+    prefixes = list(dict.fromkeys([base, writer, f"{base}2", f"{base}.2", f"{base}:2", f"{base}_2e2"]))
     backends = {p: await session.open(prefix=p) for p in prefixes}
     spies = {p: await b.message_bus.subscribe(">" if session.requirements.supports("pattern_subscriptions") else "events.wf")
              for p, b in backends.items()}
-    writer = f"{base}2"
     await _write_everything(backends[writer], "mine")
     for prefix, backend in backends.items():
         if prefix == writer:

@@ -186,3 +186,89 @@ async def check_burst_reaches_everyone(session: Session) -> None:
         got = [m.data["seq"] for m in await drain(subscription, total, budget)]
         expect(len(got) == total, "message_bus.burst", f"the {name} subscriber got {len(got)} of a {total}-message burst")
         expect(got == list(range(total)), "message_bus.order", f"the {name} subscriber got the burst out of order")
+
+
+@conformance_check(PORT, ("message_bus.fidelity",))
+async def check_messages_arrive_as_published(session: Session) -> None:
+    """None values, nesting, Unicode, big and float numbers, empty containers arrive unchanged (publish and publish_many)."""
+    bus = (await session.open()).message_bus
+    clause = "message_bus.fidelity"
+    sub = await bus.subscribe("events.fidelity")
+    data: dict[str, object] = {"none": None, "text": "naïve 日本語 ✓ \u0000end", "nested": {"a": {"b": [None, 1.5, -3, True, False, "ü"]}},
+            "big": 2**53, "neg": -(2**40), "float": 0.1, "empty": {}, "empty_list": [], "": "empty key", "ключ": None}
+    await bus.publish("events.fidelity", data)
+    await bus.publish_many([("events.fidelity", {"many": None, "n": {"x": None}}), ("events.fidelity", data)])
+    got = await drain(sub, 3, session.requirements.delivery_timeout)
+    want = [data, {"many": None, "n": {"x": None}}, data]
+    expect([dict(m.data) for m in got] == want, clause, f"published {want}, received {[dict(m.data) for m in got]}")
+
+
+@conformance_check(PORT, ("message_bus.receive",))
+async def check_get_without_waiting_sees_buffered(session: Session) -> None:
+    """get(timeout=0) returns a message already delivered to the subscription instead of None."""
+    bus = (await session.open()).message_bus
+    clause = "message_bus.receive"
+    polled = await bus.subscribe("events.poll")
+    witness = await bus.subscribe("events.poll")
+    expect(await polled.get(timeout=0) is None, clause, "get(timeout=0) on an empty subscription returned a message")
+    await bus.publish("events.poll", {"n": 1})
+    await bus.publish("events.poll", {"n": 2})
+    arrived = await drain(witness, 2, session.requirements.delivery_timeout)
+    expect(len(arrived) == 2, "message_bus.fanout", f"a subscriber got {len(arrived)} of 2 messages")
+    got: list[object] = []
+    give_up = time.monotonic() + session.requirements.delivery_timeout
+    while len(got) < 2 and time.monotonic() < give_up:
+        message = await polled.get(timeout=0)
+        if message is None:
+            await asyncio.sleep(0.02)
+        else:
+            got.append(dict(message.data))
+    expect(got == [{"n": 1}, {"n": 2}], clause,
+           f"get(timeout=0) polled for {session.requirements.delivery_timeout}s returned {got} of two delivered messages")
+
+
+@conformance_check(PORT, ("message_bus.receive",))
+async def check_iteration_survives_a_lull(session: Session) -> None:
+    """``async for`` over a subscription keeps waiting through a silence of seconds and ends when it is closed."""
+    bus = (await session.open()).message_bus
+    clause = "message_bus.receive"
+    sub = await bus.subscribe("events.iter")
+    got: list[dict[str, object]] = []
+
+    async def consume() -> str:
+        async for message in sub:
+            got.append(dict(message.data))
+            if len(got) == 2:
+                return "both"
+        return "ended"
+
+    reader = asyncio.ensure_future(consume())
+    try:
+        await bus.publish("events.iter", {"n": 1})
+        give_up = time.monotonic() + session.requirements.delivery_timeout
+        while not got and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
+        expect(got == [{"n": 1}], clause, f"async for received {got} after one publish")
+        await asyncio.sleep(1.5)  # a lull longer than any poll interval an adapter might mistake for the end
+        expect(not reader.done(), clause, f"async for over an open subscription ended after 1.5s of silence (received {got})")
+        await bus.publish("events.iter", {"n": 2})
+        done, _ = await asyncio.wait({reader}, timeout=session.requirements.delivery_timeout)
+        expect(reader in done and reader.result() == "both", clause, f"after a lull async for received {got}, expected both messages")
+    finally:
+        if not reader.done():
+            reader.cancel()
+    closing = await bus.subscribe("events.iter")
+    ends = asyncio.ensure_future(_count(closing))
+    await asyncio.sleep(0.05)
+    await closing.close()
+    done, _ = await asyncio.wait({ends}, timeout=session.requirements.delivery_timeout)
+    if not done:
+        ends.cancel()
+    expect(ends in done, clause, "async for over a subscription did not end when the subscription was closed")
+
+
+async def _count(subscription: Subscription) -> str:
+    count = 0
+    async for _ in subscription:
+        count += 1
+    return f"ended after {count} messages"

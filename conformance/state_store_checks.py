@@ -204,17 +204,19 @@ async def check_every_field_round_trips(session: Session) -> None:
 
 @conformance_check(PORT, ("state_store.checkpoint-order",))
 async def check_checkpoints_past_ten(session: Session) -> None:
-    """25 checkpoints list newest first by numeric step (10 before 9), honouring limit and before."""
+    """150 checkpoints (past a page of 100) list newest first by numeric step (10 before 9), honouring limit and before."""
     store = (await session.open()).state_store
     clause = "state_store.checkpoint-order"
-    count = 25
+    count = 150
+    top = count - 1
     for step in range(count):
         await store.save(record("w1", step=step, s=step), expected_version=step, checkpoint=Checkpoint("w1", step, {"s": step}))
     steps = [cp.step for cp in await store.list_checkpoints("w1")]
     expect(steps == list(range(count - 1, -1, -1)), clause, f"{count} checkpoints listed as steps {steps}")
-    cases = [({"limit": 12}, list(range(24, 12, -1))), ({"before": 11}, list(range(10, -1, -1))),
-             ({"before": 11, "limit": 3}, [10, 9, 8]), ({"before": 100}, list(range(24, -1, -1))), ({"before": 0}, []),
-             ({"limit": 100}, list(range(24, -1, -1))), ({"before": 20, "limit": 15}, list(range(19, 4, -1)))]
+    cases = [({"limit": 12}, list(range(top, top - 12, -1))), ({"before": 11}, list(range(10, -1, -1))),
+             ({"before": 11, "limit": 3}, [10, 9, 8]), ({"before": 1000}, list(range(top, -1, -1))), ({"before": 0}, []),
+             ({"limit": 1000}, list(range(top, -1, -1))), ({"before": 20, "limit": 15}, list(range(19, 4, -1))),
+             ({"limit": 0}, []), ({"limit": 0, "before": 5}, []), ({"limit": 1}, [top]), ({"before": 140, "limit": 130}, list(range(139, 9, -1)))]
     for kwargs, want in cases:
         got = [cp.step for cp in await store.list_checkpoints("w1", **kwargs)]
         expect(got == want, clause, f"list_checkpoints({kwargs}) gave {got}, expected {want}")
@@ -318,3 +320,69 @@ async def check_renewal_moves_the_deadline(session: Session) -> None:
     taken = await store.acquire_lease("w1", "b", 30.0)
     expect(taken is not None, "state_store.lease", f"a lease renewed for {short * 3}s was still held after that")
     del renewed
+
+
+@conformance_check(PORT, ("state_store.delete",))
+async def check_delete_removes_everything(session: Session) -> None:
+    """delete removes the record, its checkpoints and its lease; the id is then new (nothing inherited)."""
+    store = (await session.open()).state_store
+    clause = "state_store.delete"
+    await store.save(record("w1", step=0), expected_version=0, checkpoint=Checkpoint("w1", 0, {"old": 0}))
+    await store.save(record("w1", step=1), expected_version=1, checkpoint=Checkpoint("w1", 1, {"old": 1}))
+    lease = await store.acquire_lease("w1", "orch-1", 30.0)
+    expect(lease is not None, "state_store.lease", "a free lease was not granted")
+    expect(await store.delete("w1") is True, clause, "delete of an existing workflow returned False")
+    expect(await store.delete("w1") is False, clause, "a second delete returned True")
+    expect(await store.delete("never") is False, clause, "delete of an unknown workflow returned True")
+    expect(await store.get("w1") is None, clause, "the record is still readable after delete")
+    expect(await store.list_workflows() == [], clause, "the record is still listed after delete")
+    left = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(left == [], clause, f"after delete the checkpoints of steps {left} are still listed")
+    other = await store.acquire_lease("w1", "orch-2", 30.0)
+    expect(other is not None, clause, "after delete the old holder's lease still blocks another owner")
+    created = await store.save(record("w1", step=0, fresh=True), expected_version=0, checkpoint=Checkpoint("w1", 0, {"new": 0}))
+    expect(created.version == 1, clause, f"a workflow re-created after delete has version {created.version}")
+    inherited = [dict(cp.state) for cp in await store.list_checkpoints("w1")]
+    expect(inherited == [{"new": 0}], clause, f"a workflow re-created after delete lists checkpoints {inherited}, expected only its own")
+
+
+@conformance_check(PORT, ("state_store.lease",))
+async def check_reacquire_extends_the_deadline(session: Session) -> None:
+    """Re-acquiring one's own live lease keeps its token and moves its deadline to now + ttl."""
+    store = (await session.open()).state_store
+    clause = "state_store.lease"
+    short = session.short
+    first = await store.acquire_lease("w1", "orch", short)
+    expect(first is not None, clause, "a free lease was not granted")
+    assert first is not None
+    again = await store.acquire_lease("w1", "orch", 30.0)
+    expect(again is not None, clause, "the holder's re-acquire of its own live lease was refused")
+    assert again is not None
+    expect(again.fencing_token == first.fencing_token, clause,
+           f"re-acquiring one's own live lease changed the token from {first.fencing_token} to {again.fencing_token}")
+    expect(again.deadline > first.deadline + 5.0, clause,
+           f"re-acquire with ttl=30 kept the deadline {again.deadline} (was {first.deadline}), expected about now + 30")
+    await sleep_past(short, session.slack)
+    taken = await store.acquire_lease("w1", "intruder", 30.0)
+    expect(taken is None, clause, f"after re-acquiring for 30s the lease went to another owner once the first {short}s passed")
+
+
+@conformance_check(PORT, ("state_store.fencing",))
+async def check_fenced_save_writes_nothing(session: Session) -> None:
+    """A save refused for a stale fencing token writes neither the record nor its checkpoint."""
+    store = (await session.open()).state_store
+    clause = "state_store.fencing"
+    await store.save(record("w1", step=0), expected_version=0, checkpoint=Checkpoint("w1", 0, {"s": 0}))
+    old = await store.acquire_lease("w1", "orch-1", session.short)
+    assert old is not None
+    await sleep_past(session.short, session.slack)
+    new = await store.acquire_lease("w1", "orch-2", 30.0)
+    expect(new is not None and old is not None and new.fencing_token > old.fencing_token, clause, "a newer lease has no greater token")
+    await refused(store.save(record("w1", step=1, by="old"), expected_version=1, checkpoint=Checkpoint("w1", 1, {"by": "old"}),
+                             fencing_token=old.fencing_token),
+                  FencingTokenRejectedError, clause, "a save with the superseded token")
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(steps == [0], clause, f"a save refused for its fencing token left checkpoints of steps {steps}, expected [0]")
+    current = await store.get("w1")
+    expect(current is not None and current.version == 1 and dict(current.state) == {}, clause,
+           f"a save refused for its fencing token changed the record to {current!r}")

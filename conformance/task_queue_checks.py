@@ -8,6 +8,8 @@ clause precisely.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import ContractViolation, expect
@@ -15,6 +17,7 @@ from distributed_agents.conformance.context import Session, Window, monotonic
 from distributed_agents.conformance.helpers import claim_ids, make_task, refused, sleep_past
 from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
 PORT = "task_queue"
 
@@ -673,3 +676,253 @@ async def check_wait_results_wakes(session: Session) -> None:
     got, _ = await asyncio.gather(other.task_queue.wait_results(["t2"], timeout=wait), fail_soon())
     expect(set(got) == {"t2"} and got["t2"].status == "failed", "task_queue.dead-letter",
            f"wait_results(timeout={wait}) returned {got} although t2 was dead-lettered {session.short}s into the wait")
+
+
+# --- timeliness of waits, ordering of returned tasks, fields, purge --------------------
+
+# A wait long enough that returning only at its end is unmistakable, and the bound by
+# which a wait must have returned after the event that ends it.
+LONG_WAIT = 3.0
+PROMPT = LONG_WAIT / 2 - 0.1
+
+
+async def _prompt(clause: str, what: str, attempt: Callable[[int], Awaitable[tuple[bool, float | None]]]) -> None:
+    """Run ``attempt(n)`` (-> (returned the event, seconds from event to return)) until it is prompt.
+
+    A loaded machine may be slow once; only a wait that misses the bound three times in a
+    row (each time having returned only near the end of the wait) breaks ``clause``.
+    """
+    lags: list[float] = []
+    for n in range(3):
+        got, lag = await attempt(n)
+        expect(got, clause, f"{what}: the wait of {LONG_WAIT}s ended without it")
+        assert lag is not None
+        if lag < PROMPT:
+            return
+        lags.append(lag)
+    raise ContractViolation(clause, f"{what}: the wait returned {', '.join(f'{x:.2f}s' for x in lags)} after the event "
+                                    f"(three tries), not promptly (bound {PROMPT:.2f}s of a {LONG_WAIT}s wait)")
+
+
+@conformance_check(PORT, ("task_queue.claim-wait",))
+async def check_claim_wait_returns_promptly(session: Session) -> None:
+    """A waiting claim returns soon after an enqueue, a nack delay ending or a lease running out, not at the wait's end."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    clause = "task_queue.claim-wait"
+
+    async def on_enqueue(n: int) -> tuple[bool, float | None]:
+        done: list[float] = []
+
+        async def enqueue_soon() -> None:
+            await asyncio.sleep(0.1)
+            await other.task_queue.enqueue(make_task(f"e{n}"))
+            done.append(monotonic())
+
+        got, _ = await asyncio.gather(claim_ids(queue, ["alpha"], wait=LONG_WAIT), enqueue_soon())
+        returned = monotonic()
+        for claim in got:
+            await queue.ack(claim, None)
+        return [c.task.id for c in got] == [f"e{n}"], returned - done[0]
+
+    await _prompt(clause, "a task enqueued 0.1s into claim(wait=3)", on_enqueue)
+
+    async def on_lease_end(n: int) -> tuple[bool, float | None]:
+        await queue.enqueue(make_task(f"l{n}"))
+        started = monotonic()
+        await claim_ids(queue, ["alpha"], worker_id="gone", lease=session.short)
+        window = Window.after(started, monotonic(), session.short, session.slack)
+        got = await claim_ids(other.task_queue, ["alpha"], worker_id="w2", wait=LONG_WAIT)
+        returned = monotonic()
+        for claim in got:
+            await other.task_queue.ack(claim, None)
+        return [c.task.id for c in got] == [f"l{n}"], returned - window.latest
+
+    await _prompt(clause, f"a {session.short}s lease running out during claim(wait=3)", on_lease_end)
+
+    async def on_delay_end(n: int) -> tuple[bool, float | None]:
+        await queue.enqueue(make_task(f"d{n}", max_attempts=5))
+        [claim] = await claim_ids(queue, ["alpha"])
+        started = monotonic()
+        await queue.nack(claim, "later", delay=session.short)
+        window = Window.after(started, monotonic(), session.short, session.slack)
+        got = await claim_ids(queue, ["alpha"], wait=LONG_WAIT)
+        returned = monotonic()
+        for delivered in got:
+            await queue.ack(delivered, None)
+        return [c.task.id for c in got] == [f"d{n}"], returned - window.latest
+
+    await _prompt(clause, f"a {session.short}s nack delay ending during claim(wait=3)", on_delay_end)
+
+
+@conformance_check(PORT, ("task_queue.wait-results",))
+async def check_wait_results_returns_promptly(session: Session) -> None:
+    """wait_results returns soon after an ack or a dead letter, not at the end of its timeout."""
+    backend = await session.open()
+    other = await _peer(session, backend)
+    queue = backend.task_queue
+    clause = "task_queue.wait-results"
+
+    def settle(how: str) -> Callable[[int], Awaitable[tuple[bool, float | None]]]:
+        async def attempt(n: int) -> tuple[bool, float | None]:
+            task_id = f"{how}{n}"
+            await queue.enqueue(make_task(task_id, max_attempts=1))
+            [claim] = await claim_ids(queue, ["alpha"])
+            done: list[float] = []
+
+            async def settle_soon() -> None:
+                await asyncio.sleep(0.1)
+                if how == "ack":
+                    await queue.ack(claim, {"v": n})
+                else:
+                    await queue.nack(claim, "fatal")
+                done.append(monotonic())
+
+            got, _ = await asyncio.gather(other.task_queue.wait_results([task_id], timeout=LONG_WAIT), settle_soon())
+            return set(got) == {task_id}, monotonic() - done[0]
+
+        return attempt
+
+    await _prompt(clause, "a task acked 0.1s into wait_results(timeout=3)", settle("ack"))
+    await _prompt(clause, "a task dead-lettered 0.1s into wait_results(timeout=3)", settle("dead"))
+    started = monotonic()
+    nothing = await queue.wait_results(["never"], timeout=session.short)
+    expect(nothing == {}, clause, f"wait_results of an unknown id returned {nothing}")
+    expect(monotonic() - started >= session.short - session.slack, clause,
+           f"wait_results(timeout={session.short}) with nothing finished returned before its timeout")
+
+
+@conformance_check(PORT, ("task_queue.round-trip",))
+async def check_task_and_result_fields_round_trip(session: Session) -> None:
+    """Every field of a task comes back on claim and in its dead letter; every field of a result on read."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.round-trip"
+    payload = {"text": "naïve 日本語 ✓", "none": None, "nested": {"list": [1, 2.5, None, {"deep": True}]}, "big": 2**53, "neg": -7}
+    sent = Task(id="t1", workflow_id="wf-Ω", node="node/one", node_type="alpha", payload=payload, priority=3, max_attempts=4,
+                created_at=1234.5)
+    await queue.enqueue(sent)
+    [claim] = await claim_ids(queue, ["alpha"], worker_id="worker-7")
+    expect(task_to_dict(claim.task) == task_to_dict(sent), clause, f"claimed task {task_to_dict(claim.task)} != enqueued {task_to_dict(sent)}")
+    expect(claim.worker_id == "worker-7", clause, f"the claim names worker {claim.worker_id!r}, expected 'worker-7'")
+    before = time.time()
+    output = {"answer": None, "text": "ü", "nested": {"a": [1, {"b": None}]}}
+    await queue.ack(claim, output)
+    after = time.time()
+    result = await queue.get_result("t1")
+    expect(result is not None, "task_queue.ack-result", "no result right after ack")
+    assert result is not None
+    got = (result.task_id, result.status, dict(result.output or {}), result.error, result.attempts, result.worker_id)
+    want = ("t1", "succeeded", output, None, 1, "worker-7")
+    expect(got == want, clause, f"the result reads (task_id, status, output, error, attempts, worker_id)={got}, expected {want}")
+    expect(before - 5.0 <= result.finished_at <= after + 5.0, clause,
+           f"the result's finished_at {result.finished_at} is not the ack time ({before}..{after})")
+    dead = Task(id="t2", workflow_id="wf-2", node="n2", node_type="alpha", payload=payload, priority=-2, max_attempts=1, created_at=99.25)
+    await queue.enqueue(dead)
+    [doomed] = await claim_ids(queue, ["alpha"], worker_id="worker-8")
+    await queue.nack(doomed, "fatal: ✗")
+    [letter] = await queue.dead_letters("alpha")
+    expect(letter.task is not None and task_to_dict(letter.task) == task_to_dict(dead), clause,
+           f"the dead letter holds task {None if letter.task is None else task_to_dict(letter.task)}, expected {task_to_dict(dead)}")
+    failed = await queue.get_result("t2")
+    expect(failed is not None and (failed.task_id, failed.status, failed.attempts) == ("t2", "failed", 1)
+           and "fatal: ✗" in (failed.error or ""), clause, f"the dead letter's result is {failed!r}")
+
+
+@conformance_check(PORT, ("task_queue.nack-redelivery",))
+async def check_nacked_task_goes_to_the_end(session: Session) -> None:
+    """A nacked task is delivered after the tasks of its priority already waiting (at once, or once its delay passed)."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.nack-redelivery"
+    for task_id in ("a", "b", "c"):
+        await queue.enqueue(make_task(task_id, max_attempts=5))
+    await queue.enqueue(make_task("low", priority=-1, max_attempts=5))
+    [first] = await claim_ids(queue, ["alpha"])
+    await queue.nack(first, "transient")
+    got = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=4)]
+    expect(got == ["b", "c", "a", "low"], clause, f"after a, b, c (and a lower 'low') and a nack of a, claim returned {got}, "
+           "expected ['b', 'c', 'a', 'low']: a nacked task goes to the end of its priority")
+    for task_id in ("x", "y"):
+        await queue.enqueue(make_task(task_id, priority=4, max_attempts=5))
+    [x] = await claim_ids(queue, ["alpha"])
+    await queue.nack(x, "later", delay=session.short)
+    await sleep_past(session.short, session.slack)
+    got = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=2, wait=session.requirements.delivery_timeout)]
+    expect(got == ["y", "x"], clause, f"after x, y and a delayed nack of x whose delay passed, claim returned {got}, expected ['y', 'x']")
+
+
+@conformance_check(PORT, ("task_queue.requeue",), requires=("dead_letter_requeue",))
+async def check_requeued_task_goes_to_the_end(session: Session) -> None:
+    """A requeued dead letter is delivered after the tasks of its priority already waiting."""
+    queue = (await session.open()).task_queue
+    await queue.enqueue(make_task("a", max_attempts=1))
+    [claim] = await claim_ids(queue, ["alpha"])
+    await queue.nack(claim, "boom")
+    await queue.enqueue(make_task("b"))
+    await queue.enqueue(make_task("c"))
+    await queue.requeue_dead_letter("a")
+    got = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=3)]
+    expect(got == ["b", "c", "a"], "task_queue.requeue", f"after b, c were queued and dead letter a requeued, claim returned {got}, "
+           "expected ['b', 'c', 'a'] (the end of its priority)")
+
+
+@conformance_check(PORT, ("task_queue.undecodable",), requires=("undecodable_payloads",))
+async def check_enqueue_raw_keeps_priority(session: Session) -> None:
+    """Raw bytes enqueued at a higher priority are reached (and dead-lettered) before older lower-priority tasks."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.undecodable"
+    await queue.enqueue(make_task("good"))
+    await queue.enqueue_raw("alpha", b"garbage", priority=5)
+    got = [c.task.id for c in await claim_ids(queue, ["alpha"])]
+    expect(got == ["good"], clause, f"claim returned {got}")
+    letters = await queue.dead_letters("alpha")
+    expect(len(letters) == 1, clause, f"after one claim, garbage enqueued at priority 5 (before 'good' at 0) gave {len(letters)} "
+           "dead letters, expected 1: enqueue_raw(priority=5) was not honoured")
+
+
+@conformance_check(PORT, ("task_queue.node-types",))
+async def check_node_types_compared_exactly(session: Session) -> None:
+    """Node types differing in case, in Unicode normalisation or by case folding (ß/ss) never match."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.node-types"
+    names = ("Summarize", "summarize", "SUMMARIZE", "ß", "ss", "\u00e9", "e\u0301")
+    for name in names:
+        await queue.enqueue(make_task(f"t-{name}", name))
+    for name in names:
+        got = [c.task.id for c in await claim_ids(queue, [name], max_tasks=5)]
+        expect(got == [f"t-{name}"], clause, f"claim([{name!r}]) returned {got}, expected only [{f't-{name}'!r}] (names compared exactly)")
+    for name in names:
+        await queue.enqueue(make_task(f"d-{name}", name, max_attempts=1))
+        [claim] = await claim_ids(queue, [name])
+        await queue.nack(claim, "dead")
+    for name in names:
+        letters = [d.task_id for d in await queue.dead_letters(name)]
+        expect(letters == [f"d-{name}"], clause, f"dead_letters({name!r}) listed {letters}")
+        stats = await queue.stats(name)
+        expect(stats.dead == 1, clause, f"stats({name!r}) counts {stats.dead} dead letters, expected 1")
+
+
+@conformance_check(PORT, ("task_queue.purge",))
+async def check_purge_dead_letter(session: Session) -> None:
+    """A purged dead letter is gone from the listing, the counts and requeue; its failed result and id stay."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.purge"
+    await queue.enqueue(make_task("t1", max_attempts=1))
+    await queue.enqueue(make_task("t2", max_attempts=1))
+    for claim in await claim_ids(queue, ["alpha"], max_tasks=2):
+        await queue.nack(claim, "boom")
+    expect(await queue.purge_dead_letter("t1") is True, clause, "purge_dead_letter of a dead letter returned False")
+    expect(await queue.purge_dead_letter("t1") is False, clause, "a second purge of the same letter returned True")
+    expect(await queue.purge_dead_letter("never-seen") is False, clause, "purge of an unknown id returned True")
+    listed = [d.task_id for d in await queue.dead_letters("alpha")]
+    expect(listed == ["t2"], clause, f"after purging t1 the dead letters are {listed}, expected ['t2']")
+    stats = await queue.stats("alpha")
+    expect(stats.dead == 1, clause, f"after purging one of two dead letters stats count {stats.dead} dead")
+    if session.requirements.supports("dead_letter_requeue"):
+        expect(await queue.requeue_dead_letter("t1") is False, clause, "a purged dead letter was requeued")
+        expect(await claim_ids(queue, ["alpha"]) == [], clause, "a purged dead letter was delivered again")
+    result = await queue.get_result("t1")
+    expect(result is not None and result.status == "failed", clause,
+           f"after purge the failed result reads {result!r}; it must stay until result_ttl")
+    expect(await queue.enqueue(make_task("t1")) is False, clause, "enqueue of a purged id (within result_ttl) returned True")
+    expect((await queue.stats("alpha")).queued == 0, clause, "enqueue of a purged id queued it again")

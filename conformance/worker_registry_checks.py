@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from distributed_agents.conformance.catalog import conformance_check
 from distributed_agents.conformance.clauses import expect
@@ -117,3 +118,43 @@ async def check_many_workers_and_names(session: Session) -> None:
         got = [w.worker_id for w in await registry.list_workers(node_type)]
         want = sorted(w for w, ts in plan.items() if node_type in ts)
         expect(got == want, "worker_registry.lookup", f"list_workers({node_type!r}) gave {got}, expected {want}")
+
+
+@conformance_check(PORT, ("worker_registry.register",))
+async def check_every_worker_field_round_trips(session: Session) -> None:
+    """Every field a worker registers reads back; register counts as a heartbeat whatever last_heartbeat it carries."""
+    registry = (await session.open(heartbeat_ttl=session.short * 4)).worker_registry
+    clause = "worker_registry.register"
+    # Built long ago (a worker re-registering with the info it made at start-up): the
+    # registry's own clock decides liveness, not the caller's last_heartbeat.
+    info = WorkerInfo("w-Ω", frozenset({"alpha", "日本"}), capacity=7, host="host-ü.example", pid=4242, started_at=1234.5,
+                      last_heartbeat=time.time() - 3600.0,
+                      metadata={"zone": "eu-1", "none": None, "nested": {"list": [1, 2.5, "ü"]}, "big": 2**40})
+    before = time.time()
+    await registry.register(info)
+    listed = await registry.list_workers()
+    expect([w.worker_id for w in listed] == ["w-Ω"], clause,
+           f"a worker registered with a last_heartbeat an hour old is not listed ({[w.worker_id for w in listed]}): register is a heartbeat")
+    [got] = listed
+    fields = (got.node_types, got.capacity, got.host, got.pid, got.started_at, dict(got.metadata))
+    want = (info.node_types, info.capacity, info.host, info.pid, info.started_at, dict(info.metadata))
+    expect(fields == want, clause, f"the worker reads back (node_types, capacity, host, pid, started_at, metadata)={fields}, expected {want}")
+    expect(got.last_heartbeat >= before - 5.0, clause, f"register recorded last_heartbeat {got.last_heartbeat}, not the time of registering")
+    expect(await registry.heartbeat("w-Ω") is True, "worker_registry.heartbeat", "heartbeat of a just-registered worker returned False")
+
+
+@conformance_check(PORT, ("worker_registry.listing",))
+async def check_listing_past_a_page_sorted_exactly(session: Session) -> None:
+    """120 workers (past any page) with mixed-case and Unicode ids: all listed, sorted by id as exact strings."""
+    registry = (await session.open()).worker_registry
+    clause = "worker_registry.listing"
+    special = ["B", "a", "b", "A", "Ä", "ä", "Z", "z", "_x", "10", "9", "é", "e\u0301", "ß", "SS", "ss"]
+    ids = special + [f"{'W' if i % 2 else 'w'}{i:03d}" for i in range(120 - len(special))]
+    for worker_id in ids:
+        await registry.register(worker(worker_id, "alpha" if len(worker_id) % 2 else "beta"))
+    listed = [w.worker_id for w in await registry.list_workers()]
+    want = sorted(ids)
+    expect(len(listed) == len(want), clause, f"{len(ids)} live workers, list_workers() returned {len(listed)}")
+    expect(listed == want, clause, f"list_workers() order {listed[:16]}..., expected sorted by id as exact strings {want[:16]}...")
+    alphas = [w.worker_id for w in await registry.list_workers("alpha")]
+    expect(alphas == [w for w in want if len(w) % 2], clause, f"list_workers('alpha') gave {len(alphas)} workers, out of order or incomplete")

@@ -92,6 +92,8 @@ __all__ = ["NatsTaskQueue"]
 log = logging.getLogger("distributed_agents.adapters.nats")
 
 _TERMINAL = ("done", "dead", "cancelled")
+# ``_take`` moved a delayed task whose delay passed to the end of its priority.
+_MOVED = object()
 # How often a waiting claim or wait_results looks again when no wake-up came (delayed
 # re-deliveries and AckWait expiries publish no wake-up).
 _POLL = 0.2
@@ -302,7 +304,7 @@ class NatsTaskQueue(TaskQueue):
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _claim_now(self, types: list[str], worker_id: str, max_tasks: int, lease: float) -> list[ClaimedTask]:
+    async def _claim_now(self, types: list[str], worker_id: str, max_tasks: int, lease: float, passes: int = 3) -> list[ClaimedTask]:
         names = self._conn.names
         wanted = {token(t): t for t in types}
         subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
@@ -314,6 +316,7 @@ class NatsTaskQueue(TaskQueue):
             if count and type_token in wanted and priority is not None:
                 levels.setdefault(priority, []).append(wanted[type_token])
         claimed: list[ClaimedTask] = []
+        moved = False
         for priority in sorted(levels, reverse=True):
             need = max_tasks - len(claimed)
             if need <= 0:
@@ -331,11 +334,16 @@ class NatsTaskQueue(TaskQueue):
                     await send_ack(self._conn.nc, msg.reply or "", "nak")
                     continue
                 taken = await self._take(msg, node_type, worker_id, lease, ack_wait)
-                if taken is not None:
+                if taken is _MOVED:
+                    moved = True
+                elif isinstance(taken, ClaimedTask):
                     claimed.append(taken)
+        if moved and len(claimed) < max_tasks and passes > 0:
+            # A delayed task moved to the end of its priority: it (or a peer) is claimable now.
+            claimed += await self._claim_now(types, worker_id, max_tasks - len(claimed), lease, passes - 1)
         return claimed
 
-    async def _take(self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float) -> ClaimedTask | None:
+    async def _take(self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float) -> ClaimedTask | object | None:
         lease_id = msg.reply or ""
         seq = stream_sequence(lease_id)
         try:
@@ -355,6 +363,14 @@ class NatsTaskQueue(TaskQueue):
                 await self._claim_index(task.node_type, task.id, False)
                 await send_ack(self._conn.nc, lease_id, "ack")  # settled; only the ack was lost
                 return None
+            if record["state"] == "delayed" and record.get("seq") == seq:
+                # The nack delay passed: the task joins the end of its priority now.
+                queued = {**record, "state": "queued", "seq": 0}
+                revision = await kv.cas(self._conn.js, self._tasks, token(task.id), encode(queued), last=found.revision)
+                if revision is None:
+                    continue
+                await self._republish(task, queued, revision, lease_id)
+                return _MOVED
             errors = list(record.get("errors", []))
             if record["state"] == "claimed":
                 if delivery_count(record["lease"]) >= delivery_count(lease_id):
@@ -495,14 +511,41 @@ class NatsTaskQueue(TaskQueue):
                     self._forget(claim.lease_id)
                     return False
                 raise self._lost(claim)
-            state = "delayed" if delay > 0 else "queued"
-            await self._commit(claim, {"state": state, "errors": errors, "lease": ""})
+            if delay > 0:
+                # Redelivered by JetStream after the delay; the claimer that gets it then
+                # moves it to the end of its priority (see ``_take``).
+                await self._commit(claim, {"state": "delayed", "errors": errors, "lease": ""})
+                self._forget(claim.lease_id)
+                await self._claim_index(claim.task.node_type, claim.task.id, False)
+                await send_ack(self._conn.nc, claim.lease_id, "nak", delay=delay)
+                return True
+            # A nacked task goes to the end of its priority: a new message, not a NAK
+            # (JetStream redelivers a NAKed message ahead of the ones waiting).
+            new, revision = await self._commit(claim, {"state": "queued", "errors": errors, "lease": "", "seq": 0})
             self._forget(claim.lease_id)
             await self._claim_index(claim.task.node_type, claim.task.id, False)
-            await send_ack(self._conn.nc, claim.lease_id, "nak", delay=delay)
-            if delay <= 0:
-                await self._wake(claim.task.node_type)
+            await self._republish(claim.task, new, revision, claim.lease_id)
+            await self._wake(claim.task.node_type)
             return True
+
+    async def _republish(self, task: Task, record: dict[str, Any], revision: int, old_reply: str) -> None:
+        """Put ``task`` (its record already queued with seq 0) at the end of its priority.
+
+        The record says seq 0 until the new message's sequence is recorded, so a
+        claimer that gets the new message first adopts it; then the old delivery is
+        acked (if it came back meanwhile and was adopted, the new message is stale).
+        """
+        priority = int(record.get("priority", task.priority))
+        await self._ensure_consumer(task.node_type, priority)
+        ack = await self._conn.js.publish(
+            self._conn.names.task_subject(task.node_type, priority),
+            encode(task_to_dict(task)),
+            headers={"Nats-Msg-Id": f"{task.id}/again/{uuid.uuid4().hex}", "Da-Task-Id": task.id},
+        )
+        # Fails harmlessly if a claimer adopted the new message first.
+        await kv.cas(self._conn.js, self._tasks, token(task.id), encode({**record, "seq": int(ack.seq)}), last=revision)
+        with contextlib.suppress(Exception):
+            await send_ack(self._conn.nc, old_reply, "ack")
 
     async def release(self, claim: ClaimedTask) -> None:
         with self._errors(f"release task {claim.task.id!r}"):

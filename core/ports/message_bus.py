@@ -16,7 +16,11 @@ The contract (checked by ``distributed_agents.conformance``):
   are unbounded, or the engine applies back-pressure without losing messages).
 * A slow subscriber never stalls a publisher: each subscription buffers on its own.
 * After ``Subscription.close()`` no further messages are delivered to it.
-* Messages are JSON objects.
+* Messages are JSON objects and arrive exactly as published (``None`` values, nesting,
+  Unicode and numbers included).
+* ``Subscription.get(timeout=0)`` returns a message already delivered to the
+  subscription (None only when there is none); ``async for`` over a subscription
+  waits through silences of any length and ends only when it is closed.
 * Every method accepts exactly the parameters of this class (names, kinds, defaults).
 """
 

@@ -23,6 +23,11 @@ The contract (checked by ``distributed_agents.conformance``):
   ``FencingTokenRejectedError`` when a lease with a greater token has been granted,
   for as long as the record lives: also after that newer lease expired or was released.
 * ``list_workflows(status=)`` lists records, optionally filtered by status.
+* ``delete`` removes the record, all its checkpoints and its lease: a workflow created
+  again under the id starts with no history and its lease is free.
+* Re-acquiring one's own live lease keeps its fencing token and moves its deadline to
+  now + ``ttl``. A save refused for its fencing token writes nothing, checkpoint included.
+* ``list_checkpoints(limit=0)`` returns nothing; no ``limit`` returns every checkpoint.
 * Records, checkpoints and leases of a workflow expire ``state_ttl`` seconds after the
   record's last save when ``state_ttl`` is set: every save (with or without a
   checkpoint) restarts the clock of the record and of all its checkpoints.

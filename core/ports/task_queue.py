@@ -18,7 +18,12 @@ The contract (checked by ``distributed_agents.conformance``):
   nacked, released or its lease expires; after expiry it is claimable again and that
   delivery counts as a new attempt. ``claim(wait=w)`` returns as soon as a task
   becomes ready during the wait (enqueued, released, nacked, a ``nack`` delay or a
-  lease running out), and an empty list once ``w`` seconds passed without one.
+  lease running out), promptly (not at the end of the wait), and an empty list once
+  ``w`` seconds passed without one. ``wait_results`` likewise returns promptly once a
+  result is stored. ``enqueue_raw(priority=)`` places the bytes like a task of that
+  priority.
+* Every field of a task (``created_at`` included) reads back unchanged on claim and in
+  its dead letter; a result keeps the ``worker_id`` of the delivery that acked it.
 * Every delivery increments ``ClaimedTask.attempt`` (1 on the first delivery). When a
   task would be delivered for attempt ``max_attempts + 1`` (after a nack or a lease
   expiry), it is dead-lettered instead, with its error history.
@@ -28,7 +33,10 @@ The contract (checked by ``distributed_agents.conformance``):
   nothing.
 * ``ack`` stores the ``TaskResult`` (kept ``result_ttl`` seconds) atomically with
   removing the task. ``nack(delay=)`` makes the task claimable again after ``delay``
-  seconds, recording the error; ``nack(final=True)`` dead-letters at once.
+  seconds, recording the error; ``nack(final=True)`` dead-letters at once. A nacked
+  task goes to the end of its priority once its delay has passed (at once without a
+  delay): tasks of that priority already waiting are delivered before it, so a task
+  that keeps failing cannot starve its peers.
   ``release`` gives a task back without counting the
   attempt (a draining worker uses it).
 * Bytes on the queue that do not decode as a task are dead-lettered with the reason at

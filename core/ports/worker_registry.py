@@ -2,8 +2,9 @@
 
 The contract (checked by ``distributed_agents.conformance``):
 
-* ``register`` records a worker (replacing an earlier record with the same id) and
-  counts as a heartbeat.
+* ``register`` records a worker (replacing an earlier record with the same id), every
+  field as given (metadata, ``started_at``...), and counts as a heartbeat: the
+  registry sets ``last_heartbeat`` to now, whatever the caller's info says.
 * ``heartbeat`` refreshes a registered worker; it returns False when the worker is not
   registered (never registered, deregistered or expired), telling it to register again.
 * Only workers whose last heartbeat is within ``heartbeat_ttl`` seconds are listed. A
@@ -11,7 +12,10 @@ The contract (checked by ``distributed_agents.conformance``):
   for another full ``heartbeat_ttl``; one just after it returns False.
 * ``deregister`` removes a worker at once.
 * ``list_workers(node_type=)`` filters by a node type the worker serves (compared
-  exactly), and lists every live worker sorted by id (no page limit).
+  exactly), and lists every live worker sorted by id as exact strings (code points,
+  case-sensitive; no page limit).
+* Two registries with different prefixes never see each other's workers, also when
+  one prefix extends the other by a key separator (``app`` and ``app:eu``, ``app.eu``).
 * Every method accepts exactly the parameters of this class (names, kinds, defaults).
 """
 

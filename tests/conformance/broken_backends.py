@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +18,8 @@ from distributed_agents.adapters.memory.message_bus import MemoryMessageBus, Mem
 from distributed_agents.adapters.memory.state_store import MemoryStateStore
 from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue, _Entry
 from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import FencingTokenRejectedError
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import BusMessage, Subscription, pattern_matches
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord
@@ -589,13 +591,300 @@ class VarargsPublishManyBus(MemoryMessageBus):
 Ports = dict[str, type]
 
 
-def broken_opener(*, leak_prefix: str = "", nested_prefix_leak: str = "", ignore_state_ttl: bool = False,
-                  **ports: type) -> Callable[..., Backend]:
+
+# --- Variants of issue 11's second round: each passed the suite before ---------------------
+
+
+class PurgeForgetsIdQueue(MemoryTaskQueue):
+    """purge_dead_letter also deletes the failed result and forgets the id."""
+
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            if self._data.dead.pop(task_id, None) is None:
+                return False
+            self._data.results.pop(task_id, None)
+            self._data.seen.pop(task_id, None)
+            return True
+
+
+class SoftPurgeQueue(MemoryTaskQueue):
+    """Purge only hides the letter from dead_letters(): still counted and requeueable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._purged: set[str] = set()
+
+    async def purge_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            if task_id not in self._data.dead or task_id in self._purged:
+                return False
+            self._purged.add(task_id)
+            return True
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        letters = await super().dead_letters(node_type, limit=10**9)
+        return [d for d in letters if d.task_id not in self._purged][:limit]
+
+
+class SleepyClaimQueue(MemoryTaskQueue):
+    """claim(wait=w) sleeps the whole wait, then tries once."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        got = await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds)
+        if got or wait <= 0:
+            return got
+        await asyncio.sleep(wait)
+        return await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds)
+
+
+class WaitIgnoresLeasesQueue(MemoryTaskQueue):
+    """A waiting claim wakes for delays but not when a lease runs out."""
+
+    def _claim_now(self, types: list[str], worker_id: str, max_tasks: int,
+                   lease_seconds: float | None) -> tuple[list[ClaimedTask], float | None]:
+        claimed, _ = super()._claim_now(types, worker_id, max_tasks, lease_seconds)
+        with self._data.lock:
+            wake = self._data.delayed[0][0] if self._data.delayed else None
+        return claimed, wake
+
+
+class SleepyWaitResultsQueue(MemoryTaskQueue):
+    """wait_results sleeps the full timeout, then reads once."""
+
+    async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
+        found = {t: r for t in task_ids if (r := await self.get_result(t)) is not None}
+        if found or timeout <= 0:
+            return found
+        await asyncio.sleep(timeout)
+        return {t: r for t in task_ids if (r := await self.get_result(t)) is not None}
+
+
+class ForgetfulFieldsQueue(MemoryTaskQueue):
+    """A claimed task's created_at is reset to claim time; results lose their worker id."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        got = await super().claim(node_types, worker_id=worker_id, max_tasks=max_tasks, lease_seconds=lease_seconds, wait=wait)
+        return [replace(c, task=replace(c.task, created_at=time.time())) for c in got]
+
+    def _store_result(self, result: TaskResult) -> None:
+        super()._store_result(replace(result, worker_id=""))
+
+
+class RequeueAtFrontQueue(MemoryTaskQueue):
+    """A requeued dead letter goes to the front of its priority."""
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            if not await super().requeue_dead_letter(task_id):
+                return False
+            entry = self._data.entries[task_id]
+            entry.seq = -next(self._data.seq)
+            self._push_ready(entry)
+            return True
+
+
+class RawPriorityIgnoredQueue(MemoryTaskQueue):
+    """enqueue_raw drops its priority."""
+
+    async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
+        await super().enqueue_raw(node_type, data)
+
+
+class NackKeepsPlaceQueue(MemoryTaskQueue):
+    """A nacked task keeps its old place, so a task that keeps failing starves its peers."""
+
+    async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
+        with self._data.lock:
+            entry = self._data.entries.get(claim.task.id)
+            old = entry.seq if entry is not None else None
+            again = await super().nack(claim, error, delay=delay, final=final)
+            if again and delay <= 0 and entry is not None and old is not None:
+                entry.seq = old
+                self._push_ready(entry)
+            return again
+
+
+class CasefoldTypesQueue(MemoryTaskQueue):
+    """Node types compared case-insensitively."""
+
+    def _add(self, task_id: str, node_type: str, raw: bytes, priority: int, max_attempts: int | None) -> None:
+        super()._add(task_id, node_type.casefold(), raw, priority, max_attempts)
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        return await super().claim([t.casefold() for t in node_types], worker_id=worker_id, max_tasks=max_tasks,
+                                   lease_seconds=lease_seconds, wait=wait)
+
+    async def stats(self, node_type: str) -> QueueStats:
+        return replace(await super().stats(node_type.casefold()), node_type=node_type)
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        return await super().dead_letters(None if node_type is None else node_type.casefold(), limit=limit)
+
+
+class DeleteKeepsCheckpointsStore(MemoryStateStore):
+    """delete leaves the checkpoint history; a workflow re-created under the id inherits it."""
+
+    _orphans: dict[str, list[bytes]] = {}
+
+    async def delete(self, workflow_id: str) -> bool:
+        with self._data.lock:
+            stored = self._data.workflows.get(workflow_id)
+            if stored is not None and stored.checkpoints:
+                self._orphans[f"{id(self._data)}/{workflow_id}"] = list(stored.checkpoints)
+            return await super().delete(workflow_id)
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        with self._data.lock:
+            orphans = self._orphans.get(f"{id(self._data)}/{workflow_id}")
+            stored = self._data.workflows.get(workflow_id)
+            if orphans:
+                if stored is None:
+                    return [Checkpoint.from_dict(decode(raw)) for raw in reversed(orphans)]
+                if not any(raw in stored.checkpoints for raw in orphans):
+                    stored.checkpoints[:0] = orphans
+        return await super().list_checkpoints(workflow_id, limit=limit, before=before)
+
+
+class DeleteKeepsLeaseStore(MemoryStateStore):
+    """delete leaves the lease in place."""
+
+    async def delete(self, workflow_id: str) -> bool:
+        with self._data.lock:
+            lease = self._data.leases.get(workflow_id)
+            existed = await super().delete(workflow_id)
+            if lease is not None:
+                self._data.leases[workflow_id] = lease
+            return existed
+
+
+class ReacquireKeepsDeadlineStore(MemoryStateStore):
+    """Re-acquiring one's own live lease keeps the token but not the new deadline."""
+
+    async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
+        with self._data.lock:
+            self._live(workflow_id)
+            lease = self._data.leases.get(workflow_id)
+            if lease is not None and lease.deadline > time.time() and lease.owner == owner:
+                return WorkflowLease(workflow_id, owner, lease.token, lease.deadline)
+        return await super().acquire_lease(workflow_id, owner, ttl)
+
+
+class FencedCheckpointLeaksStore(MemoryStateStore):
+    """A save refused for a stale fencing token still appends its checkpoint."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        try:
+            return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+        except FencingTokenRejectedError:
+            if checkpoint is not None:
+                with self._data.lock:
+                    stored = self._live(record.workflow_id)
+                    if stored is not None:
+                        stored.checkpoints.append(encode(checkpoint.to_dict()))
+            raise
+
+
+class LimitZeroMeansAllStore(MemoryStateStore):
+    """list_checkpoints(limit=0) returns everything."""
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        return await super().list_checkpoints(workflow_id, limit=limit or None, before=before)
+
+
+class CheckpointsFirstPageStore(MemoryStateStore):
+    """list_checkpoints returns at most 100."""
+
+    async def list_checkpoints(self, workflow_id: str, *, limit: int | None = None, before: int | None = None) -> list[Checkpoint]:
+        return await super().list_checkpoints(workflow_id, limit=100 if limit is None else min(limit, 100), before=before)
+
+
+class MetadataDroppedRegistry(MemoryWorkerRegistry):
+    """register drops metadata and resets started_at."""
+
+    async def register(self, info: WorkerInfo) -> None:
+        await super().register(replace(info, metadata={}, started_at=time.time()))
+
+
+class ClientClockRegistry(MemoryWorkerRegistry):
+    """register stores the caller's last_heartbeat instead of now."""
+
+    async def register(self, info: WorkerInfo) -> None:
+        with self._data.lock:
+            self._data.workers[info.worker_id] = info
+
+
+class CasefoldSortRegistry(MemoryWorkerRegistry):
+    """list_workers sorts ids case-insensitively."""
+
+    async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
+        return sorted(await super().list_workers(node_type), key=lambda w: w.worker_id.casefold())
+
+
+class FirstPageRegistry(MemoryWorkerRegistry):
+    """list_workers returns only the first 100."""
+
+    async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
+        return (await super().list_workers(node_type))[:100]
+
+
+class NoNoneBus(MemoryMessageBus):
+    """publish drops keys whose value is None."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        await super().publish(channel, {k: v for k, v in data.items() if v is not None})
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for channel, data in messages:
+            await self.publish(channel, data)
+
+
+class PollBlindSubscription(MemorySubscription):
+    """get(timeout=0) returns None without looking at the buffer."""
+
+    async def get(self, timeout: float | None = None) -> BusMessage | None:
+        if timeout is not None and timeout <= 0:
+            return None
+        return await super().get(timeout)
+
+
+class LullEndsSubscription(MemorySubscription):
+    """async for ends after a second of silence."""
+
+    async def _iterate(self) -> AsyncIterator[BusMessage]:
+        while (message := await self.get(timeout=1.0)) is not None:
+            yield message
+
+
+def _bus_of(subscription_type: type[MemorySubscription]) -> type[MemoryMessageBus]:
+    class Bus(MemoryMessageBus):
+        async def subscribe(self, pattern: str) -> Subscription:
+            subscription = subscription_type(self._data, pattern)
+            with self._data.lock:
+                self._data.subscriptions.append(subscription)
+            self._own.append(subscription)
+            return subscription
+
+    Bus.__name__ = f"{subscription_type.__name__}Bus"
+    return Bus
+
+
+PollBlindBus = _bus_of(PollBlindSubscription)
+LullEndsBus = _bus_of(LullEndsSubscription)
+
+
+def broken_opener(*, leak_prefix: str = "", nested_prefix_leak: str = "", separator_prefix_leak: str = "",
+                  ignore_state_ttl: bool = False, **ports: type) -> Callable[..., Backend]:
     """An ``opener(url, **options)`` like ``open_backend`` but with ``ports`` swapped in.
 
     ``leak_prefix`` names one port that ignores the prefix (all prefixes share its data);
     ``nested_prefix_leak`` one that matches prefixes as text prefixes, so ``app-12`` lands
-    in the data of an ``app-1`` opened before it (a ``KEYS app-1*`` style scan).
+    in the data of an ``app-1`` opened before it (a ``KEYS app-1*`` style scan);
+    ``separator_prefix_leak`` one whose keys are ``prefix:id`` scanned by ``prefix:*``,
+    so ``app:eu`` lands in the data of ``app``.
     """
     opened: list[str] = []
 
@@ -603,11 +892,14 @@ def broken_opener(*, leak_prefix: str = "", nested_prefix_leak: str = "", ignore
         parsed = BackendOptions.from_url(url, **options)
         own, shared = _space(url, parsed.prefix), _space(url, "shared")
         shorter = next((p for p in opened if parsed.prefix.startswith(p)), parsed.prefix)
+        parent = next((p for p in opened if parsed.prefix.startswith(p + ":")), parsed.prefix)
         opened.append(parsed.prefix)
 
         def space(port: str) -> Any:
             if port == nested_prefix_leak:
                 return _space(url, shorter)
+            if port == separator_prefix_leak:
+                return _space(url, parent)
             return shared if port == leak_prefix else own
 
         return Backend(

@@ -96,6 +96,31 @@ CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
     # Kind 5, bus delivery.
     "one-copy-per-bus": ("message_bus.overlap", bb.broken_opener(message_bus=bb.OneCopyBus)),
     "bounded-buffer": ("message_bus.burst", bb.broken_opener(message_bus=bb.BoundedBufferBus)),
+    # Second round: plausible one-method bugs that passed the suite before.
+    "purge-forgets-id": ("task_queue.purge", bb.broken_opener(task_queue=bb.PurgeForgetsIdQueue)),
+    "purge-keeps-counting": ("task_queue.purge", bb.broken_opener(task_queue=bb.SoftPurgeQueue)),
+    "claim-wait-polls-at-end": ("task_queue.claim-wait", bb.broken_opener(task_queue=bb.SleepyClaimQueue)),
+    "wait-ignores-lease-expiry": ("task_queue.claim-wait", bb.broken_opener(task_queue=bb.WaitIgnoresLeasesQueue)),
+    "wait-results-sleeps": ("task_queue.wait-results", bb.broken_opener(task_queue=bb.SleepyWaitResultsQueue)),
+    "task-fields-lost": ("task_queue.round-trip", bb.broken_opener(task_queue=bb.ForgetfulFieldsQueue)),
+    "requeue-at-front": ("task_queue.requeue", bb.broken_opener(task_queue=bb.RequeueAtFrontQueue)),
+    "enqueue-raw-priority-ignored": ("task_queue.undecodable", bb.broken_opener(task_queue=bb.RawPriorityIgnoredQueue)),
+    "nack-keeps-place": ("task_queue.nack-redelivery", bb.broken_opener(task_queue=bb.NackKeepsPlaceQueue)),
+    "node-types-casefolded": ("task_queue.node-types", bb.broken_opener(task_queue=bb.CasefoldTypesQueue)),
+    "delete-keeps-checkpoints": ("state_store.delete", bb.broken_opener(state_store=bb.DeleteKeepsCheckpointsStore)),
+    "delete-keeps-lease": ("state_store.delete", bb.broken_opener(state_store=bb.DeleteKeepsLeaseStore)),
+    "reacquire-keeps-deadline": ("state_store.lease", bb.broken_opener(state_store=bb.ReacquireKeepsDeadlineStore)),
+    "fenced-save-writes-checkpoint": ("state_store.fencing", bb.broken_opener(state_store=bb.FencedCheckpointLeaksStore)),
+    "checkpoints-limit-zero-means-all": ("state_store.checkpoint-order", bb.broken_opener(state_store=bb.LimitZeroMeansAllStore)),
+    "checkpoints-first-page-only": ("state_store.checkpoint-order", bb.broken_opener(state_store=bb.CheckpointsFirstPageStore)),
+    "worker-metadata-dropped": ("worker_registry.register", bb.broken_opener(worker_registry=bb.MetadataDroppedRegistry)),
+    "register-trusts-client-clock": ("worker_registry.register", bb.broken_opener(worker_registry=bb.ClientClockRegistry)),
+    "workers-sorted-casefolded": ("worker_registry.listing", bb.broken_opener(worker_registry=bb.CasefoldSortRegistry)),
+    "registry-colon-prefix-leak": ("worker_registry.prefix-isolation", bb.broken_opener(separator_prefix_leak="worker_registry")),
+    "workers-first-page-only": ("worker_registry.listing", bb.broken_opener(worker_registry=bb.FirstPageRegistry)),
+    "bus-drops-none-values": ("message_bus.fidelity", bb.broken_opener(message_bus=bb.NoNoneBus)),
+    "get-zero-timeout-blind": ("message_bus.receive", bb.broken_opener(message_bus=bb.PollBlindBus)),
+    "iteration-ends-on-lull": ("message_bus.receive", bb.broken_opener(message_bus=bb.LullEndsBus)),
 }
 
 
