@@ -11,6 +11,7 @@ is exactly what the engine routes on:
   leads into and that leads on to ``c`` (``c`` runs once all of them ran);
 * a node's ``destinations`` (where its ``Command(goto=...)`` may go) are dashed arrows
   labelled ``goto``; a ``Send`` goes where its condition's targets say;
+* a node's error handler (``on_error``) is a dashed arrow labelled ``on_error``;
 * a deferred node (``defer=True``) and a breakpoint (``interrupt_before`` /
   ``interrupt_after``) are noted in the node's label;
 * ``START`` and, when something leads there, ``END``.
@@ -41,7 +42,7 @@ class _Route:
 
     sources: tuple[str, ...]
     target: str
-    kind: str  # "edge", "conditional", "goto" or "join"
+    kind: str  # "edge", "conditional", "goto", "on_error" or "join"
     label: str = ""
     condition: str = ""
 
@@ -57,6 +58,8 @@ def _routes(spec: Mapping[str, Any]) -> list[_Route]:
     for node in spec["nodes"]:
         for target in node.get("destinations") or ():
             routes.append(_Route((node["name"],), target, "goto", "goto"))
+        if node.get("on_error"):
+            routes.append(_Route((node["name"],), node["on_error"], "on_error", "on_error"))
     for edge in spec["conditional_edges"]:
         targets = edge["targets"]
         name = str(edge["condition"])
@@ -138,7 +141,7 @@ def draw_mermaid(graph: _Drawable) -> str:
             lines.append(f'    {point}((" ")):::join')
             lines += [f"    {ids[source]} --- {point}" for source in route.sources]
             lines.append(f"    {point} --> {ids[route.target]}")
-        elif route.kind in ("conditional", "goto"):
+        elif route.kind in ("conditional", "goto", "on_error"):
             label = route.label or route.condition
             lines.append(f'    {ids[route.sources[0]]} -.->|"{_mermaid_text(label)}"| {ids[route.target]}')
         else:
@@ -177,6 +180,8 @@ def draw_ascii(graph: _Drawable) -> str:
                 rows.append(("-.->", target, f"{route.condition}: {route.label}" if route.label else route.condition))
             elif route.kind == "goto":
                 rows.append(("-.->", target, "Command goto"))
+            elif route.kind == "on_error":
+                rows.append(("-.->", target, "on_error: its failures"))
             else:
                 rows.append(("-->", target, ""))
         width = max((len(arrow) + len(target) for arrow, target, _ in rows), default=0)

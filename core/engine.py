@@ -21,6 +21,13 @@ commits nothing, the record becomes ``interrupted`` with the pause in its fronti
 returns. So do static breakpoints (``interrupt_before`` before a step that runs one of
 their nodes, ``interrupt_after`` with the commit of such a step).
 
+A node's final failure (retries exhausted, or a timeout) fails the workflow unless the
+node has an error handler (``add_node(on_error=)``): then the step commits without the
+failed node's writes and routes, and the next step's frontier carries the handler's
+task as a Send ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles":
+task}``, so it survives restarts and runs the same on a worker. A failing handler's
+task is never routed again: it fails the workflow naming both nodes.
+
 Every way out of the step loop leaves the workflow in a terminal status with an error
 record (``kind``, ``summary``, ``step``, ``phase`` and the node or key at fault), except
 a backend outage (retried until the backend is back), a takeover by another
@@ -230,10 +237,16 @@ class StepEngine:
             parsed = {key: read_output(output) for key, output in results.items()}
             paused = [entry for entry in entries if entry.key in parsed and parsed[entry.key].interrupt is not None]
             progress.pending = {key: output for key, output in results.items() if parsed[key].interrupt is None}
-            failed = [o for o in outcomes if not o.ok]
-            if failed:
-                raise await self._node_failed(graph, record, lease, failed, progress.pending)
+            failed = [(e, o) for e, o in zip(to_run, outcomes) if not o.ok]
+            # A final failure of a node with on_error (not of a handler's own task) goes to its handler.
+            unhandled = [(e, o) for e, o in failed if e.handles is not None or graph.node(e.node).on_error is None]
+            if unhandled:
+                routed = [pair for pair in failed if pair not in unhandled]
+                raise await self._node_failed(graph, record, lease, [*unhandled, *routed], progress.pending)
+            handlers = [self._route_failure(graph, record, entry, outcome) for entry, outcome in failed]
             for entry, outcome in zip(to_run, outcomes):
+                if not outcome.ok:
+                    continue
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
                                   duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id,
                                   **({"task": entry.key} if entry.is_send else {}))
@@ -249,14 +262,15 @@ class StepEngine:
                     pauses.append(Interrupt(interrupt_id(record.step, entry.key, index), entry.node,
                                             info.get("value"), "interrupt", entry.key, index))
                 return await self._pause(record, lease, pauses, progress.pending)
-            writes = [(e.key, parsed[e.key].updates) for e in entries if parsed[e.key].updates]
-            gotos = [(e.node, parsed[e.key].goto) for e in entries if parsed[e.key].goto]
+            succeeded = [e for e in entries if e.key in parsed]
+            writes = [(e.key, parsed[e.key].updates) for e in succeeded if parsed[e.key].updates]
+            gotos = [(e.node, parsed[e.key].goto) for e in succeeded if parsed[e.key].goto]
             try:
                 merged = merge_updates(record.state, writes, graph.reducers)
                 graph.check_writes(writes, merged)  # a state schema's keys and types
                 frontier = await graph.next_frontier(
-                    [e.node for e in entries], State._trusted(merged, record.workflow_id),
-                    record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()),
+                    [e.node for e in succeeded], State._trusted(merged, record.workflow_id),
+                    record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()), handlers,
                 )
             except ExecutionError as exc:
                 await self._fail_unexpected(graph, progress, lease, exc)
@@ -335,16 +349,43 @@ class StepEngine:
         by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
         return [by_task[node_task_id(record, entry.key)] for entry in entries]
 
+    def _route_failure(
+        self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, outcome: NodeOutcome
+    ) -> dict[str, Any]:
+        """The frontier Send of ``entry``'s error handler (``add_node(on_error=)``); emits ``node.failed``.
+
+        The handler's input carries the error and the input the failed task got (the
+        shared state of this step, or its Send argument), so it runs the same on a worker.
+        """
+        failure = outcome.failure
+        assert failure is not None
+        handler = graph.node(entry.node).on_error
+        assert handler is not None
+        error = {"node": entry.node, "task": entry.key, "error_type": failure.error_type,
+                 "message": failure.message, "traceback": failure.traceback_text,
+                 "attempts": outcome.attempts, "timed_out": failure.timed_out, "step": record.step}
+        self._events.emit(record.workflow_id, "node.failed", step=record.step, node=outcome.node,
+                          attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
+                          duration=outcome.duration, on_error=handler,
+                          **({"task": entry.key} if entry.is_send else {}))
+        arg = dict(entry.arg) if entry.arg is not None else dict(record.state)
+        return {"node": handler, "arg": {"error": error, "state": arg}, "handles": entry.key}
+
     async def _node_failed(
-        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, failed: Sequence[NodeOutcome],
-        pending: Mapping[str, Mapping[str, Any]],
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease,
+        failed: Sequence[tuple[TaskEntry, NodeOutcome]], pending: Mapping[str, Mapping[str, Any]],
     ) -> NodeExecutionError:
-        outcome = failed[0]
+        entry, outcome = failed[0]
         failure = outcome.failure
         assert failure is not None
         error_cls = NodeTimeoutError if failure.timed_out else NodeExecutionError
+        handled = dict((entry.arg or {}).get("error") or {}) if entry.handles is not None else {}
+        what = f"node {outcome.node!r}"
+        if entry.handles is not None:
+            what = (f"error handler {outcome.node!r} of node {handled.get('node', entry.handles)!r} (which failed with "
+                    f"{handled.get('error_type')}: {handled.get('message')})")
         error = error_cls(
-            f"node {outcome.node!r} of graph {graph.name!r} (workflow {record.workflow_id!r}) failed after "
+            f"{what} of graph {graph.name!r} (workflow {record.workflow_id!r}) failed after "
             f"{outcome.attempts} attempt(s): {failure.error_type}: {failure.message}",
             node=outcome.node, attempts=outcome.attempts, error_type=failure.error_type,
             error_message=failure.message, traceback_text=failure.traceback_text,
@@ -352,7 +393,7 @@ class StepEngine:
         self._events.emit(record.workflow_id, "node.failed", step=record.step, node=outcome.node,
                           attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
                           duration=outcome.duration)
-        for other in failed[1:]:
+        for _, other in failed[1:]:
             assert other.failure is not None
             self._events.emit(record.workflow_id, "node.failed", step=record.step, node=other.node,
                               attempts=other.attempts, error=f"{other.failure.error_type}: {other.failure.message}",
@@ -360,7 +401,8 @@ class StepEngine:
         await self._fail(record, lease, error, {
             "phase": "run", "node": outcome.node, "attempts": outcome.attempts, "error_type": failure.error_type,
             "message": failure.message, "traceback": failure.traceback_text,
-            "failed_nodes": [o.node for o in failed],
+            "failed_nodes": [o.node for _, o in failed],
+            **({"handles": handled.get("node", entry.handles)} if entry.handles is not None else {}),
         }, pending)
         return error
 

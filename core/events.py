@@ -5,7 +5,8 @@ Channels are ``events.<workflow_id>.<kind>`` where kind is one of
 ``workflow.cancelled``, ``node.started``, ``node.completed``, ``node.failed``; subscribe
 to ``events.<workflow_id>.>`` for one workflow or ``events.>`` for all. Each event is
 a JSON object with ``type``, ``workflow_id``, ``time`` and, as they apply, ``step``,
-``node``, ``duration``, ``attempts`` and ``error``.
+``node``, ``duration``, ``attempts`` and ``error`` (a ``node.failed`` routed to an
+error handler also has ``on_error``: the handler's name).
 
 Events are queued and published in order by one background task per publisher, so a
 slow bus costs the workflow nothing; ``flush`` waits until everything queued is out.

@@ -4,6 +4,7 @@ Shape (JSON; every key but ``next`` optional, so frontiers of older versions rea
 
     {"next": [node, ...],                     # triggered by edges, in declaration order
      "sends": [{"node": n, "arg": {...}}, ...],  # Send tasks, in the order they were sent
+                                              # (an error handler's also has "handles": task)
      "joins": {join_key: [sources seen]},     # see core.joins
      "pending_writes": {task: output},        # tasks of this step that already finished
      "task_runs": {task: run},                # task ids pinned to an earlier run (resume)
@@ -29,11 +30,15 @@ __all__ = ["TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
 
 @dataclass(frozen=True)
 class TaskEntry:
-    """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it)."""
+    """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it).
+
+    ``handles`` is set on an error handler's task: the key of the failed task it handles.
+    """
 
     node: str
     index: int | None = None
     arg: Mapping[str, Any] | None = None
+    handles: str | None = None
 
     @property
     def key(self) -> str:
@@ -58,7 +63,9 @@ def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[
         node = str(send["node"])
         index = counts.get(node, 0)
         counts[node] = index + 1
-        entries.append(TaskEntry(node, index, dict(send.get("arg") or {})))
+        handles = send.get("handles")
+        entries.append(TaskEntry(node, index, dict(send.get("arg") or {}),
+                                 None if handles is None else str(handles)))
     last = len(order)
     positions = {entry.key: i for i, entry in enumerate(entries)}
     return sorted(entries, key=lambda e: (order.get(e.node, last), -1 if e.index is None else e.index,

@@ -69,6 +69,7 @@ class NodeSpec:
     priority: int = 0
     destinations: tuple[str, ...] | None = None  # where its Command(goto=) may go; None: anywhere
     defer: bool = False
+    on_error: str | None = None  # the node a final failure of this one is routed to; None: the workflow fails
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class Graph:
         priority: int = 0,
         destinations: Sequence[str] | None = None,
         defer: bool = False,
+        on_error: str | None = None,
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
 
@@ -204,6 +206,15 @@ class Graph:
         ``defer=True`` makes the node wait, once triggered, until no other node is
         pending: it runs in a step of its own after every other branch finished (for
         branches of uneven length that end in one node).
+
+        ``on_error`` names a handler node: when this node fails finally (its retry
+        policy exhausted, or timed out) the step still commits, this node's edges do
+        not fire, and the handler runs in the next step as a task of its own whose
+        input is ``{"error": {"node", "error_type", "message", "traceback",
+        "attempts", "timed_out"}, "state": <the input the failed node got>}``. Its
+        return value merges like any node's and its own edges continue. A failing
+        handler fails the workflow. Compile checks the handler is another node of
+        this graph and counts it as reachable from this node.
         """
         self._mutable()
         if not isinstance(name, str) or not name:
@@ -234,6 +245,10 @@ class Graph:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: priority must be an int between {-MAX_PRIORITY} and "
                 f"{MAX_PRIORITY}, got {priority!r}", graph=self.name, culprit=name)
+        if on_error is not None and (not isinstance(on_error, str) or not on_error or on_error == name):
+            raise GraphValidationError(
+                f"graph {self.name!r}: node {name!r}: on_error must name another node (the error handler), got "
+                f"{on_error!r}", graph=self.name, culprit=name)
         if destinations is None and func is not None:
             destinations = _annotated_destinations(func)
         if destinations is not None:
@@ -243,7 +258,7 @@ class Graph:
                     f"{destinations!r}", graph=self.name, culprit=name)
             destinations = tuple(destinations)
         self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
-                                     None if destinations is None else tuple(destinations), bool(defer))
+                                     None if destinations is None else tuple(destinations), bool(defer), on_error)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
@@ -452,6 +467,9 @@ class Graph:
                 if target != END and target not in nodes:
                     raise self._fail(f"node {spec.name!r} declares destination {target!r}, which is not a node; "
                                      "destinations name nodes of this graph or END", target)
+            if spec.on_error is not None and spec.on_error not in nodes:
+                raise self._fail(f"node {spec.name!r} routes its failures to on_error={spec.on_error!r}, which is not "
+                                 "a node; add_node the handler or fix the name", spec.on_error)
             base, sep, index = spec.name.rpartition("#")
             if sep and index.isdigit() and base in nodes:
                 raise self._fail(f"node name {spec.name!r} is how the Sends to node {base!r} are named; rename it",
@@ -462,6 +480,8 @@ class Graph:
                 successors[src].add(target)
         for spec in self._nodes.values():
             successors[spec.name] |= set(spec.destinations or ())
+            if spec.on_error is not None:
+                successors[spec.name].add(spec.on_error)
         for edge in self._conditional:
             successors[edge.source] |= edge.possible_targets(nodes)
         reachable = _closure(START, successors)
@@ -582,6 +602,7 @@ class Graph:
     async def next_frontier(
         self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]],
         gotos: Sequence[tuple[str, Sequence[str | Send]]] = (), deferred: Sequence[str] = (),
+        handlers: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """The frontier after a step that ran the nodes ``ran`` (see ``route``) and merged ``state``.
 
@@ -591,6 +612,10 @@ class Graph:
         ``ran``'s nodes' conditions, then the gotos. ``deferred`` are ``defer=True``
         nodes already waiting (the previous frontier's ``"deferred"``): they, and
         deferred nodes triggered now, wait while any other node is pending.
+        ``handlers`` are the error-handler tasks of nodes of ``ran`` that failed (frontier
+        sends ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles": task}``,
+        see ``add_node(on_error=)``): they come after every other Send; the failed
+        nodes themselves are not in ``ran``.
         Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
         self._require_compiled()
@@ -605,6 +630,7 @@ class Graph:
             self._split(self._check_goto(source, targets), triggered, sends)
         fired, progress = advance_joins(self._routing.joins, ran, joins)
         triggered.extend(fired)
+        sends.extend(dict(handler) for handler in handlers)
         return self._frontier(triggered, sends, progress, deferred)
 
     def _frontier(self, triggered: list[str], sends: list[dict[str, Any]], joins: Mapping[str, Sequence[str]],
@@ -735,6 +761,7 @@ class Graph:
                     **({"priority": n.priority} if n.priority else {}),
                     **({"destinations": list(n.destinations)} if n.destinations is not None else {}),
                     **({"defer": True} if n.defer else {}),
+                    **({"on_error": n.on_error} if n.on_error is not None else {}),
                 }
                 for n in self._nodes.values()
             ],

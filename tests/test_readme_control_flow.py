@@ -1,4 +1,4 @@
-"""The README's "Map-reduce with Send", "Command" and "Human in the loop" examples run as written."""
+"""The README's "Map-reduce with Send", "Command", "Error handlers" and "Human in the loop" examples run as written."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from support.readme import python_blocks
 @pytest.mark.parametrize(("section", "printed"), [
     ("Map-reduce with Send", "['a joke about lions', 'a joke about elephants', 'a joke about penguins']"),
     ("Command", "billing - refund issued"),
+    ("Error handlers", "summary of the cached copy - ConnectionError after 2 attempts"),
 ])
 def test_block_prints_the_result_its_comment_documents(section: str, printed: str) -> None:
     (block,) = python_blocks(section)
