@@ -9,10 +9,13 @@ frontier, so it survives an orchestrator restart. A failing handler fails the wo
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents import END, Graph, Orchestrator, RetryPolicy, Send, State
@@ -206,3 +209,57 @@ def test_compile_checks_the_handler_and_counts_it_as_reachable() -> None:
     with pytest.raises(GraphValidationError, match="on_error must name another node"):
         Graph("g").add_node("a", lambda s: None, on_error="a")
     assert "n0 -.->|\"on_error\"| n1" in graph.draw_mermaid() and "on_error: its failures" in graph.draw_ascii()
+
+
+@settings(max_examples=25, deadline=None)
+@given(failing=st.lists(st.booleans(), min_size=1, max_size=5), handled=st.lists(st.booleans(), min_size=5,
+                                                                                  max_size=5))
+def test_any_mix_of_failing_branches_keeps_every_success_and_handles_each_routed_failure(
+    failing: list[bool], handled: list[bool]
+) -> None:
+    """Branch i fails when failing[i]; it has a handler when handled[i]. Unhandled failures fail the step."""
+    names = [f"b{i}" for i in range(len(failing))]
+
+    def branch(i: int) -> Any:
+        def run_branch(state: State) -> dict[str, Any]:
+            if failing[i]:
+                raise RuntimeError(f"b{i} failed")
+            return {"done": [f"b{i}"]}
+        return run_branch
+
+    graph = Graph("on_error_mix", reducers={"done": extend, "handled": extend}).add_node("start", lambda s: None)
+    for i, name in enumerate(names):
+        graph.add_node(name, branch(i), on_error="handler" if handled[i] else None)
+        graph.add_edge("start", name).set_finish_point(name)
+    # Reached by an edge (when no branch has it as a handler) it runs on the shared state, without "error".
+    graph.add_node("handler", lambda s: {"handled": [s["error"]["node"]]} if "error" in s else None)
+    graph.set_finish_point("handler")
+    graph.set_entry_point("start")
+    if not any(handled[:len(names)]):
+        graph.add_edge("start", "handler")  # otherwise unreachable
+    graph.compile()
+    succeeded = [n for i, n in enumerate(names) if not failing[i]]
+    unhandled = [n for i, n in enumerate(names) if failing[i] and not handled[i]]
+    routed = [n for i, n in enumerate(names) if failing[i] and handled[i]]
+
+    workflow_id = f"wf-oe-mix-{uuid.uuid4().hex}"
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator()
+        if unhandled:
+            with pytest.raises(NodeExecutionError) as failed:
+                await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            record = await orchestrator.backend.state_store.get(workflow_id)
+            assert record is not None
+            return failed.value, record
+        return await orchestrator.execute(graph, {}, workflow_id=workflow_id), None
+
+    outcome, record = run(scenario())
+    if unhandled:
+        assert outcome.node == unhandled[0]
+        assert sorted(record.error["failed_nodes"]) == sorted(unhandled + routed)
+        ran = succeeded + ([] if any(handled[:len(names)]) else ["handler"])  # the handler by its edge
+        assert sorted(record.frontier.get("pending_writes", {})) == sorted(ran)  # kept for resume
+    else:
+        assert outcome.get("done", []) == succeeded
+        assert outcome.get("handled", []) == routed
