@@ -54,8 +54,13 @@ def test_a_workers_final_failure_runs_the_handler_on_a_worker(
     workers.start("w1")
     try:
         result, error, status = run(scenario(), timeout=110)
+        listed = workers.cli("dead-letters", "list")
+        requeued = workers.cli("dead-letters", "requeue", "wf-onerr:0:0:fetch")
     finally:
         workers.close()
+    # The handled failure stays dead-lettered as a record; re-driving it is refused, the workflow moved on.
+    assert '"task_id": "wf-onerr:0:0:fetch"' in listed.stdout
+    assert requeued.returncode != 0 and "workflow 'wf-onerr' completed" in requeued.stderr
     assert result["handled"] == "fetch: ConnectionError: upstream http://x is down (2 attempts)"
     assert result["input"] == {"url": "http://x"} and result["handled_on"] == "w1"
     assert len(list(tmp_path.glob("fetch-*"))) == 4  # 2 attempts in each workflow, on the worker
