@@ -14,7 +14,10 @@ node before the ack, finally (no retry). Settling a task expects only two failur
 backend outage (repeated with backoff) and a lost lease; any other exception is a bug,
 logged with its traceback, and the task is dead-lettered with it as the reason. A
 cancelled plain-function node's thread, which cannot be interrupted, keeps its capacity
-slot until it returns (it is told through ``NodeContext.cancelled``).
+slot until it returns (it is told through ``NodeContext.cancelled``). The worker's
+registry entry shows its slots in ``metadata`` (``slot_usage()``: ``in_flight``,
+``busy_abandoned``), refreshed at each heartbeat and at once when an abandoned thread
+starts or ends.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
@@ -150,6 +153,7 @@ class Worker:
         # Threads of cancelled plain-function nodes that have not returned yet: each
         # still uses a capacity slot, though its task is settled.
         self._abandoned: set[asyncio.Future[Any]] = set()
+        self._beat_now: asyncio.Event | None = None  # wakes the heartbeat to publish slot usage
         self._serving = False
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
@@ -213,7 +217,9 @@ class Worker:
         self._serving = True
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid())
+        self._beat_now = asyncio.Event()
+        info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid(),
+                          metadata=self.slot_usage())
         # A worker started while the backend is down waits for it instead of exiting.
         await until_available(backend.connect, what="connect", outage=self._outage)
         await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
@@ -313,7 +319,26 @@ class Worker:
     def _hold_slot(self, thread: asyncio.Future[Any]) -> None:
         """Count a cancelled plain function's still-running thread against capacity until it returns."""
         self._abandoned.add(thread)
-        thread.add_done_callback(self._abandoned.discard)
+        thread.add_done_callback(self._abandoned_done)
+        self._publish_slots()
+
+    def _abandoned_done(self, thread: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(thread)
+        self._publish_slots()
+
+    def _publish_slots(self) -> None:
+        """Have the heartbeat publish the slot usage now (an abandoned thread is rare and worth seeing)."""
+        if self._beat_now is not None:
+            self._beat_now.set()
+
+    def slot_usage(self) -> dict[str, int]:
+        """What the worker's capacity slots hold, as published in its registry ``metadata``.
+
+        ``in_flight``: tasks running now; ``busy_abandoned``: threads of cancelled
+        plain-function nodes that have not returned (each still takes a slot, though
+        its task is settled and no queue counts it).
+        """
+        return {"in_flight": len(self._running), "busy_abandoned": len(self._abandoned)}
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -328,11 +353,20 @@ class Worker:
             task.cancel()
 
     async def _heartbeat(self, info: WorkerInfo) -> None:
+        """Heartbeat every interval; when the slot usage changed, re-register with it instead."""
+        assert self._beat_now is not None
         registry = self.backend.worker_registry
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval)
+            self._beat_now.clear()
+            usage = self.slot_usage()
             try:
-                if not await registry.heartbeat(self.worker_id):
+                if usage != info.metadata:
+                    fresh = replace(info, metadata=usage)
+                    await registry.register(fresh)
+                    info = fresh
+                elif not await registry.heartbeat(self.worker_id):
                     await registry.register(info)
             except BackendUnavailableError as exc:
                 self._outage.failed("heartbeat", exc)

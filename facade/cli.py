@@ -307,6 +307,15 @@ def _parser() -> Parser:
             option.add_to(sub)
         sub.set_defaults(run=run, options=options)
 
+    workers = command("workers", "list live workers: node types, capacity and busy slots",
+                      "Print one JSON object per live worker (heartbeat within the backend's heartbeat_ttl), "
+                      "sorted by id: worker_id, node_types, capacity, in_flight (tasks running), busy_abandoned "
+                      "(threads of cancelled plain-function nodes still running; each keeps a slot taken), host, "
+                      "pid, heartbeat_age (seconds since its last heartbeat; slot counts are as of then).")
+    for option in BACKEND_OPTIONS:
+        option.add_to(workers)
+    workers.set_defaults(run=_list_workers, options=BACKEND_OPTIONS)
+
     backends = command("backends", "list installed backends (URL scheme, name, description)",
                        "List the backends installed in this environment, one per URL scheme.")
     backends.set_defaults(run=_list_backends, options=())
@@ -605,6 +614,20 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
                 print(f"{letter.task_id}: already gone (requeued or purged meanwhile)", file=sys.stderr)
         print(f"purged {purged} dead letter(s)")
         return 1 if missing else 0
+
+    return await _with_backend(args, use)
+
+
+async def _list_workers(args: argparse.Namespace) -> int:
+    async def use(backend: Backend) -> int:
+        now = time.time()
+        for info in await backend.worker_registry.list_workers():
+            print(json.dumps({
+                "worker_id": info.worker_id, "node_types": sorted(info.node_types), "capacity": info.capacity,
+                "in_flight": info.metadata.get("in_flight"), "busy_abandoned": info.metadata.get("busy_abandoned"),
+                "host": info.host, "pid": info.pid, "heartbeat_age": round(max(0.0, now - info.last_heartbeat), 1),
+            }))
+        return 0
 
     return await _with_backend(args, use)
 

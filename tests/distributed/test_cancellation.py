@@ -10,7 +10,10 @@ until the thread really returns. On memory, a real Redis server and a real NATS 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 import threading
 import uuid
 from typing import Any
@@ -201,3 +204,65 @@ def test_a_plain_function_that_stops_when_told_logs_no_warning(
         run(scenario(), timeout=60)
     assert [r.getMessage() for r in caplog.records
             if r.name == "distributed_agents.node" and r.levelno >= logging.WARNING] == []
+
+
+def test_a_slot_held_by_a_cancelled_plain_function_is_visible_in_the_worker_registry(url: str) -> None:
+    """Ops finding: while the abandoned thread held the only slot, nothing showed it was busy.
+
+    The worker's registry entry (and ``distributed-agents workers``) shows ``in_flight``
+    and ``busy_abandoned``.
+    """
+    running = threading.Event()
+    finish = threading.Event()
+
+    def stubborn(state: State) -> dict[str, Any]:
+        running.set()
+        finish.wait(30)  # ignores cancellation entirely
+        return {}
+
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1, heartbeat_interval=0.2, worker_id="w-stubborn")
+    worker.register_node("stubborn", stubborn)
+
+    async def usage(orchestrator: Orchestrator, wanted: dict[str, int]) -> None:
+        while True:
+            workers = await orchestrator.backend.worker_registry.list_workers()
+            if [(w.worker_id, dict(w.metadata)) for w in workers] == [("w-stubborn", wanted)]:
+                return
+            await asyncio.sleep(0.05)
+
+    def listing() -> list[dict[str, Any]]:
+        done = subprocess.run([sys.executable, "-m", "distributed_agents", "workers", "--backend-url", url],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    async def scenario() -> list[dict[str, Any]]:
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
+        serving = asyncio.ensure_future(worker.start())
+        listed: list[dict[str, Any]] = []
+        try:
+            await orchestrator.backend.connect()
+            await usage(orchestrator, {"in_flight": 0, "busy_abandoned": 0})
+            first = asyncio.ensure_future(orchestrator.execute(single("stubborn"), {}, workflow_id="wf-stubborn"))
+            while not running.is_set():
+                await asyncio.sleep(0.01)
+            await usage(orchestrator, {"in_flight": 1, "busy_abandoned": 0})
+            assert await orchestrator.cancel_workflow("wf-stubborn")
+            with pytest.raises(WorkflowCancelledError):
+                await first
+            await usage(orchestrator, {"in_flight": 0, "busy_abandoned": 1})
+            if not url.startswith("memory://"):  # another process sees it through the CLI
+                listed = await asyncio.to_thread(listing)
+            finish.set()
+            await usage(orchestrator, {"in_flight": 0, "busy_abandoned": 0})
+            return listed
+        finally:
+            finish.set()
+            await worker.stop(grace=5)
+            await serving
+            await orchestrator.close()
+
+    listed = run(scenario(), timeout=80)
+    if not url.startswith("memory://"):
+        assert [(w["worker_id"], w["capacity"], w["in_flight"], w["busy_abandoned"]) for w in listed] == [
+            ("w-stubborn", 1, 0, 1)]
