@@ -46,6 +46,7 @@ _DUPLICATE_WINDOW = 120.0
 _DRAIN_TIMEOUT = 5  # seconds close() waits for subscriptions to drain before closing anyway
 # Per-message TTLs (the Nats-TTL header, allow_msg_ttl streams) came with nats-server 2.11.
 _MIN_SERVER = (2, 11)
+_PROBE_TIMEOUT = 2.0  # seconds to open a probe connection, then to read the server's INFO line
 
 
 def require_nats() -> None:
@@ -183,7 +184,10 @@ class NatsConnection:
 
         Failing to connect raises ``BackendUnavailableError`` with one line naming the
         URL, the cause (refused, unknown host, no answer) and what to check, without
-        chained nats-py exceptions. ``BackendConfigError`` (no retry can fix it): a
+        chained nats-py exceptions; a refused connection or a silent non-NATS server
+        (see ``_probe_servers``) is reported at once, without nats-py's retries.
+        ``BackendConfigError`` (no retry can fix it): a server that answers but is not
+        NATS, a
         ``tls://`` URL whose server does not offer TLS (nats-py would silently connect
         unencrypted, credentials included), or a server without JetStream.
         """
@@ -201,8 +205,7 @@ class NatsConnection:
     async def _connect(self) -> None:
         import nats
 
-        if self.settings.tls:
-            await self._refuse_plain_servers()
+        await self._probe_servers()
         nc = nats.NATS()
         self._connect_errors = []
         self._connecting = True
@@ -268,39 +271,66 @@ class NatsConnection:
         return (f"cannot connect to NATS at {where}: {type(detail).__name__}: {detail}; check that nats-server is "
                 "running (nats-server -js) and the URL is right")
 
-    async def _refuse_plain_servers(self) -> None:
-        """Raise ``BackendConfigError`` if a ``tls://`` server answers without requiring TLS.
+    async def _probe_servers(self) -> None:
+        """Read each server's first line ourselves, before nats-py connects; sends nothing.
 
-        nats-py upgrades to TLS only when the server's INFO says ``tls_required``; against
-        a plain server it would send the credentials unencrypted. Reading that INFO line
-        ourselves, before nats-py connects, sends nothing.
+        A NATS server sends its INFO line at once. Raises, without nats-py's retries:
+        ``BackendUnavailableError`` if every server refused the connection, or every one
+        that accepted it stayed silent or hung up without INFO (another service, e.g.
+        Redis, which waits for its client to speak); ``BackendConfigError`` if a server
+        answered with something other than INFO (not NATS), or a ``tls://`` server's INFO
+        does not require TLS (nats-py would send the credentials unencrypted). A server
+        that is slow or unreachable otherwise is left to nats-py's connect.
         """
+        problems: list[str] = []
+        refused = 0
         for server in self.settings.servers:
             host, _, port = server.split("://", 1)[1].rpartition(":")
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
-            except (OSError, ValueError, asyncio.TimeoutError):
-                continue  # unreachable: nats-py's connect reports it
-            try:
-                line = await asyncio.wait_for(reader.readline(), 2.0)
-            except (OSError, asyncio.TimeoutError):
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), _PROBE_TIMEOUT)
+            except ConnectionRefusedError:
+                refused += 1
                 continue
+            except (OSError, ValueError, asyncio.TimeoutError):
+                return  # DNS, routing, timeouts: nats-py's connect reports them
+            try:
+                line = await asyncio.wait_for(reader.readline(), _PROBE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError):
+                line = b""
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
             if not line.startswith(b"INFO "):
+                if line.strip():
+                    raise BackendConfigError(
+                        f"cannot connect to NATS at {mask_url(self.url)}: the server at {host}:{port} is not a NATS "
+                        f"server (it answered {line[:40]!r}, not INFO); check the URL's port (NATS listens on 4222 "
+                        "by default)"
+                    )
+                if self.settings.tls:
+                    return  # a TLS-first server waits for the handshake: nats-py's connect tries it
+                problems.append(f"{host}:{port}")
                 continue
             try:
                 info = json.loads(line[5:])
             except ValueError:
-                continue
-            if not info.get("tls_required"):
+                return
+            if self.settings.tls and not info.get("tls_required"):
                 raise BackendConfigError(
                     f"TLS connection to NATS at {mask_url(self.url)} failed: the server at {host}:{port} does not "
                     "offer TLS (nats-py would connect unencrypted); use nats:// for it, or configure TLS on the "
                     "server (a tls {} block with cert_file and key_file)"
                 )
+            return  # a NATS server answered: nats-py connects (and fails over between servers)
+        if problems:
+            raise BackendUnavailableError(
+                f"cannot connect to NATS at {mask_url(self.url)}: {', '.join(problems)} accepted the connection but "
+                f"sent no NATS INFO line within {_PROBE_TIMEOUT:g}s, so it is not a NATS server or not ready "
+                "(Redis, for one, stays silent); check the URL's port (NATS listens on 4222 by default)"
+            ) from None
+        if refused:
+            raise BackendUnavailableError(self._connect_problem(ConnectionRefusedError())) from None
 
     async def _create_layout(self) -> None:
         from nats.js import api

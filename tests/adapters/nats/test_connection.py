@@ -211,3 +211,62 @@ def test_callers_arriving_while_the_first_connect_creates_buckets_wait_for_them(
     results = run(scenario(), 60)
     assert len(results) > 10
     assert all(result is None for result in results), [r for r in results if r is not None][:3]
+
+
+# -- the probe: refused and non-NATS servers are reported without nats-py's retries ---------------
+
+# So many slow attempts that only the probe can end the connect before the test's timeout.
+PATIENT = "connect_attempts=1000&reconnect_wait=30"
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_connection_is_reported_at_once_without_retries() -> None:
+    port = free_port()
+    error = connect_error(f"nats://127.0.0.1:{port}?{PATIENT}")
+    assert isinstance(error, BackendUnavailableError)
+    assert f"connection refused by 127.0.0.1:{port}" in str(error) and "nats-server -js" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_a_nats_url_at_a_redis_port_says_it_is_not_a_nats_server(redis_url: str) -> None:
+    address = redis_url.split("://", 1)[1].split("/", 1)[0]
+    error = connect_error(f"nats://{address}?{PATIENT}")
+    assert isinstance(error, BackendUnavailableError)
+    assert f"{address} accepted the connection but sent no NATS INFO line" in str(error)
+    assert "4222" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_a_server_answering_something_else_is_a_config_error() -> None:
+    import asyncio
+
+    async def scenario() -> Exception:
+        async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(banner, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(Exception) as caught:
+                await open_nats(f"nats://127.0.0.1:{port}?{PATIENT}")
+            return caught.value
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    error = run(scenario(), 30)
+    assert isinstance(error, BackendConfigError)  # no retry can fix it
+    assert "is not a NATS server" in str(error) and "SSH-2.0" in str(error)
+
+
+def test_one_refused_server_of_a_cluster_does_not_stop_the_connect(nats_url: str) -> None:
+    """The probe fails only when no server can be used; nats-py picks a live one."""
+    live = nats_url.split("://", 1)[1].split("?", 1)[0]
+
+    async def scenario() -> None:
+        backend = await open_nats(f"nats://127.0.0.1:{free_port()},{live}")
+        await backend.close()
+
+    run(scenario(), 60)
