@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.dead_letters import find_dead_letter
-from distributed_agents.core.engine import DriveOptions, StepEngine, WorkflowTakenOverError, node_run, node_task_id
+from distributed_agents.core.engine import (
+    DriveOptions,
+    StepEngine,
+    WorkflowTakenOverError,
+    node_run,
+    node_task_id,
+    task_id_for,
+)
 from distributed_agents.core.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -644,7 +651,8 @@ class Orchestrator:
         step failed are kept in the record, and results of tasks that finished on
         workers (also a dead letter requeued afterwards) are reused. A completed
         workflow returns its final state at once. A failed or cancelled workflow is
-        retried from the step that did not commit. ``graph`` defaults to the graph of
+        retried from the step that did not commit; once a failed one completes, the dead
+        letters of that step (of every run) are purged: nothing needs them any more. ``graph`` defaults to the graph of
         the same name this orchestrator last ran.
 
         ``graph`` must be the graph the workflow was started with (same fingerprint:
@@ -708,6 +716,7 @@ class Orchestrator:
             _check_migration(workflow_id, record, graph)  # before anything is written
         self._remember(graph)
         lease = await self._acquire(workflow_id)
+        obsolete: list[str] = []
         try:
             # Re-read under the lease: the record may have moved since the first read.
             current = await self.backend.state_store.get(workflow_id)
@@ -736,6 +745,10 @@ class Orchestrator:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,
                 # but the step's tasks that did succeed (also after a requeue) are.
                 old_run = int(record.metadata.get("run", 0))
+                if record.status == WorkflowStatus.FAILED:
+                    # The dead letters this step left in every run so far: obsolete once it completes.
+                    obsolete = [task_id_for(workflow_id, run, record.step, entry.key)
+                                for run in range(old_run + 1) for entry in read_entries(record.frontier, {})]
                 frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
@@ -747,7 +760,29 @@ class Orchestrator:
         except BaseException:
             await self._release(lease)
             raise
-        return await self._drive(graph, record, lease, step_limit)
+        final = await self._drive(graph, record, lease, step_limit)
+        if obsolete:
+            await self._purge_obsolete_dead_letters(workflow_id, obsolete)
+        return final
+
+    async def _purge_obsolete_dead_letters(self, workflow_id: str, task_ids: Sequence[str]) -> None:
+        """Once a resumed workflow completed, delete the dead letters of the step that had failed.
+
+        They need no attention any more (the step's nodes ran again, or their results were
+        reused), so ``dead-letters list`` shows only letters that do. Housekeeping: a
+        backend error is logged, never raised (the workflow's result is what matters).
+        """
+        try:
+            current = await self.backend.state_store.get(workflow_id)
+            if current is None or current.status != WorkflowStatus.COMPLETED:
+                return
+            for task_id in task_ids:
+                if await self.backend.task_queue.purge_dead_letter(task_id):
+                    log.info("workflow %r completed through resume: purged its obsolete dead letter %s",
+                             workflow_id, task_id)
+        except Exception as exc:
+            log.warning("workflow %r completed, but its obsolete dead letters could not be purged (%s); "
+                        "'distributed-agents dead-letters purge' deletes them", workflow_id, exc)
 
     async def _reuse_finished_tasks(self, record: WorkflowRecord) -> dict[str, Any]:
         """``record``'s frontier for the new run of its failed or cancelled step.

@@ -3,7 +3,8 @@
 Everything observable goes to files in ``DA_MARKER_DIR``: ``notify`` fails while a file
 ``broken`` exists there and appends one line to ``notified`` per run that got past
 that (the side effect that must happen once); ``archive`` appends to ``archived``;
-``work`` appends the workflow's ``label`` to ``order`` (the order tasks were claimed).
+``work`` appends the workflow's ``label`` to ``order`` (the order tasks were claimed);
+``fallback`` (an ``on_error`` handler) returns the name of the node it handled.
 """
 
 from __future__ import annotations
@@ -51,3 +52,9 @@ def work(state: State) -> dict[str, Any]:
 def audit(state: State) -> dict[str, Any]:
     _append("audited", state["to"])
     return {"audited": True}
+
+
+@registry.register("fallback")
+def fallback(state: State) -> dict[str, Any]:
+    """notify's on_error handler: records which node it handled."""
+    return {"handled": state["error"]["node"]}

@@ -174,25 +174,62 @@ def test_resume_on_workers_reruns_only_the_failed_node_of_a_parallel_step(
     assert len(lines(tmp_path, "audited")) == 1 and len(lines(tmp_path, "notified")) == 1
 
 
+def test_resume_that_completes_the_workflow_purges_its_obsolete_dead_letters(
+    backend_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Ops finding: after resume() completed the workflow, its dead letters were still listed."""
+    async def scenario(prefix: str, workers: WorkerProcesses) -> Any:
+        orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix, recover=False)
+        workflow_id = f"{prefix}-wf"
+        queue = orchestrator.backend.task_queue
+        try:
+            first = await fail_once(orchestrator, workflow_id)
+            with pytest.raises(NodeExecutionError):  # resumed while still broken: a second dead letter
+                await orchestrator.resume(workflow_id)
+            before = sorted(letter.task_id for letter in await queue.dead_letters("notify"))
+            (tmp_path / "broken").unlink()
+            result = dict(await orchestrator.resume(workflow_id))
+            after = [letter.task_id for letter in await queue.dead_letters()]
+            return first, before, result, after
+        finally:
+            await orchestrator.close()
+
+    first, before, result, after = run_with_workers(backend_url, tmp_path, scenario)
+    assert len(before) == 2 and first in before
+    assert result == {"to": "ops", "notified": "ops", "archived": True}
+    assert after == []  # both runs' letters of the failed step are gone
+    assert len(lines(tmp_path, "notified")) == 1
+
+
 def test_requeue_after_the_workflow_completed_says_nothing_needs_re_running(
     backend_url: str, tmp_path: pathlib.Path
 ) -> None:
-    """Ops finding: a stale requeue of a completed workflow pointed to resume(); it should offer purge."""
+    """Ops finding: a stale requeue of a completed workflow pointed to resume(); it should offer purge.
+
+    notify's final failure goes to its on_error handler, the workflow completes, and the
+    worker still dead-letters notify's task as a record of the failure.
+    """
+    graph = Graph("notify_fallback")
+    graph.add_node("notify", retry=RetryPolicy(max_attempts=1), on_error="fallback").add_node("fallback")
+    graph.set_entry_point("notify").set_finish_point("notify").set_finish_point("fallback").compile()
+
     async def scenario(prefix: str, workers: WorkerProcesses) -> Any:
         orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix, recover=False)
         workflow_id = f"{prefix}-wf"
         try:
-            task_id = await fail_once(orchestrator, workflow_id)
+            result = dict(await orchestrator.execute(graph, {"to": "ops"}, workflow_id=workflow_id))
+            (letter,) = await orchestrator.backend.task_queue.dead_letters("notify")
             (tmp_path / "broken").unlink()
-            assert dict(await orchestrator.resume(workflow_id))["archived"] is True
-            refused = await asyncio.to_thread(workers.cli, "dead-letters", "requeue", task_id)
-            return refused, task_id
+            refused = await asyncio.to_thread(workers.cli, "dead-letters", "requeue", letter.task_id)
+            return result, refused, letter.task_id
         finally:
             await orchestrator.close()
 
-    refused, task_id = run_with_workers(backend_url, tmp_path, scenario)
+    result, refused, task_id = run_with_workers(backend_url, tmp_path, scenario)
+    assert result["handled"] == "notify"
     assert refused.returncode == 1 and refused.stdout == ""
     (line,) = refused.stderr.splitlines()
     assert line.startswith(f"distributed-agents: error: {task_id}: not requeued")
     assert "completed" in line and "nothing needs re-running" in line and f"dead-letters purge {task_id}" in line
     assert "resume(" not in line
+    assert lines(tmp_path, "notified") == []
