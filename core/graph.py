@@ -40,6 +40,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
+from distributed_agents.core.node_runner import cancel_requested
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
@@ -694,8 +695,7 @@ class Graph:
             if inspect.isawaitable(chosen):
                 chosen = await chosen
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # the workflow's run is cancelled, not the condition
+            if cancel_requested():  # the workflow's run is cancelled, not the condition
                 raise
             raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
         except BaseException as exc:  # any other BaseException the condition raises fails the workflow too

@@ -46,6 +46,7 @@ __all__ = [
     "NodeFailure",
     "NodeRaisedBaseException",
     "bounded",
+    "cancel_requested",
     "current_context",
     "describe_failure",
     "exception_message",
@@ -156,8 +157,21 @@ class NodeRaisedBaseException(Exception):
 
 def _cancel_requested() -> bool:
     """Whether the running task is being cancelled (a ``CancelledError`` now is genuine)."""
+    return cancel_requested()
+
+
+def cancel_requested() -> bool:
+    """Whether the running asyncio task is being cancelled, so a ``CancelledError`` now is genuine.
+
+    Uses ``Task.cancelling()`` (Python 3.11+). On Python 3.10 there is no way to tell a
+    cancellation from a ``CancelledError`` raised by user code, so every one counts as a
+    cancellation (the workflow stays resumable rather than failing on a real cancel).
+    """
     task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else bool(cancelling() > 0)
 
 
 def _guarded(func: NodeFunction, *args: Any) -> Any:

@@ -231,12 +231,18 @@ def _json_default(cls: Any, key: str, make: Callable[[], Any]) -> Callable[[], A
     return lambda: decode(frozen)
 
 
+def _annotated(base: Any, metadata: tuple[Any, ...]) -> Any:
+    """``Annotated[base, *metadata]``, written so that Python 3.10 parses it."""
+    args: tuple[Any, ...] = (base, *metadata)
+    return typing.Annotated[args]
+
+
 def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
     hints: dict[str, Any]
     if kind == "pydantic":
         # Pydantic resolved the annotations itself (also of local classes); Annotated
         # extras are in each field's metadata.
-        hints = {name: typing.Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        hints = {name: _annotated(info.annotation, tuple(info.metadata)) if info.metadata else info.annotation
                  for name, info in cls.model_fields.items()}
     else:
         try:
