@@ -36,6 +36,7 @@ async def check_compare_and_set(session: Session) -> None:
     expect(second.version == 2, clause, f"saving on version 1 stored version {second.version}, expected 2")
     error = await refused(store.save(record("w1", n=3), expected_version=1), VersionConflictError, clause, "save with stale version 1")
     expect(getattr(error, "expected", None) == 1, clause, f"the conflict error reports expected={getattr(error, 'expected', None)}")
+    expect(getattr(error, "actual", None) == 2, clause, f"the conflict error reports actual={getattr(error, 'actual', None)}, expected 2")
     await refused(store.save(record("w1", n=4), expected_version=7), VersionConflictError, clause, "save with future version 7")
     await refused(store.save(record("ghost", n=1), expected_version=3), VersionConflictError, clause, "update of a missing record")
     current = await store.get("w1")
@@ -193,6 +194,7 @@ async def check_every_field_round_trips(session: Session) -> None:
         diff = {k: (v, comparable_fields(got).get(k)) for k, v in comparable_fields(rec).items() if comparable_fields(got).get(k) != v}
         expect(not diff, clause, f"after save {index + 1} get() differs in (saved, read) {diff}")
         expect(got.version == version, clause, f"after save {index + 1} get() has version {got.version}, expected {version}")
+        expect(saved.to_dict() == got.to_dict(), clause, f"save {index + 1} returned {saved!r}, but get() reads {got!r}")
         [listed] = [r for r in await store.list_workflows() if r.workflow_id == workflow_id] or [None]
         expect(listed is not None and comparable_fields(listed) == comparable_fields(rec) and listed.version == version, clause,
                f"after save {index + 1} list_workflows() returned {listed!r}")

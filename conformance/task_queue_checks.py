@@ -37,6 +37,8 @@ async def check_priority_then_fifo(session: Session) -> None:
     for task_id, priority in plan:
         await queue.enqueue(make_task(task_id, priority=priority))
     expected = ["b1", "b2", "c1", "c2", "a1", "a2", "a3", "n1"]
+    none = await queue.claim(["alpha"], worker_id="w0", max_tasks=0)
+    expect(none == [], "task_queue.priority-fifo", f"claim(max_tasks=0) returned {[c.task.id for c in none]}, expected []")
     got = [c.task.id for _ in range(4) for c in await claim_ids(queue, ["alpha"])]
     expect(got == expected[:4], "task_queue.priority-fifo", f"single claims returned {got}, expected {expected[:4]}")
     batch = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=10)]
@@ -138,6 +140,12 @@ async def check_ack_stores_result_and_removes(session: Session) -> None:
     expect(result.attempts == 1, clause, f"stored attempts is {result.attempts}, expected 1")
     waited = await queue.wait_results(["t1", "unknown"], timeout=session.requirements.delivery_timeout)
     expect(set(waited) == {"t1"}, clause, f"wait_results returned {sorted(waited)}")
+    await queue.enqueue(make_task("t2"))
+    await queue.enqueue(make_task("t3"))
+    for other in await claim_ids(queue, ["alpha"], max_tasks=2):
+        await queue.ack(other, {"id": other.task.id})
+    both = await queue.wait_results(["t1", "t2", "t3"], timeout=1.0)
+    expect(set(both) == {"t1", "t2", "t3"}, clause, f"with t1, t2, t3 acked wait_results returned {sorted(both)}")
     stats = await queue.stats("alpha")
     expect((stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), clause, f"after ack the stats are {stats}")
     expect(await claim_ids(queue, ["alpha"]) == [], clause, "an acked task was delivered again")
@@ -203,6 +211,13 @@ async def check_release_does_not_count(session: Session) -> None:
     again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
     expect([c.task.id for c in again] == ["t1"], clause, "a released task was not delivered again")
     expect(again[0].attempt == 1, clause, f"after release the next delivery has attempt {again[0].attempt}, expected 1")
+    await queue.enqueue(make_task("t2", max_attempts=3))
+    [first] = await claim_ids(queue, ["alpha"])
+    await queue.nack(first, "e1")
+    [second] = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    await queue.release(second)
+    third = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
+    expect([c.attempt for c in third] == [2], clause, f"a release of attempt 2 was followed by attempts {[c.attempt for c in third]}, expected [2]")
 
 
 @conformance_check(PORT, ("task_queue.attempts", "task_queue.dead-letter"))
@@ -264,9 +279,10 @@ async def check_requeue_dead_letter(session: Session) -> None:
     """A dead letter goes back to the queue with a fresh attempt count."""
     queue = (await session.open()).task_queue
     clause = "task_queue.requeue"
-    await queue.enqueue(make_task("t1", max_attempts=1, payload={"p": 1}))
+    await queue.enqueue(make_task("t1", max_attempts=1, payload={"p": 1}, priority=5))
     [claim] = await claim_ids(queue, ["alpha"])
     await queue.nack(claim, "fatal")
+    await queue.enqueue(make_task("low", priority=0))
     expect(await queue.requeue_dead_letter("t1") is True, clause, "requeue_dead_letter of a dead letter returned False")
     expect(await queue.requeue_dead_letter("t1") is False, clause, "a second requeue of the same letter returned True")
     expect(await queue.requeue_dead_letter("never-seen") is False, clause, "requeue of an unknown id returned True")
@@ -276,9 +292,9 @@ async def check_requeue_dead_letter(session: Session) -> None:
     expect(await queue.wait_results(["t1"], timeout=0) == {}, clause, "while the requeued task is pending wait_results reports a result")
     expect(await queue.enqueue(make_task("t1")) is False, "task_queue.idempotent-enqueue", "enqueue of a requeued (queued) id returned True")
     stats = await queue.stats("alpha")
-    expect((stats.queued, stats.dead) == (1, 0), clause, f"after requeue stats are {stats}")
+    expect((stats.queued, stats.dead) == (2, 0), clause, f"after requeue stats are {stats}")
     again = await claim_ids(queue, ["alpha"], wait=session.requirements.delivery_timeout)
-    expect([c.task.id for c in again] == ["t1"], clause, "the requeued task was not delivered")
+    expect([c.task.id for c in again] == ["t1"], clause, f"the requeued priority-5 task was not delivered first (got {[c.task.id for c in again]})")
     expect(again[0].attempt == 1, clause, f"requeued task starts at attempt {again[0].attempt}, expected 1")
     expect(dict(again[0].task.payload) == {"p": 1}, clause, f"requeued payload is {again[0].task.payload}")
     await queue.ack(again[0], {"second": "life"})
@@ -619,6 +635,9 @@ async def check_dead_letters_listing(session: Session) -> None:
            f"of type 'alpha'), expected {len(alphas)}")
     few = [d.task_id for d in await queue.dead_letters("alpha", limit=7)]
     expect(few == alphas[:7], clause, f"dead_letters('alpha', limit=7) listed {few}, expected {alphas[:7]}")
+    betas = [t for n, t in plan if n == "beta"]
+    few_betas = [d.task_id for d in await queue.dead_letters("beta", limit=5)]
+    expect(few_betas == betas[:5], clause, f"dead_letters('beta', limit=5) listed {few_betas}, expected {betas[:5]}")
     bet = [d.task_id for d in await queue.dead_letters("alphabet", limit=1000)]
     expect(bet == [t for n, t in plan if n == "alphabet"], clause, f"dead_letters('alphabet') listed {bet}")
     stats = await queue.stats("alpha")

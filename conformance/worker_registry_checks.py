@@ -48,9 +48,12 @@ async def check_heartbeat_and_expiry(session: Session) -> None:
     await registry.register(worker("beating", "alpha"))
     await registry.register(worker("silent", "alpha"))
     expect(await registry.heartbeat("never-registered") is False, "worker_registry.heartbeat", "heartbeat of an unknown worker returned True")
+    [started] = [w.started_at for w in await registry.list_workers() if w.worker_id == "beating"]
     for _ in range(3):
         await asyncio.sleep(ttl / 3)
         expect(await registry.heartbeat("beating") is True, "worker_registry.heartbeat", "heartbeat of a live worker returned False")
+    [after] = [w.started_at for w in await registry.list_workers() if w.worker_id == "beating"] or [None]
+    expect(after == started, "worker_registry.heartbeat", f"heartbeats changed started_at from {started} to {after}")
     await sleep_past(ttl / 3, session.slack)
     listed = [w.worker_id for w in await registry.list_workers()]
     expect("silent" not in listed, "worker_registry.expiry", f"a worker silent for longer than heartbeat_ttl={ttl}s is listed: {listed}")

@@ -19,7 +19,7 @@ from distributed_agents.adapters.memory.state_store import MemoryStateStore
 from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue, _Entry
 from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry
 from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.errors import FencingTokenRejectedError
+from distributed_agents.core.errors import FencingTokenRejectedError, VersionConflictError
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import BusMessage, Subscription, pattern_matches
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord
@@ -279,7 +279,77 @@ class EarlyLeaseExpiryQueue(MemoryTaskQueue):
         return [replace(c, deadline=c.deadline + lease * 0.4) for c in claims]
 
 
+class ZeroMaxTasksClaimsOneQueue(MemoryTaskQueue):
+    """claim(max_tasks=0) still claims one task (a count clamped to at least 1)."""
+
+    async def claim(self, node_types: Collection[str], *, worker_id: str, max_tasks: int = 1,
+                    lease_seconds: float | None = None, wait: float = 0.0) -> list[ClaimedTask]:
+        return await super().claim(node_types, worker_id=worker_id, max_tasks=max(max_tasks, 1),
+                                   lease_seconds=lease_seconds, wait=wait)
+
+
+class FirstResultOnlyQueue(MemoryTaskQueue):
+    """wait_results returns only the first stored result, even when several are stored."""
+
+    async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
+        found = await super().wait_results(task_ids, timeout=timeout)
+        for task_id in task_ids:
+            if task_id in found:
+                return {task_id: found[task_id]}
+        return {}
+
+
+class ReleaseUncountsFirstAttemptOnlyQueue(MemoryTaskQueue):
+    """Release gives back the attempt only when it was the first one."""
+
+    async def release(self, claim: ClaimedTask) -> None:
+        with self._data.lock:
+            entry = self._held(claim)
+            if entry.attempt > 1:
+                entry.attempt += 1
+            await super().release(claim)
+
+
+class RequeueAtPriorityZeroQueue(MemoryTaskQueue):
+    """A re-queued dead letter goes back at priority 0 instead of its own."""
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            stored = self._data.dead.get(task_id)
+            if stored is not None:
+                self._data.dead[task_id] = (stored[0], stored[1], 0)
+            return await super().requeue_dead_letter(task_id)
+
+
+class DeadLettersLimitBeforeFilterQueue(MemoryTaskQueue):
+    """dead_letters cuts to limit across all node types first, then filters by type."""
+
+    async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        page = await super().dead_letters(None, limit=limit)
+        return [d for d in page if node_type is None or d.node_type == node_type]
+
+
 # --- StateStore -----------------------------------------------------------------------
+
+
+class ConflictWithoutActualStore(MemoryStateStore):
+    """VersionConflictError is raised with actual=None."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        try:
+            return await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+        except VersionConflictError as exc:
+            raise VersionConflictError(str(exc), expected=expected_version, actual=None) from None
+
+
+class ReturnedUpdatedAtDiffersStore(MemoryStateStore):
+    """save returns a record whose updated_at is not the stored one."""
+
+    async def save(self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None = None,
+                   fencing_token: int | None = None) -> WorkflowRecord:
+        saved = await super().save(record, expected_version=expected_version, checkpoint=checkpoint, fencing_token=fencing_token)
+        return saved.evolve(updated_at=saved.updated_at + 0.5)
 
 
 class NoCompareStore(MemoryStateStore):
@@ -463,7 +533,53 @@ class RequiredNodeTypeRegistry(MemoryWorkerRegistry):
         return await super().list_workers(node_type)
 
 
+class HeartbeatResetsStartedAtRegistry(MemoryWorkerRegistry):
+    """A heartbeat also overwrites started_at with the heartbeat's time."""
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        ok = await super().heartbeat(worker_id)
+        if ok:
+            with self._data.lock:
+                info = self._data.workers[worker_id]
+                self._data.workers[worker_id] = replace(info, started_at=info.last_heartbeat)
+        return ok
+
+
 # --- MessageBus -----------------------------------------------------------------------
+
+
+class KeepsBufferSubscription(MemorySubscription):
+    """close() stops new deliveries but get() still returns what was buffered."""
+
+    async def close(self) -> None:
+        with self._data.lock:
+            if self in self._data.subscriptions:
+                self._data.subscriptions.remove(self)
+        self._closed = True
+        self._data.waiters.notify(id(self))
+
+
+class CloseKeepsBufferBus(MemoryMessageBus):
+    """Subscriptions whose close() leaves their buffer readable."""
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        subscription = KeepsBufferSubscription(self._data, pattern)
+        with self._data.lock:
+            self._data.subscriptions.append(subscription)
+        self._own.append(subscription)
+        return subscription
+
+
+class SharedDictBus(MemoryMessageBus):
+    """publish hands subscribers the publisher's own dict (validated, not copied)."""
+
+    async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
+        encode(dict(data))
+        message = BusMessage(channel, data)
+        with self._data.lock:
+            targets = [s for s in self._data.subscriptions if pattern_matches(s.pattern, channel)]
+        for subscription in targets:
+            subscription._deliver(message)
 
 
 class FirstSubscriberOnlyBus(MemoryMessageBus):
