@@ -6,7 +6,6 @@ else; a failing handler fails the workflow naming both nodes.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import uuid
 from types import ModuleType
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.worker_processes import HERE, WorkerProcesses
+from support.worker_processes import WorkerProcesses, load_test_app
 
 from distributed_agents.core.errors import NodeExecutionError
 from distributed_agents.distributed import DistributedOrchestrator
@@ -23,11 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def error_handler_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("error_handler_app", HERE / "error_handler_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_app("error_handler_app")
 
 
 @pytest.mark.parametrize("backend", ["redis_url", "nats_url"])

@@ -8,7 +8,6 @@ loses nothing: a new process resumes it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.worker_processes import HERE, WorkerProcesses
+from support.worker_processes import HERE, WorkerProcesses, load_test_app
 
 from distributed_agents import Command, Orchestrator, State, WorkflowStatus
 from distributed_agents.distributed import DistributedOrchestrator
@@ -30,11 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def control_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("control_app", HERE / "control_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_app("control_app")
 
 
 @pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
