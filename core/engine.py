@@ -28,6 +28,17 @@ task as a Send ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles
 task}``, so it survives restarts and runs the same on a worker. A failing handler's
 task is never routed again: it fails the workflow naming both nodes.
 
+How often the step loop writes is the workflow's durability mode (``execute(...,
+durability=)``, LangGraph's names, kept in the record's ``metadata["durability"]`` so a
+resume or a takeover by any process keeps it; see ``DURABILITY_MODES``):
+
+* ``"sync"`` (the default): each step's commit is written before the next step starts.
+* ``"async"``: each step's commit is written while the next step runs; it lands before
+  the next write of any kind (the next step's commit, a pause, a failure, the end), and
+  a refused one (taken over, cancelled, lease lost) stops the run as in ``"sync"``.
+* ``"exit"``: no step is written; the record and the last step's checkpoint are written
+  once, when the workflow ends, pauses, fails, is cancelled or this process stops it.
+
 Every way out of the step loop leaves the workflow in a terminal status with an error
 record (``kind``, ``summary``, ``step``, ``phase`` and the node or key at fault), except
 a backend outage (retried until the backend is back), a takeover by another
@@ -41,13 +52,16 @@ import collections
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     BackendUnavailableError,
+    ConfigurationError,
     DistributedAgentsError,
     ExecutionError,
     FencingTokenRejectedError,
@@ -72,13 +86,35 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 from distributed_agents.core.types import read_output
 
-__all__ = ["StepEngine", "WorkflowTakenOverError", "merge_updates", "node_run", "node_task_id", "task_id_for"]
+__all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
+           "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
 log = logging.getLogger("distributed_agents.engine")
 
 
 class WorkflowTakenOverError(ExecutionError):
     """Another orchestrator committed to this workflow; this one stopped driving it."""
+
+
+DURABILITY_MODES = ("sync", "async", "exit")
+DURABILITY_KEY = "durability"  # in a record's metadata; absent means "sync"
+T = TypeVar("T")
+
+
+def check_durability(durability: object, call: str = "execute") -> str:
+    """Return ``durability`` if it is one of ``DURABILITY_MODES``, else raise ``ConfigurationError``."""
+    if not isinstance(durability, str) or durability not in DURABILITY_MODES:
+        raise ConfigurationError(
+            f"{call}(durability={durability!r}): durability must be one of {', '.join(map(repr, DURABILITY_MODES))} "
+            "('sync': write each step before the next starts, 'async': write it while the next step runs, "
+            "'exit': write only when the workflow ends)")
+    return durability
+
+
+def durability_of(record: WorkflowRecord) -> str:
+    """The durability mode ``record``'s workflow runs with (``"sync"`` unless its metadata says otherwise)."""
+    mode = record.metadata.get(DURABILITY_KEY)
+    return mode if isinstance(mode, str) and mode in DURABILITY_MODES else "sync"
 
 
 def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
@@ -134,6 +170,11 @@ class StepEngine:
         self._events = events
         self._local_function = local_function
         self._outage = outage if outage is not None else Outage(log, "engine")
+        # Durability (see the module docstring); an engine drives one workflow run at a time.
+        self._mode = "sync"
+        self._inflight: asyncio.Future[WorkflowRecord] | None = None  # "async": the commit being written
+        self._unsaved: Checkpoint | None = None  # "exit": the last step's checkpoint, not written yet
+        self._stored_step = 0  # the step of the last record written (or read at the start)
 
     async def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
@@ -154,12 +195,19 @@ class StepEngine:
         ``ExecutionError`` naming it. The successful nodes' writes of a failed step are
         kept in the record's frontier (``pending_writes``) for ``resume``.
         """
+        self._mode = durability_of(record)
+        self._inflight, self._unsaved, self._stored_step = None, None, record.step
         progress = _Progress(record)
         try:
             return await self._drive_steps(graph, progress, lease, options)
         except _PASS_THROUGH:
             raise
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        except asyncio.CancelledError:
+            # Cancelled, stopping, or the lease was lost: what this run has not written yet is
+            # written now where that is still this run's to write (see _flush_on_stop).
+            await self._flush_on_stop(progress, lease)
+            raise
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
             # This run is cancelled or this process stops: the workflow stays resumable. User
             # code's own BaseExceptions were turned into failures where it was called
             # (node_runner, Graph routing, merge_updates).
@@ -168,6 +216,11 @@ class StepEngine:
             if getattr(exc, _RECORDED, False):
                 raise
             raise await self._fail_unexpected(graph, progress, lease, exc) from exc
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                # No write of this run may land after drive() returns (the lease is released then).
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self._inflight)
 
     async def _drive_steps(
         self, graph: Graph, progress: _Progress, lease: WorkflowLease, options: DriveOptions
@@ -224,10 +277,10 @@ class StepEngine:
             done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
             to_run = [entry for entry in entries if entry.key not in done]
             try:
-                outcomes = await until_available(
+                outcomes = await self._alongside_commit(until_available(
                     functools.partial(self._run_step, graph, record, run, to_run, options),
                     what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
-                ) if to_run else []
+                )) if to_run else []
             except NodeNotFoundError as exc:
                 missing = {"node": next_nodes[0]} if len(next_nodes) == 1 else {}
                 await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run", **missing})
@@ -468,13 +521,126 @@ class StepEngine:
     async def _commit(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
     ) -> WorkflowRecord:
-        # Before writing: a record or checkpoint over the backend's size limit fails here,
-        # naming the sizes, instead of failing (or, on NATS, hanging) in the store.
+        """Commit ``record`` (with ``checkpoint``) as the run's durability mode says; the record to go on from.
+
+        ``"sync"``: written now. ``"async"``: a step's commit (a RUNNING record with its
+        checkpoint) starts writing and is returned at once, carrying the version it will
+        have. Every commit first waits for the one in flight, raising its error if it was
+        refused (``WorkflowTakenOverError``, ``WorkflowCancelledError``). ``"exit"``: a
+        step's commit is only kept in memory; the next commit that is not a step's (the
+        end, a pause, a failure) carries the last kept checkpoint along.
+        """
+        landed = await self._settle()
+        if landed is not None:
+            record = record.evolve(version=landed.version)
+        step_commit = checkpoint is not None and record.status == WorkflowStatus.RUNNING
+        if self._mode == "exit" and step_commit:
+            self._unsaved = checkpoint
+            return record
+        if checkpoint is None and self._unsaved is not None and self._unsaved.step == record.step:
+            checkpoint = self._unsaved
+        if checkpoint is not None:
+            checkpoint = self._with_parent(checkpoint)
+        if self._mode == "async" and step_commit:
+            self._check_size(record, checkpoint)  # a commit too large fails this step, not a later one
+            self._inflight = asyncio.ensure_future(self._write(record, lease, checkpoint))
+            return record.evolve(version=record.version + 1)
+        return await self._write(record, lease, checkpoint)
+
+    async def _settle(self) -> WorkflowRecord | None:
+        """Wait for the commit in flight (``"async"``); the record it stored, or None if there is none.
+
+        Raises what the commit raised. A cancellation of the caller does not stop the
+        write itself: it is shielded, and ``drive`` waits for it before returning.
+        """
+        inflight = self._inflight
+        if inflight is None:
+            return None
+        try:
+            return await asyncio.shield(inflight)
+        finally:
+            if inflight.done():
+                self._inflight = None
+
+    async def _alongside_commit(self, step: Awaitable[T]) -> T:
+        """Await ``step`` while the previous step's commit is written (``"async"``).
+
+        If that commit is refused first, ``step`` is cancelled and the refusal raised,
+        so a workflow taken over or cancelled stops at once, as it does in ``"sync"``.
+        """
+        inflight = self._inflight
+        if inflight is None or inflight.done():
+            return await step
+        run = asyncio.ensure_future(step)
+        try:
+            both: set[asyncio.Future[Any]] = {run, inflight}
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done() and inflight.done() and (inflight.cancelled() or inflight.exception() is not None):
+                await self._settle()  # raises the commit's error
+            return await run
+        finally:
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(BaseException):
+                    await run
+
+    def _with_parent(self, checkpoint: Checkpoint) -> Checkpoint:
+        """``checkpoint``, naming the last written one as its parent when steps in between were not written."""
+        if checkpoint.step - 1 <= self._stored_step or "parent" in checkpoint.metadata:
+            return checkpoint
+        parent = f"{checkpoint.workflow_id}:{self._stored_step}"  # history.checkpoint_id's form
+        return replace(checkpoint, metadata={**checkpoint.metadata, "parent": parent,
+                                             "durability": self._mode})
+
+    async def _flush_on_stop(self, progress: _Progress, lease: WorkflowLease) -> None:
+        """On a cancellation of the run: let a commit in flight land, and write an ``"exit"`` run's progress.
+
+        The progress (the last step's record and checkpoint) is written fenced by the
+        lease on top of the stored record if that is still this run's last write
+        (the process stops; the lease lapsed but nobody took it), or onto the
+        CANCELLED record ``cancel_workflow`` wrote, keeping that status. Anything else
+        (another orchestrator committed) leaves the store alone. Best effort: a
+        failure is logged, never raised over the cancellation.
+        """
+        try:
+            with contextlib.suppress(Exception):
+                await self._settle()
+            unsaved = self._unsaved
+            record = progress.record
+            if unsaved is None or record.step != unsaved.step:
+                return
+            current = await self._store.get(record.workflow_id)
+            if current is None:
+                return
+            if current.status == WorkflowStatus.CANCELLED:
+                record = record.evolve(status=WorkflowStatus.CANCELLED, error=current.error)
+            elif not (current.status == WorkflowStatus.RUNNING and current.version == record.version):
+                return
+            saved = await self._store.save(record.evolve(version=current.version), expected_version=current.version,
+                                           checkpoint=self._with_parent(unsaved), fencing_token=lease.fencing_token)
+            self._unsaved, self._stored_step = None, saved.step
+            log.info("workflow %r stopped with durability 'exit': its progress up to step %d is written",
+                     record.workflow_id, saved.step)
+        except Exception as exc:
+            log.warning("workflow %r stopped with durability %r, and its progress since step %d could not be "
+                        "written (%s: %s); it resumes from there", progress.record.workflow_id, self._mode,
+                        self._stored_step, type(exc).__name__, exc)
+
+    def _check_size(self, record: WorkflowRecord, checkpoint: Checkpoint | None) -> None:
+        """``PayloadTooLargeError`` if ``record`` or ``checkpoint`` is over the backend's size limit."""
         # Named by the step that ran (the record of a step's commit already carries the next step's number).
         ran = record.step - 1 if checkpoint is not None else record.step
         check_commit_size(record.workflow_id, ran, record.state,
                           {**record.to_dict(), "state": None}, None if checkpoint is None else checkpoint.writes,
                           self._payload_limit)
+
+    async def _write(
+        self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
+    ) -> WorkflowRecord:
+        """Save ``record`` (and ``checkpoint``) now, fenced by ``lease``; the stored record."""
+        # Before writing: a record or checkpoint over the backend's size limit fails here,
+        # naming the sizes, instead of failing (or, on NATS, hanging) in the store.
+        self._check_size(record, checkpoint)
         attempts = 0
 
         async def save() -> WorkflowRecord:
@@ -489,13 +655,24 @@ class StepEngine:
 
         what = f"commit step {record.step} of workflow {record.workflow_id!r}"
         try:
-            return await until_available(save, what=what, outage=self._outage)
+            saved = await until_available(save, what=what, outage=self._outage)
+            if self._unsaved is not None and checkpoint is not None and checkpoint.step >= self._unsaved.step:
+                self._unsaved = None
+            self._stored_step = saved.step
+            return saved
         except (VersionConflictError, LeaseLostError, FencingTokenRejectedError) as exc:
             current = await until_available(current_record, what=what, outage=self._outage)
             if attempts > 1 and current is not None and _landed(current, record):
                 # An earlier attempt was applied but its reply was lost in the outage.
+                self._stored_step = current.step
                 return current
             if current is not None and current.status == WorkflowStatus.CANCELLED:
+                if self._mode == "exit" and checkpoint is not None and current.step < record.step:
+                    # Cancelled from elsewhere while nothing was written: keep the progress, cancelled.
+                    with contextlib.suppress(Exception):
+                        await self._store.save(
+                            record.evolve(status=WorkflowStatus.CANCELLED, error=current.error, version=current.version),
+                            expected_version=current.version, checkpoint=checkpoint, fencing_token=lease.fencing_token)
                 raise WorkflowCancelledError(f"workflow {record.workflow_id!r} was cancelled") from None
             raise WorkflowTakenOverError(
                 f"workflow {record.workflow_id!r}: another orchestrator committed step "

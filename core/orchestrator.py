@@ -21,9 +21,11 @@ from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_b
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.dead_letters import find_dead_letter
 from distributed_agents.core.engine import (
+    DURABILITY_KEY,
     DriveOptions,
     StepEngine,
     WorkflowTakenOverError,
+    check_durability,
     node_run,
     node_task_id,
     task_id_for,
@@ -327,6 +329,7 @@ class Orchestrator:
         from_checkpoint: str | None = None,
         interrupt_before: Sequence[str] | None = None,
         interrupt_after: Sequence[str] | None = None,
+        durability: str = "sync",
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
 
@@ -357,16 +360,42 @@ class Orchestrator:
         fork instead: a new workflow (``workflow_id``, default a fresh id) starts from
         that past checkpoint, leaving the original's history as it was (see ``fork``);
         ``initial_state`` must then be None, and ``priority`` 0 keeps the original's.
+
+        ``durability`` (LangGraph's modes; ``ConfigurationError`` for another value)
+        says when steps are written. It is stored with the workflow, so ``resume`` and a
+        takeover by any process keep it. Nodes run at least once in every mode, and a
+        step's tasks have deterministic ids, so a restarted step reuses results of tasks
+        that finished on workers (in-process nodes run again).
+
+        * ``"sync"`` (default): each step's record and checkpoint are written before the
+          next step starts. A crash loses at most the step that was running; other
+          processes see every step (``get_state``, ``get_workflow_status``, history).
+        * ``"async"``: each step's commit is written while the next step runs; it lands
+          before the next commit, a pause, a failure or the end is written, and a refused
+          commit (taken over, cancelled, lease lost) stops the run as in ``"sync"``. A
+          crash loses at most the running step and the commit in flight (two steps);
+          other processes see each step up to one step late; the history is the same.
+        * ``"exit"``: no step is written; the record and the last step's checkpoint are
+          written once, when the workflow completes, fails, pauses (an interrupt: resume
+          works as in the other modes), is cancelled or this orchestrator stops it. A
+          crash (SIGKILL, power) loses everything since the last write: a takeover or
+          resume starts again from there (step 0 for a new workflow). Meanwhile other
+          processes see the workflow running at its last written step, and its history
+          holds only the written checkpoints (the first, and the last with
+          ``parent_checkpoint_id`` naming the one written before it). The lease is still
+          renewed, so no other orchestrator takes over a live run.
         """
         if isinstance(initial_state, Command):
             if workflow_id is None:
                 raise ConfigurationError("execute(graph, Command(resume=...)) resumes a paused workflow: pass its "
                                          "workflow_id=")
             return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
-                                     interrupt_before=interrupt_before, interrupt_after=interrupt_after)
+                                     interrupt_before=interrupt_before, interrupt_after=interrupt_after,
+                                     durability=None if durability == "sync" else durability)
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
-                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after))
+                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
+                                          durability=durability)
         return await self._drive(graph, record, lease, step_limit)
 
     async def submit(
@@ -380,6 +409,7 @@ class Orchestrator:
         from_checkpoint: str | None = None,
         interrupt_before: Sequence[str] | None = None,
         interrupt_after: Sequence[str] | None = None,
+        durability: str = "sync",
     ) -> str:
         """Start a workflow as ``execute`` does and return its id once it is stored.
 
@@ -392,7 +422,8 @@ class Orchestrator:
         """
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
-                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after))
+                                          breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
+                                          durability=durability)
         workflow_id = record.workflow_id
         task = asyncio.ensure_future(self._drive(graph, record, lease, step_limit))
         self._background[workflow_id] = task
@@ -427,11 +458,15 @@ class Orchestrator:
         priority: int,
         from_checkpoint: str | None,
         breakpoints: Mapping[str, Any] | None = None,
+        durability: str = "sync",
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes."""
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
         _check_step_limit(step_limit)
+        check_durability(durability)
+        # Stored only when not the default, so records of "sync" runs look as they always did.
+        durable = {DURABILITY_KEY: durability} if durability != "sync" else {}
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
             raise ConfigurationError(
                 f"execute(priority={priority!r}): priority must be an int between {-MAX_PRIORITY} and {MAX_PRIORITY}"
@@ -442,7 +477,7 @@ class Orchestrator:
                     f"execute(from_checkpoint={from_checkpoint!r}) starts from that checkpoint's state: pass no "
                     "initial_state; to change the state first, fork() it, update_state() the fork, then resume()"
                 )
-            return await self._fork(from_checkpoint, graph, workflow_id, WorkflowStatus.RUNNING, priority)
+            return await self._fork(from_checkpoint, graph, workflow_id, WorkflowStatus.RUNNING, priority, durable)
         if isinstance(initial_state, State):
             values = initial_state.values_copy()
             workflow_id = workflow_id or initial_state.workflow_id
@@ -467,7 +502,7 @@ class Orchestrator:
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
             metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
-                      **(breakpoints or {}),
+                      **(breakpoints or {}), **durable,
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
@@ -508,14 +543,16 @@ class Orchestrator:
         return record, lease
 
     async def _fork(
-        self, checkpoint: str, graph: Graph | None, workflow_id: str | None, status: str, priority: int
+        self, checkpoint: str, graph: Graph | None, workflow_id: str | None, status: str, priority: int,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow forked from ``checkpoint`` (see ``history.plan_fork``), leased to this orchestrator."""
         new_id = validate_workflow_id(workflow_id or State().workflow_id)
         await self.connect()
         source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.url)
         graph = self._history_graph(source, graph, f"fork of checkpoint {checkpoint!r}")
-        metadata = {"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {})}
+        metadata = {"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
+                    **(extra or {})}
         record, first = history.plan_fork(graph, source, past, new_id, status=status, metadata=metadata)
         check_commit_size(new_id, record.step, record.state, {**record.to_dict(), "state": None}, None,
                           self.backend.max_payload_bytes)
@@ -633,6 +670,7 @@ class Orchestrator:
         allow_graph_change: bool = False,
         interrupt_before: Sequence[str] | None = None,
         interrupt_after: Sequence[str] | None = None,
+        durability: str | None = None,
     ) -> State:
         """Continue a workflow from its last committed step; return the final state.
 
@@ -663,8 +701,13 @@ class Orchestrator:
         must exist in it, or the migration is refused with a ``ConfigurationError``
         naming them before anything is written (the workflow keeps its graph and error).
         A completed workflow given a different graph is refused the same way.
+
+        ``durability`` (see ``execute``) replaces the workflow's mode from here on;
+        None keeps the one it was started with.
         """
         _check_step_limit(step_limit)
+        if durability is not None:
+            check_durability(durability, "resume")
         if isinstance(graph, Command):
             command, graph = graph, None
         if command is not None:
@@ -736,6 +779,10 @@ class Orchestrator:
                 changes["graph"] = fingerprint
             if interrupt_before is not None or interrupt_after is not None:
                 metadata.update(_breakpoint_metadata(graph, interrupt_before, interrupt_after))
+            if durability is not None:
+                metadata.pop(DURABILITY_KEY, None)
+                if durability != "sync":
+                    metadata[DURABILITY_KEY] = durability
             if record.status == WorkflowStatus.INTERRUPTED:
                 record = record.evolve(frontier=answer_interrupts(workflow_id, record.frontier, resume))
             elif resume is not NO_ANSWER:

@@ -17,6 +17,7 @@ no longer waiting).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import MutableMapping, Sequence
@@ -62,6 +63,9 @@ class NotingStore(StateStore):
         self._base: WorkflowRecord | None = None  # the last version the engine wrote (or read)
         self._noted: WorkflowRecord | None = None  # the note written on top of it, if any
         self.state_ttl = inner.state_ttl
+        # A commit may be in flight while the next step runs (durability="async"): a note and a
+        # save never interleave, so neither expects a version the other just moved on.
+        self._writing = asyncio.Lock()
 
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
         return await self._inner.get(workflow_id)
@@ -73,6 +77,14 @@ class NotingStore(StateStore):
         expected_version: int,
         checkpoint: Checkpoint | None = None,
         fencing_token: int | None = None,
+    ) -> WorkflowRecord:
+        async with self._writing:
+            return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                    fencing_token=fencing_token)
+
+    async def _save(
+        self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,
+        fencing_token: int | None,
     ) -> WorkflowRecord:
         noted = self._noted
         if WAITING_KEY in record.metadata:  # e.g. carried over by a resume: the commit ends any wait
