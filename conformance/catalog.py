@@ -29,6 +29,7 @@ CHECK_MODULES = (
     "distributed_agents.conformance.task_queue_machine",
     "distributed_agents.conformance.state_store_checks",
     "distributed_agents.conformance.state_store_machine",
+    "distributed_agents.conformance.cache_checks",
     "distributed_agents.conformance.worker_registry_checks",
     "distributed_agents.conformance.worker_registry_machine",
     "distributed_agents.conformance.message_bus_checks",

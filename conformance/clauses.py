@@ -65,6 +65,10 @@ _TEXTS = {
     "state_store.list-by-status": "list_workflows returns the records, filtered by status, oldest first",
     "state_store.ttl": "records, all their checkpoints and leases expire state_ttl seconds after the last save, not before",
     "state_store.prefix-isolation": "two prefixes never see each other's workflows",
+    "state_store.cache": "cache_get returns exactly the bytes of the latest cache_set of that namespace and key, None if none",
+    "state_store.cache-isolation": "two different (namespace, key) pairs never share a node cache entry, whatever characters they hold",
+    "state_store.cache-clear": "cache_clear(namespace) removes every entry of that namespace and nothing else",
+    "state_store.cache-ttl": "a node cache entry set with ttl is gone ttl seconds after its set, not before; without ttl it stays",
     # WorkerRegistry
     "worker_registry.signatures": "every WorkerRegistry method accepts exactly the port's parameters (names, kinds, defaults)",
     "worker_registry.register": "register records every field of a worker (node types, capacity, host, pid, started_at, metadata) and counts as a heartbeat",

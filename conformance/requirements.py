@@ -21,6 +21,7 @@ CAPABILITIES: Mapping[str, str] = {
     "state_ttl": "workflow records expire after state_ttl",
     "pattern_subscriptions": "MessageBus.subscribe accepts '*' and '>' patterns",
     "shared_prefix": "two Backend objects opened on one URL and prefix see the same data",
+    "node_cache": "StateStore.cache_get/cache_set/cache_clear keep node outputs (add_node(cache_policy=))",
 }
 
 

@@ -17,6 +17,7 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 # Core code opens backends through this hook; it must be in place before any use.
 _install_backend_opener(_plugins.open_backend)
 
+from distributed_agents.core.cache import CachePolicy  # noqa: E402
 from distributed_agents.core.graph import END, START, Graph  # noqa: E402
 from distributed_agents.core.history import StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
@@ -40,6 +41,7 @@ from distributed_agents.plugins import available_backends, open_backend  # noqa:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CachePolicy",
     "Command",
     "END",
     "Graph",

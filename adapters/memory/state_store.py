@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from distributed_agents.core.codec import decode, encode
@@ -54,6 +55,8 @@ class StateData:
         self.leases: dict[str, _Lease] = {}
         # Fencing tokens only ever grow, even across lease expiry and release.
         self.tokens: dict[str, int] = {}
+        # The node cache: namespace -> key -> (value, expires_at on the store's clock or None).
+        self.cache: dict[str, dict[str, tuple[bytes, float | None]]] = {}
 
 
 class MemoryStateStore(StateStore):
@@ -62,6 +65,8 @@ class MemoryStateStore(StateStore):
     def __init__(self, data: StateData, *, state_ttl: float | None = None) -> None:
         self._data = data
         self.state_ttl = state_ttl
+        # What node cache entries expire by (``time.time`` unless a test moves time on itself).
+        self.clock: Callable[[], float] = time.time
 
     def _live(self, workflow_id: str) -> _Workflow | None:
         stored = self._data.workflows.get(workflow_id)
@@ -173,3 +178,26 @@ class MemoryStateStore(StateStore):
             held = self._data.leases.get(lease.workflow_id)
             if held is not None and held.token == lease.fencing_token:
                 del self._data.leases[lease.workflow_id]
+
+    # -- node cache ----------------------------------------------------------------------
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        with self._data.lock:
+            entries = self._data.cache.get(namespace, {})
+            found = entries.get(key)
+            if found is None:
+                return None
+            value, expires_at = found
+            if expires_at is not None and expires_at <= self.clock():
+                del entries[key]
+                return None
+            return value
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        expires_at = None if ttl is None else self.clock() + ttl
+        with self._data.lock:
+            self._data.cache.setdefault(namespace, {})[key] = (bytes(value), expires_at)
+
+    async def cache_clear(self, namespace: str) -> None:
+        with self._data.lock:
+            self._data.cache.pop(namespace, None)

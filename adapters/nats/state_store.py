@@ -31,6 +31,17 @@ written with twice ``state_ttl``, the record keeps (``_cp_until``) the earliest 
 one of them may vanish, and a save that would let the record outlive that moment first
 rewrites the chain with a fresh TTL (once per ``state_ttl`` or so of a workflow's life).
 A checkpoint so outlives its record by at most ``state_ttl``, unread.
+
+Node cache: ``cache.<namespace>.<key>`` in the same bucket (both escaped into one token,
+so ``cache.<namespace>.>`` matches exactly one namespace: ``cache_clear`` is one
+subject-filtered purge). A KV bucket's own TTL (``max_age``) is one for the whole
+bucket, so an entry's ``ttl`` is a per-message TTL instead (the ``Nats-TTL`` header of
+nats-server 2.11+, which the bucket's stream allows): whole seconds, rounded up, after
+which the server removes the entry. For exact expiry the value starts with the moment
+it expires (``time.time()`` of the writer, then a newline; empty without ``ttl``),
+checked on read: an entry is a miss from ``ttl`` after its set on, whatever the
+server's rounding (clocks of writer and reader are assumed to agree within the
+rounding second).
 """
 
 from __future__ import annotations
@@ -237,6 +248,35 @@ class NatsStateStore(StateStore):
                 freed = {**lease, "owner": None, "deadline": 0.0}
                 await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}", encode(freed), last=revision)
         return stored is not None
+
+    # -- node cache --------------------------------------------------------------------
+    def _cache_key(self, namespace: str, key: str) -> str:
+        return f"cache.{token(namespace)}.{token(key)}"
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        with self._errors(f"read node cache entry {namespace!r}/{key!r}"):
+            entry = await kv.get(self._kv, self._cache_key(namespace, key))
+        if entry is None:
+            return None
+        stamp, newline, value = entry.value.partition(b"\n")
+        if not newline:
+            return None  # not written by cache_set
+        try:
+            expired = bool(stamp) and float(stamp) <= time.time()
+        except ValueError:
+            return None  # not written by cache_set
+        return None if expired else value  # an expired entry: the server removes it within the second
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        stamp = b"" if ttl is None else repr(time.time() + ttl).encode()
+        with self._errors(f"write node cache entry {namespace!r}/{key!r}"):
+            await kv.put(self._conn.js, self._kv, self._cache_key(namespace, key), stamp + b"\n" + bytes(value),
+                         ttl=ttl)
+
+    async def cache_clear(self, namespace: str) -> None:
+        bucket = self._conn.names.state_bucket
+        with self._errors(f"clear node cache namespace {namespace!r}"):
+            await self._conn.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.cache.{token(namespace)}.>")
 
     # -- leases ------------------------------------------------------------------------
     async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:

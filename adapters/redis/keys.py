@@ -2,7 +2,7 @@
 
 Everything lives under ``{prefix}:`` so that two prefixes never see each other's data:
 ``{prefix}:q:*`` task queue, ``{prefix}:wf:*`` state store, ``{prefix}:w:*`` worker
-registry, ``{prefix}:bus:*`` message-bus channels.
+registry, ``{prefix}:bus:*`` message-bus channels, ``{prefix}:cache:*`` the node cache.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class QueueKeys:
     def result(self, task_id: str) -> str:
         return f"{self.prefix}:q:r:{task_id}"
 
-    def ready_channel(self, node_type: str) -> str:
-        return f"{self.prefix}:q:ev:ready:{node_type}"
+    def wake(self, node_type: str) -> str:
+        """LIST of wake-up tokens: one idle claimer of ``node_type`` pops each (BLPOP)."""
+        return f"{self.prefix}:q:wake:{node_type}"
 
     @property
     def done_channel(self) -> str:
@@ -51,6 +52,21 @@ class StateKeys:
 
     def status_index(self, status: str) -> str:
         return f"{self.prefix}:wf:status:{status}"
+
+    # The node cache: ``{p}:cache:<namespace>:<key>``, the namespace with '%' and ':'
+    # percent-escaped so that it ends at the first ':' (two namespaces never share a key,
+    # nor does a namespace's SCAN pattern match another's). Every cache command touches one
+    # key, so entries need no hash tag: in a cluster they spread over the slots.
+    def cache(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}:cache:{_escape_namespace(namespace)}:{key}"
+
+    def cache_glob(self, namespace: str) -> str:
+        """A ``SCAN MATCH`` pattern matching exactly the keys of ``namespace``."""
+        return _escape_glob(f"{self.prefix}:cache:{_escape_namespace(namespace)}:") + "*"
+
+
+def _escape_namespace(namespace: str) -> str:
+    return namespace.replace("%", "%25").replace(":", "%3A")
 
 
 class WorkerKeys:

@@ -26,6 +26,13 @@ recognises its own commit id and reports success instead of a false version conf
 
 Round trips: ``get``, ``save``, ``list_checkpoints``, each lease call: 1;
 ``list_workflows``: 1.
+
+Node cache: ``{p}:cache:{namespace}:{key}`` STRING per entry (see ``keys.StateKeys.cache``),
+written with ``SET ... PX`` (millisecond expiry kept by the server; no ttl: no expiry,
+and a set without ttl drops an earlier one). ``cache_get``/``cache_set``: 1 round
+trip. ``cache_clear`` walks the namespace with ``SCAN MATCH`` (1,000 keys a call,
+never blocking the server like ``KEYS``) and ``UNLINK``s each batch (freed in the
+background); entries set during a clear may survive it.
 """
 
 from __future__ import annotations
@@ -308,6 +315,33 @@ class RedisStateManager(StateStore):
             "state_release", _RELEASE, [self._keys.lease(lease.workflow_id)], [lease.fencing_token],
             f"release the lease of workflow {lease.workflow_id!r}",
         )
+
+    # -- node cache ----------------------------------------------------------------------
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        """The entry's bytes, or None (one round trip; the server drops expired entries)."""
+        with redis_errors(self._connection.url, f"read node cache entry {namespace!r}/{key!r}"):
+            raw = await self._connection.client().get(self._keys.cache(namespace, key))
+        return None if raw is None else bytes(raw)
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``SET`` the entry, with ``PX`` when ``ttl`` is given (one round trip)."""
+        with redis_errors(self._connection.url, f"write node cache entry {namespace!r}/{key!r}"):
+            await self._connection.client().set(self._keys.cache(namespace, key), bytes(value),
+                                                px=None if ttl is None else _ms(ttl))
+
+    async def cache_clear(self, namespace: str) -> None:
+        """``SCAN`` the namespace's keys and ``UNLINK`` them, a batch at a time."""
+        client = self._connection.client()
+        with redis_errors(self._connection.url, f"clear node cache namespace {namespace!r}"):
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=self._keys.cache_glob(namespace), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
 
     async def close(self) -> None:
         """Close the connection if this store opened it. Idempotent."""

@@ -34,6 +34,22 @@ The contract (checked by ``distributed_agents.conformance``):
 * Two stores with different prefixes never see each other's data, also when one prefix
   is a prefix of the other (``app-1`` and ``app-12``).
 * Every method accepts exactly the parameters of this class (names, kinds, defaults).
+
+The node cache (``core.cache``; optional: the port's defaults keep nothing):
+
+* ``cache_set(namespace, key, value, ttl)`` stores ``value`` (any bytes, empty
+  included) under ``(namespace, key)``, replacing what was there, ttl included;
+  ``cache_get`` returns exactly those bytes, or None when nothing is stored.
+* With ``ttl`` (seconds > 0) the entry is gone ``ttl`` seconds after its set, not
+  before; with None it stays until cleared. ``state_ttl`` does not apply to it.
+* ``cache_clear(namespace)`` removes every entry of that namespace, however many, and
+  nothing else. Namespaces and keys are any strings: two different ``(namespace,
+  key)`` pairs never share an entry, also when one is a prefix of the other or they
+  contain the adapter's separators (``:``, ``.``, ``*``, ``>``, ``/``, ``%``).
+* Two stores with different prefixes never see each other's entries.
+* An adapter that keeps the defaults is reported by ``implements_cache`` as having no
+  cache: the engine then runs cached nodes every time (with a warning) and the
+  conformance suite skips the cache checks, saying why.
 """
 
 from __future__ import annotations
@@ -46,6 +62,7 @@ from typing import Any
 __all__ = [
     "Checkpoint",
     "checkpoints_page",
+    "implements_cache",
     "StateStore",
     "WorkflowLease",
     "WorkflowRecord",
@@ -239,6 +256,24 @@ class StateStore:
 
     async def close(self) -> None:
         """Release connections. Idempotent."""
+
+    # -- node cache (see the module docstring; the defaults keep nothing) ---------------
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        """The bytes stored under ``(namespace, key)``, or None if absent or expired."""
+        return None
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``(namespace, key)`` for ``ttl`` seconds (None: until cleared)."""
+
+    async def cache_clear(self, namespace: str) -> None:
+        """Remove every entry of ``namespace``."""
+
+
+def implements_cache(store: StateStore) -> bool:
+    """Whether ``store``'s class overrides the port's no-op node cache (``cache_get`` and ``cache_set``)."""
+    kind = type(store)
+    return kind.cache_get is not StateStore.cache_get and kind.cache_set is not StateStore.cache_set
 
 
 def checkpoints_page(

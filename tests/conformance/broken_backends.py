@@ -918,6 +918,46 @@ class CheckpointsFirstPageStore(MemoryStateStore):
         return await super().list_checkpoints(workflow_id, limit=100 if limit is None else min(limit, 100), before=before)
 
 
+class FirstSetWinsCacheStore(MemoryStateStore):
+    """cache_set keeps an existing entry (set-if-absent) instead of replacing it."""
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        if await self.cache_get(namespace, key) is None:
+            await super().cache_set(namespace, key, value, ttl)
+
+
+class JoinedKeyCacheStore(MemoryStateStore):
+    """Keys the cache by ``namespace + ":" + key`` in one namespace: ("a", "b:c") and ("a:b", "c") collide."""
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        return await super().cache_get("all", f"{namespace}:{key}")
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        await super().cache_set("all", f"{namespace}:{key}", value, ttl)
+
+    async def cache_clear(self, namespace: str) -> None:
+        with self._data.lock:
+            entries = self._data.cache.get("all", {})
+            for joined in [k for k in entries if k.startswith(f"{namespace}:")]:
+                del entries[joined]
+
+
+class PrefixClearCacheStore(MemoryStateStore):
+    """cache_clear("a") also clears every namespace starting with "a" (a ``SCAN a*`` without a separator)."""
+
+    async def cache_clear(self, namespace: str) -> None:
+        with self._data.lock:
+            for name in [n for n in self._data.cache if n.startswith(namespace)]:
+                del self._data.cache[name]
+
+
+class TtlIgnoredCacheStore(MemoryStateStore):
+    """cache_set ignores ttl: entries never expire."""
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        await super().cache_set(namespace, key, value, None)
+
+
 class MetadataDroppedRegistry(MemoryWorkerRegistry):
     """register drops metadata and resets started_at."""
 

@@ -132,6 +132,11 @@ CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
     "bus-drops-none-values": ("message_bus.fidelity", bb.broken_opener(message_bus=bb.NoNoneBus)),
     "get-zero-timeout-blind": ("message_bus.receive", bb.broken_opener(message_bus=bb.PollBlindBus)),
     "iteration-ends-on-lull": ("message_bus.receive", bb.broken_opener(message_bus=bb.LullEndsBus)),
+    # The node cache: the latest set wins, pairs stay apart, clear stays in its namespace, ttl counts.
+    "cache-first-set-wins": ("state_store.cache", bb.broken_opener(state_store=bb.FirstSetWinsCacheStore)),
+    "cache-joined-keys": ("state_store.cache-isolation", bb.broken_opener(state_store=bb.JoinedKeyCacheStore)),
+    "cache-clear-by-text-prefix": ("state_store.cache-clear", bb.broken_opener(state_store=bb.PrefixClearCacheStore)),
+    "cache-ttl-ignored": ("state_store.cache-ttl", bb.broken_opener(state_store=bb.TtlIgnoredCacheStore)),
 }
 
 

@@ -1,0 +1,178 @@
+"""The node cache: ``CachePolicy`` (LangGraph's names) and the step engine's use of it.
+
+A node added with ``graph.add_node(name, func, cache_policy=CachePolicy(key_func=...,
+ttl=...))`` is not run again for an input whose output is already cached. The step
+engine, in the orchestrator and before a task runs in-process or goes to the queue,
+computes the task's cache key from its input and looks it up in the backend; a hit is
+used as the node's output (its ``node.completed`` event carries ``cached=True`` and no
+``node.started`` precedes it); a miss runs the node and stores its output for ``ttl``
+seconds (None: until cleared). The cache lives in the backend's ``StateStore``
+(``cache_get``/``cache_set``/``cache_clear``), so every orchestrator and worker of the
+backend shares it.
+
+Keys. ``key_func(input)`` gets the node's input as a plain dict (a copy: the shared
+state as of the start of the step, or the ``Send``'s argument, or an error handler's
+``{"error", "state"}``) and returns ``str`` or ``bytes`` (a ``str`` is its UTF-8
+bytes, so ``"a"`` and ``b"a"`` are one key). The default, ``default_cache_key``, is the
+SHA-256 of the input as canonical JSON (sorted keys), so key order does not matter but
+``1`` and ``1.0`` differ. The key is hashed again and stored under a namespace of the
+graph's name and the node's name (``cache_namespace``): two graphs, or two nodes of one
+graph, never share an entry. The node's code is not part of the key: after changing
+what a node computes, ``Orchestrator.clear_cache(graph, nodes=[...])``.
+
+What is cached: a successful output, plain updates or ``Command(update=, goto=)`` (the
+routing is replayed with the updates). Never cached: a failure (the node runs again next
+time; its error handler, retries and dead letters work as without a cache), a pause
+(``interrupt``), the run of a task resumed with answers (its output depends on them, not
+only on its input: it is neither looked up nor stored), and any other output form
+(``Command(graph=Command.PARENT)``, which leaves its graph). Identical tasks of one step
+(equal keys) run once and share the output; two workflows missing at the same moment
+both run the node (there is no lock; the later write wins).
+
+Failures of the cache itself never fail a node: an entry that cannot be decoded is a
+miss, a write the backend refuses is logged and skipped (the output is in hand). A read
+that meets an unavailable backend raises ``BackendUnavailableError`` like any other
+backend call of the step, which the step loop retries. A backend whose store keeps the
+port's default (no cache) runs cached nodes every time, with one warning per node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, ExecutionError
+from distributed_agents.core.ports.state_store import StateStore, implements_cache
+from distributed_agents.core.types import COMMAND_KEY
+
+__all__ = ["CachePolicy", "NodeCache", "cache_namespace", "cacheable_output", "default_cache_key"]
+
+log = logging.getLogger("distributed_agents.cache")
+
+KeyFunc = Callable[[Any], "str | bytes"]
+
+
+def default_cache_key(value: Any) -> bytes:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces): the default ``key_func``."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How a node's outputs are cached (LangGraph's ``CachePolicy``; see the module docstring).
+
+    ``key_func(input) -> str | bytes`` (default ``default_cache_key``); ``ttl`` seconds an
+    entry lives, a finite number > 0, or None (never expires; LangGraph takes whole
+    seconds, fractions work here). ``ConfigurationError`` for anything else.
+    """
+
+    key_func: KeyFunc = default_cache_key
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.key_func):
+            raise ConfigurationError(
+                f"CachePolicy(key_func={self.key_func!r}): key_func must be a function of the node's input "
+                "returning str or bytes")
+        ttl = self.ttl
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not math.isfinite(ttl) or ttl <= 0):
+            raise ConfigurationError(
+                f"CachePolicy(ttl={ttl!r}): ttl must be a finite number of seconds > 0, or None for entries that "
+                "never expire")
+
+
+def cache_namespace(graph: str, node: str) -> str:
+    """The cache namespace of ``node`` of ``graph``: ``<graph>/<node>``, both percent-encoded (injective)."""
+    return f"{quote(graph, safe='')}/{quote(node, safe='')}"
+
+
+def cacheable_output(output: Mapping[str, Any] | None) -> bool:
+    """Whether a node's successful output may be cached: plain updates or ``Command(update=, goto=)``.
+
+    A pause (``interrupt``) and any other special form (a ``Command`` with more than
+    update and goto, e.g. one addressed to a parent graph) are not.
+    """
+    if not output:
+        return True
+    special = [key for key in output if isinstance(key, str) and key.startswith("__") and key.endswith("__")]
+    if not special:
+        return True
+    if special == [COMMAND_KEY] and len(output) == 1:
+        body = output[COMMAND_KEY]
+        return isinstance(body, Mapping) and set(body) <= {"update", "goto"}
+    return False
+
+
+class NodeCache:
+    """The step engine's view of the cache in ``store``: keys, encoding, error policy."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.enabled = implements_cache(store)
+        self._warned: set[tuple[str, str]] = set()
+
+    def key(self, graph: str, node: str, policy: CachePolicy, value: Mapping[str, Any]) -> str:
+        """The stored key of ``node``'s input ``value``: the SHA-256 hex of ``policy.key_func(value)``.
+
+        Raises ``ExecutionError`` naming the graph and node when ``key_func`` raises or
+        returns something other than ``str``/``bytes``.
+        """
+        try:
+            raw = policy.key_func(dict(value))
+        except Exception as exc:
+            raise ExecutionError(
+                f"graph {graph!r}: node {node!r}: CachePolicy.key_func raised {type(exc).__name__}: {exc}; fix "
+                "key_func (it gets the node's input as a dict and returns str or bytes)") from exc
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise ExecutionError(
+                f"graph {graph!r}: node {node!r}: CachePolicy.key_func returned {type(raw).__name__}, expected str "
+                "or bytes; return e.g. a string built from the input keys that decide the output")
+        return hashlib.sha256(bytes(raw)).hexdigest()
+
+    def usable(self, graph: str, node: str) -> bool:
+        """Whether caching works on this backend; warns once per node when it does not."""
+        if not self.enabled and (graph, node) not in self._warned:
+            self._warned.add((graph, node))
+            log.warning("graph %r: node %r has a cache_policy, but the backend's state store (%s) has no node cache "
+                        "(StateStore.cache_get/cache_set are the port's defaults): the node runs every time",
+                        graph, node, type(self._store).__name__)
+        return self.enabled
+
+    async def get(self, graph: str, node: str, key: str) -> dict[str, Any] | None:
+        """The cached output of ``node`` for ``key``, or None (absent, expired or undecodable)."""
+        raw = await self._store.cache_get(cache_namespace(graph, node), key)
+        if raw is None:
+            return None
+        try:
+            output = decode(raw)
+        except Exception as exc:  # a corrupt or foreign entry: run the node and overwrite it
+            log.warning("graph %r: node %r: cache entry %s cannot be decoded (%s); running the node", graph, node,
+                        key, exc)
+            return None
+        return output if isinstance(output, dict) else None
+
+    async def put(self, graph: str, node: str, key: str, output: Mapping[str, Any], ttl: float | None) -> None:
+        """Store ``output``; a failure is logged, never raised (the output is in hand)."""
+        try:
+            await self._store.cache_set(cache_namespace(graph, node), key, encode(dict(output)), ttl)
+        except BackendUnavailableError as exc:
+            log.warning("graph %r: node %r: could not cache its output (backend unavailable: %s)", graph, node, exc)
+        except Exception as exc:
+            log.warning("graph %r: node %r: could not cache its output (%s: %s)", graph, node, type(exc).__name__,
+                        exc)
+
+    async def clear(self, graph: str, nodes: list[str]) -> None:
+        """Remove every entry of ``nodes`` of ``graph``."""
+        for node in nodes:
+            await self._store.cache_clear(cache_namespace(graph, node))
