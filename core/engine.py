@@ -344,6 +344,9 @@ class StepEngine:
                 record.evolve(state=merged, step=step, frontier=frontier, status=status),
                 lease, checkpoint,
             )
+            # Streams read the step's values and writes from this checkpoint (core.streaming).
+            self._events.emit(record.workflow_id, "step.committed", step=record.step,
+                              checkpoint=f"{record.workflow_id}:{record.step}")
             if status == WorkflowStatus.INTERRUPTED:
                 self._events.emit(record.workflow_id, "workflow.interrupted", step=record.step,
                                   interrupts=frontier["interrupts"])

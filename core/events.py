@@ -1,37 +1,59 @@
-"""Workflow and node events, published on the MessageBus without slowing the step loop.
+"""Workflow and node events, and nodes' stream chunks, published on the MessageBus off the step loop.
 
-Channels are ``events.<workflow_id>.<kind>`` where kind is one of
+Event channels are ``events.<workflow_id>.<kind>`` where kind is one of
 ``workflow.started``, ``workflow.completed``, ``workflow.failed``,
-``workflow.cancelled``, ``node.started``, ``node.completed``, ``node.failed``; subscribe
-to ``events.<workflow_id>.>`` for one workflow or ``events.>`` for all. Each event is
-a JSON object with ``type``, ``workflow_id``, ``time`` and, as they apply, ``step``,
-``node``, ``duration``, ``attempts`` and ``error`` (a ``node.failed`` routed to an
-error handler also has ``on_error``: the handler's name).
+``workflow.cancelled``, ``workflow.interrupted``, ``node.started``, ``node.completed``,
+``node.failed`` and ``step.committed``; subscribe to ``events.<workflow_id>.>`` for one
+workflow or ``events.>`` for all. Each event is a JSON object with ``type``,
+``workflow_id``, ``time`` and, as they apply, ``step``, ``node``, ``duration``,
+``attempts`` and ``error`` (a ``node.failed`` routed to an error handler also has
+``on_error``: the handler's name). ``step.committed`` is emitted once a step's checkpoint
+is stored: its ``step`` is the checkpoint's and ``checkpoint`` its id; streams read the
+values and writes from that checkpoint. An event from inside a subgraph carries
+``namespace`` (a list of ``"<parent node>:<task id>"``, outermost first).
 
-Events are queued and published in order by one background task per publisher, so a
+Stream chunks (what a node emits through its stream writer, see ``core.stream_writer``)
+go to ``stream.<workflow_id>.<mode>`` (mode ``custom`` or ``messages``) through the same
+publisher, so in one process chunks and events keep the order they were emitted in.
+When chunks were dropped (see below), a ``stream.<workflow_id>.gap`` message
+``{"type": "gap", "workflow_id", "dropped": {mode: count}, "time"}`` says how many.
+
+Everything is queued and published in order by one background task per publisher, so a
 slow bus costs the workflow nothing; ``flush`` waits until everything queued is out.
+Events are never dropped. Chunks are fire-and-forget with a bound: beyond
+``chunk_limit`` queued chunks (a bus that is down or slower than the nodes), the oldest
+queued chunks are dropped and the gap message above reports them. ``emit_chunk`` may be
+called from any thread (a plain-function node runs in one); everything else only on the
+event loop the publisher runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import threading
 import time
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from distributed_agents.core.ports.message_bus import MessageBus
 
-__all__ = ["EVENT_KINDS", "EventPublisher", "event_channel"]
+__all__ = ["DEFAULT_CHUNK_LIMIT", "EVENT_KINDS", "EventPublisher", "event_channel", "stream_channel"]
 
 log = logging.getLogger("distributed_agents.events")
 
 EVENT_KINDS = frozenset({
-    "workflow.started", "workflow.completed", "workflow.failed", "workflow.cancelled",
-    "node.started", "node.completed", "node.failed",
+    "workflow.started", "workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.interrupted",
+    "node.started", "node.completed", "node.failed", "step.committed",
 })
 
 
 MAX_BATCH = 500
+DEFAULT_CHUNK_LIMIT = 10_000  # stream chunks queued per publisher before the oldest are dropped
+
+_Item = tuple[int, str, Mapping[str, Any]]  # (sequence number, channel, data)
 
 
 def event_channel(workflow_id: str, kind: str) -> str:
@@ -39,52 +61,180 @@ def event_channel(workflow_id: str, kind: str) -> str:
     return f"events.{workflow_id}.{kind}"
 
 
-class EventPublisher:
-    """Publishes events in order, off the caller's path. Bound to one event loop."""
+def stream_channel(workflow_id: str, mode: str) -> str:
+    """The bus channel of ``workflow_id``'s stream chunks of ``mode`` (``custom``, ``messages``, ``gap``)."""
+    return f"stream.{workflow_id}.{mode}"
 
-    def __init__(self, bus: MessageBus) -> None:
+
+class EventPublisher:
+    """Publishes events and stream chunks in order, off the caller's path. Bound to one event loop."""
+
+    def __init__(self, bus: MessageBus, *, chunk_limit: int = DEFAULT_CHUNK_LIMIT) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] | None = None
+        self.chunk_limit = chunk_limit
+        self._lock = threading.Lock()
+        self._events: deque[_Item] = deque()
+        self._chunks: deque[_Item] = deque()
+        self._dropped: dict[str, dict[str, int]] = {}  # workflow_id -> mode -> chunks dropped, not yet reported
+        self._seq = 0  # the last sequence number handed out
+        self._done = 0  # every item up to this number is published (or failed to be)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._wake_pending = False
         self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._closing = False
+        self.dropped_total = 0  # chunks dropped since this publisher was made
+
+    def start(self) -> None:
+        """Start the background task on the running loop (``emit`` does this too); idempotent."""
+        if self._task is None or self._task.done():
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._closing = False
+            self._task = self._loop.create_task(self._pump())
 
     def emit(self, workflow_id: str, kind: str, **fields: Any) -> None:
         """Queue event ``kind`` for ``workflow_id``; never blocks, never raises for bus trouble."""
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._pump(self._queue))
+        self.start()
         event = {"type": kind, "workflow_id": workflow_id, "time": time.time(), **fields}
-        self._queue.put_nowait((event_channel(workflow_id, kind), event))
+        with self._lock:
+            self._seq += 1
+            self._events.append((self._seq, event_channel(workflow_id, kind), event))
+        self._signal()
 
-    async def _pump(self, queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]) -> None:
+    def emit_chunk(self, workflow_id: str, mode: str, data: Mapping[str, Any]) -> int:
+        """Queue a stream chunk from any thread; its sequence number (for ``wait_published``).
+
+        Never blocks. Past ``chunk_limit`` queued chunks the oldest queued one is dropped
+        and counted for the workflow's next gap message. Returns 0 (nothing queued) when
+        the publisher is not running (never started, or closed).
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._closing:
+            return 0
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            self._chunks.append((seq, stream_channel(workflow_id, mode), data))
+            if len(self._chunks) > self.chunk_limit:
+                _, channel, _ = self._chunks.popleft()
+                _, lost_workflow, lost_mode = channel.split(".")  # ids have no dots: see stream_channel
+                lost = self._dropped.setdefault(lost_workflow, {})
+                lost[lost_mode] = lost.get(lost_mode, 0) + 1
+                self.dropped_total += 1
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            if _on_loop(loop):
+                self._signal()
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._signal)
+                except RuntimeError:  # the loop closed meanwhile: nobody will publish it
+                    return 0
+        return seq
+
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _take(self) -> tuple[list[_Item], dict[str, dict[str, int]]]:
+        """Up to MAX_BATCH queued items in sequence order, and the drops to report first."""
+        with self._lock:
+            self._wake_pending = False
+            dropped, self._dropped = self._dropped, {}
+            if not self._chunks:
+                count = min(len(self._events), MAX_BATCH)
+                return [self._events.popleft() for _ in range(count)], dropped
+            if not self._events:
+                count = min(len(self._chunks), MAX_BATCH)
+                return [self._chunks.popleft() for _ in range(count)], dropped
+            merged = heapq.merge(self._events, self._chunks)
+            items = [item for _, item in zip(range(MAX_BATCH), merged)]
+            for seq, _, _ in items:
+                if self._events and self._events[0][0] == seq:
+                    self._events.popleft()
+                else:
+                    self._chunks.popleft()
+            return items, dropped
+
+    async def _pump(self) -> None:
+        assert self._wake is not None
         while True:
+            items, dropped = self._take()
+            if not items and not dropped:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
             # Everything queued so far goes out as one batch (one round trip on Redis/NATS).
-            items = [await queue.get()]
-            while not queue.empty() and len(items) < MAX_BATCH:
-                items.append(queue.get_nowait())
-            events = [item for item in items if item is not None]
+            messages: list[tuple[str, Mapping[str, Any]]] = [
+                (stream_channel(workflow_id, "gap"),
+                 {"type": "gap", "workflow_id": workflow_id, "dropped": counts, "time": time.time()})
+                for workflow_id, counts in dropped.items()]
+            if dropped:
+                log.warning("stream chunks dropped (the bus could not keep up): %s",
+                            ", ".join(f"{sum(c.values())} of workflow {w!r}" for w, c in dropped.items()))
+            messages += [(channel, data) for _, channel, data in items]
             try:
-                if events:
-                    await self._bus.publish_many(events)
+                await self._bus.publish_many(messages)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # events are best effort; the checkpoint is the record
-                log.warning("could not publish %d event(s) starting with %s: %s", len(events), events[0][0], exc)
-            finally:
-                for _ in items:
-                    queue.task_done()
-            if len(events) < len(items):
-                return
+                log.warning("could not publish %d event(s) starting with %s: %s", len(messages), messages[0][0], exc)
+            if items:
+                self._done = max(self._done, items[-1][0])
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        still = []
+        for seq, future in self._waiters:
+            if seq <= self._done or self._task is None:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((seq, future))
+        self._waiters = still
+
+    async def wait_published(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until everything queued up to ``seq`` is published (or failed to be); False on timeout."""
+        if seq <= self._done or self._task is None or self._task.done():
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def flush(self) -> None:
-        """Wait until every queued event has been published (or failed to be)."""
-        if self._queue is not None:
-            await self._queue.join()
+        """Wait until every queued event and chunk has been published (or failed to be)."""
+        await self.wait_published(self._seq)
 
     async def close(self) -> None:
         """Publish what is queued, then stop the background task."""
-        if self._queue is not None and self._task is not None:
-            self._queue.put_nowait(None)
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._queue = None
-            self._task = None
+        task = self._task
+        if task is None:
+            return
+        self._closing = True
+        self._signal()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # the pump only logs; anything here is a bug worth seeing
+            log.warning("event publisher stopped with %s: %s", type(exc).__name__, exc)
+        self._task = None
+        self._release_waiters()
+        self._loop = None
+        self._closing = False
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -32,6 +32,7 @@ from typing import Any
 from distributed_agents.core import interrupts
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
+    ExecutionError,
     InvalidNodeOutputError,
     NodeTimeoutError,
     PayloadTooLargeError,
@@ -39,6 +40,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
+from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
 from distributed_agents.core.types import Command, command_output, interrupt_output
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "current_context",
     "describe_failure",
     "exception_message",
+    "get_stream_writer",
     "invoke_node",
     "is_output_error",
     "safe_text",
@@ -71,6 +74,10 @@ class NodeContext:
     runs in a thread that nothing can interrupt, so it should check ``cancelled``
     between units of work and return early (its result is discarded), and wait with
     ``wait_cancelled(seconds)`` rather than ``time.sleep``.
+
+    ``stream_writer`` streams what the node produces while it runs (``writer(chunk)``
+    for ``stream_mode="custom"``, ``writer.message(token)`` or ``emit_message(token)``
+    for ``"messages"``); see ``core.stream_writer``.
     """
 
     workflow_id: str
@@ -82,6 +89,38 @@ class NodeContext:
     worker_id: str = ""
     remaining_steps: int | None = None  # steps left before the step limit, this one included
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # [sink] once bound by invoke_node, then [sink, writer] once a writer was asked for.
+    _stream: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def stream_writer(self) -> StreamWriter:
+        """This run's ``StreamWriter`` (the same object on every access); usable from any thread."""
+        if len(self._stream) < 2:
+            with _writer_lock:
+                if not self._stream:
+                    self._stream.append(current_stream_sink())
+                if len(self._stream) < 2:
+                    self._stream.append(StreamWriter(
+                        self._stream[0], workflow_id=self.workflow_id, node=self.node, step=self.step,
+                        task_id=self.idempotency_key, attempt=self.attempt, namespace=getattr(self, "namespace", None),
+                        root_workflow_id=getattr(self, "root_workflow_id", None)))
+        writer: StreamWriter = self._stream[1]
+        return writer
+
+    def emit_message(self, chunk: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        """Stream one LLM token/delta in ``stream_mode="messages"``: ``stream_writer.message(chunk, metadata)``."""
+        self.stream_writer.message(chunk, metadata)
+
+    def _bind_stream(self) -> None:
+        """Fix the stream sink of this context's process now (a node's own threads may not see it later)."""
+        if not self._stream:
+            with _writer_lock:
+                if not self._stream:
+                    self._stream.append(current_stream_sink())
+
+    def _stream_seq(self) -> int:
+        """The publisher's sequence number of the last chunk this run streamed (0: none)."""
+        return int(self._stream[1].last_seq) if len(self._stream) > 1 else 0
 
     @property
     def cancelled(self) -> bool:
@@ -103,9 +142,26 @@ class NodeContext:
 _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("distributed_agents_node", default=None)
 
 
+_writer_lock = threading.Lock()
+
+
 def current_context() -> NodeContext | None:
     """The ``NodeContext`` of the node running in this task or thread, if any."""
     return _current.get()
+
+
+def get_stream_writer() -> StreamWriter:
+    """The running node's ``StreamWriter`` (LangGraph's ``get_stream_writer``); in async and thread nodes.
+
+    ``ExecutionError`` outside a node (no node runs in this task or thread).
+    """
+    context = _current.get()
+    if context is None:
+        raise ExecutionError(
+            "get_stream_writer() was called outside a node: call it in a node function (async def or plain) "
+            "while a workflow runs it, or use the node's context.stream_writer"
+        )
+    return context.stream_writer
 
 
 @dataclass(frozen=True)
@@ -339,6 +395,7 @@ async def invoke_node(
     when the thread returns (a worker counts it against its capacity until then).
     """
     args: tuple[Any, ...] = (state, context) if wants_context(func) else (state,)
+    context._bind_stream()
 
     async def call() -> Any:
         token = _current.set(context)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
@@ -54,9 +54,11 @@ from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
-from distributed_agents.core.state import State, check_values, reserved_keys
+from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
-from distributed_agents.core.sync_api import SyncOrchestrator, run_sync
+from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
+from distributed_agents.core.streaming import DEFAULT_BUFFER_SIZE, StreamReader, parse_stream_mode
+from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
 
@@ -442,6 +444,113 @@ class Orchestrator:
         return run_sync(self, "invoke()", lambda: self.execute(graph, initial_state, **options))
 
     execute_sync = invoke
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def astream(
+        self,
+        graph: Graph | str,
+        initial_state: Mapping[str, Any] | State | Command[Any] | None = None,
+        *,
+        stream_mode: str | Sequence[str] = "updates",
+        subgraphs: bool = False,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        poll_interval: float = 1.0,
+        **options: Any,
+    ) -> AsyncIterator[Any]:
+        """Run ``graph`` as ``execute`` does (same ``options``) and yield its stream as it happens.
+
+        ``stream_mode`` is ``"values"``, ``"updates"``, ``"custom"``, ``"messages"`` or
+        ``"debug"`` (chunks as LangGraph shapes them, see ``core.streaming``), or a list of
+        them (then ``(mode, chunk)`` pairs); ``subgraphs=True`` prefixes each with its
+        namespace tuple. Nodes stream with ``get_stream_writer()`` / ``context.stream_writer``,
+        in this process or on workers. The stream ends when the workflow completes or pauses,
+        and raises what ``execute`` raises when it fails or is cancelled.
+
+        ``astream(workflow_id)`` (a str instead of a graph; no input, no options) attaches
+        to a workflow from any process on the backend: it replays the values/updates of
+        its checkpoints so far, then follows it live, and ends when it is completed,
+        failed (``WorkflowFailedError``), cancelled (``WorkflowCancelledError``) or
+        interrupted; a finished workflow is replayed, then the stream ends. An unknown id
+        raises ``WorkflowNotFoundError`` at the first chunk.
+
+        A consumer slower than the workflow never stalls it: at most ``buffer_size`` live
+        chunks (custom, messages, debug) are held, then the oldest are dropped and a
+        ``StreamGap`` is yielded in their place. Steps that were missed on the bus are read
+        from the checkpoints (at the latest after ``poll_interval`` seconds of silence).
+        Leaving the loop early stops driving the workflow here (it stays resumable); close
+        the iterator (``contextlib.aclosing``) to stop at once. ``ConfigurationError`` at
+        once for an unknown ``stream_mode`` (naming the valid ones) or a bad argument.
+        """
+        parse_stream_mode(stream_mode)
+        if isinstance(graph, str):
+            if initial_state is not None or options:
+                raise ConfigurationError(
+                    f"astream({graph!r}) attaches to a running workflow by its id: pass no input and no execute "
+                    f"options (got {'an input' if initial_state is not None else ', '.join(sorted(options))}); "
+                    "pass a graph to start a new workflow")
+            validate_workflow_id(graph)
+        elif not isinstance(graph, Graph):
+            raise ConfigurationError(
+                f"astream() takes a compiled Graph (to run it) or a workflow id str (to attach), got "
+                f"{type(graph).__name__}")
+        elif not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before astream()")
+        return self._astream(graph, initial_state, stream_mode, subgraphs, buffer_size, poll_interval, options)
+
+    async def _astream(
+        self, graph: Graph | str, initial_state: Mapping[str, Any] | State | Command[Any] | None,
+        stream_mode: str | Sequence[str], subgraphs: bool, buffer_size: int, poll_interval: float,
+        options: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        await self.connect()
+        backend = self.backend
+        if isinstance(graph, str):
+            reader = StreamReader(backend.state_store, backend.message_bus, graph, stream_mode,
+                                  subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
+            await reader.open()  # before the replay: what happens meanwhile is delivered live
+            try:
+                async for chunk in reader.chunks():
+                    yield chunk
+            finally:
+                await reader.close()
+            return
+        options = dict(options)
+        workflow_id = options.pop("workflow_id", None) or (
+            initial_state.workflow_id if isinstance(initial_state, State) else new_workflow_id())
+        validate_workflow_id(workflow_id)
+        after = -1
+        if isinstance(initial_state, Command):  # a resume streams the steps it runs, not the history
+            current = await backend.state_store.get(workflow_id)
+            after = current.step if current is not None else -1
+        reader = StreamReader(backend.state_store, backend.message_bus, workflow_id, stream_mode,
+                              subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
+        await reader.open()  # subscribed before the workflow starts: no chunk is missed
+        driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
+        try:
+            async for chunk in reader.chunks(after_step=after, driver=driver):
+                yield chunk
+        finally:
+            if not driver.done():
+                driver.cancel()
+            with contextlib.suppress(BaseException):
+                await driver
+            await reader.close()
+
+    def stream(
+        self,
+        graph: Graph | str,
+        initial_state: Mapping[str, Any] | State | Command[Any] | None = None,
+        **options: Any,
+    ) -> Iterator[Any]:
+        """``astream`` as a plain iterator, for code that is not async (same arguments, same chunks).
+
+        Runs its own event loop while it is iterated and closes this orchestrator's
+        connections when the iteration ends (or the iterator is closed). ``ExecutionError``
+        inside a running event loop (iterate ``astream`` there).
+        """
+        stream = self.astream(graph, initial_state, **options)  # argument errors here, at once
+        return iterate_sync(self, "stream()", stream)
 
     @property
     def sync(self) -> SyncOrchestrator:
@@ -885,7 +994,13 @@ class Orchestrator:
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None) -> State:
         workflow_id = record.workflow_id
         options = DriveOptions(step_limit=step_limit or self.step_limit, lease_ttl=self.lease_ttl)
-        drive = asyncio.ensure_future(self._engine(workflow_id, lease).drive(graph, record, lease, options))
+        publisher = self._publisher()
+        publisher.start()
+        sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
+        try:
+            drive = asyncio.ensure_future(self._engine(workflow_id, lease).drive(graph, record, lease, options))
+        finally:
+            reset_stream_sink(sink)
         self._running[workflow_id] = drive
         lease_lost = asyncio.Event()
         renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost))

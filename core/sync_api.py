@@ -1,4 +1,4 @@
-"""Blocking calls for code that is not async: ``Orchestrator.invoke`` and ``Orchestrator.sync``.
+"""Blocking calls for code that is not async: ``Orchestrator.invoke``, ``stream`` and ``sync``.
 
 Each call runs its own event loop (``asyncio.run``) and closes the orchestrator's
 connections before returning: backend clients belong to the loop that opened them, so
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from distributed_agents.core.errors import ConfigurationError, ExecutionError
@@ -19,7 +19,7 @@ from distributed_agents.core.errors import ConfigurationError, ExecutionError
 if TYPE_CHECKING:
     from distributed_agents.core.orchestrator import Orchestrator
 
-__all__ = ["SyncOrchestrator", "run_sync"]
+__all__ = ["SyncOrchestrator", "iterate_sync", "run_sync"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,53 @@ def run_sync(orchestrator: Orchestrator, what: str, call: Callable[[], Awaitable
     ``ConfigurationError`` when the orchestrator was given an opened ``Backend``
     (its connections belong to another loop) instead of a URL.
     """
+    _check_blocking(orchestrator, what)
+
+    async def main() -> T:
+        try:
+            return await call()
+        finally:
+            await orchestrator.close()
+            orchestrator._backend = None  # the next call opens fresh connections in its own loop
+
+    return asyncio.run(main())
+
+
+def iterate_sync(orchestrator: Orchestrator, what: str, stream: AsyncIterator[T]) -> Iterator[T]:
+    """``stream`` as a plain iterator: each ``next()`` runs a private event loop until the next item.
+
+    The loop exists while the iteration lasts; when it ends (exhausted, raised, or the
+    iterator is closed or collected) the stream is closed, then ``orchestrator``'s
+    connections, then the loop. Between two ``next()`` calls nothing of this
+    orchestrator runs (in-process nodes wait; workers elsewhere do not). Raises like
+    ``run_sync`` when a loop is running here or the orchestrator has an opened Backend.
+    """
+    _check_blocking(orchestrator, what)
+    return _iterate(orchestrator, stream)
+
+
+def _iterate(orchestrator: Orchestrator, stream: AsyncIterator[T]) -> Iterator[T]:
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                item = loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        try:
+            closing = getattr(stream, "aclose", None)
+            if closing is not None:
+                loop.run_until_complete(closing())
+            loop.run_until_complete(orchestrator.close())
+            orchestrator._backend = None  # the next call opens fresh connections in its own loop
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+def _check_blocking(orchestrator: Orchestrator, what: str) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -50,15 +97,6 @@ def run_sync(orchestrator: Orchestrator, what: str, call: Callable[[], Awaitable
             "event loop that opened them; give it a backend URL (backend='redis://host:6379/0') to call it "
             "without async"
         )
-
-    async def main() -> T:
-        try:
-            return await call()
-        finally:
-            await orchestrator.close()
-            orchestrator._backend = None  # the next call opens fresh connections in its own loop
-
-    return asyncio.run(main())
 
 
 class SyncOrchestrator:

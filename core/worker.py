@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
+from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.limits import check_result_size
 from distributed_agents.core.node_runner import (
     NodeContext,
@@ -54,6 +55,7 @@ from distributed_agents.core.ports.worker_registry import WorkerInfo
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
+from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -61,6 +63,9 @@ log = logging.getLogger("distributed_agents.worker")
 
 CONTROL_CANCEL_CHANNEL = "control.cancel"
 SETTLE_PATIENCE = 60.0  # seconds a result is kept trying to reach an unavailable backend
+# Seconds a task's result waits for its stream chunks to be published: chunks are fire-and-forget,
+# so a bus that is down delays the result by at most this much (the chunks are then reported lost).
+STREAM_FLUSH_TIMEOUT = 5.0
 F = TypeVar("F", bound=NodeFunction)
 
 
@@ -157,6 +162,7 @@ class Worker:
         self._serving = False
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
+        self._stream: EventPublisher | None = None  # publishes what nodes stream (see core.stream_writer)
 
     def _check_heartbeat(self, ttl: float | None) -> None:
         """Raise ``ConfigurationError`` unless at least two heartbeats fit in ``ttl`` seconds.
@@ -231,6 +237,10 @@ class Worker:
         ]
         log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.url)
         signals = self._install_signal_handlers()
+        # Nodes' stream writers publish through one ordered publisher per worker; tasks inherit the sink.
+        self._stream = EventPublisher(backend.message_bus)
+        self._stream.start()
+        sink = set_stream_sink(self._stream)
         try:
             await self._claim_loop(types)
             await self._drain()
@@ -241,6 +251,9 @@ class Worker:
                 self._cancel_reasons[task] = "worker stopped"
                 task.cancel()
             await asyncio.gather(*helpers, *self._running, return_exceptions=True)
+            reset_stream_sink(sink)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stream.close(), STREAM_FLUSH_TIMEOUT)
             with contextlib.suppress(Exception):
                 await subscription.close()
             with contextlib.suppress(Exception):
@@ -442,6 +455,10 @@ class Worker:
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return
         keeper.cancel()
+        # What the node streamed goes out before its result: a caller sees a step's chunks before its values.
+        streamed = context._stream_seq()
+        if streamed and self._stream is not None:
+            await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
         if await self._settle(lambda: queue.ack(lease.claim, updates), claim):
             self.stats.succeeded += 1
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,

@@ -27,13 +27,15 @@ from distributed_agents.core.messages import (  # noqa: E402
     RemoveMessage,
     add_messages,
 )
-from distributed_agents.core.node_runner import NodeContext, current_context  # noqa: E402
+from distributed_agents.core.node_runner import NodeContext, current_context, get_stream_writer  # noqa: E402
 from distributed_agents.core.orchestrator import Orchestrator  # noqa: E402
 from distributed_agents.core.ports.state_store import WorkflowStatus  # noqa: E402
 from distributed_agents.core.registry import NodeRegistry  # noqa: E402
 from distributed_agents.core.retry import RetryPolicy  # noqa: E402
 from distributed_agents.core.state import State  # noqa: E402
 from distributed_agents.core.status import WorkflowStatusInfo  # noqa: E402
+from distributed_agents.core.stream_writer import StreamWriter  # noqa: E402
+from distributed_agents.core.streaming import StreamGap  # noqa: E402
 from distributed_agents.core.types import Command, Send  # noqa: E402
 from distributed_agents.core.worker import Worker  # noqa: E402
 from distributed_agents.plugins import available_backends, open_backend  # noqa: E402
@@ -57,12 +59,15 @@ __all__ = [
     "Send",
     "State",
     "StateSnapshot",
+    "StreamGap",
+    "StreamWriter",
     "Worker",
     "WorkflowStatus",
     "WorkflowStatusInfo",
     "add_messages",
     "available_backends",
     "current_context",
+    "get_stream_writer",
     "interrupt",
     "open_backend",
 ]

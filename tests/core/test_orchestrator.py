@@ -309,9 +309,10 @@ def test_events_are_published_on_the_message_bus() -> None:
     events = run(scenario())
     kinds = [(e["type"], e.get("node")) for e in events]
     assert kinds == [
-        ("workflow.started", None), ("node.started", "n0"), ("node.completed", "n0"),
-        ("node.started", "n1"), ("node.completed", "n1"), ("workflow.completed", None),
+        ("workflow.started", None), ("node.started", "n0"), ("node.completed", "n0"), ("step.committed", None),
+        ("node.started", "n1"), ("node.completed", "n1"), ("step.committed", None), ("workflow.completed", None),
     ]
+    assert [e["checkpoint"] for e in events if e["type"] == "step.committed"] == ["wf-events:1", "wf-events:2"]
     completed = [e for e in events if e["type"] == "node.completed"]
     assert [e["step"] for e in completed] == [0, 1] and all(e["duration"] >= 0 for e in completed)
 

@@ -1,0 +1,400 @@
+"""Reading a workflow's stream: ``Orchestrator.astream`` / ``stream`` build on ``StreamReader``.
+
+Modes (LangGraph's names and shapes):
+
+* ``values``: the workflow's values (as ``execute`` returns them) after each committed
+  step, starting with the input (step 0);
+* ``updates``: ``{node: what it returned}`` per task of each committed step, in merge
+  order; a pause adds ``{"__interrupt__": [{"id", "node", "value", "kind"}]}``;
+* ``custom``: what nodes emit with their ``StreamWriter`` (``writer(chunk)``);
+* ``messages``: ``(chunk, metadata)`` per ``writer.message(chunk)``: metadata has
+  ``workflow_id``, ``node``, ``step``, ``task_id``, ``run``, ``attempt`` (and the
+  node's own metadata);
+* ``debug``: ``{"type": "task" | "task_result" | "checkpoint" | "workflow", "event",
+  "step", "timestamp", "payload"}`` per event (task start, finish with timing, commit).
+
+One mode yields chunks; a list of modes yields ``(mode, chunk)``; ``subgraphs=True``
+prefixes a namespace tuple (``(namespace, chunk)`` or ``(namespace, mode, chunk)``, the
+root graph's being ``()``); without it, chunks from inside subgraphs are left out.
+
+Where chunks come from: ``values``/``updates`` from the checkpoints (a ``step.committed``
+event says when to read them; silences are covered by reading the workflow record every
+``poll_interval`` seconds), so none is ever missed or repeated (each step is emitted
+once, in order, from the checkpoint store); ``custom``/``messages``/``debug`` live from
+the bus. The reader subscribes to ``*.<workflow_id>.>`` before the workflow starts (or
+before it replays, when attaching), so nothing a node emits is lost before it reads.
+
+A slow consumer never stalls anything: a background task moves bus messages into a
+buffer of at most ``buffer_size`` live chunks (custom, messages, debug); past that the
+oldest live chunk is dropped and a ``StreamGap`` takes its place in the stream (merged
+with an adjacent one), with a logged warning. ``values``/``updates`` are never dropped:
+they are read from the store when the consumer gets to them. A writer whose process
+could not publish in time (its own bound, see ``core.events``) is reported the same way
+(``StreamGap.source == "writer"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from distributed_agents.core.interrupts import read_interrupts
+from distributed_agents.core.ports.message_bus import MessageBus, Subscription
+from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.schema import result_values
+from distributed_agents.core.types import INTERRUPT_KEY
+
+__all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "StreamGap", "StreamReader", "parse_stream_mode"]
+
+log = logging.getLogger("distributed_agents.streaming")
+
+STREAM_MODES = ("values", "updates", "custom", "messages", "debug")
+DEFAULT_BUFFER_SIZE = 10_000  # live chunks held for a slow consumer before the oldest are dropped
+END_GRACE = 5.0  # seconds to wait for the end event once the driving task returned
+_END_EVENTS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.interrupted"})
+_DEBUG_TYPES = {"node.started": "task", "node.completed": "task_result", "node.failed": "task_result",
+                "step.committed": "checkpoint"}
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """Chunks that were dropped, yielded where they would have been.
+
+    ``dropped`` maps each mode (``custom``, ``messages``, ``debug``) to how many of its
+    chunks were lost; ``source`` is ``"caller"`` (this stream's buffer was full: the
+    consumer was slower than the workflow) or ``"writer"`` (the node's process could not
+    publish them in time). Values and updates are never dropped.
+    """
+
+    dropped: Mapping[str, int]
+    source: str
+    workflow_id: str
+    namespace: tuple[str, ...] = ()
+
+
+def parse_stream_mode(stream_mode: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """``(modes, tagged)``: the modes asked for, and whether chunks come as ``(mode, chunk)``.
+
+    ``ConfigurationError`` naming the valid modes for anything else.
+    """
+    tagged = not isinstance(stream_mode, str)
+    modes = (stream_mode,) if isinstance(stream_mode, str) else tuple(stream_mode) if isinstance(
+        stream_mode, (list, tuple)) else ()
+    unknown = [m for m in modes if m not in STREAM_MODES]
+    if not modes or unknown:
+        shown = ", ".join(map(repr, unknown)) if unknown else repr(stream_mode)
+        raise ConfigurationError(
+            f"stream_mode {shown} is not a stream mode; use one of {', '.join(map(repr, STREAM_MODES))}, "
+            "or a list of them (then chunks come as (mode, chunk) pairs)")
+    return tuple(dict.fromkeys(modes)), tagged
+
+
+@dataclass
+class _Gap:
+    dropped: dict[str, int]
+    source: str
+    namespace: tuple[str, ...] = ()
+
+
+@dataclass
+class _Buffer:
+    """Items in arrival order: ("chunk", mode, value, ns), ("gap", _Gap), ("commit", step), ("end", event),
+    ("subcommit", child workflow id, step, ns)."""
+
+    limit: int
+    items: deque[list[Any]] = field(default_factory=deque)
+    live: int = 0  # chunk items held
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+
+    def put(self, item: list[Any]) -> None:
+        if item[0] == "commit" and self.items and self.items[-1][0] == "commit":
+            self.items[-1][1] = max(self.items[-1][1], item[1])  # consecutive commits: the later says it all
+        else:
+            self.items.append(item)
+            if item[0] == "chunk":
+                self.live += 1
+                if self.live > self.limit:
+                    self._drop_oldest()
+        self.ready.set()
+
+    def _drop_oldest(self) -> None:
+        for index, item in enumerate(self.items):
+            if item[0] != "chunk":
+                continue
+            mode, namespace = item[1], item[3]
+            self.live -= 1
+            self.dropped += 1
+            before = self.items[index - 1] if index else None
+            if before is not None and before[0] == "gap" and before[1].source == "caller" \
+                    and before[1].namespace == namespace:
+                before[1].dropped[mode] = before[1].dropped.get(mode, 0) + 1
+                del self.items[index]
+            else:
+                self.items[index] = ["gap", _Gap({mode: 1}, "caller", namespace)]
+            return
+
+    def get(self) -> list[Any] | None:
+        if not self.items:
+            self.ready.clear()
+            return None
+        item = self.items.popleft()
+        if item[0] == "chunk":
+            self.live -= 1
+        return item
+
+
+class StreamReader:
+    """Follows one workflow: bus messages into a bounded buffer, checkpoints on demand.
+
+    ``open()`` subscribes (call it before the workflow starts or is replayed);
+    ``chunks(...)`` yields what the modes ask for until the workflow ends; ``close()``
+    unsubscribes. See the module docstring for what is yielded.
+    """
+
+    def __init__(
+        self, store: StateStore, bus: MessageBus, workflow_id: str, stream_mode: str | Sequence[str], *,
+        subgraphs: bool = False, buffer_size: int = DEFAULT_BUFFER_SIZE, poll_interval: float = 1.0,
+    ) -> None:
+        self.modes, self.tagged = parse_stream_mode(stream_mode)
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ConfigurationError(f"buffer_size must be an int >= 1 (live chunks held), got {buffer_size!r}")
+        self._store = store
+        self._bus = bus
+        self.workflow_id = workflow_id
+        self.subgraphs = subgraphs
+        self.poll_interval = poll_interval
+        self._buffer = _Buffer(buffer_size)
+        self._subscription: Subscription | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._last = -1  # the last step whose values/updates were yielded
+        self._wants_steps = bool({"values", "updates"} & set(self.modes))
+
+    @property
+    def dropped(self) -> int:
+        """Live chunks this reader dropped because its consumer was slower than the workflow."""
+        return self._buffer.dropped
+
+    async def open(self) -> None:
+        """Subscribe to the workflow's events and stream chunks; delivery starts before this returns."""
+        self._subscription = await self._bus.subscribe(f"*.{self.workflow_id}.>")
+        self._pump = asyncio.ensure_future(self._read(self._subscription))
+
+    async def close(self) -> None:
+        """Stop reading the bus. Idempotent."""
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
+            self._pump = None
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.close()
+            self._subscription = None
+
+    async def _read(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            kind, _, rest = message.channel.partition(".")
+            data = message.data
+            namespace = tuple(str(part) for part in data.get("namespace") or ())
+            if namespace and not self.subgraphs:
+                continue
+            if kind == "stream":
+                mode = rest.rpartition(".")[2]
+                if mode == "gap":
+                    dropped = {m: int(n) for m, n in dict(data.get("dropped") or {}).items() if m in self.modes}
+                    if dropped:
+                        self._buffer.put(["gap", _Gap(dropped, "writer", namespace)])
+                elif mode in self.modes:
+                    self._buffer.put(["chunk", mode, _live_chunk(mode, data), namespace])
+            elif kind == "events":
+                event_type = str(data.get("type", ""))
+                if "debug" in self.modes:
+                    self._buffer.put(["chunk", "debug", _debug_chunk(data), namespace])
+                if namespace:  # a subgraph's own steps and end are not this workflow's
+                    child = data.get("subgraph_workflow_id")
+                    if event_type == "step.committed" and isinstance(child, str) and self._wants_steps:
+                        self._buffer.put(["subcommit", child, int(data.get("step", 0)), namespace])
+                    continue
+                if event_type in ("step.committed", "workflow.started"):  # started: the input's checkpoint
+                    self._buffer.put(["commit", int(data.get("step", 0))])
+                elif event_type in _END_EVENTS:
+                    self._buffer.put(["end", dict(data)])
+
+    async def chunks(
+        self, *, after_step: int = -1, driver: asyncio.Future[Any] | None = None
+    ) -> AsyncIterator[Any]:
+        """Yield the stream from the checkpoint after ``after_step`` until the workflow ends.
+
+        With ``driver`` (the task running the workflow in this process) the stream ends
+        once it is done and the end event arrived (or ``END_GRACE`` passed), and then
+        raises what it raised. Without it (attached), the stream ends when the workflow
+        is completed, failed, cancelled or interrupted, raising ``WorkflowFailedError`` /
+        ``WorkflowCancelledError`` for the last two of those after yielding everything.
+        """
+        self._last = after_step
+        if driver is None:
+            record = await self._record()
+            for chunk in await self._catch_up(record):
+                yield chunk
+            if self._finished(record):
+                for chunk in self._finish(record):
+                    yield chunk
+                return
+        driver_done_at: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            item = self._buffer.get()
+            if item is None:
+                if driver is not None and driver.done():
+                    driver_done_at = driver_done_at or loop.time()
+                    if loop.time() - driver_done_at >= END_GRACE or await self._never_started(driver):
+                        break
+                wait = self.poll_interval if driver is None or not driver.done() else 0.05
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._buffer.ready.wait(), wait)
+                if not self._buffer.items:  # silence: the record says whether steps or the end were missed
+                    record = await self._record()
+                    for chunk in await self._catch_up(record):
+                        yield chunk
+                    if driver is None and self._finished(record):
+                        for chunk in self._finish(record):
+                            yield chunk
+                        return
+                continue
+            kind = item[0]
+            if kind == "chunk":
+                yield self._shape(item[1], item[2], item[3])
+            elif kind == "gap":
+                gap = item[1]
+                log.warning("stream of workflow %r: %s live chunk(s) dropped (%s)", self.workflow_id,
+                            sum(gap.dropped.values()), "the consumer was slower than the workflow"
+                            if gap.source == "caller" else "the node's process could not publish them in time")
+                yield self._shape("gap", StreamGap(dict(gap.dropped), gap.source, self.workflow_id, gap.namespace),
+                                  gap.namespace)
+            elif kind == "subcommit":
+                for chunk in await self._subgraph_step(item[1], item[2], item[3]):
+                    yield chunk
+            elif kind == "commit":
+                if item[1] > self._last and self._wants_steps:
+                    for chunk in await self._catch_up(await self._record()):
+                        yield chunk
+            else:  # the end: everything it follows has arrived
+                record = await self._record()
+                for chunk in await self._catch_up(record):
+                    yield chunk
+                if driver is None and not self._finished(record):
+                    continue  # an old end (e.g. a pause since resumed): keep following
+                if driver is None:
+                    for chunk in self._finish(record):
+                        yield chunk
+                    return
+                for chunk in self._finish(record, raise_errors=False):
+                    yield chunk
+                break
+        assert driver is not None
+        record_now = await self._store.get(self.workflow_id)
+        if record_now is not None:
+            for chunk in await self._catch_up(record_now):
+                yield chunk
+        await driver  # the workflow's own error, as execute raises it
+
+    async def _never_started(self, driver: asyncio.Future[Any]) -> bool:
+        """Whether ``driver`` failed before storing the workflow (a bad argument): nothing will come."""
+        if driver.cancelled():
+            return True
+        return driver.exception() is not None and await self._store.get(self.workflow_id) is None
+
+    async def _record(self) -> WorkflowRecord:
+        record = await self._store.get(self.workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(
+                f"cannot stream workflow {self.workflow_id!r}: no such workflow on this backend; pass a workflow id "
+                "that submit()/execute() returned (list_workflows() lists them), or a graph to start one")
+        return record
+
+    @staticmethod
+    def _finished(record: WorkflowRecord) -> bool:
+        return record.status in WorkflowStatus.TERMINAL or record.status == WorkflowStatus.INTERRUPTED
+
+    def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
+        """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""
+        out = []
+        if record.status == WorkflowStatus.INTERRUPTED and "updates" in self.modes:
+            pauses = [{"id": i.id, "node": i.node, "value": i.value, "kind": i.kind}
+                      for i in read_interrupts(record.frontier)]
+            out.append(self._shape("updates", {INTERRUPT_KEY: pauses}, ()))
+        if raise_errors and record.status == WorkflowStatus.FAILED:
+            summary = (record.error or {}).get("summary", "no details recorded")
+            raise WorkflowFailedError(f"workflow {self.workflow_id!r} failed: {summary}",
+                                      workflow_id=self.workflow_id)
+        if raise_errors and record.status == WorkflowStatus.CANCELLED:
+            raise WorkflowCancelledError(f"workflow {self.workflow_id!r} was cancelled")
+        return out
+
+    async def _catch_up(self, record: WorkflowRecord) -> list[Any]:
+        """Values/updates of every checkpoint after the last yielded, up to ``record``'s step."""
+        if record.step <= self._last or not ({"values", "updates"} & set(self.modes)):
+            self._last = max(self._last, record.step)
+            return []
+        wanted = record.step - self._last
+        checkpoints = await self._store.list_checkpoints(self.workflow_id, limit=wanted, before=record.step + 1)
+        out: list[Any] = []
+        for checkpoint in sorted(checkpoints, key=lambda cp: cp.step):
+            if checkpoint.step <= self._last:
+                continue
+            out += self._step_chunks(checkpoint, record)
+            self._last = checkpoint.step
+        self._last = max(self._last, record.step)
+        return out
+
+    async def _subgraph_step(self, child: str, step: int, namespace: tuple[str, ...]) -> list[Any]:
+        """Values/updates of a subgraph's committed step (its child workflow's checkpoint), live only."""
+        found = await self._store.list_checkpoints(child, limit=1, before=step + 1)
+        if not found or found[0].step != step:
+            return []
+        return self._step_chunks(found[0], None, namespace)
+
+    def _step_chunks(
+        self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()
+    ) -> list[Any]:
+        out = []
+        if "updates" in self.modes:
+            for key, writes in checkpoint.writes.items():
+                out.append(self._shape("updates", {str(key).partition("#")[0]: writes}, namespace))
+        if "values" in self.modes:
+            values = dict(checkpoint.state) if record is None else result_values(checkpoint.state, record.metadata)
+            out.append(self._shape("values", values, namespace))
+        return out
+
+    def _shape(self, mode: str, chunk: Any, namespace: tuple[str, ...]) -> Any:
+        if self.subgraphs:
+            return (namespace, mode, chunk) if self.tagged else (namespace, chunk)
+        return (mode, chunk) if self.tagged else chunk
+
+
+def _live_chunk(mode: str, data: Mapping[str, Any]) -> Any:
+    if mode == "custom":
+        return data.get("chunk")
+    metadata = {**dict(data.get("metadata") or {}),
+                **{key: data[key] for key in ("workflow_id", "node", "step", "task_id", "run", "attempt", "seq",
+                                              "namespace") if key in data}}
+    return (data.get("chunk"), metadata)
+
+
+def _debug_chunk(event: Mapping[str, Any]) -> dict[str, Any]:
+    kind = str(event.get("type", ""))
+    payload = {key: value for key, value in event.items() if key not in ("type", "workflow_id", "time", "step")}
+    return {"type": _DEBUG_TYPES.get(kind, "workflow"), "event": kind, "workflow_id": event.get("workflow_id"),
+            "step": event.get("step"), "timestamp": event.get("time"), "payload": payload}

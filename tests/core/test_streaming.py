@@ -1,0 +1,368 @@
+"""Streaming in one process: every mode, several at once, order, the sync iterator, writers, errors, overflow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import (
+    Command,
+    Graph,
+    NodeContext,
+    Orchestrator,
+    State,
+    StreamGap,
+    get_stream_writer,
+    interrupt,
+)
+from distributed_agents.adapters.memory.message_bus import BusData, MemoryMessageBus
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    ExecutionError,
+    NodeExecutionError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from distributed_agents.core.events import EventPublisher
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def speak(state: State) -> dict[str, Any]:
+    """An async node: tokens through get_stream_writer(), then a custom chunk."""
+    writer = get_stream_writer()
+    for token in ["Hel", "lo"]:
+        writer.message(token, metadata={"model": "m1"})
+    writer({"progress": 1.0})
+    return {"said": "Hello"}
+
+
+def count(state: State, context: NodeContext) -> dict[str, Any]:
+    """A plain function (runs in a thread): its context's writer and emit_message."""
+    for i in range(3):
+        context.stream_writer({"i": i})
+    context.emit_message("done")
+    return {"counted": 3}
+
+
+def two_steps() -> Graph:
+    graph = Graph("talk").add_node("speak", speak).add_node("count", count)
+    return graph.set_entry_point("speak").add_edge("speak", "count").set_finish_point("count").compile()
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [chunk async for chunk in stream]
+
+
+def test_each_mode_alone_yields_langgraph_shaped_chunks() -> None:
+    async def scenario() -> dict[str, list[Any]]:
+        orchestrator = Orchestrator()
+        out = {mode: await collect(orchestrator.astream(two_steps(), {"topic": "x"}, stream_mode=mode))
+               for mode in ("values", "updates", "custom", "messages", "debug")}
+        await orchestrator.close()
+        return out
+
+    out = run(scenario())
+    assert out["values"] == [{"topic": "x"}, {"topic": "x", "said": "Hello"},
+                             {"topic": "x", "said": "Hello", "counted": 3}]
+    assert out["updates"] == [{"speak": {"said": "Hello"}}, {"count": {"counted": 3}}]
+    assert out["custom"] == [{"progress": 1.0}, {"i": 0}, {"i": 1}, {"i": 2}]
+    tokens = [(chunk, meta["node"], meta["step"]) for chunk, meta in out["messages"]]
+    assert tokens == [("Hel", "speak", 0), ("lo", "speak", 0), ("done", "count", 1)]
+    first = out["messages"][0][1]
+    assert first["model"] == "m1" and first["run"] == 0 and first["attempt"] == 1
+    assert first["task_id"] == f"{first['workflow_id']}:0:0:speak"
+    events = [(c["type"], c["event"], c["payload"].get("node")) for c in out["debug"]]
+    assert events == [
+        ("workflow", "workflow.started", None),
+        ("task", "node.started", "speak"), ("task_result", "node.completed", "speak"), ("checkpoint", "step.committed", None),
+        ("task", "node.started", "count"), ("task_result", "node.completed", "count"), ("checkpoint", "step.committed", None),
+        ("workflow", "workflow.completed", None),
+    ]
+    finished = [c for c in out["debug"] if c["event"] == "node.completed"]
+    assert all(c["payload"]["duration"] >= 0 and c["payload"]["attempts"] == 1 for c in finished)
+
+
+def test_several_modes_come_tagged_in_order_tokens_before_their_step_values() -> None:
+    async def scenario() -> list[Any]:
+        orchestrator = Orchestrator()
+        try:
+            return await collect(orchestrator.astream(two_steps(), {}, stream_mode=["values", "updates", "messages"],
+                                                      workflow_id="wf-tagged"))
+        finally:
+            await orchestrator.close()
+
+    chunks = run(scenario())
+    shown = [(mode, chunk if mode != "messages" else chunk[0]) for mode, chunk in chunks]
+    assert shown == [
+        ("values", {}),
+        ("messages", "Hel"), ("messages", "lo"),
+        ("updates", {"speak": {"said": "Hello"}}), ("values", {"said": "Hello"}),
+        ("messages", "done"),
+        ("updates", {"count": {"counted": 3}}), ("values", {"said": "Hello", "counted": 3}),
+    ]
+    assert all(meta["workflow_id"] == "wf-tagged" for mode, (_, meta) in
+               [c for c in chunks if c[0] == "messages"])
+
+
+def test_subgraphs_true_prefixes_the_root_namespace() -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        orchestrator = Orchestrator()
+        try:
+            one = await collect(orchestrator.astream(two_steps(), {}, stream_mode="updates", subgraphs=True))
+            several = await collect(orchestrator.astream(two_steps(), {}, stream_mode=["custom"], subgraphs=True))
+            return one, several
+        finally:
+            await orchestrator.close()
+
+    one, several = run(scenario())
+    assert one == [((), {"speak": {"said": "Hello"}}), ((), {"count": {"counted": 3}})]
+    assert several[0] == ((), "custom", {"progress": 1.0})
+
+
+def test_sync_stream_is_a_plain_iterator_and_refused_inside_a_loop() -> None:
+    orchestrator = Orchestrator()
+    assert list(orchestrator.stream(two_steps(), {}, stream_mode="updates")) == [
+        {"speak": {"said": "Hello"}}, {"count": {"counted": 3}}]
+    assert not orchestrator._connected
+    # Leaving early closes everything too.
+    iterator = orchestrator.stream(two_steps(), {}, stream_mode="custom")
+    assert next(iterator) == {"progress": 1.0}
+    iterator.close()  # type: ignore[attr-defined]
+    assert not orchestrator._connected
+
+    async def inside_a_loop() -> None:
+        with pytest.raises(ExecutionError, match="running event loop"):
+            orchestrator.stream(two_steps(), {})
+
+    run(inside_a_loop())
+
+
+def test_unknown_modes_and_bad_arguments_are_refused_at_once_naming_the_valid_modes() -> None:
+    orchestrator = Orchestrator()
+    for bad in ("tokens", ["values", "token"], [], 3):
+        with pytest.raises(ConfigurationError) as caught:
+            orchestrator.astream(two_steps(), {}, stream_mode=bad)  # type: ignore[arg-type]
+        assert "'values', 'updates', 'custom', 'messages', 'debug'" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="stream mode"):
+        orchestrator.stream(two_steps(), {}, stream_mode="everything")
+    with pytest.raises(ConfigurationError, match="attaches to a running workflow"):
+        orchestrator.astream("wf-1", {"x": 1})
+    with pytest.raises(ConfigurationError, match="workflow_id"):
+        orchestrator.astream("bad id.with dots")
+
+
+def test_attaching_to_an_unknown_workflow_names_it() -> None:
+    async def scenario() -> None:
+        orchestrator = Orchestrator()
+        try:
+            with pytest.raises(WorkflowNotFoundError, match="cannot stream workflow 'nope'.*no such workflow"):
+                await collect(orchestrator.astream("nope"))
+        finally:
+            await orchestrator.close()
+
+    run(scenario())
+
+
+def gated_graph(gate: asyncio.Event) -> Graph:
+    async def first(state: State) -> dict[str, Any]:
+        return {"n": 1}
+
+    async def wait(state: State) -> dict[str, Any]:
+        get_stream_writer()("waiting")
+        await gate.wait()
+        get_stream_writer()("released")
+        return {"n": 2}
+
+    graph = Graph("gated").add_node("first", first).add_node("wait", wait).add_node("last", lambda s: {"n": 3})
+    graph.set_entry_point("first").add_edge("first", "wait").add_edge("wait", "last")
+    return graph.set_finish_point("last").compile()
+
+
+def test_attach_replays_then_follows_a_running_workflow_without_duplicates() -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        gate = asyncio.Event()
+        runner, watcher = Orchestrator(), Orchestrator()  # two orchestrators, one backend
+        workflow_id = await runner.submit(gated_graph(gate), {}, workflow_id="wf-attach")
+        stream = watcher.astream(workflow_id, stream_mode=["values", "updates", "custom"], poll_interval=0.1)
+        seen = [await stream.__anext__() for _ in range(3)]  # the replay: input, step 1
+        gate.set()
+        seen += [chunk async for chunk in stream]
+        finished = await collect(watcher.astream(workflow_id, stream_mode="values"))
+        await runner.close()
+        await watcher.close()
+        return seen, finished
+
+    seen, finished = run(scenario())
+    assert seen[:3] == [("values", {}), ("updates", {"first": {"n": 1}}), ("values", {"n": 1})]
+    assert [c for c in seen if c[0] != "custom"][3:] == [
+        ("updates", {"wait": {"n": 2}}), ("values", {"n": 2}), ("updates", {"last": {"n": 3}}), ("values", {"n": 3})]
+    assert ("custom", "released") in seen
+    # A finished workflow is replayed, then the stream ends.
+    assert finished == [{}, {"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def failing_graph() -> Graph:
+    def boom(state: State) -> dict[str, Any]:
+        get_stream_writer()("about to fail")
+        raise RuntimeError("kaput")
+
+    graph = Graph("failing").add_node("ok", lambda s: {"a": 1}).add_node("boom", boom)
+    return graph.set_entry_point("ok").add_edge("ok", "boom").set_finish_point("boom").compile()
+
+
+def test_a_failing_workflow_streams_what_happened_then_raises_its_error() -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        orchestrator = Orchestrator()
+        got: list[Any] = []
+        with pytest.raises(NodeExecutionError, match="kaput"):
+            async for chunk in orchestrator.astream(failing_graph(), {}, stream_mode=["updates", "custom"],
+                                                    workflow_id="wf-fail"):
+                got.append(chunk)
+        replayed: list[Any] = []
+        with pytest.raises(WorkflowFailedError, match="wf-fail"):
+            async for chunk in orchestrator.astream("wf-fail", stream_mode="updates"):
+                replayed.append(chunk)
+        await orchestrator.close()
+        return got, replayed
+
+    got, replayed = run(scenario())
+    assert got == [("updates", {"ok": {"a": 1}}), ("custom", "about to fail")]
+    assert replayed == [{"ok": {"a": 1}}]
+
+
+def test_an_interrupt_ends_the_stream_and_a_resume_streams_only_the_new_steps() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("name?")}
+
+    graph = Graph("ask").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        orchestrator = Orchestrator()
+        paused = await collect(orchestrator.astream(graph, {}, stream_mode="updates", workflow_id="wf-ask"))
+        resumed = await collect(orchestrator.astream(graph, Command(resume="Ada"), stream_mode=["updates", "values"],
+                                                     workflow_id="wf-ask"))
+        await orchestrator.close()
+        return paused, resumed
+
+    paused, resumed = run(scenario())
+    assert len(paused) == 1 and paused[0]["__interrupt__"][0]["value"] == "name?"
+    assert resumed == [("updates", {"ask": {"answer": "Ada"}}), ("values", {"answer": "Ada"})]
+
+
+def test_writer_refuses_what_is_not_json_and_takes_model_dump_objects() -> None:
+    class Delta:
+        def model_dump(self, mode: str = "python") -> dict[str, Any]:
+            return {"content": "hi", "mode": mode}
+
+    def node(state: State) -> dict[str, Any]:
+        get_stream_writer().message(Delta())
+        if state.get("bad"):
+            get_stream_writer()({1, 2})
+        return {}
+
+    graph = Graph("w").add_node("n", node).set_entry_point("n").set_finish_point("n").compile()
+
+    async def scenario() -> list[Any]:
+        orchestrator = Orchestrator()
+        try:
+            tokens = await collect(orchestrator.astream(graph, {}, stream_mode="messages"))
+            with pytest.raises(NodeExecutionError, match="streamed a chunk of type set, which is not JSON"):
+                await orchestrator.execute(graph, {"bad": True})
+            return tokens
+        finally:
+            await orchestrator.close()
+
+    tokens = run(scenario())
+    assert tokens[0][0] == {"content": "hi", "mode": "json"}
+    with pytest.raises(ExecutionError, match="outside a node"):
+        get_stream_writer()
+
+
+def test_a_slow_consumer_gets_the_newest_chunks_and_a_gap_for_the_dropped_ones() -> None:
+    def chatty(state: State) -> dict[str, Any]:
+        writer = get_stream_writer()
+        for i in range(50):
+            writer(i)
+        return {"done": True}
+
+    graph = Graph("chatty").add_node("talk", chatty).set_entry_point("talk").set_finish_point("talk").compile()
+
+    async def scenario() -> list[Any]:
+        orchestrator = Orchestrator()
+        stream = orchestrator.astream(graph, {}, stream_mode=["custom", "values"], buffer_size=5,
+                                      workflow_id="wf-slow")
+        first = await stream.__anext__()
+        while (await orchestrator.get_workflow_status("wf-slow")).status != "completed":
+            await asyncio.sleep(0.01)  # the consumer is busy meanwhile: everything piles up
+        rest = [chunk async for chunk in stream]
+        await orchestrator.close()
+        return [first, *rest]
+
+    chunks = run(scenario())
+    gaps = [chunk for mode, chunk in chunks if mode == "gap"]
+    kept = [chunk for mode, chunk in chunks if mode == "custom"]
+    assert len(gaps) == 1 and isinstance(gaps[0], StreamGap) and gaps[0].source == "caller"
+    assert gaps[0].dropped["custom"] + len(kept) == 50 and len(kept) <= 5
+    assert kept == list(range(50 - len(kept), 50))  # the newest, in order
+    assert chunks[-1] == ("values", {"done": True})  # values are never dropped
+
+
+class _StalledBus(MemoryMessageBus):
+    """A bus whose publishing waits for ``release``: a network that cannot keep up."""
+
+    def __init__(self) -> None:
+        super().__init__(BusData())
+        self.release = asyncio.Event()
+
+    async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        await self.release.wait()
+        await super().publish_many(messages)
+
+
+def test_a_writer_whose_bus_stalls_drops_its_oldest_chunks_and_reports_them() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        bus = _StalledBus()
+        subscription = await bus.subscribe("stream.wf-w.>")
+        publisher = EventPublisher(bus, chunk_limit=3)
+        publisher.start()
+        first = publisher.emit_chunk("wf-w", "custom", {"chunk": 0})
+        await asyncio.sleep(0)  # the pump takes chunk 0 and stalls publishing it
+        for i in range(1, 11):
+            publisher.emit_chunk("wf-w", "custom", {"chunk": i})
+        assert await publisher.wait_published(first, timeout=0.05) is False
+        bus.release.set()
+        await publisher.close()
+        got = []
+        while (message := await subscription.get(timeout=0)) is not None:
+            got.append(dict(message.data))
+        return got
+
+    got = run(scenario())
+    assert got[0] == {"chunk": 0}
+    assert got[1]["type"] == "gap" and got[1]["dropped"] == {"custom": 7}
+    assert [m["chunk"] for m in got[2:]] == [8, 9, 10]
+
+
+def test_an_early_break_stops_driving_the_workflow_which_stays_resumable() -> None:
+    async def scenario() -> str:
+        gate = asyncio.Event()
+        orchestrator = Orchestrator()
+        stream = orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-break")
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for chunk in stream:
+                assert chunk == "waiting"
+                break
+        status = (await orchestrator.get_workflow_status("wf-break")).status
+        gate.set()
+        final = await orchestrator.resume("wf-break", gated_graph(gate))
+        await orchestrator.close()
+        assert final["n"] == 3
+        return status
+
+    assert run(scenario()) == "running"
