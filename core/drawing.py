@@ -14,7 +14,10 @@ is exactly what the engine routes on:
 * a node's error handler (``on_error``) is a dashed arrow labelled ``on_error``;
 * a deferred node (``defer=True``) and a breakpoint (``interrupt_before`` /
   ``interrupt_after``) are noted in the node's label;
-* ``START`` and, when something leads there, ``END``.
+* ``START`` and, when something leads there, ``END``;
+* a subgraph node (``add_node(name, compiled_graph)``) is a nested block holding the
+  subgraph's own drawing (a Mermaid ``subgraph``; indented under the node in text),
+  as deep as subgraphs nest.
 
 No external library is needed; ``draw_mermaid`` output renders wherever Mermaid does
 (GitHub, GitLab, mermaid.live, Jupyter with an extension).
@@ -122,32 +125,52 @@ def draw_mermaid(graph: _Drawable) -> str:
     the labels. Raises ``GraphNotCompiledError`` for a graph not compiled yet.
     """
     spec = graph.spec()
-    routes = _routes(spec)
-    order = _order(spec, routes)
-    ids = {START: "__start__", END: "__end__", **{name: f"n{i}" for i, name in enumerate(order)}}
     # A JSON string is a valid YAML double-quoted scalar: any graph name is safe as the title.
     lines = ["---", f"title: {json.dumps(str(spec['name']), ensure_ascii=False)}", "---", "flowchart TD",
-             '    __start__(["START"]):::terminal']
+             *_mermaid_lines(spec, "", "    ")]
+    lines += ["    classDef terminal fill:#f2f2f2,stroke:#555", "    classDef join fill:#333,stroke:#333"]
+    return "\n".join(lines) + "\n"
+
+
+def _subgraphs(spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Node name -> the spec of the subgraph it runs, for subgraph nodes."""
+    return {node["name"]: node["subgraph"] for node in spec["nodes"] if node.get("subgraph")}
+
+
+def _mermaid_lines(spec: Mapping[str, Any], prefix: str, indent: str) -> list[str]:
+    """Nodes and arrows of ``spec``, ids prefixed with ``prefix`` (a subgraph's block id and ``_``)."""
+    routes = _routes(spec)
+    order = _order(spec, routes)
+    ids = {START: f"{prefix}__start__", END: f"{prefix}__end__", **{name: f"{prefix}n{i}" for i, name in enumerate(order)}}
+    lines = [f'{indent}{ids[START]}(["START"]):::terminal']
     notes = _notes(spec)
-    lines += [f'    {ids[name]}["{_mermaid_text(name + (f" ({notes[name]})" if name in notes else ""))}"]'
-              for name in order]
+    nested = _subgraphs(spec)
+    for name in order:
+        label = name + (f" ({notes[name]})" if name in notes else "")
+        if name in nested:
+            label += f" (subgraph {nested[name]['name']})"
+            lines.append(f'{indent}subgraph {ids[name]}["{_mermaid_text(label)}"]')
+            lines.append(f"{indent}    direction TB")
+            lines += _mermaid_lines(nested[name], f"{ids[name]}_", indent + "    ")
+            lines.append(f"{indent}end")
+        else:
+            lines.append(f'{indent}{ids[name]}["{_mermaid_text(label)}"]')
     if any(route.target == END for route in routes):
-        lines.append('    __end__(["END"]):::terminal')
+        lines.append(f'{indent}{ids[END]}(["END"]):::terminal')
     joins = 0
     for route in routes:
         if route.kind == "join":
-            point = f"join{joins}"
+            point = f"{prefix}join{joins}"
             joins += 1
-            lines.append(f'    {point}((" ")):::join')
-            lines += [f"    {ids[source]} --- {point}" for source in route.sources]
-            lines.append(f"    {point} --> {ids[route.target]}")
+            lines.append(f'{indent}{point}((" ")):::join')
+            lines += [f"{indent}{ids[source]} --- {point}" for source in route.sources]
+            lines.append(f"{indent}{point} --> {ids[route.target]}")
         elif route.kind in ("conditional", "goto", "on_error"):
             label = route.label or route.condition
-            lines.append(f'    {ids[route.sources[0]]} -.->|"{_mermaid_text(label)}"| {ids[route.target]}')
+            lines.append(f'{indent}{ids[route.sources[0]]} -.->|"{_mermaid_text(label)}"| {ids[route.target]}')
         else:
-            lines.append(f"    {ids[route.sources[0]]} --> {ids[route.target]}")
-    lines += ["    classDef terminal fill:#f2f2f2,stroke:#555", "    classDef join fill:#333,stroke:#333"]
-    return "\n".join(lines) + "\n"
+            lines.append(f"{indent}{ids[route.sources[0]]} --> {ids[route.target]}")
+    return lines
 
 
 def _box(name: str) -> str:
@@ -163,13 +186,26 @@ def draw_ascii(graph: _Drawable) -> str:
     ``GraphNotCompiledError`` for a graph not compiled yet.
     """
     spec = graph.spec()
+    lines = [f"graph {spec['name']!r}", "=" * (len(str(spec["name"])) + 8), *_ascii_lines(spec)]
+    lines += ["", "--> edge   -.-> conditional edge (condition: key) or Command goto   "
+              "==> join (runs once all its sources ran)"]
+    return "\n".join(_strip(lines)) + "\n"
+
+
+def _ascii_lines(spec: Mapping[str, Any]) -> list[str]:
+    """The node blocks of ``draw_ascii``; a subgraph node's own blocks follow its name, indented."""
     routes = _routes(spec)
     order = _order(spec, routes)
-    lines = [f"graph {spec['name']!r}", "=" * (len(str(spec["name"])) + 8)]
+    lines: list[str] = []
     notes = _notes(spec)
+    nested = _subgraphs(spec)
     for name in [START, *order]:
         outgoing = [route for route in routes if name in route.sources]
-        lines.append(_box(name) + (f"  ({notes[name]})" if name in notes else ""))
+        note = ", ".join([*([notes[name]] if name in notes else []),
+                          *([f"subgraph {nested[name]['name']!r}"] if name in nested else [])])
+        lines.append(_box(name) + (f"  ({note})" if note else ""))
+        if name in nested:
+            lines += [f"    {line}" for line in _ascii_lines(nested[name])]
         rows = []
         for route in outgoing:
             target = _box(route.target)
@@ -189,9 +225,7 @@ def draw_ascii(graph: _Drawable) -> str:
             branch = "`" if index == len(rows) - 1 else "|"
             text = f"{arrow} {target}"
             lines.append(f"  {branch}{text}" + (f"{' ' * (width + 3 - len(text))}({note})" if note else ""))
-    lines += ["", "--> edge   -.-> conditional edge (condition: key) or Command goto   "
-              "==> join (runs once all its sources ran)"]
-    return "\n".join(_strip(lines)) + "\n"
+    return lines
 
 
 def _strip(lines: Iterable[str]) -> list[str]:

@@ -84,12 +84,16 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
+from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import read_output
 
 __all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
            "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
 log = logging.getLogger("distributed_agents.engine")
+
+
+SubgraphCall = Callable[[Graph, WorkflowRecord, TaskEntry, str], Awaitable[NodeOutcome]]
 
 
 class WorkflowTakenOverError(ExecutionError):
@@ -163,7 +167,9 @@ class StepEngine:
         local_function: Callable[[NodeSpec], NodeFunction | None],
         outage: Outage | None = None,
         payload_limit: int | None = None,
+        subgraphs: SubgraphCall | None = None,
     ) -> None:
+        self._subgraphs = subgraphs  # runs a subgraph node's task as a child workflow (core.subgraphs)
         self._store = store
         self._payload_limit = payload_limit  # bytes; see core.limits
         self._queue_executor = queue_executor
@@ -311,10 +317,18 @@ class StepEngine:
                 pauses = []
                 for entry in paused:
                     info = parsed[entry.key].interrupt or {}
+                    if "subgraph" in info:  # paused inside a subgraph: its pauses surface here
+                        pauses.extend(subgraph_tasks.subgraph_pauses(record.step, entry, info))
+                        continue
                     index = int(info.get("index", 0))
                     pauses.append(Interrupt(interrupt_id(record.step, entry.key, index), entry.node,
                                             info.get("value"), "interrupt", entry.key, index))
                 return await self._pause(record, lease, pauses, progress.pending)
+            to_parent = [e for e in entries if e.key in parsed and parsed[e.key].parent]
+            if to_parent:  # Command(graph=Command.PARENT): this subgraph ends, its parent routes
+                subgraph_tasks.check_parent_command(graph.name, record, [e.node for e in to_parent])
+                progress.phase = "commit"
+                return await self._end_for_parent(graph, record, lease, entries, parsed, to_parent)
             succeeded = [e for e in entries if e.key in parsed]
             writes = [(e.key, parsed[e.key].updates) for e in succeeded if parsed[e.key].updates]
             gotos = [(e.node, parsed[e.key].goto) for e in succeeded if parsed[e.key].goto]
@@ -352,6 +366,29 @@ class StepEngine:
                                   interrupts=frontier["interrupts"])
                 return record
 
+    async def _end_for_parent(
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, entries: Sequence[TaskEntry],
+        parsed: Mapping[str, Any], to_parent: Sequence[TaskEntry],
+    ) -> WorkflowRecord:
+        """Commit a child workflow COMPLETED with the step's ``Command.PARENT`` bodies for its parent.
+
+        The step's other writes merge into the child's state as usual; the commands'
+        updates and gotos are the parent's (``core.subgraphs``).
+        """
+        others = [e for e in entries if e.key in parsed and e not in to_parent]
+        writes = [(e.key, parsed[e.key].updates) for e in others if parsed[e.key].updates]
+        merged = merge_updates(record.state, writes, graph.reducers)
+        graph.check_writes(writes, merged)
+        frontier = {"next": [], "joins": {}, subgraph_tasks.PARENT_COMMAND_KEY: subgraph_tasks.parent_command_bodies(
+            [(e.node, parsed[e.key].updates, parsed[e.key].goto) for e in to_parent])}
+        step = record.step + 1
+        checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
+        record = await self._commit(
+            record.evolve(state=merged, step=step, frontier=frontier, status=WorkflowStatus.COMPLETED), lease, checkpoint)
+        self._events.emit(record.workflow_id, "workflow.completed", step=record.step,
+                          parent_command=[e.node for e in to_parent])
+        return record
+
     async def _pause(
         self, record: WorkflowRecord, lease: WorkflowLease, pauses: Sequence[Interrupt],
         pending: Mapping[str, Mapping[str, Any]],
@@ -375,9 +412,18 @@ class StepEngine:
         local: dict[str, NodeFunction] = {}
         local_calls: list[NodeCall] = []
         remote_calls: list[NodeCall] = []
+        batches = []
         for entry in entries:
             name = entry.node
             spec = graph.node(name)
+            if spec.subgraph is not None:  # a child workflow, driven from here (core.subgraphs)
+                if self._subgraphs is None:
+                    raise ExecutionError(f"node {name!r} of graph {graph.name!r} is a subgraph, which only an "
+                                         "Orchestrator runs")
+                self._events.emit(record.workflow_id, "node.started", step=record.step, node=name, where="subgraph",
+                                  **({"task": entry.key} if entry.is_send else {}))
+                batches.append(self._subgraph_batch(graph, record, entry))
+                continue
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
                 node_type=spec.node_type, task_id=node_task_id(record, entry.key),
@@ -396,7 +442,6 @@ class StepEngine:
             self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
                               where="local" if func is not None else "worker",
                               **({"task": entry.key} if entry.is_send else {}))
-        batches = []
         if local_calls:
             batches.append(InProcessExecutor(local).run(local_calls))
         if remote_calls:
@@ -404,6 +449,10 @@ class StepEngine:
         results = await asyncio.gather(*batches)
         by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
         return [by_task[node_task_id(record, entry.key)] for entry in entries]
+
+    async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> list[NodeOutcome]:
+        assert self._subgraphs is not None
+        return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key))]
 
     def _route_failure(
         self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, outcome: NodeOutcome

@@ -46,6 +46,7 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.schema import StateSchema
 from distributed_agents.core.state_view import ReadOnlyState
+from distributed_agents.core.subgraphs import Subgraph
 from distributed_agents.core.types import Command, Send, send_dict
 
 __all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "join_key"]
@@ -71,6 +72,7 @@ class NodeSpec:
     destinations: tuple[str, ...] | None = None  # where its Command(goto=) may go; None: anywhere
     defer: bool = False
     on_error: str | None = None  # the node a final failure of this one is routed to; None: the workflow fails
+    subgraph: Subgraph | None = None  # a compiled Graph run as this node (see core.subgraphs)
 
 
 @dataclass(frozen=True)
@@ -183,8 +185,15 @@ class Graph:
         destinations: Sequence[str] | None = None,
         defer: bool = False,
         on_error: str | None = None,
+        input: Callable[..., Any] | None = None,
+        output: Callable[..., Any] | None = None,
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
+
+        ``func`` may be a compiled ``Graph``: the node then runs it as a subgraph (see
+        ``core.subgraphs``), on the keys it shares with this graph, or on what
+        ``input(state)`` returns with ``output(subgraph_state)`` mapping its final state
+        back to this graph's updates. ``input``/``output`` are for subgraph nodes only.
 
         ``func(state)`` returns a dict of updates, a ``Command`` or None (``async def``
         or plain). It is called ``func(state, context)`` with its ``NodeContext`` when
@@ -218,6 +227,10 @@ class Graph:
         this graph and counts it as reachable from this node.
         """
         self._mutable()
+        subgraph = None
+        if isinstance(func, Graph) or input is not None or output is not None:
+            subgraph = Subgraph.of(self.name, name, func, input, output, timeout)
+            func = None
         if not isinstance(name, str) or not name:
             raise GraphValidationError(f"graph {self.name!r}: node name must be a non-empty string, got {name!r}",
                                        graph=self.name, culprit=repr(name))
@@ -259,7 +272,8 @@ class Graph:
                     f"{destinations!r}", graph=self.name, culprit=name)
             destinations = tuple(destinations)
         self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
-                                     None if destinations is None else tuple(destinations), bool(defer), on_error)
+                                     None if destinations is None else tuple(destinations), bool(defer), on_error,
+                                     subgraph)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
@@ -762,6 +776,7 @@ class Graph:
                     **({"destinations": list(n.destinations)} if n.destinations is not None else {}),
                     **({"defer": True} if n.defer else {}),
                     **({"on_error": n.on_error} if n.on_error is not None else {}),
+                    **(n.subgraph.spec() if n.subgraph is not None else {}),
                 }
                 for n in self._nodes.values()
             ],

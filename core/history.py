@@ -27,7 +27,7 @@ Checkpoints written before the field existed read as ``input``/``loop`` by step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
@@ -39,6 +39,7 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import OUTPUT_KEYS
 from distributed_agents.core.state import State, check_values, reserved_keys
+from distributed_agents.core.subgraphs import children_of
 from distributed_agents.core.types import read_output
 
 __all__ = [
@@ -85,6 +86,9 @@ class StateSnapshot:
     ``as_node`` for an update and ``parent`` for a fork. ``interrupts`` lists the
     pending ``Interrupt``s of an interrupted workflow's latest snapshot. ``status`` and ``error`` are the workflow's
     (as ``get_workflow_status`` reports them) on its latest checkpoint, None on older ones.
+    ``subgraphs`` (only from ``get_state(id, subgraphs=True)``) maps each task of the
+    current step that runs a subgraph (the node name, or ``node#i``) to that child
+    workflow's latest snapshot, itself with its ``subgraphs``.
     """
 
     workflow_id: str
@@ -98,6 +102,7 @@ class StateSnapshot:
     interrupts: tuple[Any, ...] = ()
     status: str | None = None
     error: Mapping[str, Any] | None = None
+    subgraphs: Mapping[str, StateSnapshot] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape."""
@@ -113,6 +118,8 @@ class StateSnapshot:
             "interrupts": list(self.interrupts),
             "status": self.status,
             "error": None if self.error is None else dict(self.error),
+            **({"subgraphs": {task: snap.to_dict() for task, snap in self.subgraphs.items()}}
+               if self.subgraphs else {}),
         }
 
 
@@ -161,8 +168,11 @@ def _not_found(workflow_id: str, where: str) -> WorkflowNotFoundError:
     return WorkflowNotFoundError(f"no workflow {workflow_id!r} in {where!r}")
 
 
-async def read_state(store: StateStore, workflow_id: str, *, where: str) -> StateSnapshot:
-    """The latest snapshot of ``workflow_id``; ``WorkflowNotFoundError`` (naming ``where``) if unknown."""
+async def read_state(store: StateStore, workflow_id: str, *, where: str, subgraphs: bool = False) -> StateSnapshot:
+    """The latest snapshot of ``workflow_id``; ``WorkflowNotFoundError`` (naming ``where``) if unknown.
+
+    With ``subgraphs``, the snapshots of the child workflows its current step runs too.
+    """
     record = await store.get(workflow_id)
     if record is None:
         raise _not_found(workflow_id, where)
@@ -172,7 +182,13 @@ async def read_state(store: StateStore, workflow_id: str, *, where: str) -> Stat
         checkpoint = latest[0]
     else:  # its checkpoint expired or was never kept: the record alone still says where it is
         checkpoint = Checkpoint(workflow_id, record.step, record.state, record.frontier, created_at=record.updated_at)
-    return snapshot_of(checkpoint, record)
+    snapshot = snapshot_of(checkpoint, record)
+    if subgraphs:
+        children = {task: await read_state(store, child.workflow_id, where=where, subgraphs=True)
+                    for task, child in (await children_of(store, record)).items()}
+        if children:
+            snapshot = replace(snapshot, subgraphs=children)
+    return snapshot
 
 
 def _before_step(workflow_id: str, before: str | int | None) -> int | None:

@@ -58,6 +58,11 @@ class Interrupt:
     ``kind`` is ``"interrupt"`` for ``interrupt(value)``, ``"before"``/``"after"`` for a
     static breakpoint (``value`` None: ``resume(workflow_id)`` continues, no answer).
     ``task`` is the node name, or ``node#i`` for the i-th Send to it.
+
+    A pause inside a subgraph (see ``core.subgraphs``) surfaces at its parent with
+    ``task`` the subgraph node's task, ``subgraph`` the pause's id inside the child
+    workflow and ``namespace`` the subgraph tasks it is nested in (``"<node>:<task id>"``,
+    outermost first); ``node`` is the node that paused, inside the subgraph.
     """
 
     id: str
@@ -66,17 +71,23 @@ class Interrupt:
     kind: str = "interrupt"
     task: str = ""
     index: int = 0
+    subgraph: str = ""
+    namespace: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, as stored in the frontier."""
-        return {"id": self.id, "node": self.node, "value": self.value, "kind": self.kind,
+        data = {"id": self.id, "node": self.node, "value": self.value, "kind": self.kind,
                 "task": self.task or self.node, "index": self.index}
+        if self.subgraph:  # only then, so other pauses keep their stored shape
+            data.update(subgraph=self.subgraph, namespace=list(self.namespace))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Interrupt:
         """Rebuild from ``to_dict`` output."""
         return cls(str(data["id"]), str(data.get("node", "")), data.get("value"), str(data.get("kind", "interrupt")),
-                   str(data.get("task") or data.get("node", "")), int(data.get("index", 0)))
+                   str(data.get("task") or data.get("node", "")), int(data.get("index", 0)),
+                   str(data.get("subgraph") or ""), tuple(str(n) for n in data.get("namespace") or ()))
 
 
 def interrupt_id(step: int, task: str, index: int) -> str:
@@ -174,12 +185,20 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
             f"workflow {workflow_id!r} has {len(waiting)} interrupts pending ({ids}); answer each by id: "
             f"resume({workflow_id!r}, Command(resume={{interrupt_id: answer, ...}}))")
     answers = {task: list(values) for task, values in (frontier.get("resume") or {}).items()}
+    # A subgraph's pauses are answered inside its child workflow, by their ids there;
+    # an empty dict continues a child paused at its breakpoints.
+    nested: dict[str, dict[str, Any]] = {p.task: {} for p in pending if p.subgraph}
     for pause, value in chosen:
         check_value("resume", value)
-        answers[pause.task] = [*answers.get(pause.task, [])[:pause.index], value]
-    updated = {key: value for key, value in frontier.items() if key != "interrupts"}
+        if pause.subgraph:
+            nested[pause.task][pause.subgraph] = value
+        else:
+            answers[pause.task] = [*answers.get(pause.task, [])[:pause.index], value]
+    updated = {key: value for key, value in frontier.items() if key not in ("interrupts", "subgraph_resume")}
     if answers:
         updated["resume"] = answers
-    if any(p.kind == "before" for p in pending):
+    if nested:
+        updated["subgraph_resume"] = nested
+    if any(p.kind == "before" and not p.subgraph for p in pending):
         updated["breakpoint_passed"] = True
     return updated

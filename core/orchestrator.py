@@ -55,6 +55,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease,
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
+from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
 from distributed_agents.core.streaming import DEFAULT_BUFFER_SIZE, StreamReader, parse_stream_mode
@@ -150,7 +151,9 @@ def _result_state(record: WorkflowRecord) -> State:
     values = result_values(record.state, record.metadata)
     if record.status == WorkflowStatus.INTERRUPTED:
         values = {**values, INTERRUPT_KEY: [
-            {"id": i.id, "node": i.node, "value": i.value, "kind": i.kind} for i in read_interrupts(record.frontier)]}
+            {"id": i.id, "node": i.node, "value": i.value, "kind": i.kind,
+             **({"namespace": list(i.namespace)} if i.namespace else {})}  # paused inside a subgraph
+            for i in read_interrupts(record.frontier)]}
     return State._trusted(values, record.workflow_id)
 
 
@@ -284,7 +287,7 @@ class Orchestrator:
             return None
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
-    def _engine(self, workflow_id: str, lease: WorkflowLease) -> StepEngine:
+    def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None) -> StepEngine:
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
@@ -295,9 +298,9 @@ class Orchestrator:
             on_waiting=waiting, require_workers=not self.wait_for_workers,
             withdraw_on_cancel=lambda: workflow_id in self._cancelled,
         )
-        return StepEngine(store=store, queue_executor=executor, events=self._publisher(),
+        return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
-                          payload_limit=backend.max_payload_bytes)
+                          payload_limit=backend.max_payload_bytes, subgraphs=SubgraphRunner(self).run)
 
     def register_graph(self, graph: Graph) -> None:
         """Make ``graph`` known, so this orchestrator can resume or take over its workflows.
@@ -568,8 +571,12 @@ class Orchestrator:
         from_checkpoint: str | None,
         breakpoints: Mapping[str, Any] | None = None,
         durability: str = "sync",
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
-        """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes."""
+        """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
+
+        ``metadata`` is added to the record's (a subgraph's child names its parent there).
+        """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
         _check_step_limit(step_limit)
@@ -611,12 +618,12 @@ class Orchestrator:
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
             metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
-                      **(breakpoints or {}), **durable,
+                      **(breakpoints or {}), **durable, **(metadata or {}),
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier))
-        self._publisher().emit(workflow_id, "workflow.started", step=0, graph=graph.name)
+        scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name)
         return record, lease
 
     async def _create(self, record: WorkflowRecord, checkpoint: Checkpoint) -> tuple[WorkflowRecord, WorkflowLease]:
@@ -700,13 +707,16 @@ class Orchestrator:
         await self._release(lease)
         return record.workflow_id
 
-    async def get_state(self, workflow_id: str) -> StateSnapshot:
+    async def get_state(self, workflow_id: str, *, subgraphs: bool = False) -> StateSnapshot:
         """The workflow's latest ``StateSnapshot`` (values, next nodes, step, checkpoint ids, status).
 
-        ``WorkflowNotFoundError`` if it is unknown.
+        With ``subgraphs=True`` (LangGraph's name) its ``subgraphs`` holds the latest
+        snapshot of each subgraph its current step is running (by task: the node name,
+        or ``node#i``), nested as deep as they go. ``WorkflowNotFoundError`` if it is unknown.
         """
         await self.connect()
-        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.url)
+        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.url,
+                                        subgraphs=subgraphs)
 
     async def get_state_history(
         self, workflow_id: str, *, limit: int | None = None, before: str | int | None = None
@@ -998,7 +1008,8 @@ class Orchestrator:
         publisher.start()
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
-            drive = asyncio.ensure_future(self._engine(workflow_id, lease).drive(graph, record, lease, options))
+            drive = asyncio.ensure_future(
+            self._engine(workflow_id, lease, record.metadata).drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive
@@ -1123,7 +1134,8 @@ class Orchestrator:
         taken = []
         for record in await store.list_workflows(WorkflowStatus.RUNNING):
             graph = self._known_graph(record)
-            if graph is None or record.workflow_id in self._running:
+            if graph is None or record.workflow_id in self._running or record.metadata.get(PARENT_KEY):
+                # A subgraph's child is continued by whoever drives its parent.
                 continue
             changed = graph_mismatch(record, graph.fingerprint())
             if changed:
@@ -1218,7 +1230,10 @@ class Orchestrator:
         else:
             raise ExecutionError(f"could not cancel workflow {workflow_id!r}: it kept changing; try again")
         await self.backend.message_bus.publish(CONTROL_CANCEL_CHANNEL, {"workflow_id": workflow_id})
-        self._publisher().emit(workflow_id, "workflow.cancelled", step=record.step)
+        scoped_events(self._publisher(), record.metadata).emit(workflow_id, "workflow.cancelled", step=record.step)
+        for child in (await children_of(store, record)).values():  # the subgraphs it is running
+            if child.status not in WorkflowStatus.TERMINAL:
+                await self.cancel_workflow(child.workflow_id)
         drive = self._running.get(workflow_id)
         if drive is not None:
             self._cancelled.add(workflow_id)

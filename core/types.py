@@ -72,8 +72,10 @@ class Command(Generic[N]):
     ``add_node(..., destinations=(...))`` (or annotated ``-> Command[Literal["a", "b"]]``)
     may only go to those. ``resume``: the answer to an ``interrupt``, given to
     ``Orchestrator.resume(workflow_id, Command(resume=...))``; a node does not return it.
-    ``graph=Command.PARENT`` targets the parent graph of a subgraph; there are no
-    subgraphs yet, so a node returning it fails with ``InvalidNodeOutputError``.
+    ``graph=Command.PARENT``, returned by a node inside a subgraph, ends the subgraph
+    and applies ``update`` and ``goto`` in the parent graph, as if the subgraph's node
+    in the parent had returned ``Command(update=, goto=)`` (LangGraph's semantics; see
+    ``core.subgraphs``). Returned by a node of a graph run on its own, it fails the node.
     """
 
     graph: str | None = None
@@ -100,21 +102,21 @@ class NodeResult:
     updates: dict[str, Any]
     goto: list[str | Send]
     interrupt: Mapping[str, Any] | None = None
+    parent: bool = False  # a Command(graph=Command.PARENT): updates and goto are for the parent graph
 
 
 def command_output(command: Command[Any], node: str) -> dict[str, Any]:
     """The JSON form of ``command`` returned by ``node`` (see the module docstring).
 
-    Raises ``InvalidNodeOutputError`` for ``graph=Command.PARENT`` (no subgraphs
-    exist), a ``resume`` (only ``Orchestrator.resume`` takes one), an ``update`` that
-    is not a dict, or a bad ``goto``; ``StateNotSerializableError`` for a value JSON
-    cannot carry.
+    ``graph=Command.PARENT`` adds ``"graph": "__parent__"`` to the body. Raises
+    ``InvalidNodeOutputError`` for another ``graph``, a ``resume`` (only
+    ``Orchestrator.resume`` takes one), an ``update`` that is not a dict, or a bad
+    ``goto``; ``StateNotSerializableError`` for a value JSON cannot carry.
     """
-    if command.graph is not None:
+    if command.graph is not None and command.graph != Command.PARENT:
         raise InvalidNodeOutputError(
-            f"node {node!r} returned Command(graph={command.graph!r}); Command.PARENT routes to the parent of a "
-            "subgraph, and this graph is no subgraph (subgraphs are not supported yet): return "
-            "Command(update=..., goto=...) without graph=")
+            f"node {node!r} returned Command(graph={command.graph!r}); graph= takes only Command.PARENT (route in "
+            "the parent graph of a subgraph), or None for this graph")
     if command.resume is not None:
         raise InvalidNodeOutputError(
             f"node {node!r} returned Command(resume=...); resume answers an interrupt and is given to "
@@ -139,7 +141,10 @@ def command_output(command: Command[Any], node: str) -> dict[str, Any]:
         else:
             raise InvalidNodeOutputError(
                 f"node {node!r} returned Command(goto=...) with {target!r}; goto takes node names and Sends")
-    return {COMMAND_KEY: {"update": updates, "goto": goto}}
+    body: dict[str, Any] = {"update": updates, "goto": goto}
+    if command.graph is not None:
+        body["graph"] = command.graph
+    return {COMMAND_KEY: body}
 
 
 def send_dict(send: Send, where: str) -> dict[str, Any]:
@@ -185,7 +190,7 @@ def read_output(output: Mapping[str, Any] | None) -> NodeResult:
         goto: list[str | Send] = []
         for target in body.get("goto") or ():
             goto.append(Send(target["node"], target.get("arg")) if isinstance(target, Mapping) else str(target))
-        return NodeResult(dict(body.get("update") or {}), goto)
+        return NodeResult(dict(body.get("update") or {}), goto, parent=body.get("graph") == Command.PARENT)
     return NodeResult(dict(output), [])
 
 

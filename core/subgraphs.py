@@ -1,0 +1,343 @@
+"""Subgraphs: a compiled ``Graph`` used as a node of another graph.
+
+Two forms, as in LangGraph:
+
+* ``parent.add_node("inner", subgraph)`` - *a compiled graph as a node*: the subgraph
+  starts from the parent's state (a Send's argument, for a Send to the node), filtered
+  by its input schema if it has one, and its final state (its output schema's keys)
+  is the node's update in the parent, merged through the parent's reducers like any
+  node's return value (with a parent state schema, keys the parent does not declare
+  are left out). So a reducer such as ``operator.add`` on a shared key sees the
+  subgraph's whole list again, exactly as in LangGraph: use ``add_messages`` (which
+  replaces by id) or the mapped form to return only what is new.
+* ``parent.add_node("inner", subgraph, input=map_in, output=map_out)`` - LangGraph's
+  *invoke the subgraph inside a node*, for different schemas: ``map_in(parent_state)``
+  returns the subgraph's input, ``map_out(subgraph_final_state)`` the parent's updates
+  (both dicts of JSON values; either may be omitted: the identity). Both run in the
+  orchestrator.
+
+How a subgraph runs: the node's task is a *child workflow* driven by the same
+``StepEngine`` as its parent, by the orchestrator driving the parent. Its id is
+deterministic, ``<parent id>:sub:<step>:<task>`` (``child_workflow_id``), so a parent
+re-running the step (after a restart, a takeover by another orchestrator, or
+``resume``) finds and continues the same child instead of starting another. The child's
+record names its parent (``metadata["parent"]``), so ``recover_workflows`` never takes a
+child over on its own: whoever drives the parent drives its children. Its nodes go to
+workers exactly like the parent's, and its checkpoints are stored under its own id
+(``get_state(parent, subgraphs=True)`` shows them). Its events are published on the
+*root* workflow's channels with ``"namespace": ["<node>:<task id>", ...]`` (outermost
+first) and ``"subgraph_workflow_id"``.
+
+* An ``interrupt()`` inside the subgraph pauses the child, and the parent becomes
+  ``interrupted`` with the child's pauses, each with id ``"<step>:<task>/<child id>"``
+  (unique at every depth); ``resume(parent, answer)`` (by order or by those ids) hands
+  the answers to the child, which continues; when it completes the node finishes.
+* ``Command(graph=Command.PARENT, update=, goto=)`` returned by a node of the subgraph
+  ends the subgraph (its step's other writes stay in the child's state) and becomes
+  the subgraph node's ``Command(update=, goto=)`` in the parent; declare where it may
+  go with ``add_node(..., destinations=[...])`` on the subgraph node.
+* A failed child fails the subgraph node: ``on_error`` routes it to a handler as for
+  any node; ``retry=RetryPolicy(max_attempts=n)`` resumes the child from its failed
+  step up to ``n`` attempts in all (``retry_on`` is not consulted: the child's own
+  nodes' retry policies decide per exception). ``timeout`` is refused on a subgraph
+  node: set it on the subgraph's nodes.
+* ``cancel_workflow(parent)`` cancels the children it is running too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distributed_agents.core.errors import (
+    BackendUnavailableError,
+    ExecutionError,
+    GraphValidationError,
+    InvalidNodeOutputError,
+    WorkflowExistsError,
+)
+from distributed_agents.core.events import EventPublisher
+from distributed_agents.core.executors import NodeOutcome
+from distributed_agents.core.frontier import TaskEntry, read_entries
+from distributed_agents.core.interrupts import NO_ANSWER, Interrupt, read_interrupts
+from distributed_agents.core.node_runner import NodeFailure, describe_failure
+from distributed_agents.core.ports.state_store import StateStore, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.schema import result_values
+from distributed_agents.core.state import State, check_values
+from distributed_agents.core.types import COMMAND_KEY, INTERRUPT_KEY, Send
+
+if TYPE_CHECKING:
+    from distributed_agents.core.graph import Graph
+    from distributed_agents.core.orchestrator import Orchestrator
+
+__all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "namespace_of"]
+
+PARENT_KEY = "parent"  # record metadata of a child workflow: its parent's id
+ROOT_KEY = "root"  # ... the outermost workflow's id (whose channels carry the child's events)
+NAMESPACE_KEY = "namespace"  # ... ["<node>:<task id>", ...] from the root inward
+PARENT_COMMAND_KEY = "parent_command"  # a completed child's frontier: Command.PARENT bodies for its parent
+SUBGRAPH_RESUME_KEY = "subgraph_resume"  # a parent's frontier: {task: {child interrupt id: answer}}
+
+_UNSAFE = frozenset(" \t\n\r.*>/\\")
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A subgraph node's graph and its optional ``input``/``output`` mappings."""
+
+    graph: Graph
+    input: Callable[..., Any] | None = None
+    output: Callable[..., Any] | None = None
+
+    @classmethod
+    def of(cls, parent: str, node: str, func: Any, input: Callable[..., Any] | None,
+           output: Callable[..., Any] | None, timeout: float | None) -> Subgraph:
+        """Check ``add_node(node, func, input=, output=)`` of graph ``parent``; ``GraphValidationError`` if wrong."""
+        from distributed_agents.core.graph import Graph
+
+        where = f"graph {parent!r}: node {node!r}"
+        if not isinstance(func, Graph):
+            raise GraphValidationError(
+                f"{where}: input= and output= map the state of a subgraph node; pass a compiled Graph as the "
+                f"node (add_node({node!r}, subgraph, input=..., output=...)), got {func!r}", graph=parent, culprit=node)
+        if not func.compiled:
+            raise GraphValidationError(f"{where}: subgraph {func.name!r} is not compiled; call .compile() on it first",
+                                       graph=parent, culprit=node)
+        for label, mapping in (("input", input), ("output", output)):
+            if mapping is not None and not callable(mapping):
+                raise GraphValidationError(f"{where}: {label}= must be a function of a state, got {mapping!r}",
+                                           graph=parent, culprit=node)
+        if timeout is not None:
+            raise GraphValidationError(
+                f"{where}: a subgraph node takes no timeout (its child workflow runs many nodes); set timeouts on the "
+                f"nodes of subgraph {func.name!r}", graph=parent, culprit=node)
+        return cls(func, input, output)
+
+    def spec(self) -> dict[str, Any]:
+        """What the node's entry in ``Graph.spec()`` adds: the subgraph's own spec and mapping names."""
+        spec: dict[str, Any] = {"subgraph": self.graph.spec()}
+        for label, mapping in (("input", self.input), ("output", self.output)):
+            if mapping is not None:
+                spec[f"subgraph_{label}"] = getattr(mapping, "__qualname__", None) or repr(mapping)
+        return spec
+
+
+def child_workflow_id(parent_id: str, step: int, task: str) -> str:
+    """The id of the child workflow that task ``task`` (node name or ``node#i``) of ``step`` runs.
+
+    Deterministic (no run number: a resumed parent continues the same child); characters
+    a workflow id cannot hold in a node name become ``_``.
+    """
+    safe = "".join("_" if char in _UNSAFE else char for char in task)
+    return f"{parent_id}:sub:{step}:{safe}"
+
+
+def namespace_of(record: WorkflowRecord) -> list[str]:
+    """``record``'s namespace: ``[]`` for a root workflow, ``["<node>:<task id>", ...]`` for a child."""
+    return [str(item) for item in record.metadata.get(NAMESPACE_KEY) or ()]
+
+
+async def children_of(store: StateStore, record: WorkflowRecord) -> dict[str, WorkflowRecord]:
+    """The child workflows of ``record``'s current step, by task key (the node, or ``node#i``).
+
+    Found by their deterministic ids, so no graph is needed: every task of the step is
+    probed, and only subgraph nodes have a child.
+    """
+    found = {}
+    for entry in read_entries(record.frontier, {}):
+        child = await store.get(child_workflow_id(record.workflow_id, record.step, entry.key))
+        if child is not None and child.metadata.get(PARENT_KEY) == record.workflow_id:
+            found[entry.key] = child
+    return found
+
+
+class NamespacedEvents(EventPublisher):
+    """A child workflow's events, published on its root workflow's channels with its namespace."""
+
+    def __init__(self, inner: EventPublisher, root: str, namespace: Sequence[str]) -> None:
+        # No bus of its own: everything goes through ``inner``.
+        self._inner = inner
+        self._root = root
+        self._namespace = list(namespace)
+
+    def emit(self, workflow_id: str, kind: str, **fields: Any) -> None:
+        self._inner.emit(self._root, kind, namespace=list(self._namespace), subgraph_workflow_id=workflow_id, **fields)
+
+    async def flush(self) -> None:
+        await self._inner.flush()
+
+    async def close(self) -> None:
+        await self._inner.flush()
+
+
+def scoped_events(events: EventPublisher, metadata: Mapping[str, Any] | None) -> EventPublisher:
+    """``events`` for a workflow with record ``metadata``: namespaced for a child, unchanged otherwise."""
+    if not metadata or not metadata.get(NAMESPACE_KEY):
+        return events
+    return NamespacedEvents(events, str(metadata.get(ROOT_KEY)), list(metadata[NAMESPACE_KEY]))
+
+
+def subgraph_pauses(step: int, entry: TaskEntry, info: Mapping[str, Any]) -> list[Interrupt]:
+    """The parent's pauses for a subgraph task paused with ``info`` (see ``SubgraphRunner``)."""
+    child = info["subgraph"]
+    pauses = []
+    for item in child.get("interrupts") or ():
+        inner = Interrupt.from_dict(item)
+        pauses.append(Interrupt(f"{step}:{entry.key}/{inner.id}", inner.node, inner.value, inner.kind, entry.key,
+                                inner.index, subgraph=inner.id,
+                                namespace=(str(child.get("namespace", entry.node)), *inner.namespace)))
+    return pauses
+
+
+def check_parent_command(graph_name: str, record: WorkflowRecord, nodes: Sequence[str]) -> None:
+    """``InvalidNodeOutputError`` if ``record`` is no child workflow: ``Command.PARENT`` has nowhere to go."""
+    if not record.metadata.get(PARENT_KEY):
+        raise InvalidNodeOutputError(
+            f"node {nodes[0]!r} of graph {graph_name!r} (workflow {record.workflow_id!r}) returned "
+            "Command(graph=Command.PARENT), but the graph runs as a graph of its own, not as a subgraph of another: "
+            "return Command(update=..., goto=...) without graph=, or add this graph to a parent with "
+            "parent.add_node(name, this_graph)")
+
+
+def parent_command_bodies(results: Sequence[tuple[str, Mapping[str, Any], Sequence[Any]]]) -> list[dict[str, Any]]:
+    """The JSON ``Command.PARENT`` bodies ``(node, update, goto)`` a child stores when it ends for its parent."""
+    return [{"node": node, "update": dict(update),
+             "goto": [target.to_dict() if isinstance(target, Send) else target for target in goto]}
+            for node, update, goto in results]
+
+
+class SubgraphRunner:
+    """Runs subgraph nodes' tasks as child workflows of ``orchestrator`` (see the module docstring)."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+
+    async def run(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, task_id: str) -> NodeOutcome:
+        """Advance the child of ``entry`` (a subgraph node's task of ``record``'s step) as far as it goes.
+
+        Returns the node's outcome: its updates (or a ``Command`` of the child's
+        ``Command.PARENT``), a pause (``{INTERRUPT_KEY: {..., "subgraph": ...}}``) or a
+        failure. Raises ``BackendUnavailableError`` (the step is retried) and cancellation.
+        """
+        spec = graph.node(entry.node)
+        sub = spec.subgraph
+        assert sub is not None
+        child_id = child_workflow_id(record.workflow_id, record.step, entry.key)
+        namespace = [*namespace_of(record), f"{entry.node}:{task_id}"]
+        metadata = {PARENT_KEY: record.workflow_id, ROOT_KEY: str(record.metadata.get(ROOT_KEY) or record.workflow_id),
+                    NAMESPACE_KEY: namespace, "parent_task": entry.key}
+        answers = (record.frontier.get(SUBGRAPH_RESUME_KEY) or {}).get(entry.key)
+        state = dict(entry.arg) if entry.arg is not None else dict(record.state)
+        priority = int(record.metadata.get("priority", 0))
+        started = time.time()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                child = await self._advance(sub, child_id, state, metadata, answers, priority)
+                answers = None  # handed to the child once
+                if child.status == WorkflowStatus.FAILED and spec.retry is not None \
+                        and attempts < spec.retry.max_attempts:
+                    await asyncio.sleep(spec.retry.delay(attempts))
+                    continue
+                output = self._output(graph, entry.node, sub, child, namespace[-1])
+            except (BackendUnavailableError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                return NodeOutcome(entry.node, task_id, None, describe_failure(exc), attempts, started,
+                                   time.time() - started)
+            if isinstance(output, NodeFailure):
+                return NodeOutcome(entry.node, task_id, None, output, attempts, started, time.time() - started)
+            return NodeOutcome(entry.node, task_id, output, None, attempts, started, time.time() - started)
+
+    async def _advance(self, sub: Subgraph, child_id: str, state: Mapping[str, Any], metadata: Mapping[str, Any],
+                       answers: Mapping[str, Any] | None, priority: int) -> WorkflowRecord:
+        """Create, continue or answer the child until it completes, fails, is cancelled or pauses."""
+        orchestrator = self._orchestrator
+        store = orchestrator.backend.state_store
+        while True:
+            current = await store.get(child_id)
+            version = None if current is None else current.version
+            try:
+                if current is None:
+                    values = _mapped(sub.input, state, f"the input= mapping of subgraph {sub.graph.name!r}")
+                    record, lease = await orchestrator._start(
+                        sub.graph, values, workflow_id=child_id, step_limit=None, priority=priority,
+                        from_checkpoint=None, metadata=metadata)
+                    await orchestrator._drive(sub.graph, record, lease, None)
+                elif current.status == WorkflowStatus.COMPLETED:
+                    return current
+                elif current.status == WorkflowStatus.INTERRUPTED:
+                    pending = read_interrupts(current.frontier)
+                    chosen = {key: value for key, value in (answers or {}).items() if key in {p.id for p in pending}}
+                    if answers is None or (not chosen and any(p.kind == "interrupt" for p in pending)):
+                        return current  # no answer for it (yet): the parent pauses with it
+                    answers = None
+                    await orchestrator.resume(child_id, sub.graph, resume=chosen if chosen else NO_ANSWER)
+                else:  # running (its driver stopped), pending, failed or cancelled: continue it
+                    await orchestrator.resume(child_id, sub.graph)
+            except (BackendUnavailableError, asyncio.CancelledError):
+                raise
+            except (WorkflowExistsError, ExecutionError) as exc:
+                if isinstance(exc, WorkflowExistsError) or "lease is held" in str(exc):
+                    # Another orchestrator drives the child (or its dead owner's lease has not
+                    # lapsed yet): look again shortly; it ends, pauses, or becomes ours.
+                    await asyncio.sleep(min(orchestrator.lease_ttl / 3, 1.0))
+                    continue
+                final = await store.get(child_id)
+                if final is None or final.version == version:
+                    raise  # nothing was recorded: the error is the node's failure
+            final = await store.get(child_id)
+            if final is None:
+                raise ExecutionError(f"subgraph workflow {child_id!r} disappeared from the store while it ran")
+            if final.status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                await asyncio.sleep(min(orchestrator.lease_ttl / 3, 1.0))
+                continue  # its driver stopped (a lost lease): continue it
+            return final
+
+    def _output(self, graph: Graph, node: str, sub: Subgraph, child: WorkflowRecord,
+                scope: str) -> dict[str, Any] | NodeFailure:
+        """The subgraph node's output for its child's final record ``child``."""
+        if child.status == WorkflowStatus.INTERRUPTED:
+            return {INTERRUPT_KEY: {"value": None, "index": 0, "subgraph": {
+                "workflow_id": child.workflow_id, "namespace": scope,
+                "interrupts": list(child.frontier.get("interrupts") or ())}}}
+        if child.status == WorkflowStatus.CANCELLED:
+            return NodeFailure("WorkflowCancelledError", f"subgraph {sub.graph.name!r} of node {node!r} (workflow "
+                               f"{child.workflow_id!r}) was cancelled", "")
+        if child.status == WorkflowStatus.FAILED:
+            error = dict(child.error or {})
+            return NodeFailure(
+                str(error.get("error_type") or error.get("kind") or "ExecutionError"),
+                f"subgraph {sub.graph.name!r} of node {node!r} (workflow {child.workflow_id!r}) failed: "
+                f"{error.get('summary', 'no details recorded')}", str(error.get("traceback") or ""),
+                bool(error.get("kind") == "NodeTimeoutError"))
+        commands = child.frontier.get(PARENT_COMMAND_KEY)
+        if commands:
+            update: dict[str, Any] = {}
+            goto: list[Any] = []
+            for body in commands:
+                update.update(body.get("update") or {})
+                goto.extend(body.get("goto") or ())
+            return {COMMAND_KEY: {"update": update, "goto": goto}}
+        values = result_values(child.state, child.metadata)
+        if sub.output is not None:
+            return _mapped(sub.output, values, f"the output= mapping of subgraph node {node!r}")
+        if graph.schema is not None:
+            return {key: value for key, value in values.items() if key in graph.schema.keys}
+        return dict(values)
+
+
+def _mapped(mapping: Callable[..., Any] | None, values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``mapping(State(values))`` checked to be a dict of JSON values (``values`` itself without a mapping)."""
+    if mapping is None:
+        return dict(values)
+    result = mapping(State(dict(values)))
+    if not isinstance(result, Mapping):
+        raise InvalidNodeOutputError(f"{what} returned {type(result).__name__}; it must return a dict of state values")
+    result = dict(result)
+    check_values(result)
+    return result
