@@ -25,8 +25,13 @@ A node's final failure (retries exhausted, or a timeout) fails the workflow unle
 node has an error handler (``add_node(on_error=)``): then the step commits without the
 failed node's writes and routes, and the next step's frontier carries the handler's
 task as a Send ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles":
-task}``, so it survives restarts and runs the same on a worker. A failing handler's
-task is never routed again: it fails the workflow naming both nodes.
+task, "handles_task": task id}``, so it survives restarts and runs the same on a worker.
+A failing handler's task is never routed again: it fails the workflow naming both nodes.
+The dead letter a worker left for the handled task is purged once the route is
+committed (and again whenever a process takes the workflow up with the handler still
+pending, in case the first one died in between): the workflow handled the failure, so
+nothing is left for an operator to re-drive. ``node.failed`` events and the handler's
+input keep the error.
 
 How often the step loop writes is the workflow's durability mode (``execute(...,
 durability=)``, LangGraph's names, kept in the record's ``metadata["durability"]`` so a
@@ -235,6 +240,7 @@ class StepEngine:
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
         order = {name: i for i, name in enumerate(graph.nodes)}
+        await self._purge_handled(record)  # a process that committed the route may have died before purging
         while True:
             progress.begin(record)
             entries = read_entries(record.frontier, order)
@@ -361,6 +367,8 @@ class StepEngine:
             # Streams read the step's values and writes from this checkpoint (core.streaming).
             self._events.emit(record.workflow_id, "step.committed", step=record.step,
                               checkpoint=f"{record.workflow_id}:{record.step}")
+            if handlers:
+                await self._purge_handled(record)
             if status == WorkflowStatus.INTERRUPTED:
                 self._events.emit(record.workflow_id, "workflow.interrupted", step=record.step,
                                   interrupts=frontier["interrupts"])
@@ -474,7 +482,34 @@ class StepEngine:
                           duration=outcome.duration, on_error=handler,
                           **({"task": entry.key} if entry.is_send else {}))
         arg = dict(entry.arg) if entry.arg is not None else dict(record.state)
-        return {"node": handler, "arg": {"error": error, "state": arg}, "handles": entry.key}
+        return {"node": handler, "arg": {"error": error, "state": arg}, "handles": entry.key,
+                "handles_task": node_task_id(record, entry.key)}
+
+    async def _purge_handled(self, record: WorkflowRecord) -> None:
+        """Delete the dead letters of the failed tasks whose handlers ``record``'s frontier holds.
+
+        A handled failure needs no operator: listing it among the dead letters would ask
+        for a re-drive the workflow does not want (it went on through the handler). Only
+        the queue's letter goes; the failed result, the ``node.failed`` event and the
+        handler's input keep the error. Housekeeping: retried through an outage, any
+        other error logged, never raised. A purge that finds no letter (the task ran
+        in-process, or a purge before) does nothing.
+        """
+        for send in record.frontier.get("sends") or ():
+            task_id = send.get("handles_task") if isinstance(send, Mapping) else None
+            if not isinstance(task_id, str):
+                continue
+            try:
+                purged = await until_available(functools.partial(self._queue_executor.queue.purge_dead_letter, task_id),
+                                               what=f"purge the handled dead letter {task_id}", outage=self._outage)
+            except Exception as exc:
+                log.warning("workflow %r: node %r's failure went to its error handler, but its dead letter %s could "
+                            "not be purged (%s: %s); 'distributed-agents dead-letters purge %s' deletes it",
+                            record.workflow_id, send.get("handles"), task_id, type(exc).__name__, exc, task_id)
+                continue
+            if purged:
+                log.info("workflow %r: purged dead letter %s, whose failure its error handler %r handles",
+                         record.workflow_id, task_id, send.get("node"))
 
     async def _node_failed(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease,

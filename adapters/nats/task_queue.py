@@ -359,7 +359,7 @@ class NatsTaskQueue(TaskQueue):
                 return None
             if record["state"] in _TERMINAL:
                 if record["state"] == "dead":
-                    await self._write_dead_letter(record, task, None)
+                    await self._write_dead_letter_unless_purged(record, task)
                 await self._claim_index(task.node_type, task.id, False)
                 await send_ack(self._conn.nc, lease_id, "ack")  # settled; only the ack was lost
                 return None
@@ -583,7 +583,7 @@ class NatsTaskQueue(TaskQueue):
         # ends the failed result after result_ttl, and a purged letter frees the id then).
         if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=revision) is None:
             return False
-        await self._write_dead_letter(new, task, None)
+        await self._write_dead_letter_unless_purged(new, task)
         await self._claim_index(record["node_type"], record["id"], False)
         with contextlib.suppress(Exception):
             await send_ack(self._conn.nc, lease_id, "ack")
@@ -605,6 +605,35 @@ class NatsTaskQueue(TaskQueue):
         }
         key = f"{token(record['node_type'])}.{token(record['id'])}"
         await kv.put(self._conn.js, self._dead, key, encode(letter))
+
+    async def _write_dead_letter_unless_purged(self, record: Mapping[str, Any], task: Task | None) -> None:
+        """Write ``record``'s dead letter, unless it was purged since the record went dead.
+
+        The record turns dead (the commit point: ``get_result`` reports the failure) before
+        its letter is written, so a purge can come in between (the engine purges the
+        letter of a failure an error handler took), or before a claimer repairs a letter
+        whose writer died. The purge marks the record first, then deletes letters; this
+        writes, then reads the mark: whichever comes second sees the other, so a purged
+        letter never comes back.
+        """
+        if record.get("purged"):
+            return
+        await self._write_dead_letter(record, task, None)
+        current = await self._read(str(record["id"]))
+        if current.record is not None and current.record.get("purged"):
+            await kv.remove(self._conn.js, self._dead, f"{token(record['node_type'])}.{token(record['id'])}")
+
+    async def _mark_purged(self, task_id: str) -> None:
+        """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``)."""
+        for _ in range(5):
+            found = await self._read(task_id)
+            if found.record is None or found.record.get("state") != "dead" or found.record.get("purged"):
+                return
+            marked = encode({**found.record, "purged": True})
+            # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
+            ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
+            if await kv.cas(self._conn.js, self._tasks, token(task_id), marked, last=found.revision, ttl=ttl) is not None:
+                return
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         headers = msg.headers or {}
@@ -661,6 +690,7 @@ class NatsTaskQueue(TaskQueue):
     async def purge_dead_letter(self, task_id: str) -> bool:
         # The task record (state "dead") keeps the id known until its TTL, the result's.
         with self._errors(f"purge dead letter {task_id!r}"):
+            await self._mark_purged(task_id)
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
             for entry in matches:
                 await kv.remove(self._conn.js, self._dead, entry.key)

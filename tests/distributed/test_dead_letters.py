@@ -206,8 +206,10 @@ def test_requeue_after_the_workflow_completed_says_nothing_needs_re_running(
 ) -> None:
     """Ops finding: a stale requeue of a completed workflow pointed to resume(); it should offer purge.
 
-    notify's final failure goes to its on_error handler, the workflow completes, and the
-    worker still dead-letters notify's task as a record of the failure.
+    notify's final failure goes to its on_error handler and the workflow completes; the
+    engine's purge of notify's dead letter (a handled failure needs no operator) is
+    refused here, so the letter is left behind, as when the orchestrator died right
+    after the workflow's last commit.
     """
     graph = Graph("notify_fallback")
     graph.add_node("notify", retry=RetryPolicy(max_attempts=1), on_error="fallback").add_node("fallback")
@@ -216,7 +218,13 @@ def test_requeue_after_the_workflow_completed_says_nothing_needs_re_running(
     async def scenario(prefix: str, workers: WorkerProcesses) -> Any:
         orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix, recover=False)
         workflow_id = f"{prefix}-wf"
+
+        async def refuse(task_id: str) -> bool:
+            raise RuntimeError("purge refused")
+
         try:
+            await orchestrator.connect()
+            orchestrator.backend.task_queue.purge_dead_letter = refuse  # type: ignore[method-assign]
             result = dict(await orchestrator.execute(graph, {"to": "ops"}, workflow_id=workflow_id))
             (letter,) = await orchestrator.backend.task_queue.dead_letters("notify")
             (tmp_path / "broken").unlink()

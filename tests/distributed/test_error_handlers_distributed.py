@@ -1,11 +1,14 @@
 """``on_error`` on Redis and NATS: the failing node and its handler run on a real worker process.
 
 The handler's task payload carries the error, so the worker running it needs nothing
-else; a failing handler fails the workflow naming both nodes.
+else; a failing handler fails the workflow naming both nodes. A failure the handler
+took leaves no dead letter (the engine purges the one the worker's final nack left, once
+the route is committed, or when it takes the workflow up again); a failed handler's does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import uuid
 from types import ModuleType
@@ -15,6 +18,7 @@ import pytest
 from support.aio import run
 from support.worker_processes import WorkerProcesses, load_test_app
 
+from distributed_agents import Orchestrator, Worker
 from distributed_agents.core.errors import NodeExecutionError
 from distributed_agents.distributed import DistributedOrchestrator
 
@@ -53,9 +57,11 @@ def test_a_workers_final_failure_runs_the_handler_on_a_worker(
         requeued = workers.cli("dead-letters", "requeue", "wf-onerr:0:0:fetch")
     finally:
         workers.close()
-    # The handled failure stays dead-lettered as a record; re-driving it is refused, the workflow moved on.
-    assert '"task_id": "wf-onerr:0:0:fetch"' in listed.stdout
-    assert requeued.returncode != 0 and "workflow 'wf-onerr' completed" in requeued.stderr
+    # A handled failure leaves no dead letter (nothing for an operator to re-drive); the
+    # failure of the handler itself, which failed its workflow, does.
+    assert "wf-onerr:0:0:fetch" not in listed.stdout and "wf-onerr-bad:0:0:fetch" not in listed.stdout
+    assert '"task_id": "wf-onerr-bad:0:1:handler#0"' in listed.stdout
+    assert requeued.returncode != 0 and "not found among the dead letters" in requeued.stderr
     assert result["handled"] == "fetch: ConnectionError: upstream http://x is down (2 attempts)"
     assert result["input"] == {"url": "http://x"} and result["handled_on"] == "w1"
     assert len(list(tmp_path.glob("fetch-*"))) == 4  # 2 attempts in each workflow, on the worker
@@ -97,3 +103,89 @@ def test_the_pending_handler_task_is_committed_and_another_orchestrator_runs_it(
     assert send["node"] == "handler" and send["handles"] == "fetch"
     assert result["handled"] == "fetch: ConnectionError: upstream http://z is down (2 attempts)"
     assert len(list(tmp_path.glob("fetch-*"))) == 2  # the failed node did not run again
+
+
+def test_on_a_memory_worker_a_handled_failure_leaves_no_dead_letter_and_a_failed_handler_does(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DA_MARKER_DIR", str(tmp_path))
+    app = error_handler_app()
+    worker = Worker(capacity=2, registry=app.registry, poll_wait=0.05, heartbeat_interval=0.5)
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start())
+        orchestrator = Orchestrator()
+        try:
+            result = await orchestrator.execute(app.error_graph(), {"url": "http://m"}, workflow_id="wf-mem")
+            with pytest.raises(NodeExecutionError):
+                await orchestrator.execute(app.error_graph("bad_recover"), {"url": "http://n"}, workflow_id="wf-mem-bad")
+            letters = await orchestrator.backend.task_queue.dead_letters()
+            stats = await orchestrator.backend.task_queue.stats("fetch")
+            return result, letters, stats
+        finally:
+            await orchestrator.close()
+            await worker.stop(grace=1)
+            await serving
+
+    result, letters, stats = run(scenario(), timeout=60)
+    assert result["handled"] == "fetch: ConnectionError: upstream http://m is down (2 attempts)"
+    assert result["handled_on"] == worker.worker_id  # the failure really happened on the worker
+    assert [letter.task_id for letter in letters] == ["wf-mem-bad:0:1:handler#0"]
+    assert stats.dead == 0 and len(list(tmp_path.glob("fetch-*"))) == 4
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis_url", "nats_url"])
+def test_a_handled_dead_letter_whose_purge_failed_is_purged_by_the_orchestrator_that_takes_the_workflow_up(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first orchestrator commits the route but cannot purge (as if it died right then): the next one does."""
+    monkeypatch.setenv("DA_MARKER_DIR", str(tmp_path))
+    url = "memory://" if backend == "memory" else str(request.getfixturevalue(backend))
+    prefix = f"onerrpg{uuid.uuid4().hex[:8]}"
+    app = error_handler_app()
+    workers = WorkerProcesses(url, prefix, tmp_path, "error_handler_app:registry")
+    worker = (Worker(capacity=2, registry=app.registry, backend=url, backend_options={"prefix": prefix}, poll_wait=0.05,
+                     heartbeat_interval=0.5) if backend == "memory" else None)
+    task_id = "wf-onerr-purge:0:0:fetch"
+
+    async def refuse(task_id: str) -> bool:
+        raise RuntimeError("purge refused")
+
+    def orchestrator() -> Orchestrator:
+        if worker is not None:  # memory://: everything in this process
+            return Orchestrator(backend=url, backend_options={"prefix": prefix})
+        return DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start()) if worker is not None else None
+        try:
+            first = orchestrator()
+            try:
+                await first.connect()
+                monkeypatch.setattr(first.backend.task_queue, "purge_dead_letter", refuse)
+                await first.execute(app.error_graph(), {"url": "http://p"}, workflow_id="wf-onerr-purge",
+                                    interrupt_before=["handler"])
+                left = [letter.task_id for letter in await first.backend.task_queue.dead_letters()]
+            finally:
+                await first.close()
+            second = orchestrator()
+            try:
+                result = await second.resume("wf-onerr-purge", app.error_graph())
+                after = [letter.task_id for letter in await second.backend.task_queue.dead_letters()]
+                return left, result, after
+            finally:
+                await second.close()
+        finally:
+            if worker is not None and serving is not None:
+                await worker.stop(grace=1)
+                await serving
+
+    if worker is None:
+        workers.start("w1")
+    try:
+        left, result, after = run(scenario(), timeout=110)
+    finally:
+        workers.close()
+    assert left == [task_id]  # the purge failed: the letter is still there
+    assert result["handled"] == "fetch: ConnectionError: upstream http://p is down (2 attempts)"
+    assert after == []
