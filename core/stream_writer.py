@@ -37,7 +37,9 @@ from distributed_agents.core.errors import InvalidNodeOutputError
 if TYPE_CHECKING:
     from distributed_agents.core.events import EventPublisher
 
-__all__ = ["StreamWriter", "current_stream_sink", "set_stream_sink"]
+__all__ = ["StreamWriter", "current_stream_sink", "reset_stream_sink", "set_stream_sink"]
+
+_OVERHEAD = 300  # bytes of a chunk's fields besides the chunk (ids, node, step, times)
 
 _sink: contextvars.ContextVar[EventPublisher | None] = contextvars.ContextVar(
     "distributed_agents_stream_sink", default=None)
@@ -97,25 +99,30 @@ class StreamWriter:
         self._emit("messages", chunk, metadata)
 
     def _emit(self, mode: str, chunk: Any, metadata: Mapping[str, Any] | None) -> None:
-        data = {"type": mode, **self._base, "seq": next(self._counter), "time": time.time(),
-                "chunk": self._json(chunk, "chunk")}
+        value, size = self._json(chunk, "chunk")
+        data = {"type": mode, **self._base, "seq": next(self._counter), "time": time.time(), "chunk": value}
         if metadata:
-            data["metadata"] = self._json(dict(metadata), "metadata")
+            data["metadata"], extra = self._json(dict(metadata), "metadata")
+            size += extra
         if self._sink is not None:
-            seq = self._sink.emit_chunk(self._channel_workflow, mode, data)
+            seq = self._sink.emit_chunk(self._channel_workflow, mode, data, size + _OVERHEAD)
             if seq:
                 self.last_seq = seq
 
-    def _json(self, value: Any, what: str) -> Any:
-        if value is None or type(value) in (str, int, bool):
-            return value
+    def _json(self, value: Any, what: str) -> tuple[Any, int]:
+        """``value`` as a JSON copy, and its approximate size in bytes."""
+        if value is None or type(value) in (int, bool):
+            return value, 8
+        if type(value) is str:
+            return value, len(value) * 2  # escapes and multi-byte characters: a bound, not a count
         for method in ("model_dump", "to_dict"):
             convert = getattr(value, method, None)
             if callable(convert) and not isinstance(value, (dict, list)):
                 value = convert(mode="json") if method == "model_dump" else convert()
                 break
         try:
-            return decode(encode(value))  # checks, and copies: the node may change its object afterwards
+            raw = encode(value)
+            return decode(raw), len(raw)  # checks, and copies: the node may change its object afterwards
         except (TypeError, ValueError) as exc:
             raise InvalidNodeOutputError(
                 f"node {self._base['node']!r} streamed a {what} of type {type(value).__name__}, which is not JSON "

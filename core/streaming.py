@@ -217,7 +217,10 @@ class StreamReader:
                     if dropped:
                         self._buffer.put(["gap", _Gap(dropped, "writer", namespace)])
                 elif mode in self.modes:
-                    self._buffer.put(["chunk", mode, _live_chunk(mode, data), namespace])
+                    for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
+                        inner = tuple(str(part) for part in one.get("namespace") or ())
+                        if not inner or self.subgraphs:
+                            self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
             elif kind == "events":
                 event_type = str(data.get("type", ""))
                 if "debug" in self.modes:
