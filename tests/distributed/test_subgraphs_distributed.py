@@ -1,0 +1,133 @@
+"""Subgraphs with their nodes on workers (memory: an in-process Worker; Redis and NATS: worker processes).
+
+The subgraph's child workflow is driven by the orchestrator driving its parent, and its
+nodes are tasks like any other. Its interrupt pauses the parent and is answered from
+another orchestrator; an orchestrator SIGKILLed mid-subgraph is taken over by another,
+which continues the same child (each of its steps runs once) and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from types import ModuleType
+from typing import Any
+
+import pytest
+from support.aio import run
+from support.worker_processes import HERE, WorkerProcesses, load_test_app
+
+from distributed_agents import Command, Orchestrator, State, Worker, WorkflowStatus
+from distributed_agents.core.subgraphs import child_workflow_id
+from distributed_agents.distributed import DistributedOrchestrator
+
+pytestmark = pytest.mark.timeout(120)
+THOROUGH = os.environ.get("DA_TEST_PROFILE") == "thorough"
+
+
+def subgraph_app() -> ModuleType:
+    return load_test_app("subgraph_app")
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis_url", "nats_url"])
+def test_a_subgraph_on_workers_pauses_the_parent_and_another_orchestrator_answers(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    url = "memory://" if backend == "memory" else str(request.getfixturevalue(backend))
+    prefix = f"subg{uuid.uuid4().hex[:8]}"
+    app = subgraph_app()
+    workers = WorkerProcesses(url, prefix, tmp_path, "subgraph_app:registry")
+    worker = (Worker(capacity=2, registry=app.registry, backend=url, backend_options={"prefix": prefix},
+                     poll_wait=0.05, heartbeat_interval=0.5) if backend == "memory" else None)
+
+    async def scenario() -> dict[str, Any]:
+        serving = asyncio.ensure_future(worker.start()) if worker is not None else None
+        starter = Orchestrator(backend=url, backend_options={"prefix": prefix}, wait_for_workers=True)
+        answerer = Orchestrator(backend=url, backend_options={"prefix": prefix}, wait_for_workers=True)
+        try:
+            paused = await starter.execute(app.pipeline(), {"rounds": 2}, workflow_id="wf-sub")
+            snapshot = await answerer.get_state("wf-sub", subgraphs=True)
+            done = await answerer.resume("wf-sub", app.pipeline(), Command(resume="yes"))
+            child = await answerer.get_workflow_status(child_workflow_id("wf-sub", 1, "review"))
+            return {"paused": paused, "snapshot": snapshot, "done": done, "child": child}
+        finally:
+            await starter.close()
+            await answerer.close()
+            if worker is not None and serving is not None:
+                await worker.stop()
+                serving.cancel()
+
+    if worker is None:
+        workers.start("w1", "--capacity", "2")
+    try:
+        out = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    (pause,) = out["paused"]["__interrupt__"]
+    assert pause["id"].startswith("1:review/") and pause["node"] == "ask"
+    assert pause["value"] == {"question": "publish?", "count": 2}
+    inner = out["snapshot"].subgraphs["review"]
+    assert inner.next == ("ask",) and inner.status == WorkflowStatus.INTERRUPTED
+    assert out["done"]["log"] == ["prepare", "draft", "tick0", "tick1", "ask", "publish:yes"]
+    assert out["child"].status == WorkflowStatus.COMPLETED
+
+
+@pytest.mark.parametrize("backend", [
+    "redis_url",
+    pytest.param("nats_url", marks=pytest.mark.skipif(not THOROUGH, reason="one backend by default: "
+                                                                           "DA_TEST_PROFILE=thorough")),
+])
+def test_an_orchestrator_sigkilled_mid_subgraph_is_taken_over_and_each_step_runs_once(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    url = str(request.getfixturevalue(backend))
+    prefix = f"subkill{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(url, prefix, tmp_path, "subgraph_app:registry")
+    app = subgraph_app()
+    workers.start("w1", "--capacity", "2")
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    try:
+        with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
+            [sys.executable, str(HERE / "subgraph_child.py"), url, prefix, "wf-subkill"],
+            stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
+        ) as child:
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline().strip() == "wf-subkill", (tmp_path / "child.log").read_text()
+                while len(list(tmp_path.glob("tick-*"))) < 2:  # the subgraph is under way
+                    assert child.poll() is None, (tmp_path / "child.log").read_text()
+                    time.sleep(0.02)
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(timeout=10)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(timeout=10)
+
+        async def take_over() -> tuple[Any, Any, State]:
+            orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=True, lease_ttl=1.0)
+            orchestrator.register_graph(app.pipeline())
+            try:
+                status = await orchestrator.get_workflow_status("wf-subkill")
+                inner = await orchestrator.get_workflow_status(child_workflow_id("wf-subkill", 1, "review"))
+                return status, inner, await orchestrator.wait("wf-subkill", timeout=100)
+            finally:
+                await orchestrator.close()
+
+        status, inner, result = run(take_over(), timeout=110)
+    finally:
+        workers.close()
+    assert child.returncode == -signal.SIGKILL
+    assert (status.status, status.step, status.next_nodes) == ("running", 1, ("review",))  # killed mid-subgraph
+    assert inner.status == "running" and 1 <= inner.step < 8
+    ticks = [f"tick{n}" for n in range(6)]
+    assert result["log"] == ["prepare", "draft", *ticks, "ask", "publish:auto"]
+    runs = collections.Counter(path.name.split("-")[1] for path in tmp_path.glob("tick-*"))
+    assert sorted(map(int, runs)) == list(range(6)) and set(runs.values()) == {1}  # no step of the child ran twice
