@@ -1,4 +1,4 @@
-"""LangGraph's documented typed-state and messages examples, ported, give the same results.
+"""LangGraph's documented typed-state, messages and subgraph examples, ported, give the same results.
 
 Each test names the LangGraph example it ports and states LangGraph's documented
 output; the port differs only where this framework's state is JSON (message dicts in
@@ -13,7 +13,17 @@ from typing import Annotated, Any, TypedDict
 import pytest
 from support.aio import run
 
-from distributed_agents import END, START, Graph, MessagesState, Orchestrator, RemoveMessage, State, add_messages
+from distributed_agents import (
+    END,
+    START,
+    Command,
+    Graph,
+    MessagesState,
+    Orchestrator,
+    RemoveMessage,
+    State,
+    add_messages,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -199,3 +209,126 @@ def test_private_keys_pass_between_nodes_but_not_out() -> None:
     graph = Graph("private_port", state_schema=PrivateOverall, input_schema=PortInput, output_schema=PortOutput)
     graph.add_sequence([node_1, node_2, node_3]).add_edge(START, "node_1").add_edge("node_3", END).compile()
     assert dict(run(Orchestrator().execute(graph, {"user_input": "My"}))) == {"graph_output": "My name is Lance"}
+
+
+# -- "Use subgraphs" ------------------------------------------------------------------------
+
+
+class SharedSubgraphState(TypedDict):
+    foo: str  # shared with the parent
+    bar: str
+
+
+class SharedParentState(TypedDict):
+    foo: str
+
+
+def shared_keys_parent() -> Graph:
+    def subgraph_node_1(state: State) -> dict[str, Any]:
+        return {"bar": "bar"}
+
+    def subgraph_node_2(state: State) -> dict[str, Any]:
+        return {"foo": state["foo"] + state["bar"]}
+
+    subgraph = Graph("shared_subgraph_port", state_schema=SharedSubgraphState)
+    subgraph.add_sequence([subgraph_node_1, subgraph_node_2])
+    subgraph.add_edge(START, "subgraph_node_1").add_edge("subgraph_node_2", END).compile()
+
+    def node_1(state: State) -> dict[str, Any]:
+        return {"foo": "hi! " + state["foo"]}
+
+    parent = Graph("shared_parent_port", state_schema=SharedParentState)
+    parent.add_node("node_1", node_1).add_node("node_2", subgraph)
+    return parent.add_edge(START, "node_1").add_edge("node_1", "node_2").add_edge("node_2", END).compile()
+
+
+def test_a_compiled_subgraph_as_a_node_with_shared_keys_and_its_stream() -> None:
+    """LangGraph's "add a graph as a node" / "stream subgraph outputs" example, ``{"foo": "foo"}``.
+
+    LangGraph: ``invoke`` gives ``{'foo': 'hi! foobar'}``; ``stream(..., subgraphs=True)`` yields
+    ``((), {'node_1': {'foo': 'hi! foo'}})``, ``(('node_2:<task id>',), {'subgraph_node_1': {'bar': 'bar'}})``,
+    ``(('node_2:<task id>',), {'subgraph_node_2': {'foo': 'hi! foobar'}})``, ``((), {'node_2': {'foo': 'hi! foobar'}})``.
+    """
+    graph = shared_keys_parent()
+
+    async def go() -> tuple[State, list[Any]]:
+        orchestrator = Orchestrator()
+        result = await orchestrator.execute(graph, {"foo": "foo"})
+        chunks = [chunk async for chunk in orchestrator.astream(graph, {"foo": "foo"}, subgraphs=True)]
+        return result, chunks
+
+    result, chunks = run(go())
+    assert dict(result) == {"foo": "hi! foobar"}
+    assert [(tuple(ns.partition(":")[0] for ns in namespace), update) for namespace, update in chunks] == [
+        ((), {"node_1": {"foo": "hi! foo"}}),
+        (("node_2",), {"subgraph_node_1": {"bar": "bar"}}),
+        (("node_2",), {"subgraph_node_2": {"foo": "hi! foobar"}}),
+        ((), {"node_2": {"foo": "hi! foobar"}}),
+    ]
+
+
+def test_subgraphs_invoked_inside_nodes_two_deep_with_different_schemas() -> None:
+    """LangGraph's grandchild -> child -> parent example with different schemas, ``{"my_key": "Bob"}``.
+
+    LangGraph calls each subgraph inside a node (``invoke`` with a mapped input, the output
+    mapped back); here ``add_node(name, subgraph, input=, output=)`` does both mappings.
+    LangGraph: ``{'my_key': 'hi Bob, how are you today? bye!'}``.
+    """
+
+    def grandchild_1(state: State) -> dict[str, Any]:
+        return {"my_grandchild_key": state["my_grandchild_key"] + ", how are you"}
+
+    grandchild = Graph("grandchild_port").add_node("grandchild_1", grandchild_1)
+    grandchild.add_edge(START, "grandchild_1").add_edge("grandchild_1", END).compile()
+
+    child = Graph("child_port")
+    child.add_node("child_1", grandchild, input=lambda s: {"my_grandchild_key": s["my_child_key"]},
+                   output=lambda s: {"my_child_key": s["my_grandchild_key"] + " today?"})
+    child.add_edge(START, "child_1").add_edge("child_1", END).compile()
+
+    parent = Graph("parent_port")
+    parent.add_node("parent_1", lambda s: {"my_key": "hi " + s["my_key"]})
+    parent.add_node("child", child, input=lambda s: {"my_child_key": s["my_key"]},
+                    output=lambda s: {"my_key": s["my_child_key"]})
+    parent.add_node("parent_2", lambda s: {"my_key": s["my_key"] + " bye!"})
+    parent.add_edge(START, "parent_1").add_edge("parent_1", "child").add_edge("child", "parent_2")
+    parent.add_edge("parent_2", END).compile()
+    assert dict(run(Orchestrator().execute(parent, {"my_key": "Bob"}))) == {
+        "my_key": "hi Bob, how are you today? bye!"}
+
+
+class ParentCommandState(TypedDict):
+    foo: Annotated[str, operator.add]  # a reducer on the key Command.PARENT updates, as LangGraph requires
+
+
+@pytest.mark.parametrize(("value", "documented"), [("b", "bc"), ("a", "ab")])
+def test_command_parent_navigates_from_a_subgraph_to_a_node_of_the_parent(value: str, documented: str) -> None:
+    """LangGraph's "navigate to a node in a parent graph" example, ``{"foo": ""}``.
+
+    Its subgraph node picks ``"a"`` or ``"b"`` at random and returns
+    ``Command(update={"foo": value}, goto="node_b" if value == "a" else "node_c", graph=Command.PARENT)``;
+    the choice is a parameter here. LangGraph: ``{'foo': 'bc'}`` when it picks ``"b"`` (``'ab'`` for ``"a"``).
+    """
+    called = []
+
+    def node_a(state: State) -> Command[Any]:
+        called.append("A")
+        return Command(update={"foo": value}, goto="node_b" if value == "a" else "node_c", graph=Command.PARENT)
+
+    subgraph = Graph("navigating_subgraph_port", state_schema=ParentCommandState)
+    subgraph.add_node("node_a", node_a).add_edge(START, "node_a").add_edge("node_a", END).compile()
+
+    def node_b(state: State) -> dict[str, Any]:
+        called.append("B")
+        return {"foo": "b"}
+
+    def node_c(state: State) -> dict[str, Any]:
+        called.append("C")
+        return {"foo": "c"}
+
+    parent = Graph("navigating_parent_port", state_schema=ParentCommandState)
+    parent.add_node("subgraph", subgraph, destinations=["node_b", "node_c"])
+    parent.add_node("node_b", node_b).add_node("node_c", node_c)
+    parent.add_edge(START, "subgraph").add_edge("node_b", END).add_edge("node_c", END).compile()
+    assert dict(run(Orchestrator().execute(parent, {"foo": ""}))) == {"foo": documented}
+    assert called == ["A", "B" if value == "a" else "C"]
