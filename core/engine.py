@@ -56,6 +56,7 @@ import asyncio
 import collections
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 import contextlib
 from collections.abc import Awaitable
@@ -63,6 +64,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from distributed_agents.core.backoff import Outage, until_available
+from distributed_agents.core.cache import NodeCache, cacheable_output
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     BackendUnavailableError,
@@ -172,10 +174,12 @@ class StepEngine:
         local_function: Callable[[NodeSpec], NodeFunction | None],
         outage: Outage | None = None,
         payload_limit: int | None = None,
+        cache: NodeCache | None = None,
         subgraphs: SubgraphCall | None = None,
     ) -> None:
         self._subgraphs = subgraphs  # runs a subgraph node's task as a child workflow (core.subgraphs)
         self._store = store
+        self._cache = cache  # the node cache (add_node(cache_policy=)); None: no node is cached
         self._payload_limit = payload_limit  # bytes; see core.limits
         self._queue_executor = queue_executor
         self._events = events
@@ -314,7 +318,8 @@ class StepEngine:
                     continue
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
                                   duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id,
-                                  **({"task": entry.key} if entry.is_send else {}))
+                                  **({"task": entry.key} if entry.is_send else {}),
+                                  **({"cached": True} if outcome.cached else {}))
             node_of = {entry.key: entry.node for entry in entries}
             for key in done:
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=node_of.get(key, key),
@@ -414,6 +419,10 @@ class StepEngine:
     async def _run_step(
         self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], options: DriveOptions
     ) -> list[NodeOutcome]:
+        # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks.
+        all_entries = entries
+        keys, hits = await self._cache_lookup(graph, record, entries)
+        entries = [entry for entry in entries if entry.key not in hits]
         state_json = encode(record.state)
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
@@ -456,7 +465,55 @@ class StepEngine:
             batches.append(self._queue_executor.run(remote_calls))
         results = await asyncio.gather(*batches)
         by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
-        return [by_task[node_task_id(record, entry.key)] for entry in entries]
+        outcomes = [by_task[node_task_id(record, entry.key)] for entry in entries]
+        return await self._cache_store(graph, record, all_entries, keys, hits, dict(zip((e.key for e in entries), outcomes)))
+
+    async def _cache_lookup(
+        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry]
+    ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """The cache keys of ``entries`` whose node has a ``cache_policy`` (by entry key), and the hits among them.
+
+        A task resumed with answers to its interrupts is left out: its output depends on them.
+        """
+        if self._cache is None:
+            return {}, {}
+        answers = record.frontier.get("resume") or {}
+        keys: dict[str, str] = {}
+        nodes: dict[str, str] = {}
+        for entry in entries:
+            policy = graph.node(entry.node).cache_policy
+            if policy is None or answers.get(entry.key) or not self._cache.usable(graph.name, entry.node):
+                continue
+            keys[entry.key] = self._cache.key(graph.name, entry.node, policy,
+                                              record.state if entry.arg is None else entry.arg)
+            nodes[entry.key] = entry.node
+        hits: dict[str, dict[str, Any]] = {}
+        pending = list(keys)
+        for start in range(0, len(pending), CACHE_CONCURRENCY):
+            batch = pending[start:start + CACHE_CONCURRENCY]
+            found = await asyncio.gather(*(self._cache.get(graph.name, nodes[k], keys[k]) for k in batch))
+            hits.update((k, output) for k, output in zip(batch, found) if output is not None)
+        return keys, hits
+
+    async def _cache_store(
+        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], keys: Mapping[str, str],
+        hits: Mapping[str, dict[str, Any]], ran: Mapping[str, NodeOutcome],
+    ) -> list[NodeOutcome]:
+        """Store the cacheable outputs of the tasks that ran; every entry's outcome, cache hits included."""
+        if self._cache is not None:
+            cache = self._cache
+            writes = [(entry, ran[entry.key]) for entry in entries if entry.key in keys and entry.key in ran
+                      and ran[entry.key].ok and cacheable_output(ran[entry.key].updates)]
+            for start in range(0, len(writes), CACHE_CONCURRENCY):
+                await asyncio.gather(*(
+                    cache.put(graph.name, entry.node, keys[entry.key], outcome.updates or {},
+                              _cache_ttl(graph.node(entry.node)))
+                    for entry, outcome in writes[start:start + CACHE_CONCURRENCY]))
+        now = time.time()
+        return [ran[entry.key] if entry.key not in hits else
+                NodeOutcome(entry.node, node_task_id(record, entry.key), hits[entry.key], None, 0, now, 0.0,
+                            cached=True)
+                for entry in entries]
 
     async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> list[NodeOutcome]:
         assert self._subgraphs is not None
@@ -768,6 +825,7 @@ class StepEngine:
 
 
 MAX_SUMMARY = 4000  # characters of an error summary kept in the record
+CACHE_CONCURRENCY = 64  # node cache reads (or writes) of one step in flight at once
 _RECORDED = "_distributed_agents_recorded"  # set on an error once FAILED is committed for it
 _PASS_THROUGH: tuple[type[BaseException], ...] = (
     WorkflowTakenOverError, WorkflowCancelledError, BackendUnavailableError, LeaseLostError,
@@ -788,6 +846,11 @@ class _Progress:
         self.record = record
         self.phase = "run"
         self.pending = {}
+
+
+def _cache_ttl(spec: NodeSpec) -> float | None:
+    """The seconds ``spec``'s cached outputs live (None: until cleared)."""
+    return None if spec.cache_policy is None else spec.cache_policy.ttl
 
 
 def _breakpoint_hits(graph: Graph, record: WorkflowRecord, when: str, nodes: Sequence[str]) -> list[str]:

@@ -61,6 +61,7 @@ class NodeOutcome:
     started_at: float
     duration: float
     worker_id: str = ""
+    cached: bool = False  # the output came from the node cache (core.cache); the node did not run
 
     @property
     def ok(self) -> bool:

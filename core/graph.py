@@ -26,9 +26,10 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from distributed_agents.core.cache import CachePolicy
 from distributed_agents.core.errors import (
     ConfigurationError,
     DistributedAgentsError,
@@ -73,6 +74,7 @@ class NodeSpec:
     defer: bool = False
     on_error: str | None = None  # the node a final failure of this one is routed to; None: the workflow fails
     subgraph: Subgraph | None = None  # a compiled Graph run as this node (see core.subgraphs)
+    cache_policy: CachePolicy | None = None  # see core.cache; not in spec(): caching never changes results
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class Graph:
         destinations: Sequence[str] | None = None,
         defer: bool = False,
         on_error: str | None = None,
+        cache_policy: CachePolicy | None = None,
         input: Callable[..., Any] | None = None,
         output: Callable[..., Any] | None = None,
     ) -> Graph:
@@ -225,6 +228,11 @@ class Graph:
         return value merges like any node's and its own edges continue. A failing
         handler fails the workflow. Compile checks the handler is another node of
         this graph and counts it as reachable from this node.
+
+        ``cache_policy`` (a ``CachePolicy``, LangGraph's) caches the node's outputs in
+        the backend by a key of its input: a task whose key is cached is not run, its
+        cached output is used (see ``core.cache`` for what is cached and how keys are
+        made). ``Orchestrator.clear_cache`` removes a graph's entries.
         """
         self._mutable()
         subgraph = None
@@ -263,6 +271,10 @@ class Graph:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: on_error must name another node (the error handler), got "
                 f"{on_error!r}", graph=self.name, culprit=name)
+        if cache_policy is not None and not isinstance(cache_policy, CachePolicy):
+            raise GraphValidationError(
+                f"graph {self.name!r}: node {name!r}: cache_policy must be a CachePolicy(key_func=..., ttl=...) (or "
+                f"None), got {cache_policy!r}", graph=self.name, culprit=name)
         if destinations is None and func is not None:
             destinations = _annotated_destinations(func)
         if destinations is not None:
@@ -274,6 +286,8 @@ class Graph:
         self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
                                      None if destinations is None else tuple(destinations), bool(defer), on_error,
                                      subgraph)
+        if cache_policy is not None:
+            self._nodes[name] = replace(self._nodes[name], cache_policy=cache_policy)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:

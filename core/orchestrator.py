@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import Outage, until_available
+from distributed_agents.core.cache import NodeCache
 from distributed_agents.core.dead_letters import find_dead_letter
 from distributed_agents.core.engine import (
     DURABILITY_KEY,
@@ -231,6 +232,7 @@ class Orchestrator:
         self._mismatch_logged: set[tuple[str, str]] = set()  # (workflow, sha256) recovery skipped
         # One outage report per process, shared by every workflow it drives.
         self._outage = Outage(log, f"orchestrator {self.orchestrator_id}")
+        self._node_cache: NodeCache | None = None  # over the backend's state store, made on first use
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -300,7 +302,39 @@ class Orchestrator:
         )
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
-                          payload_limit=backend.max_payload_bytes, subgraphs=SubgraphRunner(self).run)
+                          payload_limit=backend.max_payload_bytes, cache=self._cache(),
+                          subgraphs=SubgraphRunner(self).run)
+
+    def _cache(self) -> NodeCache:
+        if self._node_cache is None:
+            self._node_cache = NodeCache(self.backend.state_store)
+        return self._node_cache
+
+    async def clear_cache(self, graph: Graph, nodes: Sequence[str] | None = None) -> None:
+        """Remove the cached outputs (``add_node(cache_policy=)``) of ``nodes`` of ``graph`` (None: every node).
+
+        The cache lives in the backend, so this clears it for every orchestrator and
+        worker sharing the backend and prefix (LangGraph's ``graph.clear_cache``).
+        Entries are namespaced by the graph's name and the node's name: a graph of
+        another name keeps its own. ``ConfigurationError`` for a name that is not a node
+        of ``graph``; retried while the backend is unavailable.
+        """
+        if not isinstance(graph, Graph):
+            raise ConfigurationError(f"clear_cache(graph=...) takes a Graph, got {type(graph).__name__}")
+        if nodes is None:
+            names = list(graph.nodes)
+        else:
+            if isinstance(nodes, str):
+                nodes = [nodes]
+            unknown = [n for n in nodes if n not in graph.nodes]
+            if unknown:
+                raise ConfigurationError(
+                    f"clear_cache: graph {graph.name!r} has no node(s) {', '.join(map(repr, unknown))}; its nodes are "
+                    f"{', '.join(map(repr, graph.nodes))}")
+            names = list(dict.fromkeys(nodes))
+        await self.connect()
+        cache = self._cache()
+        await self._retrying(lambda: cache.clear(graph.name, names), f"clear the node cache of graph {graph.name!r}")
 
     def register_graph(self, graph: Graph) -> None:
         """Make ``graph`` known, so this orchestrator can resume or take over its workflows.

@@ -1,0 +1,437 @@
+"""``add_node(..., cache_policy=CachePolicy(key_func=, ttl=))``: the node cache, on memory.
+
+A node whose input's key is cached is not run: its cached output is used (``node.completed``
+with ``cached=True``, no ``node.started``). The cache lives in the backend's state store,
+so every orchestrator on the backend shares it. Expiry is driven by the memory store's
+clock (``MemoryStateStore.clock``), moved on by the tests instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.aio import run
+
+from distributed_agents import END, CachePolicy, Command, Graph, Orchestrator, Send, State, interrupt, open_backend
+from distributed_agents.adapters.memory.state_store import MemoryStateStore
+from distributed_agents.core.cache import cache_namespace, cacheable_output, default_cache_key
+from distributed_agents.core.errors import ConfigurationError, ExecutionError, GraphValidationError, NodeExecutionError
+from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.state_store import StateStore, WorkflowStatus, implements_cache
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    """A clock the memory store's cache expiry reads; ``now`` moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fresh_backend(clock: Clock | None = None) -> Backend:
+    backend = open_backend(f"memory://cache-{uuid.uuid4().hex[:8]}")
+    if clock is not None:
+        assert isinstance(backend.state_store, MemoryStateStore)
+        backend.state_store.clock = clock
+    return backend
+
+
+def counting_graph(name: str, calls: Counter[str], *, policy: CachePolicy | None = None) -> Graph:
+    """double (cached) -> END: doubles ``x``, counting its runs by input."""
+
+    def double(state: State) -> dict[str, Any]:
+        calls[f"{name}:{state['x']}"] += 1
+        return {"y": state["x"] * 2}
+
+    return (Graph(name).add_node("double", double, cache_policy=policy or CachePolicy())
+            .set_entry_point("double").set_finish_point("double").compile())
+
+
+async def events_of(orchestrator: Orchestrator, graph: Graph, state: dict[str, Any], workflow_id: str) -> tuple[State, list[dict[str, Any]]]:
+    """Execute and collect the workflow's events up to its completion."""
+    subscription = await orchestrator.backend.message_bus.subscribe(f"events.{workflow_id}.>")
+    try:
+        result = await orchestrator.execute(graph, state, workflow_id=workflow_id)
+        events: list[dict[str, Any]] = []
+        while (message := await subscription.get(timeout=10)) is not None:
+            events.append(dict(message.data))
+            if events[-1]["type"] in ("workflow.completed", "workflow.failed", "workflow.interrupted"):
+                break
+        return result, events
+    finally:
+        await subscription.close()
+
+
+def test_a_second_workflow_with_the_same_input_uses_the_cached_output() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("cached_double", calls)
+
+    async def scenario() -> Any:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            first = await events_of(orchestrator, graph, {"x": 3}, "wf-first")
+            second = await events_of(orchestrator, graph, {"x": 3}, "wf-second")
+            other = await events_of(orchestrator, graph, {"x": 4}, "wf-other")
+            return first, second, other
+
+    (first, first_events), (second, second_events), (other, _) = run(scenario())
+    assert first["y"] == second["y"] == 6 and other["y"] == 8
+    assert calls == Counter({"cached_double:3": 1, "cached_double:4": 1})
+    [completed] = [e for e in first_events if e["type"] == "node.completed"]
+    assert "cached" not in completed and completed["attempts"] == 1
+    [completed] = [e for e in second_events if e["type"] == "node.completed"]
+    assert completed["cached"] is True and completed["node"] == "double" and completed["attempts"] == 0
+    assert not [e for e in second_events if e["type"] == "node.started"]  # the node did not start
+
+
+def test_entries_expire_after_ttl_on_the_store_clock() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("ttl_double", calls, policy=CachePolicy(ttl=10))
+    clock = Clock()
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=fresh_backend(clock)) as orchestrator:
+            await orchestrator.execute(graph, {"x": 1})
+            clock.now += 9.99
+            await orchestrator.execute(graph, {"x": 1})
+            assert calls["ttl_double:1"] == 1  # still cached just before ttl
+            clock.now += 0.01
+            await orchestrator.execute(graph, {"x": 1})
+            assert calls["ttl_double:1"] == 2  # expired at ttl: ran and was stored again
+            clock.now += 5
+            await orchestrator.execute(graph, {"x": 1})
+            assert calls["ttl_double:1"] == 2
+
+    run(scenario())
+
+
+def test_ttl_none_never_expires() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("forever_double", calls, policy=CachePolicy(ttl=None))
+    clock = Clock()
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=fresh_backend(clock)) as orchestrator:
+            await orchestrator.execute(graph, {"x": 1})
+            clock.now += 10 ** 9
+            await orchestrator.execute(graph, {"x": 1})
+
+    run(scenario())
+    assert calls["forever_double:1"] == 1
+
+
+def test_key_func_decides_what_counts_as_the_same_input() -> None:
+    calls: Counter[str] = Counter()
+    seen: list[Any] = []
+
+    def by_question(value: dict[str, Any]) -> str:
+        seen.append(value)
+        return str(value["question"]).strip().lower()
+
+    def answer(state: State) -> dict[str, Any]:
+        calls[state["question"]] += 1
+        return {"answer": f"answer to {state['question'].strip().lower()}"}
+
+    graph = (Graph("faq").add_node("answer", answer, cache_policy=CachePolicy(key_func=by_question))
+             .set_entry_point("answer").set_finish_point("answer").compile())
+
+    async def scenario() -> list[State]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [await orchestrator.execute(graph, state) for state in (
+                {"question": "Why?", "user": "ann"}, {"question": "  why? ", "user": "bob"}, {"question": "How?"})]
+
+    results = run(scenario())
+    assert [r["answer"] for r in results] == ["answer to why?", "answer to why?", "answer to how?"]
+    assert sum(calls.values()) == 2
+    assert seen[0] == {"question": "Why?", "user": "ann"} and type(seen[0]) is dict  # a plain copy of the input
+
+
+def test_key_func_may_return_bytes_and_str_and_bytes_of_one_text_are_one_key() -> None:
+    calls: Counter[str] = Counter()
+    graph = (Graph("bytes_key")
+             .add_node("n", lambda s: calls.update(["n"]) or {"out": 1},
+                       cache_policy=CachePolicy(key_func=lambda v: b"k" if v.get("as_bytes") else "k"))
+             .set_entry_point("n").set_finish_point("n").compile())
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            await orchestrator.execute(graph, {"as_bytes": True})
+            await orchestrator.execute(graph, {"as_bytes": False})
+
+    run(scenario())
+    assert calls["n"] == 1
+
+
+def test_the_default_key_ignores_key_order_but_not_values() -> None:
+    assert default_cache_key({"a": 1, "b": [1, {"c": 2, "d": 3}]}) == default_cache_key({"b": [1, {"d": 3, "c": 2}], "a": 1})
+    assert default_cache_key({"a": 1}) != default_cache_key({"a": 2})
+    assert default_cache_key({"a": "é"}) != default_cache_key({"a": "e"})
+
+
+def test_graphs_and_nodes_never_share_entries() -> None:
+    calls: Counter[str] = Counter()
+    one, two = counting_graph("graph_one", calls), counting_graph("graph_two", calls)
+
+    def tag(label: str) -> Any:
+        def node(state: State) -> dict[str, Any]:
+            calls[label] += 1
+            return {label: state["x"]}
+        return node
+
+    # Two nodes of one graph with the same input each keep their own entry.
+    pair = (Graph("pair").add_node("left", tag("left"), cache_policy=CachePolicy())
+            .add_node("right", tag("right"), cache_policy=CachePolicy())
+            .set_entry_point("left").add_edge("left", "right").set_finish_point("right").compile())
+
+    async def scenario() -> list[State]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [await orchestrator.execute(g, {"x": 5}) for g in (one, two, one, two, pair, pair)]
+
+    results = run(scenario())
+    assert calls == Counter({"graph_one:5": 1, "graph_two:5": 1, "left": 1, "right": 1})
+    assert results[-1]["left"] == results[-1]["right"] == 5
+    # Names that would collide if joined naively stay apart.
+    assert cache_namespace("a/b", "c") != cache_namespace("a", "b/c")
+    assert cache_namespace("a%2Fb", "c") != cache_namespace("a/b", "c")
+
+
+def test_a_command_output_is_cached_with_its_routing() -> None:
+    calls: Counter[str] = Counter()
+
+    def decide(state: State) -> Command[Any]:
+        calls["decide"] += 1
+        return Command(update={"route": "yes"}, goto="yes" if state["x"] > 0 else "no")
+
+    graph = (Graph("cached_command", reducers={"log": "append"})
+             .add_node("decide", decide, destinations=("yes", "no"), cache_policy=CachePolicy())
+             .add_node("yes", lambda s: {"log": ["yes"]}).add_node("no", lambda s: {"log": ["no"]})
+             .set_entry_point("decide").set_finish_point("yes").set_finish_point("no").compile())
+
+    async def scenario() -> list[State]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [await orchestrator.execute(graph, {"x": 1, "log": []}) for _ in range(2)]
+
+    first, second = run(scenario())
+    assert calls["decide"] == 1
+    assert first["log"] == second["log"] == ["yes"] and second["route"] == "yes"
+
+
+def test_sends_are_cached_per_argument() -> None:
+    calls: Counter[int] = Counter()
+
+    def square(state: State) -> dict[str, Any]:
+        calls[state["n"]] += 1
+        return {"squares": [state["n"] ** 2]}
+
+    graph = (Graph("cached_map", reducers={"squares": "append"})
+             .add_node("fan", lambda s: None)
+             .add_node("square", square, cache_policy=CachePolicy())
+             .set_entry_point("fan")
+             .add_conditional_edge("fan", lambda s: [Send("square", {"n": n}) for n in s["items"]], ["square"])
+             .add_edge("square", END).compile())
+
+    async def scenario() -> list[State]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            first = await orchestrator.execute(graph, {"items": [1, 2, 3], "squares": []})
+            second = await orchestrator.execute(graph, {"items": [3, 2, 4], "squares": []})
+            return [first, second]
+
+    first, second = run(scenario())
+    assert first["squares"] == [1, 4, 9] and second["squares"] == [9, 4, 16]  # Send order kept, hits included
+    assert calls == Counter({1: 1, 2: 1, 3: 1, 4: 1})
+
+
+def test_failures_are_not_cached() -> None:
+    attempts: Counter[str] = Counter()
+
+    def flaky(state: State) -> dict[str, Any]:
+        attempts["flaky"] += 1
+        if attempts["flaky"] == 1:
+            raise RuntimeError("first call fails")
+        return {"ok": True}
+
+    graph = (Graph("cached_flaky").add_node("flaky", flaky, cache_policy=CachePolicy())
+             .set_entry_point("flaky").set_finish_point("flaky").compile())
+
+    async def scenario() -> State:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            with pytest.raises(NodeExecutionError, match="first call fails"):
+                await orchestrator.execute(graph, {"x": 1})
+            await orchestrator.execute(graph, {"x": 1})  # ran again: the failure was not cached
+            return await orchestrator.execute(graph, {"x": 1})  # now cached
+
+    assert run(scenario())["ok"] is True
+    assert attempts["flaky"] == 2
+
+
+def test_interrupts_and_resumed_runs_are_not_cached() -> None:
+    calls: Counter[str] = Counter()
+
+    def review(state: State) -> dict[str, Any]:
+        calls["review"] += 1
+        return {"verdict": interrupt({"doc": state["doc"]})}
+
+    graph = (Graph("cached_review").add_node("review", review, cache_policy=CachePolicy())
+             .set_entry_point("review").set_finish_point("review").compile())
+
+    async def scenario() -> tuple[State, State, str]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            await orchestrator.execute(graph, {"doc": "d"}, workflow_id="wf-a")
+            done = await orchestrator.resume("wf-a", Command(resume="approved"))
+            # The same input again: the pause was not cached, nor was the answered run.
+            paused = await orchestrator.execute(graph, {"doc": "d"}, workflow_id="wf-b")
+            status = (await orchestrator.get_workflow_status("wf-b")).status
+            return done, paused, status
+
+    done, paused, status = run(scenario())
+    assert done["verdict"] == "approved"
+    assert status == WorkflowStatus.INTERRUPTED and "verdict" not in paused
+    assert calls["review"] == 3
+
+
+def test_clear_cache_removes_the_entries_of_the_named_nodes_only() -> None:
+    calls: Counter[str] = Counter()
+
+    def count(label: str) -> Any:
+        def node(state: State) -> dict[str, Any]:
+            calls[label] += 1
+            return {label: True}
+        return node
+
+    graph = (Graph("clearable").add_node("a", count("a"), cache_policy=CachePolicy())
+             .add_node("b", count("b"), cache_policy=CachePolicy())
+             .set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile())
+    other = counting_graph("clearable_other", calls)
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            await orchestrator.execute(graph, {})
+            await orchestrator.execute(other, {"x": 1})
+            await orchestrator.clear_cache(graph, nodes=["a"])
+            await orchestrator.execute(graph, {})
+            assert (calls["a"], calls["b"]) == (2, 1)
+            await orchestrator.clear_cache(graph)
+            await orchestrator.execute(graph, {})
+            assert (calls["a"], calls["b"]) == (3, 2)
+            await orchestrator.execute(other, {"x": 1})  # another graph's entries stay
+            assert calls["clearable_other:1"] == 1
+            with pytest.raises(ConfigurationError, match=r"graph 'clearable' has no node\(s\) 'c'; its nodes are 'a', 'b'"):
+                await orchestrator.clear_cache(graph, nodes=["c"])
+
+    run(scenario())
+
+
+def test_a_second_orchestrator_on_the_backend_shares_the_cache() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("shared_double", calls)
+    url = f"memory://cache-shared-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=url) as first, Orchestrator(backend=url) as second:
+            await first.execute(graph, {"x": 2})
+            assert (await second.execute(graph, {"x": 2}))["y"] == 4
+
+    run(scenario())
+    assert calls["shared_double:2"] == 1
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, True, "5"])
+def test_a_bad_ttl_is_refused(ttl: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"CachePolicy\(ttl=.*ttl must be a finite number of seconds > 0, or None"):
+        CachePolicy(ttl=ttl)
+
+
+def test_bad_policies_are_refused_naming_graph_and_node() -> None:
+    with pytest.raises(ConfigurationError, match="key_func must be a function"):
+        CachePolicy(key_func="input")  # type: ignore[arg-type]
+    with pytest.raises(GraphValidationError, match=r"graph 'g': node 'n': cache_policy must be a CachePolicy"):
+        Graph("g").add_node("n", lambda s: None, cache_policy={"ttl": 5})  # type: ignore[arg-type]
+    assert CachePolicy(ttl=0.5).ttl == 0.5 and CachePolicy(ttl=3).ttl == 3
+
+
+@pytest.mark.parametrize("key_func, message", [
+    (lambda value: value["missing"], r"CachePolicy.key_func raised KeyError: 'missing'"),
+    (lambda value: 42, r"CachePolicy.key_func returned int, expected str or bytes"),
+])
+def test_a_broken_key_func_fails_the_workflow_naming_graph_and_node(key_func: Any, message: str) -> None:
+    calls: Counter[str] = Counter()
+    graph = (Graph("bad_key").add_node("n", lambda s: calls.update(["n"]) or {}, cache_policy=CachePolicy(key_func=key_func))
+             .set_entry_point("n").set_finish_point("n").compile())
+
+    async def scenario() -> str:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            with pytest.raises(ExecutionError, match=rf"graph 'bad_key': node 'n': {message}"):
+                await orchestrator.execute(graph, {}, workflow_id="wf-bad-key")
+            return (await orchestrator.get_workflow_status("wf-bad-key")).status
+
+    assert run(scenario()) == WorkflowStatus.FAILED
+    assert calls["n"] == 0
+
+
+class NoCacheStore(MemoryStateStore):
+    """A third-party store written before the cache existed: it keeps the port's no-op defaults."""
+
+    cache_get = StateStore.cache_get
+    cache_set = StateStore.cache_set
+    cache_clear = StateStore.cache_clear
+
+
+def test_a_store_without_a_cache_runs_the_node_every_time_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("uncached_double", calls)
+    memory = fresh_backend()
+    assert isinstance(memory.state_store, MemoryStateStore)
+    backend = Backend(url=memory.url, options=memory.options, task_queue=memory.task_queue,
+                      state_store=NoCacheStore(memory.state_store._data), worker_registry=memory.worker_registry,
+                      message_bus=memory.message_bus)
+    assert not implements_cache(backend.state_store) and implements_cache(memory.state_store)
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=backend) as orchestrator:
+            for _ in range(3):
+                assert (await orchestrator.execute(graph, {"x": 1}))["y"] == 2
+            await orchestrator.clear_cache(graph)  # nothing to clear, no error
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents.cache"):
+        run(scenario())
+    assert calls["uncached_double:1"] == 3
+    warnings = [r.getMessage() for r in caplog.records if "has no node cache" in r.getMessage()]
+    assert len(warnings) == 1 and "graph 'uncached_double': node 'double'" in warnings[0]
+
+
+def test_cacheable_outputs() -> None:
+    assert cacheable_output({"a": 1}) and cacheable_output({}) and cacheable_output(None)
+    assert cacheable_output({"__command__": {"update": {"a": 1}, "goto": ["b"]}})
+    assert not cacheable_output({"__interrupt__": {"value": 1, "index": 0}})
+    assert not cacheable_output({"__command__": {"update": {}, "goto": [], "graph": "__parent__"}})
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=8))
+def test_each_distinct_input_runs_once_and_results_match_an_uncached_graph(inputs: list[int]) -> None:
+    cached_calls: Counter[str] = Counter()
+    plain_calls: Counter[str] = Counter()
+    cached = counting_graph("prop_cached", cached_calls)
+    plain = (Graph("prop_plain").add_node("double", lambda s: plain_calls.update([str(s["x"])]) or {"y": s["x"] * 2})
+             .set_entry_point("double").set_finish_point("double").compile())
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            with_cache = [dict(await orchestrator.execute(cached, {"x": x})) for x in inputs]
+            without = [dict(await orchestrator.execute(plain, {"x": x})) for x in inputs]
+            return with_cache, without
+
+    with_cache, without = run(scenario())
+    assert with_cache == without
+    assert cached_calls == Counter({f"prop_cached:{x}": 1 for x in set(inputs)})
+    assert sum(plain_calls.values()) == len(inputs)
