@@ -53,6 +53,7 @@ from distributed_agents.core.interrupts import read_interrupts
 from distributed_agents.core.ports.message_bus import MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
+from distributed_agents.core.subgraphs import NAMESPACE_KEY
 from distributed_agents.core.types import INTERRUPT_KEY
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "StreamGap", "StreamReader", "parse_stream_mode"]
@@ -180,6 +181,7 @@ class StreamReader:
         self._pump: asyncio.Task[None] | None = None
         self._last = -1  # the last step whose values/updates were yielded
         self._wants_steps = bool({"values", "updates"} & set(self.modes))
+        self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
 
     @property
     def dropped(self) -> int:
@@ -212,15 +214,16 @@ class StreamReader:
                 continue
             if kind == "stream":
                 mode = rest.rpartition(".")[2]
+                if mode in self.modes:
+                    for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
+                        inner = await self._chunk_namespace(one)
+                        if not inner or self.subgraphs:
+                            self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
+                    continue
                 if mode == "gap":
                     dropped = {m: int(n) for m, n in dict(data.get("dropped") or {}).items() if m in self.modes}
                     if dropped:
                         self._buffer.put(["gap", _Gap(dropped, "writer", namespace)])
-                elif mode in self.modes:
-                    for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
-                        inner = tuple(str(part) for part in one.get("namespace") or ())
-                        if not inner or self.subgraphs:
-                            self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
             elif kind == "events":
                 event_type = str(data.get("type", ""))
                 if "debug" in self.modes:
@@ -234,6 +237,27 @@ class StreamReader:
                     self._buffer.put(["commit", int(data.get("step", 0))])
                 elif event_type in _END_EVENTS:
                     self._buffer.put(["end", dict(data)])
+
+    async def _chunk_namespace(self, chunk: Mapping[str, Any]) -> tuple[str, ...]:
+        """The namespace of a chunk: its own, else that of the subgraph workflow that streamed it.
+
+        A node inside a subgraph runs in a child workflow whose record knows its namespace
+        (``core.subgraphs``); it is read once per child and remembered.
+        """
+        namespace = chunk.get("namespace")
+        if namespace:
+            return tuple(str(part) for part in namespace)
+        child = chunk.get("subgraph_workflow_id")
+        if not isinstance(child, str):
+            return ()
+        if child not in self._namespaces:
+            try:
+                record = await self._store.get(child)
+            except Exception:  # the chunk still counts; it is shown under its child's id
+                record = None
+            found = (record.metadata.get(NAMESPACE_KEY) if record is not None else None) or [child]
+            self._namespaces[child] = tuple(str(part) for part in found)
+        return self._namespaces[child]
 
     async def chunks(
         self, *, after_step: int = -1, driver: asyncio.Future[Any] | None = None

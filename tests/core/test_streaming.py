@@ -367,3 +367,32 @@ def test_an_early_break_stops_driving_the_workflow_which_stays_resumable() -> No
         return status
 
     assert run(scenario()) == "running"
+
+
+def test_subgraph_chunks_and_steps_carry_their_namespace_only_with_subgraphs_true() -> None:
+    def inner_node(state: State) -> dict[str, Any]:
+        get_stream_writer()({"inside": True})
+        get_stream_writer().message("sub-token")
+        return {"inner": 1}
+
+    child = Graph("child").add_node("work", inner_node).set_entry_point("work").set_finish_point("work").compile()
+    parent = Graph("parent").add_node("before", lambda s: {"before": 1}).add_node("sub", child)
+    parent = parent.set_entry_point("before").add_edge("before", "sub").set_finish_point("sub").compile()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        orchestrator = Orchestrator()
+        try:
+            hidden = await collect(orchestrator.astream(parent, {}, stream_mode=["custom", "updates"]))
+            shown = await collect(orchestrator.astream(parent, {}, stream_mode=["custom", "messages", "updates"],
+                                                       subgraphs=True))
+            return hidden, shown
+        finally:
+            await orchestrator.close()
+
+    hidden, shown = run(scenario())
+    assert hidden == [("updates", {"before": {"before": 1}}), ("updates", {"sub": {"before": 1, "inner": 1}})]
+    inside = [(ns, mode) for ns, mode, chunk in shown if ns]
+    assert len({ns for ns, _ in inside}) == 1 and inside[0][0][0].startswith("sub:")
+    assert [mode for _, mode in inside] == ["custom", "messages", "updates"]
+    assert ((), "updates", {"sub": {"before": 1, "inner": 1}}) in shown
+    assert (inside[0][0], "updates", {"work": {"inner": 1}}) in shown
