@@ -130,6 +130,8 @@ def test_sync_stream_is_a_plain_iterator_and_refused_inside_a_loop() -> None:
     assert list(orchestrator.stream(two_steps(), {}, stream_mode="updates")) == [
         {"speak": {"said": "Hello"}}, {"count": {"counted": 3}}]
     assert not orchestrator._connected
+    finished = orchestrator.invoke(two_steps(), {}, workflow_id="wf-sync")
+    assert list(orchestrator.stream("wf-sync", stream_mode="values")) == [{}, {"said": "Hello"}, dict(finished)]
     # Leaving early closes everything too.
     iterator = orchestrator.stream(two_steps(), {}, stream_mode="custom")
     assert next(iterator) == {"progress": 1.0}
@@ -396,3 +398,20 @@ def test_subgraph_chunks_and_steps_carry_their_namespace_only_with_subgraphs_tru
     assert [mode for _, mode in inside] == ["custom", "messages", "updates"]
     assert ((), "updates", {"sub": {"before": 1, "inner": 1}}) in shown
     assert (inside[0][0], "updates", {"work": {"inner": 1}}) in shown
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_other_durability_modes_stream_what_their_checkpoints_hold(durability: str) -> None:
+    async def scenario() -> list[Any]:
+        orchestrator = Orchestrator()
+        try:
+            return await collect(orchestrator.astream(two_steps(), {}, stream_mode=["values", "custom"],
+                                                      durability=durability))
+        finally:
+            await orchestrator.close()
+
+    chunks = run(scenario())
+    values = [chunk for mode, chunk in chunks if mode == "values"]
+    assert [chunk for mode, chunk in chunks if mode == "custom"] == [{"progress": 1.0}, {"i": 0}, {"i": 1}, {"i": 2}]
+    expected = [{}, {"said": "Hello"}, {"said": "Hello", "counted": 3}]
+    assert values == (expected if durability == "async" else [expected[0], expected[2]])
