@@ -1,10 +1,15 @@
 """Local engine benchmark on the in-process backend: per-run and per-step cost.
 
     python benchmarks/local_benchmark.py [--chain 1000] [--fan-out 100] [--repeat 5]
+                                         [--durability sync|async|exit|all] [--backend URL]
 
 Workloads: a sequential chain of N no-op nodes (N steps), and one node fanning out to M
-parallel no-op nodes joined by a final node (3 steps). Every step is checkpointed, as in
-production. Prints the best and median wall time of ``--repeat`` runs of each.
+parallel no-op nodes joined by a final node (3 steps). Steps are checkpointed as the
+durability mode says (``execute(durability=)``; default ``sync``, every step before the
+next, as in production; ``all`` runs each mode and prints each one's time relative to
+``sync``). ``--backend`` (default ``memory://``) runs the same in-process nodes over
+another backend's state store, e.g. ``redis://localhost:6379/0``, where a write costs a
+round trip. Prints the best and median wall time of ``--repeat`` runs of each.
 """
 
 from __future__ import annotations
@@ -48,13 +53,17 @@ def fan_out_graph(width: int) -> Graph:
     return graph.set_entry_point("start").set_finish_point("join").compile()
 
 
-async def measure(graph: Graph, repeat: int, step_limit: int) -> list[float]:
-    orchestrator = Orchestrator(step_limit=step_limit)
-    times = []
+async def measure(graph: Graph, repeat: int, step_limit: int, modes: list[str],
+                  backend: str = "memory://") -> dict[str, list[float]]:
+    """Wall times of ``repeat`` runs per durability mode; the modes take turns, so a noisy
+    machine slows each of them alike."""
+    orchestrator = Orchestrator(step_limit=step_limit, backend=backend)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(repeat):
-        started = time.perf_counter()
-        await orchestrator.execute(graph, {})
-        times.append(time.perf_counter() - started)
+        for mode in modes:
+            started = time.perf_counter()
+            await orchestrator.execute(graph, {}, durability=mode)
+            times[mode].append(time.perf_counter() - started)
     await orchestrator.close()
     return times
 
@@ -70,11 +79,24 @@ async def main() -> None:
     parser.add_argument("--chain", type=int, default=1000)
     parser.add_argument("--fan-out", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--durability", choices=["sync", "async", "exit", "all"], default="sync",
+                        help="when steps are written (execute(durability=)); all: each mode, with ratios to sync")
+    parser.add_argument("--backend", default="memory://", help="backend URL (default memory://)")
     args = parser.parse_args()
-    chain = await measure(chain_graph(args.chain), args.repeat, args.chain + 10)
-    report(f"chain of {args.chain}", chain, steps=args.chain, nodes=args.chain)
-    fan = await measure(fan_out_graph(args.fan_out), args.repeat, 10)
-    report(f"fan-out to {args.fan_out}", fan, steps=3, nodes=args.fan_out + 2)
+    modes = ["sync", "async", "exit"] if args.durability == "all" else [args.durability]
+    chain = await measure(chain_graph(args.chain), args.repeat, args.chain + 10, modes, args.backend)
+    fan = await measure(fan_out_graph(args.fan_out), args.repeat, 10, modes, args.backend)
+    for mode in modes:
+        suffix = f" [{mode}]" if len(modes) > 1 or mode != "sync" else ""
+        report(f"chain of {args.chain}{suffix}", chain[mode], steps=args.chain, nodes=args.chain)
+    for mode in modes:
+        suffix = f" [{mode}]" if len(modes) > 1 or mode != "sync" else ""
+        report(f"fan-out to {args.fan_out}{suffix}", fan[mode], steps=3, nodes=args.fan_out + 2)
+    if len(modes) > 1:
+        for workload, times in (("chain", chain), ("fan-out", fan)):
+            ratios = "  ".join(f"{mode} {statistics.median(times[mode]) / statistics.median(times['sync']):.2f}x"
+                               for mode in modes)
+            print(f"median time relative to sync, {workload}: {ratios}")
 
 
 if __name__ == "__main__":
