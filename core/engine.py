@@ -59,7 +59,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -706,14 +706,19 @@ class StepEngine:
             if inflight.done():
                 self._inflight = None
 
-    async def _alongside_commit(self, step: Awaitable[T]) -> T:
+    async def _alongside_commit(self, step: Coroutine[Any, Any, T]) -> T:
         """Await ``step`` while the previous step's commit is written (``"async"``).
 
         If that commit is refused first, ``step`` is cancelled and the refusal raised,
         so a workflow taken over or cancelled stops at once, as it does in ``"sync"``.
         """
         inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.sleep(0)  # a write that needs no I/O (memory://) lands here: no task for the step
         if inflight is None or inflight.done():
+            if inflight is not None and (inflight.cancelled() or inflight.exception() is not None):
+                step.close()  # refused: the step does not start
+                await self._settle()  # raises the commit's error
             return await step
         run = asyncio.ensure_future(step)
         try:
