@@ -42,6 +42,8 @@ first) and ``"subgraph_workflow_id"``.
   nodes' retry policies decide per exception). ``timeout`` is refused on a subgraph
   node: set it on the subgraph's nodes.
 * ``cancel_workflow(parent)`` cancels the children it is running too.
+* A child inherits its parent's priority and durability mode; its step limit is the
+  orchestrator's (``Orchestrator(step_limit=)``), counted apart from its parent's steps.
 """
 
 from __future__ import annotations
@@ -232,12 +234,13 @@ class SubgraphRunner:
         answers = (record.frontier.get(SUBGRAPH_RESUME_KEY) or {}).get(entry.key)
         state = dict(entry.arg) if entry.arg is not None else dict(record.state)
         priority = int(record.metadata.get("priority", 0))
+        durability = str(record.metadata.get("durability") or "sync")  # the parent's mode (engine.durability_of)
         started = time.time()
         attempts = 0
         while True:
             attempts += 1
             try:
-                child = await self._advance(sub, child_id, state, metadata, answers, priority)
+                child = await self._advance(sub, child_id, state, metadata, answers, priority, durability)
                 answers = None  # handed to the child once
                 if child.status == WorkflowStatus.FAILED and spec.retry is not None \
                         and attempts < spec.retry.max_attempts:
@@ -254,7 +257,7 @@ class SubgraphRunner:
             return NodeOutcome(entry.node, task_id, output, None, attempts, started, time.time() - started)
 
     async def _advance(self, sub: Subgraph, child_id: str, state: Mapping[str, Any], metadata: Mapping[str, Any],
-                       answers: Mapping[str, Any] | None, priority: int) -> WorkflowRecord:
+                       answers: Mapping[str, Any] | None, priority: int, durability: str) -> WorkflowRecord:
         """Create, continue or answer the child until it completes, fails, is cancelled or pauses."""
         orchestrator = self._orchestrator
         store = orchestrator.backend.state_store
@@ -266,7 +269,7 @@ class SubgraphRunner:
                     values = _mapped(sub.input, state, f"the input= mapping of subgraph {sub.graph.name!r}")
                     record, lease = await orchestrator._start(
                         sub.graph, values, workflow_id=child_id, step_limit=None, priority=priority,
-                        from_checkpoint=None, metadata=metadata)
+                        from_checkpoint=None, durability=durability, metadata=metadata)
                     await orchestrator._drive(sub.graph, record, lease, None)
                 elif current.status == WorkflowStatus.COMPLETED:
                     return current

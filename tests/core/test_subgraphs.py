@@ -8,11 +8,12 @@ the node, cancelling the parent cancels the child.
 from __future__ import annotations
 
 import asyncio
-import operator
 import uuid
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents import END, START, Command, Graph, Orchestrator, RetryPolicy, Send, State, WorkflowStatus, interrupt
@@ -198,7 +199,6 @@ def test_parallel_interrupts_inside_a_subgraph_are_answered_by_id_one_at_a_time(
 
 
 def test_a_breakpoint_inside_a_subgraph_pauses_the_parent_and_resume_continues() -> None:
-    inside = chain("inside", ("a", lambda s: {"n": 1}), ("b", lambda s: {"n": s["n"] + 1}))
     inside = Graph("inside_bp")
     inside.add_node("a", lambda s: {"n": 1}).add_node("b", lambda s: {"n": s["n"] + 1})
     inside.add_edge(START, "a").add_edge("a", "b").add_edge("b", END).compile(interrupt_before=["b"])
@@ -377,3 +377,57 @@ def test_drawing_shows_the_subgraph_as_a_nested_block() -> None:
     text = parent.draw_ascii()
     assert "[sub]  (subgraph 'inner')" in text
     assert "    [a]" in text
+
+
+def test_the_child_inherits_the_parent_durability_and_priority() -> None:
+    parent = chain("durable", ("sub", inner()))
+
+    async def go() -> Any:
+        orchestrator = Orchestrator()
+        workflow_id = new_id()
+        await orchestrator.execute(parent, {"foo": ""}, workflow_id=workflow_id, durability="exit", priority=7)
+        return await orchestrator.backend.state_store.get(child_workflow_id(workflow_id, 0, "sub"))
+
+    child = run(go())
+    assert child.metadata["durability"] == "exit" and child.metadata["priority"] == 7
+    assert child.metadata["parent"] == child.workflow_id.split(":sub:")[0]
+
+
+@settings(max_examples=15, deadline=None)
+@given(depth=st.integers(0, 3), asks=st.integers(0, 3), by_id=st.booleans(), mapped=st.booleans())
+def test_any_nesting_any_number_of_interrupts_resumes_to_the_flat_result(
+    depth: int, asks: int, by_id: bool, mapped: bool
+) -> None:
+    """Nested ``depth`` deep, the innermost node asks ``asks`` times; answering each pause
+    (by order or by its id) ends with what the same node gives run flat, every pause id distinct."""
+
+    def leaf(state: State) -> dict[str, Any]:
+        answers = [interrupt(f"q{i}") for i in range(asks)]
+        return {"out": state["x"] + sum(answers)}
+
+    graph = chain("level0", ("leaf", leaf))
+    for level in range(1, depth + 1):
+        outer = Graph(f"level{level}")
+        if mapped:
+            outer.add_node("inner", graph, input=lambda s: {"x": s["x"]}, output=lambda s: {"out": s["out"]})
+        else:
+            outer.add_node("inner", graph)
+        graph = outer.add_edge(START, "inner").add_edge("inner", END).compile()
+
+    async def go() -> tuple[list[str], State]:
+        orchestrator = Orchestrator()
+        workflow_id = new_id()
+        seen: list[str] = []
+        result = await orchestrator.execute(graph, {"x": 100}, workflow_id=workflow_id)
+        answer = 0
+        while "__interrupt__" in result:
+            (pause,) = result["__interrupt__"]
+            seen.append(pause["id"])
+            answer += 1
+            result = await orchestrator.resume(workflow_id, Command(resume={pause["id"]: answer} if by_id else answer))
+        return seen, result
+
+    seen, result = run(go())
+    assert len(seen) == asks and len(set(seen)) == asks
+    assert all(pause.count("/") == depth for pause in seen)
+    assert result["out"] == 100 + sum(range(1, asks + 1))
