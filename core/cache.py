@@ -29,11 +29,12 @@ only on its input: it is neither looked up nor stored), and any other output for
 (equal keys) run once and share the output; two workflows missing at the same moment
 both run the node (there is no lock; the later write wins).
 
-Failures of the cache itself never fail a node: an entry that cannot be decoded is a
-miss, a write the backend refuses is logged and skipped (the output is in hand). A read
-that meets an unavailable backend raises ``BackendUnavailableError`` like any other
-backend call of the step, which the step loop retries. A backend whose store keeps the
-port's default (no cache) runs cached nodes every time, with one warning per node.
+Failures of the cache itself never fail a node: an entry that cannot be decoded, or a
+read the store refuses, is a miss (logged); a write the store refuses is logged and
+skipped (the output is in hand). Only a read that meets an unavailable backend raises
+(``BackendUnavailableError``, like any other backend call of the step, which the step
+loop retries). A backend whose store keeps the port's default (no cache) runs cached
+nodes every time, with one warning per node.
 """
 
 from __future__ import annotations
@@ -151,7 +152,14 @@ class NodeCache:
 
     async def get(self, graph: str, node: str, key: str) -> dict[str, Any] | None:
         """The cached output of ``node`` for ``key``, or None (absent, expired or undecodable)."""
-        raw = await self._store.cache_get(cache_namespace(graph, node), key)
+        try:
+            raw = await self._store.cache_get(cache_namespace(graph, node), key)
+        except BackendUnavailableError:
+            raise  # retried with the step, like every backend call of it
+        except Exception as exc:  # the cache is an optimisation: a read it refuses is a miss
+            log.warning("graph %r: node %r: could not read its cache entry %s (%s: %s); running the node", graph,
+                        node, key, type(exc).__name__, exc)
+            return None
         if raw is None:
             return None
         try:

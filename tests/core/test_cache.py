@@ -22,7 +22,13 @@ from support.aio import run
 from distributed_agents import END, CachePolicy, Command, Graph, Orchestrator, Send, State, interrupt, open_backend
 from distributed_agents.adapters.memory.state_store import MemoryStateStore
 from distributed_agents.core.cache import cache_namespace, cacheable_output, default_cache_key
-from distributed_agents.core.errors import ConfigurationError, ExecutionError, GraphValidationError, NodeExecutionError
+from distributed_agents.core.errors import (
+    BackendError,
+    ConfigurationError,
+    ExecutionError,
+    GraphValidationError,
+    NodeExecutionError,
+)
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import StateStore, WorkflowStatus, implements_cache
 
@@ -435,3 +441,75 @@ def test_each_distinct_input_runs_once_and_results_match_an_uncached_graph(input
     assert with_cache == without
     assert cached_calls == Counter({f"prop_cached:{x}": 1 for x in set(inputs)})
     assert sum(plain_calls.values()) == len(inputs)
+
+
+class FlakyCacheStore(MemoryStateStore):
+    """A store whose cache refuses reads or writes (not an outage): the node runs, its output is used."""
+
+    refuse_reads = False
+    refuse_writes = False
+
+    async def cache_get(self, namespace: str, key: str) -> bytes | None:
+        if self.refuse_reads:
+            raise BackendError("cache read refused")
+        return await super().cache_get(namespace, key)
+
+    async def cache_set(self, namespace: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        if self.refuse_writes:
+            raise BackendError("cache write refused")
+        await super().cache_set(namespace, key, value, ttl)
+
+
+def test_a_cache_the_store_refuses_or_cannot_decode_never_fails_the_node(caplog: pytest.LogCaptureFixture) -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("refused_double", calls)
+    memory = fresh_backend()
+    assert isinstance(memory.state_store, MemoryStateStore)
+    store = FlakyCacheStore(memory.state_store._data)
+    backend = Backend(url=memory.url, options=memory.options, task_queue=memory.task_queue, state_store=store,
+                      worker_registry=memory.worker_registry, message_bus=memory.message_bus)
+
+    async def scenario() -> list[Any]:
+        async with Orchestrator(backend=backend) as orchestrator:
+            store.refuse_writes = True
+            results = [(await orchestrator.execute(graph, {"x": 1}))["y"]]  # runs; the write is refused
+            store.refuse_writes = False
+            results.append((await orchestrator.execute(graph, {"x": 1}))["y"])  # runs and is stored
+            store.refuse_reads = True
+            results.append((await orchestrator.execute(graph, {"x": 1}))["y"])  # a refused read is a miss
+            store.refuse_reads = False
+            # A foreign or corrupt entry under the node's key is a miss too, and is overwritten.
+            for namespace, entries in store._data.cache.items():
+                for key in entries:
+                    await store.cache_set(namespace, key, b"\xff not json")
+            results.append((await orchestrator.execute(graph, {"x": 1}))["y"])
+            results.append((await orchestrator.execute(graph, {"x": 1}))["y"])  # cached again
+            return results
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents.cache"):
+        assert run(scenario()) == [2, 2, 2, 2, 2]
+    assert calls["refused_double:1"] == 4
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "could not cache its output (BackendError: cache write refused)" in messages
+    assert "could not read its cache entry" in messages and "cannot be decoded" in messages
+
+
+def test_a_subgraph_node_is_cached_like_any_node() -> None:
+    calls: Counter[str] = Counter()
+
+    def inner_node(state: State) -> dict[str, Any]:
+        calls["inner"] += 1
+        return {"text": state["text"] + "!"}
+
+    child = (Graph("cached_child").add_node("shout", inner_node)
+             .set_entry_point("shout").set_finish_point("shout").compile())
+    parent = (Graph("cached_parent").add_node("sub", child, cache_policy=CachePolicy())
+              .set_entry_point("sub").set_finish_point("sub").compile())
+
+    async def scenario() -> list[State]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [await orchestrator.execute(parent, {"text": "hi"}) for _ in range(2)]
+
+    first, second = run(scenario())
+    assert first["text"] == second["text"] == "hi!"
+    assert calls["inner"] == 1
