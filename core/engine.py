@@ -350,6 +350,7 @@ class StepEngine:
                     [e.node for e in succeeded], State._trusted(merged, record.workflow_id),
                     record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()), handlers,
                 )
+                frontier = subgraph_tasks.with_positions(graph, record.workflow_id, record.step + 1, frontier)
             except ExecutionError as exc:
                 await self._fail_unexpected(graph, progress, lease, exc)
                 raise

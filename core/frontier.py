@@ -10,7 +10,9 @@ Shape (JSON; every key but ``next`` optional, so frontiers of older versions rea
      "task_runs": {task: run},                # task ids pinned to an earlier run (resume)
      "interrupts": [Interrupt.to_dict(), ...],# pending pauses (status "interrupted")
      "resume": {task: [answer, ...]},         # answers to a task's interrupt() calls
-     "breakpoint_passed": true}               # interrupt_before already paused this step
+     "breakpoint_passed": true,               # interrupt_before already paused this step
+     "subgraphs": {task: child workflow id},  # the step's subgraph tasks (core.subgraphs)
+     "subgraph_resume": {task: {id: answer}}} # answers for pauses inside those subgraphs
 
 Each entry of the step is a ``TaskEntry``: a node plus its own input (``arg`` for a
 Send, None for the shared state). Its ``key`` names it in ``pending_writes``,

@@ -56,7 +56,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease,
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
-from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events
+from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events, with_positions
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
 from distributed_agents.core.streaming import DEFAULT_BUFFER_SIZE, StreamReader, parse_stream_mode
@@ -644,6 +644,7 @@ class Orchestrator:
         workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
         # Conditional entry points route the input state; if one fails, no workflow is created.
         frontier = await graph.start_frontier(State._trusted(values, workflow_id))
+        frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
@@ -1043,7 +1044,7 @@ class Orchestrator:
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
             drive = asyncio.ensure_future(
-            self._engine(workflow_id, lease, record.metadata).drive(graph, record, lease, options))
+                self._engine(workflow_id, lease, record.metadata).drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive

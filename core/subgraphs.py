@@ -18,9 +18,10 @@ Two forms, as in LangGraph:
 
 How a subgraph runs: the node's task is a *child workflow* driven by the same
 ``StepEngine`` as its parent, by the orchestrator driving the parent. Its id is
-deterministic, ``<parent id>:sub:<step>:<task>`` (``child_workflow_id``), so a parent
-re-running the step (after a restart, a takeover by another orchestrator, or
-``resume``) finds and continues the same child instead of starting another. The child's
+deterministic, ``<parent id>:sub:<step>:<task>`` (``child_workflow_id``), and the
+parent's frontier names it (``"subgraphs": {task: child id}``), so a parent re-running
+the step (after a restart, a takeover by another orchestrator, or ``resume``) finds
+and continues the same child instead of starting another. The child's
 record names its parent (``metadata["parent"]``), so ``recover_workflows`` never takes a
 child over on its own: whoever drives the parent drives its children. Its nodes go to
 workers exactly like the parent's, and its checkpoints are stored under its own id
@@ -82,6 +83,7 @@ ROOT_KEY = "root"  # ... the outermost workflow's id (whose channels carry the c
 NAMESPACE_KEY = "namespace"  # ... ["<node>:<task id>", ...] from the root inward
 PARENT_COMMAND_KEY = "parent_command"  # a completed child's frontier: Command.PARENT bodies for its parent
 SUBGRAPH_RESUME_KEY = "subgraph_resume"  # a parent's frontier: {task: {child interrupt id: answer}}
+SUBGRAPHS_KEY = "subgraphs"  # a parent's frontier: {task: child workflow id} of the step's subgraph tasks
 
 _UNSAFE = frozenset(" \t\n\r.*>/\\")
 
@@ -142,17 +144,32 @@ def namespace_of(record: WorkflowRecord) -> list[str]:
     return [str(item) for item in record.metadata.get(NAMESPACE_KEY) or ()]
 
 
+def with_positions(graph: Graph, workflow_id: str, step: int, frontier: dict[str, Any]) -> dict[str, Any]:
+    """``frontier`` of ``step`` with ``"subgraphs": {task: child workflow id}`` for its subgraph tasks.
+
+    The ids are derived (``child_workflow_id``), so any process finds the children from
+    the stored frontier alone; frontiers without subgraph tasks keep their shape.
+    """
+    positions = {entry.key: child_workflow_id(workflow_id, step, entry.key)
+                 for entry in read_entries(frontier, {}) if entry.node in graph.nodes
+                 and graph.node(entry.node).subgraph is not None}
+    return {**frontier, SUBGRAPHS_KEY: positions} if positions else frontier
+
+
 async def children_of(store: StateStore, record: WorkflowRecord) -> dict[str, WorkflowRecord]:
     """The child workflows of ``record``'s current step, by task key (the node, or ``node#i``).
 
-    Found by their deterministic ids, so no graph is needed: every task of the step is
-    probed, and only subgraph nodes have a child.
+    Read from the frontier's ``"subgraphs"``; a frontier without it (written by
+    ``update_state`` or a fork) is probed by the derived ids of its tasks, so no graph is needed.
     """
     found = {}
-    for entry in read_entries(record.frontier, {}):
-        child = await store.get(child_workflow_id(record.workflow_id, record.step, entry.key))
+    positions = record.frontier.get(SUBGRAPHS_KEY) or {
+        entry.key: child_workflow_id(record.workflow_id, record.step, entry.key)
+        for entry in read_entries(record.frontier, {})}
+    for key, child_id in positions.items():
+        child = await store.get(str(child_id))
         if child is not None and child.metadata.get(PARENT_KEY) == record.workflow_id:
-            found[entry.key] = child
+            found[key] = child
     return found
 
 

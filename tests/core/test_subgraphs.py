@@ -431,3 +431,16 @@ def test_any_nesting_any_number_of_interrupts_resumes_to_the_flat_result(
     assert len(seen) == asks and len(set(seen)) == asks
     assert all(pause.count("/") == depth for pause in seen)
     assert result["out"] == 100 + sum(range(1, asks + 1))
+
+
+def test_the_parent_frontier_names_the_child_of_each_subgraph_task() -> None:
+    graph = asking_parent()
+
+    async def go() -> Any:
+        orchestrator = Orchestrator()
+        workflow_id = new_id()
+        await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+        return await orchestrator.backend.state_store.get(workflow_id)
+
+    record = run(go())
+    assert record.frontier["subgraphs"] == {"mid": child_workflow_id(record.workflow_id, 0, "mid")}
