@@ -21,18 +21,28 @@ is exactly what the engine routes on:
 
 No external library is needed; ``draw_mermaid`` output renders wherever Mermaid does
 (GitHub, GitLab, mermaid.live, Jupyter with an extension).
+
+Images: ``draw_dot`` writes the same drawing in Graphviz's DOT language (plain text,
+no library), and ``draw_image`` renders it as PNG or SVG with Graphviz's ``dot``
+program, the one optional piece: a system package (Debian/Ubuntu ``apt-get install
+graphviz``, macOS ``brew install graphviz``, conda ``conda install graphviz``), run as a
+subprocess, so nothing is imported and the core stays standard-library only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from distributed_agents.core.errors import ConfigurationError, ExecutionError
 from distributed_agents.core.graph import END, START
 
-__all__ = ["draw_ascii", "draw_mermaid"]
+__all__ = ["IMAGE_FORMATS", "draw_ascii", "draw_dot", "draw_image", "draw_mermaid"]
 
 
 class _Drawable(Protocol):
@@ -230,3 +240,115 @@ def _ascii_lines(spec: Mapping[str, Any]) -> list[str]:
 
 def _strip(lines: Iterable[str]) -> list[str]:
     return [line.rstrip() for line in lines]
+
+
+# -- images: DOT text, rendered by Graphviz --------------------------------------------
+
+IMAGE_FORMATS = ("png", "svg")
+DOT_TIMEOUT = 60.0  # seconds a dot run may take before it is given up
+
+
+def _dot_text(text: str) -> str:
+    """``text`` as a DOT double-quoted string (quotes and backslashes escaped, line breaks kept)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n") + '"'
+
+
+def draw_dot(graph: _Drawable) -> str:
+    """A Graphviz DOT ``digraph`` of a compiled graph, in the notation of ``draw_mermaid``.
+
+    Solid arrows are edges, dashed ones conditional edges / ``goto`` / ``on_error`` with
+    their labels, a small black dot a join; START and END are ovals; a subgraph node is
+    a box with a dotted ``runs`` arrow into a frame holding the subgraph's own drawing.
+    Node ids are generated, names are labels, so any name is safe. Raises
+    ``GraphNotCompiledError`` for a graph not compiled yet.
+    """
+    spec = graph.spec()
+    lines = [f"digraph {_dot_text(str(spec['name']))} {{",
+             f"    graph [label={_dot_text(str(spec['name']))}, labelloc=t, fontname=\"Helvetica\", "
+             "fontsize=16, rankdir=TB, nodesep=0.4, ranksep=0.45];",
+             '    node [shape=box, style="rounded,filled", fillcolor="#eef3fb", color="#4a6fa5", '
+             'fontname="Helvetica", fontsize=12];',
+             '    edge [color="#444444", fontname="Helvetica", fontsize=10, fontcolor="#333333"];',
+             *_dot_lines(spec, "", "    "), "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _dot_lines(spec: Mapping[str, Any], prefix: str, indent: str) -> list[str]:
+    """Nodes and arrows of ``spec`` with ids prefixed by ``prefix``; subgraphs as clusters."""
+    routes = _routes(spec)
+    order = _order(spec, routes)
+    ids = {START: f"{prefix}__start__", END: f"{prefix}__end__",
+           **{name: f"{prefix}n{i}" for i, name in enumerate(order)}}
+    terminal = 'shape=oval, style=filled, fillcolor="#f2f2f2", color="#555555"'
+    lines = [f"{indent}{ids[START]} [label=\"START\", {terminal}];"]
+    notes, nested = _notes(spec), _subgraphs(spec)
+    clusters: list[str] = []
+    for name in order:
+        label = name + (f" ({notes[name]})" if name in notes else "")
+        if name in nested:
+            label += f"\n(subgraph {nested[name]['name']})"
+            inner = f"{ids[name]}_"
+            clusters += [f"{indent}subgraph cluster_{ids[name]} {{",
+                         f"{indent}    label={_dot_text(str(nested[name]['name']))}; style=\"rounded,dashed\"; "
+                         'color="#888888"; fontname="Helvetica";',
+                         *_dot_lines(nested[name], inner, indent + "    "), f"{indent}}}",
+                         f'{indent}{ids[name]} -> {inner}__start__ [style=dotted, label="runs", arrowhead=open];']
+        lines.append(f"{indent}{ids[name]} [label={_dot_text(label)}];")
+    if any(route.target == END for route in routes):
+        lines.append(f"{indent}{ids[END]} [label=\"END\", {terminal}];")
+    joins = 0
+    for route in routes:
+        if route.kind == "join":
+            point = f"{prefix}join{joins}"
+            joins += 1
+            lines.append(f'{indent}{point} [label="", shape=circle, width=0.12, height=0.12, style=filled, '
+                         'fillcolor="#333333", color="#333333"];')
+            lines += [f"{indent}{ids[source]} -> {point} [arrowhead=none];" for source in route.sources]
+            lines.append(f"{indent}{point} -> {ids[route.target]};")
+        elif route.kind in ("conditional", "goto", "on_error"):
+            label = route.label or route.condition
+            lines.append(f"{indent}{ids[route.sources[0]]} -> {ids[route.target]} "
+                         f"[style=dashed, label={_dot_text(label)}];")
+        else:
+            lines.append(f"{indent}{ids[route.sources[0]]} -> {ids[route.target]};")
+    return lines + clusters
+
+
+def draw_image(graph: _Drawable, output_format: str, path: str | os.PathLike[str] | None = None) -> bytes:
+    """The graph drawn as an image (``output_format`` ``"png"`` or ``"svg"``); its bytes.
+
+    Renders ``draw_dot``'s text with Graphviz's ``dot`` program (found on ``PATH``); with
+    ``path`` the image is also written to that file. Raises ``ConfigurationError`` for
+    another format, when ``dot`` is not installed (naming the package to install), or
+    when ``path`` cannot be written; ``ExecutionError`` if ``dot`` fails (with its
+    message); ``GraphNotCompiledError`` for a graph not compiled yet.
+    """
+    if output_format not in IMAGE_FORMATS:
+        raise ConfigurationError(f"cannot draw an image as {output_format!r}; use one of {', '.join(IMAGE_FORMATS)} "
+                                 "(or draw_mermaid() / draw_ascii() / draw_dot() for text)")
+    text = draw_dot(graph)
+    name = graph.spec()["name"]
+    program = shutil.which("dot")
+    if program is None:
+        raise ConfigurationError(
+            f"drawing graph {name!r} as {output_format.upper()} needs Graphviz's 'dot' program, which is not on PATH: "
+            "install Graphviz (Debian/Ubuntu: apt-get install graphviz; Fedora: dnf install graphviz; macOS: brew "
+            "install graphviz; conda: conda install graphviz), or draw it as text instead (draw_mermaid() or draw_dot(); "
+            "in the CLI --format mermaid or dot)")
+    try:
+        done = subprocess.run([program, f"-T{output_format}"], input=text.encode("utf-8"), capture_output=True,
+                              timeout=DOT_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise ExecutionError(f"Graphviz ({program}) did not draw graph {name!r} within {DOT_TIMEOUT:.0f}s") from None
+    if done.returncode != 0 or not done.stdout:
+        message = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
+        raise ExecutionError(f"Graphviz ({program}) could not draw graph {name!r} as {output_format}: {message}")
+    if path is not None:
+        try:
+            with open(path, "wb") as file:
+                file.write(done.stdout)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write the drawing of graph {name!r} to {os.fspath(path)!r}: "
+                                     f"{exc.strerror or exc}") from None
+    return done.stdout

@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -830,6 +831,29 @@ class Graph:
         from distributed_agents.core.drawing import draw_ascii
 
         return draw_ascii(self)
+
+    def draw_dot(self) -> str:
+        """The compiled graph in Graphviz's DOT language (see ``core.drawing``); no library needed."""
+        from distributed_agents.core.drawing import draw_dot
+
+        return draw_dot(self)
+
+    def draw_png(self, path: str | os.PathLike[str] | None = None) -> bytes:
+        """The compiled graph as a PNG image (its bytes), also written to ``path`` if given.
+
+        Rendered by Graphviz's ``dot`` program: ``ConfigurationError`` naming the package
+        to install when it is missing (see ``core.drawing.draw_image``). Unlike LangGraph's
+        ``draw_png``, the bytes are returned even when a file is written.
+        """
+        from distributed_agents.core.drawing import draw_image
+
+        return draw_image(self, "png", path)
+
+    def draw_svg(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The compiled graph as SVG text, also written to ``path`` if given (see ``draw_png``)."""
+        from distributed_agents.core.drawing import draw_image
+
+        return draw_image(self, "svg", path).decode("utf-8")
 
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"

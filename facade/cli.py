@@ -7,7 +7,7 @@
     distributed-agents dead-letters requeue TASK_ID [TASK_ID ...]
     distributed-agents dead-letters purge [TASK_ID ...] [--node-type T] [--yes]
     distributed-agents backends
-    distributed-agents draw MODULE:GRAPH [--format mermaid|ascii]
+    distributed-agents draw MODULE:GRAPH [--format mermaid|ascii|dot|png|svg] [--output FILE]
     distributed-agents help [COMMAND ...]
 
 Every option may also come from the environment (``--backend-url`` from
@@ -51,7 +51,7 @@ from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
 from distributed_agents.distributed import DistributedWorker
-from distributed_agents.draw import FORMATS, draw_graph
+from distributed_agents.draw import FORMATS, draw_graph, format_for_path
 from distributed_agents.plugins import available_backends, open_backend
 
 __all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
@@ -227,8 +227,12 @@ VISIBILITY_TIMEOUT = Option("--visibility-timeout", ("VISIBILITY_TIMEOUT",), _se
 NODE_TYPE = Option("--node-type", ("DA_NODE_TYPE",), _text, "only dead letters of this node type", "writer",
                    default_text="all node types", metavar="TYPE")
 DRAW_FORMAT = Option("--format", ("DA_DRAW_FORMAT",), _draw_format,
-                     "how to draw: mermaid (flowchart text) or ascii (plain text)", "ascii", default="mermaid",
+                     "how to draw: mermaid (flowchart text), ascii (plain text), dot (Graphviz text), or a png / "
+                     "svg image (needs Graphviz's dot program)", "svg",
+                     default="mermaid", default_text="from --output's suffix (.png, .svg, .dot), else mermaid",
                      metavar="FORMAT")
+DRAW_OUTPUT = Option("--output", ("DA_DRAW_OUTPUT",), _text, "write the drawing to this file instead of printing "
+                     "it (needed for png)", "graph.svg", default_text="print it", metavar="FILE")
 LIMIT = Option("--limit", ("DA_LIMIT",), _positive_int, "list at most this many", "100", default=100,
                metavar="N")
 
@@ -320,12 +324,14 @@ def _parser() -> Parser:
                        "List the backends installed in this environment, one per URL scheme.")
     backends.set_defaults(run=_list_backends, options=())
 
-    draw = command("draw", "print a graph as Mermaid flowchart text or plain text",
-                   "Import MODULE:GRAPH (a Graph, or a function returning one) and print it: Mermaid flowchart "
-                   "text (paste it into Markdown or mermaid.live) or a plain-text rendering.")
+    draw = command("draw", "draw a graph: Mermaid or plain text, Graphviz DOT, or a PNG / SVG image",
+                   "Import MODULE:GRAPH (a Graph, or a function returning one) and draw it: Mermaid flowchart "
+                   "text (paste it into Markdown or mermaid.live), a plain-text rendering, Graphviz DOT text, or "
+                   "a PNG / SVG image rendered by Graphviz's dot program (apt-get install graphviz).")
     draw.add_argument("graph", metavar="MODULE:GRAPH", help="where the graph is, e.g. myapp.flows:graph")
     DRAW_FORMAT.add_to(draw)
-    draw.set_defaults(run=_draw, options=(DRAW_FORMAT,))
+    DRAW_OUTPUT.add_to(draw)
+    draw.set_defaults(run=_draw, options=(DRAW_FORMAT, DRAW_OUTPUT))
 
     helper = command("help", "show the help of a command", "Show the help of the given command.")
     helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. worker, or dead-letters purge")
@@ -633,7 +639,23 @@ async def _list_workers(args: argparse.Namespace) -> int:
 
 
 async def _draw(args: argparse.Namespace) -> int:
-    print(draw_graph(args.graph, DRAW_FORMAT.resolve(args)), end="")
+    output: str | None = DRAW_OUTPUT.resolve(args)
+    chosen = args.format is not None or bool(os.environ.get("DA_DRAW_FORMAT"))
+    output_format: str = DRAW_FORMAT.resolve(args)
+    if not chosen and output is not None:
+        output_format = format_for_path(output) or output_format
+    if output is None and output_format == "png":
+        raise UsageError("draw --format png makes a binary image: pass --output FILE (e.g. --output graph.png)")
+    drawing = draw_graph(args.graph, output_format)
+    if output is None:
+        print(drawing if isinstance(drawing, str) else drawing.decode("utf-8"), end="")
+        return 0
+    data = drawing.encode("utf-8") if isinstance(drawing, str) else drawing
+    try:
+        with open(output, "wb") as file:
+            file.write(data)
+    except OSError as exc:
+        raise UsageError(f"draw --output {output!r}: cannot write it: {exc.strerror or exc}") from None
     return 0
 
 

@@ -1,4 +1,8 @@
-"""``distributed-agents draw MODULE:GRAPH``: find a graph by its import path and draw it."""
+"""``distributed-agents draw MODULE:GRAPH``: find a graph by its import path and draw it.
+
+Text formats (``mermaid``, ``ascii``, ``dot``) need nothing; images (``png``, ``svg``)
+are rendered by Graphviz's ``dot`` program (see ``core.drawing.draw_image``).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import importlib
 import os
 import sys
 
+from distributed_agents.core.drawing import IMAGE_FORMATS, draw_image
 from distributed_agents.core.errors import ConfigurationError, GraphValidationError
 from distributed_agents.core.graph import Graph
 
-__all__ = ["FORMATS", "draw_graph", "load_graph"]
+__all__ = ["FORMATS", "IMAGE_FORMATS", "draw_graph", "format_for_path", "load_graph"]
 
-FORMATS = ("mermaid", "ascii")
+FORMATS = ("mermaid", "ascii", "dot", *IMAGE_FORMATS)
+_SUFFIXES = {".png": "png", ".svg": "svg", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".txt": "ascii"}
 
 
 def load_graph(spec: str) -> Graph:
@@ -56,9 +62,18 @@ def load_graph(spec: str) -> Graph:
         raise ConfigurationError(f"{spec!r} does not compile: {exc}") from None
 
 
-def draw_graph(spec: str, output_format: str) -> str:
-    """The graph at ``spec`` drawn in ``output_format`` (``mermaid`` or ``ascii``)."""
+def format_for_path(path: str) -> str | None:
+    """The format a file name asks for by its suffix (``graph.svg`` -> ``svg``), None if it says none."""
+    return _SUFFIXES.get(os.path.splitext(path)[1].lower())
+
+
+def draw_graph(spec: str, output_format: str) -> str | bytes:
+    """The graph at ``spec`` drawn in ``output_format``: text for ``mermaid``, ``ascii``, ``dot``,
+    image bytes for ``png`` and ``svg`` (``ConfigurationError`` naming what to install if Graphviz is missing).
+    """
     if output_format not in FORMATS:
         raise ConfigurationError(f"unknown format {output_format!r}; use one of {', '.join(FORMATS)}")
     graph = load_graph(spec)
-    return graph.draw_mermaid() if output_format == "mermaid" else graph.draw_ascii()
+    if output_format in IMAGE_FORMATS:
+        return draw_image(graph, output_format)
+    return {"mermaid": graph.draw_mermaid, "ascii": graph.draw_ascii, "dot": graph.draw_dot}[output_format]()

@@ -75,7 +75,7 @@ def test_draw_prints_mermaid_by_default_and_ascii_on_request(flows_dir: pathlib.
     (["draw", "flows:not_a_graph"], ["is a int, not a Graph"]),
     (["draw", "flows:needs_arguments"], ["could not be called without arguments"]),
     (["draw", "flows:broken"], ["does not compile", "no entry point"]),
-    (["draw", "flows:graph", "--format", "png"], ["--format", "'png' is not a format", "mermaid, ascii"]),
+    (["draw", "flows:graph", "--format", "gif"], ["--format", "'gif' is not a format", "mermaid, ascii, dot, png, svg"]),
     (["draw"], ["MODULE:GRAPH"]),
 ])
 def test_bad_input_is_one_line_exit_2(flows_dir: pathlib.Path, capsys: pytest.CaptureFixture[str],
