@@ -35,6 +35,7 @@ from distributed_agents.core.errors import (
     BackendUnavailableError,
     ConfigurationError,
     ExecutionError,
+    FencingTokenRejectedError,
     GraphNotCompiledError,
     LeaseLostError,
     VersionConflictError,
@@ -224,6 +225,9 @@ class Orchestrator:
         self._graph_versions: dict[tuple[str, str], Graph] = {}  # by (name, fingerprint sha256)
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
         self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
+        # Workflows this orchestrator is storing right now: its own recovery loop must not take
+        # one over while a create retried through an outage already landed (it would fence the starter out).
+        self._starting: set[str] = set()
         self._waiting: dict[str, str] = {}
         self.waiting_log_interval = WAITING_LOG_INTERVAL  # seconds between "still waiting" warnings
         self._events: EventPublisher | None = None
@@ -667,6 +671,16 @@ class Orchestrator:
         Retried through backend outages; ``WorkflowExistsError`` if the id is taken.
         """
         workflow_id = record.workflow_id
+        self._starting.add(workflow_id)
+        try:
+            return await self._create_leased(record, checkpoint)
+        finally:
+            self._starting.discard(workflow_id)
+
+    async def _create_leased(
+        self, record: WorkflowRecord, checkpoint: Checkpoint
+    ) -> tuple[WorkflowRecord, WorkflowLease]:
+        workflow_id = record.workflow_id
         lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
         attempts = 0
 
@@ -686,6 +700,16 @@ class Orchestrator:
                                                f"start workflow {workflow_id!r}")
                 if attempts < 2 or current is None or current.version != 1 or \
                         current.metadata.get("orchestrator") != self.orchestrator_id:
+                    raise
+                record = current
+            except (FencingTokenRejectedError, LeaseLostError):
+                # A retry after a lost reply, when another orchestrator took the workflow the first
+                # attempt created over meanwhile (the outage outlasted our lease): it is driving it;
+                # driving from here fails its first commit as a takeover, and the caller gets the result.
+                current = await self._retrying(lambda: self.backend.state_store.get(workflow_id),
+                                               f"start workflow {workflow_id!r}")
+                if attempts < 2 or current is None or (current.version == 1 and
+                                                       current.metadata.get("orchestrator") != self.orchestrator_id):
                     raise
                 record = current
         except BaseException:
@@ -1169,7 +1193,8 @@ class Orchestrator:
         taken = []
         for record in await store.list_workflows(WorkflowStatus.RUNNING):
             graph = self._known_graph(record)
-            if graph is None or record.workflow_id in self._running or record.metadata.get(PARENT_KEY):
+            if (graph is None or record.workflow_id in self._running or record.workflow_id in self._starting
+                    or record.metadata.get(PARENT_KEY)):
                 # A subgraph's child is continued by whoever drives its parent.
                 continue
             changed = graph_mismatch(record, graph.fingerprint())

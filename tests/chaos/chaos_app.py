@@ -10,7 +10,12 @@ Three graphs mix the shapes the engine has to get right:
   reducers (``extend``, ``add``, ``merge``), then a join (``gather``) waits for all three;
 * ``chaos_review``: the writer/reviewer revise loop, ``revisions`` rounds long;
 * ``chaos_map``: ``mapper`` sends one ``mapped`` task per item (``Send``), whose results
-  meet in reducers before ``reduce``: faults land mid-map.
+  meet in reducers before ``reduce``: faults land mid-map;
+* ``chaos_approval``: ``plan`` sends one ``review`` task per item; every other one calls
+  ``interrupt()``, so the workflow pauses mid-map with the other reviews' writes pending,
+  waiting for answers (``answers_for``) that another process gives later, by id;
+* ``chaos_nested``: ``prep``, then ``inner`` - a compiled three-node graph used as a
+  node (a child workflow whose nodes run on the workers) - then ``post``.
 
 ``DA_CHAOS_NODE_DELAY`` (seconds, default 0.15) is how long each node sleeps.
 """
@@ -22,11 +27,12 @@ import hashlib
 import os
 from typing import Any
 
-from distributed_agents import Graph, NodeRegistry, Send, State
+from distributed_agents import Graph, NodeRegistry, Send, State, interrupt
 
 registry = NodeRegistry()
 
-GRAPH_NAMES = ("chaos_chain", "chaos_fanout", "chaos_review", "chaos_map")
+# chaos_approval first: its workflows pause early, so an orchestrator kill need not wait for one.
+GRAPH_NAMES = ("chaos_approval", "chaos_chain", "chaos_fanout", "chaos_review", "chaos_map", "chaos_nested")
 
 
 def _delay() -> float:
@@ -121,8 +127,51 @@ def _map_items(state: Any) -> list[Send]:
     return [Send("mapped", {"item": item}) for item in state["items"]]
 
 
+@registry.register("plan")
+async def plan(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"items": [_digest("ask", state["value"], i) for i in range(state["width"])], "trail": ["plan"]}
+
+
+@registry.register("review")
+async def review(state: State) -> dict[str, Any]:  # state is the Send's argument
+    await asyncio.sleep(_delay())
+    if state["ask"]:
+        # Runs again from the start once answered (the sleep too): the answer is all that differs.
+        verdict = interrupt({"item": state["item"]})
+        return {"approved": [_digest("approved", state["item"], verdict)]}
+    return {"approved": [_digest("auto", state["item"])]}
+
+
+@registry.register("conclude")
+async def conclude(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    return {"value": _digest("conclude", *state["approved"]), "trail": ["conclude"]}
+
+
+def _review_items(state: Any) -> list[Send]:
+    return [Send("review", {"item": item, "ask": i % 2 == 0}) for i, item in enumerate(state["items"])]
+
+
+def answers_for(interrupts: list[dict[str, Any]]) -> dict[str, str]:
+    """The answer to each pending interrupt of a ``chaos_approval`` workflow, by interrupt id (a pure function)."""
+    return {str(pause["id"]): _digest("verdict", pause["value"]["item"]) for pause in interrupts}
+
+
+for _name in ("prep", "sub_a", "sub_b", "sub_c", "post"):
+    registry.register_node(_name, _chain_node(_name))
+
+
+def _into_inner(state: Any) -> dict[str, Any]:
+    return {"value": state["value"], "trail": []}
+
+
+def _out_of_inner(final: Any) -> dict[str, Any]:
+    return {"value": final["value"], "inner": final["trail"]}
+
+
 def build_graphs() -> dict[str, Graph]:
-    """The three compiled graphs by name (nodes run wherever their type is served)."""
+    """The compiled graphs by name (nodes run wherever their type is served)."""
     chain = Graph("chaos_chain", reducers={"trail": "extend"})
     for name in ("c1", "c2", "c3", "c4"):
         chain.add_node(name)
@@ -149,7 +198,22 @@ def build_graphs() -> dict[str, Graph]:
         mapping.add_node(name)
     mapping.set_entry_point("mapper").add_conditional_edge("mapper", _map_items, ["mapped"])
     mapping.add_edge("mapped", "reduce").set_finish_point("reduce")
-    return {g.name: g.compile() for g in (chain, fanout, review, mapping)}
+
+    approval = Graph("chaos_approval", reducers={"trail": "extend", "approved": "extend"})
+    for name in ("plan", "review", "conclude"):
+        approval.add_node(name)
+    approval.set_entry_point("plan").add_conditional_edge("plan", _review_items, ["review"])
+    approval.add_edge("review", "conclude").set_finish_point("conclude")
+
+    inner = Graph("chaos_inner", reducers={"trail": "extend"})
+    for name in ("sub_a", "sub_b", "sub_c"):
+        inner.add_node(name)
+    inner.set_entry_point("sub_a").add_edge("sub_a", "sub_b").add_edge("sub_b", "sub_c").set_finish_point("sub_c")
+    nested = Graph("chaos_nested", reducers={"trail": "extend"})
+    nested.add_node("prep").add_node("inner", inner.compile(), input=_into_inner, output=_out_of_inner)
+    nested.add_node("post")
+    nested.set_entry_point("prep").add_edge("prep", "inner").add_edge("inner", "post").set_finish_point("post")
+    return {g.name: g.compile() for g in (chain, fanout, review, mapping, approval, nested)}
 
 
 def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
@@ -160,8 +224,10 @@ def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
         state["revisions"] = 1 + index % 3
     if graph == "chaos_map":
         state["width"] = 3 + index % 5
+    if graph == "chaos_approval":
+        state["width"] = 3 + index % 4
     return graph, state
 
 
 NODE_TYPES = ("c1", "c2", "c3", "c4", "split", "b1", "b2", "b3", "gather", "writer", "reviewer", "publisher",
-              "mapper", "mapped", "reduce")
+              "mapper", "mapped", "reduce", "plan", "review", "conclude", "prep", "sub_a", "sub_b", "sub_c", "post")

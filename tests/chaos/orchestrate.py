@@ -9,8 +9,9 @@ Connects a ``DistributedOrchestrator`` with recovery on, registers the chaos gra
 workflows (ids ``<prefix>-<index>``, inputs from ``chaos_app.workflow_spec``) and
 waits for them, printing one ``RESULT {json}`` line per workflow. With ``--resubmit``
 (a replacement for a killed orchestrator, like a client retrying) a workflow that
-already exists is waited for instead of started. It then keeps
-running its recovery loop until SIGTERM, when it closes cleanly and exits 0.
+already exists is waited for instead of started. A workflow that pauses in
+``interrupt()`` is waited for until it ends: another process (``answer.py``) answers it.
+It then keeps running its recovery loop until SIGTERM, when it closes cleanly and exits 0.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ async def main(args: argparse.Namespace) -> int:
                 final = await orchestrator.wait(workflow_id)
             else:
                 final = await orchestrator.execute(graphs[graph_name], state, workflow_id=workflow_id)
+            while "__interrupt__" in final:  # paused: answered from another process, then driven by any
+                await asyncio.sleep(0.5)
+                final = await orchestrator.wait(workflow_id)
             outcome["state"] = dict(final)
         except Exception as exc:
             outcome["error"] = f"{type(exc).__name__}: {exc}"

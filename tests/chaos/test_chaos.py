@@ -4,24 +4,31 @@ For each backend (Redis with ``appendonly yes``; NATS JetStream with its file st
 server of its own is started, then real processes: several workers (the
 ``distributed-agents worker`` CLI serving ``chaos_app``) and two orchestrator processes
 (``orchestrate.py``, each a ``DistributedOrchestrator`` with recovery on) that submit W
-workflows mixing chains, fan-outs with reducers and a join, and the writer/reviewer
-revise loop. Meanwhile a schedule drawn from a seeded RNG
+workflows mixing chains, fan-outs with reducers and a join, the writer/reviewer
+revise loop, Send maps, a map whose tasks pause in ``interrupt()`` and a subgraph node
+(see ``chaos_app``). Meanwhile a schedule drawn from a seeded RNG
 
 * SIGKILLs workers (a replacement is started at once),
 * SIGKILLs one orchestrator (a replacement is started that, like a retrying client,
   waits for that orchestrator's workflows; the surviving orchestrator or the
-  replacement takes each over once its lease expires),
+  replacement takes each over once its lease expires). The kill waits until a
+  workflow of the victim is paused in ``interrupt()`` (mid-map: the other tasks of its
+  Send step are pending writes), and picks a victim that has one; only after the last
+  orchestrator kill does a separate process (``answer.py``) answer the interrupts, by
+  id, and drive those workflows on,
 * restarts the backend server (stop, stay down for a few seconds, start on the same port
   and data directory).
 
 Proven at the end, per backend:
 
 * none lost, none stuck: every workflow exists and reached COMPLETED, or FAILED with a
-  recorded reason, within a generous deadline;
+  recorded reason, within a generous deadline (the subgraphs' child workflows too);
+* every orchestrator kill hit a workflow of the victim's while it was interrupted, and
+  each interrupted workflow was answered from the answering process;
 * results are right: every completed workflow's final state equals the state of the
   same graph and input run in-process without faults;
-* no step was committed twice: the checkpoint history of each workflow has exactly one
-  entry per step, steps 0..N contiguous, N being the record's step;
+* no step was committed twice: the checkpoint history of each workflow (and child
+  workflow) has exactly one entry per step, steps 0..N contiguous, N being the record's step;
 * nothing is left behind: for every node type nothing is queued or leased, and nothing
   was dead-lettered;
 * a caller of ``execute`` in a surviving orchestrator got the workflow's result, not an
@@ -50,12 +57,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from chaos.chaos_app import NODE_TYPES, build_graphs, registry, workflow_spec
+from chaos.chaos_app import NODE_TYPES, answers_for, build_graphs, registry, workflow_spec
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server
 from support.redis_server import RedisServer
 
-from distributed_agents import Orchestrator
+from distributed_agents import Command, Orchestrator
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.plugins import open_backend
 
@@ -136,6 +143,7 @@ class Processes:
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     orchestrators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     assignments: dict[str, list[int]] = field(default_factory=dict)
+    answerers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     dead: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -162,6 +170,28 @@ class Processes:
                 cwd=HERE, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
 
+    def start_answerer(self, name: str, workflows: list[int]) -> None:
+        """Start the answering process; it answers once ``answer_now`` was called."""
+        with open(self.logs / f"{name}.log", "wb") as log:
+            self.answerers[name] = subprocess.Popen(
+                [sys.executable, str(HERE / "answer.py"), "--backend-url", self.url, "--prefix", self.prefix,
+                 "--orchestrator-id", name, "--workflows", ",".join(map(str, workflows)),
+                 "--go-file", str(self.logs / "answer-now"), "--lease-ttl", str(LEASE_TTL)],
+                cwd=HERE, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def answer_now(self) -> None:
+        (self.logs / "answer-now").touch()
+
+    def answered(self) -> Counter[str]:
+        """How many times the answering processes resumed each workflow with answers."""
+        found: Counter[str] = Counter()
+        for name in self.answerers:
+            for line in (self.logs / f"{name}.log").read_text(errors="replace").splitlines():
+                if line.startswith("ANSWERING "):
+                    found[line.split()[1]] += 1
+        return found
+
     def kill(self, group: dict[str, subprocess.Popen[bytes]], name: str) -> None:
         process = group.pop(name)
         process.send_signal(signal.SIGKILL)
@@ -170,7 +200,7 @@ class Processes:
 
     def stop_all(self) -> dict[str, int]:
         """SIGTERM every live process (they drain / close), then their exit codes by name."""
-        live = {**self.workers, **self.orchestrators}
+        live = {**self.workers, **self.orchestrators, **self.answerers}
         for process in live.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -184,15 +214,15 @@ class Processes:
         return codes
 
     def kill_all(self) -> None:
-        for process in [*self.workers.values(), *self.orchestrators.values()]:
+        for process in [*self.workers.values(), *self.orchestrators.values(), *self.answerers.values()]:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
 
     def all_reported(self) -> bool:
-        """Whether every live orchestrator has finished waiting for its workflows."""
+        """Whether every live orchestrator (and answerer) has finished waiting for its workflows."""
         return all("\nDONE\n" in (self.logs / f"{name}.log").read_text(errors="replace")
-                   for name in self.orchestrators)
+                   for name in [*self.orchestrators, *self.answerers])
 
     def results(self) -> dict[str, dict[str, Any]]:
         """``RESULT`` lines printed by orchestrators that were not killed, by workflow id."""
@@ -232,7 +262,11 @@ def expected_states() -> dict[int, dict[str, Any]]:
             out = {}
             for index in range(PROFILE.workflows):
                 name, state = workflow_spec(index)
-                out[index] = dict(await orchestrator.execute(graphs[name], state, workflow_id=f"ref-{index}"))
+                final = await orchestrator.execute(graphs[name], state, workflow_id=f"ref-{index}")
+                while "__interrupt__" in final:
+                    answers = answers_for(final["__interrupt__"])
+                    final = await orchestrator.resume(f"ref-{index}", graphs[name], Command(resume=answers))
+                out[index] = dict(final)
             return out
         finally:
             await orchestrator.close()
@@ -257,6 +291,12 @@ async def snapshot(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, 
         steps = {wf: [cp.step for cp in await backend.state_store.list_checkpoints(wf)] for wf in workflow_ids}
         stats = {t: await backend.task_queue.stats(t) for t in NODE_TYPES}
         everything = await backend.state_store.list_workflows()
+        # Child workflows of subgraph nodes (``<parent>:sub:<step>:<task>``): checked like the rest.
+        children = sorted(r.workflow_id for r in everything
+                          if r.workflow_id.startswith(f"{prefix}-") and ":sub:" in r.workflow_id)
+        for child in children:
+            records[child] = await backend.state_store.get(child)
+            steps[child] = [cp.step for cp in await backend.state_store.list_checkpoints(child)]
         pending: dict[str, Any] = {}  # for a stuck workflow: its pending tasks and their results
         for wf, record in records.items():
             if record is not None and record.status not in WorkflowStatus.TERMINAL:
@@ -265,9 +305,44 @@ async def snapshot(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, 
                     task_id = f"{wf}:{run_no}:{record.step}:{node}"
                     pending[task_id] = await backend.task_queue.get_result(task_id)
         return {"records": records, "steps": steps, "stats": stats, "all_ids": [r.workflow_id for r in everything],
-                "pending": pending}
+                "pending": pending, "children": children}
     finally:
         await backend.close()
+
+
+async def statuses(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, tuple[str, bool]]:
+    """Each stored workflow's status and whether its next step runs Send tasks (it is mid-map)."""
+    backend = open_backend(url, prefix=prefix)
+    await backend.connect()
+    try:
+        found = {}
+        for wf in workflow_ids:
+            record = await backend.state_store.get(wf)
+            if record is not None:
+                found[wf] = (str(record.status), bool(record.frontier.get("sends")))
+        return found
+    finally:
+        await backend.close()
+
+
+def interrupted_owners(procs: Processes, workflow_ids: dict[int, str], patience: float) -> tuple[list[str], int]:
+    """Live orchestrators owning a workflow paused in ``interrupt()``, once there is one (or after ``patience`` s).
+
+    Also how many workflows are mid-map (RUNNING or paused with Send tasks pending) at that moment.
+    """
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            now = run(statuses(procs.url, procs.prefix, list(workflow_ids.values())), timeout=15)
+        except Exception:  # the server may be down right now
+            now = {}
+        paused = {wf for wf, (status, _) in now.items() if status == WorkflowStatus.INTERRUPTED}
+        owners = [name for name in sorted(procs.orchestrators)
+                  if any(workflow_ids[i] in paused for i in procs.assignments[name])]
+        mid_map = sum(1 for status, sends in now.values() if sends and status not in WorkflowStatus.TERMINAL)
+        if owners or time.monotonic() > give_up:
+            return owners, mid_map
+        time.sleep(0.2)
 
 
 def all_ended(url: str, prefix: str, workflow_ids: list[str]) -> bool:
@@ -308,6 +383,11 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         procs.start_orchestrator("orchB", indexes[1::2])
         spawned = PROFILE.workers
         killed_orchestrators = 0
+        paused_kills: list[tuple[str, int]] = []  # (victim, workflows mid-map) of kills with a paused workflow
+        asking = [i for i in indexes if workflow_spec(i)[0] == "chaos_approval"]
+        procs.start_answerer("answerer", asking)
+        if PROFILE.orchestrator_kills == 0:
+            procs.answer_now()
         for at, fault in faults:
             time.sleep(max(0.0, began + at - time.monotonic()))
             if fault == "kill_worker":
@@ -315,11 +395,18 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
                 procs.start_worker(f"worker{spawned}")
                 spawned += 1
             elif fault == "kill_orchestrator":
-                victim = rng.choice(sorted(procs.orchestrators))
+                # Kill one that has a workflow paused in interrupt() (waiting for one if need be).
+                owners, mid_map = interrupted_owners(procs, workflow_ids, patience=30.0)
+                victim = rng.choice(owners or sorted(procs.orchestrators))
                 procs.kill(procs.orchestrators, victim)
+                if owners:
+                    paused_kills.append((victim, mid_map))
                 killed_orchestrators += 1
                 procs.start_orchestrator(f"{victim[:5]}{killed_orchestrators}", procs.assignments[victim],
                                          resubmit=True)
+                if killed_orchestrators == PROFILE.orchestrator_kills:
+                    # After the restart, the interrupts are answered from another process.
+                    procs.answer_now()
             else:
                 server.restart(outage=rng.uniform(*PROFILE.outage))
             injected[fault] += 1
@@ -340,6 +427,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
             time.sleep(0.5)
         elapsed = time.monotonic() - began
         results = procs.results()
+        answered = procs.answered()
         exit_codes = procs.stop_all()
     except BaseException:
         procs.kill_all()
@@ -348,13 +436,15 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         server.cleanup()
 
     records = snap["records"]
+    children = snap["children"]
     lost = [wf for wf in ids if records[wf] is None]
+    stuck_children = [wf for wf in children if records[wf] is None or records[wf].status != WorkflowStatus.COMPLETED]
     stuck = [wf for wf in ids if records[wf] is not None and records[wf].status not in WorkflowStatus.TERMINAL]
     failed = {wf: records[wf].error for wf in ids if records[wf] is not None and records[wf].status == WorkflowStatus.FAILED}
     completed = [wf for wf in ids if records[wf] is not None and records[wf].status == WorkflowStatus.COMPLETED]
     wrong = {wf: (records[wf].state, expected[i]) for i, wf in workflow_ids.items()
              if wf in completed and dict(records[wf].state) != expected[i]}
-    duplicated = {wf: snap["steps"][wf] for wf in ids if records[wf] is not None
+    duplicated = {wf: snap["steps"][wf] for wf in [*ids, *children] if records[wf] is not None
                   and sorted(snap["steps"][wf]) != list(range(records[wf].step + 1))}
     caller_errors = {wf: r["error"] for wf, r in results.items() if "error" in r and wf not in failed}
     caller_wrong = [wf for i, wf in workflow_ids.items() if "state" in results.get(wf, {})
@@ -363,7 +453,9 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
                f"failed={len(failed)} lost={len(lost)} stuck={len(stuck)} duplicated={len(duplicated)} "
                f"wrong={len(wrong)} faults={dict(sorted(injected.items()))} "
                f"faults_done_at={faults_done:.1f}s elapsed={elapsed:.1f}s "
-               f"caller_results={len(results)}")
+               f"caller_results={len(results)} children={len(children)} "
+               f"kills_while_paused={len(paused_kills)} mid_map_at_kills={[m for _, m in paused_kills]} "
+               f"answered={sum(answered.values())}")
     print(summary, flush=True)
     report = os.environ.get("DA_CHAOS_REPORT")
     if report:
@@ -373,6 +465,13 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
 
     assert injected == Counter(kind for _, kind in faults), logs
     assert not lost, f"workflows never recorded: {lost} {logs}"
+    assert len(paused_kills) == PROFILE.orchestrator_kills, (
+        f"an orchestrator kill found no workflow of its victim paused in interrupt(): {paused_kills} {logs}")
+    unanswered = [workflow_ids[i] for i in asking if answered[workflow_ids[i]] == 0]
+    assert not unanswered, f"interrupted workflows never answered by the answering process: {unanswered} {logs}"
+    assert len(children) == sum(1 for i in indexes if workflow_spec(i)[0] == "chaos_nested"), (
+        f"one child workflow per subgraph node run expected, found {children} {logs}")
+    assert not stuck_children, f"subgraph child workflows not completed: {stuck_children} {logs}"
     assert not stuck, (f"workflows not ended after {PROFILE.deadline}s: {stuck}; pending tasks {snap['pending']}; "
                        f"queues {snap['stats']} {logs}")
     assert all(error and error.get("summary") for error in failed.values()), f"failures without a reason {failed}"
