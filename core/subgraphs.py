@@ -159,15 +159,14 @@ def with_positions(graph: Graph, workflow_id: str, step: int, frontier: dict[str
 async def children_of(store: StateStore, record: WorkflowRecord) -> dict[str, WorkflowRecord]:
     """The child workflows of ``record``'s current step, by task key (the node, or ``node#i``).
 
-    Read from the frontier's ``"subgraphs"``; a frontier without it (written by
-    ``update_state`` or a fork) is probed by the derived ids of its tasks, so no graph is needed.
+    The tasks named by the frontier's ``"subgraphs"``, or every task of a frontier without
+    it (written by ``update_state``), are looked up by their derived ids, so no graph is
+    needed; a fork, whose copied frontier names the original's children, finds its own.
     """
     found = {}
-    positions = record.frontier.get(SUBGRAPHS_KEY) or {
-        entry.key: child_workflow_id(record.workflow_id, record.step, entry.key)
-        for entry in read_entries(record.frontier, {})}
-    for key, child_id in positions.items():
-        child = await store.get(str(child_id))
+    keys = list(record.frontier.get(SUBGRAPHS_KEY) or {}) or [entry.key for entry in read_entries(record.frontier, {})]
+    for key in keys:
+        child = await store.get(child_workflow_id(record.workflow_id, record.step, key))
         if child is not None and child.metadata.get(PARENT_KEY) == record.workflow_id:
             found[key] = child
     return found

@@ -444,3 +444,23 @@ def test_the_parent_frontier_names_the_child_of_each_subgraph_task() -> None:
 
     record = run(go())
     assert record.frontier["subgraphs"] == {"mid": child_workflow_id(record.workflow_id, 0, "mid")}
+
+
+def test_a_fork_of_a_parent_paused_in_a_subgraph_runs_its_own_child() -> None:
+    graph = asking_parent()
+
+    async def go() -> tuple[Any, State, State]:
+        orchestrator = Orchestrator()
+        workflow_id = new_id()
+        await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+        (first,) = await orchestrator.get_state_history(workflow_id, limit=1)
+        fork = await orchestrator.fork(first.checkpoint_id, workflow_id=workflow_id + "-fork")
+        snapshot = await orchestrator.get_state(fork, subgraphs=True)
+        paused = await orchestrator.resume(fork)
+        original = await orchestrator.get_workflow_status(workflow_id)
+        return snapshot, paused, original
+
+    snapshot, paused, original = run(go())
+    assert snapshot.subgraphs == {}  # the original's child is not the fork's
+    assert paused["__interrupt__"][0]["id"] == "0:mid/0:deep/0:ask:0"
+    assert original.status == WorkflowStatus.INTERRUPTED
