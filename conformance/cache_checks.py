@@ -1,4 +1,4 @@
-"""Scenario checks of the StateStore's node cache: round trip, isolation, clear, ttl.
+"""Checks of the StateStore's node cache: round trip, isolation, clear, ttl, and a state machine.
 
 A store that keeps the port's no-op defaults (``implements_cache`` is False) has no
 node cache: its checks are skipped with that reason, as when the backend declares the
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+
 from distributed_agents.conformance.catalog import CheckSkipped, conformance_check
 from distributed_agents.conformance.clauses import expect
-from distributed_agents.conformance.context import Session, Window, monotonic
+from distributed_agents.conformance.context import CheckContext, Session, Window, monotonic
 from distributed_agents.conformance.helpers import sleep_past
+from distributed_agents.conformance.machine_base import BackendMachine, run_machine
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import StateStore, implements_cache
 
@@ -133,3 +137,53 @@ async def _get_many(store: StateStore, namespace: str, keys: list[str]) -> list[
     for start in range(0, len(keys), 50):
         found += await asyncio.gather(*(store.cache_get(namespace, key) for key in keys[start:start + 50]))
     return found
+
+
+# --- a state machine: random sets, gets and clears on two connections vs a dict ------------
+
+NAMESPACES = ("g/n", "g/n2", "g:n", "g")
+KEYS = ("k", "k:1", "k.1", "K")
+
+
+class CacheMachine(BackendMachine):
+    """The node cache and a ``{(namespace, key): bytes}`` model side by side (no ttl: no time passes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stores = [self.backend.state_store, self.open_peer().state_store]
+        self.model: dict[tuple[str, str], bytes] = {}
+
+    @rule(namespace=st.sampled_from(NAMESPACES), key=st.sampled_from(KEYS), value=st.binary(max_size=40),
+          via=st.integers(0, 1))
+    def set(self, namespace: str, key: str, value: bytes, via: int) -> None:
+        self.call(self.stores[via].cache_set(namespace, key, value))
+        self.model[(namespace, key)] = value
+
+    @rule(namespace=st.sampled_from(NAMESPACES), key=st.sampled_from(KEYS), via=st.integers(0, 1))
+    def get(self, namespace: str, key: str, via: int) -> None:
+        got = self.call(self.stores[via].cache_get(namespace, key))
+        want = self.model.get((namespace, key))
+        expect(got == want, "state_store.cache", f"cache_get({namespace!r}, {key!r}) = {got!r}, expected {want!r}")
+
+    @rule(namespace=st.sampled_from(NAMESPACES), via=st.integers(0, 1))
+    def clear(self, namespace: str, via: int) -> None:
+        self.call(self.stores[via].cache_clear(namespace))
+        self.model = {pair: value for pair, value in self.model.items() if pair[0] != namespace}
+        for key in KEYS:  # the namespace is empty at once
+            got = self.call(self.stores[1 - via].cache_get(namespace, key))
+            expect(got is None, "state_store.cache-clear", f"after cache_clear({namespace!r}) its key {key!r} reads {got!r}")
+
+
+@conformance_check(PORT, ("state_store.cache", "state_store.cache-clear"), requires=("node_cache",), timeout=300.0)
+def check_cache_state_machine(context: CheckContext) -> None:
+    """Random sets, gets and clears through two connections agree with a dict after every step."""
+    async def probe() -> bool:
+        backend = await context.factory.open()
+        try:
+            return implements_cache(backend.state_store)
+        finally:
+            await backend.close()
+
+    if not asyncio.run(probe()):
+        raise CheckSkipped("the state store keeps the port's no-op node cache (cache_get/cache_set not implemented)")
+    run_machine(CacheMachine, context, examples=0.5)
