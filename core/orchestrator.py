@@ -561,9 +561,14 @@ class Orchestrator:
             initial_state.workflow_id if isinstance(initial_state, State) else new_workflow_id())
         validate_workflow_id(workflow_id)
         after = -1
+        current = await backend.state_store.get(workflow_id)
         if isinstance(initial_state, Command):  # a resume streams the steps it runs, not the history
-            current = await backend.state_store.get(workflow_id)
             after = current.step if current is not None else -1
+        elif current is not None and options.get("from_checkpoint") is None:
+            # Refused before subscribing: that workflow's own chunks must not show up here.
+            raise WorkflowExistsError(
+                f"astream(): workflow {workflow_id!r} already exists ({current.status} at step {current.step}) in "
+                f"{backend.url!r}; pass a new workflow_id to start another, or astream({workflow_id!r}) to follow it")
         reader = StreamReader(backend.state_store, backend.message_bus, workflow_id, stream_mode,
                               subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
         await reader.open()  # subscribed before the workflow starts: no chunk is missed

@@ -25,6 +25,7 @@ from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
     NodeExecutionError,
+    WorkflowExistsError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
@@ -415,3 +416,16 @@ def test_other_durability_modes_stream_what_their_checkpoints_hold(durability: s
     assert [chunk for mode, chunk in chunks if mode == "custom"] == [{"progress": 1.0}, {"i": 0}, {"i": 1}, {"i": 2}]
     expected = [{}, {"said": "Hello"}, {"said": "Hello", "counted": 3}]
     assert values == (expected if durability == "async" else [expected[0], expected[2]])
+
+
+def test_streaming_a_new_run_under_a_taken_id_is_refused_at_the_first_chunk() -> None:
+    async def scenario() -> None:
+        orchestrator = Orchestrator()
+        try:
+            await orchestrator.execute(two_steps(), {}, workflow_id="wf-taken")
+            with pytest.raises(WorkflowExistsError, match="'wf-taken' already exists.*astream\\('wf-taken'\\)"):
+                await collect(orchestrator.astream(two_steps(), {}, workflow_id="wf-taken"))
+        finally:
+            await orchestrator.close()
+
+    run(scenario())
