@@ -3,7 +3,8 @@
 The subgraph's child workflow is driven by the orchestrator driving its parent, and its
 nodes are tasks like any other. Its interrupt pauses the parent and is answered from
 another orchestrator; an orchestrator SIGKILLed mid-subgraph is taken over by another,
-which continues the same child (each of its steps runs once) and ends with the same result.
+which continues the same child (each of its steps runs once) and ends with the same
+result; cancelling the parent from another process cancels the child its driver runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from support.aio import run
 from support.worker_processes import HERE, WorkerProcesses, load_test_app
 
 from distributed_agents import Command, Orchestrator, State, Worker, WorkflowStatus
+from distributed_agents.core.errors import WorkflowCancelledError
 from distributed_agents.core.subgraphs import child_workflow_id
 from distributed_agents.distributed import DistributedOrchestrator
 
@@ -131,3 +133,46 @@ def test_an_orchestrator_sigkilled_mid_subgraph_is_taken_over_and_each_step_runs
     assert result["log"] == ["prepare", "draft", *ticks, "ask", "publish:auto"]
     runs = collections.Counter(path.name.split("-")[1] for path in tmp_path.glob("tick-*"))
     assert sorted(map(int, runs)) == list(range(6)) and set(runs.values()) == {1}  # no step of the child ran twice
+
+
+def test_cancelling_the_parent_from_another_orchestrator_stops_the_child_on_its_workers(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    prefix = f"subcancel{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(redis_url, prefix, tmp_path, "subgraph_app:registry")
+    app = subgraph_app()
+    child_id = child_workflow_id("wf-subcancel", 1, "review")
+
+    async def scenario() -> tuple[str, str, BaseException | None]:
+        driver = Orchestrator(backend=redis_url, backend_options={"prefix": prefix}, wait_for_workers=True)
+        other = Orchestrator(backend=redis_url, backend_options={"prefix": prefix})
+        try:
+            await driver.submit(app.pipeline(), {"rounds": 200, "auto": True, "pause": 0.05},
+                                workflow_id="wf-subcancel")
+            while True:  # the child is under way on the workers
+                try:
+                    if (await other.get_workflow_status(child_id)).step >= 2:
+                        break
+                except KeyError:
+                    pass
+                await asyncio.sleep(0.05)
+            assert await other.cancel_workflow("wf-subcancel")
+            try:
+                await driver.wait("wf-subcancel", timeout=60)
+                raised = None
+            except BaseException as exc:
+                raised = exc
+            parent = (await other.get_workflow_status("wf-subcancel")).status
+            child = (await other.get_workflow_status(child_id)).status
+            return parent, child, raised
+        finally:
+            await driver.close()
+            await other.close()
+
+    workers.start("w1", "--capacity", "2")
+    try:
+        parent, child, raised = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    assert (parent, child) == (WorkflowStatus.CANCELLED, WorkflowStatus.CANCELLED)
+    assert isinstance(raised, WorkflowCancelledError)
