@@ -232,10 +232,12 @@ class StepEngine:
                 raise
             raise await self._fail_unexpected(graph, progress, lease, exc) from exc
         finally:
-            if self._inflight is not None and not self._inflight.done():
-                # No write of this run may land after drive() returns (the lease is released then).
+            if self._inflight is not None:
+                # No write of this run may land after drive() returns (the lease is released then),
+                # and an error of one nobody waited for is retrieved (it is the run's error already).
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(self._inflight)
+                self._inflight = None
 
     async def _drive_steps(
         self, graph: Graph, progress: _Progress, lease: WorkflowLease, options: DriveOptions
@@ -763,10 +765,12 @@ class StepEngine:
             if current is None:
                 return
             if current.status == WorkflowStatus.CANCELLED:
-                record = record.evolve(status=WorkflowStatus.CANCELLED, error=current.error)
-            elif not (current.status == WorkflowStatus.RUNNING and current.version == record.version):
+                record = record.evolve(status=WorkflowStatus.CANCELLED, error=current.error, version=current.version)
+            elif current.status != WorkflowStatus.RUNNING:
                 return
-            saved = await self._store.save(record.evolve(version=current.version), expected_version=current.version,
+            # RUNNING: a compare-and-set on the version this run last wrote (a waiting note on top
+            # of it is allowed for by the store view), so a commit by another orchestrator wins.
+            saved = await self._store.save(record, expected_version=record.version,
                                            checkpoint=self._with_parent(unsaved), fencing_token=lease.fencing_token)
             self._unsaved, self._stored_step = None, saved.step
             log.info("workflow %r stopped with durability 'exit': its progress up to step %d is written",

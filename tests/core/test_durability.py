@@ -292,3 +292,38 @@ def test_submit_takes_durability() -> None:
             await orchestrator.close()
 
     run(scenario())
+
+
+def test_exit_mode_close_writes_progress_and_resume_goes_on_from_it() -> None:
+    """Closing the orchestrator (the process stops) is an exit too: the steps done so far are written."""
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        orchestrator, store = counting_orchestrator()
+        started = asyncio.Event()
+        blocked = {"n2": True}
+
+        async def n2(state: State) -> None:
+            calls.append("n2")
+            if blocked["n2"]:
+                started.set()
+                await asyncio.sleep(30)
+
+        graph = chain(4, n0=lambda s: calls.append("n0"), n2=n2)
+        task = asyncio.ensure_future(orchestrator.execute(graph, {}, workflow_id="wf", durability="exit"))
+        await started.wait()
+        await orchestrator.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.saves == [("running", 0, 0), ("running", 2, 2)]
+        blocked["n2"] = False
+        again = Orchestrator(backend=orchestrator.backend)
+        try:
+            final = await again.resume("wf", graph)
+            assert final["path"] == ["n0", "n1", "n2", "n3"]
+            assert [s.step for s in await again.get_state_history("wf")] == [4, 2, 0]
+        finally:
+            await again.close()
+
+    run(scenario())
+    assert calls == ["n0", "n2", "n2"]
