@@ -464,3 +464,24 @@ def test_a_fork_of_a_parent_paused_in_a_subgraph_runs_its_own_child() -> None:
     assert snapshot.subgraphs == {}  # the original's child is not the fork's
     assert paused["__interrupt__"][0]["id"] == "0:mid/0:deep/0:ask:0"
     assert original.status == WorkflowStatus.INTERRUPTED
+
+
+def test_sends_to_a_subgraph_that_interrupts_pause_once_each_and_are_answered_together_by_id() -> None:
+    asker = chain("asker", ("ask", lambda s: {"answers": [f"{s['item']}={interrupt(s['item'])}"]}))
+    parent = Graph("fan_in_asks", reducers={"answers": "append"})
+    parent.add_node("each", asker, output=lambda s: {"answers": s["answers"]})
+    parent.add_conditional_edge(START, lambda s: [Send("each", {"item": i, "answers": []}) for i in s["items"]],
+                                ["each"])
+    parent.add_edge("each", END).compile()
+
+    async def go() -> tuple[State, State]:
+        orchestrator = Orchestrator()
+        workflow_id = new_id()
+        paused = await orchestrator.execute(parent, {"items": ["a", "b", "c"], "answers": []}, workflow_id=workflow_id)
+        answers = {p["id"]: p["value"].upper() for p in paused["__interrupt__"]}
+        return paused, await orchestrator.resume(workflow_id, Command(resume=answers))
+
+    paused, done = run(go())
+    assert sorted(p["id"] for p in paused["__interrupt__"]) == [
+        "0:each#0/0:ask:0", "0:each#1/0:ask:0", "0:each#2/0:ask:0"]
+    assert done["answers"] == ["a=A", "b=B", "c=C"]
