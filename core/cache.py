@@ -25,9 +25,10 @@ routing is replayed with the updates). Never cached: a failure (the node runs ag
 time; its error handler, retries and dead letters work as without a cache), a pause
 (``interrupt``), the run of a task resumed with answers (its output depends on them, not
 only on its input: it is neither looked up nor stored), and any other output form
-(``Command(graph=Command.PARENT)``, which leaves its graph). Identical tasks of one step
-(equal keys) run once and share the output; two workflows missing at the same moment
-both run the node (there is no lock; the later write wins).
+(``Command(graph=Command.PARENT)``, which leaves its graph). Tasks of one step with equal
+keys (a map over repeated items) run once and share the output, as hits; if that run
+fails, pauses or returns what is not cached, the others run after it. Two workflows
+missing at the same moment both run the node (there is no lock; the later write wins).
 
 Failures of the cache itself never fail a node: an entry that cannot be decoded, or a
 read the store refuses, is a miss (logged); a write the store refuses is logged and

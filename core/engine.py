@@ -420,12 +420,14 @@ class StepEngine:
         return record
 
     async def _run_step(
-        self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], options: DriveOptions
+        self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], options: DriveOptions,
+        *, share: bool = True,
     ) -> list[NodeOutcome]:
-        # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks.
+        # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks, and
+        # tasks with the key of an earlier task of this step wait for its output (``share``).
         all_entries = entries
-        keys, hits = await self._cache_lookup(graph, record, entries)
-        entries = [entry for entry in entries if entry.key not in hits]
+        keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
+        entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
         state_json = encode(record.state)
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
@@ -469,17 +471,22 @@ class StepEngine:
         results = await asyncio.gather(*batches)
         by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
         outcomes = [by_task[node_task_id(record, entry.key)] for entry in entries]
-        return await self._cache_store(graph, record, all_entries, keys, hits, dict(zip((e.key for e in entries), outcomes)))
+        settled = await self._cache_store(graph, record, all_entries, keys, hits,
+                                          dict(zip((e.key for e in entries), outcomes)))
+        return await self._cache_share(graph, record, run, all_entries, followers, settled, options)
 
     async def _cache_lookup(
-        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry]
-    ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-        """The cache keys of ``entries`` whose node has a ``cache_policy`` (by entry key), and the hits among them.
+        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], share: bool
+    ) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
+        """The cache keys of ``entries`` whose node has a ``cache_policy``, the hits, and the followers.
 
-        A task resumed with answers to its interrupts is left out: its output depends on them.
+        All by entry key. A follower (only with ``share``) is a miss with the node and key
+        of an earlier miss of ``entries``, its leader: it waits for the leader's output
+        instead of running too. A task resumed with answers to its interrupts is left
+        out: its output depends on them.
         """
         if self._cache is None:
-            return {}, {}
+            return {}, {}, {}
         answers = record.frontier.get("resume") or {}
         keys: dict[str, str] = {}
         nodes: dict[str, str] = {}
@@ -496,13 +503,21 @@ class StepEngine:
             batch = pending[start:start + CACHE_CONCURRENCY]
             found = await asyncio.gather(*(self._cache.get(graph.name, nodes[k], keys[k]) for k in batch))
             hits.update((k, output) for k, output in zip(batch, found) if output is not None)
-        return keys, hits
+        followers: dict[str, str] = {}
+        if share:
+            leaders: dict[tuple[str, str], str] = {}
+            for k in pending:
+                if k not in hits:
+                    leader = leaders.setdefault((nodes[k], keys[k]), k)
+                    if leader != k:
+                        followers[k] = leader
+        return keys, hits, followers
 
     async def _cache_store(
         self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], keys: Mapping[str, str],
         hits: Mapping[str, dict[str, Any]], ran: Mapping[str, NodeOutcome],
-    ) -> list[NodeOutcome]:
-        """Store the cacheable outputs of the tasks that ran; every entry's outcome, cache hits included."""
+    ) -> dict[str, NodeOutcome]:
+        """Store the cacheable outputs of the tasks that ran; the outcomes of those and of the hits, by entry key."""
         if self._cache is not None:
             cache = self._cache
             writes = [(entry, ran[entry.key]) for entry in entries if entry.key in keys and entry.key in ran
@@ -513,10 +528,37 @@ class StepEngine:
                               _cache_ttl(graph.node(entry.node)))
                     for entry, outcome in writes[start:start + CACHE_CONCURRENCY]))
         now = time.time()
-        return [ran[entry.key] if entry.key not in hits else
-                NodeOutcome(entry.node, node_task_id(record, entry.key), hits[entry.key], None, 0, now, 0.0,
-                            cached=True)
-                for entry in entries]
+        settled = dict(ran)
+        settled.update((entry.key, NodeOutcome(entry.node, node_task_id(record, entry.key), hits[entry.key], None, 0,
+                                               now, 0.0, cached=True))
+                       for entry in entries if entry.key in hits)
+        return settled
+
+    async def _cache_share(
+        self, graph: Graph, record: WorkflowRecord, run: int, entries: Sequence[TaskEntry],
+        followers: Mapping[str, str], settled: Mapping[str, NodeOutcome], options: DriveOptions,
+    ) -> list[NodeOutcome]:
+        """Every entry's outcome, in order: a follower gets its leader's output when that is cacheable.
+
+        Otherwise (the leader failed, paused, or returned what is not cached) the
+        followers run after all, together, as tasks of their own.
+        """
+        outcomes = dict(settled)
+        leftovers: list[TaskEntry] = []
+        for entry in entries:
+            leader = followers.get(entry.key)
+            if leader is None:
+                continue
+            first = settled[leader]
+            if first.ok and cacheable_output(first.updates):
+                outcomes[entry.key] = replace(first, task_id=node_task_id(record, entry.key), attempts=0,
+                                              duration=0.0, worker_id="", cached=True)
+            else:
+                leftovers.append(entry)
+        if leftovers:
+            again = await self._run_step(graph, record, run, leftovers, options, share=False)
+            outcomes.update(zip((entry.key for entry in leftovers), again))
+        return [outcomes[entry.key] for entry in entries]
 
     async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> list[NodeOutcome]:
         assert self._subgraphs is not None

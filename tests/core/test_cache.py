@@ -513,3 +513,55 @@ def test_a_subgraph_node_is_cached_like_any_node() -> None:
     first, second = run(scenario())
     assert first["text"] == second["text"] == "hi!"
     assert calls["inner"] == 1
+
+
+def test_tasks_of_one_step_with_equal_keys_run_once() -> None:
+    calls: Counter[int] = Counter()
+
+    def square(state: State) -> dict[str, Any]:
+        calls[state["n"]] += 1
+        return {"squares": [state["n"] ** 2]}
+
+    graph = (Graph("cached_repeats", reducers={"squares": "append"})
+             .add_node("fan", lambda s: None)
+             .add_node("square", square, cache_policy=CachePolicy())
+             .set_entry_point("fan")
+             .add_conditional_edge("fan", lambda s: [Send("square", {"n": n}) for n in s["items"]], ["square"])
+             .add_edge("square", END).compile())
+
+    async def scenario() -> tuple[State, list[dict[str, Any]]]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return await events_of(orchestrator, graph, {"items": [2, 2, 3, 2], "squares": []}, "wf-repeats")
+
+    result, events = run(scenario())
+    assert result["squares"] == [4, 4, 9, 4]
+    assert calls == Counter({2: 1, 3: 1})
+    completed = [(e["task"], bool(e.get("cached"))) for e in events if e["type"] == "node.completed" and e["node"] == "square"]
+    assert sorted(completed) == [("square#0", False), ("square#1", True), ("square#2", False), ("square#3", True)]
+
+
+def test_when_the_first_of_equal_tasks_fails_the_others_run_after_it() -> None:
+    calls: Counter[str] = Counter()
+
+    def flaky(state: State) -> dict[str, Any]:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise RuntimeError("first call fails")
+        return {"done": [state["n"]]}
+
+    graph = (Graph("cached_repeats_failing", reducers={"done": "append", "handled": "append"})
+             .add_node("fan", lambda s: None)
+             .add_node("flaky", flaky, cache_policy=CachePolicy(), on_error="handler")
+             .add_node("handler", lambda s: {"handled": [s["error"]["task"]]})
+             .set_entry_point("fan")
+             .add_conditional_edge("fan", lambda s: [Send("flaky", {"n": 1}) for _ in range(3)], ["flaky"])
+             .add_edge("flaky", END).add_edge("handler", END).compile())
+
+    async def scenario() -> State:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return await orchestrator.execute(graph, {"done": [], "handled": []})
+
+    result = run(scenario())
+    # The first task failed (and went to the handler); the two equal ones then ran, together.
+    assert result["handled"] == ["flaky#0"] and result["done"] == [1, 1]
+    assert calls["flaky"] == 3
