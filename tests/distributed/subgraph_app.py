@@ -2,7 +2,8 @@
 
 ``review`` is a subgraph (``draft`` -> ``tick`` looping ``rounds`` times -> ``ask``,
 which pauses with ``interrupt()`` unless ``auto`` is set) used as node ``review`` of
-``pipeline`` (``prepare`` -> ``review`` -> ``publish``), with shared keys. ``tick``
+``pipeline`` (``prepare`` -> ``review`` -> ``publish``), with shared keys; ``escalation``
+routes from inside its subgraph with ``Command.PARENT``. ``tick``
 marks one file per run (under ``DA_MARKER_DIR``, when ``mark`` is set) so a test sees
 that a taken-over subgraph ran each of its steps once. The graphs have no functions:
 every node, the subgraph's included, runs on a worker.
@@ -16,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from distributed_agents import END, START, Graph, NodeRegistry, State, interrupt
+from distributed_agents import END, START, Command, Graph, NodeRegistry, State, interrupt
 
 registry = NodeRegistry()
 
@@ -48,6 +49,23 @@ def ask(state: State) -> dict[str, Any]:
 @registry.register("publish")
 def publish(state: State) -> dict[str, Any]:
     return {"log": [*state["log"], f"publish:{state['verdict']}"]}
+
+
+@registry.register("route_up")
+def route_up(state: State) -> Command[str]:
+    return Command(graph=Command.PARENT, goto="publish", update={"verdict": "escalated"})
+
+
+def escalation() -> Graph:
+    """``prepare`` -> subgraph ``triage`` (``draft`` -> ``route_up``, which returns
+    ``Command(graph=Command.PARENT, goto="publish")``) -> ``publish``."""
+    triage = Graph("triage", reducers={"log": "append"})
+    triage.add_node("draft").add_node("route_up")
+    triage.add_edge(START, "draft").add_edge("draft", "route_up").add_edge("route_up", END).compile()
+    graph = Graph("escalation")
+    graph.add_node("prepare").add_node("triage", triage, destinations=["publish"]).add_node("publish")
+    graph.add_edge(START, "prepare").add_edge("prepare", "triage")
+    return graph.add_edge("publish", END).compile()
 
 
 def review() -> Graph:

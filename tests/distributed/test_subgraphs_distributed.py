@@ -39,7 +39,7 @@ def subgraph_app() -> ModuleType:
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis_url", "nats_url"])
-def test_a_subgraph_on_workers_pauses_the_parent_and_another_orchestrator_answers(
+def test_a_subgraph_on_workers_pauses_the_parent_another_orchestrator_answers_and_command_parent_routes(
     backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> None:
     url = "memory://" if backend == "memory" else str(request.getfixturevalue(backend))
@@ -58,7 +58,8 @@ def test_a_subgraph_on_workers_pauses_the_parent_and_another_orchestrator_answer
             snapshot = await answerer.get_state("wf-sub", subgraphs=True)
             done = await answerer.resume("wf-sub", app.pipeline(), Command(resume="yes"))
             child = await answerer.get_workflow_status(child_workflow_id("wf-sub", 1, "review"))
-            return {"paused": paused, "snapshot": snapshot, "done": done, "child": child}
+            escalated = await starter.execute(app.escalation(), {}, workflow_id="wf-escalate")
+            return {"paused": paused, "snapshot": snapshot, "done": done, "child": child, "escalated": escalated}
         finally:
             await starter.close()
             await answerer.close()
@@ -79,6 +80,8 @@ def test_a_subgraph_on_workers_pauses_the_parent_and_another_orchestrator_answer
     assert inner.next == ("ask",) and inner.status == WorkflowStatus.INTERRUPTED
     assert out["done"]["log"] == ["prepare", "draft", "tick0", "tick1", "ask", "publish:yes"]
     assert out["child"].status == WorkflowStatus.COMPLETED
+    # Command.PARENT returned on a worker ends the subgraph and routes in the parent.
+    assert dict(out["escalated"]) == {"log": ["prepare", "publish:escalated"], "count": 0, "verdict": "escalated"}
 
 
 @pytest.mark.parametrize("backend", [
