@@ -7,7 +7,8 @@ Event channels are ``events.<workflow_id>.<kind>`` where kind is one of
 workflow or ``events.>`` for all. Each event is a JSON object with ``type``,
 ``workflow_id``, ``time`` and, as they apply, ``step``, ``node``, ``duration``,
 ``attempts`` and ``error`` (a ``node.failed`` routed to an error handler also has
-``on_error``: the handler's name). ``step.committed`` is emitted once a step's checkpoint
+``on_error``: the handler's name; a ``node.completed`` whose output came from the node
+cache has ``cached: true``, see ``core.cache``). ``step.committed`` is emitted once a step's checkpoint
 is stored: its ``step`` is the checkpoint's and ``checkpoint`` its id; streams read the
 values and writes from that checkpoint. An event from inside a subgraph carries
 ``namespace`` (a list of ``"<parent node>:<task id>"``, outermost first).

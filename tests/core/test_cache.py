@@ -565,3 +565,24 @@ def test_when_the_first_of_equal_tasks_fails_the_others_run_after_it() -> None:
     # The first task failed (and went to the handler); the two equal ones then ran, together.
     assert result["handled"] == ["flaky#0"] and result["done"] == [1, 1]
     assert calls["flaky"] == 3
+
+
+def test_streams_show_a_cached_task_like_a_run_one_and_debug_says_it_was_cached() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph("streamed_double", calls)
+
+    async def scenario() -> list[list[Any]]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            runs = []
+            for _ in range(2):
+                runs.append([chunk async for chunk in orchestrator.astream(graph, {"x": 3},
+                                                                           stream_mode=["updates", "debug"])])
+            return runs
+
+    first, second = run(scenario())
+    assert calls["streamed_double:3"] == 1
+    updates = [[chunk for mode, chunk in chunks if mode == "updates"] for chunks in (first, second)]
+    assert updates[0] == updates[1] == [{"double": {"y": 6}}]
+    results = [[chunk["payload"] for mode, chunk in chunks if mode == "debug" and chunk["type"] == "task_result"]
+               for chunks in (first, second)]
+    assert [r.get("cached") for r in results[0]] == [None] and [r.get("cached") for r in results[1]] == [True]
