@@ -43,8 +43,9 @@ first) and ``"subgraph_workflow_id"``.
   nodes' retry policies decide per exception). ``timeout`` is refused on a subgraph
   node: set it on the subgraph's nodes.
 * ``cancel_workflow(parent)`` cancels the children it is running too.
-* A child inherits its parent's priority and durability mode; its step limit is the
-  orchestrator's (``Orchestrator(step_limit=)``), counted apart from its parent's steps.
+* A child runs with its parent's priority plus the subgraph node's ``priority``, and
+  its parent's durability mode; its step limit is the orchestrator's
+  (``Orchestrator(step_limit=)``), counted apart from its parent's steps.
 """
 
 from __future__ import annotations
@@ -249,7 +250,10 @@ class SubgraphRunner:
                     NAMESPACE_KEY: namespace, "parent_task": entry.key}
         answers = (record.frontier.get(SUBGRAPH_RESUME_KEY) or {}).get(entry.key)
         state = dict(entry.arg) if entry.arg is not None else dict(record.state)
-        priority = int(record.metadata.get("priority", 0))
+        from distributed_agents.core.graph import MAX_PRIORITY  # graph imports this module
+
+        # The node's priority adds to the workflow's for every task of its child, as for a node's own task.
+        priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(record.metadata.get("priority", 0)) + spec.priority))
         durability = str(record.metadata.get("durability") or "sync")  # the parent's mode (engine.durability_of)
         started = time.time()
         attempts = 0

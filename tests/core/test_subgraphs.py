@@ -380,7 +380,7 @@ def test_drawing_shows_the_subgraph_as_a_nested_block() -> None:
 
 
 def test_the_child_inherits_the_parent_durability_and_priority() -> None:
-    parent = chain("durable", ("sub", inner()))
+    parent = Graph("durable").add_node("sub", inner(), priority=3).add_edge(START, "sub").add_edge("sub", END).compile()
 
     async def go() -> Any:
         orchestrator = Orchestrator()
@@ -389,7 +389,7 @@ def test_the_child_inherits_the_parent_durability_and_priority() -> None:
         return await orchestrator.backend.state_store.get(child_workflow_id(workflow_id, 0, "sub"))
 
     child = run(go())
-    assert child.metadata["durability"] == "exit" and child.metadata["priority"] == 7
+    assert child.metadata["durability"] == "exit" and child.metadata["priority"] == 7 + 3
     assert child.metadata["parent"] == child.workflow_id.split(":sub:")[0]
 
 
