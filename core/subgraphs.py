@@ -304,8 +304,8 @@ class SubgraphRunner:
                     await orchestrator.resume(child_id, sub.graph)
             except (BackendUnavailableError, asyncio.CancelledError):
                 raise
-            except (WorkflowExistsError, ExecutionError) as exc:
-                if isinstance(exc, WorkflowExistsError) or "lease is held" in str(exc):
+            except Exception as exc:
+                if isinstance(exc, WorkflowExistsError) or _driven_elsewhere(exc, child_id, orchestrator):
                     # Another orchestrator drives the child (or its dead owner's lease has not
                     # lapsed yet): look again shortly; it ends, pauses, or becomes ours.
                     await asyncio.sleep(min(orchestrator.lease_ttl / 3, 1.0))
@@ -313,6 +313,7 @@ class SubgraphRunner:
                 final = await store.get(child_id)
                 if final is None or final.version == version:
                     raise  # nothing was recorded: the error is the node's failure
+                # Otherwise the child recorded how it ended (failed, cancelled): read below.
             final = await store.get(child_id)
             if final is None:
                 raise ExecutionError(f"subgraph workflow {child_id!r} disappeared from the store while it ran")
@@ -352,6 +353,13 @@ class SubgraphRunner:
         if graph.schema is not None:
             return {key: value for key, value in values.items() if key in graph.schema.keys}
         return dict(values)
+
+
+def _driven_elsewhere(exc: Exception, child_id: str, orchestrator: Orchestrator) -> bool:
+    """Whether ``exc`` says the child is being driven already (its lease held, or a drive of ours still on)."""
+    text = str(exc)
+    return isinstance(exc, ExecutionError) and (
+        "(its lease is held)" in text or ("already" in text and child_id in orchestrator._running))
 
 
 def _mapped(mapping: Callable[..., Any] | None, values: Mapping[str, Any], what: str) -> dict[str, Any]:
