@@ -281,8 +281,12 @@ class SubgraphRunner:
         """Create, continue or answer the child until it completes, fails, is cancelled or pauses."""
         orchestrator = self._orchestrator
         store = orchestrator.backend.state_store
+
+        async def read() -> WorkflowRecord | None:  # through an outage: the parent's step goes on waiting
+            return await orchestrator._retrying(lambda: store.get(child_id), f"read subgraph workflow {child_id!r}")
+
         while True:
-            current = await store.get(child_id)
+            current = await read()
             version = None if current is None else current.version
             try:
                 if current is None:
@@ -310,11 +314,11 @@ class SubgraphRunner:
                     # lapsed yet): look again shortly; it ends, pauses, or becomes ours.
                     await asyncio.sleep(min(orchestrator.lease_ttl / 3, 1.0))
                     continue
-                final = await store.get(child_id)
+                final = await read()
                 if final is None or final.version == version:
                     raise  # nothing was recorded: the error is the node's failure
                 # Otherwise the child recorded how it ended (failed, cancelled): read below.
-            final = await store.get(child_id)
+            final = await read()
             if final is None:
                 raise ExecutionError(f"subgraph workflow {child_id!r} disappeared from the store while it ran")
             if final.status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
