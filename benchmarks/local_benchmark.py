@@ -2,6 +2,7 @@
 
     python benchmarks/local_benchmark.py [--chain 1000] [--fan-out 100] [--repeat 5]
                                          [--durability sync|async|exit|all] [--backend URL]
+                                         [--node-ms 0]
 
 Workloads: a sequential chain of N no-op nodes (N steps), and one node fanning out to M
 parallel no-op nodes joined by a final node (3 steps). Steps are checkpointed as the
@@ -9,7 +10,9 @@ durability mode says (``execute(durability=)``; default ``sync``, every step bef
 next, as in production; ``all`` runs each mode and prints each one's time relative to
 ``sync``). ``--backend`` (default ``memory://``) runs the same in-process nodes over
 another backend's state store, e.g. ``redis://localhost:6379/0``, where a write costs a
-round trip. Prints the best and median wall time of ``--repeat`` runs of each.
+round trip. ``--node-ms`` makes each node wait that long (as I/O would), which is what
+``async`` overlaps a step's write with. Prints the best and median wall time of
+``--repeat`` runs of each.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from typing import Any
 from distributed_agents import Graph, Orchestrator, State
 
 
+NODE_SECONDS = 0.0  # set by --node-ms: how long each node waits
+
+
 async def noop(state: State) -> None:
+    if NODE_SECONDS:
+        await asyncio.sleep(NODE_SECONDS)
     return None
 
 
@@ -42,6 +50,8 @@ def fan_out_graph(width: int) -> Graph:
     graph = Graph(f"fan_{width}", reducers={"done": "append"})
 
     async def leaf(state: State) -> dict[str, Any]:
+        if NODE_SECONDS:
+            await asyncio.sleep(NODE_SECONDS)
         return {"done": 1}
 
     graph.add_node("start", noop).add_node("join", noop)
@@ -82,7 +92,10 @@ async def main() -> None:
     parser.add_argument("--durability", choices=["sync", "async", "exit", "all"], default="sync",
                         help="when steps are written (execute(durability=)); all: each mode, with ratios to sync")
     parser.add_argument("--backend", default="memory://", help="backend URL (default memory://)")
+    parser.add_argument("--node-ms", type=float, default=0.0, help="milliseconds each node waits (default 0)")
     args = parser.parse_args()
+    global NODE_SECONDS
+    NODE_SECONDS = args.node_ms / 1000
     modes = ["sync", "async", "exit"] if args.durability == "all" else [args.durability]
     chain = await measure(chain_graph(args.chain), args.repeat, args.chain + 10, modes, args.backend)
     fan = await measure(fan_out_graph(args.fan_out), args.repeat, 10, modes, args.backend)
