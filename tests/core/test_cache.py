@@ -586,3 +586,41 @@ def test_streams_show_a_cached_task_like_a_run_one_and_debug_says_it_was_cached(
     results = [[chunk["payload"] for mode, chunk in chunks if mode == "debug" and chunk["type"] == "task_result"]
                for chunks in (first, second)]
     assert [r.get("cached") for r in results[0]] == [None] and [r.get("cached") for r in results[1]] == [True]
+
+
+def test_langgraphs_node_caching_example() -> None:
+    """LangGraph's "Add node caching" how-to, ported: an expensive node with ``CachePolicy(ttl=3)``.
+
+    LangGraph prints ``[{'expensive_node': {'result': 10}}]`` for the first
+    ``invoke({"x": 5}, stream_mode="updates")`` and the same update with
+    ``'__metadata__': {'cached': True}`` for the second, which does not run the node.
+    Here the updates are the same, the cache needs no ``compile(cache=...)`` (it is the
+    backend's), and the cached flag is on the task's ``node.completed`` event (the
+    ``debug`` stream), not in the update.
+    """
+    from typing import TypedDict
+
+    class ExampleState(TypedDict):
+        x: int
+        result: int
+
+    runs: list[int] = []
+
+    def expensive_node(state: State) -> dict[str, int]:
+        runs.append(state["x"])  # LangGraph's example sleeps 2 s here
+        return {"result": state["x"] * 2}
+
+    graph = Graph("node_caching_example", state_schema=ExampleState)
+    graph.add_node("expensive_node", expensive_node, cache_policy=CachePolicy(ttl=3))
+    graph.set_entry_point("expensive_node").set_finish_point("expensive_node").compile()
+
+    async def scenario() -> list[list[Any]]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [[chunk async for chunk in orchestrator.astream(graph, {"x": 5}, stream_mode=["updates", "debug"])]
+                    for _ in range(2)]
+
+    first, second = run(scenario())
+    assert [chunk for mode, chunk in first if mode == "updates"] == [{"expensive_node": {"result": 10}}]
+    assert [chunk for mode, chunk in second if mode == "updates"] == [{"expensive_node": {"result": 10}}]
+    assert [c["payload"].get("cached") for m, c in second if m == "debug" and c["type"] == "task_result"] == [True]
+    assert runs == [5]
