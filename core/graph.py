@@ -51,7 +51,7 @@ from distributed_agents.core.state_view import ReadOnlyState
 from distributed_agents.core.subgraphs import Subgraph
 from distributed_agents.core.types import Command, Send, send_dict
 
-__all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "join_key"]
+__all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "StateGraph", "join_key"]
 
 START = "__start__"
 END = "__end__"
@@ -178,11 +178,12 @@ class Graph:
 
     def add_node(
         self,
-        name: str,
-        func: NodeFunction | None = None,
+        name: str | NodeFunction,
+        func: NodeFunction | Graph | None = None,
         node_type: str | None = None,
         *,
         retry: RetryPolicy | None = None,
+        retry_policy: RetryPolicy | None = None,
         timeout: float | None = None,
         priority: int = 0,
         destinations: Sequence[str] | None = None,
@@ -234,8 +235,23 @@ class Graph:
         the backend by a key of its input: a task whose key is cached is not run, its
         cached output is used (see ``core.cache`` for what is cached and how keys are
         made). ``Orchestrator.clear_cache`` removes a graph's entries.
+
+        As in LangGraph, ``add_node(func)`` names the node after the function
+        (``func.__name__``), and ``retry_policy=`` is another name for ``retry=``.
         """
         self._mutable()
+        if not isinstance(name, str):
+            if not callable(name) or isinstance(name, Graph) or func is not None:
+                raise GraphValidationError(f"graph {self.name!r}: node name must be a non-empty string, got {name!r}",
+                                           graph=self.name, culprit=repr(name))
+            func = name
+            name = str(getattr(func, "__name__", ""))
+        if retry_policy is not None:
+            if retry is not None and retry is not retry_policy:
+                raise GraphValidationError(f"graph {self.name!r}: node {name!r}: pass retry= or retry_policy= "
+                                           "(the same thing, LangGraph's name), not both", graph=self.name,
+                                           culprit=str(name))
+            retry = retry_policy
         subgraph = None
         if isinstance(func, Graph) or input is not None or output is not None:
             subgraph = Subgraph.of(self.name, name, func, input, output, timeout)
@@ -352,6 +368,12 @@ class Graph:
         self._conditional.append(ConditionalEdge(source, condition, mapping, allowed))
         return self
 
+    def add_conditional_edges(
+        self, source: str, path: Condition, path_map: Mapping[Hashable, str] | Sequence[str] | None = None
+    ) -> Graph:
+        """LangGraph's name and argument names for ``add_conditional_edge(source, condition, targets)``."""
+        return self.add_conditional_edge(source, path, path_map)
+
     def add_reducer(self, key: str, reducer: str | Reducer) -> Graph:
         """Merge writes to state ``key`` with ``reducer`` (built-in name or callable).
 
@@ -425,9 +447,14 @@ class Graph:
         return self._compiled
 
     def compile(
-        self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None
+        self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,
+        checkpointer: Any = None,
     ) -> Graph:
         """Validate and freeze the graph; returns it. Raises ``GraphValidationError``.
+
+        ``checkpointer`` is accepted so LangGraph code ports as is, and ignored: every
+        workflow is checkpointed at each step in the backend of the orchestrator that
+        runs it (``memory://`` by default), whatever is passed.
 
         ``interrupt_before`` / ``interrupt_after`` are static breakpoints: node names
         (or ``"*"`` for all) before whose step, or after whose step, every workflow of
@@ -820,6 +847,56 @@ class Graph:
         digest = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
         return {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
 
+    # -- running it as LangGraph code does ------------------------------------------------------
+
+    def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None) -> dict[str, Any]:
+        """LangGraph's ``graph.invoke(input, config)``: run a workflow of this graph here, blocking.
+
+        A shortcut over ``Orchestrator(backend=backend).invoke`` / ``.sync.resume``
+        (``memory://`` by default) for code ported from LangGraph:
+        ``config["configurable"]["thread_id"]`` is the workflow id (a new one when
+        absent). A dict ``input`` starts the workflow under that id; a
+        ``Command(resume=answer)`` answers its interrupts and None continues it from a
+        static breakpoint (both need the ``thread_id``). Returns the state as a dict:
+        the final one, or the state so far with ``"__interrupt__"`` (a list of
+        ``{"id", "node", "value", "kind"}`` dicts, where LangGraph has a tuple of
+        ``Interrupt`` objects). Unlike a LangGraph thread, one id is one run: starting
+        again under an id in use is ``WorkflowExistsError``. Graphs are also run by an
+        ``Orchestrator`` directly, which is how they reach workers.
+        """
+        from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
+
+        orchestrator = Orchestrator(backend=backend)
+        thread = _thread_id(self.name, config)
+        if input is None or isinstance(input, Command):
+            if thread is None:
+                raise ConfigurationError(
+                    f"graph {self.name!r}: invoke({input!r}) continues a workflow: pass config="
+                    "{'configurable': {'thread_id': <the id it was started with>}}")
+            args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
+            return dict(orchestrator.sync.resume(*args))
+        return dict(orchestrator.invoke(self, input, workflow_id=thread))
+
+    async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *,
+                      backend: str | None = None) -> dict[str, Any]:
+        """``invoke`` for async code (LangGraph's ``ainvoke``)."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        thread = _thread_id(self.name, config)
+        try:
+            if input is None or isinstance(input, Command):
+                if thread is None:
+                    raise ConfigurationError(
+                        f"graph {self.name!r}: ainvoke({input!r}) continues a workflow: pass config="
+                        "{'configurable': {'thread_id': <the id it was started with>}}")
+                if input is None:
+                    return dict(await orchestrator.resume(thread, self))
+                return dict(await orchestrator.resume(thread, self, input))
+            return dict(await orchestrator.execute(self, input, workflow_id=thread))
+        finally:
+            await orchestrator.close()
+
     def draw_mermaid(self) -> str:
         """The compiled graph as Mermaid flowchart text (see ``core.drawing``)."""
         from distributed_agents.core.drawing import draw_mermaid  # drawing reads graphs: imported on use
@@ -926,6 +1003,65 @@ def _edges_spec(edges: Sequence[tuple[tuple[str, ...], str]]) -> list[dict[str, 
             seen.add((normal, target))
             spec.append({"sources": list(normal), "target": target})
     return spec
+
+
+def _thread_id(graph: str, config: Mapping[str, Any] | None) -> str | None:
+    """The workflow id in a LangGraph ``config`` (``{"configurable": {"thread_id": ...}}``), or None."""
+    if config is None:
+        return None
+    configurable = config.get("configurable") if isinstance(config, Mapping) else None
+    if not isinstance(configurable, Mapping):
+        raise ConfigurationError(f"graph {graph!r}: config must look like {{'configurable': {{'thread_id': ...}}}}, "
+                                 f"got {config!r}")
+    thread = configurable.get("thread_id")
+    return None if thread is None else str(thread)
+
+
+class StateGraph(Graph):
+    """LangGraph's ``StateGraph(state_schema)``: a ``Graph`` named after its state schema.
+
+    ``StateGraph(State)`` is ``Graph(State.__name__, state_schema=State)``;
+    ``input_schema``/``output_schema`` (or LangGraph's older ``input``/``output``) as for
+    ``Graph``; ``StateGraph(dict)`` is an untyped graph. ``context_schema`` /
+    ``config_schema`` are accepted and ignored (nodes get a ``NodeContext`` instead).
+    ``name=`` names the graph otherwise (graph names key stored workflows and drawings).
+    """
+
+    def __init__(
+        self,
+        state_schema: type | None = None,
+        context_schema: type | None = None,
+        *,
+        input_schema: type | None = None,
+        output_schema: type | None = None,
+        input: type | None = None,
+        output: type | None = None,
+        config_schema: type | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        typed = state_schema if state_schema not in (None, dict) else None
+        super().__init__(name or getattr(state_schema, "__name__", None) or "StateGraph", state_schema=typed,
+                         input_schema=input_schema or input, output_schema=output_schema or output, **options)
+
+    def compile(
+        self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,
+        checkpointer: Any = None,
+    ) -> Graph:
+        """``Graph.compile``, after making every node with no way onward a finish point, as LangGraph does.
+
+        In LangGraph a node with no outgoing edge, condition, ``Command`` destinations or
+        error handler simply ends the run there; a plain ``Graph`` asks for
+        ``set_finish_point`` (so a forgotten edge is caught), a ``StateGraph`` adds it.
+        """
+        if not self.compiled:
+            routed = {source for sources, _ in self._edges for source in sources}
+            routed |= {edge.source for edge in self._conditional}
+            for name, spec in self._nodes.items():
+                if name not in routed and spec.destinations is None and spec.on_error is None:
+                    self.set_finish_point(name)
+        return super().compile(interrupt_before=interrupt_before, interrupt_after=interrupt_after,
+                               checkpointer=checkpointer)
 
 
 def _callable_name(func: Callable[..., Any]) -> str:

@@ -18,7 +18,7 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.cache import CachePolicy  # noqa: E402
-from distributed_agents.core.graph import END, START, Graph  # noqa: E402
+from distributed_agents.core.graph import END, START, Graph, StateGraph  # noqa: E402
 from distributed_agents.core.history import StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
 from distributed_agents.core.messages import (  # noqa: E402
@@ -58,6 +58,7 @@ __all__ = [
     "START",
     "Send",
     "State",
+    "StateGraph",
     "StateSnapshot",
     "StreamGap",
     "StreamWriter",

@@ -332,3 +332,225 @@ def test_command_parent_navigates_from_a_subgraph_to_a_node_of_the_parent(value:
     parent.add_edge(START, "subgraph").add_edge("node_b", END).add_edge("node_c", END).compile()
     assert dict(run(Orchestrator().execute(parent, {"foo": ""}))) == {"foo": documented}
     assert called == ["A", "B" if value == "a" else "C"]
+
+
+# -- Ported "by renaming imports": langgraph.graph / langgraph.types -> distributed_agents -------------
+# These keep LangGraph's own spelling: StateGraph(State), add_node(func), add_conditional_edges,
+# compile(checkpointer=..., interrupt_before=...), graph.invoke(input, config) with a thread_id,
+# Command(resume=...) and invoke(None, config) to continue. The checkpointer is whatever the
+# LangGraph code had (here a stand-in object): every workflow is checkpointed in the backend anyway.
+
+from typing import Literal  # noqa: E402
+import uuid  # noqa: E402
+
+from distributed_agents import Send, StateGraph, interrupt  # noqa: E402
+
+InMemorySaver = object  # the one line a port changes: the checkpointer is the orchestrator's backend
+
+
+class JokeState(TypedDict):
+    subjects: list[str]
+    jokes: Annotated[list[str], operator.add]
+
+
+def test_map_reduce_with_send() -> None:
+    """LangGraph's ``Send`` docstring: one ``generate_joke`` task per subject, merged by ``operator.add``.
+
+    LangGraph: ``graph.invoke({"subjects": ["cats", "dogs"]})`` gives
+    ``{'subjects': ['cats', 'dogs'], 'jokes': ['Joke about cats', 'Joke about dogs']}``.
+    """
+
+    def continue_to_jokes(state: JokeState) -> list[Send]:
+        return [Send("generate_joke", {"subject": s}) for s in state["subjects"]]
+
+    builder = StateGraph(JokeState)
+    builder.add_node("generate_joke", lambda state: {"jokes": [f"Joke about {state['subject']}"]})
+    builder.add_conditional_edges(START, continue_to_jokes)
+    builder.add_edge("generate_joke", END)
+    graph = builder.compile()
+    assert graph.invoke({"subjects": ["cats", "dogs"]}) == {
+        "subjects": ["cats", "dogs"], "jokes": ["Joke about cats", "Joke about dogs"]}
+
+
+class TextState(TypedDict):
+    some_text: str
+
+
+def test_interrupt_then_resume_with_a_command_on_the_same_thread() -> None:
+    """LangGraph's ``interrupt`` example: ``human_node`` asks for a revision and uses the answer.
+
+    LangGraph: the first run stops with ``__interrupt__`` holding
+    ``value={'text_to_revise': 'Original text'}``; ``Command(resume="Edited text")`` on the
+    same thread then gives ``{'some_text': 'Edited text'}``.
+    """
+
+    def human_node(state: TextState) -> dict[str, Any]:
+        value = interrupt({"text_to_revise": state["some_text"]})
+        return {"some_text": value}
+
+    graph_builder = StateGraph(TextState)
+    graph_builder.add_node("human_node", human_node)
+    graph_builder.add_edge(START, "human_node")
+    checkpointer = InMemorySaver()
+    graph = graph_builder.compile(checkpointer=checkpointer)
+    config = {"configurable": {"thread_id": str(uuid.uuid4())}}
+    paused = graph.invoke({"some_text": "Original text"}, config=config)
+    (pause,) = paused["__interrupt__"]
+    assert pause["value"] == {"text_to_revise": "Original text"} and pause["node"] == "human_node"
+    assert graph.invoke(Command(resume="Edited text"), config=config) == {"some_text": "Edited text"}
+
+
+class ApprovalState(TypedDict):
+    llm_output: str
+    decision: str
+
+
+@pytest.mark.parametrize(("answer", "path", "decision"), [("approve", "approved_path", "approved"),
+                                                          ("reject", "rejected_path", "rejected")])
+def test_approve_or_reject_routes_with_command_after_the_interrupt(answer: str, path: str, decision: str) -> None:
+    """LangGraph's human-in-the-loop "approve or reject" example.
+
+    LangGraph: ``invoke({}, config)`` pauses with the question and the output;
+    ``invoke(Command(resume="approve"), config)`` takes the approved path and gives
+    ``{'llm_output': 'This is the generated output.', 'decision': 'approved'}``.
+    """
+    taken: list[str] = []
+
+    def generate_llm_output(state: ApprovalState) -> dict[str, Any]:
+        return {"llm_output": "This is the generated output."}
+
+    def human_approval(state: ApprovalState) -> Command[Literal["approved_path", "rejected_path"]]:
+        decision = interrupt({"question": "Do you approve the following output?", "llm_output": state["llm_output"]})
+        if decision == "approve":
+            return Command(goto="approved_path", update={"decision": "approved"})
+        return Command(goto="rejected_path", update={"decision": "rejected"})
+
+    def approved_node(state: ApprovalState) -> ApprovalState:
+        taken.append("approved_path")
+        return state
+
+    def rejected_node(state: ApprovalState) -> ApprovalState:
+        taken.append("rejected_path")
+        return state
+
+    builder = StateGraph(ApprovalState)
+    builder.add_node("generate_llm_output", generate_llm_output)
+    builder.add_node("human_approval", human_approval)
+    builder.add_node("approved_path", approved_node)
+    builder.add_node("rejected_path", rejected_node)
+    builder.set_entry_point("generate_llm_output")
+    builder.add_edge("generate_llm_output", "human_approval")
+    builder.add_edge("approved_path", END)
+    builder.add_edge("rejected_path", END)
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"approval-{answer}"}}
+    result = graph.invoke({}, config=config)
+    assert [pause["value"] for pause in result["__interrupt__"]] == [
+        {"question": "Do you approve the following output?", "llm_output": "This is the generated output."}]
+    assert graph.invoke(Command(resume=answer), config=config) == {
+        "llm_output": "This is the generated output.", "decision": decision}
+    assert taken == [path]
+
+
+class FooState(TypedDict):
+    foo: str
+
+
+@pytest.mark.parametrize("value", ["a", "b"])
+def test_command_updates_and_routes_in_one_return_value(value: str) -> None:
+    """LangGraph's "combine control flow and state updates with Command" example.
+
+    ``node_a`` picks ``"a"`` or ``"b"`` at random (fixed here); LangGraph's result is
+    ``{'foo': 'bb'}`` after node_b or ``{'foo': 'cc'}`` after node_c: the update, then
+    the node it routed to appending its letter.
+    """
+
+    def node_a(state: FooState) -> Command[Literal["node_b", "node_c"]]:
+        goto = "node_b" if value == "a" else "node_c"
+        # note how Command allows you to BOTH update the graph state AND route to the next node
+        return Command(update={"foo": "b" if value == "a" else "c"}, goto=goto)
+
+    def node_b(state: FooState) -> dict[str, Any]:
+        return {"foo": state["foo"] + "b"}
+
+    def node_c(state: FooState) -> dict[str, Any]:
+        return {"foo": state["foo"] + "c"}
+
+    builder = StateGraph(FooState)
+    builder.add_edge(START, "node_a")
+    builder.add_node(node_a)
+    builder.add_node(node_b)
+    builder.add_node(node_c)
+    # no edges out of node_a: Command routes, its Literal annotation declares where to
+    graph = builder.compile()
+    assert graph.invoke({"foo": ""}) == {"foo": "bb" if value == "a" else "cc"}
+
+
+class AggregateState(TypedDict):
+    aggregate: Annotated[list[str], operator.add]
+
+
+def test_a_deferred_node_waits_for_the_longer_branch() -> None:
+    """LangGraph's "defer node execution" example: a -> (b -> b_2, c) -> d with ``d`` deferred.
+
+    LangGraph: ``graph.invoke({"aggregate": []})`` gives
+    ``{'aggregate': ['A', 'B', 'C', 'B_2', 'D']}`` (d runs once, after b_2).
+    """
+
+    def letter(name: str) -> Any:
+        def node(state: AggregateState) -> dict[str, Any]:
+            return {"aggregate": [name.upper()]}
+        node.__name__ = name
+        return node
+
+    a, b, b_2, c, d = (letter(n) for n in ("a", "b", "b_2", "c", "d"))
+    builder = StateGraph(AggregateState)
+    builder.add_node(a)
+    builder.add_node(b)
+    builder.add_node(b_2)
+    builder.add_node(c)
+    builder.add_node(d, defer=True)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("a", "c")
+    builder.add_edge("b", "b_2")
+    builder.add_edge("b_2", "d")
+    builder.add_edge("c", "d")
+    builder.add_edge("d", END)
+    graph = builder.compile()
+    assert graph.invoke({"aggregate": []}) == {"aggregate": ["A", "B", "C", "B_2", "D"]}
+
+
+class StepState(TypedDict):
+    input: str
+
+
+def test_static_breakpoint_before_a_node_then_continue_with_none() -> None:
+    """LangGraph's breakpoints example: ``compile(interrupt_before=["step_3"])``, then ``invoke(None, thread)``.
+
+    LangGraph: steps 1 and 2 run, the run stops before step_3 (``get_state(thread).next``
+    is ``('step_3',)``); streaming ``None`` on the thread runs step 3 and the state stays
+    ``{'input': 'hello world'}``.
+    """
+    ran: list[str] = []
+
+    def step(n: int) -> Any:
+        def node(state: StepState) -> None:
+            ran.append(f"---Step {n}---")
+        node.__name__ = f"step_{n}"
+        return node
+
+    builder = StateGraph(StepState)
+    for n in (1, 2, 3):
+        builder.add_node(step(n))
+    builder.add_edge(START, "step_1")
+    builder.add_edge("step_1", "step_2")
+    builder.add_edge("step_2", "step_3")
+    builder.add_edge("step_3", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["step_3"])
+    thread = {"configurable": {"thread_id": "breakpoints-1"}}
+    first = graph.invoke({"input": "hello world"}, thread)
+    assert ran == ["---Step 1---", "---Step 2---"] and first["input"] == "hello world"
+    assert [pause["node"] for pause in first["__interrupt__"]] == ["step_3"]
+    assert graph.invoke(None, thread) == {"input": "hello world"}
+    assert ran == ["---Step 1---", "---Step 2---", "---Step 3---"]
