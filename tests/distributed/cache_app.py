@@ -11,7 +11,7 @@ import pathlib
 import uuid
 from typing import Any
 
-from distributed_agents import CachePolicy, Graph, NodeContext, NodeRegistry, State
+from distributed_agents import END, CachePolicy, Graph, NodeContext, NodeRegistry, Send, State
 
 registry = NodeRegistry()
 
@@ -28,3 +28,24 @@ def cache_graph() -> Graph:
             .add_node("summarise", node_type="summarise",
                       cache_policy=CachePolicy(key_func=lambda value: str(value["doc"]), ttl=3600))
             .set_entry_point("summarise").set_finish_point("summarise").compile())
+
+
+
+@registry.register("fan")
+def fan(state: State) -> None:
+    return None
+
+
+def collect(old: Any, new: Any) -> list[Any]:
+    return [*(old or []), new]
+
+
+def map_graph() -> Graph:
+    """fan -> one summarise task per doc (Send, on a worker, cached by doc) -> END; summaries collect in order."""
+    return (Graph("cached_summary_map", reducers={"summary": collect, "summarised_by": collect})
+            .add_node("fan", node_type="fan")
+            .add_node("summarise", node_type="summarise", cache_policy=CachePolicy(key_func=lambda v: str(v["doc"])))
+            .set_entry_point("fan")
+            .add_conditional_edge("fan", lambda state: [Send("summarise", {"doc": doc}) for doc in state["docs"]],
+                                  ["summarise"])
+            .add_edge("summarise", END).compile())

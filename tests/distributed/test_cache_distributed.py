@@ -4,7 +4,7 @@ The cached node's function lives only in a real worker process. The first workfl
 task runs there (one marker file); a second workflow with the same input, driven by
 another ``DistributedOrchestrator`` instance with its own backend connection, gets the
 cached output without a task reaching any worker; ``clear_cache`` from either makes the
-node run again.
+node run again. A map over repeated items runs each distinct item once.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def test_a_second_orchestrator_uses_the_output_a_worker_produced_for_the_first(
             await second.clear_cache(graph)
             seen["after_clear"] = await first.execute(graph, {"doc": "d1"}, workflow_id="wf-cache-4")
             seen["runs_after_clear"] = runs()
+            # A map over repeated docs: each distinct doc runs once, on the worker.
+            seen["map"] = await second.execute(load_test_app("cache_app").map_graph(), {"docs": ["d7", "d8", "d7", "d7"]},
+                                               workflow_id="wf-cache-map")
+            seen["runs_after_map"] = runs()
             seen["queued"] = await first.backend.task_queue.stats("summarise")
             return seen
         finally:
@@ -87,4 +91,7 @@ def test_a_second_orchestrator_uses_the_output_a_worker_produced_for_the_first(
     assert "cached" not in completed and completed["worker"] == "w1"
     assert seen["runs_after_other"] == 2 and seen["other_doc"]["summary"] == "summary of d2"
     assert seen["runs_after_clear"] == 3 and seen["after_clear"]["summary"] == "summary of d1"
+    assert seen["runs_after_map"] == 5
+    assert seen["map"]["summary"] == ["summary of d7", "summary of d8", "summary of d7", "summary of d7"]
+    assert seen["map"]["summarised_by"] == ["w1"] * 4
     assert seen["queued"].queued == 0 and seen["queued"].in_flight == 0
