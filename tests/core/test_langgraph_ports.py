@@ -554,3 +554,44 @@ def test_static_breakpoint_before_a_node_then_continue_with_none() -> None:
     assert [pause["node"] for pause in first["__interrupt__"]] == ["step_3"]
     assert graph.invoke(None, thread) == {"input": "hello world"}
     assert ran == ["---Step 1---", "---Step 2---", "---Step 3---"]
+
+
+class SubgraphState(TypedDict):
+    foo: str  # shared with the parent
+    bar: str  # the subgraph's own
+
+
+class ParentState(TypedDict):
+    foo: str
+
+
+def test_nested_graph_with_shared_keys_ported_by_renaming_imports() -> None:
+    """LangGraph's "add a compiled subgraph as a node" example, written with StateGraph as there.
+
+    LangGraph: streaming ``{"foo": "foo"}`` shows ``{'node_1': {'foo': 'hi! foo'}}`` then
+    ``{'node_2': {'foo': 'hi! foobar'}}``: the final state is ``{'foo': 'hi! foobar'}``.
+    """
+
+    def subgraph_node_1(state: SubgraphState) -> dict[str, Any]:
+        return {"bar": "bar"}
+
+    def subgraph_node_2(state: SubgraphState) -> dict[str, Any]:
+        return {"foo": state["foo"] + state["bar"]}
+
+    subgraph_builder = StateGraph(SubgraphState)
+    subgraph_builder.add_node(subgraph_node_1)
+    subgraph_builder.add_node(subgraph_node_2)
+    subgraph_builder.add_edge(START, "subgraph_node_1")
+    subgraph_builder.add_edge("subgraph_node_1", "subgraph_node_2")
+    subgraph = subgraph_builder.compile()
+
+    def node_1(state: ParentState) -> dict[str, Any]:
+        return {"foo": "hi! " + state["foo"]}
+
+    builder = StateGraph(ParentState)
+    builder.add_node("node_1", node_1)
+    builder.add_node("node_2", subgraph)
+    builder.add_edge(START, "node_1")
+    builder.add_edge("node_1", "node_2")
+    graph = builder.compile()
+    assert graph.invoke({"foo": "foo"}) == {"foo": "hi! foobar"}
