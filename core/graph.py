@@ -448,13 +448,15 @@ class Graph:
 
     def compile(
         self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,
-        checkpointer: Any = None,
+        checkpointer: Any = None, cache: Any = None,
     ) -> Graph:
         """Validate and freeze the graph; returns it. Raises ``GraphValidationError``.
 
         ``checkpointer`` is accepted so LangGraph code ports as is, and ignored: every
         workflow is checkpointed at each step in the backend of the orchestrator that
-        runs it (``memory://`` by default), whatever is passed.
+        runs it (``memory://`` by default), whatever is passed. So is ``cache`` (LangGraph's
+        ``compile(cache=InMemoryCache())``): the node cache of ``add_node(cache_policy=)``
+        is the backend's, shared by every orchestrator and worker on it (see ``core.cache``).
 
         ``interrupt_before`` / ``interrupt_after`` are static breakpoints: node names
         (or ``"*"`` for all) before whose step, or after whose step, every workflow of
@@ -1046,7 +1048,7 @@ class StateGraph(Graph):
 
     def compile(
         self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,
-        checkpointer: Any = None,
+        checkpointer: Any = None, cache: Any = None,
     ) -> Graph:
         """``Graph.compile``, after making every node with no way onward a finish point, as LangGraph does.
 
@@ -1061,7 +1063,7 @@ class StateGraph(Graph):
                 if name not in routed and spec.destinations is None and spec.on_error is None:
                     self.set_finish_point(name)
         return super().compile(interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                               checkpointer=checkpointer)
+                               checkpointer=checkpointer, cache=cache)
 
 
 def _callable_name(func: Callable[..., Any]) -> str:

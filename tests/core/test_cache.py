@@ -624,3 +624,36 @@ def test_langgraphs_node_caching_example() -> None:
     assert [chunk for mode, chunk in second if mode == "updates"] == [{"expensive_node": {"result": 10}}]
     assert [c["payload"].get("cached") for m, c in second if m == "debug" and c["type"] == "task_result"] == [True]
     assert runs == [5]
+
+
+def test_langgraphs_node_caching_example_ports_by_renaming_imports() -> None:
+    """The same how-to written against ``StateGraph``, ``compile(cache=...)`` and ``graph.invoke``.
+
+    ``compile(cache=InMemoryCache())`` is accepted and ignored: the cache is the
+    backend's (here the default ``memory://``, shared by both invokes of this process).
+    """
+    from typing import TypedDict
+
+    from distributed_agents import StateGraph
+
+    InMemoryCache = object  # the one line a port changes: the cache is the orchestrator's backend
+
+    class NodeCachingExampleState(TypedDict):
+        x: int
+        result: int
+
+    runs: list[int] = []
+
+    def expensive_node(state: NodeCachingExampleState) -> dict[str, int]:
+        runs.append(state["x"])
+        return {"result": state["x"] * 2}
+
+    builder = StateGraph(NodeCachingExampleState, name=f"node_caching_{uuid.uuid4().hex[:8]}")
+    builder.add_node("expensive_node", expensive_node, cache_policy=CachePolicy(ttl=3))
+    builder.set_entry_point("expensive_node")
+    builder.set_finish_point("expensive_node")
+    graph = builder.compile(cache=InMemoryCache())
+
+    assert graph.invoke({"x": 5}) == {"x": 5, "result": 10}
+    assert graph.invoke({"x": 5}) == {"x": 5, "result": 10}
+    assert runs == [5]
