@@ -8,7 +8,8 @@ workflows mixing chains, fan-outs with reducers and a join, the writer/reviewer
 revise loop, Send maps, a map whose tasks pause in ``interrupt()`` and a subgraph node
 (see ``chaos_app``). Meanwhile a schedule drawn from a seeded RNG
 
-* SIGKILLs workers (a replacement is started at once),
+* SIGKILLs workers (a replacement is started at once; until one kill landed while
+  workers held Send tasks of a map, each waits up to 2 s for that),
 * SIGKILLs one orchestrator (a replacement is started that, like a retrying client,
   waits for that orchestrator's workflows; the surviving orchestrator or the
   replacement takes each over once its lease expires). The kill waits until a
@@ -325,6 +326,29 @@ async def statuses(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, 
         await backend.close()
 
 
+async def mapped_in_flight(url: str, prefix: str) -> int:
+    """How many Send tasks of a map (``mapped``, ``review``) workers hold right now."""
+    backend = open_backend(url, prefix=prefix)
+    await backend.connect()
+    try:
+        return sum([(await backend.task_queue.stats(node_type)).in_flight for node_type in ("mapped", "review")])
+    finally:
+        await backend.close()
+
+
+def wait_mid_map(procs: Processes, patience: float) -> bool:
+    """Wait (at most ``patience`` s) until workers hold Send tasks of a map; whether they do."""
+    give_up = time.monotonic() + patience
+    while time.monotonic() < give_up:
+        try:
+            if run(mapped_in_flight(procs.url, procs.prefix), timeout=10):
+                return True
+        except Exception:  # the server may be down right now
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def interrupted_owners(procs: Processes, workflow_ids: dict[int, str], patience: float) -> tuple[list[str], int]:
     """Live orchestrators owning a workflow paused in ``interrupt()``, once there is one (or after ``patience`` s).
 
@@ -383,6 +407,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         procs.start_orchestrator("orchB", indexes[1::2])
         spawned = PROFILE.workers
         killed_orchestrators = 0
+        worker_kill_mid_map = False
         paused_kills: list[tuple[str, int]] = []  # (victim, workflows mid-map) of kills with a paused workflow
         asking = [i for i in indexes if workflow_spec(i)[0] == "chaos_approval"]
         procs.start_answerer("answerer", asking)
@@ -391,6 +416,8 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         for at, fault in faults:
             time.sleep(max(0.0, began + at - time.monotonic()))
             if fault == "kill_worker":
+                if not worker_kill_mid_map:  # until one did, a kill waits a little for workers to hold Send tasks
+                    worker_kill_mid_map = wait_mid_map(procs, patience=2.0)
                 procs.kill(procs.workers, rng.choice(sorted(procs.workers)))
                 procs.start_worker(f"worker{spawned}")
                 spawned += 1
@@ -455,7 +482,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
                f"faults_done_at={faults_done:.1f}s elapsed={elapsed:.1f}s "
                f"caller_results={len(results)} children={len(children)} "
                f"kills_while_paused={len(paused_kills)} mid_map_at_kills={[m for _, m in paused_kills]} "
-               f"answered={sum(answered.values())}")
+               f"answered={sum(answered.values())} worker_kill_mid_map={worker_kill_mid_map}")
     print(summary, flush=True)
     report = os.environ.get("DA_CHAOS_REPORT")
     if report:
