@@ -745,6 +745,9 @@ class StepEngine:
         inflight = self._inflight
         if inflight is None:
             return None
+        if inflight.done():  # the usual case: it landed while the step ran
+            self._inflight = None
+            return inflight.result()
         try:
             return await asyncio.shield(inflight)
         finally:
