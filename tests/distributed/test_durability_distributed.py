@@ -1,4 +1,4 @@
-"""Durability modes on Redis: real worker processes, and an orchestrator process SIGKILLed mid-run.
+"""Durability modes on Redis (and NATS): real worker processes, and an orchestrator process SIGKILLed mid-run.
 
 ``"async"`` writes the same checkpoints as ``"sync"`` (one per step, in order) with nodes on
 workers; ``"exit"`` writes only the first and the last. An orchestrator killed while an
@@ -28,15 +28,18 @@ pytestmark = pytest.mark.timeout(120)
 app = load_test_app("durability_app")
 
 
-def test_modes_with_nodes_on_worker_processes(redis_url: str, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_modes_with_nodes_on_worker_processes(backend: str, request: pytest.FixtureRequest,
+                                              tmp_path: pathlib.Path) -> None:
+    url = str(request.getfixturevalue(backend))
     prefix = f"dura{uuid.uuid4().hex[:8]}"
-    workers = WorkerProcesses(redis_url, prefix, tmp_path, "durability_app:registry")
+    workers = WorkerProcesses(url, prefix, tmp_path, "durability_app:registry")
     workers.start("w1")
     workers.start("w2")
 
     async def scenario() -> dict[str, Any]:
         seen: dict[str, Any] = {}
-        async with Orchestrator(backend=redis_url, backend_options={"prefix": prefix}, wait_for_workers=True,
+        async with Orchestrator(backend=url, backend_options={"prefix": prefix}, wait_for_workers=True,
                                 worker_timeout=30) as orchestrator:
             for graph in (app.chain_graph(), app.fan_graph()):
                 for mode in ("sync", "async", "exit"):
