@@ -117,10 +117,11 @@ def cacheable_output(output: Mapping[str, Any] | None) -> bool:
 class NodeCache:
     """The step engine's view of the cache in ``store``: keys, encoding, error policy."""
 
-    def __init__(self, store: StateStore) -> None:
-        self._store = store
+    def __init__(self, store: StateStore, *, previous: NodeCache | None = None) -> None:
+        """``previous``: the cache this one replaces (a reopened backend), whose warnings are not repeated."""
+        self.store = store
         self.enabled = implements_cache(store)
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, str]] = set() if previous is None else previous._warned
 
     def key(self, graph: str, node: str, policy: CachePolicy, value: Mapping[str, Any]) -> str:
         """The stored key of ``node``'s input ``value``: the SHA-256 hex of ``policy.key_func(value)``.
@@ -148,13 +149,13 @@ class NodeCache:
             self._warned.add((graph, node))
             log.warning("graph %r: node %r has a cache_policy, but the backend's state store (%s) has no node cache "
                         "(StateStore.cache_get/cache_set are the port's defaults): the node runs every time",
-                        graph, node, type(self._store).__name__)
+                        graph, node, type(self.store).__name__)
         return self.enabled
 
     async def get(self, graph: str, node: str, key: str) -> dict[str, Any] | None:
         """The cached output of ``node`` for ``key``, or None (absent, expired or undecodable)."""
         try:
-            raw = await self._store.cache_get(cache_namespace(graph, node), key)
+            raw = await self.store.cache_get(cache_namespace(graph, node), key)
         except BackendUnavailableError:
             raise  # retried with the step, like every backend call of it
         except Exception as exc:  # the cache is an optimisation: a read it refuses is a miss
@@ -174,7 +175,7 @@ class NodeCache:
     async def put(self, graph: str, node: str, key: str, output: Mapping[str, Any], ttl: float | None) -> None:
         """Store ``output``; a failure is logged, never raised (the output is in hand)."""
         try:
-            await self._store.cache_set(cache_namespace(graph, node), key, encode(dict(output)), ttl)
+            await self.store.cache_set(cache_namespace(graph, node), key, encode(dict(output)), ttl)
         except BackendUnavailableError as exc:
             log.warning("graph %r: node %r: could not cache its output (backend unavailable: %s)", graph, node, exc)
         except Exception as exc:
@@ -184,4 +185,4 @@ class NodeCache:
     async def clear(self, graph: str, nodes: list[str]) -> None:
         """Remove every entry of ``nodes`` of ``graph``."""
         for node in nodes:
-            await self._store.cache_clear(cache_namespace(graph, node))
+            await self.store.cache_clear(cache_namespace(graph, node))

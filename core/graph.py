@@ -899,6 +899,27 @@ class Graph:
         finally:
             await orchestrator.close()
 
+    def clear_cache(self, nodes: Sequence[str] | None = None, *, backend: str | None = None) -> None:
+        """LangGraph's ``graph.clear_cache(nodes=None)``: remove the node cache entries of this graph, blocking.
+
+        A shortcut over ``Orchestrator(backend=backend).clear_cache(self, nodes)``
+        (``memory://`` by default) for code ported from LangGraph; every orchestrator
+        and worker on that backend and prefix shares the cache.
+        """
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        Orchestrator(backend=backend).sync.clear_cache(self, nodes)
+
+    async def aclear_cache(self, nodes: Sequence[str] | None = None, *, backend: str | None = None) -> None:
+        """``clear_cache`` for async code (LangGraph's ``aclear_cache``)."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        try:
+            await orchestrator.clear_cache(self, nodes)
+        finally:
+            await orchestrator.close()
+
     def draw_mermaid(self) -> str:
         """The compiled graph as Mermaid flowchart text (see ``core.drawing``)."""
         from distributed_agents.core.drawing import draw_mermaid  # drawing reads graphs: imported on use

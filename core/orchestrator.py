@@ -310,8 +310,10 @@ class Orchestrator:
                           subgraphs=SubgraphRunner(self).run)
 
     def _cache(self) -> NodeCache:
-        if self._node_cache is None:
-            self._node_cache = NodeCache(self.backend.state_store)
+        # Made again when the backend was reopened (each blocking ``sync`` call opens its own).
+        store = self.backend.state_store
+        if self._node_cache is None or self._node_cache.store is not store:
+            self._node_cache = NodeCache(store, previous=self._node_cache)
         return self._node_cache
 
     async def clear_cache(self, graph: Graph, nodes: Sequence[str] | None = None) -> None:

@@ -657,3 +657,16 @@ def test_langgraphs_node_caching_example_ports_by_renaming_imports() -> None:
     assert graph.invoke({"x": 5}) == {"x": 5, "result": 10}
     assert graph.invoke({"x": 5}) == {"x": 5, "result": 10}
     assert runs == [5]
+
+
+def test_graph_clear_cache_and_aclear_cache_as_in_langgraph() -> None:
+    calls: Counter[str] = Counter()
+    graph = counting_graph(f"graph_clear_{uuid.uuid4().hex[:8]}", calls)
+    url = f"memory://cache-graph-clear-{uuid.uuid4().hex[:8]}"
+    key = f"{graph.name}:1"
+    assert graph.invoke({"x": 1}, backend=url)["y"] == 2
+    assert graph.invoke({"x": 1}, backend=url)["y"] == 2 and calls[key] == 1
+    graph.clear_cache(backend=url)
+    assert graph.invoke({"x": 1}, backend=url)["y"] == 2 and calls[key] == 2
+    run(graph.aclear_cache(["double"], backend=url))
+    assert run(graph.ainvoke({"x": 1}, backend=url))["y"] == 2 and calls[key] == 3

@@ -95,3 +95,22 @@ def test_a_second_orchestrator_uses_the_output_a_worker_produced_for_the_first(
     assert seen["map"]["summary"] == ["summary of d7", "summary of d8", "summary of d7", "summary of d7"]
     assert seen["map"]["summarised_by"] == ["w1"] * 4
     assert seen["queued"].queued == 0 and seen["queued"].in_flight == 0
+
+
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_blocking_calls_reopen_the_cache_with_the_backend(backend: str, request: pytest.FixtureRequest) -> None:
+    """Each ``invoke``/``sync`` call opens the backend in its own loop: the cache follows it."""
+    from distributed_agents import CachePolicy, Graph, Orchestrator
+
+    url = str(request.getfixturevalue(backend))
+    runs: list[int] = []
+    graph = (Graph(f"blocking_cache_{uuid.uuid4().hex[:6]}")
+             .add_node("double", lambda s: runs.append(s["x"]) or {"y": s["x"] * 2}, cache_policy=CachePolicy())
+             .set_entry_point("double").set_finish_point("double").compile())
+    orchestrator = Orchestrator(backend=url, backend_options={"prefix": f"cacheblk{uuid.uuid4().hex[:8]}"})
+    assert orchestrator.invoke(graph, {"x": 2})["y"] == 4
+    assert orchestrator.invoke(graph, {"x": 2})["y"] == 4
+    assert runs == [2]
+    orchestrator.sync.clear_cache(graph)
+    assert orchestrator.invoke(graph, {"x": 2})["y"] == 4
+    assert runs == [2, 2]
