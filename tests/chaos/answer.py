@@ -27,7 +27,7 @@ import sys
 from chaos_app import answers_for, build_graphs
 
 from distributed_agents import Command
-from distributed_agents.core.errors import BackendUnavailableError, ExecutionError
+from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, ExecutionError
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.distributed import DistributedOrchestrator
 
@@ -67,9 +67,10 @@ async def main(args: argparse.Namespace) -> int:
                                                    Command(resume=answers_for(pauses)))
                 if "__interrupt__" not in result:
                     return
-            except (BackendUnavailableError, ExecutionError) as exc:
-                # The backend restarts, a dead orchestrator's lease has not expired yet, or
-                # another orchestrator took the resumed workflow over: look again.
+            except (BackendUnavailableError, ExecutionError, ConfigurationError) as exc:
+                # The backend restarts, a dead orchestrator's lease has not expired yet,
+                # another orchestrator took the resumed workflow over, or it stopped being
+                # interrupted between the read and the answer: look again.
                 log.info("answering %s: %s: %s; trying again", workflow_id, type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
 
