@@ -82,7 +82,12 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
                                     wait_for_workers=True)
         try:
-            await run_tokens(orchestrator, 20, 0.0)  # warm up: worker registered, connections open
+            await orchestrator.connect()
+            for _ in range(600):  # the worker process registers within moments
+                if await orchestrator.backend.worker_registry.list_workers("tokens"):
+                    break
+                await asyncio.sleep(0.05)
+            await run_tokens(orchestrator, 20, 0.0)  # warm up: connections open
             paced, _ = await run_tokens(orchestrator, args.tokens, args.interval)
             burst, seconds = await run_tokens(orchestrator, args.burst, 0.0)
         finally:
