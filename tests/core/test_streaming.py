@@ -429,3 +429,22 @@ def test_streaming_a_new_run_under_a_taken_id_is_refused_at_the_first_chunk() ->
             await orchestrator.close()
 
     run(scenario())
+
+
+def test_chunks_a_writer_dropped_are_reported_to_the_caller_as_a_writer_gap() -> None:
+    async def scenario() -> list[Any]:
+        gate = asyncio.Event()
+        orchestrator = Orchestrator()
+        stream = orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-wgap")
+        got = [await stream.__anext__()]  # "waiting": the node runs
+        # What a worker's publisher sends after dropping chunks it could not publish in time.
+        await orchestrator.backend.message_bus.publish(
+            "stream.wf-wgap.gap", {"type": "gap", "workflow_id": "wf-wgap", "dropped": {"custom": 3, "messages": 2}})
+        gate.set()
+        got += [chunk async for chunk in stream]
+        await orchestrator.close()
+        return got
+
+    got = run(scenario())
+    assert got[0] == "waiting" and got[2] == "released"
+    assert got[1] == StreamGap({"custom": 3}, "writer", "wf-wgap")  # only the modes asked for
