@@ -77,3 +77,31 @@ def test_bus_patterns_order_and_unsubscribe(nats_url: str) -> None:
             await publisher.close()
 
     run(scenario())
+
+
+def test_a_purged_dead_letter_is_not_written_back_by_a_late_or_repairing_writer(nats_url: str) -> None:
+    """The record turns dead before its letter is written: a purge in between (the engine purges
+    the letter of a failure an on_error handler took) must stay a purge, as must one before a
+    claimer repairs the letter of a dead-lettering whose process died."""
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            task = Task("t-purge", "wf", "n", "n", {"state": {}})
+            await queue.enqueue(task)
+            (claim,) = await queue.claim(["n"], worker_id="w", wait=5)
+            assert not await queue.nack(claim, "boom", final=True)
+            before = (await queue._read(task.id)).record  # type: ignore[attr-defined]
+            assert before is not None and before["state"] == "dead"
+            assert await queue.purge_dead_letter(task.id)
+            # A writer that read the record before the purge (late, or repairing) writes the letter now.
+            await queue._write_dead_letter_unless_purged(before, task)  # type: ignore[attr-defined]
+            assert await queue.dead_letters() == [] and (await queue.stats("n")).dead == 0
+            result = await queue.get_result(task.id)
+            assert result is not None and result.status == "failed"  # the failure itself is still recorded
+        finally:
+            await backend.close()
+
+    run(scenario())
