@@ -26,7 +26,7 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -878,6 +878,38 @@ class Graph:
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
             return dict(orchestrator.sync.resume(*args))
         return dict(orchestrator.invoke(self, input, workflow_id=thread))
+
+    def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
+               subgraphs: bool = False, backend: str | None = None) -> Iterator[Any]:
+        """LangGraph's ``graph.stream(input, config, stream_mode=...)``: ``invoke``'s run, chunk by chunk.
+
+        Chunks as ``Orchestrator.stream`` yields them (LangGraph's shapes); a dict
+        ``input`` starts the workflow under the config's ``thread_id``, a ``Command``
+        answers its interrupts and None continues it from a breakpoint (streaming only
+        the steps it runs).
+        """
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        thread = _thread_id(self.name, config)
+        if input is None or isinstance(input, Command):
+            if thread is None:
+                raise ConfigurationError(
+                    f"graph {self.name!r}: stream({input!r}) continues a workflow: pass config="
+                    "{'configurable': {'thread_id': <the id it was started with>}}")
+            input = Command() if input is None else input
+        options: dict[str, Any] = {} if thread is None else {"workflow_id": thread}
+        return Orchestrator(backend=backend).stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs,
+                                                    **options)
+
+    def get_state(self, config: Mapping[str, Any], *, backend: str | None = None) -> Any:
+        """LangGraph's ``graph.get_state(config)``: the thread's ``StateSnapshot`` (``values``, ``next``, ...)."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        thread = _thread_id(self.name, config)
+        if thread is None:
+            raise ConfigurationError(f"graph {self.name!r}: get_state needs config="
+                                     "{'configurable': {'thread_id': ...}}")
+        return Orchestrator(backend=backend).sync.get_state(thread)
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       backend: str | None = None) -> dict[str, Any]:

@@ -556,6 +556,37 @@ def test_static_breakpoint_before_a_node_then_continue_with_none() -> None:
     assert ran == ["---Step 1---", "---Step 2---", "---Step 3---"]
 
 
+def test_static_breakpoint_streamed_as_in_the_docs() -> None:
+    """The same breakpoints example as LangGraph's docs run it: ``stream`` with ``stream_mode="values"``.
+
+    LangGraph prints ``{'input': 'hello world'}`` three times (the input, after step 1, after
+    step 2), then ``graph.get_state(thread).next == ('step_3',)``; ``stream(None, thread)``
+    runs step 3.
+    """
+    ran: list[str] = []
+
+    def step(n: int) -> Any:
+        def node(state: StepState) -> None:
+            ran.append(f"---Step {n}---")
+        node.__name__ = f"step_{n}"
+        return node
+
+    builder = StateGraph(StepState)
+    for n in (1, 2, 3):
+        builder.add_node(step(n))
+    builder.add_edge(START, "step_1")
+    builder.add_edge("step_1", "step_2")
+    builder.add_edge("step_2", "step_3")
+    builder.add_edge("step_3", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["step_3"])
+    thread = {"configurable": {"thread_id": "breakpoints-2"}}
+    events = list(graph.stream({"input": "hello world"}, thread, stream_mode="values"))
+    assert events == [{"input": "hello world"}] * 3 and ran == ["---Step 1---", "---Step 2---"]
+    assert graph.get_state(thread).next == ("step_3",)
+    assert list(graph.stream(None, thread, stream_mode="values")) == [{"input": "hello world"}]
+    assert ran == ["---Step 1---", "---Step 2---", "---Step 3---"] and graph.get_state(thread).next == ()
+
+
 class SubgraphState(TypedDict):
     foo: str  # shared with the parent
     bar: str  # the subgraph's own
