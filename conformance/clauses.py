@@ -36,6 +36,7 @@ _TEXTS = {
     "task_queue.wait-results": "wait_results returns promptly once a result is stored during the wait, {} after its timeout",
     "task_queue.round-trip": "every field of a task, of its result and of its dead letter reads back exactly as given",
     "task_queue.idempotent-enqueue": "enqueue is idempotent on task id (queued, delayed, claimed, dead; finished until its result expires)",
+    "task_queue.enqueue-many": "enqueue_many is enqueue of each task: one flag per task in order (a repeated id, even within the batch, is False), after tasks of earlier calls",
     "task_queue.invisible-while-claimed": "a claimed task is invisible to other claimers until ack/nack/release/expiry",
     "task_queue.lease-expiry": "a task whose lease expired is delivered again (or dead-lettered at the limit)",
     "task_queue.lease-extension": "extend pushes the lease deadline forward so the task stays claimed",

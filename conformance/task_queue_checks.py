@@ -69,6 +69,32 @@ async def check_enqueue_is_idempotent(session: Session) -> None:
     expect((stats.queued, stats.in_flight) == (0, 0), clause, f"re-enqueues left queued={stats.queued} in_flight={stats.in_flight}")
 
 
+@conformance_check(PORT, ("task_queue.enqueue-many", "task_queue.idempotent-enqueue"))
+async def check_enqueue_many(session: Session) -> None:
+    """enqueue_many flags each task as enqueue would, and queues them in batch order by priority."""
+    queue = (await session.open()).task_queue
+    clause = "task_queue.enqueue-many"
+    expect(await queue.enqueue_many([]) == [], clause, "enqueue_many([]) did not return []")
+    await queue.enqueue(make_task("known"))
+    batch = [make_task("m1"), make_task("known"), make_task("m2", priority=1), make_task("b1", "beta"),
+             make_task("m1", payload={"other": 1}), make_task("m3")]
+    flags = await queue.enqueue_many(batch)
+    expect(flags == [True, False, True, True, False, True], clause,
+           f"enqueue_many returned {flags} for [new, known, new, new (other type), repeat in batch, new]")
+    claims = await claim_ids(queue, ["alpha"], max_tasks=10)
+    got = [c.task.id for c in claims]
+    # Tasks of one batch may be queued in any order among themselves; after earlier calls.
+    expect(got[:2] == ["m2", "known"] and sorted(got[2:]) == ["m1", "m3"], clause,
+           f"tasks queued by enqueue_many were claimed as {got}, expected m2 (priority 1), then known "
+           "(enqueued before the batch), then m1 and m3")
+    payloads = {c.task.id: c.task.payload for c in claims}
+    expect(payloads.get("m1") == {"task": "m1"}, clause, f"a repeat of m1 in the batch replaced its payload: {payloads.get('m1')}")
+    [beta] = await claim_ids(queue, ["beta"])
+    expect(beta.task.id == "b1", clause, f"the beta task of the batch was claimed as {beta.task.id!r}")
+    again = await claim_ids(queue, ["alpha"], max_tasks=10)
+    expect(again == [], clause, f"a task repeated in the batch was queued twice: {[c.task.id for c in again]}")
+
+
 @conformance_check(PORT, ("task_queue.invisible-while-claimed",))
 async def check_claimed_task_is_invisible(session: Session) -> None:
     """While one worker holds a task, no other claimer gets it."""

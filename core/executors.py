@@ -123,8 +123,6 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     }
 
 
-ENQUEUE_CONCURRENCY = 32
-
 WaitingHook = Callable[[Sequence[str]], Awaitable[None]]
 
 
@@ -187,10 +185,8 @@ class TaskQueueExecutor(NodeExecutor):
                  max_attempts=self.queue.max_attempts if call.retry is None else call.retry.max_attempts)
             for call in calls
         ]
-        # A fan-out's enqueues go out concurrently, ENQUEUE_CONCURRENCY at a time, so a
-        # networked backend overlaps their round trips instead of paying them in series.
-        for start in range(0, len(tasks), ENQUEUE_CONCURRENCY):
-            await asyncio.gather(*(self.queue.enqueue(task) for task in tasks[start:start + ENQUEUE_CONCURRENCY]))
+        # A fan-out's tasks go out as one batch (one round trip on Redis).
+        await self.queue.enqueue_many(tasks)
         outcomes: dict[str, NodeOutcome] = {}
         waiting_since: float | None = None
         while len(outcomes) < len(calls):

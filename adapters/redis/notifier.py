@@ -1,10 +1,11 @@
 """Wake-ups over Redis pub/sub, so that waiting never means polling Redis in a loop.
 
-The queue's scripts ``PUBLISH`` small events: ``{prefix}:q:ev:ready:{node type}`` when a
-task of that type becomes claimable (or a delayed one is scheduled), and
-``{prefix}:q:ev:done`` with the task id when a task gets a result (ack or dead letter).
-A ``Notifier`` owns one pub/sub connection and one reader task per queue object; it
-subscribes to a channel the first time someone waits on it and stays subscribed.
+The queue's scripts ``PUBLISH`` ``{prefix}:q:ev:done`` when a task gets a result (ack or
+dead letter): ``"<task id>\n<result JSON>"``, or the task id alone for a large result.
+(Claimers do not use pub/sub: they block on wake-up token lists, so that one new task
+wakes one idle worker, not every worker; see ``task_queue``.) A ``Notifier`` owns one
+pub/sub connection and one reader task per queue object; it subscribes to a channel the
+first time someone waits on it and stays subscribed.
 
 Waiters register *before* they look at Redis, and wait with a bound: a message that
 arrives between the look and the wait still wakes them, and a message that is lost
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
@@ -48,8 +49,11 @@ class Waiter:
         self._event.clear()
 
     def notify(self, data: str) -> None:
-        """Wake the waiter if ``data`` concerns it, remembering which key fired."""
-        if self.keys is None or data in self.keys:
+        """Wake the waiter if ``data`` (its key, then optionally a newline and more) concerns it.
+
+        The whole message is remembered (``take_fired``).
+        """
+        if self.keys is None or data.split("\n", 1)[0] in self.keys:
             self._fired.append(data)
             self._event.set()
 
@@ -59,7 +63,7 @@ class Waiter:
         self._event.set()
 
     def take_fired(self) -> list[str] | None:
-        """Keys notified since the last call, or None if anything may have changed."""
+        """Messages notified since the last call, or None if anything may have changed."""
         if self._everything:
             self._everything = False
             self._fired.clear()
@@ -89,6 +93,26 @@ class Notifier:
         self._subscribed: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._waiters: dict[str, set[Waiter]] = {}
+        # Messages of a channel reach its listener too, waiter or not (see ``listen``).
+        self._listeners: dict[str, Callable[[str], None]] = {}
+        self._on_lost: Callable[[], None] | None = None
+
+    def listen(self, channel: str, callback: Callable[[str], None], on_lost: Callable[[], None]) -> None:
+        """Give every message of ``channel`` to ``callback`` (from the reader task), waiters or not.
+
+        ``on_lost`` is called whenever messages may have been missed (the pub/sub
+        connection broke or was reset), before any waiter is woken.
+        """
+        self._listeners[channel] = callback
+        self._on_lost = on_lost
+
+    def subscribed(self, channel: str) -> bool:
+        """Whether the server has confirmed the subscription to ``channel`` (messages arrive now)."""
+        return channel in self._subscribed
+
+    async def ensure(self, channels: Collection[str]) -> None:
+        """Subscribe to ``channels`` now if not yet (without a waiter); ``BackendError`` if that fails."""
+        await self._subscribe([c for c in channels if c not in self._subscribed])
 
     @contextlib.asynccontextmanager
     async def watch(self, channels: Collection[str], keys: Collection[str] | None = None) -> AsyncIterator[Waiter]:
@@ -144,6 +168,7 @@ class Notifier:
                 raise
             except Exception as exc:  # connection lost: wake everyone to poll, then reconnect
                 log.debug("queue notifier lost its connection: %s", exc)
+                self._lost()
                 for group in list(self._waiters.values()):
                     for waiter in list(group):
                         waiter.wake_all()
@@ -161,10 +186,18 @@ class Notifier:
                     future.set_result(None)
             elif kind == "message":
                 data = _text(message.get("data"))
+                listener = self._listeners.get(channel)
+                if listener is not None:
+                    listener(data)
                 for waiter in list(self._waiters.get(channel, ())):
                     waiter.notify(data)
 
+    def _lost(self) -> None:
+        if self._on_lost is not None:
+            self._on_lost()
+
     async def _reset(self) -> None:
+        self._lost()
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
         self._subscribed.clear()
@@ -187,6 +220,7 @@ class Notifier:
             await self._reset()
         else:  # that loop is gone; its sockets went with it
             self._reader = self._pubsub = None
+            self._lost()
             self._subscribed.clear()
             self._confirm.clear()
         self._loop = None

@@ -51,12 +51,23 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Tell claimers waiting on this node type to try again (once per script run).
+-- Wake-up tokens: claimers with nothing to do block on {p}:q:wake:{t} (BLPOP), so each
+-- token wakes one idle claimer, not all of them. One token per newly claimable task, at
+-- most WAKE_CAP waiting: a woken claimer takes up to its free capacity, and the claim
+-- that empties a ready set deletes the tokens left (they would only wake claimers for
+-- nothing).
+local WAKE_CAP = 64
 local function wake(t)
-  if not WOKEN[t] then
-    WOKEN[t] = true
-    redis.call('PUBLISH', P .. ':q:ev:ready:' .. t, '1')
+  local key = P .. ':q:wake:' .. t
+  local n = WOKEN[t]
+  if n == nil then
+    n = redis.call('LLEN', key)
   end
+  if n < WAKE_CAP then
+    redis.call('RPUSH', key, '1')
+    n = n + 1
+  end
+  WOKEN[t] = n
 end
 
 local function limit_of(h)
@@ -77,9 +88,16 @@ local function push_ready(id, t)
   wake(t)
 end
 
+-- The "done" event carries the result itself ("id\nresult JSON") when it is small, so a
+-- waiting orchestrator needs no read after the wake-up; a large one carries the id only.
+local INLINE_RESULT_MAX = 65536
 local function store_result(id, json)
   redis.call('SET', k_result(id), json, 'PX', RESULT_TTL)
-  redis.call('PUBLISH', P .. ':q:ev:done', id)
+  if #json <= INLINE_RESULT_MAX then
+    redis.call('PUBLISH', P .. ':q:ev:done', id .. '\n' .. json)
+  else
+    redis.call('PUBLISH', P .. ':q:ev:done', id)
+  end
 end
 
 local function dead_letter(id, t, reason, attempts, now, bad)
@@ -134,23 +152,36 @@ end
 """
 
 ENQUEUE = _LIBRARY + r"""
--- ARGV: 4 id, 5 node type, 6 score (-priority), 7 max attempts or '', 8 raw bytes, 9 workflow id
-local id, t = ARGV[4], ARGV[5]
-local h = k_task(id)
-if redis.call('EXISTS', h) == 1 then return 0 end
-local member = new_member(id)
-redis.call('HSET', h, 'type', t, 'score', ARGV[6], 'max', ARGV[7], 'raw', ARGV[8], 'wf', ARGV[9],
-           'attempt', 0, 'member', member, 'state', 'queued')
-redis.call('SADD', P .. ':q:types', t)
-redis.call('ZADD', k_ready(t), ARGV[6], member)
-wake(t)
-return 1
+-- ARGV: 4.. groups of 6: id, node type, score (-priority), max attempts or '', raw bytes,
+-- workflow id. Returns one 1 (queued) or 0 (id seen before) per task, in order: a
+-- step's tasks are queued in one script (one round trip).
+local out = {}
+local seen_types = {}
+for i = 4, #ARGV, 6 do
+  local id, t = ARGV[i], ARGV[i + 1]
+  local h = k_task(id)
+  if redis.call('EXISTS', h) == 1 then
+    out[#out + 1] = 0
+  else
+    local member = new_member(id)
+    redis.call('HSET', h, 'type', t, 'score', ARGV[i + 2], 'max', ARGV[i + 3], 'raw', ARGV[i + 4],
+               'wf', ARGV[i + 5], 'attempt', 0, 'member', member, 'state', 'queued')
+    if not seen_types[t] then
+      seen_types[t] = true
+      redis.call('SADD', P .. ':q:types', t)
+    end
+    redis.call('ZADD', k_ready(t), ARGV[i + 2], member)
+    wake(t)
+    out[#out + 1] = 1
+  end
+end
+return out
 """
 
 CLAIM = _LIBRARY + r"""
 -- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8.. node types
--- Returns {ms until the next delayed release or lease expiry of these types (-1: none),
---          id, raw, attempt, lease id, deadline ms, id, raw, ...}
+-- Returns {ms until the next delayed release or lease expiry of these types (-1: none; -2:
+--          max tasks claimed, so tasks may be left), id, raw, attempt, lease id, deadline ms, id, ...}
 local worker, base, lease_ms, want = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local types = {}
 for i = 8, #ARGV do types[#types + 1] = ARGV[i] end
@@ -193,7 +224,11 @@ else
     deliver(best_m, best_t)
   end
 end
-if n == 0 then
+-- Tokens left for a type with nothing ready would wake claimers for nothing.
+for _, t in ipairs(types) do
+  if redis.call('ZCARD', k_ready(t)) == 0 then redis.call('DEL', P .. ':q:wake:' .. t) end
+end
+if n < want then  -- every ready set of these types is empty now
   local next_at = nil
   for _, t in ipairs(types) do
     for _, key in ipairs({k_delayed(t), k_leased(t)}) do
@@ -205,6 +240,8 @@ if n == 0 then
     end
   end
   if next_at ~= nil then out[1] = math.max(next_at - now, 0) end
+else
+  out[1] = -2
 end
 return out
 """
@@ -393,6 +430,8 @@ redis.call('DEL', k_result(id), k_errors(id))
 redis.call('HDEL', h, 'reason', 'dead_at', 'bad', 'settled')
 redis.call('HSET', h, 'attempt', 0, 'member', new_member(id))
 push_ready(id, t)
+-- An event without a result: whoever kept the dead letter's failed-result event drops it.
+redis.call('PUBLISH', P .. ':q:ev:done', id .. '\n')
 return 1
 """
 

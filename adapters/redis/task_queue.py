@@ -30,7 +30,7 @@ one asyncio client: enqueue -> claim -> ack one task at a time runs ~1,400 tasks
 ~5,000/s, and ``claim(max_tasks=50)`` with concurrent acks ~5,700 tasks/s. The ZSET
 work inside the scripts is not the bottleneck; round trips are.
 
-Atomicity: enqueue, claim, extend, ack (result + removal), nack (re-queue, delay or dead
+Atomicity: enqueue (of a whole batch, ``enqueue_many``), claim, extend, ack (result + removal), nack (re-queue, delay or dead
 letter), release, cancel, requeue and dead-lettering are each one script. There is no
 separate reaper: every script that reads a node type first applies time to it (due
 delayed tasks become ready, overdue leases are re-queued or dead-lettered), so any
@@ -52,9 +52,21 @@ returned to callers (``ClaimedTask.deadline``) are server time in seconds, and w
 durations are computed by the server and returned as relative milliseconds, so the
 client's clock is never compared with the server's.
 
-Waiting: ``claim(wait=)`` and ``wait_results`` subscribe (once per queue object) to
-pub/sub channels published by the scripts and sleep until a message, the next
-lease/delay deadline the script reported, or a 1 s safety bound (see ``notifier``).
+Waiting, claims: every script that makes tasks claimable pushes one wake-up token per
+task on ``{p}:q:wake:{t}`` (a LIST, at most 64 waiting); a claimer with nothing to do
+blocks on it with ``BLPOP``, so one new task wakes one idle worker, not every worker
+(no thundering herd), and a token pushed between an empty claim and the BLPOP is still
+there. The claim that empties a ready set deletes the tokens left. A claim that just
+emptied the ready sets lets the next ``claim(wait=)`` block at once, without a claim
+that would find nothing. The sleep also ends at the next lease/delay deadline the
+script reported, or after ``poll_cap`` (1 s) as a safety net.
+
+Waiting, results: ``wait_results`` subscribes (once per queue object; ``enqueue_many``
+subscribes first) to the "done" channel, whose events carry small results inline, so a
+wake-up needs no read; events of tasks this queue enqueued that arrive while nobody
+waits are kept until asked for (see ``notifier``). A step of a workflow thus costs the
+orchestrator one enqueue script and one result read, and each worker a claim and an
+ack (plus a BLPOP when it was idle).
 
 Retries: the client repeats a command whose connection broke (exponential backoff,
 then ``BackendUnavailableError``). A repeated enqueue is idempotent; a repeated
@@ -69,16 +81,19 @@ node (or a primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis import queue_scripts as lua
 from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import QueueKeys
 from distributed_agents.adapters.redis.notifier import Notifier
 from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError
+from distributed_agents.core.errors import BackendError, LeaseLostError, PayloadDecodeError
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.task_queue import (
     ClaimedTask,
@@ -94,7 +109,11 @@ from distributed_agents.core.ports.task_queue import (
 __all__ = ["RedisTaskQueue"]
 
 # Upper bound of one sleep while waiting, in case a pub/sub message was lost.
-_POLL_CAP = 1.0
+_POLL_CAP = 1.0  # default of RedisTaskQueue.poll_cap
+# Longest single BLPOP, in seconds: below the connection's socket timeout (10 s).
+_BLOCK_MAX = 5.0
+# Tasks per enqueue script: bounds one script's run time (Redis serves no one else meanwhile).
+_ENQUEUE_BATCH = 500
 
 _SCRIPTS = {
     "ack": lua.ACK,
@@ -125,6 +144,10 @@ class RedisTaskQueue(TaskQueue):
     passes its shared ``connection`` instead.
     """
 
+    # Longest sleep of a waiting claim or wait_results before it looks at Redis again
+    # (a safety net: wake-ups normally end the sleep first). Seconds.
+    poll_cap: float = _POLL_CAP
+
     def __init__(
         self,
         redis_url: str = "redis://localhost:6379/0",
@@ -150,6 +173,11 @@ class RedisTaskQueue(TaskQueue):
         self._connection = connection or RedisConnection(redis_url)
         self._keys = QueueKeys(self.prefix)
         self._notifier = Notifier(self._connection)
+        self._early = _EarlyResults()
+        # Node types -> (loop time, loop time of the next delayed release or lease expiry,
+        # -1: none) of the last claim that emptied their ready sets.
+        self._drained: dict[tuple[str, ...], tuple[float, float]] = {}
+        self._notifier.listen(self._keys.done_channel, self._early.on_event, self._early.clear)
 
     @property
     def url(self) -> str:
@@ -164,14 +192,40 @@ class RedisTaskQueue(TaskQueue):
 
     async def enqueue(self, task: Task) -> bool:
         """Queue ``task`` (one round trip); False if its id is known (see module docstring)."""
-        raw = encode(task_to_dict(task))
-        created = await self._run(
-            "enqueue",
-            [task.id, task.node_type, str(-int(task.priority)),
-             "" if task.max_attempts is None else int(task.max_attempts), raw, task.workflow_id],
-            f"enqueue task {task.id!r}",
-        )
-        return bool(created)
+        [created] = await self.enqueue_many([task])
+        return created
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        """Queue ``tasks`` in order, ``_ENQUEUE_BATCH`` per script (one round trip each).
+
+        One flag per task: True if queued, False if its id was known (nothing changed).
+        """
+        if not tasks:
+            return []
+        # Ids enqueued while the "done" channel is subscribed cannot miss their result
+        # event, so ``wait_results`` need not read them before the first wake-up. (The
+        # subscription is made once per queue object, by its first enqueue or wait.)
+        done = self._keys.done_channel
+        if not self._notifier.subscribed(done):
+            with contextlib.suppress(BackendError):  # then results are read, as without events
+                await self._notifier.ensure([done])
+        watched = self._notifier.subscribed(done)
+        created: list[bool] = []
+        for start in range(0, len(tasks), _ENQUEUE_BATCH):
+            batch = tasks[start:start + _ENQUEUE_BATCH]
+            args: list[Any] = []
+            for task in batch:
+                args += [task.id, task.node_type, str(-int(task.priority)),
+                         "" if task.max_attempts is None else int(task.max_attempts),
+                         encode(task_to_dict(task)), task.workflow_id]
+            what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
+            reply = await self._run("enqueue", args, what)
+            created += [bool(int(flag)) for flag in reply]
+        if watched:
+            for task, new in zip(tasks, created):
+                if new:
+                    self._early.expect(task.id)
+        return created
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
         """Put foreign bytes on the queue; they are dead-lettered at claim time if not a task."""
@@ -196,20 +250,47 @@ class RedisTaskQueue(TaskQueue):
         if not types or max_tasks < 1:
             return []
         lease_ms = _ms(self.visibility_timeout if lease_seconds is None else lease_seconds)
-        claimed, next_ms = await self._claim_now(types, worker_id, max_tasks, lease_ms)
-        if claimed or wait <= 0:
-            return claimed
         loop_time = _loop_time()
-        give_up = loop_time() + wait
-        channels = [self._keys.ready_channel(t) for t in types]
-        async with self._notifier.watch(channels) as waiter:
-            while True:
-                waiter.clear()
+        now = loop_time()
+        give_up = now + wait
+        wake_keys = [self._keys.wake(t) for t in types]
+        key = tuple(types)
+        # (loop time of the last claim that emptied these ready sets, loop time of the
+        # next delayed release or lease expiry it reported, -1: none), if recent.
+        drained = self._drained.pop(key, None)
+        while True:
+            if drained is not None and wait > 0 and drained[0] > now - self.poll_cap and not 0 <= drained[1] <= now:
+                # Nothing was ready at that claim, and whatever became ready since then
+                # pushed a wake-up token (only time, a delay or a lease ending, makes
+                # tasks ready without one): block on the tokens without claiming first.
+                next_ms = -1 if drained[1] < 0 else max(0, round((drained[1] - now) * 1000))
+                if give_up - now <= 0:
+                    self._drained[key] = drained
+                    return []
+            else:
                 claimed, next_ms = await self._claim_now(types, worker_id, max_tasks, lease_ms)
-                remaining = give_up - loop_time()
-                if claimed or remaining <= 0:
+                now = loop_time()
+                drained = None if next_ms == -2 else (now, -1.0 if next_ms < 0 else now + next_ms / 1000.0)
+                if claimed or wait <= 0 or give_up - now <= 0:
+                    if drained is not None:
+                        self._drained[key] = drained
                     return claimed
-                await waiter.wait(_pause(remaining, next_ms))
+            # Each token wakes one idle claimer, not all of them; a token pushed after
+            # the last claim is still there when BLPOP starts.
+            woken = await self._await_token(wake_keys, _pause(give_up - now, next_ms, self.poll_cap))
+            now = loop_time()
+            if woken:
+                drained = None
+
+    async def _await_token(self, keys: list[str], pause: float) -> bool:
+        """Pop one wake-up token of ``keys``, waiting up to ``pause`` s; True if one came."""
+        if pause <= 0:
+            return False
+        # BLPOP takes seconds with a decimal (0 would block for ever), and must end
+        # before the connection's read timeout.
+        timeout = max(round(min(pause, _BLOCK_MAX), 3), 0.001)
+        with redis_errors(self._connection.url, "wait for tasks"):
+            return await self._connection.client().blpop(keys, timeout=timeout) is not None
 
     async def _claim_now(
         self, types: list[str], worker_id: str, max_tasks: int, lease_ms: int
@@ -305,33 +386,60 @@ class RedisTaskQueue(TaskQueue):
         return found.get(task_id)
 
     async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
-        """Finished results among ``task_ids``; waits (woken by pub/sub on ack) up to ``timeout``."""
+        """Finished results among ``task_ids``; waits (woken by pub/sub on ack) up to ``timeout``.
+
+        A "done" event carries a small result itself, so a wake-up costs no read. Events
+        of tasks this queue enqueued that came while no one waited are kept: when they
+        cover every id asked for, no read is needed at all (every result is there).
+        """
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
-        found, next_ms = await self._results(ids)
+        found, _ = self._early.take(ids)  # an id whose event had no result is read below
+        if len(found) == len(ids):
+            return found
+        # Others may have finished too (their events still on the way): read them.
+        rest = [task_id for task_id in ids if task_id not in found]
+        more, next_ms = await self._results(rest)
+        found.update(more)
+        self._early.forget(more)
         if found or timeout <= 0:
             return found
         loop_time = _loop_time()
         give_up = loop_time() + timeout
         async with self._notifier.watch([self._keys.done_channel], ids) as waiter:
-            check: list[str] | None = None  # None: read every id; else only these
+            # None: read every id; else only these. After a "done" event only the tasks
+            # it named (without an inline result) are read, so waiting on a large fan-out
+            # costs O(tasks) reads in all rather than O(tasks) per wake-up. Only a full
+            # read knows the earliest lease deadline among all the ids.
+            check: list[str] | None = []
             while True:
                 waiter.clear()
-                # After a "done" event only the tasks it named are read, so waiting on a
-                # large fan-out costs O(tasks) reads in all rather than O(tasks) per wake-up.
-                # Only a full read knows the earliest lease deadline among all the ids.
                 if check is None or check:
                     found, deadline_ms = await self._results(ids if check is None else check)
                     if check is None:
                         next_ms = deadline_ms
                     if found:
+                        self._early.forget(found)
                         return found
                 remaining = give_up - loop_time()
                 if remaining <= 0:
                     return {}
-                woken = await waiter.wait(_pause(remaining, next_ms))
-                check = waiter.take_fired() if woken else None  # a timeout: look at everything
+                woken = await waiter.wait(_pause(remaining, next_ms, self.poll_cap))
+                fired = waiter.take_fired() if woken else None  # a timeout: look at everything
+                if fired is None:
+                    check = None
+                    continue
+                check, found = [], {}
+                for message in fired:
+                    task_id, result = _done_event(message)
+                    if result is not None:
+                        found[task_id] = result
+                    else:
+                        check.append(task_id)
+                if found:
+                    self._early.forget(found)
+                    return found
 
     async def cancel(self, task_id: str) -> bool:
         """Remove a queued or delayed task; True if removed."""
@@ -366,7 +474,9 @@ class RedisTaskQueue(TaskQueue):
 
     async def requeue_dead_letter(self, task_id: str) -> bool:
         """Queue a decodable dead letter again with attempt 0; False otherwise."""
-        return bool(await self._run("requeue", [task_id], f"requeue dead letter {task_id!r}"))
+        requeued = bool(await self._run("requeue", [task_id], f"requeue dead letter {task_id!r}"))
+        self._early.forget([task_id])  # its failed result is gone (other queues hear the script's event)
+        return requeued
 
     async def purge_dead_letter(self, task_id: str) -> bool:
         """Delete a dead letter (one round trip); the id stays known as long as its result."""
@@ -387,8 +497,68 @@ class RedisTaskQueue(TaskQueue):
         return f"<RedisTaskQueue {self._connection.masked_url} prefix={self.prefix!r}>"
 
 
-def _pause(remaining: float, next_ms: int) -> float:
-    pause = min(remaining, _POLL_CAP)
+class _EarlyResults:
+    """"Done" events of tasks this queue enqueued, kept until ``wait_results`` asks for them.
+
+    Holds at most ``limit`` ids (the oldest are dropped: those are then read, as any id
+    this queue did not enqueue is). ``clear()`` when events may have been missed.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[str, str | None] = OrderedDict()  # id -> event, None: none yet
+
+    def expect(self, task_id: str) -> None:
+        self._entries[task_id] = None
+        self._entries.move_to_end(task_id)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def expecting(self, task_id: str) -> bool:
+        return task_id in self._entries
+
+    def on_event(self, message: str) -> None:
+        task_id = message.split("\n", 1)[0]
+        if task_id in self._entries:
+            self._entries[task_id] = message
+
+    def take(self, ids: Collection[str]) -> tuple[dict[str, TaskResult], list[str]]:
+        """Results whose events came, and ids whose event came without the result (to read)."""
+        found: dict[str, TaskResult] = {}
+        bare: list[str] = []
+        for task_id in ids:
+            message = self._entries.get(task_id)
+            if message is None:
+                continue
+            del self._entries[task_id]
+            _, result = _done_event(message)
+            if result is None:
+                bare.append(task_id)
+            else:
+                found[task_id] = result
+        return found, bare
+
+    def forget(self, ids: Collection[str]) -> None:
+        for task_id in ids:
+            self._entries.pop(task_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _done_event(message: str) -> tuple[str, TaskResult | None]:
+    """``(task id, result or None)`` from a "done" event ``id`` or ``id\\nresult JSON``."""
+    task_id, _, body = message.partition("\n")
+    if not body:
+        return task_id, None
+    try:
+        return task_id, TaskResult.from_dict(decode(body.encode("utf-8")))
+    except (PayloadDecodeError, ValueError, KeyError, TypeError):
+        return task_id, None  # read it from its key instead
+
+
+def _pause(remaining: float, next_ms: int, cap: float = _POLL_CAP) -> float:
+    pause = min(remaining, cap)
     if next_ms >= 0:
         pause = min(pause, next_ms / 1000.0 + 0.001)
     return max(pause, 0.0)

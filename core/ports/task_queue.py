@@ -59,6 +59,7 @@ All times are seconds. Adapters translate engine errors into ``BackendError``s.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ __all__ = [
     "task_to_dict",
 ]
 
+
+# Concurrent enqueues of the default ``enqueue_many``.
+ENQUEUE_CONCURRENCY = 32
 
 @dataclass(frozen=True)
 class Task:
@@ -235,6 +239,26 @@ class TaskQueue:
     async def enqueue(self, task: Task) -> bool:
         """Queue ``task``; return False (and change nothing) if its id was seen before."""
         raise NotImplementedError
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        """``enqueue`` each of ``tasks``; one flag per task, in order, as ``enqueue`` returns.
+
+        A repeated id within ``tasks`` is False after its first occurrence. The tasks of
+        one call may be queued in any order among themselves (each after every task of an
+        earlier call). Adapters may batch them in fewer round trips; this default runs up
+        to ``ENQUEUE_CONCURRENCY`` enqueues at a time, so a networked backend overlaps
+        their round trips instead of paying them in series.
+        """
+        first: dict[str, int] = {}
+        for index, task in enumerate(tasks):
+            first.setdefault(task.id, index)
+        unique = [tasks[index] for index in first.values()]
+        created: dict[str, bool] = {}
+        for start in range(0, len(unique), ENQUEUE_CONCURRENCY):
+            batch = unique[start:start + ENQUEUE_CONCURRENCY]
+            for task, flag in zip(batch, await asyncio.gather(*(self.enqueue(task) for task in batch))):
+                created[task.id] = flag
+        return [first[task.id] == index and created[task.id] for index, task in enumerate(tasks)]
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
         """Put raw bytes on the queue of ``node_type``, as a foreign producer would.

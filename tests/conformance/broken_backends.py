@@ -64,6 +64,18 @@ class NonIdempotentEnqueueQueue(MemoryTaskQueue):
         return await super().enqueue(task)
 
 
+class BatchRepeatsQueue(MemoryTaskQueue):
+    """``enqueue_many`` queues an id repeated within the batch twice (and says True twice)."""
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        flags = []
+        for task in tasks:
+            self._data.seen.pop(task.id, None)
+            self._data.entries.pop(task.id, None)
+            flags.append(await super().enqueue(task))
+        return flags
+
+
 class NackDoesNotCountQueue(MemoryTaskQueue):
     """A nack gives the attempt back, so nothing ever reaches max_attempts by nacks."""
 

@@ -30,6 +30,7 @@ from distributed_agents.core.ports.backend import Backend
 CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
     "lifo-within-priority": ("task_queue.priority-fifo", bb.broken_opener(task_queue=bb.LifoQueue)),
     "enqueue-not-idempotent": ("task_queue.idempotent-enqueue", bb.broken_opener(task_queue=bb.NonIdempotentEnqueueQueue)),
+    "batch-repeats-queued-twice": ("task_queue.enqueue-many", bb.broken_opener(task_queue=bb.BatchRepeatsQueue)),
     "claimed-task-visible": ("task_queue.invisible-while-claimed", bb.broken_opener(task_queue=bb.VisibleWhileClaimedQueue)),
     "lease-never-expires": ("task_queue.lease-expiry", bb.broken_opener(task_queue=bb.NeverExpiringLeaseQueue)),
     "extend-does-nothing": ("task_queue.lease-extension", bb.broken_opener(task_queue=bb.ExtendDoesNothingQueue)),

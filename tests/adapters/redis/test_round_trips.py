@@ -1,0 +1,235 @@
+"""Round trips to Redis per workflow and per wake-up, counted by the server.
+
+With ``slowlog-log-slower-than 0`` Redis logs every top-level command with the client's
+name and address; commands run inside a Lua script are logged with address ``?:0`` and
+are not round trips. Each test runs a private server so that other tests' traffic stays
+out, and lengthens the periodic safety polls (``poll_cap``, heartbeats, lease renewals)
+so that only the work under test is counted: the figures are counts, not timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from support.aio import run
+from support.redis_server import RedisServer
+
+from distributed_agents import Graph, NodeRegistry, State, Worker
+from distributed_agents.adapters.redis.backend import open_redis_backend
+from distributed_agents.core.orchestrator import Orchestrator
+from distributed_agents.core.ports.backend import Backend, BackendOptions
+from distributed_agents.core.ports.task_queue import Task
+
+_TRACE: list[bytes] = []
+pytestmark = pytest.mark.timeout(120)
+
+
+def _backend(url: str, prefix: str) -> Backend:
+    options = BackendOptions.from_url(url, prefix=prefix, heartbeat_ttl=600)
+    backend = open_redis_backend(url, options)
+    backend.task_queue.poll_cap = 60.0  # type: ignore[attr-defined]
+    return backend
+
+
+async def _commands(meter: redis_asyncio.Redis) -> list[str]:
+    """Top-level commands of other clients since the last reset, oldest first (``EVALSHA``, ...)."""
+    # Raw entries: [id, time, µs, [command, args...], client address, client name].
+    entries = await meter.execute_command("SLOWLOG", "GET", -1)
+    names = []
+    for entry in reversed(entries):
+        address, name = entry[4], entry[5]
+        if address == b"?:0" or name == b"meter":  # inside a script, or the meter itself
+            continue
+        names.append(entry[3][0].decode().upper())
+        _TRACE.append(b" ".join(entry[3][:6])[:120])
+    return names
+
+
+async def _script_and_block_calls(meter: redis_asyncio.Redis) -> Counter[str]:
+    """Calls of EVALSHA and BLPOP since the last ``CONFIG RESETSTAT``, from ``INFO commandstats``.
+
+    Both are only ever top-level commands (a script cannot block, and the commands a
+    script runs count under their own names), so they are round trips; cheaper to read
+    than the slow log when thousands of commands run inside scripts.
+    """
+    stats = await meter.info("commandstats")
+    return Counter({name: int(stats.get(f"cmdstat_{name.lower()}", {}).get("calls", 0))
+                    for name in ("EVALSHA", "BLPOP")})
+
+
+async def _start_counting(url: str) -> redis_asyncio.Redis:
+    meter = redis_asyncio.Redis.from_url(url, client_name="meter")
+    await meter.config_set("slowlog-log-slower-than", 0)
+    await meter.config_set("slowlog-max-len", 100000)
+    await meter.slowlog_reset()
+    return meter
+
+
+def test_one_single_node_workflow_costs_nine_round_trips_besides_its_events() -> None:
+    """Orchestrator and worker together: lease, create, enqueue, one result read, commit
+    and release on the orchestrator's side; wake-up (BLPOP), claim and ack (result stored
+    and announced in the ack script) on the worker's side. The result then reaches the
+    waiting orchestrator inside the "done" event: no second read. Events go out
+    separately, batched off the workflow's path.
+    """
+    registry = NodeRegistry()
+
+    @registry.register("noop")
+    async def noop(state: State) -> dict[str, Any]:
+        return {"x": 1}
+
+    graph = Graph("rt").add_node("n", node_type="noop").set_entry_point("n").set_finish_point("n").compile()
+
+    async def scenario(url: str) -> list[list[str]]:
+        prefix = f"rt{uuid.uuid4().hex[:8]}"
+        worker_backend, orchestrator_backend = _backend(url, prefix), _backend(url, prefix)
+        worker = Worker(["noop"], capacity=4, backend=worker_backend, registry=registry, worker_id="w1",
+                        heartbeat_interval=300, poll_wait=3)
+        serving = asyncio.ensure_future(worker.start())
+        # As DistributedOrchestrator runs: nodes on workers, which it waits for.
+        orchestrator = Orchestrator(backend=orchestrator_backend, lease_ttl=600, recover=False, local_nodes=False,
+                                    wait_for_workers=True)
+        meter: redis_asyncio.Redis | None = None
+        try:
+            for _ in range(3):  # warm-up: scripts loaded, pub/sub subscribed, worker idle
+                await orchestrator.execute(graph, {})
+            await asyncio.sleep(0.2)
+            meter = await _start_counting(url)
+            runs = []
+            for _ in range(3):
+                await meter.slowlog_reset()
+                result = await orchestrator.execute(graph, {})
+                assert result["x"] == 1
+                await asyncio.sleep(0.2)  # events published, the worker blocked again
+                runs.append(await _commands(meter))
+            return runs
+        finally:
+            await orchestrator.close()
+            await worker.stop()
+            await serving
+            await orchestrator_backend.close()
+            await worker_backend.close()
+            if meter is not None:
+                await meter.aclose()
+
+    with RedisServer() as server:
+        runs = run(scenario(server.url), 90)
+    blpops = []
+    for commands in runs:
+        counts = Counter(commands)
+        events = counts.pop("PUBLISH", 0)
+        blpops.append(counts.pop("BLPOP", 0))
+        # 6 EVALSHA of the orchestrator (lease, create, enqueue, result read, commit,
+        # release) + 2 of the worker (claim, ack).
+        assert counts == {"EVALSHA": 8}, _TRACE[-len(commands):]
+        assert events <= 5, commands  # workflow.started, node.started/completed, step.committed, workflow.completed
+    # + 1 BLPOP: the idle worker's wake-up. An idle worker's BLPOP also ends every 5 s
+    # without a token (and blocks again, without claiming): at most one run sees that.
+    assert min(blpops) == 1 and max(blpops) <= 2, blpops
+
+
+def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
+    """Four claimers block waiting; one enqueue wakes one of them: one claim, not four."""
+
+    async def scenario(url: str) -> tuple[list[str], list[int], list[str]]:
+        prefix = f"herd{uuid.uuid4().hex[:8]}"
+        backends = [_backend(url, prefix) for _ in range(5)]
+        for backend in backends:
+            await backend.connect()
+        producer, claimers = backends[0].task_queue, [b.task_queue for b in backends[1:]]
+        await producer.enqueue(Task("warm", "wf", "n", "beta", {}))  # scripts loaded
+        meter = await _start_counting(url)
+        try:
+            waits = [asyncio.ensure_future(q.claim(["alpha"], worker_id=f"w{i}", wait=30))
+                     for i, q in enumerate(claimers)]
+            for _ in range(200):  # every claimer blocked on the wake-up list
+                if Counter(await _commands(meter))["EVALSHA"] == 4:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            await meter.slowlog_reset()
+            await producer.enqueue(Task("t1", "wf", "n", "alpha", {}))
+            done, pending = await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.sleep(0.3)  # a herd would show up here: every claimer claiming
+            after_one = await _commands(meter)
+            got = [len(w.result()) for w in done]
+            await meter.slowlog_reset()
+            await producer.enqueue_many([Task(f"m{i}", "wf", "n", "alpha", {}) for i in range(3)])
+            rest = await asyncio.wait_for(asyncio.gather(*pending), 10)
+            got += [len(r) for r in rest]
+            await asyncio.sleep(0.3)
+            after_three = await _commands(meter)
+            return after_one, got, after_three
+        finally:
+            await meter.aclose()
+            for backend in backends:
+                await backend.close()
+
+    with RedisServer() as server:
+        after_one, got, after_three = run(scenario(server.url), 60)
+    # A blocked BLPOP also ends every 5 s without a token and blocks again (no claim):
+    # up to one such per claimer may fall into a window.
+    one, three = Counter(after_one), Counter(after_three)
+    # The enqueue, then one blocked BLPOP returns and its claimer claims the task; with a
+    # herd, every claimer would claim.
+    assert one["EVALSHA"] == 2 and 1 <= one["BLPOP"] <= 5 and len(one) == 2, after_one
+    assert sorted(got) == [1, 1, 1, 1]
+    # Three tasks: one enqueue script, three wake-ups, three claims; the fourth claimer's
+    # empty claim never happens.
+    assert three["EVALSHA"] == 4 and 3 <= three["BLPOP"] <= 7 and len(three) == 2, after_three
+
+
+def test_a_fan_out_is_enqueued_in_two_scripts_and_a_wake_up_needs_no_read() -> None:
+    """1,000 tasks: two enqueue scripts (500 each). A waiting wait_results gets the result
+    inside the "done" event of the ack: after its first read, no other."""
+
+    async def scenario(url: str) -> tuple[Counter[str], Counter[str], int]:
+        prefix = f"fan{uuid.uuid4().hex[:8]}"
+        producer, consumer = _backend(url, prefix), _backend(url, prefix)
+        await producer.connect()
+        await consumer.connect()
+        queue, other = producer.task_queue, consumer.task_queue
+        meter = await _start_counting(url)
+        try:
+            # Warm-up: scripts loaded, "done" events subscribed.
+            await queue.enqueue_many([Task("warm", "wf", "n", "alpha", {})])
+            [warm] = await other.claim(["alpha"], worker_id="w")
+            await other.ack(warm, None)
+            assert await queue.wait_results(["warm"], timeout=5)
+            await meter.config_set("slowlog-log-slower-than", -1)  # thousands of entries: too slow to read
+            await meter.config_resetstat()
+            tasks = [Task(f"t{i}", "wf", "n", "alpha", {"i": i}) for i in range(1000)]
+            assert all(await queue.enqueue_many(tasks))
+            claims = await other.claim(["alpha"], worker_id="w", max_tasks=1000)
+            waiting = asyncio.ensure_future(queue.wait_results([t.id for t in tasks], timeout=30))
+            await asyncio.sleep(0.2)  # it read once, found nothing, and waits
+            await other.ack(claims[0], {"i": claims[0].task.payload["i"]})
+            first = await waiting
+            assert list(first) == [claims[0].task.id] and first[claims[0].task.id].output == {"i": 0}
+            one_wake_up = await _script_and_block_calls(meter)
+            for claim in claims[1:]:
+                await other.ack(claim, {"i": claim.task.payload["i"]})
+            collected = dict(first)
+            while len(collected) < 1000:
+                found = await queue.wait_results([t.id for t in tasks if t.id not in collected], timeout=10)
+                assert found
+                collected.update(found)
+            assert collected["t7"].output == {"i": 7}
+            return one_wake_up, await _script_and_block_calls(meter), len(collected)
+        finally:
+            await meter.aclose()
+            await producer.close()
+            await consumer.close()
+
+    with RedisServer() as server:
+        one_wake_up, total, collected = run(scenario(server.url), 60)
+    assert collected == 1000
+    # 2 enqueue scripts + 1 claim + 1 result read + 1 ack: the wake-up read nothing.
+    assert one_wake_up == {"EVALSHA": 5, "BLPOP": 0}, one_wake_up
+    # + 999 acks, and at most one result read per wait_results call after the first.
+    assert 1004 <= total["EVALSHA"] <= 2003, total
