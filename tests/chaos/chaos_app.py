@@ -15,7 +15,9 @@ Three graphs mix the shapes the engine has to get right:
   ``interrupt()``, so the workflow pauses mid-map with the other reviews' writes pending,
   waiting for answers (``answers_for``) that another process gives later, by id;
 * ``chaos_nested``: ``prep``, then ``inner`` - a compiled three-node graph used as a
-  node (a child workflow whose nodes run on the workers) - then ``post``.
+  node (a child workflow whose nodes run on the workers) - then ``post``;
+* ``chaos_fallback``: ``flaky`` always fails (two attempts), its ``on_error`` handler
+  ``fallback`` takes over, then ``finish``: the handled failure must leave no dead letter.
 
 ``DA_CHAOS_NODE_DELAY`` (seconds, default 0.15) is how long each node sleeps.
 """
@@ -27,12 +29,13 @@ import hashlib
 import os
 from typing import Any
 
-from distributed_agents import Graph, NodeRegistry, Send, State, interrupt
+from distributed_agents import Graph, NodeRegistry, RetryPolicy, Send, State, interrupt
 
 registry = NodeRegistry()
 
 # chaos_approval first: its workflows pause early, so an orchestrator kill need not wait for one.
-GRAPH_NAMES = ("chaos_approval", "chaos_chain", "chaos_fanout", "chaos_review", "chaos_map", "chaos_nested")
+GRAPH_NAMES = ("chaos_approval", "chaos_chain", "chaos_fanout", "chaos_review", "chaos_map", "chaos_nested",
+               "chaos_fallback")
 
 
 def _delay() -> float:
@@ -170,6 +173,23 @@ def _out_of_inner(final: Any) -> dict[str, Any]:
     return {"value": final["value"], "inner": final["trail"]}
 
 
+for _name in ("prepare", "finish"):
+    registry.register_node(_name, _chain_node(_name))
+
+
+@registry.register("flaky")
+async def flaky(state: State) -> dict[str, Any]:
+    await asyncio.sleep(_delay())
+    raise ConnectionError(f"upstream for {state['value']} is down")
+
+
+@registry.register("fallback")
+async def fallback(state: State) -> dict[str, Any]:  # state is {"error": {...}, "state": <flaky's input>}
+    await asyncio.sleep(_delay())
+    # Only what every run agrees on: a killed worker's lease expiry may change the attempts and the message.
+    return {"value": _digest("fallback", state["state"]["value"], state["error"]["node"]), "trail": ["fallback"]}
+
+
 def build_graphs() -> dict[str, Graph]:
     """The compiled graphs by name (nodes run wherever their type is served)."""
     chain = Graph("chaos_chain", reducers={"trail": "extend"})
@@ -213,7 +233,14 @@ def build_graphs() -> dict[str, Graph]:
     nested.add_node("prep").add_node("inner", inner.compile(), input=_into_inner, output=_out_of_inner)
     nested.add_node("post")
     nested.set_entry_point("prep").add_edge("prep", "inner").add_edge("inner", "post").set_finish_point("post")
-    return {g.name: g.compile() for g in (chain, fanout, review, mapping, approval, nested)}
+
+    handled = Graph("chaos_fallback", reducers={"trail": "extend"})
+    handled.add_node("prepare").add_node("flaky", retry=RetryPolicy(max_attempts=2, initial_interval=0.1, jitter=False),
+                                         on_error="fallback")
+    handled.add_node("fallback").add_node("finish")
+    handled.set_entry_point("prepare").add_edge("prepare", "flaky").add_edge("flaky", "finish")
+    handled.add_edge("fallback", "finish").set_finish_point("finish")
+    return {g.name: g.compile() for g in (chain, fanout, review, mapping, approval, nested, handled)}
 
 
 def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
@@ -230,4 +257,5 @@ def workflow_spec(index: int) -> tuple[str, dict[str, Any]]:
 
 
 NODE_TYPES = ("c1", "c2", "c3", "c4", "split", "b1", "b2", "b3", "gather", "writer", "reviewer", "publisher",
-              "mapper", "mapped", "reduce", "plan", "review", "conclude", "prep", "sub_a", "sub_b", "sub_c", "post")
+              "mapper", "mapped", "reduce", "plan", "review", "conclude", "prep", "sub_a", "sub_b", "sub_c", "post",
+              "prepare", "flaky", "fallback", "finish")

@@ -5,8 +5,8 @@ server of its own is started, then real processes: several workers (the
 ``distributed-agents worker`` CLI serving ``chaos_app``) and two orchestrator processes
 (``orchestrate.py``, each a ``DistributedOrchestrator`` with recovery on) that submit W
 workflows mixing chains, fan-outs with reducers and a join, the writer/reviewer
-revise loop, Send maps, a map whose tasks pause in ``interrupt()`` and a subgraph node
-(see ``chaos_app``). Meanwhile a schedule drawn from a seeded RNG
+revise loop, Send maps, a map whose tasks pause in ``interrupt()``, a subgraph node and
+a node whose failure its ``on_error`` handler takes (see ``chaos_app``). Meanwhile a schedule drawn from a seeded RNG
 
 * SIGKILLs workers (a replacement is started at once; until one kill landed while
   workers held Send tasks of a map, each waits up to 2 s for that),
@@ -31,7 +31,7 @@ Proven at the end, per backend:
 * no step was committed twice: the checkpoint history of each workflow (and child
   workflow) has exactly one entry per step, steps 0..N contiguous, N being the record's step;
 * nothing is left behind: for every node type nothing is queued or leased, and nothing
-  was dead-lettered;
+  is dead-lettered (a failure an ``on_error`` handler took included);
 * a caller of ``execute`` in a surviving orchestrator got the workflow's result, not an
   error (the outage and the takeover are invisible to it).
 
