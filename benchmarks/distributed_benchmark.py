@@ -12,6 +12,12 @@ Workloads, each with 1 and with 4 worker processes (``--workers 1,4``):
     triggered (dispatched) to its result being merged, p50 and p99.
 Every run uses a fresh key prefix. Figures depend on the machine: compare ratios
 measured in one run rather than absolute numbers across machines.
+
+``--arq-python PATH`` (an interpreter with arq installed from
+``benchmarks/requirements-bench.txt``, in its own environment) also runs
+``arq_benchmark.py`` against the same Redis and prints the ratios: single-node
+workflows/s and fan-out tasks/s (1 worker) over arq's no-op jobs/s, and fan-out with
+the most workers over 1 worker. ``--results FILE`` writes every figure as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import statistics
@@ -52,7 +59,7 @@ def fan_graph(width: int) -> Graph:
 
 @contextlib.contextmanager
 def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[None]:
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     processes = [
         subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
                           "--app", "bench_app:registry", "--backend-url", url, "--prefix", prefix,
@@ -166,15 +173,53 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--width", type=int, default=1000)
     parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--arq-python", help="interpreter of an environment with arq installed (redis only)")
+    parser.add_argument("--results", help="write the figures and ratios to this JSON file")
     args = parser.parse_args()
+    results: dict[str, Any] = {"workers": {}}
     with local_server(args.start, args.backend_url) as url:
         print(f"backend {url}")
         for count in (int(c) for c in args.workers.split(",")):
             f = await measure(url, count, args)
             p50, p99 = f["latency"]
+            results["workers"][count] = {"single": f["single"], "fan-out": f["fan-out"], "p50_ms": p50 * 1000,
+                                         "p99_ms": p99 * 1000}
             print(f"{count} worker(s): single-node workflows {f['single']:8.0f} tasks/s | "
                   f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s | "
                   f"trigger->merged p50 {p50 * 1000:6.2f} ms p99 {p99 * 1000:6.2f} ms")
+        if args.arq_python:
+            results["arq"] = arq_figure(args.arq_python, url, args.workflows)
+            print(f"arq 0.28, 1 worker (poll_delay 0.01, max_jobs 32): {results['arq']:8.0f} no-op jobs/s")
+    results["ratios"] = ratios(results)
+    for name, value in results["ratios"].items():
+        print(f"{name}: {value:.2f}x")
+    if args.results:
+        pathlib.Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def arq_figure(python: str, url: str, jobs: int) -> float:
+    """arq's no-op jobs/s on ``url``, run by ``arq_benchmark.py`` in the arq environment."""
+    output = subprocess.run([python, str(HERE / "arq_benchmark.py"), "--redis-url", url, "--jobs", str(jobs)],
+                            check=True, capture_output=True, text=True, timeout=600).stdout
+    for line in output.splitlines():
+        if line.startswith("arq jobs/s "):
+            return float(line.split()[-1])
+    raise RuntimeError(f"arq_benchmark.py printed no figure: {output!r}")
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The comparisons of issue-style tables: ours over arq, many workers over one."""
+    workers = results["workers"]
+    out: dict[str, float] = {}
+    one = workers.get(1)
+    if one and results.get("arq"):
+        out["single-node workflows/s vs arq jobs/s (1 worker)"] = one["single"] / results["arq"]
+        out["fan-out tasks/s vs arq jobs/s (1 worker)"] = one["fan-out"] / results["arq"]
+    most = max(workers) if workers else None
+    if one and most and most != 1:
+        out[f"fan-out tasks/s, {most} workers vs 1"] = workers[most]["fan-out"] / one["fan-out"]
+        out[f"single-node workflows/s, {most} workers vs 1"] = workers[most]["single"] / one["single"]
+    return out
 
 
 if __name__ == "__main__":

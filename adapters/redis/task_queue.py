@@ -221,10 +221,11 @@ class RedisTaskQueue(TaskQueue):
             what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
             reply = await self._run("enqueue", args, what)
             created += [bool(int(flag)) for flag in reply]
-        if watched:
-            for task, new in zip(tasks, created):
-                if new:
-                    self._early.expect(task.id)
+        for task, new in zip(tasks, created):
+            if new and watched:
+                self._early.expect(task.id)
+            elif not new:
+                self._early.forget([task.id])  # known before: its result is read, not awaited
         return created
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
@@ -340,13 +341,16 @@ class RedisTaskQueue(TaskQueue):
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
         """Store the result and remove the task in one script; ``LeaseLostError`` if lost."""
         result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id)
+        raw = encode(result.to_dict())
         outcome = await self._run(
             "ack",
-            [claim.task.id, claim.lease_id, uuid.uuid4().hex, encode(result.to_dict())],
+            [claim.task.id, claim.lease_id, uuid.uuid4().hex, raw],
             f"ack task {claim.task.id!r}",
         )
         if int(outcome) < 0:
             raise self._lost(claim)
+        if self._early.expecting(claim.task.id):  # known stored now, whatever its event does
+            self._early.on_event(f"{claim.task.id}\n{raw.decode('utf-8')}")
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         """Record ``error``; re-deliver (after ``delay``) or dead-letter, in one script."""
@@ -360,6 +364,8 @@ class RedisTaskQueue(TaskQueue):
         )
         if outcome < 0:
             raise self._lost(claim)
+        if outcome == 0:
+            self._early.forget([claim.task.id])  # dead-lettered: its result is read, not awaited
         return outcome == 1
 
     async def release(self, claim: ClaimedTask) -> None:
@@ -389,8 +395,11 @@ class RedisTaskQueue(TaskQueue):
         """Finished results among ``task_ids``; waits (woken by pub/sub on ack) up to ``timeout``.
 
         A "done" event carries a small result itself, so a wake-up costs no read. Events
-        of tasks this queue enqueued that came while no one waited are kept: when they
-        cover every id asked for, no read is needed at all (every result is there).
+        of tasks this queue enqueued that came while no one waited are kept (and so are
+        its own acks). Ids this queue enqueued (new, while subscribed) are never read
+        (unless ``timeout`` is 0): a result stored since the enqueue announces itself,
+        so one whose event is still on the way is returned by this call's wait or the
+        next call. Other ids are read first.
         """
         ids = list(dict.fromkeys(task_ids))
         if not ids:
@@ -398,11 +407,14 @@ class RedisTaskQueue(TaskQueue):
         found, _ = self._early.take(ids)  # an id whose event had no result is read below
         if len(found) == len(ids):
             return found
-        # Others may have finished too (their events still on the way): read them.
+        # Ids this queue enqueued after subscribing announce their results; others are read.
         rest = [task_id for task_id in ids if task_id not in found]
-        more, next_ms = await self._results(rest)
-        found.update(more)
-        self._early.forget(more)
+        unread = rest if timeout <= 0 else [task_id for task_id in rest if not self._early.expecting(task_id)]
+        next_ms = -1
+        if unread:
+            more, next_ms = await self._results(unread)
+            found.update(more)
+            self._early.forget(more)
         if found or timeout <= 0:
             return found
         loop_time = _loop_time()
