@@ -370,8 +370,14 @@ class Worker:
         assert self._beat_now is not None
         registry = self.backend.worker_registry
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval)
+            # asyncio.wait, not wait_for: on Python < 3.12 wait_for can swallow a cancellation
+            # that arrives as the event fires, and this loop would then outlive stop() for ever
+            # (the worker process hung after SIGTERM, in the chaos suite).
+            woken = asyncio.ensure_future(self._beat_now.wait())
+            try:
+                await asyncio.wait([woken], timeout=self.heartbeat_interval)
+            finally:
+                woken.cancel()
             self._beat_now.clear()
             usage = self.slot_usage()
             try:

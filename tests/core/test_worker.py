@@ -271,3 +271,30 @@ def test_a_heartbeat_interval_over_half_the_registry_ttl_is_refused() -> None:
         Worker(["a"], backend=backend, heartbeat_interval=0.6)
     Worker(["a"], backend=backend, heartbeat_interval=0.5)  # two beats fit
     Worker(["a"], heartbeat_interval=15)
+
+
+def test_a_heartbeat_cancelled_as_it_is_woken_still_stops() -> None:
+    """Chaos-suite finding: a worker process hung after SIGTERM. Its heartbeat loop waited with
+    ``asyncio.wait_for``, which (Python < 3.12) can swallow a cancellation arriving as the awaited
+    event fires (here: slot usage changing as stop() cancels the helpers), so the loop ran on."""
+    from distributed_agents.core.ports.worker_registry import WorkerInfo
+
+    worker = Worker(node_types={"x"}, heartbeat_interval=10.0)
+    worker.register_node("x", lambda s: {})
+
+    async def body() -> list[bool]:
+        await worker.backend.connect()
+        worker._beat_now = asyncio.Event()
+        stopped = []
+        for _ in range(5):
+            beat = asyncio.ensure_future(worker._heartbeat(WorkerInfo(worker.worker_id, frozenset({"x"}))))
+            await asyncio.sleep(0.01)
+            worker._beat_now.set()  # woken and cancelled in the same turn of the loop
+            beat.cancel()
+            done, _ = await asyncio.wait([beat], timeout=10)
+            stopped.append(bool(done))
+            if not done:
+                beat.cancel()
+        return stopped
+
+    assert run(body()) == [True] * 5
