@@ -521,8 +521,11 @@ class Orchestrator:
         chunks (custom, messages, debug) are held, then the oldest are dropped and a
         ``StreamGap`` is yielded in their place. Steps that were missed on the bus are read
         from the checkpoints (at the latest after ``poll_interval`` seconds of silence).
-        Leaving the loop early stops driving the workflow here (it stays resumable); close
-        the iterator (``contextlib.aclosing``) to stop at once. ``ConfigurationError`` at
+        Leaving the loop early (``break``, ``aclose()``, an exception in the consumer, the
+        iterator collected) never strands the workflow: this orchestrator keeps driving it to
+        its end in the background, exactly as after ``submit`` (``wait``/``get_result`` take
+        its id, ``cancel_workflow`` stops it, ``close`` stops driving it and leaves it
+        resumable). Attaching by id only stops following. ``ConfigurationError`` at
         once for an unknown ``stream_mode`` (naming the valid ones) or a bad argument.
         """
         parse_stream_mode(stream_mode)
@@ -575,14 +578,18 @@ class Orchestrator:
                               subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
         await reader.open()  # subscribed before the workflow starts: no chunk is missed
         driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
+        driver.add_done_callback(_ignore_outcome)  # its outcome is the stream's, if anyone still reads it
         try:
             async for chunk in reader.chunks(after_step=after, driver=driver):
                 yield chunk
         finally:
-            if not driver.done():
-                driver.cancel()
-            with contextlib.suppress(BaseException):
-                await driver
+            if not driver.done() and workflow_id not in self._background:
+                # The stream is a view of a durable workflow: leaving the loop (break, aclose, an
+                # exception in the consumer, garbage collection) leaves the workflow running to its
+                # end as a background task of this orchestrator, as after submit(); close() stops it.
+                self._background[workflow_id] = driver
+                driver.add_done_callback(lambda done: self._background.pop(workflow_id, None)
+                                         if self._background.get(workflow_id) is done else None)
             await reader.close()
 
     def stream(
@@ -594,8 +601,11 @@ class Orchestrator:
         """``astream`` as a plain iterator, for code that is not async (same arguments, same chunks).
 
         Runs its own event loop while it is iterated and closes this orchestrator's
-        connections when the iteration ends (or the iterator is closed). ``ExecutionError``
-        inside a running event loop (iterate ``astream`` there).
+        connections when the iteration ends (or the iterator is closed or collected).
+        Leaving early therefore stops driving a workflow it started: it is left ``running``
+        with its lease released at once, and ``resume(workflow_id, graph)`` (or recovery)
+        continues it from its last committed step. ``ExecutionError`` inside a running
+        event loop (iterate ``astream`` there).
         """
         stream = self.astream(graph, initial_state, **options)  # argument errors here, at once
         return iterate_sync(self, "stream()", stream)

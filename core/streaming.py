@@ -49,7 +49,7 @@ from distributed_agents.core.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
-from distributed_agents.core.interrupts import read_interrupts
+from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
@@ -195,15 +195,17 @@ class StreamReader:
 
     async def close(self) -> None:
         """Stop reading the bus. Idempotent."""
+        # The subscription is closed first: its reader then ends by itself, even where a
+        # cancellation racing a delivery is swallowed (asyncio.wait_for before Python 3.12).
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.close()
+            self._subscription = None
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(BaseException):
                 await self._pump
             self._pump = None
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._subscription.close()
-            self._subscription = None
 
     async def _read(self, subscription: Subscription) -> None:
         async for message in subscription:
@@ -359,7 +361,7 @@ class StreamReader:
         """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""
         out = []
         if record.status == WorkflowStatus.INTERRUPTED and "updates" in self.modes:
-            pauses = [{"id": i.id, "node": i.node, "value": i.value, "kind": i.kind}
+            pauses = [PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind)
                       for i in read_interrupts(record.frontier)]
             out.append(self._shape("updates", {INTERRUPT_KEY: pauses}, ()))
         if raise_errors and record.status == WorkflowStatus.FAILED:

@@ -52,7 +52,10 @@ def iterate_sync(orchestrator: Orchestrator, what: str, stream: AsyncIterator[T]
     The loop exists while the iteration lasts; when it ends (exhausted, raised, or the
     iterator is closed or collected) the stream is closed, then ``orchestrator``'s
     connections, then the loop. Between two ``next()`` calls nothing of this
-    orchestrator runs (in-process nodes wait; workers elsewhere do not). Raises like
+    orchestrator runs (in-process nodes wait; workers elsewhere do not). Closing the
+    orchestrator stops driving a workflow the stream started before its end: it is left
+    ``running`` with its lease released at once, so ``resume`` (or an orchestrator with
+    ``recover``) continues it immediately from its last committed step. Raises like
     ``run_sync`` when a loop is running here or the orchestrator has an opened Backend.
     """
     _check_blocking(orchestrator, what)

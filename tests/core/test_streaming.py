@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
     NodeExecutionError,
+    WorkflowCancelledError,
     WorkflowExistsError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -353,23 +356,92 @@ def test_a_writer_whose_bus_stalls_drops_its_oldest_chunks_and_reports_them() ->
     assert got[2]["type"] == "chunks" and [m["chunk"] for m in got[2]["chunks"]] == [8, 9, 10] and len(got) == 3
 
 
-def test_an_early_break_stops_driving_the_workflow_which_stays_resumable() -> None:
+class _ConsumerError(Exception):
+    pass
+
+
+async def _leave(stream: Any, how: str) -> None:
+    """Take the first chunk of ``stream``, then leave the loop the way ``how`` says."""
+    if how == "break":
+        async for _ in stream:
+            break
+    elif how == "aclose":
+        await stream.__anext__()
+        await stream.aclose()
+    elif how == "raise":
+        with contextlib.suppress(_ConsumerError):
+            async for _ in stream:
+                raise _ConsumerError("the consumer failed")
+    else:  # "drop": the iterator is left to the garbage collector
+        await stream.__anext__()
+        del stream
+        gc.collect()
+    await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("how", ["break", "aclose", "raise", "drop"])
+def test_leaving_the_loop_early_leaves_the_workflow_running_to_its_end(how: str) -> None:
+    async def scenario() -> tuple[str, dict[str, Any], bool]:
+        gate = asyncio.Event()
+        orchestrator = Orchestrator()
+        try:
+            await _leave(orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-left"),
+                         how)
+            status = (await orchestrator.get_workflow_status("wf-left")).status
+            gate.set()  # the node finishes after the consumer left: someone still drives it
+            final = await orchestrator.wait("wf-left", timeout=20)
+            return status, dict(final), bool(await orchestrator.list_workflows("active"))
+        finally:
+            await orchestrator.close()
+
+    status, final, active = run(scenario())
+    assert status == "running" and final == {"n": 3} and not active
+
+
+def test_a_workflow_whose_stream_was_left_is_cancelled_like_a_submitted_one() -> None:
     async def scenario() -> str:
         gate = asyncio.Event()
         orchestrator = Orchestrator()
-        stream = orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-break")
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for chunk in stream:
-                assert chunk == "waiting"
-                break
-        status = (await orchestrator.get_workflow_status("wf-break")).status
-        gate.set()
-        final = await orchestrator.resume("wf-break", gated_graph(gate))
-        await orchestrator.close()
-        assert final["n"] == 3
-        return status
+        try:
+            await _leave(orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-lc"),
+                         "break")
+            assert await orchestrator.cancel_workflow("wf-lc")
+            with pytest.raises(WorkflowCancelledError):
+                await orchestrator.wait("wf-lc", timeout=20)
+            gate.set()
+            return (await orchestrator.get_workflow_status("wf-lc")).status
+        finally:
+            await orchestrator.close()
 
-    assert run(scenario()) == "running"
+    assert run(scenario()) == "cancelled"
+
+
+def test_leaving_a_sync_stream_early_releases_the_lease_so_resume_continues_at_once() -> None:
+    gate = threading.Event()
+
+    def wait(state: State) -> dict[str, Any]:
+        get_stream_writer()("waiting")
+        gate.wait(10)
+        return {"n": 2}
+
+    graph = Graph("sync-left").add_node("wait", wait).add_node("last", lambda s: {"n": 3})
+    graph = graph.set_entry_point("wait").add_edge("wait", "last").set_finish_point("last").compile()
+    orchestrator = Orchestrator(lease_ttl=600)  # an expiring lease would hide a held one
+    for chunk in orchestrator.stream(graph, {}, stream_mode="custom", workflow_id="wf-sync-left"):
+        assert chunk == "waiting"
+        gate.set()
+        break
+    # The stream's event loop ended with the loop: the workflow is left running, its lease free.
+    assert orchestrator.sync.get_workflow_status("wf-sync-left").status == "running"
+
+    async def lease_is_free() -> bool:
+        lease = await orchestrator.backend.state_store.acquire_lease("wf-sync-left", "someone", 5)
+        if lease is not None:
+            await orchestrator.backend.state_store.release_lease(lease)
+        return lease is not None
+
+    assert run(lease_is_free())
+    assert orchestrator.sync.resume("wf-sync-left", graph)["n"] == 3
 
 
 def test_subgraph_chunks_and_steps_carry_their_namespace_only_with_subgraphs_true() -> None:
