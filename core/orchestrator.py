@@ -207,6 +207,15 @@ class Orchestrator:
                 f"got {step_limit!r}")
         if lease_ttl <= 0:
             raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        if isinstance(registry, (str, bytes)):
+            # Orchestrator("redis://...") would otherwise run on memory:// without a word.
+            raise ConfigurationError(
+                f"Orchestrator({registry!r}): the first argument is the node registry, not the backend; pass the "
+                f"backend by keyword: Orchestrator(backend={registry!r})")
+        if registry is not None and not isinstance(registry, NodeRegistry):
+            raise ConfigurationError(
+                f"Orchestrator(registry=...) takes a NodeRegistry, got {type(registry).__name__}; pass the backend "
+                "URL as backend='redis://host:6379/0'")
         self.registry = registry if registry is not None else NodeRegistry()
         self._backend_arg = backend
         self._owns_backend = not isinstance(backend, Backend)

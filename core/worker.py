@@ -133,6 +133,16 @@ class Worker:
         backend_options: Mapping[str, Any] | None = None,
         handle_signals: bool = False,
     ) -> None:
+        if isinstance(node_types, (str, bytes)):
+            # Worker("redis://...") or Worker("llm") would otherwise serve the string's characters.
+            raise ConfigurationError(
+                f"Worker({node_types!r}): the first argument is the node types to serve (a list of names), not a "
+                f"backend or a single name; pass the backend by keyword (Worker(backend={node_types!r})) and node "
+                "types as a list (Worker(['llm'], backend=...))")
+        if isinstance(node_types, NodeRegistry):
+            raise ConfigurationError(
+                "Worker(registry): the first argument is the node types to serve; pass the registry by keyword: "
+                "Worker(registry=registry, backend='redis://host:6379/0')")
         if capacity < 1:
             raise ConfigurationError(f"Worker capacity must be >= 1, got {capacity}")
         if heartbeat_interval <= 0:

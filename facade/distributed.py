@@ -33,6 +33,12 @@ IN_PROCESS_SCHEMES = frozenset({"memory"})
 
 def backend_url_from(redis_url: str | None, backend_url: str | None) -> str:
     """The backend URL from the arguments or the environment; a clear error if there is none."""
+    for name, given in (("redis_url", redis_url), ("backend_url", backend_url)):
+        if given is not None and not isinstance(given, str):
+            # DistributedOrchestrator(registry) / DistributedWorker(registry): the first argument is the URL.
+            raise ConfigurationError(
+                f"{name} must be a backend URL str such as 'redis://host:6379/0', got {type(given).__name__}; "
+                "pass a NodeRegistry as registry=")
     if redis_url and backend_url and redis_url != backend_url:
         raise ConfigurationError("pass either redis_url= or backend_url=, not both")
     url = backend_url or redis_url or os.environ.get("BACKEND_URL") or os.environ.get("REDIS_URL") \

@@ -520,3 +520,23 @@ def test_chunks_a_writer_dropped_are_reported_to_the_caller_as_a_writer_gap() ->
     got = run(scenario())
     assert got[0] == "waiting" and got[2] == "released"
     assert got[1] == StreamGap({"custom": 3}, "writer", "wf-wgap")  # only the modes asked for
+
+
+def test_a_backend_url_given_where_the_registry_or_node_types_go_is_refused_pointing_to_backend() -> None:
+    from distributed_agents import NodeRegistry
+    from distributed_agents.core.worker import Worker
+    from distributed_agents.distributed import DistributedOrchestrator, DistributedWorker
+
+    for url in ("redis://127.0.0.1:1/0", "nats://127.0.0.1:1", "memory://"):
+        with pytest.raises(ConfigurationError, match=f"Orchestrator\\(backend='{url}'\\)"):
+            Orchestrator(url)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=f"Worker\\(backend='{url}'\\)"):
+            Worker(url)
+    with pytest.raises(ConfigurationError, match="takes a NodeRegistry, got dict"):
+        Orchestrator({"llm": len})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="registry=registry"):
+        Worker(NodeRegistry())  # type: ignore[arg-type]
+    for facade in (DistributedOrchestrator, DistributedWorker):
+        with pytest.raises(ConfigurationError, match="redis_url must be a backend URL.*registry="):
+            facade(NodeRegistry())  # type: ignore[arg-type]
+    assert Orchestrator(NodeRegistry(), backend="memory://").registry is not None
