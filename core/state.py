@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from distributed_agents.core.codec import decode, encode, find_non_json
@@ -66,78 +66,90 @@ def check_values(values: Mapping[str, Any]) -> None:
         check_value(key, value)
 
 
-class State(MutableMapping[str, Any]):
-    """A workflow's data: a mapping of string keys to JSON-serialisable values.
+class State(dict[str, Any]):
+    """A workflow's data: a ``dict`` of string keys to JSON-serialisable values.
 
     Nodes receive a ``State`` (a snapshot as of the start of their step) and return a
     dict of updates; changing the snapshot in place has no effect on the workflow.
+
+    It is a real ``dict`` (so ``json.dumps(state)``, ``isinstance(state, dict)`` and
+    ``{**state}`` work as in code written for LangGraph) with one extra attribute,
+    ``workflow_id``, and checked writes: ``state[key] = value``, ``update``,
+    ``setdefault`` and ``|=`` refuse a value JSON would not return unchanged
+    (``StateNotSerializableError``). Two states are equal when their workflow ids and
+    data are; a state equals a plain mapping with the same data.
     """
 
-    __slots__ = ("_data", "workflow_id")
+    __slots__ = ("workflow_id",)
 
     def __init__(self, data: Mapping[str, Any] | None = None, *, workflow_id: str | None = None) -> None:
+        super().__init__()
         self.workflow_id = workflow_id or new_workflow_id()
-        self._data: dict[str, Any] = {}
         if data:
             self.update(data)
 
     @classmethod
-    def _trusted(cls, data: dict[str, Any], workflow_id: str) -> State:
-        """Wrap ``data`` already known to be JSON-clean, without copying or checking it."""
+    def _trusted(cls, data: Mapping[str, Any], workflow_id: str) -> State:
+        """A state holding ``data`` already known to be JSON-clean: a shallow copy, not checked."""
         state = cls.__new__(cls)
+        dict.update(state, data)
         state.workflow_id = workflow_id
-        state._data = data
         return state
 
-    # -- mapping protocol ------------------------------------------------------------
+    @property
+    def _data(self) -> dict[str, Any]:
+        """The data itself (the state is its own dict); kept for code written before it was one."""
+        return self
 
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+    # -- checked writes ------------------------------------------------------------------
 
     def __setitem__(self, key: str, value: Any) -> None:
         check_value(key, value)
-        self._data[key] = value
+        super().__setitem__(key, value)
 
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default``."""
-        return self._data.get(key, default)
-
-    def update(self, data: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None, /,  # type: ignore[override]
+               **kwargs: Any) -> None:
         """Write every item of ``data`` (and ``kwargs``), checking each value first."""
         items: dict[str, Any] = dict(data or {})
         items.update(kwargs)
         check_values(items)
-        self._data.update(items)
+        super().update(items)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``state[key]``, first writing ``default`` there (checked) when the key is missing."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: Any) -> State:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, State):
-            return self.workflow_id == other.workflow_id and self._data == other._data
+            return self.workflow_id == other.workflow_id and dict.__eq__(self, other)
         if isinstance(other, Mapping):
-            return self._data == dict(other)
+            return dict.__eq__(self, dict(other))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
 
     def __repr__(self) -> str:
-        return f"State(workflow_id={self.workflow_id!r}, data={self._data!r})"
+        return f"State(workflow_id={self.workflow_id!r}, data={dict(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle/copy: rebuild through __init__ (checked), keeping the workflow id.
+        return (_rebuild, (type(self), dict(self), self.workflow_id))
 
     # -- copies, checkpoints and serialisation ------------------------------------------
 
     def values_copy(self) -> dict[str, Any]:
         """A deep copy of the data (through JSON), sharing nothing with this state."""
-        result: dict[str, Any] = decode(encode(self._data))
+        result: dict[str, Any] = decode(encode(dict(self)))
         return result
 
     def copy(self) -> State:
@@ -169,7 +181,8 @@ class State(MutableMapping[str, Any]):
             )
         data = dict(checkpoint["data"])
         check_values(data)
-        self._data = decode(encode(data))
+        self.clear()
+        dict.update(self, decode(encode(data)))
 
     def to_dict(self) -> dict[str, Any]:
         """``{"workflow_id": ..., "data": {...}}``, a deep copy."""
@@ -181,3 +194,11 @@ class State(MutableMapping[str, Any]):
         if not isinstance(data, Mapping) or not isinstance(data.get("data"), Mapping):
             raise StateError("State.from_dict needs the output of State.to_dict(): a mapping with 'data'")
         return cls(data["data"], workflow_id=data.get("workflow_id"))
+
+
+def _rebuild(cls: type[State], data: dict[str, Any], workflow_id: str) -> State:
+    """Unpickle a ``State`` (or subclass) from its data and workflow id."""
+    state = State.__new__(cls)
+    dict.update(state, data)
+    state.workflow_id = workflow_id
+    return state

@@ -626,3 +626,31 @@ def test_nested_graph_with_shared_keys_ported_by_renaming_imports() -> None:
     builder.add_edge("node_1", "node_2")
     graph = builder.compile()
     assert graph.invoke({"foo": "foo"}) == {"foo": "hi! foobar"}
+
+
+# -- prompt-building code: the state a node gets is a dict ---------------------------------------
+
+
+def test_a_node_json_dumps_its_state_and_sees_a_dict_locally_and_by_registry() -> None:
+    """LangGraph prompt code does ``json.dumps(state)`` and ``isinstance(state, dict)``; both work."""
+    import json
+
+    from distributed_agents import NodeRegistry, StateGraph
+
+    class S(TypedDict):
+        a: int
+        out: str
+
+    def describe(state: Any) -> dict[str, Any]:
+        return {"out": f"{isinstance(state, dict)} {json.dumps(state)}"}
+
+    builder = StateGraph(S)
+    builder.add_node(describe)
+    builder.add_edge(START, "describe")
+    assert builder.compile().invoke({"a": 1}) == {"a": 1, "out": 'True {"a": 1}'}
+    registry = NodeRegistry()
+    registry.register("describe")(describe)
+    by_name = Graph("dumps_by_name")
+    by_name.add_node("describe")
+    by_name.add_edge(START, "describe").add_edge("describe", END).compile()
+    assert run(Orchestrator(registry=registry).execute(by_name, {"a": 2}))["out"] == 'True {"a": 2}'

@@ -283,6 +283,30 @@ def test_random_dags_give_the_same_result_in_any_declaration_order(shape: DagSha
 # -- 2. conditions see a read-only view -------------------------------------------------
 
 
+def test_the_view_is_a_dict_whose_values_read_through_any_api_are_copies() -> None:
+    """json.dumps and isinstance(dict) work on the view (LangGraph code does both); mutating what
+    ``items()``, ``values()``, ``dict(view)`` or ``{**view}`` return changes nothing committed."""
+    import json
+
+    seen: list[str] = []
+
+    def condition(state: Any) -> str:
+        assert isinstance(state, dict)
+        seen.append(json.dumps(state, sort_keys=True))
+        for _, value in state.items():
+            value.append("x") if isinstance(value, list) else value.update(z=1)
+        for value in state.values():
+            value.append("y") if isinstance(value, list) else value.update(y=1)
+        dict(state)["items"].append("z")
+        {**state}["seen"]["w"] = 2
+        return "done"
+
+    state = State({"items": [1], "seen": {"k": 1}})
+    run(condition_graph(condition).route(["start"], state, {}), 5)
+    assert seen == ['{"items": [1], "seen": {"k": 1}}']
+    assert state == {"items": [1], "seen": {"k": 1}}
+
+
 def flagging(state: Any) -> str:
     """A condition that (wrongly) writes into the state it routes on."""
     state["flag"] = True
@@ -323,7 +347,9 @@ def test_a_condition_writing_the_state_fails_naming_condition_graph_and_key() ->
     lambda s: s.clear(),
     lambda s: s.popitem(),
     lambda s: s.restore_from_checkpoint(State({"x": 1}).checkpoint("n")),
-], ids=["del", "update-kwargs", "update-dict", "pop", "setdefault", "clear", "popitem", "restore"])
+    lambda s: s.__ior__({"flag": 1}),
+    lambda s: s.__setitem__("flag", 1),
+], ids=["del", "update-kwargs", "update-dict", "pop", "setdefault", "clear", "popitem", "restore", "ior", "set"])
 def test_every_kind_of_write_to_the_view_is_refused(write: Any) -> None:
     """Any write through the mapping API raises ExecutionError naming the condition; the state is unchanged."""
 

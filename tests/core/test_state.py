@@ -327,3 +327,41 @@ def test_a_value_is_accepted_exactly_when_json_returns_it_unchanged(value: Any) 
     assert accepted == unchanged, (value, find_non_json(value))
     if accepted:
         assert same(State({"v": value}).values_copy()["v"], value)
+
+
+# -- a State is a dict (code written for LangGraph's dict state works on it) ---------------------
+
+
+def test_a_state_is_a_dict_that_json_dumps_and_keeps_its_workflow_id() -> None:
+    state = State({"a": 1, "b": [1, {"c": None}]}, workflow_id="wf-d")
+    assert isinstance(state, dict)
+    assert json.loads(json.dumps(state)) == {"a": 1, "b": [1, {"c": None}]}
+    assert {**state, "x": 2} == {"a": 1, "b": [1, {"c": None}], "x": 2}
+    assert state.workflow_id == "wf-d" and state.get("missing", 5) == 5
+    assert state == State({"a": 1, "b": [1, {"c": None}]}, workflow_id="wf-d")
+    assert state != State({"a": 1, "b": [1, {"c": None}]}, workflow_id="other")
+    assert not (state != {"a": 1, "b": [1, {"c": None}]})
+    again = copy.deepcopy(state)
+    assert type(again) is State and again == state and again.workflow_id == "wf-d"
+    assert again["b"] is not state["b"]
+
+
+@pytest.mark.parametrize("write", [
+    lambda s: s.__setitem__("k", (1, 2)),
+    lambda s: s.update({"k": {1, 2}}),
+    lambda s: s.update(k=(1,)),
+    lambda s: s.setdefault("k", object()),
+    lambda s: s.__ior__({"k": float("nan")}),
+], ids=["setitem", "update", "update-kwargs", "setdefault", "ior"])
+def test_every_dict_write_to_a_state_is_checked(write: Callable[[State], Any]) -> None:
+    """The dict API's writes go through the JSON check; the refused value is not stored."""
+    state = State({"a": 1})
+    with pytest.raises(StateNotSerializableError, match="'k'"):
+        write(state)
+    assert state == {"a": 1}
+
+
+@given(state_data)
+@PROPERTY
+def test_json_dumps_of_a_state_equals_that_of_its_data(data: dict[str, Any]) -> None:
+    assert json.dumps(State(data)) == json.dumps(data)
