@@ -30,6 +30,8 @@ __all__ = ["Notifier", "Waiter"]
 
 log = logging.getLogger(__name__)
 
+# Waiters on at most this many keys are filed per key (see Notifier._slots).
+_KEYED_MAX = 64
 # How long to wait for the server to confirm a SUBSCRIBE before relying on polling alone.
 _SUBSCRIBE_TIMEOUT = 2.0
 
@@ -92,7 +94,7 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
-        self._waiters: dict[str, set[Waiter]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}  # by channel, or by "channel\nkey"
         # Messages of a channel reach its listener too, waiter or not (see ``listen``).
         self._listeners: dict[str, Callable[[str], None]] = {}
         self._on_lost: Callable[[], None] | None = None
@@ -118,8 +120,8 @@ class Notifier:
     async def watch(self, channels: Collection[str], keys: Collection[str] | None = None) -> AsyncIterator[Waiter]:
         """A ``Waiter`` registered on ``channels`` for the duration of the block."""
         waiter = Waiter(channels, keys)
-        for channel in waiter.channels:
-            self._waiters.setdefault(channel, set()).add(waiter)
+        for slot in self._slots(waiter):
+            self._waiters.setdefault(slot, set()).add(waiter)
         try:
             try:
                 await self._subscribe([c for c in waiter.channels if c not in self._subscribed])
@@ -128,12 +130,21 @@ class Notifier:
                 log.debug("pub/sub unavailable, falling back to polling: %s", exc)
             yield waiter
         finally:
-            for channel in waiter.channels:
-                group = self._waiters.get(channel)
+            for slot in self._slots(waiter):
+                group = self._waiters.get(slot)
                 if group is not None:
                     group.discard(waiter)
                     if not group:
-                        del self._waiters[channel]
+                        del self._waiters[slot]
+
+    @staticmethod
+    def _slots(waiter: Waiter) -> list[str]:
+        """Where a waiter is filed: under ``channel\nkey`` for each of a few keys, so that a
+        message reaches only the waiters of its key (many workflows wait at once); under
+        the channel for any key, or for many (one big fan-out: filing costs per key)."""
+        if waiter.keys is None or len(waiter.keys) > _KEYED_MAX:
+            return list(waiter.channels)
+        return [f"{channel}\n{key}" for channel in waiter.channels for key in waiter.keys]
 
     async def _subscribe(self, channels: list[str]) -> None:
         if not channels:
@@ -190,6 +201,8 @@ class Notifier:
                 if listener is not None:
                     listener(data)
                 for waiter in list(self._waiters.get(channel, ())):
+                    waiter.notify(data)
+                for waiter in list(self._waiters.get(f"{channel}\n{data.split(chr(10), 1)[0]}", ())):
                     waiter.notify(data)
 
     def _lost(self) -> None:

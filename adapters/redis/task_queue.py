@@ -408,32 +408,37 @@ class RedisTaskQueue(TaskQueue):
         if len(found) == len(ids):
             return found
         # Ids this queue enqueued after subscribing announce their results; others are read.
-        rest = [task_id for task_id in ids if task_id not in found]
-        unread = rest if timeout <= 0 else [task_id for task_id in rest if not self._early.expecting(task_id)]
+        check: list[str] | None = [
+            task_id for task_id in ids
+            if task_id not in found and (timeout <= 0 or not self._early.expecting(task_id))
+        ]
         next_ms = -1
-        if unread:
-            more, next_ms = await self._results(unread)
-            found.update(more)
-            self._early.forget(more)
-        if found or timeout <= 0:
-            return found
         loop_time = _loop_time()
         give_up = loop_time() + timeout
+        # The waiter is registered before anything is read, so an event that comes during
+        # the read still wakes it.
         async with self._notifier.watch([self._keys.done_channel], ids) as waiter:
-            # None: read every id; else only these. After a "done" event only the tasks
-            # it named (without an inline result) are read, so waiting on a large fan-out
-            # costs O(tasks) reads in all rather than O(tasks) per wake-up. Only a full
-            # read knows the earliest lease deadline among all the ids.
-            check: list[str] | None = []
+            first = True
             while True:
                 waiter.clear()
-                if check is None or check:
-                    found, deadline_ms = await self._results(ids if check is None else check)
-                    if check is None:
+                kept, bare = self._early.take(ids)
+                found.update(kept)
+                if check is not None:
+                    check += bare
+                # None: read every id not found; else only these. After a "done" event
+                # only the tasks it named (without an inline result) are read, so waiting
+                # on a large fan-out costs O(tasks) reads in all rather than O(tasks) per
+                # wake-up. Only a full read knows the earliest lease deadline among them.
+                unread = [t for t in ids if t not in found] if check is None else [t for t in check if t not in found]
+                if unread:
+                    more, deadline_ms = await self._results(unread)
+                    found.update(more)
+                    if check is None or first:  # every id that is read at all was read
                         next_ms = deadline_ms
-                    if found:
-                        self._early.forget(found)
-                        return found
+                first = False
+                if found:
+                    self._early.forget(found)
+                    return found
                 remaining = give_up - loop_time()
                 if remaining <= 0:
                     return {}
@@ -442,16 +447,13 @@ class RedisTaskQueue(TaskQueue):
                 if fired is None:
                     check = None
                     continue
-                check, found = [], {}
+                check = []
                 for message in fired:
                     task_id, result = _done_event(message)
                     if result is not None:
                         found[task_id] = result
                     else:
                         check.append(task_id)
-                if found:
-                    self._early.forget(found)
-                    return found
 
     async def cancel(self, task_id: str) -> bool:
         """Remove a queued or delayed task; True if removed."""
