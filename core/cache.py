@@ -15,10 +15,18 @@ state as of the start of the step, or the ``Send``'s argument, or an error handl
 ``{"error", "state"}``) and returns ``str`` or ``bytes`` (a ``str`` is its UTF-8
 bytes, so ``"a"`` and ``b"a"`` are one key). The default, ``default_cache_key``, is the
 SHA-256 of the input as canonical JSON (sorted keys), so key order does not matter but
-``1`` and ``1.0`` differ. The key is hashed again and stored under a namespace of the
-graph's name and the node's name (``cache_namespace``): two graphs, or two nodes of one
-graph, never share an entry. The node's code is not part of the key: after changing
-what a node computes, ``Orchestrator.clear_cache(graph, nodes=[...])``.
+``1`` and ``1.0`` differ. The key is hashed again and stored under a namespace
+(``cache_namespace``) of the graph's name, the node's name and an identity of both
+(``node_identity``): the graph's fingerprint (its structure: nodes, node types, edges,
+schema, policies) and the node's implementation (its node type and, for a function given
+to ``add_node``, its module, qualified name and a digest of its code, including the
+functions and plain values its closure holds; a subgraph node's: the subgraph's
+identity). So two graphs, even of one name (``StateGraph(State)`` is named after
+``State``), or two nodes, never share an entry, while the same graph built in another
+process does. Only what the digest sees is covered: after changing what a node computes
+without changing its code (a global it reads, a called helper), clear its entries with
+``Orchestrator.clear_cache(graph, nodes=[...])``; entries of a graph's earlier versions are
+left to expire (or to ``cache_clear`` of the store).
 
 What is cached: a successful output, plain updates or ``Command(update=, goto=)`` (the
 routing is replayed with the updates). Never cached: a failure (the node runs again next
@@ -44,6 +52,8 @@ import hashlib
 import json
 import logging
 import math
+import types
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +64,8 @@ from distributed_agents.core.errors import BackendUnavailableError, Configuratio
 from distributed_agents.core.ports.state_store import StateStore, implements_cache
 from distributed_agents.core.types import COMMAND_KEY
 
-__all__ = ["CachePolicy", "NodeCache", "cache_namespace", "cacheable_output", "default_cache_key"]
+__all__ = ["CachePolicy", "NodeCache", "cache_namespace", "cacheable_output", "code_identity", "default_cache_key",
+           "graph_identity", "graph_implementations", "node_identity"]
 
 log = logging.getLogger("distributed_agents.cache")
 
@@ -92,9 +103,105 @@ class CachePolicy:
                 "never expire")
 
 
-def cache_namespace(graph: str, node: str) -> str:
-    """The cache namespace of ``node`` of ``graph``: ``<graph>/<node>``, both percent-encoded (injective)."""
-    return f"{quote(graph, safe='')}/{quote(node, safe='')}"
+def cache_namespace(graph: str, node: str, identity: str = "") -> str:
+    """The cache namespace of ``node`` of ``graph``: ``<graph>/<node>[/<identity>]``, percent-encoded (injective).
+
+    ``identity`` is ``node_identity(graph, node)`` (the engine always passes it).
+    """
+    base = f"{quote(graph, safe='')}/{quote(node, safe='')}"
+    return f"{base}/{quote(identity, safe='')}" if identity else base
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _const_parts(value: Any, depth: int) -> Any:
+    """A deterministic (hash-seed independent) description of a code constant."""
+    if isinstance(value, types.CodeType):
+        return _code_parts(value, depth)
+    if isinstance(value, (frozenset, set)):
+        return sorted(repr(_const_parts(v, depth)) for v in value)
+    if isinstance(value, tuple):
+        return [_const_parts(v, depth) for v in value]
+    return repr(value)
+
+
+def _code_parts(code: types.CodeType, depth: int) -> list[Any]:
+    # Bytecode, names and constants (not line numbers: moving a function keeps its entries).
+    return [code.co_code.hex(), list(code.co_names), list(code.co_varnames),
+            [_const_parts(c, depth) for c in code.co_consts]]
+
+
+def code_identity(func: Any, depth: int = 0) -> str:
+    """``func``'s implementation: ``module.qualname#<sha256 of its code>`` (stable across processes).
+
+    The digest covers the bytecode, names and constants of a plain function (or a bound
+    method's function) and its closure's plain values (str, bytes, numbers, None) and
+    functions (recursively, three levels), so two lambdas of one module differ, and so do
+    two closures of one factory over different functions or strings. Any other callable
+    is named by its type (and ``functools.partial`` by its function and arguments' reprs).
+    """
+    import functools  # only here: most graphs cache nothing
+
+    if isinstance(func, functools.partial):
+        return f"partial({code_identity(func.func, depth)},{func.args!r},{sorted(func.keywords.items())!r})"
+    target = getattr(func, "__func__", func)
+    code = getattr(target, "__code__", None)
+    name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+    if not isinstance(code, types.CodeType):
+        kind = type(func)
+        return f"{kind.__module__}.{kind.__qualname__}" if name.startswith("None.") or code is None else name
+    parts: list[Any] = [_code_parts(code, depth)]
+    for cell in getattr(target, "__closure__", None) or ():
+        try:
+            held = cell.cell_contents
+        except ValueError:  # an empty cell
+            parts.append(None)
+            continue
+        if isinstance(held, _SCALARS):
+            parts.append(repr(held))
+        elif callable(held) and depth < 3:
+            parts.append(code_identity(held, depth + 1))
+        else:
+            parts.append(f"{type(held).__module__}.{type(held).__qualname__}")
+    digest = hashlib.sha256(json.dumps(parts, default=repr).encode("utf-8")).hexdigest()[:16]
+    return f"{name}#{digest}"
+
+
+_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+_GRAPH_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def graph_implementations(graph: Any) -> dict[str, str]:
+    """Each node's implementation in compiled ``graph``: node type plus ``code_identity`` or subgraph identity."""
+    known = _IDENTITIES.get(graph)
+    if known is None:
+        known = {}
+        for name, spec in graph.nodes.items():
+            if spec.subgraph is not None:
+                inner = spec.subgraph
+                part = "subgraph:" + graph_identity(inner.graph) + "".join(
+                    f",{code_identity(f)}" for f in (inner.input, inner.output) if f is not None)
+            else:
+                part = "" if spec.func is None else code_identity(spec.func)
+            known[name] = f"{spec.node_type}|{part}"
+        _IDENTITIES[graph] = known
+    return known
+
+
+def graph_identity(graph: Any) -> str:
+    """A digest of compiled ``graph``'s fingerprint and every node's implementation (``graph_implementations``)."""
+    known = _GRAPH_IDS.get(graph)
+    if known is None:
+        body = json.dumps([graph.fingerprint()["sha256"], graph_implementations(graph)], sort_keys=True)
+        known = _GRAPH_IDS[graph] = hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
+    return known
+
+
+def node_identity(graph: Any, node: str) -> str:
+    """The identity of ``node`` of compiled ``graph`` in cache namespaces: its graph's and its own implementation."""
+    body = json.dumps([graph_identity(graph), graph_implementations(graph)[node]])
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
 
 
 def cacheable_output(output: Mapping[str, Any] | None) -> bool:
@@ -152,10 +259,16 @@ class NodeCache:
                         graph, node, type(self.store).__name__)
         return self.enabled
 
-    async def get(self, graph: str, node: str, key: str) -> dict[str, Any] | None:
-        """The cached output of ``node`` for ``key``, or None (absent, expired or undecodable)."""
+    @staticmethod
+    def namespace(graph: Any, node: str) -> str:
+        """The namespace of ``node`` of compiled ``graph`` (a ``Graph``): name, node name and ``node_identity``."""
+        return cache_namespace(graph.name, node, node_identity(graph, node))
+
+    async def get(self, graph_obj: Any, node: str, key: str) -> dict[str, Any] | None:
+        """The cached output of ``node`` of ``graph_obj`` (a Graph) for ``key``, or None (absent, expired, undecodable)."""
+        graph = graph_obj.name
         try:
-            raw = await self.store.cache_get(cache_namespace(graph, node), key)
+            raw = await self.store.cache_get(self.namespace(graph_obj, node), key)
         except BackendUnavailableError:
             raise  # retried with the step, like every backend call of it
         except Exception as exc:  # the cache is an optimisation: a read it refuses is a miss
@@ -172,17 +285,18 @@ class NodeCache:
             return None
         return output if isinstance(output, dict) else None
 
-    async def put(self, graph: str, node: str, key: str, output: Mapping[str, Any], ttl: float | None) -> None:
-        """Store ``output``; a failure is logged, never raised (the output is in hand)."""
+    async def put(self, graph_obj: Any, node: str, key: str, output: Mapping[str, Any], ttl: float | None) -> None:
+        """Store ``output`` for node ``node`` of ``graph_obj`` (a Graph); a failure is logged, never raised."""
+        graph = graph_obj.name
         try:
-            await self.store.cache_set(cache_namespace(graph, node), key, encode(dict(output)), ttl)
+            await self.store.cache_set(self.namespace(graph_obj, node), key, encode(dict(output)), ttl)
         except BackendUnavailableError as exc:
             log.warning("graph %r: node %r: could not cache its output (backend unavailable: %s)", graph, node, exc)
         except Exception as exc:
             log.warning("graph %r: node %r: could not cache its output (%s: %s)", graph, node, type(exc).__name__,
                         exc)
 
-    async def clear(self, graph: str, nodes: list[str]) -> None:
-        """Remove every entry of ``nodes`` of ``graph``."""
+    async def clear(self, graph: Any, nodes: list[str]) -> None:
+        """Remove every entry of ``nodes`` of ``graph`` (a Graph; this version of it)."""
         for node in nodes:
-            await self.store.cache_clear(cache_namespace(graph, node))
+            await self.store.cache_clear(self.namespace(graph, node))

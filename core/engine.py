@@ -501,7 +501,7 @@ class StepEngine:
         pending = list(keys)
         for start in range(0, len(pending), CACHE_CONCURRENCY):
             batch = pending[start:start + CACHE_CONCURRENCY]
-            found = await asyncio.gather(*(self._cache.get(graph.name, nodes[k], keys[k]) for k in batch))
+            found = await asyncio.gather(*(self._cache.get(graph, nodes[k], keys[k]) for k in batch))
             hits.update((k, output) for k, output in zip(batch, found) if output is not None)
         followers: dict[str, str] = {}
         if share:
@@ -524,7 +524,7 @@ class StepEngine:
                       and ran[entry.key].ok and cacheable_output(ran[entry.key].updates)]
             for start in range(0, len(writes), CACHE_CONCURRENCY):
                 await asyncio.gather(*(
-                    cache.put(graph.name, entry.node, keys[entry.key], outcome.updates or {},
+                    cache.put(graph, entry.node, keys[entry.key], outcome.updates or {},
                               _cache_ttl(graph.node(entry.node)))
                     for entry, outcome in writes[start:start + CACHE_CONCURRENCY]))
         now = time.time()

@@ -29,6 +29,7 @@ before or after a step that runs the named nodes; ``resume(workflow_id)`` contin
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,17 @@ class Interrupt:
     subgraph: str = ""
     namespace: tuple[str, ...] = ()
 
+    def __getitem__(self, key: str) -> Any:
+        """``pause["id"]``, ``pause["value"]``, ...: read like the dicts ``execute()`` returns under ``__interrupt__``."""
+        if key in _FIELDS:
+            value = getattr(self, key)
+            return list(value) if key == "namespace" else value
+        raise KeyError(f"{key!r}: an interrupt has {', '.join(map(repr, _FIELDS))}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``pause[key]``, or ``default`` for a key an interrupt does not have."""
+        return self[key] if key in _FIELDS else default
+
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, as stored in the frontier."""
         data = {"id": self.id, "node": self.node, "value": self.value, "kind": self.kind,
@@ -90,9 +102,34 @@ class Interrupt:
                    str(data.get("subgraph") or ""), tuple(str(n) for n in data.get("namespace") or ()))
 
 
+_FIELDS = ("id", "node", "value", "kind", "task", "index", "subgraph", "namespace")
+
+
+class PendingInterrupt(dict[str, Any]):
+    """A pending interrupt as ``execute()`` returns it under ``"__interrupt__"``: a plain dict
+    (``{"id", "node", "value", "kind"}``, JSON as it is) also readable as attributes,
+    ``pause.id`` / ``pause.value``, like LangGraph's ``Interrupt`` and like the ``Interrupt``
+    objects of ``get_workflow_status(id).interrupts`` (which read as ``pause["id"]`` too).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"pending interrupt has no {name!r}; it has {', '.join(map(repr, self))}") from None
+
+
 def interrupt_id(step: int, task: str, index: int) -> str:
     """The id of the ``index``-th interrupt of ``task`` in ``step``."""
     return f"{step}:{task}:{index}"
+
+
+_ID_SHAPE = re.compile(r"\d+:.+:\d+")
+
+
+def looks_like_interrupt_id(key: Any) -> bool:
+    """Whether ``key`` has the shape of an interrupt id, ``"<step>:<task>:<index>"``."""
+    return isinstance(key, str) and _ID_SHAPE.fullmatch(key) is not None
 
 
 def read_interrupts(frontier: Mapping[str, Any]) -> tuple[Interrupt, ...]:
@@ -178,11 +215,21 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
                 f"resume({workflow_id!r}): {', '.join(map(repr, unknown))} is not a pending interrupt id; the "
                 f"pending ones are {ids}")
         chosen = [(by_id[key], value) for key, value in answer.items()]
+    elif isinstance(answer, Mapping) and answer and all(looks_like_interrupt_id(key) for key in answer):
+        # Keys shaped like ids but matching none: a typo or a stale id, never an answer.
+        named = ", ".join(map(repr, answer))
+        verb = "is not a pending interrupt id" if len(answer) == 1 else "are not pending interrupt ids"
+        itself = ", or pass the answer itself" if len(waiting) == 1 else ""
+        raise ConfigurationError(
+            f"resume({workflow_id!r}): {named} {verb} of workflow {workflow_id!r}; the pending ones are {ids}: "
+            f"answer by those ids (Command(resume={{id: answer}})){itself}")
     elif len(waiting) == 1:
         chosen = [(waiting[0], answer)]
     else:
+        keys = (f"; the answer's keys {', '.join(map(repr, answer))} are not pending ids"
+                if isinstance(answer, Mapping) and answer else "")
         raise ConfigurationError(
-            f"workflow {workflow_id!r} has {len(waiting)} interrupts pending ({ids}); answer each by id: "
+            f"workflow {workflow_id!r} has {len(waiting)} interrupts pending ({ids}){keys}; answer each by id: "
             f"resume({workflow_id!r}, Command(resume={{interrupt_id: answer, ...}}))")
     answers = {task: list(values) for task, values in (frontier.get("resume") or {}).items()}
     # A subgraph's pauses are answered inside its child workflow, by their ids there;

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
 from distributed_agents.core.backoff import Outage, until_available
-from distributed_agents.core.cache import NodeCache
+from distributed_agents.core.cache import NodeCache, graph_implementations
 from distributed_agents.core.dead_letters import find_dead_letter
 from distributed_agents.core.engine import (
     DURABILITY_KEY,
@@ -48,7 +48,7 @@ from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import TaskQueueExecutor
 from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
-from distributed_agents.core.interrupts import NO_ANSWER, answer_interrupts, read_interrupts
+from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core import history
@@ -153,8 +153,8 @@ def _result_state(record: WorkflowRecord) -> State:
     values = result_values(record.state, record.metadata)
     if record.status == WorkflowStatus.INTERRUPTED:
         values = {**values, INTERRUPT_KEY: [
-            {"id": i.id, "node": i.node, "value": i.value, "kind": i.kind,
-             **({"namespace": list(i.namespace)} if i.namespace else {})}  # paused inside a subgraph
+            PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind,
+                             **({"namespace": list(i.namespace)} if i.namespace else {}))  # paused inside a subgraph
             for i in read_interrupts(record.frontier)]}
     return State._trusted(values, record.workflow_id)
 
@@ -232,6 +232,9 @@ class Orchestrator:
         self.orchestrator_id = orchestrator_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._graphs: dict[str, Graph] = {}  # by name: the latest given
         self._graph_versions: dict[tuple[str, str], Graph] = {}  # by (name, fingerprint sha256)
+        # Versions two different graphs share (one name and structure, other node functions):
+        # a stored workflow cannot say which it ran, so looking one up by its record is an error.
+        self._graph_conflicts: dict[tuple[str, str], tuple[Graph, Graph]] = {}
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
         self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
         # Workflows this orchestrator is storing right now: its own recovery loop must not take
@@ -330,8 +333,8 @@ class Orchestrator:
 
         The cache lives in the backend, so this clears it for every orchestrator and
         worker sharing the backend and prefix (LangGraph's ``graph.clear_cache``).
-        Entries are namespaced by the graph's name and the node's name: a graph of
-        another name keeps its own. ``ConfigurationError`` for a name that is not a node
+        Entries are namespaced by the graph's name, structure and node implementations
+        (``core.cache``): another graph, even of the same name, keeps its own. ``ConfigurationError`` for a name that is not a node
         of ``graph``; retried while the backend is unavailable.
         """
         if not isinstance(graph, Graph):
@@ -349,7 +352,7 @@ class Orchestrator:
             names = list(dict.fromkeys(nodes))
         await self.connect()
         cache = self._cache()
-        await self._retrying(lambda: cache.clear(graph.name, names), f"clear the node cache of graph {graph.name!r}")
+        await self._retrying(lambda: cache.clear(graph, names), f"clear the node cache of graph {graph.name!r}")
 
     def register_graph(self, graph: Graph) -> None:
         """Make ``graph`` known, so this orchestrator can resume or take over its workflows.
@@ -362,12 +365,31 @@ class Orchestrator:
         self._remember(graph)
 
     def _remember(self, graph: Graph) -> None:
+        key = (graph.name, str(graph.fingerprint()["sha256"]))
+        known = self._graph_versions.get(key)
+        if known is not None and known is not graph and graph_implementations(known) != graph_implementations(graph):
+            self._graph_conflicts[key] = (known, graph)
         self._graphs[graph.name] = graph
-        self._graph_versions[(graph.name, str(graph.fingerprint()["sha256"]))] = graph
+        self._graph_versions[key] = graph
 
     def _known_graph(self, record: WorkflowRecord) -> Graph | None:
-        """The known graph of ``record``'s fingerprint, else the latest of its name (may differ)."""
+        """The known graph of ``record``'s fingerprint, else the latest of its name (may differ).
+
+        ``ConfigurationError`` when two different graphs of that name and structure were
+        given to this orchestrator (e.g. two ``StateGraph(State)`` with other node
+        functions): the record cannot tell which one the workflow runs.
+        """
         sha = (record.graph or {}).get("sha256")
+        conflict = self._graph_conflicts.get((record.graph_name, str(sha)))
+        if conflict is not None:
+            one, two = (graph_implementations(g) for g in conflict)
+            differ = "; ".join(f"node {n!r}: {one.get(n)} vs {two.get(n)}" for n in one if one.get(n) != two.get(n))
+            raise ConfigurationError(
+                f"workflow {record.workflow_id!r}: this orchestrator was given two different graphs named "
+                f"{record.graph_name!r} with the same structure ({differ}), and a stored workflow records only the "
+                "name and structure, so which one it runs is unknown; pass the graph explicitly "
+                f"(resume({record.workflow_id!r}, graph)), or give each graph its own name "
+                "(StateGraph(State, name=...) / Graph(name))")
         return self._graph_versions.get((record.graph_name, str(sha))) or self._graphs.get(record.graph_name)
 
     # -- running ------------------------------------------------------------------------
@@ -866,7 +888,7 @@ class Orchestrator:
     async def resume(
         self,
         workflow_id: str,
-        graph: Graph | Command[Any] | None = None,
+        graph: Graph | Command[Any] | Any = None,
         command: Command[Any] | None = None,
         *,
         resume: Any = NO_ANSWER,
@@ -879,6 +901,8 @@ class Orchestrator:
         """Continue a workflow from its last committed step; return the final state.
 
         An ``interrupted`` workflow needs the answer to its ``interrupt()``:
+        ``resume(workflow_id, answer)`` - the second argument is the graph only when it
+        is a ``Graph``, a ``Command`` when it is one, and otherwise the answer -, or
         ``resume(workflow_id, Command(resume=answer))`` (with a graph:
         ``resume(workflow_id, graph, Command(resume=answer))``; or ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
         answer})``. The interrupted node runs again from its start and its
@@ -914,6 +938,13 @@ class Orchestrator:
             check_durability(durability, "resume")
         if isinstance(graph, Command):
             command, graph = graph, None
+        elif graph is not None and not isinstance(graph, Graph):
+            # resume(workflow_id, answer): only a Graph (or a Command) there is not the answer.
+            if resume is not NO_ANSWER or command is not None:
+                raise ConfigurationError(
+                    f"resume({workflow_id!r}, {graph!r}, ...): the second argument is taken as the answer, and an "
+                    "answer is also given as resume= or a Command; give it once")
+            resume, graph = graph, None
         if command is not None:
             if command.update is not None or command.goto != () or command.graph is not None:
                 raise ConfigurationError(
@@ -1218,7 +1249,13 @@ class Orchestrator:
         store = self.backend.state_store
         taken = []
         for record in await store.list_workflows(WorkflowStatus.RUNNING):
-            graph = self._known_graph(record)
+            try:
+                graph = self._known_graph(record)
+            except ConfigurationError as exc:  # two graphs of its name: leave it to one that knows which
+                if (record.workflow_id, "ambiguous") not in self._mismatch_logged:
+                    self._mismatch_logged.add((record.workflow_id, "ambiguous"))
+                    log.warning("not taking over workflow %r: %s", record.workflow_id, exc)
+                continue
             if (graph is None or record.workflow_id in self._running or record.workflow_id in self._starting
                     or record.metadata.get(PARENT_KEY)):
                 # A subgraph's child is continued by whoever drives its parent.

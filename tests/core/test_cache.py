@@ -21,7 +21,7 @@ from support.aio import run
 
 from distributed_agents import END, CachePolicy, Command, Graph, Orchestrator, Send, State, interrupt, open_backend
 from distributed_agents.adapters.memory.state_store import MemoryStateStore
-from distributed_agents.core.cache import cache_namespace, cacheable_output, default_cache_key
+from distributed_agents.core.cache import NodeCache, cache_namespace, cacheable_output, default_cache_key
 from distributed_agents.core.errors import (
     BackendError,
     ConfigurationError,
@@ -209,6 +209,87 @@ def test_graphs_and_nodes_never_share_entries() -> None:
     # Names that would collide if joined naively stay apart.
     assert cache_namespace("a/b", "c") != cache_namespace("a", "b/c")
     assert cache_namespace("a%2Fb", "c") != cache_namespace("a/b", "c")
+
+
+def same_name_graph(func: Any, name: str = "State") -> Graph:
+    """A graph named ``name`` with one cached node ``agent`` run by ``func`` (LangGraph's ``StateGraph(State)``)."""
+    return (Graph(name).add_node("agent", func, cache_policy=CachePolicy())
+            .set_entry_point("agent").set_finish_point("agent").compile())
+
+
+def prefixer(prefix: str) -> Any:
+    return lambda state: {"a": prefix + state["q"]}
+
+
+def test_graphs_of_one_name_and_shape_with_different_node_code_never_share_entries() -> None:
+    # Two lambdas of one module (one qualname), closures of one factory over different values,
+    # and different functions behind one wrapper: each graph keeps its own entries.
+    translator = same_name_graph(lambda s: {"a": "translated:" + s["q"]})
+    summariser = same_name_graph(lambda s: {"a": "summary:" + s["q"]})
+    shouter, whisperer = same_name_graph(prefixer("!")), same_name_graph(prefixer("..."))
+    assert translator.fingerprint() == summariser.fingerprint()  # same structure, same name
+
+    async def scenario() -> list[str]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [(await orchestrator.execute(g, {"q": "hi"}))["a"]
+                    for g in (translator, summariser, shouter, whisperer, translator)]
+
+    assert run(scenario()) == ["translated:hi", "summary:hi", "!hi", "...hi", "translated:hi"]
+
+
+def test_the_same_graph_built_again_shares_entries() -> None:
+    calls: Counter[str] = Counter()
+    one, again = counting_graph("rebuilt", calls), counting_graph("rebuilt", calls)
+    assert one is not again
+
+    async def scenario() -> None:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            for graph in (one, again, again):
+                assert (await orchestrator.execute(graph, {"x": 4}))["y"] == 8
+
+    run(scenario())
+    assert calls == Counter({"rebuilt:4": 1})
+
+
+def test_a_change_of_structure_or_node_type_is_another_namespace() -> None:
+    def node(state: State) -> dict[str, Any]:
+        return {}
+
+    base = NodeCache.namespace(same_name_graph(node), "agent")
+    assert NodeCache.namespace(same_name_graph(node), "agent") == base
+    assert NodeCache.namespace(same_name_graph(node, "Other"), "agent") != base
+    typed = (Graph("State").add_node("agent", node, node_type="llm", cache_policy=CachePolicy())
+             .set_entry_point("agent").set_finish_point("agent").compile())
+    longer = (Graph("State").add_node("agent", node, cache_policy=CachePolicy()).add_node("b", node)
+              .set_entry_point("agent").add_edge("agent", "b").set_finish_point("b").compile())
+    assert len({base, NodeCache.namespace(typed, "agent"), NodeCache.namespace(longer, "agent")}) == 3
+
+
+IDENTITY_SCRIPT = """
+from distributed_agents import CachePolicy, Graph
+from distributed_agents.core.cache import NodeCache
+KINDS = frozenset({"alpha", "beta", "gamma", "delta"})
+def pick(state):
+    return {"a": state["q"] in KINDS and state["q"] in {"x", "y", "z"}}
+def wrap(f):
+    return lambda s: f(s)
+g = (Graph("State").add_node("agent", wrap(pick), cache_policy=CachePolicy())
+     .set_entry_point("agent").set_finish_point("agent").compile())
+print(NodeCache.namespace(g, "agent"))
+"""
+
+
+def test_the_namespace_is_the_same_in_another_process_whatever_its_hash_seed() -> None:
+    import os
+    import subprocess
+    import sys
+
+    seen = set()
+    for seed in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", IDENTITY_SCRIPT], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        seen.add(out.stdout.strip())
+    assert len(seen) == 1 and seen.pop().startswith("State/agent/")
 
 
 def test_a_command_output_is_cached_with_its_routing() -> None:

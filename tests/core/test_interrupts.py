@@ -405,3 +405,110 @@ def test_update_state_while_interrupted_then_the_node_asks_again_about_the_edite
     asked, done = run(scenario())
     assert asked["__interrupt__"][0]["value"]["llm_output"] == "edited by hand"
     assert done["decision"] == "approved" and done["llm_output"] == "edited by hand"
+
+
+# -- ids that match no pending interrupt, positional answers, both ways of reading a pause --------
+
+
+def single_question() -> Graph:
+    graph = Graph("one_question")
+    graph.add_node("ask", lambda s: {"answer": interrupt("ok?")})
+    return graph.add_edge(START, "ask").add_edge("ask", END).compile()
+
+
+@pytest.mark.parametrize("answer", [{"0:nope:0": 1}, {"3:ask:0": "yes"}, {"0:ask:0": 1, "0:ask:1": 2},
+                                    {"0:ask:1": "stale"}])
+def test_an_answer_keyed_by_ids_that_match_no_pending_interrupt_is_refused_naming_them(answer: dict[str, Any]) -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(single_question(), {}, workflow_id=workflow_id)
+            if "0:ask:0" in answer:  # one known, one unknown: the unknown one is named
+                expected = r"'0:ask:1' is not a pending interrupt id; the pending ones are '0:ask:0'"
+            else:
+                expected = (f"{', '.join(map(repr, answer))} is not a pending interrupt id of workflow "
+                            f"'{workflow_id}'; the pending ones are '0:ask:0'")
+            with pytest.raises(ConfigurationError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+                await orchestrator.resume(workflow_id, Command(resume=answer))
+            assert (await orchestrator.get_workflow_status(workflow_id)).status == WorkflowStatus.INTERRUPTED
+            # A dict whose keys are not id-shaped is an answer like any other.
+            done = await orchestrator.resume(workflow_id, Command(resume={"approved": True, "0": 1}))
+            assert done["answer"] == {"approved": True, "0": 1}
+
+    run(scenario())
+
+
+def test_with_several_pending_an_unknown_id_is_named_with_the_pending_ones() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(parallel_graph([]), {}, workflow_id=workflow_id)
+            with pytest.raises(ConfigurationError) as caught:
+                await orchestrator.resume(workflow_id, Command(resume={"0:lfet:0": "L"}))
+            assert "'0:lfet:0' is not a pending interrupt id" in str(caught.value)
+            assert "'0:left:0', '0:right:0'" in str(caught.value)
+            with pytest.raises(ConfigurationError, match=r"the answer's keys 'left' are not pending ids"):
+                await orchestrator.resume(workflow_id, Command(resume={"left": "L"}))
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("answer", ["yes", {"approved": True}, True, 0, ["a", "b"]])
+def test_resume_takes_the_answer_as_its_second_positional_argument(answer: Any) -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            graph = single_question()
+            await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            with pytest.raises(ConfigurationError, match="give it once"):
+                await orchestrator.resume(workflow_id, answer, resume=answer)
+            done = await orchestrator.resume(workflow_id, answer)
+            assert done["answer"] == answer
+
+    run(scenario())
+
+
+def test_resume_keeps_a_graph_in_second_position_and_none_is_no_answer() -> None:
+    ids = [new_id() for _ in range(3)]
+
+    async def scenario() -> list[Any]:
+        async with Orchestrator() as orchestrator:
+            graph = single_question()
+            for workflow_id in ids:
+                await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            # None (positional, or Command(resume=None)) is no answer, as in LangGraph.
+            with pytest.raises(ConfigurationError, match="paused by interrupt"):
+                await orchestrator.resume(ids[0], None)
+            with pytest.raises(ConfigurationError, match="paused by interrupt"):
+                await orchestrator.resume(ids[0], Command(resume=None))
+            return [(await orchestrator.resume(ids[0], graph, Command(resume="g+c")))["answer"],
+                    (await orchestrator.resume(ids[1], graph, resume="g+kw"))["answer"],
+                    (await orchestrator.resume(ids[2], Command(resume="c")))["answer"]]
+
+    assert run(scenario()) == ["g+c", "g+kw", "c"]
+
+
+def test_a_pause_reads_as_item_and_as_attribute_from_execute_and_from_the_status() -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> tuple[State, Any, Any]:
+        async with Orchestrator() as orchestrator:
+            paused = await orchestrator.execute(single_question(), {}, workflow_id=workflow_id)
+            status = await orchestrator.get_workflow_status(workflow_id)
+            snapshot = await orchestrator.get_state(workflow_id)
+            return paused, status.interrupts[0], snapshot.interrupts[0]
+
+    paused, from_status, from_state = run(scenario())
+    returned = paused["__interrupt__"][0]
+    assert returned == {"id": "0:ask:0", "node": "ask", "value": "ok?", "kind": "interrupt"}  # still a plain dict
+    for pause in (returned, from_status, from_state):
+        assert (pause["id"], pause["value"], pause["node"]) == ("0:ask:0", "ok?", "ask")
+        assert (pause.id, pause.value, pause.node, pause.kind) == ("0:ask:0", "ok?", "ask", "interrupt")
+        assert pause.get("missing", 7) == 7
+    with pytest.raises(KeyError, match="an interrupt has 'id'"):
+        from_status["nope"]
+    with pytest.raises(AttributeError, match="pending interrupt has no 'nope'"):
+        returned.nope

@@ -350,3 +350,47 @@ def test_orchestrator_step_limit_must_be_an_int_of_at_least_one(limit: Any) -> N
     from distributed_agents.core.errors import ConfigurationError
     with pytest.raises(ConfigurationError, match="step_limit"):
         Orchestrator(step_limit=limit)
+
+
+def test_two_graphs_of_one_name_and_structure_are_never_confused_when_looked_up_by_record() -> None:
+    from distributed_agents import Command, interrupt
+
+    def build(prefix: str) -> Graph:
+        graph = Graph("State")  # as StateGraph(State) names every graph of one schema
+        graph.add_node("agent", lambda s: {"a": prefix + interrupt("go?")} if prefix == "t:" else
+                       {"a": "s:" + interrupt("go?")})
+        return graph.set_entry_point("agent").set_finish_point("agent").compile()
+
+    translator, summariser = build("t:"), build("s:")
+    assert translator.fingerprint() == summariser.fingerprint()
+
+    async def scenario() -> list[Any]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(translator, {}, workflow_id="wf-t")
+            await orchestrator.execute(summariser, {}, workflow_id="wf-s")
+            with pytest.raises(ConfigurationError) as caught:
+                await orchestrator.resume("wf-t", Command(resume="x"))
+            # Given explicitly, each graph runs its own workflow.
+            return [str(caught.value), (await orchestrator.resume("wf-t", translator, resume="x"))["a"],
+                    (await orchestrator.resume("wf-s", summariser, resume="y"))["a"]]
+
+    message, translated, summarised = run(scenario())
+    assert "two different graphs named 'State'" in message and "node 'agent'" in message
+    assert "resume('wf-t', graph)" in message and "StateGraph(State, name=...)" in message
+    assert (translated, summarised) == ("t:x", "s:y")
+
+
+def test_the_same_graph_built_twice_is_one_graph_to_the_orchestrator() -> None:
+    from distributed_agents import Command, interrupt
+
+    def build() -> Graph:
+        graph = Graph("rebuilt_again").add_node("agent", lambda s: {"a": interrupt("go?")})
+        return graph.set_entry_point("agent").set_finish_point("agent").compile()
+
+    async def scenario() -> Any:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(build(), {}, workflow_id="wf-r1")
+            await orchestrator.execute(build(), {}, workflow_id="wf-r2")
+            return (await orchestrator.resume("wf-r1", Command(resume="ok")))["a"]
+
+    assert run(scenario()) == "ok"
