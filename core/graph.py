@@ -869,7 +869,8 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
-        thread = _thread_id(self.name, config)
+        options = _run_options(self.name, config)
+        thread = options.get("workflow_id")
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -877,7 +878,7 @@ class Graph:
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
             return dict(orchestrator.sync.resume(*args))
-        return dict(orchestrator.invoke(self, input, workflow_id=thread))
+        return dict(orchestrator.invoke(self, input, **options))
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
                subgraphs: bool = False, backend: str | None = None) -> Iterator[Any]:
@@ -890,14 +891,14 @@ class Graph:
         """
         from distributed_agents.core.orchestrator import Orchestrator
 
-        thread = _thread_id(self.name, config)
+        options = _run_options(self.name, config)
+        thread = options.get("workflow_id")
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
                     f"graph {self.name!r}: stream({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             input = Command() if input is None else input
-        options: dict[str, Any] = {} if thread is None else {"workflow_id": thread}
         return Orchestrator(backend=backend).stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs,
                                                     **options)
 
@@ -917,7 +918,8 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
-        thread = _thread_id(self.name, config)
+        options = _run_options(self.name, config)
+        thread = options.get("workflow_id")
         try:
             if input is None or isinstance(input, Command):
                 if thread is None:
@@ -927,7 +929,7 @@ class Graph:
                 if input is None:
                     return dict(await orchestrator.resume(thread, self))
                 return dict(await orchestrator.resume(thread, self, input))
-            return dict(await orchestrator.execute(self, input, workflow_id=thread))
+            return dict(await orchestrator.execute(self, input, **options))
         finally:
             await orchestrator.close()
 
@@ -1070,6 +1072,47 @@ def _thread_id(graph: str, config: Mapping[str, Any] | None) -> str | None:
                                  f"got {config!r}")
     thread = configurable.get("thread_id")
     return None if thread is None else str(thread)
+
+
+# LangGraph config keys about tracing/callbacks, accepted and not used here.
+_IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "max_concurrency")
+
+
+def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``execute`` options from a LangGraph ``config``: ``thread_id`` -> ``workflow_id``, ``recursion_limit`` -> ``step_limit``.
+
+    ``ConfigurationError`` for a key it does not understand (saying what is), and for a
+    ``configurable`` value other than ``thread_id``/``checkpoint_ns``: nodes read
+    ``config["configurable"]["thread_id"]`` only, so other values belong in the state.
+    """
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"graph {graph!r}: config must be a dict like {{'configurable': {{'thread_id': ...}}, "
+                                 f"'recursion_limit': 25}}, got {config!r}")
+    unknown = [key for key in config if key not in ("configurable", "recursion_limit", *_IGNORED_CONFIG_KEYS)]
+    if unknown:
+        raise ConfigurationError(f"graph {graph!r}: config key(s) {', '.join(map(repr, unknown))} are not understood; "
+                                 "a config holds 'configurable' ({'thread_id': ...}) and 'recursion_limit' (the "
+                                 f"step limit); {', '.join(map(repr, _IGNORED_CONFIG_KEYS))} are accepted and ignored")
+    options: dict[str, Any] = {}
+    if "configurable" in config:
+        thread = _thread_id(graph, config)
+        extra = [key for key in config["configurable"] if key not in ("thread_id", "checkpoint_ns")]
+        if extra:
+            raise ConfigurationError(
+                f"graph {graph!r}: config['configurable'] key(s) {', '.join(map(repr, extra))} are not passed to "
+                "nodes (a node's config['configurable'] holds only 'thread_id' and 'checkpoint_ns'); put such "
+                "values in the state instead")
+        if thread is not None:
+            options["workflow_id"] = thread
+    limit = config.get("recursion_limit")
+    if limit is not None:
+        if type(limit) is not int or limit < 1:
+            raise ConfigurationError(f"graph {graph!r}: config['recursion_limit'] must be an int >= 1 (the step "
+                                     f"limit), got {limit!r}")
+        options["step_limit"] = limit
+    return options
 
 
 class StateGraph(Graph):

@@ -138,6 +138,50 @@ class NodeContext:
         """Mark the run cancelled (done by the framework; nodes only read it)."""
         self._cancel.set()
 
+    # -- read as LangGraph's RunnableConfig (``def node(state, config)``) ---------------------------
+
+    def as_config(self) -> dict[str, Any]:
+        """This context as LangGraph's ``RunnableConfig`` dict, for nodes ported as ``node(state, config)``.
+
+        ``{"configurable": {"thread_id", "checkpoint_ns"}, "metadata": {"thread_id",
+        "langgraph_step", "langgraph_node", "langgraph_checkpoint_ns", "langgraph_task_id",
+        "attempt"}, "recursion_limit"}``. ``thread_id`` is the workflow id (inside a
+        subgraph, that of the outermost workflow, as LangGraph's subgraphs share the
+        parent's thread); ``checkpoint_ns`` is ``""`` for the outermost graph, else the
+        subgraph's workflow id. ``recursion_limit`` (the step limit) is there only when
+        the step limit is known to the node (``remaining_steps``). A fresh dict each call.
+        """
+        thread = getattr(self, "root_workflow_id", None) or self.workflow_id.split(":sub:", 1)[0]
+        namespace = "" if thread == self.workflow_id else self.workflow_id
+        config: dict[str, Any] = {
+            "configurable": {"thread_id": thread, "checkpoint_ns": namespace},
+            "metadata": {"thread_id": thread, "langgraph_step": self.step, "langgraph_node": self.node,
+                         "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
+                         "attempt": self.attempt},
+        }
+        if self.remaining_steps is not None:
+            config["recursion_limit"] = self.step + self.remaining_steps
+        return config
+
+    def __getitem__(self, key: str) -> Any:
+        """``config[key]`` of ``as_config()``; ``KeyError`` naming the keys there are."""
+        config = self.as_config()
+        if key not in config:
+            raise KeyError(f"node {self.node!r}: its context read as a LangGraph config has no {key!r}; it has "
+                           f"{', '.join(map(repr, config))} (and attributes workflow_id, step, node, attempt, ...)")
+        return config[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``as_config().get(key, default)``."""
+        return self.as_config().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.as_config()
+
+    def keys(self) -> list[str]:
+        """The keys of ``as_config()``."""
+        return list(self.as_config())
+
 
 _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("distributed_agents_node", default=None)
 

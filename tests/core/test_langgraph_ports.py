@@ -654,3 +654,80 @@ def test_a_node_json_dumps_its_state_and_sees_a_dict_locally_and_by_registry() -
     by_name.add_node("describe")
     by_name.add_edge(START, "describe").add_edge("describe", END).compile()
     assert run(Orchestrator(registry=registry).execute(by_name, {"a": 2}))["out"] == 'True {"a": 2}'
+
+
+# -- nodes written as node(state, config) ----------------------------------------------------------
+
+
+def test_a_node_reads_its_config_as_langgraphs_runnable_config() -> None:
+    """``config["configurable"]["thread_id"]`` is the workflow id; ``config["metadata"]`` has
+    ``langgraph_step``/``langgraph_node``; ``recursion_limit`` in the caller's config is the step limit."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list, operator.add]
+
+    def first(state: Any, config: Any) -> dict[str, Any]:
+        meta = config["metadata"]
+        return {"log": [config["configurable"]["thread_id"], meta["langgraph_node"], meta["langgraph_step"],
+                        config.get("recursion_limit"), config.get("missing", "default")]}
+
+    builder = StateGraph(S)
+    builder.add_node(first)
+    builder.add_edge(START, "first")
+    out = builder.compile().invoke({"log": []}, {"configurable": {"thread_id": "t-cfg"}, "recursion_limit": 7})
+    assert out == {"log": ["t-cfg", "first", 0, 7, "default"]}
+
+
+def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import StepLimitExceededError
+
+    class S(TypedDict):
+        n: int
+
+    builder = StateGraph(S)
+    builder.add_node("loop", lambda s: {"n": s["n"] + 1})
+    builder.add_edge(START, "loop").add_conditional_edges("loop", lambda s: "loop" if s["n"] < 100 else END,
+                                                           ["loop", END])
+    with pytest.raises(StepLimitExceededError):
+        builder.compile().invoke({"n": 0}, {"recursion_limit": 3})
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ({"recursion_limit": 0}, "recursion_limit"),
+    ({"recursion_limit": "5"}, "recursion_limit"),
+    ({"configurable": {"thread_id": "x", "user_id": "u"}}, "'user_id' are not passed to nodes"),
+    ({"configurable": {"thread_id": "x"}, "retries": 2}, "'retries' are not understood"),
+])
+def test_a_config_it_cannot_honour_is_refused_saying_why(config: dict[str, Any], match: str) -> None:
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import ConfigurationError
+
+    class S(TypedDict):
+        n: int
+
+    builder = StateGraph(S)
+    builder.add_node("one", lambda s: {"n": 1})
+    builder.add_edge(START, "one")
+    with pytest.raises(ConfigurationError, match=match):
+        builder.compile().invoke({"n": 0}, config)
+
+
+def test_a_node_in_a_subgraph_sees_the_parents_thread_id() -> None:
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list, operator.add]
+
+    def inner(state: Any, config: Any) -> dict[str, Any]:
+        return {"log": [config["configurable"]["thread_id"], bool(config["configurable"]["checkpoint_ns"])]}
+
+    sub = StateGraph(S, name="cfg_sub")
+    sub.add_node(inner)
+    sub.add_edge(START, "inner")
+    parent = StateGraph(S, name="cfg_parent")
+    parent.add_node("sub", sub.compile())
+    parent.add_edge(START, "sub")
+    assert parent.compile().invoke({"log": []}, {"configurable": {"thread_id": "t-sub"}}) == {
+        "log": ["t-sub", True]}
