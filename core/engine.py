@@ -77,6 +77,8 @@ from distributed_agents.core.errors import (
     NodeExecutionError,
     NodeTimeoutError,
     PayloadTooLargeError,
+    StateNotSerializableError,
+    StateValidationError,
     StepLimitExceededError,
     VersionConflictError,
     WorkflowCancelledError,
@@ -672,7 +674,12 @@ class StepEngine:
             details["largest_writer"] = details.pop("node")
         if error is not exc:
             details["kind"] = type(exc).__name__
-        log.error("workflow %r failed in step %d while %s", record.workflow_id, record.step, what, exc_info=exc)
+        if isinstance(exc, (StateValidationError, StateNotSerializableError)):
+            # The graph's own input or a node's write is wrong: the message says which and what to do,
+            # and the caller gets the error; a traceback of the engine would only hide it.
+            log.error("workflow %r failed in step %d while %s: %s", record.workflow_id, record.step, what, exc)
+        else:
+            log.error("workflow %r failed in step %d while %s", record.workflow_id, record.step, what, exc_info=exc)
         await self._fail(record, lease, error, details, progress.pending)
         return error
 

@@ -25,9 +25,12 @@ Checks, after each step's merge: a node writing a key no schema declares, or a
 merged value of the wrong type, is a ``StateValidationError`` naming the key, the node
 and the graph. Type checks stay cheap and top-level: ``str``, ``int``, ``float`` (an
 int is accepted), ``bool``, ``None``, ``list[...]``, ``dict[...]``, ``Optional``/unions
-and ``Literal`` are checked, element types and anything else are not. A Pydantic model
-validates each written key through the model itself (its own rules, lax mode
-included); values are validated, never converted.
+and ``Literal`` are checked, element types and anything else are not; values of
+TypedDict and dataclass schemas are checked, never converted. A Pydantic model
+validates each written key through the model itself (its own rules, lax mode included)
+and the state stores what Pydantic made of it, as ``model_dump(mode="json")`` gives it:
+``"3"`` written to ``count: int`` is stored as ``3``, ``"2024-01-02"`` to a ``date``
+stays that string (its JSON form); a value Pydantic refuses is a ``StateValidationError``.
 
 ``spec()`` names the classes and each key's type and reducer, without module paths (a
 script's classes are in ``__main__`` in one process and in its module in another), for
@@ -45,7 +48,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -73,6 +76,8 @@ class KeySpec:
     reducer_label: str | None
     default: Callable[[], Any] | None  # a fresh JSON value per call; None: no default
     owner: str  # the declaring schema's name, for messages
+    # value -> (the value to store, None) if it fits, else (value, what is wrong); instead of check
+    convert: Callable[[Any], tuple[Any, str | None]] | None = None
 
 
 def _schema_name(cls: Any) -> str:
@@ -166,20 +171,22 @@ def _type_check(annotation: Any) -> Check | None:
     return None
 
 
-def _pydantic_check(cls: Any, key: str) -> Check:
+def _pydantic_convert(cls: Any, key: str) -> Callable[[Any], tuple[Any, str | None]]:
     validator = cls.__pydantic_validator__
 
-    def check(value: Any) -> str | None:
+    def convert(value: Any) -> tuple[Any, str | None]:
         try:
             # One field, on an instance built without validation: required keys may be unwritten.
-            validator.validate_assignment(cls.model_construct(), key, value)
+            instance = cls.model_construct()
+            validator.validate_assignment(instance, key, value)
+            # What Pydantic made of it ("3" -> 3 for an int), in its JSON form: state is JSON.
+            return instance.model_dump(mode="json", include={key})[key], None
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             errors = getattr(exc, "errors", None)
             details = [str(e.get("msg")) for e in errors()] if callable(errors) else [str(exc)]
-            return f"{_schema_name(cls)} refuses it: {'; '.join(details)}"
-        return None
+            return value, f"{_schema_name(cls)} refuses it: {'; '.join(details)}"
 
-    return check
+    return convert
 
 
 def _reducer_from(cls: Any, key: str, metadata: tuple[Any, ...]) -> tuple[Reducer | None, str | None]:
@@ -278,7 +285,8 @@ def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
             make = _EMPTY_START.get(base) if isinstance(base, type) else None
         specs[name] = KeySpec(
             name=name, type_label=_type_label(annotation),
-            check=_pydantic_check(cls, name) if kind == "pydantic" else _type_check(annotation),
+            check=None if kind == "pydantic" else _type_check(annotation),
+            convert=_pydantic_convert(cls, name) if kind == "pydantic" else None,
             reducer=reducer, reducer_label=reducer_label,
             default=None if make is None else _json_default(cls, name, make), owner=_schema_name(cls),
         )
@@ -337,9 +345,13 @@ class StateSchema:
             f"(declared keys: {declared}); declare {key!r} in {self.name} or use a declared key",
             key=key, graph=self.graph, node=None)
 
-    def _check(self, key: str, value: Any, who: str, node: str | None) -> None:
+    def _check(self, key: str, value: Any, who: str, node: str | None) -> Any:
+        """``value`` checked for ``key``: the value to store (a Pydantic model's conversion), else raises."""
         spec = self.keys[key]
-        problem = None if spec.check is None else spec.check(value)
+        if spec.convert is not None:
+            value, problem = spec.convert(value)
+        else:
+            problem = None if spec.check is None else spec.check(value)
         if problem is not None:
             shown = repr(value)
             if len(shown) > 80:
@@ -347,6 +359,7 @@ class StateSchema:
             raise StateValidationError(
                 f"graph {self.graph!r}: {who.replace('{value}', shown)} state key {key!r}, which {spec.owner} declares as "
                 f"{spec.type_label}: {problem}", key=key, graph=self.graph, node=node)
+        return value
 
     def prepare_input(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The initial state for input ``values``: checked, filtered, reduced and defaulted (module docstring).
@@ -371,8 +384,7 @@ class StateSchema:
                         f"graph {self.graph!r}: the input of state key {key!r} could not go through its reducer "
                         f"{spec.reducer_label!r}: {type(exc).__name__}: {exc}", key=key, graph=self.graph,
                     ) from exc
-            self._check(key, value, "the input state gives {value} for", None)
-            result[key] = value
+            result[key] = self._check(key, value, "the input state gives {value} for", None)
         for key, spec in self.keys.items():
             if key not in result and spec.default is not None:
                 result[key] = spec.default()
@@ -384,7 +396,9 @@ class StateSchema:
         ``writes`` are a step's (node, updates) in merge order, ``merged`` the state
         after merging them. A key without a reducer is checked as written; one with a
         reducer is checked as merged, since its updates need not have the key's type
-        (``add_messages`` takes a single message for a list).
+        (``add_messages`` takes a single message for a list). A value a Pydantic model
+        converts is replaced in ``merged`` (when it is mutable, as the engine's is) by
+        its conversion, which is what the state stores.
         """
         writers: dict[str, list[str]] = {}
         for node, updates in writes:
@@ -397,10 +411,13 @@ class StateSchema:
         for key, nodes in writers.items():
             spec = self.keys[key]
             if spec.reducer is None:
-                self._check(key, merged[key], f"node {nodes[-1]!r} wrote {{value}} to", nodes[-1])
+                value = self._check(key, merged[key], f"node {nodes[-1]!r} wrote {{value}} to", nodes[-1])
             else:
-                self._check(key, merged[key], f"merging the update(s) of node(s) {', '.join(map(repr, nodes))} "
-                                              f"through reducer {spec.reducer_label!r} gave {{value}} for", nodes[-1])
+                value = self._check(key, merged[key], f"merging the update(s) of node(s) {', '.join(map(repr, nodes))} "
+                                                      f"through reducer {spec.reducer_label!r} gave {{value}} for",
+                                    nodes[-1])
+            if spec.convert is not None and isinstance(merged, MutableMapping) and value is not merged[key]:
+                merged[key] = value
 
     def output_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` restricted to the output keys, in their declaration order."""

@@ -408,3 +408,49 @@ def test_retry_on_matches_the_base_exception_the_node_raised(retry_on: tuple[typ
     error, status = run(failed_status(Orchestrator(), graph))
     assert len(calls) == attempts and status.error["attempts"] == attempts
     assert status.error["error_type"] == "LibraryTimeout"
+
+
+# -- how a failed step is logged: the user's own errors in one line, the unexpected with a traceback ---
+
+
+def test_a_state_validation_error_is_logged_in_one_line_and_an_unexpected_error_with_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    from typing import TypedDict
+
+    from distributed_agents.core.errors import StateNotSerializableError, StateValidationError
+
+    class Counted(TypedDict):
+        count: int
+
+    def broken_reducer(current: Any, update: Any) -> Any:
+        raise RuntimeError("reducer bug")
+
+    wrong_type = Graph("log_wrong_type", state_schema=Counted).add_node("n", lambda s: {"count": "3"})
+    undeclared = Graph("log_undeclared", state_schema=Counted).add_node("n", lambda s: {"other": 1})
+    not_json = Graph("log_not_json").add_node("n", lambda s: {"x": object()})
+    unexpected = Graph("log_unexpected", reducers={"x": broken_reducer}).add_node("n", lambda s: {"x": 1})
+    graphs = [g.set_entry_point("n").set_finish_point("n").compile()
+              for g in (wrong_type, undeclared, not_json, unexpected)]
+
+    async def scenario() -> list[BaseException]:
+        errors = []
+        async with Orchestrator() as orchestrator:
+            for graph in graphs:
+                with pytest.raises(DistributedAgentsError) as caught:
+                    await orchestrator.execute(graph, {}, workflow_id=f"wf-{graph.name}")
+                errors.append(caught.value)
+        return errors
+
+    with caplog.at_level(logging.ERROR, logger="distributed_agents"):
+        errors = run(scenario())
+    assert isinstance(errors[0], StateValidationError) and isinstance(errors[1], StateValidationError)
+    by_workflow = {name: [r for r in caplog.records if f"'wf-{name}'" in r.getMessage()]
+                   for name in ("log_wrong_type", "log_undeclared", "log_not_json", "log_unexpected")}
+    for name in ("log_wrong_type", "log_undeclared"):
+        (record,) = by_workflow[name]
+        assert record.exc_info is None and "state key" in record.getMessage()  # the error's own message
+    if isinstance(errors[2], StateNotSerializableError):  # a node's non-JSON write, if it fails the step here
+        assert all(r.exc_info is None for r in by_workflow["log_not_json"])
+    (record,) = by_workflow["log_unexpected"]
+    assert record.exc_info is not None and "reducer bug" in str(record.exc_info[1])

@@ -483,3 +483,69 @@ def test_update_state_merges_through_the_schema_and_is_checked_like_a_node() -> 
     assert scratch == ["node", "edit"]  # merged through operator.add
     assert (error.key, error.node, error.graph) == ("answr", "reply", "typed_update")
     assert dict(result) == {"answer": "a"}
+
+
+# -- what is stored: TypedDict and dataclass values are checked, Pydantic's converted -------------
+
+
+class CountDict(TypedDict):
+    count: int
+    scores: Annotated[list[float], operator.add]
+
+
+@dataclasses.dataclass
+class CountData:
+    count: int = 0
+    scores: Annotated[list[float], operator.add] = dataclasses.field(default_factory=list)
+
+
+def count_model() -> Any:
+    pydantic = pytest.importorskip("pydantic")
+
+    class CountModel(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        count: int = 0
+        scores: Annotated[list[float], operator.add] = []
+        day: Optional[__import__("datetime").date] = None  # type: ignore[valid-type]
+
+    return CountModel
+
+
+@pytest.mark.parametrize("kind", ["typeddict", "dataclass", "pydantic"])
+@pytest.mark.parametrize("where", ["node", "input"])
+def test_a_numeric_string_for_an_int_is_refused_by_plain_schemas_and_converted_by_pydantic(kind: str,
+                                                                                            where: str) -> None:
+    schema = {"typeddict": CountDict, "dataclass": CountData}.get(kind) or count_model()
+    write = {"count": "3"}
+    graph = (Graph(f"count_{kind}_{where}", state_schema=schema)
+             .add_node("parse", lambda s: write if where == "node" else {})
+             .add_node("inc", lambda s: {"count": s["count"] + 1})
+             .set_entry_point("parse").add_edge("parse", "inc").set_finish_point("inc").compile())
+    given = write if where == "input" else {"count": 0}
+    if kind == "pydantic":
+        result = run(Orchestrator().execute(graph, given))
+        assert result["count"] == 4 and type(result["count"]) is int  # stored as Pydantic made it: 3
+    else:
+        with pytest.raises(StateValidationError, match=r"'3' (to|for) state key 'count'.*got str"):
+            run(Orchestrator().execute(graph, given))
+
+
+def test_pydantic_conversions_are_stored_in_their_json_form_through_reducers_too() -> None:
+    model = count_model()
+    graph = (Graph("pd_convert", state_schema=model)
+             .add_node("a", lambda s: {"scores": ["1.5"], "day": "2024-01-02"})
+             .add_node("b", lambda s: {"scores": [2], "count": 2.0})
+             .set_entry_point("a").set_entry_point("b").set_finish_point("a").set_finish_point("b").compile())
+
+    async def scenario() -> tuple[State, dict[str, Any]]:
+        orchestrator = Orchestrator()
+        result = await orchestrator.execute(graph, {"scores": ["0.5"]}, workflow_id="wf-pd-convert")
+        record = await orchestrator.backend.state_store.get("wf-pd-convert")
+        assert record is not None
+        return result, dict(record.state)
+
+    result, stored = run(scenario())
+    for values in (result, stored):
+        assert sorted(values["scores"]) == [0.5, 1.5, 2.0] and values["count"] == 2 and type(values["count"]) is int
+        assert values["day"] == "2024-01-02"  # a date in its JSON form: state is JSON
+    with pytest.raises(StateValidationError, match="refuses it"):
+        run(Orchestrator().execute(single(Graph("pd_refuse", state_schema=model), lambda s: {"count": "3.5"}), {}))
