@@ -65,14 +65,14 @@ async def run_tokens(orchestrator: Orchestrator, count: int, interval: float) ->
     """Latencies (seconds) of ``count`` tokens and the wall time from the first to the last received."""
     latencies: list[float] = []
     first = last = 0.0
-    async for chunk, metadata in orchestrator.astream(token_graph(), {"count": count, "interval": interval},
-                                                      stream_mode="messages"):
+    stream = orchestrator.astream(token_graph(), {"count": count, "interval": interval}, stream_mode="messages")
+    async for chunk, metadata in stream:
         now = time.time()
         latencies.append(now - float(chunk["sent"]))
         first = first or now
         last = now
     if len(latencies) != count:
-        raise RuntimeError(f"received {len(latencies)} of {count} tokens")
+        raise RuntimeError(f"received {len(latencies)} of {count} tokens; dropped: {stream.dropped}")
     return latencies, last - first
 
 

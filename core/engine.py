@@ -456,6 +456,7 @@ class StepEngine:
                 retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
                 resume=list(answers.get(entry.key) or ()) or None,
                 remaining_steps=options.step_limit - record.step,
+                message_keys=graph.message_keys,
             )
             func = self._local_function(spec)
             if func is not None:

@@ -24,9 +24,16 @@ When chunks were dropped (see below), a ``stream.<workflow_id>.gap`` message
 
 Everything is queued and published in order by one background task per publisher, so a
 slow bus costs the workflow nothing; ``flush`` waits until everything queued is out.
-Events are never dropped. Chunks are fire-and-forget with a bound: beyond
-``chunk_limit`` queued chunks (a bus that is down or slower than the nodes), the oldest
-queued chunks are dropped and the gap message above reports them. ``emit_chunk`` may be
+Events are never dropped. Chunks are fire-and-forget with a bound in bytes: beyond
+``chunk_bytes`` (default ``DEFAULT_CHUNK_BYTES``, 64 MiB) of queued chunks, measured as
+their approximate JSON size (a token of a few characters counts about 300 bytes with its
+ids, so 64 MiB holds some 200,000 tokens; Python holds about three times that in memory
+at the worst), the oldest queued chunks are dropped and the gap message above reports
+them. That happens only when the bus is down or slower than the nodes for that long, or
+when an ``async def`` node emits that much without ever awaiting (the publisher runs on
+the same event loop, so it cannot publish before the node yields). ``chunk_limit``
+optionally bounds the number of queued chunks too. Each publishing round takes
+everything queued, up to ``MAX_BATCH`` items, in one ``publish_many``. ``emit_chunk`` may be
 called from any thread (a plain-function node runs in one); everything else only on the
 event loop the publisher runs on.
 """
@@ -44,7 +51,7 @@ from typing import Any
 
 from distributed_agents.core.ports.message_bus import MessageBus
 
-__all__ = ["DEFAULT_CHUNK_LIMIT", "EVENT_KINDS", "EventPublisher", "event_channel", "stream_channel"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_CHUNK_LIMIT", "EVENT_KINDS", "EventPublisher", "event_channel", "stream_channel"]
 
 log = logging.getLogger("distributed_agents.events")
 
@@ -54,8 +61,9 @@ EVENT_KINDS = frozenset({
 })
 
 
-MAX_BATCH = 500
-DEFAULT_CHUNK_LIMIT = 10_000  # stream chunks queued per publisher before the oldest are dropped
+MAX_BATCH = 5_000  # items per publish_many: a burst drains in few round trips (grouped chunks, see GROUP_*)
+DEFAULT_CHUNK_LIMIT: int | None = None  # no bound on the count of queued chunks by default: see DEFAULT_CHUNK_BYTES
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # approximate JSON bytes of stream chunks queued before the oldest are dropped
 GROUP_CHUNKS = 256  # chunks in one grouped bus message at most
 GROUP_BYTES = 256 * 1024  # their approximate JSON size at most (NATS refuses messages over 1 MiB by default)
 
@@ -75,9 +83,14 @@ def stream_channel(workflow_id: str, mode: str) -> str:
 class EventPublisher:
     """Publishes events and stream chunks in order, off the caller's path. Bound to one event loop."""
 
-    def __init__(self, bus: MessageBus, *, chunk_limit: int = DEFAULT_CHUNK_LIMIT) -> None:
+    def __init__(
+        self, bus: MessageBus, *, chunk_limit: int | None = DEFAULT_CHUNK_LIMIT,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
         self._bus = bus
         self.chunk_limit = chunk_limit
+        self.chunk_bytes = chunk_bytes
+        self._queued_bytes = 0  # approximate JSON bytes of the chunks queued
         self._lock = threading.Lock()
         self._events: deque[_Item] = deque()
         self._chunks: deque[_Item] = deque()
@@ -113,8 +126,8 @@ class EventPublisher:
         """Queue a stream chunk (about ``size`` bytes of JSON) from any thread; its sequence number.
 
         The number is for ``wait_published``.
-        Never blocks. Past ``chunk_limit`` queued chunks the oldest queued one is dropped
-        and counted for the workflow's next gap message. Returns 0 (nothing queued) when
+        Never blocks. Past ``chunk_bytes`` queued (or ``chunk_limit`` chunks, if set) the
+        oldest queued chunks are dropped and counted for the workflow's next gap message. Returns 0 (nothing queued) when
         the publisher is not running (never started, or closed).
         """
         loop = self._loop
@@ -124,8 +137,11 @@ class EventPublisher:
             self._seq += 1
             seq = self._seq
             self._chunks.append((seq, stream_channel(workflow_id, mode), data, size))
-            if len(self._chunks) > self.chunk_limit:
-                _, channel, _, _ = self._chunks.popleft()
+            self._queued_bytes += size
+            while len(self._chunks) > 1 and (self._queued_bytes > self.chunk_bytes or (
+                    self.chunk_limit is not None and len(self._chunks) > self.chunk_limit)):
+                _, channel, _, lost_size = self._chunks.popleft()
+                self._queued_bytes -= lost_size
                 _, lost_workflow, lost_mode = channel.split(".")  # ids have no dots: see stream_channel
                 lost = self._dropped.setdefault(lost_workflow, {})
                 lost[lost_mode] = lost.get(lost_mode, 0) + 1
@@ -156,14 +172,16 @@ class EventPublisher:
                 return [self._events.popleft() for _ in range(count)], dropped
             if not self._events:
                 count = min(len(self._chunks), MAX_BATCH)
-                return [self._chunks.popleft() for _ in range(count)], dropped
-            merged = heapq.merge(self._events, self._chunks)
-            items = [item for _, item in zip(range(MAX_BATCH), merged)]
-            for seq, _, _, _ in items:
-                if self._events and self._events[0][0] == seq:
-                    self._events.popleft()
-                else:
-                    self._chunks.popleft()
+                items = [self._chunks.popleft() for _ in range(count)]
+            else:
+                merged = heapq.merge(self._events, self._chunks)
+                items = [item for _, item in zip(range(MAX_BATCH), merged)]
+                for seq, _, _, _ in items:
+                    if self._events and self._events[0][0] == seq:
+                        self._events.popleft()
+                    else:
+                        self._chunks.popleft()
+            self._queued_bytes -= sum(item[3] for item in items)
             return items, dropped
 
     async def _pump(self) -> None:
@@ -182,7 +200,9 @@ class EventPublisher:
                  {"type": "gap", "workflow_id": workflow_id, "dropped": counts, "time": time.time()})
                 for workflow_id, counts in dropped.items()]
             if dropped:
-                log.warning("stream chunks dropped (the bus could not keep up): %s",
+                log.warning("stream chunks dropped by the publishing process (its queue of %d bytes was full: the "
+                            "bus was slower than the nodes, or an async node emitted without awaiting): %s",
+                            self.chunk_bytes,
                             ", ".join(f"{sum(c.values())} of workflow {w!r}" for w, c in dropped.items()))
             messages += _grouped(items)
             try:

@@ -47,6 +47,7 @@ class NodeCall:
     priority: int = 0
     resume: list[Any] | None = None
     remaining_steps: int | None = None
+    message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class InProcessExecutor(NodeExecutor):
                                   remaining_steps=call.remaining_steps)
             state = State._trusted(decode(call.state_json), call.workflow_id)
             try:
-                updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume)
+                updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume,
+                                            message_keys=call.message_keys)
             except Exception as exc:
                 # A rejected output (not JSON, not a dict, too large) would be the same again.
                 if policy is not None and not is_output_error(exc) and policy.should_retry(attempt, exc):
@@ -120,6 +122,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         # Only when set, so other tasks' payloads keep their shape.
         **({"resume": list(call.resume)} if call.resume else {}),
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
+        **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
     }
 
 

@@ -26,7 +26,7 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -601,6 +601,13 @@ class Graph:
         """Reducers by state key."""
         return dict(self._reducers)
 
+    @property
+    def message_keys(self) -> tuple[str, ...]:
+        """The state keys whose reducer is ``add_messages``: they take LangGraph's message shorthands."""
+        from distributed_agents.core.messages import add_messages  # messages imports nothing of graphs
+
+        return tuple(key for key, reducer in self._reducers.items() if reducer is add_messages)
+
     def node(self, name: str) -> NodeSpec:
         """The node called ``name``."""
         try:
@@ -989,6 +996,55 @@ class Graph:
 
         return draw_image(self, "svg", path).decode("utf-8")
 
+    def get_graph(self, config: Any = None, *, xray: int | bool = False) -> Graph:
+        """LangGraph's ``compiled.get_graph()``: this graph, which draws itself (``draw_mermaid()``,
+        ``draw_ascii()``, ``draw_png()``, ...). ``config`` and ``xray`` are accepted for ports; a
+        subgraph is drawn as one node either way.
+        """
+        return self
+
+    def batch(self, inputs: Sequence[Any], config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+              *, backend: str | None = None) -> list[dict[str, Any]]:
+        """LangGraph's ``graph.batch(inputs, config)``: ``invoke`` each input in turn; the results in order.
+
+        ``config`` is one config for every input or a list of one per input (``ConfigurationError``
+        if the lengths differ). One config with a ``thread_id`` for several inputs runs each as a
+        new run of that thread (see ``invoke``).
+        """
+        return [self.invoke(item, one, backend=backend) for item, one in zip(inputs, _batch_configs(self.name, inputs, config))]
+
+    async def abatch(self, inputs: Sequence[Any],
+                     config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+                     backend: str | None = None) -> list[dict[str, Any]]:
+        """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in order."""
+        configs = _batch_configs(self.name, inputs, config)
+        return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend)
+                                           for item, one in zip(inputs, configs))))
+
+    async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
+                      stream_mode: str | Sequence[str] = "updates", subgraphs: bool = False,
+                      backend: str | None = None) -> AsyncIterator[Any]:
+        """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        options = _run_options(self.name, config)
+        if input is None or isinstance(input, Command):
+            if "workflow_id" not in options:
+                raise ConfigurationError(
+                    f"graph {self.name!r}: astream({input!r}) continues a workflow: pass config="
+                    "{'configurable': {'thread_id': <the id it was started with>}}")
+            input = Command() if input is None else input
+        orchestrator = Orchestrator(backend=backend)
+        chunks = orchestrator.astream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            closing = getattr(chunks, "aclose", None)
+            if closing is not None:
+                await closing()
+            await orchestrator.close()
+
     def __repr__(self) -> str:
         state = "compiled" if self._compiled else "not compiled"
         return f"<Graph {self.name!r}: {len(self._nodes)} nodes, {state}>"
@@ -1072,6 +1128,18 @@ def _thread_id(graph: str, config: Mapping[str, Any] | None) -> str | None:
                                  f"got {config!r}")
     thread = configurable.get("thread_id")
     return None if thread is None else str(thread)
+
+
+def _batch_configs(graph: str, inputs: Sequence[Any],
+                   config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any] | None]:
+    """One config per input for ``batch``: ``config`` repeated, or the list given (same length)."""
+    if config is None or isinstance(config, Mapping):
+        return [config] * len(inputs)
+    configs: list[Mapping[str, Any] | None] = list(config)
+    if len(configs) != len(inputs):
+        raise ConfigurationError(f"graph {graph!r}: batch got {len(inputs)} input(s) but {len(configs)} config(s); "
+                                 "pass one config, or one per input")
+    return configs
 
 
 # LangGraph config keys about tracing/callbacks, accepted and not used here.

@@ -15,7 +15,12 @@ reducer, as LangGraph's ``add_messages``:
   later step, checkpoint and process.
 
 Both sides may be one message or a list; a plain string is a user message
-(``{"role": "user", "content": s}``), as in LangGraph. Nothing given is changed in
+(``{"role": "user", "content": s}``) and a ``(role, content)`` tuple is a message
+of that role, as in LangGraph (``("user", "hi")``, ``("ai", "hello")``; LangGraph's
+``human``/``ai`` become the OpenAI roles ``user``/``assistant``). A state key whose
+reducer is ``add_messages`` accepts these shorthands in the input, in a node's
+output and in ``Command(update=)``: they are turned into message dicts
+(``coerce_messages``) before the JSON check, which refuses tuples elsewhere. Nothing given is changed in
 place: the result is a new list of plain JSON dicts, which may share unchanged message
 dicts with the arguments (state values are never mutated in place, so sharing is safe
 and keeps a long history's merge cheap). Where LangGraph
@@ -25,10 +30,11 @@ uses ``RemoveMessage`` objects, the marker here is a JSON dict, because state is
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, TypedDict
 
-__all__ = ["REMOVE_ALL_MESSAGES", "MessagesState", "RemoveMessage", "add_messages"]
+__all__ = ["REMOVE_ALL_MESSAGES", "MessagesState", "RemoveMessage", "add_messages", "coerce_messages",
+           "coerce_message_updates"]
 
 REMOVE_ALL_MESSAGES = "__remove_all__"
 
@@ -43,17 +49,54 @@ def RemoveMessage(id: str) -> dict[str, str]:  # noqa: N802 - LangGraph's name, 
     return {"type": "remove", "id": id}
 
 
+# LangGraph's message types (and the OpenAI roles) -> the OpenAI chat role.
+_ROLES = {"user": "user", "human": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
+          "developer": "developer", "tool": "tool", "function": "function"}
+
+
+def _coerce_one(item: Any) -> Any:
+    if isinstance(item, str):
+        return {"role": "user", "content": item}
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] in _ROLES:
+        return {"role": _ROLES[item[0]], "content": item[1]}
+    return item
+
+
+def coerce_messages(value: Any) -> Any:
+    """``value`` with LangGraph's message shorthands as message dicts; anything else unchanged.
+
+    A ``str`` is ``{"role": "user", "content": s}``; a ``(role, content)`` tuple whose
+    role is one of user/human, assistant/ai, system, developer, tool, function is
+    ``{"role": <OpenAI role>, "content": content}``. Applies to ``value`` itself and to
+    the items of a list (or tuple) of messages; returns a new list, never mutating.
+    Ids are given later, by ``add_messages``.
+    """
+    if isinstance(value, (str, dict)) or (isinstance(value, tuple) and _coerce_one(value) is not value):
+        return _coerce_one(value)
+    if isinstance(value, (list, tuple)):
+        return [_coerce_one(item) for item in value]
+    return value
+
+
+def coerce_message_updates(updates: Mapping[str, Any], message_keys: Iterable[str]) -> dict[str, Any]:
+    """``updates`` with ``coerce_messages`` applied to the values of ``message_keys`` (a new dict)."""
+    result = dict(updates)
+    for key in message_keys:
+        if key in result:
+            result[key] = coerce_messages(result[key])
+    return result
+
+
 def _is_removal(message: Mapping[str, Any]) -> bool:
     return message.get("type") == "remove"
 
 
 def _messages(side: str, value: Any) -> list[dict[str, Any]]:
     """``value`` (one message, a string or a list of them) as a list of message dicts, each with an id."""
+    value = coerce_messages(value)
     items = value if isinstance(value, list) else [value]
     result = []
     for index, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"role": "user", "content": item}
         if not isinstance(item, dict):
             where = f"{side}[{index}]" if isinstance(value, list) else side
             raise TypeError(

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from distributed_agents.core.errors import (
     PayloadTooLargeError,
     StateNotSerializableError,
 )
+from distributed_agents.core.messages import coerce_message_updates
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
@@ -418,12 +420,15 @@ async def invoke_node(
     timeout: float | None,
     on_abandoned: AbandonedHook | None = None,
     resume: Any = None,
+    message_keys: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """Run ``func`` once on ``state``; return its checked updates.
 
     A ``Command`` the node returns, and a pause by ``interrupt()``, come back in their
     JSON forms (``types.command_output`` / ``types.interrupt_output``); ``resume`` is
     the list of answers the node's ``interrupt()`` calls return, in order.
+    ``message_keys`` (keys whose reducer is ``add_messages``) take LangGraph's message
+    shorthands (``("user", "hi")``, ``"hi"``), turned into message dicts before the check.
 
     Raises ``NodeTimeoutError`` past ``timeout``, ``InvalidNodeOutputError`` for a
     return value that is not a dict or None, ``StateNotSerializableError`` for a
@@ -497,13 +502,15 @@ async def invoke_node(
     if isinstance(output, Command):
         if isinstance(output.update, Mapping):
             _refuse_reserved(output.update, context.node)
+            if message_keys:
+                output = dataclasses.replace(output, update=coerce_message_updates(output.update, message_keys))
         return _detached(command_output(output, context.node))
     if not isinstance(output, Mapping):
         raise InvalidNodeOutputError(
             f"node {context.node!r} returned {type(output).__name__}; a node must return a dict of "
             "state updates, a Command or None"
         )
-    updates = dict(output)
+    updates = coerce_message_updates(output, message_keys) if message_keys else dict(output)
     _refuse_reserved(updates, context.node)
     try:
         check_values(updates)

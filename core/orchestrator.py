@@ -56,11 +56,20 @@ from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
+from distributed_agents.core.messages import coerce_message_updates
 from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
 from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events, with_positions
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
-from distributed_agents.core.streaming import DEFAULT_BUFFER_SIZE, StreamReader, parse_stream_mode
+from distributed_agents.core.streaming import (
+    DEFAULT_BUFFER_SIZE,
+    ChunkStream,
+    OnGap,
+    StreamGap,
+    StreamReader,
+    check_on_gap,
+    parse_stream_mode,
+)
 from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
@@ -530,8 +539,9 @@ class Orchestrator:
         subgraphs: bool = False,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         poll_interval: float = 1.0,
+        on_gap: OnGap = "warn",
         **options: Any,
-    ) -> AsyncIterator[Any]:
+    ) -> ChunkStream:
         """Run ``graph`` as ``execute`` does (same ``options``) and yield its stream as it happens.
 
         ``stream_mode`` is ``"values"``, ``"updates"``, ``"custom"``, ``"messages"`` or
@@ -549,8 +559,13 @@ class Orchestrator:
         raises ``WorkflowNotFoundError`` at the first chunk.
 
         A consumer slower than the workflow never stalls it: at most ``buffer_size`` live
-        chunks (custom, messages, debug) are held, then the oldest are dropped and a
-        ``StreamGap`` is yielded in their place. Steps that were missed on the bus are read
+        chunks (custom, messages, debug) are held, then the oldest are dropped. A drop is
+        logged as a warning naming the side that overflowed (this stream's buffer, or the
+        node's process), recorded in the returned stream's ``gaps``/``dropped``, and
+        handled as ``on_gap`` says: ``"warn"`` (default: nothing in the stream, so the
+        chunk shapes never change), ``"raise"`` (``StreamGapError``), ``"yield"`` (a
+        ``StreamGap`` in the stream, as ``("gap", gap)`` with several modes) or a callable
+        taking the ``StreamGap``. Steps that were missed on the bus are read
         from the checkpoints (at the latest after ``poll_interval`` seconds of silence).
         Leaving the loop early (``break``, ``aclose()``, an exception in the consumer, the
         iterator collected) never strands the workflow: this orchestrator keeps driving it to
@@ -560,6 +575,7 @@ class Orchestrator:
         once for an unknown ``stream_mode`` (naming the valid ones) or a bad argument.
         """
         parse_stream_mode(stream_mode)
+        check_on_gap(on_gap)
         if isinstance(graph, str):
             if initial_state is not None or options:
                 raise ConfigurationError(
@@ -573,18 +589,22 @@ class Orchestrator:
                 f"{type(graph).__name__}")
         elif not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before astream()")
-        return self._astream(graph, initial_state, stream_mode, subgraphs, buffer_size, poll_interval, options)
+        gaps: list[StreamGap] = []
+        return ChunkStream(self._astream(graph, initial_state, stream_mode, subgraphs, buffer_size, poll_interval,
+                                         on_gap, gaps, options), gaps)
 
     async def _astream(
         self, graph: Graph | str, initial_state: Mapping[str, Any] | State | Command[Any] | None,
         stream_mode: str | Sequence[str], subgraphs: bool, buffer_size: int, poll_interval: float,
-        options: dict[str, Any],
+        on_gap: OnGap, gaps: list[StreamGap], options: dict[str, Any],
     ) -> AsyncIterator[Any]:
         await self.connect()
         backend = self.backend
         if isinstance(graph, str):
             reader = StreamReader(backend.state_store, backend.message_bus, graph, stream_mode,
-                                  subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
+                                  subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval,
+                                  on_gap=on_gap)
+            reader.gaps = gaps
             await reader.open()  # before the replay: what happens meanwhile is delivered live
             try:
                 async for chunk in reader.chunks():
@@ -606,7 +626,9 @@ class Orchestrator:
                 f"astream(): workflow {workflow_id!r} already exists ({current.status} at step {current.step}) in "
                 f"{backend.url!r}; pass a new workflow_id to start another, or astream({workflow_id!r}) to follow it")
         reader = StreamReader(backend.state_store, backend.message_bus, workflow_id, stream_mode,
-                              subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval)
+                              subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval,
+                              on_gap=on_gap)
+        reader.gaps = gaps
         await reader.open()  # subscribed before the workflow starts: no chunk is missed
         driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
         driver.add_done_callback(_ignore_outcome)  # its outcome is the stream's, if anyone still reads it
@@ -685,6 +707,8 @@ class Orchestrator:
             workflow_id = workflow_id or initial_state.workflow_id
         else:
             values = dict(initial_state or {})
+            if graph.message_keys:  # LangGraph's ("user", "hi") / "hi" messages, as dicts
+                values = coerce_message_updates(values, graph.message_keys)
             check_values(values)
             values = State(values).values_copy()
         if reserved_keys(values):

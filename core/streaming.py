@@ -25,12 +25,20 @@ the bus. The reader subscribes to ``*.<workflow_id>.>`` before the workflow star
 before it replays, when attaching), so nothing a node emits is lost before it reads.
 
 A slow consumer never stalls anything: a background task moves bus messages into a
-buffer of at most ``buffer_size`` live chunks (custom, messages, debug); past that the
-oldest live chunk is dropped and a ``StreamGap`` takes its place in the stream (merged
-with an adjacent one), with a logged warning. ``values``/``updates`` are never dropped:
-they are read from the store when the consumer gets to them. A writer whose process
-could not publish in time (its own bound, see ``core.events``) is reported the same way
+buffer of at most ``buffer_size`` live chunks (custom, messages, debug), handing the
+event loop to the consumer after each bus message so a consumer that keeps up drains it
+as it fills; past that the oldest live chunk is dropped. ``values``/``updates`` are never
+dropped: they are read from the store when the consumer gets to them. A writer whose
+process could not publish in time (its own bound, see ``core.events``) drops chunks too
 (``StreamGap.source == "writer"``).
+
+A drop is never silent, and never breaks the shapes above: each is logged as a warning
+naming the side that overflowed, recorded on the stream (``ChunkStream.gaps`` /
+``dropped``), and handled as ``on_gap`` says: ``"warn"`` (the default: nothing in the
+stream), ``"raise"`` (``StreamGapError`` at that point of the stream), ``"yield"`` (a
+``StreamGap`` where the chunks would have been: bare in a one-mode stream, ``("gap",
+StreamGap)`` with several modes, prefixed by its namespace with ``subgraphs=True``), or
+a callable, called with the ``StreamGap``.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_agents.core.errors import (
     ConfigurationError,
+    ExecutionError,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -56,7 +65,8 @@ from distributed_agents.core.schema import result_values
 from distributed_agents.core.subgraphs import NAMESPACE_KEY
 from distributed_agents.core.types import INTERRUPT_KEY
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "StreamGap", "StreamReader", "parse_stream_mode"]
+__all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "StreamGap", "StreamGapError", "StreamReader",
+           "check_on_gap", "parse_stream_mode"]
 
 log = logging.getLogger("distributed_agents.streaming")
 
@@ -82,6 +92,60 @@ class StreamGap:
     source: str
     workflow_id: str
     namespace: tuple[str, ...] = ()
+
+
+class StreamGapError(ExecutionError):
+    """Live chunks were dropped from a stream read with ``on_gap="raise"``; ``gap`` says which."""
+
+    def __init__(self, message: str, gap: StreamGap) -> None:
+        super().__init__(message)
+        self.gap = gap
+
+
+OnGap = str | Callable[[StreamGap], object]
+_ON_GAP = ("warn", "raise", "yield")
+
+
+def check_on_gap(on_gap: OnGap) -> OnGap:
+    """``on_gap`` if it is ``"warn"``, ``"raise"``, ``"yield"`` or a callable; else ``ConfigurationError``."""
+    if callable(on_gap) or on_gap in _ON_GAP:
+        return on_gap
+    raise ConfigurationError(
+        f"on_gap={on_gap!r} is not a way to report dropped chunks; use 'warn' (log, count on the stream), 'raise' "
+        "(StreamGapError), 'yield' (a StreamGap in the stream) or a callable taking the StreamGap")
+
+
+class ChunkStream(AsyncIterator[Any]):
+    """What ``astream`` returns: an async iterator of chunks, with the gaps it met.
+
+    ``gaps`` lists every ``StreamGap`` so far, ``dropped`` sums them by mode; ``aclose()``
+    closes it (as an async generator's).
+    """
+
+    def __init__(self, chunks: AsyncIterator[Any], gaps: list[StreamGap]) -> None:
+        self._chunks = chunks
+        self.gaps = gaps
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Live chunks dropped so far, by mode (both sides: this stream's buffer and the writers')."""
+        total: dict[str, int] = {}
+        for gap in self.gaps:
+            for mode, count in gap.dropped.items():
+                total[mode] = total.get(mode, 0) + count
+        return total
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading; see ``Orchestrator.astream`` for what happens to the workflow."""
+        closing = getattr(self._chunks, "aclose", None)
+        if closing is not None:
+            await closing()
 
 
 def parse_stream_mode(stream_mode: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
@@ -167,8 +231,11 @@ class StreamReader:
     def __init__(
         self, store: StateStore, bus: MessageBus, workflow_id: str, stream_mode: str | Sequence[str], *,
         subgraphs: bool = False, buffer_size: int = DEFAULT_BUFFER_SIZE, poll_interval: float = 1.0,
+        on_gap: OnGap = "warn",
     ) -> None:
         self.modes, self.tagged = parse_stream_mode(stream_mode)
+        self.on_gap = check_on_gap(on_gap)
+        self.gaps: list[StreamGap] = []  # every gap met, whatever on_gap says
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ConfigurationError(f"buffer_size must be an int >= 1 (live chunks held), got {buffer_size!r}")
         self._store = store
@@ -221,6 +288,11 @@ class StreamReader:
                         inner = await self._chunk_namespace(one)
                         if not inner or self.subgraphs:
                             self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
+                    if self._buffer.live:
+                        # Let a waiting consumer take what arrived before reading on: the bus
+                        # may hold a long burst, which would otherwise all land in the buffer
+                        # (and overflow it) before the consumer ever runs.
+                        await asyncio.sleep(0)
                     continue
                 if mode == "gap":
                     dropped = {m: int(n) for m, n in dict(data.get("dropped") or {}).items() if m in self.modes}
@@ -307,11 +379,22 @@ class StreamReader:
                 yield self._shape(item[1], item[2], item[3])
             elif kind == "gap":
                 gap = item[1]
-                log.warning("stream of workflow %r: %s live chunk(s) dropped (%s)", self.workflow_id,
-                            sum(gap.dropped.values()), "the consumer was slower than the workflow"
-                            if gap.source == "caller" else "the node's process could not publish them in time")
-                yield self._shape("gap", StreamGap(dict(gap.dropped), gap.source, self.workflow_id, gap.namespace),
-                                  gap.namespace)
+                found = StreamGap(dict(gap.dropped), gap.source, self.workflow_id, gap.namespace)
+                why = (f"this stream's buffer of {self._buffer.limit} live chunks (buffer_size) was full: its consumer "
+                       "did not take chunks as fast as they arrived" if gap.source == "caller" else
+                       "the node's process could not publish them in time (its publisher's queue was full: its bus "
+                       "was slower than the node, or an async node emitted without awaiting)")
+                log.warning("stream of workflow %r: %s live chunk(s) dropped (%s): %s", self.workflow_id,
+                            sum(gap.dropped.values()), ", ".join(f"{m}={n}" for m, n in gap.dropped.items()), why)
+                self.gaps.append(found)
+                if self.on_gap == "yield":
+                    yield self._shape("gap", found, gap.namespace)
+                elif self.on_gap == "raise":
+                    raise StreamGapError(
+                        f"stream of workflow {self.workflow_id!r}: {sum(gap.dropped.values())} live chunk(s) dropped "
+                        f"({why}); pass on_gap='warn' to go on past gaps, or a larger buffer_size", found)
+                elif callable(self.on_gap):
+                    self.on_gap(found)
             elif kind == "subcommit":
                 for chunk in await self._subgraph_step(item[1], item[2], item[3]):
                     yield chunk

@@ -446,7 +446,8 @@ class Worker:
         started = time.monotonic()
         try:
             updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
-                                        resume=task.payload.get("resume"))
+                                        resume=task.payload.get("resume"),
+                                        message_keys=[str(k) for k in task.payload.get("message_keys") or ()])
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, self.backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)

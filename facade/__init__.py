@@ -18,6 +18,7 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.cache import CachePolicy  # noqa: E402
+from distributed_agents.core.checkpointers import InMemorySaver, MemorySaver  # noqa: E402
 from distributed_agents.core.graph import END, START, Graph, StateGraph  # noqa: E402
 from distributed_agents.core.history import StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
@@ -35,7 +36,7 @@ from distributed_agents.core.retry import RetryPolicy  # noqa: E402
 from distributed_agents.core.state import State  # noqa: E402
 from distributed_agents.core.status import WorkflowStatusInfo  # noqa: E402
 from distributed_agents.core.stream_writer import StreamWriter  # noqa: E402
-from distributed_agents.core.streaming import StreamGap  # noqa: E402
+from distributed_agents.core.streaming import ChunkStream, StreamGap, StreamGapError  # noqa: E402
 from distributed_agents.core.types import Command, Send  # noqa: E402
 from distributed_agents.core.worker import Worker  # noqa: E402
 from distributed_agents.plugins import available_backends, open_backend  # noqa: E402
@@ -44,10 +45,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CachePolicy",
+    "ChunkStream",
     "Command",
     "END",
     "Graph",
+    "InMemorySaver",
     "Interrupt",
+    "MemorySaver",
     "MessagesState",
     "NodeContext",
     "NodeRegistry",
@@ -61,6 +65,7 @@ __all__ = [
     "StateGraph",
     "StateSnapshot",
     "StreamGap",
+    "StreamGapError",
     "StreamWriter",
     "Worker",
     "WorkflowStatus",

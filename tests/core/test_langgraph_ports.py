@@ -731,3 +731,73 @@ def test_a_node_in_a_subgraph_sees_the_parents_thread_id() -> None:
     parent.add_edge(START, "sub")
     assert parent.compile().invoke({"log": []}, {"configurable": {"thread_id": "t-sub"}}) == {
         "log": ["t-sub", True]}
+
+
+def test_messages_as_role_content_tuples_in_the_input_a_node_output_and_a_command() -> None:
+    """LangGraph's ``{"messages": [("user", "bob")]}`` shorthand, in and out of nodes."""
+    from distributed_agents import StateGraph
+
+    def bot(state: Any) -> Any:
+        return {"messages": [("ai", "hi " + state["messages"][-1]["content"])]}
+
+    def handoff(state: Any) -> Any:
+        return Command(goto=END, update={"messages": ("assistant", "bye")})
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(bot)
+    builder.add_node(handoff, destinations=(END,))
+    builder.add_edge(START, "bot").add_edge("bot", "handoff")
+    out = builder.compile().invoke({"messages": [("user", "bob")]})
+    assert [(m["role"], m["content"]) for m in out["messages"]] == [
+        ("user", "bob"), ("assistant", "hi bob"), ("assistant", "bye")]
+    assert all(isinstance(m["id"], str) and m["id"] for m in out["messages"])
+
+
+def test_a_tuple_under_a_key_without_add_messages_is_still_refused() -> None:
+    """Only add_messages keys take the shorthand: elsewhere a tuple is refused as not JSON."""
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import StateNotSerializableError
+
+    class S(TypedDict):
+        pairs: list
+
+    builder = StateGraph(S)
+    builder.add_node("n", lambda s: {"pairs": [("user", "x")]})
+    builder.add_edge(START, "n")
+    with pytest.raises(StateNotSerializableError):
+        builder.compile().invoke({"pairs": [("user", "y")]})
+
+
+# -- names a port expects: checkpointers, get_graph, batch, astream ---------------------------------
+
+
+def test_memory_saver_get_graph_batch_and_astream_port_unchanged() -> None:
+    """``compile(checkpointer=MemorySaver())``, ``app.get_graph().draw_mermaid()``, ``app.batch`` and
+    ``app.astream`` as LangGraph's quickstarts write them."""
+    import asyncio
+
+    from distributed_agents import InMemorySaver, MemorySaver, StateGraph
+    from distributed_agents.core.errors import ConfigurationError
+
+    class S(TypedDict):
+        log: Annotated[list, operator.add]
+
+    builder = StateGraph(S)
+    builder.add_node("n", lambda s: {"log": ["n"]})
+    builder.add_edge(START, "n")
+    app = builder.compile(checkpointer=MemorySaver())
+    assert MemorySaver is InMemorySaver
+    drawn = app.get_graph().draw_mermaid()
+    assert "n" in drawn and app.get_graph(xray=True).draw_ascii() == app.draw_ascii()
+    assert app.batch([{"log": ["a"]}, {"log": ["b"]}]) == [{"log": ["a", "n"]}, {"log": ["b", "n"]}]
+    with pytest.raises(ConfigurationError, match="2 input"):
+        app.batch([{"log": []}, {"log": []}], [{"recursion_limit": 5}])
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        chunks = [chunk async for chunk in app.astream({"log": []}, stream_mode="values")]
+        together = await app.abatch([{"log": ["x"]}, {"log": ["y"]}])
+        return chunks, together
+
+    chunks, together = asyncio.run(scenario())
+    assert chunks == [{"log": []}, {"log": ["n"]}]
+    assert together == [{"log": ["x", "n"]}, {"log": ["y", "n"]}]

@@ -361,3 +361,18 @@ def test_add_messages_by_name_on_an_untyped_graph() -> None:
     assert graph.spec()["reducers"] == {"messages": "add_messages"}
     result = run(Orchestrator().execute(graph, {}))
     assert [m["content"] for m in result["messages"]] == ["from a", "from b"]
+
+
+def test_add_messages_takes_langgraphs_role_content_tuples() -> None:
+    """("user", "hi") / ("human", ...) / ("ai", ...) as in LangGraph; human/ai become OpenAI's user/assistant."""
+    merged = add_messages([("system", "be brief")], [("human", "hi"), ("ai", "hello"), "plain", ("tool", "42")])
+    assert [(m["role"], m["content"]) for m in merged] == [
+        ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "plain"), ("tool", "42")]
+    assert len({m["id"] for m in merged}) == 5
+    assert [(m["role"], m["content"]) for m in add_messages(None, ("assistant", "one"))] == [("assistant", "one")]
+
+
+@pytest.mark.parametrize("bad", [("narrator", "x"), ("user", "x", "extra"), (1, "x")])
+def test_add_messages_refuses_a_tuple_that_is_not_a_role_and_content(bad: Any) -> None:
+    with pytest.raises(TypeError, match="add_messages"):
+        add_messages([], [bad])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from distributed_agents import (
     Orchestrator,
     State,
     StreamGap,
+    StreamGapError,
     get_stream_writer,
     interrupt,
 )
@@ -302,7 +304,7 @@ def test_a_slow_consumer_gets_the_newest_chunks_and_a_gap_for_the_dropped_ones()
     async def scenario() -> list[Any]:
         orchestrator = Orchestrator()
         stream = orchestrator.astream(graph, {}, stream_mode=["custom", "values"], buffer_size=5,
-                                      workflow_id="wf-slow")
+                                      workflow_id="wf-slow", on_gap="yield")
         first = await stream.__anext__()
         while (await orchestrator.get_workflow_status("wf-slow")).status != "completed":
             await asyncio.sleep(0.01)  # the consumer is busy meanwhile: everything piles up
@@ -507,7 +509,8 @@ def test_chunks_a_writer_dropped_are_reported_to_the_caller_as_a_writer_gap() ->
     async def scenario() -> list[Any]:
         gate = asyncio.Event()
         orchestrator = Orchestrator()
-        stream = orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-wgap")
+        stream = orchestrator.astream(gated_graph(gate), {}, stream_mode="custom", workflow_id="wf-wgap",
+                                      on_gap="yield")
         got = [await stream.__anext__()]  # "waiting": the node runs
         # What a worker's publisher sends after dropping chunks it could not publish in time.
         await orchestrator.backend.message_bus.publish(
@@ -540,3 +543,96 @@ def test_a_backend_url_given_where_the_registry_or_node_types_go_is_refused_poin
         with pytest.raises(ConfigurationError, match="redis_url must be a backend URL.*registry="):
             facade(NodeRegistry())  # type: ignore[arg-type]
     assert Orchestrator(NodeRegistry(), backend="memory://").registry is not None
+
+
+def _flooding_graph(tokens: int, *, in_thread: bool) -> Graph:
+    """One node bursting ``tokens`` messages without pausing (in a thread, or async never awaiting)."""
+    def burst() -> dict[str, Any]:
+        writer = get_stream_writer()
+        for i in range(tokens):
+            writer.message(f"t{i}", metadata={"i": i})
+        return {"sent": tokens}
+
+    async def burst_async(state: State) -> dict[str, Any]:
+        return burst()
+
+    graph = Graph("flood").add_node("talk", (lambda state: burst()) if in_thread else burst_async)
+    return graph.set_entry_point("talk").set_finish_point("talk").compile()
+
+
+# The default run bursts past both old bounds (10,000 chunks); the thorough profile sends 100,000.
+BURST = 100_000 if os.environ.get("DA_TEST_PROFILE") == "thorough" else 25_000
+
+
+@pytest.mark.parametrize("in_thread", [True, False], ids=["thread-node", "async-node-never-awaiting"])
+def test_a_burst_of_tokens_reaches_a_consumer_that_keeps_up_intact(in_thread: bool) -> None:
+    async def scenario() -> tuple[list[int], dict[str, int]]:
+        orchestrator = Orchestrator()
+        try:
+            stream = orchestrator.astream(_flooding_graph(BURST, in_thread=in_thread), {}, stream_mode="messages",
+                                          on_gap="raise")
+            got = [metadata["i"] async for token, metadata in stream]  # the README idiom
+            return got, stream.dropped
+        finally:
+            await orchestrator.close()
+
+    got, dropped = run(scenario(), timeout=100)
+    assert got == list(range(BURST)) and dropped == {}
+
+
+def _slow_consumer_stream(orchestrator: Orchestrator, stream_mode: Any, **options: Any) -> Any:
+    return orchestrator.astream(_flooding_graph(300, in_thread=True), {}, stream_mode=stream_mode, buffer_size=10,
+                                **options)
+
+
+async def _read_slowly(stream: Any) -> list[Any]:
+    out = []
+    async for chunk in stream:
+        out.append(chunk)
+        await asyncio.sleep(0.001)  # slower than the node: the buffer of 10 overflows
+    return out
+
+
+@pytest.mark.parametrize("stream_mode", ["messages", ["messages", "updates"]])
+def test_gaps_never_change_the_documented_chunk_shapes_and_are_reported_on_the_stream(
+        stream_mode: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[list[Any], Any]:
+        orchestrator = Orchestrator()
+        try:
+            stream = _slow_consumer_stream(orchestrator, stream_mode)
+            return await _read_slowly(stream), stream
+        finally:
+            await orchestrator.close()
+
+    with caplog.at_level("WARNING", logger="distributed_agents.streaming"):
+        chunks, stream = run(scenario())
+    if isinstance(stream_mode, str):
+        tokens = [token for token, metadata in chunks]  # the README idiom never meets a gap
+    else:
+        assert {mode for mode, _ in chunks} == {"messages", "updates"}
+        tokens = [chunk[0] for mode, chunk in chunks if mode == "messages"]
+    assert stream.gaps and all(gap.source == "caller" for gap in stream.gaps)
+    assert len(tokens) + stream.dropped["messages"] == 300  # every chunk delivered or counted
+    assert "buffer of 10 live chunks (buffer_size) was full" in caplog.text
+
+
+def test_on_gap_raise_yield_and_a_callable() -> None:
+    async def scenario() -> tuple[list[Any], list[Any], list[StreamGap]]:
+        orchestrator = Orchestrator()
+        try:
+            with pytest.raises(StreamGapError, match="live chunk\\(s\\) dropped.*buffer_size") as raised:
+                await _read_slowly(_slow_consumer_stream(orchestrator, "messages", on_gap="raise"))
+            assert raised.value.gap.source == "caller"
+            yielded = await _read_slowly(_slow_consumer_stream(orchestrator, ["messages", "values"], on_gap="yield"))
+            called: list[StreamGap] = []
+            plain = await _read_slowly(_slow_consumer_stream(orchestrator, "messages", on_gap=called.append))
+            return yielded, plain, called
+        finally:
+            await orchestrator.close()
+
+    yielded, plain, called = run(scenario())
+    assert any(mode == "gap" and isinstance(chunk, StreamGap) for mode, chunk in yielded)
+    assert called and all(isinstance(chunk, tuple) for chunk in plain)
+    assert len(plain) + sum(gap.dropped["messages"] for gap in called) == 300
+    with pytest.raises(ConfigurationError, match="on_gap='ignore'.*'warn'"):
+        Orchestrator().astream(two_steps(), {}, on_gap="ignore")

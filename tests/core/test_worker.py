@@ -298,3 +298,23 @@ def test_a_heartbeat_cancelled_as_it_is_woken_still_stops() -> None:
         return stopped
 
     assert run(body()) == [True] * 5
+
+
+def test_message_tuples_from_a_node_on_a_worker_become_message_dicts() -> None:
+    """The task carries the graph's add_messages keys, so a worker's node may return ("ai", text) too."""
+    from distributed_agents import MessagesState
+
+    def bot(state: State) -> Any:
+        return {"messages": [("ai", "hi " + state["messages"][-1]["content"])]}
+
+    graph = Graph("worker_tuples", state_schema=MessagesState)
+    graph.add_node("bot", node_type="bot_tuples")
+    graph.set_entry_point("bot").set_finish_point("bot").compile()
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("bot_tuples", bot)
+
+    async def body() -> Any:
+        return await Orchestrator().execute(graph, {"messages": [("user", "bob")]})
+
+    out = run(with_worker(worker, body))
+    assert [(m["role"], m["content"]) for m in out["messages"]] == [("user", "bob"), ("assistant", "hi bob")]

@@ -126,7 +126,7 @@ def test_a_slow_caller_gets_a_gap_for_dropped_tokens_and_every_value(
 ) -> None:
     async def scenario(orchestrator: Orchestrator, url: str, prefix: str) -> list[Any]:
         stream = orchestrator.astream(app.talk_graph(), {"tokens": 200}, stream_mode=["messages", "values"],
-                                      buffer_size=10, workflow_id="wf-slow")
+                                      buffer_size=10, workflow_id="wf-slow", on_gap="yield")
         chunks = [await stream.__anext__()]  # the input's values
         while (await orchestrator.get_workflow_status("wf-slow")).status != "completed":
             await asyncio.sleep(0.02)  # the consumer is busy: tokens pile up in its buffer
