@@ -76,8 +76,10 @@ def parse_checkpoint_id(text: str) -> tuple[str, int]:
 class StateSnapshot:
     """A workflow's state at one checkpoint.
 
-    ``values`` is the full state after ``step`` committed steps; ``next`` the nodes the
-    next step runs (empty: nothing left to run); ``checkpoint_id`` is
+    ``values`` is the full state after ``step`` committed steps; ``next`` the nodes of
+    the tasks the next step runs, one entry per task as in LangGraph (three ``Send`` tasks to
+    ``w`` are ``("w", "w", "w")``; edge-triggered nodes first, then the Sends in order;
+    empty: nothing left to run); ``checkpoint_id`` is
     ``"<workflow_id>:<step>"`` and ``parent_checkpoint_id`` the checkpoint it followed
     (None for a workflow's first; for a fork, a checkpoint of the workflow it was
     forked from). ``created_at`` is when it was committed (``time.time()`` seconds).
@@ -137,6 +139,13 @@ def _parent(checkpoint: Checkpoint) -> str | None:
     return None if checkpoint.step == 0 else checkpoint_id(checkpoint.workflow_id, checkpoint.step - 1)
 
 
+def _next_tasks(frontier: Mapping[str, Any]) -> tuple[str, ...]:
+    """The node of each task ``frontier``'s step runs: edge-triggered nodes once each, then one per Send."""
+    names = list(dict.fromkeys(str(name) for name in frontier.get("next", ())))
+    names.extend(str(send["node"]) for send in frontier.get("sends") or ())
+    return tuple(names)
+
+
 def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) -> StateSnapshot:
     """The snapshot of ``checkpoint``; pass the workflow's ``record`` if it is the latest.
 
@@ -151,7 +160,7 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
     return StateSnapshot(
         workflow_id=checkpoint.workflow_id,
         values=dict(values),
-        next=tuple(frontier_nodes(frontier)),
+        next=_next_tasks(frontier),
         step=checkpoint.step,
         checkpoint_id=checkpoint_id(checkpoint.workflow_id, checkpoint.step),
         parent_checkpoint_id=_parent(checkpoint),

@@ -171,3 +171,25 @@ def test_update_state_at_an_interrupt_keeps_the_siblings_writes() -> None:
     snapshot, final = run(scenario())
     assert snapshot.values["plain"] == 1 and snapshot.next == ("after",)
     assert final == {"answer": "manual", "plain": 1, "saw_plain": 1}
+
+
+@pytest.mark.parametrize("sends", [0, 1, 3])
+def test_next_has_one_entry_per_task_as_in_langgraph(sends: int) -> None:
+    from distributed_agents import START, Send
+
+    graph = Graph("next_per_task", reducers={"out": "extend"})
+    graph.add_node("plan", lambda s: {}).add_node("w", lambda s: {"out": [s["i"]]}).add_node("log", lambda s: {})
+    graph.add_edge(START, "plan").add_edge("plan", "log")
+    graph.add_conditional_edge("plan", lambda s: [Send("w", {"i": i}) for i in range(s["n"])] or "log", ["w", "log"])
+    graph.add_edge("w", END).add_edge("log", END)
+    graph.compile(interrupt_before=["log"])
+
+    async def scenario() -> tuple[tuple[str, ...], Any]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {"n": sends}, workflow_id=f"wf-next-{sends}")
+            snapshot = await orchestrator.get_state(f"wf-next-{sends}")
+            return snapshot.next, await orchestrator.resume(f"wf-next-{sends}")
+
+    next_tasks, done = run(scenario())
+    assert next_tasks == ("log", *["w"] * sends)  # edge-triggered nodes once each, then one per Send
+    assert sorted(done.get("out", [])) == list(range(sends))
