@@ -62,7 +62,7 @@ from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
-from distributed_agents.core.subgraphs import NAMESPACE_KEY
+from distributed_agents.core.subgraphs import NAMESPACE_KEY, PARENT_KEY, SUBGRAPHS_KEY
 from distributed_agents.core.types import INTERRUPT_KEY
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "StreamGap", "StreamGapError", "StreamReader",
@@ -249,6 +249,7 @@ class StreamReader:
         self._last = -1  # the last step whose values/updates were yielded
         self._wants_steps = bool({"values", "updates"} & set(self.modes))
         self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
+        self._sub_steps: set[tuple[str, int]] = set()  # (subgraph workflow id, step) whose chunks were yielded
 
     @property
     def dropped(self) -> int:
@@ -304,7 +305,9 @@ class StreamReader:
                     self._buffer.put(["chunk", "debug", _debug_chunk(data), namespace])
                 if namespace:  # a subgraph's own steps and end are not this workflow's
                     child = data.get("subgraph_workflow_id")
-                    if event_type == "step.committed" and isinstance(child, str) and self._wants_steps:
+                    # started: the subgraph's input checkpoint (step 0), its first values as in LangGraph
+                    if event_type in ("step.committed", "workflow.started") and isinstance(child, str) \
+                            and self._wants_steps:
                         self._buffer.put(["subcommit", child, int(data.get("step", 0)), namespace])
                     continue
                 if event_type in ("step.committed", "workflow.started"):  # started: the input's checkpoint
@@ -467,16 +470,43 @@ class StreamReader:
             if checkpoint.step <= self._last:
                 continue
             out += self._step_chunks(checkpoint, record)
+            if self.subgraphs:  # the subgraphs this step ran come before the next step's chunks
+                out += await self._replay_children(self.workflow_id, checkpoint)
             self._last = checkpoint.step
         self._last = max(self._last, record.step)
         return out
 
     async def _subgraph_step(self, child: str, step: int, namespace: tuple[str, ...]) -> list[Any]:
-        """Values/updates of a subgraph's committed step (its child workflow's checkpoint), live only."""
+        """Values/updates of a subgraph's committed step (its child workflow's checkpoint), once each."""
+        if (child, step) in self._sub_steps:
+            return []
         found = await self._store.list_checkpoints(child, limit=1, before=step + 1)
         if not found or found[0].step != step:
             return []
+        self._sub_steps.add((child, step))
         return self._step_chunks(found[0], None, namespace)
+
+    async def _replay_children(self, parent: str, checkpoint: Checkpoint) -> list[Any]:
+        """Values/updates of the subgraphs run by the step after ``checkpoint`` of ``parent``, so far.
+
+        Their child workflows are named in the checkpoint's frontier (``core.subgraphs``);
+        each child's checkpoints come in order under its namespace, its own subgraphs
+        nested after the step that ran them. Steps already yielded (live) are skipped.
+        """
+        out: list[Any] = []
+        for child_id in dict(checkpoint.frontier.get(SUBGRAPHS_KEY) or {}).values():
+            child = await self._store.get(str(child_id))
+            if child is None or child.metadata.get(PARENT_KEY) != parent:
+                continue
+            namespace = tuple(str(part) for part in child.metadata.get(NAMESPACE_KEY) or [child.workflow_id])
+            self._namespaces[child.workflow_id] = namespace
+            found = await self._store.list_checkpoints(child.workflow_id, limit=child.step + 1, before=child.step + 1)
+            for step in sorted(found, key=lambda cp: cp.step):
+                if (child.workflow_id, step.step) not in self._sub_steps:
+                    self._sub_steps.add((child.workflow_id, step.step))
+                    out += self._step_chunks(step, None, namespace)
+                out += await self._replay_children(child.workflow_id, step)
+        return out
 
     def _step_chunks(
         self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()

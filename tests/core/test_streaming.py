@@ -636,3 +636,46 @@ def test_on_gap_raise_yield_and_a_callable() -> None:
     assert len(plain) + sum(gap.dropped["messages"] for gap in called) == 300
     with pytest.raises(ConfigurationError, match="on_gap='ignore'.*'warn'"):
         Orchestrator().astream(two_steps(), {}, on_gap="ignore")
+
+
+def _nested_graph() -> Graph:
+    """root: before -> outer (subgraph: prep -> inner (subgraph: work)) -> after."""
+    inner = Graph("inner").add_node("work", lambda s: {"inner": 1}).set_entry_point("work").set_finish_point("work")
+    outer = Graph("outer").add_node("prep", lambda s: {"prep": 1}).add_node("inner", inner.compile())
+    outer = outer.set_entry_point("prep").add_edge("prep", "inner").set_finish_point("inner")
+    root = Graph("root").add_node("before", lambda s: {"before": 1}).add_node("outer", outer.compile())
+    root = root.add_node("after", lambda s: {"after": 1}).set_entry_point("before").add_edge("before", "outer")
+    return root.add_edge("outer", "after").set_finish_point("after").compile()
+
+
+def test_attaching_with_subgraphs_replays_every_subgraph_step_in_order_as_it_streamed_live() -> None:
+    async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
+        orchestrator = Orchestrator()
+        try:
+            modes = ["values", "updates"]
+            live = await collect(orchestrator.astream(_nested_graph(), {}, stream_mode=modes, subgraphs=True,
+                                                      workflow_id="wf-nest"))
+            replayed = await collect(orchestrator.astream("wf-nest", stream_mode=modes, subgraphs=True))
+            root_only = await collect(orchestrator.astream("wf-nest", stream_mode=modes))
+            return live, replayed, root_only
+        finally:
+            await orchestrator.close()
+
+    live, replayed, root_only = run(scenario())
+    assert replayed == live
+    depths = [len(ns) for ns, _, _ in live]
+    assert max(depths) == 2  # the inner subgraph, inside the outer one
+    outer_ns = next(ns for ns, _, _ in live if len(ns) == 1)
+    inner_ns = next(ns for ns, _, _ in live if len(ns) == 2)
+    assert inner_ns[0] == outer_ns[0] and outer_ns[0].startswith("outer:") and inner_ns[1].startswith("inner:")
+    # Each subgraph's first values are its input (LangGraph's), before its first update.
+    assert [c for ns, m, c in live if ns == outer_ns][:2] == [{"before": 1}, {"prep": {"prep": 1}}]
+    assert [(m, c) for ns, m, c in live if ns == inner_ns] == [
+        ("values", {"before": 1, "prep": 1}), ("updates", {"work": {"inner": 1}}),
+        ("values", {"before": 1, "prep": 1, "inner": 1})]
+    # Subgraph chunks come between the step that ran them and the next root step.
+    root_chunks = [(m, c) for ns, m, c in live if not ns]
+    assert root_chunks == root_only
+    first_sub, last_sub = depths.index(1), len(depths) - 1 - depths[::-1].index(1)
+    assert live[first_sub - 1] == ((), "values", {"before": 1})
+    assert live[last_sub + 1][:2] == ((), "updates") and "outer" in live[last_sub + 1][2]
