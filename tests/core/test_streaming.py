@@ -679,3 +679,27 @@ def test_attaching_with_subgraphs_replays_every_subgraph_step_in_order_as_it_str
     first_sub, last_sub = depths.index(1), len(depths) - 1 - depths[::-1].index(1)
     assert live[first_sub - 1] == ((), "values", {"before": 1})
     assert live[last_sub + 1][:2] == ((), "updates") and "outer" in live[last_sub + 1][2]
+
+
+def test_a_client_without_the_graph_is_asked_for_it_by_update_state_fork_and_resume_only() -> None:
+    async def scenario() -> None:
+        runner, client = Orchestrator(), Orchestrator()  # one backend; the client never saw the graph
+        try:
+            await runner.execute(two_steps(), {"topic": "x"}, workflow_id="wf-client", interrupt_before=["count"])
+            history = await client.get_state_history("wf-client")  # an id is enough to read
+            assert (await client.get_state("wf-client")).next == ("count",)
+            assert [c async for c in client.astream("wf-client", stream_mode="updates")][0] == {
+                "speak": {"said": "Hello"}}
+            checkpoint = history[0].checkpoint_id
+            for call in (lambda: client.update_state("wf-client", {"topic": "y"}, as_node="speak"),
+                         lambda: client.fork(checkpoint), lambda: client.resume("wf-client")):
+                with pytest.raises(ConfigurationError, match="needs the graph 'talk'.*graph"):
+                    await call()
+            await client.update_state("wf-client", {"topic": "y"}, as_node="speak", graph=two_steps())
+            assert await client.fork(checkpoint, graph=two_steps())
+            assert (await client.resume("wf-client", two_steps()))["topic"] == "y"
+        finally:
+            await runner.close()
+            await client.close()
+
+    run(scenario())

@@ -20,7 +20,7 @@ import pytest
 from support.aio import run
 from support.worker_processes import HERE, WorkerProcesses, load_test_app
 
-from distributed_agents import Orchestrator, StreamGap, Worker
+from distributed_agents import Graph, Orchestrator, StreamGap, Worker
 
 pytestmark = pytest.mark.timeout(120)
 app = load_test_app("stream_app")
@@ -140,3 +140,30 @@ def test_a_slow_caller_gets_a_gap_for_dropped_tokens_and_every_value(
     assert tokens == [f"t{i}" for i in range(200 - len(tokens), 200)]
     assert [chunk for mode, chunk in chunks if mode == "values"] == [
         {"tokens": 200}, {"tokens": 200, "talked": 200}, {"tokens": 200, "talked": 200, "counted": 5}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_burst_arrives_intact_a_left_stream_still_ends_and_inline_nodes_run_on_workers(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    async def scenario(orchestrator: Orchestrator, url: str, prefix: str) -> tuple[list[int], str, Any]:
+        # 25,000 tokens from an async node that never awaits: past both former bounds (10,000 chunks).
+        stream = orchestrator.astream(app.talk_graph(), {"tokens": 25_000}, stream_mode="messages", on_gap="raise")
+        tokens = [int(token[1:]) async for token, metadata in stream]
+        # Leaving the loop at the first token: the workflow still runs to its end.
+        async for _ in orchestrator.astream(app.talk_graph(), {"tokens": 50}, stream_mode="messages",
+                                            workflow_id="wf-left"):
+            break
+        left = dict(await orchestrator.wait("wf-left", timeout=60))
+        # Inline functions (a subgraph's too) are not sent anywhere: workers run their node types.
+        child = Graph("inline_child").add_node("count", lambda state: {"counted": -1})
+        parent = Graph("inline").add_node("talk", lambda state: {"talked": -1})
+        parent.add_node("sub", child.set_entry_point("count").set_finish_point("count").compile())
+        parent.set_entry_point("talk").add_edge("talk", "sub").set_finish_point("sub").compile()
+        inline = dict(await orchestrator.execute(parent, {"tokens": 3}))
+        return tokens, str(left), inline
+
+    tokens, left, inline = run(with_workers(backend, request, tmp_path, scenario), timeout=110)
+    assert tokens == list(range(25_000))
+    assert "'counted': 5" in left and "'talked': 50" in left
+    assert inline == {"tokens": 3, "talked": 3, "counted": 5}
