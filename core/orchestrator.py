@@ -72,7 +72,7 @@ from distributed_agents.core.streaming import (
 )
 from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
-from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
+from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter, start_worker_hint
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
@@ -314,12 +314,15 @@ class Orchestrator:
             return None
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
-    def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None) -> StepEngine:
+    def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None,
+                graph: Graph | None = None) -> StepEngine:
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
         store = NotingStore(backend.state_store, workflow_id, lease)
-        waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval)
+        url = backend.url
+        hint = None if graph is None else (lambda types: start_worker_hint(graph, types, url))
+        waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval, hint)
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
@@ -1149,7 +1152,7 @@ class Orchestrator:
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
             drive = asyncio.ensure_future(
-                self._engine(workflow_id, lease, record.metadata).drive(graph, record, lease, options))
+                self._engine(workflow_id, lease, record.metadata, graph).drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive

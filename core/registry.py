@@ -24,6 +24,29 @@ class NodeRegistry:
     def __init__(self) -> None:
         self._functions: dict[str, NodeFunction] = {}
 
+    @classmethod
+    def from_graph(cls, graph: Any, registry: NodeRegistry | None = None) -> NodeRegistry:
+        """A registry of every node function given inline to ``graph`` (a ``Graph``), by node type.
+
+        What a worker needs to serve a graph built the LangGraph way (``add_node(name, func)``):
+        ``Worker(registry=NodeRegistry.from_graph(graph))``, or ``distributed-agents
+        worker --app module:graph``. Nodes of subgraphs (at any depth) are included; nodes
+        added without a function (served by a registry) are not. Added to ``registry``
+        when given (and returned). ``ConfigurationError`` naming both when two nodes share
+        a node type but not a function.
+        """
+        target = registry if registry is not None else cls()
+        for node_type, func, where in _inline_functions(graph, ()):
+            existing = target.get(node_type)
+            if existing is not None and existing is not func:
+                raise ConfigurationError(
+                    f"{where}: node type {node_type!r} is already registered to "
+                    f"{getattr(existing, '__qualname__', existing)!r}, and this node runs "
+                    f"{getattr(func, '__qualname__', func)!r}; give one of them another node type "
+                    "(add_node(..., node_type=...)) so a worker can tell them apart")
+            target.register_node(node_type, func)
+        return target
+
     def register(self, node_type: str) -> Callable[[F], F]:
         """Decorator: ``@registry.register("researcher")``."""
         # Checked now, not at decoration: a bare ``@registry.register`` would otherwise
@@ -64,6 +87,17 @@ class NodeRegistry:
 
     def __len__(self) -> int:
         return len(self._functions)
+
+
+def _inline_functions(graph: Any, path: tuple[str, ...]) -> Iterator[tuple[str, NodeFunction, str]]:
+    """(node type, function, where) of each node of ``graph`` and its subgraphs that has a function."""
+    for name, spec in graph.nodes.items():
+        where = f"graph {graph.name!r}: node {'/'.join((*path, name))!r}"
+        subgraph = getattr(spec, "subgraph", None)
+        if subgraph is not None:
+            yield from _inline_functions(subgraph.graph, (*path, name))
+        elif spec.func is not None:
+            yield spec.node_type, spec.func, where
 
 
 def _check_node_type(node_type: object) -> None:

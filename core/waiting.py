@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from distributed_agents.core.errors import (
@@ -160,6 +161,46 @@ def _same_commit(current: WorkflowRecord, attempted: WorkflowRecord, version: in
             and dict(current.state) == dict(attempted.state) and dict(current.frontier) == dict(attempted.frontier))
 
 
+def start_worker_hint(graph: Any, node_types: Sequence[str], backend_url: str) -> str:
+    """What to run so a worker serves ``node_types`` of ``graph``, for the "no live worker" warning.
+
+    When ``graph`` itself holds the functions (added inline, LangGraph style) and an
+    imported module names it, the exact command (``--app module:attribute``); when it is
+    defined in the script being run, how to make it importable; otherwise the
+    registry form with ``--node-types``. The URL is shown without its password.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from distributed_agents.core.registry import NodeRegistry  # the registry is the worker's side
+
+    parts = urlsplit(backend_url)
+    if parts.password:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    url = urlunsplit(parts)
+    types = ",".join(node_types)
+    try:
+        inline = NodeRegistry.from_graph(graph)
+    except Exception:  # two nodes sharing a type: the registry form says enough
+        inline = NodeRegistry()
+    if not node_types or not all(t in inline for t in node_types):
+        return (f"start a worker that serves them, e.g. distributed-agents worker --app module:registry "
+                f"--node-types {types} --backend-url {url}")
+    modules = dict.fromkeys(getattr(inline.get(t), "__module__", None) or "" for t in inline)
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None or name == "__main__":
+            continue
+        for attribute, value in vars(module).items():
+            if value is graph:
+                return (f"graph {graph.name!r} holds their functions: start a worker on it with "
+                        f"distributed-agents worker --app {name}:{attribute} --backend-url {url}")
+    return (f"graph {graph.name!r} holds their functions, defined in {', '.join(m for m in modules if m) or 'this process'}: "
+            "put the graph in a module workers can import and start one with distributed-agents worker --app "
+            f"<module>:<graph attribute> --backend-url {url} (or Worker(registry=graph, backend=...) in code); "
+            "or run them here: Orchestrator(local_nodes=True)")
+
+
 class WaitingReporter:
     """The executor's ``on_waiting`` hook for one workflow run: logs, stores and remembers the wait.
 
@@ -168,7 +209,10 @@ class WaitingReporter:
     """
 
     def __init__(self, workflow_id: str, store: NotingStore, in_memory: MutableMapping[str, str],
-                 log_interval: float = WAITING_LOG_INTERVAL) -> None:
+                 log_interval: float = WAITING_LOG_INTERVAL,
+                 hint: Callable[[Sequence[str]], str] | None = None) -> None:
+        """``hint(node_types)``: how to start a worker serving them (default: the registry form)."""
+        self._hint = hint
         self._workflow_id = workflow_id
         self._store = store
         self._in_memory = in_memory
@@ -192,9 +236,11 @@ class WaitingReporter:
             if self._text is None:
                 self._since = now
             self._text, self._logged = text, now
-            log.warning("workflow %r: no live worker serves node type(s) %s; %s. Start a worker that serves them, "
-                        "e.g. distributed-agents worker --app module:registry --node-types %s",
-                        self._workflow_id, ", ".join(map(repr, node_types)), text, ",".join(node_types))
+            how = (self._hint(node_types) if self._hint is not None else
+                   "start a worker that serves them, e.g. distributed-agents worker --app module:registry "
+                   f"--node-types {','.join(node_types)}")
+            log.warning("workflow %r: no live worker serves node type(s) %s; %s. %s",
+                        self._workflow_id, ", ".join(map(repr, node_types)), text, how[:1].upper() + how[1:])
         elif now - self._logged >= self._log_interval:
             self._logged = now
             log.warning("workflow %r: still %s, after %.0fs", self._workflow_id, text, now - self._since)

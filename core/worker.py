@@ -125,7 +125,7 @@ class Worker:
         *,
         backend: str | Backend | None = None,
         worker_id: str | None = None,
-        registry: NodeRegistry | None = None,
+        registry: NodeRegistry | Any | None = None,
         heartbeat_interval: float = 10.0,
         lease_seconds: float | None = None,
         shutdown_grace: float = 30.0,
@@ -139,6 +139,17 @@ class Worker:
                 f"Worker({node_types!r}): the first argument is the node types to serve (a list of names), not a "
                 f"backend or a single name; pass the backend by keyword (Worker(backend={node_types!r})) and node "
                 "types as a list (Worker(['llm'], backend=...))")
+        from distributed_agents.core.graph import Graph  # the graph module builds on this one's imports
+
+        if isinstance(node_types, Graph) and registry is None:
+            node_types, registry = None, node_types  # Worker(graph): serve its functions
+        if isinstance(registry, Graph):
+            # A graph built the LangGraph way carries its node functions: serve every one.
+            registry = NodeRegistry.from_graph(registry)
+        elif registry is not None and not isinstance(registry, NodeRegistry):
+            raise ConfigurationError(
+                f"Worker(registry={type(registry).__name__}): pass a NodeRegistry, or a Graph whose node functions "
+                "to serve (its nodes' and subgraphs' functions, by node type)")
         if isinstance(node_types, NodeRegistry):
             raise ConfigurationError(
                 "Worker(registry): the first argument is the node types to serve; pass the registry by keyword: "

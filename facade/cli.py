@@ -46,6 +46,7 @@ from distributed_agents.core.errors import (
     DistributedAgentsError,
     MissingExtraError,
 )
+from distributed_agents.core.graph import Graph
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
 from distributed_agents.core.registry import NodeRegistry
@@ -207,7 +208,8 @@ PREFIX = Option("--prefix", ("DA_PREFIX",), _text,
                 "key/subject prefix of the deployment (must match the orchestrator's)", "myapp",
                 default_text="the URL's ?prefix=, else da")
 APP = Option("--app", ("DA_APP",), _app_spec,
-             "the NodeRegistry (or Worker) with the node functions, as MODULE:ATTRIBUTE; "
+             "the NodeRegistry (or Worker) with the node functions, or a Graph holding them (LangGraph "
+             "style: every node function of it and its subgraphs, by node type), as MODULE:ATTRIBUTE; "
              "the current directory is importable", "myapp.nodes:registry", metavar="MODULE:ATTRIBUTE")
 NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types,
                     "comma-separated node types to serve; each needs a function in --app", "researcher,writer",
@@ -354,6 +356,9 @@ def _help_last(argv: list[str]) -> list[str]:
 def load_app(spec: str) -> NodeRegistry | Worker:
     """Import ``module:attribute`` and return the ``NodeRegistry`` or ``Worker`` it names.
 
+    A ``Graph`` there (a LangGraph-style module's ``app = graph.compile()``) gives the
+    registry of its node functions, subgraphs' included (``NodeRegistry.from_graph``).
+
     Raises ``ConfigurationError`` (naming ``--app``) if the spec is malformed, the
     module cannot be imported or the attribute is missing or of another type.
     """
@@ -391,15 +396,22 @@ def load_app(spec: str) -> NodeRegistry | Worker:
     try:
         app = getattr(module, attribute)
     except AttributeError:
-        names = sorted(n for n, v in vars(module).items() if isinstance(v, (NodeRegistry, Worker)))
+        names = sorted(n for n, v in vars(module).items() if isinstance(v, (NodeRegistry, Worker, Graph)))
         found = f"; it has {', '.join(f'{module_name}:{n}' for n in names)}" if names else ""
         raise ConfigurationError(
             f"--app {spec!r}: module {module_name!r} has no attribute {attribute!r}{found}"
         ) from None
+    if isinstance(app, Graph):
+        registry = NodeRegistry.from_graph(app)
+        if not len(registry):
+            raise ConfigurationError(
+                f"--app {spec!r}: graph {app.name!r} has no node functions of its own (its nodes are served by "
+                "node type); point --app at the NodeRegistry they are registered on")
+        return registry
     if not isinstance(app, (NodeRegistry, Worker)):
         raise ConfigurationError(
-            f"--app {spec!r} is a {type(app).__name__}, not a NodeRegistry or Worker; "
-            "point it at the NodeRegistry your node functions are registered on"
+            f"--app {spec!r} is a {type(app).__name__}, not a NodeRegistry, Worker or Graph; "
+            "point it at the NodeRegistry your node functions are registered on, or at the graph that holds them"
         )
     return app
 

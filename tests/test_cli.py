@@ -539,3 +539,42 @@ def test_nats_at_a_closed_port_or_at_a_redis_port_is_one_line_exit_1(redis_url: 
     address = redis_url.split("://", 1)[1].split("/", 1)[0]
     done = cli("dead-letters", "list", "--backend-url", f"nats://{address}?{patient}")
     assert_one_line_error(done.returncode, done.stderr, "sent no NATS INFO line", "4222", code=1)
+
+
+GRAPH_APP = '''
+from typing import TypedDict
+from distributed_agents import END, START, Graph, StateGraph
+
+class State(TypedDict, total=False):
+    q: str
+    a: str
+    inner: str
+
+def answer(s):
+    return {"a": "answer to " + s["q"]}
+
+def deep(s):
+    return {"inner": "deep"}
+
+sub = Graph("sub").add_node("deep", deep).set_entry_point("deep").set_finish_point("deep").compile()
+g = StateGraph(State)
+g.add_node(answer)
+g.add_node("nested", sub)
+g.add_edge(START, "answer").add_edge("answer", "nested").add_edge("nested", END)
+app = g.compile()
+typed_only = Graph("typed_only").add_node("x", node_type="served_elsewhere").set_entry_point("x").set_finish_point("x")
+'''
+
+
+def test_app_may_name_a_graph_whose_node_functions_and_subgraphs_functions_are_served(
+        app_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from distributed_agents.cli import load_app
+    from distributed_agents.core.errors import ConfigurationError
+
+    (app_dir / "lgapp.py").write_text(GRAPH_APP)
+    registry = load_app("lgapp:app")
+    assert sorted(registry.node_types()) == ["answer", "deep"]
+    with pytest.raises(ConfigurationError, match="has no node functions of its own"):
+        load_app("lgapp:typed_only")
+    with pytest.raises(ConfigurationError, match="it has lgapp:app"):
+        load_app("lgapp:missing")

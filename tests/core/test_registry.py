@@ -109,3 +109,28 @@ def test_bare_decorator_without_a_name_fails_at_once() -> None:
     with pytest.raises(ConfigurationError, match=r"got <function .*step"):
         registry.register(step)  # type: ignore[arg-type]
     assert len(registry) == 0
+
+
+def test_from_graph_registers_every_inline_function_by_node_type_subgraphs_included() -> None:
+    from distributed_agents import Graph
+    from distributed_agents.core.errors import ConfigurationError
+
+    def a(state: Any) -> dict[str, Any]:
+        return {}
+
+    def b(state: Any) -> dict[str, Any]:
+        return {}
+
+    inner = Graph("inner").add_node("b", b, node_type="typed_b").set_entry_point("b").set_finish_point("b").compile()
+    outer = (Graph("outer").add_node("a", a).add_node("sub", inner).add_node("remote", node_type="elsewhere")
+             .set_entry_point("a").add_edge("a", "sub").add_edge("sub", "remote").set_finish_point("remote").compile())
+    registry = NodeRegistry.from_graph(outer)
+    assert {t: registry.get(t) for t in registry} == {"a": a, "typed_b": b}  # "elsewhere" has no function here
+    # Added to a registry given; the same function twice is fine, another one under a type is not.
+    existing = NodeRegistry()
+    existing.register_node("other", b)
+    assert NodeRegistry.from_graph(outer, existing) is existing and sorted(existing) == ["a", "other", "typed_b"]
+    clash = (Graph("clash").add_node("x", a, node_type="same").add_node("y", b, node_type="same")
+             .set_entry_point("x").add_edge("x", "y").set_finish_point("y").compile())
+    with pytest.raises(ConfigurationError, match=r"graph 'clash': node 'y': node type 'same' is already registered"):
+        NodeRegistry.from_graph(clash)

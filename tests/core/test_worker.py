@@ -318,3 +318,65 @@ def test_message_tuples_from_a_node_on_a_worker_become_message_dicts() -> None:
 
     out = run(with_worker(worker, body))
     assert [(m["role"], m["content"]) for m in out["messages"]] == [("user", "bob"), ("assistant", "hi bob")]
+
+
+def _lg_answer(state: State) -> dict[str, Any]:
+    return {"a": "answer to " + state["q"]}
+
+
+def _lg_deep(state: State) -> dict[str, Any]:
+    return {"inner": state["a"].upper()}
+
+
+_LG_SUB = Graph("lg_sub").add_node("deep", _lg_deep).set_entry_point("deep").set_finish_point("deep").compile()
+# A LangGraph-style graph at module level: its node functions live in it (a subgraph's too).
+LG_APP = (Graph("lg_style").add_node("answer", _lg_answer).add_node("nested", _LG_SUB)
+          .set_entry_point("answer").add_edge("answer", "nested").set_finish_point("nested").compile())
+
+
+@pytest.mark.parametrize("form", ["registry=graph", "Worker(graph)", "from_graph"])
+def test_a_worker_serves_a_graph_s_inline_functions_subgraphs_included(form: str) -> None:
+    from distributed_agents import NodeRegistry
+
+    backend = f"memory://lg-{form}"
+    if form == "registry=graph":
+        worker = Worker(registry=LG_APP, backend=backend, poll_wait=0.05)
+    elif form == "Worker(graph)":
+        worker = Worker(LG_APP, backend=backend, poll_wait=0.05)
+    else:
+        worker = Worker(registry=NodeRegistry.from_graph(LG_APP), backend=backend, poll_wait=0.05)
+    assert sorted(worker.registry.node_types()) == ["answer", "deep"]
+
+    async def body() -> Any:
+        async with Orchestrator(backend=backend, local_nodes=False) as orchestrator:
+            return await orchestrator.execute(LG_APP, {"q": "x"})
+
+    result = run(with_worker(worker, body))
+    assert result["a"] == "answer to x" and result["inner"] == "ANSWER TO X"
+    with pytest.raises(ConfigurationError, match="pass a NodeRegistry, or a Graph"):
+        Worker(registry={"answer": _lg_answer})  # type: ignore[arg-type]
+
+
+def test_waiting_for_a_worker_says_how_to_start_one_for_this_graph(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from distributed_agents.core.errors import NodeNotFoundError
+    from distributed_agents.core.waiting import start_worker_hint
+
+    async def scenario() -> None:
+        async with Orchestrator(backend="memory://lg-hint", local_nodes=False, wait_for_workers=True,
+                                worker_timeout=0.2) as orchestrator:
+            with pytest.raises(NodeNotFoundError):
+                await orchestrator.execute(LG_APP, {"q": "x"})
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents"):
+        run(scenario())
+    warned = " ".join(r.getMessage() for r in caplog.records if "no live worker serves" in r.getMessage())
+    assert f"distributed-agents worker --app {__name__}:LG_APP --backend-url memory://lg-hint" in warned
+    # A graph only a script defines, a registry-served node type, and a URL's password.
+    script = Graph("script").add_node("n", lambda s: {}).set_entry_point("n").set_finish_point("n").compile()
+    assert "put the graph in a module workers can import" in start_worker_hint(script, ["n"], "redis://h:1/0")
+    remote = remote_chain("remote_hint", "llm")
+    hint = start_worker_hint(remote, ["llm"], "redis://user:secret@h:1/0")
+    assert "--app module:registry --node-types llm --backend-url redis://user:***@h:1/0" in hint
+    assert "secret" not in hint
