@@ -869,8 +869,10 @@ class Graph:
         static breakpoint (both need the ``thread_id``). Returns the state as a dict:
         the final one, or the state so far with ``"__interrupt__"`` (a list of
         ``{"id", "node", "value", "kind"}`` dicts, where LangGraph has a tuple of
-        ``Interrupt`` objects). Unlike a LangGraph thread, one id is one run: starting
-        again under an id in use is ``WorkflowExistsError``. Graphs are also run by an
+        ``Interrupt`` objects). As a LangGraph thread, a completed workflow given a new
+        ``input`` runs again from ``START`` on its state with the input applied through the
+        reducers (``execute(continue_completed=True)``); one running or paused is
+        ``WorkflowExistsError`` saying to resume or wait for it. Graphs are also run by an
         ``Orchestrator`` directly, which is how they reach workers.
         """
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
@@ -1172,8 +1174,8 @@ def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]
                 f"graph {graph!r}: config['configurable'] key(s) {', '.join(map(repr, extra))} are not passed to "
                 "nodes (a node's config['configurable'] holds only 'thread_id' and 'checkpoint_ns'); put such "
                 "values in the state instead")
-        if thread is not None:
-            options["workflow_id"] = thread
+        if thread is not None:  # a thread takes a new input as a new run once completed, as in LangGraph
+            options.update(workflow_id=thread, continue_completed=True)
     limit = config.get("recursion_limit")
     if limit is not None:
         if type(limit) is not int or limit < 1:

@@ -50,6 +50,7 @@ from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
 from distributed_agents.core.limits import check_commit_size
+from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
@@ -109,6 +110,25 @@ def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any]) -> st
 
     return (f"workflow {record.workflow_id!r} was started with {describe(stored)}, "
             f"which differs from the given {describe(fingerprint)}")
+
+
+RUN_START_KEY = "run_start_step"  # record metadata: the step a continued run started at
+
+
+def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
+    """``WorkflowExistsError`` unless ``record`` is COMPLETED, saying what to do with it instead."""
+    if record.status == WorkflowStatus.COMPLETED:
+        return
+    workflow_id = record.workflow_id
+    how = {WorkflowStatus.INTERRUPTED: f"answer it with resume({workflow_id!r}, Command(resume=answer)) (or "
+                                       f"invoke(Command(resume=answer), config)), or resume({workflow_id!r}) past a "
+                                       "breakpoint",
+           WorkflowStatus.RUNNING: f"wait({workflow_id!r}) for its result",
+           WorkflowStatus.FAILED: f"resume({workflow_id!r}) re-runs its failed step",
+           WorkflowStatus.CANCELLED: "it cannot continue"}.get(record.status, f"resume({workflow_id!r})")
+    raise WorkflowExistsError(
+        f"workflow {workflow_id!r} already exists in {where!r} and is {record.status} at step {record.step}; only a "
+        f"completed workflow takes a new input as a new run: {how}, or pass a new workflow_id")
 
 
 def _check_step_limit(step_limit: int | None) -> None:
@@ -418,6 +438,7 @@ class Orchestrator:
         interrupt_before: Sequence[str] | None = None,
         interrupt_after: Sequence[str] | None = None,
         durability: str = "sync",
+        continue_completed: bool = False,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
 
@@ -472,7 +493,25 @@ class Orchestrator:
           holds only the written checkpoints (the first, and the last with
           ``parent_checkpoint_id`` naming the one written before it). The lease is still
           renewed, so no other orchestrator takes over a live run.
+
+        A ``workflow_id`` that is already stored is ``WorkflowExistsError`` (an id is
+        also a guard against running the same request twice), unless
+        ``continue_completed=True`` and that workflow is COMPLETED: then, as a LangGraph
+        thread does on a second ``invoke``, ``initial_state`` is applied to its final
+        state through the reducers (only the keys given; an input schema filters and
+        checks them) and the graph runs again from ``START`` as a new run of the same
+        workflow (``metadata["run"]`` + 1; its steps continue the numbering, so the
+        history keeps every run's checkpoints; the step limit counts from the step the
+        run starts at). A workflow that is running, interrupted, failed or cancelled is
+        ``WorkflowExistsError`` saying to ``resume`` or ``wait`` for it instead.
+        ``graph.invoke(input, {"configurable": {"thread_id": id}})`` passes
+        ``continue_completed=True``.
         """
+        if continue_completed and workflow_id is not None and from_checkpoint is None and \
+                not isinstance(initial_state, (Command, State)):
+            continued = await self._continue_completed(graph, initial_state, workflow_id, priority)
+            if continued is not None:
+                return await self._drive(graph, *continued, step_limit)
         if isinstance(initial_state, Command):
             if workflow_id is None:
                 raise ConfigurationError("execute(graph, Command(resume=...)) resumes a paused workflow: pass its "
@@ -621,7 +660,9 @@ class Orchestrator:
         validate_workflow_id(workflow_id)
         after = -1
         current = await backend.state_store.get(workflow_id)
-        if isinstance(initial_state, Command):  # a resume streams the steps it runs, not the history
+        continuing = bool(options.get("continue_completed")) and current is not None and \
+            current.status == WorkflowStatus.COMPLETED and options.get("from_checkpoint") is None
+        if isinstance(initial_state, Command) or continuing:  # streams the steps it runs, not the history
             after = current.step if current is not None else -1
         elif current is not None and options.get("from_checkpoint") is None:
             # Refused before subscribing: that workflow's own chunks must not show up here.
@@ -738,6 +779,67 @@ class Orchestrator:
         )
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier))
         scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name)
+        return record, lease
+
+    async def _continue_completed(
+        self, graph: Graph, initial_state: Mapping[str, Any] | None, workflow_id: str, priority: int,
+    ) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        """A new run of the stored workflow ``workflow_id`` from ``START`` with ``initial_state`` applied
+        through the reducers, leased to this orchestrator; None if no such workflow is stored.
+
+        ``WorkflowExistsError`` unless the stored workflow is COMPLETED (see ``execute``);
+        ``ConfigurationError`` if it was run by another graph or version of this one.
+        """
+        if not graph.compiled:
+            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
+        await self.connect()
+        store = self.backend.state_store
+        record = await store.get(workflow_id)
+        if record is None:
+            return None
+        _refuse_continuing(record, self.backend.url)
+        changed = graph_mismatch(record, graph.fingerprint())
+        if changed:
+            raise ConfigurationError(f"execute(workflow_id={workflow_id!r}) continues that completed workflow: "
+                                     f"{changed}; pass the graph it ran, or a new workflow_id")
+        values = dict(initial_state or {})
+        if graph.message_keys:
+            values = coerce_message_updates(values, graph.message_keys)
+        check_values(values)
+        if reserved_keys(values):
+            raise ConfigurationError(
+                f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
+                "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
+        # Checked and filtered as a first input is; defaults are not written over the saved state.
+        prepared = graph.prepare_input(values)
+        update = {key: value for key, value in prepared.items() if key in values}
+        self._remember(graph)
+        lease = await self._acquire(workflow_id)
+        try:
+            current = await store.get(workflow_id)  # re-read under the lease
+            record = current if current is not None else record
+            _refuse_continuing(record, self.backend.url)
+            merged = merge_updates(record.state, [("__input__", update)], graph.reducers)
+            step = record.step + 1
+            frontier = await graph.start_frontier(State._trusted(merged, workflow_id))
+            frontier = with_positions(graph, workflow_id, step, frontier)
+            check_commit_size(workflow_id, step, merged, {}, None, self.backend.max_payload_bytes)
+            metadata = dict(record.metadata)
+            metadata.update({"run": int(metadata.get("run", 0)) + 1, "orchestrator": self.orchestrator_id,
+                             RUN_START_KEY: step})
+            if priority:
+                metadata["priority"] = priority
+            record = await store.save(
+                record.evolve(status=WorkflowStatus.RUNNING, error=None, step=step, state=merged, frontier=frontier,
+                              metadata=metadata),
+                expected_version=record.version, fencing_token=lease.fencing_token,
+                checkpoint=Checkpoint(workflow_id, step, merged, frontier,  # as a first input: no writes to stream
+                                      metadata={"source": "input", "run": metadata["run"]}),
+            )
+        except BaseException:
+            await self._release(lease)
+            raise
+        scoped_events(self._publisher(), None).emit(workflow_id, "workflow.started", step=step, graph=graph.name)
         return record, lease
 
     async def _create(self, record: WorkflowRecord, checkpoint: Checkpoint) -> tuple[WorkflowRecord, WorkflowLease]:
@@ -1146,7 +1248,9 @@ class Orchestrator:
 
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None) -> State:
         workflow_id = record.workflow_id
-        options = DriveOptions(step_limit=step_limit or self.step_limit, lease_ttl=self.lease_ttl)
+        # A continued run (execute(continue_completed=True)) counts its steps from where it started.
+        options = DriveOptions(step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
+                               lease_ttl=self.lease_ttl)
         publisher = self._publisher()
         publisher.start()
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher

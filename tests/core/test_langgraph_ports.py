@@ -801,3 +801,79 @@ def test_memory_saver_get_graph_batch_and_astream_port_unchanged() -> None:
     chunks, together = asyncio.run(scenario())
     assert chunks == [{"log": []}, {"log": ["n"]}]
     assert together == [{"log": ["x", "n"]}, {"log": ["y", "n"]}]
+
+
+# -- multi-turn: a thread takes a new input once a run completed -------------------------------------
+
+
+def test_a_second_invoke_on_a_completed_thread_continues_it_as_a_new_run() -> None:
+    """LangGraph's chatbot-with-memory: each ``invoke`` on the thread appends to the saved history."""
+    from distributed_agents import StateGraph
+
+    def bot(state: Any) -> dict[str, Any]:
+        return {"messages": [("ai", f"{len(state['messages'])}: {state['messages'][-1]['content']}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(bot)
+    builder.add_edge(START, "bot")
+    app = builder.compile()
+    config = {"configurable": {"thread_id": "multi-turn-1"}}
+    app.invoke({"messages": [("user", "hi")]}, config)
+    out = app.invoke({"messages": [("user", "again")]}, config)
+    assert [m["content"] for m in out["messages"]] == ["hi", "1: hi", "again", "3: again"]
+    streamed = list(app.stream({"messages": "third"}, config, stream_mode="updates"))
+    assert [list(chunk) for chunk in streamed] == [["bot"]]
+
+    async def inspect_thread() -> tuple[Any, list[Any]]:
+        orchestrator = Orchestrator()
+        record = await orchestrator.backend.state_store.get("multi-turn-1")
+        history = await orchestrator.get_state_history("multi-turn-1")
+        return record, history
+
+    record, history = run(inspect_thread())
+    assert record.status == "completed" and record.metadata["run"] == 2 and record.step == 5
+    assert [snap.step for snap in history] == [5, 4, 3, 2, 1, 0]
+    assert [snap.metadata.get("source") for snap in history if snap.next] == ["input", "input", "input"]
+    assert len(history[0].values["messages"]) == 6
+
+
+def test_a_continued_run_gets_its_own_step_limit_and_keeps_unwritten_keys() -> None:
+    """recursion_limit counts per run; keys the new input does not give keep their saved values
+    (a dataclass default is not written over them)."""
+    from dataclasses import dataclass, field
+
+    from distributed_agents import StateGraph
+
+    @dataclass
+    class S:
+        turns: Annotated[list, operator.add] = field(default_factory=list)
+        name: str = "nobody"
+
+    builder = StateGraph(S, name="continued_limit")
+    builder.add_node("a", lambda s: {"turns": ["a"]}).add_node("b", lambda s: {"turns": ["b"]})
+    builder.add_edge(START, "a").add_edge("a", "b")
+    app = builder.compile()
+    config = {"configurable": {"thread_id": "multi-turn-2"}, "recursion_limit": 2}
+    assert app.invoke({"name": "ann"}, config) == {"turns": ["a", "b"], "name": "ann"}
+    assert app.invoke({"turns": ["user"]}, config) == {"turns": ["a", "b", "user", "a", "b"], "name": "ann"}
+
+
+def test_a_paused_thread_given_a_new_input_says_to_resume_and_execute_keeps_refusing_a_taken_id() -> None:
+    from distributed_agents import StateGraph, interrupt
+    from distributed_agents.core.errors import WorkflowExistsError
+
+    class S(TypedDict):
+        answer: str
+
+    builder = StateGraph(S, name="paused_thread")
+    builder.add_node("ask", lambda s: {"answer": interrupt("ok?")})
+    builder.add_edge(START, "ask")
+    app = builder.compile()
+    config = {"configurable": {"thread_id": "multi-turn-3"}}
+    assert "__interrupt__" in app.invoke({"answer": ""}, config)
+    with pytest.raises(WorkflowExistsError, match=r"is interrupted at step 0.*resume\('multi-turn-3', Command"):
+        app.invoke({"answer": "x"}, config)
+    assert app.invoke(Command(resume="yes"), config) == {"answer": "yes"}
+    with pytest.raises(WorkflowExistsError, match="'multi-turn-3' already exists"):
+        run(Orchestrator().execute(app, {"answer": "z"}, workflow_id="multi-turn-3"))
+    assert "__interrupt__" in app.invoke({"answer": "next"}, config)  # completed: a new run, paused again
