@@ -84,7 +84,13 @@ from distributed_agents.core.errors import (
     WorkflowCancelledError,
 )
 from distributed_agents.core.events import EventPublisher
-from distributed_agents.core.executors import InProcessExecutor, NodeCall, NodeOutcome, TaskQueueExecutor
+from distributed_agents.core.executors import (
+    CONFIGURABLE_KEY,
+    InProcessExecutor,
+    NodeCall,
+    NodeOutcome,
+    TaskQueueExecutor,
+)
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
@@ -457,6 +463,7 @@ class StepEngine:
                 resume=list(answers.get(entry.key) or ()) or None,
                 remaining_steps=options.step_limit - record.step,
                 message_keys=graph.message_keys,
+                configurable=record.metadata.get(CONFIGURABLE_KEY),
             )
             func = self._local_function(spec)
             if func is not None:

@@ -23,7 +23,10 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 
-__all__ = ["InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor", "task_payload"]
+__all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
+           "task_payload"]
+
+CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class NodeCall:
     resume: list[Any] | None = None
     remaining_steps: int | None = None
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
+    configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (JSON)
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class InProcessExecutor(NodeExecutor):
         while True:
             attempt += 1
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
-                                  remaining_steps=call.remaining_steps)
+                                  remaining_steps=call.remaining_steps, configurable=call.configurable)
             state = State._trusted(decode(call.state_json), call.workflow_id)
             try:
                 updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume,
@@ -123,6 +127,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         **({"resume": list(call.resume)} if call.resume else {}),
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
         **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
+        **({CONFIGURABLE_KEY: dict(call.configurable)} if call.configurable else {}),
     }
 
 

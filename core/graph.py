@@ -1151,9 +1151,9 @@ _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "
 def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
     """``execute`` options from a LangGraph ``config``: ``thread_id`` -> ``workflow_id``, ``recursion_limit`` -> ``step_limit``.
 
-    ``ConfigurationError`` for a key it does not understand (saying what is), and for a
-    ``configurable`` value other than ``thread_id``/``checkpoint_ns``: nodes read
-    ``config["configurable"]["thread_id"]`` only, so other values belong in the state.
+    ``ConfigurationError`` for a key it does not understand (saying what is). Other
+    ``configurable`` values than ``thread_id`` go to ``execute(configurable=)``: the
+    run's nodes read them as ``config["configurable"][key]``.
     """
     if config is None:
         return {}
@@ -1168,12 +1168,10 @@ def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]
     options: dict[str, Any] = {}
     if "configurable" in config:
         thread = _thread_id(graph, config)
-        extra = [key for key in config["configurable"] if key not in ("thread_id", "checkpoint_ns")]
+        extra = {key: value for key, value in config["configurable"].items()
+                 if key not in ("thread_id", "checkpoint_ns")}
         if extra:
-            raise ConfigurationError(
-                f"graph {graph!r}: config['configurable'] key(s) {', '.join(map(repr, extra))} are not passed to "
-                "nodes (a node's config['configurable'] holds only 'thread_id' and 'checkpoint_ns'); put such "
-                "values in the state instead")
+            options["configurable"] = extra
         if thread is not None:  # a thread takes a new input as a new run once completed, as in LangGraph
             options.update(workflow_id=thread, continue_completed=True)
     limit = config.get("recursion_limit")

@@ -90,6 +90,7 @@ class NodeContext:
     idempotency_key: str
     worker_id: str = ""
     remaining_steps: int | None = None  # steps left before the step limit, this one included
+    configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (execute(configurable=))
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     # [sink] once bound by invoke_node, then [sink, writer] once a writer was asked for.
     _stream: list[Any] = field(default_factory=list, repr=False, compare=False)
@@ -145,7 +146,7 @@ class NodeContext:
     def as_config(self) -> dict[str, Any]:
         """This context as LangGraph's ``RunnableConfig`` dict, for nodes ported as ``node(state, config)``.
 
-        ``{"configurable": {"thread_id", "checkpoint_ns"}, "metadata": {"thread_id",
+        ``{"configurable": {"thread_id", "checkpoint_ns", <the caller's configurable>}, "metadata": {"thread_id",
         "langgraph_step", "langgraph_node", "langgraph_checkpoint_ns", "langgraph_task_id",
         "attempt"}, "recursion_limit"}``. ``thread_id`` is the workflow id (inside a
         subgraph, that of the outermost workflow, as LangGraph's subgraphs share the
@@ -156,7 +157,7 @@ class NodeContext:
         thread = getattr(self, "root_workflow_id", None) or self.workflow_id.split(":sub:", 1)[0]
         namespace = "" if thread == self.workflow_id else self.workflow_id
         config: dict[str, Any] = {
-            "configurable": {"thread_id": thread, "checkpoint_ns": namespace},
+            "configurable": {**(self.configurable or {}), "thread_id": thread, "checkpoint_ns": namespace},
             "metadata": {"thread_id": thread, "langgraph_step": self.step, "langgraph_node": self.node,
                          "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
                          "attempt": self.attempt},

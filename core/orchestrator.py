@@ -38,6 +38,7 @@ from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     GraphNotCompiledError,
     LeaseLostError,
+    StateNotSerializableError,
     VersionConflictError,
     WorkflowCancelledError,
     WorkflowExistsError,
@@ -45,7 +46,7 @@ from distributed_agents.core.errors import (
     WorkflowNotFoundError,
 )
 from distributed_agents.core.events import EventPublisher
-from distributed_agents.core.executors import TaskQueueExecutor
+from distributed_agents.core.executors import CONFIGURABLE_KEY, TaskQueueExecutor
 from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
@@ -129,6 +130,24 @@ def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
     raise WorkflowExistsError(
         f"workflow {workflow_id!r} already exists in {where!r} and is {record.status} at step {record.step}; only a "
         f"completed workflow takes a new input as a new run: {how}, or pass a new workflow_id")
+
+
+def _configurable_metadata(configurable: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Record metadata holding the caller's ``configurable`` values, or {} (``thread_id``/``checkpoint_ns`` dropped).
+
+    ``ConfigurationError`` for a non-mapping or a value JSON cannot carry (workers read it).
+    """
+    if configurable is None:
+        return {}
+    if not isinstance(configurable, Mapping):
+        raise ConfigurationError(f"execute(configurable=...) must be a dict, got {type(configurable).__name__}")
+    values = {key: value for key, value in configurable.items() if key not in ("thread_id", "checkpoint_ns")}
+    try:
+        check_values(values)
+    except StateNotSerializableError as exc:
+        raise ConfigurationError(f"execute(configurable=...): {exc}; nodes on workers read it, so it must be JSON") \
+            from None
+    return {CONFIGURABLE_KEY: values} if values else {}
 
 
 def _check_step_limit(step_limit: int | None) -> None:
@@ -439,6 +458,7 @@ class Orchestrator:
         interrupt_after: Sequence[str] | None = None,
         durability: str = "sync",
         continue_completed: bool = False,
+        configurable: Mapping[str, Any] | None = None,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
 
@@ -506,10 +526,14 @@ class Orchestrator:
         ``WorkflowExistsError`` saying to ``resume`` or ``wait`` for it instead.
         ``graph.invoke(input, {"configurable": {"thread_id": id}})`` passes
         ``continue_completed=True``.
+
+        ``configurable`` (a dict of JSON values, as LangGraph's ``config["configurable"]``)
+        is stored with the run and read by its nodes as ``config["configurable"][key]``
+        (see ``NodeContext.as_config``), in this process and on workers.
         """
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
-            continued = await self._continue_completed(graph, initial_state, workflow_id, priority)
+            continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable)
             if continued is not None:
                 return await self._drive(graph, *continued, step_limit)
         if isinstance(initial_state, Command):
@@ -522,7 +546,7 @@ class Orchestrator:
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
-                                          durability=durability)
+                                          durability=durability, metadata=_configurable_metadata(configurable))
         return await self._drive(graph, record, lease, step_limit)
 
     async def submit(
@@ -783,6 +807,7 @@ class Orchestrator:
 
     async def _continue_completed(
         self, graph: Graph, initial_state: Mapping[str, Any] | None, workflow_id: str, priority: int,
+        configurable: Mapping[str, Any] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
         """A new run of the stored workflow ``workflow_id`` from ``START`` with ``initial_state`` applied
         through the reducers, leased to this orchestrator; None if no such workflow is stored.
@@ -813,6 +838,7 @@ class Orchestrator:
         # Checked and filtered as a first input is; defaults are not written over the saved state.
         prepared = graph.prepare_input(values)
         update = {key: value for key, value in prepared.items() if key in values}
+        given = _configurable_metadata(configurable)  # this call's, as each LangGraph invoke has its own
         self._remember(graph)
         lease = await self._acquire(workflow_id)
         try:
@@ -827,6 +853,8 @@ class Orchestrator:
             metadata = dict(record.metadata)
             metadata.update({"run": int(metadata.get("run", 0)) + 1, "orchestrator": self.orchestrator_id,
                              RUN_START_KEY: step})
+            metadata.pop(CONFIGURABLE_KEY, None)
+            metadata.update(given)
             if priority:
                 metadata["priority"] = priority
             record = await store.save(

@@ -247,7 +247,9 @@ class SubgraphRunner:
         child_id = child_workflow_id(record.workflow_id, record.step, entry.key)
         namespace = [*namespace_of(record), f"{entry.node}:{task_id}"]
         metadata = {PARENT_KEY: record.workflow_id, ROOT_KEY: str(record.metadata.get(ROOT_KEY) or record.workflow_id),
-                    NAMESPACE_KEY: namespace, "parent_task": entry.key}
+                    NAMESPACE_KEY: namespace, "parent_task": entry.key,
+                    # The caller's config["configurable"] reaches the child's nodes too (as LangGraph's do).
+                    **({"configurable": record.metadata["configurable"]} if record.metadata.get("configurable") else {})}
         answers = (record.frontier.get(SUBGRAPH_RESUME_KEY) or {}).get(entry.key)
         state = dict(entry.arg) if entry.arg is not None else dict(record.state)
         from distributed_agents.core.graph import MAX_PRIORITY  # graph imports this module

@@ -39,6 +39,7 @@ from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_b
 from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
 from distributed_agents.core.events import EventPublisher
+from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.limits import check_result_size
 from distributed_agents.core.node_runner import (
     NodeContext,
@@ -84,6 +85,12 @@ class WorkerStats:
         """One line for logs."""
         return (f"{self.succeeded} succeeded, {self.failed} failed, {self.retried} retried, "
                 f"{self.released} released, {self.lost_leases} lost leases, {self.malformed} malformed")
+
+
+def _configurable(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The caller's ``configurable`` values a task carries (``executors.task_payload``), or None."""
+    values = payload.get(CONFIGURABLE_KEY)
+    return dict(values) if isinstance(values, Mapping) and values else None
 
 
 def _known_heartbeat_ttl(backend: str | Backend | None, options: Mapping[str, Any]) -> float | None:
@@ -451,7 +458,8 @@ class Worker:
         remaining = task.payload.get("remaining_steps")
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
                               claim.attempt, task.id, self.worker_id,
-                              remaining_steps=remaining if isinstance(remaining, int) else None)
+                              remaining_steps=remaining if isinstance(remaining, int) else None,
+                              configurable=_configurable(task.payload))
         lease = _LeaseKeeper(self, claim)
         keeper = asyncio.ensure_future(lease.keep())
         started = time.monotonic()

@@ -679,6 +679,26 @@ def test_a_node_reads_its_config_as_langgraphs_runnable_config() -> None:
     assert out == {"log": ["t-cfg", "first", 0, 7, "default"]}
 
 
+
+def test_the_callers_configurable_values_reach_the_nodes_of_that_run() -> None:
+    """``config["configurable"]["user_id"]`` as LangGraph nodes read it; each invoke on a thread has its own."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list, operator.add]
+
+    def greet(state: Any, config: Any) -> dict[str, Any]:
+        return {"log": [f"{config['configurable'].get('user_id')}@{config['configurable']['thread_id']}"]}
+
+    builder = StateGraph(S, name="configurable_values")
+    builder.add_node(greet)
+    builder.add_edge(START, "greet")
+    app = builder.compile()
+    assert app.invoke({"log": []}, {"configurable": {"thread_id": "cfg-u", "user_id": "ann"}}) == {
+        "log": ["ann@cfg-u"]}
+    assert app.invoke({"log": []}, {"configurable": {"thread_id": "cfg-u"}}) == {"log": ["ann@cfg-u", "None@cfg-u"]}
+
+
 def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
     from distributed_agents import StateGraph
     from distributed_agents.core.errors import StepLimitExceededError
@@ -697,7 +717,7 @@ def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
 @pytest.mark.parametrize(("config", "match"), [
     ({"recursion_limit": 0}, "recursion_limit"),
     ({"recursion_limit": "5"}, "recursion_limit"),
-    ({"configurable": {"thread_id": "x", "user_id": "u"}}, "'user_id' are not passed to nodes"),
+    ({"configurable": {"thread_id": "x", "user_id": ("not", "json")}}, "configurable"),
     ({"configurable": {"thread_id": "x"}, "retries": 2}, "'retries' are not understood"),
 ])
 def test_a_config_it_cannot_honour_is_refused_saying_why(config: dict[str, Any], match: str) -> None:
@@ -731,6 +751,18 @@ def test_a_node_in_a_subgraph_sees_the_parents_thread_id() -> None:
     parent.add_edge(START, "sub")
     assert parent.compile().invoke({"log": []}, {"configurable": {"thread_id": "t-sub"}}) == {
         "log": ["t-sub", True]}
+
+    def inner_user(state: Any, config: Any) -> dict[str, Any]:
+        return {"log": [config["configurable"]["user_id"]]}
+
+    sub2 = StateGraph(S, name="cfg_sub2")
+    sub2.add_node("inner", inner_user)
+    sub2.add_edge(START, "inner")
+    parent2 = StateGraph(S, name="cfg_parent2")
+    parent2.add_node("sub", sub2.compile())
+    parent2.add_edge(START, "sub")
+    assert parent2.compile().invoke({"log": []}, {"configurable": {"thread_id": "t-sub2", "user_id": "deep"}}) == {
+        "log": ["deep"]}
 
 
 def test_messages_as_role_content_tuples_in_the_input_a_node_output_and_a_command() -> None:

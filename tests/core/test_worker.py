@@ -380,3 +380,22 @@ def test_waiting_for_a_worker_says_how_to_start_one_for_this_graph(caplog: pytes
     hint = start_worker_hint(remote, ["llm"], "redis://user:secret@h:1/0")
     assert "--app module:registry --node-types llm --backend-url redis://user:***@h:1/0" in hint
     assert "secret" not in hint
+
+
+def test_a_node_on_a_worker_reads_the_callers_configurable_and_thread_id() -> None:
+    """``execute(configurable=)`` travels with the task: ``config["configurable"]`` on a worker as in process."""
+
+    def who(state: State, config: NodeContext) -> dict[str, Any]:
+        return {"who": [config["configurable"]["user_id"], config["configurable"]["thread_id"],
+                        config["metadata"]["langgraph_node"]]}
+
+    graph = Graph("worker_configurable")
+    graph.add_node("who", node_type="who_cfg")
+    graph.set_entry_point("who").set_finish_point("who").compile()
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("who_cfg", who)
+
+    async def body() -> Any:
+        return await Orchestrator().execute(graph, {}, workflow_id="wf-cfg-worker", configurable={"user_id": "u7"})
+
+    assert run(with_worker(worker, body))["who"] == ["u7", "wf-cfg-worker", "who"]
