@@ -105,6 +105,13 @@ async def check_leases_and_fencing(session: Session) -> None:
     expect(third.fencing_token > second.fencing_token, "state_store.fencing", "a grant after release reused an old token")
     await store.release_lease(first)  # released long ago: must not free orch-c's lease
     expect(await store.acquire_lease("w1", "orch-d", 30.0) is None, "state_store.lease", "releasing a lost lease freed the new holder's lease")
+    # lease_holder (for messages only) tells the live holder, or None where a store does not tell.
+    holder = await store.lease_holder("w1")
+    expect(holder is None or (holder.owner == "orch-c" and holder.fencing_token == third.fencing_token
+                              and abs(holder.deadline - third.deadline) < 5.0),
+           "state_store.lease", f"lease_holder reported {holder!r} while {third!r} holds the lease")
+    await store.release_lease(third)
+    expect(await store.lease_holder("w1") is None, "state_store.lease", "lease_holder reported a released lease")
 
 
 @conformance_check(PORT, ("state_store.list-by-status",))

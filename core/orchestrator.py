@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -82,6 +84,7 @@ log = logging.getLogger("distributed_agents.orchestrator")
 T = TypeVar("T")
 
 DEFAULT_STEP_LIMIT = 10_000
+DEFAULT_LEASE_TTL = 30.0  # seconds an orchestrator's workflow lease lasts without renewal (renewed every third)
 CONTROL_CANCEL_CHANNEL = "control.cancel"
 _FORBIDDEN_ID_CHARS = frozenset(" \t\n\r.*>/\\")
 
@@ -240,7 +243,7 @@ class Orchestrator:
         *,
         backend: str | Backend | None = None,
         step_limit: int = DEFAULT_STEP_LIMIT,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         wait_for_workers: bool = False,
         worker_timeout: float | None = None,
         orchestrator_id: str | None = None,
@@ -1054,6 +1057,7 @@ class Orchestrator:
         interrupt_before: Sequence[str] | None = None,
         interrupt_after: Sequence[str] | None = None,
         durability: str | None = None,
+        wait_for_lease: float | None = None,
     ) -> State:
         """Continue a workflow from its last committed step; return the final state.
 
@@ -1089,8 +1093,20 @@ class Orchestrator:
 
         ``durability`` (see ``execute``) replaces the workflow's mode from here on;
         None keeps the one it was started with.
+
+        ``wait_for_lease``: seconds to wait while another orchestrator holds the
+        workflow's lease, as one that was killed mid-run leaves it (it runs out
+        ``lease_ttl`` after its last renewal). None (default) waits up to this
+        orchestrator's ``lease_ttl`` (the longest such a lease lasts when orchestrators
+        share the setting), 0 not at all; still held then, ``ExecutionError`` says by
+        whom, for how long yet, and what to do.
         """
         _check_step_limit(step_limit)
+        if wait_for_lease is not None and (isinstance(wait_for_lease, bool) or not isinstance(wait_for_lease, (int, float))
+                                           or not math.isfinite(wait_for_lease) or wait_for_lease < 0):
+            raise ConfigurationError(
+                f"resume(wait_for_lease={wait_for_lease!r}): pass seconds >= 0 (0: do not wait), or None to wait up to "
+                f"lease_ttl ({self.lease_ttl}s)")
         if durability is not None:
             check_durability(durability, "resume")
         if isinstance(graph, Command):
@@ -1150,7 +1166,8 @@ class Orchestrator:
         if changed:
             _check_migration(workflow_id, record, graph)  # before anything is written
         self._remember(graph)
-        lease = await self._acquire(workflow_id)
+        lease = await self._acquire(workflow_id, self.lease_ttl if wait_for_lease is None else float(wait_for_lease),
+                                    f"resume({workflow_id!r})")
         obsolete: list[str] = []
         try:
             # Re-read under the lease: the record may have moved since the first read.
@@ -1261,14 +1278,40 @@ class Orchestrator:
         """``call()``, retried with backoff while the backend is unavailable."""
         return await until_available(call, what=what, outage=self._outage)
 
-    async def _acquire(self, workflow_id: str) -> WorkflowLease:
-        lease = await self.backend.state_store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
-        if lease is None:
-            raise ExecutionError(
-                f"workflow {workflow_id!r} is being driven by another orchestrator (its lease is held); "
-                "wait for it to finish, or for its lease to expire if that process died"
-            )
-        return lease
+    async def _acquire(self, workflow_id: str, wait: float = 0.0, call: str = "") -> WorkflowLease:
+        """The workflow's lease, waiting up to ``wait`` seconds while another orchestrator holds it.
+
+        ``ExecutionError`` if it is still held then, saying who holds it, for how long
+        yet, and what to do.
+        """
+        store = self.backend.state_store
+        started = time.monotonic()
+        told = False
+        while True:
+            lease = await store.acquire_lease(workflow_id, self.orchestrator_id, self.lease_ttl)
+            if lease is not None:
+                return lease
+            holder = await store.lease_holder(workflow_id)
+            left = None if holder is None else max(holder.deadline - time.time(), 0.0)
+            waited = time.monotonic() - started
+            if waited >= wait:
+                break
+            if not told:
+                told = True
+                log.info("%sworkflow %r: its lease is held%s; waiting up to %.0fs for it (the lease of an "
+                         "orchestrator that died runs out lease_ttl after its last renewal)", f"{call}: " if call else "",
+                         workflow_id, "" if holder is None else f" by {holder.owner!r} for another {left:.1f}s", wait)
+            # Try again as the lease runs out (a live holder renews it: then until ``wait`` is over).
+            await asyncio.sleep(min(max(left or 0.0, 0.05), 1.0, max(wait - waited, 0.0) or 0.05))
+        held = "" if holder is None else f" by {holder.owner!r}, for another {left:.1f}s"
+        after = f" and still was after waiting {wait:.0f}s" if wait > 0 else ""
+        raise ExecutionError(
+            f"{call + ': ' if call else ''}workflow {workflow_id!r} is being driven by another orchestrator: its lease "
+            f"is held{held}{after}. If that orchestrator is alive, it renews the lease: wait({workflow_id!r}) "
+            f"returns the result (or cancel_workflow({workflow_id!r}) stops it). If its process died, the lease runs "
+            f"out lease_ttl after its last renewal (default {DEFAULT_LEASE_TTL:.0f}s; Orchestrator(lease_ttl=...)), "
+            f"after which resume() continues the workflow (resume(..., wait_for_lease=seconds) waits for that), as "
+            "does any orchestrator that knows the graph, on its own")
 
     async def _release(self, lease: WorkflowLease) -> None:
         with contextlib.suppress(Exception):

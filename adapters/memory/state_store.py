@@ -161,6 +161,13 @@ class MemoryStateStore(StateStore):
                 self._data.leases[workflow_id] = lease
             return WorkflowLease(workflow_id, owner, lease.token, lease.deadline)
 
+    async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
+        with self._data.lock:
+            lease = self._data.leases.get(workflow_id)
+            if lease is None or lease.deadline <= time.time():
+                return None
+            return WorkflowLease(workflow_id, lease.owner, lease.token, lease.deadline)
+
     async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
         with self._data.lock:
             now = time.time()

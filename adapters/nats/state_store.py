@@ -314,6 +314,13 @@ class NatsStateStore(StateStore):
                             ttl=self.state_ttl) is not None:
                 return
 
+    async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
+        with self._errors(f"read the lease of workflow {workflow_id!r}"):
+            current, _ = await self._lease(workflow_id)
+        if current is None or not current.get("owner") or float(current["deadline"]) <= time.time():
+            return None
+        return WorkflowLease(workflow_id, str(current["owner"]), int(current.get("token", 0)), float(current["deadline"]))
+
     async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
         key = f"lease.{token(lease.workflow_id)}"
         with self._errors(f"renew the lease of workflow {lease.workflow_id!r}"):

@@ -294,6 +294,16 @@ class RedisStateManager(StateStore):
         token, deadline = reply
         return WorkflowLease(workflow_id, owner, int(token), int(deadline) / 1000.0)
 
+    async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
+        """The live lease as stored (its deadline is by the server's clock: close to this one's)."""
+        with redis_errors(self._connection.url, f"read the lease of workflow {workflow_id!r}"):
+            owner, fence, deadline = await self._connection.client().hmget(
+                self._keys.lease(workflow_id), "owner", "token", "deadline")
+        if not owner or deadline is None or int(deadline) / 1000.0 <= time.time():
+            return None
+        text = owner.decode() if isinstance(owner, bytes) else str(owner)
+        return WorkflowLease(workflow_id, text, int(fence or 0), int(deadline) / 1000.0)
+
     async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
         """Extend a live lease; ``LeaseLostError`` if it expired or was taken over."""
         deadline = int(

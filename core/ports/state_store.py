@@ -254,6 +254,14 @@ class StateStore:
         """Give the lease up if still held (no error if it was already lost)."""
         raise NotImplementedError
 
+    async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
+        """The unexpired lease on ``workflow_id`` (owner, token, deadline), or None if free.
+
+        For messages only (how long a lease left by a dead process lasts): never use it to
+        decide ownership. The default says None (unknown) for stores that do not tell.
+        """
+        return None
+
     async def close(self) -> None:
         """Release connections. Idempotent."""
 

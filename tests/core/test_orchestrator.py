@@ -394,3 +394,39 @@ def test_the_same_graph_built_twice_is_one_graph_to_the_orchestrator() -> None:
             return (await orchestrator.resume("wf-r1", Command(resume="ok")))["a"]
 
     assert run(scenario()) == "ok"
+
+
+def test_resume_waits_for_a_lease_left_behind_and_says_who_holds_one_that_stays() -> None:
+    from distributed_agents import Command, interrupt
+    from distributed_agents.core.errors import ExecutionError
+
+    graph = (Graph("leased").add_node("ask", lambda s: {"a": interrupt("go?")})
+             .set_entry_point("ask").set_finish_point("ask").compile())
+
+    async def scenario() -> tuple[str, str, Any]:
+        async with Orchestrator(backend="memory://lease-wait", lease_ttl=5) as orchestrator:
+            store = orchestrator.backend.state_store
+            await orchestrator.execute(graph, {}, workflow_id="wf-leased")
+            # As a killed orchestrator leaves it: a lease nobody renews.
+            assert await store.acquire_lease("wf-leased", "orchestrator-killed", 60) is not None
+            with pytest.raises(ExecutionError) as at_once:
+                await orchestrator.resume("wf-leased", Command(resume="x"), wait_for_lease=0)
+            with pytest.raises(ExecutionError) as after_waiting:
+                await orchestrator.resume("wf-leased", "x", wait_for_lease=0.1)
+            for bad in (-1, float("nan"), True, "10"):
+                with pytest.raises(ConfigurationError, match="wait_for_lease"):
+                    await orchestrator.resume("wf-leased", "x", wait_for_lease=bad)
+            # A lease that runs out while resume waits (by default up to lease_ttl): resume continues.
+            holder = await store.lease_holder("wf-leased")
+            assert holder is not None
+            await store.release_lease(holder)
+            assert await store.acquire_lease("wf-leased", "orchestrator-killed-2", 0.3) is not None
+            done = await orchestrator.resume("wf-leased", "x")
+            return str(at_once.value), str(after_waiting.value), done["a"]
+
+    at_once, after_waiting, answer = run(scenario())
+    assert "its lease is held by 'orchestrator-killed', for another" in at_once
+    assert "wait('wf-leased')" in at_once and "lease_ttl after its last renewal (default 30s" in at_once
+    assert "wait_for_lease=seconds" in at_once and "still was after waiting" not in at_once
+    assert "still was after waiting 0s" in after_waiting and "for another" in after_waiting
+    assert answer == "x"
