@@ -472,7 +472,7 @@ def test_resume_takes_the_answer_as_its_second_positional_argument(answer: Any) 
 
 
 def test_resume_keeps_a_graph_in_second_position_and_none_is_no_answer() -> None:
-    ids = [new_id() for _ in range(3)]
+    ids = [new_id() for _ in range(4)]
 
     async def scenario() -> list[Any]:
         async with Orchestrator() as orchestrator:
@@ -486,9 +486,10 @@ def test_resume_keeps_a_graph_in_second_position_and_none_is_no_answer() -> None
                 await orchestrator.resume(ids[0], Command(resume=None))
             return [(await orchestrator.resume(ids[0], graph, Command(resume="g+c")))["answer"],
                     (await orchestrator.resume(ids[1], graph, resume="g+kw"))["answer"],
-                    (await orchestrator.resume(ids[2], Command(resume="c")))["answer"]]
+                    (await orchestrator.resume(ids[2], Command(resume="c")))["answer"],
+                    (await orchestrator.resume(ids[3], resume=None))["answer"]]  # the keyword answers None itself
 
-    assert run(scenario()) == ["g+c", "g+kw", "c"]
+    assert run(scenario()) == ["g+c", "g+kw", "c", None]
 
 
 def test_a_pause_reads_as_item_and_as_attribute_from_execute_and_from_the_status() -> None:
