@@ -1,0 +1,38 @@
+"""Worker processes serving a LangGraph-style graph's own functions (``--app module:graph``)."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+
+import pytest
+from support.aio import run
+from support.worker_processes import WorkerProcesses, load_test_app
+
+from distributed_agents.distributed import DistributedOrchestrator
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_worker_process_started_on_a_graph_serves_its_nodes_and_its_subgraphs_nodes(
+        redis_url: str, tmp_path: pathlib.Path) -> None:
+    app = load_test_app("lg_graph_app").app
+    prefix = f"lgapp{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(redis_url, prefix, tmp_path, "lg_graph_app:app")
+
+    async def scenario() -> dict[str, str]:
+        orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix)
+        try:
+            await orchestrator.connect()
+            return dict(await orchestrator.execute(app, {"q": "x"}))
+        finally:
+            await orchestrator.close()
+
+    workers.start("w1")
+    try:
+        result = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    assert result == {"q": "x", "a": "answer to x", "checked": "ANSWER TO X"}
+    log = workers.log("w1")
+    assert "node 'answer' done" in log and "node 'check' done" in log
