@@ -138,8 +138,9 @@ def code_identity(func: Any, depth: int = 0) -> str:
     The digest covers the bytecode, names and constants of a plain function (or a bound
     method's function) and its closure's plain values (str, bytes, numbers, None) and
     functions (recursively, three levels), so two lambdas of one module differ, and so do
-    two closures of one factory over different functions or strings. Any other callable
-    is named by its type (and ``functools.partial`` by its function and arguments' reprs).
+    two closures of one factory over different functions or strings. A callable object
+    is its class, its ``__call__``'s code and its attributes (JSON values; others by type),
+    and ``functools.partial`` its function and arguments' reprs.
     """
     import functools  # only here: most graphs cache nothing
 
@@ -149,8 +150,14 @@ def code_identity(func: Any, depth: int = 0) -> str:
     code = getattr(target, "__code__", None)
     name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(target).__qualname__)}"
     if not isinstance(code, types.CodeType):
+        # A callable object: its class, its __call__'s code and its plain attributes, so two
+        # instances configured differently differ (in every process alike: no ids).
         kind = type(func)
-        return f"{kind.__module__}.{kind.__qualname__}" if name.startswith("None.") or code is None else name
+        call = getattr(kind, "__call__", None)
+        body = json.dumps([code_identity(call, depth + 1) if isinstance(call, types.FunctionType) and depth < 3 else "",
+                           getattr(func, "__dict__", {})], sort_keys=True, default=lambda o: type(o).__qualname__)
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+        return f"{kind.__module__}.{kind.__qualname__}#{digest}"
     parts: list[Any] = [_code_parts(code, depth)]
     for cell in getattr(target, "__closure__", None) or ():
         try:

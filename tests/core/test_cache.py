@@ -751,3 +751,24 @@ def test_graph_clear_cache_and_aclear_cache_as_in_langgraph() -> None:
     assert graph.invoke({"x": 1}, backend=url)["y"] == 2 and calls[key] == 2
     run(graph.aclear_cache(["double"], backend=url))
     assert run(graph.ainvoke({"x": 1}, backend=url))["y"] == 2 and calls[key] == 3
+
+
+class Prefixer:
+    """A callable object node: instances configured differently are different implementations."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, state: State) -> dict[str, Any]:
+        return {"a": self.prefix + state["q"]}
+
+
+def test_callable_objects_configured_differently_never_share_entries() -> None:
+    one, two, same = same_name_graph(Prefixer("1:")), same_name_graph(Prefixer("2:")), same_name_graph(Prefixer("1:"))
+    assert NodeCache.namespace(one, "agent") == NodeCache.namespace(same, "agent")
+
+    async def scenario() -> list[str]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [(await orchestrator.execute(g, {"q": "q"}))["a"] for g in (one, two, same)]
+
+    assert run(scenario()) == ["1:q", "2:q", "1:q"]
