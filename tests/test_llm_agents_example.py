@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.readme import bash_blocks, shell_script
 from support.scripted_openai import DRAFT_1, DRAFT_2, FEEDBACK, NOTES_TEMPLATE, SEARCHES, ScriptedOpenAI, tokens
+from support.server_process import free_port
 
 from distributed_agents import Orchestrator
 
@@ -127,3 +129,15 @@ def test_llm_agents_on_redis_worker_processes(redis_url: str) -> None:
     orchestrator_pid = int(pids_line.rsplit(" ", 1)[1])
     assert len(worker_pids) == 2 and orchestrator_pid not in worker_pids  # researcher and writer sides
     assert_scripted_conversation(server)
+
+
+@pytest.mark.timeout(90)
+def test_readme_runs_the_example_against_the_scripted_endpoint() -> None:
+    real, scripted = bash_blocks("Examples")
+    assert all(name in real for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL", "--backend-url"))
+    script = shell_script(scripted, install=False, replace={"8765": str(free_port()),
+                                                             ".venv/bin/python": sys.executable})
+    done = subprocess.run(["bash", "-c", script], cwd=EXAMPLE.parents[1], capture_output=True, text=True,
+                          timeout=80, env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Final report (2 review(s), 3 tool call(s)):\n{DRAFT_2}\n" in done.stdout
