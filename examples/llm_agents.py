@@ -52,6 +52,7 @@ import argparse
 import ast
 import asyncio
 import json
+import logging
 import math
 import operator
 import os
@@ -65,6 +66,10 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from distributed_agents import END, START, Command, Graph, MessagesState, Orchestrator, interrupt
+
+# The HTTP client logs every request at INFO; the workers' logs keep to the workflow.
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 HERE = pathlib.Path(__file__).resolve().parent
 DOCS = HERE / "docs"

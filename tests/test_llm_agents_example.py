@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from support.aio import run
 from support.readme import bash_blocks, shell_script
-from support.scripted_openai import DRAFT_1, DRAFT_2, FEEDBACK, NOTES_TEMPLATE, SEARCHES, ScriptedOpenAI, tokens
+from support.scripted_openai import (
+    DRAFT_1, DRAFT_2, FEEDBACK, NOTES_TEMPLATE, SEARCHES, ScriptedOpenAI, reply_for, tokens,
+)
 from support.server_process import free_port
 
 from distributed_agents import Orchestrator
@@ -141,3 +143,33 @@ def test_readme_runs_the_example_against_the_scripted_endpoint() -> None:
                           timeout=80, env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")})
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Final report (2 review(s), 3 tool call(s)):\n{DRAFT_2}\n" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_reviews_are_bounded_and_a_rejected_report_is_not_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never_satisfied(request: dict[str, Any]) -> dict[str, Any]:
+        if request["messages"][0]["content"].startswith("You are the reviewer"):
+            return {"content": "REVISE: shorter."}
+        return reply_for(request)
+
+    with ScriptedOpenAI(faults=(), reply=never_satisfied) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "scripted-key")
+        example = load_example()
+        asked: list[dict[str, Any]] = []
+
+        async def go() -> dict[str, Any]:
+            orchestrator = Orchestrator()
+            try:
+                return await example.run_team(orchestrator, "Largest tidal station?",
+                                               ask=lambda value: asked.append(dict(value)) or "no",
+                                               on_token=lambda agent, token, meta: None)
+            finally:
+                await orchestrator.close()
+
+        result = run(go(), timeout=50)
+    assert result["reviews"] == example.MAX_REVIEWS == 3
+    assert [m["content"] for m in result["messages"] if m.get("name") == "reviewer"] == ["REVISE: shorter."] * 3
+    assert asked and asked[0]["reviews"] == 3
+    assert result["approved"] is False and result["report"] == ""
+    assert server.statuses == [200] * len(server.requests)

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
                             {"retry-after-ms": "20"})
             return
         owner._record_request(body)
-        reply = reply_for(body)
+        reply = owner.reply(body)
         model = body.get("model", "scripted")
         if not body.get("stream"):
             self._send_json(200, whole_response(reply, model))
@@ -194,11 +194,14 @@ class ScriptedOpenAI:
     """The scripted endpoint on ``127.0.0.1:<port>`` (0: a free port), served from a thread.
 
     ``base_url`` is what ``OPENAI_BASE_URL`` takes (``http://127.0.0.1:<port>/v1``).
-    ``faults`` are HTTP statuses served first, one per request, before scripted replies.
+    ``faults`` are HTTP statuses served first, one per request, before scripted replies;
+    ``reply`` makes the replies (default ``reply_for``).
     Use as a context manager, or ``start()`` / ``close()``.
     """
 
-    def __init__(self, port: int = 0, faults: Iterable[int] = (429, 500)) -> None:
+    def __init__(self, port: int = 0, faults: Iterable[int] = (429, 500),
+                 reply: Callable[[dict[str, Any]], dict[str, Any]] = reply_for) -> None:
+        self.reply = reply  # request body -> {"content": ...} or {"tool_calls": [...]}, as reply_for
         self._lock = threading.Lock()
         self._faults = deque(faults)
         self.requests: list[dict[str, Any]] = []
