@@ -435,6 +435,12 @@ class Graph:
         """Start the workflow at ``node`` (an edge ``START -> node``; several entry points run together)."""
         return self.add_edge(START, node)
 
+    def set_conditional_entry_point(
+        self, path: Condition, path_map: Mapping[Hashable, str] | Sequence[str] | None = None
+    ) -> Graph:
+        """Route the input state to the first node(s): LangGraph's name for ``add_conditional_edge(START, ...)``."""
+        return self.add_conditional_edge(START, path, path_map)
+
     def set_finish_point(self, node: str) -> Graph:
         """Finish a branch after ``node`` (an edge ``node -> END``)."""
         return self.add_edge(node, END)
