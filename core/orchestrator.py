@@ -471,10 +471,11 @@ class Orchestrator:
         ``invoke``); ``get_workflow_status(id).status`` is then ``interrupted`` and
         ``resume(id, Command(resume=answer))`` continues it. ``interrupt_before`` /
         ``interrupt_after`` (node names, or ``"*"``) set this workflow's static
-        breakpoints, instead of those the graph was compiled with; they are stored with
-        the workflow, so resume and takeover keep them. As in LangGraph, passing
-        ``Command(resume=answer)`` as the input with the paused workflow's
-        ``workflow_id`` resumes it (``resume(workflow_id, graph, command)``).
+        breakpoints, instead of those the graph was compiled with (each list given
+        replaces the graph's list of its kind, one not given keeps the graph's, as in
+        LangGraph); they are stored with the workflow, so resume and takeover keep them.
+        As in LangGraph, passing ``Command(resume=answer)`` as the input with the paused
+        workflow's ``workflow_id`` resumes it (``resume(workflow_id, graph, command)``).
 
         ``priority`` (an int in -1,000,000..1,000,000) is added to each node's own
         priority for every task of this workflow: workers claim higher priorities
