@@ -207,8 +207,12 @@ async def chat(messages: list[Mapping[str, Any]], *, agent: str, context: Any = 
                 if context is not None:
                     context.emit_message(delta.content, metadata={"agent": agent, "pid": os.getpid()})
             for part in delta.tool_calls or []:
-                call = calls.setdefault(part.index, {"id": "", "type": "function",
-                                                     "function": {"name": "", "arguments": ""}})
+                # OpenAI numbers each call's deltas by index; a server that sends each call whole
+                # may leave the index out: then a delta with an id starts a new call.
+                index = part.index if part.index is not None else (
+                    len(calls) if part.id or not calls else max(calls))
+                call = calls.setdefault(index, {"id": "", "type": "function",
+                                                "function": {"name": "", "arguments": ""}})
                 if part.id:
                     call["id"] = part.id
                 if part.function is not None:
@@ -217,6 +221,8 @@ async def chat(messages: list[Mapping[str, Any]], *, agent: str, context: Any = 
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
     if calls:
         reply["tool_calls"] = [calls[index] for index in sorted(calls)]
+        for number, call in enumerate(reply["tool_calls"]):
+            call["id"] = call["id"] or f"call_{number}"  # each tool result must name its call
     return reply
 
 
@@ -420,7 +426,7 @@ async def main_async(args: argparse.Namespace) -> None:
                  "--backend-url", args.backend_url, "--prefix", args.prefix, "--node-types", node_types,
                  "--worker-id", f"agents-{i}-{os.getpid()}"], cwd=HERE))
         orchestrator: Orchestrator = DistributedOrchestrator(backend_url=args.backend_url, prefix=args.prefix,
-                                                             worker_timeout=60)
+                                                             worker_timeout=120)
     else:
         orchestrator = Orchestrator()
     try:
