@@ -10,6 +10,7 @@ the streamed tokens are known exactly.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -182,3 +183,16 @@ def test_without_the_openai_client_it_names_the_extra_to_install() -> None:
                           env={**os.environ, "OPENAI_API_KEY": "scripted-key"})
     assert done.returncode != 0
     assert "pip install 'distributed-agents[llm]'" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_chat_joins_streamed_tool_calls(monkeypatch: pytest.MonkeyPatch, indexed: bool) -> None:
+    with ScriptedOpenAI(faults=(), indexed_tool_calls=indexed) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "scripted-key")
+        example = load_example()
+        reply = run(example.chat([{"role": "user", "content": "Largest tidal station?"}], agent="researcher",
+                                 tools=example.TOOL_SCHEMAS))
+    assert reply["content"] is None
+    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in reply["tool_calls"]] == [
+        ("call_search_0", "search_docs", {"query": SEARCHES[0]}), ("call_search_1", "search_docs", {"query": SEARCHES[1]})]

@@ -104,8 +104,12 @@ def _split(text: str, parts: int) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-def stream_chunks(reply: dict[str, Any], model: str) -> Iterator[dict[str, Any]]:
-    """The SSE chunks of ``reply`` as OpenAI streams them."""
+def stream_chunks(reply: dict[str, Any], model: str, *, indexed: bool = True) -> Iterator[dict[str, Any]]:
+    """The SSE chunks of ``reply`` as OpenAI streams them.
+
+    ``indexed=False`` streams each tool call whole in one delta without ``index``, as some
+    OpenAI-compatible servers do.
+    """
     if "content" in reply:
         yield _chunk(model, {"role": "assistant", "content": ""})
         for token in tokens(reply["content"]):
@@ -113,6 +117,13 @@ def stream_chunks(reply: dict[str, Any], model: str) -> Iterator[dict[str, Any]]
         yield _chunk(model, {}, "stop")
         return
     calls = reply["tool_calls"]
+    if not indexed:
+        for call in calls:
+            yield _chunk(model, {"role": "assistant", "tool_calls": [
+                {"id": call["id"], "type": "function",
+                 "function": {"name": call["name"], "arguments": call["arguments"]}}]})
+        yield _chunk(model, {}, "tool_calls")
+        return
     yield _chunk(model, {"role": "assistant", "content": None, "tool_calls": [
         {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
         for i, call in enumerate(calls)]})
@@ -176,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
-        for chunk in stream_chunks(reply, model):
+        for chunk in stream_chunks(reply, model, indexed=owner.indexed_tool_calls):
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()  # one network write per delta, as a real endpoint streams
         self.wfile.write(b"data: [DONE]\n\n")
@@ -200,7 +211,9 @@ class ScriptedOpenAI:
     """
 
     def __init__(self, port: int = 0, faults: Iterable[int] = (429, 500),
-                 reply: Callable[[dict[str, Any]], dict[str, Any]] = reply_for) -> None:
+                 reply: Callable[[dict[str, Any]], dict[str, Any]] = reply_for, indexed_tool_calls: bool = True,
+                 ) -> None:
+        self.indexed_tool_calls = indexed_tool_calls  # False: each call whole, without "index"
         self.reply = reply  # request body -> {"content": ...} or {"tool_calls": [...]}, as reply_for
         self._lock = threading.Lock()
         self._faults = deque(faults)
