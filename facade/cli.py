@@ -6,12 +6,15 @@
     distributed-agents dead-letters show TASK_ID [--json]
     distributed-agents dead-letters requeue TASK_ID [TASK_ID ...]
     distributed-agents dead-letters purge [TASK_ID ...] [--node-type T] [--yes]
+    distributed-agents run MODULE:GRAPH [--input JSON] [--stream] | submit MODULE:GRAPH [--input JSON]
+    distributed-agents status ID | list [--status S] | cancel ID | resume ID --graph MODULE:GRAPH [--value JSON]
+    distributed-agents history ID | workers | queues | conformance URL       (read commands take --json)
     distributed-agents backends
     distributed-agents draw MODULE:GRAPH [--format mermaid|ascii|dot|png|svg] [--output FILE]
     distributed-agents help [COMMAND ...]
 
 Every option may also come from the environment (``--backend-url`` from
-``BACKEND_URL``, ``REDIS_URL`` or ``NATS_URL``; ``--app`` from ``DA_APP``; the others
+``DA_BACKEND_URL``, ``BACKEND_URL``, ``REDIS_URL`` or ``NATS_URL``; ``--app`` from ``DA_APP``; the others
 are listed by ``--help``). An environment value is read and checked only by the
 command that uses it, so a bad ``HEARTBEAT_INTERVAL`` breaks ``worker`` (with a
 message naming it) but not ``dead-letters``. ``--log-level`` is accepted before or
@@ -51,6 +54,7 @@ from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
+from distributed_agents import cli_client
 from distributed_agents.distributed import DistributedWorker
 from distributed_agents.draw import FORMATS, draw_graph, format_for_path
 from distributed_agents.plugins import available_backends, open_backend
@@ -132,6 +136,16 @@ def _node_types(text: str) -> tuple[str, ...]:
     return types
 
 
+def _modes(text: str) -> list[str]:
+    from distributed_agents.core.streaming import STREAM_MODES
+
+    modes = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in modes if m not in STREAM_MODES]
+    if not modes or unknown:
+        raise ValueError(f"{text!r} is not a list of stream modes; use some of {', '.join(STREAM_MODES)}")
+    return modes
+
+
 # -- options: one table gives argparse its flags and help, and the environment its fallbacks --
 
 
@@ -201,7 +215,7 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 LOG_LEVEL = Option("--log-level", ("LOG_LEVEL",), _log_level, "how much to log: " + ", ".join(LOG_LEVELS),
                    "info", default="info", metavar="LEVEL")
 BACKEND_URL = Option(
-    "--backend-url", ("BACKEND_URL", "REDIS_URL", "NATS_URL"), _text,
+    "--backend-url", ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL"), _text,
     "backend to use, e.g. redis://HOST:6379/0 or nats://HOST:4222", "redis://127.0.0.1:6379/0", metavar="URL",
 )
 PREFIX = Option("--prefix", ("DA_PREFIX",), _text,
@@ -237,6 +251,29 @@ DRAW_OUTPUT = Option("--output", ("DA_DRAW_OUTPUT",), _text, "write the drawing 
                      "it (needed for png)", "graph.svg", default_text="print it", metavar="FILE")
 LIMIT = Option("--limit", ("DA_LIMIT",), _positive_int, "list at most this many", "100", default=100,
                metavar="N")
+
+INPUT = Option("--input", ("DA_INPUT",), _text, "the input state as JSON", '{"topic": "tides"}', default_text="{}",
+               metavar="JSON")
+WORKFLOW_ID = Option("--workflow-id", ("DA_WORKFLOW_ID",), _text, "id of the new workflow", "wf_report_1",
+                     default_text="a fresh one", metavar="ID")
+STREAM_MODE = Option("--stream-mode", ("DA_STREAM_MODE",), _modes, "comma-separated stream modes --stream prints: "
+                     "values, updates, custom, messages, debug", "updates,custom", default=["updates", "custom"],
+                     default_text="updates,custom", metavar="MODES")
+STATUS = Option("--status", ("DA_STATUS",), _text, "only workflows of this status (pending, running, interrupted, "
+                "completed, failed, cancelled), or 'active' (pending, running or interrupted)", "active",
+                default_text="all", metavar="STATUS")
+GRAPH_NAME = Option("--graph", ("DA_GRAPH_NAME",), _text, "only workflows of this graph name", "essay",
+                    default_text="all", metavar="NAME")
+PAGE_LIMIT = Option("--limit", ("DA_LIMIT",), _positive_int, "list at most this many", "100", default_text="all",
+                    metavar="N")
+CURSOR = Option("--cursor", ("DA_CURSOR",), _text, "start after this cursor (the last one a page printed)",
+                "1700000000.0/wf_1", default_text="from the start", metavar="CURSOR")
+VALUE = Option("--value", ("DA_RESUME_VALUE",), _text, "the answer to the workflow's pending interrupt, as JSON",
+               '"yes"', default_text="no answer", metavar="JSON")
+GRAPH_SPEC = Option("--graph", ("DA_GRAPH",), _text, "where the workflow's graph is, as MODULE:GRAPH (the graph it "
+                    "was started with; required)", "myapp.flows:graph", default_text="none", metavar="MODULE:GRAPH")
+QUEUE_NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types, "comma-separated node types to show",
+                          "researcher,writer", default_text="those of live workers and dead letters", metavar="TYPES")
 
 WORKER_OPTIONS = (APP, BACKEND_URL, PREFIX, NODE_TYPES, WORKER_ID, CAPACITY, HEARTBEAT_INTERVAL, SHUTDOWN_GRACE,
                   VISIBILITY_TIMEOUT)
@@ -294,6 +331,7 @@ def _parser() -> Parser:
                    "Print everything stored about one dead letter: its task, every attempt's error with "
                    "its traceback, and the payload.", actions)
     show.add_argument("task_id", metavar="TASK_ID", help="the task id, as 'dead-letters list' prints it")
+    _json_flag(listing, "JSON lines, which is also the default (kept for scripts)")
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text (default: text)")
     requeue = command("requeue", "queue dead-lettered tasks again",
                       "Queue each dead-lettered task again with a fresh attempt count.", actions)
@@ -320,7 +358,10 @@ def _parser() -> Parser:
                       "pid, heartbeat_age (seconds since its last heartbeat; slot counts are as of then).")
     for option in BACKEND_OPTIONS:
         option.add_to(workers)
+    _json_flag(workers, "JSON lines, which is also the default (kept for scripts)")
     workers.set_defaults(run=_list_workers, options=BACKEND_OPTIONS)
+
+    _add_client_commands(command)
 
     backends = command("backends", "list installed backends (URL scheme, name, description)",
                        "List the backends installed in this environment, one per URL scheme.")
@@ -339,6 +380,112 @@ def _parser() -> Parser:
     helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. worker, or dead-letters purge")
     helper.set_defaults(run=None, options=())
     return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser, text: str = "JSON (one object per line; fields in the README)") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {text} (default: text)")
+
+
+def _add_client_commands(command: Callable[..., Parser]) -> None:
+    """The workflow commands (implemented in ``cli_client``) and ``queues`` / ``conformance``."""
+    local_help = ("run the graph's node functions in this process instead of on workers (default: only on "
+                  "memory://; elsewhere nodes go to workers, waited for)")
+
+    def client(name: str, help_text: str, description: str, run: Callable[..., Any],
+               options: tuple[Option, ...] = BACKEND_OPTIONS) -> Parser:
+        sub = command(name, help_text, description)
+        for option in options:
+            option.add_to(sub)
+        sub.set_defaults(run=_client(run, options), options=options)
+        return sub
+
+    run = client("run", "run a graph to its end, showing progress; print the final state",
+                 "Import MODULE:GRAPH, run it from --input and print the final state as JSON "
+                 "({workflow_id, status, values}). Progress (nodes started and done, steps committed) goes to "
+                 "stderr: one redrawn line on a terminal, plain lines otherwise.", cli_client.run_command,
+                 (*BACKEND_OPTIONS, INPUT, WORKFLOW_ID, STREAM_MODE))
+    run.add_argument("graph", metavar="MODULE:GRAPH", help="where the graph is, e.g. myapp.flows:graph")
+    run.add_argument("--stream", action="store_true", help="print one JSON line per stream chunk "
+                     "({mode, namespace, chunk}), then the result (default: the final state only)")
+    run.add_argument("--local-nodes", action="store_true", help=local_help)
+
+    submit = client("submit", "store a new workflow and print its id",
+                    "Import MODULE:GRAPH and store a new workflow from --input; print its id. The workflow is "
+                    "driven by an orchestrator with recovery (or 'resume ID --graph MODULE:GRAPH').",
+                    cli_client.submit_command, (*BACKEND_OPTIONS, INPUT, WORKFLOW_ID))
+    submit.add_argument("graph", metavar="MODULE:GRAPH", help="where the graph is, e.g. myapp.flows:graph")
+
+    status = client("status", "a workflow's status, step, next nodes, pauses and failure",
+                    "Print a workflow's status (pending, running, interrupted, completed, failed, cancelled), "
+                    "step, next nodes, what it waits for, its pending interrupts and its failure.",
+                    cli_client.status_command)
+    status.add_argument("workflow_id", metavar="ID", help="the workflow id")
+    _json_flag(status, "one JSON object")
+
+    listing = client("list", "workflows, oldest first (filter by status and graph, page with --cursor)",
+                     "List workflows, oldest first.", cli_client.list_command,
+                     (*BACKEND_OPTIONS, STATUS, GRAPH_NAME, PAGE_LIMIT, CURSOR))
+    _json_flag(listing)
+
+    cancel = client("cancel", "cancel a workflow that has not finished",
+                    "Cancel a workflow: it stops at its next step, queued tasks are taken back and workers "
+                    "cancel its running tasks. Exit status 1 if it had already finished.",
+                    cli_client.cancel_command)
+    cancel.add_argument("workflow_id", metavar="ID", help="the workflow id")
+
+    resume = client("resume", "continue a workflow (answer its interrupt with --value); print the final state",
+                    "Continue a paused, failed or abandoned workflow from its last committed step and print the "
+                    "final state as JSON. Needs the graph it was started with (--graph).",
+                    cli_client.resume_command, (*BACKEND_OPTIONS, VALUE, GRAPH_SPEC))
+    resume.add_argument("workflow_id", metavar="ID", help="the workflow id")
+    resume.add_argument("--local-nodes", action="store_true", help=local_help)
+
+    history = client("history", "a workflow's checkpoints, newest first",
+                     "Print a workflow's checkpoints, newest first: step, checkpoint id, next nodes, status.",
+                     cli_client.history_command, (*BACKEND_OPTIONS, PAGE_LIMIT))
+    history.add_argument("workflow_id", metavar="ID", help="the workflow id")
+    _json_flag(history)
+
+    queues = command("queues", "queued, in-flight and dead tasks per node type",
+                     "Print queued, in-flight and dead-lettered task counts per node type: those of --node-types, "
+                     "else every type a live worker serves or a dead letter has.")
+    for option in (*BACKEND_OPTIONS, QUEUE_NODE_TYPES):
+        option.add_to(queues)
+    _json_flag(queues)
+    queues.set_defaults(run=_queues, options=(*BACKEND_OPTIONS, QUEUE_NODE_TYPES))
+
+    conformance = command("conformance", "check that a backend keeps the port contracts",
+                          "Run the backend conformance suite (needs the [conformance] extra) against URL and "
+                          "print a per-port, per-clause report; exit status 1 if a check failed.")
+    conformance.add_argument("url", metavar="URL", help="backend URL, e.g. redis://127.0.0.1:6379/0")
+    conformance.add_argument("--thorough", action="store_true",
+                             help="many more examples and larger concurrent runs (default: the quick profile); "
+                                  "python -m distributed_agents.conformance --help shows further options")
+    conformance.set_defaults(run=_conformance, options=())
+
+
+def _client(command: Callable[..., Any], options: tuple[Option, ...]) -> Callable[[argparse.Namespace], Any]:
+    async def run(args: argparse.Namespace) -> int:
+        for option in options:  # the flag, else the environment, else the default
+            setattr(args, option.dest, option.resolve(args))
+        status: int = await command(args, _backend_url(args), _backend_options(args))
+        return status
+
+    return run
+
+
+async def _queues(args: argparse.Namespace) -> int:
+    args.node_types = QUEUE_NODE_TYPES.resolve(args)
+    return await _with_backend(args, lambda backend: cli_client.queues_command(args, backend))
+
+
+async def _conformance(args: argparse.Namespace) -> int:
+    from distributed_agents.conformance.__main__ import main as conformance_main
+
+    argv = [args.url, *(["--thorough"] if args.thorough else [])]
+    # In a thread: the suite runs its own event loops.
+    status: int = await asyncio.to_thread(conformance_main, argv)
+    return status
 
 
 def _help_last(argv: list[str]) -> list[str]:
@@ -427,7 +574,7 @@ def _backend_url(args: argparse.Namespace) -> str:
     if url is None:
         raise UsageError(
             "no backend URL: pass --backend-url (e.g. --backend-url redis://127.0.0.1:6379/0 or "
-            "nats://127.0.0.1:4222), or set BACKEND_URL (or REDIS_URL / NATS_URL)"
+            "nats://127.0.0.1:4222), or set DA_BACKEND_URL (or BACKEND_URL, REDIS_URL, NATS_URL)"
         )
     return url
 

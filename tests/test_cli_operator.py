@@ -1,0 +1,251 @@
+"""The operator commands of ``distributed-agents`` as subprocesses against a real Redis.
+
+One redis-server (the session's) and one worker process (serving ``opsapp:graph``) per
+module, each test on its own workflows; ``memory://`` where a command lives in one
+process (``run``). Input errors exit 2 with one line and no traceback; failures exit 1.
+The README's command table is checked against ``--help``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distributed_agents import __version__
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+APP = '''
+from typing import Any
+from distributed_agents import Graph, State, interrupt
+
+
+def draft(state: State) -> dict[str, Any]:
+    return {"text": f"draft about {state['topic']}"}
+
+
+def polish(state: State) -> dict[str, Any]:
+    return {"text": state["text"] + ", polished"}
+
+
+def ask(state: State) -> dict[str, Any]:
+    return {"answer": interrupt({"question": f"approve {state['topic']}?"})}
+
+
+graph = (Graph("essay").add_node("draft", draft).add_node("polish", polish)
+         .set_entry_point("draft").add_edge("draft", "polish").set_finish_point("polish").compile())
+approval = Graph("approval").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+'''
+ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFIX", "DA_LIMIT", "DA_NODE_TYPE")
+
+
+class Deployment:
+    """A Redis URL and prefix with one worker process serving ``opsapp:graph``."""
+
+    def __init__(self, url: str, folder: pathlib.Path) -> None:
+        self.url, self.folder = url, folder
+        self.prefix = f"cliops{uuid.uuid4().hex[:8]}"
+        environment = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+        self.env = {**environment, "PYTHONPATH": str(folder)}
+        self.log = open(folder / "worker.log", "w")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed_agents", "worker", "--app", "opsapp:graph", "--backend-url", url,
+             "--prefix", self.prefix, "--worker-id", "ops-worker", "--capacity", "2", "--heartbeat-interval", "0.5"],
+            cwd=folder, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def cli(self, *argv: str, backend: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        where = ["--backend-url", self.url, "--prefix", self.prefix] if backend else []
+        return subprocess.run([sys.executable, "-m", "distributed_agents", *argv, *where], capture_output=True,
+                              text=True, cwd=self.folder, env={**self.env, **(env or {})}, timeout=60)
+
+    def ok(self, *argv: str, backend: bool = True) -> str:
+        done = self.cli(*argv, backend=backend)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr, (self.folder / "worker.log").read_text())
+        return done.stdout
+
+    def close(self) -> None:
+        if self.worker.poll() is None:
+            self.worker.kill()
+        self.worker.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("cliops")
+    (folder / "opsapp.py").write_text(APP)
+    deployment = Deployment(redis_url, folder)
+    try:
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    assert done.returncode == status, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert re.match(r"distributed-agents( [a-z-]+)*: error: ", line), line
+    for word in words:
+        assert word in line
+
+
+def test_run_through_a_worker_then_status_history_list_workers_and_queues_read_it(deployment: Deployment) -> None:
+    done = deployment.cli("run", "opsapp:graph", "--input", '{"topic": "tides"}')
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed"
+    assert result["values"] == {"topic": "tides", "text": "draft about tides, polished"}
+    # Progress, plain lines since stderr is not a terminal: every node started and done (on the worker).
+    assert "step 0: draft started (worker)" in done.stderr and "polish done" in done.stderr
+    assert "workflow completed at step 2" in done.stderr
+    workflow_id = result["workflow_id"]
+
+    status = json.loads(deployment.ok("status", workflow_id, "--json"))
+    assert status == {**status, "workflow_id": workflow_id, "graph": "essay", "status": "completed", "step": 2,
+                      "next_nodes": [], "error": None, "interrupts": [], "waiting_for": None}
+    assert "status:    completed" in deployment.ok("status", workflow_id)
+
+    history = lines(deployment.ok("history", workflow_id, "--json"))
+    assert [h["step"] for h in history] == sorted((h["step"] for h in history), reverse=True)
+    assert history[0]["values"]["text"] == "draft about tides, polished"
+    assert len(lines(deployment.ok("history", workflow_id, "--json", "--limit", "1"))) == 1
+    assert workflow_id in deployment.ok("history", workflow_id).splitlines()[1]
+
+    listed = lines(deployment.ok("list", "--json", "--graph", "essay", "--status", "completed"))
+    assert workflow_id in [w["workflow_id"] for w in listed]
+    assert all(set(w) >= {"workflow_id", "graph", "status", "step", "cursor"} for w in listed)
+    assert workflow_id in deployment.ok("list")
+
+    (worker,) = lines(deployment.ok("workers", "--json"))
+    assert worker["worker_id"] == "ops-worker" and worker["node_types"] == ["draft", "polish"]
+    assert worker["capacity"] == 2 and worker["in_flight"] == 0 and worker["heartbeat_age"] >= 0
+
+    queues = lines(deployment.ok("queues", "--json"))
+    assert [q["node_type"] for q in queues] == ["draft", "polish"]
+    assert all(q["queued"] == 0 and q["in_flight"] == 0 and q["dead"] == 0 for q in queues)
+    assert re.search(r"^draft\s+0\s+0\s+0$", deployment.ok("queues"), re.MULTILINE)
+
+
+def test_list_pages_with_limit_and_cursor(deployment: Deployment) -> None:
+    ids = [json.loads(deployment.ok("run", "opsapp:graph", "--input", json.dumps({"topic": f"t{i}"})))["workflow_id"]
+           for i in range(2)]
+    everything = [w["workflow_id"] for w in lines(deployment.ok("list", "--json"))]
+    first = lines(deployment.ok("list", "--json", "--limit", "1"))
+    rest = lines(deployment.ok("list", "--json", "--cursor", first[-1]["cursor"]))
+    assert [w["workflow_id"] for w in first + rest] == everything
+    assert set(ids) <= set(everything)
+    assert "more: --cursor" in deployment.ok("list", "--limit", "1")
+
+
+def test_submit_prints_the_id_and_resume_drives_it_to_the_end(deployment: Deployment) -> None:
+    workflow_id = deployment.ok("submit", "opsapp:graph", "--input", '{"topic": "moons"}').strip()
+    assert re.fullmatch(r"wf_[0-9a-f]+", workflow_id)
+    assert json.loads(deployment.ok("status", workflow_id, "--json"))["status"] in ("pending", "running", "completed")
+    result = json.loads(deployment.ok("resume", workflow_id, "--graph", "opsapp:graph"))
+    assert result["status"] == "completed" and result["values"]["text"] == "draft about moons, polished"
+
+
+def test_cancel_stops_a_workflow_once(deployment: Deployment) -> None:
+    workflow_id = deployment.ok("submit", "opsapp:graph", "--workflow-id", f"wf_cancel{uuid.uuid4().hex[:6]}",
+                                "--input", '{"topic": "x"}').strip()
+    done = deployment.cli("cancel", workflow_id)
+    if done.returncode == 1:  # the worker was quicker: the workflow had completed
+        assert_one_line_error(done, 1, "already finished")
+        return
+    assert done.stdout.strip() == f"cancelled {workflow_id}"
+    assert json.loads(deployment.ok("status", workflow_id, "--json"))["status"] == "cancelled"
+    assert_one_line_error(deployment.cli("cancel", workflow_id), 1, workflow_id, "already finished (cancelled)")
+
+
+def test_an_interrupt_is_shown_by_status_and_answered_by_resume_value(deployment: Deployment) -> None:
+    paused = json.loads(deployment.ok("run", "opsapp:approval", "--input", '{"topic": "bridge"}', "--local-nodes"))
+    assert paused["status"] == "interrupted"
+    workflow_id = paused["workflow_id"]
+    status = json.loads(deployment.ok("status", workflow_id, "--json"))
+    (pause,) = status["interrupts"]
+    assert pause["node"] == "ask" and pause["value"] == {"question": "approve bridge?"}
+    assert "interrupt: " in deployment.ok("status", workflow_id)
+    done = json.loads(deployment.ok("resume", workflow_id, "--value", '"yes"', "--graph", "opsapp:approval",
+                                    "--local-nodes"))
+    assert done["status"] == "completed" and done["values"]["answer"] == "yes"
+
+
+def test_run_in_memory_streams_json_lines_and_takes_the_url_from_the_environment(deployment: Deployment) -> None:
+    done = deployment.cli("run", "opsapp:graph", "--input", '{"topic": "ice"}', "--stream", backend=False,
+                          env={"DA_BACKEND_URL": "memory://"})
+    assert done.returncode == 0, done.stderr
+    chunks = lines(done.stdout)
+    assert [c["mode"] for c in chunks] == ["updates", "updates", "result"]
+    assert chunks[0]["chunk"] == {"draft": {"text": "draft about ice"}} and chunks[0]["namespace"] == []
+    assert chunks[-1]["chunk"]["values"]["text"] == "draft about ice, polished"
+    debug = deployment.cli("run", "opsapp:graph", "--input", '{"topic": "ice"}', "--stream", "--stream-mode",
+                           "debug", "--backend-url", "memory://", backend=False)
+    events = [c["chunk"]["event"] for c in lines(debug.stdout) if c["mode"] == "debug"]
+    assert events[:3] == ["workflow.started", "node.started", "node.completed"]
+
+
+def test_dead_letters_and_workers_take_json_too(deployment: Deployment) -> None:
+    assert lines(deployment.ok("dead-letters", "list", "--json")) == []
+    assert deployment.ok("--version", backend=False).strip() == f"distributed-agents {__version__}"
+
+
+@pytest.mark.parametrize(("argv", "status", "words"), [
+    (["status", "wf_nosuchworkflow"], 1, ["wf_nosuchworkflow", "list"]),
+    (["history", "wf_nosuchworkflow"], 1, ["wf_nosuchworkflow"]),
+    (["cancel", "wf_nosuchworkflow"], 1, ["wf_nosuchworkflow"]),
+    (["run", "opsapp:graph", "--input", "{topic"], 2, ["--input", "not JSON"]),
+    (["run", "opsapp:nothing"], 2, ["opsapp:nothing", "no attribute"]),
+    (["resume", "wf_x"], 2, ["--graph"]),
+    (["resume", "wf_x", "--graph", "opsapp:graph", "--value", "nope"], 2, ["--value"]),
+    (["list", "--status", "finished"], 2, ["finished"]),
+    (["list", "--limit", "0"], 2, ["--limit"]),
+    (["run", "opsapp:graph", "--stream-mode", "loud"], 2, ["stream mode"]),
+])
+def test_bad_input_and_unknown_ids_are_one_line(deployment: Deployment, argv: list[str], status: int,
+                                                words: list[str]) -> None:
+    assert_one_line_error(deployment.cli(*argv), status, *words)
+
+
+def test_a_missing_or_unreachable_backend_is_one_line(deployment: Deployment) -> None:
+    assert_one_line_error(deployment.cli("list", backend=False), 2, "--backend-url", "DA_BACKEND_URL")
+    assert_one_line_error(deployment.cli("submit", "opsapp:graph", "--backend-url", "memory://", backend=False), 2,
+                          "memory://", "run")
+    unreachable = deployment.cli("status", "wf_x", "--backend-url", "redis://127.0.0.1:1/0", backend=False)
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert "127.0.0.1:1" in unreachable.stderr
+
+
+def readme_commands() -> list[str]:
+    """The commands in the README's table under "Operating a deployment" (first column, `distributed-agents X`)."""
+    section = README.read_text().split("## Operating a deployment", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r"^\| `distributed-agents ([a-z-]+(?: (?:list|show|requeue|purge))?)", section, re.MULTILINE)
+    return found
+
+
+def test_readme_lists_every_command_and_each_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from distributed_agents.cli import _parser, main
+
+    listed = readme_commands()
+    parser = _parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    expected = {name for name in choices if name not in ("help",)}
+    assert {c.split()[0] for c in listed} == expected
+    for command in listed:  # in this process: a subprocess each would cost seconds, and argparse is the same
+        with pytest.raises(SystemExit) as exit_:
+            main([*command.split(), "--help"])
+        out, _ = capsys.readouterr()
+        assert exit_.value.code == 0
+        assert out.startswith(f"usage: distributed-agents {command}")
