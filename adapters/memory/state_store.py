@@ -1,7 +1,9 @@
 """In-process StateStore: compare-and-set records, checkpoint history, fenced leases.
 
 Records and checkpoints are kept as JSON bytes so that readers never share objects with
-writers, as with a networked store. Expiry (``state_ttl``) is applied lazily on access.
+writers, as with a networked store. Checkpoints are stored as what changed
+(``core.checkpoint_delta``: per-key deltas chained to periodic snapshots) and rebuilt
+into full states on read. Expiry (``state_ttl``) is applied lazily on access.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -23,7 +26,6 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
-    checkpoints_page,
 )
 
 __all__ = ["MemoryStateStore", "StateData"]
@@ -37,6 +39,9 @@ class _Workflow:
     created_at: float
     checkpoints: list[bytes] = field(default_factory=list)
     expires_at: float | None = None
+    # The newest checkpoint entry (its full state decoded from its own encoding), so the
+    # next one is stored as a delta against it.
+    tip: ChainTip | None = None
 
 
 @dataclass
@@ -93,7 +98,6 @@ class MemoryStateStore(StateStore):
         now = time.time()
         new = record.evolve(version=expected_version + 1, updated_at=now)
         raw = encode(new.to_dict())
-        raw_checkpoint = None if checkpoint is None else encode(checkpoint.to_dict())
         workflow_id = record.workflow_id
         with self._data.lock:
             stored = self._live(workflow_id)
@@ -105,8 +109,6 @@ class MemoryStateStore(StateStore):
             if expected_version == 0:
                 if stored is not None:
                     raise WorkflowExistsError(f"workflow {workflow_id!r} already exists; choose another workflow_id")
-                stored = _Workflow(raw, 1, new.status, new.created_at)
-                self._data.workflows[workflow_id] = stored
             else:
                 actual = None if stored is None else stored.version
                 if stored is None or actual != expected_version:
@@ -116,9 +118,19 @@ class MemoryStateStore(StateStore):
                         expected=expected_version,
                         actual=actual,
                     )
+            # Encoded before anything changes, so a state that is not JSON writes nothing.
+            entry = None
+            if checkpoint is not None:
+                entry, tip = next_entry(checkpoint, None if stored is None else stored.tip,
+                                        index=0 if stored is None else len(stored.checkpoints))
+            if stored is None:
+                stored = _Workflow(raw, 1, new.status, new.created_at)
+                self._data.workflows[workflow_id] = stored
+            else:
                 stored.record, stored.version, stored.status = raw, new.version, new.status
-            if raw_checkpoint is not None:
-                stored.checkpoints.append(raw_checkpoint)
+            if entry is not None:
+                stored.checkpoints.append(entry)
+                stored.tip = tip
             stored.expires_at = None if self.state_ttl is None else now + self.state_ttl
         return new
 
@@ -128,7 +140,7 @@ class MemoryStateStore(StateStore):
         with self._data.lock:
             stored = self._live(workflow_id)
             raws = [] if stored is None else list(stored.checkpoints)
-        return checkpoints_page([Checkpoint.from_dict(decode(r)) for r in raws], limit=limit, before=before)
+        return rebuild(raws, 0, limit=limit, before=before)
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._data.lock:

@@ -1,0 +1,107 @@
+"""Checkpoint growth: bytes the stored checkpoints take, per backend, over long workflows.
+
+    python benchmarks/checkpoint_growth.py [--steps 1000] [--value-kb 100] [--turns 1000]
+                                           [--redis redis://localhost:6379/0]
+
+Workloads, each one workflow run by the local engine with every step checkpointed:
+
+* ``constant``: ``--steps`` steps over a state holding a ``--value-kb`` KB string that
+  never changes plus a counter the node increments.
+* ``chat``: ``--turns`` steps, each appending one ~100-byte message to ``messages``
+  under the ``append`` reducer.
+
+Per workload it prints the bytes the checkpoints take as stored (memory backend: sum of
+the stored entries; Redis: ``MEMORY USAGE`` of the checkpoint list and the
+``used_memory`` growth of the server, which also counts the record) next to what storing
+every checkpoint's full state would take (the sum of each full checkpoint's JSON, as
+``list_checkpoints`` returns it). The chat runs for a quarter, half and all of
+``--turns`` (linear growth shows as stored bytes proportional to turns). ``--redis`` adds the Redis backend (use an empty
+database: the run flushes nothing but reads server-wide ``INFO memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from typing import Any
+
+from distributed_agents import END, Graph, Orchestrator, State
+from distributed_agents.core.codec import encode
+
+
+def constant_graph(steps: int, value_kb: int) -> tuple[Graph, dict[str, Any]]:
+    graph = Graph("constant_value")
+
+    async def tick(state: State) -> dict[str, Any]:
+        return {"n": state["n"] + 1}
+
+    graph.add_node("tick", tick)
+    graph.add_conditional_edges("tick", lambda state: "tick" if state["n"] < steps else END)
+    graph.set_entry_point("tick")
+    return graph.compile(), {"doc": "x" * (value_kb * 1024), "n": 0}
+
+
+def chat_graph(turns: int) -> tuple[Graph, dict[str, Any]]:
+    graph = Graph("chat", reducers={"messages": "append"})
+
+    async def turn(state: State) -> dict[str, Any]:
+        number = len(state["messages"])
+        return {"messages": [{"role": "user" if number % 2 else "assistant",
+                              "content": f"turn {number}: " + "lorem ipsum " * 7}]}
+
+    graph.add_node("turn", turn)
+    graph.add_conditional_edges("turn", lambda state: "turn" if len(state["messages"]) < turns else END)
+    graph.set_entry_point("turn")
+    return graph.compile(), {"messages": []}
+
+
+async def stored_bytes(orchestrator: Orchestrator, workflow_id: str, redis: Any) -> int:
+    """Bytes the workflow's checkpoints take as stored."""
+    store: Any = orchestrator.backend.state_store
+    if redis is None:
+        return sum(len(entry) for entry in store._data.workflows[workflow_id].checkpoints)
+    return int(await redis.memory_usage(store._keys.checkpoints(workflow_id), samples=0) or 0)
+
+
+async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps: int) -> None:
+    redis = None
+    if url.startswith("redis"):
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(url)
+        used_before = int((await redis.info("memory"))["used_memory"])
+    orchestrator = Orchestrator(backend=url, step_limit=steps + 10)
+    workflow_id = f"growth-{uuid.uuid4().hex[:8]}"
+    await orchestrator.execute(graph, initial, workflow_id=workflow_id)
+    checkpoints = await orchestrator.backend.state_store.list_checkpoints(workflow_id)
+    full = sum(len(encode(cp.to_dict())) for cp in checkpoints)
+    stored = await stored_bytes(orchestrator, workflow_id, redis)
+    line = (f"{label:<10} {url.split('://')[0]:<6} checkpoints {len(checkpoints):5d}  stored {stored / 1e6:8.3f} MB  "
+            f"full states {full / 1e6:8.3f} MB  ratio {full / max(stored, 1):7.1f}x")
+    if redis is not None:
+        used_after = int((await redis.info("memory"))["used_memory"])
+        line += f"  used_memory growth {(used_after - used_before) / 1e6:7.3f} MB"
+        await redis.aclose()
+    print(line)
+    await orchestrator.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--value-kb", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=1000)
+    parser.add_argument("--redis", default=None, help="also measure a Redis backend at this URL")
+    args = parser.parse_args()
+    urls = ["memory://"] + ([args.redis] if args.redis else [])
+    for url in urls:
+        graph, initial = constant_graph(args.steps, args.value_kb)
+        await run("constant", url, graph, initial, args.steps)
+        for turns in (args.turns // 4, args.turns // 2, args.turns):
+            graph, initial = chat_graph(turns)
+            await run(f"chat {turns}", url, graph, initial, turns)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,214 @@
+"""Checkpoints stored as what changed: per-key deltas chained to periodic full snapshots.
+
+A store keeps each workflow's checkpoints as a list of *entries* (encoded JSON, oldest
+first, append-only). An entry is either
+
+* a **snapshot**: ``Checkpoint.to_dict()`` plus ``"id"`` (a random hex id), exactly the
+  shape stores wrote before deltas existed (entries without ``"id"`` are snapshots too), or
+* a **delta**: the same fields without ``"state"``, led by ``"delta"``::
+
+      {"delta": {"base": <id of the previous entry>, "snap": <index of the chain's
+                 snapshot>, "set": {key: new value}, "append": {key: [appended items]},
+                 "del": [removed keys]}, "id": ..., "workflow_id": ..., "step": ..., ...}
+
+  ``"delta"`` comes first so a store can find the snapshot index without parsing the
+  whole entry (``DELTA_SNAP_PATTERN``, also usable from Redis Lua). A key whose value
+  is a list that extends the previous list stores only the appended items, so a chat
+  history under an append reducer costs each message once, not once per step.
+
+Policy (``next_entry``): a delta is written when the store knows the previous entry
+(its ``ChainTip``), else a snapshot; a new snapshot is started when the deltas since
+the last snapshot add up to at least the state's own size or there are
+``MAX_CHAIN`` of them. Stored bytes therefore grow with the changes (each snapshot is
+paid for by at least as many delta bytes), and rebuilding any checkpoint reads at most
+about twice the state's size and ``MAX_CHAIN`` entries.
+
+Values are compared as JSON (``True``, ``1`` and ``1.0`` differ), so a rebuilt state is
+exactly what ``decode(encode(state))`` returns. Standard library only.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import PayloadDecodeError
+from distributed_agents.core.ports.state_store import Checkpoint, checkpoints_page
+
+__all__ = [
+    "DELTA_SNAP_PATTERN",
+    "MAX_CHAIN",
+    "ChainTip",
+    "apply_delta",
+    "delta_snap",
+    "diff",
+    "next_entry",
+    "rebuild",
+    "same",
+]
+
+# At most this many deltas follow a snapshot (bounds the entries a rebuild replays).
+MAX_CHAIN = 1000
+
+# Matches the start of a delta entry and captures the index of its chain's snapshot.
+DELTA_SNAP_PATTERN = rb'^\{"delta":\{"base":"[0-9a-f]*","snap":([0-9]+)'
+_SNAP_RE = re.compile(DELTA_SNAP_PATTERN)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are equal as JSON: same types at every depth (``1 != 1.0 != True``)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The delta turning JSON state ``old`` into ``new``: ``{"set": {}, "append": {}, "del": []}``.
+
+    A list value that starts with the old list's items stores only the appended items
+    under ``"append"``; any other changed or new key stores its whole new value under
+    ``"set"``. Values in the delta are ``new``'s own objects (not copies).
+    """
+    changed: dict[str, Any] = {}
+    appended: dict[str, Any] = {}
+    for key, value in new.items():
+        if key not in old:
+            changed[key] = value
+            continue
+        before = old[key]
+        if same(before, value):
+            continue
+        if (type(before) is list and type(value) is list and len(value) > len(before)
+                and same(before, value[: len(before)])):
+            appended[key] = value[len(before):]
+        else:
+            changed[key] = value
+    removed = [key for key in old if key not in new]
+    return {"set": changed, "append": appended, "del": removed}
+
+
+def apply_delta(state: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    """Apply ``delta`` (from ``diff``) to ``state`` in place.
+
+    Raises ``PayloadDecodeError`` if an append targets a key that is not a list.
+    """
+    for key in delta.get("del", ()):
+        state.pop(key, None)
+    for key, value in delta.get("set", {}).items():
+        state[key] = value
+    for key, items in delta.get("append", {}).items():
+        current = state.get(key)
+        if type(current) is not list:
+            raise PayloadDecodeError(
+                f"checkpoint delta appends to key {key!r}, which holds {type(current).__name__}, not a list: "
+                "the stored checkpoint chain is damaged; restore the workflow from an earlier checkpoint")
+        current.extend(items)
+
+
+@dataclass(frozen=True)
+class ChainTip:
+    """What a store remembers of a workflow's newest entry to write the next one as a delta.
+
+    ``index`` is the entry's position in the list, ``snap`` that of its chain's
+    snapshot, ``depth`` the deltas since it, ``delta_bytes`` their encoded size,
+    ``state`` the entry's full state as JSON (owned by the store: never a caller's object).
+    """
+
+    entry_id: str
+    index: int
+    snap: int
+    depth: int
+    delta_bytes: int
+    state: Mapping[str, Any]
+
+
+def next_entry(checkpoint: Checkpoint, tip: ChainTip | None, *, index: int) -> tuple[bytes, ChainTip]:
+    """Encode ``checkpoint`` as the entry at list position ``index``; returns it and the new tip.
+
+    ``tip`` must describe the entry at ``index - 1`` (or be None: a snapshot is written).
+    The returned tip's state is decoded from the encoding, so it shares nothing with
+    ``checkpoint``. Raises ``TypeError``/``ValueError`` if the state is not JSON.
+    """
+    entry_id = uuid.uuid4().hex
+    fields = checkpoint.to_dict()
+    state_raw = encode(fields.pop("state"))
+    state = decode(state_raw)
+    if tip is not None and tip.index == index - 1 and tip.depth < MAX_CHAIN:
+        delta = diff(tip.state, state)
+        delta_raw = encode({"delta": {"base": tip.entry_id, "snap": tip.snap, **delta}, "id": entry_id, **fields})
+        if tip.delta_bytes + len(delta_raw) < len(state_raw):
+            return delta_raw, ChainTip(entry_id, index, tip.snap, tip.depth + 1,
+                                       tip.delta_bytes + len(delta_raw), state)
+    snapshot = encode({**fields, "state": state, "id": entry_id})
+    return snapshot, ChainTip(entry_id, index, index, 0, 0, state)
+
+
+def delta_snap(entry: bytes) -> int | None:
+    """The index of the snapshot a delta entry's chain starts at; None for a snapshot entry."""
+    found = _SNAP_RE.match(entry)
+    return None if found is None else int(found.group(1))
+
+
+def rebuild(
+    entries: Sequence[bytes], first_index: int, *, limit: int | None = None, before: int | None = None
+) -> list[Checkpoint]:
+    """Full checkpoints from stored entries, as ``list_checkpoints`` returns them (newest first).
+
+    ``entries`` are consecutive entries of one workflow, oldest first, the first at list
+    position ``first_index``; every delta among the selected checkpoints must have its
+    chain's snapshot among them. Each returned state is a separate object. Raises
+    ``PayloadDecodeError`` if an entry is not JSON or a chain is broken (a delta whose
+    base is not the entry before it, or whose snapshot is missing).
+    """
+    decoded = [decode(raw) for raw in entries]
+    steps = [(position, int(item["step"])) for position, item in enumerate(decoded)]
+    wanted_steps = _page(steps, limit=limit, before=before)
+    if not wanted_steps:
+        return []
+    wanted = set(wanted_steps)
+    start = min(wanted)
+    while "delta" in decoded[start]:
+        snap = int(decoded[start]["delta"]["snap"]) - first_index
+        if not 0 <= snap <= start:
+            raise PayloadDecodeError(
+                f"checkpoint {decoded[start].get('step')} of workflow {decoded[start].get('workflow_id')!r} is a delta "
+                f"whose snapshot (entry {snap + first_index}) was not read: the stored chain is damaged")
+        start = snap
+    out: list[Checkpoint] = []
+    state: dict[str, Any] = {}
+    previous_id: Any = None
+    for position in range(start, max(wanted) + 1):
+        item = decoded[position]
+        delta = item.get("delta")
+        if delta is None:
+            state = dict(item.get("state") or {})
+        else:
+            if delta.get("base") != previous_id or previous_id is None:
+                raise PayloadDecodeError(
+                    f"checkpoint {item.get('step')} of workflow {item.get('workflow_id')!r} is a delta on entry "
+                    f"{delta.get('base')!r} but follows entry {previous_id!r}: the stored chain is damaged; "
+                    "restore the workflow from an earlier checkpoint")
+            apply_delta(state, delta)
+        previous_id = item.get("id")
+        if position in wanted:
+            out.append(Checkpoint.from_dict({**item, "state": copy.deepcopy(state)}))
+    out.reverse()
+    return out
+
+
+def _page(steps: list[tuple[int, int]], *, limit: int | None, before: int | None) -> list[int]:
+    """The positions ``checkpoints_page`` would keep, given (position, step) oldest first."""
+    kept = checkpoints_page([Checkpoint(workflow_id="", step=step, state={}, created_at=float(position))
+                             for position, step in steps], limit=limit, before=before)
+    return [int(cp.created_at) for cp in kept]
