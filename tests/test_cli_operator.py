@@ -78,15 +78,24 @@ class Deployment:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def _deployment(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("cliops")
     (folder / "opsapp.py").write_text(APP)
-    deployment = Deployment(redis_url, folder)
+    deployment = Deployment(url, folder)
     try:
         yield deployment
     finally:
         deployment.close()
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from _deployment(redis_url, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def nats_deployment(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from _deployment(nats_url, tmp_path_factory)
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -103,6 +112,20 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], status: int, *
 
 
 def test_run_through_a_worker_then_status_history_list_workers_and_queues_read_it(deployment: Deployment) -> None:
+    run_and_read(deployment)
+
+
+def test_the_same_on_nats(nats_deployment: Deployment) -> None:
+    run_and_read(nats_deployment)
+    workflow_id = nats_deployment.ok("submit", "opsapp:graph", "--input", '{"topic": "gas"}').strip()
+    result = json.loads(nats_deployment.ok("resume", workflow_id, "--graph", "opsapp:graph"))
+    assert result["status"] == "completed"
+    assert_one_line_error(nats_deployment.cli("cancel", workflow_id), 1, "already finished (completed)")
+    assert lines(nats_deployment.ok("dead-letters", "list", "--json")) == []
+
+
+def run_and_read(deployment: Deployment) -> None:
+    """run through the worker, then read the workflow back with every read command."""
     done = deployment.cli("run", "opsapp:graph", "--input", '{"topic": "tides"}')
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -195,6 +218,42 @@ def test_run_in_memory_streams_json_lines_and_takes_the_url_from_the_environment
                            "debug", "--backend-url", "memory://", backend=False)
     events = [c["chunk"]["event"] for c in lines(debug.stdout) if c["mode"] == "debug"]
     assert events[:3] == ["workflow.started", "node.started", "node.completed"]
+
+
+def test_progress_on_a_terminal_is_one_redrawn_line(deployment: Deployment) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "distributed_agents", "run", "opsapp:graph", "--input",
+                               '{"topic": "tty"}', "--backend-url", "memory://"], stdout=subprocess.PIPE,
+                              stderr=terminal, text=True, cwd=deployment.folder, env=deployment.env, timeout=60)
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if terminal != -1:
+            os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "completed"
+    text = shown.decode()
+    assert "\r\x1b[Kstep 1 | running: polish | nodes done: 1" in text
+    assert text.rstrip().endswith("step 2 | completed | nodes done: 2")
+    assert "started (local)" not in text  # no plain lines on a terminal
+
+
+def test_conformance_runs_the_suite_and_refuses_an_unknown_scheme(deployment: Deployment) -> None:
+    done = deployment.cli("conformance", "nosuchscheme://x", backend=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "nosuchscheme" in done.stderr
 
 
 def test_dead_letters_and_workers_take_json_too(deployment: Deployment) -> None:
