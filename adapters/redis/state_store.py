@@ -2,8 +2,10 @@
 
 Data layout (``{p}`` is the prefix, ``{w}`` a workflow id)::
 
-    {p}:wf:r:{w}          HASH  rec (record JSON), ver, status, created, cid (commit id)
-    {p}:wf:c:{w}          LIST  checkpoint JSON, oldest first (RPUSH: append-only)
+    {p}:wf:r:{w}          HASH  rec (record JSON), ver, status, created, cid (commit id),
+                                ctip (id of the newest checkpoint entry)
+    {p}:wf:c:{w}          LIST  checkpoint entries, oldest first (RPUSH: append-only): full
+                                snapshots and deltas chained to them (core.checkpoint_delta)
     {p}:wf:l:{w}          HASH  owner, token, deadline (ms, server time), max (the
                                 highest fencing token ever granted: tokens only grow)
     {p}:wf:all            ZSET  workflow id -> created_at (list_workflows, oldest first)
@@ -21,10 +23,18 @@ together. Index entries of expired records are dropped lazily by ``list_workflow
 When a record expires its lease hash goes with it, so a workflow id reused after
 expiry starts its fencing tokens afresh; ``delete`` keeps the token counter.
 
+Checkpoints cost what changed: the store remembers the newest entry it wrote per
+workflow (a bounded cache) and sends a delta against it; the script appends it only if
+``ctip`` still names that entry, else nothing is written and the store sends a full
+snapshot instead (after a restart, or when another orchestrator committed since). So a
+delta's base is always the entry before it. ``list_checkpoints`` reads the wanted tail
+back to its chain's snapshot (the snapshot index leads every delta entry) in one script.
+
 A repeated ``save`` after a lost reply (the client retries on a broken connection)
 recognises its own commit id and reports success instead of a false version conflict.
 
-Round trips: ``get``, ``save``, ``list_checkpoints``, each lease call: 1;
+Round trips: ``get``, ``save`` (2 when its delta's base was replaced), ``list_checkpoints``,
+each lease call: 1;
 ``list_workflows``: 1.
 
 Node cache: ``{p}:cache:{namespace}:{key}`` STRING per entry (see ``keys.StateKeys.cache``),
@@ -39,11 +49,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import StateKeys
+from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -57,7 +69,6 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
-    checkpoints_page,
 )
 
 __all__ = ["RedisStateManager"]
@@ -72,7 +83,9 @@ end
 _SAVE = r"""
 -- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index
 -- ARGV: 1 prefix, 2 workflow id, 3 expected version, 4 record JSON, 5 status, 6 created_at,
---       7 checkpoint JSON or '', 8 fencing token or '', 9 state_ttl ms or '', 10 commit id
+--       7 checkpoint entry or '', 8 fencing token or '', 9 state_ttl ms or '', 10 commit id,
+--       11 id of the entry a delta is based on ('' for a snapshot), 12 the entry's id
+-- Returns {'ok', checkpoint count after the append (0 if none or a repeat)} or an error tuple.
 local P, id, expected = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid')
 if cur[1] and tonumber(cur[1]) == expected + 1 and cur[3] == ARGV[10] then return {'ok'} end
@@ -84,19 +97,42 @@ if expected == 0 then
   if cur[1] then return {'exists'} end
 else
   if not cur[1] or tonumber(cur[1]) ~= expected then return {'conflict', cur[1] or ''} end
-  if cur[2] ~= ARGV[5] then redis.call('ZREM', P .. ':wf:status:' .. cur[2], id) end
 end
+local base = ARGV[11] or ''
+if base ~= '' and redis.call('HGET', KEYS[1], 'ctip') ~= base then return {'rebase'} end
+if expected ~= 0 and cur[2] ~= ARGV[5] then redis.call('ZREM', P .. ':wf:status:' .. cur[2], id) end
 redis.call('ZADD', KEYS[4], ARGV[6], id)
 redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
 redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
            'cid', ARGV[10])
-if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[7]) end
+local count = 0
+if ARGV[7] ~= '' then
+  count = redis.call('RPUSH', KEYS[2], ARGV[7])
+  redis.call('HSET', KEYS[1], 'ctip', ARGV[12] or '')
+end
 if ARGV[9] ~= '' then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
 else
   for i = 1, 3 do redis.call('PERSIST', KEYS[i]) end
 end
-return {'ok'}
+return {'ok', count}
+"""
+
+_CHECKPOINTS = r"""
+-- KEYS: 1 checkpoints. ARGV: 1 how many newest entries are wanted (0: all).
+-- Returns {index of the first entry returned, entries...}: the wanted tail, extended back
+-- to the snapshot its first entry's chain starts at.
+local n = redis.call('LLEN', KEYS[1])
+local start = 0
+if tonumber(ARGV[1]) > 0 then start = math.max(0, n - tonumber(ARGV[1])) end
+if start > 0 then
+  local first = redis.call('LINDEX', KEYS[1], start)
+  local snap = first and string.match(first, '^{"delta":{"base":"[0-9a-f]*","snap":([0-9]+)')
+  if snap then start = tonumber(snap) end
+end
+local out = redis.call('LRANGE', KEYS[1], start, -1)
+table.insert(out, 1, start)
+return out
 """
 
 _ACQUIRE = _NOW + r"""
@@ -172,6 +208,10 @@ return 0
 """
 
 
+# Workflows whose newest checkpoint entry a store remembers (each holds one full state).
+_TIPS_KEPT = 256
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -197,6 +237,8 @@ class RedisStateManager(StateStore):
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
         self._keys = StateKeys(self.prefix)
+        # The newest checkpoint entry this store wrote per workflow (most recent last).
+        self._tips: OrderedDict[str, ChainTip] = OrderedDict()
 
     async def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
         return await self._connection.run_script(name, source, keys, args, action)
@@ -219,27 +261,41 @@ class RedisStateManager(StateStore):
         checkpoint: Checkpoint | None = None,
         fencing_token: int | None = None,
     ) -> WorkflowRecord:
-        """Compare-and-set ``record`` (and append ``checkpoint``) in one script."""
+        """Compare-and-set ``record`` (and append ``checkpoint``, as a delta when possible) in one script."""
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         workflow_id = record.workflow_id
-        reply = await self._script(
-            "state_save",
-            _SAVE,
-            self._workflow_keys(workflow_id),
-            [
-                self.prefix,
-                workflow_id,
-                int(expected_version),
-                encode(new.to_dict()),
-                new.status,
-                repr(float(new.created_at)),
-                b"" if checkpoint is None else encode(checkpoint.to_dict()),
-                "" if fencing_token is None else int(fencing_token),
-                "" if self.state_ttl is None else _ms(self.state_ttl),
-                uuid.uuid4().hex,
-            ],
-            f"save workflow {workflow_id!r}",
-        )
+        raw_record = encode(new.to_dict())
+        commit_id = uuid.uuid4().hex
+        tip = None if expected_version == 0 else self._tips.get(workflow_id)
+        while True:
+            entry, new_tip = (b"", None) if checkpoint is None else next_entry(
+                checkpoint, tip, index=-1 if tip is None else tip.index + 1)
+            base = "" if (tip is None or new_tip is None or new_tip.depth == 0) else tip.entry_id
+            reply = await self._script(
+                "state_save",
+                _SAVE,
+                self._workflow_keys(workflow_id),
+                [
+                    self.prefix,
+                    workflow_id,
+                    int(expected_version),
+                    raw_record,
+                    new.status,
+                    repr(float(new.created_at)),
+                    entry,
+                    "" if fencing_token is None else int(fencing_token),
+                    "" if self.state_ttl is None else _ms(self.state_ttl),
+                    commit_id,
+                    base,
+                    "" if new_tip is None else new_tip.entry_id,
+                ],
+                f"save workflow {workflow_id!r}",
+            )
+            if _text(reply[0]) != "rebase":
+                break
+            # Another writer appended since this store's last checkpoint: send a snapshot.
+            tip = None
+            self._tips.pop(workflow_id, None)
         outcome = _text(reply[0])
         if outcome == "fenced":
             raise FencingTokenRejectedError(
@@ -257,17 +313,35 @@ class RedisStateManager(StateStore):
                 expected=expected_version,
                 actual=found,
             )
+        self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0)
         return new
+
+    def _remember(self, workflow_id: str, tip: ChainTip | None, count: int) -> None:
+        """Keep the tip of the checkpoint just appended (``count`` entries now) for the next delta."""
+        if tip is None:
+            return  # no checkpoint in this save: the newest entry is unchanged
+        if count <= 0:
+            self._tips.pop(workflow_id, None)  # a repeated save: where its entry sits is unknown
+            return
+        index = count - 1
+        snap = index if tip.depth == 0 else tip.snap
+        self._tips[workflow_id] = ChainTip(tip.entry_id, index, snap, tip.depth, tip.delta_bytes, tip.state)
+        self._tips.move_to_end(workflow_id)
+        while len(self._tips) > _TIPS_KEPT:
+            self._tips.popitem(last=False)
 
     async def list_checkpoints(
         self, workflow_id: str, *, limit: int | None = None, before: int | None = None
     ) -> list[Checkpoint]:
-        """Checkpoints newest first (one round trip; only the tail is read when possible)."""
-        key = self._keys.checkpoints(workflow_id)
-        start = -limit if (limit is not None and limit > 0 and before is None) else 0
-        with redis_errors(self._connection.url, f"read checkpoints of {workflow_id!r}"):
-            raws = [] if limit == 0 else await self._connection.client().lrange(key, start, -1)
-        return checkpoints_page([Checkpoint.from_dict(decode(r)) for r in raws], limit=limit, before=before)
+        """Checkpoints newest first, full states (one round trip; only the tail back to its snapshot
+        is read when possible)."""
+        if limit == 0:
+            return []
+        tail = limit if (limit is not None and before is None) else 0
+        reply = await self._script("state_checkpoints", _CHECKPOINTS, [self._keys.checkpoints(workflow_id)], [tail],
+                                   f"read checkpoints of {workflow_id!r}")
+        entries = [raw if isinstance(raw, bytes) else str(raw).encode() for raw in reply[1:]]
+        return rebuild(entries, int(reply[0]), limit=limit, before=before)
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records (optionally of one status), oldest first (one round trip)."""
