@@ -33,7 +33,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    ExecutionError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+)
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.state import new_workflow_id
 from distributed_agents.draw import load_graph
@@ -121,6 +126,7 @@ class Progress:
         self.running: dict[str, float] = {}
         self.step = 0
         self.done = 0
+        self.ended = False
 
     def event(self, chunk: Mapping[str, Any], namespace: Sequence[str]) -> None:
         event = str(chunk.get("event", ""))
@@ -141,6 +147,9 @@ class Progress:
             line = f"step {self.step}: {node} {verb}{took}"
         elif event == "step.committed":
             line = f"step {self.step} committed"
+        elif event.startswith("workflow.") and event != "workflow.started":
+            self.ended = True
+            line = f"{event.replace('.', ' ')} at step {self.step}"
         else:
             line = event.replace(".", " ")
         if self.live:
@@ -153,7 +162,7 @@ class Progress:
     def finish(self, status: str) -> None:
         if self.live:
             print(f"\r\x1b[Kstep {self.step} | {status} | nodes done: {self.done}", file=self.out, flush=True)
-        else:
+        elif not self.ended:  # the workflow's own end event was not seen (e.g. it failed to start)
             print(f"workflow {status} at step {self.step}", file=self.out, flush=True)
 
 
@@ -185,9 +194,19 @@ async def run_command(args: argparse.Namespace, url: str, options: Mapping[str, 
         status = (await orchestrator.get_workflow_status(workflow_id)).status
         progress.finish(status)
         result = await orchestrator.get_result(workflow_id)
+    except ExecutionError as exc:  # the workflow failed, was cancelled or could not go on
+        progress.finish("cancelled" if isinstance(exc, WorkflowCancelledError) else "failed")
+        message = str(exc)
+        if not _is_memory(url):  # the rest (the node's error and traceback) is kept in the record
+            message = f"{message.splitlines()[0]}; '{PROG} status {workflow_id}' shows the failure in full"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
     finally:
         await orchestrator.close()
     state = {"workflow_id": workflow_id, "status": status, "values": dict(result)}
+    if status == "interrupted":
+        print(f"paused for an answer: {PROG} resume {workflow_id} --value JSON --graph {args.graph}"
+              + ("" if _is_memory(url) else " (with the same --backend-url and --prefix)"), file=sys.stderr)
     if args.stream:
         print(_dumps({"mode": "result", "namespace": [], "chunk": state}))
     else:

@@ -40,6 +40,16 @@ def load_graph(spec: str) -> Graph:
             f"{spec!r}: cannot import {module_name!r} ({exc}); run from the folder that contains it, "
             "or add that folder to PYTHONPATH"
         ) from None
+    except SyntaxError as exc:
+        raise ConfigurationError(
+            f"{spec!r}: {module_name!r} has a syntax error at {exc.filename}:{exc.lineno}: {exc.msg}; fix it, "
+            "then run again"
+        ) from None
+    except Exception as exc:  # the module's own code failed at import time: one line, not a traceback
+        raise ConfigurationError(
+            f"{spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}; fix the module "
+            f"(python3 -c 'import {module_name}' shows the traceback)"
+        ) from None
     try:
         found = getattr(module, attribute)
     except AttributeError:

@@ -42,6 +42,11 @@ def ask(state: State) -> dict[str, Any]:
 
 graph = (Graph("essay").add_node("draft", draft).add_node("polish", polish)
          .set_entry_point("draft").add_edge("draft", "polish").set_finish_point("polish").compile())
+def boom(state: State) -> dict[str, Any]:
+    raise ValueError("the model said no\\nand explained at length")
+
+
+failing = Graph("failing").add_node("boom", boom).set_entry_point("boom").set_finish_point("boom").compile()
 approval = Graph("approval").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
 '''
 ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFIX", "DA_LIMIT", "DA_NODE_TYPE")
@@ -194,9 +199,11 @@ def test_cancel_stops_a_workflow_once(deployment: Deployment) -> None:
 
 
 def test_an_interrupt_is_shown_by_status_and_answered_by_resume_value(deployment: Deployment) -> None:
-    paused = json.loads(deployment.ok("run", "opsapp:approval", "--input", '{"topic": "bridge"}', "--local-nodes"))
+    run = deployment.cli("run", "opsapp:approval", "--input", '{"topic": "bridge"}', "--local-nodes")
+    paused = json.loads(run.stdout)
     assert paused["status"] == "interrupted"
     workflow_id = paused["workflow_id"]
+    assert f"resume {workflow_id} --value JSON --graph opsapp:approval" in run.stderr
     status = json.loads(deployment.ok("status", workflow_id, "--json"))
     (pause,) = status["interrupts"]
     assert pause["node"] == "ask" and pause["value"] == {"question": "approve bridge?"}
@@ -204,6 +211,21 @@ def test_an_interrupt_is_shown_by_status_and_answered_by_resume_value(deployment
     done = json.loads(deployment.ok("resume", workflow_id, "--value", '"yes"', "--graph", "opsapp:approval",
                                     "--local-nodes"))
     assert done["status"] == "completed" and done["values"]["answer"] == "yes"
+
+
+def test_a_failed_run_is_one_line_and_status_shows_the_failure(deployment: Deployment) -> None:
+    done = deployment.cli("run", "opsapp:failing", "--local-nodes")
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    *progress, line = done.stderr.strip().splitlines()
+    assert progress[-1] == "workflow failed at step 0"  # progress lines, then the error in one line
+    assert line.startswith("distributed-agents: error: node 'boom'") and "ValueError: the model said no" in line
+    found = re.search(r"'distributed-agents status (wf_[0-9a-f]+)' shows the failure in full", line)
+    assert found is not None, line
+    workflow_id = found.group(1)
+    status = json.loads(deployment.ok("status", workflow_id, "--json"))
+    assert status["status"] == "failed" and status["error"]["node"] == "boom"
+    assert "and explained at length" in status["error"]["message"]
+    assert "error:     " in deployment.ok("status", workflow_id)
 
 
 def test_run_in_memory_streams_json_lines_and_takes_the_url_from_the_environment(deployment: Deployment) -> None:
@@ -276,6 +298,13 @@ def test_dead_letters_and_workers_take_json_too(deployment: Deployment) -> None:
 def test_bad_input_and_unknown_ids_are_one_line(deployment: Deployment, argv: list[str], status: int,
                                                 words: list[str]) -> None:
     assert_one_line_error(deployment.cli(*argv), status, *words)
+
+
+def test_a_graph_module_that_fails_to_import_is_one_line(deployment: Deployment) -> None:
+    (deployment.folder / "brokenapp.py").write_text("def broken(:\n    pass\n")
+    (deployment.folder / "raisingapp.py").write_text("raise RuntimeError('settings file missing')\n")
+    assert_one_line_error(deployment.cli("run", "brokenapp:graph"), 2, "brokenapp", "syntax error")
+    assert_one_line_error(deployment.cli("submit", "raisingapp:graph"), 2, "RuntimeError: settings file missing")
 
 
 def test_a_missing_or_unreachable_backend_is_one_line(deployment: Deployment) -> None:
