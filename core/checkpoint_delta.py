@@ -30,8 +30,8 @@ exactly what ``decode(encode(state))`` returns. Standard library only.
 from __future__ import annotations
 
 import copy
+import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +43,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, checkpoints_pa
 __all__ = [
     "DELTA_SNAP_PATTERN",
     "MAX_CHAIN",
+    "SMALL_STATE",
     "ChainTip",
     "apply_delta",
     "delta_snap",
@@ -54,6 +55,9 @@ __all__ = [
 
 # At most this many deltas follow a snapshot (bounds the entries a rebuild replays).
 MAX_CHAIN = 1000
+# States encoding to fewer bytes are always stored whole: a delta entry's own fields
+# (ids, snapshot index) would make it about as large, and diffing costs time every step.
+SMALL_STATE = 1024
 
 # Matches the start of a delta entry and captures the index of its chain's snapshot.
 DELTA_SNAP_PATTERN = rb'^\{"delta":\{"base":"[0-9a-f]*","snap":([0-9]+)'
@@ -122,7 +126,8 @@ class ChainTip:
 
     ``index`` is the entry's position in the list, ``snap`` that of its chain's
     snapshot, ``depth`` the deltas since it, ``delta_bytes`` their encoded size,
-    ``state`` the entry's full state as JSON (owned by the store: never a caller's object).
+    ``state_raw`` the entry's full state encoded, ``state`` the same decoded when it was
+    (None for a small state, decoded on demand): never a caller's object.
     """
 
     entry_id: str
@@ -130,28 +135,33 @@ class ChainTip:
     snap: int
     depth: int
     delta_bytes: int
-    state: Mapping[str, Any]
+    state_raw: bytes
+    state: Mapping[str, Any] | None = None
 
 
 def next_entry(checkpoint: Checkpoint, tip: ChainTip | None, *, index: int) -> tuple[bytes, ChainTip]:
     """Encode ``checkpoint`` as the entry at list position ``index``; returns it and the new tip.
 
     ``tip`` must describe the entry at ``index - 1`` (or be None: a snapshot is written).
-    The returned tip's state is decoded from the encoding, so it shares nothing with
-    ``checkpoint``. Raises ``TypeError``/``ValueError`` if the state is not JSON.
+    The returned tip holds the state's encoding (decoded from it when diffed), so it
+    shares nothing with ``checkpoint``. Raises ``TypeError``/``ValueError`` if the state
+    is not JSON.
     """
-    entry_id = uuid.uuid4().hex
+    entry_id = os.urandom(8).hex()
     fields = checkpoint.to_dict()
     state_raw = encode(fields.pop("state"))
-    state = decode(state_raw)
-    if tip is not None and tip.index == index - 1 and tip.depth < MAX_CHAIN:
-        delta = diff(tip.state, state)
+    state = None
+    if tip is not None and tip.index == index - 1 and tip.depth < MAX_CHAIN and len(state_raw) >= SMALL_STATE:
+        state = decode(state_raw)
+        old = tip.state if tip.state is not None else decode(tip.state_raw)
+        delta = diff(old, state)
         delta_raw = encode({"delta": {"base": tip.entry_id, "snap": tip.snap, **delta}, "id": entry_id, **fields})
         if tip.delta_bytes + len(delta_raw) < len(state_raw):
             return delta_raw, ChainTip(entry_id, index, tip.snap, tip.depth + 1,
-                                       tip.delta_bytes + len(delta_raw), state)
-    snapshot = encode({**fields, "state": state, "id": entry_id})
-    return snapshot, ChainTip(entry_id, index, index, 0, 0, state)
+                                       tip.delta_bytes + len(delta_raw), state_raw, state)
+    # The state's encoding is spliced in rather than encoded a second time.
+    snapshot = encode({**fields, "id": entry_id})[:-1] + b',"state":' + state_raw + b"}"
+    return snapshot, ChainTip(entry_id, index, index, 0, 0, state_raw, state)
 
 
 def delta_snap(entry: bytes) -> int | None:

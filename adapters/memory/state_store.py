@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
+from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -140,7 +140,13 @@ class MemoryStateStore(StateStore):
         with self._data.lock:
             stored = self._live(workflow_id)
             raws = [] if stored is None else list(stored.checkpoints)
-        return rebuild(raws, 0, limit=limit, before=before)
+        start = 0
+        if limit is not None and before is None and 0 < limit < len(raws):
+            # Only the newest few: rebuild from the snapshot their chain starts at.
+            start = len(raws) - limit
+            snap = delta_snap(raws[start])
+            start = start if snap is None else snap
+        return rebuild(raws[start:], start, limit=limit, before=before)
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._data.lock:

@@ -325,7 +325,8 @@ class RedisStateManager(StateStore):
             return
         index = count - 1
         snap = index if tip.depth == 0 else tip.snap
-        self._tips[workflow_id] = ChainTip(tip.entry_id, index, snap, tip.depth, tip.delta_bytes, tip.state)
+        self._tips[workflow_id] = ChainTip(tip.entry_id, index, snap, tip.depth, tip.delta_bytes, tip.state_raw,
+                                           tip.state)
         self._tips.move_to_end(workflow_id)
         while len(self._tips) > _TIPS_KEPT:
             self._tips.popitem(last=False)
