@@ -365,6 +365,7 @@ def _parser() -> Parser:
 
     backends = command("backends", "list installed backends (URL scheme, name, description)",
                        "List the backends installed in this environment, one per URL scheme.")
+    _json_flag(backends, "one JSON object per backend: scheme, name, description")
     backends.set_defaults(run=_list_backends, options=())
 
     draw = command("draw", "draw a graph: Mermaid or plain text, Graphviz DOT, or a PNG / SVG image",
@@ -820,7 +821,10 @@ async def _draw(args: argparse.Namespace) -> int:
 
 async def _list_backends(args: argparse.Namespace) -> int:
     for scheme, spec in sorted(available_backends().items()):
-        print(f"{scheme}://\t{spec.name}\t{spec.description}")
+        if args.json:
+            print(json.dumps({"scheme": scheme, "name": spec.name, "description": spec.description}))
+        else:
+            print(f"{scheme}://\t{spec.name}\t{spec.description}")
     return 0
 
 

@@ -278,8 +278,11 @@ def test_conformance_runs_the_suite_and_refuses_an_unknown_scheme(deployment: De
     assert "nosuchscheme" in done.stderr
 
 
-def test_dead_letters_and_workers_take_json_too(deployment: Deployment) -> None:
+def test_dead_letters_backends_and_version(deployment: Deployment) -> None:
     assert lines(deployment.ok("dead-letters", "list", "--json")) == []
+    backends = lines(deployment.ok("backends", "--json", backend=False))
+    assert {"scheme": "redis", "name": "redis"}.items() <= next(b for b in backends if b["scheme"] == "redis").items()
+    assert "redis://\tredis\t" in deployment.ok("backends", backend=False)
     assert deployment.ok("--version", backend=False).strip() == f"distributed-agents {__version__}"
 
 
