@@ -15,8 +15,8 @@ the stored entries; Redis: ``MEMORY USAGE`` of the checkpoint list and the
 ``used_memory`` growth of the server, which also counts the record) next to what storing
 every checkpoint's full state would take (the sum of each full checkpoint's JSON, as
 ``list_checkpoints`` returns it). The chat runs for a quarter, half and all of
-``--turns`` (linear growth shows as stored bytes proportional to turns). ``--redis`` adds the Redis backend (use an empty
-database: the run flushes nothing but reads server-wide ``INFO memory``).
+``--turns`` (linear growth shows as stored bytes proportional to turns). ``--redis`` adds
+the Redis backend (use an idle server: ``used_memory`` is server-wide; nothing is flushed).
 """
 
 from __future__ import annotations
