@@ -300,7 +300,10 @@ async def check_state_ttl_covers_checkpoints(session: Session) -> None:
     if monotonic() - saved_at > ttl * 0.8:
         return
     steps = [cp.step for cp in await store.list_checkpoints("w1")]
-    expect(await store.get("w1") is not None, clause, f"w1 expired although it was saved every {ttl * 0.6:.2f}s (state_ttl={ttl}s)")
+    alive = await store.get("w1") is not None
+    if monotonic() - saved_at > ttl * 0.9:
+        return  # the reads themselves ran into the expiry (a loaded machine): nothing to judge
+    expect(alive, clause, f"w1 expired although it was saved every {ttl * 0.6:.2f}s (state_ttl={ttl}s)")
     expect(steps == [0], clause, f"checkpoint 0 of live w1 expired {ttl * 2.4:.2f}s after it was written, although w1 was saved "
            f"since (state_ttl={ttl}s): {steps}")
     await store.save(record("w1", step=1), expected_version=version, checkpoint=Checkpoint("w1", 1, {"s": 1}))
