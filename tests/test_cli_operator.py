@@ -161,10 +161,39 @@ def run_and_read(deployment: Deployment) -> None:
     assert worker["worker_id"] == "ops-worker" and worker["node_types"] == ["draft", "polish"]
     assert worker["capacity"] == 2 and worker["in_flight"] == 0 and worker["heartbeat_age"] >= 0
 
-    queues = lines(deployment.ok("queues", "--json"))
+    # The worker's types (another test of this module may have added a dead letter's).
+    queues = [q for q in lines(deployment.ok("queues", "--json")) if q["node_type"] in ("draft", "polish")]
     assert [q["node_type"] for q in queues] == ["draft", "polish"]
     assert all(q["queued"] == 0 and q["in_flight"] == 0 and q["dead"] == 0 for q in queues)
     assert re.search(r"^draft\s+0\s+0\s+0$", deployment.ok("queues"), re.MULTILINE)
+
+
+def test_queues_count_queued_in_flight_and_dead_tasks_per_node_type(deployment: Deployment) -> None:
+    from support.aio import run
+
+    from distributed_agents import open_backend
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def fill() -> None:  # node types no worker serves: 2 queued + 1 claimed of "ghost", 1 dead "spectre"
+        backend = open_backend(deployment.url, prefix=deployment.prefix)
+        await backend.connect()
+        try:
+            queue = backend.task_queue
+            for task_id, node_type in (("g1", "ghost"), ("g2", "ghost"), ("g3", "ghost"), ("s1", "spectre")):
+                await queue.enqueue(Task(task_id, f"wf_{task_id}", node_type, node_type, {"step": 0}))
+            [_claim] = await queue.claim(["ghost"], worker_id="holder", lease_seconds=300, wait=5)
+            [claim] = await queue.claim(["spectre"], worker_id="holder", wait=5)
+            await queue.nack(claim, "RuntimeError: gone for good", final=True)
+        finally:
+            await backend.close()
+
+    run(fill(), 60)
+    counts = {q["node_type"]: q for q in lines(deployment.ok("queues", "--json", "--node-types", "ghost,spectre"))}
+    assert counts == {"ghost": {"node_type": "ghost", "queued": 2, "in_flight": 1, "dead": 0},
+                      "spectre": {"node_type": "spectre", "queued": 0, "in_flight": 0, "dead": 1}}
+    # Without --node-types: the live worker's types and those of dead letters.
+    assert [q["node_type"] for q in lines(deployment.ok("queues", "--json"))] == ["draft", "polish", "spectre"]
+    assert re.search(r"^ghost\s+2\s+1\s+0$", deployment.ok("queues", "--node-types", "ghost"), re.MULTILINE)
 
 
 def test_list_pages_with_limit_and_cursor(deployment: Deployment) -> None:
@@ -279,7 +308,9 @@ def test_conformance_runs_the_suite_and_refuses_an_unknown_scheme(deployment: De
 
 
 def test_dead_letters_backends_and_version(deployment: Deployment) -> None:
-    assert lines(deployment.ok("dead-letters", "list", "--json")) == []
+    letters = deployment.ok("dead-letters", "list", "--json")
+    assert letters == deployment.ok("dead-letters", "list")  # JSON lines either way
+    assert all(set(letter) >= {"task_id", "node_type", "attempts", "reason", "workflow_id"} for letter in lines(letters))
     backends = lines(deployment.ok("backends", "--json", backend=False))
     assert {"scheme": "redis", "name": "redis"}.items() <= next(b for b in backends if b["scheme"] == "redis").items()
     assert "redis://\tredis\t" in deployment.ok("backends", backend=False)
