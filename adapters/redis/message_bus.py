@@ -17,6 +17,13 @@ it returns is delivered and none published before it. Redis delivers messages of
 connection in order, and one publisher awaits each ``PUBLISH``, so per-publisher order
 holds. Messages are JSON objects; anything else on the channel is dropped with a log
 line. Round trips: ``publish`` 1, ``subscribe`` 1.
+
+Only the reader task uses the pub/sub object: redis-py asyncio connections are not safe
+for concurrent use (a ``PSUBSCRIBE`` sent while the reader reconnects, or one that runs
+a health-check ``PING``, reads the connection the reader is reading: "readuntil() called
+while another coroutine is already waiting"). ``subscribe`` and closing a subscription
+hand their command to the reader, which sends it between reads of at most
+``_READ_SLICE`` seconds (redis-py resumes a read that timed out).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +55,8 @@ __all__ = ["RedisMessageBus", "RedisSubscription"]
 log = logging.getLogger(__name__)
 
 _SUBSCRIBE_TIMEOUT = 5.0
+# Longest read of the reader before it sends the commands handed to it, in seconds.
+_READ_SLICE = 0.05
 
 
 class RedisSubscription(BufferedSubscription):
@@ -80,6 +90,34 @@ class RedisMessageBus(MessageBus):
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._joining: dict[str, RedisSubscription] = {}  # PING token -> subscription waiting for its pong
         self._lock: asyncio.Lock | None = None
+        # Commands for the reader to send: (future, method name, argument).
+        self._commands: deque[tuple[asyncio.Future[None], str, str]] = deque()
+
+    async def _command(self, method: str, argument: str) -> None:
+        """Have the reader send ``method(argument)`` on the pub/sub connection; returns once sent."""
+        loop = asyncio.get_running_loop()
+        if self._pubsub is None:
+            self._pubsub = self._connection.client().pubsub()
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read(), name="redis-message-bus")
+        sent: asyncio.Future[None] = loop.create_future()
+        self._commands.append((sent, method, argument))
+        await sent
+
+    async def _send_commands(self) -> None:
+        while self._commands:
+            sent, method, argument = self._commands.popleft()
+            if sent.done():
+                continue
+            try:
+                await getattr(self._pubsub, method)(argument)
+            except asyncio.CancelledError:
+                sent.cancel()
+                raise
+            except Exception as exc:
+                sent.set_exception(exc)
+            else:
+                sent.set_result(None)
 
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
         """Send ``data`` (a JSON object) to every current subscriber of ``channel``."""
@@ -108,14 +146,14 @@ class RedisMessageBus(MessageBus):
             if self._subscriptions.get(glob):
                 await self._join_known_glob(subscription, loop)
                 return subscription
-            if self._pubsub is None:
-                self._pubsub = self._connection.client().pubsub()
             confirmed = self._confirm[glob] = loop.create_future()
-            with redis_errors(self._connection.url, f"subscribe to {pattern!r}"):
-                await self._pubsub.psubscribe(glob)
             self._subscriptions[glob] = [subscription]
-            if self._reader is None or self._reader.done():
-                self._reader = loop.create_task(self._read(), name="redis-message-bus")
+            try:
+                with redis_errors(self._connection.url, f"subscribe to {pattern!r}"):
+                    await self._command("psubscribe", glob)
+            except BaseException:
+                self._subscriptions.pop(glob, None)
+                raise
             try:
                 await asyncio.wait_for(confirmed, _SUBSCRIBE_TIMEOUT)
             except asyncio.TimeoutError:
@@ -139,7 +177,7 @@ class RedisMessageBus(MessageBus):
         self._joining[token] = subscription
         try:
             with redis_errors(self._connection.url, f"subscribe to {subscription.pattern!r}"):
-                await self._pubsub.ping(token)
+                await self._command("ping", token)
             await asyncio.wait_for(joined, _SUBSCRIBE_TIMEOUT)
         except asyncio.TimeoutError:
             raise BackendUnavailableError(
@@ -165,13 +203,14 @@ class RedisMessageBus(MessageBus):
             return
         del self._subscriptions[subscription.glob]
         with contextlib.suppress(Exception):  # the glob only costs server-side filtering now
-            await self._pubsub.punsubscribe(subscription.glob)
+            await self._command("punsubscribe", subscription.glob)
 
     async def _read(self) -> None:
         pause = 0.05
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=None)
+                await self._send_commands()
+                message = await self._pubsub.get_message(timeout=_READ_SLICE)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # lost connection: redis-py reconnects and re-subscribes
@@ -231,6 +270,9 @@ class RedisMessageBus(MessageBus):
         self._subscriptions.clear()
         self._confirm.clear()
         self._joining.clear()
+        for sent, _, _ in self._commands:
+            sent.cancel()
+        self._commands.clear()
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
         if reader is not None:

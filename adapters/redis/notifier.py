@@ -24,7 +24,6 @@ from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
-from distributed_agents.core.errors import BackendError
 
 __all__ = ["Notifier", "Waiter"]
 
@@ -85,35 +84,61 @@ class Waiter:
 
 
 class Notifier:
-    """One pub/sub connection dispatching channel messages to in-process ``Waiter``s."""
+    """One pub/sub connection dispatching channel messages to in-process ``Waiter``s.
+
+    Only the reader task touches the redis-py ``PubSub`` object (subscribes, reads,
+    reconnects): an asyncio connection read by two coroutines at once fails with
+    "readuntil() called while another coroutine is already waiting", and a SUBSCRIBE
+    sent while the reader reconnects would do just that (its connect reads the
+    handshake replies). A channel not subscribed yet makes the reader start over on a
+    fresh pub/sub connection (cancelling a read would leave its connection mid-reply).
+
+    A subscription confirmed again for a channel confirmed before means the connection
+    was re-made (redis-py re-subscribes after a reconnect) and messages may have been
+    lost meanwhile: ``on_lost`` runs and every waiter is woken to look at Redis, as when
+    the connection breaks for good.
+    """
 
     def __init__(self, connection: RedisConnection) -> None:
         self._connection = connection
-        self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._subscribed: set[str] = set()
+        self._lock: asyncio.Lock | None = None
+        self._wanted: set[str] = set()  # channels the reader subscribes to
+        self._reading: frozenset[str] = frozenset()  # channels the running reader subscribes to
+        self._subscribed: set[str] = set()  # confirmed on the current connection
+        self._confirmed_once: set[str] = set()  # confirmed at least once (a repeat means a reconnect)
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._waiters: dict[str, set[Waiter]] = {}  # by channel, or by "channel\nkey"
         # Messages of a channel reach its listener too, waiter or not (see ``listen``).
         self._listeners: dict[str, Callable[[str], None]] = {}
         self._on_lost: Callable[[], None] | None = None
+        # Counts the moments messages may have been missed (see ``generation``).
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever messages may have been missed; compare values taken before and
+        after an operation to know whether its events can all have arrived."""
+        return self._generation
 
     def listen(self, channel: str, callback: Callable[[str], None], on_lost: Callable[[], None]) -> None:
         """Give every message of ``channel`` to ``callback`` (from the reader task), waiters or not.
 
         ``on_lost`` is called whenever messages may have been missed (the pub/sub
-        connection broke or was reset), before any waiter is woken.
+        connection broke, was re-made or was reset), before any waiter is woken.
         """
         self._listeners[channel] = callback
         self._on_lost = on_lost
 
     def subscribed(self, channel: str) -> bool:
-        """Whether the server has confirmed the subscription to ``channel`` (messages arrive now)."""
+        """Whether the server has confirmed the subscription to ``channel`` on the current
+        connection (messages arrive now); False while the connection is being re-made."""
         return channel in self._subscribed
 
     async def ensure(self, channels: Collection[str]) -> None:
-        """Subscribe to ``channels`` now if not yet (without a waiter); ``BackendError`` if that fails."""
+        """Subscribe to ``channels`` now if not yet (without a waiter), waiting a bounded time
+        for the confirmation; never raises for an outage (waiting then polls)."""
         await self._subscribe([c for c in channels if c not in self._subscribed])
 
     @contextlib.asynccontextmanager
@@ -123,11 +148,7 @@ class Notifier:
         for slot in self._slots(waiter):
             self._waiters.setdefault(slot, set()).add(waiter)
         try:
-            try:
-                await self._subscribe([c for c in waiter.channels if c not in self._subscribed])
-            except BackendError as exc:
-                # Waiting still works, by bounded polling; the next operation reports the outage.
-                log.debug("pub/sub unavailable, falling back to polling: %s", exc)
+            await self._subscribe([c for c in waiter.channels if c not in self._subscribed])
             yield waiter
         finally:
             for slot in self._slots(waiter):
@@ -147,81 +168,113 @@ class Notifier:
         return [f"{channel}\n{key}" for channel in waiter.channels for key in waiter.keys]
 
     async def _subscribe(self, channels: list[str]) -> None:
+        """Have the reader subscribe to ``channels``; wait up to ``_SUBSCRIBE_TIMEOUT`` for it."""
         if not channels:
             return
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            await self._reset()
+            if self._loop is None:
+                await self._reset()
+            else:  # a previous loop's reader and sockets went with that loop
+                self._forget()
             self._loop = loop
-        if self._pubsub is None:
-            self._pubsub = self._connection.client().pubsub()
+            self._lock = asyncio.Lock()
+        assert self._lock is not None
         confirmations = []
         for channel in channels:
             future = self._confirm.get(channel)
-            if future is None:
+            if future is None or future.done():
                 future = self._confirm[channel] = loop.create_future()
             confirmations.append(future)
-        with redis_errors(self._connection.url, "subscribe to queue events"):
-            await self._pubsub.subscribe(*channels)
-        if self._reader is None or self._reader.done():
-            self._reader = loop.create_task(self._read(), name="redis-queue-notifier")
-        done, _ = await asyncio.wait(confirmations, timeout=_SUBSCRIBE_TIMEOUT)
-        for channel, future in zip(channels, confirmations):
-            if future in done:
-                self._subscribed.add(channel)
+        async with self._lock:
+            self._wanted.update(channels)
+            if self._reader is None or self._reader.done() or not self._wanted <= self._reading:
+                await self._stop_reader()
+                self._reading = frozenset(self._wanted)
+                self._reader = loop.create_task(self._read(self._reading), name="redis-queue-notifier")
+        await asyncio.wait(confirmations, timeout=_SUBSCRIBE_TIMEOUT)
 
-    async def _read(self) -> None:
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        self._subscribed.clear()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, channels: frozenset[str]) -> None:
+        """The reader task: the only user of its pub/sub object, which it closes on exit."""
         pause = 0.05
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: wake everyone to poll, then reconnect
-                log.debug("queue notifier lost its connection: %s", exc)
-                self._lost()
-                for group in list(self._waiters.values()):
-                    for waiter in list(group):
-                        waiter.wake_all()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
-                continue
-            pause = 0.05
-            if message is None:
-                continue
-            channel = _text(message.get("channel"))
-            kind = message.get("type")
-            if kind == "subscribe":
-                future = self._confirm.pop(channel, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
-            elif kind == "message":
-                data = _text(message.get("data"))
-                listener = self._listeners.get(channel)
-                if listener is not None:
-                    listener(data)
-                for waiter in list(self._waiters.get(channel, ())):
-                    waiter.notify(data)
-                for waiter in list(self._waiters.get(f"{channel}\n{data.split(chr(10), 1)[0]}", ())):
-                    waiter.notify(data)
+        pubsub: Any = None
+        try:
+            while True:
+                try:
+                    if pubsub is None:
+                        pubsub = self._connection.client().pubsub()
+                        with redis_errors(self._connection.url, "subscribe to queue events"):
+                            await pubsub.subscribe(*sorted(channels))
+                    message = await pubsub.get_message(timeout=None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # connection lost: wake everyone to look, then start over
+                    log.debug("queue notifier lost its connection: %s", exc)
+                    self._subscribed.difference_update(channels)
+                    self._gap()
+                    old, pubsub = pubsub, None
+                    if old is not None:
+                        with contextlib.suppress(Exception):
+                            await old.aclose()
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                pause = 0.05
+                if message is None:
+                    continue
+                channel = _text(message.get("channel"))
+                kind = message.get("type")
+                if kind == "subscribe":
+                    if channel in self._confirmed_once:
+                        # A re-subscription: the connection was re-made (by redis-py's retry
+                        # or by us) and messages sent meanwhile are lost.
+                        self._gap()
+                    self._confirmed_once.add(channel)
+                    self._subscribed.add(channel)
+                    future = self._confirm.pop(channel, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                elif kind == "message":
+                    data = _text(message.get("data"))
+                    listener = self._listeners.get(channel)
+                    if listener is not None:
+                        listener(data)
+                    for waiter in list(self._waiters.get(channel, ())):
+                        waiter.notify(data)
+                    for waiter in list(self._waiters.get(f"{channel}\n{data.split(chr(10), 1)[0]}", ())):
+                        waiter.notify(data)
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pubsub.aclose())
+
+    def _gap(self) -> None:
+        """Messages may have been missed: tell the listener, then wake every waiter to look."""
+        self._lost()
+        for group in list(self._waiters.values()):
+            for waiter in list(group):
+                waiter.wake_all()
 
     def _lost(self) -> None:
+        self._generation += 1
         if self._on_lost is not None:
             self._on_lost()
 
     async def _reset(self) -> None:
         self._lost()
-        reader, self._reader = self._reader, None
-        pubsub, self._pubsub = self._pubsub, None
-        self._subscribed.clear()
+        await self._stop_reader()
+        self._wanted.clear()
+        self._reading = frozenset()
+        self._confirmed_once.clear()
         self._confirm.clear()
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
 
     async def close(self) -> None:
         """Stop the reader and close the pub/sub connection. Idempotent."""
@@ -232,11 +285,19 @@ class Notifier:
         if self._loop is None or running is self._loop:
             await self._reset()
         else:  # that loop is gone; its sockets went with it
-            self._reader = self._pubsub = None
-            self._lost()
-            self._subscribed.clear()
-            self._confirm.clear()
+            self._forget()
         self._loop = None
+        self._lock = None
+
+    def _forget(self) -> None:
+        """Drop the state of a previous event loop without touching its tasks or sockets."""
+        self._reader = None
+        self._lost()
+        self._subscribed.clear()
+        self._wanted.clear()
+        self._reading = frozenset()
+        self._confirmed_once.clear()
+        self._confirm.clear()
 
 
 def _text(value: Any) -> str:

@@ -209,7 +209,8 @@ class RedisTaskQueue(TaskQueue):
         if not self._notifier.subscribed(done):
             with contextlib.suppress(BackendError):  # then results are read, as without events
                 await self._notifier.ensure([done])
-        watched = self._notifier.subscribed(done)
+        # A subscription re-made while the script ran may have dropped their events.
+        generation = self._notifier.generation if self._notifier.subscribed(done) else None
         created: list[bool] = []
         for start in range(0, len(tasks), _ENQUEUE_BATCH):
             batch = tasks[start:start + _ENQUEUE_BATCH]
@@ -221,6 +222,7 @@ class RedisTaskQueue(TaskQueue):
             what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
             reply = await self._run("enqueue", args, what)
             created += [bool(int(flag)) for flag in reply]
+        watched = generation is not None and generation == self._notifier.generation and self._notifier.subscribed(done)
         for task, new in zip(tasks, created):
             if new and watched:
                 self._early.expect(task.id)
