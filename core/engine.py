@@ -65,6 +65,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.cache import NodeCache, cacheable_output
+from distributed_agents.core import log_context
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     BackendUnavailableError,
@@ -221,6 +222,7 @@ class StepEngine:
         self._mode = durability_of(record)
         self._inflight, self._unsaved, self._stored_step = None, None, record.step
         progress = _Progress(record)
+        logged = log_context.set_fields(workflow_id=record.workflow_id)  # the step is bound per step
         try:
             return await self._drive_steps(graph, progress, lease, options)
         except _PASS_THROUGH:
@@ -240,6 +242,7 @@ class StepEngine:
                 raise
             raise await self._fail_unexpected(graph, progress, lease, exc) from exc
         finally:
+            log_context.reset(logged)
             if self._inflight is not None:
                 # No write of this run may land after drive() returns (the lease is released then),
                 # and an error of one nobody waited for is retrieved (it is the run's error already).
@@ -257,6 +260,7 @@ class StepEngine:
         await self._purge_handled(record)  # a process that committed the route may have died before purging
         while True:
             progress.begin(record)
+            log_context.set_fields(step=record.step)  # undone by drive()'s reset
             entries = read_entries(record.frontier, order)
             next_nodes = frontier_nodes(record.frontier)
             if not entries:

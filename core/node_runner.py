@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed_agents.core import interrupts
+from distributed_agents.core import interrupts, log_context
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     ExecutionError,
@@ -449,6 +449,10 @@ async def invoke_node(
 
     async def call() -> Any:
         token = _current.set(context)
+        # Every record logged while the node runs (its thread included: it runs in a copy of this
+        # context) names it; the idempotency key is the task id in both executors.
+        logged = log_context.set_fields(workflow_id=context.workflow_id, step=context.step, node=context.node,
+                                        task_id=context.idempotency_key, attempt=context.attempt)
         answers = interrupts.resume_scope(resume if isinstance(resume, list) else None, context.node)
         try:
             if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
@@ -471,6 +475,7 @@ async def invoke_node(
             raise NodeRaisedBaseException(exc) from exc
         finally:
             interrupts.reset_scope(answers)
+            log_context.reset(logged)
             _current.reset(token)
 
     if timeout is None:

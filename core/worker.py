@@ -41,6 +41,7 @@ from distributed_agents.core.errors import BackendUnavailableError, Configuratio
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.limits import check_result_size
+from distributed_agents.core.log_context import bind as bind_log_context
 from distributed_agents.core.node_runner import (
     NodeContext,
     describe_failure,
@@ -437,13 +438,18 @@ class Worker:
         raises, a bug) would leave the task unsettled: re-delivered after each lease
         and run again until its attempts ran out, with the real cause only in a log.
         """
-        try:
-            await self._handle(claim)
-        except Exception as exc:
-            reason = safe_text(f"the worker failed while handling the task: {type(exc).__name__}: "
-                               f"{exception_message(exc)}")
-            log.error("task %s node %r: %s; dead-lettering it", claim.task.id, claim.task.node, reason, exc_info=exc)
-            await self._settle(lambda: self.backend.task_queue.nack(claim, reason, final=True), claim)
+        # Every record logged while this task is handled (this task's own context) names it.
+        step = claim.task.payload.get("step") if isinstance(claim.task.payload, Mapping) else None
+        with bind_log_context(workflow_id=claim.task.workflow_id, step=step if isinstance(step, int) else None,
+                              node=claim.task.node, task_id=claim.task.id, attempt=claim.attempt):
+            try:
+                await self._handle(claim)
+            except Exception as exc:
+                reason = safe_text(f"the worker failed while handling the task: {type(exc).__name__}: "
+                                   f"{exception_message(exc)}")
+                log.error("task %s node %r: %s; dead-lettering it", claim.task.id, claim.task.node, reason,
+                          exc_info=exc)
+                await self._settle(lambda: self.backend.task_queue.nack(claim, reason, final=True), claim)
 
     async def _handle(self, claim: ClaimedTask) -> None:
         queue = self.backend.task_queue
