@@ -57,6 +57,7 @@ from distributed_agents.core.worker import Worker
 from distributed_agents import cli_client
 from distributed_agents.distributed import DistributedWorker
 from distributed_agents.draw import FORMATS, draw_graph, format_for_path
+from distributed_agents.log_format import LOG_FORMATS, configure_logging
 from distributed_agents.plugins import available_backends, open_backend
 
 __all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
@@ -108,6 +109,13 @@ def _log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+def _log_format(text: str) -> str:
+    log_format = text.strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not a log format; use one of {', '.join(LOG_FORMATS)}")
+    return log_format
 
 
 def _text(text: str) -> str:
@@ -214,6 +222,10 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 LOG_LEVEL = Option("--log-level", ("LOG_LEVEL",), _log_level, "how much to log: " + ", ".join(LOG_LEVELS),
                    "info", default="info", metavar="LEVEL")
+LOG_FORMAT = Option("--log-format", ("DA_LOG_FORMAT",), _log_format,
+                    "how to write the log to stderr: text, or json (one object per line with time, level, logger, "
+                    "message and, while a workflow or node runs, workflow_id, step, node, task_id, attempt)",
+                    "json", default="text", metavar="FORMAT")
 BACKEND_URL = Option(
     "--backend-url", ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL"), _text,
     "backend to use, e.g. redis://HOST:6379/0 or nats://HOST:4222", "redis://127.0.0.1:6379/0", metavar="URL",
@@ -295,6 +307,10 @@ def _parser() -> Parser:
     common.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, metavar="LEVEL",
                         type=_argparse_type(_log_level),
                         help=f"{LOG_LEVEL.help}; also accepted before the command (default: info; env: $LOG_LEVEL)")
+    common.add_argument("--log-format", dest="log_format", default=argparse.SUPPRESS, metavar="FORMAT",
+                        type=_argparse_type(_log_format),
+                        help=f"{LOG_FORMAT.help}; also accepted before the command (default: text; "
+                             "env: $DA_LOG_FORMAT)")
 
     parser = Parser(
         prog=PROG,
@@ -302,6 +318,7 @@ def _parser() -> Parser:
         epilog=f"'{PROG} COMMAND --help' shows a command's options.",
     )
     LOG_LEVEL.add_to(parser)
+    LOG_FORMAT.add_to(parser)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
@@ -845,7 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         level = args.log_level if getattr(args, "log_level", None) else LOG_LEVEL.resolve(args)
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log_format = args.log_format if getattr(args, "log_format", None) else LOG_FORMAT.resolve(args)
+        configure_logging(level, log_format)
         for option in args.options:
             option.resolve(args)  # every environment value this command uses is checked up front
         status: int = asyncio.run(args.run(args))
