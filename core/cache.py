@@ -132,6 +132,45 @@ def _code_parts(code: types.CodeType, depth: int) -> list[Any]:
             [_const_parts(c, depth) for c in code.co_consts]]
 
 
+def _value_identity(value: Any, depth: int) -> Any:
+    """A process-independent description of a value a node's closure (or callable object) holds.
+
+    Plain values by ``repr``; dicts, lists, tuples and sets by their items; functions and
+    bound methods by their code (and a bound method's object); any other object by its
+    class and its attributes, recursively to three levels — so two closures of one factory
+    over ``Client("a")`` and ``Client("b")``, or over different dicts, never share cache
+    entries. Past three levels, or for objects without attributes, only the class counts.
+    No ``id()``-based ``repr`` is used, so the same graph built in another process matches.
+    """
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, _SCALARS):
+        return repr(value)
+    if isinstance(value, (type, types.ModuleType)):
+        return f"{kind}:{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value.__name__)}"
+    if depth >= 3:
+        return kind
+    if isinstance(value, dict):
+        return [kind, sorted(([repr(k) if isinstance(k, _SCALARS) else type(k).__qualname__,
+                               _value_identity(v, depth + 1)] for k, v in value.items()), key=lambda kv: str(kv))]
+    if isinstance(value, (list, tuple)):
+        return [kind, [_value_identity(v, depth + 1) for v in value]]
+    if isinstance(value, (set, frozenset)):
+        return [kind, sorted(str(_value_identity(v, depth + 1)) for v in value)]
+    if isinstance(value, types.MethodType):
+        return [code_identity(value.__func__, depth + 1), _value_identity(value.__self__, depth + 1)]
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)) or (
+            callable(value) and not hasattr(value, "__dict__")):
+        return code_identity(value, depth + 1)
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict):
+        return [kind, _value_identity(attributes, depth + 1)]
+    slots = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())]
+    if slots:
+        return [kind, [[name, _value_identity(getattr(value, name, None), depth + 1)] for name in slots
+                       if isinstance(name, str)]]
+    return kind
+
+
 def code_identity(func: Any, depth: int = 0) -> str:
     """``func``'s implementation: ``module.qualname#<sha256 of its code>`` (stable across processes).
 
@@ -155,7 +194,7 @@ def code_identity(func: Any, depth: int = 0) -> str:
         kind = type(func)
         call = getattr(kind, "__call__", None)
         body = json.dumps([code_identity(call, depth + 1) if isinstance(call, types.FunctionType) and depth < 3 else "",
-                           getattr(func, "__dict__", {})], sort_keys=True, default=lambda o: type(o).__qualname__)
+                           _value_identity(getattr(func, "__dict__", {}), depth)], sort_keys=True)
         digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
         return f"{kind.__module__}.{kind.__qualname__}#{digest}"
     parts: list[Any] = [_code_parts(code, depth)]
@@ -165,12 +204,7 @@ def code_identity(func: Any, depth: int = 0) -> str:
         except ValueError:  # an empty cell
             parts.append(None)
             continue
-        if isinstance(held, _SCALARS):
-            parts.append(repr(held))
-        elif callable(held) and depth < 3:
-            parts.append(code_identity(held, depth + 1))
-        else:
-            parts.append(f"{type(held).__module__}.{type(held).__qualname__}")
+        parts.append(_value_identity(held, depth))
     digest = hashlib.sha256(json.dumps(parts, default=repr).encode("utf-8")).hexdigest()[:16]
     return f"{name}#{digest}"
 

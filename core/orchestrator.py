@@ -1050,7 +1050,7 @@ class Orchestrator:
         self,
         workflow_id: str,
         graph: Graph | Command[Any] | Any = None,
-        command: Command[Any] | None = None,
+        command: Command[Any] | Any = None,
         *,
         resume: Any = NO_ANSWER,
         step_limit: int | None = None,
@@ -1066,7 +1066,8 @@ class Orchestrator:
         ``resume(workflow_id, answer)`` - the second argument is the graph only when it
         is a ``Graph``, a ``Command`` when it is one, and otherwise the answer -, or
         ``resume(workflow_id, Command(resume=answer))`` (with a graph:
-        ``resume(workflow_id, graph, Command(resume=answer))``; or ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
+        ``resume(workflow_id, graph, Command(resume=answer))`` or ``resume(workflow_id, graph, answer)``; or
+        ``resume=answer``); with several pending, ``Command(resume={interrupt_id:
         answer})``. The interrupted node runs again from its start and its
         ``interrupt()`` returns the answer (see ``interrupts``); nodes of the step that
         finished are not run again. A workflow paused at a breakpoint continues with
@@ -1119,6 +1120,13 @@ class Orchestrator:
                     f"resume({workflow_id!r}, {graph!r}, ...): the second argument is taken as the answer, and an "
                     "answer is also given as resume= or a Command; give it once")
             resume, graph = graph, None
+        if command is not None and not isinstance(command, Command):
+            # resume(workflow_id, graph, answer): the third argument is the answer too.
+            if resume is not NO_ANSWER:
+                raise ConfigurationError(
+                    f"resume({workflow_id!r}, graph, {command!r}): the third argument is taken as the answer, and an "
+                    "answer is also given as resume=; give it once")
+            resume, command = command, None
         if command is not None:
             if command.update is not None or command.goto != () or command.graph is not None:
                 raise ConfigurationError(

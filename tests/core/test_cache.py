@@ -56,8 +56,10 @@ def fresh_backend(clock: Clock | None = None) -> Backend:
 def counting_graph(name: str, calls: Counter[str], *, policy: CachePolicy | None = None) -> Graph:
     """double (cached) -> END: doubles ``x``, counting its runs by input."""
 
-    def double(state: State) -> dict[str, Any]:
-        calls[f"{name}:{state['x']}"] += 1
+    # The tally is a default argument, not part of the closure: its contents change as the
+    # node runs, and what a closure holds counts by content in the cache's namespace.
+    def double(state: State, tally: Counter[str] = calls) -> dict[str, Any]:
+        tally[f"{name}:{state['x']}"] += 1
         return {"y": state["x"] * 2}
 
     return (Graph(name).add_node("double", double, cache_policy=policy or CachePolicy())
@@ -237,6 +239,45 @@ def test_graphs_of_one_name_and_shape_with_different_node_code_never_share_entri
     assert run(scenario()) == ["translated:hi", "summary:hi", "!hi", "...hi", "translated:hi"]
 
 
+class _Client:
+    def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.options = options or {}
+
+    def call(self, text: str) -> str:
+        return f"{self.model}:{text}"
+
+
+def _closure_over(held: Any) -> Any:
+    def llm(state: State) -> dict[str, Any]:
+        client = held["client"] if isinstance(held, dict) and "client" in held else held
+        if isinstance(client, _Client):
+            return {"a": client.call(state["q"])}
+        if callable(client):
+            return {"a": client(state["q"])}
+        return {"a": f"{client!r}:{state['q']}"}
+    return llm
+
+
+def test_closures_over_different_objects_dicts_lists_and_bound_methods_never_share_entries() -> None:
+    # The factory pattern make(client) -> node: what the closure holds decides the output,
+    # so it must decide the cache namespace too, objects and containers included.
+    variants = [_Client("gpt-a"), _Client("gpt-b"), _Client("gpt-a", {"temperature": 1}),
+                {"client": _Client("gpt-c")}, {"client": _Client("gpt-d")}, ["gpt-e"], ["gpt-f"],
+                _Client("gpt-g").call, _Client("gpt-h").call]
+    graphs = [same_name_graph(_closure_over(held)) for held in variants]
+    assert len({NodeCache.namespace(g, "agent") for g in graphs}) == len(variants)
+    # The same object content built again is the same namespace (shared across processes).
+    assert NodeCache.namespace(same_name_graph(_closure_over(_Client("gpt-a"))), "agent") == \
+        NodeCache.namespace(graphs[0], "agent")
+
+    async def scenario() -> list[str]:
+        async with Orchestrator(backend=fresh_backend()) as orchestrator:
+            return [(await orchestrator.execute(g, {"q": "hi"}))["a"] for g in graphs[:2] + graphs[7:]]
+
+    assert run(scenario()) == ["gpt-a:hi", "gpt-b:hi", "gpt-g:hi", "gpt-h:hi"]
+
+
 def test_the_same_graph_built_again_shares_entries() -> None:
     calls: Counter[str] = Counter()
     one, again = counting_graph("rebuilt", calls), counting_graph("rebuilt", calls)
@@ -269,10 +310,13 @@ IDENTITY_SCRIPT = """
 from distributed_agents import CachePolicy, Graph
 from distributed_agents.core.cache import NodeCache
 KINDS = frozenset({"alpha", "beta", "gamma", "delta"})
+class Client:
+    def __init__(self, model):
+        self.model, self.tags = model, {"a", "b", "c"}
 def pick(state):
     return {"a": state["q"] in KINDS and state["q"] in {"x", "y", "z"}}
-def wrap(f):
-    return lambda s: f(s)
+def wrap(f, client=Client("m")):
+    return lambda s: f(s) if client else None
 g = (Graph("State").add_node("agent", wrap(pick), cache_policy=CachePolicy())
      .set_entry_point("agent").set_finish_point("agent").compile())
 print(NodeCache.namespace(g, "agent"))

@@ -471,6 +471,22 @@ def test_resume_takes_the_answer_as_its_second_positional_argument(answer: Any) 
     run(scenario())
 
 
+@pytest.mark.parametrize("answer", ["yes", {"approved": True}, 0])
+def test_resume_takes_the_answer_as_its_third_positional_argument_after_the_graph(answer: Any) -> None:
+    workflow_id = new_id()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            graph = single_question()
+            await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            with pytest.raises(ConfigurationError, match="give it once"):
+                await orchestrator.resume(workflow_id, graph, answer, resume=answer)
+            done = await orchestrator.resume(workflow_id, graph, answer)
+            assert done["answer"] == answer
+
+    run(scenario())
+
+
 def test_resume_keeps_a_graph_in_second_position_and_none_is_no_answer() -> None:
     ids = [new_id() for _ in range(4)]
 
