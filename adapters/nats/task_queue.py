@@ -614,14 +614,18 @@ class NatsTaskQueue(TaskQueue):
         letter of a failure an error handler took), or before a claimer repairs a letter
         whose writer died. The purge marks the record first, then deletes letters; this
         writes, then reads the mark: whichever comes second sees the other, so a purged
-        letter never comes back.
+        letter never comes back. A record already purged gets its letter deleted instead: a
+        writer that wrote after the purge's delete but died (or met an outage) before
+        reading the mark left one, and the redelivery of its unacked message ends here.
         """
+        key = f"{token(record['node_type'])}.{token(record['id'])}"
         if record.get("purged"):
+            await kv.remove(self._conn.js, self._dead, key)
             return
         await self._write_dead_letter(record, task, None)
         current = await self._read(str(record["id"]))
         if current.record is not None and current.record.get("purged"):
-            await kv.remove(self._conn.js, self._dead, f"{token(record['node_type'])}.{token(record['id'])}")
+            await kv.remove(self._conn.js, self._dead, key)
 
     async def _mark_purged(self, task_id: str) -> None:
         """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``)."""

@@ -105,3 +105,37 @@ def test_a_purged_dead_letter_is_not_written_back_by_a_late_or_repairing_writer(
             await backend.close()
 
     run(scenario())
+
+
+def test_a_letter_written_after_the_purge_by_a_writer_that_died_is_deleted_on_redelivery(nats_url: str) -> None:
+    """A dead-lettering writer whose letter lands after the purge deleted letters, and that dies
+    (or meets an outage) before it reads the purge mark, leaves a letter and an unacked
+    message: the claimer that gets the redelivery finds the record dead and purged, and must
+    delete that letter, not just skip writing it."""
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            task = Task("t-late", "wf", "n", "n", {"state": {}})
+            await queue.enqueue(task)
+            (claim,) = await queue.claim(["n"], worker_id="w", wait=5)
+            assert not await queue.nack(claim, "boom", final=True)
+            before = (await queue._read(task.id)).record  # type: ignore[attr-defined]
+            assert before is not None
+            assert await queue.purge_dead_letter(task.id)
+            # The late writer's letter lands now; it dies before reading the mark.
+            await queue._write_dead_letter(before, task, None)  # type: ignore[attr-defined]
+            assert [letter.task_id for letter in await queue.dead_letters()] == [task.id]
+            # The redelivery: the claimer reads the record (dead, purged) and settles it.
+            purged = (await queue._read(task.id)).record  # type: ignore[attr-defined]
+            assert purged is not None and purged.get("purged")
+            await queue._write_dead_letter_unless_purged(purged, task)  # type: ignore[attr-defined]
+            assert await queue.dead_letters() == [] and (await queue.stats("n")).dead == 0
+            result = await queue.get_result(task.id)
+            assert result is not None and result.status == "failed"
+        finally:
+            await backend.close()
+
+    run(scenario())
