@@ -893,7 +893,11 @@ async def check_nacked_task_goes_to_the_end(session: Session) -> None:
     await queue.nack(x, "later", delay=session.short)
     await sleep_past(session.short, session.slack)
     got = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=2, wait=session.requirements.delivery_timeout)]
-    expect(got == ["y", "x"], clause, f"after x, y and a delayed nack of x whose delay passed, claim returned {got}, expected ['y', 'x']")
+    if got == ["y"]:
+        # A claim may return fewer tasks than asked for; x must still come, after y.
+        got += [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=1,
+                                                    wait=session.requirements.delivery_timeout)]
+    expect(got == ["y", "x"], clause, f"after x, y and a delayed nack of x whose delay passed, claims returned {got}, expected ['y', 'x']")
 
 
 @conformance_check(PORT, ("task_queue.requeue",), requires=("dead_letter_requeue",))
