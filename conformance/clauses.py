@@ -106,6 +106,12 @@ def clause(clause_id: str) -> Clause:
     return CLAUSES[clause_id]
 
 
+# Lists that collect every violation raised while they are registered (see ``observing``):
+# a state machine whose replay of a failing example goes another way (a timing rule) makes
+# Hypothesis report a Flaky error; the violation it saw first is still the finding.
+_OBSERVERS: list[list[ContractViolation]] = []
+
+
 class ContractViolation(AssertionError):
     """A backend broke ``clause``; the message starts with ``[clause id]`` and says how."""
 
@@ -113,6 +119,25 @@ class ContractViolation(AssertionError):
         self.clause = clause(clause_id)
         self.detail = detail
         super().__init__(f"[{clause_id}] {self.clause.text}: {detail}")
+        for seen in _OBSERVERS:
+            seen.append(self)
+
+
+def observing(seen: list[ContractViolation]) -> _Observing:
+    """A context manager that appends every ``ContractViolation`` created inside it to ``seen``."""
+    return _Observing(seen)
+
+
+class _Observing:
+    def __init__(self, seen: list[ContractViolation]) -> None:
+        self.seen = seen
+
+    def __enter__(self) -> list[ContractViolation]:
+        _OBSERVERS.append(self.seen)
+        return self.seen
+
+    def __exit__(self, *exc_info: object) -> None:
+        _OBSERVERS.remove(self.seen)
 
 
 def expect(condition: object, clause_id: str, detail: str) -> None:
