@@ -8,19 +8,14 @@ item order whichever worker finished first.
 from __future__ import annotations
 
 import collections
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from types import ModuleType
 from typing import Any
 
 import pytest
 from support.aio import run
-from support.worker_processes import HERE, WorkerProcesses, load_test_app
+from support.worker_processes import WorkerProcesses, load_test_app, sigkill_orchestrator_child
 
 from distributed_agents import State
 from distributed_agents.distributed import DistributedOrchestrator
@@ -69,24 +64,10 @@ def test_an_orchestrator_sigkilled_mid_map_is_taken_over_and_every_item_runs_onc
     app = control_app()
     workers.start("w1", "--capacity", "4")
     workers.start("w2", "--capacity", "4")
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
     try:
-        with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
-            [sys.executable, str(HERE / "map_child.py"), redis_url, prefix, "wf-midmap"],
-            stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
-        ) as child:
-            try:
-                assert child.stdout is not None
-                assert child.stdout.readline().strip() == "wf-midmap", (tmp_path / "child.log").read_text()
-                while len(list(tmp_path.glob("square-*"))) < 10:  # the map is under way
-                    assert child.poll() is None, (tmp_path / "child.log").read_text()
-                    time.sleep(0.02)
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait(timeout=10)
+        # Killed once the map is under way (10 items squared).
+        assert sigkill_orchestrator_child("map_child.py", redis_url, prefix, "wf-midmap", tmp_path,
+                                          markers="square-*", count=10) == "wf-midmap"
 
         async def take_over() -> tuple[Any, State]:
             orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, recover=True, lease_ttl=1.0)

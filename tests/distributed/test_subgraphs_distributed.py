@@ -13,17 +13,13 @@ import asyncio
 import collections
 import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from types import ModuleType
 from typing import Any
 
 import pytest
 from support.aio import run
-from support.worker_processes import HERE, WorkerProcesses, load_test_app
+from support.worker_processes import WorkerProcesses, load_test_app, sigkill_orchestrator_child
 
 from distributed_agents import Command, Orchestrator, State, Worker, WorkflowStatus
 from distributed_agents.core.errors import WorkflowCancelledError
@@ -97,24 +93,10 @@ def test_an_orchestrator_sigkilled_mid_subgraph_is_taken_over_and_each_step_runs
     workers = WorkerProcesses(url, prefix, tmp_path, "subgraph_app:registry")
     app = subgraph_app()
     workers.start("w1", "--capacity", "2")
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
     try:
-        with open(tmp_path / "child.log", "w") as errors, subprocess.Popen(
-            [sys.executable, str(HERE / "subgraph_child.py"), url, prefix, "wf-subkill"],
-            stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
-        ) as child:
-            try:
-                assert child.stdout is not None
-                assert child.stdout.readline().strip() == "wf-subkill", (tmp_path / "child.log").read_text()
-                while len(list(tmp_path.glob("tick-*"))) < 2:  # the subgraph is under way
-                    assert child.poll() is None, (tmp_path / "child.log").read_text()
-                    time.sleep(0.02)
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait(timeout=10)
+        # Killed once the subgraph is under way (two ticks).
+        assert sigkill_orchestrator_child("subgraph_child.py", url, prefix, "wf-subkill", tmp_path,
+                                          markers="tick-*", count=2) == "wf-subkill"
 
         async def take_over() -> tuple[Any, Any, State]:
             orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=True, lease_ttl=1.0)
@@ -129,7 +111,6 @@ def test_an_orchestrator_sigkilled_mid_subgraph_is_taken_over_and_each_step_runs
         status, inner, result = run(take_over(), timeout=110)
     finally:
         workers.close()
-    assert child.returncode == -signal.SIGKILL
     assert (status.status, status.step, status.next_nodes) == ("running", 1, ("review",))  # killed mid-subgraph
     assert inner.status == "running" and 1 <= inner.step < 8
     ticks = [f"tick{n}" for n in range(6)]

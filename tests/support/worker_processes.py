@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 from types import ModuleType
 
 HERE = pathlib.Path(__file__).resolve().parent.parent / "distributed"  # where the test apps live
@@ -53,3 +55,37 @@ class WorkerProcesses:
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=10)
+
+
+def sigkill_orchestrator_child(
+    script: str, url: str, prefix: str, workflow_id: str, tmp: pathlib.Path,
+    *, markers: str | None = None, count: int = 0,
+) -> str:
+    """Run ``tests/distributed/<script> url prefix workflow_id``, an orchestrator in a child process, and SIGKILL it.
+
+    The kill comes after the child's first stdout line and, with ``markers``, once
+    ``count`` files matching that glob exist in ``tmp`` (nodes write them as they run).
+    Asserts that the SIGKILL is what ended it. Returns that first line (stripped); the
+    child's stderr is in ``tmp/child.log``.
+    """
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    log = tmp / "child.log"
+    with open(log, "w") as errors, subprocess.Popen(
+        [sys.executable, str(HERE / script), url, prefix, workflow_id],
+        stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=HERE,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line, log.read_text()
+            while markers is not None and len(list(tmp.glob(markers))) < count:
+                assert child.poll() is None, log.read_text()
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+            assert child.returncode == -signal.SIGKILL, log.read_text()  # killed, not ended on its own
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+    return line.strip()
