@@ -60,6 +60,7 @@ _TEXTS = {
     "state_store.cas": "save is compare-and-set on version: a stale version is refused and changes nothing",
     "state_store.round-trip": "every field of a record and of a checkpoint reads back exactly as saved",
     "state_store.checkpoint-order": "checkpoints are append-only, listed newest first by numeric step with limit/before (limit=0 is none, no limit is all)",
+    "state_store.get-checkpoint": "get_checkpoint(workflow, step) returns exactly the checkpoint list_checkpoints holds for that step (full state), None when there is none",
     "state_store.delete": "delete removes the record, all its checkpoints and its lease; the id is then new",
     "state_store.fencing": "lease grants carry strictly increasing fencing tokens; a superseded holder cannot commit (neither record nor checkpoint)",
     "state_store.lease": "a workflow lease has one live holder, renewable (or re-acquired: same token, new deadline) until it expires, then free for anyone",

@@ -233,6 +233,35 @@ async def check_checkpoints_past_ten(session: Session) -> None:
     expect(contents == [{"s": 11}, {"s": 10}, {"s": 9}], clause, f"checkpoints 11, 10, 9 hold {contents}")
 
 
+@conformance_check(PORT, ("state_store.get-checkpoint",))
+async def check_get_checkpoint(session: Session) -> None:
+    """get_checkpoint reads each step's checkpoint as list_checkpoints does (states large enough to be stored as
+    changes, steps with gaps, a first step other than 0), and None for steps without one, unknown or deleted workflows."""
+    store = (await session.open()).state_store
+    clause = "state_store.get-checkpoint"
+    steps = [3, 4, 5, 8, 9, 10, 11, 12]  # a fork's first step, then a gap (durability "exit" writes fewer steps)
+    version = 0
+    log: list[str] = []
+    for index, step in enumerate(steps):
+        log.append(f"entry {step} " + "x" * 300)  # grows by appends: stored as deltas where the store does so
+        state = {"log": list(log), "at": step, "other": {"n": index, "text": "y" * (2000 if index % 3 else 10)}}
+        saved = await store.save(record("w1", step=step, **state), expected_version=version,
+                                 checkpoint=Checkpoint("w1", step, state, {"next": ["n"]}, writes={"n": {"i": index}},
+                                                       created_at=100.0 + index, metadata={"i": index}))
+        version = saved.version
+    listed = {cp.step: cp.to_dict() for cp in await store.list_checkpoints("w1")}
+    for step in steps:
+        got = await store.get_checkpoint("w1", step)
+        expect(got is not None and got.to_dict() == listed[step], clause,
+               f"get_checkpoint('w1', {step}) gave {None if got is None else got.to_dict()}, expected {listed[step]}")
+    for step in (0, 2, 6, 7, 13, 1000):
+        got = await store.get_checkpoint("w1", step)
+        expect(got is None, clause, f"get_checkpoint('w1', {step}) of a step never written gave {got!r}, expected None")
+    expect(await store.get_checkpoint("ghost", 0) is None, clause, "get_checkpoint of an unknown workflow is not None")
+    await store.delete("w1")
+    expect(await store.get_checkpoint("w1", 12) is None, clause, "get_checkpoint of a deleted workflow is not None")
+
+
 @conformance_check(PORT, ("state_store.list-by-status",))
 async def check_list_workflows_past_ten(session: Session) -> None:
     """Many records list oldest created_at first (compared as numbers), every one of them, filtered exactly."""

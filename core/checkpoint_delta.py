@@ -48,6 +48,7 @@ __all__ = [
     "apply_delta",
     "delta_snap",
     "diff",
+    "entry_step",
     "next_entry",
     "rebuild",
     "same",
@@ -168,6 +169,30 @@ def delta_snap(entry: bytes) -> int | None:
     """The index of the snapshot a delta entry's chain starts at; None for a snapshot entry."""
     found = _SNAP_RE.match(entry)
     return None if found is None else int(found.group(1))
+
+
+# Matches the start of a snapshot entry (``Checkpoint.to_dict`` order: workflow id, then step)
+# and captures its step. Inside an encoded string every '"' follows a backslash, so the first
+# '","step":' ends the workflow id. Delta entries lead with their delta: read them whole.
+SNAPSHOT_STEP_PATTERN = rb'^\{"workflow_id":"(?:[^"\\]|\\.)*","step":([0-9]+)[,}]'
+_STEP_RE = re.compile(SNAPSHOT_STEP_PATTERN)
+
+
+def entry_step(entry: bytes) -> int:
+    """The step of the checkpoint a stored entry (snapshot or delta) holds.
+
+    A snapshot's step is read from its first bytes, without parsing its state; a delta
+    is decoded. Raises ``PayloadDecodeError`` if the entry is not a checkpoint entry.
+    """
+    found = _STEP_RE.match(entry) if not entry.startswith(b'{"delta":') else None
+    if found is not None:
+        return int(found.group(1))
+    item = decode(entry)
+    step = item.get("step") if isinstance(item, dict) else None
+    if type(step) is not int:
+        raise PayloadDecodeError(f"stored checkpoint entry has no step (starts with {entry[:60]!r}): the stored "
+                                 "chain is damaged; restore the workflow from an earlier checkpoint")
+    return step
 
 
 def rebuild(

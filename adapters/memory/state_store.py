@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, next_entry, rebuild
+from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, entry_step, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -147,6 +147,21 @@ class MemoryStateStore(StateStore):
             snap = delta_snap(raws[start])
             start = start if snap is None else snap
         return rebuild(raws[start:], start, limit=limit, before=before)
+
+    async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
+        """The checkpoint of ``step``, rebuilt from its chain's snapshot only (entries are in step order)."""
+        with self._data.lock:
+            stored = self._live(workflow_id)
+            raws = [] if stored is None else list(stored.checkpoints)
+        position = len(raws) - 1
+        while position >= 0 and entry_step(raws[position]) > step:
+            position -= 1
+        if position < 0 or entry_step(raws[position]) != step:
+            return None
+        snap = delta_snap(raws[position])
+        start = position if snap is None else snap
+        found = rebuild(raws[start:position + 1], start, limit=1)
+        return found[0] if found else None
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._data.lock:

@@ -135,6 +135,39 @@ table.insert(out, 1, start)
 return out
 """
 
+_CHECKPOINT_AT = r"""
+-- KEYS: 1 checkpoints. ARGV: 1 the step wanted.
+-- Walks back from the newest entry (entries are in step order) to the one of that step.
+-- Returns {index of the first entry returned, entries...}: that entry and the entries back to
+-- its chain's snapshot; {-1} if no entry has the step; {-2} if an entry's step could not be read.
+local want = tonumber(ARGV[1])
+local i = redis.call('LLEN', KEYS[1]) - 1
+while i >= 0 do
+  local e = redis.call('LINDEX', KEYS[1], i)
+  local step
+  if string.sub(e, 1, 9) == '{"delta":' then
+    local ok, item = pcall(cjson.decode, e)
+    if not ok or type(item) ~= 'table' then return {-2} end
+    step = tonumber(item['step'])
+  else
+    -- A snapshot leads with its workflow id and step (core.checkpoint_delta.SNAPSHOT_STEP_PATTERN).
+    step = tonumber(string.match(e, '^{"workflow_id":".-","step":(%d+)'))
+  end
+  if not step then return {-2} end
+  if step == want then
+    local start = i
+    local snap = string.match(e, '^{"delta":{"base":"[0-9a-f]*","snap":([0-9]+)')
+    if snap then start = tonumber(snap) end
+    local out = redis.call('LRANGE', KEYS[1], start, i)
+    table.insert(out, 1, start)
+    return out
+  end
+  if step < want then return {-1} end
+  i = i - 1
+end
+return {-1}
+"""
+
 _ACQUIRE = _NOW + r"""
 -- KEYS: 1 lease, 2 record. ARGV: 1 owner, 2 ttl ms. Returns {token, deadline} or {}.
 local now = now_ms()
@@ -343,6 +376,19 @@ class RedisStateManager(StateStore):
                                    f"read checkpoints of {workflow_id!r}")
         entries = [raw if isinstance(raw, bytes) else str(raw).encode() for raw in reply[1:]]
         return rebuild(entries, int(reply[0]), limit=limit, before=before)
+
+    async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
+        """The checkpoint of ``step`` (one round trip: its entry and its chain back to the snapshot)."""
+        reply = await self._script("state_checkpoint_at", _CHECKPOINT_AT, [self._keys.checkpoints(workflow_id)],
+                                   [int(step)], f"read checkpoint {step} of {workflow_id!r}")
+        first = int(reply[0])
+        if first == -1:
+            return None
+        if first < 0:  # an entry the script could not read: the generic path reports or reads it
+            return await super().get_checkpoint(workflow_id, step)
+        entries = [raw if isinstance(raw, bytes) else str(raw).encode() for raw in reply[1:]]
+        found = rebuild(entries, first, limit=1)
+        return found[0] if found and found[0].step == step else None
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records (optionally of one status), oldest first (one round trip)."""

@@ -34,6 +34,16 @@ The contract (checked by ``distributed_agents.conformance``):
 * Two stores with different prefixes never see each other's data, also when one prefix
   is a prefix of the other (``app-1`` and ``app-12``).
 * Every method accepts exactly the parameters of this class (names, kinds, defaults).
+* ``create_leased`` is ``acquire_lease`` + create (``save`` with ``expected_version=0``)
+  fenced by the grant, as one step: None and nothing written while another owner holds
+  the lease; on ``WorkflowExistsError`` no lease it granted is kept. ``save_releasing`` is a fenced
+  ``save`` that, once it succeeds, frees the lease; a refused one keeps the lease.
+  (Optional: the port's defaults compose the methods above; adapters merge round trips.)
+* ``get_checkpoint(workflow_id, step)`` returns the checkpoint ``list_checkpoints``
+  holds for ``step`` (every field, the full state), or None when there is none (never
+  written, deleted, expired). The default reads it through ``list_checkpoints``; a store
+  overrides it to read one checkpoint without the rest (workers read the state a task
+  names with it, see ``core.task_state``).
 
 The node cache (``core.cache``; optional: the port's defaults keep nothing):
 
@@ -228,6 +238,15 @@ class StateStore:
     ) -> list[Checkpoint]:
         """Checkpoints newest first; ``before`` keeps those with ``step < before``."""
         raise NotImplementedError
+
+    async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
+        """The checkpoint of ``workflow_id`` after ``step`` committed steps (full state), or None.
+
+        LangGraph's ``checkpointer.get_tuple`` with a checkpoint id. The default finds it
+        with ``list_checkpoints(limit=1, before=step + 1)``.
+        """
+        found = await self.list_checkpoints(workflow_id, limit=1, before=step + 1)
+        return found[0] if found and found[0].step == step else None
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records, optionally only those with ``status``, oldest first."""

@@ -404,6 +404,14 @@ class OldestFirstCheckpointsStore(MemoryStateStore):
         return list(reversed(items))
 
 
+class NewestCheckpointStore(MemoryStateStore):
+    """``get_checkpoint`` returns the newest checkpoint at or before the step, not None when the step has none."""
+
+    async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
+        found = await self.list_checkpoints(workflow_id, limit=1, before=step + 1)
+        return found[0] if found else None
+
+
 class StatusFilterIgnoredStore(MemoryStateStore):
     """Ignores the status filter."""
 
