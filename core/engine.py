@@ -66,6 +66,7 @@ from typing import Any, TypeVar
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.cache import NodeCache, cacheable_output
 from distributed_agents.core import log_context
+from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     BackendUnavailableError,
@@ -185,7 +186,15 @@ class StepEngine:
         payload_limit: int | None = None,
         cache: NodeCache | None = None,
         subgraphs: SubgraphCall | None = None,
+        instrumentation: Instrumentation | None = None,
     ) -> None:
+        # Traces and metrics (core.instrumentation); None: no hook is called. The handles of
+        # the run and step being observed, and the step's trace context for its tasks.
+        self._instrumentation = instrumentation
+        self._observed_run: Any = None
+        self._observed_step: Any = None
+        self._stepping = False  # a step was reported started and not yet ended
+        self._trace: dict[str, str] | None = None
         self._subgraphs = subgraphs  # runs a subgraph node's task as a child workflow (core.subgraphs)
         self._store = store
         self._cache = cache  # the node cache (add_node(cache_policy=)); None: no node is cached
@@ -201,6 +210,45 @@ class StepEngine:
         self._stored_step = 0  # the step of the last record written (or read at the start)
 
     async def drive(
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
+    ) -> WorkflowRecord:
+        """Run ``record``'s workflow to a terminal status and return the final record (see ``_run``).
+
+        With instrumentation, this is one workflow run: ``workflow_started`` first,
+        ``workflow_ended`` with the status it left the workflow in last.
+        """
+        observer = self._instrumentation
+        if observer is None:
+            return await self._run(graph, record, lease, options)
+        self._observed_run = observer.workflow_started(record.workflow_id, graph.name, record.step)
+        status, error = "stopped", None
+        try:
+            final = await self._run(graph, record, lease, options)
+            status = final.status
+            return final
+        except BaseException as exc:
+            status, error = _status_after(exc), exc
+            raise
+        finally:
+            self._end_observed_step(error)
+            observer.workflow_ended(self._observed_run, status, error)
+            self._observed_run = None
+
+    def _observe_step(self, record: WorkflowRecord, nodes: Sequence[str]) -> None:
+        """Report the step about to run (ending the one before) and take its trace context for its tasks."""
+        assert self._instrumentation is not None
+        self._end_observed_step(None)
+        self._observed_step = self._instrumentation.step_started(self._observed_run, record.workflow_id,
+                                                                 record.step, nodes)
+        self._stepping = True
+        self._trace = self._instrumentation.carrier(self._observed_step)
+
+    def _end_observed_step(self, error: BaseException | None) -> None:
+        if self._instrumentation is not None and self._stepping:
+            step, self._observed_step, self._trace, self._stepping = self._observed_step, None, None, False
+            self._instrumentation.step_ended(step, error)
+
+    async def _run(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
     ) -> WorkflowRecord:
         """Run ``record``'s workflow to a terminal status and return the final record.
@@ -244,7 +292,7 @@ class StepEngine:
         finally:
             log_context.reset(logged)
             if self._inflight is not None:
-                # No write of this run may land after drive() returns (the lease is released then),
+                # No write of this run may land after _run() returns (the lease is released then),
                 # and an error of one nobody waited for is retrieved (it is the run's error already).
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(self._inflight)
@@ -260,7 +308,9 @@ class StepEngine:
         await self._purge_handled(record)  # a process that committed the route may have died before purging
         while True:
             progress.begin(record)
-            log_context.set_fields(step=record.step)  # undone by drive()'s reset
+            log_context.set_fields(step=record.step)  # undone by _run()'s reset
+            if self._stepping:  # the step before committed
+                self._end_observed_step(None)
             entries = read_entries(record.frontier, order)
             next_nodes = frontier_nodes(record.frontier)
             if not entries:
@@ -303,6 +353,8 @@ class StepEngine:
                 pauses = [Interrupt(interrupt_id(record.step, node, 0) + ":before", node, None, "before", node)
                           for node in before]
                 return await self._pause(record, lease, pauses, dict(record.frontier.get("pending_writes") or {}))
+            if self._instrumentation is not None:
+                self._observe_step(record, next_nodes)
             # Tasks of this step that succeeded before it failed (or paused) keep their outputs.
             done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
             to_run = [entry for entry in entries if entry.key not in done]
@@ -468,6 +520,7 @@ class StepEngine:
                 remaining_steps=options.step_limit - record.step,
                 message_keys=graph.message_keys,
                 configurable=record.metadata.get(CONFIGURABLE_KEY),
+                trace=self._trace,
             )
             func = self._local_function(spec)
             if func is not None:
@@ -479,7 +532,7 @@ class StepEngine:
                               where="local" if func is not None else "worker",
                               **({"task": entry.key} if entry.is_send else {}))
         if local_calls:
-            batches.append(InProcessExecutor(local).run(local_calls))
+            batches.append(InProcessExecutor(local, self._instrumentation).run(local_calls))
         if remote_calls:
             batches.append(self._queue_executor.run(remote_calls))
         results = await asyncio.gather(*batches)
@@ -920,6 +973,16 @@ class _Progress:
         self.record = record
         self.phase = "run"
         self.pending = {}
+
+
+def _status_after(exc: BaseException) -> str:
+    """The status a run that raised ``exc`` left its workflow in, as reported to instrumentation."""
+    if isinstance(exc, WorkflowCancelledError):
+        return WorkflowStatus.CANCELLED
+    if isinstance(exc, (asyncio.CancelledError, WorkflowTakenOverError, LeaseLostError, KeyboardInterrupt,
+                        SystemExit, GeneratorExit, BackendUnavailableError)):
+        return "stopped"  # this process stopped driving it; it stays resumable
+    return WorkflowStatus.FAILED
 
 
 def _cache_ttl(spec: NodeSpec) -> float | None:

@@ -16,6 +16,15 @@ from typing import Any
 
 from distributed_agents.core.codec import decode
 from distributed_agents.core.errors import NodeNotFoundError
+from distributed_agents.core.instrumentation import (
+    CANCELLED,
+    FAILED,
+    RETRIED,
+    SUCCEEDED,
+    TRACE_KEY,
+    Instrumentation,
+    NodeAttempt,
+)
 from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node, is_output_error
 from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
@@ -52,6 +61,7 @@ class NodeCall:
     remaining_steps: int | None = None
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (JSON)
+    trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,14 @@ class NodeExecutor:
 
 
 class InProcessExecutor(NodeExecutor):
-    """Runs node functions in this process; ``functions`` maps node name to function."""
+    """Runs node functions in this process; ``functions`` maps node name to function.
 
-    def __init__(self, functions: Mapping[str, NodeFunction]) -> None:
+    Each attempt is reported to ``instrumentation`` (if given) as a node attempt.
+    """
+
+    def __init__(self, functions: Mapping[str, NodeFunction], instrumentation: Instrumentation | None = None) -> None:
         self._functions = functions
+        self._instrumentation = instrumentation
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
@@ -101,16 +115,30 @@ class InProcessExecutor(NodeExecutor):
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
                                   remaining_steps=call.remaining_steps, configurable=call.configurable)
             state = State._trusted(decode(call.state_json), call.workflow_id)
+            observer = self._instrumentation
+            observed = None if observer is None else observer.node_started(NodeAttempt(
+                call.workflow_id, call.step, call.node, call.node_type, call.task_id, attempt,
+                graph=call.graph_name, trace=call.trace))
             try:
                 updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume,
                                             message_keys=call.message_keys)
             except Exception as exc:
                 # A rejected output (not JSON, not a dict, too large) would be the same again.
-                if policy is not None and not is_output_error(exc) and policy.should_retry(attempt, exc):
+                again = policy is not None and not is_output_error(exc) and policy.should_retry(attempt, exc)
+                if observer is not None:
+                    observer.node_ended(observed, RETRIED if again else FAILED, exc)
+                if again:
+                    assert policy is not None
                     await asyncio.sleep(policy.delay(attempt))
                     continue
                 return NodeOutcome(call.node, call.task_id, None, describe_failure(exc), attempt, started,
                                    time.time() - started)
+            except BaseException as exc:  # cancelled: the step, or the run
+                if observer is not None:
+                    observer.node_ended(observed, CANCELLED, exc)
+                raise
+            if observer is not None:
+                observer.node_ended(observed, SUCCEEDED, None)
             return NodeOutcome(call.node, call.task_id, updates, None, attempt, started, time.time() - started)
 
 
@@ -128,6 +156,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
         **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
         **({CONFIGURABLE_KEY: dict(call.configurable)} if call.configurable else {}),
+        **({TRACE_KEY: dict(call.trace)} if call.trace else {}),
     }
 
 

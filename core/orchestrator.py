@@ -52,6 +52,8 @@ from distributed_agents.core.executors import CONFIGURABLE_KEY, TaskQueueExecuto
 from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
+from distributed_agents.core.instrumentation import Instrumentation
+from distributed_agents.core.instrumentation import installed as installed_instrumentation
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.backend import Backend
@@ -235,6 +237,10 @@ class Orchestrator:
     graph it executed), resuming each from its last committed step. A workflow whose
     stored graph fingerprint differs from the known graph of that name is left alone
     (logged once) for an orchestrator that has the graph it was started with.
+
+    ``instrumentation`` (default: the process-wide one of
+    ``core.instrumentation.install``, read at each workflow run) is told of every
+    workflow run, step and in-process node attempt, and runs its ``watch`` while connected.
     """
 
     def __init__(
@@ -251,6 +257,7 @@ class Orchestrator:
         local_nodes: bool = True,
         recover: bool = False,
         recovery_interval: float | None = None,
+        instrumentation: Instrumentation | None = None,
     ) -> None:
         if isinstance(step_limit, bool) or not isinstance(step_limit, int) or step_limit < 1:
             raise ConfigurationError(
@@ -300,6 +307,9 @@ class Orchestrator:
         # One outage report per process, shared by every workflow it drives.
         self._outage = Outage(log, f"orchestrator {self.orchestrator_id}")
         self._node_cache: NodeCache | None = None  # over the backend's state store, made on first use
+        # Traces and metrics (core.instrumentation): this one, else the process-wide one at each run.
+        self.instrumentation = instrumentation
+        self._watch: asyncio.Future[None] | None = None  # the observer's watch while connected
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -318,9 +328,17 @@ class Orchestrator:
             self._connected = True
             if self.recover and self._recovery is None:
                 self._recovery = asyncio.ensure_future(self._recovery_loop())
+            observer = self._observer()
+            if observer is not None and self._watch is None:
+                self._watch = asyncio.ensure_future(observer.watch(self.backend, frozenset()))
 
     async def close(self) -> None:
         """Stop driving workflows (they stay resumable), flush events, close an owned backend."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+            self._watch = None
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(BaseException):
@@ -373,7 +391,10 @@ class Orchestrator:
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
                           payload_limit=backend.max_payload_bytes, cache=self._cache(),
-                          subgraphs=SubgraphRunner(self).run)
+                          subgraphs=SubgraphRunner(self).run, instrumentation=self._observer())
+
+    def _observer(self) -> Instrumentation | None:
+        return self.instrumentation if self.instrumentation is not None else installed_instrumentation()
 
     def _cache(self) -> NodeCache:
         # Made again when the backend was reopened (each blocking ``sync`` call opens its own).
@@ -1335,8 +1356,8 @@ class Orchestrator:
         publisher.start()
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
-            drive = asyncio.ensure_future(
-                self._engine(workflow_id, lease, record.metadata, graph).drive(graph, record, lease, options))
+            engine = self._engine(workflow_id, lease, record.metadata, graph)
+            drive = asyncio.ensure_future(engine.drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive

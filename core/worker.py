@@ -40,6 +40,16 @@ from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY
+from distributed_agents.core.instrumentation import (
+    CANCELLED,
+    DEAD_LETTERED,
+    RETRIED,
+    SUCCEEDED,
+    Instrumentation,
+    NodeAttempt,
+    installed,
+    trace_carrier,
+)
 from distributed_agents.core.limits import check_result_size
 from distributed_agents.core.log_context import bind as bind_log_context
 from distributed_agents.core.node_runner import (
@@ -123,7 +133,9 @@ class Worker:
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
     the longest a claim waits for work (and so the longest ``stop()`` waits for it).
     With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop (only
-    when serving on the main thread's event loop).
+    when serving on the main thread's event loop). ``instrumentation`` (default: the
+    process-wide one of ``core.instrumentation.install``, read by ``start()``) is told
+    of every task attempt and runs its ``watch`` while the worker serves.
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class Worker:
         poll_wait: float = 1.0,
         backend_options: Mapping[str, Any] | None = None,
         handle_signals: bool = False,
+        instrumentation: Instrumentation | None = None,
     ) -> None:
         if isinstance(node_types, (str, bytes)):
             # Worker("redis://...") or Worker("llm") would otherwise serve the string's characters.
@@ -192,6 +205,8 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
         self._stream: EventPublisher | None = None  # publishes what nodes stream (see core.stream_writer)
+        self.instrumentation = instrumentation
+        self._observer: Instrumentation | None = None  # the one in use while serving (core.instrumentation)
 
     def _check_heartbeat(self, ttl: float | None) -> None:
         """Raise ``ConfigurationError`` unless at least two heartbeats fit in ``ttl`` seconds.
@@ -264,6 +279,9 @@ class Worker:
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
         ]
+        self._observer = self.instrumentation if self.instrumentation is not None else installed()
+        if self._observer is not None:
+            helpers.append(asyncio.ensure_future(self._observer.watch(backend, types)))
         log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.url)
         signals = self._install_signal_handlers()
         # Nodes' stream writers publish through one ordered publisher per worker; tasks inherit the sink.
@@ -442,16 +460,27 @@ class Worker:
         step = claim.task.payload.get("step") if isinstance(claim.task.payload, Mapping) else None
         with bind_log_context(workflow_id=claim.task.workflow_id, step=step if isinstance(step, int) else None,
                               node=claim.task.node, task_id=claim.task.id, attempt=claim.attempt):
+            observer = self._observer
+            observed = None if observer is None else observer.node_started(NodeAttempt(
+                claim.task.workflow_id, step if isinstance(step, int) else 0, claim.task.node, claim.task.node_type,
+                claim.task.id, claim.attempt, self.worker_id,
+                trace=trace_carrier(claim.task.payload) if isinstance(claim.task.payload, Mapping) else None))
+            outcome: tuple[str, BaseException | None] = (CANCELLED, None)
             try:
-                await self._handle(claim)
+                outcome = await self._handle(claim)
             except Exception as exc:
+                outcome = (DEAD_LETTERED, exc)
                 reason = safe_text(f"the worker failed while handling the task: {type(exc).__name__}: "
                                    f"{exception_message(exc)}")
                 log.error("task %s node %r: %s; dead-lettering it", claim.task.id, claim.task.node, reason,
                           exc_info=exc)
                 await self._settle(lambda: self.backend.task_queue.nack(claim, reason, final=True), claim)
+            finally:
+                if observer is not None:
+                    observer.node_ended(observed, *outcome)
 
-    async def _handle(self, claim: ClaimedTask) -> None:
+    async def _handle(self, claim: ClaimedTask) -> tuple[str, BaseException | None]:
+        """Run and settle one claimed task; its outcome (``core.instrumentation.OUTCOMES``) and error."""
         queue = self.backend.task_queue
         task = claim.task
         try:
@@ -460,7 +489,7 @@ class Worker:
             self.stats.malformed += 1
             log.error("task %s (node %r) is malformed and was dead-lettered: %s", task.id, task.node, exc)
             await self._settle(lambda: queue.nack(claim, f"malformed task: {exc}", final=True), claim)
-            return
+            return DEAD_LETTERED, exc
         remaining = task.payload.get("remaining_steps")
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
                               claim.attempt, task.id, self.worker_id,
@@ -490,12 +519,13 @@ class Worker:
                 log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
                          task.id, task.node, claim.attempt, failure.error_type, delay)
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), delay=delay), claim)
+                return RETRIED, exc
             else:
                 self.stats.failed += 1
                 log.info("task %s node %r failed on attempt %d: %s: %s",
                          task.id, task.node, claim.attempt, failure.error_type, failure.message)
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
-            return
+            return DEAD_LETTERED, exc
         keeper.cancel()
         # What the node streamed goes out before its result: a caller sees a step's chunks before its values.
         streamed = context._stream_seq()
@@ -505,6 +535,7 @@ class Worker:
             self.stats.succeeded += 1
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
                      time.monotonic() - started, claim.attempt)
+        return SUCCEEDED, None
 
     def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State, RetryPolicy | None, float | None]:
         payload = claim.task.payload
