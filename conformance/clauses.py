@@ -64,6 +64,8 @@ _TEXTS = {
     "state_store.delete": "delete removes the record, all its checkpoints and its lease; the id is then new",
     "state_store.fencing": "lease grants carry strictly increasing fencing tokens; a superseded holder cannot commit (neither record nor checkpoint)",
     "state_store.lease": "a workflow lease has one live holder, renewable (or re-acquired: same token, new deadline) until it expires, then free for anyone",
+    "state_store.create-leased": "create_leased grants a fresh lease and creates the record under it as one step: None and nothing written while another owner holds the lease; WorkflowExistsError keeps no lease it granted",
+    "state_store.save-releasing": "save_releasing is a fenced save that frees the lease once it succeeds; a refused one writes nothing and keeps the lease",
     "state_store.list-by-status": "list_workflows returns the records, filtered by status, oldest first",
     "state_store.ttl": "records, all their checkpoints and leases expire state_ttl seconds after the last save, not before",
     "state_store.prefix-isolation": "two prefixes never see each other's workflows",

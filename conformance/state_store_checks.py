@@ -427,3 +427,80 @@ async def check_fenced_save_writes_nothing(session: Session) -> None:
     current = await store.get("w1")
     expect(current is not None and current.version == 1 and dict(current.state) == {}, clause,
            f"a save refused for its fencing token changed the record to {current!r}")
+
+
+@conformance_check(PORT, ("state_store.create-leased", "state_store.fencing"))
+async def check_create_leased(session: Session) -> None:
+    """create_leased: the lease and the record together, or neither."""
+    store = (await session.open()).state_store
+    clause = "state_store.create-leased"
+    made = await store.create_leased(record("w1", n=1), owner="orch-a", ttl=30.0,
+                                     checkpoint=Checkpoint("w1", 0, {"n": 1}))
+    expect(made is not None, clause, "create_leased of a new workflow with a free lease returned None")
+    assert made is not None
+    saved, lease = made
+    expect(saved.version == 1 and lease.owner == "orch-a" and lease.workflow_id == "w1", clause,
+           f"create_leased returned {saved!r} and {lease!r}, expected version 1 leased to 'orch-a'")
+    current = await store.get("w1")
+    expect(current is not None and current.version == 1 and dict(current.state) == {"n": 1}, clause,
+           f"the created record reads back as {current!r}")
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(steps == [0], clause, f"the created workflow has checkpoints {steps}, expected [0]")
+    expect(await store.acquire_lease("w1", "orch-b", 30.0) is None, clause,
+           "the lease create_leased granted was granted to another owner too")
+    updated = await store.save(record("w1", n=2), expected_version=1, fencing_token=lease.fencing_token)
+    expect(updated.version == 2, clause, "a save fenced by the lease create_leased granted was refused")
+    # Another owner's live lease: nothing is written.
+    other = await store.acquire_lease("w2", "orch-b", 30.0)
+    assert other is not None
+    held = await store.create_leased(record("w2", n=1), owner="orch-a", ttl=30.0)
+    expect(held is None, clause, f"create_leased under another owner's live lease returned {held!r}, expected None")
+    expect(await store.get("w2") is None, clause, "create_leased under another owner's live lease created the record")
+    await store.release_lease(other)
+    # An existing record: WorkflowExistsError, and the lease it would have granted stays free.
+    await store.save(record("w3", n=1), expected_version=0)
+    await refused(store.create_leased(record("w3", n=9), owner="orch-a", ttl=30.0), WorkflowExistsError, clause,
+                  "create_leased of an existing workflow")
+    taken = await store.acquire_lease("w3", "orch-b", 30.0)
+    expect(taken is not None, clause, "after a refused create_leased the lease was still held")
+    current = await store.get("w3")
+    expect(current is not None and dict(current.state) == {"n": 1}, clause, f"a refused create_leased changed {current!r}")
+    # A later grant supersedes it: its token is refused.
+    await store.release_lease(lease)
+    newer = await store.acquire_lease("w1", "orch-c", 30.0)
+    expect(newer is not None and newer.fencing_token > lease.fencing_token, "state_store.fencing",
+           f"a grant after create_leased's token {lease.fencing_token} has {newer!r}")
+    await refused(store.save(record("w1", n=3), expected_version=2, fencing_token=lease.fencing_token),
+                  FencingTokenRejectedError, "state_store.fencing", "a save with create_leased's superseded token")
+
+
+@conformance_check(PORT, ("state_store.save-releasing", "state_store.fencing", "state_store.cas"))
+async def check_save_releasing(session: Session) -> None:
+    """save_releasing: a fenced save, then the lease is free; a refused one keeps the lease."""
+    store = (await session.open()).state_store
+    clause = "state_store.save-releasing"
+    await store.save(record("w1", n=1), expected_version=0)
+    lease = await store.acquire_lease("w1", "orch-a", 30.0)
+    assert lease is not None
+    await refused(store.save_releasing(record("w1", n=9), expected_version=7, lease=lease), VersionConflictError,
+                  "state_store.cas", "save_releasing with a stale version")
+    expect(await store.acquire_lease("w1", "orch-b", 30.0) is None, clause,
+           "a save_releasing refused for its version freed the lease")
+    saved = await store.save_releasing(record("w1", n=2, status=WorkflowStatus.COMPLETED), expected_version=1,
+                                       lease=lease, checkpoint=Checkpoint("w1", 1, {"n": 2}))
+    expect(saved.version == 2, clause, f"save_releasing stored version {saved.version}, expected 2")
+    current = await store.get("w1")
+    expect(current is not None and current.version == 2 and dict(current.state) == {"n": 2}
+           and current.status == WorkflowStatus.COMPLETED, clause, f"save_releasing stored {current!r}")
+    steps = [cp.step for cp in await store.list_checkpoints("w1")]
+    expect(steps == [1], clause, f"save_releasing's checkpoint is missing: checkpoints {steps}")
+    taken = await store.acquire_lease("w1", "orch-b", 30.0)
+    expect(taken is not None, clause, "after save_releasing the lease was still held")
+    assert taken is not None
+    # The old holder is superseded now: its save_releasing is refused and frees nothing.
+    await refused(store.save_releasing(record("w1", n=3), expected_version=2, lease=lease), FencingTokenRejectedError,
+                  "state_store.fencing", "save_releasing by a superseded lease holder")
+    expect(await store.acquire_lease("w1", "orch-c", 30.0) is None, clause,
+           "a refused save_releasing by a superseded holder freed the new holder's lease")
+    current = await store.get("w1")
+    expect(current is not None and dict(current.state) == {"n": 2}, clause, f"a refused save_releasing changed {current!r}")

@@ -208,6 +208,9 @@ class StepEngine:
         self._inflight: asyncio.Future[WorkflowRecord] | None = None  # "async": the commit being written
         self._unsaved: Checkpoint | None = None  # "exit": the last step's checkpoint, not written yet
         self._stored_step = 0  # the step of the last record written (or read at the start)
+        # Whether the last commit also released the workflow's lease (save_releasing): the
+        # driver then need not release it again.
+        self.lease_released = False
 
     async def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
@@ -914,9 +917,15 @@ class StepEngine:
         self._check_size(record, checkpoint)
         attempts = 0
 
+        # A run's last commit (it ends or pauses) gives the lease up with it: one round trip fewer.
+        last = record.status in _LAST_COMMIT
+
         async def save() -> WorkflowRecord:
             nonlocal attempts
             attempts += 1
+            if last:
+                return await self._store.save_releasing(
+                    record, expected_version=record.version, checkpoint=checkpoint, lease=lease)
             return await self._store.save(
                 record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
             )
@@ -927,6 +936,7 @@ class StepEngine:
         what = f"commit step {record.step} of workflow {record.workflow_id!r}"
         try:
             saved = await until_available(save, what=what, outage=self._outage)
+            self.lease_released = last
             if self._unsaved is not None and checkpoint is not None and checkpoint.step >= self._unsaved.step:
                 self._unsaved = None
             self._stored_step = saved.step
@@ -951,6 +961,8 @@ class StepEngine:
             ) from exc
 
 
+# Statuses a run's last commit writes: after it the driver releases the lease anyway.
+_LAST_COMMIT = frozenset({*WorkflowStatus.TERMINAL, WorkflowStatus.INTERRUPTED})
 MAX_SUMMARY = 4000  # characters of an error summary kept in the record
 CACHE_CONCURRENCY = 64  # node cache reads (or writes) of one step in flight at once
 _RECORDED = "_distributed_agents_recorded"  # set on an error once FAILED is committed for it

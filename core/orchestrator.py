@@ -911,13 +911,36 @@ class Orchestrator:
         self, record: WorkflowRecord, checkpoint: Checkpoint
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         workflow_id = record.workflow_id
-        lease = await self._retrying(lambda: self._acquire(workflow_id), f"start workflow {workflow_id!r}")
+        store = self.backend.state_store
+        what = f"start workflow {workflow_id!r}"
+        attempts = 0
+
+        async def create_leased() -> tuple[WorkflowRecord, WorkflowLease] | None:
+            nonlocal attempts
+            attempts += 1
+            return await store.create_leased(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
+                                             checkpoint=checkpoint)
+
+        try:
+            # The lease grant and the create in one step (one round trip where the store merges them).
+            made = await self._retrying(create_leased, what)
+        except WorkflowExistsError:
+            # A retry after a lost reply finds the record the first attempt created (and its lease).
+            current = await self._retrying(lambda: store.get(workflow_id), what)
+            if attempts < 2 or current is None or current.version != 1 or \
+                    current.metadata.get("orchestrator") != self.orchestrator_id:
+                raise
+            return current, await self._retrying(lambda: self._acquire(workflow_id), what)
+        if made is not None:
+            return made
+        # Another orchestrator held the lease: wait for it as _acquire says (and names the holder).
+        lease = await self._retrying(lambda: self._acquire(workflow_id), what)
         attempts = 0
 
         async def create() -> WorkflowRecord:
             nonlocal attempts
             attempts += 1
-            return await self.backend.state_store.save(
+            return await store.save(
                 record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token,
             )
 
@@ -1382,7 +1405,8 @@ class Orchestrator:
             self._running.pop(workflow_id, None)
             self._waiting.pop(workflow_id, None)
             self._cancelled.discard(workflow_id)
-            await self._release(lease)
+            if not engine.lease_released:  # the last commit released it (save_releasing)
+                await self._release(lease)
             if self._events is not None:
                 await self._events.flush()
         return _result_state(final)

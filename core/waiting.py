@@ -54,7 +54,7 @@ def waiting_text(node_types: Sequence[str]) -> str:
 class NotingStore(StateStore):
     """The engine's view of ``inner`` for one workflow run: saves that keep waiting notes in step.
 
-    Only ``get`` and ``save`` are used by the engine; everything else goes to ``inner``.
+    Only ``get``, ``save`` and ``save_releasing`` are used by the engine; everything else goes to ``inner``.
     """
 
     def __init__(self, inner: StateStore, workflow_id: str, lease: WorkflowLease) -> None:
@@ -83,9 +83,17 @@ class NotingStore(StateStore):
             return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
                                     fencing_token=fencing_token)
 
+    async def save_releasing(
+        self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
+        checkpoint: Checkpoint | None = None,
+    ) -> WorkflowRecord:
+        async with self._writing:
+            return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                    fencing_token=lease.fencing_token, releasing=lease)
+
     async def _save(
         self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,
-        fencing_token: int | None,
+        fencing_token: int | None, releasing: WorkflowLease | None = None,
     ) -> WorkflowRecord:
         noted = self._noted
         if WAITING_KEY in record.metadata:  # e.g. carried over by a resume: the commit ends any wait
@@ -94,8 +102,12 @@ class NotingStore(StateStore):
                 and expected_version == self._base.version):
             expected_version = noted.version  # the note moved the record on by one version
         try:
-            saved = await self._inner.save(record, expected_version=expected_version, checkpoint=checkpoint,
-                                           fencing_token=fencing_token)
+            if releasing is not None:
+                saved = await self._inner.save_releasing(record, expected_version=expected_version,
+                                                         checkpoint=checkpoint, lease=releasing)
+            else:
+                saved = await self._inner.save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                               fencing_token=fencing_token)
         except VersionConflictError:
             # A repeated save whose first attempt landed (its reply lost in an outage)
             # is recognised here, as the engine cannot see past the note's version.

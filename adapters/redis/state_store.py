@@ -33,7 +33,10 @@ back to its chain's snapshot (the snapshot index leads every delta entry) in one
 A repeated ``save`` after a lost reply (the client retries on a broken connection)
 recognises its own commit id and reports success instead of a false version conflict.
 
-Round trips: ``get``, ``save`` (2 when its delta's base was replaced), ``list_checkpoints``,
+Round trips: ``get``, ``save`` (2 when its delta's base was replaced), ``create_leased`` (lease
+grant and create, one script), ``save_releasing`` (a run's last commit and its lease release,
+one script), ``list_checkpoints``,
+``get_checkpoint`` (walks back from the newest entry to that step's, then to its snapshot),
 each lease call: 1;
 ``list_workflows``: 1.
 
@@ -80,18 +83,36 @@ local function now_ms()
 end
 """
 
-_SAVE = r"""
+_SAVE = _NOW + r"""
 -- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index
 -- ARGV: 1 prefix, 2 workflow id, 3 expected version, 4 record JSON, 5 status, 6 created_at,
 --       7 checkpoint entry or '', 8 fencing token or '', 9 state_ttl ms or '', 10 commit id,
---       11 id of the entry a delta is based on ('' for a snapshot), 12 the entry's id
--- Returns {'ok', checkpoint count after the append (0 if none or a repeat)} or an error tuple.
+--       11 id of the entry a delta is based on ('' for a snapshot), 12 the entry's id,
+--       13 owner to grant the lease to first ('' none: create_leased), 14 its ttl ms,
+--       15 '1' to free the lease of token ARGV[8] after the save (save_releasing)
+-- Returns {'ok', checkpoint count after the append (0 if none or a repeat), granted token,
+--          deadline ms} or an error tuple ({'held'}: another owner holds the lease).
 local P, id, expected = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local owner = ARGV[13] or ''
 local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid')
-if cur[1] and tonumber(cur[1]) == expected + 1 and cur[3] == ARGV[10] then return {'ok'} end
-if ARGV[8] ~= '' then
+local token = ARGV[8]
+local lease_now, grant_new = nil, false
+if owner ~= '' then
+  -- The grant is decided before anything is written, and written only with the record.
+  lease_now = now_ms()
+  local f = redis.call('HMGET', KEYS[3], 'owner', 'token', 'deadline')
+  if f[1] and f[1] ~= '' and tonumber(f[3]) > lease_now then
+    if f[1] ~= owner then return {'held'} end
+    token = f[2]
+  else
+    grant_new = true
+    token = tostring(tonumber(redis.call('HGET', KEYS[3], 'max') or '0') + 1)
+  end
+end
+if cur[1] and tonumber(cur[1]) == expected + 1 and cur[3] == ARGV[10] then return {'ok', 0, token, 0} end
+if token ~= '' and not grant_new then
   local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
-  if tonumber(ARGV[8]) < max then return {'fenced', max} end
+  if tonumber(token) < max then return {'fenced', max} end
 end
 if expected == 0 then
   if cur[1] then return {'exists'} end
@@ -100,6 +121,18 @@ else
 end
 local base = ARGV[11] or ''
 if base ~= '' and redis.call('HGET', KEYS[1], 'ctip') ~= base then return {'rebase'} end
+local deadline = 0
+if owner ~= '' then
+  deadline = lease_now + tonumber(ARGV[14])
+  if grant_new then
+    redis.call('HSET', KEYS[3], 'max', token, 'owner', owner, 'token', token, 'deadline', deadline)
+  else
+    redis.call('HSET', KEYS[3], 'deadline', deadline)
+  end
+end
+if ARGV[15] == '1' and redis.call('HGET', KEYS[3], 'token') == token then
+  redis.call('HSET', KEYS[3], 'owner', '', 'deadline', 0)
+end
 if expected ~= 0 and cur[2] ~= ARGV[5] then redis.call('ZREM', P .. ':wf:status:' .. cur[2], id) end
 redis.call('ZADD', KEYS[4], ARGV[6], id)
 redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
@@ -115,7 +148,7 @@ if ARGV[9] ~= '' then
 else
   for i = 1, 3 do redis.call('PERSIST', KEYS[i]) end
 end
-return {'ok', count}
+return {'ok', count, token, deadline}
 """
 
 _CHECKPOINTS = r"""
@@ -295,6 +328,34 @@ class RedisStateManager(StateStore):
         fencing_token: int | None = None,
     ) -> WorkflowRecord:
         """Compare-and-set ``record`` (and append ``checkpoint``, as a delta when possible) in one script."""
+        saved, _ = await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                    fencing_token=fencing_token)
+        return saved
+
+    async def create_leased(
+        self, record: WorkflowRecord, *, owner: str, ttl: float, checkpoint: Checkpoint | None = None
+    ) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        """Grant the lease and create the record in one script (one round trip); see the port."""
+        try:
+            saved, reply = await self._save(record, expected_version=0, checkpoint=checkpoint, fencing_token=None,
+                                            owner=owner, ttl_ms=_ms(ttl))
+        except _LeaseHeld:
+            return None
+        return saved, WorkflowLease(record.workflow_id, owner, int(reply[2]), int(reply[3]) / 1000.0)
+
+    async def save_releasing(
+        self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
+        checkpoint: Checkpoint | None = None,
+    ) -> WorkflowRecord:
+        """A fenced save that frees ``lease`` once it succeeds, in one script (one round trip)."""
+        saved, _ = await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                    fencing_token=lease.fencing_token, release=True)
+        return saved
+
+    async def _save(
+        self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,
+        fencing_token: int | None, owner: str = "", ttl_ms: int = 0, release: bool = False,
+    ) -> tuple[WorkflowRecord, Any]:
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         workflow_id = record.workflow_id
         raw_record = encode(new.to_dict())
@@ -321,6 +382,9 @@ class RedisStateManager(StateStore):
                     commit_id,
                     base,
                     "" if new_tip is None else new_tip.entry_id,
+                    owner,
+                    ttl_ms,
+                    "1" if release else "",
                 ],
                 f"save workflow {workflow_id!r}",
             )
@@ -330,6 +394,8 @@ class RedisStateManager(StateStore):
             tip = None
             self._tips.pop(workflow_id, None)
         outcome = _text(reply[0])
+        if outcome == "held":
+            raise _LeaseHeld()
         if outcome == "fenced":
             raise FencingTokenRejectedError(
                 f"workflow {workflow_id!r}: write with fencing token {fencing_token} refused; "
@@ -347,7 +413,7 @@ class RedisStateManager(StateStore):
                 actual=found,
             )
         self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0)
-        return new
+        return new, reply
 
     def _remember(self, workflow_id: str, tip: ChainTip | None, count: int) -> None:
         """Keep the tip of the checkpoint just appended (``count`` entries now) for the next delta."""
@@ -481,6 +547,10 @@ class RedisStateManager(StateStore):
 
     def __repr__(self) -> str:
         return f"<RedisStateManager {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
+class _LeaseHeld(Exception):
+    """``create_leased`` found the lease held by another owner: nothing was written."""
 
 
 def _text(value: Any) -> str:

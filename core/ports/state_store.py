@@ -273,6 +273,47 @@ class StateStore:
         """Give the lease up if still held (no error if it was already lost)."""
         raise NotImplementedError
 
+    # -- merged operations (optional: the defaults compose the methods above) ------------
+
+    async def create_leased(
+        self, record: WorkflowRecord, *, owner: str, ttl: float, checkpoint: Checkpoint | None = None
+    ) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        """Acquire the lease of a new workflow for ``owner`` and create ``record`` under it.
+
+        As ``acquire_lease(record.workflow_id, owner, ttl)`` followed by ``save(record,
+        expected_version=0, checkpoint=checkpoint, fencing_token=<the grant's token>)``:
+        returns the stored record and the lease, or None (nothing written) if another
+        owner holds a live lease. ``WorkflowExistsError`` if the record exists; then a lease
+        this call granted is not kept (another owner can acquire it). Adapters may do it in one round
+        trip; this default makes two (three when the create is refused).
+        """
+        lease = await self.acquire_lease(record.workflow_id, owner, ttl)
+        if lease is None:
+            return None
+        try:
+            saved = await self.save(record, expected_version=0, checkpoint=checkpoint,
+                                    fencing_token=lease.fencing_token)
+        except BaseException:
+            await _release_quietly(self, lease)
+            raise
+        return saved, lease
+
+    async def save_releasing(
+        self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
+        checkpoint: Checkpoint | None = None,
+    ) -> WorkflowRecord:
+        """``save`` fenced by ``lease``, then give ``lease`` up: a workflow's last commit of a run.
+
+        Raises what ``save`` raises, and then the lease stays as it was. After a successful
+        save the lease is released (an adapter does both in one round trip; this default
+        releases after the save, and a release that fails leaves the lease to lapse at its
+        deadline rather than failing a commit that landed).
+        """
+        saved = await self.save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                fencing_token=lease.fencing_token)
+        await _release_quietly(self, lease)
+        return saved
+
     async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
         """The unexpired lease on ``workflow_id`` (owner, token, deadline), or None if free.
 
@@ -295,6 +336,14 @@ class StateStore:
 
     async def cache_clear(self, namespace: str) -> None:
         """Remove every entry of ``namespace``."""
+
+
+async def _release_quietly(store: StateStore, lease: WorkflowLease) -> None:
+    """``release_lease``, ignoring failures: an unreleased lease lapses at its deadline."""
+    try:
+        await store.release_lease(lease)
+    except Exception:  # noqa: BLE001 - the lease runs out on its own
+        pass
 
 
 def implements_cache(store: StateStore) -> bool:

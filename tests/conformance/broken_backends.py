@@ -431,6 +431,27 @@ class SharedLeaseStore(MemoryStateStore):
             return WorkflowLease(workflow_id, owner, held.token, held.deadline)
 
 
+class CreateLeasedKeepsLeaseStore(MemoryStateStore):
+    """``create_leased`` of an existing workflow keeps the lease it granted before finding the record."""
+
+    async def create_leased(self, record: WorkflowRecord, *, owner: str, ttl: float,
+                            checkpoint: Checkpoint | None = None) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        lease = await self.acquire_lease(record.workflow_id, owner, ttl)
+        if lease is None:
+            return None
+        saved = await self.save(record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token)
+        return saved, lease
+
+
+class SaveReleasingKeepsLeaseStore(MemoryStateStore):
+    """``save_releasing`` saves but never frees the lease."""
+
+    async def save_releasing(self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
+                             checkpoint: Checkpoint | None = None) -> WorkflowRecord:
+        return await self.save(record, expected_version=expected_version, checkpoint=checkpoint,
+                               fencing_token=lease.fencing_token)
+
+
 class StringSortedCheckpointsStore(MemoryStateStore):
     """Sorts checkpoints by their step as text: once there are more than ten, step 10 comes before 9."""
 
