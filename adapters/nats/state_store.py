@@ -7,17 +7,39 @@ Keys (workflow ids and steps escaped into key tokens):
   Our ``version`` lives inside the record; every write is a CAS on the key's KV
   revision (``Nats-Expected-Last-Subject-Sequence``), read in the same call, so version
   and revision move together.
-* ``cp.<id>.<step>.<nonce>``: one checkpoint, with ``_prev`` naming the checkpoint
-  committed before it.
+* ``cp.<id>.<step>.<nonce>``: one checkpoint *entry* (``core.checkpoint_delta``): a
+  snapshot (the full checkpoint) or a delta against the entry before it, with ``_prev``
+  naming the entry committed before it.
 * ``lease.<id>``: owner, fencing token and deadline. Never removed, so tokens only grow.
+
+Checkpoints store what changed. The record also keeps ``_cp_n`` (entries written: the
+next entry's position) and ``_snap_seq``, the stream sequence at which the newest
+snapshot was written. A store remembers the tip of the chains it wrote (a bounded
+cache) and writes a delta against it while the record it CASes still names that tip
+(``_cp``), else a snapshot; ``next_entry`` starts a new snapshot once the deltas add up
+to the state's size or ``MAX_CHAIN`` entries. Reading the newest checkpoints is one
+batched direct get of the workflow's entries from ``_snap_seq`` on (rewrites only move an
+entry to a later sequence, so this is a lower bound), walked back from ``_cp`` through
+``_prev`` (entries of writers that lost their CAS are never on the walk) and rebuilt;
+older ones (``before``, no ``limit``, a chain shorter than ``limit``) read every entry of
+the workflow the same way. So a restore reads at most about twice the state's size.
 
 Atomicity of record + checkpoint. KV has no multi-key transaction, so ``save`` writes
 the checkpoint first under a key no other writer can use (a fresh nonce), then CASes
 the record to point at it. The record CAS is the commit: a writer that loses it leaves
 an orphan checkpoint (removed best effort) that no record points to. Readers walk the
 chain from the record's ``_cp`` through ``_prev``, so they see exactly the checkpoints
-of committed saves, in commit order: it looks atomic. Round trips: ``save`` 2 (get,
-CAS), 3 with a checkpoint, +1 with a fencing token (lease read).
+of committed saves, in commit order: it looks atomic.
+
+Round trips. A store remembers the record (and revision) of its own last write per
+workflow (a bounded cache): a save whose expected version matches it CASes against that
+revision without reading (1 round trip, 2 with a checkpoint); a CAS that fails because
+anyone else wrote meanwhile (a new lease holder raises ``_fence`` in the record, so a
+stale holder always fails here) drops the cached copy and takes the full path: read the
+record (and the lease, with a fencing token), check, CAS. A create (expected version 0)
+reads the lease when fenced. It remembers its own leases the same way: renewing and
+releasing CAS against the cached revision first. ``acquire_lease`` reads lease and record
+in one batched read.
 
 Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
 record's ``_fence``; granting a new lease CASes ``_fence`` into the record before
@@ -51,14 +73,18 @@ import time
 import uuid
 from typing import Any
 
+from collections import OrderedDict
+
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import token
+from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     LeaseLostError,
+    PayloadDecodeError,
     VersionConflictError,
     WorkflowExistsError,
 )
@@ -75,6 +101,20 @@ __all__ = ["NatsStateStore"]
 
 # Seconds of safety between the record's expiry and the first checkpoint's (clock, rounding).
 _CP_MARGIN = 1.0
+# Workflows whose last written record, lease and checkpoint tip a store remembers.
+_KEPT = 256
+
+
+def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _KEPT:
+        cache.popitem(last=False)
+
+
+def _with_prev(entry: bytes, prev: str | None) -> bytes:
+    """``entry`` (a JSON object) with ``"_prev": prev`` added as its last field."""
+    return entry[:-1] + b',"_prev":' + encode(prev) + b"}"
 
 
 class NatsStateStore(StateStore):
@@ -83,6 +123,12 @@ class NatsStateStore(StateStore):
     def __init__(self, conn: NatsConnection, *, state_ttl: float | None = None) -> None:
         self._conn = conn
         self.state_ttl = state_ttl
+        # workflow -> (stored record body, KV revision) of this store's own last write.
+        self._records: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        # workflow -> (lease body, KV revision) of this store's own last lease write.
+        self._leases: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        # workflow -> (tip of the newest checkpoint entry this store wrote, its key).
+        self._tips: OrderedDict[str, tuple[ChainTip, str]] = OrderedDict()
 
     @property
     def _kv(self) -> Any:
@@ -123,42 +169,102 @@ class NatsStateStore(StateStore):
         workflow_id = record.workflow_id
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         body = new.to_dict()
-        cp_body = None if checkpoint is None else checkpoint.to_dict()
         encode(body)  # not JSON: fail before writing anything
         with self._errors(f"save workflow {workflow_id!r}"):
+            cached = self._cached_record(workflow_id, expected_version, fencing_token)
+            if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached):
+                return new
             stored, revision = await self._record(workflow_id)
             if fencing_token is not None:
                 await self._check_fence(workflow_id, stored, fencing_token)
             self._check_version(workflow_id, stored, expected_version)
-            cp_key = None if stored is None else stored.get("_cp")
-            cp_ttl = None if self.state_ttl is None else self.state_ttl * 2
-            cp_until = None if stored is None else stored.get("_cp_until")
-            if cp_ttl is not None and cp_key is not None and self.state_ttl is not None:
-                now = time.time()
-                if cp_until is None or float(cp_until) <= now + self.state_ttl + _CP_MARGIN:
-                    await self._refresh_checkpoints(workflow_id, cp_key, cp_ttl)
-                    cp_until = now + cp_ttl
-            if cp_body is not None:
-                assert checkpoint is not None
-                new_key = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
-                await kv.put(self._conn.js, self._kv, new_key, encode({**cp_body, "_prev": cp_key}), ttl=cp_ttl)
-                if cp_ttl is not None and cp_until is None:
-                    cp_until = time.time() + cp_ttl
-                cp_key = new_key
-            fence = max(int((stored or {}).get("_fence", 0)), fencing_token or 0)
-            expires_at = None if self.state_ttl is None else time.time() + self.state_ttl
-            raw = encode({**body, "_cp": cp_key, "_fence": fence, "_expires_at": expires_at, "_cp_until": cp_until})
-            key = f"wf.{token(workflow_id)}"
-            if await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl) is None:
-                if cp_body is not None and cp_key is not None:
-                    with contextlib.suppress(Exception):
-                        await kv.remove(self._conn.js, self._kv, cp_key)
-                stored, _ = await self._record(workflow_id)
-                if fencing_token is not None:
-                    await self._check_fence(workflow_id, stored, fencing_token)
-                self._check_version(workflow_id, stored, expected_version)
-                raise self._conflict(workflow_id, expected_version, None if stored is None else int(stored["version"]))
-        return new
+            if await self._write(workflow_id, body, checkpoint, fencing_token, stored, revision):
+                return new
+            stored, _ = await self._record(workflow_id)
+            if fencing_token is not None:
+                await self._check_fence(workflow_id, stored, fencing_token)
+            self._check_version(workflow_id, stored, expected_version)
+            raise self._conflict(workflow_id, expected_version, None if stored is None else int(stored["version"]))
+
+    def _cached_record(
+        self, workflow_id: str, expected_version: int, fencing_token: int | None
+    ) -> tuple[dict[str, Any], int] | None:
+        """This store's own last write of the record, if a save may CAS against it unread."""
+        cached = self._records.get(workflow_id)
+        if cached is None or expected_version == 0:
+            return None
+        stored, _ = cached
+        if int(stored["version"]) != expected_version:
+            return None
+        if fencing_token is not None and fencing_token < int(stored.get("_fence", 0)):
+            return None
+        expires_at = stored.get("_expires_at")
+        if expires_at is not None and float(expires_at) <= time.time() + _CP_MARGIN:
+            return None  # about to expire: the full path decides
+        return cached
+
+    async def _write(
+        self,
+        workflow_id: str,
+        body: dict[str, Any],
+        checkpoint: Checkpoint | None,
+        fencing_token: int | None,
+        stored: dict[str, Any] | None,
+        revision: int,
+    ) -> bool:
+        """Write the checkpoint entry (if any), then CAS the record at ``revision``: the commit.
+
+        False if the CAS lost (the entry is removed again, the caches of the workflow dropped).
+        """
+        cp_key = None if stored is None else stored.get("_cp")
+        cp_n = 0 if stored is None else int(stored.get("_cp_n") or 0)
+        snap_seq = None if stored is None else stored.get("_snap_seq")
+        cp_ttl = None if self.state_ttl is None else self.state_ttl * 2
+        cp_until = None if stored is None else stored.get("_cp_until")
+        if cp_ttl is not None and cp_key is not None and self.state_ttl is not None:
+            now = time.time()
+            if cp_until is None or float(cp_until) <= now + self.state_ttl + _CP_MARGIN:
+                await self._refresh_checkpoints(workflow_id, cp_key, cp_ttl)
+                cp_until = now + cp_ttl
+        new_tip: ChainTip | None = None
+        written: str | None = None
+        if checkpoint is not None:
+            known = self._tips.get(workflow_id)
+            # A delta only against the entry the record we CAS names (and at the position it says).
+            tip = known[0] if known is not None and known[1] == cp_key and known[0].index == cp_n - 1 else None
+            entry, new_tip = next_entry(checkpoint, tip, index=cp_n)
+            written = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
+            seq = await kv.put(self._conn.js, self._kv, written, _with_prev(entry, cp_key), ttl=cp_ttl)
+            if new_tip.depth == 0:
+                snap_seq = seq
+            if cp_ttl is not None and cp_until is None:
+                cp_until = time.time() + cp_ttl
+            cp_key, cp_n = written, cp_n + 1
+        private = {
+            "_cp": cp_key,
+            "_cp_n": cp_n,
+            "_snap_seq": snap_seq,
+            "_fence": max(int((stored or {}).get("_fence", 0)), fencing_token or 0),
+            "_expires_at": None if self.state_ttl is None else time.time() + self.state_ttl,
+            "_cp_until": cp_until,
+        }
+        key = f"wf.{token(workflow_id)}"
+        new_revision = await kv.cas(self._conn.js, self._kv, key, encode({**body, **private}), last=revision,
+                                    ttl=self.state_ttl)
+        if new_revision is None:
+            self._forget(workflow_id)
+            if written is not None:
+                with contextlib.suppress(Exception):
+                    await kv.remove(self._conn.js, self._kv, written)
+            return False
+        _bounded_put(self._records, workflow_id, ({"version": body["version"], **private}, new_revision))
+        if new_tip is not None:
+            _bounded_put(self._tips, workflow_id, (new_tip, cp_key))
+        return True
+
+    def _forget(self, workflow_id: str) -> None:
+        self._records.pop(workflow_id, None)
+        self._tips.pop(workflow_id, None)
 
     async def _refresh_checkpoints(self, workflow_id: str, head: str, ttl: float) -> None:
         """Rewrite the checkpoint chain ending at ``head`` with a fresh per-message ``ttl``."""
@@ -198,33 +304,48 @@ class NatsStateStore(StateStore):
     async def list_checkpoints(
         self, workflow_id: str, *, limit: int | None = None, before: int | None = None
     ) -> list[Checkpoint]:
+        if limit is not None and limit <= 0:
+            return []
         with self._errors(f"list checkpoints of workflow {workflow_id!r}"):
             stored, _ = await self._record(workflow_id)
             if stored is None or not stored.get("_cp"):
                 return []
-            if limit is not None and limit >= 0 and before is None:  # the newest few: read only those
-                return await self._chain_head(stored["_cp"], limit)
-            entries = {e.key: decode(e.value) for e in await kv.scan(self._conn.js, self._kv, f"cp.{token(workflow_id)}.>")}
-        chain: list[Checkpoint] = []
-        key = stored.get("_cp")
-        while key and key in entries:
-            chain.append(Checkpoint.from_dict(entries[key]))
-            key = entries[key].get("_prev")
-        chain.reverse()  # oldest first, as checkpoints_page expects
-        return checkpoints_page(chain, limit=limit, before=before)
+            snap_seq = stored.get("_snap_seq")
+            if limit is not None and snap_seq:
+                # The newest chain first: from its snapshot on, usually all that is wanted.
+                chain, complete = await self._chain(workflow_id, stored, int(snap_seq))
+                if complete:
+                    return self._rebuild(chain, limit, before)
+                with contextlib.suppress(PayloadDecodeError):
+                    found = self._rebuild(chain, limit, before)
+                    if len(found) == limit:
+                        return found
+            chain, _ = await self._chain(workflow_id, stored, 1)
+        return self._rebuild(chain, limit, before)
 
-    async def _chain_head(self, head: str, limit: int) -> list[Checkpoint]:
-        """The newest ``limit`` checkpoints, read one key at a time from ``head`` (no scan of the rest)."""
-        newest: list[Checkpoint] = []
-        key: str | None = head
-        while key and len(newest) < limit:
-            entry = await kv.get(self._kv, key)
-            if entry is None:  # expired: the chain ends here, as it does for a scan
-                break
-            body = decode(entry.value)
-            newest.append(Checkpoint.from_dict(body))
-            key = body.get("_prev")
-        return newest
+    async def _chain(self, workflow_id: str, stored: dict[str, Any], start: int) -> tuple[list[tuple[int, bytes]], bool]:
+        """The committed entries stored from sequence ``start`` on, oldest first, with their
+        positions; and whether that is the whole chain (it reached the first entry)."""
+        entries = {e.key: e.value for e in await kv.get_range(self._kv, f"cp.{token(workflow_id)}.>", start=start)}
+        chain: list[bytes] = []
+        key: str | None = stored.get("_cp")
+        while key and key in entries:
+            raw = entries.pop(key)  # popped: a damaged chain cannot loop
+            chain.append(raw)
+            key = decode(raw).get("_prev")
+        chain.reverse()
+        head = int(stored.get("_cp_n") or 0) - 1
+        first = head - len(chain) + 1
+        return [(first + offset, raw) for offset, raw in enumerate(chain)], not key
+
+    @staticmethod
+    def _rebuild(chain: list[tuple[int, bytes]], limit: int | None, before: int | None) -> list[Checkpoint]:
+        # Deltas whose snapshot was not read (expired, or before the range) cannot be rebuilt.
+        while chain and delta_snap(chain[0][1]) is not None:
+            chain = chain[1:]
+        if not chain:
+            return []
+        return rebuild([raw for _, raw in chain], chain[0][0], limit=limit, before=before)
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._errors("list workflows"):
@@ -242,6 +363,8 @@ class NatsStateStore(StateStore):
             await self._conn.js.purge_stream(f"KV_{self._conn.names.state_bucket}",
                                              subject=f"$KV.{self._conn.names.state_bucket}.cp.{token(workflow_id)}.>")
             await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")
+            self._forget(workflow_id)
+            self._leases.pop(workflow_id, None)
             lease, revision = await self._lease(workflow_id)
             if lease is not None and lease.get("owner"):
                 # Keep the token (tokens only grow), drop the holder.
@@ -283,8 +406,7 @@ class NatsStateStore(StateStore):
         key = f"lease.{token(workflow_id)}"
         with self._errors(f"acquire the lease of workflow {workflow_id!r}"):
             while True:
-                current, revision = await self._lease(workflow_id)
-                stored, _ = await self._record(workflow_id)
+                (current, revision), (stored, _) = await self._lease_and_record(workflow_id)
                 now = time.time()
                 # A lease taken on an existing record ends with it (state_ttl, delete).
                 orphaned = current is not None and bool(current.get("bound")) and stored is None
@@ -297,11 +419,36 @@ class NatsStateStore(StateStore):
                     new = {"owner": owner, "token": int((current or {}).get("token", 0)) + 1, "deadline": now + ttl,
                            "bound": stored is not None}
                     granted = True
-                if await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision) is None:
+                new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
+                if new_revision is None:
                     continue
+                _bounded_put(self._leases, workflow_id, (new, new_revision))
                 if granted:
                     await self._raise_fence(workflow_id, int(new["token"]))
                 return WorkflowLease(workflow_id, owner, int(new["token"]), float(new["deadline"]))
+
+    async def _lease_and_record(
+        self, workflow_id: str
+    ) -> tuple[tuple[dict[str, Any] | None, int], tuple[dict[str, Any] | None, int]]:
+        """``_lease`` and ``_record`` in one batched read."""
+        lease_key, record_key = f"lease.{token(workflow_id)}", f"wf.{token(workflow_id)}"
+        entries = await kv.get_many(self._kv, [lease_key, record_key])
+        lease_entry, record_entry = entries.get(lease_key), entries.get(record_key)
+        lease = (None, 0) if lease_entry is None else (decode(lease_entry.value), lease_entry.revision)
+        if record_entry is None:
+            return lease, (None, 0)
+        stored = decode(record_entry.value)
+        expires_at = stored.get("_expires_at")
+        if expires_at is not None and float(expires_at) <= time.time():
+            return lease, (None, record_entry.revision)
+        return lease, (stored, record_entry.revision)
+
+    def _own_lease(self, lease: WorkflowLease) -> tuple[dict[str, Any], int] | None:
+        """The lease as this store last wrote it, if that write granted or renewed ``lease``."""
+        cached = self._leases.get(lease.workflow_id)
+        if cached is None or not cached[0].get("owner") or int(cached[0].get("token", 0)) != lease.fencing_token:
+            return None
+        return cached
 
     async def _raise_fence(self, workflow_id: str, fence: int) -> None:
         """Record a new token in the record so that older holders lose their next CAS."""
@@ -324,8 +471,10 @@ class NatsStateStore(StateStore):
     async def renew_lease(self, lease: WorkflowLease, ttl: float) -> WorkflowLease:
         key = f"lease.{token(lease.workflow_id)}"
         with self._errors(f"renew the lease of workflow {lease.workflow_id!r}"):
+            own = self._own_lease(lease)
             for _ in range(10):
-                current, revision = await self._lease(lease.workflow_id)
+                # First against this store's own last write (no read); a lost CAS reads.
+                current, revision = own if own is not None else await self._lease(lease.workflow_id)
                 now = time.time()
                 if (
                     current is None
@@ -333,9 +482,15 @@ class NatsStateStore(StateStore):
                     or int(current["token"]) != lease.fencing_token
                     or float(current["deadline"]) <= now
                 ):
+                    if own is not None:
+                        own = None
+                        continue  # decided on the stored lease, not our copy
                     break
+                own = None
                 new = {**current, "deadline": now + ttl}
-                if await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision) is not None:
+                new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
+                if new_revision is not None:
+                    _bounded_put(self._leases, lease.workflow_id, (new, new_revision))
                     return WorkflowLease(lease.workflow_id, lease.owner, lease.fencing_token, float(new["deadline"]))
         raise LeaseLostError(
             f"workflow {lease.workflow_id!r}: lease of {lease.owner!r} (token {lease.fencing_token}) "
@@ -345,8 +500,13 @@ class NatsStateStore(StateStore):
     async def release_lease(self, lease: WorkflowLease) -> None:
         key = f"lease.{token(lease.workflow_id)}"
         with self._errors(f"release the lease of workflow {lease.workflow_id!r}"):
+            own = self._leases.pop(lease.workflow_id, None)
+            if own is not None and int(own[0].get("token", 0)) != lease.fencing_token:
+                own = None
             for _ in range(10):
-                current, revision = await self._lease(lease.workflow_id)
+                # First against this store's own last write (no read); a lost CAS reads.
+                current, revision = own if own is not None else await self._lease(lease.workflow_id)
+                own = None
                 if current is None or not current.get("owner") or int(current["token"]) != lease.fencing_token:
                     return
                 freed = {**current, "owner": None, "deadline": 0.0}

@@ -62,13 +62,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
+from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
@@ -97,6 +98,10 @@ _MOVED = object()
 # How often a waiting claim or wait_results looks again when no wake-up came (delayed
 # re-deliveries and AckWait expiries publish no wake-up).
 _POLL = 0.2
+# Longest wait_results sleeps between reads, in case a done event was lost (reconnect).
+_RESULT_POLL = 1.0
+# Tasks whose messages (then records) enqueue_many has in flight at once.
+_ENQUEUE_CHUNK = 256
 
 
 @dataclass
@@ -133,6 +138,7 @@ class NatsTaskQueue(TaskQueue):
         self.result_ttl = result_ttl
         self._held: dict[str, _Held] = {}
         self._ack_waits: dict[tuple[str, int], float] = {}
+        self._done = DoneEvents(conn)
 
     # -- helpers -----------------------------------------------------------------------
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
@@ -190,8 +196,10 @@ class NatsTaskQueue(TaskQueue):
         # Core NATS, no round trip: a lost wake-up only costs a waiting claimer one poll.
         await self._conn.nc.publish(self._conn.names.wake_subject(node_type), b"")
 
-    async def _notify_done(self, task_id: str) -> None:
-        await self._conn.nc.publish(self._conn.names.done_subject, task_id.encode())
+    async def _notify_done(self, task_id: str, result: TaskResult | None = None) -> None:
+        # After the result is stored (the commit): the event may carry it, see done_events.
+        self._done.record(task_id, result)
+        await self._conn.nc.publish(self._conn.names.done_subject, done_payload(task_id, result))
 
     async def _claim_index(self, node_type: str, task_id: str, present: bool) -> None:
         key = f"{token(node_type)}.{token(task_id)}"
@@ -203,6 +211,16 @@ class NatsTaskQueue(TaskQueue):
     # -- producing ---------------------------------------------------------------------
     async def enqueue(self, task: Task) -> bool:
         raw = encode(task_to_dict(task))
+        with self._errors(f"enqueue task {task.id!r}"):
+            await self._done.ensure()
+            # Expected before it can run: its done event is kept for wait_results.
+            self._done.expect(task.id)
+            created = await self._enqueue(task, raw)
+            if not created:
+                self._done.forget([task.id])  # someone else's task: wait_results reads it
+            return created
+
+    async def _enqueue(self, task: Task, raw: bytes) -> bool:
         with self._errors(f"enqueue task {task.id!r}"):
             await self._ensure_consumer(task.node_type, task.priority)
             subject = self._conn.names.task_subject(task.node_type, task.priority)
@@ -220,20 +238,75 @@ class NatsTaskQueue(TaskQueue):
                 last = found.revision
             record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
             if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=last) is None:
-                found = await self._read(task.id)
-                if found.record is not None and found.record.get("seq") == ack.seq:
-                    return True  # a claimer adopted our message before we wrote the record
-                if last == 0 and found.record is not None and await self._id_is_free(task.id, found, None):
-                    # A finished task whose result expired (its record awaits the server's TTL).
-                    if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=found.revision):
-                        await self._wake(task.node_type)
-                        return True
-                # The id was seen before (outside the dedup window): withdraw our copy.
-                with contextlib.suppress(Exception):
-                    await self._conn.js.delete_msg(self._conn.names.task_stream, int(ack.seq))
-                return False
+                return await self._record_exists(task, record, int(ack.seq), last)
             await self._wake(task.node_type)
             return True
+
+    async def _record_exists(self, task: Task, record: dict[str, Any], seq: int, last: int) -> bool:
+        """Our message (stream sequence ``seq``) is stored but creating ``record`` found one."""
+        found = await self._read(task.id)
+        if found.record is not None and found.record.get("seq") == seq:
+            return True  # a claimer adopted our message before we wrote the record
+        if last == 0 and found.record is not None and await self._id_is_free(task.id, found, None):
+            # A finished task whose result expired (its record awaits the server's TTL).
+            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=found.revision):
+                await self._wake(task.node_type)
+                return True
+        # The id was seen before (outside the dedup window): withdraw our copy.
+        with contextlib.suppress(Exception):
+            await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
+        return False
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        """``enqueue`` each task, pipelined: the messages of up to ``_ENQUEUE_CHUNK`` tasks
+        are published together, then their records created together (two round-trip
+        latencies per chunk, not two per task), then one wake-up per node type. A publish
+        the server reports as a duplicate, or a record that exists, takes ``enqueue``'s
+        path for that task. The same guarantees as ``enqueue``: message before record."""
+        first: dict[str, int] = {}
+        for index, task in enumerate(tasks):
+            first.setdefault(task.id, index)
+        unique = [tasks[index] for index in first.values()]
+        created: dict[str, bool] = {}
+        with self._errors(f"enqueue {len(unique)} tasks"):
+            await self._done.ensure()
+            for task in unique:
+                self._done.expect(task.id)
+            for node_type, priority in dict.fromkeys((t.node_type, t.priority) for t in unique):
+                await self._ensure_consumer(node_type, priority)
+            for start in range(0, len(unique), _ENQUEUE_CHUNK):
+                chunk = unique[start:start + _ENQUEUE_CHUNK]
+                created.update(zip((t.id for t in chunk), await self._enqueue_chunk(chunk)))
+            self._done.forget([task_id for task_id, flag in created.items() if not flag])
+        return [first[task.id] == index and created[task.id] for index, task in enumerate(tasks)]
+
+    async def _enqueue_chunk(self, chunk: Sequence[Task]) -> list[bool]:
+        js, names = self._conn.js, self._conn.names
+        raws = [encode(task_to_dict(task)) for task in chunk]
+        acks = await asyncio.gather(*(
+            js.publish(names.task_subject(task.node_type, task.priority), raw,
+                       headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            for task, raw in zip(chunk, raws)))
+        records = [_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
+                   for task, ack in zip(chunk, acks)]
+        fresh = [index for index, ack in enumerate(acks) if not ack.duplicate]
+        revisions = await asyncio.gather(*(
+            kv.cas(js, self._tasks, token(chunk[index].id), encode(records[index]), last=0) for index in fresh))
+        flags = [False] * len(chunk)
+        woken: set[str] = set()
+        for index, revision in zip(fresh, revisions):
+            if revision is not None:
+                flags[index] = True
+                woken.add(chunk[index].node_type)
+        for index, ack in enumerate(acks):
+            task = chunk[index]
+            if ack.duplicate:
+                flags[index] = await self._enqueue(task, raws[index])
+            elif not flags[index]:
+                flags[index] = await self._record_exists(task, records[index], int(ack.seq), 0)
+        for node_type in woken:
+            await self._wake(node_type)
+        return flags
 
     async def _id_is_free(self, task_id: str, found: _Found, seq: int | None) -> bool:
         """Whether a known task id may be enqueued again: its task finished (acked, cancelled,
@@ -498,7 +571,7 @@ class NatsTaskQueue(TaskQueue):
                 await send_ack(self._conn.nc, claim.lease_id, "ack")
             except Exception as exc:  # the result is stored: a redelivery will just be acked
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, exc)
-            await self._notify_done(claim.task.id)
+            await self._notify_done(claim.task.id, TaskResult.from_dict(stored))
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
@@ -587,7 +660,7 @@ class NatsTaskQueue(TaskQueue):
         await self._claim_index(record["node_type"], record["id"], False)
         with contextlib.suppress(Exception):
             await send_ack(self._conn.nc, lease_id, "ack")
-        await self._notify_done(record["id"])
+        await self._notify_done(record["id"], result)
         return True
 
     async def _write_dead_letter(self, record: Mapping[str, Any], task: Task | None, raw: bytes | None) -> None:
@@ -643,13 +716,14 @@ class NatsTaskQueue(TaskQueue):
         headers = msg.headers or {}
         task_id = headers.get("Da-Task-Id") or f"raw-{stream_sequence(msg.reply or '')}"
         now = time.time()
+        result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
         record = {**_new_record(task_id, node_type, 0, None, seq=0), "state": "dead", "reason": reason,
                   "errors": [reason], "dead_at": now, "expires_at": now + self.result_ttl,
-                  "result": TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now).to_dict()}
+                  "result": result.to_dict()}
         await kv.put(self._conn.js, self._tasks, token(task_id), encode(record), ttl=self.result_ttl)
         await self._write_dead_letter(record, None, bytes(msg.data))
         await send_ack(self._conn.nc, msg.reply or "", "ack")
-        await self._notify_done(task_id)
+        await self._notify_done(task_id, result)
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         with self._errors("list dead letters"):
@@ -688,6 +762,7 @@ class NatsTaskQueue(TaskQueue):
             # Fails harmlessly if a claimer adopted the message or the task was cancelled first.
             await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": int(ack.seq)}), last=revision)
             await kv.remove(self._conn.js, self._dead, matches[-1].key)
+            self._done.forget([task_id])  # its failed result is gone
             await self._wake(task.node_type)
             return True
 
@@ -704,43 +779,64 @@ class NatsTaskQueue(TaskQueue):
     async def get_result(self, task_id: str) -> TaskResult | None:
         with self._errors(f"read the result of task {task_id!r}"):
             found = await self._read(task_id)
-        record = found.record
-        if record is None or record.get("state") not in ("done", "dead") or not record.get("result"):
-            return None
-        # The server's per-message TTL has whole-second resolution; expire exactly here.
-        if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
-            return None
-        return TaskResult.from_dict(record["result"])
+        return _result_of(found.record)
+
+    async def _results(self, ids: Collection[str]) -> dict[str, TaskResult]:
+        """Stored results of ``ids`` (one batched read per 256 ids)."""
+        keys = {token(task_id): task_id for task_id in ids}
+        entries = await kv.get_many(self._tasks, list(keys))
+        found = {}
+        for key, entry in entries.items():
+            result = _result_of(decode(entry.value))
+            if result is not None and key in keys:
+                found[keys[key]] = result
+        return found
 
     async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
+        """Finished results among ``task_ids``; waits (woken by done events) up to ``timeout``.
+
+        Ids this queue enqueued are not read (unless ``timeout`` is 0): their done events,
+        kept since the enqueue, carry the result (see ``done_events``). Other ids are read,
+        in one batched read. A wait that no event ends within ``_RESULT_POLL`` reads every
+        id, in case an event was lost. So waiting on a fan-out costs O(tasks) reads at most
+        in all, and usually none.
+        """
         ids = list(dict.fromkeys(task_ids))
-        wanted = set(ids)
-        woken = asyncio.Event()
-
-        async def on_done(msg: Msg) -> None:
-            if msg.data.decode(errors="replace") in wanted:
-                woken.set()
-
-        give_up = time.monotonic() + timeout
+        if not ids:
+            return {}
         with self._errors("wait for task results"):
-            sub = await self._conn.nc.subscribe(self._conn.names.done_subject, cb=on_done)
-        try:
-            while True:
-                woken.clear()
-                found = {}
-                for task_id in ids:
-                    result = await self.get_result(task_id)
-                    if result is not None:
-                        found[task_id] = result
-                remaining = give_up - time.monotonic()
-                if found or remaining <= 0:
-                    return found
-                # Poll now and then as well: a notification is lost if we reconnect.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await self._done.ensure()
+            found, bare = self._done.take(ids)
+            if len(found) == len(ids):
+                return found
+            check: list[str] | None = [t for t in ids if t not in found and (timeout <= 0 or not self._done.expecting(t))]
+            check += bare
+            give_up = time.monotonic() + timeout
+            # Registered before reading, so an event that comes during the read still wakes it.
+            async with self._done.watch(ids) as waiter:
+                while True:
+                    kept, bare = self._done.take(ids)
+                    found.update(kept)
+                    if check is not None:
+                        check += bare
+                    unread = [t for t in (ids if check is None else check) if t not in found]
+                    if unread:
+                        found.update(await self._results(unread))
+                    if found:
+                        self._done.forget(found)
+                        return found
+                    remaining = give_up - time.monotonic()
+                    if remaining <= 0:
+                        return {}
+                    if not await waiter.wait(min(remaining, _RESULT_POLL)):
+                        check = None  # nothing came: read everything once
+                        continue
+                    check = []
+                    for task_id, result in waiter.take_fired():
+                        if result is not None:
+                            found[task_id] = result
+                        else:
+                            check.append(task_id)
 
     async def cancel(self, task_id: str) -> bool:
         with self._errors(f"cancel task {task_id!r}"):
@@ -771,6 +867,7 @@ class NatsTaskQueue(TaskQueue):
         return QueueStats(node_type, max(waiting - in_flight, 0), in_flight, dead)
 
     async def close(self) -> None:
+        await self._done.close()
         keepers = [held.keeper for held in self._held.values() if held.keeper is not None]
         self._held.clear()
         for keeper in keepers:
@@ -778,6 +875,16 @@ class NatsTaskQueue(TaskQueue):
         for keeper in keepers:
             with contextlib.suppress(BaseException):
                 await keeper
+
+
+def _result_of(record: Mapping[str, Any] | None) -> TaskResult | None:
+    """The result a task record holds, or None (pending, cancelled, expired)."""
+    if record is None or record.get("state") not in ("done", "dead") or not record.get("result"):
+        return None
+    # The server's per-message TTL has whole-second resolution; expire exactly here.
+    if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
+        return None
+    return TaskResult.from_dict(record["result"])
 
 
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""The "done" events of one task queue: a subscription kept for the queue's life.
+
+An ack or a dead-lettering stores the task's result (the commit), then publishes a core
+NATS message on ``<p>.done``: a JSON object ``{"id": task id, "result": TaskResult}``,
+the result left out when it is large (``INLINE_LIMIT`` bytes), so a waiter woken by it
+needs no read. Older publishers sent the bare id; that is understood too.
+
+``DoneEvents`` subscribes once (before the queue's first enqueue) and keeps, for the
+ids the queue enqueued itself (``expect``), the event that came for them until
+``wait_results`` asks (``take``); a waiter registered with ``watch`` is woken by events
+of its ids. Core NATS does not redeliver: events sent while the connection was down are
+lost, so when the client reconnected (or the connection was replaced) everything kept is
+dropped and the ids count as not expected, which makes ``wait_results`` read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection
+from typing import TYPE_CHECKING, Any
+
+from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.message_bus import flush_in_order
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import PayloadDecodeError
+from distributed_agents.core.ports.task_queue import TaskResult
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+__all__ = ["INLINE_LIMIT", "DoneEvents", "done_payload", "parse_done"]
+
+# Results whose JSON is longer than this go out without the result (waiters read it).
+INLINE_LIMIT = 32 * 1024
+
+
+def done_payload(task_id: str, result: TaskResult | None) -> bytes:
+    """The event announcing ``task_id``'s stored result (inline if small)."""
+    if result is not None:
+        raw = encode({"id": task_id, "result": result.to_dict()})
+        if len(raw) <= INLINE_LIMIT:
+            return raw
+    return encode({"id": task_id})
+
+
+def parse_done(data: bytes) -> tuple[str, TaskResult | None]:
+    """``(task id, inline result or None)`` of a done event."""
+    try:
+        body = decode(data)
+    except PayloadDecodeError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        return data.decode("utf-8", "replace"), None  # a bare id (older publishers)
+    result = body.get("result")
+    if not isinstance(result, dict):
+        return body["id"], None
+    try:
+        return body["id"], TaskResult.from_dict(result)
+    except (KeyError, TypeError, ValueError):
+        return body["id"], None
+
+
+class _Waiter:
+    def __init__(self, ids: Collection[str]) -> None:
+        self.ids = set(ids)
+        self.event = asyncio.Event()
+        self.fired: list[tuple[str, TaskResult | None]] = []
+
+    async def wait(self, timeout: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
+        return self.event.is_set()
+
+    def take_fired(self) -> list[tuple[str, TaskResult | None]]:
+        fired, self.fired = self.fired, []
+        self.event.clear()
+        return fired
+
+
+class DoneEvents:
+    """Done events kept for ids this queue enqueued; waiters woken by their ids' events."""
+
+    def __init__(self, conn: NatsConnection, limit: int = 20_000) -> None:
+        self._conn = conn
+        self._limit = limit
+        # id -> (event came, its inline result)
+        self._entries: OrderedDict[str, tuple[bool, TaskResult | None]] = OrderedDict()
+        self._waiters: list[_Waiter] = []
+        self._sub: Any = None
+        self._client: Any = None
+        self._reconnects = 0
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        """Subscribe (once per client) and drop what was kept if events may have been lost."""
+        nc = self._conn.nc
+        if self._client is nc and self._sub is not None:
+            reconnects = int(nc.stats.get("reconnects", 0))
+            if reconnects != self._reconnects:
+                self._reconnects = reconnects
+                self._entries.clear()
+            return
+        async with self._lock:
+            if self._client is nc and self._sub is not None:
+                return
+            self._entries.clear()
+            self._sub = await nc.subscribe(self._conn.names.done_subject, cb=self._on_message)
+            # The server knows the subscription before any enqueue that follows is acked.
+            await flush_in_order(nc)
+            self._client = nc
+            self._reconnects = int(nc.stats.get("reconnects", 0))
+
+    def expect(self, task_id: str) -> None:
+        self._entries[task_id] = (False, None)
+        self._entries.move_to_end(task_id)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def expecting(self, task_id: str) -> bool:
+        return task_id in self._entries
+
+    def forget(self, ids: Collection[str]) -> None:
+        for task_id in ids:
+            self._entries.pop(task_id, None)
+
+    def take(self, ids: Collection[str]) -> tuple[dict[str, TaskResult], list[str]]:
+        """Results whose events came, and ids whose event came without the result (to read)."""
+        found: dict[str, TaskResult] = {}
+        bare: list[str] = []
+        for task_id in ids:
+            entry = self._entries.get(task_id)
+            if entry is None or not entry[0]:
+                continue
+            del self._entries[task_id]
+            if entry[1] is None:
+                bare.append(task_id)
+            else:
+                found[task_id] = entry[1]
+        return found, bare
+
+    @contextlib.asynccontextmanager
+    async def watch(self, ids: Collection[str]) -> AsyncIterator[_Waiter]:
+        waiter = _Waiter(ids)
+        self._waiters.append(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters.remove(waiter)
+
+    async def _on_message(self, msg: Msg) -> None:
+        self.record(*parse_done(msg.data))
+
+    def record(self, task_id: str, result: TaskResult | None) -> None:
+        """An event came (or this process stored the result itself: its own event is then
+        kept at once, so a wait that follows its ack never misses it)."""
+        if task_id in self._entries:
+            self._entries[task_id] = (True, result)
+        for waiter in self._waiters:
+            if task_id in waiter.ids:
+                waiter.fired.append((task_id, result))
+                waiter.event.set()
+
+    async def close(self) -> None:
+        sub, self._sub, self._client = self._sub, None, None
+        self._entries.clear()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
