@@ -439,6 +439,10 @@ class Orchestrator:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
         self._remember(graph)
 
+    def known_graph(self, name: str) -> Graph | None:
+        """The latest graph named ``name`` this orchestrator was given (registered or run), else None."""
+        return self._graphs.get(name)
+
     def _remember(self, graph: Graph) -> None:
         key = (graph.name, str(graph.fingerprint()["sha256"]))
         known = self._graph_versions.get(key)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import importlib
 import json
 import logging
@@ -51,10 +50,10 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.graph import Graph
 from distributed_agents.core.ports.backend import Backend
-from distributed_agents.core.ports.task_queue import DeadLetter, task_to_dict
+from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
-from distributed_agents import cli_client
+from distributed_agents import cli_client, operations
 from distributed_agents.distributed import DistributedWorker
 from distributed_agents.draw import FORMATS, draw_graph, format_for_path
 from distributed_agents.log_format import LOG_FORMATS, configure_logging
@@ -287,6 +286,15 @@ GRAPH_SPEC = Option("--graph", ("DA_GRAPH",), _text, "where the workflow's graph
 QUEUE_NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types, "comma-separated node types to show",
                           "researcher,writer", default_text="those of live workers and dead letters", metavar="TYPES")
 
+DASHBOARD_HOST = Option("--host", ("DA_DASHBOARD_HOST",), _text, "address to listen on (0.0.0.0: every interface; "
+                        "set --token then)", "127.0.0.1", default="127.0.0.1", metavar="HOST")
+DASHBOARD_PORT = Option("--port", ("DA_DASHBOARD_PORT",), _positive_int, "TCP port to listen on", "8080", default=8080,
+                        metavar="PORT")
+DASHBOARD_TOKEN = Option("--token", ("DA_DASHBOARD_TOKEN",), _text, "token that actions must carry (a header or "
+                         "form field; the page asks for it)", "s3cret", default_text="none: actions need no token",
+                         metavar="TOKEN")
+DASHBOARD_OPTIONS = (BACKEND_URL, PREFIX, DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_TOKEN)
+
 WORKER_OPTIONS = (APP, BACKEND_URL, PREFIX, NODE_TYPES, WORKER_ID, CAPACITY, HEARTBEAT_INTERVAL, SHUTDOWN_GRACE,
                   VISIBILITY_TIMEOUT)
 BACKEND_OPTIONS = (BACKEND_URL, PREFIX)
@@ -379,6 +387,19 @@ def _parser() -> Parser:
     workers.set_defaults(run=_list_workers, options=BACKEND_OPTIONS)
 
     _add_client_commands(command)
+
+    board = command("dashboard", "serve the web dashboard: workflows, graphs, live events, workers, queues",
+                    "Serve a web dashboard over the backend (needs the [dashboard] extra): workflows with their "
+                    "graphs, step timelines, state and live events; workers, queue depths and dead letters; "
+                    "cancel, resume, answer, fork, requeue and purge. Binds 127.0.0.1 unless --host says otherwise.")
+    for option in DASHBOARD_OPTIONS:
+        option.add_to(board)
+    board.add_argument("--graph", dest="graphs", action="append", metavar="MODULE:GRAPH", default=None,
+                       help="a graph to draw, resume and fork (repeat for several; default: none, so graphs are "
+                            "not drawn and workflows cannot be resumed from the dashboard; env: $DA_DASHBOARD_GRAPHS, "
+                            "comma-separated)")
+    board.add_argument("--read-only", action="store_true", help="refuse every action (default: actions allowed)")
+    board.set_defaults(run=_dashboard, options=DASHBOARD_OPTIONS)
 
     backends = command("backends", "list installed backends (URL scheme, name, description)",
                        "List the backends installed in this environment, one per URL scheme.")
@@ -661,42 +682,10 @@ async def _with_backend(args: argparse.Namespace, use: Callable[[Backend], Any])
 async def _list_dead_letters(args: argparse.Namespace) -> int:
     async def use(backend: Backend) -> int:
         for letter in await backend.task_queue.dead_letters(NODE_TYPE.resolve(args), limit=LIMIT.resolve(args)):
-            print(json.dumps({
-                "task_id": letter.task_id, "node_type": letter.node_type, "attempts": letter.attempts,
-                "reason": letter.reason.splitlines()[0] if letter.reason else "",
-                "workflow_id": letter.task.workflow_id if letter.task else None,
-            }))
+            print(json.dumps(operations.letter_summary_json(letter)))
         return 0
 
     return await _with_backend(args, use)
-
-
-async def _find_dead_letters(backend: Backend, task_ids: Sequence[str]) -> dict[str, DeadLetter]:
-    """The dead letters among ``task_ids`` (by id), read through the port's listing."""
-    wanted = set(task_ids)
-    found: dict[str, DeadLetter] = {}
-    limit = 1000
-    while True:
-        letters = await backend.task_queue.dead_letters(None, limit=limit)
-        found = {letter.task_id: letter for letter in letters if letter.task_id in wanted}
-        if len(found) == len(wanted) or len(letters) < limit:
-            return found
-        limit *= 10
-
-
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "task_id": letter.task_id,
-        "node_type": letter.node_type,
-        "node": letter.task.node if letter.task else None,
-        "workflow_id": letter.task.workflow_id if letter.task else None,
-        "attempts": letter.attempts,
-        "dead_at": letter.dead_at,
-        "reason": letter.reason,
-        "errors": list(letter.errors),
-        "task": task_to_dict(letter.task) if letter.task else None,
-        "raw": base64.b64encode(letter.raw).decode() if letter.raw is not None else None,
-    }
 
 
 def _letter_text(letter: DeadLetter) -> str:
@@ -717,12 +706,12 @@ def _letter_text(letter: DeadLetter) -> str:
 
 async def _show_dead_letter(args: argparse.Namespace) -> int:
     async def use(backend: Backend) -> int:
-        letter = (await _find_dead_letters(backend, [args.task_id])).get(args.task_id)
+        letter = (await operations.find_dead_letters(backend, [args.task_id])).get(args.task_id)
         if letter is None:
             print(f"{PROG}: error: no dead letter with task id {args.task_id!r}; "
                   f"'{PROG} dead-letters list' shows the ids (check --backend-url and --prefix)", file=sys.stderr)
             return 1
-        print(json.dumps(_letter_json(letter), indent=2) if args.json else _letter_text(letter))
+        print(json.dumps(operations.letter_json(letter), indent=2) if args.json else _letter_text(letter))
         return 0
 
     return await _with_backend(args, use)
@@ -767,18 +756,13 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
         queue = backend.task_queue
         missing: list[str] = []
         if args.task_ids:
-            found = await _find_dead_letters(backend, args.task_ids)
+            found = await operations.find_dead_letters(backend, args.task_ids)
             missing = [t for t in dict.fromkeys(args.task_ids) if t not in found]
             targets = [found[t] for t in dict.fromkeys(args.task_ids) if t in found]
             if node_type is not None:
                 targets = [t for t in targets if t.node_type == node_type]
         else:
-            targets = []
-            while True:  # every dead letter (of node_type), in pages
-                page = await queue.dead_letters(node_type, limit=len(targets) + 1000)
-                if len(page) <= len(targets):
-                    break
-                targets = page
+            targets = await operations.all_dead_letters(backend, node_type)
         for task_id in missing:
             print(f"{task_id}: not found", file=sys.stderr)
         if not targets:
@@ -805,14 +789,33 @@ async def _list_workers(args: argparse.Namespace) -> int:
     async def use(backend: Backend) -> int:
         now = time.time()
         for info in await backend.worker_registry.list_workers():
-            print(json.dumps({
-                "worker_id": info.worker_id, "node_types": sorted(info.node_types), "capacity": info.capacity,
-                "in_flight": info.metadata.get("in_flight"), "busy_abandoned": info.metadata.get("busy_abandoned"),
-                "host": info.host, "pid": info.pid, "heartbeat_age": round(max(0.0, now - info.last_heartbeat), 1),
-            }))
+            print(json.dumps(operations.worker_json(info, now)))
         return 0
 
     return await _with_backend(args, use)
+
+
+async def _dashboard(args: argparse.Namespace) -> int:
+    url = _backend_url(args)
+    if url.partition("://")[0].lower() == "memory":
+        raise UsageError(
+            f"dashboard cannot use --backend-url {url!r}: memory:// lives inside one process, so this one would show "
+            "nothing; pass a shared backend (redis://HOST:6379/0, nats://HOST:4222), or embed the dashboard in the "
+            "program that runs the workflows: distributed_agents.dashboard.dashboard(orchestrator)")
+    try:
+        from distributed_agents import dashboard
+    except ImportError as exc:
+        raise MissingExtraError(f"the dashboard needs the [dashboard] extra ({exc}): pip install "
+                                "'distributed-agents[dashboard]'") from None
+    from distributed_agents.draw import load_graph
+
+    specs = args.graphs or [g.strip() for g in os.environ.get("DA_DASHBOARD_GRAPHS", "").split(",") if g.strip()]
+    graphs = [load_graph(spec) for spec in specs]
+    orchestrator = cli_client.client_orchestrator(url, _backend_options(args))
+    await dashboard.serve(orchestrator, host=DASHBOARD_HOST.resolve(args),
+                            port=DASHBOARD_PORT.resolve(args), token=DASHBOARD_TOKEN.resolve(args),
+                            read_only=args.read_only, graphs=graphs, log_level=LOG_LEVEL.resolve(args))
+    return 0
 
 
 async def _draw(args: argparse.Namespace) -> int:

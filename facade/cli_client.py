@@ -41,6 +41,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.state import new_workflow_id
+from distributed_agents import operations
 from distributed_agents.draw import load_graph
 
 PROG = "distributed-agents"
@@ -70,6 +71,9 @@ def _orchestrator(url: str, options: Mapping[str, Any], local_nodes: bool = Fals
     local = local_nodes or _is_memory(url)
     return Orchestrator(backend=url, backend_options=dict(options), local_nodes=local, wait_for_workers=not local,
                         **more)
+
+
+client_orchestrator = _orchestrator  # the dashboard's orchestrator is a client one too
 
 
 def _not_found(exc: WorkflowNotFoundError) -> WorkflowNotFoundError:
@@ -321,7 +325,8 @@ async def resume_command(args: argparse.Namespace, url: str, options: Mapping[st
     return 0
 
 
-def _checkpoint_json(snapshot: Any) -> dict[str, Any]:
+def checkpoint_json(snapshot: Any) -> dict[str, Any]:
+    """A ``StateSnapshot`` under the stable field names (see the module docstring)."""
     return {
         "checkpoint_id": snapshot.checkpoint_id, "parent_checkpoint_id": snapshot.parent_checkpoint_id,
         "step": snapshot.step, "next": list(snapshot.next), "status": snapshot.status,
@@ -341,7 +346,7 @@ async def history_command(args: argparse.Namespace, url: str, options: Mapping[s
         await orchestrator.close()
     if args.json:
         for snapshot in snapshots:
-            print(_dumps(_checkpoint_json(snapshot)))
+            print(_dumps(checkpoint_json(snapshot)))
         return 0
     rows = [["STEP", "CHECKPOINT", "NEXT", "STATUS", "CREATED"]]
     rows += [[str(s.step), s.checkpoint_id, ", ".join(s.next) or "-", s.status or "-", _when(s.created_at)]
@@ -356,12 +361,7 @@ async def queues_command(args: argparse.Namespace, backend: Any) -> int:
     Node types: ``--node-types`` if given, else every type a live worker serves or a
     dead letter has (a queue no worker serves shows up once it is named).
     """
-    types: set[str] = set(args.node_types or ())
-    if not args.node_types:
-        for info in await backend.worker_registry.list_workers():
-            types.update(info.node_types)
-        types.update(letter.node_type for letter in await backend.task_queue.dead_letters(None, limit=1000))
-    stats = [await backend.task_queue.stats(node_type) for node_type in sorted(types)]
+    stats = await operations.queue_stats(backend, args.node_types)
     if args.json:
         for s in stats:
             print(json.dumps({"node_type": s.node_type, "queued": s.queued, "in_flight": s.in_flight, "dead": s.dead}))

@@ -1,0 +1,186 @@
+// distributed-agents dashboard: live updates over Server-Sent Events, actions without reloads.
+// Every page works without this script (links and forms); with it, events patch the page:
+// each event schedules one fetch of the page's live parts (JSON: element id -> HTML), which
+// replace the matching sections. A section the user is typing in is left alone until it loses focus.
+(function () {
+  "use strict";
+  var body = document.body;
+  var live = body.dataset.live;
+  var partsUrl = body.dataset.parts;
+  var workflow = body.dataset.workflow || "";
+  var liveState = document.getElementById("live-state");
+  var tokenInput = document.getElementById("dashboard-token");
+  var pending = null;
+  var stale = {};
+
+  if (tokenInput) {
+    tokenInput.value = sessionStorage.getItem("da-dashboard-token") || "";
+    tokenInput.addEventListener("input", function () {
+      sessionStorage.setItem("da-dashboard-token", tokenInput.value);
+    });
+  }
+
+  function say(text, isError) {
+    var box = document.getElementById("messages");
+    if (!box) return;
+    var p = document.createElement("p");
+    p.className = isError ? "notice error" : "notice";
+    p.textContent = text;
+    box.replaceChildren(p);
+  }
+
+  function currentPartsUrl() {
+    if (!partsUrl) return null;
+    if (live === "workflow") {
+      var step = new URLSearchParams(location.search).get("step");
+      return partsUrl + (step ? "?step=" + encodeURIComponent(step) : "");
+    }
+    return partsUrl;
+  }
+
+  function replacePart(id, html) {
+    var old = document.getElementById(id);
+    if (!old) return;
+    if (old.contains(document.activeElement) && document.activeElement !== document.body) {
+      stale[id] = html; // do not pull a form from under the user: swap it in once they leave it
+      return;
+    }
+    var holder = document.createElement("div");
+    holder.innerHTML = html;
+    var fresh = holder.firstElementChild;
+    if (fresh) old.replaceWith(fresh);
+  }
+
+  document.addEventListener("focusout", function (event) {
+    Object.keys(stale).forEach(function (id) {
+      var part = document.getElementById(id);
+      if (part && !part.contains(event.relatedTarget)) {
+        var html = stale[id];
+        delete stale[id];
+        replacePart(id, html);
+      }
+    });
+  });
+
+  function refresh() {
+    var url = currentPartsUrl();
+    if (!url) return Promise.resolve();
+    return fetch(url, {headers: {Accept: "application/json"}}).then(function (response) {
+      if (!response.ok) throw new Error("refresh failed: " + response.status);
+      return response.json();
+    }).then(function (parts) {
+      Object.keys(parts).forEach(function (id) { replacePart(id, parts[id]); });
+      body.dataset.updates = String(Number(body.dataset.updates || "0") + 1);
+    }).catch(function (error) { say(String(error), true); });
+  }
+
+  function schedule() {
+    // Coalesce a burst of events into one refresh; a refresh in flight is followed by one more.
+    if (pending) { pending.again = true; return; }
+    pending = {again: false};
+    setTimeout(function () {
+      refresh().then(function () {
+        var again = pending.again;
+        pending = null;
+        if (again) schedule();
+      });
+    }, 100);
+  }
+
+  function logEvent(event) {
+    var log = document.getElementById("event-log");
+    if (!log) return;
+    var item = document.createElement("li");
+    var when = event.time ? new Date(event.time * 1000).toISOString().slice(11, 23) : "";
+    var text = when + " " + event.type;
+    if (event.namespace && event.namespace.length) text += " [" + event.namespace.join("/") + "]";
+    if (event.node) text += " " + event.node;
+    if (event.step !== undefined) text += " (step " + event.step + ")";
+    if (event.worker) text += " on " + event.worker;
+    if (typeof event.duration === "number") text += " in " + event.duration.toFixed(3) + " s";
+    if (event.error) text += ": " + event.error;
+    if (event.message) text += ": " + event.message;
+    item.textContent = text;
+    log.prepend(item);
+    while (log.children.length > 200) log.lastElementChild.remove();
+  }
+
+  function markNode(event) {
+    // Mark the node in the drawing at once; the refresh that follows redraws the rest.
+    if (!event.node || (event.namespace && event.namespace.length)) return;
+    var states = {"node.started": "current", "node.completed": "finished", "node.failed": "failed"};
+    var state = states[event.type];
+    if (!state) return;
+    document.querySelectorAll("#part-graph g.da-node").forEach(function (g) {
+      if (g.getAttribute("data-node") === event.node) {
+        g.classList.remove("state-current", "state-finished", "state-failed", "state-interrupted");
+        g.classList.add("state-" + state);
+      }
+    });
+  }
+
+  if (live && window.EventSource) {
+    var url = "/events" + (workflow ? "?workflow=" + encodeURIComponent(workflow) : "");
+    var source = new EventSource(url);
+    source.onopen = function () {
+      liveState.textContent = "live";
+      body.dataset.connected = "true";
+    };
+    source.onerror = function () { liveState.textContent = "reconnecting…"; };
+    source.onmessage = function (message) {
+      var event = JSON.parse(message.data);
+      if (live === "workflow") {
+        logEvent(event);
+        markNode(event);
+        if (event.type === "notice") say(event.message, true);
+      }
+      schedule();
+    };
+  } else if (liveState) {
+    liveState.textContent = "";
+  }
+
+  // Actions: POST with the token in a header, show the answer, patch the page.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.matches("form.action")) return;
+    event.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    var headers = {Accept: "application/json", "Content-Type": "application/x-www-form-urlencoded"};
+    if (tokenInput && tokenInput.value) headers["X-Dashboard-Token"] = tokenInput.value;
+    var button = form.querySelector("button");
+    if (button) button.disabled = true;
+    fetch(form.action, {method: "POST", body: new URLSearchParams(new FormData(form)).toString(), headers: headers})
+      .then(function (response) { return response.json(); })
+      .then(function (answer) {
+        say(answer.message, !answer.ok);
+        if (answer.ok && answer.location && answer.location !== location.pathname) {
+          location.assign(answer.location);
+          return;
+        }
+        schedule();
+      })
+      .catch(function (error) { say(String(error), true); })
+      .finally(function () { if (button) button.disabled = false; });
+  });
+
+  // The state picker and the "state" links: show another step without leaving the page.
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest("a[data-step]");
+    if (!link || live !== "workflow") return;
+    event.preventDefault();
+    history.replaceState(null, "", "?step=" + encodeURIComponent(link.dataset.step) + "#part-state");
+    refresh().then(function () {
+      var heading = document.getElementById("h-state");
+      if (heading) { heading.tabIndex = -1; heading.focus(); }
+    });
+  });
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.matches("form.step-picker") || live !== "workflow") return;
+    event.preventDefault();
+    var step = form.querySelector("select").value;
+    history.replaceState(null, "", "?step=" + encodeURIComponent(step) + "#part-state");
+    refresh();
+  });
+})();

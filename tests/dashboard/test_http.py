@@ -1,0 +1,285 @@
+"""The dashboard's endpoints over HTTP (Starlette's TestClient) on memory, Redis and NATS.
+
+Workflows run through the dashboard's own orchestrator (nodes in this process), dead
+letters are made through the task queue port (a task nacked for good), a worker is
+registered through the registry port: every page, part, API route and action is then
+checked on each backend. Guards (token, read-only, cross-origin) are backend-free and
+checked on memory. The live event stream is checked over a real socket (uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from distributed_agents import Graph, Orchestrator, State, interrupt
+from distributed_agents.core.ports.task_queue import Task
+from distributed_agents.core.ports.worker_registry import WorkerInfo
+from distributed_agents.dashboard import create_app, dashboard
+from support.aio import run
+
+JSON = {"accept": "application/json"}
+
+
+def draft(state: State) -> dict[str, Any]:
+    return {"text": f"draft about {state['topic']}"}
+
+
+def polish(state: State) -> dict[str, Any]:
+    return {"text": state["text"] + ", polished", "words": 3}
+
+
+def ask(state: State) -> dict[str, Any]:
+    return {"answer": interrupt({"question": f"publish {state['topic']}?"})}
+
+
+def boom(state: State) -> dict[str, Any]:
+    raise ValueError("the model said no")
+
+
+essay = (Graph("essay").add_node("draft", draft).add_node("polish", polish).set_entry_point("draft")
+         .add_edge("draft", "polish").set_finish_point("polish").compile())
+approval = (Graph("approval").add_node("draft", draft).add_node("ask", ask).set_entry_point("draft")
+            .add_edge("draft", "ask").set_finish_point("ask").compile())
+failing = Graph("failing").add_node("boom", boom).set_entry_point("boom").set_finish_point("boom").compile()
+
+
+@pytest.fixture(params=["memory", "redis", "nats"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+def client(backend_url: str) -> Iterator[tuple[TestClient, Orchestrator]]:
+    options = {} if backend_url == "memory://" else {"prefix": f"dash{uuid.uuid4().hex[:8]}"}
+    orchestrator = Orchestrator(backend=backend_url, backend_options=options)
+    app = create_app(orchestrator, graphs=[essay, approval, failing], own_orchestrator=True)
+    with TestClient(app) as test_client:
+        yield test_client, orchestrator
+
+
+def _run(client: TestClient, coro_fn: Any) -> Any:
+    return client.portal.call(coro_fn)
+
+
+async def _dead_letter(orchestrator: Orchestrator, workflow_id: str, node_type: str = "writer") -> str:
+    """A dead letter made through the queue port: a task claimed and nacked for good."""
+    queue = orchestrator.backend.task_queue
+    task_id = f"{workflow_id}:0:0:{node_type}"
+    await queue.enqueue(Task(id=task_id, workflow_id=workflow_id, node=node_type, node_type=node_type, payload={}))
+    claims = await queue.claim([node_type], worker_id="test", wait=5.0)
+    assert [c.task.id for c in claims] == [task_id]
+    await queue.nack(claims[0], "RuntimeError: out of ink\nTraceback: ...", final=True)
+    return task_id
+
+
+def _wait_status(client: TestClient, orchestrator: Orchestrator, workflow_id: str, wanted: str) -> None:
+    async def wait() -> None:
+        for _ in range(600):
+            if (await orchestrator.get_workflow_status(workflow_id)).status == wanted:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{workflow_id} never became {wanted}")
+
+    _run(client, wait)
+
+
+def test_every_page_part_and_api_route(client: tuple[TestClient, Orchestrator]) -> None:
+    http, orchestrator = client
+    _run(http, lambda: orchestrator.execute(essay, {"topic": "tides"}, workflow_id="wf-done"))
+    _run(http, lambda: orchestrator.execute(approval, {"topic": "moon"}, workflow_id="wf-ask"))
+    with pytest.raises(Exception, match="the model said no"):
+        _run(http, lambda: orchestrator.execute(failing, {"topic": "x"}, workflow_id="wf-fail"))
+    letter = _run(http, lambda: _dead_letter(orchestrator, "wf-other"))
+    _run(http, lambda: orchestrator.backend.worker_registry.register(WorkerInfo(
+        worker_id="w-1", node_types=frozenset({"draft", "writer"}), capacity=2, host="box", pid=42,
+        last_heartbeat=time.time(), metadata={"in_flight": 1})))
+
+    page = http.get("/")
+    assert page.status_code == 200 and all(w in page.text for w in ("wf-done", "wf-ask", "wf-fail"))
+    assert '<main id="main"' in page.text and "<nav" in page.text and '<label for="status">' in page.text
+    assert "wf-done" not in http.get("/?status=failed").text
+    assert "wf-fail" in http.get("/?status=failed").text
+    assert "wf-done" not in http.get("/?graph=approval").text
+    first = http.get("/api/workflows?limit=2").json()
+    assert [w["workflow_id"] for w in first["workflows"]] == ["wf-done", "wf-ask"]
+    rest = http.get("/api/workflows", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [w["workflow_id"] for w in rest["workflows"]] == ["wf-fail"] and rest["next_cursor"] is None
+    assert "Next page" in http.get("/?limit=2").text
+    assert "wf-done" in http.get("/parts/workflows").json()["part-rows"]
+    assert http.get("/?status=bogus").status_code == 400
+
+    done = http.get("/workflows/wf-done")
+    assert done.status_code == 200 and 'data-node="draft"' in done.text and "state-finished" in done.text
+    assert "<svg" in done.text and "Step timeline" in done.text
+    detail = http.get("/api/workflows/wf-done").json()
+    assert detail["status"] == "completed" and detail["node_states"] == {"draft": "finished", "polish": "finished"}
+    assert [(r["step"], r["node"], r["outcome"], r["attempts"]) for r in detail["timeline"]] == [
+        (0, "draft", "done", 1), (1, "polish", "done", 1)]
+    assert all(isinstance(r["duration"], float) for r in detail["timeline"])
+    state = http.get("/api/workflows/wf-done/state?step=2").json()
+    assert state["values"]["text"] == "draft about tides, polished"
+    assert {d["key"]: d["change"] for d in state["diff"]} == {"text": "changed", "words": "added"}
+    assert "Changes since step 1" in http.get("/workflows/wf-done?step=2").text
+    parts = http.get("/workflows/wf-done/parts?step=1").json()
+    assert set(parts) >= {"part-summary", "part-graph", "part-timeline", "part-state", "part-history"}
+    assert http.get("/api/workflows/wf-done/state?step=9").status_code == 404
+
+    asking = http.get("/workflows/wf-ask")
+    assert "publish moon?" in asking.text and 'name="answer"' in asking.text and "state-interrupted" in asking.text
+    failed = http.get("/workflows/wf-fail")
+    assert "the model said no" in failed.text and "Traceback" in failed.text and "state-failed" in failed.text
+
+    workers = http.get("/api/workers").json()
+    assert [(w["worker_id"], w["node_types"], w["in_flight"]) for w in workers] == [("w-1", ["draft", "writer"], 1)]
+    assert "w-1" in http.get("/workers").text and "w-1" in http.get("/parts/workers").json()["part-rows"]
+    queues = {q["node_type"]: q for q in http.get("/api/queues").json()}
+    assert queues["writer"]["dead"] == 1 and "draft" in queues
+    assert "writer" in http.get("/queues").text and "writer" in http.get("/parts/queues").json()["part-rows"]
+    letters = http.get("/api/dead-letters").json()
+    assert [(x["task_id"], x["reason"]) for x in letters] == [(letter, "RuntimeError: out of ink")]
+    assert letter in http.get("/dead-letters").text and letter in http.get("/parts/dead-letters").json()["part-rows"]
+    assert http.get("/api/dead-letters?node_type=other").json() == []
+    full = http.get(f"/api/dead-letters/{letter}").json()
+    assert full["errors"] and full["task"]["node"] == "writer"
+    assert "out of ink" in http.get(f"/dead-letters/{letter}").text
+
+    for missing in ("/workflows/nope", "/api/workflows/nope", "/workflows/nope/parts", "/dead-letters/nope",
+                    "/api/dead-letters/nope", "/no-such-page"):
+        assert http.get(missing).status_code == 404, missing
+    assert "no workflow 'nope'" in http.get("/api/workflows/nope").json()["error"]
+    assert http.get("/static/dashboard.js").status_code == 200
+    assert http.get("/static/dashboard.css").status_code == 200
+
+
+def test_actions_answer_fork_cancel_requeue_purge(client: tuple[TestClient, Orchestrator]) -> None:
+    http, orchestrator = client
+    _run(http, lambda: orchestrator.execute(approval, {"topic": "moon"}, workflow_id="wf-ask"))
+
+    refused = http.post("/workflows/wf-ask/resume", headers=JSON)
+    assert refused.status_code == 409 and "answer" in refused.json()["message"]
+    answered = http.post("/workflows/wf-ask/resume", data={"answer": '"yes"'}, headers=JSON)
+    assert answered.json() == {"ok": True, "message": "resuming wf-ask with the answer", "location": "/workflows/wf-ask"}
+    _wait_status(http, orchestrator, "wf-ask", "completed")
+    assert http.get("/api/workflows/wf-ask/state").json()["values"]["answer"] == "yes"
+
+    forked = http.post("/fork", data={"checkpoint_id": "wf-ask:1"}, headers=JSON).json()
+    assert forked["ok"] and forked["location"].startswith("/workflows/")
+    fork_id = forked["location"].rsplit("/", 1)[1]
+    assert http.get(f"/api/workflows/{fork_id}").json()["status"] == "pending"
+    cancelled = http.post(f"/workflows/{fork_id}/cancel", follow_redirects=False)  # a plain form post
+    assert cancelled.status_code == 303 and cancelled.headers["location"].startswith(f"/workflows/{fork_id}?notice=")
+    assert http.get(f"/api/workflows/{fork_id}").json()["status"] == "cancelled"
+    again = http.post(f"/workflows/{fork_id}/cancel")
+    assert again.status_code == 409 and "already finished" in again.text
+    assert http.post("/workflows/nope/cancel", headers=JSON).status_code == 404
+
+    first = _run(http, lambda: _dead_letter(orchestrator, "wf-x"))
+    second = _run(http, lambda: _dead_letter(orchestrator, "wf-y", "editor"))
+    requeued = http.post(f"/dead-letters/{first}/requeue", headers=JSON).json()
+    assert requeued["ok"], requeued
+    assert [x["task_id"] for x in http.get("/api/dead-letters").json()] == [second]
+    queued = {q["node_type"]: q["queued"] for q in http.get("/api/queues?node_types=writer").json()}
+    assert queued == {"editor": 0, "writer": 1}  # a type no worker serves shows once it is named
+    assert http.post(f"/dead-letters/{first}/requeue", headers=JSON).status_code == 409
+    purged = http.post(f"/dead-letters/{second}/purge", headers=JSON).json()
+    assert purged == {"ok": True, "message": "purged 1 dead letter(s)", "location": "/dead-letters"}
+    _run(http, lambda: _dead_letter(orchestrator, "wf-z", "critic"))
+    assert http.post("/dead-letters/purge", data={"node_type": "critic"}, headers=JSON).json()["message"] == \
+        "purged 1 dead letter(s)"
+    assert http.get("/api/dead-letters").json() == []
+
+
+def _memory_client(**options: Any) -> TestClient:
+    return TestClient(create_app(Orchestrator(), graphs=[essay], own_orchestrator=True, **options))
+
+
+POSTS = ["/workflows/wf/cancel", "/workflows/wf/resume", "/fork", "/dead-letters/t/requeue", "/dead-letters/t/purge",
+         "/dead-letters/purge"]
+
+
+def test_token_is_required_for_every_action_and_compared_exactly() -> None:
+    with _memory_client(token="s3cret") as http:
+        for url in POSTS:
+            refused = http.post(url, headers=JSON)
+            assert refused.status_code == 403 and "needs the dashboard token" in refused.json()["message"], url
+            wrong = http.post(url, headers={**JSON, "X-Dashboard-Token": "s3cre"})
+            assert wrong.status_code == 403 and "wrong dashboard token" in wrong.json()["message"], url
+        # accepted: then the action itself answers (the workflow does not exist)
+        assert http.post(POSTS[0], headers={**JSON, "X-Dashboard-Token": "s3cret"}).status_code == 404
+        assert http.post(POSTS[0], headers={**JSON, "Authorization": "Bearer s3cret"}).status_code == 404
+        assert http.post(POSTS[0], data={"token": "s3cret"}, headers=JSON).status_code == 404
+        assert http.post(POSTS[0], data={"token": "nope"}, headers=JSON).status_code == 403
+        assert http.post(POSTS[0], headers={"X-Dashboard-Token": "s3cret", "cookie": "token=s3cret"}).status_code == 404
+        assert http.post(POSTS[0], headers={"cookie": "token=s3cret"}).status_code == 403  # never a cookie
+        page = http.get("/").text
+        assert 'id="dashboard-token"' in page and 'data-token-required="true"' in page
+
+
+def test_read_only_refuses_every_action_and_shows_none() -> None:
+    with _memory_client(read_only=True) as http:
+        for url in POSTS:
+            refused = http.post(url, headers=JSON)
+            assert refused.status_code == 403 and "read-only" in refused.json()["message"], url
+        html = http.post(POSTS[0])
+        assert html.status_code == 403 and "read-only" in html.text
+        assert "Read-only" in http.get("/").text
+
+
+def test_cross_origin_posts_are_refused() -> None:
+    with _memory_client() as http:
+        foreign = http.post(POSTS[0], headers={**JSON, "Origin": "http://evil.example"})
+        assert foreign.status_code == 403 and "another origin" in foreign.json()["message"]
+        assert http.post(POSTS[0], headers={**JSON, "Sec-Fetch-Site": "cross-site"}).status_code == 403
+        assert http.post(POSTS[0], headers={**JSON, "Origin": "http://testserver"}).status_code == 404
+
+
+def test_empty_token_is_a_configuration_error() -> None:
+    from distributed_agents.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="token is empty"):
+        create_app(Orchestrator(), token="")
+
+
+def test_events_stream_live_over_a_socket_and_end_when_the_server_stops() -> None:
+    run(_events_stream())
+
+
+async def _events_stream() -> None:
+    orchestrator = Orchestrator()
+    board = dashboard(orchestrator, port=0, graphs=[essay])
+    await board.start()
+    try:
+        async with httpx.AsyncClient(base_url=board.url, timeout=30) as http:
+            async with http.stream("GET", "/events", params={"workflow": "wf-live"}) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                assert await anext(lines) == "retry: 2000"
+                run = asyncio.ensure_future(orchestrator.execute(essay, {"topic": "tides"}, workflow_id="wf-live"))
+                await orchestrator.execute(essay, {"topic": "other"}, workflow_id="wf-other")
+                seen: list[str] = []
+                async for line in lines:
+                    if line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        assert event["workflow_id"] == "wf-live"
+                        seen.append(event["type"])
+                        if event["type"] == "workflow.completed":
+                            break
+                await run
+                assert seen[0] == "workflow.started" and seen.count("node.completed") == 2
+                await board.stop()  # ends the open stream, so the server stops at once
+                assert [line async for line in lines if line] == []  # the stream ended
+    finally:
+        await board.stop()
+        await orchestrator.close()
