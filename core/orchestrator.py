@@ -380,7 +380,7 @@ class Orchestrator:
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
         store = NotingStore(backend.state_store, workflow_id, lease)
-        url = backend.url
+        url = backend.redacted_url
         hint = None if graph is None else (lambda types: start_worker_hint(graph, types, url))
         waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval, hint)
         executor = TaskQueueExecutor(
@@ -721,7 +721,7 @@ class Orchestrator:
             # Refused before subscribing: that workflow's own chunks must not show up here.
             raise WorkflowExistsError(
                 f"astream(): workflow {workflow_id!r} already exists ({current.status} at step {current.step}) in "
-                f"{backend.url!r}; pass a new workflow_id to start another, or astream({workflow_id!r}) to follow it")
+                f"{backend.redacted_url!r}; pass a new workflow_id to start another, or astream({workflow_id!r}) to follow it")
         reader = StreamReader(backend.state_store, backend.message_bus, workflow_id, stream_mode,
                               subgraphs=subgraphs, buffer_size=buffer_size, poll_interval=poll_interval,
                               on_gap=on_gap)
@@ -851,7 +851,7 @@ class Orchestrator:
         record = await store.get(workflow_id)
         if record is None:
             return None
-        _refuse_continuing(record, self.backend.url)
+        _refuse_continuing(record, self.backend.redacted_url)
         changed = graph_mismatch(record, graph.fingerprint())
         if changed:
             raise ConfigurationError(f"execute(workflow_id={workflow_id!r}) continues that completed workflow: "
@@ -873,7 +873,7 @@ class Orchestrator:
         try:
             current = await store.get(workflow_id)  # re-read under the lease
             record = current if current is not None else record
-            _refuse_continuing(record, self.backend.url)
+            _refuse_continuing(record, self.backend.redacted_url)
             merged = merge_updates(record.state, [("__input__", update)], graph.reducers)
             step = record.step + 1
             frontier = await graph.start_frontier(State._trusted(merged, workflow_id))
@@ -981,7 +981,7 @@ class Orchestrator:
         """Store a new workflow forked from ``checkpoint`` (see ``history.plan_fork``), leased to this orchestrator."""
         new_id = validate_workflow_id(workflow_id or State().workflow_id)
         await self.connect()
-        source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.url)
+        source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.redacted_url)
         graph = self._history_graph(source, graph, f"fork of checkpoint {checkpoint!r}")
         metadata = {"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
                     **(extra or {})}
@@ -1031,7 +1031,7 @@ class Orchestrator:
         or ``node#i``), nested as deep as they go. ``WorkflowNotFoundError`` if it is unknown.
         """
         await self.connect()
-        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.url,
+        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.redacted_url,
                                         subgraphs=subgraphs)
 
     async def get_state_history(
@@ -1046,7 +1046,7 @@ class Orchestrator:
         """
         await self.connect()
         return await history.read_history(self.backend.state_store, workflow_id, limit=limit, before=before,
-                                          where=self.backend.url)
+                                          where=self.backend.redacted_url)
 
     async def update_state(
         self, workflow_id: str, values: Mapping[str, Any], *, as_node: str | None = None, graph: Graph | None = None
@@ -1068,7 +1068,7 @@ class Orchestrator:
         store = self.backend.state_store
         record = await store.get(workflow_id)
         if record is None:
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         graph = self._history_graph(record, graph, call)
         # An owner of its own: a lease this orchestrator holds to drive the workflow is
         # never granted (and then released) here, however the calls interleave.
@@ -1185,7 +1185,7 @@ class Orchestrator:
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
             raise ConfigurationError(
                 f"resume({workflow_id!r}) was given an answer, but the workflow is {record.status}, not interrupted; "
@@ -1550,7 +1550,7 @@ class Orchestrator:
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         return WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
 
     async def get_result(self, workflow_id: str) -> State:
@@ -1602,7 +1602,7 @@ class Orchestrator:
         for _ in range(20):
             record = await store.get(workflow_id)
             if record is None:
-                raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.url!r}")
+                raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
             if record.status in WorkflowStatus.TERMINAL:
                 return False
             try:

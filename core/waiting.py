@@ -181,15 +181,10 @@ def start_worker_hint(graph: Any, node_types: Sequence[str], backend_url: str) -
     defined in the script being run, how to make it importable; otherwise the
     registry form with ``--node-types``. The URL is shown without its password.
     """
-    from urllib.parse import urlsplit, urlunsplit
-
+    from distributed_agents.core.redaction import redact_url
     from distributed_agents.core.registry import NodeRegistry  # the registry is the worker's side
 
-    parts = urlsplit(backend_url)
-    if parts.password:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    url = urlunsplit(parts)
+    url = redact_url(backend_url)
     types = ",".join(node_types)
     try:
         inline = NodeRegistry.from_graph(graph)

@@ -271,10 +271,18 @@ class Worker:
         info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid(),
                           metadata=self.slot_usage())
         # A worker started while the backend is down waits for it instead of exiting.
-        await until_available(backend.connect, what="connect", outage=self._outage)
-        await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
-        subscription = await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
-                                             what="subscribe to cancellations", outage=self._outage)
+        try:
+            await until_available(backend.connect, what="connect", outage=self._outage)
+            await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
+            subscription = await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
+                                                 what="subscribe to cancellations", outage=self._outage)
+        except BaseException:  # refused (credentials, ACL, config): release the connection, stop being "serving"
+            if self._owns_backend:
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            self._serving = False
+            self._stopped.set()
+            raise
         helpers = [
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
@@ -282,7 +290,7 @@ class Worker:
         self._observer = self.instrumentation if self.instrumentation is not None else installed()
         if self._observer is not None:
             helpers.append(asyncio.ensure_future(self._observer.watch(backend, types)))
-        log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.url)
+        log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.redacted_url)
         signals = self._install_signal_handlers()
         # Nodes' stream writers publish through one ordered publisher per worker; tasks inherit the sink.
         self._stream = EventPublisher(backend.message_bus)

@@ -13,24 +13,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, DistributedAgentsError
+from distributed_agents.core.redaction import redact_url
 
 __all__ = ["mask_url", "nats_errors"]
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password or token replaced by ``***`` (safe to log)."""
-    parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    credentials = f"{user}:***" if parts.password else "***"
-    return urlunsplit((parts.scheme, f"{credentials}@{host}", parts.path, parts.query, parts.fragment))
+    """``url`` with any password or token masked, safe to log (``core.redaction.redact_url``)."""
+    return redact_url(url)
 
 
 def _is_connection_problem(exc: BaseException) -> bool:

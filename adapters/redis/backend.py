@@ -90,4 +90,4 @@ class RedisBackend(Backend):
 def open_redis_backend(url: str, options: BackendOptions) -> Backend:
     """Backend factory for ``redis://``, ``rediss://`` and ``unix://`` URLs (not yet connected)."""
     load_redis()  # fail here, with the install hint, rather than on first use
-    return RedisBackend(url=url, options=options, connection=RedisConnection(url))
+    return RedisBackend(url=url, options=options, connection=RedisConnection(url, options.extra))

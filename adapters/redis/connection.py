@@ -6,6 +6,20 @@ are handled by redis-py's ``from_url``; the query options that are ours
 (``BackendOptions`` fields such as ``prefix``) are stripped first because redis-py
 would pass unknown query keys to the socket layer.
 
+Query options (and ``BackendOptions.extra``) are checked against a fixed list when the
+connection object is made: an unknown one (a typo such as ``ssl_ca_cert``) raises
+``BackendConfigError`` naming it and the known ones, instead of being ignored or failing
+later. TLS: ``tls_ca`` / ``tls_cert`` / ``tls_key`` are short names for redis-py's
+``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile``; a ``rediss://`` URL verifies
+the server's certificate and host name by default, whatever the redis-py version
+(``ssl_cert_reqs=none`` turns verification off, for tests only); a TLS option on a
+plain ``redis://`` URL is refused, since it would otherwise connect unencrypted.
+
+``?bus_subscribe=prefix`` makes the message bus ``PSUBSCRIBE`` to one glob per prefix,
+``<prefix>:bus:*``, instead of one per subscribed pattern (``pattern``, the default):
+a Redis ACL allows a ``PSUBSCRIBE`` only to a glob it lists literally, so a user
+restricted to its prefix's channels needs the one glob it can list (docs/security.md).
+
 The client retries a command that failed on a broken or refused connection, with
 exponential backoff (about 1.5 s in all), then raises; ``redis_errors`` turns that into
 ``BackendUnavailableError``. Every script and command of this adapter is safe to
@@ -24,6 +38,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,6 +51,19 @@ __all__ = ["RedisConnection", "redis_client_url"]
 
 _OUR_OPTIONS = frozenset(f.name for f in fields(BackendOptions))
 _SCHEMES = ("redis", "rediss", "unix")
+# Options of this adapter (not redis-py's): name -> allowed values.
+_ADAPTER_OPTIONS = {"bus_subscribe": ("pattern", "prefix")}
+# Our short TLS option names -> redis-py's.
+_TLS_ALIASES = {"tls_ca": "ssl_ca_certs", "tls_cert": "ssl_certfile", "tls_key": "ssl_keyfile"}
+# redis-py connection settings accepted in the query string; anything else is refused.
+_TLS_OPTIONS = frozenset({
+    "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", *_TLS_ALIASES,
+})
+_CLIENT_OPTIONS = frozenset({
+    "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size", "retry_on_timeout",
+    "max_connections", "timeout", "health_check_interval", "client_name", "protocol",
+})  # not decode_responses / encoding: the adapter decodes replies itself
 
 # Backoff per retry: 0.05, 0.1, 0.2, 0.4, 0.5, 0.5 s -> gives up after ~1.75 s.
 _RETRIES = 6
@@ -91,22 +119,64 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
             "check that redis-server is running and the URL is right")
 
 
-def redis_client_url(url: str) -> str:
-    """``url`` without our own query options, as redis-py's ``from_url`` should see it."""
+def redis_client_url(url: str, extra: Mapping[str, str] | None = None) -> str:
+    """``url`` as redis-py's ``from_url`` should see it: our options out, ``extra`` in.
+
+    ``extra`` (``BackendOptions.extra``) adds redis-py settings the URL does not carry.
+    The short TLS names become redis-py's; a ``rediss://`` URL gets
+    ``ssl_cert_reqs=required`` and ``ssl_check_hostname=true`` unless it says otherwise.
+    Raises ``BackendConfigError`` for another scheme, an unknown option, or a TLS option
+    on a URL that is not ``rediss://``.
+    """
     parts = urlsplit(url)
-    if parts.scheme.lower() not in _SCHEMES:
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
         raise BackendConfigError(f"{mask_url(url)} is not a Redis URL; use redis://, rediss:// or unix://")
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OUR_OPTIONS]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    settings: dict[str, str] = {}
+    for key, value in [*parse_qsl(parts.query, keep_blank_values=True), *(extra or {}).items()]:
+        if key in _OUR_OPTIONS or key in _ADAPTER_OPTIONS:
+            continue
+        if key not in _CLIENT_OPTIONS and key not in _TLS_OPTIONS:
+            raise BackendConfigError(
+                f"unknown Redis option {key!r} in {mask_url(url)}; known options: "
+                f"{', '.join(sorted(_OUR_OPTIONS - {'extra'} | set(_ADAPTER_OPTIONS)))} (ours), "
+                f"{', '.join(sorted(_TLS_OPTIONS))} (TLS), "
+                f"{', '.join(sorted(_CLIENT_OPTIONS))} (connection)"
+            )
+        if key in _TLS_OPTIONS and scheme != "rediss":
+            raise BackendConfigError(
+                f"TLS option {key!r} in {mask_url(url)} needs a rediss:// URL: redis:// and unix:// connect "
+                "unencrypted; use rediss://host:port (the server's tls-port)"
+            )
+        settings[_TLS_ALIASES.get(key, key)] = value
+    if scheme == "rediss":
+        # Secure whatever the redis-py version (before 6.0 it did not check host names).
+        settings.setdefault("ssl_cert_reqs", "required")
+        verify = settings["ssl_cert_reqs"].lower() not in ("none", "cert_none")
+        settings.setdefault("ssl_check_hostname", "true" if verify else "false")
+    return urlunsplit(parts._replace(query=urlencode(list(settings.items()))))
+
+
+def _adapter_option(url: str, extra: Mapping[str, str] | None, name: str) -> str:
+    """The value of one of ``_ADAPTER_OPTIONS`` (``extra`` winning over the URL), checked."""
+    allowed = _ADAPTER_OPTIONS[name]
+    value = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get(name, allowed[0])
+    value = (extra or {}).get(name, value)
+    if value not in allowed:
+        raise BackendConfigError(
+            f"Redis option {name}={value!r} in {mask_url(url)} is not one of {', '.join(allowed)}"
+        )
+    return value
 
 
 class RedisConnection:
     """A lazily created redis-py client for one URL, shared by the ports that use it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, extra: Mapping[str, str] | None = None) -> None:
         load_redis()  # MissingExtraError with the install command, before anything else
         self.url = url
-        self._client_url = redis_client_url(url)
+        self._client_url = redis_client_url(url, extra)
+        self.bus_subscribe = _adapter_option(url, extra, "bus_subscribe")
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from urllib.parse import urlsplit, urlunsplit
 
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, MissingExtraError
+from distributed_agents.core.redaction import redact_url
 
-__all__ = ["INSTALL_HINT", "load_redis", "mask_url", "redis_errors"]
+__all__ = ["INSTALL_HINT", "acl_refusal", "load_redis", "mask_url", "redis_errors"]
 
 INSTALL_HINT = "pip install 'distributed-agents[redis]' (from a checkout of the repository: pip install '.[redis]')"
 
@@ -39,16 +39,8 @@ def load_redis() -> ModuleType:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with its credentials masked, for messages and logs (``core.redaction.redact_url``)."""
+    return redact_url(url)
 
 
 @contextmanager
@@ -65,6 +57,21 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
         raise translated from exc
 
 
+def acl_refusal(exc: BaseException, url: str, action: str) -> BackendError | None:
+    """The ``BackendError`` to raise if ``exc`` is the server refusing ``action`` by ACL, else None."""
+    import redis.exceptions as rexc
+
+    if isinstance(exc, rexc.NoPermissionError) or (isinstance(exc, rexc.ResponseError) and _is_acl_refusal(str(exc))):
+        return _translate(exc, url, action)  # type: ignore[arg-type]
+    return None
+
+
+def _is_acl_refusal(message: str) -> bool:
+    """Whether a server error (a script's, say) is an ACL refusal, which redis-py does not type."""
+    lowered = message.lower()
+    return "noperm" in lowered or "no permissions to" in lowered or "user executing the script can't" in lowered
+
+
 def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
     import redis.exceptions as rexc  # only reached after redis-py raised, so it is installed
 
@@ -75,6 +82,11 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
         return BackendUnavailableError(
             f"Redis at {where} is unreachable while trying to {action} ({type(exc).__name__}: {exc}); "
             "retries with backoff gave up. Check that redis-server is running and the URL is right"
+        )
+    if isinstance(exc, rexc.NoPermissionError) or (isinstance(exc, rexc.ResponseError) and _is_acl_refusal(str(exc))):
+        return BackendError(
+            f"Redis at {where} refused to {action}: this user lacks the permission ({exc}); give it the keys, "
+            "channels and commands of this prefix (docs/security.md has the ACL rule), or check the prefix"
         )
     if isinstance(exc, rexc.NoScriptError):
         # redis-py reloads a missing script once; missing again means the server lost its

@@ -37,10 +37,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
-from distributed_agents.adapters.redis.errors import redis_errors
+from distributed_agents.adapters.redis.errors import acl_refusal, redis_errors
 from distributed_agents.adapters.redis.keys import bus_channel, bus_glob
 from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.errors import BackendUnavailableError, PayloadDecodeError
+from distributed_agents.core.errors import BackendError, BackendUnavailableError, PayloadDecodeError
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.message_bus import (
     BufferedSubscription,
@@ -137,7 +137,8 @@ class RedisMessageBus(MessageBus):
 
     async def subscribe(self, pattern: str) -> Subscription:
         """Subscribe to a channel or pattern; returns once the server confirmed it."""
-        glob = bus_glob(self.prefix, pattern)
+        # One glob for the whole prefix when a Redis ACL must list it (see connection).
+        glob = bus_glob(self.prefix, ">" if self._connection.bus_subscribe == "prefix" else pattern)
         subscription = RedisSubscription(self, pattern, glob)
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -156,6 +157,10 @@ class RedisMessageBus(MessageBus):
                 raise
             try:
                 await asyncio.wait_for(confirmed, _SUBSCRIBE_TIMEOUT)
+            except BackendError:  # refused (ACL)
+                self._subscriptions.pop(glob, None)
+                self._confirm.pop(glob, None)
+                raise
             except asyncio.TimeoutError:
                 self._subscriptions.pop(glob, None)
                 raise BackendUnavailableError(
@@ -214,6 +219,12 @@ class RedisMessageBus(MessageBus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # lost connection: redis-py reconnects and re-subscribes
+                refused = acl_refusal(exc, self._connection.url, "subscribe")
+                if refused is not None:  # a PSUBSCRIBE the user's ACL does not allow: its caller says so
+                    for future in self._confirm.values():
+                        if not future.done():
+                            future.set_exception(refused)
+                    continue
                 log.warning("message bus on %s lost its connection: %s", self._connection.masked_url, exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)

@@ -19,6 +19,7 @@ from distributed_agents.core.ports.message_bus import MessageBus
 from distributed_agents.core.ports.state_store import StateStore
 from distributed_agents.core.ports.task_queue import TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
+from distributed_agents.core.redaction import redact_url
 
 __all__ = ["Backend", "BackendOptions", "split_backend_url"]
 
@@ -48,7 +49,12 @@ class BackendOptions:
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> BackendOptions:
-        """Options from the URL's query string, then ``overrides`` (None values ignored)."""
+        """Options from the URL's query string, then ``overrides`` (None values ignored).
+
+        ``extra={...}`` adds adapter options (e.g. ``{"tls_ca": "/path/ca.pem"}``) to the
+        ones the query string carries, winning over them; the adapter refuses any it
+        does not know.
+        """
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
         values: dict[str, Any] = {}
         extra: dict[str, str] = {}
@@ -60,9 +66,12 @@ class BackendOptions:
         for key, value in overrides.items():
             if value is None:
                 continue
+            if key == "extra":
+                extra.update({str(k): str(v) for k, v in dict(value).items()})
+                continue
             if key not in known:
                 raise BackendConfigError(
-                    f"unknown backend option {key!r} for {url!r}; known options: {', '.join(sorted(known))}"
+                    f"unknown backend option {key!r} for {redact_url(url)!r}; known options: {', '.join(sorted(known))}"
                 )
             values[key] = value
         options = replace(cls(), **values, extra=extra)
@@ -71,7 +80,7 @@ class BackendOptions:
 
     def validate(self, url: str = "") -> None:
         """Raise ``BackendConfigError`` naming the first invalid option."""
-        where = f" in {url!r}" if url else ""
+        where = f" in {redact_url(url)!r}" if url else ""
         if not self.prefix or any(ch in self.prefix for ch in " \t\n*>"):
             raise BackendConfigError(f"prefix {self.prefix!r}{where} must be non-empty without spaces, '*' or '>'")
         for name in ("visibility_timeout", "result_ttl", "heartbeat_ttl"):
@@ -97,7 +106,7 @@ def _coerce(url: str, key: str, raw: str) -> Any:
             return None
         return float(raw)
     except ValueError:
-        raise BackendConfigError(f"backend option {key}={raw!r} in {url!r} is not a number") from None
+        raise BackendConfigError(f"backend option {key}={raw!r} in {redact_url(url)!r} is not a number") from None
 
 
 def split_backend_url(url: str) -> tuple[str, str]:
@@ -105,7 +114,7 @@ def split_backend_url(url: str) -> tuple[str, str]:
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
         raise BackendConfigError(
-            f"backend URL {url!r} has no scheme; use e.g. 'memory://', 'redis://host:6379/0' or 'nats://host:4222'"
+            f"backend URL {redact_url(url)!r} has no scheme; use e.g. 'memory://', 'redis://host:6379/0' or 'nats://host:4222'"
         )
     return scheme.lower(), rest
 
@@ -136,6 +145,11 @@ class Backend:
         self.message_bus = message_bus
 
     @property
+    def redacted_url(self) -> str:
+        """``url`` with its credentials masked: the form every message, log and output shows."""
+        return redact_url(self.url)
+
+    @property
     def max_payload_bytes(self) -> int:
         """The size limit the core checks before writing a node result or a workflow state.
 
@@ -155,4 +169,4 @@ class Backend:
         await self.message_bus.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url!r} prefix={self.options.prefix!r}>"
+        return f"<{type(self).__name__} {self.redacted_url!r} prefix={self.options.prefix!r}>"
