@@ -101,6 +101,7 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
+from distributed_agents.core.task_state import INLINE_STATE_LIMIT, state_ref
 from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import read_output
 
@@ -496,6 +497,7 @@ class StepEngine:
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
         entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
         state_json = encode(record.state)
+        reference: dict[str, Any] | None = None  # to the committed state, for tasks on workers; {}: none
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
         local: dict[str, NodeFunction] = {}
@@ -513,11 +515,16 @@ class StepEngine:
                                   **({"task": entry.key} if entry.is_send else {}))
                 batches.append(self._subgraph_batch(graph, record, entry))
                 continue
+            func = self._local_function(spec)
+            if func is None and entry.arg is None and reference is None and len(state_json) > INLINE_STATE_LIMIT:
+                reference = await self._state_reference(record, len(state_json)) or {}
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
                 node_type=spec.node_type, task_id=node_task_id(record, entry.key),
                 # A Send's node gets the Send's argument, not the shared state.
                 state_json=state_json if entry.arg is None else encode(entry.arg),
+                # A large shared state stays in its checkpoint: the task names it (core.task_state).
+                state_ref=(reference or None) if func is None and entry.arg is None else None,
                 retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
                 resume=list(answers.get(entry.key) or ()) or None,
                 remaining_steps=options.step_limit - record.step,
@@ -525,7 +532,6 @@ class StepEngine:
                 configurable=record.metadata.get(CONFIGURABLE_KEY),
                 trace=self._trace,
             )
-            func = self._local_function(spec)
             if func is not None:
                 local[name] = func
                 local_calls.append(call)
@@ -544,6 +550,23 @@ class StepEngine:
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
                                           dict(zip((e.key for e in entries), outcomes)))
         return await self._cache_share(graph, record, run, all_entries, followers, settled, options)
+
+    async def _state_reference(self, record: WorkflowRecord, encoded_size: int) -> dict[str, Any] | None:
+        """A ``core.task_state`` reference to ``record``'s state for its step's tasks, or None: carry it inline.
+
+        Only a state the store holds as the checkpoint of ``record.step`` is referenced.
+        ``"async"``: the commit of that checkpoint may still be in flight; it is waited
+        for (the step's tasks cannot read it before). ``"exit"``: steps after the first
+        are not written, so their tasks carry the state.
+        """
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.wait([inflight])  # not cancelled with this step: it is shielded where it is settled
+        if inflight is not None and (inflight.cancelled() or inflight.exception() is not None):
+            return None  # refused: the step is stopped (_alongside_commit raises its error)
+        if self._stored_step != record.step:
+            return None
+        return state_ref(record.step, record.state, encoded_size)
 
     async def _cache_lookup(
         self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], share: bool

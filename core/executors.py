@@ -31,6 +31,7 @@ from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
+from distributed_agents.core.task_state import STATE_REF_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
            "task_payload"]
@@ -61,6 +62,9 @@ class NodeCall:
     remaining_steps: int | None = None
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (JSON)
+    # A task on the queue carries this reference to the committed state instead of the state
+    # itself (core.task_state); None: it carries ``state_json``.
+    state_ref: Mapping[str, Any] | None = None
     trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
 
 
@@ -143,12 +147,16 @@ class InProcessExecutor(NodeExecutor):
 
 
 def task_payload(call: NodeCall) -> dict[str, Any]:
-    """The JSON payload of a node task: what a worker needs to run the node."""
+    """The JSON payload of a node task: what a worker needs to run the node.
+
+    It holds the node's input as ``"state"``, or as ``"state_ref"`` (``core.task_state``)
+    when the call has one: a large shared state is read by workers from its checkpoint.
+    """
     return {
         "v": 1,
         "graph": call.graph_name,
         "step": call.step,
-        "state": decode(call.state_json),
+        **({STATE_REF_KEY: dict(call.state_ref)} if call.state_ref is not None else {"state": decode(call.state_json)}),
         "retry": None if call.retry is None else call.retry.to_dict(),
         "timeout": call.timeout,
         # Only when set, so other tasks' payloads keep their shape.

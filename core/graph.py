@@ -780,8 +780,10 @@ class Graph:
         keys = list(chosen) if several else [chosen]
         targets: list[str | Send] = []
         for key in keys:
-            # Name what the condition returned; for a collection, also the item at fault.
-            returned = f"{chosen!r}, whose item {key!r}" if several else repr(key)
+            # Name what the condition returned; for a collection, also the item at fault. Only
+            # on an error: a repr of the whole collection per item is quadratic in a Send map's size.
+            def returned(key: Any = key) -> str:
+                return f"{chosen!r}, whose item {key!r}" if several else repr(key)
             if isinstance(key, Send):
                 targets.append(self._check_send(edge, label, key))
                 continue
@@ -791,7 +793,7 @@ class Graph:
                 except (KeyError, TypeError):
                     raise ExecutionError(
                         f"graph {self.name!r}: {label} "
-                        f"returned {returned}, which is not in its targets {sorted(map(repr, edge.mapping))}"
+                        f"returned {returned()}, which is not in its targets {sorted(map(repr, edge.mapping))}"
                     ) from None
             else:
                 target = key
@@ -799,7 +801,7 @@ class Graph:
                 # An unhashable key (a nested list, a dict) must not escape as a bare TypeError.
                 if not isinstance(target, str) or target not in valid:
                     raise ExecutionError(
-                        f"graph {self.name!r}: {label} returned {returned}, which is not one of {sorted(valid)}"
+                        f"graph {self.name!r}: {label} returned {returned()}, which is not one of {sorted(valid)}"
                     )
             targets.append(target)
         return targets

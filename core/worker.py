@@ -62,12 +62,13 @@ from distributed_agents.core.node_runner import (
 )
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import Subscription
-from distributed_agents.core.ports.task_queue import ClaimedTask
+from distributed_agents.core.ports.task_queue import ClaimedTask, Task
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
+from distributed_agents.core.task_state import DEFAULT_CACHE_BYTES, STATE_REF_KEY, StateCache, TaskStateError, read_ref
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -133,7 +134,8 @@ class Worker:
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
     the longest a claim waits for work (and so the longest ``stop()`` waits for it).
     With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop (only
-    when serving on the main thread's event loop). ``instrumentation`` (default: the
+    when serving on the main thread's event loop). ``state_cache_bytes`` bounds the states kept
+    that tasks name instead of carrying (``core.task_state``; 0: read for every task). ``instrumentation`` (default: the
     process-wide one of ``core.instrumentation.install``, read by ``start()``) is told
     of every task attempt and runs its ``watch`` while the worker serves.
     """
@@ -152,6 +154,7 @@ class Worker:
         poll_wait: float = 1.0,
         backend_options: Mapping[str, Any] | None = None,
         handle_signals: bool = False,
+        state_cache_bytes: int = DEFAULT_CACHE_BYTES,
         instrumentation: Instrumentation | None = None,
     ) -> None:
         if isinstance(node_types, (str, bytes)):
@@ -205,8 +208,12 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._outage = Outage(log, f"worker {self.worker_id}")
         self._stream: EventPublisher | None = None  # publishes what nodes stream (see core.stream_writer)
+        # States that tasks name instead of carrying (core.task_state): read once per workflow step.
+        self.state_cache = StateCache(state_cache_bytes)
         self.instrumentation = instrumentation
         self._observer: Instrumentation | None = None  # the one in use while serving (core.instrumentation)
+        # time.monotonic() of the last registry write that succeeded (register or heartbeat): readiness().
+        self._beat_ok_at: float | None = None
 
     def _check_heartbeat(self, ttl: float | None) -> None:
         """Raise ``ConfigurationError`` unless at least two heartbeats fit in ``ttl`` seconds.
@@ -507,6 +514,8 @@ class Worker:
         keeper = asyncio.ensure_future(lease.keep())
         started = time.monotonic()
         try:
+            if state is None:  # a large state stays in its checkpoint; the task names it
+                state = await self._referenced_state(task)
             updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
                                         resume=task.payload.get("resume"),
                                         message_keys=[str(k) for k in task.payload.get("message_keys") or ()])
@@ -521,7 +530,9 @@ class Worker:
         except Exception as exc:
             keeper.cancel()
             failure = describe_failure(exc)
-            if retry is not None and not is_output_error(exc) and retry.should_retry(claim.attempt, exc):
+            # A state that is gone stays gone: no retry.
+            if (retry is not None and not is_output_error(exc) and not isinstance(exc, TaskStateError)
+                    and retry.should_retry(claim.attempt, exc)):
                 self.stats.retried += 1
                 delay = retry.delay(claim.attempt)
                 log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
@@ -545,14 +556,20 @@ class Worker:
                      time.monotonic() - started, claim.attempt)
         return SUCCEEDED, None
 
-    def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State, RetryPolicy | None, float | None]:
+    def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State | None, RetryPolicy | None, float | None]:
+        """The task's function, state (None: the task names it, ``_referenced_state`` reads it), retry, timeout.
+
+        Raises ``ValueError`` if the task is malformed.
+        """
         payload = claim.task.payload
         func = self.registry.get(claim.task.node_type)
         if func is None:
             raise ValueError(f"worker {self.worker_id!r} has no function for node type {claim.task.node_type!r}")
         state = payload.get("state")
-        if not isinstance(state, dict):
-            raise ValueError("payload has no 'state' object")
+        if state is None and STATE_REF_KEY in payload:
+            read_ref(payload[STATE_REF_KEY])  # raises ValueError if it is no reference
+        elif not isinstance(state, dict):
+            raise ValueError(f"payload has no 'state' object and no {STATE_REF_KEY!r}")
         retry_data = payload.get("retry")
         try:
             retry = None if retry_data is None else RetryPolicy.from_dict(retry_data)
@@ -560,7 +577,19 @@ class Worker:
             timeout = None if timeout is None else float(timeout)
         except (TypeError, ValueError, AttributeError, ConfigurationError) as exc:
             raise ValueError(f"payload has an invalid retry policy or timeout: {exc}") from None
-        return func, State._trusted(state, claim.task.workflow_id), retry, timeout
+        return func, None if state is None else State._trusted(state, claim.task.workflow_id), retry, timeout
+
+    async def _referenced_state(self, task: Task) -> State:
+        """The state a task names (``core.task_state``), read through the worker's state cache.
+
+        Waits through a backend outage (the lease keeper keeps the task meanwhile); raises
+        ``TaskStateError`` if the state is not stored any more.
+        """
+        ref = read_ref(task.payload.get(STATE_REF_KEY))
+        store = self.backend.state_store
+        state = await until_available(lambda: self.state_cache.state(store, task.workflow_id, ref),
+                                      what=f"read the state task {task.id} runs on", outage=self._outage)
+        return State._trusted(state, task.workflow_id)  # each task its own copy
 
     async def _on_cancelled(self, claim: ClaimedTask, reason: str, broken: BaseException | None = None) -> None:
         queue = self.backend.task_queue
