@@ -56,6 +56,7 @@ from distributed_agents.core.worker import Worker
 from distributed_agents import cli_client, operations
 from distributed_agents.distributed import DistributedWorker
 from distributed_agents.draw import FORMATS, draw_graph, format_for_path
+from distributed_agents import observability
 from distributed_agents.log_format import LOG_FORMATS, configure_logging
 from distributed_agents.plugins import available_backends, open_backend
 
@@ -344,6 +345,7 @@ def _parser() -> Parser:
     for option in WORKER_OPTIONS:
         option.add_to(worker)
     worker.set_defaults(run=_run_worker, options=WORKER_OPTIONS)
+    observability.add_flags(worker)
 
     dead = command("dead-letters", "list, show, requeue or purge dead-lettered tasks",
                    "Tasks that failed their last allowed attempt, or whose payload could not be decoded.")
@@ -663,6 +665,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=HEARTBEAT_INTERVAL.resolve(args),
         registry=registry,
         shutdown_grace=SHUTDOWN_GRACE.resolve(args),
+        instrumentation=observability.instrumentation_from(args, "distributed-agents-worker"),
         **options,
     )
     await worker.start()
