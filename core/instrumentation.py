@@ -59,7 +59,8 @@ class NodeAttempt:
 
     ``step`` is the workflow step, ``attempt`` counts from 1, ``worker_id`` is empty
     for a node run in the orchestrator's process, ``trace`` is the carrier of the step
-    that enqueued it (see ``Instrumentation.carrier``), ``graph`` is empty on a worker.
+    that enqueued it (see ``Instrumentation.carrier``), ``graph`` the graph's name (empty
+    when a task's payload does not say).
     """
 
     workflow_id: str

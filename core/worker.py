@@ -120,6 +120,12 @@ def _known_heartbeat_ttl(backend: str | Backend | None, options: Mapping[str, An
         return None
 
 
+def _graph_name(payload: Any) -> str:
+    """The graph name a task payload carries (``executors.task_payload``), or "" for a malformed one."""
+    graph = payload.get("graph") if isinstance(payload, Mapping) else None
+    return graph if isinstance(graph, str) else ""
+
+
 class _Cancelled(Exception):
     """Why a running node task was stopped from outside."""
 
@@ -478,7 +484,7 @@ class Worker:
             observer = self._observer
             observed = None if observer is None else observer.node_started(NodeAttempt(
                 claim.task.workflow_id, step if isinstance(step, int) else 0, claim.task.node, claim.task.node_type,
-                claim.task.id, claim.attempt, self.worker_id,
+                claim.task.id, claim.attempt, self.worker_id, _graph_name(claim.task.payload),
                 trace=trace_carrier(claim.task.payload) if isinstance(claim.task.payload, Mapping) else None))
             outcome: tuple[str, BaseException | None] = (CANCELLED, None)
             try:

@@ -136,6 +136,7 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
         attributes = span["attributes"]
         assert attributes["distributed_agents.workflow.id"] == f"wf_traced_{prefix}"
         assert attributes["distributed_agents.worker.id"] == worker_id
+        assert attributes["distributed_agents.graph.name"] == "traced"
         assert attributes["distributed_agents.node.name"] == span["name"].removeprefix("node ")
         assert attributes["distributed_agents.task.id"] == attributes["messaging.message.id"]
         assert attributes["distributed_agents.task.id"].startswith(f"wf_traced_{prefix}:")
@@ -183,3 +184,26 @@ def test_enable_installs_tracing_next_to_other_observers_and_a_failed_run_is_an_
     assert node.attributes["error.type"] == "ValueError"
     assert node.attributes["distributed_agents.task.outcome"] == "failed"
     assert node.parent is not None and node.parent.span_id == spans["step failing"].context.span_id
+
+
+def test_a_subgraphs_run_is_a_child_of_its_parents_step() -> None:
+    from distributed_agents import Graph
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    child = Graph("inner").add_node("c", lambda s: {"x": 1}).set_entry_point("c").set_finish_point("c").compile()
+    parent = (Graph("outer").add_node("sub", child).add_node("p", lambda s: {"y": 2}).add_edge("sub", "p")
+              .set_entry_point("sub").set_finish_point("p").compile())
+    assert Orchestrator(instrumentation=Tracing(provider)).invoke(parent, {})["y"] == 2
+    spans = list(exporter.get_finished_spans())
+    by_id = {s.context.span_id: s for s in spans}
+
+    def parent_of(span: ReadableSpan) -> str | None:
+        return by_id[span.parent.span_id].name if span.parent is not None else None
+
+    links = sorted((s.name, parent_of(s)) for s in spans)
+    assert links == [("node c", "step inner"), ("node p", "step outer"), ("step inner", "workflow inner"),
+                     ("step outer", "workflow outer"), ("step outer", "workflow outer"),
+                     ("workflow inner", "step outer"), ("workflow outer", None)]
+    assert len({s.context.trace_id for s in spans}) == 1
