@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -1540,8 +1541,15 @@ class Orchestrator:
             log.info("taking over workflow %r at step %d", current.workflow_id, current.step)
             taken.append(current.workflow_id)
             task = asyncio.ensure_future(self._drive(graph, current, lease, None))
+            # Tracked like submit()'s drives: close() waits for it, so its lease is released on the way out.
+            self._background[current.workflow_id] = task
+            task.add_done_callback(functools.partial(self._forget_background, current.workflow_id))
             task.add_done_callback(_ignore_outcome)
         return taken
+
+    def _forget_background(self, workflow_id: str, task: asyncio.Future[Any]) -> None:
+        if self._background.get(workflow_id) is task:
+            del self._background[workflow_id]
 
     # -- observing and controlling --------------------------------------------------------
 

@@ -287,6 +287,7 @@ class Worker:
         try:
             await until_available(backend.connect, what="connect", outage=self._outage)
             await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
+            self._beat_ok_at = time.monotonic()
             subscription = await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
                                                  what="subscribe to cancellations", outage=self._outage)
         except BaseException:  # refused (credentials, ACL, config): release the connection, stop being "serving"
@@ -356,6 +357,27 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+    def readiness(self) -> str | None:
+        """None while the worker serves and is registered as live; else why not, in one line.
+
+        Not ready: before ``start()`` has registered it, once it drains (``stop()`` or
+        SIGTERM) and while its last successful heartbeat is older than the registry's
+        ``heartbeat_ttl`` (the backend has been unreachable that long, so the registry no
+        longer lists it). What a readiness probe reports (``worker --health-port``).
+        """
+        if self._stopping is not None and self._stopping.is_set():
+            if not self._serving:
+                return "stopped"
+            return "draining: stopped claiming, finishing or giving back running tasks"
+        if not self._serving or self._beat_ok_at is None:
+            return "not serving yet: connecting to the backend and registering"
+        age = time.monotonic() - self._beat_ok_at
+        ttl = self.backend.worker_registry.heartbeat_ttl
+        if age > ttl:
+            return (f"no successful heartbeat for {age:.0f}s (the registry forgets a worker after {ttl:g}s): "
+                    "the backend is unreachable (the worker's log names it and the error)")
+        return None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let running tasks finish (up to ``grace``), release the rest, deregister."""
@@ -455,6 +477,7 @@ class Worker:
                     info = fresh
                 elif not await registry.heartbeat(self.worker_id):
                     await registry.register(info)
+                self._beat_ok_at = time.monotonic()
             except BackendUnavailableError as exc:
                 self._outage.failed("heartbeat", exc)
             except Exception as exc:

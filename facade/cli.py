@@ -1,7 +1,8 @@
 """The ``distributed-agents`` command (also ``python -m distributed_agents``).
 
     distributed-agents [--log-level LEVEL] [--version] COMMAND ...
-    distributed-agents worker --app mymodule:registry [--backend-url URL] [--node-types a,b] ...
+    distributed-agents worker --app mymodule:registry [--backend-url URL] [--node-types a,b] [--health-port P] ...
+    distributed-agents orchestrator --app mymodule:graph [--backend-url URL] [--health-port P] ...
     distributed-agents dead-letters list [--node-type T] [--limit N]
     distributed-agents dead-letters show TASK_ID [--json]
     distributed-agents dead-letters requeue TASK_ID [TASK_ID ...]
@@ -135,6 +136,23 @@ def _app_spec(text: str) -> str:
     if not sep or not module_name or not attribute:
         raise ValueError(f"{text!r} must look like MODULE:ATTRIBUTE, e.g. myapp.nodes:registry")
     return text.strip()
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number (0 to 65535; 0 picks a free one)")
+    return value
+
+
+def _graph_specs(text: str) -> tuple[str, ...]:
+    specs = tuple(dict.fromkeys(_app_spec(s) for s in text.split(",") if s.strip()))
+    if not specs:
+        raise ValueError(f"{text!r} names no graph; give MODULE:GRAPH, e.g. myapp.flows:graph")
+    return specs
 
 
 def _node_types(text: str) -> tuple[str, ...]:
@@ -287,6 +305,24 @@ GRAPH_SPEC = Option("--graph", ("DA_GRAPH",), _text, "where the workflow's graph
 QUEUE_NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types, "comma-separated node types to show",
                           "researcher,writer", default_text="those of live workers and dead letters", metavar="TYPES")
 
+HEALTH_PORT = Option("--health-port", ("DA_HEALTH_PORT",), _port,
+                     "serve HTTP GET /livez and /readyz on this port (all interfaces) for liveness and readiness "
+                     "probes; 0 picks a free port (logged)", "8080", default_text="none", metavar="PORT")
+GRAPHS = Option("--app", ("DA_APP",), _graph_specs,
+                "the graphs whose workflows to drive, as MODULE:GRAPH (a Graph, or a function returning one); "
+                "several comma-separated; the current directory is importable", "myapp.flows:graph",
+                metavar="MODULE:GRAPH[,...]")
+ORCHESTRATOR_ID = Option("--orchestrator-id", ("ORCHESTRATOR_ID",), _text,
+                         "unique name of this orchestrator (workflow leases name their holder)", "orchestrator-1",
+                         default_text="orchestrator-HOST-PID-RANDOM", metavar="ID")
+LEASE_TTL = Option("--lease-ttl", ("DA_LEASE_TTL",), _seconds(0.0, strict=True),
+                   "seconds a workflow's lease outlives the last renewal (renewed every third of that): after a "
+                   "SIGKILL, another orchestrator takes the workflows over that long after", "30", default=30.0,
+                   metavar="SECONDS")
+POLL_INTERVAL = Option("--poll-interval", ("DA_POLL_INTERVAL",), _seconds(0.0, strict=True),
+                       "seconds between looks for workflows to drive (submitted, or left by a stopped orchestrator)",
+                       "1", default=1.0, metavar="SECONDS")
+
 DASHBOARD_HOST = Option("--host", ("DA_DASHBOARD_HOST",), _text, "address to listen on (0.0.0.0: every interface; "
                         "set --token then)", "127.0.0.1", default="127.0.0.1", metavar="HOST")
 DASHBOARD_PORT = Option("--port", ("DA_DASHBOARD_PORT",), _positive_int, "TCP port to listen on", "8080", default=8080,
@@ -297,7 +333,8 @@ DASHBOARD_TOKEN = Option("--token", ("DA_DASHBOARD_TOKEN",), _text, "token that 
 DASHBOARD_OPTIONS = (BACKEND_URL, PREFIX, DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_TOKEN)
 
 WORKER_OPTIONS = (APP, BACKEND_URL, PREFIX, NODE_TYPES, WORKER_ID, CAPACITY, HEARTBEAT_INTERVAL, SHUTDOWN_GRACE,
-                  VISIBILITY_TIMEOUT)
+                  VISIBILITY_TIMEOUT, HEALTH_PORT)
+ORCHESTRATOR_OPTIONS = (GRAPHS, BACKEND_URL, PREFIX, ORCHESTRATOR_ID, LEASE_TTL, POLL_INTERVAL, HEALTH_PORT)
 BACKEND_OPTIONS = (BACKEND_URL, PREFIX)
 
 
@@ -346,6 +383,17 @@ def _parser() -> Parser:
         option.add_to(worker)
     worker.set_defaults(run=_run_worker, options=WORKER_OPTIONS)
     observability.add_flags(worker)
+
+    orchestrator = command(
+        "orchestrator", "drive submitted workflows until SIGTERM/SIGINT",
+        "Drive the workflows of the --app graphs that clients submit ('submit', Orchestrator.submit) or that "
+        "a stopped or dead orchestrator left, each from its last committed step, their nodes on workers. "
+        "SIGTERM or SIGINT stops it: its workflows stay resumable and their leases are released, so another "
+        "orchestrator takes them over at once.",
+    )
+    for option in ORCHESTRATOR_OPTIONS:
+        option.add_to(orchestrator)
+    orchestrator.set_defaults(run=_run_orchestrator, options=ORCHESTRATOR_OPTIONS)
 
     dead = command("dead-letters", "list, show, requeue or purge dead-lettered tasks",
                    "Tasks that failed their last allowed attempt, or whose payload could not be decoded.")
@@ -668,7 +716,55 @@ async def _run_worker(args: argparse.Namespace) -> int:
         instrumentation=observability.instrumentation_from(args, "distributed-agents-worker"),
         **options,
     )
-    await worker.start()
+    health = None
+    port = HEALTH_PORT.resolve(args)
+    if port is not None:
+        from distributed_agents.health import HealthServer
+
+        async def ready() -> str | None:
+            return worker.readiness()
+
+        health = HealthServer(port, ready=ready, what=f"worker {worker.worker_id}")
+        await health.start()
+    try:
+        await worker.start()
+    finally:
+        if health is not None:
+            await health.close()
+    return 0
+
+
+async def _run_orchestrator(args: argparse.Namespace) -> int:
+    from distributed_agents.distributed import DistributedOrchestrator
+    from distributed_agents.draw import load_graph
+    from distributed_agents.health import HealthServer
+    from distributed_agents.orchestrator_service import OrchestratorService
+
+    specs: tuple[str, ...] | None = GRAPHS.resolve(args)
+    if not specs:
+        raise UsageError("orchestrator needs the graphs whose workflows to drive: pass --app MODULE:GRAPH "
+                         "(e.g. --app myapp.flows:graph; several comma-separated), or set DA_APP")
+    graphs = [load_graph(spec) for spec in specs]
+    url = _backend_url(args)
+    if url.partition("://")[0].lower() == "memory":
+        raise UsageError(
+            f"orchestrator cannot use --backend-url {url!r}: memory:// lives inside one process, so no client could "
+            "submit to it; pass a shared backend, e.g. --backend-url redis://HOST:6379/0 or nats://HOST:4222")
+    orchestrator = DistributedOrchestrator(
+        backend_url=url, recover=False, orchestrator_id=ORCHESTRATOR_ID.resolve(args),
+        lease_ttl=LEASE_TTL.resolve(args), **_backend_options(args))
+    service = OrchestratorService(orchestrator, graphs, poll_interval=POLL_INTERVAL.resolve(args))
+    health = None
+    port = HEALTH_PORT.resolve(args)
+    if port is not None:
+        health = HealthServer(port, ready=service.readiness, routes={"/queues": service.queues},
+                              what=f"orchestrator {orchestrator.orchestrator_id}")
+        await health.start()
+    try:
+        await service.serve()
+    finally:
+        if health is not None:
+            await health.close()
     return 0
 
 

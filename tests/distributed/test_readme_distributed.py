@@ -7,10 +7,8 @@ the orchestrator block in this one.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.readme import bash_blocks, code_blocks, debian_path, python_blocks, run_block, shell_script
+from support.readme import bash_blocks, debian_path, python_blocks, run_block, shell_script
 from support.server_process import free_port
 
 from distributed_agents import Graph
@@ -131,7 +129,7 @@ def test_distributed_example_runs_end_to_end(backend: str, request: pytest.Fixtu
     assert f"pid {orchestrator_pid}," not in lines[1]  # the nodes ran in worker processes
 
 
-# -- the shell blocks of "Distributed Execution" and the Kubernetes manifest -----------------------
+# -- the shell blocks of "Distributed Execution" -----------------------------------------------------
 
 ROOT = TESTS.parent
 REDIS_ADDRESS = "redis://127.0.0.1:6379/0"
@@ -229,66 +227,3 @@ def test_the_worker_command_serves_the_example_and_drains_on_sigterm(redis_url: 
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
-
-
-def kubernetes_manifest() -> str:
-    (manifest,) = [source for language, source in code_blocks("Kubernetes Deployment") if language == "yaml"]
-    return manifest
-
-
-def manifest_container(manifest: str) -> tuple[list[str], dict[str, str], list[str]]:
-    """(command, env values, env names taken from the pod) of the manifest's one container."""
-    (command_line,) = [line for line in manifest.splitlines() if line.strip().startswith("command:")]
-    command = json.loads(command_line.split("command:", 1)[1])
-    values = dict(re.findall(r'- name: (\w+)\n\s+value: "([^"]*)"', manifest))
-    from_pod = re.findall(r"- name: (\w+)\n\s+valueFrom:", manifest)
-    return command, values, from_pod
-
-
-def test_the_kubernetes_manifest_is_the_deploy_file_and_names_only_served_node_types() -> None:
-    manifest = kubernetes_manifest()
-    assert manifest == (ROOT / "deploy" / "worker-deployment.yaml").read_text()
-    command, env, from_pod = manifest_container(manifest)
-    assert command == ["distributed-agents", "worker"]
-    assert env["DA_APP"] == "distributed_workflow:registry" and "REDIS_URL" in env and from_pod == ["WORKER_ID"]
-    # The image has the module DA_APP names, in its working directory.
-    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert "COPY examples/distributed_workflow.py /app/" in dockerfile and "WORKDIR /app" in dockerfile
-    assert "'/src[redis]'" in dockerfile
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import distributed_workflow
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
-    served = set(distributed_workflow.registry.node_types())
-    assert set(env["NODE_TYPES"].split(",")) <= served, "every NODE_TYPES entry needs a function in DA_APP"
-    grace = re.search(r"terminationGracePeriodSeconds: (\d+)", manifest)
-    assert grace is not None and int(grace.group(1)) > float(env["SHUTDOWN_GRACE"])
-
-
-@pytest.mark.timeout(150)
-def test_the_kubernetes_container_command_runs_with_the_manifest_env(redis_url: str, tmp_path: pathlib.Path) -> None:
-    """The container's command and environment, as the pod would run them (only REDIS_URL changed)."""
-    command, env, _ = manifest_container(kubernetes_manifest())
-    app_dir = tmp_path / "app"  # the image's WORKDIR, with what the Dockerfile copies there
-    app_dir.mkdir()
-    shutil.copy(ROOT / "examples" / "distributed_workflow.py", app_dir)
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("BACKEND_URL", "NATS_URL", "PYTHONPATH", "VIRTUAL_ENV")}
-    environment.update(env, REDIS_URL=redis_url, WORKER_ID="agent-worker-7d9f-abcde", PYTHONUNBUFFERED="1",
-                       PATH=f"{pathlib.Path(sys.prefix) / 'bin'}:/usr/bin:/bin")
-    log_path = tmp_path / "pod.log"
-    with open(log_path, "w") as log:
-        pod = subprocess.Popen(command, cwd=app_dir, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        result = run_example_workflow(redis_url)
-        assert result["report"] == "Report with 2 findings" and result["researched_by"] == pod.pid
-        pod.send_signal(signal.SIGTERM)  # what Kubernetes sends when it stops the pod
-        assert pod.wait(timeout=40) == 0, log_path.read_text()
-        output = log_path.read_text()
-        assert "agent-worker-7d9f-abcde serving ['researcher', 'writer'] (capacity 4)" in output, output
-    finally:
-        if pod.poll() is None:
-            pod.kill()
-            pod.wait(timeout=10)
