@@ -951,7 +951,9 @@ async def _list_backends(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    from distributed_agents.core.redaction import redact_text  # a URL in an error never shows its secrets
+
+    print(f"{PROG}: error: {redact_text(message)}", file=sys.stderr)
     return status
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 
 from distributed_agents.core.log_context import FIELDS, LogContextFilter
+from distributed_agents.core.redaction import redact_text
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging", "log_handler"]
 
@@ -46,13 +47,21 @@ class JsonFormatter(logging.Formatter):
             data["exception"] = record.exc_text
         if record.stack_info:
             data["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        # A URL anywhere in the record (a library's message, a traceback) shows no credentials.
+        return redact_text(json.dumps(data, default=str, ensure_ascii=False))
+
+
+class RedactingFormatter(logging.Formatter):
+    """The human format, with the credentials of every URL in a line masked (``core.redaction``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def log_handler(log_format: str) -> logging.Handler:
     """A stderr handler in ``log_format`` (one of ``LOG_FORMATS``) that adds the log context to records."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter(TEXT_FORMAT))
     handler.addFilter(LogContextFilter())
     return handler
 
