@@ -78,6 +78,7 @@ class OrchestratorService:
         self.poll_interval = poll_interval
         self._stopping = asyncio.Event()
         self._round_ok_at: float | None = None  # time.monotonic() of the last round that reached the backend
+        self._round_failed: str | None = None  # why the last round failed, if it did
         self._outage = Outage(log, f"orchestrator {orchestrator.orchestrator_id}")
         self.taken: list[str] = []  # workflow ids this process took up, in order
 
@@ -86,9 +87,11 @@ class OrchestratorService:
         self._stopping.set()
 
     async def readiness(self) -> str | None:
-        """None while the last look for workflows reached the backend recently; else why not."""
+        """None while the last look for workflows worked and is recent; else why not (one line)."""
         if self._stopping.is_set():
             return "stopping: handing its workflows back"
+        if self._round_failed is not None:
+            return self._round_failed
         if self._round_ok_at is None:
             return "not serving yet: connecting to the backend"
         age = time.monotonic() - self._round_ok_at
@@ -143,13 +146,16 @@ class OrchestratorService:
             taken = await self.orchestrator.recover_workflows()
         except BackendUnavailableError as exc:
             self._outage.failed("look for workflows to drive", exc, self.poll_interval)
+            self._round_failed = f"the backend at {safe_url(self.orchestrator.backend.url)} is unavailable: {exc}"
             return
         except Exception as exc:  # a bug or a bad record: keep serving the others, say what happened
+            self._round_failed = f"looking for workflows failed: {type(exc).__name__}: {exc}"
             log.warning("orchestrator %s: looking for workflows failed: %s: %s", self.orchestrator.orchestrator_id,
                         type(exc).__name__, exc, exc_info=exc)
             return
         self._outage.succeeded()
         self._round_ok_at = time.monotonic()
+        self._round_failed = None
         self.taken.extend(taken)  # recover_workflows logs each
 
     def _install_signal_handlers(self) -> list[int]:

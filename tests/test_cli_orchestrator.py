@@ -265,3 +265,37 @@ def test_orchestrator_refuses_bad_input_in_one_line(tmp_path: pathlib.Path) -> N
     port = run("--app", "flows:graph", "--backend-url", "redis://127.0.0.1:1/0", "--health-port", "70000")
     assert port.returncode == 2 and "0 to 65535" in port.stderr and "Traceback" not in port.stderr, port.stderr
     assert len(port.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(300)
+def test_readiness_follows_the_backend_and_liveness_does_not(tmp_path: pathlib.Path) -> None:
+    from support.redis_server import RedisServer
+
+    with RedisServer() as server:
+        # heartbeat_ttl 3 s: a worker's heartbeat is stale 3 s into an outage.
+        deployment = Deployment(server.url + "?heartbeat_ttl=3", tmp_path)
+        try:
+            deployment.start("worker-h", "worker", "--app", "essayapp:graph", "--health-port", "0",
+                             "--heartbeat-interval", "0.5")
+            deployment.orchestrator("orch-h", "--health-port", "0")
+            ports = {name: _health_port(deployment, name) for name in ("worker-h", "orch-h")}
+
+            def all_ready(status: int) -> Callable[[], bool]:
+                return lambda: all(_get(port, "/readyz")[0] == status for port in ports.values())
+
+            def answers() -> str:
+                return f"{ {n: _get(p, '/readyz') for n, p in ports.items()} }\n{deployment.logs()}"
+
+            wait_until(all_ready(200), answers)
+            server.stop()
+            wait_until(all_ready(503), answers)
+            for name, port in ports.items():
+                assert _get(port, "/livez") == (200, {"status": "ok"}), name  # restarting would not help
+            assert "heartbeat" in _get(ports["worker-h"], "/readyz")[1]["reason"]
+            assert "unavailable" in _get(ports["orch-h"], "/readyz")[1]["reason"]
+            server.start()
+            wait_until(all_ready(200), answers)
+            for name in ("worker-h", "orch-h"):
+                assert deployment.stop(name, signal.SIGTERM) == 0, deployment.log(name)
+        finally:
+            deployment.close()
