@@ -1,0 +1,40 @@
+"""core.redaction: every URL form masks its credentials, and nothing else changes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distributed_agents.core.redaction import redact_text, redact_url
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://alice:pw@h/0?prefix=x", "redis://alice:***@h/0?prefix=x"),
+    ("rediss://u:p%40ss@h:6380/0?tls_ca=/ca.pem", "rediss://u:***@h:6380/0?tls_ca=/ca.pem"),
+    ("nats://tok@a:4222,b:4223", "nats://***@a:4222,b:4223"),
+    ("tls://u:p@a?nkey=/seed.nk&token=t", "tls://u:***@a?nkey=***&token=***"),
+    ("redis://h:6379/0?ssl_password=k&ssl_keyfile=/k.pem", "redis://h:6379/0?ssl_password=***&ssl_keyfile=/k.pem"),
+    ("memory://", "memory://"),
+    ("redis://h:6379/0?prefix=a", "redis://h:6379/0?prefix=a"),
+    ("redis://[::1:6379", "<unparseable URL>"),
+])
+def test_credentials_are_masked_and_the_rest_kept(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown  # idempotent
+
+
+def test_urls_inside_text_are_masked() -> None:
+    text = "cannot connect to redis://:s3cret@h:1/0; also 'nats://tok3n@x:4222' (and http://h/p)"
+    assert redact_text(text) == "cannot connect to redis://:***@h:1/0; also 'nats://***@x:4222' (and http://h/p)"
+
+
+secret = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=6, max_size=20)
+
+
+@given(user=secret, password=secret, scheme=st.sampled_from(["redis", "rediss", "nats", "tls"]))
+def test_no_password_or_token_survives(user: str, password: str, scheme: str) -> None:
+    for url in (f"{scheme}://{user}:{password}@h:1/0", f"{scheme}://{password}@h:1", f"{scheme}://h:1?token={password}"):
+        assert password not in redact_url(url).replace(user, "") or password in user
+        assert password not in redact_text(f"at {url}, then").replace(user, "") or password in user
