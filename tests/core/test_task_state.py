@@ -251,3 +251,45 @@ def test_copy_json_shares_no_container_with_its_original(state: dict[str, Any]) 
         return []
 
     assert not set(containers(copy)) & set(containers(state))
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["commit", "delete", "read"]), st.sampled_from(["a", "b"]),
+                              st.integers(0, 3)), max_size=30),
+       cache_bytes=st.sampled_from([0, 12_000, 10**9]))
+def test_a_read_returns_the_dispatched_state_or_says_it_is_gone_never_another(
+    ops: list[tuple[str, str, int]], cache_bytes: int
+) -> None:
+    """Commits, deletes (and re-creations under the same ids) and reads of references taken at any time:
+    a reference reads back exactly the state it was taken of, or raises TaskStateError."""
+
+    async def scenario() -> None:
+        store = MemoryStateStore(StateData())
+        cache = StateCache(max_bytes=cache_bytes)
+        steps: dict[str, int] = {}
+        versions: dict[str, int] = {}
+        refs: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        counter = 0
+        for op, workflow_id, pick in ops:
+            if op == "commit":
+                counter += 1
+                step = steps.get(workflow_id, -1) + 1
+                state = {"doc": f"{workflow_id}{counter}" * 1000, "step": step}
+                saved = await store.save(WorkflowRecord(workflow_id, "g", "running", state, step=step),
+                                         expected_version=versions.get(workflow_id, 0),
+                                         checkpoint=Checkpoint(workflow_id, step, state))
+                steps[workflow_id], versions[workflow_id] = step, saved.version
+                refs.append((workflow_id, state, _ref(step, state)))
+            elif op == "delete":
+                await store.delete(workflow_id)
+                steps.pop(workflow_id, None)
+                versions.pop(workflow_id, None)
+            elif refs:
+                workflow_id, state, ref = refs[pick % len(refs)]
+                try:
+                    got = await cache.state(store, workflow_id, ref)
+                except TaskStateError:
+                    continue
+                assert got == state
+
+    run(scenario(), 20)
