@@ -143,3 +143,25 @@ def test_the_pods_run_a_submitted_workflow(redis_url: str, tmp_path: pathlib.Pat
             if pod.poll() is None:
                 pod.kill()
                 pod.wait(timeout=10)
+
+
+def test_the_llm_commands_fit_the_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed_agents.draw import load_graph
+
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    lines = [line for block in bash_blocks(SECTION) for line in block.splitlines() if "llm_agents:graph" in line]
+    submit = next(line for line in lines if " submit " in line)
+    resume = next(line for line in lines if " resume " in line)
+    graph = load_graph(re.search(r"submit (\S+) ", submit).group(1))  # type: ignore[union-attr]
+    payload = json.loads(re.search(r"--input '(.*)'$", submit).group(1))  # type: ignore[union-attr]
+    assert graph.schema is not None and set(payload) <= set(graph.schema.keys)
+    assert payload["messages"][0]["role"] == "user"
+    assert "--graph llm_agents:graph --value" in resume
+    secret = next(block for block in bash_blocks(SECTION) if "create secret generic openai" in block)
+    llm_example = (EXAMPLES / "llm_agents.py").read_text()
+    for name in re.findall(r"--from-literal=([A-Z_]+)=", secret):
+        assert name in llm_example  # a variable the example reads
+    (_, worker), = find("Deployment", "agent-worker")
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "openai", "optional": True}} in container["envFrom"]
