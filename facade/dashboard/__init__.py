@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
+import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -58,11 +60,17 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
-        if not self._signals:  # embedded: the host program owns its signals
+        # Embedded, the host program owns its signals. Served by the CLI, SIGINT/SIGTERM stop the
+        # server and the command exits 0 (uvicorn's own handling re-raises the signal once stopped).
+        if not self._signals or threading.current_thread() is not threading.main_thread():
             yield
             return
-        with super().capture_signals():
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
             yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()

@@ -190,7 +190,7 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
 
     async def workflows_part(request: Request) -> Response:
         data, query = await _list_data(request)
-        return JSONResponse({"part-rows": page.workflow_rows(data, query)})
+        return JSONResponse({"part-rows": page.rows_section("Workflows", page.workflow_rows(data, query))})
 
     async def _workflow_parts(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
         workflow_id = _wid(request)
@@ -222,7 +222,7 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return HTMLResponse(page.workers_page(await service().workers()))
 
     async def workers_part(request: Request) -> Response:
-        return JSONResponse({"part-rows": page.worker_rows(await service().workers())})
+        return JSONResponse({"part-rows": page.rows_section("Live workers", page.worker_rows(await service().workers()))})
 
     def _named_types(request: Request) -> list[str]:
         return [t.strip() for t in request.query_params.get("node_types", "").split(",") if t.strip()]
@@ -231,7 +231,8 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return HTMLResponse(page.queues_page(await service().queues(_named_types(request))))
 
     async def queues_part(request: Request) -> Response:
-        return JSONResponse({"part-rows": page.queue_rows(await service().queues(_named_types(request)))})
+        rows = page.queue_rows(await service().queues(_named_types(request)))
+        return JSONResponse({"part-rows": page.rows_section("Queue depth per node type", rows)})
 
     async def letters_page(request: Request) -> Response:
         node_type = request.query_params.get("node_type", "")
@@ -240,7 +241,7 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
 
     async def letters_part(request: Request) -> Response:
         letters = await service().dead_letters(request.query_params.get("node_type", ""))
-        return JSONResponse({"part-rows": page.letter_rows(letters)})
+        return JSONResponse({"part-rows": page.rows_section("Dead letters", page.letter_rows(letters))})
 
     async def letter_page(request: Request) -> Response:
         letter = await service().dead_letter(str(request.path_params["task_id"]))

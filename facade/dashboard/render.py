@@ -110,6 +110,10 @@ class Page:
         return (f'<form class="action" method="post" action="{esc(url)}"{attrs}>{hidden}{extra}'
                 f'<button type="submit"{" class=danger" if danger else ""}>{esc(label)}</button></form>')
 
+    def rows_section(self, heading: str, content: str) -> str:
+        """The ``part-rows`` section of a list page (what its live updates replace)."""
+        return self._section("rows", heading, content)
+
     @staticmethod
     def _section(part: str, heading: str, content: str) -> str:
         return (f'<section id="part-{part}" class="part" aria-labelledby="h-{part}">'

@@ -117,7 +117,8 @@ def test_every_page_part_and_api_route(client: tuple[TestClient, Orchestrator]) 
     rest = http.get("/api/workflows", params={"limit": 2, "cursor": first["next_cursor"]}).json()
     assert [w["workflow_id"] for w in rest["workflows"]] == ["wf-fail"] and rest["next_cursor"] is None
     assert "Next page" in http.get("/?limit=2").text
-    assert "wf-done" in http.get("/parts/workflows").json()["part-rows"]
+    rows = http.get("/parts/workflows").json()["part-rows"]
+    assert rows.startswith('<section id="part-rows"') and "wf-done" in rows  # replaces the whole section
     assert http.get("/?status=bogus").status_code == 400
 
     done = http.get("/workflows/wf-done")

@@ -48,7 +48,13 @@
     var holder = document.createElement("div");
     holder.innerHTML = html;
     var fresh = holder.firstElementChild;
-    if (fresh) old.replaceWith(fresh);
+    // Keep what the user typed in a field the fresh rendering has empty (an answer being written).
+    old.querySelectorAll("textarea[id], input[id]:not([type=hidden])").forEach(function (field) {
+      var twin = holder.querySelector("#" + CSS.escape(field.id));
+      if (twin && field.value && !twin.value) twin.value = field.value;
+    });
+    if (fresh && fresh.id === id) old.replaceWith(fresh);
+    else old.innerHTML = html; // a part given as content only: keep the element, so later updates find it
   }
 
   document.addEventListener("focusout", function (event) {
@@ -154,8 +160,10 @@
       .then(function (response) { return response.json(); })
       .then(function (answer) {
         say(answer.message, !answer.ok);
-        if (answer.ok && answer.location && answer.location !== location.pathname) {
-          location.assign(answer.location);
+        if (!answer.ok) return; // refused: leave the form as it is, so the user can fix and send again
+        if (answer.location && answer.location !== location.pathname) {
+          var join = answer.location.indexOf("?") < 0 ? "?" : "&";
+          location.assign(answer.location + join + "notice=" + encodeURIComponent(answer.message));
           return;
         }
         schedule();
