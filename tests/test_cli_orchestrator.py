@@ -1,4 +1,4 @@
-"""``distributed-agents orchestrator`` as a real process against a real Redis.
+"""``distributed-agents orchestrator`` as a real process against a real Redis (and NATS).
 
 A client process submits (``distributed-agents submit``), a worker process runs the
 nodes, and the orchestrator process drives the workflow to its end. SIGTERM stops the
@@ -28,8 +28,6 @@ import pytest
 
 from distributed_agents import Orchestrator
 from distributed_agents.plugins import open_backend
-
-pytestmark = pytest.mark.redis
 
 APP = '''
 import os, pathlib, time
@@ -154,6 +152,7 @@ def deployment(redis_url: str, tmp_path: pathlib.Path) -> Iterator[Deployment]:
         deployment.close()
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_submitted_workflow_runs_to_its_end_and_sigterm_hands_it_over(deployment: Deployment) -> None:
     first = deployment.orchestrator("orch-a")
@@ -181,6 +180,7 @@ def test_submitted_workflow_runs_to_its_end_and_sigterm_hands_it_over(deployment
     assert deployment.stop("orch-b", signal.SIGTERM) == 0, deployment.log("orch-b")
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_a_second_orchestrator_takes_over_after_sigkill(deployment: Deployment) -> None:
     deployment.orchestrator("orch-a", "--lease-ttl", "2")
@@ -214,6 +214,7 @@ def _health_port(deployment: Deployment, name: str) -> int:
     return int(found[0])
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_health_endpoints_of_worker_and_orchestrator(deployment: Deployment) -> None:
     deployment.orchestrator("orch-a", "--health-port", "0")
@@ -267,6 +268,7 @@ def test_orchestrator_refuses_bad_input_in_one_line(tmp_path: pathlib.Path) -> N
     assert len(port.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_readiness_follows_the_backend_and_liveness_does_not(tmp_path: pathlib.Path) -> None:
     from support.redis_server import RedisServer
@@ -299,3 +301,18 @@ def test_readiness_follows_the_backend_and_liveness_does_not(tmp_path: pathlib.P
                 assert deployment.stop(name, signal.SIGTERM) == 0, deployment.log(name)
         finally:
             deployment.close()
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(300)
+def test_on_nats_a_submitted_workflow_runs_to_its_end(nats_url: str, tmp_path: pathlib.Path) -> None:
+    deployment = Deployment(nats_url, tmp_path)
+    try:
+        deployment.orchestrator("orch-n")
+        deployment.open_gate("tides")
+        workflow_id = deployment.submit("tides")
+        assert deployment.result(workflow_id)["text"] == "draft about tides, polished"
+        assert f"taking over workflow {workflow_id!r}" in deployment.log("orch-n")
+        assert deployment.stop("orch-n", signal.SIGTERM) == 0, deployment.log("orch-n")
+    finally:
+        deployment.close()
