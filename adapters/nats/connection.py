@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from distributed_agents.adapters.nats.errors import mask_url, nats_errors
+from distributed_agents.adapters.nats.errors import mask_url, nats_errors, note_permission_violation
 from distributed_agents.adapters.nats.naming import Names
 from distributed_agents.core.errors import BackendConfigError, BackendError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.ports.backend import BackendOptions
@@ -481,6 +481,10 @@ class NatsConnection:
             text = str(exc).lower()
             if isinstance(exc, ssl.SSLError) or "authorization violation" in text or "authentication" in text:
                 self._refused.set()
+            return
+        if "permissions violation" in str(exc).lower():
+            note_permission_violation(self.url, str(exc))  # the refused request's error says so
+            log.warning("NATS %s: %s", mask_url(self.url), exc)
             return
         if not self._outage_reported:
             log.warning("NATS %s: %s: %s", mask_url(self.url), type(exc).__name__, exc)

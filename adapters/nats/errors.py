@@ -11,18 +11,29 @@ through unchanged.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, DistributedAgentsError
 from distributed_agents.core.redaction import redact_url
 
-__all__ = ["mask_url", "nats_errors"]
+__all__ = ["mask_url", "nats_errors", "note_permission_violation"]
+
+# url -> (time.monotonic(), the server's text) of the last "Permissions Violation" the
+# server reported on that URL's connection (asynchronously, through nats-py's error
+# callback): a request it refused then times out, and this says why.
+_DENIALS: dict[str, tuple[float, str]] = {}
 
 
 def mask_url(url: str) -> str:
     """``url`` with any password or token masked, safe to log (``core.redaction.redact_url``)."""
     return redact_url(url)
+
+
+def note_permission_violation(url: str, text: str) -> None:
+    """Record that the server refused a subject to ``url``'s user (called by the connection)."""
+    _DENIALS[url] = (time.monotonic(), text)
 
 
 def _is_connection_problem(exc: BaseException) -> bool:
@@ -53,7 +64,12 @@ def _is_connection_problem(exc: BaseException) -> bool:
 
 @contextmanager
 def nats_errors(url: str, action: str) -> Iterator[None]:
-    """Map nats-py exceptions raised inside the block; ``action`` says what was attempted."""
+    """Map nats-py exceptions raised inside the block; ``action`` says what was attempted.
+
+    A timeout after the server reported a permissions violation for this URL's user
+    during the block becomes a ``BackendError`` saying so (no retry can fix it).
+    """
+    started = time.monotonic()
     try:
         yield
     except DistributedAgentsError:
@@ -61,6 +77,13 @@ def nats_errors(url: str, action: str) -> Iterator[None]:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        denied = _DENIALS.get(url)
+        if denied is not None and denied[0] >= started and _is_connection_problem(exc):
+            raise BackendError(
+                f"NATS at {mask_url(url)} refused to {action}: this user lacks the permission ({denied[1]}); give it "
+                "the subjects of this prefix (docs/security.md; adapters.nats.permissions.tenant_permissions), or "
+                "check the prefix"
+            ) from exc
         if _is_connection_problem(exc):
             raise BackendUnavailableError(
                 f"NATS at {mask_url(url)} is unavailable while trying to {action} "
