@@ -3,7 +3,7 @@
 ``worker --health-port`` and ``orchestrator --health-port`` serve it so that
 Kubernetes ``httpGet`` probes, a Compose ``healthcheck`` or a load balancer can ask
 whether the process is alive and ready. Standard library only (asyncio streams):
-GET only, one request per connection (``Connection: close``).
+GET only (405 otherwise), one request per connection (``Connection: close``).
 
 * ``/livez`` (also ``/healthz``): 200 while the process's event loop answers. A loop
   blocked (an ``async`` node calling ``time.sleep``) does not answer, and the probe
@@ -27,6 +27,8 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from distributed_agents.core.errors import ConfigurationError
 
 __all__ = ["HealthServer"]
 
@@ -92,7 +94,7 @@ class HealthServer:
     async def start(self) -> int:
         """Start listening; returns the port (the one chosen when ``port`` was 0).
 
-        ``OSError`` (e.g. the port is in use) propagates with the port in its message.
+        ``ConfigurationError`` naming the port if it cannot be listened on (in use, not allowed).
         """
         try:
             if self.host is None:  # one socket for IPv4 and IPv6, so that port 0 means one port
@@ -100,8 +102,9 @@ class HealthServer:
             else:
                 self._server = await asyncio.start_server(self._handle, self.host, self.port)
         except OSError as exc:
-            raise OSError(exc.errno, f"{self.what}: cannot serve the health endpoint on port {self.port}: "
-                                     f"{exc.strerror or exc}; pick a free port (--health-port)") from None
+            raise ConfigurationError(f"{self.what}: cannot serve the health endpoint on port {self.port}: "
+                                     f"{exc.strerror or exc}; pick a free port (--health-port / DA_HEALTH_PORT)"
+                                     ) from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s: health endpoint on port %d (GET /livez, /readyz%s)", self.what, self.port,
                  "".join(f", {path}" for path in self._routes))
@@ -136,14 +139,14 @@ class HealthServer:
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
         request = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
         parts = request.decode("latin-1").split()
+        if len(parts) < 2:
+            raise ValueError("no request line")
         for _ in range(MAX_HEADERS):  # the headers are not used; read them so the client sees a clean close
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             if line in (b"\r\n", b"\n", b""):
                 break
-        if len(parts) < 2:
-            raise ValueError("no request line")
         method, target = parts[0], urlsplit(parts[1])
-        if method not in ("GET", "HEAD"):
+        if method != "GET":
             return 405, {"status": "error", "reason": f"{method} is not supported; use GET"}
         path = target.path.rstrip("/") or "/"
         check = self._checks.get(path)

@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -266,6 +267,18 @@ def test_orchestrator_refuses_bad_input_in_one_line(tmp_path: pathlib.Path) -> N
     port = run("--app", "flows:graph", "--backend-url", "redis://127.0.0.1:1/0", "--health-port", "70000")
     assert port.returncode == 2 and "0 to 65535" in port.stderr and "Traceback" not in port.stderr, port.stderr
     assert len(port.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:  # a port something else listens on: one line, exit status 2
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        for command in (["--app", "flows:graph"], []):
+            argv = ["--backend-url", "redis://127.0.0.1:1/0", "--health-port", busy]
+            done = (run(*command, *argv) if command else subprocess.run(
+                [sys.executable, "-m", "distributed_agents", "worker", "--app", "flows:graph", *argv],
+                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60))
+            assert done.returncode == 2, done.stderr
+            assert f"cannot serve the health endpoint on port {busy}" in done.stderr, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 @pytest.mark.redis
