@@ -2,8 +2,9 @@
 
 One deployment for the whole story (each process costs seconds): redis-server, a
 worker process serving ``dashboard_app``, the dashboard itself as the CLI starts it
-(``distributed-agents dashboard --token ... --graph ...``) plus a ``--read-only`` one,
-and workflows started with ``distributed-agents run``. What a person sees is checked:
+(``distributed-agents dashboard --token ... --graph ...``), and in this process an
+orchestrator on its own event-loop thread that starts the workflows (nodes on the
+worker) and serves a read-only dashboard through the embedding API. What a person sees is checked:
 a workflow appears and finishes on the open list page without a reload, its graph and
 timeline render, an interrupt is answered from the page (refused without the token and
 with a wrong one) and the workflow goes on, a dead letter is shown, requeued and its
@@ -16,19 +17,26 @@ Screenshots of each page go to ``$DA_SCREENSHOT_DIR`` when set (the README's com
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import importlib.util
 import os
 import pathlib
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from distributed_agents import Orchestrator
+from distributed_agents.dashboard import dashboard
 from support.server_process import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
@@ -36,11 +44,45 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
 HERE = pathlib.Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "s3cret-token"
+_spec = importlib.util.spec_from_file_location("dashboard_app", HERE / "dashboard_app.py")
+assert _spec is not None and _spec.loader is not None
+app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(app)
 WAIT_MS = 60_000  # how long the page may take to show something (a wait, not a timing assertion)
 
 
+class Driver:
+    """An orchestrator on its own event-loop thread (nodes on workers), and a read-only dashboard over it."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
+                                         wait_for_workers=True)
+        self.board = dashboard(self.orchestrator, port=0, read_only=True, graphs=[app.essay, app.approval])
+        self.call(self.board.start())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def start(self, graph: Any, workflow_id: str, **inputs: str) -> concurrent.futures.Future[Any]:
+        """Run a workflow of ``graph`` in the background; the future holds its outcome."""
+        return asyncio.run_coroutine_threadsafe(self.orchestrator.execute(graph, inputs, workflow_id=workflow_id),
+                                                self.loop)
+
+    def close(self) -> None:
+        try:
+            self.call(self.board.stop())
+            self.call(self.orchestrator.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            self.loop.close()
+
+
 class Deployment:
-    """A worker process and two dashboards (one with a token, one read-only) on one Redis prefix."""
+    """A worker process and the CLI's dashboard (with a token) on one Redis prefix."""
 
     def __init__(self, url: str, folder: pathlib.Path) -> None:
         self.url, self.folder = url, folder
@@ -52,11 +94,10 @@ class Deployment:
         self.worker = self.start("worker", "worker", "--app", "dashboard_app:registry", "--worker-id", "dash-worker",
                                  "--capacity", "2", "--heartbeat-interval", "0.5")
         graphs = [arg for name in ("essay", "approval", "archive") for arg in ("--graph", f"dashboard_app:{name}")]
-        self.port, self.read_only_port = free_port(), free_port()
+        self.port = free_port()
         self.board = self.start("dashboard", "dashboard", "--port", str(self.port), "--token", TOKEN, *graphs)
-        self.read_only = self.start("dashboard-ro", "dashboard", "--port", str(self.read_only_port), "--read-only")
-        for port, process in ((self.port, self.board), (self.read_only_port, self.read_only)):
-            self.wait_listening(port, process)
+        self.driver = Driver(url, self.prefix)
+        self.wait_listening(self.port, self.board)
 
     @property
     def base(self) -> str:
@@ -81,17 +122,11 @@ class Deployment:
             time.sleep(0.1)
         raise AssertionError(f"the dashboard on port {port} never answered\n{self.logs()}")
 
-    def run(self, graph: str, workflow_id: str, **inputs: str) -> subprocess.Popen[str]:
-        """``distributed-agents run dashboard_app:GRAPH`` in the background (it drives the workflow)."""
-        import json
-
-        return self.start(f"run-{workflow_id}", "run", f"dashboard_app:{graph}", "--workflow-id", workflow_id,
-                          "--input", json.dumps(inputs))
-
     def logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted(self.folder.glob("*.log")))
 
     def close(self) -> None:
+        self.driver.close()
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -136,12 +171,11 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             page.goto(base + "/")
             expect(page.locator("body")).to_have_attribute("data-connected", "true")
             page.evaluate("window.__sameDocument = true")
-            run = deployment.run("essay", essay_id, topic="tides")
+            run = deployment.driver.start(app.essay, essay_id, topic="tides")
             badge = page.locator(f'tr[data-workflow="{essay_id}"] .badge')
             expect(badge).to_have_text("completed")
-            assert run.wait(timeout=60) == 0, deployment.logs()
+            assert run.result(timeout=60)["text"] == "draft about tides, polished"
             assert page.evaluate("window.__sameDocument === true"), "the list page was reloaded"
-            page.screenshot(path=str(shots / "workflows.png"))
 
             # -- its graph (finished nodes marked) and step timeline (worker, duration, attempts) ----
             page.get_by_role("link", name=essay_id).click()
@@ -158,8 +192,8 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             page.screenshot(path=str(shots / "workflow.png"), full_page=True)
 
             # -- an interrupt is answered from the page: refused without / with a wrong token -------
-            paused = deployment.run("approval", ask_id, topic="moon")
-            assert paused.wait(timeout=60) == 0, deployment.logs()
+            paused = deployment.driver.start(app.approval, ask_id, topic="moon")
+            assert "__interrupt__" in paused.result(timeout=60)
             page.goto(f"{base}/workflows/{ask_id}")
             expect(page.locator("#part-interrupts")).to_contain_text("publish the piece about moon?")
             expect(page.locator('#part-graph svg g[data-node="ask"]')).to_have_class("node da-node state-interrupted")
@@ -181,8 +215,8 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
 
             # -- a dead letter: shown with its traceback, requeued, its workflow resumed to the end --
             (deployment.folder / "broken").touch()
-            failed = deployment.run("archive", archive_id, topic="logs")
-            assert failed.wait(timeout=60) == 1, deployment.logs()
+            failed = deployment.driver.start(app.archive, archive_id, topic="logs")
+            assert "the archive is unreachable" in str(failed.exception(timeout=60))
             page.goto(base + "/dead-letters")
             row = page.locator("tr[data-task]").filter(has_text=archive_id)
             expect(row).to_contain_text("the archive is unreachable")
@@ -210,7 +244,7 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             page.screenshot(path=str(shots / "queues.png"))
 
             # -- the read-only dashboard shows no action and refuses one posted anyway --------------
-            page.goto(f"http://127.0.0.1:{deployment.read_only_port}/workflows/{ask_id}")
+            page.goto(f"{deployment.driver.board.url}/workflows/{ask_id}")
             expect(page.locator("main")).to_contain_text("Read-only")
             expect(page.get_by_role("button")).to_have_count(1)  # only the state picker's Show
             status = page.evaluate(f"""fetch('/workflows/{ask_id}/cancel', {{method: 'POST',
@@ -220,6 +254,8 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             # -- SIGTERM stops the dashboard while a page is still connected to its event stream -----
             page.goto(base + "/")
             expect(page.locator("body")).to_have_attribute("data-connected", "true")
+            expect(page.locator("#part-rows tbody tr")).to_have_count(3)
+            page.screenshot(path=str(shots / "workflows.png"))
             deployment.board.send_signal(signal.SIGTERM)
             assert deployment.board.wait(timeout=30) == 0, deployment.logs()
         finally:
