@@ -45,8 +45,15 @@ def safe_url(url: str) -> str:
 
 
 def graph_node_types(graphs: Iterable[Graph]) -> set[str]:
-    """The node types of the graphs' nodes (a subgraph node's own type included)."""
-    return {spec.node_type for graph in graphs for spec in graph.nodes.values()}
+    """The node types whose tasks the graphs' workflows queue: their nodes' and, at any depth, their subgraphs'."""
+    types: set[str] = set()
+    for graph in graphs:
+        for spec in graph.nodes.values():
+            if spec.subgraph is not None:  # runs as a child workflow whose own nodes are queued
+                types |= graph_node_types([spec.subgraph.graph])
+            else:
+                types.add(spec.node_type)
+    return types
 
 
 async def queue_backlog(backend: Any, node_types: Iterable[str]) -> dict[str, Any]:

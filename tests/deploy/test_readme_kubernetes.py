@@ -165,3 +165,20 @@ def test_the_llm_commands_fit_the_example(monkeypatch: pytest.MonkeyPatch) -> No
     (_, worker), = find("Deployment", "agent-worker")
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     assert {"secretRef": {"name": "openai", "optional": True}} in container["envFrom"]
+
+
+def test_the_compose_settings_for_the_llm_example_fit_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed_agents.cli import load_app
+
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    section = (ROOT / "README.md").read_text().split(f"## {SECTION}\n", 1)[1].split("\n## ", 1)[0]
+    settings = dict(re.findall(r"\b([A-Z_]+)=(\S+?)[`\s]", section.split("WORKER_APP=llm_agents", 1)[1][:400]))
+    settings["WORKER_APP"] = "llm_agents" + re.search(r"WORKER_APP=llm_agents(\S+?)\s", section).group(1)  # type: ignore[union-attr]
+    registry = load_app(settings["WORKER_APP"])
+    assert set(settings["NODE_TYPES"].split(",")) == set(registry.node_types())
+    assert settings["ORCHESTRATOR_APP"] == settings["WORKER_APP"]
+    assert "llm" in settings["EXTRAS"].split(",")
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    for name in ("WORKER_APP", "ORCHESTRATOR_APP", "NODE_TYPES", "APP_DIR", "EXTRAS"):
+        assert "${" + name + ":-" in compose, name
