@@ -394,6 +394,7 @@ def _parser() -> Parser:
     for option in ORCHESTRATOR_OPTIONS:
         option.add_to(orchestrator)
     orchestrator.set_defaults(run=_run_orchestrator, options=ORCHESTRATOR_OPTIONS)
+    observability.add_flags(orchestrator)
 
     dead = command("dead-letters", "list, show, requeue or purge dead-lettered tasks",
                    "Tasks that failed their last allowed attempt, or whose payload could not be decoded.")
@@ -752,7 +753,9 @@ async def _run_orchestrator(args: argparse.Namespace) -> int:
             "submit to it; pass a shared backend, e.g. --backend-url redis://HOST:6379/0 or nats://HOST:4222")
     orchestrator = DistributedOrchestrator(
         backend_url=url, recover=False, orchestrator_id=ORCHESTRATOR_ID.resolve(args),
-        lease_ttl=LEASE_TTL.resolve(args), **_backend_options(args))
+        lease_ttl=LEASE_TTL.resolve(args),
+        instrumentation=observability.instrumentation_from(args, "distributed-agents-orchestrator"),
+        **_backend_options(args))
     service = OrchestratorService(orchestrator, graphs, poll_interval=POLL_INTERVAL.resolve(args))
     health = None
     port = HEALTH_PORT.resolve(args)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import uuid
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from support.observability import metrics_url, samples, value
 
 from distributed_agents import Orchestrator
 from distributed_agents.core.errors import NodeExecutionError
@@ -47,16 +46,6 @@ ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFI
              "NODE_TYPES", "DA_OTEL", "DA_METRICS_PORT", "LOG_LEVEL")
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape by (name, sorted labels)."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
-    return scraped.get((name, tuple(sorted(labels.items()))))
-
-
 def _load_app(folder: pathlib.Path) -> Any:
     import importlib.util
 
@@ -65,18 +54,6 @@ def _load_app(folder: pathlib.Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _metrics_url(log: pathlib.Path, worker: subprocess.Popen[str]) -> str:
-    """The URL the worker logged it serves metrics on (it was given port 0)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(r"serving (http://\S+/metrics)", log.read_text())
-        if found:
-            return found.group(1)
-        assert worker.poll() is None, log.read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"the worker never said where it serves metrics:\n{log.read_text()}")
 
 
 def test_a_worker_serves_task_counts_durations_and_queue_depths(redis_url: str, tmp_path: pathlib.Path) -> None:
@@ -104,12 +81,12 @@ def test_a_worker_serves_task_counts_durations_and_queue_depths(redis_url: str, 
              redis_url, "--prefix", prefix, "--heartbeat-interval", "0.5"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            metrics_url = _metrics_url(log, worker)
+            served = metrics_url(log, worker)
             asyncio.run(drive())
             # The queue gauges are polled: wait for the poll that sees the dead letter.
             deadline = time.monotonic() + 60
             while True:
-                scraped = samples(urllib.request.urlopen(metrics_url, timeout=10).read().decode())
+                scraped = samples(urllib.request.urlopen(served, timeout=10).read().decode())
                 dead = value(scraped, "distributed_agents_queue_tasks", node_type="work", state="dead_lettered")
                 if dead == 1 or time.monotonic() > deadline:
                     break

@@ -11,7 +11,6 @@ itself is a child of its node's span.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pathlib
 import signal
@@ -25,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support.observability import console_spans
 
 from distributed_agents import Orchestrator, RetryPolicy
 from distributed_agents.core import instrumentation
@@ -59,18 +59,6 @@ ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFI
 
 def _hex(value: int, width: int) -> str:
     return f"0x{value:0{width}x}"
-
-
-def _console_spans(text: str) -> list[dict[str, Any]]:
-    """The JSON objects ConsoleSpanExporter printed, one after another."""
-    decoder, spans, at = json.JSONDecoder(), [], 0
-    while True:
-        while at < len(text) and text[at].isspace():
-            at += 1
-        if at >= len(text):
-            return spans
-        span, at = decoder.raw_decode(text, at)
-        spans.append(span)
 
 
 def _load_app(folder: pathlib.Path) -> Any:
@@ -124,7 +112,7 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
     assert not [s for s in ours if s.name.startswith("node ")]  # every node ran on the worker
     trace_id = _hex(run.context.trace_id, 32)
 
-    theirs = _console_spans((tmp_path / "worker.out").read_text())
+    theirs = console_spans((tmp_path / "worker.out").read_text())
     nodes = sorted((s for s in theirs if s["name"].startswith("node ")),
                    key=lambda s: (s["attributes"]["distributed_agents.step"], s["attributes"]["distributed_agents.task.attempt"]))
     assert [(s["name"], s["attributes"]["distributed_agents.task.attempt"]) for s in nodes] == [
