@@ -115,7 +115,7 @@ def test_the_pods_run_a_submitted_workflow(redis_url: str, tmp_path: pathlib.Pat
 
         # The README's submit command, from a client (kubectl exec runs it in the orchestrator's container).
         (submit,) = [line for block in code_blocks(SECTION) for line in block[1].splitlines()
-                     if "kubectl exec" in line and " submit " in line]
+                     if "kubectl exec" in line and " submit distributed_workflow:" in line]
         argv = submit.split(" -- ", 1)[1]
         graph, payload = re.match(r"/usr/local/bin/distributed-agents submit (\S+) --input '(.*)'$", argv).groups()  # type: ignore[union-attr]
         _, client_env = _pod_env("agent-orchestrator", redis_url, prefix)
