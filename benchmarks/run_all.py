@@ -1,0 +1,246 @@
+"""Every benchmark side by side in one run: the performance table, its ratios, a results file and charts.
+
+    python benchmarks/run_all.py --start redis,nats --results benchmarks/results.json --charts docs/
+
+Runs, one after another on this machine (each on servers of its own, started here):
+
+* ``distributed_benchmark.py`` per backend of ``--start`` with ``--workers`` worker
+  processes (single-node workflows/s, a 1,000-way fan-out's tasks/s, trigger -> merged
+  latency), and on Redis ``arq_benchmark.py`` (arq 0.28's no-op jobs/s, same server);
+* ``round_trips.py`` (round trips to Redis per single-node workflow);
+* ``payload_bytes.py`` (bytes written to Redis for a 1,000-way fan-out over a 1 MB state);
+* ``checkpoint_growth.py`` (stored checkpoint bytes against steps, memory and the
+  started backends);
+* ``langgraph_benchmark.py`` (the local engine next to LangGraph 1.2 on a 1,000-node chain);
+* ``local_benchmark.py --durability all`` (the local engine alone, for reference).
+
+arq, LangGraph and matplotlib are not dependencies of this project: they are installed
+from ``benchmarks/requirements-bench.txt`` into an environment of their own
+(``--peers-env DIR``, made on first use; or ``--peers-python PATH`` of one made
+already), which runs the peers' halves and draws the charts.
+
+Prints the issue's table (workload, now, goal, met?) and writes ``--results``: the
+table's rows, every script's figures and output, the command and the machine. With
+``--charts DIR``: ``DIR/bench-throughput-workers.svg`` (throughput against worker
+processes, per backend, arq's figure for reference) and ``DIR/bench-checkpoint-bytes.svg``
+(stored checkpoint bytes against steps, next to storing every full state). Figures
+depend on the machine and on what else runs on it: compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+REQUIREMENTS = HERE / "requirements-bench.txt"
+DEFAULT_PEERS_ENV = pathlib.Path(tempfile.gettempdir()) / "distributed-agents-bench-peers"
+
+
+def peers_python(env: pathlib.Path) -> str:
+    """The interpreter of ``env``, made with the benchmark requirements installed (again when they changed)."""
+    python = env / "bin" / "python"
+    stamp = env / ".requirements-sha256"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return str(python)
+    print(f"making the peers' environment {env} from {REQUIREMENTS.name} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    stamp.write_text(wanted + "\n")
+    return str(python)
+
+
+def step(title: str, command: list[str], log: dict[str, Any], timeout: float = 1800) -> str:
+    """Run one benchmark script, echoing its output; its output, kept in ``log``."""
+    print(f"\n== {title}: {shlex.join(command)}", flush=True)
+    started = time.perf_counter()
+    process = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
+    print(process.stdout, end="", flush=True)
+    log[title] = {"command": shlex.join(command), "seconds": round(time.perf_counter() - started, 1),
+                  "output": process.stdout, "exit_code": process.returncode}
+    if process.returncode != 0:
+        print(process.stderr[-4000:], file=sys.stderr, flush=True)
+        raise SystemExit(f"{title} failed (exit code {process.returncode}): {shlex.join(command)}")
+    return process.stdout
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from support.redis_server import RedisServer  # type: ignore[import-not-found]
+
+    with RedisServer() as server:
+        yield server.url
+
+
+def read(path: pathlib.Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's rows: workload, what was measured (``now``), the goal, and whether it is met."""
+    rows: list[dict[str, Any]] = []
+
+    def row(workload: str, now: str, goal: str, met: bool | None, **values: Any) -> None:
+        rows.append({"workload": workload, "now": now, "goal": goal, "met": met, "values": values})
+
+    redis = figures.get("distributed", {}).get("redis")
+    nats = figures.get("distributed", {}).get("nats")
+    if redis:
+        one = redis["workers"]["1"]
+        arq = redis.get("arq")
+        if arq:
+            ratio = one["single"] / arq
+            row("single-node workflows, 1 worker process, Redis: workflows/s vs arq 0.28 no-op jobs/s",
+                f"{one['single']:,.0f} vs {arq:,.0f}: {ratio:.2f}x", ">= 1.5x", ratio >= 1.5,
+                ours=one["single"], arq=arq, ratio=ratio)
+            ratio = one["fan-out"] / arq
+            row("one 1,000-way fan-out, 1 worker, Redis: node tasks/s vs the same arq figure",
+                f"{one['fan-out']:,.0f}: {ratio:.2f}x", ">= 2.5x", ratio >= 2.5,
+                ours=one["fan-out"], arq=arq, ratio=ratio)
+        most = max(redis["workers"], key=int)
+        if most != "1":
+            ratio = redis["workers"][most]["fan-out"] / one["fan-out"]
+            row(f"{most} worker processes vs 1 (fan-out), Redis",
+                f"{redis['workers'][most]['fan-out']:,.0f} vs {one['fan-out']:,.0f} tasks/s: {ratio:.2f}x",
+                ">= 1x on 2 cores", ratio >= 1.0, ratio=ratio)
+        if nats:
+            single = nats["workers"]["1"]["single"] / one["single"]
+            fan = nats["workers"]["1"]["fan-out"] / one["fan-out"]
+            row("NATS vs Redis, same workloads (1 worker: single-node workflows, fan-out)",
+                f"{single:.2f}x, {fan:.2f}x", ">= 0.8x", min(single, fan) >= 0.8, single=single, fan_out=fan)
+        row("trigger -> merged latency, Redis, p50 / p99",
+            f"{one['p50_ms']:.2f} / {one['p99_ms']:.2f} ms", "<= 0.8 / 3 ms",
+            one["p50_ms"] <= 0.8 and one["p99_ms"] <= 3.0, p50_ms=one["p50_ms"], p99_ms=one["p99_ms"])
+    trips = figures.get("round_trips")
+    if trips:
+        row("round trips to the backend per single-node workflow, orchestrator + worker (Redis)",
+            f"{trips['round_trips']:g} (+ {trips['publishes']:g} event publishes, batched off the path)", "<= 5",
+            trips["round_trips"] <= 5, round_trips=trips["round_trips"], publishes=trips["publishes"])
+    growth = figures.get("checkpoint_growth")
+    if growth:
+        steps = max(r["steps"] for r in growth["rows"] if r["workload"] == "constant")
+        constant = {r["backend"]: r for r in growth["rows"] if r["workload"] == "constant" and r["steps"] == steps}
+        shown = ", ".join(f"{backend} {r['stored_bytes'] / 1e6:.2f} MB" for backend, r in constant.items())
+        worst = max(r["stored_bytes"] for r in constant.values()) / 1e6
+        row(f"{steps:,} steps over a state holding a {growth['value_kb']} KB value that never changes: "
+            "checkpoint bytes stored", shown, "<= 3 MB", worst <= 3.0,
+            **{f"{backend}_mb": r["stored_bytes"] / 1e6 for backend, r in constant.items()})
+    payload = figures.get("payload_bytes")
+    if payload:
+        first = payload[0]
+        row(f"bytes written to the backend for one {first['width']:,}-way fan-out over a {first['state_mb']:g} MB "
+            "state (Redis)", f"{first['mb_written']:.1f} MB", "<= 20 MB", first["mb_written"] <= 20,
+            mb_written=first["mb_written"])
+    lg = figures.get("langgraph")
+    if lg:
+        sync = lg["ratios"]["ours sync vs langgraph no checkpointer"]
+        exit_ = lg["ratios"]["ours exit vs langgraph no checkpointer"]
+        row(f"local engine, {lg['chain']:,}-node chain, every step checkpointed (and only at exit), vs LangGraph "
+            "1.2 with no checkpointer", f"{sync:.2f}x faster ({exit_:.2f}x at exit)", ">= 3x (>= 6x at exit)",
+            sync >= 3 and exit_ >= 6, sync=sync, exit=exit_)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("\n| workload | now | goal | met? |\n|---|---|---|---|")
+    for r in rows:
+        met = "yes" if r["met"] else "no" if r["met"] is not None else "-"
+        print(f"| {r['workload']} | {r['now']} | {r['goal']} | {met} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--start", default="redis,nats", help="backends to measure on servers started here")
+    parser.add_argument("--results", type=pathlib.Path, help="write the table and every figure as JSON")
+    parser.add_argument("--charts", type=pathlib.Path, help="write the charts (SVG) into this directory")
+    parser.add_argument("--peers-env", type=pathlib.Path, default=DEFAULT_PEERS_ENV,
+                        help=f"environment for arq, LangGraph and matplotlib (default {DEFAULT_PEERS_ENV})")
+    parser.add_argument("--peers-python", help="interpreter of such an environment made already")
+    parser.add_argument("--workers", default="1,2,4", help="worker process counts of the distributed runs")
+    parser.add_argument("--workflows", type=int, default=1000, help="single-node workflows per distributed run")
+    parser.add_argument("--width", type=int, default=1000, help="fan-out width")
+    parser.add_argument("--steps", type=int, default=1000, help="steps of the checkpoint growth and chain runs")
+    parser.add_argument("--repeat", type=int, default=7, help="runs of each variant of the chain")
+    args = parser.parse_args()
+    backends = [b for b in args.start.split(",") if b]
+    unknown = set(backends) - {"redis", "nats"}
+    if unknown:
+        raise SystemExit(f"--start takes redis and/or nats, not {', '.join(sorted(unknown))}")
+    python = sys.executable
+    peers = args.peers_python or peers_python(args.peers_env)
+    log: dict[str, Any] = {}
+    figures: dict[str, Any] = {"distributed": {}}
+    with tempfile.TemporaryDirectory(prefix="da-bench-") as scratch:
+        out = pathlib.Path(scratch)
+
+        def script(name: str, *extra: str) -> list[str]:
+            return [python, str(HERE / name), *extra]
+
+        for backend in backends:
+            command = script("distributed_benchmark.py", "--start", backend, "--workers", args.workers,
+                             "--workflows", str(args.workflows), "--width", str(args.width),
+                             "--results", str(out / f"{backend}.json"))
+            if backend == "redis":
+                command += ["--arq-python", peers]
+            step(f"distributed {backend}", command, log)
+            figures["distributed"][backend] = read(out / f"{backend}.json")
+        if "redis" in backends:
+            step("round trips", script("round_trips.py", "--results", str(out / "trips.json")), log)
+            figures["round_trips"] = read(out / "trips.json")
+            step("payload bytes", script("payload_bytes.py", "--width", str(args.width),
+                                         "--results", str(out / "payload.json")), log)
+            figures["payload_bytes"] = read(out / "payload.json")
+        with contextlib.ExitStack() as servers:
+            growth = script("checkpoint_growth.py", "--steps", str(args.steps), "--turns", str(args.steps),
+                            "--series", ",".join(str(args.steps * k // 4) for k in (1, 2, 3)),
+                            "--results", str(out / "growth.json"))
+            if "redis" in backends:
+                growth += ["--redis", servers.enter_context(redis_server())]
+            if "nats" in backends:
+                growth += ["--start-nats"]
+            step("checkpoint growth", growth, log)
+        figures["checkpoint_growth"] = read(out / "growth.json")
+        step("langgraph", script("langgraph_benchmark.py", "--langgraph-python", peers, "--chain", str(args.steps),
+                                 "--repeat", str(args.repeat), "--results", str(out / "langgraph.json")), log)
+        figures["langgraph"] = read(out / "langgraph.json")
+        step("local", script("local_benchmark.py", "--chain", str(args.steps), "--durability", "all"), log)
+    rows = table(figures)
+    print_table(rows)
+    results = {
+        "command": shlex.join([pathlib.Path(sys.executable).name, *sys.argv]),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "parameters": {"start": backends, "workers": args.workers, "workflows": args.workflows, "width": args.width,
+                       "steps": args.steps, "repeat": args.repeat},
+        "table": rows, "figures": figures, "runs": log,
+    }
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nresults: {args.results}")
+    if args.charts:
+        args.charts.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(results, handle)
+        try:
+            step("charts", [peers, str(HERE / "plot_results.py"), handle.name, "--out", str(args.charts)], log)
+        finally:
+            os.unlink(handle.name)
+
+
+if __name__ == "__main__":
+    main()
