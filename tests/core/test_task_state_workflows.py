@@ -289,3 +289,37 @@ def test_a_subgraph_childs_tasks_name_the_childs_own_state() -> None:
     assert result["doc"][0] == "c"
     refs = [p["state_ref"] for p in queue.payloads]
     assert len(refs) == 2 and refs[0]["digest"] == refs[1]["digest"]  # same content, two workflows
+
+
+def _doc_graph(name: str) -> Graph:
+    graph = Graph(name)
+    graph.add_node("start", lambda s: {"doc": "a" * 10_000, "version": 1})
+    graph.add_node("r", node_type="reader")
+    graph.add_edge(START, "start").add_edge("start", "r").add_edge("r", END)
+    return graph.compile()
+
+
+def test_update_state_and_fork_dispatch_their_own_state_to_a_warm_worker() -> None:
+    """After the worker read a state of a workflow, update_state (a new step) and a fork of an earlier
+    checkpoint (a new workflow at the same step) each run their node on their own state."""
+    backend, queue = metered_backend()
+    seen: list[Any] = []
+    worker = reader_worker(backend, seen)
+    graph = _doc_graph("updates")
+
+    async def body() -> None:
+        async with Orchestrator(backend=backend) as orchestrator:
+            await orchestrator.execute(graph, {}, workflow_id="orig")  # r reads "a": the cache is warm
+            await orchestrator.update_state("orig", {"doc": "b" * 10_000, "version": 2}, as_node="start")
+            await orchestrator.resume("orig")  # r runs again, on the update's step
+            history = await orchestrator.get_state_history("orig")
+            before_r = next(s for s in history if list(s.next) == ["r"])
+            fork = await orchestrator.fork(before_r.checkpoint_id, workflow_id="forked")
+            await orchestrator.update_state(fork, {"doc": "c" * 10_000, "version": 3}, as_node="start")
+            await orchestrator.resume(fork)
+
+    run(serving(worker, body), 30)
+    assert seen == [(10_000, "a", 1), (10_000, "b", 2), (10_000, "c", 3)]
+    steps = [(p["state_ref"]["step"]) for p in queue.payloads]
+    assert steps == [1, 3, 4]  # the update of the completed run: step 3; the fork of that step, updated: step 4
+    assert worker.state_cache.fetches == 3
