@@ -3,8 +3,8 @@
 ``enable(port=...)`` installs a ``Metrics`` observer (``core.instrumentation``)
 process-wide and serves ``/metrics`` over HTTP; or pass one to
 ``Worker(instrumentation=...)`` / ``Orchestrator(instrumentation=...)`` and call its
-``serve(port)``. The worker command does it with ``--metrics-port PORT``
-(``DA_METRICS_PORT``).
+``serve(port)``. The ``worker`` and ``orchestrator`` commands do it with
+``--metrics-port PORT`` (``DA_METRICS_PORT``).
 
 Metrics (Prometheus naming: ``_total`` counters, base units, ``_seconds``):
 

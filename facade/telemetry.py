@@ -7,8 +7,9 @@ pass one to ``Worker(instrumentation=...)`` / ``Orchestrator(instrumentation=...
     telemetry.enable()                     # spans go to the global TracerProvider
     telemetry.enable(tracer_provider=tp)   # or to this one
 
-The worker command does it with ``--otel`` (``DA_OTEL=1``), with a TracerProvider set
-up from the standard ``OTEL_*`` environment variables (``configure_from_env``).
+The ``worker`` and ``orchestrator`` commands do it with ``--otel`` (``DA_OTEL=1``), with a
+TracerProvider set up from the standard ``OTEL_*`` environment variables
+(``configure_from_env``).
 
 Spans (all names low-cardinality, ids in attributes):
 
@@ -30,8 +31,9 @@ Attributes: ``distributed_agents.workflow.id``, ``distributed_agents.graph.name`
 ``distributed_agents.task.attempt``, ``distributed_agents.worker.id``,
 ``distributed_agents.task.outcome`` (``core.instrumentation.OUTCOMES``) and
 ``distributed_agents.workflow.status``; worker spans also carry the messaging
-conventions' ``messaging.operation.type`` (``process``), ``messaging.destination.name``
-(the node type, i.e. the queue) and ``messaging.message.id`` (the task id). A failed
+conventions' ``messaging.system`` (``distributed_agents``), ``messaging.operation.type``
+(``process``), ``messaging.destination.name`` (the node type, i.e. the queue) and
+``messaging.message.id`` (the task id). A failed
 attempt, step or run has status ERROR, ``error.type`` and the exception recorded as an event.
 """
 
@@ -177,7 +179,8 @@ class Tracing(Instrumentation):
         kind = SpanKind.INTERNAL
         if attempt.worker_id:
             kind = SpanKind.CONSUMER
-            attributes.update({WORKER_ID: attempt.worker_id, "messaging.operation.type": "process",
+            attributes.update({WORKER_ID: attempt.worker_id, "messaging.system": "distributed_agents",
+                               "messaging.operation.type": "process",
                                "messaging.destination.name": attempt.node_type,
                                "messaging.message.id": attempt.task_id})
         return self._start(f"node {attempt.node}", attributes, parent, kind)

@@ -127,6 +127,8 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
         assert attributes["distributed_agents.graph.name"] == "traced"
         assert attributes["distributed_agents.node.name"] == span["name"].removeprefix("node ")
         assert attributes["distributed_agents.task.id"] == attributes["messaging.message.id"]
+        assert attributes["messaging.system"] == "distributed_agents"
+        assert attributes["messaging.destination.name"] == attributes["distributed_agents.node.type"]
         assert attributes["distributed_agents.task.id"].startswith(f"wf_traced_{prefix}:")
         assert span["resource"]["attributes"]["service.name"] == "traced-worker"
     failed, retried = nodes[1], nodes[2]
