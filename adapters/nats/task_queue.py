@@ -14,7 +14,8 @@ Layout (``<p>`` is the sanitised prefix):
   attempt count, the error history, the current lease (delivery) and, once settled, the
   ``TaskResult``. It is the source of truth for ownership; every transition is a
   compare-and-set on the record's KV revision.
-* KV ``<p>_claims``: one key per task in flight (``<type>.<task>``), for ``stats``.
+* KV ``<p>_claims``: one key per task (``<type>.<task>``), ``1`` while in flight, for
+  ``stats``; cleared to an empty value that the server drops after a minute.
 * KV ``<p>_dead``: dead letters (``<type>.<task>``), kept until requeued.
 * Core subjects ``<p>.wake.<type>`` (a task became ready: claimers waiting stop polling)
   and ``<p>.done`` (a result was stored: ``wait_results`` wakes).
@@ -47,11 +48,19 @@ As the port requires, a finished id is new again once its result expired, even i
 the dedup window (``_id_is_free``: the task goes out under a message id of its own),
 while a dead letter keeps its id until it is requeued or purged.
 
-Round trips per task: enqueue 2 (publish, create record); claim about 4, shared by the
-batch where possible (stream info, pull, record get + CAS, claims index); ack 3 (CAS with
-the result, claims index removal, ``ack_sync``). The result is durable (a stored KV
-write) before the message is acked; a crash in between leaves the message to be
-redelivered, and its claimer sees the record ``done`` and just acks it.
+Waiting. Claimers wait on wake-up subjects subscribed once per queue (``wakeups``); a
+claim that took every task it saw waits for a wake-up before looking again. Results come
+in done events, which carry small results (``done_events``): a queue never reads the
+result of a task it enqueued unless an event may have been lost; other results are read
+in one batched direct get.
+
+Round trips per task: enqueue 2 (publish, create record), pipelined across the tasks of
+``enqueue_many``; claim 3 (pull, CAS, claims index) plus a look (stream info) and a
+record read shared by the tasks of one claim (one batched read); ack 3 (CAS with the
+result, then the claims index and ``ack_sync`` together). The result is durable (a
+stored KV write) before the message is acked; a crash in between leaves the message to
+be redelivered, and its claimer sees the record ``done`` and just acks it.
+``tests/adapters/nats/test_round_trips.py`` counts them.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -70,6 +80,7 @@ from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload
+from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
@@ -100,6 +111,8 @@ _MOVED = object()
 _POLL = 0.2
 # Longest wait_results sleeps between reads, in case a done event was lost (reconnect).
 _RESULT_POLL = 1.0
+# Seconds a cleared claim marker stays in the claims bucket before the server drops it.
+_CLEARED_TTL = 60.0
 # Tasks whose messages (then records) enqueue_many has in flight at once.
 _ENQUEUE_CHUNK = 256
 
@@ -139,6 +152,13 @@ class NatsTaskQueue(TaskQueue):
         self._held: dict[str, _Held] = {}
         self._ack_waits: dict[tuple[str, int], float] = {}
         self._done = DoneEvents(conn)
+        # Longest waits between looks when no wake-up / done event came (see the constants).
+        self.poll_interval = _POLL
+        self.result_poll = _RESULT_POLL
+        self._wakeups = Wakeups(conn)
+        # Per set of node types: the wake-up events taken before a claim that took every
+        # task it saw (see ``claim``).
+        self._drained: dict[tuple[str, ...], list[asyncio.Event]] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
@@ -202,11 +222,13 @@ class NatsTaskQueue(TaskQueue):
         await self._conn.nc.publish(self._conn.names.done_subject, done_payload(task_id, result))
 
     async def _claim_index(self, node_type: str, task_id: str, present: bool) -> None:
+        """Mark the task in flight (``1``) or not (empty, removed by the server after a while):
+        a publish either way, lighter than a purge; ``stats`` counts the ``1`` values."""
         key = f"{token(node_type)}.{token(task_id)}"
         if present:
             await kv.put(self._conn.js, self._claims, key, b"1")
         else:
-            await kv.remove(self._conn.js, self._claims, key)
+            await kv.put(self._conn.js, self._claims, key, b"", ttl=_CLEARED_TTL)
 
     # -- producing ---------------------------------------------------------------------
     async def enqueue(self, task: Task) -> bool:
@@ -353,29 +375,25 @@ class NatsTaskQueue(TaskQueue):
             return []
         lease = self.visibility_timeout if lease_seconds is None else lease_seconds
         give_up = time.monotonic() + max(wait, 0.0)
-        woken = asyncio.Event()
-        subs: list[Any] = []
-        try:
-            with self._errors(f"claim tasks of {types!r}"):
-                while True:
-                    claimed = await self._claim_now(types, worker_id, max_tasks, lease)
-                    remaining = give_up - time.monotonic()
-                    if claimed or remaining <= 0:
-                        return claimed
-                    if not subs:
-
-                        async def on_wake(_msg: Msg) -> None:
-                            woken.set()
-
-                        for node_type in types:
-                            subs.append(await self._conn.nc.subscribe(self._conn.names.wake_subject(node_type), cb=on_wake))
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(woken.wait(), min(remaining, _POLL))
-                    woken.clear()
-        finally:
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        key = tuple(types)
+        with self._errors(f"claim tasks of {types!r}"):
+            if wait > 0:
+                await self._wakeups.ensure(types)
+                drained = self._drained.pop(key, None)
+                if drained is not None:
+                    # The last claim took every task it saw: only a wake-up since (or a
+                    # redelivery, which the poll finds) can have made one claimable.
+                    await self._wakeups.wait(drained, min(wait, self.poll_interval))
+            while True:
+                # Taken before looking: a wake-up that comes meanwhile ends the wait below at once.
+                events = self._wakeups.events(types)
+                claimed = await self._claim_now(types, worker_id, max_tasks, lease)
+                remaining = give_up - time.monotonic()
+                if claimed and len(claimed) < max_tasks:
+                    self._drained[key] = events
+                if claimed or remaining <= 0:
+                    return claimed
+                await self._wakeups.wait(events, min(remaining, self.poll_interval))
 
     async def _claim_now(self, types: list[str], worker_id: str, max_tasks: int, lease: float, passes: int = 3) -> list[ClaimedTask]:
         names = self._conn.names
@@ -383,11 +401,14 @@ class NatsTaskQueue(TaskQueue):
         subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
         info = await self._conn.js.stream_info(names.task_stream, subjects_filter=subject_filter)
         levels: dict[int, list[str]] = {}
+        # Messages this queue holds leases on are in the stream too, but not claimable.
+        held = Counter(lease_id.split(".")[3] for lease_id in self._held if lease_id.count(".") >= 5)
         for subject, count in (info.state.subjects or {}).items():
             _, _, type_token, priority_token = subject.rsplit(".", 3)
             priority = priority_from_token(priority_token)
-            if count and type_token in wanted and priority is not None:
-                levels.setdefault(priority, []).append(wanted[type_token])
+            if type_token in wanted and priority is not None:
+                if count > held[names.task_consumer(wanted[type_token], priority)]:
+                    levels.setdefault(priority, []).append(wanted[type_token])
         claimed: list[ClaimedTask] = []
         moved = False
         for priority in sorted(levels, reverse=True):
@@ -401,12 +422,20 @@ class NatsTaskQueue(TaskQueue):
                 for msg in await pull_ready(self._conn.nc, names.task_stream, consumer, need):
                     batch.append((stream_sequence(msg.reply or ""), node_type, msg, ack_wait))
             batch.sort(key=lambda item: item[0])
-            for _, node_type, msg, ack_wait in batch:
-                if len(claimed) >= max_tasks:
+            # The first ``need`` together: their records in one batched read, their
+            # claims concurrently (gather keeps the order).
+            first, rest = batch[:need], batch[need:]
+            records = await self._prefetch([msg for _, _, msg, _ in first])
+            outcomes = await asyncio.gather(*(
+                self._take(msg, node_type, worker_id, lease, ack_wait, records.get(id(msg)))
+                for _, node_type, msg, ack_wait in first))
+            for _, node_type, msg, ack_wait in rest:
+                if len(claimed) + sum(isinstance(o, ClaimedTask) for o in outcomes) >= max_tasks:
                     # Pulled from a second node type but not needed: give it straight back.
                     await send_ack(self._conn.nc, msg.reply or "", "nak")
                     continue
-                taken = await self._take(msg, node_type, worker_id, lease, ack_wait)
+                outcomes.append(await self._take(msg, node_type, worker_id, lease, ack_wait))
+            for taken in outcomes:
                 if taken is _MOVED:
                     moved = True
                 elif isinstance(taken, ClaimedTask):
@@ -416,7 +445,27 @@ class NatsTaskQueue(TaskQueue):
             claimed += await self._claim_now(types, worker_id, max_tasks - len(claimed), lease, passes - 1)
         return claimed
 
-    async def _take(self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float) -> ClaimedTask | object | None:
+    async def _prefetch(self, messages: list[Msg]) -> dict[int, _Found]:
+        """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read
+        (messages that do not decode are left out: ``_take`` dead-letters them)."""
+        keys: dict[int, str] = {}
+        for msg in messages:
+            try:
+                keys[id(msg)] = token(task_from_dict(decode(msg.data)).id)
+            except (PayloadDecodeError, ValueError):
+                continue
+        if len(keys) < 2:
+            return {}  # one record: _take's own read costs the same
+        entries = await kv.get_many(self._tasks, list(keys.values()))
+        found = {}
+        for ident, key in keys.items():
+            entry = entries.get(key)
+            found[ident] = _Found(None) if entry is None else _Found(decode(entry.value), entry.revision)
+        return found
+
+    async def _take(
+        self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float, prefetched: _Found | None = None
+    ) -> ClaimedTask | object | None:
         lease_id = msg.reply or ""
         seq = stream_sequence(lease_id)
         try:
@@ -425,7 +474,7 @@ class NatsTaskQueue(TaskQueue):
             await self._dead_letter_raw(msg, node_type, f"undecodable payload: {exc}")
             return None
         for _ in range(5):
-            found = await self._read(task.id)
+            found, prefetched = prefetched or await self._read(task.id), None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
             if record.get("seq") not in (0, seq):
                 await send_ack(self._conn.nc, lease_id, "ack")  # a stale duplicate of the task
@@ -566,12 +615,14 @@ class NatsTaskQueue(TaskQueue):
             change = {"state": "done", "result": stored, "lease": "", "expires_at": time.time() + self.result_ttl}
             await self._commit(claim, change, ttl=self.result_ttl)
             self._forget(claim.lease_id)
-            await self._claim_index(claim.task.node_type, claim.task.id, False)
-            try:
-                await send_ack(self._conn.nc, claim.lease_id, "ack")
-            except Exception as exc:  # the result is stored: a redelivery will just be acked
-                log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, exc)
+            # Committed: announce it first, then clear the index and ack the message together.
             await self._notify_done(claim.task.id, TaskResult.from_dict(stored))
+            indexed, acked = await asyncio.gather(self._claim_index(claim.task.node_type, claim.task.id, False),
+                                                  send_ack(self._conn.nc, claim.lease_id, "ack"), return_exceptions=True)
+            if isinstance(indexed, BaseException):
+                raise indexed
+            if isinstance(acked, BaseException):  # the result is stored: a redelivery will just be acked
+                log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
@@ -828,7 +879,7 @@ class NatsTaskQueue(TaskQueue):
                     remaining = give_up - time.monotonic()
                     if remaining <= 0:
                         return {}
-                    if not await waiter.wait(min(remaining, _RESULT_POLL)):
+                    if not await waiter.wait(min(remaining, self.result_poll)):
                         check = None  # nothing came: read everything once
                         continue
                     check = []
@@ -861,13 +912,15 @@ class NatsTaskQueue(TaskQueue):
             for subject, count in (info.state.subjects or {}).items():
                 if count:
                     waiting += int(count)
-            in_flight = await kv.count(self._conn.js, self._claims, f"{token(node_type)}.*")
+            claims = await kv.get_range(self._claims, f"{token(node_type)}.*")
+            in_flight = sum(entry.value == b"1" for entry in claims)
             dead = await kv.count(self._conn.js, self._dead, f"{token(node_type)}.*")
         # Every message in the stream is waiting, delayed or in flight (acked ones are gone).
         return QueueStats(node_type, max(waiting - in_flight, 0), in_flight, dead)
 
     async def close(self) -> None:
         await self._done.close()
+        await self._wakeups.close()
         keepers = [held.keeper for held in self._held.values() if held.keeper is not None]
         self._held.clear()
         for keeper in keepers:
