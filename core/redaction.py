@@ -12,10 +12,12 @@ What is masked (replaced by ``***``):
   refused);
 * a bare ``secret@`` user part with no password, which NATS reads as a token (on
   Redis it is a user name without a password, rare enough to mask too);
-* the value of every query option whose name says it holds a secret (``password``,
-  ``token``, ``secret``, ``seed``, ``ssl_password``, ...). File paths such as
-  ``?tls_key=/path/key.pem`` or ``?creds=/path/user.creds`` name where a secret is,
-  not the secret, and stay visible.
+* the value of every query option not known to be harmless: a known option whose name
+  says it holds a secret (``ssl_password``, ``token``, ...), and any option this module
+  does not know (a misspelt ``?ssl_pasword=`` must not leak either). Known harmless
+  options (``prefix``, ``db``, timeouts, file paths such as ``?tls_key=/path/key.pem``
+  or ``?creds=/path/user.creds``, which name where a secret is, not the secret) stay
+  visible.
 """
 
 from __future__ import annotations
@@ -23,22 +25,32 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "is_secret_option", "redact_text", "redact_url"]
+__all__ = ["MASK", "SAFE_OPTIONS", "is_secret_option", "redact_text", "redact_url"]
 
 MASK = "***"
 
-# Query option names that hold a secret themselves; a name ending in one of
-# _PATH_SUFFIXES holds where a secret is (a file), which is no secret.
-_SECRET_WORDS = ("pass", "token", "secret", "seed", "nkey")
-_PATH_SUFFIXES = ("file", "path", "dir")
+# Query options whose values are shown: the backend options and the adapters' documented
+# non-secret settings (names only: the core imports no adapter). Every other value is masked.
+SAFE_OPTIONS = frozenset({
+    "prefix", "visibility_timeout", "max_attempts", "result_ttl", "state_ttl", "heartbeat_ttl", "max_payload_bytes",
+    # Redis (redis-py settings and ours)
+    "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size", "retry_on_timeout",
+    "max_connections", "timeout", "health_check_interval", "client_name", "protocol", "bus_subscribe",
+    "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname",
+    "ssl_min_version", "ssl_ciphers",
+    # NATS
+    "creds", "replicas", "connect_attempts", "reconnect_wait", "max_reconnect_attempts", "inbox_prefix",
+    "tls_hostname",
+    # both
+    "tls_ca", "tls_cert", "tls_key",
+})
 # A URL inside free text: scheme://, then up to whitespace, a quote or a closing bracket.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 
 
 def is_secret_option(name: str) -> bool:
-    """Whether the query option ``name`` holds a secret value (``password``, ``token``, ...)."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(_PATH_SUFFIXES)
+    """Whether the value of query option ``name`` is masked: every option not in ``SAFE_OPTIONS``."""
+    return name.lower() not in SAFE_OPTIONS
 
 
 def redact_url(url: str) -> str:

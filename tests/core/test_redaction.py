@@ -18,6 +18,7 @@ from distributed_agents.core.redaction import redact_text, redact_url
     ("redis://h:6379/0?ssl_password=k&ssl_keyfile=/k.pem", "redis://h:6379/0?ssl_password=***&ssl_keyfile=/k.pem"),
     ("memory://", "memory://"),
     ("redis://h:6379/0?prefix=a", "redis://h:6379/0?prefix=a"),
+    ("redis://h:6379/0?ssl_pasword=typo&db=1", "redis://h:6379/0?ssl_pasword=***&db=1"),  # unknown: masked
     ("redis://[::1:6379", "<unparseable URL>"),
 ])
 def test_credentials_are_masked_and_the_rest_kept(url: str, shown: str) -> None:
