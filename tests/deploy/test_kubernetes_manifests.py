@@ -189,3 +189,20 @@ def test_manifest_files_say_what_they_are() -> None:
     for path in sorted(KUBERNETES.glob("*.yaml")):
         first = path.read_text().splitlines()[0]
         assert re.match(rf"# deploy/kubernetes/{re.escape(path.name)}: ", first), (path.name, first)
+
+
+@pytest.mark.parametrize("deployment", ["agent-worker", "agent-orchestrator"])
+def test_metrics_are_served_where_the_annotations_say(deployment: str) -> None:
+    from support.deploy_files import DEPLOY
+
+    (_, manifest), = find("Deployment", deployment)
+    annotations = manifest["spec"]["template"]["metadata"]["annotations"]
+    container = _container(deployment)
+    port = _env(container)["DA_METRICS_PORT"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+    assert ports["metrics"] == int(port)
+    assert "DA_METRICS_PORT" in help_env(container["command"][1])
+    # The image has prometheus-client: the [metrics] extra is among the Dockerfile's default EXTRAS.
+    (extras,) = re.findall(r"^ARG EXTRAS=(\S+)$", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE)
+    assert "metrics" in extras.split(",")

@@ -69,9 +69,10 @@ def _pod_env(deployment: str, backend_url: str, prefix: str) -> tuple[list[str],
             env[item["name"]] = item["value"]
         else:  # the pod's own name (fieldRef metadata.name)
             env[item["name"]] = f"{deployment}-7d9f-{uuid.uuid4().hex[:5]}"
-    # Only these differ from a cluster: this test's Redis and prefix, and a free health port.
-    assert env["DA_HEALTH_PORT"] == "8080"
-    env.update(DA_BACKEND_URL=backend_url, DA_PREFIX=prefix, DA_HEALTH_PORT="0", DA_LOG_FORMAT="text",
+    # Only these differ from a cluster: this test's Redis and prefix, and free health and metrics ports.
+    assert env["DA_HEALTH_PORT"] == "8080" and env["DA_METRICS_PORT"] == "9464"
+    env.update(DA_BACKEND_URL=backend_url, DA_PREFIX=prefix, DA_HEALTH_PORT="0", DA_METRICS_PORT="0",
+               DA_LOG_FORMAT="text",
                PATH=f"{pathlib.Path(sys.executable).parent}:/usr/bin:/bin")
     return container["command"], env
 
