@@ -36,6 +36,7 @@ def test_services_and_profiles() -> None:
         service = services[name]
         assert "profiles" not in service
         assert "deploy" not in service and "container_name" not in service  # --scale needs neither
+        assert service["init"] is True  # SIGTERM reaches the command even while it starts
         for backend in ("redis", "nats"):  # only the chosen profile's backend exists
             assert service["depends_on"][backend] == {"condition": "service_healthy", "required": False}
 
