@@ -22,6 +22,10 @@ class QueueKeys:
     def result(self, task_id: str) -> str:
         return f"{self.prefix}:q:r:{task_id}"
 
+    def handoff(self, park_id: str) -> str:
+        """The list a parked claimer blocks on: tasks handed to it by an enqueue (see queue_scripts)."""
+        return f"{self.prefix}:q:h:{park_id}"
+
     def wake(self, node_type: str) -> str:
         """LIST of wake-up tokens: one idle claimer of ``node_type`` pops each (BLPOP)."""
         return f"{self.prefix}:q:wake:{node_type}"

@@ -29,6 +29,7 @@ __all__ = [
     "REQUEUE",
     "RESULTS",
     "STATS",
+    "UNPARK",
 ]
 
 # Shared helpers, prepended to every script (Redis scripts cannot call each other).
@@ -68,6 +69,37 @@ local function wake(t)
     n = n + 1
   end
   WOKEN[t] = n
+end
+
+-- Parked claimers: a claimer with nothing to claim registers ({p}:q:park:{c}: worker,
+-- lease ms, max tasks, until (ms), node types) on {p}:q:idle:{t} of each of its types,
+-- then blocks on its own list {p}:q:h:{c} (and the wake-up tokens). An enqueue hands
+-- new tasks to the first live registration of their type, leased to that claimer, as one
+-- message on its list: its blocked BLPOP returns them, no claim round trip needed.
+local PARK_MARGIN = 50  -- ms: a registration about to run out gets nothing handed to it
+local function k_park(c) return P .. ':q:park:' .. c end
+local function k_handoff(c) return P .. ':q:h:' .. c end
+local function k_idle(t) return P .. ':q:idle:' .. t end
+
+-- Length-prefixed fields ("3:abc1:x"), so any bytes (ids, payloads) survive the trip.
+local function frame(parts)
+  local s = {}
+  for _, v in ipairs(parts) do
+    v = tostring(v)
+    s[#s + 1] = #v .. ':' .. v
+  end
+  return table.concat(s)
+end
+
+local function unframe(s)
+  local parts, i = {}, 1
+  while i <= #s do
+    local c = string.find(s, ':', i, true)
+    local len = tonumber(string.sub(s, i, c - 1))
+    parts[#parts + 1] = string.sub(s, c + 1, c + len)
+    i = c + 1 + len
+  end
+  return parts
 end
 
 local function limit_of(h)
@@ -138,6 +170,64 @@ local function tick(t, now)
   end
 end
 
+-- Lease up to want ready tasks of types (highest priority first, then FIFO across the
+-- types) to worker: lease ids base:1, base:2, ...; appends id, raw, attempt, lease id,
+-- deadline ms per task to out. Returns how many.
+local function take(types, want, worker, base, lease_ms, now, out)
+  local n = 0
+  local function deliver(member, t)
+    local id = string.sub(member, 17)
+    local h = k_task(id)
+    local attempt = redis.call('HINCRBY', h, 'attempt', 1)
+    n = n + 1
+    local lease = base .. ':' .. n
+    local deadline = now + lease_ms
+    redis.call('HSET', h, 'state', 'claimed', 'lease', lease, 'deadline', deadline, 'worker', worker)
+    redis.call('ZADD', k_leased(t), deadline, id)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', h, 'raw') or ''
+    out[#out + 1] = attempt
+    out[#out + 1] = lease
+    out[#out + 1] = deadline
+  end
+  if want <= 0 then return 0 end
+  if #types == 1 then
+    local popped = redis.call('ZPOPMIN', k_ready(types[1]), want)
+    for i = 1, #popped, 2 do deliver(popped[i], types[1]) end
+  else
+    while n < want do
+      local best_t, best_m, best_s = nil, nil, nil
+      for _, t in ipairs(types) do
+        local head = redis.call('ZRANGE', k_ready(t), 0, 0, 'WITHSCORES')
+        if head[1] then
+          local s = tonumber(head[2])
+          if best_t == nil or s < best_s or (s == best_s and head[1] < best_m) then
+            best_t, best_m, best_s = t, head[1], s
+          end
+        end
+      end
+      if best_t == nil then break end
+      redis.call('ZREM', k_ready(best_t), best_m)
+      deliver(best_m, best_t)
+    end
+  end
+  return n
+end
+
+-- A task handed to a parked claimer under lease L goes back to its place in the queue,
+-- the attempt not counted, if L still holds it. Returns 1 if it did.
+local function give_back(id, lease)
+  local h = k_task(id)
+  local f = redis.call('HMGET', h, 'state', 'lease', 'type')
+  if f[1] ~= 'claimed' or f[2] ~= lease then return 0 end
+  redis.call('ZREM', k_leased(f[3]), id)
+  redis.call('HINCRBY', h, 'attempt', -1)
+  redis.call('HSET', h, 'lease', '')
+  redis.call('HDEL', h, 'deadline', 'worker')
+  push_ready(id, f[3])
+  return 1
+end
+
 -- After applying time: 'held' if lease L holds task id; a repeated call sees 'settled'.
 local function check_held(id, lease, op, now)
   local h = k_task(id)
@@ -156,7 +246,7 @@ ENQUEUE = _LIBRARY + r"""
 -- workflow id. Returns one 1 (queued) or 0 (id seen before) per task, in order: a
 -- step's tasks are queued in one script (one round trip).
 local out = {}
-local seen_types = {}
+local seen_types, order = {}, {}
 for i = 4, #ARGV, 6 do
   local id, t = ARGV[i], ARGV[i + 1]
   local h = k_task(id)
@@ -168,6 +258,7 @@ for i = 4, #ARGV, 6 do
                'wf', ARGV[i + 5], 'attempt', 0, 'member', member, 'state', 'queued')
     if not seen_types[t] then
       seen_types[t] = true
+      order[#order + 1] = t
       redis.call('SADD', P .. ':q:types', t)
     end
     redis.call('ZADD', k_ready(t), ARGV[i + 2], member)
@@ -175,55 +266,85 @@ for i = 4, #ARGV, 6 do
     out[#out + 1] = 1
   end
 end
+-- Hand the new tasks to parked claimers of their types, oldest registration first (each
+-- takes up to its max tasks, by priority then FIFO as a claim would; one with room left
+-- stays parked); their wake-up tokens go with them.
+local now, ticked = nil, {}
+for _, t in ipairs(order) do
+  local idle = k_idle(t)
+  while redis.call('ZCARD', k_ready(t)) > 0 do
+    local c = redis.call('LPOP', idle)
+    if not c then break end
+    local f = redis.call('HMGET', k_park(c), 'w', 'l', 'm', 'u', 'ty')
+    if now == nil then now = now_ms() end
+    if f[1] and tonumber(f[4]) > now + PARK_MARGIN then
+      local types = cjson.decode(f[5])
+      for _, each in ipairs(types) do
+        if not ticked[each] then
+          ticked[each] = true
+          tick(each, now)
+        end
+      end
+      local items = {}
+      local base = c .. ':' .. redis.call('INCR', P .. ':q:seq')
+      local room = tonumber(f[3])
+      local got = take(types, room, f[1], base, tonumber(f[2]), now, items)
+      if got >= room then
+        redis.call('DEL', k_park(c))
+      else  -- room left: it stays parked, first in line
+        redis.call('HSET', k_park(c), 'm', room - got)
+        redis.call('LPUSH', idle, c)
+      end
+      if got > 0 then
+        redis.call('RPUSH', k_handoff(c), frame(items))
+        redis.call('PEXPIRE', k_handoff(c), tonumber(f[2]) + 60000)
+        for _, each in ipairs(types) do
+          if redis.call('ZCARD', k_ready(each)) == 0 then redis.call('DEL', P .. ':q:wake:' .. each) end
+        end
+      end
+    end
+  end
+end
 return out
 """
 
 CLAIM = _LIBRARY + r"""
--- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8.. node types
+-- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8 claimer id ('' none),
+--       9 ms to stay parked when nothing is claimed (0: do not park), 10.. node types
 -- Returns {ms until the next delayed release or lease expiry of these types (-1: none; -2:
 --          max tasks claimed, so tasks may be left), id, raw, attempt, lease id, deadline ms, id, ...}
+-- With a claimer id, tasks handed to its earlier registration (after its wait ended) come
+-- first, and its registration ends; it parks again when nothing is claimed.
 local worker, base, lease_ms, want = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local c, park_ms = ARGV[8], tonumber(ARGV[9])
 local types = {}
-for i = 8, #ARGV do types[#types + 1] = ARGV[i] end
+for i = 10, #ARGV do types[#types + 1] = ARGV[i] end
 local now = now_ms()
 for _, t in ipairs(types) do tick(t, now) end
 local out = {-1}
 local n = 0
-local function deliver(member, t)
-  local id = string.sub(member, 17)
-  local h = k_task(id)
-  local attempt = redis.call('HINCRBY', h, 'attempt', 1)
-  n = n + 1
-  local lease = base .. ':' .. n
-  local deadline = now + lease_ms
-  redis.call('HSET', h, 'state', 'claimed', 'lease', lease, 'deadline', deadline, 'worker', worker)
-  redis.call('ZADD', k_leased(t), deadline, id)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', h, 'raw') or ''
-  out[#out + 1] = attempt
-  out[#out + 1] = lease
-  out[#out + 1] = deadline
-end
-if #types == 1 then
-  local popped = redis.call('ZPOPMIN', k_ready(types[1]), want)
-  for i = 1, #popped, 2 do deliver(popped[i], types[1]) end
-else
-  while n < want do
-    local best_t, best_m, best_s = nil, nil, nil
-    for _, t in ipairs(types) do
-      local head = redis.call('ZRANGE', k_ready(t), 0, 0, 'WITHSCORES')
-      if head[1] then
-        local s = tonumber(head[2])
-        if best_t == nil or s < best_s or (s == best_s and head[1] < best_m) then
-          best_t, best_m, best_s = t, head[1], s
+if c ~= '' then
+  redis.call('DEL', k_park(c))
+  local messages = redis.call('LRANGE', k_handoff(c), 0, -1)
+  if #messages > 0 then redis.call('DEL', k_handoff(c)) end
+  for _, message in ipairs(messages) do
+    local items = unframe(message)
+    for i = 1, #items, 5 do
+      -- Still leased as handed over (not expired and re-queued meanwhile)? Past max
+      -- tasks (an earlier registration asked for more) it goes back to the queue.
+      if n >= want then
+        give_back(items[i], items[i + 3])
+      else
+        local f = redis.call('HMGET', k_task(items[i]), 'state', 'lease')
+        if f[1] == 'claimed' and f[2] == items[i + 3] then
+          for j = i, i + 4 do out[#out + 1] = items[j] end
+          n = n + 1
         end
       end
     end
-    if best_t == nil then break end
-    redis.call('ZREM', k_ready(best_t), best_m)
-    deliver(best_m, best_t)
   end
 end
+n = n + take(types, want - n, worker, base, lease_ms, now, out)
 -- Tokens left for a type with nothing ready would wake claimers for nothing.
 for _, t in ipairs(types) do
   if redis.call('ZCARD', k_ready(t)) == 0 then redis.call('DEL', P .. ':q:wake:' .. t) end
@@ -243,7 +364,35 @@ if n < want then  -- every ready set of these types is empty now
 else
   out[1] = -2
 end
+if n == 0 and c ~= '' and park_ms > 0 then
+  local h = k_park(c)
+  redis.call('HSET', h, 'w', worker, 'l', lease_ms, 'm', want, 'u', now + park_ms, 'ty', cjson.encode(types))
+  redis.call('PEXPIRE', h, park_ms + 1000)
+  for _, t in ipairs(types) do
+    local idle = k_idle(t)
+    redis.call('LREM', idle, 0, c)
+    redis.call('RPUSH', idle, c)
+    redis.call('PEXPIRE', idle, park_ms + 60000)
+  end
+end
 return out
+"""
+
+UNPARK = _LIBRARY + r"""
+-- ARGV: 4.. claimer ids. Ends their registrations and gives back, at once and without
+-- counting the attempt, tasks handed to them that they never took (their owner closes).
+local n = 0
+for i = 4, #ARGV do
+  local c = ARGV[i]
+  redis.call('DEL', k_park(c))
+  local messages = redis.call('LRANGE', k_handoff(c), 0, -1)
+  redis.call('DEL', k_handoff(c))
+  for _, message in ipairs(messages) do
+    local items = unframe(message)
+    for j = 1, #items, 5 do n = n + give_back(items[j], items[j + 3]) end
+  end
+end
+return n
 """
 
 BAD_PAYLOAD = _LIBRARY + r"""

@@ -61,12 +61,28 @@ emptied the ready sets lets the next ``claim(wait=)`` block at once, without a c
 that would find nothing. The sleep also ends at the next lease/delay deadline the
 script reported, or after ``poll_cap`` (1 s) as a safety net.
 
+Hand-over to parked claimers: a ``claim(wait=)`` that finds nothing also parks: its
+claim script registers it (``{p}:q:park:{c}``: worker, lease length, room = max tasks,
+until when; listed on ``{p}:q:idle:{t}`` of each of its types) and it blocks on its own
+list ``{p}:q:h:{c}`` as well as on the tokens. An enqueue script then leases the new
+tasks of those types straight to the oldest live registration (priority, then FIFO, as
+its claim would have taken them; attempt 1) and pushes them as one message on that
+list, so the idle worker's BLPOP returns its tasks: wake-up and claim are one round
+trip, and the enqueue pushes no token for them. A registration keeps its room left
+(it stays parked) and lasts ``min(poll_cap, 5 s)``; the next claim of the same types,
+worker and lease length reuses it and blocks at once. Tasks handed over after a claim
+stopped waiting are returned by the next claim with that registration (ahead of the
+ready ones), or put back at their place (the attempt not counted) by ``close()``. A
+worker that dies while parked (SIGKILL) may be handed tasks until its registration
+runs out (at most ``min(poll_cap, 5 s)``): those are delivered again when their lease
+expires, as for a worker that dies holding tasks.
+
 Waiting, results: ``wait_results`` subscribes (once per queue object; ``enqueue_many``
 subscribes first) to the "done" channel, whose events carry small results inline, so a
 wake-up needs no read; events of tasks this queue enqueued that arrive while nobody
 waits are kept until asked for (see ``notifier``). A step of a workflow thus costs the
-orchestrator one enqueue script and one result read, and each worker a claim and an
-ack (plus a BLPOP when it was idle).
+orchestrator one enqueue script (no result read), and each worker a claim and an ack,
+or, when it was idle and parked, the BLPOP that returns its tasks and an ack.
 
 Retries: the client repeats a command whose connection broke (exponential backoff,
 then ``BackendUnavailableError``). A repeated enqueue is idempotent; a repeated
@@ -129,6 +145,7 @@ _SCRIPTS = {
     "purge": lua.PURGE,
     "results": lua.RESULTS,
     "stats": lua.STATS,
+    "unpark": lua.UNPARK,
 }
 
 
@@ -174,9 +191,9 @@ class RedisTaskQueue(TaskQueue):
         self._keys = QueueKeys(self.prefix)
         self._notifier = Notifier(self._connection)
         self._early = _EarlyResults()
-        # Node types -> (loop time, loop time of the next delayed release or lease expiry,
-        # -1: none) of the last claim that emptied their ready sets.
-        self._drained: dict[tuple[str, ...], tuple[float, float]] = {}
+        # Parked claimer registrations not in use, by (node types, worker id, lease ms): a
+        # claim reuses one (and, while it lasts, blocks without claiming first).
+        self._parks: dict[tuple[tuple[str, ...], str, int], list[_Park]] = {}
         self._notifier.listen(self._keys.done_channel, self._early.on_event, self._early.clear)
 
     @property
@@ -248,7 +265,15 @@ class RedisTaskQueue(TaskQueue):
         lease_seconds: float | None = None,
         wait: float = 0.0,
     ) -> list[ClaimedTask]:
-        """Claim up to ``max_tasks`` tasks in one round trip (more only around bad payloads)."""
+        """Claim up to ``max_tasks`` tasks in one round trip (more only around bad payloads).
+
+        A claim that waits and finds nothing parks (see ``queue_scripts``): an enqueue then
+        hands it the new tasks, already leased, through the BLPOP it blocks in, so an idle
+        worker's wake-up and claim are one round trip. The registration outlives the call
+        by up to ``park`` seconds and is reused by the next claim of the same types, worker
+        and lease length, which then blocks at once; tasks handed over after a call stopped
+        waiting are returned by the next call (or given back by ``close``).
+        """
         types = sorted(set(node_types))
         if not types or max_tasks < 1:
             return []
@@ -257,72 +282,106 @@ class RedisTaskQueue(TaskQueue):
         now = loop_time()
         give_up = now + wait
         wake_keys = [self._keys.wake(t) for t in types]
-        key = tuple(types)
-        # (loop time of the last claim that emptied these ready sets, loop time of the
-        # next delayed release or lease expiry it reported, -1: none), if recent.
-        drained = self._drained.pop(key, None)
-        while True:
-            if drained is not None and wait > 0 and drained[0] > now - self.poll_cap and not 0 <= drained[1] <= now:
-                # Nothing was ready at that claim, and whatever became ready since then
-                # pushed a wake-up token (only time, a delay or a lease ending, makes
-                # tasks ready without one): block on the tokens without claiming first.
-                next_ms = -1 if drained[1] < 0 else max(0, round((drained[1] - now) * 1000))
-                if give_up - now <= 0:
-                    self._drained[key] = drained
-                    return []
-            else:
-                claimed, next_ms = await self._claim_now(types, worker_id, max_tasks, lease_ms)
+        key = (tuple(types), worker_id, lease_ms)
+        spare = self._parks.get(key)
+        park = spare.pop() if spare else (_Park(uuid.uuid4().hex) if wait > 0 else None)
+        # A registration lasts as long as one sleep may (every sleep ends by then and claims).
+        window = min(self.poll_cap, _BLOCK_MAX)
+        try:
+            # A registration with room for more tasks than this call takes is renewed (more
+            # would be handed over than it may return); one with less room is kept.
+            force = park is None or not park.live(now) or park.room > max_tasks
+            while True:
+                if force:
+                    sent = loop_time()
+                    claimed, next_ms = await self._claim_now(
+                        types, worker_id, max_tasks, lease_ms, "" if park is None else park.id,
+                        _ms(window + _PARK_SLACK) if wait > 0 else 0)
+                    now = loop_time()
+                    if park is not None:
+                        parked = not claimed and wait > 0
+                        park.until = sent + window + _PARK_SLACK - _PARK_MARGIN if parked else 0.0
+                        park.room = max_tasks
+                        park.next_at = -1.0 if next_ms < 0 else now + next_ms / 1000.0
+                    if claimed or wait <= 0 or give_up - now <= 0:
+                        return claimed
+                assert park is not None  # waiting (wait > 0) always has a registration
+                force = False
+                next_ms = -1 if park.next_at < 0 else max(0, round((park.next_at - now) * 1000))
+                pause = min(_pause(give_up - now, next_ms, self.poll_cap), park.until - now)
+                popped = await self._await_token([self._keys.handoff(park.id), *wake_keys], pause)
                 now = loop_time()
-                drained = None if next_ms == -2 else (now, -1.0 if next_ms < 0 else now + next_ms / 1000.0)
-                if claimed or wait <= 0 or give_up - now <= 0:
-                    if drained is not None:
-                        self._drained[key] = drained
-                    return claimed
-            # Each token wakes one idle claimer, not all of them; a token pushed after
-            # the last claim is still there when BLPOP starts.
-            woken = await self._await_token(wake_keys, _pause(give_up - now, next_ms, self.poll_cap))
-            now = loop_time()
-            if woken:
-                drained = None
+                if popped is not None and _text(popped[0]) == self._keys.handoff(park.id):
+                    items = _unframe(bytes(popped[1]))
+                    # The registration stays while it has room (the enqueue took what it handed over).
+                    park.room -= len(items) // 5
+                    if park.room <= 0:
+                        park.until = 0.0
+                    claimed = await self._delivered(items, worker_id)
+                    for extra in claimed[max_tasks:]:  # a registration made for more tasks than this call takes
+                        with contextlib.suppress(LeaseLostError):
+                            await self.release(extra)
+                    if claimed:
+                        return claimed[:max_tasks]
+                    force = True  # only undecodable bytes came: claim as usual
+                elif popped is not None:
+                    force = True  # a token: a task became ready without a hand-over
+                elif not park.live(now) or 0 <= park.next_at <= now:
+                    force = True
+                if give_up - now <= 0 and not force:
+                    return []
+        finally:
+            if park is not None:
+                self._parks.setdefault(key, []).append(park)
 
-    async def _await_token(self, keys: list[str], pause: float) -> bool:
-        """Pop one wake-up token of ``keys``, waiting up to ``pause`` s; True if one came."""
+    async def _await_token(self, keys: list[str], pause: float) -> Any:
+        """Pop one entry of ``keys`` (a hand-over or a wake-up token), waiting up to ``pause`` s.
+
+        ``(key, value)``, or None if none came.
+        """
         if pause <= 0:
-            return False
+            return None
         # BLPOP takes seconds with a decimal (0 would block for ever), and must end
         # before the connection's read timeout.
         timeout = max(round(min(pause, _BLOCK_MAX), 3), 0.001)
         with redis_errors(self._connection.url, "wait for tasks"):
-            return await self._connection.client().blpop(keys, timeout=timeout) is not None
+            return await self._connection.client().blpop(keys, timeout=timeout)
 
     async def _claim_now(
-        self, types: list[str], worker_id: str, max_tasks: int, lease_ms: int
+        self, types: list[str], worker_id: str, max_tasks: int, lease_ms: int, park_id: str = "", park_ms: int = 0
     ) -> tuple[list[ClaimedTask], int]:
         claimed: list[ClaimedTask] = []
         next_ms = -1
         while len(claimed) < max_tasks:
             reply = await self._run(
                 "claim",
-                [worker_id, uuid.uuid4().hex, lease_ms, max_tasks - len(claimed), *types],
+                [worker_id, uuid.uuid4().hex, lease_ms, max_tasks - len(claimed), park_id, park_ms, *types],
                 f"claim tasks of {types}",
             )
             next_ms = int(reply[0])
-            bad = 0
-            for index in range(1, len(reply), 5):
-                task_id, raw, attempt, lease_id, deadline = reply[index : index + 5]
-                task_id, lease_id = _text(task_id), _text(lease_id)
-                try:
-                    task = task_from_dict(decode(bytes(raw)))
-                except (PayloadDecodeError, ValueError) as exc:
-                    bad += 1
-                    await self._run(
-                        "bad_payload", [task_id, lease_id, f"undecodable payload: {exc}"], "dead-letter an undecodable task"
-                    )
-                    continue
-                claimed.append(ClaimedTask(task, lease_id, int(attempt), int(deadline) / 1000.0, worker_id))
-            if not bad:  # only undecodable bytes make it worth popping again at once
+            items = list(reply[1:])
+            good = await self._delivered(items, worker_id)
+            claimed += good
+            if len(good) * 5 == len(items):  # only undecodable bytes make it worth popping again at once
                 break
+            park_ms = 0  # this call is not waiting yet
         return claimed, next_ms
+
+    async def _delivered(self, items: Sequence[Any], worker_id: str) -> list[ClaimedTask]:
+        """Claimed tasks from ``id, raw, attempt, lease id, deadline ms`` groups; undecodable ones are dead-lettered."""
+        claimed: list[ClaimedTask] = []
+        for index in range(0, len(items), 5):
+            task_id, raw, attempt, lease_id, deadline = items[index : index + 5]
+            task_id, lease_id = _text(task_id), _text(lease_id)
+            try:
+                task = task_from_dict(decode(bytes(raw)))
+            except (PayloadDecodeError, ValueError) as exc:
+                await self._run(
+                    "bad_payload", [task_id, lease_id, f"undecodable payload: {exc}"], "dead-letter an undecodable task"
+                )
+                continue
+            claimed.append(ClaimedTask(task, lease_id, int(attempt), int(deadline) / 1000.0, worker_id))
+        return claimed
 
     def _lost(self, claim: ClaimedTask) -> LeaseLostError:
         return LeaseLostError(
@@ -504,13 +563,55 @@ class RedisTaskQueue(TaskQueue):
         return QueueStats(node_type, int(queued), int(in_flight), int(dead))
 
     async def close(self) -> None:
-        """Stop waiting machinery; close the connection if this queue opened it. Idempotent."""
+        """Stop waiting machinery; close the connection if this queue opened it. Idempotent.
+
+        Parked registrations end first, and tasks handed to them that no claim took are
+        given back at once (not counted as an attempt), instead of waiting out their lease.
+        """
+        parks = [park.id for spare in self._parks.values() for park in spare]
+        self._parks.clear()
+        if parks:
+            with contextlib.suppress(Exception):  # best effort: their leases run out otherwise
+                await self._run("unpark", parks, "end parked claims")
         await self._notifier.close()
         if self._owns_connection:
             await self._connection.close()
 
     def __repr__(self) -> str:
         return f"<RedisTaskQueue {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
+# Seconds a parked registration outlives the longest sleep, and how much earlier than
+# the server's end of it this side stops counting on it (requests take time to arrive).
+_PARK_SLACK = 0.2
+_PARK_MARGIN = 0.1
+
+
+class _Park:
+    """One parked claimer registration: its id and until when (loop time) it is live."""
+
+    __slots__ = ("id", "until", "next_at", "room")
+
+    def __init__(self, park_id: str) -> None:
+        self.id = park_id
+        self.until = 0.0  # loop time; 0: not registered
+        self.room = 0  # tasks it may still be handed
+        self.next_at = -1.0  # loop time of the next delayed release or lease expiry it was told; -1: none
+
+    def live(self, now: float) -> bool:
+        return self.until > now and not 0 <= self.next_at <= now
+
+
+def _unframe(data: bytes) -> list[bytes]:
+    """The fields of a length-prefixed hand-over message (``3:abc1:x``)."""
+    parts: list[bytes] = []
+    index = 0
+    while index < len(data):
+        colon = data.index(b":", index)
+        size = int(data[index:colon])
+        parts.append(data[colon + 1 : colon + 1 + size])
+        index = colon + 1 + size
+    return parts
 
 
 class _EarlyResults:

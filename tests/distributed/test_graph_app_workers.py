@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import time
 import uuid
 
 import pytest
@@ -31,6 +32,11 @@ def test_a_worker_process_started_on_a_graph_serves_its_nodes_and_its_subgraphs_
     workers.start("w1")
     try:
         result = run(scenario(), timeout=100)
+        # A worker logs "done" after its ack, which the orchestrator may see first: the
+        # workers are killed only once the lines are there (or after 20 s).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "node 'check' done" not in workers.log("w1"):
+            time.sleep(0.05)
     finally:
         workers.close()
     assert result == {"q": "x", "a": "answer to x", "checked": "ANSWER TO X"}

@@ -70,11 +70,13 @@ async def _start_counting(url: str) -> redis_asyncio.Redis:
     return meter
 
 
-def test_one_single_node_workflow_costs_eight_round_trips_besides_its_events() -> None:
-    """Orchestrator and worker together: lease, create, enqueue, commit and release on the
-    orchestrator's side; wake-up (BLPOP), claim and ack (result stored and announced in
-    the ack script) on the worker's side. The result reaches the orchestrator inside the
-    "done" event: no read. Events go out separately, batched off the workflow's path.
+def test_one_single_node_workflow_costs_five_round_trips_besides_its_events() -> None:
+    """Orchestrator and worker together: on the orchestrator's side the create (lease grant
+    and record, one script), the enqueue (which hands the task, leased, to the parked idle
+    worker) and the last commit (which releases the lease); on the worker's side the
+    wake-up (its BLPOP returns the task: no claim) and the ack (result stored and announced
+    in the ack script). The result reaches the orchestrator inside the "done" event: no
+    read. Events go out separately, batched off the workflow's path.
     """
     registry = NodeRegistry()
 
@@ -118,22 +120,23 @@ def test_one_single_node_workflow_costs_eight_round_trips_besides_its_events() -
 
     with RedisServer() as server:
         runs = run(scenario(server.url), 90)
-    blpops = []
+    totals = []
     for commands in runs:
         counts = Counter(commands)
         events = counts.pop("PUBLISH", 0)
-        blpops.append(counts.pop("BLPOP", 0))
-        # 5 EVALSHA of the orchestrator (lease, create, enqueue, commit, release)
-        # + 2 of the worker (claim, ack).
-        assert counts == {"EVALSHA": 7}, _TRACE[-len(commands):]
+        assert set(counts) <= {"EVALSHA", "BLPOP"}, commands
+        totals.append((counts["EVALSHA"], counts["BLPOP"]))
         assert events <= 5, commands  # workflow.started, node.started/completed, step.committed, workflow.completed
-    # + 1 BLPOP: the idle worker's wake-up. An idle worker's BLPOP also ends every 5 s
-    # without a token (and blocks again, without claiming): at most one run sees that.
-    assert min(blpops) == 1 and max(blpops) <= 2, blpops
+    # 3 EVALSHA of the orchestrator (create_leased, enqueue, save_releasing) + the ack, and
+    # the idle worker's BLPOP. A parked worker's registration also runs out every 5 s, or
+    # once as many tasks as it had room for were handed to it (it parks again: one more
+    # claim script, and a BLPOP if its sleep ended): some runs see that.
+    assert min(totals) == (4, 1), (totals, runs)
+    assert all(e + b <= 7 for e, b in totals), (totals, runs)
 
 
 def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
-    """Four claimers block waiting; one enqueue wakes one of them: one claim, not four."""
+    """Four claimers park waiting; one enqueue hands the task to one of them: no claim at all."""
 
     async def scenario(url: str) -> tuple[list[str], list[int], list[str]]:
         prefix = f"herd{uuid.uuid4().hex[:8]}"
@@ -174,13 +177,13 @@ def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
     # A blocked BLPOP also ends every 5 s without a token and blocks again (no claim):
     # up to one such per claimer may fall into a window.
     one, three = Counter(after_one), Counter(after_three)
-    # The enqueue, then one blocked BLPOP returns and its claimer claims the task; with a
+    # The enqueue (which hands the task over), then one blocked BLPOP returns it; with a
     # herd, every claimer would claim.
-    assert one["EVALSHA"] == 2 and 1 <= one["BLPOP"] <= 5 and len(one) == 2, after_one
+    assert one["EVALSHA"] == 1 and 1 <= one["BLPOP"] <= 5 and len(one) == 2, after_one
     assert sorted(got) == [1, 1, 1, 1]
-    # Three tasks: one enqueue script, three wake-ups, three claims; the fourth claimer's
-    # empty claim never happens.
-    assert three["EVALSHA"] == 4 and 3 <= three["BLPOP"] <= 7 and len(three) == 2, after_three
+    # Three tasks: one enqueue script handing one to each of the three parked claimers, three
+    # wake-ups; no claim script.
+    assert three["EVALSHA"] == 1 and 3 <= three["BLPOP"] <= 7 and len(three) == 2, after_three
 
 
 def test_a_fan_out_is_enqueued_in_two_scripts_and_a_wake_up_needs_no_read() -> None:
