@@ -241,3 +241,37 @@ async def _client_commands(meter: redis_asyncio.Redis) -> list[str]:
             continue
         names.append(entry["command"].split()[0].decode().upper())
     return names
+
+
+def test_tasks_handed_to_a_parked_claimer_after_its_wait_are_not_stranded(open_redis) -> None:
+    """A parked registration outlives its claim call: tasks handed to it then are returned by
+    the next claim of that worker (attempt 1), or put back by close() for anyone else."""
+
+    async def scenario() -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str], int]:
+        first: RedisBackend = await open_redis()
+        second: RedisBackend = await open_redis(prefix=first.options.prefix)
+        producer: RedisBackend = await open_redis(prefix=first.options.prefix)
+        try:
+            queue = first.task_queue
+            queue.poll_cap = 5.0  # type: ignore[attr-defined]  # a registration lasts 5.2 s
+            assert await queue.claim(["alpha"], worker_id="w1", max_tasks=2, wait=0.05) == []  # parks, returns
+            await producer.task_queue.enqueue_many([task("h1"), task("h2"), task("h3")])
+            # h1 and h2 went to the registration (room 2); h3 waits in the ready set.
+            later = await queue.claim(["alpha"], worker_id="w1", max_tasks=5, wait=0.05)
+            later += await queue.claim(["alpha"], worker_id="w1", max_tasks=5, wait=0.05)
+            got_later = [(c.task.id, c.attempt) for c in later]
+            assert await queue.claim(["alpha"], worker_id="w1", max_tasks=1, wait=0.05) == []  # parks again
+            await producer.task_queue.enqueue(task("h4"))  # handed to the new registration
+            await first.close()  # gives h4 back
+            back = await second.task_queue.claim(["alpha"], worker_id="w2", max_tasks=5, wait=2)
+            stats = await producer.task_queue.stats("alpha")
+            return got_later, [(c.task.id, c.attempt) for c in back], [c.worker_id for c in back], stats.in_flight
+        finally:
+            await first.close()
+            await second.close()
+            await producer.close()
+
+    later, back, workers, in_flight = run(scenario(), 30)
+    assert sorted(later) == [("h1", 1), ("h2", 1), ("h3", 1)]
+    assert back == [("h4", 1)] and workers == ["w2"]
+    assert in_flight == 4  # h1..h3 held by w1, h4 by w2
