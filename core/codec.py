@@ -25,6 +25,8 @@ from distributed_agents.core.errors import PayloadDecodeError
 __all__ = ["decode", "encode", "ensure_json_value", "find_non_json"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decoder = json.JSONDecoder()
+_OBJECT_OR_ARRAY = (b"{", b"[")
 
 
 def encode(value: Any) -> bytes:
@@ -35,6 +37,9 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes | str) -> Any:
     """Parse JSON bytes; raises ``PayloadDecodeError`` naming the problem if they are not JSON."""
     try:
+        if isinstance(data, bytes) and data[:1] in _OBJECT_OR_ARRAY:
+            # What encode wrote (UTF-8): skip json.loads' detection of UTF-16/32 byte orders.
+            return _decoder.decode(data.decode("utf-8", "surrogatepass"))  # as json.loads decodes bytes
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         preview = bytes(data[:60]) if isinstance(data, (bytes, bytearray)) else data[:60]

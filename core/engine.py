@@ -209,6 +209,7 @@ class StepEngine:
         self._inflight: asyncio.Future[WorkflowRecord] | None = None  # "async": the commit being written
         self._unsaved: Checkpoint | None = None  # "exit": the last step's checkpoint, not written yet
         self._stored_step = 0  # the step of the last record written (or read at the start)
+        self._encoded: tuple[Mapping[str, Any], bytes] | None = None  # see _state_json
         # Whether the last commit also released the workflow's lease (save_releasing): the
         # driver then need not release it again.
         self.lease_released = False
@@ -273,6 +274,7 @@ class StepEngine:
         """
         self._mode = durability_of(record)
         self._inflight, self._unsaved, self._stored_step = None, None, record.step
+        self._encoded = None
         progress = _Progress(record)
         logged = log_context.set_fields(workflow_id=record.workflow_id)  # the step is bound per step
         try:
@@ -345,7 +347,7 @@ class StepEngine:
                 error = StepLimitExceededError(message, limit=options.step_limit, nodes=involved)
                 await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
-            unknown = [name for name in next_nodes if name not in graph.nodes]
+            unknown = [name for name in next_nodes if name not in order]
             if unknown:
                 raise ExecutionError(
                     f"workflow {record.workflow_id!r} is at step {record.step} with node(s) "
@@ -496,7 +498,7 @@ class StepEngine:
         all_entries = entries
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
         entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
-        state_json = encode(record.state)
+        state_json = self._state_json(record.state)
         reference: dict[str, Any] | None = None  # to the committed state, for tasks on workers; {}: none
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
@@ -544,9 +546,12 @@ class StepEngine:
             batches.append(InProcessExecutor(local, self._instrumentation).run(local_calls))
         if remote_calls:
             batches.append(self._queue_executor.run(remote_calls))
-        results = await asyncio.gather(*batches)
+        # One batch (the usual case) is awaited as it is: a task per step costs more than a no-op node.
+        results = [await batches[0]] if len(batches) == 1 else await asyncio.gather(*batches)
         by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
         outcomes = [by_task[node_task_id(record, entry.key)] for entry in entries]
+        if not keys:  # no task of this step is cached (so no hits, no followers): nothing to store or share
+            return outcomes
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
                                           dict(zip((e.key for e in entries), outcomes)))
         return await self._cache_share(graph, record, run, all_entries, followers, settled, options)
@@ -927,9 +932,26 @@ class StepEngine:
         """``PayloadTooLargeError`` if ``record`` or ``checkpoint`` is over the backend's size limit."""
         # Named by the step that ran (the record of a step's commit already carries the next step's number).
         ran = record.step - 1 if checkpoint is not None else record.step
+        try:
+            state_json: bytes | None = self._state_json(record.state)
+        except (TypeError, ValueError):
+            state_json = None  # not JSON: the store's own check names the key
         check_commit_size(record.workflow_id, ran, record.state,
                           {**record.to_dict(), "state": None}, None if checkpoint is None else checkpoint.writes,
-                          self._payload_limit)
+                          self._payload_limit, state_json=state_json)
+
+    def _state_json(self, state: Mapping[str, Any]) -> bytes:
+        """``encode(state)``, kept for the state object encoded last.
+
+        A step's merged state is encoded to check its commit's size and again as the next
+        step's input: the same object both times (states are never changed in place).
+        """
+        memo = self._encoded
+        if memo is not None and memo[0] is state:
+            return memo[1]
+        raw = encode(state)
+        self._encoded = (state, raw)
+        return raw
 
     async def _write(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None

@@ -24,7 +24,8 @@ When chunks were dropped (see below), a ``stream.<workflow_id>.gap`` message
 
 Everything is queued and published in order by one background task per publisher, so a
 slow bus costs the workflow nothing; ``flush`` waits until everything queued is out.
-Events are never dropped. Chunks are fire-and-forget with a bound in bytes: beyond
+Events are never dropped (an event no subscriber could receive, as an in-process bus
+can tell, is not sent at all). Chunks are fire-and-forget with a bound in bytes: beyond
 ``chunk_bytes`` (default ``DEFAULT_CHUNK_BYTES``, 64 MiB) of queued chunks, measured as
 their approximate JSON size (a token of a few characters counts about 300 bytes with its
 ids, so 64 MiB holds some 200,000 tokens; Python holds about three times that in memory
@@ -114,12 +115,19 @@ class EventPublisher:
             self._task = self._loop.create_task(self._pump())
 
     def emit(self, workflow_id: str, kind: str, **fields: Any) -> None:
-        """Queue event ``kind`` for ``workflow_id``; never blocks, never raises for bus trouble."""
+        """Queue event ``kind`` for ``workflow_id``; never blocks, never raises for bus trouble.
+
+        An event the bus says nobody would receive now (``MessageBus.may_deliver``: an
+        in-process bus with no matching subscription) is not queued at all.
+        """
+        channel = event_channel(workflow_id, kind)
+        if not self._bus.may_deliver(channel):
+            return
         self.start()
         event = {"type": kind, "workflow_id": workflow_id, "time": time.time(), **fields}
         with self._lock:
             self._seq += 1
-            self._events.append((self._seq, event_channel(workflow_id, kind), event, 0))
+            self._events.append((self._seq, channel, event, 0))
         self._signal()
 
     def emit_chunk(self, workflow_id: str, mode: str, data: Mapping[str, Any], size: int = 256) -> int:

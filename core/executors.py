@@ -107,6 +107,10 @@ class InProcessExecutor(NodeExecutor):
         self._instrumentation = instrumentation
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        if len(calls) == 1:
+            # A task of its own (so its own copy of the context variables), as gather would make,
+            # without gather's bookkeeping: a step of one node is the common case.
+            return [await asyncio.ensure_future(self._run_one(calls[0]))]
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
 
     async def _run_one(self, call: NodeCall) -> NodeOutcome:

@@ -68,6 +68,8 @@ def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[
         handles = send.get("handles")
         entries.append(TaskEntry(node, index, dict(send.get("arg") or {}),
                                  None if handles is None else str(handles)))
+    if len(entries) < 2:  # one node per step (a chain) is the common case
+        return entries
     last = len(order)
     positions = {entry.key: i for i, entry in enumerate(entries)}
     return sorted(entries, key=lambda e: (order.get(e.node, last), -1 if e.index is None else e.index,

@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+from types import MappingProxyType
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -112,6 +113,7 @@ class _Routing:
     joins: list[Join] = field(default_factory=list)  # distinct joins, in declaration order
     conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
     entry: list[str] = field(default_factory=list)
+    message_keys: tuple[str, ...] = ()  # see Graph.message_keys
 
 
 class Graph:
@@ -501,6 +503,7 @@ class Graph:
         routing.entry = sorted(entry, key=routing.order.__getitem__)
         for edge in self._conditional:
             routing.conditional.setdefault(edge.source, []).append(edge)
+        routing.message_keys = self._message_keys()
         self._routing = routing
         self._compiled = True
         return self
@@ -585,8 +588,8 @@ class Graph:
 
     @property
     def nodes(self) -> Mapping[str, NodeSpec]:
-        """Nodes by name, in declaration order."""
-        return dict(self._nodes)
+        """Nodes by name, in declaration order (a read-only view: the step loop reads it every step)."""
+        return MappingProxyType(self._nodes)
 
     @property
     def schema(self) -> StateSchema | None:
@@ -610,6 +613,11 @@ class Graph:
     @property
     def message_keys(self) -> tuple[str, ...]:
         """The state keys whose reducer is ``add_messages``: they take LangGraph's message shorthands."""
+        if self._compiled:  # reducers are fixed once compiled; every step asks
+            return self._routing.message_keys
+        return self._message_keys()
+
+    def _message_keys(self) -> tuple[str, ...]:
         from distributed_agents.core.messages import add_messages  # messages imports nothing of graphs
 
         return tuple(key for key, reducer in self._reducers.items() if reducer is add_messages)
@@ -861,8 +869,14 @@ class Graph:
         Workflow records carry this instead of the whole spec, so each step's commit
         stays small however large the graph is.
         """
+        known = self.__dict__.get("_fingerprint")
+        if known is not None and self._compiled:  # a compiled graph no longer changes; every run asks
+            return dict(known)
         digest = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
-        return {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
+        found = {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
+        if self._compiled:
+            self.__dict__["_fingerprint"] = found
+        return dict(found)
 
     # -- running it as LangGraph code does ------------------------------------------------------
 

@@ -87,6 +87,8 @@ def check_commit_size(
     record_rest: Mapping[str, Any],
     writes: Mapping[str, Mapping[str, Any]] | None,
     limit: int | None,
+    *,
+    state_json: bytes | None = None,
 ) -> int:
     """Return the encoded size of the largest value a commit writes; raise if over ``limit``.
 
@@ -95,8 +97,9 @@ def check_commit_size(
     ``writes`` by node). ``PayloadTooLargeError`` names the workflow, the step, the
     size, the limit, the largest state keys and (as ``node``) the node that wrote the
     most. ``limit`` None: no check. Values that are not JSON are not measured here.
+    ``state_json`` is ``encode(state)`` when the caller has it already (it is not encoded again).
     """
-    state_size = _size(dict(state))
+    state_size = len(state_json) if state_json is not None else _size(dict(state))
     if limit is None or state_size is None:
         return state_size or 0
     record_size = state_size + (_size(dict(record_rest)) or 0)

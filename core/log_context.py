@@ -30,6 +30,7 @@ __all__ = ["FIELDS", "LogContextFilter", "bind", "current", "reset", "set_fields
 FIELDS: tuple[str, ...] = ("workflow_id", "step", "node", "task_id", "attempt")
 _SHORT = {"workflow_id": "wf", "step": "step", "node": "node", "task_id": "task", "attempt": "attempt"}
 
+_FIELD_NAMES = frozenset(FIELDS)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("distributed_agents_log_context",
                                                                           default=_EMPTY)
@@ -45,11 +46,13 @@ def set_fields(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
 
     A value of None unbinds that field. Raises ``ValueError`` for a name not in ``FIELDS``.
     """
-    unknown = set(fields) - set(FIELDS)
-    if unknown:
+    if not _FIELD_NAMES.issuperset(fields):
+        unknown = set(fields) - _FIELD_NAMES
         raise ValueError(f"unknown log context field(s) {sorted(unknown)}; use {', '.join(FIELDS)}")
     merged = {**_bound.get(), **fields}
-    return _bound.set(MappingProxyType({k: v for k, v in merged.items() if v is not None}))
+    if None in merged.values():
+        merged = {k: v for k, v in merged.items() if v is not None}
+    return _bound.set(MappingProxyType(merged))
 
 
 def reset(token: contextvars.Token[Mapping[str, Any]]) -> None:

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +92,9 @@ class NodeContext:
     worker_id: str = ""
     remaining_steps: int | None = None  # steps left before the step limit, this one included
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (execute(configurable=))
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # [event] once anything waits for or sets the cancellation: most runs never need one, and a
+    # threading.Event per node call costs more than a no-op node.
+    _cancel: list[threading.Event] = field(default_factory=list, repr=False, compare=False)
     # [sink] once bound by invoke_node, then [sink, writer] once a writer was asked for.
     _stream: list[Any] = field(default_factory=list, repr=False, compare=False)
 
@@ -128,18 +131,25 @@ class NodeContext:
     @property
     def cancelled(self) -> bool:
         """Whether this run of the node was cancelled; safe to read from any thread."""
-        return self._cancel.is_set()
+        return bool(self._cancel) and self._cancel[0].is_set()
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds (None: until cancelled); True if cancelled.
 
         A sleep that ends early on cancellation, for plain-function nodes.
         """
-        return self._cancel.wait(timeout)
+        return self._cancel_event().wait(timeout)
 
     def cancel(self) -> None:
         """Mark the run cancelled (done by the framework; nodes only read it)."""
-        self._cancel.set()
+        self._cancel_event().set()
+
+    def _cancel_event(self) -> threading.Event:
+        if not self._cancel:
+            with _writer_lock:
+                if not self._cancel:
+                    self._cancel.append(threading.Event())
+        return self._cancel[0]
 
     # -- read as LangGraph's RunnableConfig (``def node(state, config)``) ---------------------------
 
@@ -410,6 +420,24 @@ def wants_context(func: NodeFunction) -> bool:
     return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+# Per function: (wants_context, is a coroutine function). Reading a signature costs more than
+# running a no-op node, and a node is called once per step.
+_CALL_STYLES: weakref.WeakKeyDictionary[Any, tuple[bool, bool]] = weakref.WeakKeyDictionary()
+
+
+def _call_style(func: NodeFunction) -> tuple[bool, bool]:
+    """``(wants_context(func), whether func is async)``, remembered per function object while it lives."""
+    try:
+        return _CALL_STYLES[func]
+    except (KeyError, TypeError):  # TypeError: not hashable or not weakly referenceable
+        pass
+    style = (wants_context(func),
+             inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)))
+    with contextlib.suppress(TypeError):
+        _CALL_STYLES[func] = style
+    return style
+
+
 AbandonedHook = Callable[["asyncio.Future[Any]"], None]
 
 
@@ -444,7 +472,8 @@ async def invoke_node(
     result will be discarded, and ``on_abandoned`` receives a future that completes
     when the thread returns (a worker counts it against its capacity until then).
     """
-    args: tuple[Any, ...] = (state, context) if wants_context(func) else (state,)
+    takes_context, is_async = _call_style(func)
+    args: tuple[Any, ...] = (state, context) if takes_context else (state,)
     context._bind_stream()
 
     async def call() -> Any:
@@ -455,7 +484,7 @@ async def invoke_node(
                                         task_id=context.idempotency_key, attempt=context.attempt)
         answers = interrupts.resume_scope(resume if isinstance(resume, list) else None, context.node)
         try:
-            if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
+            if is_async:
                 result = await func(*args)
             else:
                 result = await _in_thread(func, args, context, on_abandoned)

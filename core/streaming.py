@@ -403,7 +403,10 @@ class StreamReader:
                     yield chunk
             elif kind == "commit":
                 if item[1] > self._last and self._wants_steps:
-                    for chunk in await self._catch_up(await self._record()):
+                    # Only up to this commit's step: the workflow may be further on, and a later
+                    # step's values must come after the live chunks its nodes streamed, which
+                    # this reader may not have taken off the bus yet.
+                    for chunk in await self._catch_up(await self._record(), upto=item[1], replay=False):
                         yield chunk
             else:  # the end: everything it follows has arrived
                 record = await self._record()
@@ -458,22 +461,28 @@ class StreamReader:
             raise WorkflowCancelledError(f"workflow {self.workflow_id!r} was cancelled")
         return out
 
-    async def _catch_up(self, record: WorkflowRecord) -> list[Any]:
-        """Values/updates of every checkpoint after the last yielded, up to ``record``'s step."""
-        if record.step <= self._last or not ({"values", "updates"} & set(self.modes)):
-            self._last = max(self._last, record.step)
+    async def _catch_up(self, record: WorkflowRecord, upto: int | None = None, *, replay: bool = True) -> list[Any]:
+        """Values/updates of every checkpoint after the last yielded, up to ``record``'s step (or ``upto``).
+
+        With ``subgraphs``, each checkpoint is followed by the steps its next step's subgraphs
+        committed so far, unless ``replay`` is False: for a commit event read live, whose
+        subgraphs' own commit events come live after it.
+        """
+        top = record.step if upto is None else min(record.step, upto)
+        if top <= self._last or not ({"values", "updates"} & set(self.modes)):
+            self._last = max(self._last, top)
             return []
-        wanted = record.step - self._last
-        checkpoints = await self._store.list_checkpoints(self.workflow_id, limit=wanted, before=record.step + 1)
+        wanted = top - self._last
+        checkpoints = await self._store.list_checkpoints(self.workflow_id, limit=wanted, before=top + 1)
         out: list[Any] = []
         for checkpoint in sorted(checkpoints, key=lambda cp: cp.step):
             if checkpoint.step <= self._last:
                 continue
             out += self._step_chunks(checkpoint, record)
-            if self.subgraphs:  # the subgraphs this step ran come before the next step's chunks
+            if self.subgraphs and replay:  # the subgraphs this step ran come before the next step's chunks
                 out += await self._replay_children(self.workflow_id, checkpoint)
             self._last = checkpoint.step
-        self._last = max(self._last, record.step)
+        self._last = max(self._last, top)
         return out
 
     async def _subgraph_step(self, child: str, step: int, namespace: tuple[str, ...]) -> list[Any]:

@@ -151,9 +151,13 @@ def with_positions(graph: Graph, workflow_id: str, step: int, frontier: dict[str
     The ids are derived (``child_workflow_id``), so any process finds the children from
     the stored frontier alone; frontiers without subgraph tasks keep their shape.
     """
+    nodes = graph.nodes
+    named = [*frontier.get("next", ()), *(send.get("node") for send in frontier.get("sends") or ())]
+    if not any(name in nodes and nodes[name].subgraph is not None for name in named):
+        return frontier  # the usual case, checked without building the step's entries
     positions = {entry.key: child_workflow_id(workflow_id, step, entry.key)
-                 for entry in read_entries(frontier, {}) if entry.node in graph.nodes
-                 and graph.node(entry.node).subgraph is not None}
+                 for entry in read_entries(frontier, {}) if entry.node in nodes
+                 and nodes[entry.node].subgraph is not None}
     return {**frontier, SUBGRAPHS_KEY: positions} if positions else frontier
 
 

@@ -77,6 +77,12 @@ class MemoryMessageBus(MessageBus):
         for subscription in targets:
             subscription._deliver(message)
 
+    def may_deliver(self, channel: str) -> bool:
+        if not self._data.subscriptions:  # read without the lock: a list's length is read atomically
+            return False
+        with self._data.lock:
+            return any(pattern_matches(s.pattern, channel) for s in self._data.subscriptions)
+
     async def subscribe(self, pattern: str) -> Subscription:
         subscription = MemorySubscription(self._data, pattern)
         with self._data.lock:

@@ -133,6 +133,14 @@ class MessageBus:
         """Subscribe to a channel or pattern; delivery starts before this returns."""
         raise NotImplementedError
 
+    def may_deliver(self, channel: str) -> bool:
+        """False only if a message published on ``channel`` now would reach no subscriber.
+
+        Lets a publisher skip building what nobody would receive. An adapter that cannot
+        tell without a round trip (any networked bus) keeps this default: True.
+        """
+        return True
+
     async def close(self) -> None:
         """Close all subscriptions and connections. Idempotent."""
 

@@ -14,6 +14,7 @@ import pytest
 from support.aio import run
 
 from distributed_agents import (
+    END,
     Command,
     Graph,
     NodeContext,
@@ -703,3 +704,34 @@ def test_a_client_without_the_graph_is_asked_for_it_by_update_state_fork_and_res
             await client.close()
 
     run(scenario())
+
+
+def test_a_consumer_slower_than_the_workflow_still_gets_each_steps_tokens_before_its_values() -> None:
+    """The reader may be steps behind the workflow: a commit it reads yields values up to that step only."""
+
+    async def talk(state: State) -> dict[str, Any]:
+        turn = int(state.get("turn", 0))
+        get_stream_writer().message(f"token {turn}")
+        return {"turn": turn + 1}
+
+    graph = Graph("slow_reader").add_node("talk", talk)
+    graph = graph.add_conditional_edge("talk", lambda s: "talk" if s["turn"] < 5 else END, ["talk", END])
+    graph = graph.set_entry_point("talk").compile()
+
+    async def scenario() -> list[Any]:
+        orchestrator = Orchestrator()
+        shown = []
+        try:
+            async for mode, chunk in orchestrator.astream(graph, {}, stream_mode=["values", "messages"]):
+                shown.append((mode, chunk["turn"] if mode == "values" and "turn" in chunk else
+                              chunk[0] if mode == "messages" else None))
+                if len(shown) == 1:
+                    await asyncio.sleep(0.3)  # the workflow runs to its end meanwhile
+        finally:
+            await orchestrator.close()
+        return shown
+
+    expected: list[Any] = [("values", None)]
+    for turn in range(5):
+        expected += [("messages", f"token {turn}"), ("values", turn + 1)]
+    assert run(scenario()) == expected
