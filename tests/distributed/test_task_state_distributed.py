@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import uuid
 from typing import Any
 
@@ -17,10 +18,12 @@ import pytest
 import redis.asyncio as redis_asyncio
 from support.aio import run
 from support.redis_server import RedisServer
+from support.worker_processes import WorkerProcesses, load_test_app
 
 from distributed_agents import END, START, Graph, Orchestrator, Send, State, Worker
 from distributed_agents.adapters.redis.backend import open_redis_backend
 from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.distributed import DistributedOrchestrator
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,3 +109,36 @@ def test_a_thousand_way_fan_out_over_a_1_mb_state_writes_at_most_20_mb(shape: st
         assert fetches == 0
     print(f"{shape} fan-out of {WIDTH} over a 1 MB state: {written / MB:.1f} MB written to Redis")
     assert written <= LIMIT, f"{written:,} bytes written to Redis"
+
+
+@pytest.mark.parametrize("backend", [
+    # Redis's reads are covered in this process above; NATS reads through the port's default get_checkpoint.
+    pytest.param("redis_url", marks=pytest.mark.skipif(not THOROUGH, reason="one backend by default: "
+                                                                             "DA_TEST_PROFILE=thorough")),
+    "nats_url",
+])
+def test_worker_processes_run_each_fan_out_on_the_state_its_step_committed(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    """Two worker processes, two fan-outs over a 200 KB state that changes in between: every task reads
+    (through the backend's get_checkpoint) the state of its own step."""
+    url = str(request.getfixturevalue(backend))
+    prefix = f"tsp{uuid.uuid4().hex[:8]}"
+    app = load_test_app("task_state_app")
+    workers = WorkerProcesses(url, prefix, tmp_path, "task_state_app:registry")
+
+    async def scenario() -> State:
+        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+        try:
+            return await orchestrator.execute(app.fan_twice_graph(), {})
+        finally:
+            await orchestrator.close()
+
+    workers.start("w1", "--capacity", "4")
+    workers.start("w2", "--capacity", "4")
+    try:
+        result = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    width, size = app.WIDTH, app.DOC_BYTES
+    assert [entry[:2] for entry in result["read"]] == [[size, "a"]] * width + [[size, "b"]] * width
