@@ -1390,7 +1390,7 @@ class Orchestrator:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive
         lease_lost = asyncio.Event()
-        renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost))
+        renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost, lambda: engine.lease_released))
         try:
             final = await drive
         except WorkflowTakenOverError:
@@ -1432,14 +1432,21 @@ class Orchestrator:
         log.warning("workflow %r: lease taken by another orchestrator; waiting for its result", workflow_id)
         return await self.wait(workflow_id)
 
-    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord], lost: asyncio.Event) -> None:
+    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord], lost: asyncio.Event,
+                     released: Callable[[], bool] = lambda: False) -> None:
+        """Renew ``lease`` every third of ``lease_ttl`` while ``drive`` runs and until ``released()``
+        says the run's last commit gave the lease up (the run is then ending: nothing to renew)."""
         store = self.backend.state_store
         while not drive.done():
             await asyncio.sleep(self.lease_ttl / 3)
+            if released():
+                return
             try:
                 lease = await store.renew_lease(lease, self.lease_ttl)
                 self._outage.succeeded()
             except LeaseLostError as exc:
+                if released():  # released by the last commit while the renewal was on its way
+                    return
                 log.warning("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
                 lost.set()
                 drive.cancel()
