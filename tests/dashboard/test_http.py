@@ -253,12 +253,13 @@ def test_empty_token_is_a_configuration_error() -> None:
         create_app(Orchestrator(), token="")
 
 
-def test_events_stream_live_over_a_socket_and_end_when_the_server_stops() -> None:
-    run(_events_stream())
+def test_events_stream_live_over_a_socket_and_end_when_the_server_stops(backend_url: str) -> None:
+    run(_events_stream(backend_url))
 
 
-async def _events_stream() -> None:
-    orchestrator = Orchestrator()
+async def _events_stream(url: str) -> None:
+    options = {} if url == "memory://" else {"prefix": f"dash{uuid.uuid4().hex[:8]}"}
+    orchestrator = Orchestrator(backend=url, backend_options=options)
     board = dashboard(orchestrator, port=0, graphs=[essay])
     await board.start()
     try:
