@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sys
 
 from distributed_agents.core.log_context import FIELDS, LogContextFilter
 from distributed_agents.core.redaction import redact_text
@@ -25,8 +26,9 @@ class JsonFormatter(logging.Formatter):
 
     Fields: ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``, ``message``;
     then ``workflow_id``, ``step``, ``node``, ``task_id``, ``attempt`` when bound (see
-    ``core.log_context``); ``exception`` (the formatted traceback) when the record has one.
-    A value JSON cannot hold is written as its ``str``.
+    ``core.log_context``); ``trace_id`` and ``span_id`` (hex) of the current OpenTelemetry
+    span when tracing is on (``--otel``); ``exception`` (the formatted traceback) when the
+    record has one. A value JSON cannot hold is written as its ``str``.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -41,6 +43,7 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 data[name] = value
+        data.update(_trace_ids())
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -49,6 +52,17 @@ class JsonFormatter(logging.Formatter):
             data["stack"] = self.formatStack(record.stack_info)
         # A URL anywhere in the record (a library's message, a traceback) shows no credentials.
         return redact_text(json.dumps(data, default=str, ensure_ascii=False))
+
+
+def _trace_ids() -> dict[str, str]:
+    """The current OpenTelemetry span's ids (log data model names), or none when OpenTelemetry is not in use."""
+    otel = sys.modules.get("opentelemetry.trace")  # never imported here: only a process that traces has it
+    if otel is None:
+        return {}
+    context = otel.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
 class RedactingFormatter(logging.Formatter):

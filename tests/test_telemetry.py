@@ -11,6 +11,7 @@ itself is a child of its node's span.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import signal
@@ -33,6 +34,7 @@ from distributed_agents.telemetry import Tracing, enable
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 APP = '''
+import logging
 from typing import Any
 from opentelemetry import trace
 from distributed_agents import Graph, NodeContext, RetryPolicy, State
@@ -45,6 +47,7 @@ def plan(state: State) -> dict[str, Any]:
 def write(state: State, context: NodeContext) -> dict[str, Any]:
     if context.attempt == 1:
         raise RuntimeError("the first draft was lost")
+    logging.getLogger("tracedapp").info("writing")
     with trace.get_tracer("tracedapp").start_as_current_span("llm call"):
         return {"text": "a draft from " + state["outline"]}
 
@@ -92,7 +95,8 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
     with open(tmp_path / "worker.out", "w") as out, open(tmp_path / "worker.err", "w") as err:
         worker = subprocess.Popen(
             [sys.executable, "-m", "distributed_agents", "worker", "--app", "tracedapp:graph", "--backend-url",
-             redis_url, "--prefix", prefix, "--worker-id", worker_id, "--heartbeat-interval", "0.5", "--otel"],
+             redis_url, "--prefix", prefix, "--worker-id", worker_id, "--heartbeat-interval", "0.5", "--otel",
+             "--log-format", "json"],
             cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
         try:
             result = asyncio.run(drive())
@@ -140,6 +144,10 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
     assert retried["status"]["status_code"] == "UNSET"
     (llm,) = [s for s in theirs if s["name"] == "llm call"]  # the node's own span, inside the node's
     assert llm["parent_id"] == retried["context"]["span_id"] and llm["context"]["trace_id"] == trace_id
+    # JSON log records emitted in a node name its span, so logs and traces join up.
+    (logged,) = [r for r in map(json.loads, (tmp_path / "worker.err").read_text().splitlines())
+                 if r["logger"] == "tracedapp"]
+    assert (logged["trace_id"], logged["span_id"]) == (trace_id[2:], retried["context"]["span_id"][2:])
 
 
 def test_enable_installs_tracing_next_to_other_observers_and_a_failed_run_is_an_error_span() -> None:
