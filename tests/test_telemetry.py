@@ -29,6 +29,8 @@ from support.observability import console_spans
 
 from distributed_agents import Orchestrator, RetryPolicy
 from distributed_agents.core import instrumentation
+from distributed_agents.core.errors import NodeExecutionError
+from distributed_agents.core.instrumentation import NodeAttempt
 from distributed_agents.telemetry import Tracing, enable
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
@@ -169,7 +171,7 @@ def test_enable_installs_tracing_next_to_other_observers_and_a_failed_run_is_an_
         graph = Graph("failing").add_node("a", broken).set_entry_point("a").set_finish_point("a").compile()
         outer = provider.get_tracer("caller")
         with outer.start_as_current_span("caller span") as caller:
-            with pytest.raises(Exception):
+            with pytest.raises(NodeExecutionError):
                 Orchestrator().invoke(graph, {})
     finally:
         instrumentation.install(previous)
@@ -205,3 +207,17 @@ def test_a_subgraphs_run_is_a_child_of_its_parents_step() -> None:
                      ("step outer", "workflow outer"), ("step outer", "workflow outer"),
                      ("workflow inner", "step outer"), ("workflow outer", None)]
     assert len({s.context.trace_id for s in spans}) == 1
+
+
+def test_a_malformed_trace_context_in_a_task_starts_a_new_trace_and_the_attempt_is_still_traced() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    for carried in ({"traceparent": "00-not-a-trace-01"}, {"traceparent": ""}, {}):
+        handle = tracing.node_started(NodeAttempt("wf_x", 2, "n", "t", "wf_x:0:2:n", 1, "w-1", trace=carried))
+        tracing.node_ended(handle, "succeeded", None)
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["node n"] * 3
+    assert all(s.parent is None for s in spans)
+    assert trace.get_current_span() is trace.INVALID_SPAN  # each attempt's span was made current, then not

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents import Graph, NodeRegistry, Orchestrator, RetryPolicy, State, Worker
@@ -205,3 +207,15 @@ def test_combined_observers_each_see_every_call_with_their_own_handles() -> None
     run(Orchestrator(instrumentation=both).execute(chain("both", a=lambda s: {"x": 1}), {}))
     assert [c[0] for c in first.calls] == [c[0] for c in second.calls]
     assert first.named("node_started")[0][4] == {"parent": first.named("step_started")[0][1]}
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8))
+def test_any_json_under_the_trace_key_gives_a_string_carrier_or_none(carried: Any) -> None:
+    carrier = instrumentation.trace_carrier({"trace": carried})
+    if carrier is None:
+        assert not isinstance(carried, dict)
+    else:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in carrier.items())
+        assert carrier == {k: v for k, v in carried.items() if isinstance(v, str)}
