@@ -128,7 +128,11 @@ class StateCache:
         Raises ``TaskStateError`` if the store has no such state; a backend error of the
         read propagates (to every task waiting for it; the next call reads again).
         """
-        state: dict[str, Any] = copy_json((await self._entry(store, workflow_id, ref))[0])
+        cached = (await self._entry(store, workflow_id, ref))[0]
+        try:
+            state: dict[str, Any] = copy_json(cached)
+        except RecursionError:  # nested about as deep as JSON state may be: the C codec copies it
+            state = json.loads(json.dumps(cached))
         return state
 
     async def _entry(self, store: StateStore, workflow_id: str, ref: StateRef) -> tuple[dict[str, Any], int]:

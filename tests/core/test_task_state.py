@@ -293,3 +293,26 @@ def test_a_read_returns_the_dispatched_state_or_says_it_is_gone_never_another(
                 assert got == state
 
     run(scenario(), 20)
+
+
+def test_a_state_nested_as_deep_as_state_may_be_is_copied_too() -> None:
+    deep: Any = "leaf"
+    for _ in range(880):
+        deep = [deep]
+    state = {"deep": deep, "pad": "p" * 5000}
+
+    class DecodingStore(MemoryStateStore):
+        """Reads the checkpoint by decoding it (as the Redis and NATS stores do), without a deep copy."""
+
+        async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
+            return Checkpoint(workflow_id, step, decode(encode(state)))
+
+    async def scenario() -> Any:
+        store = DecodingStore(StateData())
+
+        async def nested(depth: int) -> Any:  # called from deep in a stack, as a worker's task may be
+            return await nested(depth - 1) if depth else await StateCache().state(store, "w", _ref(0, state))
+
+        return await nested(60)
+
+    assert run(scenario(), 10) == state
