@@ -279,7 +279,8 @@ class Page:
                   f'</label> <select id="step" name="step">{options}</select> <button type="submit">Show</button>'
                   "</form>")
         if state is None:
-            return picker + "<p>No checkpoint yet.</p>"
+            missing = "No checkpoint of that step: it has not committed." if steps else "No checkpoint yet."
+            return picker + f"<p>{missing}</p>"
         since = (f"step {state['previous_step']}" if state["previous_step"] is not None else "the start")
         diff_rows = "".join(
             f'<tr class="change-{esc(d["change"])}"><th scope="row">{esc(d["key"])}</th><td>{esc(d["change"])}</td>'
@@ -330,10 +331,10 @@ class Page:
         rows = "".join(
             f'<tr><td>{esc(w["worker_id"])}</td><td>{esc(", ".join(w["node_types"]))}</td>'
             f'<td class="num">{esc(w["capacity"])}</td><td class="num">{esc(w["in_flight"] if w["in_flight"] is not None else "-")}</td>'
-            f'<td class="num">{esc(w["heartbeat_age"])} s</td><td>{esc(w["host"])}</td><td class="num">{esc(w["pid"])}</td></tr>'
+            f'<td class="num" data-age="{esc(w["heartbeat_age"])}">{esc(w["heartbeat_age"])} s</td><td>{esc(w["host"])}</td><td class="num">{esc(w["pid"])}</td></tr>'
             for w in workers)
         return ('<table class="list"><caption>Workers with a heartbeat within the backend\'s heartbeat TTL; '
-                'heartbeat age as of this update</caption><thead><tr><th scope="col">Worker</th>'
+                'the list is read again on each workflow event; heartbeat ages count up in the page</caption><thead><tr><th scope="col">Worker</th>'
                 '<th scope="col">Node types</th><th scope="col">Capacity</th><th scope="col">In flight</th>'
                 '<th scope="col">Heartbeat age</th><th scope="col">Host</th><th scope="col">PID</th></tr></thead>'
                 f"<tbody>{rows}</tbody></table>")

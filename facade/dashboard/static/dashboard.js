@@ -146,6 +146,18 @@
     liveState.textContent = "";
   }
 
+  // Heartbeat ages count up between updates (a local clock: nothing is fetched).
+  if (document.querySelector("[data-age]") || live === "list") {
+    setInterval(function () {
+      var now = performance.now();
+      document.querySelectorAll("[data-age]").forEach(function (cell) {
+        if (!cell.dataset.t0) cell.dataset.t0 = String(now);
+        var age = Number(cell.dataset.age) + (now - Number(cell.dataset.t0)) / 1000;
+        cell.textContent = age.toFixed(1) + " s";
+      });
+    }, 1000);
+  }
+
   // Actions: POST with the token in a header, show the answer, patch the page.
   document.addEventListener("submit", function (event) {
     var form = event.target;
