@@ -78,7 +78,8 @@ class _Server(uvicorn.Server):
 
 
 def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+    # ws="none": the dashboard pushes by Server-Sent Events, so no WebSocket library is loaded.
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", ws="none",
                           timeout_graceful_shutdown=5, access_log=False)
 
 
