@@ -231,7 +231,7 @@ def test_health_endpoints_of_worker_and_orchestrator(deployment: Deployment) -> 
     wait_until(lambda: "serving" in deployment.log("worker"), lambda: deployment.log("worker"))
     assert deployment.stop("worker", signal.SIGTERM) == 0, deployment.log("worker")
     workflow_id = deployment.submit("waves")
-    wait_until(lambda: _get(orchestrator_port, "/queues")[1]["backlog"] == 1,
+    wait_until(lambda: _get(orchestrator_port, "/queues")[1].get("backlog") == 1,
                lambda: f"{_get(orchestrator_port, '/queues')}\n{deployment.logs()}")
     queues = _get(orchestrator_port, "/queues?node_types=draft")[1]
     assert queues["node_types"] == {"draft": {"queued": 1, "in_flight": 0, "dead": 0}}, queues
