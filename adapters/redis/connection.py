@@ -119,6 +119,18 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
             "check that redis-server is running and the URL is right")
 
 
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether the exception chain holds a TLS handshake failure (certificates, not the network)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def redis_client_url(url: str, extra: Mapping[str, str] | None = None) -> str:
     """``url`` as redis-py's ``from_url`` should see it: our options out, ``extra`` in.
 
@@ -243,8 +255,10 @@ class RedisConnection:
 
         Raises ``BackendUnavailableError`` with one line naming the URL, the cause
         (connection refused, unknown host, no answer, ...) and what to check, with no
-        chained redis-py/socket exceptions; ``BackendConfigError`` when a ``rediss://``
-        URL points at a server that speaks plain (non-TLS) Redis, which no retry can fix.
+        chained redis-py/socket exceptions; ``BackendConfigError``, which no retry can
+        fix, when a ``rediss://`` URL points at a server that speaks plain (non-TLS)
+        Redis or the TLS handshake fails (an untrusted server certificate, a client
+        certificate missing or refused).
         """
         ping = asyncio.ensure_future(self._ping())
         try:
@@ -258,7 +272,12 @@ class RedisConnection:
         except BackendUnavailableError as exc:
             if self._tls_host() is not None and await self._answers_plain_redis():
                 raise self._plain_server_error() from None
-            raise BackendUnavailableError(_connect_problem(self.masked_url, self._client_url, exc)) from None
+            problem = _connect_problem(self.masked_url, self._client_url, exc)
+            if _tls_refused(exc):
+                # An untrusted certificate or a refused client certificate: no retry can fix
+                # it, so a worker exits saying so instead of waiting for the server.
+                raise BackendConfigError(problem) from None
+            raise BackendUnavailableError(problem) from None
         finally:
             if not ping.done():
                 ping.cancel()
