@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -263,6 +264,12 @@ class NatsConnection:
     async def _connect(self) -> None:
         import nats
 
+        for option, path in (("nkey", self.settings.nkey), ("creds", self.settings.creds)):
+            if path and not os.path.isfile(path):
+                raise BackendConfigError(
+                    f"the ?{option}= file of NATS at {mask_url(self.url)} does not exist: {path}; give the path of "
+                    + ("a file holding the user's NKey seed (SU...)" if option == "nkey" else "the user's .creds file")
+                )
         if self.settings.nkey or self.settings.creds:
             try:
                 import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)

@@ -155,4 +155,7 @@ def test_unknown_options_and_tls_options_on_nats_urls_are_refused(certs: Certifi
         open_backend(f"tls://127.0.0.1:1?tls_cert={certs.client_cert}")
     with pytest.raises(BackendConfigError, match="unknown NATS option 'bogus'"):
         open_backend("nats://127.0.0.1:1", extra={"bogus": "1"})
+    for option in ("nkey", "creds"):  # a missing seed or credentials file is named before connecting
+        error = run(connect_error(f"nats://127.0.0.1:1?{option}=/no/such/file"), 30)
+        assert isinstance(error, BackendConfigError) and "/no/such/file" in str(error), error
     assert PASSWORD not in str(typo.value) + str(plain.value)
