@@ -16,6 +16,7 @@ from typing import Any
 import nkeys
 import pytest
 from support.aio import run
+from support.nats_jwt import Decentralized
 from support.nats_server import NatsServer, find_nats_server
 from support.tls import Certificates, make_certificates
 
@@ -53,6 +54,16 @@ authorization {{
 @pytest.fixture(scope="module")
 def token_nats() -> Iterator[NatsServer]:
     yield from started(f'authorization {{ token: "{TOKEN}" }}\n')
+
+
+@pytest.fixture(scope="module")
+def operator() -> Decentralized:
+    return Decentralized()
+
+
+@pytest.fixture(scope="module")
+def jwt_nats(operator: Decentralized) -> Iterator[NatsServer]:
+    yield from started(operator.server_config)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +128,16 @@ def test_user_password_nkey_and_token_connect_and_wrong_credentials_are_refused_
         assert isinstance(error, BackendError) and not isinstance(error, BackendUnavailableError), message
         assert "refused the credentials" in message, message
         assert wrong not in message and PASSWORD not in message and TOKEN not in message
+
+
+def test_a_credentials_file_connects_under_decentralized_auth_and_an_untrusted_one_is_refused(
+        jwt_nats: NatsServer, operator: Decentralized, tmp_path: Path) -> None:
+    good = operator.write_creds(tmp_path / "user.creds")
+    assert run(save_and_get(f"nats://{address(jwt_nats)}?creds={good}"), 60) == "completed"
+    stranger = operator.write_creds(tmp_path / "stranger.creds", trusted=False)  # signed by an unknown account
+    error = run(connect_error(f"nats://{address(jwt_nats)}?creds={stranger}"), 60)
+    assert isinstance(error, BackendError) and not isinstance(error, BackendUnavailableError), error
+    assert "refused the credentials" in str(error), error
 
 
 def test_tls_with_the_ca_and_a_client_certificate_works(tls_nats: NatsServer, certs: Certificates) -> None:
