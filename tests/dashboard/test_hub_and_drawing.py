@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Any
 
@@ -13,6 +14,8 @@ from distributed_agents import Graph, Orchestrator, State
 from distributed_agents.dashboard import graph_svg
 from distributed_agents.dashboard.hub import CLOSED, LISTENER_BUFFER, EventHub
 from support.aio import run
+
+THOROUGH = os.environ.get("DA_TEST_PROFILE") == "thorough"
 
 
 def test_a_stalled_listener_keeps_the_newest_events_and_is_told_of_the_gap() -> None:
@@ -61,7 +64,7 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), m
     lambda n: n.strip() == n and n not in ("__start__", "__end__") and ":" not in n and "." not in n)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40 if THOROUGH else 6, deadline=None)  # each example runs Graphviz
 @given(st.lists(names, min_size=1, max_size=4, unique=True))
 def test_every_node_of_a_drawing_can_be_marked_whatever_its_name(chosen: list[str]) -> None:
     graph = Graph(f"g{abs(hash(tuple(chosen)))}")
