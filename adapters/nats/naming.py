@@ -9,20 +9,29 @@ that, e.g., ``a.b`` and ``a_2eb`` stay apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
 
 __all__ = ["Names", "priority_from_token", "priority_token", "token"]
 
-_SAFE = re.compile(r"[A-Za-z0-9-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 
 
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"_{b:02x}" for b in match.group().encode())
+
+
+@functools.lru_cache(maxsize=65536)
 def token(value: str) -> str:
-    """``value`` as one subject token / name fragment using only ``[A-Za-z0-9_-]``."""
+    """``value`` as one subject token / name fragment using only ``[A-Za-z0-9_-]``.
+
+    Cached: a task id is turned into a key several times per task (enqueue, claim, ack).
+    """
     if not value:
         return "_"
-    return "".join(ch if _SAFE.fullmatch(ch) else "".join(f"_{b:02x}" for b in ch.encode()) for ch in value)
+    return _UNSAFE.sub(_escape, value)
 
 
 def priority_token(priority: int) -> str:
@@ -44,7 +53,7 @@ class Names:
 
     prefix: str
 
-    @property
+    @functools.cached_property
     def base(self) -> str:
         escaped = token(self.prefix)
         if escaped == self.prefix:

@@ -1,0 +1,31 @@
+"""``token``: the escaping of ids into subject tokens is character by character, injective,
+and uses only the characters NATS names allow."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distributed_agents.adapters.nats.naming import token
+
+
+def _reference(value: str) -> str:
+    """The mapping written out per character: safe characters kept, others as ``_XX`` UTF-8 bytes."""
+    if not value:
+        return "_"
+    safe = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+    return "".join(ch if ch in safe else "".join(f"_{b:02x}" for b in ch.encode()) for ch in value)
+
+
+@given(st.text(max_size=40))
+def test_token_escapes_each_unsafe_character(value: str) -> None:
+    escaped = token(value)
+    assert escaped == _reference(value)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", escaped)
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+def test_token_is_injective(a: str, b: str) -> None:
+    assert (token(a) == token(b)) == (a == b)
