@@ -30,7 +30,7 @@ exactly what ``decode(encode(state))`` returns. Standard library only.
 from __future__ import annotations
 
 import copy
-import os
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -140,17 +140,24 @@ class ChainTip:
     state: Mapping[str, Any] | None = None
 
 
-def next_entry(checkpoint: Checkpoint, tip: ChainTip | None, *, index: int) -> tuple[bytes, ChainTip]:
+def next_entry(
+    checkpoint: Checkpoint, tip: ChainTip | None, *, index: int, state_raw: bytes | None = None
+) -> tuple[bytes, ChainTip]:
     """Encode ``checkpoint`` as the entry at list position ``index``; returns it and the new tip.
 
     ``tip`` must describe the entry at ``index - 1`` (or be None: a snapshot is written).
-    The returned tip holds the state's encoding (decoded from it when diffed), so it
-    shares nothing with ``checkpoint``. Raises ``TypeError``/``ValueError`` if the state
-    is not JSON.
+    ``state_raw`` is ``encode(checkpoint.state)`` when the caller has it (the state is not
+    encoded again). The returned tip holds the state's encoding (decoded from it when
+    diffed), so it shares nothing with ``checkpoint``. Raises ``TypeError``/``ValueError``
+    if the state is not JSON.
     """
-    entry_id = os.urandom(8).hex()
+    # Unique within a workflow's list is enough (a delta names its base entry); the random
+    # module reseeds itself in a forked child, and costs no system call per step.
+    entry_id = f"{random.getrandbits(64):016x}"
     fields = checkpoint.to_dict()
-    state_raw = encode(fields.pop("state"))
+    state = fields.pop("state")
+    if state_raw is None:
+        state_raw = encode(state)
     state = None
     if tip is not None and tip.index == index - 1 and tip.depth < MAX_CHAIN and len(state_raw) >= SMALL_STATE:
         state = decode(state_raw)

@@ -97,7 +97,10 @@ class MemoryStateStore(StateStore):
     ) -> WorkflowRecord:
         now = time.time()
         new = record.evolve(version=expected_version + 1, updated_at=now)
-        raw = encode(new.to_dict())
+        fields = new.to_dict()
+        # The state is encoded once, for the record and for a checkpoint of the same state.
+        state_raw = encode(fields.pop("state"))
+        raw = encode(fields)[:-1] + b',"state":' + state_raw + b"}"
         workflow_id = record.workflow_id
         with self._data.lock:
             stored = self._live(workflow_id)
@@ -122,7 +125,8 @@ class MemoryStateStore(StateStore):
             entry = None
             if checkpoint is not None:
                 entry, tip = next_entry(checkpoint, None if stored is None else stored.tip,
-                                        index=0 if stored is None else len(stored.checkpoints))
+                                        index=0 if stored is None else len(stored.checkpoints),
+                                        state_raw=state_raw if checkpoint.state is record.state else None)
             if stored is None:
                 stored = _Workflow(raw, 1, new.status, new.created_at)
                 self._data.workflows[workflow_id] = stored
