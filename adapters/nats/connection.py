@@ -11,7 +11,9 @@ certificate and host name are always verified; ``?inbox_prefix=`` for reply subj
 ``?replicas=N`` for stream and bucket replicas; ``?connect_attempts=N`` (initial
 connection, default 3), ``?reconnect_wait=S`` (default 2) and
 ``?max_reconnect_attempts=N`` (default -1, forever) for reconnection, which is nats-py's
-job. Several servers may be given comma-separated in the host part. Any other query
+job; ``?ping_interval=S`` (default 10) and ``?max_outstanding_pings=N`` (default 3): a
+connection whose server answered none of N pings sent every S seconds is dead (half-open:
+nothing arrives, nothing is closed) and is re-made, after about (N+1)*S seconds. Several servers may be given comma-separated in the host part. Any other query
 option (and any in ``BackendOptions.extra``) is refused with ``BackendConfigError``
 naming it: a typo must not silently leave, say, a client certificate unused.
 
@@ -58,7 +60,11 @@ _MIN_SERVER = (2, 11)
 _PROBE_TIMEOUT = 2.0  # seconds to open a probe connection, then to read the server's INFO line
 _TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
 _OPTIONS = ("creds", "nkey", "inbox_prefix", "replicas", "connect_attempts", "reconnect_wait",
-            "max_reconnect_attempts", *_TLS_OPTIONS)
+            "max_reconnect_attempts", "ping_interval", "max_outstanding_pings", *_TLS_OPTIONS)
+# Liveness of an established connection (nats-py's defaults, 120 s x 2, would leave a
+# half-open connection unnoticed for up to six minutes): about 40 s here.
+_PING_INTERVAL = 10.0
+_MAX_OUTSTANDING_PINGS = 3
 
 
 def require_nats() -> None:
@@ -97,6 +103,8 @@ class NatsSettings:
     connect_attempts: int = 3
     reconnect_wait: float = 2.0
     max_reconnect_attempts: int = -1
+    ping_interval: float = _PING_INTERVAL
+    max_outstanding_pings: int = _MAX_OUTSTANDING_PINGS
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -147,6 +155,8 @@ class NatsSettings:
                 connect_attempts=int(extra.pop("connect_attempts", "3")),
                 reconnect_wait=float(extra.pop("reconnect_wait", "2")),
                 max_reconnect_attempts=int(extra.pop("max_reconnect_attempts", "-1")),
+                ping_interval=float(extra.pop("ping_interval", str(_PING_INTERVAL))),
+                max_outstanding_pings=int(extra.pop("max_outstanding_pings", str(_MAX_OUTSTANDING_PINGS))),
                 extra=extra,
             )
         except ValueError as exc:
@@ -165,6 +175,8 @@ class NatsSettings:
             # close() drains first; nats-py's default of 30 s could outlast a supervisor's
             # stop timeout when the server went away mid-drain (the process is then killed).
             "drain_timeout": _DRAIN_TIMEOUT,
+            "ping_interval": self.ping_interval,
+            "max_outstanding_pings": self.max_outstanding_pings,
         }
         if self.user is not None:
             kwargs["user"] = self.user
