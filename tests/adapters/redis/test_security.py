@@ -213,3 +213,8 @@ def test_a_tenant_cannot_read_or_claim_another_tenants_tasks_and_both_still_run(
         assert (await run_workflow(url_b, "tb", "bob"))["greeting"] == "HELLO BOB"
 
     run(scenario(), 100)
+
+
+def test_docs_give_exactly_the_acl_rule_these_tests_run() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    assert f"user tenant_a on >PASSWORD {tenant_rule('ta')}" in docs
