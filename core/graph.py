@@ -114,6 +114,9 @@ class _Routing:
     conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
     entry: list[str] = field(default_factory=list)
     message_keys: tuple[str, ...] = ()  # see Graph.message_keys
+    # Per node with only plain edges (no conditional edge, no deferred target): the next
+    # step's nodes after a step that ran it alone, in declaration order.
+    plain_next: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Graph:
@@ -504,6 +507,10 @@ class Graph:
         for edge in self._conditional:
             routing.conditional.setdefault(edge.source, []).append(edge)
         routing.message_keys = self._message_keys()
+        for name in self._nodes:
+            targets = [t for t in routing.static.get(name, ()) if t != END]
+            if name not in routing.conditional and not any(self._nodes[t].defer for t in targets):
+                routing.plain_next[name] = tuple(sorted(set(targets), key=routing.order.__getitem__))
         self._routing = routing
         self._compiled = True
         return self
@@ -699,6 +706,12 @@ class Graph:
         Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
         self._require_compiled()
+        if len(ran) == 1 and not gotos and not deferred and not handlers and not self._routing.joins:
+            # One node with plain edges only (a chain's step): what the general path below
+            # returns, looked up (without joins, the stored join progress has nothing to keep).
+            plain = self._routing.plain_next.get(ran[0])
+            if plain is not None:
+                return make_frontier(plain, (), {})
         triggered: list[str] = []
         sends: list[dict[str, Any]] = []
         ran = list(dict.fromkeys(ran))  # a node run by several Sends routes once

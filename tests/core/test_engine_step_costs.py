@@ -177,3 +177,43 @@ def test_decode_takes_encoded_surrogates_as_json_loads_does_and_refuses_what_is_
         decode(b'{"a":"\xff"}')
     with pytest.raises(PayloadDecodeError, match="not valid"):
         decode(b'{"a":')
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_routing_after_one_node_with_plain_edges_is_what_the_general_path_gives(data: st.DataObject) -> None:
+    size = data.draw(st.integers(2, 6))
+    names = [f"n{i}" for i in range(size)]
+    deferred = data.draw(st.sets(st.sampled_from(names[1:])))
+    conditional = data.draw(st.sets(st.sampled_from(names)))
+
+    extra = {name: data.draw(st.lists(st.sampled_from(names[i + 1:]), max_size=2)) if i + 1 < size else []
+             for i, name in enumerate(names)}
+
+    def build() -> Graph:
+        graph = Graph("routes")
+        for name in names:
+            graph.add_node(name, lambda state: None, defer=name in deferred)
+        graph.set_entry_point(names[0])
+        for i, name in enumerate(names):
+            later = names[i + 1:]
+            if not later:
+                graph.set_finish_point(name)
+            elif name in conditional:
+                graph.add_conditional_edges(name, lambda state, to=later[0]: to, later)
+            else:
+                for target in dict.fromkeys([later[0], *extra[name]]):
+                    graph.add_edge(name, target)
+        return graph.compile()
+
+    graph = build()
+    general = build()
+    general._routing.plain_next.clear()  # every step takes the general path
+
+    async def both(node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        state = State._trusted({}, "wf")
+        return (await graph.next_frontier([node], state, {}), await general.next_frontier([node], state, {}))
+
+    for name in names:
+        fast, slow = run(both(name))
+        assert fast == slow
