@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from distributed_agents.conformance.catalog import Check
 from distributed_agents.conformance.clauses import CLAUSES, PORTS
+from distributed_agents.core.redaction import redact_url
 
 __all__ = ["ReportPlugin"]
 
@@ -82,7 +83,7 @@ class ReportPlugin:
     def render(self, out: TextIO, url: str, profile: str) -> None:
         """Write the report to ``out``."""
         statuses = self.clause_status()
-        out.write(f"\nConformance report for {url} (profile {profile})\n")
+        out.write(f"\nConformance report for {redact_url(url)} (profile {profile})\n")
         for port in PORTS:
             out.write(f"\n{port}\n")
             for clause_id, clause in CLAUSES.items():

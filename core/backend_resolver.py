@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from distributed_agents.core.errors import BackendNotFoundError
+from distributed_agents.core.redaction import redact_url
 from distributed_agents.core.ports.backend import Backend
 
 __all__ = ["BackendOpener", "DEFAULT_BACKEND_URL", "install_backend_opener", "open_backend"]
@@ -37,6 +38,6 @@ def open_backend(url: str = DEFAULT_BACKEND_URL, **options: Any) -> Backend:
     """Open (but do not connect) the backend for ``url``, e.g. ``memory://`` or ``redis://...``."""
     if _opener is None:
         raise BackendNotFoundError(
-            f"cannot open {url!r}: no backend opener is installed; import distributed_agents first"
+            f"cannot open {redact_url(url)!r}: no backend opener is installed; import distributed_agents first"
         )
     return _opener(url, **options)

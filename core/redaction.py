@@ -57,8 +57,11 @@ def redact_url(url: str) -> str:
     """``url`` with its credentials masked, safe to print, log, raise or store.
 
     A URL without credentials comes back unchanged; something that cannot be parsed as
-    a URL comes back as ``<unparseable URL>`` (it might be a secret itself).
+    a URL comes back as ``<unparseable URL>`` (it might be a secret itself), and one
+    without a scheme has everything before an ``@`` masked (``user:pw@host:6379``).
     """
+    if "://" not in url:
+        return f"{MASK}@{url.rpartition('@')[2]}" if "@" in url else url
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -27,6 +27,7 @@ import pluggy
 
 from distributed_agents.core.errors import BackendConfigError, BackendNotFoundError, MissingExtraError
 from distributed_agents.core.ports.backend import Backend, BackendOptions, split_backend_url
+from distributed_agents.core.redaction import redact_url
 
 __all__ = [
     "PROJECT_NAME",
@@ -126,7 +127,7 @@ def open_backend(url: str, **options: Any) -> Backend:
     if spec is None:
         installed = ", ".join(f"{s}:// ({b.name})" for s, b in sorted(available_backends().items())) or "none"
         raise BackendNotFoundError(
-            f"no installed backend serves {scheme}:// (from {url!r}). Installed: {installed}. "
+            f"no installed backend serves {scheme}:// (from {redact_url(url)!r}). Installed: {installed}. "
             "Redis needs pip install 'distributed-agents[redis]', NATS needs pip install "
             "'distributed-agents[nats]' (from a checkout: pip install '.[redis]' or '.[nats]'); a third-party "
             "backend registers a plugin under the "
@@ -147,7 +148,7 @@ def _load_factory(spec: BackendSpec, url: str) -> Callable[[str, BackendOptions]
     except ImportError as exc:
         hint = spec.install_hint or f"the dependencies of backend {spec.name!r}"
         hint = hint if hint.startswith("pip ") else f"install {hint}"
-        raise MissingExtraError(f"backend {spec.name!r} for {url!r} cannot load ({exc}); run: {hint}") from exc
+        raise MissingExtraError(f"backend {spec.name!r} for {redact_url(url)!r} cannot load ({exc}); run: {hint}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise BackendConfigError(f"backend {spec.name!r}: {spec.factory} is not a callable factory")

@@ -20,6 +20,8 @@ from distributed_agents.core.redaction import redact_text, redact_url
     ("redis://h:6379/0?prefix=a", "redis://h:6379/0?prefix=a"),
     ("redis://h:6379/0?ssl_pasword=typo&db=1", "redis://h:6379/0?ssl_pasword=***&db=1"),  # unknown: masked
     ("redis://[::1:6379", "<unparseable URL>"),
+    ("u:pw@h:6379", "***@h:6379"),  # no scheme
+    ("localhost:6379", "localhost:6379"),
 ])
 def test_credentials_are_masked_and_the_rest_kept(url: str, shown: str) -> None:
     assert redact_url(url) == shown
@@ -39,3 +41,24 @@ def test_no_password_or_token_survives(user: str, password: str, scheme: str) ->
     for url in (f"{scheme}://{user}:{password}@h:1/0", f"{scheme}://{password}@h:1", f"{scheme}://h:1?token={password}"):
         assert password not in redact_url(url).replace(user, "") or password in user
         assert password not in redact_text(f"at {url}, then").replace(user, "") or password in user
+
+
+def test_errors_about_a_url_with_an_unknown_scheme_or_bad_options_mask_it() -> None:
+    from distributed_agents import open_backend
+    from distributed_agents.core.errors import DistributedAgentsError
+
+    for url in ("foo://:s3cret-pw@h:1", "redis://:s3cret-pw@h:1/0?max_attempts=x", "u:s3cret-pw@h:6379",
+                "redis://:s3cret-pw@h:1/0?prefix=a%20b", "nats://s3cret-pw@h:1?replicas=x"):
+        with pytest.raises(DistributedAgentsError) as caught:
+            open_backend(url)
+        assert "s3cret-pw" not in str(caught.value), (url, str(caught.value))
+
+
+def test_the_conformance_report_names_the_url_masked() -> None:
+    import io
+
+    from distributed_agents.conformance.report import ReportPlugin
+
+    out = io.StringIO()
+    ReportPlugin().render(out, "redis://:s3cret-pw@h:1/0", "quick")
+    assert "redis://:***@h:1/0" in out.getvalue() and "s3cret-pw" not in out.getvalue()
