@@ -324,6 +324,10 @@ async def plan_update(
         step_writes, merged, frontier = await _complete_step(graph, record, node, updates)
     else:
         frontier = await graph.next_frontier([node], view, joins, deferred=record.frontier.get("deferred", ()))
+    if frontier_nodes(frontier) and _paused_before(record):
+        # As LangGraph's resume after a breakpoint: the pause was seen, so the next step runs
+        # (the paused node, kept by routing after the last writer, or what ``as_node`` routes to).
+        frontier["breakpoint_passed"] = True
     if not frontier_nodes(frontier):
         status = WorkflowStatus.COMPLETED
     elif record.status == WorkflowStatus.RUNNING:
@@ -337,6 +341,15 @@ async def plan_update(
     checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=writes,
                             metadata={"source": "update", "as_node": node})
     return updated, checkpoint
+
+
+def _paused_before(record: WorkflowRecord) -> bool:
+    """Whether ``record`` waits at a static ``interrupt_before`` breakpoint of its own (or passed one
+    in its current step): an update then does not make ``resume`` pause there again."""
+    if record.frontier.get("breakpoint_passed"):
+        return True
+    return any(isinstance(pause, Mapping) and pause.get("kind") == "before" and not pause.get("subgraph")
+               for pause in record.frontier.get("interrupts") or ())
 
 
 async def _complete_step(

@@ -407,6 +407,49 @@ def test_update_state_while_interrupted_then_the_node_asks_again_about_the_edite
     assert done["decision"] == "approved" and done["llm_output"] == "edited by hand"
 
 
+def breakpoint_chain(ran: list[str]) -> Graph:
+    """a -> x -> z; x records the ``v`` it saw."""
+    def node(name: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            ran.append(name)
+            return {"v": state.get("v", 0) + 1} if name == "a" else {f"{name}_saw": state["v"]}
+        return run_node
+
+    graph = Graph("bp_chain")
+    for name in ("a", "x", "z"):
+        graph.add_node(name, node(name))
+    return graph.add_edge(START, "a").add_edge("a", "x").add_edge("x", "z").add_edge("z", END).compile()
+
+
+@pytest.mark.parametrize(("as_node", "next_nodes", "runs"),
+                         [(None, ("x",), ["x", "z"]), ("a", ("x",), ["x", "z"]), ("x", ("z",), ["z"])])
+def test_update_state_at_a_breakpoint_then_resume_runs_the_next_step_without_pausing_again(
+        as_node: str | None, next_nodes: tuple[str, ...], runs: list[str]) -> None:
+    """As LangGraph: after interrupt_before=["x"], update_state (as the last writer by default) keeps x
+    next and resume runs it on the edited state; as_node="x" stands in for x, so z runs next."""
+    workflow_id = new_id()
+    ran: list[str] = []
+
+    async def scenario() -> tuple[Any, ...]:
+        async with Orchestrator() as orchestrator:
+            graph = breakpoint_chain(ran)
+            paused = await orchestrator.execute(graph, {"v": 0}, workflow_id=workflow_id, interrupt_before=["x", "z"])
+            updated = await orchestrator.update_state(workflow_id, {"v": 10}, as_node=as_node)
+            read = await orchestrator.get_state(workflow_id)
+            resumed = await orchestrator.resume(workflow_id, graph)
+            return paused, updated.next, read.next, resumed
+
+    paused, updated_next, read_next, resumed = run(scenario())
+    assert [pause["node"] for pause in paused["__interrupt__"]] == ["x"]
+    assert updated_next == read_next == next_nodes
+    assert ran == ["a", *runs[:1]]  # the step after the update ran; the breakpoint before z paused after it
+    assert [pause["node"] for pause in resumed.get("__interrupt__", [])] == (["z"] if runs[0] == "x" else [])
+    if runs[0] == "x":
+        assert resumed["x_saw"] == 10
+    else:
+        assert "x_saw" not in resumed and resumed["z_saw"] == 10
+
+
 # -- ids that match no pending interrupt, positional answers, both ways of reading a pause --------
 
 

@@ -374,3 +374,23 @@ def test_a_refused_migration_writes_nothing_and_the_original_graph_still_resumes
         return await orchestrator.resume("wf-mig", version("y"))
 
     assert dict(on_backend(backend, request, scenario)) == {"x": 1, "y": 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("as_node", "next_nodes"), [(None, ("done",)), ("done", ())])
+def test_update_state_at_a_breakpoint_keeps_the_paused_node_and_resume_runs_it(
+        backend: str, as_node: str | None, next_nodes: tuple[str, ...], request: pytest.FixtureRequest) -> None:
+    """interrupt_before=["done"], update_state, resume: done runs (not a second pause) on the edited state,
+    read back by another orchestrator; as_node="done" stands in for it, so nothing is left to run."""
+    async def scenario(make: Callable[..., Orchestrator]) -> tuple[Any, ...]:
+        first, other = make(), make()
+        paused = await first.execute(counter_graph(), {"n": 0}, workflow_id="wf-bp", interrupt_before=["done"])
+        await other.update_state("wf-bp", {"n": 7}, as_node=as_node, graph=counter_graph())
+        read = await first.get_state("wf-bp")
+        return paused, read.next, await other.resume("wf-bp", counter_graph())
+
+    paused, read_next, resumed = on_backend(backend, request, scenario)
+    assert [pause["node"] for pause in paused["__interrupt__"]] == ["done"]
+    assert read_next == next_nodes
+    assert "__interrupt__" not in resumed and resumed["n"] == 7
+    assert resumed.get("finished") is (True if as_node is None else None)
