@@ -82,7 +82,10 @@ def test_a_worker_serves_task_counts_durations_and_queue_depths(redis_url: str, 
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             served = metrics_url(log, worker)
-            asyncio.run(drive())
+            try:  # bounded, so a stuck run fails with the worker's log rather than the test's timeout
+                asyncio.run(asyncio.wait_for(drive(), 90))
+            except asyncio.TimeoutError:
+                raise AssertionError(f"the workflows did not finish; worker log:\n{log.read_text()}") from None
             # The queue gauges are polled: wait for the poll that sees the dead letter.
             deadline = time.monotonic() + 60
             while True:

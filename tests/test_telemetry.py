@@ -101,7 +101,11 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
              "--log-format", "json"],
             cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
         try:
-            result = asyncio.run(drive())
+            try:  # bounded, so a stuck run fails with the worker's log rather than the test's timeout
+                result = asyncio.run(asyncio.wait_for(drive(), 90))
+            except asyncio.TimeoutError:
+                log = (tmp_path / "worker.err").read_text()
+                raise AssertionError(f"the workflow did not finish; worker log:\n{log}") from None
         finally:
             worker.send_signal(signal.SIGTERM)  # spans are flushed as the worker exits
             worker.wait(timeout=60)
@@ -120,7 +124,8 @@ def test_a_workers_node_spans_are_children_of_the_orchestrators_step_spans(redis
 
     theirs = console_spans((tmp_path / "worker.out").read_text())
     nodes = sorted((s for s in theirs if s["name"].startswith("node ")),
-                   key=lambda s: (s["attributes"]["distributed_agents.step"], s["attributes"]["distributed_agents.task.attempt"]))
+                   key=lambda s: (s["attributes"]["distributed_agents.step"],
+                                  s["attributes"]["distributed_agents.task.attempt"]))
     assert [(s["name"], s["attributes"]["distributed_agents.task.attempt"]) for s in nodes] == [
         ("node plan", 1), ("node write", 1), ("node write", 2)]
     for span, step in zip(nodes, [steps[0], steps[1], steps[1]]):

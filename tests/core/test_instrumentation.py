@@ -178,8 +178,10 @@ def test_a_worker_reports_each_claim_with_the_trace_context_from_the_payload_and
     result = run(body())
     remote_step = orchestrator_side.named("step_started")[1][1]
     started = worker_side.named("node_started")
-    assert [(s[2], s[3], s[4]) for s in started] == [("b", 1, {"parent": remote_step}), ("b", 2, {"parent": remote_step})]
-    assert [(e[2], e[3]) for e in worker_side.named("node_ended")] == [("retried", "ConnectionError"), ("succeeded", None)]
+    assert [(s[2], s[3], s[4]) for s in started] == [("b", 1, {"parent": remote_step}),
+                                                      ("b", 2, {"parent": remote_step})]
+    ended = worker_side.named("node_ended")
+    assert [(e[2], e[3]) for e in ended] == [("retried", "ConnectionError"), ("succeeded", None)]
     assert result["y"] == started[1][1]  # the node ran with its attempt's context bound
     attempt = worker_side.attempts[started[1][1]]
     assert attempt.worker_id == worker.worker_id and attempt.step == 1 and attempt.node_type == "flaky"
