@@ -43,6 +43,7 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from distributed_agents.adapters.redis.batching import ScriptBatcher
 from distributed_agents.adapters.redis.errors import load_redis, mask_url, redis_errors
 from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
 from distributed_agents.core.ports.backend import BackendOptions
@@ -192,6 +193,7 @@ class RedisConnection:
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
+        self._batcher: ScriptBatcher | None = None
 
     @property
     def masked_url(self) -> str:
@@ -245,10 +247,16 @@ class RedisConnection:
         return script
 
     async def run_script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
-        """Run a Lua script with ``EVALSHA`` (one round trip once the server knows it)."""
+        """Run a Lua script with ``EVALSHA`` (one round trip once the server knows it).
+
+        Calls made in the same event-loop tick (many workflows committing at once) go out
+        as one pipeline (``batching``); each still gets its own reply or error.
+        """
         script = self.script(name, source)
+        if self._batcher is None:
+            self._batcher = ScriptBatcher(self.client)
         with redis_errors(self.url, action):
-            return await script(keys=keys, args=args, client=self._client)
+            return await self._batcher.run(script, keys, args)
 
     async def ping(self) -> None:
         """Round trip to the server, as the backend's ``connect``.

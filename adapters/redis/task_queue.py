@@ -228,6 +228,11 @@ class RedisTaskQueue(TaskQueue):
                 await self._notifier.ensure([done])
         # A subscription re-made while the script ran may have dropped their events.
         generation = self._notifier.generation if self._notifier.subscribed(done) else None
+        if generation is not None:
+            # Expected before the script runs: a parked worker may be handed a task, run it
+            # and announce its result before this call sees the script's reply.
+            for task in tasks:
+                self._early.expect(task.id)
         created: list[bool] = []
         for start in range(0, len(tasks), _ENQUEUE_BATCH):
             batch = tasks[start:start + _ENQUEUE_BATCH]
@@ -237,14 +242,17 @@ class RedisTaskQueue(TaskQueue):
                          "" if task.max_attempts is None else int(task.max_attempts),
                          encode(task_to_dict(task)), task.workflow_id]
             what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
-            reply = await self._run("enqueue", args, what)
+            try:
+                reply = await self._run("enqueue", args, what)
+            except BaseException:
+                self._early.forget([task.id for task in tasks[start:]])  # not enqueued (or unknown): read them
+                raise
             created += [bool(int(flag)) for flag in reply]
         watched = generation is not None and generation == self._notifier.generation and self._notifier.subscribed(done)
         for task, new in zip(tasks, created):
-            if new and watched:
-                self._early.expect(task.id)
-            elif not new:
-                self._early.forget([task.id])  # known before: its result is read, not awaited
+            if not new or not watched:
+                # Known before (its result is read, not awaited), or its event may be lost.
+                self._early.forget([task.id])
         return created
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:

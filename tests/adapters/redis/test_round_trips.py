@@ -179,11 +179,15 @@ def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
     one, three = Counter(after_one), Counter(after_three)
     # The enqueue (which hands the task over), then one blocked BLPOP returns it; with a
     # herd, every claimer would claim.
-    assert one["EVALSHA"] == 1 and 1 <= one["BLPOP"] <= 5 and len(one) == 2, after_one
+    # (A registration that ran out on a slow machine parks again after its BLPOP ended: one
+    # claim script per such BLPOP; a herd would claim without them.)
+    assert len(one) == 2 and 1 <= one["BLPOP"] <= 5 and (one["EVALSHA"] == 1 or one["EVALSHA"] <= one["BLPOP"]), \
+        after_one
     assert sorted(got) == [1, 1, 1, 1]
     # Three tasks: one enqueue script handing one to each of the three parked claimers, three
     # wake-ups; no claim script.
-    assert three["EVALSHA"] == 1 and 3 <= three["BLPOP"] <= 7 and len(three) == 2, after_three
+    assert len(three) == 2 and 3 <= three["BLPOP"] <= 7 and \
+        (three["EVALSHA"] == 1 or three["EVALSHA"] <= three["BLPOP"] - 2), after_three
 
 
 def test_a_fan_out_is_enqueued_in_two_scripts_and_a_wake_up_needs_no_read() -> None:

@@ -1,0 +1,75 @@
+"""Script calls of one event-loop tick go to Redis as one pipeline, each with its own reply or error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as redis_asyncio
+from support.aio import run
+from support.redis_server import RedisServer
+
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.core.errors import BackendError
+
+_ECHO = "return ARGV[1]"
+_FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
+
+
+def test_calls_of_one_tick_share_a_pipeline_and_keep_their_own_replies() -> None:
+    async def scenario(url: str) -> tuple[list[object], list[str], int, object, int]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url)
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            try:  # loads the script
+                await connection.run_script("fail", _FAIL, [], ["warm"], "warm up")
+            except BackendError:
+                pass
+            client = connection.client()
+            pipeline = client.pipeline
+            pipelines = 0
+
+            def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal pipelines
+                pipelines += 1
+                return pipeline(*args, **kwargs)
+
+            client.pipeline = counting
+            before = int((await meter.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+            calls = [connection.run_script("echo", _ECHO, [], [str(i)], f"echo {i}") for i in range(50)]
+            calls.insert(7, connection.run_script("fail", _FAIL, [], ["x"], "the failing call"))
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            after = int((await meter.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+            # The server lost its scripts: the next batch loads them again and still answers.
+            await meter.script_flush()
+            batches = pipelines
+            again = await asyncio.gather(*(connection.run_script("echo", _ECHO, [], [str(i)], "echo") for i in range(3)))
+            replies = [o.decode() if isinstance(o, bytes) else o for o in outcomes]
+            return replies, [x.decode() for x in again], after - before, outcomes[7], batches
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        replies, again, evalshas, failed, batches = run(scenario(server.url), 60)
+    assert replies[:7] == [str(i) for i in range(7)] and replies[8:] == [str(i) for i in range(7, 50)]
+    assert isinstance(failed, BackendError) and "refused x" in str(failed) and "the failing call" in str(failed)
+    assert evalshas == 51 and batches == 1  # one per call (the failing one included), in one pipeline
+    assert again == ["0", "1", "2"]
+
+
+def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
+    async def scenario(url: str) -> list[object]:
+        connection = RedisConnection(url)
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            calls = [asyncio.ensure_future(connection.run_script("echo", _ECHO, [], [str(i)], "echo")) for i in range(5)]
+            await asyncio.sleep(0)  # queued, not yet sent
+            calls[2].cancel()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            return [type(d).__name__ if isinstance(d, BaseException) else d.decode() for d in done]
+        finally:
+            await connection.close()
+
+    with RedisServer() as server:
+        assert run(scenario(server.url), 60) == ["0", "1", "CancelledError", "3", "4"]
