@@ -99,6 +99,10 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
         return (f"cannot connect to Redis at {where}: connection refused by {address} (nothing listens there); "
                 "check that redis-server is running and listening on that address, and the URL's host and port")
     tls_errors = [c for c in causes if isinstance(c, ssl.SSLError)]
+    if any(isinstance(c, ssl.SSLCertVerificationError) and "mismatch" in str(c) for c in tls_errors):
+        return (f"cannot connect to Redis at {where}: TLS handshake failed: the server's certificate is not for "
+                f"{parts.hostname!r} ({tls_errors[-1]}); connect by a name or address the certificate lists "
+                "(or ?ssl_check_hostname=false to skip the check, for tests only)")
     if any(isinstance(c, ssl.SSLCertVerificationError) for c in tls_errors):
         return (f"cannot connect to Redis at {where}: TLS handshake failed: the server's certificate is not trusted "
                 f"here ({tls_errors[-1]}); pass the CA that signed it as ?ssl_ca_certs=/path/ca.pem in the URL "

@@ -62,3 +62,17 @@ def test_the_conformance_report_names_the_url_masked() -> None:
     out = io.StringIO()
     ReportPlugin().render(out, "redis://:s3cret-pw@h:1/0", "quick")
     assert "redis://:***@h:1/0" in out.getvalue() and "s3cret-pw" not in out.getvalue()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_both_log_formats_mask_urls_whatever_logged_them(log_format: str) -> None:
+    import logging
+
+    from distributed_agents.log_format import log_handler
+
+    handler = log_handler(log_format)
+    record = logging.LogRecord("some.library", logging.WARNING, __file__, 1, "lost %s", ("redis://:s3cret-pw@h:1/0",),
+                               None)
+    assert handler.filter(record)  # adds the log context, as emitting does
+    line = handler.format(record)
+    assert "redis://:***@h:1/0" in line and "s3cret-pw" not in line

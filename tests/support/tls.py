@@ -28,12 +28,16 @@ class Certificates:
     other_ca: str
 
 
-def make_certificates(directory: str | Path) -> Certificates:
-    """Write a CA, a server and a client certificate (and an unrelated CA) into ``directory``."""
+def make_certificates(directory: str | Path, *, server_names: tuple[str, ...] = ("127.0.0.1", "localhost")
+                      ) -> Certificates:
+    """Write a CA, a server and a client certificate (and an unrelated CA) into ``directory``.
+
+    The server certificate is for ``server_names`` (give another name to test host-name checks).
+    """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
+    server = ca.issue_cert(*server_names)
     client = ca.issue_cert("client@example.test", common_name="da-test-client")
     paths = Certificates(
         ca=str(root / "ca.pem"),

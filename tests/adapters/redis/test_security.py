@@ -124,6 +124,18 @@ def test_rediss_verifies_the_server_certificate_and_host_name_by_default(
     assert "ssl_check_hostname=false" in redis_client_url("rediss://h:1/0?ssl_cert_reqs=none")
 
 
+def test_a_certificate_for_another_host_name_is_refused(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, server_names=("redis.example.test",))  # not 127.0.0.1
+    with SecureRedisServer(certs=certs, client_certs="no") as server:
+        query = f"?tls_ca={certs.ca}"
+        error = run(connect_error(server.admin_url + query, prefix="host"), 30)
+        assert isinstance(error, BackendConfigError) and "TLS handshake failed" in str(error), error
+        assert "certificate is not for '127.0.0.1'" in str(error) and "ssl_check_hostname" in str(error), error
+        # Turning the check off (as a test might) connects: the rest of the setup was right.
+        assert run(save_and_load(server.admin_url + query + "&ssl_check_hostname=false", prefix="host"), 30) \
+            == "completed"
+
+
 def test_a_server_that_requires_a_client_certificate_refuses_a_client_without_one(
         tls_redis: SecureRedisServer, certs: Certificates) -> None:
     error = run(connect_error(tls_redis.admin_url + f"?tls_ca={certs.ca}", prefix="nocert"), 30)
