@@ -133,7 +133,8 @@ def task_from_dict(data: Any) -> Task:
         )
     except KeyError as exc:
         raise ValueError(f"task is missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
+        # OverflowError: JSON numbers such as 1e999 (inf) or 10**400 do not fit int()/float().
         raise ValueError(f"task has an invalid field: {exc}") from None
 
 

@@ -1,0 +1,200 @@
+"""Hostile input: malformed tasks written straight into each backend's queue.
+
+Hypothesis makes the records (bad JSON, wrong types, huge fields, unknown versions,
+numbers no int or float holds, truncated records); they go in below the engine
+(``enqueue_raw`` on memory and Redis, which stores the bytes as they are; a plain
+JetStream publish on the task subject, with nats-py, on NATS). The properties:
+
+- decoding a task record gives a task or ``ValueError`` naming the problem, never
+  another exception (one escaped from a claim would stop a worker);
+- a real worker process (Redis, NATS; an in-process worker on memory) dead-letters each
+  bad task with a reason and keeps serving: a good workflow after them completes.
+
+Example counts are small by default; ``DA_TEST_PROFILE=thorough`` runs more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from support.aio import run
+from support.worker_processes import WorkerProcesses
+
+from distributed_agents import Graph, Orchestrator
+from distributed_agents.core.ports.task_queue import Task, task_from_dict, task_to_dict
+from distributed_agents.distributed import DistributedOrchestrator
+from distributed_agents.plugins import open_backend
+
+THOROUGH = os.environ.get("DA_TEST_PROFILE") == "thorough"
+EXAMPLES = 200 if THOROUGH else 25
+WORKER_EXAMPLES = 20 if THOROUGH else 3
+NODE_TYPE = "prepare"
+
+GOOD = task_to_dict(Task(id="t-1", workflow_id="wf-1", node="prepare", node_type=NODE_TYPE, payload={"state": {}}))
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+# Numbers JSON carries that int() or float() cannot take: 1e999 is inf, 10**400 overflows a float.
+HUGE_NUMBERS = st.sampled_from([b"1e999", b"-1e999", b"NaN", b"Infinity", b"1" + b"0" * 400])
+
+
+def _is_task(data: bytes) -> bool:
+    try:
+        task_from_dict(json.loads(data))
+    except ValueError:
+        return False
+    return True
+
+
+@st.composite
+def bad_task_records(draw: st.DrawFn) -> bytes:
+    """One malformed task record, as bytes."""
+    kind = draw(st.sampled_from(["json", "wrong-type", "number", "version", "truncated", "huge", "bytes"]))
+    if kind == "json":  # any JSON value, almost never a task
+        return json.dumps(draw(JSON)).encode()
+    if kind == "wrong-type":  # a field of a type it cannot have (a record that still decodes is not drawn)
+        field = draw(st.sampled_from(sorted(GOOD)))
+        data = json.dumps({**GOOD, field: draw(JSON)}).encode()
+        assume(not _is_task(data))
+        return data
+    if kind == "number":
+        field = draw(st.sampled_from(["priority", "max_attempts", "created_at"]))
+        text = json.dumps({**GOOD, field: 0}, separators=(",", ":")).encode()
+        bad = text.replace(f'"{field}":0'.encode(), f'"{field}":'.encode() + draw(HUGE_NUMBERS))
+        assert bad != text
+        return bad
+    if kind == "version":  # a record from a future version: other fields, no payload
+        return json.dumps({"version": draw(st.integers(2, 99)), "task": GOOD}).encode()
+    if kind == "truncated":
+        text = json.dumps(GOOD).encode()
+        return text[: draw(st.integers(0, len(text) - 1))]
+    if kind == "huge":  # huge field names and values (not a task either: no payload)
+        return json.dumps({"id": "x" * 200_000, "n" * 10_000: 1}).encode()
+    return draw(st.binary(max_size=64))
+
+
+@settings(max_examples=EXAMPLES * 8, deadline=None)
+@given(bad_task_records())
+def test_a_task_record_decodes_to_a_task_or_a_value_error(data: bytes) -> None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return  # the codec's PayloadDecodeError: dead-lettered as undecodable
+    try:
+        task_from_dict(value)
+    except ValueError as exc:
+        assert str(exc)
+
+
+@pytest.mark.parametrize(("field", "number"), [
+    ("priority", b"1e999"), ("max_attempts", b"-1e999"), ("created_at", b"1" + b"0" * 400)])
+def test_numbers_too_big_for_int_or_float_are_a_value_error_naming_the_field(field: str, number: bytes) -> None:
+    # Regression: OverflowError escaped task_from_dict (inf into int(), 10**400 into float()).
+    text = json.dumps({**GOOD, field: 0}, separators=(",", ":")).encode().replace(f'"{field}":0'.encode(), f'"{field}":'.encode() + number)
+    assert number in text
+    with pytest.raises(ValueError, match="invalid field"):
+        task_from_dict(json.loads(text))
+
+
+# -- a real worker process on each backend --------------------------------------------
+def graph() -> Graph:
+    g = Graph("hostile_ok")
+    g.add_node("prepare").set_entry_point("prepare").set_finish_point("prepare")
+    return g.compile()
+
+
+@pytest.fixture(params=["memory", "redis", "nats"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Any]]:
+    """(kind, url, workers or None): Redis and NATS get one worker process serving crash_app."""
+    kind = request.param
+    prefix = f"hostile{uuid.uuid4().hex[:8]}"
+    if kind == "memory":
+        yield kind, f"memory://{prefix}", None
+        return
+    url = str(request.getfixturevalue(f"{kind}_url"))
+    workers = WorkerProcesses(url, prefix, tmp_path_factory.mktemp("hostile"), "crash_app:registry")
+    workers.start("w1")
+    try:
+        yield kind, url, workers
+    finally:
+        workers.close()
+
+
+async def _write_raw(kind: str, queue: Any, backend: Any, data: bytes) -> None:
+    if kind == "nats":
+        # Straight onto the task stream with nats-py, as a stranger on the bus would.
+        names = backend.connection.names
+        await backend.connection.js.publish(names.task_subject(NODE_TYPE, 0), data)
+    else:
+        await queue.enqueue_raw(NODE_TYPE, data)
+
+
+async def _dead_reasons(queue: Any, count: int) -> list[str]:
+    for _ in range(600):
+        letters = await queue.dead_letters()
+        if len(letters) >= count:
+            return [str(letter.reason) for letter in letters]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} dead letters, found {len(letters)}: "
+                         f"{[(letter.task_id, letter.reason[:80]) for letter in letters]}")
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_dead_letters_malformed_tasks_and_keeps_serving(backend: tuple[str, str, Any]) -> None:
+    kind, url, workers = backend
+    prefix = workers.prefix if workers is not None else url.split("://", 1)[1]
+    sent: list[bytes] = []
+
+    @settings(max_examples=WORKER_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(bad_task_records(), min_size=1, max_size=4))
+    def send(records: list[bytes]) -> None:
+        sent.extend(records)
+
+    send()
+    assert sent
+    records = [*sent, b'{"id": "t-1", "workflow_id": "wf-1", "node": "prepare", "node_type": "prepa']  # truncated
+
+    async def scenario() -> tuple[list[str], dict[str, Any]]:
+        backend_ = open_backend(url, prefix=prefix) if kind != "memory" else open_backend(url)
+        await backend_.connect()
+        queue = backend_.task_queue
+        local_worker = None
+        if kind == "memory":
+            from distributed_agents import Worker
+            from support.worker_processes import load_test_app
+
+            local_worker = Worker(backend=backend_, registry=load_test_app("crash_app").registry,
+                                  worker_id="w1", poll_wait=0.05)
+            serving = asyncio.ensure_future(local_worker.start())
+        for data in records:
+            await _write_raw(kind, queue, backend_, data)
+        reasons = await _dead_reasons(queue, len(records))
+        orchestrator: Any = (Orchestrator(backend=backend_) if kind == "memory" else
+                             DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60))
+        result = dict(await orchestrator.execute(graph(), {"query": "q"}, workflow_id=f"{prefix}-ok"))
+        if kind != "memory":
+            await orchestrator.close()
+        if local_worker is not None:
+            await local_worker.stop()
+            await serving
+        await backend_.close()
+        return reasons, result
+
+    reasons, result = run(scenario(), timeout=150)
+    assert result == {"query": "q", "prepared": "prepared q"}
+    assert len(reasons) == len(records)
+    assert all(reason.startswith(("undecodable payload: ", "malformed task: ")) for reason in reasons), reasons
+    if workers is not None:
+        assert workers.processes[0].poll() is None, workers.log("w1")
