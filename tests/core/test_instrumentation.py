@@ -221,3 +221,15 @@ def test_any_json_under_the_trace_key_gives_a_string_carrier_or_none(carried: An
     else:
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in carrier.items())
         assert carrier == {k: v for k, v in carried.items() if isinstance(v, str)}
+
+
+def test_without_an_observer_no_hook_runs_and_task_payloads_keep_their_shape() -> None:
+    from distributed_agents.core.executors import NodeCall, task_payload
+
+    call = NodeCall("wf_1", "g", 0, "a", "a", "wf_1:0:0:a", b"{}")
+    assert call.trace is None and "trace" not in task_payload(call)
+    traced = NodeCall("wf_1", "g", 0, "a", "a", "wf_1:0:0:a", b"{}", trace={"traceparent": "00-1-2-01"})
+    assert task_payload(traced)["trace"] == {"traceparent": "00-1-2-01"}
+    assert instrumentation.installed() is None  # nothing leaks between tests
+    engine_run = run(Orchestrator().execute(chain("plain", a=lambda s: {"x": 1}), {}))
+    assert engine_run["x"] == 1
