@@ -92,9 +92,11 @@ from distributed_agents.core.executors import (
     NodeCall,
     NodeOutcome,
     TaskQueueExecutor,
+    flat_state,
 )
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import Graph, NodeSpec
+from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
@@ -139,13 +141,16 @@ def durability_of(record: WorkflowRecord) -> str:
     return mode if isinstance(mode, str) and mode in DURABILITY_MODES else "sync"
 
 
-def task_id_for(workflow_id: str, run: int, step: int, node: str) -> str:
-    """The deterministic task id of ``node`` in ``step`` of a workflow run.
+def task_id_for(workflow_id: str, run: int, step: int, node: str, incarnation: str = "") -> str:
+    """The deterministic task id of ``node`` in ``step`` of a workflow run:
+    ``<workflow>:<run>[.<incarnation>]:<step>:<node>``.
 
     Deterministic ids make enqueue idempotent across orchestrator restarts, so a
-    resumed step reuses results of tasks that already finished.
+    resumed step reuses results of tasks that already finished. The incarnation
+    (``core.incarnation``) keeps a workflow created again under a deleted one's id from
+    reusing that one's results; ``""`` (a record from before incarnations) leaves it out.
     """
-    return f"{workflow_id}:{run}:{step}:{node}"
+    return f"{workflow_id}:{run}.{incarnation}:{step}:{node}" if incarnation else f"{workflow_id}:{run}:{step}:{node}"
 
 
 def node_run(record: WorkflowRecord, node: str) -> int:
@@ -162,7 +167,7 @@ def node_run(record: WorkflowRecord, node: str) -> int:
 
 def node_task_id(record: WorkflowRecord, node: str) -> str:
     """The task id of ``node`` in ``record``'s current step (see ``node_run``)."""
-    return task_id_for(record.workflow_id, node_run(record, node), record.step, node)
+    return task_id_for(record.workflow_id, node_run(record, node), record.step, node, incarnation_of(record))
 
 
 @dataclass
@@ -498,7 +503,9 @@ class StepEngine:
         all_entries = entries
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
         entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
-        state_json = self._state_json(record.state)
+        # Encoded only when a task needs it: an in-process node of a state of scalars gets a copy.
+        flat = flat_state(record.state)
+        encoded: bytes | None = None
         reference: dict[str, Any] | None = None  # to the committed state, for tasks on workers; {}: none
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
@@ -518,13 +525,17 @@ class StepEngine:
                 batches.append(self._subgraph_batch(graph, record, entry))
                 continue
             func = self._local_function(spec)
-            if func is None and entry.arg is None and reference is None and len(state_json) > INLINE_STATE_LIMIT:
-                reference = await self._state_reference(record, len(state_json)) or {}
+            shared = func is not None and entry.arg is None and flat
+            if entry.arg is None and not shared and encoded is None:
+                encoded = self._state_json(record.state)
+            if func is None and entry.arg is None and reference is None and len(encoded or b"") > INLINE_STATE_LIMIT:
+                reference = await self._state_reference(record, len(encoded or b"")) or {}
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
                 node_type=spec.node_type, task_id=node_task_id(record, entry.key),
                 # A Send's node gets the Send's argument, not the shared state.
-                state_json=state_json if entry.arg is None else encode(entry.arg),
+                state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
+                state=record.state if shared else None,
                 # A large shared state stays in its checkpoint: the task names it (core.task_state).
                 state_ref=(reference or None) if func is None and entry.arg is None else None,
                 retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,

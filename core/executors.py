@@ -34,7 +34,7 @@ from distributed_agents.core.state import State
 from distributed_agents.core.task_state import STATE_REF_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
-           "task_payload"]
+           "flat_state", "task_payload"]
 
 CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
 
@@ -45,7 +45,9 @@ class NodeCall:
 
     For a ``Send`` it is the Send's argument instead. ``resume`` lists the answers
     the node's ``interrupt()`` calls return; ``remaining_steps`` is what
-    ``NodeContext.remaining_steps`` reports.
+    ``NodeContext.remaining_steps`` reports. ``state`` is the input itself for a call
+    run in this process whose values are all scalars (``flat_state``): the node gets a
+    shallow copy of it, and ``state_json`` may then be empty (never encoded).
     """
 
     workflow_id: str
@@ -66,6 +68,15 @@ class NodeCall:
     # itself (core.task_state); None: it carries ``state_json``.
     state_ref: Mapping[str, Any] | None = None
     trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
+    state: Mapping[str, Any] | None = None  # see the class docstring
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def flat_state(state: Mapping[str, Any]) -> bool:
+    """Whether every value of ``state`` is a scalar (str, int, float, bool, None): a shallow copy is a full copy."""
+    return all(type(value) in _SCALARS for value in state.values())
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,9 @@ class InProcessExecutor(NodeExecutor):
             attempt += 1
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
                                   remaining_steps=call.remaining_steps, configurable=call.configurable)
-            state = State._trusted(decode(call.state_json), call.workflow_id)
+            # The node's own copy of its input, sharing nothing it could change.
+            state = State._trusted(dict(call.state) if call.state is not None and flat_state(call.state)
+                                   else decode(call.state_json), call.workflow_id)
             observer = self._instrumentation
             observed = None if observer is None else observer.node_started(NodeAttempt(
                 call.workflow_id, call.step, call.node, call.node_type, call.task_id, attempt,

@@ -217,3 +217,32 @@ def test_routing_after_one_node_with_plain_edges_is_what_the_general_path_gives(
     for name in names:
         fast, slow = run(both(name))
         assert fast == slow
+
+
+@pytest.mark.parametrize("initial", [{"x": 1, "name": "a"}, {"x": 1, "items": [1, 2]}],
+                         ids=["scalars only", "with a list"])
+def test_a_node_changing_its_input_in_place_changes_nothing_for_the_next_node_or_the_result(
+        initial: dict[str, Any]) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def changer(state: State) -> dict[str, Any]:
+        state["x"] = 99
+        if "items" in state:
+            state["items"].append(3)
+        return {"changed": True}
+
+    async def reader(state: State) -> None:
+        seen.append(dict(state))
+
+    graph = Graph("in_place").add_node("changer", changer).add_node("reader", reader)
+    graph = graph.set_entry_point("changer").add_edge("changer", "reader").set_finish_point("reader").compile()
+
+    async def scenario() -> dict[str, Any]:
+        orchestrator = Orchestrator()
+        try:
+            return dict(await orchestrator.execute(graph, dict(initial)))
+        finally:
+            await orchestrator.close()
+
+    result = run(scenario())
+    assert result == seen[0] == {**initial, "changed": True}
