@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -158,16 +159,28 @@ class Progress:
             line = event.replace(".", " ")
         if self.live:
             running = ", ".join(self.running) or "-"
-            print(f"\r\x1b[Kstep {self.step} | running: {running} | nodes done: {self.done}", end="",
-                  file=self.out, flush=True)
+            self._write(f"\r\x1b[Kstep {self.step} | running: {running} | nodes done: {self.done}")
         else:
-            print(line, file=self.out, flush=True)
+            self._write(line + "\n")
 
     def finish(self, status: str) -> None:
         if self.live:
-            print(f"\r\x1b[Kstep {self.step} | {status} | nodes done: {self.done}", file=self.out, flush=True)
+            self._write(f"\r\x1b[Kstep {self.step} | {status} | nodes done: {self.done}\n")
         elif not self.ended:  # the workflow's own end event was not seen (e.g. it failed to start)
-            print(f"workflow {status} at step {self.step}", file=self.out, flush=True)
+            self._write(f"workflow {status} at step {self.step}\n")
+
+    def _write(self, text: str) -> None:
+        """One write under the log handlers' locks: nodes log from worker threads onto the same
+        stderr, and a progress line written between a record's parts would break JSON log lines."""
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.acquire()
+        try:
+            self.out.write(text)
+            self.out.flush()
+        finally:
+            for handler in reversed(handlers):
+                handler.release()
 
 
 def _split_chunk(item: Any) -> tuple[list[str], str, Any]:
