@@ -20,7 +20,9 @@ from ``benchmarks/requirements-bench.txt`` into an environment of their own
 already), which runs the peers' halves and draws the charts.
 
 Prints the issue's table (workload, now, goal, met?) and writes ``--results``: the
-table's rows, every script's figures and output, the command and the machine. With
+table's rows, every script's figures and output, the command and the machine (with its
+load average before and after). ``--from-results FILE`` runs nothing and prints the
+table (and draws the charts) of a results file written before. With
 ``--charts DIR``: ``DIR/bench-throughput-workers.svg`` (throughput against worker
 processes, per backend, arq's figure for reference) and ``DIR/bench-checkpoint-bytes.svg``
 (stored checkpoint bytes against steps, next to storing every full state). Figures
@@ -118,10 +120,17 @@ def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{redis['workers'][most]['fan-out']:,.0f} vs {one['fan-out']:,.0f} tasks/s: {ratio:.2f}x",
                 ">= 1x on 2 cores", ratio >= 1.0, ratio=ratio)
         if nats:
-            single = nats["workers"]["1"]["single"] / one["single"]
-            fan = nats["workers"]["1"]["fan-out"] / one["fan-out"]
+            theirs = nats["workers"]["1"]
+            single = theirs["single"] / one["single"]
+            fan = theirs["fan-out"] / one["fan-out"]
+            now = f"{single:.2f}x, {fan:.2f}x"
+            cpu: dict[str, float] = {}
+            if "single_cpu_ms" in one and "single_cpu_ms" in theirs:  # CPU per task: Redis's over NATS's
+                cpu = {"single_cpu": one["single_cpu_ms"] / theirs["single_cpu_ms"],
+                       "fan_out_cpu": one["fan_cpu_ms"] / theirs["fan_cpu_ms"]}
+                now += f" (by CPU per task: {cpu['single_cpu']:.2f}x, {cpu['fan_out_cpu']:.2f}x)"
             row("NATS vs Redis, same workloads (1 worker: single-node workflows, fan-out)",
-                f"{single:.2f}x, {fan:.2f}x", ">= 0.8x", min(single, fan) >= 0.8, single=single, fan_out=fan)
+                now, ">= 0.8x", min(single, fan) >= 0.8, single=single, fan_out=fan, **cpu)
         row("trigger -> merged latency, Redis, p50 / p99",
             f"{one['p50_ms']:.2f} / {one['p99_ms']:.2f} ms", "<= 0.8 / 3 ms",
             one["p50_ms"] <= 0.8 and one["p99_ms"] <= 3.0, p50_ms=one["p50_ms"], p99_ms=one["p99_ms"])
@@ -149,9 +158,13 @@ def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
     if lg:
         sync = lg["ratios"]["ours sync vs langgraph no checkpointer"]
         exit_ = lg["ratios"]["ours exit vs langgraph no checkpointer"]
+        wall = lg.get("wall_ratios", {})
+        now = f"{sync:.2f}x faster ({exit_:.2f}x at exit), by CPU time"
+        if wall:
+            now += (f"; by wall time {wall['ours sync vs langgraph no checkpointer']:.2f}x "
+                    f"({wall['ours exit vs langgraph no checkpointer']:.2f}x)")
         row(f"local engine, {lg['chain']:,}-node chain, every step checkpointed (and only at exit), vs LangGraph "
-            "1.2 with no checkpointer", f"{sync:.2f}x faster ({exit_:.2f}x at exit)", ">= 3x (>= 6x at exit)",
-            sync >= 3 and exit_ >= 6, sync=sync, exit=exit_)
+            "1.2 with no checkpointer", now, ">= 3x (>= 6x at exit)", sync >= 3 and exit_ >= 6, sync=sync, exit=exit_)
     return rows
 
 
@@ -175,12 +188,24 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1000, help="fan-out width")
     parser.add_argument("--steps", type=int, default=1000, help="steps of the checkpoint growth and chain runs")
     parser.add_argument("--repeat", type=int, default=7, help="runs of each variant of the chain")
+    parser.add_argument("--from-results", type=pathlib.Path,
+                        help="run nothing: the table (and --charts) of a results file written before")
     args = parser.parse_args()
+    if args.from_results:
+        earlier = read(args.from_results)
+        earlier["table"] = table(earlier["figures"])
+        print_table(earlier["table"])
+        if args.results:
+            args.results.write_text(json.dumps(earlier, indent=2) + "\n")
+        if args.charts:
+            draw(args.peers_python or peers_python(args.peers_env), earlier, args.charts, {})
+        return
     backends = [b for b in args.start.split(",") if b]
     unknown = set(backends) - {"redis", "nats"}
     if unknown:
         raise SystemExit(f"--start takes redis and/or nats, not {', '.join(sorted(unknown))}")
     python = sys.executable
+    load_before = os.getloadavg()
     peers = args.peers_python or peers_python(args.peers_env)
     log: dict[str, Any] = {}
     figures: dict[str, Any] = {"distributed": {}}
@@ -220,10 +245,14 @@ def main() -> None:
         step("local", script("local_benchmark.py", "--chain", str(args.steps), "--durability", "all"), log)
     rows = table(figures)
     print_table(rows)
+    print(f"\nload average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
+          f"after {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     results = {
         "command": shlex.join([pathlib.Path(sys.executable).name, *sys.argv]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform(),
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "parameters": {"start": backends, "workers": args.workers, "workflows": args.workflows, "width": args.width,
                        "steps": args.steps, "repeat": args.repeat},
         "table": rows, "figures": figures, "runs": log,
@@ -233,13 +262,18 @@ def main() -> None:
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nresults: {args.results}")
     if args.charts:
-        args.charts.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-            json.dump(results, handle)
-        try:
-            step("charts", [peers, str(HERE / "plot_results.py"), handle.name, "--out", str(args.charts)], log)
-        finally:
-            os.unlink(handle.name)
+        draw(peers, results, args.charts, log)
+
+
+def draw(peers: str, results: dict[str, Any], charts: pathlib.Path, log: dict[str, Any]) -> None:
+    """The charts of ``results`` into ``charts``, drawn by ``plot_results.py`` in the peers' environment."""
+    charts.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(results, handle)
+    try:
+        step("charts", [peers, str(HERE / "plot_results.py"), handle.name, "--out", str(charts)], log)
+    finally:
+        os.unlink(handle.name)
 
 
 if __name__ == "__main__":
