@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from distributed_agents.core.engine import node_run
 from distributed_agents.core.errors import VersionConflictError
 from distributed_agents.core.frontier import read_entries
+from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
@@ -57,18 +58,20 @@ async def find_dead_letter(backend: Backend, task_id: str) -> DeadLetter | None:
         limit += _PAGE
 
 
-def _run_and_step(letter: DeadLetter) -> tuple[int, int] | None:
-    """The (run, step) of an engine task id ``<workflow>:<run>:<step>:<node>``; None for other ids."""
+def _run_and_step(letter: DeadLetter) -> tuple[int, int, str] | None:
+    """The (run, step, incarnation) of an engine task id ``<workflow>:<run>[.<incarnation>]:<step>:<node>``
+    (``engine.task_id_for``; incarnation ``""`` when absent); None for other ids."""
     task = letter.task
     if task is None or not letter.task_id.startswith(f"{task.workflow_id}:"):
         return None
-    run, _, rest = letter.task_id[len(task.workflow_id) + 1:].partition(":")
+    run_text, _, rest = letter.task_id[len(task.workflow_id) + 1:].partition(":")
+    run, _, incarnation = run_text.partition(".")
     step, _, key = rest.partition(":")
     node, _, index = key.rpartition("#") if "#" in key else (key, "", "")
     # ``node`` or, for the i-th Send to it, ``node#i`` (see core.frontier).
     if node != task.node or (index and not index.isdigit()) or not run.isdigit() or not step.isdigit():
         return None
-    return int(run), int(step)
+    return int(run), int(step), incarnation
 
 
 async def requeue_dead_letter(backend: Backend, task_id: str) -> RequeueOutcome:
@@ -92,8 +95,8 @@ async def requeue_dead_letter(backend: Backend, task_id: str) -> RequeueOutcome:
         ok = await backend.task_queue.requeue_dead_letter(task_id)
         return RequeueOutcome(task_id, ok, f"{task_id}: {'requeued' if ok else 'could not be requeued'}",
                               workflow_id)
-    run, step = position
-    stale = _stale(record, letter, run, step)
+    run, step, incarnation = position
+    stale = _stale(record, letter, run, step, incarnation)
     if stale is not None:
         return RequeueOutcome(task_id, False, f"{task_id}: not requeued: {stale}", workflow_id)
     # Requeue first: a reopened step that finds the old dead letter would fail at once.
@@ -109,7 +112,7 @@ async def requeue_dead_letter(backend: Backend, task_id: str) -> RequeueOutcome:
             break
         except VersionConflictError:
             current = await store.get(workflow_id)
-            if current is None or _stale(current, letter, run, step) is not None:
+            if current is None or _stale(current, letter, run, step, incarnation) is not None:
                 return RequeueOutcome(task_id, True, f"{task_id}: requeued, but workflow {workflow_id!r} changed "
                                                      "meanwhile; use Orchestrator.resume() if it did not continue",
                                       workflow_id)
@@ -125,10 +128,14 @@ async def requeue_dead_letter(backend: Backend, task_id: str) -> RequeueOutcome:
     )
 
 
-def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int) -> str | None:
+def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int, incarnation: str) -> str | None:
     """Why requeueing ``letter`` would not continue ``record``'s workflow; None if it would."""
     assert letter.task is not None
     node = letter.task.node
+    if incarnation != incarnation_of(record):
+        return (f"workflow {record.workflow_id!r} was deleted and created again since this task failed in it, so "
+                f"its result would be used by nobody; delete this dead letter with "
+                f"'distributed-agents dead-letters purge {letter.task_id}'")
     # The frontier entry the task ran: node, or node#i for a Send (after "<workflow>:<run>:<step>:").
     key = letter.task_id[len(letter.task.workflow_id) + 1:].split(":", 2)[-1]
     current_run = node_run(record, key)

@@ -65,6 +65,7 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.messages import coerce_message_updates
 from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
+from distributed_agents.core.incarnation import INCARNATION_KEY, incarnation_of, new_incarnation
 from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events, with_positions
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
@@ -827,7 +828,7 @@ class Orchestrator:
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
             frontier=frontier, graph=graph.fingerprint(),
             metadata={"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
-                      **(breakpoints or {}), **durable, **(metadata or {}),
+                      **(breakpoints or {}), **durable, **(metadata or {}), INCARNATION_KEY: new_incarnation(),
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
@@ -985,7 +986,7 @@ class Orchestrator:
         source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.redacted_url)
         graph = self._history_graph(source, graph, f"fork of checkpoint {checkpoint!r}")
         metadata = {"run": 0, "orchestrator": self.orchestrator_id, **({"priority": priority} if priority else {}),
-                    **(extra or {})}
+                    **(extra or {}), INCARNATION_KEY: new_incarnation()}
         record, first = history.plan_fork(graph, source, past, new_id, status=status, metadata=metadata)
         check_commit_size(new_id, record.step, record.state, {**record.to_dict(), "state": None}, None,
                           self.backend.max_payload_bytes)
@@ -1261,7 +1262,7 @@ class Orchestrator:
                 old_run = int(record.metadata.get("run", 0))
                 if record.status == WorkflowStatus.FAILED:
                     # The dead letters this step left in every run so far: obsolete once it completes.
-                    obsolete = [task_id_for(workflow_id, run, record.step, entry.key)
+                    obsolete = [task_id_for(workflow_id, run, record.step, entry.key, incarnation_of(record))
                                 for run in range(old_run + 1) for entry in read_entries(record.frontier, {})]
                 frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})

@@ -78,7 +78,8 @@ class StreamWriter:
         self._counter = itertools.count(1)
         self.last_seq = 0  # the publisher's sequence number of the last chunk queued (0: none)
         prefix = f"{workflow_id}:"
-        run_text = task_id[len(prefix):].partition(":")[0] if task_id.startswith(prefix) else ""
+        # "<workflow>:<run>[.<incarnation>]:<step>:<node>" (engine.task_id_for)
+        run_text = task_id[len(prefix):].partition(":")[0].partition(".")[0] if task_id.startswith(prefix) else ""
         self._base: dict[str, Any] = {
             "workflow_id": workflow_id, "node": node, "step": step, "task_id": task_id,
             "run": int(run_text) if run_text.isdigit() else 0, "attempt": attempt,

@@ -62,7 +62,7 @@ from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
-from distributed_agents.core.subgraphs import NAMESPACE_KEY, PARENT_KEY, SUBGRAPHS_KEY
+from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
 from distributed_agents.core.types import INTERRUPT_KEY
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "StreamGap", "StreamGapError", "StreamReader",
@@ -480,7 +480,7 @@ class StreamReader:
                 continue
             out += self._step_chunks(checkpoint, record)
             if self.subgraphs and replay:  # the subgraphs this step ran come before the next step's chunks
-                out += await self._replay_children(self.workflow_id, checkpoint)
+                out += await self._replay_children(record, checkpoint)
             self._last = checkpoint.step
         self._last = max(self._last, top)
         return out
@@ -495,7 +495,7 @@ class StreamReader:
         self._sub_steps.add((child, step))
         return self._step_chunks(found[0], None, namespace)
 
-    async def _replay_children(self, parent: str, checkpoint: Checkpoint) -> list[Any]:
+    async def _replay_children(self, parent: WorkflowRecord, checkpoint: Checkpoint) -> list[Any]:
         """Values/updates of the subgraphs run by the step after ``checkpoint`` of ``parent``, so far.
 
         Their child workflows are named in the checkpoint's frontier (``core.subgraphs``);
@@ -505,7 +505,7 @@ class StreamReader:
         out: list[Any] = []
         for child_id in dict(checkpoint.frontier.get(SUBGRAPHS_KEY) or {}).values():
             child = await self._store.get(str(child_id))
-            if child is None or child.metadata.get(PARENT_KEY) != parent:
+            if child is None or not is_child_of(child, parent):  # not one left by an earlier workflow of its id
                 continue
             namespace = tuple(str(part) for part in child.metadata.get(NAMESPACE_KEY) or [child.workflow_id])
             self._namespaces[child.workflow_id] = namespace
@@ -514,7 +514,7 @@ class StreamReader:
                 if (child.workflow_id, step.step) not in self._sub_steps:
                     self._sub_steps.add((child.workflow_id, step.step))
                     out += self._step_chunks(step, None, namespace)
-                out += await self._replay_children(child.workflow_id, step)
+                out += await self._replay_children(child, step)
         return out
 
     def _step_chunks(

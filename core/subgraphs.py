@@ -66,6 +66,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import NodeOutcome
 from distributed_agents.core.frontier import TaskEntry, read_entries
+from distributed_agents.core.incarnation import PARENT_INCARNATION_KEY, incarnation_of
 from distributed_agents.core.interrupts import NO_ANSWER, Interrupt, read_interrupts
 from distributed_agents.core.node_runner import NodeFailure, describe_failure
 from distributed_agents.core.ports.state_store import StateStore, WorkflowRecord, WorkflowStatus
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     from distributed_agents.core.graph import Graph
     from distributed_agents.core.orchestrator import Orchestrator
 
-__all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "namespace_of"]
+__all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "is_child_of", "namespace_of"]
 
 PARENT_KEY = "parent"  # record metadata of a child workflow: its parent's id
 ROOT_KEY = "root"  # ... the outermost workflow's id (whose channels carry the child's events)
@@ -172,9 +173,16 @@ async def children_of(store: StateStore, record: WorkflowRecord) -> dict[str, Wo
     keys = list(record.frontier.get(SUBGRAPHS_KEY) or {}) or [entry.key for entry in read_entries(record.frontier, {})]
     for key in keys:
         child = await store.get(child_workflow_id(record.workflow_id, record.step, key))
-        if child is not None and child.metadata.get(PARENT_KEY) == record.workflow_id:
+        if child is not None and is_child_of(child, record):
             found[key] = child
     return found
+
+
+def is_child_of(child: WorkflowRecord, parent: WorkflowRecord) -> bool:
+    """Whether ``child`` was created by ``parent`` as it is stored now, not by an earlier workflow of its id
+    (deleted, or expired, and created again: ``core.incarnation``)."""
+    return (child.metadata.get(PARENT_KEY) == parent.workflow_id
+            and str(child.metadata.get(PARENT_INCARNATION_KEY) or "") == incarnation_of(parent))
 
 
 class NamespacedEvents(EventPublisher):
@@ -251,6 +259,7 @@ class SubgraphRunner:
         child_id = child_workflow_id(record.workflow_id, record.step, entry.key)
         namespace = [*namespace_of(record), f"{entry.node}:{task_id}"]
         metadata = {PARENT_KEY: record.workflow_id, ROOT_KEY: str(record.metadata.get(ROOT_KEY) or record.workflow_id),
+                    PARENT_INCARNATION_KEY: incarnation_of(record),
                     NAMESPACE_KEY: namespace, "parent_task": entry.key,
                     # The caller's config["configurable"] reaches the child's nodes too (as LangGraph's do).
                     **({"configurable": record.metadata["configurable"]} if record.metadata.get("configurable") else {})}
@@ -293,6 +302,13 @@ class SubgraphRunner:
 
         while True:
             current = await read()
+            if current is not None and current.metadata.get(PARENT_INCARNATION_KEY, "") != \
+                    metadata.get(PARENT_INCARNATION_KEY, ""):
+                # Left by an earlier workflow of the parent's id (deleted and created again): its
+                # state and outcome are not this parent's; it starts over.
+                await orchestrator._retrying(lambda: store.delete(child_id), f"replace stale subgraph workflow "
+                                                                             f"{child_id!r}")
+                continue
             version = None if current is None else current.version
             try:
                 if current is None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -83,7 +84,7 @@ def test_each_mode_alone_yields_langgraph_shaped_chunks() -> None:
     assert tokens == [("Hel", "speak", 0), ("lo", "speak", 0), ("done", "count", 1)]
     first = out["messages"][0][1]
     assert first["model"] == "m1" and first["run"] == 0 and first["attempt"] == 1
-    assert first["task_id"] == f"{first['workflow_id']}:0:0:speak"
+    assert re.fullmatch(rf"{re.escape(first['workflow_id'])}:0\.[0-9a-f]{{8}}:0:speak", first["task_id"])
     events = [(c["type"], c["event"], c["payload"].get("node")) for c in out["debug"]]
     assert events == [
         ("workflow", "workflow.started", None),
