@@ -65,18 +65,29 @@ def peers_python(env: pathlib.Path) -> str:
     return str(python)
 
 
-def step(title: str, command: list[str], log: dict[str, Any], timeout: float = 1800) -> str:
-    """Run one benchmark script, echoing its output; its output, kept in ``log``."""
+def step(title: str, command: list[str], log: dict[str, Any], timeout: float = 1800) -> bool:
+    """Run one benchmark script, echoing its output (kept in ``log``); whether it succeeded.
+
+    A failed script is reported (its last error output) and the run goes on without its
+    figures: their rows are left out of the table, and the results name the failure.
+    """
     print(f"\n== {title}: {shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    process = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
+    try:
+        process = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log[title] = {"command": shlex.join(command), "error": f"timed out after {timeout}s"}
+        print(f"{title} timed out after {timeout}s; going on without it", file=sys.stderr, flush=True)
+        return False
     print(process.stdout, end="", flush=True)
     log[title] = {"command": shlex.join(command), "seconds": round(time.perf_counter() - started, 1),
                   "output": process.stdout, "exit_code": process.returncode}
     if process.returncode != 0:
+        log[title]["error"] = process.stderr[-4000:]
         print(process.stderr[-4000:], file=sys.stderr, flush=True)
-        raise SystemExit(f"{title} failed (exit code {process.returncode}): {shlex.join(command)}")
-    return process.stdout
+        print(f"{title} failed (exit code {process.returncode}); going on without it", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -221,14 +232,14 @@ def main() -> None:
                              "--results", str(out / f"{backend}.json"))
             if backend == "redis":
                 command += ["--arq-python", peers]
-            step(f"distributed {backend}", command, log)
-            figures["distributed"][backend] = read(out / f"{backend}.json")
+            if step(f"distributed {backend}", command, log):
+                figures["distributed"][backend] = read(out / f"{backend}.json")
         if "redis" in backends:
-            step("round trips", script("round_trips.py", "--results", str(out / "trips.json")), log)
-            figures["round_trips"] = read(out / "trips.json")
-            step("payload bytes", script("payload_bytes.py", "--width", str(args.width),
-                                         "--results", str(out / "payload.json")), log)
-            figures["payload_bytes"] = read(out / "payload.json")
+            if step("round trips", script("round_trips.py", "--results", str(out / "trips.json")), log):
+                figures["round_trips"] = read(out / "trips.json")
+            if step("payload bytes", script("payload_bytes.py", "--width", str(args.width),
+                                            "--results", str(out / "payload.json")), log):
+                figures["payload_bytes"] = read(out / "payload.json")
         with contextlib.ExitStack() as servers:
             growth = script("checkpoint_growth.py", "--steps", str(args.steps), "--turns", str(args.steps),
                             "--series", ",".join(str(args.steps * k // 4) for k in (1, 2, 3)),
@@ -237,14 +248,17 @@ def main() -> None:
                 growth += ["--redis", servers.enter_context(redis_server())]
             if "nats" in backends:
                 growth += ["--start-nats"]
-            step("checkpoint growth", growth, log)
-        figures["checkpoint_growth"] = read(out / "growth.json")
-        step("langgraph", script("langgraph_benchmark.py", "--langgraph-python", peers, "--chain", str(args.steps),
-                                 "--repeat", str(args.repeat), "--results", str(out / "langgraph.json")), log)
-        figures["langgraph"] = read(out / "langgraph.json")
+            if step("checkpoint growth", growth, log):
+                figures["checkpoint_growth"] = read(out / "growth.json")
+        if step("langgraph", script("langgraph_benchmark.py", "--langgraph-python", peers, "--chain", str(args.steps),
+                                    "--repeat", str(args.repeat), "--results", str(out / "langgraph.json")), log):
+            figures["langgraph"] = read(out / "langgraph.json")
         step("local", script("local_benchmark.py", "--chain", str(args.steps), "--durability", "all"), log)
     rows = table(figures)
     print_table(rows)
+    failed = [title for title, run in log.items() if "error" in run]
+    if failed:
+        print(f"\nfailed, so left out of the table: {', '.join(failed)}")
     print(f"\nload average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
           f"after {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     results = {
@@ -263,6 +277,8 @@ def main() -> None:
         print(f"\nresults: {args.results}")
     if args.charts:
         draw(peers, results, args.charts, log)
+    if failed:
+        raise SystemExit(f"{len(failed)} benchmark(s) failed: {', '.join(failed)}")
 
 
 def draw(peers: str, results: dict[str, Any], charts: pathlib.Path, log: dict[str, Any]) -> None:
