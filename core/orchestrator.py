@@ -1478,9 +1478,13 @@ class Orchestrator:
         try:
             while True:
                 try:
-                    status = await self.get_workflow_status(workflow_id)
-                    if status.done or status.status == WorkflowStatus.INTERRUPTED:
-                        return await self.get_result(workflow_id)
+                    # One read decides and returns: with two, a paused workflow answered
+                    # between them (resumed, running again) would raise "still running".
+                    record = await self.backend.state_store.get(workflow_id)
+                    if record is None:
+                        raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
+                    if record.status in WorkflowStatus.TERMINAL or record.status == WorkflowStatus.INTERRUPTED:
+                        return self._result_of(record)
                     self._outage.succeeded()
                 except BackendUnavailableError as exc:  # keep waiting through an outage
                     self._outage.failed(what, exc)
@@ -1576,10 +1580,17 @@ class Orchestrator:
         ``WorkflowFailedError`` if it failed, ``WorkflowCancelledError`` if cancelled,
         ``ExecutionError`` if it is still running.
         """
-        status = await self.get_workflow_status(workflow_id)
+        await self.connect()
+        record = await self.backend.state_store.get(workflow_id)
+        if record is None:
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
+        return self._result_of(record)
+
+    def _result_of(self, record: WorkflowRecord) -> State:
+        """``get_result`` of one read of the record (raises as ``get_result`` documents)."""
+        workflow_id = record.workflow_id
+        status = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
         if status.status in (WorkflowStatus.COMPLETED, WorkflowStatus.INTERRUPTED):
-            record = await self.backend.state_store.get(workflow_id)
-            assert record is not None
             return _result_state(record)
         if status.status == WorkflowStatus.FAILED:
             summary = (status.error or {}).get("summary", "no details recorded")

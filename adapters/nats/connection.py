@@ -65,6 +65,8 @@ _OPTIONS = ("creds", "nkey", "inbox_prefix", "replicas", "connect_attempts", "re
 # half-open connection unnoticed for up to six minutes): about 40 s here.
 _PING_INTERVAL = 10.0
 _MAX_OUTSTANDING_PINGS = 3
+# JetStream stores a stream or bucket on 1 to 5 servers (the server refuses more).
+_REPLICAS = ("1", "2", "3", "4", "5")
 
 
 def require_nats() -> None:
@@ -137,6 +139,11 @@ class NatsSettings:
             )
         if extra.get("tls_cert") and not extra.get("tls_key") or extra.get("tls_key") and not extra.get("tls_cert"):
             raise BackendConfigError(f"tls_cert and tls_key in {mask_url(url)!r} go together: give both or neither")
+        if extra.get("replicas", "1") not in _REPLICAS:
+            raise BackendConfigError(
+                f"replicas={extra['replicas']!r} in {mask_url(url)!r} is not a JetStream replica count: give 1 to 5 "
+                "(1 for one server, 3 for a 3-server cluster; at most the cluster's size, an odd number for a quorum)"
+            )
         try:
             return cls(
                 servers=servers,

@@ -20,18 +20,28 @@ Three graphs mix the shapes the engine has to get right:
   ``fallback`` takes over, then ``finish``: the handled failure must leave no dead letter.
 
 ``DA_CHAOS_NODE_DELAY`` (seconds, default 0.15) is how long each node sleeps.
+
+Side effects: with ``DA_CHAOS_EFFECTS=DIR`` every node, once it returns, applies one
+side effect to an "external system" (a directory) through its
+``NodeContext.idempotency_key``: the system keeps the first effect per key and ignores
+repeats, as a payment API with idempotency keys does. ``read_effects(DIR)`` lists the
+effects that took; the suite checks that each committed step's node (per ``Send``
+item) has at most one, i.e. that every re-delivery of a task carries the same key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import uuid
 from typing import Any
 
-from distributed_agents import Graph, NodeRegistry, RetryPolicy, Send, State, interrupt
+from distributed_agents import Graph, NodeContext, NodeRegistry, RetryPolicy, Send, State, interrupt
 
-registry = NodeRegistry()
+# The node functions as written; ``registry`` (built at the end) serves each wrapped by ``_with_effect``.
+_plain = NodeRegistry()
 
 # chaos_approval first: its workflows pause early, so an orchestrator kill need not wait for one.
 GRAPH_NAMES = ("chaos_approval", "chaos_chain", "chaos_fanout", "chaos_review", "chaos_map", "chaos_nested",
@@ -55,10 +65,10 @@ def _chain_node(name: str) -> Any:
 
 
 for _name in ("c1", "c2", "c3", "c4"):
-    registry.register_node(_name, _chain_node(_name))
+    _plain.register_node(_name, _chain_node(_name))
 
 
-@registry.register("split")
+@_plain.register("split")
 async def split(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"seed_text": _digest("split", state["value"]), "trail": ["split"]}
@@ -75,30 +85,30 @@ def _branch(name: str, weight: int) -> Any:
 
 
 for _name, _weight in (("b1", 1), ("b2", 10), ("b3", 100)):
-    registry.register_node(_name, _branch(_name, _weight))
+    _plain.register_node(_name, _branch(_name, _weight))
 
 
-@registry.register("gather")
+@_plain.register("gather")
 async def gather(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"value": _digest("gather", *state["parts"], state["total"]), "trail": ["gather"]}
 
 
-@registry.register("writer")
+@_plain.register("writer")
 async def writer(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     revision = state.get("revision", 0) + 1
     return {"revision": revision, "draft": _digest("draft", state["value"], revision), "trail": ["writer"]}
 
 
-@registry.register("reviewer")
+@_plain.register("reviewer")
 async def reviewer(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     decision = "approve" if state["revision"] >= state["revisions"] else "revise"
     return {"decision": decision, "trail": ["reviewer"]}
 
 
-@registry.register("publisher")
+@_plain.register("publisher")
 async def publisher(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"published": state["draft"], "trail": ["publisher"]}
@@ -108,19 +118,19 @@ def _after_review(state: Any) -> str:
     return str(state["decision"])
 
 
-@registry.register("mapper")
+@_plain.register("mapper")
 async def mapper(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"items": [_digest("item", state["value"], i) for i in range(state["width"])], "trail": ["mapper"]}
 
 
-@registry.register("mapped")
+@_plain.register("mapped")
 async def mapped(state: State) -> dict[str, Any]:  # state is the Send's argument
     await asyncio.sleep(_delay())
     return {"parts": [_digest("mapped", state["item"])], "total": len(state["item"])}
 
 
-@registry.register("reduce")
+@_plain.register("reduce")
 async def reduce(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"value": _digest("reduce", *state["parts"], state["total"]), "trail": ["reduce"]}
@@ -130,13 +140,13 @@ def _map_items(state: Any) -> list[Send]:
     return [Send("mapped", {"item": item}) for item in state["items"]]
 
 
-@registry.register("plan")
+@_plain.register("plan")
 async def plan(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"items": [_digest("ask", state["value"], i) for i in range(state["width"])], "trail": ["plan"]}
 
 
-@registry.register("review")
+@_plain.register("review")
 async def review(state: State) -> dict[str, Any]:  # state is the Send's argument
     await asyncio.sleep(_delay())
     if state["ask"]:
@@ -146,7 +156,7 @@ async def review(state: State) -> dict[str, Any]:  # state is the Send's argumen
     return {"approved": [_digest("auto", state["item"])]}
 
 
-@registry.register("conclude")
+@_plain.register("conclude")
 async def conclude(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     return {"value": _digest("conclude", *state["approved"]), "trail": ["conclude"]}
@@ -162,7 +172,7 @@ def answers_for(interrupts: list[dict[str, Any]]) -> dict[str, str]:
 
 
 for _name in ("prep", "sub_a", "sub_b", "sub_c", "post"):
-    registry.register_node(_name, _chain_node(_name))
+    _plain.register_node(_name, _chain_node(_name))
 
 
 def _into_inner(state: Any) -> dict[str, Any]:
@@ -174,20 +184,67 @@ def _out_of_inner(final: Any) -> dict[str, Any]:
 
 
 for _name in ("prepare", "finish"):
-    registry.register_node(_name, _chain_node(_name))
+    _plain.register_node(_name, _chain_node(_name))
 
 
-@registry.register("flaky")
+@_plain.register("flaky")
 async def flaky(state: State) -> dict[str, Any]:
     await asyncio.sleep(_delay())
     raise ConnectionError(f"upstream for {state['value']} is down")
 
 
-@registry.register("fallback")
+@_plain.register("fallback")
 async def fallback(state: State) -> dict[str, Any]:  # state is {"error": {...}, "state": <flaky's input>}
     await asyncio.sleep(_delay())
     # Only what every run agrees on: a killed worker's lease expiry may change the attempts and the message.
     return {"value": _digest("fallback", state["state"]["value"], state["error"]["node"]), "trail": ["fallback"]}
+
+
+def _apply_effect(directory: str, context: NodeContext, state: Any) -> None:
+    """Apply the node's side effect once per idempotency key (a repeat with a known key is a no-op).
+
+    Written to a temporary file, then hard-linked to the key's name: the link fails if the
+    key is known, and a SIGKILL between the two steps leaves only a temporary file, so an
+    effect either took (with its whole record) or did not.
+    """
+    record = {"key": context.idempotency_key, "workflow_id": context.workflow_id, "step": context.step,
+              "node": context.node, "item": state.get("item", "") if isinstance(state, dict) else ""}
+    name = hashlib.sha256(context.idempotency_key.encode()).hexdigest()[:40]
+    temporary = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+    with open(temporary, "w") as out:
+        json.dump(record, out)
+    try:
+        os.link(temporary, os.path.join(directory, name))
+    except FileExistsError:
+        pass  # the key is known: this is a repeat, and the system ignores it
+    finally:
+        os.unlink(temporary)
+
+
+def read_effects(directory: str) -> list[dict[str, Any]]:
+    """Every side effect that took (one record per idempotency key)."""
+    found = []
+    for name in os.listdir(directory):
+        if not name.startswith("."):
+            with open(os.path.join(directory, name)) as record:
+                found.append(json.load(record))
+    return found
+
+
+def _with_effect(func: Any) -> Any:
+    async def node(state: State, context: NodeContext) -> Any:
+        result = await func(state)  # an interrupt() or a failure raises before the effect
+        directory = os.environ.get("DA_CHAOS_EFFECTS")
+        if directory:
+            _apply_effect(directory, context, state)
+        return result
+    node.__name__ = getattr(func, "__name__", "node")
+    return node
+
+
+registry = NodeRegistry()
+for _type in sorted(_plain):
+    registry.register_node(_type, _with_effect(_plain.get(_type)))
 
 
 def build_graphs() -> dict[str, Graph]:

@@ -30,6 +30,10 @@ Proven at the end, per backend:
   same graph and input run in-process without faults;
 * no step was committed twice: the checkpoint history of each workflow (and child
   workflow) has exactly one entry per step, steps 0..N contiguous, N being the record's step;
+* no side effect happened twice: every node applies one through its idempotency key
+  (``chaos_app._apply_effect``), and each (workflow, step, node, ``Send`` item) has at
+  most one effect, i.e. every re-delivery of a task, a takeover's included, carried the
+  same key;
 * nothing is left behind: for every node type nothing is queued or leased, and nothing
   is dead-lettered (a failure an ``on_error`` handler took included);
 * a caller of ``execute`` in a surviving orchestrator got the workflow's result, not an
@@ -37,7 +41,10 @@ Proven at the end, per backend:
 
 The seed is printed (``chaos seed: N``); ``DA_CHAOS_SEED=N`` replays the same schedule.
 ``DA_TEST_PROFILE=thorough`` (``./scripts/test --thorough``) runs more workflows and
-faults. Run alone with ``pytest -m chaos -s``: each backend prints a summary line.
+faults. ``DA_TEST_PROFILE=soak`` is the soak: 1,000 workflows per backend, 50 worker
+SIGKILLs, 5 orchestrator SIGKILLs and 3 server restarts over about 5 minutes of
+submissions; expect 10-25 minutes per backend on a small machine (never in the default
+run). Run alone with ``pytest -m chaos -s``: each backend prints a summary line and a table.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from chaos.chaos_app import NODE_TYPES, answers_for, build_graphs, registry, workflow_spec
+from chaos.chaos_app import NODE_TYPES, answers_for, build_graphs, read_effects, registry, workflow_spec
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server
 from support.redis_server import RedisServer
@@ -69,6 +76,7 @@ from distributed_agents.plugins import open_backend
 
 HERE = pathlib.Path(__file__).resolve().parent
 THOROUGH = os.environ.get("DA_TEST_PROFILE") == "thorough"
+SOAK = os.environ.get("DA_TEST_PROFILE") == "soak"
 
 
 @dataclass(frozen=True)
@@ -87,18 +95,21 @@ class Profile:
 
 
 PROFILE = (
+    Profile(workflows=1000, workers=6, worker_kills=50, orchestrator_kills=5, backend_restarts=3,
+            window=300.0, stagger=0.6, deadline=1200.0, outage=(1.0, 4.0))
+    if SOAK else
     Profile(workflows=36, workers=4, worker_kills=10, orchestrator_kills=2, backend_restarts=3,
             window=30.0, stagger=1.4, deadline=240.0, outage=(0.5, 8.0))
     if THOROUGH else
     Profile(workflows=12, workers=3, worker_kills=3, orchestrator_kills=1, backend_restarts=2,
             window=8.0, stagger=1.0, deadline=90.0, outage=(1.0, 4.0))
 )
-NODE_DELAY = "0.3"
+NODE_DELAY = "0.1" if SOAK else "0.3"
 VISIBILITY = 2.0
 LEASE_TTL = 3.0
 BACKENDS = ["redis", "nats"]
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(900 if THOROUGH else 240)]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(3000 if SOAK else 900 if THOROUGH else 240)]
 
 
 class Server:
@@ -141,6 +152,7 @@ class Processes:
     url: str
     prefix: str
     logs: pathlib.Path
+    effects: pathlib.Path
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     orchestrators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     assignments: dict[str, list[int]] = field(default_factory=dict)
@@ -148,7 +160,8 @@ class Processes:
     dead: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(HERE), "DA_CHAOS_NODE_DELAY": NODE_DELAY}
+        return {**os.environ, "PYTHONPATH": str(HERE), "DA_CHAOS_NODE_DELAY": NODE_DELAY,
+                "DA_CHAOS_EFFECTS": str(self.effects)}
 
     def start_worker(self, name: str) -> None:
         with open(self.logs / f"{name}.log", "wb") as log:
@@ -275,7 +288,7 @@ def expected_states() -> dict[int, dict[str, Any]]:
     previous = os.environ.get("DA_CHAOS_NODE_DELAY")
     os.environ["DA_CHAOS_NODE_DELAY"] = "0"
     try:
-        return run(compute(), timeout=60)
+        return run(compute(), timeout=60 + PROFILE.workflows * 0.5)
     finally:
         if previous is None:
             os.environ.pop("DA_CHAOS_NODE_DELAY", None)
@@ -371,10 +384,26 @@ def interrupted_owners(procs: Processes, workflow_ids: dict[int, str], patience:
 
 def all_ended(url: str, prefix: str, workflow_ids: list[str]) -> bool:
     try:
-        snap = run(snapshot(url, prefix, workflow_ids), timeout=30)
+        now = run(statuses(url, prefix, workflow_ids), timeout=60)
     except Exception:  # the server may be down right now
         return False
-    return all(r is not None and r.status in WorkflowStatus.TERMINAL for r in snap["records"].values())
+    return all(wf in now and now[wf][0] in WorkflowStatus.TERMINAL for wf in workflow_ids)
+
+
+def duplicated_effects(effects: list[dict[str, Any]]) -> dict[tuple[str, int, str, str], list[str]]:
+    """(workflow, step, node, Send item) that took more than one side effect, with their keys."""
+    keys: dict[tuple[str, int, str, str], list[str]] = {}
+    for effect in effects:
+        keys.setdefault((effect["workflow_id"], effect["step"], effect["node"], effect["item"]), []).append(effect["key"])
+    return {where: sorted(found) for where, found in keys.items() if len(found) > 1}
+
+
+def summary_table(kind: str, rows: dict[str, Any]) -> str:
+    """The run's numbers as a two-column table (printed with ``-s``)."""
+    width = max(map(len, rows))
+    lines = [f"chaos summary [{kind}]", "-" * (width + 14)]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows.items()]
+    return "\n".join(lines)
 
 
 @pytest.fixture
@@ -396,7 +425,9 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
     ids = list(workflow_ids.values())
     server = Server(kind)
     server.start()
-    procs = Processes(server.url, prefix, tmp_path)
+    effects_dir = tmp_path / "effects"
+    effects_dir.mkdir()
+    procs = Processes(server.url, prefix, tmp_path, effects_dir)
     injected: Counter[str] = Counter()
     began = time.monotonic()
     try:
@@ -483,7 +514,17 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
                f"caller_results={len(results)} children={len(children)} "
                f"kills_while_paused={len(paused_kills)} mid_map_at_kills={[m for _, m in paused_kills]} "
                f"answered={sum(answered.values())} worker_kill_mid_map={worker_kill_mid_map}")
+    effects = read_effects(str(effects_dir))
+    twice = duplicated_effects(effects)
     print(summary, flush=True)
+    print(summary_table(kind, {
+        "seed": chaos_seed, "workflows": len(ids), "child workflows": len(children), "completed": len(completed),
+        "failed": len(failed), "worker SIGKILLs": injected["kill_worker"],
+        "orchestrator SIGKILLs": injected["kill_orchestrator"], "server restarts": injected["restart_backend"],
+        "lost": len(lost), "stuck": len(stuck) + len(stuck_children), "duplicated steps": len(duplicated),
+        "duplicated effects": len(twice), "side effects": len(effects), "wrong": len(wrong),
+        "faults done at": f"{faults_done:.0f} s", "duration": f"{elapsed:.0f} s", "logs": str(tmp_path),
+    }), flush=True)
     report = os.environ.get("DA_CHAOS_REPORT")
     if report:
         with open(report, "a") as out:
@@ -504,6 +545,8 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
     assert all(error and error.get("summary") for error in failed.values()), f"failures without a reason {failed}"
     assert not wrong, f"completed workflows whose state differs from a fault-free run: {wrong} {logs}"
     assert not duplicated, f"checkpoint histories not one entry per step: {duplicated} {logs}"
+    assert not twice, f"side effects applied twice for one step (different idempotency keys): {twice} {logs}"
+    assert effects, f"no side effect recorded at all {logs}"
     assert set(ids) <= set(snap["all_ids"]), logs
     busy = {t: (s.queued, s.in_flight) for t, s in snap["stats"].items() if s.queued or s.in_flight}
     assert not busy, f"tasks left queued or leased (queued, in flight): {busy} {logs}"

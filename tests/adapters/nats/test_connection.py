@@ -43,6 +43,18 @@ def test_bad_option_is_a_config_error() -> None:
         settings("nats://host?replicas=many")
 
 
+@pytest.mark.parametrize("bad", ["0", "6", "-1", "3.0", "three", ""])
+def test_replicas_outside_one_to_five_are_refused(bad: str) -> None:
+    with pytest.raises(BackendConfigError, match=r"replicas=.*give 1 to 5"):
+        settings(f"nats://a:1,b:2,c:3?replicas={bad}")
+
+
+def test_replicas_default_to_one_and_several_servers_are_kept_in_order() -> None:
+    assert settings("nats://a:1").replicas == 1
+    parsed = settings("nats://a:1,b:2,c:3?replicas=3")
+    assert parsed.replicas == 3 and parsed.servers == ("nats://a:1", "nats://b:2", "nats://c:3")
+
+
 def test_credentials_are_masked() -> None:
     assert mask_url("nats://alice:secret@h:1") == "nats://alice:***@h:1"
     assert mask_url("nats://tok@h:1") == "nats://***@h:1"
