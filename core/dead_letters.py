@@ -136,7 +136,7 @@ def _stale(record: WorkflowRecord, letter: DeadLetter, run: int, step: int, inca
         return (f"workflow {record.workflow_id!r} was deleted and created again since this task failed in it, so "
                 f"its result would be used by nobody; delete this dead letter with "
                 f"'distributed-agents dead-letters purge {letter.task_id}'")
-    # The frontier entry the task ran: node, or node#i for a Send (after "<workflow>:<run>:<step>:").
+    # The frontier entry the task ran: node, or node#i for a Send (after "<workflow>:<run>[.<incarnation>]:<step>:").
     key = letter.task_id[len(letter.task.workflow_id) + 1:].split(":", 2)[-1]
     current_run = node_run(record, key)
     if (record.status in (WorkflowStatus.FAILED, WorkflowStatus.RUNNING) and current_run == run

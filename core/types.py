@@ -35,7 +35,7 @@ class Send:
 
     ``arg`` must be a dict of JSON values: it is what the node receives as its state
     (``State``), on this machine or in a worker's task payload. Each ``Send`` is its
-    own task, with task id ``<workflow>:<run>:<step>:<node>#<i>`` for the i-th Send to
+    own task, with task id ``<workflow>:<run>.<incarnation>:<step>:<node>#<i>`` for the i-th Send to
     that node in the step; the tasks' updates merge through the graph's reducers in
     node declaration order, a node's Sends by their index, after an edge-triggered
     run of the same node.
