@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, entry_step, next_entry, rebuild
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     LeaseLostError,
@@ -26,6 +26,8 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
+    stored_record,
+    stored_records,
 )
 
 __all__ = ["MemoryStateStore", "StateData"]
@@ -85,7 +87,7 @@ class MemoryStateStore(StateStore):
         with self._data.lock:
             stored = self._live(workflow_id)
             raw = None if stored is None else stored.record
-        return None if raw is None else WorkflowRecord.from_dict(decode(raw))
+        return None if raw is None else stored_record(raw, f"memory record {workflow_id!r}", workflow_id)
 
     async def save(
         self,
@@ -175,7 +177,7 @@ class MemoryStateStore(StateStore):
                 if stored is not None and (status is None or stored.status == status):
                     raws.append((stored.created_at, stored.record))
         raws.sort(key=lambda item: item[0])
-        return [WorkflowRecord.from_dict(decode(raw)) for _, raw in raws]
+        return stored_records((f"memory record at {created_at}", raw) for created_at, raw in raws)
 
     async def delete(self, workflow_id: str) -> bool:
         with self._data.lock:

@@ -96,6 +96,8 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
+    stored_record,
+    stored_records,
     checkpoints_page,
 )
 
@@ -145,10 +147,12 @@ class NatsStateStore(StateStore):
         entry = await kv.get(self._kv, f"wf.{token(workflow_id)}")
         if entry is None:
             return None, 0
-        stored = decode(entry.value)
+        stored = _decoded_or_raw(entry.value)
+        if not isinstance(stored, dict) or not isinstance(stored.get("version", 0), int):
+            # Not a record this engine wrote: PayloadDecodeError naming the key, for this workflow only.
+            stored_record(stored, f"{self._conn.names.state_bucket} wf.{token(workflow_id)}", workflow_id)
         # The server's TTL has whole-second resolution; expire exactly here.
-        expires_at = stored.get("_expires_at")
-        if expires_at is not None and float(expires_at) <= time.time():
+        if _expired(stored, time.time()):
             return None, entry.revision
         return stored, entry.revision
 
@@ -159,7 +163,7 @@ class NatsStateStore(StateStore):
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
         with self._errors(f"read workflow {workflow_id!r}"):
             stored, _ = await self._record(workflow_id)
-        return None if stored is None else WorkflowRecord.from_dict(stored)
+        return None if stored is None else stored_record(stored, f"{self._conn.names.state_bucket} wf.{token(workflow_id)}", workflow_id)
 
     async def save(
         self,
@@ -354,15 +358,19 @@ class NatsStateStore(StateStore):
         with self._errors("list workflows"):
             entries = await kv.scan(self._conn.js, self._kv, "wf.*")
         now = time.time()
-        bodies = [decode(e.value) for e in entries]
-        records = [WorkflowRecord.from_dict(b) for b in bodies if b.get("_expires_at") is None or float(b["_expires_at"]) > now]
+        records = stored_records((f"{self._conn.names.state_bucket} {e.key}", body) for e in entries
+                                 for body in [_decoded_or_raw(e.value)]
+                                 if not isinstance(body, dict) or not _expired(body, now))
         records = [r for r in records if status is None or r.status == status]
         records.sort(key=lambda r: r.created_at)
         return records
 
     async def delete(self, workflow_id: str) -> bool:
         with self._errors(f"delete workflow {workflow_id!r}"):
-            stored, _ = await self._record(workflow_id)
+            try:
+                stored, _ = await self._record(workflow_id)
+            except PayloadDecodeError:  # a malformed record can still be deleted
+                stored = {}
             await self._conn.js.purge_stream(f"KV_{self._conn.names.state_bucket}",
                                              subject=f"$KV.{self._conn.names.state_bucket}.cp.{token(workflow_id)}.>")
             await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")
@@ -557,3 +565,16 @@ class NatsStateStore(StateStore):
                 freed = {**current, "owner": None, "deadline": 0.0}
                 if await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision) is not None:
                     return
+
+
+def _decoded_or_raw(value: bytes | None) -> Any:
+    """The decoded JSON, or the bytes themselves when they are not JSON (``stored_records`` reports them)."""
+    try:
+        return decode(value or b"")
+    except PayloadDecodeError:
+        return value or b""
+
+
+def _expired(body: dict[str, Any], now: float) -> bool:
+    expires_at = body.get("_expires_at")
+    return isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool) and expires_at <= now

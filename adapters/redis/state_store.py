@@ -72,6 +72,8 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
+    stored_record,
+    stored_records,
 )
 
 __all__ = ["RedisStateManager"]
@@ -317,7 +319,7 @@ class RedisStateManager(StateStore):
         """The stored record, or None (one round trip)."""
         with redis_errors(self._connection.url, f"read workflow {workflow_id!r}"):
             raw = await self._connection.client().hget(self._keys.record(workflow_id), "rec")
-        return None if raw is None else WorkflowRecord.from_dict(decode(raw))
+        return None if raw is None else stored_record(raw, self._keys.record(workflow_id), workflow_id)
 
     async def save(
         self,
@@ -460,7 +462,7 @@ class RedisStateManager(StateStore):
         """Records (optionally of one status), oldest first (one round trip)."""
         index = self._keys.index if status is None else self._keys.status_index(status)
         raws = await self._script("state_list", _LIST, [index], [self.prefix, status or ""], "list workflows")
-        return [WorkflowRecord.from_dict(decode(raw)) for raw in raws]
+        return stored_records((f"{index} (record {n})", raw) for n, raw in enumerate(raws))
 
     async def delete(self, workflow_id: str) -> bool:
         """Remove record, checkpoints and lease (the fencing counter stays)."""

@@ -64,8 +64,10 @@ The node cache (``core.cache``; optional: the port's defaults keep nothing):
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -74,6 +76,8 @@ __all__ = [
     "checkpoints_page",
     "implements_cache",
     "StateStore",
+    "stored_record",
+    "stored_records",
     "WorkflowLease",
     "WorkflowRecord",
     "WorkflowStatus",
@@ -164,6 +168,83 @@ class WorkflowRecord:
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(WorkflowRecord))
+log = logging.getLogger("distributed_agents.state_store")
+_MISSING: Any = object()
+# name -> (JSON types allowed, default when absent or null: _MISSING = required)
+_RECORD_SHAPE: dict[str, tuple[tuple[type, ...], Any]] = {
+    "workflow_id": ((str,), _MISSING),
+    "status": ((str,), _MISSING),
+    "graph_name": ((str,), ""),
+    "state": ((dict,), {}),
+    "step": ((int,), 0),
+    "version": ((int,), 0),
+    "frontier": ((dict,), {}),
+    "error": ((dict,), None),
+    "graph": ((dict,), None),
+    "metadata": ((dict,), {}),
+    "created_at": ((int, float), 0.0),
+    "updated_at": ((int, float), 0.0),
+}
+
+
+def stored_record(raw: bytes | str | Any, where: str, workflow_id: str | None = None) -> WorkflowRecord:
+    """The workflow record a store read at ``where`` (its key or subject), checked.
+
+    ``raw`` is the stored bytes (or text, or an already decoded value). Nothing but JSON
+    is accepted, and only a record of this shape: every field of the right JSON type,
+    ``workflow_id`` equal to ``workflow_id`` when given. Raises ``PayloadDecodeError``
+    naming ``where`` and the problem otherwise (bytes written by something else, a
+    truncated or hand-edited record), so the one workflow fails with that error and
+    nothing else does.
+    """
+    from distributed_agents.core.codec import decode
+    from distributed_agents.core.errors import PayloadDecodeError
+
+    try:
+        data: Any = decode(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
+        if not isinstance(data, dict):
+            raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for name, (kinds, default) in _RECORD_SHAPE.items():
+            value: Any = data.get(name)
+            if value is None:
+                if default is _MISSING:
+                    raise ValueError(f"field {name!r} is missing")
+                values[name] = default
+                continue
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"field {name!r} is a JSON {type(value).__name__}, not {kinds[0].__name__}")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN and Infinity parse as JSON
+                raise ValueError(f"field {name!r} is not a finite number")
+            values[name] = value
+        if workflow_id is not None and values["workflow_id"] != workflow_id:
+            raise ValueError(f"it holds workflow {values['workflow_id'][:80]!r}")
+        values["created_at"] = float(values["created_at"])
+        values["updated_at"] = float(values["updated_at"])
+        return WorkflowRecord(**values)
+    except (PayloadDecodeError, ValueError, OverflowError) as exc:
+        what = f"workflow {workflow_id!r}" if workflow_id is not None else "a workflow"
+        raise PayloadDecodeError(
+            f"the record of {what} at {where} is malformed ({exc}); it was not written by this version of "
+            "the engine (or was truncated or edited). Inspect it there, and delete the workflow "
+            "(distributed-agents delete) to free its id"
+        ) from None
+
+
+def stored_records(raws: Iterable[tuple[str, bytes | str | Any]]) -> list[WorkflowRecord]:
+    """``stored_record`` of each ``(where, raw)``; a malformed one is logged (naming it) and left out.
+
+    A listing (the status page, an orchestrator looking for workflows to resume) must
+    not fail because of one bad record: the others are listed, and reading the bad one
+    by its id raises the error.
+    """
+    records = []
+    for where, raw in raws:
+        try:
+            records.append(stored_record(raw, where))
+        except Exception as exc:  # PayloadDecodeError
+            log.error("left out of the listing: %s", exc)
+    return records
 
 
 @dataclass(frozen=True)

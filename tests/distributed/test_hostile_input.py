@@ -205,3 +205,92 @@ def test_a_worker_dead_letters_malformed_tasks_and_keeps_serving(backend: tuple[
     assert all(reason.startswith(("undecodable payload: ", "malformed task: ")) for reason in reasons), reasons
     if workers is not None:
         assert workers.processes[0].poll() is None, workers.log("w1")
+
+
+# -- malformed workflow records in each backend's state store -------------------------
+GOOD_RECORD = {"workflow_id": "bad", "graph_name": "g", "status": "running", "state": {"a": 1}, "step": 1,
+               "version": 1, "frontier": {}, "error": None, "graph": None, "metadata": {}, "created_at": 1.0,
+               "updated_at": 1.0}
+
+
+@st.composite
+def bad_workflow_records(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["json", "wrong-type", "version", "truncated", "huge", "bytes", "other-id"]))
+    if kind == "json":
+        return json.dumps(draw(JSON.filter(lambda v: not isinstance(v, dict) or "status" not in v))).encode()
+    if kind == "wrong-type":
+        field = draw(st.sampled_from(["workflow_id", "status", "state", "step", "version", "frontier", "created_at"]))
+        value = draw(JSON.filter(lambda v: v is not None and type(v) is not type(GOOD_RECORD[field])
+                                 and not (field == "created_at" and type(v) is int)))
+        return json.dumps({**GOOD_RECORD, field: value}).encode()
+    if kind == "version":  # a future layout: the record nested under other keys
+        return json.dumps({"format": draw(st.integers(2, 99)), "record": GOOD_RECORD}).encode()
+    if kind == "truncated":
+        text = json.dumps(GOOD_RECORD).encode()
+        return text[: draw(st.integers(0, len(text) - 1))]
+    if kind == "huge":
+        return json.dumps({**GOOD_RECORD, "status": None, "x" * 100_000: "y" * 500_000}).encode()
+    if kind == "other-id":  # a record copied under another workflow's key
+        return json.dumps({**GOOD_RECORD, "workflow_id": "someone-else"}).encode()
+    return draw(st.binary(max_size=64).filter(lambda b: not b.startswith(b"{")))
+
+
+async def _write_record(kind: str, url: str, prefix: str, backend_: Any, workflow_id: str, data: bytes) -> None:
+    """Overwrite a workflow's stored record with ``data``, with the backend's raw client and key naming."""
+    if kind == "memory":
+        backend_.state_store._data.workflows[workflow_id].record = data
+    elif kind == "redis":
+        import redis.asyncio
+
+        from distributed_agents.adapters.redis.keys import StateKeys
+
+        client = redis.asyncio.from_url(url)
+        await client.hset(StateKeys(prefix).record(workflow_id), "rec", data)
+        await client.aclose()
+    else:
+        from distributed_agents.adapters.nats.naming import token
+
+        names = backend_.connection.names
+        bucket = await backend_.connection.js.key_value(names.state_bucket)
+        await bucket.put(f"wf.{token(workflow_id)}", data)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["memory", "redis", "nats"])
+def test_a_malformed_workflow_record_fails_only_its_workflow_naming_it(kind: str, request: pytest.FixtureRequest) -> None:
+    from distributed_agents.core.errors import PayloadDecodeError
+    from distributed_agents.core.ports.state_store import WorkflowRecord
+
+    prefix = f"hostile{uuid.uuid4().hex[:8]}"
+    url = f"memory://{prefix}" if kind == "memory" else str(request.getfixturevalue(f"{kind}_url"))
+    drawn: list[bytes] = []
+
+    @settings(max_examples=WORKER_EXAMPLES * 3, deadline=None, database=None)
+    @given(bad_workflow_records())
+    def draw(record: bytes) -> None:
+        drawn.append(record)
+
+    draw()
+
+    async def scenario() -> None:
+        backend_ = open_backend(url) if kind == "memory" else open_backend(url, prefix=prefix)
+        await backend_.connect()
+        store = backend_.state_store
+        for workflow_id in ("good", "bad"):
+            await store.save(WorkflowRecord(workflow_id, "g", "running", {"a": 1}), expected_version=0)
+        for data in drawn:
+            await _write_record(kind, url, prefix, backend_, "bad", data)
+            with pytest.raises(PayloadDecodeError) as raised:
+                await store.get("bad")
+            assert "workflow 'bad'" in str(raised.value) and "malformed" in str(raised.value)
+            good = await store.get("good")
+            assert good is not None and good.state == {"a": 1}
+            # Listed: the good one, never the bad one (a record copied from another workflow's key
+            # may list under its own id: a listing reads records, not keys).
+            listed = [r.workflow_id for r in await store.list_workflows()]
+            assert "good" in listed and "bad" not in listed
+        assert await store.delete("bad")
+        assert await store.get("bad") is None
+        await backend_.close()
+
+    run(scenario(), timeout=100)
