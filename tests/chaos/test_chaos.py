@@ -139,7 +139,8 @@ class Server:
         assert launcher is not None
         launcher.stop()
         time.sleep(outage)
-        launcher.start()
+        # Generous: on a loaded machine a soak's append-only file takes a while to load.
+        launcher.start(timeout=180.0)
 
     def cleanup(self) -> None:
         (self.redis or self.nats).cleanup()  # type: ignore[union-attr]
