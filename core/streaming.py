@@ -59,7 +59,7 @@ from distributed_agents.core.errors import (
     WorkflowNotFoundError,
 )
 from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
-from distributed_agents.core.ports.message_bus import MessageBus, Subscription
+from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
 from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
@@ -277,43 +277,53 @@ class StreamReader:
 
     async def _read(self, subscription: Subscription) -> None:
         async for message in subscription:
-            kind, _, rest = message.channel.partition(".")
-            data = message.data
-            namespace = tuple(str(part) for part in data.get("namespace") or ())
-            if namespace and not self.subgraphs:
-                continue
-            if kind == "stream":
-                mode = rest.rpartition(".")[2]
-                if mode in self.modes:
-                    for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
-                        inner = await self._chunk_namespace(one)
-                        if not inner or self.subgraphs:
-                            self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
-                    if self._buffer.live:
-                        # Let a waiting consumer take what arrived before reading on: the bus
-                        # may hold a long burst, which would otherwise all land in the buffer
-                        # (and overflow it) before the consumer ever runs.
-                        await asyncio.sleep(0)
-                    continue
-                if mode == "gap":
-                    dropped = {m: int(n) for m, n in dict(data.get("dropped") or {}).items() if m in self.modes}
-                    if dropped:
-                        self._buffer.put(["gap", _Gap(dropped, "writer", namespace)])
-            elif kind == "events":
-                event_type = str(data.get("type", ""))
-                if "debug" in self.modes:
-                    self._buffer.put(["chunk", "debug", _debug_chunk(data), namespace])
-                if namespace:  # a subgraph's own steps and end are not this workflow's
-                    child = data.get("subgraph_workflow_id")
-                    # started: the subgraph's input checkpoint (step 0), its first values as in LangGraph
-                    if event_type in ("step.committed", "workflow.started") and isinstance(child, str) \
-                            and self._wants_steps:
-                        self._buffer.put(["subcommit", child, int(data.get("step", 0)), namespace])
-                    continue
-                if event_type in ("step.committed", "workflow.started"):  # started: the input's checkpoint
-                    self._buffer.put(["commit", int(data.get("step", 0))])
-                elif event_type in _END_EVENTS:
-                    self._buffer.put(["end", dict(data)])
+            try:
+                await self._take(message)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+                # Anyone who can publish on the bus can send a JSON object of any shape: a
+                # malformed one is dropped, and the stream goes on with the next message.
+                log.warning("stream of workflow %s dropped a malformed message on %r: %s: %s", self.workflow_id,
+                            message.channel[:200], type(exc).__name__, str(exc)[:200])
+
+    async def _take(self, message: BusMessage) -> None:
+        """Buffer what one bus message means for this stream; raises on a malformed message."""
+        kind, _, rest = message.channel.partition(".")
+        data = message.data
+        namespace = tuple(str(part) for part in data.get("namespace") or ())
+        if namespace and not self.subgraphs:
+            return
+        if kind == "stream":
+            mode = rest.rpartition(".")[2]
+            if mode in self.modes:
+                for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
+                    inner = await self._chunk_namespace(one)
+                    if not inner or self.subgraphs:
+                        self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
+                if self._buffer.live:
+                    # Let a waiting consumer take what arrived before reading on: the bus
+                    # may hold a long burst, which would otherwise all land in the buffer
+                    # (and overflow it) before the consumer ever runs.
+                    await asyncio.sleep(0)
+                return
+            if mode == "gap":
+                dropped = {m: int(n) for m, n in dict(data.get("dropped") or {}).items() if m in self.modes}
+                if dropped:
+                    self._buffer.put(["gap", _Gap(dropped, "writer", namespace)])
+        elif kind == "events":
+            event_type = str(data.get("type", ""))
+            if "debug" in self.modes:
+                self._buffer.put(["chunk", "debug", _debug_chunk(data), namespace])
+            if namespace:  # a subgraph's own steps and end are not this workflow's
+                child = data.get("subgraph_workflow_id")
+                # started: the subgraph's input checkpoint (step 0), its first values as in LangGraph
+                if event_type in ("step.committed", "workflow.started") and isinstance(child, str) \
+                        and self._wants_steps:
+                    self._buffer.put(["subcommit", child, int(data.get("step", 0)), namespace])
+                return
+            if event_type in ("step.committed", "workflow.started"):  # started: the input's checkpoint
+                self._buffer.put(["commit", int(data.get("step", 0))])
+            elif event_type in _END_EVENTS:
+                self._buffer.put(["end", dict(data)])
 
     async def _chunk_namespace(self, chunk: Mapping[str, Any]) -> tuple[str, ...]:
         """The namespace of a chunk: its own, else that of the subgraph workflow that streamed it.
