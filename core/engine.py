@@ -25,7 +25,9 @@ A node's final failure (retries exhausted, or a timeout) fails the workflow unle
 node has an error handler (``add_node(on_error=)``): then the step commits without the
 failed node's writes and routes, and the next step's frontier carries the handler's
 task as a Send ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles":
-task, "handles_task": task id}``, so it survives restarts and runs the same on a worker.
+task, "handles_task": task id}``, so it survives restarts and runs the same on a worker
+(a shared state over ``INLINE_STATE_LIMIT`` is named, not copied: ``"arg": {"error": ...},
+"state_ref": ...``, read by the worker as a task's state reference is; see ``_route_failure``).
 A failing handler's task is never routed again: it fails the workflow naming both nodes.
 The dead letter a worker left for the handled task is purged once the route is
 committed (and again whenever a process takes the workflow up with the handler still
@@ -103,7 +105,7 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
-from distributed_agents.core.task_state import INLINE_STATE_LIMIT, state_ref
+from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, read_ref, state_ref
 from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import read_output
 
@@ -389,7 +391,7 @@ class StepEngine:
             if unhandled:
                 routed = [pair for pair in failed if pair not in unhandled]
                 raise await self._node_failed(graph, record, lease, [*unhandled, *routed], progress.pending)
-            handlers = [self._route_failure(graph, record, entry, outcome) for entry, outcome in failed]
+            handlers = [await self._route_failure(graph, record, entry, outcome) for entry, outcome in failed]
             for entry, outcome in zip(to_run, outcomes):
                 if not outcome.ok:
                     continue
@@ -500,6 +502,8 @@ class StepEngine:
     ) -> list[NodeOutcome]:
         # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks, and
         # tasks with the key of an earlier task of this step wait for its output (``share``).
+        if any(entry.state_ref is not None for entry in entries):
+            entries = [await self._handler_input(graph, record, entry) for entry in entries]
         all_entries = entries
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
         entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
@@ -537,7 +541,9 @@ class StepEngine:
                 state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
                 state=record.state if shared else None,
                 # A large shared state stays in its checkpoint: the task names it (core.task_state).
-                state_ref=(reference or None) if func is None and entry.arg is None else None,
+                state_ref=entry.state_ref if entry.state_ref is not None else
+                (reference or None) if func is None and entry.arg is None else None,
+                wrap=entry.arg if entry.state_ref is not None else None,  # an error handler's: the error
                 retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
                 resume=list(answers.get(entry.key) or ()) or None,
                 remaining_steps=options.step_limit - record.step,
@@ -566,6 +572,22 @@ class StepEngine:
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
                                           dict(zip((e.key for e in entries), outcomes)))
         return await self._cache_share(graph, record, run, all_entries, followers, settled, options)
+
+    async def _handler_input(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> TaskEntry:
+        """``entry`` with the state its ``state_ref`` names read into its ``arg`` (``{**arg, "state": ...}``)
+        when its node runs here (in this process, or as a subgraph); as it is when a worker runs it
+        (its task carries the reference, see ``_route_failure``) or it names no state.
+
+        ``TaskStateError`` if that state is not stored any more (deleted, or expired).
+        """
+        spec = graph.node(entry.node)
+        if entry.state_ref is None or (spec.subgraph is None and self._local_function(spec) is None):
+            return entry
+        state = await until_available(
+            functools.partial(StateCache(0).state, self._store, record.workflow_id, read_ref(entry.state_ref)),
+            what=f"read the state error handler {entry.node!r} of workflow {record.workflow_id!r} runs on",
+            outage=self._outage)
+        return replace(entry, arg={**(entry.arg or {}), "state": state}, state_ref=None)
 
     async def _state_reference(self, record: WorkflowRecord, encoded_size: int) -> dict[str, Any] | None:
         """A ``core.task_state`` reference to ``record``'s state for its step's tasks, or None: carry it inline.
@@ -673,13 +695,16 @@ class StepEngine:
         assert self._subgraphs is not None
         return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key))]
 
-    def _route_failure(
+    async def _route_failure(
         self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, outcome: NodeOutcome
     ) -> dict[str, Any]:
         """The frontier Send of ``entry``'s error handler (``add_node(on_error=)``); emits ``node.failed``.
 
-        The handler's input carries the error and the input the failed task got (the
-        shared state of this step, or its Send argument), so it runs the same on a worker.
+        The handler's input carries the error and, as ``"state"``, the input the failed task
+        got (the shared state of this step, or its Send argument), so it runs the same on a
+        worker. A shared state over ``INLINE_STATE_LIMIT`` that is this step's checkpoint is not
+        copied: the Send names it (``"state_ref"``, as a task does, see ``core.task_state``), so
+        neither the frontier nor the handler's task carries a second copy of a large state.
         """
         failure = outcome.failure
         assert failure is not None
@@ -692,9 +717,14 @@ class StepEngine:
                           attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
                           duration=outcome.duration, on_error=handler,
                           **({"task": entry.key} if entry.is_send else {}))
-        arg = dict(entry.arg) if entry.arg is not None else dict(record.state)
-        return {"node": handler, "arg": {"error": error, "state": arg}, "handles": entry.key,
-                "handles_task": node_task_id(record, entry.key)}
+        send: dict[str, Any] = {"node": handler, "handles": entry.key, "handles_task": node_task_id(record, entry.key)}
+        if entry.arg is None:
+            size = len(self._state_json(record.state))
+            reference = await self._state_reference(record, size) if size > INLINE_STATE_LIMIT else None
+            if reference is not None:
+                return {**send, "arg": {"error": error}, "state_ref": reference}
+        failed_input = dict(entry.arg) if entry.arg is not None else dict(record.state)
+        return {**send, "arg": {"error": error, "state": failed_input}}
 
     async def _purge_handled(self, record: WorkflowRecord) -> None:
         """Delete the dead letters of the failed tasks whose handlers ``record``'s frontier holds.

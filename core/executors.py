@@ -31,7 +31,7 @@ from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
-from distributed_agents.core.task_state import STATE_REF_KEY
+from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
            "flat_state", "task_payload"]
@@ -67,6 +67,9 @@ class NodeCall:
     # A task on the queue carries this reference to the committed state instead of the state
     # itself (core.task_state); None: it carries ``state_json``.
     state_ref: Mapping[str, Any] | None = None
+    # With ``state_ref``: the node's input is ``{**wrap, "state": <the referenced state>}`` (an
+    # error handler's task: ``wrap`` holds the error; engine._route_failure). None: the state itself.
+    wrap: Mapping[str, Any] | None = None
     trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
     state: Mapping[str, Any] | None = None  # see the class docstring
 
@@ -167,13 +170,15 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     """The JSON payload of a node task: what a worker needs to run the node.
 
     It holds the node's input as ``"state"``, or as ``"state_ref"`` (``core.task_state``)
-    when the call has one: a large shared state is read by workers from its checkpoint.
+    when the call has one: a large shared state is read by workers from its checkpoint;
+    ``"wrap"`` (with ``"state_ref"`` only) makes the input ``{**wrap, "state": <that state>}``.
     """
     return {
         "v": 1,
         "graph": call.graph_name,
         "step": call.step,
         **({STATE_REF_KEY: dict(call.state_ref)} if call.state_ref is not None else {"state": decode(call.state_json)}),
+        **({WRAP_KEY: dict(call.wrap)} if call.state_ref is not None and call.wrap is not None else {}),
         "retry": None if call.retry is None else call.retry.to_dict(),
         "timeout": call.timeout,
         # Only when set, so other tasks' payloads keep their shape.

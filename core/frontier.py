@@ -4,7 +4,9 @@ Shape (JSON; every key but ``next`` optional, so frontiers of older versions rea
 
     {"next": [node, ...],                     # triggered by edges, in declaration order
      "sends": [{"node": n, "arg": {...}}, ...],  # Send tasks, in the order they were sent
-                                              # (an error handler's also has "handles": task)
+                                              # (an error handler's also has "handles": task, and
+                                              # "state_ref" when its input's state is large, see
+                                              # engine._route_failure)
      "joins": {join_key: [sources seen]},     # see core.joins
      "pending_writes": {task: output},        # tasks of this step that already finished
      "task_runs": {task: run},                # task ids pinned to an earlier run (resume)
@@ -35,12 +37,16 @@ class TaskEntry:
     """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it).
 
     ``handles`` is set on an error handler's task: the key of the failed task it handles.
+    ``state_ref`` (a ``core.task_state`` reference) is set on a handler's task whose input's
+    ``"state"`` (the failed task's, over ``INLINE_STATE_LIMIT``) is not in ``arg`` but in the
+    checkpoint it names: the node's input is ``{**arg, "state": <that state>}``.
     """
 
     node: str
     index: int | None = None
     arg: Mapping[str, Any] | None = None
     handles: str | None = None
+    state_ref: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -66,8 +72,9 @@ def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[
         index = counts.get(node, 0)
         counts[node] = index + 1
         handles = send.get("handles")
+        ref = send.get("state_ref")
         entries.append(TaskEntry(node, index, dict(send.get("arg") or {}),
-                                 None if handles is None else str(handles)))
+                                 None if handles is None else str(handles), dict(ref) if ref else None))
     if len(entries) < 2:  # one node per step (a chain) is the common case
         return entries
     last = len(order)

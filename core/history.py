@@ -396,7 +396,10 @@ async def _complete_step(
     again = [entry.node for entry in missing if not entry.is_send]
     if again:
         frontier["next"] = sorted(dict.fromkeys([*frontier["next"], *again]), key=lambda n: order.get(n, len(order)))
-    resent = [{"node": entry.node, "arg": dict(entry.arg or {})} for entry in missing if entry.is_send]
+    resent = [{"node": entry.node, "arg": dict(entry.arg or {}),
+               # a handler's input state stays where it is (engine._route_failure)
+               **({"state_ref": dict(entry.state_ref)} if entry.state_ref is not None else {})}
+              for entry in missing if entry.is_send]
     if resent:
         frontier["sends"] = [*resent, *(frontier.get("sends") or ())]
     return writes, merged, frontier

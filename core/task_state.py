@@ -41,8 +41,8 @@ from typing import Any
 from distributed_agents.core.errors import ExecutionError
 from distributed_agents.core.ports.state_store import StateStore
 
-__all__ = ["DEFAULT_CACHE_BYTES", "INLINE_STATE_LIMIT", "STATE_REF_KEY", "StateCache", "StateRef", "TaskStateError",
-           "copy_json", "read_ref", "state_digest", "state_ref"]
+__all__ = ["DEFAULT_CACHE_BYTES", "INLINE_STATE_LIMIT", "STATE_REF_KEY", "WRAP_KEY", "StateCache", "StateRef",
+           "TaskStateError", "copy_json", "read_ref", "state_digest", "state_ref"]
 
 # States encoding to at most this many bytes travel inside each task: a small state costs
 # less than the round trip a worker would spend reading it (single-node workflows stay at
@@ -52,6 +52,9 @@ INLINE_STATE_LIMIT = 4096
 # than this is fetched for each task that needs it and not kept.
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 STATE_REF_KEY = "state_ref"  # in a task's payload, instead of "state"
+# In a task's payload beside "state_ref": the node's input is {**wrap, "state": <the referenced state>}
+# (an error handler's task, whose input is the error and the failed task's state).
+WRAP_KEY = "wrap"
 
 StateRef = Mapping[str, Any]
 

@@ -68,7 +68,14 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
-from distributed_agents.core.task_state import DEFAULT_CACHE_BYTES, STATE_REF_KEY, StateCache, TaskStateError, read_ref
+from distributed_agents.core.task_state import (
+    DEFAULT_CACHE_BYTES,
+    STATE_REF_KEY,
+    WRAP_KEY,
+    StateCache,
+    TaskStateError,
+    read_ref,
+)
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -618,6 +625,9 @@ class Worker:
         store = self.backend.state_store
         state = await until_available(lambda: self.state_cache.state(store, task.workflow_id, ref),
                                       what=f"read the state task {task.id} runs on", outage=self._outage)
+        wrap = task.payload.get(WRAP_KEY)
+        if isinstance(wrap, dict):  # an error handler's task: the error, and the failed task's state
+            state = {**wrap, "state": state}
         return State._trusted(state, task.workflow_id)  # each task its own copy
 
     async def _on_cancelled(self, claim: ClaimedTask, reason: str, broken: BaseException | None = None) -> None:

@@ -263,3 +263,40 @@ def test_any_mix_of_failing_branches_keeps_every_success_and_handles_each_routed
     else:
         assert outcome.get("done", []) == succeeded
         assert outcome.get("handled", []) == routed
+
+
+@pytest.mark.parametrize(("durability", "doc_size", "referenced"),
+                         [("sync", 600_000, True), ("async", 600_000, True), ("exit", 300_000, False),
+                          ("sync", 100, False)])
+def test_a_large_failed_input_reaches_an_in_process_handler_through_its_checkpoint(
+        durability: str, doc_size: int, referenced: bool) -> None:
+    """Over INLINE_STATE_LIMIT the routed Send names the failed step's checkpoint (``state_ref``) instead of a
+    copy, so a 600 KB state fits a 900 KB limit; a small state, or one whose step is not written
+    (durability="exit"), stays inline. The handler's input is the same either way."""
+    def fail(state: State) -> dict[str, Any]:
+        raise ValueError(f"doc of {len(state['doc'])}")
+
+    def measure(state: State) -> dict[str, Any]:  # not the input itself: it would double the state
+        return {"handled": [state["error"]["message"]], "seen_input": {k: len(v) for k, v in state["state"].items()}}
+
+    graph = (Graph("on_error_large", reducers={"handled": extend})
+             .add_node("fetch", fail, on_error="handler").add_node("after", lambda s: {"after": True})
+             .add_node("handler", measure)
+             .set_entry_point("fetch").add_edge("fetch", "after").set_finish_point("after")
+             .set_finish_point("handler").compile())
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[Any, Any]:
+        async with Orchestrator(backend="memory://", backend_options={"max_payload_bytes": 900_000}) as orchestrator:
+            result = await orchestrator.execute(graph, {"doc": "d" * doc_size}, workflow_id=workflow_id,
+                                                durability=durability)
+            routed = [cp for cp in await orchestrator.backend.state_store.list_checkpoints(workflow_id)
+                      if cp.frontier.get("sends")]
+            return result, routed
+
+    result, routed = run(scenario())
+    assert result["handled"] == [f"doc of {doc_size}"]
+    assert result["seen_input"] == {"doc": doc_size} and "after" not in result
+    if durability != "exit":
+        (send,) = routed[0].frontier["sends"]
+        assert ("state_ref" in send) is referenced and ("state" in send["arg"]) is not referenced

@@ -30,6 +30,14 @@ def recover(state: State, context: NodeContext) -> dict[str, Any]:
             "input": state["state"], "handled_on": context.worker_id}
 
 
+@registry.register("recover_size")
+def recover_size(state: State, context: NodeContext) -> dict[str, Any]:
+    """A handler that reports the size of the state the failed node got (not the state: it may be large)."""
+    return {"handled": f"{state['error']['node']}: {state['error']['message']}",
+            "input_keys": sorted(state["state"]), "input_doc": len(state["state"].get("doc", "")),
+            "handled_on": context.worker_id}
+
+
 @registry.register("bad_recover")
 def bad_recover(state: State) -> dict[str, Any]:
     raise ValueError("cannot recover")

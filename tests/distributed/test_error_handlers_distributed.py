@@ -198,3 +198,47 @@ def test_a_handled_dead_letter_whose_purge_failed_is_purged_by_the_orchestrator_
     assert [plain(left_id) for left_id in left] == [task_id]  # the purge failed: the letter is still there
     assert result["handled"] == "fetch: ConnectionError: upstream http://p is down (2 attempts)"
     assert after == []
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis_url", "nats_url"])
+def test_a_handler_of_a_node_that_failed_on_a_large_state_gets_it_through_a_reference(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 600 KB state under a 900 KB limit (NATS leaves 960 KB of its 1 MiB): the routed step's frontier
+    and the handler's task name the failed step's checkpoint instead of copying the state, so the commit
+    fits and the handler, on a worker, still gets the whole state."""
+    monkeypatch.setenv("DA_MARKER_DIR", str(tmp_path))
+    url = "memory://" if backend == "memory" else str(request.getfixturevalue(backend))
+    prefix = f"onerrbig{uuid.uuid4().hex[:8]}"
+    app = error_handler_app()
+    options = {"prefix": prefix, "max_payload_bytes": 900_000}
+    workers = WorkerProcesses(url, prefix, tmp_path, "error_handler_app:registry")
+    worker = (Worker(capacity=2, registry=app.registry, backend=url, backend_options=options, poll_wait=0.05,
+                     heartbeat_interval=0.5) if backend == "memory" else None)
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start()) if worker is not None else None
+        orchestrator = Orchestrator(backend=url, backend_options=options, wait_for_workers=True)
+        try:
+            result = await orchestrator.execute(app.error_graph("recover_size"), {"url": "http://big",
+                                                "doc": "d" * 600_000}, workflow_id="wf-onerr-big")
+            routed = [checkpoint for checkpoint in await orchestrator.backend.state_store.list_checkpoints(
+                "wf-onerr-big") if checkpoint.frontier.get("sends")]
+            return result, routed
+        finally:
+            await orchestrator.close()
+            if worker is not None and serving is not None:
+                await worker.stop(grace=1)
+                await serving
+
+    if worker is None:
+        workers.start("w1")
+    try:
+        result, routed = run(scenario(), timeout=110)
+    finally:
+        workers.close()
+    assert result["handled"] == "fetch: upstream http://big is down"
+    assert result["input_keys"] == ["doc", "url"] and result["input_doc"] == 600_000
+    (checkpoint,) = routed
+    (send,) = checkpoint.frontier["sends"]
+    assert send["state_ref"]["step"] == 0 and "state" not in send["arg"] and send["arg"]["error"]["node"] == "fetch"
