@@ -450,6 +450,35 @@ def test_update_state_at_a_breakpoint_then_resume_runs_the_next_step_without_pau
         assert "x_saw" not in resumed and resumed["z_saw"] == 10
 
 
+@pytest.mark.parametrize("as_node", [None, "a"])
+def test_update_state_at_a_dynamic_interrupt_then_resume_runs_the_node_again_and_it_asks_again(
+        as_node: str | None) -> None:
+    """As LangGraph: the update (as the last writer by default) keeps x next; x runs from its start on the
+    edited state, and its interrupt() pauses again (the answer given before the update is not reused)."""
+    workflow_id = new_id()
+    ran: list[Any] = []
+
+    def x(state: State) -> dict[str, Any]:
+        ran.append(("x", state["v"]))
+        return {"answer": interrupt(f"v is {state['v']}?")}
+
+    graph = (Graph("dyn_update").add_node("a", lambda s: {"v": 1}).add_node("x", x)
+             .add_edge(START, "a").add_edge("a", "x").add_edge("x", END).compile())
+
+    async def scenario() -> tuple[Any, ...]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {}, workflow_id=workflow_id)
+            updated = await orchestrator.update_state(workflow_id, {"v": 2}, as_node=as_node)
+            asked = await orchestrator.resume(workflow_id, graph)
+            return updated.next, asked, await orchestrator.resume(workflow_id, graph, "yes")
+
+    updated_next, asked, done = run(scenario())
+    assert updated_next == ("x",)
+    assert [pause["value"] for pause in asked["__interrupt__"]] == ["v is 2?"]
+    assert dict(done) == {"v": 2, "answer": "yes"}
+    assert ran == [("x", 1), ("x", 2), ("x", 2)]
+
+
 # -- ids that match no pending interrupt, positional answers, both ways of reading a pause --------
 
 
