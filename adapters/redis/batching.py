@@ -48,7 +48,18 @@ class ScriptBatcher:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_BATCH):
-            asyncio.ensure_future(self._send(pending[start:start + MAX_BATCH]))
+            asyncio.ensure_future(self._send_guarded(pending[start:start + MAX_BATCH]))
+
+    async def _send_guarded(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        """``_send``; whatever it raises reaches every caller still waiting (none is left hanging)."""
+        try:
+            await self._send(batch)
+        except BaseException as exc:
+            for _, _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
 
     async def _send(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         live = [item for item in batch if not item[3].done()]  # a caller cancelled meanwhile: not sent

@@ -73,3 +73,17 @@ def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 
     with RedisServer() as server:
         assert run(scenario(server.url), 60) == ["0", "1", "CancelledError", "3", "4"]
+
+
+def test_an_unreachable_server_fails_each_caller_instead_of_leaving_it_waiting() -> None:
+    async def scenario() -> list[str]:
+        # A port nothing listens on: every call of the batch gets the connection error.
+        connection = RedisConnection("redis://127.0.0.1:1/0?socket_connect_timeout=0.5")
+        try:
+            calls = [connection.run_script("echo", _ECHO, [], [str(i)], f"echo {i}") for i in range(3)]
+            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+            return [type(o).__name__ for o in outcomes]
+        finally:
+            await connection.close()
+
+    assert run(scenario(), 90) == ["BackendUnavailableError"] * 3
