@@ -71,6 +71,7 @@ from support.nats_server import NatsServer, find_nats_server
 from support.redis_server import RedisServer
 
 from distributed_agents import Command, Orchestrator
+from distributed_agents.core.engine import node_task_id
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.plugins import open_backend
 
@@ -315,9 +316,8 @@ async def snapshot(url: str, prefix: str, workflow_ids: list[str]) -> dict[str, 
         pending: dict[str, Any] = {}  # for a stuck workflow: its pending tasks and their results
         for wf, record in records.items():
             if record is not None and record.status not in WorkflowStatus.TERMINAL:
-                run_no = int(record.metadata.get("run", 0))
                 for node in record.frontier.get("next", ()):
-                    task_id = f"{wf}:{run_no}:{record.step}:{node}"
+                    task_id = node_task_id(record, node)  # run, incarnation and step, as the engine names it
                     pending[task_id] = await backend.task_queue.get_result(task_id)
         return {"records": records, "steps": steps, "stats": stats, "all_ids": [r.workflow_id for r in everything],
                 "pending": pending, "children": children}
