@@ -295,6 +295,8 @@ async def plan_update(
     paused on an interrupt), the update stands in for ``as_node``'s output in *that*
     step: the outputs its other tasks kept are merged with it and routed as the step
     would have been, and its tasks still without an output run next (never dropped).
+    A workflow paused at an ``interrupt_before`` breakpoint does not pause there again: the
+    new frontier is marked ``breakpoint_passed``, so ``resume`` runs the step it routes to.
 
     Raises ``ConfigurationError`` for a bad ``values`` or ``as_node``,
     ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` as a step

@@ -1058,7 +1058,10 @@ class Orchestrator:
         The update merges through the graph's reducers in a new checkpoint, and the
         next nodes become those the graph routes after ``as_node`` on the new state
         (``as_node=START``: the entry points); ``resume`` then continues from there.
-        ``as_node`` defaults to the one node that wrote in the last step. A workflow
+        ``as_node`` defaults to the one node that wrote in the last step. After a pause at
+        an ``interrupt_before`` breakpoint the paused step stays next (routed again after the
+        last writer) and ``resume`` runs it without pausing there again, as LangGraph's
+        ``invoke(None)`` does; a node paused in ``interrupt()`` runs again and asks again. A workflow
         that is not running becomes ``pending`` (``completed`` if nothing is left to
         run); a failed one loses its error. Refused with ``ExecutionError`` while an
         orchestrator drives the workflow (its lease is held): cancel it first, or
