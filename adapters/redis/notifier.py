@@ -33,6 +33,20 @@ log = logging.getLogger(__name__)
 _KEYED_MAX = 64
 # How long to wait for the server to confirm a SUBSCRIBE before relying on polling alone.
 _SUBSCRIBE_TIMEOUT = 2.0
+# The reader PINGs after this long without a message, and gives the connection up after as
+# long again without an answer, when the URL sets no health_check_interval.
+_LIVENESS = 30.0
+_PING = "da-notifier-alive"
+
+
+def _liveness(client: Any) -> float:
+    """Seconds of silence before the reader checks its connection: the URL's health_check_interval."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    try:
+        value = float(kwargs.get("health_check_interval") or _LIVENESS)
+    except (TypeError, ValueError):
+        value = _LIVENESS
+    return max(value, 0.1)
 
 
 class Waiter:
@@ -206,14 +220,28 @@ class Notifier:
         """The reader task: the only user of its pub/sub object, which it closes on exit."""
         pause = 0.05
         pubsub: Any = None
+        pinged = False
+        quiet = _liveness(self._connection.client())
         try:
             while True:
                 try:
                     if pubsub is None:
+                        pinged = False
                         pubsub = self._connection.client().pubsub()
                         with redis_errors(self._connection.url, "subscribe to queue events"):
                             await pubsub.subscribe(*sorted(channels))
-                    message = await pubsub.get_message(timeout=None)
+                    message = await pubsub.get_message(timeout=quiet)
+                    if message is None:
+                        # Nothing for a while: ask. A half-open connection (the peer gone, no
+                        # FIN or RST) would otherwise leave this reader waiting for ever.
+                        if pinged:
+                            raise ConnectionError(f"no answer to PING within {quiet:g}s (health_check_interval): "
+                                                  "the pub/sub connection is dead")
+                        with redis_errors(self._connection.url, "check the queue events connection"):
+                            await pubsub.ping(_PING)
+                        pinged = True
+                        continue
+                    pinged = False
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # connection lost: wake everyone to look, then start over
