@@ -39,6 +39,7 @@ from typing import Any
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import acl_refusal, redis_errors
 from distributed_agents.adapters.redis.keys import bus_channel, bus_glob
+from distributed_agents.adapters.redis.notifier import liveness_interval
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, PayloadDecodeError
 from distributed_agents.core.ports.backend import BackendOptions
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 _SUBSCRIBE_TIMEOUT = 5.0
 # Longest read of the reader before it sends the commands handed to it, in seconds.
 _READ_SLICE = 0.05
+_ALIVE = "da-bus-alive"  # the PING the reader sends after health_check_interval seconds of silence
 
 
 class RedisSubscription(BufferedSubscription):
@@ -212,10 +214,29 @@ class RedisMessageBus(MessageBus):
 
     async def _read(self) -> None:
         pause = 0.05
+        loop = asyncio.get_running_loop()
+        quiet = liveness_interval(self._connection.client())
+        heard, pinged = loop.time(), False
         while True:
             try:
                 await self._send_commands()
                 message = await self._pubsub.get_message(timeout=_READ_SLICE)
+                if message is not None:
+                    heard, pinged = loop.time(), False
+                elif loop.time() - heard > quiet:
+                    # Silent for a while: ask, and if no answer comes either, the connection is
+                    # dead (half-open: no FIN or RST ever arrives). Dropping it makes the next
+                    # read connect again, and redis-py re-subscribes the patterns on connect.
+                    if pinged:
+                        log.warning("message bus on %s: no answer to PING within %gs; connecting again",
+                                    self._connection.masked_url, quiet)
+                        connection = self._pubsub.connection
+                        if connection is not None:
+                            await connection.disconnect()
+                        heard, pinged = loop.time(), False
+                    else:
+                        await self._pubsub.ping(_ALIVE)
+                        heard, pinged = loop.time(), True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # lost connection: redis-py reconnects and re-subscribes

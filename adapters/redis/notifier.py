@@ -25,7 +25,7 @@ from typing import Any
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
 
-__all__ = ["Notifier", "Waiter"]
+__all__ = ["Notifier", "Waiter", "liveness_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,14 @@ _LIVENESS = 30.0
 _PING = "da-notifier-alive"
 
 
-def _liveness(client: Any) -> float:
+def liveness_interval(client: Any) -> float:
     """Seconds of silence before the reader checks its connection: the URL's health_check_interval."""
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     try:
         value = float(kwargs.get("health_check_interval") or _LIVENESS)
     except (TypeError, ValueError):
         value = _LIVENESS
-    return max(value, 0.1)
+    return max(value, 0.1)  # the URL option is whole seconds (redis-py parses it as an int)
 
 
 class Waiter:
@@ -221,7 +221,7 @@ class Notifier:
         pause = 0.05
         pubsub: Any = None
         pinged = False
-        quiet = _liveness(self._connection.client())
+        quiet = liveness_interval(self._connection.client())
         try:
             while True:
                 try:
