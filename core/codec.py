@@ -34,7 +34,7 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
-def decode(data: bytes | str) -> Any:
+def decode(data: bytes | bytearray | str) -> Any:
     """Parse JSON bytes; raises ``PayloadDecodeError`` naming the problem if they are not JSON."""
     try:
         if isinstance(data, bytes) and data[:1] in _OBJECT_OR_ARRAY:
