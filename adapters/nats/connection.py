@@ -145,7 +145,7 @@ class NatsSettings:
                 "(1 for one server, 3 for a 3-server cluster; at most the cluster's size, an odd number for a quorum)"
             )
         try:
-            return cls(
+            settings = cls(
                 servers=servers,
                 user=user,
                 password=password,
@@ -168,6 +168,12 @@ class NatsSettings:
             )
         except ValueError as exc:
             raise BackendConfigError(f"invalid NATS option in {mask_url(url)!r}: {exc}") from None
+        if settings.ping_interval <= 0 or settings.max_outstanding_pings < 1:
+            raise BackendConfigError(
+                f"invalid NATS option in {mask_url(url)!r}: ping_interval must be over 0 seconds and "
+                "max_outstanding_pings at least 1 (they bound how long a dead connection goes unnoticed)"
+            )
+        return settings
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (credentials included)."""
