@@ -80,6 +80,12 @@ async def _direct_batch(nc: Any, stream: str, request: dict[str, Any], timeout: 
             headers = msg.headers or {}
             status = headers.get("Status")
             if status:
+                if status == "503":
+                    # No server answers for the stream right now (a restarted server still
+                    # recovering it, a cluster electing its leader): an outage, retried.
+                    raise nats.errors.NoRespondersError(f"direct get on stream {stream}: status 503")
+                if status == "408":
+                    raise nats.errors.TimeoutError
                 if status not in ("204", "404"):
                     raise nats.errors.Error(f"direct get on stream {stream}: status {status} "
                                             f"{headers.get('Description', '')}")
