@@ -450,6 +450,10 @@ def _parser() -> Parser:
                             "not drawn and workflows cannot be resumed from the dashboard; env: $DA_DASHBOARD_GRAPHS, "
                             "comma-separated)")
     board.add_argument("--read-only", action="store_true", help="refuse every action (default: actions allowed)")
+    board.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME", default=None,
+                       help="a Host header name to answer besides 127.0.0.1, localhost, [::1] and --host, e.g. a "
+                            "reverse proxy's name (repeat for several; default: none, so a DNS-rebinding page is "
+                            "refused)")
     board.set_defaults(run=_dashboard, options=DASHBOARD_OPTIONS)
 
     backends = command("backends", "list installed backends (URL scheme, name, description)",
@@ -916,7 +920,8 @@ async def _dashboard(args: argparse.Namespace) -> int:
     orchestrator = cli_client.client_orchestrator(url, _backend_options(args))
     await dashboard.serve(orchestrator, host=DASHBOARD_HOST.resolve(args),
                             port=DASHBOARD_PORT.resolve(args), token=DASHBOARD_TOKEN.resolve(args),
-                            read_only=args.read_only, graphs=graphs, log_level=LOG_LEVEL.resolve(args))
+                            read_only=args.read_only, graphs=graphs, log_level=LOG_LEVEL.resolve(args),
+                            allowed_host=args.allowed_hosts or ())
     return 0
 
 

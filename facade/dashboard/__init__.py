@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from distributed_agents.core.graph import Graph
 from distributed_agents.core.orchestrator import Orchestrator
 
-from .app import create_app
+from .app import allowed_hosts, create_app
 
 __all__ = ["Dashboard", "create_app", "dashboard", "serve"]
 
@@ -88,8 +88,9 @@ class Dashboard:
 
     def __init__(self, orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, read_only: bool = False, graphs: Sequence[Graph] = (),
-                 log_level: str = "warning") -> None:
-        self.app = create_app(orchestrator, token=token, read_only=read_only, graphs=graphs)
+                 log_level: str = "warning", allowed_host: Sequence[str] = ()) -> None:
+        self.app = create_app(orchestrator, token=token, read_only=read_only, graphs=graphs,
+                              hosts=allowed_hosts(host, allowed_host))
         self.server = _Server(_config(self.app, host, port, log_level), self.app, signals=False)
         self.host = host
         self.port = port
@@ -132,21 +133,26 @@ class Dashboard:
 
 
 def dashboard(orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-              read_only: bool = False, graphs: Sequence[Graph] = ()) -> Dashboard:
+              read_only: bool = False, graphs: Sequence[Graph] = (), allowed_host: Sequence[str] = ()) -> Dashboard:
     """A ``Dashboard`` over ``orchestrator`` (not started: ``async with`` it, or ``await start()``).
 
     Works on any backend, including ``memory://`` (the dashboard then shows this
     process's workflows). ``graphs`` adds graphs to draw and resume besides those the
-    orchestrator already ran or registered.
+    orchestrator already ran or registered. Requests must name the dashboard in their Host
+    header as 127.0.0.1, localhost, [::1], ``host`` or one of ``allowed_host`` (a reverse
+    proxy's name); others are refused with 400 (DNS rebinding).
     """
-    return Dashboard(orchestrator, host=host, port=port, token=token, read_only=read_only, graphs=graphs)
+    return Dashboard(orchestrator, host=host, port=port, token=token, read_only=read_only, graphs=graphs,
+                     allowed_host=allowed_host)
 
 
 async def serve(orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-                read_only: bool = False, graphs: Sequence[Graph] = (), log_level: str = "info") -> None:
+                read_only: bool = False, graphs: Sequence[Graph] = (), log_level: str = "info",
+                allowed_host: Sequence[str] = ()) -> None:
     """Serve the dashboard until SIGINT/SIGTERM (the CLI's ``dashboard`` command); closes ``orchestrator``."""
     await orchestrator.connect()  # an unreachable backend is one error line here, not a failed startup's traceback
-    app = create_app(orchestrator, token=token, read_only=read_only, graphs=graphs, own_orchestrator=True)
+    app = create_app(orchestrator, token=token, read_only=read_only, graphs=graphs, own_orchestrator=True,
+                     hosts=allowed_hosts(host, allowed_host))
     server = _Server(_config(app, host, port, log_level), app, signals=True)
     await server.serve()
     if not server.started:

@@ -33,10 +33,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
+                                 StreamingResponse)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distributed_agents.core.errors import ConfigurationError, DistributedAgentsError, WorkflowNotFoundError
 from distributed_agents.core.orchestrator import Orchestrator
@@ -46,7 +50,7 @@ from .hub import CLOSED, EventHub
 from .render import Page
 from .service import PAGE_SIZE, ActionRefused, DashboardService, parse_answer
 
-__all__ = ["create_app"]
+__all__ = ["HostCheck", "allowed_hosts", "create_app"]
 
 log = logging.getLogger("distributed_agents.dashboard")
 
@@ -75,14 +79,63 @@ def _query(request: Request, *names: str) -> dict[str, str]:
     return {n: request.query_params[n] for n in names if request.query_params.get(n)}
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(host: str = "127.0.0.1", extra: Sequence[str] = ()) -> list[str]:
+    """The Host header names the dashboard answers to: loopback names, the address it binds (unless a
+    wildcard such as 0.0.0.0) and ``extra`` (``--allowed-host``, e.g. a reverse proxy's name)."""
+    names = list(LOOPBACK_HOSTS)
+    bound = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    for name in [bound, *extra]:
+        name = name.strip().lower()
+        if name and name not in WILDCARD_BINDS and name not in names:
+            names.append(name)
+    return names
+
+
+class HostCheck:
+    """Refuses (400) a request whose Host header is not an allowed name: a DNS-rebinding page gets
+    nothing. Starlette's ``TrustedHostMiddleware`` decides; this adds a message saying what to do."""
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = list(hosts)
+        self._check = TrustedHostMiddleware(self._accepted, allowed_hosts=self.hosts, www_redirect=False)
+
+    @staticmethod
+    async def _accepted(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["da.host_ok"] = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def discard(message: Any) -> None:
+            return None
+
+        await self._check(scope, receive, discard)
+        if scope.pop("da.host_ok", False):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        message = (f"refused: the Host header {given!r} is not a name this dashboard answers to "
+                   f"({', '.join(self.hosts)}); open it as http://127.0.0.1:PORT, or start it with "
+                   "--allowed-host NAME for a reverse proxy's name (this guards against DNS rebinding)")
+        await PlainTextResponse(message, status_code=400)(scope, receive, send)
+
+
 def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_only: bool = False,
                graphs: Sequence[Any] = (), title: str = "distributed-agents",
-               own_orchestrator: bool = False) -> Starlette:
+               own_orchestrator: bool = False, hosts: Sequence[str] | None = None) -> Starlette:
     """The dashboard over ``orchestrator`` (connected on startup, closed on shutdown if ``own_orchestrator``).
 
     ``token``: required by every action when set. ``read_only``: every action is 403.
     ``graphs``: compiled graphs to draw, resume and fork (the orchestrator's own known
-    graphs count too). The app's ``state.hub`` is the ``EventHub`` (``end_streams`` it
+    graphs count too). ``hosts``: the Host header names accepted (default ``allowed_hosts()``:
+    loopback names only); others get 400. The app's ``state.hub`` is the ``EventHub`` (``end_streams`` it
     before stopping the server, so open event streams end at once).
     """
     if token is not None and not token:
@@ -391,7 +444,8 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
             return JSONResponse({"error": str(exc)}, 400)
         return HTMLResponse(page.message_page("Bad request", str(exc), "/"), status_code=400)
 
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[
+                        Middleware(HostCheck, hosts=list(hosts) if hosts is not None else allowed_hosts())],
                     exception_handlers={WorkflowNotFoundError: not_found, 404: not_found, _BadRequest: bad_request})
     app.state.hub = EventHub(orchestrator.backend.message_bus)
     return app

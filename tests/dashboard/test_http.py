@@ -65,7 +65,7 @@ def client(backend_url: str) -> Iterator[tuple[TestClient, Orchestrator]]:
     options = {} if backend_url == "memory://" else {"prefix": f"dash{uuid.uuid4().hex[:8]}"}
     orchestrator = Orchestrator(backend=backend_url, backend_options=options)
     app = create_app(orchestrator, graphs=[essay, approval, failing], own_orchestrator=True)
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client, orchestrator
 
 
@@ -203,7 +203,8 @@ def test_actions_answer_fork_cancel_requeue_purge(client: tuple[TestClient, Orch
 
 
 def _memory_client(**options: Any) -> TestClient:
-    return TestClient(create_app(Orchestrator(), graphs=[essay], own_orchestrator=True, **options))
+    return TestClient(create_app(Orchestrator(), graphs=[essay], own_orchestrator=True, **options),
+                      base_url="http://127.0.0.1:8080")
 
 
 POSTS = ["/workflows/wf/cancel", "/workflows/wf/resume", "/fork", "/dead-letters/t/requeue", "/dead-letters/t/purge",
@@ -243,7 +244,38 @@ def test_cross_origin_posts_are_refused() -> None:
         foreign = http.post(POSTS[0], headers={**JSON, "Origin": "http://evil.example"})
         assert foreign.status_code == 403 and "another origin" in foreign.json()["message"]
         assert http.post(POSTS[0], headers={**JSON, "Sec-Fetch-Site": "cross-site"}).status_code == 403
-        assert http.post(POSTS[0], headers={**JSON, "Origin": "http://testserver"}).status_code == 404
+        assert http.post(POSTS[0], headers={**JSON, "Origin": "http://127.0.0.1:8080"}).status_code == 404
+
+
+@pytest.mark.parametrize("forged", ["evil.example:8080", "evil.example", "127.0.0.1.evil.example:8080",
+                                    "rebind.attacker.test", "localhost.evil:8080", ""])
+def test_a_forged_host_header_is_refused_before_any_read_or_action(forged: str) -> None:
+    # DNS rebinding: the attacker's name resolves to 127.0.0.1, so the browser sends its own Host.
+    with _memory_client() as http:
+        for method, url in [("GET", "/"), ("GET", "/api/workflows"), ("GET", "/events"), ("POST", POSTS[0]),
+                            ("POST", "/dead-letters/purge")]:
+            answer = http.request(method, url, headers={**JSON, "Host": forged, "Origin": f"http://{forged}"})
+            assert answer.status_code == 400, (method, url, forged)
+            assert "not a name this dashboard answers to" in answer.text and "--allowed-host" in answer.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "LOCALHOST", "127.0.0.1"])
+def test_loopback_host_names_are_answered(host: str) -> None:
+    with _memory_client() as http:
+        assert http.get("/api/workflows", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_host_adds_a_proxy_name_and_the_bound_address_counts() -> None:
+    from distributed_agents.dashboard import allowed_hosts
+
+    assert allowed_hosts("0.0.0.0") == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts("::1") == ["127.0.0.1", "localhost", "[::1]"]
+    hosts = allowed_hosts("10.0.0.5", ["Dash.Example.org"])
+    assert hosts == ["127.0.0.1", "localhost", "[::1]", "10.0.0.5", "dash.example.org"]
+    with _memory_client(hosts=hosts) as http:
+        assert http.get("/api/workflows", headers={"Host": "dash.example.org"}).status_code == 200
+        assert http.get("/api/workflows", headers={"Host": "10.0.0.5:8080"}).status_code == 200
+        assert http.get("/api/workflows", headers={"Host": "other.example.org"}).status_code == 400
 
 
 def test_empty_token_is_a_configuration_error() -> None:

@@ -125,23 +125,46 @@
     });
   }
 
-  if (live && window.EventSource) {
+  function connected() {
+    liveState.textContent = "live";
+    body.dataset.connected = "true";
+  }
+  function disconnected() {
+    liveState.textContent = "reconnecting…";
+    body.dataset.connected = "false";
+  }
+  function onEvent(event) {
+    if (live === "workflow") {
+      logEvent(event);
+      markNode(event);
+      if (event.type === "notice") say(event.message, true);
+    }
+    if (event.type === "registry" && live !== "list") return; // workers/queues changed: list pages only
+    schedule();
+  }
+
+  if (live && window.SharedWorker) {
+    // One event stream for every tab of the dashboard (see events-worker.js): tabs beyond the
+    // browser's 6 connections per host would otherwise never load.
+    var worker = new SharedWorker("/static/events-worker.js", {name: "da-dashboard-events"});
+    worker.port.onmessage = function (message) {
+      var data = message.data;
+      if (data.kind === "open") connected();
+      else if (data.kind === "error") disconnected();
+      else if (data.kind === "event") onEvent(data.event);
+    };
+    worker.port.start();
+    worker.port.postMessage({kind: "hello", workflow: workflow});
+    window.addEventListener("pagehide", function () { worker.port.postMessage({kind: "bye"}); });
+    window.addEventListener("pageshow", function (event) {  // back from the page cache: listen again
+      if (event.persisted) worker.port.postMessage({kind: "hello", workflow: workflow});
+    });
+  } else if (live && window.EventSource) {
     var url = "/events" + (workflow ? "?workflow=" + encodeURIComponent(workflow) : "");
     var source = new EventSource(url);
-    source.onopen = function () {
-      liveState.textContent = "live";
-      body.dataset.connected = "true";
-    };
-    source.onerror = function () { liveState.textContent = "reconnecting…"; };
-    source.onmessage = function (message) {
-      var event = JSON.parse(message.data);
-      if (live === "workflow") {
-        logEvent(event);
-        markNode(event);
-        if (event.type === "notice") say(event.message, true);
-      }
-      schedule();
-    };
+    source.onopen = connected;
+    source.onerror = disconnected;
+    source.onmessage = function (message) { onEvent(JSON.parse(message.data)); };
   } else if (liveState) {
     liveState.textContent = "";
   }
