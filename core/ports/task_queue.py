@@ -186,16 +186,34 @@ class TaskResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
-        """Rebuild a result from ``to_dict`` output."""
-        return cls(
-            task_id=data["task_id"],
-            status=data["status"],
-            output=data.get("output"),
-            error=data.get("error"),
-            attempts=int(data.get("attempts", 0)),
-            worker_id=data.get("worker_id", ""),
-            finished_at=float(data.get("finished_at", 0.0)),
-        )
+        """Rebuild a result from ``to_dict`` output; raises ``ValueError`` naming the bad field.
+
+        Results come back from the backend (a key, a done event anyone on the bus could
+        publish): each field is checked, so a malformed one is refused here instead of
+        failing later, elsewhere, with an unrelated error.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a task result must be a JSON object, got {type(data).__name__}")
+        try:
+            task_id, status = data["task_id"], data["status"]
+            output, error = data.get("output"), data.get("error")
+            worker_id = data.get("worker_id", "")
+            if not isinstance(task_id, str) or not isinstance(worker_id, str):
+                raise ValueError("fields 'task_id' and 'worker_id' must be strings")
+            if status not in ("succeeded", "failed"):
+                raise ValueError(f"field 'status' must be 'succeeded' or 'failed', got {str(status)[:40]!r}")
+            if output is not None and not isinstance(output, dict):
+                raise ValueError("field 'output' must be an object or null")
+            if error is not None and not isinstance(error, str):
+                raise ValueError("field 'error' must be a string or null")
+            # int(): a Lua script may write the count as a string
+            attempts = int(data.get("attempts", 0))
+            return cls(task_id=task_id, status=status, output=output, error=error, attempts=attempts,
+                       worker_id=worker_id, finished_at=float(data.get("finished_at", 0.0)))
+        except KeyError as exc:
+            raise ValueError(f"task result is missing field {exc.args[0]!r}") from None
+        except (TypeError, OverflowError) as exc:
+            raise ValueError(f"task result has an invalid field: {exc}") from None
 
 
 @dataclass(frozen=True)

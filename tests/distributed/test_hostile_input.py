@@ -294,3 +294,32 @@ def test_a_malformed_workflow_record_fails_only_its_workflow_naming_it(kind: str
         await backend_.close()
 
     run(scenario(), timeout=100)
+
+
+# -- task results (a result key, or a done event anyone on the bus may publish) --------
+GOOD_RESULT = {"task_id": "t-1", "status": "succeeded", "output": {"a": 1}, "error": None, "attempts": 1,
+               "worker_id": "w", "finished_at": 1.0}
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(st.sampled_from(sorted(GOOD_RESULT)), JSON | HUGE_NUMBERS.map(lambda b: json.loads(b)))
+def test_a_task_result_decodes_to_a_result_or_a_value_error(field: str, value: Any) -> None:
+    from distributed_agents.core.ports.task_queue import TaskResult
+
+    try:
+        result = TaskResult.from_dict({**GOOD_RESULT, field: value})
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert result.status in ("succeeded", "failed") and isinstance(result.task_id, str)
+    assert result.output is None or isinstance(result.output, dict)
+
+
+@pytest.mark.parametrize(("field", "value"), [("attempts", float("inf")), ("output", "text"), ("status", "done"),
+                                              ("task_id", 7), ("finished_at", 10**400), ("error", {"x": 1})])
+def test_a_malformed_task_result_is_a_value_error_naming_the_field(field: str, value: Any) -> None:
+    # Regression: these were accepted (output "text", status "done") or escaped as OverflowError.
+    from distributed_agents.core.ports.task_queue import TaskResult
+
+    with pytest.raises(ValueError, match="task result|field"):
+        TaskResult.from_dict({**GOOD_RESULT, field: value})
