@@ -72,6 +72,7 @@ __all__ = [
     "WorkflowCancelledError",
     "WorkflowExistsError",
     "WorkflowFailedError",
+    "WorkflowLeaseHeldError",
     "WorkflowNotFoundError",
 ]
 
@@ -235,6 +236,10 @@ class WorkflowFailedError(ExecutionError):
         super().__init__(message)
         self.workflow_id = workflow_id
         self.status = status
+
+
+class WorkflowLeaseHeldError(ExecutionError):
+    """Another orchestrator drives the workflow (holds its lease); ``wait`` for it, or retry once the lease lapses."""
 
 
 class WorkflowNotFoundError(ExecutionError, KeyError):

@@ -46,6 +46,7 @@ from distributed_agents.core.errors import (
     WorkflowCancelledError,
     WorkflowExistsError,
     WorkflowFailedError,
+    WorkflowLeaseHeldError,
     WorkflowNotFoundError,
 )
 from distributed_agents.core.events import EventPublisher
@@ -1367,7 +1368,7 @@ class Orchestrator:
             await asyncio.sleep(min(max(left or 0.0, 0.05), 1.0, max(wait - waited, 0.0) or 0.05))
         held = "" if holder is None else f" by {holder.owner!r}, for another {left:.1f}s"
         after = f" and still was after waiting {wait:.0f}s" if wait > 0 else ""
-        raise ExecutionError(
+        raise WorkflowLeaseHeldError(
             f"{call + ': ' if call else ''}workflow {workflow_id!r} is being driven by another orchestrator: its lease "
             f"is held{held}{after}. If that orchestrator is alive, it renews the lease: wait({workflow_id!r}) "
             f"returns the result (or cancel_workflow({workflow_id!r}) stops it). If its process died, the lease runs "

@@ -62,6 +62,7 @@ from distributed_agents.core.errors import (
     GraphValidationError,
     InvalidNodeOutputError,
     WorkflowExistsError,
+    WorkflowLeaseHeldError,
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import NodeOutcome
@@ -383,6 +384,8 @@ class SubgraphRunner:
 
 def _driven_elsewhere(exc: Exception, child_id: str, orchestrator: Orchestrator) -> bool:
     """Whether ``exc`` says the child is being driven already (its lease held, or a drive of ours still on)."""
+    if isinstance(exc, WorkflowLeaseHeldError):
+        return True
     text = str(exc)
     return isinstance(exc, ExecutionError) and (
         "(its lease is held)" in text or ("already" in text and child_id in orchestrator._running))
