@@ -30,14 +30,23 @@ __all__ = ["all_dead_letters", "find_dead_letters", "known_node_types", "letter_
 DEAD_LETTER_PAGE = 1000
 
 
-def worker_json(info: WorkerInfo, now: float | None = None) -> dict[str, Any]:
-    """A live worker as JSON (see the module docstring); ``now`` in ``time.time()`` seconds."""
+def worker_json(info: WorkerInfo, now: float | None = None, ttl: float | None = None) -> dict[str, Any]:
+    """A live worker as JSON (see the module docstring); ``now`` in ``time.time()`` seconds.
+
+    With the registry's heartbeat ``ttl`` (seconds) it also has ``status``: ``online``,
+    ``late`` (no heartbeat for over half the TTL: workers beat at least twice per TTL, so one
+    was missed) or ``offline`` (none for the whole TTL; the registry drops it soon).
+    """
     now = time.time() if now is None else now
-    return {
+    age = max(0.0, now - info.last_heartbeat)
+    found = {
         "worker_id": info.worker_id, "node_types": sorted(info.node_types), "capacity": info.capacity,
         "in_flight": info.metadata.get("in_flight"), "busy_abandoned": info.metadata.get("busy_abandoned"),
-        "host": info.host, "pid": info.pid, "heartbeat_age": round(max(0.0, now - info.last_heartbeat), 1),
+        "host": info.host, "pid": info.pid, "heartbeat_age": round(age, 1),
     }
+    if ttl is not None:
+        found["status"] = "offline" if age >= ttl else "late" if age > ttl / 2 else "online"
+    return found
 
 
 async def known_node_types(backend: Backend, extra: Iterable[str] = ()) -> list[str]:

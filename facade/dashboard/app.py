@@ -28,6 +28,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -57,6 +58,7 @@ log = logging.getLogger("distributed_agents.dashboard")
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
 MAX_PAGE = 500  # workflows per page at most
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream, so proxies keep it open
+REGISTRY_POLL = 3.0  # seconds between the server's reads of workers and queues (changes are pushed)
 
 
 class Forbidden(Exception):
@@ -129,13 +131,17 @@ class HostCheck:
 
 def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_only: bool = False,
                graphs: Sequence[Any] = (), title: str = "distributed-agents",
-               own_orchestrator: bool = False, hosts: Sequence[str] | None = None) -> Starlette:
+               own_orchestrator: bool = False, hosts: Sequence[str] | None = None,
+               registry_poll: float = REGISTRY_POLL) -> Starlette:
     """The dashboard over ``orchestrator`` (connected on startup, closed on shutdown if ``own_orchestrator``).
 
     ``token``: required by every action when set. ``read_only``: every action is 403.
     ``graphs``: compiled graphs to draw, resume and fork (the orchestrator's own known
     graphs count too). ``hosts``: the Host header names accepted (default ``allowed_hosts()``:
-    loopback names only); others get 400. The app's ``state.hub`` is the ``EventHub`` (``end_streams`` it
+    loopback names only); others get 400. ``registry_poll``: seconds between the server's reads
+    of the worker registry and queue depths; a change is pushed to the pages as a
+    ``{"type": "registry"}`` event (workers going late/offline or dropped, depths moving), so
+    no page polls. The app's ``state.hub`` is the ``EventHub`` (``end_streams`` it
     before stopping the server, so open event streams end at once).
     """
     if token is not None and not token:
@@ -154,13 +160,30 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         hub.bus = orchestrator.backend.message_bus
         await hub.start()
         holder["service"] = DashboardService(orchestrator, hub, graphs)
+        watcher = asyncio.ensure_future(watch_registry(hub))
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
             await holder["service"].close()
             await hub.close()
             if own_orchestrator:
                 await orchestrator.close()
+
+    async def watch_registry(hub: EventHub) -> None:
+        previous: Any = None
+        while True:
+            await asyncio.sleep(registry_poll)
+            try:
+                snapshot = await service().registry_snapshot()
+            except Exception as exc:  # the backend is down for now: the pages say so on their next read
+                log.debug("reading the worker registry failed: %s", exc)
+                continue
+            if previous is not None and snapshot != previous:
+                hub.publish({"type": "registry", "time": time.time()})
+            previous = snapshot
 
     # -- guards -------------------------------------------------------------------------------
 

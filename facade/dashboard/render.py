@@ -331,12 +331,16 @@ class Page:
         rows = "".join(
             f'<tr><td>{esc(w["worker_id"])}</td><td>{esc(", ".join(w["node_types"]))}</td>'
             f'<td class="num">{esc(w["capacity"])}</td><td class="num">{esc(w["in_flight"] if w["in_flight"] is not None else "-")}</td>'
-            f'<td class="num" data-age="{esc(w["heartbeat_age"])}">{esc(w["heartbeat_age"])} s</td><td>{esc(w["host"])}</td><td class="num">{esc(w["pid"])}</td></tr>'
+            f'<td class="num" data-age="{esc(w["heartbeat_age"])}">{esc(w["heartbeat_age"])} s</td>'
+            f'<td><span class="badge status-{esc(w.get("status", "online"))}">{esc(w.get("status", "online"))}</span></td>'
+            f'<td>{esc(w["host"])}</td><td class="num">{esc(w["pid"])}</td></tr>'
             for w in workers)
-        return ('<table class="list"><caption>Workers with a heartbeat within the backend\'s heartbeat TTL; '
-                'the list is read again on each workflow event; heartbeat ages count up in the page</caption><thead><tr><th scope="col">Worker</th>'
+        return ('<table class="list"><caption>Workers with a heartbeat within the backend\'s heartbeat TTL '
+                '(late: a heartbeat was missed; offline: none for the whole TTL, dropped soon); the server '
+                'reads the registry every few seconds and pushes changes</caption><thead><tr><th scope="col">Worker</th>'
                 '<th scope="col">Node types</th><th scope="col">Capacity</th><th scope="col">In flight</th>'
-                '<th scope="col">Heartbeat age</th><th scope="col">Host</th><th scope="col">PID</th></tr></thead>'
+                '<th scope="col">Heartbeat age</th><th scope="col">Status</th><th scope="col">Host</th>'
+                '<th scope="col">PID</th></tr></thead>'
                 f"<tbody>{rows}</tbody></table>")
 
     def queues_page(self, queues: Sequence[Mapping[str, Any]]) -> str:

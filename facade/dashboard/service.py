@@ -192,10 +192,22 @@ class DashboardService:
         return data
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Live workers (``operations.worker_json``), sorted by id."""
+        """Live workers (``operations.worker_json`` with ``status``), sorted by id."""
         now = time.time()
-        infos = await self.backend.worker_registry.list_workers()
-        return [operations.worker_json(info, now) for info in sorted(infos, key=lambda i: i.worker_id)]
+        registry = self.backend.worker_registry
+        infos = await registry.list_workers()
+        ttl = float(getattr(registry, "heartbeat_ttl", 30.0))
+        return [operations.worker_json(info, now, ttl) for info in sorted(infos, key=lambda i: i.worker_id)]
+
+    async def registry_snapshot(self) -> tuple[Any, ...]:
+        """What the workers and queues pages show, minus heartbeat ages (which change every read):
+        equal snapshots mean those pages need no refresh."""
+        workers = tuple((w["worker_id"], tuple(w["node_types"]), w["capacity"], w["in_flight"], w["status"])
+                        for w in await self.workers())
+        types = await operations.known_node_types(self.backend)
+        stats = tuple((s.node_type, s.queued, s.in_flight, s.dead)
+                      for s in await operations.queue_stats(self.backend, types))
+        return workers, stats
 
     async def queues(self, named: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Queue depth per node type: ``named`` ones, and those of live workers, dead letters and the

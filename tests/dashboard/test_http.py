@@ -317,3 +317,48 @@ async def _events_stream(url: str) -> None:
     finally:
         await board.stop()
         await orchestrator.close()
+
+
+def test_the_server_pushes_worker_changes_late_then_dropped_without_any_page_asking() -> None:
+    # A worker that stops beating: the server's own registry reads push "registry" events to the
+    # open pages (nothing polls from the page): it turns late, then the registry drops it.
+    orchestrator = Orchestrator(backend="memory://", backend_options={"heartbeat_ttl": 2.0,
+                                                                       "prefix": f"dash{uuid.uuid4().hex[:8]}"})
+    app = create_app(orchestrator, own_orchestrator=True, registry_poll=0.1)
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        hub = app.state.hub
+        queue = _run(http, lambda: _listen(hub))
+
+        async def next_registry_event() -> dict[str, Any]:
+            while True:
+                event = await asyncio.wait_for(queue.get(), 60)
+                if event["type"] == "registry":
+                    return dict(event)
+
+        _run(http, lambda: orchestrator.backend.worker_registry.register(WorkerInfo(
+            worker_id="w-gone", node_types=frozenset({"draft"}), capacity=1, host="box", pid=7,
+            last_heartbeat=time.time(), metadata={"in_flight": 0})))
+        _run(http, next_registry_event)
+        seen = [w["status"] for w in http.get("/api/workers").json()]
+        assert seen in (["online"], ["late"])
+        if seen == ["online"]:
+            _run(http, next_registry_event)
+            assert [w["status"] for w in http.get("/api/workers").json()] == ["late"]
+            assert "status-late" in http.get("/parts/workers").json()["part-rows"]
+        _run(http, next_registry_event)
+        assert http.get("/api/workers").json() == []
+        assert "No live worker" in http.get("/parts/workers").json()["part-rows"]
+
+
+async def _listen(hub: Any) -> Any:
+    return hub.listen()
+
+
+def test_worker_status_follows_the_heartbeat_ttl() -> None:
+    from distributed_agents.operations import worker_json
+
+    info = WorkerInfo(worker_id="w", node_types=frozenset({"a"}), capacity=1, host="h", pid=1, last_heartbeat=100.0)
+    assert worker_json(info, 104.9, ttl=10)["status"] == "online"
+    assert worker_json(info, 105.1, ttl=10)["status"] == "late"
+    assert worker_json(info, 110.0, ttl=10)["status"] == "offline"
+    assert "status" not in worker_json(info, 110.0)
