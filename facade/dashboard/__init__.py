@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import socket
 import threading
@@ -75,6 +76,27 @@ class _Server(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port``; ``ConfigurationError`` saying what to do if not."""
+    from distributed_agents.core.errors import ConfigurationError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise ConfigurationError(f"the dashboard cannot listen on {host}:{port}: {host!r} does not resolve "
+                                 f"({exc}); pass --host with an address of this machine, e.g. 127.0.0.1") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise ConfigurationError(f"the dashboard cannot listen on {host}:{port}: {reason}; pass another --port "
+                                 "(or stop the program using it)") from None
+    return listener
 
 
 def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
@@ -149,12 +171,20 @@ def dashboard(orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int 
 async def serve(orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
                 read_only: bool = False, graphs: Sequence[Graph] = (), log_level: str = "info",
                 allowed_host: Sequence[str] = ()) -> None:
-    """Serve the dashboard until SIGINT/SIGTERM (the CLI's ``dashboard`` command); closes ``orchestrator``."""
-    await orchestrator.connect()  # an unreachable backend is one error line here, not a failed startup's traceback
+    """Serve the dashboard until SIGINT/SIGTERM (the CLI's ``dashboard`` command); closes ``orchestrator``.
+
+    Raises ``ConfigurationError`` at once (before connecting) when ``host:port`` cannot be bound.
+    """
+    listener = _bind(host, port)  # a port in use is one clear line, before anything else starts
+    try:
+        await orchestrator.connect()  # an unreachable backend is one error line here, not a startup traceback
+    except BaseException:
+        listener.close()
+        raise
     app = create_app(orchestrator, token=token, read_only=read_only, graphs=graphs, own_orchestrator=True,
                      hosts=allowed_hosts(host, allowed_host))
     server = _Server(_config(app, host, port, log_level), app, signals=True)
-    await server.serve()
+    await server.serve(sockets=[listener])
     if not server.started:
         from distributed_agents.core.errors import ConfigurationError
 

@@ -395,7 +395,7 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         text = form.get("answer")
         if text is None:
             return await service().resume(_wid(request)), None
-        answer = parse_answer(str(text))
+        answer = parse_answer(str(text), as_text=bool(form.get("as_text")))
         interrupt_id = form.get("interrupt_id")
         if interrupt_id:
             answer = {str(interrupt_id): answer}

@@ -10,6 +10,7 @@ update share one renderer. Forms work without the script too (POST, then a redir
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import time
 import urllib.parse
@@ -43,6 +44,9 @@ def _seconds(value: Any) -> str:
 
 def _badge(status: Any) -> str:
     return f'<span class="badge status-{esc(status)}">{esc(status)}</span>'
+
+
+_FORM_IDS = itertools.count(1)  # ids of the token fields in action forms (unique within a page)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ class Page:
             return ""
         hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">' for k, v in (fields or {}).items())
         attrs = f' data-confirm="{esc(confirm)}"' if confirm else ""
+        if self.token_required:  # without the page script, the token travels in the form itself
+            field = f"form-token-{next(_FORM_IDS)}"
+            extra += (f'<span class="form-token"><label for="{field}">Token for this action</label>'
+                      f'<input type="password" id="{field}" name="token" autocomplete="current-password"></span>')
         return (f'<form class="action" method="post" action="{esc(url)}"{attrs}>{hidden}{extra}'
                 f'<button type="submit"{" class=danger" if danger else ""}>{esc(label)}</button></form>')
 
@@ -228,7 +236,9 @@ class Page:
                     f"/workflows/{quoted}/resume", "Send answer and resume",
                     fields={"interrupt_id": pause["id"]} if len(pending) > 1 else {},
                     extra=(f'<label for="{field}">Answer (JSON, or plain text)</label>'
-                           f'<textarea id="{field}" name="answer" rows="3" required></textarea>'))
+                           f'<textarea id="{field}" name="answer" rows="3" required></textarea>'
+                           f'<label class="inline"><input type="checkbox" name="as_text" value="1"> '
+                           'Send as plain text (else it must be JSON: "yes", 42, {"ok": true})</label>'))
             items.append(f'<li class="interrupt"><p>Node <strong>{esc(pause["node"])}</strong> ({esc(pause["kind"])}), '
                          f'id <code>{esc(pause["id"])}</code></p>{value}{form}</li>')
         return f'<ul class="interrupts">{"".join(items)}</ul>'

@@ -318,12 +318,21 @@ class DashboardService:
                 pass
 
 
-def parse_answer(text: str) -> Any:
-    """An interrupt answer typed in the page: JSON if it parses, else the text itself."""
+def parse_answer(text: str, as_text: bool = False) -> Any:
+    """An interrupt answer typed in the page: ``text`` itself when ``as_text``, else its JSON value.
+
+    Raises ``ActionRefused`` naming where the JSON is wrong: text that is not JSON is never
+    silently sent as a string (the page's "Send as plain text" box says so explicitly).
+    """
+    if as_text:
+        return text
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    except json.JSONDecodeError as exc:
+        raise ActionRefused(
+            f"the answer is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); write JSON "
+            f"(e.g. \"yes\" with the quotes, 42, {{\"ok\": true}}) or tick 'Send as plain text' to send it as "
+            "it is") from None
 
 
 __all__ += ["WorkflowNotFoundError", "parse_answer"]

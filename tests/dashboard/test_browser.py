@@ -198,6 +198,7 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             expect(page.locator("#part-interrupts")).to_contain_text("publish the piece about moon?")
             expect(page.locator('#part-graph svg g[data-node="ask"]')).to_have_class("node da-node state-interrupted")
             page.get_by_label("Answer (JSON, or plain text)").fill("yes")
+            page.get_by_label("Send as plain text").check()  # "yes" is not JSON: sent as text only when asked
             page.screenshot(path=str(shots / "interrupt.png"), full_page=True)
             send = page.get_by_role("button", name="Send answer and resume")
             send.click()

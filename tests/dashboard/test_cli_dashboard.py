@@ -41,3 +41,15 @@ def test_a_bad_port(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monk
     capsys.readouterr()
     monkeypatch.setenv("DA_DASHBOARD_PORT", "-3")
     assert "DA_DASHBOARD_PORT" in _fails(capsys, "--backend-url", "redis://127.0.0.1:1/0")
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        # the backend URL is unreachable: the port is checked first, so the answer comes at once
+        err = _fails(capsys, "--backend-url", "redis://127.0.0.1:1/0", "--port", str(port))
+    assert f"127.0.0.1:{port}" in err and "already in use" in err and "--port" in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -170,6 +171,10 @@ def test_actions_answer_fork_cancel_requeue_purge(client: tuple[TestClient, Orch
 
     refused = http.post("/workflows/wf-ask/resume", headers=JSON)
     assert refused.status_code == 409 and "answer" in refused.json()["message"]
+    not_json = http.post("/workflows/wf-ask/resume", data={"answer": "yes please"}, headers=JSON)
+    assert not_json.status_code == 409 and "not valid JSON" in not_json.json()["message"]
+    assert "Send as plain text" in not_json.json()["message"]
+    assert http.get("/api/workflows/wf-ask").json()["status"] == "interrupted"  # nothing was sent
     answered = http.post("/workflows/wf-ask/resume", data={"answer": '"yes"'}, headers=JSON)
     assert answered.json() == {"ok": True, "message": "resuming wf-ask with the answer", "location": "/workflows/wf-ask"}
     _wait_status(http, orchestrator, "wf-ask", "completed")
@@ -203,8 +208,11 @@ def test_actions_answer_fork_cancel_requeue_purge(client: tuple[TestClient, Orch
 
 
 def _memory_client(**options: Any) -> TestClient:
-    return TestClient(create_app(Orchestrator(), graphs=[essay], own_orchestrator=True, **options),
-                      base_url="http://127.0.0.1:8080")
+    orchestrator = Orchestrator(backend_options={"prefix": f"dash{uuid.uuid4().hex[:8]}"})
+    client = TestClient(create_app(orchestrator, graphs=[essay, approval], own_orchestrator=True, **options),
+                        base_url="http://127.0.0.1:8080")
+    client.app_state_orchestrator = orchestrator  # type: ignore[attr-defined]
+    return client
 
 
 POSTS = ["/workflows/wf/cancel", "/workflows/wf/resume", "/fork", "/dead-letters/t/requeue", "/dead-letters/t/purge",
@@ -227,6 +235,19 @@ def test_token_is_required_for_every_action_and_compared_exactly() -> None:
         assert http.post(POSTS[0], headers={"cookie": "token=s3cret"}).status_code == 403  # never a cookie
         page = http.get("/").text
         assert 'id="dashboard-token"' in page and 'data-token-required="true"' in page
+
+
+def test_without_javascript_each_action_form_carries_its_token_field_and_plain_text_is_explicit() -> None:
+    with _memory_client(token="s3cret") as http:
+        _run(http, lambda: http.app_state_orchestrator.execute(approval, {"topic": "moon"}, workflow_id="wf-nojs"))
+        page = http.get("/workflows/wf-nojs").text
+        forms = page.count('<form class="action"')
+        assert forms >= 2 and page.count('class="form-token"') == forms  # a token field in every action form
+        assert 'name="as_text"' in page
+        # a plain form post (no script, no header): the token comes from the form; text sent as text
+        sent = http.post("/workflows/wf-nojs/resume", data={"answer": "yes please", "as_text": "1", "token": "s3cret"},
+                         follow_redirects=False)
+        assert sent.status_code == 303 and "resuming" in urllib.parse.unquote_plus(sent.headers["location"])
 
 
 def test_read_only_refuses_every_action_and_shows_none() -> None:

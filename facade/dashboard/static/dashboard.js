@@ -20,6 +20,12 @@
     });
   }
 
+  // With the script, the page's one token field serves every action: hide each form's own field
+  // (it is there for a browser without JavaScript).
+  var hideFormTokens = document.createElement("style");
+  hideFormTokens.textContent = ".form-token { display: none; }";
+  document.head.appendChild(hideFormTokens);
+
   function say(text, isError) {
     var box = document.getElementById("messages");
     if (!box) return;
