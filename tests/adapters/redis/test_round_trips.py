@@ -135,6 +135,23 @@ def test_one_single_node_workflow_costs_five_round_trips_besides_its_events() ->
     assert all(e + b <= 7 for e, b in totals), (totals, runs)
 
 
+async def _parked(meter: redis_asyncio.Redis, prefix: str, count: int, left_ms: int = 2000) -> None:
+    """Wait until ``count`` claimers are parked, each registration live for ``left_ms`` more.
+
+    Observed in Redis (the ``{p}:q:park:*`` hashes and their ``u`` deadline against the
+    server's clock), not by sleeping: on a loaded machine a claimer may not have parked
+    yet, or its registration (renewed every few seconds) may be about to run out, and an
+    enqueue then pushes a wake-up token instead of handing the task over.
+    """
+    while True:
+        seconds, micros = await meter.time()
+        now_ms = seconds * 1000 + micros // 1000
+        ends = [int(await meter.hget(key, "u") or 0) async for key in meter.scan_iter(f"{prefix}:q:park:*")]
+        if len(ends) == count and min(ends) - now_ms >= left_ms:
+            return
+        await asyncio.sleep(0.02)
+
+
 def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
     """Four claimers park waiting; one enqueue hands the task to one of them: no claim at all."""
 
@@ -149,20 +166,17 @@ def test_one_new_task_wakes_one_idle_claimer_not_all() -> None:
         try:
             waits = [asyncio.ensure_future(q.claim(["alpha"], worker_id=f"w{i}", wait=30))
                      for i, q in enumerate(claimers)]
-            for _ in range(200):  # every claimer blocked on the wake-up list
-                if Counter(await _commands(meter))["EVALSHA"] == 4:
-                    break
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.1)
+            await _parked(meter, prefix, 4)  # every claimer registered: the enqueue hands over
             await meter.slowlog_reset()
             await producer.enqueue(Task("t1", "wf", "n", "alpha", {}))
-            done, pending = await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(waits, timeout=30, return_when=asyncio.FIRST_COMPLETED)
             await asyncio.sleep(0.3)  # a herd would show up here: every claimer claiming
             after_one = await _commands(meter)
             got = [len(w.result()) for w in done]
+            await _parked(meter, prefix, 3)
             await meter.slowlog_reset()
             await producer.enqueue_many([Task(f"m{i}", "wf", "n", "alpha", {}) for i in range(3)])
-            rest = await asyncio.wait_for(asyncio.gather(*pending), 10)
+            rest = await asyncio.wait_for(asyncio.gather(*pending), 30)
             got += [len(r) for r in rest]
             await asyncio.sleep(0.3)
             after_three = await _commands(meter)
