@@ -33,6 +33,9 @@ class ScriptBatcher:
         self._client = client  # a callable returning the loop's redis.asyncio.Redis
         self._pending: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
+        # Sends under way: held here so that ``drain`` can wait for them (and so that the
+        # loop, which keeps only weak references to tasks, does not drop one mid-send).
+        self._sending: set[asyncio.Future[None]] = set()
 
     async def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """The reply of ``script`` run with ``keys`` and ``args``, sent with the others of this tick."""
@@ -48,7 +51,21 @@ class ScriptBatcher:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_BATCH):
-            asyncio.ensure_future(self._send_guarded(pending[start:start + MAX_BATCH]))
+            task = asyncio.ensure_future(self._send_guarded(pending[start:start + MAX_BATCH]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        """Send what this tick collected and wait until every send under way has ended.
+
+        The connection calls it before closing its client: a send still running after
+        that would check a connection out of the closed pool (or, the client being gone,
+        open a new one that nobody closes). Callers get their replies or errors as usual.
+        """
+        if self._scheduled:
+            self._flush()  # the call_soon'd flush then finds nothing to do
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _send_guarded(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         """``_send``; whatever it raises reaches every caller still waiting (none is left hanging)."""

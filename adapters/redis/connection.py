@@ -338,15 +338,20 @@ class RedisConnection:
 
     async def close(self) -> None:
         """Close the client and its pool. Idempotent."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._batcher is not None and running is not None and running is self._loop:
+            # Script calls already issued finish on the client they were issued on: a send
+            # left running would otherwise reopen a client (and a socket) after this close.
+            await self._batcher.drain()
+        self._batcher = None
         client, self._client = self._client, None
         loop, self._loop = self._loop, None
         self._scripts.clear()
         if client is None:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         if running is loop:
             with redis_errors(self.url, "close the connection"):
                 await client.aclose()
