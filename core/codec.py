@@ -18,24 +18,73 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from distributed_agents.core.errors import PayloadDecodeError
 
-__all__ = ["decode", "encode", "ensure_json_value", "find_non_json"]
+__all__ = ["decode", "encode", "ensure_json_value", "find_non_json", "on_fresh_stack"]
+
+T = TypeVar("T")
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decoder = json.JSONDecoder()
 _OBJECT_OR_ARRAY = (b"{", b"[")
 
 
+def on_fresh_stack(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` run in a new thread, where the caller's stack depth does not count.
+
+    JSON's C encoder and decoder (and any recursive walk) count each level of nesting
+    against the recursion limit on top of the frames of whoever calls them, so how deep a
+    value may be would depend on how deep in a stack it is handled (a worker's task, a
+    test runner's thread). Callers use this when the plain call ran out of depth, so a
+    value is accepted or refused by its own depth alone. Blocks until ``func`` returns;
+    re-raises what it raised.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, func(*args)))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name="json-fresh-stack", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
+
+
 def encode(value: Any) -> bytes:
-    """Return ``value`` as compact UTF-8 JSON; raises ``TypeError``/``ValueError`` if it cannot be."""
-    return _encoder.encode(value).encode("utf-8")
+    """Return ``value`` as compact UTF-8 JSON; raises ``TypeError``/``ValueError`` if it cannot be.
+
+    How deep ``value`` may be nested does not depend on the caller's stack (see
+    ``on_fresh_stack``); ``RecursionError`` only if it is nested too deeply for JSON.
+    """
+    try:
+        return _encoder.encode(value).encode("utf-8")
+    except RecursionError:
+        return on_fresh_stack(_encoder.encode, value).encode("utf-8")
 
 
 def decode(data: bytes | bytearray | str) -> Any:
-    """Parse JSON bytes; raises ``PayloadDecodeError`` naming the problem if they are not JSON."""
+    """Parse JSON bytes; raises ``PayloadDecodeError`` naming the problem if they are not JSON.
+
+    As deep a value as ``encode`` writes is read back wherever this is called from.
+    """
+    try:
+        return _decode(data)
+    except RecursionError:
+        return on_fresh_stack(_decode, data)
+
+
+def _decode(data: bytes | bytearray | str) -> Any:
     try:
         if isinstance(data, bytes) and data[:1] in _OBJECT_OR_ARRAY:
             # What encode wrote (UTF-8): skip json.loads' detection of UTF-16/32 byte orders.
@@ -71,7 +120,10 @@ def find_non_json(value: Any) -> tuple[str, str] | None:
     no encoding; see the module docstring for the rule.
     """
     try:
-        found = _find(value)
+        try:
+            found = _find(value)
+        except RecursionError:  # perhaps only the caller's stack was deep: the value's own depth decides
+            found = on_fresh_stack(_find, value)
     except RecursionError:
         cycle = _find_cycle(value)
         if cycle is not None:

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from distributed_agents.core.codec import on_fresh_stack
 from distributed_agents.core.errors import ExecutionError
 from distributed_agents.core.ports.state_store import StateStore
 
@@ -70,22 +71,50 @@ def state_digest(state: Mapping[str, Any]) -> str:
 
 def _digest_and_size(state: Mapping[str, Any]) -> tuple[str, int]:
     """``state_digest`` and the size in bytes of the canonical encoding it digests."""
-    canonical = json.dumps(state, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                           allow_nan=False).encode("utf-8")
+    try:
+        text = _canonical(state)
+    except RecursionError:  # the caller's stack was deep, not necessarily the state
+        text = on_fresh_stack(_canonical, state)
+    canonical = text.encode("utf-8")
     return hashlib.blake2b(canonical, digest_size=16).hexdigest(), len(canonical)
 
 
+def _canonical(state: Mapping[str, Any]) -> str:
+    return json.dumps(state, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def copy_json(value: Any) -> Any:
-    """A copy of JSON value ``value``: new dicts and lists at every depth, the same (immutable) leaves."""
+    """A copy of JSON value ``value``: new dicts and lists at every depth, the same (immutable) leaves.
+
+    Iterative: any depth, wherever it is called from (no recursion limit involved).
+    """
     kind = type(value)
-    if kind is dict:
-        return {k: copy_json(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-    if kind is list:
-        return [copy_json(v) if type(v) in _CONTAINERS else v for v in value]
-    return value
+    if kind is not dict and kind is not list:
+        return value
+    top: Any = {} if kind is dict else []
+    # (original container, its copy): each copy is filled from its original; nested
+    # containers get an empty copy at once and are filled when popped.
+    todo: list[tuple[Any, Any]] = [(value, top)]
+    while todo:
+        original, copy = todo.pop()
+        if type(original) is dict:
+            for key, item in original.items():
+                kind = type(item)
+                if kind is dict or kind is list:
+                    inner: Any = {} if kind is dict else []
+                    todo.append((item, inner))
+                    item = inner
+                copy[key] = item
+        else:
+            for item in original:
+                kind = type(item)
+                if kind is dict or kind is list:
+                    inner = {} if kind is dict else []
+                    todo.append((item, inner))
+                    item = inner
+                copy.append(item)
+    return top
 
-
-_CONTAINERS = (dict, list)
 
 
 def state_ref(step: int, state: Mapping[str, Any], encoded_size: int) -> dict[str, Any]:
@@ -132,10 +161,7 @@ class StateCache:
         read propagates (to every task waiting for it; the next call reads again).
         """
         cached = (await self._entry(store, workflow_id, ref))[0]
-        try:
-            state: dict[str, Any] = copy_json(cached)
-        except RecursionError:  # nested about as deep as JSON state may be: the C codec copies it
-            state = json.loads(json.dumps(cached))
+        state: dict[str, Any] = copy_json(cached)
         return state
 
     async def _entry(self, store: StateStore, workflow_id: str, ref: StateRef) -> tuple[dict[str, Any], int]:

@@ -316,3 +316,35 @@ def test_a_state_nested_as_deep_as_state_may_be_is_copied_too() -> None:
         return await nested(60)
 
     assert run(scenario(), 10) == state
+
+
+def _at_depth(frames: int, func: Any) -> Any:
+    """``func()`` called from ``frames`` more Python frames down the stack than here."""
+    return _at_depth(frames - 1, func) if frames else func()
+
+
+@pytest.mark.parametrize("caller_frames", [0, 300, 600])
+def test_how_deep_a_state_may_be_does_not_depend_on_the_callers_stack(caller_frames: int) -> None:
+    """Digest, encode, decode, the JSON check and the task's copy of a state nested as deep
+    as JSON state may be give the same answers from the top of a stack and from deep in one
+    (a worker's task, a test runner's thread)."""
+    from distributed_agents.core.codec import find_non_json
+
+    deep: Any = "leaf"
+    for level in range(880):  # lists and dicts, 880 levels in all
+        deep = {"d": deep} if level % 2 else [deep]
+    state = {"deep": deep}
+    digest, encoded = state_digest(state), encode(state)
+
+    def handle() -> tuple[str, bytes, Any, Any, Any]:
+        copy = copy_json(state)
+        return state_digest(state), encode(state), decode(encoded), find_non_json(state), copy
+
+    got_digest, got_encoded, decoded, problem, copy = _at_depth(caller_frames, handle)
+    assert (got_digest, got_encoded, problem) == (digest, encoded, None)
+    assert decoded == state and copy == state
+    inner_copy, inner_state = copy, state  # the copy shares no container with the state
+    while isinstance(inner_state, (dict, list)):
+        assert inner_copy is not inner_state
+        inner_copy, inner_state = (inner_copy["deep"], inner_state["deep"]) if "deep" in inner_state else \
+            ((inner_copy["d"], inner_state["d"]) if isinstance(inner_state, dict) else (inner_copy[0], inner_state[0]))
