@@ -32,6 +32,9 @@ def test_the_readme_dashboard_block_serves_the_workflow_it_runs() -> None:
             "    await orchestrator.execute(graph, {\"topic\": \"tides\"}, workflow_id=\"wf-readme\")\n"
             "    async with httpx.AsyncClient(base_url=board.url) as http:\n"
             "        seen['page'] = (await http.get('/workflows/wf-readme')).text")
+        waits = '    await asyncio.to_thread(input, "open the URL above; press Enter to stop the dashboard\\n")'
+        assert waits in source  # the example keeps the dashboard up for its reader
+        source = source.replace(waits, "")
         namespace.update(httpx=httpx, seen=seen)
         await run_block(source, namespace)
         await orchestrator.close()
