@@ -87,3 +87,30 @@ def test_an_unreachable_server_fails_each_caller_instead_of_leaving_it_waiting()
             await connection.close()
 
     assert run(scenario(), 90) == ["BackendUnavailableError"] * 3
+
+
+def test_a_call_issued_just_before_close_is_answered_and_leaves_no_client_open() -> None:
+    """Calls issued in the tick of ``close`` (a claim and a shutdown racing) go out on the
+    client being closed and get their replies; nothing opens a new client afterwards
+    (that one's socket would never be closed: an unclosed-socket warning, an error here)."""
+
+    async def scenario(url: str) -> tuple[list[object], object, int]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url, client_name="meter")
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            calls = [asyncio.ensure_future(connection.run_script("echo", _ECHO, [], [str(i)], "echo")) for i in range(3)]
+            await asyncio.sleep(0)  # the calls are issued: waiting for this tick's pipeline
+            await connection.close()
+            replies = await asyncio.gather(*calls, return_exceptions=True)
+            await asyncio.sleep(0.1)  # a send that outlived close would have connected by now
+            clients = [c for c in await meter.client_list() if c.get("name") != "meter"]
+            return [r.decode() if isinstance(r, bytes) else r for r in replies], connection._client, len(clients)
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        replies, client, others = run(scenario(server.url), 60)
+    assert replies == ["0", "1", "2"]
+    assert client is None and others == 0
