@@ -24,6 +24,7 @@ from typing import Any
 __all__ = ["MAX_BATCH", "ScriptBatcher"]
 
 MAX_BATCH = 256  # calls per pipeline: bounds one write and the replies held at once
+DRAIN_GRACE = 5.0  # seconds ``drain`` lets sends under way finish before cancelling them
 
 
 class ScriptBatcher:
@@ -36,6 +37,7 @@ class ScriptBatcher:
         # Sends under way: held here so that ``drain`` can wait for them (and so that the
         # loop, which keeps only weak references to tasks, does not drop one mid-send).
         self._sending: set[asyncio.Future[None]] = set()
+        self._batches: dict[asyncio.Future[None], list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]] = {}
 
     async def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """The reply of ``script`` run with ``keys`` and ``args``, sent with the others of this tick."""
@@ -51,21 +53,41 @@ class ScriptBatcher:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_BATCH):
-            task = asyncio.ensure_future(self._send_guarded(pending[start:start + MAX_BATCH]))
+            batch = pending[start:start + MAX_BATCH]
+            task = asyncio.ensure_future(self._send_guarded(batch))
             self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._batches[task] = batch
+            task.add_done_callback(self._sent)
 
-    async def drain(self) -> None:
+    def _sent(self, task: asyncio.Future[None]) -> None:
+        self._sending.discard(task)
+        self._batches.pop(task, None)
+
+    async def drain(self, grace: float = DRAIN_GRACE) -> None:
         """Send what this tick collected and wait until every send under way has ended.
 
         The connection calls it before closing its client: a send still running after
         that would check a connection out of the closed pool (or, the client being gone,
         open a new one that nobody closes). Callers get their replies or errors as usual.
+        Sends still running after ``grace`` seconds (the server unreachable, redis-py
+        retrying) are cancelled; their callers get a ``ConnectionError``.
         """
         if self._scheduled:
             self._flush()  # the call_soon'd flush then finds nothing to do
-        while self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        if not self._sending:
+            return
+        _, late = await asyncio.wait(set(self._sending), timeout=grace)
+        if not late:
+            return
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        closed = RedisConnectionError("the connection was closed while this call was being sent")
+        for task in late:
+            for _, _, _, future in self._batches.get(task, ()):
+                if not future.done():
+                    future.set_exception(closed)
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     async def _send_guarded(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         """``_send``; whatever it raises reaches every caller still waiting (none is left hanging)."""
