@@ -965,8 +965,24 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``... | head``): stop quietly, as Unix tools do.
+
+    Points stdout at /dev/null so the interpreter's final flush cannot raise again (the
+    pattern the Python docs recommend for SIGPIPE) and returns 141, the status of a
+    process ended by SIGPIPE (128 + 13), which a shell pipeline ignores unless pipefail.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (embedded, tests): nothing to flush
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
+    """Entry point; returns the process exit status (0 ok, 1 failure, 2 bad input, 130 interrupted,
+    141 stdout closed by its reader)."""
     arguments = _help_last(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args, unknown = parser.parse_known_args(arguments)
@@ -979,7 +995,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option in args.options:
             option.resolve(args)  # every environment value this command uses is checked up front
         status: int = asyncio.run(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except USAGE_ERRORS as exc:
         return _fail(str(exc), 2)
     except DistributedAgentsError as exc:

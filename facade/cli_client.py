@@ -58,6 +58,23 @@ def parse_json_value(flag: str, text: str) -> Any:
             f"e.g. {flag} '{{\"topic\": \"tides\"}}'") from None
 
 
+def parse_input_state(text: str | None) -> dict[str, Any]:
+    """``--input`` as the initial state: a JSON object; ``{}`` when not given.
+
+    Raises ``ConfigurationError`` (exit status 2) for text that is not JSON or is JSON
+    but not an object (a list, a string, a number, ``null``): a state maps keys to values.
+    """
+    if text is None:
+        return {}
+    value = parse_json_value("--input", text)
+    if not isinstance(value, dict):
+        kind = ("null" if value is None else "a boolean" if isinstance(value, bool) else "an array"
+                if isinstance(value, list) else "a string" if isinstance(value, str) else "a number")
+        raise ConfigurationError(
+            f"--input must be a JSON object (the initial state, keys to values), not {kind} ({text!r}); e.g. --input '{{\"topic\": \"tides\"}}'")
+    return value
+
+
 def _is_memory(url: str) -> bool:
     return url.partition("://")[0].lower() == "memory"
 
@@ -195,7 +212,7 @@ def _split_chunk(item: Any) -> tuple[list[str], str, Any]:
 async def run_command(args: argparse.Namespace, url: str, options: Mapping[str, Any]) -> int:
     """``run MODULE:GRAPH --input JSON``: run it to its end (or pause), print the final state."""
     graph = load_graph(args.graph)
-    initial = parse_json_value("--input", args.input) if args.input is not None else {}
+    initial = parse_input_state(args.input)
     modes = ["debug"] + [m for m in args.stream_mode if m != "debug"] if args.stream else ["debug"]
     workflow_id = args.workflow_id or new_workflow_id()
     orchestrator = _orchestrator(url, options, args.local_nodes)
@@ -239,7 +256,7 @@ async def submit_command(args: argparse.Namespace, url: str, options: Mapping[st
             f"vanish when it exits; use '{PROG} run' there, or pass a shared backend (redis://HOST:6379/0, "
             "nats://HOST:4222)")
     graph = load_graph(args.graph)
-    initial = parse_json_value("--input", args.input) if args.input is not None else {}
+    initial = parse_input_state(args.input)
     orchestrator = _orchestrator(url, options, lease_ttl=SUBMIT_LEASE_TTL)
     try:
         workflow_id = await orchestrator.submit(graph, initial, workflow_id=args.workflow_id)
@@ -258,6 +275,10 @@ def _status_text(data: Mapping[str, Any]) -> str:
         lines.append(f"interrupt: {pause['id']} at {pause['node']} ({pause['kind']}): {json.dumps(pause['value'])}")
     if data["error"]:
         lines.append(f"error:     {data['error'].get('summary', data['error'])}")
+        trace = data["error"].get("traceback") if isinstance(data["error"], Mapping) else None
+        if trace:  # the README promises it here: the failing node's traceback, indented under its summary
+            lines.append("traceback:")
+            lines += [f"  {line}" for line in str(trace).rstrip("\n").splitlines()]
     lines += [f"created:   {_when(data['created_at'])}", f"updated:   {_when(data['updated_at'])}"]
     return "\n".join(lines)
 

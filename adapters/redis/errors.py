@@ -8,7 +8,10 @@ is the one place where redis-py exceptions become the project's own:
   retries with backoff gave up) -> ``BackendUnavailableError`` naming the URL with its
   password masked;
 * ``redis.AuthenticationError`` and other ``redis.RedisError`` -> ``BackendError``;
-* ``OSError`` from the socket layer -> ``BackendUnavailableError``.
+* ``OSError`` from the socket layer -> ``BackendUnavailableError``;
+* ``redis.InvalidResponse`` (what came back is not the Redis protocol: the URL points at
+  another kind of server, e.g. NATS) -> ``BackendConfigError``, one line without the
+  server's raw greeting.
 
 The original exception is always chained (``raise ... from exc``).
 """
@@ -19,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from distributed_agents.core.errors import BackendError, BackendUnavailableError, MissingExtraError
+from distributed_agents.core.errors import BackendConfigError, BackendError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.redaction import redact_url
 
 __all__ = ["INSTALL_HINT", "acl_refusal", "load_redis", "mask_url", "redis_errors"]
@@ -88,6 +91,8 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
             f"Redis at {where} refused to {action}: this user lacks the permission ({exc}); give it the keys, "
             "channels and commands of this prefix (docs/security.md has the ACL rule), or check the prefix"
         )
+    if isinstance(exc, rexc.InvalidResponse):
+        return _not_redis(exc, url)
     if isinstance(exc, rexc.NoScriptError):
         # redis-py reloads a missing script once; missing again means the server lost its
         # script cache in between (it restarted): an outage that a retry rides out.
@@ -97,3 +102,22 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
     if isinstance(exc, rexc.RedisError):
         return BackendError(f"Redis at {where} failed to {action}: {type(exc).__name__}: {exc}")
     return None
+
+
+def _not_redis(exc: Exception, url: str) -> BackendConfigError:
+    """The server at ``url`` spoke something other than the Redis protocol: say so in one line.
+
+    Its reply is not quoted (a NATS server's greeting is a long JSON blob of server
+    details); only what kind of server it looks like.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    address = parts.path if parts.scheme.lower() == "unix" else f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    if "INFO {" in str(exc):  # every NATS server greets a new connection with INFO {json}
+        return BackendConfigError(
+            f"the server at {address} ({mask_url(url)}) did not answer as Redis: it greets like a NATS server; "
+            f"use nats://{address} for it, or point the redis:// URL at the Redis server's port")
+    return BackendConfigError(
+        f"the server at {address} ({mask_url(url)}) did not answer as Redis (its reply is not the Redis protocol); "
+        "check the URL's host and port: is another kind of server (NATS, HTTP) listening there?")
