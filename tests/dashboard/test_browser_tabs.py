@@ -35,6 +35,16 @@ def ask(state: State) -> dict[str, Any]:
     return {"answer": interrupt({"question": "publish?"})}
 
 
+def sprawl(state: State) -> dict[str, Any]:
+    return {"blob": "x" * 5000, "k" * 300: list(range(2000)), "text": "word " * 3000}
+
+
+def crash(state: State) -> dict[str, Any]:
+    raise ValueError("unreachable:" + "/segment" * 400)
+
+
+wide = Graph("wide").add_node("sprawl", sprawl).set_entry_point("sprawl").set_finish_point("sprawl").compile()
+failing = Graph("failing").add_node("crash", crash).set_entry_point("crash").set_finish_point("crash").compile()
 essay = Graph("essay").add_node("draft", draft).set_entry_point("draft").set_finish_point("draft").compile()
 approval = (Graph("approval").add_node("draft", draft).add_node("ask", ask).set_entry_point("draft")
             .add_edge("draft", "ask").set_finish_point("ask").compile())
@@ -48,7 +58,7 @@ class Embedded:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.orchestrator = Orchestrator()
-        self.board = dashboard(self.orchestrator, port=0, token=TOKEN, graphs=[essay, approval])
+        self.board = dashboard(self.orchestrator, port=0, token=TOKEN, graphs=[essay, approval, wide, failing])
         self.call(self.board.start())
 
     def call(self, coro: Any) -> Any:
@@ -113,5 +123,34 @@ def test_eight_tabs_all_load_go_live_get_updates_and_act(embedded: Embedded) -> 
             assert status == 200
             for page in pages[:-1]:
                 expect(page.locator(f'tr[data-workflow="{paused}"] .badge')).to_have_text("cancelled")
+        finally:
+            browser.close()
+
+
+def test_no_page_scrolls_sideways_with_long_values_at_1366_and_1024_px(embedded: Embedded) -> None:
+    from playwright.sync_api import sync_playwright
+
+    suffix = uuid.uuid4().hex[:6]
+    long_id = f"wide-{'y' * 180}-{suffix}"
+    embedded.call(embedded.orchestrator.execute(wide, {"topic": "t" * 3000}, workflow_id=long_id))
+    failed = f"failing-{suffix}"
+    with pytest.raises(Exception, match="unreachable"):
+        embedded.call(embedded.orchestrator.execute(failing, {"topic": "x"}, workflow_id=failed))
+    paths = ["/", "/workers", "/queues", "/dead-letters", f"/workflows/{long_id}?step=1", f"/workflows/{failed}"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            too_wide = []
+            for width, height in ((1366, 768), (1024, 700)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.set_default_timeout(WAIT_MS)
+                for path in paths:
+                    page.goto(embedded.board.url + path)
+                    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+                    scroll = page.evaluate("document.documentElement.scrollWidth")
+                    if scroll > width:
+                        too_wide.append((width, path[:40], scroll))
+                page.close()
+            assert too_wide == []
         finally:
             browser.close()
