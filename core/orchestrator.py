@@ -1272,10 +1272,19 @@ class Orchestrator:
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
             if changes or metadata != dict(record.metadata):
-                record = await self.backend.state_store.save(
-                    record.evolve(metadata=metadata, **changes),
-                    expected_version=record.version, fencing_token=lease.fencing_token,
-                )
+                try:
+                    record = await self.backend.state_store.save(
+                        record.evolve(metadata=metadata, **changes),
+                        expected_version=record.version, fencing_token=lease.fencing_token,
+                    )
+                except (FencingTokenRejectedError, LeaseLostError, VersionConflictError) as exc:
+                    # Our lease ran out before the write (a slow process, lease_ttl short)
+                    # and another orchestrator took the workflow over: nothing was written.
+                    raise WorkflowLeaseHeldError(
+                        f"resume({workflow_id!r}): another orchestrator took the workflow over while it was being "
+                        f"resumed (this one's lease, lease_ttl={self.lease_ttl:g}s, ran out first: {exc}); nothing "
+                        "was changed: call resume() again (it waits for that orchestrator's lease), or wait() for it"
+                    ) from exc
         except BaseException:
             await self._release(lease)
             raise
