@@ -43,8 +43,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from distributed_agents.core.errors import ConfigurationError, DistributedAgentsError, WorkflowNotFoundError
+from distributed_agents.core.errors import (BackendUnavailableError, ConfigurationError, DistributedAgentsError,
+                                            WorkflowNotFoundError)
 from distributed_agents.core.orchestrator import Orchestrator
+from distributed_agents.core.redaction import redact_text, redact_url
 
 from . import graph_svg
 from .hub import CLOSED, EventHub
@@ -129,6 +131,57 @@ class HostCheck:
         await PlainTextResponse(message, status_code=400)(scope, receive, send)
 
 
+def backend_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the backend cannot be reached (down, refused, timed out), not a bug."""
+    if isinstance(error, (BackendUnavailableError, ConnectionError, TimeoutError, asyncio.TimeoutError, OSError)):
+        return True
+    # redis-py and nats-py raise their own connection errors (not ConnectionError subclasses)
+    return any(kind.__module__.split(".")[0] in ("redis", "nats") and
+               any(word in kind.__name__ for word in ("Connection", "Timeout", "NoServers", "Closed"))
+               for kind in type(error).__mro__)
+
+
+class BackendDown:
+    """Answers 503 with what is unreachable and what to do when a request fails because the backend
+    is down: an HTML page for a page, JSON ``{"error", "backend"}`` for the API and page parts."""
+
+    def __init__(self, app: ASGIApp, backend_url: str, page: Page) -> None:
+        self.app = app
+        self.backend_url = backend_url
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:
+            if started or not backend_unreachable(exc):
+                raise
+            log.warning("the backend %s is unreachable: %s", self.backend_url, exc)
+            message = (f"the backend {self.backend_url} is unreachable ({type(exc).__name__}: "
+                       f"{redact_text(str(exc)).splitlines()[0] if str(exc) else 'no answer'}); check that the "
+                       "server runs and this machine reaches it, then reload this page (the dashboard keeps running)")
+            path = str(scope.get("path", ""))
+            response: Response
+            if path.startswith(("/api/", "/parts/")) or path.endswith("/parts") or \
+                    b"application/json" in dict(scope.get("headers") or []).get(b"accept", b""):
+                response = JSONResponse({"error": message, "backend": self.backend_url}, status_code=503)
+            else:
+                response = HTMLResponse(self.page.message_page("Backend unreachable", message, path or "/"),
+                                        status_code=503)
+            await response(scope, receive, send)
+
+
 def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_only: bool = False,
                graphs: Sequence[Any] = (), title: str = "distributed-agents",
                own_orchestrator: bool = False, hosts: Sequence[str] | None = None,
@@ -178,10 +231,16 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
             await asyncio.sleep(registry_poll)
             try:
                 snapshot = await service().registry_snapshot()
-            except Exception as exc:  # the backend is down for now: the pages say so on their next read
+            except Exception as exc:  # the backend is down for now: tell the open pages once
                 log.debug("reading the worker registry failed: %s", exc)
+                if previous != "down":
+                    hub.publish({"type": "backend", "ok": False, "time": time.time(),
+                                 "message": f"the backend {redact_url(str(orchestrator.backend.url))} is unreachable"})
+                previous = "down"
                 continue
-            if previous is not None and snapshot != previous:
+            if previous == "down":
+                hub.publish({"type": "backend", "ok": True, "time": time.time(), "message": "the backend answers again"})
+            elif previous is not None and snapshot != previous:
                 hub.publish({"type": "registry", "time": time.time()})
             previous = snapshot
 
@@ -468,7 +527,8 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return HTMLResponse(page.message_page("Bad request", str(exc), "/"), status_code=400)
 
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[
-                        Middleware(HostCheck, hosts=list(hosts) if hosts is not None else allowed_hosts())],
+                        Middleware(HostCheck, hosts=list(hosts) if hosts is not None else allowed_hosts()),
+                        Middleware(BackendDown, backend_url=redact_url(str(orchestrator.backend.url)), page=page)],
                     exception_handlers={WorkflowNotFoundError: not_found, 404: not_found, _BadRequest: bad_request})
     app.state.hub = EventHub(orchestrator.backend.message_bus)
     return app

@@ -383,3 +383,38 @@ def test_worker_status_follows_the_heartbeat_ttl() -> None:
     assert worker_json(info, 105.1, ttl=10)["status"] == "late"
     assert worker_json(info, 110.0, ttl=10)["status"] == "offline"
     assert "status" not in worker_json(info, 110.0)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_backend_down_pages_say_what_is_unreachable_with_503_and_the_pages_are_told() -> None:
+    from support.redis_server import RedisServer
+
+    with RedisServer(password="hunter2") as server:
+        orchestrator = Orchestrator(backend=server.url, backend_options={"prefix": f"dash{uuid.uuid4().hex[:8]}"})
+        app = create_app(orchestrator, own_orchestrator=True, registry_poll=0.1)
+        with TestClient(app, base_url="http://127.0.0.1") as http:
+            assert http.get("/").status_code == 200
+            queue = _run(http, lambda: _listen(app.state.hub))
+            server.stop(kill=True)
+            for path in ("/", "/workers", "/dead-letters", "/workflows/wf-x"):
+                page = http.get(path)
+                assert page.status_code == 503, (path, page.status_code)
+                assert "Backend unreachable" in page.text and "is unreachable" in page.text
+                assert "hunter2" not in page.text and f"127.0.0.1:{server.port}" in page.text  # redacted URL
+            for path in ("/api/workflows", "/parts/workers", "/api/workers"):
+                answer = http.get(path)
+                assert answer.status_code == 503 and "is unreachable" in answer.json()["error"], path
+                assert "hunter2" not in answer.text
+
+            async def backend_event() -> dict[str, Any]:
+                while True:
+                    event = await asyncio.wait_for(queue.get(), 60)
+                    if event["type"] == "backend":
+                        return dict(event)
+
+            down = _run(http, backend_event)
+            assert down["ok"] is False and "unreachable" in down["message"] and "hunter2" not in down["message"]
+            server.start()
+            assert _run(http, backend_event)["ok"] is True
+            assert http.get("/api/workflows").status_code == 200

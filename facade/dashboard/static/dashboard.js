@@ -78,6 +78,12 @@
     var url = currentPartsUrl();
     if (!url) return Promise.resolve();
     return fetch(url, {headers: {Accept: "application/json"}}).then(function (response) {
+      if (response.status === 503) {
+        return response.json().then(function (answer) {
+          if (liveState) backendDown(answer.error);
+          throw new Error(answer.error);
+        });
+      }
       if (!response.ok) throw new Error("refresh failed: " + response.status);
       return response.json();
     }).then(function (parts) {
@@ -135,6 +141,12 @@
     liveState.textContent = "live";
     body.dataset.connected = "true";
   }
+  function backendDown(message) {
+    if (!liveState) return;
+    liveState.textContent = "disconnected: backend unreachable";
+    liveState.title = message || "";
+    body.dataset.connected = "false";
+  }
   function disconnected() {
     liveState.textContent = "reconnecting…";
     body.dataset.connected = "false";
@@ -144,6 +156,10 @@
       logEvent(event);
       markNode(event);
       if (event.type === "notice") say(event.message, true);
+    }
+    if (event.type === "backend") { // the server lost (or found again) its backend
+      if (event.ok) connected(); else backendDown(event.message);
+      say(event.message, !event.ok);
     }
     if (event.type === "registry" && live !== "list") return; // workers/queues changed: list pages only
     schedule();
