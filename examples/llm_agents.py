@@ -66,6 +66,8 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from distributed_agents import END, START, Command, Graph, MessagesState, Orchestrator, interrupt
+from distributed_agents.core.errors import ExecutionError
+from distributed_agents.core.redaction import redact_url
 
 # The HTTP client logs every request at INFO; the workers' logs keep to the workflow.
 for _name in ("httpx", "httpx2"):
@@ -196,8 +198,15 @@ async def chat(messages: list[Mapping[str, Any]], *, agent: str, context: Any = 
     calls: dict[int, dict[str, Any]] = {}
     async with openai.AsyncOpenAI(base_url=settings["base_url"], api_key=settings["api_key"],
                                   max_retries=settings["max_retries"], timeout=120.0) as client:
-        stream = await client.chat.completions.create(
-            model=settings["model"], messages=[_for_api(m) for m in messages], stream=True, **options)
+        try:
+            stream = await client.chat.completions.create(
+                model=settings["model"], messages=[_for_api(m) for m in messages], stream=True, **options)
+        except openai.APIConnectionError as exc:  # and APITimeoutError: the endpoint is not there
+            # One line naming the endpoint (never the key); the client's own message is only "Connection error."
+            raise ConnectionError(
+                f"cannot reach the chat-completions endpoint {redact_url(settings['base_url'])} (OPENAI_BASE_URL) "
+                f"after {settings['max_retries']} retries ({type(exc).__name__}: {exc}); check that the server is "
+                "running there, or set OPENAI_BASE_URL to one that is") from None
         async for chunk in stream:
             if not chunk.choices:
                 continue
@@ -463,6 +472,8 @@ def main() -> None:
         if "OPENAI_API_KEY" in str(exc) or "pip install" in str(exc):
             sys.exit(f"error: {exc}")
         raise
+    except ExecutionError as exc:  # a node failed (the endpoint unreachable, say): its message, not the engine's stack
+        sys.exit(f"error: {str(exc).splitlines()[0]}")
 
 
 if __name__ == "__main__":
