@@ -50,16 +50,30 @@ def url_of(server: NatsServer, tenant: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(url: str, prefix: str) -> AsyncIterator[None]:
+async def serving(url: str, prefix: str) -> AsyncIterator[asyncio.Future[None]]:
+    """A worker serving ``security_app`` while the block runs; yields the task running it."""
     worker = Worker(backend=url, backend_options={"prefix": prefix}, registry=security_app.registry,
                     poll_wait=0.1, heartbeat_interval=0.5)
     task = asyncio.ensure_future(worker.start())
     try:
-        yield
+        yield task
     finally:
         await worker.stop(grace=1)
         with contextlib.suppress(Exception):
             await task
+
+
+async def registered(orchestrator: Orchestrator, worker: asyncio.Future[None]) -> None:
+    """Return once the worker ``serving`` runs is in ``orchestrator``'s registry.
+
+    An orchestrator that does not wait for workers fails at once when none is live, and on
+    a loaded machine the worker may not have registered yet when the block starts.
+    """
+    while not await orchestrator.backend.worker_registry.list_workers("greet"):
+        if worker.done():  # it stopped (its error raised here): it will never register
+            worker.result()
+            raise AssertionError("the worker stopped before it registered")
+        await asyncio.sleep(0.05)
 
 
 def assert_permission_error(error: BaseException) -> None:
@@ -105,8 +119,9 @@ def test_a_tenant_cannot_reach_another_tenants_tasks_and_both_still_run(server: 
             final = await asyncio.wait_for(orchestrator.wait(workflow_id), 60)
         await orchestrator.close()
         assert final["greeting"] == "HELLO ALICE"
-        async with serving(url_b, "tb"), \
+        async with serving(url_b, "tb") as worker_b, \
                 Orchestrator(backend=url_b, backend_options={"prefix": "tb"}, worker_timeout=30) as other:
+            await registered(other, worker_b)
             state = await asyncio.wait_for(other.execute(security_app.graph, {"name": "bob"}), 60)
         assert state["greeting"] == "HELLO BOB"
 
@@ -165,11 +180,14 @@ def test_tenants_in_separate_accounts_share_nothing_even_on_the_same_prefix(
                          worker_timeout=60)
         workflow_id = await a.submit(security_app.graph, {"name": "alice"})
         # B, same prefix, its own account: sees none of A's workflows, and its worker runs only B's.
-        async with serving(url_b, "shared"), \
+        async with serving(url_b, "shared") as worker_b, \
                 Orchestrator(backend=url_b, backend_options={"prefix": "shared"}, worker_timeout=30) as b:
             assert await b.list_workflows() == []
             with pytest.raises(WorkflowNotFoundError):
                 await b.get_workflow_status(workflow_id)
+            # B's worker is registered before B executes (on a loaded machine it may not be yet,
+            # and an orchestrator that does not wait for workers then fails at once).
+            await registered(b, worker_b)
             state = await asyncio.wait_for(b.execute(security_app.graph, {"name": "bob"}), 60)
             assert state["greeting"] == "HELLO BOB"
         assert (await a.get_workflow_status(workflow_id)).status != "completed"  # B's worker never got its task
