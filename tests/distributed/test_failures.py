@@ -202,12 +202,16 @@ def test_cancel_reaches_a_task_running_in_another_process(shared_url: str, tmp_p
             with pytest.raises(WorkflowCancelledError):
                 await running
             queue = orchestrator.backend.task_queue
-            for _ in range(100):  # the worker cancels the node and records why
+            # The worker cancels the node, records why and lets the task go. On NATS those are
+            # separate writes (record, dead letter, claim index, ack: no transaction), so the
+            # letter may be visible while the task still counts as in flight: wait for the end
+            # state, not for its first sign (a task that never leaves ends in the timeout).
+            while True:
                 letters = await queue.dead_letters("slow")
-                if letters:
+                stats = await queue.stats("slow")
+                if letters and (stats.queued, stats.in_flight) == (0, 0):
                     break
                 await asyncio.sleep(0.05)
-            stats = await queue.stats("slow")
             status = await orchestrator.get_workflow_status(f"{prefix}-1")
             await orchestrator.close()
             return letters, stats, status
