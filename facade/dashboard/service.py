@@ -179,6 +179,12 @@ class DashboardService:
         None if the workflow has no checkpoint of that step."""
         snapshots = await self.orchestrator.get_state_history(workflow_id, limit=HISTORY_LIMIT)
         by_step = {s.step: s for s in snapshots}
+        if step is not None and step not in by_step and step >= 0:
+            # older than the newest HISTORY_LIMIT: read that checkpoint and the one before it
+            older = await self.orchestrator.get_state_history(workflow_id, limit=2, before=step + 1)
+            if older and older[0].step == step:
+                snapshots = older
+                by_step = {s.step: s for s in older}
         chosen = snapshots[0] if step is None and snapshots else by_step.get(step) if step is not None else None
         if chosen is None:
             return None

@@ -418,3 +418,24 @@ def test_backend_down_pages_say_what_is_unreachable_with_503_and_the_pages_are_t
             server.start()
             assert _run(http, backend_event)["ok"] is True
             assert http.get("/api/workflows").status_code == 200
+
+
+
+def count(state: State) -> dict[str, Any]:
+    return {"n": state.get("n", 0) + 1}
+
+
+looping = (Graph("looping").add_node("count", count).set_entry_point("count")
+           .add_conditional_edges("count", lambda s: "count" if s["n"] < 230 else "__end__").compile())
+
+
+def test_a_step_older_than_the_newest_200_checkpoints_is_shown_with_its_diff() -> None:
+    with _memory_client() as http:
+        orchestrator = http.app_state_orchestrator  # type: ignore[attr-defined]
+        _run(http, lambda: orchestrator.execute(looping, {}, workflow_id="wf-long", step_limit=300))
+        state = http.get("/api/workflows/wf-long/state?step=5").json()
+        assert state["step"] == 5 and state["values"]["n"] == 5 and state["previous_step"] == 4
+        assert state["diff"] == [{"key": "n", "change": "changed", "before": 4, "after": 5}]
+        page = http.get("/workflows/wf-long?step=5")
+        assert page.status_code == 200 and "Changes since step 4" in page.text
+        assert http.get("/api/workflows/wf-long/state?step=9999").status_code == 404
