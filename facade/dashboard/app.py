@@ -59,6 +59,7 @@ log = logging.getLogger("distributed_agents.dashboard")
 
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
 MAX_PAGE = 500  # workflows per page at most
+LETTERS_PER_PAGE = 100  # dead letters per page
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream, so proxies keep it open
 REGISTRY_POLL = 3.0  # seconds between the server's reads of workers and queues (changes are pushed)
 
@@ -369,14 +370,19 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         rows = page.queue_rows(await service().queues(_named_types(request)))
         return JSONResponse({"part-rows": page.rows_section("Queue depth per node type", rows)})
 
+    def _offset(request: Request) -> int:
+        text = request.query_params.get("offset", "")
+        return int(text) if text.isdigit() else 0
+
     async def letters_page(request: Request) -> Response:
         node_type = request.query_params.get("node_type", "")
-        letters = await service().dead_letters(node_type)
-        return HTMLResponse(page.dead_letters_page(letters, node_type, request.query_params.get("notice", "")))
+        data = await service().dead_letter_page(node_type, LETTERS_PER_PAGE, _offset(request))
+        return HTMLResponse(page.dead_letters_page(data, node_type, request.query_params.get("notice", "")))
 
     async def letters_part(request: Request) -> Response:
-        letters = await service().dead_letters(request.query_params.get("node_type", ""))
-        return JSONResponse({"part-rows": page.rows_section("Dead letters", page.letter_rows(letters))})
+        node_type = request.query_params.get("node_type", "")
+        data = await service().dead_letter_page(node_type, LETTERS_PER_PAGE, _offset(request))
+        return JSONResponse({"part-rows": page.rows_section("Dead letters", page.letters_content(data, node_type))})
 
     async def letter_page(request: Request) -> Response:
         letter = await service().dead_letter(str(request.path_params["task_id"]))
@@ -410,7 +416,10 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return JSONResponse(await service().queues(_named_types(request)))
 
     async def api_letters(request: Request) -> Response:
-        return JSONResponse(await service().dead_letters(request.query_params.get("node_type", "")))
+        limit_text = request.query_params.get("limit", "")
+        limit = min(int(limit_text), MAX_PAGE) if limit_text.isdigit() and int(limit_text) > 0 else LETTERS_PER_PAGE
+        return JSONResponse(await service().dead_letters(request.query_params.get("node_type", ""), limit,
+                                                         _offset(request)))
 
     async def api_letter(request: Request) -> Response:
         letter = await service().dead_letter(str(request.path_params["task_id"]))
@@ -474,6 +483,9 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return await service().purge([str(request.path_params["task_id"])]), "/dead-letters"
 
     async def do_purge_all(request: Request, form: Mapping[str, Any]) -> tuple[str, str | None]:
+        listed = [t.strip() for t in str(form.get("task_ids") or "").splitlines() if t.strip()]
+        if listed:  # "Purge the N listed": exactly the letters the page showed, not others that came since
+            return await service().purge(listed), "/dead-letters"
         return await service().purge((), str(form.get("node_type") or "") or None), "/dead-letters"
 
     def to_workflow(request: Request, form: Mapping[str, Any]) -> str:

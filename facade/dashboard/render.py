@@ -373,17 +373,40 @@ class Page:
         return ('<table class="list"><thead><tr><th scope="col">Node type</th><th scope="col">Queued</th>'
                 f'<th scope="col">In flight</th><th scope="col">Dead</th></tr></thead><tbody>{rows_html}</tbody></table>')
 
-    def dead_letters_page(self, letters: Sequence[Mapping[str, Any]], node_type: str, notice: str = "") -> str:
+    def dead_letters_page(self, data: Mapping[str, Any], node_type: str, notice: str = "") -> str:
+        """``data``: ``DashboardService.dead_letter_page``."""
         form = (f'<form class="filters" method="get" action="/dead-letters" role="search" aria-label="Filter dead '
                 f'letters"><label for="node_type">Node type</label><input id="node_type" name="node_type" '
                 f'value="{esc(node_type)}"><button type="submit">Filter</button></form>')
-        purge_all = self._action("/dead-letters/purge", "Purge all listed" if node_type else "Purge all dead letters",
-                                 fields={"node_type": node_type} if node_type else {}, danger=True,
-                                 confirm="Delete these dead letters for good?") if letters else ""
-        query = urllib.parse.urlencode({"node_type": node_type} if node_type else {})
-        return self.layout("Dead letters", form + self._section("rows", "Dead letters", self.letter_rows(letters))
-                           + purge_all, current="dead-letters", notice=notice,
+        query = urllib.parse.urlencode({k: v for k, v in (("node_type", node_type), ("offset", data["offset"])) if v})
+        return self.layout("Dead letters", form + self._section("rows", "Dead letters",
+                                                               self.letters_content(data, node_type)),
+                           current="dead-letters", notice=notice,
                            data={"live": "list", "parts": "/parts/dead-letters?" + query})
+
+    def letters_content(self, data: Mapping[str, Any], node_type: str) -> str:
+        """The count, the page of dead letters, a pager, and a purge of exactly the listed ones."""
+        letters, total, offset, limit = data["letters"], data["total"], data["offset"], data["limit"]
+        if not letters:
+            return self.letter_rows(letters)
+        kind = f" of node type {node_type}" if node_type else ""
+        count = f'<p class="count">Showing {offset + 1}–{offset + len(letters)} of {total} dead letter(s){esc(kind)}.</p>'
+
+        def link(label: str, to: int) -> str:
+            query = urllib.parse.urlencode({k: v for k, v in (("node_type", node_type), ("offset", to)) if v != ""})
+            return f'<a href="/dead-letters?{esc(query)}">{esc(label)}</a>'
+
+        last = ((total - 1) // limit) * limit
+        pager = [link("First page", 0)] if offset > 0 else []
+        if offset > 0:
+            pager.append(link("Previous page", max(0, offset - limit)))
+        if offset + len(letters) < total:
+            pager += [link("Next page", offset + limit), link("Last page", last)]
+        nav = f'<nav class="pager" aria-label="Dead letter pages">{" ".join(pager)}</nav>' if pager else ""
+        ids = "\n".join(str(letter["task_id"]) for letter in letters)
+        purge = self._action("/dead-letters/purge", f"Purge the {len(letters)} listed", fields={"task_ids": ids},
+                             danger=True, confirm=f"Delete the {len(letters)} listed dead letters for good?")
+        return count + self.letter_rows(letters) + nav + purge
 
     def letter_rows(self, letters: Sequence[Mapping[str, Any]]) -> str:
         if not letters:

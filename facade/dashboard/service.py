@@ -228,9 +228,19 @@ class DashboardService:
         return [{"node_type": s.node_type, "queued": s.queued, "in_flight": s.in_flight, "dead": s.dead}
                 for s in stats]
 
-    async def dead_letters(self, node_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        letters = await self.backend.task_queue.dead_letters(node_type or None, limit=limit)
-        return [{**operations.letter_summary_json(letter), "dead_at": letter.dead_at} for letter in letters]
+    async def dead_letters(self, node_type: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Dead letters (of ``node_type``), oldest first: ``limit`` of them from ``offset``."""
+        return (await self.dead_letter_page(node_type, limit, offset))["letters"]
+
+    async def dead_letter_page(self, node_type: str | None = None, limit: int = 100, offset: int = 0
+                               ) -> dict[str, Any]:
+        """``{letters, total, offset, limit}``: a page of the dead letters (of ``node_type``), oldest first,
+        and how many there are in all (the page shows the count: nothing is cut off silently)."""
+        everything = await operations.all_dead_letters(self.backend, node_type or None)
+        offset = max(0, min(offset, max(0, len(everything) - 1)))
+        chosen = everything[offset:offset + limit]
+        return {"letters": [{**operations.letter_summary_json(letter), "dead_at": letter.dead_at} for letter in chosen],
+                "total": len(everything), "offset": offset, "limit": limit}
 
     async def dead_letter(self, task_id: str) -> dict[str, Any] | None:
         letter = (await operations.find_dead_letters(self.backend, [task_id])).get(task_id)

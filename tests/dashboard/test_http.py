@@ -439,3 +439,30 @@ def test_a_step_older_than_the_newest_200_checkpoints_is_shown_with_its_diff() -
         page = http.get("/workflows/wf-long?step=5")
         assert page.status_code == 200 and "Changes since step 4" in page.text
         assert http.get("/api/workflows/wf-long/state?step=9999").status_code == 404
+
+
+def test_dead_letters_are_paged_with_a_count_and_purge_listed_purges_exactly_those() -> None:
+    import re
+
+    with _memory_client() as http:
+        orchestrator = http.app_state_orchestrator  # type: ignore[attr-defined]
+
+        async def make(first: int, count: int) -> None:
+            for i in range(first, first + count):
+                await _dead_letter(orchestrator, f"wf-{i:03d}")
+
+        _run(http, lambda: make(0, 130))
+        first = http.get("/dead-letters").text
+        assert "Showing 1–100 of 130 dead letter(s)" in first and first.count("<tr data-task=") == 100
+        assert "Next page" in first and "Last page" in first and "/dead-letters?offset=100" in first
+        second = http.get("/dead-letters?offset=100").text
+        assert "Showing 101–130 of 130" in second and "First page" in second and "Next page" not in second
+        assert len(http.get("/api/dead-letters?limit=500").json()) == 130
+        listed = re.search(r'name="task_ids" value="([^"]*)"', second)
+        assert listed is not None
+        ids = listed.group(1).replace("&#x0A;", "\n").replace("&#10;", "\n")
+        _run(http, lambda: make(200, 1))  # arrives after the page was shown: not listed, so not purged
+        purged = http.post("/dead-letters/purge", data={"task_ids": ids}, headers=JSON)
+        assert purged.json()["message"] == "purged 30 dead letter(s)"
+        left = http.get("/api/dead-letters?limit=500").json()
+        assert len(left) == 101 and "wf-200:0:0:writer" in {letter["task_id"] for letter in left}
