@@ -637,11 +637,31 @@ class Worker:
             text = safe_text(f"extending the lease failed: {type(broken).__name__}: {broken}")
             await self._settle(lambda: queue.nack(claim, text, final=True), claim)
         elif reason == "workflow cancelled":
-            await self._settle(lambda: queue.nack(claim, "cancelled: the workflow was cancelled", final=True), claim)
+            # Cancelling is deliberate, not a failure (Celery's revoked and Temporal's cancelled
+            # tasks are not failures either): the task ends with a "cancelled" result, which the
+            # cancelled workflow never waits for, and leaves no dead letter needing attention.
+            # nack(final) then purge: the queue port has no "finish as cancelled" call; a worker
+            # dying in between leaves the letter, which 'dead-letters purge' deletes.
+            if await self._settle(lambda: queue.nack(claim, "cancelled: the workflow was cancelled", final=True),
+                                  claim):
+                await self._purge_cancelled(claim.task.id)
         elif reason == "worker stopped":
             self.stats.released += 1
             await self._settle(lambda: queue.release(claim), claim)
         # a lost lease: another worker owns the task now; nothing to settle
+
+    async def _purge_cancelled(self, task_id: str) -> None:
+        """Delete the dead letter a cancelled task's final nack left; a failure is logged, never raised."""
+        try:
+            await until_available(lambda: self.backend.task_queue.purge_dead_letter(task_id),
+                                  what=f"purge the cancelled task {task_id}'s dead letter", outage=self._outage,
+                                  give_up_after=SETTLE_PATIENCE)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the task is settled; only a stale letter remains
+            log.warning("task %s was cancelled, but its dead letter could not be purged (%s: %s); "
+                        "'distributed-agents dead-letters purge %s' deletes it", task_id, type(exc).__name__, exc,
+                        task_id)
 
     async def _settle(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> bool:
         """Run one settling call (ack, nack or release); True if it was applied.

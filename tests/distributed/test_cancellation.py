@@ -46,14 +46,21 @@ def single(node_type: str) -> Graph:
     return Graph(node_type).add_node(node_type).set_entry_point(node_type).set_finish_point(node_type).compile()
 
 
-async def dead_letters(orchestrator: Orchestrator, count: int) -> list[Any]:
+async def settled_without_dead_letters(orchestrator: Orchestrator, *node_types: str) -> None:
+    """Wait until no task of ``node_types`` is queued, in flight or dead-lettered.
+
+    A cancelled task leaves no dead letter (cancelling is deliberate, not a failure). The
+    worker's final nack and the purge of its letter are separate writes, so this waits for
+    the end state; a letter that stays fails the test after about 20 s.
+    """
     queue = orchestrator.backend.task_queue
     for _ in range(400):
-        letters = await queue.dead_letters()
-        if len(letters) >= count:
-            return letters
+        stats = [await queue.stats(node_type) for node_type in node_types]
+        letters = [await queue.dead_letters(node_type) for node_type in node_types]
+        if all((s.queued, s.in_flight, s.dead) == (0, 0, 0) for s in stats) and not any(letters):
+            return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {count} dead letters, found {len(letters)}")
+    raise AssertionError(f"tasks of {node_types} still queued, in flight or dead-lettered: {stats} {letters}")
 
 
 def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
@@ -91,7 +98,7 @@ def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
             with pytest.raises(WorkflowCancelledError):
                 await running
             await asyncio.wait_for(coroutine.cancelled.wait(), 10)
-            letters = await dead_letters(orchestrator, 2)  # both tasks settled as cancelled
+            await settled_without_dead_letters(orchestrator, "coroutine", "plain")  # both settled as cancelled
             while not saw_cancel:
                 await asyncio.sleep(0.01)
             # One slot is free (the async node's); the thread still holds the other.
@@ -102,7 +109,7 @@ def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
             finish.set()
             while worker._abandoned:
                 await asyncio.sleep(0.01)
-            return letters, after
+            return after
         finally:
             finish.set()
             await worker.stop(grace=5)
@@ -110,9 +117,7 @@ def test_cancel_stops_an_async_node_and_tells_a_plain_function_node(
             await orchestrator.close()
 
     with caplog.at_level(logging.INFO, logger="distributed_agents.node"):
-        letters, after = run(scenario(), timeout=60)
-    assert sorted(letter.node_type for letter in letters) == ["coroutine", "plain"]
-    assert {letter.reason for letter in letters} == {"cancelled: the workflow was cancelled"}
+        after = run(scenario(), timeout=60)
     assert saw_cancel == [True]
     assert after["quick"] is True
     warnings = [r.getMessage() for r in caplog.records
@@ -146,7 +151,7 @@ def test_a_cancelled_plain_function_keeps_its_capacity_slot_until_it_returns(url
             assert await orchestrator.cancel_workflow("wf-stubborn")
             with pytest.raises(WorkflowCancelledError):
                 await first
-            await dead_letters(orchestrator, 1)
+            await settled_without_dead_letters(orchestrator, "stubborn")
             second = asyncio.ensure_future(orchestrator.execute(single("quick"), {}, workflow_id="wf-quick"))
             queue = orchestrator.backend.task_queue
             while (await queue.stats("quick")).queued == 0:
@@ -192,7 +197,7 @@ def test_a_plain_function_that_stops_when_told_logs_no_warning(
             assert await orchestrator.cancel_workflow("wf-coop")
             with pytest.raises(WorkflowCancelledError):
                 await first
-            await dead_letters(orchestrator, 1)
+            await settled_without_dead_letters(orchestrator, "cooperative")
             while not any("cancelled node 'cooperative'" in r.getMessage() for r in caplog.records):
                 await asyncio.sleep(0.01)  # its thread has returned
         finally:
