@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from distributed_agents.core.errors import MissingExtraError
+from distributed_agents.core.errors import BackendUnavailableError, MissingExtraError
 from distributed_agents.core.instrumentation import (
     CANCELLED,
     DEAD_LETTERED,
@@ -78,6 +78,8 @@ def _guard(what: str) -> Iterator[None]:
     # A metrics failure must never fail a workflow or a task: log it and go on.
     try:
         yield
+    except BackendUnavailableError:
+        raise  # an outage: poll() logs its start and end once, not a traceback per poll
     except Exception:
         log.warning("metrics: %s failed", what, exc_info=True)
 
@@ -100,6 +102,7 @@ class Metrics(Instrumentation):
         self.poll_interval = poll_interval
         self.count_workflows = count_workflows
         self._seen_types: set[str] = set()
+        self._backend_down = False  # an outage seen by the last poll: logged once, at its start
         self._lock = threading.Lock()  # _seen_types: hooks may run on several event loops' threads
         r = self.registry
         by_type = ["node_type"]
@@ -169,7 +172,24 @@ class Metrics(Instrumentation):
             await asyncio.sleep(self.poll_interval)
 
     async def poll(self, backend: Any, node_types: frozenset[str] = frozenset()) -> None:
-        """Read queue stats of ``node_types`` (and the types seen or served) and workflow counts once."""
+        """Read queue stats of ``node_types`` (and the types seen or served) and workflow counts once.
+
+        While the backend is unavailable one warning says so when the outage starts and one
+        info line when it ends (no traceback every poll); the gauges keep their last values.
+        """
+        try:
+            await self._poll(backend, node_types)
+        except BackendUnavailableError as exc:
+            if not self._backend_down:
+                self._backend_down = True
+                log.warning("metrics: the backend is unavailable, gauges keep their last values until it is back "
+                            "(polling every %gs): %s", self.poll_interval, str(exc).splitlines()[0] if str(exc) else exc)
+            return
+        if self._backend_down:
+            self._backend_down = False
+            log.info("metrics: the backend is available again; gauges are current")
+
+    async def _poll(self, backend: Any, node_types: frozenset[str]) -> None:
         types = set(node_types)
         with self._lock:
             types |= self._seen_types
@@ -187,8 +207,8 @@ class Metrics(Instrumentation):
         if orchestrator and self.count_workflows:
             with _guard("counting workflows"):
                 counts = dict.fromkeys(sorted(WorkflowStatus.ALL), 0)
-                for record in await backend.state_store.list_workflows():
-                    counts[record.status] = counts.get(record.status, 0) + 1
+                # counted by the store (Redis: inside the server), not by reading every record each poll
+                counts.update(await backend.state_store.count_workflows())
                 for status, count in counts.items():
                     self.workflows.labels(status).set(count)
 

@@ -72,6 +72,7 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
+    WorkflowStatus,
     stored_record,
     stored_records,
 )
@@ -257,6 +258,24 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   else
     out[#out + 1] = f[1]
   end
+end
+return out
+"""
+
+_COUNT = r"""
+-- KEYS: the status indexes to count. ARGV: 1 prefix, then the status of each index.
+-- Returns one count per index; drops entries of expired or moved records, as _LIST does.
+local out = {}
+for i, index in ipairs(KEYS) do
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('HGET', ARGV[1] .. ':wf:r:' .. id, 'status') == ARGV[i + 1] then
+      n = n + 1
+    else
+      redis.call('ZREM', index, id)
+    end
+  end
+  out[i] = n
 end
 return out
 """
@@ -463,6 +482,16 @@ class RedisStateManager(StateStore):
         index = self._keys.index if status is None else self._keys.status_index(status)
         raws = await self._script("state_list", _LIST, [index], [self.prefix, status or ""], "list workflows")
         return stored_records((f"{index} (record {n})", raw) for n, raw in enumerate(raws))
+
+    async def count_workflows(self) -> dict[str, int]:
+        """Workflows per status, counted inside the server from the status indexes (one round trip).
+
+        No record is sent back: each index entry costs the server one field read.
+        """
+        statuses = sorted(WorkflowStatus.ALL)
+        counts = await self._script("state_count", _COUNT, [self._keys.status_index(s) for s in statuses],
+                                    [self.prefix, *statuses], "count workflows by status")
+        return {status: int(count) for status, count in zip(statuses, counts)}
 
     async def delete(self, workflow_id: str) -> bool:
         """Remove record, checkpoints and lease (the fencing counter stays)."""

@@ -342,6 +342,18 @@ class StateStore:
         """Records, optionally only those with ``status``, oldest first."""
         raise NotImplementedError
 
+    async def count_workflows(self) -> dict[str, int]:
+        """How many workflows have each status: every ``WorkflowStatus.ALL`` key, 0 when none.
+
+        What the metrics' ``workflows{status}`` gauge polls every few seconds. The default
+        reads every record with ``list_workflows``; an adapter should count without
+        sending the records (the Redis one counts inside the server).
+        """
+        counts = dict.fromkeys(sorted(WorkflowStatus.ALL), 0)
+        for record in await self.list_workflows():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
+
     async def delete(self, workflow_id: str) -> bool:
         """Remove a workflow's record, checkpoints and lease; True if it existed."""
         raise NotImplementedError
