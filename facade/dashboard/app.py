@@ -80,6 +80,11 @@ async def _form(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
+def _offset(request: Request) -> int:
+    text = request.query_params.get("offset", "")
+    return int(text) if text.isdigit() else 0
+
+
 def _query(request: Request, *names: str) -> dict[str, str]:
     return {n: request.query_params[n] for n in names if request.query_params.get(n)}
 
@@ -308,13 +313,16 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
         return "/workflows/" + urllib.parse.quote(workflow_id)
 
     async def _list_data(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
-        query = _query(request, "status", "graph", "cursor", "limit")
+        query = _query(request, "status", "graph", "cursor", "limit", "order", "offset")
         limit_text = query.get("limit", "")
         if limit_text and not (limit_text.isdigit() and 1 <= int(limit_text) <= MAX_PAGE):
             raise _BadRequest(f"limit={limit_text!r}: pass a whole number from 1 to {MAX_PAGE}")
+        if query.get("order", "newest") not in ("newest", "oldest"):
+            raise _BadRequest(f"order={query['order']!r}: pass newest or oldest")
         try:
             data = await service().workflows(query.get("status"), query.get("graph"), query.get("cursor"),
-                                             int(limit_text) if limit_text else PAGE_SIZE)
+                                             int(limit_text) if limit_text else PAGE_SIZE,
+                                             query.get("order", "newest"), _offset(request))
         except ConfigurationError as exc:  # a bad status or cursor
             raise _BadRequest(str(exc)) from None
         return data, query
@@ -369,10 +377,6 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
     async def queues_part(request: Request) -> Response:
         rows = page.queue_rows(await service().queues(_named_types(request)))
         return JSONResponse({"part-rows": page.rows_section("Queue depth per node type", rows)})
-
-    def _offset(request: Request) -> int:
-        text = request.query_params.get("offset", "")
-        return int(text) if text.isdigit() else 0
 
     async def letters_page(request: Request) -> Response:
         node_type = request.query_params.get("node_type", "")

@@ -140,6 +140,9 @@ class Page:
 <label for="graph">Graph</label>
 <input id="graph" name="graph" value="{esc(query.get('graph', ''))}" list="graph-names" autocomplete="off">
 <datalist id="graph-names">{names}</datalist>
+<label for="order">Order</label>
+<select id="order" name="order"><option value="newest">newest first</option>
+<option value="oldest"{" selected" if query.get("order") == "oldest" else ""}>oldest first</option></select>
 <button type="submit">Filter</button>
 </form>"""
         body = form + self._section("rows", "Workflows", self.workflow_rows(data, query))
@@ -155,14 +158,32 @@ class Page:
             for w in data["workflows"])
         if not rows:
             rows = '<tr><td colspan="7">No workflows match.</td></tr>'
+        base = {k: v for k, v in query.items() if k not in ("cursor", "offset")}
+
+        def link(label: str, rel: str = "", **changes: Any) -> str:
+            target = urllib.parse.urlencode({**base, **{k: v for k, v in changes.items() if v not in ("", 0)}})
+            return f'<a{f" rel={rel}" if rel else ""} href="/?{esc(target)}">{esc(label)}</a> '
+
         pager = ""
-        if query.get("cursor"):
-            first = {k: v for k, v in query.items() if k != "cursor"}
-            pager += f'<a href="/?{esc(urllib.parse.urlencode(first))}">First page</a> '
-        if data.get("next_cursor"):
-            nxt = {**query, "cursor": data["next_cursor"]}
-            pager += f'<a rel="next" href="/?{esc(urllib.parse.urlencode(nxt))}">Next page</a>'
-        return (f'<table class="list"><caption>Oldest first; {len(data["workflows"])} shown</caption>'
+        total, offset, shown = data.get("total"), data.get("offset") or 0, len(data["workflows"])
+        if total is None:  # oldest first by cursor: the last page is the newest-first order's first
+            if query.get("cursor"):
+                pager += link("First page")
+            if data.get("next_cursor"):
+                pager += link("Next page", "next", cursor=data["next_cursor"])
+                pager += link("Last page (newest)", order="newest")
+            caption = f"Oldest first; {shown} shown"
+        else:
+            size = int(query.get("limit") or 0) or max(shown, 1)
+            if offset > 0:
+                pager += link("First page") + link("Previous page", "prev", offset=max(0, offset - size))
+            if offset + shown < total:
+                pager += link("Next page", "next", offset=offset + size)
+                pager += link("Last page", offset=((total - 1) // size) * size)
+            first_shown = offset + 1 if shown else 0
+            caption = (f"{'Oldest' if data.get('order') == 'oldest' else 'Newest'} first; "
+                       f"{first_shown}–{offset + shown} of {total}")
+        return (f'<table class="list"><caption>{esc(caption)}</caption>'
                 '<thead><tr><th scope="col">Workflow</th><th scope="col">Graph</th><th scope="col">Status</th>'
                 '<th scope="col">Step</th><th scope="col">Next nodes</th><th scope="col">Created (UTC)</th>'
                 f'<th scope="col">Updated (UTC)</th></tr></thead><tbody>{rows}</tbody></table>'

@@ -86,14 +86,31 @@ class DashboardService:
     # -- reading ------------------------------------------------------------------------
 
     async def workflows(self, status: str | None = None, graph: str | None = None, cursor: str | None = None,
-                        limit: int = PAGE_SIZE) -> dict[str, Any]:
-        """A page of workflows, oldest first: ``{workflows: [...], next_cursor}`` (None on the last page)."""
-        infos = await self.orchestrator.list_workflows(status or None, graph=graph or None, limit=limit + 1,
-                                                       cursor=cursor or None)
-        more = len(infos) > limit
-        infos = infos[:limit]
-        return {"workflows": [workflow_json(i, cursor=True) for i in infos],
-                "next_cursor": infos[-1].cursor if more and infos else None}
+                        limit: int = PAGE_SIZE, order: str = "newest", offset: int = 0) -> dict[str, Any]:
+        """A page of workflows: ``{workflows, next_cursor, total, offset, order}``.
+
+        ``order`` ``newest`` (default: new workflows come on page 1) or ``oldest``. ``graph``
+        matches graph names as a case-insensitive substring. Oldest first without a graph
+        filter (or with a ``cursor``) pages by cursor (``next_cursor``, None on the last page;
+        ``total`` None); otherwise by ``offset`` with ``total`` counted.
+        """
+        if cursor or (order == "oldest" and not graph):
+            infos = await self.orchestrator.list_workflows(status or None, limit=limit + 1, cursor=cursor or None)
+            more = len(infos) > limit
+            infos = infos[:limit]
+            return {"workflows": [workflow_json(i, cursor=True) for i in infos],
+                    "next_cursor": infos[-1].cursor if more and infos else None, "total": None, "offset": None,
+                    "order": "oldest"}
+        everything = await self.orchestrator.list_workflows(status or None)
+        if graph:
+            wanted = graph.casefold()
+            everything = [i for i in everything if wanted in i.graph_name.casefold()]
+        if order != "oldest":
+            everything.reverse()
+        offset = max(0, min(offset, max(0, len(everything) - 1)))
+        chosen = everything[offset:offset + limit]
+        return {"workflows": [workflow_json(i, cursor=True) for i in chosen], "next_cursor": None,
+                "total": len(everything), "offset": offset, "order": "oldest" if order == "oldest" else "newest"}
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
         """One workflow: its status (``workflow_json``), ``history`` (newest first), ``timeline``,

@@ -113,7 +113,7 @@ def test_every_page_part_and_api_route(client: tuple[TestClient, Orchestrator]) 
     assert "wf-done" not in http.get("/?status=failed").text
     assert "wf-fail" in http.get("/?status=failed").text
     assert "wf-done" not in http.get("/?graph=approval").text
-    first = http.get("/api/workflows?limit=2").json()
+    first = http.get("/api/workflows?limit=2&order=oldest").json()
     assert [w["workflow_id"] for w in first["workflows"]] == ["wf-done", "wf-ask"]
     rest = http.get("/api/workflows", params={"limit": 2, "cursor": first["next_cursor"]}).json()
     assert [w["workflow_id"] for w in rest["workflows"]] == ["wf-fail"] and rest["next_cursor"] is None
@@ -466,3 +466,34 @@ def test_dead_letters_are_paged_with_a_count_and_purge_listed_purges_exactly_tho
         assert purged.json()["message"] == "purged 30 dead letter(s)"
         left = http.get("/api/dead-letters?limit=500").json()
         assert len(left) == 101 and "wf-200:0:0:writer" in {letter["task_id"] for letter in left}
+
+
+
+def test_workflows_list_newest_first_with_first_and_last_pages_and_a_case_insensitive_graph_filter() -> None:
+    with _memory_client() as http:
+        orchestrator = http.app_state_orchestrator  # type: ignore[attr-defined]
+
+        async def start() -> None:
+            for i in range(5):
+                await orchestrator.execute(essay, {"topic": "t"}, workflow_id=f"wf-{i}")
+            await orchestrator.execute(approval, {"topic": "t"}, workflow_id="wf-ask")
+
+        _run(http, start)
+        newest = http.get("/api/workflows?limit=2").json()
+        assert [w["workflow_id"] for w in newest["workflows"]] == ["wf-ask", "wf-4"] and newest["total"] == 6
+        page = http.get("/?limit=2").text
+        assert "Newest first; 1–2 of 6" in page and "Last page" in page and "offset=4" in page
+        last = http.get("/?limit=2&offset=4").text
+        assert "First page" in last and "wf-0" in last and "Next page" not in last
+        oldest = http.get("/api/workflows?limit=2&order=oldest").json()
+        assert [w["workflow_id"] for w in oldest["workflows"]] == ["wf-0", "wf-1"]
+        assert "Last page (newest)" in http.get("/?limit=2&order=oldest").text
+        for graph in ("ESSAY", "ss", "essay"):
+            found = http.get("/api/workflows", params={"graph": graph}).json()
+            assert {w["graph"] for w in found["workflows"]} == {"essay"} and found["total"] == 5, graph
+        assert http.get("/api/workflows?graph=APPROV").json()["total"] == 1
+        assert http.get("/api/workflows?order=sideways").status_code == 400
+        # a workflow started now is on page 1 of the live part
+        _run(http, lambda: orchestrator.execute(essay, {"topic": "t"}, workflow_id="wf-new"))
+        rows = http.get("/parts/workflows?limit=2").json()["part-rows"]
+        assert "wf-new" in rows
