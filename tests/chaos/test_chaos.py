@@ -40,6 +40,8 @@ Proven at the end, per backend:
   error (the outage and the takeover are invisible to it).
 
 The seed is printed (``chaos seed: N``); ``DA_CHAOS_SEED=N`` replays the same schedule.
+``DA_CHAOS_LOGS=DIR`` keeps the process logs in ``DIR/<backend>-<seed>`` (pytest removes
+old temporary directories once later sessions start, which a long soak can outlive).
 ``DA_TEST_PROFILE=thorough`` (``./scripts/test --thorough``) runs more workflows and
 faults. ``DA_TEST_PROFILE=soak`` is the soak: 1,000 workflows per backend, 50 worker
 SIGKILLs, 5 orchestrator SIGKILLs and 3 server restarts over about 5 minutes of
@@ -426,6 +428,9 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
     ids = list(workflow_ids.values())
     server = Server(kind)
     server.start()
+    if os.environ.get("DA_CHAOS_LOGS"):  # a directory that outlives pytest's own clean-up of old tmp paths
+        tmp_path = pathlib.Path(os.environ["DA_CHAOS_LOGS"]) / f"{kind}-{chaos_seed}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
     effects_dir = tmp_path / "effects"
     effects_dir.mkdir()
     procs = Processes(server.url, prefix, tmp_path, effects_dir)
