@@ -432,7 +432,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         tmp_path = pathlib.Path(os.environ["DA_CHAOS_LOGS"]) / f"{kind}-{chaos_seed}"
         tmp_path.mkdir(parents=True, exist_ok=True)
     effects_dir = tmp_path / "effects"
-    effects_dir.mkdir()
+    effects_dir.mkdir(exist_ok=True)  # a replayed seed reuses the directory; its workflow ids differ
     procs = Processes(server.url, prefix, tmp_path, effects_dir)
     injected: Counter[str] = Counter()
     began = time.monotonic()
