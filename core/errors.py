@@ -25,6 +25,7 @@ The tree::
     │   ├── StepLimitExceededError        a loop ran past the step limit
     │   ├── WorkflowCancelledError        the workflow was cancelled
     │   ├── WorkflowFailedError           waiting on a workflow that failed
+    │   ├── WorkflowLeaseHeldError        another orchestrator drives the workflow (holds its lease)
     │   └── WorkflowNotFoundError         no workflow with that id
     ├── BackendError
     │   ├── BackendNotFoundError          no installed backend serves a URL scheme
