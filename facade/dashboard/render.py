@@ -46,6 +46,17 @@ def _badge(status: Any) -> str:
     return f'<span class="badge status-{esc(status)}">{esc(status)}</span>'
 
 
+def _where(row: Mapping[str, Any]) -> str:
+    """The Worker cell: the worker's id once known, else where the task went (never the bare word)."""
+    if row.get("worker"):
+        return str(row["worker"])
+    if row.get("where") == "worker":
+        return "a worker (id shown when it finishes)" if row.get("outcome") == "running" else "a worker"
+    if row.get("where") == "local":
+        return "this process"
+    return str(row.get("where") or "-")
+
+
 _FORM_IDS = itertools.count(1)  # ids of the token fields in action forms (unique within a page)
 
 
@@ -119,8 +130,10 @@ class Page:
                 f'<button type="submit"{" class=danger" if danger else ""}>{esc(label)}</button></form>')
 
     def rows_section(self, heading: str, content: str) -> str:
-        """The ``part-rows`` section of a list page (what its live updates replace)."""
-        return self._section("rows", heading, content)
+        """The ``part-rows`` section of a list page (what its live updates replace), with a link
+        that skips its table for keyboard and screen-reader users."""
+        skip = '<a class="skip-table" href="#after-rows">Skip table</a>' if "<table" in content else ""
+        return self._section("rows", heading, skip + content + '<span id="after-rows" tabindex="-1"></span>')
 
     @staticmethod
     def _section(part: str, heading: str, content: str) -> str:
@@ -145,7 +158,7 @@ class Page:
 <option value="oldest"{" selected" if query.get("order") == "oldest" else ""}>oldest first</option></select>
 <button type="submit">Filter</button>
 </form>"""
-        body = form + self._section("rows", "Workflows", self.workflow_rows(data, query))
+        body = form + self.rows_section("Workflows", self.workflow_rows(data, query))
         return self.layout("Workflows", body, current="workflows", notice=notice,
                            data={"live": "list", "parts": "/parts/workflows?" + urllib.parse.urlencode(query)})
 
@@ -289,7 +302,7 @@ class Page:
     def _timeline(self, data: Mapping[str, Any]) -> str:
         rows = "".join(
             f'<tr class="outcome-{esc(r["outcome"])}"><td class="num">{esc(r["step"])}</td><td>{esc(r["node"])}</td>'
-            f'<td>{esc(r["worker"] or r["where"] or "-")}</td><td class="num">{_seconds(r["duration"])}</td>'
+            f'<td>{esc(_where(r))}</td><td class="num">{_seconds(r["duration"])}</td>'
             f'<td class="num">{esc(r["attempts"] if r["attempts"] is not None else "-")}</td>'
             f'<td>{esc(r["outcome"])}{(": " + esc(r["error"])) if r["error"] else ""}</td>'
             f'<td><a href="?step={esc(int(r["step"]) + 1)}#part-state" data-step="{esc(int(r["step"]) + 1)}">'
@@ -352,7 +365,7 @@ class Page:
     # -- workers, queues, dead letters ----------------------------------------------------
 
     def workers_page(self, workers: Sequence[Mapping[str, Any]]) -> str:
-        return self.layout("Workers", self._section("rows", "Live workers", self.worker_rows(workers)),
+        return self.layout("Workers", self.rows_section("Live workers", self.worker_rows(workers)),
                            current="workers", data={"live": "list", "parts": "/parts/workers"})
 
     @staticmethod
@@ -375,7 +388,7 @@ class Page:
                 f"<tbody>{rows}</tbody></table>")
 
     def queues_page(self, queues: Sequence[Mapping[str, Any]]) -> str:
-        return self.layout("Queues", self._section("rows", "Queue depth per node type", self.queue_rows(queues)),
+        return self.layout("Queues", self.rows_section("Queue depth per node type", self.queue_rows(queues)),
                            current="queues", data={"live": "list", "parts": "/parts/queues"})
 
     @staticmethod
@@ -400,7 +413,7 @@ class Page:
                 f'letters"><label for="node_type">Node type</label><input id="node_type" name="node_type" '
                 f'value="{esc(node_type)}"><button type="submit">Filter</button></form>')
         query = urllib.parse.urlencode({k: v for k, v in (("node_type", node_type), ("offset", data["offset"])) if v})
-        return self.layout("Dead letters", form + self._section("rows", "Dead letters",
+        return self.layout("Dead letters", form + self.rows_section("Dead letters",
                                                                self.letters_content(data, node_type)),
                            current="dead-letters", notice=notice,
                            data={"live": "list", "parts": "/parts/dead-letters?" + query})

@@ -126,6 +126,11 @@ class DashboardService:
             history.append(item)
         data["history"] = history
         data["timeline"] = self._timeline(workflow_id, history)
+        if info.status == WorkflowStatus.INTERRUPTED:  # its node waits for an answer: not done
+            waiting = {str(pause.get("node")) for pause in data["interrupts"]}
+            for row in data["timeline"]:
+                if row["step"] == data["step"] and row["node"] in waiting and row["outcome"] != "failed":
+                    row["outcome"] = "waiting"
         data["node_states"] = self._node_states(data, history)
         data["graph_known"] = self.graph(info.graph_name) is not None
         data["driving"] = workflow_id in self._driving

@@ -118,6 +118,8 @@ def test_eight_tabs_all_load_go_live_get_updates_and_act(embedded: Embedded) -> 
             last.get_by_label("Dashboard token").fill(TOKEN)
             last.get_by_role("button", name="Cancel workflow").click()
             expect(last.locator("#messages")).to_contain_text(f"cancelled {paused}")
+            # keyboard and screen-reader users land on the result (aria-live), not back at the top
+            assert last.evaluate("document.getElementById('messages').contains(document.activeElement)")
             expect(last.locator("#part-summary .badge")).to_have_text("cancelled")
             status = last.evaluate("fetch('/api/workers').then(r => r.status)")
             assert status == 200

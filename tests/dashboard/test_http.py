@@ -244,6 +244,12 @@ def test_without_javascript_each_action_form_carries_its_token_field_and_plain_t
         forms = page.count('<form class="action"')
         assert forms >= 2 and page.count('class="form-token"') == forms  # a token field in every action form
         assert 'name="as_text"' in page
+        assert '<tr class="outcome-waiting"><td class="num">1</td><td>ask</td>' in page  # waits: not "done"
+        assert "<td>worker</td>" not in page and "<td>this process</td>" in page  # never the bare word
+        for path in ("/", "/workers"):
+            listed = http.get(path).text
+            assert ("<table" not in listed or 'href="#after-rows">Skip table</a>' in listed) and 'id="after-rows"' in listed
+        assert "Skip table" in http.get("/").text
         # a plain form post (no script, no header): the token comes from the form; text sent as text
         sent = http.post("/workflows/wf-nojs/resume", data={"answer": "yes please", "as_text": "1", "token": "s3cret"},
                          follow_redirects=False)

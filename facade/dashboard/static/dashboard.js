@@ -33,6 +33,13 @@
     p.className = isError ? "notice error" : "notice";
     p.textContent = text;
     box.replaceChildren(p);
+    return p;
+  }
+
+  function sayAndFocus(text, isError) {
+    // After an action, keyboard and screen-reader users land on its result (the box is aria-live).
+    var p = say(text, isError);
+    if (p) { p.tabIndex = -1; p.focus(); }
   }
 
   function currentPartsUrl() {
@@ -216,7 +223,7 @@
     fetch(form.action, {method: "POST", body: new URLSearchParams(new FormData(form)).toString(), headers: headers})
       .then(function (response) { return response.json(); })
       .then(function (answer) {
-        say(answer.message, !answer.ok);
+        sayAndFocus(answer.message, !answer.ok);
         if (!answer.ok) return; // refused: leave the form as it is, so the user can fix and send again
         if (answer.location && answer.location !== location.pathname) {
           var join = answer.location.indexOf("?") < 0 ? "?" : "&";
@@ -225,7 +232,7 @@
         }
         schedule();
       })
-      .catch(function (error) { say(String(error), true); })
+      .catch(function (error) { sayAndFocus(String(error), true); })
       .finally(function () { if (button) button.disabled = false; });
   });
 
