@@ -23,6 +23,10 @@ the last snapshot add up to at least the state's own size or there are
 paid for by at least as many delta bytes), and rebuilding any checkpoint reads at most
 about twice the state's size and ``MAX_CHAIN`` entries.
 
+Every entry stores the step's writes without the values its state holds already
+(``split_writes``: a key a node set is listed under ``"from_state"``), so a large value
+costs one copy per entry, and ``max_payload_bytes`` bounds the state, not twice it.
+
 Values are compared as JSON (``True``, ``1`` and ``1.0`` differ), so a rebuilt state is
 exactly what ``decode(encode(state))`` returns. Standard library only.
 """
@@ -52,6 +56,7 @@ __all__ = [
     "next_entry",
     "rebuild",
     "same",
+    "split_writes",
 ]
 
 # At most this many deltas follow a snapshot (bounds the entries a rebuild replays).
@@ -76,6 +81,46 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return bool(a == b)
+
+
+def split_writes(
+    writes: Mapping[str, Mapping[str, Any]], state: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The step's ``writes`` without the values the checkpoint's ``state`` already holds.
+
+    Returns ``(kept, from_state)``: ``kept`` is ``writes`` minus every ``(node, key)``
+    whose value is ``same`` as ``state[key]`` (a last-value key the node set), and
+    ``from_state`` lists those keys by node. An entry stores ``kept`` plus
+    ``"from_state"``, so a large value a node wrote is stored once, not in the state and
+    again in the writes; ``rebuild`` puts the values back. A value that differs (an
+    appended part, a reducer's input) is kept as written.
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    from_state: dict[str, list[str]] = {}
+    for node, updates in writes.items():
+        if not isinstance(updates, Mapping):
+            kept[node] = updates  # not a node's updates: stored as it is
+            continue
+        mine = {}
+        for key, value in updates.items():
+            if key in state and same(value, state[key]):
+                from_state.setdefault(node, []).append(key)
+            else:
+                mine[key] = value
+        kept[node] = mine
+    return kept, from_state
+
+
+def _restore_writes(item: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's writes with the values ``split_writes`` left to the state put back."""
+    writes = {node: dict(updates) if isinstance(updates, Mapping) else updates
+              for node, updates in (item.get("writes") or {}).items()}
+    for node, keys in (item.get("from_state") or {}).items():
+        target = writes.setdefault(node, {})
+        for key in keys:
+            if key in state:  # always, unless the chain is damaged: then the write is left out
+                target[key] = copy.deepcopy(state[key])
+    return writes
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,6 +201,9 @@ def next_entry(
     entry_id = f"{random.getrandbits(64):016x}"
     fields = checkpoint.to_dict()
     state = fields.pop("state")
+    fields["writes"], from_state = split_writes(fields["writes"], state)
+    if from_state:  # last: entry_step and delta_snap read an entry's first bytes
+        fields["from_state"] = from_state
     if state_raw is None:
         state_raw = encode(state)
     state = None
@@ -244,7 +292,8 @@ def rebuild(
             apply_delta(state, delta)
         previous_id = item.get("id")
         if position in wanted:
-            out.append(Checkpoint.from_dict({**item, "state": copy.deepcopy(state)}))
+            writes = _restore_writes(item, state)
+            out.append(Checkpoint.from_dict({**item, "state": copy.deepcopy(state), "writes": writes}))
     out.reverse()
     return out
 

@@ -11,8 +11,8 @@ limit, ``max_payload_bytes``, before writing, on every backend:
 * a node's result (its updates, as UTF-8 JSON) over the limit fails the node at once
   (``PayloadTooLargeError`` naming the node, the size and the limit; no retry: the
   same input gives the same result);
-* a commit whose workflow record or checkpoint (the state plus the step's writes)
-  would be over the limit fails the workflow with the same error, naming the largest
+* a commit whose workflow record or checkpoint (the state plus the step's writes that
+  the state does not already hold: a value a node set is stored once) would be over the limit fails the workflow with the same error, naming the largest
   state keys and the node that wrote the most.
 
 The default, ``DEFAULT_MAX_PAYLOAD_BYTES`` (1 MiB minus ``ENVELOPE_BYTES``), is the same
@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from distributed_agents.core.checkpoint_delta import split_writes
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import PayloadTooLargeError
 
@@ -103,7 +104,10 @@ def check_commit_size(
     if limit is None or state_size is None:
         return state_size or 0
     record_size = state_size + (_size(dict(record_rest)) or 0)
-    writes_size = 0 if writes is None else (_size({k: dict(v) for k, v in writes.items()}) or 0)
+    # What the checkpoint entry stores: the writes less the values the state holds already
+    # (checkpoint_delta.split_writes), so a node's large output is not counted twice.
+    kept = None if writes is None else split_writes({k: dict(v) for k, v in writes.items()}, state)[0]
+    writes_size = 0 if not kept else (_size(kept) or 0)
     checkpoint_size = state_size + writes_size
     size = max(record_size, checkpoint_size)
     if size <= limit:

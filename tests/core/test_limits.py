@@ -39,10 +39,12 @@ def test_a_result_is_refused_exactly_when_its_json_is_over_the_limit(values: dic
         assert check_result_size(values, limit, node="n", workflow_id="wf") == size
 
 
-def test_the_commit_check_counts_the_state_plus_the_steps_writes() -> None:
+def test_the_commit_check_counts_the_state_plus_the_writes_it_does_not_hold() -> None:
+    # 'writer' wrote a value the state does not hold as such (a reducer's input): it counts;
+    # 'other' set 'b' to what the state holds: the checkpoint stores it once, in the state.
     state = {"a": "x" * 600, "b": "y" * 100}
-    writes = {"writer": {"a": "x" * 600}, "other": {"b": "y" * 100}}
-    size = len(encode(state)) + len(encode(writes))
+    writes = {"writer": {"a": "z" * 600}, "other": {"b": "y" * 100}}
+    size = len(encode(state)) + len(encode({"writer": {"a": "z" * 600}, "other": {}}))
     assert check_commit_size("wf", 3, state, {"frontier": {}}, writes, size) == size
     with pytest.raises(PayloadTooLargeError) as caught:
         check_commit_size("wf", 3, state, {"frontier": {}}, writes, size - 1)
@@ -50,6 +52,16 @@ def test_the_commit_check_counts_the_state_plus_the_steps_writes() -> None:
     assert caught.value.node == "writer" and caught.value.size == size
     assert "workflow 'wf' cannot commit step 3" in message and "'a' (602 bytes)" in message
     assert "most by node 'writer'" in message and "max_payload_bytes" in message
+
+
+def test_a_value_a_node_set_is_counted_once_not_in_the_state_and_again_in_the_writes() -> None:
+    """Ops finding: a node output of half the limit failed the commit (state + writes, each holding it)."""
+    limit = 10_000
+    big = "v" * int(limit * 0.6)
+    state = {"big": big, "n": 1}
+    writes = {"maker": {"big": big}}
+    size = check_commit_size("wf", 1, state, {"frontier": {}}, writes, limit)
+    assert size < limit and size < len(encode(state)) + len(big)
 
 
 def test_no_limit_means_no_check() -> None:
