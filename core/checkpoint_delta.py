@@ -101,7 +101,7 @@ def split_writes(
         if not isinstance(updates, Mapping):
             kept[node] = updates  # not a node's updates: stored as it is
             continue
-        mine = {}
+        mine: dict[str, Any] = {}
         for key, value in updates.items():
             if key in state and same(value, state[key]):
                 from_state.setdefault(node, []).append(key)
