@@ -453,7 +453,7 @@ def _parser() -> Parser:
     board.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME", default=None,
                        help="a Host header name to answer besides 127.0.0.1, localhost, [::1] and --host, e.g. a "
                             "reverse proxy's name (repeat for several; default: none, so a DNS-rebinding page is "
-                            "refused)")
+                            "refused; env: $DA_DASHBOARD_ALLOWED_HOSTS, comma-separated)")
     board.set_defaults(run=_dashboard, options=DASHBOARD_OPTIONS)
 
     backends = command("backends", "list installed backends (URL scheme, name, description)",
@@ -921,7 +921,9 @@ async def _dashboard(args: argparse.Namespace) -> int:
     await dashboard.serve(orchestrator, host=DASHBOARD_HOST.resolve(args),
                             port=DASHBOARD_PORT.resolve(args), token=DASHBOARD_TOKEN.resolve(args),
                             read_only=args.read_only, graphs=graphs, log_level=LOG_LEVEL.resolve(args),
-                            allowed_host=args.allowed_hosts or ())
+                            allowed_host=args.allowed_hosts or [
+                                h.strip() for h in os.environ.get("DA_DASHBOARD_ALLOWED_HOSTS", "").split(",")
+                                if h.strip()])
     return 0
 
 
