@@ -264,7 +264,11 @@ class TaskQueueExecutor(NodeExecutor):
                 failure = None if result.status == "succeeded" else NodeFailure.from_text(result.error or "failed")
                 outcomes[task_id] = NodeOutcome(
                     call.node, task_id, dict(result.output or {}) if result.output is not None else None,
-                    failure, result.attempts, started, max(result.finished_at - started, 0.0), result.worker_id,
+                    # The run time on the worker that produced the result when it says when it
+                    # started; else (an older worker) the time since the task was enqueued.
+                    failure, result.attempts, started if result.started_at is None else result.started_at,
+                    max(result.finished_at - (started if result.started_at is None else result.started_at), 0.0),
+                    result.worker_id,
                 )
             if results:
                 await self._waited(waiting_since)

@@ -549,6 +549,9 @@ class Worker:
         lease = _LeaseKeeper(self, claim)
         keeper = asyncio.ensure_future(lease.keep())
         started = time.monotonic()
+        # Wall clock, stored with the result: the node's run time on the worker that
+        # produced it, apart from any wait in the queue or for a dead worker's lease.
+        started_at = time.time()
         try:
             if state is None:  # a large state stays in its checkpoint; the task names it
                 state = await self._referenced_state(task)
@@ -586,7 +589,7 @@ class Worker:
         streamed = context._stream_seq()
         if streamed and self._stream is not None:
             await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
-        if await self._settle(lambda: queue.ack(lease.claim, updates), claim):
+        if await self._settle(lambda: queue.ack(replace(lease.claim, started_at=started_at), updates), claim):
             self.stats.succeeded += 1
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
                      time.monotonic() - started, claim.attempt)

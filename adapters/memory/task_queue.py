@@ -220,7 +220,8 @@ class MemoryTaskQueue(TaskQueue):
             return ClaimedTask(claim.task, claim.lease_id, claim.attempt, entry.deadline, claim.worker_id)
 
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
-        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id)
+        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id,
+                            started_at=claim.started_at)
         # Round-trip through JSON so the stored result is isolated and JSON-clean.
         stored = TaskResult.from_dict(decode(encode(result.to_dict())))
         with self._data.lock:

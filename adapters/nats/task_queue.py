@@ -609,7 +609,8 @@ class NatsTaskQueue(TaskQueue):
             return ClaimedTask(claim.task, claim.lease_id, claim.attempt, deadline, claim.worker_id)
 
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
-        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id)
+        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id,
+                            started_at=claim.started_at)
         stored = decode(encode(result.to_dict()))  # fails before touching the engine if not JSON
         with self._errors(f"ack task {claim.task.id!r}"):
             change = {"state": "done", "result": stored, "lease": "", "expires_at": time.time() + self.result_ttl}

@@ -409,7 +409,8 @@ class RedisTaskQueue(TaskQueue):
 
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
         """Store the result and remove the task in one script; ``LeaseLostError`` if lost."""
-        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id)
+        result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id,
+                            started_at=claim.started_at)
         raw = encode(result.to_dict())
         outcome = await self._run(
             "ack",

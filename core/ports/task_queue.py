@@ -60,6 +60,7 @@ All times are seconds. Adapters translate engine errors into ``BackendError``s.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,8 @@ class ClaimedTask:
 
     ``lease_id`` identifies this delivery; settling calls must present it.
     ``deadline`` is the wall-clock time (``time.time()``) at which the lease expires.
+    ``started_at`` (``time.time()``, or None) is when the worker started running the node
+    under this lease; the worker sets it before ``ack`` so the stored result carries it.
     """
 
     task: Task
@@ -158,11 +161,19 @@ class ClaimedTask:
     attempt: int
     deadline: float
     worker_id: str
+    started_at: float | None = None
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """The outcome of a task: ``succeeded`` with ``output``, or ``failed`` with ``error``."""
+    """The outcome of a task: ``succeeded`` with ``output``, or ``failed`` with ``error``.
+
+    ``finished_at`` and ``started_at`` are seconds since the epoch. ``started_at`` is when
+    the attempt that produced this result started running the node (None when unknown:
+    a result from an older worker, or one the backend wrote itself, e.g. a dead letter);
+    ``finished_at - started_at`` is the node's run time, without the time it waited in
+    the queue or for a dead worker's lease to expire.
+    """
 
     task_id: str
     status: Literal["succeeded", "failed"]
@@ -171,10 +182,11 @@ class TaskResult:
     attempts: int = 0
     worker_id: str = ""
     finished_at: float = field(default_factory=time.time)
+    started_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of a result."""
-        return {
+        """The JSON shape of a result (``started_at`` only when known: the older shape otherwise)."""
+        data: dict[str, Any] = {
             "task_id": self.task_id,
             "status": self.status,
             "output": None if self.output is None else dict(self.output),
@@ -183,6 +195,9 @@ class TaskResult:
             "worker_id": self.worker_id,
             "finished_at": self.finished_at,
         }
+        if self.started_at is not None:
+            data["started_at"] = self.started_at
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
@@ -208,8 +223,14 @@ class TaskResult:
                 raise ValueError("field 'error' must be a string or null")
             # int(): a Lua script may write the count as a string
             attempts = int(data.get("attempts", 0))
+            started_at = data.get("started_at")
+            if started_at is not None and (isinstance(started_at, bool) or not isinstance(started_at, (int, float))
+                                           or not math.isfinite(started_at)):
+                raise ValueError(f"field 'started_at' must be a finite number (seconds since the epoch) or null, "
+                                 f"got {str(started_at)[:40]!r}")
             return cls(task_id=task_id, status=status, output=output, error=error, attempts=attempts,
-                       worker_id=worker_id, finished_at=float(data.get("finished_at", 0.0)))
+                       worker_id=worker_id, finished_at=float(data.get("finished_at", 0.0)),
+                       started_at=None if started_at is None else float(started_at))
         except KeyError as exc:
             raise ValueError(f"task result is missing field {exc.args[0]!r}") from None
         except (TypeError, OverflowError) as exc:

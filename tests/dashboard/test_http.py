@@ -503,3 +503,42 @@ def test_workflows_list_newest_first_with_first_and_last_pages_and_a_case_insens
         _run(http, lambda: orchestrator.execute(essay, {"topic": "t"}, workflow_id="wf-new"))
         rows = http.get("/parts/workflows?limit=2").json()["part-rows"]
         assert "wf-new" in rows
+
+
+def test_the_timeline_shows_a_nodes_run_time_not_its_wait_in_the_queue() -> None:
+    # A worker claims the task and dies (never settles); a live worker runs the node once
+    # the dead attempt's lease expires. The timeline's duration is the run on the live
+    # worker (result.started_at to finished_at), shorter than the time the task sat under
+    # the dead lease, measured in the same run.
+    from distributed_agents import Worker
+
+    async def nap(state: State) -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"text": "rested"}
+
+    graph = Graph("queued").add_node("nap", node_type="nap").set_entry_point("nap").set_finish_point("nap").compile()
+    with _memory_client() as http:
+        orchestrator: Orchestrator = http.app_state_orchestrator  # type: ignore[attr-defined]
+
+        async def go() -> tuple[float, str]:
+            await orchestrator.backend.worker_registry.register(WorkerInfo(
+                worker_id="w-dead", node_types=frozenset({"nap"}), capacity=1, host="box", pid=7,
+                last_heartbeat=time.time()))
+            submitted = time.time()
+            running = asyncio.ensure_future(orchestrator.execute(graph, {"topic": "x"}, workflow_id="wf-queued"))
+            queue = orchestrator.backend.task_queue
+            [dead] = await queue.claim(["nap"], worker_id="w-dead", lease_seconds=1.0, wait=10.0)
+            worker = Worker(node_types={"nap"}, backend=orchestrator.backend, poll_wait=0.05)
+            worker.register_node("nap", nap)
+            serving = asyncio.ensure_future(worker.start())
+            try:
+                await asyncio.wait_for(running, timeout=60)
+            finally:
+                await worker.stop(grace=1)
+                await serving
+            return dead.deadline - submitted, worker.worker_id
+
+        under_dead_lease, live_worker = _run(http, go)
+        [row] = [r for r in http.get("/api/workflows/wf-queued").json()["timeline"] if r["node"] == "nap"]
+        assert (row["outcome"], row["worker"], row["attempts"]) == ("done", live_worker, 2)
+        assert row["duration"] < under_dead_lease, (row["duration"], under_dead_lease)
