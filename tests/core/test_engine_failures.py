@@ -138,7 +138,7 @@ def test_node_result_too_large_for_the_store_fails_the_workflow_and_keeps_nothin
 
 def test_state_growing_past_the_backends_size_limit_fails_the_workflow_with_the_commit_error() -> None:
     # Each node's result is under the limit; the state after the second step is not.
-    graph = Graph("growing").add_node("one", lambda s: {"one": "x" * 4000}).add_node("two", lambda s: {"two": "y" * 4000})
+    graph = Graph("growing").add_node("one", lambda s: {"one": "x" * 6000}).add_node("two", lambda s: {"two": "y" * 6000})
     graph.set_entry_point("one").add_edge("one", "two").set_finish_point("two").compile()
     orchestrator = Orchestrator(backend_options={"max_payload_bytes": 10_000})
     error, status = run(failed_status(orchestrator, graph))

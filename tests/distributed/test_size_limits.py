@@ -68,8 +68,10 @@ def test_a_result_over_the_limit_fails_the_node_once_naming_node_size_and_limit(
     assert status.status == "failed"
 
 
-def test_a_700_kb_result_with_the_default_limit_fails_the_workflow_instead_of_hanging(url: str) -> None:
-    """The issue's example: on NATS a 700 KB result used to leave the workflow running for ever."""
+def test_a_700_kb_result_with_the_default_limit_commits_once_and_completes(url: str) -> None:
+    """The issue's example (on NATS a 700 KB result used to leave the workflow running for
+    ever): a result under the limit commits, although the step's checkpoint holds it as the
+    state and as the node's write (the entry stores it once), and the workflow completes."""
     calls: list[int] = []
 
     def large(state: State, context: NodeContext) -> dict[str, Any]:
@@ -83,18 +85,50 @@ def test_a_700_kb_result_with_the_default_limit_fails_the_workflow_instead_of_ha
         orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
         serving = asyncio.ensure_future(worker.start())
         try:
+            result = await orchestrator.execute(single("large"), {}, workflow_id="wf-700k")
+            return result, await orchestrator.get_workflow_status("wf-700k")
+        finally:
+            await worker.stop(grace=1)
+            await serving
+            await orchestrator.close()
+
+    result, status = run(scenario(), timeout=60)
+    assert calls == [1]
+    assert status.status == "completed" and len(result["report"]) == 700_000
+
+
+def test_a_state_growing_past_the_default_limit_fails_the_workflow_instead_of_hanging(url: str) -> None:
+    """Two results of 600 KB, each under the limit: the state after the second is not, so
+    its commit fails the workflow (on NATS, over the server's own max_payload) rather than
+    leaving it running."""
+    calls: list[str] = []
+
+    def part(state: State, context: NodeContext) -> dict[str, Any]:
+        calls.append(context.node)
+        return {context.node: "p" * 600_000}
+
+    worker = Worker(backend=url, poll_wait=0.1)
+    worker.register_node("first", part)
+    worker.register_node("second", part)
+    graph = Graph("g_growing").add_node("first").add_node("second")
+    graph.set_entry_point("first").add_edge("first", "second").set_finish_point("second").compile()
+
+    async def scenario() -> Any:
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60)
+        serving = asyncio.ensure_future(worker.start())
+        try:
             with pytest.raises(PayloadTooLargeError) as caught:
-                await orchestrator.execute(single("large"), {}, workflow_id="wf-700k")
-            return caught.value, await orchestrator.get_workflow_status("wf-700k")
+                await orchestrator.execute(graph, {}, workflow_id="wf-growing")
+            return caught.value, await orchestrator.get_workflow_status("wf-growing")
         finally:
             await worker.stop(grace=1)
             await serving
             await orchestrator.close()
 
     error, status = run(scenario(), timeout=60)
-    assert calls == [1]
-    assert error.limit == DEFAULT_MAX_PAYLOAD_BYTES and error.size > error.limit and error.node == "large"
-    assert "cannot commit step 0" in str(error) and "most by node 'large'" in str(error)
+    assert calls == ["first", "second"]
+    assert error.limit == DEFAULT_MAX_PAYLOAD_BYTES and error.size > error.limit
+    assert "cannot commit step 1" in str(error)
     assert status.status == "failed" and status.error["kind"] == "PayloadTooLargeError"
 
 
