@@ -186,6 +186,33 @@ def _adapter_option(url: str, extra: Mapping[str, str] | None, name: str) -> str
     return value
 
 
+_pool_class: Any = None
+
+
+def _closing_pool_class() -> Any:
+    """redis-py's ``BlockingConnectionPool`` that, once closed, closes what is given back.
+
+    A command still under way when the pool is closed (a ``BLPOP`` of a waiting claim,
+    a publish, a pub/sub read) fails on its closed socket, and redis-py's retry then
+    connects that connection again and hands it back to the pool: with nobody left to
+    close the pool, the new socket stayed open until garbage collection found it.
+    """
+    global _pool_class
+    if _pool_class is None:
+        redis_asyncio = load_redis()
+
+        class ClosingPool(redis_asyncio.BlockingConnectionPool):  # type: ignore[misc, name-defined]
+            closed = False  # set by RedisConnection.close
+
+            async def release(self, connection: Any) -> None:
+                await super().release(connection)
+                if self.closed:
+                    await connection.disconnect()
+
+        _pool_class = ClosingPool
+    return _pool_class
+
+
 class RedisConnection:
     """A lazily created redis-py client for one URL, shared by the ports that use it."""
 
@@ -219,7 +246,7 @@ class RedisConnection:
                 # A blocking pool makes a burst of concurrent calls queue for a
                 # connection instead of failing with "Too many connections".
                 # Keyword defaults; settings in the URL's query string take precedence.
-                pool = redis_asyncio.BlockingConnectionPool.from_url(
+                pool = _closing_pool_class().from_url(
                     self._client_url,
                     max_connections=_MAX_CONNECTIONS,
                     timeout=_POOL_TIMEOUT,
@@ -352,6 +379,8 @@ class RedisConnection:
         self._scripts.clear()
         if client is None:
             return
+        # From now on a connection given back (after a retry connected it again) is closed.
+        client.connection_pool.closed = True
         if running is loop:
             with redis_errors(self.url, "close the connection"):
                 await client.aclose()

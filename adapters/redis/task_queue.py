@@ -194,6 +194,9 @@ class RedisTaskQueue(TaskQueue):
         # Parked claimer registrations not in use, by (node types, worker id, lease ms): a
         # claim reuses one (and, while it lasts, blocks without claiming first).
         self._parks: dict[tuple[tuple[str, ...], str, int], list[_Park]] = {}
+        # Counts close() calls: a claim waiting when the queue closes stops instead of
+        # claiming again, which would open a new client that nobody closes.
+        self._closes = 0
         self._notifier.listen(self._keys.done_channel, self._early.on_event, self._early.clear)
 
     @property
@@ -295,11 +298,14 @@ class RedisTaskQueue(TaskQueue):
         park = spare.pop() if spare else (_Park(uuid.uuid4().hex) if wait > 0 else None)
         # A registration lasts as long as one sleep may (every sleep ends by then and claims).
         window = min(self.poll_cap, _BLOCK_MAX)
+        closes = self._closes
         try:
             # A registration with room for more tasks than this call takes is renewed (more
             # would be handed over than it may return); one with less room is kept.
             force = park is None or not park.live(now) or park.room > max_tasks
             while True:
+                if closes != self._closes:
+                    return []
                 if force:
                     sent = loop_time()
                     claimed, next_ms = await self._claim_now(
@@ -339,7 +345,7 @@ class RedisTaskQueue(TaskQueue):
                 if give_up - now <= 0 and not force:
                     return []
         finally:
-            if park is not None:
+            if park is not None and closes == self._closes:
                 self._parks.setdefault(key, []).append(park)
 
     async def _await_token(self, keys: list[str], pause: float) -> Any:
@@ -577,6 +583,7 @@ class RedisTaskQueue(TaskQueue):
         Parked registrations end first, and tasks handed to them that no claim took are
         given back at once (not counted as an attempt), instead of waiting out their lease.
         """
+        self._closes += 1
         parks = [park.id for spare in self._parks.values() for park in spare]
         self._parks.clear()
         if parks:

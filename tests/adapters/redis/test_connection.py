@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import subprocess
 import uuid
@@ -207,3 +209,56 @@ def test_rediss_to_a_tls_redis_works_and_an_untrusted_certificate_says_so(tls_re
 def test_redis_to_a_tls_only_port_suggests_rediss(tls_redis: TlsRedisServer) -> None:
     error = connect_error(f"redis://127.0.0.1:{tls_redis.port}/0")
     assert isinstance(error, BackendUnavailableError) and "use rediss://" in str(error)
+
+
+async def _named_clients(probe: object, name: str) -> list[dict[str, str]]:
+    return [c for c in await probe.client_list() if c.get("name") == name]  # type: ignore[attr-defined]
+
+
+async def _until_named_clients(probe: object, name: str, want: int, command: str | None = None) -> int:
+    """Poll ``CLIENT LIST`` until ``want`` clients named ``name`` (busy with ``command``) are seen.
+
+    Returns the last count seen; gives up after a while (the caller asserts on the count).
+    """
+    count = -1
+    for _ in range(200):
+        clients = await _named_clients(probe, name)
+        count = len([c for c in clients if command is None or c.get("cmd") == command])
+        if count == want:
+            break
+        await asyncio.sleep(0.05)
+    return count
+
+
+@pytest.mark.parametrize("via", ["client", "parked claim"])
+def test_a_command_under_way_when_the_connection_closes_leaves_no_connection_open(redis_url: str, via: str) -> None:
+    # The BLOCKing command fails on its closed socket, redis-py's retry connects again and
+    # hands the connection back to the closed pool: that socket must be closed too, not
+    # left for the garbage collector (an unclosed-socket warning in whichever test runs then).
+    name = f"closing-{uuid.uuid4().hex[:8]}"
+    url = f"{redis_url}?client_name={name}"
+
+    async def scenario() -> tuple[int, int]:
+        probe = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            if via == "client":
+                connection = RedisConnection(url)
+                await connection.ping()
+                waiting = asyncio.ensure_future(connection.client().blpop([f"{name}:nothing"], timeout=1))
+                closing = connection.close
+            else:
+                backend = open_backend(url, prefix=name)
+                await backend.connect()
+                waiting = asyncio.ensure_future(backend.task_queue.claim(["alpha"], worker_id="w", wait=1.0))
+                closing = backend.close
+            busy = await _until_named_clients(probe, name, 1, "blpop")
+            await closing()
+            with contextlib.suppress(Exception):
+                await waiting
+            return busy, await _until_named_clients(probe, name, 0)
+        finally:
+            await probe.aclose()
+
+    busy, left_open = run(scenario(), 60)
+    assert busy == 1
+    assert left_open == 0
