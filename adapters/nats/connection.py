@@ -32,8 +32,9 @@ import math
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors, note_permission_violation
@@ -57,6 +58,9 @@ _DUPLICATE_WINDOW = 120.0
 _DRAIN_TIMEOUT = 5  # seconds close() waits for subscriptions to drain before closing anyway
 # Per-message TTLs (the Nats-TTL header, allow_msg_ttl streams) came with nats-server 2.11.
 _MIN_SERVER = (2, 11)
+_STORE_FAILED = 10049  # JetStream's err_code for "error creating store for stream"
+_STORE_ATTEMPTS = 8  # tries of one stream's creation; the waits between them add up to 1.4 s
+T = TypeVar("T")
 _PROBE_TIMEOUT = 2.0  # seconds to open a probe connection, then to read the server's INFO line
 _TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
 _OPTIONS = ("creds", "nkey", "inbox_prefix", "replicas", "connect_attempts", "reconnect_wait",
@@ -462,9 +466,39 @@ class NatsConnection:
             duplicate_window=_DUPLICATE_WINDOW,
             discard=api.DiscardPolicy.OLD,
         )
-        await self._add_or_update_stream(stream)
+        await self._retrying_store(names.task_stream, lambda: self._add_or_update_stream(stream))
         for bucket in (names.task_bucket, names.claim_bucket, names.dead_bucket, names.state_bucket, names.worker_bucket):
-            self._buckets[bucket] = await self._create_bucket(bucket)
+            self._buckets[bucket] = await self._retrying_store(f"KV_{bucket}", lambda b=bucket: self._create_bucket(b))
+
+    async def _retrying_store(self, stream: str, create: Callable[[], Awaitable[T]]) -> T:
+        """Run ``create`` (a stream or bucket creation), retrying the server's store failure.
+
+        nats-server answers 500 / err_code 10049 ("error creating store for stream") when
+        it cannot make the stream's directory. Right after it enables JetStream for an
+        account (a fresh server, an account's first client) it briefly removes the account's
+        store directory while checking it is writable, and a stream created in that moment
+        fails this way; a moment later it succeeds. A failure that outlasts the retries
+        (full disk, unwritable store_dir) raises ``BackendError`` naming the stream and what
+        to check.
+        """
+        import nats.js.errors
+
+        for attempt in range(_STORE_ATTEMPTS):
+            try:
+                return await create()
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _STORE_FAILED or exc.code != 500:
+                    raise
+                if attempt + 1 < _STORE_ATTEMPTS:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                raise BackendError(
+                    f"NATS at {mask_url(self.url)} could not create the store of stream {stream!r} "
+                    f"(err_code {_STORE_FAILED}: {exc.description}, {_STORE_ATTEMPTS} attempts); the server "
+                    "logs the cause ('Stream create failed ...'): check its disk space, that its JetStream "
+                    "store_dir exists and is writable, and the account's JetStream storage limits"
+                ) from exc
+        raise AssertionError("unreachable")
 
     async def _add_or_update_stream(self, config: Any) -> None:
         import nats.js.errors
