@@ -41,6 +41,7 @@ def test_claim_wait_wakes_on_enqueue_without_polling(open_redis) -> None:
     async def scenario() -> tuple[float, list[str]]:
         consumer = await open_redis()
         producer = await open_redis(prefix=consumer.options.prefix)
+        consumer.task_queue.poll_cap = 30.0  # no safety poll inside the claim's wait (its BLPOP blocks 5 s at most)
         try:
             async def later() -> None:
                 await asyncio.sleep(0.3)
@@ -58,14 +59,15 @@ def test_claim_wait_wakes_on_enqueue_without_polling(open_redis) -> None:
 
     elapsed, ids = run(scenario(), 20)
     assert ids == ["t1"]
-    # Woken by pub/sub: well before the 1 s safety poll would have found it.
-    assert 0.25 < elapsed < 0.8
+    # Woken by the enqueue: a claim not woken would look again only when its 5 s block ends.
+    assert 0.25 < elapsed < 4.0
 
 
 def test_wait_results_wakes_on_ack_from_another_connection(open_redis) -> None:
     async def scenario() -> tuple[float, str]:
         waiter = await open_redis()
         worker = await open_redis(prefix=waiter.options.prefix)
+        waiter.task_queue.poll_cap = 30.0  # no safety poll within the wait: only the ack's announcement wakes it
         try:
             await waiter.task_queue.enqueue(task("t1"))
             [claim] = await worker.task_queue.claim(["alpha"], worker_id="w")
@@ -86,7 +88,7 @@ def test_wait_results_wakes_on_ack_from_another_connection(open_redis) -> None:
 
     elapsed, status = run(scenario(), 20)
     assert status == "succeeded"
-    assert 0.25 < elapsed < 0.8
+    assert 0.25 < elapsed < 4.0  # a waiter not woken would sleep out its 5 s timeout
 
 
 def test_wait_results_sees_a_dead_letter_from_an_expired_last_lease(open_redis) -> None:
@@ -97,6 +99,7 @@ def test_wait_results_sees_a_dead_letter_from_an_expired_last_lease(open_redis) 
         producer = await open_redis(max_attempts=1, prefix=backend.options.prefix)
         try:
             queue = backend.task_queue
+            queue.poll_cap = 30.0  # a fixed poll would sleep past the 5 s timeout
             # Enqueued elsewhere, so the waiter reads the task (and learns its lease
             # deadline); tasks a queue enqueued itself are never read but announce
             # their results, and a lost lease among them is seen within poll_cap.
@@ -111,7 +114,7 @@ def test_wait_results_sees_a_dead_letter_from_an_expired_last_lease(open_redis) 
 
     status, error, elapsed = run(scenario(), 20)
     assert status == "failed" and error is not None and "lease expired on attempt 1 of 1" in error
-    assert elapsed < 0.8  # slept until the reported deadline, not a fixed poll
+    assert elapsed < 4.0  # slept until the reported 0.3 s deadline, not a fixed (30 s) poll
 
 
 def test_a_repeated_settle_call_is_recognised_but_a_second_call_is_refused(open_redis) -> None:
