@@ -138,16 +138,6 @@ def _app_spec(text: str) -> str:
     return text.strip()
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{value} is not a port number (0 to 65535; 0 picks a free one)")
-    return value
-
-
 def _graph_specs(text: str) -> tuple[str, ...]:
     specs = tuple(dict.fromkeys(_app_spec(s) for s in text.split(",") if s.strip()))
     if not specs:
@@ -305,7 +295,7 @@ GRAPH_SPEC = Option("--graph", ("DA_GRAPH",), _text, "where the workflow's graph
 QUEUE_NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types, "comma-separated node types to show",
                           "researcher,writer", default_text="those of live workers and dead letters", metavar="TYPES")
 
-HEALTH_PORT = Option("--health-port", ("DA_HEALTH_PORT",), _port,
+HEALTH_PORT = Option("--health-port", ("DA_HEALTH_PORT",), observability.port_number,
                      "serve HTTP GET /livez and /readyz on this port (all interfaces) for liveness and readiness "
                      "probes; 0 picks a free port (logged)", "8080", default_text="none", metavar="PORT")
 GRAPHS = Option("--app", ("DA_APP",), _graph_specs,

@@ -39,7 +39,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                              "default 5)")
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
+    """A TCP port from ``text`` (0 to 65535; 0 picks a free one); raises ``ValueError`` saying why not."""
     try:
         value = int(text)
     except ValueError:
@@ -51,7 +52,7 @@ def _port(text: str) -> int:
 
 def _port_arg(text: str) -> int:
     try:
-        return _port(text)
+        return port_number(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -76,7 +77,7 @@ def instrumentation_from(args: argparse.Namespace, service_name: str) -> Instrum
     port = getattr(args, "metrics_port", None)
     if port is None and _env("DA_METRICS_PORT"):
         try:
-            port = _port(_env("DA_METRICS_PORT"))
+            port = port_number(_env("DA_METRICS_PORT"))
         except ValueError as exc:
             raise ConfigurationError(f"environment variable DA_METRICS_PORT is invalid: {exc}; set it to a port "
                                      "such as 9464, or unset it") from None
