@@ -17,8 +17,6 @@ Screenshots of each page go to ``$DA_SCREENSHOT_DIR`` when set (the README's com
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import importlib.util
 import os
 import pathlib
@@ -26,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +33,7 @@ import httpx
 import pytest
 
 from distributed_agents import Orchestrator
-from distributed_agents.dashboard import dashboard
+from support.embedded_dashboard import EmbeddedDashboard
 from support.server_process import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
@@ -51,34 +48,11 @@ _spec.loader.exec_module(app)
 WAIT_MS = 60_000  # how long the page may take to show something (a wait, not a timing assertion)
 
 
-class Driver:
+def Driver(url: str, prefix: str) -> EmbeddedDashboard:
     """An orchestrator on its own event-loop thread (nodes on workers), and a read-only dashboard over it."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
-                                         wait_for_workers=True)
-        self.board = dashboard(self.orchestrator, port=0, read_only=True, graphs=[app.essay, app.approval])
-        self.call(self.board.start())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def start(self, graph: Any, workflow_id: str, **inputs: str) -> concurrent.futures.Future[Any]:
-        """Run a workflow of ``graph`` in the background; the future holds its outcome."""
-        return asyncio.run_coroutine_threadsafe(self.orchestrator.execute(graph, inputs, workflow_id=workflow_id),
-                                                self.loop)
-
-    def close(self) -> None:
-        try:
-            self.call(self.board.stop())
-            self.call(self.orchestrator.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            self.loop.close()
+    orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
+                                wait_for_workers=True)
+    return EmbeddedDashboard(orchestrator, read_only=True, graphs=[app.essay, app.approval])
 
 
 class Deployment:

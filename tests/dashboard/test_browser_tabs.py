@@ -8,16 +8,14 @@ cheap, and the browser side is what is under test.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 from typing import Any
 
 import pytest
 
 from distributed_agents import Graph, Orchestrator, State, interrupt
-from distributed_agents.dashboard import dashboard
+from support.embedded_dashboard import EmbeddedDashboard
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -50,28 +48,9 @@ approval = (Graph("approval").add_node("draft", draft).add_node("ask", ask).set_
             .add_edge("draft", "ask").set_finish_point("ask").compile())
 
 
-class Embedded:
-    """A memory orchestrator and its dashboard (with a token) on an event-loop thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.orchestrator = Orchestrator()
-        self.board = dashboard(self.orchestrator, port=0, token=TOKEN, graphs=[essay, approval, wide, failing])
-        self.call(self.board.start())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def close(self) -> None:
-        try:
-            self.call(self.board.stop())
-            self.call(self.orchestrator.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            self.loop.close()
+def Embedded() -> EmbeddedDashboard:
+    """An in-process orchestrator and a dashboard with a token, on their own loop thread."""
+    return EmbeddedDashboard(Orchestrator(), token=TOKEN, graphs=[essay, approval, wide, failing])
 
 
 @pytest.fixture
