@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -201,8 +202,9 @@ def test_a_person_watches_answers_requeues_and_is_refused_in_chromium(deployment
             page.screenshot(path=str(shots / "dead-letter.png"), full_page=True)
             (deployment.folder / "broken").unlink()
             page.get_by_role("button", name="Requeue").click()
+            # The page itself goes on to the dead-letter list, with the outcome as its notice.
+            page.wait_for_url(re.compile(r".*/dead-letters\?notice="), timeout=WAIT_MS)
             expect(page.locator("#messages")).to_contain_text(archive_id)
-            page.goto(base + "/dead-letters")
             expect(page.locator("#part-rows")).to_contain_text("No dead letters.")
             page.goto(f"{base}/workflows/{archive_id}")
             expect(page.locator("#part-summary .badge")).to_have_text("running")  # reopened by the requeue
