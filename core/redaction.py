@@ -36,6 +36,7 @@ SAFE_OPTIONS = frozenset({
     # Redis (redis-py settings and ours)
     "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size", "retry_on_timeout",
     "max_connections", "timeout", "health_check_interval", "client_name", "protocol", "bus_subscribe",
+    "cluster",
     "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname",
     "ssl_min_version", "ssl_ciphers",
     # NATS

@@ -15,6 +15,20 @@ the server's certificate and host name by default, whatever the redis-py version
 (``ssl_cert_reqs=none`` turns verification off, for tests only); a TLS option on a
 plain ``redis://`` URL is refused, since it would otherwise connect unencrypted.
 
+``?cluster=true`` talks to a Redis Cluster: the URL names one node (any; the client
+discovers the others from it) and the client is redis-py's ``RedisCluster``, which
+routes each command to the node serving its key's hash slot and follows ``MOVED`` and
+``ASK`` redirections and failovers. Every key of one prefix then starts with the hash
+tag ``{prefix}:`` (``key_prefix``), so each Lua script's keys, built inside the script
+from that prefix, are in one slot; each script call names one key of that slot in
+``KEYS`` so that it is routed there. Node-cache entries keep the untagged prefix and
+spread over the slots (each cache command touches one key). Pub/sub connections go to
+any node (a classic ``PUBLISH`` reaches every node of a cluster) and move to another
+known node when theirs stops answering. Scripts are sent one per call (not batched
+into pipelines: a cluster pipeline regroups and re-sends commands on redirection).
+Cluster mode is chosen explicitly, not detected: the key layout differs, and a
+deployment must not change it because of the server it happens to reach.
+
 ``?bus_subscribe=prefix`` makes the message bus ``PSUBSCRIBE`` to one glob per prefix,
 ``<prefix>:bus:*``, instead of one per subscribed pattern (``pattern``, the default):
 a Redis ACL allows a ``PSUBSCRIBE`` only to a glob it lists literally, so a user
@@ -53,7 +67,7 @@ __all__ = ["RedisConnection", "redis_client_url"]
 _OUR_OPTIONS = frozenset(f.name for f in fields(BackendOptions))
 _SCHEMES = ("redis", "rediss", "unix")
 # Options of this adapter (not redis-py's): name -> allowed values.
-_ADAPTER_OPTIONS = {"bus_subscribe": ("pattern", "prefix")}
+_ADAPTER_OPTIONS = {"bus_subscribe": ("pattern", "prefix"), "cluster": ("false", "true")}
 # Our short TLS option names -> redis-py's.
 _TLS_ALIASES = {"tls_ca": "ssl_ca_certs", "tls_cert": "ssl_certfile", "tls_key": "ssl_keyfile"}
 # redis-py connection settings accepted in the query string; anything else is refused.
@@ -213,6 +227,22 @@ def _closing_pool_class() -> Any:
     return _pool_class
 
 
+def _check_cluster_url(url: str, client_url: str) -> None:
+    """Refuse what a Redis Cluster cannot do: a unix socket, a database other than 0."""
+    parts = urlsplit(client_url)
+    if parts.scheme.lower() == "unix":
+        raise BackendConfigError(
+            f"?cluster=true in {mask_url(url)} needs a redis:// or rediss:// URL naming one node of the cluster "
+            "(host:port); a unix socket cannot reach the other nodes"
+        )
+    database = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "0")
+    if database not in ("", "0"):
+        raise BackendConfigError(
+            f"?cluster=true in {mask_url(url)} selects database {database}, but a Redis Cluster has only database 0; "
+            "drop the database number from the URL (or use /0) and separate deployments with ?prefix="
+        )
+
+
 class RedisConnection:
     """A lazily created redis-py client for one URL, shared by the ports that use it."""
 
@@ -221,10 +251,21 @@ class RedisConnection:
         self.url = url
         self._client_url = redis_client_url(url, extra)
         self.bus_subscribe = _adapter_option(url, extra, "bus_subscribe")
+        self.cluster = _adapter_option(url, extra, "cluster") == "true"
+        if self.cluster:
+            _check_cluster_url(url, self._client_url)
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
         self._batcher: ScriptBatcher | None = None
+
+    def key_prefix(self, prefix: str) -> str:
+        """What every key (and channel) name of ``prefix`` starts with: ``{prefix}`` on a cluster.
+
+        The braces make the prefix a hash tag, so that all the keys of one prefix are in
+        one hash slot (one node) and a Lua script may touch any of them.
+        """
+        return f"{{{prefix}}}" if self.cluster else prefix
 
     @property
     def masked_url(self) -> str:
@@ -246,6 +287,11 @@ class RedisConnection:
                 # A blocking pool makes a burst of concurrent calls queue for a
                 # connection instead of failing with "Too many connections".
                 # Keyword defaults; settings in the URL's query string take precedence.
+                if self.cluster:
+                    self._client = self._cluster_client(ConnectionError, TimeoutError)
+                    self._loop = loop
+                    self._scripts.clear()
+                    return self._client
                 pool = _closing_pool_class().from_url(
                     self._client_url,
                     max_connections=_MAX_CONNECTIONS,
@@ -269,6 +315,21 @@ class RedisConnection:
             self._scripts.clear()
         return self._client
 
+    def _cluster_client(self, *retry_on: type[Exception]) -> Any:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+
+        from distributed_agents.adapters.redis.cluster import open_cluster_client
+
+        return open_cluster_client(
+            self._client_url,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_timeout=10,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
+            retry_on_error=list(retry_on),
+        )
+
     def script(self, name: str, source: str) -> Any:
         """The registered redis-py ``AsyncScript`` for ``source`` (registered once per client)."""
         client = self.client()
@@ -284,6 +345,11 @@ class RedisConnection:
         as one pipeline (``batching``); each still gets its own reply or error.
         """
         script = self.script(name, source)
+        if self.cluster:
+            # One EVALSHA per call: redis-py routes it by its first key and follows
+            # redirections (see the module docstring for why no pipelines).
+            with redis_errors(self.url, action):
+                return await script(keys=keys, args=args, client=self.client())
         if self._batcher is None:
             self._batcher = ScriptBatcher(self.client)
         with redis_errors(self.url, action):
@@ -325,7 +391,14 @@ class RedisConnection:
 
     async def _ping(self) -> None:
         with redis_errors(self.url, "connect"):
-            await self.client().ping()
+            client = self.client()
+            if self.cluster:
+                # One node is enough (redis-py's cluster PING asks every node, and one of
+                # them may be down while its replica serves its slots).
+                await client.initialize()
+                await client.ping(target_nodes=client.RANDOM)
+            else:
+                await client.ping()
 
     def _tls_host(self) -> tuple[str, int] | None:
         parts = urlsplit(self._client_url)
@@ -378,6 +451,11 @@ class RedisConnection:
         loop, self._loop = self._loop, None
         self._scripts.clear()
         if client is None:
+            return
+        if self.cluster:
+            if running is loop:
+                with redis_errors(self.url, "close the connection"):
+                    await client.aclose()
             return
         # From now on a connection given back (after a retry connected it again) is closed.
         client.connection_pool.closed = True

@@ -9,6 +9,8 @@ is the one place where redis-py exceptions become the project's own:
   password masked;
 * ``redis.AuthenticationError`` and other ``redis.RedisError`` -> ``BackendError``;
 * ``OSError`` from the socket layer -> ``BackendUnavailableError``;
+* a Redis Cluster failing over or moving a slot (``CLUSTERDOWN``, ``TRYAGAIN``, a slot
+  no node serves, too many redirections) -> ``BackendUnavailableError``: it passes;
 * ``redis.InvalidResponse`` (what came back is not the Redis protocol: the URL points at
   another kind of server, e.g. NATS) -> ``BackendConfigError``, one line without the
   server's raw greeting.
@@ -86,6 +88,11 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
             f"Redis at {where} is unreachable while trying to {action} ({type(exc).__name__}: {exc}); "
             "retries with backoff gave up. Check that redis-server is running and the URL is right"
         )
+    if _cluster_in_transition(exc):
+        return BackendUnavailableError(
+            f"the Redis Cluster at {where} cannot serve the slot while trying to {action} ({type(exc).__name__}: "
+            f"{exc}): a failover or resharding is under way, or no node serves the slot; retrying"
+        )
     if isinstance(exc, rexc.NoPermissionError) or (isinstance(exc, rexc.ResponseError) and _is_acl_refusal(str(exc))):
         return BackendError(
             f"Redis at {where} refused to {action}: this user lacks the permission ({exc}); give it the keys, "
@@ -102,6 +109,22 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
     if isinstance(exc, rexc.RedisError):
         return BackendError(f"Redis at {where} failed to {action}: {type(exc).__name__}: {exc}")
     return None
+
+
+def _cluster_in_transition(exc: Exception) -> bool:
+    """Whether ``exc`` is a Redis Cluster moving a slot or electing a primary (passing, unlike a bug)."""
+    import redis.exceptions as rexc
+
+    passing = tuple(getattr(rexc, name) for name in ("ClusterDownError", "TryAgainError", "MasterDownError",
+                                                      "SlotNotCoveredError", "ClusterError") if hasattr(rexc, name))
+    if isinstance(exc, passing):
+        return True
+    text = str(exc)
+    # A command blocked on a primary that has just become a replica (its clients are unblocked).
+    if isinstance(exc, rexc.ResponseError) and text.startswith(("UNBLOCKED", "MASTERDOWN")):
+        return True
+    # Too many MOVED/ASK in a row, or no node reachable to read the slot map from.
+    return isinstance(exc, rexc.RedisClusterException) and ("TTL exhausted" in text or "cannot be connected" in text)
 
 
 def _not_redis(exc: Exception, url: str) -> BackendConfigError:

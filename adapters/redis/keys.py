@@ -3,6 +3,12 @@
 Everything lives under ``{prefix}:`` so that two prefixes never see each other's data:
 ``{prefix}:q:*`` task queue, ``{prefix}:wf:*`` state store, ``{prefix}:w:*`` worker
 registry, ``{prefix}:bus:*`` message-bus channels, ``{prefix}:cache:*`` the node cache.
+
+The classes take the *key prefix*, ``RedisConnection.key_prefix(prefix)``: the prefix
+itself on one server, the prefix in braces on a Redis Cluster (``{app}``: a hash tag,
+so that every key of the prefix is in one slot and a script may touch any of them).
+Node-cache keys use the plain prefix (``cache_prefix``) in both cases: each cache
+command touches one key, so on a cluster they spread over the slots.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ class QueueKeys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+
+    @property
+    def route(self) -> str:
+        """A key every queue script names in ``KEYS``: on a cluster it routes the script to its slot."""
+        return f"{self.prefix}:q:seq"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:q:t:{task_id}"
@@ -36,10 +47,11 @@ class QueueKeys:
 
 
 class StateKeys:
-    """Names used by the state store."""
+    """Names used by the state store; ``cache_prefix`` (default ``prefix``) names the cache's keys."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, cache_prefix: str | None = None) -> None:
         self.prefix = prefix
+        self.cache_prefix = prefix if cache_prefix is None else cache_prefix
 
     def record(self, workflow_id: str) -> str:
         return f"{self.prefix}:wf:r:{workflow_id}"
@@ -62,11 +74,11 @@ class StateKeys:
     # nor does a namespace's SCAN pattern match another's). Every cache command touches one
     # key, so entries need no hash tag: in a cluster they spread over the slots.
     def cache(self, namespace: str, key: str) -> str:
-        return f"{self.prefix}:cache:{_escape_namespace(namespace)}:{key}"
+        return f"{self.cache_prefix}:cache:{_escape_namespace(namespace)}:{key}"
 
     def cache_glob(self, namespace: str) -> str:
         """A ``SCAN MATCH`` pattern matching exactly the keys of ``namespace``."""
-        return _escape_glob(f"{self.prefix}:cache:{_escape_namespace(namespace)}:") + "*"
+        return _escape_glob(f"{self.cache_prefix}:cache:{_escape_namespace(namespace)}:") + "*"
 
 
 def _escape_namespace(namespace: str) -> str:

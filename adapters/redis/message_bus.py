@@ -86,6 +86,7 @@ class RedisMessageBus(MessageBus):
         self.prefix = BackendOptions.from_url(redis_url, prefix=prefix).prefix
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
+        self._channel_prefix = self._connection.key_prefix(self.prefix)  # {prefix} on a cluster
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, list[RedisSubscription]] = {}
@@ -125,7 +126,7 @@ class RedisMessageBus(MessageBus):
         """Send ``data`` (a JSON object) to every current subscriber of ``channel``."""
         payload = encode(dict(data))
         with redis_errors(self._connection.url, f"publish to {channel!r}"):
-            await self._connection.client().publish(bus_channel(self.prefix, channel), payload)
+            await self._connection.client().publish(bus_channel(self._channel_prefix, channel), payload)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Publish in order, pipelined: one round trip for the whole batch."""
@@ -134,13 +135,13 @@ class RedisMessageBus(MessageBus):
         with redis_errors(self._connection.url, f"publish {len(messages)} messages"):
             async with self._connection.client().pipeline(transaction=False) as pipe:
                 for channel, data in messages:
-                    pipe.publish(bus_channel(self.prefix, channel), encode(dict(data)))
+                    pipe.publish(bus_channel(self._channel_prefix, channel), encode(dict(data)))
                 await pipe.execute()
 
     async def subscribe(self, pattern: str) -> Subscription:
         """Subscribe to a channel or pattern; returns once the server confirmed it."""
         # One glob for the whole prefix when a Redis ACL must list it (see connection).
-        glob = bus_glob(self.prefix, ">" if self._connection.bus_subscribe == "prefix" else pattern)
+        glob = bus_glob(self._channel_prefix, ">" if self._connection.bus_subscribe == "prefix" else pattern)
         subscription = RedisSubscription(self, pattern, glob)
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -273,7 +274,7 @@ class RedisMessageBus(MessageBus):
         group = self._subscriptions.get(glob)
         if not group:
             return
-        head = f"{self.prefix}:bus:"
+        head = f"{self._channel_prefix}:bus:"
         if not redis_channel.startswith(head):
             return
         channel = redis_channel[len(head):]

@@ -323,7 +323,7 @@ class RedisStateManager(StateStore):
         self.state_ttl = options.state_ttl
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
-        self._keys = StateKeys(self.prefix)
+        self._keys = StateKeys(self._connection.key_prefix(self.prefix), cache_prefix=self.prefix)
         # The newest checkpoint entry this store wrote per workflow (most recent last).
         self._tips: OrderedDict[str, ChainTip] = OrderedDict()
 
@@ -391,7 +391,7 @@ class RedisStateManager(StateStore):
                 _SAVE,
                 self._workflow_keys(workflow_id),
                 [
-                    self.prefix,
+                    self._keys.prefix,
                     workflow_id,
                     int(expected_version),
                     raw_record,
@@ -480,7 +480,7 @@ class RedisStateManager(StateStore):
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records (optionally of one status), oldest first (one round trip)."""
         index = self._keys.index if status is None else self._keys.status_index(status)
-        raws = await self._script("state_list", _LIST, [index], [self.prefix, status or ""], "list workflows")
+        raws = await self._script("state_list", _LIST, [index], [self._keys.prefix, status or ""], "list workflows")
         return stored_records((f"{index} (record {n})", raw) for n, raw in enumerate(raws))
 
     async def count_workflows(self) -> dict[str, int]:
@@ -490,13 +490,13 @@ class RedisStateManager(StateStore):
         """
         statuses = sorted(WorkflowStatus.ALL)
         counts = await self._script("state_count", _COUNT, [self._keys.status_index(s) for s in statuses],
-                                    [self.prefix, *statuses], "count workflows by status")
+                                    [self._keys.prefix, *statuses], "count workflows by status")
         return {status: int(count) for status, count in zip(statuses, counts)}
 
     async def delete(self, workflow_id: str) -> bool:
         """Remove record, checkpoints and lease (the fencing counter stays)."""
         removed = await self._script(
-            "state_delete", _DELETE, self._workflow_keys(workflow_id), [self.prefix, workflow_id],
+            "state_delete", _DELETE, self._workflow_keys(workflow_id), [self._keys.prefix, workflow_id],
             f"delete workflow {workflow_id!r}",
         )
         return bool(removed)

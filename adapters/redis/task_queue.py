@@ -188,7 +188,7 @@ class RedisTaskQueue(TaskQueue):
         self.max_attempts = options.max_attempts
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
-        self._keys = QueueKeys(self.prefix)
+        self._keys = QueueKeys(self._connection.key_prefix(self.prefix))  # {prefix} on a cluster
         self._notifier = Notifier(self._connection)
         self._early = _EarlyResults()
         # Parked claimer registrations not in use, by (node types, worker id, lease ms): a
@@ -205,8 +205,9 @@ class RedisTaskQueue(TaskQueue):
         return self._connection.url
 
     async def _run(self, name: str, args: list[Any], action: str) -> Any:
-        base = [self.prefix, self.max_attempts, _ms(self.result_ttl)]
-        return await self._connection.run_script(name, _SCRIPTS[name], [], base + args, action)
+        base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
+        # KEYS names one key of the prefix's slot: on a cluster it routes the script there.
+        return await self._connection.run_script(name, _SCRIPTS[name], [self._keys.route], base + args, action)
 
     # -- producing -------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class RedisNodeRegistry(WorkerRegistry):
         self.heartbeat_ttl = options.heartbeat_ttl
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
-        self._keys = WorkerKeys(self.prefix)
+        self._keys = WorkerKeys(self._connection.key_prefix(self.prefix))  # {prefix} on a cluster
 
     async def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
         return await self._connection.run_script(name, source, keys, args, action)
@@ -137,7 +137,7 @@ class RedisNodeRegistry(WorkerRegistry):
     async def list_workers(self, node_type: str | None = None) -> list[WorkerInfo]:
         """Live workers (heartbeat within ``heartbeat_ttl``), sorted by id."""
         reply = await self._script(
-            "registry_list", _LIST, [self._keys.beats], [self.prefix, _ms(self.heartbeat_ttl)], "list workers"
+            "registry_list", _LIST, [self._keys.beats], [self._keys.prefix, _ms(self.heartbeat_ttl)], "list workers"
         )
         workers = []
         for index in range(0, len(reply), 3):

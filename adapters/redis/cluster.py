@@ -1,0 +1,120 @@
+"""The Redis Cluster client of ``RedisConnection`` (URLs with ``?cluster=true``).
+
+``open_cluster_client`` returns a redis-py ``RedisCluster`` (asyncio) with two changes
+the adapter needs, made in a subclass built on first use (redis-py is imported lazily):
+
+* ``pipeline()`` accepts ``publish`` and ``evalsha``, which redis-py's cluster pipeline
+  refuses by name although it routes them like any command sent with
+  ``execute_command``: the message bus publishes a batch as one pipeline, and a
+  ``PUBLISH`` reaches every node of a cluster whichever node receives it;
+* ``pubsub()`` returns a plain (non-cluster) ``PubSub`` on a pool whose connections go
+  to one node of the cluster and, when that node stops answering (killed, partitioned),
+  connect to the next node the client knows instead of retrying the dead one for ever.
+  Classic pub/sub is cluster-wide: a subscriber on any node, replicas included, gets
+  every message published on any node, so which node it is does not matter. (redis-py's
+  own ``ClusterPubSub`` does not exist in the asyncio client before redis-py 6 and
+  binds to one node.)
+
+Everything else is redis-py's: slot routing, ``MOVED``/``ASK``, re-reading the slot map
+after a failover, ``retry`` for connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from distributed_agents.adapters.redis.errors import load_redis
+
+__all__ = ["open_cluster_client"]
+
+_classes: dict[str, Any] = {}
+
+
+def _client_class() -> Any:
+    """The ``RedisCluster`` subclass (made once; redis-py is imported here, not at import time)."""
+    if "client" in _classes:
+        return _classes["client"]
+    load_redis()
+    from redis.asyncio.client import PubSub
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+    from redis.asyncio.connection import ConnectionPool
+
+    class Pipeline(ClusterPipeline):  # type: ignore[misc]
+        def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+            return self.execute_command("PUBLISH", channel, message, **kwargs)
+
+        def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+            return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    class Cluster(RedisCluster):  # type: ignore[misc]
+        _pubsub_pool: Any = None
+        _pubsub_settings: tuple[str, dict[str, Any]] = ("", {})
+
+        def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+            if transaction or shard_hint:
+                return super().pipeline(transaction, shard_hint)
+            return Pipeline(self)
+
+        def pubsub(self, **kwargs: Any) -> Any:
+            if self._pubsub_pool is None:
+                url, settings = self._pubsub_settings
+                self._pubsub_pool = _failover_pool(ConnectionPool, url, settings, self._node_addresses)
+            return PubSub(connection_pool=self._pubsub_pool, **kwargs)
+
+        def _node_addresses(self) -> list[tuple[str, int]]:
+            """Every node the client knows (primaries first), as (host, port)."""
+            nodes = sorted(self.get_nodes(), key=lambda node: node.server_type != "primary")
+            return [(str(node.host), int(node.port)) for node in nodes]
+
+        async def aclose(self) -> None:
+            pool, self._pubsub_pool = self._pubsub_pool, None
+            try:
+                await super().aclose()
+            finally:
+                if pool is not None:
+                    await pool.disconnect()
+
+    _classes["client"] = Cluster
+    return Cluster
+
+
+def open_cluster_client(client_url: str, **settings: Any) -> Any:
+    """A ``RedisCluster`` for ``client_url`` (one node's address; the others are discovered).
+
+    ``settings`` are keyword defaults for every node connection (timeouts, ``retry``,
+    ``health_check_interval``), the pub/sub connections' included; the URL's query wins.
+    """
+    client = _client_class().from_url(client_url, **settings)
+    client._pubsub_settings = (client_url, dict(settings))
+    return client
+
+
+def _failover_pool(pool_class: Any, url: str, settings: dict[str, Any],
+                   addresses: Callable[[], list[tuple[str, int]]]) -> Any:
+    """A pool for ``url`` whose connections try the cluster's other nodes when theirs is gone.
+
+    Its connection class (one per pool: it carries ``addresses``) tries the node it last
+    reached, then each node ``addresses()`` lists; redis-py's retry and re-subscription
+    on reconnect then work as on a single server.
+    """
+    pool = pool_class.from_url(url, **settings)
+    base = pool.connection_class
+
+    async def _connect(self: Any) -> None:
+        candidates = [(self.host, self.port)]
+        candidates += [a for a in addresses() if a not in candidates]
+        failure: BaseException | None = None
+        for host, port in candidates:
+            self.host, self.port = host, port
+            try:
+                await base._connect(self)
+                return
+            except (OSError, asyncio.TimeoutError) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    pool.connection_class = type(f"Failover{base.__name__}", (base,), {"_connect": _connect})
+    return pool

@@ -1,0 +1,246 @@
+"""Workflows on a real Redis Cluster (``?cluster=true``), with failovers mid-run.
+
+One cluster for the module (``support.redis_cluster``: three primaries, one replica
+each, on loopback; ``cluster-node-timeout`` 1 s). Worker processes (the
+``distributed-agents worker`` CLI), each given a different node's address (the client
+discovers the rest), and an in-process orchestrator run ``cluster_app``'s graph: a
+fan-out with ``Send``, a join, then a chain.
+
+- Layout: every key of the prefix is ``{prefix}:...`` and lives on the one primary that
+  serves the tag's slot (the node-cache keys excepted: they spread over the slots).
+- Failover by ``CLUSTER FAILOVER`` on the replica of the slot's primary mid-run (the
+  coordinated kind: the primary stops writes until the replica caught up, so nothing
+  acknowledged can be lost), and failover after a SIGKILL of that primary. For the kill,
+  the primary's writes are paused (``CLIENT PAUSE WRITE``) until its replica holds all of
+  them: Redis replicates asynchronously, and a write acknowledged in the moment before a
+  crash may be lost with the primary (docs/durability.md says so); what this test pins
+  down is everything else: the clients follow the failover (``MOVED``, a new slot map,
+  new connections), repeat calls whose replies were lost without doing anything twice,
+  and the run finishes with the fault-free result, one checkpoint per step, nothing left
+  queued, leased or dead-lettered, and the workers still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support.aio import run
+from support.redis_cluster import RedisCluster
+from support.worker_processes import WorkerProcesses, load_test_app
+
+from distributed_agents import Orchestrator
+from distributed_agents.core.ports.state_store import WorkflowStatus
+from distributed_agents.distributed import DistributedOrchestrator
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+
+app = load_test_app("cluster_app")
+WORKFLOWS = 4
+LEASE = 2.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    nodes = RedisCluster()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+def node_url(cluster: RedisCluster, index: int) -> str:
+    return f"redis://127.0.0.1:{cluster.nodes[index].port}/0?cluster=true"
+
+
+def expected_states(count: int) -> list[dict[str, Any]]:
+    """The fault-free final states, computed in-process with no delay."""
+    async def compute() -> list[dict[str, Any]]:
+        orchestrator = Orchestrator(registry=app.registry)
+        try:
+            return [dict(await orchestrator.execute(app.build_graph(), {"value": f"in-{i}", "trail": []}))
+                    for i in range(count)]
+        finally:
+            await orchestrator.close()
+
+    previous = os.environ.get("DA_CLUSTER_DELAY")
+    os.environ["DA_CLUSTER_DELAY"] = "0"
+    try:
+        return run(compute(), timeout=60)
+    finally:
+        if previous is None:
+            os.environ.pop("DA_CLUSTER_DELAY", None)
+        else:
+            os.environ["DA_CLUSTER_DELAY"] = previous
+
+
+def keys_on(cluster: RedisCluster, index: int, pattern: str) -> list[str]:
+    """Keys matching ``pattern`` stored on node ``index`` (``redis-cli --scan``)."""
+    return cluster.node_cli(index, "--scan", "--pattern", pattern).split()
+
+
+def start_workers(cluster: RedisCluster, prefix: str, tmp_path: pathlib.Path, count: int) -> WorkerProcesses:
+    """``count`` worker processes, each given a different primary's address."""
+    workers = WorkerProcesses(cluster.url, prefix, tmp_path, "cluster_app:registry")
+    primaries = [i for i in cluster.live() if cluster.role(i) == "master"]
+    for index in range(count):
+        workers.url = node_url(cluster, primaries[index % len(primaries)])
+        workers.start(f"w{index}", "--visibility-timeout", str(LEASE), "--shutdown-grace", "2")
+    return workers
+
+
+async def finish_and_inspect(orchestrator: DistributedOrchestrator, runs: list[asyncio.Task[Any]],
+                             ids: list[str]) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    finals = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 120)
+    store = orchestrator.backend.state_store
+    steps = {wf: [cp.step for cp in await store.list_checkpoints(wf)] for wf in ids}
+    records = {wf: await store.get(wf) for wf in ids}
+    stats = {t: await orchestrator.backend.task_queue.stats(t) for t in app.NODE_TYPES}
+    return finals, {"steps": steps, "records": records}, stats
+
+
+def check_outcome(finals: list[Any], expected: list[Any], history: dict[str, Any], stats: dict[str, Any],
+                  logs: str) -> None:
+    assert finals == expected, logs
+    for wf, record in history["records"].items():
+        assert record is not None and record.status == WorkflowStatus.COMPLETED, (wf, record, logs)
+        # One checkpoint per step, none missing, none twice: no step was committed twice.
+        assert sorted(history["steps"][wf]) == list(range(record.step + 1)), (wf, history["steps"][wf], logs)
+    busy = {t: (s.queued, s.in_flight, s.dead) for t, s in stats.items() if s.queued or s.in_flight or s.dead}
+    assert not busy, f"tasks left queued, leased or dead-lettered: {busy} {logs}"
+
+
+def test_fan_out_and_join_run_on_the_cluster_with_one_slot_per_prefix(cluster: RedisCluster,
+                                                                     tmp_path: pathlib.Path) -> None:
+    expected = expected_states(2)
+    prefix = f"rc{uuid.uuid4().hex[:6]}"
+    graph = app.build_graph()
+    workers = start_workers(cluster, prefix, tmp_path, 1)
+    ids = [f"{prefix}-{i}" for i in range(2)]
+
+    async def scenario() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        orchestrator = DistributedOrchestrator(backend_url=cluster.url, prefix=prefix, visibility_timeout=LEASE)
+        orchestrator.register_graph(graph)
+        await orchestrator.connect()
+        try:
+            runs = [asyncio.create_task(orchestrator.execute(graph, {"value": f"in-{i}", "trail": []},
+                                                             workflow_id=wf)) for i, wf in enumerate(ids)]
+            return await finish_and_inspect(orchestrator, runs, ids)
+        finally:
+            await orchestrator.close()
+
+    try:
+        os.environ["DA_CLUSTER_DELAY"] = "0"
+        finals, history, stats = run(scenario(), timeout=150)
+    finally:
+        os.environ.pop("DA_CLUSTER_DELAY", None)
+        workers.close()
+    check_outcome(finals, expected, history, stats, f"(worker logs in {tmp_path})")
+
+    # Every key of the prefix carries its hash tag and is stored on the primary serving that slot.
+    owner = cluster.owner_of(f"{{{prefix}}}")
+    everywhere = {i: keys_on(cluster, i, f"*{prefix}*") for i in cluster.live() if cluster.role(i) == "master"}
+    found = [key for keys in everywhere.values() for key in keys]
+    assert any(":wf:c:" in key for key in found) and any(":q:t:" in key for key in found), found
+    assert all(key.startswith(f"{{{prefix}}}:") for key in found), found
+    assert sorted(everywhere[owner]) == sorted(found), everywhere
+
+
+async def _cache_spreads(url: str, prefix: str) -> list[str]:
+    from distributed_agents.plugins import open_backend
+
+    backend = open_backend(url, prefix=prefix)
+    await backend.connect()
+    try:
+        store = backend.state_store
+        for i in range(40):
+            await store.cache_set("ns", f"k{i}", b"v%d" % i)
+        assert await store.cache_get("ns", "k7") == b"v7"
+        await store.cache_clear("ns")
+        assert await store.cache_get("ns", "k7") is None
+        return [f"{prefix}:cache:ns:k{i}" for i in range(40)]
+    finally:
+        await backend.close()
+
+
+def test_node_cache_keys_spread_over_the_slots(cluster: RedisCluster) -> None:
+    prefix = f"rc{uuid.uuid4().hex[:6]}"
+    names = run(_cache_spreads(cluster.url, prefix), timeout=60)
+    # Untagged, so their slots differ (and clearing found them on every primary).
+    assert len({cluster.slot_of(name) for name in names[:8]}) > 1
+
+
+def _pause_until_replicated(cluster: RedisCluster, primary: int, replica: int, timeout: float = 20.0) -> None:
+    """Stop writes on ``primary`` (``CLIENT PAUSE WRITE``) and wait until ``replica`` holds all of them."""
+    cluster.node_cli(primary, "client", "pause", "10000", "write")
+    give_up = time.monotonic() + timeout
+    while True:
+        info = cluster.node_cli(primary, "info", "replication")
+        offset = int(re.search(r"master_repl_offset:(\d+)", info).group(1))  # type: ignore[union-attr]
+        port = cluster.nodes[replica].port
+        match = re.search(rf"slave\d+:ip=[^,]+,port={port},state=online,offset=(\d+)", info)
+        if match is not None and int(match.group(1)) >= offset:
+            return
+        assert time.monotonic() < give_up, f"replica {replica} did not catch up with {primary}: {info}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fault", ["cluster_failover", "sigkill"])
+def test_a_failover_of_the_prefix_primary_mid_run_loses_nothing(cluster: RedisCluster, tmp_path: pathlib.Path,
+                                                                fault: str) -> None:
+    expected = expected_states(WORKFLOWS)
+    prefix = f"rc{uuid.uuid4().hex[:6]}"
+    graph = app.build_graph()
+    workers = start_workers(cluster, prefix, tmp_path, 2)
+    ids = [f"{prefix}-{i}" for i in range(WORKFLOWS)]
+    victims: list[int] = []
+    primaries: list[int] = []
+
+    async def scenario() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        orchestrator = DistributedOrchestrator(backend_url=cluster.url, prefix=prefix, visibility_timeout=LEASE,
+                                               lease_ttl=3.0)
+        orchestrator.register_graph(graph)
+        await orchestrator.connect()
+        try:
+            runs = [asyncio.create_task(orchestrator.execute(graph, {"value": f"in-{i}", "trail": []},
+                                                             workflow_id=wf)) for i, wf in enumerate(ids)]
+            store = orchestrator.backend.state_store
+            while True:  # mid-run: every workflow recorded, some steps committed, none finished
+                records = [await store.get(wf) for wf in ids]
+                if all(r is not None for r in records) and sum(r.step for r in records if r) >= WORKFLOWS:
+                    break
+                assert not any(t.done() for t in runs), [t.result() for t in runs if t.done()]
+                await asyncio.sleep(0.05)
+            primary = cluster.owner_of(f"{{{prefix}}}")
+            replica = cluster.replica_of(primary)
+            primaries.append(primary)
+            if fault == "cluster_failover":
+                await asyncio.to_thread(cluster.failover, replica)
+            else:
+                await asyncio.to_thread(_pause_until_replicated, cluster, primary, replica)
+                cluster.kill(primary)
+                victims.append(primary)
+            assert not any(t.done() for t in runs), "the workflows finished before the failover"
+            return await finish_and_inspect(orchestrator, runs, ids)
+        finally:
+            await orchestrator.close()
+
+    try:
+        finals, history, stats = run(scenario(), timeout=170)
+        assert cluster.owner_of(f"{{{prefix}}}") not in primaries  # another node serves the slot now
+        for index, process in enumerate(workers.processes):
+            assert process.poll() is None, workers.log(f"w{index}")
+    finally:
+        workers.close()
+        for victim in victims:
+            cluster.restart(victim)  # it rejoins as a replica: the cluster is whole for the next test
+    check_outcome(finals, expected, history, stats,
+                  f"(worker logs in {tmp_path}; node logs in {[n.directory for n in cluster.nodes]})")
