@@ -37,8 +37,12 @@ from support.redis_cluster import RedisCluster
 from support.worker_processes import WorkerProcesses, load_test_app
 
 from distributed_agents import Orchestrator
+from distributed_agents.adapters.redis.connection import RedisConnection
+from distributed_agents.core.errors import BackendConfigError
 from distributed_agents.core.ports.state_store import WorkflowStatus
+from distributed_agents.core.redaction import redact_url
 from distributed_agents.distributed import DistributedOrchestrator
+from distributed_agents.plugins import open_backend
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -55,6 +59,31 @@ def cluster() -> Iterator[RedisCluster]:
         yield nodes
     finally:
         nodes.cleanup()
+
+
+def test_cluster_mode_is_chosen_by_the_url_and_checked() -> None:
+    assert RedisConnection("redis://h:1/0?cluster=true").key_prefix("app") == "{app}"
+    assert RedisConnection("redis://h:1/0?cluster=false").key_prefix("app") == "app"
+    assert RedisConnection("redis://h:1/0").key_prefix("app") == "app"  # the default: one server
+    with pytest.raises(BackendConfigError, match="cluster='yes'.*not one of false, true"):
+        RedisConnection("redis://h:1/0?cluster=yes")
+    with pytest.raises(BackendConfigError, match="only database 0"):
+        RedisConnection("redis://h:1/3?cluster=true")
+    with pytest.raises(BackendConfigError, match="unix socket"):
+        RedisConnection("unix:///tmp/redis.sock?cluster=true")
+    with pytest.raises(BackendConfigError, match="unknown Redis option 'clusters'"):
+        RedisConnection("redis://h:1/0?clusters=true")
+    assert "cluster=true" in redact_url("redis://:secret@h:1/0?cluster=true")  # shown, not masked
+
+
+def test_keys_and_channels_of_a_prefix_carry_its_hash_tag() -> None:
+    backend: Any = open_backend("redis://127.0.0.1:1/0?cluster=true&prefix=app")
+    assert backend.task_queue._keys.task("t1") == "{app}:q:t:t1"
+    assert backend.task_queue._keys.route == "{app}:q:seq"
+    assert backend.state_store._keys.record("w1") == "{app}:wf:r:w1"
+    assert backend.state_store._keys.cache("ns", "k") == "app:cache:ns:k"  # spread over the slots
+    assert backend.worker_registry._keys.beats == "{app}:w:beats"
+    assert backend.message_bus._channel_prefix == "{app}"
 
 
 def node_url(cluster: RedisCluster, index: int) -> str:
@@ -176,6 +205,40 @@ def test_node_cache_keys_spread_over_the_slots(cluster: RedisCluster) -> None:
     names = run(_cache_spreads(cluster.url, prefix), timeout=60)
     # Untagged, so their slots differ (and clearing found them on every primary).
     assert len({cluster.slot_of(name) for name in names[:8]}) > 1
+
+
+async def _bus_survives_its_node(cluster: RedisCluster, node: int) -> tuple[list[Any], list[Any]]:
+    backend = open_backend(node_url(cluster, node), prefix=f"rc{uuid.uuid4().hex[:6]}")
+    await backend.connect()
+    try:
+        subscription = await backend.message_bus.subscribe("ev.>")
+        before = []
+        await backend.message_bus.publish("ev.a", {"n": 0})
+        before.append(await subscription.get(timeout=10))
+        cluster.kill(node)
+        # Pub/sub is at most once: what is published while the subscriber reconnects is
+        # lost, so publish until one arrives (through a connection to another node).
+        after: list[Any] = []
+        for n in range(1, 200):
+            await backend.message_bus.publish("ev.b", {"n": n})
+            message = await subscription.get(timeout=0.2)
+            if message is not None:
+                after.append(message)
+                break
+        return before, after
+    finally:
+        await backend.close()
+
+
+def test_a_subscriber_whose_node_dies_moves_to_another_node(cluster: RedisCluster) -> None:
+    # A replica: its death moves no slot, so only the pub/sub connection has to move.
+    victim = cluster.replica_of(cluster.owner_of("any"))
+    try:
+        before, after = run(_bus_survives_its_node(cluster, victim), timeout=90)
+    finally:
+        cluster.restart(victim)
+    assert [m.data for m in before if m is not None] == [{"n": 0}]
+    assert len(after) == 1 and after[0].channel == "ev.b", after
 
 
 def _pause_until_replicated(cluster: RedisCluster, primary: int, replica: int, timeout: float = 20.0) -> None:
