@@ -50,6 +50,8 @@ __all__ = [
     "SMALL_STATE",
     "ChainTip",
     "apply_delta",
+    "checked_entry",
+    "damaged_checkpoints",
     "delta_snap",
     "diff",
     "entry_step",
@@ -233,47 +235,139 @@ SNAPSHOT_STEP_PATTERN = rb'^\{"workflow_id":"(?:[^"\\]|\\.)*","step":([0-9]+)[,}
 _STEP_RE = re.compile(SNAPSHOT_STEP_PATTERN)
 
 
-def entry_step(entry: bytes) -> int:
+def entry_step(entry: bytes, *, workflow_id: str | None = None, where: str | None = None) -> int:
     """The step of the checkpoint a stored entry (snapshot or delta) holds.
 
     A snapshot's step is read from its first bytes, without parsing its state; a delta
-    is decoded. Raises ``PayloadDecodeError`` if the entry is not a checkpoint entry.
+    is decoded. Raises ``PayloadDecodeError`` (``damaged_checkpoints``, naming
+    ``workflow_id`` and ``where``) if the entry is not a checkpoint entry.
     """
     found = _STEP_RE.match(entry) if not entry.startswith(b'{"delta":') else None
     if found is not None:
         return int(found.group(1))
-    item = decode(entry)
+    try:
+        item = decode(entry)
+    except PayloadDecodeError as exc:
+        raise damaged_checkpoints(workflow_id, where, f"an entry is not JSON ({exc})") from None
     step = item.get("step") if isinstance(item, dict) else None
     if type(step) is not int:
-        raise PayloadDecodeError(f"stored checkpoint entry has no step (starts with {entry[:60]!r}): the stored "
-                                 "chain is damaged; restore the workflow from an earlier checkpoint")
+        raise damaged_checkpoints(workflow_id, where, f"an entry has no step (it starts with {entry[:60]!r})")
     return step
 
 
+def damaged_checkpoints(workflow_id: str | None, where: str | None, problem: str) -> PayloadDecodeError:
+    """The error for a workflow's stored checkpoints that cannot be read: names the workflow,
+    where they are stored, the entry or step and ``problem``, and says what to do."""
+    what = f"workflow {workflow_id!r}" if workflow_id else "a workflow"
+    at = f" at {where}" if where else ""
+    return PayloadDecodeError(
+        f"the stored checkpoints of {what}{at} are damaged: {problem}. They were not written by this version of "
+        "the engine (or were truncated or edited). That workflow cannot be continued or inspected from them: "
+        "read an earlier checkpoint (get_state_history(before=<step>)) and fork from it, or delete the workflow "
+        "(distributed-agents delete) to free its id; other workflows are unaffected")
+
+
+_OPTIONAL_DICTS = ("frontier", "writes", "metadata")
+
+
+def checked_entry(raw: bytes, *, workflow_id: str | None = None) -> dict[str, Any]:
+    """One stored checkpoint entry decoded and checked against the entry layout (module docstring).
+
+    Raises ``ValueError`` (``PayloadDecodeError`` for bytes that are not JSON) naming the
+    problem: not an object, a field of the wrong JSON type, a negative step, another
+    workflow's entry, a delta without its base, snapshot index or changes. An entry that
+    passes rebuilds without any other exception.
+    """
+    item = decode(raw)
+    if not isinstance(item, dict):
+        raise ValueError(f"an entry must be a JSON object, got a JSON {type(item).__name__}")
+    owner = item.get("workflow_id")
+    if not isinstance(owner, str):
+        raise ValueError("its 'workflow_id' is missing or not a string")
+    if workflow_id is not None and owner != workflow_id:
+        raise ValueError(f"it belongs to workflow {owner[:80]!r}")
+    step = item.get("step")
+    if type(step) is not int or step < 0:
+        raise ValueError(f"its 'step' is {_kind(step)}, not a step number")
+    for name in _OPTIONAL_DICTS:
+        if item.get(name) is not None and not isinstance(item[name], dict):
+            raise ValueError(f"its {name!r} is {_kind(item[name])}, not an object")
+    created = item.get("created_at")
+    if created is not None and (type(created) not in (int, float) or created - created != 0):
+        raise ValueError(f"its 'created_at' is {_kind(created)}, not a finite number")
+    if item.get("id") is not None and not isinstance(item["id"], str):
+        raise ValueError("its 'id' is not a string")
+    from_state = item.get("from_state")
+    if from_state is not None:
+        writes = item.get("writes") or {}
+        if not isinstance(from_state, dict) or not all(
+                isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+                and isinstance(writes.get(node, {}), dict) for node, keys in from_state.items()):
+            raise ValueError("its 'from_state' is not an object of key lists naming nodes whose writes are objects")
+    delta = item.get("delta")
+    if delta is None:
+        if not isinstance(item.get("state"), dict):
+            raise ValueError(f"it is a snapshot whose 'state' is {_kind(item.get('state'))}, not an object")
+        return item
+    if not isinstance(delta, dict):
+        raise ValueError(f"its 'delta' is {_kind(delta)}, not an object")
+    if not isinstance(delta.get("base"), str) or type(delta.get("snap")) is not int or delta["snap"] < 0:
+        raise ValueError("it is a delta without the id of the entry it applies to or the index of its snapshot")
+    if not isinstance(delta.get("set", {}), dict) or not isinstance(delta.get("append", {}), dict):
+        raise ValueError("its delta's 'set' or 'append' is not an object")
+    if not all(isinstance(items, list) for items in delta.get("append", {}).values()):
+        raise ValueError("its delta appends something that is not a list")
+    removed = delta.get("del", [])
+    if not isinstance(removed, list) or not all(isinstance(key, str) for key in removed):
+        raise ValueError("its delta's 'del' is not a list of keys")
+    return item
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a JSON {type(value).__name__}"
+
+
 def rebuild(
-    entries: Sequence[bytes], first_index: int, *, limit: int | None = None, before: int | None = None
+    entries: Sequence[bytes], first_index: int, *, limit: int | None = None, before: int | None = None,
+    workflow_id: str | None = None, where: str | None = None,
 ) -> list[Checkpoint]:
     """Full checkpoints from stored entries, as ``list_checkpoints`` returns them (newest first).
 
     ``entries`` are consecutive entries of one workflow, oldest first, the first at list
     position ``first_index``; every delta among the selected checkpoints must have its
     chain's snapshot among them. Each returned state is a separate object. Raises
-    ``PayloadDecodeError`` if an entry is not JSON or a chain is broken (a delta whose
-    base is not the entry before it, or whose snapshot is missing).
+    ``PayloadDecodeError`` (``damaged_checkpoints``: naming ``workflow_id``, ``where``
+    the store keeps them, the entry and the problem) if an entry is not a checkpoint
+    entry (``checked_entry``), the steps do not go up (an entry reordered or repeated),
+    or a chain is broken (a delta whose base is not the entry before it: an entry
+    missing; or whose snapshot is missing). This is the one place every store's
+    checkpoints are decoded, so no other exception comes out of a damaged one.
     """
-    decoded = [decode(raw) for raw in entries]
-    steps = [(position, int(item["step"])) for position, item in enumerate(decoded)]
+    decoded: list[dict[str, Any]] = []
+    for position, raw in enumerate(entries):
+        try:
+            item = checked_entry(raw, workflow_id=workflow_id)
+        except ValueError as exc:
+            raise damaged_checkpoints(workflow_id, where, f"entry {first_index + position} ({exc})") from None
+        # Steps may skip (durability "exit" commits fewer checkpoints) but never go back or repeat.
+        # A missing entry inside a chain of deltas shows as a delta whose base is not the entry before it.
+        if decoded and item["step"] <= decoded[-1]["step"]:
+            raise damaged_checkpoints(
+                workflow_id, where, f"entry {first_index + position} holds step {item['step']} after step "
+                f"{decoded[-1]['step']} (an entry is reordered or repeated)")
+        decoded.append(item)
+    steps = [(position, item["step"]) for position, item in enumerate(decoded)]
     wanted_steps = _page(steps, limit=limit, before=before)
     if not wanted_steps:
         return []
     wanted = set(wanted_steps)
     start = min(wanted)
-    while "delta" in decoded[start]:
-        snap = int(decoded[start]["delta"]["snap"]) - first_index
-        if not 0 <= snap <= start:
-            raise PayloadDecodeError(
-                f"checkpoint {decoded[start].get('step')} of workflow {decoded[start].get('workflow_id')!r} is a delta "
-                f"whose snapshot (entry {snap + first_index}) was not read: the stored chain is damaged")
+    while decoded[start].get("delta") is not None:
+        snap = decoded[start]["delta"]["snap"] - first_index
+        if not 0 <= snap < start:
+            raise damaged_checkpoints(
+                workflow_id, where, f"checkpoint {decoded[start]['step']} is a delta whose snapshot (entry "
+                f"{snap + first_index}) was not read")
         start = snap
     out: list[Checkpoint] = []
     state: dict[str, Any] = {}
@@ -282,14 +376,16 @@ def rebuild(
         item = decoded[position]
         delta = item.get("delta")
         if delta is None:
-            state = dict(item.get("state") or {})
+            state = dict(item["state"])
         else:
-            if delta.get("base") != previous_id or previous_id is None:
-                raise PayloadDecodeError(
-                    f"checkpoint {item.get('step')} of workflow {item.get('workflow_id')!r} is a delta on entry "
-                    f"{delta.get('base')!r} but follows entry {previous_id!r}: the stored chain is damaged; "
-                    "restore the workflow from an earlier checkpoint")
-            apply_delta(state, delta)
+            if delta["base"] != previous_id or previous_id is None:
+                raise damaged_checkpoints(
+                    workflow_id, where, f"checkpoint {item['step']} is a delta on entry {delta['base']!r} but "
+                    f"follows entry {previous_id!r}")
+            try:
+                apply_delta(state, delta)
+            except PayloadDecodeError as exc:
+                raise damaged_checkpoints(workflow_id, where, f"checkpoint {item['step']}: {exc}") from None
         previous_id = item.get("id")
         if position in wanted:
             writes = _restore_writes(item, state)

@@ -33,11 +33,14 @@ from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import PayloadTooLargeError
 
 __all__ = [
+    "DEAD_RAW_KEPT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ENVELOPE_BYTES",
     "check_commit_size",
     "check_result_size",
     "limit_below",
+    "oversized_task_reason",
+    "task_bytes_limit",
 ]
 
 ENVELOPE_BYTES = 64 * 1024
@@ -49,6 +52,32 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024 - ENVELOPE_BYTES
 
 _HINT = ("keep large data outside the workflow state (store it elsewhere and keep a reference in the state), "
          "or raise the backend option max_payload_bytes (on NATS also the server's max_payload)")
+
+
+DEAD_RAW_KEPT = 64 * 1024
+"""A dead letter of bytes that are not a task keeps at most their first 64 KiB (``DeadLetter.raw``):
+enough to see what wrote them, and the letter fits any backend's message limit."""
+
+
+def task_bytes_limit(max_payload_bytes: int) -> int:
+    """The largest encoded task a worker reads: a payload at ``max_payload_bytes`` plus the envelope.
+
+    A task carries no state over 4 KB (it names its checkpoint), so its own payload (a
+    ``Send`` argument, resume answers) is bounded by ``max_payload_bytes``; one over this
+    limit was not written by ``enqueue`` of a process with the same limit. Queues
+    dead-letter it at claim time (``oversized_task_reason``) without decoding it.
+    """
+    return max_payload_bytes + ENVELOPE_BYTES
+
+
+def oversized_task_reason(size: int | str, limit: int) -> str:
+    """The dead-letter reason for a task of ``size`` bytes over ``limit`` (``task_bytes_limit``).
+
+    ``size`` may be a placeholder (Redis fills it in inside the server)."""
+    return (f"oversized task: {size} bytes, over the limit of {limit} bytes (max_payload_bytes plus "
+            f"{ENVELOPE_BYTES} for the envelope); it was not decoded. Whatever wrote it bypassed enqueue, or runs "
+            f"with a larger max_payload_bytes: give every process the same max_payload_bytes. The dead letter "
+            f"keeps its first {DEAD_RAW_KEPT} bytes")
 
 
 def limit_below(transport_max: int) -> int:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distributed_agents.core.codec import on_fresh_stack
-from distributed_agents.core.errors import ExecutionError
+from distributed_agents.core.errors import ExecutionError, PayloadDecodeError
 from distributed_agents.core.ports.state_store import StateStore
 
 __all__ = ["DEFAULT_CACHE_BYTES", "INLINE_STATE_LIMIT", "STATE_REF_KEY", "WRAP_KEY", "StateCache", "StateRef",
@@ -215,7 +215,11 @@ async def _fetch(store: StateStore, workflow_id: str, step: int, digest: str) ->
     The record is the fallback: it holds the state of the workflow's latest step, which a
     store may hold no checkpoint of (written before checkpoints were kept per step).
     """
-    checkpoint = await store.get_checkpoint(workflow_id, step)
+    try:
+        checkpoint = await store.get_checkpoint(workflow_id, step)
+    except PayloadDecodeError as exc:  # damaged checkpoints stay damaged: the task fails, without a retry
+        raise TaskStateError(f"the state of workflow {workflow_id!r} at step {step}, which this task runs on, "
+                             f"cannot be read: {exc}") from None
     if checkpoint is not None:
         found, size = _digest_and_size(checkpoint.state)
         if found == digest:

@@ -151,22 +151,24 @@ class MemoryStateStore(StateStore):
             # Only the newest few: rebuild from the snapshot their chain starts at.
             start = len(raws) - limit
             snap = delta_snap(raws[start])
-            start = start if snap is None else snap
-        return rebuild(raws[start:], start, limit=limit, before=before)
+            start = start if snap is None or snap >= start else snap  # past it: damage, rebuild reports it
+        return rebuild(raws[start:], start, limit=limit, before=before, workflow_id=workflow_id,
+                       where=f"memory checkpoints of {workflow_id!r}")
 
     async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
         """The checkpoint of ``step``, rebuilt from its chain's snapshot only (entries are in step order)."""
         with self._data.lock:
             stored = self._live(workflow_id)
             raws = [] if stored is None else list(stored.checkpoints)
+        where = f"memory checkpoints of {workflow_id!r}"
         position = len(raws) - 1
-        while position >= 0 and entry_step(raws[position]) > step:
+        while position >= 0 and entry_step(raws[position], workflow_id=workflow_id, where=where) > step:
             position -= 1
-        if position < 0 or entry_step(raws[position]) != step:
+        if position < 0 or entry_step(raws[position], workflow_id=workflow_id, where=where) != step:
             return None
         snap = delta_snap(raws[position])
-        start = position if snap is None else snap
-        found = rebuild(raws[start:position + 1], start, limit=1)
+        start = position if snap is None or snap > position else snap
+        found = rebuild(raws[start:position + 1], start, limit=1, workflow_id=workflow_id, where=where)
         return found[0] if found else None
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:

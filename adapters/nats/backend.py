@@ -15,7 +15,7 @@ from distributed_agents.adapters.nats.state_store import NatsStateStore
 from distributed_agents.adapters.nats.task_queue import NatsTaskQueue
 from distributed_agents.adapters.nats.worker_registry import NatsWorkerRegistry
 from distributed_agents.core.errors import BackendConfigError
-from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES, limit_below
+from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES, limit_below, task_bytes_limit
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 
 __all__ = ["NatsBackend", "open_nats_backend"]
@@ -35,6 +35,7 @@ class NatsBackend(Backend):
                 visibility_timeout=options.visibility_timeout,
                 max_attempts=options.max_attempts,
                 result_ttl=options.result_ttl,
+                max_payload_bytes=options.max_payload_bytes,
             ),
             state_store=NatsStateStore(self.connection, state_ttl=options.state_ttl),
             worker_registry=NatsWorkerRegistry(self.connection, heartbeat_ttl=options.heartbeat_ttl),
@@ -60,6 +61,8 @@ class NatsBackend(Backend):
                 "nats-server configuration"
             )
         self._max_payload = min(configured or DEFAULT_MAX_PAYLOAD_BYTES, fits)
+        if isinstance(self.task_queue, NatsTaskQueue):
+            self.task_queue.max_task_bytes = task_bytes_limit(self._max_payload)
 
     @property
     def max_payload_bytes(self) -> int:

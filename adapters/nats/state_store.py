@@ -82,7 +82,7 @@ from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import token
-from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, next_entry, rebuild
+from distributed_agents.core.checkpoint_delta import ChainTip, damaged_checkpoints, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
@@ -280,7 +280,7 @@ class NatsStateStore(StateStore):
         while key and key in entries:
             raw = entries[key]
             await kv.put(self._conn.js, self._kv, key, raw, ttl=ttl)
-            key = decode(raw).get("_prev")
+            key = self._prev(workflow_id, key, raw)
 
     async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int) -> None:
         lease, _ = await self._lease(workflow_id)
@@ -322,13 +322,13 @@ class NatsStateStore(StateStore):
                 # The newest chain first: from its snapshot on, usually all that is wanted.
                 chain, complete = await self._chain(workflow_id, stored, int(snap_seq))
                 if complete:
-                    return self._rebuild(chain, limit, before)
+                    return self._rebuild(workflow_id, chain, limit, before)
                 with contextlib.suppress(PayloadDecodeError):
-                    found = self._rebuild(chain, limit, before)
+                    found = self._rebuild(workflow_id, chain, limit, before)
                     if len(found) == limit:
                         return found
             chain, _ = await self._chain(workflow_id, stored, 1)
-        return self._rebuild(chain, limit, before)
+        return self._rebuild(workflow_id, chain, limit, before)
 
     async def _chain(self, workflow_id: str, stored: dict[str, Any], start: int) -> tuple[list[tuple[int, bytes]], bool]:
         """The committed entries stored from sequence ``start`` on, oldest first, with their
@@ -339,20 +339,37 @@ class NatsStateStore(StateStore):
         while key and key in entries:
             raw = entries.pop(key)  # popped: a damaged chain cannot loop
             chain.append(raw)
-            key = decode(raw).get("_prev")
+            key = self._prev(workflow_id, key, raw)
         chain.reverse()
         head = int(stored.get("_cp_n") or 0) - 1
         first = head - len(chain) + 1
         return [(first + offset, raw) for offset, raw in enumerate(chain)], not key
 
-    @staticmethod
-    def _rebuild(chain: list[tuple[int, bytes]], limit: int | None, before: int | None) -> list[Checkpoint]:
+    def _prev(self, workflow_id: str, key: str, raw: bytes) -> str | None:
+        """The key of the entry before the entry ``raw`` stored at ``key`` (its ``_prev``), None for the first.
+
+        ``PayloadDecodeError`` (``damaged_checkpoints``) naming the workflow and the key if
+        ``raw`` is not an entry this store wrote.
+        """
+        try:
+            item = decode(raw)
+        except PayloadDecodeError as exc:
+            raise damaged_checkpoints(workflow_id, f"{self._conn.names.state_bucket} {key}", str(exc)) from None
+        prev = item.get("_prev") if isinstance(item, dict) else 0
+        if prev is not None and not isinstance(prev, str):
+            raise damaged_checkpoints(workflow_id, f"{self._conn.names.state_bucket} {key}",
+                                      "the entry is not an object naming the entry before it ('_prev')")
+        return prev
+
+    def _rebuild(self, workflow_id: str, chain: list[tuple[int, bytes]], limit: int | None,
+                 before: int | None) -> list[Checkpoint]:
         # Deltas whose snapshot was not read (expired, or before the range) cannot be rebuilt.
         while chain and delta_snap(chain[0][1]) is not None:
             chain = chain[1:]
         if not chain:
             return []
-        return rebuild([raw for _, raw in chain], chain[0][0], limit=limit, before=before)
+        return rebuild([raw for _, raw in chain], chain[0][0], limit=limit, before=before, workflow_id=workflow_id,
+                       where=f"{self._conn.names.state_bucket} cp.{token(workflow_id)}.*")
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         with self._errors("list workflows"):

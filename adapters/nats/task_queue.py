@@ -85,6 +85,12 @@ from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError
+from distributed_agents.core.limits import (
+    DEAD_RAW_KEPT,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    oversized_task_reason,
+    task_bytes_limit,
+)
 from distributed_agents.core.ports.task_queue import (
     ClaimedTask,
     DeadLetter,
@@ -144,8 +150,12 @@ class NatsTaskQueue(TaskQueue):
         visibility_timeout: float = 30.0,
         max_attempts: int = 3,
         result_ttl: float = 3600.0,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self._conn = conn
+        # Messages longer than this are dead-lettered at claim time without being decoded
+        # (core.limits.task_bytes_limit); the server's max_payload bounds what arrives at all.
+        self.max_task_bytes = task_bytes_limit(max_payload_bytes or DEFAULT_MAX_PAYLOAD_BYTES)
         self.visibility_timeout = visibility_timeout
         self.max_attempts = max_attempts
         self.result_ttl = result_ttl
@@ -450,6 +460,8 @@ class NatsTaskQueue(TaskQueue):
         (messages that do not decode are left out: ``_take`` dead-letters them)."""
         keys: dict[int, str] = {}
         for msg in messages:
+            if len(msg.data) > self.max_task_bytes:
+                continue
             try:
                 keys[id(msg)] = token(task_from_dict(decode(msg.data)).id)
             except (PayloadDecodeError, ValueError):
@@ -468,6 +480,9 @@ class NatsTaskQueue(TaskQueue):
     ) -> ClaimedTask | object | None:
         lease_id = msg.reply or ""
         seq = stream_sequence(lease_id)
+        if len(msg.data) > self.max_task_bytes:
+            await self._dead_letter_raw(msg, node_type, oversized_task_reason(len(msg.data), self.max_task_bytes))
+            return None
         try:
             task = task_from_dict(decode(msg.data))
         except (PayloadDecodeError, ValueError) as exc:
@@ -723,7 +738,8 @@ class NatsTaskQueue(TaskQueue):
             "errors": list(record.get("errors") or [record.get("reason", "")]),
             "attempts": int(record.get("attempt", 0)),
             "task": None if task is None else task_to_dict(task),
-            "raw": None if raw is None else base64.b64encode(raw).decode(),
+            # The first bytes only: a letter must fit the server's max_payload (base64 adds a third).
+            "raw": None if raw is None else base64.b64encode(raw[:DEAD_RAW_KEPT]).decode(),
             "dead_at": float(record.get("dead_at", time.time())),
             "priority": int(record.get("priority", 0)),
             "max_attempts": record.get("max_attempts"),

@@ -43,6 +43,7 @@ class RedisBackend(Backend):
                 visibility_timeout=options.visibility_timeout,
                 max_attempts=options.max_attempts,
                 connection=connection,
+                max_payload_bytes=options.max_payload_bytes,
             ),
             state_store=RedisStateManager(url, prefix=options.prefix, state_ttl=options.state_ttl, connection=connection),
             worker_registry=RedisNodeRegistry(

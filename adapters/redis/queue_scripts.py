@@ -108,6 +108,13 @@ local function limit_of(h)
   return DEFAULT_MAX
 end
 
+-- Tasks whose bytes are longer than RAW_MAX (> 0) are never delivered: take() dead-letters
+-- them where they are (the bytes do not leave the server), keeping their first RAW_KEPT bytes
+-- (core.limits.DEAD_RAW_KEPT), with OVERSIZED as the reason ('{size}' replaced). CLAIM and
+-- ENQUEUE set them from their arguments; other scripts take nothing.
+local RAW_MAX, OVERSIZED = 0, ''
+local RAW_KEPT = 65536
+
 local function new_member(id)
   return string.format('%016d', redis.call('INCR', P .. ':q:seq')) .. id
 end
@@ -178,6 +185,15 @@ local function take(types, want, worker, base, lease_ms, now, out)
   local function deliver(member, t)
     local id = string.sub(member, 17)
     local h = k_task(id)
+    if RAW_MAX > 0 then
+      local size = redis.call('HSTRLEN', h, 'raw')
+      if size > RAW_MAX then
+        redis.call('HSET', h, 'raw', string.sub(redis.call('HGET', h, 'raw'), 1, RAW_KEPT))
+        local reason = string.gsub(OVERSIZED, '{size}', tostring(size), 1)
+        dead_letter(id, t, reason, tonumber(redis.call('HGET', h, 'attempt')) or 0, now, '1')
+        return
+      end
+    end
     local attempt = redis.call('HINCRBY', h, 'attempt', 1)
     n = n + 1
     local lease = base .. ':' .. n
@@ -243,11 +259,12 @@ end
 
 ENQUEUE = _LIBRARY + r"""
 -- ARGV: 4.. groups of 6: id, node type, score (-priority), max attempts or '', raw bytes,
--- workflow id. Returns one 1 (queued) or 0 (id seen before) per task, in order: a
+-- workflow id; then the raw-bytes limit and its reason (RAW_MAX, OVERSIZED). Returns one 1 (queued) or 0 (id seen before) per task, in order: a
 -- step's tasks are queued in one script (one round trip).
 local out = {}
 local seen_types, order = {}, {}
-for i = 4, #ARGV, 6 do
+RAW_MAX, OVERSIZED = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
+for i = 4, #ARGV - 2, 6 do
   local id, t = ARGV[i], ARGV[i + 1]
   local h = k_task(id)
   if redis.call('EXISTS', h) == 1 then
@@ -310,15 +327,17 @@ return out
 
 CLAIM = _LIBRARY + r"""
 -- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8 claimer id ('' none),
---       9 ms to stay parked when nothing is claimed (0: do not park), 10.. node types
+--       9 ms to stay parked when nothing is claimed (0: do not park), 10 the raw-bytes
+--       limit (RAW_MAX), 11 its reason (OVERSIZED), 12.. node types
 -- Returns {ms until the next delayed release or lease expiry of these types (-1: none; -2:
 --          max tasks claimed, so tasks may be left), id, raw, attempt, lease id, deadline ms, id, ...}
 -- With a claimer id, tasks handed to its earlier registration (after its wait ended) come
 -- first, and its registration ends; it parks again when nothing is claimed.
 local worker, base, lease_ms, want = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local c, park_ms = ARGV[8], tonumber(ARGV[9])
+RAW_MAX, OVERSIZED = tonumber(ARGV[10]), ARGV[11]
 local types = {}
-for i = 10, #ARGV do types[#types + 1] = ARGV[i] end
+for i = 12, #ARGV do types[#types + 1] = ARGV[i] end
 local now = now_ms()
 for _, t in ipairs(types) do tick(t, now) end
 local out = {-1}
@@ -404,6 +423,9 @@ local h = k_task(id)
 local f = redis.call('HMGET', h, 'type', 'state', 'lease', 'attempt')
 if not f[1] or f[2] ~= 'claimed' or f[3] ~= lease then return 0 end
 redis.call('ZREM', k_leased(f[1]), id)
+if redis.call('HSTRLEN', h, 'raw') > RAW_KEPT then
+  redis.call('HSET', h, 'raw', string.sub(redis.call('HGET', h, 'raw'), 1, RAW_KEPT))
+end
 dead_letter(id, f[1], ARGV[6], tonumber(f[4]) - 1, now, '1')
 return 1
 """

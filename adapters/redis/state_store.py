@@ -164,7 +164,8 @@ if tonumber(ARGV[1]) > 0 then start = math.max(0, n - tonumber(ARGV[1])) end
 if start > 0 then
   local first = redis.call('LINDEX', KEYS[1], start)
   local snap = first and string.match(first, '^{"delta":{"base":"[0-9a-f]*","snap":([0-9]+)')
-  if snap then start = tonumber(snap) end
+  -- A snapshot index past the entry is damage: the entry is returned and rebuild reports it.
+  if snap and tonumber(snap) < start then start = tonumber(snap) end
 end
 local out = redis.call('LRANGE', KEYS[1], start, -1)
 table.insert(out, 1, start)
@@ -193,7 +194,7 @@ while i >= 0 do
   if step == want then
     local start = i
     local snap = string.match(e, '^{"delta":{"base":"[0-9a-f]*","snap":([0-9]+)')
-    if snap then start = tonumber(snap) end
+    if snap and tonumber(snap) < start then start = tonumber(snap) end
     local out = redis.call('LRANGE', KEYS[1], start, i)
     table.insert(out, 1, start)
     return out
@@ -462,7 +463,8 @@ class RedisStateManager(StateStore):
         reply = await self._script("state_checkpoints", _CHECKPOINTS, [self._keys.checkpoints(workflow_id)], [tail],
                                    f"read checkpoints of {workflow_id!r}")
         entries = [raw if isinstance(raw, bytes) else str(raw).encode() for raw in reply[1:]]
-        return rebuild(entries, int(reply[0]), limit=limit, before=before)
+        return rebuild(entries, int(reply[0]), limit=limit, before=before, workflow_id=workflow_id,
+                       where=self._keys.checkpoints(workflow_id))
 
     async def get_checkpoint(self, workflow_id: str, step: int) -> Checkpoint | None:
         """The checkpoint of ``step`` (one round trip: its entry and its chain back to the snapshot)."""
@@ -474,7 +476,7 @@ class RedisStateManager(StateStore):
         if first < 0:  # an entry the script could not read: the generic path reports or reads it
             return await super().get_checkpoint(workflow_id, step)
         entries = [raw if isinstance(raw, bytes) else str(raw).encode() for raw in reply[1:]]
-        found = rebuild(entries, first, limit=1)
+        found = rebuild(entries, first, limit=1, workflow_id=workflow_id, where=self._keys.checkpoints(workflow_id))
         return found[0] if found and found[0].step == step else None
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:

@@ -110,6 +110,7 @@ from distributed_agents.adapters.redis.keys import QueueKeys
 from distributed_agents.adapters.redis.notifier import Notifier
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import BackendError, LeaseLostError, PayloadDecodeError
+from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES, oversized_task_reason, task_bytes_limit
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.task_queue import (
     ClaimedTask,
@@ -174,6 +175,7 @@ class RedisTaskQueue(TaskQueue):
         visibility_timeout: float | None = None,
         max_attempts: int | None = None,
         connection: RedisConnection | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
         options = BackendOptions.from_url(
             redis_url,
@@ -181,8 +183,13 @@ class RedisTaskQueue(TaskQueue):
             result_ttl=result_ttl,
             visibility_timeout=visibility_timeout,
             max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
         )
         self.prefix = options.prefix
+        # Bytes on the queue longer than this are dead-lettered by the claim, inside the
+        # server: a worker never reads them (core.limits.task_bytes_limit).
+        self.max_task_bytes = task_bytes_limit(options.max_payload_bytes or DEFAULT_MAX_PAYLOAD_BYTES)
+        self._oversized = oversized_task_reason("{size}", self.max_task_bytes)
         self.result_ttl = options.result_ttl
         self.visibility_timeout = options.visibility_timeout
         self.max_attempts = options.max_attempts
@@ -245,6 +252,7 @@ class RedisTaskQueue(TaskQueue):
                 args += [task.id, task.node_type, str(-int(task.priority)),
                          "" if task.max_attempts is None else int(task.max_attempts),
                          encode(task_to_dict(task)), task.workflow_id]
+            args += [self.max_task_bytes, self._oversized]
             what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
             try:
                 reply = await self._run("enqueue", args, what)
@@ -263,7 +271,8 @@ class RedisTaskQueue(TaskQueue):
         """Put foreign bytes on the queue; they are dead-lettered at claim time if not a task."""
         task_id = f"raw-{uuid.uuid4().hex}"
         await self._run(
-            "enqueue", [task_id, node_type, str(-int(priority)), "", bytes(data), ""], f"enqueue raw bytes for {node_type!r}"
+            "enqueue", [task_id, node_type, str(-int(priority)), "", bytes(data), "", self.max_task_bytes,
+                        self._oversized], f"enqueue raw bytes for {node_type!r}"
         )
 
     # -- consuming -------------------------------------------------------------------
@@ -370,7 +379,8 @@ class RedisTaskQueue(TaskQueue):
         while len(claimed) < max_tasks:
             reply = await self._run(
                 "claim",
-                [worker_id, uuid.uuid4().hex, lease_ms, max_tasks - len(claimed), park_id, park_ms, *types],
+                [worker_id, uuid.uuid4().hex, lease_ms, max_tasks - len(claimed), park_id, park_ms,
+                 self.max_task_bytes, self._oversized, *types],
                 f"claim tasks of {types}",
             )
             next_ms = int(reply[0])
@@ -389,11 +399,12 @@ class RedisTaskQueue(TaskQueue):
             task_id, raw, attempt, lease_id, deadline = items[index : index + 5]
             task_id, lease_id = _text(task_id), _text(lease_id)
             try:
+                if len(raw) > self.max_task_bytes:  # handed over by an enqueuer with a larger limit
+                    raise _Oversized(oversized_task_reason(len(raw), self.max_task_bytes))
                 task = task_from_dict(decode(bytes(raw)))
             except (PayloadDecodeError, ValueError) as exc:
-                await self._run(
-                    "bad_payload", [task_id, lease_id, f"undecodable payload: {exc}"], "dead-letter an undecodable task"
-                )
+                reason = str(exc) if isinstance(exc, _Oversized) else f"undecodable payload: {exc}"
+                await self._run("bad_payload", [task_id, lease_id, reason], "dead-letter an undecodable task")
                 continue
             claimed.append(ClaimedTask(task, lease_id, int(attempt), int(deadline) / 1000.0, worker_id))
         return claimed
@@ -602,6 +613,10 @@ class RedisTaskQueue(TaskQueue):
 # the server's end of it this side stops counting on it (requests take time to arrive).
 _PARK_SLACK = 0.2
 _PARK_MARGIN = 0.1
+
+
+class _Oversized(ValueError):
+    """A delivered task longer than the queue's ``max_task_bytes``: dead-lettered unread."""
 
 
 class _Park:
