@@ -36,10 +36,18 @@ def note_permission_violation(url: str, text: str) -> None:
     _DENIALS[url] = (time.monotonic(), text)
 
 
+# JetStream API errors that a retry resolves. 10158, "duplicate message id is in process":
+# on a cluster, a publish whose Nats-Msg-Id an earlier attempt (timed out at the client
+# during a failover) is still proposing; once that lands, the retry is a plain duplicate.
+_TRANSIENT_API_ERRORS = frozenset({10158})
+
+
 def _is_connection_problem(exc: BaseException) -> bool:
     import nats.errors
     import nats.js.errors
 
+    if isinstance(exc, nats.js.errors.APIError) and getattr(exc, "err_code", None) in _TRANSIENT_API_ERRORS:
+        return True
     return isinstance(
         exc,
         (

