@@ -9,10 +9,12 @@ for their results. Both go through the same ``invoke_node``; only the transport 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from distributed_agents.core.codec import decode
 from distributed_agents.core.errors import NodeNotFoundError
@@ -31,11 +33,13 @@ from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
+from distributed_agents.core.task_payload import PAYLOAD_VERSION
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
            "flat_state", "task_payload"]
 
+T = TypeVar("T")
 CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
 
 
@@ -122,9 +126,9 @@ class InProcessExecutor(NodeExecutor):
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         if len(calls) == 1:
-            # A task of its own (so its own copy of the context variables), as gather would make,
-            # without gather's bookkeeping: a step of one node is the common case.
-            return [await asyncio.ensure_future(self._run_one(calls[0]))]
+            # Its own copy of the context variables, as gather's task would give it, without a task
+            # (whose scheduling costs more than a no-op node): a step of one node is the common case.
+            return [await in_own_context(self._run_one(calls[0]))]
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
 
     async def _run_one(self, call: NodeCall) -> NodeOutcome:
@@ -166,6 +170,33 @@ class InProcessExecutor(NodeExecutor):
             return NodeOutcome(call.node, call.task_id, updates, None, attempt, started, time.time() - started)
 
 
+@types.coroutine
+def in_own_context(coro: Coroutine[Any, Any, T]) -> Generator[Any, Any, T]:
+    """``await coro``, every step of it run in a copy of the caller's context variables.
+
+    What a task of its own would give ``coro`` (what it sets is not seen by the caller),
+    in the caller's task: no task is scheduled, so a coroutine that never suspends
+    finishes at once, and a cancellation of the caller reaches ``coro`` as it would
+    through ``await``. Returns what ``coro`` returns; raises what it raises.
+    """
+    context = contextvars.copy_context()
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            yielded = context.run(coro.send, value) if error is None else context.run(coro.throw, error)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        try:
+            value, error = (yield yielded), None
+        except GeneratorExit:  # closed (the caller's coroutine is discarded): close coro as ``await`` would
+            context.run(coro.close)
+            raise
+        except BaseException as exc:  # thrown in (a cancellation): on to coro, which may handle it
+            value, error = None, exc
+
+
 def task_payload(call: NodeCall) -> dict[str, Any]:
     """The JSON payload of a node task: what a worker needs to run the node.
 
@@ -174,7 +205,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     ``"wrap"`` (with ``"state_ref"`` only) makes the input ``{**wrap, "state": <that state>}``.
     """
     return {
-        "v": 1,
+        "v": PAYLOAD_VERSION,
         "graph": call.graph_name,
         "step": call.step,
         **({STATE_REF_KEY: dict(call.state_ref)} if call.state_ref is not None else {"state": decode(call.state_json)}),
