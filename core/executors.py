@@ -30,6 +30,7 @@ from distributed_agents.core.instrumentation import (
 from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node, is_output_error
 from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
+from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
@@ -43,6 +44,7 @@ T = TypeVar("T")
 CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class NodeCall:
     """One node to run in one step. ``state_json`` is the step's input state, encoded once.
@@ -86,6 +88,7 @@ def flat_state(state: Mapping[str, Any]) -> bool:
     return all(type(value) in _SCALARS for value in state.values())
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class NodeOutcome:
     """What became of a ``NodeCall``: ``updates`` on success, ``failure`` otherwise."""

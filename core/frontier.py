@@ -29,9 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distributed_agents.core.quick_init import quick_init
+
 __all__ = ["TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class TaskEntry:
     """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it).

@@ -41,6 +41,7 @@ from distributed_agents.core.errors import (
     StateNotSerializableError,
 )
 from distributed_agents.core.messages import coerce_message_updates
+from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
@@ -65,6 +66,7 @@ __all__ = [
 log = logging.getLogger("distributed_agents.node")
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class NodeContext:
     """Where a node runs: pass ``idempotency_key`` to external systems for side effects.

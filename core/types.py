@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSerializableError
+from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.state import check_value, check_values
 
 __all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "Send", "command_output", "read_output"]
@@ -95,6 +96,7 @@ class Command(Generic[N]):
             f"Command(goto={self.goto!r}): goto must be a node name, a Send or a list of them")
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class NodeResult:
     """A node's output as the engine reads it: updates, routes, or a pause."""

@@ -71,6 +71,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from distributed_agents.core.quick_init import quick_init
+
 __all__ = [
     "Checkpoint",
     "checkpoints_page",
@@ -247,6 +249,7 @@ def stored_records(raws: Iterable[tuple[str, bytes | str | Any]]) -> list[Workfl
     return records
 
 
+@quick_init  # made every step
 @dataclass(frozen=True)
 class Checkpoint:
     """The committed result of one step.

@@ -1,0 +1,71 @@
+"""``quick_init``: a faster ``__init__`` for the frozen dataclasses the step loop makes every step.
+
+A frozen dataclass's generated ``__init__`` sets each field with ``object.__setattr__``,
+which costs several times what setting an ordinary attribute does; the step loop makes
+a handful of these objects per step (node calls, contexts, outcomes, checkpoints), so
+for a no-op node they cost more than the node. The ``__init__`` made here stores every
+field with one ``__dict__`` update instead. Everything else stays as ``dataclass`` made
+it: the parameters (names, order, defaults, keyword-only fields; ``inspect.signature``
+shows them), default factories called once per instance, immutability, equality and
+hashing, and a ``TypeError`` for a missing, unknown or repeated argument. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, TypeVar
+
+__all__ = ["quick_init"]
+
+C = TypeVar("C", bound=type)
+
+
+def quick_init(cls: C) -> C:
+    """Give frozen dataclass ``cls`` an equivalent ``__init__`` that fills ``__dict__`` at once; returns ``cls``.
+
+    Apply it above ``@dataclass(frozen=True)``. Raises ``TypeError`` for a class that is
+    not a frozen dataclass, uses ``__slots__``, has ``__post_init__`` or ``InitVar``s
+    (their generated ``__init__`` does more than set fields).
+    """
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
+        raise TypeError(f"quick_init: {cls.__name__} must be a frozen dataclass without __slots__ or __post_init__")
+    fields = dataclasses.fields(cls)
+    generated = cls.__dict__["__init__"]
+    signature = inspect.signature(generated)
+    if [p for p in signature.parameters][1:] != [f.name for f in fields if f.init and not f.kw_only] + \
+            [f.name for f in fields if f.init and f.kw_only]:
+        raise TypeError(f"quick_init: {cls.__name__}'s __init__ takes parameters that are not fields (an InitVar)")
+    name = cls.__name__
+    positional = tuple(f.name for f in fields if f.init and not f.kw_only)
+    accepted = frozenset(f.name for f in fields if f.init)
+    required = frozenset(f.name for f in fields if f.init and f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    factories = tuple((f.name, f.default_factory) for f in fields if f.default_factory is not dataclasses.MISSING)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            if len(args) > len(positional):
+                raise TypeError(f"{name}() takes {len(positional)} positional arguments but {len(args)} were given")
+            for key, value in zip(positional, args):
+                if key in kwargs:
+                    raise TypeError(f"{name}() got multiple values for argument {key!r}")
+                kwargs[key] = value
+        if not accepted.issuperset(kwargs):
+            raise TypeError(f"{name}() got unexpected keyword argument(s) {sorted(set(kwargs) - accepted)}")
+        if not required.issubset(kwargs):
+            raise TypeError(f"{name}() missing required argument(s) {sorted(required - set(kwargs))}")
+        values = {**defaults, **kwargs}
+        for key, factory in factories:
+            if key not in kwargs:
+                values[key] = factory()
+        self.__dict__.update(values)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    setattr(cls, "__init__", __init__)  # noqa: B010 - replacing the generated method is the point
+    return cls
