@@ -86,6 +86,11 @@ _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 0.5
 # Pool defaults; ?max_connections= and ?timeout= in the URL override them.
 _MAX_CONNECTIONS = 64
+# Cluster: connections per node (redis-py fails a command at once, with MaxConnectionsError,
+# past this number instead of queueing it), and script calls under way at once per
+# RedisConnection (more wait in the process, as on a blocking pool).
+_CLUSTER_MAX_CONNECTIONS = 1024
+_CLUSTER_CONCURRENT_SCRIPTS = 64
 _POOL_TIMEOUT = 20.0
 _CONNECT_TIMEOUT = 5.0
 # rediss:// only: after this long without a reply, check whether the server speaks plain Redis.
@@ -258,6 +263,7 @@ class RedisConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
         self._batcher: ScriptBatcher | None = None
+        self._cluster_gate: asyncio.Semaphore | None = None
 
     def key_prefix(self, prefix: str) -> str:
         """What every key (and channel) name of ``prefix`` starts with: ``{prefix}`` on a cluster.
@@ -289,6 +295,7 @@ class RedisConnection:
                 # Keyword defaults; settings in the URL's query string take precedence.
                 if self.cluster:
                     self._client = self._cluster_client(ConnectionError, TimeoutError)
+                    self._cluster_gate = asyncio.Semaphore(_CLUSTER_CONCURRENT_SCRIPTS)
                     self._loop = loop
                     self._scripts.clear()
                     return self._client
@@ -323,6 +330,7 @@ class RedisConnection:
 
         return open_cluster_client(
             self._client_url,
+            max_connections=_CLUSTER_MAX_CONNECTIONS,
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=10,
             health_check_interval=30,
@@ -348,8 +356,11 @@ class RedisConnection:
         if self.cluster:
             # One EVALSHA per call: redis-py routes it by its first key and follows
             # redirections (see the module docstring for why no pipelines).
-            with redis_errors(self.url, action):
-                return await script(keys=keys, args=args, client=self.client())
+            client = self.client()
+            assert self._cluster_gate is not None
+            async with self._cluster_gate:
+                with redis_errors(self.url, action):
+                    return await script(keys=keys, args=args, client=client)
         if self._batcher is None:
             self._batcher = ScriptBatcher(self.client)
         with redis_errors(self.url, action):
