@@ -241,6 +241,26 @@ def test_a_subscriber_whose_node_dies_moves_to_another_node(cluster: RedisCluste
     assert len(after) == 1 and after[0].channel == "ev.b", after
 
 
+async def _many_at_once(url: str, count: int) -> tuple[list[bool], int]:
+    from distributed_agents.core.ports.task_queue import Task
+
+    backend = open_backend(url, prefix=f"rc{uuid.uuid4().hex[:6]}")
+    await backend.connect()
+    try:
+        queue = backend.task_queue
+        tasks = [Task(f"t{i}", "wf", "node", "busy", {"i": i}) for i in range(count)]
+        created = await asyncio.gather(*(queue.enqueue(task) for task in tasks))
+        return list(created), (await queue.stats("busy")).queued
+    finally:
+        await backend.close()
+
+
+def test_hundreds_of_script_calls_at_once_wait_for_a_connection(cluster: RedisCluster) -> None:
+    # More than redis-py's default connections per node (100), which fails the rest at once.
+    created, queued = run(_many_at_once(cluster.url, 400), timeout=90)
+    assert created == [True] * 400 and queued == 400
+
+
 def _pause_until_replicated(cluster: RedisCluster, primary: int, replica: int, timeout: float = 20.0) -> None:
     """Stop writes on ``primary`` (``CLIENT PAUSE WRITE``) and wait until ``replica`` holds all of them."""
     cluster.node_cli(primary, "client", "pause", "10000", "write")
