@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distributed_agents.core.errors import (BackendUnavailableError, ConfigurationError, DistributedAgentsError,
-                                            WorkflowNotFoundError)
+                                            PayloadDecodeError, WorkflowNotFoundError)
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.redaction import redact_text, redact_url
 
@@ -537,6 +537,13 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
             return JSONResponse({"error": message}, 404)
         return HTMLResponse(page.message_page("Not found", message, "/"), status_code=404)
 
+    async def damaged(request: Request, exc: Exception) -> Response:
+        # A workflow's stored record or checkpoints are not what this engine wrote: say so, for that page only.
+        message = redact_text(str(exc))
+        if request.url.path.startswith(("/api/", "/parts/")) or request.url.path.endswith("/parts"):
+            return JSONResponse({"error": message}, 500)
+        return HTMLResponse(page.message_page("Stored data damaged", message, "/"), status_code=500)
+
     async def bad_request(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith(("/api/", "/parts/")):
             return JSONResponse({"error": str(exc)}, 400)
@@ -545,7 +552,8 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[
                         Middleware(HostCheck, hosts=list(hosts) if hosts is not None else allowed_hosts()),
                         Middleware(BackendDown, backend_url=redact_url(str(orchestrator.backend.url)), page=page)],
-                    exception_handlers={WorkflowNotFoundError: not_found, 404: not_found, _BadRequest: bad_request})
+                    exception_handlers={WorkflowNotFoundError: not_found, 404: not_found, _BadRequest: bad_request,
+                                        PayloadDecodeError: damaged})
     app.state.hub = EventHub(orchestrator.backend.message_bus)
     return app
 

@@ -395,3 +395,36 @@ async def _stored_entries(kind: str, backend: Any, url: str, prefix: str) -> lis
     bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
     keys = sorted(k for k in await bucket.keys() if k.startswith(f"cp.{token(WF)}."))
     return [(await bucket.get(key)).value for key in keys]
+
+
+# -- the dashboard: its list keeps working, the damaged workflow's page says what is wrong --
+def test_the_dashboard_lists_a_damaged_workflow_and_its_page_names_the_damage() -> None:
+    from starlette.testclient import TestClient
+
+    from distributed_agents.dashboard import create_app
+
+    prefix = f"hstate{uuid.uuid4().hex[:8]}"
+    orchestrator = Orchestrator(backend=f"memory://{prefix}")
+    app = create_app(orchestrator, graphs=[], own_orchestrator=True)
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        async def setup() -> None:
+            store = orchestrator.backend.state_store
+            for workflow_id in ("good", WF):
+                version = 0
+                for checkpoint in checkpoints(3, workflow_id):
+                    saved = await store.save(
+                        WorkflowRecord(workflow_id, "g", WorkflowStatus.INTERRUPTED, checkpoint.state,
+                                       step=checkpoint.step, frontier=checkpoint.frontier),
+                        expected_version=version, checkpoint=checkpoint)
+                    version = saved.version
+            store._data.workflows[WF].checkpoints[-1] = b'{"workflow_id": "damaged", "step": []}'
+
+        http.portal.call(setup)
+        listing = http.get("/")
+        assert listing.status_code == 200 and "good" in listing.text and WF in listing.text
+        page = http.get(f"/workflows/{WF}")
+        assert page.status_code == 500 and "Stored data damaged" in page.text and "damaged" in page.text
+        assert "delete" in page.text  # what to do
+        api = http.get(f"/api/workflows/{WF}")
+        assert api.status_code == 500 and f"workflow {WF!r}" in api.json()["error"]
+        assert http.get("/workflows/good").status_code == 200
