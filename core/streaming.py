@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
@@ -69,6 +71,8 @@ __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "Strea
            "check_on_gap", "parse_stream_mode"]
 
 log = logging.getLogger("distributed_agents.streaming")
+
+T = TypeVar("T")
 
 STREAM_MODES = ("values", "updates", "custom", "messages", "debug")
 DEFAULT_BUFFER_SIZE = 10_000  # live chunks held for a slow consumer before the oldest are dropped
@@ -250,11 +254,20 @@ class StreamReader:
         self._wants_steps = bool({"values", "updates"} & set(self.modes))
         self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
         self._sub_steps: set[tuple[str, int]] = set()  # (subgraph workflow id, step) whose chunks were yielded
+        # The stream rides out a backend outage as the workflow's driver does: its reads of
+        # the store wait for the backend (core.backoff) instead of ending the stream.
+        self._outage = Outage(log, f"stream of workflow {workflow_id!r}")
 
     @property
     def dropped(self) -> int:
         """Live chunks this reader dropped because its consumer was slower than the workflow."""
         return self._buffer.dropped
+
+    async def _read_store(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """``await call()`` (a read of the store), repeated with backoff while the backend is
+        unavailable (``core.backoff.until_available``, the orchestrator's own policy): an
+        outage of any length delays the stream, it does not end it. Cancellable."""
+        return await until_available(call, what=what, outage=self._outage)
 
     async def open(self) -> None:
         """Subscribe to the workflow's events and stream chunks; delivery starts before this returns."""
@@ -432,7 +445,8 @@ class StreamReader:
                     yield chunk
                 break
         assert driver is not None
-        record_now = await self._store.get(self.workflow_id)
+        record_now = await self._read_store(lambda: self._store.get(self.workflow_id),
+                                            f"read workflow {self.workflow_id!r}")
         if record_now is not None:
             for chunk in await self._catch_up(record_now):
                 yield chunk
@@ -442,10 +456,12 @@ class StreamReader:
         """Whether ``driver`` failed before storing the workflow (a bad argument): nothing will come."""
         if driver.cancelled():
             return True
-        return driver.exception() is not None and await self._store.get(self.workflow_id) is None
+        return driver.exception() is not None and await self._read_store(
+            lambda: self._store.get(self.workflow_id), f"read workflow {self.workflow_id!r}") is None
 
     async def _record(self) -> WorkflowRecord:
-        record = await self._store.get(self.workflow_id)
+        record = await self._read_store(lambda: self._store.get(self.workflow_id),
+                                        f"read workflow {self.workflow_id!r}")
         if record is None:
             raise WorkflowNotFoundError(
                 f"cannot stream workflow {self.workflow_id!r}: no such workflow on this backend; pass a workflow id "
@@ -483,7 +499,9 @@ class StreamReader:
             self._last = max(self._last, top)
             return []
         wanted = top - self._last
-        checkpoints = await self._store.list_checkpoints(self.workflow_id, limit=wanted, before=top + 1)
+        checkpoints = await self._read_store(
+            lambda: self._store.list_checkpoints(self.workflow_id, limit=wanted, before=top + 1),
+            f"read the checkpoints of workflow {self.workflow_id!r}")
         out: list[Any] = []
         for checkpoint in sorted(checkpoints, key=lambda cp: cp.step):
             if checkpoint.step <= self._last:
@@ -499,7 +517,8 @@ class StreamReader:
         """Values/updates of a subgraph's committed step (its child workflow's checkpoint), once each."""
         if (child, step) in self._sub_steps:
             return []
-        found = await self._store.list_checkpoints(child, limit=1, before=step + 1)
+        found = await self._read_store(lambda: self._store.list_checkpoints(child, limit=1, before=step + 1),
+                                       f"read the checkpoints of subgraph workflow {child!r}")
         if not found or found[0].step != step:
             return []
         self._sub_steps.add((child, step))
@@ -514,12 +533,16 @@ class StreamReader:
         """
         out: list[Any] = []
         for child_id in dict(checkpoint.frontier.get(SUBGRAPHS_KEY) or {}).values():
-            child = await self._store.get(str(child_id))
+            child = await self._read_store(functools.partial(self._store.get, str(child_id)),
+                                           f"read subgraph workflow {child_id!r}")
             if child is None or not is_child_of(child, parent):  # not one left by an earlier workflow of its id
                 continue
             namespace = tuple(str(part) for part in child.metadata.get(NAMESPACE_KEY) or [child.workflow_id])
             self._namespaces[child.workflow_id] = namespace
-            found = await self._store.list_checkpoints(child.workflow_id, limit=child.step + 1, before=child.step + 1)
+            found = await self._read_store(
+                functools.partial(self._store.list_checkpoints, child.workflow_id, limit=child.step + 1,
+                                  before=child.step + 1),
+                f"read the checkpoints of subgraph workflow {child.workflow_id!r}")
             for step in sorted(found, key=lambda cp: cp.step):
                 if (child.workflow_id, step.step) not in self._sub_steps:
                     self._sub_steps.add((child.workflow_id, step.step))

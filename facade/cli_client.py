@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
@@ -46,6 +47,8 @@ from distributed_agents import operations
 from distributed_agents.draw import load_graph
 
 PROG = "distributed-agents"
+
+log = logging.getLogger("distributed_agents.cli")
 
 
 def parse_json_value(flag: str, text: str) -> Any:
@@ -96,6 +99,20 @@ client_orchestrator = _orchestrator  # the dashboard's orchestrator is a client 
 
 def _not_found(exc: WorkflowNotFoundError) -> WorkflowNotFoundError:
     return WorkflowNotFoundError(f"{exc}; '{PROG} list' shows the workflow ids (check --backend-url and --prefix)")
+
+
+async def _final(orchestrator: Orchestrator, workflow_id: str) -> tuple[str, Any]:
+    """The status and result of a workflow ``run``/``resume`` drove to its end (or pause).
+
+    Read through a backend outage with the orchestrator's own policy
+    (``core.backoff.until_available``): a Redis or NATS restart as the workflow ends only
+    delays the answer, as it delays the run itself. Raises as ``get_result`` does.
+    """
+    outage = Outage(log, f"{PROG}: workflow {workflow_id!r}")
+    what = f"read the outcome of workflow {workflow_id!r}"
+    info = await until_available(lambda: orchestrator.get_workflow_status(workflow_id), what=what, outage=outage)
+    result = await until_available(lambda: orchestrator.get_result(workflow_id), what=what, outage=outage)
+    return info.status, result
 
 
 def _plain(value: Any) -> Any:
@@ -225,9 +242,8 @@ async def run_command(args: argparse.Namespace, url: str, options: Mapping[str, 
                 progress.event(chunk, namespace)
             if args.stream and mode in args.stream_mode:
                 print(_dumps({"mode": mode, "namespace": namespace, "chunk": chunk}), flush=True)
-        status = (await orchestrator.get_workflow_status(workflow_id)).status
+        status, result = await _final(orchestrator, workflow_id)
         progress.finish(status)
-        result = await orchestrator.get_result(workflow_id)
     except ExecutionError as exc:  # the workflow failed, was cancelled or could not go on
         progress.finish("cancelled" if isinstance(exc, WorkflowCancelledError) else "failed")
         message = str(exc)
@@ -349,8 +365,8 @@ async def resume_command(args: argparse.Namespace, url: str, options: Mapping[st
         extra["resume"] = parse_json_value("--value", args.value)
     orchestrator = _orchestrator(url, options, args.local_nodes)
     try:
-        result = await orchestrator.resume(args.workflow_id, graph, **extra)
-        status = (await orchestrator.get_workflow_status(args.workflow_id)).status
+        await orchestrator.resume(args.workflow_id, graph, **extra)
+        status, result = await _final(orchestrator, args.workflow_id)
     except WorkflowNotFoundError as exc:
         raise _not_found(exc) from None
     finally:

@@ -51,6 +51,27 @@ __all__ = ["NatsConnection", "NatsSettings", "require_nats", "ttl_header"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
+
+class _OneLineErrors(logging.Filter):
+    """nats-py logs an error its read loop met with a full traceback ("nats: encountered
+    error"); operators get it as one warning line naming the exception instead (the
+    traceback is of nats-py's internals, and the connection is reported by this adapter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and record.levelno >= logging.ERROR:
+            exc, message = record.exc_info[1], record.getMessage()
+            record.msg = "%s (%s: %s); the client reconnects when its pings go unanswered"
+            record.args = (message, type(exc).__name__, exc)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_NATS_CLIENT_LOG = logging.getLogger("nats.aio.client")
+if not any(isinstance(f, _OneLineErrors) for f in _NATS_CLIENT_LOG.filters):
+    _NATS_CLIENT_LOG.addFilter(_OneLineErrors())
+
 _INSTALL = "pip install 'distributed-agents[nats]' (from a checkout of the repository: pip install '.[nats]')"
 # JetStream refuses publishes whose dedup window is shorter than this; two minutes is
 # nats-py's and the server's default.
@@ -538,7 +559,10 @@ class NatsConnection:
         except Exception:  # draining a connection that lost its server: close it anyway
             pass
         if not nc.is_closed:
-            await nc.close()
+            # A connection whose server went away mid-drain raises from its socket (e.g.
+            # ConnectionResetError): it is closed either way, and closing must not fail.
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     # -- callbacks: report an outage once, and its end --------------------------------
     async def _on_error(self, exc: Exception) -> None:

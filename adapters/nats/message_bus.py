@@ -11,6 +11,7 @@ returns; ``publish`` flushes, so the server has routed the message before it ret
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from distributed_agents.core.ports.message_bus import BufferedSubscription, BusM
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["NatsMessageBus", "NatsSubscription", "flush_in_order"]
+__all__ = ["NatsMessageBus", "NatsSubscription", "flush_in_order", "replace_abandoned_pongs"]
 
 
 async def flush_in_order(nc: Any) -> None:
@@ -39,7 +40,27 @@ async def flush_in_order(nc: Any) -> None:
     push_pending = getattr(nc, "_flush_pending", None)
     if push_pending is not None:
         await push_pending(force_flush=True)
-    await nc.flush()
+    try:
+        await nc.flush()
+    except BaseException:  # a timeout (stalled connection) or a cancellation
+        replace_abandoned_pongs(nc)
+        raise
+
+
+def replace_abandoned_pongs(nc: Any) -> None:
+    """Put a fresh future in place of each PONG waiter nats-py's ``flush()`` gave up on.
+
+    ``flush()`` queues a future per PING and cancels it on a timeout, but leaves it in
+    the queue: the PONG that comes late (a stalled connection flowing again) then sets
+    the result of a cancelled future, which raises ``InvalidStateError`` in nats-py's
+    read loop, logs a traceback and stops reading, so the connection hears nothing until
+    its pings time out. A fresh future takes that PONG instead; the queue keeps its
+    order, so later PONGs still answer their own PINGs.
+    """
+    pongs = getattr(nc, "_pongs", None)
+    if isinstance(pongs, list) and any(future.done() for future in pongs):
+        loop = asyncio.get_running_loop()
+        pongs[:] = [loop.create_future() if future.done() else future for future in pongs]
 
 
 class NatsSubscription(BufferedSubscription):

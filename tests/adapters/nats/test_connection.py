@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -282,3 +284,47 @@ def test_one_refused_server_of_a_cluster_does_not_stop_the_connect(nats_url: str
         await backend.close()
 
     run(scenario(), 60)
+
+
+@pytest.mark.timeout(60)
+def test_a_flush_given_up_on_a_stalled_connection_leaves_the_client_reading(
+        nats_server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    """nats-py's flush leaves the PONG waiter it gave up on queued; the late PONG (the
+    stall over) must not stop its read loop (InvalidStateError, logged with a traceback)."""
+    import nats
+    from support.fault_proxy import FaultProxy
+
+    from distributed_agents.adapters.nats.message_bus import flush_in_order
+
+    async def scenario(proxy: FaultProxy) -> None:
+        nc = await nats.connect(proxy.url("nats"), allow_reconnect=False)
+        try:
+            proxy.stall()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(flush_in_order(nc), 0.5)  # given up: its PONG comes late
+            proxy.resume()
+            await flush_in_order(nc)  # the late PONG and this one both arrive
+            got = await nc.subscribe("late.pong")
+            await nc.publish("late.pong", b"x")
+            assert (await got.next_msg(timeout=5)).data == b"x"  # still reading
+        finally:
+            await nc.close()
+
+    with FaultProxy(nats_server.port) as proxy, caplog.at_level(logging.DEBUG, logger="nats"):
+        run(scenario(proxy))
+    assert not [r for r in caplog.records if r.name.startswith("nats") and r.levelno >= logging.WARNING], \
+        caplog.text
+
+
+def test_an_error_nats_py_logs_with_a_traceback_is_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
+    import distributed_agents.adapters.nats.connection  # noqa: F401  (installs the filter)
+
+    try:
+        raise asyncio.InvalidStateError("invalid state")
+    except asyncio.InvalidStateError as exc:
+        with caplog.at_level(logging.DEBUG, logger="nats.aio.client"):
+            logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert record.getMessage().startswith("nats: encountered error (InvalidStateError: invalid state)")
+    assert "Traceback" not in caplog.text
