@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -76,12 +77,22 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes | bytearray | str) -> Any:
     """Parse JSON bytes; raises ``PayloadDecodeError`` naming the problem if they are not JSON.
 
-    As deep a value as ``encode`` writes is read back wherever this is called from.
+    Total: whatever the bytes, the result is a value or ``PayloadDecodeError`` (never
+    ``RecursionError``, ``ValueError`` or ``TypeError``), so every reader of data from a
+    backend handles one error type. As deep a value as ``encode`` writes is read back
+    wherever this is called from; a deeper one (``"[" * 100000``, which nothing here
+    writes) is ``PayloadDecodeError``, found after at most about 1,000 levels.
     """
     try:
         return _decode(data)
     except RecursionError:
+        pass
+    try:
         return on_fresh_stack(_decode, data)
+    except RecursionError:
+        raise PayloadDecodeError(
+            f"payload is nested too deeply to be JSON this engine wrote (more than about "
+            f"{sys.getrecursionlimit()} levels of lists or objects); starts with {_preview_of(data)!r}") from None
 
 
 def _decode(data: bytes | bytearray | str) -> Any:
@@ -91,8 +102,14 @@ def _decode(data: bytes | bytearray | str) -> Any:
             return _decoder.decode(data.decode("utf-8", "surrogatepass"))  # as json.loads decodes bytes
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        preview = bytes(data[:60]) if isinstance(data, (bytes, bytearray)) else data[:60]
-        raise PayloadDecodeError(f"payload is not valid UTF-8 JSON ({exc}); starts with {preview!r}") from exc
+        raise PayloadDecodeError(f"payload is not valid UTF-8 JSON ({exc}); starts with {_preview_of(data)!r}") from exc
+    except (ValueError, TypeError) as exc:  # an int of more than 4300 digits; not bytes or str at all
+        raise PayloadDecodeError(f"payload is not JSON this engine reads ({exc}); starts with "
+                                 f"{_preview_of(data)!r}") from None
+
+
+def _preview_of(data: Any) -> bytes | str:
+    return bytes(data[:60]) if isinstance(data, (bytes, bytearray)) else str(data)[:60]
 
 
 def ensure_json_value(value: Any, *, where: str) -> None:

@@ -68,6 +68,7 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
+from distributed_agents.core.task_payload import check_payload
 from distributed_agents.core.task_state import (
     DEFAULT_CACHE_BYTES,
     STATE_REF_KEY,
@@ -604,11 +605,8 @@ class Worker:
         func = self.registry.get(claim.task.node_type)
         if func is None:
             raise ValueError(f"worker {self.worker_id!r} has no function for node type {claim.task.node_type!r}")
+        check_payload(payload)  # the whole shape, version included: a bad task is dead-lettered, never run
         state = payload.get("state")
-        if state is None and STATE_REF_KEY in payload:
-            read_ref(payload[STATE_REF_KEY])  # raises ValueError if it is no reference
-        elif not isinstance(state, dict):
-            raise ValueError(f"payload has no 'state' object and no {STATE_REF_KEY!r}")
         retry_data = payload.get("retry")
         try:
             retry = None if retry_data is None else RetryPolicy.from_dict(retry_data)

@@ -26,7 +26,7 @@ from distributed_agents.core.ports.task_queue import (
     Task,
     TaskQueue,
     TaskResult,
-    task_from_dict,
+    decode_task,
     task_to_dict,
 )
 from distributed_agents.adapters.memory.waiters import WaiterSet
@@ -156,9 +156,9 @@ class MemoryTaskQueue(TaskQueue):
                 entry = self._data.entries[best[2]]
                 heapq.heappop(self._data.ready[entry.node_type])
                 try:
-                    task = task_from_dict(decode(entry.raw))
-                except (PayloadDecodeError, ValueError) as exc:
-                    self._dead_letter(entry, f"undecodable payload: {exc}", now)
+                    task = decode_task(entry.raw, queued_as=entry.task_id)
+                except PayloadDecodeError as exc:
+                    self._dead_letter(entry, str(exc), now)
                     continue
                 entry.attempt += 1
                 entry.state = "claimed"
@@ -265,8 +265,8 @@ class MemoryTaskQueue(TaskQueue):
     def _dead_letter(self, entry: _Entry, reason: str, now: float) -> None:
         task: Task | None
         try:
-            task = task_from_dict(decode(entry.raw))
-        except (PayloadDecodeError, ValueError):
+            task = decode_task(entry.raw)
+        except PayloadDecodeError:
             task = None
         letter = DeadLetter(
             task_id=entry.task_id,

@@ -69,6 +69,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -98,6 +99,8 @@ from distributed_agents.core.ports.task_queue import (
     Task,
     TaskQueue,
     TaskResult,
+    check_attempt,
+    decode_task,
     task_from_dict,
     task_to_dict,
 )
@@ -458,13 +461,15 @@ class NatsTaskQueue(TaskQueue):
     async def _prefetch(self, messages: list[Msg]) -> dict[int, _Found]:
         """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read
         (messages that do not decode are left out: ``_take`` dead-letters them)."""
+        if len(messages) < 2:
+            return {}  # one record: _take's own read costs the same (and decoding twice would not)
         keys: dict[int, str] = {}
         for msg in messages:
             if len(msg.data) > self.max_task_bytes:
                 continue
             try:
-                keys[id(msg)] = token(task_from_dict(decode(msg.data)).id)
-            except (PayloadDecodeError, ValueError):
+                keys[id(msg)] = token(decode_task(msg.data, queued_as=_queued_as(msg)).id)
+            except PayloadDecodeError:
                 continue
         if len(keys) < 2:
             return {}  # one record: _take's own read costs the same
@@ -484,9 +489,10 @@ class NatsTaskQueue(TaskQueue):
             await self._dead_letter_raw(msg, node_type, oversized_task_reason(len(msg.data), self.max_task_bytes))
             return None
         try:
-            task = task_from_dict(decode(msg.data))
-        except (PayloadDecodeError, ValueError) as exc:
-            await self._dead_letter_raw(msg, node_type, f"undecodable payload: {exc}")
+            # Its id must be the one it was published under (Da-Task-Id): its record is kept by that id.
+            task = decode_task(msg.data, queued_as=_queued_as(msg))
+        except PayloadDecodeError as exc:
+            await self._dead_letter_raw(msg, node_type, str(exc))
             return None
         for _ in range(5):
             found, prefetched = prefetched or await self._read(task.id), None
@@ -521,6 +527,12 @@ class NatsTaskQueue(TaskQueue):
                         return None
                     continue
             attempt = int(record.get("attempt", 0)) + 1
+            try:
+                check_attempt(attempt, f"{self._conn.names.task_bucket} {token(task.id)}")
+            except PayloadDecodeError as exc:
+                if await self._dead_letter(record, found.revision, task, str(exc), errors, lease_id):
+                    return None
+                continue
             deadline = time.time() + lease
             new = {**record, "seq": seq, "state": "claimed", "attempt": attempt, "errors": errors,
                    "lease": lease_id, "worker": worker_id, "deadline": deadline}
@@ -708,8 +720,8 @@ class NatsTaskQueue(TaskQueue):
         except nats.js.errors.NotFoundError:
             return None
         try:
-            return task_from_dict(decode(raw.data or b""))
-        except (PayloadDecodeError, ValueError):
+            return decode_task(raw.data or b"")
+        except PayloadDecodeError:
             return None
 
     async def _dead_letter(
@@ -797,7 +809,7 @@ class NatsTaskQueue(TaskQueue):
         with self._errors("list dead letters"):
             pattern = ">" if node_type is None else f"{token(node_type)}.*"
             entries = await kv.scan(self._conn.js, self._dead, pattern)
-        letters = [_letter_from(decode(e.value)) for e in entries]
+        letters = [_letter_from(f"{self._conn.names.dead_bucket} {e.key}", e.value)[0] for e in entries]
         letters.sort(key=lambda letter: letter.dead_at)
         return letters[:limit]
 
@@ -806,17 +818,20 @@ class NatsTaskQueue(TaskQueue):
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
             if not matches:
                 return False
-            letter = decode(matches[-1].value)
-            if letter.get("task") is None:
+            dead, letter = _letter_from(f"{self._conn.names.dead_bucket} {matches[-1].key}", matches[-1].value)
+            if dead.task is None:  # raw bytes, or a damaged letter: nothing to run
                 return False
-            task = task_from_dict(letter["task"])
+            task = dead.task
             found = await self._read(task_id)
             if found.record is not None and not (
                 found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))
             ):
                 return False
-            priority = int(letter.get("priority", task.priority))
-            record = _new_record(task_id, task.node_type, priority, letter.get("max_attempts"), seq=0)
+            priority = letter.get("priority", task.priority)
+            priority = priority if type(priority) is int else task.priority
+            max_attempts = letter.get("max_attempts")
+            max_attempts = max_attempts if type(max_attempts) is int and max_attempts >= 1 else task.max_attempts
+            record = _new_record(task_id, task.node_type, priority, max_attempts, seq=0)
             revision = await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision)
             if revision is None:
                 return False
@@ -973,15 +988,45 @@ def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int |
     }
 
 
-def _letter_from(data: Mapping[str, Any]) -> DeadLetter:
-    raw = data.get("raw")
-    return DeadLetter(
-        task_id=data["task_id"],
-        node_type=data["node_type"],
-        reason=data.get("reason", ""),
-        errors=tuple(data.get("errors") or ()),
-        attempts=int(data.get("attempts", 0)),
-        task=None if data.get("task") is None else task_from_dict(data["task"]),
-        raw=None if raw is None else base64.b64decode(raw),
-        dead_at=float(data.get("dead_at", 0.0)),
-    )
+def _queued_as(msg: Msg) -> str | None:
+    """The task id a message was published under (its ``Da-Task-Id`` header), None without one."""
+    headers = msg.headers
+    return headers.get("Da-Task-Id") if headers else None
+
+
+def _letter_from(where: str, value: bytes | None) -> tuple[DeadLetter, Mapping[str, Any]]:
+    """The dead letter stored at ``where`` (bucket and key) and its stored fields: the one reader of letters.
+
+    Total: an entry that is not a letter this adapter wrote (not JSON, a field of the
+    wrong type, a task that does not decode) is still listed, with no task, its first
+    bytes as ``raw`` and the damage as its reason, so listings show it and it can be
+    purged; it is never requeued.
+    """
+    try:
+        data = decode(value or b"")
+        if not isinstance(data, dict):
+            raise ValueError(f"a dead letter must be a JSON object, got {type(data).__name__}")
+        raw, task, errors = data.get("raw"), data.get("task"), data.get("errors") or ()
+        if not isinstance(data.get("task_id"), str) or not isinstance(data.get("node_type"), str):
+            raise ValueError("fields 'task_id' and 'node_type' must be strings")
+        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+            raise ValueError("field 'errors' must be a list of strings")
+        letter = DeadLetter(
+            task_id=data["task_id"],
+            node_type=data["node_type"],
+            reason=str(data.get("reason", "")),
+            errors=tuple(errors),
+            attempts=int(data.get("attempts", 0)),
+            task=None if task is None else task_from_dict(task),
+            raw=None if raw is None else base64.b64decode(raw, validate=True),
+            dead_at=float(data.get("dead_at", 0.0)),
+        )
+        if not math.isfinite(letter.dead_at):
+            raise ValueError("field 'dead_at' is not a finite number")
+        return letter, data
+    except (ValueError, TypeError, OverflowError) as exc:  # PayloadDecodeError and binascii.Error included
+        reason = f"damaged dead letter at {where}: {exc}; purge it"
+        key = where.rsplit(" ", 1)[-1]
+        node_type, _, task_id = key.partition(".")
+        return DeadLetter(task_id=task_id or key, node_type=node_type, reason=reason, errors=(reason,), attempts=0,
+                          task=None, raw=(value or b"")[:DEAD_RAW_KEPT], dead_at=0.0), {}

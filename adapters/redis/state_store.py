@@ -50,6 +50,7 @@ background); entries set during a clear may survive it.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -61,6 +62,7 @@ from distributed_agents.adapters.redis.keys import StateKeys
 from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
+    BackendError,
     FencingTokenRejectedError,
     LeaseLostError,
     VersionConflictError,
@@ -73,11 +75,14 @@ from distributed_agents.core.ports.state_store import (
     WorkflowLease,
     WorkflowRecord,
     WorkflowStatus,
+    malformed_record,
     stored_record,
     stored_records,
 )
 
 __all__ = ["RedisStateManager"]
+
+log = logging.getLogger("distributed_agents.state_store")  # where stored_records logs what a listing leaves out
 
 _NOW = r"""
 local function now_ms()
@@ -248,15 +253,21 @@ return 0
 
 _LIST = r"""
 -- KEYS: 1 the index to read (all or one status). ARGV: 1 prefix, 2 status or ''.
--- Returns record JSONs oldest first; drops index entries of expired or moved records.
+-- Returns id, record JSON, id, record JSON, ... oldest first; drops index entries of expired
+-- or moved records. A record key that is not a hash (written by something else) gives
+-- NUL and the server's error instead of the JSON: only that record is left out.
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local f = redis.call('HMGET', ARGV[1] .. ':wf:r:' .. id, 'rec', 'status')
-  if not f[1] then
+  local f = redis.pcall('HMGET', ARGV[1] .. ':wf:r:' .. id, 'rec', 'status')
+  if f.err then
+    out[#out + 1] = id
+    out[#out + 1] = '\0' .. f.err
+  elseif not f[1] then
     redis.call('ZREM', KEYS[1], id)
   elseif ARGV[2] ~= '' and f[2] ~= ARGV[2] then
     redis.call('ZREM', KEYS[1], id)
   else
+    out[#out + 1] = id
     out[#out + 1] = f[1]
   end
 end
@@ -270,7 +281,8 @@ local out = {}
 for i, index in ipairs(KEYS) do
   local n = 0
   for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    if redis.call('HGET', ARGV[1] .. ':wf:r:' .. id, 'status') == ARGV[i + 1] then
+    -- pcall: a record key that is not a hash (written by something else) is not counted
+    if redis.pcall('HGET', ARGV[1] .. ':wf:r:' .. id, 'status') == ARGV[i + 1] then
       n = n + 1
     else
       redis.call('ZREM', index, id)
@@ -283,10 +295,14 @@ return out
 
 _DELETE = r"""
 -- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index. ARGV: 1 prefix, 2 workflow id.
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.pcall('HGET', KEYS[1], 'status')
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[3], 'owner', 'token', 'deadline')  -- 'max' stays: tokens only grow
 redis.call('ZREM', KEYS[4], ARGV[2])
+if type(status) == 'table' then  -- the record key is not a hash (written by something else): removed all the same
+  redis.call('DEL', KEYS[1])
+  return 1
+end
 if status then
   redis.call('ZREM', ARGV[1] .. ':wf:status:' .. status, ARGV[2])
   redis.call('DEL', KEYS[1])
@@ -337,9 +353,15 @@ class RedisStateManager(StateStore):
 
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
         """The stored record, or None (one round trip)."""
-        with redis_errors(self._connection.url, f"read workflow {workflow_id!r}"):
-            raw = await self._connection.client().hget(self._keys.record(workflow_id), "rec")
-        return None if raw is None else stored_record(raw, self._keys.record(workflow_id), workflow_id)
+        key = self._keys.record(workflow_id)
+        try:
+            with redis_errors(self._connection.url, f"read workflow {workflow_id!r}"):
+                raw = await self._connection.client().hget(key, "rec")
+        except BackendError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise malformed_record(key, workflow_id, _not_a_hash(str(exc.__cause__ or exc))) from None
+        return None if raw is None else stored_record(raw, key, workflow_id)
 
     async def save(
         self,
@@ -482,8 +504,16 @@ class RedisStateManager(StateStore):
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records (optionally of one status), oldest first (one round trip)."""
         index = self._keys.index if status is None else self._keys.status_index(status)
-        raws = await self._script("state_list", _LIST, [index], [self._keys.prefix, status or ""], "list workflows")
-        return stored_records((f"{index} (record {n})", raw) for n, raw in enumerate(raws))
+        reply = await self._script("state_list", _LIST, [index], [self._keys.prefix, status or ""], "list workflows")
+        raws = []
+        for n in range(0, len(reply), 2):
+            workflow_id, raw = _text(reply[n]), reply[n + 1]
+            if raw[:1] == b"\0":  # not a hash: HMGET's error, from the server
+                log.error("left out of the listing: %s", malformed_record(
+                    self._keys.record(workflow_id), workflow_id, _not_a_hash(raw[1:])))
+            else:
+                raws.append((self._keys.record(workflow_id), raw))
+        return stored_records(raws)
 
     async def count_workflows(self) -> dict[str, int]:
         """Workflows per status, counted inside the server from the status indexes (one round trip).
@@ -584,6 +614,12 @@ class RedisStateManager(StateStore):
 
 class _LeaseHeld(Exception):
     """``create_leased`` found the lease held by another owner: nothing was written."""
+
+
+def _not_a_hash(error: bytes | str) -> str:
+    """What to say of a record key holding another Redis type (the server's WRONGTYPE ``error``)."""
+    text = error.decode("utf-8", "replace") if isinstance(error, bytes) else error
+    return f"the key is not a Redis hash ({text.strip()[:120]}); check it with TYPE and remove it with DEL"
 
 
 def _text(value: Any) -> str:

@@ -119,7 +119,8 @@ from distributed_agents.core.ports.task_queue import (
     Task,
     TaskQueue,
     TaskResult,
-    task_from_dict,
+    check_attempt,
+    decode_task,
     task_to_dict,
 )
 
@@ -401,10 +402,11 @@ class RedisTaskQueue(TaskQueue):
             try:
                 if len(raw) > self.max_task_bytes:  # handed over by an enqueuer with a larger limit
                     raise _Oversized(oversized_task_reason(len(raw), self.max_task_bytes))
-                task = task_from_dict(decode(bytes(raw)))
-            except (PayloadDecodeError, ValueError) as exc:
-                reason = str(exc) if isinstance(exc, _Oversized) else f"undecodable payload: {exc}"
-                await self._run("bad_payload", [task_id, lease_id, reason], "dead-letter an undecodable task")
+                # Its id must be the one it is stored under: acks and nacks find it by that id.
+                task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id)
+                check_attempt(int(attempt), self._keys.task(task_id))
+            except ValueError as exc:  # _Oversized, PayloadDecodeError: the message is the reason
+                await self._run("bad_payload", [task_id, lease_id, str(exc)], "dead-letter an undecodable task")
                 continue
             claimed.append(ClaimedTask(task, lease_id, int(attempt), int(deadline) / 1000.0, worker_id))
         return claimed
@@ -556,8 +558,8 @@ class RedisTaskQueue(TaskQueue):
             task: Task | None = None
             if _text(bad) != "1":
                 try:
-                    task = task_from_dict(decode(bytes(raw)))
-                except (PayloadDecodeError, ValueError):
+                    task = decode_task(bytes(raw))
+                except PayloadDecodeError:
                     task = None
             history = tuple(_text(e) for e in errors) or (reason_text,)
             letters.append(

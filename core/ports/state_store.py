@@ -78,6 +78,7 @@ __all__ = [
     "checkpoints_page",
     "implements_cache",
     "StateStore",
+    "malformed_record",
     "stored_record",
     "stored_records",
     "WorkflowLease",
@@ -225,12 +226,24 @@ def stored_record(raw: bytes | str | Any, where: str, workflow_id: str | None = 
         values["updated_at"] = float(values["updated_at"])
         return WorkflowRecord(**values)
     except (PayloadDecodeError, ValueError, OverflowError) as exc:
-        what = f"workflow {workflow_id!r}" if workflow_id is not None else "a workflow"
-        raise PayloadDecodeError(
-            f"the record of {what} at {where} is malformed ({exc}); it was not written by this version of "
-            "the engine (or was truncated or edited). Inspect it there, and delete the workflow "
-            "(distributed-agents delete) to free its id"
-        ) from None
+        raise malformed_record(where, workflow_id, str(exc)) from None
+
+
+def malformed_record(where: str, workflow_id: str | None, problem: str) -> PayloadDecodeError:
+    """The error for a workflow record at ``where`` that is not one this engine wrote: the one wording.
+
+    ``problem`` says what is wrong (not JSON, a field of the wrong type, a Redis key of
+    another type). Used by ``stored_record`` and by stores that find the damage before
+    there are bytes to check.
+    """
+    from distributed_agents.core.errors import PayloadDecodeError
+
+    what = f"workflow {workflow_id!r}" if workflow_id is not None else "a workflow"
+    return PayloadDecodeError(
+        f"the record of {what} at {where} is malformed ({problem}); it was not written by this version of "
+        "the engine (or was truncated or edited). Inspect it there, and delete the workflow "
+        "(distributed-agents delete) to free its id"
+    )
 
 
 def stored_records(raws: Iterable[tuple[str, bytes | str | Any]]) -> list[WorkflowRecord]:

@@ -66,6 +66,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from distributed_agents.core.codec import decode
+from distributed_agents.core.errors import PayloadDecodeError
+
 __all__ = [
     "ClaimedTask",
     "DeadLetter",
@@ -73,6 +76,8 @@ __all__ = [
     "Task",
     "TaskQueue",
     "TaskResult",
+    "check_attempt",
+    "decode_task",
     "task_from_dict",
     "task_to_dict",
 ]
@@ -113,30 +118,83 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     }
 
 
+_PRIORITY_RANGE = (-(2**31), 2**31 - 1)  # the port's priorities (module docstring)
+
+
 def task_from_dict(data: Any) -> Task:
-    """Rebuild a task from its wire shape; raises ``ValueError`` naming the bad field."""
+    """Rebuild a task from its wire shape; raises ``ValueError`` naming the bad field.
+
+    Checks every field ``task_to_dict`` writes: ``id``, ``workflow_id``, ``node`` and
+    ``node_type`` non-empty strings; ``payload`` an object; ``priority`` (default 0) an
+    int in the port's range; ``max_attempts`` null or an int >= 1 (a count below 1 would
+    undercut the queue's limit); ``created_at`` (default 0) a finite number. JSON types
+    exactly: ``true`` is no int, ``"5"`` no number.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"a task must be a JSON object, got {type(data).__name__}")
     try:
         payload = data["payload"]
         if not isinstance(payload, dict):
             raise ValueError("field 'payload' must be an object")
+        priority = data.get("priority", 0)
+        if type(priority) is not int or not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
+            raise ValueError(f"field 'priority' must be an int from -2**31 to 2**31-1, got {priority!r:.80}")
         max_attempts = data.get("max_attempts")
+        if max_attempts is not None and (type(max_attempts) is not int or max_attempts < 1):
+            raise ValueError(f"field 'max_attempts' must be null or an int >= 1, got {max_attempts!r:.80}")
+        created_at = data.get("created_at", 0.0)
+        if type(created_at) not in (float, int) or not math.isfinite(created_at):
+            raise ValueError(f"field 'created_at' must be a finite number (seconds), got {created_at!r:.80}")
         return Task(
             id=_str_field(data, "id"),
             workflow_id=_str_field(data, "workflow_id"),
             node=_str_field(data, "node"),
             node_type=_str_field(data, "node_type"),
             payload=payload,
-            priority=int(data.get("priority", 0)),
-            max_attempts=None if max_attempts is None else int(max_attempts),
-            created_at=float(data.get("created_at", 0.0)),
+            priority=priority,
+            max_attempts=max_attempts,
+            created_at=float(created_at),
         )
     except KeyError as exc:
         raise ValueError(f"task is missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError, OverflowError) as exc:
-        # OverflowError: JSON numbers such as 1e999 (inf) or 10**400 do not fit int()/float().
+        # OverflowError: an int too large for a float (created_at = 10**400).
         raise ValueError(f"task has an invalid field: {exc}") from None
+
+
+def decode_task(raw: bytes | bytearray, *, queued_as: str | None = None) -> Task:
+    """The task stored as ``raw`` (``task_to_dict`` as JSON), checked: the one reader of task bytes.
+
+    Every adapter decodes a claimed task, and the task of a dead letter, through this.
+    ``queued_as`` is the id the backend keeps the task under (its key, its message
+    header), when it has one: a task naming another id (copied, or written by hand)
+    could not be settled under its own id and is refused. Total: raises only
+    ``PayloadDecodeError``, whose message is the dead-letter reason,
+    ``"undecodable payload: ..."`` (not JSON, nested too deeply, a field of the wrong
+    type or range) or ``"malformed task: ..."`` (an id that is not its own).
+    """
+    try:
+        task = task_from_dict(decode(raw))
+    except ValueError as exc:  # PayloadDecodeError included
+        raise PayloadDecodeError(f"undecodable payload: {exc}") from None
+    if queued_as is not None and task.id != queued_as:
+        raise PayloadDecodeError(
+            f"malformed task: it names task id {task.id[:80]!r} but is queued as {queued_as[:80]!r}; it was copied "
+            "or written by something other than enqueue, so it is not run")
+    return task
+
+
+def check_attempt(attempt: int, where: str) -> None:
+    """Refuse a delivery whose attempt number (1-based, after counting it) is below 1.
+
+    The count lives in the backend's own task record (``where`` names it); one below 0
+    there (written by hand) would let the task run more than ``max_attempts`` times.
+    Raises ``PayloadDecodeError`` whose message is the dead-letter reason.
+    """
+    if attempt < 1:
+        raise PayloadDecodeError(
+            f"malformed task: its attempt count at {where} was {attempt - 1}, below 0 (written by something other "
+            "than the queue, it would let the task run more than max_attempts times), so it is not run")
 
 
 def _str_field(data: Mapping[str, Any], name: str) -> str:
