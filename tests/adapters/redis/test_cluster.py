@@ -23,6 +23,7 @@ fan-out with ``Send``, a join, then a chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import re
@@ -32,13 +33,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import security_app
 from support.aio import run
 from support.redis_cluster import RedisCluster
 from support.worker_processes import WorkerProcesses, load_test_app
 
-from distributed_agents import Orchestrator
+from distributed_agents import Orchestrator, Worker
 from distributed_agents.adapters.redis.connection import RedisConnection
-from distributed_agents.core.errors import BackendConfigError
+from distributed_agents.core.errors import BackendConfigError, BackendError
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.redaction import redact_url
 from distributed_agents.distributed import DistributedOrchestrator
@@ -327,3 +329,72 @@ def test_a_failover_of_the_prefix_primary_mid_run_loses_nothing(cluster: RedisCl
             cluster.restart(victim)  # it rejoins as a replica: the cluster is whole for the next test
     check_outcome(finals, expected, history, stats,
                   f"(worker logs in {tmp_path}; node logs in {[n.directory for n in cluster.nodes]})")
+
+
+def cluster_tenant_rule(prefix: str) -> str:
+    """The ACL rule docs/security.md gives for a prefix on a Redis Cluster (kept identical to it)."""
+    return (f"resetkeys ~{{{prefix}}}:* ~{prefix}:cache:* resetchannels &{{{prefix}}}:* &{{{prefix}}}:bus:* "
+            "-@all +@read +@write +@keyspace +@pubsub +@connection +@transaction +time "
+            "+evalsha +eval +script|load +script|exists -@dangerous +cluster|slots +cluster|shards +cluster|nodes")
+
+
+def test_a_tenant_acl_confines_a_user_to_its_prefix_on_the_cluster(cluster: RedisCluster) -> None:
+    passwords = {user: f"pw-{uuid.uuid4().hex}" for user in ("ctenant_a", "ctenant_b")}
+    prefixes = {"ctenant_a": f"ca{uuid.uuid4().hex[:6]}", "ctenant_b": f"cb{uuid.uuid4().hex[:6]}"}
+    for index in cluster.live():  # ACLs are per node: every node gets the users
+        for user, password in passwords.items():
+            cluster.node_cli(index, "acl", "setuser", user, "on", f">{password}",
+                             *cluster_tenant_rule(prefixes[user]).split())
+
+    def url(user: str) -> str:
+        return (f"redis://{user}:{passwords[user]}@127.0.0.1:{cluster.nodes[cluster.live()[0]].port}/0"
+                "?cluster=true&bus_subscribe=prefix")
+
+    async def scenario() -> tuple[dict[str, Any], BaseException | None, BaseException | None]:
+        prefix = prefixes["ctenant_a"]
+        worker = Worker(backend=url("ctenant_a"), backend_options={"prefix": prefix},
+                        registry=security_app.registry, poll_wait=0.1, heartbeat_interval=0.5)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            async with Orchestrator(backend=url("ctenant_a"), backend_options={"prefix": prefix},
+                                    worker_timeout=30) as orchestrator:
+                state = dict(await asyncio.wait_for(orchestrator.execute(security_app.graph, {"name": "ann"}), 60))
+                cache = orchestrator.backend.state_store
+                await cache.cache_set("ns", "k", b"v")
+                assert await cache.cache_get("ns", "k") == b"v"
+        finally:
+            await worker.stop(grace=1)
+            with contextlib.suppress(Exception):
+                await serving
+        intruder = open_backend(url("ctenant_b"), prefix=prefix)  # B's user on A's prefix
+        await intruder.connect()
+        claim_error = subscribe_error = None
+        try:
+            try:
+                await intruder.task_queue.claim(["greet"], worker_id="w-intruder")
+            except BackendError as exc:
+                claim_error = exc
+            try:
+                subscription = await intruder.message_bus.subscribe("events.>")
+                await subscription.close()
+            except BackendError as exc:
+                subscribe_error = exc
+        finally:
+            await intruder.close()
+        return state, claim_error, subscribe_error
+
+    try:
+        state, claim_error, subscribe_error = run(scenario(), timeout=100)
+    finally:
+        for index in cluster.live():
+            for user in passwords:
+                cluster.node_cli(index, "acl", "deluser", user)
+    assert state["greeting"] == "HELLO ANN"
+    for error in (claim_error, subscribe_error):
+        assert error is not None and "lacks the permission" in str(error), error
+        assert passwords["ctenant_b"] not in str(error)
+
+
+def test_docs_give_exactly_the_cluster_acl_rule_these_tests_run() -> None:
+    docs = (pathlib.Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    assert f"user tenant_a on >PASSWORD {cluster_tenant_rule('ta')}" in docs
