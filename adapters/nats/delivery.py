@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from distributed_agents.adapters.nats import replies
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -24,26 +26,10 @@ __all__ = ["delivery_count", "pull_ready", "send_ack", "stream_sequence"]
 
 async def pull_ready(nc: Client, stream: str, consumer: str, batch: int, *, timeout: float = 5.0) -> list[Msg]:
     """Up to ``batch`` messages that are deliverable now (possibly none)."""
-    import nats.errors
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    messages: list[Msg] = []
-    try:
-        request = json.dumps({"batch": batch, "no_wait": True}).encode()
-        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, reply=inbox)
-        while len(messages) < batch:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                if messages:
-                    break
-                raise
-            if msg.headers and msg.headers.get("Status"):
-                break  # 404 No Messages / 408: nothing more is ready
-            messages.append(msg)
-    finally:
-        await sub.unsubscribe()
+    request = json.dumps({"batch": batch, "no_wait": True}).encode()
+    # A status (404 No Messages, 408) ends the answer early: nothing more is ready.
+    messages, _ = await replies.collect(nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request,
+                                        limit=batch, timeout=timeout, partial_on_timeout=True, own_inbox=True)
     return messages
 
 
@@ -60,7 +46,7 @@ def delivery_count(reply: str) -> int:
 async def send_ack(nc: Client, reply: str, kind: str, *, delay: float = 0.0, timeout: float = 5.0) -> None:
     """Settle a delivery: ``ack`` (waits for the server), ``nak`` (optional delay), ``progress``, ``term``."""
     if kind == "ack":
-        await nc.request(reply, b"+ACK", timeout=timeout)
+        await replies.request(nc, reply, b"+ACK", timeout=timeout)
     elif kind == "nak":
         payload = b"-NAK" if delay <= 0 else b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
         await nc.publish(reply, payload)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from distributed_agents.adapters.nats import replies
 from distributed_agents.adapters.nats.connection import ttl_header
 
 if TYPE_CHECKING:
@@ -69,31 +70,20 @@ async def _direct_batch(nc: Any, stream: str, request: dict[str, Any], timeout: 
     """Messages answering one batched direct get, and the server's count of matches left."""
     import nats.errors
 
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    messages: list[Msg] = []
-    pending = 0
-    try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-        while True:
-            msg = await sub.next_msg(timeout=timeout)
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status:
-                if status == "503":
-                    # No server answers for the stream right now (a restarted server still
-                    # recovering it, a cluster electing its leader): an outage, retried.
-                    raise nats.errors.NoRespondersError(f"direct get on stream {stream}: status 503")
-                if status == "408":
-                    raise nats.errors.TimeoutError
-                if status not in ("204", "404"):
-                    raise nats.errors.Error(f"direct get on stream {stream}: status {status} "
-                                            f"{headers.get('Description', '')}")
-                pending = int(headers.get("Nats-Num-Pending") or 0) if status == "204" else 0
-                return messages, pending
-            messages.append(msg)
-    finally:
-        await sub.unsubscribe()
+    messages, status = await replies.collect(nc, f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(),
+                                             limit=int(request.get("batch") or 1) + 1, timeout=timeout)
+    code = "" if status is None else (status.headers or {}).get("Status", "")
+    if code == "503":
+        # No server answers for the stream right now (a restarted server still
+        # recovering it, a cluster electing its leader): an outage, retried.
+        raise nats.errors.NoRespondersError(f"direct get on stream {stream}: status 503")
+    if code == "408":
+        raise nats.errors.TimeoutError
+    if code not in ("204", "404"):
+        description = "" if status is None else (status.headers or {}).get("Description", "")
+        raise nats.errors.Error(f"direct get on stream {stream}: status {code or 'none'} {description}")
+    pending = int((status.headers or {}).get("Nats-Num-Pending") or 0) if status is not None and code == "204" else 0
+    return messages, pending
 
 
 def _entry(msg: Msg, prefix_length: int) -> Entry | None:
@@ -147,18 +137,18 @@ async def cas(
 
     headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last), **ttl_header(ttl)}
     try:
-        ack = await js.publish(_subject(kv, key), value, headers=headers)
+        ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=headers)  # noqa: SLF001
     except nats.js.errors.APIError as exc:
         if exc.err_code in _WRONG_LAST:
             return None
         raise
-    return int(ack.seq)
+    return ack.seq
 
 
 async def put(js: JetStreamContext, kv: KeyValue, key: str, value: bytes, *, ttl: float | None = None) -> int:
     """Write ``value`` unconditionally; returns the new revision."""
-    ack = await js.publish(_subject(kv, key), value, headers=ttl_header(ttl) or None)
-    return int(ack.seq)
+    ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=ttl_header(ttl) or None)  # noqa: SLF001
+    return ack.seq
 
 
 async def remove(js: JetStreamContext, kv: KeyValue, key: str) -> None:

@@ -14,8 +14,11 @@ Layout (``<p>`` is the sanitised prefix):
   attempt count, the error history, the current lease (delivery) and, once settled, the
   ``TaskResult``. It is the source of truth for ownership; every transition is a
   compare-and-set on the record's KV revision.
-* KV ``<p>_claims``: one key per task (``<type>.<task>``), ``1`` while in flight, for
-  ``stats``; cleared to an empty value that the server drops after a minute.
+* KV ``<p>_claims``: a mark per message given back with a NAK (``<type>.nak.<stream
+  seq>``), removed when it is delivered again. ``stats`` counts in flight the messages
+  delivered and not acked (the consumers' ``num_ack_pending``) minus these marks (JetStream
+  counts a NAKed message as unacked until its next delivery), so the hot path of a task
+  (claim, ack) writes nothing for ``stats``.
 * KV ``<p>_dead``: dead letters (``<type>.<task>``), kept until requeued.
 * Core subjects ``<p>.wake.<type>`` (a task became ready: claimers waiting stop polling)
   and ``<p>.done`` (a result was stored: ``wait_results`` wakes).
@@ -55,11 +58,12 @@ result of a task it enqueued unless an event may have been lost; other results a
 in one batched direct get.
 
 Round trips per task: enqueue 2 (publish, create record), pipelined across the tasks of
-``enqueue_many``; claim 3 (pull, CAS, claims index) plus a look (stream info) and a
-record read shared by the tasks of one claim (one batched read); ack 3 (CAS with the
-result, then the claims index and ``ack_sync`` together). The result is durable (a
-stored KV write) before the message is acked; a crash in between leaves the message to
-be redelivered, and its claimer sees the record ``done`` and just acks it.
+``enqueue_many``; claim 1 (the record's CAS) plus a look (stream info), a pull and a
+record read shared by the tasks of one claim (one batched read); ack 2 (CAS with the
+result, then the confirmed ack). The result is durable (a stored KV write) before the
+message is acked; a crash in between leaves the message to be redelivered, and its
+claimer sees the record ``done`` and just acks it. Requests go out through one shared
+reply subscription per client (``replies``), not nats-py's per-call machinery.
 ``tests/adapters/nats/test_round_trips.py`` counts them.
 """
 
@@ -77,7 +81,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distributed_agents.adapters.nats import kv
+from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload
@@ -120,8 +124,8 @@ _MOVED = object()
 _POLL = 0.2
 # Longest wait_results sleeps between reads, in case a done event was lost (reconnect).
 _RESULT_POLL = 1.0
-# Seconds a cleared claim marker stays in the claims bucket before the server drops it.
-_CLEARED_TTL = 60.0
+# The middle token of a given-back mark's key (``<type>.nak.<stream seq>``).
+_GIVEN_BACK = "nak"
 # Tasks whose messages (then records) enqueue_many has in flight at once.
 _ENQUEUE_CHUNK = 256
 
@@ -234,14 +238,17 @@ class NatsTaskQueue(TaskQueue):
         self._done.record(task_id, result)
         await self._conn.nc.publish(self._conn.names.done_subject, done_payload(task_id, result))
 
-    async def _claim_index(self, node_type: str, task_id: str, present: bool) -> None:
-        """Mark the task in flight (``1``) or not (empty, removed by the server after a while):
-        a publish either way, lighter than a purge; ``stats`` counts the ``1`` values."""
-        key = f"{token(node_type)}.{token(task_id)}"
-        if present:
-            await kv.put(self._conn.js, self._claims, key, b"1")
-        else:
-            await kv.put(self._conn.js, self._claims, key, b"", ttl=_CLEARED_TTL)
+    async def _give_back(self, node_type: str, lease_id: str, *, delay: float = 0.0) -> None:
+        """NAK a delivery (JetStream delivers it again, after ``delay``), marked first as
+        given back: the server counts a NAKed message as pending an ack until it is
+        delivered again, and ``stats`` takes the marked ones out of its in-flight count."""
+        await kv.put(self._conn.js, self._claims, _given_back_key(node_type, stream_sequence(lease_id)), b"1")
+        await send_ack(self._conn.nc, lease_id, "nak", delay=delay)
+
+    async def _taken_back(self, node_type: str, lease_id: str) -> None:
+        """A delivery came again: drop the mark ``_give_back`` may have left on its message."""
+        if delivery_count(lease_id) > 1:
+            await kv.remove(self._conn.js, self._claims, _given_back_key(node_type, stream_sequence(lease_id)))
 
     # -- producing ---------------------------------------------------------------------
     async def enqueue(self, task: Task) -> bool:
@@ -259,7 +266,7 @@ class NatsTaskQueue(TaskQueue):
         with self._errors(f"enqueue task {task.id!r}"):
             await self._ensure_consumer(task.node_type, task.priority)
             subject = self._conn.names.task_subject(task.node_type, task.priority)
-            ack = await self._conn.js.publish(subject, raw, headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            ack = await replies.js_publish(self._conn.nc, subject, raw, headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
             last = 0
             if ack.duplicate:
                 # The dedup window still knows the id, but the port remembers a finished id
@@ -269,7 +276,7 @@ class NatsTaskQueue(TaskQueue):
                 if not await self._id_is_free(task.id, found, int(ack.seq)):
                     return False
                 headers = {"Nats-Msg-Id": f"{task.id}/{uuid.uuid4().hex}", "Da-Task-Id": task.id}
-                ack = await self._conn.js.publish(subject, raw, headers=headers)
+                ack = await replies.js_publish(self._conn.nc, subject, raw, headers=headers)
                 last = found.revision
             record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
             if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=last) is None:
@@ -319,7 +326,7 @@ class NatsTaskQueue(TaskQueue):
         js, names = self._conn.js, self._conn.names
         raws = [encode(task_to_dict(task)) for task in chunk]
         acks = await asyncio.gather(*(
-            js.publish(names.task_subject(task.node_type, task.priority), raw,
+            replies.js_publish(self._conn.nc, names.task_subject(task.node_type, task.priority), raw,
                        headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
             for task, raw in zip(chunk, raws)))
         records = [_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
@@ -370,7 +377,7 @@ class NatsTaskQueue(TaskQueue):
         with self._errors(f"enqueue raw bytes for node type {node_type!r}"):
             await self._ensure_consumer(node_type, priority)
             subject = self._conn.names.task_subject(node_type, priority)
-            await self._conn.js.publish(subject, bytes(data), headers={"Da-Task-Id": f"raw-{uuid.uuid4().hex}"})
+            await replies.js_publish(self._conn.nc, subject, bytes(data), headers={"Da-Task-Id": f"raw-{uuid.uuid4().hex}"})
             await self._wake(node_type)
 
     # -- claiming ----------------------------------------------------------------------
@@ -445,7 +452,7 @@ class NatsTaskQueue(TaskQueue):
             for _, node_type, msg, ack_wait in rest:
                 if len(claimed) + sum(isinstance(o, ClaimedTask) for o in outcomes) >= max_tasks:
                     # Pulled from a second node type but not needed: give it straight back.
-                    await send_ack(self._conn.nc, msg.reply or "", "nak")
+                    await self._give_back(node_type, msg.reply or "")
                     continue
                 outcomes.append(await self._take(msg, node_type, worker_id, lease, ack_wait))
             for taken in outcomes:
@@ -485,6 +492,7 @@ class NatsTaskQueue(TaskQueue):
     ) -> ClaimedTask | object | None:
         lease_id = msg.reply or ""
         seq = stream_sequence(lease_id)
+        await self._taken_back(node_type, lease_id)
         if len(msg.data) > self.max_task_bytes:
             await self._dead_letter_raw(msg, node_type, oversized_task_reason(len(msg.data), self.max_task_bytes))
             return None
@@ -503,7 +511,6 @@ class NatsTaskQueue(TaskQueue):
             if record["state"] in _TERMINAL:
                 if record["state"] == "dead":
                     await self._write_dead_letter_unless_purged(record, task)
-                await self._claim_index(task.node_type, task.id, False)
                 await send_ack(self._conn.nc, lease_id, "ack")  # settled; only the ack was lost
                 return None
             if record["state"] == "delayed" and record.get("seq") == seq:
@@ -539,7 +546,6 @@ class NatsTaskQueue(TaskQueue):
             revision = await kv.cas(self._conn.js, self._tasks, token(task.id), encode(new), last=found.revision)
             if revision is None:
                 continue
-            await self._claim_index(task.node_type, task.id, True)
             held = _Held(new, revision, ack_wait)
             self._held[lease_id] = held
             held.keeper = asyncio.ensure_future(self._keep(lease_id))
@@ -581,8 +587,7 @@ class NatsTaskQueue(TaskQueue):
         new = {**record, "state": "queued", "errors": errors, "lease": ""}
         if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=held.revision) is None:
             return
-        await self._claim_index(record["node_type"], record["id"], False)
-        await send_ack(self._conn.nc, lease_id, "nak")
+        await self._give_back(record["node_type"], lease_id)
         await self._wake(record["node_type"])
 
     async def _held_record(self, claim: ClaimedTask) -> tuple[dict[str, Any], int]:
@@ -643,13 +648,11 @@ class NatsTaskQueue(TaskQueue):
             change = {"state": "done", "result": stored, "lease": "", "expires_at": time.time() + self.result_ttl}
             await self._commit(claim, change, ttl=self.result_ttl)
             self._forget(claim.lease_id)
-            # Committed: announce it first, then clear the index and ack the message together.
+            # Committed: announce it first, then ack the message.
             await self._notify_done(claim.task.id, TaskResult.from_dict(stored))
-            indexed, acked = await asyncio.gather(self._claim_index(claim.task.node_type, claim.task.id, False),
-                                                  send_ack(self._conn.nc, claim.lease_id, "ack"), return_exceptions=True)
-            if isinstance(indexed, BaseException):
-                raise indexed
-            if isinstance(acked, BaseException):  # the result is stored: a redelivery will just be acked
+            try:
+                await send_ack(self._conn.nc, claim.lease_id, "ack")
+            except Exception as acked:  # the result is stored: a redelivery will just be acked
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
@@ -668,14 +671,12 @@ class NatsTaskQueue(TaskQueue):
                 # moves it to the end of its priority (see ``_take``).
                 await self._commit(claim, {"state": "delayed", "errors": errors, "lease": ""})
                 self._forget(claim.lease_id)
-                await self._claim_index(claim.task.node_type, claim.task.id, False)
-                await send_ack(self._conn.nc, claim.lease_id, "nak", delay=delay)
+                await self._give_back(claim.task.node_type, claim.lease_id, delay=delay)
                 return True
             # A nacked task goes to the end of its priority: a new message, not a NAK
             # (JetStream redelivers a NAKed message ahead of the ones waiting).
             new, revision = await self._commit(claim, {"state": "queued", "errors": errors, "lease": "", "seq": 0})
             self._forget(claim.lease_id)
-            await self._claim_index(claim.task.node_type, claim.task.id, False)
             await self._republish(claim.task, new, revision, claim.lease_id)
             await self._wake(claim.task.node_type)
             return True
@@ -689,7 +690,7 @@ class NatsTaskQueue(TaskQueue):
         """
         priority = int(record.get("priority", task.priority))
         await self._ensure_consumer(task.node_type, priority)
-        ack = await self._conn.js.publish(
+        ack = await replies.js_publish(self._conn.nc, 
             self._conn.names.task_subject(task.node_type, priority),
             encode(task_to_dict(task)),
             headers={"Nats-Msg-Id": f"{task.id}/again/{uuid.uuid4().hex}", "Da-Task-Id": task.id},
@@ -704,8 +705,7 @@ class NatsTaskQueue(TaskQueue):
             record, _ = await self._held_record(claim)
             await self._commit(claim, {"state": "queued", "attempt": int(record["attempt"]) - 1, "lease": ""})
             self._forget(claim.lease_id)
-            await self._claim_index(claim.task.node_type, claim.task.id, False)
-            await send_ack(self._conn.nc, claim.lease_id, "nak")
+            await self._give_back(claim.task.node_type, claim.lease_id)
             await self._wake(claim.task.node_type)
 
     # -- dead letters ------------------------------------------------------------------
@@ -736,7 +736,6 @@ class NatsTaskQueue(TaskQueue):
         if await kv.cas(self._conn.js, self._tasks, token(record["id"]), encode(new), last=revision) is None:
             return False
         await self._write_dead_letter_unless_purged(new, task)
-        await self._claim_index(record["node_type"], record["id"], False)
         with contextlib.suppress(Exception):
             await send_ack(self._conn.nc, lease_id, "ack")
         await self._notify_done(record["id"], result)
@@ -837,7 +836,7 @@ class NatsTaskQueue(TaskQueue):
                 return False
             await self._ensure_consumer(task.node_type, priority)
             # seq 0 in the record until the CAS below: a claimer of the new message adopts it.
-            ack = await self._conn.js.publish(
+            ack = await replies.js_publish(self._conn.nc, 
                 self._conn.names.task_subject(task.node_type, priority),
                 encode(task_to_dict(task)),
                 headers={"Nats-Msg-Id": f"{task_id}/requeue/{uuid.uuid4().hex}", "Da-Task-Id": task_id},
@@ -933,22 +932,34 @@ class NatsTaskQueue(TaskQueue):
             if record.get("seq"):
                 with contextlib.suppress(Exception):
                     await self._conn.js.delete_msg(self._conn.names.task_stream, int(record["seq"]))
+                # If its message was given back (released, delayed), it is no longer unacked: drop the mark too.
+                await kv.remove(self._conn.js, self._claims, _given_back_key(record["node_type"], int(record["seq"])))
             return True
 
     # -- observability -----------------------------------------------------------------
     async def stats(self, node_type: str) -> QueueStats:
+        import nats.js.errors
+
         names = self._conn.names
         with self._errors(f"read queue stats of {node_type!r}"):
             info = await self._conn.js.stream_info(names.task_stream, subjects_filter=names.task_subjects_of(node_type))
-            waiting = 0
+            stored = unacked = 0
             for subject, count in (info.state.subjects or {}).items():
-                if count:
-                    waiting += int(count)
-            claims = await kv.get_range(self._claims, f"{token(node_type)}.*")
-            in_flight = sum(entry.value == b"1" for entry in claims)
+                priority = priority_from_token(subject.rsplit(".", 1)[-1])
+                if not count or priority is None:
+                    continue
+                stored += int(count)
+                try:
+                    consumer = await self._conn.js.consumer_info(names.task_stream, names.task_consumer(node_type, priority))
+                except nats.js.errors.NotFoundError:
+                    continue
+                unacked += int(consumer.num_ack_pending or 0)
+            given_back = await kv.count(self._conn.js, self._claims, f"{token(node_type)}.{_GIVEN_BACK}.*")
             dead = await kv.count(self._conn.js, self._dead, f"{token(node_type)}.*")
-        # Every message in the stream is waiting, delayed or in flight (acked ones are gone).
-        return QueueStats(node_type, max(waiting - in_flight, 0), in_flight, dead)
+        # Every message in the stream is waiting, delayed or delivered and not acked (acked
+        # ones are gone); of the delivered ones, those given back (NAKed) wait again.
+        in_flight = max(unacked - given_back, 0)
+        return QueueStats(node_type, max(stored - in_flight, 0), in_flight, dead)
 
     async def close(self) -> None:
         await self._done.close()
@@ -970,6 +981,11 @@ def _result_of(record: Mapping[str, Any] | None) -> TaskResult | None:
     if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
         return None
     return TaskResult.from_dict(record["result"])
+
+
+def _given_back_key(node_type: str, seq: int) -> str:
+    """The claims-bucket key marking the message at stream sequence ``seq`` as given back."""
+    return f"{token(node_type)}.{_GIVEN_BACK}.{seq}"
 
 
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:

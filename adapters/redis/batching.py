@@ -1,63 +1,171 @@
-"""Script calls issued in one event-loop tick, sent to Redis as one pipeline.
+"""Script calls and commands issued in one event-loop tick, sent to Redis in one write.
 
 An orchestrator driving many workflows at once issues many small scripts at the same
-moment (one workflow's commit, another's enqueue, a third's create). Sent one by one,
-each pays redis-py's per-command cost (a pooled connection checked out, a write, a
-wake-up per reply); ``ScriptBatcher`` collects the calls made before the loop runs
-again and sends them as one non-transactional pipeline of ``EVALSHA`` commands: one
-write and one read pass for all of them, on one connection. A lone call goes out as it
-always did. Each caller still gets its own reply or its own error, and the scripts run
-in the order they were issued (a pipeline is not a transaction: each script is atomic
-on its own, as when sent alone).
+moment (one workflow's commit, another's enqueue, a third's create) and publishes their
+events. Sent one by one, each pays redis-py's per-command cost (a pooled connection
+checked out, its command packed in Python, a write, a timer and a wake-up per reply).
+``ScriptBatcher`` collects the calls made before the loop runs again and sends them on
+one pooled connection: packed in one go (by hiredis when it is installed, the
+``redis[hiredis]`` extra), one write, then the replies read in order under one timeout.
+A lone call goes the same way. Each caller still gets its own reply or its own error,
+and the commands run in the order they were issued (this is a pipeline, not a
+transaction: each script is atomic on its own, as when sent alone).
 
 A reply ``NOSCRIPT`` (the server lost its script cache, e.g. it restarted) makes that
-call be run again alone, which loads the script. A broken connection fails the whole
-batch as it fails a lone command (redis-py retries it first): each caller sees the
-error its own call would have raised.
+call be run again alone through redis-py, which loads the script. A broken connection
+or a read that times out fails the round trip as it fails a lone command: the
+connection is dropped and the whole batch is sent again on a fresh one, with the
+client's retry policy (every script and command sent this way is safe to repeat, see
+``task_queue``); when the retries run out each caller sees that error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_BATCH", "ScriptBatcher"]
+__all__ = ["MAX_BATCH", "ScriptBatcher", "pack_commands"]
 
-MAX_BATCH = 256  # calls per pipeline: bounds one write and the replies held at once
+MAX_BATCH = 256  # calls per write: bounds one write and the replies held at once
 DRAIN_GRACE = 5.0  # seconds ``drain`` lets sends under way finish before cancelling them
+
+# One queued call: (script or None for a plain command, keys, args, the caller's future).
+# A plain command's ``args`` is the whole command (name first).
+_Call = tuple[Any, list[Any], list[Any], "asyncio.Future[Any]"]
+
+try:  # C packing when hiredis is installed (the redis[hiredis] extra)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - exercised where hiredis is absent
+    _hiredis_pack = None
+
+if hasattr(asyncio, "timeout"):  # Python >= 3.11
+    _timeout: Any = asyncio.timeout
+else:  # pragma: no cover - Python 3.10: redis-py depends on async-timeout there
+    from async_timeout import timeout as _timeout
+
+
+def _pack_python(args: Sequence[Any]) -> bytes:
+    """One command in RESP, as redis-py's encoder would write it (str UTF-8, numbers as text)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode("utf-8")
+        elif isinstance(arg, (bytes, bytearray, memoryview)):
+            data = bytes(arg)
+        elif isinstance(arg, bool) or not isinstance(arg, (int, float)):
+            raise TypeError(f"a Redis command argument must be str, bytes, int or float, not {type(arg).__name__}")
+        else:
+            data = repr(arg).encode("ascii")
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
+    """``commands`` (each a sequence of str/bytes/int/float arguments) as one RESP write."""
+    if _hiredis_pack is not None:
+        return b"".join([_hiredis_pack(tuple(args)) for args in commands])
+    return b"".join([_pack_python(args) for args in commands])
+
+
+def _command_of(call: _Call) -> list[Any]:
+    script, keys, args, _ = call
+    if script is None:
+        return args
+    return ["EVALSHA", script.sha, len(keys), *keys, *args]
+
+
+async def execute(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send ``commands`` on one pooled connection of ``client`` and read their replies.
+
+    A reply that is an error comes back as its exception object (``ResponseError``,
+    ``NoScriptError``, ...), in its place. A broken connection or a read past the
+    connection's ``socket_timeout`` is retried with the connection's retry policy, as
+    redis-py retries a command, and raised when it gives up.
+    """
+    packed = pack_commands(commands)  # an argument that cannot be sent fails here, before anything is sent
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+
+    async def fail(error: BaseException) -> None:
+        await connection.disconnect()
+
+    try:
+        return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
+            lambda: _round_trip(connection, packed, len(commands)), fail)
+    finally:
+        await pool.release(connection)
+
+
+async def _round_trip(connection: Any, packed: bytes, count: int) -> list[Any]:
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    await connection.send_packed_command(packed)
+    replies: list[Any] = []
+    try:
+        # One timer for the whole batch instead of one per reply.
+        async with _timeout(connection.socket_timeout):
+            for _ in range(count):
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    replies.append(exc)
+    except asyncio.TimeoutError:
+        # Replies may still come: this connection cannot be reused for other commands.
+        await connection.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout reading the replies of {count} command(s)") from None
+    return replies
 
 
 class ScriptBatcher:
-    """Coalesces ``AsyncScript`` calls of one tick into pipelines on ``client()``'s client."""
+    """Coalesces script calls and commands of one tick into one write on ``client()``'s client.
+
+    ``round_trips`` counts the writes made (each batch, or a lone call, is one; a
+    ``NOSCRIPT`` reload and retries of a broken connection are not counted).
+    """
 
     def __init__(self, client: Any) -> None:
         self._client = client  # a callable returning the loop's redis.asyncio.Redis
-        self._pending: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._scheduled = False
+        self.round_trips = 0
         # Sends under way: held here so that ``drain`` can wait for them (and so that the
         # loop, which keeps only weak references to tasks, does not drop one mid-send).
         self._sending: set[asyncio.Future[None]] = set()
-        self._batches: dict[asyncio.Future[None], list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]] = {}
+        self._batches: dict[asyncio.Future[None], list[_Call]] = {}
 
     async def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """The reply of ``script`` run with ``keys`` and ``args``, sent with the others of this tick."""
+        return await self.submit(script, keys, args)
+
+    def submit(self, script: Any, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue ``script`` (None: ``args`` is a plain command, name first) for this tick's write.
+
+        The future gets its reply, or its error.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((script, keys, args, future))
         if not self._scheduled:
+            # The send starts in the loop's next round, with every call queued by then
+            # (a task made now, not a call_soon that would make it then: one round sooner).
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), MAX_BATCH):
-            batch = pending[start:start + MAX_BATCH]
-            task = asyncio.ensure_future(self._send_guarded(batch))
+            task = loop.create_task(self._send_pending())
             self._sending.add(task)
-            self._batches[task] = batch
             task.add_done_callback(self._sent)
+        return future
+
+    async def _send_pending(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        task = asyncio.current_task()
+        if task is not None:
+            self._batches[task] = batch
+        await self._send_guarded(batch)
 
     def _sent(self, task: asyncio.Future[None]) -> None:
         self._sending.discard(task)
@@ -72,8 +180,6 @@ class ScriptBatcher:
         Sends still running after ``grace`` seconds (the server unreachable, redis-py
         retrying) are cancelled; their callers get a ``ConnectionError``.
         """
-        if self._scheduled:
-            self._flush()  # the call_soon'd flush then finds nothing to do
         if not self._sending:
             return
         _, late = await asyncio.wait(set(self._sending), timeout=grace)
@@ -87,12 +193,19 @@ class ScriptBatcher:
                 if not future.done():
                     future.set_exception(closed)
             task.cancel()
+        if self._scheduled:  # the send that would have taken these never started
+            for _, _, _, future in self._pending:
+                if not future.done():
+                    future.set_exception(closed)
         await asyncio.gather(*late, return_exceptions=True)
 
-    async def _send_guarded(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        """``_send``; whatever it raises reaches every caller still waiting (none is left hanging)."""
+    async def _send_guarded(self, batch: list[_Call]) -> None:
+        """``_send`` of ``MAX_BATCH`` calls at a time, in order on one task (so commands of one
+        tick run in the order they were issued); whatever it raises reaches every caller
+        still waiting (none is left hanging)."""
         try:
-            await self._send(batch)
+            for start in range(0, len(batch), MAX_BATCH):
+                await self._send(batch[start:start + MAX_BATCH])
         except BaseException as exc:
             for _, _, _, future in batch:
                 if not future.done():
@@ -100,33 +213,26 @@ class ScriptBatcher:
             if not isinstance(exc, Exception):
                 raise
 
-    async def _send(self, batch: list[tuple[Any, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        live = [item for item in batch if not item[3].done()]  # a caller cancelled meanwhile: not sent
+    async def _send(self, batch: list[_Call]) -> None:
+        live = [call for call in batch if not call[3].done()]  # a caller cancelled meanwhile: not sent
         if not live:
             return
         client = self._client()
-        if len(live) == 1:
-            script, keys, args, future = live[0]
-            await _settle(future, script(keys=keys, args=args, client=client))
-            return
         from redis.exceptions import NoScriptError
 
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args, _ in live:
-            # EVALSHA directly: registering the scripts in the pipeline would cost a SCRIPT
-            # EXISTS round trip per batch; a NOSCRIPT reply is handled below instead.
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        self.round_trips += 1
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, _, _, future in live:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
+            # EVALSHA directly: checking that the scripts are loaded would cost a round
+            # trip per batch; a NOSCRIPT reply is handled below instead.
+            replies = await execute(client, [_command_of(call) for call in live])
+        except (TypeError, ValueError):  # an argument that cannot be sent: fail only its caller
+            if len(live) == 1:
                 raise
+            for call in live:  # each alone, so that the others still go out
+                await _settle(call[3], self._send([call]))
             return
         for (script, keys, args, future), reply in zip(live, replies):
-            if isinstance(reply, NoScriptError):
+            if script is not None and isinstance(reply, NoScriptError):
                 await _settle(future, script(keys=keys, args=args, client=client))
             elif future.done():
                 continue

@@ -366,6 +366,27 @@ class RedisConnection:
         with redis_errors(self.url, action):
             return await self._batcher.run(script, keys, args)
 
+    async def run_commands(self, commands: list[list[Any]], action: str) -> list[Any]:
+        """Run plain commands (each name first) in order, with this tick's other calls (``batching``); raw replies.
+
+        Raises the first command's error, as ``BackendError``, after all have run.
+        """
+        if self.cluster:
+            with redis_errors(self.url, action):
+                async with self.client().pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    return list(await pipe.execute())
+        if self._batcher is None:
+            self._batcher = ScriptBatcher(self.client)
+        futures = [self._batcher.submit(None, [], command) for command in commands]
+        with redis_errors(self.url, action):
+            replies = await asyncio.gather(*futures, return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+        return replies
+
     async def ping(self) -> None:
         """Round trip to the server, as the backend's ``connect``.
 

@@ -129,14 +129,15 @@ class RedisMessageBus(MessageBus):
             await self._connection.client().publish(bus_channel(self._channel_prefix, channel), payload)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Publish in order, pipelined: one round trip for the whole batch."""
+        """Publish in order, pipelined: one round trip for the whole batch (sent with the
+        connection's other calls of this tick, see ``batching``)."""
         if not messages:
             return
-        with redis_errors(self._connection.url, f"publish {len(messages)} messages"):
-            async with self._connection.client().pipeline(transaction=False) as pipe:
-                for channel, data in messages:
-                    pipe.publish(bus_channel(self._channel_prefix, channel), encode(dict(data)))
-                await pipe.execute()
+        prefix = self._channel_prefix
+        await self._connection.run_commands(
+            [["PUBLISH", bus_channel(prefix, channel), encode(data if type(data) is dict else dict(data))]
+             for channel, data in messages],
+            f"publish {len(messages)} messages")
 
     async def subscribe(self, pattern: str) -> Subscription:
         """Subscribe to a channel or pattern; returns once the server confirmed it."""

@@ -40,7 +40,8 @@ Proven at the end, per backend:
   error (the outage and the takeover are invisible to it).
 
 The seed is printed (``chaos seed: N``); ``DA_CHAOS_SEED=N`` replays the same schedule.
-``DA_CHAOS_LOGS=DIR`` keeps the process logs in ``DIR/<backend>-<seed>`` (pytest removes
+``DA_CHAOS_WORKFLOWS=N`` runs N workflows instead of the profile's count (the same
+faults). ``DA_CHAOS_LOGS=DIR`` keeps the process logs in ``DIR/<backend>-<seed>`` (pytest removes
 old temporary directories once later sessions start, which a long soak can outlive).
 ``DA_TEST_PROFILE=thorough`` (``./scripts/test --thorough``) runs more workflows and
 faults. ``DA_TEST_PROFILE=soak`` is the soak: 1,000 workflows per backend, 50 worker
@@ -59,6 +60,7 @@ are the same.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -115,6 +117,8 @@ PROFILE = (
     Profile(workflows=12, workers=3, worker_kills=3, orchestrator_kills=1, backend_restarts=2,
             window=8.0, stagger=1.0, deadline=90.0, outage=(1.0, 4.0))
 )
+if os.environ.get("DA_CHAOS_WORKFLOWS"):  # fewer (or more) workflows, the same faults: for a loaded machine
+    PROFILE = dataclasses.replace(PROFILE, workflows=int(os.environ["DA_CHAOS_WORKFLOWS"]))
 NODE_DELAY = "0.1" if SOAK else "0.3"
 VISIBILITY = 2.0
 LEASE_TTL = 3.0

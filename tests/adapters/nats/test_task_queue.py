@@ -152,3 +152,46 @@ def test_nack_final_dead_letters_at_once_with_attempts_left(nats_url: str) -> No
             await backend.close()
 
     run(scenario())
+
+
+def test_stats_count_given_back_messages_as_queued_until_delivered_again(nats_url: str) -> None:
+    """JetStream counts a NAKed message as unacked until its next delivery; ``stats`` must
+    not: released, over-pulled and cancelled-after-release tasks are counted where they are,
+    read from another connection (no state kept in the process that gave them back)."""
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        reader = await open_nats(nats_url, prefix=backend.options.prefix)
+        queue = backend.task_queue
+
+        async def counts(node_type: str) -> tuple[int, int]:
+            stats = await reader.task_queue.stats(node_type)
+            return stats.queued, stats.in_flight
+
+        try:
+            for item in (task("a", "x"), task("b", "x"), task("c", "y")):
+                assert await queue.enqueue(item)
+            (first,) = await queue.claim(["x"], worker_id="w")
+            (second,) = await queue.claim(["x"], worker_id="w")
+            assert await counts("x") == (0, 2)
+            await queue.release(first)  # NAKed: unacked for the server, queued for stats
+            assert await counts("x") == (1, 1)
+            assert await queue.cancel(first.task.id)  # its message deleted: no mark may stay behind
+            assert await counts("x") == (0, 1)
+            # A claim of both types pulls one of each and gives the younger one back.
+            await queue.release(second)
+            assert await counts("x") == (1, 0)
+            (again,) = await queue.claim(["x", "y"], worker_id="w")
+            assert again.task.id == "b" and again.attempt == 1
+            assert await counts("x") == (0, 1) and await counts("y") == (1, 0)
+            (last,) = await queue.claim(["y"], worker_id="w")
+            assert last.task.id == "c"
+            assert await counts("y") == (0, 1)
+            await queue.ack(last, None)
+            await queue.ack(again, None)
+            assert await counts("x") == (0, 0) and await counts("y") == (0, 0)
+        finally:
+            await reader.close()
+            await backend.close()
+
+    run(scenario())

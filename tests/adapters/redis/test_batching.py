@@ -1,4 +1,4 @@
-"""Script calls of one event-loop tick go to Redis as one pipeline, each with its own reply or error."""
+"""Script calls of one event-loop tick go to Redis in one write, each with its own reply or error."""
 
 from __future__ import annotations
 
@@ -25,16 +25,8 @@ def test_calls_of_one_tick_share_a_pipeline_and_keep_their_own_replies() -> None
                 await connection.run_script("fail", _FAIL, [], ["warm"], "warm up")
             except BackendError:
                 pass
-            client = connection.client()
-            pipeline = client.pipeline
-            pipelines = 0
-
-            def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-                nonlocal pipelines
-                pipelines += 1
-                return pipeline(*args, **kwargs)
-
-            client.pipeline = counting
+            assert connection._batcher is not None
+            writes = connection._batcher.round_trips
             before = int((await meter.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
             calls = [connection.run_script("echo", _ECHO, [], [str(i)], f"echo {i}") for i in range(50)]
             calls.insert(7, connection.run_script("fail", _FAIL, [], ["x"], "the failing call"))
@@ -42,7 +34,7 @@ def test_calls_of_one_tick_share_a_pipeline_and_keep_their_own_replies() -> None
             after = int((await meter.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
             # The server lost its scripts: the next batch loads them again and still answers.
             await meter.script_flush()
-            batches = pipelines
+            batches = connection._batcher.round_trips - writes
             again = await asyncio.gather(*(connection.run_script("echo", _ECHO, [], [str(i)], "echo") for i in range(3)))
             replies = [o.decode() if isinstance(o, bytes) else o for o in outcomes]
             return replies, [x.decode() for x in again], after - before, outcomes[7], batches
@@ -54,7 +46,7 @@ def test_calls_of_one_tick_share_a_pipeline_and_keep_their_own_replies() -> None
         replies, again, evalshas, failed, batches = run(scenario(server.url), 60)
     assert replies[:7] == [str(i) for i in range(7)] and replies[8:] == [str(i) for i in range(7, 50)]
     assert isinstance(failed, BackendError) and "refused x" in str(failed) and "the failing call" in str(failed)
-    assert evalshas == 51 and batches == 1  # one per call (the failing one included), in one pipeline
+    assert evalshas == 51 and batches == 1  # one per call (the failing one included), in one write
     assert again == ["0", "1", "2"]
 
 
@@ -114,3 +106,57 @@ def test_a_call_issued_just_before_close_is_answered_and_leaves_no_client_open()
         replies, client, others = run(scenario(server.url), 60)
     assert replies == ["0", "1", "2"]
     assert client is None and others == 0
+
+
+def test_a_connection_killed_between_batches_is_replaced_and_the_batch_answered() -> None:
+    """The server drops the pooled connection (CLIENT KILL): the next batch fails to send or read,
+    and is sent again on a new connection (the scripts are safe to repeat)."""
+
+    async def scenario(url: str) -> list[str]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url, client_name="meter")
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            await meter.execute_command("CLIENT", "KILL", "SKIPME", "yes")
+            replies = await asyncio.gather(*(connection.run_script("echo", _ECHO, [], [str(i)], "echo") for i in range(4)))
+            return [r.decode() for r in replies]
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        assert run(scenario(server.url), 60) == ["0", "1", "2", "3"]
+
+
+def test_plain_commands_share_the_write_and_an_unsendable_argument_fails_only_its_caller() -> None:
+    async def scenario(url: str) -> tuple[list[object], object, list[object]]:
+        connection = RedisConnection(url)
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            assert connection._batcher is not None
+            writes = connection._batcher.round_trips
+            together = await asyncio.gather(
+                connection.run_commands([["SET", "k", "v"], ["GET", "k"], ["INCR", "n"]], "set, get, incr"),
+                connection.run_script("echo", _ECHO, [], ["s"], "echo"))
+            shared = connection._batcher.round_trips - writes
+            mixed = await asyncio.gather(connection.run_script("echo", _ECHO, [], [None], "a None argument"),
+                                         connection.run_script("echo", _ECHO, [], ["ok"], "echo"),
+                                         return_exceptions=True)
+            return [*together, shared], mixed[0], [mixed[1]]
+        finally:
+            await connection.close()
+
+    with RedisServer() as server:
+        together, refused, kept = run(scenario(server.url), 60)
+    assert together == [[b"OK", b"v", 1], b"s", 1]  # raw replies
+    assert isinstance(refused, TypeError) and kept == [b"ok"]
+
+
+def test_the_python_packer_writes_what_hiredis_writes() -> None:
+    from distributed_agents.adapters.redis import batching
+
+    command = ["EVALSHA", "ab" * 20, 2, "k:1", "k:2", b"\x00\xffraw", 0, -12, 3.25, "é", ""]
+    packed = batching._pack_python(command)
+    assert packed.startswith(b"*11\r\n$7\r\nEVALSHA\r\n") and b"$2\r\n\xc3\xa9\r\n$0\r\n\r\n" in packed
+    if batching._hiredis_pack is not None:
+        assert packed == batching._hiredis_pack(tuple(command))

@@ -251,7 +251,7 @@ def test_a_command_under_way_when_the_connection_closes_leaves_no_connection_ope
                 await backend.connect()
                 waiting = asyncio.ensure_future(backend.task_queue.claim(["alpha"], worker_id="w", wait=1.0))
                 closing = backend.close
-            busy = await _until_named_clients(probe, name, 1, "blpop")
+            busy = await _until_named_clients(probe, name, 1, "blpop" if via == "client" else "blmpop")
             await closing()
             with contextlib.suppress(Exception):
                 await waiting

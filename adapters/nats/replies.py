@@ -1,0 +1,177 @@
+"""Requests whose replies come to one shared inbox subscription per client.
+
+nats-py's ``request`` (and so ``js.publish``) spends more CPU per call than the round
+trip itself on a busy client: a random token, a ``wait_for`` and, for replies read with
+``next_msg``, a subscription and a task per message. A worker settling hundreds of tasks
+a second does several per task. Here a client gets one wildcard subscription
+(``<inbox>.*``, made once); a request publishes with reply ``<inbox>.<n>`` and waits on
+a future that the subscription's callback completes. A request may take one reply
+(``request``, ``js_publish``) or a stream of them ended by a status message
+(``collect``: a pull's messages, a batched direct get). Counts and ordering are
+nats-py's own: every request is one ``publish`` with a reply subject on the client.
+
+Errors are nats-py's, so ``nats_errors`` maps them as before: ``nats.errors.TimeoutError``
+when no (final) reply came in time, ``NoRespondersError`` / ``NoStreamResponseError``
+for a 503 status, ``nats.js.errors.APIError`` for a JetStream error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+__all__ = ["PubAck", "collect", "js_publish", "request"]
+
+
+class PubAck:
+    """A JetStream publish acknowledgement: the stream sequence, and whether it was a duplicate."""
+
+    __slots__ = ("duplicate", "seq")
+
+    def __init__(self, seq: int, duplicate: bool) -> None:
+        self.seq = seq
+        self.duplicate = duplicate
+
+
+class _Inbox:
+    """The shared reply subscription of one client and the requests waiting on it."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.sub: Any = None
+        self.waiting: dict[str, Callable[[Msg], None]] = {}
+        self.counter = itertools.count(1)
+        self.lock = asyncio.Lock()
+
+    async def ensure(self, nc: Client) -> None:
+        if self.sub is not None:
+            return
+        async with self.lock:
+            if self.sub is None:
+                prefix = nc.new_inbox()
+                self.sub = await nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+                self.prefix = prefix + "."
+
+    async def _on_reply(self, msg: Msg) -> None:
+        handler = self.waiting.get(msg.subject[len(self.prefix):])
+        if handler is not None:
+            handler(msg)
+
+    def open(self, handler: Callable[[Msg], None]) -> tuple[str, str]:
+        token = str(next(self.counter))
+        self.waiting[token] = handler
+        return token, self.prefix + token
+
+
+_INBOXES: weakref.WeakKeyDictionary[Any, _Inbox] = weakref.WeakKeyDictionary()
+
+
+async def _inbox(nc: Client) -> _Inbox:
+    inbox = _INBOXES.get(nc)
+    if inbox is None:
+        inbox = _INBOXES[nc] = _Inbox()
+    await inbox.ensure(nc)
+    return inbox
+
+
+async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: dict[str, str] | None = None,
+                  timeout: float = 5.0) -> Msg:
+    """Publish with a reply subject and wait up to ``timeout`` seconds for the one reply."""
+    import nats.errors
+
+    inbox = await _inbox(nc)
+    future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+
+    def on_reply(msg: Msg) -> None:
+        if not future.done():
+            future.set_result(msg)
+
+    token, reply = inbox.open(on_reply)
+    try:
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+        try:
+            msg = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise nats.errors.TimeoutError from None
+    finally:
+        inbox.waiting.pop(token, None)
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise nats.errors.NoRespondersError
+    return msg
+
+
+async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | None = None,
+                     timeout: float = 5.0) -> PubAck:
+    """A JetStream publish: stored when this returns (``js.publish``'s contract and errors)."""
+    import nats.errors
+    import nats.js.errors
+
+    try:
+        msg = await request(nc, subject, payload, headers=headers, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise nats.js.errors.NoStreamResponseError from None
+    body = json.loads(msg.data)
+    if "error" in body:
+        raise nats.js.errors.APIError.from_error(body["error"])
+    return PubAck(int(body["seq"]), bool(body.get("duplicate")))
+
+
+async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeout: float = 5.0,
+                  partial_on_timeout: bool = False, own_inbox: bool = False) -> tuple[list[Msg], Msg | None]:
+    """Publish a request answered by up to ``limit`` messages, or fewer ended by a status
+    message (a header ``Status``, no data). Returns the messages and the status message
+    (None if ``limit`` messages came). ``nats.errors.TimeoutError`` if no reply ends it
+    within ``timeout`` seconds, unless ``partial_on_timeout`` and some messages came.
+
+    ``own_inbox``: the replies come to a subscription of their own, made for this request
+    (a pull's messages keep their stream subject, so the shared inbox cannot tell whose
+    they are); otherwise to the shared inbox.
+    """
+    import nats.errors
+
+    inbox = None if own_inbox else await _inbox(nc)
+    future: asyncio.Future[Msg | None] = asyncio.get_running_loop().create_future()
+    messages: list[Msg] = []
+
+    def on_reply(msg: Msg) -> None:
+        if future.done():
+            return
+        if msg.headers and msg.headers.get("Status") and not msg.data:
+            future.set_result(msg)
+            return
+        messages.append(msg)
+        if len(messages) >= limit:
+            future.set_result(None)
+
+    sub: Any = None
+    if inbox is None:
+        token, reply = "", nc.new_inbox()
+
+        async def on_message(msg: Msg) -> None:
+            on_reply(msg)
+
+        sub = await nc.subscribe(reply, cb=on_message)
+    else:
+        token, reply = inbox.open(on_reply)
+    try:
+        await nc.publish(subject, payload, reply=reply)
+        try:
+            status = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            if partial_on_timeout and messages:
+                return list(messages), None
+            raise nats.errors.TimeoutError from None
+    finally:
+        if inbox is not None:
+            inbox.waiting.pop(token, None)
+        else:
+            await sub.unsubscribe()
+    return list(messages), status
