@@ -55,13 +55,22 @@ class Waiter:
     def __init__(self, channels: Collection[str], keys: Collection[str] | None) -> None:
         self.channels = tuple(channels)
         self.keys = None if keys is None else frozenset(keys)
-        self._event = asyncio.Event()
+        # Woken since the last clear(); a future (not an asyncio.Event under wait_for, which
+        # costs a task per wait) is what a sleeping wait() awaits.
+        self._woken = False
+        self._sleeping: asyncio.Future[None] | None = None
         self._fired: list[str] = []
         self._everything = False
 
     def clear(self) -> None:
         """Forget earlier wake-ups; call before looking at Redis."""
-        self._event.clear()
+        self._woken = False
+
+    def _wake(self) -> None:
+        self._woken = True
+        sleeping = self._sleeping
+        if sleeping is not None and not sleeping.done():
+            sleeping.set_result(None)
 
     def notify(self, data: str) -> None:
         """Wake the waiter if ``data`` (its key, then optionally a newline and more) concerns it.
@@ -70,12 +79,12 @@ class Waiter:
         """
         if self.keys is None or data.split("\n", 1)[0] in self.keys:
             self._fired.append(data)
-            self._event.set()
+            self._wake()
 
     def wake_all(self) -> None:
         """Wake the waiter without saying which key changed (events may have been missed)."""
         self._everything = True
-        self._event.set()
+        self._wake()
 
     def take_fired(self) -> list[str] | None:
         """Messages notified since the last call, or None if anything may have changed."""
@@ -88,13 +97,22 @@ class Waiter:
 
     async def wait(self, timeout: float) -> bool:
         """Sleep until notified or ``timeout`` seconds passed; True if notified."""
-        if timeout <= 0:
-            return self._event.is_set()
+        if self._woken or timeout <= 0:
+            return self._woken
+        loop = asyncio.get_running_loop()
+        sleeping = self._sleeping = loop.create_future()
+        timer = loop.call_later(timeout, _time_up, sleeping)
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            await sleeping
+        finally:
+            timer.cancel()
+            self._sleeping = None
+        return self._woken
+
+
+def _time_up(sleeping: asyncio.Future[None]) -> None:
+    if not sleeping.done():
+        sleeping.set_result(None)
 
 
 class Notifier:

@@ -54,8 +54,9 @@ client's clock is never compared with the server's.
 
 Waiting, claims: every script that makes tasks claimable pushes one wake-up token per
 task on ``{p}:q:wake:{t}`` (a LIST, at most 64 waiting); a claimer with nothing to do
-blocks on it with ``BLPOP``, so one new task wakes one idle worker, not every worker
-(no thundering herd), and a token pushed between an empty claim and the BLPOP is still
+blocks on it with ``BLMPOP`` (taking at most as many tokens as it may take tasks), so one
+new task wakes one idle worker, not every worker (no thundering herd), and a token
+pushed between an empty claim and the BLMPOP is still
 there. The claim that empties a ready set deletes the tokens left. A claim that just
 emptied the ready sets lets the next ``claim(wait=)`` block at once, without a claim
 that would find nothing. The sleep also ends at the next lease/delay deadline the
@@ -67,7 +68,8 @@ until when; listed on ``{p}:q:idle:{t}`` of each of its types) and it blocks on 
 list ``{p}:q:h:{c}`` as well as on the tokens. An enqueue script then leases the new
 tasks of those types straight to the oldest live registration (priority, then FIFO, as
 its claim would have taken them; attempt 1) and pushes them as one message on that
-list, so the idle worker's BLPOP returns its tasks: wake-up and claim are one round
+list, so the idle worker's BLMPOP returns its tasks (every message that piled up on the
+list, in one reply): wake-up and claim are one round
 trip, and the enqueue pushes no token for them. A registration keeps its room left
 (it stays parked) and lasts ``min(poll_cap, 5 s)``; the next claim of the same types,
 worker and lease length reuses it and blocks at once. Tasks handed over after a claim
@@ -82,7 +84,7 @@ subscribes first) to the "done" channel, whose events carry small results inline
 wake-up needs no read; events of tasks this queue enqueued that arrive while nobody
 waits are kept until asked for (see ``notifier``). A step of a workflow thus costs the
 orchestrator one enqueue script (no result read), and each worker a claim and an ack,
-or, when it was idle and parked, the BLPOP that returns its tasks and an ack.
+or, when it was idle and parked, the BLMPOP that returns its tasks and an ack.
 
 Retries: the client repeats a command whose connection broke (exponential backoff,
 then ``BackendUnavailableError``). A repeated enqueue is idempotent; a repeated
@@ -128,7 +130,7 @@ __all__ = ["RedisTaskQueue"]
 
 # Upper bound of one sleep while waiting, in case a pub/sub message was lost.
 _POLL_CAP = 1.0  # default of RedisTaskQueue.poll_cap
-# Longest single BLPOP, in seconds: below the connection's socket timeout (10 s).
+# Longest single BLMPOP, in seconds: below the connection's socket timeout (10 s).
 _BLOCK_MAX = 5.0
 # Tasks per enqueue script: bounds one script's run time (Redis serves no one else meanwhile).
 _ENQUEUE_BATCH = 500
@@ -290,7 +292,7 @@ class RedisTaskQueue(TaskQueue):
         """Claim up to ``max_tasks`` tasks in one round trip (more only around bad payloads).
 
         A claim that waits and finds nothing parks (see ``queue_scripts``): an enqueue then
-        hands it the new tasks, already leased, through the BLPOP it blocks in, so an idle
+        hands it the new tasks, already leased, through the BLMPOP it blocks in, so an idle
         worker's wake-up and claim are one round trip. The registration outlives the call
         by up to ``park`` seconds and is reused by the next claim of the same types, worker
         and lease length, which then blocks at once; tasks handed over after a call stopped
@@ -334,10 +336,10 @@ class RedisTaskQueue(TaskQueue):
                 force = False
                 next_ms = -1 if park.next_at < 0 else max(0, round((park.next_at - now) * 1000))
                 pause = min(_pause(give_up - now, next_ms, self.poll_cap), park.until - now)
-                popped = await self._await_token([self._keys.handoff(park.id), *wake_keys], pause)
+                popped = await self._await_token([self._keys.handoff(park.id), *wake_keys], pause, max_tasks)
                 now = loop_time()
                 if popped is not None and _text(popped[0]) == self._keys.handoff(park.id):
-                    items = _unframe(bytes(popped[1]))
+                    items = [item for message in popped[1] for item in _unframe(bytes(message))]
                     # The registration stays while it has room (the enqueue took what it handed over).
                     park.room -= len(items) // 5
                     if park.room <= 0:
@@ -359,18 +361,24 @@ class RedisTaskQueue(TaskQueue):
             if park is not None and closes == self._closes:
                 self._parks.setdefault(key, []).append(park)
 
-    async def _await_token(self, keys: list[str], pause: float) -> Any:
-        """Pop one entry of ``keys`` (a hand-over or a wake-up token), waiting up to ``pause`` s.
+    async def _await_token(self, keys: list[str], pause: float, count: int) -> Any:
+        """Pop up to ``count`` entries of the first of ``keys`` that has some (hand-overs, or
+        wake-up tokens), waiting up to ``pause`` s.
 
-        ``(key, value)``, or None if none came.
+        ``(key, [value, ...])``, or None if none came. Hand-over messages that piled up
+        while this worker was busy come back together (one round trip, not one each); at
+        most ``count`` tokens are taken, one per task this claimer may take, so the others
+        still wake other idle claimers.
         """
         if pause <= 0:
             return None
-        # BLPOP takes seconds with a decimal (0 would block for ever), and must end
+        # BLMPOP takes seconds with a decimal (0 would block for ever), and must end
         # before the connection's read timeout.
         timeout = max(round(min(pause, _BLOCK_MAX), 3), 0.001)
         with redis_errors(self._connection.url, "wait for tasks"):
-            return await self._connection.client().blpop(keys, timeout=timeout)
+            reply = await self._connection.client().execute_command(
+                "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, count))
+        return None if not reply else (reply[0], list(reply[1]))
 
     async def _claim_now(
         self, types: list[str], worker_id: str, max_tasks: int, lease_ms: int, park_id: str = "", park_ms: int = 0
