@@ -48,9 +48,11 @@ from distributed_agents.core.errors import (
     ConfigurationError,
     DistributedAgentsError,
     MissingExtraError,
+    PayloadDecodeError,
 )
 from distributed_agents.core.graph import Graph
 from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
@@ -416,6 +418,19 @@ def _parser() -> Parser:
         for option in options:
             option.add_to(sub)
         sub.set_defaults(run=run, options=options)
+
+    delete = command("delete", "delete finished or malformed workflows for good: record, checkpoints, lease",
+                     "Delete each workflow's record, checkpoints and lease, so that its id is free again. A workflow "
+                     "still running or paused is refused (cancel it first, or pass --force); one whose record "
+                     "cannot be read (malformed, e.g. edited by hand) can always be deleted. Asks for confirmation "
+                     "unless --yes.")
+    delete.add_argument("workflow_ids", nargs="+", metavar="WORKFLOW_ID", help="workflow ids, as 'list' prints them")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation (default: ask)")
+    delete.add_argument("--force", action="store_true",
+                        help="delete running or paused workflows too (default: refuse them)")
+    for option in BACKEND_OPTIONS:
+        option.add_to(delete)
+    delete.set_defaults(run=_delete_workflows, options=BACKEND_OPTIONS)
 
     workers = command("workers", "list live workers: node types, capacity and busy slots",
                       "Print one JSON object per live worker (heartbeat within the backend's heartbeat_ttl), "
@@ -877,6 +892,46 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
                 print(f"{letter.task_id}: already gone (requeued or purged meanwhile)", file=sys.stderr)
         print(f"purged {purged} dead letter(s)")
         return 1 if missing else 0
+
+    return await _with_backend(args, use)
+
+
+async def _delete_workflows(args: argparse.Namespace) -> int:
+    """``delete ID...``: exit 1 if any id was not found or was refused, else 0."""
+
+    async def use(backend: Backend) -> int:
+        store = backend.state_store
+        targets: list[str] = []
+        status = 0
+        for workflow_id in dict.fromkeys(args.workflow_ids):
+            try:
+                record = await store.get(workflow_id)
+            except PayloadDecodeError:  # a malformed record: deleting it is the way out
+                targets.append(workflow_id)
+                continue
+            if record is None:
+                print(f"{workflow_id}: not found (check --backend-url and --prefix)", file=sys.stderr)
+                status = 1
+            elif record.status not in WorkflowStatus.TERMINAL and not args.force:
+                print(f"{workflow_id}: still {record.status} at step {record.step}; cancel it first "
+                      f"('{PROG} cancel {workflow_id}'), or pass --force", file=sys.stderr)
+                status = 1
+            else:
+                targets.append(workflow_id)
+        if not targets:
+            print("no workflows to delete")
+            return status
+        if not args.yes and not _confirm(f"delete {len(targets)} workflow(s) for good?"):
+            print("nothing deleted")
+            return 1
+        deleted = 0
+        for workflow_id in targets:
+            if await store.delete(workflow_id):
+                deleted += 1
+            else:
+                print(f"{workflow_id}: already gone", file=sys.stderr)
+        print(f"deleted {deleted} workflow(s)")
+        return status
 
     return await _with_backend(args, use)
 

@@ -341,6 +341,32 @@ def test_a_graph_module_that_fails_to_import_is_one_line(deployment: Deployment)
     assert_one_line_error(deployment.cli("submit", "raisingapp:graph"), 2, "RuntimeError: settings file missing")
 
 
+def test_delete_frees_finished_and_malformed_workflows_and_refuses_unfinished_ones(deployment: Deployment) -> None:
+    """The command the malformed-record errors point to: a finished workflow goes, an unfinished
+    one only with --force, a record that cannot be read (a string where a hash belongs) always."""
+    import redis
+
+    finished = json.loads(deployment.ok("run", "opsapp:graph", "--input", '{"topic": "ice"}', "--local-nodes"))
+    paused = json.loads(deployment.cli("run", "opsapp:approval", "--input", '{"topic": "dam"}',
+                                       "--local-nodes").stdout)
+    assert paused["status"] == "interrupted"
+    malformed = f"wf_bad{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(deployment.url)
+    try:
+        client.set(f"{deployment.prefix}:wf:r:{malformed}", "not a record")
+    finally:
+        client.close()
+    refused = deployment.cli("delete", paused["workflow_id"], "--yes")
+    assert refused.returncode == 1 and "still interrupted" in refused.stderr and "--force" in refused.stderr
+    assert_one_line_error(deployment.cli("delete", finished["workflow_id"]), 2, "confirmation", "--yes")
+    assert deployment.ok("delete", finished["workflow_id"], malformed, "--yes").strip() == "deleted 2 workflow(s)"
+    assert deployment.ok("delete", paused["workflow_id"], "--yes", "--force").strip() == "deleted 1 workflow(s)"
+    for workflow_id in (finished["workflow_id"], malformed, paused["workflow_id"]):
+        assert_one_line_error(deployment.cli("status", workflow_id), 1, workflow_id)
+    gone = deployment.cli("delete", malformed, "--yes")
+    assert gone.returncode == 1 and f"{malformed}: not found" in gone.stderr
+
+
 def test_a_missing_or_unreachable_backend_is_one_line(deployment: Deployment) -> None:
     assert_one_line_error(deployment.cli("list", backend=False), 2, "--backend-url", "DA_BACKEND_URL")
     assert_one_line_error(deployment.cli("submit", "opsapp:graph", "--backend-url", "memory://", backend=False), 2,

@@ -110,6 +110,72 @@ def ttl_header(seconds: float | None) -> dict[str, str]:
     return {"Nats-TTL": str(max(1, math.ceil(seconds)))}
 
 
+_CREDS_MARKERS = (b"-----BEGIN NATS USER JWT-----", b"USER NKEY SEED-----")
+
+
+def check_auth_file(option: str, path: str, where: str) -> None:
+    """Refuse a ``?creds=`` / ``?nkey=`` file that is not what the option takes, saying what it is.
+
+    ``creds`` takes a credentials file (a user JWT and its NKey seed, as ``nsc generate
+    creds`` writes it); ``nkey`` a file holding a user's NKey seed (``SU...``). nats-py
+    given the other kind failed with a ``TypeError`` from deep inside. The file's
+    content is never quoted (it holds a secret). ``BackendConfigError`` naming the file.
+    """
+    try:
+        with open(path, "rb") as file:
+            content = file.read(1 << 20)
+    except OSError as exc:
+        raise BackendConfigError(f"cannot read the ?{option}= file {path} of NATS at {where}: {exc.strerror}; "
+                                 "check its permissions") from None
+    text = content.strip()
+    is_creds = all(marker in content for marker in _CREDS_MARKERS)
+    is_seed = text.startswith(b"SU") and b"\n" not in text and len(text) > 50
+    if option == "creds" and not is_creds:
+        kind = ("holds an NKey seed (SU...), not a credentials file: pass it as ?nkey= instead" if is_seed
+                else "is not a NATS credentials file (no user JWT and seed blocks in it)")
+        raise BackendConfigError(
+            f"the ?creds= file {path} of NATS at {where} {kind}; ?creds= takes a .creds file holding a user JWT and "
+            "its NKey seed (as 'nsc generate creds' writes it)")
+    if option == "nkey" and not is_seed:
+        kind = ("is a credentials file (a user JWT and a seed): pass it as ?creds= instead" if is_creds
+                else "does not hold a user NKey seed (one line starting with SU)")
+        raise BackendConfigError(
+            f"the ?nkey= file {path} of NATS at {where} {kind}; ?nkey= takes a file holding the user's NKey seed "
+            "(SU..., as 'nk -gen user' prints it)")
+
+
+def _server_list(url: str, scheme: str) -> list[str]:
+    """The ``[user[:password]@]host[:port]`` of each server of ``scheme://a:1,b:2?...``.
+
+    A server after the first may repeat the scheme (``tls://a:1,tls://b:2``), as the NATS
+    CLI's server lists do; one that names another (``tls://a:1,nats://b:2``) is refused:
+    one connection uses TLS or not, for every server of the list. ``BackendConfigError``
+    names the URL (masked) and the server.
+    """
+    rest = url.split("://", 1)[1]
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    hosts = []
+    for index, item in enumerate(rest.split(",")):
+        item = item.strip().rstrip("/")
+        if "://" in item:
+            named = item.split("://", 1)[0].lower()
+            if named != scheme:
+                raise BackendConfigError(
+                    f"the servers of {mask_url(url)!r} mix schemes ({scheme}:// first, then {named}:// for server "
+                    f"{index + 1}); one connection uses TLS for every server or for none: write them all as "
+                    f"{scheme}://host:port (or leave the scheme out after the first: {scheme}://a:4222,b:4222)")
+            item = item.split("://", 1)[1]
+        if "/" in item:
+            raise BackendConfigError(
+                f"server {index + 1} of {mask_url(url)!r} has a path ({mask_url(item)!r}); a NATS URL names "
+                "host:port pairs only, comma-separated, then ?options")
+        if not item and index > 0:
+            raise BackendConfigError(f"{mask_url(url)!r} has an empty server in its list (two commas, or one at the "
+                                     "end); write host:port,host:port")
+        hosts.append(item)
+    return hosts
+
+
 @dataclass(frozen=True)
 class NatsSettings:
     """Connection settings parsed from a backend URL and its options."""
@@ -141,7 +207,9 @@ class NatsSettings:
         scheme = parts.scheme.lower()
         if scheme not in ("nats", "tls"):
             raise BackendConfigError(f"{mask_url(url)!r} is not a nats:// or tls:// URL")
-        netloc = parts.netloc.rpartition("@")[2] or "127.0.0.1:4222"
+        hosts = _server_list(url, scheme)
+        parts = urlsplit(f"{scheme}://{hosts[0]}") if "@" in hosts[0] else parts
+        netloc = ",".join(host.rpartition("@")[2] for host in hosts) or "127.0.0.1:4222"
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         token = None
@@ -320,6 +388,8 @@ class NatsConnection:
                     f"the ?{option}= file of NATS at {mask_url(self.url)} does not exist: {path}; give the path of "
                     + ("a file holding the user's NKey seed (SU...)" if option == "nkey" else "the user's .creds file")
                 )
+            if path:
+                check_auth_file(option, path, mask_url(self.url))
         if self.settings.nkey or self.settings.creds:
             try:
                 import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
@@ -348,10 +418,11 @@ class NatsConnection:
                 refused.cancel()
             if not connecting.done():
                 # Credentials or TLS refused: nats-py would try again, in vain; no retry can fix it.
+                # A configuration error, as on Redis (the CLI's exit status 2).
                 connecting.cancel()
                 with contextlib.suppress(BaseException):
                     await connecting
-                raise BackendError(self._connect_problem(self._connect_errors[-1]))
+                raise BackendConfigError(self._connect_problem(self._connect_errors[-1]))
             connecting.result()
             version = nc.connected_server_version
             if version.major != 0 and (version.major, version.minor) < _MIN_SERVER:
@@ -404,7 +475,9 @@ class NatsConnection:
         tls = [c for c in causes if isinstance(c, ssl.SSLError)]
         if tls:
             return (f"cannot connect to NATS at {where}: TLS handshake failed ({tls[-1]}); check the server's "
-                    "certificate and that it is trusted here")
+                    "certificate and that it is trusted here: pass the CA that signed it as ?tls_ca=/path/ca.pem "
+                    "(?tls_hostname= if it is for another name; ?tls_cert= and ?tls_key= if the server asks for a "
+                    "client certificate)")
         if any(isinstance(c, (asyncio.TimeoutError, TimeoutError)) for c in causes):
             return (f"cannot connect to NATS at {where}: no NATS server answered at {servers}; check the host and "
                     "port (4222 by default), firewalls, and that nats-server is running there")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -108,6 +109,11 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
         causes.append(seen)
         seen = seen.__cause__ or seen.__context__
     text = " ".join(str(c) for c in causes)
+    # The node that failed, as redis-py names it ("Error 111 connecting to h:p."): on a
+    # cluster it may be another node than the URL's (one the slot map led to).
+    failed = re.search(r"connecting to (\S+?):(\d+)", text)
+    if failed and scheme != "unix" and f"{failed.group(1)}:{failed.group(2)}" != address:
+        address = f"{failed.group(1)}:{failed.group(2)} (a cluster node the URL's {address} led to)"
     if any(isinstance(c, socket.gaierror) for c in causes):
         return (f"cannot connect to Redis at {where}: host {parts.hostname!r} was not found (DNS lookup failed); "
                 "check the host name in the URL")
@@ -124,12 +130,12 @@ def _connect_problem(where: str, client_url: str, exc: BaseException) -> str:
                 "(or ?ssl_check_hostname=false to skip the check, for tests only)")
     if any(isinstance(c, ssl.SSLCertVerificationError) for c in tls_errors):
         return (f"cannot connect to Redis at {where}: TLS handshake failed: the server's certificate is not trusted "
-                f"here ({tls_errors[-1]}); pass the CA that signed it as ?ssl_ca_certs=/path/ca.pem in the URL "
+                f"here ({tls_errors[-1]}); pass the CA that signed it as ?tls_ca=/path/ca.pem in the URL "
                 "(or ?ssl_cert_reqs=none to skip verification, for tests only)")
     if tls_errors:
         return (f"cannot connect to Redis at {where}: TLS handshake failed ({tls_errors[-1]}); "
                 "check that the server has TLS enabled on that port and the certificate settings in the URL "
-                "(ssl_ca_certs=, ssl_cert_reqs=)")
+                "(tls_ca=, tls_cert=, tls_key=, ssl_cert_reqs=)")
     if "closed by server" in text.lower() or any(isinstance(c, ConnectionResetError) for c in causes):
         hint = "; if it only accepts TLS, use rediss://" if scheme == "redis" else ""
         return (f"cannot connect to Redis at {where}: {address} closed the connection at once{hint}; "
@@ -208,6 +214,39 @@ def _adapter_option(url: str, extra: Mapping[str, str] | None, name: str) -> str
 _pool_class: Any = None
 
 
+class _CredentialsRefused(Exception):
+    """Carries a redis-py ``AuthenticationError`` past the client's retry (it is not retried)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _retry_policy() -> Any:
+    """redis-py's retry with backoff (``_RETRIES`` tries) of connection errors and timeouts,
+    except a refused password or user: redis-py types that as a ``ConnectionError`` too,
+    and retrying it (with every health check retrying its reconnect) took ~20 s to say
+    what was clear from the first reply."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import AuthenticationError
+
+    class NoRetryOfCredentials(Retry):  # type: ignore[misc]
+        async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            async def attempt() -> Any:
+                try:
+                    return await do()
+                except AuthenticationError as exc:
+                    raise _CredentialsRefused(exc) from exc
+
+            try:
+                return await super().call_with_retry(attempt, fail, *args, **kwargs)
+            except _CredentialsRefused as refused:
+                raise refused.error from None
+
+    return NoRetryOfCredentials(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES)
+
+
 def _closing_pool_class() -> Any:
     """redis-py's ``BlockingConnectionPool`` that, once closed, closes what is given back.
 
@@ -283,8 +322,6 @@ class RedisConnection:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             redis_asyncio = load_redis()
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError, TimeoutError
 
             try:
@@ -306,7 +343,7 @@ class RedisConnection:
                     socket_connect_timeout=_CONNECT_TIMEOUT,
                     socket_timeout=10,
                     health_check_interval=30,
-                    retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
+                    retry=_retry_policy(),
                     retry_on_error=[ConnectionError, TimeoutError],
                 )
                 # Building (not connecting) one connection object rejects unknown query
@@ -323,9 +360,6 @@ class RedisConnection:
         return self._client
 
     def _cluster_client(self, *retry_on: type[Exception]) -> Any:
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-
         from distributed_agents.adapters.redis.cluster import open_cluster_client
 
         return open_cluster_client(
@@ -334,7 +368,7 @@ class RedisConnection:
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=10,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES),
+            retry=_retry_policy(),
             retry_on_error=list(retry_on),
         )
 

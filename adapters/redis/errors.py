@@ -7,7 +7,8 @@ is the one place where redis-py exceptions become the project's own:
 * ``redis.ConnectionError`` / ``redis.TimeoutError`` (raised after the client's own
   retries with backoff gave up) -> ``BackendUnavailableError`` naming the URL with its
   password masked;
-* ``redis.AuthenticationError`` and other ``redis.RedisError`` -> ``BackendError``;
+* ``redis.AuthenticationError`` -> ``BackendConfigError`` (a missing password says so);
+* other ``redis.RedisError`` -> ``BackendError``;
 * ``OSError`` from the socket layer -> ``BackendUnavailableError``;
 * a Redis Cluster failing over or moving a slot (``CLUSTERDOWN``, ``TRYAGAIN``, a slot
   no node serves, too many redirections) -> ``BackendUnavailableError``: it passes;
@@ -82,7 +83,7 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
 
     where = mask_url(url)
     if isinstance(exc, rexc.AuthenticationError):
-        return BackendError(f"Redis at {where} refused the credentials while trying to {action}: {exc}; check the username and password in the URL")
+        return _credentials_refused(exc, url, action)
     if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
         return BackendUnavailableError(
             f"Redis at {where} is unreachable while trying to {action} ({type(exc).__name__}: {exc}); "
@@ -109,6 +110,28 @@ def _translate(exc: Exception, url: str, action: str) -> BackendError | None:
     if isinstance(exc, rexc.RedisError):
         return BackendError(f"Redis at {where} failed to {action}: {type(exc).__name__}: {exc}")
     return None
+
+
+_NEEDS_PASSWORD = ("noauth", "authentication required", "hello must be called with the client already authenticated")
+
+
+def _credentials_refused(exc: Exception, url: str, action: str) -> BackendConfigError:
+    """The server refused the URL's credentials (or their absence): a configuration error
+    (exit status 2 in the CLI), since trying again with the same URL cannot help."""
+    from urllib.parse import urlsplit
+
+    where = mask_url(url)
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None and any(s in str(exc).lower() for s in _NEEDS_PASSWORD):
+        host = parts.path if parts.scheme.lower() == "unix" else f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        # Said in words: a URL with a placeholder password in it would be masked in the message.
+        return BackendConfigError(
+            f"Redis at {where} requires a password (the server has requirepass or ACL users) and the URL gives "
+            f"none, while trying to {action}; add it to the URL between '{parts.scheme}://' and '{host}' as "
+            "':PASSWORD@' (or 'USER:PASSWORD@' for an ACL user; percent-encode @, : and / in it)")
+    return BackendConfigError(
+        f"Redis at {where} refused the credentials while trying to {action} ({exc}); check the username and "
+        "password in the URL (a password with @, : or / must be percent-encoded, e.g. %40 for @)")
 
 
 def _cluster_in_transition(exc: Exception) -> bool:

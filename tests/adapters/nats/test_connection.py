@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from support.aio import run
@@ -328,3 +330,70 @@ def test_an_error_nats_py_logs_with_a_traceback_is_one_warning_line(caplog: pyte
     assert record.levelname == "WARNING" and record.exc_info is None
     assert record.getMessage().startswith("nats: encountered error (InvalidStateError: invalid state)")
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(("url", "servers"), [
+    ("tls://127.0.0.1:14299,tls://127.0.0.1:14225?tls_ca=/ca.pem", ("tls://127.0.0.1:14299", "tls://127.0.0.1:14225")),
+    ("nats://a:1,nats://b:2,c", ("nats://a:1", "nats://b:2", "nats://c:4222")),
+    ("NATS://a:1,nats://b:2/", ("nats://a:1", "nats://b:2")),
+])
+def test_each_server_of_a_list_may_repeat_the_scheme(url: str, servers: tuple[str, ...]) -> None:
+    assert settings(url).servers == servers
+
+
+def test_credentials_before_the_first_of_several_servers_with_schemes_are_kept() -> None:
+    parsed = settings("nats://alice:pw@a:1,nats://b:2")
+    assert parsed.servers == ("nats://a:1", "nats://b:2") and (parsed.user, parsed.password) == ("alice", "pw")
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    # The breaker's example: it was a DNS failure of "a host in 127.0.0.1:14299, nats:".
+    ("tls://127.0.0.1:14299,nats://127.0.0.1:14225?tls_ca=/ca.pem", ["mix schemes", "tls://", "nats://", "server 2"]),
+    ("nats://a:1,tls://b:2", ["mix schemes", "server 2"]),
+    ("nats://a:1,b:2/path", ["path", "server 2"]),
+    ("nats://a:1,,b:2", ["empty server"]),
+])
+def test_a_server_list_that_cannot_be_one_connection_is_refused_saying_why(url: str, words: list[str]) -> None:
+    with pytest.raises(BackendConfigError) as caught:
+        settings(url)
+    for word in words:
+        assert word in str(caught.value)
+    assert "not found" not in str(caught.value)
+
+
+def _connect_failure(url: str) -> BaseException:
+    from distributed_agents.plugins import open_backend
+
+    async def attempt() -> BaseException:
+        backend = open_backend(url)
+        try:
+            await backend.connect()
+        except BaseException as exc:
+            return exc
+        finally:
+            await backend.close()
+        raise AssertionError(f"{url} connected")
+
+    return run(attempt(), 30)
+
+
+def test_an_nkey_seed_given_as_creds_and_a_creds_file_given_as_nkey_say_what_they_are(tmp_path: Path) -> None:
+    """It was ``TypeError: object of type 'NoneType' has no len()`` from inside nats-py."""
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    seed_file, creds_file, other = tmp_path / "user.nk", tmp_path / "user.creds", tmp_path / "notes.txt"
+    seed_file.write_bytes(seed + b"\n")
+    creds_file.write_bytes(b"-----BEGIN NATS USER JWT-----\neyJ0eXAi.x.y\n------END NATS USER JWT------\n\n"
+                           b"-----BEGIN USER NKEY SEED-----\n" + seed + b"\n------END USER NKEY SEED------\n")
+    other.write_text("hello")
+    port = free_port()  # nothing listens: the file is checked before any connection
+    cases = [(f"creds={seed_file}", "holds an NKey seed", "?nkey= instead"),
+             (f"nkey={creds_file}", "is a credentials file", "?creds= instead"),
+             (f"creds={other}", "is not a NATS credentials file", ".creds file"),
+             (f"nkey={other}", "does not hold a user NKey seed", "SU")]
+    for query, what, hint in cases:
+        error = _connect_failure(f"nats://127.0.0.1:{port}?{query}")
+        assert isinstance(error, BackendConfigError), repr(error)
+        assert what in str(error) and hint in str(error) and str(query.split("=")[1]) in str(error), str(error)
+        assert seed.decode() not in str(error)

@@ -193,7 +193,7 @@ def test_rediss_to_a_tls_redis_works_and_an_untrusted_certificate_says_so(tls_re
     url = f"rediss://127.0.0.1:{tls_redis.port}/0"
     error = connect_error(url)
     assert isinstance(error, BackendConfigError)  # no retry can fix it: a worker exits instead of waiting
-    assert "certificate is not trusted" in str(error) and "ssl_ca_certs=" in str(error)
+    assert "certificate is not trusted" in str(error) and "?tls_ca=" in str(error)
 
     async def trusted() -> None:
         backend = open_backend(url + "?ssl_cert_reqs=none&prefix=tls")

@@ -138,3 +138,66 @@ def test_operations_work_after_the_server_flushed_its_scripts(redis_url: str) ->
             await queue.close()
 
     assert run(scenario(), 30) == (True, True)
+
+
+def _connections_received(server: RedisServer) -> int:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
+    try:
+        return int(client.info("stats")["total_connections_received"])
+    finally:
+        client.close()
+
+
+def test_a_url_without_the_password_a_server_requires_fails_at_once_saying_what_to_add() -> None:
+    """It was ~20 s of retries (redis-py types a refused AUTH as a connection error, and
+    each health check retried the retry), then Redis's own HELLO error text."""
+    from distributed_agents.core.errors import BackendConfigError
+    from distributed_agents.plugins import open_backend
+
+    with RedisServer(password="right-one") as server:
+        async def attempt(url: str) -> BaseException:
+            backend = open_backend(url)
+            try:
+                await backend.connect()
+            except BaseException as exc:
+                return exc
+            finally:
+                await backend.close()
+            raise AssertionError(f"{url} connected")
+
+        before = _connections_received(server)
+        missing = run(attempt(f"redis://127.0.0.1:{server.port}/0?prefix=auth"), 60)
+        tried = _connections_received(server) - before - 1  # less this count's own connection
+        wrong = run(attempt(f"redis://:wrong-one@127.0.0.1:{server.port}/0"), 60)
+    assert isinstance(missing, BackendConfigError), repr(missing)  # exit status 2 in the CLI, as on NATS
+    message = str(missing)
+    assert "requires a password" in message and f"127.0.0.1:{server.port}" in message and "':PASSWORD@'" in message
+    assert "HELLO" not in message
+    assert tried <= 2, f"{tried} connections: the refusal was retried"
+    assert isinstance(wrong, BackendConfigError) and "refused the credentials" in str(wrong)
+    assert "wrong-one" not in str(wrong) and "right-one" not in str(wrong)
+
+
+def test_a_cluster_node_that_refused_is_the_one_named_not_the_urls() -> None:
+    """A Redis Cluster client reaches other nodes than the URL's: the error names the one that failed."""
+    import redis.exceptions
+
+    from distributed_agents.adapters.redis.connection import _connect_problem
+
+    def refused_by(port: int) -> BaseException:
+        try:
+            try:
+                raise ConnectionRefusedError(111, f"Connect call failed ('127.0.0.1', {port})")
+            except ConnectionRefusedError as refused:
+                raise redis.exceptions.ConnectionError(
+                    f"Error 111 connecting to 127.0.0.1:{port}. Connect call failed ('127.0.0.1', {port}).") from refused
+        except redis.exceptions.ConnectionError as exc:
+            return exc
+
+    url = "redis://127.0.0.1:17001/0"
+    message = _connect_problem(url + "?cluster=true", url, refused_by(17006))
+    same = _connect_problem(url, url, refused_by(17001))
+    assert "refused by 127.0.0.1:17006" in message and "17001 led to" in message, message
+    assert "refused by 127.0.0.1:17001 (nothing listens there)" in same, same
