@@ -107,7 +107,7 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, read_ref, state_ref
 from distributed_agents.core import subgraphs as subgraph_tasks
-from distributed_agents.core.types import read_output
+from distributed_agents.core.types import NodeResult, Send, read_output
 
 __all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
            "merge_updates", "node_run", "node_task_id", "task_id_for"]
@@ -318,6 +318,10 @@ class StepEngine:
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
         order = {name: i for i, name in enumerate(graph.nodes)}
+        # Fixed for the run (a graph's reducers and a workflow's breakpoints do not change while it runs).
+        reducers = graph.reducers
+        breaks_before = _breakpoint_names(graph, record, "before")
+        breaks_after = _breakpoint_names(graph, record, "after")
         await self._purge_handled(record)  # a process that committed the route may have died before purging
         while True:
             progress.begin(record)
@@ -361,7 +365,7 @@ class StepEngine:
                     f"{', '.join(map(repr, unknown))} to run, which graph {graph.name!r} does not have; "
                     "resume it with the graph it was started with"
                 )
-            before = _breakpoint_hits(graph, record, "before", next_nodes)
+            before = _breakpoint_hits(breaks_before, next_nodes) if breaks_before else []
             if before and not record.frontier.get("breakpoint_passed"):
                 pauses = [Interrupt(interrupt_id(record.step, node, 0) + ":before", node, None, "before", node)
                           for node in before]
@@ -370,22 +374,41 @@ class StepEngine:
                 self._observe_step(record, next_nodes)
             # Tasks of this step that succeeded before it failed (or paused) keep their outputs.
             done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
-            to_run = [entry for entry in entries if entry.key not in done]
+            to_run = [entry for entry in entries if entry.key not in done] if done else entries
             try:
-                outcomes = await self._alongside_commit(until_available(
-                    functools.partial(self._run_step, graph, record, run, to_run, options),
-                    what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage,
-                )) if to_run else []
+                outcomes: list[NodeOutcome] = []
+                if to_run:
+                    running = until_available(
+                        functools.partial(self._run_step, graph, record, run, to_run, options),
+                        what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
+                    # Nothing in flight ("sync", "exit"): no commit to race, awaited as it is.
+                    outcomes = await (running if self._inflight is None else self._alongside_commit(running))
             except NodeNotFoundError as exc:
                 missing = {"node": next_nodes[0]} if len(next_nodes) == 1 else {}
                 await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run", **missing})
                 raise
             progress.phase = "merge"
-            results = {**done, **{e.key: dict(o.updates or {}) for e, o in zip(to_run, outcomes) if o.ok}}
-            parsed = {key: read_output(output) for key, output in results.items()}
-            paused = [entry for entry in entries if entry.key in parsed and parsed[entry.key].interrupt is not None]
-            progress.pending = {key: output for key, output in results.items() if parsed[key].interrupt is None}
-            failed = [(e, o) for e, o in zip(to_run, outcomes) if not o.ok]
+            # One pass each over the outputs and the entries (a step usually runs one node).
+            results: dict[str, Mapping[str, Any]] = dict(done)
+            failed: list[tuple[TaskEntry, NodeOutcome]] = []
+            for entry, outcome in zip(to_run, outcomes):
+                if outcome.failure is None:
+                    results[entry.key] = dict(outcome.updates or {})
+                else:
+                    failed.append((entry, outcome))
+            parsed: dict[str, NodeResult] = {}
+            finished: dict[str, Mapping[str, Any]] = {}  # the outputs that are not pauses
+            pausing = to_parents = False
+            for key, output in results.items():
+                parsed[key] = read_output(output)
+                if parsed[key].interrupt is None:
+                    finished[key] = output
+                else:
+                    pausing = True
+                to_parents = to_parents or parsed[key].parent
+            paused = [entry for entry in entries if entry.key in parsed
+                      and parsed[entry.key].interrupt is not None] if pausing else []
+            progress.pending = finished
             # A final failure of a node with on_error (not of a handler's own task) goes to its handler.
             unhandled = [(e, o) for e, o in failed if e.handles is not None or graph.node(e.node).on_error is None]
             if unhandled:
@@ -393,16 +416,21 @@ class StepEngine:
                 raise await self._node_failed(graph, record, lease, [*unhandled, *routed], progress.pending)
             handlers = [await self._route_failure(graph, record, entry, outcome) for entry, outcome in failed]
             for entry, outcome in zip(to_run, outcomes):
-                if not outcome.ok:
+                if outcome.failure is not None:
+                    continue
+                if entry.index is None and not outcome.cached:
+                    self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
+                                      duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id)
                     continue
                 self._events.emit(record.workflow_id, "node.completed", step=record.step, node=outcome.node,
                                   duration=outcome.duration, attempts=outcome.attempts, worker=outcome.worker_id,
                                   **({"task": entry.key} if entry.is_send else {}),
                                   **({"cached": True} if outcome.cached else {}))
-            node_of = {entry.key: entry.node for entry in entries}
-            for key in done:
-                self._events.emit(record.workflow_id, "node.completed", step=record.step, node=node_of.get(key, key),
-                                  duration=0.0, attempts=0, worker="", reused=True)
+            if done:
+                node_of = {entry.key: entry.node for entry in entries}
+                for key in done:
+                    self._events.emit(record.workflow_id, "node.completed", step=record.step,
+                                      node=node_of.get(key, key), duration=0.0, attempts=0, worker="", reused=True)
             if paused:
                 pauses = []
                 for entry in paused:
@@ -414,19 +442,28 @@ class StepEngine:
                     pauses.append(Interrupt(interrupt_id(record.step, entry.key, index), entry.node,
                                             info.get("value"), "interrupt", entry.key, index))
                 return await self._pause(record, lease, pauses, progress.pending)
-            to_parent = [e for e in entries if e.key in parsed and parsed[e.key].parent]
+            to_parent = [e for e in entries if e.key in parsed and parsed[e.key].parent] if to_parents else []
             if to_parent:  # Command(graph=Command.PARENT): this subgraph ends, its parent routes
                 subgraph_tasks.check_parent_command(graph.name, record, [e.node for e in to_parent])
                 progress.phase = "commit"
                 return await self._end_for_parent(graph, record, lease, entries, parsed, to_parent)
-            succeeded = [e for e in entries if e.key in parsed]
-            writes = [(e.key, parsed[e.key].updates) for e in succeeded if parsed[e.key].updates]
-            gotos = [(e.node, parsed[e.key].goto) for e in succeeded if parsed[e.key].goto]
+            ran: list[str] = []
+            writes: list[tuple[str, dict[str, Any]]] = []
+            gotos: list[tuple[str, list[str | Send]]] = []
+            for entry in entries:
+                got = parsed.get(entry.key)
+                if got is None:
+                    continue
+                ran.append(entry.node)
+                if got.updates:
+                    writes.append((entry.key, got.updates))
+                if got.goto:
+                    gotos.append((entry.node, got.goto))
             try:
-                merged = merge_updates(record.state, writes, graph.reducers)
+                merged = merge_updates(record.state, writes, reducers)
                 graph.check_writes(writes, merged)  # a state schema's keys and types
                 frontier = await graph.next_frontier(
-                    [e.node for e in succeeded], State._trusted(merged, record.workflow_id),
+                    ran, State._trusted(merged, record.workflow_id),
                     record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()), handlers,
                 )
                 frontier = subgraph_tasks.with_positions(graph, record.workflow_id, record.step + 1, frontier)
@@ -437,7 +474,7 @@ class StepEngine:
             step = record.step + 1
             checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
             status = WorkflowStatus.RUNNING if frontier["next"] or frontier.get("sends") else WorkflowStatus.COMPLETED
-            after = _breakpoint_hits(graph, record, "after", [e.node for e in entries])
+            after = _breakpoint_hits(breaks_after, [e.node for e in entries]) if breaks_after else []
             if after:
                 status = WorkflowStatus.INTERRUPTED
                 frontier = {**frontier, "interrupts": [
@@ -505,8 +542,10 @@ class StepEngine:
         if any(entry.state_ref is not None for entry in entries):
             entries = [await self._handler_input(graph, record, entry) for entry in entries]
         all_entries = entries
-        keys, hits, followers = await self._cache_lookup(graph, record, entries, share)
-        entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
+        keys, hits, followers = await self._cache_lookup(graph, record, entries, share) \
+            if self._cache is not None else ({}, {}, {})
+        if hits or followers:
+            entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
         # Encoded only when a task needs it: an in-process node of a state of scalars gets a copy.
         flat = flat_state(record.state)
         encoded: bytes | None = None
@@ -517,7 +556,8 @@ class StepEngine:
         local_calls: list[NodeCall] = []
         remote_calls: list[NodeCall] = []
         batches = []
-        for entry in entries:
+        task_ids = [node_task_id(record, entry.key) for entry in entries]
+        for entry, task_id in zip(entries, task_ids):
             name = entry.node
             spec = graph.node(name)
             if spec.subgraph is not None:  # a child workflow, driven from here (core.subgraphs)
@@ -536,7 +576,7 @@ class StepEngine:
                 reference = await self._state_reference(record, len(encoded or b"")) or {}
             call = NodeCall(
                 workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
-                node_type=spec.node_type, task_id=node_task_id(record, entry.key),
+                node_type=spec.node_type, task_id=task_id,
                 # A Send's node gets the Send's argument, not the shared state.
                 state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
                 state=record.state if shared else None,
@@ -556,17 +596,23 @@ class StepEngine:
                 local_calls.append(call)
             else:
                 remote_calls.append(call)
-            self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
-                              where="local" if func is not None else "worker",
-                              **({"task": entry.key} if entry.is_send else {}))
+            if entry.index is None:
+                self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
+                                  where="local" if func is not None else "worker")
+            else:
+                self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
+                                  where="local" if func is not None else "worker", task=entry.key)
         if local_calls:
             batches.append(InProcessExecutor(local, self._instrumentation).run(local_calls))
         if remote_calls:
             batches.append(self._queue_executor.run(remote_calls))
         # One batch (the usual case) is awaited as it is: a task per step costs more than a no-op node.
         results = [await batches[0]] if len(batches) == 1 else await asyncio.gather(*batches)
-        by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
-        outcomes = [by_task[node_task_id(record, entry.key)] for entry in entries]
+        if len(results) == 1 and len(results[0]) == len(entries) == 1:
+            outcomes = results[0]  # one task: its outcome
+        else:
+            by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
+            outcomes = [by_task[task_id] for task_id in task_ids]
         if not keys:  # no task of this step is cached (so no hits, no followers): nothing to store or share
             return outcomes
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
@@ -1088,14 +1134,18 @@ def _cache_ttl(spec: NodeSpec) -> float | None:
     return None if spec.cache_policy is None else spec.cache_policy.ttl
 
 
-def _breakpoint_hits(graph: Graph, record: WorkflowRecord, when: str, nodes: Sequence[str]) -> list[str]:
-    """The nodes of ``nodes`` with a static breakpoint ``when`` ("before"/"after") for this workflow.
+def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> list[str]:
+    """The nodes with a static breakpoint ``when`` ("before"/"after") for ``record``'s workflow.
 
     Per-workflow lists (``execute(interrupt_before=...)``, kept in the record's
     metadata) replace the graph's compiled ones; ``"*"`` means every node.
     """
     stored = record.metadata.get(f"interrupt_{when}")
-    names = stored if isinstance(stored, list) else list(getattr(graph, f"interrupt_{when}"))
+    return stored if isinstance(stored, list) else list(getattr(graph, f"interrupt_{when}"))
+
+
+def _breakpoint_hits(names: Sequence[str], nodes: Sequence[str]) -> list[str]:
+    """The nodes of ``nodes`` among breakpoint ``names`` (from ``_breakpoint_names``), each once."""
     if not names:
         return []
     return list(dict.fromkeys(nodes)) if "*" in names else [n for n in dict.fromkeys(nodes) if n in names]

@@ -143,9 +143,10 @@ class InProcessExecutor(NodeExecutor):
             attempt += 1
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
                                   remaining_steps=call.remaining_steps, configurable=call.configurable)
-            # The node's own copy of its input, sharing nothing it could change.
-            state = State._trusted(dict(call.state) if call.state is not None and flat_state(call.state)
-                                   else decode(call.state_json), call.workflow_id)
+            # The node's own copy of its input, sharing nothing it could change (``state`` is
+            # given only when it holds scalars alone: a shallow copy is a full one).
+            state = State._trusted(dict(call.state) if call.state is not None else decode(call.state_json),
+                                   call.workflow_id)
             observer = self._instrumentation
             observed = None if observer is None else observer.node_started(NodeAttempt(
                 call.workflow_id, call.step, call.node, call.node_type, call.task_id, attempt,

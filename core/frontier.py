@@ -25,6 +25,7 @@ deterministic and a resumed or taken-over step reuses finished tasks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from distributed_agents.core.quick_init import quick_init
 __all__ = ["TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
 
 
-@quick_init  # made every step
+@quick_init  # made every step (a Send's)
 @dataclass(frozen=True)
 class TaskEntry:
     """One task of a step: ``node`` run on the shared state, or on ``arg`` (the ``index``-th Send to it).
@@ -51,7 +52,7 @@ class TaskEntry:
     handles: str | None = None
     state_ref: Mapping[str, Any] | None = None
 
-    @property
+    @functools.cached_property  # the step loop asks for it many times per step
     def key(self) -> str:
         """The entry's name in the frontier and in its task id."""
         return self.node if self.index is None else f"{self.node}#{self.index}"
@@ -62,13 +63,19 @@ class TaskEntry:
         return self.index is not None
 
 
+@functools.lru_cache(maxsize=4096)
+def _edge_entry(node: str) -> TaskEntry:
+    """The entry of edge-triggered ``node``: one shared object per name (entries never change)."""
+    return TaskEntry(node)
+
+
 def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[TaskEntry]:
     """The step's entries in merge order: node declaration order (``order``), then Send index.
 
     An edge-triggered entry of a node comes before its Sends; nodes not in ``order``
     (a graph that changed) come last, in the order stored.
     """
-    entries = [TaskEntry(str(name)) for name in frontier.get("next", ())]
+    entries = [_edge_entry(str(name)) for name in frontier.get("next", ())]
     counts: dict[str, int] = {}
     for send in frontier.get("sends") or ():
         node = str(send["node"])

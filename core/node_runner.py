@@ -490,7 +490,7 @@ async def invoke_node(
                 result = await func(*args)
             else:
                 result = await _in_thread(func, args, context, on_abandoned)
-            if inspect.isawaitable(result):
+            if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 result = await result
             return result
         except interrupts.GraphInterrupt as paused:
