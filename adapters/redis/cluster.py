@@ -83,11 +83,12 @@ def _client_class() -> Any:
 def open_cluster_client(client_url: str, **settings: Any) -> Any:
     """A ``RedisCluster`` for ``client_url`` (one node's address; the others are discovered).
 
-    ``settings`` are keyword defaults for every node connection (timeouts, ``retry``,
+    ``settings`` (``startup_nodes``: more nodes to try first) are keyword defaults for every node connection (timeouts, ``retry``,
     ``health_check_interval``), the pub/sub connections' included; the URL's query wins.
     """
     client = _client_class().from_url(client_url, **settings)
-    client._pubsub_settings = (client_url, dict(settings))
+    # The pub/sub pool's connections take the connection settings, not the cluster's.
+    client._pubsub_settings = (client_url, {k: v for k, v in settings.items() if k != "startup_nodes"})
     return client
 
 

@@ -15,8 +15,9 @@ the server's certificate and host name by default, whatever the redis-py version
 (``ssl_cert_reqs=none`` turns verification off, for tests only); a TLS option on a
 plain ``redis://`` URL is refused, since it would otherwise connect unencrypted.
 
-``?cluster=true`` talks to a Redis Cluster: the URL names one node (any; the client
-discovers the others from it) and the client is redis-py's ``RedisCluster``, which
+``?cluster=true`` talks to a Redis Cluster: the URL names one node or several
+(``redis://h1:6379,h2:6379/0?cluster=true``; the client reads the slot map from the first
+that answers and discovers the others) and the client is redis-py's ``RedisCluster``, which
 routes each command to the node serving its key's hash slot and follows ``MOVED`` and
 ``ASK`` redirections and failovers. Every key of one prefix then starts with the hash
 tag ``{prefix}:`` (``key_prefix``), so each Lua script's keys, built inside the script
@@ -271,6 +272,34 @@ def _closing_pool_class() -> Any:
     return _pool_class
 
 
+def _seed_nodes(url: str, cluster: bool) -> tuple[str, list[tuple[str, int]]]:
+    """``url`` with only its first host, and the (host, port) of the others (``h1:1,h2:2``).
+
+    Several hosts are a cluster's startup nodes: the client reads the slot map from the
+    first that answers, so a process can start while some of them are down. Without
+    ``?cluster=true`` a second host is refused (one server has one address).
+    """
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url, []
+    if not cluster:
+        raise BackendConfigError(
+            f"{mask_url(url)} lists several hosts, which only a Redis Cluster has; add ?cluster=true for a cluster, "
+            "or name one server"
+        )
+    names = [host for host in hosts.split(",") if host]
+    seeds = []
+    for host in names[1:]:
+        address = urlsplit(f"//{host}")
+        try:
+            port = address.port or 6379
+        except ValueError:
+            raise BackendConfigError(f"host {host!r} in {mask_url(url)} has an invalid port") from None
+        seeds.append((address.hostname or "localhost", port))
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{names[0]}")), seeds
+
+
 def _check_cluster_url(url: str, client_url: str) -> None:
     """Refuse what a Redis Cluster cannot do: a unix socket, a database other than 0."""
     parts = urlsplit(client_url)
@@ -293,9 +322,10 @@ class RedisConnection:
     def __init__(self, url: str, extra: Mapping[str, str] | None = None) -> None:
         load_redis()  # MissingExtraError with the install command, before anything else
         self.url = url
-        self._client_url = redis_client_url(url, extra)
         self.bus_subscribe = _adapter_option(url, extra, "bus_subscribe")
         self.cluster = _adapter_option(url, extra, "cluster") == "true"
+        first, self._seeds = _seed_nodes(url, self.cluster)
+        self._client_url = redis_client_url(first, extra)
         if self.cluster:
             _check_cluster_url(url, self._client_url)
         self._client: Any = None
@@ -360,10 +390,13 @@ class RedisConnection:
         return self._client
 
     def _cluster_client(self, *retry_on: type[Exception]) -> Any:
+        from redis.asyncio.cluster import ClusterNode
+
         from distributed_agents.adapters.redis.cluster import open_cluster_client
 
         return open_cluster_client(
             self._client_url,
+            startup_nodes=[ClusterNode(host, port) for host, port in self._seeds],
             max_connections=_CLUSTER_MAX_CONNECTIONS,
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=10,

@@ -5,7 +5,7 @@
 of its own with its ``nodes.conf``, starts them, and joins them with ``redis-cli
 --cluster create ... --cluster-replicas 1 --cluster-yes``: three primaries with one
 replica each. ``url`` is a ``redis://`` URL of one node with ``?cluster=true`` (the client
-discovers the others). Fault helpers: ``owner_of(key)`` (the node index serving the
+discovers the others), ``seeds_url`` lists every node. Fault helpers: ``owner_of(key)`` (the node index serving the
 key's slot), ``replica_of(i)``, ``failover(i)`` (``CLUSTER FAILOVER`` on a replica, which
 then serves its primary's slots), ``kill(i)`` (SIGKILL), ``restart(i)``, ``wait_ok()``.
 
@@ -74,6 +74,11 @@ class RedisCluster:
         """``redis://127.0.0.1:<port of the first live node>/0?cluster=true``."""
         node = next((n for n in self.nodes if n.process is not None), self.nodes[0])
         return f"redis://127.0.0.1:{node.port}/0?cluster=true"
+
+    @property
+    def seeds_url(self) -> str:
+        """Every node in one URL: ``redis://127.0.0.1:<p0>,127.0.0.1:<p1>,.../0?cluster=true``."""
+        return "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0?cluster=true"
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every node, create the cluster, and wait until every node says it is ok."""

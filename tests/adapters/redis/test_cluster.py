@@ -73,6 +73,8 @@ def test_cluster_mode_is_chosen_by_the_url_and_checked() -> None:
         RedisConnection("redis://h:1/3?cluster=true")
     with pytest.raises(BackendConfigError, match="unix socket"):
         RedisConnection("unix:///tmp/redis.sock?cluster=true")
+    with pytest.raises(BackendConfigError, match="several hosts, which only a Redis Cluster has"):
+        RedisConnection("redis://h1:1,h2:2/0")
     with pytest.raises(BackendConfigError, match="unknown Redis option 'clusters'"):
         RedisConnection("redis://h:1/0?clusters=true")
     assert "cluster=true" in redact_url("redis://:secret@h:1/0?cluster=true")  # shown, not masked
@@ -263,6 +265,18 @@ def test_hundreds_of_script_calls_at_once_wait_for_a_connection(cluster: RedisCl
     assert created == [True] * 400 and queued == 400
 
 
+def test_a_url_listing_several_nodes_connects_while_the_first_is_down(cluster: RedisCluster) -> None:
+    from support.server_process import free_port
+
+    live = ",".join(f"127.0.0.1:{cluster.nodes[i].port}" for i in cluster.live())
+    url = f"redis://127.0.0.1:{free_port()},{live}/0?cluster=true"  # nothing listens on the first
+
+    async def scenario() -> tuple[list[bool], int]:
+        return await _many_at_once(url, 3)
+
+    assert run(scenario(), timeout=60) == ([True, True, True], 3)
+
+
 def _pause_until_replicated(cluster: RedisCluster, primary: int, replica: int, timeout: float = 20.0) -> None:
     """Stop writes on ``primary`` (``CLIENT PAUSE WRITE``) and wait until ``replica`` holds all of them."""
     cluster.node_cli(primary, "client", "pause", "10000", "write")
@@ -290,8 +304,8 @@ def test_a_failover_of_the_prefix_primary_mid_run_loses_nothing(cluster: RedisCl
     primaries: list[int] = []
 
     async def scenario() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        orchestrator = DistributedOrchestrator(backend_url=cluster.url, prefix=prefix, visibility_timeout=LEASE,
-                                               lease_ttl=3.0)
+        orchestrator = DistributedOrchestrator(backend_url=cluster.seeds_url, prefix=prefix,
+                                               visibility_timeout=LEASE, lease_ttl=3.0)
         orchestrator.register_graph(graph)
         await orchestrator.connect()
         try:
