@@ -69,9 +69,12 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed_agents.core.quick_init import quick_init
+
+if TYPE_CHECKING:  # imported where raised at run time (core.errors is imported by code this module serves)
+    from distributed_agents.core.errors import PayloadDecodeError
 
 __all__ = [
     "Checkpoint",
