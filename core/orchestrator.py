@@ -215,6 +215,30 @@ def _result_state(record: WorkflowRecord) -> State:
     return State._trusted(values, record.workflow_id)
 
 
+class _Renewal:
+    """Runs ``renew()`` (a coroutine) once ``after`` seconds have passed, unless cancelled first.
+
+    A workflow run's lease renewal: most runs end before their first renewal is due, and
+    then cost a timer instead of a task sleeping in the loop.
+    """
+
+    def __init__(self, after: float, renew: Callable[[], Awaitable[None]]) -> None:
+        self._renew = renew
+        self._task: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(after, self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self._renew())
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+
+
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
     # The outcome of a taken-over workflow is in its record; retrieve it to silence asyncio.
     if not task.cancelled():
@@ -1404,7 +1428,8 @@ class Orchestrator:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive
         lease_lost = asyncio.Event()
-        renewer = asyncio.ensure_future(self._renew(lease, drive, lease_lost, lambda: engine.lease_released))
+        renewer = _Renewal(self.lease_ttl / 3, lambda: self._renew(lease, drive, lease_lost,
+                                                                    lambda: engine.lease_released))
         try:
             final = await drive
         except WorkflowTakenOverError:
@@ -1449,10 +1474,15 @@ class Orchestrator:
     async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord], lost: asyncio.Event,
                      released: Callable[[], bool] = lambda: False) -> None:
         """Renew ``lease`` every third of ``lease_ttl`` while ``drive`` runs and until ``released()``
-        says the run's last commit gave the lease up (the run is then ending: nothing to renew)."""
+        says the run's last commit gave the lease up (the run is then ending: nothing to renew).
+
+        Started (by ``_Renewal``) when the first renewal is due: it renews at once."""
         store = self.backend.state_store
+        first = True
         while not drive.done():
-            await asyncio.sleep(self.lease_ttl / 3)
+            if not first:
+                await asyncio.sleep(self.lease_ttl / 3)
+            first = False
             if released():
                 return
             try:

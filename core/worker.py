@@ -548,7 +548,7 @@ class Worker:
                               remaining_steps=remaining if isinstance(remaining, int) else None,
                               configurable=_configurable(task.payload))
         lease = _LeaseKeeper(self, claim)
-        keeper = asyncio.ensure_future(lease.keep())
+        keeper = lease.start()
         started = time.monotonic()
         # Wall clock, stored with the result: the node's run time on the worker that
         # produced it, apart from any wait in the queue or for a dead worker's lease.
@@ -710,7 +710,13 @@ class Worker:
 
 
 class _LeaseKeeper:
-    """Extends a task's lease while its node runs; cancels the node if the lease is lost."""
+    """Extends a task's lease while its node runs; cancels the node if the lease is lost.
+
+    ``start()`` arms a timer for the first extension (a third of the lease) and returns
+    the keeper; only a node still running then gets a task that extends the lease every
+    third of it. Most nodes end sooner, and ``cancel()`` just drops the timer: no task
+    and no sleep per node task.
+    """
 
     def __init__(self, worker: Worker, claim: ClaimedTask) -> None:
         self.worker = worker
@@ -718,12 +724,35 @@ class _LeaseKeeper:
         self.lost_reason = ""
         self.broken: BaseException | None = None
         self._node_task = asyncio.current_task()
+        queue = worker.backend.task_queue
+        self._every = max((worker.lease_seconds or queue.visibility_timeout) / 3, 0.01)
+        self._timer: asyncio.TimerHandle | None = None
+        self._keeping: asyncio.Future[None] | None = None
 
-    async def keep(self) -> None:
+    def start(self) -> _LeaseKeeper:
+        self._timer = asyncio.get_running_loop().call_later(self._every, self._begin)
+        return self
+
+    def _begin(self) -> None:
+        self._timer = None
+        self._keeping = asyncio.ensure_future(self.keep(first_wait=False))
+
+    def cancel(self) -> None:
+        """Stop extending (the node ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._keeping is not None:
+            self._keeping.cancel()
+
+    async def keep(self, first_wait: bool = True) -> None:
         queue = self.worker.backend.task_queue
         lease = self.worker.lease_seconds or queue.visibility_timeout
+        wait = first_wait
         while True:
-            await asyncio.sleep(max(lease / 3, 0.01))
+            if wait:
+                await asyncio.sleep(self._every)
+            wait = True
             try:
                 self.claim = await queue.extend(self.claim, lease)
             except LeaseLostError:

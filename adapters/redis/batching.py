@@ -35,15 +35,17 @@ DRAIN_GRACE = 5.0  # seconds ``drain`` lets sends under way finish before cancel
 # A plain command's ``args`` is the whole command (name first).
 _Call = tuple[Any, list[Any], list[Any], "asyncio.Future[Any]"]
 
+_hiredis_pack: Any
 try:  # C packing when hiredis is installed (the redis[hiredis] extra)
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - exercised where hiredis is absent
     _hiredis_pack = None
 
-if hasattr(asyncio, "timeout"):  # Python >= 3.11
-    _timeout: Any = asyncio.timeout
-else:  # pragma: no cover - Python 3.10: redis-py depends on async-timeout there
-    from async_timeout import timeout as _timeout
+_timeout: Any = getattr(asyncio, "timeout", None)  # Python >= 3.11
+if _timeout is None:  # pragma: no cover - Python 3.10: redis-py depends on async-timeout there
+    import async_timeout
+
+    _timeout = async_timeout.timeout
 
 
 def _pack_python(args: Sequence[Any]) -> bytes:
