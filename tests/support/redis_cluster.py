@@ -10,8 +10,10 @@ key's slot), ``replica_of(i)``, ``failover(i)`` (``CLUSTER FAILOVER`` on a repli
 then serves its primary's slots), ``kill(i)`` (SIGKILL), ``restart(i)``, ``wait_ok()``.
 
 Administrative commands go through ``redis-cli`` (from the redis-tools package, which
-Debian's redis-server depends on). A cluster takes a few seconds to form: use it with a
-module-scoped fixture.
+Debian's redis-server depends on). A cluster takes a few seconds to form: the
+session-scoped ``redis_cluster`` fixture starts one per test process, shared by the
+modules that use it (a test that kills or fails over a node leaves the cluster whole
+again: the killed node restarted, as a replica).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from support.redis_server import RedisServer, find_redis_server
 from support.server_process import free_port
 
-__all__ = ["ClusterNode", "RedisCluster", "find_redis_cli"]
+__all__ = ["ClusterNode", "RedisCluster", "find_redis_cli", "redis_cluster"]
 
 _CLI_TIMEOUT = 20.0
 # Milliseconds without an answer before the others mark a node as failing: small, so that
@@ -200,3 +204,17 @@ class RedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three primaries with a replica each, for the whole session; fails without the binaries."""
+    if find_redis_server() is None or find_redis_cli() is None:
+        pytest.fail("Redis Cluster tests need redis-server and redis-cli on PATH (apt-get install redis-server)",
+                    pytrace=False)
+    nodes = RedisCluster()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()

@@ -1,7 +1,7 @@
 """Workflows on a real Redis Cluster (``?cluster=true``), with failovers mid-run.
 
-One cluster for the module (``support.redis_cluster``: three primaries, one replica
-each, on loopback; ``cluster-node-timeout`` 1 s). Worker processes (the
+The session's cluster (``support.redis_cluster``: three primaries, one replica each, on
+loopback; ``cluster-node-timeout`` 1 s; a test that kills a node restarts it). Worker processes (the
 ``distributed-agents worker`` CLI), each given a different node's address (the client
 discovers the rest), and an in-process orchestrator run ``cluster_app``'s graph: a
 fan-out with ``Send``, a join, then a chain.
@@ -29,7 +29,6 @@ import pathlib
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -53,14 +52,11 @@ WORKFLOWS = 4
 LEASE = 2.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    nodes = RedisCluster()
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.cleanup()
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    """The session's cluster (``support.redis_cluster``), after every node is up and agrees."""
+    redis_cluster.wait_ok()
+    return redis_cluster
 
 
 def test_cluster_mode_is_chosen_by_the_url_and_checked() -> None:

@@ -1,7 +1,7 @@
 """The shared conformance suite against a real Redis Cluster (``?cluster=true``).
 
-One cluster for the module (``support.redis_cluster``: three primaries and three
-replicas on loopback). Every check runs on a fresh prefix, whose keys all carry the hash
+The session's cluster (``support.redis_cluster``: three primaries and three replicas on
+loopback). Every check runs on a fresh prefix, whose keys all carry the hash
 tag ``{prefix}``: the task-queue and state-store scripts, which build key names inside
 Lua, run on the node serving that slot, and the message bus and the queue's "done"
 events cross nodes (a publish on one node reaches subscribers on every node).
@@ -16,7 +16,6 @@ the message bus's timing checks (a burst, a slow subscriber, a lull).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 from support.redis_cluster import RedisCluster
@@ -24,16 +23,6 @@ from support.redis_cluster import RedisCluster
 from distributed_agents.conformance import BackendConformanceTests, Requirements
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisCluster]:
-    nodes = RedisCluster()
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.cleanup()
 
 
 class TestRedisClusterConformance(BackendConformanceTests):
