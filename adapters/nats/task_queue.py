@@ -198,10 +198,11 @@ class NatsTaskQueue(TaskQueue):
         return int(value) if value is not None else self.max_attempts
 
     async def _read(self, task_id: str) -> _Found:
+        """The task's control record; ``PayloadDecodeError`` if what is stored there is not one (``_control_record``)."""
         entry = await kv.get(self._tasks, token(task_id))
         if entry is None:
             return _Found(None)
-        return _Found(decode(entry.value), entry.revision)
+        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {token(task_id)}"), entry.revision)
 
     async def _ensure_consumer(self, node_type: str, priority: int) -> float:
         key = (node_type, priority)
@@ -484,7 +485,11 @@ class NatsTaskQueue(TaskQueue):
         found = {}
         for ident, key in keys.items():
             entry = entries.get(key)
-            found[ident] = _Found(None) if entry is None else _Found(decode(entry.value), entry.revision)
+            try:
+                found[ident] = _Found(None) if entry is None else _Found(
+                    _control_record(entry.value, f"{self._conn.names.task_bucket} {key}"), entry.revision)
+            except PayloadDecodeError:
+                continue  # _take reads it again and dead-letters the task
         return found
 
     async def _take(
@@ -503,7 +508,11 @@ class NatsTaskQueue(TaskQueue):
             await self._dead_letter_raw(msg, node_type, str(exc))
             return None
         for _ in range(5):
-            found, prefetched = prefetched or await self._read(task.id), None
+            try:
+                found, prefetched = prefetched or await self._read(task.id), None
+            except PayloadDecodeError as exc:  # its control record is damaged: the task cannot be tracked
+                await self._dead_letter_raw(msg, node_type, str(exc))
+                return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
             if record.get("seq") not in (0, seq):
                 await send_ack(self._conn.nc, lease_id, "ack")  # a stale duplicate of the task
@@ -1002,6 +1011,30 @@ def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int |
         "worker": "",
         "deadline": 0.0,
     }
+
+
+_STATES = ("queued", "claimed", "delayed", *_TERMINAL)
+
+
+def _control_record(value: bytes | None, where: str) -> dict[str, Any]:
+    """A task's control record as stored at ``where`` (bucket and key), checked: the one reader of them.
+
+    Checks the fields claims and settling rely on (``id``, ``node_type``, ``state``,
+    ``attempt``, ``seq``, ``lease``, ``errors``); raises ``PayloadDecodeError`` (the
+    dead-letter reason, ``malformed task: ...``) for bytes that are not such a record,
+    so a damaged record dead-letters its task instead of failing every claim of it.
+    """
+    try:
+        record = decode(value or b"")
+    except PayloadDecodeError as exc:
+        raise PayloadDecodeError(f"malformed task: its record at {where} is damaged ({exc})") from None
+    if (not isinstance(record, dict) or record.get("state") not in _STATES or type(record.get("attempt")) is not int
+            or not isinstance(record.get("id"), str) or not isinstance(record.get("node_type"), str)
+            or type(record.get("seq", 0)) is not int or not isinstance(record.get("lease", ""), str)
+            or not isinstance(record.get("errors", []), list)):
+        raise PayloadDecodeError(
+            f"malformed task: its record at {where} is damaged (not the object this queue writes: {value!r:.120})")
+    return record
 
 
 def _queued_as(msg: Msg) -> str | None:

@@ -165,7 +165,7 @@ local function tick(t, now)
     redis.call('ZREM', lkey, id)
     local h = k_task(id)
     local f = redis.call('HMGET', h, 'attempt', 'worker')
-    local attempt = tonumber(f[1])
+    local attempt = tonumber(f[1]) or 0  -- a count written by hand must not fail every claim of the type
     redis.call('RPUSH', k_errors(id), 'attempt ' .. attempt .. ": lease expired (worker '" .. (f[2] or '') .. "')")
     redis.call('HSET', h, 'lease', '')
     local limit = limit_of(h)
@@ -194,7 +194,12 @@ local function take(types, want, worker, base, lease_ms, now, out)
         return
       end
     end
-    local attempt = redis.call('HINCRBY', h, 'attempt', 1)
+    local attempt = redis.pcall('HINCRBY', h, 'attempt', 1)
+    if type(attempt) == 'table' then  -- not an integer (written by hand): one bad task must not fail the claim
+      dead_letter(id, t, 'malformed task: its attempt count at ' .. h .. ' is not an integer (' ..
+                  tostring(redis.call('HGET', h, 'attempt')):sub(1, 40) .. '), so it is not run', 0, now, '0')
+      return
+    end
     n = n + 1
     local lease = base .. ':' .. n
     local deadline = now + lease_ms

@@ -13,7 +13,10 @@ worker), Redis and NATS (a real worker process, the CLI):
   ``malformed task: it names task id ...`` (before: Redis ran it three times, NATS once
   as a success);
 - a negative attempt count in the queue's own task record (Redis hash, NATS KV):
-  ``malformed task: its attempt count ...`` (before, accepted: it undercut max_attempts).
+  ``malformed task: its attempt count ...`` (before, accepted: it undercut max_attempts);
+  and a variant, that record damaged (a Redis count that is no integer, a NATS record
+  that is not JSON): ``malformed task: ...``, where before every claim of the node type
+  failed (Redis) or the task's claims failed for ever (NATS).
 
 Each bad task targets the ``slow`` node, which leaves a marker file per run: none may
 appear. A good task written the same way runs (so the writer is right), and a workflow
@@ -92,8 +95,10 @@ async def write_under_id(kind: str, url: str, backend: Any, task_id: str, raw: b
                                             headers={"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})
 
 
-async def set_attempt(kind: str, url: str, backend: Any, task_id: str, attempt: int) -> None:
-    """Enqueue a good task ``task_id``, then set the attempt count in the queue's own task record."""
+async def set_attempt(kind: str, url: str, backend: Any, task_id: str, attempt: int | str) -> None:
+    """Enqueue a good task ``task_id``, then set the attempt count in the queue's own task record.
+
+    A str replaces the whole NATS record with it (Redis: the count itself)."""
     queue = backend.task_queue
     assert await queue.enqueue(Task(task_id, "wf", NODE, NODE, {"state": {}}))
     if kind == "redis":
@@ -109,7 +114,8 @@ async def set_attempt(kind: str, url: str, backend: Any, task_id: str, attempt: 
 
         bucket = await backend.connection.js.key_value(backend.connection.names.task_bucket)
         entry = await bucket.get(token(task_id))
-        await bucket.put(token(task_id), json.dumps({**json.loads(entry.value), "attempt": attempt}).encode())
+        await bucket.put(token(task_id), attempt.encode() if isinstance(attempt, str) else
+                         json.dumps({**json.loads(entry.value), "attempt": attempt}).encode())
 
 
 @pytest.fixture(params=["memory", "redis", "nats"])
@@ -145,6 +151,7 @@ def test_poison_tasks_are_dead_lettered_at_once_never_run_and_listed(
     bad = dict(BAD)
     if kind != "memory":  # the memory queue's attempt count is no stored record anyone could write
         bad["negattempt"] = (b"", ("malformed task: ", "attempt count", "was -5"))
+        bad["damaged"] = (b"", ("malformed task: ", "not an integer" if kind == "redis" else "is damaged"))
 
     async def scenario() -> dict[str, Any]:
         backend = open_backend(url) if kind == "memory" else open_backend(url, prefix=prefix)
@@ -155,6 +162,8 @@ def test_poison_tasks_are_dead_lettered_at_once_never_run_and_listed(
             for task_id, (raw, _) in bad.items():
                 if task_id == "negattempt":
                     await set_attempt(kind, url, backend, task_id, -5)
+                elif task_id == "damaged":
+                    await set_attempt(kind, url, backend, task_id, "abc" if kind == "redis" else "{not a record")
                 else:
                     await write_under_id(kind, url, backend, task_id, raw)
             await write_under_id(kind, url, backend, GOOD_ID, json.dumps(record(GOOD_ID)).encode())
