@@ -160,7 +160,9 @@ def _not_redis(exc: Exception, url: str) -> BackendConfigError:
 
     parts = urlsplit(url)
     address = parts.path if parts.scheme.lower() == "unix" else f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-    if "INFO {" in str(exc):  # every NATS server greets a new connection with INFO {json}
+    # Every NATS server greets a new connection with INFO {json}: redis-py's own parser quotes
+    # it, hiredis's says the reply began with "I", which no Redis reply type does.
+    if "INFO {" in str(exc) or 'got "I" as reply type byte' in str(exc):
         return BackendConfigError(
             f"the server at {address} ({mask_url(url)}) did not answer as Redis: it greets like a NATS server; "
             f"use nats://{address} for it, or point the redis:// URL at the Redis server's port")
