@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "count", "get", "get_many", "get_range", "remove", "scan"]
+__all__ = ["Entry", "cas", "count", "get", "get_many", "get_range", "remove", "scan", "subject_counts"]
 
 # JetStream's "wrong last sequence" error codes.
 _WRONG_LAST = (10071, 10164)
@@ -55,15 +55,24 @@ def _subject(kv: KeyValue, key: str) -> str:
     return f"{kv._pre}{key}"  # noqa: SLF001
 
 
-async def get(kv: KeyValue, key: str) -> Entry | None:
-    """The current entry of ``key``, or None if absent, deleted or expired."""
-    import nats.js.errors
+async def get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> Entry | None:
+    """The current entry of ``key``, or None if absent, deleted or expired (one direct get)."""
+    import nats.errors
 
-    try:
-        entry = await kv.get(key, validate_keys=False)
-    except nats.js.errors.KeyNotFoundError:
+    nc = kv._js._nc  # noqa: SLF001
+    msg = await replies.request(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if status == "404":
         return None
-    return Entry(key, entry.value or b"", int(entry.revision or 0))
+    if status == "408":
+        raise nats.errors.TimeoutError
+    if status:
+        raise nats.errors.Error(f"direct get of {key!r} on stream {_stream(kv)}: status {status} "
+                                f"{headers.get('Description', '')}")
+    if headers.get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return Entry(key, msg.data or b"", int(headers["Nats-Sequence"]))
 
 
 async def _direct_batch(nc: Any, stream: str, request: dict[str, Any], timeout: float) -> tuple[list[Msg], int]:
@@ -160,6 +169,19 @@ async def count(js: JetStreamContext, kv: KeyValue, pattern: str) -> int:
     """How many keys matching ``pattern`` (``*``/``>`` wildcards) exist."""
     info = await js.stream_info(_stream(kv), subjects_filter=_subject(kv, pattern))
     return len(info.state.subjects or {})
+
+
+async def subject_counts(nc: Any, stream: str, subjects_filter: str, *, timeout: float = 5.0) -> dict[str, int]:
+    """Messages per subject of ``stream`` matching ``subjects_filter`` (subjects without any
+    left out): ``stream_info``'s figures, read and decoded without its full model."""
+    import nats.js.errors
+
+    msg = await replies.request(nc, f"$JS.API.STREAM.INFO.{stream}",
+                                json.dumps({"subjects_filter": subjects_filter}).encode(), timeout=timeout)
+    body = json.loads(msg.data)
+    if "error" in body:
+        raise nats.js.errors.APIError.from_error(body["error"])
+    return {subject: int(n) for subject, n in ((body.get("state") or {}).get("subjects") or {}).items() if n}
 
 
 async def scan(js: JetStreamContext, kv: KeyValue, pattern: str = ">") -> list[Entry]:

@@ -420,11 +420,11 @@ class NatsTaskQueue(TaskQueue):
         names = self._conn.names
         wanted = {token(t): t for t in types}
         subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
-        info = await self._conn.js.stream_info(names.task_stream, subjects_filter=subject_filter)
+        counts = await kv.subject_counts(self._conn.nc, names.task_stream, subject_filter)
         levels: dict[int, list[str]] = {}
         # Messages this queue holds leases on are in the stream too, but not claimable.
         held = Counter(lease_id.split(".")[3] for lease_id in self._held if lease_id.count(".") >= 5)
-        for subject, count in (info.state.subjects or {}).items():
+        for subject, count in counts.items():
             _, _, type_token, priority_token = subject.rsplit(".", 3)
             priority = priority_from_token(priority_token)
             if type_token in wanted and priority is not None:
