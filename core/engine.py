@@ -103,6 +103,7 @@ from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.record_json import encode_rest, kept as kept_json, remember as remember_json
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
 from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, read_ref, state_ref
@@ -1019,13 +1020,18 @@ class StepEngine:
         """``PayloadTooLargeError`` if ``record`` or ``checkpoint`` is over the backend's size limit."""
         # Named by the step that ran (the record of a step's commit already carries the next step's number).
         ran = record.step - 1 if checkpoint is not None else record.step
-        try:
-            state_json: bytes | None = self._state_json(record.state)
-        except (TypeError, ValueError):
-            state_json = None  # not JSON: the store's own check names the key
+        parts = kept_json(record)
+        if parts is None:
+            try:
+                parts = self._state_json(record.state), encode_rest(record)
+            except (TypeError, ValueError):
+                parts = None  # not JSON: the store's own check names the key
+            else:
+                remember_json(record, *parts)  # the store writes these bytes (core.record_json)
         check_commit_size(record.workflow_id, ran, record.state,
-                          {**record.to_dict(), "state": None}, None if checkpoint is None else checkpoint.writes,
-                          self._payload_limit, state_json=state_json)
+                          {**record.to_dict(), "state": None} if parts is None else parts[1],
+                          None if checkpoint is None else checkpoint.writes,
+                          self._payload_limit, state_json=None if parts is None else parts[0])
 
     def _state_json(self, state: Mapping[str, Any]) -> bytes:
         """``encode(state)``, kept for the state object encoded last.

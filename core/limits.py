@@ -114,7 +114,7 @@ def check_commit_size(
     workflow_id: str,
     step: int,
     state: Mapping[str, Any],
-    record_rest: Mapping[str, Any],
+    record_rest: Mapping[str, Any] | bytes,
     writes: Mapping[str, Mapping[str, Any]] | None,
     limit: int | None,
     *,
@@ -127,12 +127,14 @@ def check_commit_size(
     ``writes`` by node). ``PayloadTooLargeError`` names the workflow, the step, the
     size, the limit, the largest state keys and (as ``node``) the node that wrote the
     most. ``limit`` None: no check. Values that are not JSON are not measured here.
-    ``state_json`` is ``encode(state)`` when the caller has it already (it is not encoded again).
+    ``state_json`` is ``encode(state)`` when the caller has it already (it is not encoded again),
+    and ``record_rest`` may be given encoded (bytes) likewise.
     """
     state_size = len(state_json) if state_json is not None else _size(dict(state))
     if limit is None or state_size is None:
         return state_size or 0
-    record_size = state_size + (_size(dict(record_rest)) or 0)
+    rest_size = len(record_rest) if isinstance(record_rest, bytes) else _size(dict(record_rest))
+    record_size = state_size + (rest_size or 0)
     # What the checkpoint entry stores: the writes less the values the state holds already
     # (checkpoint_delta.split_writes), so a node's large output is not counted twice.
     kept = None if writes is None else split_writes({k: dict(v) for k, v in writes.items()}, state)[0]

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from distributed_agents.core.checkpoint_delta import ChainTip, delta_snap, entry_step, next_entry, rebuild
-from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     LeaseLostError,
@@ -29,6 +28,7 @@ from distributed_agents.core.ports.state_store import (
     stored_record,
     stored_records,
 )
+from distributed_agents.core.record_json import record_json
 
 __all__ = ["MemoryStateStore", "StateData"]
 
@@ -99,10 +99,9 @@ class MemoryStateStore(StateStore):
     ) -> WorkflowRecord:
         now = time.time()
         new = record.evolve(version=expected_version + 1, updated_at=now)
-        fields = new.to_dict()
-        # The state is encoded once, for the record and for a checkpoint of the same state.
-        state_raw = encode(fields.pop("state"))
-        raw = encode(fields)[:-1] + b',"state":' + state_raw + b"}"
+        # The state is encoded once, for the record and for a checkpoint of the same state (and
+        # the engine's encoding of the record, made to check its size, is reused: core.record_json).
+        raw, state_raw = record_json(new)
         workflow_id = record.workflow_id
         with self._data.lock:
             stored = self._live(workflow_id)
