@@ -103,6 +103,13 @@ class NodeOutcome:
     worker_id: str = ""
     cached: bool = False  # the output came from the node cache (core.cache); the node did not run
 
+    def __init__(self, node: str, task_id: str, updates: Mapping[str, Any] | None, failure: NodeFailure | None,
+                 attempts: int, started_at: float, duration: float, worker_id: str = "", cached: bool = False) -> None:
+        # One per task: the fields at once (core.quick_init checks this against them).
+        self.__dict__.update({"node": node, "task_id": task_id, "updates": updates, "failure": failure,
+                              "attempts": attempts, "started_at": started_at, "duration": duration,
+                              "worker_id": worker_id, "cached": cached})
+
     @property
     def ok(self) -> bool:
         """Whether the node succeeded."""

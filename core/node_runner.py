@@ -41,7 +41,7 @@ from distributed_agents.core.errors import (
     StateNotSerializableError,
 )
 from distributed_agents.core.messages import coerce_message_updates
-from distributed_agents.core.quick_init import quick_init
+from distributed_agents.core.quick_init import FACTORY, quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
@@ -99,6 +99,17 @@ class NodeContext:
     _cancel: list[threading.Event] = field(default_factory=list, repr=False, compare=False)
     # [sink] once bound by invoke_node, then [sink, writer] once a writer was asked for.
     _stream: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    def __init__(self, workflow_id: str, step: int, node: str, node_type: str, attempt: int, idempotency_key: str,
+                 worker_id: str = "", remaining_steps: int | None = None,
+                 configurable: Mapping[str, Any] | None = None, _cancel: list[threading.Event] = FACTORY,
+                 _stream: list[Any] = FACTORY) -> None:
+        # One per node attempt: the fields at once (core.quick_init checks this against them).
+        self.__dict__.update({
+            "workflow_id": workflow_id, "step": step, "node": node, "node_type": node_type, "attempt": attempt,
+            "idempotency_key": idempotency_key, "worker_id": worker_id, "remaining_steps": remaining_steps,
+            "configurable": configurable, "_cancel": [] if _cancel is FACTORY else _cancel,
+            "_stream": [] if _stream is FACTORY else _stream})
 
     @property
     def stream_writer(self) -> StreamWriter:

@@ -106,6 +106,11 @@ class NodeResult:
     interrupt: Mapping[str, Any] | None = None
     parent: bool = False  # a Command(graph=Command.PARENT): updates and goto are for the parent graph
 
+    def __init__(self, updates: dict[str, Any], goto: list[str | Send], interrupt: Mapping[str, Any] | None = None,
+                 parent: bool = False) -> None:
+        # One per task and step: the fields at once (core.quick_init checks this against them).
+        self.__dict__.update({"updates": updates, "goto": goto, "interrupt": interrupt, "parent": parent})
+
 
 def command_output(command: Command[Any], node: str) -> dict[str, Any]:
     """The JSON form of ``command`` returned by ``node`` (see the module docstring).

@@ -71,7 +71,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from distributed_agents.core.quick_init import quick_init
+from distributed_agents.core.quick_init import FACTORY, quick_init
 
 if TYPE_CHECKING:  # imported where raised at run time (core.errors is imported by code this module serves)
     from distributed_agents.core.errors import PayloadDecodeError
@@ -285,6 +285,16 @@ class Checkpoint:
     writes: Mapping[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init__(self, workflow_id: str, step: int, state: Mapping[str, Any], frontier: Mapping[str, Any] = FACTORY,
+                 writes: Mapping[str, Any] = FACTORY, created_at: float = FACTORY,
+                 metadata: Mapping[str, Any] = FACTORY) -> None:
+        # One per step: the fields at once (core.quick_init checks this against them).
+        self.__dict__.update({
+            "workflow_id": workflow_id, "step": step, "state": state,
+            "frontier": {} if frontier is FACTORY else frontier, "writes": {} if writes is FACTORY else writes,
+            "created_at": time.time() if created_at is FACTORY else created_at,
+            "metadata": {} if metadata is FACTORY else metadata})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the checkpoint."""

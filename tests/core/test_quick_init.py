@@ -103,3 +103,34 @@ def test_every_step_loop_class_keeps_its_defaults() -> None:
     checkpoint = Checkpoint("w", 1, {"a": 1})
     assert checkpoint.frontier == {} and checkpoint.writes == {} and isinstance(checkpoint.created_at, float)
     assert NodeResult({}, []).interrupt is None and NodeResult({}, []).parent is False
+
+
+def test_a_hand_written_init_is_kept_when_it_takes_exactly_the_fields_and_refused_otherwise() -> None:
+    from distributed_agents.core.quick_init import FACTORY
+
+    @quick_init
+    @dataclass(frozen=True)
+    class Own:
+        a: int
+        b: list[int] = field(default_factory=list)
+        c: str = field(default="x", kw_only=True)
+
+        def __init__(self, a: int, b: list[int] = FACTORY, *, c: str = "x") -> None:
+            self.__dict__.update({"a": a, "b": [] if b is FACTORY else b, "c": c})
+
+    assert Own(1) == Own(1, [], c="x") and Own(1).b is not Own(1).b
+
+    def missing(self: Any, a: int) -> None:
+        pass
+
+    def wrong_default(self: Any, a: int, b: list[int] = FACTORY, *, c: str = "y") -> None:
+        pass
+
+    def not_keyword_only(self: Any, a: int, b: list[int] = FACTORY, c: str = "x") -> None:
+        pass
+
+    for init in (missing, wrong_default, not_keyword_only):
+        shape = {"__annotations__": {"a": "int", "b": "list[int]", "c": "str"},
+                 "b": field(default_factory=list), "c": field(default="x", kw_only=True), "__init__": init}
+        with pytest.raises(TypeError, match="does not match its fields"):
+            quick_init(dataclass(frozen=True)(type("Own", (), shape)))
