@@ -148,6 +148,9 @@ async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict
         orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
         await orchestrator.connect()
         await wait_for_workers(orchestrator, worker_count)
+        # Warm-up, as arq_benchmark's first job: scripts loaded, connections and
+        # subscriptions made, workers past their start-up (not counted).
+        await single_workflows(orchestrator, 4 * worker_count, 4 * worker_count)
         figures: dict[str, Any] = {}
         spent = cpu_seconds(pids)
         figures["single"] = await single_workflows(orchestrator, args.workflows, args.concurrency)

@@ -11,8 +11,9 @@ A lone call goes the same way. Each caller still gets its own reply or its own e
 and the commands run in the order they were issued (this is a pipeline, not a
 transaction: each script is atomic on its own, as when sent alone).
 
-A reply ``NOSCRIPT`` (the server lost its script cache, e.g. it restarted) makes that
-call be run again alone through redis-py, which loads the script. A broken connection
+A reply ``NOSCRIPT`` (a process's first calls, or the server lost its script cache,
+e.g. it restarted) makes each missing script be loaded once (``SCRIPT LOAD``) and the
+calls that got it be sent again together. A broken connection
 or a read that times out fails the round trip as it fails a lone command: the
 connection is dropped and the whole batch is sent again on a fresh one, with the
 client's retry policy (every script and command sent this way is safe to repeat, see
@@ -233,15 +234,33 @@ class ScriptBatcher:
             for call in live:  # each alone, so that the others still go out
                 await _settle(call[3], self._send([call]))
             return
+        missing = [call for call, reply in zip(live, replies) if call[0] is not None and isinstance(reply, NoScriptError)]
+        if missing:
+            # The server lost (or never had) these scripts: load each once, then send their
+            # calls again together (a cold start has every call of its first round here).
+            replies = await self._reload(client, missing, live, replies)
         for (script, keys, args, future), reply in zip(live, replies):
-            if script is not None and isinstance(reply, NoScriptError):
-                await _settle(future, script(keys=keys, args=args, client=client))
-            elif future.done():
+            if future.done():
                 continue
             elif isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+    async def _reload(self, client: Any, missing: list[_Call], live: list[_Call], replies: list[Any]) -> list[Any]:
+        """``replies`` with those of ``missing`` (calls answered NOSCRIPT) replaced by their
+        answers once their scripts are loaded; a failed load becomes each caller's error."""
+        scripts = {id(call[0]): call[0] for call in missing}
+        try:
+            for script in scripts.values():
+                # SCRIPT LOAD returns the SHA-1 redis-py computed, so EVALSHA finds it now.
+                await client.script_load(script.script)
+            again = await execute(client, [_command_of(call) for call in missing])
+        except Exception as exc:  # each caller of a missing script gets the error, the others their replies
+            again = [exc] * len(missing)
+        answered = {id(call): reply for call, reply in zip(missing, again)}
+        return [answered.get(id(call), reply) for call, reply in zip(live, replies)]
 
 
 async def _settle(future: asyncio.Future[Any], call: Any) -> None:

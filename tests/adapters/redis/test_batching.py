@@ -160,3 +160,30 @@ def test_the_python_packer_writes_what_hiredis_writes() -> None:
     assert packed.startswith(b"*11\r\n$7\r\nEVALSHA\r\n") and b"$2\r\n\xc3\xa9\r\n$0\r\n\r\n" in packed
     if batching._hiredis_pack is not None:
         assert packed == batching._hiredis_pack(tuple(command))
+
+
+def test_a_cold_start_loads_each_script_once_and_sends_its_calls_again_together() -> None:
+    """Fifty calls of two scripts the server does not know: two SCRIPT LOADs, and one more
+    write for all fifty (not three round trips per call)."""
+
+    async def scenario(url: str) -> tuple[list[str], int, int, int]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url)
+        try:
+            await meter.config_resetstat()
+            calls = [connection.run_script("echo", _ECHO, [], [str(i)], "echo") for i in range(25)]
+            calls += [connection.run_script("echo2", _ECHO + " ", [], [str(i)], "echo") for i in range(25, 50)]
+            replies = await asyncio.gather(*calls)
+            stats = await meter.info("commandstats")
+            loads = int(stats.get("cmdstat_script|load", stats.get("cmdstat_script", {})).get("calls", 0))
+            evalshas = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+            assert connection._batcher is not None
+            return [r.decode() for r in replies], loads, evalshas, connection._batcher.round_trips
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        replies, loads, evalshas, writes = run(scenario(server.url), 60)
+    assert replies == [str(i) for i in range(50)]
+    assert loads == 2 and evalshas == 100 and writes == 1
