@@ -19,8 +19,8 @@ worker), Redis and NATS (a real worker process, the CLI):
   failed (Redis) or the task's claims failed for ever (NATS).
 
 Each bad task targets the ``slow`` node, which leaves a marker file per run: none may
-appear. A good task written the same way runs (so the writer is right), and a workflow
-completes afterwards (the worker keeps serving).
+appear. A good task written the same way, after them, runs (so the writer is right,
+and the worker keeps serving).
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ import pytest
 from support.aio import run
 from support.worker_processes import WorkerProcesses, load_test_app
 
-from distributed_agents import Graph, Orchestrator, Worker
+from distributed_agents import Worker
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
-from distributed_agents.distributed import DistributedOrchestrator
 from distributed_agents.operations import all_dead_letters, known_node_types, queue_stats
 from distributed_agents.plugins import open_backend
 
@@ -65,12 +64,6 @@ BAD: dict[str, tuple[bytes, tuple[str, ...]]] = {
                                                              "queued as 'copied'")),
 }
 GOOD_ID = "good"
-
-
-def graph() -> Graph:
-    g = Graph("poison_ok")
-    g.add_node("prepare").set_entry_point("prepare").set_finish_point("prepare")
-    return g.compile()
 
 
 async def write_under_id(kind: str, url: str, backend: Any, task_id: str, raw: bytes) -> None:
@@ -179,13 +172,7 @@ def test_poison_tasks_are_dead_lettered_at_once_never_run_and_listed(
             listed = {d.task_id for d in await all_dead_letters(backend)}
             types = await known_node_types(backend)
             stats = {s.node_type: s for s in await queue_stats(backend, types)}
-            orchestrator: Any = (Orchestrator(backend=backend) if kind == "memory" else
-                                 DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60))
-            result = dict(await orchestrator.execute(graph(), {"query": "q"}, workflow_id=f"{prefix}-ok"))
-            if kind != "memory":
-                await orchestrator.close()
-            return {"letters": letters, "good": good, "listed": listed, "types": types, "stats": stats,
-                    "result": result}
+            return {"letters": letters, "good": good, "listed": listed, "types": types, "stats": stats}
         finally:
             if local is not None:
                 await local.stop()
@@ -204,7 +191,6 @@ def test_poison_tasks_are_dead_lettered_at_once_never_run_and_listed(
     runs = sorted(p.name for p in tmp_path.glob("*.attempt*"))
     assert runs == ["w1.attempt1"], runs  # the good task ran, once; no bad one did
     assert out["listed"] >= set(bad) and NODE in out["types"] and out["stats"][NODE].dead == len(bad)
-    assert out["result"] == {"query": "q", "prepared": "prepared q"}
     if workers is not None:
         for command in (["dead-letters", "list"], ["dead-letters", "show", "deep"], ["queues"]):
             done = workers.cli(*command)
