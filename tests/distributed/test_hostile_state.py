@@ -265,7 +265,7 @@ def test_damaged_checkpoints_fail_reads_of_their_workflow_only(store_url: tuple[
                     version = saved.version
             put = await _entries_of(kind, backend, url, prefix, WF)
             reported = 0
-            for raws, damage in [*fixed, *drawn]:
+            for number, (raws, damage) in enumerate([*fixed, *drawn]):
                 await put(raws)
                 outcomes = []
                 for read in (lambda: store.list_checkpoints(WF), lambda: store.list_checkpoints(WF, limit=1),
@@ -278,7 +278,7 @@ def test_damaged_checkpoints_fail_reads_of_their_workflow_only(store_url: tuple[
                         assert f"workflow {WF!r}" in str(exc) and "damaged" in str(exc), (damage, str(exc))
                         outcomes.append("damaged")
                 reported += "damaged" in outcomes
-                if (damage, kind) in (("bytes", kind), ("field", kind), ("swap", "memory"), ("swap", "redis")):
+                if number < len(fixed):  # each fixed damage is reported (a drawn one may be harmless: metadata {})
                     assert "damaged" in outcomes, (damage, outcomes)
                 good = await orchestrator.get_state("good")
                 assert good.values["at"] == 4 and len(await orchestrator.get_state_history("good")) == 5
