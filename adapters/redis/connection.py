@@ -333,6 +333,7 @@ class RedisConnection:
         self._scripts: dict[str, Any] = {}
         self._batcher: ScriptBatcher | None = None
         self._cluster_gate: asyncio.Semaphore | None = None
+        self._home_key: str | None = None
 
     def key_prefix(self, prefix: str) -> str:
         """What every key (and channel) name of ``prefix`` starts with: ``{prefix}`` on a cluster.
@@ -340,7 +341,10 @@ class RedisConnection:
         The braces make the prefix a hash tag, so that all the keys of one prefix are in
         one hash slot (one node) and a Lua script may touch any of them.
         """
-        return f"{{{prefix}}}" if self.cluster else prefix
+        if not self.cluster:
+            return prefix
+        self._home_key = f"{{{prefix}}}:q:seq"  # pub/sub goes to this slot's primary (see cluster.py)
+        return f"{{{prefix}}}"
 
     @property
     def masked_url(self) -> str:
@@ -396,6 +400,7 @@ class RedisConnection:
 
         return open_cluster_client(
             self._client_url,
+            home_key=self._home_key,
             startup_nodes=[ClusterNode(host, port) for host, port in self._seeds],
             max_connections=_CLUSTER_MAX_CONNECTIONS,
             socket_connect_timeout=_CONNECT_TIMEOUT,

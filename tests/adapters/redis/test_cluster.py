@@ -367,7 +367,7 @@ def test_a_tenant_acl_confines_a_user_to_its_prefix_on_the_cluster(cluster: Redi
         serving = asyncio.ensure_future(worker.start())
         try:
             async with Orchestrator(backend=url("ctenant_a"), backend_options={"prefix": prefix},
-                                    worker_timeout=30) as orchestrator:
+                                    wait_for_workers=True, worker_timeout=30) as orchestrator:
                 state = dict(await asyncio.wait_for(orchestrator.execute(security_app.graph, {"name": "ann"}), 60))
                 cache = orchestrator.backend.state_store
                 await cache.cache_set("ns", "k", b"v")
