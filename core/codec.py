@@ -30,6 +30,26 @@ __all__ = ["decode", "encode", "ensure_json_value", "find_non_json", "on_fresh_s
 T = TypeVar("T")
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _fast_encoder() -> Callable[[Any, int], Any] | None:
+    """The C encoder ``_encoder.encode`` makes on every call, made once; None where there is none.
+
+    It checks no cycles (a cycle is found as a ``RecursionError``, and ``encode`` then
+    asks ``_encoder``, which names it), so it keeps no state between calls.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        made: Callable[[Any, int], Any] = make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",",
+                                              False, False, False)
+    except TypeError:  # another interpreter's signature: the plain path
+        return None
+    return made
+
+
+_fast = _fast_encoder()
 _decoder = json.JSONDecoder()
 _OBJECT_OR_ARRAY = (b"{", b"[")
 
@@ -68,6 +88,12 @@ def encode(value: Any) -> bytes:
     How deep ``value`` may be nested does not depend on the caller's stack (see
     ``on_fresh_stack``); ``RecursionError`` only if it is nested too deeply for JSON.
     """
+    if _fast is not None:
+        try:
+            # What _encoder.encode returns, without making a new C encoder (and cycle map) per call.
+            return "".join(_fast(value, 0)).encode("utf-8")
+        except RecursionError:
+            pass  # too deep, or a cycle: the checking encoder below tells which
     try:
         return _encoder.encode(value).encode("utf-8")
     except RecursionError:

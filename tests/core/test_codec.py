@@ -1,0 +1,67 @@
+"""``codec.encode`` writes what ``json.JSONEncoder`` with the same options writes, and fails as it does.
+
+``encode`` calls one C encoder made once instead of the one ``JSONEncoder.encode``
+makes per call; these tests pin that the bytes and the errors did not change.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distributed_agents.core import codec
+from distributed_agents.core.codec import encode
+
+_REFERENCE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VALUES)
+def test_encode_writes_the_bytes_json_writes(value: Any) -> None:
+    assert encode(value) == _REFERENCE.encode(value).encode("utf-8")
+
+
+def test_the_encoder_made_once_is_in_use_here() -> None:
+    # Where the interpreter has json's C encoder (CPython does), encode uses it.
+    assert json.encoder.c_make_encoder is None or codec._fast is not None
+
+
+def test_a_cycle_is_still_named_a_cycle() -> None:
+    looped: list[Any] = []
+    looped.append({"again": looped})
+    with pytest.raises(ValueError, match="Circular reference"):
+        encode(looped)
+
+
+@pytest.mark.parametrize("value, error", [
+    ({"x": float("nan")}, ValueError), ({"x": float("inf")}, ValueError),
+    ({"x": object()}, TypeError), ({"x": {1, 2}}, TypeError),
+])
+def test_values_json_refuses_raise_what_json_raises(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        encode(value)
+    with pytest.raises(error):
+        _REFERENCE.encode(value)
+
+
+def test_a_value_deeper_than_the_stack_is_encoded_on_a_fresh_stack() -> None:
+    # 600 levels: more than fit below a deep caller, fewer than the recursion limit.
+    value: Any = 0
+    for _ in range(600):
+        value = [value]
+
+    def deep(levels: int) -> bytes:
+        return encode(value) if levels == 0 else deep(levels - 1)
+
+    assert deep(500) == b"[" * 600 + b"0" + b"]" * 600
