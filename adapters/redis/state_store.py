@@ -60,7 +60,8 @@ from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import StateKeys
 from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import decode
+from distributed_agents.core.record_json import record_json
 from distributed_agents.core.errors import (
     BackendError,
     FencingTokenRejectedError,
@@ -402,12 +403,16 @@ class RedisStateManager(StateStore):
     ) -> tuple[WorkflowRecord, Any]:
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         workflow_id = record.workflow_id
-        raw_record = encode(new.to_dict())
+        # The state is encoded once, for the record and a checkpoint of the same state, and the
+        # engine's encoding of the record (made to check its size) is reused: core.record_json.
+        raw_record, state_raw = record_json(new)
+        same_state = checkpoint is not None and checkpoint.state is record.state
         commit_id = uuid.uuid4().hex
         tip = None if expected_version == 0 else self._tips.get(workflow_id)
         while True:
             entry, new_tip = (b"", None) if checkpoint is None else next_entry(
-                checkpoint, tip, index=-1 if tip is None else tip.index + 1)
+                checkpoint, tip, index=-1 if tip is None else tip.index + 1,
+                state_raw=state_raw if same_state else None)
             base = "" if (tip is None or new_tip is None or new_tip.depth == 0) else tip.entry_id
             reply = await self._script(
                 "state_save",

@@ -134,3 +134,32 @@ def test_list_checkpoints_limit_reads_the_tail(redis_url: str) -> None:
             await store.close()
 
     assert run(scenario(), 20) == ([5, 4], [2, 1], [])
+
+
+def test_a_commit_writes_the_engines_kept_encoding_and_a_stale_one_is_not_used(redis_url: str) -> None:
+    from distributed_agents.core.record_json import record_json, remember
+
+    async def scenario() -> tuple[bytes, bytes, WorkflowRecord | None, list[Checkpoint]]:
+        prefix = f"m{uuid.uuid4().hex[:8]}"
+        store = RedisStateManager(redis_url, prefix=prefix)
+        client = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            first = record("wk", n=1)
+            # Kept bytes that differ from a fresh encoding only in spacing: written as they are.
+            remember(first, b'{"n": 1}', b'{"workflow_id":"wk","graph_name":"graph","status":"running","step":0,'
+                     b'"frontier":{},"error":null,"graph":null,"metadata":{},"created_at":%s}'
+                     % repr(first.created_at).encode())
+            saved = await store.save(first, expected_version=0, checkpoint=Checkpoint("wk", 0, first.state, {}))
+            raw = await client.hget(f"{prefix}:wf:r:wk", "rec")
+            # A record evolved with another state drops the kept bytes: the new state is written.
+            second = saved.evolve(state={"n": 2}, step=1)
+            await store.save(second, expected_version=1, checkpoint=Checkpoint("wk", 1, second.state, {}))
+            return raw, record_json(saved)[0], await store.get("wk"), await store.list_checkpoints("wk")
+        finally:
+            await client.aclose()
+            await store.close()
+
+    raw, expected, current, checkpoints = run(scenario(), 20)
+    assert raw == expected and b'"state":{"n": 1}' in raw
+    assert current is not None and dict(current.state) == {"n": 2} and current.step == 1
+    assert [dict(c.state) for c in checkpoints] == [{"n": 2}, {"n": 1}]  # newest first
