@@ -67,3 +67,31 @@ def build_graph() -> Graph:
 
 
 NODE_TYPES = ("start", "part", "merge", "step1", "step2", "step3")
+
+
+def fault_free_states(count: int) -> list[dict[str, Any]]:
+    """The final states of ``count`` runs (inputs ``in-0``..) computed in this process, no delay, no faults.
+
+    A cluster test's runs through server failures must end in exactly these states.
+    """
+    from support.aio import run  # tests/support is on sys.path in the test process only
+
+    from distributed_agents import Orchestrator
+
+    async def compute() -> list[dict[str, Any]]:
+        orchestrator = Orchestrator(registry=registry)
+        try:
+            return [dict(await orchestrator.execute(build_graph(), {"value": f"in-{i}", "trail": []}))
+                    for i in range(count)]
+        finally:
+            await orchestrator.close()
+
+    previous = os.environ.get("DA_CLUSTER_DELAY")
+    os.environ["DA_CLUSTER_DELAY"] = "0"
+    try:
+        return run(compute(), timeout=60)
+    finally:
+        if previous is None:
+            os.environ.pop("DA_CLUSTER_DELAY", None)
+        else:
+            os.environ["DA_CLUSTER_DELAY"] = previous

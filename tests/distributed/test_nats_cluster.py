@@ -19,7 +19,6 @@ servers and asks for ``?replicas=3``:
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import signal
 import uuid
@@ -32,7 +31,6 @@ from support.nats_cluster import NatsCluster, servers_of, stream_leader
 from support.nats_server import find_nats_server
 from support.worker_processes import WorkerProcesses, load_test_app
 
-from distributed_agents import Orchestrator
 from distributed_agents.adapters.nats.naming import Names
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.distributed import DistributedOrchestrator
@@ -93,28 +91,8 @@ def test_streams_and_buckets_are_stored_on_three_servers(cluster: NatsCluster) -
         assert sorted([leader, *followers]) == ["n0", "n1", "n2"], (stream, leader, followers)
 
 
-def expected_states() -> list[dict[str, Any]]:
-    async def compute() -> list[dict[str, Any]]:
-        orchestrator = Orchestrator(registry=app.registry)
-        try:
-            return [dict(await orchestrator.execute(app.build_graph(), {"value": f"in-{i}", "trail": []}))
-                    for i in range(WORKFLOWS + 2)]
-        finally:
-            await orchestrator.close()
-
-    previous = os.environ.get("DA_CLUSTER_DELAY")
-    os.environ["DA_CLUSTER_DELAY"] = "0"
-    try:
-        return run(compute(), timeout=60)
-    finally:
-        if previous is None:
-            os.environ.pop("DA_CLUSTER_DELAY", None)
-        else:
-            os.environ["DA_CLUSTER_DELAY"] = previous
-
-
 def test_killing_the_stream_leader_mid_run_loses_nothing(cluster: NatsCluster, tmp_path: pathlib.Path) -> None:
-    expected = expected_states()
+    expected = app.fault_free_states(WORKFLOWS + 2)
     prefix = f"cl{uuid.uuid4().hex[:6]}"
     graph = app.build_graph()
     workers = WorkerProcesses(r3(cluster.url), prefix, tmp_path, "cluster_app:registry")

@@ -90,27 +90,6 @@ def node_url(cluster: RedisCluster, index: int) -> str:
     return f"redis://127.0.0.1:{cluster.nodes[index].port}/0?cluster=true"
 
 
-def expected_states(count: int) -> list[dict[str, Any]]:
-    """The fault-free final states, computed in-process with no delay."""
-    async def compute() -> list[dict[str, Any]]:
-        orchestrator = Orchestrator(registry=app.registry)
-        try:
-            return [dict(await orchestrator.execute(app.build_graph(), {"value": f"in-{i}", "trail": []}))
-                    for i in range(count)]
-        finally:
-            await orchestrator.close()
-
-    previous = os.environ.get("DA_CLUSTER_DELAY")
-    os.environ["DA_CLUSTER_DELAY"] = "0"
-    try:
-        return run(compute(), timeout=60)
-    finally:
-        if previous is None:
-            os.environ.pop("DA_CLUSTER_DELAY", None)
-        else:
-            os.environ["DA_CLUSTER_DELAY"] = previous
-
-
 def keys_on(cluster: RedisCluster, index: int, pattern: str) -> list[str]:
     """Keys matching ``pattern`` stored on node ``index`` (``redis-cli --scan``)."""
     return cluster.node_cli(index, "--scan", "--pattern", pattern).split()
@@ -149,7 +128,7 @@ def check_outcome(finals: list[Any], expected: list[Any], history: dict[str, Any
 
 def test_fan_out_and_join_run_on_the_cluster_with_one_slot_per_prefix(cluster: RedisCluster,
                                                                      tmp_path: pathlib.Path) -> None:
-    expected = expected_states(2)
+    expected = app.fault_free_states(2)
     prefix = f"rc{uuid.uuid4().hex[:6]}"
     graph = app.build_graph()
     workers = start_workers(cluster, prefix, tmp_path, 1)
@@ -291,7 +270,7 @@ def _pause_until_replicated(cluster: RedisCluster, primary: int, replica: int, t
 @pytest.mark.parametrize("fault", ["cluster_failover", "sigkill"])
 def test_a_failover_of_the_prefix_primary_mid_run_loses_nothing(cluster: RedisCluster, tmp_path: pathlib.Path,
                                                                 fault: str) -> None:
-    expected = expected_states(WORKFLOWS)
+    expected = app.fault_free_states(WORKFLOWS)
     prefix = f"rc{uuid.uuid4().hex[:6]}"
     graph = app.build_graph()
     workers = start_workers(cluster, prefix, tmp_path, 2)
