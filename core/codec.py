@@ -50,7 +50,23 @@ def _fast_encoder() -> Callable[[Any, int], Any] | None:
 
 
 _fast = _fast_encoder()
-_decoder = json.JSONDecoder()
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity: JSON has no such values and encode (allow_nan=False)
+    # never writes them, so bytes holding one did not come from this engine; read back,
+    # a NaN would pass range checks (every comparison with it is false) and fail later,
+    # when something that holds it is encoded again.
+    raise ValueError(f"{name} is not a JSON value (this engine never writes NaN or infinities)")
+
+
+def _finite_float(text: str) -> float:
+    # A literal too large for a float (1e999) reads as an infinity without the constant.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is out of the range of a float (this engine never writes infinities)")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _OBJECT_OR_ARRAY = (b"{", b"[")
 
 
@@ -126,7 +142,7 @@ def _decode(data: bytes | bytearray | str) -> Any:
         if isinstance(data, bytes) and data[:1] in _OBJECT_OR_ARRAY:
             # What encode wrote (UTF-8): skip json.loads' detection of UTF-16/32 byte orders.
             return _decoder.decode(data.decode("utf-8", "surrogatepass"))  # as json.loads decodes bytes
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadDecodeError(f"payload is not valid UTF-8 JSON ({exc}); starts with {_preview_of(data)!r}") from exc
     except (ValueError, TypeError) as exc:  # an int of more than 4300 digits; not bytes or str at all

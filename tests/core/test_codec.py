@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distributed_agents.core import codec
-from distributed_agents.core.codec import encode
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import PayloadDecodeError
 
 _REFERENCE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -65,3 +66,16 @@ def test_a_value_deeper_than_the_stack_is_encoded_on_a_fresh_stack() -> None:
         return encode(value) if levels == 0 else deep(levels - 1)
 
     assert deep(500) == b"[" * 600 + b"0" + b"]" * 600
+
+
+@pytest.mark.parametrize("raw", [b'{"timeout": NaN}', b"[Infinity]", b"-Infinity", b'{"a": 1e999}', b"[-1e400]", "NaN"])
+def test_nan_and_infinities_are_not_read(raw: bytes | str) -> None:
+    """Python's json reads NaN, Infinity and out-of-range literals, which encode never writes;
+    decode refuses them (a NaN passes every range check, then fails when it is written again)."""
+    with pytest.raises(PayloadDecodeError, match="NaN|Infinity|out of the range"):
+        decode(raw)
+
+
+def test_finite_floats_at_the_edges_still_round_trip() -> None:
+    value = {"big": 1.7976931348623157e308, "small": 5e-324, "neg": -2.5, "ints": [0, -1, 10**30]}
+    assert decode(encode(value)) == value

@@ -62,6 +62,11 @@ BAD: dict[str, tuple[bytes, tuple[str, ...]]] = {
     "negsteps": (json.dumps(record("negsteps", remaining_steps=-1)).encode(), ("malformed task: ", "remaining_steps")),
     "copied": (json.dumps(record("someone-else")).encode(), ("malformed task: ", "'someone-else'",
                                                              "queued as 'copied'")),
+    # json.dumps writes NaN and Infinity, which encode refuses to write: never read back
+    # (NATS failed to write the dead letter of such a task and claims of it failed forever).
+    "inftimeout": (json.dumps(record("inftimeout", timeout=float("inf"))).encode(), ("undecodable payload: ", "Infinity")),
+    "nanretry": (json.dumps(record("nanretry", retry={"max_attempts": 2, "initial_interval": float("nan")})).encode(),
+                 ("undecodable payload: ", "NaN")),
 }
 GOOD_ID = "good"
 
