@@ -26,6 +26,7 @@ unknown workflow ``WorkflowNotFoundError`` and other failures exit with 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -251,6 +252,12 @@ async def run_command(args: argparse.Namespace, url: str, options: Mapping[str, 
             message = f"{message.splitlines()[0]}; '{PROG} status {workflow_id}' shows the failure in full"
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
+    except asyncio.CancelledError:  # Ctrl-C: the workflow stays stored; say how to go on with it
+        if not _is_memory(url):
+            print(f"{PROG}: interrupted; workflow {workflow_id} stays stored at its last committed step: "
+                  f"'{PROG} resume {workflow_id} --graph {args.graph}' (with the same --backend-url and --prefix) "
+                  "continues it", file=sys.stderr)
+        raise
     finally:
         await orchestrator.close()
     state = {"workflow_id": workflow_id, "status": status, "values": dict(result)}

@@ -174,6 +174,8 @@ def test_ctrl_c_stops_a_run_waiting_out_an_outage(kind: str, server: ServerProce
         assert listed.returncode == 0, listed.stderr
         (workflow,) = [json.loads(line) for line in listed.stdout.splitlines()]
         assert (workflow["status"], workflow["step"]) == ("running", 0)
+        # The interrupted run names the workflow and the command that continues it.
+        assert f"resume {workflow['workflow_id']} --graph outage_app:graph" in run.stderr, run.stderr
         if not THOROUGH:
             return
         resumed = subprocess.run(
