@@ -16,3 +16,21 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+def connect_failure(url: str, timeout: float = 30) -> BaseException:
+    """The error ``connect()`` of the backend at ``url`` raises (the backend is closed either way);
+    ``AssertionError`` if it connects."""
+    from distributed_agents.plugins import open_backend
+
+    async def attempt() -> BaseException:
+        backend = open_backend(url)
+        try:
+            await backend.connect()
+        except BaseException as exc:
+            return exc
+        finally:
+            await backend.close()
+        raise AssertionError(f"{url} connected")
+
+    return run(attempt(), timeout)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.aio import run
+from support.aio import connect_failure, run
 from support.nats_server import NatsServer, find_nats_server, free_port
 
 from distributed_agents.adapters.nats.connection import NatsSettings
@@ -361,22 +361,6 @@ def test_a_server_list_that_cannot_be_one_connection_is_refused_saying_why(url: 
     assert "not found" not in str(caught.value)
 
 
-def _connect_failure(url: str) -> BaseException:
-    from distributed_agents.plugins import open_backend
-
-    async def attempt() -> BaseException:
-        backend = open_backend(url)
-        try:
-            await backend.connect()
-        except BaseException as exc:
-            return exc
-        finally:
-            await backend.close()
-        raise AssertionError(f"{url} connected")
-
-    return run(attempt(), 30)
-
-
 def test_an_nkey_seed_given_as_creds_and_a_creds_file_given_as_nkey_say_what_they_are(tmp_path: Path) -> None:
     """It was ``TypeError: object of type 'NoneType' has no len()`` from inside nats-py."""
     import nkeys
@@ -393,7 +377,7 @@ def test_an_nkey_seed_given_as_creds_and_a_creds_file_given_as_nkey_say_what_the
              (f"creds={other}", "is not a NATS credentials file", ".creds file"),
              (f"nkey={other}", "does not hold a user NKey seed", "SU")]
     for query, what, hint in cases:
-        error = _connect_failure(f"nats://127.0.0.1:{port}?{query}")
+        error = connect_failure(f"nats://127.0.0.1:{port}?{query}")
         assert isinstance(error, BackendConfigError), repr(error)
         assert what in str(error) and hint in str(error) and str(query.split("=")[1]) in str(error), str(error)
         assert seed.decode() not in str(error)

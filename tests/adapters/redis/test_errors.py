@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from support.aio import run
+from support.aio import connect_failure, run
 from support.redis_server import RedisServer
 
 from distributed_agents.adapters.redis import RedisStateManager, RedisTaskQueue
@@ -154,23 +154,12 @@ def test_a_url_without_the_password_a_server_requires_fails_at_once_saying_what_
     """It was ~20 s of retries (redis-py types a refused AUTH as a connection error, and
     each health check retried the retry), then Redis's own HELLO error text."""
     from distributed_agents.core.errors import BackendConfigError
-    from distributed_agents.plugins import open_backend
 
     with RedisServer(password="right-one") as server:
-        async def attempt(url: str) -> BaseException:
-            backend = open_backend(url)
-            try:
-                await backend.connect()
-            except BaseException as exc:
-                return exc
-            finally:
-                await backend.close()
-            raise AssertionError(f"{url} connected")
-
         before = _connections_received(server)
-        missing = run(attempt(f"redis://127.0.0.1:{server.port}/0?prefix=auth"), 60)
+        missing = connect_failure(f"redis://127.0.0.1:{server.port}/0?prefix=auth", 60)
         tried = _connections_received(server) - before - 1  # less this count's own connection
-        wrong = run(attempt(f"redis://:wrong-one@127.0.0.1:{server.port}/0"), 60)
+        wrong = connect_failure(f"redis://:wrong-one@127.0.0.1:{server.port}/0", 60)
     assert isinstance(missing, BackendConfigError), repr(missing)  # exit status 2 in the CLI, as on NATS
     message = str(missing)
     assert "requires a password" in message and f"127.0.0.1:{server.port}" in message and "':PASSWORD@'" in message
