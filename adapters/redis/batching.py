@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_BATCH", "ScriptBatcher", "pack_commands"]
+__all__ = ["MAX_BATCH", "HeldConnections", "ScriptBatcher", "pack_commands"]
 
 MAX_BATCH = 256  # calls per write: bounds one write and the replies held at once
 DRAIN_GRACE = 5.0  # seconds ``drain`` lets sends under way finish before cancelling them
@@ -81,26 +81,84 @@ def _command_of(call: _Call) -> list[Any]:
     return ["EVALSHA", script.sha, len(keys), *keys, *args]
 
 
-async def execute(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+async def execute(client: Any, commands: Sequence[Sequence[Any]], held: HeldConnections | None = None) -> list[Any]:
     """Send ``commands`` on one pooled connection of ``client`` and read their replies.
 
     A reply that is an error comes back as its exception object (``ResponseError``,
     ``NoScriptError``, ...), in its place. A broken connection or a read past the
     connection's ``socket_timeout`` is retried with the connection's retry policy, as
-    redis-py retries a command, and raised when it gives up.
+    redis-py retries a command, and raised when it gives up. ``held``: take the
+    connection from (and give it back to) these connections kept out of the pool.
     """
     packed = pack_commands(commands)  # an argument that cannot be sent fails here, before anything is sent
     pool = client.connection_pool
-    connection = await pool.get_connection()
+    connection = held.take(pool) if held is not None else None
+    if connection is None:
+        connection = await pool.get_connection()
 
     async def fail(error: BaseException) -> None:
         await connection.disconnect()
 
+    done = False
     try:
-        return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
+        replies = await connection.retry.call_with_retry(
             lambda: _round_trip(connection, packed, len(commands)), fail)
+        done = True
+        return replies  # type: ignore[no-any-return]
     finally:
-        await pool.release(connection)
+        if not done:
+            # Stopped part-way (cancelled, or the retries ran out): replies may still come on
+            # this socket, so it is closed rather than reused.
+            await connection.disconnect(nowait=True)
+        if held is None or not held.give_back(pool, connection):
+            await pool.release(connection)
+
+
+class HeldConnections:
+    """Up to ``keep`` connections of one pool kept checked out between round trips.
+
+    redis-py's pool checks a connection out and in under a lock and a timer, with
+    observability hooks and a readability probe: on a small machine about half the
+    CPU of a one-command round trip. A batcher sends one write per event-loop tick, so
+    it keeps the connections it used and takes them again. A connection that broke was
+    disconnected by the round trip and reconnects on its next send; one left with
+    unread replies is closed (``execute``). The pool still owns them (they count as in
+    use), so closing the client closes them; ``release_all`` gives them back first.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._pool: Any = None
+        self._idle: list[Any] = []
+
+    def take(self, pool: Any) -> Any:
+        """An idle held connection of ``pool``, or None (then check one out of the pool)."""
+        if pool is not self._pool or not self._idle:
+            return None
+        return self._idle.pop()
+
+    def give_back(self, pool: Any, connection: Any) -> bool:
+        """Keep ``connection`` for the next round trip; False if the caller must release it to ``pool``.
+
+        A closed pool (``closed`` set, as ``connection.RedisConnection.close`` does) gets it
+        back, so that it closes it.
+        """
+        if getattr(pool, "closed", False):
+            return False
+        if pool is not self._pool:
+            if self._idle:  # a new client (a new event loop): the old pool's connections are its own
+                return False
+            self._pool = pool
+        if len(self._idle) >= self.keep:
+            return False
+        self._idle.append(connection)
+        return True
+
+    async def release_all(self) -> None:
+        """Give every held connection back to its pool."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._pool.release(connection)
 
 
 async def _round_trip(connection: Any, packed: bytes, count: int) -> list[Any]:
@@ -140,6 +198,7 @@ class ScriptBatcher:
         # loop, which keeps only weak references to tasks, does not drop one mid-send).
         self._sending: set[asyncio.Future[None]] = set()
         self._batches: dict[asyncio.Future[None], list[_Call]] = {}
+        self._held = HeldConnections()
 
     async def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """The reply of ``script`` run with ``keys`` and ``args``, sent with the others of this tick."""
@@ -181,8 +240,15 @@ class ScriptBatcher:
         that would check a connection out of the closed pool (or, the client being gone,
         open a new one that nobody closes). Callers get their replies or errors as usual.
         Sends still running after ``grace`` seconds (the server unreachable, redis-py
-        retrying) are cancelled; their callers get a ``ConnectionError``.
+        retrying) are cancelled; their callers get a ``ConnectionError``. The connections
+        kept between round trips go back to the pool.
         """
+        try:
+            await self._drain(grace)
+        finally:
+            await self._held.release_all()
+
+    async def _drain(self, grace: float) -> None:
         if not self._sending:
             return
         _, late = await asyncio.wait(set(self._sending), timeout=grace)
@@ -227,7 +293,7 @@ class ScriptBatcher:
         try:
             # EVALSHA directly: checking that the scripts are loaded would cost a round
             # trip per batch; a NOSCRIPT reply is handled below instead.
-            replies = await execute(client, [_command_of(call) for call in live])
+            replies = await execute(client, [_command_of(call) for call in live], self._held)
         except (TypeError, ValueError):  # an argument that cannot be sent: fail only its caller
             if len(live) == 1:
                 raise
@@ -256,7 +322,7 @@ class ScriptBatcher:
             for script in scripts.values():
                 # SCRIPT LOAD returns the SHA-1 redis-py computed, so EVALSHA finds it now.
                 await client.script_load(script.script)
-            again = await execute(client, [_command_of(call) for call in missing])
+            again = await execute(client, [_command_of(call) for call in missing], self._held)
         except Exception as exc:  # each caller of a missing script gets the error, the others their replies
             again = [exc] * len(missing)
         answered = {id(call): reply for call, reply in zip(missing, again)}

@@ -59,7 +59,7 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from distributed_agents.adapters.redis.batching import ScriptBatcher
+from distributed_agents.adapters.redis.batching import HeldConnections, ScriptBatcher, execute
 from distributed_agents.adapters.redis.errors import load_redis, mask_url, redis_errors
 from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
 from distributed_agents.core.ports.backend import BackendOptions
@@ -332,6 +332,8 @@ class RedisConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
         self._batcher: ScriptBatcher | None = None
+        self._blocking: HeldConnections | None = None  # the connection run_blocking keeps
+        self._blocking_client: Any = None
         self._cluster_gate: asyncio.Semaphore | None = None
         self._home_key: str | None = None
 
@@ -459,6 +461,25 @@ class RedisConnection:
                     raise reply
         return replies
 
+    async def run_blocking(self, command: list[Any], action: str) -> Any:
+        """One blocking command (``BLMPOP``, name first) on a connection of its own; its raw reply.
+
+        Not batched (it would hold up the calls of its tick). The connection is kept
+        between calls (``batching.HeldConnections``), as a claimer blocks again and again;
+        the block must end before the connection's read timeout (10 s). Raises
+        ``BackendError`` (or ``BackendUnavailableError``) naming ``action`` and the URL.
+        """
+        client = self.client()
+        with redis_errors(self.url, action):
+            if self.cluster:
+                return await client.execute_command(*command)
+            if self._blocking is None or self._blocking_client is not client:
+                self._blocking, self._blocking_client = HeldConnections(keep=1), client
+            reply = (await execute(client, [command], self._blocking))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
     async def ping(self) -> None:
         """Round trip to the server, as the backend's ``connect``.
 
@@ -551,6 +572,9 @@ class RedisConnection:
             # left running would otherwise reopen a client (and a socket) after this close.
             await self._batcher.drain()
         self._batcher = None
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None and running is not None and running is self._loop:
+            await blocking.release_all()
         client, self._client = self._client, None
         loop, self._loop = self._loop, None
         self._scripts.clear()

@@ -107,7 +107,6 @@ from typing import Any
 
 from distributed_agents.adapters.redis import queue_scripts as lua
 from distributed_agents.adapters.redis.connection import RedisConnection
-from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import QueueKeys
 from distributed_agents.adapters.redis.notifier import Notifier
 from distributed_agents.core.codec import decode, encode
@@ -375,9 +374,8 @@ class RedisTaskQueue(TaskQueue):
         # BLMPOP takes seconds with a decimal (0 would block for ever), and must end
         # before the connection's read timeout.
         timeout = max(round(min(pause, _BLOCK_MAX), 3), 0.001)
-        with redis_errors(self._connection.url, "wait for tasks"):
-            reply = await self._connection.client().execute_command(
-                "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, count))
+        reply = await self._connection.run_blocking(
+            ["BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, count)], "wait for tasks")
         return None if not reply else (reply[0], list(reply[1]))
 
     async def _claim_now(

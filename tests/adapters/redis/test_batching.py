@@ -187,3 +187,56 @@ def test_a_cold_start_loads_each_script_once_and_sends_its_calls_again_together(
         replies, loads, evalshas, writes = run(scenario(server.url), 60)
     assert replies == [str(i) for i in range(50)]
     assert loads == 2 and evalshas == 100 and writes == 1
+
+
+def test_sequential_round_trips_reuse_one_connection_kept_out_of_the_pool() -> None:
+    async def scenario(url: str) -> tuple[int, int, list[str]]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url)
+        try:
+            await connection.run_commands([["ECHO", "warm"]], "warm up")
+            before = int((await meter.info("stats"))["total_connections_received"])
+            replies = []
+            for i in range(30):
+                replies += await connection.run_commands([["ECHO", str(i)]], f"echo {i}")
+            opened = int((await meter.info("stats"))["total_connections_received"]) - before
+            pool = connection.client().connection_pool
+            return opened, len(pool._in_use_connections), [r.decode() for r in replies]
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        opened, in_use, replies = run(scenario(server.url), 60)
+    assert replies == [str(i) for i in range(30)]
+    assert opened == 0  # the warm-up's connection served all 30 round trips
+    assert in_use == 1  # kept checked out between them (given back to the pool on close)
+
+
+def test_a_round_trip_stopped_mid_read_leaves_no_stale_reply_for_the_next() -> None:
+    from distributed_agents.adapters.redis.batching import HeldConnections, execute
+
+    async def scenario(url: str) -> tuple[object, int]:
+        client = redis_asyncio.Redis.from_url(url)
+        meter = redis_asyncio.Redis.from_url(url)
+        held = HeldConnections()
+        try:
+            await execute(client, [["PING"]], held)  # the connection is now held
+            blocked = asyncio.ensure_future(execute(client, [["BLPOP", "stale-key", "5"]], held))
+            await asyncio.sleep(0.2)
+            blocked.cancel()
+            await asyncio.gather(blocked, return_exceptions=True)
+            # Were the blocked connection reused, the server would hand this value to its BLPOP
+            # and the next round trip would read that reply instead of its own.
+            await meter.rpush("stale-key", "value")
+            reply = (await execute(client, [["ECHO", "fresh"]], held))[0]
+            return reply, int(await meter.llen("stale-key"))
+        finally:
+            await held.release_all()
+            await meter.aclose()
+            await client.aclose()
+
+    with RedisServer() as server:
+        reply, left = run(scenario(server.url), 60)
+    assert reply == b"fresh"
+    assert left == 1
