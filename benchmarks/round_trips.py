@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import pathlib
 import statistics
@@ -31,6 +32,7 @@ import redis.asyncio as redis_asyncio
 
 from distributed_agents import Graph, NodeRegistry, State, Worker
 from distributed_agents.adapters.redis.backend import open_redis_backend
+from distributed_agents.adapters.redis.message_bus import PUBLISH_SCRIPT
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 
@@ -47,8 +49,9 @@ def _backend(url: str, prefix: str) -> Backend:
 async def _commands(meter: redis_asyncio.Redis) -> list[str]:
     """Top-level commands of other clients since the last reset (not the meter's, not inside scripts)."""
     entries = await meter.execute_command("SLOWLOG", "GET", -1)
-    return [entry[3][0].decode().upper() for entry in reversed(entries)
-            if entry[4] != b"?:0" and entry[5] != b"meter"]
+    publish = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest().encode()  # the event batches' script
+    return ["PUBLISH" if entry[3][0].upper() == b"EVALSHA" and entry[3][1] == publish else entry[3][0].decode().upper()
+            for entry in reversed(entries) if entry[4] != b"?:0" and entry[5] != b"meter"]
 
 
 async def measure(url: str, runs: int, capacity: int) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from distributed_agents.core.ports.message_bus import (
     pattern_matches,
 )
 
-__all__ = ["RedisMessageBus", "RedisSubscription"]
+__all__ = ["PUBLISH_SCRIPT", "RedisMessageBus", "RedisSubscription"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,18 @@ _SUBSCRIBE_TIMEOUT = 5.0
 # Longest read of the reader before it sends the commands handed to it, in seconds.
 _READ_SLICE = 0.05
 _ALIVE = "da-bus-alive"  # the PING the reader sends after health_check_interval seconds of silence
+
+# ARGV: channel, message, channel, message, ... Published in order; a refused PUBLISH (an
+# ACL) does not stop the others, and the first refusal is the script's error reply.
+PUBLISH_SCRIPT = """
+local failed
+for i = 1, #ARGV, 2 do
+  local reply = redis.pcall('PUBLISH', ARGV[i], ARGV[i + 1])
+  if type(reply) == 'table' and reply.err and not failed then failed = reply end
+end
+if failed then return failed end
+return #ARGV / 2
+"""
 
 
 class RedisSubscription(BufferedSubscription):
@@ -129,11 +141,25 @@ class RedisMessageBus(MessageBus):
             await self._connection.client().publish(bus_channel(self._channel_prefix, channel), payload)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Publish in order, pipelined: one round trip for the whole batch (sent with the
-        connection's other calls of this tick, see ``batching``)."""
+        """Publish in order: one round trip for the whole batch (sent with the connection's
+        other calls of this tick, see ``batching``).
+
+        On one server the batch is one script (``PUBLISH_SCRIPT``): one command and one
+        reply for the whole batch, where a pipeline costs a command, a reply and a waiting
+        future per message. It publishes every message even if one is refused, then
+        raises the first refusal. A cluster pipelines ``PUBLISH`` commands to the primary
+        serving the prefix (a script there would run on whichever node its key routes to).
+        """
         if not messages:
             return
         prefix = self._channel_prefix
+        if not self._connection.cluster:
+            args: list[Any] = []
+            for channel, data in messages:
+                args += (bus_channel(prefix, channel), encode(data if type(data) is dict else dict(data)))
+            await self._connection.run_script("bus_publish", PUBLISH_SCRIPT, [], args,
+                                              f"publish {len(messages)} messages")
+            return
         await self._connection.run_commands(
             [["PUBLISH", bus_channel(prefix, channel), encode(data if type(data) is dict else dict(data))]
              for channel, data in messages],
