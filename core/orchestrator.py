@@ -215,28 +215,84 @@ def _result_state(record: WorkflowRecord) -> State:
     return State._trusted(values, record.workflow_id)
 
 
-class _Renewal:
-    """Runs ``renew()`` (a coroutine) once ``after`` seconds have passed, unless cancelled first.
+class _LeaseRun:
+    """One running workflow whose lease the orchestrator's ``_Renewer`` keeps alive."""
 
-    A workflow run's lease renewal: most runs end before their first renewal is due, and
-    then cost a timer instead of a task sleeping in the loop.
+    __slots__ = ("lease", "drive", "released", "loop", "due", "lost", "renewing")
+
+    def __init__(self, lease: WorkflowLease, drive: asyncio.Future[Any], released: Callable[[], bool],
+                 loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self.lease = lease
+        self.drive = drive
+        self.released = released  # True once the run's last commit gave the lease up
+        self.loop = loop
+        self.due = due  # loop time of the next renewal
+        self.lost = False  # set when a renewal found the lease lost (the drive is then cancelled)
+        self.renewing = False
+
+
+class _Renewer:
+    """Renews the leases of all of one orchestrator's running workflows from one task.
+
+    Each run is renewed every ``interval()`` seconds (a third of ``lease_ttl``) after it
+    was added, looked at on a tick of a quarter of that: a renewal is at most a quarter
+    interval late, well inside the lease. Most runs end before their first renewal is
+    due and cost a set entry, not a timer or a task each. A run whose renewal is under
+    way is not renewed again until it returns; runs of another (closed) event loop are
+    dropped, never renewed.
     """
 
-    def __init__(self, after: float, renew: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, interval: Callable[[], float], renew: Callable[[_LeaseRun], Awaitable[None]]) -> None:
+        self._interval = interval
         self._renew = renew
-        self._task: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(after, self._begin)
+        self._runs: set[_LeaseRun] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._renewals: set[asyncio.Task[None]] = set()  # strong references to renewals under way
 
-    def _begin(self) -> None:
-        self._timer = None
-        self._task = asyncio.ensure_future(self._renew())
+    def add(self, lease: WorkflowLease, drive: asyncio.Future[Any], released: Callable[[], bool]) -> _LeaseRun:
+        """Keep ``lease`` alive while ``drive`` runs, until ``discard``; the run's handle."""
+        loop = asyncio.get_running_loop()
+        run = _LeaseRun(lease, drive, released, loop, loop.time() + self._interval())
+        self._runs.add(run)
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._task = loop.create_task(self._tick())
+        return run
+
+    def discard(self, run: _LeaseRun) -> None:
+        self._runs.discard(run)
 
     def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is not None:
-            self._task.cancel()
+        """Stop renewing (the orchestrator closes); renewals under way are cancelled."""
+        self._runs.clear()
+        for task in (self._task, *self._renewals):
+            if task is not None:
+                task.cancel()
+        self._task = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._runs:
+            await asyncio.sleep(self._interval() / 4)
+            now = loop.time()
+            for run in list(self._runs):
+                if run.loop is not loop:
+                    self._runs.discard(run)
+                elif run.due <= now and not run.renewing:
+                    run.due = now + self._interval()
+                    run.renewing = True
+                    renewal = loop.create_task(self._renew_one(run))
+                    self._renewals.add(renewal)
+                    renewal.add_done_callback(self._renewals.discard)
+        if self._task is asyncio.current_task():
+            self._task = None
+
+    async def _renew_one(self, run: _LeaseRun) -> None:
+        try:
+            await self._renew(run)
+        finally:
+            run.renewing = False
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
@@ -321,6 +377,8 @@ class Orchestrator:
         # a stored workflow cannot say which it ran, so looking one up by its record is an error.
         self._graph_conflicts: dict[tuple[str, str], tuple[Graph, Graph]] = {}
         self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
+        # One task renews the leases of every workflow this orchestrator drives.
+        self._renewer = _Renewer(lambda: self.lease_ttl / 3, self._renew)
         self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
         # Workflows this orchestrator is storing right now: its own recovery loop must not take
         # one over while a create retried through an outage already landed (it would fence the starter out).
@@ -377,6 +435,7 @@ class Orchestrator:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        self._renewer.cancel()
         if self._events is not None:
             await self._events.close()
             self._events = None
@@ -1427,25 +1486,23 @@ class Orchestrator:
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive
-        lease_lost = asyncio.Event()
-        renewer = _Renewal(self.lease_ttl / 3, lambda: self._renew(lease, drive, lease_lost,
-                                                                    lambda: engine.lease_released))
+        renewal = self._renewer.add(lease, drive, lambda: engine.lease_released)
         try:
             final = await drive
         except WorkflowTakenOverError:
             # Another orchestrator owns the workflow now; the caller still gets its result.
             log.warning("workflow %r was taken over by another orchestrator; waiting for its result", workflow_id)
-            renewer.cancel()
+            self._renewer.discard(renewal)
             return await self.wait(workflow_id)
         except asyncio.CancelledError:
             current = await self._safe_get(workflow_id)
             if current is not None and current.status == WorkflowStatus.CANCELLED:
                 raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled") from None
-            if lease_lost.is_set():
+            if renewal.lost:
                 return await self._after_lease_loss(graph, workflow_id, step_limit)
             raise
         finally:
-            renewer.cancel()
+            self._renewer.discard(renewal)
             self._running.pop(workflow_id, None)
             self._waiting.pop(workflow_id, None)
             self._cancelled.discard(workflow_id)
@@ -1471,34 +1528,29 @@ class Orchestrator:
         log.warning("workflow %r: lease taken by another orchestrator; waiting for its result", workflow_id)
         return await self.wait(workflow_id)
 
-    async def _renew(self, lease: WorkflowLease, drive: asyncio.Future[WorkflowRecord], lost: asyncio.Event,
-                     released: Callable[[], bool] = lambda: False) -> None:
-        """Renew ``lease`` every third of ``lease_ttl`` while ``drive`` runs and until ``released()``
-        says the run's last commit gave the lease up (the run is then ending: nothing to renew).
+    async def _renew(self, run: _LeaseRun) -> None:
+        """Renew ``run``'s lease once (``_Renewer`` calls this every third of ``lease_ttl``).
 
-        Started (by ``_Renewal``) when the first renewal is due: it renews at once."""
-        store = self.backend.state_store
-        first = True
-        while not drive.done():
-            if not first:
-                await asyncio.sleep(self.lease_ttl / 3)
-            first = False
-            if released():
+        Nothing to do once the drive is done or ``run.released()`` says the run's last
+        commit gave the lease up (the run is then ending). A lease found lost cancels the
+        drive (``run.lost`` tells ``_drive`` why); an outage is tried again next round, the
+        lease has slack.
+        """
+        if run.drive.done() or run.released():
+            return
+        try:
+            run.lease = await self.backend.state_store.renew_lease(run.lease, self.lease_ttl)
+            self._outage.succeeded()
+        except LeaseLostError as exc:
+            if run.released() or run.drive.done():  # released by the last commit while the renewal was on its way
                 return
-            try:
-                lease = await store.renew_lease(lease, self.lease_ttl)
-                self._outage.succeeded()
-            except LeaseLostError as exc:
-                if released():  # released by the last commit while the renewal was on its way
-                    return
-                log.warning("lost the lease of workflow %r (%s); stopping", lease.workflow_id, exc)
-                lost.set()
-                drive.cancel()
-                return
-            except BackendUnavailableError as exc:  # an outage: try again next round, the lease has slack
-                self._outage.failed(f"renew the lease of workflow {lease.workflow_id!r}", exc)
-            except Exception as exc:
-                log.warning("could not renew the lease of workflow %r: %s", lease.workflow_id, exc)
+            log.warning("lost the lease of workflow %r (%s); stopping", run.lease.workflow_id, exc)
+            run.lost = True
+            run.drive.cancel()
+        except BackendUnavailableError as exc:
+            self._outage.failed(f"renew the lease of workflow {run.lease.workflow_id!r}", exc)
+        except Exception as exc:
+            log.warning("could not renew the lease of workflow %r: %s", run.lease.workflow_id, exc)
 
     async def _safe_get(self, workflow_id: str) -> WorkflowRecord | None:
         try:

@@ -8,7 +8,7 @@ import uuid
 from support.aio import run
 
 from distributed_agents import Graph, State
-from distributed_agents.core.orchestrator import Orchestrator
+from distributed_agents.core.orchestrator import Orchestrator, _LeaseRun
 
 
 def _graph() -> Graph:
@@ -59,9 +59,14 @@ def test_a_renewal_after_the_release_does_not_stop_the_run() -> None:
             assert lease is not None
             await store.release_lease(lease)  # as save_releasing does
             drive: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            lost = asyncio.Event()
-            await asyncio.wait_for(orchestrator._renew(lease, drive, lost, lambda: True), 5)
-            return lost.is_set(), drive.cancelled()
+            answers = iter([False])  # not released when the renewal starts, released when it comes back
+
+            def released() -> bool:
+                return next(answers, True)
+
+            run = _LeaseRun(lease, drive, released, asyncio.get_running_loop(), 0.0)
+            await asyncio.wait_for(orchestrator._renew(run), 5)
+            return run.lost, drive.cancelled()
         finally:
             await orchestrator.close()
 
