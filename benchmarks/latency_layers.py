@@ -1,0 +1,172 @@
+"""Where a task's dispatch -> result latency goes on Redis, layer by layer, on this machine.
+
+    python benchmarks/latency_layers.py                    # temporary redis-server
+    python benchmarks/latency_layers.py --backend-url redis://127.0.0.1:6379/0 [--runs 500] [--results FILE]
+
+Three measurements of one task at a time, each between two processes (an "orchestrator"
+and a "worker", both redis-py asyncio clients) and p50/p99 in milliseconds:
+
+* ``floor``: the fewest hops any design needs: the orchestrator's script pushes a task id
+  to a list, the worker's blocking pop returns it, the worker's script stores a result and
+  publishes it, the orchestrator's pub/sub reader receives it. No framework code at all;
+* ``queue``: the same through the task queue port (``enqueue_many``, a parked ``claim``,
+  ``ack``, ``wait_results``): the adapter's scripts and client layer;
+* ``engine``: a single-node workflow on a worker process, from ``node.started`` to
+  ``node.completed`` (the benchmark's ``trigger->merged`` figure): the step loop, the
+  worker's task handling and events on top.
+
+The gaps between the lines say what each layer costs; the floor says what the machine
+(process wake-ups, loopback sockets) costs whatever the design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+
+_ENQUEUE = "redis.call('RPUSH', KEYS[1], ARGV[1]) return 1"
+_ACK = "redis.call('SET', KEYS[1], ARGV[2]) redis.call('PUBLISH', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2]) return 1"
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return statistics.median(samples) * 1000, samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
+
+
+def _floor_worker(url: str, prefix: str, runs: int) -> None:
+    async def serve() -> None:
+        client = redis_asyncio.Redis.from_url(url)
+        ack = client.register_script(_ACK)
+        for _ in range(runs):
+            popped = await client.blpop([f"{prefix}:q"], timeout=30)
+            if popped is None:
+                break
+            await ack(keys=[f"{prefix}:r", f"{prefix}:done"], args=[popped[1], '{"ok": 1}'])
+        await client.aclose()
+
+    asyncio.run(serve())
+
+
+async def floor(url: str, runs: int) -> tuple[float, float]:
+    prefix = f"floor{uuid.uuid4().hex[:8]}"
+    process = multiprocessing.Process(target=_floor_worker, args=(url, prefix, runs))
+    process.start()
+    client = redis_asyncio.Redis.from_url(url)
+    enqueue = client.register_script(_ENQUEUE)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"{prefix}:done")
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+
+    async def read() -> None:
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "message":
+                arrived.put_nowait(time.perf_counter())
+
+    reader = asyncio.ensure_future(read())
+    samples = []
+    try:
+        for i in range(runs):
+            started = time.perf_counter()
+            await enqueue(keys=[f"{prefix}:q"], args=[f"t{i}"])
+            samples.append(await asyncio.wait_for(arrived.get(), 30) - started)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await pubsub.aclose()
+        await client.aclose()
+        process.join(60)
+    return _percentiles(samples)
+
+
+def _queue_worker(url: str, prefix: str, runs: int) -> None:
+    from distributed_agents.core.backend_resolver import open_backend
+
+    async def serve() -> None:
+        backend = open_backend(url, prefix=prefix)
+        await backend.connect()
+        done = 0
+        while done < runs:
+            claims = await backend.task_queue.claim(["noop"], worker_id="bench", max_tasks=32, wait=1.0)
+            for claim in claims:
+                await backend.task_queue.ack(claim, {"ok": 1})
+                done += 1
+        await backend.close()
+
+    asyncio.run(serve())
+
+
+async def queue(url: str, runs: int) -> tuple[float, float]:
+    from distributed_agents.core.backend_resolver import open_backend
+    from distributed_agents.core.ports.task_queue import Task
+
+    prefix = f"queue{uuid.uuid4().hex[:8]}"
+    process = multiprocessing.Process(target=_queue_worker, args=(url, prefix, runs))
+    process.start()
+    backend = open_backend(url, prefix=prefix)
+    await backend.connect()
+    samples = []
+    try:
+        await asyncio.sleep(0.5)  # the worker parks
+        for i in range(runs):
+            task = Task(f"t{i}", "wf", "node", "noop", {"v": 1, "step": 0, "state": {}})
+            started = time.perf_counter()
+            await backend.task_queue.enqueue_many([task])
+            results: dict[str, Any] = {}
+            while not results:
+                results = await backend.task_queue.wait_results([task.id], timeout=1.0)
+            samples.append(time.perf_counter() - started)
+    finally:
+        await backend.close()
+        process.join(60)
+    return _percentiles(samples)
+
+
+async def engine(url: str, runs: int) -> tuple[float, float]:
+    import distributed_benchmark as bench
+    from distributed_agents.distributed import DistributedOrchestrator
+
+    prefix = f"engine{uuid.uuid4().hex[:8]}"
+    with bench.workers(url, prefix, 1, 64):
+        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
+        await orchestrator.connect()
+        try:
+            await bench.wait_for_workers(orchestrator, 1)
+            await bench.single_workflows(orchestrator, 8, 8)
+            p50, p99 = await bench.latency(orchestrator, runs)  # seconds
+            return p50 * 1000, p99 * 1000
+        finally:
+            await orchestrator.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend-url", help="a Redis URL; default: start a temporary redis-server")
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--results", help="write the figures as JSON: {layer: {p50_ms, p99_ms}}")
+    args = parser.parse_args()
+    import distributed_benchmark as bench
+
+    figures: dict[str, dict[str, float]] = {}
+    with bench.local_server(None if args.backend_url else "redis", args.backend_url) as url:
+        for name, measure in (("floor", floor), ("queue", queue), ("engine", engine)):
+            p50, p99 = await measure(url, args.runs)
+            figures[name] = {"p50_ms": p50, "p99_ms": p99}
+            print(f"{name:7s} dispatch -> result  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    if args.results:
+        with open(args.results, "w") as out:
+            json.dump(figures, out, indent=2)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    asyncio.run(main())
