@@ -239,8 +239,11 @@ class EventPublisher:
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, future))
+        if timeout is None:  # each waiter has its own future: a cancelled one is skipped when released
+            await future
+            return True
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
+            await asyncio.wait_for(future, timeout)
             return True
         except asyncio.TimeoutError:
             return False

@@ -893,14 +893,14 @@ class Orchestrator:
             if graph.message_keys:  # LangGraph's ("user", "hi") / "hi" messages, as dicts
                 values = coerce_message_updates(values, graph.message_keys)
             check_values(values)
-            values = State(values).values_copy()
+            values = State(values, workflow_id="input").values_copy()  # a placeholder id: no fresh one made
         if reserved_keys(values):
             raise ConfigurationError(
                 f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
                 "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
         # A state schema checks the input, filters it to the input schema and fills defaults.
         values = graph.prepare_input(values)
-        workflow_id = validate_workflow_id(workflow_id or State().workflow_id)
+        workflow_id = validate_workflow_id(workflow_id or new_workflow_id())
         # Conditional entry points route the input state; if one fails, no workflow is created.
         frontier = await graph.start_frontier(State._trusted(values, workflow_id))
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live

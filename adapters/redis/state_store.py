@@ -51,8 +51,8 @@ background); entries set during a clear may survive it.
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -407,7 +407,9 @@ class RedisStateManager(StateStore):
         # engine's encoding of the record (made to check its size) is reused: core.record_json.
         raw_record, state_raw = record_json(new)
         same_state = checkpoint is not None and checkpoint.state is record.state
-        commit_id = uuid.uuid4().hex
+        # Unique among this workflow's commits is enough (it tells a retried commit from
+        # another): no system call per commit, and the random module reseeds itself in a forked child.
+        commit_id = f"{random.getrandbits(128):032x}"
         tip = None if expected_version == 0 else self._tips.get(workflow_id)
         while True:
             entry, new_tip = (b"", None) if checkpoint is None else next_entry(
