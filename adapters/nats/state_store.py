@@ -39,9 +39,11 @@ stale holder always fails here) drops the cached copy and takes the full path: r
 record (and the lease, with a fencing token), check, CAS. A create (expected version 0)
 reads the lease when fenced. It remembers its own leases the same way: renewing and
 releasing CAS against the cached revision first. ``acquire_lease`` reads lease and record
-in one batched read; ``create_leased`` (the port's merged create) too, then grants the
-lease and creates the record under the new token without reading again: a single-node
-workflow costs the orchestrator 7 state round trips (read, grant, create with its
+in one batched read. ``create_leased`` (the port's merged create) first tries an id it
+has not seen as new, unread: the first lease CASed as absent, then the record created
+under it; when a key exists it reads lease and record in one batched read, grants the
+lease and creates the record under the new token without reading again. A single-node
+workflow costs the orchestrator 6 state round trips (grant, create with its
 checkpoint, commit with its checkpoint, release).
 
 Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
@@ -465,14 +467,22 @@ class NatsStateStore(StateStore):
     async def create_leased(
         self, record: WorkflowRecord, *, owner: str, ttl: float, checkpoint: Checkpoint | None = None
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
-        """As the port's: lease and record read together (one round trip), the lease CAS,
-        then the create (checkpoint entry, record CAS) fenced by the new token, unread."""
+        """As the port's. An id this store has not seen is most likely new: the first lease
+        (token 1) is CASed as absent, unread, then the create (checkpoint entry, record
+        CAS "absent") follows under it, unread: 3 round trips. Otherwise, or when a lease
+        key exists (the CAS lost: nothing written) or a record does (the grant is given
+        back): lease and record read together (one round trip), the lease CAS, then the
+        create fenced by the new token, unread."""
         workflow_id = record.workflow_id
         new = record.evolve(version=1, updated_at=time.time())
         body = new.to_dict()
         encode(body)  # not JSON: fail before writing anything
         key = f"lease.{token(workflow_id)}"
         with self._errors(f"create workflow {workflow_id!r}"):
+            if workflow_id not in self._leases and workflow_id not in self._records:
+                created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint)
+                if created is not None:
+                    return created
             while True:
                 (current, revision), (stored, stored_revision) = await self._lease_and_record(workflow_id)
                 lease_body = self._next_lease(current, stored, owner, ttl)
@@ -496,6 +506,31 @@ class NatsStateStore(StateStore):
                 with contextlib.suppress(Exception):
                     await self.release_lease(lease)
                 raise
+
+    async def _create_unread(
+        self, workflow_id: str, new: WorkflowRecord, body: dict[str, Any], owner: str, ttl: float,
+        checkpoint: Checkpoint | None,
+    ) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        """``create_leased``'s first try, for an id with no lease key and no record: the
+        stored record and the lease, or None when either key exists (nothing kept then:
+        a grant made is given back, so the full path decides on what is stored)."""
+        first = self._next_lease(None, None, owner, ttl)
+        assert first is not None  # no current lease: always a grant
+        revision = await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}", encode(first), last=0)
+        if revision is None:
+            return None
+        _bounded_put(self._leases, workflow_id, (first, revision))
+        lease = WorkflowLease(workflow_id, owner, int(first["token"]), float(first["deadline"]))
+        try:
+            if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0):
+                return new, lease
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.release_lease(lease)
+            raise
+        # A record exists (saved without a lease, or expired and awaiting its removal).
+        await self.release_lease(lease)
+        return None
 
     async def _lease_and_record(
         self, workflow_id: str
