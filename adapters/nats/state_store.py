@@ -184,10 +184,14 @@ class NatsStateStore(StateStore):
             if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached):
                 return new
             stored, revision = await self._record(workflow_id)
-            if fencing_token is not None:
-                await self._check_fence(workflow_id, stored, fencing_token)
+            fence = fencing_token
+            if fencing_token is not None or stored is None:
+                # A create carries the newest token in ``_fence`` even without one of its
+                # own: a grant made before the record existed had no record to fence.
+                newest = await self._check_fence(workflow_id, stored, fencing_token)
+                fence = max(fencing_token or 0, newest) or None
             self._check_version(workflow_id, stored, expected_version)
-            if await self._write(workflow_id, body, checkpoint, fencing_token, stored, revision):
+            if await self._write(workflow_id, body, checkpoint, fence, stored, revision):
                 return new
             stored, _ = await self._record(workflow_id)
             if fencing_token is not None:
@@ -284,14 +288,16 @@ class NatsStateStore(StateStore):
             await kv.put(self._conn.js, self._kv, key, raw, ttl=ttl)
             key = self._prev(workflow_id, key, raw)
 
-    async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int) -> None:
+    async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int | None) -> int:
+        """The newest token (lease or record); ``FencingTokenRejectedError`` if ``fencing_token`` is older."""
         lease, _ = await self._lease(workflow_id)
         newest = max(int((stored or {}).get("_fence", 0)), int((lease or {}).get("token", 0)))
-        if fencing_token < newest:
+        if fencing_token is not None and fencing_token < newest:
             raise FencingTokenRejectedError(
                 f"workflow {workflow_id!r}: write with fencing token {fencing_token} refused; "
                 f"a newer owner holds token {newest}"
             )
+        return newest
 
     def _check_version(self, workflow_id: str, stored: dict[str, Any] | None, expected_version: int) -> None:
         if expected_version == 0:
