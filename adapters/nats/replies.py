@@ -10,6 +10,11 @@ a future that the subscription's callback completes. A request may take one repl
 (``collect``: a pull's messages, a batched direct get). Counts and ordering are
 nats-py's own: every request is one ``publish`` with a reply subject on the client.
 
+Timeouts are kept per client too: a request notes its deadline, and one timer, running
+only while requests wait, times out those past it every ``_SWEEP`` seconds (a request
+so waits at most ``timeout + _SWEEP``), instead of a timer per request, which cost a
+heap push and a cancellation per round trip.
+
 Errors are nats-py's, so ``nats_errors`` maps them as before: ``nats.errors.TimeoutError``
 when no (final) reply came in time, ``NoRespondersError`` / ``NoStreamResponseError``
 for a 503 status, ``nats.js.errors.APIError`` for a JetStream error reply.
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 __all__ = ["PubAck", "collect", "js_publish", "request"]
+
+# Seconds between two looks for requests past their deadline (while any wait).
+_SWEEP = 0.1
 
 
 class PubAck:
@@ -50,6 +58,9 @@ class _Inbox:
         self.waiting: dict[str, Callable[[Msg], None]] = {}
         self.counter = itertools.count(1)
         self.lock = asyncio.Lock()
+        # token -> (loop time after which it times out, the future that then fails).
+        self.deadlines: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
 
     async def ensure(self, nc: Client) -> None:
         if self.sub is not None:
@@ -69,6 +80,28 @@ class _Inbox:
         token = str(next(self.counter))
         self.waiting[token] = handler
         return token, self.prefix + token
+
+    def expire(self, token: str, future: asyncio.Future[Any], timeout: float) -> None:
+        """Fail ``future`` with nats-py's TimeoutError once ``timeout`` seconds passed (give
+        or take ``_SWEEP``) unless ``close(token)`` came first."""
+        loop = future.get_loop()
+        self.deadlines[token] = (loop.time() + timeout, future)
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(min(_SWEEP, timeout), self._sweep, loop)
+
+    def close(self, token: str) -> None:
+        self.waiting.pop(token, None)
+        self.deadlines.pop(token, None)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sweeper = None
+        now = loop.time()
+        for token, (deadline, future) in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[token]
+                _time_out(future)
+        if self.deadlines:
+            self.sweeper = loop.call_later(_SWEEP, self._sweep, loop)
 
 
 _INBOXES: weakref.WeakKeyDictionary[Any, _Inbox] = weakref.WeakKeyDictionary()
@@ -102,14 +135,13 @@ async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: di
             future.set_result(msg)
 
     token, reply = inbox.open(on_reply)
-    # A timer per request rather than wait_for: the same bound, a fraction of the work.
-    timer = future.get_loop().call_later(timeout, _time_out, future)
+    # The inbox's shared sweeper rather than wait_for or a timer per request: the same bound.
+    inbox.expire(token, future, timeout)
     try:
         await nc.publish(subject, payload, reply=reply, headers=headers)
         msg = await future
     finally:
-        timer.cancel()
-        inbox.waiting.pop(token, None)
+        inbox.close(token)
     if msg.headers and msg.headers.get("Status") == "503":
         raise nats.errors.NoRespondersError
     return msg
@@ -168,17 +200,24 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
         sub = await nc.subscribe(reply, cb=on_message)
     else:
         token, reply = inbox.open(on_reply)
+    timer = None
+    if inbox is not None:
+        inbox.expire(token, future, timeout)
+    else:
+        timer = future.get_loop().call_later(timeout, _time_out, future)
     try:
         await nc.publish(subject, payload, reply=reply)
         try:
-            status = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+            status = await future
+        except asyncio.TimeoutError:  # nats-py's TimeoutError is one
             if partial_on_timeout and messages:
                 return list(messages), None
             raise nats.errors.TimeoutError from None
     finally:
         if inbox is not None:
-            inbox.waiting.pop(token, None)
+            inbox.close(token)
         else:
+            if timer is not None:
+                timer.cancel()
             await sub.unsubscribe()
     return list(messages), status
