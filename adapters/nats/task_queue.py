@@ -28,7 +28,8 @@ and the server's delivery count. JetStream itself would accept an ack from a sta
 holder, so ownership is checked on the record: claiming CASes the record to the new
 lease; ``ack``/``nack``/``extend``/``release`` CAS it away from their own lease and raise
 ``LeaseLostError`` if the record names another lease, the deadline passed, or the CAS
-loses. A per-claim keeper task in the claiming process sends ``in_progress()`` so leases
+loses. A per-claim keeper (a timer, then a task if the claim outlives its first
+interval) in the claiming process sends ``in_progress()`` so leases
 longer than AckWait hold, and at the deadline expires the lease itself (records the
 error, naks or dead-letters), so leases shorter than AckWait end on time too. If the
 holder process dies, AckWait bounds the lease and the next claimer sees the record still
@@ -138,6 +139,8 @@ class _Held:
     revision: int
     ack_wait: float
     keeper: asyncio.Task[None] | None = None
+    # Until the first interval passed, a timer stands in for the keeper (see ``_arm``).
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -446,9 +449,9 @@ class NatsTaskQueue(TaskQueue):
             # The first ``need`` together: their records in one batched read, their
             # claims concurrently (gather keeps the order).
             first, rest = batch[:need], batch[need:]
-            records = await self._prefetch([msg for _, _, msg, _ in first])
+            records, decoded = await self._prefetch([msg for _, _, msg, _ in first])
             outcomes = await asyncio.gather(*(
-                self._take(msg, node_type, worker_id, lease, ack_wait, records.get(id(msg)))
+                self._take(msg, node_type, worker_id, lease, ack_wait, records.get(id(msg)), decoded.get(id(msg)))
                 for _, node_type, msg, ack_wait in first))
             for _, node_type, msg, ack_wait in rest:
                 if len(claimed) + sum(isinstance(o, ClaimedTask) for o in outcomes) >= max_tasks:
@@ -466,21 +469,25 @@ class NatsTaskQueue(TaskQueue):
             claimed += await self._claim_now(types, worker_id, max_tasks - len(claimed), lease, passes - 1)
         return claimed
 
-    async def _prefetch(self, messages: list[Msg]) -> dict[int, _Found]:
-        """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read
-        (messages that do not decode are left out: ``_take`` dead-letters them)."""
+    async def _prefetch(self, messages: list[Msg]) -> tuple[dict[int, _Found], dict[int, Task]]:
+        """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read,
+        and the tasks decoded on the way, for ``_take`` (messages that do not decode are
+        left out of both: ``_take`` dead-letters them)."""
         if len(messages) < 2:
-            return {}  # one record: _take's own read costs the same (and decoding twice would not)
+            return {}, {}  # one record: _take's own read costs the same (and decoding twice would not)
         keys: dict[int, str] = {}
+        decoded: dict[int, Task] = {}
         for msg in messages:
             if len(msg.data) > self.max_task_bytes:
                 continue
             try:
-                keys[id(msg)] = token(decode_task(msg.data, queued_as=_queued_as(msg)).id)
+                task = decode_task(msg.data, queued_as=_queued_as(msg))
             except PayloadDecodeError:
                 continue
+            decoded[id(msg)] = task
+            keys[id(msg)] = token(task.id)
         if len(keys) < 2:
-            return {}  # one record: _take's own read costs the same
+            return {}, decoded  # one record: _take's own read costs the same
         entries = await kv.get_many(self._tasks, list(keys.values()))
         found = {}
         for ident, key in keys.items():
@@ -490,11 +497,13 @@ class NatsTaskQueue(TaskQueue):
                     _control_record(entry.value, f"{self._conn.names.task_bucket} {key}"), entry.revision)
             except PayloadDecodeError:
                 continue  # _take reads it again and dead-letters the task
-        return found
+        return found, decoded
 
     async def _take(
-        self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float, prefetched: _Found | None = None
+        self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float, prefetched: _Found | None = None,
+        decoded: Task | None = None,
     ) -> ClaimedTask | object | None:
+        """Claim the delivery ``msg``; ``prefetched``/``decoded``: its record and task, if ``_prefetch`` read them."""
         lease_id = msg.reply or ""
         seq = stream_sequence(lease_id)
         await self._taken_back(node_type, lease_id)
@@ -503,7 +512,7 @@ class NatsTaskQueue(TaskQueue):
             return None
         try:
             # Its id must be the one it was published under (Da-Task-Id): its record is kept by that id.
-            task = decode_task(msg.data, queued_as=_queued_as(msg))
+            task = decoded if decoded is not None else decode_task(msg.data, queued_as=_queued_as(msg))
         except PayloadDecodeError as exc:
             await self._dead_letter_raw(msg, node_type, str(exc))
             return None
@@ -557,22 +566,38 @@ class NatsTaskQueue(TaskQueue):
                 continue
             held = _Held(new, revision, ack_wait)
             self._held[lease_id] = held
-            held.keeper = asyncio.ensure_future(self._keep(lease_id))
+            self._arm(lease_id, held)
             return ClaimedTask(task, lease_id, attempt, deadline, worker_id)
         return None
 
     # -- leases ------------------------------------------------------------------------
-    async def _keep(self, lease_id: str) -> None:
-        """Hold the lease with in_progress() until its deadline, then expire it."""
+    def _arm(self, lease_id: str, held: _Held) -> None:
+        """Keep ``held``: a timer for the first interval, then (a task outliving it) the
+        keeper. Most tasks are settled within it, and a timer costs a fraction of a task."""
+        delay = max(0.0, min(held.record["deadline"] - time.time(), held.ack_wait / 3))
+        held.timer = asyncio.get_running_loop().call_later(delay, self._start_keeper, lease_id, held)
+
+    def _start_keeper(self, lease_id: str, held: _Held) -> None:
+        held.timer = None
+        if self._held.get(lease_id) is held:
+            held.keeper = asyncio.ensure_future(self._keep(lease_id, slept=True))
+
+    async def _keep(self, lease_id: str, *, slept: bool = False) -> None:
+        """Hold the lease with in_progress() until its deadline, then expire it
+        (``slept``: the first interval already passed)."""
         try:
             while True:
                 held = self._held.get(lease_id)
                 if held is None:
                     return
-                remaining = held.record["deadline"] - time.time()
-                if remaining <= 0:
+                if not slept:
+                    remaining = held.record["deadline"] - time.time()
+                    if remaining <= 0:
+                        break
+                    await asyncio.sleep(min(remaining, held.ack_wait / 3))
+                elif time.time() >= held.record["deadline"]:
                     break
-                await asyncio.sleep(min(remaining, held.ack_wait / 3))
+                slept = False
                 if lease_id in self._held and time.time() < held.record["deadline"]:
                     await send_ack(self._conn.nc, lease_id, "progress")
             await self._expire(lease_id)
@@ -633,6 +658,8 @@ class NatsTaskQueue(TaskQueue):
 
     def _forget(self, lease_id: str) -> None:
         held = self._held.pop(lease_id, None)
+        if held is not None and held.timer is not None:
+            held.timer.cancel()
         if held is not None and held.keeper is not None and held.keeper is not asyncio.current_task():
             held.keeper.cancel()
 
@@ -646,7 +673,7 @@ class NatsTaskQueue(TaskQueue):
             self._forget(claim.lease_id)
             new_held = _Held(record, revision, ack_wait)
             self._held[claim.lease_id] = new_held
-            new_held.keeper = asyncio.ensure_future(self._keep(claim.lease_id))
+            self._arm(claim.lease_id, new_held)
             return ClaimedTask(claim.task, claim.lease_id, claim.attempt, deadline, claim.worker_id)
 
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
@@ -974,6 +1001,9 @@ class NatsTaskQueue(TaskQueue):
         await self._done.close()
         await self._wakeups.close()
         keepers = [held.keeper for held in self._held.values() if held.keeper is not None]
+        for held in self._held.values():
+            if held.timer is not None:
+                held.timer.cancel()
         self._held.clear()
         for keeper in keepers:
             keeper.cancel()
