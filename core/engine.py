@@ -111,7 +111,7 @@ from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import NodeResult, Send, read_output
 
 __all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
-           "merge_updates", "node_run", "node_task_id", "task_id_for"]
+           "first_step_calls", "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
 log = logging.getLogger("distributed_agents.engine")
 
@@ -575,23 +575,8 @@ class StepEngine:
                 encoded = self._state_json(record.state)
             if func is None and entry.arg is None and reference is None and len(encoded or b"") > INLINE_STATE_LIMIT:
                 reference = await self._state_reference(record, len(encoded or b"")) or {}
-            call = NodeCall(
-                workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=name,
-                node_type=spec.node_type, task_id=task_id,
-                # A Send's node gets the Send's argument, not the shared state.
-                state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
-                state=record.state if shared else None,
-                # A large shared state stays in its checkpoint: the task names it (core.task_state).
-                state_ref=entry.state_ref if entry.state_ref is not None else
-                (reference or None) if func is None and entry.arg is None else None,
-                wrap=entry.arg if entry.state_ref is not None else None,  # an error handler's: the error
-                retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
-                resume=list(answers.get(entry.key) or ()) or None,
-                remaining_steps=options.step_limit - record.step,
-                message_keys=graph.message_keys,
-                configurable=record.metadata.get(CONFIGURABLE_KEY),
-                trace=self._trace,
-            )
+            call = _node_call(graph, record, entry, spec, task_id, bool(shared), encoded, reference,
+                              func is not None, workflow_priority, answers, options.step_limit, self._trace)
             if func is not None:
                 local[name] = func
                 local_calls.append(call)
@@ -1138,6 +1123,70 @@ def _status_after(exc: BaseException) -> str:
 def _cache_ttl(spec: NodeSpec) -> float | None:
     """The seconds ``spec``'s cached outputs live (None: until cleared)."""
     return None if spec.cache_policy is None else spec.cache_policy.ttl
+
+
+def _node_call(
+    graph: Graph, record: WorkflowRecord, entry: TaskEntry, spec: NodeSpec, task_id: str, shared: bool,
+    encoded: bytes | None, reference: Mapping[str, Any] | None, local: bool, workflow_priority: int,
+    answers: Mapping[str, Any], step_limit: int, trace: Mapping[str, str] | None,
+) -> NodeCall:
+    """The call running ``entry`` of ``record``'s step (``shared``: an in-process node reads the state as it is)."""
+    return NodeCall(
+        workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=entry.node,
+        node_type=spec.node_type, task_id=task_id,
+        # A Send's node gets the Send's argument, not the shared state.
+        state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
+        state=record.state if shared else None,
+        # A large shared state stays in its checkpoint: the task names it (core.task_state).
+        state_ref=entry.state_ref if entry.state_ref is not None else
+        (reference or None) if not local and entry.arg is None else None,
+        wrap=entry.arg if entry.state_ref is not None else None,  # an error handler's: the error
+        retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
+        resume=list(answers.get(entry.key) or ()) or None,
+        remaining_steps=step_limit - record.step,
+        message_keys=graph.message_keys,
+        configurable=record.metadata.get(CONFIGURABLE_KEY),
+        trace=trace,
+    )
+
+
+def first_step_calls(
+    graph: Graph, record: WorkflowRecord, step_limit: int, local_function: Callable[[NodeSpec], NodeFunction | None],
+) -> list[NodeCall] | None:
+    """The worker tasks the first step of the new workflow ``record`` enqueues, as ``NodeCall``s,
+    when that step does nothing else first; else None.
+
+    None when the step is not exactly "enqueue these tasks": a node runs in this process
+    or is a subgraph, a node is cached (a hit runs no task), a breakpoint stops the step,
+    the step limit is reached, the state is large enough to be referenced, or the frontier
+    holds answers or earlier outputs. The engine's first step then builds the same calls
+    (``StepEngine._run_step``, through ``_node_call``): a store may create the workflow and
+    enqueue these in one step (``StateStore.create_leased_enqueuing``), and the engine
+    skips enqueueing them again (``TaskQueueExecutor.enqueued``).
+    """
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    entries = read_entries(record.frontier, order)
+    frontier = record.frontier
+    if not entries or record.step >= step_limit or frontier.get("pending_writes") or frontier.get("resume"):
+        return None
+    names = [entry.node for entry in entries]
+    if any(name not in order for name in names) or _breakpoint_hits(_breakpoint_names(graph, record, "before"), names):
+        return None
+    encoded: bytes | None = None
+    workflow_priority = int(record.metadata.get("priority", 0))
+    calls = []
+    for entry in entries:
+        spec = graph.node(entry.node)
+        if entry.state_ref is not None or spec.subgraph is not None or spec.cache_policy is not None or \
+                local_function(spec) is not None:
+            return None
+        if entry.arg is None and encoded is None:
+            encoded = encode(record.state)
+            if len(encoded) > INLINE_STATE_LIMIT:
+                return None
+        calls.append(_node_call(graph, record, entry, spec, node_task_id(record, entry.key), False, encoded, None,
+                                False, workflow_priority, {}, step_limit, None))
+    return calls
 
 
 def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> list[str]:

@@ -13,7 +13,7 @@ import contextvars
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from distributed_agents.core.codec import decode
@@ -38,7 +38,7 @@ from distributed_agents.core.task_payload import PAYLOAD_VERSION
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
-           "flat_state", "task_payload"]
+           "flat_state", "node_task", "task_payload"]
 
 T = TypeVar("T")
 CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
@@ -232,6 +232,16 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     }
 
 
+def node_task(call: NodeCall, max_attempts: int) -> Task:
+    """The queue task running ``call`` on a worker; ``max_attempts`` applies when the node has no retry policy.
+
+    The enqueuer fixes the attempt limit, so every worker agrees on it whatever its own
+    queue default is.
+    """
+    return Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
+                priority=call.priority, max_attempts=max_attempts if call.retry is None else call.retry.max_attempts)
+
+
 WaitingHook = Callable[[Sequence[str]], Awaitable[None]]
 
 
@@ -260,6 +270,9 @@ class TaskQueueExecutor(NodeExecutor):
     poll_interval: float = 1.0
     require_workers: bool = False
     withdraw_on_cancel: Callable[[], bool] | None = None
+    # Ids of tasks already queued when the workflow was created with them
+    # (``StateStore.create_leased_enqueuing``): their first run does not enqueue them again.
+    enqueued: set[str] = field(default_factory=set)
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         if self.require_workers:
@@ -286,16 +299,13 @@ class TaskQueueExecutor(NodeExecutor):
     async def _run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         started = time.time()
         by_id = {call.task_id: call for call in calls}
-        # The enqueuer fixes the attempt limit, so every worker agrees on it whatever its
-        # own queue default is.
-        tasks = [
-            Task(call.task_id, call.workflow_id, call.node, call.node_type, task_payload(call),
-                 priority=call.priority,
-                 max_attempts=self.queue.max_attempts if call.retry is None else call.retry.max_attempts)
-            for call in calls
-        ]
-        # A fan-out's tasks go out as one batch (one round trip on Redis).
-        await self.queue.enqueue_many(tasks)
+        fresh: Sequence[NodeCall] = calls
+        if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
+            fresh = [call for call in calls if call.task_id not in self.enqueued]
+            self.enqueued.clear()
+        if fresh:
+            # A fan-out's tasks go out as one batch (one round trip on Redis).
+            await self.queue.enqueue_many([node_task(call, self.queue.max_attempts) for call in fresh])
         outcomes: dict[str, NodeOutcome] = {}
         waiting_since: float | None = None
         while len(outcomes) < len(calls):

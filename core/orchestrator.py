@@ -28,6 +28,7 @@ from distributed_agents.core.engine import (
     DURABILITY_KEY,
     DriveOptions,
     StepEngine,
+    first_step_calls,
     WorkflowTakenOverError,
     check_durability,
     node_run,
@@ -50,7 +51,7 @@ from distributed_agents.core.errors import (
     WorkflowNotFoundError,
 )
 from distributed_agents.core.events import EventPublisher
-from distributed_agents.core.executors import CONFIGURABLE_KEY, TaskQueueExecutor
+from distributed_agents.core.executors import CONFIGURABLE_KEY, TaskQueueExecutor, node_task
 from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
@@ -62,6 +63,7 @@ from distributed_agents.core.ports.backend import Backend
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.ports.task_queue import Task
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.messages import coerce_message_updates
@@ -461,7 +463,7 @@ class Orchestrator:
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
     def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None,
-                graph: Graph | None = None) -> StepEngine:
+                graph: Graph | None = None, enqueued: set[str] | None = None) -> StepEngine:
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
@@ -472,7 +474,7 @@ class Orchestrator:
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
-            withdraw_on_cancel=lambda: workflow_id in self._cancelled,
+            withdraw_on_cancel=lambda: workflow_id in self._cancelled, enqueued=enqueued or set(),
         )
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
@@ -658,11 +660,13 @@ class Orchestrator:
             return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
                                      interrupt_before=interrupt_before, interrupt_after=interrupt_after,
                                      durability=None if durability == "sync" else durability)
+        enqueued: set[str] = set()  # the first step's tasks, when queued with the create
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
-                                          durability=durability, metadata=_configurable_metadata(configurable))
-        return await self._drive(graph, record, lease, step_limit)
+                                          durability=durability, metadata=_configurable_metadata(configurable),
+                                          enqueued=enqueued)
+        return await self._drive(graph, record, lease, step_limit, enqueued)
 
     async def submit(
         self,
@@ -863,10 +867,14 @@ class Orchestrator:
         breakpoints: Mapping[str, Any] | None = None,
         durability: str = "sync",
         metadata: Mapping[str, Any] | None = None,
+        enqueued: set[str] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
 
         ``metadata`` is added to the record's (a subgraph's child names its parent there).
+        With ``enqueued`` (a set), the first step's worker tasks are queued with the create
+        where that step does nothing else first (``engine.first_step_calls``), and their ids
+        added to it: the run's first step then waits for them without queueing them again.
         """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
@@ -916,7 +924,14 @@ class Orchestrator:
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
-        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier))
+        tasks = None
+        # Only where the first step would queue them at once: nodes on workers it waits for,
+        # no instrumentation (whose trace context the tasks carry).
+        if enqueued is not None and self.wait_for_workers and self._observer() is None:
+            calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function)
+            if calls:
+                tasks = [node_task(call, self.backend.task_queue.max_attempts) for call in calls]
+        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, enqueued)
         scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name)
         return record, lease
 
@@ -985,20 +1000,26 @@ class Orchestrator:
         scoped_events(self._publisher(), None).emit(workflow_id, "workflow.started", step=step, graph=graph.name)
         return record, lease
 
-    async def _create(self, record: WorkflowRecord, checkpoint: Checkpoint) -> tuple[WorkflowRecord, WorkflowLease]:
+    async def _create(
+        self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None = None,
+        enqueued: set[str] | None = None,
+    ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow ``record`` with its first ``checkpoint`` under a lease for this orchestrator.
 
+        ``tasks`` (its first step's) are queued with it where the store can
+        (``create_leased_enqueuing``); their ids are then added to ``enqueued``.
         Retried through backend outages; ``WorkflowExistsError`` if the id is taken.
         """
         workflow_id = record.workflow_id
         self._starting.add(workflow_id)
         try:
-            return await self._create_leased(record, checkpoint)
+            return await self._create_leased(record, checkpoint, tasks, enqueued)
         finally:
             self._starting.discard(workflow_id)
 
     async def _create_leased(
-        self, record: WorkflowRecord, checkpoint: Checkpoint
+        self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None = None,
+        enqueued: set[str] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         workflow_id = record.workflow_id
         store = self.backend.state_store
@@ -1008,8 +1029,19 @@ class Orchestrator:
         async def create_leased() -> tuple[WorkflowRecord, WorkflowLease] | None:
             nonlocal attempts
             attempts += 1
-            return await store.create_leased(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
-                                             checkpoint=checkpoint)
+            if not tasks:
+                return await store.create_leased(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
+                                                 checkpoint=checkpoint)
+            made = await store.create_leased_enqueuing(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
+                                                       checkpoint=checkpoint, queue=self.backend.task_queue,
+                                                       tasks=tasks)
+            if made is None:
+                return None
+            if made[2] and enqueued is not None:
+                # Only from the call that created the workflow: after a lost reply the record
+                # is found below, and the first step queues the tasks (again: a no-op then).
+                enqueued.update(task.id for task in tasks)
+            return made[0], made[1]
 
         try:
             # The lease grant and the create in one step (one round trip where the store merges them).
@@ -1472,7 +1504,8 @@ class Orchestrator:
         with contextlib.suppress(Exception):
             await self.backend.state_store.release_lease(lease)
 
-    async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None) -> State:
+    async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None,
+                     enqueued: set[str] | None = None) -> State:
         workflow_id = record.workflow_id
         # A continued run (execute(continue_completed=True)) counts its steps from where it started.
         options = DriveOptions(step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
@@ -1481,7 +1514,7 @@ class Orchestrator:
         publisher.start()
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
-            engine = self._engine(workflow_id, lease, record.metadata, graph)
+            engine = self._engine(workflow_id, lease, record.metadata, graph, enqueued)
             drive = asyncio.ensure_future(engine.drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)

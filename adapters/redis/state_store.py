@@ -34,7 +34,8 @@ A repeated ``save`` after a lost reply (the client retries on a broken connectio
 recognises its own commit id and reports success instead of a false version conflict.
 
 Round trips: ``get``, ``save`` (2 when its delta's base was replaced), ``create_leased`` (lease
-grant and create, one script), ``save_releasing`` (a run's last commit and its lease release,
+grant and create, one script), ``create_leased_enqueuing`` (the same and the first step's
+enqueue on a Redis queue of the same connection, one script: both or neither), ``save_releasing`` (a run's last commit and its lease release,
 one script), ``list_checkpoints``,
 ``get_checkpoint`` (walks back from the newest entry to that step's, then to its snapshot),
 each lease call: 1;
@@ -54,11 +55,14 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import StateKeys
+from distributed_agents.adapters.redis.queue_scripts import ENQUEUE
+from distributed_agents.adapters.redis.task_queue import ENQUEUE_BATCH
 from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
 from distributed_agents.core.codec import decode
 from distributed_agents.core.record_json import record_json
@@ -80,6 +84,7 @@ from distributed_agents.core.ports.state_store import (
     stored_record,
     stored_records,
 )
+from distributed_agents.core.ports.task_queue import Task, TaskQueue
 
 __all__ = ["RedisStateManager"]
 
@@ -159,6 +164,26 @@ else
 end
 return {'ok', count, token, deadline}
 """
+
+# A new workflow's create (the save script, granting the lease) and its first step's enqueue
+# (the queue's enqueue script) in one script: both or neither (no crash between them leaves
+# a workflow whose tasks are not queued). Each runs as a function whose parameters KEYS and
+# ARGV stand for its own (Lua locals shadow the globals).
+# KEYS: the save's 4, then the enqueue's. ARGV: 1 how many of the save's arguments follow,
+# those, then the enqueue's. Returns the save's reply, with the enqueue's reply (one flag per
+# task) appended as a fifth item when the save says 'ok'; else the save's refusal alone.
+_CREATE_ENQUEUE = (
+    "local function save(KEYS, ARGV)\n" + _SAVE + "\nend\n"
+    + "local function enqueue(KEYS, ARGV)\n" + ENQUEUE + "\nend\n"
+    + r"""
+local n = tonumber(ARGV[1])
+local save_args, enqueue_args = {}, {}
+for i = 2, n + 1 do save_args[#save_args + 1] = ARGV[i] end
+for i = n + 2, #ARGV do enqueue_args[#enqueue_args + 1] = ARGV[i] end
+local saved = save({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, save_args)
+if saved[1] == 'ok' then saved[5] = enqueue({KEYS[5]}, enqueue_args) end
+return saved
+""")
 
 _CHECKPOINTS = r"""
 -- KEYS: 1 checkpoints. ARGV: 1 how many newest entries are wanted (0: all).
@@ -401,49 +426,91 @@ class RedisStateManager(StateStore):
         self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,
         fencing_token: int | None, owner: str = "", ttl_ms: int = 0, release: bool = False,
     ) -> tuple[WorkflowRecord, Any]:
-        new = record.evolve(version=expected_version + 1, updated_at=time.time())
+        new, raw_record, state_raw = self._encoded(record, expected_version)
         workflow_id = record.workflow_id
-        # The state is encoded once, for the record and a checkpoint of the same state, and the
-        # engine's encoding of the record (made to check its size) is reused: core.record_json.
-        raw_record, state_raw = record_json(new)
         same_state = checkpoint is not None and checkpoint.state is record.state
-        # Unique among this workflow's commits is enough (it tells a retried commit from
-        # another): no system call per commit, and the random module reseeds itself in a forked child.
-        commit_id = f"{random.getrandbits(128):032x}"
+        commit_id = _commit_id()
         tip = None if expected_version == 0 else self._tips.get(workflow_id)
         while True:
-            entry, new_tip = (b"", None) if checkpoint is None else next_entry(
-                checkpoint, tip, index=-1 if tip is None else tip.index + 1,
-                state_raw=state_raw if same_state else None)
-            base = "" if (tip is None or new_tip is None or new_tip.depth == 0) else tip.entry_id
-            reply = await self._script(
-                "state_save",
-                _SAVE,
-                self._workflow_keys(workflow_id),
-                [
-                    self._keys.prefix,
-                    workflow_id,
-                    int(expected_version),
-                    raw_record,
-                    new.status,
-                    repr(float(new.created_at)),
-                    entry,
-                    "" if fencing_token is None else int(fencing_token),
-                    "" if self.state_ttl is None else _ms(self.state_ttl),
-                    commit_id,
-                    base,
-                    "" if new_tip is None else new_tip.entry_id,
-                    owner,
-                    ttl_ms,
-                    "1" if release else "",
-                ],
-                f"save workflow {workflow_id!r}",
-            )
+            args, new_tip = self._save_args(new, raw_record, state_raw if same_state else None, expected_version,
+                                            checkpoint, tip, fencing_token, commit_id, owner, ttl_ms, release)
+            reply = await self._script("state_save", _SAVE, self._workflow_keys(workflow_id), args,
+                                       f"save workflow {workflow_id!r}")
             if _text(reply[0]) != "rebase":
                 break
             # Another writer appended since this store's last checkpoint: send a snapshot.
             tip = None
             self._tips.pop(workflow_id, None)
+        self._saved(reply, workflow_id, expected_version, fencing_token, new_tip)
+        return new, reply
+
+    async def create_leased_enqueuing(
+        self, record: WorkflowRecord, *, owner: str, ttl: float, checkpoint: Checkpoint | None = None,
+        queue: TaskQueue, tasks: Sequence[Task],
+    ) -> tuple[WorkflowRecord, WorkflowLease, bool] | None:
+        """Grant the lease, create the record and queue ``tasks`` in one script (one round trip,
+        all or nothing) when ``queue`` is a Redis queue on this store's connection; see the port."""
+        along = getattr(queue, "enqueue_along", None)
+        if not tasks or along is None or getattr(queue, "_connection", None) is not self._connection or \
+                len(tasks) > ENQUEUE_BATCH:
+            return await super().create_leased_enqueuing(record, owner=owner, ttl=ttl, checkpoint=checkpoint,
+                                                         queue=queue, tasks=tasks)
+        new, raw_record, state_raw = self._encoded(record, 0)
+        workflow_id = record.workflow_id
+        same_state = checkpoint is not None and checkpoint.state is record.state
+        args, new_tip = self._save_args(new, raw_record, state_raw if same_state else None, 0, checkpoint, None,
+                                        None, _commit_id(), owner, _ms(ttl), False)
+        keys = self._workflow_keys(workflow_id)
+
+        async def run(queue_keys: list[str], queue_args: list[Any]) -> tuple[Any, Any]:
+            reply = await self._script("state_create_enqueue", _CREATE_ENQUEUE, keys + queue_keys,
+                                       [len(args), *args, *queue_args], f"start workflow {workflow_id!r}")
+            return reply, (reply[4] if _text(reply[0]) == "ok" else None)
+
+        reply = await along(tasks, run)
+        if _text(reply[0]) == "held":
+            return None
+        self._saved(reply, workflow_id, 0, None, new_tip)
+        return new, WorkflowLease(workflow_id, owner, int(reply[2]), int(reply[3]) / 1000.0), True
+
+    def _encoded(self, record: WorkflowRecord, expected_version: int) -> tuple[WorkflowRecord, bytes, bytes]:
+        """The record a save of ``record`` stores, its JSON and its state's JSON."""
+        new = record.evolve(version=expected_version + 1, updated_at=time.time())
+        # The state is encoded once, for the record and a checkpoint of the same state, and the
+        # engine's encoding of the record (made to check its size) is reused: core.record_json.
+        raw_record, state_raw = record_json(new)
+        return new, raw_record, state_raw
+
+    def _save_args(
+        self, new: WorkflowRecord, raw_record: bytes, state_raw: bytes | None, expected_version: int,
+        checkpoint: Checkpoint | None, tip: ChainTip | None, fencing_token: int | None, commit_id: str,
+        owner: str, ttl_ms: int, release: bool,
+    ) -> tuple[list[Any], ChainTip | None]:
+        """The save script's ARGV for ``new`` (and ``checkpoint``, a delta on ``tip`` when it can be), and the new tip."""
+        entry, new_tip = (b"", None) if checkpoint is None else next_entry(
+            checkpoint, tip, index=-1 if tip is None else tip.index + 1, state_raw=state_raw)
+        base = "" if (tip is None or new_tip is None or new_tip.depth == 0) else tip.entry_id
+        return [
+            self._keys.prefix,
+            new.workflow_id,
+            int(expected_version),
+            raw_record,
+            new.status,
+            repr(float(new.created_at)),
+            entry,
+            "" if fencing_token is None else int(fencing_token),
+            "" if self.state_ttl is None else _ms(self.state_ttl),
+            commit_id,
+            base,
+            "" if new_tip is None else new_tip.entry_id,
+            owner,
+            ttl_ms,
+            "1" if release else "",
+        ], new_tip
+
+    def _saved(self, reply: Any, workflow_id: str, expected_version: int, fencing_token: int | None,
+               new_tip: ChainTip | None) -> None:
+        """Raise for a save script's refusal in ``reply``; else remember the checkpoint it appended."""
         outcome = _text(reply[0])
         if outcome == "held":
             raise _LeaseHeld()
@@ -464,7 +531,6 @@ class RedisStateManager(StateStore):
                 actual=found,
             )
         self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0)
-        return new, reply
 
     def _remember(self, workflow_id: str, tip: ChainTip | None, count: int) -> None:
         """Keep the tip of the checkpoint just appended (``count`` entries now) for the next delta."""
@@ -617,6 +683,12 @@ class RedisStateManager(StateStore):
 
     def __repr__(self) -> str:
         return f"<RedisStateManager {self._connection.masked_url} prefix={self.prefix!r}>"
+
+
+def _commit_id() -> str:
+    # Unique among this workflow's commits is enough (it tells a retried commit from
+    # another): no system call per commit, and the random module reseeds itself in a forked child.
+    return f"{random.getrandbits(128):032x}"
 
 
 class _LeaseHeld(Exception):

@@ -102,7 +102,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis import queue_scripts as lua
@@ -133,6 +133,7 @@ _POLL_CAP = 1.0  # default of RedisTaskQueue.poll_cap
 _BLOCK_MAX = 5.0
 # Tasks per enqueue script: bounds one script's run time (Redis serves no one else meanwhile).
 _ENQUEUE_BATCH = 500
+ENQUEUE_BATCH = _ENQUEUE_BATCH  # most tasks enqueue_along takes
 
 _SCRIPTS = {
     "ack": lua.ACK,
@@ -232,6 +233,43 @@ class RedisTaskQueue(TaskQueue):
         """
         if not tasks:
             return []
+        generation = await self._expect(tasks)
+        created: list[bool] = []
+        for start in range(0, len(tasks), _ENQUEUE_BATCH):
+            batch = tasks[start:start + _ENQUEUE_BATCH]
+            what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
+            try:
+                reply = await self._run("enqueue", self._enqueue_args(batch), what)
+            except BaseException:
+                self._early.forget([task.id for task in tasks[start:]])  # not enqueued (or unknown): read them
+                raise
+            created += [bool(int(flag)) for flag in reply]
+        self._expected(tasks, created, generation)
+        return created
+
+    async def enqueue_along(self, tasks: Sequence[Task], run: Callable[[list[str], list[Any]], Awaitable[Any]]) -> Any:
+        """Queue ``tasks`` (at most ``ENQUEUE_BATCH``) inside another script; what ``run`` returns.
+
+        ``run(keys, args)`` runs a script that embeds the enqueue script (``queue_scripts.ENQUEUE``)
+        with these KEYS and ARGV along with its own work, and returns ``(its result, the
+        enqueue script's reply, or None when it did not enqueue)``. The "done" events of
+        the tasks are watched as ``enqueue_many`` watches them.
+        """
+        generation = await self._expect(tasks)
+        try:
+            result, reply = await run([self._keys.route], [self._keys.prefix, self.max_attempts,
+                                                           _ms(self.result_ttl), *self._enqueue_args(tasks)])
+        except BaseException:
+            self._early.forget([task.id for task in tasks])
+            raise
+        if reply is None:
+            self._early.forget([task.id for task in tasks])
+        else:
+            self._expected(tasks, [bool(int(flag)) for flag in reply], generation)
+        return result
+
+    async def _expect(self, tasks: Sequence[Task]) -> int | None:
+        """Watch the "done" events of ``tasks`` before they are queued; the subscription's generation (None: not watched)."""
         # Ids enqueued while the "done" channel is subscribed cannot miss their result
         # event, so ``wait_results`` need not read them before the first wake-up. (The
         # subscription is made once per queue object, by its first enqueue or wait.)
@@ -246,28 +284,26 @@ class RedisTaskQueue(TaskQueue):
             # and announce its result before this call sees the script's reply.
             for task in tasks:
                 self._early.expect(task.id)
-        created: list[bool] = []
-        for start in range(0, len(tasks), _ENQUEUE_BATCH):
-            batch = tasks[start:start + _ENQUEUE_BATCH]
-            args: list[Any] = []
-            for task in batch:
-                args += [task.id, task.node_type, str(-int(task.priority)),
-                         "" if task.max_attempts is None else int(task.max_attempts),
-                         encode(task_to_dict(task)), task.workflow_id]
-            args += [self.max_task_bytes, self._oversized]
-            what = f"enqueue task {batch[0].id!r}" if len(batch) == 1 else f"enqueue {len(batch)} tasks"
-            try:
-                reply = await self._run("enqueue", args, what)
-            except BaseException:
-                self._early.forget([task.id for task in tasks[start:]])  # not enqueued (or unknown): read them
-                raise
-            created += [bool(int(flag)) for flag in reply]
+        return generation
+
+    def _expected(self, tasks: Sequence[Task], created: Sequence[bool], generation: int | None) -> None:
+        """Stop expecting events of ``tasks`` that were known before or whose event may be lost."""
+        done = self._keys.done_channel
         watched = generation is not None and generation == self._notifier.generation and self._notifier.subscribed(done)
         for task, new in zip(tasks, created):
             if not new or not watched:
                 # Known before (its result is read, not awaited), or its event may be lost.
                 self._early.forget([task.id])
-        return created
+
+    def _enqueue_args(self, batch: Sequence[Task]) -> list[Any]:
+        """The enqueue script's ARGV from its fourth on, for ``batch``."""
+        args: list[Any] = []
+        for task in batch:
+            args += [task.id, task.node_type, str(-int(task.priority)),
+                     "" if task.max_attempts is None else int(task.max_attempts),
+                     encode(task_to_dict(task)), task.workflow_id]
+        args += [self.max_task_bytes, self._oversized]
+        return args
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
         """Put foreign bytes on the queue; they are dead-lettered at claim time if not a task."""

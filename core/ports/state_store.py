@@ -38,6 +38,8 @@ The contract (checked by ``distributed_agents.conformance``):
   fenced by the grant, as one step: None and nothing written while another owner holds
   the lease; on ``WorkflowExistsError`` no lease it granted is kept. ``save_releasing`` is a fenced
   ``save`` that, once it succeeds, frees the lease; a refused one keeps the lease.
+  ``create_leased_enqueuing`` is ``create_leased`` and, once created, ``enqueue_many`` of
+  the first step's tasks on a queue (an adapter does both atomically where it can).
   (Optional: the port's defaults compose the methods above; adapters merge round trips.)
 * ``get_checkpoint(workflow_id, step)`` returns the checkpoint ``list_checkpoints``
   holds for ``step`` (every field, the full state), or None when there is none (never
@@ -75,6 +77,7 @@ from distributed_agents.core.quick_init import FACTORY, quick_init
 
 if TYPE_CHECKING:  # imported where raised at run time (core.errors is imported by code this module serves)
     from distributed_agents.core.errors import PayloadDecodeError
+    from distributed_agents.core.ports.task_queue import Task, TaskQueue
 
 __all__ = [
     "Checkpoint",
@@ -428,6 +431,28 @@ class StateStore:
             await _release_quietly(self, lease)
             raise
         return saved, lease
+
+    async def create_leased_enqueuing(
+        self, record: WorkflowRecord, *, owner: str, ttl: float, checkpoint: Checkpoint | None = None,
+        queue: TaskQueue, tasks: Sequence[Task],
+    ) -> tuple[WorkflowRecord, WorkflowLease, bool] | None:
+        """``create_leased``, then ``queue.enqueue_many(tasks)`` (the first step's tasks) once created.
+
+        Returns the stored record, the lease and whether ``tasks`` are queued (then by this
+        call, or before by an earlier try of it); None as ``create_leased`` (nothing written,
+        nothing queued). Raises what ``create_leased`` raises. An adapter may do both in one
+        atomic step (one round trip): a crash then leaves neither or both. This default makes
+        the two calls; an enqueue that fails (or a crash between the two) leaves the workflow
+        created with its tasks not queued, which its first step queues, as for any step.
+        """
+        made = await self.create_leased(record, owner=owner, ttl=ttl, checkpoint=checkpoint)
+        if made is None:
+            return None
+        try:
+            await queue.enqueue_many(tasks)
+        except Exception:  # the first step enqueues them (and reports a lasting failure there)
+            return made[0], made[1], False
+        return made[0], made[1], True
 
     async def save_releasing(
         self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,

@@ -75,10 +75,10 @@ async def _start_counting(url: str) -> redis_asyncio.Redis:
     return meter
 
 
-def test_one_single_node_workflow_costs_five_round_trips_besides_its_events() -> None:
-    """Orchestrator and worker together: on the orchestrator's side the create (lease grant
-    and record, one script), the enqueue (which hands the task, leased, to the parked idle
-    worker) and the last commit (which releases the lease); on the worker's side the
+def test_one_single_node_workflow_costs_four_round_trips_besides_its_events() -> None:
+    """Orchestrator and worker together: on the orchestrator's side the create (lease grant,
+    record and the first step's enqueue, which hands the task, leased, to the parked idle
+    worker: one script) and the last commit (which releases the lease); on the worker's side the
     wake-up (its BLMPOP returns the task: no claim) and the ack (result stored and announced
     in the ack script). The result reaches the orchestrator inside the "done" event: no
     read. Events go out separately, batched off the workflow's path.
@@ -134,12 +134,12 @@ def test_one_single_node_workflow_costs_five_round_trips_besides_its_events() ->
         assert set(counts) <= {"EVALSHA", "BLMPOP"}, commands
         totals.append((counts["EVALSHA"], counts["BLMPOP"]))
         assert events <= 5, commands  # workflow.started, node.started/completed, step.committed, workflow.completed
-    # 3 EVALSHA of the orchestrator (create_leased, enqueue, save_releasing) + the ack, and
+    # 2 EVALSHA of the orchestrator (create with the enqueue, save_releasing) + the ack, and
     # the idle worker's BLMPOP. A parked worker's registration also runs out every 5 s, or
     # once as many tasks as it had room for were handed to it (it parks again: one more
     # claim script, and a BLMPOP if its sleep ended): some runs see that.
-    assert min(totals) == (4, 1), (totals, runs)
-    assert all(e + b <= 7 for e, b in totals), (totals, runs)
+    assert min(totals) == (3, 1), (totals, runs)
+    assert all(e + b <= 6 for e, b in totals), (totals, runs)
 
 
 async def _parked(meter: redis_asyncio.Redis, prefix: str, count: int, left_ms: int = 2000) -> None:
