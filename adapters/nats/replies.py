@@ -61,6 +61,11 @@ class _Inbox:
         # token -> (loop time after which it times out, the future that then fails).
         self.deadlines: dict[str, tuple[float, asyncio.Future[Any]]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
+        # Pulls (see ``collect``): a subscription of their own, one pull at a time.
+        self.pull_prefix = ""
+        self.pull_sub: Any = None
+        self.pull_lock = asyncio.Lock()
+        self.pulling: tuple[str, Callable[[Msg], None]] | None = None
 
     async def ensure(self, nc: Client) -> None:
         if self.sub is not None:
@@ -70,6 +75,24 @@ class _Inbox:
                 prefix = nc.new_inbox()
                 self.sub = await nc.subscribe(f"{prefix}.*", cb=self._on_reply)
                 self.prefix = prefix + "."
+
+    async def ensure_pulls(self, nc: Client) -> None:
+        if self.pull_sub is not None:
+            return
+        async with self.lock:
+            if self.pull_sub is None:
+                prefix = nc.new_inbox()
+                self.pull_sub = await nc.subscribe(f"{prefix}.*", cb=self._on_pulled)
+                self.pull_prefix = prefix + "."
+
+    async def _on_pulled(self, msg: Msg) -> None:
+        pulling = self.pulling
+        if pulling is None:
+            return  # late, after its pull gave up: undelivered, it comes again after AckWait
+        token, handler = pulling
+        if msg.subject.startswith(self.pull_prefix) and msg.subject[len(self.pull_prefix):] != token:
+            return  # the status that ends an earlier pull
+        handler(msg)
 
     async def _on_reply(self, msg: Msg) -> None:
         handler = self.waiting.get(msg.subject[len(self.prefix):])
@@ -170,12 +193,11 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
     (None if ``limit`` messages came). ``nats.errors.TimeoutError`` if no reply ends it
     within ``timeout`` seconds, unless ``partial_on_timeout`` and some messages came.
 
-    ``own_inbox``: the replies come to a subscription of their own, made for this request
-    (a pull's messages keep their stream subject, so the shared inbox cannot tell whose
-    they are); otherwise to the shared inbox.
+    ``own_inbox``: a pull, whose messages keep their stream subject, so the shared inbox
+    cannot tell whose they are: they come to the client's pull subscription (made once),
+    which serves one pull at a time; its status message (a 404, 408) comes on the pull's
+    own reply subject. Otherwise the replies come to the shared inbox.
     """
-    import nats.errors
-
     inbox = None if own_inbox else await _inbox(nc)
     future: asyncio.Future[Msg | None] = asyncio.get_running_loop().create_future()
     messages: list[Msg] = []
@@ -190,34 +212,36 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
         if len(messages) >= limit:
             future.set_result(None)
 
-    sub: Any = None
     if inbox is None:
-        token, reply = "", nc.new_inbox()
-
-        async def on_message(msg: Msg) -> None:
-            on_reply(msg)
-
-        sub = await nc.subscribe(reply, cb=on_message)
-    else:
-        token, reply = inbox.open(on_reply)
-    timer = None
-    if inbox is not None:
-        inbox.expire(token, future, timeout)
-    else:
-        timer = future.get_loop().call_later(timeout, _time_out, future)
-    try:
-        await nc.publish(subject, payload, reply=reply)
-        try:
-            status = await future
-        except asyncio.TimeoutError:  # nats-py's TimeoutError is one
-            if partial_on_timeout and messages:
-                return list(messages), None
-            raise nats.errors.TimeoutError from None
-    finally:
-        if inbox is not None:
-            inbox.close(token)
-        else:
-            if timer is not None:
+        pulls = await _inbox(nc)
+        await pulls.ensure_pulls(nc)
+        async with pulls.pull_lock:
+            token = str(next(pulls.counter))
+            pulls.pulling = (token, on_reply)
+            timer = future.get_loop().call_later(timeout, _time_out, future)
+            try:
+                return await _collected(nc, subject, payload, pulls.pull_prefix + token, future, messages,
+                                        partial_on_timeout)
+            finally:
                 timer.cancel()
-            await sub.unsubscribe()
+                pulls.pulling = None
+    token, reply = inbox.open(on_reply)
+    inbox.expire(token, future, timeout)
+    try:
+        return await _collected(nc, subject, payload, reply, future, messages, partial_on_timeout)
+    finally:
+        inbox.close(token)
+
+
+async def _collected(nc: Client, subject: str, payload: bytes, reply: str, future: asyncio.Future[Msg | None],
+                     messages: list[Msg], partial_on_timeout: bool) -> tuple[list[Msg], Msg | None]:
+    import nats.errors
+
+    await nc.publish(subject, payload, reply=reply)
+    try:
+        status = await future
+    except asyncio.TimeoutError:  # nats-py's TimeoutError is one
+        if partial_on_timeout and messages:
+            return list(messages), None
+        raise nats.errors.TimeoutError from None
     return list(messages), status

@@ -1,4 +1,5 @@
-"""``replies``: requests on a client's shared inbox time out through one shared sweeper.
+"""``replies``: requests on a client's shared inbox time out through one shared sweeper;
+pulls share one subscription of their own.
 
 A request nobody answers fails with nats-py's TimeoutError, while a request made at the
 same time whose reply comes later than that timeout succeeds; once they
@@ -9,6 +10,7 @@ timer running).
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import nats
 import nats.errors
@@ -47,6 +49,37 @@ def test_unanswered_requests_time_out_and_answered_ones_do_not(nats_url: str) ->
             assert inbox.waiting == {} and inbox.deadlines == {}
             await asyncio.sleep(2 * replies._SWEEP)
             assert inbox.sweeper is None  # no timer while nothing waits
+        finally:
+            await nc.close()
+
+    run(scenario(), 30)
+
+
+def test_pulls_share_one_subscription_and_take_only_their_own_status(nats_url: str) -> None:
+    """Pulls go one at a time through the client's pull subscription: each gets its messages
+    and ends on its own status (an empty pull on its 404), and the subscription is made once."""
+
+    async def scenario() -> None:
+        from nats.js import api
+
+        from distributed_agents.adapters.nats.delivery import pull_ready
+
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        stream = f"PULLS{uuid.uuid4().hex[:8]}"
+        try:
+            await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+            await js.add_consumer(stream, api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.EXPLICIT))
+            for n in range(5):
+                await js.publish(f"{stream}.a", str(n).encode())
+            first, second, empty = await asyncio.gather(
+                pull_ready(nc, stream, "c", 3), pull_ready(nc, stream, "c", 3), pull_ready(nc, stream, "c", 3))
+            got = sorted(int(m.data) for m in [*first, *second])
+            assert got == [0, 1, 2, 3, 4] and len(first) == 3 and len(second) == 2 and empty == [], (first, second, empty)
+            inbox = replies._INBOXES[nc]
+            subscription = inbox.pull_sub
+            assert await pull_ready(nc, stream, "c", 3) == []
+            assert inbox.pull_sub is subscription and inbox.pulling is None
         finally:
             await nc.close()
 
