@@ -419,7 +419,8 @@ def _parser() -> Parser:
             option.add_to(sub)
         sub.set_defaults(run=run, options=options)
 
-    delete = command("delete", "delete finished or malformed workflows for good: record, checkpoints, lease",
+    delete = command("delete", "delete finished or malformed workflows for good: record, checkpoints, lease, "
+                     "dead letters",
                      "Delete each workflow's record, checkpoints and lease, so that its id is free again. A workflow "
                      "still running or paused is refused (cancel it first, or pass --force); one whose record "
                      "cannot be read (malformed, e.g. edited by hand) can always be deleted. Asks for confirmation "
@@ -931,9 +932,27 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
             else:
                 print(f"{workflow_id}: already gone", file=sys.stderr)
         print(f"deleted {deleted} workflow(s)")
+        # Their dead letters would otherwise stay listed (and requeueable) with no workflow
+        # left to take the result.
+        purged = 0
+        for letter in await operations.all_dead_letters(backend):
+            if _letter_workflow(letter) in targets and await backend.task_queue.purge_dead_letter(letter.task_id):
+                purged += 1
+        if purged:
+            print(f"purged {purged} dead letter(s) of the deleted workflows")
         return status
 
     return await _with_backend(args, use)
+
+
+def _letter_workflow(letter: DeadLetter) -> str | None:
+    """The workflow a dead letter belongs to: its task's, or (undecodable bytes) its id's prefix.
+
+    Task ids start with the workflow id and a colon (``core.engine.task_id_for``).
+    """
+    if letter.task is not None:
+        return letter.task.workflow_id
+    return letter.task_id.split(":", 1)[0] if ":" in letter.task_id else None
 
 
 async def _list_workers(args: argparse.Namespace) -> int:

@@ -397,3 +397,37 @@ def test_readme_lists_every_command_and_each_has_help(capsys: pytest.CaptureFixt
         out, _ = capsys.readouterr()
         assert exit_.value.code == 0
         assert out.startswith(f"usage: distributed-agents {command}")
+
+
+def test_delete_purges_the_dead_letters_of_the_deleted_workflows_and_no_others(deployment: Deployment) -> None:
+    from support.aio import run
+
+    from distributed_agents import open_backend
+    from distributed_agents.core.ports.task_queue import Task
+
+    done = deployment.cli("run", "opsapp:failing", "--local-nodes")
+    found = re.search(r"'distributed-agents status (wf_[0-9a-f]+)'", done.stderr)
+    assert done.returncode == 1 and found is not None, done.stderr
+    workflow_id = found.group(1)
+    mine, other = f"{workflow_id}:0:0:boom", f"wf_other{uuid.uuid4().hex[:6]}:0:0:boom"
+
+    async def dead_letters() -> None:  # a dead letter of the failed workflow and one of another
+        backend = open_backend(deployment.url, prefix=deployment.prefix)
+        await backend.connect()
+        try:
+            queue = backend.task_queue
+            for task_id in (mine, other):
+                await queue.enqueue(Task(task_id, task_id.split(":")[0], "boom", "spectre", {"step": 0}))
+                [claim] = await queue.claim(["spectre"], worker_id="holder", wait=5)
+                await queue.nack(claim, "ValueError: the model said no", final=True)
+        finally:
+            await backend.close()
+
+    run(dead_letters(), 60)
+    listed = {letter["task_id"] for letter in lines(deployment.ok("dead-letters", "list", "--json"))}
+    assert {mine, other} <= listed
+    deleted = deployment.ok("delete", workflow_id, "--yes")
+    assert deleted.splitlines() == ["deleted 1 workflow(s)", "purged 1 dead letter(s) of the deleted workflows"]
+    left = {letter["task_id"] for letter in lines(deployment.ok("dead-letters", "list", "--json"))}
+    assert mine not in left and other in left
+    deployment.ok("dead-letters", "purge", other, "--yes")  # leaves the module's deployment as it was
