@@ -170,6 +170,46 @@ def test_the_newest_checkpoint_is_read_from_its_snapshot_on(nats_url: str) -> No
 
     newest, newest_read, all_read, every = run(scenario(), 60)
     assert newest == states[-1]
-    assert all_read == len(states)
+    assert all_read == len(states) - 1  # the newest entry is held in the record itself
     assert newest_read < len(states) // 2, newest_read  # only the newest chain
     assert every == list(reversed(states))
+
+
+def test_entries_held_in_the_record_and_entries_of_their_own_make_one_history(nats_url: str) -> None:
+    """The newest entry rides in the record when small and has its own key when large
+    (over 32 KB): any mix, written by two stores in turn (each save by one finds the
+    record written by the other), reads back as the whole history, newest first; the
+    newest alone is read without reading the bucket when the record holds a snapshot."""
+    sizes = [10, 50_000, 10, 10, 60_000, 70_000, 10, 100]
+    states = [{"n": n, "blob": f"{n}" * size} for n, size in enumerate(sizes)]
+
+    async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
+        first = await open_nats(nats_url)
+        second = await open_nats(nats_url, prefix=first.options.prefix)
+        try:
+            await _save_all([first, second], states, "w1")
+            await _save_all([first], states[:1], "w2")  # one small snapshot, held in the record
+            read: list[str] = []
+            original = kv.get_range
+
+            async def counting(bucket: Any, pattern: str, *, start: int = 1, timeout: float = 5.0) -> list[kv.Entry]:
+                read.append(pattern)
+                return await original(bucket, pattern, start=start, timeout=timeout)
+
+            kv.get_range = counting  # type: ignore[assignment]
+            try:
+                only = [cp.state for cp in await second.state_store.list_checkpoints("w2", limit=1)]
+            finally:
+                kv.get_range = original  # type: ignore[assignment]
+            assert read == [], read
+            every = [cp.state for cp in await second.state_store.list_checkpoints("w1")]
+            newest = [cp.state for cp in await first.state_store.list_checkpoints("w1", limit=2)]
+            return every, newest, only
+        finally:
+            await first.close()
+            await second.close()
+
+    every, newest, only = run(scenario(), 60)
+    assert every == list(reversed(states))
+    assert newest == [states[-1], states[-2]]
+    assert only == [states[0]]

@@ -139,8 +139,9 @@ def private_nats() -> Any:
 
 
 def test_one_single_node_workflow_costs_few_round_trips(private_nats: str) -> None:
-    """Orchestrator: grant the lease (a new id: nothing read first), create (checkpoint,
-    record), enqueue (message, task record), commit (checkpoint, record), release: 8, plus its
+    """Orchestrator: grant the lease (a new id: nothing read first), create (the record,
+    holding its checkpoint entry), enqueue (message, task record), commit (the create's
+    entry moved to its own key, the record holding the new one), release: 7, plus its
     events' flushes; the result comes inside the done event, no read. Worker: look
     (stream info), pull, read the task record, claim it, commit the result, ack: 6 (an
     idle worker's wait ending adds a look). Nothing goes to the claims bucket: the
@@ -153,7 +154,7 @@ def test_one_single_node_workflow_costs_few_round_trips(private_nats: str) -> No
         # An idle worker's claim also ends every 3 s (poll_wait) and looks once more.
         looks = worker.pop("$JS.API.STREAM.INFO", 0)
         assert 1 <= looks <= 2, runs
-        assert orchestrator == {"$KV.state": 6, "tasks": 1, "$KV.tasks": 1}, runs
+        assert orchestrator == {"$KV.state": 5, "tasks": 1, "$KV.tasks": 1}, runs
         assert flushes <= 5 and one_way["bus"] <= 5, runs  # events, published by the core
         assert one_way["wake"] == 1, runs
         assert worker == {"$JS.API.CONSUMER.MSG": 1, "$JS.API.DIRECT.GET": 1, "$KV.tasks": 2, "$JS.ACK": 1}, runs
