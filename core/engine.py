@@ -221,6 +221,9 @@ class StepEngine:
         # Whether the last commit also released the workflow's lease (save_releasing): the
         # driver then need not release it again.
         self.lease_released = False
+        # The first step's calls by task id, when the driver built them to queue their tasks
+        # with the workflow's create (first_step_calls): used once, instead of building them again.
+        self.first_calls: dict[str, NodeCall] = {}
 
     async def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
@@ -544,7 +547,8 @@ class StepEngine:
             entries = [await self._handler_input(graph, record, entry) for entry in entries]
         all_entries = entries
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share) \
-            if self._cache is not None else ({}, {}, {})
+            if self._cache is not None and any(graph.node(e.node).cache_policy is not None for e in entries) \
+            else ({}, {}, {})
         if hits or followers:
             entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
         # Encoded only when a task needs it: an in-process node of a state of scalars gets a copy.
@@ -570,13 +574,17 @@ class StepEngine:
                 batches.append(self._subgraph_batch(graph, record, entry))
                 continue
             func = self._local_function(spec)
-            shared = func is not None and entry.arg is None and flat
-            if entry.arg is None and not shared and encoded is None:
-                encoded = self._state_json(record.state)
-            if func is None and entry.arg is None and reference is None and len(encoded or b"") > INLINE_STATE_LIMIT:
-                reference = await self._state_reference(record, len(encoded or b"")) or {}
-            call = _node_call(graph, record, entry, spec, task_id, bool(shared), encoded, reference,
-                              func is not None, workflow_priority, answers, options.step_limit, self._trace)
+            # Built already when the first step's tasks were queued with the create (first_step_calls).
+            call = self.first_calls.pop(task_id, None) if self.first_calls else None
+            if call is None:
+                shared = func is not None and entry.arg is None and flat
+                if entry.arg is None and not shared and encoded is None:
+                    encoded = self._state_json(record.state)
+                if func is None and entry.arg is None and reference is None and \
+                        len(encoded or b"") > INLINE_STATE_LIMIT:
+                    reference = await self._state_reference(record, len(encoded or b"")) or {}
+                call = _node_call(graph, record, entry, spec, task_id, bool(shared), encoded, reference,
+                                  func is not None, workflow_priority, answers, options.step_limit, self._trace)
             if func is not None:
                 local[name] = func
                 local_calls.append(call)

@@ -51,7 +51,7 @@ from distributed_agents.core.errors import (
     WorkflowNotFoundError,
 )
 from distributed_agents.core.events import EventPublisher
-from distributed_agents.core.executors import CONFIGURABLE_KEY, TaskQueueExecutor, node_task
+from distributed_agents.core.executors import CONFIGURABLE_KEY, NodeCall, TaskQueueExecutor, node_task
 from distributed_agents.core.frontier import frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
@@ -660,7 +660,7 @@ class Orchestrator:
             return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
                                      interrupt_before=interrupt_before, interrupt_after=interrupt_after,
                                      durability=None if durability == "sync" else durability)
-        enqueued: set[str] = set()  # the first step's tasks, when queued with the create
+        enqueued: dict[str, NodeCall] = {}  # the first step's calls, when their tasks were queued with the create
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
@@ -867,14 +867,15 @@ class Orchestrator:
         breakpoints: Mapping[str, Any] | None = None,
         durability: str = "sync",
         metadata: Mapping[str, Any] | None = None,
-        enqueued: set[str] | None = None,
+        enqueued: dict[str, NodeCall] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
 
         ``metadata`` is added to the record's (a subgraph's child names its parent there).
-        With ``enqueued`` (a set), the first step's worker tasks are queued with the create
-        where that step does nothing else first (``engine.first_step_calls``), and their ids
-        added to it: the run's first step then waits for them without queueing them again.
+        With ``enqueued`` (a dict), the first step's worker tasks are queued with the create
+        where that step does nothing else first (``engine.first_step_calls``), and their calls
+        put in it by task id: the run's first step then waits for them without building or
+        queueing them again.
         """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
@@ -924,14 +925,17 @@ class Orchestrator:
                       # Every process returns the output schema's keys, without needing the graph.
                       **({OUTPUT_KEYS: graph.schema.output_keys} if graph.schema is not None else {})},
         )
-        tasks = None
+        tasks, calls = None, None
         # Only where the first step would queue them at once: nodes on workers it waits for,
         # no instrumentation (whose trace context the tasks carry).
         if enqueued is not None and self.wait_for_workers and self._observer() is None:
             calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function)
             if calls:
                 tasks = [node_task(call, self.backend.task_queue.max_attempts) for call in calls]
-        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, enqueued)
+        queued: set[str] = set()
+        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
+        if queued and enqueued is not None:
+            enqueued.update((call.task_id, call) for call in calls or () if call.task_id in queued)
         scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name)
         return record, lease
 
@@ -1505,7 +1509,7 @@ class Orchestrator:
             await self.backend.state_store.release_lease(lease)
 
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None,
-                     enqueued: set[str] | None = None) -> State:
+                     enqueued: Mapping[str, NodeCall] | None = None) -> State:
         workflow_id = record.workflow_id
         # A continued run (execute(continue_completed=True)) counts its steps from where it started.
         options = DriveOptions(step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
@@ -1514,7 +1518,9 @@ class Orchestrator:
         publisher.start()
         sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
         try:
-            engine = self._engine(workflow_id, lease, record.metadata, graph, enqueued)
+            engine = self._engine(workflow_id, lease, record.metadata, graph, set(enqueued or ()))
+            if enqueued:
+                engine.first_calls.update(enqueued)
             drive = asyncio.ensure_future(engine.drive(graph, record, lease, options))
         finally:
             reset_stream_sink(sink)

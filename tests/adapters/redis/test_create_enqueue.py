@@ -91,7 +91,7 @@ def test_a_workflow_whose_orchestrator_died_right_after_the_create_is_taken_over
                                recover=True, recovery_interval=0.1)
         try:
             # What execute does up to the drive: the record, its lease and its first task, in one script.
-            enqueued: set[str] = set()
+            enqueued: dict[str, Any] = {}
             record, _ = await dead._start(graph, {}, workflow_id="wf-died", step_limit=None, priority=0,
                                           from_checkpoint=None, enqueued=enqueued)
             assert len(enqueued) == 1  # queued with the create
