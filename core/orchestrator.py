@@ -1465,9 +1465,9 @@ class Orchestrator:
             frontier["task_runs"] = pinned
         return frontier
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        """``call()``, retried with backoff while the backend is unavailable."""
-        return await until_available(call, what=what, outage=self._outage)
+    def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
+        """``call()``, retried with backoff while the backend is unavailable (await the result)."""
+        return until_available(call, what=what, outage=self._outage)
 
     async def _acquire(self, workflow_id: str, wait: float = 0.0, call: str = "") -> WorkflowLease:
         """The workflow's lease, waiting up to ``wait`` seconds while another orchestrator holds it.

@@ -55,7 +55,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
@@ -370,8 +370,9 @@ class RedisStateManager(StateStore):
         # The newest checkpoint entry this store wrote per workflow (most recent last).
         self._tips: OrderedDict[str, ChainTip] = OrderedDict()
 
-    async def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
-        return await self._connection.run_script(name, source, keys, args, action)
+    def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Awaitable[Any]:
+        # The connection's coroutine itself, awaited by the caller: no coroutine of its own in between.
+        return self._connection.run_script(name, source, keys, args, action)
 
     def _workflow_keys(self, workflow_id: str) -> list[str]:
         k = self._keys

@@ -214,10 +214,11 @@ class RedisTaskQueue(TaskQueue):
         """The Redis URL (as given, password included; use ``masked_url`` in messages)."""
         return self._connection.url
 
-    async def _run(self, name: str, args: list[Any], action: str) -> Any:
+    def _run(self, name: str, args: list[Any], action: str) -> Awaitable[Any]:
         base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
-        # KEYS names one key of the prefix's slot: on a cluster it routes the script there.
-        return await self._connection.run_script(name, _SCRIPTS[name], [self._keys.route], base + args, action)
+        # KEYS names one key of the prefix's slot: on a cluster it routes the script there. The
+        # connection's coroutine is returned for the caller to await: no coroutine layer of its own.
+        return self._connection.run_script(name, _SCRIPTS[name], [self._keys.route], base + args, action)
 
     # -- producing -------------------------------------------------------------------
 
