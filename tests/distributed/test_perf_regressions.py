@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import pathlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 from support.aio import run
+from support.worker_processes import load_test_app, sigkill_orchestrator_child
 
 from distributed_agents import END, CachePolicy, Graph, NodeContext, Orchestrator, RetryPolicy, Send, State, Worker
 from distributed_agents.core.errors import WorkflowCancelledError, WorkflowExistsError, WorkflowLeaseHeldError
@@ -393,3 +395,38 @@ def test_a_lost_lease_is_detected_and_another_owner_finishes_the_workflow(redis_
     done, status = run(_serving([worker], body, url, lease_ttl=1.5), 60)
     assert (done, status) == (1, WorkflowStatus.COMPLETED)
     assert runs == {"wf-lost": 1}
+
+
+def test_an_orchestrator_sigkilled_right_after_the_create_is_taken_over_and_each_send_runs_once(
+    url: str, tmp_path: pathlib.Path,
+) -> None:
+    """A real orchestrator process creates a workflow whose first step is a five-Send
+    fan-out (queued with the create on Redis) and is SIGKILLed before driving it; a worker
+    runs the queued tasks meanwhile; a recovering orchestrator takes the workflow over,
+    reuses their results and completes it: each Send's node ran once."""
+    runs: collections.Counter[str] = collections.Counter()
+    app = load_test_app("perf_create_child")
+    base, _, query = url.partition("?")
+    prefix = query.split("prefix=")[1]
+    line = sigkill_orchestrator_child("perf_create_child.py", base, prefix, "wf-killed", tmp_path)
+    workflow_id, queued_with_create = line.split()
+
+    async def scenario() -> tuple[Any, ...]:
+        worker = _counting_worker(url, runs)
+        serving = asyncio.ensure_future(worker.start())
+        rescuer = _orchestrator(url, recover=True, recovery_interval=0.1, lease_ttl=1.0)
+        rescuer.register_graph(app.fan_graph())
+        try:
+            await rescuer.connect()
+            final = await rescuer.wait(workflow_id, timeout=60)
+            return final.get("done"), await _queued(rescuer)
+        finally:
+            await rescuer.close()
+            await worker.stop(grace=1)
+            await serving
+
+    done, queued = run(scenario(), 80)
+    assert (done, queued) == (5, 0)
+    assert runs == {f"wf-killed:{i}": 1 for i in range(5)}
+    if "redis" in url:
+        assert queued_with_create == "5"  # the path under attack was taken
