@@ -222,8 +222,9 @@ class StepEngine:
         # driver then need not release it again.
         self.lease_released = False
         # The first step's calls by task id, when the driver built them to queue their tasks
-        # with the workflow's create (first_step_calls): used once, instead of building them again.
-        self.first_calls: dict[str, NodeCall] = {}
+        # with the workflow's create (first_step_calls), with the time (time.time()) the create
+        # was sent: used once, instead of building them again; node.started carries that time.
+        self.first_calls: dict[str, tuple[NodeCall, float]] = {}
 
     async def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
@@ -575,7 +576,8 @@ class StepEngine:
                 continue
             func = self._local_function(spec)
             # Built already when the first step's tasks were queued with the create (first_step_calls).
-            call = self.first_calls.pop(task_id, None) if self.first_calls else None
+            first = self.first_calls.pop(task_id, None) if self.first_calls else None
+            call, sent = first if first is not None else (None, None)
             if call is None:
                 shared = func is not None and entry.arg is None and flat
                 if entry.arg is None and not shared and encoded is None:
@@ -590,12 +592,14 @@ class StepEngine:
                 local_calls.append(call)
             else:
                 remote_calls.append(call)
+            # A task queued with the workflow's create was dispatched then, not now.
+            dated = {} if sent is None else {"time": sent}
             if entry.index is None:
                 self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
-                                  where="local" if func is not None else "worker")
+                                  where="local" if func is not None else "worker", **dated)
             else:
                 self._events.emit(record.workflow_id, "node.started", step=record.step, node=name,
-                                  where="local" if func is not None else "worker", task=entry.key)
+                                  where="local" if func is not None else "worker", task=entry.key, **dated)
         if local_calls:
             batches.append(InProcessExecutor(local, self._instrumentation).run(local_calls))
         if remote_calls:

@@ -660,7 +660,8 @@ class Orchestrator:
             return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
                                      interrupt_before=interrupt_before, interrupt_after=interrupt_after,
                                      durability=None if durability == "sync" else durability)
-        enqueued: dict[str, NodeCall] = {}  # the first step's calls, when their tasks were queued with the create
+        # The first step's calls, when their tasks were queued with the create, and when they were sent.
+        enqueued: dict[str, tuple[NodeCall, float]] = {}
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
@@ -867,15 +868,16 @@ class Orchestrator:
         breakpoints: Mapping[str, Any] | None = None,
         durability: str = "sync",
         metadata: Mapping[str, Any] | None = None,
-        enqueued: dict[str, NodeCall] | None = None,
+        enqueued: dict[str, tuple[NodeCall, float]] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
 
         ``metadata`` is added to the record's (a subgraph's child names its parent there).
         With ``enqueued`` (a dict), the first step's worker tasks are queued with the create
         where that step does nothing else first (``engine.first_step_calls``), and their calls
-        put in it by task id: the run's first step then waits for them without building or
-        queueing them again.
+        put in it by task id, with the time (``time.time()``) the create was sent: the run's
+        first step then waits for them without building or queueing them again, and dates
+        their ``node.started`` events from when they were dispatched.
         """
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before execute()")
@@ -933,10 +935,13 @@ class Orchestrator:
             if calls:
                 tasks = [node_task(call, self.backend.task_queue.max_attempts) for call in calls]
         queued: set[str] = set()
+        sent = time.time()  # the tasks' dispatch: their node.started events carry it
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
         if queued and enqueued is not None:
-            enqueued.update((call.task_id, call) for call in calls or () if call.task_id in queued)
-        scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name)
+            enqueued.update((call.task_id, (call, sent)) for call in calls or () if call.task_id in queued)
+        # Dated from the create's dispatch, as the tasks queued with it (one atomic step).
+        scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name,
+                                                        time=sent)
         return record, lease
 
     async def _continue_completed(
@@ -1509,7 +1514,7 @@ class Orchestrator:
             await self.backend.state_store.release_lease(lease)
 
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None,
-                     enqueued: Mapping[str, NodeCall] | None = None) -> State:
+                     enqueued: Mapping[str, tuple[NodeCall, float]] | None = None) -> State:
         workflow_id = record.workflow_id
         # A continued run (execute(continue_completed=True)) counts its steps from where it started.
         options = DriveOptions(step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),

@@ -7,6 +7,7 @@ a refused create (the id is taken, or another owner holds its lease) queues noth
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -112,3 +113,56 @@ def test_a_workflow_whose_orchestrator_died_right_after_the_create_is_taken_over
     assert status == WorkflowStatus.COMPLETED and result == {"x": 1}
     assert runs == ["wf-died"]  # the task queued with the create ran once; the takeover reused its result
     assert version == 2  # created, then committed once (by the rescuer)
+
+
+def test_tasks_queued_with_the_create_are_dated_from_its_dispatch_in_their_events(open_redis: Any) -> None:
+    """``node.started`` says when a node was dispatched: for a task queued by the create script,
+    when the create was sent (as ``workflow.started``), not when the first step took it up,
+    which may be after the worker started it. A step that queues its own tasks (the second
+    node) is dated when it does."""
+    ran: dict[str, float] = {}
+    registry = NodeRegistry()
+
+    @registry.register("first")
+    async def first(state: State) -> dict[str, Any]:
+        ran["a"] = time.time()
+        return {"x": 1}
+
+    @registry.register("second")
+    async def second(state: State) -> dict[str, Any]:
+        ran["b"] = time.time()
+        return {"x": 2}
+
+    graph = (Graph("dated").add_node("a", node_type="first").add_node("b", node_type="second")
+             .set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile())
+    wanted = ("workflow.started:", "node.started:a", "node.completed:a", "node.started:b", "node.completed:b")
+
+    async def scenario() -> dict[str, float]:
+        prefix = f"dated{uuid.uuid4().hex[:8]}"
+        backend, worker_backend = await open_redis(prefix=prefix), await open_redis(prefix=prefix)
+        worker = Worker(["first", "second"], capacity=2, backend=worker_backend, registry=registry, worker_id="w1")
+        serving = asyncio.ensure_future(worker.start())
+        orchestrator = Orchestrator(backend=backend, local_nodes=False, wait_for_workers=True)
+        subscription = await backend.message_bus.subscribe("events.>")
+        try:
+            assert dict(await orchestrator.execute(graph, {})) == {"x": 2}
+            times: dict[str, float] = {}
+            while len(times) < len(wanted):
+                message = await subscription.get(timeout=10)
+                assert message is not None, times
+                key = f"{message.data['type']}:{message.data.get('node', '')}"
+                if key in wanted:
+                    times[key] = float(message.data["time"])
+            return times
+        finally:
+            await subscription.close()
+            await orchestrator.close()
+            await worker.stop()
+            await serving
+            await backend.close()
+            await worker_backend.close()
+
+    times = run(scenario(), 60)
+    assert times["node.started:a"] == times["workflow.started:"]  # queued with the create: dispatched with it
+    assert times["node.started:a"] <= ran["a"]  # dispatched before the worker started it
+    assert times["node.completed:a"] <= times["node.started:b"] <= ran["b"]
