@@ -21,7 +21,7 @@ import redis
 from support.aio import run
 from support.worker_processes import load_test_app, sigkill_orchestrator_child
 
-from distributed_agents import END, CachePolicy, Graph, NodeContext, Orchestrator, RetryPolicy, Send, State, Worker
+from distributed_agents import CachePolicy, Graph, NodeContext, Orchestrator, RetryPolicy, Send, State, Worker
 from distributed_agents.core.errors import WorkflowCancelledError, WorkflowExistsError, WorkflowLeaseHeldError
 from distributed_agents.core.ports.state_store import WorkflowStatus
 

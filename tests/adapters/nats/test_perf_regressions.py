@@ -9,16 +9,13 @@ import asyncio
 import collections
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import nats
 import pytest
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server
 
-from distributed_agents.adapters.nats.delivery import pull_ready
 from distributed_agents.core.errors import FencingTokenRejectedError, VersionConflictError
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import Task
