@@ -233,3 +233,45 @@ def test_a_backend_used_in_one_event_loop_and_then_another_serves_both(open_redi
 
     assert run(first(), 30) == ["t1"]
     assert run(second(), 30) == (1, 2, ["t2"])
+
+
+@pytest.mark.parametrize("secure", ["acl", "tls"])
+def test_kept_connections_reconnect_with_the_url_s_user_and_tls_after_the_server_closed_them(
+    secure: str, tmp_path: Any,
+) -> None:
+    """An ACL user's URL, or rediss:// with a client certificate: after CLIENT KILL between
+    calls, the kept batched and BLMPOP connections reconnect authenticated (and over TLS)."""
+    from support.secure_redis import SecureRedisServer
+    from support.tls import make_certificates
+
+    from distributed_agents.plugins import open_backend
+
+    password = f"pw-{uuid.uuid4().hex}"
+    rule = ("resetkeys ~perf:* resetchannels &perf:* -@all +@read +@write +@keyspace +@pubsub +@connection "
+            "+@transaction +@blocking +time +evalsha +eval +script|load +script|exists")
+    certs = make_certificates(tmp_path / "certs") if secure == "tls" else None
+    with SecureRedisServer(acl=[f"user perf on >{password} {rule}"], certs=certs,
+                           client_certs="yes" if certs else "no") as server:
+        tls = "" if certs is None else f"?tls_ca={certs.ca}&tls_cert={certs.client_cert}&tls_key={certs.client_key}"
+        url = server.url_for("perf", password) + tls
+        admin = server.admin_url + ("" if certs is None else
+                                    f"?ssl_ca_certs={certs.ca}&ssl_certfile={certs.client_cert}"
+                                    f"&ssl_keyfile={certs.client_key}")
+
+        async def scenario() -> tuple[Any, ...]:
+            backend = open_backend(url, prefix="perf")
+            await backend.connect()
+            store, queue = backend.state_store, backend.task_queue
+            try:
+                await _create(store, "a", 1)
+                await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=0.1)
+                killed = await asyncio.to_thread(_kill_others, admin)
+                await queue.enqueue_many([Task("t1", "a", "n", "alpha", {})])
+                claimed = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=2.0)]
+                record = await store.get("a")
+                return killed, claimed, record and record.state["x"]
+            finally:
+                await backend.close()
+
+        killed, claimed, x = run(scenario(), 40)
+    assert killed >= 1 and claimed == ["t1"] and x == 1
