@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import pathlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -430,3 +431,41 @@ def test_an_orchestrator_sigkilled_right_after_the_create_is_taken_over_and_each
     assert runs == {f"wf-killed:{i}": 1 for i in range(5)}
     if "redis" in url:
         assert queued_with_create == "5"  # the path under attack was taken
+
+
+@pytest.mark.skipif(os.environ.get("DA_TEST_PROFILE") != "thorough",
+                    reason="restarts a Redis server under running workflows: DA_TEST_PROFILE=thorough")
+def test_workflows_whose_lease_renewals_fail_through_a_short_outage_keep_their_leases_and_finish() -> None:
+    """Four workflows outlast their lease (3 s); the Redis server (with its AOF) is down for
+    about a second while their renewals are due: renewals fail, then succeed on the next
+    round; every workflow completes under its first orchestrator, each node once."""
+    from support.redis_server import RedisServer
+
+    runs: collections.Counter[str] = collections.Counter()
+    with RedisServer(appendonly=True) as server:
+        url = f"{server.url}?prefix=perf{uuid.uuid4().hex[:8]}"
+        worker = Worker(backend=url, poll_wait=0.1, capacity=4)
+
+        async def slow(state: State, context: NodeContext) -> dict[str, Any]:
+            runs[context.workflow_id] += 1
+            await asyncio.sleep(4.0)
+            return {"done": 1}
+
+        worker.register_node("count", slow)
+
+        async def body(orchestrator: Orchestrator) -> Any:
+            executions = [asyncio.ensure_future(orchestrator.execute(_single(), {}, workflow_id=f"wf-out{i}"))
+                          for i in range(4)]
+            while len(runs) < 4:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(server.stop, kill=True)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(server.start)
+            finals = await asyncio.gather(*executions)
+            records = [await orchestrator.backend.state_store.get(f"wf-out{i}") for i in range(4)]
+            return [f.get("done") for f in finals], [r.version for r in records]
+
+        done, versions = run(_serving([worker], body, url, lease_ttl=3.0), 80)
+    assert done == [1] * 4
+    assert runs == {f"wf-out{i}": 1 for i in range(4)}
+    assert versions == [2] * 4  # created, then one commit each: no takeover
