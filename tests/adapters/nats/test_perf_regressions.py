@@ -196,3 +196,60 @@ def test_requests_under_a_stalled_server_fail_in_time_and_the_client_works_once_
     assert all(o in ("ok", "BackendUnavailableError", "BackendError") for o in outcomes), outcomes
     assert value in (1, 2)
     assert claimed == ["t1"]
+
+
+@pytest.mark.skipif(os.environ.get("DA_TEST_PROFILE") != "thorough",
+                    reason="restarts a nats-server and waits for the client to reconnect: DA_TEST_PROFILE=thorough")
+def test_claims_waiting_through_a_server_restart_reconnect_and_take_each_task_once(own_server: NatsServer) -> None:
+    """Claims wait (their pulls on the client's one pull subscription) while the server
+    restarts on the same port and store: after the reconnect, tasks enqueued before and
+    after the restart are each claimed exactly once by the same client."""
+
+    async def scenario() -> collections.Counter[str]:
+        producer = await open_nats(own_server.url)
+        backend = await open_nats(own_server.url, prefix=producer.options.prefix)
+        queue = backend.task_queue
+        seen: collections.Counter[str] = collections.Counter()
+        try:
+            await producer.task_queue.enqueue_many([Task(f"before{n}", "w", "n", "alpha", {}) for n in range(5)])
+            first = await queue.claim(["alpha"], worker_id="x", max_tasks=2, wait=0.5)
+            for claim in first:
+                seen[claim.task.id] += 1
+                await queue.ack(claim, {})
+            waiting = [asyncio.ensure_future(queue.claim(["alpha"], worker_id="x", max_tasks=1, wait=2.0))
+                       for _ in range(3)]
+            await asyncio.to_thread(own_server.restart)
+            for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+                if isinstance(outcome, list):
+                    for claim in outcome:
+                        seen[claim.task.id] += 1
+                        try:
+                            await queue.ack(claim, {})
+                        except Exception:
+                            pass  # a lease lost in the restart: the task comes again
+            while True:  # the producer reconnects too
+                try:
+                    await producer.task_queue.enqueue_many([Task(f"after{n}", "w", "n", "alpha", {}) for n in range(5)])
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
+            for _ in range(200):
+                if set(seen) >= {f"before{n}" for n in range(5)} | {f"after{n}" for n in range(5)}:
+                    break
+                try:
+                    claims = await queue.claim(["alpha"], worker_id="x", max_tasks=3, wait=0.3)
+                except Exception:
+                    await asyncio.sleep(0.2)
+                    continue
+                for claim in claims:
+                    seen[claim.task.id] += 1
+                    await queue.ack(claim, {})
+            return seen
+        finally:
+            await backend.close()
+            await producer.close()
+
+    seen = run(scenario(), 58)
+    # A task whose ack the restart lost may be claimed a second time; none is lost.
+    assert set(seen) == {f"before{n}" for n in range(5)} | {f"after{n}" for n in range(5)}
+    assert all(count == 1 for name, count in seen.items() if name.startswith("after")), seen
