@@ -469,3 +469,45 @@ def test_workflows_whose_lease_renewals_fail_through_a_short_outage_keep_their_l
     assert done == [1] * 4
     assert runs == {f"wf-out{i}": 1 for i in range(4)}
     assert versions == [2] * 4  # created, then one commit each: no takeover
+
+
+@pytest.mark.skipif(os.environ.get("DA_TEST_PROFILE") != "thorough",
+                    reason="about 10 s through a slow proxy: DA_TEST_PROFILE=thorough")
+def test_a_create_whose_reply_is_lost_is_retried_and_the_workflow_runs_its_first_node_once(
+    redis_server: Any,
+) -> None:
+    """The orchestrator reaches Redis through a slow proxy; once the create-and-enqueue
+    script has run (the record exists) and before its reply arrives, every connection is
+    reset: the client sends the script again on a new connection. The workflow completes,
+    its first node ran once and no task is left queued."""
+    from support.fault_proxy import FaultProxy
+
+    prefix = f"perf{uuid.uuid4().hex[:8]}"
+    direct = f"{redis_server.url}?prefix={prefix}"
+    runs: collections.Counter[str] = collections.Counter()
+
+    with FaultProxy(redis_server.port) as proxy:
+        proxied = proxy.url("redis", f"/0?prefix={prefix}")
+
+        async def body(_: Orchestrator) -> Any:
+            orchestrator = _orchestrator(proxied)
+            raw = redis.asyncio.Redis.from_url(redis_server.url)
+            try:
+                await orchestrator.connect()
+                orchestrator.register_graph(_single())
+                proxy.latency = 0.3
+                execution = asyncio.ensure_future(orchestrator.execute(_single(), {}, workflow_id="wf-lost-reply"))
+                while not await raw.exists(f"{prefix}:wf:r:wf-lost-reply"):
+                    await asyncio.sleep(0.005)
+                reset = proxy.reset()  # the reply is still in the proxy's delay
+                proxy.latency = 0.0
+                final = await execution
+                return reset, final.get("done"), await _queued(orchestrator)
+            finally:
+                await raw.aclose()
+                await orchestrator.close()
+
+        reset, done, queued = run(_serving([_counting_worker(direct, runs)], body, direct), 60)
+    assert reset >= 1
+    assert (done, queued) == (1, 0)
+    assert runs == {"wf-lost-reply:-": 1}
