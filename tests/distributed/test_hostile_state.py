@@ -200,10 +200,12 @@ async def _entries_of(kind: str, backend: Any, url: str, prefix: str, workflow_i
                 await client.aclose()
         return put_redis
 
+    from distributed_agents.adapters.nats import kv
     from distributed_agents.adapters.nats.naming import token
 
     bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
-    keys = sorted([k for k in await bucket.keys() if k.startswith(f"cp.{token(workflow_id)}.")])
+    # The adapter's scan, not nats-py's keys(): its watcher can end before the data comes.
+    keys = sorted(entry.key for entry in await kv.scan(backend.connection.js, bucket, f"cp.{token(workflow_id)}.>"))
     links = [json.loads((await bucket.get(key)).value).get("_prev") for key in keys]
 
     async def put_nats(raws: list[bytes]) -> None:
@@ -390,11 +392,12 @@ async def _stored_entries(kind: str, backend: Any, url: str, prefix: str) -> lis
             return list(await client.lrange(StateKeys(prefix).checkpoints(WF), 0, -1))
         finally:
             await client.aclose()
+    from distributed_agents.adapters.nats import kv
     from distributed_agents.adapters.nats.naming import token
 
     bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
-    keys = sorted(k for k in await bucket.keys() if k.startswith(f"cp.{token(WF)}."))
-    return [(await bucket.get(key)).value for key in keys]
+    entries = await kv.scan(backend.connection.js, bucket, f"cp.{token(WF)}.>")  # see _entries_of
+    return [entry.value for entry in sorted(entries, key=lambda entry: entry.key)]
 
 
 # -- the dashboard: its list keeps working, the damaged workflow's page says what is wrong --
