@@ -511,3 +511,29 @@ def test_a_create_whose_reply_is_lost_is_retried_and_the_workflow_runs_its_first
     assert reset >= 1
     assert (done, queued) == (1, 0)
     assert runs == {"wf-lost-reply:-": 1}
+
+
+def test_one_orchestrator_used_by_invoke_then_by_asyncio_run_runs_both_workflows_once(url: str) -> None:
+    """The sync API runs a loop per call and closes the connections after it; the same
+    orchestrator then used in another loop (asyncio.run) queues the first step with the
+    create again (on Redis, in one script) on fresh connections."""
+    import threading
+
+    runs: collections.Counter[str] = collections.Counter()
+    worker = _counting_worker(url, runs)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(worker.start(),), daemon=True)
+    thread.start()
+    orchestrator = _orchestrator(url)
+    try:
+        first = orchestrator.invoke(_single(), {}, workflow_id="wf-sync")
+        second = run(orchestrator.execute(_single(), {}, workflow_id="wf-async"), 30)
+        third = orchestrator.invoke(_single(), {}, workflow_id="wf-sync2")
+        run(orchestrator.close(), 30)
+    finally:
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(worker.stop(grace=1)))
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop"
+        loop.close()
+    assert (first.get("done"), second.get("done"), third.get("done")) == (1, 1, 1)
+    assert runs == {"wf-sync:-": 1, "wf-async:-": 1, "wf-sync2:-": 1}
