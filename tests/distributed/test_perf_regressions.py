@@ -527,9 +527,14 @@ def test_one_orchestrator_used_by_invoke_then_by_asyncio_run_runs_both_workflows
     orchestrator = _orchestrator(url)
     try:
         first = orchestrator.invoke(_single(), {}, workflow_id="wf-sync")
-        second = run(orchestrator.execute(_single(), {}, workflow_id="wf-async"), 30)
+        async def execute_and_close() -> State:
+            try:
+                return await orchestrator.execute(_single(), {}, workflow_id="wf-async")
+            finally:
+                await orchestrator.close()
+
+        second = run(execute_and_close(), 30)
         third = orchestrator.invoke(_single(), {}, workflow_id="wf-sync2")
-        run(orchestrator.close(), 30)
     finally:
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(worker.stop(grace=1)))
         thread.join(30)
