@@ -115,7 +115,8 @@ async def execute(client: Any, commands: Sequence[Sequence[Any]], held: HeldConn
 
 
 class HeldConnections:
-    """Up to ``keep`` connections of one pool kept checked out between round trips.
+    """Up to ``keep`` connections of one pool (at most an eighth of its ``max_connections``)
+    kept checked out between round trips.
 
     redis-py's pool checks a connection out and in under a lock and a timer, with
     observability hooks and a readability probe: on a small machine about half the
@@ -149,7 +150,9 @@ class HeldConnections:
             if self._idle:  # a new client (a new event loop): the old pool's connections are its own
                 return False
             self._pool = pool
-        if len(self._idle) >= self.keep:
+        # At most an eighth of the pool (none of a pool under 8): the pool's other users (a
+        # pub/sub reader, plain commands) must still find connections in a small one.
+        if len(self._idle) >= min(self.keep, (getattr(pool, "max_connections", 0) or 0) // 8):
             return False
         self._idle.append(connection)
         return True

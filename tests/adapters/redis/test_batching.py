@@ -240,3 +240,18 @@ def test_a_round_trip_stopped_mid_read_leaves_no_stale_reply_for_the_next() -> N
         reply, left = run(scenario(server.url), 60)
     assert reply == b"fresh"
     assert left == 1
+
+
+def test_connections_are_kept_only_from_a_pool_with_room_for_its_other_users() -> None:
+    """At most an eighth of the pool's connections stay checked out between round trips."""
+    from distributed_agents.adapters.redis.batching import HeldConnections
+
+    class Pool:
+        def __init__(self, max_connections: int) -> None:
+            self.max_connections = max_connections
+
+    kept = []
+    for size in (2, 7, 8, 16, 64):
+        held, pool = HeldConnections(keep=4), Pool(size)
+        kept.append(sum(held.give_back(pool, object()) for _ in range(10)))
+    assert kept == [0, 0, 1, 2, 4]

@@ -277,9 +277,6 @@ def test_kept_connections_reconnect_with_the_url_s_user_and_tls_after_the_server
     assert killed >= 1 and claimed == ["t1"] and x == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the batcher keeps up to 4 connections checked out between round trips "
-                   "(batching.HeldConnections), so a pool of ?max_connections=2 has none left for the "
-                   "'done' subscription of the first enqueue: 'No connection available' (worked before)")
 def test_a_small_connection_pool_is_not_starved_by_the_connections_kept_between_calls(
     open_redis: Any, redis_url: str,
 ) -> None:
