@@ -65,7 +65,8 @@ class _Inbox:
         self.pull_prefix = ""
         self.pull_sub: Any = None
         self.pull_lock = asyncio.Lock()
-        self.pulling: tuple[str, Callable[[Msg], None]] | None = None
+        # The pull under way: its reply token, its handler, and its (stream, consumer).
+        self.pulling: tuple[str, Callable[[Msg], None], tuple[str, str]] | None = None
 
     async def ensure(self, nc: Client) -> None:
         if self.sub is not None:
@@ -89,9 +90,13 @@ class _Inbox:
         pulling = self.pulling
         if pulling is None:
             return  # late, after its pull gave up: undelivered, it comes again after AckWait
-        token, handler = pulling
+        token, handler, ours = pulling
         if msg.subject.startswith(self.pull_prefix) and msg.subject[len(self.pull_prefix):] != token:
             return  # the status that ends an earlier pull
+        if msg.reply and msg.reply.startswith("$JS.ACK.") and _delivered_by(msg.reply) != ours:
+            # A delivery of another consumer, whose pull gave up before it came (a stalled
+            # server): not this pull's. Left unacknowledged, it comes again after its AckWait.
+            return
         handler(msg)
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -193,10 +198,13 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
     (None if ``limit`` messages came). ``nats.errors.TimeoutError`` if no reply ends it
     within ``timeout`` seconds, unless ``partial_on_timeout`` and some messages came.
 
-    ``own_inbox``: a pull, whose messages keep their stream subject, so the shared inbox
-    cannot tell whose they are: they come to the client's pull subscription (made once),
-    which serves one pull at a time; its status message (a 404, 408) comes on the pull's
-    own reply subject. Otherwise the replies come to the shared inbox.
+    ``own_inbox``: a pull (``subject`` ``...CONSUMER.MSG.NEXT.<stream>.<consumer>``), whose
+    messages keep their stream subject, so the shared inbox cannot tell whose they are:
+    they come to the client's pull subscription (made once), which serves one pull at a
+    time and takes only deliveries of that pull's consumer (their ack subject names it; a
+    late one of an earlier pull of another consumer is left to be redelivered); its status
+    message (a 404, 408) comes on the pull's own reply subject. Otherwise the replies come
+    to the shared inbox.
     """
     inbox = None if own_inbox else await _inbox(nc)
     future: asyncio.Future[Msg | None] = asyncio.get_running_loop().create_future()
@@ -217,7 +225,8 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
         await pulls.ensure_pulls(nc)
         async with pulls.pull_lock:
             token = str(next(pulls.counter))
-            pulls.pulling = (token, on_reply)
+            stream, consumer = subject.rsplit(".", 2)[1:]
+            pulls.pulling = (token, on_reply, (stream, consumer))
             timer = future.get_loop().call_later(timeout, _time_out, future)
             try:
                 return await _collected(nc, subject, payload, pulls.pull_prefix + token, future, messages,
@@ -231,6 +240,13 @@ async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeo
         return await _collected(nc, subject, payload, reply, future, messages, partial_on_timeout)
     finally:
         inbox.close(token)
+
+
+def _delivered_by(ack_subject: str) -> tuple[str, str]:
+    """The (stream, consumer) a delivery's ack subject names: ``$JS.ACK.<stream>.<consumer>...``,
+    or with a domain ``$JS.ACK.<domain>.<account hash>.<stream>.<consumer>...`` (12 tokens or more)."""
+    tokens = ack_subject.split(".")
+    return (tokens[4], tokens[5]) if len(tokens) >= 12 else (tokens[2], tokens[3]) if len(tokens) > 3 else ("", "")
 
 
 async def _collected(nc: Client, subject: str, payload: bytes, reply: str, future: asyncio.Future[Msg | None],

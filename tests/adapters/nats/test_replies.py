@@ -84,3 +84,29 @@ def test_pulls_share_one_subscription_and_take_only_their_own_status(nats_url: s
             await nc.close()
 
     run(scenario(), 30)
+
+
+def test_a_pull_takes_only_deliveries_of_its_own_consumer() -> None:
+    """The client's one pull subscription hands a pull only its consumer's deliveries (the ack
+    subject names stream and consumer, with or without a domain) and its own status; a late
+    delivery of another consumer's pull is left alone (it is redelivered after its AckWait)."""
+    from nats.aio.msg import Msg
+
+    async def scenario() -> list[str]:
+        inbox = replies._Inbox()
+        inbox.pull_prefix = "_INBOX.p."
+        taken: list[str] = []
+        inbox.pulling = ("7", lambda msg: taken.append(msg.subject), ("TASKS", "beta"))
+        for subject, reply in (
+            ("tasks.beta", "$JS.ACK.TASKS.beta.1.10.3.1700000000.0"),
+            ("tasks.alpha", "$JS.ACK.TASKS.alpha.1.11.4.1700000000.0"),  # another consumer's late delivery
+            ("tasks.beta", "$JS.ACK.OTHER.beta.1.5.5.1700000000.0"),  # another stream's
+            ("tasks.beta", "$JS.ACK.dom.hash123.TASKS.beta.1.12.6.1700000000.0.tok"),  # with a domain
+            ("tasks.alpha", "$JS.ACK.dom.hash123.TASKS.alpha.1.13.7.1700000000.0.tok"),
+            ("_INBOX.p.6", ""),  # the status that ended an earlier pull
+            ("_INBOX.p.7", ""),  # this pull's status
+        ):
+            await inbox._on_pulled(Msg(None, subject, reply, b"" if not reply else b"x"))  # type: ignore[arg-type]
+        return taken
+
+    assert run(scenario(), 10) == ["tasks.beta", "tasks.beta", "_INBOX.p.7"]
