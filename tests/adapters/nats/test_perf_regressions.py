@@ -1,6 +1,12 @@
 """Faults against this adapter's faster paths: the client's one pull subscription and one
 request timer, the lease token a record created without one carries, the newest
 checkpoint entry held in the record, under a stalled server, a takeover and many claimers.
+
+A client's pulls share one subscription, so each pull must take only its own consumer's
+deliveries: a pull that gave up on a stalled server may get its messages later, while a
+pull of another consumer runs (a worker would claim a task of a node type it does not
+serve). The stall makes that a race the fault loses about one run in three;
+``test_replies`` checks the filter itself deterministically.
 """
 
 from __future__ import annotations
@@ -8,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import pathlib
 import signal
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import nats
 import pytest
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server
 
+from distributed_agents.adapters.nats.delivery import pull_ready
 from distributed_agents.core.errors import FencingTokenRejectedError, VersionConflictError
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import Task
@@ -41,8 +52,15 @@ def own_server() -> Iterator[NatsServer]:
 
 
 def _stall(server: NatsServer) -> None:
+    """SIGSTOP the server and wait until the kernel shows it stopped (state T): on a busy
+    machine the signal can take a moment to land, and the test's premise is a stalled server."""
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGSTOP)
+    stat = pathlib.Path(f"/proc/{server.process.pid}/stat")
+    for _ in range(400):
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+            return
+        time.sleep(0.005)
 
 
 def _resume(server: NatsServer) -> None:
@@ -253,3 +271,52 @@ def test_claims_waiting_through_a_server_restart_reconnect_and_take_each_task_on
     # A task whose ack the restart lost may be claimed a second time; none is lost.
     assert set(seen) == {f"before{n}" for n in range(5)} | {f"after{n}" for n in range(5)}
     assert all(count == 1 for name, count in seen.items() if name.startswith("after")), seen
+
+
+def test_a_pull_that_timed_out_on_a_stalled_server_does_not_hand_its_late_message_to_the_next_pull(
+    own_server: NatsServer,
+) -> None:
+    """Consumer A has a message, consumer B fifty. The server stalls (SIGSTOP): a pull of A
+    times out; a pull of B is sent; the server resumes and answers both. B's pull must
+    return only B's messages: A's late message is A's delivery (handed to B's claimer it
+    would be claimed as a task of B's node type, with B's AckWait)."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        from nats.js import api
+
+        nc = await nats.connect(own_server.url)
+        js = nc.jetstream()
+        stream = f"PULLS{uuid.uuid4().hex[:8]}"
+        try:
+            await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+            for name in ("a", "b"):
+                await js.add_consumer(stream, api.ConsumerConfig(
+                    durable_name=name, filter_subject=f"{stream}.{name}", ack_policy=api.AckPolicy.EXPLICIT,
+                    ack_wait=2.0))
+            await js.publish(f"{stream}.a", b"for-a")
+            for n in range(50):
+                await js.publish(f"{stream}.b", b"for-b %d" % n)
+            _stall(own_server)
+            try:
+                try:  # times out (an error, or nothing returned): the server is stopped
+                    assert await pull_ready(nc, stream, "a", 1, timeout=0.5) == []
+                except nats.errors.TimeoutError:
+                    pass
+                second = asyncio.ensure_future(pull_ready(nc, stream, "b", 100, timeout=5.0))
+                await asyncio.sleep(0.2)  # its request is written (and held) before the server resumes
+            finally:
+                _resume(own_server)
+            got_b = [m.subject for m in await second]
+            got_a: list[str] = []  # A's message is A's: delivered again to a pull of A after its AckWait
+            for _ in range(40):
+                got_a = [m.subject for m in await pull_ready(nc, stream, "a", 1)]
+                if got_a:
+                    break
+                await asyncio.sleep(0.25)
+            return got_b, got_a
+        finally:
+            await nc.close()
+
+    got_b, got_a = run(scenario(), 55)
+    assert [s for s in got_b if not s.endswith(".b")] == [], f"a pull of consumer b returned {got_b}"
+    assert len(got_b) == 50 and len(got_a) == 1
