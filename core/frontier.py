@@ -12,7 +12,7 @@ Shape (JSON; every key but ``next`` optional, so frontiers of older versions rea
      "task_runs": {task: run},                # task ids pinned to an earlier run (resume)
      "interrupts": [Interrupt.to_dict(), ...],# pending pauses (status "interrupted")
      "resume": {task: [answer, ...]},         # answers to a task's interrupt() calls
-     "breakpoint_passed": true,               # interrupt_before already paused this step
+     "breakpoint_passed": true,               # a pause at this point was resumed: no interrupt_before pause
      "subgraphs": {task: child workflow id},  # the step's subgraph tasks (core.subgraphs)
      "subgraph_resume": {task: {id: answer}}} # answers for pauses inside those subgraphs
 

@@ -295,8 +295,10 @@ async def plan_update(
     paused on an interrupt), the update stands in for ``as_node``'s output in *that*
     step: the outputs its other tasks kept are merged with it and routed as the step
     would have been, and its tasks still without an output run next (never dropped).
-    A workflow paused at an ``interrupt_before`` breakpoint does not pause there again: the
-    new frontier is marked ``breakpoint_passed``, so ``resume`` runs the step it routes to.
+    A workflow paused at a static breakpoint (``interrupt_before`` or ``interrupt_after``) or
+    in ``interrupt()`` does not pause again at the same point: the new frontier is marked
+    ``breakpoint_passed``, so ``resume`` runs the step it routes to without an
+    ``interrupt_before`` pause there (as LangGraph's resume after an update).
 
     Raises ``ConfigurationError`` for a bad ``values`` or ``as_node``,
     ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` as a step
@@ -346,11 +348,13 @@ async def plan_update(
 
 
 def _paused_before(record: WorkflowRecord) -> bool:
-    """Whether ``record`` waits at a static ``interrupt_before`` breakpoint of its own (or passed one
-    in its current step): an update then does not make ``resume`` pause there again."""
+    """Whether ``record`` is paused by a pause of its own (a static breakpoint before or after a
+    step, or ``interrupt()``), or passed a breakpoint in its current step: an update then does
+    not make ``resume`` pause again before the step it routes to. A pause inside a subgraph is
+    answered in the child workflow, so it does not count here."""
     if record.frontier.get("breakpoint_passed"):
         return True
-    return any(isinstance(pause, Mapping) and pause.get("kind") == "before" and not pause.get("subgraph")
+    return any(isinstance(pause, Mapping) and not pause.get("subgraph")
                for pause in record.frontier.get("interrupts") or ())
 
 

@@ -23,7 +23,11 @@ Interrupt ids are ``"<step>:<task>:<index>"`` (``task`` is the node name, or
 ``node#i`` for the i-th ``Send`` to it): the same pause always has the same id.
 
 Static breakpoints (``interrupt_before`` / ``interrupt_after``) pause the workflow
-before or after a step that runs the named nodes; ``resume(workflow_id)`` continues.
+before or after a step that runs the named nodes; ``resume(workflow_id)`` continues. As
+in LangGraph, a resume continues past the pause it answers: the step it runs first never
+pauses before it (so a pause after ``x`` is not followed by a second pause before the
+next node at the same point), also when ``update_state`` edited the state in between;
+the breakpoints of the steps after it pause as usual.
 """
 
 from __future__ import annotations
@@ -186,7 +190,9 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
     ``answer`` answers the one pending ``interrupt()``, or, as a dict keyed by
     interrupt ids, several (unanswered ones pause again); ``NO_ANSWER`` continues past
     static breakpoints. The answers are kept under ``"resume"`` (per task, in call
-    order) for the re-run; the pending interrupts are dropped. Raises
+    order) for the re-run; the pending interrupts are dropped. After a static breakpoint
+    (before or after a step) the frontier is marked ``breakpoint_passed``: the step the
+    resume runs first does not pause at an ``interrupt_before`` breakpoint. Raises
     ``ConfigurationError`` saying what to pass when the answer does not fit the pauses,
     ``StateNotSerializableError`` for an answer JSON cannot carry.
     """
@@ -246,6 +252,8 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
         updated["resume"] = answers
     if nested:
         updated["subgraph_resume"] = nested
-    if any(p.kind == "before" and not p.subgraph for p in pending):
+    if any(p.kind in ("before", "after") and not p.subgraph for p in pending):
+        # As LangGraph's resume: the step it runs first does not pause before it, also after
+        # an ``interrupt_after`` pause (that step boundary has paused once already).
         updated["breakpoint_passed"] = True
     return updated

@@ -114,7 +114,10 @@ def test_a_node_on_a_worker_reads_the_remaining_steps_and_wraps_up_before_the_li
     ({"interrupt_before": ["a"]}, {"interrupt_before": ["b", "c"]}, [(["A"], ("b", "before")),
                                                                      (["A", "B"], ("c", "before"))]),
     # As in LangGraph, each list given replaces the graph's list of its kind; the other kind stays.
-    ({"interrupt_before": ["b"]}, {"interrupt_after": ["a"]}, [(["A"], ("a", "after")), (["A"], ("b", "before"))]),
+    # The resume after a's pause runs b without a second pause before it at the same point.
+    ({"interrupt_before": ["b"]}, {"interrupt_after": ["a"]}, [(["A"], ("a", "after"))]),
+    ({"interrupt_before": ["c"]}, {"interrupt_after": ["a"]}, [(["A"], ("a", "after")),
+                                                                (["A", "B"], ("c", "before"))]),
 ])
 def test_a_breakpoint_pauses_on_a_worker_graph_and_another_orchestrator_resumes_it(
     cluster: Cluster, compiled: dict[str, Any], per_call: dict[str, Any],
