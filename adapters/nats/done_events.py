@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.replies import Direct
 from distributed_agents.adapters.nats.message_bus import flush_in_order
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import PayloadDecodeError
@@ -106,7 +107,7 @@ class DoneEvents:
             if self._client is nc and self._sub is not None:
                 return
             self._entries.clear()
-            self._sub = await nc.subscribe(self._conn.names.done_subject, cb=self._on_message)
+            self._sub = await nc.subscribe(self._conn.names.done_subject, future=Direct(self._on_message))
             # The server knows the subscription before any enqueue that follows is acked.
             await flush_in_order(nc)
             self._client = nc
@@ -149,7 +150,7 @@ class DoneEvents:
         finally:
             self._waiters.remove(waiter)
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         self.record(*parse_done(msg.data))
 
     def record(self, task_id: str, result: TaskResult | None) -> None:

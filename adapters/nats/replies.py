@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["PubAck", "collect", "js_publish", "request"]
+__all__ = ["Direct", "PubAck", "collect", "js_publish", "request"]
+
+log = logging.getLogger("distributed_agents.adapters.nats")
 
 # Seconds between two looks for requests past their deadline (while any wait).
 _SWEEP = 0.1
@@ -74,7 +77,7 @@ class _Inbox:
         async with self.lock:
             if self.sub is None:
                 prefix = nc.new_inbox()
-                self.sub = await nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+                self.sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_reply))
                 self.prefix = prefix + "."
 
     async def ensure_pulls(self, nc: Client) -> None:
@@ -83,10 +86,10 @@ class _Inbox:
         async with self.lock:
             if self.pull_sub is None:
                 prefix = nc.new_inbox()
-                self.pull_sub = await nc.subscribe(f"{prefix}.*", cb=self._on_pulled)
+                self.pull_sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_pulled))
                 self.pull_prefix = prefix + "."
 
-    async def _on_pulled(self, msg: Msg) -> None:
+    def _on_pulled(self, msg: Msg) -> None:
         pulling = self.pulling
         if pulling is None:
             return  # late, after its pull gave up: undelivered, it comes again after AckWait
@@ -99,7 +102,7 @@ class _Inbox:
             return
         handler(msg)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         handler = self.waiting.get(msg.subject[len(self.prefix):])
         if handler is not None:
             handler(msg)
@@ -130,6 +133,32 @@ class _Inbox:
                 _time_out(future)
         if self.deadlines:
             self.sweeper = loop.call_later(_SWEEP, self._sweep, loop)
+
+
+class Direct:
+    """Stands in for the future of nats-py's single-reply subscriptions (``subscribe(future=)``):
+    the client's reader hands every message to it at once (``set_result``), and it calls
+    ``handler``. A callback subscription (``cb=``) would queue each message for a task of
+    its own to pick up: an event-loop pass and a task switch per reply, a third of the
+    client's CPU per round trip on a busy worker. ``handler`` runs inside the reader, so it
+    must not block; an error it raises is logged rather than stopping the reader."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[Msg], None]) -> None:
+        self.handler = handler
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self.handler(msg)
+        except Exception:  # a bug here must not stop the client's reader
+            log.exception("handling a reply on %s failed", msg.subject)
 
 
 _INBOXES: weakref.WeakKeyDictionary[Any, _Inbox] = weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import NatsConnection
+from distributed_agents.adapters.nats.replies import Direct
 from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 if TYPE_CHECKING:
@@ -45,10 +46,10 @@ class Wakeups:
         for node_type in missing:
             self._events.setdefault(node_type, asyncio.Event())
 
-            async def on_wake(_msg: Msg, node_type: str = node_type) -> None:
+            def on_wake(_msg: Msg, node_type: str = node_type) -> None:
                 self._fire(node_type)
 
-            self._subs[node_type] = await nc.subscribe(self._conn.names.wake_subject(node_type), cb=on_wake)
+            self._subs[node_type] = await nc.subscribe(self._conn.names.wake_subject(node_type), future=Direct(on_wake))
         if missing:
             await flush_in_order(nc)
 

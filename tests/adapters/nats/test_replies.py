@@ -106,7 +106,7 @@ def test_a_pull_takes_only_deliveries_of_its_own_consumer() -> None:
             ("_INBOX.p.6", ""),  # the status that ended an earlier pull
             ("_INBOX.p.7", ""),  # this pull's status
         ):
-            await inbox._on_pulled(Msg(None, subject, reply, b"" if not reply else b"x"))  # type: ignore[arg-type]
+            inbox._on_pulled(Msg(None, subject, reply, b"" if not reply else b"x"))  # type: ignore[arg-type]
         return taken
 
     assert run(scenario(), 10) == ["tasks.beta", "tasks.beta", "_INBOX.p.7"]
