@@ -9,6 +9,7 @@ for their results. Both go through the same ``invoke_node``; only the transport 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 import types
@@ -305,7 +306,7 @@ class TaskQueueExecutor(NodeExecutor):
             self.enqueued.clear()
         if fresh:
             # A fan-out's tasks go out as one batch (one round trip on Redis).
-            await self.queue.enqueue_many([node_task(call, self.queue.max_attempts) for call in fresh])
+            await self._enqueue_whole([node_task(call, self.queue.max_attempts) for call in fresh])
         outcomes: dict[str, NodeOutcome] = {}
         waiting_since: float | None = None
         while len(outcomes) < len(calls):
@@ -340,6 +341,26 @@ class TaskQueueExecutor(NodeExecutor):
                     f"after waiting {self.worker_timeout}s; start a worker with those node types"
                 )
         return [outcomes[call.task_id] for call in calls]
+
+    async def _enqueue_whole(self, tasks: list[Task]) -> None:
+        """``queue.enqueue_many(tasks)``, run to its end even when the step is cancelled meanwhile
+        to withdraw its tasks (the workflow was cancelled); the cancellation is raised after it.
+
+        An enqueue is more than one write on some backends (NATS: the message, then the task's
+        record): cut between them, the withdraw found no record to cancel and the message
+        stayed, to be adopted and run by a worker started later. Finished first, every task it
+        queued is there for the withdraw to take back.
+        """
+        enqueue = asyncio.ensure_future(self.queue.enqueue_many(tasks))
+        try:
+            await asyncio.shield(enqueue)
+        except asyncio.CancelledError:
+            if self.withdraw_on_cancel is None or not self.withdraw_on_cancel():
+                enqueue.cancel()
+                raise
+            with contextlib.suppress(Exception):  # what it failed to queue needs no withdrawing
+                await asyncio.shield(enqueue)
+            raise
 
     async def _waited(self, waiting_since: float | None) -> None:
         """The wait (if there was one) is over: tell ``on_waiting`` with no types."""

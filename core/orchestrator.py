@@ -1761,7 +1761,10 @@ class Orchestrator:
 
         Records CANCELLED (so the orchestrator driving it, in any process, stops at
         its next commit), stops running in-process nodes at once, takes queued tasks
-        back and tells workers to cancel the workflow's running tasks.
+        back and tells workers to cancel the workflow's running tasks. Returns once the
+        tasks of its current step that no worker had claimed are taken back (a drive in
+        this process first finishes an enqueue it was in): a worker started afterwards
+        never runs them.
         """
         await self.connect()
         store = self.backend.state_store
@@ -1787,4 +1790,11 @@ class Orchestrator:
         if drive is not None:
             self._cancelled.add(workflow_id)
             drive.cancel()
+            await asyncio.wait([drive])  # it withdraws its step's tasks as it stops (TaskQueueExecutor)
+        # The step as recorded, for a drive in another process (which stops only at its next commit).
+        queue = self.backend.task_queue
+        for entry in read_entries(record.frontier, {}):
+            if entry.key not in (record.frontier.get("pending_writes") or {}):
+                with contextlib.suppress(Exception):  # best effort: a claimed task ends with its worker
+                    await queue.cancel(node_task_id(record, entry.key))
         return True

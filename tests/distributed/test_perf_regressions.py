@@ -217,42 +217,92 @@ def test_a_subgraph_entry_runs_its_inner_node_once(url: str) -> None:
     assert sum(runs.values()) == 1
 
 
-def test_a_workflow_cancelled_right_after_submit_leaves_no_task_queued_and_its_node_never_runs(redis_url: str) -> None:
-    """No worker serves while the workflow is submitted and cancelled: its first task, queued
-    with the create, must be taken back (or never run); a worker started afterwards runs nothing.
+def _fan_out_first() -> Graph:
+    return (Graph("fan_first", reducers={"done": lambda a, b: (a or 0) + (b or 0)})
+            .add_node("count", node_type="count")
+            .set_conditional_entry_point(lambda state: [Send("count", {"i": i}) for i in range(5)])
+            .set_finish_point("count").compile())
 
-    Redis only: on NATS a worker started after the cancel sometimes still runs the node
-    (about 1 run in 8, with and without the create-enqueue change)."""
-    url = f"{redis_url}?prefix=perf{uuid.uuid4().hex[:8]}"
-    runs: collections.Counter[str] = collections.Counter()
 
-    async def scenario() -> tuple[Any, ...]:
-        orchestrator = _orchestrator(url)
+async def _cancelled_before_any_worker(url: str, graph: Graph, runs: collections.Counter[str], *,
+                                       from_another: bool = False) -> tuple[Any, ...]:
+    """Submit ``graph`` with no worker serving, cancel it at once (from this orchestrator, or
+    ``from_another`` one on the same backend, which does not drive it), then serve a while."""
+    orchestrator = _orchestrator(url)
+    other = _orchestrator(url) if from_another else orchestrator
+    try:
+        workflow_id = await orchestrator.submit(graph, {}, workflow_id="wf-cancel")
+        cancelled = await other.cancel_workflow(workflow_id)
         try:
-            workflow_id = await orchestrator.submit(_single(), {}, workflow_id="wf-cancel")
-            cancelled = await orchestrator.cancel_workflow(workflow_id)
-            try:
-                await orchestrator.wait(workflow_id, timeout=30)
-                outcome = "completed"
-            except WorkflowCancelledError:
-                outcome = "cancelled"
-            worker = _counting_worker(url, runs)
-            serving = asyncio.ensure_future(worker.start())
-            while not worker._serving:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.5)  # give a leftover task the chance to be claimed and run
-            await worker.stop(grace=1)
-            await serving
-            queued = await _queued(orchestrator)  # a withdrawn task may linger until a claim drops it
-            record = await orchestrator.backend.state_store.get(workflow_id)
-            return cancelled, outcome, queued, record.status
-        finally:
-            await orchestrator.close()
+            await orchestrator.wait(workflow_id, timeout=30)
+            outcome = "completed"
+        except WorkflowCancelledError:
+            outcome = "cancelled"
+        worker = _counting_worker(url, runs)
+        serving = asyncio.ensure_future(worker.start())
+        while not worker._serving:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # give a leftover task the chance to be claimed and run
+        await worker.stop(grace=1)
+        await serving
+        queued = await _queued(orchestrator)  # a withdrawn task may linger until a claim drops it
+        record = await orchestrator.backend.state_store.get(workflow_id)
+        return cancelled, outcome, queued, record.status
+    finally:
+        await orchestrator.close()
+        if other is not orchestrator:
+            await other.close()
 
-    cancelled, outcome, queued, status = run(scenario(), 60)
+
+@pytest.mark.parametrize("first_step", ["one node", "send fan-out"])
+def test_a_workflow_cancelled_right_after_submit_leaves_no_task_queued_and_its_node_never_runs(
+    url: str, first_step: str,
+) -> None:
+    """No worker serves while the workflow is submitted and cancelled: its first step's tasks
+    must be taken back (or never run); a worker started afterwards runs nothing.
+
+    On NATS an enqueue is two writes (the message, then the task's record): a cancel that cut
+    it between them found no record to withdraw, and a later worker adopted and ran the
+    message (about 1 run in 3). The step now finishes its enqueue before withdrawing."""
+    runs: collections.Counter[str] = collections.Counter()
+    graph = _single() if first_step == "one node" else _fan_out_first()
+    cancelled, outcome, queued, status = run(_cancelled_before_any_worker(url, graph, runs), 60)
     assert (cancelled, outcome, status) == (True, "cancelled", WorkflowStatus.CANCELLED)
     assert runs == {}, "the cancelled workflow's first node ran"
     assert queued == 0, "the cancelled workflow's first task stayed queued"
+
+
+def test_a_workflow_cancelled_by_another_orchestrator_before_any_worker_serves_never_runs_its_node(url: str) -> None:
+    """The orchestrator that cancels does not drive the workflow (another process's API, say):
+    it takes the current step's queued tasks back itself, so a worker started afterwards runs
+    nothing though the driving orchestrator never heard of the cancel."""
+    runs: collections.Counter[str] = collections.Counter()
+    cancelled, _, queued, status = run(_cancelled_before_any_worker(url, _single(), runs, from_another=True), 60)
+    assert (cancelled, status) == (True, WorkflowStatus.CANCELLED)
+    assert runs == {}, "the cancelled workflow's first node ran"
+    assert queued == 0, "the cancelled workflow's first task stayed queued"
+
+
+def test_a_workflow_cancelled_while_a_worker_serves_runs_its_node_at_most_once_and_leaves_nothing_queued(
+    url: str,
+) -> None:
+    """Cancelled right after submit while a worker serves: the node may have been claimed
+    first (then it runs once, or is stopped); the workflow ends CANCELLED either way and no
+    task of it stays queued or runs again."""
+    runs: collections.Counter[str] = collections.Counter()
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, ...]:
+        workflow_id = await orchestrator.submit(_fan_out_first(), {}, workflow_id="wf-cancel-serving")
+        cancelled = await orchestrator.cancel_workflow(workflow_id)
+        with pytest.raises(WorkflowCancelledError):
+            await orchestrator.wait(workflow_id, timeout=30)
+        await asyncio.sleep(0.5)  # a leftover task would be claimed and run by now
+        record = await orchestrator.backend.state_store.get(workflow_id)
+        return cancelled, record.status, await _queued(orchestrator)
+
+    cancelled, status, queued = run(_serving([_counting_worker(url, runs)], body, url), 60)
+    assert (cancelled, status, queued) == (True, WorkflowStatus.CANCELLED, 0)
+    assert all(count == 1 for count in runs.values()), f"a task of the cancelled workflow ran twice: {runs}"
 
 
 def test_a_worker_never_runs_more_tasks_than_its_capacity(url: str) -> None:
