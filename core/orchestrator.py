@@ -389,6 +389,7 @@ class Orchestrator:
         self.waiting_log_interval = WAITING_LOG_INTERVAL  # seconds between "still waiting" warnings
         self._events: EventPublisher | None = None
         self._connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop connect() last ran in
         self._cancelled: set[str] = set()  # workflows cancel_workflow stopped in this process
         self._mismatch_logged: set[tuple[str, str]] = set()  # (workflow, sha256) recovery skipped
         # One outage report per process, shared by every workflow it drives.
@@ -409,10 +410,18 @@ class Orchestrator:
         return self._backend
 
     async def connect(self) -> None:
-        """Connect to the backend. Called by every operation; idempotent."""
-        if not self._connected:
+        """Connect to the backend. Called by every operation; idempotent.
+
+        Used from another event loop than the one it connected in (a second ``asyncio.run``
+        without ``close()`` between), it connects again: the backend replaces clients of a
+        loop that is not the running one, and the loop's background tasks start anew here.
+        """
+        loop = asyncio.get_running_loop()
+        if not self._connected or self._loop is not loop:
             await self.backend.connect()
             self._connected = True
+            if self._loop is not loop:  # tasks of a finished loop never run again
+                self._loop, self._recovery, self._watch = loop, None, None
             if self.recover and self._recovery is None:
                 self._recovery = asyncio.ensure_future(self._recovery_loop())
             observer = self._observer()

@@ -339,6 +339,8 @@ class NatsConnection:
         self._connect_lock = asyncio.Lock()
         self._refused = asyncio.Event()  # set when the server refused credentials or TLS while connecting
         self._ready = False  # connected, streams and buckets created
+        # The event loop the client was made in: its read loop, pings and replies run there.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def nc(self) -> Client:
@@ -368,8 +370,9 @@ class NatsConnection:
         ``tls://`` URL whose server does not offer TLS (nats-py would silently connect
         unencrypted, credentials included), or a server without JetStream.
         """
-        if self._ready:
+        if self._ready and self._loop is asyncio.get_running_loop():
             return
+        self._drop_other_loop()
         # Two callers at once (an orchestrator's execute and a status read, say) must
         # share one client: without the lock each would open one and one would leak.
         # Readiness, not the client, is what callers wait for: the client exists before
@@ -378,6 +381,24 @@ class NatsConnection:
             if not self._ready:
                 await self._connect()
                 self._ready = True
+
+    def _drop_other_loop(self) -> None:
+        """Forget a client made in another event loop than the running one (a finished
+        ``asyncio.run``, a sync call's own loop), so the next ``connect`` opens a fresh one here.
+
+        Nothing is awaited on it: its read loop, pings and pending replies belong to that
+        loop, which no longer runs them (a request on it would wait for ever); draining it
+        from here would hang the same way. Its socket is left to that loop, as a client of
+        a loop that ended without ``close()`` always is.
+        """
+        running = asyncio.get_running_loop()
+        if self._loop is None or self._loop is running:
+            return
+        log.debug("NATS %s: the client was made in another event loop; opening a new one", mask_url(self.url))
+        self._nc, self._js, self._loop = None, None, None
+        self._buckets = {}
+        self._ready = False
+        self._connect_lock = asyncio.Lock()  # a lock waited on in the old loop is bound to it
 
     async def _connect(self) -> None:
         import nats
@@ -441,6 +462,7 @@ class NatsConnection:
             self._connecting = False
         nc.options["max_reconnect_attempts"] = self.settings.max_reconnect_attempts
         self._nc = nc
+        self._loop = asyncio.get_running_loop()
         self._js = nc.jetstream(timeout=5.0)
         try:
             with nats_errors(self.url, "create JetStream streams and buckets"):
@@ -620,7 +642,8 @@ class NatsConnection:
             return await self.js.key_value(name)
 
     async def close(self) -> None:
-        """Drain and close the connection (idempotent)."""
+        """Drain and close the connection (idempotent); a client of another event loop is only dropped."""
+        self._drop_other_loop()
         self.closed = True
         self._ready = False
         nc, self._nc = self._nc, None
