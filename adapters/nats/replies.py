@@ -23,18 +23,20 @@ for a 503 status, ``nats.js.errors.APIError`` for a JetStream error reply.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["Direct", "PubAck", "collect", "js_publish", "request"]
+__all__ = ["Direct", "PubAck", "collect", "header_lines", "js_publish", "js_publish_many", "request"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
@@ -76,6 +78,10 @@ class _Inbox:
             return
         async with self.lock:
             if self.sub is None:
+                # Every JetStream answer read on this client carries headers (a direct get
+                # seven): parse them the same way, faster (see ``header_lines``).
+                if getattr(type(nc), "_parse_header_lines", None) is not None:
+                    nc._parse_header_lines = header_lines  # type: ignore[method-assign]
                 prefix = nc.new_inbox()
                 self.sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_reply))
                 self.prefix = prefix + "."
@@ -133,6 +139,29 @@ class _Inbox:
                 _time_out(future)
         if self.deadlines:
             self.sweeper = loop.call_later(_SWEEP, self._sweep, loop)
+
+
+_CRLF = b"\r\n"
+_SPACE = re.compile(r"\s")
+
+
+def header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's ``Client._parse_header_lines`` (2.x), same result, a fraction of its CPU:
+    ``Name: Value`` per line; a line without a colon, a name that is not ASCII or holds
+    whitespace (``str.isspace``, as nats-py checks it character by character) is skipped;
+    values stripped and decoded as UTF-8 with replacement characters."""
+    out: dict[str, str] = {}
+    for line in raw.split(_CRLF):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _SPACE.search(key) is None:
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out
 
 
 class Direct:
@@ -217,6 +246,59 @@ async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[
     body = json.loads(msg.data)
     if "error" in body:
         raise nats.js.errors.APIError.from_error(body["error"])
+    return PubAck(int(body["seq"]), bool(body.get("duplicate")))
+
+
+async def js_publish_many(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | None]], *,
+                          timeout: float = 5.0) -> list[PubAck | Exception]:
+    """JetStream publishes of ``items`` (subject, payload, headers), all sent before any
+    answer is awaited: for each item, in order, its ``PubAck`` or the exception
+    ``js_publish`` would raise for it (a timeout, an API error). The same round trips as
+    gathering ``js_publish`` calls, without a task per publish. An error sending (the
+    connection closed) is raised: then some items may have been sent, as with gather.
+    """
+    inbox = await _inbox(nc)
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[Msg]] = []
+    tokens: list[str] = []
+    try:
+        for subject, payload, headers in items:
+            future: asyncio.Future[Msg] = loop.create_future()
+            token, reply = inbox.open(functools.partial(_answer, future))
+            tokens.append(token)
+            futures.append(future)
+            inbox.expire(token, future, timeout)
+            await nc.publish(subject, payload, reply=reply, headers=headers)
+        if futures:
+            await asyncio.wait(futures)
+    finally:
+        for token in tokens:
+            inbox.close(token)
+    return [_pub_ack(future) for future in futures]
+
+
+def _answer(future: asyncio.Future[Msg], msg: Msg) -> None:
+    if not future.done():
+        future.set_result(msg)
+
+
+def _pub_ack(future: asyncio.Future[Msg]) -> PubAck | Exception:
+    """What ``js_publish`` returns (or raises) for the reply ``future`` holds."""
+    import nats.errors
+    import nats.js.errors
+
+    error = future.exception()
+    if error is not None:
+        return error if isinstance(error, Exception) else nats.errors.Error(str(error))
+    msg = future.result()
+    if msg.headers and msg.headers.get("Status") == "503":
+        return nats.js.errors.NoStreamResponseError()
+    body = json.loads(msg.data)
+    if "error" in body:
+        try:
+            nats.js.errors.APIError.from_error(body["error"])  # raises the error's own subclass
+        except nats.js.errors.APIError as error:
+            return error
     return PubAck(int(body["seq"]), bool(body.get("duplicate")))
 
 

@@ -329,15 +329,19 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue_chunk(self, chunk: Sequence[Task]) -> list[bool]:
         js, names = self._conn.js, self._conn.names
         raws = [encode(task_to_dict(task)) for task in chunk]
-        acks = await asyncio.gather(*(
-            replies.js_publish(self._conn.nc, names.task_subject(task.node_type, task.priority), raw,
-                       headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
-            for task, raw in zip(chunk, raws)))
+        answers = await replies.js_publish_many(self._conn.nc, [
+            (names.task_subject(task.node_type, task.priority), raw, {"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            for task, raw in zip(chunk, raws)])
+        acks: list[replies.PubAck] = []
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+            acks.append(answer)
         records = [_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
                    for task, ack in zip(chunk, acks)]
         fresh = [index for index, ack in enumerate(acks) if not ack.duplicate]
-        revisions = await asyncio.gather(*(
-            kv.cas(js, self._tasks, token(chunk[index].id), encode(records[index]), last=0) for index in fresh))
+        revisions = await kv.cas_many(js, self._tasks, [
+            (token(chunk[index].id), encode(records[index]), 0, None) for index in fresh])
         flags = [False] * len(chunk)
         woken: set[str] = set()
         for index, revision in zip(fresh, revisions):
@@ -450,9 +454,13 @@ class NatsTaskQueue(TaskQueue):
             # claims concurrently (gather keeps the order).
             first, rest = batch[:need], batch[need:]
             records, decoded = await self._prefetch([msg for _, _, msg, _ in first])
-            outcomes = await asyncio.gather(*(
-                self._take(msg, node_type, worker_id, lease, ack_wait, records.get(id(msg)), decoded.get(id(msg)))
-                for _, node_type, msg, ack_wait in first))
+            quick = await self._take_queued(first, records, decoded, worker_id, lease)
+            # The others (and those whose CAS lost: re-read) one by one, concurrently.
+            slow = iter(await asyncio.gather(*(
+                self._take(msg, node_type, worker_id, lease, ack_wait,
+                           None if id(msg) in quick else records.get(id(msg)), decoded.get(id(msg)))
+                for _, node_type, msg, ack_wait in first if quick.get(id(msg)) is None)))
+            outcomes = [quick.get(id(msg)) or next(slow) for _, _, msg, _ in first]
             for _, node_type, msg, ack_wait in rest:
                 if len(claimed) + sum(isinstance(o, ClaimedTask) for o in outcomes) >= max_tasks:
                     # Pulled from a second node type but not needed: give it straight back.
@@ -498,6 +506,47 @@ class NatsTaskQueue(TaskQueue):
             except PayloadDecodeError:
                 continue  # _take reads it again and dead-letters the task
         return found, decoded
+
+    async def _take_queued(
+        self, batch: list[tuple[int, str, Msg, float]], records: dict[int, _Found], decoded: dict[int, Task],
+        worker_id: str, lease: float,
+    ) -> dict[int, ClaimedTask | None]:
+        """Claim the first deliveries of waiting tasks among ``batch`` together: for those
+        whose prefetched record is ``queued`` (the common case), the claims' CASes are
+        sent at once and awaited together, without a task each. Returns, by ``id(msg)``,
+        the claim, or None where the CAS lost (the record changed since it was read:
+        ``_take`` reads it again); deliveries left out take ``_take``'s path."""
+        chosen: list[tuple[Msg, Task, dict[str, Any], int, float]] = []
+        for _, _, msg, ack_wait in batch:
+            found, task, lease_id = records.get(id(msg)), decoded.get(id(msg)), msg.reply or ""
+            record = None if found is None else found.record
+            if (task is None or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
+                    or record.get("seq") not in (0, stream_sequence(lease_id))):
+                continue
+            attempt = int(record["attempt"]) + 1
+            try:
+                check_attempt(attempt, f"{self._conn.names.task_bucket} {token(task.id)}")
+            except PayloadDecodeError:
+                continue  # _take dead-letters it
+            new = {**record, "seq": stream_sequence(lease_id), "state": "claimed", "attempt": attempt,
+                   "errors": list(record.get("errors", [])), "lease": lease_id, "worker": worker_id,
+                   "deadline": time.time() + lease}
+            chosen.append((msg, task, new, found.revision if found is not None else 0, ack_wait))
+        if not chosen:
+            return {}
+        revisions = await kv.cas_many(self._conn.js, self._tasks, [
+            (token(task.id), encode(new), last, None) for _, task, new, last, _ in chosen])
+        out: dict[int, ClaimedTask | None] = {}
+        for (msg, task, new, _, ack_wait), revision in zip(chosen, revisions):
+            if revision is None:
+                out[id(msg)] = None
+                continue
+            lease_id = msg.reply or ""
+            held = _Held(new, revision, ack_wait)
+            self._held[lease_id] = held
+            self._arm(lease_id, held)
+            out[id(msg)] = ClaimedTask(task, lease_id, new["attempt"], new["deadline"], worker_id)
+        return out
 
     async def _take(
         self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float, prefetched: _Found | None = None,

@@ -14,7 +14,10 @@ import uuid
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents.adapters.nats import replies
@@ -110,3 +113,45 @@ def test_a_pull_takes_only_deliveries_of_its_own_consumer() -> None:
         return taken
 
     assert run(scenario(), 10) == ["tasks.beta", "tasks.beta", "_INBOX.p.7"]
+
+
+_HEADER_BYTES = st.lists(
+    st.one_of(st.binary(max_size=12), st.sampled_from([b"Nats-Sequence", b" a b ", b"\x1cx", b"k\xff", b"\t", b"\x85"])),
+    max_size=6,
+).map(lambda parts: b"".join(p + c for p, c in zip(parts, [b":", b"\r\n", b": ", b"\r\n\r\n", b"", b"\x0b"])))
+
+
+@given(_HEADER_BYTES)
+@settings(max_examples=300, deadline=None)
+def test_header_lines_parse_as_nats_py_does(raw: bytes) -> None:
+    """The faster header parser installed on our clients gives nats-py's own result for any bytes."""
+    from nats.aio.client import Client
+
+    assert replies.header_lines(raw) == Client._parse_header_lines(raw)
+
+
+def test_jetstream_publishes_sent_together_answer_each_in_order(nats_url: str) -> None:
+    """``js_publish_many``: a PubAck per stored message, in order, and an API error (here a
+    failed expected-sequence check) returned in its place rather than raised."""
+    async def scenario() -> list[object]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            stream = f"MANY{uuid.uuid4().hex[:8]}"
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+            answers = await replies.js_publish_many(nc, [
+                (f"{stream}.a", b"1", None),
+                (f"{stream}.b", b"2", {"Nats-Expected-Last-Subject-Sequence": "7"}),
+                (f"{stream}.c", b"3", {"Nats-Msg-Id": "x"}),
+                (f"{stream}.c", b"3", {"Nats-Msg-Id": "x"}),
+            ])
+            await js.delete_stream(stream)
+            return answers
+        finally:
+            await nc.close()
+
+    first, wrong, third, duplicate = run(scenario(), 30)
+    assert isinstance(first, replies.PubAck) and first.seq == 1 and not first.duplicate
+    assert isinstance(wrong, nats.js.errors.APIError) and wrong.err_code in (10071, 10164)
+    assert isinstance(third, replies.PubAck) and third.seq == 2
+    assert isinstance(duplicate, replies.PubAck) and duplicate.duplicate and duplicate.seq == 2

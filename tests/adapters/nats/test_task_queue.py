@@ -195,3 +195,34 @@ def test_stats_count_given_back_messages_as_queued_until_delivered_again(nats_ur
             await backend.close()
 
     run(scenario())
+
+
+def test_a_record_changed_between_the_claims_batched_read_and_its_cas_is_read_again(nats_url: str) -> None:
+    """A claim of several tasks reads their records in one batch and CASes them together;
+    a record that changed in between (here the task was cancelled) loses its CAS and is
+    read again: the cancelled task is not claimed, the others are, in order."""
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            for name in ("a", "b", "c"):
+                assert await queue.enqueue(task(name))
+            prefetch = queue._prefetch
+
+            async def read_then_cancel(messages: list[object]) -> object:
+                read = await prefetch(messages)  # type: ignore[arg-type]
+                assert await queue.cancel("b")
+                return read
+
+            queue._prefetch = read_then_cancel  # type: ignore[method-assign]
+            claimed = await queue.claim(["n"], worker_id="w", max_tasks=3)
+            assert [c.task.id for c in claimed] == ["a", "c"]
+            for claim in claimed:
+                await queue.ack(claim, None)
+            assert await queue.claim(["n"], worker_id="w", max_tasks=3) == []
+            assert (await queue.stats("n")).queued == 0
+        finally:
+            await backend.close()
+
+    run(scenario())
