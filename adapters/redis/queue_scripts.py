@@ -102,11 +102,43 @@ local function unframe(s)
   return parts
 end
 
+-- A number read from a task hash; nil if none (NaN included: Redis refuses it as a score).
+local function number_of(v)
+  local n = tonumber(v)
+  if n ~= n then return nil end
+  return n
+end
+
+-- A task's max attempts; nil when its 'max' field is no number (written by hand).
 local function limit_of(h)
   local m = redis.call('HGET', h, 'max')
-  if m and m ~= '' then return tonumber(m) end
+  if m and m ~= '' then return number_of(m) end
   return DEFAULT_MAX
 end
+
+-- An attempt count read from a task hash; nil unless a whole number (a hand-written
+-- '1e999' or 'nan' would fail the JSON of a dead letter's result).
+local function count_of(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge or n ~= math.floor(n) then return nil end
+  return n
+end
+
+-- Hand-edited task hashes: the reason a field makes a task malformed, naming its key and
+-- field, for its dead letter (the task is not run; its bytes are kept).
+-- Bytes other than printable ASCII are written \xNN: the reason goes into a result's JSON.
+local function shown(v)
+  if v == nil or v == false then return 'missing' end
+  local text = string.gsub(string.sub(tostring(v), 1, 40), '[^\32-\126]',
+                           function(c) return string.format('\\x%02x', string.byte(c)) end)
+  return "'" .. text .. "'"
+end
+local function malformed(h, field, value, wanted)
+  return "malformed task: field '" .. field .. "' of its hash " .. h .. ' is ' .. shown(value) .. ', not ' ..
+         wanted .. '; it was written by something other than the queue, so it is not run (fix the task and ' ..
+         'enqueue it again)'
+end
+local dead_letter  -- below; push_ready dead-letters a task whose hash cannot be queued
 
 -- Tasks whose bytes are longer than RAW_MAX (> 0) are never delivered: take() dead-letters
 -- them where they are (the bytes do not leave the server), keeping their first RAW_KEPT bytes
@@ -122,8 +154,18 @@ end
 local function push_ready(id, t)
   local h = k_task(id)
   local f = redis.call('HMGET', h, 'score', 'member')
+  local score = number_of(f[1])
+  if not score or not f[2] or string.sub(f[2], 17) ~= id then
+    -- Edited by hand while delayed or leased: ZADD would fail the script, or queue a member naming no task.
+    local field, value, wanted = 'score', f[1], 'a number (its priority)'
+    if score then field, value, wanted = 'member', f[2], 'its place in the queue (16 digits, then its id)' end
+    redis.call('HSET', h, 'type', t)  -- listed under its queue, where requeue and purge find it
+    dead_letter(id, t, malformed(h, field, value, wanted), count_of(redis.call('HGET', h, 'attempt')) or 0,
+                now_ms(), '1')
+    return
+  end
   redis.call('HSET', h, 'state', 'queued')
-  redis.call('ZADD', k_ready(t), f[1], f[2])
+  redis.call('ZADD', k_ready(t), score, f[2])  -- the number, not the text: Redis reads fewer spellings
   wake(t)
 end
 
@@ -139,7 +181,7 @@ local function store_result(id, json)
   end
 end
 
-local function dead_letter(id, t, reason, attempts, now, bad)
+dead_letter = function(id, t, reason, attempts, now, bad)
   local h = k_task(id)
   local seq = redis.call('INCR', P .. ':q:deadseq')
   redis.call('HSET', h, 'state', 'dead', 'reason', reason, 'dead_at', now, 'lease', '',
@@ -165,11 +207,13 @@ local function tick(t, now)
     redis.call('ZREM', lkey, id)
     local h = k_task(id)
     local f = redis.call('HMGET', h, 'attempt', 'worker')
-    local attempt = tonumber(f[1]) or 0  -- a count written by hand must not fail every claim of the type
+    local attempt = count_of(f[1]) or 0  -- a count written by hand must not fail every claim of the type
     redis.call('RPUSH', k_errors(id), 'attempt ' .. attempt .. ": lease expired (worker '" .. (f[2] or '') .. "')")
     redis.call('HSET', h, 'lease', '')
     local limit = limit_of(h)
-    if attempt >= limit then
+    if limit == nil then
+      dead_letter(id, t, malformed(h, 'max', redis.call('HGET', h, 'max'), 'a number of attempts'), attempt, now, '1')
+    elseif attempt >= limit then
       dead_letter(id, t, 'lease expired on attempt ' .. attempt .. ' of ' .. limit, attempt, now, '0')
     else
       push_ready(id, t)
@@ -177,27 +221,78 @@ local function tick(t, now)
   end
 end
 
+-- Why the hash of task id, popped from the ready set of type t as member, cannot be
+-- delivered (nil: it can). A key that is no hash (written over by hand) is moved aside to
+-- {p}:q:foreign:{id} first, and a task hash made for its dead letter (a string's bytes
+-- kept as its raw bytes), so the claim, and every later one, goes on.
+local function hash_problem(h, t, member)
+  local kind = redis.call('TYPE', h)['ok']
+  if kind == 'none' then
+    redis.call('HSET', h, 'type', t, 'member', member)
+    return 'malformed task: its hash ' .. h .. ' is missing (deleted by something other than the queue) while ' ..
+           'the queue ' .. k_ready(t) .. ' still listed it, so there is nothing to run'
+  end
+  if kind ~= 'hash' then
+    local raw = kind == 'string' and redis.call('GET', h) or nil
+    local aside = P .. ':q:foreign:' .. string.sub(member, 17)
+    redis.call('RENAME', h, aside)
+    redis.call('HSET', h, 'type', t, 'member', member)
+    if raw then redis.call('HSET', h, 'raw', raw) end
+    return 'malformed task: its key ' .. h .. ' held a ' .. kind .. ', not the queue\'s task hash (written over by ' ..
+           'something other than the queue), so it is not run; the ' .. kind .. ' was moved to ' .. aside
+  end
+  local f = redis.call('HMGET', h, 'type', 'score', 'max', 'raw', 'member')
+  local problem = nil
+  if f[1] ~= t then
+    problem = malformed(h, 'type', f[1], "'" .. t .. "', the node type of the queue it sits in")
+  elseif not number_of(f[2]) then
+    problem = malformed(h, 'score', f[2], 'a number (its priority)')
+  elseif f[3] and f[3] ~= '' and not number_of(f[3]) then
+    problem = malformed(h, 'max', f[3], 'a number of attempts')
+  elseif not f[4] then
+    problem = malformed(h, 'raw', f[4], "the task's bytes")
+  elseif f[5] ~= member then
+    problem = malformed(h, 'member', f[5], shown(member) .. ', its place in the queue')
+  else
+    return nil
+  end
+  -- Listed under the queue it sat in (requeue and purge find it there); the reason keeps the bad value.
+  redis.call('HSET', h, 'type', t)
+  return problem
+end
+
 -- Lease up to want ready tasks of types (highest priority first, then FIFO across the
 -- types) to worker: lease ids base:1, base:2, ...; appends id, raw, attempt, lease id,
--- deadline ms per task to out. Returns how many.
+-- deadline ms, node type per task to out. Returns how many. A task whose hash is
+-- malformed (hash_problem) or whose attempt count is no integer is dead-lettered instead.
 local function take(types, want, worker, base, lease_ms, now, out)
   local n = 0
   local function deliver(member, t)
     local id = string.sub(member, 17)
+    if id == '' then  -- a member added to the ready set by hand names no task: nothing to run or keep
+      redis.log(redis.LOG_WARNING, 'queue ' .. k_ready(t) .. ' held member ' .. shown(member) ..
+                ', which names no task; dropped')
+      return
+    end
     local h = k_task(id)
+    local problem = hash_problem(h, t, member)
+    if problem then
+      dead_letter(id, t, problem, count_of(redis.call('HGET', h, 'attempt')) or 0, now, '1')
+      return
+    end
     if RAW_MAX > 0 then
       local size = redis.call('HSTRLEN', h, 'raw')
       if size > RAW_MAX then
         redis.call('HSET', h, 'raw', string.sub(redis.call('HGET', h, 'raw'), 1, RAW_KEPT))
         local reason = string.gsub(OVERSIZED, '{size}', tostring(size), 1)
-        dead_letter(id, t, reason, tonumber(redis.call('HGET', h, 'attempt')) or 0, now, '1')
+        dead_letter(id, t, reason, count_of(redis.call('HGET', h, 'attempt')) or 0, now, '1')
         return
       end
     end
     local attempt = redis.pcall('HINCRBY', h, 'attempt', 1)
     if type(attempt) == 'table' then  -- not an integer (written by hand): one bad task must not fail the claim
       dead_letter(id, t, 'malformed task: its attempt count at ' .. h .. ' is not an integer (' ..
-                  tostring(redis.call('HGET', h, 'attempt')):sub(1, 40) .. '), so it is not run', 0, now, '0')
+                  shown(redis.call('HGET', h, 'attempt')) .. '), so it is not run', 0, now, '0')
       return
     end
     n = n + 1
@@ -210,6 +305,7 @@ local function take(types, want, worker, base, lease_ms, now, out)
     out[#out + 1] = attempt
     out[#out + 1] = lease
     out[#out + 1] = deadline
+    out[#out + 1] = t  -- the queue it sat in: a task naming another node type is not run (task_queue)
   end
   if want <= 0 then return 0 end
   if #types == 1 then
@@ -235,6 +331,17 @@ local function take(types, want, worker, base, lease_ms, now, out)
   return n
 end
 
+-- Take back the attempt counted for a delivery that did not run. False (and the task
+-- dead-lettered) when its 'attempt' field is no integer (edited by hand while leased).
+local function uncount(id, t)
+  local h = k_task(id)
+  local attempt = redis.pcall('HINCRBY', h, 'attempt', -1)
+  if type(attempt) ~= 'table' then return true end
+  dead_letter(id, t, malformed(h, 'attempt', redis.call('HGET', h, 'attempt'), 'an attempt count'),
+              0, now_ms(), '1')
+  return false
+end
+
 -- A task handed to a parked claimer under lease L goes back to its place in the queue,
 -- the attempt not counted, if L still holds it. Returns 1 if it did.
 local function give_back(id, lease)
@@ -242,9 +349,9 @@ local function give_back(id, lease)
   local f = redis.call('HMGET', h, 'state', 'lease', 'type')
   if f[1] ~= 'claimed' or f[2] ~= lease then return 0 end
   redis.call('ZREM', k_leased(f[3]), id)
-  redis.call('HINCRBY', h, 'attempt', -1)
   redis.call('HSET', h, 'lease', '')
   redis.call('HDEL', h, 'deadline', 'worker')
+  if not uncount(id, f[3]) then return 0 end
   push_ready(id, f[3])
   return 1
 end
@@ -335,7 +442,8 @@ CLAIM = _LIBRARY + r"""
 --       9 ms to stay parked when nothing is claimed (0: do not park), 10 the raw-bytes
 --       limit (RAW_MAX), 11 its reason (OVERSIZED), 12.. node types
 -- Returns {ms until the next delayed release or lease expiry of these types (-1: none; -2:
---          max tasks claimed, so tasks may be left), id, raw, attempt, lease id, deadline ms, id, ...}
+--          max tasks claimed, so tasks may be left), id, raw, attempt, lease id, deadline ms, node type,
+--          id, ...}
 -- With a claimer id, tasks handed to its earlier registration (after its wait ended) come
 -- first, and its registration ends; it parks again when nothing is claimed.
 local worker, base, lease_ms, want = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -353,7 +461,7 @@ if c ~= '' then
   if #messages > 0 then redis.call('DEL', k_handoff(c)) end
   for _, message in ipairs(messages) do
     local items = unframe(message)
-    for i = 1, #items, 5 do
+    for i = 1, #items, 6 do
       -- Still leased as handed over (not expired and re-queued meanwhile)? Past max
       -- tasks (an earlier registration asked for more) it goes back to the queue.
       if n >= want then
@@ -361,7 +469,7 @@ if c ~= '' then
       else
         local f = redis.call('HMGET', k_task(items[i]), 'state', 'lease')
         if f[1] == 'claimed' and f[2] == items[i + 3] then
-          for j = i, i + 4 do out[#out + 1] = items[j] end
+          for j = i, i + 5 do out[#out + 1] = items[j] end
           n = n + 1
         end
       end
@@ -413,7 +521,7 @@ for i = 4, #ARGV do
   redis.call('DEL', k_handoff(c))
   for _, message in ipairs(messages) do
     local items = unframe(message)
-    for j = 1, #items, 5 do n = n + give_back(items[j], items[j + 3]) end
+    for j = 1, #items, 6 do n = n + give_back(items[j], items[j + 3]) end
   end
 end
 return n
@@ -474,11 +582,19 @@ local state, t = check_held(id, lease, op, now)
 if state == 'settled' then return tonumber(t) end
 if state ~= 'held' then return -1 end
 local h = k_task(id)
-local attempt = tonumber(redis.call('HGET', h, 'attempt'))
+local f = redis.call('HMGET', h, 'attempt', 'max')
+local attempt, limit = count_of(f[1]), limit_of(h)
 redis.call('ZREM', k_leased(t), id)
-redis.call('RPUSH', k_errors(id), 'attempt ' .. attempt .. ': ' .. ARGV[7])
+redis.call('RPUSH', k_errors(id), 'attempt ' .. (attempt or shown(f[1])) .. ': ' .. ARGV[7])
 redis.call('HSET', h, 'lease', '')
-if ARGV[9] == '1' or attempt >= limit_of(h) then
+if attempt == nil or limit == nil then  -- edited by hand while it ran: dead-lettered, saying which field
+  local reason = attempt == nil and malformed(h, 'attempt', f[1], 'an attempt count')
+                 or malformed(h, 'max', f[2], 'a number of attempts')
+  dead_letter(id, t, reason, attempt or 0, now, '1')
+  redis.call('HSET', h, 'settled', op .. '|0')
+  return 0
+end
+if ARGV[9] == '1' or attempt >= limit then
   dead_letter(id, t, ARGV[7], attempt, now, '0')
   redis.call('HSET', h, 'settled', op .. '|0')
   return 0
@@ -506,10 +622,9 @@ if state == 'settled' then return 1 end
 if state ~= 'held' then return -1 end
 local h = k_task(id)
 redis.call('ZREM', k_leased(t), id)
-redis.call('HINCRBY', h, 'attempt', -1)
 redis.call('HSET', h, 'lease', '', 'settled', op .. '|1')
 redis.call('HDEL', h, 'deadline', 'worker')
-push_ready(id, t)
+if uncount(id, t) then push_ready(id, t) end
 return 1
 """
 

@@ -39,6 +39,17 @@ claimer, waiter or stats call moves the queue forward.
 Undecodable payloads: ``claim`` returns raw bytes, Python decodes them, and a delivery
 that does not decode is dead-lettered by the ``BAD_PAYLOAD`` script with the reason
 (that delivery does not count as an attempt); the claim then continues for the rest.
+The reason names the task hash and its field ``raw``.
+
+Hand-edited task hashes: a claim checks each task's hash before it leases it. A key that
+is missing or no hash, a ``type`` other than the queue's, a ``score`` or ``max`` that is
+no number, a ``member`` other than the one it was queued under, ``raw`` missing, or an
+``attempt`` that is no integer: the task is dead-lettered (its bytes kept, ``bad`` so it
+cannot be requeued as it is) with a reason naming the key and field, and the claim goes
+on; so do the scripts that queue a task again (nack, release, lease expiry) when a field
+was edited while it ran. A task whose bytes name another node type than the queue it sat
+in is dead-lettered the same way by the claimer, never run (see ``_delivered``). A worker
+thus never stops on such a task, and none disappears without a dead letter.
 
 Round trips per task, enqueue -> claim -> ack -> result, once the scripts are loaded:
 **4** (one ``EVALSHA`` each for enqueue, claim, ack and the result read), and fewer
@@ -377,7 +388,7 @@ class RedisTaskQueue(TaskQueue):
                 if popped is not None and _text(popped[0]) == self._keys.handoff(park.id):
                     items = [item for message in popped[1] for item in _unframe(bytes(message))]
                     # The registration stays while it has room (the enqueue took what it handed over).
-                    park.room -= len(items) // 5
+                    park.room -= len(items) // 6
                     if park.room <= 0:
                         park.until = 0.0
                     claimed = await self._delivered(items, worker_id)
@@ -431,22 +442,39 @@ class RedisTaskQueue(TaskQueue):
             items = list(reply[1:])
             good = await self._delivered(items, worker_id)
             claimed += good
-            if len(good) * 5 == len(items):  # only undecodable bytes make it worth popping again at once
+            if len(good) * 6 == len(items):  # only undecodable bytes make it worth popping again at once
                 break
             park_ms = 0  # this call is not waiting yet
         return claimed, next_ms
 
     async def _delivered(self, items: Sequence[Any], worker_id: str) -> list[ClaimedTask]:
-        """Claimed tasks from ``id, raw, attempt, lease id, deadline ms`` groups; undecodable ones are dead-lettered."""
+        """Claimed tasks from ``id, raw, attempt, lease id, deadline ms, node type`` groups.
+
+        Undecodable ones are dead-lettered, the reason naming the task hash and field. So
+        is a task whose bytes name another node type than the queue it sat in (written by
+        hand, or copied): it is not run, by this worker or any other - its node type is
+        what its own record says, so neither queue's workers can trust it to be the task
+        its workflow queued. Its dead letter keeps its bytes; enqueue it again as a task
+        of the node type it means.
+        """
         claimed: list[ClaimedTask] = []
-        for index in range(0, len(items), 5):
-            task_id, raw, attempt, lease_id, deadline = items[index : index + 5]
-            task_id, lease_id = _text(task_id), _text(lease_id)
+        for index in range(0, len(items), 6):
+            task_id, raw, attempt, lease_id, deadline, queue_type = items[index : index + 6]
+            task_id, lease_id, queue_type = _text(task_id), _text(lease_id), _text(queue_type)
             try:
                 if len(raw) > self.max_task_bytes:  # handed over by an enqueuer with a larger limit
                     raise _Oversized(oversized_task_reason(len(raw), self.max_task_bytes))
-                # Its id must be the one it is stored under: acks and nacks find it by that id.
-                task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id)
+                where = f"task hash {self._keys.task(task_id)}, field 'raw'"
+                try:
+                    # Its id must be the one it is stored under: acks and nacks find it by that id.
+                    task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id)
+                except PayloadDecodeError as exc:
+                    raise PayloadDecodeError(f"{exc} (in {where})") from None
+                if task.node_type != queue_type:
+                    raise PayloadDecodeError(
+                        f"malformed task: it names node type {task.node_type[:80]!r} but sits in the queue of node type "
+                        f"{queue_type!r} (in {where}); it was written by something other than enqueue, so it is not "
+                        "run: enqueue it again as a task of the node type it means")
                 check_attempt(int(attempt), self._keys.task(task_id))
             except ValueError as exc:  # _Oversized, PayloadDecodeError: the message is the reason
                 await self._run("bad_payload", [task_id, lease_id, str(exc)], "dead-letter an undecodable task")
@@ -593,7 +621,12 @@ class RedisTaskQueue(TaskQueue):
         return bool(await self._run("cancel", [task_id], f"cancel task {task_id!r}"))
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters, oldest first (one round trip)."""
+        """Dead letters, oldest first (one round trip).
+
+        Tasks dead-lettered because their hash was malformed (a field missing or of the
+        wrong kind, written by hand) are listed with their raw bytes, what is left of
+        them, and a reason naming the hash key and field.
+        """
         reply = await self._run("dead_letters", [node_type or "", int(limit)], "list dead letters")
         letters = []
         for task_id, kind, reason, attempts, raw, dead_at, bad, errors in reply:
@@ -611,10 +644,11 @@ class RedisTaskQueue(TaskQueue):
                     node_type=_text(kind),
                     reason=reason_text,
                     errors=history,
-                    attempts=int(attempts),
+                    # A dead letter's hash edited by hand still lists (the numbers as 0).
+                    attempts=_number(attempts, int),
                     task=task,
                     raw=None if task is not None else bytes(raw),
-                    dead_at=float(dead_at) / 1000.0,
+                    dead_at=_number(dead_at, float) / 1000.0,
                 )
             )
         return letters
@@ -760,6 +794,15 @@ def _pause(remaining: float, next_ms: int, cap: float = _POLL_CAP) -> float:
 
 def _loop_time() -> Callable[[], float]:
     return asyncio.get_running_loop().time
+
+
+def _number(value: Any, kind: Callable[[str], Any]) -> Any:
+    """``kind(value)`` of a number read from a task hash, 0 when it is none (written by hand)."""
+    try:
+        number = kind(_text(value))
+    except ValueError:
+        return kind("0")
+    return number if number == number and abs(number) != float("inf") else kind("0")
 
 
 def _text(value: Any) -> str:

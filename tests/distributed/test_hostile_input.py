@@ -323,3 +323,67 @@ def test_a_malformed_task_result_is_a_value_error_naming_the_field(field: str, v
 
     with pytest.raises(ValueError, match="task result|field"):
         TaskResult.from_dict({**GOOD_RESULT, field: value})
+
+
+# -- Redis task hashes edited by hand, under a real worker process (N5) ------------------
+@pytest.mark.timeout(120)
+def test_redis_a_worker_dead_letters_hand_edited_task_hashes_naming_key_and_field_and_keeps_serving(
+        redis_url: str, tmp_path: pathlib.Path) -> None:
+    """Hashes with a field missing, of the wrong kind or garbage, deleted, written over, and a task
+    whose bytes name another node type the worker also serves ("finish" in the "prepare" queue):
+    none runs, each is a dead letter naming its key, and the worker then runs a good workflow.
+    ``tests/adapters/redis/test_hostile_task_hashes.py`` covers each edit on its own."""
+    import redis.asyncio
+
+    prefix = f"hostile{uuid.uuid4().hex[:8]}"
+    other = json.dumps(task_to_dict(Task("t-json", "wf-1", "prepare", "finish", {"state": {"analysis": "x"}}))).encode()
+    edits: dict[str, list[tuple[str, Any]]] = {
+        "t-type": [("hdel", "type")], "t-score": [("hset", "score", b"\xff\xfe")], "t-max": [("hset", "max", b"lots")],
+        "t-raw": [("hset", "raw", b"\x00garbage")], "t-gone": [("delete",)], "t-string": [("delete",), ("set", b"x")],
+        "t-json": [("hset", "raw", other)],
+    }
+
+    async def prepare() -> None:
+        backend_ = open_backend(redis_url, prefix=prefix)
+        await backend_.connect()
+        client = redis.asyncio.from_url(redis_url)
+        queue = backend_.task_queue
+        for task_id, steps in edits.items():
+            await queue.enqueue(Task(task_id, "wf-1", "prepare", NODE_TYPE, {"state": {"query": "q"}}))
+            key = queue._keys.task(task_id)
+            for step in steps:
+                await getattr(client, step[0])(key, *step[1:])
+        await client.aclose()
+        await backend_.close()
+
+    async def serve() -> tuple[dict[str, str], dict[str, Any]]:
+        backend_ = open_backend(redis_url, prefix=prefix)
+        await backend_.connect()
+        reasons = await _dead_reasons(backend_.task_queue, len(edits))
+        letters = {letter.task_id: letter.reason for letter in await backend_.task_queue.dead_letters()}
+        for task_id in edits:  # none ran: each has the failed result of its dead letter
+            got = await backend_.task_queue.get_result(task_id)
+            assert got is not None and got.status == "failed" and got.error == letters[task_id]
+        orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=60)
+        result = dict(await orchestrator.execute(graph(), {"query": "q"}, workflow_id=f"{prefix}-ok"))
+        await orchestrator.close()
+        await backend_.close()
+        assert len(reasons) == len(letters)
+        return letters, result
+
+    run(prepare(), timeout=30)
+    workers = WorkerProcesses(redis_url, prefix, tmp_path, "crash_app:registry")
+    workers.start("w1")
+    try:
+        letters, result = run(serve(), timeout=100)
+        assert workers.processes[0].poll() is None, workers.log("w1")
+    finally:
+        workers.close()
+    assert result == {"query": "q", "prepared": "prepared q"}
+    assert sorted(letters) == sorted(edits)
+    for task_id, reason in letters.items():
+        assert reason.startswith(("malformed task: ", "undecodable payload: ")), reason
+        assert f"{prefix}:q:t:{task_id}" in reason, reason
+    assert "field 'type'" in letters["t-type"] and "field 'score'" in letters["t-score"]
+    assert "field 'max'" in letters["t-max"] and "field 'raw'" in letters["t-raw"]
+    assert "names node type 'finish' but sits in the queue of node type 'prepare'" in letters["t-json"]
