@@ -48,6 +48,9 @@ def boom(state: State) -> dict[str, Any]:
 
 failing = Graph("failing").add_node("boom", boom).set_entry_point("boom").set_finish_point("boom").compile()
 approval = Graph("approval").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+checked = (Graph("checked").add_node("draft", draft).add_node("polish", polish).set_entry_point("draft")
+           .add_edge("draft", "polish").set_finish_point("polish")
+           .compile(interrupt_after=["draft"], interrupt_before=["polish"]))
 '''
 ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFIX", "DA_LIMIT", "DA_NODE_TYPE")
 
@@ -240,6 +243,30 @@ def test_an_interrupt_is_shown_by_status_and_answered_by_resume_value(deployment
     done = json.loads(deployment.ok("resume", workflow_id, "--value", '"yes"', "--graph", "opsapp:approval",
                                     "--local-nodes"))
     assert done["status"] == "completed" and done["values"]["answer"] == "yes"
+
+
+def test_resume_after_an_interrupt_after_pause_and_update_state_continues_without_pausing_again(
+        deployment: Deployment) -> None:
+    """Paused after draft (polish also has a breakpoint before it, at the same point); the text is
+    edited with update_state; 'resume' runs polish on the edit and completes: no second pause."""
+    from distributed_agents import Orchestrator
+
+    run = deployment.cli("run", "opsapp:checked", "--input", '{"topic": "tides"}', "--local-nodes")
+    paused = json.loads(run.stdout)
+    assert paused["status"] == "interrupted", run
+    workflow_id = paused["workflow_id"]
+    import importlib.util
+
+    # The graph the CLI ran, from the deployment's folder (under a name of its own: nothing else imports it).
+    spec = importlib.util.spec_from_file_location(f"opsapp_{uuid.uuid4().hex}", deployment.folder / "opsapp.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    orchestrator = Orchestrator(backend=deployment.url, backend_options={"prefix": deployment.prefix})
+    orchestrator.sync.update_state(workflow_id, {"text": "edited by hand"}, graph=app.checked)
+    done = json.loads(deployment.ok("resume", workflow_id, "--graph", "opsapp:checked", "--local-nodes"))
+    assert done["status"] == "completed", done
+    assert done["values"]["text"] == "edited by hand, polished"
 
 
 def test_a_failed_run_is_one_line_and_status_shows_the_failure(deployment: Deployment) -> None:
