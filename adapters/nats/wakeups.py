@@ -41,6 +41,9 @@ class Wakeups:
         nc = self._conn.nc
         if self._client is not nc:
             self._subs.clear()  # a new client: the old one's subscriptions are gone with it
+            # and its events too: one waited on in another event loop (the client's) is bound
+            # to it, and waiting on it here fails at once, so a claim would poll without pause.
+            self._events.clear()
             self._client = nc
         missing = [t for t in node_types if t not in self._subs]
         for node_type in missing:
@@ -77,6 +80,7 @@ class Wakeups:
 
     async def close(self) -> None:
         subs, self._subs, self._client = list(self._subs.values()), {}, None
+        self._events.clear()
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
