@@ -93,6 +93,7 @@ class DoneEvents:
         self._client: Any = None
         self._reconnects = 0
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None  # the loop ``_lock`` serves
 
     async def ensure(self) -> None:
         """Subscribe (once per client) and drop what was kept if events may have been lost."""
@@ -103,6 +104,9 @@ class DoneEvents:
                 self._reconnects = reconnects
                 self._entries.clear()
             return
+        if self._lock_loop is not asyncio.get_running_loop():
+            # A lock waited on in another event loop is bound to it: this loop's callers share a new one.
+            self._lock, self._lock_loop = asyncio.Lock(), asyncio.get_running_loop()
         async with self._lock:
             if self._client is nc and self._sub is not None:
                 return

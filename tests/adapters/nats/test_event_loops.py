@@ -75,3 +75,22 @@ def test_a_queue_used_in_a_second_event_loop_claims_there_and_waits_between_look
     # About one look per poll interval (0.2 s) of the 1 s wait: the same in both loops (a
     # claim whose events were bound to the first loop looked hundreds of times).
     assert first_looks <= 12 and second_looks <= 12, (first_looks, second_looks)
+
+
+def test_concurrent_first_enqueues_in_a_second_event_loop_all_succeed(nats_url: str) -> None:
+    """The first calls in a loop race to subscribe to done events (one subscribes, the others
+    wait on its lock): the lock of the first loop is not waited on in the second."""
+    backend = _backend(nats_url)
+
+    async def burst(name: str) -> list[bool]:
+        await backend.connect()
+        queue = backend.task_queue
+        tasks = [Task(f"{name}-{i}", "wf", "n", "n", {}) for i in range(5)]
+        return list(await asyncio.gather(*(queue.enqueue(task) for task in tasks)))
+
+    try:
+        first = run(burst("one"), 30)
+        second = run(burst("two"), 30)  # not closed between
+    finally:
+        run(backend.close(), 30)
+    assert first == second == [True] * 5
