@@ -127,6 +127,8 @@ def test_header_lines_parse_as_nats_py_does(raw: bytes) -> None:
     """The faster header parser installed on our clients gives nats-py's own result for any bytes."""
     from nats.aio.client import Client
 
+    if not hasattr(Client, "_parse_header_lines"):
+        pytest.skip("this nats-py parses headers another way (the parser is installed only over this one)")
     assert replies.header_lines(raw) == Client._parse_header_lines(raw)
 
 
