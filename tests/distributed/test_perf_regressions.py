@@ -651,3 +651,36 @@ def test_one_worker_served_in_two_event_loops_in_turn_runs_the_tasks_of_both(url
 
     assert (run(serve_one("wf-a"), 30), run(serve_one("wf-b"), 30)) == (1, 1)
     assert runs == {"wf-a:-": 1, "wf-b:-": 1}
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_one_orchestrator_runs_concurrent_workflows_in_two_event_loops_without_close(url: str) -> None:
+    """Many calls at once in each loop (the first ones race to open subscriptions and clients):
+    nothing made and contended in the first loop is waited on in the second."""
+    import gc
+    import threading
+
+    runs: collections.Counter[str] = collections.Counter()
+    worker = _counting_worker(url, runs, capacity=8)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(worker.start(),), daemon=True)
+    thread.start()
+    orchestrator = _orchestrator(url)
+
+    async def burst(name: str) -> list[Any]:
+        states = await asyncio.gather(*(orchestrator.execute(_single(), {}, workflow_id=f"wf-{name}-{i}")
+                                        for i in range(5)))
+        return [state.get("done") for state in states]
+
+    try:
+        first = run(burst("one"), 30)
+        second = run(burst("two"), 30)
+        run(orchestrator.close(), 30)
+    finally:
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(worker.stop(grace=1)))
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop"
+        loop.close()
+        gc.collect()
+    assert first == second == [1] * 5
+    assert runs == {f"wf-{name}-{i}:-": 1 for name in ("one", "two") for i in range(5)}
