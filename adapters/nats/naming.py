@@ -14,7 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["Names", "priority_from_token", "priority_token", "token"]
+__all__ = ["Names", "priority_from_token", "priority_token", "token", "untoken"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -32,6 +32,25 @@ def token(value: str) -> str:
     if not value:
         return "_"
     return _UNSAFE.sub(_escape, value)
+
+
+_ESCAPED = re.compile(r"(?:_[0-9a-f]{2})+")
+
+
+def untoken(value: str) -> str | None:
+    """The value ``token`` turned into ``value``; None if ``token`` never makes ``value``.
+
+    A key token written by something other than this adapter (by hand: ``wf.bad_key``,
+    ``wf.a.b``, upper-case hex) names no value: ``token`` of any string differs from it.
+    """
+    if value == "_":
+        return ""
+    try:
+        text = _ESCAPED.sub(lambda m: bytes(int(m.group()[i + 1:i + 3], 16)
+                                            for i in range(0, len(m.group()), 3)).decode(), value)
+    except UnicodeDecodeError:
+        return None
+    return text if token(text) == value else None
 
 
 def priority_token(priority: int) -> str:

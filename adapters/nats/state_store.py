@@ -85,6 +85,8 @@ rounding second).
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -94,7 +96,7 @@ from collections import OrderedDict
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
-from distributed_agents.adapters.nats.naming import token
+from distributed_agents.adapters.nats.naming import token, untoken
 from distributed_agents.core.checkpoint_delta import ChainTip, damaged_checkpoints, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
@@ -109,8 +111,8 @@ from distributed_agents.core.ports.state_store import (
     StateStore,
     WorkflowLease,
     WorkflowRecord,
+    malformed_record,
     stored_record,
-    stored_records,
     checkpoints_page,
 )
 
@@ -123,6 +125,11 @@ _CP_MARGIN = 1.0
 _KEPT = 256
 # The newest checkpoint entry rides in the record when at most this long (bytes).
 _INLINE_MAX = 32 * 1024
+
+
+log = logging.getLogger("distributed_agents.state_store")
+# A token KV allows in a key (and nats-py's key check), without wildcards or empty tokens.
+_KEY_TOKEN = re.compile(r"[-/_=A-Za-z0-9]+(?:\.[-/_=A-Za-z0-9]+)*")
 
 
 def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -175,9 +182,26 @@ class NatsStateStore(StateStore):
         entry = await kv.get(self._kv, f"lease.{token(workflow_id)}")
         return (None, 0) if entry is None else (decode(entry.value), entry.revision)
 
+    async def _foreign(self, workflow_id: str) -> str | None:
+        """The key ``wf.<workflow_id>`` if ``workflow_id`` is a key token this adapter never writes
+        (``token`` of no id gives it, as ``bad_key`` or ``a.b``) and an entry is there: a record
+        written by hand under a key named like the id. None otherwise; reads only for such ids."""
+        if untoken(workflow_id) is not None or not _KEY_TOKEN.fullmatch(workflow_id):
+            return None
+        key = f"wf.{workflow_id}"
+        return key if await kv.get(self._kv, key) is not None else None
+
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
+        """The record, or None; ``PayloadDecodeError`` for a malformed one, also a record under
+        ``wf.<workflow_id>`` when that is a key no id escapes to (``delete`` removes either)."""
         with self._errors(f"read workflow {workflow_id!r}"):
             stored, _ = await self._record(workflow_id)
+            foreign = None if stored is not None else await self._foreign(workflow_id)
+        if foreign is not None:
+            raise malformed_record(
+                f"{self._conn.names.state_bucket} {foreign}", workflow_id,
+                f"it is stored under key {foreign!r}, which this adapter never writes (the record of id "
+                f"{workflow_id!r} would be at 'wf.{token(workflow_id)}'): written by hand or by another tool")
         return None if stored is None else stored_record(stored, f"{self._conn.names.state_bucket} wf.{token(workflow_id)}", workflow_id)
 
     async def save(
@@ -424,22 +448,46 @@ class NatsStateStore(StateStore):
                        where=f"{self._conn.names.state_bucket} cp.{token(workflow_id)}.*")
 
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
+        """Records, oldest first. A malformed one is left out and logged naming its key and the id
+        to delete it by: also one under a key this adapter never writes (written by hand), listed
+        by the key's token (``delete`` of that token removes it), and one holding another id."""
         with self._errors("list workflows"):
-            entries = await kv.scan(self._conn.js, self._kv, "wf.*")
+            # "wf.>", not "wf.*": a key written by hand may hold dots (wf.a.b), and must list as malformed.
+            entries = await kv.scan(self._conn.js, self._kv, "wf.>")
         now = time.time()
-        records = stored_records((f"{self._conn.names.state_bucket} {e.key}", body) for e in entries
-                                 for body in [_decoded_or_raw(e.value)]
-                                 if not isinstance(body, dict) or not _expired(body, now))
+        records = []
+        for entry in entries:
+            body = _decoded_or_raw(entry.value)
+            if isinstance(body, dict) and _expired(body, now):
+                continue
+            where, name = f"{self._conn.names.state_bucket} {entry.key}", entry.key[3:]
+            workflow_id = untoken(name)
+            try:
+                if workflow_id is None:
+                    raise malformed_record(where, name, f"its key is not one this adapter writes (no workflow id "
+                                                        f"escapes to {name!r}): written by hand or by another tool")
+                records.append(stored_record(body, where, workflow_id))
+            except PayloadDecodeError as exc:
+                log.error("left out of the listing: %s", exc)
         records = [r for r in records if status is None or r.status == status]
         records.sort(key=lambda r: r.created_at)
         return records
 
     async def delete(self, workflow_id: str) -> bool:
+        """Remove the record, checkpoints and lease (the token kept); True if there was a record.
+
+        A malformed record is removed too, and so is one written by hand under
+        ``wf.<workflow_id>`` when no id escapes to that key (the listing names it so).
+        """
         with self._errors(f"delete workflow {workflow_id!r}"):
             try:
                 stored, _ = await self._record(workflow_id)
             except PayloadDecodeError:  # a malformed record can still be deleted
                 stored = {}
+            foreign = None if stored is not None else await self._foreign(workflow_id)
+            if foreign is not None:  # written by hand under a key named like the id: nothing else is its
+                await kv.remove(self._conn.js, self._kv, foreign)
+                return True
             await self._conn.js.purge_stream(f"KV_{self._conn.names.state_bucket}",
                                              subject=f"$KV.{self._conn.names.state_bucket}.cp.{token(workflow_id)}.>")
             await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")

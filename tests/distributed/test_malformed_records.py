@@ -15,6 +15,7 @@ Variants: other deep shapes (objects, mixed), nested just past the limit.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -173,3 +174,141 @@ def test_redis_a_record_key_of_another_type_is_left_out_and_can_be_deleted(
     assert out["deleted"] and out["gone"] and out["after"] == ["wf_good"], out
     assert any(out["key"] in r.getMessage() and "WRONGTYPE" in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+# -- NATS: records written by hand under keys the adapter never writes (N4) -------------
+_RECORD = {"graph_name": "g", "status": "running", "state": {}, "step": 0, "version": 1, "frontier": {},
+           "metadata": {}, "created_at": 1.0, "updated_at": 1.0}
+# key token after "wf." -> bytes written there; no workflow id escapes to any of these tokens
+FOREIGN = {
+    "bad_key": b"\xff garbage",  # '_' unescaped
+    "a.b": json.dumps({**_RECORD, "workflow_id": "a.b"}).encode(),  # a well-formed record, dots in its key
+    "Hand_Made.x_2Ey": json.dumps({**_RECORD, "workflow_id": "someone"}).encode(),  # upper-case hex escape
+    "wf_de": b"[" * 3_000 + b"]" * 3_000,  # an escape that is no UTF-8, and nested too deeply
+}
+
+
+@pytest.mark.timeout(120)
+def test_nats_records_under_keys_no_id_escapes_to_list_as_malformed_and_delete_by_their_key(
+        nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Left out of listings, logged naming the key and the id to delete them by (the key's token);
+    reading that id says the record is malformed and where; store.delete and the CLI's delete remove it."""
+    prefix = f"malrec{uuid.uuid4().hex[:8]}"
+    common = ["--backend-url", nats_url, "--prefix", prefix]
+
+    async def setup() -> tuple[list[str], dict[str, str]]:
+        backend = open_backend(nats_url, prefix=prefix)
+        await backend.connect()
+        try:
+            store = backend.state_store
+            await store.save(WorkflowRecord("wf_good", "g", "completed", {"a": 1}), expected_version=0)
+            await store.save(WorkflowRecord("a.b", "g", "completed", {"real": 1}), expected_version=0)  # wf.a_2eb
+            bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
+            for name, data in FOREIGN.items():
+                await bucket.put(f"wf.{name}", data)
+            listed = sorted(r.workflow_id for r in await store.list_workflows())
+            errors = {}
+            for name in FOREIGN:
+                if name != "a.b":  # "a.b" names the real workflow first
+                    with pytest.raises(PayloadDecodeError) as raised:
+                        await store.get(name)
+                    errors[name] = str(raised.value)
+            return listed, errors
+        finally:
+            await backend.close()
+
+    async def remove_and_check() -> tuple[list[bool], list[str], list[str]]:
+        backend = open_backend(nats_url, prefix=prefix)
+        await backend.connect()
+        try:
+            store = backend.state_store
+            deleted = [await store.delete("Hand_Made.x_2Ey"), await store.delete("Hand_Made.x_2Ey")]
+            real = await store.get("a.b")
+            deleted += [real is not None and real.state == {"real": 1}]
+            bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
+            keys = sorted(e.key for e in await _scan_state(backend, bucket))
+            return deleted, sorted(r.workflow_id for r in await store.list_workflows()), keys
+        finally:
+            await backend.close()
+
+    with caplog.at_level(logging.ERROR, logger="distributed_agents.state_store"):
+        listed, errors = run(setup(), timeout=60)
+    assert listed == ["a.b", "wf_good"]
+    left_out = [r.getMessage() for r in caplog.records if "left out of the listing" in r.getMessage()]
+    for name in FOREIGN:
+        assert any(f"workflow {name!r}" in m and f"wf.{name}" in m and "delete" in m for m in left_out), (name, left_out)
+    for name, text in errors.items():
+        assert f"workflow {name!r}" in text and f"wf.{name}" in text and "malformed" in text and "delete" in text, text
+    status = _cli("status", "bad_key", *common)
+    assert status.returncode != 0 and "Traceback" not in status.stderr and "wf.bad_key" in status.stderr, status
+    gone = _cli("delete", "bad_key", "wf_de", "--yes", *common)
+    assert gone.returncode == 0 and "deleted 2 workflow(s)" in gone.stdout, gone
+    deleted, after, keys = run(remove_and_check(), timeout=60)
+    assert deleted == [True, False, True]  # the second delete finds nothing; the real "a.b" is untouched
+    assert after == ["a.b", "wf_good"]
+    assert [k for k in keys if k.startswith("wf.")] == ["wf.a.b", "wf.a_2eb", "wf.wf_5fgood"]
+    # "a.b" names the real workflow (wf.a_2eb) first; once it is gone, the one written by hand goes next.
+    twice = _cli("delete", "a.b", "--yes", *common), _cli("delete", "a.b", "--yes", *common)
+    assert [t.returncode for t in twice] == [0, 0], twice
+    missing = _cli("delete", "a.b", "--yes", *common)
+    assert missing.returncode == 1 and "a.b: not found" in missing.stderr, missing
+
+
+async def _scan_state(backend: Any, bucket: Any) -> list[Any]:
+    from distributed_agents.adapters.nats import kv
+
+    return await kv.scan(backend.connection.js, bucket, ">")
+
+
+@pytest.mark.timeout(120)
+def test_nats_any_hand_written_record_key_is_listed_past_and_deleted_by_its_token(nats_url: str) -> None:
+    """Hypothesis: keys a hand could write under ``wf.`` (any KV key token) holding any bytes: the
+    listing still answers with the good record; the token read as an id is malformed, absent or a
+    record; deleting the token (or the id it escapes) leaves no ``wf.`` key but the good one."""
+    import os
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from distributed_agents.adapters.nats.naming import untoken
+
+    prefix = f"malrec{uuid.uuid4().hex[:8]}"
+    keys = st.from_regex(r"[-/_=A-Za-z0-9]{1,12}(\.[-/_=A-Za-z0-9]{1,6}){0,2}", fullmatch=True)
+    bodies = st.binary(max_size=40) | st.builds(lambda wid: json.dumps({**_RECORD, "workflow_id": wid}).encode(),
+                                                st.text(max_size=8))
+    drawn: list[tuple[str, bytes]] = []
+
+    @settings(max_examples=40 if os.environ.get("DA_TEST_PROFILE") == "thorough" else 10, deadline=None,
+              database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(keys, bodies)
+    def draw(name: str, body: bytes) -> None:
+        drawn.append((name, body))
+
+    draw()
+
+    async def scenario() -> None:
+        backend = open_backend(nats_url, prefix=prefix)
+        await backend.connect()
+        try:
+            store = backend.state_store
+            await store.save(WorkflowRecord("wf_good", "g", "completed", {"a": 1}), expected_version=0)
+            bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
+            for name, body in drawn:
+                if name == "wf_5fgood":
+                    continue
+                await bucket.put(f"wf.{name}", body)
+                listed = [r.workflow_id for r in await store.list_workflows()]
+                assert "wf_good" in listed and name not in listed or untoken(name) == name, (name, listed)
+                target = untoken(name)
+                workflow_id = name if target is None else target
+                try:
+                    await store.get(workflow_id)
+                except PayloadDecodeError as exc:
+                    assert f"wf.{name}" in str(exc), str(exc)
+                await store.delete(workflow_id)
+                left = sorted(e.key for e in await _scan_state(backend, bucket) if e.key.startswith("wf."))
+                assert left == ["wf.wf_5fgood"], (name, left)
+        finally:
+            await backend.close()
+
+    run(scenario(), timeout=100)

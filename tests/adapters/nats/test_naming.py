@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distributed_agents.adapters.nats.naming import token
+from distributed_agents.adapters.nats.naming import token, untoken
 
 
 def _reference(value: str) -> str:
@@ -29,3 +29,17 @@ def test_token_escapes_each_unsafe_character(value: str) -> None:
 @given(st.text(max_size=20), st.text(max_size=20))
 def test_token_is_injective(a: str, b: str) -> None:
     assert (token(a) == token(b)) == (a == b)
+
+
+@given(st.text(max_size=40))
+def test_untoken_inverts_token(value: str) -> None:
+    assert untoken(token(value)) == value
+
+
+@given(st.from_regex(r"[-/_=.A-Za-z0-9]{1,24}", fullmatch=True))
+def test_untoken_names_a_value_only_for_keys_token_makes(key: str) -> None:
+    """A key written by hand (``bad_key``, ``a.b``, ``a_2E``) names no id; any other is ``token`` of its id."""
+    value = untoken(key)
+    assert value is None or token(value) == key
+    if value is None:
+        assert all(token(candidate) != key for candidate in (key, key.replace("_", "")))
