@@ -464,7 +464,7 @@ class NatsTaskQueue(TaskQueue):
             for _, node_type, msg, ack_wait in rest:
                 if len(claimed) + sum(isinstance(o, ClaimedTask) for o in outcomes) >= max_tasks:
                     # Pulled from a second node type but not needed: give it straight back.
-                    await self._give_back(node_type, msg.reply or "")
+                    await self._give_back_unneeded(node_type, msg)
                     continue
                 outcomes.append(await self._take(msg, node_type, worker_id, lease, ack_wait))
             for taken in outcomes:
@@ -517,10 +517,11 @@ class NatsTaskQueue(TaskQueue):
         the claim, or None where the CAS lost (the record changed since it was read:
         ``_take`` reads it again); deliveries left out take ``_take``'s path."""
         chosen: list[tuple[Msg, Task, dict[str, Any], int, float]] = []
-        for _, _, msg, ack_wait in batch:
+        for _, node_type, msg, ack_wait in batch:
             found, task, lease_id = records.get(id(msg)), decoded.get(id(msg)), msg.reply or ""
             record = None if found is None else found.record
-            if (task is None or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
+            if (task is None or task.node_type != node_type  # another type than its subject's: _take dead-letters it
+                    or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
                     or record.get("seq") not in (0, stream_sequence(lease_id))):
                 continue
             attempt = int(record["attempt"]) + 1
@@ -547,6 +548,16 @@ class NatsTaskQueue(TaskQueue):
             self._arm(lease_id, held)
             out[id(msg)] = ClaimedTask(task, lease_id, new["attempt"], new["deadline"], worker_id)
         return out
+
+    async def _give_back_unneeded(self, node_type: str, msg: Msg) -> None:
+        """``_give_back`` a delivery the claim pulled but does not need; a failure (the mark not
+        stored, say) leaves it unacked, delivered again after AckWait, and the claim goes on."""
+        try:
+            await self._give_back(node_type, msg.reply or "")
+        except Exception as exc:
+            log.warning("NATS %s: the task message %s (subject %s) the claim did not need could not be given back "
+                        "(%s: %s); it is delivered again after AckWait", mask_url(self._conn.url),
+                        _queued_as(msg) or "without a task id", msg.subject, type(exc).__name__, exc)
 
     async def _take(
         self, msg: Msg, node_type: str, worker_id: str, lease: float, ack_wait: float, prefetched: _Found | None = None,
@@ -577,7 +588,9 @@ class NatsTaskQueue(TaskQueue):
             return None
         try:
             # Its id must be the one it was published under (Da-Task-Id): its record is kept by that id.
-            task = decoded if decoded is not None else decode_task(msg.data, queued_as=_queued_as(msg))
+            # ... and its node type the one of the subject it was published on (decode_task's queued_in).
+            task = decoded if decoded is not None and decoded.node_type == node_type else decode_task(
+                msg.data, queued_as=_queued_as(msg), queued_in=node_type)
         except PayloadDecodeError as exc:
             await self._dead_letter_raw(msg, node_type, str(exc))
             return None

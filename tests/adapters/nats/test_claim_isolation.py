@@ -153,3 +153,40 @@ def test_a_claim_whose_only_delivery_fails_returns_nothing_and_keeps_serving(nat
     alone, later = run(scenario(), 50)
     assert alone == []
     assert later == ["next"]
+
+
+def test_a_delivery_the_claim_cannot_give_back_stays_for_later_and_the_claimed_task_is_returned(
+    nats_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim of one task pulls one delivery of each node type and gives back the one it
+    does not need; the server refusing the give-back's mark (the claims bucket full) does not
+    fail the claim of the other, and the given-back task is claimed after AckWait."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        backend = await open_nats(nats_url, visibility_timeout=1.0)
+        queue = backend.task_queue
+        js = backend.connection.js
+        stream = f"KV_{backend.connection.names.claim_bucket}"
+        try:
+            assert await queue.enqueue(_task("first", "a"))
+            assert await queue.enqueue(_task("second", "b"))
+            info = await js.stream_info(stream)
+            info.config.max_bytes = 1
+            await js.update_stream(info.config)
+            with caplog.at_level(logging.WARNING, logger=_LOGGER):
+                claimed = await queue.claim(["a", "b"], worker_id="w", max_tasks=1)
+            for claim in claimed:
+                await queue.ack(claim, {"ok": True})
+            info.config.max_bytes = -1
+            await js.update_stream(info.config)
+            later = await queue.claim(["a", "b"], worker_id="w", max_tasks=5, wait=10)
+            for claim in later:
+                await queue.ack(claim, {"ok": True})
+            return [c.task.id for c in claimed], [c.task.id for c in later]
+        finally:
+            await backend.close()
+
+    claimed, later = run(scenario(), 50)
+    assert claimed == ["first"]
+    assert later == ["second"]
+    assert any("could not be given back" in r.getMessage() for r in caplog.records)
