@@ -156,7 +156,7 @@ class MemoryTaskQueue(TaskQueue):
                 entry = self._data.entries[best[2]]
                 heapq.heappop(self._data.ready[entry.node_type])
                 try:
-                    task = decode_task(entry.raw, queued_as=entry.task_id)
+                    task = decode_task(entry.raw, queued_as=entry.task_id, queued_in=entry.node_type)
                 except PayloadDecodeError as exc:
                     self._dead_letter(entry, str(exc), now)
                     continue

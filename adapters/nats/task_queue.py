@@ -517,10 +517,11 @@ class NatsTaskQueue(TaskQueue):
         the claim, or None where the CAS lost (the record changed since it was read:
         ``_take`` reads it again); deliveries left out take ``_take``'s path."""
         chosen: list[tuple[Msg, Task, dict[str, Any], int, float]] = []
-        for _, _, msg, ack_wait in batch:
+        for _, node_type, msg, ack_wait in batch:
             found, task, lease_id = records.get(id(msg)), decoded.get(id(msg)), msg.reply or ""
             record = None if found is None else found.record
-            if (task is None or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
+            if (task is None or task.node_type != node_type  # another type than its subject's: _take dead-letters it
+                    or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
                     or record.get("seq") not in (0, stream_sequence(lease_id))):
                 continue
             attempt = int(record["attempt"]) + 1
@@ -587,7 +588,9 @@ class NatsTaskQueue(TaskQueue):
             return None
         try:
             # Its id must be the one it was published under (Da-Task-Id): its record is kept by that id.
-            task = decoded if decoded is not None else decode_task(msg.data, queued_as=_queued_as(msg))
+            # ... and its node type the one of the subject it was published on (decode_task's queued_in).
+            task = decoded if decoded is not None and decoded.node_type == node_type else decode_task(
+                msg.data, queued_as=_queued_as(msg), queued_in=node_type)
         except PayloadDecodeError as exc:
             await self._dead_letter_raw(msg, node_type, str(exc))
             return None

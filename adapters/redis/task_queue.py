@@ -452,10 +452,8 @@ class RedisTaskQueue(TaskQueue):
 
         Undecodable ones are dead-lettered, the reason naming the task hash and field. So
         is a task whose bytes name another node type than the queue it sat in (written by
-        hand, or copied): it is not run, by this worker or any other - its node type is
-        what its own record says, so neither queue's workers can trust it to be the task
-        its workflow queued. Its dead letter keeps its bytes; enqueue it again as a task
-        of the node type it means.
+        hand, or copied): it is not run, by this worker or any other (see ``decode_task``).
+        Its dead letter keeps its bytes; enqueue it again as a task of the node type it means.
         """
         claimed: list[ClaimedTask] = []
         for index in range(0, len(items), 6):
@@ -467,14 +465,10 @@ class RedisTaskQueue(TaskQueue):
                 where = f"task hash {self._keys.task(task_id)}, field 'raw'"
                 try:
                     # Its id must be the one it is stored under: acks and nacks find it by that id.
-                    task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id)
+                    task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id,
+                                       queued_in=queue_type)
                 except PayloadDecodeError as exc:
                     raise PayloadDecodeError(f"{exc} (in {where})") from None
-                if task.node_type != queue_type:
-                    raise PayloadDecodeError(
-                        f"malformed task: it names node type {task.node_type[:80]!r} but sits in the queue of node type "
-                        f"{queue_type!r} (in {where}); it was written by something other than enqueue, so it is not "
-                        "run: enqueue it again as a task of the node type it means")
                 check_attempt(int(attempt), self._keys.task(task_id))
             except ValueError as exc:  # _Oversized, PayloadDecodeError: the message is the reason
                 await self._run("bad_payload", [task_id, lease_id, str(exc)], "dead-letter an undecodable task")

@@ -162,16 +162,21 @@ def task_from_dict(data: Any) -> Task:
         raise ValueError(f"task has an invalid field: {exc}") from None
 
 
-def decode_task(raw: bytes | bytearray, *, queued_as: str | None = None) -> Task:
+def decode_task(raw: bytes | bytearray, *, queued_as: str | None = None, queued_in: str | None = None) -> Task:
     """The task stored as ``raw`` (``task_to_dict`` as JSON), checked: the one reader of task bytes.
 
     Every adapter decodes a claimed task, and the task of a dead letter, through this.
     ``queued_as`` is the id the backend keeps the task under (its key, its message
     header), when it has one: a task naming another id (copied, or written by hand)
-    could not be settled under its own id and is refused. Total: raises only
-    ``PayloadDecodeError``, whose message is the dead-letter reason,
-    ``"undecodable payload: ..."`` (not JSON, nested too deeply, a field of the wrong
-    type or range) or ``"malformed task: ..."`` (an id that is not its own).
+    could not be settled under its own id and is refused. ``queued_in`` is the node
+    type of the queue the task was claimed from: a task naming another node type is
+    refused too, never run - neither by this queue's workers (whose function is not the
+    one it names) nor moved to the queue it names (its bytes, written by something other
+    than enqueue, are not trusted to be the task its workflow queued); its dead letter
+    keeps its bytes. Total: raises only ``PayloadDecodeError``, whose message is the
+    dead-letter reason, ``"undecodable payload: ..."`` (not JSON, nested too deeply, a
+    field of the wrong type or range) or ``"malformed task: ..."`` (an id or node type
+    that is not its own).
     """
     try:
         task = task_from_dict(decode(raw))
@@ -181,6 +186,11 @@ def decode_task(raw: bytes | bytearray, *, queued_as: str | None = None) -> Task
         raise PayloadDecodeError(
             f"malformed task: it names task id {task.id[:80]!r} but is queued as {queued_as[:80]!r}; it was copied "
             "or written by something other than enqueue, so it is not run")
+    if queued_in is not None and task.node_type != queued_in:
+        raise PayloadDecodeError(
+            f"malformed task: it names node type {task.node_type[:80]!r} but sits in the queue of node type "
+            f"{queued_in[:80]!r}; it was written by something other than enqueue, so it is not run: enqueue it "
+            "again as a task of the node type it means")
     return task
 
 

@@ -387,3 +387,55 @@ def test_redis_a_worker_dead_letters_hand_edited_task_hashes_naming_key_and_fiel
     assert "field 'type'" in letters["t-type"] and "field 'score'" in letters["t-score"]
     assert "field 'max'" in letters["t-max"] and "field 'raw'" in letters["t-raw"]
     assert "names node type 'finish' but sits in the queue of node type 'prepare'" in letters["t-json"]
+
+
+# -- a task naming another node type than the queue it sits in, on every backend --------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["memory", "redis", "nats"])
+@pytest.mark.parametrize("served", [["prepare"], ["finish", "prepare"]])
+def test_a_task_naming_another_node_type_than_its_queue_is_dead_lettered_never_run(
+        kind: str, served: list[str], request: pytest.FixtureRequest) -> None:
+    """Its bytes (and id) are a real task's, but they name "finish" while it sits in "prepare"'s
+    queue: no claimer gets it, also one serving both types; its dead letter keeps the bytes and
+    says both types. The good task behind it is claimed."""
+    prefix = f"hostile{uuid.uuid4().hex[:8]}"
+    url = f"memory://{prefix}" if kind == "memory" else str(request.getfixturevalue(f"{kind}_url"))
+    stray = Task("t-stray", "wf-1", "prepare", "finish", {"state": {"analysis": "x"}})
+    data = json.dumps(task_to_dict(stray)).encode()
+
+    async def scenario() -> tuple[list[str], list[Any]]:
+        backend_ = open_backend(url) if kind == "memory" else open_backend(url, prefix=prefix)
+        await backend_.connect()
+        queue = backend_.task_queue
+        try:
+            if kind == "memory":  # the stored bytes of a task queued as "prepare", replaced
+                await queue.enqueue(Task("t-stray", "wf-1", "prepare", NODE_TYPE, {"state": {}}))
+                queue._data.entries["t-stray"].raw = data
+            elif kind == "redis":
+                import redis.asyncio
+
+                await queue.enqueue(Task("t-stray", "wf-1", "prepare", NODE_TYPE, {"state": {}}))
+                client = redis.asyncio.from_url(url)
+                await client.hset(queue._keys.task("t-stray"), "raw", data)
+                await client.aclose()
+            else:  # published on prepare's subject under its own id, as enqueue would
+                subject = backend_.connection.names.task_subject(NODE_TYPE, 0)
+                await backend_.connection.js.publish(subject, data, headers={"Da-Task-Id": "t-stray"})
+            await queue.enqueue(Task("t-good", "wf-1", "prepare", NODE_TYPE, {"state": {}}))
+            claimed: list[str] = []
+            for _ in range(3):
+                for claim in await queue.claim(served, worker_id="w", max_tasks=5, wait=0.2):
+                    claimed.append(claim.task.id)
+                    await queue.ack(claim, {"ok": True})
+                if "t-good" in claimed:
+                    break
+            return claimed, await queue.dead_letters()
+        finally:
+            await backend_.close()
+
+    claimed, letters = run(scenario(), timeout=60)
+    assert claimed == ["t-good"]
+    [letter] = letters
+    assert letter.task_id == "t-stray" and letter.node_type == NODE_TYPE
+    assert letter.raw == data or letter.task == stray  # its bytes are kept (as they are, or decoded)
+    assert "names node type 'finish' but sits in the queue of node type 'prepare'" in letter.reason, letter.reason
