@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from distributed_agents.core.errors import BackendUnavailableError
 
@@ -58,22 +58,23 @@ class Outage:
 
 
 async def until_available(
-    call: Callable[[], Awaitable[T]],
-    *,
+    call: Callable[..., Awaitable[T]],
+    *args: Any,
     what: str,
     outage: Outage,
     give_up_after: float | None = None,
 ) -> T:
-    """``await call()``, repeated with exponential backoff while it raises ``BackendUnavailableError``.
+    """``await call(*args)``, repeated with exponential backoff while it raises ``BackendUnavailableError``.
 
     Re-raises the last ``BackendUnavailableError`` after ``give_up_after`` seconds (never
-    when it is None). Any other exception propagates at once.
+    when it is None). Any other exception propagates at once. (``args`` rather than a
+    closure or ``functools.partial`` on hot paths: fewer GC-tracked objects per call.)
     """
     delay = INITIAL_DELAY
     started = time.monotonic()
     while True:
         try:
-            result = await call()
+            result = await call(*args)
         except BackendUnavailableError as exc:
             if give_up_after is not None and time.monotonic() - started >= give_up_after:
                 raise

@@ -221,6 +221,7 @@ class StepEngine:
         # Whether the last commit also released the workflow's lease (save_releasing): the
         # driver then need not release it again.
         self.lease_released = False
+        self._save_attempts = 0  # of the commit being written (_write)
         # The first step's calls by task id, when the driver built them to queue their tasks
         # with the workflow's create (first_step_calls), with the time (time.time()) the create
         # was sent: used once, instead of building them again; node.started carries that time.
@@ -250,6 +251,10 @@ class StepEngine:
             self._end_observed_step(error)
             observer.workflow_ended(self._observed_run, status, error)
             self._observed_run = None
+
+    def released_lease(self) -> bool:
+        """Whether the run's last commit gave the workflow's lease up (``lease_released``)."""
+        return self.lease_released
 
     def _observe_step(self, record: WorkflowRecord, nodes: Sequence[str]) -> None:
         """Report the step about to run (ending the one before) and take its trace context for its tasks."""
@@ -288,7 +293,8 @@ class StepEngine:
         self._inflight, self._unsaved, self._stored_step = None, None, record.step
         self._encoded = None
         progress = _Progress(record)
-        logged = log_context.set_fields(workflow_id=record.workflow_id)  # the step is bound per step
+        # The step is bound here and again by each step that has another number.
+        logged = log_context.set_fields(workflow_id=record.workflow_id, step=record.step)
         try:
             return await self._drive_steps(graph, progress, lease, options)
         except _PASS_THROUGH:
@@ -328,9 +334,12 @@ class StepEngine:
         breaks_before = _breakpoint_names(graph, record, "before")
         breaks_after = _breakpoint_names(graph, record, "after")
         await self._purge_handled(record)  # a process that committed the route may have died before purging
+        bound_step = record.step  # bound by _run
         while True:
             progress.begin(record)
-            log_context.set_fields(step=record.step)  # undone by _run()'s reset
+            if bound_step != record.step:  # (one binding fewer per run: GC-tracked objects kept while it runs)
+                bound_step = record.step
+                log_context.set_fields(step=bound_step)  # undone by _run()'s reset
             if self._stepping:  # the step before committed
                 self._end_observed_step(None)
             entries = read_entries(record.frontier, order)
@@ -342,28 +351,10 @@ class StepEngine:
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
             if record.step >= options.step_limit:
-                # Cycling means running again: a node that ran in more than one of the last
-                # steps this run took, or ran in one of them and is pending again.
-                runs = collections.Counter(name for nodes in recent for name in set(nodes))
-                pending = set(next_nodes)
-                cycling = [name for name in graph.nodes if runs[name] + (name in pending) > 1]
-                message = (f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
-                           f"{options.step_limit} with {', '.join(map(repr, next_nodes))} pending; ")
-                if cycling:
-                    how = [f"{name!r} ran {runs[name]} time(s){' and is pending again' if name in pending else ''}"
-                           for name in cycling]
-                    message += (f"in the last {len(recent)} step(s) {', '.join(how)}, so the graph is cycling: "
-                                "fix the loop's exit condition or pass a larger step_limit")
-                elif recent:
-                    message += (f"no node ran twice in the last {len(recent)} step(s), so this is no loop: "
-                                "the workflow needs more steps, pass a larger step_limit")
-                else:  # resumed at the limit: no step ran here to tell a loop from a long run
-                    message += "pass a larger step_limit if the workflow needs more steps"
-                involved = tuple(dict.fromkeys([*next_nodes, *cycling]))
-                error = StepLimitExceededError(message, limit=options.step_limit, nodes=involved)
+                error, cycling = _step_limit_error(graph, record, next_nodes, recent, options.step_limit)
                 await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
-            unknown = [name for name in next_nodes if name not in order]
+            unknown = _names_outside(next_nodes, order)
             if unknown:
                 raise ExecutionError(
                     f"workflow {record.workflow_id!r} is at step {record.step} with node(s) "
@@ -372,19 +363,18 @@ class StepEngine:
                 )
             before = _breakpoint_hits(breaks_before, next_nodes) if breaks_before else []
             if before and not record.frontier.get("breakpoint_passed"):
-                pauses = [Interrupt(interrupt_id(record.step, node, 0) + ":before", node, None, "before", node)
-                          for node in before]
+                pauses = _breakpoint_pauses(record.step, before, "before")
                 return await self._pause(record, lease, pauses, dict(record.frontier.get("pending_writes") or {}))
             if self._instrumentation is not None:
                 self._observe_step(record, next_nodes)
             # Tasks of this step that succeeded before it failed (or paused) keep their outputs.
             done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
-            to_run = [entry for entry in entries if entry.key not in done] if done else entries
+            to_run = _entries_outside(entries, done) if done else entries
             try:
                 outcomes: list[NodeOutcome] = []
                 if to_run:
                     running = until_available(
-                        functools.partial(self._run_step, graph, record, run, to_run, options),
+                        self._run_step, graph, record, run, to_run, options,
                         what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
                     # Nothing in flight ("sync", "exit"): no commit to race, awaited as it is.
                     outcomes = await (running if self._inflight is None else self._alongside_commit(running))
@@ -411,15 +401,15 @@ class StepEngine:
                 else:
                     pausing = True
                 to_parents = to_parents or parsed[key].parent
-            paused = [entry for entry in entries if entry.key in parsed
-                      and parsed[entry.key].interrupt is not None] if pausing else []
+            paused = _paused_entries(entries, parsed) if pausing else []
             progress.pending = finished
             # A final failure of a node with on_error (not of a handler's own task) goes to its handler.
-            unhandled = [(e, o) for e, o in failed if e.handles is not None or graph.node(e.node).on_error is None]
+            unhandled = _unhandled_failures(graph, failed) if failed else []
             if unhandled:
-                routed = [pair for pair in failed if pair not in unhandled]
-                raise await self._node_failed(graph, record, lease, [*unhandled, *routed], progress.pending)
-            handlers = [await self._route_failure(graph, record, entry, outcome) for entry, outcome in failed]
+                raise await self._node_failed(graph, record, lease, unhandled, progress.pending)
+            handlers = []
+            for entry, outcome in failed:
+                handlers.append(await self._route_failure(graph, record, entry, outcome))
             for entry, outcome in zip(to_run, outcomes):
                 if outcome.failure is not None:
                     continue
@@ -447,7 +437,7 @@ class StepEngine:
                     pauses.append(Interrupt(interrupt_id(record.step, entry.key, index), entry.node,
                                             info.get("value"), "interrupt", entry.key, index))
                 return await self._pause(record, lease, pauses, progress.pending)
-            to_parent = [e for e in entries if e.key in parsed and parsed[e.key].parent] if to_parents else []
+            to_parent = _parent_entries(entries, parsed) if to_parents else []
             if to_parent:  # Command(graph=Command.PARENT): this subgraph ends, its parent routes
                 subgraph_tasks.check_parent_command(graph.name, record, [e.node for e in to_parent])
                 progress.phase = "commit"
@@ -482,9 +472,8 @@ class StepEngine:
             after = _breakpoint_hits(breaks_after, [e.node for e in entries]) if breaks_after else []
             if after:
                 status = WorkflowStatus.INTERRUPTED
-                frontier = {**frontier, "interrupts": [
-                    Interrupt(interrupt_id(record.step, node, 0) + ":after", node, None, "after", node).to_dict()
-                    for node in after]}
+                pauses = _breakpoint_pauses(record.step, after, "after")
+                frontier = {**frontier, "interrupts": [pause.to_dict() for pause in pauses]}
             progress.phase = "commit"
             record = await self._commit(
                 # The last step commits COMPLETED itself: one write fewer per workflow.
@@ -544,14 +533,17 @@ class StepEngine:
     ) -> list[NodeOutcome]:
         # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks, and
         # tasks with the key of an earlier task of this step wait for its output (``share``).
+        # (No comprehension here reads a local: see _drive_steps' helpers.)
         if any(entry.state_ref is not None for entry in entries):
-            entries = [await self._handler_input(graph, record, entry) for entry in entries]
+            with_state = []
+            for entry in entries:
+                with_state.append(await self._handler_input(graph, record, entry))
+            entries = with_state
         all_entries = entries
         keys, hits, followers = await self._cache_lookup(graph, record, entries, share) \
-            if self._cache is not None and any(graph.node(e.node).cache_policy is not None for e in entries) \
-            else ({}, {}, {})
+            if self._cache is not None and _any_cached(graph, entries) else ({}, {}, {})
         if hits or followers:
-            entries = [entry for entry in entries if entry.key not in hits and entry.key not in followers]
+            entries = _entries_outside(_entries_outside(entries, hits), followers)
         # Encoded only when a task needs it: an in-process node of a state of scalars gets a copy.
         flat = flat_state(record.state)
         encoded: bytes | None = None
@@ -562,7 +554,9 @@ class StepEngine:
         local_calls: list[NodeCall] = []
         remote_calls: list[NodeCall] = []
         batches = []
-        task_ids = [node_task_id(record, entry.key) for entry in entries]
+        task_ids = []
+        for entry in entries:
+            task_ids.append(node_task_id(record, entry.key))
         for entry, task_id in zip(entries, task_ids):
             name = entry.node
             spec = graph.node(name)
@@ -609,8 +603,7 @@ class StepEngine:
         if len(results) == 1 and len(results[0]) == len(entries) == 1:
             outcomes = results[0]  # one task: its outcome
         else:
-            by_task = {outcome.task_id: outcome for batch in results for outcome in batch}
-            outcomes = [by_task[task_id] for task_id in task_ids]
+            outcomes = _in_task_order(results, task_ids)
         if not keys:  # no task of this step is cached (so no hits, no followers): nothing to store or share
             return outcomes
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
@@ -1050,35 +1043,20 @@ class StepEngine:
         # Before writing: a record or checkpoint over the backend's size limit fails here,
         # naming the sizes, instead of failing (or, on NATS, hanging) in the store.
         self._check_size(record, checkpoint)
-        attempts = 0
-
         # A run's last commit (it ends or pauses) gives the lease up with it: one round trip fewer.
         last = record.status in _LAST_COMMIT
-
-        async def save() -> WorkflowRecord:
-            nonlocal attempts
-            attempts += 1
-            if last:
-                return await self._store.save_releasing(
-                    record, expected_version=record.version, checkpoint=checkpoint, lease=lease)
-            return await self._store.save(
-                record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
-            )
-
-        async def current_record() -> WorkflowRecord | None:
-            return await self._store.get(record.workflow_id)
-
+        self._save_attempts = 0  # one write at a time per run: _commit settles the one in flight first
         what = f"commit step {record.step} of workflow {record.workflow_id!r}"
         try:
-            saved = await until_available(save, what=what, outage=self._outage)
+            saved = await until_available(self._save_once, record, lease, checkpoint, what=what, outage=self._outage)
             self.lease_released = last
             if self._unsaved is not None and checkpoint is not None and checkpoint.step >= self._unsaved.step:
                 self._unsaved = None
             self._stored_step = saved.step
             return saved
         except (VersionConflictError, LeaseLostError, FencingTokenRejectedError) as exc:
-            current = await until_available(current_record, what=what, outage=self._outage)
-            if attempts > 1 and current is not None and _landed(current, record):
+            current = await until_available(self._store.get, record.workflow_id, what=what, outage=self._outage)
+            if self._save_attempts > 1 and current is not None and _landed(current, record):
                 # An earlier attempt was applied but its reply was lost in the outage.
                 self._stored_step = current.step
                 return current
@@ -1094,6 +1072,18 @@ class StepEngine:
                 f"workflow {record.workflow_id!r}: another orchestrator committed step "
                 f"{None if current is None else current.step} first; this one stopped driving it"
             ) from exc
+
+    async def _save_once(
+        self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None
+    ) -> WorkflowRecord:
+        """One attempt of ``_write``'s save (counted in ``_save_attempts``); a last commit releases ``lease``."""
+        self._save_attempts += 1
+        if record.status in _LAST_COMMIT:
+            return await self._store.save_releasing(
+                record, expected_version=record.version, checkpoint=checkpoint, lease=lease)
+        return await self._store.save(
+            record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
+        )
 
 
 # Statuses a run's last commit writes: after it the driver releases the lease anyway.
@@ -1209,6 +1199,83 @@ def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> list[s
     """
     stored = record.metadata.get(f"interrupt_{when}")
     return stored if isinstance(stored, list) else list(getattr(graph, f"interrupt_{when}"))
+
+
+# Helpers of StepEngine._drive_steps. Module functions rather than comprehensions inside it:
+# a comprehension (a function in Python 3.11) that reads one of its locals turns that local
+# into a cell, a GC-tracked object made on every call and kept for the whole run, and a
+# run is alive across many collections while hundreds of workflows are in flight.
+
+def _step_limit_error(
+    graph: Graph, record: WorkflowRecord, next_nodes: Sequence[str], recent: Sequence[list[str]], limit: int
+) -> tuple[StepLimitExceededError, list[str]]:
+    """The error of a workflow at ``limit`` steps with ``next_nodes`` pending, and the nodes cycling.
+
+    Cycling means running again: a node that ran in more than one of the ``recent``
+    steps this run took, or ran in one of them and is pending again.
+    """
+    runs = collections.Counter(name for nodes in recent for name in set(nodes))
+    pending = set(next_nodes)
+    cycling = [name for name in graph.nodes if runs[name] + (name in pending) > 1]
+    message = (f"workflow {record.workflow_id!r} of graph {graph.name!r} reached the step limit of "
+               f"{limit} with {', '.join(map(repr, next_nodes))} pending; ")
+    if cycling:
+        how = [f"{name!r} ran {runs[name]} time(s){' and is pending again' if name in pending else ''}"
+               for name in cycling]
+        message += (f"in the last {len(recent)} step(s) {', '.join(how)}, so the graph is cycling: "
+                    "fix the loop's exit condition or pass a larger step_limit")
+    elif recent:
+        message += (f"no node ran twice in the last {len(recent)} step(s), so this is no loop: "
+                    "the workflow needs more steps, pass a larger step_limit")
+    else:  # resumed at the limit: no step ran here to tell a loop from a long run
+        message += "pass a larger step_limit if the workflow needs more steps"
+    involved = tuple(dict.fromkeys([*next_nodes, *cycling]))
+    return StepLimitExceededError(message, limit=limit, nodes=involved), cycling
+
+
+def _any_cached(graph: Graph, entries: Sequence[TaskEntry]) -> bool:
+    return any(graph.node(entry.node).cache_policy is not None for entry in entries)
+
+
+def _in_task_order(batches: Sequence[Sequence[NodeOutcome]], task_ids: Sequence[str]) -> list[NodeOutcome]:
+    """The outcomes of ``batches`` in the order of ``task_ids`` (each id has one)."""
+    by_task = {outcome.task_id: outcome for batch in batches for outcome in batch}
+    return [by_task[task_id] for task_id in task_ids]
+
+
+def _names_outside(names: Sequence[str], known: Mapping[str, Any]) -> list[str]:
+    return [name for name in names if name not in known]
+
+
+def _entries_outside(entries: Sequence[TaskEntry], keys: Mapping[str, Any]) -> list[TaskEntry]:
+    return [entry for entry in entries if entry.key not in keys]
+
+
+def _paused_entries(entries: Sequence[TaskEntry], parsed: Mapping[str, NodeResult]) -> list[TaskEntry]:
+    return [entry for entry in entries if entry.key in parsed and parsed[entry.key].interrupt is not None]
+
+
+def _parent_entries(entries: Sequence[TaskEntry], parsed: Mapping[str, NodeResult]) -> list[TaskEntry]:
+    return [entry for entry in entries if entry.key in parsed and parsed[entry.key].parent]
+
+
+def _unhandled_failures(
+    graph: Graph, failed: Sequence[tuple[TaskEntry, NodeOutcome]]
+) -> list[tuple[TaskEntry, NodeOutcome]]:
+    """The failures no ``on_error`` handler takes, then (if any) the others: all raised together.
+
+    A final failure of a node with ``on_error`` (not of a handler's own task) goes to its
+    handler; an empty list when every failure does.
+    """
+    unhandled = [(e, o) for e, o in failed if e.handles is not None or graph.node(e.node).on_error is None]
+    if not unhandled:
+        return []
+    return [*unhandled, *(pair for pair in failed if pair not in unhandled)]
+
+
+def _breakpoint_pauses(step: int, nodes: Sequence[str], when: str) -> list[Interrupt]:
+    """The pauses of ``step``'s breakpoints (``when``: ``"before"`` or ``"after"``) at ``nodes``."""
+    return [Interrupt(interrupt_id(step, node, 0) + f":{when}", node, None, when, node) for node in nodes]
 
 
 def _breakpoint_hits(names: Sequence[str], nodes: Sequence[str]) -> list[str]:

@@ -279,12 +279,7 @@ class TaskQueueExecutor(NodeExecutor):
         if self.require_workers:
             missing = await self._types_without_workers(calls)
             if missing:
-                nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)
-                raise NodeNotFoundError(
-                    f"no function and no live worker for node(s) {nodes} of graph {calls[0].graph_name!r}: "
-                    "pass the function to graph.add_node(name, func), register it with "
-                    "@registry.register(node_type), or start a Worker serving that type"
-                )
+                raise _no_worker_error(calls, missing)
         try:
             return await self._run(calls)
         except asyncio.CancelledError:
@@ -299,18 +294,20 @@ class TaskQueueExecutor(NodeExecutor):
 
     async def _run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         started = time.time()
+        # (No comprehension here reads a local or self: each would make a cell per step, kept
+        # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
         by_id = {call.task_id: call for call in calls}
         fresh: Sequence[NodeCall] = calls
         if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
-            fresh = [call for call in calls if call.task_id not in self.enqueued]
+            fresh = _not_enqueued(calls, self.enqueued)
             self.enqueued.clear()
         if fresh:
             # A fan-out's tasks go out as one batch (one round trip on Redis).
-            await self._enqueue_whole([node_task(call, self.queue.max_attempts) for call in fresh])
+            await self._enqueue_whole(_tasks_of(fresh, self.queue.max_attempts))
         outcomes: dict[str, NodeOutcome] = {}
         waiting_since: float | None = None
         while len(outcomes) < len(calls):
-            pending = [task_id for task_id in by_id if task_id not in outcomes]
+            pending = _keys_outside(by_id, outcomes)
             results = await self.queue.wait_results(pending, timeout=self.poll_interval)
             for task_id, result in results.items():
                 call = by_id[task_id]
@@ -327,7 +324,7 @@ class TaskQueueExecutor(NodeExecutor):
                 await self._waited(waiting_since)
                 waiting_since = None
                 continue
-            missing = await self._types_without_workers([by_id[t] for t in pending])
+            missing = await self._types_without_workers(_values_of(by_id, pending))
             if not missing:
                 await self._waited(waiting_since)
                 waiting_since = None
@@ -340,7 +337,7 @@ class TaskQueueExecutor(NodeExecutor):
                     f"no live worker serves node type(s) {', '.join(map(repr, missing))} "
                     f"after waiting {self.worker_timeout}s; start a worker with those node types"
                 )
-        return [outcomes[call.task_id] for call in calls]
+        return _outcomes_of(calls, outcomes)
 
     async def _enqueue_whole(self, tasks: list[Task]) -> None:
         """``queue.enqueue_many(tasks)``, run to its end even when the step is cancelled meanwhile
@@ -373,3 +370,34 @@ class TaskQueueExecutor(NodeExecutor):
             if not await self.workers.list_workers(node_type):
                 missing.append(node_type)
         return missing
+
+
+# Helpers of TaskQueueExecutor (module functions: see its _run).
+
+def _no_worker_error(calls: Sequence[NodeCall], missing: Sequence[str]) -> NodeNotFoundError:
+    nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)
+    return NodeNotFoundError(
+        f"no function and no live worker for node(s) {nodes} of graph {calls[0].graph_name!r}: "
+        "pass the function to graph.add_node(name, func), register it with "
+        "@registry.register(node_type), or start a Worker serving that type"
+    )
+
+
+def _not_enqueued(calls: Sequence[NodeCall], enqueued: set[str]) -> list[NodeCall]:
+    return [call for call in calls if call.task_id not in enqueued]
+
+
+def _tasks_of(calls: Sequence[NodeCall], max_attempts: int) -> list[Task]:
+    return [node_task(call, max_attempts) for call in calls]
+
+
+def _keys_outside(keys: Mapping[str, Any], done: Mapping[str, Any]) -> list[str]:
+    return [key for key in keys if key not in done]
+
+
+def _values_of(by_key: Mapping[str, NodeCall], keys: Sequence[str]) -> list[NodeCall]:
+    return [by_key[key] for key in keys]
+
+
+def _outcomes_of(calls: Sequence[NodeCall], outcomes: Mapping[str, NodeOutcome]) -> list[NodeOutcome]:
+    return [outcomes[call.task_id] for call in calls]

@@ -32,13 +32,15 @@ _SHORT = {"workflow_id": "wf", "step": "step", "node": "node", "task_id": "task"
 
 _FIELD_NAMES = frozenset(FIELDS)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+# Holds a plain dict, never changed once set (each set_fields makes a new one): one object
+# per binding instead of a dict and a read-only view of it (current() makes the view).
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("distributed_agents_log_context",
                                                                           default=_EMPTY)
 
 
 def current() -> Mapping[str, Any]:
     """The fields bound in this task or thread (a read-only mapping; empty outside any run)."""
-    return _bound.get()
+    return MappingProxyType(_bound.get())
 
 
 def set_fields(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
@@ -52,7 +54,7 @@ def set_fields(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
     merged = {**_bound.get(), **fields}
     if None in merged.values():
         merged = {k: v for k, v in merged.items() if v is not None}
-    return _bound.set(MappingProxyType(merged))
+    return _bound.set(merged)
 
 
 def reset(token: contextvars.Token[Mapping[str, Any]]) -> None:

@@ -476,14 +476,15 @@ class Orchestrator:
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
+        # (No closures here: one is GC-tracked objects per workflow, kept while it runs.)
         store = NotingStore(backend.state_store, workflow_id, lease)
-        url = backend.redacted_url
-        hint = None if graph is None else (lambda types: start_worker_hint(graph, types, url))
-        waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval, hint)
+        waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval,
+                                  hint_graph=graph, backend_url=backend.redacted_url)
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
-            withdraw_on_cancel=lambda: workflow_id in self._cancelled, enqueued=enqueued or set(),
+            withdraw_on_cancel=functools.partial(self._cancelled.__contains__, workflow_id),
+            enqueued=enqueued or set(),
         )
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
@@ -942,12 +943,17 @@ class Orchestrator:
         if enqueued is not None and self.wait_for_workers and self._observer() is None:
             calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function)
             if calls:
-                tasks = [node_task(call, self.backend.task_queue.max_attempts) for call in calls]
+                attempts = self.backend.task_queue.max_attempts
+                tasks = []  # (a loop: a comprehension reading a local makes it a cell, see _create_leased)
+                for call in calls:
+                    tasks.append(node_task(call, attempts))
         queued: set[str] = set()
         sent = time.time()  # the tasks' dispatch: their node.started events carry it
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
         if queued and enqueued is not None:
-            enqueued.update((call.task_id, (call, sent)) for call in calls or () if call.task_id in queued)
+            for call in calls or ():
+                if call.task_id in queued:
+                    enqueued[call.task_id] = (call, sent)
         # Dated from the create's dispatch, as the tasks queued with it (one atomic step).
         scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name,
                                                         time=sent)
@@ -1039,59 +1045,35 @@ class Orchestrator:
         self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None = None,
         enqueued: set[str] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
+        # No closures here (see StepEngine._drive_steps' helpers): retried calls take their arguments.
         workflow_id = record.workflow_id
         store = self.backend.state_store
         what = f"start workflow {workflow_id!r}"
-        attempts = 0
-
-        async def create_leased() -> tuple[WorkflowRecord, WorkflowLease] | None:
-            nonlocal attempts
-            attempts += 1
-            if not tasks:
-                return await store.create_leased(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
-                                                 checkpoint=checkpoint)
-            made = await store.create_leased_enqueuing(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
-                                                       checkpoint=checkpoint, queue=self.backend.task_queue,
-                                                       tasks=tasks)
-            if made is None:
-                return None
-            if made[2] and enqueued is not None:
-                # Only from the call that created the workflow: after a lost reply the record
-                # is found below, and the first step queues the tasks (again: a no-op then).
-                enqueued.update(task.id for task in tasks)
-            return made[0], made[1]
-
+        tries = [0]  # attempts made: a retry after a lost reply may find what the first one created
         try:
             # The lease grant and the create in one step (one round trip where the store merges them).
-            made = await self._retrying(create_leased, what)
+            made = await until_available(self._create_leased_once, record, checkpoint, tasks, enqueued, tries,
+                                         what=what, outage=self._outage)
         except WorkflowExistsError:
             # A retry after a lost reply finds the record the first attempt created (and its lease).
-            current = await self._retrying(lambda: store.get(workflow_id), what)
-            if attempts < 2 or current is None or current.version != 1 or \
+            current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
+            if tries[0] < 2 or current is None or current.version != 1 or \
                     current.metadata.get("orchestrator") != self.orchestrator_id:
                 raise
-            return current, await self._retrying(lambda: self._acquire(workflow_id), what)
+            return current, await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
         if made is not None:
             return made
         # Another orchestrator held the lease: wait for it as _acquire says (and names the holder).
-        lease = await self._retrying(lambda: self._acquire(workflow_id), what)
-        attempts = 0
-
-        async def create() -> WorkflowRecord:
-            nonlocal attempts
-            attempts += 1
-            return await store.save(
-                record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token,
-            )
-
+        lease = await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
+        tries[0] = 0
         try:
             try:
-                record = await self._retrying(create, f"start workflow {workflow_id!r}")
+                record = await until_available(self._create_once, record, checkpoint, lease, tries,
+                                               what=what, outage=self._outage)
             except WorkflowExistsError:
                 # A retry after a lost reply finds the record the first attempt created.
-                current = await self._retrying(lambda: self.backend.state_store.get(workflow_id),
-                                               f"start workflow {workflow_id!r}")
-                if attempts < 2 or current is None or current.version != 1 or \
+                current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
+                if tries[0] < 2 or current is None or current.version != 1 or \
                         current.metadata.get("orchestrator") != self.orchestrator_id:
                     raise
                 record = current
@@ -1099,9 +1081,8 @@ class Orchestrator:
                 # A retry after a lost reply, when another orchestrator took the workflow the first
                 # attempt created over meanwhile (the outage outlasted our lease): it is driving it;
                 # driving from here fails its first commit as a takeover, and the caller gets the result.
-                current = await self._retrying(lambda: self.backend.state_store.get(workflow_id),
-                                               f"start workflow {workflow_id!r}")
-                if attempts < 2 or current is None or (current.version == 1 and
+                current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
+                if tries[0] < 2 or current is None or (current.version == 1 and
                                                        current.metadata.get("orchestrator") != self.orchestrator_id):
                     raise
                 record = current
@@ -1109,6 +1090,34 @@ class Orchestrator:
             await self._release(lease)
             raise
         return record, lease
+
+    async def _create_leased_once(
+        self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None,
+        enqueued: set[str] | None, tries: list[int],
+    ) -> tuple[WorkflowRecord, WorkflowLease] | None:
+        """One attempt of ``_create_leased``'s create with the lease (and ``tasks``); None if another holds it."""
+        tries[0] += 1
+        store = self.backend.state_store
+        if not tasks:
+            return await store.create_leased(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
+                                             checkpoint=checkpoint)
+        made = await store.create_leased_enqueuing(record, owner=self.orchestrator_id, ttl=self.lease_ttl,
+                                                   checkpoint=checkpoint, queue=self.backend.task_queue, tasks=tasks)
+        if made is None:
+            return None
+        if made[2] and enqueued is not None:
+            # Only from the call that created the workflow: after a lost reply the record
+            # is found by _create_leased, and the first step queues the tasks (again: a no-op then).
+            enqueued.update(task.id for task in tasks)
+        return made[0], made[1]
+
+    async def _create_once(
+        self, record: WorkflowRecord, checkpoint: Checkpoint, lease: WorkflowLease, tries: list[int]
+    ) -> WorkflowRecord:
+        """One attempt of ``_create_leased``'s create under a lease acquired first."""
+        tries[0] += 1
+        return await self.backend.state_store.save(
+            record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token)
 
     async def _fork(
         self, checkpoint: str, graph: Graph | None, workflow_id: str | None, status: str, priority: int,
@@ -1539,7 +1548,7 @@ class Orchestrator:
         finally:
             reset_stream_sink(sink)
         self._running[workflow_id] = drive
-        renewal = self._renewer.add(lease, drive, lambda: engine.lease_released)
+        renewal = self._renewer.add(lease, drive, engine.released_lease)
         try:
             final = await drive
         except WorkflowTakenOverError:

@@ -217,9 +217,13 @@ class WaitingReporter:
 
     def __init__(self, workflow_id: str, store: NotingStore, in_memory: MutableMapping[str, str],
                  log_interval: float = WAITING_LOG_INTERVAL,
-                 hint: Callable[[Sequence[str]], str] | None = None) -> None:
-        """``hint(node_types)``: how to start a worker serving them (default: the registry form)."""
+                 hint: Callable[[Sequence[str]], str] | None = None, *,
+                 hint_graph: Any = None, backend_url: str = "") -> None:
+        """``hint(node_types)``: how to start a worker serving them; else, with ``hint_graph``,
+        ``start_worker_hint(hint_graph, node_types, backend_url)``; else the registry form."""
         self._hint = hint
+        self._hint_graph = hint_graph
+        self._backend_url = backend_url
         self._workflow_id = workflow_id
         self._store = store
         self._in_memory = in_memory
@@ -244,6 +248,8 @@ class WaitingReporter:
                 self._since = now
             self._text, self._logged = text, now
             how = (self._hint(node_types) if self._hint is not None else
+                   start_worker_hint(self._hint_graph, node_types, self._backend_url)
+                   if self._hint_graph is not None else
                    "start a worker that serves them, e.g. distributed-agents worker --app module:registry "
                    f"--node-types {','.join(node_types)}")
             log.warning("workflow %r: no live worker serves node type(s) %s; %s. %s",

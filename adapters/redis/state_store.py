@@ -51,6 +51,7 @@ background); entries set during a clear may survive it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -462,17 +463,20 @@ class RedisStateManager(StateStore):
         args, new_tip = self._save_args(new, raw_record, state_raw if same_state else None, 0, checkpoint, None,
                                         None, _commit_id(), owner, _ms(ttl), False)
         keys = self._workflow_keys(workflow_id)
-
-        async def run(queue_keys: list[str], queue_args: list[Any]) -> tuple[Any, Any]:
-            reply = await self._script("state_create_enqueue", _CREATE_ENQUEUE, keys + queue_keys,
-                                       [len(args), *args, *queue_args], f"start workflow {workflow_id!r}")
-            return reply, (reply[4] if _text(reply[0]) == "ok" else None)
-
-        reply = await along(tasks, run)
+        # A partial, not a closure: fewer GC-tracked objects per workflow (see core.engine's helpers).
+        reply = await along(tasks, functools.partial(self._create_enqueue, keys, args, workflow_id))
         if _text(reply[0]) == "held":
             return None
         self._saved(reply, workflow_id, 0, None, new_tip)
         return new, WorkflowLease(workflow_id, owner, int(reply[2]), int(reply[3]) / 1000.0), True
+
+    async def _create_enqueue(
+        self, keys: list[str], args: list[Any], workflow_id: str, queue_keys: list[str], queue_args: list[Any]
+    ) -> tuple[Any, Any]:
+        """``create_leased_enqueuing``'s script with the queue's keys and arguments; (reply, the queue's part)."""
+        reply = await self._script("state_create_enqueue", _CREATE_ENQUEUE, keys + queue_keys,
+                                   [len(args), *args, *queue_args], f"start workflow {workflow_id!r}")
+        return reply, (reply[4] if _text(reply[0]) == "ok" else None)
 
     def _encoded(self, record: WorkflowRecord, expected_version: int) -> tuple[WorkflowRecord, bytes, bytes]:
         """The record a save of ``record`` stores, its JSON and its state's JSON."""

@@ -563,10 +563,11 @@ class RedisTaskQueue(TaskQueue):
         if len(found) == len(ids):
             return found
         # Ids this queue enqueued after subscribing announce their results; others are read.
-        check: list[str] | None = [
-            task_id for task_id in ids
-            if task_id not in found and (timeout <= 0 or not self._early.expecting(task_id))
-        ]
+        # (Loops, not comprehensions reading locals: those make cells kept while this waits.)
+        check: list[str] | None = []
+        for task_id in ids:
+            if task_id not in found and (timeout <= 0 or not self._early.expecting(task_id)):
+                check.append(task_id)
         next_ms = -1
         loop_time = _loop_time()
         give_up = loop_time() + timeout
@@ -584,7 +585,7 @@ class RedisTaskQueue(TaskQueue):
                 # only the tasks it named (without an inline result) are read, so waiting
                 # on a large fan-out costs O(tasks) reads in all rather than O(tasks) per
                 # wake-up. Only a full read knows the earliest lease deadline among them.
-                unread = [t for t in ids if t not in found] if check is None else [t for t in check if t not in found]
+                unread = _not_in(ids if check is None else check, found)
                 if unread:
                     more, deadline_ms = await self._results(unread)
                     found.update(more)
@@ -777,6 +778,10 @@ def _done_event(message: str) -> tuple[str, TaskResult | None]:
         return task_id, TaskResult.from_dict(decode(body.encode("utf-8")))
     except (PayloadDecodeError, ValueError, KeyError, TypeError):
         return task_id, None  # read it from its key instead
+
+
+def _not_in(ids: Sequence[str], found: Mapping[str, Any]) -> list[str]:
+    return [task_id for task_id in ids if task_id not in found]
 
 
 def _pause(remaining: float, next_ms: int, cap: float = _POLL_CAP) -> float:

@@ -305,3 +305,15 @@ def test_a_small_connection_pool_is_not_starved_by_the_connections_kept_between_
             await backend.close()
 
     assert run(scenario(), 50) == (["t1"], None)
+
+
+@pytest.mark.parametrize("name", ["RedisTaskQueue.wait_results", "RedisStateManager.create_leased_enqueuing"])
+def test_coroutines_a_workflow_waits_in_make_no_closure_cells(name: str) -> None:
+    """As tests/core/test_hot_paths.py checks for the step loop: these are suspended while a
+    step's tasks run (hundreds at once), and a cell each would be kept for the GC to visit."""
+    from distributed_agents.adapters.redis.state_store import RedisStateManager
+    from distributed_agents.adapters.redis.task_queue import RedisTaskQueue
+
+    owner, method = name.split(".")
+    function = getattr({"RedisTaskQueue": RedisTaskQueue, "RedisStateManager": RedisStateManager}[owner], method)
+    assert function.__code__.co_cellvars == (), f"{name} turns {function.__code__.co_cellvars} into cells"
