@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
@@ -37,6 +38,10 @@ _SUBSCRIBE_TIMEOUT = 2.0
 # long again without an answer, when the URL sets no health_check_interval.
 _LIVENESS = 30.0
 _PING = "da-notifier-alive"
+# Replies of a subscribed connection that need nothing from the reader (any reply proves
+# the connection alive); "message" and "subscribe" are acted on.
+_PUBSUB_REPLIES = frozenset({"pong", "unsubscribe", "psubscribe", "punsubscribe", "pmessage",
+                             "ssubscribe", "sunsubscribe", "smessage"})
 
 
 def liveness_interval(client: Any) -> float:
@@ -235,11 +240,24 @@ class Notifier:
                 await reader
 
     async def _read(self, channels: frozenset[str]) -> None:
-        """The reader task: the only user of its pub/sub object, which it closes on exit."""
+        """The reader task: the only user of its pub/sub object, which it closes on exit.
+
+        redis-py makes the connection, subscribes and PINGs (URL options, TLS, ACL, unix
+        sockets, the cluster's failover pool, its retry). Replies are read off the
+        connection below ``PubSub.get_message``, whose retry, health-check and
+        message-dict layers cost about ten times the Python work of a message here: with
+        hiredis (the ``redis`` extra installs it) one socket read feeds the parser's
+        hiredis reader and every whole reply it completed is taken in one go
+        (``_drain``) before the socket is awaited again; with another parser, one
+        ``read_response`` per reply. Silence for ``health_check_interval`` seconds
+        sends a PING; as long again without any reply gives the connection up.
+        """
         pause = 0.05
         pubsub: Any = None
+        connection: Any = None
         pinged = False
         quiet = liveness_interval(self._connection.client())
+        none_buffered = _not_enough_data()
         try:
             while True:
                 try:
@@ -248,8 +266,19 @@ class Notifier:
                         pubsub = self._connection.client().pubsub()
                         with redis_errors(self._connection.url, "subscribe to queue events"):
                             await pubsub.subscribe(*sorted(channels))
-                    message = await pubsub.get_message(timeout=quiet)
-                    if message is None:
+                        connection = pubsub.connection
+                    parser = connection._parser
+                    if _buffered_reader(parser) is not None:
+                        # Await bytes (the parser feeds them to its hiredis reader), then
+                        # take every whole reply they completed.
+                        heard = await _read_socket(parser, quiet)
+                        reply = True if heard else None
+                    else:
+                        # disconnect_on_error=False: an error is handled below by closing
+                        # the whole pub/sub object; push_request: a RESP3 message is the reply.
+                        reply = await connection.read_response(timeout=quiet, disconnect_on_error=False,
+                                                               push_request=True)
+                    if reply is None:  # silence (no reply is ever nil on a subscribed connection)
                         # Nothing for a while: ask. A half-open connection (the peer gone, no
                         # FIN or RST) would otherwise leave this reader waiting for ever.
                         if pinged:
@@ -260,13 +289,19 @@ class Notifier:
                         pinged = True
                         continue
                     pinged = False
+                    if reply is not True:
+                        self._take(reply)  # redis-py's parser has seen it (push handlers)
+                    other = self._drain(parser, none_buffered)
+                    while other is not None:  # a push that is not pub/sub: redis-py's to handle
+                        await parser.handle_push_response(other)
+                        other = self._drain(parser, none_buffered)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # connection lost: wake everyone to look, then start over
                     log.debug("queue notifier lost its connection: %s", exc)
                     self._subscribed.difference_update(channels)
                     self._gap()
-                    old, pubsub = pubsub, None
+                    old, pubsub, connection = pubsub, None, None
                     if old is not None:
                         with contextlib.suppress(Exception):
                             await old.aclose()
@@ -274,33 +309,83 @@ class Notifier:
                     pause = min(pause * 2, 1.0)
                     continue
                 pause = 0.05
-                if message is None:
-                    continue
-                channel = _text(message.get("channel"))
-                kind = message.get("type")
-                if kind == "subscribe":
-                    if channel in self._confirmed_once:
-                        # A re-subscription: the connection was re-made (by redis-py's retry
-                        # or by us) and messages sent meanwhile are lost.
-                        self._gap()
-                    self._confirmed_once.add(channel)
-                    self._subscribed.add(channel)
-                    future = self._confirm.pop(channel, None)
-                    if future is not None and not future.done():
-                        future.set_result(None)
-                elif kind == "message":
-                    data = _text(message.get("data"))
-                    listener = self._listeners.get(channel)
-                    if listener is not None:
-                        listener(data)
-                    for waiter in list(self._waiters.get(channel, ())):
-                        waiter.notify(data)
-                    for waiter in list(self._waiters.get(f"{channel}\n{data.split(chr(10), 1)[0]}", ())):
-                        waiter.notify(data)
         finally:
             if pubsub is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(pubsub.aclose())
+
+    def _drain(self, parser: Any, none_buffered: Any) -> Any:
+        """Take every reply the connection's hiredis reader has parsed already, in order.
+
+        Returns None when none is left, or a RESP3 push that is not pub/sub (a client-side
+        caching or maintenance notification), which the caller hands to redis-py's parser
+        as its ``read_response`` would have, before draining on. Without hiredis nothing
+        is drained: every reply goes through ``read_response``.
+        """
+        reader = _buffered_reader(parser)
+        if reader is None:
+            return None
+        gets = reader.gets
+        reply = gets()
+        # False, or redis-py's NOT_ENOUGH_DATA (``none_buffered``; newer redis-py sets it so
+        # that a RESP3 false is a reply): no whole reply buffered. Neither is a pub/sub reply.
+        while reply is not False and reply is not none_buffered:
+            if isinstance(reply, Exception):  # an error reply (hiredis returns it as a value)
+                raise reply
+            if not self._take(reply) and hasattr(parser, "handle_push_response"):
+                return reply
+            reply = gets()
+        return None
+
+    def _take(self, reply: Any) -> bool:
+        """Act on one reply of the subscribed connection; False if it is not pub/sub's.
+
+        A channel message is dispatched, a subscribe confirmation recorded; a PING answer
+        or an unsubscribe confirmation only proved the connection alive. Replies are
+        bytes, or str with ``decode_responses``; RESP2 arrays and RESP3 pushes alike.
+        """
+        if not isinstance(reply, list):
+            return True  # a PING answer (RESP3 answers it as a plain string)
+        if not reply:
+            return False
+        kind = reply[0]
+        if isinstance(kind, Exception):
+            raise kind
+        if kind == b"message" or kind == "message":
+            channel = reply[1]
+            if type(channel) is bytes:
+                channel = channel.decode("utf-8", "replace")
+            data = reply[2]
+            if type(data) is bytes:
+                data = data.decode("utf-8", "replace")
+            elif type(data) is not str:
+                data = str(data)
+            listener = self._listeners.get(channel)
+            if listener is not None:
+                listener(data)
+            if self._waiters:
+                group = self._waiters.get(channel)
+                if group:
+                    for waiter in tuple(group):
+                        waiter.notify(data)
+                group = self._waiters.get(f"{channel}\n{data.partition(chr(10))[0]}")
+                if group:
+                    for waiter in tuple(group):
+                        waiter.notify(data)
+            return True
+        if kind == b"subscribe" or kind == "subscribe":
+            channel = _text(reply[1])
+            if channel in self._confirmed_once:
+                # A re-subscription: the connection was re-made (by redis-py's retry of a
+                # PING, or by us) and messages sent meanwhile are lost.
+                self._gap()
+            self._confirmed_once.add(channel)
+            self._subscribed.add(channel)
+            future = self._confirm.pop(channel, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return True
+        return _text(kind).lower() in _PUBSUB_REPLIES
 
     def _gap(self) -> None:
         """Messages may have been missed: tell the listener, then wake every waiter to look."""
@@ -348,3 +433,49 @@ class Notifier:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _not_enough_data() -> Any:
+    """redis-py's marker for "no whole reply buffered" in its hiredis readers (False before 7)."""
+    try:
+        from redis._parsers import hiredis as parser
+    except ImportError:  # redis-py not installed (the module is only used with it)
+        return False
+    return getattr(parser, "NOT_ENOUGH_DATA", False)
+
+
+def _buffered_reader(parser: Any) -> Any:
+    """The ``hiredis.Reader`` of a redis-py asyncio hiredis parser, or None (another parser).
+
+    The parser's ``_reader`` (its hiredis reader, re-made on each connect) and
+    ``read_from_socket()`` (read once from the stream, feed the reader) have been there
+    since redis-py 5.0 (and before); any other parser is read through ``read_response``.
+    """
+    reader = getattr(parser, "_reader", None)
+    if (reader is None or type(reader).__module__.split(".", 1)[0] != "hiredis"
+            or not callable(getattr(parser, "read_from_socket", None))):
+        return None
+    return reader
+
+
+if sys.version_info >= (3, 11, 3):  # as redis-py chooses (it depends on async-timeout before)
+    _timeout = asyncio.timeout
+else:  # pragma: no cover
+    from async_timeout import timeout as _timeout
+
+
+async def _read_socket(parser: Any, seconds: float) -> bool:
+    """Wait up to ``seconds`` for bytes and feed them to ``parser``'s reader; False on silence.
+
+    Raises redis-py's ``ConnectionError`` when the peer closed the connection, ``OSError``
+    when the socket failed. A read cut short by the timeout loses nothing: the stream
+    keeps what it has not handed over.
+    """
+    if not getattr(parser, "_connected", True):  # redis-py disconnected it (as its read_response checks)
+        raise ConnectionError("the pub/sub connection was closed")
+    try:
+        async with _timeout(seconds):
+            await parser.read_from_socket()
+    except asyncio.TimeoutError:
+        return False
+    return True
