@@ -1805,14 +1805,22 @@ class Orchestrator:
             if child.status not in WorkflowStatus.TERMINAL:
                 await self.cancel_workflow(child.workflow_id)
         drive = self._running.get(workflow_id)
+        starting = self._background.get(workflow_id)
+        if drive is None and starting is not None and not starting.done():
+            # A drive submit() scheduled starts at the loop's next pass (a store that answers
+            # without yielding gave it none yet): let it register, so it is stopped before its
+            # first step queues anything.
+            await asyncio.sleep(0)
+            drive = self._running.get(workflow_id)
         if drive is not None:
             self._cancelled.add(workflow_id)
             drive.cancel()
             await asyncio.wait([drive])  # it withdraws its step's tasks as it stops (TaskQueueExecutor)
-        # The step as recorded, for a drive in another process (which stops only at its next commit).
-        queue = self.backend.task_queue
-        for entry in read_entries(record.frontier, {}):
-            if entry.key not in (record.frontier.get("pending_writes") or {}):
-                with contextlib.suppress(Exception):  # best effort: a claimed task ends with its worker
-                    await queue.cancel(node_task_id(record, entry.key))
+        else:
+            # Driven in another process (which stops only at its next commit), or paused: the
+            # step's tasks as recorded. Best effort: a claimed task ends with its worker.
+            done = record.frontier.get("pending_writes") or {}
+            await asyncio.gather(*(self.backend.task_queue.cancel(node_task_id(record, entry.key))
+                                   for entry in read_entries(record.frontier, {}) if entry.key not in done),
+                                 return_exceptions=True)
         return True

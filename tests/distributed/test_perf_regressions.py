@@ -272,6 +272,19 @@ def test_a_workflow_cancelled_right_after_submit_leaves_no_task_queued_and_its_n
     assert queued == 0, "the cancelled workflow's first task stayed queued"
 
 
+@pytest.mark.parametrize("first_step", ["one node", "send fan-out"])
+def test_a_workflow_cancelled_right_after_submit_on_the_memory_backend_never_runs_its_node(first_step: str) -> None:
+    """The in-process store answers without yielding to the event loop: the cancel came
+    before the drive submit() scheduled had started, found no drive to stop, and the drive
+    then queued the first step of the cancelled workflow, which the worker ran."""
+    runs: collections.Counter[str] = collections.Counter()
+    graph = _single() if first_step == "one node" else _fan_out_first()
+    cancelled, outcome, queued, status = run(_cancelled_before_any_worker("memory://", graph, runs), 60)
+    assert (cancelled, outcome, status) == (True, "cancelled", WorkflowStatus.CANCELLED)
+    assert runs == {}, "the cancelled workflow's first node ran"
+    assert queued == 0
+
+
 def test_a_workflow_cancelled_by_another_orchestrator_before_any_worker_serves_never_runs_its_node(url: str) -> None:
     """The orchestrator that cancels does not drive the workflow (another process's API, say):
     it takes the current step's queued tasks back itself, so a worker started afterwards runs
