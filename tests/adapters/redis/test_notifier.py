@@ -48,6 +48,11 @@ def test_messages_arriving_together_are_all_delivered_in_order(redis_server: Red
         with RedisServer(unix_socket=True) as server:
             _many_at_once(server, server.unix_url, check_reads=True)
     else:
+        if "socket_read_size" in options:
+            from redis.asyncio.connection import parse_url
+
+            if not isinstance(parse_url(redis_server.url + options)["socket_read_size"], int):
+                pytest.skip("this redis-py passes socket_read_size from a URL on as a string; newer redis-py parses it")
         _many_at_once(redis_server, redis_server.url + options, check_reads="socket_read_size" not in options)
 
 
