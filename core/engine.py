@@ -1154,6 +1154,7 @@ def _node_call(
 
 def first_step_calls(
     graph: Graph, record: WorkflowRecord, step_limit: int, local_function: Callable[[NodeSpec], NodeFunction | None],
+    state_json: bytes | None = None,
 ) -> list[NodeCall] | None:
     """The worker tasks the first step of the new workflow ``record`` enqueues, as ``NodeCall``s,
     when that step does nothing else first; else None.
@@ -1164,7 +1165,8 @@ def first_step_calls(
     holds answers or earlier outputs. The engine's first step then builds the same calls
     (``StepEngine._run_step``, through ``_node_call``): a store may create the workflow and
     enqueue these in one step (``StateStore.create_leased_enqueuing``), and the engine
-    skips enqueueing them again (``TaskQueueExecutor.enqueued``).
+    skips enqueueing them again (``TaskQueueExecutor.enqueued``). ``state_json`` is
+    ``encode(record.state)`` when the caller has it (not encoded again).
     """
     order = {name: i for i, name in enumerate(graph.nodes)}
     entries = read_entries(record.frontier, order)
@@ -1174,7 +1176,7 @@ def first_step_calls(
     names = [entry.node for entry in entries]
     if any(name not in order for name in names) or _breakpoint_hits(_breakpoint_names(graph, record, "before"), names):
         return None
-    encoded: bytes | None = None
+    encoded = state_json
     workflow_priority = int(record.metadata.get("priority", 0))
     calls = []
     for entry in entries:
@@ -1182,8 +1184,9 @@ def first_step_calls(
         if entry.state_ref is not None or spec.subgraph is not None or spec.cache_policy is not None or \
                 local_function(spec) is not None:
             return None
-        if entry.arg is None and encoded is None:
-            encoded = encode(record.state)
+        if entry.arg is None:
+            if encoded is None:
+                encoded = encode(record.state)
             if len(encoded) > INLINE_STATE_LIMIT:
                 return None
         calls.append(_node_call(graph, record, entry, spec, node_task_id(record, entry.key), False, encoded, None,

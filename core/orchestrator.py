@@ -67,6 +67,8 @@ from distributed_agents.core.ports.task_queue import Task
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.messages import coerce_message_updates
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.record_json import encode_rest, remember as remember_json
 from distributed_agents.core.state import State, check_values, new_workflow_id, reserved_keys
 from distributed_agents.core.incarnation import INCARNATION_KEY, incarnation_of, new_incarnation
 from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events, with_positions
@@ -906,28 +908,32 @@ class Orchestrator:
                     "initial_state; to change the state first, fork() it, update_state() the fork, then resume()"
                 )
             return await self._fork(from_checkpoint, graph, workflow_id, WorkflowStatus.RUNNING, priority, durable)
+        # The input is copied through JSON (sharing nothing with the caller's objects); that
+        # encoding is the state's for the size check, the first tasks and the stored record.
         if isinstance(initial_state, State):
-            values = initial_state.values_copy()
+            state_json = encode(dict(initial_state))
             workflow_id = workflow_id or initial_state.workflow_id
         else:
             values = dict(initial_state or {})
             if graph.message_keys:  # LangGraph's ("user", "hi") / "hi" messages, as dicts
                 values = coerce_message_updates(values, graph.message_keys)
             check_values(values)
-            values = State(values, workflow_id="input").values_copy()  # a placeholder id: no fresh one made
+            state_json = encode(dict(State(values, workflow_id="input")))  # a placeholder id: no fresh one made
+        values = decode(state_json)
         if reserved_keys(values):
             raise ConfigurationError(
                 f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
                 "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
         # A state schema checks the input, filters it to the input schema and fills defaults.
         values = graph.prepare_input(values)
+        encoded: bytes | None = state_json if graph.schema is None else None  # else the schema may change it
         workflow_id = validate_workflow_id(workflow_id or new_workflow_id())
         # Conditional entry points route the input state; if one fails, no workflow is created.
         frontier = await graph.start_frontier(State._trusted(values, workflow_id))
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
-        check_commit_size(workflow_id, 0, values, {}, None, self.backend.max_payload_bytes)
+        check_commit_size(workflow_id, 0, values, b"{}", None, self.backend.max_payload_bytes, state_json=encoded)
         self._remember(graph)
         record = WorkflowRecord(
             workflow_id=workflow_id, graph_name=graph.name, status=WorkflowStatus.RUNNING, state=values,
@@ -941,12 +947,14 @@ class Orchestrator:
         # Only where the first step would queue them at once: nodes on workers it waits for,
         # no instrumentation (whose trace context the tasks carry).
         if enqueued is not None and self.wait_for_workers and self._observer() is None:
-            calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function)
+            calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function, encoded)
             if calls:
                 attempts = self.backend.task_queue.max_attempts
                 tasks = []  # (a loop: a comprehension reading a local makes it a cell, see _create_leased)
                 for call in calls:
                     tasks.append(node_task(call, attempts))
+        if encoded is not None:
+            remember_json(record, encoded, encode_rest(record))  # what the store writes (core.record_json)
         queued: set[str] = set()
         sent = time.time()  # the tasks' dispatch: their node.started events carry it
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
