@@ -1,0 +1,206 @@
+"""Regression tests on real servers for the step loop's hot-path changes: a new workflow's
+input encoded once (size check, first tasks, stored record), retried creates and commits,
+the log context, and the Redis pub/sub reader.
+
+Each test runs a workflow whose first node is served by a worker (so its tasks go out with
+the create, from the kept encoding of the input) and checks what the node saw, what the
+store holds and what the caller got, on Redis and NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph, NodeContext, Orchestrator, State, Worker
+from distributed_agents.core import log_context
+from distributed_agents.core.errors import PayloadTooLargeError
+from distributed_agents.core.log_context import LogContextFilter
+from distributed_agents.core.ports.state_store import WorkflowStatus
+from distributed_agents.core.task_state import INLINE_STATE_LIMIT
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=["redis", "nats"])
+def url(request: pytest.FixtureRequest) -> str:
+    """A real Redis or NATS server on a fresh prefix."""
+    base = request.getfixturevalue(f"{request.param}_url")
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}prefix=review{uuid.uuid4().hex[:8]}"
+
+
+async def _serving(url: str, nodes: dict[str, Callable[..., Any]],
+                   body: Callable[[Orchestrator], Awaitable[Any]], **options: Any) -> Any:
+    """Run ``body(orchestrator)`` while a worker serves ``nodes`` (node type -> function) on ``url``."""
+    worker = Worker(backend=url, poll_wait=0.1)
+    for node_type, func in nodes.items():
+        worker.register_node(node_type, func)
+    options.setdefault("wait_for_workers", True)
+    orchestrator = Orchestrator(backend=url, local_nodes=False, worker_timeout=60, **options)
+    serving = asyncio.ensure_future(worker.start())
+    try:
+        while not worker._serving:
+            await asyncio.sleep(0.01)
+        return await body(orchestrator)
+    finally:
+        await worker.stop(grace=1)
+        await serving
+        await orchestrator.close()
+
+
+@dataclasses.dataclass
+class Defaulted:
+    given: str = ""
+    filled: int = 7
+    seen: list[int] = dataclasses.field(default_factory=list)
+
+
+def test_a_schema_default_reaches_the_first_worker_task_and_the_stored_record(url: str) -> None:
+    """The schema changes the input (a default fills ``filled``): the kept encoding of the
+    raw input must not be what the first task or the stored record carries."""
+    graph = (Graph("review_schema", state_schema=Defaulted)
+             .add_node("look", node_type="review_look").set_entry_point("look").set_finish_point("look").compile())
+
+    def look(state: State, context: NodeContext) -> dict[str, Any]:
+        return {"seen": [state["filled"]]}
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, Any, Any]:
+        result = await orchestrator.execute(graph, {"given": "x"}, workflow_id="wf-schema")
+        stored = await orchestrator.backend.state_store.get("wf-schema")
+        history = await orchestrator.get_state_history("wf-schema")
+        return result, stored, history
+
+    result, stored, history = run(_serving(url, {"review_look": look}, body), timeout=60)
+    assert result["seen"] == [7] and result["filled"] == 7 and result["given"] == "x"
+    assert stored is not None and stored.status == WorkflowStatus.COMPLETED
+    assert dict(stored.state) == {"given": "x", "filled": 7, "seen": [7]}
+    first = [snapshot for snapshot in history if snapshot.step == 0]
+    assert first and first[0].values == {"given": "x", "filled": 7, "seen": []}
+
+
+def test_an_input_state_object_keeps_its_id_and_values(url: str) -> None:
+    graph = Graph("review_state_obj").add_node("echo", node_type="review_echo").set_entry_point("echo") \
+        .set_finish_point("echo").compile()
+
+    def echo(state: State, context: NodeContext) -> dict[str, Any]:
+        return {"echo": [state["n"], state["nested"]["k"], context.workflow_id]}
+
+    initial = State({"n": 1, "nested": {"k": [1, 2]}}, workflow_id="wf-state-object")
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, Any]:
+        result = await orchestrator.execute(graph, initial)
+        return result, await orchestrator.backend.state_store.get("wf-state-object")
+
+    result, stored = run(_serving(url, {"review_echo": echo}, body), timeout=60)
+    assert result["echo"] == [1, [1, 2], "wf-state-object"]
+    assert stored is not None and stored.state["nested"] == {"k": [1, 2]}
+    assert dict(initial) == {"n": 1, "nested": {"k": [1, 2]}}  # the caller's object is not changed
+
+
+def test_an_input_over_the_inline_limit_is_referenced_and_the_worker_reads_all_of_it(url: str) -> None:
+    graph = Graph("review_large").add_node("size", node_type="review_size").set_entry_point("size") \
+        .set_finish_point("size").compile()
+    blob = "y" * (INLINE_STATE_LIMIT * 3)
+
+    def size(state: State, context: NodeContext) -> dict[str, Any]:
+        return {"size": len(state["blob"])}
+
+    async def body(orchestrator: Orchestrator) -> Any:
+        return await orchestrator.execute(graph, {"blob": blob}, workflow_id="wf-large")
+
+    result = run(_serving(url, {"review_size": size}, body), timeout=60)
+    assert result["size"] == len(blob)
+
+
+def test_an_input_that_is_not_json_is_refused_naming_the_key_and_nothing_is_created(url: str) -> None:
+    graph = Graph("review_not_json").add_node("n", node_type="review_n").set_entry_point("n") \
+        .set_finish_point("n").compile()
+
+    async def main() -> tuple[BaseException, Any]:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True)
+        try:
+            with pytest.raises(Exception) as caught:
+                await orchestrator.submit(graph, {"when": object()}, workflow_id="wf-not-json")
+            await orchestrator.connect()
+            return caught.value, await orchestrator.backend.state_store.get("wf-not-json")
+        finally:
+            await orchestrator.close()
+
+    error, stored = run(main(), timeout=60)
+    assert "when" in str(error), str(error)
+    assert stored is None
+
+
+def test_an_input_over_max_payload_bytes_is_refused_before_anything_is_queued(url: str) -> None:
+    graph = Graph("review_too_large").add_node("n", node_type="review_tl").set_entry_point("n") \
+        .set_finish_point("n").compile()
+
+    async def main() -> tuple[PayloadTooLargeError, Any, int]:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True,
+                                    backend_options={"max_payload_bytes": 5_000})
+        try:
+            with pytest.raises(PayloadTooLargeError) as caught:
+                await orchestrator.submit(graph, {"big": "z" * 6_000}, workflow_id="wf-too-large")
+            stored = await orchestrator.backend.state_store.get("wf-too-large")
+            queued = int((await orchestrator.backend.task_queue.stats("review_tl")).queued)
+            return caught.value, stored, queued
+        finally:
+            await orchestrator.close()
+
+    error, stored, queued = run(main(), timeout=60)
+    assert "'big'" in str(error) and "5,000" in str(error), str(error)
+    assert stored is None and queued == 0
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(LogContextFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_records_of_in_process_nodes_carry_the_workflow_and_each_step(url: str) -> None:
+    """The engine binds the step only when it changes: every step's records still carry their step,
+    also a resumed run's first step (bound by the run, not the loop)."""
+    app_log = logging.getLogger("review.app")
+
+    def make(name: str) -> Callable[[State], dict[str, Any]]:
+        def node(state: State) -> dict[str, Any]:
+            app_log.info("in %s", name)
+            return {"path": [*state.get("path", []), name]}
+        return node
+
+    graph = (Graph("review_logs").add_node("a", make("a")).add_node("b", make("b")).add_node("c", make("c"))
+             .set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c").compile())
+    capture = _Capture()
+    app_log.addHandler(capture)
+    app_log.setLevel(logging.INFO)
+
+    async def main() -> Any:
+        orchestrator = Orchestrator(backend=url)
+        try:
+            paused = await orchestrator.execute(graph, {}, workflow_id="wf-logs", interrupt_before=["c"])
+            assert paused is not None
+            return await orchestrator.resume("wf-logs")
+        finally:
+            await orchestrator.close()
+
+    try:
+        result = run(main(), timeout=60)
+    finally:
+        app_log.removeHandler(capture)
+    assert result["path"] == ["a", "b", "c"]
+    seen = [(r.getMessage(), getattr(r, "workflow_id", None), getattr(r, "step", None)) for r in capture.records]
+    assert seen == [("in a", "wf-logs", 0), ("in b", "wf-logs", 1), ("in c", "wf-logs", 2)], seen
+    assert dict(log_context.current()) == {}
