@@ -21,7 +21,7 @@ from support.aio import run
 
 from distributed_agents import Graph, NodeContext, Orchestrator, State, Worker
 from distributed_agents.core import log_context
-from distributed_agents.core.errors import PayloadTooLargeError
+from distributed_agents.core.errors import BackendUnavailableError, PayloadTooLargeError
 from distributed_agents.core.log_context import LogContextFilter
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.task_state import INLINE_STATE_LIMIT
@@ -204,3 +204,82 @@ def test_log_records_of_in_process_nodes_carry_the_workflow_and_each_step(url: s
     seen = [(r.getMessage(), getattr(r, "workflow_id", None), getattr(r, "step", None)) for r in capture.records]
     assert seen == [("in a", "wf-logs", 0), ("in b", "wf-logs", 1), ("in c", "wf-logs", 2)], seen
     assert dict(log_context.current()) == {}
+
+
+class _LoseReplies:
+    """Makes the next call of a state store method apply and then lose its reply, as an outage
+    between the server's answer and the client would (``BackendUnavailableError``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.armed: dict[str, int] = {}
+        self.lost: list[str] = []
+
+    def arm(self, method: str, times: int = 1, after: int = 0) -> None:
+        """Lose the replies of ``method``'s calls ``after + 1`` .. ``after + times``."""
+        real = getattr(self.store, method)
+        calls = [0]
+
+        async def lossy(*args: Any, **kwargs: Any) -> Any:
+            result = await real(*args, **kwargs)
+            calls[0] += 1
+            if after < calls[0] <= after + times:
+                self.lost.append(method)
+                raise BackendUnavailableError(f"reply of {method} lost (test)")
+            return result
+
+        setattr(self.store, method, lossy)
+
+
+def _chain(node_type: str) -> Graph:
+    return (Graph(f"review_chain_{node_type}").add_node("a", node_type=node_type).add_node("b", node_type=node_type)
+            .set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile())
+
+
+def _counting(runs: list[str]) -> Callable[[State, NodeContext], dict[str, Any]]:
+    def count(state: State, context: NodeContext) -> dict[str, Any]:
+        runs.append(context.node)
+        return {"n": state.get("n", 0) + 1}
+    return count
+
+
+@pytest.mark.parametrize("method", ["create_leased_enqueuing", "create_leased"])
+def test_a_create_whose_reply_is_lost_is_found_and_driven_once(url: str, method: str) -> None:
+    """The retry meets WorkflowExistsError and finds the record the first try made (``tries`` counts both)."""
+    runs: list[str] = []
+    graph = _chain("review_lost_create")
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, list[str]]:
+        await orchestrator.connect()
+        lose = _LoseReplies(orchestrator.backend.state_store)
+        lose.arm(method)
+        if method == "create_leased":  # the in-process path: no tasks go with the create
+            orchestrator.wait_for_workers = False
+        result = await orchestrator.execute(graph, {}, workflow_id="wf-lost-create")
+        return result, lose.lost
+
+    result, lost = run(_serving(url, {"review_lost_create": _counting(runs)}, body), timeout=60)
+    assert lost == [method]
+    assert result["n"] == 2 and runs == ["a", "b"]
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+@pytest.mark.parametrize("method,after", [("save", 0), ("save_releasing", 0)])
+def test_a_commit_whose_reply_is_lost_is_found_landed_and_the_run_goes_on(
+        url: str, method: str, after: int, durability: str) -> None:
+    """The retried save meets a version conflict; ``_save_attempts > 1`` and the stored record tell it landed."""
+    runs: list[str] = []
+    graph = _chain("review_lost_commit")
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, list[str], Any]:
+        await orchestrator.connect()
+        lose = _LoseReplies(orchestrator.backend.state_store)
+        lose.arm(method, after=after)
+        result = await orchestrator.execute(graph, {}, workflow_id="wf-lost-commit", durability=durability)
+        stored = await orchestrator.backend.state_store.get("wf-lost-commit")
+        return result, lose.lost, stored
+
+    result, lost, stored = run(_serving(url, {"review_lost_commit": _counting(runs)}, body), timeout=60)
+    assert lost == [method]
+    assert result["n"] == 2 and runs == ["a", "b"]
+    assert stored is not None and stored.status == WorkflowStatus.COMPLETED and stored.state["n"] == 2
