@@ -10,16 +10,19 @@ store holds and what the caller got, on Redis and NATS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import operator
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
+import redis
 from support.aio import run
 
-from distributed_agents import Graph, NodeContext, Orchestrator, State, Worker
+from distributed_agents import Graph, NodeContext, Orchestrator, Send, State, Worker
 from distributed_agents.core import log_context
 from distributed_agents.core.errors import BackendUnavailableError, PayloadTooLargeError
 from distributed_agents.core.log_context import LogContextFilter
@@ -283,3 +286,75 @@ def test_a_commit_whose_reply_is_lost_is_found_landed_and_the_run_goes_on(
     assert lost == [method]
     assert result["n"] == 2 and runs == ["a", "b"]
     assert stored is not None and stored.status == WorkflowStatus.COMPLETED and stored.state["n"] == 2
+
+
+
+class Fanned(TypedDict, total=False):
+    width: int
+    i: int
+    out: Annotated[list[int], operator.add]
+
+
+def _fan_graph(node_type: str) -> Graph:
+    def fan(state: State) -> list[Send]:
+        return [Send("work", {"i": i}) for i in range(state["width"])]
+
+    return (Graph(f"review_fan_{node_type}", state_schema=Fanned).add_node("work", node_type=node_type)
+            .set_conditional_entry_point(fan, ["work"]).set_finish_point("work").compile())
+
+
+def _doubling(state: State, context: NodeContext) -> dict[str, Any]:
+    return {"out": [state["i"] * 2]}
+
+
+async def _many(orchestrator: Orchestrator, graph: Graph, count: int, width: int) -> list[list[int]]:
+    results = await asyncio.gather(*(orchestrator.execute(graph, {"width": width}) for _ in range(count)))
+    return [sorted(result["out"]) for result in results]
+
+
+@pytest.mark.parametrize("options", ["protocol=3", "protocol=2&health_check_interval=1"])
+def test_workflows_complete_over_redis_url_options_of_the_pub_sub_reader(redis_url: str, options: str) -> None:
+    """Results reach waiting drives through the notifier's own reader on RESP3 and with a
+    health check interval (its PING path): fan-outs of 1 and 5 tasks, 20 workflows at once."""
+    url = f"{redis_url}?{options}&prefix=review{uuid.uuid4().hex[:8]}"
+    graph = _fan_graph("review_resp")
+
+    async def body(orchestrator: Orchestrator) -> tuple[list[list[int]], list[list[int]]]:
+        return await _many(orchestrator, graph, 20, 1), await _many(orchestrator, graph, 20, 5)
+
+    single, fanned = run(_serving(url, {"review_resp": _doubling}, body), timeout=80)
+    assert single == [[0]] * 20 and fanned == [[0, 2, 4, 6, 8]] * 20
+
+
+def test_killing_the_pub_sub_connections_mid_burst_loses_no_result(redis_url: str) -> None:
+    """CLIENT KILL of every pub/sub connection of this test's clients, again and again while
+    60 workflows run: each reader gives its connection up and subscribes again, waiters
+    are woken to look, and every workflow completes with its result."""
+    name = f"rev{uuid.uuid4().hex[:8]}"
+    url = f"{redis_url}?client_name={name}&prefix=review{uuid.uuid4().hex[:8]}"
+    graph = _fan_graph("review_kill")
+    kills: list[int] = []
+
+    async def killer(admin: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for client in await admin.client_list():
+                if client.get("name") == name and int(client.get("sub", 0)) > 0:
+                    with contextlib.suppress(Exception):
+                        await admin.client_kill_filter(_id=client["id"])
+                        kills.append(1)
+            await asyncio.sleep(0.05)
+
+    async def body(orchestrator: Orchestrator) -> list[list[int]]:
+        admin = redis.asyncio.Redis.from_url(redis_url)
+        stop = asyncio.Event()
+        killing = asyncio.ensure_future(killer(admin, stop))
+        try:
+            return await _many(orchestrator, graph, 60, 3)
+        finally:
+            stop.set()
+            await killing
+            await admin.aclose()
+
+    results = run(_serving(url, {"review_kill": _doubling}, body), timeout=80)
+    assert results == [[0, 2, 4]] * 60
+    assert kills, "no pub/sub connection was killed: the attack did not happen"
