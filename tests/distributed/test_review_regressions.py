@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import operator
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypedDict
@@ -358,3 +359,78 @@ def test_killing_the_pub_sub_connections_mid_burst_loses_no_result(redis_url: st
     results = run(_serving(url, {"review_kill": _doubling}, body), timeout=80)
     assert results == [[0, 2, 4]] * 60
     assert kills, "no pub/sub connection was killed: the attack did not happen"
+
+
+# Loop passes between submit and cancel (more under DA_TEST_PROFILE=thorough).
+_PASSES = [0, 1, 3] + ([2, 5, 8, 13] if os.environ.get("DA_TEST_PROFILE") == "thorough" else [])
+
+
+def _single_worker_node(node_type: str) -> Graph:
+    return (Graph(f"review_single_{node_type}").add_node("one", node_type=node_type)
+            .set_entry_point("one").set_finish_point("one").compile())
+
+
+async def _cancel_after_passes(url: str, graph: Graph, node_type: str, passes: int, runs: list[str],
+                               twice: bool = False) -> tuple[bool, Any]:
+    """Submit with no worker serving (the first tasks go out with the create), let the loop make
+    ``passes`` passes, cancel (``twice``: two cancels at once), then serve a while."""
+    orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=60)
+    try:
+        workflow_id = await orchestrator.submit(graph, {"width": 3}, workflow_id=f"wf-cancel-{passes}-{uuid.uuid4().hex[:6]}")
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        if twice:
+            answers = await asyncio.gather(orchestrator.cancel_workflow(workflow_id),
+                                           orchestrator.cancel_workflow(workflow_id))
+            cancelled = sorted(answers) == [False, True]
+        else:
+            cancelled = await orchestrator.cancel_workflow(workflow_id)
+        worker = Worker(backend=url, poll_wait=0.05)
+
+        def count(state: State, context: NodeContext) -> dict[str, Any]:
+            runs.append(context.node)
+            return {}
+
+        worker.register_node(node_type, count)
+        serving = asyncio.ensure_future(worker.start())
+        while not worker._serving:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # a leftover task would be claimed and run by now
+        await worker.stop(grace=1)
+        await serving
+        record = await orchestrator.backend.state_store.get(workflow_id)
+        return cancelled, None if record is None else record.status
+    finally:
+        await orchestrator.close()
+
+
+@pytest.mark.parametrize("passes", _PASSES)
+@pytest.mark.parametrize("shape", ["one node", "send fan-out"])
+def test_a_cancel_at_any_pass_after_submit_leaves_nothing_to_run(url: str, passes: int, shape: str) -> None:
+    """The drive may be scheduled, registered but not started, or waiting for results when the
+    cancel looks for it: in each case the first step's tasks (queued with the create) are taken back."""
+    runs: list[str] = []
+    node_type = f"review_cancel_{uuid.uuid4().hex[:6]}"
+    graph = _single_worker_node(node_type) if shape == "one node" else _fan_graph(node_type)
+    cancelled, status = run(_cancel_after_passes(url, graph, node_type, passes, runs), timeout=60)
+    assert cancelled and status == WorkflowStatus.CANCELLED
+    assert runs == [], f"the cancelled workflow's node ran {len(runs)} time(s)"
+
+
+def test_two_cancels_at_once_answer_true_once_and_nothing_runs(url: str) -> None:
+    runs: list[str] = []
+    node_type = f"review_cancel2_{uuid.uuid4().hex[:6]}"
+    cancelled, status = run(_cancel_after_passes(url, _fan_graph(node_type), node_type, 1, runs, twice=True),
+                            timeout=60)
+    assert cancelled and status == WorkflowStatus.CANCELLED
+    assert runs == []
+
+
+@pytest.mark.parametrize("passes", [0, 1, 2, 3])
+def test_a_cancel_at_any_pass_after_submit_on_the_memory_backend_leaves_nothing_to_run(passes: int) -> None:
+    runs: list[str] = []
+    node_type = f"review_cancelm_{uuid.uuid4().hex[:6]}"
+    cancelled, status = run(_cancel_after_passes("memory://", _fan_graph(node_type), node_type, passes, runs),
+                            timeout=60)
+    assert cancelled and status == WorkflowStatus.CANCELLED
+    assert runs == []
