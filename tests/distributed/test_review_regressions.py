@@ -434,3 +434,54 @@ def test_a_cancel_at_any_pass_after_submit_on_the_memory_backend_leaves_nothing_
                             timeout=60)
     assert cancelled and status == WorkflowStatus.CANCELLED
     assert runs == []
+
+
+@pytest.mark.parametrize("passes", _PASSES)
+def test_a_cancel_while_a_later_steps_wide_fan_out_is_enqueued_leaves_nothing_to_run(url: str, passes: int) -> None:
+    """Step 0 runs in-process and fans out 200 worker tasks for step 1 (its enqueue is the
+    executor's, not the create's); the cancel comes ``passes`` loop passes after step 0's node
+    returned, while the step commits or its batch is being queued."""
+    node_type = f"review_wide_{uuid.uuid4().hex[:6]}"
+    runs: list[str] = []
+
+    async def main() -> tuple[bool, Any]:
+        started = asyncio.Event()
+
+        async def first(state: State) -> dict[str, Any]:
+            started.set()
+            return {"width": 200}
+
+        def fan(state: State) -> list[Send]:
+            return [Send("work", {"i": i}) for i in range(state["width"])]
+
+        graph = (Graph(f"review_wide_{node_type}", state_schema=Fanned).add_node("first", first)
+                 .add_node("work", node_type=node_type).set_entry_point("first")
+                 .add_conditional_edges("first", fan, ["work"]).set_finish_point("work").compile())
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, worker_timeout=60)
+        try:
+            workflow_id = await orchestrator.submit(graph, {}, workflow_id=f"wf-wide-{uuid.uuid4().hex[:6]}")
+            await started.wait()
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            cancelled = await orchestrator.cancel_workflow(workflow_id)
+            worker = Worker(backend=url, poll_wait=0.05)
+
+            def count(state: State, context: NodeContext) -> dict[str, Any]:
+                runs.append(context.node)
+                return {}
+
+            worker.register_node(node_type, count)
+            serving = asyncio.ensure_future(worker.start())
+            while not worker._serving:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            await worker.stop(grace=1)
+            await serving
+            record = await orchestrator.backend.state_store.get(workflow_id)
+            return cancelled, None if record is None else record.status
+        finally:
+            await orchestrator.close()
+
+    cancelled, status = run(main(), timeout=60)
+    assert cancelled and status == WorkflowStatus.CANCELLED
+    assert runs == [], f"the cancelled workflow's fan-out ran {len(runs)} task(s)"
