@@ -485,3 +485,28 @@ def test_a_cancel_while_a_later_steps_wide_fan_out_is_enqueued_leaves_nothing_to
     cancelled, status = run(main(), timeout=60)
     assert cancelled and status == WorkflowStatus.CANCELLED
     assert runs == [], f"the cancelled workflow's fan-out ran {len(runs)} task(s)"
+
+
+def test_a_create_meeting_a_lease_held_by_another_orchestrator_names_it_and_queues_nothing(url: str) -> None:
+    """The create with the lease finds another owner's live lease on the new id: nothing is
+    written or queued, and the error names the holder."""
+    node_type = f"review_held_{uuid.uuid4().hex[:6]}"
+    graph = _single_worker_node(node_type)
+
+    async def main() -> tuple[BaseException, Any, int]:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=60)
+        try:
+            await orchestrator.connect()
+            store = orchestrator.backend.state_store
+            held = await store.acquire_lease("wf-held", "someone-else", 60)
+            assert held is not None
+            with pytest.raises(Exception) as caught:
+                await orchestrator.execute(graph, {}, workflow_id="wf-held")
+            queued = int((await orchestrator.backend.task_queue.stats(node_type)).queued)
+            return caught.value, await store.get("wf-held"), queued
+        finally:
+            await orchestrator.close()
+
+    error, stored, queued = run(main(), timeout=60)
+    assert type(error).__name__ == "WorkflowLeaseHeldError" and "someone-else" in str(error), repr(error)
+    assert stored is None and queued == 0
