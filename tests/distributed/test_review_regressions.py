@@ -510,3 +510,70 @@ def test_a_create_meeting_a_lease_held_by_another_orchestrator_names_it_and_queu
     error, stored, queued = run(main(), timeout=60)
     assert type(error).__name__ == "WorkflowLeaseHeldError" and "someone-else" in str(error), repr(error)
     assert stored is None and queued == 0
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_worker_steps_with_breakpoints_handlers_cache_and_step_limit_in_each_durability(
+        url: str, durability: str) -> None:
+    """One worker serves every node. In one durability mode: an interrupt_after pause and its
+    resume; a failure routed to its on_error handler; a cached fan-out (hits and followers);
+    a loop stopped by the step limit, its error naming the cycle."""
+    from distributed_agents import CachePolicy
+    from distributed_agents.core.errors import StepLimitExceededError
+
+    tag = uuid.uuid4().hex[:6]
+    calls: list[str] = []
+
+    def step(state: State, context: NodeContext) -> dict[str, Any]:
+        calls.append(context.node)
+        if context.node == "boom":
+            raise ValueError("boom failed")
+        return {"out": [state.get("i", 0)]}
+
+    types = {name: f"review_{name}_{tag}" for name in ("a", "b", "boom", "handle", "cached", "tick")}
+    paused = (Graph(f"review_pause_{tag}", state_schema=Fanned).add_node("a", node_type=types["a"])
+              .add_node("b", node_type=types["b"]).set_entry_point("a").add_edge("a", "b")
+              .set_finish_point("b").compile())
+    handled = (Graph(f"review_handled_{tag}", state_schema=Fanned)
+               .add_node("boom", node_type=types["boom"], on_error="handle")
+               .add_node("handle", node_type=types["handle"]).set_entry_point("boom")
+               .set_finish_point("boom").set_finish_point("handle").compile())
+
+    def fan(state: State) -> list[Send]:
+        return [Send("cached", {"i": i % 2}) for i in range(4)]
+
+    cached = (Graph(f"review_cached_{tag}", state_schema=Fanned)
+              .add_node("cached", node_type=types["cached"],
+                        cache_policy=CachePolicy(key_func=lambda value: str(value.get("i")), ttl=600))
+              .set_conditional_entry_point(fan, ["cached"]).set_finish_point("cached").compile())
+    looping = (Graph(f"review_loop_{tag}", state_schema=Fanned).add_node("tick", node_type=types["tick"])
+               .set_entry_point("tick").add_conditional_edges("tick", lambda s: "tick", ["tick", "__end__"])
+               .compile())
+
+    async def body(orchestrator: Orchestrator) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        first = await orchestrator.execute(paused, {}, workflow_id=f"wf-p-{tag}", interrupt_after=["a"],
+                                           durability=durability)
+        seen["paused"] = (list(first.get("out", [])), (await orchestrator.get_state(f"wf-p-{tag}")).next)
+        seen["resumed"] = (await orchestrator.resume(f"wf-p-{tag}"))["out"]
+        seen["handled"] = (await orchestrator.execute(handled, {}, workflow_id=f"wf-h-{tag}",
+                                                      durability=durability))["out"]
+        seen["cached"] = sorted((await orchestrator.execute(cached, {}, workflow_id=f"wf-c-{tag}",
+                                                            durability=durability))["out"])
+        seen["cached_again"] = sorted((await orchestrator.execute(cached, {}, workflow_id=f"wf-c2-{tag}",
+                                                                  durability=durability))["out"])
+        with pytest.raises(StepLimitExceededError) as caught:
+            await orchestrator.execute(looping, {}, workflow_id=f"wf-l-{tag}", step_limit=3, durability=durability)
+        seen["limit"] = str(caught.value)
+        seen["limit_status"] = (await orchestrator.backend.state_store.get(f"wf-l-{tag}")).status
+        return seen
+
+    seen = run(_serving(url, {t: step for t in types.values()}, body), timeout=80)
+    assert seen["paused"] == ([0], ("b",))
+    assert seen["resumed"] == [0, 0]
+    assert seen["handled"] == [0]
+    assert seen["cached"] == [0, 0, 1, 1] and seen["cached_again"] == [0, 0, 1, 1]
+    assert calls.count("cached") == 2, calls  # one per distinct key: followers and hits ran nothing
+    assert calls.count("boom") == 1 and calls.count("handle") == 1 and calls.count("a") == 1
+    assert "step limit of 3" in seen["limit"] and "'tick' ran" in seen["limit"], seen["limit"]
+    assert seen["limit_status"] == WorkflowStatus.FAILED
