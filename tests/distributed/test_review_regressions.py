@@ -577,3 +577,35 @@ def test_worker_steps_with_breakpoints_handlers_cache_and_step_limit_in_each_dur
     assert calls.count("boom") == 1 and calls.count("handle") == 1 and calls.count("a") == 1
     assert "step limit of 3" in seen["limit"] and "'tick' ran" in seen["limit"], seen["limit"]
     assert seen["limit_status"] == WorkflowStatus.FAILED
+
+
+def test_the_no_live_worker_warning_carries_the_workflow_and_step_and_names_the_command(url: str) -> None:
+    """The waiting reporter builds its hint from the graph and the redacted URL (no closure
+    any more): the warning names the node type and the backend, and LogContextFilter adds
+    the workflow id and step of the drive that logged it."""
+    node_type = f"review_none_{uuid.uuid4().hex[:6]}"
+    graph = _single_worker_node(node_type)
+    capture = _Capture()
+    capture.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(capture)
+
+    async def main() -> list[logging.LogRecord]:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=60)
+        try:
+            workflow_id = await orchestrator.submit(graph, {}, workflow_id=f"wf-none-{node_type}")
+            while not [r for r in capture.records if "no live worker" in r.getMessage()]:
+                await asyncio.sleep(0.05)
+            await orchestrator.cancel_workflow(workflow_id)
+            return [r for r in capture.records if "no live worker" in r.getMessage()]
+        finally:
+            await orchestrator.close()
+
+    try:
+        records = run(main(), timeout=60)
+    finally:
+        root.removeHandler(capture)
+    record = records[0]
+    message = record.getMessage()
+    assert node_type in message and "--backend-url" in message and url.split("?")[0].split("//")[1] in message, message
+    assert getattr(record, "workflow_id", None) == f"wf-none-{node_type}" and getattr(record, "step", None) == 0
