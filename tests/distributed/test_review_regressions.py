@@ -609,3 +609,43 @@ def test_the_no_live_worker_warning_carries_the_workflow_and_step_and_names_the_
     message = record.getMessage()
     assert node_type in message and "--backend-url" in message and url.split("?")[0].split("//")[1] in message, message
     assert getattr(record, "workflow_id", None) == f"wf-none-{node_type}" and getattr(record, "step", None) == 0
+
+
+@pytest.mark.parametrize("options", ["", "?protocol=3"])
+def test_closing_the_notifier_mid_burst_stops_its_reader_and_leaves_no_connection(redis_url: str, options: str) -> None:
+    """close() while the reader is taking a burst of messages off its socket: it returns, no
+    message is given to the listener after it, and the server lists no pub/sub connection of it."""
+    from distributed_agents.adapters.redis.connection import RedisConnection
+    from distributed_agents.adapters.redis.notifier import Notifier
+
+    channel = f"n{uuid.uuid4().hex[:8]}:done"
+    name = f"rev{uuid.uuid4().hex[:8]}"
+    separator = "&" if "?" in options else "?"
+
+    async def scenario() -> tuple[int, int, int, list[Any]]:
+        notifier = Notifier(RedisConnection(f"{redis_url}{options}{separator}client_name={name}"))
+        got: list[str] = []
+        notifier.listen(channel, got.append, lambda: None)
+        publisher = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await notifier.ensure([channel])
+            assert notifier.subscribed(channel)
+            pipe = publisher.pipeline(transaction=False)
+            for n in range(3000):
+                pipe.publish(channel, f"t{n}\n{n}")
+            await pipe.execute()
+            while len(got) < 10:
+                await asyncio.sleep(0)
+            await notifier.close()
+            at_close = len(got)
+            await publisher.publish(channel, "after\nclose")
+            await asyncio.sleep(0.2)
+            left = [c for c in await publisher.client_list() if c.get("name") == name and int(c.get("sub", 0)) > 0]
+            await notifier.close()  # idempotent
+            return at_close, len(got), len([g for g in got if g.startswith("after")]), left
+        finally:
+            await publisher.aclose()
+
+    at_close, total, after, left = run(scenario(), 60)
+    assert total == at_close and after == 0
+    assert left == []
