@@ -649,3 +649,22 @@ def test_closing_the_notifier_mid_burst_stops_its_reader_and_leaves_no_connectio
     at_close, total, after, left = run(scenario(), 60)
     assert total == at_close and after == 0
     assert left == []
+
+
+def test_a_redis_restart_between_bursts_is_survived_by_the_pub_sub_readers() -> None:
+    """The orchestrator's and the worker's notifiers lose their connections when the server
+    restarts; their readers subscribe again, and the next burst of workflows completes."""
+    from support.redis_server import RedisServer
+
+    with RedisServer() as server:
+        url = f"{server.url}?prefix=review{uuid.uuid4().hex[:8]}"
+        graph = _fan_graph("review_restart")
+
+        async def body(orchestrator: Orchestrator) -> tuple[list[list[int]], list[list[int]]]:
+            before = await _many(orchestrator, graph, 10, 3)
+            await asyncio.to_thread(server.restart)
+            after = await _many(orchestrator, graph, 10, 3)
+            return before, after
+
+        before, after = run(_serving(url, {"review_restart": _doubling}, body), timeout=90)
+    assert before == after == [[0, 2, 4]] * 10
