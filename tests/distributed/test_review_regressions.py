@@ -668,3 +668,27 @@ def test_a_redis_restart_between_bursts_is_survived_by_the_pub_sub_readers() -> 
 
         before, after = run(_serving(url, {"review_restart": _doubling}, body), timeout=90)
     assert before == after == [[0, 2, 4]] * 10
+
+
+def test_message_shorthands_in_the_input_reach_the_worker_and_the_stored_record_as_messages(url: str) -> None:
+    """The input's LangGraph shorthands are made messages before the one encoding that the
+    first task and the stored record share: both hold the same messages."""
+    node_type = f"review_msgs_{uuid.uuid4().hex[:6]}"
+    graph = (Graph(f"review_msgs_{node_type}", reducers={"messages": "add_messages"})
+             .add_node("reply", node_type=node_type).set_entry_point("reply").set_finish_point("reply").compile())
+    seen: list[Any] = []
+
+    def reply(state: State, context: NodeContext) -> dict[str, Any]:
+        seen.append([dict(m) for m in state["messages"]])
+        return {"messages": [{"role": "assistant", "content": "hello"}]}
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, Any]:
+        result = await orchestrator.execute(graph, {"messages": [("user", "hi")]}, workflow_id=f"wf-{node_type}")
+        history = await orchestrator.get_state_history(f"wf-{node_type}")
+        return result, [s for s in history if s.step == 0][0]
+
+    result, first = run(_serving(url, {node_type: reply}, body), timeout=60)
+    sent = seen[0]
+    assert sent == [{"role": "user", "content": "hi"}]
+    assert [dict(m) for m in first.values["messages"]] == sent
+    assert [m["content"] for m in result["messages"]] == ["hi", "hello"]
