@@ -693,3 +693,45 @@ def test_message_shorthands_in_the_input_reach_the_worker_and_the_stored_record_
     assert sent == [{"role": "user", "content": "hi"}]
     assert [dict(m) for m in first.values["messages"]] == sent
     assert [m["content"] for m in result["messages"]] == ["hi", "hello"]
+
+
+def test_an_acl_user_with_channel_rights_is_served_and_one_without_them_is_told_what_to_grant() -> None:
+    """A Redis ACL user (password in the URL, RESP3) with pub/sub rights: the notifier's reader
+    authenticates as redis-py does and the workflows complete. A user without them (Redis 7's
+    default for new users): a worker's start fails naming the missing permission and where the
+    ACL rule is documented. No log line and no error shows the password."""
+    from distributed_agents.core.errors import BackendError
+    from support.redis_server import RedisServer
+
+    secret = f"pw{uuid.uuid4().hex[:8]}"
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+
+    async def refused(url: str) -> BaseException:
+        worker = Worker(backend=url, poll_wait=0.1)
+        worker.register_node("review_acl", _doubling)
+        with pytest.raises(BackendError) as caught:
+            await worker.start()
+        return caught.value
+
+    try:
+        with RedisServer(password="admin" + secret) as server:
+            with redis.Redis.from_url(server.url) as admin:
+                admin.execute_command("ACL", "SETUSER", "app", "on", f">{secret}", "~*", "&*", "+@all")
+                admin.execute_command("ACL", "SETUSER", "mute", "on", f">{secret}", "~*", "resetchannels", "+@all")
+            prefix = f"prefix=review{uuid.uuid4().hex[:8]}"
+            url = f"redis://app:{secret}@127.0.0.1:{server.port}/0?protocol=3&{prefix}"
+            graph = _fan_graph("review_acl")
+
+            async def body(orchestrator: Orchestrator) -> list[list[int]]:
+                return await _many(orchestrator, graph, 3, 2)
+
+            results = run(_serving(url, {"review_acl": _doubling}, body), timeout=60)
+            error = run(refused(f"redis://mute:{secret}@127.0.0.1:{server.port}/0?protocol=3&{prefix}"), timeout=60)
+    finally:
+        root.removeHandler(capture)
+    assert results == [[0, 2]] * 3
+    assert "permission" in str(error) and "docs/security.md" in str(error) and secret not in str(error), error
+    leaked = [r.getMessage() for r in capture.records if secret in r.getMessage()]
+    assert leaked == []
