@@ -735,3 +735,24 @@ def test_an_acl_user_with_channel_rights_is_served_and_one_without_them_is_told_
     assert "permission" in str(error) and "docs/security.md" in str(error) and secret not in str(error), error
     leaked = [r.getMessage() for r in capture.records if secret in r.getMessage()]
     assert leaked == []
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_a_breakpoint_before_the_entry_node_queues_nothing_with_the_create(url: str, durability: str) -> None:
+    """interrupt_before the first (worker) node: the create must not queue its task (the step
+    pauses first); the resume queues it once and the node runs once."""
+    node_type = f"review_bp_{uuid.uuid4().hex[:6]}"
+    runs: list[str] = []
+    graph = _chain(node_type)
+
+    async def body(orchestrator: Orchestrator) -> tuple[Any, int, Any]:
+        workflow_id = f"wf-bp-{node_type}"
+        await orchestrator.execute(graph, {}, workflow_id=workflow_id, interrupt_before=["a"], durability=durability)
+        queued = int((await orchestrator.backend.task_queue.stats(node_type)).queued)
+        status = (await orchestrator.backend.state_store.get(workflow_id)).status
+        result = await orchestrator.resume(workflow_id)
+        return result, queued, status
+
+    result, queued, status = run(_serving(url, {node_type: _counting(runs)}, body), timeout=60)
+    assert status == WorkflowStatus.INTERRUPTED and queued == 0
+    assert result["n"] == 2 and runs == ["a", "b"]
