@@ -106,6 +106,8 @@ def test_a_fan_out_with_a_routed_and_an_unhandled_failure_raises_both() -> None:
     assert "plain" in str(error), str(error)
     assert ran == []
     assert stored is not None and stored.status == "failed"
+    assert stored.error is not None and stored.error["node"] == "plain"
+    assert stored.error["failed_nodes"] == ["plain", "routed"]  # the unhandled first, then the routed
 
 
 def test_the_log_context_view_cannot_change_what_is_bound() -> None:
