@@ -85,7 +85,7 @@ from distributed_agents.core.streaming import (
 )
 from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
-from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter, start_worker_hint
+from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 

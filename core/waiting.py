@@ -21,7 +21,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from distributed_agents.core.errors import (
@@ -216,12 +216,11 @@ class WaitingReporter:
     """
 
     def __init__(self, workflow_id: str, store: NotingStore, in_memory: MutableMapping[str, str],
-                 log_interval: float = WAITING_LOG_INTERVAL,
-                 hint: Callable[[Sequence[str]], str] | None = None, *,
+                 log_interval: float = WAITING_LOG_INTERVAL, *,
                  hint_graph: Any = None, backend_url: str = "") -> None:
-        """``hint(node_types)``: how to start a worker serving them; else, with ``hint_graph``,
-        ``start_worker_hint(hint_graph, node_types, backend_url)``; else the registry form."""
-        self._hint = hint
+        """How to start a worker serving the missing types is told as
+        ``start_worker_hint(hint_graph, node_types, backend_url)`` with ``hint_graph``,
+        else in the registry form."""
         self._hint_graph = hint_graph
         self._backend_url = backend_url
         self._workflow_id = workflow_id
@@ -247,8 +246,7 @@ class WaitingReporter:
             if self._text is None:
                 self._since = now
             self._text, self._logged = text, now
-            how = (self._hint(node_types) if self._hint is not None else
-                   start_worker_hint(self._hint_graph, node_types, self._backend_url)
+            how = (start_worker_hint(self._hint_graph, node_types, self._backend_url)
                    if self._hint_graph is not None else
                    "start a worker that serves them, e.g. distributed-agents worker --app module:registry "
                    f"--node-types {','.join(node_types)}")

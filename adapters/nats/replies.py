@@ -243,6 +243,13 @@ async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[
         msg = await request(nc, subject, payload, headers=headers, timeout=timeout)
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
+    return _ack_of(msg)
+
+
+def _ack_of(msg: Msg) -> PubAck:
+    """The ``PubAck`` a JetStream publish's answer ``msg`` carries; raises its ``APIError`` subclass."""
+    import nats.js.errors
+
     body = json.loads(msg.data)
     if "error" in body:
         raise nats.js.errors.APIError.from_error(body["error"])
@@ -293,13 +300,10 @@ def _pub_ack(future: asyncio.Future[Msg]) -> PubAck | Exception:
     msg = future.result()
     if msg.headers and msg.headers.get("Status") == "503":
         return nats.js.errors.NoStreamResponseError()
-    body = json.loads(msg.data)
-    if "error" in body:
-        try:
-            nats.js.errors.APIError.from_error(body["error"])  # raises the error's own subclass
-        except nats.js.errors.APIError as error:
-            return error
-    return PubAck(int(body["seq"]), bool(body.get("duplicate")))
+    try:
+        return _ack_of(msg)
+    except nats.js.errors.APIError as error:
+        return error
 
 
 async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeout: float = 5.0,
