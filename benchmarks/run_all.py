@@ -7,6 +7,7 @@ Runs, one after another on this machine (each on servers of its own, started her
 * ``distributed_benchmark.py`` per backend of ``--start`` with ``--workers`` worker
   processes (single-node workflows/s, a 1,000-way fan-out's tasks/s, trigger -> merged
   latency), and on Redis ``arq_benchmark.py`` (arq 0.28's no-op jobs/s, same server);
+  each throughput figure, arq's included, is the median of ``--rounds`` passes;
 * ``round_trips.py`` (round trips to Redis per single-node workflow);
 * ``latency_layers.py`` (dispatch -> result latency of the bare scripts-and-sockets path,
   of the task queue port, and of the engine: what the machine costs, what each layer adds);
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--peers-python", help="interpreter of such an environment made already")
     parser.add_argument("--workers", default="1,2,4", help="worker process counts of the distributed runs")
     parser.add_argument("--workflows", type=int, default=1000, help="single-node workflows per distributed run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="passes of each distributed throughput workload and of arq's; medians are compared")
     parser.add_argument("--width", type=int, default=1000, help="fan-out width")
     parser.add_argument("--steps", type=int, default=1000, help="steps of the checkpoint growth and chain runs")
     parser.add_argument("--repeat", type=int, default=7, help="runs of each variant of the chain")
@@ -237,7 +240,7 @@ def main() -> None:
         for backend in backends:
             command = script("distributed_benchmark.py", "--start", backend, "--workers", args.workers,
                              "--workflows", str(args.workflows), "--width", str(args.width),
-                             "--results", str(out / f"{backend}.json"))
+                             "--rounds", str(args.rounds), "--results", str(out / f"{backend}.json"))
             if backend == "redis":
                 command += ["--arq-python", peers]
             if step(f"distributed {backend}", command, log):
@@ -277,8 +280,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-        "parameters": {"start": backends, "workers": args.workers, "workflows": args.workflows, "width": args.width,
-                       "steps": args.steps, "repeat": args.repeat},
+        "parameters": {"start": backends, "workers": args.workers, "workflows": args.workflows,
+                       "rounds": args.rounds, "width": args.width, "steps": args.steps, "repeat": args.repeat},
         "table": rows, "figures": figures, "runs": log,
     }
     if args.results:
