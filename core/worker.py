@@ -602,7 +602,9 @@ class Worker:
         streamed = context._stream_seq()
         if streamed and self._stream is not None:
             await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
-        if await self._settle(lambda: queue.ack(replace(lease.claim, started_at=started_at), updates), claim):
+        held = lease.claim  # (a ClaimedTask built directly: dataclasses.replace costs ~10x more)
+        acked = ClaimedTask(held.task, held.lease_id, held.attempt, held.deadline, held.worker_id, started_at)
+        if await self._settle(lambda: queue.ack(acked, updates), claim):
             self.stats.succeeded += 1
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
                      time.monotonic() - started, claim.attempt)

@@ -168,11 +168,17 @@ async def _round_trip(connection: Any, packed: bytes, count: int) -> list[Any]:
     from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    await connection.send_packed_command(packed)
+    writer = _ready_writer(connection)
+    if writer is None:  # connect, or a health check due: redis-py's own send does those
+        await connection.send_packed_command(packed)
     replies: list[Any] = []
     try:
-        # One timer for the whole batch instead of one per reply.
+        # One timer for the whole batch (the write too) instead of one per reply.
         async with _timeout(connection.socket_timeout):
+            if writer is not None:
+                writer.write(packed)  # a failed send shows as the connection lost, on the read below
+                if writer.transport.get_write_buffer_size():  # the socket took only part: wait for room
+                    await _drain(connection, writer)
             for _ in range(count):
                 try:
                     replies.append(await connection.read_response(timeout=math.inf))
@@ -181,8 +187,36 @@ async def _round_trip(connection: Any, packed: bytes, count: int) -> list[Any]:
     except asyncio.TimeoutError:
         # Replies may still come: this connection cannot be reused for other commands.
         await connection.disconnect(nowait=True)
-        raise RedisTimeoutError(f"Timeout reading the replies of {count} command(s)") from None
+        raise RedisTimeoutError(f"Timeout sending {count} command(s) or reading their replies") from None
     return replies
+
+
+def _ready_writer(connection: Any) -> Any:
+    """The stream a connected ``connection`` writes to, when a command may be written to it
+    straight away; None when redis-py's ``send_packed_command`` must send it (not connected,
+    closing, or its health check is due).
+
+    redis-py's send runs the write under ``asyncio.wait_for``, which on Python < 3.12 starts
+    a task for it: the write then waits for the loop's next round, on every round trip.
+    """
+    writer = getattr(connection, "_writer", None)
+    if writer is None or not connection.is_connected or writer.transport.is_closing():
+        return None
+    interval = connection.health_check_interval
+    if interval and asyncio.get_running_loop().time() > connection.next_health_check:
+        return None
+    return writer
+
+
+async def _drain(connection: Any, writer: Any) -> None:
+    """Wait until ``writer`` can take more (a large batch), as redis-py's send does."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        await writer.drain()
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while writing to the socket: {exc}") from exc
 
 
 class ScriptBatcher:

@@ -111,6 +111,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -218,12 +219,20 @@ class RedisTaskQueue(TaskQueue):
         # Counts close() calls: a claim waiting when the queue closes stops instead of
         # claiming again, which would open a new client that nobody closes.
         self._closes = 0
+        # Lease and operation ids: a random prefix per queue object and a counter, unique
+        # like a uuid4 each (which costs a urandom read and an object per settling call).
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._id_seq = itertools.count(1)
         self._notifier.listen(self._keys.done_channel, self._early.on_event, self._early.clear)
 
     @property
     def url(self) -> str:
         """The Redis URL (as given, password included; use ``masked_url`` in messages)."""
         return self._connection.url
+
+    def _new_id(self) -> str:
+        """A lease or operation id no other call of any queue object uses (see ``__init__``)."""
+        return f"{self._id_prefix}{next(self._id_seq):x}"
 
     def _run(self, name: str, args: list[Any], action: str) -> Awaitable[Any]:
         base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
@@ -434,7 +443,7 @@ class RedisTaskQueue(TaskQueue):
         while len(claimed) < max_tasks:
             reply = await self._run(
                 "claim",
-                [worker_id, uuid.uuid4().hex, lease_ms, max_tasks - len(claimed), park_id, park_ms,
+                [worker_id, self._new_id(), lease_ms, max_tasks - len(claimed), park_id, park_ms,
                  self.max_task_bytes, self._oversized, *types],
                 f"claim tasks of {types}",
             )
@@ -499,7 +508,7 @@ class RedisTaskQueue(TaskQueue):
         raw = encode(result.to_dict())
         outcome = await self._run(
             "ack",
-            [claim.task.id, claim.lease_id, uuid.uuid4().hex, raw],
+            [claim.task.id, claim.lease_id, self._new_id(), raw],
             f"ack task {claim.task.id!r}",
         )
         if int(outcome) < 0:
@@ -513,7 +522,7 @@ class RedisTaskQueue(TaskQueue):
         outcome = int(
             await self._run(
                 "nack",
-                [claim.task.id, claim.lease_id, uuid.uuid4().hex, str(error), delay_ms, "1" if final else "0"],
+                [claim.task.id, claim.lease_id, self._new_id(), str(error), delay_ms, "1" if final else "0"],
                 f"nack task {claim.task.id!r}",
             )
         )
@@ -526,7 +535,7 @@ class RedisTaskQueue(TaskQueue):
     async def release(self, claim: ClaimedTask) -> None:
         """Give the task back without counting the attempt; ``LeaseLostError`` if lost."""
         outcome = await self._run(
-            "release", [claim.task.id, claim.lease_id, uuid.uuid4().hex], f"release task {claim.task.id!r}"
+            "release", [claim.task.id, claim.lease_id, self._new_id()], f"release task {claim.task.id!r}"
         )
         if int(outcome) < 0:
             raise self._lost(claim)

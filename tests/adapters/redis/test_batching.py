@@ -255,3 +255,66 @@ def test_connections_are_kept_only_from_a_pool_with_room_for_its_other_users() -
         held, pool = HeldConnections(keep=4), Pool(size)
         kept.append(sum(held.give_back(pool, object()) for _ in range(10)))
     assert kept == [0, 0, 1, 2, 4]
+
+
+def test_a_round_trip_on_a_live_connection_writes_in_the_callers_loop_round() -> None:
+    """The write is not handed to a task of its own (redis-py's send does so under
+    ``wait_for`` on Python < 3.12): the command is on the socket before the round trip's
+    first await; a connection that is not connected, or whose health check is due, is
+    still sent through redis-py (which connects, or PINGs first)."""
+    from distributed_agents.adapters.redis.batching import HeldConnections, execute
+
+    async def scenario(url: str) -> tuple[int, bool, int, list[object]]:
+        client = redis_asyncio.Redis.from_url(url, health_check_interval=30)
+        held = HeldConnections(keep=1)
+        sends = 0
+        try:
+            await execute(client, [["PING"]], held)  # connected, and now held
+            [connection] = held._idle
+            original = connection.send_packed_command
+
+            async def counted(command: object, *args: object, **kwargs: object) -> None:
+                nonlocal sends
+                sends += b"ECHO" in (command if isinstance(command, bytes) else b"")  # not its own PING, HELLO...
+                await original(command, *args, **kwargs)
+
+            connection.send_packed_command = counted
+            written = connection._writer.transport.get_write_buffer_size
+            on_socket: list[bool] = []
+            connection._writer.transport.get_write_buffer_size = lambda: (on_socket.append(True), written())[1]
+            replies = await execute(client, [["ECHO", "a"], ["ECHO", "b"]], held)
+            direct = bool(on_socket) and sends == 0
+            connection.next_health_check = -1.0  # due: redis-py's send checks the connection first
+            replies += await execute(client, [["ECHO", "c"]], held)
+            await connection.disconnect()  # not connected: redis-py's send connects
+            replies += await execute(client, [["ECHO", "d"]], held)
+            return sends, direct, len(on_socket), replies
+        finally:
+            await held.release_all()
+            await client.aclose()
+
+    with RedisServer() as server:
+        sends, direct, direct_writes, replies = run(scenario(server.url), 60)
+    assert replies == [b"a", b"b", b"c", b"d"]
+    assert direct and direct_writes == 1
+    assert sends == 2  # the one with a health check due, and the one that reconnected
+
+
+def test_a_batch_larger_than_the_socket_buffer_is_written_whole() -> None:
+    async def scenario(url: str) -> tuple[int, int]:
+        connection = RedisConnection(url)
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up")
+            value = "x" * 20_000
+            replies = await asyncio.gather(*(connection.run_script("echo", _ECHO, [], [f"{i}:{value}"], "echo")
+                                             for i in range(200)))  # ~4 MB in one write
+            good = sum(1 for i, reply in enumerate(replies) if reply == f"{i}:{value}".encode())
+            assert connection._batcher is not None
+            return good, connection._batcher.round_trips
+        finally:
+            await connection.close()
+
+    with RedisServer() as server:
+        good, round_trips = run(scenario(server.url), 60)
+    assert good == 200
+    assert round_trips == 2  # the warm-up, then the 200 calls in one write

@@ -142,6 +142,32 @@ def test_a_repeated_settle_call_is_recognised_but_a_second_call_is_refused(open_
     assert run(scenario(), 20) == (1, 1, True)
 
 
+def test_lease_and_operation_ids_are_unique_across_calls_and_queue_objects(open_redis) -> None:
+    """Ids come from a random prefix per queue object and a counter (not a uuid4 per call):
+    two workers' leases of one task, or two settling calls, never share an id."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        first = await open_redis()
+        second = await open_redis(prefix=first.task_queue.prefix)
+        try:
+            leases = []
+            for index in range(20):
+                await first.task_queue.enqueue(task(f"t{index}"))
+                queue = (first if index % 2 else second).task_queue
+                [claim] = await queue.claim(["alpha"], worker_id="w")
+                await queue.release(claim)  # the next claim of the task makes a new lease
+                leases.append(claim.lease_id)
+            ids = [q._new_id() for q in (first.task_queue, second.task_queue) for _ in range(5_000)]
+            return leases, ids
+        finally:
+            await first.close()
+            await second.close()
+
+    leases, ids = run(scenario(), 30)
+    assert len(set(leases)) == len(leases) and len(set(ids)) == len(ids) == 10_000
+    assert not set(leases) & set(ids)
+
+
 def test_every_key_lives_under_the_prefix(open_redis, redis_url: str) -> None:
     async def scenario() -> tuple[str, list[bytes]]:
         backend = await open_redis(max_attempts=1)
