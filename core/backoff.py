@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from distributed_agents.core.errors import BackendUnavailableError
 
-__all__ = ["Outage", "until_available"]
+__all__ = ["Outage", "retry_after", "until_available"]
 
 T = TypeVar("T")
 
@@ -57,21 +57,45 @@ class Outage:
             self._since = None
 
 
-async def until_available(
+def until_available(
     call: Callable[..., Awaitable[T]],
     *args: Any,
     what: str,
     outage: Outage,
     give_up_after: float | None = None,
-) -> T:
+) -> Coroutine[Any, Any, T]:
     """``await call(*args)``, repeated with exponential backoff while it raises ``BackendUnavailableError``.
 
     Re-raises the last ``BackendUnavailableError`` after ``give_up_after`` seconds (never
     when it is None). Any other exception propagates at once. (``args`` rather than a
     closure or ``functools.partial`` on hot paths: fewer GC-tracked objects per call.)
     """
-    delay = INITIAL_DELAY
+    return _retried(call, args, what, outage, give_up_after, INITIAL_DELAY, time.monotonic())
+
+
+async def retry_after(
+    error: BackendUnavailableError,
+    call: Callable[..., Awaitable[T]],
+    *args: Any,
+    what: str,
+    outage: Outage,
+) -> T:
+    """``until_available(call, *args)`` for a caller whose own first attempt raised ``error``.
+
+    Hot paths make the first attempt themselves (``await call(*args)`` in a ``try``,
+    then ``outage.succeeded()``): no coroutine of this module per call while the
+    backend answers. The retries go on exactly as ``until_available``'s would.
+    """
     started = time.monotonic()
+    outage.failed(what, error, INITIAL_DELAY)
+    await asyncio.sleep(INITIAL_DELAY)
+    return await _retried(call, args, what, outage, None, min(INITIAL_DELAY * 2, MAX_DELAY), started)
+
+
+async def _retried(
+    call: Callable[..., Awaitable[T]], args: tuple[Any, ...], what: str, outage: Outage,
+    give_up_after: float | None, delay: float, started: float,
+) -> T:
     while True:
         try:
             result = await call(*args)

@@ -65,7 +65,7 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from distributed_agents.core.backoff import Outage, until_available
+from distributed_agents.core.backoff import Outage, retry_after, until_available
 from distributed_agents.core.cache import NodeCache, cacheable_output
 from distributed_agents.core import log_context
 from distributed_agents.core.instrumentation import Instrumentation
@@ -328,7 +328,7 @@ class StepEngine:
         record = progress.record
         recent: collections.deque[list[str]] = collections.deque(maxlen=8)
         run = int(record.metadata.get("run", 0))
-        order = {name: i for i, name in enumerate(graph.nodes)}
+        order = graph.node_order
         # Fixed for the run (a graph's reducers and a workflow's breakpoints do not change while it runs).
         reducers = graph.reducers
         breaks_before = _breakpoint_names(graph, record, "before")
@@ -372,12 +372,20 @@ class StepEngine:
             to_run = _entries_outside(entries, done) if done else entries
             try:
                 outcomes: list[NodeOutcome] = []
-                if to_run:
-                    running = until_available(
+                if to_run and self._inflight is None:
+                    # Nothing in flight ("sync", "exit"): no commit to race. The first attempt is
+                    # made here (no retrying coroutine per step while the backend answers).
+                    try:
+                        outcomes = await self._run_step(graph, record, run, to_run, options)
+                        self._outage.succeeded()
+                    except BackendUnavailableError as exc:
+                        outcomes = await retry_after(
+                            exc, self._run_step, graph, record, run, to_run, options,
+                            what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
+                elif to_run:
+                    outcomes = await self._alongside_commit(until_available(
                         self._run_step, graph, record, run, to_run, options,
-                        what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
-                    # Nothing in flight ("sync", "exit"): no commit to race, awaited as it is.
-                    outcomes = await (running if self._inflight is None else self._alongside_commit(running))
+                        what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage))
             except NodeNotFoundError as exc:
                 missing = {"node": next_nodes[0]} if len(next_nodes) == 1 else {}
                 await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run", **missing})
@@ -1013,7 +1021,7 @@ class StepEngine:
         parts = kept_json(record)
         if parts is None:
             try:
-                parts = self._state_json(record.state), encode_rest(record)
+                parts = self._state_json(record.state), encode_rest(record, keep=True)
             except (TypeError, ValueError):
                 parts = None  # not JSON: the store's own check names the key
             else:
@@ -1046,16 +1054,22 @@ class StepEngine:
         # A run's last commit (it ends or pauses) gives the lease up with it: one round trip fewer.
         last = record.status in _LAST_COMMIT
         self._save_attempts = 0  # one write at a time per run: _commit settles the one in flight first
-        what = f"commit step {record.step} of workflow {record.workflow_id!r}"
         try:
-            saved = await until_available(self._save_once, record, lease, checkpoint, what=what, outage=self._outage)
+            try:  # the first attempt here: no retrying coroutine per commit while the backend answers
+                saved = await self._save_once(record, lease, checkpoint)
+                self._outage.succeeded()
+            except BackendUnavailableError as exc:
+                saved = await retry_after(exc, self._save_once, record, lease, checkpoint,
+                                          what=f"commit step {record.step} of workflow {record.workflow_id!r}",
+                                          outage=self._outage)
             self.lease_released = last
             if self._unsaved is not None and checkpoint is not None and checkpoint.step >= self._unsaved.step:
                 self._unsaved = None
             self._stored_step = saved.step
             return saved
         except (VersionConflictError, LeaseLostError, FencingTokenRejectedError) as exc:
-            current = await until_available(self._store.get, record.workflow_id, what=what, outage=self._outage)
+            current = await until_available(self._store.get, record.workflow_id, outage=self._outage,
+                                            what=f"commit step {record.step} of workflow {record.workflow_id!r}")
             if self._save_attempts > 1 and current is not None and _landed(current, record):
                 # An earlier attempt was applied but its reply was lost in the outage.
                 self._stored_step = current.step
@@ -1168,7 +1182,7 @@ def first_step_calls(
     skips enqueueing them again (``TaskQueueExecutor.enqueued``). ``state_json`` is
     ``encode(record.state)`` when the caller has it (not encoded again).
     """
-    order = {name: i for i, name in enumerate(graph.nodes)}
+    order = graph.node_order
     entries = read_entries(record.frontier, order)
     frontier = record.frontier
     if not entries or record.step >= step_limit or frontier.get("pending_writes") or frontier.get("resume"):
@@ -1194,14 +1208,16 @@ def first_step_calls(
     return calls
 
 
-def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> list[str]:
-    """The nodes with a static breakpoint ``when`` ("before"/"after") for ``record``'s workflow.
+def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> Sequence[str]:
+    """The nodes with a static breakpoint ``when`` ("before"/"after") for ``record``'s workflow (read only).
 
     Per-workflow lists (``execute(interrupt_before=...)``, kept in the record's
     metadata) replace the graph's compiled ones; ``"*"`` means every node.
     """
-    stored = record.metadata.get(f"interrupt_{when}")
-    return stored if isinstance(stored, list) else list(getattr(graph, f"interrupt_{when}"))
+    stored = record.metadata.get("interrupt_before" if when == "before" else "interrupt_after")
+    if isinstance(stored, list):
+        return stored
+    return graph.interrupt_before if when == "before" else graph.interrupt_after
 
 
 # Helpers of StepEngine._drive_steps. Module functions rather than comprehensions inside it:

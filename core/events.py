@@ -105,6 +105,8 @@ class EventPublisher:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closing = False
         self.dropped_total = 0  # chunks dropped since this publisher was made
+        # A bus keeping the port's may_deliver (every networked one: always True) is not asked per event.
+        self._may_deliver = None if type(bus).may_deliver is MessageBus.may_deliver else bus.may_deliver
 
     def start(self) -> None:
         """Start the background task on the running loop (``emit`` does this too); idempotent."""
@@ -120,15 +122,20 @@ class EventPublisher:
         An event the bus says nobody would receive now (``MessageBus.may_deliver``: an
         in-process bus with no matching subscription) is not queued at all.
         """
-        channel = event_channel(workflow_id, kind)
-        if not self._bus.may_deliver(channel):
+        channel = f"events.{workflow_id}.{kind}"  # event_channel's, inline: several per step
+        if self._may_deliver is not None and not self._may_deliver(channel):
             return
-        self.start()
+        task = self._task
+        if task is None or task.done():
+            self.start()
         event = {"type": kind, "workflow_id": workflow_id, "time": time.time(), **fields}
         with self._lock:
             self._seq += 1
             self._events.append((self._seq, channel, event, 0))
-        self._signal()
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:  # else the pump was woken already and has not taken the queue yet
+            self._signal()
 
     def emit_chunk(self, workflow_id: str, mode: str, data: Mapping[str, Any], size: int = 256) -> int:
         """Queue a stream chunk (about ``size`` bytes of JSON) from any thread; its sequence number.

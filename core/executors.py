@@ -279,6 +279,11 @@ class TaskQueueExecutor(NodeExecutor):
         if self.require_workers:
             missing = await self._types_without_workers(calls)
             if missing:
+                # A worker started just before (asyncio.ensure_future(worker.start()) then
+                # execute()) registers on its first loop pass: let that pass run, look again.
+                await asyncio.sleep(0)
+                missing = await self._types_without_workers(calls)
+            if missing:
                 raise _no_worker_error(calls, missing)
         try:
             return await self._run(calls)

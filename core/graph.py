@@ -117,6 +117,13 @@ class _Routing:
     # Per node with only plain edges (no conditional edge, no deferred target): the next
     # step's nodes after a step that ran it alone, in declaration order.
     plain_next: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Made once, read every run (each is a GC-tracked object a run would otherwise make):
+    # read-only views of the nodes and of ``order``, and the first step's frontier when no
+    # conditional edge leaves START (every workflow then starts with the same one).
+    nodes_view: Mapping[str, NodeSpec] | None = None
+    order_view: Mapping[str, int] | None = None
+    start: dict[str, Any] | None = None
+    subgraphs: bool = False  # whether any node is a subgraph
 
 
 class Graph:
@@ -511,8 +518,13 @@ class Graph:
             targets = [t for t in routing.static.get(name, ()) if t != END]
             if name not in routing.conditional and not any(self._nodes[t].defer for t in targets):
                 routing.plain_next[name] = tuple(sorted(set(targets), key=routing.order.__getitem__))
+        routing.nodes_view = MappingProxyType(self._nodes)
+        routing.order_view = MappingProxyType(routing.order)
         self._routing = routing
         self._compiled = True
+        if START not in routing.conditional:
+            routing.start = self._frontier(list(routing.entry), [], {}, ())
+        routing.subgraphs = any(spec.subgraph is not None for spec in self._nodes.values())
         return self
 
     def _fail(self, message: str, culprit: str) -> GraphValidationError:
@@ -596,7 +608,15 @@ class Graph:
     @property
     def nodes(self) -> Mapping[str, NodeSpec]:
         """Nodes by name, in declaration order (a read-only view: the step loop reads it every step)."""
-        return MappingProxyType(self._nodes)
+        view = self._routing.nodes_view if self._compiled else None
+        return view if view is not None else MappingProxyType(self._nodes)
+
+    @property
+    def node_order(self) -> Mapping[str, int]:
+        """Each node's position in declaration order, by name (read-only; ``GraphNotCompiledError`` before compile)."""
+        self._require_compiled()
+        view = self._routing.order_view
+        return view if view is not None else MappingProxyType(self._routing.order)
 
     @property
     def schema(self) -> StateSchema | None:
@@ -660,11 +680,28 @@ class Graph:
         As ``start``, plus the ``Send``s conditions from ``START`` return.
         """
         self._require_compiled()
+        start = self._routing.start
+        if start is not None:  # no condition to run: a copy of the one every workflow starts with
+            return _copy_frontier(start)
         triggered: list[str] = list(self._routing.entry)
         sends: list[dict[str, Any]] = []
         for edge in self._routing.conditional.get(START, ()):
             self._split(await self._follow(edge, state), triggered, sends)
         return self._frontier(triggered, sends, {}, ())
+
+    def fixed_start(self) -> dict[str, Any] | None:
+        """``start_frontier``'s answer when no conditional edge leaves START (the same for every
+        input: a fresh copy each call), else None. Synchronous, for the hot path of a new workflow.
+        """
+        self._require_compiled()
+        start = self._routing.start
+        return None if start is None else _copy_frontier(start)
+
+    @property
+    def has_subgraphs(self) -> bool:
+        """Whether any node runs a subgraph (``GraphNotCompiledError`` before compile)."""
+        self._require_compiled()
+        return self._routing.subgraphs
 
     def order(self, names: Iterable[str]) -> list[str]:
         """``names`` without duplicates, in node declaration order."""
@@ -1267,3 +1304,11 @@ class StateGraph(Graph):
 
 def _callable_name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
+
+
+def _copy_frontier(frontier: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a frontier ``Graph._frontier`` made without Sends: its lists and joins copied, nothing shared."""
+    copied: dict[str, Any] = {}
+    for key, value in frontier.items():
+        copied[key] = {k: list(v) for k, v in value.items()} if key == "joins" else list(value)
+    return copied

@@ -18,16 +18,17 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
-from distributed_agents.core.backoff import Outage, until_available
+from distributed_agents.core.backoff import Outage, retry_after, until_available
 from distributed_agents.core.cache import NodeCache, graph_implementations
 from distributed_agents.core.dead_letters import find_dead_letter
 from distributed_agents.core.engine import (
     DURABILITY_KEY,
     DriveOptions,
     StepEngine,
+    SubgraphCall,
     first_step_calls,
     WorkflowTakenOverError,
     check_durability,
@@ -219,12 +220,76 @@ def _result_state(record: WorkflowRecord) -> State:
     return State._trusted(values, record.workflow_id)
 
 
+class _Stoppable(Protocol):
+    """What the renewer needs of a run's drive: whether it is over, and a way to stop it."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _Drive:
+    """One workflow run driven inside the task that awaits it (``Orchestrator._drive``).
+
+    A run has no task of its own (one per workflow costs a task, its context, its weak
+    reference and a loop pass to start and to finish, while hundreds of workflows are in
+    flight): stopping it (``cancel_workflow``, ``close``, a lease found lost) cancels
+    that task, once; the CancelledError ends the run where it is waiting, and
+    ``_drive`` takes back the cancellation it asked for (``Task.uncancel``), so the
+    caller sees what ``execute`` documents, not a cancellation of its own.
+    """
+
+    __slots__ = ("task", "finished", "stopping", "_waiters")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.finished = False  # the run returned or raised
+        self.stopping = False  # cancel() cancelled the task (at most once)
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def done(self) -> bool:
+        """Whether the run is over."""
+        return self.finished
+
+    def cancel(self) -> bool:
+        """Stop the run where it is waiting; False if it is over or already being stopped."""
+        if self.finished or self.stopping:
+            return False
+        self.stopping = True
+        return self.task.cancel()
+
+    async def wait(self) -> None:
+        """Return once the run is over (at once from inside the run's own task: it stops at its next wait)."""
+        if self.finished or asyncio.current_task() is self.task:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+    def finish(self) -> None:
+        """The run is over: nothing cancels its task any more; wake whoever waits."""
+        self.finished = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters = None
+
+    def settle_cancel(self) -> bool:
+        """Take back the cancellation ``cancel`` asked for; whether the task is still being cancelled by others."""
+        if not self.stopping:
+            return False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+ counts cancellation requests
+        return bool(uncancel() > 0) if uncancel is not None else False
+
+
 class _LeaseRun:
     """One running workflow whose lease the orchestrator's ``_Renewer`` keeps alive."""
 
     __slots__ = ("lease", "drive", "released", "loop", "due", "lost", "renewing")
 
-    def __init__(self, lease: WorkflowLease, drive: asyncio.Future[Any], released: Callable[[], bool],
+    def __init__(self, lease: WorkflowLease, drive: _Stoppable, released: Callable[[], bool],
                  loop: asyncio.AbstractEventLoop, due: float) -> None:
         self.lease = lease
         self.drive = drive
@@ -254,7 +319,7 @@ class _Renewer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._renewals: set[asyncio.Task[None]] = set()  # strong references to renewals under way
 
-    def add(self, lease: WorkflowLease, drive: asyncio.Future[Any], released: Callable[[], bool]) -> _LeaseRun:
+    def add(self, lease: WorkflowLease, drive: _Stoppable, released: Callable[[], bool]) -> _LeaseRun:
         """Keep ``lease`` alive while ``drive`` runs, until ``discard``; the run's handle."""
         loop = asyncio.get_running_loop()
         run = _LeaseRun(lease, drive, released, loop, loop.time() + self._interval())
@@ -380,7 +445,7 @@ class Orchestrator:
         # Versions two different graphs share (one name and structure, other node functions):
         # a stored workflow cannot say which it ran, so looking one up by its record is an error.
         self._graph_conflicts: dict[tuple[str, str], tuple[Graph, Graph]] = {}
-        self._running: dict[str, asyncio.Task[WorkflowRecord]] = {}
+        self._running: dict[str, _Drive] = {}  # the runs this orchestrator is driving, by workflow id
         # One task renews the leases of every workflow this orchestrator drives.
         self._renewer = _Renewer(lambda: self.lease_ttl / 3, self._renew)
         self._background: dict[str, asyncio.Future[State]] = {}  # workflows submit() drives, by id
@@ -400,6 +465,7 @@ class Orchestrator:
         # Traces and metrics (core.instrumentation): this one, else the process-wide one at each run.
         self.instrumentation = instrumentation
         self._watch: asyncio.Future[None] | None = None  # the observer's watch while connected
+        self._subgraph_runner: SubgraphCall | None = None  # made on first use (_subgraph_call)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -442,9 +508,15 @@ class Orchestrator:
             with contextlib.suppress(BaseException):
                 await self._recovery
             self._recovery = None
-        tasks: list[asyncio.Future[Any]] = [*self._running.values(), *self._background.values()]
+        drives = list(self._running.values())
+        tasks: list[asyncio.Future[Any]] = list(self._background.values())
+        for drive in drives:
+            drive.cancel()
         for task in tasks:
             task.cancel()
+        for drive in drives:
+            with contextlib.suppress(BaseException):
+                await drive.wait()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
@@ -491,7 +563,14 @@ class Orchestrator:
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_function, outage=self._outage,
                           payload_limit=backend.max_payload_bytes, cache=self._cache(),
-                          subgraphs=SubgraphRunner(self).run, instrumentation=self._observer())
+                          subgraphs=self._subgraph_call(), instrumentation=self._observer())
+
+    def _subgraph_call(self) -> SubgraphCall:
+        # One runner per orchestrator (it holds nothing else), not one per workflow run.
+        call = self._subgraph_runner
+        if call is None:
+            call = self._subgraph_runner = SubgraphRunner(self).run
+        return call
 
     def _observer(self) -> Instrumentation | None:
         return self.instrumentation if self.instrumentation is not None else installed_instrumentation()
@@ -929,7 +1008,9 @@ class Orchestrator:
         encoded: bytes | None = state_json if graph.schema is None else None  # else the schema may change it
         workflow_id = validate_workflow_id(workflow_id or new_workflow_id())
         # Conditional entry points route the input state; if one fails, no workflow is created.
-        frontier = await graph.start_frontier(State._trusted(values, workflow_id))
+        frontier = graph.fixed_start()  # the same for every input (no conditional entry point), else:
+        if frontier is None:
+            frontier = await graph.start_frontier(State._trusted(values, workflow_id))
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
         await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
@@ -954,7 +1035,7 @@ class Orchestrator:
                 for call in calls:
                     tasks.append(node_task(call, attempts))
         if encoded is not None:
-            remember_json(record, encoded, encode_rest(record))  # what the store writes (core.record_json)
+            remember_json(record, encoded, encode_rest(record, keep=True))  # what the store writes (core.record_json)
         queued: set[str] = set()
         sent = time.time()  # the tasks' dispatch: their node.started events carry it
         record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
@@ -1059,8 +1140,13 @@ class Orchestrator:
         what = f"start workflow {workflow_id!r}"
         tries = [0]  # attempts made: a retry after a lost reply may find what the first one created
         try:
-            # The lease grant and the create in one step (one round trip where the store merges them).
-            made = await until_available(self._create_leased_once, record, checkpoint, tasks, enqueued, tries,
+            # The lease grant and the create in one step (one round trip where the store merges them);
+            # the first attempt here (no retrying coroutine per workflow while the backend answers).
+            try:
+                made = await self._create_leased_once(record, checkpoint, tasks, enqueued, tries)
+                self._outage.succeeded()
+            except BackendUnavailableError as exc:
+                made = await retry_after(exc, self._create_leased_once, record, checkpoint, tasks, enqueued, tries,
                                          what=what, outage=self._outage)
         except WorkflowExistsError:
             # A retry after a lost reply finds the record the first attempt created (and its lease).
@@ -1547,18 +1633,24 @@ class Orchestrator:
                                lease_ttl=self.lease_ttl)
         publisher = self._publisher()
         publisher.start()
-        sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
-        try:
-            engine = self._engine(workflow_id, lease, record.metadata, graph, set(enqueued or ()))
-            if enqueued:
-                engine.first_calls.update(enqueued)
-            drive = asyncio.ensure_future(engine.drive(graph, record, lease, options))
-        finally:
-            reset_stream_sink(sink)
-        self._running[workflow_id] = drive
+        engine = self._engine(workflow_id, lease, record.metadata, graph, set(enqueued or ()))
+        if enqueued:
+            engine.first_calls.update(enqueued)
+        task = asyncio.current_task()
+        assert task is not None  # asyncio runs every coroutine in a task
+        # Driven here, in the caller's task (see _Drive): stopping the run cancels this task.
+        drive = self._running[workflow_id] = _Drive(task)
         renewal = self._renewer.add(lease, drive, engine.released_lease)
         try:
-            final = await drive
+            sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
+            try:
+                final = await engine.drive(graph, record, lease, options)
+            finally:
+                drive.finish()
+                reset_stream_sink(sink)
+                # A stop this run asked for ends here: the caller's own cancellation (if any) goes on.
+                if drive.settle_cancel():
+                    raise asyncio.CancelledError
         except WorkflowTakenOverError:
             # Another orchestrator owns the workflow now; the caller still gets its result.
             log.warning("workflow %r was taken over by another orchestrator; waiting for its result", workflow_id)
@@ -1823,7 +1915,7 @@ class Orchestrator:
         if drive is not None:
             self._cancelled.add(workflow_id)
             drive.cancel()
-            await asyncio.wait([drive])  # it withdraws its step's tasks as it stops (TaskQueueExecutor)
+            await drive.wait()  # it withdraws its step's tasks as it stops (TaskQueueExecutor)
         else:
             # Driven in another process (which stops only at its next commit), or paused: the
             # step's tasks as recorded. Best effort: a claimed task ends with its worker.

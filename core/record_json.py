@@ -27,24 +27,40 @@ __all__ = ["encode_rest", "kept", "record_json", "remember"]
 # Where a record keeps its encoding: an attribute that is not a field (equality, repr,
 # to_dict and evolve's result ignore it; evolve copies it along, record_json checks it).
 _SLOT = "_distributed_agents_json"
+_TAIL_SLOT = "_distributed_agents_json_tail"  # encode_rest's kept tail: (graph, metadata, created_at, bytes)
 
 
-def encode_rest(record: WorkflowRecord) -> bytes:
+def encode_rest(record: WorkflowRecord, *, keep: bool = False) -> bytes:
     """``record``'s JSON object without ``state``, ``version`` and ``updated_at``.
 
-    Raises ``TypeError``/``ValueError`` if a field is not JSON.
+    With ``keep`` (the engine's records, whose mappings nobody changes in place), the
+    part that stays the same for a whole run (``graph``, ``metadata``, ``created_at``) is
+    kept on ``record`` and reused for records evolved from it that hold the same
+    objects: a commit encodes only what a step changes. Raises ``TypeError``/``ValueError``
+    if a field is not JSON.
     """
-    return encode({
+    head = {
         "workflow_id": record.workflow_id,
         "graph_name": record.graph_name,
         "status": record.status,
         "step": record.step,
         "frontier": dict(record.frontier),
         "error": None if record.error is None else dict(record.error),
-        "graph": None if record.graph is None else dict(record.graph),
-        "metadata": dict(record.metadata),
-        "created_at": record.created_at,
-    })
+    }
+    values = object.__getattribute__(record, "__dict__")
+    graph, metadata, created = record.graph, record.metadata, record.created_at
+    tail = values.get(_TAIL_SLOT) if keep else None
+    if tail is None or tail[0] is not graph or tail[1] is not metadata or type(tail[2]) is not type(created) \
+            or tail[2] != created:
+        if not keep:
+            head.update(graph=None if graph is None else dict(graph), metadata=dict(metadata), created_at=created)
+            return encode(head)
+        encoded = encode({"graph": None if graph is None else dict(graph), "metadata": dict(metadata),
+                          "created_at": created})
+        tail = (graph, metadata, created, encoded[1:])  # '"graph":...}': spliced after the head's fields
+        values[_TAIL_SLOT] = tail
+    # One object in the same key order as encoding the whole: '{head...' + ',' + 'tail...}'.
+    return encode(head)[:-1] + b"," + tail[3]
 
 
 def remember(record: WorkflowRecord, state_json: bytes, rest_json: bytes) -> None:
@@ -89,5 +105,11 @@ def _identity(record: WorkflowRecord) -> tuple[Any, ...]:
 
 def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
     # The five mappings by identity; the scalars by type and value (1 and 1.0 encode differently).
+    # (Written out rather than a generator over the pairs: this runs for every commit.)
     return (kept[0] is now[0] and kept[1] is now[1] and kept[2] is now[2] and kept[3] is now[3]
-            and kept[4] is now[4] and all(type(a) is type(b) and a == b for a, b in zip(kept[5:], now[5:])))
+            and kept[4] is now[4]
+            and type(kept[5]) is type(now[5]) and kept[5] == now[5]
+            and type(kept[6]) is type(now[6]) and kept[6] == now[6]
+            and type(kept[7]) is type(now[7]) and kept[7] == now[7]
+            and type(kept[8]) is type(now[8]) and kept[8] == now[8]
+            and type(kept[9]) is type(now[9]) and kept[9] == now[9])

@@ -153,6 +153,8 @@ def with_positions(graph: Graph, workflow_id: str, step: int, frontier: dict[str
     The ids are derived (``child_workflow_id``), so any process finds the children from
     the stored frontier alone; frontiers without subgraph tasks keep their shape.
     """
+    if not graph.has_subgraphs:
+        return frontier  # the usual case: no node of the graph is a subgraph
     nodes = graph.nodes
     named = [*frontier.get("next", ()), *(send.get("node") for send in frontier.get("sends") or ())]
     if not any(name in nodes and nodes[name].subgraph is not None for name in named):

@@ -64,9 +64,12 @@ class NotingStore(StateStore):
         self._base: WorkflowRecord | None = None  # the last version the engine wrote (or read)
         self._noted: WorkflowRecord | None = None  # the note written on top of it, if any
         self.state_ttl = inner.state_ttl
-        # A commit may be in flight while the next step runs (durability="async"): a note and a
-        # save never interleave, so neither expects a version the other just moved on.
-        self._writing = asyncio.Lock()
+        # A commit may be in flight while the next step runs (durability="async"): saves never
+        # interleave, so none expects a version another just moved on. (A flag, not an
+        # asyncio.Lock: taking a free lock costs three coroutines per commit, and it is free
+        # nearly always; waiters, if any, wait in ``_turn``.)
+        self._busy = False
+        self._turn_waiters: list[asyncio.Future[None]] | None = None  # made when one waits
 
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
         return await self._inner.get(workflow_id)
@@ -79,17 +82,49 @@ class NotingStore(StateStore):
         checkpoint: Checkpoint | None = None,
         fencing_token: int | None = None,
     ) -> WorkflowRecord:
-        async with self._writing:
+        if self._busy:
+            await self._turn()
+        self._busy = True
+        try:
             return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
                                     fencing_token=fencing_token)
+        finally:
+            self._done()
 
     async def save_releasing(
         self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
         checkpoint: Checkpoint | None = None,
     ) -> WorkflowRecord:
-        async with self._writing:
+        if self._busy:
+            await self._turn()
+        self._busy = True
+        try:
             return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
                                     fencing_token=lease.fencing_token, releasing=lease)
+        finally:
+            self._done()
+
+    async def _turn(self) -> None:
+        """Return once no save is under way (the caller then marks its own as under way, without yielding)."""
+        loop = asyncio.get_running_loop()
+        while self._busy:
+            waiter: asyncio.Future[None] = loop.create_future()
+            if self._turn_waiters is None:
+                self._turn_waiters = []
+            self._turn_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._turn_waiters is not None and waiter in self._turn_waiters:
+                    self._turn_waiters.remove(waiter)
+
+    def _done(self) -> None:
+        """The save under way is over: every waiter looks again (the first to run goes next)."""
+        self._busy = False
+        waiters, self._turn_waiters = self._turn_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _save(
         self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,

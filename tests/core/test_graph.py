@@ -552,3 +552,17 @@ def test_a_node_timeout_must_be_a_finite_positive_number(timeout: Any) -> None:
 def test_retry_policy_numbers_must_be_finite(field: str, value: float) -> None:
     with pytest.raises(ConfigurationError, match="finite"):
         RetryPolicy(**{field: value})
+
+
+def test_the_fixed_start_frontier_is_a_fresh_copy_and_the_same_as_start_frontier() -> None:
+    graph = Graph("fixed").add_node("a", lambda s: {}).add_node("b", lambda s: {}, defer=True)
+    graph.add_edge(START, "a").add_edge(START, "b").set_finish_point("a").set_finish_point("b").compile()
+    first = graph.fixed_start()
+    assert first is not None
+    assert first == run(graph.start_frontier({}))
+    first["next"].append("x")
+    first["joins"]["j"] = ["y"]
+    assert graph.fixed_start() == run(graph.start_frontier({}))  # nothing shared with a copy handed out
+    routed = Graph("routed").add_node("a", lambda s: {}).add_conditional_edges(START, lambda s: "a", ["a"])
+    assert routed.set_finish_point("a").compile().fixed_start() is None  # a condition decides: start_frontier
+    assert not graph.has_subgraphs
