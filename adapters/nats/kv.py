@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "cas_many", "count", "get", "get_many", "get_range", "remove", "scan", "subject_counts"]
+__all__ = ["Entry", "cas", "cas_many", "count", "entry_of", "get", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
 
 # JetStream's "wrong last sequence" error codes.
 _WRONG_LAST = (10071, 10164)
@@ -57,10 +57,21 @@ def _subject(kv: KeyValue, key: str) -> str:
 
 async def get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> Entry | None:
     """The current entry of ``key``, or None if absent, deleted or expired (one direct get)."""
-    import nats.errors
-
     nc = kv._js._nc  # noqa: SLF001
     msg = await replies.request(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
+    return entry_of(msg, key, _stream(kv))
+
+
+async def start_get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> replies.Started:
+    """``get``'s request, sent now; its entry is ``entry_of(await started.reply())``."""
+    nc = kv._js._nc  # noqa: SLF001
+    return await replies.start(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
+
+
+def entry_of(msg: Msg, key: str, stream: str = "") -> Entry | None:
+    """The entry a direct get of ``key`` answered with ``msg`` (None: absent, deleted, expired); ``get``'s errors."""
+    import nats.errors
+
     headers = msg.headers or {}
     status = headers.get("Status")
     if status == "404":
@@ -68,7 +79,7 @@ async def get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> Entry | None:
     if status == "408":
         raise nats.errors.TimeoutError
     if status:
-        raise nats.errors.Error(f"direct get of {key!r} on stream {_stream(kv)}: status {status} "
+        raise nats.errors.Error(f"direct get of {key!r} on stream {stream}: status {status} "
                                 f"{headers.get('Description', '')}")
     if headers.get("KV-Operation") in ("DEL", "PURGE"):
         return None
@@ -182,6 +193,22 @@ async def put(js: JetStreamContext, kv: KeyValue, key: str, value: bytes, *, ttl
     """Write ``value`` unconditionally; returns the new revision."""
     ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=ttl_header(ttl) or None)  # noqa: SLF001
     return ack.seq
+
+
+async def put_many(
+    js: JetStreamContext, kv: KeyValue, items: Sequence[tuple[str, bytes]], *, ttl: float | None = None
+) -> list[int]:
+    """``put`` of each (key, value), all sent before any answer is awaited (one round-trip
+    latency); the new revisions, in order (the server stores them in that order). Raises the
+    first error once every answer is in (the other writes were still made or refused)."""
+    answers = await replies.js_publish_many(js._nc, [  # noqa: SLF001
+        (_subject(kv, key), value, ttl_header(ttl) or None) for key, value in items])
+    out: list[int] = []
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+        out.append(answer.seq)
+    return out
 
 
 async def remove(js: JetStreamContext, kv: KeyValue, key: str) -> None:

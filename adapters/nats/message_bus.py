@@ -6,13 +6,14 @@ messages into its own unbounded buffer from nats-py's callback, so a slow reader
 makes nats-py drop messages or stall the connection, and publishers never wait for
 subscribers. ``subscribe`` flushes, so the server knows the subscription before it
 returns; ``publish`` flushes, so the server has routed the message before it returns
-(one round trip, like Redis PUBLISH). Core NATS keeps publish order per publisher connection.
+(one round trip, like Redis PUBLISH; the publishes of one event-loop pass share it). Core NATS keeps publish order per publisher connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from distributed_agents.core.ports.message_bus import BufferedSubscription, BusM
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["NatsMessageBus", "NatsSubscription", "flush_in_order", "replace_abandoned_pongs"]
+__all__ = ["NatsMessageBus", "NatsSubscription", "flush_in_order", "flush_shared", "replace_abandoned_pongs"]
 
 
 async def flush_in_order(nc: Any) -> None:
@@ -45,6 +46,44 @@ async def flush_in_order(nc: Any) -> None:
     except BaseException:  # a timeout (stalled connection) or a cancellation
         replace_abandoned_pongs(nc)
         raise
+
+
+# Per client: the future of the coalesced flush that the current event-loop pass will send.
+_NEXT_FLUSH: weakref.WeakKeyDictionary[Any, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+
+
+async def flush_shared(nc: Any) -> None:
+    """``flush_in_order``, shared by every caller of the same event-loop pass: one PING (one
+    round trip) for all of them, sent once the pass's callers have written their commands.
+
+    Each caller's commands were written before the PING (the flush starts in a callback
+    scheduled after them), so the PONG proves the server processed them, as a flush of
+    its own would. A caller cancelled while waiting leaves the flush to the others; an
+    error of the flush (a timeout, a closed connection) is raised to every one of them.
+    """
+    future = _NEXT_FLUSH.get(nc)
+    if future is None or future.done():
+        future = asyncio.get_running_loop().create_future()
+        _NEXT_FLUSH[nc] = future
+        future.get_loop().call_soon(_start_flush, nc, future)
+    await asyncio.shield(future)
+
+
+def _start_flush(nc: Any, future: asyncio.Future[None]) -> None:
+    if _NEXT_FLUSH.get(nc) is future:
+        del _NEXT_FLUSH[nc]  # callers from now on wait for the next PING: this one may be written already
+
+    def settle(flushing: asyncio.Task[None]) -> None:
+        if future.done():
+            return
+        if flushing.cancelled():
+            future.cancel()
+        elif flushing.exception() is not None:
+            future.set_exception(flushing.exception())  # type: ignore[arg-type]
+        else:
+            future.set_result(None)
+
+    asyncio.ensure_future(flush_in_order(nc)).add_done_callback(settle)
 
 
 def replace_abandoned_pongs(nc: Any) -> None:
@@ -99,8 +138,9 @@ class NatsMessageBus(MessageBus):
             await self._conn.nc.publish(self._conn.names.bus_subject(channel), raw)
             # Flush, so that when publish returns the server has routed the message: a
             # subscription made afterwards (on any connection) never receives it, and
-            # one that existed before always does - the same as Redis PUBLISH.
-            await flush_in_order(self._conn.nc)
+            # one that existed before always does - the same as Redis PUBLISH. One flush
+            # serves every publish of the same event-loop pass (``flush_shared``).
+            await flush_shared(self._conn.nc)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Publish in order with one flush (one round trip) for the whole batch."""
@@ -109,7 +149,7 @@ class NatsMessageBus(MessageBus):
         with nats_errors(self._conn.url, f"publish {len(messages)} messages"):
             for channel, data in messages:
                 await self._conn.nc.publish(self._conn.names.bus_subject(channel), encode(dict(data)))
-            await flush_in_order(self._conn.nc)
+            await flush_shared(self._conn.nc)
 
     async def subscribe(self, pattern: str) -> Subscription:
         subscription = NatsSubscription(pattern, self._conn.names.bus_root)

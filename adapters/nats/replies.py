@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["Direct", "PubAck", "collect", "header_lines", "js_publish", "js_publish_many", "request"]
+__all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish", "js_publish_many", "request", "start"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
@@ -231,6 +231,46 @@ async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: di
     if msg.headers and msg.headers.get("Status") == "503":
         raise nats.errors.NoRespondersError
     return msg
+
+
+class Started:
+    """A request sent by ``start``, its reply awaited later by ``reply`` (once)."""
+
+    __slots__ = ("_future", "_inbox", "_token")
+
+    def __init__(self, inbox: _Inbox, token: str, future: asyncio.Future[Msg]) -> None:
+        self._inbox, self._token, self._future = inbox, token, future
+
+    async def reply(self) -> Msg:
+        """``request``'s result (and errors) for this request."""
+        import nats.errors
+
+        try:
+            msg = await self._future
+        finally:
+            self._inbox.close(self._token)
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+    def drop(self) -> None:
+        """Stop waiting for the reply (it is ignored when it comes)."""
+        self._inbox.close(self._token)
+
+
+async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: float = 5.0) -> Started:
+    """``request``, sent now, its reply awaited later (``Started.reply``), so that other
+    requests go out meanwhile and their round trips overlap; ``drop`` it if not awaited."""
+    inbox = await _inbox(nc)
+    future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+    token, reply = inbox.open(functools.partial(_answer, future))
+    inbox.expire(token, future, timeout)
+    try:
+        await nc.publish(subject, payload, reply=reply)
+    except BaseException:
+        inbox.close(token)
+        raise
+    return Started(inbox, token, future)
 
 
 async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | None = None,

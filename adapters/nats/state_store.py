@@ -9,11 +9,20 @@ Keys (workflow ids and steps escaped into key tokens):
   and revision move together.
 * ``cp.<id>.<step>.<nonce>``: one checkpoint *entry* (``core.checkpoint_delta``): a
   snapshot (the full checkpoint) or a delta against the entry before it, with ``_prev``
-  naming the entry committed before it. The newest entry, when small (``_INLINE_MAX``),
-  is held in the record itself instead (``_cp_inline``, named ``_cp`` all the same;
-  ``_snap_inline`` if it is a snapshot); the next save with a checkpoint first writes
-  it to its key, then CASes the record holding its own entry.
+  naming the entry committed before it. The newest entries, while small (at most
+  ``_INLINE_KEEP`` of them, ``_INLINE_MAX`` bytes together), are held in the record
+  itself instead: the newest as ``_cp_inline`` (named ``_cp`` all the same), older ones
+  as ``_cp_more``, [key, entry] pairs, oldest first (``_snap_inline`` if one of them is a
+  snapshot). A save whose new entry would overflow that first writes the oldest held
+  entries to their keys (together, one round-trip latency), then CASes the record
+  holding the rest and its own entry: a workflow of a few small steps writes no entry
+  key at all.
 * ``lease.<id>``: owner, fencing token and deadline. Never removed, so tokens only grow.
+  A run's last commit releases its lease in the same record CAS (``save_releasing``): the
+  record's ``_released`` names the released token, and every reader of the lease
+  (``acquire_lease``, ``create_leased``, ``renew_lease``'s read, ``lease_holder``) reads
+  lease and record together and takes a lease whose token the record names as free.
+  Later saves keep the marker; a new grant has a new token, which no marker names.
 
 Checkpoints store what changed. The record also keeps ``_cp_n`` (entries written: the
 next entry's position) and ``_snap_seq``, the stream sequence at which the newest
@@ -28,9 +37,9 @@ older ones (``before``, no ``limit``, a chain shorter than ``limit``) read every
 the workflow the same way. So a restore reads at most about twice the state's size.
 
 Atomicity of record + checkpoint. KV has no multi-key transaction. A small entry is
-written with the record, in its CAS: atomic. The entry it replaces there is a committed
-one: written to its key first, it is where it belongs whether the CAS then wins or
-loses. A large entry is written first under a key no other writer can use (a fresh
+written with the record, in its CAS: atomic. The entries moved out of the record are
+committed ones: written to their keys first, they are where they belong whether the CAS
+then wins or loses. A large entry is written first under a key no other writer can use (a fresh
 nonce), then the record CASed to point at it: a writer that loses the CAS leaves an
 orphan (removed best effort) that no record points to. Readers walk the chain from the
 record's ``_cp`` (its own entry first) through ``_prev``, so they see exactly the
@@ -54,8 +63,8 @@ in one batched read. ``create_leased`` (the port's merged create) first tries an
 has not seen as new, unread: the first lease CASed as absent, then the record created
 under it; when a key exists it reads lease and record in one batched read, grants the
 lease and creates the record under the new token without reading again. A single-node
-workflow costs the orchestrator 5 state round trips (grant, create holding its
-checkpoint, the create's entry moved to its key, commit holding its checkpoint, release).
+workflow costs the orchestrator 3 state round trips (grant, create holding its
+checkpoint, commit holding both checkpoints and releasing the lease).
 
 Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
 record's ``_fence``; granting a new lease CASes ``_fence`` into the record before
@@ -123,8 +132,10 @@ __all__ = ["NatsStateStore"]
 _CP_MARGIN = 1.0
 # Workflows whose last written record, lease and checkpoint tip a store remembers.
 _KEPT = 256
-# The newest checkpoint entry rides in the record when at most this long (bytes).
+# The newest checkpoint entries ride in the record while they add up to at most this many
+# bytes, and at most ``_INLINE_KEEP`` of them.
 _INLINE_MAX = 32 * 1024
+_INLINE_KEEP = 4
 
 
 log = logging.getLogger("distributed_agents.state_store")
@@ -154,6 +165,8 @@ class NatsStateStore(StateStore):
         self._records: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
         # workflow -> (lease body, KV revision) of this store's own last lease write.
         self._leases: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        # workflow -> the token of the lease this store's last save_releasing released.
+        self._released_here: OrderedDict[str, int] = OrderedDict()
         # workflow -> (tip of the newest checkpoint entry this store wrote, its key).
         self._tips: OrderedDict[str, tuple[ChainTip, str]] = OrderedDict()
 
@@ -212,13 +225,42 @@ class NatsStateStore(StateStore):
         checkpoint: Checkpoint | None = None,
         fencing_token: int | None = None,
     ) -> WorkflowRecord:
+        return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                fencing_token=fencing_token)
+
+    async def save_releasing(
+        self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
+        checkpoint: Checkpoint | None = None,
+    ) -> WorkflowRecord:
+        """``save`` fenced by ``lease`` and the lease's release in one write: the record CAS
+        carries ``_released`` (the released token), which every reader of the lease checks
+        (see the module docstring). A save that fails writes nothing: the lease stays."""
+        saved = await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                 fencing_token=lease.fencing_token, released=lease.fencing_token)
+        own = self._leases.get(lease.workflow_id)
+        if own is not None and int(own[0].get("token", 0)) == lease.fencing_token:
+            self._leases.pop(lease.workflow_id, None)  # released: renewals read the lease again
+        # A renewal already on its way (read before this commit) must not report the lease held.
+        _bounded_put(self._released_here, lease.workflow_id, lease.fencing_token)
+        return saved
+
+    async def _save(
+        self,
+        record: WorkflowRecord,
+        *,
+        expected_version: int,
+        checkpoint: Checkpoint | None,
+        fencing_token: int | None,
+        released: int | None = None,
+    ) -> WorkflowRecord:
         workflow_id = record.workflow_id
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         body = new.to_dict()
         encode(body)  # not JSON: fail before writing anything
         with self._errors(f"save workflow {workflow_id!r}"):
             cached = self._cached_record(workflow_id, expected_version, fencing_token)
-            if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached):
+            if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached,
+                                                        released=released):
                 return new
             stored, revision = await self._record(workflow_id)
             fence = fencing_token
@@ -228,7 +270,7 @@ class NatsStateStore(StateStore):
                 newest = await self._check_fence(workflow_id, stored, fencing_token)
                 fence = max(fencing_token or 0, newest) or None
             self._check_version(workflow_id, stored, expected_version)
-            if await self._write(workflow_id, body, checkpoint, fence, stored, revision):
+            if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released):
                 return new
             stored, _ = await self._record(workflow_id)
             if fencing_token is not None:
@@ -261,54 +303,66 @@ class NatsStateStore(StateStore):
         fencing_token: int | None,
         stored: dict[str, Any] | None,
         revision: int,
+        *,
+        released: int | None = None,
     ) -> bool:
         """Write the checkpoint entry (if any), then CAS the record at ``revision``: the commit.
 
+        ``released``: the token of the lease this commit releases (``save_releasing``); else
+        the record keeps the token it names as released.
         False if the CAS lost (the entry is removed again, the caches of the workflow dropped).
         """
         cp_key = None if stored is None else stored.get("_cp")
         cp_n = 0 if stored is None else int(stored.get("_cp_n") or 0)
         snap_seq = None if stored is None else stored.get("_snap_seq")
-        inline = _inline_entry(stored)
-        snap_inline = bool((stored or {}).get("_snap_inline")) and inline is not None
+        held = _held_entries(stored)
         cp_ttl = None if self.state_ttl is None else self.state_ttl * 2
         cp_until = None if stored is None else stored.get("_cp_until")
         if cp_ttl is not None and cp_key is not None and self.state_ttl is not None:
             now = time.time()
             if cp_until is None or float(cp_until) <= now + self.state_ttl + _CP_MARGIN:
-                # The entry held in the record lives as long as the record: the chain behind it.
-                behind = cp_key if inline is None else self._prev(workflow_id, cp_key, inline)
+                # The entries held in the record live as long as the record: the chain behind them.
+                behind = cp_key if not held else self._prev(workflow_id, held[0][0], held[0][1])
                 if behind:
                     await self._refresh_checkpoints(workflow_id, behind, cp_ttl)
                 cp_until = now + cp_ttl
         new_tip: ChainTip | None = None
         orphan: str | None = None
         if checkpoint is not None:
-            if inline is not None and cp_key is not None:
-                # The record we write holds the new entry: the one it held moves to its own key
-                # first (a CAS lost after this leaves it there, which is where it belongs).
-                seq = await kv.put(self._conn.js, self._kv, cp_key, inline, ttl=cp_ttl)
-                if snap_inline:
-                    snap_seq = seq
-                if cp_ttl is not None and cp_until is None:
-                    cp_until = time.time() + cp_ttl
             known = self._tips.get(workflow_id)
             # A delta only against the entry the record we CAS names (and at the position it says).
             tip = known[0] if known is not None and known[1] == cp_key and known[0].index == cp_n - 1 else None
             entry, new_tip = next_entry(checkpoint, tip, index=cp_n)
             written = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
             raw_entry = _with_prev(entry, cp_key)
-            if len(raw_entry) <= _INLINE_MAX:
-                inline, snap_inline = raw_entry, new_tip.depth == 0
-            else:
+            small = len(raw_entry) <= _INLINE_MAX
+            keep = [*held, (written, raw_entry)] if small else list(held)
+            # The oldest held entries move to keys of their own (all of them before a large entry):
+            # committed entries, where they belong whether the CAS below wins or loses.
+            moving: list[tuple[str, bytes]] = []
+            while keep and (not small or len(keep) > _INLINE_KEEP
+                            or sum(len(raw) for _, raw in keep) > _INLINE_MAX):
+                moving.append(keep.pop(0))
+                if small and len(keep) == 1:
+                    break  # the new entry itself always fits (small)
+            if moving:
+                seqs = await kv.put_many(self._conn.js, self._kv, moving, ttl=cp_ttl)
+                for (_, raw), seq in zip(moving, seqs):
+                    if delta_snap(raw) is None:
+                        snap_seq = seq  # the newest snapshot moved out so far
+                if cp_ttl is not None and cp_until is None:
+                    cp_until = time.time() + cp_ttl
+            if not small:
                 # Too large to ride in the record: its own key first (removed if the CAS loses).
                 seq = await kv.put(self._conn.js, self._kv, written, raw_entry, ttl=cp_ttl)
                 if new_tip.depth == 0:
                     snap_seq = seq
                 if cp_ttl is not None and cp_until is None:
                     cp_until = time.time() + cp_ttl
-                inline, snap_inline, orphan = None, False, written
+                orphan = written
+            held = keep
             cp_key, cp_n = written, cp_n + 1
+        snap_inline = any(delta_snap(raw) is None for _, raw in held)
         private = {
             "_cp": cp_key,
             "_cp_n": cp_n,
@@ -317,10 +371,14 @@ class NatsStateStore(StateStore):
             "_fence": max(int((stored or {}).get("_fence", 0)), fencing_token or 0),
             "_expires_at": None if self.state_ttl is None else time.time() + self.state_ttl,
             "_cp_until": cp_until,
+            "_released": released if released is not None else (stored or {}).get("_released"),
         }
         raw = encode({**body, **private})
-        if inline is not None:
-            raw = raw[:-1] + b',"_cp_inline":' + inline + b"}"
+        inline = held[-1][1] if held else None
+        if held:
+            # The newest entry under ``_cp_inline`` (its key is ``_cp``); older ones as [key, entry] pairs.
+            more = b",".join(b'["' + key.encode() + b'",' + entry_raw + b"]" for key, entry_raw in held[:-1])
+            raw = raw[:-1] + (b',"_cp_more":[' + more + b"]" if more else b"") + b',"_cp_inline":' + inline + b"}"
         key = f"wf.{token(workflow_id)}"
         new_revision = await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl)
         if new_revision is None:
@@ -330,7 +388,8 @@ class NatsStateStore(StateStore):
                     await kv.remove(self._conn.js, self._kv, orphan)
             return False
         _bounded_put(self._records, workflow_id,
-                     ({"version": body["version"], **private, "_cp_inline": inline}, new_revision))
+                     ({"version": body["version"], **private, "_cp_inline": inline, "_cp_more": held[:-1]},
+                      new_revision))
         if new_tip is not None:
             _bounded_put(self._tips, workflow_id, (new_tip, cp_key))
         return True
@@ -407,9 +466,8 @@ class NatsStateStore(StateStore):
         chain (it reached the first entry)."""
         entries = {} if start is None else {
             e.key: e.value for e in await kv.get_range(self._kv, f"cp.{token(workflow_id)}.>", start=start)}
-        inline = _inline_entry(stored)
-        if inline is not None and stored.get("_cp"):
-            entries[str(stored["_cp"])] = inline  # the newest entry, held in the record
+        # The newest entries, held in the record.
+        entries.update(_held_entries(stored))
         chain: list[bytes] = []
         key: str | None = stored.get("_cp")
         while key and key in entries:
@@ -555,7 +613,8 @@ class NatsStateStore(StateStore):
         now = time.time()
         # A lease taken on an existing record ends with it (state_ttl, delete).
         orphaned = current is not None and bool(current.get("bound")) and stored is None
-        if current is not None and current.get("owner") and float(current["deadline"]) > now and not orphaned:
+        if current is not None and current.get("owner") and float(current["deadline"]) > now and not orphaned \
+                and not _released(current, stored):
             if current["owner"] != owner:
                 return None
             return {**current, "deadline": now + ttl}
@@ -666,8 +725,9 @@ class NatsStateStore(StateStore):
 
     async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
         with self._errors(f"read the lease of workflow {workflow_id!r}"):
-            current, _ = await self._lease(workflow_id)
-        if current is None or not current.get("owner") or float(current["deadline"]) <= time.time():
+            (current, _), (stored, _) = await self._lease_and_record(workflow_id)
+        if current is None or not current.get("owner") or float(current["deadline"]) <= time.time() \
+                or _released(current, stored):
             return None
         return WorkflowLease(workflow_id, str(current["owner"]), int(current.get("token", 0)), float(current["deadline"]))
 
@@ -675,15 +735,21 @@ class NatsStateStore(StateStore):
         key = f"lease.{token(lease.workflow_id)}"
         with self._errors(f"renew the lease of workflow {lease.workflow_id!r}"):
             own = self._own_lease(lease)
-            for _ in range(10):
-                # First against this store's own last write (no read); a lost CAS reads.
-                current, revision = own if own is not None else await self._lease(lease.workflow_id)
+            for _ in range(10 if self._released_here.get(lease.workflow_id) != lease.fencing_token else 0):
+                # First against this store's own last write (no read); a lost CAS reads (the
+                # record too: a commit may have released the lease, see ``save_releasing``).
+                if own is not None:
+                    (current, revision), released = own, False
+                else:
+                    (current, revision), (stored, _) = await self._lease_and_record(lease.workflow_id)
+                    released = _released(current, stored)
                 now = time.time()
                 if (
                     current is None
                     or not current.get("owner")
                     or int(current["token"]) != lease.fencing_token
                     or float(current["deadline"]) <= now
+                    or released
                 ):
                     if own is not None:
                         own = None
@@ -693,6 +759,8 @@ class NatsStateStore(StateStore):
                 new = {**current, "deadline": now + ttl}
                 new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
                 if new_revision is not None:
+                    if self._released_here.get(lease.workflow_id) == lease.fencing_token:
+                        break  # a commit of this store released it meanwhile: the marker decides
                     _bounded_put(self._leases, lease.workflow_id, (new, new_revision))
                     return WorkflowLease(lease.workflow_id, lease.owner, lease.fencing_token, float(new["deadline"]))
         raise LeaseLostError(
@@ -715,6 +783,31 @@ class NatsStateStore(StateStore):
                 freed = {**current, "owner": None, "deadline": 0.0}
                 if await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision) is not None:
                     return
+
+
+def _released(lease: dict[str, Any] | None, stored: dict[str, Any] | None) -> bool:
+    """Whether the record ``stored`` says the lease ``lease`` (its token) was released by a
+    commit (``save_releasing``): then it is free, whatever owner and deadline its key holds."""
+    if lease is None or stored is None:
+        return False
+    marker = stored.get("_released")
+    return type(marker) is int and marker == int(lease.get("token", 0))
+
+
+def _held_entries(stored: dict[str, Any] | None) -> list[tuple[str, bytes]]:
+    """The checkpoint entries a record holds, oldest first, as (key, bytes): ``_cp_more``'s
+    [key, entry] pairs, then ``_cp_inline`` under ``_cp``. Pairs of another shape (a record
+    written by hand) are left out: the chain walk then stops short of them, as at a missing key."""
+    if stored is None:
+        return []
+    held: list[tuple[str, bytes]] = []
+    for pair in stored.get("_cp_more") or ():
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str):
+            held.append((pair[0], pair[1] if isinstance(pair[1], bytes) else encode(pair[1])))
+    inline = _inline_entry(stored)
+    if inline is not None and isinstance(stored.get("_cp"), str):
+        held.append((stored["_cp"], inline))
+    return held
 
 
 def _inline_entry(stored: dict[str, Any] | None) -> bytes | None:

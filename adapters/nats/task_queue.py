@@ -179,6 +179,10 @@ class NatsTaskQueue(TaskQueue):
         # Per set of node types: the wake-up events taken before a claim that took every
         # task it saw (see ``claim``).
         self._drained: dict[tuple[str, ...], list[asyncio.Event]] = {}
+        # Per set of node types: when a claim last looked at the stream (time.monotonic()).
+        self._looked: dict[tuple[str, ...], float] = {}
+        # Per node type: the one priority level its levels key listed at its last claim.
+        self._level: dict[str, int] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
@@ -230,8 +234,81 @@ class NatsTaskQueue(TaskQueue):
             # Created by a process with another visibility timeout: use it as it is.
             info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
         ack_wait = float(info.config.ack_wait or self.visibility_timeout)
+        # Before any message of this process goes out at this level (see ``_known_levels``).
+        await self._register_level(node_type, priority)
         self._ack_waits[key] = ack_wait
         return ack_wait
+
+    async def _register_level(self, node_type: str, priority: int) -> None:
+        """Add ``priority`` to the levels key of ``node_type`` (``<type>.levels`` in the claims
+        bucket: the priorities tasks of that type were ever queued at, never shrinking). A
+        key that is not such a list (written by hand) is left as it is: claims of that type
+        then always look at the stream."""
+        key = _levels_key(node_type)
+        for _ in range(20):
+            entry = await kv.get(self._claims, key)
+            levels = _levels_of(entry)
+            if entry is not None and (levels is None or priority in levels):
+                return
+            new = encode(sorted({*(levels or ()), priority}))
+            if await kv.cas(self._conn.js, self._claims, key, new, last=0 if entry is None else entry.revision):
+                return
+        raise RuntimeError(f"the priority levels key {key!r} of node type {node_type!r} kept changing "
+                           "(20 writers in a row won): retry the enqueue")
+
+    async def _pull_at_known_level(self, types: list[str], max_tasks: int) -> tuple[dict[int, list[str]] | None, dict[str, list[Msg]]]:
+        """``_known_levels``, and for one type whose last claim found one level, its pull there
+        sent together with the read of its levels key (one round-trip latency): the level and
+        the messages pulled, or (None, {}) when a look must decide (the pulled messages then
+        given back, uncounted: a level was added meanwhile, or the key cannot be read)."""
+        if len(types) != 1 or self._level.get(types[0]) is None:
+            levels = await self._known_levels(types)
+            if levels is not None and len(types) == 1:
+                self._level[types[0]] = next(iter(levels))
+            return levels, {}
+        node_type = types[0]
+        level = self._level[node_type]
+        reading = await kv.start_get(self._claims, _levels_key(node_type))
+        try:
+            ready = await pull_ready(self._conn.nc, self._conn.names.task_stream,
+                                     self._conn.names.task_consumer(node_type, level), max_tasks)
+        except BaseException:
+            reading.drop()
+            raise
+        try:
+            levels = _levels_of(kv.entry_of(await reading.reply(), _levels_key(node_type)))
+        except Exception:
+            levels = None  # the look decides (and raises what is wrong with the server)
+        if levels == [level]:
+            return {level: [node_type]}, {node_type: ready}
+        self._level.pop(node_type, None)
+        for msg in ready:
+            await self._give_back_unneeded(node_type, msg)
+        return None, {}
+
+    async def _known_levels(self, types: list[str]) -> dict[int, list[str]] | None:
+        """The one priority level tasks of ``types`` were ever queued at, with the types queued
+        there, read from their levels keys (one read) - None when that does not prove where
+        to pull: a key absent or damaged, or more than one level (then the look counts them).
+
+        Enough instead of a look: every enqueue adds its level to the key before its
+        message is published (``_ensure_consumer``), so a claim reading the key after an
+        enqueue returned knows its level; with one level, pulling there is priority order.
+        """
+        keys = [_levels_key(t) for t in types]
+        if len(keys) == 1:
+            entry = await kv.get(self._claims, keys[0])
+            entries = {} if entry is None else {keys[0]: entry}
+        else:
+            entries = await kv.get_many(self._claims, keys)
+        found: dict[int, list[str]] = {}
+        for node_type, key in zip(types, keys):
+            levels = _levels_of(entries.get(key))
+            if levels is None:
+                return None
+            for level in levels:
+                found.setdefault(level, []).append(node_type)
+        return found if len(found) == 1 else None
 
     async def _wake(self, node_type: str) -> None:
         # Core NATS, no round trip: a lost wake-up only costs a waiting claimer one poll.
@@ -425,18 +502,18 @@ class NatsTaskQueue(TaskQueue):
 
     async def _claim_now(self, types: list[str], worker_id: str, max_tasks: int, lease: float, passes: int = 3) -> list[ClaimedTask]:
         names = self._conn.names
-        wanted = {token(t): t for t in types}
-        subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
-        counts = await kv.subject_counts(self._conn.nc, names.task_stream, subject_filter)
-        levels: dict[int, list[str]] = {}
-        # Messages this queue holds leases on are in the stream too, but not claimable.
-        held = Counter(lease_id.split(".")[3] for lease_id in self._held if lease_id.count(".") >= 5)
-        for subject, count in counts.items():
-            _, _, type_token, priority_token = subject.rsplit(".", 3)
-            priority = priority_from_token(priority_token)
-            if type_token in wanted and priority is not None:
-                if count > held[names.task_consumer(wanted[type_token], priority)]:
-                    levels.setdefault(priority, []).append(wanted[type_token])
+        key = tuple(types)
+        now = time.monotonic()
+        # The levels keys stand in for the look, except once per poll interval: a message a
+        # foreign producer published at a level no enqueue registered is found then, as a
+        # redelivery without a wake-up is found by the poll.
+        levels: dict[int, list[str]] | None = None
+        pulled: dict[str, list[Msg]] = {}
+        if now - self._looked.get(key, -math.inf) < self.poll_interval:
+            levels, pulled = await self._pull_at_known_level(types, max_tasks)
+        if levels is None:
+            self._looked[key] = now
+            levels = await self._look(types)
         claimed: list[ClaimedTask] = []
         moved = False
         for priority in sorted(levels, reverse=True):
@@ -447,8 +524,12 @@ class NatsTaskQueue(TaskQueue):
             for node_type in levels[priority]:
                 ack_wait = await self._ensure_consumer(node_type, priority)
                 consumer = names.task_consumer(node_type, priority)
-                for msg in await pull_ready(self._conn.nc, names.task_stream, consumer, need):
+                ready = pulled.pop(node_type) if node_type in pulled else await pull_ready(
+                    self._conn.nc, names.task_stream, consumer, need)
+                for msg in ready:
                     batch.append((stream_sequence(msg.reply or ""), node_type, msg, ack_wait))
+            if not batch:
+                continue
             batch.sort(key=lambda item: item[0])
             # The first ``need`` together: their records in one batched read, their
             # claims concurrently (gather keeps the order).
@@ -476,6 +557,24 @@ class NatsTaskQueue(TaskQueue):
             # A delayed task moved to the end of its priority: it (or a peer) is claimable now.
             claimed += await self._claim_now(types, worker_id, max_tasks - len(claimed), lease, passes - 1)
         return claimed
+
+    async def _look(self, types: list[str]) -> dict[int, list[str]]:
+        """The priority levels holding messages of ``types`` that this queue does not hold,
+        with the types there (the stream's per-subject counts: one stream info)."""
+        names = self._conn.names
+        wanted = {token(t): t for t in types}
+        subject_filter = names.task_subjects_of(types[0]) if len(types) == 1 else f"{names.base}.tasks.*.*"
+        counts = await kv.subject_counts(self._conn.nc, names.task_stream, subject_filter)
+        levels: dict[int, list[str]] = {}
+        # Messages this queue holds leases on are in the stream too, but not claimable.
+        held = Counter(lease_id.split(".")[3] for lease_id in self._held if lease_id.count(".") >= 5)
+        for subject, count in counts.items():
+            _, _, type_token, priority_token = subject.rsplit(".", 3)
+            priority = priority_from_token(priority_token)
+            if type_token in wanted and priority is not None:
+                if count > held[names.task_consumer(wanted[type_token], priority)]:
+                    levels.setdefault(priority, []).append(wanted[type_token])
+        return levels
 
     async def _prefetch(self, messages: list[Msg]) -> tuple[dict[int, _Found], dict[int, Task]]:
         """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read,
@@ -1098,6 +1197,24 @@ def _result_of(record: Mapping[str, Any] | None) -> TaskResult | None:
     if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
         return None
     return TaskResult.from_dict(record["result"])
+
+
+def _levels_key(node_type: str) -> str:
+    """The claims-bucket key listing the priorities tasks of ``node_type`` were queued at."""
+    return f"{token(node_type)}.levels"
+
+
+def _levels_of(entry: kv.Entry | None) -> list[int] | None:
+    """The priorities a levels key lists; None if absent or not a list of ints (written by hand)."""
+    if entry is None:
+        return None
+    try:
+        levels = decode(entry.value)
+    except PayloadDecodeError:
+        return None
+    if not isinstance(levels, list) or not all(type(level) is int for level in levels):
+        return None
+    return levels
 
 
 def _given_back_key(node_type: str, seq: int) -> str:

@@ -200,28 +200,58 @@ async def _entries_of(kind: str, backend: Any, url: str, prefix: str, workflow_i
                 await client.aclose()
         return put_redis
 
-    from distributed_agents.adapters.nats import kv
-    from distributed_agents.adapters.nats.naming import token
-
-    bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
-    # The adapter's scan, not nats-py's keys(): its watcher can end before the data comes.
-    keys = sorted(entry.key for entry in await kv.scan(backend.connection.js, bucket, f"cp.{token(workflow_id)}.>"))
+    bucket, keys, record_key, record = await _nats_chain(backend, workflow_id)
+    held = len(_nats_held(record))
     links = [json.loads((await bucket.get(key)).value).get("_prev") for key in keys]
+    links += [json.loads(raw).get("_prev") for raw in _nats_held(record)]
 
     async def put_nats(raws: list[bytes]) -> None:
         # Entries keep their keys and their links to the entry before (``_prev``); a drawn
         # entry whose JSON is an object gets the link of the entry it replaces, so the chain
-        # walk reaches the damage instead of stopping short of it.
-        for key, link, raw in zip(keys, links, raws):
+        # walk reaches the damage instead of stopping short of it. The newest entries are
+        # held in the record (``_cp_more``, ``_cp_inline``): those are replaced there, an
+        # entry that is not a JSON object as a JSON string (what bytes in a record can be).
+        fixed: list[Any] = []
+        for link, raw in zip(links, raws):
             try:
                 item = json.loads(raw)
             except ValueError:
                 item = None
             if isinstance(item, dict):
                 item["_prev"] = link
-                raw = json.dumps(item).encode()
-            await bucket.put(key, raw)
+                fixed.append(item)
+            else:
+                fixed.append(raw.decode("utf-8", "replace"))
+        for key, item in zip(keys, fixed):
+            await bucket.put(key, item.encode() if isinstance(item, str) else json.dumps(item).encode())
+        if held:
+            rewritten = dict(record)
+            in_record = fixed[len(keys):len(keys) + held]
+            rewritten["_cp_more"] = [[pair[0], item] for pair, item in zip(record.get("_cp_more") or [], in_record[:-1])]
+            rewritten["_cp_inline"] = in_record[-1]
+            await bucket.put(record_key, json.dumps(rewritten).encode())
     return put_nats
+
+
+async def _nats_chain(backend: Any, workflow_id: str) -> tuple[Any, list[str], str, dict[str, Any]]:
+    """The state bucket, the keys of ``workflow_id``'s checkpoint entries (oldest first),
+    its record's key and the record (which holds the newest entries itself)."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+
+    bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
+    # The adapter's scan, not nats-py's keys(): its watcher can end before the data comes.
+    keys = sorted(entry.key for entry in await kv.scan(backend.connection.js, bucket, f"cp.{token(workflow_id)}.>"))
+    record_key = f"wf.{token(workflow_id)}"
+    return bucket, keys, record_key, json.loads((await bucket.get(record_key)).value)
+
+
+def _nats_held(record: dict[str, Any]) -> list[bytes]:
+    """The checkpoint entries a NATS record holds, oldest first (``_cp_more``, then ``_cp_inline``)."""
+    held = [json.dumps(pair[1]).encode() for pair in record.get("_cp_more") or []]
+    if record.get("_cp_inline") is not None:
+        held.append(json.dumps(record["_cp_inline"]).encode())
+    return held
 
 
 @pytest.fixture(params=["memory", "redis", "nats"])
@@ -392,12 +422,8 @@ async def _stored_entries(kind: str, backend: Any, url: str, prefix: str) -> lis
             return list(await client.lrange(StateKeys(prefix).checkpoints(WF), 0, -1))
         finally:
             await client.aclose()
-    from distributed_agents.adapters.nats import kv
-    from distributed_agents.adapters.nats.naming import token
-
-    bucket = await backend.connection.js.key_value(backend.connection.names.state_bucket)
-    entries = await kv.scan(backend.connection.js, bucket, f"cp.{token(WF)}.>")  # see _entries_of
-    return [entry.value for entry in sorted(entries, key=lambda entry: entry.key)]
+    bucket, keys, _, record = await _nats_chain(backend, WF)
+    return [(await bucket.get(key)).value for key in keys] + _nats_held(record)
 
 
 # -- the dashboard: its list keeps working, the damaged workflow's page says what is wrong --

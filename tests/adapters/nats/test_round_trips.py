@@ -30,9 +30,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _kind(subject: str) -> str:
-    """``$JS.API.DIRECT.GET.<stream>`` -> ``$JS.API.DIRECT.GET``; ``$KV.<bucket>.<key>`` ->
+    """``$JS.API.DIRECT.GET.KV_<p>_<bucket>`` -> ``$JS.API.DIRECT.GET.<bucket>``; ``$KV.<bucket>.<key>`` ->
     ``$KV.<bucket without prefix>``; ``<p>.tasks.<type>.<prio>`` -> ``tasks``; acks -> ``$JS.ACK``."""
     parts = subject.split(".")
+    if subject.startswith("$JS.API.DIRECT.GET."):  # which bucket: tasks, claims, state
+        return "$JS.API.DIRECT.GET." + parts[4].rsplit("_", 1)[-1]
     if subject.startswith("$JS.API."):
         return ".".join(parts[:4]) if parts[2] in ("DIRECT", "CONSUMER", "STREAM") else ".".join(parts[:3])
     if subject.startswith("$JS.ACK."):
@@ -141,23 +143,24 @@ def private_nats() -> Any:
 def test_one_single_node_workflow_costs_few_round_trips(private_nats: str) -> None:
     """Orchestrator: grant the lease (a new id: nothing read first), create (the record,
     holding its checkpoint entry), enqueue (message, task record), commit (the create's
-    entry moved to its own key, the record holding the new one), release: 7, plus its
-    events' flushes; the result comes inside the done event, no read. Worker: look
-    (stream info), pull, read the task record, claim it, commit the result, ack: 6 (an
-    idle worker's wait ending adds a look). Nothing goes to the claims bucket: the
-    server's count of unacked deliveries is the in-flight count.
+    entry and the new one both held in the record; the lease released in the same
+    write): 5, plus its events' flushes; the result comes inside the done event, no read. Worker: read the type's
+    priority levels (its levels key: no stream info look while one level was ever used),
+    pull, read the task record, claim it, commit the result, ack: 6 (an idle worker's
+    wait ending adds a look). Nothing is written to the claims bucket: the server's count
+    of unacked deliveries is the in-flight count.
     """
     graph = Graph("rt").add_node("n", node_type="noop").set_entry_point("n").set_finish_point("n").compile()
     runs = run(_measure(private_nats, graph, 3), 90)
     for orchestrator, one_way, worker in runs:
         flushes = orchestrator.pop("flush", 0)
-        # An idle worker's claim also ends every 3 s (poll_wait) and looks once more.
-        looks = worker.pop("$JS.API.STREAM.INFO", 0)
+        # An idle worker's claim also ends every 3 s (poll_wait) and reads the levels once more.
+        looks = worker.pop("$JS.API.STREAM.INFO", 0) + worker.pop("$JS.API.DIRECT.GET.claims", 0)
         assert 1 <= looks <= 2, runs
-        assert orchestrator == {"$KV.state": 5, "tasks": 1, "$KV.tasks": 1}, runs
+        assert orchestrator == {"$KV.state": 3, "tasks": 1, "$KV.tasks": 1}, runs
         assert flushes <= 5 and one_way["bus"] <= 5, runs  # events, published by the core
         assert one_way["wake"] == 1, runs
-        assert worker == {"$JS.API.CONSUMER.MSG": 1, "$JS.API.DIRECT.GET": 1, "$KV.tasks": 2, "$JS.ACK": 1}, runs
+        assert worker == {"$JS.API.CONSUMER.MSG": 1, "$JS.API.DIRECT.GET.tasks": 1, "$KV.tasks": 2, "$JS.ACK": 1}, runs
 
 
 def test_a_fan_out_costs_a_handful_of_round_trips_per_task_and_no_result_reads(private_nats: str) -> None:
@@ -177,10 +180,10 @@ def test_a_fan_out_costs_a_handful_of_round_trips_per_task_and_no_result_reads(p
     [(orchestrator, _, worker)] = run(_measure(private_nats, graph, 1), 90)
     tasks = width + 2
     assert orchestrator["tasks"] == tasks and orchestrator["$KV.tasks"] == tasks, orchestrator
-    assert orchestrator["$JS.API.DIRECT.GET"] <= 1, orchestrator  # no result reads
+    assert orchestrator["$JS.API.DIRECT.GET.tasks"] <= 1, orchestrator  # no result reads
     per_task = {kind: worker[kind] for kind in ("$KV.tasks", "$KV.claims", "$JS.ACK")}
     assert per_task == {"$KV.tasks": 2 * tasks, "$KV.claims": 0, "$JS.ACK": tasks}, worker
     claims = worker["$JS.API.CONSUMER.MSG"]
     # Claims take many tasks each: the looks, pulls and record reads are per claim, not per task.
-    assert claims < tasks // 4 and worker["$JS.API.DIRECT.GET"] <= claims, worker
-    assert worker["$JS.API.STREAM.INFO"] <= claims + 3, worker
+    assert claims < tasks // 4 and worker["$JS.API.DIRECT.GET.tasks"] <= claims, worker
+    assert worker["$JS.API.STREAM.INFO"] + worker["$JS.API.DIRECT.GET.claims"] <= claims + 3, worker
