@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
@@ -115,6 +115,34 @@ class Waiter:
         return self._woken
 
 
+class _Watch:
+    """``Notifier.watch``'s context: the waiter is filed on entry (before anything awaits) and
+    unfiled on exit. (A class, not a generator-based context manager: it is entered on every
+    wait for a result.)"""
+
+    __slots__ = ("_notifier", "_waiter", "_slots")
+
+    def __init__(self, notifier: Notifier, waiter: Waiter) -> None:
+        self._notifier = notifier
+        self._waiter = waiter
+        self._slots: list[str] = []
+
+    async def __aenter__(self) -> Waiter:
+        notifier, waiter = self._notifier, self._waiter
+        self._slots = notifier._file(waiter)
+        try:
+            missing = [c for c in waiter.channels if c not in notifier._subscribed]
+            if missing:
+                await notifier._subscribe(missing)
+        except BaseException:
+            notifier._unfile(waiter, self._slots)
+            raise
+        return waiter
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._notifier._unfile(self._waiter, self._slots)
+
+
 def _time_up(sleeping: asyncio.Future[None]) -> None:
     if not sleeping.done():
         sleeping.set_result(None)
@@ -178,22 +206,23 @@ class Notifier:
         for the confirmation; never raises for an outage (waiting then polls)."""
         await self._subscribe([c for c in channels if c not in self._subscribed])
 
-    @contextlib.asynccontextmanager
-    async def watch(self, channels: Collection[str], keys: Collection[str] | None = None) -> AsyncIterator[Waiter]:
-        """A ``Waiter`` registered on ``channels`` for the duration of the block."""
-        waiter = Waiter(channels, keys)
-        for slot in self._slots(waiter):
+    def watch(self, channels: Collection[str], keys: Collection[str] | None = None) -> _Watch:
+        """A ``Waiter`` registered on ``channels`` for the duration of an ``async with`` block."""
+        return _Watch(self, Waiter(channels, keys))
+
+    def _file(self, waiter: Waiter) -> list[str]:
+        slots = self._slots(waiter)
+        for slot in slots:
             self._waiters.setdefault(slot, set()).add(waiter)
-        try:
-            await self._subscribe([c for c in waiter.channels if c not in self._subscribed])
-            yield waiter
-        finally:
-            for slot in self._slots(waiter):
-                group = self._waiters.get(slot)
-                if group is not None:
-                    group.discard(waiter)
-                    if not group:
-                        del self._waiters[slot]
+        return slots
+
+    def _unfile(self, waiter: Waiter, slots: list[str]) -> None:
+        for slot in slots:
+            group = self._waiters.get(slot)
+            if group is not None:
+                group.discard(waiter)
+                if not group:
+                    del self._waiters[slot]
 
     @staticmethod
     def _slots(waiter: Waiter) -> list[str]:
