@@ -1,0 +1,180 @@
+"""NATS record holding its newest checkpoint entries, releasing commits and priority levels, attacked.
+
+Differential checks against the expected states: histories over many steps with entries
+below and above 32 KB, written by two stores in turn with status-only saves and releasing
+commits between them; lease grants, renewals and steals around a releasing commit; a
+claimer giving the same message back many times while new levels appear.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents.adapters.nats.backend import NatsBackend
+from distributed_agents.core.errors import LeaseLostError
+from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+from distributed_agents.core.ports.task_queue import Task
+
+from .conftest import open_nats
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _state(step: int, size: int, rng: random.Random) -> dict[str, Any]:
+    # A value that changes every step (deltas), one that rarely does, and one of the chosen size.
+    return {"n": step, "log": [f"m{i}" for i in range(step)], "doc": "d" * 20_000 if step % 5 else "e" * 20_000,
+            "blob": "".join(rng.choice("ab") for _ in range(size))}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_histories_of_mixed_entry_sizes_by_two_stores_read_back_whole(nats_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [rng.choice([0, 10, 3_000, 9_000, 30_000, 40_000]) for _ in range(14)]
+    states = [_state(step, size, rng) for step, size in enumerate(sizes)]
+    workflow_id = f"wf-{seed}"
+
+    async def scenario() -> tuple[list[Any], dict[int, list[Any]], list[Any], list[Any]]:
+        first = await open_nats(nats_url)
+        second = await open_nats(nats_url, prefix=first.options.prefix)
+        stores = [first.state_store, second.state_store]
+        try:
+            version = 0
+            lease = await first.state_store.acquire_lease(workflow_id, "o1", 30)
+            assert lease is not None
+            for step, state in enumerate(states):
+                store = stores[rng.randrange(2)]
+                rec = WorkflowRecord(workflow_id, "graph", "running", state, step=step)
+                if step % 4 == 3:  # the last commit of a run, releasing its lease; then a new run's grant
+                    saved = await store.save_releasing(rec, expected_version=version, lease=lease,
+                                                       checkpoint=Checkpoint(workflow_id, step, state))
+                    owner = rng.choice(["o1", "o2"])
+                    lease = await stores[rng.randrange(2)].acquire_lease(workflow_id, owner, 30)
+                    assert lease is not None, f"the released lease was not free at step {step}"
+                else:
+                    saved = await store.save(rec, expected_version=version, fencing_token=lease.fencing_token,
+                                             checkpoint=Checkpoint(workflow_id, step, state))
+                version = saved.version
+                if step % 3 == 1:  # a status-only save (no checkpoint) keeps the held entries
+                    saved = await stores[rng.randrange(2)].save(saved.evolve(metadata={"note": step}),
+                                                               expected_version=version,
+                                                               fencing_token=lease.fencing_token)
+                    version = saved.version
+            every = [cp.state for cp in await second.state_store.list_checkpoints(workflow_id)]
+            pages = {}
+            for before in (1, 3, 5, 8, 13, 14):
+                pages[before] = [cp.state for cp in
+                                 await first.state_store.list_checkpoints(workflow_id, limit=3, before=before)]
+            single = []
+            for step in range(len(states)):
+                found = await stores[step % 2].get_checkpoint(workflow_id, step)
+                single.append(None if found is None else found.state)
+            record = await first.state_store.get(workflow_id)
+            assert record is not None
+            return every, pages, single, [record.state]
+        finally:
+            await second.close()
+            await first.close()
+
+    every, pages, single, newest = run(scenario(), 80)
+    assert every == list(reversed(states))
+    for before, page in pages.items():
+        assert page == list(reversed(states[:before]))[:3], before
+    assert single == states
+    assert newest == [states[-1]]
+
+
+def test_a_released_lease_taken_renewed_and_released_again_by_others_stays_consistent(nats_url: str) -> None:
+    """A releases t1 with its commit; B takes t2 at once; A's renewal of t1 is lost; B renews,
+    then releases t2; A takes t3 (its own earlier release names t1 only) and renews it."""
+
+    async def scenario() -> list[Any]:
+        a = await open_nats(nats_url)
+        b = await open_nats(nats_url, prefix=a.options.prefix)
+        seen: list[Any] = []
+        try:
+            t1 = await a.state_store.acquire_lease("wf", "A", 30)
+            assert t1 is not None
+            rec = WorkflowRecord("wf", "graph", "running", {"n": 0})
+            saved = await a.state_store.save(rec, expected_version=0, fencing_token=t1.fencing_token,
+                                             checkpoint=Checkpoint("wf", 0, {"n": 0}))
+            saved = await a.state_store.save_releasing(saved.evolve(status="interrupted", state={"n": 1}, step=1),
+                                                       expected_version=saved.version, lease=t1,
+                                                       checkpoint=Checkpoint("wf", 1, {"n": 1}))
+            seen.append(await b.state_store.lease_holder("wf"))
+            t2 = await b.state_store.acquire_lease("wf", "B", 30)
+            assert t2 is not None and t2.fencing_token > t1.fencing_token
+            seen.append((await a.state_store.lease_holder("wf")).owner)  # type: ignore[union-attr]
+            try:
+                await a.state_store.renew_lease(t1, 30)
+                seen.append("renewed a released lease")
+            except LeaseLostError:
+                seen.append("lost")
+            t2 = await b.state_store.renew_lease(t2, 30)
+            # A's stale token is fenced off.
+            try:
+                await a.state_store.save(saved.evolve(state={"n": 99}), expected_version=saved.version,
+                                         fencing_token=t1.fencing_token)
+                seen.append("stale write landed")
+            except Exception as exc:
+                seen.append(type(exc).__name__)
+            current = await b.state_store.get("wf")
+            assert current is not None
+            saved = await b.state_store.save_releasing(current.evolve(status="completed", state={"n": 2}, step=2),
+                                                       expected_version=current.version, lease=t2,
+                                                       checkpoint=Checkpoint("wf", 2, {"n": 2}))
+            seen.append(await a.state_store.lease_holder("wf"))
+            t3 = await a.state_store.acquire_lease("wf", "A", 30)
+            assert t3 is not None and t3.fencing_token > t2.fencing_token
+            t3 = await a.state_store.renew_lease(t3, 30)
+            seen.append((await b.state_store.lease_holder("wf")).fencing_token == t3.fencing_token)  # type: ignore[union-attr]
+            seen.append([cp.state["n"] for cp in await b.state_store.list_checkpoints("wf")])
+        finally:
+            await b.close()
+            await a.close()
+        return seen
+
+    seen = run(scenario(), 60)
+    assert seen[0] is None
+    assert seen[1] == "B" and seen[2] == "lost"
+    assert seen[3] in ("FencingTokenRejectedError", "LeaseLostError", "VersionConflictError"), seen[3]
+    assert seen[4] is None and seen[5] is True
+    assert seen[6] == [2, 1, 0]
+
+
+def test_a_message_given_back_many_times_as_levels_appear_is_still_claimed_once_at_attempt_one(nats_url: str) -> None:
+    async def scenario() -> tuple[list[tuple[str, int]], int]:
+        worker = await open_nats(nats_url)
+        producer = await open_nats(nats_url, prefix=worker.options.prefix)
+        queue = worker.task_queue
+        queue.poll_interval = 60.0
+        try:
+            assert await producer.task_queue.enqueue(Task("warm", "wf", "n", "n", {}))
+            (warm,) = await queue.claim(["n"], worker_id="w", max_tasks=1)
+            await queue.ack(warm, None)
+            assert await queue.claim(["n"], worker_id="w", max_tasks=1) == []
+            assert await producer.task_queue.enqueue(Task("low", "wf", "n", "n", {}))
+            order = []
+            for level in range(1, 6):  # each claim pulled "low" at the level it knew, then a new one shows
+                assert await producer.task_queue.enqueue(Task(f"p{level}", "wf", "n", "n", {}, priority=level))
+                (claimed,) = await queue.claim(["n"], worker_id="w", max_tasks=1)
+                order.append((claimed.task.id, claimed.attempt))
+                await queue.ack(claimed, None)
+                queue._level["n"] = 0  # as if its last claim had found one level: pull there with the read
+            (claimed,) = await queue.claim(["n"], worker_id="w", max_tasks=1)
+            order.append((claimed.task.id, claimed.attempt))
+            await queue.ack(claimed, None)
+            left = await queue.claim(["n"], worker_id="w", max_tasks=4)
+            stats = await queue.stats("n")
+            return order, len(left) + stats.queued + stats.in_flight + stats.dead
+        finally:
+            await producer.close()
+            await worker.close()
+
+    order, left = run(scenario(), 60)
+    assert order == [(f"p{level}", 1) for level in range(1, 6)] + [("low", 1)]
+    assert left == 0
