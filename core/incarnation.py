@@ -17,9 +17,8 @@ form they had, so workflows in flight across an upgrade still find their tasks.
 
 from __future__ import annotations
 
-import secrets
-
 from distributed_agents.core.ports.state_store import WorkflowRecord
+from distributed_agents.core.random_ids import random_hex
 
 __all__ = ["INCARNATION_KEY", "PARENT_INCARNATION_KEY", "incarnation_of", "new_incarnation"]
 
@@ -29,7 +28,7 @@ PARENT_INCARNATION_KEY = "parent_incarnation"  # in a child workflow's metadata:
 
 def new_incarnation() -> str:
     """A fresh incarnation token: 8 lowercase hex digits (one chance in 4 billion that two collide)."""
-    return secrets.token_hex(4)
+    return random_hex(4)
 
 
 def incarnation_of(record: WorkflowRecord) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from distributed_agents.core.codec import decode, encode, find_non_json
 from distributed_agents.core.errors import StateError, StateNotSerializableError
+from distributed_agents.core.random_ids import random_hex
 
 __all__ = ["RESERVED_PREFIX", "State", "new_workflow_id", "reserved_keys"]
 
@@ -32,8 +33,8 @@ def reserved_keys(values: Mapping[str, Any]) -> list[str]:
 
 
 def new_workflow_id() -> str:
-    """A fresh, unique workflow id."""
-    return f"wf_{uuid.uuid4().hex}"
+    """A fresh, unique workflow id: ``wf_`` and 32 random hex digits."""
+    return "wf_" + random_hex(16)
 
 
 def check_value(key: str, value: Any) -> None:

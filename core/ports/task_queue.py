@@ -68,6 +68,7 @@ from typing import Any, Literal
 
 from distributed_agents.core.codec import decode
 from distributed_agents.core.errors import PayloadDecodeError
+from distributed_agents.core.quick_init import FACTORY, quick_init
 
 __all__ = [
     "ClaimedTask",
@@ -232,6 +233,7 @@ class ClaimedTask:
     started_at: float | None = None
 
 
+@quick_init  # one per task the orchestrator waits for
 @dataclass(frozen=True)
 class TaskResult:
     """The outcome of a task: ``succeeded`` with ``output``, or ``failed`` with ``error``.
@@ -251,6 +253,15 @@ class TaskResult:
     worker_id: str = ""
     finished_at: float = field(default_factory=time.time)
     started_at: float | None = None
+
+    def __init__(self, task_id: str, status: Literal["succeeded", "failed"], output: Mapping[str, Any] | None = None,
+                 error: str | None = None, attempts: int = 0, worker_id: str = "", finished_at: float = FACTORY,
+                 started_at: float | None = None) -> None:
+        # The fields at once (core.quick_init checks this against them).
+        self.__dict__.update({
+            "task_id": task_id, "status": status, "output": output, "error": error, "attempts": attempts,
+            "worker_id": worker_id, "finished_at": time.time() if finished_at is FACTORY else finished_at,
+            "started_at": started_at})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of a result (``started_at`` only when known: the older shape otherwise)."""
