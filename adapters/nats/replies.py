@@ -40,6 +40,9 @@ __all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
+# A JetStream publish's answer names its stream sequence so (stream names hold no quotes).
+_SEQ = re.compile(rb'"seq":\s*(\d+)')
+_DUPLICATE = re.compile(rb'"duplicate":\s*true')
 # Seconds between two looks for requests past their deadline (while any wait).
 _SWEEP = 0.1
 
@@ -290,7 +293,12 @@ def _ack_of(msg: Msg) -> PubAck:
     """The ``PubAck`` a JetStream publish's answer ``msg`` carries; raises its ``APIError`` subclass."""
     import nats.js.errors
 
-    body = json.loads(msg.data)
+    data = msg.data
+    found = _SEQ.search(data) if b'"error"' not in data else None
+    if found is not None:
+        # The common answer, {"stream":..,"seq":N[,"duplicate":true]}, read without json.loads.
+        return PubAck(int(found.group(1)), _DUPLICATE.search(data) is not None)
+    body = json.loads(data)
     if "error" in body:
         raise nats.js.errors.APIError.from_error(body["error"])
     return PubAck(int(body["seq"]), bool(body.get("duplicate")))

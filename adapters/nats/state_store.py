@@ -256,11 +256,11 @@ class NatsStateStore(StateStore):
         workflow_id = record.workflow_id
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
         body = new.to_dict()
-        encode(body)  # not JSON: fail before writing anything
+        raw_body = encode(body)  # not JSON: fail before writing anything (and the record's bytes)
         with self._errors(f"save workflow {workflow_id!r}"):
             cached = self._cached_record(workflow_id, expected_version, fencing_token)
             if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached,
-                                                        released=released):
+                                                        released=released, raw_body=raw_body):
                 return new
             stored, revision = await self._record(workflow_id)
             fence = fencing_token
@@ -270,7 +270,8 @@ class NatsStateStore(StateStore):
                 newest = await self._check_fence(workflow_id, stored, fencing_token)
                 fence = max(fencing_token or 0, newest) or None
             self._check_version(workflow_id, stored, expected_version)
-            if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released):
+            if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released,
+                                 raw_body=raw_body):
                 return new
             stored, _ = await self._record(workflow_id)
             if fencing_token is not None:
@@ -305,11 +306,13 @@ class NatsStateStore(StateStore):
         revision: int,
         *,
         released: int | None = None,
+        raw_body: bytes | None = None,
     ) -> bool:
         """Write the checkpoint entry (if any), then CAS the record at ``revision``: the commit.
 
         ``released``: the token of the lease this commit releases (``save_releasing``); else
-        the record keeps the token it names as released.
+        the record keeps the token it names as released. ``raw_body``: ``encode(body)``, if
+        the caller has it (the record's own fields, spliced before the private ones).
         False if the CAS lost (the entry is removed again, the caches of the workflow dropped).
         """
         cp_key = None if stored is None else stored.get("_cp")
@@ -373,7 +376,8 @@ class NatsStateStore(StateStore):
             "_cp_until": cp_until,
             "_released": released if released is not None else (stored or {}).get("_released"),
         }
-        raw = encode({**body, **private})
+        # ``body`` (the record's fields) has no key starting with "_": the objects join as bytes.
+        raw = (encode(body) if raw_body is None else raw_body)[:-1] + b"," + encode(private)[1:]
         inline = held[-1][1] if held else None
         if held:
             # The newest entry under ``_cp_inline`` (its key is ``_cp``); older ones as [key, entry] pairs.
@@ -633,11 +637,11 @@ class NatsStateStore(StateStore):
         workflow_id = record.workflow_id
         new = record.evolve(version=1, updated_at=time.time())
         body = new.to_dict()
-        encode(body)  # not JSON: fail before writing anything
+        raw_body = encode(body)  # not JSON: fail before writing anything (and the record's bytes)
         key = f"lease.{token(workflow_id)}"
         with self._errors(f"create workflow {workflow_id!r}"):
             if workflow_id not in self._leases and workflow_id not in self._records:
-                created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint)
+                created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint, raw_body)
                 if created is not None:
                     return created
             while True:
@@ -652,7 +656,8 @@ class NatsStateStore(StateStore):
             _bounded_put(self._leases, workflow_id, (lease_body, new_revision))
             lease = WorkflowLease(workflow_id, owner, int(lease_body["token"]), float(lease_body["deadline"]))
             try:
-                if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, stored_revision):
+                if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, stored_revision,
+                                     raw_body=raw_body):
                     return new, lease
                 # Created meanwhile (by an older holder, say): fence it, then report it.
                 await self._raise_fence(workflow_id, lease.fencing_token)
@@ -666,7 +671,7 @@ class NatsStateStore(StateStore):
 
     async def _create_unread(
         self, workflow_id: str, new: WorkflowRecord, body: dict[str, Any], owner: str, ttl: float,
-        checkpoint: Checkpoint | None,
+        checkpoint: Checkpoint | None, raw_body: bytes | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
         """``create_leased``'s first try, for an id with no lease key and no record: the
         stored record and the lease, or None when either key exists (nothing kept then:
@@ -679,7 +684,7 @@ class NatsStateStore(StateStore):
         _bounded_put(self._leases, workflow_id, (first, revision))
         lease = WorkflowLease(workflow_id, owner, int(first["token"]), float(first["deadline"]))
         try:
-            if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0):
+            if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0, raw_body=raw_body):
                 return new, lease
         except BaseException:
             with contextlib.suppress(Exception):

@@ -157,3 +157,29 @@ def test_jetstream_publishes_sent_together_answer_each_in_order(nats_url: str) -
     assert isinstance(wrong, nats.js.errors.APIError) and wrong.err_code in (10071, 10164)
     assert isinstance(third, replies.PubAck) and third.seq == 2
     assert isinstance(duplicate, replies.PubAck) and duplicate.duplicate and duplicate.seq == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(seq=st.integers(0, 2**63), duplicate=st.sampled_from([None, True, False]), domain=st.booleans(),
+       spaced=st.booleans(), stream=st.text(st.characters(min_codepoint=33, max_codepoint=126,
+                                                          blacklist_characters='"\\.*>'), min_size=1, max_size=20))
+def test_a_publish_answer_reads_as_json_reads_it(seq: int, duplicate: bool | None, domain: bool, spaced: bool,
+                                                 stream: str) -> None:
+    """``_ack_of`` reads the common answer without ``json.loads``: the same sequence and
+    duplicate flag as the JSON, whatever the spacing and fields; an error is still raised."""
+    import json
+
+    from nats.aio.msg import Msg
+
+    body: dict[str, object] = {"stream": stream, "seq": seq}
+    if domain:
+        body["domain"] = "hub"
+    if duplicate is not None:
+        body["duplicate"] = duplicate
+    raw = json.dumps(body, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    ack = replies._ack_of(Msg(None, data=raw))  # type: ignore[arg-type]
+    assert (ack.seq, ack.duplicate) == (seq, bool(duplicate))
+    error = json.dumps({"error": {"code": 400, "err_code": 10071, "description": "wrong last sequence: 5"},
+                        "stream": stream, "seq": 0}).encode()
+    with pytest.raises(nats.js.errors.APIError):
+        replies._ack_of(Msg(None, data=error))  # type: ignore[arg-type]
