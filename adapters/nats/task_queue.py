@@ -6,9 +6,11 @@ Layout (``<p>`` is the sanitised prefix):
   type and priority, ``<p>.tasks.<type>.<p3|m2>``, and one durable pull consumer per
   subject (``<type>-<p3>``), shared by every worker of that type. ``AckWait`` is the
   visibility timeout. A claim asks the stream which priority subjects hold messages
-  (``stream_info(subjects_filter=...)``), then pulls highest priority first with
+  (``stream_info(subjects_filter=...)``: the look), then pulls highest priority first with
   ``no_wait``; within a priority, messages of several node types are merged by stream
-  sequence, so order is FIFO by enqueue across types too.
+  sequence, so order is FIFO by enqueue across types too. Between looks (at most one per
+  ``poll_interval``) a claim reads its types' levels keys instead (below): when they list
+  one priority, it pulls there, and for one type the pull goes out with the key's read.
 * KV ``<p>_tasks``: one control record per task id: state (queued, claimed, delayed,
   done, dead, cancelled), the stream sequence of the message that carries it, the
   attempt count, the error history, the current lease (delivery) and, once settled, the
@@ -19,6 +21,14 @@ Layout (``<p>`` is the sanitised prefix):
   delivered and not acked (the consumers' ``num_ack_pending``) minus these marks (JetStream
   counts a NAKed message as unacked until its next delivery), so the hot path of a task
   (claim, ack) writes nothing for ``stats``.
+* KV ``<p>_claims`` also holds ``<type>.levels``: the priorities tasks of that type were
+  ever queued at (a JSON list, never shrinking). Every enqueue path adds its level there
+  before its first message at that level goes out, so a claim that reads the key after an
+  enqueue returned knows that level: with one level listed, pulling there is priority
+  order, and no look is needed. A claim that pulled at the level it last saw and then
+  reads a second level in the key gives those messages back (a NAK, marked, uncounted)
+  and looks. Messages a foreign producer published at a level no enqueue listed are found
+  by the next look (within ``poll_interval``); a key that is not such a list means look.
 * KV ``<p>_dead``: dead letters (``<type>.<task>``), kept until requeued.
 * Core subjects ``<p>.wake.<type>`` (a task became ready: claimers waiting stop polling)
   and ``<p>.done`` (a result was stored: ``wait_results`` wakes).
@@ -59,9 +69,9 @@ result of a task it enqueued unless an event may have been lost; other results a
 in one batched direct get.
 
 Round trips per task: enqueue 2 (publish, create record), pipelined across the tasks of
-``enqueue_many``; claim 1 (the record's CAS) plus a look (stream info), a pull and a
-record read shared by the tasks of one claim (one batched read); ack 2 (CAS with the
-result, then the confirmed ack). The result is durable (a stored KV write) before the
+``enqueue_many``; claim 1 (the record's CAS) plus the levels key's read and a pull (sent
+together; a look instead once per poll interval) and a record read, shared by the tasks
+of one claim (one batched read); ack 2 (CAS with the result, then the confirmed ack). The result is durable (a stored KV write) before the
 message is acked; a crash in between leaves the message to be redelivered, and its
 claimer sees the record ``done`` and just acks it. Requests go out through one shared
 reply subscription per client (``replies``), not nats-py's per-call machinery.
