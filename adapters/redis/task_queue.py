@@ -112,6 +112,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -219,10 +220,6 @@ class RedisTaskQueue(TaskQueue):
         # Counts close() calls: a claim waiting when the queue closes stops instead of
         # claiming again, which would open a new client that nobody closes.
         self._closes = 0
-        # Lease and operation ids: a random prefix per queue object and a counter, unique
-        # like a uuid4 each (which costs a urandom read and an object per settling call).
-        self._id_prefix = uuid.uuid4().hex[:20]
-        self._id_seq = itertools.count(1)
         self._notifier.listen(self._keys.done_channel, self._early.on_event, self._early.clear)
 
     @property
@@ -231,8 +228,8 @@ class RedisTaskQueue(TaskQueue):
         return self._connection.url
 
     def _new_id(self) -> str:
-        """A lease or operation id no other call of any queue object uses (see ``__init__``)."""
-        return f"{self._id_prefix}{next(self._id_seq):x}"
+        """A lease or operation id no other call of any queue object uses (see ``_Ids``)."""
+        return _IDS.new()
 
     def _run(self, name: str, args: list[Any], action: str) -> Awaitable[Any]:
         base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
@@ -691,6 +688,26 @@ class RedisTaskQueue(TaskQueue):
     def __repr__(self) -> str:
         return f"<RedisTaskQueue {self._connection.masked_url} prefix={self.prefix!r}>"
 
+
+class _Ids:
+    """Lease and operation ids: a random prefix per process and one counter for every queue
+    object of it, unique like a uuid4 each (which costs a urandom read and an object per
+    settling call). A forked child draws a new prefix (its counter is a copy of the parent's)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = uuid.uuid4().hex[:20]
+        self.seq = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.seq):x}"
+
+
+_IDS = _Ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_IDS.reset)
 
 # Seconds a parked registration outlives the longest sleep, and how much earlier than
 # the server's end of it this side stops counting on it (requests take time to arrive).

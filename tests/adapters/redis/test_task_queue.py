@@ -168,6 +168,37 @@ def test_lease_and_operation_ids_are_unique_across_calls_and_queue_objects(open_
     assert not set(leases) & set(ids)
 
 
+def test_a_forked_child_draws_ids_no_parent_call_draws() -> None:
+    """A queue object made before a fork (a Worker built, then its process forked) must not
+    hand out the parent's next lease ids in the child: two deliveries of one task could then
+    carry the same lease id, and a late ack would pass for the current lease's. (A fresh,
+    single-threaded interpreter forks: forking a threaded test process is unsafe.)"""
+    import subprocess
+    import sys
+
+    script = """
+import os
+from distributed_agents.adapters.redis import RedisTaskQueue
+queue = RedisTaskQueue("redis://127.0.0.1:1/0", prefix="fork")  # never connects
+drawn = []
+for _ in range(2):
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, " ".join(queue._new_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        drawn += pipe.read().split()
+drawn += [queue._new_id() for _ in range(100)]
+print(len(drawn), len(set(drawn)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["300", "300"]
+
+
 def test_every_key_lives_under_the_prefix(open_redis, redis_url: str) -> None:
     async def scenario() -> tuple[str, list[bytes]]:
         backend = await open_redis(max_attempts=1)
