@@ -382,7 +382,7 @@ class NatsStateStore(StateStore):
         if held:
             # The newest entry under ``_cp_inline`` (its key is ``_cp``); older ones as [key, entry] pairs.
             more = b",".join(b'["' + key.encode() + b'",' + entry_raw + b"]" for key, entry_raw in held[:-1])
-            raw = raw[:-1] + (b',"_cp_more":[' + more + b"]" if more else b"") + b',"_cp_inline":' + inline + b"}"
+            raw = raw[:-1] + (b',"_cp_more":[' + more + b"]" if more else b"") + b',"_cp_inline":' + held[-1][1] + b"}"
         key = f"wf.{token(workflow_id)}"
         new_revision = await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl)
         if new_revision is None:
@@ -743,6 +743,7 @@ class NatsStateStore(StateStore):
             for _ in range(10 if self._released_here.get(lease.workflow_id) != lease.fencing_token else 0):
                 # First against this store's own last write (no read); a lost CAS reads (the
                 # record too: a commit may have released the lease, see ``save_releasing``).
+                current: dict[str, Any] | None
                 if own is not None:
                     (current, revision), released = own, False
                 else:

@@ -285,11 +285,12 @@ class NatsTaskQueue(TaskQueue):
         except BaseException:
             reading.drop()
             raise
+        listed: list[int] | None
         try:
-            levels = _levels_of(kv.entry_of(await reading.reply(), _levels_key(node_type)))
+            listed = _levels_of(kv.entry_of(await reading.reply(), _levels_key(node_type)))
         except Exception:
-            levels = None  # the look decides (and raises what is wrong with the server)
-        if levels == [level]:
+            listed = None  # the look decides (and raises what is wrong with the server)
+        if listed == [level]:
             return {level: [node_type]}, {node_type: ready}
         self._level.pop(node_type, None)
         for msg in ready:
