@@ -9,6 +9,7 @@ newest checkpoint entries held in the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -354,3 +355,54 @@ def test_a_crashed_orchestrator_is_recovered_from_a_record_holding_its_newest_en
     assert before == [5, 4, 3, 2, 1, 0]  # steps 0..5 committed before the kill
     assert final["n"] == 8 and all(len(final[f"k{i}"]) == 9_000 for i in (1, 3, 5, 7))
     assert history == [(step, step or None) for step in range(8, -1, -1)]
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_a_waiting_note_and_commits_in_flight_take_turns_through_the_engine_store(url: str, durability: str) -> None:
+    """Steps on workers with none started yet: the engine notes "waiting for a worker" in the
+    record (a save of its own) while a commit may be in flight (durability="async"); once a
+    worker starts, the run completes with every step in its history and the note gone."""
+    from distributed_agents import Worker
+
+    graph = Graph(f"noted_{durability}").add_node("a").add_node("b").add_node("c")
+    graph = graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c").compile()
+
+    async def scenario() -> tuple[Any, Any, list[int], dict[str, Any]]:
+        orchestrator = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False)
+        observer = Orchestrator(backend=url)
+        worker = Worker(backend=url, capacity=2, poll_wait=0.1)
+        for name in ("a", "b", "c"):
+            worker.register_node(name, lambda s, name=name: {"seen": [*s.get("seen", []), name]})
+        serving = None
+        try:
+            await orchestrator.connect()
+            running = asyncio.ensure_future(orchestrator.execute(graph, {}, workflow_id="wf-noted",
+                                                                 durability=durability))
+            noted = None
+            for _ in range(600):
+                try:
+                    noted = (await observer.get_workflow_status("wf-noted")).waiting_for
+                except Exception:
+                    noted = None
+                if noted:
+                    break
+                await asyncio.sleep(0.02)
+            serving = asyncio.ensure_future(worker.start())
+            final = dict(await asyncio.wait_for(running, 60))
+            after = (await observer.get_workflow_status("wf-noted")).waiting_for
+            steps = [s.step for s in await observer.get_state_history("wf-noted")]
+        finally:
+            await worker.stop()
+            if serving is not None:
+                serving.cancel()
+                with contextlib.suppress(BaseException):
+                    await serving
+            await observer.close()
+            await orchestrator.close()
+        return noted, after, steps, final
+
+    noted, after, steps, final = run(scenario(), 90)
+    assert noted and "a" in str(noted)
+    assert after is None
+    assert steps == [3, 2, 1, 0]
+    assert final == {"seen": ["a", "b", "c"]}
