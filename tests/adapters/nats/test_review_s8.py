@@ -178,3 +178,44 @@ def test_a_message_given_back_many_times_as_levels_appear_is_still_claimed_once_
     order, left = run(scenario(), 60)
     assert order == [(f"p{level}", 1) for level in range(1, 6)] + [("low", 1)]
     assert left == 0
+
+
+def test_events_of_a_wide_in_process_step_arrive_whole_and_in_order_on_another_connection(nats_url: str) -> None:
+    """Forty in-process nodes in one step publish their events in the same loop passes (one
+    shared flush each): a subscriber on another connection gets every one, workflow.started
+    first and workflow.completed last, each node's start before its end."""
+    from distributed_agents import Graph, Orchestrator
+
+    width = 40
+    graph = Graph("wide_events").add_node("start", lambda s: {})
+    for i in range(width):
+        graph.add_node(f"n{i}", lambda s, i=i: {f"v{i}": i})
+        graph.add_edge("start", f"n{i}")
+        graph.set_finish_point(f"n{i}")
+    compiled = graph.set_entry_point("start").compile()
+
+    async def scenario() -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+        prefix = f"ev{uuid.uuid4().hex[:8]}"
+        url = f"{nats_url}{'&' if '?' in nats_url else '?'}prefix={prefix}"
+        watcher = await open_nats(nats_url, prefix=prefix)
+        orchestrator = Orchestrator(backend=url)
+        try:
+            subscription = await watcher.message_bus.subscribe("events.wf-wide.>")
+            final = dict(await orchestrator.execute(compiled, {}, workflow_id="wf-wide"))
+            seen: list[tuple[str, Any]] = []
+            while (message := await subscription.get(timeout=10)) is not None:
+                seen.append((str(message.data["type"]), message.data.get("node")))
+                if seen[-1][0] == "workflow.completed":
+                    break
+            await subscription.close()
+            return seen, final
+        finally:
+            await orchestrator.close()
+            await watcher.close()
+
+    seen, final = run(scenario(), 60)
+    assert final == {f"v{i}": i for i in range(width)}
+    assert seen[0][0] == "workflow.started" and seen[-1][0] == "workflow.completed"
+    for i in range(width):
+        mine = [kind for kind, node in seen if node == f"n{i}" and kind.startswith("node.")]
+        assert mine[:1] == ["node.started"] and mine[-1:] == ["node.completed"], (i, mine)
