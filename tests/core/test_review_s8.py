@@ -53,9 +53,6 @@ async def _stale_cancellation() -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="8a0852c: a node that cancels its own workflow (cancel_workflow from inside "
-                                       "the run, in the caller's task) leaves a cancellation pending on the "
-                                       "caller's task: its next await raises CancelledError with cancelling() == 0")
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_node_cancelling_its_own_workflow_leaves_no_stale_cancellation(steps: int) -> None:
     async def scenario() -> tuple[tuple[str, Any], bool, tuple[str, Any], str]:
@@ -482,3 +479,69 @@ def test_invoke_of_a_graph_whose_node_cancels_its_own_workflow_raises_workflow_c
     graph = Graph("sync_self").add_node("n", node).set_entry_point("n").set_finish_point("n").compile()
     with pytest.raises(WorkflowCancelledError):
         orchestrator.invoke(graph, {}, workflow_id="wf-sync-self")
+
+
+@pytest.mark.parametrize("target", ["wf-outer", "wf-inner"])
+def test_cancelling_either_of_two_nested_runs_in_one_task_stops_the_right_one(target: str) -> None:
+    # A node of the outer run awaits execute() of an inner workflow: both runs are driven in
+    # the caller's one task. Cancelling the outer stops both (the inner stays resumable);
+    # cancelling the inner fails the outer's node.
+    async def scenario() -> tuple[str, bool, dict[str, str]]:
+        orchestrator = _orchestrator()
+        await orchestrator.connect()
+        started, release = asyncio.Event(), asyncio.Event()
+        inner = _blocking(started, release, "inner")
+
+        async def outer_node(state: State) -> dict[str, Any]:
+            return {"got": (await orchestrator.execute(inner, {}, workflow_id="wf-inner"))["done"]}
+
+        outer = Graph("outer").add_node("o", outer_node).set_entry_point("o").set_finish_point("o").compile()
+        seen: dict[str, Any] = {}
+
+        async def caller() -> None:
+            seen["outcome"] = (await _outcome(orchestrator.execute(outer, {}, workflow_id="wf-outer")))[0]
+            seen["stale"] = await _stale_cancellation()
+
+        task = asyncio.ensure_future(caller())
+        try:
+            await started.wait()
+            assert await orchestrator.cancel_workflow(target)
+            await task
+            statuses = {w.workflow_id: w.status for w in await orchestrator.list_workflows()}
+        finally:
+            await orchestrator.close()
+        return seen["outcome"], seen["stale"], statuses
+
+    outcome, stale, statuses = run(scenario())
+    assert not stale
+    if target == "wf-outer":
+        assert outcome == "WorkflowCancelledError"
+        assert statuses == {"wf-outer": WorkflowStatus.CANCELLED, "wf-inner": WorkflowStatus.RUNNING}
+    else:
+        assert outcome == "NodeExecutionError"
+        assert statuses == {"wf-outer": WorkflowStatus.FAILED, "wf-inner": WorkflowStatus.CANCELLED}
+
+
+def test_two_cancel_workflow_calls_at_once_stop_the_run_once() -> None:
+    async def scenario() -> tuple[str, bool, list[bool]]:
+        orchestrator = _orchestrator()
+        await orchestrator.connect()
+        started, release = asyncio.Event(), asyncio.Event()
+        seen: dict[str, Any] = {}
+
+        async def caller() -> None:
+            seen["outcome"] = (await _outcome(orchestrator.execute(_blocking(started, release), {},
+                                                                   workflow_id="wf-twice")))[0]
+            seen["stale"] = await _stale_cancellation()
+
+        task = asyncio.ensure_future(caller())
+        try:
+            await started.wait()
+            answers = list(await asyncio.gather(orchestrator.cancel_workflow("wf-twice"),
+                                                orchestrator.cancel_workflow("wf-twice")))
+            await task
+        finally:
+            await orchestrator.close()
+        return seen["outcome"], seen["stale"], sorted(answers)
+
+    assert run(scenario()) == ("WorkflowCancelledError", False, [False, True])
