@@ -433,3 +433,45 @@ def test_a_node_cancelling_its_own_workflow_leaves_no_stale_cancellation_on_a_re
         return first, stale, second
 
     assert run(scenario(), 60) == ("cancelled", False, {"n": 2})
+
+
+def test_a_run_whose_connections_the_server_keeps_killing_commits_every_step_once(redis_url: str) -> None:
+    """The first attempt of a step, a commit and a create is made in place and a failed one is
+    retried (retry_after): with Redis killing every client connection again and again during
+    a 10-step run, every step is committed exactly once and the result is whole."""
+    import redis.asyncio as aioredis
+
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}prefix=kill{uuid.uuid4().hex[:8]}"
+    length = 10
+
+    async def scenario() -> tuple[dict[str, Any], list[int], int]:
+        orchestrator = Orchestrator(backend=url)
+        admin = aioredis.Redis.from_url(redis_url)
+        kills = 0
+        stop = asyncio.Event()
+
+        async def killer() -> None:
+            nonlocal kills
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+                await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+                kills += 1
+
+        try:
+            await orchestrator.connect()
+            killing = asyncio.ensure_future(killer())
+            try:
+                final = dict(await orchestrator.execute(_chain(length, "killed_chain"), {}, workflow_id="wf-kill"))
+            finally:
+                stop.set()
+                await killing
+            steps = [s.step for s in await orchestrator.get_state_history("wf-kill")]
+        finally:
+            await admin.aclose()
+            await orchestrator.close()
+        return final, steps, kills
+
+    final, steps, kills = run(scenario(), 100)
+    assert kills > 0
+    assert final == {"n": length}
+    assert steps == list(range(length, -1, -1))
