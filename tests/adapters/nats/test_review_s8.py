@@ -219,3 +219,71 @@ def test_events_of_a_wide_in_process_step_arrive_whole_and_in_order_on_another_c
     for i in range(width):
         mine = [kind for kind, node in seen if node == f"n{i}" and kind.startswith("node.")]
         assert mine[:1] == ["node.started"] and mine[-1:] == ["node.completed"], (i, mine)
+
+
+def _big_chain(length: int) -> Any:
+    from distributed_agents import Graph
+
+    graph = Graph("nats_big_chain")
+    for i in range(length):
+        size = (40_000, 10, 5_000)[i % 3]
+        graph.add_node(f"s{i}", lambda s, i=i, size=size: {"n": s.get("n", 0) + 1, f"k{i}": "z" * size})
+    graph.set_entry_point("s0")
+    for i in range(length - 1):
+        graph.add_edge(f"s{i}", f"s{i + 1}")
+    return graph.set_finish_point(f"s{length - 1}").compile()
+
+
+def test_forks_from_every_checkpoint_of_a_long_run_with_large_entries_match_the_memory_backend(nats_url: str) -> None:
+    from distributed_agents import Orchestrator
+
+    length = 7
+
+    async def forks(url: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+        orchestrator = Orchestrator(backend=url)
+        graph = _big_chain(length)
+        try:
+            await orchestrator.execute(graph, {}, workflow_id="wf-tt")
+            history = await orchestrator.get_state_history("wf-tt")
+            finals = []
+            for snapshot in history[1:]:  # every checkpoint but the last: the fork has steps left
+                fork_id = await orchestrator.fork(snapshot.checkpoint_id, workflow_id=f"fork-{snapshot.step}")
+                finals.append(dict(await orchestrator.resume(fork_id, graph)))
+            return [(s.step, s.values.get("n")) for s in history], finals
+        finally:
+            await orchestrator.close()
+
+    async def scenario() -> tuple[Any, Any]:
+        on_nats = await forks(f"{nats_url}{'&' if '?' in nats_url else '?'}prefix=tt{uuid.uuid4().hex[:8]}")
+        in_memory = await forks(f"memory://tt-{uuid.uuid4().hex[:8]}")
+        return on_nats, in_memory
+
+    on_nats, in_memory = run(scenario(), 80)
+    assert on_nats == in_memory
+    assert on_nats[0] == [(step, step or None) for step in range(length, -1, -1)]
+
+
+def test_a_completed_run_is_continued_at_once_by_another_orchestrator_then_by_the_first(nats_url: str) -> None:
+    """Each run's last commit releases its lease in the record: another orchestrator (another
+    connection) continues the completed workflow without waiting for the lease, then the first
+    one does, though a marker of an older release stays in the record."""
+    from distributed_agents import Graph, Orchestrator
+
+    graph = Graph("continued").add_node("add", lambda s: {"n": s.get("n", 0) + s.get("by", 1)})
+    graph = graph.set_entry_point("add").set_finish_point("add").compile()
+    url = f"{nats_url}{'&' if '?' in nats_url else '?'}prefix=cc{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[Any]:
+        first, second = Orchestrator(backend=url, lease_ttl=60), Orchestrator(backend=url, lease_ttl=60)
+        try:
+            values = [(await first.execute(graph, {"n": 0}, workflow_id="wf-cc"))["n"]]
+            for orchestrator in (second, first, second):
+                state = await orchestrator.execute(graph, {"by": 10}, workflow_id="wf-cc", continue_completed=True)
+                values.append(state["n"])
+            values.append(await first.backend.state_store.lease_holder("wf-cc"))
+            return values
+        finally:
+            await second.close()
+            await first.close()
+
+    assert run(scenario(), 60) == [1, 11, 21, 31, None]
