@@ -475,3 +475,54 @@ def test_a_run_whose_connections_the_server_keeps_killing_commits_every_step_onc
     assert kills > 0
     assert final == {"n": length}
     assert steps == list(range(length, -1, -1))
+
+
+def test_a_durability_exit_run_stopped_by_its_callers_timeout_writes_its_progress_then_resumes(url: str) -> None:
+    """durability="exit" writes nothing per step; a run its caller's own timeout stops writes
+    what it did when it stops (in the caller's task, which is being cancelled meanwhile), so
+    resume continues from there: the steps before the blocked one do not run again."""
+    runs: list[str] = []
+
+    async def scenario() -> tuple[str, Any, int, dict[str, Any]]:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        def step(name: str) -> Any:
+            async def node(state: State) -> dict[str, Any]:
+                runs.append(name)
+                if name == "c" and not release.is_set():
+                    started.set()
+                    await release.wait()
+                return {"seen": [*state.get("seen", []), name]}
+            return node
+
+        graph = Graph("exit_timeout").add_node("a", step("a")).add_node("b", step("b")).add_node("c", step("c"))
+        graph = graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c").compile()
+        orchestrator = Orchestrator(backend=url)
+        seen: dict[str, Any] = {}
+
+        async def caller() -> None:
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    seen["deadline"] = deadline
+                    await orchestrator.execute(graph, {}, workflow_id="wf-exit", durability="exit")
+            except TimeoutError:
+                seen["error"] = "TimeoutError"
+
+        try:
+            await orchestrator.connect()
+            task = asyncio.ensure_future(caller())
+            await started.wait()
+            seen["deadline"].reschedule(asyncio.get_running_loop().time() - 1)
+            await asyncio.wait_for(task, 30)
+            status = await orchestrator.get_workflow_status("wf-exit")
+            release.set()
+            final = dict(await orchestrator.resume("wf-exit", graph, wait_for_lease=0))
+        finally:
+            await orchestrator.close()
+        return seen.get("error", "none"), status.status, status.step, final
+
+    error, status, step, final = run(scenario(), 60)
+    assert (error, status) == ("TimeoutError", WorkflowStatus.RUNNING)
+    assert step == 2  # a and b written at the stop
+    assert final == {"seen": ["a", "b", "c"]}
+    assert runs == ["a", "b", "c", "c"]
