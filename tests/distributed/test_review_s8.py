@@ -526,3 +526,67 @@ def test_a_durability_exit_run_stopped_by_its_callers_timeout_writes_its_progres
     assert step == 2  # a and b written at the stop
     assert final == {"seen": ["a", "b", "c"]}
     assert runs == ["a", "b", "c", "c"]
+
+
+def test_a_run_whose_lease_another_orchestrator_takes_hands_its_caller_the_new_owners_result(url: str) -> None:
+    """Orchestrator A's loop stalls in a node past its lease; orchestrator B (its own thread and
+    loop) takes the workflow over and finishes it; A's renewer finds the lease lost and stops
+    its run (in A's caller's task): A's execute returns B's result, the caller's task is left
+    clean, and every step is in the history once."""
+    import threading
+    import time
+
+    b_started = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def graph() -> Graph:
+        def first(state: State) -> dict[str, Any]:
+            return {"n": 1}
+
+        async def stall(state: State) -> dict[str, Any]:
+            if threading.current_thread().name == "A":
+                time.sleep(1.2)  # blocks A's whole loop: no renewal meanwhile
+                await asyncio.Event().wait()  # stopped here once A finds its lease lost
+            return {"n": state["n"] + 1, "by": threading.current_thread().name}
+
+        g = Graph("review_takeover").add_node("first", first).add_node("stall", stall)
+        g.add_node("last", lambda s: {"n": s["n"] + 1})
+        return g.set_entry_point("first").add_edge("first", "stall").add_edge("stall", "last") \
+            .set_finish_point("last").compile()
+
+    def orchestrator_b() -> None:
+        async def main() -> None:
+            orchestrator = Orchestrator(backend=url, lease_ttl=0.4, recover=True, recovery_interval=0.05)
+            orchestrator.register_graph(graph())
+            try:
+                await orchestrator.connect()
+                b_started.set()
+                while await orchestrator.backend.state_store.get("wf-taken") is None:
+                    await asyncio.sleep(0.01)
+                outcome["b"] = dict(await orchestrator.wait("wf-taken", timeout=40))
+            finally:
+                await orchestrator.close()
+        asyncio.run(main())
+
+    def orchestrator_a() -> None:
+        async def main() -> None:
+            b_started.wait(20)
+            orchestrator = Orchestrator(backend=url, lease_ttl=0.4)
+            try:
+                outcome["a"] = dict(await orchestrator.execute(graph(), {}, workflow_id="wf-taken"))
+                outcome["stale"] = await _stale_cancellation()
+                outcome["steps"] = [s.step for s in await orchestrator.get_state_history("wf-taken")]
+            finally:
+                await orchestrator.close()
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=orchestrator_a, name="A", daemon=True),
+               threading.Thread(target=orchestrator_b, name="B", daemon=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "an orchestrator did not finish"
+    assert outcome["a"] == outcome["b"] == {"n": 3, "by": "B"}
+    assert outcome["stale"] is False
+    assert outcome["steps"] == [3, 2, 1, 0]
