@@ -63,6 +63,7 @@ from collections.abc import Callable, Mapping, Sequence
 import contextlib
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from distributed_agents.core.backoff import Outage, retry_after, until_available
@@ -354,25 +355,30 @@ class StepEngine:
                 error, cycling = _step_limit_error(graph, record, next_nodes, recent, options.step_limit)
                 await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
-            unknown = _names_outside(next_nodes, order)
+            unknown = _names_outside(next_nodes, order) if _any_outside(next_nodes, order) else None
             if unknown:
                 raise ExecutionError(
                     f"workflow {record.workflow_id!r} is at step {record.step} with node(s) "
                     f"{', '.join(map(repr, unknown))} to run, which graph {graph.name!r} does not have; "
                     "resume it with the graph it was started with"
                 )
-            before = _breakpoint_hits(breaks_before, next_nodes) if breaks_before else []
+            before = _breakpoint_hits(breaks_before, next_nodes) if breaks_before else None
             if before and not record.frontier.get("breakpoint_passed"):
                 pauses = _breakpoint_pauses(record.step, before, "before")
                 return await self._pause(record, lease, pauses, dict(record.frontier.get("pending_writes") or {}))
             if self._instrumentation is not None:
                 self._observe_step(record, next_nodes)
             # Tasks of this step that succeeded before it failed (or paused) keep their outputs.
-            done: dict[str, Mapping[str, Any]] = dict(record.frontier.get("pending_writes") or {})
+            # (Nothing made here for the usual step without them: what is made before the step's
+            # wait is kept, and visited by collections, for as long as its tasks run.)
+            pending_writes = record.frontier.get("pending_writes")
+            done: Mapping[str, Mapping[str, Any]] = dict(pending_writes) if pending_writes else _NO_OUTPUTS
             to_run = _entries_outside(entries, done) if done else entries
             try:
-                outcomes: list[NodeOutcome] = []
-                if to_run and self._inflight is None:
+                outcomes: list[NodeOutcome]
+                if not to_run:
+                    outcomes = []
+                elif self._inflight is None:
                     # Nothing in flight ("sync", "exit"): no commit to race. The first attempt is
                     # made here (no retrying coroutine per step while the backend answers).
                     try:
@@ -382,7 +388,7 @@ class StepEngine:
                         outcomes = await retry_after(
                             exc, self._run_step, graph, record, run, to_run, options,
                             what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
-                elif to_run:
+                else:
                     outcomes = await self._alongside_commit(until_available(
                         self._run_step, graph, record, run, to_run, options,
                         what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage))
@@ -1264,6 +1270,16 @@ def _in_task_order(batches: Sequence[Sequence[NodeOutcome]], task_ids: Sequence[
 
 def _names_outside(names: Sequence[str], known: Mapping[str, Any]) -> list[str]:
     return [name for name in names if name not in known]
+
+
+def _any_outside(names: Sequence[str], known: Mapping[str, Any]) -> bool:
+    for name in names:  # (a loop: no generator per step)
+        if name not in known:
+            return True
+    return False
+
+
+_NO_OUTPUTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({})  # a step without earlier outputs
 
 
 def _entries_outside(entries: Sequence[TaskEntry], keys: Mapping[str, Any]) -> list[TaskEntry]:

@@ -76,8 +76,11 @@ def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[
     (a graph that changed) come last, in the order stored.
     """
     entries = [_edge_entry(str(name)) for name in frontier.get("next", ())]
+    sends = frontier.get("sends")
+    if not sends and len(entries) < 2:
+        return entries  # one node per step (a chain), the common case: nothing to number or sort
     counts: dict[str, int] = {}
-    for send in frontier.get("sends") or ():
+    for send in sends or ():
         node = str(send["node"])
         index = counts.get(node, 0)
         counts[node] = index + 1
@@ -95,8 +98,14 @@ def read_entries(frontier: Mapping[str, Any], order: Mapping[str, int]) -> list[
 
 def frontier_nodes(frontier: Mapping[str, Any]) -> list[str]:
     """Every node the frontier's step runs, each once: edge-triggered ones, then Send targets."""
+    sends = frontier.get("sends")
+    if not sends:
+        nexts = frontier.get("next", ())
+        if len(nexts) == 1:  # one node per step (a chain): no dedup to do
+            return [str(nexts[0])]
+        return list(dict.fromkeys([str(name) for name in nexts]))
     names = [str(name) for name in frontier.get("next", ())]
-    names.extend(str(send["node"]) for send in frontier.get("sends") or ())
+    names.extend(str(send["node"]) for send in sends)
     return list(dict.fromkeys(names))
 
 

@@ -43,6 +43,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.messages import coerce_message_updates
 from distributed_agents.core.quick_init import FACTORY, quick_init
 from distributed_agents.core.registry import NodeFunction
+from distributed_agents.core.run_cancels import pending_at_start
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
 from distributed_agents.core.types import Command, command_output, interrupt_output
@@ -297,7 +298,8 @@ def cancel_requested() -> bool:
     if task is None:
         return False
     cancelling = getattr(task, "cancelling", None)
-    return True if cancelling is None else bool(cancelling() > 0)
+    # Beyond those pending when the run started in this task (core.run_cancels).
+    return True if cancelling is None else bool(cancelling() > pending_at_start(task))
 
 
 def _guarded(func: NodeFunction, *args: Any) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, Protocol, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core import run_cancels
 from distributed_agents.core.backoff import Outage, retry_after, until_available
 from distributed_agents.core.cache import NodeCache, graph_implementations
 from distributed_agents.core.dead_letters import find_dead_letter
@@ -239,12 +240,13 @@ class _Drive:
     caller sees what ``execute`` documents, not a cancellation of its own.
     """
 
-    __slots__ = ("task", "finished", "stopping", "_waiters")
+    __slots__ = ("task", "finished", "stopping", "requested", "_waiters")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.finished = False  # the run returned or raised
-        self.stopping = False  # cancel() cancelled the task (at most once)
+        self.stopping = False  # cancel() was called (it acts at most once)
+        self.requested = False  # the task was cancelled for it (settle_cancel takes that back)
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def done(self) -> bool:
@@ -256,7 +258,25 @@ class _Drive:
         if self.finished or self.stopping:
             return False
         self.stopping = True
-        return self.task.cancel()
+        if asyncio.current_task() is self.task:
+            # From inside the run itself (a node of it calling cancel_workflow): the task is
+            # running, so a cancellation now would land at its next wait, which may come
+            # after the run ended (a store that never yields), on whatever the caller does
+            # next. It is made on the loop's next pass instead, only if the run is still on.
+            self.task.get_loop().call_soon(self._cancel_if_running)
+            return True
+        self._cancel_task()
+        return True
+
+    def _cancel_if_running(self) -> None:
+        if not self.finished:
+            self._cancel_task()
+
+    def _cancel_task(self) -> None:
+        # Another task (or a callback) calls this while the run's task waits inside the run:
+        # the CancelledError lands there, at that wait.
+        self.requested = True
+        self.task.cancel()
 
     async def wait(self) -> None:
         """Return once the run is over (at once from inside the run's own task: it stops at its next wait)."""
@@ -278,7 +298,7 @@ class _Drive:
 
     def settle_cancel(self) -> bool:
         """Take back the cancellation ``cancel`` asked for; whether the task is still being cancelled by others."""
-        if not self.stopping:
+        if not self.requested:
             return False
         uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+ counts cancellation requests
         return bool(uncancel() > 0) if uncancel is not None else False
@@ -1643,10 +1663,13 @@ class Orchestrator:
         renewal = self._renewer.add(lease, drive, engine.released_lease)
         try:
             sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
+            # Cancellations the caller's task had pending already are not this run's (core.run_cancels).
+            pending = run_cancels.begin(task)
             try:
                 final = await engine.drive(graph, record, lease, options)
             finally:
                 drive.finish()
+                run_cancels.end(task, pending)
                 reset_stream_sink(sink)
                 # A stop this run asked for ends here: the caller's own cancellation (if any) goes on.
                 if drive.settle_cancel():

@@ -53,9 +53,6 @@ async def _stale_cancellation() -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="8a0852c: a node that cancels its own workflow (cancel_workflow from inside "
-                                       "the run, in the caller's task) leaves a cancellation pending on the "
-                                       "caller's task: its next await raises CancelledError with cancelling() == 0")
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_node_cancelling_its_own_workflow_leaves_no_stale_cancellation(steps: int) -> None:
     async def scenario() -> tuple[tuple[str, Any], bool, tuple[str, Any], str]:
@@ -406,11 +403,6 @@ def test_cancelling_only_the_child_fails_the_parent_node_and_not_the_caller_task
     assert statuses == [(False, WorkflowStatus.CANCELLED), (True, WorkflowStatus.FAILED)]
 
 
-@pytest.mark.xfail(strict=True, reason="8a0852c: nodes now run in the caller's task, so an execute awaited where "
-                                       "that task is already being cancelled (a cleanup in an except "
-                                       "CancelledError handler) takes a CancelledError the node raised itself "
-                                       "for a cancellation of the run: execute raises CancelledError and the "
-                                       "workflow stays running, instead of NodeExecutionError / failed")
 def test_a_node_raising_its_own_cancelled_error_fails_even_when_the_caller_task_is_being_cancelled() -> None:
     async def scenario() -> tuple[str, str]:
         orchestrator = _orchestrator()
