@@ -590,3 +590,38 @@ def test_a_run_whose_lease_another_orchestrator_takes_hands_its_caller_the_new_o
     assert outcome["a"] == outcome["b"] == {"n": 3, "by": "B"}
     assert outcome["stale"] is False
     assert outcome["steps"] == [3, 2, 1, 0]
+
+
+def test_leaving_a_sync_stream_early_leaves_the_run_free_to_resume_at_once(url: str) -> None:
+    """stream() (the sync API) drives the run in its driver task; closing the iterator after the
+    first chunk stops it with its lease released, so another orchestrator resumes it without
+    waiting, and the steps already committed do not run again."""
+    runs: list[str] = []
+
+    def node(name: str) -> Any:
+        def run_node(state: State) -> dict[str, Any]:
+            runs.append(name)
+            return {"seen": [*state.get("seen", []), name]}
+        return run_node
+
+    graph = Graph("sync_stream").add_node("a", node("a")).add_node("b", node("b")).add_node("c", node("c"))
+    graph = graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c").set_finish_point("c").compile()
+    orchestrator = Orchestrator(backend=url, lease_ttl=60)
+    chunks = orchestrator.stream(graph, {}, workflow_id="wf-sync-stream", stream_mode="updates")
+    first = next(chunks)
+    chunks.close()  # type: ignore[attr-defined]
+
+    async def resume() -> tuple[Any, dict[str, Any]]:
+        other = Orchestrator(backend=url, lease_ttl=60)
+        try:
+            await other.connect()
+            holder = await other.backend.state_store.lease_holder("wf-sync-stream")
+            return holder, dict(await other.resume("wf-sync-stream", graph, wait_for_lease=0))
+        finally:
+            await other.close()
+
+    holder, final = run(resume(), 60)
+    assert first == {"a": {"seen": ["a"]}}
+    assert holder is None
+    assert final == {"seen": ["a", "b", "c"]}
+    assert runs.count("a") == 1 and runs.count("c") == 1
