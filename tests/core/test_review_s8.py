@@ -563,3 +563,39 @@ def test_a_node_that_cancels_its_own_workflow_and_keeps_waiting_is_stopped_in_th
         return outcome, stale, reached
 
     assert run(scenario()) == ("WorkflowCancelledError", False, ["cancelled"])
+
+
+def test_a_node_of_a_fan_out_cancelling_its_own_workflow_stops_the_run_and_its_siblings() -> None:
+    # In a step of several in-process nodes each runs in a task of its own (gather): the stop
+    # comes from a task other than the run's, and must reach the caller's task and the siblings.
+    async def scenario() -> tuple[str, bool, str, list[str]]:
+        orchestrator = _orchestrator()
+        sibling_stopped: list[str] = []
+        sibling_started = asyncio.Event()
+
+        async def canceller(state: State) -> dict[str, Any]:
+            await sibling_started.wait()
+            await orchestrator.cancel_workflow("wf-fan-self")
+            return {"a": 1}
+
+        async def sibling(state: State) -> dict[str, Any]:
+            sibling_started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                sibling_stopped.append("cancelled")
+                raise
+            return {"b": 1}
+
+        graph = Graph("fan_self").add_node("start", lambda s: {}).add_node("a", canceller).add_node("b", sibling)
+        graph = graph.set_entry_point("start").add_edge("start", "a").add_edge("start", "b")
+        graph = graph.set_finish_point("a").set_finish_point("b").compile()
+        try:
+            outcome = (await _outcome(orchestrator.execute(graph, {}, workflow_id="wf-fan-self")))[0]
+            stale = await _stale_cancellation()
+            status = (await orchestrator.get_workflow_status("wf-fan-self")).status
+        finally:
+            await orchestrator.close()
+        return outcome, stale, status, sibling_stopped
+
+    assert run(scenario()) == ("WorkflowCancelledError", False, WorkflowStatus.CANCELLED, ["cancelled"])
