@@ -599,3 +599,38 @@ def test_a_node_of_a_fan_out_cancelling_its_own_workflow_stops_the_run_and_its_s
         return outcome, stale, status, sibling_stopped
 
     assert run(scenario()) == ("WorkflowCancelledError", False, WorkflowStatus.CANCELLED, ["cancelled"])
+
+
+@pytest.mark.xfail(strict=True, reason="before 28f7a5d (Orchestrator._drive's except CancelledError): when the "
+                                       "caller's own task.cancel() meets a cancel_workflow that stored CANCELLED, "
+                                       "execute raises WorkflowCancelledError and swallows the caller's "
+                                       "cancellation: the task keeps cancelling() == 1 and runs on, never cancelled")
+def test_the_callers_own_cancellation_is_not_swallowed_when_cancel_workflow_meets_it() -> None:
+    async def scenario() -> tuple[int, bool]:
+        started, release = asyncio.Event(), asyncio.Event()
+        orchestrator = _orchestrator()
+        await orchestrator.connect()
+        seen: dict[str, Any] = {}
+
+        async def caller() -> None:
+            try:
+                await orchestrator.execute(_blocking(started, release), {}, workflow_id="wf-swallow")
+            except WorkflowCancelledError:
+                pass  # the workflow's documented error; the task's own cancellation must go on
+            task = asyncio.current_task()
+            assert task is not None
+            seen["cancelling"] = task.cancelling()
+            await asyncio.sleep(0.001)  # a task being cancelled stops at its next wait
+
+        task = asyncio.ensure_future(caller())
+        try:
+            await started.wait()
+            task.cancel()
+            assert await orchestrator.cancel_workflow("wf-swallow")
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await orchestrator.close()
+        return seen["cancelling"], task.cancelled()
+
+    cancelling, cancelled = run(scenario())
+    assert cancelled, f"the caller's task ran on after its own cancel (cancelling() == {cancelling})"
