@@ -287,3 +287,31 @@ def test_a_completed_run_is_continued_at_once_by_another_orchestrator_then_by_th
             await first.close()
 
     assert run(scenario(), 60) == [1, 11, 21, 31, None]
+
+
+def test_entries_held_in_the_record_and_moved_out_later_keep_unusual_values_exact(nats_url: str) -> None:
+    """Entries held in the record are read back decoded and encoded again when they move to
+    keys of their own: values JSON carries in more than one spelling (non-ASCII, escapes, big
+    and negative numbers, floats, empty containers) must come back exactly."""
+    odd = {"text": "naïve — 日本語 🎉 \\ \" \n \t \u2028", "big": 2**63 + 7, "neg": -(2**53) - 1,
+           "float": 1.5e-300, "tiny": 5e-324, "zero": -0.0, "empty": {"a": [], "b": {}, "c": ""}}
+    states = [{"n": n, **{k: v for i, (k, v) in enumerate(odd.items()) if i <= n}} for n in range(10)]
+
+    async def scenario() -> list[Any]:
+        first = await open_nats(nats_url)
+        second = await open_nats(nats_url, prefix=first.options.prefix)
+        try:
+            version = 0
+            for step, state in enumerate(states):
+                store = (first, second)[step % 2].state_store
+                rec = WorkflowRecord("w-odd", "graph", "running", state, step=step)
+                version = (await store.save(rec, expected_version=version,
+                                            checkpoint=Checkpoint("w-odd", step, state))).version
+            return [cp.state for cp in await first.state_store.list_checkpoints("w-odd")]
+        finally:
+            await second.close()
+            await first.close()
+
+    every = run(scenario(), 60)
+    assert every == list(reversed(states))
+    assert [repr(s.get("zero")) for s in every] == [repr(s.get("zero")) for s in reversed(states)]
