@@ -8,6 +8,7 @@ claimer giving the same message back many times while new levels appear.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from typing import Any
@@ -315,3 +316,46 @@ def test_entries_held_in_the_record_and_moved_out_later_keep_unusual_values_exac
     every = run(scenario(), 60)
     assert every == list(reversed(states))
     assert [repr(s.get("zero")) for s in every] == [repr(s.get("zero")) for s in reversed(states)]
+
+
+def test_a_level_appearing_while_a_claim_waits_keeps_priority_order_for_the_claims_after_it(nats_url: str) -> None:
+    """A claimer that knows one level (0) waits on an empty queue; another connection then
+    queues two tasks at 0 and one at a new level 9 in one batch. Whatever the waiting claim
+    took (it was in flight), the claims after it take 9 before any 0 left, each task once at
+    attempt one."""
+
+    async def scenario() -> tuple[list[tuple[str, int]], int]:
+        worker = await open_nats(nats_url)
+        producer = await open_nats(nats_url, prefix=worker.options.prefix)
+        queue = worker.task_queue
+        try:
+            assert await producer.task_queue.enqueue(Task("warm", "wf", "n", "n", {}))
+            (warm,) = await queue.claim(["n"], worker_id="w", max_tasks=1)
+            await queue.ack(warm, None)
+            assert await queue.claim(["n"], worker_id="w", max_tasks=1) == []
+            waiting = asyncio.ensure_future(queue.claim(["n"], worker_id="w", max_tasks=1, wait=20))
+            await asyncio.sleep(0.05)  # the claim is waiting
+            await producer.task_queue.enqueue_many([Task("low1", "wf", "n", "n", {}), Task("low2", "wf", "n", "n", {}),
+                                                    Task("high", "wf", "n", "n", {}, priority=9)])
+            order = []
+            for claimed in await waiting:
+                order.append((claimed.task.id, claimed.attempt))
+                await queue.ack(claimed, None)
+            while True:
+                batch = await queue.claim(["n"], worker_id="w", max_tasks=1)
+                if not batch:
+                    break
+                order.append((batch[0].task.id, batch[0].attempt))
+                await queue.ack(batch[0], None)
+            stats = await queue.stats("n")
+            return order, stats.queued + stats.in_flight + stats.dead
+        finally:
+            await producer.close()
+            await worker.close()
+
+    order, left = run(scenario(), 60)
+    assert sorted(order) == [("high", 1), ("low1", 1), ("low2", 1)] and left == 0
+    after_first = [task_id for task_id, _ in order[1:]]
+    if "high" in after_first:
+        assert after_first[0] == "high", order
+    assert [t for t in after_first if t != "high"] == sorted(t for t in after_first if t != "high")  # FIFO in a level
