@@ -229,6 +229,12 @@ class _Stoppable(Protocol):
     def cancel(self) -> bool: ...
 
 
+def _cancelling(task: asyncio.Task[Any]) -> int:
+    """``task.cancelling()``: its pending cancellation requests (Python 3.11+; 0 before, which cannot count them)."""
+    cancelling = getattr(task, "cancelling", None)
+    return int(cancelling()) if cancelling is not None else 0
+
+
 class _Drive:
     """One workflow run driven inside the task that awaits it (``Orchestrator._drive``).
 
@@ -240,13 +246,14 @@ class _Drive:
     caller sees what ``execute`` documents, not a cancellation of its own.
     """
 
-    __slots__ = ("task", "finished", "stopping", "requested", "_waiters")
+    __slots__ = ("task", "finished", "stopping", "requested", "settled", "_waiters")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.finished = False  # the run returned or raised
         self.stopping = False  # cancel() was called (it acts at most once)
         self.requested = False  # the task was cancelled for it (settle_cancel takes that back)
+        self.settled = False  # its lease released and its events flushed: the run has let go of the backend
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def done(self) -> bool:
@@ -279,8 +286,10 @@ class _Drive:
         self.task.cancel()
 
     async def wait(self) -> None:
-        """Return once the run is over (at once from inside the run's own task: it stops at its next wait)."""
-        if self.finished or asyncio.current_task() is self.task:
+        """Return once the run is over and has let go of the backend (its lease released, its
+        events flushed: ``close`` may close the backend then); at once from inside the run's
+        own task (it stops at its next wait)."""
+        if self.settled or asyncio.current_task() is self.task:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._waiters is None:
@@ -289,8 +298,12 @@ class _Drive:
         await waiter
 
     def finish(self) -> None:
-        """The run is over: nothing cancels its task any more; wake whoever waits."""
+        """The run is over: nothing cancels its task any more."""
         self.finished = True
+
+    def settle(self) -> None:
+        """The run has released its lease and flushed its events: wake whoever waits."""
+        self.finished = self.settled = True
         for waiter in self._waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
@@ -1660,6 +1673,8 @@ class Orchestrator:
         assert task is not None  # asyncio runs every coroutine in a task
         # Driven here, in the caller's task (see _Drive): stopping the run cancels this task.
         drive = self._running[workflow_id] = _Drive(task)
+        callers_cancels = _cancelling(task)  # pending already (execute awaited in a cleanup): not a new cancel
+        handed_over = lease_lost = False
         renewal = self._renewer.add(lease, drive, engine.released_lease)
         try:
             sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
@@ -1675,26 +1690,41 @@ class Orchestrator:
                 if drive.settle_cancel():
                     raise asyncio.CancelledError
         except WorkflowTakenOverError:
-            # Another orchestrator owns the workflow now; the caller still gets its result.
+            # Another orchestrator owns the workflow now; the caller still gets its result
+            # (waited for below, once this run has let go of the backend).
             log.warning("workflow %r was taken over by another orchestrator; waiting for its result", workflow_id)
-            self._renewer.discard(renewal)
-            return await self.wait(workflow_id)
+            handed_over = True
         except asyncio.CancelledError:
+            if _cancelling(task) > callers_cancels:
+                # The caller's own cancellation (task.cancel(), a timeout, a TaskGroup's) met
+                # this stop: it goes on whatever the workflow's status, as asyncio's contract
+                # asks; turned into WorkflowCancelledError it would leave the task running on
+                # with a cancellation pending that nothing delivers.
+                raise
             current = await self._safe_get(workflow_id)
             if current is not None and current.status == WorkflowStatus.CANCELLED:
                 raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled") from None
-            if renewal.lost:
-                return await self._after_lease_loss(graph, workflow_id, step_limit)
-            raise
+            if not renewal.lost:
+                raise
+            lease_lost = True
         finally:
-            self._renewer.discard(renewal)
-            self._running.pop(workflow_id, None)
-            self._waiting.pop(workflow_id, None)
-            self._cancelled.discard(workflow_id)
-            if not engine.lease_released:  # the last commit released it (save_releasing)
-                await self._release(lease)
-            if self._events is not None:
-                await self._events.flush()
+            try:
+                self._renewer.discard(renewal)
+                self._running.pop(workflow_id, None)
+                self._waiting.pop(workflow_id, None)
+                self._cancelled.discard(workflow_id)
+                if not engine.lease_released:  # the last commit released it (save_releasing)
+                    await self._release(lease)
+                if self._events is not None:
+                    await self._events.flush()
+            finally:
+                # Only now may close() (which waits for this) close the backend that the
+                # release and the flush go through.
+                drive.settle()
+        if handed_over:
+            return await self.wait(workflow_id)
+        if lease_lost:
+            return await self._after_lease_loss(graph, workflow_id, step_limit)
         return _result_state(final)
 
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:

@@ -625,3 +625,59 @@ def test_leaving_a_sync_stream_early_leaves_the_run_free_to_resume_at_once(url: 
     assert holder is None
     assert final == {"seen": ["a", "b", "c"]}
     assert runs.count("a") == 1 and runs.count("c") == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis", "nats"])
+def test_close_returns_only_once_the_runs_it_stopped_released_their_leases(backend: str,
+                                                                           request: pytest.FixtureRequest) -> None:
+    """close() stops the runs it drives and then closes its backend: each stopped run's lease
+    release and event flush go through that backend, so close waits for them; before, it
+    waited only for the runs' steps to stop and closed the backend under the releases
+    (redis-py then reconnected and left a socket behind)."""
+    if backend == "memory":
+        base = f"memory://close-{uuid.uuid4().hex[:8]}"
+    else:
+        served = str(request.getfixturevalue(f"{backend}_url"))
+        base = f"{served}{'&' if '?' in served else '?'}prefix=close{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[list[str], list[Any]]:
+        orchestrator = Orchestrator(backend=base, lease_ttl=60)
+        await orchestrator.connect()
+        order: list[str] = []
+        store = orchestrator.backend.state_store
+        release, close = store.release_lease, orchestrator.backend.close
+
+        async def slow_release(lease: Any) -> Any:
+            await asyncio.sleep(0.05)  # a release that takes a while, as over a slow network
+            outcome = await release(lease)
+            order.append(f"released {lease.workflow_id}")
+            return outcome
+
+        async def recorded_close() -> None:
+            order.append("backend closed")
+            await close()
+
+        store.release_lease = slow_release  # type: ignore[method-assign]
+        orchestrator.backend.close = recorded_close  # type: ignore[method-assign]
+        pairs = [(asyncio.Event(), asyncio.Event()) for _ in range(3)]
+        callers = [asyncio.ensure_future(orchestrator.execute(_blocking(started, gate, f"close{i}"), {},
+                                                              workflow_id=f"wf-close-{i}"))
+                   for i, (started, gate) in enumerate(pairs)]
+        for started, _ in pairs:
+            await started.wait()
+        await orchestrator.close()
+        closed_at = list(order)
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        other = Orchestrator(backend=base)
+        try:
+            await other.connect()
+            holders = [await other.backend.state_store.lease_holder(f"wf-close-{i}") for i in range(3)]
+        finally:
+            await other.close()
+        assert all(isinstance(outcome, BaseException) for outcome in outcomes), outcomes
+        return closed_at, holders
+
+    closed_at, holders = run(scenario(), 60)
+    assert sorted(closed_at[:3]) == [f"released wf-close-{i}" for i in range(3)], closed_at
+    assert closed_at[3:] == ["backend closed"], closed_at
+    assert holders == [None, None, None]
