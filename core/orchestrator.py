@@ -720,7 +720,11 @@ class Orchestrator:
 
         Raises the workflow's error if it fails (``NodeExecutionError`` naming the
         node, attempts and original exception; ``StepLimitExceededError``; ...) and
-        ``WorkflowCancelledError`` if it is cancelled. The failure is also recorded
+        ``WorkflowCancelledError`` if it is cancelled (``cancel_workflow``); a
+        cancellation of the awaiting task itself (``task.cancel()``, a timeout, a
+        ``TaskGroup``) raises ``asyncio.CancelledError`` as usual, even when a
+        ``cancel_workflow`` meets it, and leaves the workflow resumable unless that
+        ``cancel_workflow`` recorded it cancelled. The failure is also recorded
         in ``get_workflow_status``. ``step_limit`` (an int >= 1, else
         ``ConfigurationError``) overrides the orchestrator's limit for this workflow.
         Conditional edges from ``START`` route ``initial_state`` before the workflow is
