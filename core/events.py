@@ -122,7 +122,7 @@ class EventPublisher:
         An event the bus says nobody would receive now (``MessageBus.may_deliver``: an
         in-process bus with no matching subscription) is not queued at all.
         """
-        channel = f"events.{workflow_id}.{kind}"  # event_channel's, inline: several per step
+        channel = event_channel(workflow_id, kind)
         if self._may_deliver is not None and not self._may_deliver(channel):
             return
         task = self._task

@@ -679,10 +679,9 @@ class Graph:
 
         As ``start``, plus the ``Send``s conditions from ``START`` return.
         """
-        self._require_compiled()
-        start = self._routing.start
-        if start is not None:  # no condition to run: a copy of the one every workflow starts with
-            return _copy_frontier(start)
+        fixed = self.fixed_start()  # no condition to run: a copy of the one every workflow starts with
+        if fixed is not None:
+            return fixed
         triggered: list[str] = list(self._routing.entry)
         sends: list[dict[str, Any]] = []
         for edge in self._routing.conditional.get(START, ()):

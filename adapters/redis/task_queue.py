@@ -111,8 +111,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -126,6 +124,7 @@ from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import BackendError, LeaseLostError, PayloadDecodeError
 from distributed_agents.core.limits import DEFAULT_MAX_PAYLOAD_BYTES, oversized_task_reason, task_bytes_limit
 from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.random_ids import random_hex
 from distributed_agents.core.ports.task_queue import (
     ClaimedTask,
     DeadLetter,
@@ -228,8 +227,9 @@ class RedisTaskQueue(TaskQueue):
         return self._connection.url
 
     def _new_id(self) -> str:
-        """A lease or operation id no other call of any queue object uses (see ``_Ids``)."""
-        return _IDS.new()
+        """A lease or operation id no other call uses: 32 random hex digits, as a uuid4's, from
+        ``core.random_ids``'s pool (fresh in a forked child; no urandom read per call)."""
+        return random_hex(16)
 
     def _run(self, name: str, args: list[Any], action: str) -> Awaitable[Any]:
         base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
@@ -689,25 +689,6 @@ class RedisTaskQueue(TaskQueue):
         return f"<RedisTaskQueue {self._connection.masked_url} prefix={self.prefix!r}>"
 
 
-class _Ids:
-    """Lease and operation ids: a random prefix per process and one counter for every queue
-    object of it, unique like a uuid4 each (which costs a urandom read and an object per
-    settling call). A forked child draws a new prefix (its counter is a copy of the parent's)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = uuid.uuid4().hex[:20]
-        self.seq = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self.prefix}{next(self.seq):x}"
-
-
-_IDS = _Ids()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_IDS.reset)
 
 # Seconds a parked registration outlives the longest sleep, and how much earlier than
 # the server's end of it this side stops counting on it (requests take time to arrive).
