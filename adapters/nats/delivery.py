@@ -49,10 +49,10 @@ async def send_ack(nc: Client, reply: str, kind: str, *, delay: float = 0.0, tim
         await replies.request(nc, reply, b"+ACK", timeout=timeout)
     elif kind == "nak":
         payload = b"-NAK" if delay <= 0 else b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
-        await nc.publish(reply, payload)
+        replies.send(nc, reply, payload)
     elif kind == "progress":
-        await nc.publish(reply, b"+WPI")
+        replies.send(nc, reply, b"+WPI")
     elif kind == "term":
-        await nc.publish(reply, b"+TERM")
+        replies.send(nc, reply, b"+TERM")
     else:  # pragma: no cover - programming error
         raise ValueError(kind)

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from distributed_agents.adapters.nats import replies
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.core.codec import decode, encode
@@ -135,7 +136,7 @@ class NatsMessageBus(MessageBus):
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
         raw = encode(dict(data))
         with nats_errors(self._conn.url, f"publish to {channel!r}"):
-            await self._conn.nc.publish(self._conn.names.bus_subject(channel), raw)
+            replies.send(self._conn.nc, self._conn.names.bus_subject(channel), raw)
             # Flush, so that when publish returns the server has routed the message: a
             # subscription made afterwards (on any connection) never receives it, and
             # one that existed before always does - the same as Redis PUBLISH. One flush
@@ -147,8 +148,9 @@ class NatsMessageBus(MessageBus):
         if not messages:
             return
         with nats_errors(self._conn.url, f"publish {len(messages)} messages"):
+            nc, subject = self._conn.nc, self._conn.names.bus_subject
             for channel, data in messages:
-                await self._conn.nc.publish(self._conn.names.bus_subject(channel), encode(dict(data)))
+                replies.send(nc, subject(channel), encode(dict(data)))
             await flush_shared(self._conn.nc)
 
     async def subscribe(self, pattern: str) -> Subscription:

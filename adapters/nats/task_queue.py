@@ -323,12 +323,12 @@ class NatsTaskQueue(TaskQueue):
 
     async def _wake(self, node_type: str) -> None:
         # Core NATS, no round trip: a lost wake-up only costs a waiting claimer one poll.
-        await self._conn.nc.publish(self._conn.names.wake_subject(node_type), b"")
+        replies.send(self._conn.nc, self._conn.names.wake_subject(node_type))
 
     async def _notify_done(self, task_id: str, result: TaskResult | None = None) -> None:
         # After the result is stored (the commit): the event may carry it, see done_events.
         self._done.record(task_id, result)
-        await self._conn.nc.publish(self._conn.names.done_subject, done_payload(task_id, result))
+        replies.send(self._conn.nc, self._conn.names.done_subject, done_payload(task_id, result))
 
     async def _give_back(self, node_type: str, lease_id: str, *, delay: float = 0.0) -> None:
         """NAK a delivery (JetStream delivers it again, after ``delay``), marked first as

@@ -183,3 +183,65 @@ def test_a_publish_answer_reads_as_json_reads_it(seq: int, duplicate: bool | Non
                         "stream": stream, "seq": 0}).encode()
     with pytest.raises(nats.js.errors.APIError):
         replies._ack_of(Msg(None, data=error))  # type: ignore[arg-type]
+
+
+_TOKENS = st.text(alphabet="abcXYZ09-_$", min_size=1, max_size=8)
+_SUBJECTS = st.lists(_TOKENS, min_size=1, max_size=4).map(".".join)
+_HEADERS = st.none() | st.dictionaries(
+    st.text(alphabet="abcXYZ-09_.", min_size=1, max_size=10),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12), max_size=3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(_SUBJECTS, st.sampled_from(["", "_INBOX.x.1"]), st.binary(max_size=40), _HEADERS),
+                min_size=1, max_size=8))
+def test_send_queues_the_bytes_publish_queues(nats_url: str, messages: list) -> None:  # type: ignore[type-arg]
+    """``send`` puts on the client's pending buffer exactly the command nats-py's ``publish``
+    puts there (subjects, reply, header values with line breaks, empty payloads), and the
+    server delivers what it sent."""
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            for subject, reply, payload, headers in messages:
+                await nc.publish(subject, payload, reply=reply, headers=headers)  # no await inside yields
+                expected = nc._pending[-1]
+                replies.send(nc, subject, payload, reply, headers)
+                assert nc._pending[-1] == expected
+            sub = await nc.subscribe("sent.one")
+            replies.send(nc, "sent.one", b"data", "", {"A": "b\r\nc"})
+            msg = await sub.next_msg(timeout=5)
+            assert msg.data == b"data" and msg.headers == {"A": "b  c"}
+        finally:
+            await nc.close()
+
+    run(scenario(), 30)
+
+
+def test_send_refuses_what_publish_refuses(nats_url: str) -> None:
+    """A bad subject or reply, a bad header name, a payload over the server's limit, a closed
+    client: the same nats-py errors, and nothing queued."""
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            cases = [
+                (("a b", b""), {}, nats.errors.BadSubjectError),
+                (("", b""), {}, nats.errors.BadSubjectError),
+                (("a", b""), {"reply": "x\r\ny"}, nats.errors.BadSubjectError),
+                (("a", b""), {"headers": {"bad name": "v"}}, nats.errors.BadHeaderError),
+                (("a", b"x" * (nc.max_payload + 1)), {}, nats.errors.MaxPayloadError),
+            ]
+            for (subject, payload), extra, error in cases:
+                pending = list(nc._pending)
+                with pytest.raises(error):
+                    await nc.publish(subject, payload, **extra)
+                with pytest.raises(error):
+                    replies.send(nc, subject, payload, extra.get("reply", ""), extra.get("headers"))
+                assert nc._pending == pending
+        finally:
+            await nc.close()
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await nc.publish("a", b"")
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            replies.send(nc, "a", b"")
+
+    run(scenario(), 30)

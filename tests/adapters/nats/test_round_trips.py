@@ -1,10 +1,12 @@
 """Round trips to NATS per workflow and per fan-out task, counted on the real connections.
 
-Every message a client sends goes through its connection's ``publish``: one with a reply
-subject is a request the client waits for (a JetStream publish or API call, a direct
-get, a pull, an ack confirmation): a round trip; so is a ``flush`` (PING/PONG). One
-without a reply (events, wake-ups, done events, naks) costs none. The test wraps
-``publish`` and ``flush`` of each backend's client to count them, and lengthens the
+Every message a client sends leaves through its connection's transport as a protocol
+command: a ``PUB``/``HPUB`` with a reply subject is a request the client waits for (a
+JetStream publish or API call, a direct get, a pull, an ack confirmation): a round trip;
+so is a ``PING`` (a flush). One without a reply (events, wake-ups, done events, naks)
+costs none. The test reads the commands each backend's client writes to its socket (the
+adapter queues some without nats-py's ``publish``, so they are counted where every
+path meets), and lengthens the
 periodic safety polls (worker heartbeat, claim and result polls, lease renewal) so that
 only the work under test is counted: the figures are counts, not timings.
 """
@@ -45,28 +47,41 @@ def _kind(subject: str) -> str:
 
 
 class Meter:
-    """Counts what one backend's client sends while ``on``."""
+    """Counts the commands one backend's client writes to its socket while ``on``."""
 
     def __init__(self, backend: NatsBackend) -> None:
         self.round_trips: Counter[str] = Counter()
         self.one_way: Counter[str] = Counter()
         self.on = False
-        nc = backend.connection.nc
-        publish, flush = nc.publish, nc.flush
+        transport = backend.connection.nc._transport
+        write, writelines = transport.write, transport.writelines
 
-        async def counted_publish(subject: str, payload: bytes = b"", reply: str = "",
-                                  headers: dict[str, str] | None = None) -> None:
-            if self.on:
-                (self.round_trips if reply else self.one_way)[_kind(subject)] += 1
-            await publish(subject, payload, reply=reply, headers=headers)
+        def counted_write(data: bytes) -> Any:
+            self._count(bytes(data))
+            return write(data)
 
-        async def counted_flush(timeout: int = 10) -> None:
-            if self.on:
-                self.round_trips["flush"] += 1
-            await flush(timeout)
+        def counted_writelines(chunks: list[bytes]) -> Any:
+            self._count(b"".join(bytes(chunk) for chunk in chunks))
+            return writelines(chunks)
 
-        nc.publish = counted_publish  # type: ignore[method-assign]
-        nc.flush = counted_flush  # type: ignore[method-assign]
+        transport.write = counted_write
+        transport.writelines = counted_writelines
+
+    def _count(self, data: bytes) -> None:
+        """Read the protocol commands in ``data`` (whole commands: the client writes no partial ones)."""
+        while data:
+            line, _, data = data.partition(b"\r\n")
+            op, *args = line.decode().split()
+            if op == "PING":
+                if self.on:
+                    self.round_trips["flush"] += 1
+            elif op in ("PUB", "HPUB"):
+                # PUB <subject> [reply] <size>; HPUB <subject> [reply] <header size> <total size>
+                sizes = 1 if op == "PUB" else 2
+                subject, reply = args[0], (args[1] if len(args) == sizes + 2 else "")
+                data = data[int(args[-1]) + 2:]
+                if self.on:
+                    (self.round_trips if reply else self.one_way)[_kind(subject)] += 1
 
     def reset(self) -> None:
         self.round_trips.clear()
