@@ -90,11 +90,13 @@ STREAM_FLUSH_TIMEOUT = 5.0
 F = TypeVar("F", bound=NodeFunction)
 
 
+# Seconds stop() lets a task finish the settling call (ack, nack, release) it is in before
+# cancelling it: such a task is not cancelled with the others (see Worker._settle).
+SETTLE_ON_STOP = 5.0
 # Loop rounds a quick node's task is given from its start to its ack's write before the next
-# claim is sent (see _claim_loop): the task's first run, the shielded settling call's task and
-# the backend's batched send (which writes at once on a connection it keeps) each take one;
-# two more for a node that awaits something quick.
-_SETTLE_HOPS = 5
+# claim is sent (see _claim_loop): the task's first run and a backend's batched send (Redis
+# writes a lone ack at once) each take one; two more for a node that awaits something quick.
+_SETTLE_HOPS = 4
 
 
 def _after_rounds(rounds: int, done: asyncio.Future[None]) -> None:
@@ -229,6 +231,8 @@ class Worker:
         self._owns_backend = not isinstance(backend, Backend)
         self._stopping: asyncio.Event | None = None  # created on the serving loop
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
+        # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
+        self._settling: set[asyncio.Task[Any]] = set()
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
         # Threads of cancelled plain-function nodes that have not returned yet: each
         # still uses a capacity slot, though its task is settled.
@@ -341,8 +345,14 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             for task in list(self._running):
-                self._cancel_reasons[task] = "worker stopped"
-                task.cancel()
+                if task not in self._settling:
+                    self._cancel_reasons[task] = "worker stopped"
+                    task.cancel()
+            settling = [task for task in self._running if task in self._settling]
+            if settling:  # their ack, nack or release is under way: let it land (bounded)
+                await asyncio.wait(settling, timeout=SETTLE_ON_STOP)
+                for task in settling:
+                    task.cancel()
             await asyncio.gather(*helpers, *self._running, return_exceptions=True)
             reset_stream_sink(sink)
             with contextlib.suppress(Exception):
@@ -483,8 +493,9 @@ class Worker:
             return
         _, late = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
         for task in late:
-            self._cancel_reasons[task] = "worker stopped"
-            task.cancel()
+            if task not in self._settling:  # (a settling one is about to end: start() waits for it)
+                self._cancel_reasons[task] = "worker stopped"
+                task.cancel()
 
     async def _heartbeat(self, info: WorkerInfo) -> None:
         """Heartbeat every interval; when the slot usage changed, re-register with it instead."""
@@ -518,7 +529,8 @@ class Worker:
         async for message in subscription:
             workflow_id = message.data.get("workflow_id")
             for task, claim in list(self._running.items()):
-                if claim.task.workflow_id == workflow_id:
+                # A task settling already ends by itself (its result, for a workflow that no longer waits).
+                if claim.task.workflow_id == workflow_id and task not in self._settling:
                     self._cancel_reasons[task] = "workflow cancelled"
                     task.cancel()
 
@@ -699,9 +711,17 @@ class Worker:
         is a bug (in an adapter, or a result the backend cannot store): it is logged
         with its traceback and the task is dead-lettered with that reason, so the
         workflow learns of it at once instead of after every attempt's lease expiry.
+
+        The call is not interrupted by the worker's own cancellations (a cancelled workflow,
+        stop()): they skip a task while it settles (``_settling``), and stop() waits up to
+        ``SETTLE_ON_STOP`` for it. (Not ``asyncio.shield``: its task would cost every ack a
+        loop round before the ack is even sent.)
         """
+        task = asyncio.current_task()
+        if task is not None:
+            self._settling.add(task)
         try:
-            await asyncio.shield(self._until_settled(operation, claim))
+            await self._until_settled(operation, claim)
             return True
         except LeaseLostError:
             self._lease_lost_before_settling(claim)
@@ -713,8 +733,7 @@ class Worker:
             log.error("task %s node %r: settling raised %s; dead-lettering the task with that reason",
                       claim.task.id, claim.task.node, type(exc).__name__, exc_info=exc)
             try:
-                await asyncio.shield(self._until_settled(
-                    lambda: self.backend.task_queue.nack(claim, reason, final=True), claim))
+                await self._until_settled(lambda: self.backend.task_queue.nack(claim, reason, final=True), claim)
                 self.stats.failed += 1
             except LeaseLostError:
                 self._lease_lost_before_settling(claim)
@@ -722,6 +741,9 @@ class Worker:
                 log.error("task %s node %r could not be dead-lettered either (%s: %s); it will be re-delivered "
                           "after its lease", claim.task.id, claim.task.node, type(second).__name__, second,
                           exc_info=second)
+        finally:
+            if task is not None:
+                self._settling.discard(task)
         return False
 
     def _until_settled(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> Awaitable[Any]:

@@ -241,6 +241,30 @@ class ScriptBatcher:
         """The reply of ``script`` run with ``keys`` and ``args``, sent with the others of this tick."""
         return await self.submit(script, keys, args)
 
+    async def run_now(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """As ``run``, but written at once, by this call, when the batcher is idle (nothing
+        queued, no write awaiting its replies): a worker's lone ack then leaves as soon as
+        its node returned, not a loop round later. Otherwise it joins this tick's write, as
+        ``run``: while a write is under way the calls of the tick still go out together (a
+        worker finishing many tasks at once sends their acks in one write after the first).
+
+        Only for calls that need no order with the other calls of their tick (a write of
+        the next round, on another connection, may reach the server first or second).
+        """
+        if self._pending or self._sending:
+            return await self.submit(script, keys, args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._sending.add(future)  # ``drain`` waits for it as for a batch's send
+        try:
+            await self._send_guarded([(script, keys, args, future)])
+        finally:
+            self._sending.discard(future)
+        if future.cancelled():  # ``drain`` gave up on it: as for the calls of a batch it gives up on
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError("the connection was closed while this call was being sent")
+        return future.result()
+
     def submit(self, script: Any, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         """Queue ``script`` (None: ``args`` is a plain command, name first) for this tick's write.
 

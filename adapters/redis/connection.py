@@ -420,11 +420,14 @@ class RedisConnection:
             script = self._scripts[name] = client.register_script(source)
         return script
 
-    async def run_script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Any:
+    async def run_script(self, name: str, source: str, keys: list[str], args: list[Any], action: str, *,
+                         now: bool = False) -> Any:
         """Run a Lua script with ``EVALSHA`` (one round trip once the server knows it).
 
         Calls made in the same event-loop tick (many workflows committing at once) go out
-        as one pipeline (``batching``); each still gets its own reply or error.
+        as one pipeline (``batching``); each still gets its own reply or error. ``now``: a
+        call that needs no order with the others of its tick is written at once when
+        nothing else is being sent (``ScriptBatcher.run_now``).
         """
         script = self.script(name, source)
         if self.cluster:
@@ -438,6 +441,8 @@ class RedisConnection:
         if self._batcher is None:
             self._batcher = ScriptBatcher(self.client)
         with redis_errors(self.url, action):
+            if now:
+                return await self._batcher.run_now(script, keys, args)
             return await self._batcher.run(script, keys, args)
 
     async def run_commands(self, commands: list[list[Any]], action: str) -> list[Any]:

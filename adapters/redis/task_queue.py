@@ -231,11 +231,13 @@ class RedisTaskQueue(TaskQueue):
         ``core.random_ids``'s pool (fresh in a forked child; no urandom read per call)."""
         return random_hex(16)
 
-    def _run(self, name: str, args: list[Any], action: str) -> Awaitable[Any]:
+    def _run(self, name: str, args: list[Any], action: str, now: bool = False) -> Awaitable[Any]:
         base = [self._keys.prefix, self.max_attempts, _ms(self.result_ttl)]
         # KEYS names one key of the prefix's slot: on a cluster it routes the script there. The
         # connection's coroutine is returned for the caller to await: no coroutine layer of its own.
-        return self._connection.run_script(name, _SCRIPTS[name], [self._keys.route], base + args, action)
+        # ``now``: a settling call (ack, nack, release) of one task, ordered with nothing else
+        # of its tick, is written at once when the connection is idle (``RedisConnection.run_script``).
+        return self._connection.run_script(name, _SCRIPTS[name], [self._keys.route], base + args, action, now=now)
 
     # -- producing -------------------------------------------------------------------
 
@@ -507,6 +509,7 @@ class RedisTaskQueue(TaskQueue):
             "ack",
             [claim.task.id, claim.lease_id, self._new_id(), raw],
             f"ack task {claim.task.id!r}",
+            now=True,
         )
         if int(outcome) < 0:
             raise self._lost(claim)
@@ -521,6 +524,7 @@ class RedisTaskQueue(TaskQueue):
                 "nack",
                 [claim.task.id, claim.lease_id, self._new_id(), str(error), delay_ms, "1" if final else "0"],
                 f"nack task {claim.task.id!r}",
+                now=True,
             )
         )
         if outcome < 0:
@@ -532,7 +536,7 @@ class RedisTaskQueue(TaskQueue):
     async def release(self, claim: ClaimedTask) -> None:
         """Give the task back without counting the attempt; ``LeaseLostError`` if lost."""
         outcome = await self._run(
-            "release", [claim.task.id, claim.lease_id, self._new_id()], f"release task {claim.task.id!r}"
+            "release", [claim.task.id, claim.lease_id, self._new_id()], f"release task {claim.task.id!r}", now=True
         )
         if int(outcome) < 0:
             raise self._lost(claim)

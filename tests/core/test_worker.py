@@ -172,6 +172,44 @@ def test_cancel_reaches_tasks_running_on_a_worker() -> None:
     run(scenario())
 
 
+def test_an_ack_under_way_is_not_interrupted_by_its_workflows_cancel_or_by_stop() -> None:
+    """A task settling its result finishes the settling call: a cancel of its workflow and a
+    stop() arriving meanwhile leave it alone, and the stats count it as succeeded."""
+    worker = Worker(poll_wait=0.05)
+    worker.register_node("quick", lambda state: {"ok": 1})
+    backend = open_backend("memory://")
+    queue = worker.backend.task_queue
+    acking, gate = asyncio.Event(), asyncio.Event()
+    passing = queue.ack
+
+    async def gated(claim: Any, output: Any) -> None:
+        acking.set()
+        await gate.wait()
+        await passing(claim, output)
+
+    queue.ack = gated  # type: ignore[method-assign]
+
+    async def scenario() -> Any:
+        listener = await backend.message_bus.subscribe("control.cancel")
+        serving = asyncio.ensure_future(worker.start())
+        await backend.task_queue.enqueue(Task("t-settling", "wf-settling", "quick", "quick", {"state": {}}))
+        await acking.wait()
+        await backend.message_bus.publish("control.cancel", {"workflow_id": "wf-settling"})
+        assert await listener.get(timeout=5) is not None
+        stopping = asyncio.ensure_future(worker.stop(grace=0))
+        for _ in range(20):  # the worker's own listener and stop() have had their turns
+            await asyncio.sleep(0)
+        gate.set()
+        await stopping
+        await serving
+        await listener.close()
+        return await backend.task_queue.get_result("t-settling")
+
+    result = run(scenario())
+    assert result is not None and result.status == "succeeded"
+    assert (worker.stats.succeeded, worker.stats.released) == (1, 0)
+
+
 def test_a_listed_type_without_a_function_is_refused_at_start() -> None:
     worker = Worker(node_types={"a", "b"})
     worker.register_node("a", lambda s: None)

@@ -318,3 +318,55 @@ def test_a_batch_larger_than_the_socket_buffer_is_written_whole() -> None:
         good, round_trips = run(scenario(server.url), 60)
     assert good == 200
     assert round_trips == 2  # the warm-up, then the 200 calls in one write
+
+
+def test_a_call_sent_now_on_an_idle_connection_is_written_in_its_callers_loop_round(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``run_script(now=True)``: a lone call (a worker's ack) is written by the call itself, not a
+    loop round later; calls of the same tick made while it is under way share the next write."""
+    from distributed_agents.adapters.redis import batching
+
+    rounds = [0]
+    written_in: list[int] = []
+    passing = batching._round_trip
+
+    async def recorded(connection, packed, count):  # type: ignore[no-untyped-def]
+        written_in.append(rounds[0])
+        return await passing(connection, packed, count)
+
+    monkeypatch.setattr(batching, "_round_trip", recorded)
+
+    def tick() -> None:
+        rounds[0] += 1
+        asyncio.get_running_loop().call_soon(tick)
+
+    async def scenario(url: str) -> tuple[list[str], list[int], int, list[str]]:
+        connection = RedisConnection(url)
+        meter = redis_asyncio.Redis.from_url(url)
+        try:
+            await connection.run_script("echo", _ECHO, [], ["warm"], "warm up", now=True)
+            asyncio.get_running_loop().call_soon(tick)
+            await asyncio.sleep(0)
+            written_in.clear()
+            assert connection._batcher is not None
+            writes = connection._batcher.round_trips
+            now = rounds[0]
+            lone = await connection.run_script("echo", _ECHO, [], ["lone"], "a lone call", now=True)
+            assert written_in == [now]  # written before the loop ran again
+            burst = await asyncio.gather(*(connection.run_script("echo", _ECHO, [], [str(i)], "echo", now=True)
+                                           for i in range(10)))
+            batches = connection._batcher.round_trips - writes
+            await meter.script_flush()  # the server lost its scripts: a call sent now loads it again
+            again = await connection.run_script("echo", _ECHO, [], ["again"], "after a flush", now=True)
+            return ([lone.decode(), *(b.decode() for b in burst)], written_in[:3], batches,
+                    [again.decode()])
+        finally:
+            await meter.aclose()
+            await connection.close()
+
+    with RedisServer() as server:
+        replies, written, batches, again = run(scenario(server.url), 60)
+    assert replies == ["lone", *map(str, range(10))]
+    # The lone call, then the burst: its first call alone, the other nine together.
+    assert batches == 3
+    assert written[2] == written[1] + 1  # the first call of the burst at once, the rest in the next round
+    assert again == ["again"]

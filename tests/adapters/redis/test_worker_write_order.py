@@ -79,3 +79,58 @@ def test_a_quick_nodes_ack_is_written_before_the_next_claim(monkeypatch: pytest.
         steps = each.split()
         # Each task: its ack, and only then the claim that parks the worker again.
         assert steps[:2] == ["ack", "claim"], order
+
+
+def test_a_quick_nodes_ack_is_written_in_the_loop_round_its_node_returned_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settling task and no batching round between a node's return and its ack's write."""
+    rounds = [0]
+    returned_in: list[int] = []
+    acked_in: list[int] = []
+
+    def tick() -> None:
+        rounds[0] += 1
+        asyncio.get_running_loop().call_soon(tick)
+
+    registry = NodeRegistry()
+
+    @registry.register("quick")
+    async def quick(state: State) -> dict[str, Any]:
+        returned_in.append(rounds[0])
+        return {"ok": 1}
+
+    passing = batching._round_trip
+
+    async def recorded(connection: Any, packed: bytes, count: int) -> list[Any]:
+        if _ACK_SHA in packed:
+            acked_in.append(rounds[0])
+        return await passing(connection, packed, count)
+
+    monkeypatch.setattr(batching, "_round_trip", recorded)
+
+    async def scenario(url: str) -> None:
+        prefix = f"wr{uuid.uuid4().hex[:8]}"
+        options = BackendOptions.from_url(url, prefix=prefix, heartbeat_ttl=600)
+        worker_backend, producer = open_redis_backend(url, options), open_redis_backend(url, options)
+        worker = Worker(["quick"], capacity=4, backend=worker_backend, registry=registry, worker_id="w1",
+                        heartbeat_interval=300, poll_wait=3)
+        serving = asyncio.ensure_future(worker.start())
+        asyncio.get_running_loop().call_soon(tick)
+        try:
+            await producer.connect()
+            for index in range(5):  # the first loads the scripts: not counted
+                await asyncio.sleep(0.1)  # the worker is idle again
+                task = Task(f"t{index}", "wf", "n", "quick", {"v": 1, "step": 0, "state": {}})
+                await producer.task_queue.enqueue(task)
+                while not await producer.task_queue.wait_results([task.id], timeout=5):
+                    pass
+        finally:
+            await worker.stop()
+            await serving
+            await producer.close()
+            await worker_backend.close()
+
+    with RedisServer() as server:
+        run(scenario(server.url), 90)
+    acked_in = sorted(set(acked_in))[-4:]  # (the first ack is sent twice: NOSCRIPT, then loaded)
+    assert len(returned_in) == 5
+    assert acked_in == returned_in[1:]
