@@ -31,7 +31,7 @@ from distributed_agents.core.ports.task_queue import TaskResult
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["INLINE_LIMIT", "DoneEvents", "done_payload", "parse_done"]
+__all__ = ["INLINE_LIMIT", "DoneEvents", "done_payload", "done_payload_raw", "parse_done"]
 
 # Results whose JSON is longer than this go out without the result (waiters read it).
 INLINE_LIMIT = 32 * 1024
@@ -44,6 +44,12 @@ def done_payload(task_id: str, result: TaskResult | None) -> bytes:
         if len(raw) <= INLINE_LIMIT:
             return raw
     return encode({"id": task_id})
+
+
+def done_payload_raw(task_id: str, raw_result: bytes) -> bytes:
+    """``done_payload`` for a result already encoded (``encode(result.to_dict())``): the same bytes."""
+    raw = b'{"id":' + encode(task_id) + b',"result":' + raw_result + b"}"
+    return raw if len(raw) <= INLINE_LIMIT else encode({"id": task_id})
 
 
 def parse_done(data: bytes) -> tuple[str, TaskResult | None]:
@@ -156,6 +162,10 @@ class DoneEvents:
 
     def _on_message(self, msg: Msg) -> None:
         self.record(*parse_done(msg.data))
+
+    def wants(self, task_id: str) -> bool:
+        """Whether ``record(task_id, ...)`` would keep or hand on anything (an expected id, a waiter's)."""
+        return task_id in self._entries or any(task_id in waiter.ids for waiter in self._waiters)
 
     def record(self, task_id: str, result: TaskResult | None) -> None:
         """An event came (or this process stored the result itself: its own event is then

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "cas_many", "count", "entry_of", "get", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
+__all__ = ["Entry", "cas", "cas_answer", "cas_many", "cas_request", "count", "entry_of", "get", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
 
+# The header of a CAS (nats-py's ``api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE``).
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 # JetStream's "wrong last sequence" error codes.
 _WRONG_LAST = (10071, 10164)
 # Keys per multi_last request, and messages per batch request (the server caps both).
@@ -163,6 +165,26 @@ async def cas(
             return None
         raise
     return ack.seq
+
+
+def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, dict[str, str]]:
+    """``cas``'s publish as (subject, payload, headers), for ``replies.js_publish_chain``; its
+    answer reads with ``cas_answer``."""
+    return _subject(kv, key), value, {_EXPECTED_LAST: str(last), **ttl_header(ttl)}
+
+
+def cas_answer(answer: Any) -> int | None:
+    """What ``cas`` returns for the answer to ``cas_request``'s publish (a ``PubAck``, a reply
+    message, or an exception): the new revision, None if the CAS lost; raises other errors."""
+    import nats.js.errors
+
+    if not isinstance(answer, (replies.PubAck, Exception)):
+        answer = replies.pub_ack_of(answer)
+    if isinstance(answer, nats.js.errors.APIError) and answer.err_code in _WRONG_LAST:
+        return None
+    if isinstance(answer, Exception):
+        raise answer
+    return answer.seq
 
 
 async def cas_many(

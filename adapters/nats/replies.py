@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish", "js_publish_many", "request", "send",
-           "start"]
+__all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
+           "pub_ack_of", "request", "send", "start"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
@@ -68,7 +68,7 @@ class _Inbox:
         self.counter = itertools.count(1)
         self.lock = asyncio.Lock()
         # token -> (loop time after which it times out, the future that then fails).
-        self.deadlines: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        self.deadlines: dict[str, tuple[float, asyncio.Future[Any] | _Slot]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
         # Pulls (see ``collect``): a subscription of their own, one pull at a time.
         self.pull_prefix = ""
@@ -122,7 +122,7 @@ class _Inbox:
         self.waiting[token] = handler
         return token, self.prefix + token
 
-    def expire(self, token: str, future: asyncio.Future[Any], timeout: float) -> None:
+    def expire(self, token: str, future: asyncio.Future[Any] | _Slot, timeout: float) -> None:
         """Fail ``future`` with nats-py's TimeoutError once ``timeout`` seconds passed (give
         or take ``_SWEEP``) unless ``close(token)`` came first."""
         loop = future.get_loop()
@@ -235,11 +235,11 @@ def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", header
     flusher, queue = nc._flusher_task, nc._flush_queue  # noqa: SLF001
     if flusher is None or flusher.done() or queue is None:
         # nats-py writes inline then too (its flusher was cancelled from outside).
-        nc._transport.writelines(nc._pending[:])  # noqa: SLF001
+        nc._transport.writelines(nc._pending[:])  # type: ignore[union-attr]  # noqa: SLF001
         nc._pending = []  # noqa: SLF001
         nc._pending_data_size = 0  # noqa: SLF001
     elif queue.empty():
-        queue.put_nowait(_KICK)
+        queue.put_nowait(_KICK)  # type: ignore[arg-type]
 
 
 class Direct:
@@ -279,7 +279,7 @@ async def _inbox(nc: Client) -> _Inbox:
     return inbox
 
 
-def _time_out(future: asyncio.Future[Any]) -> None:
+def _time_out(future: asyncio.Future[Any] | _Slot) -> None:
     import nats.errors
 
     if not future.done():
@@ -387,24 +387,116 @@ async def js_publish_many(nc: Client, items: Sequence[tuple[str, bytes, dict[str
     gathering ``js_publish`` calls, without a task per publish. An error sending (the
     connection closed) is raised: then some items may have been sent, as with gather.
     """
+    return [first for first, _ in await js_publish_chain(nc, items, timeout=timeout)]
+
+
+async def js_publish_chain(
+    nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
+    follow: Callable[[int, PubAck], Any] | None = None, *, timeout: float = 5.0,
+) -> list[tuple[PubAck | Exception, Msg | Exception | None]]:
+    """``js_publish_many``, each publish optionally followed by a second request sent as soon
+    as its answer comes, from the client's reader (no task woken in between): for item
+    ``i`` whose publish was stored, ``follow(i, ack)`` returns the request to send next
+    (subject, payload, headers) or None. Returns, per item, in order: the publish's
+    ``PubAck`` (or the exception ``js_publish`` would raise) and the follow-up's reply
+    (a message, the exception ``request`` would raise for it - a timeout, no responders -
+    or what ``follow`` raised), None when none was sent. The caller wakes once, when every
+    answer is in. ``follow`` runs in the reader: it must not block.
+    """
     inbox = await _inbox(nc)
-    loop = asyncio.get_running_loop()
-    futures: list[asyncio.Future[Msg]] = []
-    tokens: list[str] = []
+    batch = _Batch(asyncio.get_running_loop().create_future(), len(items), follow)
     try:
-        for subject, payload, headers in items:
-            future: asyncio.Future[Msg] = loop.create_future()
-            token, reply = inbox.open(functools.partial(_answer, future))
-            tokens.append(token)
-            futures.append(future)
-            inbox.expire(token, future, timeout)
+        for index, (subject, payload, headers) in enumerate(items):
+            slot = _Slot(batch, index, nc, inbox, timeout)
+            batch.slots.append(slot)
+            token, reply = inbox.open(slot.on_reply)
+            slot.token = token
+            inbox.expire(token, slot, timeout)
             send(nc, subject, payload, reply, headers)
-        if futures:
-            await asyncio.wait(futures)
+        if batch.left:
+            await batch.waiter
     finally:
-        for token in tokens:
-            inbox.close(token)
-    return [_pub_ack(future) for future in futures]
+        for slot in batch.slots:
+            inbox.close(slot.token)
+    return [(slot.first, slot.second) for slot in batch.slots]  # type: ignore[misc]
+
+
+class _Batch:
+    """The requests of one ``js_publish_chain`` call: ``waiter`` completes when ``left`` is 0."""
+
+    __slots__ = ("follow", "left", "slots", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[None], left: int, follow: Callable[[int, PubAck], Any] | None) -> None:
+        self.waiter, self.left, self.follow = waiter, left, follow
+        self.slots: list[_Slot] = []
+
+    def settled(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _Slot:
+    """One item of a ``_Batch``: stands in for a request's future in the inbox (its handler
+    and its deadline: ``done``, ``set_exception``, ``get_loop``)."""
+
+    __slots__ = ("batch", "first", "following", "inbox", "index", "is_done", "nc", "second", "timeout", "token")
+
+    def __init__(self, batch: _Batch, index: int, nc: Client, inbox: _Inbox, timeout: float) -> None:
+        self.batch, self.index, self.nc, self.inbox, self.timeout = batch, index, nc, inbox, timeout
+        self.first: PubAck | Exception | None = None
+        self.second: Msg | Exception | None = None
+        self.following = self.is_done = False
+        self.token = ""
+
+    def done(self) -> bool:
+        return self.is_done
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.batch.waiter.get_loop()
+
+    def set_exception(self, error: BaseException) -> None:
+        """A deadline passed (the inbox's sweeper): the request waited for fails with ``error``."""
+        if self.is_done:
+            return
+        if self.following:
+            self.second = error if isinstance(error, Exception) else Exception(str(error))
+        else:
+            self.first = error if isinstance(error, Exception) else Exception(str(error))
+        self._settle()
+
+    def _settle(self) -> None:
+        self.is_done = True
+        self.batch.settled()
+
+    def on_reply(self, msg: Msg) -> None:
+        import nats.errors
+
+        if self.is_done:
+            return
+        if self.following:
+            self.second = nats.errors.NoRespondersError() if msg.headers and msg.headers.get("Status") == "503" else msg
+            self._settle()
+            return
+        self.first = pub_ack_of(msg)
+        follow = self.batch.follow
+        if follow is None or not isinstance(self.first, PubAck):
+            self._settle()
+            return
+        try:
+            request = follow(self.index, self.first)
+            if request is None:
+                self._settle()
+                return
+            subject, payload, headers = request
+            self.inbox.close(self.token)
+            self.following = True
+            self.token, reply = self.inbox.open(self.on_reply)
+            self.inbox.expire(self.token, self, self.timeout)
+            send(self.nc, subject, payload, reply, headers)
+        except Exception as error:  # what follow (or sending) raised is this item's second answer
+            self.second = error
+            self._settle()
 
 
 def _answer(future: asyncio.Future[Msg], msg: Msg) -> None:
@@ -412,20 +504,15 @@ def _answer(future: asyncio.Future[Msg], msg: Msg) -> None:
         future.set_result(msg)
 
 
-def _pub_ack(future: asyncio.Future[Msg]) -> PubAck | Exception:
-    """What ``js_publish`` returns (or raises) for the reply ``future`` holds."""
-    import nats.errors
+def pub_ack_of(msg: Msg) -> PubAck | Exception:
+    """What ``js_publish`` returns (or raises) for its reply ``msg``."""
     import nats.js.errors
 
-    error = future.exception()
-    if error is not None:
-        return error if isinstance(error, Exception) else nats.errors.Error(str(error))
-    msg = future.result()
     if msg.headers and msg.headers.get("Status") == "503":
         return nats.js.errors.NoStreamResponseError()
     try:
         return _ack_of(msg)
-    except nats.js.errors.APIError as error:
+    except Exception as error:  # an API error, or an answer that is not one
         return error
 
 

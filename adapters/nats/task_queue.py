@@ -95,7 +95,7 @@ from typing import TYPE_CHECKING, Any
 from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
-from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload
+from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
@@ -415,27 +415,42 @@ class NatsTaskQueue(TaskQueue):
         return [first[task.id] == index and created[task.id] for index, task in enumerate(tasks)]
 
     async def _enqueue_chunk(self, chunk: Sequence[Task]) -> list[bool]:
-        js, names = self._conn.js, self._conn.names
+        names, bucket = self._conn.names, self._tasks
         raws = [encode(task_to_dict(task)) for task in chunk]
-        answers = await replies.js_publish_many(self._conn.nc, [
+        records: list[dict[str, Any]] = [{}] * len(chunk)
+
+        def create_record(index: int, ack: replies.PubAck) -> tuple[str, bytes, dict[str, str]] | None:
+            # The message is stored: its record is created at once, from the client's reader.
+            if ack.duplicate:
+                return None  # ``_enqueue``'s path, below
+            task = chunk[index]
+            records[index] = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
+            return kv.cas_request(bucket, token(task.id), encode(records[index]), last=0)
+
+        answers = await replies.js_publish_chain(self._conn.nc, [
             (names.task_subject(task.node_type, task.priority), raw, {"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
-            for task, raw in zip(chunk, raws)])
+            for task, raw in zip(chunk, raws)], create_record)
         acks: list[replies.PubAck] = []
-        for answer in answers:
+        for answer, _ in answers:
             if isinstance(answer, Exception):
                 raise answer
             acks.append(answer)
-        records = [_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
-                   for task, ack in zip(chunk, acks)]
-        fresh = [index for index, ack in enumerate(acks) if not ack.duplicate]
-        revisions = await kv.cas_many(js, self._tasks, [
-            (token(chunk[index].id), encode(records[index]), 0, None) for index in fresh])
         flags = [False] * len(chunk)
         woken: set[str] = set()
-        for index, revision in zip(fresh, revisions):
+        first_error: Exception | None = None
+        for index, (ack, created) in enumerate(answers):
+            if isinstance(ack, Exception) or ack.duplicate:
+                continue
+            try:
+                revision = kv.cas_answer(created)
+            except Exception as error:  # raised once every record's answer is read (as cas_many did)
+                first_error = first_error or error
+                continue
             if revision is not None:
                 flags[index] = True
                 woken.add(chunk[index].node_type)
+        if first_error is not None:
+            raise first_error
         for index, ack in enumerate(acks):
             task = chunk[index]
             if ack.duplicate:
@@ -867,10 +882,15 @@ class NatsTaskQueue(TaskQueue):
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
         result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id,
                             started_at=claim.started_at)
-        stored = decode(encode(result.to_dict()))  # fails before touching the engine if not JSON
+        raw_result = encode(result.to_dict())  # fails before touching the engine if not JSON
         with self._errors(f"ack task {claim.task.id!r}"):
-            change = {"state": "done", "result": stored, "lease": "", "expires_at": time.time() + self.result_ttl}
-            await self._commit(claim, change, ttl=self.result_ttl)
+            change = {"state": "done", "lease": "", "expires_at": time.time() + self.result_ttl}
+            held = self._held.get(claim.lease_id)
+            if held is not None and _holds(held.record, claim.lease_id) and await self._ack_chained(
+                    claim, held, change, raw_result):
+                return
+            stored = decode(raw_result)
+            await self._commit(claim, {**change, "result": stored}, ttl=self.result_ttl)
             self._forget(claim.lease_id)
             # Committed: announce it first, then ack the message.
             await self._notify_done(claim.task.id, TaskResult.from_dict(stored))
@@ -878,6 +898,34 @@ class NatsTaskQueue(TaskQueue):
                 await send_ack(self._conn.nc, claim.lease_id, "ack")
             except Exception as acked:  # the result is stored: a redelivery will just be acked
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
+
+    async def _ack_chained(self, claim: ClaimedTask, held: _Held, change: dict[str, Any], raw_result: bytes) -> bool:
+        """``ack``'s commit against the remembered revision of our lease, its done event and its
+        confirmed ack sent from the client's reader as soon as the commit is stored (one wait,
+        two round trips). False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
+        task_id, nc = claim.task.id, self._conn.nc
+        fields = {**held.record, **change}
+        fields.pop("result", None)
+        # The result's JSON spliced in as it is: encoded once, for the record and the done event.
+        raw = encode(fields)[:-1] + b',"result":' + raw_result + b"}"
+        done = done_payload_raw(task_id, raw_result)
+
+        def committed(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
+            # Committed: the lease is settled, the result announced, then the message acked.
+            self._forget(claim.lease_id)
+            replies.send(nc, self._conn.names.done_subject, done)
+            return claim.lease_id, b"+ACK", None
+
+        [(stored, acked)] = await replies.js_publish_chain(nc, [kv.cas_request(
+            self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)], committed)
+        if kv.cas_answer(stored) is None:
+            self._held.pop(claim.lease_id, None)  # our remembered revision is stale
+            return False
+        if self._done.wants(task_id):
+            self._done.record(task_id, TaskResult.from_dict(decode(raw_result)))
+        if isinstance(acked, Exception):  # the result is stored: a redelivery will just be acked
+            log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", task_id, acked)
+        return True
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
@@ -1208,6 +1256,12 @@ def _result_of(record: Mapping[str, Any] | None) -> TaskResult | None:
     if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
         return None
     return TaskResult.from_dict(record["result"])
+
+
+def _holds(record: Mapping[str, Any], lease_id: str) -> bool:
+    """Whether ``record`` names ``lease_id`` as its live claim (``_held_record``'s check)."""
+    return (record.get("state") == "claimed" and record.get("lease") == lease_id
+            and float(record.get("deadline", 0)) > time.time())
 
 
 def _levels_key(node_type: str) -> str:

@@ -245,3 +245,61 @@ def test_send_refuses_what_publish_refuses(nats_url: str) -> None:
             replies.send(nc, "a", b"")
 
     run(scenario(), 30)
+
+
+def test_chained_requests_follow_their_publish_and_answer_in_order(nats_url: str) -> None:
+    """``js_publish_chain``: a follow-up goes out only for a stored publish (not for one the
+    server refused), after it (it sees the stored sequence), and its reply is the item's
+    second answer; an item ``follow`` declines has None; what ``follow`` raises is that
+    item's second answer; a follow-up nobody answers times out alone; nothing of the
+    chain is left in the inbox."""
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            stream = f"CHAIN{uuid.uuid4().hex[:8]}"
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+
+            async def silent(msg: object) -> None:  # receives, never answers
+                pass
+
+            await nc.subscribe("chain.silent", cb=silent)
+            await nc.flush()
+            seen: list[tuple[int, int]] = []
+
+            def follow(index: int, ack: replies.PubAck) -> tuple[str, bytes, None] | None:
+                seen.append((index, ack.seq))
+                if index == 2:
+                    return None
+                if index == 3:
+                    raise ValueError("no follow-up")
+                if index == 4:
+                    return "chain.silent", b"", None
+                # A second write to the stream, expecting the first one's sequence: it is stored.
+                return f"{stream}.two", str(ack.seq).encode(), None
+
+            answers = await replies.js_publish_chain(nc, [
+                (f"{stream}.a", b"1", None),
+                (f"{stream}.b", b"2", {"Nats-Expected-Last-Subject-Sequence": "7"}),
+                (f"{stream}.c", b"3", None),
+                (f"{stream}.d", b"4", None),
+                (f"{stream}.e", b"5", None),
+            ], follow, timeout=0.5)
+            (a, a2), (b, b2), (c, c2), (d, d2), (e, e2) = answers
+            assert isinstance(a, replies.PubAck) and isinstance(a2, nats.aio.msg.Msg)
+            assert replies.pub_ack_of(a2).seq > a.seq  # type: ignore[union-attr]
+            assert isinstance(b, nats.js.errors.APIError) and b2 is None
+            assert isinstance(c, replies.PubAck) and c2 is None
+            assert isinstance(d, replies.PubAck) and isinstance(d2, ValueError)
+            assert isinstance(e, replies.PubAck) and isinstance(e2, nats.errors.TimeoutError)
+            assert sorted(index for index, _ in seen) == [0, 2, 3, 4]  # not the refused publish
+            stored = await js.get_last_msg(stream, f"{stream}.two")
+            assert stored.data == str(a.seq).encode()  # type: ignore[union-attr]
+            inbox = replies._INBOXES[nc]
+            assert inbox.waiting == {} and inbox.deadlines == {}
+            assert await replies.js_publish_chain(nc, [], follow) == []
+            await js.delete_stream(stream)
+        finally:
+            await nc.close()
+
+    run(scenario(), 30)
