@@ -62,7 +62,7 @@ from distributed_agents.core.node_runner import (
 )
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.message_bus import Subscription
-from distributed_agents.core.ports.task_queue import ClaimedTask, Task
+from distributed_agents.core.ports.task_queue import ClaimedTask, Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
@@ -425,6 +425,7 @@ class Worker:
     async def _claim_loop(self, types: frozenset[str]) -> None:
         assert self._stopping is not None
         queue = self.backend.task_queue
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         while not self._stopping.is_set():
             free = self.capacity - len(self._running) - len(self._abandoned)
@@ -449,14 +450,14 @@ class Worker:
                 backoff = min(backoff * 2, MAX_DELAY)
                 continue
             for claim in claims:
-                task = asyncio.ensure_future(self._handle_guarded(claim))
+                task = loop.create_task(self._handle_guarded(claim))
                 self._running[task] = claim
                 task.add_done_callback(self._forget)
             if claims:
                 # The tasks start (a quick node runs and sends its ack) before the next claim
                 # is sent: a claim's send costs the loop a few hundred microseconds, which
                 # would otherwise come first on every task's path to its result.
-                rounds: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                rounds: asyncio.Future[None] = loop.create_future()
                 _after_rounds(_SETTLE_HOPS - 1, rounds)  # resuming takes one more round
                 await rounds
 
@@ -568,7 +569,8 @@ class Worker:
 
     async def _handle(self, claim: ClaimedTask) -> tuple[str, BaseException | None]:
         """Run and settle one claimed task; its outcome (``core.instrumentation.OUTCOMES``) and error."""
-        queue = self.backend.task_queue
+        backend = self.backend
+        queue = backend.task_queue
         task = claim.task
         try:
             func, state, retry, timeout = self._prepare(claim)
@@ -582,7 +584,7 @@ class Worker:
                               claim.attempt, task.id, self.worker_id,
                               remaining_steps=remaining if isinstance(remaining, int) else None,
                               configurable=_configurable(task.payload))
-        lease = _LeaseKeeper(self, claim)
+        lease = _LeaseKeeper(self, claim, queue)
         keeper = lease.start()
         started = time.monotonic()
         # Wall clock, stored with the result: the node's run time on the worker that
@@ -596,7 +598,7 @@ class Worker:
                                         message_keys=[str(k) for k in task.payload.get("message_keys") or ()])
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
-            check_result_size(updates, self.backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
+            check_result_size(updates, backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.get(asyncio.current_task(), "") or lease.lost_reason  # type: ignore[arg-type]
             keeper.cancel()
@@ -765,13 +767,12 @@ class _LeaseKeeper:
     and no sleep per node task.
     """
 
-    def __init__(self, worker: Worker, claim: ClaimedTask) -> None:
+    def __init__(self, worker: Worker, claim: ClaimedTask, queue: TaskQueue) -> None:
         self.worker = worker
         self.claim = claim
         self.lost_reason = ""
         self.broken: BaseException | None = None
         self._node_task = asyncio.current_task()
-        queue = worker.backend.task_queue
         self._every = max((worker.lease_seconds or queue.visibility_timeout) / 3, 0.01)
         self._timer: asyncio.TimerHandle | None = None
         self._keeping: asyncio.Future[None] | None = None

@@ -101,10 +101,21 @@ async def execute(client: Any, commands: Sequence[Sequence[Any]], held: HeldConn
 
     done = False
     try:
-        replies = await connection.retry.call_with_retry(
-            lambda: _round_trip(connection, packed, len(commands)), fail)
+        try:
+            # The first attempt outside the retry policy's wrappers (a few calls and two
+            # coroutines per round trip); one that fails the way the policy retries is
+            # handed to it, which then tries again with its full count and backoff.
+            replies = await _round_trip(connection, packed, len(commands))
+        except _retried_errors(connection) as error:
+            from redis.exceptions import AuthenticationError
+
+            if isinstance(error, AuthenticationError):  # refused credentials: not retried (connection._retry_policy)
+                raise
+            await fail(error)
+            replies = await connection.retry.call_with_retry(
+                lambda: _round_trip(connection, packed, len(commands)), fail)
         done = True
-        return replies  # type: ignore[no-any-return]
+        return replies
     finally:
         if not done:
             # Stopped part-way (cancelled, or the retries ran out): replies may still come on
@@ -112,6 +123,18 @@ async def execute(client: Any, commands: Sequence[Sequence[Any]], held: HeldConn
             await connection.disconnect(nowait=True)
         if held is None or not held.give_back(pool, connection):
             await pool.release(connection)
+
+
+def _retried_errors(connection: Any) -> tuple[type[BaseException], ...]:
+    """The errors ``connection``'s retry policy repeats a command after (redis-py's
+    ``ConnectionError`` and ``TimeoutError`` by default)."""
+    supported = getattr(connection.retry, "_supported_errors", None)
+    if supported:
+        return tuple(supported)
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError)
 
 
 class HeldConnections:

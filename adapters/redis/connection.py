@@ -440,10 +440,13 @@ class RedisConnection:
                     return await script(keys=keys, args=args, client=client)
         if self._batcher is None:
             self._batcher = ScriptBatcher(self.client)
-        with redis_errors(self.url, action):
+        try:
             if now:
                 return await self._batcher.run_now(script, keys, args)
             return await self._batcher.run(script, keys, args)
+        except Exception:  # translated here only: a context manager round every call costs as much
+            with redis_errors(self.url, action):
+                raise
 
     async def run_commands(self, commands: list[list[Any]], action: str) -> list[Any]:
         """Run plain commands (each name first) in order, with this tick's other calls (``batching``); raw replies.
@@ -475,7 +478,7 @@ class RedisConnection:
         ``BackendError`` (or ``BackendUnavailableError``) naming ``action`` and the URL.
         """
         client = self.client()
-        with redis_errors(self.url, action):
+        try:
             if self.cluster:
                 return await client.execute_command(*command)
             if self._blocking is None or self._blocking_client is not client:
@@ -484,6 +487,9 @@ class RedisConnection:
             if isinstance(reply, Exception):
                 raise reply
             return reply
+        except Exception:
+            with redis_errors(self.url, action):
+                raise
 
     async def ping(self) -> None:
         """Round trip to the server, as the backend's ``connect``.

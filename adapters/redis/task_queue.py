@@ -470,13 +470,12 @@ class RedisTaskQueue(TaskQueue):
             try:
                 if len(raw) > self.max_task_bytes:  # handed over by an enqueuer with a larger limit
                     raise _Oversized(oversized_task_reason(len(raw), self.max_task_bytes))
-                where = f"task hash {self._keys.task(task_id)}, field 'raw'"
                 try:
                     # Its id must be the one it is stored under: acks and nacks find it by that id.
                     task = decode_task(raw if isinstance(raw, bytes) else bytes(raw), queued_as=task_id,
                                        queued_in=queue_type)
                 except PayloadDecodeError as exc:
-                    raise PayloadDecodeError(f"{exc} (in {where})") from None
+                    raise PayloadDecodeError(f"{exc} (in task hash {self._keys.task(task_id)}, field 'raw')") from None
                 check_attempt(int(attempt), self._keys.task(task_id))
             except ValueError as exc:  # _Oversized, PayloadDecodeError: the message is the reason
                 await self._run("bad_payload", [task_id, lease_id, str(exc)], "dead-letter an undecodable task")
