@@ -1,0 +1,302 @@
+"""The hand-rolled publish (``replies.send``), acks whose done event and confirmed ack leave from
+the client's reader, and records created from the reader by ``enqueue_many``, attacked.
+
+The same message through ``send`` and nats-py's ``publish`` must arrive the same (headers with
+odd spacing, line breaks, empty names, non-ASCII values) and fail the same; a chained ack must
+store its result once, announce it, ack its message, refuse a second ack, a stale lease and a
+lease that expired; enqueue_many must keep priority order, idempotency and exact stats with
+duplicates within and across calls and processes, and with a message whose producer died before
+writing its record; an ack across a server restart lands once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from support.aio import run
+from support.nats_server import NatsServer, find_nats_server
+
+from distributed_agents.adapters.nats import replies
+from distributed_agents.core.errors import BackendUnavailableError, LeaseLostError
+from distributed_agents.core.ports.task_queue import Task
+
+from .conftest import open_nats
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _task(task_id: str, priority: int = 0, node_type: str = "n") -> Task:
+    return Task(task_id, "wf", "n", node_type, {"i": task_id}, priority=priority)
+
+
+_HEADERS: list[dict[str, str] | None] = [
+    None,
+    {},
+    {"A": "1"},
+    {"  Spaced  ": "  value with spaces  ", "B": "x"},
+    {"Line": "one\r\ntwo\nthree\rfour", "Empty": ""},
+    {"": "skipped", "K": "kept"},
+    {"Uni": "caf\u00e9 \u2603", "Nats-Msg-Id": "id-1"},
+]
+
+
+def test_send_delivers_what_publish_delivers_and_fails_where_it_fails(nats_url: str) -> None:
+    async def scenario() -> tuple[list[Any], list[Any], list[str], list[str]]:
+        nc = await nats.connect(nats_url)
+        try:
+            got: dict[str, list[Any]] = {"pub": [], "send": []}
+            subs = []
+            for kind in got:
+                async def handler(msg: Any, kind: str = kind) -> None:
+                    got[kind].append((msg.subject.split(".", 1)[1], msg.reply, msg.headers, msg.data))
+                subs.append(await nc.subscribe(f"{kind}.>", cb=handler))
+            await nc.flush()
+            for index, headers in enumerate(_HEADERS):
+                for size in (0, 1, 1000):
+                    payload = bytes(range(256)) * (size // 256) + b"\r\n" * (size % 3)
+                    reply = f"reply.{index}" if size else ""
+                    await nc.publish(f"pub.s{index}", payload, reply=reply, headers=headers)
+                    replies.send(nc, f"send.s{index}", payload, reply, headers)
+            await nc.flush()
+            for _ in range(200):
+                if len(got["pub"]) == len(got["send"]) == len(_HEADERS) * 3:
+                    break
+                await asyncio.sleep(0.02)
+            errors: dict[str, list[str]] = {"pub": [], "send": []}
+            big = b"x" * (nc.max_payload + 1)
+            cases: list[tuple[str, bytes, str, dict[str, str] | None]] = [
+                ("bad subject", b"", "", None), ("", b"", "", None), ("ok", b"", "bad reply", None),
+                ("ok", b"", "", {"bad:name": "v"}), ("ok", b"", "", {"bad name": "v"}), ("ok", big, "", None)]
+            for subject, payload, reply, headers in cases:
+                for kind in errors:
+                    try:
+                        if kind == "pub":
+                            await nc.publish(subject, payload, reply=reply, headers=headers)
+                        else:
+                            replies.send(nc, subject, payload, reply, headers)
+                        errors[kind].append("sent")
+                    except Exception as exc:  # noqa: BLE001 - the error type is what is compared
+                        errors[kind].append(type(exc).__name__)
+            return got["pub"], got["send"], errors["pub"], errors["send"]
+        finally:
+            await nc.close()
+
+    published, sent, publish_errors, send_errors = run(scenario())
+    assert len(published) == len(_HEADERS) * 3
+    assert sorted(published, key=repr) == sorted(sent, key=repr)
+    assert publish_errors == send_errors
+    assert "MaxPayloadError" in send_errors and "BadHeaderError" in send_errors
+
+
+def test_send_on_a_closed_client_raises_what_publish_raises(nats_url: str) -> None:
+    async def scenario() -> tuple[str, str]:
+        nc = await nats.connect(nats_url)
+        await nc.close()
+        outcomes = []
+        for call in (lambda: nc.publish("x", b"1"), lambda: asyncio.sleep(0, replies.send(nc, "x", b"1"))):
+            try:
+                await call()
+                outcomes.append("sent")
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(type(exc).__name__)
+        return outcomes[0], outcomes[1]
+
+    published, sent = run(scenario())
+    assert published == sent == "ConnectionClosedError"
+
+
+def test_a_chained_ack_stores_announces_and_acks_once(nats_url: str) -> None:
+    async def scenario() -> dict[str, Any]:
+        producer = await open_nats(nats_url)
+        worker = await open_nats(nats_url, prefix=producer.options.prefix, visibility_timeout=30)
+        try:
+            queue, wq = producer.task_queue, worker.task_queue
+            small, large = {"v": 1}, {"blob": "z" * 40_000}  # inline in the done event, and not
+            assert await queue.enqueue_many([_task("a"), _task("b"), _task("c")]) == [True, True, True]
+            claims = {c.task.id: c for c in await wq.claim(["n"], worker_id="w", max_tasks=3)}
+            waiting = asyncio.ensure_future(queue.wait_results(["a"], timeout=20))
+            await asyncio.sleep(0.05)
+            await wq.ack(claims["a"], small)
+            first = await waiting
+            await wq.ack(claims["b"], large)
+            extended = await wq.extend(claims["c"], 30)  # the remembered revision moves on
+            await wq.ack(extended, {"c": True})
+            twice: list[str] = []
+            for claim in (claims["a"], claims["b"], extended):
+                try:
+                    await wq.ack(claim, {"again": 1})
+                    twice.append("acked")
+                except LeaseLostError:
+                    twice.append("lost")
+            results = {k: await queue.wait_results([k], timeout=20) for k in "abc"}
+            stats = await queue.stats("n")
+            again = await wq.claim(["n"], worker_id="w2", max_tasks=3)
+            return {"first": first, "results": results, "twice": twice, "stats": stats, "again": again,
+                    "requeued": await queue.enqueue_many([_task("a"), _task("b")])}
+        finally:
+            await worker.close()
+            await producer.close()
+
+    out = run(scenario(), 60)
+    assert out["first"]["a"].output == {"v": 1}
+    assert out["results"]["b"]["b"].output == {"blob": "z" * 40_000}
+    assert out["results"]["c"]["c"].output == {"c": True}
+    assert out["twice"] == ["lost", "lost", "lost"]
+    assert (out["stats"].queued, out["stats"].in_flight, out["stats"].dead) == (0, 0, 0)
+    assert out["again"] == []
+    assert out["requeued"] == [False, False]
+
+
+def test_an_ack_after_the_lease_ran_out_is_refused_and_the_next_holder_settles(nats_url: str) -> None:
+    async def scenario() -> tuple[str, Any, Any, int]:
+        backend = await open_nats(nats_url, visibility_timeout=30)
+        other = await open_nats(nats_url, prefix=backend.options.prefix, visibility_timeout=30)
+        try:
+            queue = backend.task_queue
+            await queue.enqueue(_task("short"))
+            [claim] = await queue.claim(["n"], worker_id="w1", lease_seconds=0.4)
+            await asyncio.sleep(1.2)  # past the lease: its keeper gave the task back
+            taken: list[Any] = []
+            for _ in range(50):
+                taken = await other.task_queue.claim(["n"], worker_id="w2", lease_seconds=30, wait=0.2)
+                if taken:
+                    break
+            try:
+                await queue.ack(claim, {"by": "w1"})
+                late = "acked"
+            except LeaseLostError:
+                late = "lost"
+            assert len(taken) == 1
+            await other.task_queue.ack(taken[0], {"by": "w2"})
+            result = await queue.wait_results(["short"], timeout=20)
+            return late, result["short"], await queue.stats("n"), taken[0].attempt
+        finally:
+            await other.close()
+            await backend.close()
+
+    late, result, stats, attempt = run(scenario(), 60)
+    assert late == "lost"
+    assert result.output == {"by": "w2"} and result.worker_id == "w2"
+    assert attempt == 2
+    assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+
+
+def test_enqueue_many_keeps_priority_order_idempotency_and_exact_stats(nats_url: str) -> None:
+    tasks = [_task(f"p{i:03d}", priority=(i * 7) % 5 - 2, node_type="ab"[i % 2]) for i in range(150)]
+
+    async def scenario() -> dict[str, Any]:
+        one = await open_nats(nats_url)
+        two = await open_nats(nats_url, prefix=one.options.prefix)
+        try:
+            batch = tasks[:100] + tasks[:10]  # repeats within the call
+            flags_one, flags_two = await asyncio.gather(
+                one.task_queue.enqueue_many(batch), two.task_queue.enqueue_many(tasks[50:]))
+            stats_before = [await one.task_queue.stats(t) for t in "ab"]
+            again = await one.task_queue.enqueue_many(tasks)
+            order: list[Task] = []
+            while True:
+                got = await two.task_queue.claim(["a", "b"], worker_id="w", max_tasks=7)
+                if not got:
+                    break
+                order.extend(c.task for c in got)
+                for claim in got:
+                    await two.task_queue.ack(claim, None)
+            stats_after = [await one.task_queue.stats(t) for t in "ab"]
+            return {"one": flags_one, "two": flags_two, "before": stats_before, "again": again, "order": order,
+                    "after": stats_after}
+        finally:
+            await two.close()
+            await one.close()
+
+    out = run(scenario(), 80)
+    assert out["one"][100:] == [False] * 10
+    created: dict[str, int] = {}
+    for task, flag in [*zip(tasks[:100], out["one"][:100]), *zip(tasks[50:], out["two"])]:
+        created[task.id] = created.get(task.id, 0) + int(flag)
+    assert created == {t.id: 1 for t in tasks}  # exactly one enqueue created each id
+    assert [(s.queued, s.in_flight, s.dead) for s in out["before"]] == [(75, 0, 0), (75, 0, 0)]
+    assert out["again"] == [False] * 150
+    assert sorted(t.id for t in out["order"]) == sorted(t.id for t in tasks)
+    priorities = [t.priority for t in out["order"]]
+    assert priorities == sorted(priorities, reverse=True)
+    assert [(s.queued, s.in_flight, s.dead) for s in out["after"]] == [(0, 0, 0), (0, 0, 0)]
+
+
+def test_a_message_whose_producer_died_before_its_record_runs_once(nats_url: str) -> None:
+    """The producer stored the message (with its Nats-Msg-Id) and died before creating the record:
+    enqueue_many of the same id must not queue a second copy, the task runs once, stats are exact."""
+
+    async def scenario() -> dict[str, Any]:
+        backend = await open_nats(nats_url)
+        try:
+            queue = backend.task_queue
+            conn = backend.connection
+            await queue.enqueue(_task("warm"))  # creates the consumer of this node type and priority
+            [warm] = await queue.claim(["n"], worker_id="w")
+            await queue.ack(warm, None)
+            from distributed_agents.core.codec import encode
+            from distributed_agents.core.ports.task_queue import task_to_dict
+
+            orphan = _task("orphan")
+            await conn.js.publish(conn.names.task_subject("n", 0), encode(task_to_dict(orphan)),
+                                  headers={"Nats-Msg-Id": "orphan", "Da-Task-Id": "orphan"})
+            flags = await queue.enqueue_many([orphan, _task("fresh")])
+            claimed: list[str] = []
+            for _ in range(20):
+                got = await queue.claim(["n"], worker_id="w", max_tasks=5, wait=0.2)
+                for claim in got:
+                    claimed.append(claim.task.id)
+                    await queue.ack(claim, {"id": claim.task.id})
+                if sorted(claimed) == ["fresh", "orphan"]:
+                    break
+            late = await queue.claim(["n"], worker_id="w", max_tasks=5, wait=0.3)
+            return {"flags": flags, "claimed": sorted(claimed), "late": late, "stats": await queue.stats("n"),
+                    "result": await queue.get_result("orphan")}
+        finally:
+            await backend.close()
+
+    out = run(scenario(), 60)
+    assert out["flags"] == [False, True]
+    assert out["claimed"] == ["fresh", "orphan"] and out["late"] == []
+    assert out["result"] is not None and out["result"].output == {"id": "orphan"}
+    assert (out["stats"].queued, out["stats"].in_flight, out["stats"].dead) == (0, 0, 0)
+
+
+def test_an_ack_across_a_server_restart_lands_once() -> None:
+    binary = find_nats_server()
+    assert binary is not None
+
+    async def scenario(server: NatsServer) -> tuple[Any, Any, list[Any]]:
+        backend = await open_nats(server.url + "?reconnect_wait=0.2")
+        try:
+            queue = backend.task_queue
+            await queue.enqueue_many([_task("r1"), _task("r2")])
+            claims = await queue.claim(["n"], worker_id="w", max_tasks=2, lease_seconds=120)
+            await queue.ack(claims[0], {"before": True})
+            await asyncio.to_thread(server.restart)
+            for _ in range(100):
+                try:
+                    await queue.ack(claims[1], {"after": True})
+                    break
+                except BackendUnavailableError:
+                    await asyncio.sleep(0.2)
+            results = await queue.wait_results(["r1", "r2"], timeout=20)
+            for _ in range(20):
+                if len(results) == 2:
+                    break
+                results.update(await queue.wait_results(["r1", "r2"], timeout=1))
+            late = await queue.claim(["n"], worker_id="w2", max_tasks=2, wait=0.5)
+            return results, await queue.stats("n"), late
+        finally:
+            await backend.close()
+
+    with NatsServer(binary) as server:
+        results, stats, late = run(scenario(server), 80)
+    assert results["r1"].output == {"before": True} and results["r2"].output == {"after": True}
+    assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+    assert late == []
+
