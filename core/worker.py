@@ -233,6 +233,7 @@ class Worker:
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
+        self._lease_watch = _LeaseWatch()  # lease keepers of running nodes not extending yet
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
         # Threads of cancelled plain-function nodes that have not returned yet: each
         # still uses a capacity slot, though its task is settled.
@@ -344,6 +345,7 @@ class Worker:
         finally:
             for helper in helpers:
                 helper.cancel()
+            self._lease_watch.close()  # (the nodes are stopped below; any keeper is cancelled with its node)
             for task in list(self._running):
                 if task not in self._settling:
                     self._cancel_reasons[task] = "worker stopped"
@@ -758,13 +760,57 @@ class Worker:
                     claim.task.id, claim.task.node)
 
 
+class _LeaseWatch:
+    """The lease keepers of a worker's running nodes that have not begun extending, looked at
+    by one timer every half of their extension interval (``_LeaseKeeper._every``).
+
+    A keeper begins at the first look at which its node has run for at least half the
+    interval, so its first extension comes between a sixth and a third of the lease after
+    the node started (never later than a timer of its own would have made it). Most nodes end long
+    before: each costs a dictionary entry, not a timer (a timer's scheduling, cancelling,
+    and the cancelled handles the loop's heap keeps).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[_LeaseKeeper, float] = {}  # keeper -> loop time its node started
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, keeper: _LeaseKeeper) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting[keeper] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(keeper._every / 2, self._look)
+
+    def discard(self, keeper: _LeaseKeeper) -> None:
+        self._waiting.pop(keeper, None)
+
+    def _look(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for keeper, since in list(self._waiting.items()):  # oldest first
+            if now - since < keeper._every / 2:
+                break
+            del self._waiting[keeper]
+            keeper._begin()
+        if self._waiting:
+            self._timer = loop.call_later(next(iter(self._waiting))._every / 2, self._look)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting.clear()
+
+
 class _LeaseKeeper:
     """Extends a task's lease while its node runs; cancels the node if the lease is lost.
 
-    ``start()`` arms a timer for the first extension (a third of the lease) and returns
-    the keeper; only a node still running then gets a task that extends the lease every
-    third of it. Most nodes end sooner, and ``cancel()`` just drops the timer: no task
-    and no sleep per node task.
+    ``start()`` hands the keeper to the worker's ``_LeaseWatch``, which has it begin once
+    the node has run for a sixth to a third of the lease; only a node still running then
+    gets a task that extends the lease every third of it. Most nodes end sooner, and
+    ``cancel()`` just takes the keeper off the watch: no task, no sleep and no timer per
+    node task.
     """
 
     def __init__(self, worker: Worker, claim: ClaimedTask, queue: TaskQueue) -> None:
@@ -774,22 +820,18 @@ class _LeaseKeeper:
         self.broken: BaseException | None = None
         self._node_task = asyncio.current_task()
         self._every = max((worker.lease_seconds or queue.visibility_timeout) / 3, 0.01)
-        self._timer: asyncio.TimerHandle | None = None
         self._keeping: asyncio.Future[None] | None = None
 
     def start(self) -> _LeaseKeeper:
-        self._timer = asyncio.get_running_loop().call_later(self._every, self._begin)
+        self.worker._lease_watch.add(self)
         return self
 
     def _begin(self) -> None:
-        self._timer = None
         self._keeping = asyncio.ensure_future(self.keep(first_wait=False))
 
     def cancel(self) -> None:
         """Stop extending (the node ended)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.worker._lease_watch.discard(self)
         if self._keeping is not None:
             self._keeping.cancel()
 

@@ -210,6 +210,42 @@ def test_an_ack_under_way_is_not_interrupted_by_its_workflows_cancel_or_by_stop(
     assert (worker.stats.succeeded, worker.stats.released) == (1, 0)
 
 
+def test_nodes_longer_than_their_lease_keep_it_and_quick_ones_leave_no_timer() -> None:
+    """Leases are extended through the worker's one lease watch: a node running for several
+    leases keeps its task (one run, attempt 1); quick nodes leave nothing on the watch."""
+    runs: list[int] = []
+
+    async def slow(state: State, context: NodeContext) -> dict[str, Any]:
+        runs.append(context.attempt)
+        await asyncio.sleep(1.0)  # over three leases of 0.3 s
+        return {"slow": 1}
+
+    worker = Worker(poll_wait=0.05, lease_seconds=0.3, capacity=4)
+    worker.register_node("slow", slow)
+    worker.register_node("quick", lambda state: {"quick": 1})
+    backend = open_backend("memory://")
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start())
+        await backend.task_queue.enqueue(Task("t-slow", "wf-lw", "slow", "slow", {"state": {}}))
+        for index in range(20):
+            await backend.task_queue.enqueue(Task(f"t-q{index}", "wf-lw", "quick", "quick", {"state": {}}))
+        ids = ["t-slow", *(f"t-q{index}" for index in range(20))]
+        found: dict[str, Any] = {}
+        while len(found) < len(ids):
+            found.update(await backend.task_queue.wait_results([i for i in ids if i not in found], timeout=5))
+        waiting = len(worker._lease_watch._waiting)
+        await worker.stop(grace=1)
+        await serving
+        return found, waiting
+
+    found, waiting = run(scenario())
+    assert runs == [1]  # never re-delivered: its lease was extended
+    assert found["t-slow"].status == "succeeded" and found["t-slow"].attempts == 1
+    assert worker.stats.succeeded == 21 and worker.stats.lost_leases == 0
+    assert waiting == 0
+
+
 def test_a_listed_type_without_a_function_is_refused_at_start() -> None:
     worker = Worker(node_types={"a", "b"})
     worker.register_node("a", lambda s: None)
