@@ -72,15 +72,15 @@ async def start_get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> replies.
 
 def entry_of(msg: Msg, key: str, stream: str = "") -> Entry | None:
     """The entry a direct get of ``key`` answered with ``msg`` (None: absent, deleted, expired); ``get``'s errors."""
-    import nats.errors
-
     headers = msg.headers or {}
     status = headers.get("Status")
     if status == "404":
         return None
-    if status == "408":
-        raise nats.errors.TimeoutError
     if status:
+        import nats.errors
+
+        if status == "408":
+            raise nats.errors.TimeoutError
         raise nats.errors.Error(f"direct get of {key!r} on stream {stream}: status {status} "
                                 f"{headers.get('Description', '')}")
     if headers.get("KV-Operation") in ("DEL", "PURGE"):
@@ -154,17 +154,21 @@ async def cas(
     js: JetStreamContext, kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None
 ) -> int | None:
     """Write ``value`` if ``key``'s revision is ``last`` (0: absent); new revision or None."""
-    import nats.js.errors
-    from nats.js import api
-
-    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last), **ttl_header(ttl)}
+    headers = {_EXPECTED_LAST: str(last), **ttl_header(ttl)}
     try:
         ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=headers)  # noqa: SLF001
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in _WRONG_LAST:
+    except Exception as exc:
+        if _lost(exc):
             return None
         raise
     return ack.seq
+
+
+def _lost(error: BaseException) -> bool:
+    """Whether ``error`` is JetStream's answer to a CAS whose expected revision was not the key's."""
+    import nats.js.errors
+
+    return isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST
 
 
 def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, dict[str, str]]:
@@ -176,15 +180,14 @@ def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float |
 def cas_answer(answer: Any) -> int | None:
     """What ``cas`` returns for the answer to ``cas_request``'s publish (a ``PubAck``, a reply
     message, or an exception): the new revision, None if the CAS lost; raises other errors."""
-    import nats.js.errors
-
     if not isinstance(answer, (replies.PubAck, Exception)):
         answer = replies.pub_ack_of(answer)
-    if isinstance(answer, nats.js.errors.APIError) and answer.err_code in _WRONG_LAST:
-        return None
     if isinstance(answer, Exception):
+        if _lost(answer):
+            return None
         raise answer
-    return answer.seq
+    seq: int = answer.seq
+    return seq
 
 
 async def cas_many(
@@ -194,18 +197,15 @@ async def cas_many(
     round-trip latency, no task per write): the new revisions, None where the CAS lost.
     Raises the first other error (as gathering ``cas`` calls would; the other writes were
     still made or refused)."""
-    import nats.js.errors
-    from nats.js import api
-
     answers = await replies.js_publish_many(js._nc, [  # noqa: SLF001
-        (_subject(kv, key), value, {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last), **ttl_header(ttl)})
+        (_subject(kv, key), value, {_EXPECTED_LAST: str(last), **ttl_header(ttl)})
         for key, value, last, ttl in items])
     out: list[int | None] = []
     for answer in answers:
-        if isinstance(answer, nats.js.errors.APIError) and answer.err_code in _WRONG_LAST:
+        if isinstance(answer, Exception):
+            if not _lost(answer):
+                raise answer
             out.append(None)
-        elif isinstance(answer, Exception):
-            raise answer
         else:
             out.append(answer.seq)
     return out

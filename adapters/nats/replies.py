@@ -168,6 +168,14 @@ def header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+def _errors() -> Any:
+    """``nats.errors``, imported where an error is raised (the adapter imports without nats-py;
+    an import statement on every message of a hot path costs more than the message's checks)."""
+    import nats.errors
+
+    return nats.errors
+
+
 _SUBJECT_INVALID = re.compile(r"[ \t\r\n]")
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
@@ -195,22 +203,20 @@ def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", header
     three coroutines, checks the client's state through five properties and builds the
     header block byte by byte: about a fifth of the client's CPU per message here. Callable
     from a reply handler (it never waits)."""
-    import nats.errors
-
     if not subject or _SUBJECT_INVALID.search(subject) or (reply and _SUBJECT_INVALID.search(reply)):
-        raise nats.errors.BadSubjectError
+        raise _errors().BadSubjectError
     status = nc._status  # noqa: SLF001 - nats-py has no non-awaiting publish
     if status == nc.CLOSED:
-        raise nats.errors.ConnectionClosedError
+        raise _errors().ConnectionClosedError
     if status == nc.DRAINING_PUBS:
-        raise nats.errors.ConnectionDrainingError
+        raise _errors().ConnectionDrainingError
     size = len(payload)
     connected = status in (nc.CONNECTED, nc.DRAINING_SUBS)
     if not connected and (nc._max_pending_size <= 0  # noqa: SLF001
                           or size + nc._pending_data_size > nc._max_pending_size):  # noqa: SLF001
-        raise nats.errors.OutboundBufferLimitError
+        raise _errors().OutboundBufferLimitError
     if size > nc._max_payload:  # noqa: SLF001
-        raise nats.errors.MaxPayloadError
+        raise _errors().MaxPayloadError
     if headers is None:
         command = f"PUB {subject} {reply} {size}\r\n".encode() + payload + b"\r\n"
     else:
@@ -220,7 +226,7 @@ def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", header
             if not name:
                 continue
             if not _HEADER_KEY.fullmatch(name):
-                raise nats.errors.BadHeaderError(name)
+                raise _errors().BadHeaderError(name)
             lines.append(f"{name}: {value.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n")
         lines.append("\r\n")
         block = "".join(lines).encode()
@@ -272,10 +278,15 @@ _INBOXES: weakref.WeakKeyDictionary[Any, _Inbox] = weakref.WeakKeyDictionary()
 
 
 async def _inbox(nc: Client) -> _Inbox:
-    inbox = _INBOXES.get(nc)
+    # Kept on the client too: a weak-keyed lookup makes a weak reference per call.
+    inbox: _Inbox | None = getattr(nc, "_da_inbox", None)
     if inbox is None:
-        inbox = _INBOXES[nc] = _Inbox()
-    await inbox.ensure(nc)
+        inbox = _INBOXES.get(nc)
+        if inbox is None:
+            inbox = _INBOXES[nc] = _Inbox()
+        nc._da_inbox = inbox  # type: ignore[attr-defined]
+    if inbox.sub is None:
+        await inbox.ensure(nc)
     return inbox
 
 
@@ -289,8 +300,6 @@ def _time_out(future: asyncio.Future[Any] | _Slot) -> None:
 async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: dict[str, str] | None = None,
                   timeout: float = 5.0) -> Msg:
     """Publish with a reply subject and wait up to ``timeout`` seconds for the one reply."""
-    import nats.errors
-
     inbox = await _inbox(nc)
     future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
@@ -307,7 +316,7 @@ async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: di
     finally:
         inbox.close(token)
     if msg.headers and msg.headers.get("Status") == "503":
-        raise nats.errors.NoRespondersError
+        raise _errors().NoRespondersError
     return msg
 
 
@@ -321,14 +330,12 @@ class Started:
 
     async def reply(self) -> Msg:
         """``request``'s result (and errors) for this request."""
-        import nats.errors
-
         try:
             msg = await self._future
         finally:
             self._inbox.close(self._token)
         if msg.headers and msg.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
+            raise _errors().NoRespondersError
         return msg
 
     def drop(self) -> None:
@@ -354,20 +361,19 @@ async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: floa
 async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | None = None,
                      timeout: float = 5.0) -> PubAck:
     """A JetStream publish: stored when this returns (``js.publish``'s contract and errors)."""
-    import nats.errors
-    import nats.js.errors
-
     try:
         msg = await request(nc, subject, payload, headers=headers, timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise nats.js.errors.NoStreamResponseError from None
+    except Exception as exc:
+        import nats.js.errors
+
+        if isinstance(exc, _errors().NoRespondersError):
+            raise nats.js.errors.NoStreamResponseError from None
+        raise
     return _ack_of(msg)
 
 
 def _ack_of(msg: Msg) -> PubAck:
     """The ``PubAck`` a JetStream publish's answer ``msg`` carries; raises its ``APIError`` subclass."""
-    import nats.js.errors
-
     data = msg.data
     found = _SEQ.search(data) if b'"error"' not in data else None
     if found is not None:
@@ -375,6 +381,8 @@ def _ack_of(msg: Msg) -> PubAck:
         return PubAck(int(found.group(1)), _DUPLICATE.search(data) is not None)
     body = json.loads(data)
     if "error" in body:
+        import nats.js.errors
+
         raise nats.js.errors.APIError.from_error(body["error"])
     return PubAck(int(body["seq"]), bool(body.get("duplicate")))
 
@@ -470,12 +478,10 @@ class _Slot:
         self.batch.settled()
 
     def on_reply(self, msg: Msg) -> None:
-        import nats.errors
-
         if self.is_done:
             return
         if self.following:
-            self.second = nats.errors.NoRespondersError() if msg.headers and msg.headers.get("Status") == "503" else msg
+            self.second = _errors().NoRespondersError() if msg.headers and msg.headers.get("Status") == "503" else msg
             self._settle()
             return
         self.first = pub_ack_of(msg)
@@ -506,9 +512,9 @@ def _answer(future: asyncio.Future[Msg], msg: Msg) -> None:
 
 def pub_ack_of(msg: Msg) -> PubAck | Exception:
     """What ``js_publish`` returns (or raises) for its reply ``msg``."""
-    import nats.js.errors
-
     if msg.headers and msg.headers.get("Status") == "503":
+        import nats.js.errors
+
         return nats.js.errors.NoStreamResponseError()
     try:
         return _ack_of(msg)

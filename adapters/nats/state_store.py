@@ -97,7 +97,6 @@ import contextlib
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 from collections import OrderedDict
@@ -108,6 +107,7 @@ from distributed_agents.adapters.nats.errors import nats_errors
 from distributed_agents.adapters.nats.naming import token, untoken
 from distributed_agents.core.checkpoint_delta import ChainTip, damaged_checkpoints, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.random_ids import random_hex
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     LeaseLostError,
@@ -336,7 +336,7 @@ class NatsStateStore(StateStore):
             # A delta only against the entry the record we CAS names (and at the position it says).
             tip = known[0] if known is not None and known[1] == cp_key and known[0].index == cp_n - 1 else None
             entry, new_tip = next_entry(checkpoint, tip, index=cp_n)
-            written = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{uuid.uuid4().hex[:12]}"
+            written = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{random_hex(6)}"
             raw_entry = _with_prev(entry, cp_key)
             small = len(raw_entry) <= _INLINE_MAX
             keep = [*held, (written, raw_entry)] if small else list(held)
