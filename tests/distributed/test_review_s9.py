@@ -1,0 +1,157 @@
+"""A worker process whose ack is held by the server, attacked: SIGTERM, a cancel of its workflow and
+SIGKILL arriving while the ack is under way.
+
+Real worker processes (the ``distributed-agents worker`` CLI) on a real redis-server. The node
+(this module's ``registry``, served with ``--app test_review_s9``) makes the server hold every
+client's commands for a while (``CLIENT PAUSE``) just before it returns, so that its ack is
+written and waits for the server; the test meanwhile stops, cancels or kills the worker. The
+task must end with exactly one stored result, nothing left queued, in flight or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import time
+import uuid
+from typing import Any
+
+from distributed_agents import NodeContext, NodeRegistry, State
+
+registry = NodeRegistry()
+
+PAUSE_MS = 1500
+
+
+@registry.register("held")
+async def held(state: State, context: NodeContext) -> dict[str, Any]:
+    """Marks its run, then has the server hold every command for PAUSE_MS: its own ack waits."""
+    import redis
+
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"run-{context.worker_id}-{context.attempt}"
+    client = redis.Redis.from_url(os.environ["DA_REVIEW_REDIS"])
+    try:
+        if os.environ.get("DA_REVIEW_CANCEL") == "1":
+            # The cancel reaches the worker's socket now; its loop reads it once this node returned
+            # (the calls here block the loop), while the ack waits for the paused server.
+            client.publish(f"{os.environ['DA_REVIEW_PREFIX']}:bus:control.cancel",
+                           json.dumps({"workflow_id": context.workflow_id}))
+        if os.environ.get("DA_REVIEW_PAUSE") == "1" and context.attempt == 1:
+            client.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
+    finally:
+        client.close()
+    marker.write_text(str(os.getpid()))
+    return {"by": context.worker_id, "attempt": context.attempt}
+
+
+if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers import only the registry)
+    import pytest
+    from support.aio import run
+    from support.worker_processes import WorkerProcesses
+
+    from distributed_agents.core.ports.task_queue import Task
+    from distributed_agents.plugins import open_backend
+
+    pytestmark = pytest.mark.timeout(90)
+
+    TESTS = pathlib.Path(__file__).resolve().parent.parent
+
+    def _workers(url: str, prefix: str, tmp: pathlib.Path, *, pause: bool) -> WorkerProcesses:
+        workers = WorkerProcesses(url, prefix, tmp, "test_review_s9:registry")
+        workers.env.update({"DA_REVIEW_WORKER": "1", "DA_REVIEW_REDIS": url, "DA_REVIEW_PAUSE": "1" if pause else "0",
+                            "DA_REVIEW_PREFIX": prefix,
+                            "PYTHONPATH": os.pathsep.join([workers.env["PYTHONPATH"], str(TESTS)])})
+        return workers
+
+    def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def _enqueue(url: str, prefix: str, task: Task) -> None:
+        backend = open_backend(url, prefix=prefix)
+        await backend.connect()
+        try:
+            assert await backend.task_queue.enqueue(task)
+        finally:
+            await backend.close()
+
+    async def _outcome(url: str, prefix: str, task_id: str, *, wait: float = 20) -> dict[str, Any]:
+        backend = open_backend(url, prefix=prefix)
+        await backend.connect()
+        try:
+            queue = backend.task_queue
+            results = await queue.wait_results([task_id], timeout=wait)
+            stats = await queue.stats("held")
+            return {"result": results.get(task_id), "stats": (stats.queued, stats.in_flight, stats.dead),
+                    "dead": await queue.dead_letters("held")}
+        finally:
+            await backend.close()
+
+    def _task(task_id: str, workflow_id: str) -> Task:
+        return Task(task_id, workflow_id, "held", "held", {"state": {}, "step": 0})
+
+    def test_sigterm_while_the_ack_is_held_lets_it_land_and_counts_it(redis_url: str, tmp_path: pathlib.Path) -> None:
+        prefix = f"s9t{uuid.uuid4().hex[:8]}"
+        workers = _workers(redis_url, prefix, tmp_path, pause=True)
+        try:
+            worker = workers.start("w1", "--shutdown-grace", "0")
+            run(_enqueue(redis_url, prefix, _task("t-term", "wf-term")))
+            _wait_for(lambda: list(tmp_path.glob("run-*")), 40, "the node to run")
+            worker.send_signal(signal.SIGTERM)  # the ack is written and held by the server
+            code = worker.wait(timeout=40)
+            out = run(_outcome(redis_url, prefix, "t-term"), 40)
+        finally:
+            workers.close()
+        log = workers.log("w1")
+        assert code == 0, log
+        assert out["result"] is not None and out["result"].status == "succeeded", (out, log)
+        assert out["stats"] == (0, 0, 0) and out["dead"] == []
+        assert "1 succeeded" in log and "0 released" in log and "0 lost leases" in log, log
+        assert len(list(tmp_path.glob("run-*"))) == 1
+
+    def test_a_cancel_while_the_ack_is_held_leaves_the_result_and_no_dead_letter(
+            redis_url: str, tmp_path: pathlib.Path) -> None:
+        prefix = f"s9c{uuid.uuid4().hex[:8]}"
+        workers = _workers(redis_url, prefix, tmp_path, pause=True)
+        try:
+            workers.env["DA_REVIEW_CANCEL"] = "1"  # the node publishes its workflow's cancel as it returns
+            worker = workers.start("w1")
+            run(_enqueue(redis_url, prefix, _task("t-cancel", "wf-cancel")))
+            _wait_for(lambda: list(tmp_path.glob("run-*")), 40, "the node to run")
+            out = run(_outcome(redis_url, prefix, "t-cancel"), 40)
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=40)
+        finally:
+            workers.close()
+        log = workers.log("w1")
+        assert code == 0, log
+        assert out["result"] is not None and out["result"].status == "succeeded", (out, log)
+        assert out["stats"] == (0, 0, 0) and out["dead"] == []
+        assert "1 succeeded" in log and "0 failed" in log, log
+
+    def test_sigkill_while_the_ack_is_held_ends_with_one_result(redis_url: str, tmp_path: pathlib.Path) -> None:
+        prefix = f"s9k{uuid.uuid4().hex[:8]}"
+        workers = _workers(redis_url, prefix, tmp_path, pause=True)
+        try:
+            victim = workers.start("w1", "--visibility-timeout", "2")
+            run(_enqueue(redis_url, prefix, _task("t-kill", "wf-kill")))
+            _wait_for(lambda: list(tmp_path.glob("run-*")), 40, "the node to run")
+            victim.kill()
+            victim.wait(timeout=20)
+            workers.start("w2", "--visibility-timeout", "2")
+            out = run(_outcome(redis_url, prefix, "t-kill", wait=30), 60)
+            # the survivor has had the time to see a lease that ran out, if the ack never landed
+            _wait_for(lambda: run(_outcome(redis_url, prefix, "t-kill", wait=1), 30)["stats"] == (0, 0, 0), 30,
+                      "the queue to be empty")
+            out = run(_outcome(redis_url, prefix, "t-kill"), 40)
+        finally:
+            workers.close()
+        assert out["result"] is not None and out["result"].status == "succeeded", out
+        assert out["result"].output["by"] in ("w1", "w2")
+        assert out["stats"] == (0, 0, 0) and out["dead"] == []
