@@ -512,13 +512,23 @@ class NatsStateStore(StateStore):
     async def list_workflows(self, status: str | None = None) -> list[WorkflowRecord]:
         """Records, oldest first. A malformed one is left out and logged naming its key and the id
         to delete it by: also one under a key this adapter never writes (written by hand), listed
-        by the key's token (``delete`` of that token removes it), and one holding another id."""
+        by the key's token (``delete`` of that token removes it), and one holding another id.
+
+        With ``status``, a record whose head (as this adapter writes it: ``_RECORD_HEAD``) names
+        another status is passed over undecoded: the recovery loop lists the running workflows
+        every ``recovery_interval`` among every record kept, finished ones included (such a
+        record malformed further on is then not logged by this listing, only by others)."""
         with self._errors("list workflows"):
             # "wf.>", not "wf.*": a key written by hand may hold dots (wf.a.b), and must list as malformed.
             entries = await kv.scan(self._conn.js, self._kv, "wf.>")
         now = time.time()
         records = []
+        wanted = None if status is None else status.encode()
         for entry in entries:
+            if wanted is not None:
+                head = _RECORD_HEAD.match(entry.value)
+                if head is not None and head.group(1) != wanted:
+                    continue
             body = _decoded_or_raw(entry.value)
             if isinstance(body, dict) and _expired(body, now):
                 continue
@@ -823,6 +833,12 @@ def _inline_entry(stored: dict[str, Any] | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     return encode(value)
+
+
+# The first fields of a record as ``_write`` stores it (``WorkflowRecord.to_dict``'s order,
+# compact JSON): its status, read without decoding the rest. Anything else (written by hand,
+# spaced, reordered) does not match and is decoded.
+_RECORD_HEAD = re.compile(rb'\{"workflow_id":"(?:[^"\\]|\\.)*","graph_name":"(?:[^"\\]|\\.)*","status":"([a-z_]+)"')
 
 
 def _decoded_or_raw(value: bytes | None) -> Any:
