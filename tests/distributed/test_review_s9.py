@@ -46,6 +46,17 @@ async def held(state: State, context: NodeContext) -> dict[str, Any]:
     return {"by": context.worker_id, "attempt": context.attempt}
 
 
+@registry.register("long")
+async def long(state: State, context: NodeContext) -> dict[str, Any]:
+    """Runs past its task's lease (its worker must extend it); marks each run."""
+    import asyncio
+
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"long-{context.idempotency_key}-{context.worker_id}-{context.attempt}"
+    marker.write_text(str(os.getpid()))
+    await asyncio.sleep(float(os.environ.get("DA_REVIEW_SLEEP", "4")))
+    return {"by": context.worker_id}
+
+
 if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers import only the registry)
     import pytest
     from support.aio import run
@@ -155,3 +166,52 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
         assert out["result"] is not None and out["result"].status == "succeeded", out
         assert out["result"].output["by"] in ("w1", "w2")
         assert out["stats"] == (0, 0, 0) and out["dead"] == []
+
+    def test_nodes_started_at_every_phase_of_the_lease_watch_keep_their_leases(
+            redis_url: str, tmp_path: pathlib.Path) -> None:
+        """Nodes run past their lease, started at different moments relative to the worker's one lease
+        watch timer, with a second worker waiting for any lease that lapses: each runs once."""
+        prefix = f"s9l{uuid.uuid4().hex[:8]}"
+        workers = _workers(redis_url, prefix, tmp_path, pause=False)
+        ids = [f"long-{i}" for i in range(6)]
+        try:
+            workers.start("w1", "--visibility-timeout", "3", "--capacity", "6")
+            _wait_for(lambda: "serving" in workers.log("w1"), 40, "w1 to serve")
+            workers.start("w2", "--visibility-timeout", "3", "--capacity", "6")
+
+            async def enqueue_staggered() -> None:
+                import asyncio
+
+                backend = open_backend(redis_url, prefix=prefix)
+                await backend.connect()
+                try:
+                    for task_id in ids:
+                        await backend.task_queue.enqueue(Task(task_id, "wf-long", "long", "long", {"state": {}}))
+                        await asyncio.sleep(0.37)
+                finally:
+                    await backend.close()
+
+            run(enqueue_staggered(), 40)
+
+            async def outcome() -> tuple[dict[str, Any], Any]:
+                backend = open_backend(redis_url, prefix=prefix)
+                await backend.connect()
+                try:
+                    found: dict[str, Any] = {}
+                    for _ in range(60):
+                        found.update(await backend.task_queue.wait_results([i for i in ids if i not in found],
+                                                                             timeout=1))
+                        if len(found) == len(ids):
+                            break
+                    return found, await backend.task_queue.stats("long")
+                finally:
+                    await backend.close()
+
+            results, stats = run(outcome(), 80)
+        finally:
+            workers.close()
+        runs = sorted(p.name for p in tmp_path.glob("long-*"))
+        assert sorted(results) == ids and all(r.status == "succeeded" for r in results.values())
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+        assert len(runs) == len(ids), runs  # no lease lapsed: no task ran twice
+        assert all(r.attempts == 1 for r in results.values())

@@ -17,10 +17,12 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server
 
-from distributed_agents.adapters.nats import replies
+from distributed_agents.adapters.nats import naming, replies
 from distributed_agents.core.errors import BackendUnavailableError, LeaseLostError
 from distributed_agents.core.ports.task_queue import Task
 
@@ -300,3 +302,13 @@ def test_an_ack_across_a_server_restart_lands_once() -> None:
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
     assert late == []
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40) | st.text(max_size=12))
+def test_token_escapes_ascii_ids_as_the_regex_does_and_round_trips(value: str) -> None:
+    """``token``'s one-call escape of ASCII ids (aef949a) makes what the regex makes: the same keys
+    for ids queued before, and still injective."""
+    expected = "_" if not value else naming._UNSAFE.sub(naming._escape, value)
+    assert naming.token(value) == expected
+    assert naming.untoken(naming.token(value)) == value
