@@ -312,3 +312,32 @@ def test_token_escapes_ascii_ids_as_the_regex_does_and_round_trips(value: str) -
     expected = "_" if not value else naming._UNSAFE.sub(naming._escape, value)
     assert naming.token(value) == expected
     assert naming.untoken(naming.token(value)) == value
+
+
+_AWKWARD = ['plain', 'q"uote', 'back\\\\slash\\\\', '","status":"running', 'caf\u00e9-\u2603', '\\\\"', 'a.b', '_5f']
+
+
+def test_list_workflows_by_status_with_ids_and_graph_names_that_look_like_a_head(nats_url: str) -> None:
+    """list_workflows(status) reads the status from the record's head without decoding (8124152):
+    ids and graph names holding quotes, backslashes and a fake status must not fool it."""
+    from distributed_agents.core.ports.state_store import WorkflowRecord
+
+    async def scenario() -> dict[str, list[str]]:
+        backend = await open_nats(nats_url)
+        try:
+            store = backend.state_store
+            for index, name in enumerate(_AWKWARD):
+                status = ("running", "completed", "paused")[index % 3]
+                record = WorkflowRecord(workflow_id=f"wf{index}{name}", graph_name=f"g{name}", status=status,
+                                        state={"status": "running", "x": name})
+                await store.save(record, expected_version=0)
+            return {status: sorted(r.workflow_id for r in await store.list_workflows(status))
+                    for status in ("running", "completed", "paused", "failed")}
+        finally:
+            await backend.close()
+
+    listed = run(scenario())
+    expected: dict[str, list[str]] = {"running": [], "completed": [], "paused": [], "failed": []}
+    for index, name in enumerate(_AWKWARD):
+        expected[("running", "completed", "paused")[index % 3]].append(f"wf{index}{name}")
+    assert listed == {status: sorted(ids) for status, ids in expected.items()}
