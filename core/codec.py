@@ -67,7 +67,10 @@ def _finite_float(text: str) -> float:
 
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# The decoder's scanner (JSONDecoder.__init__ sets it; typeshed does not declare it).
+_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 _OBJECT_OR_ARRAY = (b"{", b"[")
+_OBJECT_OR_ARRAY_TEXT = ("{", "[")
 
 
 def on_fresh_stack(func: Callable[..., T], *args: Any) -> T:
@@ -141,13 +144,28 @@ def _decode(data: bytes | bytearray | str) -> Any:
     try:
         if isinstance(data, bytes) and data[:1] in _OBJECT_OR_ARRAY:
             # What encode wrote (UTF-8): skip json.loads' detection of UTF-16/32 byte orders.
-            return _decoder.decode(data.decode("utf-8", "surrogatepass"))  # as json.loads decodes bytes
+            return _decoded_text(data.decode("utf-8", "surrogatepass"))  # as json.loads decodes bytes
+        if isinstance(data, str) and data[:1] in _OBJECT_OR_ARRAY_TEXT:
+            return _decoded_text(data)  # (no bytes made to be decoded back to this text)
         return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadDecodeError(f"payload is not valid UTF-8 JSON ({exc}); starts with {_preview_of(data)!r}") from exc
     except (ValueError, TypeError) as exc:  # an int of more than 4300 digits; not bytes or str at all
         raise PayloadDecodeError(f"payload is not JSON this engine reads ({exc}); starts with "
                                  f"{_preview_of(data)!r}") from None
+
+
+def _decoded_text(text: str) -> Any:
+    """``_decoder.decode(text)`` for a ``text`` starting with "{" or "[" (so with no whitespace first)."""
+    try:
+        # The scanner alone (what JSONDecoder.decode runs after skipping whitespace): the
+        # usual compact JSON ends where its value does.
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        value, end = None, -1
+    if end == len(text):
+        return value
+    return _decoder.decode(text)  # trailing whitespace, or the error naming the problem
 
 
 def _preview_of(data: Any) -> bytes | str:

@@ -228,17 +228,24 @@ class StepEngine:
         # was sent: used once, instead of building them again; node.started carries that time.
         self.first_calls: dict[str, tuple[NodeCall, float]] = {}
 
-    async def drive(
+    def drive(
         self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
-    ) -> WorkflowRecord:
-        """Run ``record``'s workflow to a terminal status and return the final record (see ``_run``).
+    ) -> Coroutine[Any, Any, WorkflowRecord]:
+        """Run ``record``'s workflow to a terminal status and return the final record (see ``_run``); await it.
 
         With instrumentation, this is one workflow run: ``workflow_started`` first,
         ``workflow_ended`` with the status it left the workflow in last.
         """
+        if self._instrumentation is None:
+            # The run's own coroutine: no layer around it that every resumption passes through.
+            return self._run(graph, record, lease, options)
+        return self._observed_drive(graph, record, lease, options)
+
+    async def _observed_drive(
+        self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, options: DriveOptions
+    ) -> WorkflowRecord:
         observer = self._instrumentation
-        if observer is None:
-            return await self._run(graph, record, lease, options)
+        assert observer is not None
         self._observed_run = observer.workflow_started(record.workflow_id, graph.name, record.step)
         status, error = "stopped", None
         try:
@@ -334,7 +341,8 @@ class StepEngine:
         reducers = graph.reducers
         breaks_before = _breakpoint_names(graph, record, "before")
         breaks_after = _breakpoint_names(graph, record, "after")
-        await self._purge_handled(record)  # a process that committed the route may have died before purging
+        if record.frontier.get("sends"):  # (only handlers' tasks have dead letters to purge)
+            await self._purge_handled(record)  # a process that committed the route may have died before purging
         bound_step = record.step  # bound by _run
         while True:
             progress.begin(record)
@@ -914,7 +922,8 @@ class StepEngine:
         step's commit is only kept in memory; the next commit that is not a step's (the
         end, a pause, a failure) carries the last kept checkpoint along.
         """
-        landed = await self._settle()
+        # (No coroutine made to settle when nothing is in flight: the usual "sync" commit.)
+        landed = await self._settle() if self._inflight is not None else None
         if landed is not None:
             record = record.evolve(version=landed.version)
         step_commit = checkpoint is not None and record.status == WorkflowStatus.RUNNING
@@ -1093,15 +1102,18 @@ class StepEngine:
                 f"{None if current is None else current.step} first; this one stopped driving it"
             ) from exc
 
-    async def _save_once(
+    def _save_once(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None
-    ) -> WorkflowRecord:
-        """One attempt of ``_write``'s save (counted in ``_save_attempts``); a last commit releases ``lease``."""
+    ) -> Awaitable[WorkflowRecord]:
+        """One attempt of ``_write``'s save (counted in ``_save_attempts``); a last commit releases ``lease``.
+
+        The store's own coroutine, to await (no layer of its own around the save's wait).
+        """
         self._save_attempts += 1
         if record.status in _LAST_COMMIT:
-            return await self._store.save_releasing(
+            return self._store.save_releasing(
                 record, expected_version=record.version, checkpoint=checkpoint, lease=lease)
-        return await self._store.save(
+        return self._store.save(
             record, expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token
         )
 

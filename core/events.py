@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from distributed_agents.core.ports.message_bus import MessageBus
@@ -255,9 +255,9 @@ class EventPublisher:
         except asyncio.TimeoutError:
             return False
 
-    async def flush(self) -> None:
-        """Wait until every queued event and chunk has been published (or failed to be)."""
-        await self.wait_published(self._seq)
+    def flush(self) -> Coroutine[Any, Any, bool]:
+        """Wait until every queued event and chunk has been published (or failed to be); await it."""
+        return self.wait_published(self._seq)
 
     async def close(self) -> None:
         """Publish what is queued, then stop the background task."""
@@ -295,7 +295,8 @@ def _grouped(items: list[_Item]) -> list[tuple[str, Mapping[str, Any]]]:
 
     for _, channel, data, size in items:
         if not size:  # an event
-            close_group()
+            if group:
+                close_group()
             messages.append((channel, data))
             continue
         if channel != group_channel or len(group) >= GROUP_CHUNKS or group_bytes + size > GROUP_BYTES:
@@ -303,7 +304,8 @@ def _grouped(items: list[_Item]) -> list[tuple[str, Mapping[str, Any]]]:
             group_channel, group_bytes = channel, 0
         group.append(data)
         group_bytes += size
-    close_group()
+    if group:
+        close_group()
     return messages
 
 

@@ -285,8 +285,56 @@ class TaskQueueExecutor(NodeExecutor):
                 missing = await self._types_without_workers(calls)
             if missing:
                 raise _no_worker_error(calls, missing)
+        # (The step's wait is here, not in a coroutine of its own: one layer fewer that every
+        # resumption of the wait passes through.)
         try:
-            return await self._run(calls)
+            started = time.time()
+            # (No comprehension here reads a local or self: each would make a cell per step, kept
+            # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
+            by_id = {call.task_id: call for call in calls}
+            fresh: Sequence[NodeCall] = calls
+            if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
+                fresh = _not_enqueued(calls, self.enqueued)
+                self.enqueued.clear()
+            if fresh:
+                # A fan-out's tasks go out as one batch (one round trip on Redis).
+                await self._enqueue_whole(_tasks_of(fresh, self.queue.max_attempts))
+            outcomes: dict[str, NodeOutcome] = {}
+            waiting_since: float | None = None
+            while len(outcomes) < len(calls):
+                pending = _keys_outside(by_id, outcomes)
+                results = await self.queue.wait_results(pending, timeout=self.poll_interval)
+                for task_id, result in results.items():
+                    call = by_id[task_id]
+                    failure = None if result.status == "succeeded" else NodeFailure.from_text(result.error or "failed")
+                    outcomes[task_id] = NodeOutcome(
+                        call.node, task_id, dict(result.output or {}) if result.output is not None else None,
+                        # The run time on the worker that produced the result when it says when it
+                        # started; else (an older worker) the time since the task was enqueued.
+                        failure, result.attempts, started if result.started_at is None else result.started_at,
+                        max(result.finished_at - (started if result.started_at is None else result.started_at), 0.0),
+                        result.worker_id,
+                    )
+                if results:
+                    if waiting_since is not None:  # (no coroutine made for the usual case)
+                        await self._waited(waiting_since)
+                        waiting_since = None
+                    continue
+                missing = await self._types_without_workers(_values_of(by_id, pending))
+                if not missing:
+                    if waiting_since is not None:
+                        await self._waited(waiting_since)
+                        waiting_since = None
+                    continue
+                waiting_since = waiting_since or time.monotonic()
+                if self.on_waiting is not None:
+                    await self.on_waiting(missing)
+                if self.worker_timeout is not None and time.monotonic() - waiting_since >= self.worker_timeout:
+                    raise NodeNotFoundError(
+                        f"no live worker serves node type(s) {', '.join(map(repr, missing))} "
+                        f"after waiting {self.worker_timeout}s; start a worker with those node types"
+                    )
+            return _outcomes_of(calls, outcomes)
         except asyncio.CancelledError:
             if self.withdraw_on_cancel is not None and not self.withdraw_on_cancel():
                 raise
@@ -296,53 +344,6 @@ class TaskQueueExecutor(NodeExecutor):
                 except Exception:  # best effort: a claimed task ends with its worker
                     pass
             raise
-
-    async def _run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
-        started = time.time()
-        # (No comprehension here reads a local or self: each would make a cell per step, kept
-        # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
-        by_id = {call.task_id: call for call in calls}
-        fresh: Sequence[NodeCall] = calls
-        if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
-            fresh = _not_enqueued(calls, self.enqueued)
-            self.enqueued.clear()
-        if fresh:
-            # A fan-out's tasks go out as one batch (one round trip on Redis).
-            await self._enqueue_whole(_tasks_of(fresh, self.queue.max_attempts))
-        outcomes: dict[str, NodeOutcome] = {}
-        waiting_since: float | None = None
-        while len(outcomes) < len(calls):
-            pending = _keys_outside(by_id, outcomes)
-            results = await self.queue.wait_results(pending, timeout=self.poll_interval)
-            for task_id, result in results.items():
-                call = by_id[task_id]
-                failure = None if result.status == "succeeded" else NodeFailure.from_text(result.error or "failed")
-                outcomes[task_id] = NodeOutcome(
-                    call.node, task_id, dict(result.output or {}) if result.output is not None else None,
-                    # The run time on the worker that produced the result when it says when it
-                    # started; else (an older worker) the time since the task was enqueued.
-                    failure, result.attempts, started if result.started_at is None else result.started_at,
-                    max(result.finished_at - (started if result.started_at is None else result.started_at), 0.0),
-                    result.worker_id,
-                )
-            if results:
-                await self._waited(waiting_since)
-                waiting_since = None
-                continue
-            missing = await self._types_without_workers(_values_of(by_id, pending))
-            if not missing:
-                await self._waited(waiting_since)
-                waiting_since = None
-                continue
-            waiting_since = waiting_since or time.monotonic()
-            if self.on_waiting is not None:
-                await self.on_waiting(missing)
-            if self.worker_timeout is not None and time.monotonic() - waiting_since >= self.worker_timeout:
-                raise NodeNotFoundError(
-                    f"no live worker serves node type(s) {', '.join(map(repr, missing))} "
-                    f"after waiting {self.worker_timeout}s; start a worker with those node types"
-                )
-        return _outcomes_of(calls, outcomes)
 
     async def _enqueue_whole(self, tasks: list[Task]) -> None:
         """``queue.enqueue_many(tasks)``, run to its end even when the step is cancelled meanwhile

@@ -1068,7 +1068,7 @@ class Orchestrator:
             calls = first_step_calls(graph, record, step_limit or self.step_limit, self._local_function, encoded)
             if calls:
                 attempts = self.backend.task_queue.max_attempts
-                tasks = []  # (a loop: a comprehension reading a local makes it a cell, see _create_leased)
+                tasks = []  # (a loop: a comprehension reading a local makes it a cell, see _create)
                 for call in calls:
                     tasks.append(node_task(call, attempts))
         if encoded is not None:
@@ -1162,71 +1162,65 @@ class Orchestrator:
         """
         workflow_id = record.workflow_id
         self._starting.add(workflow_id)
+        # (One coroutine, not a wrapper around another: every resumption passes through each layer.)
         try:
-            return await self._create_leased(record, checkpoint, tasks, enqueued)
-        finally:
-            self._starting.discard(workflow_id)
-
-    async def _create_leased(
-        self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None = None,
-        enqueued: set[str] | None = None,
-    ) -> tuple[WorkflowRecord, WorkflowLease]:
-        # No closures here (see StepEngine._drive_steps' helpers): retried calls take their arguments.
-        workflow_id = record.workflow_id
-        store = self.backend.state_store
-        what = f"start workflow {workflow_id!r}"
-        tries = [0]  # attempts made: a retry after a lost reply may find what the first one created
-        try:
-            # The lease grant and the create in one step (one round trip where the store merges them);
-            # the first attempt here (no retrying coroutine per workflow while the backend answers).
+            # No closures here (see StepEngine._drive_steps' helpers): retried calls take their arguments.
+            store = self.backend.state_store
+            what = f"start workflow {workflow_id!r}"
+            tries = [0]  # attempts made: a retry after a lost reply may find what the first one created
             try:
-                made = await self._create_leased_once(record, checkpoint, tasks, enqueued, tries)
-                self._outage.succeeded()
-            except BackendUnavailableError as exc:
-                made = await retry_after(exc, self._create_leased_once, record, checkpoint, tasks, enqueued, tries,
-                                         what=what, outage=self._outage)
-        except WorkflowExistsError:
-            # A retry after a lost reply finds the record the first attempt created (and its lease).
-            current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
-            if tries[0] < 2 or current is None or current.version != 1 or \
-                    current.metadata.get("orchestrator") != self.orchestrator_id:
-                raise
-            return current, await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
-        if made is not None:
-            return made
-        # Another orchestrator held the lease: wait for it as _acquire says (and names the holder).
-        lease = await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
-        tries[0] = 0
-        try:
-            try:
-                record = await until_available(self._create_once, record, checkpoint, lease, tries,
-                                               what=what, outage=self._outage)
+                # The lease grant and the create in one step (one round trip where the store merges them);
+                # the first attempt here (no retrying coroutine per workflow while the backend answers).
+                try:
+                    made = await self._create_leased_once(record, checkpoint, tasks, enqueued, tries)
+                    self._outage.succeeded()
+                except BackendUnavailableError as exc:
+                    made = await retry_after(exc, self._create_leased_once, record, checkpoint, tasks, enqueued, tries,
+                                             what=what, outage=self._outage)
             except WorkflowExistsError:
-                # A retry after a lost reply finds the record the first attempt created.
+                # A retry after a lost reply finds the record the first attempt created (and its lease).
                 current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
                 if tries[0] < 2 or current is None or current.version != 1 or \
                         current.metadata.get("orchestrator") != self.orchestrator_id:
                     raise
-                record = current
-            except (FencingTokenRejectedError, LeaseLostError):
-                # A retry after a lost reply, when another orchestrator took the workflow the first
-                # attempt created over meanwhile (the outage outlasted our lease): it is driving it;
-                # driving from here fails its first commit as a takeover, and the caller gets the result.
-                current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
-                if tries[0] < 2 or current is None or (current.version == 1 and
-                                                       current.metadata.get("orchestrator") != self.orchestrator_id):
-                    raise
-                record = current
-        except BaseException:
-            await self._release(lease)
-            raise
-        return record, lease
+                return current, await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
+            if made is not None:
+                return made
+            # Another orchestrator held the lease: wait for it as _acquire says (and names the holder).
+            lease = await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
+            tries[0] = 0
+            try:
+                try:
+                    record = await until_available(self._create_once, record, checkpoint, lease, tries,
+                                                   what=what, outage=self._outage)
+                except WorkflowExistsError:
+                    # A retry after a lost reply finds the record the first attempt created.
+                    current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
+                    if tries[0] < 2 or current is None or current.version != 1 or \
+                            current.metadata.get("orchestrator") != self.orchestrator_id:
+                        raise
+                    record = current
+                except (FencingTokenRejectedError, LeaseLostError):
+                    # A retry after a lost reply, when another orchestrator took the workflow the first
+                    # attempt created over meanwhile (the outage outlasted our lease): it is driving it;
+                    # driving from here fails its first commit as a takeover, and the caller gets the result.
+                    current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
+                    if tries[0] < 2 or current is None or (
+                            current.version == 1 and current.metadata.get("orchestrator") != self.orchestrator_id):
+                        raise
+                    record = current
+            except BaseException:
+                await self._release(lease)
+                raise
+            return record, lease
+        finally:
+            self._starting.discard(workflow_id)
 
     async def _create_leased_once(
         self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None,
         enqueued: set[str] | None, tries: list[int],
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
-        """One attempt of ``_create_leased``'s create with the lease (and ``tasks``); None if another holds it."""
+        """One attempt of ``_create``'s create with the lease (and ``tasks``); None if another holds it."""
         tries[0] += 1
         store = self.backend.state_store
         if not tasks:
@@ -1238,14 +1232,14 @@ class Orchestrator:
             return None
         if made[2] and enqueued is not None:
             # Only from the call that created the workflow: after a lost reply the record
-            # is found by _create_leased, and the first step queues the tasks (again: a no-op then).
+            # is found by _create, and the first step queues the tasks (again: a no-op then).
             enqueued.update(task.id for task in tasks)
         return made[0], made[1]
 
     async def _create_once(
         self, record: WorkflowRecord, checkpoint: Checkpoint, lease: WorkflowLease, tries: list[int]
     ) -> WorkflowRecord:
-        """One attempt of ``_create_leased``'s create under a lease acquired first."""
+        """One attempt of ``_create``'s create under a lease acquired first."""
         tries[0] += 1
         return await self.backend.state_store.save(
             record, expected_version=0, checkpoint=checkpoint, fencing_token=lease.fencing_token)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Coroutine, MutableMapping, Sequence
 from typing import Any
 
 from distributed_agents.core.errors import (
@@ -74,35 +74,24 @@ class NotingStore(StateStore):
     async def get(self, workflow_id: str) -> WorkflowRecord | None:
         return await self._inner.get(workflow_id)
 
-    async def save(
+    def save(
         self,
         record: WorkflowRecord,
         *,
         expected_version: int,
         checkpoint: Checkpoint | None = None,
         fencing_token: int | None = None,
-    ) -> WorkflowRecord:
-        if self._busy:
-            await self._turn()
-        self._busy = True
-        try:
-            return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
-                                    fencing_token=fencing_token)
-        finally:
-            self._done()
+    ) -> Coroutine[Any, Any, WorkflowRecord]:
+        # The save's own coroutine, to await: no layer around it that every resumption passes through.
+        return self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                          fencing_token=fencing_token)
 
-    async def save_releasing(
+    def save_releasing(
         self, record: WorkflowRecord, *, expected_version: int, lease: WorkflowLease,
         checkpoint: Checkpoint | None = None,
-    ) -> WorkflowRecord:
-        if self._busy:
-            await self._turn()
-        self._busy = True
-        try:
-            return await self._save(record, expected_version=expected_version, checkpoint=checkpoint,
-                                    fencing_token=lease.fencing_token, releasing=lease)
-        finally:
-            self._done()
+    ) -> Coroutine[Any, Any, WorkflowRecord]:
+        return self._save(record, expected_version=expected_version, checkpoint=checkpoint,
+                          fencing_token=lease.fencing_token, releasing=lease)
 
     async def _turn(self) -> None:
         """Return once no save is under way (the caller then marks its own as under way, without yielding)."""
@@ -130,29 +119,37 @@ class NotingStore(StateStore):
         self, record: WorkflowRecord, *, expected_version: int, checkpoint: Checkpoint | None,
         fencing_token: int | None, releasing: WorkflowLease | None = None,
     ) -> WorkflowRecord:
-        noted = self._noted
-        if WAITING_KEY in record.metadata:  # e.g. carried over by a resume: the commit ends any wait
-            record = record.evolve(metadata={k: v for k, v in record.metadata.items() if k != WAITING_KEY})
-        if (record.workflow_id == self._workflow_id and noted is not None and self._base is not None
-                and expected_version == self._base.version):
-            expected_version = noted.version  # the note moved the record on by one version
+        """``save``/``save_releasing`` (with ``releasing``): one save at a time (a commit in flight and a note take
+        turns)."""
+        if self._busy:
+            await self._turn()
+        self._busy = True
         try:
-            if releasing is not None:
-                saved = await self._inner.save_releasing(record, expected_version=expected_version,
-                                                         checkpoint=checkpoint, lease=releasing)
-            else:
-                saved = await self._inner.save(record, expected_version=expected_version, checkpoint=checkpoint,
-                                               fencing_token=fencing_token)
-        except VersionConflictError:
-            # A repeated save whose first attempt landed (its reply lost in an outage)
-            # is recognised here, as the engine cannot see past the note's version.
-            current = await self._inner.get(record.workflow_id) if noted is not None else None
-            if current is None or not _same_commit(current, record, expected_version + 1):
-                raise
-            saved = current
-        if record.workflow_id == self._workflow_id:
-            self._base, self._noted = saved, None
-        return saved
+            noted = self._noted
+            if WAITING_KEY in record.metadata:  # e.g. carried over by a resume: the commit ends any wait
+                record = record.evolve(metadata={k: v for k, v in record.metadata.items() if k != WAITING_KEY})
+            if (record.workflow_id == self._workflow_id and noted is not None and self._base is not None
+                    and expected_version == self._base.version):
+                expected_version = noted.version  # the note moved the record on by one version
+            try:
+                if releasing is not None:
+                    saved = await self._inner.save_releasing(record, expected_version=expected_version,
+                                                             checkpoint=checkpoint, lease=releasing)
+                else:
+                    saved = await self._inner.save(record, expected_version=expected_version, checkpoint=checkpoint,
+                                                   fencing_token=fencing_token)
+            except VersionConflictError:
+                # A repeated save whose first attempt landed (its reply lost in an outage)
+                # is recognised here, as the engine cannot see past the note's version.
+                current = await self._inner.get(record.workflow_id) if noted is not None else None
+                if current is None or not _same_commit(current, record, expected_version + 1):
+                    raise
+                saved = current
+            if record.workflow_id == self._workflow_id:
+                self._base, self._noted = saved, None
+            return saved
+        finally:
+            self._done()
 
     async def note(self, text: str | None) -> None:
         """Record ``text`` as ``metadata["waiting_for"]`` (None: remove it); best effort.

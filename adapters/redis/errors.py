@@ -21,9 +21,7 @@ The original exception is always chained (``raise ... from exc``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import ModuleType
+from types import ModuleType, TracebackType
 
 from distributed_agents.core.errors import BackendConfigError, BackendError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.redaction import redact_url
@@ -49,18 +47,29 @@ def mask_url(url: str) -> str:
     return redact_url(url)
 
 
-@contextmanager
-def redis_errors(url: str, action: str) -> Iterator[None]:
-    """Translate redis-py and socket errors raised inside the block; ``action`` says what was attempted."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except Exception as exc:
-        translated = _translate(exc, url, action)
-        if translated is None:
-            raise
-        raise translated from exc
+class redis_errors:  # noqa: N801 - used as a function: ``with redis_errors(url, action):``
+    """Translate redis-py and socket errors raised inside the block; ``action`` says what was attempted.
+
+    A ``BackendError`` and anything that is not an ``Exception`` (a cancellation) pass
+    through unchanged, as does an error ``_translate`` has no translation for.
+    (A class rather than a ``contextmanager`` generator: every command enters one.)
+    """
+
+    __slots__ = ("url", "action")
+
+    def __init__(self, url: str, action: str) -> None:
+        self.url = url
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, BackendError) or not isinstance(exc, Exception):
+            return  # nothing raised, or passed through as it is
+        translated = _translate(exc, self.url, self.action)
+        if translated is not None:
+            raise translated from exc
 
 
 def acl_refusal(exc: BaseException, url: str, action: str) -> BackendError | None:

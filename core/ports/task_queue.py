@@ -87,6 +87,7 @@ __all__ = [
 # Concurrent enqueues of the default ``enqueue_many``.
 ENQUEUE_CONCURRENCY = 32
 
+@quick_init  # one per node task, made by the orchestrator and read back by a worker
 @dataclass(frozen=True)
 class Task:
     """One unit of work: run ``node`` (served by workers of ``node_type``) on ``payload``.
@@ -103,6 +104,15 @@ class Task:
     priority: int = 0
     max_attempts: int | None = None
     created_at: float = field(default_factory=time.time)
+
+    def __init__(self, id: str, workflow_id: str, node: str, node_type: str,  # noqa: A002 - the field's name
+                 payload: Mapping[str, Any], priority: int = 0, max_attempts: int | None = None,
+                 created_at: float = FACTORY) -> None:
+        # The fields at once (core.quick_init checks this against them).
+        self.__dict__.update({
+            "id": id, "workflow_id": workflow_id, "node": node, "node_type": node_type, "payload": payload,
+            "priority": priority, "max_attempts": max_attempts,
+            "created_at": time.time() if created_at is FACTORY else created_at})
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:
@@ -286,7 +296,7 @@ class TaskResult:
         publish): each field is checked, so a malformed one is refused here instead of
         failing later, elsewhere, with an unrelated error.
         """
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):  # (decoded JSON: a dict, checked at once)
             raise ValueError(f"a task result must be a JSON object, got {type(data).__name__}")
         try:
             task_id, status = data["task_id"], data["status"]

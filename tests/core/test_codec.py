@@ -79,3 +79,33 @@ def test_nan_and_infinities_are_not_read(raw: bytes | str) -> None:
 def test_finite_floats_at_the_edges_still_round_trip() -> None:
     value = {"big": 1.7976931348623157e308, "small": 5e-324, "neg": -2.5, "ints": [0, -1, 10**30]}
     assert decode(encode(value)) == value
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1} ', b'{"a":1}\n', b'[1, 2]\t\r\n', b'{"a":[1,{"b":null}]}'])
+def test_decode_reads_what_json_loads_reads(raw: bytes) -> None:
+    # The scanner alone reads compact JSON to its end; anything after it (whitespace) goes
+    # through the full decoder, as json.loads would. Bytes and text alike.
+    assert decode(raw) == json.loads(raw)
+    assert decode(raw.decode()) == json.loads(raw.decode())
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1}x', b'{"a":1}{}', b'[1]]', b'{', b'[', b'{"a"', b'[1,]'])
+def test_decode_refuses_what_json_loads_refuses_with_its_reason(raw: bytes) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(raw)
+    for given_as in (raw, raw.decode()):
+        with pytest.raises(PayloadDecodeError) as caught:
+            decode(given_as)
+        assert expected.value.msg in str(caught.value)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(), lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=20))
+@settings(max_examples=200)
+def test_decode_of_encode_with_trailing_bytes_matches_json(value: Any) -> None:
+    raw = encode([value])
+    assert decode(raw) == json.loads(raw)
+    assert decode(raw + b" ") == json.loads(raw + b" ")
+    with pytest.raises(PayloadDecodeError):
+        decode(raw + b"0")

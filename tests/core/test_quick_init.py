@@ -15,6 +15,7 @@ from distributed_agents.core.executors import NodeCall, NodeOutcome
 from distributed_agents.core.frontier import TaskEntry
 from distributed_agents.core.node_runner import NodeContext
 from distributed_agents.core.ports.state_store import Checkpoint
+from distributed_agents.core.ports.task_queue import Task
 from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.types import NodeResult
 
@@ -103,6 +104,15 @@ def test_every_step_loop_class_keeps_its_defaults() -> None:
     checkpoint = Checkpoint("w", 1, {"a": 1})
     assert checkpoint.frontier == {} and checkpoint.writes == {} and isinstance(checkpoint.created_at, float)
     assert NodeResult({}, []).interrupt is None and NodeResult({}, []).parent is False
+    task = Task("t", "w", "n", "function", {"state": {}})
+    assert task.priority == 0 and task.max_attempts is None and isinstance(task.created_at, float)
+    assert Task(id="t", workflow_id="w", node="n", node_type="function", payload={}, created_at=5.0).created_at == 5.0
+    assert dataclasses.replace(task, priority=3) == Task("t", "w", "n", "function", {"state": {}}, 3, None,
+                                                         task.created_at)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.priority = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Task("t", "w", "n", "function")  # type: ignore[call-arg]
 
 
 def test_a_hand_written_init_is_kept_when_it_takes_exactly_the_fields_and_refused_otherwise() -> None:

@@ -122,6 +122,31 @@ def test_a_script_missing_again_after_its_reload_is_an_outage_to_ride_out() -> N
             raise rexc.NoScriptError("No matching script. Please use EVAL.")
 
 
+def test_redis_errors_translates_only_redis_and_socket_errors() -> None:
+    # Translated: the original is the cause. Passed through unchanged: the project's own
+    # errors, cancellations, and errors it has no translation for.
+    import asyncio
+
+    import redis.exceptions as rexc
+
+    from distributed_agents.adapters.redis.errors import redis_errors
+
+    original = rexc.ConnectionError("refused")
+    with pytest.raises(BackendUnavailableError, match="unreachable while trying to save") as caught:
+        with redis_errors("redis://:pw@host:6379/0", "save"):
+            raise original
+    assert caught.value.__cause__ is original
+    assert ":pw@" not in str(caught.value)
+    own = BackendUnavailableError("already ours")
+    for passing in (own, asyncio.CancelledError(), KeyError("not redis")):
+        with pytest.raises(type(passing)) as seen:
+            with redis_errors("redis://host:6379/0", "save"):
+                raise passing
+        assert seen.value is passing
+    with redis_errors("redis://host:6379/0", "save"):
+        pass  # nothing raised: nothing to translate
+
+
 def test_operations_work_after_the_server_flushed_its_scripts(redis_url: str) -> None:
     import redis.asyncio as redis_asyncio
 
