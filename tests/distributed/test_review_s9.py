@@ -57,7 +57,20 @@ async def long(state: State, context: NodeContext) -> dict[str, Any]:
     return {"by": context.worker_id}
 
 
+@registry.register("quick")
+async def quick(state: State, context: NodeContext) -> dict[str, Any]:
+    """A short node that marks each run."""
+    import asyncio
+
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"quick-{context.idempotency_key}-{context.worker_id}-{context.attempt}"
+    marker.write_text(str(os.getpid()))
+    await asyncio.sleep(0.02)
+    return {"i": state["i"]}
+
+
 if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers import only the registry)
+    import asyncio
+
     import pytest
     from support.aio import run
     from support.worker_processes import WorkerProcesses
@@ -215,3 +228,57 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
         assert len(runs) == len(ids), runs  # no lease lapsed: no task ran twice
         assert all(r.attempts == 1 for r in results.values())
+
+    @pytest.mark.parametrize("backend_name", ["redis", "nats"])
+    def test_a_worker_killed_among_quick_acks_leaves_one_result_per_task_and_exact_stats(
+            backend_name: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
+        """SIGKILL while a worker acks a stream of quick tasks (some between the result's write and the
+        message's ack, on NATS): each task ends with one result, its own; nothing queued, in flight or
+        dead once the survivor cleaned up."""
+        url = str(request.getfixturevalue(f"{backend_name}_url"))
+        prefix = f"s9q{uuid.uuid4().hex[:8]}"
+        workers = _workers(url, prefix, tmp_path, pause=False)
+        ids = [f"q-{i}" for i in range(40)]
+
+        async def enqueue_all() -> None:
+            backend = open_backend(url, prefix=prefix)
+            await backend.connect()
+            try:
+                await backend.task_queue.enqueue_many(
+                    [Task(task_id, "wf-quick", "quick", "quick", {"state": {"i": i}}) for i, task_id in enumerate(ids)])
+            finally:
+                await backend.close()
+
+        async def settled() -> tuple[dict[str, Any], Any, list[Any]]:
+            backend = open_backend(url, prefix=prefix)
+            await backend.connect()
+            try:
+                found: dict[str, Any] = {}
+                for _ in range(60):
+                    found.update(await backend.task_queue.wait_results([i for i in ids if i not in found], timeout=1))
+                    if len(found) == len(ids):
+                        break
+                stats = await backend.task_queue.stats("quick")
+                for _ in range(40):  # a message whose result is stored is cleaned up once redelivered
+                    if (stats.queued, stats.in_flight) == (0, 0):
+                        break
+                    await asyncio.sleep(0.5)
+                    stats = await backend.task_queue.stats("quick")
+                return found, stats, await backend.task_queue.dead_letters("quick")
+            finally:
+                await backend.close()
+
+        try:
+            victim = workers.start("w1", "--visibility-timeout", "2", "--capacity", "4")
+            _wait_for(lambda: "serving" in workers.log("w1"), 40, "w1 to serve")
+            run(enqueue_all(), 40)
+            _wait_for(lambda: len(list(tmp_path.glob("quick-*"))) >= 6, 40, "some tasks to run")
+            victim.kill()
+            victim.wait(timeout=20)
+            workers.start("w2", "--visibility-timeout", "2", "--capacity", "4")
+            results, stats, dead = run(settled(), 90)
+        finally:
+            workers.close()
+        assert sorted(results) == sorted(ids)
+        assert all(r.status == "succeeded" and r.output == {"i": ids.index(k)} for k, r in results.items())
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0) and dead == []
