@@ -282,3 +282,55 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
         assert sorted(results) == sorted(ids)
         assert all(r.status == "succeeded" and r.output == {"i": ids.index(k)} for k, r in results.items())
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0) and dead == []
+
+    @pytest.mark.parametrize("backend_name", ["redis", "nats"])
+    def test_a_map_cancelled_while_its_tasks_run_leaves_nothing_queued_in_flight_or_dead(
+            backend_name: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
+        """cancel_workflow during a 150-way Send map served by two worker processes: execute raises
+        the cancellation, and once the workers settled what they held no task of the map is left
+        queued, in flight or dead-lettered (cancelled tasks are withdrawn or finish as cancelled)."""
+        from support.worker_processes import load_test_app
+
+        from distributed_agents.core.errors import WorkflowCancelledError
+        from distributed_agents.distributed import DistributedOrchestrator
+
+        url = str(request.getfixturevalue(f"{backend_name}_url"))
+        prefix = f"s9m{uuid.uuid4().hex[:8]}"
+        app = load_test_app("control_app")
+        workers = WorkerProcesses(url, prefix, tmp_path, "control_app:registry")
+
+        async def scenario() -> tuple[str, Any, list[Any]]:
+            orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+            try:
+                running = asyncio.ensure_future(orchestrator.execute(
+                    app.map_graph(), {"items": list(range(150)), "pause": 0.05, "mark": True}, workflow_id="wf-cx"))
+                for _ in range(400):  # some items ran: the map is under way
+                    if len(list(tmp_path.glob("square-*"))) >= 5 or running.done():
+                        break
+                    await asyncio.sleep(0.05)
+                await orchestrator.cancel_workflow("wf-cx")
+                try:
+                    await running
+                    outcome = "completed"
+                except WorkflowCancelledError:
+                    outcome = "cancelled"
+                queue = orchestrator.backend.task_queue
+                stats = await queue.stats("square")
+                for _ in range(60):  # the workers finish or give back what they held
+                    if (stats.queued, stats.in_flight) == (0, 0):
+                        break
+                    await asyncio.sleep(0.25)
+                    stats = await queue.stats("square")
+                return outcome, stats, await queue.dead_letters("square")
+            finally:
+                await orchestrator.close()
+
+        workers.start("w1", "--capacity", "4")
+        workers.start("w2", "--capacity", "4")
+        try:
+            outcome, stats, dead = run(scenario(), 80)
+        finally:
+            workers.close()
+        assert outcome == "cancelled"
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), stats
+        assert dead == []
