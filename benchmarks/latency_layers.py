@@ -2,6 +2,7 @@
 
     python benchmarks/latency_layers.py                    # temporary redis-server
     python benchmarks/latency_layers.py --backend-url redis://127.0.0.1:6379/0 [--runs 500] [--results FILE]
+    python benchmarks/latency_layers.py --server-times     # also each script's time inside redis-server
 
 Three measurements of one task at a time, each between two processes (an "orchestrator"
 and a "worker", both redis-py asyncio clients) and p50/p99 in milliseconds:
@@ -17,6 +18,11 @@ and a "worker", both redis-py asyncio clients) and p50/p99 in milliseconds:
 
 The gaps between the lines say what each layer costs; the floor says what the machine
 (process wake-ups, loopback sockets) costs whatever the design.
+
+``--server-times`` adds, under each layer, the median time each script and command took
+inside redis-server (its ``SLOWLOG``, every call logged while the layer runs; the settings
+are put back afterwards): a script runs alone on the server, and a worker's wake-up
+waits for the whole of the script that hands it its task.
 """
 
 from __future__ import annotations
@@ -148,20 +154,87 @@ async def engine(url: str, runs: int) -> tuple[float, float]:
             await orchestrator.close()
 
 
+def _script_names() -> dict[str, str]:
+    """SHA-1 -> name of the adapter's Lua scripts (module-level strings that call redis)."""
+    import hashlib
+    import importlib
+
+    names: dict[str, str] = {}
+    for module in ("queue_scripts", "state_store", "message_bus", "worker_registry", "task_queue"):
+        loaded = importlib.import_module(f"distributed_agents.adapters.redis.{module}")
+        for name, value in vars(loaded).items():
+            if isinstance(value, str) and ("redis.call" in value or name == "PUBLISH_SCRIPT"):
+                names.setdefault(hashlib.sha1(value.encode()).hexdigest(), name.strip("_"))
+    names[hashlib.sha1(_ENQUEUE.encode()).hexdigest()] = "floor enqueue"
+    names[hashlib.sha1(_ACK.encode()).hexdigest()] = "floor ack"
+    return names
+
+
+class _ServerTimes:
+    """Median server-side microseconds per script (by name) and command, from ``SLOWLOG``."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis_asyncio.Redis.from_url(url)
+        self._saved: dict[str, Any] = {}
+
+    async def __aenter__(self) -> _ServerTimes:
+        for key in ("slowlog-log-slower-than", "slowlog-max-len"):
+            self._saved.update(await self._client.config_get(key))
+        await self._client.config_set("slowlog-log-slower-than", 0)
+        await self._client.config_set("slowlog-max-len", 200_000)
+        await self._client.slowlog_reset()
+        return self
+
+    async def read(self) -> dict[str, float]:
+        names = _script_names()
+        times: dict[str, list[float]] = {}
+        for entry in await self._client.slowlog_get(200_000):
+            command = entry["command"].split()
+            name = command[0].decode().upper()
+            if name == "EVALSHA" and len(command) > 1:
+                name = names.get(command[1].decode(), f"script {command[1].decode()[:8]}")
+            elif name in ("SLOWLOG", "CONFIG"):
+                continue
+            else:  # a command a script ran counts under its own name too
+                name = f"{name} (command)"
+            times.setdefault(name, []).append(float(entry["duration"]))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            for key, value in self._saved.items():
+                await self._client.config_set(key, value)
+        finally:
+            await self._client.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend-url", help="a Redis URL; default: start a temporary redis-server")
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--results", help="write the figures as JSON: {layer: {p50_ms, p99_ms}}")
+    parser.add_argument("--server-times", action="store_true",
+                        help="also print each script's median time inside redis-server, per layer (SLOWLOG)")
     args = parser.parse_args()
     import distributed_benchmark as bench
 
     figures: dict[str, dict[str, float]] = {}
     with bench.local_server(None if args.backend_url else "redis", args.backend_url) as url:
         for name, measure in (("floor", floor), ("queue", queue), ("engine", engine)):
-            p50, p99 = await measure(url, args.runs)
+            server: dict[str, float] = {}
+            if args.server_times:
+                async with _ServerTimes(url) as times:
+                    p50, p99 = await measure(url, args.runs)
+                    server = await times.read()
+            else:
+                p50, p99 = await measure(url, args.runs)
             figures[name] = {"p50_ms": p50, "p99_ms": p99}
             print(f"{name:7s} dispatch -> result  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+            if server:
+                figures[name]["server_us"] = server
+                scripts = sorted(((us, n) for n, us in server.items() if not n.endswith("(command)")), reverse=True)
+                print("        server time per call (median): "
+                      + ", ".join(f"{n} {us:.0f} us" for us, n in scripts), flush=True)
     if args.results:
         with open(args.results, "w") as out:
             json.dump(figures, out, indent=2)
