@@ -377,3 +377,45 @@ def test_a_result_at_the_payload_limit_is_acked(nats_url: str) -> None:
 def test_a_result_at_the_payload_limit_is_acked_after_failed_attempts(nats_url: str) -> None:
     outcome, result = run(_ack_at_the_limit(nats_url, 4))
     assert outcome == "acked" and result is not None and result.status == "succeeded"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "NATS publish size check (pre-existing; kept by replies.send in c810e6d): only the payload is compared with "
+    "the server's max_payload, but the server counts headers too: a KV write (here a task record with its "
+    "result, after failed attempts) whose payload is within the header block's size under max_payload passes "
+    "the client's check, the server answers 'Maximum Payload Violation' and closes the connection; the ack "
+    "times out after 5 s as BackendUnavailableError ('check that nats-server is running'), every retry resets "
+    "the connection again (disturbing every other call on it), instead of one MaxPayloadError"))
+def test_a_record_just_under_max_payload_with_its_headers_over_it_fails_cleanly(nats_url: str) -> None:
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import TaskResult
+
+    async def scenario() -> tuple[str, int]:
+        backend = await open_nats(nats_url)
+        try:
+            queue = backend.task_queue
+            nc = backend.connection.nc
+            await queue.enqueue(Task("edge", "wf", "n", "n", {}, max_attempts=5))
+            for _ in range(3):
+                [claim] = await queue.claim(["n"], worker_id="w")
+                await queue.nack(claim, "ValueError: " + "m" * 4000 + "\n" + "t" * 16000)
+            [claim] = await queue.claim(["n"], worker_id="w")
+            held = queue._held[claim.lease_id].record  # what the ack writes, to size the result
+            fields = {**held, "state": "done", "lease": "", "expires_at": 1796030000.123456}
+            fields.pop("result", None)
+            base = len(encode(fields)) - 1 + len(',"result":') + 1
+            empty = TaskResult("edge", "succeeded", output={"x": ""}, attempts=claim.attempt, worker_id="w")
+            base += len(encode(empty.to_dict()))
+            # The record's payload about 35 bytes under max_payload: its headers (~70 bytes) take it over.
+            output = {"x": "y" * (nc.max_payload - 35 - base)}
+            try:
+                await asyncio.wait_for(queue.ack(claim, output), 30)
+                outcome = "acked"
+            except Exception as exc:  # noqa: BLE001 - the error is what is checked
+                outcome = f"{type(exc).__name__}: {exc}"
+            return outcome, int(nc.stats.get("reconnects", 0))
+        finally:
+            await backend.close()
+
+    outcome, _ = run(scenario(), 60)
+    assert outcome == "acked" or "MaxPayload" in outcome or "payload" in outcome.lower(), outcome
