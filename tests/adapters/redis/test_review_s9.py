@@ -354,3 +354,43 @@ def test_a_cancelled_lone_ack_logs_no_unretrieved_future_error(open_redis: OpenR
             await backend.close()
 
     assert run(scenario()) == []
+
+
+def test_an_ack_whose_connection_is_killed_while_the_server_holds_it_lands_once(
+        open_redis: OpenRedis, redis_url: str) -> None:
+    """The server holds writes (CLIENT PAUSE WRITE) with the ack queued on it, and the ack's connection is
+    killed meanwhile: the ack is sent again on a new connection and lands once."""
+
+    async def scenario() -> tuple[str, Any, Any, int]:
+        backend = await open_redis()
+        admin = aioredis.Redis.from_url(redis_url)
+        try:
+            queue = backend.task_queue
+            await queue.enqueue(_task("w0"))
+            [warm] = await queue.claim(["n"], worker_id="w", lease_seconds=60)
+            await queue.ack(warm, {})
+            await queue.enqueue(_task("held"))
+            [claim] = await queue.claim(["n"], worker_id="w", lease_seconds=60)
+            await admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+            acking = asyncio.ensure_future(queue.ack(claim, {"v": "held"}))
+            await asyncio.sleep(0.2)  # written, held by the server
+            killed = await _kill_others(admin)
+            try:
+                await acking
+                outcome = "acked"
+            except LeaseLostError:
+                outcome = "lease lost"
+            except BackendUnavailableError:
+                outcome = "unavailable"
+            return outcome, await queue.get_result("held"), await queue.stats("n"), killed
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()
+            await backend.close()
+
+    outcome, result, stats, killed = run(scenario())
+    assert killed >= 1
+    assert result is not None and result.output == {"v": "held"}
+    assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+    assert outcome in ("acked", "unavailable"), outcome
