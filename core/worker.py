@@ -628,7 +628,16 @@ class Worker:
         # What the node streamed goes out before its result: a caller sees a step's chunks before its values.
         streamed = context._stream_seq()
         if streamed and self._stream is not None:
-            await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
+            # The node is done: its chunks, then its result, go out whatever cancellation comes
+            # meanwhile (as for the settling call itself, see _settle).
+            current = asyncio.current_task()
+            if current is not None:
+                self._settling.add(current)
+            try:
+                await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
+            finally:
+                if current is not None:
+                    self._settling.discard(current)
         held = lease.claim  # (a ClaimedTask built directly: dataclasses.replace costs ~10x more)
         acked = ClaimedTask(held.task, held.lease_id, held.attempt, held.deadline, held.worker_id, started_at)
         if await self._settle(lambda: queue.ack(acked, updates), claim):

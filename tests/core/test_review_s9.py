@@ -183,12 +183,6 @@ def test_a_stop_among_tasks_finishing_leaves_each_acked_or_queued_and_counts_mat
     assert worker.stats.succeeded == done
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/worker.py _handle (since 02d054a, before this session): a node that streamed waits for its chunks to be published "
-    "(_stream.wait_published) after it returned and before _settle marks the task as settling; a cancel "
-    "of its workflow (or stop()) arriving in that window cancels the task there, outside the node's "
-    "try/except, so neither the ack nor the cancellation's nack/release is sent: the task stays in "
-    "flight until its lease expires and is then delivered again, for a cancelled workflow"))
 def test_a_cancel_while_a_streaming_nodes_chunks_are_published_still_settles_the_task() -> None:
     node_type = f"str{uuid.uuid4().hex[:6]}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -217,31 +218,32 @@ def test_nodes_longer_than_their_lease_keep_it_and_quick_ones_leave_no_timer() -
 
     async def slow(state: State, context: NodeContext) -> dict[str, Any]:
         runs.append(context.attempt)
-        await asyncio.sleep(1.0)  # over three leases of 0.3 s
+        await asyncio.sleep(1.5)  # over two leases of 0.6 s
         return {"slow": 1}
 
-    worker = Worker(poll_wait=0.05, lease_seconds=0.3, capacity=4)
-    worker.register_node("slow", slow)
-    worker.register_node("quick", lambda state: {"quick": 1})
+    slow_type, quick_type = f"slow-{uuid.uuid4().hex[:6]}", f"quick-{uuid.uuid4().hex[:6]}"
+    worker = Worker([slow_type, quick_type], poll_wait=0.05, lease_seconds=0.6, capacity=4)
+    worker.register_node(slow_type, slow)
+    worker.register_node(quick_type, lambda state: {"quick": 1})
     backend = open_backend("memory://")
 
     async def scenario() -> Any:
         serving = asyncio.ensure_future(worker.start())
-        await backend.task_queue.enqueue(Task("t-slow", "wf-lw", "slow", "slow", {"state": {}}))
+        await backend.task_queue.enqueue(Task(f"{slow_type}-t", "wf-lw", "slow", slow_type, {"state": {}}))
         for index in range(20):
-            await backend.task_queue.enqueue(Task(f"t-q{index}", "wf-lw", "quick", "quick", {"state": {}}))
-        ids = ["t-slow", *(f"t-q{index}" for index in range(20))]
+            await backend.task_queue.enqueue(Task(f"{quick_type}-{index}", "wf-lw", "quick", quick_type, {"state": {}}))
+        ids = [f"{slow_type}-t", *(f"{quick_type}-{index}" for index in range(20))]
         found: dict[str, Any] = {}
         while len(found) < len(ids):
             found.update(await backend.task_queue.wait_results([i for i in ids if i not in found], timeout=5))
         waiting = len(worker._lease_watch._waiting)
         await worker.stop(grace=1)
         await serving
-        return found, waiting
+        return found[f"{slow_type}-t"], waiting
 
-    found, waiting = run(scenario())
+    slow_result, waiting = run(scenario())
     assert runs == [1]  # never re-delivered: its lease was extended
-    assert found["t-slow"].status == "succeeded" and found["t-slow"].attempts == 1
+    assert slow_result.status == "succeeded" and slow_result.attempts == 1
     assert worker.stats.succeeded == 21 and worker.stats.lost_leases == 0
     assert waiting == 0
 
