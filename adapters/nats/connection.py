@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -107,7 +108,13 @@ def ttl_header(seconds: float | None) -> dict[str, str]:
     """The per-message TTL header (whole seconds, at least 1: the server's resolution)."""
     if seconds is None:
         return {}
-    return {"Nats-TTL": str(max(1, math.ceil(seconds)))}
+    return {"Nats-TTL": _ttl_text(seconds)}
+
+
+@functools.lru_cache(maxsize=64)
+def _ttl_text(seconds: float) -> str:
+    # A store writes with one or two TTLs (result_ttl, state_ttl): computed once each.
+    return str(max(1, math.ceil(seconds)))
 
 
 _CREDS_MARKERS = (b"-----BEGIN NATS USER JWT-----", b"USER NKEY SEED-----")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 __all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
-           "pub_ack_of", "request", "send", "start"]
+           "pub_ack_of", "read_directly", "request", "send", "start"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
 
@@ -86,6 +86,7 @@ class _Inbox:
                 # seven): parse them the same way, faster (see ``header_lines``).
                 if getattr(type(nc), "_parse_header_lines", None) is not None:
                     nc._parse_header_lines = header_lines  # type: ignore[method-assign]
+                    read_directly(nc)
                 prefix = nc.new_inbox()
                 self.sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_reply))
                 self.prefix = prefix + "."
@@ -181,6 +182,23 @@ _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
+# Header name -> the start of its line (``Name: ``): names are checked once, as nats-py checks them.
+_HEADER_STARTS: dict[str, str] = {}
+
+
+def _header_start(name: str) -> str:
+    """``"<name>: "`` for a header name nats-py accepts (stripped); "" for one it skips (blank);
+    ``BadHeaderError`` otherwise. Remembered (for the few names a process uses)."""
+    stripped = name.strip()
+    if not stripped:
+        return ""
+    if not _HEADER_KEY.fullmatch(stripped):
+        raise _errors().BadHeaderError(stripped)
+    if len(_HEADER_STARTS) < 1024:
+        _HEADER_STARTS[name] = f"{stripped}: "
+    return f"{stripped}: "
+
+
 class _Kick:
     """What ``send`` puts on the client's flush queue: nats-py's flusher only asks ``done()``
     of what it takes (to complete a ``flush``'s future), and this one is done already."""
@@ -197,7 +215,8 @@ _KICK = _Kick()
 def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None) -> None:
     """``nc.publish(subject, payload, reply=reply, headers=headers)`` without its coroutines:
     the same protocol bytes, checks and errors (``BadSubjectError``, ``BadHeaderError``,
-    ``MaxPayloadError``, ``ConnectionClosedError``, ``ConnectionDrainingError``,
+    ``MaxPayloadError`` - also for a payload that fits only without its header block, which
+    the server counts and nats-py does not -, ``ConnectionClosedError``, ``ConnectionDrainingError``,
     ``OutboundBufferLimitError`` while reconnecting with a full buffer), queued on the
     client's pending buffer and its flusher woken, as ``publish`` does. ``publish`` builds
     three coroutines, checks the client's state through five properties and builds the
@@ -222,14 +241,18 @@ def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", header
     else:
         lines = ["NATS/1.0\r\n"]
         for name, value in headers.items():
-            name = name.strip()
-            if not name:
-                continue
-            if not _HEADER_KEY.fullmatch(name):
-                raise _errors().BadHeaderError(name)
-            lines.append(f"{name}: {value.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n")
+            start = _HEADER_STARTS.get(name)
+            if start is None:
+                start = _header_start(name)
+                if not start:
+                    continue
+            lines.append(f"{start}{value.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n")
         lines.append("\r\n")
         block = "".join(lines).encode()
+        if size + len(block) > nc._max_payload:  # noqa: SLF001
+            # The server counts the header block too (nats-py does not): over it, the server
+            # would answer "Maximum Payload Violation" and close the connection.
+            raise _errors().MaxPayloadError
         command = f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode() + block + payload + b"\r\n"
     stats = nc.stats
     stats["out_msgs"] += 1
@@ -273,6 +296,49 @@ class Direct:
         except Exception:  # a bug here must not stop the client's reader
             log.exception("handling a reply on %s failed", msg.subject)
 
+
+def read_directly(nc: Client) -> None:
+    """Hand the messages of ``nc``'s ``Direct`` subscriptions to their handlers from the reader
+    without nats-py's message processing around them (a coroutine for the headers, a
+    builder, the future's checks: a few calls per message on the hot path of every reply).
+    The same message object, headers and counters: a message with plain headers (no
+    status line) has them read by ``header_lines``, as nats-py reads them on this client;
+    any other header block goes through nats-py's own ``_process_headers``. Other
+    subscriptions (callbacks, iterators, JetStream's) keep nats-py's path. Once per client,
+    and only where nats-py parses headers itself (no ``fast_mail_parser``)."""
+    import nats.aio.client
+
+    if getattr(nc, "_da_direct", False) or getattr(nats.aio.client, "parse_email", None) is not None:
+        return
+    original = nc._process_msg  # noqa: SLF001
+    subs = nc._subs  # noqa: SLF001
+    stats = nc.stats
+    make = nc.msg_class
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        sub = subs.get(sid)
+        future = None if sub is None else sub._future  # noqa: SLF001
+        if type(future) is not Direct or sub._jsi is not None or sub._max_msgs:  # noqa: SLF001
+            await original(sid, subject, reply, data, headers)
+            return
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sub._received += 1  # noqa: SLF001
+        if not headers:
+            parsed = None
+        elif headers.startswith(_PLAIN_HEADERS):
+            parsed = header_lines(headers[len(_PLAIN_HEADERS):]) or None
+        else:
+            parsed = await nc._process_headers(headers)  # noqa: SLF001 - a status line: nats-py's reading
+        future.set_result(make(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed,
+                               _client=nc, _sid=sid))
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    nc._da_direct = True  # type: ignore[attr-defined]
+
+
+# A header block without a status line starts so.
+_PLAIN_HEADERS = b"NATS/1.0\r\n"
 
 _INBOXES: weakref.WeakKeyDictionary[Any, _Inbox] = weakref.WeakKeyDictionary()
 

@@ -230,6 +230,12 @@ def test_send_refuses_what_publish_refuses(nats_url: str) -> None:
                 (("a", b""), {"headers": {"bad name": "v"}}, nats.errors.BadHeaderError),
                 (("a", b"x" * (nc.max_payload + 1)), {}, nats.errors.MaxPayloadError),
             ]
+            # Within max_payload without its header block, over it with: nats-py sends it (and the
+            # server closes the connection); send refuses it, nothing queued.
+            pending = list(nc._pending)
+            with pytest.raises(nats.errors.MaxPayloadError):
+                replies.send(nc, "a", b"x" * (nc.max_payload - 10), "", {"Name": "a value"})
+            assert nc._pending == pending
             for (subject, payload), extra, error in cases:
                 pending = list(nc._pending)
                 with pytest.raises(error):
@@ -301,5 +307,51 @@ def test_chained_requests_follow_their_publish_and_answer_in_order(nats_url: str
             await js.delete_stream(stream)
         finally:
             await nc.close()
+
+    run(scenario(), 30)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=30), _HEADERS, st.sampled_from(["", "r.1"])), min_size=1, max_size=6))
+def test_direct_subscriptions_read_messages_as_nats_py_does(nats_url: str, messages: list) -> None:  # type: ignore[type-arg]
+    """``read_directly``: a ``Direct`` subscription's messages (payloads, header blocks of any
+    names and values, reply subjects, and status replies such as a direct get's 404) arrive
+    as nats-py delivers them to a subscription of its own on another client; other
+    subscriptions of the client keep nats-py's path."""
+    async def scenario() -> None:
+        fast, plain = await nats.connect(nats_url), await nats.connect(nats_url)
+        try:
+            replies.read_directly(fast)
+            fast._parse_header_lines = replies.header_lines
+            got: list[nats.aio.msg.Msg] = []
+            await fast.subscribe("direct.>", future=replies.Direct(got.append))
+            kept = await fast.subscribe("direct.>")  # an iterator: nats-py's own path
+            expected = await plain.subscribe("direct.>")
+            await fast.flush()
+            await plain.flush()
+            for data, headers, reply in messages:
+                await plain.publish("direct.x", data, reply=reply, headers=headers)
+            # A status reply: a direct get of a subject the stream does not hold answers 404.
+            js = plain.jetstream()
+            stream = f"DIRECT{uuid.uuid4().hex[:8]}"
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"], allow_direct=True)
+            await plain.publish(f"$JS.API.DIRECT.GET.{stream}.{stream}.none", b"", reply="direct.status")
+            await plain.flush()
+            wanted = [await expected.next_msg(timeout=5) for _ in messages]
+            others = [await kept.next_msg(timeout=5) for _ in messages]
+            for _ in range(100):
+                if len(got) > len(messages):
+                    break
+                await asyncio.sleep(0.05)
+            assert [(m.subject, m.reply, m.data, m.headers) for m in got[:len(messages)]] == \
+                [(m.subject, m.reply, m.data, m.headers) for m in wanted] == \
+                [(m.subject, m.reply, m.data, m.headers) for m in others]
+            assert len(got) == len(messages) + 1 and (got[-1].headers or {}).get("Status") == "404", got[-1]
+            status = await expected.next_msg(timeout=5)
+            assert (got[-1].subject, got[-1].data, got[-1].headers) == (status.subject, status.data, status.headers)
+            await js.delete_stream(stream)
+        finally:
+            await fast.close()
+            await plain.close()
 
     run(scenario(), 30)

@@ -379,13 +379,6 @@ def test_a_result_at_the_payload_limit_is_acked_after_failed_attempts(nats_url: 
     assert outcome == "acked" and result is not None and result.status == "succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NATS publish size check (pre-existing; kept by replies.send in c810e6d): only the payload is compared with "
-    "the server's max_payload, but the server counts headers too: a KV write (here a task record with its "
-    "result, after failed attempts) whose payload is within the header block's size under max_payload passes "
-    "the client's check, the server answers 'Maximum Payload Violation' and closes the connection; the ack "
-    "times out after 5 s as BackendUnavailableError ('check that nats-server is running'), every retry resets "
-    "the connection again (disturbing every other call on it), instead of one MaxPayloadError"))
 def test_a_record_just_under_max_payload_with_its_headers_over_it_fails_cleanly(nats_url: str) -> None:
     from distributed_agents.core.codec import encode
     from distributed_agents.core.ports.task_queue import TaskResult
