@@ -282,6 +282,8 @@ class ScriptBatcher:
             await self._send_guarded([(script, keys, args, future)])
         finally:
             self._sending.discard(future)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: raised below or, the caller cancelled, not wanted
         if future.cancelled():  # ``drain`` gave up on it: as for the calls of a batch it gives up on
             from redis.exceptions import ConnectionError as RedisConnectionError
 

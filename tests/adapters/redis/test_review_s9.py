@@ -320,11 +320,6 @@ def test_a_read_only_replica_refuses_settling_with_a_backend_error_naming_the_ac
     assert result is not None and result.output == {"x": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ScriptBatcher.run_now (4fbd27f): when the caller of a lone ack/nack/release is cancelled while its "
-    "round trip is under way, _send_guarded sets the CancelledError as the exception of run_now's private "
-    "future, which nobody retrieves: asyncio logs 'Future exception was never retrieved' with a traceback "
-    "for every such settling call (a worker's task cancelled after SETTLE_ON_STOP, a caller's wait_for)"))
 def test_a_cancelled_lone_ack_logs_no_unretrieved_future_error(open_redis: OpenRedis) -> None:
     async def scenario() -> list[str]:
         reported: list[str] = []
