@@ -69,12 +69,16 @@ result of a task it enqueued unless an event may have been lost; other results a
 in one batched direct get.
 
 Round trips per task: enqueue 2 (publish, create record), pipelined across the tasks of
-``enqueue_many``; claim 1 (the record's CAS) plus the levels key's read and a pull (sent
-together; a look instead once per poll interval) and a record read, shared by the tasks
-of one claim (one batched read); ack 2 (CAS with the result, then the confirmed ack). The result is durable (a stored KV write) before the
+``enqueue_many``, each record sent from the client's reader as soon as its message is
+stored (``replies.js_publish_chain``: the producer wakes once); claim 1 (the record's
+CAS) plus the levels key's read and a pull (sent together; a look instead once per poll
+interval) and a record read, shared by the tasks of one claim (one batched read); ack 2
+(CAS with the result, then the done event and the confirmed ack, sent from the reader
+once the CAS is stored: one wait). The result is durable (a stored KV write) before the
 message is acked; a crash in between leaves the message to be redelivered, and its
 claimer sees the record ``done`` and just acks it. Requests go out through one shared
-reply subscription per client (``replies``), not nats-py's per-call machinery.
+reply subscription per client (``replies``), not nats-py's per-call machinery, and are
+queued by ``replies.send`` rather than nats-py's ``publish``.
 ``tests/adapters/nats/test_round_trips.py`` counts them.
 """
 
