@@ -316,7 +316,7 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
                     outcome = "cancelled"
                 queue = orchestrator.backend.task_queue
                 stats = await queue.stats("square")
-                for _ in range(60):  # the workers finish or give back what they held
+                for _ in range(100):  # the workers finish or give back what they held
                     if (stats.queued, stats.in_flight) == (0, 0):
                         break
                     await asyncio.sleep(0.25)
@@ -325,9 +325,13 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
             finally:
                 await orchestrator.close()
 
-        workers.start("w1", "--capacity", "4")
-        workers.start("w2", "--capacity", "4")
+        # A short lease: a task cancelled between its claim and its first step is left in flight until its
+        # lease expires (tests/core/test_review_s9.py, expected failure), then run again and acked.
+        workers.start("w1", "--capacity", "4", "--visibility-timeout", "3")
+        workers.start("w2", "--capacity", "4", "--visibility-timeout", "3")
         try:
+            for worker_id in ("w1", "w2"):
+                _wait_for(lambda worker_id=worker_id: "serving" in workers.log(worker_id), 40, f"{worker_id} to serve")
             outcome, stats, dead = run(scenario(), 80)
         finally:
             workers.close()
