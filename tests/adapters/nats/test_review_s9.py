@@ -412,3 +412,51 @@ def test_a_record_just_under_max_payload_with_its_headers_over_it_fails_cleanly(
 
     outcome, _ = run(scenario(), 60)
     assert outcome == "acked" or "MaxPayload" in outcome or "payload" in outcome.lower(), outcome
+
+
+def test_tasks_published_with_foreign_headers_are_claimed_through_the_direct_reader(nats_url: str) -> None:
+    """Messages pulled through the adapter's own reader path (405114d) carry whatever headers their
+    producer set: odd values, status-like text, non-ASCII. Each is claimed (or dead-lettered when its
+    Da-Task-Id names another task), and the client keeps working."""
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import task_to_dict
+
+    odd: list[dict[str, str]] = [
+        {"Da-Task-Id": "h0", "X-Colons": "a: b: c", "X-Empty": ""},
+        {"Da-Task-Id": "h1", "X-Status": "NATS/1.0 503", "Status": "200"},
+        {"Da-Task-Id": "h2", "X-Uni": "caf\u00e9 \u2603", "Nats-Msg-Id": "h2"},
+        {"Da-Task-Id": "someone-else"},  # names another task than its body: dead-lettered
+        {},
+    ]
+
+    async def scenario() -> tuple[list[str], list[Any], Any, list[bool]]:
+        backend = await open_nats(nats_url)
+        try:
+            queue, conn = backend.task_queue, backend.connection
+            await queue.enqueue(_task("warm"))  # the consumer of this node type and priority exists
+            [warm] = await queue.claim(["n"], worker_id="w")
+            await queue.ack(warm, None)
+            for index, headers in enumerate(odd):
+                body = encode(task_to_dict(_task(f"h{index}")))
+                await conn.js.publish(conn.names.task_subject("n", 0), body, headers=headers or None)
+            claimed: list[str] = []
+            for _ in range(20):
+                got = await queue.claim(["n"], worker_id="w", max_tasks=10, wait=0.2)
+                for claim in got:
+                    claimed.append(claim.task.id)
+                    await queue.ack(claim, {"id": claim.task.id})
+                if len(claimed) >= 4:
+                    break
+            dead = await queue.dead_letters("n")
+            after = await queue.enqueue_many([_task("after")])
+            [late] = await queue.claim(["n"], worker_id="w", wait=2)
+            await queue.ack(late, None)
+            return sorted(claimed), dead, await queue.stats("n"), after
+        finally:
+            await backend.close()
+
+    claimed, dead, stats, after = run(scenario(), 60)
+    assert claimed == ["h0", "h1", "h2", "h4"]
+    assert [d.task_id for d in dead] and all("malformed" in d.reason or "names" in d.reason for d in dead), dead
+    assert after == [True]
+    assert (stats.queued, stats.in_flight) == (0, 0)
