@@ -1,5 +1,5 @@
-"""A worker process whose ack is held by the server, attacked: SIGTERM, a cancel of its workflow and
-SIGKILL arriving while the ack is under way.
+"""A worker process whose ack is held by the server, attacked: SIGTERM and a cancel of its workflow
+arriving while the ack is under way; SIGKILL among quick acks; a cancelled map; long nodes' leases.
 
 Real worker processes (the ``distributed-agents worker`` CLI) on a real redis-server. The node
 (this module's ``registry``, served with ``--app test_review_s9``) makes the server hold every
@@ -159,27 +159,6 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
         assert out["stats"] == (0, 0, 0) and out["dead"] == []
         assert "1 succeeded" in log and "0 failed" in log, log
 
-    def test_sigkill_while_the_ack_is_held_ends_with_one_result(redis_url: str, tmp_path: pathlib.Path) -> None:
-        prefix = f"s9k{uuid.uuid4().hex[:8]}"
-        workers = _workers(redis_url, prefix, tmp_path, pause=True)
-        try:
-            victim = workers.start("w1", "--visibility-timeout", "2")
-            run(_enqueue(redis_url, prefix, _task("t-kill", "wf-kill")))
-            _wait_for(lambda: list(tmp_path.glob("run-*")), 40, "the node to run")
-            victim.kill()
-            victim.wait(timeout=20)
-            workers.start("w2", "--visibility-timeout", "2")
-            out = run(_outcome(redis_url, prefix, "t-kill", wait=30), 60)
-            # the survivor has had the time to see a lease that ran out, if the ack never landed
-            _wait_for(lambda: run(_outcome(redis_url, prefix, "t-kill", wait=1), 30)["stats"] == (0, 0, 0), 30,
-                      "the queue to be empty")
-            out = run(_outcome(redis_url, prefix, "t-kill"), 40)
-        finally:
-            workers.close()
-        assert out["result"] is not None and out["result"].status == "succeeded", out
-        assert out["result"].output["by"] in ("w1", "w2")
-        assert out["stats"] == (0, 0, 0) and out["dead"] == []
-
     def test_nodes_started_at_every_phase_of_the_lease_watch_keep_their_leases(
             redis_url: str, tmp_path: pathlib.Path) -> None:
         """Nodes run past their lease, started at different moments relative to the worker's one lease
@@ -286,7 +265,7 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
     @pytest.mark.parametrize("backend_name", ["redis", "nats"])
     def test_a_map_cancelled_while_its_tasks_run_leaves_nothing_queued_in_flight_or_dead(
             backend_name: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
-        """cancel_workflow during a 150-way Send map served by two worker processes: execute raises
+        """cancel_workflow during an 80-way Send map served by two worker processes: execute raises
         the cancellation, and once the workers settled what they held no task of the map is left
         queued, in flight or dead-lettered (cancelled tasks are withdrawn or finish as cancelled)."""
         from support.worker_processes import load_test_app
@@ -303,7 +282,7 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
             orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
             try:
                 running = asyncio.ensure_future(orchestrator.execute(
-                    app.map_graph(), {"items": list(range(150)), "pause": 0.05, "mark": True}, workflow_id="wf-cx"))
+                    app.map_graph(), {"items": list(range(80)), "pause": 0.05, "mark": True}, workflow_id="wf-cx"))
                 for _ in range(400):  # some items ran: the map is under way
                     if len(list(tmp_path.glob("square-*"))) >= 5 or running.done():
                         break
