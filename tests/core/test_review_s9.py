@@ -262,3 +262,65 @@ def test_a_cancel_between_claim_and_the_tasks_first_step_still_settles_it() -> N
     finally:
         queue.claim = passing  # type: ignore[method-assign]
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0) and dead == []
+
+
+def test_many_concurrent_workflows_through_a_worker_commit_each_step_once_with_the_local_result() -> None:
+    """The orchestrator's hot path (6585ffc: fewer coroutine layers, saves and waits handed on, no settle
+    coroutine for a commit with nothing in flight): 40 workflows at once, chains and a Send map whose
+    items run on an in-process worker, each with its local result and one checkpoint per step."""
+    from distributed_agents import Graph, Orchestrator, Send
+
+    prefix = f"hp{uuid.uuid4().hex[:6]}"
+
+    def fan(state: State) -> list[Any]:
+        return [Send(f"{prefix}sq", {"n": n}) for n in range(state["k"])]
+
+    def build(remote: bool) -> Any:
+        graph = Graph(f"{prefix}-g", reducers={"total": "add", "seen": "extend"})
+        for name in ("a", "b"):
+            if remote:
+                graph.add_node(f"{prefix}{name}", node_type=f"{prefix}{name}")
+            else:
+                graph.add_node(f"{prefix}{name}", _steps[name])
+        graph.add_node(f"{prefix}sq", node_type=f"{prefix}sq") if remote else graph.add_node(f"{prefix}sq", _square)
+        graph.set_entry_point(f"{prefix}a").add_edge(f"{prefix}a", f"{prefix}b")
+        graph.add_conditional_edge(f"{prefix}b", fan, [f"{prefix}sq"])
+        return graph.set_finish_point(f"{prefix}sq").compile()
+
+    async def _a(state: State) -> dict[str, Any]:
+        return {"seen": ["a"], "k": state["k"] + 1}
+
+    def _b(state: State) -> dict[str, Any]:
+        return {"seen": ["b"]}
+
+    async def _square(state: State) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"total": state["n"] * state["n"], "seen": [f"s{state['n']}"]}
+
+    _steps = {"a": _a, "b": _b}
+    worker = Worker(poll_wait=0.05, capacity=16)
+    worker.register_node(f"{prefix}a", _a)
+    worker.register_node(f"{prefix}b", _b)
+    worker.register_node(f"{prefix}sq", _square)
+    inputs = [{"k": k % 7, "total": 0, "seen": []} for k in range(40)]
+
+    async def scenario() -> tuple[list[Any], list[Any], list[list[int]]]:
+        serving = asyncio.ensure_future(worker.start())
+        orchestrator = Orchestrator()
+        try:
+            local = [await Orchestrator().execute(build(False), dict(i)) for i in inputs[:7]]
+            results = await asyncio.gather(*(orchestrator.execute(build(True), dict(i), workflow_id=f"{prefix}-{n}")
+                                             for n, i in enumerate(inputs)))
+            store = worker.backend.state_store
+            steps = [[c.step for c in reversed(await store.list_checkpoints(f"{prefix}-{n}"))]
+                     for n in range(len(inputs))]
+            return local, list(results), steps
+        finally:
+            await worker.stop(grace=1)
+            await serving
+
+    local, results, steps = run(scenario(), 60)
+    for n, result in enumerate(results):
+        expected = local[n % 7]
+        assert result["total"] == expected["total"] and sorted(result["seen"]) == sorted(expected["seen"]), n
+        assert len(steps[n]) >= 3 and sorted(steps[n]) == list(range(len(steps[n]))), (n, steps[n])  # once each
