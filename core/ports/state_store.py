@@ -313,14 +313,15 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
-        """Rebuild a checkpoint from ``to_dict`` output."""
+        """Rebuild a checkpoint from ``to_dict`` output (a ``created_at`` that is null or absent reads as 0.0)."""
+        created = data.get("created_at")  # null as absent, as checkpoint_delta.checked_entry accepts it
         return cls(
             workflow_id=data["workflow_id"],
             step=int(data["step"]),
             state=data.get("state") or {},
             frontier=data.get("frontier") or {},
             writes=data.get("writes") or {},
-            created_at=float(data.get("created_at", 0.0)),
+            created_at=0.0 if created is None else float(created),
             metadata=data.get("metadata") or {},
         )
 

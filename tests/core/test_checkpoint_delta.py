@@ -139,3 +139,16 @@ def test_chains_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpoint_delta, "MAX_CHAIN", 3)
     entries = _store([{"doc": "z" * 2000, "n": n} for n in range(9)])
     assert [delta_snap(e) for e in entries] == [None, 0, 0, 0, None, 4, 4, 4, None]
+
+
+@pytest.mark.parametrize("created", [None, "absent"])
+def test_an_entry_whose_created_at_is_null_or_absent_rebuilds_with_time_zero(created: Any) -> None:
+    # checked_entry accepts a null created_at (as an absent one); rebuilding it raised TypeError
+    # (float(None)), an exception no reader of damaged checkpoints expects.
+    entry = {"workflow_id": "wf", "step": 0, "state": {"a": 1}, "frontier": {}, "writes": {}, "metadata": {},
+             "id": "e0"}
+    if created is None:
+        entry["created_at"] = None
+    [checkpoint] = rebuild([encode(entry)], 0, workflow_id="wf", where="the test's list")
+    assert checkpoint.state == {"a": 1} and checkpoint.created_at == 0.0
+    assert Checkpoint.from_dict({"workflow_id": "wf", "step": 1, "created_at": None}).created_at == 0.0
