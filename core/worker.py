@@ -233,6 +233,7 @@ class Worker:
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
+        self._unstarted: set[asyncio.Task[Any]] = set()  # node tasks made, first step not taken yet
         self._lease_watch = _LeaseWatch()  # lease keepers of running nodes not extending yet
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
         # Threads of cancelled plain-function nodes that have not returned yet: each
@@ -348,8 +349,7 @@ class Worker:
             self._lease_watch.close()  # (the nodes are stopped below; any keeper is cancelled with its node)
             for task in list(self._running):
                 if task not in self._settling:
-                    self._cancel_reasons[task] = "worker stopped"
-                    task.cancel()
+                    self._stop_task(task, "worker stopped")
             settling = [task for task in self._running if task in self._settling]
             if settling:  # their ack, nack or release is under way: let it land (bounded)
                 await asyncio.wait(settling, timeout=SETTLE_ON_STOP)
@@ -454,6 +454,7 @@ class Worker:
             for claim in claims:
                 task = loop.create_task(self._handle_guarded(claim))
                 self._running[task] = claim
+                self._unstarted.add(task)
                 task.add_done_callback(self._forget)
             if claims:
                 # The tasks start (a quick node runs and sends its ack) before the next claim
@@ -490,6 +491,7 @@ class Worker:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._cancel_reasons.pop(task, None)
+        self._unstarted.discard(task)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -497,8 +499,7 @@ class Worker:
         _, late = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
         for task in late:
             if task not in self._settling:  # (a settling one is about to end: start() waits for it)
-                self._cancel_reasons[task] = "worker stopped"
-                task.cancel()
+                self._stop_task(task, "worker stopped")
 
     async def _heartbeat(self, info: WorkerInfo) -> None:
         """Heartbeat every interval; when the slot usage changed, re-register with it instead."""
@@ -534,8 +535,18 @@ class Worker:
             for task, claim in list(self._running.items()):
                 # A task settling already ends by itself (its result, for a workflow that no longer waits).
                 if claim.task.workflow_id == workflow_id and task not in self._settling:
-                    self._cancel_reasons[task] = "workflow cancelled"
-                    task.cancel()
+                    self._stop_task(task, "workflow cancelled")
+
+    def _stop_task(self, task: asyncio.Task[None], reason: str) -> None:
+        """Stop a node task for ``reason`` ("workflow cancelled", "worker stopped").
+
+        A task that has not taken its first step is not cancelled (it would never run, and
+        its claim would stay in flight until its lease ran out): it finds the reason when it
+        starts and settles its claim as a stopped task does (``_handle``).
+        """
+        self._cancel_reasons[task] = reason
+        if task not in self._unstarted:
+            task.cancel()
 
     # -- one task ------------------------------------------------------------------------
 
@@ -546,6 +557,7 @@ class Worker:
         raises, a bug) would leave the task unsettled: re-delivered after each lease
         and run again until its attempts ran out, with the real cause only in a log.
         """
+        self._unstarted.discard(asyncio.current_task())
         # Every record logged while this task is handled (this task's own context) names it.
         step = claim.task.payload.get("step") if isinstance(claim.task.payload, Mapping) else None
         with bind_log_context(workflow_id=claim.task.workflow_id, step=step if isinstance(step, int) else None,
@@ -571,6 +583,10 @@ class Worker:
 
     async def _handle(self, claim: ClaimedTask) -> tuple[str, BaseException | None]:
         """Run and settle one claimed task; its outcome (``core.instrumentation.OUTCOMES``) and error."""
+        stopped = self._cancel_reasons.get(asyncio.current_task())  # type: ignore[arg-type]
+        if stopped:  # stopped before its first step (_stop_task): settled as a stopped task is
+            await self._on_cancelled(claim, stopped)
+            return CANCELLED, None
         backend = self.backend
         queue = backend.task_queue
         task = claim.task

@@ -224,12 +224,6 @@ def test_a_cancel_while_a_streaming_nodes_chunks_are_published_still_settles_the
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/worker.py (pre-existing, present at af188bf): a cancel of the workflow that reaches the worker's "
-    "listener after a claim returned its task but before the task's coroutine took its first step cancels "
-    "the asyncio task before _handle_guarded runs at all, so neither the node, nor the cancellation's "
-    "nack/purge, nor a release happens: the task stays in flight until its lease expires (stats wrong "
-    "meanwhile) and is then delivered again and run for the cancelled workflow"))
 def test_a_cancel_between_claim_and_the_tasks_first_step_still_settles_it() -> None:
     node_type = f"un{uuid.uuid4().hex[:6]}"
     worker = Worker(poll_wait=0.05, lease_seconds=30)
