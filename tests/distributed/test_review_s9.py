@@ -304,8 +304,8 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
             finally:
                 await orchestrator.close()
 
-        # A short lease: a task cancelled between its claim and its first step is left in flight until its
-        # lease expires (tests/core/test_review_s9.py, expected failure), then run again and acked.
+        # Short leases: a task left in flight by a fault (as one cancelled between its claim and its first
+        # step was, see tests/core/test_review_s9.py) shows as a delay, not as a 30 s stall of the test.
         workers.start("w1", "--capacity", "4", "--visibility-timeout", "3")
         workers.start("w2", "--capacity", "4", "--visibility-timeout", "3")
         try:
