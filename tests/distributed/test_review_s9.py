@@ -304,10 +304,10 @@ if not os.environ.get("DA_REVIEW_WORKER"):  # the test process (the workers impo
             finally:
                 await orchestrator.close()
 
-        # Short leases: a task left in flight by a fault (as one cancelled between its claim and its first
-        # step was, see tests/core/test_review_s9.py) shows as a delay, not as a 30 s stall of the test.
-        workers.start("w1", "--capacity", "4", "--visibility-timeout", "3")
-        workers.start("w2", "--capacity", "4", "--visibility-timeout", "3")
+        # Default (30 s) leases: a task left in flight (as one cancelled between its claim and its first step
+        # was, see tests/core/test_review_s9.py) outlasts the wait below instead of being delivered again.
+        workers.start("w1", "--capacity", "4")
+        workers.start("w2", "--capacity", "4")
         try:
             for worker_id in ("w1", "w2"):
                 _wait_for(lambda worker_id=worker_id: "serving" in workers.log(worker_id), 40, f"{worker_id} to serve")
