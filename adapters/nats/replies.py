@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["Direct", "PubAck", "Started", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
+__all__ = ["Direct", "PubAck", "Started", "chain_answers", "chain_now", "chain_ready", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
            "pub_ack_of", "read_directly", "request", "send", "start"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
@@ -490,6 +490,51 @@ async def js_publish_chain(
         if batch.left:
             await batch.waiter
     finally:
+        for slot in batch.slots:
+            inbox.close(slot.token)
+    return [(slot.first, slot.second) for slot in batch.slots]  # type: ignore[misc]
+
+
+def chain_ready(nc: Client) -> bool:
+    """Whether ``chain_now`` can send on ``nc`` now (its reply inbox is made)."""
+    inbox: _Inbox | None = getattr(nc, "_da_inbox", None)
+    return inbox is not None and inbox.sub is not None
+
+
+def chain_now(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
+              follow: Callable[[int, PubAck], Any] | None, waiter: asyncio.Future[None], *,
+              timeout: float = 5.0) -> _Batch | None:
+    """``js_publish_chain``'s requests, sent now, without a coroutine: for callers that gather
+    the publishes of several waiters (who then share one ``waiter``). None, sending nothing,
+    if the client's reply inbox is not made yet (``js_publish_chain`` makes it). ``waiter``
+    completes once every item is answered (or timed out); then ``chain_answers`` gives the
+    answers, as ``js_publish_chain`` returns them. An item whose send raises (a payload over
+    the server's limit, say) has that exception as its first answer; the others are sent."""
+    inbox: _Inbox | None = getattr(nc, "_da_inbox", None)
+    if inbox is None or inbox.sub is None:
+        return None
+    batch = _Batch(waiter, len(items), follow)
+    for index, (subject, payload, headers) in enumerate(items):
+        slot = _Slot(batch, index, nc, inbox, timeout)
+        batch.slots.append(slot)
+        token, reply = inbox.open(slot.on_reply)
+        slot.token = token
+        inbox.expire(token, slot, timeout)
+        try:
+            send(nc, subject, payload, reply, headers)
+        except Exception as error:
+            inbox.close(token)
+            slot.first = error
+            slot._settle()
+    if not items and not waiter.done():
+        waiter.set_result(None)
+    return batch
+
+
+def chain_answers(batch: _Batch) -> list[tuple[PubAck | Exception, Msg | Exception | None]]:
+    """The answers of a ``chain_now`` batch whose waiter completed (its reply tokens closed)."""
+    inbox = batch.slots[0].inbox if batch.slots else None
+    if inbox is not None:
         for slot in batch.slots:
             inbox.close(slot.token)
     return [(slot.first, slot.second) for slot in batch.slots]  # type: ignore[misc]

@@ -92,7 +92,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +157,35 @@ class _Held:
     timer: asyncio.TimerHandle | None = None
 
 
+class _Shared(asyncio.Future[None]):
+    """A future several callers await: one caller's cancellation does not cancel it for the
+    others (that caller's CancelledError comes once it completes: asyncio's Task.cancel
+    does so for a waiter that refuses to be cancelled)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+class _Acks:
+    """Chained acks of one event-loop pass: their CAS requests and follow-ups, sent together by
+    ``_send_acks``; ``waiter`` completes when every one is answered."""
+
+    __slots__ = ("_answers", "batch", "follows", "requests", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[None]) -> None:
+        self.waiter = waiter
+        self.requests: list[tuple[str, bytes, dict[str, str]]] = []
+        self.follows: list[Callable[[int, replies.PubAck], tuple[str, bytes, None]]] = []
+        self.batch: Any = None
+        self._answers: list[tuple[Any, Any]] | None = None
+
+    def answers(self) -> list[tuple[Any, Any]]:
+        """Per request, in order: ``js_publish_chain``'s answers (read once, tokens closed)."""
+        if self._answers is None:
+            self._answers = replies.chain_answers(self.batch)
+        return self._answers
+
+
 @dataclass
 class _Found:
     record: dict[str, Any] | None
@@ -184,6 +213,8 @@ class NatsTaskQueue(TaskQueue):
         self.max_attempts = max_attempts
         self.result_ttl = result_ttl
         self._held: dict[str, _Held] = {}
+        # The chained acks of this event-loop pass, sent together at its end (see ``_ack_chained``).
+        self._acks: _Acks | None = None
         self._ack_waits: dict[tuple[str, int], float] = {}
         self._done = DoneEvents(conn)
         # Longest waits between looks when no wake-up / done event came (see the constants).
@@ -920,8 +951,25 @@ class NatsTaskQueue(TaskQueue):
             replies.send(nc, self._conn.names.done_subject, done)
             return claim.lease_id, b"+ACK", None
 
-        [(stored, acked)] = await replies.js_publish_chain(nc, [kv.cas_request(
-            self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)], committed)
+        request = kv.cas_request(self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)
+        acks, loop = self._acks, asyncio.get_running_loop()
+        if (acks is None or acks.waiter.get_loop() is not loop) and replies.chain_ready(nc):
+            # The first ack of this loop pass: the others that come in it (tasks claimed
+            # together finish together) join it, and all go out together once the pass
+            # ends, behind one waiter (no future, batch or coroutine each). (A batch of
+            # another event loop, stopped before it was sent, is left to that loop.)
+            acks = self._acks = _Acks(_Shared(loop=loop))
+            loop.call_soon(self._send_acks, acks)
+        elif acks is not None and acks.waiter.get_loop() is not loop:
+            acks = None
+        if acks is None:
+            [(stored, acked)] = await replies.js_publish_chain(nc, [request], committed)
+        else:
+            index = len(acks.requests)
+            acks.requests.append(request)
+            acks.follows.append(committed)
+            await acks.waiter
+            stored, acked = acks.answers()[index]
         if kv.cas_answer(stored) is None:
             self._held.pop(claim.lease_id, None)  # our remembered revision is stale
             return False
@@ -930,6 +978,21 @@ class NatsTaskQueue(TaskQueue):
         if isinstance(acked, Exception):  # the result is stored: a redelivery will just be acked
             log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", task_id, acked)
         return True
+
+    def _send_acks(self, acks: _Acks) -> None:
+        """Send the chained acks gathered in one loop pass (``_ack_chained``); their callers
+        wake once all are answered (each item is bounded by its own timeout)."""
+        if self._acks is acks:
+            self._acks = None
+        follows = acks.follows
+        try:
+            acks.batch = replies.chain_now(self._conn.nc, acks.requests, lambda i, ack: follows[i](i, ack), acks.waiter)
+            if acks.batch is None:  # the reply inbox went away (cannot happen once made): as a send error
+                raise RuntimeError("the NATS client's reply inbox is not set up")
+        except Exception as error:
+            if not acks.waiter.done():
+                acks.waiter.set_exception(error)
+                acks.waiter.exception()  # retrieved here too: its callers may all have been cancelled
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
