@@ -74,7 +74,8 @@ stored (``replies.js_publish_chain``: the producer wakes once); claim 1 (the rec
 CAS) plus the levels key's read and a pull (sent together; a look instead once per poll
 interval) and a record read, shared by the tasks of one claim (one batched read); ack 2
 (CAS with the result, then the done event and the confirmed ack, sent from the reader
-once the CAS is stored: one wait). The result is durable (a stored KV write) before the
+once the CAS is stored: one wait; the acks made in one event-loop pass go out together
+behind one waiter, ``_send_acks``). The result is durable (a stored KV write) before the
 message is acked; a crash in between leaves the message to be redelivered, and its
 claimer sees the record ``done`` and just acks it. Requests go out through one shared
 reply subscription per client (``replies``), not nats-py's per-call machinery, and are
