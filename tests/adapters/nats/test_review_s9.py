@@ -460,3 +460,57 @@ def test_tasks_published_with_foreign_headers_are_claimed_through_the_direct_rea
     assert [d.task_id for d in dead] and all("malformed" in d.reason or "names" in d.reason for d in dead), dead
     assert after == [True]
     assert (stats.queued, stats.in_flight) == (0, 0)
+
+
+def test_one_pass_of_acks_with_a_duplicate_an_oversized_one_and_a_stale_lease_settles_each_exactly(
+        nats_url: str) -> None:
+    """Acks batched per event-loop pass (2c6722f): in one pass, the same claim acked twice, a result over
+    max_payload, a claim whose lease another claimer took over, and 30 plain ones. Each plain task ends
+    with its own result once; the duplicate and the stale lease are refused; the oversized one fails alone
+    and its task is still leased to its claimer, who settles it afterwards; stats are exact."""
+
+    async def scenario() -> dict[str, Any]:
+        backend = await open_nats(nats_url, visibility_timeout=30)
+        other = await open_nats(nats_url, prefix=backend.options.prefix, visibility_timeout=30)
+        try:
+            queue = backend.task_queue
+            await queue.enqueue_many([_task(f"b{i:02d}") for i in range(33)])
+            claims = await queue.claim(["n"], worker_id="w", max_tasks=33, lease_seconds=30)
+            assert len(claims) == 33
+            by_id = {c.task.id: c for c in claims}
+            stale = by_id["b32"]
+            # The stale one: its lease runs out (a claim with a short lease), another claimer takes it.
+            await queue.release(stale)
+            [stale] = await queue.claim(["n"], worker_id="w", lease_seconds=0.3)
+            await asyncio.sleep(0.8)
+            taken = []
+            for _ in range(40):
+                taken = await other.task_queue.claim(["n"], worker_id="w2", lease_seconds=30, wait=0.2)
+                if taken:
+                    break
+            assert [t.task.id for t in taken] == ["b32"]
+            big = {"x": "y" * (backend.connection.nc.max_payload + 10)}
+            calls = [queue.ack(by_id[f"b{i:02d}"], {"i": i}) for i in range(30)]
+            calls += [queue.ack(by_id["b00"], {"i": "again"}), queue.ack(by_id["b30"], big), queue.ack(stale, {"i": "stale"})]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            await queue.ack(by_id["b30"], {"i": 30})  # still leased: settled with a result that fits
+            await queue.ack(by_id["b31"], {"i": 31})
+            await other.task_queue.ack(taken[0], {"i": "taken"})
+            results = {f"b{i:02d}": await queue.get_result(f"b{i:02d}") for i in range(33)}
+            again = await queue.claim(["n"], worker_id="w3", max_tasks=33, wait=0.3)
+            return {"outcomes": outcomes, "results": results, "stats": await queue.stats("n"), "again": again}
+        finally:
+            await other.close()
+            await backend.close()
+
+    out = run(scenario(), 60)
+    outcomes = out["outcomes"]
+    assert outcomes[:30] == [None] * 30, outcomes[:30]
+    duplicate, oversized, stale = outcomes[30:]
+    assert isinstance(duplicate, LeaseLostError), repr(duplicate)
+    assert isinstance(oversized, Exception) and "payload" in str(oversized).lower(), repr(oversized)
+    assert isinstance(stale, LeaseLostError), repr(stale)
+    expected = {f"b{i:02d}": {"i": i} for i in range(32)} | {"b32": {"i": "taken"}}
+    assert {k: (r.output if r is not None else None) for k, r in out["results"].items()} == expected
+    assert (out["stats"].queued, out["stats"].in_flight, out["stats"].dead) == (0, 0, 0)
+    assert out["again"] == []
