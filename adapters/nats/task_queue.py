@@ -13,8 +13,9 @@ Layout (``<p>`` is the sanitised prefix):
   one priority, it pulls there, and for one type the pull goes out with the key's read.
 * KV ``<p>_tasks``: one control record per task id: state (queued, claimed, delayed,
   done, dead, cancelled), the stream sequence of the message that carries it, the
-  attempt count, the error history, the current lease (delivery) and, once settled, the
-  ``TaskResult``. It is the source of truth for ownership; every transition is a
+  attempt count, the error history (its newest errors, about 16 KiB: ``error_history``,
+  so a result of ``max_payload_bytes`` still fits beside it), the current lease (delivery)
+  and, once settled, the ``TaskResult``. It is the source of truth for ownership; every transition is a
   compare-and-set on the record's KV revision.
 * KV ``<p>_claims``: a mark per message given back with a NAK (``<type>.nak.<stream
   seq>``), removed when it is delivered again. ``stats`` counts in flight the messages
@@ -102,6 +103,7 @@ from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
+from distributed_agents.adapters.nats.error_history import with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
@@ -783,7 +785,7 @@ class NatsTaskQueue(TaskQueue):
                 if delivery_count(record["lease"]) >= delivery_count(lease_id):
                     return None  # a newer delivery holds it; ours is stale
                 # The previous holder vanished and AckWait handed the task to us.
-                errors.append(f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})")
+                errors = with_error(errors, f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})")
                 limit = self._limit(record)
                 if record["attempt"] >= limit:
                     reason = f"lease expired on attempt {record['attempt']} of {limit}"
@@ -850,7 +852,8 @@ class NatsTaskQueue(TaskQueue):
         if held is None:
             return
         record = held.record
-        errors = [*record.get("errors", []), f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})"]
+        errors = with_error(record.get("errors", []),
+                            f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})")
         limit = self._limit(record)
         task = await self._task_of(record)
         if record["attempt"] >= limit:
@@ -998,7 +1001,7 @@ class NatsTaskQueue(TaskQueue):
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
             record, revision = await self._held_record(claim)
-            errors = [*record.get("errors", []), f"attempt {record['attempt']}: {error}"]
+            errors = with_error(record.get("errors", []), f"attempt {record['attempt']}: {error}")
             # ``final``: the node's retry policy gave up (or the workflow was cancelled);
             # dead-letter now rather than re-deliver the remaining attempts.
             if final or record["attempt"] >= self._limit(record):

@@ -369,11 +369,6 @@ def test_a_result_at_the_payload_limit_is_acked(nats_url: str) -> None:
     assert outcome == "acked" and result is not None and result.status == "succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NATS task record (pre-existing, not from this session): the ack stores the result in the task's record "
-    "next to its error history; max_payload_bytes (server max_payload - ENVELOPE_BYTES 64 KiB) leaves no "
-    "room for the errors of earlier attempts (up to ~20 KB each), so after four failed attempts (max_attempts=5) a result "
-    "that check_result_size accepted fails the ack with MaxPayloadError and the worker dead-letters it"))
 def test_a_result_at_the_payload_limit_is_acked_after_failed_attempts(nats_url: str) -> None:
     outcome, result = run(_ack_at_the_limit(nats_url, 4))
     assert outcome == "acked" and result is not None and result.status == "succeeded"

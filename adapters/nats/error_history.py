@@ -1,0 +1,76 @@
+"""The error history a NATS task record keeps: its newest errors, in a bounded number of bytes.
+
+A task's control record holds the errors of its failed attempts (``errors``, shown by its
+dead letter) beside its result once it succeeds, in one KV value that must fit the server's
+``max_payload``. A result may take ``max_payload_bytes`` (the server's ``max_payload`` minus
+``core.limits.ENVELOPE_BYTES``, 64 KiB), so the rest of the record has to fit in that
+envelope whatever the attempts raised: a traceback can be tens of KB, and a task may fail
+``max_attempts - 1`` times before its last attempt succeeds.
+
+So ``with_error`` keeps the errors' JSON within ``ERRORS_KEPT_BYTES`` (16 KiB):
+* each entry longer than ``ENTRY_KEPT_CHARS`` keeps its start and its end (a traceback's
+  last lines name the exception) with the number of characters cut between them;
+* the oldest entries go first, replaced by one leading entry that counts them
+  (``"3 earlier errors not kept ..."``); the newest entry is always kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from distributed_agents.core.codec import encode
+
+__all__ = ["ENTRY_KEPT_CHARS", "ERRORS_KEPT_BYTES", "with_error"]
+
+ERRORS_KEPT_BYTES = 16 * 1024
+"""Most bytes of JSON the kept errors take in a task record (a quarter of the envelope)."""
+
+ENTRY_KEPT_CHARS = 6 * 1024
+"""Most characters one kept error has: its first 2 KiB and last 4 KiB, with a note between."""
+
+_HEAD_CHARS = 2 * 1024
+_DROPPED = re.compile(r"^(\d+) earlier errors? not kept \(a NATS task record keeps about")
+
+
+def _shortened(entry: Any) -> Any:
+    if not isinstance(entry, str) or len(entry) <= ENTRY_KEPT_CHARS:
+        return entry
+    tail = ENTRY_KEPT_CHARS - _HEAD_CHARS
+    cut = len(entry) - _HEAD_CHARS - tail
+    return f"{entry[:_HEAD_CHARS]}\n... [{cut:,} characters not kept] ...\n{entry[-tail:]}"
+
+
+def _dropped_note(count: int) -> str:
+    return (f"{count} earlier error{'s' if count != 1 else ''} not kept (a NATS task record keeps about "
+            f"{ERRORS_KEPT_BYTES // 1024} KiB of its newest errors)")
+
+
+def with_error(errors: Sequence[Any], entry: str) -> list[Any]:
+    """``errors`` (a record's ``errors`` list) with ``entry`` appended, within ``ERRORS_KEPT_BYTES``.
+
+    Returns a new list; ``errors`` is not changed. Its JSON takes at most
+    ``ERRORS_KEPT_BYTES``, unless the newest entry alone takes more (at most
+    ``ENTRY_KEPT_CHARS`` characters: 6 KiB of ASCII, under 40 KB however escaped), which is
+    then kept with the count of the others. Entries that are not strings (a damaged or
+    foreign record) are kept as they are, and count as one entry each when dropped.
+    """
+    entries = [_shortened(e) for e in errors]
+    dropped = 0
+    if entries and isinstance(entries[0], str):
+        earlier = _DROPPED.match(entries[0])
+        if earlier is not None:
+            dropped = int(earlier.group(1))
+            del entries[0]
+    entries.append(_shortened(entry))
+    sizes = [len(encode(e)) + 1 for e in entries]  # (+1: the comma between them)
+    total = sum(sizes)
+    note_size = len(encode(_dropped_note(10 ** 9))) + 1  # room for the note, whatever its count
+    first = 0
+    while first < len(entries) - 1 and total + (note_size if dropped or first else 0) > ERRORS_KEPT_BYTES:
+        total -= sizes[first]
+        first += 1
+        dropped += 1
+    kept = entries[first:]
+    return [_dropped_note(dropped), *kept] if dropped else kept
