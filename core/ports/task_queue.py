@@ -331,7 +331,9 @@ class DeadLetter:
     """A task that will not be delivered again without a ``requeue_dead_letter``.
 
     ``task`` is None when the bytes on the queue could not be decoded; ``raw`` then
-    holds them. ``errors`` is the history, oldest first; ``reason`` is the last word.
+    holds them. ``errors`` is the history, oldest first; ``reason`` is the last word. An
+    adapter whose records are bounded may keep only the newest errors of a long history,
+    after one entry counting the others (NATS keeps about 16 KiB: ``adapters/nats/error_history``).
     """
 
     task_id: str
