@@ -78,7 +78,7 @@ async def _ack_after_failures(url: str, failures: int) -> tuple[str, Any, Any]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("failures", [1, 4, 9])
+@pytest.mark.parametrize("failures", [0, 1, 4, 9])
 def test_a_result_at_the_payload_limit_is_acked_after_failed_attempts(nats_url: str, failures: int) -> None:
     outcome, result, stats = run(_ack_after_failures(nats_url, failures))
     assert outcome == "acked"

@@ -343,35 +343,7 @@ def test_list_workflows_by_status_with_ids_and_graph_names_that_look_like_a_head
     assert listed == {status: sorted(ids) for status, ids in expected.items()}
 
 
-async def _ack_at_the_limit(url: str, failed_attempts: int) -> tuple[str, Any]:
-    backend = await open_nats(url)
-    try:
-        queue = backend.task_queue
-        limit = backend.max_payload_bytes  # what check_result_size lets a node return
-        await queue.enqueue(Task("big", "wf", "n", "n", {}, max_attempts=failed_attempts + 1))
-        for _ in range(failed_attempts):
-            [claim] = await queue.claim(["n"], worker_id="w")
-            # What a worker records for a failed attempt at most: MAX_MESSAGE + MAX_TRACEBACK characters.
-            await queue.nack(claim, "ValueError: " + "m" * 4000 + "\n" + "t" * 16000)
-        [claim] = await queue.claim(["n"], worker_id="w")
-        try:
-            await queue.ack(claim, {"x": "y" * (limit - 20)})
-            outcome = "acked"
-        except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
-            outcome = f"{type(exc).__name__}: {exc}"
-        return outcome, await queue.get_result("big")
-    finally:
-        await backend.close()
-
-
-def test_a_result_at_the_payload_limit_is_acked(nats_url: str) -> None:
-    outcome, result = run(_ack_at_the_limit(nats_url, 0))
-    assert outcome == "acked" and result is not None and result.status == "succeeded"
-
-
-def test_a_result_at_the_payload_limit_is_acked_after_failed_attempts(nats_url: str) -> None:
-    outcome, result = run(_ack_at_the_limit(nats_url, 4))
-    assert outcome == "acked" and result is not None and result.status == "succeeded"
+# (A result at the payload limit, after 0 to 9 failed attempts: tests/adapters/nats/test_error_history.py.)
 
 
 def test_a_record_just_under_max_payload_with_its_headers_over_it_fails_cleanly(nats_url: str) -> None:
