@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "cas_answer", "cas_many", "cas_request", "count", "entry_of", "get", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
+__all__ = ["Entry", "cas", "cas_answer", "cas_many", "cas_request", "count", "entry_of", "get", "get_from_leader", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
 
 # The header of a CAS (nats-py's ``api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE``).
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -62,6 +62,25 @@ async def get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> Entry | None:
     nc = kv._js._nc  # noqa: SLF001
     msg = await replies.request(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
     return entry_of(msg, key, _stream(kv))
+
+
+async def get_from_leader(js: JetStreamContext, kv: KeyValue, key: str) -> Entry | None:
+    """The current entry of ``key`` as the stream's leader holds it, or None (absent, deleted).
+
+    A STREAM.MSG.GET, answered by the leader, not a direct get: any replica answers a direct
+    get, and one just restarted can answer with an older revision for a while (nats-server
+    issue 4162). For a read that must see every write acknowledged before it: a check made
+    after a write, against a mark another process wrote first.
+    """
+    import nats.js.errors
+
+    try:
+        msg = await js.get_last_msg(_stream(kv), _subject(kv, key))
+    except nats.js.errors.NotFoundError:
+        return None
+    if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+        return None
+    return Entry(key, msg.data or b"", int(msg.seq or 0))
 
 
 async def start_get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> replies.Started:

@@ -1108,8 +1108,8 @@ class NatsTaskQueue(TaskQueue):
         its letter is written, so a purge can come in between (the engine purges the
         letter of a failure an error handler took), or before a claimer repairs a letter
         whose writer died. The purge marks the record first, then deletes letters; this
-        writes, then reads the mark: whichever comes second sees the other, so a purged
-        letter never comes back. A record already purged gets its letter deleted instead: a
+        writes, then reads the mark (from the stream's leader, which has every acknowledged
+        write): whichever comes second sees the other, so a purged letter never comes back. A record already purged gets its letter deleted instead: a
         writer that wrote after the purge's delete but died (or met an outage) before
         reading the mark left one, and the redelivery of its unacked message ends here.
         """
@@ -1118,8 +1118,10 @@ class NatsTaskQueue(TaskQueue):
             await kv.remove(self._conn.js, self._dead, key)
             return
         await self._write_dead_letter(record, task, None)
-        current = await self._read(str(record["id"]))
-        if current.record is not None and current.record.get("purged"):
+        # Read from the leader: a replica just restarted may not have the mark yet (kv.get_from_leader).
+        entry = await kv.get_from_leader(self._conn.js, self._tasks, token(str(record["id"])))
+        current = None if entry is None else _control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}")
+        if current is not None and current.get("purged"):
             await kv.remove(self._conn.js, self._dead, key)
 
     async def _mark_purged(self, task_id: str) -> None:
