@@ -481,18 +481,22 @@ async def js_publish_chain(
     batch = _Batch(asyncio.get_running_loop().create_future(), len(items), follow)
     try:
         for index, (subject, payload, headers) in enumerate(items):
-            slot = _Slot(batch, index, nc, inbox, timeout)
-            batch.slots.append(slot)
-            token, reply = inbox.open(slot.on_reply)
-            slot.token = token
-            inbox.expire(token, slot, timeout)
-            send(nc, subject, payload, reply, headers)
+            send(nc, subject, payload, _open_slot(batch, index, nc, inbox, timeout).reply, headers)
         if batch.left:
             await batch.waiter
     finally:
         for slot in batch.slots:
             inbox.close(slot.token)
     return [(slot.first, slot.second) for slot in batch.slots]  # type: ignore[misc]
+
+
+def _open_slot(batch: _Batch, index: int, nc: Client, inbox: _Inbox, timeout: float) -> _Slot:
+    """Item ``index``'s slot in ``batch``: its reply subject opened in ``inbox`` (``slot.reply``), expiring after ``timeout`` s."""
+    slot = _Slot(batch, index, nc, inbox, timeout)
+    batch.slots.append(slot)
+    slot.token, slot.reply = inbox.open(slot.on_reply)
+    inbox.expire(slot.token, slot, timeout)
+    return slot
 
 
 def chain_ready(nc: Client) -> bool:
@@ -515,15 +519,11 @@ def chain_now(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | Non
         return None
     batch = _Batch(waiter, len(items), follow)
     for index, (subject, payload, headers) in enumerate(items):
-        slot = _Slot(batch, index, nc, inbox, timeout)
-        batch.slots.append(slot)
-        token, reply = inbox.open(slot.on_reply)
-        slot.token = token
-        inbox.expire(token, slot, timeout)
+        slot = _open_slot(batch, index, nc, inbox, timeout)
         try:
-            send(nc, subject, payload, reply, headers)
+            send(nc, subject, payload, slot.reply, headers)
         except Exception as error:
-            inbox.close(token)
+            inbox.close(slot.token)
             slot.first = error
             slot._settle()
     if not items and not waiter.done():
@@ -559,7 +559,7 @@ class _Slot:
     """One item of a ``_Batch``: stands in for a request's future in the inbox (its handler
     and its deadline: ``done``, ``set_exception``, ``get_loop``)."""
 
-    __slots__ = ("batch", "first", "following", "inbox", "index", "is_done", "nc", "second", "timeout", "token")
+    __slots__ = ("batch", "first", "following", "inbox", "index", "is_done", "nc", "reply", "second", "timeout", "token")
 
     def __init__(self, batch: _Batch, index: int, nc: Client, inbox: _Inbox, timeout: float) -> None:
         self.batch, self.index, self.nc, self.inbox, self.timeout = batch, index, nc, inbox, timeout
@@ -567,6 +567,7 @@ class _Slot:
         self.second: Msg | Exception | None = None
         self.following = self.is_done = False
         self.token = ""
+        self.reply = ""  # the subject its answer comes back on (set by _open_slot)
 
     def done(self) -> bool:
         return self.is_done
