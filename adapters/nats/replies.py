@@ -32,6 +32,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from distributed_agents.adapters.nats import wire
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -315,6 +317,26 @@ def read_directly(nc: Client) -> None:
     stats = nc.stats
     make = nc.msg_class
 
+    def direct(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Hand a message of a ``Direct`` subscription to it now; False if it is not for one, or
+        its headers carry a status line (``process_msg`` reads those, awaiting nats-py's reading)."""
+        sub = subs.get(sid)
+        future = None if sub is None else sub._future  # noqa: SLF001
+        if type(future) is not Direct or sub._jsi is not None or sub._max_msgs:  # noqa: SLF001
+            return False
+        if not headers:
+            parsed = None
+        elif headers.startswith(_PLAIN_HEADERS):
+            parsed = header_lines(headers[len(_PLAIN_HEADERS):]) or None
+        else:
+            return False
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sub._received += 1  # noqa: SLF001
+        future.set_result(make(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed,
+                               _client=nc, _sid=sid))
+        return True
+
     async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         sub = subs.get(sid)
         future = None if sub is None else sub._future  # noqa: SLF001
@@ -335,6 +357,8 @@ def read_directly(nc: Client) -> None:
 
     nc._process_msg = process_msg  # type: ignore[method-assign]
     nc._da_direct = True  # type: ignore[attr-defined]
+    # Whole messages read by position, those of Direct subscriptions handed over without a coroutine.
+    wire.install(nc, direct, process_msg)
 
 
 # A header block without a status line starts so.
