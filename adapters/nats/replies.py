@@ -158,17 +158,33 @@ def header_lines(raw: bytes) -> dict[str, str]:
     whitespace (``str.isspace``, as nats-py checks it character by character) is skipped;
     values stripped and decoded as UTF-8 with replacement characters."""
     out: dict[str, str] = {}
+    names = _HEADER_NAMES
     for line in raw.split(_CRLF):
         name, sep, value = line.partition(b":")
         if not sep:
             continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if _SPACE.search(key) is None:
+        key = names[name] if name in names else _header_name(name)
+        if key is not None:
             out[key] = value.strip().decode("utf-8", "replace")
     return out
+
+
+# Raw header name (as it stands before its colon) -> the name ``header_lines`` keeps, None for
+# one it skips: a server sends the same few names on every message.
+_HEADER_NAMES: dict[bytes, str | None] = {}
+
+
+def _header_name(name: bytes) -> str | None:
+    """``header_lines``' reading of one name: stripped ASCII without whitespace, else None (remembered, for up to 256 names)."""
+    try:
+        key: str | None = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        key = None
+    if key is not None and _SPACE.search(key) is not None:
+        key = None
+    if len(_HEADER_NAMES) < 256:
+        _HEADER_NAMES[name] = key
+    return key
 
 
 def _errors() -> Any:
