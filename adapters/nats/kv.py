@@ -16,6 +16,7 @@ the messages to an inbox and ends with a ``204 EOB`` status (``404`` when nothin
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "cas_answer", "cas_many", "cas_request", "count", "entry_of", "get", "get_from_leader", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
+__all__ = ["Entry", "cas", "cas_answer", "cas_headers", "cas_many", "cas_request", "count", "entry_of", "get", "get_from_leader", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
 
 # The header of a CAS (nats-py's ``api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE``).
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -173,9 +174,8 @@ async def cas(
     js: JetStreamContext, kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None
 ) -> int | None:
     """Write ``value`` if ``key``'s revision is ``last`` (0: absent); new revision or None."""
-    headers = {_EXPECTED_LAST: str(last), **ttl_header(ttl)}
     try:
-        ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=headers)  # noqa: SLF001
+        ack = await replies.js_publish(js._nc, _subject(kv, key), value, headers=cas_headers(last, ttl))  # noqa: SLF001
     except Exception as exc:
         if _lost(exc):
             return None
@@ -190,10 +190,25 @@ def _lost(error: BaseException) -> bool:
     return isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST
 
 
-def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, dict[str, str]]:
+def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, replies.Block]:
     """``cas``'s publish as (subject, payload, headers), for ``replies.js_publish_chain``; its
     answer reads with ``cas_answer``."""
-    return _subject(kv, key), value, {_EXPECTED_LAST: str(last), **ttl_header(ttl)}
+    return _subject(kv, key), value, cas_headers(last, ttl)
+
+
+_CAS_START = b"NATS/1.0\r\n" + _EXPECTED_LAST.encode() + b": "
+
+
+def cas_headers(last: int, ttl: float | None = None) -> replies.Block:
+    """The header block of a write expecting revision ``last`` (with ``ttl``, ``ttl_header``'s
+    TTL): ``replies.header_block({_EXPECTED_LAST: str(last), **ttl_header(ttl)})``, built
+    without the dict (two of them on every task's path)."""
+    return replies.Block(b"%s%d\r\n%s\r\n" % (_CAS_START, last, _ttl_line(ttl)))
+
+
+@functools.lru_cache(maxsize=64)
+def _ttl_line(ttl: float | None) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode() for name, value in ttl_header(ttl).items())
 
 
 def cas_answer(answer: Any) -> int | None:
@@ -217,8 +232,7 @@ async def cas_many(
     Raises the first other error (as gathering ``cas`` calls would; the other writes were
     still made or refused)."""
     answers = await replies.js_publish_many(js._nc, [  # noqa: SLF001
-        (_subject(kv, key), value, {_EXPECTED_LAST: str(last), **ttl_header(ttl)})
-        for key, value, last, ttl in items])
+        (_subject(kv, key), value, cas_headers(last, ttl)) for key, value, last, ttl in items])
     out: list[int | None] = []
     for answer in answers:
         if isinstance(answer, Exception):

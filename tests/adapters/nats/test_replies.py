@@ -207,6 +207,9 @@ def test_send_queues_the_bytes_publish_queues(nats_url: str, messages: list) -> 
                 expected = nc._pending[-1]
                 replies.send(nc, subject, payload, reply, headers)
                 assert nc._pending[-1] == expected
+                if headers is not None:  # the same headers as a block built beforehand
+                    replies.send(nc, subject, payload, reply, replies.header_block(headers))
+                    assert nc._pending[-1] == expected
             sub = await nc.subscribe("sent.one")
             replies.send(nc, "sent.one", b"data", "", {"A": "b\r\nc"})
             msg = await sub.next_msg(timeout=5)
@@ -355,3 +358,16 @@ def test_direct_subscriptions_read_messages_as_nats_py_does(nats_url: str, messa
             await plain.close()
 
     run(scenario(), 30)
+
+
+@given(st.integers(0, 2**63), st.one_of(st.none(), st.floats(0.001, 1e7)))
+@settings(max_examples=200, deadline=None)
+def test_a_write_expecting_a_revision_sends_the_header_block_of_its_headers_dict(last: int, ttl: float | None) -> None:
+    """``kv.cas_headers`` (built without a dict, on every write of a task's path) is the block
+    ``send`` writes for the headers dict it stands for, and ``send`` writes a block as it is."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.connection import ttl_header
+
+    headers = {"Nats-Expected-Last-Subject-Sequence": str(last), **ttl_header(ttl)}
+    assert kv.cas_headers(last, ttl) == replies.header_block(headers)
+    assert type(kv.cas_headers(last, ttl)) is replies.Block
