@@ -479,9 +479,11 @@ class StepEngine:
             try:
                 merged = merge_updates(record.state, writes, reducers)
                 graph.check_writes(writes, merged)  # a state schema's keys and types
-                frontier = await graph.next_frontier(
-                    ran, State._trusted(merged, record.workflow_id),
-                    record.frontier.get("joins", {}), gotos, record.frontier.get("deferred", ()), handlers,
+                deferred = record.frontier.get("deferred", ())
+                # (No coroutine for a step whose routing runs no condition: the usual one.)
+                frontier = graph.plain_frontier(ran, gotos, deferred, handlers) or await graph.next_frontier(
+                    ran, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {}), gotos,
+                    deferred, handlers,
                 )
                 frontier = subgraph_tasks.with_positions(graph, record.workflow_id, record.step + 1, frontier)
             except ExecutionError as exc:
@@ -910,10 +912,22 @@ class StepEngine:
             await self._commit(failed, lease)
         self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
-    async def _commit(
+    def _commit(
+        self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
+    ) -> Awaitable[WorkflowRecord]:
+        """Commit ``record`` (with ``checkpoint``) as the run's durability mode says; await the record to go on from.
+
+        The usual commit (``"sync"``, nothing in flight) is the write's own coroutine: no
+        layer around it that its resumption passes through. Otherwise ``_commit_in_mode``.
+        """
+        if self._mode == "sync" and self._inflight is None:
+            return self._write(record, lease, None if checkpoint is None else self._with_parent(checkpoint))
+        return self._commit_in_mode(record, lease, checkpoint)
+
+    async def _commit_in_mode(
         self, record: WorkflowRecord, lease: WorkflowLease, checkpoint: Checkpoint | None = None
     ) -> WorkflowRecord:
-        """Commit ``record`` (with ``checkpoint``) as the run's durability mode says; the record to go on from.
+        """``_commit`` in any durability mode, settling a commit in flight first.
 
         ``"sync"``: written now. ``"async"``: a step's commit (a RUNNING record with its
         checkpoint) starts writing and is returned at once, carrying the version it will

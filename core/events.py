@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from distributed_agents.core.ports.message_bus import MessageBus
@@ -102,7 +102,7 @@ class EventPublisher:
         self._wake: asyncio.Event | None = None
         self._wake_pending = False
         self._task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._closing = False
         self.dropped_total = 0  # chunks dropped since this publisher was made
         # A bus keeping the port's may_deliver (every networked one: always True) is not asked per event.
@@ -235,7 +235,7 @@ class EventPublisher:
         for seq, future in self._waiters:
             if seq <= self._done or self._task is None:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(True)
             else:
                 still.append((seq, future))
         self._waiters = still
@@ -244,7 +244,7 @@ class EventPublisher:
         """Wait until everything queued up to ``seq`` is published (or failed to be); False on timeout."""
         if seq <= self._done or self._task is None or self._task.done():
             return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, future))
         if timeout is None:  # each waiter has its own future: a cancelled one is skipped when released
             await future
@@ -255,9 +255,19 @@ class EventPublisher:
         except asyncio.TimeoutError:
             return False
 
-    def flush(self) -> Coroutine[Any, Any, bool]:
-        """Wait until every queued event and chunk has been published (or failed to be); await it."""
-        return self.wait_published(self._seq)
+    def flush(self) -> Awaitable[bool]:
+        """Wait until every queued event and chunk has been published (or failed to be); await it (True).
+
+        A future, not a coroutine: every workflow run waits for one as it ends, and the
+        future is what it waits on anyway.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        seq = self._seq
+        if seq <= self._done or self._task is None or self._task.done():
+            future.set_result(True)
+        else:
+            self._waiters.append((seq, future))
+        return future
 
     async def close(self) -> None:
         """Publish what is queued, then stop the background task."""

@@ -741,13 +741,9 @@ class Graph:
         nodes themselves are not in ``ran``.
         Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
-        self._require_compiled()
-        if len(ran) == 1 and not gotos and not deferred and not handlers and not self._routing.joins:
-            # One node with plain edges only (a chain's step): what the general path below
-            # returns, looked up (without joins, the stored join progress has nothing to keep).
-            plain = self._routing.plain_next.get(ran[0])
-            if plain is not None:
-                return make_frontier(plain, (), {})
+        plain = self.plain_frontier(ran, gotos, deferred, handlers)
+        if plain is not None:
+            return plain
         triggered: list[str] = []
         sends: list[dict[str, Any]] = []
         ran = list(dict.fromkeys(ran))  # a node run by several Sends routes once
@@ -761,6 +757,25 @@ class Graph:
         triggered.extend(fired)
         sends.extend(dict(handler) for handler in handlers)
         return self._frontier(triggered, sends, progress, deferred)
+
+    def plain_frontier(
+        self, ran: Sequence[str], gotos: Sequence[tuple[str, Sequence[str | Send]]] = (), deferred: Sequence[str] = (),
+        handlers: Sequence[Mapping[str, Any]] = (),
+    ) -> dict[str, Any] | None:
+        """``next_frontier``'s answer when it needs no condition run (one node ran, with plain edges
+        only, and nothing else pending), without a coroutine; else None (await ``next_frontier``).
+
+        ``GraphNotCompiledError`` before compile.
+        """
+        self._require_compiled()
+        if len(ran) == 1 and not gotos and not deferred and not handlers and not self._routing.joins:
+            # One node with plain edges only (a chain's step): what the general path of
+            # next_frontier returns, looked up (without joins, the stored join progress has
+            # nothing to keep).
+            plain = self._routing.plain_next.get(ran[0])
+            if plain is not None:
+                return make_frontier(plain, (), {})
+        return None
 
     def _frontier(self, triggered: list[str], sends: list[dict[str, Any]], joins: Mapping[str, Sequence[str]],
                   deferred: Sequence[str]) -> dict[str, Any]:

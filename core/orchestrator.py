@@ -1049,7 +1049,8 @@ class Orchestrator:
         if frontier is None:
             frontier = await graph.start_frontier(State._trusted(values, workflow_id))
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
-        await self.connect()
+        if not self._connected or self._loop is not asyncio.get_running_loop():  # (no coroutine once connected)
+            await self.connect()
         # An initial state the backend cannot store fails here, before anything is written.
         check_commit_size(workflow_id, 0, values, b"{}", None, self.backend.max_payload_bytes, state_json=encoded)
         self._remember(graph)

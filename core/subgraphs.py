@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +200,7 @@ class NamespacedEvents(EventPublisher):
     def emit(self, workflow_id: str, kind: str, **fields: Any) -> None:
         self._inner.emit(self._root, kind, namespace=list(self._namespace), subgraph_workflow_id=workflow_id, **fields)
 
-    def flush(self) -> Coroutine[Any, Any, bool]:
+    def flush(self) -> Awaitable[bool]:
         return self._inner.flush()
 
     async def close(self) -> None:

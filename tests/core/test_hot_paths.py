@@ -11,10 +11,16 @@ instead; this check names the function and the locals that became cells.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import inspect
+import sys
 import types
+from typing import Any
 
 import pytest
 
+from distributed_agents import Graph, State
 from distributed_agents.core.engine import StepEngine
 from distributed_agents.core.executors import TaskQueueExecutor
 from distributed_agents.core.orchestrator import Orchestrator
@@ -68,3 +74,58 @@ def test_pass_through_saves_and_drives_add_no_coroutine_layer() -> None:
         assert not inspect.iscoroutinefunction(function), function.__qualname__
     assert not hasattr(TaskQueueExecutor, "_run"), "TaskQueueExecutor.run waits for its results itself"
     assert not hasattr(Orchestrator, "_create_leased"), "Orchestrator._create creates the workflow itself"
+
+
+def _count_coroutines_started(started: collections.Counter[str]) -> None:
+    """Count the coroutines (by qualified name) this thread starts into ``started``, until ``sys.setprofile(None)``."""
+    def hook(frame: types.FrameType, event: str, arg: object) -> None:
+        # A coroutine's first entry (a resumption re-enters past its first instructions).
+        if event == "call" and frame.f_code.co_flags & inspect.CO_COROUTINE and frame.f_lasti <= 8:
+            started[frame.f_code.co_qualname] += 1
+
+    sys.setprofile(hook)
+
+
+def test_a_connected_orchestrators_plain_steps_make_no_coroutine_to_connect_route_commit_or_flush() -> None:
+    # A steady workflow passes no layer that only hands on: connecting again, routing a
+    # plain edge, a "sync" commit's wrapper, and waiting for its events are no coroutines.
+    graph = Graph("hot_plain").add_node("a", lambda state: {"n": 1}).add_node("b", lambda state: {"n": 2})
+    graph = graph.set_entry_point("a").add_edge("a", "b").set_finish_point("b").compile()
+
+    async def scenario() -> collections.Counter[str]:
+        orchestrator = Orchestrator()
+        started: collections.Counter[str] = collections.Counter()
+        try:
+            assert await orchestrator.execute(graph, {}) == {"n": 2}  # connected, publisher started
+            _count_coroutines_started(started)
+            try:
+                assert await orchestrator.execute(graph, {}) == {"n": 2}
+            finally:
+                sys.setprofile(None)
+            return started
+        finally:
+            await orchestrator.close()
+
+    started = asyncio.run(scenario())
+    assert started["Orchestrator.execute"] == 1, started  # the hook saw the run
+    for name in ("Orchestrator.connect", "Graph.next_frontier", "StepEngine._commit", "StepEngine._commit_in_mode",
+                 "EventPublisher.wait_published"):
+        assert started[name] == 0, f"{name} started {started[name]} time(s) in a plain run: {dict(started)}"
+    assert started["StepEngine._write"] == 2  # the two steps' commits, written as they are
+
+
+def test_plain_frontier_answers_as_next_frontier_does_or_not_at_all() -> None:
+    graph = Graph("plain_or_not").add_node("a", lambda s: None).add_node("b", lambda s: None)
+    graph.add_node("c", lambda s: None).add_node("d", lambda s: None)
+    graph.set_entry_point("a").add_edge("a", "b").add_edge("a", "c")
+    graph.add_conditional_edges("b", lambda s: "d", ["d"])
+    graph = graph.add_edge("c", "d").set_finish_point("d").compile()
+
+    async def general(ran: list[str]) -> dict[str, Any]:
+        return await graph.next_frontier(ran, State({}), {})
+
+    assert graph.plain_frontier(["a"]) == asyncio.run(general(["a"])) == {"next": ["b", "c"], "joins": {}}
+    assert graph.plain_frontier(["b"]) is None  # a condition runs: next_frontier's to answer
+    assert graph.plain_frontier(["a", "c"]) is None  # two nodes ran
+    assert graph.plain_frontier(["c"], deferred=["x"]) is None
+    assert graph.plain_frontier(["c"], gotos=[("c", ["d"])]) is None
