@@ -190,7 +190,7 @@ def _lost(error: BaseException) -> bool:
     return isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST
 
 
-def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, replies.Block]:
+def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float | None = None) -> tuple[str, bytes, bytes]:
     """``cas``'s publish as (subject, payload, headers), for ``replies.js_publish_chain``; its
     answer reads with ``cas_answer``."""
     return _subject(kv, key), value, cas_headers(last, ttl)
@@ -199,11 +199,11 @@ def cas_request(kv: KeyValue, key: str, value: bytes, *, last: int, ttl: float |
 _CAS_START = b"NATS/1.0\r\n" + _EXPECTED_LAST.encode() + b": "
 
 
-def cas_headers(last: int, ttl: float | None = None) -> replies.Block:
+def cas_headers(last: int, ttl: float | None = None) -> bytes:
     """The header block of a write expecting revision ``last`` (with ``ttl``, ``ttl_header``'s
     TTL): ``replies.header_block({_EXPECTED_LAST: str(last), **ttl_header(ttl)})``, built
     without the dict (two of them on every task's path)."""
-    return replies.Block(b"%s%d\r\n%s\r\n" % (_CAS_START, last, _ttl_line(ttl)))
+    return b"%s%d\r\n%s\r\n" % (_CAS_START, last, _ttl_line(ttl))
 
 
 @functools.lru_cache(maxsize=64)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["Block", "Direct", "PubAck", "header_block", "Started", "chain_answers", "chain_now", "chain_ready", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
+__all__ = ["Direct", "PubAck", "header_block", "Started", "chain_answers", "chain_now", "chain_ready", "collect", "header_lines", "js_publish", "js_publish_chain", "js_publish_many",
            "pub_ack_of", "read_directly", "request", "send", "start"]
 
 log = logging.getLogger("distributed_agents.adapters.nats")
@@ -230,15 +230,12 @@ class _Kick:
 _KICK = _Kick()
 
 
-class Block(bytes):
-    """A header block as ``send`` writes it (``NATS/1.0``, ``Name: value`` lines, a blank line),
-    built once by the caller (``header_block``, or a writer of a few fixed names such as
-    ``kv.cas_request``): ``send`` takes it as it is in place of a headers dict."""
-
-
-def header_block(headers: dict[str, str]) -> Block:
-    """The header block ``send`` writes for ``headers`` (names checked as nats-py checks them:
-    ``BadHeaderError``; a blank name skipped; line breaks in values made spaces)."""
+def header_block(headers: dict[str, str]) -> bytes:
+    """The header block ``send`` writes for ``headers`` (``NATS/1.0``, ``Name: value`` lines, a
+    blank line; names checked as nats-py checks them: ``BadHeaderError``; a blank name
+    skipped; line breaks in values made spaces). ``send`` takes such a block, built once by
+    the caller (here, or by a writer of a few fixed names such as ``kv.cas_headers``), as it
+    is in place of a headers dict."""
     lines = ["NATS/1.0\r\n"]
     for name, value in headers.items():
         start = _HEADER_STARTS.get(name)
@@ -248,10 +245,10 @@ def header_block(headers: dict[str, str]) -> Block:
                 continue
         lines.append(f"{start}{value.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n")
     lines.append("\r\n")
-    return Block("".join(lines).encode())
+    return "".join(lines).encode()
 
 
-def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | Block | None = None) -> None:
+def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | bytes | None = None) -> None:
     """``nc.publish(subject, payload, reply=reply, headers=headers)`` without its coroutines:
     the same protocol bytes, checks and errors (``BadSubjectError``, ``BadHeaderError``,
     ``MaxPayloadError`` - also for a payload that fits only without its header block, which
@@ -278,7 +275,7 @@ def send(nc: Client, subject: str, payload: bytes = b"", reply: str = "", header
     if headers is None:
         command = f"PUB {subject} {reply} {size}\r\n".encode() + payload + b"\r\n"
     else:
-        block = headers if type(headers) is Block else header_block(headers)  # type: ignore[arg-type]
+        block = headers if type(headers) is bytes else header_block(headers)  # type: ignore[arg-type]
         if size + len(block) > nc._max_payload:  # noqa: SLF001
             # The server counts the header block too (nats-py does not): over it, the server
             # would answer "Maximum Payload Violation" and close the connection.
@@ -415,7 +412,7 @@ def _time_out(future: asyncio.Future[Any] | _Slot) -> None:
         future.set_exception(nats.errors.TimeoutError())
 
 
-async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: dict[str, str] | Block | None = None,
+async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: dict[str, str] | bytes | None = None,
                   timeout: float = 5.0) -> Msg:
     """Publish with a reply subject and wait up to ``timeout`` seconds for the one reply."""
     inbox = await _inbox(nc)
@@ -476,7 +473,7 @@ async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: floa
     return Started(inbox, token, future)
 
 
-async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | Block | None = None,
+async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | bytes | None = None,
                      timeout: float = 5.0) -> PubAck:
     """A JetStream publish: stored when this returns (``js.publish``'s contract and errors)."""
     try:
@@ -505,7 +502,7 @@ def _ack_of(msg: Msg) -> PubAck:
     return PubAck(int(body["seq"]), bool(body.get("duplicate")))
 
 
-async def js_publish_many(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | Block | None]], *,
+async def js_publish_many(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | bytes | None]], *,
                           timeout: float = 5.0) -> list[PubAck | Exception]:
     """JetStream publishes of ``items`` (subject, payload, headers), all sent before any
     answer is awaited: for each item, in order, its ``PubAck`` or the exception
@@ -517,7 +514,7 @@ async def js_publish_many(nc: Client, items: Sequence[tuple[str, bytes, dict[str
 
 
 async def js_publish_chain(
-    nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | Block | None]],
+    nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | bytes | None]],
     follow: Callable[[int, PubAck], Any] | None = None, *, timeout: float = 5.0,
 ) -> list[tuple[PubAck | Exception, Msg | Exception | None]]:
     """``js_publish_many``, each publish optionally followed by a second request sent as soon
@@ -557,7 +554,7 @@ def chain_ready(nc: Client) -> bool:
     return inbox is not None and inbox.sub is not None
 
 
-def chain_now(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | Block | None]],
+def chain_now(nc: Client, items: Sequence[tuple[str, bytes, dict[str, str] | bytes | None]],
               follow: Callable[[int, PubAck], Any] | None, waiter: asyncio.Future[None], *,
               timeout: float = 5.0) -> _Batch | None:
     """``js_publish_chain``'s requests, sent now, without a coroutine: for callers that gather

@@ -177,7 +177,7 @@ class _Acks:
 
     def __init__(self, waiter: asyncio.Future[None]) -> None:
         self.waiter = waiter
-        self.requests: list[tuple[str, bytes, replies.Block]] = []
+        self.requests: list[tuple[str, bytes, bytes]] = []
         self.follows: list[Callable[[int, replies.PubAck], tuple[str, bytes, None]]] = []
         self.batch: Any = None
         self._answers: list[tuple[Any, Any]] | None = None
@@ -457,7 +457,7 @@ class NatsTaskQueue(TaskQueue):
         raws = [encode(task_to_dict(task)) for task in chunk]
         records: list[dict[str, Any]] = [{}] * len(chunk)
 
-        def create_record(index: int, ack: replies.PubAck) -> tuple[str, bytes, replies.Block] | None:
+        def create_record(index: int, ack: replies.PubAck) -> tuple[str, bytes, bytes] | None:
             # The message is stored: its record is created at once, from the client's reader.
             if ack.duplicate:
                 return None  # ``_enqueue``'s path, below
