@@ -557,7 +557,8 @@ class Worker:
         raises, a bug) would leave the task unsettled: re-delivered after each lease
         and run again until its attempts ran out, with the real cause only in a log.
         """
-        self._unstarted.discard(asyncio.current_task())
+        current = asyncio.current_task()
+        self._unstarted.discard(current)
         # Every record logged while this task is handled (this task's own context) names it.
         step = claim.task.payload.get("step") if isinstance(claim.task.payload, Mapping) else None
         with bind_log_context(workflow_id=claim.task.workflow_id, step=step if isinstance(step, int) else None,
@@ -580,6 +581,12 @@ class Worker:
             finally:
                 if observer is not None:
                     observer.node_ended(observed, *outcome)
+                # Its slot is free from here (nothing is awaited after this), not from the done
+                # callback a loop round later: a claim sent meanwhile (the claim loop's next) asks
+                # for as many tasks as the backend, told by the ack, may hand over (a Redis
+                # parked claim gets the slot back from the ack).
+                if current is not None:
+                    self._forget(current)
 
     async def _handle(self, claim: ClaimedTask) -> tuple[str, BaseException | None]:
         """Run and settle one claimed task; its outcome (``core.instrumentation.OUTCOMES``) and error."""

@@ -556,8 +556,32 @@ return deadline
 """
 
 ACK = _LIBRARY + r"""
--- ARGV: 4 id, 5 lease id, 6 op id, 7 result JSON. Returns 1, or -1 if the lease is lost.
+-- ARGV: 4 id, 5 lease id, 6 op id, 7 result JSON; optionally 8 the acking worker's parked
+--       registration (claimer id), 9 ms since that claimer last claimed (0: claiming now),
+--       10 how long a registration lasts after its claimer's last claim (ms).
+-- Returns 1, or -1 if the lease is lost; 2 when it also gave the registration the task's
+-- slot back, 3 when it also made the registration last 10 ms after the claimer's last claim.
 local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
+
+-- The worker's slot is free again: its parked registration, while live, may be handed one
+-- more task (room + 1), and lasts ARGV[10] ms after the claimer's last claim (renewed when
+-- less than half of that is left): under steady traffic a parked worker never registers
+-- again (no claim script, no second wait), and one that stopped claiming still runs out.
+local function top_up(c, now, age, park_ms)
+  local h = k_park(c)
+  local f = redis.call('HMGET', h, 'u', 'ty')
+  local u = tonumber(f[1])
+  if not u or u <= now + PARK_MARGIN then return 1 end  -- gone, or taken off its idle lists
+  redis.call('HINCRBY', h, 'm', 1)
+  local ends = now - age + park_ms
+  if u - now < park_ms / 2 and ends > u then
+    redis.call('HSET', h, 'u', ends)
+    redis.call('PEXPIRE', h, ends - now + 1000)
+    for _, t in ipairs(cjson.decode(f[2])) do redis.call('PEXPIRE', k_idle(t), ends - now + 60000) end
+    return 3
+  end
+  return 2
+end
 local now = now_ms()
 local state, t = check_held(id, lease, op, now)
 if state == 'settled' then return 1 end
@@ -570,6 +594,7 @@ redis.call('HSET', h, 'state', 'done', 'lease', '', 'settled', op .. '|1')
 redis.call('PEXPIRE', h, RESULT_TTL)
 redis.call('DEL', k_errors(id))
 store_result(id, ARGV[7])
+if ARGV[8] and ARGV[8] ~= '' then return top_up(ARGV[8], now, tonumber(ARGV[9]), tonumber(ARGV[10])) end
 return 1
 """
 

@@ -82,12 +82,17 @@ its claim would have taken them; attempt 1) and pushes them as one message on th
 list, so the idle worker's BLMPOP returns its tasks (every message that piled up on the
 list, in one reply): wake-up and claim are one round
 trip, and the enqueue pushes no token for them. A registration keeps its room left
-(it stays parked) and lasts ``min(poll_cap, 5 s)``; the next claim of the same types,
-worker and lease length reuses it and blocks at once. Tasks handed over after a claim
+(it stays parked) and lasts ``min(poll_cap, 5 s)`` (plus 0.2 s); the next claim of the same types,
+worker and lease length reuses it and blocks at once. The ack of a task of the same
+worker id gives its live registration the task's slot back (room + 1) and, when less than
+half of it is left, makes it last that long after the claimer's last claim call (now, if
+one is waiting): under steady traffic a worker registers once, instead of again after
+every ``max_tasks`` tasks and every second (a claim script, and a second wait, in the path
+of the task that came then). Tasks handed over after a claim
 stopped waiting are returned by the next claim with that registration (ahead of the
 ready ones), or put back at their place (the attempt not counted) by ``close()``. A
 worker that dies while parked (SIGKILL) may be handed tasks until its registration
-runs out (at most ``min(poll_cap, 5 s)``): those are delivered again when their lease
+runs out (at most ``min(poll_cap, 5 s)`` plus 0.2 s after its last claim call): those are delivered again when their lease
 expires, as for a worker that dies holding tasks.
 
 Waiting, results: ``wait_results`` subscribes (once per queue object; ``enqueue_many``
@@ -216,6 +221,8 @@ class RedisTaskQueue(TaskQueue):
         # Parked claimer registrations not in use, by (node types, worker id, lease ms): a
         # claim reuses one (and, while it lasts, blocks without claiming first).
         self._parks: dict[tuple[tuple[str, ...], str, int], list[_Park]] = {}
+        # The registration each worker id last waited with: its acks give it their slots back.
+        self._park_of: dict[str, _Park] = {}
         # Counts close() calls: a claim waiting when the queue closes stops instead of
         # claiming again, which would open a new client that nobody closes.
         self._closes = 0
@@ -364,8 +371,10 @@ class RedisTaskQueue(TaskQueue):
         key = (tuple(types), worker_id, lease_ms)
         spare = self._parks.get(key)
         park = spare.pop() if spare else (_Park(uuid.uuid4().hex) if wait > 0 else None)
-        # A registration lasts as long as one sleep may (every sleep ends by then and claims).
-        window = min(self.poll_cap, _BLOCK_MAX)
+        if park is not None:
+            park.claiming = True
+            self._park_of[worker_id] = park
+        park_ms = _ms(self._park_seconds())
         closes = self._closes
         try:
             # A registration with room for more tasks than this call takes is renewed (more
@@ -376,13 +385,15 @@ class RedisTaskQueue(TaskQueue):
                     return []
                 if force:
                     sent = loop_time()
+                    if park is not None:
+                        park.generation += 1  # acks of the registration it replaces no longer count
                     claimed, next_ms = await self._claim_now(
                         types, worker_id, max_tasks, lease_ms, "" if park is None else park.id,
-                        _ms(window + _PARK_SLACK) if wait > 0 else 0)
+                        park_ms if wait > 0 else 0)
                     now = loop_time()
                     if park is not None:
                         parked = not claimed and wait > 0
-                        park.until = sent + window + _PARK_SLACK - _PARK_MARGIN if parked else 0.0
+                        park.until = sent + park_ms / 1000 - _PARK_MARGIN if parked else 0.0
                         park.room = max_tasks
                         park.next_at = -1.0 if next_ms < 0 else now + next_ms / 1000.0
                     if claimed or wait <= 0 or give_up - now <= 0:
@@ -413,8 +424,16 @@ class RedisTaskQueue(TaskQueue):
                 if give_up - now <= 0 and not force:
                     return []
         finally:
-            if park is not None and closes == self._closes:
-                self._parks.setdefault(key, []).append(park)
+            if park is not None:
+                park.claiming = False
+                park.claimed_at = loop_time()
+                if closes == self._closes:
+                    self._parks.setdefault(key, []).append(park)
+
+    def _park_seconds(self) -> float:
+        """How long a registration lasts after its claimer's last claim: as long as one sleep
+        may (every sleep ends by then and claims), and a margin."""
+        return min(self.poll_cap, _BLOCK_MAX) + _PARK_SLACK
 
     async def _await_token(self, keys: list[str], pause: float, count: int) -> Any:
         """Pop up to ``count`` entries of the first of ``keys`` that has some (hand-overs, or
@@ -500,18 +519,32 @@ class RedisTaskQueue(TaskQueue):
         return ClaimedTask(claim.task, claim.lease_id, claim.attempt, deadline / 1000.0, claim.worker_id)
 
     async def ack(self, claim: ClaimedTask, output: Mapping[str, Any] | None) -> None:
-        """Store the result and remove the task in one script; ``LeaseLostError`` if lost."""
+        """Store the result and remove the task in one script; ``LeaseLostError`` if lost.
+
+        The same script gives the worker's parked registration, while live, the task's slot
+        back and keeps it live (see the module docstring): no re-registration under traffic.
+        """
         result = TaskResult(claim.task.id, "succeeded", output=output, attempts=claim.attempt, worker_id=claim.worker_id,
                             started_at=claim.started_at)
         raw = encode(result.to_dict())
-        outcome = await self._run(
-            "ack",
-            [claim.task.id, claim.lease_id, self._new_id(), raw],
-            f"ack task {claim.task.id!r}",
-            now=True,
-        )
-        if int(outcome) < 0:
+        args: list[Any] = [claim.task.id, claim.lease_id, self._new_id(), raw]
+        park = self._park_of.get(claim.worker_id)
+        sent = age = 0.0
+        generation = -1
+        if park is not None:
+            sent = _loop_time()()
+            if park.live(sent):
+                generation, age = park.generation, 0.0 if park.claiming else max(0.0, sent - park.claimed_at)
+                args += [park.id, round(age * 1000), _ms(self._park_seconds())]
+            else:
+                park = None
+        outcome = int(await self._run("ack", args, f"ack task {claim.task.id!r}", now=True))
+        if outcome < 0:
             raise self._lost(claim)
+        if outcome > 1 and park is not None and park.generation == generation:
+            park.room += 1
+            if outcome == 3:
+                park.until = max(park.until, sent - age + self._park_seconds() - _PARK_MARGIN)
         if self._early.expecting(claim.task.id):  # known stored now, whatever its event does
             self._early.on_event(f"{claim.task.id}\n{raw.decode('utf-8')}")
 
@@ -681,6 +714,7 @@ class RedisTaskQueue(TaskQueue):
         self._closes += 1
         parks = [park.id for spare in self._parks.values() for park in spare]
         self._parks.clear()
+        self._park_of.clear()
         if parks:
             with contextlib.suppress(Exception):  # best effort: their leases run out otherwise
                 await self._run("unpark", parks, "end parked claims")
@@ -706,13 +740,16 @@ class _Oversized(ValueError):
 class _Park:
     """One parked claimer registration: its id and until when (loop time) it is live."""
 
-    __slots__ = ("id", "until", "next_at", "room")
+    __slots__ = ("id", "until", "next_at", "room", "claiming", "claimed_at", "generation")
 
     def __init__(self, park_id: str) -> None:
         self.id = park_id
         self.until = 0.0  # loop time; 0: not registered
         self.room = 0  # tasks it may still be handed
         self.next_at = -1.0  # loop time of the next delayed release or lease expiry it was told; -1: none
+        self.claiming = False  # a claim call is using it now
+        self.claimed_at = 0.0  # loop time the last claim call using it returned
+        self.generation = 0  # claim scripts sent with it: an ack's top-up counts for the registration it saw
 
     def live(self, now: float) -> bool:
         return self.until > now and not 0 <= self.next_at <= now
