@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, DistributedAgentsError
 from distributed_agents.core.redaction import redact_url
@@ -70,23 +69,31 @@ def _is_connection_problem(exc: BaseException) -> bool:
     )
 
 
-@contextmanager
-def nats_errors(url: str, action: str) -> Iterator[None]:
+class nats_errors:  # noqa: N801 - a context manager used as the function it was
     """Map nats-py exceptions raised inside the block; ``action`` says what was attempted.
 
     A timeout after the server reported a permissions violation for this URL's user
     during the block becomes a ``BackendError`` saying so (no retry can fix it).
+    (A class rather than ``contextlib.contextmanager``: it wraps every call of a task's
+    path, and a generator-based one costs a generator and its wrapper each time.)
     """
-    started = time.monotonic()
-    try:
-        yield
-    except DistributedAgentsError:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+
+    __slots__ = ("action", "started", "url")
+
+    def __init__(self, url: str, action: str) -> None:
+        self.url = url
+        self.action = action
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, DistributedAgentsError):
+            return False  # nothing raised, a cancellation (or other BaseException), or ours: as it is
+        url, action = self.url, self.action
         denied = _DENIALS.get(url)
-        if denied is not None and denied[0] >= started and _is_connection_problem(exc):
+        if denied is not None and denied[0] >= self.started and _is_connection_problem(exc):
             raise BackendError(
                 f"NATS at {mask_url(url)} refused to {action}: this user lacks the permission ({denied[1]}); give it "
                 "the subjects of this prefix (docs/security.md; adapters.nats.permissions.tenant_permissions), or "
