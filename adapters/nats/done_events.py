@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import NatsConnection
@@ -106,6 +106,23 @@ class _Waiter:
         return fired
 
 
+class _Watch:
+    """``DoneEvents.watch``'s context: ``waiter`` registered for the block (a class: one per
+    wait of every step, where a generator-based one costs a generator and its wrapper)."""
+
+    __slots__ = ("waiter", "waiters")
+
+    def __init__(self, waiters: list[_Waiter], waiter: _Waiter) -> None:
+        self.waiters, self.waiter = waiters, waiter
+
+    async def __aenter__(self) -> _Waiter:
+        self.waiters.append(self.waiter)
+        return self.waiter
+
+    async def __aexit__(self, *_: object) -> None:
+        self.waiters.remove(self.waiter)
+
+
 def _time_up(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -176,21 +193,17 @@ class DoneEvents:
                 found[task_id] = entry[1]
         return found, bare
 
-    @contextlib.asynccontextmanager
-    async def watch(self, ids: Collection[str]) -> AsyncIterator[_Waiter]:
-        waiter = _Waiter(ids)
-        self._waiters.append(waiter)
-        try:
-            yield waiter
-        finally:
-            self._waiters.remove(waiter)
+    def watch(self, ids: Collection[str]) -> _Watch:
+        """``async with watch(ids) as waiter``: ``waiter`` is woken by the events of ``ids`` that come
+        while the block runs."""
+        return _Watch(self._waiters, _Waiter(ids))
 
     def _on_message(self, msg: Msg) -> None:
         self.record(*parse_done(msg.data))
 
     def wants(self, task_id: str) -> bool:
         """Whether ``record(task_id, ...)`` would keep or hand on anything (an expected id, a waiter's)."""
-        return task_id in self._entries or any(task_id in waiter.ids for waiter in self._waiters)
+        return task_id in self._entries or (bool(self._waiters) and any(task_id in w.ids for w in self._waiters))
 
     def record(self, task_id: str, result: TaskResult | None) -> None:
         """An event came (or this process stored the result itself: its own event is then
