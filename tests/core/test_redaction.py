@@ -76,3 +76,12 @@ def test_both_log_formats_mask_urls_whatever_logged_them(log_format: str) -> Non
     assert handler.filter(record)  # adds the log context, as emitting does
     line = handler.format(record)
     assert "redis://:***@h:1/0" in line and "s3cret-pw" not in line
+
+
+def test_redacting_the_same_url_again_is_looked_up_not_parsed_again() -> None:
+    # Every workflow run names its backend's URL (redacted) for its waiting notes: one parse per URL.
+    url = "redis://user:secret@cache-host:6379/0?password=hunter2"
+    first = redact_url(url)
+    hits = redact_url.cache_info().hits
+    assert redact_url(url) == first == "redis://user:***@cache-host:6379/0?password=***"
+    assert redact_url.cache_info().hits == hits + 1
