@@ -111,3 +111,28 @@ def test_a_parser_reset_while_a_message_is_processed_drops_the_rest_of_the_read_
         return log
 
     assert asyncio.run(scenario()) == [("msg", 1, b"x")]
+
+
+
+def test_a_backend_connection_reads_through_the_fast_path(nats_url: str) -> None:
+    """A connected backend's client (this nats-py) has ``wire``'s parse installed, and its
+    requests are answered through it (guards the install against a nats-py change that
+    would silently drop it: ``install`` then leaves nats-py's parser in place)."""
+    from support.aio import run
+
+    from distributed_agents.adapters.nats import kv
+
+    from .conftest import open_nats
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        try:
+            nc = backend.connection.nc
+            bucket = backend.connection.bucket(backend.connection.names.task_bucket)
+            await kv.put(backend.connection.js, bucket, "k", b"v")
+            assert getattr(nc._ps, "_da_wire", False)
+            assert (await kv.get(bucket, "k")).value == b"v"  # type: ignore[union-attr]
+        finally:
+            await backend.close()
+
+    run(scenario(), 30)
