@@ -376,6 +376,61 @@ ENQUEUE = _LIBRARY + r"""
 local out = {}
 local seen_types, order = {}, {}
 RAW_MAX, OVERSIZED = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
+
+-- One new task (a workflow's create, a one-node step) and, first in line for its type, a
+-- live registration whose types have nothing ready (time applied): the task is leased to it
+-- at once, as the hand-over below would lease it (attempt 1, its place in the queue, lease
+-- <claimer>:<n>:1), without passing through the ready set, a wake-up token and the checks
+-- of a hash just written here. Returns the reply, or nil: the general way below applies
+-- (the registration is first in line again).
+local function hand_one()
+  local id, t, raw = ARGV[4], ARGV[5], ARGV[8]
+  if RAW_MAX > 0 and #raw > RAW_MAX then return nil end
+  local h = k_task(id)
+  if redis.call('EXISTS', h) == 1 then return {0} end
+  local idle = k_idle(t)
+  local now = nil
+  while true do
+    local c = redis.call('LPOP', idle)
+    if not c then return nil end
+    local f = redis.call('HMGET', k_park(c), 'w', 'l', 'm', 'u', 'ty')
+    if now == nil then now = now_ms() end
+    if f[1] and tonumber(f[4]) > now + PARK_MARGIN then
+      local types = cjson.decode(f[5])
+      for _, each in ipairs(types) do tick(each, now) end
+      for _, each in ipairs(types) do
+        if redis.call('ZCARD', k_ready(each)) > 0 then
+          redis.call('LPUSH', idle, c)
+          return nil
+        end
+      end
+      local n = redis.call('INCR', P .. ':q:seq')
+      local lease, deadline = c .. ':' .. n .. ':1', now + tonumber(f[2])
+      redis.call('HSET', h, 'type', t, 'score', ARGV[6], 'max', ARGV[7], 'raw', raw, 'wf', ARGV[9], 'attempt', 1,
+                 'member', string.format('%016d', n) .. id, 'state', 'claimed', 'lease', lease, 'deadline', deadline,
+                 'worker', f[1])
+      redis.call('SADD', P .. ':q:types', t)
+      redis.call('ZADD', k_leased(t), deadline, id)
+      local room = tonumber(f[3])
+      if room > 1 then
+        redis.call('HSET', k_park(c), 'm', room - 1)
+        redis.call('LPUSH', idle, c)
+      else
+        redis.call('DEL', k_park(c))
+      end
+      redis.call('RPUSH', k_handoff(c), frame({id, raw, 1, lease, deadline, t}))
+      redis.call('PEXPIRE', k_handoff(c), tonumber(f[2]) + 60000)
+      for _, each in ipairs(types) do redis.call('DEL', P .. ':q:wake:' .. each) end
+      return {1}
+    end
+    -- (A registration that ran out leaves the list, as below.)
+  end
+end
+if #ARGV == 11 then
+  local reply = hand_one()
+  if reply then return reply end
+end
+
 for i = 4, #ARGV - 2, 6 do
   local id, t = ARGV[i], ARGV[i + 1]
   local h = k_task(id)

@@ -189,3 +189,36 @@ def test_an_ack_gives_the_registration_its_slot_back_once() -> None:
     assert rooms == [b"1", b"2", b"2"]
     assert got == ["c0", "c1"]
     assert commands == ["EVALSHA", "BLMPOP"], commands  # the enqueue, and one wait: no claim script
+
+
+def test_a_new_task_is_not_handed_over_ahead_of_a_due_task_of_higher_priority() -> None:
+    """A lone new task goes straight to a parked claimer only when nothing of its types is
+    ready once time is applied: a retry of higher priority that came due meanwhile (no script
+    applied time to it yet) is handed over first, and the new task waits its turn."""
+
+    async def scenario(url: str) -> tuple[list[str], int]:
+        prefix = f"due{uuid.uuid4().hex[:8]}"
+        producer, other, claimer = (_backend(url, prefix), _backend(url, prefix),
+                                    _backend(url, prefix, poll_cap=10))
+        for backend in (producer, other, claimer):
+            await backend.connect()
+        queue = producer.task_queue
+        try:
+            await queue.enqueue(Task("retry", "wf", "n", "alpha", {}, priority=5))
+            [held] = await other.task_queue.claim(["alpha"], worker_id="x")
+            assert await other.task_queue.nack(held, "boom", delay=0.3)  # due in 0.3 s
+            # A registration (room 1, 5 s) whose claimer is not waiting: nothing wakes it when
+            # the retry comes due.
+            assert await claimer.task_queue.claim(["alpha"], worker_id="c", wait=0.05) == []
+            await asyncio.sleep(0.5)
+            await queue.enqueue(Task("new", "wf", "n", "alpha", {}))
+            got = await claimer.task_queue.claim(["alpha"], worker_id="c", wait=5)
+            return [c.task.id for c in got], (await queue.stats("alpha")).queued
+        finally:
+            for backend in (producer, other, claimer):
+                await backend.close()
+
+    with RedisServer() as server:
+        got, queued = run(scenario(server.url), 60)
+    assert got == ["retry"]
+    assert queued == 1  # the new task
