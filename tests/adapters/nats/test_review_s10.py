@@ -1,0 +1,218 @@
+"""Review of the NATS client's message reading by position (``adapters/nats/wire.py``) and the
+prebuilt header blocks, against a real server whose bytes reach the client cut anywhere.
+
+A proxy forwards the server's bytes to the client in small pieces of random size (each its
+own TCP segment), so control lines, header blocks and payloads of real JetStream traffic
+(publish acks, KV writes with expected revisions, direct gets, pulls, status replies) are
+cut at every kind of position; the queue's contract must hold as with whole reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import threading
+import uuid
+from typing import Any
+
+import nats
+import pytest
+from support.aio import run
+
+from distributed_agents.adapters.nats import replies
+from distributed_agents.adapters.nats.backend import NatsBackend
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.task_queue import Task
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _ChoppingProxy:
+    """Loopback proxy to ``port``: client bytes go through whole; the server's bytes are written
+    to the client in pieces of 1..``largest`` bytes (random), one segment each."""
+
+    def __init__(self, port: int, seed: int, largest: int = 24) -> None:
+        self.target = port
+        self.rng = random.Random(seed)
+        self.largest = largest
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self.forwarded = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    def __enter__(self) -> _ChoppingProxy:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            assert self.server is not None
+            self.server.close()
+            for writer in self.writers:
+                writer.transport.abort()
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers += [writer, up_writer]
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                pos = 0
+                while pos < len(data):
+                    size = self.rng.randint(1, self.largest) if self.rng.random() < 0.9 else len(data) - pos
+                    writer.write(data[pos:pos + size])
+                    pos += size
+                    self.forwarded += 1
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            writer.close()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(upstream(), downstream())
+
+
+def _raw_publish(url: str, subject: str, blocks: list[bytes]) -> None:
+    """HPUB each header block (with a payload) on a raw connection to ``url``, then PING/PONG."""
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.recv(65536)  # INFO
+        out = b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
+        for block in blocks:
+            out += b"HPUB %s %d %d\r\n%sdata\r\n" % (subject.encode(), len(block), len(block) + 4, block)
+        sock.sendall(out + b"PING\r\n")
+        seen = b""
+        while b"PONG" not in seen and b"-ERR" not in seen:
+            seen += sock.recv(65536)
+        assert b"-ERR" not in seen, seen
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_the_queue_works_when_the_servers_bytes_come_cut_anywhere(nats_server: Any, seed: int) -> None:
+    """Tasks (unicode, empty, and payloads of hundreds of kilobytes that span many reads)
+    enqueued, claimed, acked, nacked and waited on through a client reading the server's
+    bytes in random small pieces: each result is the one stored, nothing is lost or doubled."""
+    rng = random.Random(seed)
+
+    async def scenario(url: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        backend = NatsBackend(url, BackendOptions.from_url(url, prefix=f"cut{uuid.uuid4().hex[:8]}"))
+        await backend.connect()
+        queue = backend.task_queue
+        try:
+            payloads: dict[str, Any] = {}
+            for i in range(8):
+                text = rng.choice(["", "é☃ \r\n MSG a 1 2\r\n", "x" * rng.choice([10, 40_000, 300_000])])
+                payloads[f"t{i}"] = {"text": text, "i": i}
+            tasks = [Task(tid, "wf", "n", "alpha", payload) for tid, payload in payloads.items()]
+            await queue.enqueue_many(tasks[:4])
+            for task in tasks[4:]:
+                await queue.enqueue(task)
+            await queue.enqueue(tasks[0])  # idempotent: the same id again adds nothing
+            outputs: dict[str, Any] = {}
+            nacked = False
+            while len(outputs) < len(tasks):
+                claims = await queue.claim(["alpha"], worker_id="w", max_tasks=3, wait=2)
+                for claim in claims:
+                    if not nacked:
+                        nacked = True
+                        await queue.nack(claim, "once more")
+                        continue
+                    assert claim.task.payload == payloads[claim.task.id]
+                    await queue.ack(claim, {"echo": claim.task.payload["text"], "attempt": claim.attempt})
+                    outputs[claim.task.id] = claim.attempt
+            found: dict[str, Any] = {}
+            while len(found) < len(tasks):
+                found.update(await queue.wait_results([t.id for t in tasks if t.id not in found], timeout=5))
+            return outputs, {k: (r.status, r.output) for k, r in found.items()}, await queue.stats("alpha")
+        finally:
+            await backend.close()
+
+    with _ChoppingProxy(nats_server.port, seed) as proxy:
+        outputs, found, stats = run(scenario(f"nats://127.0.0.1:{proxy.port}"), 100)
+        assert proxy.forwarded > 200  # the bytes really came in pieces
+    assert sorted(outputs) == sorted(found) and len(found) == 8
+    assert sorted(outputs.values()).count(2) == 1  # the nacked one ran again, once
+    for task_id, (status, output) in found.items():
+        assert status == "succeeded" and output["attempt"] == outputs[task_id]
+    assert (stats.queued, stats.in_flight) == (0, 0)
+
+
+def test_direct_replies_through_cut_bytes_match_a_plain_subscription(nats_server: Any) -> None:
+    """Messages with header blocks (plain and with a status line), reply subjects, unicode and
+    protocol text in payloads, sized up to the server's limit, reach a ``Direct`` subscription
+    of a client reading cut bytes exactly as a plain nats-py client reading whole ones sees
+    them; the client's counters count each once."""
+
+    async def scenario(proxied: str, direct_url: str) -> tuple[list[Any], list[Any], int, int]:
+        fast = await nats.connect(proxied)
+        plain = await nats.connect(direct_url)
+        try:
+            replies.read_directly(fast)
+            fast._parse_header_lines = replies.header_lines  # type: ignore[method-assign]
+            got: list[Any] = []
+            await fast.subscribe("rv.>", future=replies.Direct(got.append))
+            expected = await plain.subscribe("rv.>")
+            await fast.flush()
+            await plain.flush()
+            limit = fast.max_payload
+            sent = [
+                (b"", None, ""),
+                (b"MSG rv.x 1 5\r\nhello\r\n", {"A": "b"}, "r.1"),
+                ("é☃".encode() * 100, {"Nats-Expected-Last-Subject-Sequence": "0", "Value": "Ü ☃"}, ""),
+                (b"y" * (limit - 200), {"K": "v" * 50}, "r.2"),
+                (b"z" * 70_000, None, ""),
+                (b"", {"Status": "ignored"}, ""),
+            ]
+            for data, headers, reply in sent:
+                await plain.publish("rv.a", data, reply=reply, headers=headers)
+            # A prebuilt block, sent as it is.
+            replies.send(plain, "rv.b", b"block", "", replies.header_block({"X": "1", "Y": " 2 "}))
+            await plain.flush()
+            # Header blocks nats-py would not write: names not ASCII or holding spaces, lines
+            # without a colon, values not UTF-8, the same name twice (a raw client's HPUB).
+            odd = [b"NATS/1.0\r\n\xc3\x9cber: 1\r\nA B: 2\r\nnocolon\r\nV: \xff\xfe\r\nV: again\r\n :x\r\n\r\n",
+                   b"NATS/1.0\r\n\xc3\x9cber: 3\r\n\tT\t:\t4\r\n\r\n",
+                   b"NATS/1.0 503\r\n\r\n"]
+            await asyncio.get_running_loop().run_in_executor(None, _raw_publish, direct_url, "rv.c", odd)
+            wanted = [await expected.next_msg(timeout=10) for _ in range(len(sent) + 1 + len(odd))]
+            for _ in range(400):
+                if len(got) >= len(wanted):
+                    break
+                await asyncio.sleep(0.025)
+            view = [(m.subject, m.reply, m.data, m.headers) for m in got]
+            return view, [(m.subject, m.reply, m.data, m.headers) for m in wanted], \
+                fast.stats["in_msgs"], len(wanted)
+        finally:
+            await fast.close()
+            await plain.close()
+
+    with _ChoppingProxy(nats_server.port, 5, largest=300) as proxy:
+        got, wanted, in_msgs, count = run(scenario(f"nats://127.0.0.1:{proxy.port}", nats_server.url), 60)
+    assert got == wanted
+    assert in_msgs == count
