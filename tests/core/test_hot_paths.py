@@ -77,11 +77,11 @@ def test_pass_through_saves_and_drives_add_no_coroutine_layer() -> None:
 
 
 def _count_coroutines_started(started: collections.Counter[str]) -> None:
-    """Count the coroutines (by qualified name) this thread starts into ``started``, until ``sys.setprofile(None)``."""
+    """Count the coroutines (as ``file.py:name``) this thread starts into ``started``, until ``sys.setprofile(None)``."""
     def hook(frame: types.FrameType, event: str, arg: object) -> None:
         # A coroutine's first entry (a resumption re-enters past its first instructions).
         if event == "call" and frame.f_code.co_flags & inspect.CO_COROUTINE and frame.f_lasti <= 8:
-            started[frame.f_code.co_qualname] += 1
+            started[f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"] += 1
 
     sys.setprofile(hook)
 
@@ -107,11 +107,11 @@ def test_a_connected_orchestrators_plain_steps_make_no_coroutine_to_connect_rout
             await orchestrator.close()
 
     started = asyncio.run(scenario())
-    assert started["Orchestrator.execute"] == 1, started  # the hook saw the run
-    for name in ("Orchestrator.connect", "Graph.next_frontier", "StepEngine._commit", "StepEngine._commit_in_mode",
-                 "EventPublisher.wait_published"):
+    assert started["orchestrator.py:execute"] == 1, started  # the hook saw the run
+    for name in ("orchestrator.py:connect", "graph.py:next_frontier", "engine.py:_commit", "engine.py:_commit_in_mode",
+                 "events.py:wait_published"):
         assert started[name] == 0, f"{name} started {started[name]} time(s) in a plain run: {dict(started)}"
-    assert started["StepEngine._write"] == 2  # the two steps' commits, written as they are
+    assert started["engine.py:_write"] == 2  # the two steps' commits, written as they are
 
 
 def test_plain_frontier_answers_as_next_frontier_does_or_not_at_all() -> None:
