@@ -1,0 +1,97 @@
+"""Review of this session's speed-ups with real worker processes and a SIGKILL.
+
+A worker that has run some single-node workflows (its parked registration topped up by its
+acks, new tasks leased to it straight from the create script) is killed while it holds
+tasks; another worker finishes every workflow with the right state: no task is lost on
+the dead worker's registration, none commits twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph
+from distributed_agents.distributed import DistributedOrchestrator
+
+HERE = pathlib.Path(__file__).resolve().parent
+VISIBILITY = 1.5
+
+
+@pytest.fixture(params=["redis", "nats"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def _graph() -> Graph:
+    g = Graph("review_s10")
+    g.add_node("step").set_entry_point("step").set_finish_point("step")
+    return g.compile()
+
+
+def _worker(url: str, prefix: str, worker_id: str, tmp: pathlib.Path, hang_after: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "DA_MARKER_DIR": str(tmp), "DA_HANG_AFTER": str(hang_after), "PYTHONPATH": str(HERE)}
+    with open(tmp / f"{worker_id}.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "distributed_agents", "worker", "--app", "review_s10_app:registry",
+             "--backend-url", url, "--prefix", prefix, "--worker-id", worker_id, "--capacity", "3",
+             "--visibility-timeout", str(VISIBILITY), "--heartbeat-interval", "0.5", "--shutdown-grace", "5"],
+            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _runs(tmp: pathlib.Path) -> list[tuple[str, int, int]]:
+    path = tmp / "runs"
+    if not path.exists():
+        return []
+    return [(w, int(n), int(a)) for w, n, a in (line.split() for line in path.read_text().splitlines())]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_holding_handed_over_tasks_loses_no_workflow(backend_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"rv10{uuid.uuid4().hex[:8]}"
+    doomed = _worker(backend_url, prefix, "doomed", tmp_path, hang_after=6)
+    survivor: subprocess.Popen[str] | None = None
+    orchestrator = DistributedOrchestrator(backend_url=backend_url, prefix=prefix,
+                                           visibility_timeout=VISIBILITY, worker_timeout=60)
+    try:
+        async def scenario() -> list[dict[str, Any]]:
+            nonlocal survivor
+            graph = _graph()
+            # One at a time first: the doomed worker parks, acks, is handed the next one.
+            first = [dict(await orchestrator.execute(graph, {"n": n}, workflow_id=f"{prefix}-{n}")) for n in range(6)]
+            rest = [asyncio.ensure_future(orchestrator.execute(graph, {"n": n}, workflow_id=f"{prefix}-{n}"))
+                    for n in range(6, 16)]
+            deadline = time.monotonic() + 60
+            while sum(1 for w, _, _ in _runs(tmp_path) if w == "doomed") < 9:  # 6 done, 3 hanging
+                assert time.monotonic() < deadline, _runs(tmp_path)
+                await asyncio.sleep(0.05)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(timeout=10)
+            survivor = _worker(backend_url, prefix, "survivor", tmp_path, hang_after=-1)
+            try:
+                return first + [dict(await each) for each in rest]
+            finally:
+                await orchestrator.close()
+
+        states = run(scenario(), 100)
+    finally:
+        for process in (doomed, survivor):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    assert states == [{"n": n, "out": 2 * n} for n in range(16)]
+    runs = _runs(tmp_path)
+    survived = {n for w, n, _ in runs if w == "survivor"}
+    hung = {n for w, n, _ in runs if w == "doomed"} - set(range(6))
+    assert len(hung) == 3 and hung <= survived, runs  # the killed worker's tasks ran again
+    assert sorted(n for w, n, _ in runs if w == "survivor") == sorted(survived)  # once each there
