@@ -216,3 +216,60 @@ def test_direct_replies_through_cut_bytes_match_a_plain_subscription(nats_server
         got, wanted, in_msgs, count = run(scenario(f"nats://127.0.0.1:{proxy.port}", nats_server.url), 60)
     assert got == wanted
     assert in_msgs == count
+
+
+def test_connections_reset_mid_traffic_lose_no_task_and_mix_no_bytes(nats_server: Any) -> None:
+    """The client's connection is reset (TCP RST, mid-read: a message may be cut) three times
+    while tasks are enqueued, claimed and acked through it with hundreds-of-kilobyte
+    payloads: after each reconnect the reading starts clean (no bytes of the old connection
+    read with the new one's), every task ends succeeded with its own output, and the
+    queue is empty. Calls failing while the connection is down are retried, as a worker does."""
+    from distributed_agents.core.errors import BackendUnavailableError, LeaseLostError
+    from support.fault_proxy import FaultProxy
+
+    async def retried(call: Any) -> Any:
+        for _ in range(200):
+            try:
+                return await call()
+            except BackendUnavailableError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("the backend never came back")
+
+    async def scenario(proxy: FaultProxy) -> tuple[dict[str, Any], Any, int]:
+        url = proxy.url("nats")
+        backend = NatsBackend(url, BackendOptions.from_url(url, prefix=f"rst{uuid.uuid4().hex[:8]}"))
+        await backend.connect()
+        queue = backend.task_queue
+        rng = random.Random(7)
+        try:
+            ids = [f"t{i}" for i in range(24)]
+            payloads = {i: {"blob": i * (50_000 if n % 3 == 0 else 3), "n": n} for n, i in enumerate(ids)}
+            resets = 0
+            for i in ids:
+                await retried(lambda i=i: queue.enqueue(Task(i, "wf", "n", "alpha", payloads[i])))
+            done: set[str] = set()
+            while len(done) < len(ids):
+                claims = await retried(lambda: queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=1))
+                for claim in claims:
+                    assert claim.task.payload == payloads[claim.task.id]  # never bytes of another message
+                    if resets < 3 and rng.random() < 0.2:
+                        proxy.reset()
+                        resets += 1
+                    try:
+                        await retried(lambda c=claim: queue.ack(c, {"n": c.task.payload["n"]}))
+                    except LeaseLostError:
+                        continue  # its lease ran out meanwhile: delivered again
+                    done.add(claim.task.id)
+            found: dict[str, Any] = {}
+            while len(found) < len(ids):
+                found.update(await retried(lambda: queue.wait_results([i for i in ids if i not in found], timeout=5)))
+            return ({k: (r.status, r.output) for k, r in found.items()}, await retried(lambda: queue.stats("alpha")),
+                    resets)
+        finally:
+            await backend.close()
+
+    with FaultProxy(nats_server.port) as proxy:
+        found, stats, resets = run(scenario(proxy), 110)
+    assert resets >= 1
+    assert found == {f"t{n}": ("succeeded", {"n": n}) for n in range(24)}
+    assert (stats.queued, stats.in_flight) == (0, 0)
