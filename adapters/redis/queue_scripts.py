@@ -193,7 +193,8 @@ dead_letter = function(id, t, reason, attempts, now, bad)
                                  attempts = attempts, worker_id = '', finished_at = now / 1000}))
 end
 
--- Apply time to one node type: release due delayed tasks, expire overdue leases.
+-- Apply time to one node type: release due delayed tasks, expire overdue leases. Returns how
+-- many tasks it moved (0: no task hash was touched).
 local function tick(t, now)
   local dkey = k_delayed(t)
   local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'LIMIT', 0, 500)
@@ -219,6 +220,7 @@ local function tick(t, now)
       push_ready(id, t)
     end
   end
+  return #due + #expired
 end
 
 -- Why the hash of task id, popped from the ready set of type t as member, cannot be
@@ -357,14 +359,15 @@ local function give_back(id, lease)
 end
 
 -- After applying time: 'held' if lease L holds task id; a repeated call sees 'settled'.
+-- (The hash is read before time is applied, and again only when that moved a task.)
 local function check_held(id, lease, op, now)
   local h = k_task(id)
-  local t = redis.call('HGET', h, 'type')
+  local f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled')
+  local t = f[1]
   if not t then return 'lost', nil end
-  tick(t, now)
-  local f = redis.call('HMGET', h, 'state', 'lease', 'settled')
-  if f[1] == 'claimed' and f[2] == lease then return 'held', t end
-  if f[3] and string.sub(f[3], 1, #op + 1) == op .. '|' then return 'settled', string.sub(f[3], #op + 2) end
+  if tick(t, now) > 0 then f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled') end
+  if f[2] == 'claimed' and f[3] == lease then return 'held', t end
+  if f[4] and string.sub(f[4], 1, #op + 1) == op .. '|' then return 'settled', string.sub(f[4], #op + 2) end
   return 'lost', nil
 end
 """

@@ -222,3 +222,32 @@ def test_a_new_task_is_not_handed_over_ahead_of_a_due_task_of_higher_priority() 
         got, queued = run(scenario(server.url), 60)
     assert got == ["retry"]
     assert queued == 1  # the new task
+
+
+def test_an_ack_after_its_lease_ran_out_is_refused_though_nothing_applied_time_before_it() -> None:
+    """The settling scripts read the task before applying time to its type, and again when that
+    moved a task: an ack that is the first script to see the lease run out is refused, and the
+    task is queued again (not acked)."""
+
+    async def scenario(url: str) -> tuple[bool, int, int, Any]:
+        prefix = f"late{uuid.uuid4().hex[:8]}"
+        backend = _backend(url, prefix)
+        await backend.connect()
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(Task("t0", "wf", "n", "alpha", {}))
+            [claim] = await queue.claim(["alpha"], worker_id="w", lease_seconds=0.2)
+            await asyncio.sleep(0.5)
+            try:
+                await queue.ack(claim, {"late": True})
+                refused = False
+            except LeaseLostError:
+                refused = True
+            stats = await queue.stats("alpha")
+            return refused, stats.queued, stats.in_flight, await queue.get_result("t0")
+        finally:
+            await backend.close()
+
+    with RedisServer() as server:
+        refused, queued, in_flight, result = run(scenario(server.url), 60)
+    assert refused and (queued, in_flight) == (1, 0) and result is None
