@@ -76,7 +76,7 @@ def remember(record: WorkflowRecord, state_json: bytes, rest_json: bytes) -> Non
 def kept(record: WorkflowRecord) -> tuple[bytes, bytes] | None:
     """``(state JSON, rest JSON)`` that ``remember`` kept for ``record`` as it is now, or None."""
     found = object.__getattribute__(record, "__dict__").get(_SLOT)
-    if found is not None and _same(found[0], _identity(record)):
+    if found is not None and _same(found[0], record):
         return found[1], found[2]
     return None
 
@@ -103,13 +103,18 @@ def _identity(record: WorkflowRecord) -> tuple[Any, ...]:
             record.workflow_id, record.graph_name, record.status, record.step, record.created_at)
 
 
-def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
-    # The five mappings by identity; the scalars by type and value (1 and 1.0 encode differently).
-    # (Written out rather than a generator over the pairs: this runs for every commit.)
-    return (kept[0] is now[0] and kept[1] is now[1] and kept[2] is now[2] and kept[3] is now[3]
-            and kept[4] is now[4]
-            and type(kept[5]) is type(now[5]) and kept[5] == now[5]
-            and type(kept[6]) is type(now[6]) and kept[6] == now[6]
-            and type(kept[7]) is type(now[7]) and kept[7] == now[7]
-            and type(kept[8]) is type(now[8]) and kept[8] == now[8]
-            and type(kept[9]) is type(now[9]) and kept[9] == now[9])
+def _same(kept: tuple[Any, ...], record: WorkflowRecord) -> bool:
+    """Whether ``record`` is as ``_identity`` found it when ``kept`` was made.
+
+    The five mappings by identity; the scalars by type and value (1 and 1.0 encode
+    differently). Read from the record field by field, in ``_identity``'s order: no tuple
+    of the record's fields is made for a check that runs for every save.
+    """
+    state, frontier, error, graph, metadata, workflow_id, graph_name, status, step, created_at = kept
+    return (state is record.state and frontier is record.frontier and error is record.error
+            and graph is record.graph and metadata is record.metadata
+            and type(workflow_id) is type(record.workflow_id) and workflow_id == record.workflow_id
+            and type(graph_name) is type(record.graph_name) and graph_name == record.graph_name
+            and type(status) is type(record.status) and status == record.status
+            and type(step) is type(record.step) and step == record.step
+            and type(created_at) is type(record.created_at) and created_at == record.created_at)

@@ -50,11 +50,15 @@ def test_a_kept_encoding_is_reused_across_a_new_version_and_dropped_when_anythin
 
     for changes in ({"state": {"n": 2}}, {"frontier": {"next": ["b"], "joins": {}}}, {"step": 4},
                     {"status": "completed"}, {"metadata": {"run": 1}}, {"error": {"kind": "X"}},
-                    {"graph": {"name": "g"}}, {"step": True}):
+                    {"graph": {"name": "g"}}, {"step": True}, {"workflow_id": "wf-2"}, {"graph_name": "h"},
+                    {"created_at": 1.75}):
         changed = saved.evolve(**changes)
         assert kept(changed) is None, changes
         assert decode(record_json(changed)[0]) == decode(encode(changed.to_dict()))
     assert kept(record({"n": 1})) is None  # a record nobody kept an encoding for
+    whole = record({"n": 1}, created_at=2)  # an int time encodes otherwise than the equal float
+    remember(whole, state_json, encode_rest(whole))
+    assert kept(whole) is not None and kept(whole.evolve(created_at=2.0)) is None
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
