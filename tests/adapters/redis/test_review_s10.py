@@ -172,3 +172,47 @@ def test_a_stopped_worker_sharing_its_backend_is_handed_no_new_task() -> None:
     with RedisServer() as server:
         queued, in_flight, parks = run(scenario(server.url), 60)
     assert (queued, in_flight) == (1, 0), parks
+
+
+@pytest.mark.parametrize("op", ["ack", "nack", "release", "extend"])
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_settling_a_lease_no_script_has_seen_run_out_is_refused(redis_url: str, op: str, max_attempts: int) -> None:
+    """A lease that ran out while no script applied time to its type: the settling script is
+    the first to see it. It is refused (``LeaseLostError``), changes nothing of its own, and
+    the task is as the lease expiry leaves it: delivered again (attempt 2) or, at its last
+    attempt, dead-lettered; never a stored success."""
+    from distributed_agents.core.errors import LeaseLostError
+
+    async def scenario(url: str) -> tuple[Any, Any, list[int], Any]:
+        prefix = f"exp{uuid.uuid4().hex[:8]}"
+        backend = _backend(url, prefix)
+        await backend.connect()
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(Task("x", "wf", "n", "alpha", {"v": 1}, max_attempts=max_attempts))
+            [claim] = await queue.claim(["alpha"], worker_id="w", lease_seconds=0.2)
+            await asyncio.sleep(0.5)  # the lease runs out; nothing of type alpha runs meanwhile
+            raised: Any = None
+            try:
+                if op == "ack":
+                    await queue.ack(claim, {"late": True})
+                elif op == "nack":
+                    await queue.nack(claim, "late")
+                elif op == "release":
+                    await queue.release(claim)
+                else:
+                    await queue.extend(claim, 30)
+            except LeaseLostError as exc:
+                raised = exc
+            again = await queue.claim(["alpha"], worker_id="w2")
+            return raised, await queue.get_result("x"), [c.attempt for c in again], await queue.stats("alpha")
+        finally:
+            await backend.close()
+
+    raised, result, attempts, stats = run(scenario(redis_url), 60)
+    assert raised is not None
+    if max_attempts == 1:
+        assert attempts == [] and stats.dead == 1 and (stats.queued, stats.in_flight) == (0, 0)
+        assert result is None or result.status != "succeeded"
+    else:
+        assert attempts == [2] and result is None and (stats.queued, stats.in_flight, stats.dead) == (0, 1, 0)
