@@ -216,3 +216,80 @@ def test_settling_a_lease_no_script_has_seen_run_out_is_refused(redis_url: str, 
         assert result is None or result.status != "succeeded"
     else:
         assert attempts == [2] and result is None and (stats.queued, stats.in_flight, stats.dead) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_a_claimer_emulating_a_worker_gets_every_task_once_within_its_capacity(redis_url: str, seed: int) -> None:
+    """One claimer of capacity 3 (each claim asks for its free slots, waits up to 0.3 s, and
+    settles some tasks at once - ack, release or nack - and others later) while a producer
+    enqueues single tasks and batches of random priorities concurrently: no claim returns
+    more than it asked, every task is acked exactly once (a release or nack delivers it again,
+    never beside a live lease), and in the end nothing is queued, leased or left handed over."""
+    rng = random.Random(seed)
+
+    async def scenario(url: str) -> tuple[dict[str, int], list[int], Any, list[str]]:
+        prefix = f"emu{uuid.uuid4().hex[:8]}"
+        producer, claimer = _backend(url, prefix), _backend(url, prefix, poll_cap=2)
+        await producer.connect()
+        await claimer.connect()
+        queue, cq = producer.task_queue, claimer.task_queue
+        ids = [f"t{i}" for i in range(45)]
+        acked: dict[str, int] = {}
+        over: list[int] = []
+        held: list[Any] = []
+        capacity = 3
+
+        async def produce() -> None:
+            i = 0
+            while i < len(ids):
+                size = rng.choice([1, 1, 1, 2, 3])
+                batch = [Task(t, "wf", "n", "alpha", {"t": t}, priority=rng.choice([0, 0, 1, 5]))
+                         for t in ids[i:i + size]]
+                i += size
+                if len(batch) == 1:
+                    await queue.enqueue(batch[0])
+                else:
+                    await queue.enqueue_many(batch)
+                await asyncio.sleep(rng.choice([0, 0.001, 0.02, 0.1]))
+
+        producing = asyncio.ensure_future(produce())
+        try:
+            while len(acked) < len(ids):
+                free = capacity - len(held)
+                if free > 0:
+                    got = await cq.claim(["alpha"], worker_id="w", max_tasks=free, wait=0.3)
+                    if len(got) > free:
+                        over.append(len(got) - free)
+                    held += got
+                for claim in list(held):
+                    choice = rng.random()
+                    if choice < 0.15:
+                        continue  # settled later
+                    held.remove(claim)
+                    if choice < 0.25:
+                        await cq.release(claim)
+                    elif choice < 0.32 and claim.attempt < 3:
+                        await cq.nack(claim, "again")
+                    else:
+                        await cq.ack(claim, {"t": claim.task.id})
+                        acked[claim.task.id] = acked.get(claim.task.id, 0) + 1
+            await producing
+            stats = await queue.stats("alpha")
+            await claimer.close()  # gives back anything still handed over
+            meter = redis_asyncio.Redis.from_url(url)
+            try:
+                left = [key.decode() async for key in meter.scan_iter(f"{prefix}:q:h:*")
+                        if await meter.llen(key)]
+            finally:
+                await meter.aclose()
+            return acked, over, stats, left
+        finally:
+            producing.cancel()
+            await producer.close()
+            await claimer.close()
+
+    acked, over, stats, left = run(scenario(redis_url), 100)
+    assert over == []
+    assert acked == {f"t{i}": 1 for i in range(45)}
+    assert (stats.queued, stats.in_flight) == (0, 0), stats
+    assert left == []
