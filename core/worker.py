@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
-from distributed_agents.core.backoff import MAX_DELAY, Outage, until_available
+from distributed_agents.core.backoff import INITIAL_DELAY, MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY
@@ -757,7 +757,15 @@ class Worker:
         if task is not None:
             self._settling.add(task)
         try:
-            await self._until_settled(operation, claim)
+            # The first attempt made here: no retry coroutine per task while the backend answers.
+            try:
+                await operation()
+            except BackendUnavailableError as exc:
+                self._outage.failed(f"settle task {claim.task.id}", exc, INITIAL_DELAY)
+                await asyncio.sleep(INITIAL_DELAY)
+                await self._until_settled(operation, claim)
+            else:
+                self._outage.succeeded()
             return True
         except LeaseLostError:
             self._lease_lost_before_settling(claim)
