@@ -1180,9 +1180,8 @@ class Orchestrator:
                                              what=what, outage=self._outage)
             except WorkflowExistsError:
                 # A retry after a lost reply finds the record the first attempt created (and its lease).
-                current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
-                if tries[0] < 2 or current is None or current.version != 1 or \
-                        current.metadata.get("orchestrator") != self.orchestrator_id:
+                current = await self._created_by_lost_reply(workflow_id, tries[0], what)
+                if current is None:
                     raise
                 return current, await until_available(self._acquire, workflow_id, what=what, outage=self._outage)
             if made is not None:
@@ -1196,9 +1195,8 @@ class Orchestrator:
                                                    what=what, outage=self._outage)
                 except WorkflowExistsError:
                     # A retry after a lost reply finds the record the first attempt created.
-                    current = await until_available(store.get, workflow_id, what=what, outage=self._outage)
-                    if tries[0] < 2 or current is None or current.version != 1 or \
-                            current.metadata.get("orchestrator") != self.orchestrator_id:
+                    current = await self._created_by_lost_reply(workflow_id, tries[0], what)
+                    if current is None:
                         raise
                     record = current
                 except (FencingTokenRejectedError, LeaseLostError):
@@ -1216,6 +1214,18 @@ class Orchestrator:
             return record, lease
         finally:
             self._starting.discard(workflow_id)
+
+    async def _created_by_lost_reply(self, workflow_id: str, tries: int, what: str) -> WorkflowRecord | None:
+        """After ``WorkflowExistsError`` from ``_create``'s attempt number ``tries``: the record an earlier
+        attempt of this orchestrator created (its reply lost in an outage), or None (the id was taken
+        otherwise: the caller re-raises). Version 1 and this orchestrator's id in its metadata: nothing
+        committed on it since."""
+        if tries < 2:
+            return None  # the first attempt: nothing of ours can be there
+        current = await until_available(self.backend.state_store.get, workflow_id, what=what, outage=self._outage)
+        if current is None or current.version != 1 or current.metadata.get("orchestrator") != self.orchestrator_id:
+            return None
+        return current
 
     async def _create_leased_once(
         self, record: WorkflowRecord, checkpoint: Checkpoint, tasks: Sequence[Task] | None,
