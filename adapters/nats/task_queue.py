@@ -102,7 +102,7 @@ from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
-from distributed_agents.adapters.nats.wakeups import Wake, Wakeups
+from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.error_history import with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
@@ -226,7 +226,7 @@ class NatsTaskQueue(TaskQueue):
         self._wakeups = Wakeups(conn)
         # Per set of node types: the wake-up events taken before a claim that took every
         # task it saw (see ``claim``).
-        self._drained: dict[tuple[str, ...], list[Wake]] = {}
+        self._drained: dict[tuple[str, ...], list[asyncio.Event]] = {}
         # Per set of node types: when a claim last looked at the stream (time.monotonic()).
         self._looked: dict[tuple[str, ...], float] = {}
         # Per node type: the one priority level its levels key listed at its last claim.
