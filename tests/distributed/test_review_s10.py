@@ -95,3 +95,58 @@ def test_a_worker_killed_holding_handed_over_tasks_loses_no_workflow(backend_url
     hung = {n for w, n, _ in runs if w == "doomed"} - set(range(6))
     assert len(hung) == 3 and hung <= survived, runs  # the killed worker's tasks ran again
     assert sorted(n for w, n, _ in runs if w == "survivor") == sorted(survived)  # once each there
+
+
+@pytest.fixture(params=["redis", "nats"])
+def server(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(f"{request.param}_server"), request.param
+
+
+@pytest.mark.timeout(120)
+def test_an_ack_whose_connection_was_reset_is_retried_and_lands_once(server: Any) -> None:
+    """A worker's connections are reset (TCP RST) while its node runs, so the ack's own first
+    attempt meets a dead connection: it is retried once the backend answers again, and the
+    task ends succeeded on its first attempt, acked once (no lost lease, no dead letter)."""
+    from support.fault_proxy import FaultProxy
+
+    from distributed_agents import NodeRegistry, State, Worker
+    from distributed_agents.core.ports.task_queue import Task
+    from distributed_agents.plugins import open_backend
+
+    engine, scheme = server
+    registry = NodeRegistry()
+    started = asyncio.Event()
+    go_on = asyncio.Event()
+
+    @registry.register("held")
+    async def held(state: State) -> dict[str, Any]:
+        started.set()
+        await go_on.wait()
+        return {"ok": state["n"]}
+
+    async def scenario(proxy: FaultProxy) -> tuple[Any, Any, list[Any]]:
+        prefix = f"rst{uuid.uuid4().hex[:8]}"
+        worker = Worker(["held"], capacity=2, backend=f"{proxy.url(scheme)}?prefix={prefix}", registry=registry,
+                        worker_id="w", heartbeat_interval=10, poll_wait=1, lease_seconds=30)
+        serving = asyncio.ensure_future(worker.start())
+        producer = open_backend(f"{engine.url}?prefix={prefix}")
+        await producer.connect()
+        try:
+            await producer.task_queue.enqueue(Task("t1", "wf", "n", "held", {"v": 1, "step": 0, "state": {"n": 1}}))
+            await asyncio.wait_for(started.wait(), 30)
+            proxy.reset()  # every connection of the worker dies; the node is still running
+            go_on.set()
+            found: dict[str, Any] = {}
+            while not found:
+                found = await producer.task_queue.wait_results(["t1"], timeout=5)
+            return found["t1"], worker.stats, await producer.task_queue.dead_letters("held")
+        finally:
+            await worker.stop()
+            await serving
+            await producer.close()
+
+    with FaultProxy(engine.port) as proxy:
+        result, stats, letters = run(scenario(proxy), 100)
+    assert (result.status, result.output, result.attempts) == ("succeeded", {"ok": 1}, 1)
+    assert (stats.succeeded, stats.lost_leases, stats.failed) == (1, 0, 0), stats
+    assert letters == []
