@@ -342,6 +342,10 @@ class Worker:
         sink = set_stream_sink(self._stream)
         try:
             await self._claim_loop(types)
+            # No task is handed to a worker that claims no more (a Redis parked registration
+            # would be, until it ran out): those handed already go back to the queue.
+            with contextlib.suppress(Exception):
+                await backend.task_queue.stop_claiming(self.worker_id)
             await self._drain()
         finally:
             for helper in helpers:

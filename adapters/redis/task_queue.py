@@ -705,6 +705,16 @@ class RedisTaskQueue(TaskQueue):
         queued, in_flight, dead = await self._run("stats", [node_type], f"read queue stats of {node_type!r}")
         return QueueStats(node_type, int(queued), int(in_flight), int(dead))
 
+    async def stop_claiming(self, worker_id: str) -> None:
+        """End the parked registrations of ``worker_id`` (one round trip when it has any): tasks
+        handed to them that no claim took go back to their place at once (not counted)."""
+        parks: list[str] = []
+        for key in [key for key in self._parks if key[1] == worker_id]:
+            parks += [park.id for park in self._parks.pop(key)]
+        self._park_of.pop(worker_id, None)
+        if parks:
+            await self._run("unpark", parks, f"end the parked claims of worker {worker_id!r}")
+
     async def close(self) -> None:
         """Stop waiting machinery; close the connection if this queue opened it. Idempotent.
 

@@ -472,5 +472,12 @@ class TaskQueue:
         """Queued, in-flight and dead-letter counts for ``node_type``."""
         raise NotImplementedError
 
+    async def stop_claiming(self, worker_id: str) -> None:
+        """``worker_id`` claims no more (its worker stops): what its waits left on the backend
+        ends now (a Redis parked registration, which would otherwise be handed new tasks until
+        it ran out). Tasks handed to it that no claim took go back to the queue, their attempt
+        not counted. Best effort (it runs out by itself otherwise). Default: nothing to end."""
+        return None
+
     async def close(self) -> None:
         """Release connections. Idempotent."""

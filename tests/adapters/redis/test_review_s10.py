@@ -126,9 +126,6 @@ def test_bursts_to_workers_never_exceed_capacity_and_run_every_task_once(seed: i
     assert (stats.queued, stats.in_flight) == (0, 0), stats
 
 
-@pytest.mark.xfail(strict=True, reason="Worker.stop() leaves its parked registration live (up to min(poll_cap, 5 s) "
-                   "+ 0.2 s) when it does not own the backend: a task enqueued then is leased to the stopped worker "
-                   "and waits for its lease to lapse; already so at 1062b59, not introduced by fc5e6ae")
 def test_a_stopped_worker_sharing_its_backend_is_handed_no_new_task() -> None:
     """A worker given a backend it does not own (so ``stop()`` does not close its queue) that
     ran tasks while parked, then stopped: a task enqueued after ``stop()`` returned is not
