@@ -150,3 +150,43 @@ def test_an_ack_whose_connection_was_reset_is_retried_and_lands_once(server: Any
     assert (result.status, result.output, result.attempts) == ("succeeded", {"ok": 1}, 1)
     assert (stats.succeeded, stats.lost_leases, stats.failed) == (1, 0, 0), stats
     assert letters == []
+
+
+@pytest.mark.timeout(120)
+def test_a_sigkilled_parked_workers_registration_runs_out_as_documented(redis_url: str, tmp_path: pathlib.Path) -> None:
+    """A Redis worker process that ran tasks while parked (its registration kept live by its
+    acks) is SIGKILLed while parked: tasks enqueued later than ``min(poll_cap, 5 s) + 0.2 s``
+    (1.2 s by default) after its death are not leased to it; they wait in the queue. (The
+    bound is the server's: the test only waits longer than it, so a slow machine cannot fail it.)"""
+    from distributed_agents.core.ports.task_queue import Task
+    from distributed_agents.plugins import open_backend
+
+    prefix = f"kp{uuid.uuid4().hex[:8]}"
+    doomed = _worker(redis_url, prefix, "doomed", tmp_path, hang_after=-1)
+    try:
+        async def scenario() -> Any:
+            producer = open_backend(f"{redis_url}?prefix={prefix}")
+            await producer.connect()
+            queue = producer.task_queue
+            try:
+                for i in range(8):
+                    task = Task(f"a{i}", "wf", "n", "step", {"v": 1, "step": 0, "state": {"n": i}})
+                    await queue.enqueue(task)
+                    found: dict[str, Any] = {}
+                    while not found:
+                        found = await queue.wait_results([task.id], timeout=10)
+                await asyncio.sleep(0.1)  # parked again, waiting
+                doomed.send_signal(signal.SIGKILL)
+                doomed.wait(timeout=10)
+                await asyncio.sleep(2.5)  # over 1.2 s: its registration ran out, whatever its acks did
+                await queue.enqueue(Task("late", "wf", "n", "step", {"v": 1, "step": 0, "state": {"n": 99}}))
+                return await queue.stats("step")
+            finally:
+                await producer.close()
+
+        stats = run(scenario(), 100)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait(timeout=10)
+    assert (stats.queued, stats.in_flight) == (1, 0), stats
