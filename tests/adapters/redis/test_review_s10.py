@@ -290,3 +290,36 @@ def test_a_claimer_emulating_a_worker_gets_every_task_once_within_its_capacity(r
     assert acked == {f"t{i}": 1 for i in range(45)}
     assert (stats.queued, stats.in_flight) == (0, 0), stats
     assert left == []
+
+
+def test_stop_claiming_gives_back_tasks_handed_over_and_not_taken_uncounted(redis_url: str) -> None:
+    """``stop_claiming(worker_id)``: a task handed to the worker's parked registration after its
+    last claim returned goes back to the queue (attempt not counted: the next delivery is its
+    first), a later ack of that worker tops nothing up, and new tasks wait in the queue."""
+
+    async def scenario(url: str) -> tuple[Any, list[tuple[str, int]], Any]:
+        prefix = f"sc{uuid.uuid4().hex[:8]}"
+        producer, claimer, other = _backend(url, prefix), _backend(url, prefix, poll_cap=10), _backend(url, prefix)
+        for backend in (producer, claimer, other):
+            await backend.connect()
+        queue, cq = producer.task_queue, claimer.task_queue
+        try:
+            await queue.enqueue(Task("held", "wf", "n", "alpha", {}))
+            [held] = await cq.claim(["alpha"], worker_id="w", max_tasks=3)
+            assert await cq.claim(["alpha"], worker_id="w", max_tasks=2, wait=0.2) == []  # parked, 5.2 s
+            await queue.enqueue(Task("handed", "wf", "n", "alpha", {}))  # leased to the registration
+            handed = await queue.stats("alpha")
+            await cq.stop_claiming("w")
+            await cq.ack(held, None)  # (no registration to top up any more)
+            await queue.enqueue(Task("later", "wf", "n", "alpha", {}))
+            after = await queue.stats("alpha")
+            got = await other.task_queue.claim(["alpha"], worker_id="x", max_tasks=5)
+            return handed, [(c.task.id, c.attempt) for c in got], after
+        finally:
+            for backend in (producer, claimer, other):
+                await backend.close()
+
+    handed, got, after = run(scenario(redis_url), 60)
+    assert (handed.queued, handed.in_flight) == (0, 2)  # the hand-over happened
+    assert (after.queued, after.in_flight) == (2, 0)
+    assert sorted(got) == [("handed", 1), ("later", 1)]
