@@ -355,14 +355,27 @@ def read_directly(nc: Client) -> None:
             parsed = header_lines(headers[len(_PLAIN_HEADERS):]) or None
         else:
             return False
+        try:
+            text, answer = subject.decode(), reply.decode()
+        except UnicodeDecodeError:
+            _undecodable(subject, reply)
+            return True
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         sub._received += 1  # noqa: SLF001
-        future.set_result(make(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed,
-                               _client=nc, _sid=sid))
+        future.set_result(make(subject=text, reply=answer, data=data, headers=parsed, _client=nc, _sid=sid))
         return True
 
     async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        try:
+            await read(sid, subject, reply, data, headers)
+        except UnicodeDecodeError:
+            # A subject (or reply subject, or header block) that is not UTF-8, which a raw
+            # client can publish to any subject we listen on: nats-py's reading raises, and
+            # raised here it would end the client's read loop (every request then times out).
+            _undecodable(subject, reply)
+
+    async def read(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         sub = subs.get(sid)
         future = None if sub is None else sub._future  # noqa: SLF001
         if type(future) is not Direct or sub._jsi is not None or sub._max_msgs:  # noqa: SLF001
@@ -384,6 +397,11 @@ def read_directly(nc: Client) -> None:
     nc._da_direct = True  # type: ignore[attr-defined]
     # Whole messages read by position, those of Direct subscriptions handed over without a coroutine.
     wire.install(nc, direct, process_msg)
+
+
+def _undecodable(subject: bytes, reply: bytes) -> None:
+    log.warning("NATS: dropped a message whose subject %r (reply %r) is not UTF-8 (not one this library sends)",
+                bytes(subject)[:120], bytes(reply)[:120])
 
 
 # A header block without a status line starts so.

@@ -363,10 +363,6 @@ def test_a_task_near_the_servers_limit_can_be_dead_lettered(nats_server: Any) ->
     assert letters == ["big"]
 
 
-@pytest.mark.xfail(strict=True, reason="a message whose subject is not UTF-8, published to a client's reply inbox, "
-                   "raises UnicodeDecodeError in its reader (wire.py's direct(), as nats-py's own _build_message): the "
-                   "read loop ends and every request times out until pings notice (ping_interval x "
-                   "max_outstanding_pings, ~30 s); already so before this session (read_directly)")
 def test_a_message_with_a_non_utf8_subject_does_not_stop_the_clients_reader(nats_server: Any) -> None:
     """A stray message on a client's reply inbox with a subject of bytes that are not UTF-8 (a
     raw client may publish one) is dropped (or logged), and the client's next request works."""

@@ -136,3 +136,32 @@ def test_a_backend_connection_reads_through_the_fast_path(nats_url: str) -> None
             await backend.close()
 
     run(scenario(), 30)
+
+
+def test_a_subject_that_is_not_utf8_is_dropped_on_nats_pys_path_too(nats_url: str) -> None:
+    """A raw client's message whose subject is not UTF-8, on a plain (nats-py) subscription, is
+    dropped with a warning; the client's reader goes on (the next message and flush arrive)."""
+    import socket
+
+    import nats
+    from support.aio import run
+
+    from distributed_agents.adapters.nats import replies
+
+    async def scenario() -> bytes:
+        nc = await nats.connect(nats_url)
+        try:
+            replies.read_directly(nc)
+            sub = await nc.subscribe("u8.>")
+            await nc.flush()
+            host, port = nats_url.rsplit("/", 1)[-1].split(":")
+            with socket.create_connection((host, int(port))) as raw:
+                raw.recv(4096)
+                raw.sendall(b'CONNECT {"verbose":false}\r\nPUB u8.\xff\xfe 1\r\nx\r\nPUB u8.ok 2\r\nok\r\nPING\r\n')
+                raw.recv(4096)
+            await nc.flush()
+            return (await sub.next_msg(timeout=5)).data
+        finally:
+            await nc.close()
+
+    assert run(scenario(), 30) == b"ok"
