@@ -24,9 +24,11 @@ When a record expires its lease hash goes with it, so a workflow id reused after
 expiry starts its fencing tokens afresh; ``delete`` keeps the token counter.
 
 Checkpoints cost what changed: the store remembers the newest entry it wrote per
-workflow (a bounded cache) and sends a delta against it; the script appends it only if
+workflow (a bounded cache, forgotten by the save that releases the workflow's lease and
+by ``delete``) and sends a delta against it; the script appends it only if
 ``ctip`` still names that entry, else nothing is written and the store sends a full
-snapshot instead (after a restart, or when another orchestrator committed since). So a
+snapshot instead (after a restart, or when another orchestrator committed since). The
+first save after a release (a later run) writes a snapshot. So a
 delta's base is always the entry before it. ``list_checkpoints`` reads the wanted tail
 back to its chain's snapshot (the snapshot index leads every delta entry) in one script.
 
@@ -368,8 +370,9 @@ class RedisStateManager(StateStore):
         self._owns_connection = connection is None
         self._connection = connection or RedisConnection(redis_url)
         self._keys = StateKeys(self._connection.key_prefix(self.prefix), cache_prefix=self.prefix)
-        # The newest checkpoint entry this store wrote per workflow (most recent last).
-        self._tips: OrderedDict[str, ChainTip] = OrderedDict()
+        # Per workflow this store drives (most recent last): the newest checkpoint entry it wrote,
+        # and the record's created_at with its text (a float's repr is ~1 us: once per workflow).
+        self._tips: OrderedDict[str, tuple[ChainTip, float, str]] = OrderedDict()
 
     def _script(self, name: str, source: str, keys: list[str], args: list[Any], action: str) -> Awaitable[Any]:
         # The connection's coroutine itself, awaited by the caller: no coroutine of its own in between.
@@ -432,10 +435,12 @@ class RedisStateManager(StateStore):
         workflow_id = record.workflow_id
         same_state = checkpoint is not None and checkpoint.state is record.state
         commit_id = _commit_id()
-        tip = None if expected_version == 0 else self._tips.get(workflow_id)
+        kept = None if expected_version == 0 else self._tips.get(workflow_id)
+        tip, created = (None, None) if kept is None else (kept[0], kept[2] if kept[1] == new.created_at else None)
         while True:
             args, new_tip = self._save_args(new, raw_record, state_raw if same_state else None, expected_version,
-                                            checkpoint, tip, fencing_token, commit_id, owner, ttl_ms, release)
+                                            checkpoint, tip, fencing_token, commit_id, owner, ttl_ms, release,
+                                            created)
             reply = await self._script("state_save", _SAVE, self._workflow_keys(workflow_id), args,
                                        f"save workflow {workflow_id!r}")
             if _text(reply[0]) != "rebase":
@@ -443,7 +448,13 @@ class RedisStateManager(StateStore):
             # Another writer appended since this store's last checkpoint: send a snapshot.
             tip = None
             self._tips.pop(workflow_id, None)
-        self._saved(reply, workflow_id, expected_version, fencing_token, new_tip)
+        if release:
+            # The lease is freed: whoever drives the workflow next may append first (the tip would
+            # be stale, a rebase round trip), and a finished workflow needs none. A later save writes
+            # a snapshot.
+            self._tips.pop(workflow_id, None)
+            new_tip = None
+        self._saved(reply, workflow_id, expected_version, fencing_token, new_tip, args[5])
         return new, reply
 
     async def create_leased_enqueuing(
@@ -461,13 +472,13 @@ class RedisStateManager(StateStore):
         workflow_id = record.workflow_id
         same_state = checkpoint is not None and checkpoint.state is record.state
         args, new_tip = self._save_args(new, raw_record, state_raw if same_state else None, 0, checkpoint, None,
-                                        None, _commit_id(), owner, _ms(ttl), False)
+                                        None, _commit_id(), owner, _ms(ttl), False, None)
         keys = self._workflow_keys(workflow_id)
         # A partial, not a closure: fewer GC-tracked objects per workflow (see core.engine's helpers).
         reply = await along(tasks, functools.partial(self._create_enqueue, keys, args, workflow_id))
         if _text(reply[0]) == "held":
             return None
-        self._saved(reply, workflow_id, 0, None, new_tip)
+        self._saved(reply, workflow_id, 0, None, new_tip, args[5])
         return new, WorkflowLease(workflow_id, owner, int(reply[2]), int(reply[3]) / 1000.0), True
 
     async def _create_enqueue(
@@ -489,9 +500,12 @@ class RedisStateManager(StateStore):
     def _save_args(
         self, new: WorkflowRecord, raw_record: bytes, state_raw: bytes | None, expected_version: int,
         checkpoint: Checkpoint | None, tip: ChainTip | None, fencing_token: int | None, commit_id: str,
-        owner: str, ttl_ms: int, release: bool,
+        owner: str, ttl_ms: int, release: bool, created: str | None,
     ) -> tuple[list[Any], ChainTip | None]:
-        """The save script's ARGV for ``new`` (and ``checkpoint``, a delta on ``tip`` when it can be), and the new tip."""
+        """The save script's ARGV for ``new`` (and ``checkpoint``, a delta on ``tip`` when it can be), and the new tip.
+
+        ``created`` is ``new.created_at``'s text when known (else it is made here: ARGV[6]).
+        """
         entry, new_tip = (b"", None) if checkpoint is None else next_entry(
             checkpoint, tip, index=-1 if tip is None else tip.index + 1, state_raw=state_raw)
         base = "" if (tip is None or new_tip is None or new_tip.depth == 0) else tip.entry_id
@@ -501,7 +515,7 @@ class RedisStateManager(StateStore):
             int(expected_version),
             raw_record,
             new.status,
-            repr(float(new.created_at)),
+            repr(float(new.created_at)) if created is None else created,
             entry,
             "" if fencing_token is None else int(fencing_token),
             "" if self.state_ttl is None else _ms(self.state_ttl),
@@ -514,7 +528,7 @@ class RedisStateManager(StateStore):
         ], new_tip
 
     def _saved(self, reply: Any, workflow_id: str, expected_version: int, fencing_token: int | None,
-               new_tip: ChainTip | None) -> None:
+               new_tip: ChainTip | None, created: str) -> None:
         """Raise for a save script's refusal in ``reply``; else remember the checkpoint it appended."""
         outcome = _text(reply[0])
         if outcome == "held":
@@ -535,10 +549,11 @@ class RedisStateManager(StateStore):
                 expected=expected_version,
                 actual=found,
             )
-        self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0)
+        self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0, created)
 
-    def _remember(self, workflow_id: str, tip: ChainTip | None, count: int) -> None:
-        """Keep the tip of the checkpoint just appended (``count`` entries now) for the next delta."""
+    def _remember(self, workflow_id: str, tip: ChainTip | None, count: int, created: str) -> None:
+        """Keep the tip of the checkpoint just appended (``count`` entries now) for the next delta,
+        with the text of the record's created_at (``created``, as sent)."""
         if tip is None:
             return  # no checkpoint in this save: the newest entry is unchanged
         if count <= 0:
@@ -546,8 +561,8 @@ class RedisStateManager(StateStore):
             return
         index = count - 1
         snap = index if tip.depth == 0 else tip.snap
-        self._tips[workflow_id] = ChainTip(tip.entry_id, index, snap, tip.depth, tip.delta_bytes, tip.state_raw,
-                                           tip.state)
+        self._tips[workflow_id] = (ChainTip(tip.entry_id, index, snap, tip.depth, tip.delta_bytes, tip.state_raw,
+                                            tip.state), float(created), created)
         self._tips.move_to_end(workflow_id)
         while len(self._tips) > _TIPS_KEPT:
             self._tips.popitem(last=False)
@@ -605,6 +620,7 @@ class RedisStateManager(StateStore):
 
     async def delete(self, workflow_id: str) -> bool:
         """Remove record, checkpoints and lease (the fencing counter stays)."""
+        self._tips.pop(workflow_id, None)
         removed = await self._script(
             "state_delete", _DELETE, self._workflow_keys(workflow_id), [self._keys.prefix, workflow_id],
             f"delete workflow {workflow_id!r}",

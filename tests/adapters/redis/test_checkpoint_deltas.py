@@ -103,3 +103,84 @@ def test_a_caller_mutating_its_state_after_saving_changes_no_checkpoint(redis_ur
             await store.close()
 
     assert run(scenario(), 30) == [[1, 2, 3], [1, 2]]
+
+
+def test_a_released_workflow_leaves_no_tip_and_a_later_run_commits_a_snapshot_then_deltas(redis_url: str) -> None:
+    """The releasing save (a run's last commit) forgets the workflow's newest entry; a later run
+    of the same workflow by the same store starts a fresh chain and every state reads back whole."""
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    states = _states(8)
+
+    async def scenario() -> tuple[bool, bool, list[bytes], list[Any], list[Any]]:
+        store = RedisStateManager(redis_url, prefix=prefix)
+        probe = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            rec = WorkflowRecord("w1", "graph", "running", states[0])
+            saved = await store.save(rec, expected_version=0, checkpoint=Checkpoint("w1", 0, states[0]))
+            for run_states, status in ((range(1, 4), "completed"), (range(4, 8), "interrupted")):
+                lease = await store.acquire_lease("w1", "me", 30.0)
+                assert lease is not None
+                for step in run_states:
+                    last = step == run_states[-1]
+                    rec = saved.evolve(status=status if last else "running", state=states[step], step=step)
+                    cp = Checkpoint("w1", step, states[step])
+                    if last:
+                        saved = await store.save_releasing(rec, expected_version=saved.version, lease=lease,
+                                                           checkpoint=cp)
+                    else:
+                        saved = await store.save(rec, expected_version=saved.version, checkpoint=cp,
+                                                 fencing_token=lease.fencing_token)
+                if status == "completed":
+                    tip_after_first_run = "w1" in store._tips  # noqa: SLF001 - what the store keeps in memory
+            tip_after_second_run = "w1" in store._tips  # noqa: SLF001
+            entries = await probe.lrange(f"{prefix}:wf:c:w1", 0, -1)
+            every = [cp.state for cp in await store.list_checkpoints("w1")]
+            restarted = RedisStateManager(redis_url, prefix=prefix)
+            try:
+                newest = [cp.state for cp in await restarted.list_checkpoints("w1", limit=2)]
+            finally:
+                await restarted.close()
+            return tip_after_first_run, tip_after_second_run, entries, every, newest
+        finally:
+            await probe.aclose()
+            await store.close()
+
+    first, second, entries, every, newest = run(scenario(), 30)
+    assert not first and not second
+    snaps = [delta_snap(e) for e in entries]
+    # Steps 0-3: one chain; the first save after the release (step 4) is a snapshot, 5-7 deltas on it.
+    assert snaps[4] is None and snaps[5:] == [4, 4, 4], snaps
+    assert snaps[1:4] == [0, 0, 0], snaps
+    assert every == list(reversed(states))
+    assert newest == [states[7], states[6]]
+
+
+def test_the_index_scores_follow_the_records_created_at_across_saves(redis_url: str) -> None:
+    """The created_at text a store reuses between saves is the record's own: a record saved with
+    another created_at (a caller's new record, a delete and create again) is indexed by that one."""
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[float | None]:
+        store = RedisStateManager(redis_url, prefix=prefix)
+        probe = redis_asyncio.Redis.from_url(redis_url)
+        scores: list[float | None] = []
+        try:
+            saved = await store.save(WorkflowRecord("w1", "g", "running", {"n": 0}, created_at=1000.25),
+                                     expected_version=0, checkpoint=Checkpoint("w1", 0, {"n": 0}))
+            for step, created in ((1, None), (2, 2000.5), (3, None)):
+                rec = saved.evolve(state={"n": step}, step=step)
+                if created is not None:
+                    rec = rec.evolve(created_at=created)
+                saved = await store.save(rec, expected_version=saved.version, checkpoint=Checkpoint("w1", step, {"n": step}))
+                scores.append(await probe.zscore(f"{prefix}:wf:all", "w1"))
+            await store.delete("w1")
+            await store.save(WorkflowRecord("w1", "g", "running", {"n": 9}, created_at=3000.75),
+                             expected_version=0, checkpoint=Checkpoint("w1", 0, {"n": 9}))
+            scores.append(await probe.zscore(f"{prefix}:wf:all", "w1"))
+            scores.append((await store.list_workflows())[0].created_at)
+            return scores
+        finally:
+            await probe.aclose()
+            await store.close()
+
+    assert run(scenario(), 30) == [1000.25, 2000.5, 2000.5, 3000.75, 3000.75]
