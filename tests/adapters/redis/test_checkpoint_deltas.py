@@ -171,7 +171,8 @@ def test_the_index_scores_follow_the_records_created_at_across_saves(redis_url: 
                 rec = saved.evolve(state={"n": step}, step=step)
                 if created is not None:
                     rec = rec.evolve(created_at=created)
-                saved = await store.save(rec, expected_version=saved.version, checkpoint=Checkpoint("w1", step, {"n": step}))
+                saved = await store.save(rec, expected_version=saved.version,
+                                         checkpoint=Checkpoint("w1", step, {"n": step}))
                 scores.append(await probe.zscore(f"{prefix}:wf:all", "w1"))
             await store.delete("w1")
             await store.save(WorkflowRecord("w1", "g", "running", {"n": 9}, created_at=3000.75),
