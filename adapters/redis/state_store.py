@@ -67,7 +67,6 @@ from distributed_agents.adapters.redis.keys import StateKeys
 from distributed_agents.adapters.redis.queue_scripts import ENQUEUE
 from distributed_agents.adapters.redis.task_queue import ENQUEUE_BATCH
 from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
-from distributed_agents.core.codec import decode
 from distributed_agents.core.record_json import record_json
 from distributed_agents.core.errors import (
     BackendError,
