@@ -385,12 +385,14 @@ RAW_MAX, OVERSIZED = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
 -- at once, as the hand-over below would lease it (attempt 1, its place in the queue, lease
 -- <claimer>:<n>:1), without passing through the ready set, a wake-up token and the checks
 -- of a hash just written here. Returns the reply, or nil: the general way below applies
--- (the registration is first in line again).
+-- (the registration is first in line again; the task's id is known to be new).
+local fresh = false
 local function hand_one()
   local id, t, raw = ARGV[4], ARGV[5], ARGV[8]
   if RAW_MAX > 0 and #raw > RAW_MAX then return nil end
   local h = k_task(id)
   if redis.call('EXISTS', h) == 1 then return {0} end
+  fresh = true
   local idle = k_idle(t)
   local now = nil
   while true do
@@ -404,6 +406,7 @@ local function hand_one()
       for _, each in ipairs(types) do
         if redis.call('ZCARD', k_ready(each)) > 0 then
           redis.call('LPUSH', idle, c)
+          fresh = false  -- (time applied may have written any hash: look again)
           return nil
         end
       end
@@ -437,7 +440,7 @@ end
 for i = 4, #ARGV - 2, 6 do
   local id, t = ARGV[i], ARGV[i + 1]
   local h = k_task(id)
-  if redis.call('EXISTS', h) == 1 then
+  if not fresh and redis.call('EXISTS', h) == 1 then
     out[#out + 1] = 0
   else
     local member = new_member(id)
