@@ -64,7 +64,8 @@ def task_bytes_limit(max_payload_bytes: int) -> int:
 
     A task carries no state over 4 KB (it names its checkpoint), so its own payload (a
     ``Send`` argument, resume answers) is bounded by ``max_payload_bytes``; one over this
-    limit was not written by ``enqueue`` of a process with the same limit. Queues
+    limit was not written by ``enqueue`` of a process with the same limit (a backend may
+    refuse less at enqueue: on NATS a task's dead letter must fit ``max_payload`` too). Queues
     dead-letter it at claim time (``oversized_task_reason``) without decoding it.
     """
     return max_payload_bytes + ENVELOPE_BYTES

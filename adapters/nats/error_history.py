@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed_agents.core.codec import encode
 
-__all__ = ["ENTRY_KEPT_CHARS", "ERRORS_KEPT_BYTES", "with_error"]
+__all__ = ["ENTRY_KEPT_CHARS", "ERRORS_KEPT_BYTES", "shortened", "with_error"]
 
 ERRORS_KEPT_BYTES = 16 * 1024
 """Most bytes of JSON the kept errors take in a task record (a quarter of the envelope)."""
@@ -40,6 +40,14 @@ def _shortened(entry: Any) -> Any:
     tail = ENTRY_KEPT_CHARS - _HEAD_CHARS
     cut = len(entry) - _HEAD_CHARS - tail
     return f"{entry[:_HEAD_CHARS]}\n... [{cut:,} characters not kept] ...\n{entry[-tail:]}"
+
+
+def shortened(text: str) -> str:
+    """``text`` within ``ENTRY_KEPT_CHARS`` characters, cut as an error entry is (its start and end kept).
+
+    For the other error texts a record and its dead letter keep (``reason``, the failed
+    result's ``error``): at most 6 KiB of ASCII, under 40 KB however escaped."""
+    return str(_shortened(text))
 
 
 def _dropped_note(count: int) -> str:

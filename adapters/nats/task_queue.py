@@ -46,6 +46,18 @@ error, naks or dead-letters), so leases shorter than AckWait end on time too. If
 holder process dies, AckWait bounds the lease and the next claimer sees the record still
 naming the old lease: it records "lease expired" and counts the attempt.
 
+Sizes. Every dead letter and dead record fits the server's ``max_payload``, whatever the
+errors: a record keeps about 16 KiB of errors (``error_history``), its ``reason`` and
+failed result's ``error`` keep at most 6 KiB of text each (``error_history.shortened``),
+and a letter holds its task beside those. So ``enqueue``, ``enqueue_many`` and
+``requeue_dead_letter`` refuse (``PayloadTooLargeError``, nothing written) a task whose
+letter could be over ``max_payload``: its JSON plus its id and node type again plus
+``LETTER_RESERVE_BYTES`` (96 KiB). The core never makes such a task (a task carries no
+state: ``core.limits.task_bytes_limit``). A claim dead-letters, as oversized and keeping
+their first ``DEAD_RAW_KEPT`` bytes, bytes over ``max_task_bytes`` (unread) and a task
+over that bound (written by something other than ``enqueue``; not run); a letter that would still not
+fit (a raw task that re-encodes longer) keeps its task's first bytes as ``raw`` instead.
+
 Attempts and dead letters. MaxDeliver is left unlimited: the adapter counts attempts in
 the record (``release`` gives one back, which the server's delivery count cannot do, and
 a message that hit MaxDeliver would sit in the stream for ever). A nack on the last
@@ -103,11 +115,11 @@ from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
-from distributed_agents.adapters.nats.error_history import with_error
+from distributed_agents.adapters.nats.error_history import ENTRY_KEPT_CHARS, ERRORS_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError
+from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError, PayloadTooLargeError
 from distributed_agents.core.limits import (
     DEAD_RAW_KEPT,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -196,6 +208,19 @@ class _Found:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+LETTER_RESERVE_BYTES = 96 * 1024
+"""Room a dead letter keeps beside its task, its id and its node type: its reason (at most
+``ENTRY_KEPT_CHARS`` characters, under 40 KB however escaped), its errors (``ERRORS_KEPT_BYTES``,
+or one entry of under 40 KB with a note) and its other fields (under 1 KB)."""
+
+assert LETTER_RESERVE_BYTES >= 2 * 6 * ENTRY_KEPT_CHARS + 1024 and LETTER_RESERVE_BYTES >= 6 * ENTRY_KEPT_CHARS + ERRORS_KEPT_BYTES
+
+
+def letter_bytes(task_bytes: int, task_id: str, node_type: str) -> int:
+    """The most bytes the dead letter of a task takes whose JSON has ``task_bytes`` bytes."""
+    return task_bytes + len(encode(task_id)) + len(encode(node_type)) + LETTER_RESERVE_BYTES
+
+
 class NatsTaskQueue(TaskQueue):
     """TaskQueue over JetStream; see the module docstring for the mapping."""
 
@@ -251,6 +276,39 @@ class NatsTaskQueue(TaskQueue):
     def _limit(self, record: Mapping[str, Any]) -> int:
         value = record.get("max_attempts")
         return int(value) if value is not None else self.max_attempts
+
+    @property
+    def _max_payload(self) -> int:
+        """The server's max_payload (bytes): no message, KV value or dead letter may be longer."""
+        return int(getattr(self._conn.nc, "max_payload", 0) or 1024 * 1024)
+
+    def _check_letter_fits(self, task: Task, raw: bytes) -> None:
+        """Raise ``PayloadTooLargeError`` if ``task`` (encoded as ``raw``) could not be dead-lettered."""
+        size = letter_bytes(len(raw), task.id, task.node_type)
+        limit = self._max_payload
+        if size > limit:
+            largest = limit - (size - len(raw))
+            raise PayloadTooLargeError(
+                f"task {task.id!r} (node type {task.node_type!r}) is too large for the NATS queue at "
+                f"{mask_url(self._conn.url)}: it encodes to {len(raw)} bytes of JSON, and a task with this id and "
+                f"node type may take at most {largest} bytes so that its dead letter (the task, its id and node type "
+                f"and up to {LETTER_RESERVE_BYTES} bytes of errors and reason) fits the server's max_payload of "
+                f"{limit} bytes; nothing was written. Keep large data outside the task (store it elsewhere and pass "
+                f"a reference), or raise max_payload in the nats-server configuration",
+                size=len(raw), limit=largest, node=task.node_type)
+
+    def _unlettered_reason(self, size: int, task: Task) -> str | None:
+        """The dead-letter reason for a delivered task of ``size`` bytes whose letter could be
+        over the server's max_payload (bytes ``enqueue`` refuses, written by something else), or None."""
+        if size + LETTER_RESERVE_BYTES + 6 * (len(task.id) + len(task.node_type)) + 4 <= self._max_payload:
+            return None  # the common case (a JSON string takes at most 6 bytes a character, plus quotes)
+        limit = self._max_payload - (letter_bytes(size, task.id, task.node_type) - size)
+        if size <= limit:
+            return None
+        return (f"oversized task: {size} bytes, over the limit of {limit} bytes for its id and node type (its dead "
+                f"letter must fit the server's max_payload of {self._max_payload} bytes with {LETTER_RESERVE_BYTES} "
+                f"bytes for errors and reason); it was not run. Whatever wrote it bypassed enqueue, which refuses "
+                f"such a task. The dead letter keeps its first {DEAD_RAW_KEPT} bytes")
 
     async def _read(self, task_id: str) -> _Found:
         """The task's control record; ``PayloadDecodeError`` if what is stored there is not one (``_control_record``)."""
@@ -383,6 +441,7 @@ class NatsTaskQueue(TaskQueue):
     # -- producing ---------------------------------------------------------------------
     async def enqueue(self, task: Task) -> bool:
         raw = encode(task_to_dict(task))
+        self._check_letter_fits(task, raw)
         with self._errors(f"enqueue task {task.id!r}"):
             await self._done.ensure()
             # Expected before it can run: its done event is kept for wait_results.
@@ -439,6 +498,8 @@ class NatsTaskQueue(TaskQueue):
         for index, task in enumerate(tasks):
             first.setdefault(task.id, index)
         unique = [tasks[index] for index in first.values()]
+        for task in unique:  # all checked before any is written
+            self._check_letter_fits(task, encode(task_to_dict(task)))
         created: dict[str, bool] = {}
         with self._errors(f"enqueue {len(unique)} tasks"):
             await self._done.ensure()
@@ -649,8 +710,8 @@ class NatsTaskQueue(TaskQueue):
         keys: dict[int, str] = {}
         decoded: dict[int, Task] = {}
         for msg in messages:
-            if len(msg.data) > self.max_task_bytes:
-                continue
+            if len(msg.data) > self.max_task_bytes or len(msg.data) + LETTER_RESERVE_BYTES > self._max_payload:
+                continue  # perhaps oversized: _take checks it exactly
             try:
                 task = decode_task(msg.data, queued_as=_queued_as(msg))
             except PayloadDecodeError:
@@ -756,6 +817,10 @@ class NatsTaskQueue(TaskQueue):
                 msg.data, queued_as=_queued_as(msg), queued_in=node_type)
         except PayloadDecodeError as exc:
             await self._dead_letter_raw(msg, node_type, str(exc))
+            return None
+        unlettered = self._unlettered_reason(len(msg.data), task)
+        if unlettered is not None:
+            await self._dead_letter_raw(msg, node_type, unlettered)
             return None
         for _ in range(5):
             try:
@@ -1071,6 +1136,7 @@ class NatsTaskQueue(TaskQueue):
         self, record: dict[str, Any], revision: int, task: Task | None, reason: str, errors: list[str], lease_id: str
     ) -> bool:
         """CAS the record to dead (the commit point), write the dead letter, ack the message."""
+        reason = shortened(reason)  # kept twice in the record and once in the letter: bounded like an error
         result = TaskResult(record["id"], "failed", error=reason, attempts=int(record["attempt"]))
         new = {**record, "state": "dead", "errors": errors, "reason": reason, "lease": "",
                "result": result.to_dict(), "dead_at": time.time(), "expires_at": time.time() + self.result_ttl}
@@ -1099,7 +1165,19 @@ class NatsTaskQueue(TaskQueue):
             "max_attempts": record.get("max_attempts"),
         }
         key = f"{token(record['node_type'])}.{token(record['id'])}"
-        await kv.put(self._conn.js, self._dead, key, encode(letter))
+        value = encode(letter)
+        if len(value) > self._max_payload:
+            # Only bytes enqueue did not write get here (a raw task that re-encodes longer, a
+            # foreign record's errors): keep the task's first bytes, and the newest error.
+            note = (f"; the dead letter keeps the task's first {DEAD_RAW_KEPT} bytes as raw: the whole task "
+                    f"did not fit the server's max_payload of {self._max_payload} bytes")
+            task_raw = raw if task is None else encode(task_to_dict(task))
+            errors = letter["errors"]
+            letter.update(task=None, reason=shortened(str(letter["reason"])) + note,
+                          errors=with_error([], str(errors[-1]) if errors else ""),
+                          raw=base64.b64encode((task_raw or b"")[:DEAD_RAW_KEPT]).decode())
+            value = encode(letter)
+        await kv.put(self._conn.js, self._dead, key, value)
 
     async def _write_dead_letter_unless_purged(self, record: Mapping[str, Any], task: Task | None) -> None:
         """Write ``record``'s dead letter, unless it was purged since the record went dead.
@@ -1139,6 +1217,7 @@ class NatsTaskQueue(TaskQueue):
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         headers = msg.headers or {}
         task_id = headers.get("Da-Task-Id") or f"raw-{stream_sequence(msg.reply or '')}"
+        reason = shortened(reason)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
         record = {**_new_record(task_id, node_type, 0, None, seq=0), "state": "dead", "reason": reason,
@@ -1166,6 +1245,7 @@ class NatsTaskQueue(TaskQueue):
             if dead.task is None:  # raw bytes, or a damaged letter: nothing to run
                 return False
             task = dead.task
+            self._check_letter_fits(task, encode(task_to_dict(task)))
             found = await self._read(task_id)
             if found.record is not None and not (
                 found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))

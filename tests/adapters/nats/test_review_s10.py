@@ -334,33 +334,54 @@ def test_tasks_and_results_sized_at_the_servers_limit_fail_cleanly_or_go_through
     assert outcomes, outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="NATS: the dead letter holds the whole task, so a task within a few hundred "
-                   "bytes of max_payload (accepted by enqueue) cannot be dead-lettered: nack(final=True) raises "
-                   "BackendError(MaxPayloadError) after the record went dead; no letter, stats say in_flight=1 "
-                   "dead=0 for ever, the message is redelivered every AckWait; already so at 1062b59")
 def test_a_task_near_the_servers_limit_can_be_dead_lettered(nats_server: Any) -> None:
-    """A task whose payload nearly fills the server's max_payload (enqueue takes it) fails for
-    good: ``nack(final=True)`` dead-letters it (False), its letter is listed, and the stats
-    count it dead, not in flight."""
+    """A task whose dead letter could be over the server's max_payload is refused at enqueue
+    (``PayloadTooLargeError`` with its id, node type, size and limit; nothing stored). A task
+    just at that limit fails for good after 9 failed attempts, each with a 1 MB error text:
+    ``nack`` dead-letters it (False), its letter is listed with the whole task, the stats
+    count it dead, not in flight, and ``requeue_dead_letter`` brings it back."""
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.errors import PayloadTooLargeError
+    from distributed_agents.core.ports.task_queue import task_to_dict
 
-    async def scenario(url: str) -> tuple[Any, Any, list[str]]:
+    async def scenario(url: str) -> tuple[Any, ...]:
         backend = NatsBackend(url, BackendOptions.from_url(url, prefix=f"dl{uuid.uuid4().hex[:8]}"))
         await backend.connect()
         queue = backend.task_queue
         try:
             filler = "x" * (queue._conn.nc.max_payload - 300)  # noqa: SLF001
-            await queue.enqueue(Task("big", "wf", "n", "alpha", {"f": filler}))
-            [claim] = await queue.claim(["alpha"], worker_id="w")
-            again = await queue.nack(claim, "failed for good", final=True)
-            letters = [letter.task_id for letter in await queue.dead_letters("alpha")]
-            return again, await queue.stats("alpha"), letters
+            try:
+                await queue.enqueue(Task("big", "wf", "n", "alpha", {"f": filler}))
+                refused: Any = None
+            except PayloadTooLargeError as exc:
+                refused = exc
+            after_refusal = await queue.stats("alpha"), await queue.get_result("big")
+            base = len(encode(task_to_dict(Task("big", "wf", "n", "alpha", {"f": ""}, max_attempts=9, created_at=1.0))))
+            task = Task("big", "wf", "n", "alpha", {"f": "x" * (refused.limit - base)}, max_attempts=9, created_at=1.0)
+            assert len(encode(task_to_dict(task))) == refused.limit
+            assert await queue.enqueue(task)
+            flags = []
+            for attempt in range(9):
+                [claim] = await queue.claim(["alpha"], worker_id="w")
+                flags.append(await queue.nack(claim, f"attempt {attempt} " + "e" * 1_000_000))
+            letters = await queue.dead_letters("alpha")
+            dead_stats = await queue.stats("alpha")
+            requeued = await queue.requeue_dead_letter("big")
+            return refused, after_refusal, flags, letters, dead_stats, requeued, await queue.stats("alpha"), task
         finally:
             await backend.close()
 
-    again, stats, letters = run(scenario(nats_server.url), 60)
-    assert again is False
+    refused, after_refusal, flags, letters, stats, requeued, requeued_stats, task = run(scenario(nats_server.url), 90)
+    assert isinstance(refused, Exception), "a task whose dead letter cannot fit was accepted"
+    assert "'big'" in str(refused) and "'alpha'" in str(refused) and "max_payload" in str(refused), refused
+    assert refused.size > refused.limit, (refused.size, refused.limit)
+    assert (after_refusal[0].queued, after_refusal[0].in_flight, after_refusal[0].dead) == (0, 0, 0)
+    assert after_refusal[1] is None
+    assert flags == [True] * 8 + [False]
+    assert [(letter.task_id, letter.attempts, letter.task) for letter in letters] == [("big", 9, task)]
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
-    assert letters == ["big"]
+    assert requeued is True
+    assert (requeued_stats.queued, requeued_stats.in_flight, requeued_stats.dead) == (1, 0, 0)
 
 
 def test_a_message_with_a_non_utf8_subject_does_not_stop_the_clients_reader(nats_server: Any) -> None:
