@@ -414,3 +414,28 @@ def _raw_send(host: str, port: int, data: bytes) -> None:
         seen = b""
         while b"PONG" not in seen and b"-ERR" not in seen:
             seen += sock.recv(65536)
+
+
+@pytest.mark.parametrize("text", ["e" * 1_000_000, "\x01" * 50_000, "é☃" * 20_000, "x" * 6_145, ""])
+def test_error_texts_of_any_length_are_shortened_at_once(text: str) -> None:
+    """``error_history.shortened`` and ``with_error`` (every nack and dead letter runs them) end
+    for texts far over what is kept (long ASCII, control characters JSON escapes, long UTF-8),
+    keep their start and end, and stay bounded. Run in a child process: a loop that never
+    ends fails here instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from distributed_agents.adapters.nats import error_history as e\n"
+        "text = sys.stdin.read()\n"
+        "short = e.shortened(text)\n"
+        "kept = e.with_error(['earlier'], text)\n"
+        "assert short == text or (short[:10] == text[:10] and short[-10:] == text[-10:]), short[:80]\n"
+        "assert len(short) <= 7 * 1024, len(short)\n"
+        "assert kept[-1] == text or kept[-1][:10] == text[:10], kept[-1][:80]\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, timeout=60,
+                          encoding="utf-8")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
