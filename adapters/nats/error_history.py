@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed_agents.core.codec import encode
 
-__all__ = ["ENTRY_KEPT_CHARS", "ERRORS_KEPT_BYTES", "shortened", "with_error"]
+__all__ = ["ENTRY_KEPT_BYTES", "ENTRY_KEPT_CHARS", "ERRORS_KEPT_BYTES", "REASON_KEPT_BYTES", "shortened", "with_error"]
 
 ERRORS_KEPT_BYTES = 16 * 1024
 """Most bytes of JSON the kept errors take in a task record (a quarter of the envelope)."""
@@ -30,24 +30,43 @@ ERRORS_KEPT_BYTES = 16 * 1024
 ENTRY_KEPT_CHARS = 6 * 1024
 """Most characters one kept error has: its first 2 KiB and last 4 KiB, with a note between."""
 
-_HEAD_CHARS = 2 * 1024
+ENTRY_KEPT_BYTES = 15 * 1024
+"""Most bytes of JSON one kept error takes (fewer characters are kept of one that escapes long)."""
+
+REASON_KEPT_BYTES = 8 * 1024
+"""Most bytes of JSON a record's or letter's ``reason`` (and failed result's ``error``) takes."""
+
 _DROPPED = re.compile(r"^(\d+) earlier errors? not kept \(a NATS task record keeps about")
 
 
-def _shortened(entry: Any) -> Any:
-    if not isinstance(entry, str) or len(entry) <= ENTRY_KEPT_CHARS:
+def _cut(entry: str, chars: int) -> str:
+    head = chars // 3
+    tail = chars - head
+    return f"{entry[:head]}\n... [{len(entry) - chars:,} characters not kept] ...\n{entry[-tail:]}"
+
+
+def _shortened(entry: Any, max_bytes: int = ENTRY_KEPT_BYTES) -> Any:
+    if not isinstance(entry, str):
         return entry
-    tail = ENTRY_KEPT_CHARS - _HEAD_CHARS
-    cut = len(entry) - _HEAD_CHARS - tail
-    return f"{entry[:_HEAD_CHARS]}\n... [{cut:,} characters not kept] ...\n{entry[-tail:]}"
+    if len(entry) <= ENTRY_KEPT_CHARS and (6 * len(entry) + 2 <= max_bytes or len(encode(entry)) <= max_bytes):
+        return entry
+    chars = min(ENTRY_KEPT_CHARS, len(entry) - 1)
+    kept = _cut(entry, chars)
+    # Characters JSON escapes (control characters: 6 bytes each) or long UTF-8 ones take more
+    # bytes than ASCII: keep fewer of them, so the entry's JSON stays within ``max_bytes``.
+    while chars > 1 and len(encode(kept)) > max_bytes:
+        chars //= 2
+        kept = _cut(entry, chars)
+    return kept
 
 
-def shortened(text: str) -> str:
-    """``text`` within ``ENTRY_KEPT_CHARS`` characters, cut as an error entry is (its start and end kept).
+def shortened(text: str, max_bytes: int = REASON_KEPT_BYTES) -> str:
+    """``text`` cut as an error entry is (its start and end kept), its JSON within ``max_bytes``.
 
     For the other error texts a record and its dead letter keep (``reason``, the failed
-    result's ``error``): at most 6 KiB of ASCII, under 40 KB however escaped."""
-    return str(_shortened(text))
+    result's ``error``): at most ``ENTRY_KEPT_CHARS`` characters and ``REASON_KEPT_BYTES``
+    bytes of JSON (``max_bytes`` at least 512)."""
+    return str(_shortened(text, max_bytes))
 
 
 def _dropped_note(count: int) -> str:
@@ -59,9 +78,8 @@ def with_error(errors: Sequence[Any], entry: str) -> list[Any]:
     """``errors`` (a record's ``errors`` list) with ``entry`` appended, within ``ERRORS_KEPT_BYTES``.
 
     Returns a new list; ``errors`` is not changed. Its JSON takes at most
-    ``ERRORS_KEPT_BYTES``, unless the newest entry alone takes more (at most
-    ``ENTRY_KEPT_CHARS`` characters: 6 KiB of ASCII, under 40 KB however escaped), which is
-    then kept with the count of the others. Entries that are not strings (a damaged or
+    ``ERRORS_KEPT_BYTES`` (each entry at most ``ENTRY_KEPT_CHARS`` characters and
+    ``ENTRY_KEPT_BYTES`` bytes of JSON, so the newest one and the note always fit). Entries that are not strings (a damaged or
     foreign record) are kept as they are, and count as one entry each when dropped.
     """
     entries = [_shortened(e) for e in errors]

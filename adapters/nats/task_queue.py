@@ -47,13 +47,13 @@ holder process dies, AckWait bounds the lease and the next claimer sees the reco
 naming the old lease: it records "lease expired" and counts the attempt.
 
 Sizes. Every dead letter and dead record fits the server's ``max_payload``, whatever the
-errors: a record keeps about 16 KiB of errors (``error_history``), its ``reason`` and
-failed result's ``error`` keep at most 6 KiB of text each (``error_history.shortened``),
+errors: a record keeps at most 16 KiB of errors (``error_history``), its ``reason`` and
+failed result's ``error`` at most 8 KiB of JSON each (``error_history.shortened``),
 and a letter holds its task beside those. So ``enqueue``, ``enqueue_many`` and
 ``requeue_dead_letter`` refuse (``PayloadTooLargeError``, nothing written) a task whose
 letter could be over ``max_payload``: its JSON plus its id and node type again plus
-``LETTER_RESERVE_BYTES`` (96 KiB). The core never makes such a task (a task carries no
-state: ``core.limits.task_bytes_limit``). A claim dead-letters, as oversized and keeping
+``LETTER_RESERVE_BYTES`` (32 KiB). The core never makes such a task (a task carries no
+state, and its payload is within ``max_payload_bytes``: ``core.limits.task_bytes_limit``). A claim dead-letters, as oversized and keeping
 their first ``DEAD_RAW_KEPT`` bytes, bytes over ``max_task_bytes`` (unread) and a task
 over that bound (written by something other than ``enqueue``; not run); a letter that would still not
 fit (a raw task that re-encodes longer) keeps its task's first bytes as ``raw`` instead.
@@ -115,7 +115,7 @@ from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
-from distributed_agents.adapters.nats.error_history import ENTRY_KEPT_CHARS, ERRORS_KEPT_BYTES, shortened, with_error
+from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token
 from distributed_agents.core.codec import decode, encode
@@ -208,12 +208,13 @@ class _Found:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-LETTER_RESERVE_BYTES = 96 * 1024
-"""Room a dead letter keeps beside its task, its id and its node type: its reason (at most
-``ENTRY_KEPT_CHARS`` characters, under 40 KB however escaped), its errors (``ERRORS_KEPT_BYTES``,
-or one entry of under 40 KB with a note) and its other fields (under 1 KB)."""
+LETTER_RESERVE_BYTES = 32 * 1024
+"""Room a dead letter keeps beside its task, its id and its node type: its reason
+(``REASON_KEPT_BYTES``, 8 KiB), its errors (``ERRORS_KEPT_BYTES``, 16 KiB) and its other
+fields (under 1 KB). A task the core makes (its payload within ``max_payload_bytes``, the
+server's ``max_payload`` minus 64 KiB at most) is always under the limit this leaves."""
 
-assert LETTER_RESERVE_BYTES >= 2 * 6 * ENTRY_KEPT_CHARS + 1024 and LETTER_RESERVE_BYTES >= 6 * ENTRY_KEPT_CHARS + ERRORS_KEPT_BYTES
+assert REASON_KEPT_BYTES + ERRORS_KEPT_BYTES + 1024 <= LETTER_RESERVE_BYTES
 
 
 def letter_bytes(task_bytes: int, task_id: str, node_type: str) -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents.adapters.nats.backend import NatsBackend
-from distributed_agents.adapters.nats.error_history import shortened, with_error
+from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.task_queue import LETTER_RESERVE_BYTES, letter_bytes
 from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import PayloadTooLargeError
@@ -46,8 +46,11 @@ def _largest(backend: NatsBackend, task_id: str) -> int:
     return limit - (letter_bytes(0, task_id, "alpha"))
 
 
-@given(reason=st.text(max_size=20_000) | st.just(WORST * 200_000),
-       earlier=st.lists(st.text(max_size=9_000) | st.just(WORST * 50_000), max_size=12))
+_TEXTS = (st.text(max_size=20_000) | st.just(WORST * 200_000) | st.just("\U0001f600" * 9_000)
+          | st.builds(lambda a, b: a + WORST * 4_000 + b, st.text(max_size=3_000), st.text(max_size=3_000)))
+
+
+@given(reason=_TEXTS, earlier=st.lists(_TEXTS, max_size=12))
 @settings(max_examples=60, deadline=None)
 def test_a_letters_errors_and_reason_fit_its_reserve(reason: str, earlier: list[str]) -> None:
     """Whatever the texts, a letter's reason and errors (and a record's reason, result error
@@ -57,7 +60,10 @@ def test_a_letters_errors_and_reason_fit_its_reserve(reason: str, earlier: list[
         errors = with_error(errors, text)
     errors = with_error(errors, reason)
     kept = shortened(reason)
+    assert len(encode(kept)) <= REASON_KEPT_BYTES and len(encode(errors)) <= ERRORS_KEPT_BYTES
     assert len(encode(kept)) + len(encode(errors)) + 1024 <= LETTER_RESERVE_BYTES
+    if len(encode(reason)) <= 1000:
+        assert kept == reason
     # A dead record keeps the reason twice (``reason`` and its result's ``error``) beside its errors.
     assert len(encode(kept)) * 2 + len(encode(errors)) + 1024 <= 2 * LETTER_RESERVE_BYTES
 
@@ -87,6 +93,28 @@ def test_a_huge_final_error_still_leaves_a_letter_that_fits(nats_server: Any) ->
     assert "characters not kept" in letter.reason
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
     assert result.status == "failed" and result.error == letter.reason
+
+
+def test_every_task_the_core_can_make_is_accepted(nats_server: Any) -> None:
+    """A task whose payload takes the whole of ``max_payload_bytes`` (the core's bound), with a
+    long id, is under the limit: the reserve never refuses what a workflow makes."""
+
+    async def scenario(url: str) -> tuple[Any, ...]:
+        backend = await _open(url)
+        queue = backend.task_queue
+        try:
+            task_id = "wf-" + "i" * 200 + ":node:" + "9" * 40
+            payload = {"arg": "a" * backend.max_payload_bytes, "meta": {"checkpoint": "c" * 3000}}
+            task = Task(task_id, "wf", "n", "alpha", payload, max_attempts=1)
+            created = await queue.enqueue(task)
+            [claim] = await queue.claim(["alpha"], worker_id="w")
+            flag = await queue.nack(claim, WORST * 1_000_000)
+            return created, flag, [letter.task for letter in await queue.dead_letters("alpha")], task
+        finally:
+            await backend.close()
+
+    created, flag, tasks, task = run(scenario(nats_server.url), 60)
+    assert (created, flag, tasks) == (True, False, [task])
 
 
 def test_enqueue_many_refuses_a_batch_with_one_task_too_large_and_writes_nothing(nats_server: Any) -> None:
