@@ -22,7 +22,6 @@ What is masked (replaced by ``***``):
 
 from __future__ import annotations
 
-import functools
 import re
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -55,7 +54,6 @@ def is_secret_option(name: str) -> bool:
     return name.lower() not in SAFE_OPTIONS
 
 
-@functools.lru_cache(maxsize=256)  # a pure function of the text; every workflow run asks for its backend's URL
 def redact_url(url: str) -> str:
     """``url`` with its credentials masked, safe to print, log, raise or store.
 

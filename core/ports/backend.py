@@ -146,8 +146,16 @@ class Backend:
 
     @property
     def redacted_url(self) -> str:
-        """``url`` with its credentials masked: the form every message, log and output shows."""
-        return redact_url(self.url)
+        """``url`` with its credentials masked: the form every message, log and output shows.
+
+        Worked out once per ``url`` and kept on this backend (every workflow run names it),
+        not in a process-wide cache that would keep credential-bearing URLs after the backend.
+        """
+        kept: tuple[str, str] | None = getattr(self, "_redacted", None)
+        if kept is None or kept[0] != self.url:
+            kept = (self.url, redact_url(self.url))
+            self._redacted = kept
+        return kept[1]
 
     @property
     def max_payload_bytes(self) -> int:

@@ -78,10 +78,20 @@ def test_both_log_formats_mask_urls_whatever_logged_them(log_format: str) -> Non
     assert "redis://:***@h:1/0" in line and "s3cret-pw" not in line
 
 
-def test_redacting_the_same_url_again_is_looked_up_not_parsed_again() -> None:
-    # Every workflow run names its backend's URL (redacted) for its waiting notes: one parse per URL.
-    url = "redis://user:secret@cache-host:6379/0?password=hunter2"
-    first = redact_url(url)
-    hits = redact_url.cache_info().hits
-    assert redact_url(url) == first == "redis://user:***@cache-host:6379/0?password=***"
-    assert redact_url.cache_info().hits == hits + 1
+
+def test_redact_url_keeps_no_urls_after_it_returns() -> None:
+    # A process-wide cache would keep every credential-bearing URL it was shown (error texts
+    # included) for the life of the process; the backend keeps its own redacted URL instead.
+    assert not hasattr(redact_url, "cache_info")
+
+
+def test_a_backend_works_out_its_redacted_url_once_per_url() -> None:
+    from distributed_agents.core.ports.backend import Backend
+
+    backend = Backend.__new__(Backend)
+    backend.url = "redis://user:secret@cache-host:6379/0?password=hunter2"
+    first = backend.redacted_url
+    assert first == "redis://user:***@cache-host:6379/0?password=***"
+    assert backend.redacted_url is first  # kept, not parsed again
+    backend.url = "nats://tok@other:4222"
+    assert backend.redacted_url == "nats://***@other:4222"
