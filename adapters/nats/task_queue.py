@@ -1198,22 +1198,34 @@ class NatsTaskQueue(TaskQueue):
             return
         await self._write_dead_letter(record, task, None)
         # Read from the leader: a replica just restarted may not have the mark yet (kv.get_from_leader).
-        entry = await kv.get_from_leader(self._conn.js, self._tasks, token(str(record["id"])))
-        current = None if entry is None else _control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}")
+        current = (await self._read_from_leader(str(record["id"]))).record
         if current is not None and current.get("purged"):
             await kv.remove(self._conn.js, self._dead, key)
 
-    async def _mark_purged(self, task_id: str) -> None:
-        """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``)."""
+    async def _read_from_leader(self, task_id: str) -> _Found:
+        """``_read`` from the stream's leader (``kv.get_from_leader``): every acknowledged write seen."""
+        entry = await kv.get_from_leader(self._conn.js, self._tasks, token(task_id))
+        if entry is None:
+            return _Found(None)
+        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision)
+
+    async def _mark_purged(self, task_id: str) -> str | None:
+        """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node type.
+
+        Read from the leader: a replica just restarted can answer a direct get with the record
+        from before it went dead, and a mark skipped for that would let a letter written just
+        after stay (nats-server issue 4162)."""
         for _ in range(5):
-            found = await self._read(task_id)
+            found = await self._read_from_leader(task_id)
+            node_type = None if found.record is None else str(found.record.get("node_type") or "") or None
             if found.record is None or found.record.get("state") != "dead" or found.record.get("purged"):
-                return
+                return node_type
             marked = encode({**found.record, "purged": True})
             # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
             ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
             if await kv.cas(self._conn.js, self._tasks, token(task_id), marked, last=found.revision, ttl=ttl) is not None:
-                return
+                return node_type
+        return None
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         headers = msg.headers or {}
@@ -1277,10 +1289,16 @@ class NatsTaskQueue(TaskQueue):
     async def purge_dead_letter(self, task_id: str) -> bool:
         # The task record (state "dead") keeps the id known until its TTL, the result's.
         with self._errors(f"purge dead letter {task_id!r}"):
-            await self._mark_purged(task_id)
+            node_type = await self._mark_purged(task_id)
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
-            for entry in matches:
-                await kv.remove(self._conn.js, self._dead, entry.key)
+            keys = [entry.key for entry in matches]
+            # The record names the letter's key: removed whatever the scan saw (its consumer may
+            # read a replica that has not stored a letter written just before).
+            known = None if node_type is None else f"{token(node_type)}.{token(task_id)}"
+            if known is not None and known not in keys:
+                keys.append(known)
+            for key in keys:
+                await kv.remove(self._conn.js, self._dead, key)
             return bool(matches)
 
     # -- results -----------------------------------------------------------------------

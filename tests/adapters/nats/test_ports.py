@@ -178,3 +178,76 @@ def test_a_writer_whose_direct_reads_lag_still_sees_the_purge_mark(nats_url: str
             await backend.close()
 
     run(scenario())
+
+
+def test_a_purge_whose_direct_reads_lag_still_marks_the_record(nats_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The other side of the purge-mark order: a purge that arrives after the record went dead
+    but before its letter is written, while direct gets still answer the record as it was
+    before (a replica just restarted, nats-server issue 4162), still marks it, so the letter
+    written just after does not stay."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            task = Task("t-lag-purge", "wf", "n", "n", {"state": {}})
+            await queue.enqueue(task)
+            (claim,) = await queue.claim(["n"], worker_id="w", wait=5)
+            running = await queue._read(task.id)  # type: ignore[attr-defined]
+            assert not await queue.nack(claim, "boom", final=True)
+            dead = (await queue._read(task.id)).record  # type: ignore[attr-defined]
+            assert dead is not None and dead["state"] == "dead"
+            # As if the letter were not written yet when the purge comes.
+            await kv.remove(queue._conn.js, queue._dead, f"{token('n')}.{token(task.id)}")  # type: ignore[attr-defined]
+            direct_get = kv.get
+
+            async def lagging(bucket, key, **kwargs):  # type: ignore[no-untyped-def]
+                if key == token(task.id):
+                    return kv.Entry(key, encode(running.record), running.revision)
+                return await direct_get(bucket, key, **kwargs)
+
+            monkeypatch.setattr(kv, "get", lagging)
+            await queue.purge_dead_letter(task.id)
+            monkeypatch.setattr(kv, "get", direct_get)
+            await queue._write_dead_letter_unless_purged(dead, task)  # type: ignore[attr-defined]
+            assert await queue.dead_letters() == [] and (await queue.stats("n")).dead == 0
+        finally:
+            await backend.close()
+
+    run(scenario())
+
+
+def test_purging_a_letter_removes_it_even_where_the_scan_does_not_see_it(nats_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The record names the letter's key, so a purge removes the letter even when its scan
+    (a consumer that may read a replica behind the leader) comes back without it."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            task = Task("t-scan-behind", "wf", "n", "n", {"state": {}})
+            await queue.enqueue(task)
+            (claim,) = await queue.claim(["n"], worker_id="w", wait=5)
+            assert not await queue.nack(claim, "boom", final=True)
+            assert [letter.task_id for letter in await queue.dead_letters()] == [task.id]
+            scan = kv.scan
+
+            async def behind(js, bucket, pattern=">"):  # type: ignore[no-untyped-def]
+                if bucket is queue._dead:  # type: ignore[attr-defined]
+                    return []
+                return await scan(js, bucket, pattern)
+
+            monkeypatch.setattr(kv, "scan", behind)
+            await queue.purge_dead_letter(task.id)
+            monkeypatch.setattr(kv, "scan", scan)
+            assert await queue.dead_letters() == [] and (await queue.stats("n")).dead == 0
+        finally:
+            await backend.close()
+
+    run(scenario())
