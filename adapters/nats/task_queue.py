@@ -313,10 +313,13 @@ class NatsTaskQueue(TaskQueue):
 
     async def _read(self, task_id: str) -> _Found:
         """The task's control record; ``PayloadDecodeError`` if what is stored there is not one (``_control_record``)."""
-        entry = await kv.get(self._tasks, token(task_id))
+        return self._found(await kv.get(self._tasks, token(task_id)))
+
+    def _found(self, entry: kv.Entry | None) -> _Found:
+        """``entry`` of the task bucket (or None) as a ``_Found``."""
         if entry is None:
             return _Found(None)
-        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {token(task_id)}"), entry.revision)
+        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision)
 
     async def _ensure_consumer(self, node_type: str, priority: int) -> float:
         key = (node_type, priority)
@@ -1204,10 +1207,7 @@ class NatsTaskQueue(TaskQueue):
 
     async def _read_from_leader(self, task_id: str) -> _Found:
         """``_read`` from the stream's leader (``kv.get_from_leader``): every acknowledged write seen."""
-        entry = await kv.get_from_leader(self._conn.js, self._tasks, token(task_id))
-        if entry is None:
-            return _Found(None)
-        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision)
+        return self._found(await kv.get_from_leader(self._conn.js, self._tasks, token(task_id)))
 
     async def _mark_purged(self, task_id: str) -> str | None:
         """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node type.
