@@ -22,18 +22,35 @@ __all__ = [
     "CLAIM",
     "DEAD_LETTERS",
     "ENQUEUE",
+    "ENQUEUE_BODY",
     "EXTEND",
     "NACK",
     "PURGE",
     "RELEASE",
     "REQUEUE",
     "RESULTS",
+    "SERVER_CLOCK",
     "STATS",
     "UNPARK",
 ]
 
-# Shared helpers, prepended to every script (Redis scripts cannot call each other).
-_LIBRARY = r"""
+# The server's time, read at most once per script: a script runs alone on the server, so one
+# reading serves all of it (each TIME is a command, ~10k server instructions). Heads every
+# script of the adapter; a script made of others (the state store's create and enqueue)
+# holds it once, ahead of them, so they share the reading.
+SERVER_CLOCK = r"""
+local NOW_MS = nil
+local function now_ms()
+  if NOW_MS == nil then
+    local t = redis.call('TIME')
+    NOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW_MS
+end
+"""
+
+# Shared helpers of the queue's scripts (Redis scripts cannot call each other).
+_HELPERS = r"""
 local P = ARGV[1]
 local DEFAULT_MAX = tonumber(ARGV[2])
 local RESULT_TTL = tonumber(ARGV[3])
@@ -47,10 +64,6 @@ local function k_delayed(t) return P .. ':q:delayed:' .. t end
 local function k_leased(t) return P .. ':q:leased:' .. t end
 local function k_dead(t) return P .. ':q:dead:' .. t end
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 -- Wake-up tokens: claimers with nothing to do block on {p}:q:wake:{t} (BLPOP), so each
 -- token wakes one idle claimer, not all of them. One token per newly claimable task, at
@@ -263,6 +276,25 @@ local function hash_problem(h, t, member)
   return problem
 end
 
+-- Task id (hash h, node type t, bytes raw, attempt counted) leased to worker under lease id
+-- lease until deadline (ms): its hash says so (fields: more field/value pairs written in the
+-- same command, or nil) and the leased set of its type holds it; appends id, raw, attempt,
+-- lease id, deadline, node type to out (what a claim returns and a hand-over frames).
+local function lease_task(h, id, t, raw, attempt, lease, deadline, worker, out, fields)
+  local set = fields or {}
+  for _, v in ipairs({'state', 'claimed', 'lease', lease, 'deadline', deadline, 'worker', worker}) do
+    set[#set + 1] = v
+  end
+  redis.call('HSET', h, unpack(set))
+  redis.call('ZADD', k_leased(t), deadline, id)
+  out[#out + 1] = id
+  out[#out + 1] = raw
+  out[#out + 1] = attempt
+  out[#out + 1] = lease
+  out[#out + 1] = deadline
+  out[#out + 1] = t  -- the queue it sat in: a task naming another node type is not run (task_queue)
+end
+
 -- Lease up to want ready tasks of types (highest priority first, then FIFO across the
 -- types) to worker: lease ids base:1, base:2, ...; appends id, raw, attempt, lease id,
 -- deadline ms, node type per task to out. Returns how many. A task whose hash is
@@ -298,16 +330,7 @@ local function take(types, want, worker, base, lease_ms, now, out)
       return
     end
     n = n + 1
-    local lease = base .. ':' .. n
-    local deadline = now + lease_ms
-    redis.call('HSET', h, 'state', 'claimed', 'lease', lease, 'deadline', deadline, 'worker', worker)
-    redis.call('ZADD', k_leased(t), deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = redis.call('HGET', h, 'raw') or ''
-    out[#out + 1] = attempt
-    out[#out + 1] = lease
-    out[#out + 1] = deadline
-    out[#out + 1] = t  -- the queue it sat in: a task naming another node type is not run (task_queue)
+    lease_task(h, id, t, redis.call('HGET', h, 'raw') or '', attempt, base .. ':' .. n, now + lease_ms, worker, out)
   end
   if want <= 0 then return 0 end
   if #types == 1 then
@@ -371,8 +394,10 @@ local function check_held(id, lease, op, now)
   return 'lost', nil
 end
 """
+_LIBRARY = SERVER_CLOCK + _HELPERS
 
-ENQUEUE = _LIBRARY + r"""
+# The enqueue script without its clock, for a script that embeds it (see SERVER_CLOCK).
+ENQUEUE_BODY = _HELPERS + r"""
 -- ARGV: 4.. groups of 6: id, node type, score (-priority), max attempts or '', raw bytes,
 -- workflow id; then the raw-bytes limit and its reason (RAW_MAX, OVERSIZED). Returns one 1 (queued) or 0 (id seen before) per task, in order: a
 -- step's tasks are queued in one script (one round trip).
@@ -380,9 +405,45 @@ local out = {}
 local seen_types, order = {}, {}
 RAW_MAX, OVERSIZED = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
 
+-- The first live registration on the idle list of type t, taken off the list: its claimer
+-- id and fields {worker, lease ms, max tasks, until (ms), node types JSON}, and the time;
+-- nil when none is left (registrations that ran out leave the list on the way).
+local function next_parked(t)
+  local idle = k_idle(t)
+  while true do
+    local c = redis.call('LPOP', idle)
+    if not c then return nil end
+    local f = redis.call('HMGET', k_park(c), 'w', 'l', 'm', 'u', 'ty')
+    local now = now_ms()
+    if f[1] and tonumber(f[4]) > now + PARK_MARGIN then return c, f, now end
+  end
+end
+
+-- Registration c (fields f, as next_parked gives them, taken off the idle list of type t)
+-- was handed got tasks (items: 6 per task, as lease_task appends them): with room left it
+-- stays parked, first in line; the tasks go to its hand-over list as one message, which its
+-- blocked BLPOP returns; the wake-up tokens of its types with nothing ready go (they would
+-- only wake claimers for nothing; empty: every ready set of types is known to be empty).
+local function handed(c, f, types, got, items, t, empty)
+  local room = tonumber(f[3])
+  if got >= room then
+    redis.call('DEL', k_park(c))
+  else
+    redis.call('HSET', k_park(c), 'm', room - got)
+    redis.call('LPUSH', k_idle(t), c)
+  end
+  if got > 0 then
+    redis.call('RPUSH', k_handoff(c), frame(items))
+    redis.call('PEXPIRE', k_handoff(c), tonumber(f[2]) + 60000)
+    for _, each in ipairs(types) do
+      if empty or redis.call('ZCARD', k_ready(each)) == 0 then redis.call('DEL', P .. ':q:wake:' .. each) end
+    end
+  end
+end
+
 -- One new task (a workflow's create, a one-node step) and, first in line for its type, a
 -- live registration whose types have nothing ready (time applied): the task is leased to it
--- at once, as the hand-over below would lease it (attempt 1, its place in the queue, lease
+-- at once, as take() leases a task (attempt 1, its place in the queue, lease
 -- <claimer>:<n>:1), without passing through the ready set, a wake-up token and the checks
 -- of a hash just written here. Returns the reply, or nil: the general way below applies
 -- (the registration is first in line again; the task's id is known to be new).
@@ -393,44 +454,25 @@ local function hand_one()
   local h = k_task(id)
   if redis.call('EXISTS', h) == 1 then return {0} end
   fresh = true
-  local idle = k_idle(t)
-  local now = nil
-  while true do
-    local c = redis.call('LPOP', idle)
-    if not c then return nil end
-    local f = redis.call('HMGET', k_park(c), 'w', 'l', 'm', 'u', 'ty')
-    if now == nil then now = now_ms() end
-    if f[1] and tonumber(f[4]) > now + PARK_MARGIN then
-      local types = cjson.decode(f[5])
-      for _, each in ipairs(types) do tick(each, now) end
-      for _, each in ipairs(types) do
-        if redis.call('ZCARD', k_ready(each)) > 0 then
-          redis.call('LPUSH', idle, c)
-          fresh = false  -- (time applied may have written any hash: look again)
-          return nil
-        end
-      end
-      local n = redis.call('INCR', P .. ':q:seq')
-      local lease, deadline = c .. ':' .. n .. ':1', now + tonumber(f[2])
-      redis.call('HSET', h, 'type', t, 'score', ARGV[6], 'max', ARGV[7], 'raw', raw, 'wf', ARGV[9], 'attempt', 1,
-                 'member', string.format('%016d', n) .. id, 'state', 'claimed', 'lease', lease, 'deadline', deadline,
-                 'worker', f[1])
-      redis.call('SADD', P .. ':q:types', t)
-      redis.call('ZADD', k_leased(t), deadline, id)
-      local room = tonumber(f[3])
-      if room > 1 then
-        redis.call('HSET', k_park(c), 'm', room - 1)
-        redis.call('LPUSH', idle, c)
-      else
-        redis.call('DEL', k_park(c))
-      end
-      redis.call('RPUSH', k_handoff(c), frame({id, raw, 1, lease, deadline, t}))
-      redis.call('PEXPIRE', k_handoff(c), tonumber(f[2]) + 60000)
-      for _, each in ipairs(types) do redis.call('DEL', P .. ':q:wake:' .. each) end
-      return {1}
+  local c, f, now = next_parked(t)
+  if not c then return nil end
+  local types = cjson.decode(f[5])
+  for _, each in ipairs(types) do tick(each, now) end
+  for _, each in ipairs(types) do
+    if redis.call('ZCARD', k_ready(each)) > 0 then
+      redis.call('LPUSH', k_idle(t), c)
+      fresh = false  -- (time applied may have written any hash: look again)
+      return nil
     end
-    -- (A registration that ran out leaves the list, as below.)
   end
+  local n = redis.call('INCR', P .. ':q:seq')
+  local items = {}
+  lease_task(h, id, t, raw, 1, c .. ':' .. n .. ':1', now + tonumber(f[2]), f[1], items,
+             {'type', t, 'score', ARGV[6], 'max', ARGV[7], 'raw', raw, 'wf', ARGV[9], 'attempt', 1,
+              'member', string.format('%016d', n) .. id})
+  redis.call('SADD', P .. ':q:types', t)
+  handed(c, f, types, 1, items, t, true)
+  return {1}
 end
 if #ARGV == 11 then
   local reply = hand_one()
@@ -459,44 +501,27 @@ end
 -- Hand the new tasks to parked claimers of their types, oldest registration first (each
 -- takes up to its max tasks, by priority then FIFO as a claim would; one with room left
 -- stays parked); their wake-up tokens go with them.
-local now, ticked = nil, {}
+local ticked = {}
 for _, t in ipairs(order) do
-  local idle = k_idle(t)
   while redis.call('ZCARD', k_ready(t)) > 0 do
-    local c = redis.call('LPOP', idle)
+    local c, f, now = next_parked(t)
     if not c then break end
-    local f = redis.call('HMGET', k_park(c), 'w', 'l', 'm', 'u', 'ty')
-    if now == nil then now = now_ms() end
-    if f[1] and tonumber(f[4]) > now + PARK_MARGIN then
-      local types = cjson.decode(f[5])
-      for _, each in ipairs(types) do
-        if not ticked[each] then
-          ticked[each] = true
-          tick(each, now)
-        end
-      end
-      local items = {}
-      local base = c .. ':' .. redis.call('INCR', P .. ':q:seq')
-      local room = tonumber(f[3])
-      local got = take(types, room, f[1], base, tonumber(f[2]), now, items)
-      if got >= room then
-        redis.call('DEL', k_park(c))
-      else  -- room left: it stays parked, first in line
-        redis.call('HSET', k_park(c), 'm', room - got)
-        redis.call('LPUSH', idle, c)
-      end
-      if got > 0 then
-        redis.call('RPUSH', k_handoff(c), frame(items))
-        redis.call('PEXPIRE', k_handoff(c), tonumber(f[2]) + 60000)
-        for _, each in ipairs(types) do
-          if redis.call('ZCARD', k_ready(each)) == 0 then redis.call('DEL', P .. ':q:wake:' .. each) end
-        end
+    local types = cjson.decode(f[5])
+    for _, each in ipairs(types) do
+      if not ticked[each] then
+        ticked[each] = true
+        tick(each, now)
       end
     end
+    local items = {}
+    local base = c .. ':' .. redis.call('INCR', P .. ':q:seq')
+    local got = take(types, tonumber(f[3]), f[1], base, tonumber(f[2]), now, items)
+    handed(c, f, types, got, items, t, false)
   end
 end
 return out
 """
+ENQUEUE = SERVER_CLOCK + ENQUEUE_BODY
 
 CLAIM = _LIBRARY + r"""
 -- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8 claimer id ('' none),

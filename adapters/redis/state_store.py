@@ -64,7 +64,7 @@ from typing import Any
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.errors import redis_errors
 from distributed_agents.adapters.redis.keys import StateKeys
-from distributed_agents.adapters.redis.queue_scripts import ENQUEUE
+from distributed_agents.adapters.redis.queue_scripts import ENQUEUE_BODY, SERVER_CLOCK
 from distributed_agents.adapters.redis.task_queue import ENQUEUE_BATCH
 from distributed_agents.core.checkpoint_delta import ChainTip, next_entry, rebuild
 from distributed_agents.core.record_json import record_json
@@ -92,14 +92,10 @@ __all__ = ["RedisStateManager"]
 
 log = logging.getLogger("distributed_agents.state_store")  # where stored_records logs what a listing leaves out
 
-_NOW = r"""
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
+_NOW = SERVER_CLOCK
 
-_SAVE = _NOW + r"""
+# The save script without its clock (see queue_scripts.SERVER_CLOCK); _SAVE below.
+_SAVE_BODY = r"""
 -- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index
 -- ARGV: 1 prefix, 2 workflow id, 3 expected version, 4 record JSON, 5 status, 6 created_at,
 --       7 checkpoint entry or '', 8 fencing token or '', 9 state_ttl ms or '', 10 commit id,
@@ -110,7 +106,7 @@ _SAVE = _NOW + r"""
 --          deadline ms} or an error tuple ({'held'}: another owner holds the lease).
 local P, id, expected = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local owner = ARGV[13] or ''
-local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid')
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid', 'created')
 local token = ARGV[8]
 local lease_now, grant_new = nil, false
 if owner ~= '' then
@@ -149,9 +145,16 @@ end
 if ARGV[15] == '1' and redis.call('HGET', KEYS[3], 'token') == token then
   redis.call('HSET', KEYS[3], 'owner', '', 'deadline', 0)
 end
+-- The indexes are written only when the record is new, its created_at (their score) changes
+-- or its status moves: most saves leave them as they are (an entry a listing dropped belonged
+-- to a record gone or moved, which comes back through here).
 if expected ~= 0 and cur[2] ~= ARGV[5] then redis.call('ZREM', P .. ':wf:status:' .. cur[2], id) end
-redis.call('ZADD', KEYS[4], ARGV[6], id)
-redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
+if expected == 0 or cur[4] ~= ARGV[6] then
+  redis.call('ZADD', KEYS[4], ARGV[6], id)
+  redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
+elseif cur[2] ~= ARGV[5] then
+  redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
+end
 redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
            'cid', ARGV[10])
 local count = 0
@@ -166,6 +169,7 @@ else
 end
 return {'ok', count, token, deadline}
 """
+_SAVE = _NOW + _SAVE_BODY
 
 # A new workflow's create (the save script, granting the lease) and its first step's enqueue
 # (the queue's enqueue script) in one script: both or neither (no crash between them leaves
@@ -175,8 +179,9 @@ return {'ok', count, token, deadline}
 # those, then the enqueue's. Returns the save's reply, with the enqueue's reply (one flag per
 # task) appended as a fifth item when the save says 'ok'; else the save's refusal alone.
 _CREATE_ENQUEUE = (
-    "local function save(KEYS, ARGV)\n" + _SAVE + "\nend\n"
-    + "local function enqueue(KEYS, ARGV)\n" + ENQUEUE + "\nend\n"
+    _NOW  # one reading of the server's time for both (the lease's deadline, the task's)
+    + "local function save(KEYS, ARGV)\n" + _SAVE_BODY + "\nend\n"
+    + "local function enqueue(KEYS, ARGV)\n" + ENQUEUE_BODY + "\nend\n"
     + r"""
 local n = tonumber(ARGV[1])
 local save_args, enqueue_args = {}, {}

@@ -21,18 +21,14 @@ from typing import Any
 
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.keys import WorkerKeys
+from distributed_agents.adapters.redis.queue_scripts import SERVER_CLOCK
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry
 
 __all__ = ["RedisNodeRegistry"]
 
-_NOW = r"""
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
+_NOW = SERVER_CLOCK
 
 _REGISTER = _NOW + r"""
 -- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 info JSON, 3 ttl ms. Returns the heartbeat ms.
