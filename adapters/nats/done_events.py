@@ -3,7 +3,11 @@
 An ack or a dead-lettering stores the task's result (the commit), then publishes a core
 NATS message on ``<p>.done``: a JSON object ``{"id": task id, "result": TaskResult}``,
 the result left out when it is large (``INLINE_LIMIT`` bytes), so a waiter woken by it
-needs no read. Older publishers sent the bare id; that is understood too.
+needs no read. The acks settled together (the results stored by one reply read) announce
+themselves in one message: a JSON array of such objects (``DoneBatch``, at most
+``BATCH_LIMIT`` bytes), one message to route and read instead of one per task. Older
+publishers sent one object, or the bare id; both are understood too (an older reader
+takes an array for a bare id it does not know, and finds those results by its poll).
 
 ``DoneEvents`` subscribes once (before the queue's first enqueue) and keeps, for the
 ids the queue enqueued itself (``expect``), the event that came for them until
@@ -17,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats.connection import NatsConnection
-from distributed_agents.adapters.nats.replies import Direct
+from distributed_agents.adapters.nats.replies import Direct, send
 from distributed_agents.adapters.nats.message_bus import flush_in_order
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import PayloadDecodeError
@@ -31,10 +36,15 @@ from distributed_agents.core.ports.task_queue import TaskResult
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ["INLINE_LIMIT", "DoneEvents", "done_payload", "done_payload_raw", "parse_done"]
+__all__ = ["BATCH_LIMIT", "INLINE_LIMIT", "DoneBatch", "DoneEvents", "done_payload", "done_payload_raw", "parse_done",
+           "parse_done_events"]
+
+log = logging.getLogger("distributed_agents.adapters.nats")
 
 # Results whose JSON is longer than this go out without the result (waiters read it).
 INLINE_LIMIT = 32 * 1024
+# Most bytes of one batched done event (a few inline results; far under any max_payload).
+BATCH_LIMIT = 64 * 1024
 
 
 def done_payload(task_id: str, result: TaskResult | None) -> bytes:
@@ -67,6 +77,77 @@ def parse_done(data: bytes) -> tuple[str, TaskResult | None]:
         return body["id"], TaskResult.from_dict(result)
     except (KeyError, TypeError, ValueError):
         return body["id"], None
+
+
+def parse_done_events(data: bytes) -> list[tuple[str, TaskResult | None]]:
+    """Every ``(task id, inline result or None)`` a done event carries: one for an object
+    or a bare id (``parse_done``), one per object of a batched event (an array; items that
+    are not events are skipped)."""
+    if not data.startswith(b"["):
+        return [parse_done(data)]
+    try:
+        body = decode(data)
+    except PayloadDecodeError:
+        body = None
+    if not isinstance(body, list):
+        return [parse_done(data)]  # a bare id that starts with "["
+    events: list[tuple[str, TaskResult | None]] = []
+    for item in body:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        result = item.get("result")
+        parsed: TaskResult | None = None
+        if isinstance(result, dict):
+            try:
+                parsed = TaskResult.from_dict(result)
+            except (KeyError, TypeError, ValueError):
+                parsed = None
+        events.append((item["id"], parsed))
+    return events
+
+
+class DoneBatch:
+    """Done events (``done_payload``/``done_payload_raw`` bytes) gathered while a reply read
+    runs and published together once it is over (``loop.call_soon``): the acks whose
+    results one read of the client stored announce them in one message (an array, split
+    at ``BATCH_LIMIT`` bytes), not one each. A lone event goes out as it is.
+
+    Best effort, as every done event (core NATS; waiters poll for a lost one): an error
+    publishing (the connection closed meanwhile) is logged and the events dropped."""
+
+    __slots__ = ("_events", "_loop", "_subject", "nc")
+
+    def __init__(self, nc: Any, subject: str) -> None:
+        self.nc, self._subject = nc, subject
+        self._events: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose pass publishes ``_events``
+
+    def add(self, event: bytes) -> None:
+        """Publish ``event`` with the others added before this loop pass ends (callable from the reader)."""
+        loop = asyncio.get_running_loop()
+        if not self._events or self._loop is not loop:
+            # (Events another loop left, stopped before its pass ended, go out with these.)
+            self._loop = loop
+            loop.call_soon(self.flush)
+        self._events.append(event)
+
+    def flush(self) -> None:
+        """Publish the events added so far (in order), at most ``BATCH_LIMIT`` bytes a message."""
+        events, self._events = self._events, []
+        start = 0
+        while start < len(events):
+            stop, size = start + 1, len(events[start]) + 2
+            while stop < len(events) and size + len(events[stop]) + 1 <= BATCH_LIMIT:
+                size += len(events[stop]) + 1
+                stop += 1
+            payload = events[start] if stop == start + 1 else b"[" + b",".join(events[start:stop]) + b"]"
+            try:
+                send(self.nc, self._subject, payload)
+            except Exception as error:  # waiters find those results by their poll
+                log.warning("NATS: %d done event(s) not published (%s: %s); their waiters read the results at "
+                            "their next poll", len(events) - start, type(error).__name__, error)
+                return
+            start = stop
 
 
 class _Waiter:
@@ -199,7 +280,8 @@ class DoneEvents:
         return _Watch(self._waiters, _Waiter(ids))
 
     def _on_message(self, msg: Msg) -> None:
-        self.record(*parse_done(msg.data))
+        for task_id, result in parse_done_events(msg.data):
+            self.record(task_id, result)
 
     def wants(self, task_id: str) -> bool:
         """Whether ``record(task_id, ...)`` would keep or hand on anything (an expected id, a waiter's)."""

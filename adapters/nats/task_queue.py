@@ -86,9 +86,10 @@ Round trips per task: enqueue 2 (publish, create record), pipelined across the t
 stored (``replies.js_publish_chain``: the producer wakes once); claim 1 (the record's
 CAS) plus the levels key's read and a pull (sent together; a look instead once per poll
 interval) and a record read, shared by the tasks of one claim (one batched read); ack 2
-(CAS with the result, then the done event and the confirmed ack, sent from the reader
-once the CAS is stored: one wait; the acks made in one event-loop pass go out together
-behind one waiter, ``_send_acks``). The result is durable (a stored KV write) before the
+(CAS with the result, then the confirmed ack, sent from the reader once the CAS is
+stored: one wait; the acks made in one event-loop pass go out together behind one
+waiter, ``_send_acks``), and the done event, one message for the acks whose CASes one
+read of the reader found stored (``done_events.DoneBatch``). The result is durable (a stored KV write) before the
 message is acked; a crash in between leaves the message to be redelivered, and its
 claimer sees the record ``done`` and just acks it. Requests go out through one shared
 reply subscription per client (``replies``), not nats-py's per-call machinery, and are
@@ -113,7 +114,7 @@ from typing import TYPE_CHECKING, Any
 from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
-from distributed_agents.adapters.nats.done_events import DoneEvents, done_payload, done_payload_raw
+from distributed_agents.adapters.nats.done_events import DoneBatch, DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
@@ -168,8 +169,26 @@ class _Held:
     revision: int
     ack_wait: float
     keeper: asyncio.Task[None] | None = None
-    # Until the first interval passed, a timer stands in for the keeper (see ``_arm``).
-    timer: asyncio.TimerHandle | None = None
+    # Until the first interval passed, a timer stands in for the keeper (see ``_arm``; one
+    # shared by the leases claimed together, ``_arm_together``).
+    timer: asyncio.TimerHandle | _SharedTimer | None = None
+
+
+class _SharedTimer:
+    """The one timer of leases claimed together (``_arm_together``): ``cancel`` is each lease's
+    (forgotten: settled, extended or closed), and the timer itself is cancelled once every
+    lease it arms has been."""
+
+    __slots__ = ("handle", "left")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.handle: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and self.handle is not None:
+            self.handle.cancel()
 
 
 class _Shared(asyncio.Future[None]):
@@ -246,6 +265,8 @@ class NatsTaskQueue(TaskQueue):
         self._acks: _Acks | None = None
         self._ack_waits: dict[tuple[str, int], float] = {}
         self._done = DoneEvents(conn)
+        # The done events of the chained acks, published together per reply read (``_ack_chained``).
+        self._done_batch: DoneBatch | None = None
         # Longest waits between looks when no wake-up / done event came (see the constants).
         self.poll_interval = _POLL
         self.result_poll = _RESULT_POLL
@@ -766,6 +787,7 @@ class NatsTaskQueue(TaskQueue):
         revisions = await kv.cas_many(self._conn.js, self._tasks, [
             (token(task.id), encode(new), last, None) for _, task, new, last, _ in chosen])
         out: dict[int, ClaimedTask | None] = {}
+        armed: dict[float, list[tuple[str, _Held]]] = {}
         for (msg, task, new, _, ack_wait), revision in zip(chosen, revisions):
             if revision is None:
                 out[id(msg)] = None
@@ -773,8 +795,10 @@ class NatsTaskQueue(TaskQueue):
             lease_id = msg.reply or ""
             held = _Held(new, revision, ack_wait)
             self._held[lease_id] = held
-            self._arm(lease_id, held)
+            armed.setdefault(ack_wait, []).append((lease_id, held))
             out[id(msg)] = ClaimedTask(task, lease_id, new["attempt"], new["deadline"], worker_id)
+        for leases in armed.values():
+            self._arm_together(leases)
         return out
 
     async def _give_back_unneeded(self, node_type: str, msg: Msg) -> None:
@@ -886,6 +910,28 @@ class NatsTaskQueue(TaskQueue):
         keeper. Most tasks are settled within it, and a timer costs a fraction of a task."""
         delay = max(0.0, min(held.record["deadline"] - time.time(), held.ack_wait / 3))
         held.timer = asyncio.get_running_loop().call_later(delay, self._start_keeper, lease_id, held)
+
+    def _arm_together(self, leases: list[tuple[str, _Held]]) -> None:
+        """``_arm`` for leases claimed together with one AckWait: one timer for all of them, due
+        at the first one's time (the earliest deadline, or a third of AckWait), instead of a
+        timer each (made, pushed on the loop's heap and cancelled per task). A lease settled
+        meanwhile is skipped when it fires; once all are, it is cancelled (``_SharedTimer``)."""
+        if len(leases) == 1:
+            self._arm(*leases[0])
+            return
+        earliest = min(held.record["deadline"] for _, held in leases)
+        delay = max(0.0, min(earliest - time.time(), leases[0][1].ack_wait / 3))
+        shared = _SharedTimer(len(leases))
+        for _, held in leases:
+            held.timer = shared
+        shared.handle = asyncio.get_running_loop().call_later(
+            delay, self._start_keepers, shared, [lease_id for lease_id, _ in leases])
+
+    def _start_keepers(self, shared: _SharedTimer, lease_ids: list[str]) -> None:
+        for lease_id in lease_ids:
+            held = self._held.get(lease_id)
+            if held is not None and held.timer is shared:
+                self._start_keeper(lease_id, held)
 
     def _start_keeper(self, lease_id: str, held: _Held) -> None:
         held.timer = None
@@ -1008,9 +1054,10 @@ class NatsTaskQueue(TaskQueue):
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
 
     async def _ack_chained(self, claim: ClaimedTask, held: _Held, change: dict[str, Any], raw_result: bytes) -> bool:
-        """``ack``'s commit against the remembered revision of our lease, its done event and its
-        confirmed ack sent from the client's reader as soon as the commit is stored (one wait,
-        two round trips). False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
+        """``ack``'s commit against the remembered revision of our lease, its confirmed ack sent
+        from the client's reader as soon as the commit is stored (one wait, two round trips),
+        and its done event queued there too (``DoneBatch``: published once that read is over,
+        with those of the other acks it found stored). False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
         task_id, nc = claim.task.id, self._conn.nc
         fields = {**held.record, **change}
         fields.pop("result", None)
@@ -1018,10 +1065,15 @@ class NatsTaskQueue(TaskQueue):
         raw = encode(fields)[:-1] + b',"result":' + raw_result + b"}"
         done = done_payload_raw(task_id, raw_result)
 
+        announce = self._done_batch
+        if announce is None or announce.nc is not nc:
+            announce = self._done_batch = DoneBatch(nc, self._conn.names.done_subject)
+
         def committed(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
-            # Committed: the lease is settled, the result announced, then the message acked.
+            # Committed: the lease is settled, the message acked, and the result announced
+            # with those of the other acks this read stored (one event: ``DoneBatch``).
             self._forget(claim.lease_id)
-            replies.send(nc, self._conn.names.done_subject, done)
+            announce.add(done)
             return claim.lease_id, b"+ACK", None
 
         request = kv.cas_request(self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)
