@@ -382,14 +382,20 @@ local function give_back(id, lease)
 end
 
 -- After applying time: 'held' if lease L holds task id; a repeated call sees 'settled'.
--- (The hash is read before time is applied, and again only when that moved a task.)
+-- Time is applied to the task's type only once its own deadline has passed: before that
+-- it would move other tasks, never this one (claims, enqueues and result waits apply it
+-- for them). The hash is read before, and again only when that moved a task. The third
+-- value is the task's attempt count as its hash holds it (text, or nil).
 local function check_held(id, lease, op, now)
   local h = k_task(id)
-  local f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled')
+  local f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled', 'deadline', 'attempt')
   local t = f[1]
   if not t then return 'lost', nil end
-  if tick(t, now) > 0 then f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled') end
-  if f[2] == 'claimed' and f[3] == lease then return 'held', t end
+  local deadline = number_of(f[5])
+  if (not deadline or deadline <= now) and tick(t, now) > 0 then
+    f = redis.call('HMGET', h, 'type', 'state', 'lease', 'settled', 'deadline', 'attempt')
+  end
+  if f[2] == 'claimed' and f[3] == lease then return 'held', t, f[6] end
   if f[4] and string.sub(f[4], 1, #op + 1) == op .. '|' then return 'settled', string.sub(f[4], #op + 2) end
   return 'lost', nil
 end
@@ -669,7 +675,7 @@ local function top_up(c, now, age, park_ms)
   return 2
 end
 local now = now_ms()
-local state, t = check_held(id, lease, op, now)
+local state, t, attempt = check_held(id, lease, op, now)
 if state == 'settled' then return 1 end
 if state ~= 'held' then return -1 end
 local h = k_task(id)
@@ -678,7 +684,9 @@ redis.call('HDEL', h, 'raw', 'deadline', 'member', 'worker')
 -- The hash stays as a tombstone for result_ttl so that enqueue stays idempotent.
 redis.call('HSET', h, 'state', 'done', 'lease', '', 'settled', op .. '|1')
 redis.call('PEXPIRE', h, RESULT_TTL)
-redis.call('DEL', k_errors(id))
+-- A first attempt has no errors kept (a nack or an expired lease writes them, and the next
+-- delivery is attempt 2 or later; a requeue deletes them).
+if attempt ~= '1' then redis.call('DEL', k_errors(id)) end
 store_result(id, ARGV[7])
 if ARGV[8] and ARGV[8] ~= '' then return top_up(ARGV[8], now, tonumber(ARGV[9]), tonumber(ARGV[10])) end
 return 1

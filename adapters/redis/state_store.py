@@ -3,7 +3,8 @@
 Data layout (``{p}`` is the prefix, ``{w}`` a workflow id)::
 
     {p}:wf:r:{w}          HASH  rec (record JSON), ver, status, created, cid (commit id),
-                                ctip (id of the newest checkpoint entry)
+                                ctip (id of the newest checkpoint entry), ttl (the last
+                                save's state_ttl in ms, '' for none)
     {p}:wf:c:{w}          LIST  checkpoint entries, oldest first (RPUSH: append-only): full
                                 snapshots and deltas chained to them (core.checkpoint_delta)
     {p}:wf:l:{w}          HASH  owner, token, deadline (ms, server time), max (the
@@ -106,24 +107,26 @@ _SAVE_BODY = r"""
 --          deadline ms} or an error tuple ({'held'}: another owner holds the lease).
 local P, id, expected = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local owner = ARGV[13] or ''
-local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid', 'created')
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'status', 'cid', 'created', 'ctip', 'ttl')
 local token = ARGV[8]
 local lease_now, grant_new = nil, false
+local held = nil  -- the lease hash's owner, token, deadline and max, read once
 if owner ~= '' then
   -- The grant is decided before anything is written, and written only with the record.
   lease_now = now_ms()
-  local f = redis.call('HMGET', KEYS[3], 'owner', 'token', 'deadline')
-  if f[1] and f[1] ~= '' and tonumber(f[3]) > lease_now then
-    if f[1] ~= owner then return {'held'} end
-    token = f[2]
+  held = redis.call('HMGET', KEYS[3], 'owner', 'token', 'deadline', 'max')
+  if held[1] and held[1] ~= '' and tonumber(held[3]) > lease_now then
+    if held[1] ~= owner then return {'held'} end
+    token = held[2]
   else
     grant_new = true
-    token = tostring(tonumber(redis.call('HGET', KEYS[3], 'max') or '0') + 1)
+    token = tostring(tonumber(held[4] or '0') + 1)
   end
 end
 if cur[1] and tonumber(cur[1]) == expected + 1 and cur[3] == ARGV[10] then return {'ok', 0, token, 0} end
 if token ~= '' and not grant_new then
-  local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+  if held == nil then held = redis.call('HMGET', KEYS[3], 'owner', 'token', 'deadline', 'max') end
+  local max = tonumber(held[4] or '0')
   if tonumber(token) < max then return {'fenced', max} end
 end
 if expected == 0 then
@@ -132,7 +135,7 @@ else
   if not cur[1] or tonumber(cur[1]) ~= expected then return {'conflict', cur[1] or ''} end
 end
 local base = ARGV[11] or ''
-if base ~= '' and redis.call('HGET', KEYS[1], 'ctip') ~= base then return {'rebase'} end
+if base ~= '' and cur[5] ~= base then return {'rebase'} end
 local deadline = 0
 if owner ~= '' then
   deadline = lease_now + tonumber(ARGV[14])
@@ -142,8 +145,11 @@ if owner ~= '' then
     redis.call('HSET', KEYS[3], 'deadline', deadline)
   end
 end
-if ARGV[15] == '1' and redis.call('HGET', KEYS[3], 'token') == token then
-  redis.call('HSET', KEYS[3], 'owner', '', 'deadline', 0)
+if ARGV[15] == '1' then
+  -- (The token the lease hash holds now: the one just granted, or as read above.)
+  local holder
+  if grant_new then holder = token elseif held then holder = held[2] else holder = redis.call('HGET', KEYS[3], 'token') end
+  if holder == token then redis.call('HSET', KEYS[3], 'owner', '', 'deadline', 0) end
 end
 -- The indexes are written only when the record is new, its created_at (their score) changes
 -- or its status moves: most saves leave them as they are (an entry a listing dropped belonged
@@ -155,17 +161,23 @@ if expected == 0 or cur[4] ~= ARGV[6] then
 elseif cur[2] ~= ARGV[5] then
   redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
 end
-redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
-           'cid', ARGV[10])
 local count = 0
+local ttl = ARGV[9]
 if ARGV[7] ~= '' then
   count = redis.call('RPUSH', KEYS[2], ARGV[7])
-  redis.call('HSET', KEYS[1], 'ctip', ARGV[12] or '')
-end
-if ARGV[9] ~= '' then
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
+  redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
+             'cid', ARGV[10], 'ttl', ttl, 'ctip', ARGV[12] or '')
 else
-  for i = 1, 3 do redis.call('PERSIST', KEYS[i]) end
+  redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', expected + 1, 'status', ARGV[5], 'created', ARGV[6],
+             'cid', ARGV[10], 'ttl', ttl)
+end
+-- 'ttl' keeps this save's state_ttl: after a save without one no key of the three has an
+-- expiry (each save sets or removes all three; a lease takes the record's), so the next save
+-- without one removes none. A record that did not exist has none either.
+if ttl ~= '' then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+elseif cur[6] ~= '' then  -- the last save set one, or is not known (a record written before 'ttl' was kept)
+  for i = cur[1] and 1 or 2, 3 do redis.call('PERSIST', KEYS[i]) end
 end
 return {'ok', count, token, deadline}
 """

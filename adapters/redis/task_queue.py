@@ -34,7 +34,9 @@ Atomicity: enqueue (of a whole batch, ``enqueue_many``), claim, extend, ack (res
 letter), release, cancel, requeue and dead-lettering are each one script. There is no
 separate reaper: every script that reads a node type first applies time to it (due
 delayed tasks become ready, overdue leases are re-queued or dead-lettered), so any
-claimer, waiter or stats call moves the queue forward.
+claimer, waiter or stats call moves the queue forward. (Settling a task, by ack, nack,
+extend or release, applies it only once that task's own deadline has passed: before, it
+could not change that task, and the claims and waits that follow apply it for the rest.)
 
 Undecodable payloads: ``claim`` returns raw bytes, Python decodes them, and a delivery
 that does not decode is dead-lettered by the ``BAD_PAYLOAD`` script with the reason

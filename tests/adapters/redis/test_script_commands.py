@@ -176,3 +176,113 @@ def test_saves_write_the_workflow_indexes_only_when_what_they_hold_changes() -> 
     assert everything == [("w", 2000.25)] and running == [] and interrupted == [("w", 2000.25)]
     assert score == 2000.25
     assert by_status[WorkflowStatus.INTERRUPTED] == 1 and by_status[WorkflowStatus.RUNNING] == 0
+
+
+def test_settling_a_live_lease_applies_no_time_and_a_first_attempt_deletes_no_errors() -> None:
+    """An ack, extend or nack of a lease whose deadline is ahead reads no delayed or leased set
+    (time cannot move that task); an ack of a first attempt deletes no error list (it has none).
+    A later attempt's ack removes the errors its earlier attempts left."""
+
+    async def scenario(url: str) -> tuple[list[dict[str, int]], int, Any]:
+        backend = open_redis_backend(url, BackendOptions.from_url(url, prefix="st", heartbeat_ttl=600))
+        probe = redis_asyncio.Redis.from_url(url)
+        queue = backend.task_queue
+        counts = []
+        try:
+            await backend.connect()
+            await queue.enqueue_many([Task(f"t{i}", "wf", "n", "a", {"i": i}) for i in range(3)])
+            held = await queue.claim(["a"], worker_id="w", max_tasks=3)
+            for call in (lambda: queue.extend(held[0], 30.0), lambda: queue.ack(held[0], {"ok": 1}),
+                         lambda: queue.nack(held[1], "boom"), lambda: queue.ack(held[2], {"ok": 2})):
+                before = await _calls(probe, "zrangebyscore", "del")
+                await call()
+                after = await _calls(probe, "zrangebyscore", "del")
+                counts.append({c: after[c] - before[c] for c in after})
+            again = await queue.claim(["a"], worker_id="w", max_tasks=1)
+            errors_before = await probe.llen("st:q:e:t1")
+            await queue.ack(again[0], {"ok": 3})
+            results = await queue.wait_results(["t0", "t1", "t2"], timeout=1.0)
+            return counts, errors_before, (again[0].attempt, await probe.exists("st:q:e:t1"),
+                                           sorted((k, r.output["ok"]) for k, r in results.items()))
+        finally:
+            await probe.aclose()
+            await backend.close()
+
+    with RedisServer() as server:
+        counts, errors_before, (attempt, errors_after, outputs) = run(scenario(server.url), 50)
+    nothing = {"zrangebyscore": 0, "del": 0}
+    assert counts == [nothing, nothing, nothing, nothing]
+    assert (attempt, errors_before, errors_after) == (2, 1, 0)
+    assert outputs == [("t0", 1), ("t1", 3), ("t2", 2)]
+
+
+def test_an_expired_lease_is_still_lost_to_its_ack_and_re_delivered() -> None:
+    """The deadline check that spares a live lease the time step does not spare an expired one:
+    its ack is refused (LeaseLostError) and the task goes back to the queue with the error kept."""
+    from distributed_agents.core.errors import LeaseLostError
+
+    async def scenario(url: str) -> tuple[bool, int, Any]:
+        backend = open_redis_backend(url, BackendOptions.from_url(url, prefix="ex", heartbeat_ttl=600))
+        queue = backend.task_queue
+        try:
+            await backend.connect()
+            await queue.enqueue_many([Task("t", "wf", "n", "a", {})])
+            first = await queue.claim(["a"], worker_id="w", max_tasks=1, lease_seconds=0.05)
+            await asyncio.sleep(0.2)
+            lost = False
+            try:
+                await queue.ack(first[0], {"ok": 1})
+            except LeaseLostError:
+                lost = True
+            second = await queue.claim(["a"], worker_id="w2", max_tasks=1)
+            await queue.ack(second[0], {"ok": 2})
+            result = (await queue.wait_results(["t"], timeout=1.0))["t"]
+            return lost, second[0].attempt, result.output
+        finally:
+            await backend.close()
+
+    with RedisServer() as server:
+        lost, attempt, output = run(scenario(server.url), 50)
+    assert lost and attempt == 2 and output == {"ok": 2}
+
+
+def test_saves_without_a_state_ttl_remove_no_expiry_after_the_first_and_one_left_by_a_ttl_store_goes() -> None:
+    """A store without state_ttl: the save after one without a ttl runs no PERSIST (no key has
+    an expiry), and a delta save reads nothing more of the record than its first HMGET. After a
+    save by a store with state_ttl, the next save without one removes the expiries (the three
+    keys live for ever again), as before."""
+    from distributed_agents.adapters.redis import RedisStateManager
+
+    async def scenario(url: str) -> tuple[list[dict[str, int]], list[int], list[int]]:
+        plain = RedisStateManager(url, prefix="pt")
+        expiring = RedisStateManager(url, prefix="pt", state_ttl=600)
+        probe = redis_asyncio.Redis.from_url(url)
+        keys = ["pt:wf:r:w", "pt:wf:c:w", "pt:wf:l:w"]
+        counts = []
+        try:
+            lease = await plain.acquire_lease("w", "o", 30.0)
+            assert lease is not None
+            saved = await plain.save(_record("w"), expected_version=0, fencing_token=lease.fencing_token,
+                                     checkpoint=Checkpoint("w", 0, {"x": 0}))
+            for n in range(1, 4):
+                before = await _calls(probe, "persist", "hget", "pexpire")
+                saved = await plain.save(saved.evolve(state={"x": n}, step=n), expected_version=saved.version,
+                                         fencing_token=lease.fencing_token, checkpoint=Checkpoint("w", n, {"x": n}))
+                after = await _calls(probe, "persist", "hget", "pexpire")
+                counts.append({c: after[c] - before[c] for c in after})
+            saved = await expiring.save(saved.evolve(state={"x": 9}, step=4), expected_version=saved.version,
+                                        fencing_token=lease.fencing_token, checkpoint=Checkpoint("w", 4, {"x": 9}))
+            ttls = [await probe.pttl(k) for k in keys]
+            await plain.save(saved.evolve(state={"x": 10}, step=5), expected_version=saved.version,
+                             fencing_token=lease.fencing_token, checkpoint=Checkpoint("w", 5, {"x": 10}))
+            return counts, ttls, [await probe.pttl(k) for k in keys]
+        finally:
+            await probe.aclose()
+            await plain.close()
+            await expiring.close()
+
+    with RedisServer() as server:
+        counts, ttls, after = run(scenario(server.url), 50)
+    assert counts == [{"persist": 0, "hget": 0, "pexpire": 0}] * 3
+    assert all(0 < t <= 600_000 for t in ttls), ttls
+    assert after == [-1, -1, -1]
