@@ -176,7 +176,7 @@ def node_task_id(record: WorkflowRecord, node: str) -> str:
 
 @dataclass
 class DriveOptions:
-    """Per-run settings of the step loop."""
+    """Per-run settings of the step loop (the loop keeps none of it while it runs, only ``step_limit``)."""
 
     step_limit: int
     lease_ttl: float
@@ -300,11 +300,14 @@ class StepEngine:
         self._mode = durability_of(record)
         self._inflight, self._unsaved, self._stored_step = None, None, record.step
         self._encoded = None
+        # The loop takes the limit alone: the options object is not kept while the run lasts.
+        step_limit = options.step_limit
+        del options
         progress = _Progress(record)
         # The step is bound here and again by each step that has another number.
-        logged = log_context.set_fields(workflow_id=record.workflow_id, step=record.step)
+        logged = log_context.bind_fields(workflow_id=record.workflow_id, step=record.step)
         try:
-            return await self._drive_steps(graph, progress, lease, options)
+            return await self._drive_steps(graph, progress, lease, step_limit)
         except _PASS_THROUGH:
             raise
         except asyncio.CancelledError:
@@ -322,7 +325,7 @@ class StepEngine:
                 raise
             raise await self._fail_unexpected(graph, progress, lease, exc) from exc
         finally:
-            log_context.reset(logged)
+            log_context.restore(logged)
             if self._inflight is not None:
                 # No write of this run may land after _run() returns (the lease is released then),
                 # and an error of one nobody waited for is retrieved (it is the run's error already).
@@ -331,10 +334,12 @@ class StepEngine:
                 self._inflight = None
 
     async def _drive_steps(
-        self, graph: Graph, progress: _Progress, lease: WorkflowLease, options: DriveOptions
+        self, graph: Graph, progress: _Progress, lease: WorkflowLease, step_limit: int
     ) -> WorkflowRecord:
         record = progress.record
-        recent: collections.deque[list[str]] = collections.deque(maxlen=8)
+        # The nodes of the last (up to 8) steps, for a step limit's error: tuples of names, which
+        # the collector stops tracking (a deque, or lists, it visits for as long as the run lasts).
+        recent: tuple[tuple[str, ...], ...] = ()
         run = int(record.metadata.get("run", 0))
         order = graph.node_order
         # Fixed for the run (a graph's reducers and a workflow's breakpoints do not change while it runs).
@@ -348,19 +353,19 @@ class StepEngine:
             progress.begin(record)
             if bound_step != record.step:  # (one binding fewer per run: GC-tracked objects kept while it runs)
                 bound_step = record.step
-                log_context.set_fields(step=bound_step)  # undone by _run()'s reset
+                log_context.set_fields(step=bound_step)  # undone by _run()'s restore
             if self._stepping:  # the step before committed
                 self._end_observed_step(None)
             entries = read_entries(record.frontier, order)
-            next_nodes = frontier_nodes(record.frontier)
+            next_nodes = tuple(frontier_nodes(record.frontier))  # (untracked by the collector, as ``recent``)
             if not entries:
                 progress.phase = "commit"
                 if record.status != WorkflowStatus.COMPLETED:  # e.g. a graph resumed with nothing left
                     record = await self._commit(record.evolve(status=WorkflowStatus.COMPLETED), lease)
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
-            if record.step >= options.step_limit:
-                error, cycling = _step_limit_error(graph, record, next_nodes, recent, options.step_limit)
+            if record.step >= step_limit:
+                error, cycling = _step_limit_error(graph, record, next_nodes, recent, step_limit)
                 await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
             unknown = _names_outside(next_nodes, order) if _any_outside(next_nodes, order) else None
@@ -390,19 +395,19 @@ class StepEngine:
                     # Nothing in flight ("sync", "exit"): no commit to race. The first attempt is
                     # made here (no retrying coroutine per step while the backend answers).
                     try:
-                        outcomes = await self._run_step(graph, record, run, to_run, options)
+                        outcomes = await self._run_step(graph, record, run, to_run, step_limit)
                         self._outage.succeeded()
                     except BackendUnavailableError as exc:
                         outcomes = await retry_after(
-                            exc, self._run_step, graph, record, run, to_run, options,
+                            exc, self._run_step, graph, record, run, to_run, step_limit,
                             what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage)
                 else:
                     outcomes = await self._alongside_commit(until_available(
-                        self._run_step, graph, record, run, to_run, options,
+                        self._run_step, graph, record, run, to_run, step_limit,
                         what=f"run step {record.step} of workflow {record.workflow_id!r}", outage=self._outage))
             except NodeNotFoundError as exc:
                 missing = {"node": next_nodes[0]} if len(next_nodes) == 1 else {}
-                await self._fail(record, lease, exc, {"nodes": next_nodes, "phase": "run", **missing})
+                await self._fail(record, lease, exc, {"nodes": list(next_nodes), "phase": "run", **missing})
                 raise
             progress.phase = "merge"
             # One pass each over the outputs and the entries (a step usually runs one node).
@@ -489,7 +494,7 @@ class StepEngine:
             except ExecutionError as exc:
                 await self._fail_unexpected(graph, progress, lease, exc)
                 raise
-            recent.append(next_nodes)
+            recent = (*recent[-7:], next_nodes)
             step = record.step + 1
             checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
             status = WorkflowStatus.RUNNING if frontier["next"] or frontier.get("sends") else WorkflowStatus.COMPLETED
@@ -552,7 +557,7 @@ class StepEngine:
         return record
 
     async def _run_step(
-        self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], options: DriveOptions,
+        self, graph: Graph, record: WorkflowRecord, run: int, entries: list[TaskEntry], step_limit: int,
         *, share: bool = True,
     ) -> list[NodeOutcome]:
         # Cached outputs (add_node(cache_policy=)) are used instead of running those tasks, and
@@ -575,12 +580,13 @@ class StepEngine:
         workflow_priority = int(record.metadata.get("priority", 0))
         answers = record.frontier.get("resume") or {}
         local: dict[str, NodeFunction] = {}
-        local_calls: list[NodeCall] = []
+        # (Made when a node runs here: what this coroutine holds while its tasks run is visited
+        # by every collection meanwhile, hundreds of steps at once. The ids are a tuple of
+        # strings, which the collector stops tracking.)
+        local_calls: list[NodeCall] | None = None
         remote_calls: list[NodeCall] = []
         batches = []
-        task_ids = []
-        for entry in entries:
-            task_ids.append(node_task_id(record, entry.key))
+        task_ids = _task_ids(record, entries)
         for entry, task_id in zip(entries, task_ids):
             name = entry.node
             spec = graph.node(name)
@@ -594,8 +600,7 @@ class StepEngine:
                 continue
             func = self._local_function(spec)
             # Built already when the first step's tasks were queued with the create (first_step_calls).
-            first = self.first_calls.pop(task_id, None) if self.first_calls else None
-            call, sent = first if first is not None else (None, None)
+            call, sent = self.first_calls.pop(task_id, _NOT_SENT) if self.first_calls else _NOT_SENT
             if call is None:
                 shared = func is not None and entry.arg is None and flat
                 if entry.arg is None and not shared and encoded is None:
@@ -604,9 +609,11 @@ class StepEngine:
                         len(encoded or b"") > INLINE_STATE_LIMIT:
                     reference = await self._state_reference(record, len(encoded or b"")) or {}
                 call = _node_call(graph, record, entry, spec, task_id, bool(shared), encoded, reference,
-                                  func is not None, workflow_priority, answers, options.step_limit, self._trace)
+                                  func is not None, workflow_priority, answers, step_limit, self._trace)
             if func is not None:
                 local[name] = func
+                if local_calls is None:
+                    local_calls = []
                 local_calls.append(call)
             else:
                 remote_calls.append(call)
@@ -623,7 +630,12 @@ class StepEngine:
         if remote_calls:
             batches.append(self._queue_executor.run(remote_calls))
         # One batch (the usual case) is awaited as it is: a task per step costs more than a no-op node.
-        results = [await batches[0]] if len(batches) == 1 else await asyncio.gather(*batches)
+        if len(batches) == 1:
+            batch = batches[0]
+            del batches  # (not kept while the step waits, as local_calls above)
+            results = [await batch]
+        else:
+            results = await asyncio.gather(*batches)
         if len(results) == 1 and len(results[0]) == len(entries) == 1:
             outcomes = results[0]  # one task: its outcome
         else:
@@ -632,7 +644,7 @@ class StepEngine:
             return outcomes
         settled = await self._cache_store(graph, record, all_entries, keys, hits,
                                           dict(zip((e.key for e in entries), outcomes)))
-        return await self._cache_share(graph, record, run, all_entries, followers, settled, options)
+        return await self._cache_share(graph, record, run, all_entries, followers, settled, step_limit)
 
     async def _handler_input(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> TaskEntry:
         """``entry`` with the state its ``state_ref`` names read into its ``arg`` (``{**arg, "state": ...}``)
@@ -728,7 +740,7 @@ class StepEngine:
 
     async def _cache_share(
         self, graph: Graph, record: WorkflowRecord, run: int, entries: Sequence[TaskEntry],
-        followers: Mapping[str, str], settled: Mapping[str, NodeOutcome], options: DriveOptions,
+        followers: Mapping[str, str], settled: Mapping[str, NodeOutcome], step_limit: int,
     ) -> list[NodeOutcome]:
         """Every entry's outcome, in order: a follower gets its leader's output when that is cacheable.
 
@@ -748,7 +760,7 @@ class StepEngine:
             else:
                 leftovers.append(entry)
         if leftovers:
-            again = await self._run_step(graph, record, run, leftovers, options, share=False)
+            again = await self._run_step(graph, record, run, leftovers, step_limit, share=False)
             outcomes.update(zip((entry.key for entry in leftovers), again))
         return [outcomes[entry.key] for entry in entries]
 
@@ -1257,8 +1269,17 @@ def _breakpoint_names(graph: Graph, record: WorkflowRecord, when: str) -> Sequen
 # into a cell, a GC-tracked object made on every call and kept for the whole run, and a
 # run is alive across many collections while hundreds of workflows are in flight.
 
+# A call not built before the step (queued with the workflow's create): none, and no time it was sent.
+_NOT_SENT: tuple[NodeCall | None, float | None] = (None, None)
+
+
+def _task_ids(record: WorkflowRecord, entries: Sequence[TaskEntry]) -> tuple[str, ...]:
+    """The task ids of ``entries`` in ``record``'s current step, in their order."""
+    return tuple([node_task_id(record, entry.key) for entry in entries])
+
+
 def _step_limit_error(
-    graph: Graph, record: WorkflowRecord, next_nodes: Sequence[str], recent: Sequence[list[str]], limit: int
+    graph: Graph, record: WorkflowRecord, next_nodes: Sequence[str], recent: Sequence[Sequence[str]], limit: int
 ) -> tuple[StepLimitExceededError, list[str]]:
     """The error of a workflow at ``limit`` steps with ``next_nodes`` pending, and the nodes cycling.
 

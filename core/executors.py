@@ -13,8 +13,8 @@ import contextlib
 import contextvars
 import time
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from distributed_agents.core.codec import decode
@@ -258,7 +258,7 @@ class TaskQueueExecutor(NodeExecutor):
     ``worker_timeout`` set, waiting longer than that fails the node.
 
     When the step is cancelled, tasks no worker has claimed yet are taken back only if
-    ``withdraw_on_cancel()`` says so (the workflow itself was cancelled). A step stopped
+    ``withdraw_on_cancel(workflow_id)`` says so for the calls' workflow (it was cancelled). A step stopped
     because this orchestrator lost the workflow's lease, or is closing, leaves its tasks
     queued: the orchestrator that takes over enqueues the same task ids and reuses them,
     and withdrawing them here could remove tasks the new owner is waiting for.
@@ -270,10 +270,13 @@ class TaskQueueExecutor(NodeExecutor):
     on_waiting: WaitingHook | None = None
     poll_interval: float = 1.0
     require_workers: bool = False
-    withdraw_on_cancel: Callable[[], bool] | None = None
+    # Given the workflow id (one callable per orchestrator, not one made per run: each is a
+    # GC-tracked object kept while the run lasts, hundreds of runs at once).
+    withdraw_on_cancel: Callable[[str], bool] | None = None
     # Ids of tasks already queued when the workflow was created with them
     # (``StateStore.create_leased_enqueuing``): their first run does not enqueue them again.
-    enqueued: set[str] = field(default_factory=set)
+    # (A tuple of strings: the collector stops tracking it.)
+    enqueued: Collection[str] = ()
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
         if self.require_workers:
@@ -291,21 +294,22 @@ class TaskQueueExecutor(NodeExecutor):
             started = time.time()
             # (No comprehension here reads a local or self: each would make a cell per step, kept
             # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
-            by_id = {call.task_id: call for call in calls}
+            # Calls by task id; none for one call (the usual step), looked up as ``_call_of`` says.
+            by_id = _by_task_id(calls)
             fresh: Sequence[NodeCall] = calls
             if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
                 fresh = _not_enqueued(calls, self.enqueued)
-                self.enqueued.clear()
+                self.enqueued = ()
             if fresh:
                 # A fan-out's tasks go out as one batch (one round trip on Redis).
                 await self._enqueue_whole(_tasks_of(fresh, self.queue.max_attempts))
             outcomes: dict[str, NodeOutcome] = {}
             waiting_since: float | None = None
             while len(outcomes) < len(calls):
-                pending = _keys_outside(by_id, outcomes)
+                pending = _ids_outside(calls, by_id, outcomes)
                 results = await self.queue.wait_results(pending, timeout=self.poll_interval)
                 for task_id, result in results.items():
-                    call = by_id[task_id]
+                    call = _call_of(calls, by_id, task_id)
                     failure = None if result.status == "succeeded" else NodeFailure.from_text(result.error or "failed")
                     outcomes[task_id] = NodeOutcome(
                         call.node, task_id, dict(result.output or {}) if result.output is not None else None,
@@ -320,7 +324,7 @@ class TaskQueueExecutor(NodeExecutor):
                         await self._waited(waiting_since)
                         waiting_since = None
                     continue
-                missing = await self._types_without_workers(_values_of(by_id, pending))
+                missing = await self._types_without_workers(_calls_of(calls, by_id, pending))
                 if not missing:
                     if waiting_since is not None:
                         await self._waited(waiting_since)
@@ -336,7 +340,7 @@ class TaskQueueExecutor(NodeExecutor):
                     )
             return _outcomes_of(calls, outcomes)
         except asyncio.CancelledError:
-            if self.withdraw_on_cancel is not None and not self.withdraw_on_cancel():
+            if self.withdraw_on_cancel is not None and not self.withdraw_on_cancel(calls[0].workflow_id):
                 raise
             for call in calls:  # take back tasks no worker has claimed yet
                 try:
@@ -358,7 +362,7 @@ class TaskQueueExecutor(NodeExecutor):
         try:
             await asyncio.shield(enqueue)
         except asyncio.CancelledError:
-            if self.withdraw_on_cancel is None or not self.withdraw_on_cancel():
+            if self.withdraw_on_cancel is None or not self.withdraw_on_cancel(tasks[0].workflow_id):
                 enqueue.cancel()
                 raise
             with contextlib.suppress(Exception):  # what it failed to queue needs no withdrawing
@@ -389,20 +393,42 @@ def _no_worker_error(calls: Sequence[NodeCall], missing: Sequence[str]) -> NodeN
     )
 
 
-def _not_enqueued(calls: Sequence[NodeCall], enqueued: set[str]) -> list[NodeCall]:
-    return [call for call in calls if call.task_id not in enqueued]
+def _not_enqueued(calls: Sequence[NodeCall], enqueued: Collection[str]) -> tuple[NodeCall, ...]:
+    # (A tuple: none, the usual answer, is the empty tuple, which no collection visits.)
+    return tuple([call for call in calls if call.task_id not in enqueued])
 
 
 def _tasks_of(calls: Sequence[NodeCall], max_attempts: int) -> list[Task]:
     return [node_task(call, max_attempts) for call in calls]
 
 
-def _keys_outside(keys: Mapping[str, Any], done: Mapping[str, Any]) -> list[str]:
-    return [key for key in keys if key not in done]
+def _by_task_id(calls: Sequence[NodeCall]) -> dict[str, NodeCall] | None:
+    """``calls`` by task id; None for a single call: a dict is a GC-tracked object, kept while the step waits."""
+    return {call.task_id: call for call in calls} if len(calls) > 1 else None
 
 
-def _values_of(by_key: Mapping[str, NodeCall], keys: Sequence[str]) -> list[NodeCall]:
-    return [by_key[key] for key in keys]
+def _call_of(calls: Sequence[NodeCall], by_id: Mapping[str, NodeCall] | None, task_id: str) -> NodeCall:
+    """The call of ``task_id`` (``KeyError`` if it is none of them); ``by_id`` is ``_by_task_id(calls)``."""
+    if by_id is not None:
+        return by_id[task_id]
+    if calls[0].task_id != task_id:
+        raise KeyError(task_id)
+    return calls[0]
+
+
+def _ids_outside(calls: Sequence[NodeCall], by_id: Mapping[str, NodeCall] | None,
+                 done: Mapping[str, Any]) -> tuple[str, ...]:
+    """The task ids of ``calls`` not in ``done``, in order.
+
+    A tuple of strings: the collector stops tracking it while the step waits on it.
+    """
+    if by_id is None:
+        return tuple([call.task_id for call in calls if call.task_id not in done])
+    return tuple([key for key in by_id if key not in done])
+
+
+def _calls_of(calls: Sequence[NodeCall], by_id: Mapping[str, NodeCall] | None, keys: Sequence[str]) -> list[NodeCall]:
+    return [_call_of(calls, by_id, key) for key in keys]
 
 
 def _outcomes_of(calls: Sequence[NodeCall], outcomes: Mapping[str, NodeOutcome]) -> list[NodeOutcome]:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["FIELDS", "LogContextFilter", "bind", "current", "reset", "set_fields"]
+__all__ = ["FIELDS", "LogContextFilter", "bind", "bind_fields", "current", "reset", "restore", "set_fields"]
 
 # The record attributes, in the order they are shown.
 FIELDS: tuple[str, ...] = ("workflow_id", "step", "node", "task_id", "attempt")
@@ -60,6 +60,22 @@ def set_fields(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
 def reset(token: contextvars.Token[Mapping[str, Any]]) -> None:
     """Restore the fields bound before the ``set_fields`` call that returned ``token``."""
     _bound.reset(token)
+
+
+def bind_fields(**fields: Any) -> Mapping[str, Any]:
+    """``set_fields(**fields)``, returning the fields bound before it: undo with ``restore(them)``.
+
+    No token is kept: a token is a GC-tracked object, and a workflow run keeps its
+    binding for as long as it runs, hundreds of runs at once in one orchestrator.
+    """
+    before = _bound.get()
+    set_fields(**fields)
+    return before
+
+
+def restore(before: Mapping[str, Any]) -> None:
+    """Bind again the fields ``bind_fields`` returned (those bound before it)."""
+    _bound.set(before)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
@@ -75,7 +75,7 @@ from distributed_agents.core.state import State, check_values, new_workflow_id, 
 from distributed_agents.core.incarnation import INCARNATION_KEY, incarnation_of, new_incarnation
 from distributed_agents.core.subgraphs import PARENT_KEY, SubgraphRunner, children_of, scoped_events, with_positions
 from distributed_agents.core.status import WorkflowStatusInfo, page_workflows, status_filter
-from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
+from distributed_agents.core.stream_writer import swap_stream_sink
 from distributed_agents.core.streaming import (
     DEFAULT_BUFFER_SIZE,
     ChunkStream,
@@ -491,6 +491,10 @@ class Orchestrator:
         self._connected = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop connect() last ran in
         self._cancelled: set[str] = set()  # workflows cancel_workflow stopped in this process
+        # What every run's engine and executor are given, made once: a bound method made per run
+        # is a GC-tracked object kept while the run lasts, hundreds of runs at once.
+        self._is_cancelled = self._cancelled.__contains__
+        self._local_lookup = self._local_function
         self._mismatch_logged: set[tuple[str, str]] = set()  # (workflow, sha256) recovery skipped
         # One outage report per process, shared by every workflow it drives.
         self._outage = Outage(log, f"orchestrator {self.orchestrator_id}")
@@ -579,7 +583,7 @@ class Orchestrator:
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
     def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None,
-                graph: Graph | None = None, enqueued: set[str] | None = None) -> StepEngine:
+                graph: Graph | None = None, enqueued: Collection[str] = ()) -> StepEngine:
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
@@ -590,11 +594,10 @@ class Orchestrator:
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,
-            withdraw_on_cancel=functools.partial(self._cancelled.__contains__, workflow_id),
-            enqueued=enqueued or set(),
+            withdraw_on_cancel=self._is_cancelled, enqueued=enqueued,
         )
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
-                          local_function=self._local_function, outage=self._outage,
+                          local_function=self._local_lookup, outage=self._outage,
                           payload_limit=backend.max_payload_bytes, cache=self._cache(),
                           subgraphs=self._subgraph_call(), instrumentation=self._observer())
 
@@ -1668,16 +1671,14 @@ class Orchestrator:
             await self.backend.state_store.release_lease(lease)
 
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None,
-                     enqueued: Mapping[str, tuple[NodeCall, float]] | None = None) -> State:
+                     enqueued: dict[str, tuple[NodeCall, float]] | None = None) -> State:
         workflow_id = record.workflow_id
-        # A continued run (execute(continue_completed=True)) counts its steps from where it started.
-        options = DriveOptions(step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
-                               lease_ttl=self.lease_ttl)
         publisher = self._publisher()
         publisher.start()
-        engine = self._engine(workflow_id, lease, record.metadata, graph, set(enqueued or ()))
+        engine = self._engine(workflow_id, lease, record.metadata, graph, tuple(enqueued or ()))
         if enqueued:
-            engine.first_calls.update(enqueued)
+            # The caller's dict itself (it keeps it while the run lasts): no second dict of them.
+            engine.first_calls = enqueued
         task = asyncio.current_task()
         assert task is not None  # asyncio runs every coroutine in a task
         # Driven here, in the caller's task (see _Drive): stopping the run cancels this task.
@@ -1686,15 +1687,20 @@ class Orchestrator:
         handed_over = lease_lost = False
         renewal = self._renewer.add(lease, drive, engine.released_lease)
         try:
-            sink = set_stream_sink(publisher)  # in-process nodes stream through this orchestrator's publisher
+            # In-process nodes stream through this orchestrator's publisher.
+            sink = swap_stream_sink(publisher)
             # Cancellations the caller's task had pending already are not this run's (core.run_cancels).
             pending = run_cancels.begin(task)
             try:
-                final = await engine.drive(graph, record, lease, options)
+                # A continued run (execute(continue_completed=True)) counts its steps from where it
+                # started. (No local of the options: this frame is kept while the run lasts.)
+                final = await engine.drive(graph, record, lease, DriveOptions(
+                    step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
+                    lease_ttl=self.lease_ttl))
             finally:
                 drive.finish()
                 run_cancels.end(task, pending)
-                reset_stream_sink(sink)
+                swap_stream_sink(sink)
                 # A stop this run asked for ends here: the caller's own cancellation (if any) goes on.
                 if drive.settle_cancel():
                     raise asyncio.CancelledError

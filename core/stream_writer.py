@@ -37,7 +37,7 @@ from distributed_agents.core.errors import InvalidNodeOutputError
 if TYPE_CHECKING:
     from distributed_agents.core.events import EventPublisher
 
-__all__ = ["StreamWriter", "current_stream_sink", "reset_stream_sink", "set_stream_sink"]
+__all__ = ["StreamWriter", "current_stream_sink", "reset_stream_sink", "set_stream_sink", "swap_stream_sink"]
 
 _OVERHEAD = 300  # bytes of a chunk's fields besides the chunk (ids, node, step, times)
 
@@ -58,6 +58,18 @@ def set_stream_sink(publisher: EventPublisher | None) -> contextvars.Token[Event
 def reset_stream_sink(token: contextvars.Token[EventPublisher | None]) -> None:
     """Undo ``set_stream_sink``."""
     _sink.reset(token)
+
+
+def swap_stream_sink(publisher: EventPublisher | None) -> EventPublisher | None:
+    """Make ``publisher`` the stream sink of this context; the sink it had (swap it back to undo).
+
+    Nothing is set when ``publisher`` is the sink already, and no token is kept: a token is
+    a GC-tracked object, kept for as long as a workflow run drives, hundreds at once.
+    """
+    before = _sink.get()
+    if before is not publisher:
+        _sink.set(publisher)
+    return before
 
 
 class StreamWriter:
