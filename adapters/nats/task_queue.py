@@ -75,6 +75,14 @@ As the port requires, a finished id is new again once its result expired, even i
 the dedup window (``_id_is_free``: the task goes out under a message id of its own),
 while a dead letter keeps its id until it is requeued or purged.
 
+Replicas. A direct get may be answered by a replica behind the stream's leader (nats-server
+issue 4162: one just restarted answers with records as they were). A write after a read is
+a CAS on the revision read, so a stale read only makes it lose; reads that decide without
+such a write, or retry after a lost one, go to the leader (``_read_from_leader``): a claim
+about to ack a message away (a stale duplicate, a settled task), a claim's retry after its
+CAS lost, settling a lease this process does not remember, ``cancel``,
+``requeue_dead_letter``, the purge mark, and the levels key's registration after a lost CAS.
+
 Waiting. Claimers wait on wake-up subjects subscribed once per queue (``wakeups``); a
 claim that took every task it saw waits for a wake-up before looking again. Results come
 in done events, which carry small results (``done_events``): a queue never reads the
@@ -376,8 +384,9 @@ class NatsTaskQueue(TaskQueue):
         key that is not such a list (written by hand) is left as it is: claims of that type
         then always look at the stream."""
         key = _levels_key(node_type)
-        for _ in range(20):
-            entry = await kv.get(self._claims, key)
+        for attempt in range(20):
+            # After a lost CAS, from the leader: a lagging replica would answer the same old revision every time.
+            entry = await (kv.get(self._claims, key) if attempt == 0 else kv.get_from_leader(self._conn.js, self._claims, key))
             levels = _levels_of(entry)
             if entry is not None and (levels is None or priority in levels):
                 return
@@ -850,13 +859,28 @@ class NatsTaskQueue(TaskQueue):
         if unlettered is not None:
             await self._dead_letter_raw(msg, node_type, unlettered)
             return None
+        # Whether the next read goes to the stream's leader: a direct get (``_read``, and the
+        # prefetch's batched one) may be answered by a replica behind it (nats-server issue
+        # 4162), so a record read so is confirmed there before its message is acked away,
+        # and read there again after a CAS it made lose (a lagging local replica would
+        # otherwise answer every retry the same and leave the task until AckWait).
+        from_leader = False
         for _ in range(5):
             try:
-                found, prefetched = prefetched or await self._read(task.id), None
+                if from_leader:
+                    found = await self._read_from_leader(task.id)
+                else:
+                    found, prefetched = prefetched or await self._read(task.id), None
             except PayloadDecodeError as exc:  # its control record is damaged: the task cannot be tracked
                 await self._dead_letter_raw(msg, node_type, str(exc))
                 return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
+            if (record.get("seq") not in (0, seq) or record["state"] in _TERMINAL) and not from_leader:
+                # About to ack the message away: a stale record (another message's, or settled
+                # before the task was queued again) would lose the task.
+                from_leader = True
+                continue
+            from_leader = False
             if record.get("seq") not in (0, seq):
                 await send_ack(self._conn.nc, lease_id, "ack")  # a stale duplicate of the task
                 return None
@@ -870,6 +894,7 @@ class NatsTaskQueue(TaskQueue):
                 queued = {**record, "state": "queued", "seq": 0}
                 revision = await kv.cas(self._conn.js, self._tasks, token(task.id), encode(queued), last=found.revision)
                 if revision is None:
+                    from_leader = True
                     continue
                 await self._republish(task, queued, revision, lease_id)
                 return _MOVED
@@ -884,6 +909,7 @@ class NatsTaskQueue(TaskQueue):
                     reason = f"lease expired on attempt {record['attempt']} of {limit}"
                     if await self._dead_letter(record, found.revision, task, reason, errors, lease_id):
                         return None
+                    from_leader = True
                     continue
             attempt = int(record.get("attempt", 0)) + 1
             try:
@@ -891,12 +917,14 @@ class NatsTaskQueue(TaskQueue):
             except PayloadDecodeError as exc:
                 if await self._dead_letter(record, found.revision, task, str(exc), errors, lease_id):
                     return None
+                from_leader = True
                 continue
             deadline = time.time() + lease
             new = {**record, "seq": seq, "state": "claimed", "attempt": attempt, "errors": errors,
                    "lease": lease_id, "worker": worker_id, "deadline": deadline}
             revision = await kv.cas(self._conn.js, self._tasks, token(task.id), encode(new), last=found.revision)
             if revision is None:
+                from_leader = True
                 continue
             held = _Held(new, revision, ack_wait)
             self._held[lease_id] = held
@@ -986,7 +1014,11 @@ class NatsTaskQueue(TaskQueue):
         if held is not None:
             record, revision = held.record, held.revision
         else:
-            found = await self._read(claim.task.id)
+            # A lease this queue does not remember (settled from another process, or after a
+            # CAS of ours lost): read from the leader, as a direct get may be answered by a
+            # replica behind it (nats-server issue 4162), whose older record would make the
+            # holder's ack a LeaseLostError and its CAS lose again.
+            found = await self._read_from_leader(claim.task.id)
             record, revision = found.record or {}, found.revision
         if (
             record.get("state") != "claimed"
@@ -1311,7 +1343,7 @@ class NatsTaskQueue(TaskQueue):
                 return False
             task = dead.task
             self._check_letter_fits(task, encode(task_to_dict(task)))
-            found = await self._read(task_id)
+            found = await self._read_from_leader(task_id)  # not a lagging replica's record from before it went dead
             if found.record is not None and not (
                 found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))
             ):
@@ -1418,7 +1450,9 @@ class NatsTaskQueue(TaskQueue):
 
     async def cancel(self, task_id: str) -> bool:
         with self._errors(f"cancel task {task_id!r}"):
-            found = await self._read(task_id)
+            # From the leader: a replica behind it could answer the record from before the
+            # task was queued (or queued again), and cancel would report a queued task uncancellable.
+            found = await self._read_from_leader(task_id)
             record = found.record
             if record is None or record["state"] not in ("queued", "delayed"):
                 return False
