@@ -19,6 +19,14 @@ and a "worker", both redis-py asyncio clients) and p50/p99 in milliseconds:
 The gaps between the lines say what each layer costs; the floor says what the machine
 (process wake-ups, loopback sockets) costs whatever the design.
 
+Under ``floor`` and ``queue`` a second line splits each task's time into its three legs,
+p50 in milliseconds (``time.perf_counter``, one clock for every process of the machine):
+``to worker`` (dispatch sent -> the worker holds the task: the dispatch script, the
+server's wake-up of the blocked worker, its decoding), ``worker`` (holds it -> sends the
+result: the no-op and the worker's own code) and ``to result`` (result sent -> the
+orchestrator holds it: the ack script, the publish, the orchestrator's wake-up). The
+legs say which process the time is spent in; their sum is close to the p50 above.
+
 ``--server-times`` adds, under each layer, the median time each script and command took
 inside redis-server (its ``SLOWLOG``, every call logged while the layer runs; the settings
 are put back afterwards): a script runs alone on the server, and a worker's wake-up
@@ -48,23 +56,50 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples) * 1000, samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
 
 
-def _floor_worker(url: str, prefix: str, runs: int) -> None:
-    async def serve() -> None:
+# Each task's legs (seconds): dispatch -> worker holds it -> result sent -> orchestrator holds it.
+Legs = dict[str, float]
+
+
+def _legs(dispatched: dict[int, float], arrived: dict[int, float], worker: dict[int, tuple[float, float]]) -> Legs:
+    """p50 of each leg in milliseconds, over the tasks timed at all four points."""
+    runs = [i for i in dispatched if i in arrived and i in worker]
+    if not runs:
+        return {}
+    return {
+        "to worker": statistics.median(worker[i][0] - dispatched[i] for i in runs) * 1000,
+        "worker": statistics.median(worker[i][1] - worker[i][0] for i in runs) * 1000,
+        "to result": statistics.median(arrived[i] - worker[i][1] for i in runs) * 1000,
+    }
+
+
+def _run_index(task_id: Any) -> int:
+    """The run number of task id ``t{i}`` (bytes or str)."""
+    return int((task_id.decode() if isinstance(task_id, bytes) else task_id)[1:])
+
+
+def _floor_worker(url: str, prefix: str, runs: int, stamps: Any) -> None:
+    async def serve() -> dict[int, tuple[float, float]]:
         client = redis_asyncio.Redis.from_url(url)
         ack = client.register_script(_ACK)
+        times = {}
         for _ in range(runs):
             popped = await client.blpop([f"{prefix}:q"], timeout=30)
             if popped is None:
                 break
+            held = time.perf_counter()
+            sent = time.perf_counter()
             await ack(keys=[f"{prefix}:r", f"{prefix}:done"], args=[popped[1], '{"ok": 1}'])
+            times[_run_index(popped[1])] = (held, sent)
         await client.aclose()
+        return times
 
-    asyncio.run(serve())
+    stamps.send(asyncio.run(serve()))
 
 
-async def floor(url: str, runs: int) -> tuple[float, float]:
+async def floor(url: str, runs: int) -> tuple[float, float, Legs]:
     prefix = f"floor{uuid.uuid4().hex[:8]}"
-    process = multiprocessing.Process(target=_floor_worker, args=(url, prefix, runs))
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.Process(target=_floor_worker, args=(url, prefix, runs, sending))
     process.start()
     client = redis_asyncio.Redis.from_url(url)
     enqueue = client.register_script(_ENQUEUE)
@@ -80,64 +115,77 @@ async def floor(url: str, runs: int) -> tuple[float, float]:
 
     reader = asyncio.ensure_future(read())
     samples = []
+    dispatched: dict[int, float] = {}
+    results: dict[int, float] = {}
     try:
         for i in range(runs):
-            started = time.perf_counter()
+            started = dispatched[i] = time.perf_counter()
             await enqueue(keys=[f"{prefix}:q"], args=[f"t{i}"])
-            samples.append(await asyncio.wait_for(arrived.get(), 30) - started)
+            results[i] = await asyncio.wait_for(arrived.get(), 30)
+            samples.append(results[i] - started)
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         await pubsub.aclose()
         await client.aclose()
+        worker = receiving.recv() if receiving.poll(60) else {}
         process.join(60)
-    return _percentiles(samples)
+    return (*_percentiles(samples), _legs(dispatched, results, worker))
 
 
-def _queue_worker(url: str, prefix: str, runs: int) -> None:
+def _queue_worker(url: str, prefix: str, runs: int, stamps: Any) -> None:
     from distributed_agents.core.backend_resolver import open_backend
 
-    async def serve() -> None:
+    async def serve() -> dict[int, tuple[float, float]]:
         backend = open_backend(url, prefix=prefix)
         await backend.connect()
         done = 0
+        times = {}
         while done < runs:
             claims = await backend.task_queue.claim(["noop"], worker_id="bench", max_tasks=32, wait=1.0)
+            held = time.perf_counter()
             for claim in claims:
+                times[_run_index(claim.task.id)] = (held, time.perf_counter())
                 await backend.task_queue.ack(claim, {"ok": 1})
                 done += 1
         await backend.close()
+        return times
 
-    asyncio.run(serve())
+    stamps.send(asyncio.run(serve()))
 
 
-async def queue(url: str, runs: int) -> tuple[float, float]:
+async def queue(url: str, runs: int) -> tuple[float, float, Legs]:
     from distributed_agents.core.backend_resolver import open_backend
     from distributed_agents.core.ports.task_queue import Task
 
     prefix = f"queue{uuid.uuid4().hex[:8]}"
-    process = multiprocessing.Process(target=_queue_worker, args=(url, prefix, runs))
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.Process(target=_queue_worker, args=(url, prefix, runs, sending))
     process.start()
     backend = open_backend(url, prefix=prefix)
     await backend.connect()
     samples = []
+    dispatched: dict[int, float] = {}
+    arrived: dict[int, float] = {}
     try:
         await asyncio.sleep(0.5)  # the worker parks
         for i in range(runs):
             task = Task(f"t{i}", "wf", "node", "noop", {"v": 1, "step": 0, "state": {}})
-            started = time.perf_counter()
+            started = dispatched[i] = time.perf_counter()
             await backend.task_queue.enqueue_many([task])
             results: dict[str, Any] = {}
             while not results:
                 results = await backend.task_queue.wait_results([task.id], timeout=1.0)
-            samples.append(time.perf_counter() - started)
+            arrived[i] = time.perf_counter()
+            samples.append(arrived[i] - started)
     finally:
         await backend.close()
+        worker = receiving.recv() if receiving.poll(60) else {}
         process.join(60)
-    return _percentiles(samples)
+    return (*_percentiles(samples), _legs(dispatched, arrived, worker))
 
 
-async def engine(url: str, runs: int) -> tuple[float, float]:
+async def engine(url: str, runs: int) -> tuple[float, float, Legs]:
     import distributed_benchmark as bench
     from distributed_agents.distributed import DistributedOrchestrator
 
@@ -149,7 +197,7 @@ async def engine(url: str, runs: int) -> tuple[float, float]:
             await bench.wait_for_workers(orchestrator, 1)
             await bench.single_workflows(orchestrator, 8, 8)
             p50, p99 = await bench.latency(orchestrator, runs)  # seconds
-            return p50 * 1000, p99 * 1000
+            return p50 * 1000, p99 * 1000, {}  # (the worker is another program: no legs)
         finally:
             await orchestrator.close()
 
@@ -224,12 +272,15 @@ async def main() -> None:
             server: dict[str, float] = {}
             if args.server_times:
                 async with _ServerTimes(url) as times:
-                    p50, p99 = await measure(url, args.runs)
+                    p50, p99, legs = await measure(url, args.runs)
                     server = await times.read()
             else:
-                p50, p99 = await measure(url, args.runs)
+                p50, p99, legs = await measure(url, args.runs)
             figures[name] = {"p50_ms": p50, "p99_ms": p99}
             print(f"{name:7s} dispatch -> result  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+            if legs:
+                figures[name]["legs_p50_ms"] = legs
+                print("        legs (p50): " + ", ".join(f"{leg} {ms:.3f} ms" for leg, ms in legs.items()), flush=True)
             if server:
                 figures[name]["server_us"] = server
                 scripts = sorted(((us, n) for n, us in server.items() if not n.endswith("(command)")), reverse=True)
