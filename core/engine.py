@@ -182,7 +182,25 @@ class DriveOptions:
     lease_ttl: float
 
 
-class StepEngine:
+class _Progress:
+    """Where the step loop is, for recording a failure no specific path caught.
+
+    ``StepEngine`` is its own (it drives one run at a time): no object of its own per run,
+    kept for as long as the run lasts, hundreds of runs at once. Set by ``begin``.
+    """
+
+    record: WorkflowRecord  # the step's starting record (the last commit)
+    phase: str  # "run", "merge" or "commit"
+    pending: Mapping[str, Mapping[str, Any]]  # the step's finished outputs that are not pauses
+
+    def begin(self, record: WorkflowRecord) -> None:
+        """A new step starts from ``record`` (the last commit)."""
+        self.record = record
+        self.phase = "run"
+        self.pending = _NO_OUTPUTS
+
+
+class StepEngine(_Progress):
     """Drives workflows step by step against one backend's state store and queue."""
 
     def __init__(
@@ -303,7 +321,8 @@ class StepEngine:
         # The loop takes the limit alone: the options object is not kept while the run lasts.
         step_limit = options.step_limit
         del options
-        progress = _Progress(record)
+        progress: _Progress = self  # (see _Progress)
+        progress.begin(record)
         # The step is bound here and again by each step that has another number.
         logged = log_context.bind_fields(workflow_id=record.workflow_id, step=record.step)
         try:
@@ -1153,21 +1172,6 @@ _PASS_THROUGH: tuple[type[BaseException], ...] = (
     WorkflowTakenOverError, WorkflowCancelledError, BackendUnavailableError, LeaseLostError,
     FencingTokenRejectedError, VersionConflictError,
 )
-
-
-class _Progress:
-    """Where the step loop is, for recording a failure no specific path caught."""
-
-    def __init__(self, record: WorkflowRecord) -> None:
-        self.record = record
-        self.phase = "run"
-        self.pending: dict[str, Mapping[str, Any]] = {}
-
-    def begin(self, record: WorkflowRecord) -> None:
-        """A new step starts from ``record`` (the last commit)."""
-        self.record = record
-        self.phase = "run"
-        self.pending = {}
 
 
 def _status_after(exc: BaseException) -> str:

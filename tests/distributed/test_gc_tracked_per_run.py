@@ -89,14 +89,14 @@ def test_a_redis_run_in_flight_keeps_few_gc_tracked_objects(redis_url: str) -> N
     # One of each per-run object, none made twice (a wrapper, a second dict of the first calls).
     for name in ("StepEngine", "TaskQueueExecutor", "NotingStore", "WaitingReporter", "NodeCall"):
         assert round(per_type.get(name, 0.0), 1) == 1.0, (name, _explain(per_type))
-    for name in ("Token", "partial", "deque", "DriveOptions"):
+    for name in ("Token", "partial", "deque", "DriveOptions", "_Progress"):
         assert per_type.get(name, 0.0) < 0.5, (name, _explain(per_type))
 
 
 def test_a_memory_run_in_flight_keeps_few_gc_tracked_objects() -> None:
     per_run, per_type = run(_per_run(f"memory://gc-{uuid.uuid4().hex[:8]}"), 100)
     assert per_run <= MEMORY_BOUND, f"{per_run:.1f} GC-tracked objects per run in flight: {_explain(per_type)}"
-    for name in ("Token", "deque", "DriveOptions"):
+    for name in ("Token", "deque", "DriveOptions", "_Progress"):
         assert per_type.get(name, 0.0) < 0.5, (name, _explain(per_type))
 
 
