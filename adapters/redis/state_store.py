@@ -148,7 +148,13 @@ end
 if ARGV[15] == '1' then
   -- (The token the lease hash holds now: the one just granted, or as read above.)
   local holder
-  if grant_new then holder = token elseif held then holder = held[2] else holder = redis.call('HGET', KEYS[3], 'token') end
+  if grant_new then
+    holder = token
+  elseif held then
+    holder = held[2]
+  else
+    holder = redis.call('HGET', KEYS[3], 'token')
+  end
   if holder == token then redis.call('HSET', KEYS[3], 'owner', '', 'deadline', 0) end
 end
 -- The indexes are written only when the record is new, its created_at (their score) changes
