@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import nats
 import pytest
@@ -121,3 +122,80 @@ def test_cancels_racing_claims_leave_each_task_cancelled_or_claimed_once_never_b
     assert not (cancelled & set(claimed)), f"cancelled and run: {sorted(cancelled & set(claimed))}"
     assert cancelled | set(claimed) == ids, f"neither cancelled nor run: {sorted(ids - cancelled - set(claimed))}"
     assert statuses == {i: "succeeded" for i in claimed}
+
+
+@pytest.mark.timeout(120)
+def test_a_task_nacked_while_a_replica_was_down_is_claimed_through_that_replica_once_it_is_back(
+        tmp_path: object) -> None:
+    """Three routed servers, streams with three replicas. Server n2 is SIGKILLed; through n0
+    the task is claimed and nacked three times (its record moves on without n2); n2 is
+    started again and a claimer that knows only n2 claims at once: it gets the task on its
+    fourth attempt with the three errors (a direct get answered by the replica just back
+    may hold the record from before; the claim must neither ack the message away on it nor
+    leave the task to AckWait), and the ack lands: one succeeded result, attempts 4."""
+    from support.nats_cluster import NatsCluster
+    from support.nats_server import find_nats_server
+
+    binary = find_nats_server()
+    assert binary is not None, "no nats-server binary"
+    cluster = NatsCluster(binary)
+
+    async def retried(what, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """``what(...)`` again while the cluster elects leaders after a kill or restart (up to 30 s)."""
+        from distributed_agents.core.errors import BackendUnavailableError
+
+        for _ in range(60):
+            try:
+                return await what(*args, **kwargs)
+            except BackendUnavailableError:
+                await asyncio.sleep(0.5)
+        return await what(*args, **kwargs)
+
+    async def scenario(prefix: str) -> tuple[list[int], list[tuple[str, int]], dict[str, Any]]:
+        writer = await open_nats(cluster.server(0).url + "?replicas=3", prefix=prefix, visibility_timeout=60)
+        attempts: list[int] = []
+        got: list[tuple[str, int]] = []
+        try:
+            await writer.task_queue.enqueue_many([Task(i, "wf", "n", "gamma", {}, max_attempts=10) for i in "tu"])
+            cluster.kill(2)
+            for k in range(3):
+                seen = 0
+                while seen < 2:
+                    claims = await retried(writer.task_queue.claim, ["gamma"], worker_id="a", max_tasks=2, wait=5)
+                    for claim in claims:
+                        attempts.append(claim.attempt)
+                        await retried(writer.task_queue.nack, claim, f"error {k}")
+                    seen += len(claims)
+            cluster.restart(2)
+            claimer = None
+            for _ in range(60):  # until JetStream answers through n2 again
+                try:
+                    claimer = await open_nats(cluster.server(2).url + "?replicas=3", prefix=prefix,
+                                              visibility_timeout=60)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.5)
+            assert claimer is not None, "n2 did not come back"
+            try:
+                for _ in range(6):
+                    for claim in await retried(claimer.task_queue.claim, ["gamma"], worker_id="b", max_tasks=2,
+                                               wait=5):
+                        got.append((claim.task.id, claim.attempt))
+                        await claimer.task_queue.ack(claim, {"by": "b"})
+                    if len(got) >= 2:
+                        break
+            finally:
+                await claimer.close()
+            results = await writer.task_queue.wait_results(["t", "u"], timeout=10)
+            return attempts, got, {k: (r.status, r.attempts, r.output) for k, r in results.items()}
+        finally:
+            await writer.close()
+
+    try:
+        cluster.start()
+        attempts, got, results = run(scenario(f"rs{uuid.uuid4().hex[:8]}"), 100)
+    finally:
+        cluster.cleanup()
+    assert sorted(attempts) == [1, 1, 2, 2, 3, 3], attempts
+    assert sorted(got) == [("t", 4), ("u", 4)], got
+    assert results == {"t": ("succeeded", 4, {"by": "b"}), "u": ("succeeded", 4, {"by": "b"})}, results
