@@ -13,7 +13,6 @@ either wins (the task never runs) or loses to exactly one claim, never both, nev
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -125,8 +124,7 @@ def test_cancels_racing_claims_leave_each_task_cancelled_or_claimed_once_never_b
 
 
 @pytest.mark.timeout(120)
-def test_a_task_nacked_while_a_replica_was_down_is_claimed_through_that_replica_once_it_is_back(
-        tmp_path: object) -> None:
+def test_a_task_nacked_while_a_replica_was_down_is_claimed_through_that_replica_once_it_is_back() -> None:
     """Three routed servers, streams with three replicas. Server n2 is SIGKILLed; through n0
     the task is claimed and nacked three times (its record moves on without n2); n2 is
     started again and a claimer that knows only n2 claims at once: it gets the task on its
