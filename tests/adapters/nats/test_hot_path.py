@@ -359,3 +359,34 @@ def test_a_shared_timer_is_cancelled_once_every_lease_it_arms_is_settled(nats_ur
             await backend.close()
 
     run(scenario(), 30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=30) | st.sampled_from(['"state":"claimed"', '"lease":"$JS.ACK.x.y.1.2.3.4.0"', "}"]),
+                max_size=4),
+       st.text(max_size=12) | st.just('"state":"claimed"'), st.sampled_from(["$JS.ACK.x.y.1.2.3.4.0", "lease\"q"]),
+       st.booleans(), st.floats(0, 1e10, allow_nan=False))
+def test_an_ack_edits_the_claims_bytes_into_the_record_encoding_would_write(
+        errors: list[str], worker: str, lease_id: str, had_expiry: bool, expires_at: float) -> None:
+    """``_done_bytes``: the record an ack stores, made from the claim's stored bytes, decodes to
+    what encoding ``{**record, **change, "result": ...}`` writes, whatever the record's
+    strings hold (text like a member, braces); or it is None and the caller encodes."""
+    from distributed_agents.adapters.nats.task_queue import _done_bytes, _Held, _new_record
+    from distributed_agents.core.codec import decode, encode
+
+    record = {**_new_record("t", "n", 0, None, seq=3), "state": "claimed", "attempt": 1, "errors": errors,
+              "lease": lease_id, "worker": worker, "deadline": 1.5}
+    if had_expiry:
+        record["expires_at"] = 2.5
+    held = _Held(record, 7, 30.0, raw=encode(record))
+    change = {"state": "done", "lease": "", "expires_at": expires_at}
+    raw_result = encode(TaskResult("t", "succeeded", output={"o": [1, "}"]}).to_dict())
+    made = _done_bytes(held, lease_id, change, raw_result)
+    expected = {**record, **change, "result": decode(raw_result)}
+    if made is None:
+        assert had_expiry or any('"state":"claimed"' in e or "lease" in e for e in errors) or "claimed" in worker \
+            or '"' in lease_id
+        return
+    assert not had_expiry
+    assert decode(made) == expected
+    assert _done_bytes(_Held(record, 7, 30.0), lease_id, change, raw_result) is None  # no bytes kept
