@@ -16,8 +16,9 @@ Two forms, as in LangGraph:
   (both dicts of JSON values; either may be omitted: the identity). Both run in the
   orchestrator.
 
-How a subgraph runs: the node's task is a *child workflow* driven by the same
-``StepEngine`` as its parent, by the orchestrator driving the parent. Its id is
+How a subgraph runs: the node's task is a *child workflow* driven by the orchestrator
+driving the parent (``Orchestrator._drive``, with a step engine of its own: an engine
+drives one run at a time), through the same step loop. Its id is
 deterministic, ``<parent id>:sub:<step>:<task>`` (``child_workflow_id``), and the
 parent's frontier names it (``"subgraphs": {task: child id}``), so a parent re-running
 the step (after a restart, a takeover by another orchestrator, or ``resume``) finds
