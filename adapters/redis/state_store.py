@@ -22,7 +22,11 @@ orchestrators with skewed clocks agree on who owns a workflow.
 hash, and a lease granted later takes the record's remaining TTL, so the three vanish
 together. Index entries of expired records are dropped lazily by ``list_workflows``.
 When a record expires its lease hash goes with it, so a workflow id reused after
-expiry starts its fencing tokens afresh; ``delete`` keeps the token counter.
+expiry starts its fencing tokens afresh; ``delete`` keeps the token counter. Keys can
+still go one at a time (eviction under ``maxmemory``, a hand-made ``DEL`` or expiry): a
+create (no record) deletes any checkpoint list left by an earlier run of the id, keeps a
+lease hash left by it (its ``max``: tokens keep growing past that run's holders), and
+index entries left by it are ignored and dropped by listings (the record's status decides).
 
 Checkpoints cost what changed: the store remembers the newest entry it wrote per
 workflow (a bounded cache, forgotten by the save that releases the workflow's lease and
@@ -167,6 +171,10 @@ if expected == 0 or cur[4] ~= ARGV[6] then
 elseif cur[2] ~= ARGV[5] then
   redis.call('ZADD', P .. ':wf:status:' .. ARGV[5], ARGV[6], id)
 end
+-- A new record starts a new run of the id: a checkpoint list left by an earlier run (its record
+-- expired, was evicted or deleted first) is not this run's history. The lease hash stays: its
+-- 'max' keeps fencing tokens growing past the earlier run's holders.
+if not cur[1] then redis.call('DEL', KEYS[2]) end
 local count = 0
 local ttl = ARGV[9]
 if ARGV[7] ~= '' then
@@ -179,11 +187,12 @@ else
 end
 -- 'ttl' keeps this save's state_ttl: after a save without one no key of the three has an
 -- expiry (each save sets or removes all three; a lease takes the record's), so the next save
--- without one removes none. A record that did not exist has none either.
+-- without one removes none. A new record and its new list have none; a lease hash left by an
+-- earlier run of the id may have one.
 if ttl ~= '' then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 elseif cur[6] ~= '' then  -- the last save set one, or is not known (a record written before 'ttl' was kept)
-  for i = cur[1] and 1 or 2, 3 do redis.call('PERSIST', KEYS[i]) end
+  for i = cur[1] and 1 or 3, 3 do redis.call('PERSIST', KEYS[i]) end
 end
 return {'ok', count, token, deadline}
 """
@@ -571,6 +580,8 @@ class RedisStateManager(StateStore):
                 expected=expected_version,
                 actual=found,
             )
+        if expected_version == 0:
+            self._tips.pop(workflow_id, None)  # a new run of the id: an earlier run's tip is no base of its deltas
         self._remember(workflow_id, new_tip, int(reply[1]) if len(reply) > 1 else 0, created)
 
     def _remember(self, workflow_id: str, tip: ChainTip | None, count: int, created: str) -> None:
