@@ -66,6 +66,18 @@ lease and creates the record under the new token without reading again. A single
 workflow costs the orchestrator 3 state round trips (grant, create holding its
 checkpoint, commit holding both checkpoints and releasing the lease).
 
+Replicas. A direct get (``kv.get``, ``kv.get_many``, ``kv.get_range``) may be answered by a
+replica behind the stream's leader (nats-server issue 4162: one just restarted answers with
+keys as they were). A write after a read is a CAS on the revision read, so a stale read only
+makes it lose; reads that decide without such a write go to the leader (``from_leader``):
+a refusal (a version conflict, an existing id, a lease held by another owner) is confirmed
+there before it is reported, a grant taking over a live lease (its record gone or releasing
+it) is decided there, reads after a lost CAS are made there (a lagging replica would answer
+every retry the same), and so are the reads of ``_raise_fence``, ``renew_lease``,
+``release_lease`` and ``delete``. ``get``, ``list_checkpoints`` and ``lease_holder`` read
+the leader when the direct get answered a revision older than this store's own last write
+of the key (read-your-writes).
+
 Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
 record's ``_fence``; granting a new lease CASes ``_fence`` into the record before
 returning, so a stale holder that read the old lease still loses its record CAS.
@@ -93,6 +105,7 @@ rounding second).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -177,9 +190,22 @@ class NatsStateStore(StateStore):
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return nats_errors(self._conn.url, action)
 
-    async def _record(self, workflow_id: str) -> tuple[dict[str, Any] | None, int]:
+    async def _entry(self, key: str, from_leader: bool) -> kv.Entry | None:
+        """``key``'s entry: a direct get (any replica answers), or the stream leader's with ``from_leader``."""
+        if from_leader:
+            return await kv.get_from_leader(self._conn.js, self._kv, key)
+        return await kv.get(self._kv, key)
+
+    def _behind_own(self, workflow_id: str, record_revision: int, lease_revision: int | None = None) -> bool:
+        """Whether a read answered a revision of the record (or lease) older than this store's
+        own last write of it: a lagging replica's, so the leader is read again."""
+        own_record, own_lease = self._records.get(workflow_id), self._leases.get(workflow_id)
+        return (own_record is not None and record_revision < own_record[1]) or (
+            lease_revision is not None and own_lease is not None and lease_revision < own_lease[1])
+
+    async def _record(self, workflow_id: str, *, from_leader: bool = False) -> tuple[dict[str, Any] | None, int]:
         """The live record (None if absent or expired) and the key's revision for a CAS."""
-        entry = await kv.get(self._kv, f"wf.{token(workflow_id)}")
+        entry = await self._entry(f"wf.{token(workflow_id)}", from_leader)
         if entry is None:
             return None, 0
         stored = _decoded_or_raw(entry.value)
@@ -191,8 +217,8 @@ class NatsStateStore(StateStore):
             return None, entry.revision
         return stored, entry.revision
 
-    async def _lease(self, workflow_id: str) -> tuple[dict[str, Any] | None, int]:
-        entry = await kv.get(self._kv, f"lease.{token(workflow_id)}")
+    async def _lease(self, workflow_id: str, *, from_leader: bool = False) -> tuple[dict[str, Any] | None, int]:
+        entry = await self._entry(f"lease.{token(workflow_id)}", from_leader)
         return (None, 0) if entry is None else (decode(entry.value), entry.revision)
 
     async def _foreign(self, workflow_id: str) -> str | None:
@@ -208,7 +234,9 @@ class NatsStateStore(StateStore):
         """The record, or None; ``PayloadDecodeError`` for a malformed one, also a record under
         ``wf.<workflow_id>`` when that is a key no id escapes to (``delete`` removes either)."""
         with self._errors(f"read workflow {workflow_id!r}"):
-            stored, _ = await self._record(workflow_id)
+            stored, revision = await self._record(workflow_id)
+            if self._behind_own(workflow_id, revision):
+                stored, _ = await self._record(workflow_id, from_leader=True)
             foreign = None if stored is not None else await self._foreign(workflow_id)
         if foreign is not None:
             raise malformed_record(
@@ -263,6 +291,9 @@ class NatsStateStore(StateStore):
                                                         released=released, raw_body=raw_body):
                 return new
             stored, revision = await self._record(workflow_id)
+            if not _version_is(stored, expected_version):
+                # About to refuse (conflict, exists): on the leader's record, not a lagging replica's.
+                stored, revision = await self._record(workflow_id, from_leader=True)
             fence = fencing_token
             if fencing_token is not None or stored is None:
                 # A create carries the newest token in ``_fence`` even without one of its
@@ -273,7 +304,7 @@ class NatsStateStore(StateStore):
             if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released,
                                  raw_body=raw_body):
                 return new
-            stored, _ = await self._record(workflow_id)
+            stored, _ = await self._record(workflow_id, from_leader=True)  # what beat us, not a replica's past
             if fencing_token is not None:
                 await self._check_fence(workflow_id, stored, fencing_token)
             self._check_version(workflow_id, stored, expected_version)
@@ -412,8 +443,12 @@ class NatsStateStore(StateStore):
             key = self._prev(workflow_id, key, raw)
 
     async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int | None) -> int:
-        """The newest token (lease or record); ``FencingTokenRejectedError`` if ``fencing_token`` is older."""
-        lease, _ = await self._lease(workflow_id)
+        """The newest token (lease or record); ``FencingTokenRejectedError`` if ``fencing_token`` is older.
+
+        A lagging replica's lease has an older token, so a refusal on it is right; an acceptance
+        is then decided by the record's CAS (its ``_fence``), except for a create (no record
+        yet): its lease is read from the leader."""
+        lease, _ = await self._lease(workflow_id, from_leader=stored is None and fencing_token is not None)
         newest = max(int((stored or {}).get("_fence", 0)), int((lease or {}).get("token", 0)))
         if fencing_token is not None and fencing_token < newest:
             raise FencingTokenRejectedError(
@@ -445,7 +480,9 @@ class NatsStateStore(StateStore):
         if limit is not None and limit <= 0:
             return []
         with self._errors(f"list checkpoints of workflow {workflow_id!r}"):
-            stored, _ = await self._record(workflow_id)
+            stored, revision = await self._record(workflow_id)
+            if self._behind_own(workflow_id, revision):
+                stored, _ = await self._record(workflow_id, from_leader=True)
             if stored is None or not stored.get("_cp"):
                 return []
             snap_seq = stored.get("_snap_seq")
@@ -552,8 +589,8 @@ class NatsStateStore(StateStore):
         ``wf.<workflow_id>`` when no id escapes to that key (the listing names it so).
         """
         with self._errors(f"delete workflow {workflow_id!r}"):
-            try:
-                stored, _ = await self._record(workflow_id)
+            try:  # from the leader: whether there was a record is the answer
+                stored, _ = await self._record(workflow_id, from_leader=True)
             except PayloadDecodeError:  # a malformed record can still be deleted
                 stored = {}
             foreign = None if stored is not None else await self._foreign(workflow_id)
@@ -565,7 +602,7 @@ class NatsStateStore(StateStore):
             await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")
             self._forget(workflow_id)
             self._leases.pop(workflow_id, None)
-            lease, revision = await self._lease(workflow_id)
+            lease, revision = await self._lease(workflow_id, from_leader=True)
             if lease is not None and lease.get("owner"):
                 # Keep the token (tokens only grow), drop the holder.
                 freed = {**lease, "owner": None, "deadline": 0.0}
@@ -603,20 +640,45 @@ class NatsStateStore(StateStore):
 
     # -- leases ------------------------------------------------------------------------
     async def acquire_lease(self, workflow_id: str, owner: str, ttl: float) -> WorkflowLease | None:
-        key = f"lease.{token(workflow_id)}"
         with self._errors(f"acquire the lease of workflow {workflow_id!r}"):
-            while True:
-                (current, revision), (stored, _) = await self._lease_and_record(workflow_id)
-                new = self._next_lease(current, stored, owner, ttl)
-                if new is None:
-                    return None
-                new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
-                if new_revision is None:
-                    continue
+            granted = await self._grant(workflow_id, owner, ttl, creating=False)
+            if granted is None:
+                return None
+            new, current, _ = granted
+            if int(new["token"]) != int((current or {}).get("token", 0)):  # a new grant
+                await self._raise_fence(workflow_id, int(new["token"]))
+            return WorkflowLease(workflow_id, owner, int(new["token"]), float(new["deadline"]))
+
+    async def _grant(
+        self, workflow_id: str, owner: str, ttl: float, *, creating: bool
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
+        """The lease CASed for ``owner`` (``_next_lease``), remembered as this store's own:
+        (lease written, lease read before, the record's revision read), or None if another
+        owner holds a live one. ``creating``: ``WorkflowExistsError`` if a record exists,
+        before any grant.
+
+        The first read is a direct get; a decision that no CAS checks is made on the
+        leader's keys instead: a refusal (another owner, an existing record) and a grant
+        over a live lease (its record gone, or releasing it), as is every read after a
+        lost CAS (a lagging replica would answer each retry the same)."""
+        key = f"lease.{token(workflow_id)}"
+        from_leader = False
+        while True:
+            (current, revision), (stored, stored_revision) = await self._lease_and_record(
+                workflow_id, from_leader=from_leader)
+            new = self._next_lease(current, stored, owner, ttl)
+            if not from_leader and (new is None or _takes_over(current, new) or (creating and stored is not None)):
+                from_leader = True
+                continue
+            if new is None:
+                return None
+            if creating:
+                self._check_version(workflow_id, stored, 0)  # exists: refused before any grant
+            new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
+            if new_revision is not None:
                 _bounded_put(self._leases, workflow_id, (new, new_revision))
-                if int(new["token"]) != int((current or {}).get("token", 0)):  # a new grant
-                    await self._raise_fence(workflow_id, int(new["token"]))
-                return WorkflowLease(workflow_id, owner, int(new["token"]), float(new["deadline"]))
+                return new, current, stored_revision
+            from_leader = True
 
     @staticmethod
     def _next_lease(
@@ -648,22 +710,15 @@ class NatsStateStore(StateStore):
         new = record.evolve(version=1, updated_at=time.time())
         body = new.to_dict()
         raw_body = encode(body)  # not JSON: fail before writing anything (and the record's bytes)
-        key = f"lease.{token(workflow_id)}"
         with self._errors(f"create workflow {workflow_id!r}"):
             if workflow_id not in self._leases and workflow_id not in self._records:
                 created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint, raw_body)
                 if created is not None:
                     return created
-            while True:
-                (current, revision), (stored, stored_revision) = await self._lease_and_record(workflow_id)
-                lease_body = self._next_lease(current, stored, owner, ttl)
-                if lease_body is None:
-                    return None
-                self._check_version(workflow_id, stored, 0)  # exists: refused before any grant
-                new_revision = await kv.cas(self._conn.js, self._kv, key, encode(lease_body), last=revision)
-                if new_revision is not None:
-                    break
-            _bounded_put(self._leases, workflow_id, (lease_body, new_revision))
+            granted = await self._grant(workflow_id, owner, ttl, creating=True)
+            if granted is None:
+                return None
+            lease_body, _, stored_revision = granted
             lease = WorkflowLease(workflow_id, owner, int(lease_body["token"]), float(lease_body["deadline"]))
             try:
                 if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, stored_revision,
@@ -671,7 +726,7 @@ class NatsStateStore(StateStore):
                     return new, lease
                 # Created meanwhile (by an older holder, say): fence it, then report it.
                 await self._raise_fence(workflow_id, lease.fencing_token)
-                stored, _ = await self._record(workflow_id)
+                stored, _ = await self._record(workflow_id, from_leader=True)
                 self._check_version(workflow_id, stored, 0)
                 raise self._conflict(workflow_id, 0, None)
             except BaseException:
@@ -705,12 +760,18 @@ class NatsStateStore(StateStore):
         return None
 
     async def _lease_and_record(
-        self, workflow_id: str
+        self, workflow_id: str, *, from_leader: bool = False
     ) -> tuple[tuple[dict[str, Any] | None, int], tuple[dict[str, Any] | None, int]]:
-        """``_lease`` and ``_record`` in one batched read."""
+        """``_lease`` and ``_record`` in one batched direct get, or (``from_leader``) the
+        leader's two entries, read concurrently (one round-trip latency)."""
         lease_key, record_key = f"lease.{token(workflow_id)}", f"wf.{token(workflow_id)}"
-        entries = await kv.get_many(self._kv, [lease_key, record_key])
-        lease_entry, record_entry = entries.get(lease_key), entries.get(record_key)
+        if from_leader:
+            lease_entry, record_entry = await asyncio.gather(
+                kv.get_from_leader(self._conn.js, self._kv, lease_key),
+                kv.get_from_leader(self._conn.js, self._kv, record_key))
+        else:
+            entries = await kv.get_many(self._kv, [lease_key, record_key])
+            lease_entry, record_entry = entries.get(lease_key), entries.get(record_key)
         lease = (None, 0) if lease_entry is None else (decode(lease_entry.value), lease_entry.revision)
         if record_entry is None:
             return lease, (None, 0)
@@ -728,10 +789,14 @@ class NatsStateStore(StateStore):
         return cached
 
     async def _raise_fence(self, workflow_id: str, fence: int) -> None:
-        """Record a new token in the record so that older holders lose their next CAS."""
+        """Record a new token in the record so that older holders lose their next CAS.
+
+        Reads from the leader: a lagging replica answering no record, or an older revision
+        (every CAS then lost), would leave the record unfenced and an older holder's next
+        CAS (against its own last write) winning."""
         key = f"wf.{token(workflow_id)}"
         for _ in range(10):
-            stored, revision = await self._record(workflow_id)
+            stored, revision = await self._record(workflow_id, from_leader=True)
             if stored is None or int(stored.get("_fence", 0)) >= fence:
                 return
             if await kv.cas(self._conn.js, self._kv, key, encode({**stored, "_fence": fence}), last=revision,
@@ -740,7 +805,9 @@ class NatsStateStore(StateStore):
 
     async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
         with self._errors(f"read the lease of workflow {workflow_id!r}"):
-            (current, _), (stored, _) = await self._lease_and_record(workflow_id)
+            (current, lease_revision), (stored, record_revision) = await self._lease_and_record(workflow_id)
+            if self._behind_own(workflow_id, record_revision, lease_revision):
+                (current, _), (stored, _) = await self._lease_and_record(workflow_id, from_leader=True)
         if current is None or not current.get("owner") or float(current["deadline"]) <= time.time() \
                 or _released(current, stored):
             return None
@@ -752,12 +819,13 @@ class NatsStateStore(StateStore):
             own = self._own_lease(lease)
             for _ in range(10 if self._released_here.get(lease.workflow_id) != lease.fencing_token else 0):
                 # First against this store's own last write (no read); a lost CAS reads (the
-                # record too: a commit may have released the lease, see ``save_releasing``).
+                # record too: a commit may have released the lease, see ``save_releasing``),
+                # from the leader: a lagging replica's older lease would be reported lost.
                 current: dict[str, Any] | None
                 if own is not None:
                     (current, revision), released = own, False
                 else:
-                    (current, revision), (stored, _) = await self._lease_and_record(lease.workflow_id)
+                    (current, revision), (stored, _) = await self._lease_and_record(lease.workflow_id, from_leader=True)
                     released = _released(current, stored)
                 now = time.time()
                 if (
@@ -791,14 +859,29 @@ class NatsStateStore(StateStore):
             if own is not None and int(own[0].get("token", 0)) != lease.fencing_token:
                 own = None
             for _ in range(10):
-                # First against this store's own last write (no read); a lost CAS reads.
-                current, revision = own if own is not None else await self._lease(lease.workflow_id)
+                # First against this store's own last write (no read); a lost CAS reads, from the
+                # leader: a lagging replica's older lease (another token) would leave it held.
+                current, revision = own if own is not None else await self._lease(lease.workflow_id, from_leader=True)
                 own = None
                 if current is None or not current.get("owner") or int(current["token"]) != lease.fencing_token:
                     return
                 freed = {**current, "owner": None, "deadline": 0.0}
                 if await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision) is not None:
                     return
+
+
+def _version_is(stored: dict[str, Any] | None, expected_version: int) -> bool:
+    """Whether a save expecting ``expected_version`` (0: absent) may CAS on ``stored``."""
+    if expected_version == 0:
+        return stored is None
+    return stored is not None and stored.get("version") == expected_version
+
+
+def _takes_over(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether granting ``new`` replaces a lease ``current`` whose key still names a live owner
+    (freed by its record: gone, or releasing it): decided on the record, which no CAS of the lease checks."""
+    return (current is not None and bool(current.get("owner")) and float(current.get("deadline", 0)) > time.time()
+            and int(new["token"]) != int(current.get("token", 0)))
 
 
 def _released(lease: dict[str, Any] | None, stored: dict[str, Any] | None) -> bool:

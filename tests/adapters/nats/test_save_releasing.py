@@ -92,8 +92,8 @@ def test_a_renewal_read_before_the_releasing_commit_reports_the_lease_lost(nats_
             store._leases.clear()  # the renewal takes its read path
             read = store._lease_and_record
 
-            async def read_then_commit(workflow_id: str) -> object:
-                found = await read(workflow_id)
+            async def read_then_commit(workflow_id: str, **options: bool) -> object:
+                found = await read(workflow_id, **options)
                 await store.save_releasing(_record(1), expected_version=record.version, lease=lease)
                 return found
 
