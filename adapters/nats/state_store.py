@@ -434,13 +434,12 @@ class NatsStateStore(StateStore):
         self._tips.pop(workflow_id, None)
 
     async def _refresh_checkpoints(self, workflow_id: str, head: str, ttl: float) -> None:
-        """Rewrite the checkpoint chain ending at ``head`` with a fresh per-message ``ttl``."""
+        """Rewrite the checkpoint chain ending at ``head`` with a fresh per-message ``ttl``
+        (an entry the scan missed is read from the leader: one not rewritten would expire
+        while its record lives)."""
         entries = {e.key: e.value for e in await kv.scan(self._conn.js, self._kv, f"cp.{token(workflow_id)}.>")}
-        key: str | None = head
-        while key and key in entries:
-            raw = entries[key]
+        for key, raw in (await self._walk(workflow_id, head, entries, confirm=True))[0]:
             await kv.put(self._conn.js, self._kv, key, raw, ttl=ttl)
-            key = self._prev(workflow_id, key, raw)
 
     async def _check_fence(self, workflow_id: str, stored: dict[str, Any] | None, fencing_token: int | None) -> int:
         """The newest token (lease or record); ``FencingTokenRejectedError`` if ``fencing_token`` is older.
@@ -497,28 +496,49 @@ class NatsStateStore(StateStore):
                     found = self._rebuild(workflow_id, chain, limit, before)
                     if len(found) == limit:
                         return found
-            chain, _ = await self._chain(workflow_id, stored, 1)
+            chain, _ = await self._chain(workflow_id, stored, 1, confirm=True)
         return self._rebuild(workflow_id, chain, limit, before)
 
-    async def _chain(self, workflow_id: str, stored: dict[str, Any],
-                     start: int | None) -> tuple[list[tuple[int, bytes]], bool]:
+    async def _chain(self, workflow_id: str, stored: dict[str, Any], start: int | None, *,
+                     confirm: bool = False) -> tuple[list[tuple[int, bytes]], bool]:
         """The committed entries stored from sequence ``start`` on (None: only the one the
         record holds), oldest first, with their positions; and whether that is the whole
-        chain (it reached the first entry)."""
+        chain (it reached the first entry).
+
+        ``confirm``: an entry the batched direct get did not answer is read from the leader
+        before the walk stops there: a replica behind it (nats-server issue 4162) may not hold
+        the newest entries yet, which would cut the history short. Where the history really
+        ends (expired entries) this is one read more."""
         entries = {} if start is None else {
             e.key: e.value for e in await kv.get_range(self._kv, f"cp.{token(workflow_id)}.>", start=start)}
         # The newest entries, held in the record.
         entries.update(_held_entries(stored))
-        chain: list[bytes] = []
-        key: str | None = stored.get("_cp")
-        while key and key in entries:
-            raw = entries.pop(key)  # popped: a damaged chain cannot loop
-            chain.append(raw)
-            key = self._prev(workflow_id, key, raw)
-        chain.reverse()
+        walked, complete = await self._walk(workflow_id, stored.get("_cp"), entries, confirm=confirm)
+        chain = [raw for _, raw in reversed(walked)]
         head = int(stored.get("_cp_n") or 0) - 1
         first = head - len(chain) + 1
-        return [(first + offset, raw) for offset, raw in enumerate(chain)], not key
+        return [(first + offset, raw) for offset, raw in enumerate(chain)], complete
+
+    async def _walk(self, workflow_id: str, head: str | None, entries: dict[str, bytes], *,
+                    confirm: bool) -> tuple[list[tuple[str, bytes]], bool]:
+        """The chain of entries from key ``head`` back through ``_prev``, newest first, as
+        (key, bytes), taken from ``entries`` (the entries read); and whether it reached the
+        first entry. ``confirm``: an entry missing from ``entries`` is read from the leader
+        before the walk stops there (a replica behind it may not hold the newest entries yet)."""
+        chain: list[tuple[str, bytes]] = []
+        key, seen = head, set[str]()
+        while key and key not in seen:  # a damaged chain cannot loop
+            raw = entries.get(key)
+            if raw is None:
+                ours = confirm and key.startswith(f"cp.{token(workflow_id)}.") and _KEY_TOKEN.fullmatch(key)
+                found = await kv.get_from_leader(self._conn.js, self._kv, key) if ours else None
+                if found is None:
+                    break
+                raw = found.value
+            seen.add(key)
+            chain.append((key, raw))
+            key = self._prev(workflow_id, key, raw)
+        return chain, not key
 
     def _prev(self, workflow_id: str, key: str, raw: bytes) -> str | None:
         """The key of the entry before the entry ``raw`` stored at ``key`` (its ``_prev``), None for the first.

@@ -256,3 +256,62 @@ def test_lease_holder_and_delete_answer_the_leaders_keys(nats_url: str, monkeypa
         assert await store.lease_holder("w") is None
 
     _two_stores(nats_url, monkeypatch, body)
+
+
+@pytest.mark.parametrize("limit", [None, 3, 8])
+def test_checkpoints_moved_out_of_the_record_are_listed_while_a_replica_lags(
+        nats_url: str, monkeypatch: pytest.MonkeyPatch, limit: int | None) -> None:
+    """The oldest entries move from the record to keys of their own; a batched direct get not
+    answering the newest of them yet (a replica behind) must not cut the history short."""
+    async def body(store: Any, _: Any) -> None:
+        for step in range(8):
+            await store.save(_record("w", step), expected_version=step, checkpoint=_checkpoint("w", step))
+        pattern = f"cp.{token('w')}.>"
+        stored = await kv.get_range(store._kv, pattern)
+        assert len(stored) >= 2, stored  # entries of their own, outside the record
+        missing = {entry.key for entry in stored[-2:]}
+        get_range = kv.get_range
+
+        async def lagging_range(bucket: Any, wanted: str, **kwargs: Any) -> list[kv.Entry]:
+            return [e for e in await get_range(bucket, wanted, **kwargs) if e.key not in missing]
+
+        monkeypatch.setattr(kv, "get_range", lagging_range)
+        listed = await store.list_checkpoints("w", limit=limit)
+        monkeypatch.undo()
+        assert [c.step for c in listed] == list(range(7, -1, -1))[:limit]
+        assert [c.state for c in listed] == [{"step": step} for step in range(7, -1, -1)][:limit]
+
+    _two_stores(nats_url, monkeypatch, body)
+
+
+def test_checkpoints_a_scan_missed_get_their_ttl_renewed(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``state_ttl`` the chain behind the record is rewritten with a fresh TTL while the
+    record lives; an entry the scan of that rewrite does not return (a replica behind) must
+    be rewritten all the same, or it and the entries before it expire under a live record."""
+    async def scenario() -> None:
+        backend = await open_nats(nats_url, state_ttl=2)
+        store = backend.state_store
+        try:
+            for step in range(8):
+                await store.save(_record("w", step), expected_version=step, checkpoint=_checkpoint("w", step))
+            written = await kv.get_range(store._kv, f"cp.{token('w')}.>")
+            assert written, "entries of their own, outside the record"
+            missing = written[-1].key
+            scan = kv.scan
+
+            async def lagging_scan(js: Any, bucket: Any, pattern: str = ">") -> list[kv.Entry]:
+                return [e for e in await scan(js, bucket, pattern) if e.key != missing]
+
+            monkeypatch.setattr(kv, "scan", lagging_scan)
+            version = 8
+            for _ in range(12):  # 6 s: past the entries' first TTL (4 s), the record kept alive
+                await asyncio.sleep(0.5)
+                await store.save(_record("w", 7), expected_version=version)
+                version += 1
+            monkeypatch.undo()
+            assert [c.step for c in await store.list_checkpoints("w")] == list(range(7, -1, -1))
+        finally:
+            monkeypatch.undo()
+            await backend.close()
+
+    run(scenario(), 60)
