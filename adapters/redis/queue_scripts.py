@@ -11,9 +11,15 @@ each Python call, and record ``settled = <op id>|<outcome>`` in the task hash: w
 client repeats a call whose reply was lost on a broken connection, the repeat sees its
 own op id and returns the first outcome instead of a false ``LeaseLostError``, while a
 second, separate call on the same delivery is still refused.
+
+Each script defines only the helpers (``_HELPERS``) it uses, directly or through others:
+``lua_library`` resolves them by name when this module is imported (a helper defined costs
+the server on every call). A script's text, and so its SHA-1, is the same in every process.
 """
 
 from __future__ import annotations
+
+from distributed_agents.adapters.redis.lua_library import LuaLibrary, names_in
 
 __all__ = [
     "ACK",
@@ -36,8 +42,8 @@ __all__ = [
 
 # The server's time, read at most once per script: a script runs alone on the server, so one
 # reading serves all of it (each TIME is a command, ~10k server instructions). Heads every
-# script of the adapter; a script made of others (the state store's create and enqueue)
-# holds it once, ahead of them, so they share the reading.
+# script of the adapter that reads the time; a script made of others (the state store's create
+# and enqueue) holds it once, ahead of them, so they share the reading.
 SERVER_CLOCK = r"""
 local NOW_MS = nil
 local function now_ms()
@@ -49,7 +55,8 @@ local function now_ms()
 end
 """
 
-# Shared helpers of the queue's scripts (Redis scripts cannot call each other).
+# Shared helpers of the queue's scripts (Redis scripts cannot call each other): each script
+# defines only those it uses (see lua_library for the layout this text keeps).
 _HELPERS = r"""
 local P = ARGV[1]
 local DEFAULT_MAX = tonumber(ARGV[2])
@@ -400,10 +407,20 @@ local function check_held(id, lease, op, now)
   return 'lost', nil
 end
 """
-_LIBRARY = SERVER_CLOCK + _HELPERS
+_LIBRARY = LuaLibrary(_HELPERS)
+
+
+def _script(body: str) -> str:
+    """A queue script: ``body`` headed by the helpers it uses (and the clock if they or it read the time).
+
+    Each helper a script defines costs the server on every call (``lua_library``): only those used are.
+    """
+    text = _LIBRARY.script(body)
+    return SERVER_CLOCK + text if "now_ms" in names_in(text) else text
+
 
 # The enqueue script without its clock, for a script that embeds it (see SERVER_CLOCK).
-ENQUEUE_BODY = _HELPERS + r"""
+ENQUEUE_BODY = _LIBRARY.script(r"""
 -- ARGV: 4.. groups of 6: id, node type, score (-priority), max attempts or '', raw bytes,
 -- workflow id; then the raw-bytes limit and its reason (RAW_MAX, OVERSIZED). Returns one 1 (queued) or 0 (id seen before) per task, in order: a
 -- step's tasks are queued in one script (one round trip).
@@ -526,10 +543,10 @@ for _, t in ipairs(order) do
   end
 end
 return out
-"""
+""")
 ENQUEUE = SERVER_CLOCK + ENQUEUE_BODY
 
-CLAIM = _LIBRARY + r"""
+CLAIM = _script(r"""
 -- ARGV: 4 worker id, 5 lease id base, 6 lease ms, 7 max tasks, 8 claimer id ('' none),
 --       9 ms to stay parked when nothing is claimed (0: do not park), 10 the raw-bytes
 --       limit (RAW_MAX), 11 its reason (OVERSIZED), 12.. node types
@@ -600,9 +617,9 @@ if n == 0 and c ~= '' and park_ms > 0 then
   end
 end
 return out
-"""
+""")
 
-UNPARK = _LIBRARY + r"""
+UNPARK = _script(r"""
 -- ARGV: 4.. claimer ids. Ends their registrations and gives back, at once and without
 -- counting the attempt, tasks handed to them that they never took (their owner closes).
 local n = 0
@@ -617,9 +634,9 @@ for i = 4, #ARGV do
   end
 end
 return n
-"""
+""")
 
-BAD_PAYLOAD = _LIBRARY + r"""
+BAD_PAYLOAD = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 reason. Dead-letter a delivery whose bytes did not decode;
 -- the delivery does not count as an attempt (nothing ran).
 local id, lease = ARGV[4], ARGV[5]
@@ -633,9 +650,9 @@ if redis.call('HSTRLEN', h, 'raw') > RAW_KEPT then
 end
 dead_letter(id, f[1], ARGV[6], tonumber(f[4]) - 1, now, '1')
 return 1
-"""
+""")
 
-EXTEND = _LIBRARY + r"""
+EXTEND = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 lease ms. Returns the new deadline (ms) or -1 if the lease is lost.
 local id, lease = ARGV[4], ARGV[5]
 local now = now_ms()
@@ -645,9 +662,9 @@ local deadline = now + tonumber(ARGV[6])
 redis.call('HSET', k_task(id), 'deadline', deadline)
 redis.call('ZADD', k_leased(t), deadline, id)
 return deadline
-"""
+""")
 
-ACK = _LIBRARY + r"""
+ACK = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 op id, 7 result JSON; optionally 8 the acking worker's parked
 --       registration (claimer id), 9 ms since that claimer last claimed (0: claiming now),
 --       10 how long a registration lasts after its claimer's last claim (ms).
@@ -690,9 +707,9 @@ if attempt ~= '1' then redis.call('DEL', k_errors(id)) end
 store_result(id, ARGV[7])
 if ARGV[8] and ARGV[8] ~= '' then return top_up(ARGV[8], now, tonumber(ARGV[9]), tonumber(ARGV[10])) end
 return 1
-"""
+""")
 
-NACK = _LIBRARY + r"""
+NACK = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 op id, 7 error, 8 delay ms, 9 final ('1'/'0').
 -- Returns 1 (delivered again), 0 (dead-lettered) or -1 (lease lost).
 local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
@@ -730,9 +747,9 @@ else
   push_ready(id, t)
 end
 return 1
-"""
+""")
 
-RELEASE = _LIBRARY + r"""
+RELEASE = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 op id. Back to the queue at its old place, attempt not counted.
 local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
@@ -745,9 +762,9 @@ redis.call('HSET', h, 'lease', '', 'settled', op .. '|1')
 redis.call('HDEL', h, 'deadline', 'worker')
 if uncount(id, t) then push_ready(id, t) end
 return 1
-"""
+""")
 
-RESULTS = _LIBRARY + r"""
+RESULTS = _script(r"""
 -- ARGV: 4.. task ids. Applies time to the node types of claimed tasks among them (an
 -- expired last lease dead-letters a task, which gives it a failed result), then returns
 -- {ms until the earliest lease deadline among them (-1: none), result or false, ...}.
@@ -787,9 +804,9 @@ for i = 4, #ARGV do
 end
 if next_at ~= nil then out[1] = math.max(next_at - now, 0) end
 return out
-"""
+""")
 
-CANCEL = _LIBRARY + r"""
+CANCEL = _script(r"""
 -- ARGV: 4 id. Removes a queued or delayed task; its hash stays as a tombstone.
 local id = ARGV[4]
 local h = k_task(id)
@@ -802,9 +819,9 @@ redis.call('HSET', h, 'state', 'cancelled')
 redis.call('PEXPIRE', h, RESULT_TTL)
 redis.call('DEL', k_errors(id))
 return 1
-"""
+""")
 
-DEAD_LETTERS = _LIBRARY + r"""
+DEAD_LETTERS = _script(r"""
 -- ARGV: 4 node type or '', 5 limit. Returns {{id, type, reason, attempts, raw, dead_at ms,
 -- bad, {errors}}, ...}, oldest first.
 local t, limit = ARGV[4], tonumber(ARGV[5])
@@ -825,9 +842,9 @@ for _, id in ipairs(redis.call('ZRANGE', key, 0, limit - 1)) do
                    redis.call('LRANGE', k_errors(id), 0, -1)}
 end
 return out
-"""
+""")
 
-REQUEUE = _LIBRARY + r"""
+REQUEUE = _script(r"""
 -- ARGV: 4 id. A decodable dead letter goes back to the end of its priority, attempt 0.
 local id = ARGV[4]
 local h = k_task(id)
@@ -843,9 +860,9 @@ push_ready(id, t)
 -- An event without a result: whoever kept the dead letter's failed-result event drops it.
 redis.call('PUBLISH', P .. ':q:ev:done', id .. '\n')
 return 1
-"""
+""")
 
-PURGE = _LIBRARY + r"""
+PURGE = _script(r"""
 -- ARGV: 4 id. Deletes a dead letter; the hash stays as a tombstone as long as the result.
 local id = ARGV[4]
 local h = k_task(id)
@@ -859,12 +876,12 @@ redis.call('HSET', h, 'state', 'purged')
 local ttl = redis.call('PTTL', k_result(id))
 if ttl > 0 then redis.call('PEXPIRE', h, ttl) else redis.call('DEL', h) end
 return 1
-"""
+""")
 
-STATS = _LIBRARY + r"""
+STATS = _script(r"""
 -- ARGV: 4 node type. Returns {queued (ready + delayed), in flight, dead}.
 local t = ARGV[4]
 tick(t, now_ms())
 return {redis.call('ZCARD', k_ready(t)) + redis.call('ZCARD', k_delayed(t)),
         redis.call('ZCARD', k_leased(t)), redis.call('ZCARD', k_dead(t))}
-"""
+""")
