@@ -73,8 +73,10 @@ makes it lose; reads that decide without such a write go to the leader (``from_l
 a refusal (a version conflict, an existing id, a lease held by another owner) is confirmed
 there before it is reported, a grant taking over a live lease (its record gone or releasing
 it) is decided there, reads after a lost CAS are made there (a lagging replica would answer
-every retry the same), and so are the reads of ``_raise_fence``, ``renew_lease``,
-``release_lease`` and ``delete``. ``get``, ``list_checkpoints`` and ``lease_holder`` read
+every retry the same), a new grant's fence confirms "no record" there, ``renew_lease`` and
+``release_lease`` read there when they read at all (not their own last write), and so does
+``delete``; a checkpoint entry a batched read or a scan did not return is looked up there
+before a chain walk stops at it. ``get``, ``list_checkpoints`` and ``lease_holder`` read
 the leader when the direct get answered a revision older than this store's own last write
 of the key (read-your-writes).
 
@@ -811,17 +813,24 @@ class NatsStateStore(StateStore):
     async def _raise_fence(self, workflow_id: str, fence: int) -> None:
         """Record a new token in the record so that older holders lose their next CAS.
 
-        Reads from the leader: a lagging replica answering no record, or an older revision
+        A direct get first; "no record" is confirmed on the leader and every read after a
+        lost CAS is made there: a lagging replica answering no record, or an older revision
         (every CAS then lost), would leave the record unfenced and an older holder's next
-        CAS (against its own last write) winning."""
+        CAS (against its own last write) winning. (A replica's record never holds a greater
+        ``_fence`` than the leader's, so "already fenced" needs no confirming.)"""
         key = f"wf.{token(workflow_id)}"
+        from_leader = False
         for _ in range(10):
-            stored, revision = await self._record(workflow_id, from_leader=True)
+            stored, revision = await self._record(workflow_id, from_leader=from_leader)
+            if stored is None and not from_leader:
+                from_leader = True
+                continue
             if stored is None or int(stored.get("_fence", 0)) >= fence:
                 return
             if await kv.cas(self._conn.js, self._kv, key, encode({**stored, "_fence": fence}), last=revision,
                             ttl=self.state_ttl) is not None:
                 return
+            from_leader = True
 
     async def lease_holder(self, workflow_id: str) -> WorkflowLease | None:
         with self._errors(f"read the lease of workflow {workflow_id!r}"):
