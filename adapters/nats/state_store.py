@@ -137,7 +137,6 @@ from distributed_agents.core.ports.state_store import (
     WorkflowRecord,
     malformed_record,
     stored_record,
-    checkpoints_page,
 )
 
 __all__ = ["NatsStateStore"]
