@@ -245,3 +245,29 @@ def test_a_store_remembering_the_earlier_runs_tip_writes_no_delta_on_it(open_red
     history, length = run(scenario(), 60)
     assert history == [(1, "new", 1), (0, "new", None)]
     assert length == 2
+
+
+def test_a_workflow_create_hands_its_first_task_to_a_parked_claimer(open_redis: OpenRedis) -> None:
+    """The enqueue inside the state store's create-and-enqueue script (its helpers defined inside
+    a function of that script) hands the task straight to a claimer parked on its type."""
+
+    async def scenario() -> tuple[Any, ...]:
+        backend = await open_redis()
+        queue = backend.task_queue
+        try:
+            waiting = asyncio.create_task(queue.claim(["a"], worker_id="w", max_tasks=4, lease_seconds=30.0, wait=10.0))
+            await asyncio.sleep(0.3)  # parked: registered on the type, blocked on its hand-over list
+            made = await backend.state_store.create_leased_enqueuing(
+                WorkflowRecord("w1", "graph", "running", {}), owner="o", ttl=30.0,
+                checkpoint=Checkpoint("w1", 0, {}), queue=queue, tasks=[Task("first", "w1", "n", "a", {"k": 1})])
+            assert made is not None and made[2]
+            claimed = await asyncio.wait_for(waiting, 15)
+            for claim in claimed:
+                await queue.ack(claim, {"done": claim.task.id})
+            return [(c.task.id, c.attempt, dict(c.task.payload)) for c in claimed], await queue.stats("a")
+        finally:
+            await backend.close()
+
+    claimed, stats = run(scenario(), 60)
+    assert claimed == [("first", 1, {"k": 1})]
+    assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
