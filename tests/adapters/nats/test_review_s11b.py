@@ -78,11 +78,6 @@ def _stores(nats_url: str, monkeypatch: pytest.MonkeyPatch, body: Callable[[Any,
     return run(scenario(), 60)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accf4cf: read-your-writes is kept only for a revision older than the store's remembered "
-    "last write; delete() forgets the workflow (_forget, _leases.pop), so after this store's own "
-    "delete a lagging replica's record is returned by get/list_checkpoints (state_store.py get, "
-    "_behind_own)"))
 @pytest.mark.parametrize("read", ["get", "list_checkpoints"])
 def test_a_read_after_this_stores_own_delete_does_not_see_the_deleted_record(
     nats_url: str, monkeypatch: pytest.MonkeyPatch, read: str,
@@ -100,10 +95,6 @@ def test_a_read_after_this_stores_own_delete_does_not_see_the_deleted_record(
     assert found in (None, [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accf4cf: release_lease pops the store's own lease (_leases), so lease_holder's "
-    "read-your-writes check (_behind_own) has nothing to compare with and a lagging replica's "
-    "lease, from before this store's own release, is reported held (state_store.py lease_holder)"))
 def test_lease_holder_after_this_stores_own_release_reports_no_holder(
     nats_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -140,10 +131,6 @@ def test_lease_holder_after_this_stores_own_save_releasing_reports_no_holder(
     assert got is not None and got.version == 2 and got.step == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accf4cf: a save whose CAS lost calls _forget (state_store.py _write), dropping the "
-    "store's own last commit, so get's read-your-writes check no longer sees that a lagging "
-    "replica's record is older than a version this store itself committed"))
 def test_a_lost_cas_does_not_make_get_return_a_version_older_than_this_stores_commit(
     nats_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -161,10 +148,6 @@ def test_a_lost_cas_does_not_make_get_return_a_version_older_than_this_stores_co
     assert got is not None and got.version >= 2  # never older than first's own commit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accf4cf: read-your-writes rests on the store's bounded caches (_records, _KEPT = 256 "
-    "workflows, state_store.py _bounded_put): after this store commits 256 other workflows it "
-    "has forgotten its own write of the first, and get returns a lagging replica's older record"))
 def test_get_reads_this_stores_own_commit_after_it_commits_many_other_workflows(
     nats_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -290,6 +273,10 @@ def test_a_lease_held_through_a_replica_down_and_back_is_neither_granted_twice_n
                 if saved is not None:
                     current = saved
                     committed.append(step)
+            # A grant (and create) while the follower is down: the restarted server has never seen it.
+            fresh = await _retrying(lambda: store.create_leased(_record("w2"), owner="a", ttl=60.0,
+                                                                checkpoint=_checkpoint("w2", 0)))
+            assert fresh is not None
             cluster.restart(follower)
             killed.remove(follower)
             # At once (catching up): a rival and the holder's twin, both on the restarted server only.
@@ -301,6 +288,9 @@ def test_a_lease_held_through_a_replica_down_and_back_is_neither_granted_twice_n
             stolen = await _retrying(lambda: rival.state_store.acquire_lease("w", "b", 60.0))
             created = await _retrying(lambda: rival.state_store.create_leased(
                 _record("w"), owner="b", ttl=60.0, checkpoint=_checkpoint("w", 0)))
+            stolen_fresh = await _retrying(lambda: rival.state_store.acquire_lease("w2", "b", 60.0))
+            created_fresh = await _retrying(lambda: rival.state_store.create_leased(
+                _record("w2"), owner="b", ttl=60.0, checkpoint=_checkpoint("w2", 0)))
             saved = await _retrying(lambda: twin.state_store.save(
                 _record("w", 6), expected_version=current.version, fencing_token=lease.fencing_token,
                 checkpoint=_checkpoint("w", 6)))
@@ -321,7 +311,8 @@ def test_a_lease_held_through_a_replica_down_and_back_is_neither_granted_twice_n
                     committed.append(step)
             history = await _retrying(lambda: store.list_checkpoints("w"))
             final = await _retrying(lambda: store.get("w"))
-            return stolen, created, saved.version, committed, [c.step for c in reversed(history)], final
+            return ((stolen, stolen_fresh), (created, created_fresh), saved.version, committed,
+                    [c.step for c in reversed(history)], final)
         finally:
             for index in killed:
                 cluster.restart(index)
@@ -330,7 +321,7 @@ def test_a_lease_held_through_a_replica_down_and_back_is_neither_granted_twice_n
             await holder.close()
 
     stolen, created, saved_version, committed, history, final = run(scenario(), 140)
-    assert stolen is None and created is None  # a's lease is live: never granted to b
+    assert stolen == (None, None) and created == (None, None)  # a's leases are live: never granted to b
     assert saved_version == len(committed[:committed.index(6) + 1])
     assert history == committed  # every returned commit once, in order, nothing else
     assert final is not None and final.step == committed[-1]
