@@ -17,6 +17,9 @@ writes no delta on it into the new run.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -255,7 +258,8 @@ def test_a_workflow_create_hands_its_first_task_to_a_parked_claimer(open_redis: 
         backend = await open_redis()
         queue = backend.task_queue
         try:
-            waiting = asyncio.create_task(queue.claim(["a"], worker_id="w", max_tasks=4, lease_seconds=30.0, wait=10.0))
+            waiting = asyncio.create_task(
+                queue.claim(["a"], worker_id="w", max_tasks=4, lease_seconds=30.0, wait=10.0))
             await asyncio.sleep(0.3)  # parked: registered on the type, blocked on its hand-over list
             made = await backend.state_store.create_leased_enqueuing(
                 WorkflowRecord("w1", "graph", "running", {}), owner="o", ttl=30.0,
@@ -271,3 +275,17 @@ def test_a_workflow_create_hands_its_first_task_to_a_parked_claimer(open_redis: 
     claimed, stats = run(scenario(), 60)
     assert claimed == [("first", 1, {"k": 1})]
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+
+
+_SHAS = ("import hashlib; from distributed_agents.adapters.redis import queue_scripts as q, state_store as s;"
+         "texts = [getattr(q, n) for n in sorted(q.__all__)] + [s._SAVE, s._CREATE_ENQUEUE];"
+         "print(' '.join(hashlib.sha1(t.encode()).hexdigest() for t in texts))")
+
+
+@pytest.mark.timeout(90)
+def test_every_script_has_one_sha_whatever_the_hash_seed() -> None:
+    """Processes with different string hash seeds (set orders) build byte-identical scripts,
+    the state store's create-and-enqueue script (built from the queue's enqueue) included."""
+    shas = {subprocess.run([sys.executable, "-c", _SHAS], capture_output=True, text=True, timeout=60, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "1", "4242")}
+    assert len(shas) == 1 and len(next(iter(shas)).split()) > 10
