@@ -223,7 +223,8 @@ def test_a_store_remembering_the_earlier_runs_tip_writes_no_delta_on_it(open_red
             for step in (1, 2):
                 current = await first.state_store.save(
                     current.evolve(state={"run": "old", **big, "n": step}), expected_version=current.version,
-                    fencing_token=lease.fencing_token, checkpoint=Checkpoint("w1", step, {"run": "old", **big, "n": step}))
+                    fencing_token=lease.fencing_token,
+                    checkpoint=Checkpoint("w1", step, {"run": "old", **big, "n": step}))
             await _vanish(probe, keys.record("w1"))
             await asyncio.sleep(0.25)
             made = await second.state_store.create_leased(_record("w1", "new"), owner="b", ttl=0.2,
