@@ -146,6 +146,8 @@ __all__ = ["NatsStateStore"]
 _CP_MARGIN = 1.0
 # Workflows whose last written record, lease and checkpoint tip a store remembers.
 _KEPT = 256
+# Workflows whose read-your-writes revisions (``_floors``: two ints each) a store remembers.
+_FLOORS_KEPT = 4096
 # The newest checkpoint entries ride in the record while they add up to at most this many
 # bytes, and at most ``_INLINE_KEEP`` of them.
 _INLINE_MAX = 32 * 1024
@@ -157,10 +159,10 @@ log = logging.getLogger("distributed_agents.state_store")
 _KEY_TOKEN = re.compile(r"[-/_=A-Za-z0-9]+(?:\.[-/_=A-Za-z0-9]+)*")
 
 
-def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any, kept: int = _KEPT) -> None:
     cache[key] = value
     cache.move_to_end(key)
-    while len(cache) > _KEPT:
+    while len(cache) > kept:
         cache.popitem(last=False)
 
 
@@ -183,6 +185,11 @@ class NatsStateStore(StateStore):
         self._released_here: OrderedDict[str, int] = OrderedDict()
         # workflow -> (tip of the newest checkpoint entry this store wrote, its key).
         self._tips: OrderedDict[str, tuple[ChainTip, str]] = OrderedDict()
+        # workflow -> (record, lease) revisions a read must reach to be no older than what this
+        # store wrote or saw last (kept after _records/_leases forget it: a delete, a release or
+        # a lost CAS), for read-your-writes against a lagging replica. Two ints each, so many
+        # more workflows are kept than in the caches above.
+        self._floors: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     @property
     def _kv(self) -> Any:
@@ -199,10 +206,26 @@ class NatsStateStore(StateStore):
 
     def _behind_own(self, workflow_id: str, record_revision: int, lease_revision: int | None = None) -> bool:
         """Whether a read answered a revision of the record (or lease) older than this store's
-        own last write of it: a lagging replica's, so the leader is read again."""
+        own last write of it, or than one it deleted, released or lost a CAS against
+        (``_floors``): a lagging replica's, so the leader is read again."""
         own_record, own_lease = self._records.get(workflow_id), self._leases.get(workflow_id)
-        return (own_record is not None and record_revision < own_record[1]) or (
-            lease_revision is not None and own_lease is not None and lease_revision < own_lease[1])
+        floor_record, floor_lease = self._floors.get(workflow_id, (0, 0))
+        if own_record is not None:
+            floor_record = max(floor_record, own_record[1])
+        if own_lease is not None:
+            floor_lease = max(floor_lease, own_lease[1])
+        return record_revision < floor_record or (lease_revision is not None and lease_revision < floor_lease)
+
+    def _wrote_lease(self, workflow_id: str, lease: dict[str, Any], revision: int) -> None:
+        """Remember this store's own write of ``workflow_id``'s lease (body and revision)."""
+        _bounded_put(self._leases, workflow_id, (lease, revision))
+        self._raise_floor(workflow_id, lease=revision)
+
+    def _raise_floor(self, workflow_id: str, *, record: int = 0, lease: int = 0) -> None:
+        """A read of ``workflow_id`` answering a record revision below ``record`` (or a lease
+        revision below ``lease``) is stale from now on."""
+        old_record, old_lease = self._floors.get(workflow_id, (0, 0))
+        _bounded_put(self._floors, workflow_id, (max(old_record, record), max(old_lease, lease)), _FLOORS_KEPT)
 
     async def _record(self, workflow_id: str, *, from_leader: bool = False) -> tuple[dict[str, Any] | None, int]:
         """The live record (None if absent or expired) and the key's revision for a CAS."""
@@ -269,6 +292,7 @@ class NatsStateStore(StateStore):
         own = self._leases.get(lease.workflow_id)
         if own is not None and int(own[0].get("token", 0)) == lease.fencing_token:
             self._leases.pop(lease.workflow_id, None)  # released: renewals read the lease again
+            self._raise_floor(lease.workflow_id, lease=own[1])
         # A renewal already on its way (read before this commit) must not report the lease held.
         _bounded_put(self._released_here, lease.workflow_id, lease.fencing_token)
         return saved
@@ -418,6 +442,8 @@ class NatsStateStore(StateStore):
         key = f"wf.{token(workflow_id)}"
         new_revision = await kv.cas(self._conn.js, self._kv, key, raw, last=revision, ttl=self.state_ttl)
         if new_revision is None:
+            # The key moved past ``revision`` (written, or removed): an answer at or below it is stale.
+            self._raise_floor(workflow_id, record=revision + 1)
             self._forget(workflow_id)
             if orphan is not None:
                 with contextlib.suppress(Exception):
@@ -426,6 +452,7 @@ class NatsStateStore(StateStore):
         _bounded_put(self._records, workflow_id,
                      ({"version": body["version"], **private, "_cp_inline": inline, "_cp_more": held[:-1]},
                       new_revision))
+        self._raise_floor(workflow_id, record=new_revision)  # outlives _records' entry
         if new_tip is not None:
             _bounded_put(self._tips, workflow_id, (new_tip, cp_key))
         return True
@@ -610,8 +637,9 @@ class NatsStateStore(StateStore):
         ``wf.<workflow_id>`` when no id escapes to that key (the listing names it so).
         """
         with self._errors(f"delete workflow {workflow_id!r}"):
+            deleted = 0
             try:  # from the leader: whether there was a record is the answer
-                stored, _ = await self._record(workflow_id, from_leader=True)
+                stored, deleted = await self._record(workflow_id, from_leader=True)
             except PayloadDecodeError:  # a malformed record can still be deleted
                 stored = {}
             foreign = None if stored is not None else await self._foreign(workflow_id)
@@ -621,13 +649,18 @@ class NatsStateStore(StateStore):
             await self._conn.js.purge_stream(f"KV_{self._conn.names.state_bucket}",
                                              subject=f"$KV.{self._conn.names.state_bucket}.cp.{token(workflow_id)}.>")
             await kv.remove(self._conn.js, self._kv, f"wf.{token(workflow_id)}")
+            own = self._records.get(workflow_id)
+            # The record's revisions up to the one removed are gone: a replica answering one is stale.
+            self._raise_floor(workflow_id, record=max(deleted, own[1] if own else 0) + 1)
             self._forget(workflow_id)
             self._leases.pop(workflow_id, None)
             lease, revision = await self._lease(workflow_id, from_leader=True)
             if lease is not None and lease.get("owner"):
                 # Keep the token (tokens only grow), drop the holder.
                 freed = {**lease, "owner": None, "deadline": 0.0}
-                await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}", encode(freed), last=revision)
+                freed_revision = await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}",
+                                              encode(freed), last=revision)
+                self._raise_floor(workflow_id, lease=freed_revision or revision + 1)
         return stored is not None
 
     # -- node cache --------------------------------------------------------------------
@@ -697,7 +730,7 @@ class NatsStateStore(StateStore):
                 self._check_version(workflow_id, stored, 0)  # exists: refused before any grant
             new_revision = await kv.cas(self._conn.js, self._kv, key, encode(new), last=revision)
             if new_revision is not None:
-                _bounded_put(self._leases, workflow_id, (new, new_revision))
+                self._wrote_lease(workflow_id, new, new_revision)
                 return new, current, stored_revision
             from_leader = True
 
@@ -767,7 +800,7 @@ class NatsStateStore(StateStore):
         revision = await kv.cas(self._conn.js, self._kv, f"lease.{token(workflow_id)}", encode(first), last=0)
         if revision is None:
             return None
-        _bounded_put(self._leases, workflow_id, (first, revision))
+        self._wrote_lease(workflow_id, first, revision)
         lease = WorkflowLease(workflow_id, owner, int(first["token"]), float(first["deadline"]))
         try:
             if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0, raw_body=raw_body):
@@ -873,7 +906,7 @@ class NatsStateStore(StateStore):
                 if new_revision is not None:
                     if self._released_here.get(lease.workflow_id) == lease.fencing_token:
                         break  # a commit of this store released it meanwhile: the marker decides
-                    _bounded_put(self._leases, lease.workflow_id, (new, new_revision))
+                    self._wrote_lease(lease.workflow_id, new, new_revision)
                     return WorkflowLease(lease.workflow_id, lease.owner, lease.fencing_token, float(new["deadline"]))
         raise LeaseLostError(
             f"workflow {lease.workflow_id!r}: lease of {lease.owner!r} (token {lease.fencing_token}) "
@@ -884,6 +917,8 @@ class NatsStateStore(StateStore):
         key = f"lease.{token(lease.workflow_id)}"
         with self._errors(f"release the lease of workflow {lease.workflow_id!r}"):
             own = self._leases.pop(lease.workflow_id, None)
+            if own is not None:
+                self._raise_floor(lease.workflow_id, lease=own[1])
             if own is not None and int(own[0].get("token", 0)) != lease.fencing_token:
                 own = None
             for _ in range(10):
@@ -894,7 +929,9 @@ class NatsStateStore(StateStore):
                 if current is None or not current.get("owner") or int(current["token"]) != lease.fencing_token:
                     return
                 freed = {**current, "owner": None, "deadline": 0.0}
-                if await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision) is not None:
+                freed_revision = await kv.cas(self._conn.js, self._kv, key, encode(freed), last=revision)
+                if freed_revision is not None:
+                    self._raise_floor(lease.workflow_id, lease=freed_revision)
                     return
 
 
