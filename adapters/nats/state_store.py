@@ -78,7 +78,8 @@ every retry the same), a new grant's fence confirms "no record" there, ``renew_l
 ``delete``; a checkpoint entry a batched read or a scan did not return is looked up there
 before a chain walk stops at it. ``get``, ``list_checkpoints`` and ``lease_holder`` read
 the leader when the direct get answered a revision older than this store's own last write
-of the key (read-your-writes).
+of the key, or than the revision it deleted, released or lost a CAS against (read-your-writes,
+for the last 4,096 workflows this store touched; another process's writes are not covered).
 
 Fencing. ``save(fencing_token=t)`` compares ``t`` with the newest lease token and the
 record's ``_fence``; granting a new lease CASes ``_fence`` into the record before
