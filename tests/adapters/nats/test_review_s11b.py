@@ -163,6 +163,41 @@ def test_get_reads_this_stores_own_commit_after_it_commits_many_other_workflows(
     assert got is not None and got.version == 2 and got.step == 1
 
 
+def test_lease_holder_after_this_stores_own_delete_reports_no_holder(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """delete frees the lease (keeping its token): a replica answering the lease and record as
+    before the delete must not make lease_holder report this store's own freed lease."""
+    async def body(store: Any, _: Any) -> Any:
+        made = await store.create_leased(_record("w"), owner="me", ttl=30.0)
+        assert made is not None
+        held = await _leader_entry(store, f"lease.{token('w')}")
+        record = await _leader_entry(store, f"wf.{token('w')}")
+        assert await store.delete("w")
+        _lagging(monkeypatch, {f"lease.{token('w')}": held, f"wf.{token('w')}": record})
+        return await store.lease_holder("w")
+
+    assert _stores(nats_url, monkeypatch, body) is None
+
+
+def test_list_checkpoints_after_a_lost_cas_is_never_older_than_this_stores_commit(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(first: Any, second: Any) -> Any:
+        await first.save(_record("w"), expected_version=0, checkpoint=_checkpoint("w", 0))
+        oldest = await _leader_entry(first, f"wf.{token('w')}")
+        await first.save(_record("w", 1), expected_version=1, checkpoint=_checkpoint("w", 1))
+        await second.save(_record("w", 2), expected_version=2, checkpoint=_checkpoint("w", 2))
+        with pytest.raises(VersionConflictError):
+            await first.save(_record("w", 9), expected_version=2, checkpoint=_checkpoint("w", 9))
+        _lagging(monkeypatch, {f"wf.{token('w')}": oldest})
+        return [c.step for c in await first.list_checkpoints("w")]
+
+    history = _stores(nats_url, monkeypatch, body)
+    assert history and history[0] >= 1  # never older than first's own commit of step 1
+    assert history == list(range(history[0], -1, -1))
+
+
 def test_list_checkpoints_reads_entries_a_lagging_replica_lacks_from_the_leader(
     nats_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
