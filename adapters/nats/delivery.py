@@ -12,7 +12,9 @@ adapter's lease id.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import TYPE_CHECKING
 
 from distributed_agents.adapters.nats import replies
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ["delivery_count", "pull_ready", "send_ack", "stream_sequence"]
+__all__ = ["delivery_count", "pull_pending", "pull_ready", "send_ack", "stream_sequence"]
 
 
 async def pull_ready(nc: Client, stream: str, consumer: str, batch: int, *, timeout: float = 5.0) -> list[Msg]:
@@ -30,6 +32,27 @@ async def pull_ready(nc: Client, stream: str, consumer: str, batch: int, *, time
     # A status (404 No Messages, 408) ends the answer early: nothing more is ready.
     messages, _ = await replies.collect(nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request,
                                         limit=batch, timeout=timeout, partial_on_timeout=True, own_inbox=True)
+    return messages
+
+
+async def pull_pending(nc: Client, stream: str, consumer: str, batch: int, *, patience: float = 1.0,
+                       timeout: float = 5.0) -> list[Msg]:
+    """``pull_ready``, asked again (for up to ``patience`` seconds) while the consumer still
+    counts undelivered messages after an answer of none: under load the server has answered
+    a ``no_wait`` pull "404 No Messages" right after a message was stored and counted. One
+    consumer-info request per empty answer; none when messages come."""
+    messages = await pull_ready(nc, stream, consumer, batch, timeout=timeout)
+    give_up = time.monotonic() + patience
+    while not messages and time.monotonic() < give_up:
+        reply = await replies.request(nc, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=timeout)
+        try:
+            pending = json.loads(reply.data or b"{}").get("num_pending")
+        except ValueError:
+            return []
+        if not isinstance(pending, int) or pending <= 0:
+            return []  # the answer was right (or the consumer is gone)
+        await asyncio.sleep(0.005)
+        messages = await pull_ready(nc, stream, consumer, batch, timeout=timeout)
     return messages
 
 

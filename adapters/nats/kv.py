@@ -16,8 +16,10 @@ the messages to an inbox and ends with a ``204 EOB`` status (``404`` when nothin
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,9 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST = (10071, 10164)
 # Keys per multi_last request, and messages per batch request (the server caps both).
 _MULTI_CHUNK = 256
+# Seconds a scan keeps asking a consumer that still counts messages pending after a pull
+# answered none (see ``scan``).
+_SCAN_PATIENCE = 2.0
 _BATCH = 1000
 
 
@@ -312,17 +317,29 @@ async def scan(js: JetStreamContext, kv: KeyValue, pattern: str = ">") -> list[E
     )
     info = await js.add_consumer(stream, config)
     name = info.name
+    # How many messages the new consumer has to deliver: a no_wait pull that answers "no
+    # messages" before that many came is asked again while the consumer still counts some
+    # pending (seen under load: a scan right after a write came back empty).
+    expected = int(info.num_pending or 0)
+    received = 0
     entries: list[Entry] = []
     prefix_length = len(_subject(kv, ""))
+    give_up = time.monotonic() + _SCAN_PATIENCE
     try:
         while True:
             batch = await pull_ready(js._nc, stream, name, 256)  # noqa: SLF001
+            received += len(batch)
             for msg in batch:
                 if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
                     continue
                 entries.append(Entry(msg.subject[prefix_length:], msg.data or b"", int(msg.metadata.sequence.stream)))
             if len(batch) < 256:
-                break
+                if received >= expected or time.monotonic() >= give_up:
+                    break
+                pending = (await js.consumer_info(stream, name)).num_pending or 0
+                if not pending:
+                    break  # removed meanwhile: the answer was right
+                await asyncio.sleep(0.005)
     finally:
         try:
             await js.delete_consumer(stream, name)

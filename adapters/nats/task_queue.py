@@ -121,7 +121,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.connection import NatsConnection
-from distributed_agents.adapters.nats.delivery import delivery_count, pull_ready, send_ack, stream_sequence
+from distributed_agents.adapters.nats.delivery import delivery_count, pull_pending, pull_ready, send_ack, stream_sequence
 from distributed_agents.adapters.nats.done_events import DoneBatch, DoneEvents, done_payload, done_payload_raw
 from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
@@ -685,7 +685,8 @@ class NatsTaskQueue(TaskQueue):
             for node_type in levels[priority]:
                 ack_wait = await self._ensure_consumer(node_type, priority)
                 consumer = names.task_consumer(node_type, priority)
-                ready = pulled.pop(node_type) if node_type in pulled else await pull_ready(
+                # The stream counted messages here (``_look``): an empty answer is checked.
+                ready = pulled.pop(node_type) if node_type in pulled else await pull_pending(
                     self._conn.nc, names.task_stream, consumer, need)
                 for msg in ready:
                     batch.append((stream_sequence(msg.reply or ""), node_type, msg, ack_wait))
@@ -1298,8 +1299,9 @@ class NatsTaskQueue(TaskQueue):
         """``_read`` from the stream's leader (``kv.get_from_leader``): every acknowledged write seen."""
         return self._found(await kv.get_from_leader(self._conn.js, self._tasks, token(task_id)))
 
-    async def _mark_purged(self, task_id: str) -> str | None:
-        """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node type.
+    async def _mark_purged(self, task_id: str) -> tuple[str | None, bool]:
+        """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node
+        type, and whether this call marked it (it was dead and not yet purged).
 
         Read from the leader: a replica just restarted can answer a direct get with the record
         from before it went dead, and a mark skipped for that would let a letter written just
@@ -1308,13 +1310,13 @@ class NatsTaskQueue(TaskQueue):
             found = await self._read_from_leader(task_id)
             node_type = None if found.record is None else str(found.record.get("node_type") or "") or None
             if found.record is None or found.record.get("state") != "dead" or found.record.get("purged"):
-                return node_type
+                return node_type, False
             marked = encode({**found.record, "purged": True})
             # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
             ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
             if await kv.cas(self._conn.js, self._tasks, token(task_id), marked, last=found.revision, ttl=ttl) is not None:
-                return node_type
-        return None
+                return node_type, True
+        return None, False
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         headers = msg.headers or {}
@@ -1378,7 +1380,7 @@ class NatsTaskQueue(TaskQueue):
     async def purge_dead_letter(self, task_id: str) -> bool:
         # The task record (state "dead") keeps the id known until its TTL, the result's.
         with self._errors(f"purge dead letter {task_id!r}"):
-            node_type = await self._mark_purged(task_id)
+            node_type, marked = await self._mark_purged(task_id)
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
             keys = [entry.key for entry in matches]
             # The record names the letter's key: removed whatever the scan saw (its consumer may
@@ -1388,7 +1390,9 @@ class NatsTaskQueue(TaskQueue):
                 keys.append(known)
             for key in keys:
                 await kv.remove(self._conn.js, self._dead, key)
-            return bool(matches)
+            # The record was dead and not yet purged: it was a dead letter, whether or not the
+            # scan saw its letter.
+            return bool(matches) or marked
 
     # -- results -----------------------------------------------------------------------
     async def get_result(self, task_id: str) -> TaskResult | None:

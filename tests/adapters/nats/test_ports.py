@@ -244,7 +244,9 @@ def test_purging_a_letter_removes_it_even_where_the_scan_does_not_see_it(nats_ur
                 return await scan(js, bucket, pattern)
 
             monkeypatch.setattr(kv, "scan", behind)
-            await queue.purge_dead_letter(task.id)
+            # True: the record was dead (a dead letter), whatever the scan saw.
+            assert await queue.purge_dead_letter(task.id) is True
+            assert await queue.purge_dead_letter(task.id) is False  # purged already
             monkeypatch.setattr(kv, "scan", scan)
             assert await queue.dead_letters() == [] and (await queue.stats("n")).dead == 0
         finally:
