@@ -64,10 +64,21 @@ def _subject(kv: KeyValue, key: str) -> str:
 
 
 async def get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> Entry | None:
-    """The current entry of ``key``, or None if absent, deleted or expired (one direct get)."""
+    """The current entry of ``key``, or None if absent, deleted or expired (one direct get).
+
+    A direct get nobody answers (``NoRespondersError``: on a cluster the replicas set up their
+    direct-get responders a moment after the stream is made or moved, and a stream without
+    direct gets has none) is asked of the stream's leader instead (``get_from_leader``), whose
+    errors are raised.
+    """
+    import nats.errors
+
     nc = kv._js._nc  # noqa: SLF001
-    msg = await replies.request(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
-    return entry_of(msg, key, _stream(kv))
+    try:
+        msg = await replies.request(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
+        return entry_of(msg, key, _stream(kv))
+    except nats.errors.NoRespondersError:
+        return await get_from_leader(kv._js, kv, key)  # noqa: SLF001
 
 
 async def get_from_leader(js: JetStreamContext, kv: KeyValue, key: str) -> Entry | None:
