@@ -25,42 +25,11 @@ from distributed_agents.core.errors import VersionConflictError
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
 
 from .conftest import open_nats
+from .test_state_store_stale_reads import _checkpoint, _record
+from .test_state_store_stale_reads import _entry as _leader_entry
+from .test_state_store_stale_reads import _lagging_keys as _lagging
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _lagging(monkeypatch: pytest.MonkeyPatch, answers: dict[str, kv.Entry | None]) -> None:
-    """Direct gets of each key of ``answers`` answer its entry (None: absent) from now on."""
-    direct_get, direct_get_many = kv.get, kv.get_many
-
-    async def get(bucket: Any, wanted: str, **kwargs: Any) -> kv.Entry | None:
-        return answers[wanted] if wanted in answers else await direct_get(bucket, wanted, **kwargs)
-
-    async def get_many(bucket: Any, keys: list[str], **kwargs: Any) -> dict[str, kv.Entry]:
-        entries = await direct_get_many(bucket, keys, **kwargs)
-        for key, stale in answers.items():
-            if key in keys:
-                entries.pop(key, None)
-                if stale is not None:
-                    entries[key] = stale
-        return entries
-
-    monkeypatch.setattr(kv, "get", get)
-    monkeypatch.setattr(kv, "get_many", get_many)
-
-
-async def _leader_entry(store: Any, key: str) -> kv.Entry:
-    found = await kv.get_from_leader(store._conn.js, store._kv, key)
-    assert found is not None
-    return found
-
-
-def _record(workflow_id: str, step: int = 0) -> WorkflowRecord:
-    return WorkflowRecord(workflow_id, "g", "running", {"step": step}, step=step)
-
-
-def _checkpoint(workflow_id: str, step: int) -> Checkpoint:
-    return Checkpoint(workflow_id, step, {"step": step})
 
 
 def _stores(nats_url: str, monkeypatch: pytest.MonkeyPatch, body: Callable[[Any, Any], Awaitable[Any]]) -> Any:

@@ -29,17 +29,23 @@ pytestmark = pytest.mark.timeout(60)
 
 def _lagging(monkeypatch: pytest.MonkeyPatch, key: str, stale: kv.Entry | None) -> None:
     """Direct gets of ``key`` answer ``stale`` (None: absent) from now on (a replica behind)."""
+    _lagging_keys(monkeypatch, {key: stale})
+
+
+def _lagging_keys(monkeypatch: pytest.MonkeyPatch, answers: dict[str, kv.Entry | None]) -> None:
+    """Direct gets of each key of ``answers`` answer its entry (None: absent) from now on."""
     direct_get, direct_get_many = kv.get, kv.get_many
 
     async def get(bucket: Any, wanted: str, **kwargs: Any) -> kv.Entry | None:
-        return stale if wanted == key else await direct_get(bucket, wanted, **kwargs)
+        return answers[wanted] if wanted in answers else await direct_get(bucket, wanted, **kwargs)
 
     async def get_many(bucket: Any, keys: list[str], **kwargs: Any) -> dict[str, kv.Entry]:
         entries = await direct_get_many(bucket, keys, **kwargs)
-        if key in keys:
-            entries.pop(key, None)
-            if stale is not None:
-                entries[key] = stale
+        for key, stale in answers.items():
+            if key in keys:
+                entries.pop(key, None)
+                if stale is not None:
+                    entries[key] = stale
         return entries
 
     monkeypatch.setattr(kv, "get", get)
