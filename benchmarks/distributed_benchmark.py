@@ -66,17 +66,26 @@ def fan_graph(width: int) -> Graph:
 SERVER_PIDS: list[int] = []
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``; 0 elsewhere or once it is gone)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float, float]:
+    """CPU seconds so far of (this orchestrator process, the worker processes, the server started by --start)."""
+    workers_cpu = sum(process_cpu_seconds(pid) for pid in pids if pid not in SERVER_PIDS)
+    server_cpu = sum(process_cpu_seconds(pid) for pid in SERVER_PIDS)
+    return time.process_time(), workers_cpu, server_cpu
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of this process and of ``pids`` (Linux ``/proc``; 0 elsewhere)."""
-    total = time.process_time()
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in pids:
-        try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    return time.process_time() + sum(process_cpu_seconds(pid) for pid in pids)
 
 
 @contextlib.contextmanager
@@ -162,22 +171,30 @@ async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict
         # and --arq-python, an arq pass follows each round, so the ratios to arq compare
         # passes minutes apart at most, not a run of ours with arq's run after it.
         single_cpu = fan_cpu = 0.0
+        single_split = [0.0, 0.0, 0.0]
+        fan_split = [0.0, 0.0, 0.0]
         with_arq = worker_count == 1 and bool(args.arq_python)
         if with_arq:
             figures["arq_runs"] = []
         for _ in range(args.rounds):
-            spent = cpu_seconds(pids)
+            spent, before = cpu_seconds(pids), cpu_split(pids)
             figures["single_runs"].append(await single_workflows(orchestrator, args.workflows, args.concurrency))
             single_cpu += cpu_seconds(pids) - spent
-            spent = cpu_seconds(pids)
+            single_split = [total + after - earlier
+                            for total, after, earlier in zip(single_split, cpu_split(pids), before)]
+            spent, before = cpu_seconds(pids), cpu_split(pids)
             figures["fan_runs"].append(await fan_out(orchestrator, args.width))
             fan_cpu += cpu_seconds(pids) - spent
+            fan_split = [total + after - earlier for total, after, earlier in zip(fan_split, cpu_split(pids), before)]
             if with_arq:  # in a thread: this loop keeps serving the orchestrator's connections meanwhile
                 figures["arq_runs"].append(await asyncio.to_thread(arq_figure, args.arq_python, url, args.workflows))
         figures["single"] = statistics.median(figures["single_runs"])
         figures["single_cpu_ms"] = single_cpu * 1000 / (args.workflows * args.rounds)
         figures["fan-out"] = statistics.median(figures["fan_runs"])
         figures["fan_cpu_ms"] = fan_cpu * 1000 / ((args.width + 2) * args.rounds)
+        # The same CPU per task split by process: orchestrator, workers, server.
+        figures["single_cpu_split_ms"] = [part * 1000 / (args.workflows * args.rounds) for part in single_split]
+        figures["fan_cpu_split_ms"] = [part * 1000 / ((args.width + 2) * args.rounds) for part in fan_split]
         figures["latency"] = await latency(orchestrator, args.latency_runs)
         await orchestrator.close()
     return figures
@@ -235,7 +252,9 @@ async def main() -> None:
             results["workers"][count] = {"single": f["single"], "fan-out": f["fan-out"], "p50_ms": p50 * 1000,
                                          "p99_ms": p99 * 1000, "single_cpu_ms": f["single_cpu_ms"],
                                          "fan_cpu_ms": f["fan_cpu_ms"], "single_runs": f["single_runs"],
-                                         "fan_runs": f["fan_runs"]}
+                                         "fan_runs": f["fan_runs"],
+                                         "single_cpu_split_ms": f["single_cpu_split_ms"],
+                                         "fan_cpu_split_ms": f["fan_cpu_split_ms"]}
             if "arq_runs" in f:
                 results["arq_runs"] = f["arq_runs"]
                 results["arq"] = statistics.median(f["arq_runs"])
@@ -246,6 +265,9 @@ async def main() -> None:
                   f"({f['single_cpu_ms']:.2f} cpu ms/task) | "
                   f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s ({f['fan_cpu_ms']:.2f} cpu ms/task) | "
                   f"trigger->merged p50 {p50 * 1000:6.2f} ms p99 {p99 * 1000:6.2f} ms")
+            print(f"{count} worker(s): cpu ms/task by process (orchestrator / workers / server): single-node "
+                  f"{' / '.join(f'{v:.3f}' for v in f['single_cpu_split_ms'])} | fan-out "
+                  f"{' / '.join(f'{v:.3f}' for v in f['fan_cpu_split_ms'])}")
         if args.arq_python:
             if "arq_runs" not in results:  # --workers without 1: arq's passes on their own
                 results["arq_runs"] = [arq_figure(args.arq_python, url, args.workflows) for _ in range(args.rounds)]
