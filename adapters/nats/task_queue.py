@@ -316,8 +316,10 @@ class NatsTaskQueue(TaskQueue):
 
     def _check_letter_fits(self, task: Task, raw: bytes) -> None:
         """Raise ``PayloadTooLargeError`` if ``task`` (encoded as ``raw``) could not be dead-lettered."""
-        size = letter_bytes(len(raw), task.id, task.node_type)
         limit = self._max_payload
+        if len(raw) + LETTER_RESERVE_BYTES + 6 * (len(task.id) + len(task.node_type)) + 4 <= limit:
+            return  # the common case, without encoding the id and type (see ``_unlettered_reason``)
+        size = letter_bytes(len(raw), task.id, task.node_type)
         if size > limit:
             largest = limit - (size - len(raw))
             raise PayloadTooLargeError(
@@ -534,8 +536,10 @@ class NatsTaskQueue(TaskQueue):
         for index, task in enumerate(tasks):
             first.setdefault(task.id, index)
         unique = [tasks[index] for index in first.values()]
-        for task in unique:  # all checked before any is written
-            self._check_letter_fits(task, encode(task_to_dict(task)))
+        # Each task encoded once: checked here (all before any is written), published below.
+        raws = [encode(task_to_dict(task)) for task in unique]
+        for task, raw in zip(unique, raws):
+            self._check_letter_fits(task, raw)
         created: dict[str, bool] = {}
         with self._errors(f"enqueue {len(unique)} tasks"):
             await self._done.ensure()
@@ -545,25 +549,26 @@ class NatsTaskQueue(TaskQueue):
                 await self._ensure_consumer(node_type, priority)
             for start in range(0, len(unique), _ENQUEUE_CHUNK):
                 chunk = unique[start:start + _ENQUEUE_CHUNK]
-                created.update(zip((t.id for t in chunk), await self._enqueue_chunk(chunk)))
+                flags = await self._enqueue_chunk(chunk, raws[start:start + _ENQUEUE_CHUNK])
+                created.update(zip((t.id for t in chunk), flags))
             self._done.forget([task_id for task_id, flag in created.items() if not flag])
         return [first[task.id] == index and created[task.id] for index, task in enumerate(tasks)]
 
-    async def _enqueue_chunk(self, chunk: Sequence[Task]) -> list[bool]:
+    async def _enqueue_chunk(self, chunk: Sequence[Task], raws: Sequence[bytes]) -> list[bool]:
+        """``enqueue_many``'s writes for ``chunk``, whose tasks' JSON is ``raws``; per task, whether it was created."""
         names, bucket = self._conn.names, self._tasks
-        raws = [encode(task_to_dict(task)) for task in chunk]
-        records: list[dict[str, Any]] = [{}] * len(chunk)
+        # Each record's JSON up to its stream sequence, made before the publishes go out:
+        # the reader then only writes the sequence in (``_new_record_bytes``).
+        heads = [_new_record_head(task.id, task.node_type, task.priority, task.max_attempts) for task in chunk]
 
         def create_record(index: int, ack: replies.PubAck) -> tuple[str, bytes, bytes] | None:
             # The message is stored: its record is created at once, from the client's reader.
             if ack.duplicate:
                 return None  # ``_enqueue``'s path, below
-            task = chunk[index]
-            records[index] = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
-            return kv.cas_request(bucket, token(task.id), encode(records[index]), last=0)
+            return kv.cas_request(bucket, token(chunk[index].id), _new_record_bytes(heads[index], int(ack.seq)), last=0)
 
         answers = await replies.js_publish_chain(self._conn.nc, [
-            (names.task_subject(task.node_type, task.priority), raw, {"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            (names.task_subject(task.node_type, task.priority), raw, _task_headers(task.id))
             for task, raw in zip(chunk, raws)], create_record)
         acks: list[replies.PubAck] = []
         for answer, _ in answers:
@@ -591,7 +596,8 @@ class NatsTaskQueue(TaskQueue):
             if ack.duplicate:
                 flags[index] = await self._enqueue(task, raws[index])
             elif not flags[index]:
-                flags[index] = await self._record_exists(task, records[index], int(ack.seq), 0)
+                record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
+                flags[index] = await self._record_exists(task, record, int(ack.seq), 0)
         for node_type in woken:
             await self._wake(node_type)
         return flags
@@ -1576,6 +1582,16 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
     return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
 
 
+def _task_headers(task_id: str) -> bytes:
+    """``replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})``, the header block of
+    an enqueued task's message: written directly for an id the builder would not change (no
+    surrounding whitespace, no line break: one string per task of ``enqueue_many`` instead of
+    the builder's loop over a dict), the same bytes."""
+    if "\r" in task_id or "\n" in task_id or task_id.strip() != task_id:
+        return replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})
+    return f"NATS/1.0\r\nNats-Msg-Id: {task_id}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
+
+
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:
     return {
         "id": task_id,
@@ -1590,6 +1606,24 @@ def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int |
         "worker": "",
         "deadline": 0.0,
     }
+
+
+# ``_new_record``'s members after ``seq``, as ``encode`` writes them.
+_NEW_RECORD_TAIL = b',"state":"queued","attempt":0,"errors":[],"lease":"","worker":"","deadline":0.0}'
+
+
+def _new_record_head(task_id: str, node_type: str, priority: int, max_attempts: int | None) -> bytes:
+    """The JSON of ``_new_record(task_id, node_type, priority, max_attempts, seq=...)`` up to its
+    ``seq``'s value; ``_new_record_bytes`` completes it. ``priority`` an int, ``max_attempts`` an int
+    or None (``Task`` checks both); raises ``TypeError``/``ValueError`` as ``encode`` does."""
+    head = encode({"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts})
+    return head[:-1] + b',"seq":'
+
+
+def _new_record_bytes(head: bytes, seq: int) -> bytes:
+    """``encode(_new_record(..., seq=seq))`` from its ``_new_record_head``: the bytes, made without
+    the record's dict (the reader writes one per task of ``enqueue_many`` as its message is stored)."""
+    return b"%s%d%s" % (head, seq, _NEW_RECORD_TAIL)
 
 
 _STATES = ("queued", "claimed", "delayed", *_TERMINAL)

@@ -1,0 +1,150 @@
+"""``enqueue_many`` writes the bytes it always wrote, built more cheaply: each task encoded
+once, its message's header block written directly (``_task_headers``), its record's JSON
+completed from a head made before the publish (``_new_record_head``/``_new_record_bytes``),
+and the dead-letter size check short-cut by a bound only where it surely holds.
+
+The builders are compared with the general ones for any id (hypothesis); on a real
+nats-server, the stored messages and records of an ``enqueue_many`` are read back."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.aio import run
+
+from distributed_agents.adapters.nats import kv, replies
+from distributed_agents.adapters.nats.backend import NatsBackend
+from distributed_agents.adapters.nats.naming import token
+from distributed_agents.adapters.nats.task_queue import (
+    _new_record,
+    _new_record_bytes,
+    _new_record_head,
+    _task_headers,
+    letter_bytes,
+)
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.errors import PayloadTooLargeError
+from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.ports.task_queue import Task, task_to_dict
+
+pytestmark = pytest.mark.timeout(120)
+
+# Ids with what a header or JSON writer must treat specially: surrounding whitespace, line
+# breaks, quotes and backslashes, control characters, non-ASCII.
+_IDS = st.text(min_size=1, max_size=40) | st.sampled_from(
+    [" padded ", "tab\there", "line\nbreak", "cr\rlf", '"quoted\\"', "\x01\x1f", "ünï©ødé", "\u2028sep", "wf:n:0"])
+
+
+@given(task_id=_IDS)
+@settings(max_examples=300, deadline=None)
+def test_task_headers_are_the_general_header_block(task_id: str) -> None:
+    assert _task_headers(task_id) == replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})
+
+
+@given(task_id=_IDS, node_type=_IDS, priority=st.integers(-10**6, 10**6),
+       max_attempts=st.none() | st.integers(1, 10**6), seq=st.integers(0, 2**63))
+@settings(max_examples=300, deadline=None)
+def test_new_record_bytes_are_the_encoded_new_record(
+        task_id: str, node_type: str, priority: int, max_attempts: int | None, seq: int) -> None:
+    made = _new_record_bytes(_new_record_head(task_id, node_type, priority, max_attempts), seq)
+    assert made == encode(_new_record(task_id, node_type, priority, max_attempts, seq=seq))
+    assert decode(made) == _new_record(task_id, node_type, priority, max_attempts, seq=seq)
+
+
+async def _open(url: str) -> NatsBackend:
+    backend = NatsBackend(url, BackendOptions.from_url(url, prefix=f"eb{uuid.uuid4().hex[:8]}"))
+    await backend.connect()
+    return backend
+
+
+def test_enqueue_many_stores_each_task_its_headers_and_its_record(nats_server: Any) -> None:
+    """Tasks with awkward ids, two priorities: every message holds its task's JSON under
+    headers naming its id, every record is the new record of its message's sequence, and
+    the tasks are claimed as they were enqueued (a claim checks its message's Da-Task-Id
+    header against the task's id: one that differs is dead-lettered, not claimed)."""
+    ids = ["quote\"d", "ünï©ødé", "a.b*c>d", "wf:n:0", "back\\slash", "tab\tinside"]
+
+    async def scenario(url: str) -> tuple[Any, ...]:
+        backend = await _open(url)
+        queue = backend.task_queue
+        try:
+            tasks = [Task(task_id, "wf", f"n{i}", "alpha", {"i": i}, priority=i % 2, max_attempts=None if i % 3 else 4)
+                     for i, task_id in enumerate(ids)]
+            flags = await queue.enqueue_many(tasks)
+            stored = []
+            for task in tasks:
+                entry = await kv.get(queue._tasks, token(task.id))
+                record = decode(entry.value)
+                message = await backend.connection.js.get_msg(backend.connection.names.task_stream, record["seq"])
+                stored.append((entry.value, record, message.data, dict(message.headers or {})))
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=len(tasks))
+            return tasks, flags, stored, claims
+        finally:
+            await backend.close()
+
+    tasks, flags, stored, claims = run(scenario(nats_server.url), 60)
+    assert flags == [True] * len(tasks)
+    for task, (raw, record, data, headers) in zip(tasks, stored):
+        assert raw == encode(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=record["seq"]))
+        assert data == encode(task_to_dict(task))
+        if task.id.isascii():  # (nats-py's get_msg reads other header values as email headers)
+            assert headers["Nats-Msg-Id"] == headers["Da-Task-Id"] == task.id
+    assert sorted(c.task.id for c in claims) == sorted(ids)
+    assert {c.task.id: c.task for c in claims} == {t.id: t for t in tasks}
+
+
+@pytest.mark.parametrize("task_id", ["plain", "\x01" * 30, "é" * 30])
+def test_the_size_check_is_exact_at_the_limit_for_enqueue_and_enqueue_many(nats_server: Any, task_id: str) -> None:
+    """A task whose letter takes exactly the server's max_payload is taken, one byte more is
+    refused, by both enqueue paths, for ids whose JSON is longer than their characters
+    (escaped control characters, multi-byte UTF-8): the short cut never accepts more."""
+
+    async def scenario(url: str) -> list[tuple[int, bool, Any]]:
+        backend = await _open(url)
+        queue = backend.task_queue
+        try:
+            limit = int(backend.connection.nc.max_payload)
+            outcomes: list[tuple[int, bool, Any]] = []
+            for over in (0, 1):
+                for many in (False, True):
+                    one_id = f"{task_id}-{over}{int(many)}"
+                    one = _task_of(one_id, limit - letter_bytes(0, one_id, "alpha") + over)
+                    try:
+                        outcome = (await queue.enqueue_many([one]))[0] if many else await queue.enqueue(one)
+                    except PayloadTooLargeError as refused:
+                        outcome = (refused.size, refused.limit)
+                    outcomes.append((over, many, outcome))
+            return outcomes
+        finally:
+            await backend.close()
+
+    outcomes = run(scenario(nats_server.url), 60)
+    assert [o for _, _, o in outcomes[:2]] == [True, True], outcomes
+    assert all(isinstance(o, tuple) and o[0] == o[1] + 1 for _, _, o in outcomes[2:]), outcomes
+
+
+def _task_of(task_id: str, size: int) -> Task:
+    """A task of node type "alpha" with id ``task_id`` whose JSON takes exactly ``size`` bytes."""
+    base = len(encode(task_to_dict(Task(task_id, "wf", "n", "alpha", {"f": ""}, created_at=1.0))))
+    task = Task(task_id, "wf", "n", "alpha", {"f": "x" * (size - base)}, created_at=1.0)
+    assert len(encode(task_to_dict(task))) == size
+    return task
+
+
+@pytest.mark.xfail(strict=True, reason="a header value loses surrounding whitespace (NATS strips it), so the claim "
+                   "finds the Da-Task-Id header differing from the task's id and dead-letters the task as malformed "
+                   "(in the code before the enqueue_many change too); enqueue accepts such ids")
+def test_a_task_id_with_surrounding_whitespace_is_claimed(nats_server: Any) -> None:
+    async def scenario(url: str) -> list[str]:
+        backend = await _open(url)
+        try:
+            assert await backend.task_queue.enqueue_many([Task(" padded ", "wf", "n", "alpha", {})]) == [True]
+            return [c.task.id for c in await backend.task_queue.claim(["alpha"], worker_id="w", wait=2)]
+        finally:
+            await backend.close()
+
+    assert run(scenario(nats_server.url), 60) == [" padded "]
