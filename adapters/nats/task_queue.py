@@ -235,6 +235,8 @@ class _Found:
     record: dict[str, Any] | None
     revision: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # ``record``'s JSON as read (None when not kept): a claim edits it (``_claimed_bytes``).
+    raw: bytes | None = None
 
 
 LETTER_RESERVE_BYTES = 32 * 1024
@@ -752,8 +754,10 @@ class NatsTaskQueue(TaskQueue):
             return {}, {}  # one record: _take's own read costs the same (and decoding twice would not)
         keys: dict[int, str] = {}
         decoded: dict[int, Task] = {}
+        # The longest task decoded here: not over max_task_bytes, and its letter surely fits.
+        longest = min(self.max_task_bytes, self._max_payload - LETTER_RESERVE_BYTES)
         for msg in messages:
-            if len(msg.data) > self.max_task_bytes or len(msg.data) + LETTER_RESERVE_BYTES > self._max_payload:
+            if len(msg.data) > longest:
                 continue  # perhaps oversized: _take checks it exactly
             try:
                 task = decode_task(msg.data, queued_as=_queued_as(msg))
@@ -768,8 +772,9 @@ class NatsTaskQueue(TaskQueue):
         for ident, key in keys.items():
             entry = entries.get(key)
             try:
+                where = f"{self._conn.names.task_bucket} {key}"
                 found[ident] = _Found(None) if entry is None else _Found(
-                    _control_record(entry.value, f"{self._conn.names.task_bucket} {key}"), entry.revision)
+                    _control_record(entry.value, where), entry.revision, raw=entry.value)
             except PayloadDecodeError:
                 continue  # _take reads it again and dead-letters the task
         return found, decoded
@@ -784,25 +789,30 @@ class NatsTaskQueue(TaskQueue):
         the claim, or None where the CAS lost (the record changed since it was read:
         ``_take`` reads it again); deliveries left out take ``_take``'s path."""
         chosen: list[tuple[Msg, Task, dict[str, Any], int, float]] = []
-        for _, node_type, msg, ack_wait in batch:
+        raws: list[bytes] = []
+        worker = encode(worker_id)
+        for seq, node_type, msg, ack_wait in batch:
             found, task, lease_id = records.get(id(msg)), decoded.get(id(msg)), msg.reply or ""
             record = None if found is None else found.record
-            if (task is None or task.node_type != node_type  # another type than its subject's: _take dead-letters it
-                    or record is None or record.get("state") != "queued" or delivery_count(lease_id) != 1
-                    or record.get("seq") not in (0, stream_sequence(lease_id))):
+            if (found is None or record is None or task is None
+                    or task.node_type != node_type  # another type than its subject's: _take dead-letters it
+                    or record.get("state") != "queued" or delivery_count(lease_id) != 1
+                    or record.get("seq") not in (0, seq)):
                 continue
             attempt = int(record["attempt"]) + 1
-            try:
-                check_attempt(attempt, f"{self._conn.names.task_bucket} {token(task.id)}")
-            except PayloadDecodeError:
-                continue  # _take dead-letters it
-            new = {**record, "seq": stream_sequence(lease_id), "state": "claimed", "attempt": attempt,
+            if attempt < 1:  # (the where, an f-string, made only then)
+                try:
+                    check_attempt(attempt, f"{self._conn.names.task_bucket} {token(task.id)}")
+                except PayloadDecodeError:
+                    continue  # _take dead-letters it
+            deadline = time.time() + lease
+            new = {**record, "seq": seq, "state": "claimed", "attempt": attempt,
                    "errors": list(record.get("errors", [])), "lease": lease_id, "worker": worker_id,
-                   "deadline": time.time() + lease}
-            chosen.append((msg, task, new, found.revision if found is not None else 0, ack_wait))
+                   "deadline": deadline}
+            chosen.append((msg, task, new, found.revision, ack_wait))
+            raws.append(_claimed_bytes(found.raw, record, seq, lease_id, worker, deadline) or encode(new))
         if not chosen:
             return {}
-        raws = [encode(new) for _, _, new, _, _ in chosen]
         revisions = await kv.cas_many(self._conn.js, self._tasks, [
             (token(task.id), raw, last, None) for (_, task, _, last, _), raw in zip(chosen, raws)])
         out: dict[int, ClaimedTask | None] = {}
@@ -1590,6 +1600,27 @@ def _task_headers(task_id: str) -> bytes:
     if "\r" in task_id or "\n" in task_id or task_id.strip() != task_id:
         return replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})
     return f"NATS/1.0\r\nNats-Msg-Id: {task_id}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
+
+
+def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, lease_id: str, worker: bytes,
+                   deadline: float) -> bytes | None:
+    """The JSON of a first claim of ``record`` (``{**record, "seq": seq, "state": "claimed", "attempt": 1,
+    "errors": [], "lease": lease_id, "worker": <worker>, "deadline": deadline}``, ``worker`` already
+    encoded), made by editing the bytes it was read as (``queued``) instead of encoding the record
+    again, when they end as ``_new_record`` writes a record (``"seq":<its seq>`` and
+    ``_NEW_RECORD_TAIL``): the members before ``seq`` are kept as they are, those from ``seq`` on
+    written anew; it decodes to that record (and is its ``encode`` for a record this adapter
+    wrote). None when the bytes end otherwise (the caller encodes). The tail cannot be inside a
+    string value: JSON escapes a string's quotes."""
+    stored_seq = record.get("seq")
+    if queued is None or type(stored_seq) is not int:
+        return None
+    tail = b"%d%s" % (stored_seq, _NEW_RECORD_TAIL)
+    cut = len(queued) - len(tail)
+    if not queued.endswith(tail) or not queued.endswith(b',"seq":', 0, cut):
+        return None
+    return b'%s%d,"state":"claimed","attempt":1,"errors":[],"lease":%s,"worker":%s,"deadline":%s}' % (
+        queued[:cut], seq, encode(lease_id), worker, encode(deadline))
 
 
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:
