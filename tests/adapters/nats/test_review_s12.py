@@ -1,0 +1,411 @@
+"""Review of this session's NATS task-queue changes, on a real nats-server.
+
+0142a04: ``enqueue_many`` encodes each task once, writes its header block directly and
+completes its record's JSON from a head made before the publish. d25412b: a first claim
+writes its record by editing the bytes its batched read returned. Later changes: one
+confirmed +ACK per consumer for the acks of one pass.
+
+What must hold, whatever the path a task takes: ``enqueue_many`` answers as ``enqueue``
+does for repeated, pending, finished, expired and dead-lettered ids, and each task runs
+exactly as often as those answers say; a message without a record (a producer that died
+between its two writes, or a foreign producer with no headers at all), and a record
+written by older code (other member order, extra members), are claimed exactly once; the
+acks of one pass really remove every message from its consumer (nothing redelivered, no
+ack pending), also when an ack in that pass loses its CAS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents.adapters.nats import kv
+from distributed_agents.adapters.nats.backend import NatsBackend
+from distributed_agents.adapters.nats.naming import token
+from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.ports.task_queue import Task, task_to_dict
+
+from .conftest import open_nats
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _prefix(tag: str) -> str:
+    return f"{tag}{uuid.uuid4().hex[:8]}"
+
+
+async def _drain(backend: NatsBackend, types: list[str], *, output: Any = None, rounds: int = 30,
+                 wait: float = 0.3, max_tasks: int = 16) -> list[str]:
+    """Claim and ack until a claim that waited ``wait`` seconds comes back empty: the ids
+    claimed, in claim order (an id twice if it ran twice)."""
+    ran: list[str] = []
+    for _ in range(rounds):
+        claims = await backend.task_queue.claim(types, worker_id="w", max_tasks=max_tasks, wait=wait)
+        if not claims:
+            return ran
+        for claim in claims:
+            ran.append(claim.task.id)
+            await backend.task_queue.ack(claim, {"id": claim.task.id, "run": output})
+    return ran
+
+
+async def _ack_pending(backend: NatsBackend, node_type: str, priority: int = 0) -> tuple[int, int, int]:
+    """The consumer's (ack pending, redelivered, messages waiting) for ``node_type`` at ``priority``."""
+    names = backend.connection.names
+    info = await backend.connection.js.consumer_info(names.task_stream, names.task_consumer(node_type, priority))
+    return int(info.num_ack_pending or 0), int(info.num_redelivered or 0), int(info.num_pending or 0)
+
+
+def _task(task_id: str, node_type: str = "alpha", **fields: Any) -> Task:
+    return Task(task_id, "wf", "n", node_type, {"id": task_id}, **fields)
+
+
+# -- enqueue_many answers as enqueue does ------------------------------------------------------
+
+def test_enqueue_many_answers_like_enqueue_for_repeated_pending_finished_and_expired_ids(nats_url: str) -> None:
+    """Twin queues (own prefixes), one fed by ``enqueue`` one task at a time, the other by
+    ``enqueue_many``: the same answers in each phase (repeated within a call, pending,
+    finished within its result's life, expired), and each id runs once per True."""
+
+    async def phases(many: bool) -> list[Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("em"), result_ttl=1.0)
+        queue = backend.task_queue
+
+        async def put(ids: list[str]) -> list[bool]:
+            tasks = [_task(i) for i in ids]
+            if many:
+                return await queue.enqueue_many(tasks)
+            seen: set[str] = set()
+            flags = []
+            for task in tasks:
+                flags.append(False if task.id in seen else await queue.enqueue(task))
+                seen.add(task.id)
+            return flags
+
+        try:
+            out: list[Any] = []
+            out.append(await put(["a", "b", "a"]))  # repeated within a call
+            out.append(await put(["a", "c", "c"]))  # pending
+            out.append(sorted(await _drain(backend, ["alpha"], output=1)))
+            out.append(await put(["a", "b"]))  # finished, result alive
+            await asyncio.sleep(1.6)  # results expire (result_ttl 1 s)
+            out.append(await put(["a", "b", "a"]))  # expired: new again
+            out.append(await put(["b"]))  # pending again
+            out.append(sorted(await _drain(backend, ["alpha"], output=2)))
+            results = await queue.wait_results(["a", "b", "c"], timeout=5)
+            out.append({k: (r.status, (r.output or {}).get("run")) for k, r in sorted(results.items())})
+            return out
+        finally:
+            await backend.close()
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        return await phases(False), await phases(True)
+
+    one_by_one, batched = run(both(), 50)
+    assert batched == one_by_one
+    assert batched[:2] == [[True, True, False], [False, True, False]]
+    assert batched[2] == ["a", "b", "c"]
+    assert batched[3] == [False, False]
+    assert batched[4] == [True, True, False] and batched[5] == [False]
+    assert batched[6] == ["a", "b"]
+    assert batched[7]["a"] == ("succeeded", 2) and batched[7]["b"] == ("succeeded", 2)
+
+
+def test_enqueue_many_keeps_a_dead_letters_id_until_requeued_and_runs_a_requeued_task_once(nats_url: str) -> None:
+    """A dead-lettered id: refused by both enqueue paths (also after its result would have
+    expired), requeued once (a second requeue is False), then run exactly once more with a
+    fresh attempt count; a purged one: True from purge, False from a second purge, and new
+    again for ``enqueue_many`` once its result expired."""
+
+    async def scenario() -> list[Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("dl"), result_ttl=1.0)
+        queue = backend.task_queue
+        try:
+            out: list[Any] = []
+            assert await queue.enqueue_many([_task("d1", max_attempts=1), _task("d2", max_attempts=1)]) == [True] * 2
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=2, wait=2)
+            for claim in claims:
+                await queue.nack(claim, "boom")
+            out.append(sorted(c.task.id for c in claims))
+            await asyncio.sleep(1.3)
+            out.append((await queue.enqueue_many([_task("d1"), _task("d2")]), await queue.enqueue(_task("d1"))))
+            out.append((await queue.requeue_dead_letter("d1"), await queue.requeue_dead_letter("d1")))
+            out.append((await queue.purge_dead_letter("d2"), await queue.purge_dead_letter("d2")))
+            again = await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=2)
+            out.append([(c.task.id, c.attempt) for c in again])
+            for claim in again:
+                await queue.ack(claim, {"again": True})
+            await asyncio.sleep(1.3)
+            out.append(await queue.enqueue_many([_task("d2"), _task("d1")]))
+            out.append(sorted(await _drain(backend, ["alpha"])))
+            return out
+        finally:
+            await backend.close()
+
+    out = run(scenario(), 50)
+    assert out[0] == ["d1", "d2"]
+    assert out[1] == ([False, False], False)
+    assert out[2] == (True, False)
+    assert out[3] == (True, False)
+    assert out[4] == [("d1", 1)]
+    # d1 finished (acked) and its result expired, d2 was purged and its result expired: both new.
+    assert out[5] == [True, True]
+    assert out[6] == ["d1", "d2"]
+
+
+# -- a message without its record, and records written otherwise ---------------------------------
+
+def test_a_message_whose_producer_died_before_the_record_runs_once_and_blocks_its_id(nats_url: str) -> None:
+    """The messages of three tasks are stored as ``enqueue`` publishes them, their records never
+    written (the producer died between the two writes), beside two tasks enqueued normally:
+    ``enqueue_many`` of the same tasks again answers False for the three (their messages
+    wait in the stream) and True for a new one; a batched claim runs each of the six once."""
+
+    async def scenario() -> tuple[list[bool], list[str], dict[str, Any]]:
+        backend = await open_nats(nats_url, prefix=_prefix("pd"))
+        queue, names, js = backend.task_queue, backend.connection.names, backend.connection.js
+        try:
+            assert await queue.enqueue_many([_task("ok1"), _task("ok2")]) == [True, True]
+            orphans = [_task(f"orphan{i}") for i in range(3)]
+            for task in orphans:
+                await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(task)),
+                                 headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            flags = await queue.enqueue_many([*orphans, _task("new")])
+            ran = await _drain(backend, ["alpha"], max_tasks=8)
+            records = {t: decode((await kv.get(queue._tasks, token(t))).value)["state"]
+                       for t in ["ok1", "ok2", "new", *(o.id for o in orphans)]}
+            return flags, ran, records
+        finally:
+            await backend.close()
+
+    flags, ran, records = run(scenario(), 40)
+    assert flags == [False, False, False, True]
+    assert sorted(ran) == ["new", "ok1", "ok2", "orphan0", "orphan1", "orphan2"]
+    assert set(records.values()) == {"done"}
+
+
+def test_messages_of_a_foreign_producer_without_headers_run_once_each_in_a_batched_claim(nats_url: str) -> None:
+    """Task messages published with no header at all (no Nats-Msg-Id, no Da-Task-Id), one of
+    them twice (two messages, one id), among tasks ``enqueue_many`` wrote, claimed in
+    batches: every id runs exactly once and has its result."""
+
+    async def scenario() -> tuple[list[str], dict[str, str]]:
+        backend = await open_nats(nats_url, prefix=_prefix("fp"))
+        queue, names, js = backend.task_queue, backend.connection.names, backend.connection.js
+        try:
+            assert await queue.enqueue_many([_task(f"own{i}") for i in range(3)]) == [True] * 3
+            for task_id in ["bare0", "bare1", "bare0", "bare2"]:
+                await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(_task(task_id))))
+            assert await queue.enqueue_many([_task("own3")]) == [True]
+            ran = await _drain(backend, ["alpha"], max_tasks=8)
+            ids = ["own0", "own1", "own2", "own3", "bare0", "bare1", "bare2"]
+            results = await queue.wait_results(ids, timeout=5)
+            return ran, {k: r.status for k, r in results.items()}
+        finally:
+            await backend.close()
+
+    ran, statuses = run(scenario(), 40)
+    assert sorted(ran) == sorted(["own0", "own1", "own2", "own3", "bare0", "bare1", "bare2"]), ran
+    assert statuses == dict.fromkeys(["own0", "own1", "own2", "own3", "bare0", "bare1", "bare2"], "succeeded")
+
+
+_OLD_STYLE = [
+    # Members in another order (an older writer): the claim must not edit these bytes as a new record's.
+    lambda r: encode({k: r[k] for k in sorted(r)}),
+    # An extra member after the tail a new record ends with.
+    lambda r: encode({**r, "legacy": True}),
+    # Pretty-printed (spaces after separators).
+    lambda r: encode(r).replace(b'":', b'": ').replace(b',"', b', "'),
+    # A member before seq that a newer writer added.
+    lambda r: encode({"id": r["id"], "node_type": r["node_type"], "priority": r["priority"],
+                      "max_attempts": r["max_attempts"], "note": '","seq":1,"state":"queued"', **r}),
+]
+
+
+@pytest.mark.parametrize("style", range(len(_OLD_STYLE)))
+def test_records_written_otherwise_are_claimed_once_and_keep_their_members(nats_url: str, style: int) -> None:
+    """Four tasks enqueued, then their records rewritten (same revision chain, same content)
+    as another writer lays them out: a batched claim claims each once, the stored records
+    decode to claimed records with attempt 1 and every member the writer put there, and the
+    acks store the results."""
+
+    async def scenario() -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
+        backend = await open_nats(nats_url, prefix=_prefix("ow"))
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            ids = [f"t{i}" for i in range(4)]
+            assert await queue.enqueue_many([_task(i) for i in ids]) == [True] * 4
+            for task_id in ids:
+                entry = await kv.get(queue._tasks, token(task_id))
+                record = decode(entry.value)
+                assert await kv.cas(js, queue._tasks, token(task_id), _OLD_STYLE[style](record), last=entry.revision)
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=2)
+            stored = [decode((await kv.get(queue._tasks, token(c.task.id))).value) for c in claims]
+            for claim in claims:
+                await queue.ack(claim, {"ok": 1})
+            results = await queue.wait_results(ids, timeout=5)
+            left = await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=0.3)
+            return [c.task.id for c in claims] + [c.task.id for c in left], stored, {
+                k: r.status for k, r in results.items()}
+        finally:
+            await backend.close()
+
+    ran, stored, statuses = run(scenario(), 40)
+    assert sorted(ran) == ["t0", "t1", "t2", "t3"]
+    for record in stored:
+        assert (record["state"], record["attempt"], record["errors"]) == ("claimed", 1, [])
+        assert record["seq"] > 0 and record["lease"] and record["worker"] == "w"
+        if style == 1:
+            assert record["legacy"] is True
+        if style == 3:
+            assert record["note"] == '","seq":1,"state":"queued"'
+    assert statuses == dict.fromkeys(["t0", "t1", "t2", "t3"], "succeeded")
+
+
+def test_a_record_bound_to_no_message_yet_is_claimed_once_through_the_batched_claim(nats_url: str) -> None:
+    """Records with seq 0 (bound to no message yet: a requeue, or a move to the end of a
+    priority, between its record write and its publish) whose messages then arrive: the
+    batched claim adopts each message once and binds the record to it."""
+
+    async def scenario() -> tuple[list[tuple[str, int]], list[int], list[int]]:
+        backend = await open_nats(nats_url, prefix=_prefix("s0"))
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            ids = [f"z{i}" for i in range(3)]
+            assert await queue.enqueue_many([_task(i) for i in ids]) == [True] * 3
+            for task_id in ids:
+                entry = await kv.get(queue._tasks, token(task_id))
+                assert await kv.cas(js, queue._tasks, token(task_id), encode({**decode(entry.value), "seq": 0}),
+                                    last=entry.revision)
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=3, wait=2)
+            seqs = [decode((await kv.get(queue._tasks, token(c.task.id))).value)["seq"] for c in claims]
+            from distributed_agents.adapters.nats.delivery import stream_sequence
+
+            for claim in claims:
+                await queue.ack(claim, None)
+            left = await queue.claim(["alpha"], worker_id="w", max_tasks=3, wait=0.3)
+            return [(c.task.id, c.attempt) for c in claims + left], seqs, [stream_sequence(c.lease_id) for c in claims]
+        finally:
+            await backend.close()
+
+    ran, seqs, delivered = run(scenario(), 40)
+    assert sorted(ran) == [("z0", 1), ("z1", 1), ("z2", 1)]
+    assert seqs == delivered
+
+
+# -- the acks of one pass ------------------------------------------------------------------------
+
+def test_acks_of_one_pass_over_several_consumers_leave_nothing_pending_or_redelivered(nats_url: str) -> None:
+    """24 tasks over two node types and two priorities (four consumers), claimed together and
+    acked in one event-loop pass: afterwards every consumer has no ack pending, nothing was
+    redelivered after AckWait (1 s) passed, and the stream holds no message."""
+
+    async def scenario() -> tuple[dict[str, Any], list[str], int, dict[str, str]]:
+        prefix = _prefix("ap")
+        backend = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
+        queue = backend.task_queue
+        try:
+            tasks = [Task(f"k{i}", "wf", "n", ("alpha", "beta")[i % 2], {"i": i}, priority=(i // 2) % 2)
+                     for i in range(24)]
+            assert await queue.enqueue_many(tasks) == [True] * 24
+            claims = []
+            while len(claims) < 24:
+                got = await queue.claim(["alpha", "beta"], worker_id="w", max_tasks=24, wait=2)
+                assert got, "a claim came back empty with tasks queued"
+                claims += got
+            await asyncio.gather(*(queue.ack(c, {"i": c.task.payload["i"]}) for c in claims))
+            pending = {f"{t}-{p}": await _ack_pending(backend, t, p) for t in ("alpha", "beta") for p in (0, 1)}
+            await asyncio.sleep(1.5)
+            again = await queue.claim(["alpha", "beta"], worker_id="w2", max_tasks=24, wait=0.5)
+            info = await backend.connection.js.stream_info(backend.connection.names.task_stream)
+            results = await queue.wait_results([t.id for t in tasks], timeout=5)
+            return pending, [c.task.id for c in again], int(info.state.messages), {
+                k: r.status for k, r in results.items()}
+        finally:
+            await backend.close()
+
+    pending, again, messages, statuses = run(scenario(), 40)
+    assert all(p[0] == 0 for p in pending.values()), pending
+    assert again == [] and messages == 0
+    assert len(statuses) == 24 and set(statuses.values()) == {"succeeded"}
+
+
+def test_acks_of_one_pass_whose_last_cas_loses_still_take_the_others_messages_away(nats_url: str) -> None:
+    """Eight tasks of one consumer claimed together; the record of the one acked last in the
+    pass is rewritten behind the queue's back (same content, new revision), so its chained
+    CAS loses (its ack takes the re-reading path): the seven acked before it in the pass
+    (sent plain, with no confirmed ack of their consumer after them in the pass) are still
+    acked: nothing pending once the acks returned, nothing redelivered after AckWait."""
+
+    async def scenario() -> tuple[tuple[int, int, int], list[str], dict[str, str], tuple[int, int, int]]:
+        backend = await open_nats(nats_url, prefix=_prefix("al"), visibility_timeout=1.0)
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            ids = [f"q{i}" for i in range(8)]
+            assert await queue.enqueue_many([_task(i) for i in ids]) == [True] * 8
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=8, wait=2)
+            assert len(claims) == 8
+            last = claims[-1].task.id
+            entry = await kv.get(queue._tasks, token(last))
+            assert await kv.cas(js, queue._tasks, token(last), entry.value, last=entry.revision)
+            await asyncio.gather(*(queue.ack(c, {"id": c.task.id}) for c in claims))
+            pending = await _ack_pending(backend, "alpha")
+            await asyncio.sleep(1.5)
+            again = await queue.claim(["alpha"], worker_id="w2", max_tasks=8, wait=0.5)
+            results = await queue.wait_results(ids, timeout=5)
+            return pending, [c.task.id for c in again], {k: r.status for k, r in results.items()}, \
+                await _ack_pending(backend, "alpha")
+        finally:
+            await backend.close()
+
+    pending, again, statuses, after = run(scenario(), 40)
+    assert pending[0] == 0, pending
+    assert again == [] and after[1] == 0, (again, after)
+    assert statuses == {f"q{i}": "succeeded" for i in range(8)}
+
+
+def test_results_of_many_concurrent_producers_are_each_their_own(nats_url: str) -> None:
+    """Eight producers (own connections) each enqueue 40 tasks and wait for them while two
+    workers claim in batches of 32 and ack in passes: every producer gets exactly its own
+    40 results, each the output computed from its own task."""
+
+    async def scenario() -> dict[int, dict[str, Any]]:
+        prefix = _prefix("mc")
+        producers = [await open_nats(nats_url, prefix=prefix) for _ in range(8)]
+        workers = [await open_nats(nats_url, prefix=prefix) for _ in range(2)]
+        stop = asyncio.Event()
+
+        async def work(backend: NatsBackend, name: str) -> None:
+            while not stop.is_set():
+                claims = await backend.task_queue.claim(["gamma"], worker_id=name, max_tasks=32, wait=0.2)
+                await asyncio.gather(*(backend.task_queue.ack(c, {"echo": c.task.payload["id"], "by": name})
+                                       for c in claims))
+
+        async def produce(index: int, backend: NatsBackend) -> dict[str, Any]:
+            ids = [f"p{index}-{i}" for i in range(40)]
+            assert await backend.task_queue.enqueue_many([_task(i, "gamma") for i in ids]) == [True] * 40
+            got: dict[str, Any] = {}
+            deadline = time.monotonic() + 20
+            while len(got) < 40 and time.monotonic() < deadline:
+                results = await backend.task_queue.wait_results([i for i in ids if i not in got], timeout=5)
+                got.update({k: r.output["echo"] for k, r in results.items()})
+            return got
+
+        try:
+            loops = [asyncio.ensure_future(work(w, f"w{n}")) for n, w in enumerate(workers)]
+            outcomes = await asyncio.gather(*(produce(i, p) for i, p in enumerate(producers)))
+            stop.set()
+            await asyncio.gather(*loops)
+            return dict(enumerate(outcomes))
+        finally:
+            for backend in workers + producers:
+                await backend.close()
+
+    outcomes = run(scenario(), 50)
+    for index, got in outcomes.items():
+        assert got == {f"p{index}-{i}": f"p{index}-{i}" for i in range(40)}
