@@ -409,3 +409,47 @@ def test_results_of_many_concurrent_producers_are_each_their_own(nats_url: str) 
     outcomes = run(scenario(), 50)
     for index, got in outcomes.items():
         assert got == {f"p{index}-{i}": f"p{index}-{i}" for i in range(40)}
+
+
+# -- cancel, and ids used again --------------------------------------------------------------------
+
+async def _shorten_dedup_window(backend: NatsBackend, seconds: float) -> None:
+    """Make the task stream's dedup window ``seconds`` long (after every backend of the prefix
+    connected: a connect sets it back), so "beyond the window" takes a second, not two minutes."""
+    from nats.js import api
+
+    js = backend.connection.js
+    info = await js.stream_info(backend.connection.names.task_stream)
+    config: api.StreamConfig = info.config
+    config.duplicate_window = seconds
+    await js.update_stream(config)
+
+
+def test_a_task_cancelled_after_the_dedup_window_never_runs_as_its_id_used_again(nats_url: str) -> None:
+    """A task queued (no worker yet), cancelled once its message is older than the stream's
+    dedup window; once the cancelled record expired, the id is enqueued again with another
+    payload (a workflow created again under its id): the one run of that id is the new
+    task's, never the cancelled one's message."""
+
+    async def scenario() -> list[Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("cw"), result_ttl=1.0)
+        queue = backend.task_queue
+        try:
+            assert await queue.enqueue(Task("x", "wf", "n", "alpha", {"v": 1})) is True
+            await _shorten_dedup_window(backend, 1.0)
+            await asyncio.sleep(1.2)
+            assert await queue.cancel("x") is True
+            await asyncio.sleep(1.3)  # the cancelled record's result_ttl passes
+            again = await queue.enqueue(Task("x", "wf", "n", "alpha", {"v": 2}))
+            runs = []
+            for _ in range(6):
+                for claim in await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=0.3):
+                    runs.append(claim.task.payload["v"])
+                    await queue.ack(claim, None)
+            return [again, runs]
+        finally:
+            await backend.close()
+
+    again, runs = run(scenario(), 40)
+    assert again is True
+    assert runs == [2], runs
