@@ -499,3 +499,107 @@ def test_on_a_cluster_cancelled_queued_tasks_leave_nothing_queued_and_the_rest_r
     assert sorted(ran) == sorted(f"c{i}" for i in range(1, 12, 2))
     assert (stats.queued, stats.in_flight) == (6, 0), stats
     assert messages == 0
+
+
+# -- the state store's commits, leases and fencing --------------------------------------------------
+
+def test_a_stale_holders_commit_from_its_cached_revision_is_refused_after_another_took_the_lease(
+        nats_url: str) -> None:
+    """Two stores (processes) on one prefix. A creates a workflow under a 0.4 s lease and
+    commits twice (from its cached revision); its lease lapses, B acquires it (a greater
+    token) and commits; A's next commit, fenced by its old token at the version it knows,
+    is refused (nothing written), and so is one at B's version; the record and the
+    checkpoints are B's, each step once."""
+    from distributed_agents.core.errors import FencingTokenRejectedError, LeaseLostError, VersionConflictError
+    from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+
+    async def scenario() -> tuple[list[str], Any, list[tuple[int, Any]]]:
+        first = await open_nats(nats_url, prefix=_prefix("sf"))
+        second = await open_nats(nats_url, prefix=first.connection.names.prefix)
+        a, b = first.state_store, second.state_store
+        try:
+            state = {"n": 0, "by": "a"}
+            made = await a.create_leased(WorkflowRecord("wf", "g", "running", state), owner="A", ttl=0.4,
+                                         checkpoint=Checkpoint("wf", 0, state))
+            assert made is not None
+            record, lease = made
+            for step in (1, 2):
+                state = {"n": step, "by": "a"}
+                record = await a.save(record.evolve(state=state, step=step), expected_version=record.version,
+                                      checkpoint=Checkpoint("wf", step, state), fencing_token=lease.fencing_token)
+            await asyncio.sleep(0.6)
+            taken = await b.acquire_lease("wf", "B", 5.0)
+            assert taken is not None and taken.fencing_token > lease.fencing_token
+            seen = await b.get("wf")
+            state_b = {"n": 3, "by": "b"}
+            await b.save(seen.evolve(state=state_b, step=3), expected_version=seen.version,
+                         checkpoint=Checkpoint("wf", 3, state_b), fencing_token=taken.fencing_token)
+            refused = []
+            for version in (record.version, record.version + 1):
+                stale = {"n": 3, "by": "a"}
+                try:
+                    await a.save(record.evolve(state=stale, step=3), expected_version=version,
+                                 checkpoint=Checkpoint("wf", 3, stale), fencing_token=lease.fencing_token)
+                    refused.append("written")
+                except (FencingTokenRejectedError, VersionConflictError, LeaseLostError) as error:
+                    refused.append(type(error).__name__)
+            try:
+                await a.save_releasing(record.evolve(state={"n": 4}, step=4), expected_version=record.version + 1,
+                                       lease=lease, checkpoint=Checkpoint("wf", 4, {"n": 4}))
+                refused.append("written")
+            except (FencingTokenRejectedError, VersionConflictError, LeaseLostError) as error:
+                refused.append(type(error).__name__)
+            final = await second.state_store.get("wf")
+            checkpoints = await a.list_checkpoints("wf")
+            return refused, final, [(c.step, dict(c.state)) for c in checkpoints]
+        finally:
+            await second.close()
+            await first.close()
+
+    refused, final, checkpoints = run(scenario(), 40)
+    assert "written" not in refused, refused
+    assert dict(final.state) == {"n": 3, "by": "b"} and final.step == 3
+    assert checkpoints == [(3, {"n": 3, "by": "b"}), (2, {"n": 2, "by": "a"}), (1, {"n": 1, "by": "a"}),
+                           (0, {"n": 0, "by": "a"})]
+
+
+def test_checkpoints_that_share_the_records_state_read_back_whole_through_deltas_and_snapshots(nats_url: str) -> None:
+    """60 commits of a state above the delta threshold (a 3 KB value that never changes, a
+    list that grows, a key that comes and goes), each checkpoint holding the very state
+    object of its record, some with a checkpoint holding an equal copy instead: every
+    checkpoint, read back by a second store, is its step's state exactly, and the record
+    the last one."""
+    from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+
+    def state_at(step: int) -> dict[str, Any]:
+        state: dict[str, Any] = {"big": "b" * 3000, "log": list(range(step)), "step": step, "u": "ü\"\\"}
+        if step % 3 == 0:
+            state["sometimes"] = {"at": step}
+        return state
+
+    async def scenario() -> tuple[list[tuple[int, Any]], Any]:
+        first = await open_nats(nats_url, prefix=_prefix("sd"))
+        second = await open_nats(nats_url, prefix=first.connection.names.prefix)
+        store = first.state_store
+        try:
+            state = state_at(0)
+            made = await store.create_leased(WorkflowRecord("wd", "g", "running", state), owner="A", ttl=30,
+                                             checkpoint=Checkpoint("wd", 0, state))
+            assert made is not None
+            record, lease = made
+            for step in range(1, 60):
+                state = state_at(step)
+                held = state if step % 7 else dict(state)
+                record = await store.save(record.evolve(state=state, step=step), expected_version=record.version,
+                                          checkpoint=Checkpoint("wd", step, held), fencing_token=lease.fencing_token)
+            checkpoints = await second.state_store.list_checkpoints("wd")
+            return [(c.step, dict(c.state)) for c in checkpoints], await second.state_store.get("wd")
+        finally:
+            await second.close()
+            await first.close()
+
+    checkpoints, final = run(scenario(), 40)
+    assert [step for step, _ in checkpoints] == list(range(59, -1, -1))
+    for step, state in checkpoints:
+        assert state == state_at(step), step
+    assert dict(final.state) == state_at(59) and final.step == 59
