@@ -603,3 +603,67 @@ def test_checkpoints_that_share_the_records_state_read_back_whole_through_deltas
     for step, state in checkpoints:
         assert state == state_at(step), step
     assert dict(final.state) == state_at(59) and final.step == 59
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+def test_events_published_in_batches_reach_each_subscription_in_order_and_only_its_own(nats_url: str) -> None:
+    """Two publishers (own connections) each publish 1,200 events over 30 workflows and four
+    kinds in batches of varied sizes, interleaved with single publishes; subscriptions on
+    another connection, to everything, to node events only, to one workflow and to one
+    subject, each receive exactly the events matching them, in each publisher's order."""
+    kinds = ["workflow.started", "node.started", "node.completed", "step.committed"]
+
+    def events(publisher: int) -> list[tuple[str, dict[str, Any]]]:
+        return [(f"events.w{i % 30}.{kinds[i % 4]}", {"p": publisher, "i": i, "type": kinds[i % 4]})
+                for i in range(1200)]
+
+    patterns = ["events.>", "events.*.node.*", "events.w7.>", "events.w7.node.completed"]
+
+    async def scenario() -> dict[str, list[tuple[str, int, int]]]:
+        prefix = _prefix("ev")
+        listener = await open_nats(nats_url, prefix=prefix)
+        publishers = [await open_nats(nats_url, prefix=prefix) for _ in range(2)]
+        try:
+            subs = {p: await listener.message_bus.subscribe(p) for p in patterns}
+
+            async def publish(index: int) -> None:
+                items, at, size = events(index), 0, 1
+                while at < len(items):
+                    if size % 5 == 0:
+                        await publishers[index].message_bus.publish(*items[at])
+                        at += 1
+                    else:
+                        await publishers[index].message_bus.publish_many(items[at:at + size])
+                        at += size
+                    size = size % 97 + 1
+
+            await asyncio.gather(publish(0), publish(1))
+            got: dict[str, list[tuple[str, int, int]]] = {}
+            for pattern, sub in subs.items():
+                expected = sum(1 for p in (0, 1) for c, _ in events(p) if _matches(pattern, c))
+                got[pattern] = []
+                while len(got[pattern]) < expected:
+                    message = await sub.get(timeout=5)
+                    if message is None:
+                        break
+                    got[pattern].append((message.channel, message.data["p"], message.data["i"]))
+                extra = await sub.get(timeout=0.2)
+                assert extra is None, (pattern, extra)
+            return got
+        finally:
+            for backend in publishers:
+                await backend.close()
+            await listener.close()
+
+    got = run(scenario(), 40)
+    for pattern in patterns:
+        for publisher in (0, 1):
+            want = [(c, publisher, d["i"]) for c, d in events(publisher) if _matches(pattern, c)]
+            assert [g for g in got[pattern] if g[1] == publisher] == want, pattern
+
+
+def _matches(pattern: str, channel: str) -> bool:
+    from distributed_agents.core.ports.message_bus import pattern_matches
+
+    return pattern_matches(pattern, channel)
