@@ -124,6 +124,7 @@ from distributed_agents.adapters.nats.naming import token, untoken
 from distributed_agents.core.checkpoint_delta import ChainTip, damaged_checkpoints, delta_snap, next_entry, rebuild
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.random_ids import random_hex
+from distributed_agents.core.record_json import record_json
 from distributed_agents.core.errors import (
     FencingTokenRejectedError,
     LeaseLostError,
@@ -165,6 +166,21 @@ def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any, kept: int =
     cache.move_to_end(key)
     while len(cache) > kept:
         cache.popitem(last=False)
+
+
+class _Body:
+    """A record to write, as JSON: ``raw``, its own fields (``core.record_json``: the engine's
+    encoding, made to check the commit's size, is reused rather than encoded again); ``state_raw``,
+    its state's JSON when the checkpoint saved with it holds that very state (the checkpoint
+    entry splices it in, not encoding the state again), else None; ``version``, its version.
+    ``TypeError``/``ValueError`` if a field is not JSON."""
+
+    __slots__ = ("raw", "state_raw", "version")
+
+    def __init__(self, record: WorkflowRecord, checkpoint: Checkpoint | None) -> None:
+        self.raw, state_raw = record_json(record)
+        self.state_raw = state_raw if checkpoint is not None and checkpoint.state is record.state else None
+        self.version = record.version
 
 
 def _with_prev(entry: bytes, prev: str | None) -> bytes:
@@ -309,12 +325,11 @@ class NatsStateStore(StateStore):
     ) -> WorkflowRecord:
         workflow_id = record.workflow_id
         new = record.evolve(version=expected_version + 1, updated_at=time.time())
-        body = new.to_dict()
-        raw_body = encode(body)  # not JSON: fail before writing anything (and the record's bytes)
+        body = _Body(new, checkpoint)  # not JSON: fail before writing anything
         with self._errors(f"save workflow {workflow_id!r}"):
             cached = self._cached_record(workflow_id, expected_version, fencing_token)
             if cached is not None and await self._write(workflow_id, body, checkpoint, fencing_token, *cached,
-                                                        released=released, raw_body=raw_body):
+                                                        released=released):
                 return new
             stored, revision = await self._record(workflow_id)
             if not _version_is(stored, expected_version):
@@ -327,8 +342,7 @@ class NatsStateStore(StateStore):
                 newest = await self._check_fence(workflow_id, stored, fencing_token)
                 fence = max(fencing_token or 0, newest) or None
             self._check_version(workflow_id, stored, expected_version)
-            if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released,
-                                 raw_body=raw_body):
+            if await self._write(workflow_id, body, checkpoint, fence, stored, revision, released=released):
                 return new
             stored, _ = await self._record(workflow_id, from_leader=True)  # what beat us, not a replica's past
             if fencing_token is not None:
@@ -356,20 +370,19 @@ class NatsStateStore(StateStore):
     async def _write(
         self,
         workflow_id: str,
-        body: dict[str, Any],
+        body: _Body,
         checkpoint: Checkpoint | None,
         fencing_token: int | None,
         stored: dict[str, Any] | None,
         revision: int,
         *,
         released: int | None = None,
-        raw_body: bytes | None = None,
     ) -> bool:
         """Write the checkpoint entry (if any), then CAS the record at ``revision``: the commit.
 
         ``released``: the token of the lease this commit releases (``save_releasing``); else
-        the record keeps the token it names as released. ``raw_body``: ``encode(body)``, if
-        the caller has it (the record's own fields, spliced before the private ones).
+        the record keeps the token it names as released. ``body``: the record's own fields
+        as JSON (spliced before the private ones).
         False if the CAS lost (the entry is removed again, the caches of the workflow dropped).
         """
         cp_key = None if stored is None else stored.get("_cp")
@@ -392,7 +405,7 @@ class NatsStateStore(StateStore):
             known = self._tips.get(workflow_id)
             # A delta only against the entry the record we CAS names (and at the position it says).
             tip = known[0] if known is not None and known[1] == cp_key and known[0].index == cp_n - 1 else None
-            entry, new_tip = next_entry(checkpoint, tip, index=cp_n)
+            entry, new_tip = next_entry(checkpoint, tip, index=cp_n, state_raw=body.state_raw)
             written = f"cp.{token(workflow_id)}.{checkpoint.step:012d}.{random_hex(6)}"
             raw_entry = _with_prev(entry, cp_key)
             small = len(raw_entry) <= _INLINE_MAX
@@ -434,7 +447,7 @@ class NatsStateStore(StateStore):
             "_released": released if released is not None else (stored or {}).get("_released"),
         }
         # ``body`` (the record's fields) has no key starting with "_": the objects join as bytes.
-        raw = (encode(body) if raw_body is None else raw_body)[:-1] + b"," + encode(private)[1:]
+        raw = body.raw[:-1] + b"," + encode(private)[1:]
         inline = held[-1][1] if held else None
         if held:
             # The newest entry under ``_cp_inline`` (its key is ``_cp``); older ones as [key, entry] pairs.
@@ -451,7 +464,7 @@ class NatsStateStore(StateStore):
                     await kv.remove(self._conn.js, self._kv, orphan)
             return False
         _bounded_put(self._records, workflow_id,
-                     ({"version": body["version"], **private, "_cp_inline": inline, "_cp_more": held[:-1]},
+                     ({"version": body.version, **private, "_cp_inline": inline, "_cp_more": held[:-1]},
                       new_revision))
         self._raise_floor(workflow_id, record=new_revision)  # outlives _records' entry
         if new_tip is not None:
@@ -763,11 +776,10 @@ class NatsStateStore(StateStore):
         create fenced by the new token, unread."""
         workflow_id = record.workflow_id
         new = record.evolve(version=1, updated_at=time.time())
-        body = new.to_dict()
-        raw_body = encode(body)  # not JSON: fail before writing anything (and the record's bytes)
+        body = _Body(new, checkpoint)  # not JSON: fail before writing anything
         with self._errors(f"create workflow {workflow_id!r}"):
             if workflow_id not in self._leases and workflow_id not in self._records:
-                created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint, raw_body)
+                created = await self._create_unread(workflow_id, new, body, owner, ttl, checkpoint)
                 if created is not None:
                     return created
             granted = await self._grant(workflow_id, owner, ttl, creating=True)
@@ -776,8 +788,7 @@ class NatsStateStore(StateStore):
             lease_body, _, stored_revision = granted
             lease = WorkflowLease(workflow_id, owner, int(lease_body["token"]), float(lease_body["deadline"]))
             try:
-                if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, stored_revision,
-                                     raw_body=raw_body):
+                if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, stored_revision):
                     return new, lease
                 # Created meanwhile (by an older holder, say): fence it, then report it.
                 await self._raise_fence(workflow_id, lease.fencing_token)
@@ -790,8 +801,8 @@ class NatsStateStore(StateStore):
                 raise
 
     async def _create_unread(
-        self, workflow_id: str, new: WorkflowRecord, body: dict[str, Any], owner: str, ttl: float,
-        checkpoint: Checkpoint | None, raw_body: bytes | None = None,
+        self, workflow_id: str, new: WorkflowRecord, body: _Body, owner: str, ttl: float,
+        checkpoint: Checkpoint | None,
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
         """``create_leased``'s first try, for an id with no lease key and no record: the
         stored record and the lease, or None when either key exists (nothing kept then:
@@ -804,7 +815,7 @@ class NatsStateStore(StateStore):
         self._wrote_lease(workflow_id, first, revision)
         lease = WorkflowLease(workflow_id, owner, int(first["token"]), float(first["deadline"]))
         try:
-            if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0, raw_body=raw_body):
+            if await self._write(workflow_id, body, checkpoint, lease.fencing_token, None, 0):
                 return new, lease
         except BaseException:
             with contextlib.suppress(Exception):
