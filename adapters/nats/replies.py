@@ -247,7 +247,10 @@ def header_block(headers: dict[str, str]) -> bytes:
             start = _header_start(name)
             if not start:
                 continue
-        lines.append(f"{start}{value.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n")
+        value = value.strip()
+        if "\r" in value or "\n" in value:  # rare: str.translate costs more than the rest of the block
+            value = value.translate(_HEADER_VALUE_NEWLINES)
+        lines.append(f"{start}{value}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode()
 
