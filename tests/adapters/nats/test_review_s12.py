@@ -501,6 +501,42 @@ def test_on_a_cluster_cancelled_queued_tasks_leave_nothing_queued_and_the_rest_r
     assert messages == 0
 
 
+def test_a_copy_of_a_running_tasks_message_naming_its_records_revision_steals_no_lease(nats_url: str) -> None:
+    """A task claimed by worker A; then a message with the same task is published by hand,
+    with headers naming the task and the revision the claim stored (a forged or replayed
+    header, not one its enqueue wrote): a claim by B does not take the task while A holds
+    it, A's ack stores its result, and the task ran once (attempt 1)."""
+    from distributed_agents.core.errors import LeaseLostError
+
+    async def scenario() -> tuple[list[str], Any, dict[str, Any]]:
+        prefix = _prefix("hr")
+        a = await open_nats(nats_url, prefix=prefix)
+        b = await open_nats(nats_url, prefix=prefix)
+        js, names = a.connection.js, a.connection.names
+        try:
+            task = _task("held")
+            assert await a.task_queue.enqueue(task) is True
+            [claim] = await a.task_queue.claim(["alpha"], worker_id="A", wait=2)
+            entry = await kv.get(a.task_queue._tasks, token("held"))
+            await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(task)),
+                             headers={"Nats-Msg-Id": "held/copy", "Da-Task-Id": "held", "Da-Rev": str(entry.revision)})
+            stolen = [c.worker_id for c in await b.task_queue.claim(["alpha"], worker_id="B", wait=0.5)]
+            try:
+                await a.task_queue.ack(claim, {"by": "A"})
+                acked: Any = "acked"
+            except LeaseLostError as error:
+                acked = error
+            record = decode((await kv.get(a.task_queue._tasks, token("held"))).value)
+            return stolen, acked, record
+        finally:
+            await b.close()
+            await a.close()
+
+    stolen, acked, record = run(scenario(), 30)
+    assert stolen == [] and acked == "acked", (stolen, acked)
+    assert (record["state"], record["attempt"], record["result"]["output"]) == ("done", 1, {"by": "A"})
+
+
 # -- the state store's commits, leases and fencing --------------------------------------------------
 
 def test_a_stale_holders_commit_from_its_cached_revision_is_refused_after_another_took_the_lease(
