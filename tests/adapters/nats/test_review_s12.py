@@ -703,3 +703,98 @@ def _matches(pattern: str, channel: str) -> bool:
     from distributed_agents.core.ports.message_bus import pattern_matches
 
     return pattern_matches(pattern, channel)
+
+
+def test_leases_around_creates_and_releasing_commits_hold_between_two_stores(nats_url: str) -> None:
+    """Two stores (processes) on one prefix: a create under another owner's live lease writes
+    nothing (of a new workflow or an existing one); a releasing commit by
+    a holder whose lease lapsed and was taken is refused and leaves the taker's lease in
+    place; the taker's releasing commit frees the lease at once for a third owner, with a
+    greater token; renewing a lease that was taken raises."""
+    from distributed_agents.core.errors import (
+        FencingTokenRejectedError,
+        LeaseLostError,
+        VersionConflictError,
+        WorkflowExistsError,
+    )
+    from distributed_agents.core.ports.state_store import Checkpoint, WorkflowRecord
+
+    refusals = (FencingTokenRejectedError, VersionConflictError, LeaseLostError)
+
+    async def scenario() -> dict[str, Any]:
+        first = await open_nats(nats_url, prefix=_prefix("sl"))
+        second = await open_nats(nats_url, prefix=first.connection.names.prefix)
+        a, b = first.state_store, second.state_store
+        out: dict[str, Any] = {}
+        try:
+            held = await b.acquire_lease("w1", "B", 5.0)
+            assert held is not None
+            out["create under a live lease"] = await a.create_leased(
+                WorkflowRecord("w1", "g", "running", {"n": 1}), owner="A", ttl=5.0, checkpoint=Checkpoint("w1", 0, {"n": 1}))
+            out["record after it"] = await b.get("w1")
+            made = await b.create_leased(WorkflowRecord("w2", "g", "running", {"n": 0}), owner="B", ttl=0.4,
+                                         checkpoint=Checkpoint("w2", 0, {"n": 0}))
+            assert made is not None
+            record, lease = made
+            try:
+                again = await a.create_leased(WorkflowRecord("w2", "g", "running", {"n": 9}), owner="A", ttl=5.0)
+                out["create of an existing one"] = "created" if again is not None else "none"
+            except WorkflowExistsError:
+                out["create of an existing one"] = "exists"
+            out["record kept"] = dict((await a.get("w2")).state)
+            await asyncio.sleep(0.6)  # B's lease on w2 lapses
+            taken = await a.acquire_lease("w2", "A", 5.0)
+            out["taken"] = taken is not None and taken.fencing_token > lease.fencing_token
+            try:
+                await b.save_releasing(record.evolve(state={"n": 1}, step=1, status="completed"),
+                                       expected_version=record.version, lease=lease,
+                                       checkpoint=Checkpoint("w2", 1, {"n": 1}))
+                out["stale releasing commit"] = "written"
+            except refusals as error:
+                out["stale releasing commit"] = type(error).__name__
+            holder = await b.lease_holder("w2")
+            out["holder after it"] = None if holder is None else (holder.owner, holder.fencing_token == taken.fencing_token)
+            try:
+                await b.renew_lease(lease, 5.0)
+                out["renew of a taken lease"] = "renewed"
+            except LeaseLostError:
+                out["renew of a taken lease"] = "lost"
+            seen = await a.get("w2")
+            saved = await a.save_releasing(seen.evolve(state={"n": 2}, step=1, status="completed"),
+                                           expected_version=seen.version, lease=taken,
+                                           checkpoint=Checkpoint("w2", 1, {"n": 2}))
+            third = await b.acquire_lease("w2", "C", 5.0)
+            out["third"] = third is not None and third.fencing_token > taken.fencing_token
+            final = await b.get("w2")
+            out["final"] = (dict(final.state), final.status, final.version == saved.version)
+            out["checkpoints"] = [(c.step, dict(c.state)) for c in await b.list_checkpoints("w2")]
+            # A create of an existing workflow whose lease is free: refused, and the lease it took not kept.
+            made3 = await b.create_leased(WorkflowRecord("w3", "g", "running", {"n": 0}), owner="B", ttl=5.0)
+            assert made3 is not None
+            await b.save_releasing(made3[0].evolve(status="completed"), expected_version=made3[0].version,
+                                   lease=made3[1])
+            try:
+                await a.create_leased(WorkflowRecord("w3", "g", "running", {"n": 9}), owner="A", ttl=5.0)
+                out["create of an existing free one"] = "created"
+            except WorkflowExistsError:
+                out["create of an existing free one"] = "exists"
+            fourth = await b.acquire_lease("w3", "D", 5.0)
+            out["lease after it"] = None if fourth is None else fourth.owner
+            out["w3"] = (dict((await b.get("w3")).state), (await b.get("w3")).status)
+            return out
+        finally:
+            await second.close()
+            await first.close()
+
+    out = run(scenario(), 40)
+    assert out["create under a live lease"] is None and out["record after it"] is None
+    assert out["create of an existing one"] in ("none", "exists") and out["record kept"] == {"n": 0}
+    assert out["taken"] is True
+    assert out["stale releasing commit"] != "written"
+    assert out["holder after it"] == ("A", True)
+    assert out["renew of a taken lease"] == "lost"
+    assert out["third"] is True
+    assert out["final"] == ({"n": 2}, "completed", True)
+    assert out["checkpoints"] == [(1, {"n": 2}), (0, {"n": 0})]
+    assert out["create of an existing free one"] == "exists" and out["lease after it"] == "D"
+    assert out["w3"] == ({"n": 0}, "completed")
