@@ -101,9 +101,23 @@ async def get_from_leader(js: JetStreamContext, kv: KeyValue, key: str) -> Entry
 
 
 async def start_get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> replies.Started:
-    """``get``'s request, sent now; its entry is ``entry_of(await started.reply())``."""
+    """``get``'s request, sent now; its entry is ``entry_of(await started.reply())``. A direct
+    get nobody answers is asked of the stream's leader then, as ``get`` does (its answer made
+    a direct get's reply for ``entry_of``)."""
     nc = kv._js._nc  # noqa: SLF001
-    return await replies.start(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout)
+    return await replies.start(nc, f"$JS.API.DIRECT.GET.{_stream(kv)}.{_subject(kv, key)}", b"", timeout=timeout,
+                               no_responders=functools.partial(_leader_reply, kv, key))
+
+
+async def _leader_reply(kv: KeyValue, key: str) -> Msg:
+    """The leader's answer for ``key`` (``get_from_leader``) as a direct get's reply: its value
+    with ``Nats-Sequence``, or a ``404`` status when absent, deleted or purged."""
+    from nats.aio.msg import Msg
+
+    entry = await get_from_leader(kv._js, kv, key)  # noqa: SLF001
+    if entry is None:
+        return Msg(kv._js._nc, headers={"Status": "404"})  # noqa: SLF001
+    return Msg(kv._js._nc, data=entry.value, headers={"Nats-Sequence": str(entry.revision)})  # noqa: SLF001
 
 
 def entry_of(msg: Msg, key: str, stream: str = "") -> Entry | None:
@@ -152,14 +166,26 @@ def _entry(msg: Msg, prefix_length: int) -> Entry | None:
 
 
 async def get_many(kv: KeyValue, keys: Sequence[str], *, timeout: float = 5.0) -> dict[str, Entry]:
-    """The current entries of those ``keys`` that exist (absent, deleted, expired: left out)."""
+    """The current entries of those ``keys`` that exist (absent, deleted, expired: left out).
+
+    A batched direct get nobody answers (see ``get``) is asked of the stream's leader instead,
+    a key at a time (concurrently), whose errors are raised."""
+    import nats.errors
+
     found: dict[str, Entry] = {}
     unique = list(dict.fromkeys(keys))
     prefix_length = len(_subject(kv, ""))
     nc = kv._js._nc  # noqa: SLF001
     for start in range(0, len(unique), _MULTI_CHUNK):
-        subjects = [_subject(kv, key) for key in unique[start:start + _MULTI_CHUNK]]
-        messages, _ = await _direct_batch(nc, _stream(kv), {"multi_last": subjects, "batch": len(subjects)}, timeout)
+        chunk = unique[start:start + _MULTI_CHUNK]
+        subjects = [_subject(kv, key) for key in chunk]
+        try:
+            messages, _ = await _direct_batch(nc, _stream(kv), {"multi_last": subjects, "batch": len(subjects)},
+                                              timeout)
+        except nats.errors.NoRespondersError:
+            leader = await asyncio.gather(*(get_from_leader(kv._js, kv, key) for key in chunk))  # noqa: SLF001
+            found.update((entry.key, entry) for entry in leader if entry is not None)
+            continue
         for msg in messages:
             entry = _entry(msg, prefix_length)
             if entry is not None:
@@ -169,14 +195,22 @@ async def get_many(kv: KeyValue, keys: Sequence[str], *, timeout: float = 5.0) -
 
 async def get_range(kv: KeyValue, pattern: str, *, start: int = 1, timeout: float = 5.0) -> list[Entry]:
     """Every stored message of the keys matching ``pattern`` from stream sequence ``start`` on,
-    oldest first (a key rewritten since appears once, at its newest sequence)."""
+    oldest first (a key rewritten since appears once, at its newest sequence).
+
+    A batched direct get nobody answers (see ``get``) is asked of the stream's leader instead,
+    a message at a time (``_range_from_leader``), whose errors are raised."""
+    import nats.errors
+
     entries: list[Entry] = []
     prefix_length = len(_subject(kv, ""))
     nc = kv._js._nc  # noqa: SLF001
     seq = max(1, start)
     while True:
         request = {"batch": _BATCH, "seq": seq, "next_by_subj": _subject(kv, pattern)}
-        messages, pending = await _direct_batch(nc, _stream(kv), request, timeout)
+        try:
+            messages, pending = await _direct_batch(nc, _stream(kv), request, timeout)
+        except nats.errors.NoRespondersError:
+            return entries + await _range_from_leader(kv, pattern, seq, prefix_length)
         for msg in messages:
             entry = _entry(msg, prefix_length)
             if entry is not None:
@@ -184,6 +218,23 @@ async def get_range(kv: KeyValue, pattern: str, *, start: int = 1, timeout: floa
         if not messages or pending <= 0:
             return entries
         seq = int((messages[-1].headers or {})["Nats-Sequence"]) + 1
+
+
+async def _range_from_leader(kv: KeyValue, pattern: str, seq: int, prefix_length: int) -> list[Entry]:
+    """``get_range`` from sequence ``seq`` on, read from the stream's leader (STREAM.MSG.GET,
+    the next message of the pattern's subjects at or after a sequence, until none is left)."""
+    import nats.js.errors
+
+    entries: list[Entry] = []
+    subject = _subject(kv, pattern)
+    while True:
+        try:
+            msg = await kv._js.get_msg(_stream(kv), seq=seq, subject=subject, next=True)  # noqa: SLF001
+        except nats.js.errors.NotFoundError:
+            return entries
+        if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+            entries.append(Entry((msg.subject or "")[prefix_length:], msg.data or b"", int(msg.seq or 0)))
+        seq = int(msg.seq or 0) + 1
 
 
 async def cas(

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats import wire
@@ -484,18 +484,23 @@ async def request(nc: Client, subject: str, payload: bytes = b"", *, headers: di
 class Started:
     """A request sent by ``start``, its reply awaited later by ``reply`` (once)."""
 
-    __slots__ = ("_future", "_inbox", "_token")
+    __slots__ = ("_future", "_inbox", "_no_responders", "_token")
 
-    def __init__(self, inbox: _Inbox, token: str, future: asyncio.Future[Msg]) -> None:
+    def __init__(self, inbox: _Inbox, token: str, future: asyncio.Future[Msg],
+                 no_responders: Callable[[], Awaitable[Msg]] | None = None) -> None:
         self._inbox, self._token, self._future = inbox, token, future
+        self._no_responders = no_responders
 
     async def reply(self) -> Msg:
-        """``request``'s result (and errors) for this request."""
+        """``request``'s result (and errors) for this request; with ``start``'s ``no_responders``,
+        what that returns (or raises) in place of ``NoRespondersError``."""
         try:
             msg = await self._future
         finally:
             self._inbox.close(self._token)
         if msg.headers and msg.headers.get("Status") == "503":
+            if self._no_responders is not None:
+                return await self._no_responders()
             raise _errors().NoRespondersError
         return msg
 
@@ -504,9 +509,11 @@ class Started:
         self._inbox.close(self._token)
 
 
-async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: float = 5.0) -> Started:
+async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: float = 5.0,
+                no_responders: Callable[[], Awaitable[Msg]] | None = None) -> Started:
     """``request``, sent now, its reply awaited later (``Started.reply``), so that other
-    requests go out meanwhile and their round trips overlap; ``drop`` it if not awaited."""
+    requests go out meanwhile and their round trips overlap; ``drop`` it if not awaited.
+    ``no_responders``: asked for the reply when nobody answered the request (a 503 status)."""
     inbox = await _inbox(nc)
     future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
     token, reply = inbox.open(functools.partial(_answer, future))
@@ -516,7 +523,7 @@ async def start(nc: Client, subject: str, payload: bytes = b"", *, timeout: floa
     except BaseException:
         inbox.close(token)
         raise
-    return Started(inbox, token, future)
+    return Started(inbox, token, future, no_responders)
 
 
 async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[str, str] | bytes | None = None,
