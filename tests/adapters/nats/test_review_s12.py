@@ -30,6 +30,7 @@ from support.nats_server import find_nats_server
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.backend import NatsBackend
 from distributed_agents.adapters.nats.naming import token
+from distributed_agents.adapters.nats.task_queue import _new_record
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
@@ -798,3 +799,39 @@ def test_leases_around_creates_and_releasing_commits_hold_between_two_stores(nat
     assert out["checkpoints"] == [(1, {"n": 2}), (0, {"n": 0})]
     assert out["create of an existing free one"] == "exists" and out["lease after it"] == "D"
     assert out["w3"] == ({"n": 0}, "completed")
+
+
+def test_task_messages_with_odd_revision_headers_are_claimed_once_each_and_junk_is_dead_lettered(nats_url: str) -> None:
+    """Task messages published by hand with a ``Da-Rev`` header that is not a number, negative,
+    zero, huge, non-ASCII digits, spaced, or naming another task's record revision, each
+    beside its own record written as an enqueue writes one; plus bytes that are no task,
+    with such headers: every claim returns normally, each task runs exactly once, and the
+    junk ends as dead letters."""
+    odd = ["abc", "-1", "0", "9" * 30, "\uff11\uff12", " 5 ", "1e3", ""]
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        backend = await open_nats(nats_url, prefix=_prefix("od"))
+        queue, js, names = backend.task_queue, backend.connection.js, backend.connection.names
+        try:
+            assert await queue.enqueue(_task("anchor")) is True
+            anchor_rev = (await kv.get(queue._tasks, token("anchor"))).revision
+            values = [*odd, str(anchor_rev)]
+            ids = [f"odd{i}" for i in range(len(values))]
+            for task_id, value in zip(ids, values):
+                task = _task(task_id)
+                record = _new_record(task_id, "alpha", 0, None, seq=0)
+                assert await kv.cas(js, queue._tasks, token(task_id), encode(record), last=0)
+                await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(task)),
+                                 headers={"Nats-Msg-Id": task_id, "Da-Task-Id": task_id, "Da-Rev": value})
+            for value in ("1", "abc"):
+                await js.publish(names.task_subject("alpha", 0), b"\x00not a task",
+                                 headers={"Da-Task-Id": f"junk-{value}", "Da-Rev": value})
+            ran = await _drain(backend, ["alpha"], max_tasks=5)
+            dead = [d.task_id for d in await queue.dead_letters("alpha")]
+            return ran, dead, ids
+        finally:
+            await backend.close()
+
+    ran, dead, ids = run(scenario(), 40)
+    assert sorted(ran) == sorted(["anchor", *ids]), ran
+    assert sorted(dead) == ["junk-1", "junk-abc"], dead
