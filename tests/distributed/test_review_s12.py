@@ -125,3 +125,55 @@ def test_fan_outs_and_chains_survive_a_worker_sigkilled_mid_run_with_each_step_c
         assert found == sorted(set(found)) and found == list(range(found[-1] + 1)), (wf, found)
     for stats in queues:
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), stats
+
+
+def test_many_concurrent_workflows_get_their_own_results_and_their_events_in_order(
+        nats_url: str, tmp_path: pathlib.Path) -> None:
+    """120 workflows at once through one orchestrator and two workers (chains of 1 and 3
+    steps, each starting from its own count): each ends with its own count plus its length,
+    and a subscriber on ``events.>`` (another connection) sees, per workflow, exactly its
+    events in the order the step loop emits them: started, then per step the node started
+    and completed and the step committed, then completed."""
+    prefix = f"rv12e{uuid.uuid4().hex[:8]}"
+    processes: list[subprocess.Popen[str]] = []
+
+    async def scenario() -> tuple[dict[str, int], dict[str, list[tuple[str, Any, Any]]]]:
+        orchestrator = DistributedOrchestrator(backend_url=nats_url, prefix=prefix, worker_timeout=60)
+        listener = open_backend(nats_url, prefix=prefix)
+        await listener.connect()
+        events: dict[str, list[tuple[str, Any, Any]]] = collections.defaultdict(list)
+        try:
+            subscription = await listener.message_bus.subscribe("events.>")
+            processes.extend(_worker(nats_url, prefix, f"w{i}", tmp_path, capacity=32) for i in (1, 2))
+            graphs = {1: app.chain_graph(1), 3: app.chain_graph(3)}
+            ids = {f"{prefix}-{k}": (k * 10, 1 + 2 * (k % 2)) for k in range(120)}
+            states = await asyncio.gather(*(
+                orchestrator.execute(graphs[length], {"count": start}, workflow_id=wf)
+                for wf, (start, length) in ids.items()))
+            counts = {wf: dict(state)["count"] - ids[wf][0] for wf, state in zip(ids, states)}
+            give_up = time.monotonic() + 20
+            while not all(events[wf] and events[wf][-1][0] == "workflow.completed" for wf in ids):
+                message = await subscription.get(timeout=max(0.1, give_up - time.monotonic()))
+                if message is None:
+                    break
+                data = message.data
+                events[data["workflow_id"]].append((data["type"], data.get("step"), data.get("node")))
+            return counts, {wf: events[wf] for wf in ids}
+        finally:
+            await listener.close()
+            await orchestrator.close()
+
+    try:
+        counts, events = run(scenario(), 90)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+    for wf, length in ((f"{prefix}-{k}", 1 + 2 * (k % 2)) for k in range(120)):
+        assert counts[wf] == length, (wf, counts[wf])
+        expected = [("workflow.started", 0, None)]
+        for step in range(length):
+            expected += [("node.started", step, f"b{step}"), ("node.completed", step, f"b{step}"),
+                         ("step.committed", step + 1, None)]
+        assert events[wf] == [*expected, ("workflow.completed", length, None)], wf
