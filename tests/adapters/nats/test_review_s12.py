@@ -835,3 +835,35 @@ def test_task_messages_with_odd_revision_headers_are_claimed_once_each_and_junk_
     ran, dead, ids = run(scenario(), 40)
     assert sorted(ran) == sorted(["anchor", *ids]), ran
     assert sorted(dead) == ["junk-1", "junk-abc"], dead
+
+
+def test_claims_through_a_lagging_replica_neither_run_a_cancelled_task_nor_drop_a_queued_one(
+        nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct gets answer as a replica behind the leader would (nats-server issue 4162): for a
+    cancelled task, its record from before the cancel (queued); for a queued task whose
+    record was since rewritten, no record at all. Claims in a batch and one at a time: the
+    cancelled task never runs, the queued one runs exactly once."""
+    from .test_state_store_stale_reads import _lagging_keys
+
+    async def scenario() -> list[str]:
+        backend = await open_nats(nats_url, prefix=_prefix("lr"))
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            assert await queue.enqueue_many([_task("gone"), _task("kept"), _task("other")]) == [True] * 3
+            before = await kv.get(queue._tasks, token("gone"))
+            assert await queue.cancel("gone") is True
+            entry = await kv.get(queue._tasks, token("kept"))
+            assert await kv.cas(js, queue._tasks, token("kept"), entry.value, last=entry.revision)
+            _lagging_keys(monkeypatch, {token("gone"): before, token("kept"): None})
+            ran = []
+            for max_tasks in (3, 1, 1, 1):
+                for claim in await queue.claim(["alpha"], worker_id="w", max_tasks=max_tasks, wait=0.3):
+                    ran.append(claim.task.id)
+                    await queue.ack(claim, None)
+            return ran
+        finally:
+            monkeypatch.undo()
+            await backend.close()
+
+    ran = run(scenario(), 40)
+    assert sorted(ran) == ["kept", "other"], ran
