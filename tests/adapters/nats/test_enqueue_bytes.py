@@ -55,6 +55,13 @@ def test_new_record_bytes_are_the_encoded_new_record(
     assert decode(made) == _new_record(task_id, node_type, priority, max_attempts, seq=seq)
 
 
+@pytest.mark.parametrize(("priority", "max_attempts"), [(True, None), (0, False), (2**70, 2**70), (-1, 1)])
+def test_new_record_bytes_for_values_the_members_are_not_written_for(priority: Any, max_attempts: Any) -> None:
+    """Values other than a plain int (a bool) take the encoder's path, big ints the written one: the same bytes."""
+    made = _new_record_bytes(_new_record_head("t", "alpha", priority, max_attempts), 9)
+    assert made == encode(_new_record("t", "alpha", priority, max_attempts, seq=9))
+
+
 async def _open(url: str) -> NatsBackend:
     backend = NatsBackend(url, BackendOptions.from_url(url, prefix=f"eb{uuid.uuid4().hex[:8]}"))
     await backend.connect()
