@@ -17,6 +17,7 @@ ack pending), also when an ack in that pass loses its CAS.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from collections.abc import Iterator
@@ -867,3 +868,42 @@ def test_claims_through_a_lagging_replica_neither_run_a_cancelled_task_nor_drop_
 
     ran = run(scenario(), 40)
     assert sorted(ran) == ["kept", "other"], ran
+
+
+def test_enqueue_many_over_several_chunks_with_known_and_repeated_ids_runs_each_task_once(nats_url: str) -> None:
+    """300 tasks enqueued, 100 of them claimed and acked; then one ``enqueue_many`` of 700
+    (over three 256-task chunks): the 300 known ids (pending, in flight, finished) answer
+    False, 400 new ones True, ids repeated within the call False after their first; in the
+    end each of the 700 distinct ids ran exactly once."""
+
+    async def scenario() -> tuple[list[bool], list[str], list[str]]:
+        backend = await open_nats(nats_url, prefix=_prefix("ch"))
+        queue = backend.task_queue
+        try:
+            old = [f"o{i}" for i in range(300)]
+            assert await queue.enqueue_many([_task(i) for i in old]) == [True] * 300
+            first = []
+            while len(first) < 100:
+                claims = await queue.claim(["alpha"], worker_id="w", max_tasks=100 - len(first), wait=1)
+                for claim in claims:
+                    await queue.ack(claim, None)
+                first += [c.task.id for c in claims]
+            held = await queue.claim(["alpha"], worker_id="w", max_tasks=20, wait=1)  # in flight during the call
+            new = [f"n{i}" for i in range(400)]
+            mixed = [x for pair in zip(old, new) for x in pair] + new[300:] + new[:5]
+            flags = await queue.enqueue_many([_task(i) for i in mixed])
+            for claim in held:
+                await queue.ack(claim, None)
+            rest = await _drain(backend, ["alpha"], max_tasks=64)
+            return flags, first + [c.task.id for c in held] + rest, mixed
+        finally:
+            await backend.close()
+
+    flags, ran, mixed = run(scenario(), 50)
+    seen: set[str] = set()
+    for task_id, flag in zip(mixed, flags):
+        assert flag == (task_id.startswith("n") and task_id not in seen), (task_id, flag)
+        seen.add(task_id)
+    counts = collections.Counter(ran)
+    assert set(counts) == {f"o{i}" for i in range(300)} | {f"n{i}" for i in range(400)}
+    assert set(counts.values()) == {1}, [k for k, v in counts.items() if v > 1][:10]
