@@ -539,6 +539,28 @@ def test_a_copy_of_a_running_tasks_message_naming_its_records_revision_steals_no
     assert (record["state"], record["attempt"], record["result"]["output"]) == ("done", 1, {"by": "A"})
 
 
+def test_cancelling_an_id_that_differs_from_another_only_in_whitespace_leaves_the_other_to_run(nats_url: str) -> None:
+    """Tasks "a", " a", "a " and "=a" enqueued (by both paths); " a" and "a " cancelled while
+    queued: "a" and "=a" each run exactly once, the cancelled ones never (whatever an enqueue
+    or a cancel of an id a header cannot carry as it is answered)."""
+
+    async def scenario() -> tuple[list[str], list[bool]]:
+        backend = await open_nats(nats_url, prefix=_prefix("ws"))
+        queue = backend.task_queue
+        try:
+            await queue.enqueue_many([_task("a"), _task(" a")])
+            await queue.enqueue(_task("a "))
+            await queue.enqueue(_task("=a"))
+            cancels = [await queue.cancel(" a"), await queue.cancel("a ")]
+            ran = await _drain(backend, ["alpha"], max_tasks=1)
+            return ran, cancels
+        finally:
+            await backend.close()
+
+    ran, cancels = run(scenario(), 30)
+    assert sorted(ran) == ["=a", "a"], (ran, cancels)
+
+
 # -- the state store's commits, leases and fencing --------------------------------------------------
 
 def test_a_stale_holders_commit_from_its_cached_revision_is_refused_after_another_took_the_lease(
