@@ -66,7 +66,9 @@ writes the dead letter and acks the message away. Undecodable bytes are dead-let
 at claim time with the reason.
 
 Idempotent enqueue. The message is published with ``Nats-Msg-Id`` = task id (dedup within
-the stream's window), then the record is created with ``create`` semantics, which holds
+the stream's window; both headers carry the id as ``_carried_id`` writes it: the id itself,
+or "=" and its token for an id a header cannot carry exactly, so distinct ids never share
+a message id), then the record is created with ``create`` semantics, which holds
 for as long as the record lives (done records live ``result_ttl``, dead ones until
 requeued). A
 duplicate published after the window finds the record and deletes its own message. A
@@ -126,7 +128,7 @@ from distributed_agents.adapters.nats.done_events import DoneBatch, DoneEvents, 
 from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
-from distributed_agents.adapters.nats.naming import priority_from_token, token
+from distributed_agents.adapters.nats.naming import priority_from_token, token, untoken
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError, PayloadTooLargeError
 from distributed_agents.core.limits import (
@@ -495,7 +497,7 @@ class NatsTaskQueue(TaskQueue):
         with self._errors(f"enqueue task {task.id!r}"):
             await self._ensure_consumer(task.node_type, task.priority)
             subject = self._conn.names.task_subject(task.node_type, task.priority)
-            ack = await replies.js_publish(self._conn.nc, subject, raw, headers={"Nats-Msg-Id": task.id, "Da-Task-Id": task.id})
+            ack = await replies.js_publish(self._conn.nc, subject, raw, headers=_task_headers(task.id))
             last = 0
             if ack.duplicate:
                 # The dedup window still knows the id, but the port remembers a finished id
@@ -504,7 +506,8 @@ class NatsTaskQueue(TaskQueue):
                 found = await self._read(task.id)
                 if not await self._id_is_free(task.id, found, int(ack.seq)):
                     return False
-                headers = {"Nats-Msg-Id": f"{task.id}/{uuid.uuid4().hex}", "Da-Task-Id": task.id}
+                carried = _carried_id(task.id)
+                headers = {"Nats-Msg-Id": f"{carried}/{uuid.uuid4().hex}", "Da-Task-Id": carried}
                 ack = await replies.js_publish(self._conn.nc, subject, raw, headers=headers)
                 last = found.revision
             record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
@@ -760,7 +763,7 @@ class NatsTaskQueue(TaskQueue):
             if len(msg.data) > longest:
                 continue  # perhaps oversized: _take checks it exactly
             try:
-                task = decode_task(msg.data, queued_as=_queued_as(msg))
+                task = _decode_delivered(msg)
             except PayloadDecodeError:
                 continue
             decoded[id(msg)] = task
@@ -870,8 +873,8 @@ class NatsTaskQueue(TaskQueue):
         try:
             # Its id must be the one it was published under (Da-Task-Id): its record is kept by that id.
             # ... and its node type the one of the subject it was published on (decode_task's queued_in).
-            task = decoded if decoded is not None and decoded.node_type == node_type else decode_task(
-                msg.data, queued_as=_queued_as(msg), queued_in=node_type)
+            task = decoded if decoded is not None and decoded.node_type == node_type else _decode_delivered(
+                msg, node_type)
         except PayloadDecodeError as exc:
             await self._dead_letter_raw(msg, node_type, str(exc))
             return None
@@ -1211,7 +1214,8 @@ class NatsTaskQueue(TaskQueue):
         ack = await replies.js_publish(self._conn.nc, 
             self._conn.names.task_subject(task.node_type, priority),
             encode(task_to_dict(task)),
-            headers={"Nats-Msg-Id": f"{task.id}/again/{uuid.uuid4().hex}", "Da-Task-Id": task.id},
+            headers={"Nats-Msg-Id": f"{_carried_id(task.id)}/again/{uuid.uuid4().hex}",
+                     "Da-Task-Id": _carried_id(task.id)},
         )
         # Fails harmlessly if a claimer adopted the new message first.
         await kv.cas(self._conn.js, self._tasks, token(task.id), encode({**record, "seq": int(ack.seq)}), last=revision)
@@ -1336,7 +1340,7 @@ class NatsTaskQueue(TaskQueue):
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         headers = msg.headers or {}
-        task_id = headers.get("Da-Task-Id") or f"raw-{stream_sequence(msg.reply or '')}"
+        task_id = _id_of_carried(headers.get("Da-Task-Id") or "") or f"raw-{stream_sequence(msg.reply or '')}"
         reason = shortened(reason)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
@@ -1384,7 +1388,8 @@ class NatsTaskQueue(TaskQueue):
             ack = await replies.js_publish(self._conn.nc, 
                 self._conn.names.task_subject(task.node_type, priority),
                 encode(task_to_dict(task)),
-                headers={"Nats-Msg-Id": f"{task_id}/requeue/{uuid.uuid4().hex}", "Da-Task-Id": task_id},
+                headers={"Nats-Msg-Id": f"{_carried_id(task_id)}/requeue/{uuid.uuid4().hex}",
+                         "Da-Task-Id": _carried_id(task_id)},
             )
             # Fails harmlessly if a claimer adopted the message or the task was cancelled first.
             await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": int(ack.seq)}), last=revision)
@@ -1592,14 +1597,37 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
     return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
 
 
+def _carried_id(task_id: str) -> str:
+    """What the ``Da-Task-Id`` and ``Nats-Msg-Id`` headers of ``task_id``'s messages carry: the id
+    itself when a header carries it exactly (not empty, without surrounding whitespace or a line
+    break) and it does not start with "=", else "=" and its ``token``. Distinct ids so never share
+    a header value: a header strips its value and makes line breaks spaces, so " a" and "a" shared
+    one (the dedup window took the second enqueue for a duplicate of the first, and the claim
+    dead-lettered " a" as queued under another id). ``token`` is injective and never starts with
+    "=", and no id carried as itself does."""
+    if (task_id and task_id[0] != "=" and task_id.strip() == task_id and "\r" not in task_id
+            and "\n" not in task_id):
+        return task_id
+    return "=" + token(task_id)
+
+
+def _id_of_carried(value: str) -> str | None:
+    """The task id a ``Da-Task-Id`` value names (``_carried_id``'s inverse; a value it never writes,
+    from an older publisher or by hand, names itself); None for an empty value."""
+    if value.startswith("="):
+        task_id = untoken(value[1:])
+        if task_id is not None and _carried_id(task_id) == value:
+            return task_id
+    return value or None
+
+
 def _task_headers(task_id: str) -> bytes:
-    """``replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})``, the header block of
-    an enqueued task's message: written directly for an id the builder would not change (no
-    surrounding whitespace, no line break: one string per task of ``enqueue_many`` instead of
-    the builder's loop over a dict), the same bytes."""
-    if "\r" in task_id or "\n" in task_id or task_id.strip() != task_id:
-        return replies.header_block({"Nats-Msg-Id": task_id, "Da-Task-Id": task_id})
-    return f"NATS/1.0\r\nNats-Msg-Id: {task_id}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
+    """``replies.header_block({"Nats-Msg-Id": carried, "Da-Task-Id": carried})`` for ``carried =
+    _carried_id(task_id)``, the header block of an enqueued task's message, written directly (a
+    value a header carries exactly: one string per task of ``enqueue_many`` instead of the
+    builder's loop over a dict), the same bytes."""
+    carried = _carried_id(task_id)
+    return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Id: {carried}\r\n\r\n".encode()
 
 
 def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, lease_id: str, worker: bytes,
@@ -1686,8 +1714,24 @@ def _control_record(value: bytes | None, where: str) -> dict[str, Any]:
     return record
 
 
+def _decode_delivered(msg: Msg, queued_in: str | None = None) -> Task:
+    """The task ``msg`` carries (``decode_task``), checked against the id it was published under:
+    its ``Da-Task-Id`` header names the task's id itself or its ``_carried_id`` (one published by
+    an older version names the id itself). ``PayloadDecodeError`` (the dead-letter reason)
+    otherwise, or if the bytes are not a task of node type ``queued_in`` (when given)."""
+    header = _queued_as(msg)
+    task = decode_task(msg.data)
+    # (Checked in decode_task's order, so a task wrong in both ways gets the same reason.)
+    if header is not None and task.id != header and _carried_id(task.id) != header:
+        decode_task(msg.data, queued_as=header)  # raises: queued as another task
+    if queued_in is not None and task.node_type != queued_in:
+        decode_task(msg.data, queued_in=queued_in)  # raises: in another type's queue
+    return task
+
+
 def _queued_as(msg: Msg) -> str | None:
-    """The task id a message was published under (its ``Da-Task-Id`` header), None without one."""
+    """The ``Da-Task-Id`` header of a message (the ``_carried_id`` of the task id it was published
+    under), None without one."""
     headers = msg.headers
     return headers.get("Da-Task-Id") if headers else None
 
