@@ -929,3 +929,73 @@ def test_enqueue_many_over_several_chunks_with_known_and_repeated_ids_runs_each_
     counts = collections.Counter(ran)
     assert set(counts) == {f"o{i}" for i in range(300)} | {f"n{i}" for i in range(400)}
     assert set(counts.values()) == {1}, [k for k, v in counts.items() if v > 1][:10]
+
+
+_AWKWARD_IDS = [" lead", "trail ", " both ", "line\nbreak", "cr\rlf", "=eq", "=", "a", "=_20lead", "\ttab"]
+
+
+def test_ids_that_headers_cannot_carry_as_they_are_go_through_every_path_of_the_queue(nats_url: str) -> None:
+    """Ids with surrounding whitespace, line breaks or a leading "=" (and ids that differ from
+    each other only in those ways: " lead" and "=_20lead", "a"): enqueued by both paths
+    (each True once, False again), claimed in a batch and alone; one cancelled while queued
+    (it never runs), one nacked with a delay (its message published again), one dead-lettered
+    and requeued, one finished and enqueued again once its result expired: each runs as often
+    as those say, under its own id, and nothing is dead-lettered as queued under another id."""
+
+    async def scenario() -> dict[str, Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("aw"), result_ttl=1.0)
+        queue = backend.task_queue
+        out: dict[str, Any] = {}
+        try:
+            half = len(_AWKWARD_IDS) // 2
+            out["first"] = (await queue.enqueue_many([_task(i) for i in _AWKWARD_IDS[:half]]),
+                            [await queue.enqueue(_task(i)) for i in _AWKWARD_IDS[half:]])
+            out["again"] = (await queue.enqueue_many([_task(i) for i in _AWKWARD_IDS]),
+                            await queue.enqueue(_task(" lead")))
+            out["cancelled"] = await queue.cancel("line\nbreak")
+            runs: list[tuple[str, int]] = []
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=2)
+            for _ in range(len(_AWKWARD_IDS)):  # the rest one at a time (each claim alone)
+                claims += await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=0.3)
+            for claim in claims:
+                runs.append((claim.task.id, claim.attempt))
+                if claim.task.id == "trail ":
+                    await queue.nack(claim, "later", delay=0.2)
+                elif claim.task.id == " both ":
+                    await queue.nack(claim, "dead", final=True)
+                else:
+                    await queue.ack(claim, {"id": claim.task.id})
+            out["requeued"] = await queue.requeue_dead_letter(" both ")
+            runs += [(i, a) for i, a in [(c.task.id, c.attempt) for c in await _claim_all(queue)]]
+            await asyncio.sleep(1.3)  # results expire
+            out["expired"] = await queue.enqueue_many([_task("=eq")])
+            runs += [(c.task.id, c.attempt) for c in await _claim_all(queue)]
+            out["runs"] = sorted(runs)
+            out["dead"] = [d.task_id for d in await queue.dead_letters("alpha")]
+            results = await queue.wait_results([i for i in _AWKWARD_IDS if i != "line\nbreak"], timeout=5)
+            out["results"] = {k: r.status for k, r in results.items()}
+            return out
+        finally:
+            await backend.close()
+
+    out = run(scenario(), 50)
+    half = len(_AWKWARD_IDS) // 2
+    assert out["first"] == ([True] * half, [True] * (len(_AWKWARD_IDS) - half))
+    assert out["again"] == ([False] * len(_AWKWARD_IDS), False)
+    assert out["cancelled"] is True and out["requeued"] is True and out["expired"] == [True]
+    expected = sorted([(i, 1) for i in _AWKWARD_IDS if i != "line\nbreak"]
+                      + [("trail ", 2), (" both ", 1), ("=eq", 1)])
+    assert out["runs"] == expected, out["runs"]
+    assert out["dead"] == [], out["dead"]
+
+
+async def _claim_all(queue: Any) -> list[Any]:
+    """Claim (and ack) until a claim that waited 0.5 s finds nothing; the claims."""
+    claims: list[Any] = []
+    while True:
+        got = await queue.claim(["alpha"], worker_id="w", max_tasks=8, wait=0.5)
+        if not got:
+            return claims
+        for claim in got:
+            await queue.ack(claim, {"id": claim.task.id})
+        claims += got
