@@ -999,3 +999,46 @@ async def _claim_all(queue: Any) -> list[Any]:
         for claim in got:
             await queue.ack(claim, {"id": claim.task.id})
         claims += got
+
+
+def test_tasks_whose_holders_vanished_are_taken_over_with_their_attempts_counted_then_dead_lettered(
+        nats_url: str) -> None:
+    """Three tasks (max 2 attempts) claimed together by a queue whose process then goes away
+    (closed without settling: its keepers stop); after AckWait (1 s) another queue claims
+    them as attempt 2 with "lease expired" recorded; it goes away too, and a third finds
+    them dead-lettered with the reason, never claimed a third time."""
+
+    async def scenario() -> tuple[list[int], list[list[str]], list[Any], list[str]]:
+        prefix = _prefix("hv")
+        first = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
+        ids = [f"h{i}" for i in range(3)]
+        assert await first.task_queue.enqueue_many([_task(i, max_attempts=2) for i in ids]) == [True] * 3
+        assert len(await first.task_queue.claim(["alpha"], worker_id="one", max_tasks=3, wait=2)) == 3
+        await first.close()
+        second = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
+        claims = []
+        give_up = time.monotonic() + 10
+        while len(claims) < 3 and time.monotonic() < give_up:
+            claims += await second.task_queue.claim(["alpha"], worker_id="two", max_tasks=3, wait=0.5)
+        errors = [list(decode((await kv.get(second.task_queue._tasks, token(c.task.id))).value)["errors"])
+                  for c in claims]
+        await second.close()
+        third = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
+        try:
+            later: list[Any] = []
+            dead: list[Any] = []
+            give_up = time.monotonic() + 6
+            while len(dead) < 3 and time.monotonic() < give_up:
+                later += await third.task_queue.claim(["alpha"], worker_id="three", max_tasks=3, wait=0.3)
+                dead = await third.task_queue.dead_letters("alpha")
+            return [c.attempt for c in claims], errors, [c.task.id for c in later], sorted(
+                f"{d.task_id}: {d.reason}" for d in dead)
+        finally:
+            await third.close()
+
+    attempts, errors, later, dead = run(scenario(), 40)
+    assert attempts == [2, 2, 2]
+    assert all(len(e) == 1 and "lease expired" in e[0] and "'one'" in e[0] for e in errors), errors
+    assert later == []
+    assert [d.split(":")[0] for d in dead] == ["h0", "h1", "h2"]
+    assert all("lease expired on attempt 2 of 2" in d for d in dead), dead
