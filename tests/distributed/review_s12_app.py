@@ -60,3 +60,19 @@ def chain_graph(length: int) -> Graph:
     for left, right in zip(names, names[1:]):
         graph.add_edge(left, right)
     return graph.set_entry_point(names[0]).set_finish_point(names[-1]).compile()
+
+
+async def _drive(url: str, prefix: str, workflow_id: str, items: int) -> None:
+    """Submit a fan-out of ``items`` and drive it until this process is killed (``__main__``)."""
+    from distributed_agents.distributed import DistributedOrchestrator
+
+    orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False, lease_ttl=1.0)
+    await orchestrator.submit(map_graph(), {"items": list(range(items))}, workflow_id=workflow_id)
+    print(workflow_id, flush=True)
+    await orchestrator.wait(workflow_id)
+
+
+if __name__ == "__main__":  # python review_s12_app.py URL PREFIX WORKFLOW_ID ITEMS: an orchestrator to SIGKILL
+    import sys
+
+    asyncio.run(_drive(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))

@@ -177,3 +177,83 @@ def test_many_concurrent_workflows_get_their_own_results_and_their_events_in_ord
             expected += [("node.started", step, f"b{step}"), ("node.completed", step, f"b{step}"),
                          ("step.committed", step + 1, None)]
         assert events[wf] == [*expected, ("workflow.completed", length, None)], wf
+
+
+def test_an_orchestrator_sigkilled_while_it_enqueues_a_fan_out_is_taken_over_and_every_item_runs(
+        nats_url: str, tmp_path: pathlib.Path) -> None:
+    """An orchestrator process submits a 1,000-way fan-out and is SIGKILLed while it enqueues the
+    map's tasks (once the task bucket holds some of their records, before it holds all): its
+    messages and records are then written for some tasks, perhaps one without the other for
+    a few. Another orchestrator takes the workflow over and re-drives the step: the workflow
+    ends with every item's result, every item ran, one checkpoint per step, and the queues
+    end empty with no dead letter."""
+    import nats
+
+    prefix = f"rv12k{uuid.uuid4().hex[:8]}"
+    workflow_id = f"{prefix}-map"
+    items = 1000
+    processes: list[subprocess.Popen[str]] = []
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+
+    async def kill_mid_enqueue() -> tuple[int, int]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            with open(tmp_path / "child.log", "w") as log:
+                child = subprocess.Popen([sys.executable, str(HERE / "review_s12_app.py"), nats_url, prefix, workflow_id,
+                                          str(items)], env={**os.environ, "PYTHONPATH": path}, cwd=HERE,
+                                         stdout=log, stderr=subprocess.STDOUT, text=True)
+            processes.append(child)
+            bucket = f"KV_{prefix}_tasks"
+            give_up = time.monotonic() + 40
+            while True:
+                assert child.poll() is None, (tmp_path / "child.log").read_text()
+                assert time.monotonic() < give_up, "the fan-out's records never appeared"
+                try:
+                    records = (await js.stream_info(bucket)).state.messages
+                except Exception:
+                    records = 0
+                if records > 1:  # the plan's record and some of the map's
+                    child.send_signal(signal.SIGKILL)
+                    child.wait(timeout=10)
+                    break
+                await asyncio.sleep(0.001)
+            stored = (await js.stream_info(bucket)).state.messages
+            queued = (await js.stream_info(f"{prefix}_TASKS")).state.messages
+            return stored, queued
+        finally:
+            await nc.close()
+
+    async def take_over() -> tuple[dict[str, Any], list[int], list[Any]]:
+        orchestrator = DistributedOrchestrator(backend_url=nats_url, prefix=prefix, recover=True, lease_ttl=1.0,
+                                               worker_timeout=60)
+        orchestrator.register_graph(app.map_graph())
+        backend = open_backend(nats_url, prefix=prefix)
+        await backend.connect()
+        try:
+            state = dict(await orchestrator.wait(workflow_id, timeout=60))
+            steps = sorted(c.step for c in await backend.state_store.list_checkpoints(workflow_id))
+            return state, steps, [await backend.task_queue.stats(t) for t in ("plan", "cube")]
+        finally:
+            await backend.close()
+            await orchestrator.close()
+
+    try:
+        processes.append(_worker(nats_url, prefix, "w1", tmp_path, capacity=64))
+        stored, queued = run(kill_mid_enqueue(), 60)
+        processes.append(_worker(nats_url, prefix, "w2", tmp_path, capacity=64))
+        state, steps, queues = run(take_over(), 80)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+    assert processes[0].returncode == -signal.SIGKILL
+    assert 1 < stored, (stored, queued)
+    assert state["total"] == sum(n ** 3 for n in range(items)), (stored, queued)
+    assert sorted(state["order"]) == list(range(items))
+    ran = {what for _, wf, what, _ in _runs(tmp_path) if wf == workflow_id}
+    assert ran == {str(n) for n in range(items)}
+    assert steps == list(range(steps[-1] + 1)), steps
+    for stats in queues:
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), stats
