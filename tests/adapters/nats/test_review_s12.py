@@ -968,7 +968,8 @@ def test_ids_that_headers_cannot_carry_as_they_are_go_through_every_path_of_the_
             out["requeued"] = await queue.requeue_dead_letter(" both ")
             runs += [(i, a) for i, a in [(c.task.id, c.attempt) for c in await _claim_all(queue)]]
             await asyncio.sleep(1.3)  # results expire
-            out["expired"] = await queue.enqueue_many([_task("=eq")])
+            out["expired"] = [*await queue.enqueue_many([_task("=eq"), _task(" lead")]),
+                              await queue.enqueue(_task("cr\rlf"))]
             runs += [(c.task.id, c.attempt) for c in await _claim_all(queue)]
             out["runs"] = sorted(runs)
             out["dead"] = [d.task_id for d in await queue.dead_letters("alpha")]
@@ -982,9 +983,9 @@ def test_ids_that_headers_cannot_carry_as_they_are_go_through_every_path_of_the_
     half = len(_AWKWARD_IDS) // 2
     assert out["first"] == ([True] * half, [True] * (len(_AWKWARD_IDS) - half))
     assert out["again"] == ([False] * len(_AWKWARD_IDS), False)
-    assert out["cancelled"] is True and out["requeued"] is True and out["expired"] == [True]
+    assert out["cancelled"] is True and out["requeued"] is True and out["expired"] == [True, True, True]
     expected = sorted([(i, 1) for i in _AWKWARD_IDS if i != "line\nbreak"]
-                      + [("trail ", 2), (" both ", 1), ("=eq", 1)])
+                      + [("trail ", 2), (" both ", 1), ("=eq", 1), (" lead", 1), ("cr\rlf", 1)])
     assert out["runs"] == expected, out["runs"]
     assert out["dead"] == [], out["dead"]
 
