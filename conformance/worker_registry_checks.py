@@ -45,20 +45,39 @@ async def check_heartbeat_and_expiry(session: Session) -> None:
     """Heartbeats keep a worker listed past heartbeat_ttl; silence drops it; heartbeat then says False."""
     ttl = session.short * 2
     registry = (await session.open(heartbeat_ttl=ttl)).worker_registry
-    await registry.register(worker("beating", "alpha"))
-    await registry.register(worker("silent", "alpha"))
     expect(await registry.heartbeat("never-registered") is False, "worker_registry.heartbeat", "heartbeat of an unknown worker returned True")
-    [started] = [w.started_at for w in await registry.list_workers() if w.worker_id == "beating"]
-    for _ in range(3):
-        await asyncio.sleep(ttl / 3)
-        expect(await registry.heartbeat("beating") is True, "worker_registry.heartbeat", "heartbeat of a live worker returned False")
-    [after] = [w.started_at for w in await registry.list_workers() if w.worker_id == "beating"] or [None]
-    expect(after == started, "worker_registry.heartbeat", f"heartbeats changed started_at from {started} to {after}")
-    await sleep_past(ttl / 3, session.slack)
-    listed = [w.worker_id for w in await registry.list_workers()]
-    expect("silent" not in listed, "worker_registry.expiry", f"a worker silent for longer than heartbeat_ttl={ttl}s is listed: {listed}")
-    expect("beating" in listed, "worker_registry.heartbeat", f"a worker that kept beating is not listed: {listed}")
-    expect(await registry.heartbeat("silent") is False, "worker_registry.expiry", "heartbeat of an expired worker returned True")
+    for attempt in range(3):  # a loaded machine may wake too late between heartbeats to judge them; try again
+        beating, silent = f"beating-{attempt}", f"silent-{attempt}"
+        await registry.register(worker(beating, "alpha"))
+        last_beat = monotonic()  # when the last write that keeps ``beating`` alive was answered
+        await registry.register(worker(silent, "alpha"))
+        [started] = [w.started_at for w in await registry.list_workers() if w.worker_id == beating]
+        late = False
+        for _ in range(3):
+            await asyncio.sleep(ttl / 3)
+            # A heartbeat sent a whole ttl after the last one may rightly find the worker expired.
+            late = late or monotonic() - last_beat >= ttl - session.slack
+            beat = await registry.heartbeat(beating)
+            last_beat = monotonic()
+            if not late:
+                expect(beat is True, "worker_registry.heartbeat", "heartbeat of a live worker returned False")
+        listed_workers = await registry.list_workers()
+        late = late or monotonic() - last_beat >= ttl - session.slack
+        if late:
+            await registry.deregister(beating)
+            await registry.deregister(silent)
+            continue
+        [after] = [w.started_at for w in listed_workers if w.worker_id == beating] or [None]
+        expect(after == started, "worker_registry.heartbeat", f"heartbeats changed started_at from {started} to {after}")
+        await sleep_past(ttl / 3, session.slack)
+        probe = monotonic()
+        listed = [w.worker_id for w in await registry.list_workers()]
+        expect(silent not in listed, "worker_registry.expiry", f"a worker silent for longer than heartbeat_ttl={ttl}s is listed: {listed}")
+        if probe - last_beat < ttl - session.slack:  # (else asked after ``beating`` may rightly have expired)
+            expect(beating in listed, "worker_registry.heartbeat", f"a worker that kept beating is not listed: {listed}")
+        expect(await registry.heartbeat(silent) is False, "worker_registry.expiry", "heartbeat of an expired worker returned True")
+        return
+    # never judged: the machine was too slow every time
 
 
 @conformance_check(PORT, ("worker_registry.deregister",))
