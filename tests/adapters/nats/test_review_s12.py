@@ -307,12 +307,14 @@ def test_a_record_bound_to_no_message_yet_is_claimed_once_through_the_batched_cl
 
 def test_acks_of_one_pass_over_several_consumers_leave_nothing_pending_or_redelivered(nats_url: str) -> None:
     """24 tasks over two node types and two priorities (four consumers), claimed together and
-    acked in one event-loop pass: afterwards every consumer has no ack pending, nothing was
+    acked in one event-loop pass: once the acks returned, another process's ``stats`` counts
+    none in flight and every consumer has no ack pending; nothing was
     redelivered after AckWait (1 s) passed, and the stream holds no message."""
 
     async def scenario() -> tuple[dict[str, Any], list[str], int, dict[str, str]]:
         prefix = _prefix("ap")
         backend = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
+        observer = await open_nats(nats_url, prefix=prefix, visibility_timeout=1.0)
         queue = backend.task_queue
         try:
             tasks = [Task(f"k{i}", "wf", "n", ("alpha", "beta")[i % 2], {"i": i}, priority=(i // 2) % 2)
@@ -324,7 +326,10 @@ def test_acks_of_one_pass_over_several_consumers_leave_nothing_pending_or_redeli
                 assert got, "a claim came back empty with tasks queued"
                 claims += got
             await asyncio.gather(*(queue.ack(c, {"i": c.task.payload["i"]}) for c in claims))
+            # What another process sees once the acks returned: nothing in flight.
+            seen = [(await observer.task_queue.stats(t)).in_flight for t in ("alpha", "beta")]
             pending = {f"{t}-{p}": await _ack_pending(backend, t, p) for t in ("alpha", "beta") for p in (0, 1)}
+            pending["other process's in_flight"] = tuple(seen)
             await asyncio.sleep(1.5)
             again = await queue.claim(["alpha", "beta"], worker_id="w2", max_tasks=24, wait=0.5)
             info = await backend.connection.js.stream_info(backend.connection.names.task_stream)
@@ -332,9 +337,11 @@ def test_acks_of_one_pass_over_several_consumers_leave_nothing_pending_or_redeli
             return pending, [c.task.id for c in again], int(info.state.messages), {
                 k: r.status for k, r in results.items()}
         finally:
+            await observer.close()
             await backend.close()
 
     pending, again, messages, statuses = run(scenario(), 40)
+    assert pending.pop("other process's in_flight") == (0, 0), pending
     assert all(p[0] == 0 for p in pending.values()), pending
     assert again == [] and messages == 0
     assert len(statuses) == 24 and set(statuses.values()) == {"succeeded"}
