@@ -36,24 +36,46 @@ async def pull_ready(nc: Client, stream: str, consumer: str, batch: int, *, time
 
 
 async def pull_pending(nc: Client, stream: str, consumer: str, batch: int, *, patience: float = 1.0,
-                       timeout: float = 5.0) -> list[Msg]:
-    """``pull_ready``, asked again (for up to ``patience`` seconds) while the consumer still
-    counts undelivered messages after an answer of none: under load the server has answered
-    a ``no_wait`` pull "404 No Messages" right after a message was stored and counted. One
-    consumer-info request per empty answer; none when messages come."""
-    messages = await pull_ready(nc, stream, consumer, batch, timeout=timeout)
+                       timeout: float = 5.0, first: list[Msg] | None = None) -> list[Msg]:
+    """``pull_ready``, asked again (for up to ``patience`` seconds) while messages wait that the
+    consumer has not delivered, after an answer of none. Under load the server has answered a
+    ``no_wait`` pull "404 No Messages" right after a message was stored, and its consumer did
+    not count that message yet either (nats-server signals consumers of a new message after it
+    answers the publish): so besides the consumer's count of undelivered messages, the last
+    message stored on its filter subject is compared with the last one it delivered. Per
+    empty answer a consumer-info request, and when that counts none pending a read of the
+    last message's sequence (the stream's leader answers both); none when messages come. ``first``: the answer of a pull already made (checked the same way)."""
+    messages = await pull_ready(nc, stream, consumer, batch, timeout=timeout) if first is None else first
     give_up = time.monotonic() + patience
     while not messages and time.monotonic() < give_up:
-        reply = await replies.request(nc, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=timeout)
-        try:
-            pending = json.loads(reply.data or b"{}").get("num_pending")
-        except ValueError:
-            return []
-        if not isinstance(pending, int) or pending <= 0:
+        if not await _undelivered(nc, stream, consumer, timeout):
             return []  # the answer was right (or the consumer is gone)
         await asyncio.sleep(0.005)
         messages = await pull_ready(nc, stream, consumer, batch, timeout=timeout)
     return messages
+
+
+async def _undelivered(nc: Client, stream: str, consumer: str, timeout: float) -> bool:
+    """Whether the stream holds a message on ``consumer``'s filter subject that it has not delivered:
+    it counts one pending, or the last message stored there is newer than the last it delivered."""
+    info = await replies.request(nc, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=timeout)
+    try:
+        state = json.loads(info.data or b"{}")
+    except ValueError:
+        return False
+    pending, delivered = state.get("num_pending"), (state.get("delivered") or {}).get("stream_seq")
+    subject = (state.get("config") or {}).get("filter_subject")
+    if isinstance(pending, int) and pending > 0:
+        return True
+    if not isinstance(delivered, int) or not isinstance(subject, str) or not subject:
+        return False
+    last = await replies.request(nc, f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"last_by_subj": subject}).encode(),
+                                 timeout=timeout)
+    try:
+        seq = (json.loads(last.data or b"{}").get("message") or {}).get("seq")
+    except ValueError:
+        return False
+    return isinstance(seq, int) and seq > delivered
 
 
 def stream_sequence(reply: str) -> int:

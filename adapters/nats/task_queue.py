@@ -696,9 +696,10 @@ class NatsTaskQueue(TaskQueue):
             for node_type in levels[priority]:
                 ack_wait = await self._ensure_consumer(node_type, priority)
                 consumer = names.task_consumer(node_type, priority)
-                # The stream counted messages here (``_look``): an empty answer is checked.
-                ready = pulled.pop(node_type) if node_type in pulled else await pull_pending(
-                    self._conn.nc, names.task_stream, consumer, need)
+                # The stream counted messages here (``_look``), or the levels key says tasks were
+                # queued here: an empty answer is checked (the levels key's pull went out with its read).
+                ready = await pull_pending(self._conn.nc, names.task_stream, consumer, need,
+                                           first=pulled.pop(node_type, None))
                 for msg in ready:
                     batch.append((stream_sequence(msg.reply or ""), node_type, msg, ack_wait))
             if not batch:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from support.aio import run
 
-from distributed_agents.adapters.nats import delivery, kv
+from distributed_agents.adapters.nats import delivery, kv, task_queue
 
 from .conftest import open_nats
 
@@ -32,6 +32,7 @@ def _first_pulls_empty(monkeypatch: pytest.MonkeyPatch, empties: int, before: An
         return got
 
     monkeypatch.setattr(delivery, "pull_ready", pull)
+    monkeypatch.setattr(task_queue, "pull_ready", pull)  # the levels key's pull, sent with its read
     return answers
 
 
@@ -138,3 +139,60 @@ def test_a_claim_with_nothing_pending_answers_at_once_with_nothing(
     ids, answers = run(scenario(), 30)
     assert ids == []
     assert answers == [0]
+
+
+def test_a_claim_through_the_levels_key_asks_again_when_its_pull_answers_nothing(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The levels key's claim (one type, its level known: the pull goes out with the key's read)
+    checks an empty answer as the look's claim does: the task enqueued before it is returned."""
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            queue.poll_interval = 30.0  # no look but the first: the levels key stands in
+            for n in range(3):  # the look, then the key's read; from then on the pull goes out with the read
+                await queue.enqueue(Task(f"t-first-{n}", "wf", "n", "n", {"state": {}}))
+                (first,) = await queue.claim(["n"], worker_id="w")
+                await queue.ack(first, None)
+            await queue.enqueue(Task("t-second", "wf", "n", "n", {"state": {}}))
+            answers = _first_pulls_empty(monkeypatch, 1)
+            claims = await queue.claim(["n"], worker_id="w")
+            monkeypatch.undo()
+            for claim in claims:
+                await queue.ack(claim, None)
+            return [c.task.id for c in claims], answers
+        finally:
+            await backend.close()
+
+    ids, answers = run(scenario(), 30)
+    assert ids == ["t-second"]
+    assert answers[0] == 0 and sum(answers) == 1
+
+
+def test_every_claim_right_after_an_enqueue_gets_its_task(nats_url: str) -> None:
+    """Enqueue, then claim(wait=0), a few hundred times on one queue: every claim gets the task
+    just enqueued. (Under load the server answered such a pull "no messages" before its consumer
+    counted the new message: about 1 claim in 500 came back empty.)"""
+    from distributed_agents.core.ports.task_queue import Task
+
+    async def scenario() -> list[int]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        empty: list[int] = []
+        try:
+            for n in range(400):
+                await queue.enqueue(Task(f"t-{n}", "wf", "n", "n", {}))
+                claims = await queue.claim(["n"], worker_id="w")
+                if not claims:
+                    empty.append(n)
+                    claims = await queue.claim(["n"], worker_id="w", wait=5)
+                for claim in claims:
+                    await queue.ack(claim, None)
+            return empty
+        finally:
+            await backend.close()
+
+    assert run(scenario(), 50) == []
