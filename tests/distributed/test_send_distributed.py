@@ -7,6 +7,7 @@ item order whichever worker finished first.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import pathlib
 import uuid
@@ -40,6 +41,13 @@ def test_a_map_runs_one_task_per_item_over_two_worker_processes(
     async def scenario() -> State:
         orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
         try:
+            # Both serving before the map starts: else a worker that starts slowly under load can
+            # find every item taken by the other (the assertion below is about sharing, not start-up).
+            await orchestrator.connect()
+            for _ in range(600):
+                if len(await orchestrator.backend.worker_registry.list_workers()) >= 2:
+                    break
+                await asyncio.sleep(0.1)
             return await orchestrator.execute(app.map_graph(), {"items": items}, workflow_id="wf-map")
         finally:
             await orchestrator.close()
