@@ -19,6 +19,7 @@ import pytest
 
 from support.aio import run
 from support.nats_server import NatsServer, find_nats_server, free_port
+from support.server_process import port_taken
 
 __all__ = ["NatsCluster", "nats_cluster", "servers_of", "stream_leader", "wait_for"]
 
@@ -30,14 +31,15 @@ class NatsCluster:
 
     def __init__(self, binary: str, size: int = 3) -> None:
         self.route_ports = [free_port() for _ in range(size)]
-        self.servers: list[NatsServer] = []
-        for index in range(size):
-            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"'
-                               for other, port in enumerate(self.route_ports) if other != index)
-            config = (f'server_name: "n{index}"\n'
-                      f'cluster {{\n  name: "{_CLUSTER}"\n  listen: "127.0.0.1:{self.route_ports[index]}"\n'
-                      f"  routes: [{routes}]\n}}\n")
-            self.servers.append(NatsServer(binary, config=config))
+        self.servers = [NatsServer(binary, config=self._config(index)) for index in range(size)]
+
+    def _config(self, index: int) -> str:
+        """Server ``index``'s configuration: its name, its route port, routes to the others."""
+        routes = ", ".join(f'"nats-route://127.0.0.1:{port}"'
+                           for other, port in enumerate(self.route_ports) if other != index)
+        return (f'server_name: "n{index}"\n'
+                f'cluster {{\n  name: "{_CLUSTER}"\n  listen: "127.0.0.1:{self.route_ports[index]}"\n'
+                f"  routes: [{routes}]\n}}\n")
 
     @property
     def url(self) -> str:
@@ -52,9 +54,29 @@ class NatsCluster:
         return int(server_name.removeprefix("n"))
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start every server, then wait until JetStream answers through each of them."""
-        for server in self.servers:
-            server.start()
+        """Start every server, then wait until JetStream answers through each of them.
+
+        A route port found taken by the time its server starts (another test process bound
+        it) is replaced and every server's routes rewritten, up to 5 times; a taken client
+        port is replaced by ``NatsServer.start`` itself."""
+        for _ in range(5):
+            try:
+                for server in self.servers:
+                    server.start()
+                break
+            except RuntimeError:
+                taken = [index for index, server in enumerate(self.servers)
+                         if port_taken(server.log_tail(), self.route_ports[index])]
+                if not taken:
+                    raise
+                for server in self.servers:
+                    server.stop(kill=True)
+                for index in taken:
+                    self.route_ports[index] = free_port()
+                for index, server in enumerate(self.servers):
+                    server.config = self._config(index)
+        else:
+            raise RuntimeError(f"cluster route ports kept being taken: {self.route_ports}")
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 60.0, servers: list[int] | None = None) -> None:

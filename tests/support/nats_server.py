@@ -43,6 +43,7 @@ class NatsServer(ServerProcess):
     """One ``nats-server -js`` process bound to loopback; restartable on the same port."""
 
     name = "nats-server"
+    ready_line = "Server is ready"
 
     def __init__(self, binary: str, *, port: int | None = None, store_dir: str | None = None,
                  config: str | None = None) -> None:

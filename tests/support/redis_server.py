@@ -45,6 +45,7 @@ class RedisServer(ServerProcess):
     """
 
     name = "redis-server"
+    ready_line = "Ready to accept connections"
 
     def __init__(
         self,
