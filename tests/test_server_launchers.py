@@ -14,8 +14,7 @@ import socket
 import pytest
 from support.nats_server import NatsServer, find_nats_server
 from support.redis_server import RedisServer, find_redis_server
-from support.server_process import free_port
-port_taken = None
+from support.server_process import free_port, port_taken
 
 pytestmark = pytest.mark.timeout(60)
 
