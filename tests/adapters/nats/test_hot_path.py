@@ -26,6 +26,7 @@ from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.task_queue import Task, TaskResult
 
 from .conftest import open_nats
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +42,7 @@ def test_acks_settled_together_announce_their_results_in_one_message(nats_url: s
         try:
             seen: list[bytes] = []
             sub = await listener.subscribe(producer.connection.names.done_subject, cb=_collect(seen))
-            await listener.flush()
+            await flush_in_order(listener)
             tasks = [Task(f"t{i}", "wf", f"n{i}", "alpha", {}) for i in range(10)]
             assert await producer.task_queue.enqueue_many(tasks) == [True] * 10
             claims = await worker.task_queue.claim(["alpha"], worker_id="w", max_tasks=10)
@@ -91,7 +92,7 @@ def test_a_batched_done_event_wakes_every_waiter_it_names(nats_url: str) -> None
                                                     {"id": "e", "result": {"bad": 1}}]).encode())
             await other.publish(subject, json.dumps({"id": "c"}).encode())
             await other.publish(subject, b"d")
-            await other.flush()
+            await flush_in_order(other)
             for _ in range(500):  # up to 10 s: a loaded machine delays delivery, a passing run does not wait
                 found, bare = done.take(["a", "b", "c", "d"])
                 if found or bare:
@@ -136,7 +137,7 @@ def test_a_done_batch_splits_at_its_limit_and_keeps_order(nats_url: str) -> None
             subject = f"done{uuid.uuid4().hex[:8]}"
             seen: list[bytes] = []
             await listener.subscribe(subject, cb=_collect(seen))
-            await listener.flush()
+            await flush_in_order(listener)
             batch = DoneBatch(nc, subject)
             big = [b'{"id":"t%d","result":{"output":"%s"}}' % (i, b"x" * 20_000) for i in range(9)]
             for event in big:
@@ -144,7 +145,7 @@ def test_a_done_batch_splits_at_its_limit_and_keeps_order(nats_url: str) -> None
             await asyncio.sleep(0)  # the pass ends: published
             batch.add(b'{"id":"lone"}')
             await asyncio.sleep(0)
-            await nc.flush()
+            await flush_in_order(nc)
             for _ in range(500):  # up to 10 s: a loaded machine delays delivery, a passing run does not wait
                 if len(seen) >= 2 and b"lone" in seen[-1]:
                     break
@@ -198,11 +199,11 @@ def test_events_left_by_a_stopped_loop_go_out_with_the_next_loops(nats_url: str)
         try:
             seen: list[bytes] = []
             await listener.subscribe(subject, cb=_collect(seen))
-            await listener.flush()
+            await flush_in_order(listener)
             batch.nc = nc
             batch.add(b'{"id":"second"}')
             await asyncio.sleep(0)
-            await nc.flush()
+            await flush_in_order(nc)
             for _ in range(500):  # up to 10 s: a loaded machine delays delivery, a passing run does not wait
                 if seen:
                     break
@@ -275,9 +276,9 @@ def test_messages_of_direct_subscriptions_are_built_as_nats_py_builds_them(nats_
             replies.read_directly(nc)
             got: list[Msg] = []
             await nc.subscribe("positional.>", future=replies.Direct(got.append))
-            await nc.flush()
+            await flush_in_order(nc)
             await other.publish("positional.a", b"x", reply="back.1", headers={"H": "v"})
-            await other.flush()
+            await flush_in_order(other)
             for _ in range(500):  # up to 10 s: a loaded machine delays delivery, a passing run does not wait
                 if got:
                     break

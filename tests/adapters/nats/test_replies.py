@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from support.aio import run
 
 from distributed_agents.adapters.nats import replies
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +39,7 @@ def test_unanswered_requests_time_out_and_answered_ones_do_not(nats_url: str) ->
 
             await nc.subscribe("replies.silent", cb=silent)
             await nc.subscribe("replies.echo", cb=echo)
-            await nc.flush()
+            await flush_in_order(nc)
             outcomes = await asyncio.gather(
                 replies.request(nc, "replies.silent", b"a", timeout=0.2),
                 replies.collect(nc, "replies.silent", b"b", limit=2, timeout=0.2),
@@ -273,7 +274,7 @@ def test_chained_requests_follow_their_publish_and_answer_in_order(nats_url: str
                 pass
 
             await nc.subscribe("chain.silent", cb=silent)
-            await nc.flush()
+            await flush_in_order(nc)
             seen: list[tuple[int, int]] = []
 
             def follow(index: int, ack: replies.PubAck) -> tuple[str, bytes, None] | None:
@@ -330,8 +331,8 @@ def test_direct_subscriptions_read_messages_as_nats_py_does(nats_url: str, messa
             await fast.subscribe("direct.>", future=replies.Direct(got.append))
             kept = await fast.subscribe("direct.>")  # an iterator: nats-py's own path
             expected = await plain.subscribe("direct.>")
-            await fast.flush()
-            await plain.flush()
+            await flush_in_order(fast)
+            await flush_in_order(plain)
             for data, headers, reply in messages:
                 await plain.publish("direct.x", data, reply=reply, headers=headers)
             # A status reply: a direct get of a subject the stream does not hold answers 404.
@@ -339,7 +340,7 @@ def test_direct_subscriptions_read_messages_as_nats_py_does(nats_url: str, messa
             stream = f"DIRECT{uuid.uuid4().hex[:8]}"
             await js.add_stream(name=stream, subjects=[f"{stream}.>"], allow_direct=True)
             await plain.publish(f"$JS.API.DIRECT.GET.{stream}.{stream}.none", b"", reply="direct.status")
-            await plain.flush()
+            await flush_in_order(plain)
             wanted = [await expected.next_msg(timeout=5) for _ in messages]
             others = [await kept.next_msg(timeout=5) for _ in messages]
             for _ in range(100):

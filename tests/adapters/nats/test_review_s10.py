@@ -26,6 +26,7 @@ from distributed_agents.adapters.nats import replies
 from distributed_agents.adapters.nats.backend import NatsBackend
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.task_queue import Task
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,8 +189,8 @@ def test_direct_replies_through_cut_bytes_match_a_plain_subscription(nats_server
             got: list[Any] = []
             await fast.subscribe("rv.>", future=replies.Direct(got.append))
             expected = await plain.subscribe("rv.>")
-            await fast.flush()
-            await plain.flush()
+            await flush_in_order(fast)
+            await flush_in_order(plain)
             limit = fast.max_payload
             sent = [
                 (b"", None, ""),
@@ -203,7 +204,7 @@ def test_direct_replies_through_cut_bytes_match_a_plain_subscription(nats_server
                 await plain.publish("rv.a", data, reply=reply, headers=headers)
             # A prebuilt block, sent as it is.
             replies.send(plain, "rv.b", b"block", "", replies.header_block({"X": "1", "Y": " 2 "}))
-            await plain.flush()
+            await flush_in_order(plain)
             # Header blocks nats-py would not write: names not ASCII or holding spaces, lines
             # without a colon, values not UTF-8, the same name twice (a raw client's HPUB).
             odd = [b"NATS/1.0\r\n\xc3\x9cber: 1\r\nA B: 2\r\nnocolon\r\nV: \xff\xfe\r\nV: again\r\n :x\r\n\r\n",

@@ -27,6 +27,7 @@ from distributed_agents.core.errors import BackendUnavailableError, LeaseLostErr
 from distributed_agents.core.ports.task_queue import Task
 
 from .conftest import open_nats
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,14 +57,14 @@ def test_send_delivers_what_publish_delivers_and_fails_where_it_fails(nats_url: 
                 async def handler(msg: Any, kind: str = kind) -> None:
                     got[kind].append((msg.subject.split(".", 1)[1], msg.reply, msg.headers, msg.data))
                 subs.append(await nc.subscribe(f"{kind}.>", cb=handler))
-            await nc.flush()
+            await flush_in_order(nc)
             for index, headers in enumerate(_HEADERS):
                 for size in (0, 1, 1000):
                     payload = bytes(range(256)) * (size // 256) + b"\r\n" * (size % 3)
                     reply = f"reply.{index}" if size else ""
                     await nc.publish(f"pub.s{index}", payload, reply=reply, headers=headers)
                     replies.send(nc, f"send.s{index}", payload, reply, headers)
-            await nc.flush()
+            await flush_in_order(nc)
             for _ in range(200):
                 if len(got["pub"]) == len(got["send"]) == len(_HEADERS) * 3:
                     break

@@ -28,6 +28,7 @@ from distributed_agents import Orchestrator, Worker
 from distributed_agents.adapters.nats.permissions import server_config_permissions, tenant_inbox, tenant_permissions
 from distributed_agents.core.ports.message_bus import pattern_matches
 from distributed_agents.core.errors import BackendError, BackendUnavailableError, WorkflowNotFoundError
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,7 +110,7 @@ def test_a_tenant_cannot_reach_another_tenants_tasks_and_both_still_run(server: 
             await raw.subscribe("ta.>")
             with pytest.raises(nats.errors.TimeoutError):
                 await raw.request("$JS.API.CONSUMER.MSG.NEXT.ta_TASKS.greet-p0", b'{"batch": 1}', timeout=1)
-            await raw.flush()
+            await flush_in_order(raw)
         finally:
             await raw.close()
         assert any('subscription to "ta.>"' in text for text in refusals), refusals

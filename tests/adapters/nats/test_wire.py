@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from nats.protocol.parser import Parser
 
 from distributed_agents.adapters.nats import wire
+from distributed_agents.adapters.nats.message_bus import flush_in_order
 
 _TOKEN = st.text("abcXYZ019_-$>*", min_size=1, max_size=8)
 _SUBJECT = st.lists(_TOKEN, min_size=1, max_size=4).map(".".join)
@@ -153,13 +154,13 @@ def test_a_subject_that_is_not_utf8_is_dropped_on_nats_pys_path_too(nats_url: st
         try:
             replies.read_directly(nc)
             sub = await nc.subscribe("u8.>")
-            await nc.flush()
+            await flush_in_order(nc)
             host, port = nats_url.rsplit("/", 1)[-1].split(":")
             with socket.create_connection((host, int(port))) as raw:
                 raw.recv(4096)
                 raw.sendall(b'CONNECT {"verbose":false}\r\nPUB u8.\xff\xfe 1\r\nx\r\nPUB u8.ok 2\r\nok\r\nPING\r\n')
                 raw.recv(4096)
-            await nc.flush()
+            await flush_in_order(nc)
             return (await sub.next_msg(timeout=5)).data
         finally:
             await nc.close()
