@@ -66,9 +66,11 @@ writes the dead letter and acks the message away. Undecodable bytes are dead-let
 at claim time with the reason.
 
 Idempotent enqueue. The message is published with ``Nats-Msg-Id`` = task id (dedup within
-the stream's window; both headers carry the id as ``_carried_id`` writes it: the id itself,
-or "=" and its token for an id a header cannot carry exactly, so distinct ids never share
-a message id), then the record is created with ``create`` semantics, which holds
+the stream's window; as ``_carried_id`` writes it: the id itself, or "=" and its token for
+an id a header cannot carry exactly, so distinct ids never share a message id) and the id
+it is queued under (``_id_headers``: ``Da-Task-Id`` = the id itself where a header carries
+it exactly, as every version wrote it, else ``Da-Task-Token`` = its token, a message older
+claimers take as one without a header), then the record is created with ``create`` semantics, which holds
 for as long as the record lives (done records live ``result_ttl``, dead ones until
 requeued). A
 duplicate published after the window finds the record and deletes its own message. A
@@ -506,8 +508,7 @@ class NatsTaskQueue(TaskQueue):
                 found = await self._read(task.id)
                 if not await self._id_is_free(task.id, found, int(ack.seq)):
                     return False
-                carried = _carried_id(task.id)
-                headers = {"Nats-Msg-Id": f"{carried}/{uuid.uuid4().hex}", "Da-Task-Id": carried}
+                headers = _id_headers(task.id, f"{_carried_id(task.id)}/{uuid.uuid4().hex}")
                 ack = await replies.js_publish(self._conn.nc, subject, raw, headers=headers)
                 last = found.revision
             record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
@@ -1215,8 +1216,7 @@ class NatsTaskQueue(TaskQueue):
         ack = await replies.js_publish(self._conn.nc, 
             self._conn.names.task_subject(task.node_type, priority),
             encode(task_to_dict(task)),
-            headers={"Nats-Msg-Id": f"{_carried_id(task.id)}/again/{uuid.uuid4().hex}",
-                     "Da-Task-Id": _carried_id(task.id)},
+            headers=_id_headers(task.id, f"{_carried_id(task.id)}/again/{uuid.uuid4().hex}"),
         )
         # Fails harmlessly if a claimer adopted the new message first.
         await kv.cas(self._conn.js, self._tasks, token(task.id), encode({**record, "seq": int(ack.seq)}), last=revision)
@@ -1320,9 +1320,10 @@ class NatsTaskQueue(TaskQueue):
         """``_read`` from the stream's leader (``kv.get_from_leader``): every acknowledged write seen."""
         return self._found(await kv.get_from_leader(self._conn.js, self._tasks, token(task_id)))
 
-    async def _mark_purged(self, task_id: str) -> tuple[str | None, bool]:
+    async def _mark_purged(self, task_id: str) -> tuple[str | None, bool | None]:
         """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node
-        type, and whether this call marked it (it was dead and not yet purged).
+        type, and whether this call marked it (it was dead and not yet purged): None when the
+        record is live (queued, claimed or done: a requeue took the letter first).
 
         Read from the leader: a replica just restarted can answer a direct get with the record
         from before it went dead, and a mark skipped for that would let a letter written just
@@ -1330,8 +1331,10 @@ class NatsTaskQueue(TaskQueue):
         for _ in range(5):
             found = await self._read_from_leader(task_id)
             node_type = None if found.record is None else str(found.record.get("node_type") or "") or None
-            if found.record is None or found.record.get("state") != "dead" or found.record.get("purged"):
+            if found.record is None or found.record.get("purged"):
                 return node_type, False
+            if found.record.get("state") != "dead":
+                return node_type, None
             marked = encode({**found.record, "purged": True})
             # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
             ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
@@ -1340,8 +1343,7 @@ class NatsTaskQueue(TaskQueue):
         return None, False
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
-        headers = msg.headers or {}
-        task_id = _id_of_carried(headers.get("Da-Task-Id") or "") or f"raw-{stream_sequence(msg.reply or '')}"
+        task_id = _queued_as(msg) or f"raw-{stream_sequence(msg.reply or '')}"
         reason = shortened(reason)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
@@ -1376,6 +1378,8 @@ class NatsTaskQueue(TaskQueue):
                 found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))
             ):
                 return False
+            if found.record is not None and found.record.get("purged"):
+                return False  # a purge came first (the letter this scan saw is being removed)
             priority = letter.get("priority", task.priority)
             priority = priority if type(priority) is int else task.priority
             max_attempts = letter.get("max_attempts")
@@ -1389,8 +1393,7 @@ class NatsTaskQueue(TaskQueue):
             ack = await replies.js_publish(self._conn.nc, 
                 self._conn.names.task_subject(task.node_type, priority),
                 encode(task_to_dict(task)),
-                headers={"Nats-Msg-Id": f"{_carried_id(task_id)}/requeue/{uuid.uuid4().hex}",
-                         "Da-Task-Id": _carried_id(task_id)},
+                headers=_id_headers(task_id, f"{_carried_id(task_id)}/requeue/{uuid.uuid4().hex}"),
             )
             # Fails harmlessly if a claimer adopted the message or the task was cancelled first.
             await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": int(ack.seq)}), last=revision)
@@ -1404,6 +1407,17 @@ class NatsTaskQueue(TaskQueue):
         with self._errors(f"purge dead letter {task_id!r}"):
             node_type, marked = await self._mark_purged(task_id)
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
+            if marked is None:
+                # A requeue won the record (the task is queued or ran again): this purge purged
+                # nothing (of a racing requeue and purge exactly one is True). The letters the
+                # scan saw are removed (what the requeue does, or one a requeue that died left)
+                # only if the record is still live after the scan: a letter is written after its
+                # record turns dead, so none of them is of a death since the requeue.
+                again = await self._read_from_leader(task_id)
+                if again.record is not None and again.record.get("state") != "dead":
+                    for entry in matches:
+                        await kv.remove(self._conn.js, self._dead, entry.key)
+                return False
             keys = [entry.key for entry in matches]
             # The record names the letter's key: removed whatever the scan saw (its consumer may
             # read a replica that has not stored a letter written just before).
@@ -1598,37 +1612,43 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
     return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
 
 
+def _header_carries(task_id: str) -> bool:
+    """Whether a header value carries ``task_id`` exactly: a header strips its value and makes
+    line breaks spaces, so " a" arrived as "a" (and was taken for another task)."""
+    return bool(task_id) and task_id.strip() == task_id and "\r" not in task_id and "\n" not in task_id
+
+
 def _carried_id(task_id: str) -> str:
-    """What the ``Da-Task-Id`` and ``Nats-Msg-Id`` headers of ``task_id``'s messages carry: the id
-    itself when a header carries it exactly (not empty, without surrounding whitespace or a line
-    break) and it does not start with "=", else "=" and its ``token``. Distinct ids so never share
-    a header value: a header strips its value and makes line breaks spaces, so " a" and "a" shared
-    one (the dedup window took the second enqueue for a duplicate of the first, and the claim
-    dead-lettered " a" as queued under another id). ``token`` is injective and never starts with
-    "=", and no id carried as itself does."""
-    if (task_id and task_id[0] != "=" and task_id.strip() == task_id and "\r" not in task_id
-            and "\n" not in task_id):
+    """What the ``Nats-Msg-Id`` header of ``task_id``'s messages starts with: the id itself when a
+    header carries it exactly (``_header_carries``) and it does not start with "=", else "=" and
+    its ``token``. Distinct ids so never share a message id: " a" and "a" shared one (the dedup
+    window took the second enqueue for a duplicate of the first). ``token`` is injective and
+    never starts with "=", and no id carried as itself does."""
+    if task_id[:1] != "=" and _header_carries(task_id):
         return task_id
     return "=" + token(task_id)
 
 
-def _id_of_carried(value: str) -> str | None:
-    """The task id a ``Da-Task-Id`` value names (``_carried_id``'s inverse; a value it never writes,
-    from an older publisher or by hand, names itself); None for an empty value."""
-    if value.startswith("="):
-        task_id = untoken(value[1:])
-        if task_id is not None and _carried_id(task_id) == value:
-            return task_id
-    return value or None
+def _id_headers(task_id: str, message_id: str) -> dict[str, str]:
+    """The headers of a message of task ``task_id``: ``Nats-Msg-Id`` = ``message_id`` and the id it
+    is queued under, ``Da-Task-Id`` = the id itself where a header carries it exactly (as every
+    version of this adapter wrote it, so claimers of any version check it alike), else
+    ``Da-Task-Token`` = its ``token`` (older claimers, which know only ``Da-Task-Id``, take the
+    message as one without a header and run it; they dead-lettered such ids as queued under
+    another). Read back by ``_queued_as``."""
+    if _header_carries(task_id):
+        return {"Nats-Msg-Id": message_id, "Da-Task-Id": task_id}
+    return {"Nats-Msg-Id": message_id, "Da-Task-Token": token(task_id)}
 
 
 def _task_headers(task_id: str) -> bytes:
-    """``replies.header_block({"Nats-Msg-Id": carried, "Da-Task-Id": carried})`` for ``carried =
-    _carried_id(task_id)``, the header block of an enqueued task's message, written directly (a
-    value a header carries exactly: one string per task of ``enqueue_many`` instead of the
-    builder's loop over a dict), the same bytes."""
+    """``replies.header_block(_id_headers(task_id, _carried_id(task_id)))``, the header block of an
+    enqueued task's message, written directly (one string per task of ``enqueue_many`` instead
+    of the builder's loop over a dict), the same bytes."""
     carried = _carried_id(task_id)
-    return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Id: {carried}\r\n\r\n".encode()
+    if _header_carries(task_id):
+        return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
+    return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Token: {token(task_id)}\r\n\r\n".encode()
 
 
 def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, lease_id: str, worker: bytes,
@@ -1716,25 +1736,33 @@ def _control_record(value: bytes | None, where: str) -> dict[str, Any]:
 
 
 def _decode_delivered(msg: Msg, queued_in: str | None = None) -> Task:
-    """The task ``msg`` carries (``decode_task``), checked against the id it was published under:
-    its ``Da-Task-Id`` header names the task's id itself or its ``_carried_id`` (one published by
-    an older version names the id itself). ``PayloadDecodeError`` (the dead-letter reason)
-    otherwise, or if the bytes are not a task of node type ``queued_in`` (when given)."""
-    header = _queued_as(msg)
+    """The task ``msg`` carries (``decode_task``), checked against the id it was published under
+    (``_queued_as``; a message without either header is not checked). ``PayloadDecodeError``
+    (the dead-letter reason) otherwise, or if the bytes are not a task of node type
+    ``queued_in`` (when given)."""
+    headers = msg.headers
     task = decode_task(msg.data)
     # (Checked in decode_task's order, so a task wrong in both ways gets the same reason.)
-    if header is not None and task.id != header and _carried_id(task.id) != header:
-        decode_task(msg.data, queued_as=header)  # raises: queued as another task
+    if headers and ("Da-Task-Id" in headers or "Da-Task-Token" in headers):
+        queued_as = _queued_as(msg)
+        if task.id != queued_as:
+            decode_task(msg.data, queued_as=queued_as if queued_as is not None else
+                        f"Da-Task-Token {headers.get('Da-Task-Token')!r}, which names no id")  # raises
     if queued_in is not None and task.node_type != queued_in:
         decode_task(msg.data, queued_in=queued_in)  # raises: in another type's queue
     return task
 
 
 def _queued_as(msg: Msg) -> str | None:
-    """The ``Da-Task-Id`` header of a message (the ``_carried_id`` of the task id it was published
-    under), None without one."""
+    """The task id a message was published under (``_id_headers``): its ``Da-Task-Token`` read
+    back, or its ``Da-Task-Id``; None without either (or with a token ``token`` never makes)."""
     headers = msg.headers
-    return headers.get("Da-Task-Id") if headers else None
+    if not headers:
+        return None
+    value = headers.get("Da-Task-Token")
+    if value is not None:
+        return untoken(value)
+    return headers.get("Da-Task-Id") or None
 
 
 def _letter_from(where: str, value: bytes | None) -> tuple[DeadLetter, Mapping[str, Any]]:

@@ -18,10 +18,11 @@ from support.aio import run
 
 from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.backend import NatsBackend
-from distributed_agents.adapters.nats.naming import token
+from distributed_agents.adapters.nats.naming import token, untoken
 from distributed_agents.adapters.nats.task_queue import (
     _carried_id,
-    _id_of_carried,
+    _header_carries,
+    _id_headers,
     _new_record,
     _new_record_bytes,
     _new_record_head,
@@ -43,13 +44,16 @@ _IDS = st.text(min_size=1, max_size=40) | st.sampled_from(
 
 @given(task_id=_IDS)
 @settings(max_examples=300, deadline=None)
-def test_task_headers_are_the_general_header_block_of_the_carried_id(task_id: str) -> None:
-    carried = _carried_id(task_id)
+def test_task_headers_are_the_general_header_block_of_the_id_headers(task_id: str) -> None:
     block = _task_headers(task_id)
-    assert block == replies.header_block({"Nats-Msg-Id": carried, "Da-Task-Id": carried})
-    # A header carries it exactly, and it names the id.
-    assert replies.header_lines(block[len(b"NATS/1.0\r\n"):])["Da-Task-Id"] == carried
-    assert _id_of_carried(carried) == task_id
+    assert block == replies.header_block(_id_headers(task_id, _carried_id(task_id)))
+    # What a header carries exactly names the id: Da-Task-Id itself, or Da-Task-Token read back.
+    read = replies.header_lines(block[len(b"NATS/1.0\r\n"):])
+    assert read["Nats-Msg-Id"] == _carried_id(task_id)
+    if _header_carries(task_id):
+        assert read["Da-Task-Id"] == task_id and "Da-Task-Token" not in read
+    else:
+        assert untoken(read["Da-Task-Token"]) == task_id and "Da-Task-Id" not in read
 
 
 @given(first=_IDS, second=_IDS)
@@ -57,11 +61,30 @@ def test_task_headers_are_the_general_header_block_of_the_carried_id(task_id: st
 def test_distinct_ids_are_carried_as_distinct_header_values(first: str, second: str) -> None:
     if first != second:
         assert _carried_id(first) != _carried_id(second)
+        assert _id_headers(first, "m") != _id_headers(second, "m")
 
 
 @pytest.mark.parametrize("task_id", ["a", "wf:n:0", "ünï", "a b", "_20a", "-x"])
 def test_an_id_a_header_carries_exactly_is_carried_as_itself(task_id: str) -> None:
     assert _carried_id(task_id) == task_id
+    assert _id_headers(task_id, "m") == {"Nats-Msg-Id": "m", "Da-Task-Id": task_id}
+
+
+@pytest.mark.parametrize("task_id", ["=eq", "=", "=_20a", "= spaced"])
+def test_an_id_starting_with_equals_is_queued_under_itself_as_older_claimers_check_it(task_id: str) -> None:
+    """Older claimers compare Da-Task-Id with the task's id and dead-letter a message whose
+    header differs: an id starting with "=" keeps its own Da-Task-Id (only its message id is
+    the distinct carried form), so they still run it during a rolling upgrade."""
+    assert _id_headers(task_id, _carried_id(task_id))["Da-Task-Id"] == task_id
+    assert _carried_id(task_id) != task_id
+
+
+@pytest.mark.parametrize("task_id", [" lead", "trail ", "line\nbreak", "cr\rlf", "\ttab", ""])
+def test_an_id_a_header_cannot_carry_has_no_da_task_id_for_older_claimers_to_misread(task_id: str) -> None:
+    """Older claimers know only Da-Task-Id: without it they take the message as one with no
+    header and run it (with it, stripped, they dead-lettered it as queued under another id)."""
+    headers = _id_headers(task_id, _carried_id(task_id))
+    assert "Da-Task-Id" not in headers and untoken(headers["Da-Task-Token"]) == task_id
 
 
 @given(task_id=_IDS, node_type=_IDS, priority=st.integers(-10**6, 10**6),
@@ -119,6 +142,7 @@ def test_enqueue_many_stores_each_task_its_headers_and_its_record(nats_server: A
         assert data == encode(task_to_dict(task))
         if task.id.isascii():  # (nats-py's get_msg reads other header values as email headers)
             assert headers["Nats-Msg-Id"] == headers["Da-Task-Id"] == task.id
+            assert "Da-Task-Token" not in headers
     assert sorted(c.task.id for c in claims) == sorted(ids)
     assert {c.task.id: c.task for c in claims} == {t.id: t for t in tasks}
 
@@ -198,9 +222,9 @@ def test_ids_a_header_would_merge_are_each_enqueued_and_claimed(nats_server: Any
 
 
 def test_a_message_naming_its_id_itself_is_claimed_as_before(nats_server: Any) -> None:
-    """A message whose Da-Task-Id header is the id itself, where this version writes the carried
-    form ("=..."), as an older publisher wrote it, is claimed (its record created by the claim);
-    one naming another id is dead-lettered as before."""
+    """A message whose Da-Task-Id header is the id itself (as every version writes it for an id
+    a header carries) is claimed, its record created by the claim; one naming another id is
+    dead-lettered as before, and so is one whose Da-Task-Token names another id or none."""
 
     async def scenario(url: str) -> tuple[Any, ...]:
         backend = await _open(url)
@@ -208,15 +232,22 @@ def test_a_message_naming_its_id_itself_is_claimed_as_before(nats_server: Any) -
         names = backend.connection.names
         try:
             await queue.enqueue(Task("warm", "wf", "n", "alpha", {}))  # consumer and levels made
-            for task_id, header in (("=old", "=old"), ("other", "=other")):
+            for task_id, headers in (("=old", {"Da-Task-Id": "=old"}), ("other", {"Da-Task-Id": "=other"}),
+                                     (" tok", {"Da-Task-Token": token(" tok")}),
+                                     ("mine", {"Da-Task-Token": token("yours")}),
+                                     ("bad", {"Da-Task-Token": "_zz"})):
                 raw = encode(task_to_dict(Task(task_id, "wf", "n", "alpha", {})))
                 await backend.connection.js.publish(names.task_subject("alpha", 0), raw,
-                                                    headers={"Nats-Msg-Id": header, "Da-Task-Id": header})
-            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=5, wait=1)
-            return sorted(c.task.id for c in claims), [(d.task_id, d.reason[:40]) for d in await queue.dead_letters()]
+                                                    headers={"Nats-Msg-Id": uuid.uuid4().hex, **headers})
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=8, wait=1)
+            return sorted(c.task.id for c in claims), sorted((d.task_id, d.reason[:60]) for d in await queue.dead_letters())
         finally:
             await backend.close()
 
     claimed, dead = run(scenario(nats_server.url), 60)
-    assert claimed == ["=old", "warm"]
-    assert dead == [("=other", "malformed task: it names task id 'other'")], dead
+    assert claimed == [" tok", "=old", "warm"]
+    assert len(dead) == 3 and {"=other", "yours"} <= {task_id for task_id, _ in dead}, dead
+    reasons = dict(dead)
+    assert reasons["=other"].startswith("malformed task: it names task id 'other'")
+    assert reasons["yours"].startswith("malformed task: it names task id 'mine'")
+    assert any(d.startswith("raw-") and "names task id 'bad'" in r for d, r in dead)
