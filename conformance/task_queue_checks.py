@@ -983,3 +983,15 @@ async def check_purge_dead_letter(session: Session) -> None:
            f"after purge the failed result reads {result!r}; it must stay until result_ttl")
     expect(await queue.enqueue(make_task("t1")) is False, clause, "enqueue of a purged id (within result_ttl) returned True")
     expect((await queue.stats("alpha")).queued == 0, clause, "enqueue of a purged id queued it again")
+    if session.requirements.supports("dead_letter_requeue"):
+        # A requeue and a purge of one letter at once: exactly one of them takes it, and what
+        # follows agrees (a requeued task is delivered again, a purged one never).
+        requeued, purged = await asyncio.gather(queue.requeue_dead_letter("t2"), queue.purge_dead_letter("t2"))
+        expect(requeued is not purged, clause,
+               f"a requeue and a purge of the same dead letter at once returned {requeued} and {purged}; "
+               "exactly one must be True")
+        delivered = [c.task.id for c in await claim_ids(queue, ["alpha"], max_tasks=2, wait=2.0 if requeued else 0.0)]
+        expect(delivered == (["t2"] if requeued else []), clause,
+               f"after a racing requeue ({requeued}) and purge ({purged}) of t2, claims delivered {delivered}")
+        listed = [d.task_id for d in await queue.dead_letters("alpha")]
+        expect(listed == [], clause, f"after a racing requeue and purge of t2 the dead letters are {listed}")

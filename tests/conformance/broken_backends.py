@@ -783,6 +783,21 @@ class SoftPurgeQueue(MemoryTaskQueue):
         return [d for d in letters if d.task_id not in self._purged][:limit]
 
 
+class RacyRequeueQueue(MemoryTaskQueue):
+    """Requeue reads the letter, then (after an await, as a networked backend's next round
+    trip) requeues what it read, even if a purge took the letter meanwhile: both answer True."""
+
+    async def requeue_dead_letter(self, task_id: str) -> bool:
+        with self._data.lock:
+            stored = self._data.dead.get(task_id)
+        await asyncio.sleep(0)
+        if stored is None or stored[0].task is None:
+            return False
+        with self._data.lock:
+            self._data.dead[task_id] = stored
+        return await super().requeue_dead_letter(task_id)
+
+
 class SleepyClaimQueue(MemoryTaskQueue):
     """claim(wait=w) sleeps the whole wait, then tries once."""
 
