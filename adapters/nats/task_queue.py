@@ -768,6 +768,8 @@ class NatsTaskQueue(TaskQueue):
                 task = _decode_delivered(msg)
             except PayloadDecodeError:
                 continue
+            if self._unlettered_reason(len(msg.data), task) is not None:
+                continue  # its letter may not fit (a long id): _take checks it exactly and dead-letters it
             decoded[id(msg)] = task
             keys[id(msg)] = token(task.id)
         if len(keys) < 2:

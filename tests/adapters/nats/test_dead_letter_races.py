@@ -61,3 +61,45 @@ def test_a_racing_requeue_and_purge_are_never_both_true(nats_server: Any) -> Non
         assert requeued != purged, (round_, outcomes[round_])
         assert ran == ([f"t{round_}"] if requeued else []), (round_, outcomes[round_])
         assert letters == [], (round_, outcomes[round_])
+
+
+def test_a_task_whose_letter_cannot_fit_is_dead_lettered_by_a_batched_claim_too(nats_server: Any) -> None:
+    """A queued task whose dead letter could not fit the server's max_payload (enqueue refuses
+    such a task; this one's record and message are written directly) - under the size bound a
+    batched claim used, but with an id long enough to push its letter over - is dead-lettered
+    unrun ("oversized task") when it is claimed together with others, as a claim of it alone
+    is; the others are claimed."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import LETTER_RESERVE_BYTES, _new_record, letter_bytes
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import task_to_dict
+
+    async def scenario() -> tuple[list[str], list[tuple[str, str]], int, int, int]:
+        backend = await open_nats(nats_server.url)
+        queue = backend.task_queue
+        try:
+            assert await queue.enqueue(Task("small-1", "wf", "n", "alpha", {}))
+            limit = int(backend.connection.nc.max_payload)
+            long_id = "i" * 4000
+            base = len(encode(task_to_dict(Task(long_id, "wf", "n", "alpha", {"f": ""}, created_at=1.0))))
+            size = limit - LETTER_RESERVE_BYTES - 1000  # under the batched claim's old bound
+            big = Task(long_id, "wf", "n", "alpha", {"f": "x" * (size - base)}, created_at=1.0)
+            raw = encode(task_to_dict(big))
+            ack = await backend.connection.js.publish(backend.connection.names.task_subject("alpha", 0), raw,
+                                                      headers={"Da-Task-Id": long_id})
+            # Its record, queued, as an enqueue writes it (one made while the server allowed more,
+            # say): the batched claim takes such deliveries without reading them one by one.
+            record = _new_record(long_id, "alpha", 0, None, seq=ack.seq)
+            assert await kv.cas(backend.connection.js, queue._tasks, token(long_id), encode(record), last=0)
+            assert await queue.enqueue(Task("small-2", "wf", "n", "alpha", {}))
+            claimed = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=8, wait=2)]
+            letters = [(d.task_id[:8], d.reason[:16]) for d in await queue.dead_letters("alpha")]
+            return claimed, letters, len(raw), letter_bytes(len(raw), long_id, "alpha") - limit, limit
+        finally:
+            await backend.close()
+
+    claimed, letters, size, over, limit = run(scenario(), 60)
+    assert over > 0 and size < limit - 8000, (size, over, limit)  # the letter would not fit; the message itself does
+    assert sorted(claimed) == ["small-1", "small-2"], claimed
+    assert letters == [("iiiiiiii", "oversized task: ")], letters
