@@ -205,6 +205,16 @@ def test_a_new_claimer_runs_what_the_previous_version_enqueued(nats_url: str, pr
     assert sorted(ran) == sorted(ids)
 
 
+def test_the_previous_version_ran_its_own_messages_of_those_ids(nats_url: str, previous_tree: Path) -> None:
+    """The control of the test above: 1e3c921 claimers run what 1e3c921 enqueued, none
+    dead-lettered (so the dead letters above are this version's change)."""
+    ids = ["plain", "=eq", " a", "trail ", "line\nbreak"]
+    prefix = _prefix("pp")
+    assert _child(previous_tree, {"url": nats_url, "prefix": prefix, "op": "enqueue", "ids": ids})["enqueued"] == [True] * 5
+    out = _child(previous_tree, {"url": nats_url, "prefix": prefix, "op": "drain"})
+    assert out["dead"] == [] and sorted(out["ran"]) == sorted(ids), out
+
+
 def test_the_previous_version_claims_what_this_version_enqueues(nats_url: str, previous_tree: Path) -> None:
     """The other way round: 1e3c921 claimers run every id this version enqueues."""
     prefix = _prefix("pc")
@@ -800,3 +810,42 @@ def test_jetstream_data_survives_a_killed_server_restarted_by_the_launcher(tmp_p
                 await backend.close()
 
         assert sorted(run(consume(), 60)) == sorted(["k1", " k2", "=k3"])
+
+
+def test_a_cluster_whose_route_port_is_taken_starts_with_every_server_routed() -> None:
+    """A route port of a cluster held by a plain listening socket (another process's) when
+    the cluster starts is replaced: three servers, and a stream of three replicas is placed
+    (a cluster run as two answers 'no suitable peers for placement')."""
+    import socket
+
+    import nats as nats_py
+    from support.nats_cluster import NatsCluster, servers_of
+    from support.nats_server import find_nats_server
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.fail("no nats-server binary", pytrace=False)
+    cluster = NatsCluster(binary)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", cluster.route_ports[1]))
+        holder.listen(1)
+        taken = cluster.route_ports[1]
+        cluster.start()
+        assert cluster.route_ports[1] != taken
+        assert all(server.process is not None and server.process.poll() is None for server in cluster.servers)
+
+        async def placed() -> int:
+            nc = await nats_py.connect(servers=servers_of(cluster.url), connect_timeout=5)
+            try:
+                js = nc.jetstream()
+                info = await js.add_stream(name=f"R{uuid.uuid4().hex[:6]}", subjects=[f"r.{uuid.uuid4().hex[:6]}"],
+                                           num_replicas=3)
+                return 1 + len(info.cluster.replicas or ()) if info.cluster else 0
+            finally:
+                await nc.close()
+
+        assert run(placed(), 60) == 3
+    finally:
+        holder.close()
+        cluster.cleanup()
