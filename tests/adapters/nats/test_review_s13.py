@@ -568,9 +568,9 @@ async def main(job):
             else:
                 answers.append(bool(await backend.task_queue.requeue_dead_letter(task_id)))
             print("DONE", flush=True)
+        print("RESULT " + json.dumps(answers), flush=True)
     finally:
         await backend.close()
-    print("RESULT " + json.dumps(answers), flush=True)
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
@@ -599,11 +599,12 @@ def test_a_requeue_and_a_purge_in_two_processes_agree(where: str, request: pytes
 
     run(make(), 90)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH")]))}
+    errors = [tempfile.TemporaryFile(mode="w+") for _ in range(2)]
     procs = [subprocess.Popen([sys.executable, "-c", PROCESS_RACE,
                                json.dumps({"url": u, "prefix": prefix, "ids": ids, "op": op})],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
                               cwd=tempfile.gettempdir())
-             for u, op in ((url, "requeue"), (other, "purge"))]
+             for (u, op), err in zip(((url, "requeue"), (other, "purge")), errors)]
     try:
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
@@ -615,14 +616,25 @@ def test_a_requeue_and_a_purge_in_two_processes_agree(where: str, request: pytes
             for proc in procs:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "DONE"
         results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=60)
-            results.append(json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:]))
+        for proc, err in zip(procs, errors):
+            assert proc.stdout is not None and proc.stdin is not None
+            out = proc.stdout.readline()  # (read as the lines before: the pipe's reader may hold it already)
+            proc.stdin.close()
+            proc.wait(60)
+            lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+            err.seek(0)
+            assert lines, (proc.returncode, out[-1000:], err.read()[-4000:])
+            results.append(json.loads(lines[-1][7:]))
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        for err in errors:
+            err.close()
     requeued, purged = results
 
     async def check() -> tuple[list[str], list[str]]:
