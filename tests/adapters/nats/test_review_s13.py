@@ -1,6 +1,7 @@
 """Review of f892713 (task id headers), 5ea9ba3 (a racing requeue and purge of one dead
-letter) and d9d2190 (a batched claim's letter-size check), on real nats-servers, with
-producers and claimers of older trees in subprocesses.
+letter), d9d2190 (a batched claim's letter-size check) and 035996a (test launchers: port
+collisions, restarts, cluster route ports), on real nats-servers, with producers and
+claimers of older trees in subprocesses.
 
 Older trees: 3d8a7a8 (installed at ``/work/scratch/s13/old``: ``Da-Task-Id`` and
 ``Nats-Msg-Id`` are the id itself) and 1e3c921 (the version just before f892713: both
