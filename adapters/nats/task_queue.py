@@ -52,7 +52,8 @@ failed result's ``error`` at most 8 KiB of JSON each (``error_history.shortened`
 and a letter holds its task beside those. So ``enqueue``, ``enqueue_many`` and
 ``requeue_dead_letter`` refuse (``PayloadTooLargeError``, nothing written) a task whose
 letter could be over ``max_payload``: its JSON plus its id and node type again plus
-``LETTER_RESERVE_BYTES`` (32 KiB). The core never makes such a task (a task carries no
+``LETTER_RESERVE_BYTES`` (32 KiB), or whose message could be, with the headers that name
+its id (a very long id). The core never makes such a task (a task carries no
 state, and its payload is within ``max_payload_bytes``: ``core.limits.task_bytes_limit``). A claim dead-letters, as oversized and keeping
 their first ``DEAD_RAW_KEPT`` bytes, bytes over ``max_task_bytes`` (unread) and a task
 over that bound (written by something other than ``enqueue``; not run); a letter that would still not
@@ -323,17 +324,20 @@ class NatsTaskQueue(TaskQueue):
     def _check_letter_fits(self, task: Task, raw: bytes) -> None:
         """Raise ``PayloadTooLargeError`` if ``task`` (encoded as ``raw``) could not be dead-lettered."""
         limit = self._max_payload
-        if len(raw) + LETTER_RESERVE_BYTES + 6 * (len(task.id) + len(task.node_type)) + 4 <= limit:
+        # (A header names the id twice, each at most 12 bytes a character as a token.)
+        if len(raw) + LETTER_RESERVE_BYTES + 6 * len(task.node_type) + 30 * len(task.id) + 4 <= limit:
             return  # the common case, without encoding the id and type (see ``_unlettered_reason``)
         size = letter_bytes(len(raw), task.id, task.node_type)
-        if size > limit:
-            largest = limit - (size - len(raw))
+        headers = len(_task_headers(task.id)) + _MSG_ID_SUFFIX_BYTES
+        if size > limit or len(raw) + headers > limit:
+            largest = limit - max(size - len(raw), headers)
             raise PayloadTooLargeError(
                 f"task {task.id!r} (node type {task.node_type!r}) is too large for the NATS queue at "
                 f"{mask_url(self._conn.url)}: it encodes to {len(raw)} bytes of JSON, and a task with this id and "
                 f"node type may take at most {largest} bytes so that its dead letter (the task, its id and node type "
                 f"and up to {LETTER_RESERVE_BYTES} bytes of errors and reason) fits the server's max_payload of "
-                f"{limit} bytes; nothing was written. Keep large data outside the task (store it elsewhere and pass "
+                f"{limit} bytes, and so does its message with the {headers} bytes of headers naming it; nothing was "
+                f"written. Keep large data outside the task (store it elsewhere and pass "
                 f"a reference), or raise max_payload in the nats-server configuration",
                 size=len(raw), limit=largest, node=task.node_type)
 
@@ -622,10 +626,13 @@ class NatsTaskQueue(TaskQueue):
                 import nats.js.errors
 
                 try:
-                    await self._conn.js.get_msg(self._conn.names.task_stream, seq)
-                    return False
+                    earlier = await self._conn.js.get_msg(self._conn.names.task_stream, seq)
                 except nats.js.errors.NotFoundError:
                     pass
+                else:
+                    # Another id's message can hold the same Nats-Msg-Id: an older producer wrote
+                    # the id itself, which may be this id's carried form ("=_20a" for " a").
+                    return not _carries_task(earlier.data, task_id)
         elif record.get("state") not in _TERMINAL or not 0 < float(record.get("expires_at") or 0) <= time.time():
             return False
         # A dead letter keeps its id until it is requeued or purged.
@@ -1322,10 +1329,12 @@ class NatsTaskQueue(TaskQueue):
         """``_read`` from the stream's leader (``kv.get_from_leader``): every acknowledged write seen."""
         return self._found(await kv.get_from_leader(self._conn.js, self._tasks, token(task_id)))
 
-    async def _mark_purged(self, task_id: str) -> tuple[str | None, bool | None]:
+    async def _mark_purged(self, task_id: str) -> tuple[str | None, str]:
         """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node
-        type, and whether this call marked it (it was dead and not yet purged): None when the
-        record is live (queued, claimed or done: a requeue took the letter first).
+        type and what this call found: "marked" (it was dead and this call marked it), "purged"
+        (marked already), "absent" (no record), "unbound" (queued with no message bound yet: a
+        requeue under way, or one that died before publishing) or "live" (queued, claimed or
+        finished again: a requeue took the letter first).
 
         Read from the leader: a replica just restarted can answer a direct get with the record
         from before it went dead, and a mark skipped for that would let a letter written just
@@ -1333,19 +1342,27 @@ class NatsTaskQueue(TaskQueue):
         for _ in range(5):
             found = await self._read_from_leader(task_id)
             node_type = None if found.record is None else str(found.record.get("node_type") or "") or None
-            if found.record is None or found.record.get("purged"):
-                return node_type, False
+            if found.record is None:
+                return node_type, "absent"
+            if found.record.get("purged"):
+                return node_type, "purged"
+            if found.record.get("state") == "queued" and not found.record.get("seq"):
+                return node_type, "unbound"
             if found.record.get("state") != "dead":
-                return node_type, None
+                return node_type, "live"
             marked = encode({**found.record, "purged": True})
             # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
             ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
             if await kv.cas(self._conn.js, self._tasks, token(task_id), marked, last=found.revision, ttl=ttl) is not None:
-                return node_type, True
-        return None, False
+                return node_type, "marked"
+        return None, "absent"
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
-        task_id = _queued_as(msg) or f"raw-{stream_sequence(msg.reply or '')}"
+        seq = stream_sequence(msg.reply or "")
+        task_id = _queued_as(msg)
+        if task_id is not None and not await self._record_is_of(task_id, seq):
+            task_id = None  # its header names a task whose record is another message's: not this one's to end
+        task_id = task_id or f"raw-{seq}"
         reason = shortened(reason)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
@@ -1356,6 +1373,15 @@ class NatsTaskQueue(TaskQueue):
         await self._write_dead_letter(record, None, bytes(msg.data))
         await send_ack(self._conn.nc, msg.reply or "", "ack")
         await self._notify_done(task_id, result)
+
+    async def _record_is_of(self, task_id: str, seq: int) -> bool:
+        """Whether the message at stream sequence ``seq`` may end ``task_id``'s record: there is none,
+        or it is bound to that message or to none yet (seq 0: a requeue's, before its bind)."""
+        try:
+            record = (await self._read_from_leader(task_id)).record
+        except PayloadDecodeError:
+            return True  # a damaged record: the message's letter takes its place, as before
+        return record is None or int(record.get("seq") or 0) in (0, seq)
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         with self._errors("list dead letters"):
@@ -1397,8 +1423,15 @@ class NatsTaskQueue(TaskQueue):
                 encode(task_to_dict(task)),
                 headers=_id_headers(task_id, f"{_carried_id(task_id)}/requeue/{uuid.uuid4().hex}"),
             )
-            # Fails harmlessly if a claimer adopted the message or the task was cancelled first.
-            await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": int(ack.seq)}), last=revision)
+            # Fails if a claimer adopted the message, or the task was cancelled first: then a
+            # message no record names is deleted (once a cancelled record expired, a claim of
+            # it would find no record, make one, and run the cancelled task).
+            seq = int(ack.seq)
+            if await kv.cas(self._conn.js, self._tasks, token(task_id), encode({**record, "seq": seq}), last=revision) is None:
+                current = (await self._read_from_leader(task_id)).record
+                if current is None or int(current.get("seq") or 0) != seq:
+                    with contextlib.suppress(Exception):
+                        await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
             await kv.remove(self._conn.js, self._dead, matches[-1].key)
             self._done.forget([task_id])  # its failed result is gone
             await self._wake(task.node_type)
@@ -1407,9 +1440,14 @@ class NatsTaskQueue(TaskQueue):
     async def purge_dead_letter(self, task_id: str) -> bool:
         # The task record (state "dead") keeps the id known until its TTL, the result's.
         with self._errors(f"purge dead letter {task_id!r}"):
-            node_type, marked = await self._mark_purged(task_id)
+            node_type, found = await self._mark_purged(task_id)
+            if found == "unbound":
+                # A requeue is under way (it removes the letter) or died before publishing (the
+                # letter stays listed and requeueable): nothing is purged.
+                return False
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
-            if marked is None:
+            keys = [entry.key for entry in matches]
+            if found == "live":
                 # A requeue won the record (the task is queued or ran again): this purge purged
                 # nothing (of a racing requeue and purge exactly one is True). The letters the
                 # scan saw are removed (what the requeue does, or one a requeue that died left)
@@ -1417,10 +1455,9 @@ class NatsTaskQueue(TaskQueue):
                 # record turns dead, so none of them is of a death since the requeue.
                 again = await self._read_from_leader(task_id)
                 if again.record is not None and again.record.get("state") != "dead":
-                    for entry in matches:
-                        await kv.remove(self._conn.js, self._dead, entry.key)
+                    for key in keys:
+                        await kv.remove(self._conn.js, self._dead, key)
                 return False
-            keys = [entry.key for entry in matches]
             # The record names the letter's key: removed whatever the scan saw (its consumer may
             # read a replica that has not stored a letter written just before).
             known = None if node_type is None else f"{token(node_type)}.{token(task_id)}"
@@ -1428,9 +1465,10 @@ class NatsTaskQueue(TaskQueue):
                 keys.append(known)
             for key in keys:
                 await kv.remove(self._conn.js, self._dead, key)
-            # The record was dead and not yet purged: it was a dead letter, whether or not the
-            # scan saw its letter.
-            return bool(matches) or marked
+            # True once per death: for the call that marked the record (a letter another purge
+            # marked first, or whose writer died after that purge, is removed, answering False),
+            # or for letters with no record left.
+            return found == "marked" or (found == "absent" and bool(matches))
 
     # -- results -----------------------------------------------------------------------
     async def get_result(self, task_id: str) -> TaskResult | None:
@@ -1614,6 +1652,18 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
     return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
 
 
+# Room for what a republished task's Nats-Msg-Id adds to its carried id ("/requeue/" and 32 hex digits).
+_MSG_ID_SUFFIX_BYTES = 48
+
+
+def _carries_task(data: bytes, task_id: str) -> bool:
+    """Whether the message bytes ``data`` are a task whose id is ``task_id``."""
+    try:
+        return decode_task(data).id == task_id
+    except PayloadDecodeError:
+        return False
+
+
 def _header_carries(task_id: str) -> bool:
     """Whether a header value carries ``task_id`` exactly: a header strips its value and makes
     line breaks spaces, so " a" arrived as "a" (and was taken for another task)."""
@@ -1738,21 +1788,35 @@ def _control_record(value: bytes | None, where: str) -> dict[str, Any]:
 
 
 def _decode_delivered(msg: Msg, queued_in: str | None = None) -> Task:
-    """The task ``msg`` carries (``decode_task``), checked against the id it was published under
-    (``_queued_as``; a message without either header is not checked). ``PayloadDecodeError``
-    (the dead-letter reason) otherwise, or if the bytes are not a task of node type
-    ``queued_in`` (when given)."""
+    """The task ``msg`` carries (``decode_task``), checked against the id it was published under:
+    its ``Da-Task-Token`` must name the task's id, or its ``Da-Task-Id`` must be the id or what
+    an older version wrote for it (``_older_header_forms``); a message with neither header is
+    not checked. ``PayloadDecodeError`` (the dead-letter reason) otherwise, or if the bytes are
+    not a task of node type ``queued_in`` (when given)."""
     headers = msg.headers
     task = decode_task(msg.data)
     # (Checked in decode_task's order, so a task wrong in both ways gets the same reason.)
-    if headers and ("Da-Task-Id" in headers or "Da-Task-Token" in headers):
-        queued_as = _queued_as(msg)
-        if task.id != queued_as:
-            decode_task(msg.data, queued_as=queued_as if queued_as is not None else
-                        f"Da-Task-Token {headers.get('Da-Task-Token')!r}, which names no id")  # raises
+    if headers:
+        tokened, named = headers.get("Da-Task-Token"), headers.get("Da-Task-Id")
+        if tokened is not None:
+            queued_as = untoken(tokened)
+            if queued_as != task.id:
+                decode_task(msg.data, queued_as=queued_as if queued_as is not None else
+                            f"Da-Task-Token {tokened!r}, which names no id")  # raises
+        elif named is not None and named != task.id and named not in _older_header_forms(task.id):
+            decode_task(msg.data, queued_as=named)  # raises: queued as another task
     if queued_in is not None and task.node_type != queued_in:
         decode_task(msg.data, queued_in=queued_in)  # raises: in another type's queue
     return task
+
+
+def _older_header_forms(task_id: str) -> tuple[str, str]:
+    """What older versions' ``Da-Task-Id`` held for ``task_id``, each naming that task: the id as
+    a header delivers it (stripped, line breaks made spaces: versions before 2d4c58a wrote the
+    id itself, which a header cannot carry exactly for ids like " a"), and ``_carried_id``
+    (versions from 2d4c58a to f892713: "=" and the token for such ids and for "=" starts)."""
+    delivered = replies.header_lines(replies.header_block({"Da-Task-Id": task_id})[len(b"NATS/1.0\r\n"):])
+    return delivered.get("Da-Task-Id", ""), _carried_id(task_id)
 
 
 def _queued_as(msg: Msg) -> str | None:

@@ -182,9 +182,6 @@ def test_a_new_claimer_runs_what_an_older_producer_enqueued_under_ids_a_header_c
         assert dead == [] and sorted(ran) == sorted(CARRIED), (max_tasks, ran, dead)
 
 
-@pytest.mark.xfail(strict=True, reason="f892713 dropped reading Da-Task-Id '=<token>': tasks the previous version "
-                                       "(1e3c921) queued under ids a header cannot carry, or starting with '=', are "
-                                       "dead-lettered unrun by new claimers during an upgrade")
 def test_a_new_claimer_runs_what_the_previous_version_enqueued(nats_url: str, previous_tree: Path) -> None:
     """1e3c921 wrote Da-Task-Id = "=" + token for " a" and for "=eq" (and its claimers ran
     them); messages it left queued are claimed by this version after an upgrade."""
@@ -234,9 +231,6 @@ def test_the_previous_version_claims_what_this_version_enqueues(nats_url: str, p
     assert sorted(out["ran"]) == sorted(ids)
 
 
-@pytest.mark.xfail(strict=True, reason="an older producer's Nats-Msg-Id '=_20a' (the id '=_20a' itself) is the "
-                                       "carried form of ' a': enqueue(' a') within the dedup window returns False "
-                                       "and ' a' never runs")
 def test_an_id_equal_to_another_ids_carried_form_from_an_older_producer_does_not_swallow_it(
         nats_url: str, old_tree: Path) -> None:
     """A 3d8a7a8 producer enqueues "=_20a" (its message id is the id itself); this version then
@@ -257,6 +251,33 @@ def test_an_id_equal_to_another_ids_carried_form_from_an_older_producer_does_not
 
     created, ran = run(scenario(), 60)
     assert sorted(ran) == sorted(["=_20a", " a"]) and created, (created, ran)
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+def test_an_older_producers_stripped_message_id_does_not_swallow_the_id_it_was_stripped_to(
+        nats_url: str, old_tree: Path, many: bool) -> None:
+    """A 3d8a7a8 producer enqueues " b" and "c\n" (a header strips its value and makes line
+    breaks spaces: their message ids arrive as "b" and "c"); this version then enqueues "b" and
+    "c", within the dedup window. Distinct ids: all four are enqueued and run once each, and a
+    second enqueue of "b" (now pending) answers False."""
+    prefix = _prefix("ds")
+    out = _child(old_tree, {"url": nats_url, "prefix": prefix, "op": "enqueue", "ids": [" b", "c\n"]})
+    assert out["enqueued"] == [True, True]
+
+    async def scenario() -> tuple[list[bool], bool, list[str]]:
+        backend = await open_nats(nats_url, prefix=prefix)
+        try:
+            queue = backend.task_queue
+            tasks = [_task("b"), _task("c")]
+            created = list(await queue.enqueue_many(tasks)) if many else [await queue.enqueue(t) for t in tasks]
+            again = await queue.enqueue(_task("b"))
+            return created, again, await _drain(queue)
+        finally:
+            await backend.close()
+
+    created, again, ran = run(scenario(), 60)
+    assert created == [True, True] and again is False, (created, again)
+    assert sorted(ran) == sorted([" b", "c\n", "b", "c"]), ran
 
 
 def test_ids_equal_to_other_ids_carried_forms_and_tokens_never_merge_or_cross(nats_url: str) -> None:
@@ -317,9 +338,6 @@ def test_a_message_with_an_empty_or_conflicting_header_is_dead_lettered_under_no
     assert len(dead) == 3 and "real" not in dead and "p1" not in dead and "p3" not in dead, dead
 
 
-@pytest.mark.xfail(strict=True, reason="a message whose Da-Task-Id (or Da-Task-Token) names another, live task is "
-                                       "dead-lettered under that task's id: _dead_letter_raw overwrites the live "
-                                       "task's record (kv.put), so the real task fails without running")
 def test_a_forged_header_naming_a_live_task_does_not_fail_that_task(nats_url: str) -> None:
     """A message with payload id "intruder" but queued as "victim" (Da-Task-Id, or the
     Da-Task-Token of an id a header cannot carry) while the real "victim" task is queued:
@@ -390,10 +408,6 @@ def test_a_long_id_a_header_cannot_carry_whose_letter_cannot_fit_is_dead_lettere
         assert letters == [(long_id, "oversized task: ")], [(t[:8], r) for t, r in letters]
 
 
-@pytest.mark.xfail(strict=True, reason="the enqueue size check counts the id once (in the letter) but the message "
-                                       "carries it twice more in its headers (Nats-Msg-Id, Da-Task-Id/Token): a task "
-                                       "the check accepts fails to publish with BackendError(MaxPayloadError) instead "
-                                       "of PayloadTooLargeError")
 @pytest.mark.parametrize("task_id", ["i" * 40000, " " + "\U0001F600" * 3000], ids=["ascii", "token"])
 def test_a_long_id_task_whose_letter_fits_but_whose_message_does_not_is_refused_as_too_large(
         nats_url: str, task_id: str) -> None:
@@ -531,9 +545,6 @@ def test_two_racing_purges_of_one_letter_answer_true_once_on_redis(redis_url: st
     assert run(scenario(), 60) == [[False, True]] * 10
 
 
-@pytest.mark.xfail(strict=True, reason="two purges of one dead letter at once both return True on NATS: the one "
-                                       "that found the record already marked purged still scans the letter before "
-                                       "the other removes it and answers bool(matches)")
 def test_two_racing_purges_of_one_letter_answer_true_once_on_nats(nats_url: str) -> None:
     """Two backends purge the same dead letter at once (as the engine's handler and an
     operator may): exactly one purged it."""
@@ -652,9 +663,6 @@ def test_a_requeue_and_a_purge_in_two_processes_agree(where: str, request: pytes
     assert letters == [], letters
 
 
-@pytest.mark.xfail(strict=True, reason="a purge of a letter whose requeue died after writing the queued record "
-                                       "(seq 0, no message yet) answers False yet deletes the letter: the task is "
-                                       "then neither listed, requeueable nor ever delivered")
 def test_a_purge_after_a_requeue_that_died_midway_leaves_the_task_recoverable_or_purged(nats_url: str) -> None:
     """A requeue that died between its record write (queued, seq 0, as requeue_dead_letter
     writes it) and its publish leaves the letter; requeue_dead_letter finishes such a
@@ -710,10 +718,6 @@ def test_a_requeue_that_died_midway_is_finished_by_the_next_requeue(nats_url: st
     assert run(scenario(), 60) == (True, [" half"], [])
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel landing in requeue_dead_letter's window (record queued with seq 0, "
-                                       "message not yet published) returns True, yet the requeue's message stays in "
-                                       "the stream: once the cancelled record expires (result_ttl) a claim runs the "
-                                       "cancelled task")
 def test_a_task_cancelled_while_its_dead_letter_is_requeued_never_runs(nats_url: str) -> None:
     """One backend requeues a dead letter while another cancels the task as soon as it is
     queued again (polling cancel until it answers True or the requeue is over). A cancel
