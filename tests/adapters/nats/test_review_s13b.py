@@ -211,3 +211,49 @@ def test_three_racing_requeues_of_one_letter_answer_true_once_on_nats(nats_url: 
     three backends; about half the rounds answered True more than once)."""
     answers, ran = run(_nats_racing_requeues(nats_url), 90)
     assert answers == [[False, False, True]] * len(IDS), answers
+
+
+# -- _check_letter_fits: the largest task accepted with a long id ------------------------------
+
+@pytest.mark.parametrize("task_id", ["k" * 1500, " " + "\U0001F600" * 100], ids=["ascii", "token"])
+def test_the_largest_task_enqueue_accepts_with_a_long_id_is_queued_dead_lettered_and_requeued(
+        nats_url: str, task_id: str) -> None:
+    """The largest payload enqueue accepts for a long id (one byte more is refused with
+    PayloadTooLargeError by enqueue and enqueue_many, nothing written): enqueue_many queues
+    it, it is claimed, its dead letter holds the task, requeue answers True (its message id
+    is longer) and it runs again."""
+
+    async def scenario() -> tuple[list[str], list[str], bool, list[str]]:
+        backend = await open_nats(nats_url, prefix=_prefix("mx"))
+        queue = backend.task_queue
+        try:
+            def task(size: int) -> Task:
+                return Task(task_id, "wf", "n", "alpha", {"f": "x" * size}, created_at=1.0, max_attempts=1)
+
+            low, high = 0, int(backend.connection.nc.max_payload)
+            while high - low > 1:  # the largest size the check accepts: low
+                middle = (low + high) // 2
+                try:
+                    queue._check_letter_fits(task(middle), encode(task_to_dict(task(middle))))
+                    low = middle
+                except PayloadTooLargeError:
+                    high = middle
+            refused = []
+            for call in (lambda: queue.enqueue(task(low + 1)), lambda: queue.enqueue_many([task(low + 1)])):
+                try:
+                    await call()
+                except PayloadTooLargeError:
+                    refused.append("too large")
+            assert await queue.enqueue_many([task(low)]) == [True]
+            [claim] = await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=5)
+            await queue.nack(claim, "boom", final=True)
+            letters = [d.task_id for d in await queue.dead_letters() if d.task is not None and d.task.payload == {"f": "x" * low}]
+            requeued = await queue.requeue_dead_letter(task_id)
+            ran = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=5)]
+            return refused, letters, requeued, ran
+        finally:
+            await backend.close()
+
+    refused, letters, requeued, ran = run(scenario(), 90)
+    assert refused == ["too large"] * 2 and letters == [task_id] and requeued and ran == [task_id], (
+        refused, [t[:5] for t in letters], requeued, [t[:5] for t in ran])
