@@ -418,3 +418,38 @@ def test_a_previous_producers_oversized_task_of_a_tokened_id_is_lettered_under_i
     letters, results = _oversized_for_a_small_claimer(nats_url, previous_tree, [" a", "=eq"])
     assert "=_20a" not in letters and "=_3deq" not in letters, letters
     assert results == {" a": "failed", "=eq": "failed"}, (letters, results)
+
+
+@pytest.mark.xfail(strict=True, reason="enqueue of a small task with a 5000-character id publishes its message, then the "
+                   "record's KV subject passes the server's control line: the connection drops (reported as "
+                   "unavailable), and every claimer the message reaches loses its connection too")
+def test_an_id_too_long_for_a_kv_subject_is_refused_before_anything_is_written(nats_url: str) -> None:
+    """A small task whose id is 5000 characters (its record's key alone passes nats-server's
+    4 KiB control line): enqueue refuses it with PayloadTooLargeError, nothing written; a
+    claimer of the same queue then runs a small task and acks it."""
+
+    async def scenario() -> tuple[str, str]:
+        prefix = _prefix("ll")
+        producer = await open_nats(nats_url, prefix=prefix)
+        try:
+            try:
+                outcome = f"returned {await producer.task_queue.enqueue(_task('k' * 5000))}"
+            except PayloadTooLargeError:
+                outcome = "too large"
+            except Exception as error:  # noqa: BLE001 - what else it raises is the finding
+                outcome = type(error).__name__
+        finally:
+            await producer.close()
+        claimer = await open_nats(nats_url, prefix=prefix)
+        try:
+            assert await claimer.task_queue.enqueue(_task("small"))
+            try:
+                ran = ",".join(t[:8] for t in await _drain(claimer.task_queue, wait=1.0))
+            except Exception as error:  # noqa: BLE001
+                ran = type(error).__name__
+            return outcome, ran
+        finally:
+            await claimer.close()
+
+    outcome, ran = run(scenario(), 90)
+    assert (outcome, ran) == ("too large", "small"), (outcome, ran)
