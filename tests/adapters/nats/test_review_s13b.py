@@ -28,7 +28,7 @@ from distributed_agents.core.errors import PayloadTooLargeError
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
 from .conftest import open_nats
-from .test_review_s13 import _drain, _make_dead, _prefix, _task
+from .test_review_s13 import _drain, _make_dead, _prefix, _racing_purges, _task
 from .test_review_s13 import old_tree, previous_tree  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
@@ -288,6 +288,23 @@ def test_three_racing_requeues_of_one_letter_answer_true_once_on_nats(nats_url: 
     three backends; about half the rounds answered True more than once)."""
     answers, ran = run(_nats_racing_requeues([nats_url] * 3), 90)
     assert answers == [[False, False, True]] * len(IDS), answers
+
+
+def test_two_racing_purges_of_one_letter_answer_true_once_on_a_cluster(nats_cluster: Any) -> None:
+    """As test_review_s13's single-server check, with the two backends on two servers of a
+    3-server cluster (streams of three replicas): exactly one purge answers True."""
+
+    async def scenario() -> list[list[bool]]:
+        prefix = _prefix("cp")
+        one = await open_nats(nats_cluster.server(0).url + "?replicas=3", prefix=prefix)
+        two = await open_nats(nats_cluster.server(1).url + "?replicas=3", prefix=prefix)
+        try:
+            return await _racing_purges(one, two, 10)
+        finally:
+            await one.close()
+            await two.close()
+
+    assert run(scenario(), 100) == [[False, True]] * 10
 
 
 # -- _check_letter_fits: the largest task accepted with a long id ------------------------------
