@@ -1,10 +1,11 @@
 """Review of 5a980c4 (NATS task queue: claims accept older Da-Task-Id forms, a dedup hit on
 another id's message, a stray message's dead letter, message-size checks with id headers,
-purges answering True once, a requeue whose bind lost), on real nats-servers.
+purges answering True once, a requeue whose bind lost), on real nats-servers (one, and the
+3-server cluster), with Redis as the control where the two adapters should agree, and
+producers of older trees (3d8a7a8, 1e3c921: test_review_s13's fixtures) in subprocesses.
 
 A task whose requeue died between its record write and its publish (the record queued
-with seq 0, the letter still listed) is made as ``test_review_s13`` makes it.
-"""
+with seq 0, the letter still listed) is made as ``test_review_s13`` makes it."""
 
 from __future__ import annotations
 
