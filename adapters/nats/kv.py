@@ -338,6 +338,12 @@ async def remove(js: JetStreamContext, kv: KeyValue, key: str) -> None:
     await js.purge_stream(_stream(kv), subject=_subject(kv, key))
 
 
+async def remove_through(js: JetStreamContext, kv: KeyValue, key: str, revision: int) -> None:
+    """Purge the messages of ``key`` up to and including ``revision``: a value written after it
+    (a later revision of the key) stays."""
+    await js.purge_stream(_stream(kv), subject=_subject(kv, key), seq=revision + 1)
+
+
 async def count(js: JetStreamContext, kv: KeyValue, pattern: str) -> int:
     """How many keys matching ``pattern`` (``*``/``>`` wildcards) exist."""
     info = await js.stream_info(_stream(kv), subjects_filter=_subject(kv, pattern))

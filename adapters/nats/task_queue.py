@@ -322,7 +322,16 @@ class NatsTaskQueue(TaskQueue):
         return int(getattr(self._conn.nc, "max_payload", 0) or 1024 * 1024)
 
     def _check_letter_fits(self, task: Task, raw: bytes) -> None:
-        """Raise ``PayloadTooLargeError`` if ``task`` (encoded as ``raw``) could not be dead-lettered."""
+        """Raise ``PayloadTooLargeError`` if ``task`` (encoded as ``raw``) could not be dead-lettered,
+        or its id is too long for the keys it is kept under (``_keyable``)."""
+        if not _keyable(task.id, task.node_type):
+            raise PayloadTooLargeError(
+                f"task id {task.id[:80]!r}... ({len(task.id)} characters, node type {task.node_type[:80]!r}) is too long "
+                f"for the NATS queue at {mask_url(self._conn.url)}: id and node type are kept as key tokens of at "
+                f"most {_MAX_KEY_BYTES} bytes together (their record and dead letter are named in subjects, which "
+                f"nats-server limits to its 4 KiB control line); nothing was written. Use a shorter id (a hash of a "
+                f"long one, say)", size=len(token(task.id)) + len(token(task.node_type)), limit=_MAX_KEY_BYTES,
+                node=task.node_type)
         limit = self._max_payload
         # (A header names the id twice, each at most 12 bytes a character as a token.)
         if len(raw) + LETTER_RESERVE_BYTES + 6 * len(task.node_type) + 30 * len(task.id) + 4 <= limit:
@@ -1360,13 +1369,23 @@ class NatsTaskQueue(TaskQueue):
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         seq = stream_sequence(msg.reply or "")
         task_id = _queued_as(msg)
+        if task_id is not None and msg.headers and "Da-Task-Token" not in msg.headers:
+            # An older producer's Da-Task-Id may be a form of the id (" a" arrives as "a"):
+            # the task the bytes carry names it, if they decode (an oversized task, say).
+            try:
+                carried = decode_task(msg.data).id
+            except Exception:  # undecodable: the header is all there is
+                carried = task_id
+            if carried != task_id and task_id in _older_header_forms(carried):
+                task_id = carried
         if task_id is not None and not await self._record_is_of(task_id, seq):
             task_id = None  # its header names a task whose record is another message's: not this one's to end
         task_id = task_id or f"raw-{seq}"
         reason = shortened(reason)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
-        record = {**_new_record(task_id, node_type, 0, None, seq=0), "state": "dead", "reason": reason,
+        # Bound to this message: a redelivery of it (its ack lost) is lettered under the same id.
+        record = {**_new_record(task_id, node_type, 0, None, seq=seq), "state": "dead", "reason": reason,
                   "errors": [reason], "dead_at": now, "expires_at": now + self.result_ttl,
                   "result": result.to_dict()}
         await kv.put(self._conn.js, self._tasks, token(task_id), encode(record), ttl=self.result_ttl)
@@ -1375,13 +1394,14 @@ class NatsTaskQueue(TaskQueue):
         await self._notify_done(task_id, result)
 
     async def _record_is_of(self, task_id: str, seq: int) -> bool:
-        """Whether the message at stream sequence ``seq`` may end ``task_id``'s record: there is none,
-        or it is bound to that message or to none yet (seq 0: a requeue's, before its bind)."""
+        """Whether the message at stream sequence ``seq`` may end ``task_id``'s record: there is
+        none, or it is bound to that message. (Not one bound to none yet, seq 0: a requeue's
+        before its bind, whose own message always decodes, so it is never lettered here.)"""
         try:
             record = (await self._read_from_leader(task_id)).record
         except PayloadDecodeError:
             return True  # a damaged record: the message's letter takes its place, as before
-        return record is None or int(record.get("seq") or 0) in (0, seq)
+        return record is None or int(record.get("seq") or 0) == seq
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         with self._errors("list dead letters"):
@@ -1392,6 +1412,8 @@ class NatsTaskQueue(TaskQueue):
         return letters[:limit]
 
     async def requeue_dead_letter(self, task_id: str) -> bool:
+        if not _keyable(task_id):
+            return False  # no task with such an id was enqueued (see get_result)
         with self._errors(f"requeue dead letter {task_id!r}"):
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
             if not matches:
@@ -1402,9 +1424,7 @@ class NatsTaskQueue(TaskQueue):
             task = dead.task
             self._check_letter_fits(task, encode(task_to_dict(task)))
             found = await self._read_from_leader(task_id)  # not a lagging replica's record from before it went dead
-            if found.record is not None and not (
-                found.record["state"] == "dead" or (found.record["state"] == "queued" and not found.record.get("seq"))
-            ):
+            if found.record is not None and not (found.record["state"] == "dead" or _requeue_died(found.record)):
                 return False
             if found.record is not None and found.record.get("purged"):
                 return False  # a purge came first (the letter this scan saw is being removed)
@@ -1412,7 +1432,7 @@ class NatsTaskQueue(TaskQueue):
             priority = priority if type(priority) is int else task.priority
             max_attempts = letter.get("max_attempts")
             max_attempts = max_attempts if type(max_attempts) is int and max_attempts >= 1 else task.max_attempts
-            record = _new_record(task_id, task.node_type, priority, max_attempts, seq=0)
+            record = {**_new_record(task_id, task.node_type, priority, max_attempts, seq=0), "requeued_at": time.time()}
             revision = await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision)
             if revision is None:
                 return False
@@ -1432,12 +1452,16 @@ class NatsTaskQueue(TaskQueue):
                 if current is None or int(current.get("seq") or 0) != seq:
                     with contextlib.suppress(Exception):
                         await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
-            await kv.remove(self._conn.js, self._dead, matches[-1].key)
+            # Only the letter read above: the requeued task, claimed and failed for good meanwhile,
+            # may have written a new one under the same key.
+            await kv.remove_through(self._conn.js, self._dead, matches[-1].key, matches[-1].revision)
             self._done.forget([task_id])  # its failed result is gone
             await self._wake(task.node_type)
             return True
 
     async def purge_dead_letter(self, task_id: str) -> bool:
+        if not _keyable(task_id):
+            return False  # no task with such an id was enqueued (see get_result)
         # The task record (state "dead") keeps the id known until its TTL, the result's.
         with self._errors(f"purge dead letter {task_id!r}"):
             node_type, found = await self._mark_purged(task_id)
@@ -1472,6 +1496,8 @@ class NatsTaskQueue(TaskQueue):
 
     # -- results -----------------------------------------------------------------------
     async def get_result(self, task_id: str) -> TaskResult | None:
+        if not _keyable(task_id):
+            return None  # no task with such an id was enqueued (and its key would end the connection)
         with self._errors(f"read the result of task {task_id!r}"):
             found = await self._read(task_id)
         return _result_of(found.record)
@@ -1534,6 +1560,8 @@ class NatsTaskQueue(TaskQueue):
                             check.append(task_id)
 
     async def cancel(self, task_id: str) -> bool:
+        if not _keyable(task_id):
+            return False  # no task with such an id was enqueued (see get_result)
         with self._errors(f"cancel task {task_id!r}"):
             # From the leader: a replica behind it could answer the record from before the
             # task was queued (or queued again), and cancel would report a queued task uncancellable.
@@ -1650,6 +1678,34 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
         return None
     edited = claimed.replace(_CLAIMED, b'"state":"done"').replace(lease, b'"lease":""')
     return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
+
+
+# Seconds after which a record a requeue wrote (queued, no message bound yet) is taken for that
+# of a requeue that died before publishing, which another requeue may finish: a requeue under
+# way publishes and binds within its request timeouts (5 s each), so one still running is never
+# taken over, and requeues racing for one letter answer True once.
+_REQUEUE_TAKEOVER_SECONDS = 30.0
+
+
+def _requeue_died(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is what a requeue that died before binding its message left (see
+    ``_REQUEUE_TAKEOVER_SECONDS``; a record without ``requeued_at`` is an older version's)."""
+    return (record.get("state") == "queued" and not record.get("seq")
+            and time.time() - float(record.get("requeued_at") or 0) > _REQUEUE_TAKEOVER_SECONDS)
+
+
+# The longest task id this queue keeps, as a key token (``token``: up to 12 bytes a character),
+# with its node type's: the keys go into subjects (a record's ``$KV.<bucket>.<key>``, a dead
+# letter's ``<type>.<id>``), and nats-server closes the connection on a control line over 4 KiB
+# (``max_control_line``), dropping every request on it; half of that leaves room for the
+# bucket, API prefix and reply subject.
+_MAX_KEY_BYTES = 2048
+
+
+def _keyable(task_id: str, node_type: str = "") -> bool:
+    """Whether ``task_id`` (of ``node_type``) fits the keys this queue keeps (``_MAX_KEY_BYTES``)."""
+    return (len(task_id) + len(node_type) <= _MAX_KEY_BYTES // 12
+            or len(token(task_id)) + len(token(node_type)) <= _MAX_KEY_BYTES)
 
 
 # Room for what a republished task's Nats-Msg-Id adds to its carried id ("/requeue/" and 32 hex digits).

@@ -9,6 +9,7 @@ removes it only after publishing) and answered True as well, while the task ran 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -103,3 +104,40 @@ def test_a_task_whose_letter_cannot_fit_is_dead_lettered_by_a_batched_claim_too(
     assert over > 0 and size < limit - 8000, (size, over, limit)  # the letter would not fit; the message itself does
     assert sorted(claimed) == ["small-1", "small-2"], claimed
     assert letters == [("iiiiiiii", "oversized task: ")], letters
+
+
+def test_a_requeue_finishes_another_requeues_record_only_once_that_requeue_must_have_died(nats_server: Any) -> None:
+    """A record a requeue wrote (queued, no message bound yet) is another requeue's to finish
+    only once it is older than a live requeue can be (``_REQUEUE_TAKEOVER_SECONDS``): until
+    then a second requeue answers False (of requeues at once exactly one is True); after it,
+    the task is published and runs once; the purge of such a letter answers False and keeps it."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import _REQUEUE_TAKEOVER_SECONDS, _new_record
+    from distributed_agents.core.codec import encode
+
+    async def scenario() -> tuple[bool, bool, bool, list[str], list[str]]:
+        backend = await open_nats(nats_server.url)
+        queue = backend.task_queue
+        try:
+            await _dead(queue, "rq")
+
+            async def left_by_a_requeue(age: float) -> None:
+                found = await queue._read_from_leader("rq")  # noqa: SLF001
+                record = {**_new_record("rq", "alpha", 0, 1, seq=0), "requeued_at": time.time() - age}
+                assert await kv.cas(backend.connection.js, queue._tasks, token("rq"), encode(record),  # noqa: SLF001
+                                    last=found.revision) is not None
+
+            await left_by_a_requeue(1.0)
+            young = await queue.requeue_dead_letter("rq")
+            purged = await queue.purge_dead_letter("rq")
+            await left_by_a_requeue(_REQUEUE_TAKEOVER_SECONDS + 1.0)
+            old = await queue.requeue_dead_letter("rq")
+            ran = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=2, wait=2)]
+            return young, purged, old, ran, [d.task_id for d in await queue.dead_letters("alpha")]
+        finally:
+            await backend.close()
+
+    young, purged, old, ran, letters = run(scenario(), 60)
+    assert (young, purged, old) == (False, False, True), (young, purged, old)
+    assert ran == ["rq"] and letters == [], (ran, letters)
