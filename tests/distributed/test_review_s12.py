@@ -36,6 +36,14 @@ app = load_test_app("review_s12_app")
 VISIBILITY = 1.5
 
 
+def _reap(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGKILL those of ``processes`` still running and wait for each (their return codes are set)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
 def _worker(url: str, prefix: str, worker_id: str, tmp: pathlib.Path, capacity: int = 16) -> subprocess.Popen[str]:
     # PYTHONPATH keeps what this process was given (a tree under test), with the app's folder first.
     path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
@@ -106,10 +114,7 @@ def test_fan_outs_and_chains_survive_a_worker_sigkilled_mid_run_with_each_step_c
     try:
         map_states, chain_states, steps, queues = run(scenario(), 100)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+        _reap(processes)
     assert processes[0].returncode == -signal.SIGKILL
     for state in map_states:
         assert state["total"] == sum(n ** 3 for n in items) and sorted(state["order"]) == items
@@ -166,10 +171,7 @@ def test_many_concurrent_workflows_get_their_own_results_and_their_events_in_ord
     try:
         counts, events = run(scenario(), 90)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+        _reap(processes)
     for wf, length in ((f"{prefix}-{k}", 1 + 2 * (k % 2)) for k in range(120)):
         assert counts[wf] == length, (wf, counts[wf])
         expected = [("workflow.started", 0, None)]
@@ -244,10 +246,7 @@ def test_an_orchestrator_sigkilled_while_it_enqueues_a_fan_out_is_taken_over_and
         processes.append(_worker(nats_url, prefix, "w2", tmp_path, capacity=64))
         state, steps, queues = run(take_over(), 80)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+        _reap(processes)
     assert processes[0].returncode == -signal.SIGKILL
     assert 1 < stored, (stored, queued)
     assert state["total"] == sum(n ** 3 for n in range(items)), (stored, queued)

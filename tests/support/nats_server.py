@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support.server_process import ServerProcess, free_port
 
-__all__ = ["NatsServer", "find_nats_server", "free_port", "nats_url"]
+__all__ = ["NatsServer", "find_nats_server", "free_port", "nats_url", "require_nats_server"]
 
 _INSTALL_HINT = (
     "no nats-server binary found on PATH or next to the Python interpreter; "
@@ -37,6 +37,14 @@ def find_nats_server() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("nats-server")
+
+
+def require_nats_server() -> str:
+    """``find_nats_server()``, or the calling test fails saying how to install one (never skips)."""
+    binary = find_nats_server()
+    if binary is None:
+        pytest.fail(_INSTALL_HINT, pytrace=False)
+    return binary
 
 
 class NatsServer(ServerProcess):
@@ -85,10 +93,7 @@ class NatsServer(ServerProcess):
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
     """A running ``nats-server -js`` for the whole session; fails if there is no binary."""
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail(_INSTALL_HINT, pytrace=False)
-    server = NatsServer(binary)
+    server = NatsServer(require_nats_server())
     server.start()
     try:
         yield server

@@ -772,11 +772,9 @@ def test_a_restart_whose_port_another_server_took_fails_instead_of_passing_for_r
     """A server stopped, its port then taken by another nats-server: its restart (which must
     come back on its port) raises, naming the exit, instead of taking the other server's
     greeting for its own readiness; the other server is untouched."""
-    from support.nats_server import NatsServer, find_nats_server
+    from support.nats_server import NatsServer, require_nats_server
 
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary", pytrace=False)
+    binary = require_nats_server()
     server = NatsServer(binary)
     try:
         server.start()
@@ -800,11 +798,9 @@ def test_a_restart_whose_port_another_server_took_fails_instead_of_passing_for_r
 def test_jetstream_data_survives_a_killed_server_restarted_by_the_launcher(tmp_path: Path) -> None:
     """Tasks enqueued before SIGKILL are claimed after the launcher restarts the server (the
     restart is ready only once its own log says so, JetStream recovered)."""
-    from support.nats_server import NatsServer, find_nats_server
+    from support.nats_server import NatsServer, require_nats_server
 
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary", pytrace=False)
+    binary = require_nats_server()
     prefix = _prefix("rs")
     with NatsServer(binary, store_dir=str(tmp_path)) as server:
 
@@ -837,11 +833,9 @@ def test_a_cluster_whose_route_port_is_taken_starts_with_every_server_routed() -
 
     import nats as nats_py
     from support.nats_cluster import NatsCluster, servers_of
-    from support.nats_server import find_nats_server
+    from support.nats_server import require_nats_server
 
-    binary = find_nats_server()
-    if binary is None:
-        pytest.fail("no nats-server binary", pytrace=False)
+    binary = require_nats_server()
     cluster = NatsCluster(binary)
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
