@@ -48,7 +48,7 @@ _TEXTS = {
     "task_queue.dead-letter": "past max_attempts a task is dead-lettered with its error history and a failed result",
     "task_queue.final-nack": "nack(final=True) dead-letters at once, whatever attempts remain",
     "task_queue.dead-letter-listing": "dead_letters lists oldest first, exact node type filter, at most limit (default 100)",
-    "task_queue.requeue": "a dead letter can be re-queued at the end of its priority with a fresh attempt count; its result is pending until the new run ends",
+    "task_queue.requeue": "a dead letter can be re-queued at the end of its priority with a fresh attempt count; its result is pending until the new run ends; of requeues of one letter at once exactly one returns True",
     "task_queue.purge": "a purged dead letter is no longer listed, counted or requeueable; its failed result and id stay until result_ttl; of a purge and a requeue of one letter at once exactly one returns True",
     "task_queue.undecodable": "enqueue_raw bytes keep their priority; undecodable ones are dead-lettered with a reason at claim time, never returned",
     "task_queue.stats": "queued, in-flight and dead-letter counts per node type are exact",

@@ -302,8 +302,9 @@ async def check_dead_letter_after_max_attempts(session: Session) -> None:
 
 @conformance_check(PORT, ("task_queue.requeue",), requires=("dead_letter_requeue",))
 async def check_requeue_dead_letter(session: Session) -> None:
-    """A dead letter goes back to the queue with a fresh attempt count."""
-    queue = (await session.open()).task_queue
+    """A dead letter goes back to the queue with a fresh attempt count, once however many requeue it at once."""
+    queue_backend = await session.open()
+    queue = queue_backend.task_queue
     clause = "task_queue.requeue"
     await queue.enqueue(make_task("t1", max_attempts=1, payload={"p": 1}, priority=5))
     [claim] = await claim_ids(queue, ["alpha"])
@@ -326,6 +327,21 @@ async def check_requeue_dead_letter(session: Session) -> None:
     await queue.ack(again[0], {"second": "life"})
     result = await queue.get_result("t1")
     expect(result is not None and result.status == "succeeded", clause, f"after requeue and ack the result is {result!r}")
+    # Requeues of one letter at once, from two connections: exactly one takes it, and the
+    # task is delivered once (an operator's retry button pressed twice must not run it twice).
+    await queue.enqueue(make_task("t2", "beta", max_attempts=1))
+    [claim] = await claim_ids(queue, ["beta"])
+    await queue.nack(claim, "fatal")
+    peer = (await _peer(session, queue_backend)).task_queue
+    answers = await asyncio.gather(queue.requeue_dead_letter("t2"), peer.requeue_dead_letter("t2"),
+                                   queue.requeue_dead_letter("t2"))
+    expect(sorted(answers) == [False, False, True], clause,
+           f"three requeues of the same dead letter at once returned {answers}; exactly one must be True")
+    delivered = [c.task.id for c in await claim_ids(queue, ["beta"], max_tasks=3, wait=session.requirements.delivery_timeout)]
+    delivered += [c.task.id for c in await claim_ids(queue, ["beta"], max_tasks=3, wait=0.3)]
+    expect(delivered == ["t2"], clause, f"after three racing requeues of t2 claims delivered {delivered}, expected it once")
+    listed = [d.task_id for d in await queue.dead_letters("beta")]
+    expect(listed == [], clause, f"after racing requeues of t2 the dead letters are {listed}")
 
 
 @conformance_check(PORT, ("task_queue.undecodable",), requires=("undecodable_payloads",))

@@ -116,6 +116,7 @@ CASES: dict[str, tuple[str, Callable[..., Backend]]] = {
     "purge-forgets-id": ("task_queue.purge", bb.broken_opener(task_queue=bb.PurgeForgetsIdQueue)),
     "purge-keeps-counting": ("task_queue.purge", bb.broken_opener(task_queue=bb.SoftPurgeQueue)),
     "requeue-races-purge": ("task_queue.purge", bb.broken_opener(task_queue=bb.RacyRequeueQueue)),
+    "requeue-races-requeue": ("task_queue.requeue", bb.broken_opener(task_queue=bb.RacyRequeueQueue)),
     "claim-wait-polls-at-end": ("task_queue.claim-wait", bb.broken_opener(task_queue=bb.SleepyClaimQueue)),
     "wait-ignores-lease-expiry": ("task_queue.claim-wait", bb.broken_opener(task_queue=bb.WaitIgnoresLeasesQueue)),
     "wait-results-sleeps": ("task_queue.wait-results", bb.broken_opener(task_queue=bb.SleepyWaitResultsQueue)),
