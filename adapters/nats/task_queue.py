@@ -1340,10 +1340,10 @@ class NatsTaskQueue(TaskQueue):
 
     async def _mark_purged(self, task_id: str) -> tuple[str | None, str]:
         """Mark a dead task's record purged (see ``_write_dead_letter_unless_purged``); its node
-        type and what this call found: "marked" (it was dead and this call marked it), "purged"
-        (marked already), "absent" (no record), "unbound" (queued with no message bound yet: a
-        requeue under way, or one that died before publishing) or "live" (queued, claimed or
-        finished again: a requeue took the letter first).
+        type and what this call found: "marked" (it was dead, or left by a requeue that died
+        before publishing (``_requeue_died``), and this call marked it), "purged" (marked
+        already), "absent" (no record), "unbound" (queued with no message bound yet: a requeue
+        under way) or "live" (queued, claimed or finished again: a requeue took the letter first).
 
         Read from the leader: a replica just restarted can answer a direct get with the record
         from before it went dead, and a mark skipped for that would let a letter written just
@@ -1356,15 +1356,42 @@ class NatsTaskQueue(TaskQueue):
             if found.record.get("purged"):
                 return node_type, "purged"
             if found.record.get("state") == "queued" and not found.record.get("seq"):
-                return node_type, "unbound"
-            if found.record.get("state") != "dead":
+                if not _requeue_died(found.record):
+                    return node_type, "unbound"
+                # Its requeue died before publishing: the letter is purged as the task's death it
+                # is (another requeue would finish it; a CAS decides which of the two does).
+                dead = await self._died_requeue_as_dead(task_id, found.record)
+                if dead is None:
+                    return node_type, "unbound"
+            elif found.record.get("state") != "dead":
                 return node_type, "live"
-            marked = encode({**found.record, "purged": True})
+            else:
+                dead = found.record
+            marked = {**dead, "purged": True}
             # No letter holds the id any more: it is remembered as long as the failed result, like a finished task's.
-            ttl = max(1.0, float(found.record.get("expires_at") or 0) - time.time())
-            if await kv.cas(self._conn.js, self._tasks, token(task_id), marked, last=found.revision, ttl=ttl) is not None:
+            ttl = max(1.0, float(marked.get("expires_at") or 0) - time.time())
+            if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(marked), last=found.revision,
+                            ttl=ttl) is not None:
                 return node_type, "marked"
         return None, "absent"
+
+    async def _died_requeue_as_dead(self, task_id: str, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The dead record ``task_id`` had before a requeue that died before publishing replaced it
+        with ``record`` (queued, no message), rebuilt from the letter that requeue left (its
+        reason, errors and attempts, a failed result until ``result_ttl`` from now); None if no
+        readable letter is left (nothing to purge)."""
+        matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
+        if not matches:
+            return None
+        letter, stored = _letter_from(f"{self._conn.names.dead_bucket} {matches[-1].key}", matches[-1].value)
+        if not stored or letter.task_id != task_id:
+            return None
+        now = time.time()
+        dead_at = letter.dead_at or now
+        result = TaskResult(task_id, "failed", error=letter.reason, attempts=letter.attempts, finished_at=dead_at)
+        return {**record, "state": "dead", "reason": letter.reason, "errors": list(letter.errors),
+                "attempt": letter.attempts, "lease": "", "result": result.to_dict(), "dead_at": dead_at,
+                "expires_at": now + self.result_ttl}
 
     async def _dead_letter_raw(self, msg: Msg, node_type: str, reason: str) -> None:
         seq = stream_sequence(msg.reply or "")
@@ -1463,8 +1490,8 @@ class NatsTaskQueue(TaskQueue):
         with self._errors(f"purge dead letter {task_id!r}"):
             node_type, found = await self._mark_purged(task_id)
             if found == "unbound":
-                # A requeue is under way (it removes the letter) or died before publishing (the
-                # letter stays listed and requeueable): nothing is purged.
+                # A requeue is under way (it removes the letter): nothing is purged. (One that died
+                # before publishing is purged once it must have died: ``_mark_purged``.)
                 return False
             matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
             keys = [entry.key for entry in matches]

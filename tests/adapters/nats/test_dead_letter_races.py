@@ -110,7 +110,8 @@ def test_a_requeue_finishes_another_requeues_record_only_once_that_requeue_must_
     """A record a requeue wrote (queued, no message bound yet) is another requeue's to finish
     only once it is older than a live requeue can be (``_REQUEUE_TAKEOVER_SECONDS``): until
     then a second requeue answers False (of requeues at once exactly one is True); after it,
-    the task is published and runs once; the purge of such a letter answers False and keeps it."""
+    the task is published and runs once; the purge of such a letter answers False and keeps it
+    while that requeue may still be under way."""
     from distributed_agents.adapters.nats import kv
     from distributed_agents.adapters.nats.naming import token
     from distributed_agents.adapters.nats.task_queue import _REQUEUE_TAKEOVER_SECONDS, _new_record
@@ -141,3 +142,50 @@ def test_a_requeue_finishes_another_requeues_record_only_once_that_requeue_must_
     young, purged, old, ran, letters = run(scenario(), 60)
     assert (young, purged, old) == (False, False, True), (young, purged, old)
     assert ran == ["rq"] and letters == [], (ran, letters)
+
+
+@pytest.mark.parametrize("with_requeue", [False, True], ids=["purge", "purge-racing-requeue"])
+def test_the_letter_of_a_requeue_that_died_before_publishing_can_be_purged(nats_server: Any, with_requeue: bool) -> None:
+    """A requeue that died between its record write and its publish left the task's record
+    queued with no message and its letter listed. Once that requeue must have died
+    (``_REQUEUE_TAKEOVER_SECONDS``), a purge takes the letter: True, the letter gone, never
+    requeued or run, the failed result (the letter's reason) and the id kept until result_ttl.
+    A requeue of it at the same moment (another connection): exactly one of the two is True,
+    and what follows agrees."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import _REQUEUE_TAKEOVER_SECONDS, _new_record
+    from distributed_agents.core.codec import encode
+
+    async def scenario() -> tuple[bool, bool | None, list[str], list[str], Any, bool, bool]:
+        prefix = f"pd{uuid.uuid4().hex[:8]}"
+        one, two = await open_nats(nats_server.url, prefix=prefix), await open_nats(nats_server.url, prefix=prefix)
+        queue = one.task_queue
+        try:
+            await _dead(queue, "pd")
+            found = await queue._read_from_leader("pd")  # noqa: SLF001
+            record = {**_new_record("pd", "alpha", 0, 1, seq=0), "requeued_at": time.time() - _REQUEUE_TAKEOVER_SECONDS - 1}
+            assert await kv.cas(one.connection.js, queue._tasks, token("pd"), encode(record),  # noqa: SLF001
+                                last=found.revision) is not None
+            if with_requeue:
+                purged, requeued = await asyncio.gather(queue.purge_dead_letter("pd"),
+                                                        two.task_queue.requeue_dead_letter("pd"))
+            else:
+                purged, requeued = await queue.purge_dead_letter("pd"), None
+            letters = [d.task_id for d in await queue.dead_letters("alpha")]
+            ran = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=2, wait=1.5)]
+            result = await queue.get_result("pd")
+            again = await queue.requeue_dead_letter("pd")
+            enqueued = await queue.enqueue(Task("pd", "wf", "n", "alpha", {}))
+            return purged, requeued, letters, ran, result, again, enqueued
+        finally:
+            await one.close()
+            await two.close()
+
+    purged, requeued, letters, ran, result, again, enqueued = run(scenario(), 60)
+    assert letters == [] and again is False, (letters, again)
+    if requeued:  # the requeue won: the task runs once, the purge purged nothing
+        assert purged is False and ran == ["pd"], (purged, ran)
+    else:
+        assert purged is True and ran == [] and enqueued is False, (purged, ran, enqueued)
+        assert result is not None and result.status == "failed" and result.error == "boom", result
