@@ -432,6 +432,27 @@ def test_a_purged_died_requeues_message_is_not_run_while_its_result_is_kept(nats
     assert run(scenario(), 60) == (True, [], [], "failed", False)
 
 
+def test_a_requeue_taking_over_from_one_that_died_after_publishing_runs_the_task_once(nats_url: str) -> None:
+    """A requeue died after its publish (its message in the stream, the record unbound); the
+    next requeue takes over (True) and publishes its own message: the task runs once (the
+    older message is a stale duplicate), no letter is left, a purge after answers False."""
+
+    async def scenario() -> tuple[Any, ...]:
+        backend = await open_nats(nats_url, prefix=_prefix("to"))
+        queue = backend.task_queue
+        try:
+            await _make_dead(queue, " o")
+            await _requeue_died(backend, " o")
+            await _requeue_message(backend, " o")
+            requeued = await queue.requeue_dead_letter(" o")
+            ran = await _drain(queue, wait=0.5)
+            return requeued, ran, await _letters(queue), await queue.purge_dead_letter(" o")
+        finally:
+            await backend.close()
+
+    assert run(scenario(), 60) == (True, [" o"], [], False)
+
+
 # -- result_ttl and the record's TTL -----------------------------------------------------------
 
 def test_a_purged_died_requeue_keeps_its_result_then_frees_its_id(nats_url: str) -> None:
@@ -492,3 +513,88 @@ def test_within_the_takeover_time_a_purge_keeps_the_letter_and_a_later_one_takes
             await backend.close()
 
     assert run(scenario(), 60) == (False, [" y"], True, [], [])
+
+
+# -- cancel of a died requeue's task ---------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="cancel takes a died requeue's record (queued, no message) for a queued task: "
+                   "True, the letter stays listed, and neither requeue nor purge then answers True for it")
+def test_a_cancel_of_a_died_requeues_task_leaves_no_letter_nothing_can_take(nats_url: str) -> None:
+    """A requeue died before publishing (31 s ago): nothing will run the task, its letter is
+    listed. A cancel of it then either answers False (the task is dead: the purge answers True)
+    or takes the task and its letter with it (nothing listed after)."""
+
+    async def scenario() -> tuple[Any, ...]:
+        backend = await open_nats(nats_url, prefix=_prefix("cn"))
+        queue = backend.task_queue
+        try:
+            await _make_dead(queue, "cn")
+            await _requeue_died(backend, "cn")
+            cancelled = await queue.cancel("cn")
+            listed = await _letters(queue)
+            requeued = await queue.requeue_dead_letter("cn")
+            purged = await queue.purge_dead_letter("cn")
+            return cancelled, listed, requeued, purged, await _drain(queue, wait=0.5)
+        finally:
+            await backend.close()
+
+    outcome = run(scenario(), 60)
+    assert outcome in [(False, ["cn"], False, True, []), (True, [], False, False, [])], outcome
+
+
+# -- b36bd04: the conformance check of racing requeues ---------------------------------------------
+
+def _requeue_check_violations(queue_class: type) -> list[str]:
+    """The clauses the ``requeue_dead_letter`` conformance check reports against the memory
+    backend with ``queue_class`` as its task queue (none: it passed)."""
+    from conformance import broken_backends as bb
+
+    from distributed_agents.conformance import (
+        BackendFactory,
+        CheckContext,
+        ContractViolation,
+        Requirements,
+        checks_for_clause,
+        current_profile,
+        run_check,
+    )
+
+    [check] = [c for c in checks_for_clause("task_queue.requeue") if c.name == "requeue_dead_letter"]
+    context = CheckContext(BackendFactory("memory://review-s14", opener=bb.broken_opener(task_queue=queue_class)),
+                           Requirements(delivery_timeout=0.5), current_profile("default"))
+    try:
+        run_check(check, context)
+    except ContractViolation as exc:
+        return [f"{exc.clause.id}: {exc}"]
+    return []
+
+
+def test_the_racing_requeues_check_catches_a_requeue_that_answers_true_once_but_delivers_twice() -> None:
+    """The check's second half (delivered once) has teeth of its own: a variant whose racing
+    requeues answer True once, but whose losers leave the task to be delivered again after
+    its first delivery, is reported under task_queue.requeue; the unbroken queue passes."""
+    from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue
+
+    again: dict[int, set[str]] = {}
+
+    class LoserQueuesAgainQueue(MemoryTaskQueue):
+        async def requeue_dead_letter(self, task_id: str) -> bool:
+            seen = task_id in self._data.dead
+            await asyncio.sleep(0)  # the racing requeues all see the letter
+            done = await super().requeue_dead_letter(task_id)
+            if seen and not done:
+                again.setdefault(id(self._data), set()).add(task_id)
+            return done
+
+        async def claim(self, node_types: Any, **options: Any) -> Any:
+            claims = await super().claim(node_types, **options)
+            for claim in claims:
+                if claim.task.id in again.get(id(self._data), set()):
+                    again[id(self._data)].discard(claim.task.id)
+                    with self._data.lock:
+                        self._push_ready(self._data.entries[claim.task.id])
+            return claims
+
+    assert _requeue_check_violations(MemoryTaskQueue) == []
+    [violation] = _requeue_check_violations(LoserQueuesAgainQueue)
+    assert violation.startswith("task_queue.requeue:") and "delivered ['t2', 't2']" in violation, violation
