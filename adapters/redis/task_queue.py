@@ -73,7 +73,15 @@ pushed between an empty claim and the BLMPOP is still
 there. The claim that empties a ready set deletes the tokens left. A claim that just
 emptied the ready sets lets the next ``claim(wait=)`` block at once, without a claim
 that would find nothing. The sleep also ends at the next lease/delay deadline the
-script reported, or after ``poll_cap`` (1 s) as a safety net.
+script reported, or after ``poll_cap`` (1 s) as a safety net. Redis ends a blocked
+command at its timeout only on a tick of its event loop (``hz``: 10 a second by
+default), so a sleep that such a deadline bounds (or that ends less than a tick before
+it) is ended by the claimer itself: a timer on its event loop pushes an empty entry on
+the claimer's own hand-over list (below) at that time, and the claim that follows takes
+the released task within milliseconds of its release time rather than up to 0.1 s after
+it. The timer exists only during such a sleep and wakes no other claimer; the push is
+the one round trip it adds. An empty entry is never a hand-over: every reader of the
+list skips it.
 
 Hand-over to parked claimers: a ``claim(wait=)`` that finds nothing also parks: its
 claim script registers it (``{p}:q:park:{c}``: worker, lease length, room = max tasks,
@@ -225,6 +233,8 @@ class RedisTaskQueue(TaskQueue):
         self._parks: dict[tuple[tuple[str, ...], str, int], list[_Park]] = {}
         # The registration each worker id last waited with: its acks give it their slots back.
         self._park_of: dict[str, _Park] = {}
+        # Wake-up pushes under way (``_wake``): close() lets them finish before it unparks.
+        self._wakes: set[asyncio.Future[Any]] = set()
         # Counts close() calls: a claim waiting when the queue closes stops instead of
         # claiming again, which would open a new client that nobody closes.
         self._closes = 0
@@ -404,7 +414,10 @@ class RedisTaskQueue(TaskQueue):
                 force = False
                 next_ms = -1 if park.next_at < 0 else max(0, round((park.next_at - now) * 1000))
                 pause = min(_pause(give_up - now, next_ms, self.poll_cap), park.until - now)
-                popped = await self._await_token([self._keys.handoff(park.id), *wake_keys], pause, max_tasks)
+                # A release or lease deadline within this sleep, or within the server tick that may
+                # end it late, ends it from here at that time (see _wake).
+                wake_at = park.next_at + 0.001 if 0 <= park.next_at < now + pause + _SERVER_TICK else -1.0
+                popped = await self._await_token([self._keys.handoff(park.id), *wake_keys], pause, max_tasks, wake_at)
                 now = loop_time()
                 if popped is not None and _text(popped[0]) == self._keys.handoff(park.id):
                     items = [item for message in popped[1] for item in _unframe(bytes(message))]
@@ -418,7 +431,7 @@ class RedisTaskQueue(TaskQueue):
                             await self.release(extra)
                     if claimed:
                         return claimed[:max_tasks]
-                    force = True  # only undecodable bytes came: claim as usual
+                    force = True  # only wake-ups or undecodable bytes came: claim as usual
                 elif popped is not None:
                     force = True  # a token: a task became ready without a hand-over
                 elif not park.live(now) or 0 <= park.next_at <= now:
@@ -437,23 +450,54 @@ class RedisTaskQueue(TaskQueue):
         may (every sleep ends by then and claims), and a margin."""
         return min(self.poll_cap, _BLOCK_MAX) + _PARK_SLACK
 
-    async def _await_token(self, keys: list[str], pause: float, count: int) -> Any:
+    async def _await_token(self, keys: list[str], pause: float, count: int, wake_at: float = -1.0) -> Any:
         """Pop up to ``count`` entries of the first of ``keys`` that has some (hand-overs, or
-        wake-up tokens), waiting up to ``pause`` s.
+        wake-up tokens), waiting up to ``pause`` s; ``keys[0]`` is the claimer's hand-over list.
 
         ``(key, [value, ...])``, or None if none came. Hand-over messages that piled up
         while this worker was busy come back together (one round trip, not one each); at
         most ``count`` tokens are taken, one per task this claimer may take, so the others
-        still wake other idle claimers.
+        still wake other idle claimers. ``wake_at`` (loop time; -1: none): a timer then
+        ends the wait at that time with an empty entry on the hand-over list (``_wake``).
         """
         if pause <= 0:
             return None
         # BLMPOP takes seconds with a decimal (0 would block for ever), and must end
         # before the connection's read timeout.
         timeout = max(round(min(pause, _BLOCK_MAX), 3), 0.001)
-        reply = await self._connection.run_blocking(
-            ["BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, count)], "wait for tasks")
+        command = ["BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, count)]
+        if wake_at < 0:
+            reply = await self._connection.run_blocking(command, "wait for tasks")
+        else:
+            timer = asyncio.get_running_loop().call_at(wake_at, self._wake, keys[0])
+            try:
+                reply = await self._connection.run_blocking(command, "wait for tasks")
+            finally:
+                timer.cancel()
         return None if not reply else (reply[0], list(reply[1]))
+
+    def _wake(self, handoff: str) -> None:
+        """End a parked claim's BLMPOP now: push an empty entry on its own hand-over list.
+
+        Redis ends a blocked command at its timeout only on a tick of its event loop (``hz``,
+        10 a second by default), so a sleep bounded by a release time would end up to 0.1 s
+        late; a push ends it at once, and wakes that claimer alone. A hand-over message is
+        never empty, so every reader of the list (this claim loop, the claim and unpark
+        scripts) takes an empty entry for what it is and skips it; one pushed after the
+        wait ended for another reason is taken by the next wait or claim of the
+        registration, or expires with the list (60 s, unless a hand-over set its TTL).
+        """
+        wake = asyncio.ensure_future(self._connection.run_commands(
+            [["RPUSH", handoff, ""], ["PEXPIRE", handoff, _WAKE_TTL_MS, "NX"]], "wake a parked claim"))
+        self._wakes.add(wake)
+        wake.add_done_callback(self._woken)
+
+    def _woken(self, wake: asyncio.Future[Any]) -> None:
+        """A wake-up push ended. One that failed is let go: the BLMPOP's own timeout ends that
+        wait (late), and the claim that follows reports the broken connection."""
+        self._wakes.discard(wake)
+        if not wake.cancelled():
+            wake.exception()
 
     async def _claim_now(
         self, types: list[str], worker_id: str, max_tasks: int, lease_ms: int, park_id: str = "", park_ms: int = 0
@@ -724,6 +768,8 @@ class RedisTaskQueue(TaskQueue):
         given back at once (not counted as an attempt), instead of waiting out their lease.
         """
         self._closes += 1
+        if self._wakes:  # a push landing after the unpark would leave its list behind
+            await asyncio.wait(set(self._wakes))
         parks = [park.id for spare in self._parks.values() for park in spare]
         self._parks.clear()
         self._park_of.clear()
@@ -743,6 +789,11 @@ class RedisTaskQueue(TaskQueue):
 # the server's end of it this side stops counting on it (requests take time to arrive).
 _PARK_SLACK = 0.2
 _PARK_MARGIN = 0.1
+# Lifetime of a hand-over list made by a wake-up push alone (a hand-over sets its own).
+_WAKE_TTL_MS = 60_000
+# Time between two ticks of a Redis server's event loop (``hz`` 10, the default), on which it
+# ends blocked commands whose timeout passed: a BLMPOP may end this much after its timeout.
+_SERVER_TICK = 0.1
 
 
 class _Oversized(ValueError):
