@@ -7,7 +7,8 @@ A requeue that died leaves the task's record queued with no message bound (``seq
 ``requeued_at`` time; such a record is made here as the tests of c870fc8 make it (CAS over
 the dead record), ``requeued_at`` older than the takeover time. A requeue that died after
 its publish (before binding) leaves the same record and its message in the stream; that
-message is published here with the headers a requeue gives it."""
+message is published here with the headers a requeue gives it. A requeue paused between its
+record write and its publish is a real process stopped there (SIGSTOP), resumed after."""
 
 from __future__ import annotations
 
@@ -391,9 +392,9 @@ def test_a_purge_racing_a_claim_of_a_died_requeues_message_one_wins(nats_url: st
 @pytest.mark.xfail(strict=True, reason="a requeue that died after publishing looks like one that died before: the "
                    "purge answers True, and once the purged record expires (result_ttl) its message runs the task")
 def test_a_purged_died_requeues_message_never_runs(nats_url: str) -> None:
-    """A requeue died after its publish, before binding (no claimer was running). Purged once
-    the requeue must have died: True, and the task must never run, also once result_ttl (2 s
-    here) passed and its record expired."""
+    """A requeue died after its publish, before binding (no claimer was running). A purge once
+    the requeue must have died that answers True means the task never runs, also once
+    result_ttl (2 s here) passed and its record expired."""
 
     async def scenario() -> tuple[Any, ...]:
         backend = await open_nats(nats_url, prefix=_prefix("pm"), result_ttl=2.0)
@@ -403,7 +404,7 @@ def test_a_purged_died_requeues_message_never_runs(nats_url: str) -> None:
             await _requeue_died(backend, "pm")
             await _requeue_message(backend, "pm")
             purged = await queue.purge_dead_letter("pm")
-            for _ in range(100):  # the record's TTL (the result's) passes
+            for _ in range(100 if purged else 0):  # the record's TTL (the result's) passes
                 if await kv.get(queue._tasks, token("pm")) is None:  # noqa: SLF001
                     break
                 await asyncio.sleep(0.2)
@@ -411,7 +412,9 @@ def test_a_purged_died_requeues_message_never_runs(nats_url: str) -> None:
         finally:
             await backend.close()
 
-    assert run(scenario(), 60) == (True, [], [])
+    purged, ran, letters = run(scenario(), 60)
+    # Purged: never runs. (Or the purge declines, the message being the requeue's: it runs once.)
+    assert (purged, ran, letters) in [(True, [], []), (False, ["pm"], [])], (purged, ran, letters)
 
 
 def test_a_purged_died_requeues_message_is_not_run_while_its_result_is_kept(nats_url: str) -> None:
