@@ -917,6 +917,15 @@ class NatsTaskQueue(TaskQueue):
             except PayloadDecodeError as exc:  # its control record is damaged: the task cannot be tracked
                 await self._dead_letter_raw(msg, node_type, str(exc))
                 return None
+            if found.record is None and _written_after_its_record(msg, task.id):
+                # A requeue's (or a delayed task's) message: its record was written before it,
+                # so with none left the record expired or was ended (the task purged, cancelled
+                # or finished and its result gone): stale, never run. (Confirmed on the leader.)
+                if not from_leader:
+                    from_leader = True
+                    continue
+                await send_ack(self._conn.nc, lease_id, "ack")
+                return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
             if (record.get("seq") not in (0, seq) or record["state"] in _TERMINAL) and not from_leader:
                 # About to ack the message away: a stale record (another message's, or settled
@@ -1356,7 +1365,9 @@ class NatsTaskQueue(TaskQueue):
             if found.record.get("purged"):
                 return node_type, "purged"
             if found.record.get("state") == "queued" and not found.record.get("seq"):
-                if not _requeue_died(found.record):
+                if "requeued_at" not in found.record or not _requeue_died(found.record):
+                    # A requeue under way, or an older version's (no requeued_at: its age is
+                    # unknown, and a live one would publish after the purge answered True).
                     return node_type, "unbound"
                 # Its requeue died before publishing: the letter is purged as the task's death it
                 # is (another requeue would finish it; a CAS decides which of the two does).
@@ -1379,13 +1390,12 @@ class NatsTaskQueue(TaskQueue):
         """The dead record ``task_id`` had before a requeue that died before publishing replaced it
         with ``record`` (queued, no message), rebuilt from the letter that requeue left (its
         reason, errors and attempts, a failed result until ``result_ttl`` from now); None if no
-        readable letter is left (nothing to purge)."""
+        letter is left (nothing to purge)."""
         matches = await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
         if not matches:
             return None
-        letter, stored = _letter_from(f"{self._conn.names.dead_bucket} {matches[-1].key}", matches[-1].value)
-        if not stored or letter.task_id != task_id:
-            return None
+        # A damaged letter (``stored`` empty) is purged as well: its reason says what is wrong with it.
+        letter, _ = _letter_from(f"{self._conn.names.dead_bucket} {matches[-1].key}", matches[-1].value)
         now = time.time()
         dead_at = letter.dead_at or now
         result = TaskResult(task_id, "failed", error=letter.reason, attempts=letter.attempts, finished_at=dead_at)
@@ -1476,6 +1486,12 @@ class NatsTaskQueue(TaskQueue):
                 if current is None or int(current.get("seq") or 0) != seq:
                     with contextlib.suppress(Exception):
                         await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
+                    # A cancel took the queued record meanwhile: the requeue came first (True, as
+                    # the cancel's). A purge or a requeue taking over one paused past
+                    # _REQUEUE_TAKEOVER_SECONDS took it for a dead one: that call answered True and
+                    # settled the letter; this requeue requeued nothing.
+                    if current is None or current.get("state") != "cancelled":
+                        return False
             # Only the letter read above: the requeued task, claimed and failed for good meanwhile,
             # may have written a new one under the same key.
             await kv.remove_through(self._conn.js, self._dead, matches[-1].key, matches[-1].revision)
@@ -1601,6 +1617,13 @@ class NatsTaskQueue(TaskQueue):
                     await self._conn.js.delete_msg(self._conn.names.task_stream, int(record["seq"]))
                 # If its message was given back (released, delayed), it is no longer unacked: drop the mark too.
                 await kv.remove(self._conn.js, self._claims, _given_back_key(record["node_type"], int(record["seq"])))
+            elif record["state"] == "queued":
+                # A requeue's record before its message is bound (the requeue under way, or dead):
+                # that requeue now requeues nothing (its bind fails; its message is deleted or, a
+                # requeue's message with no live record, acked away unrun), so the dead letter it
+                # would have removed goes with the cancel.
+                for entry in await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}"):
+                    await kv.remove(self._conn.js, self._dead, entry.key)
             return True
 
     # -- observability -----------------------------------------------------------------
@@ -1888,6 +1911,25 @@ def _decode_delivered(msg: Msg, queued_in: str | None = None) -> Task:
     if queued_in is not None and task.node_type != queued_in:
         decode_task(msg.data, queued_in=queued_in)  # raises: in another type's queue
     return task
+
+
+_RECORD_FIRST_KINDS = ("/requeue/", "/again/")
+
+
+def _written_after_its_record(msg: Msg, task_id: str) -> bool:
+    """Whether ``msg`` (of task ``task_id``) was published after its record was written: a requeue's
+    or a delayed task's move to the end of its priority (``requeue_dead_letter``, ``_republish``),
+    told by its ``Nats-Msg-Id``: the id's carried form (or, from older versions, the id itself),
+    ``/requeue/`` or ``/again/`` and 32 hex digits. An enqueue's message id is the carried form, or
+    it and ``/`` and 32 hex digits, so it never reads as one."""
+    message_id = (msg.headers or {}).get("Nats-Msg-Id") or ""
+    for prefix in dict.fromkeys((_carried_id(task_id), task_id)):
+        for kind in _RECORD_FIRST_KINDS:
+            head = prefix + kind
+            if message_id.startswith(head):
+                rest = message_id[len(head):]
+                return len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
+    return False
 
 
 def _older_header_forms(task_id: str) -> tuple[str, str]:

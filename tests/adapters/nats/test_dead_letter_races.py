@@ -189,3 +189,54 @@ def test_the_letter_of_a_requeue_that_died_before_publishing_can_be_purged(nats_
     else:
         assert purged is True and ran == [] and enqueued is False, (purged, ran, enqueued)
         assert result is not None and result.status == "failed" and result.error == "boom", result
+
+
+def test_a_requeues_message_whose_record_expired_never_runs_and_an_enqueues_message_of_a_like_id_does(
+        nats_server: Any) -> None:
+    """A requeue writes the task's record, then publishes its message. A cancel in between
+    (True) ends the record; a message that requeue published anyway (it died before deleting it)
+    is stale: claimed while the cancelled record is kept or after it expired (result_ttl), it is
+    acked away unrun, and the dead letter went with the cancel. An enqueue's message whose id
+    merely looks like a requeue's ("x/requeue/<32 hex>"), its producer dead before the record,
+    still runs."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import _carried_id, _id_headers, _new_record
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import task_to_dict
+
+    lookalike = "x/requeue/" + "0123456789abcdef" * 2
+
+    async def scenario() -> tuple[bool, list[str], list[str], list[str]]:
+        backend = await open_nats(nats_server.url, prefix=f"rx{uuid.uuid4().hex[:8]}", result_ttl=1.0)
+        queue = backend.task_queue
+        js, names = backend.connection.js, backend.connection.names
+        try:
+            await _dead(queue, "rx")
+            found = await queue._read_from_leader("rx")  # noqa: SLF001
+            record = {**_new_record("rx", "alpha", 0, 1, seq=0), "requeued_at": time.time()}
+            assert await kv.cas(js, queue._tasks, token("rx"), encode(record), last=found.revision)  # noqa: SLF001
+            cancelled = await queue.cancel("rx")
+            letters = [d.task_id for d in await queue.dead_letters("alpha")]
+            task = Task("rx", "wf", "n", "alpha", {})
+            await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(task)),
+                             headers=_id_headers("rx", f"{_carried_id('rx')}/requeue/{uuid.uuid4().hex}"))
+            for _ in range(50):  # the cancelled record's TTL (result_ttl) passes
+                if await kv.get(queue._tasks, token("rx")) is None:  # noqa: SLF001
+                    break
+                await asyncio.sleep(0.1)
+            look = Task(lookalike, "wf", "n", "alpha", {})
+            await js.publish(names.task_subject("alpha", 0), encode(task_to_dict(look)),
+                             headers=_id_headers(lookalike, _carried_id(lookalike)))
+            ran = []
+            for claim in await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=2):
+                ran.append(claim.task.id)
+                await queue.ack(claim, None)
+            again = [c.task.id for c in await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=0.5)]
+            return cancelled, letters, ran, again
+        finally:
+            await backend.close()
+
+    cancelled, letters, ran, again = run(scenario(), 60)
+    assert cancelled and letters == [], (cancelled, letters)
+    assert ran == [lookalike] and again == [], (ran, again)

@@ -311,8 +311,6 @@ def test_a_died_requeues_letter_is_purged_as_the_newest_death_it_describes(nats_
     assert run(scenario(), 60) == (True, ("failed", "second", 2), [])
 
 
-@pytest.mark.xfail(strict=True, reason="a damaged letter left with a died requeue's record is never removable: "
-                   "purge answers False (and requeue False) forever, though its reason says 'purge it'")
 def test_a_damaged_letter_of_a_died_requeue_can_be_purged(nats_url: str) -> None:
     """A died requeue whose letter is damaged (not JSON): listed with the reason "damaged dead
     letter ...; purge it". As for a dead record's damaged letter, a purge removes it (True)."""
@@ -335,7 +333,7 @@ def test_a_damaged_letter_of_a_died_requeue_can_be_purged(nats_url: str) -> None
 
 
 def test_the_control_a_dead_records_damaged_letter_purges(nats_url: str) -> None:
-    """The control of the xfail above: the same damaged letter with the task's record dead
+    """The control of the test above: the same damaged letter with the task's record dead
     (no requeue in between) purges: True, nothing listed."""
 
     async def scenario() -> tuple[Any, ...]:
@@ -392,8 +390,6 @@ def test_a_purge_racing_a_claim_of_a_died_requeues_message_one_wins(nats_url: st
         assert ran == ([] if purged else [task_id]) and letters == [], (task_id, purged, ran, letters)
 
 
-@pytest.mark.xfail(strict=True, reason="a requeue that died after publishing looks like one that died before: the "
-                   "purge answers True, and once the purged record expires (result_ttl) its message runs the task")
 def test_a_purged_died_requeues_message_never_runs(nats_url: str) -> None:
     """A requeue died after its publish, before binding (no claimer was running). A purge once
     the requeue must have died that answers True means the task never runs, also once
@@ -656,8 +652,6 @@ def _paused_requeue_and_purge(url: str, tree: Path | None, task_id: str, *, age:
     return purged, requeued, ran, letters
 
 
-@pytest.mark.xfail(strict=True, reason="a requeue paused past the takeover time between its record write and its "
-                   "publish answers True after a purge took the letter (True too); the task never runs")
 def test_a_requeue_paused_past_the_takeover_time_and_a_purge_are_not_both_true(nats_url: str) -> None:
     """A requeue (another process) stops between its record write and its publish, for longer
     than ``_REQUEUE_TAKEOVER_SECONDS`` (its record is aged here instead of waiting); a purge
@@ -669,8 +663,6 @@ def test_a_requeue_paused_past_the_takeover_time_and_a_purge_are_not_both_true(n
     assert ran == ([] if purged else ["=s"]), (purged, requeued, ran)
 
 
-@pytest.mark.xfail(strict=True, reason="a record the previous version's requeue writes (no requeued_at) counts as a "
-                   "died requeue's at once: a purge during that requeue answers True, and so does the requeue")
 def test_a_purge_during_a_previous_versions_requeue_and_that_requeue_are_not_both_true(
         nats_url: str, tree_before_requeued_at: Path) -> None:
     """Mixed versions (a rolling upgrade): a requeue by 77ce1a5, which writes no ``requeued_at``,
@@ -684,8 +676,6 @@ def test_a_purge_during_a_previous_versions_requeue_and_that_requeue_are_not_bot
 
 # -- cancel of a died requeue's task ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="cancel takes a died requeue's record (queued, no message) for a queued task: "
-                   "True, the letter stays listed, and neither requeue nor purge then answers True for it")
 def test_a_cancel_of_a_died_requeues_task_leaves_no_letter_nothing_can_take(nats_url: str) -> None:
     """A requeue died before publishing (31 s ago): nothing will run the task, its letter is
     listed. A cancel of it then either answers False (the task is dead: the purge answers True)
