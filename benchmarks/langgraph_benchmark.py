@@ -29,7 +29,6 @@ as JSON.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import pathlib
@@ -40,6 +39,9 @@ import time
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_support  # noqa: E402
+
 PEER_VARIANTS = ("none", "memory-sync", "memory-exit")  # LangGraph: no checkpointer, InMemorySaver sync / exit
 OUR_VARIANTS = ("sync", "exit")
 
@@ -158,11 +160,13 @@ def ratios(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_support.parser(__doc__)
     parser.add_argument("--langgraph-python", help="interpreter of an environment with langgraph installed")
-    parser.add_argument("--chain", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--role", choices=("bench", "peer"), default="bench")
+    parser.add_argument("--chain", type=bench_support.positive_int, default=1000, help="nodes of the chain")
+    parser.add_argument("--repeat", type=bench_support.positive_int, default=7,
+                        help="rounds, each running every variant")
+    parser.add_argument("--role", choices=("bench", "peer"), default="bench",
+                        help="peer: the LangGraph half, run by the bench role in the LangGraph environment")
     parser.add_argument("--results", help="write the times and ratios to this JSON file")
     args = parser.parse_args()
     if args.role == "peer":
@@ -171,7 +175,7 @@ def main() -> None:
     if not args.langgraph_python:
         raise SystemExit("pass --langgraph-python PATH: an interpreter of an environment made with "
                          "pip install -r benchmarks/requirements-bench.txt")
-    times, cpu = asyncio.run(measure(args.langgraph_python, args.chain, args.repeat))
+    times, cpu = bench_support.arun(measure(args.langgraph_python, args.chain, args.repeat))
     for name, values in times.items():
         median, cpu_median = statistics.median(values), statistics.median(cpu[name])
         print(f"chain of {args.chain}, {name:<24} wall best {min(values) * 1000:8.1f} ms  median {median * 1000:8.1f} ms"
@@ -185,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_support.run(main)

@@ -35,10 +35,11 @@ waits for the whole of the script that hands it its task.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
+import pathlib
+import signal
 import statistics
 import sys
 import time
@@ -46,6 +47,10 @@ import uuid
 from typing import Any
 
 import redis.asyncio as redis_asyncio
+import redis.exceptions
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_support  # noqa: E402
 
 _ENQUEUE = "redis.call('RPUSH', KEYS[1], ARGV[1]) return 1"
 _ACK = "redis.call('SET', KEYS[1], ARGV[2]) redis.call('PUBLISH', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2]) return 1"
@@ -77,7 +82,14 @@ def _run_index(task_id: Any) -> int:
     return int((task_id.decode() if isinstance(task_id, bytes) else task_id)[1:])
 
 
+def _default_sigterm() -> None:
+    """In a forked worker process: SIGTERM ends it (it inherited the parent's event loop's handler)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _floor_worker(url: str, prefix: str, runs: int, stamps: Any) -> None:
+    _default_sigterm()
     async def serve() -> dict[int, tuple[float, float]]:
         client = redis_asyncio.Redis.from_url(url)
         ack = client.register_script(_ACK)
@@ -114,6 +126,7 @@ async def floor(url: str, runs: int) -> tuple[float, float, Legs]:
                 arrived.put_nowait(time.perf_counter())
 
     reader = asyncio.ensure_future(read())
+    stopped = False
     samples = []
     dispatched: dict[int, float] = {}
     results: dict[int, float] = {}
@@ -123,17 +136,22 @@ async def floor(url: str, runs: int) -> tuple[float, float, Legs]:
             await enqueue(keys=[f"{prefix}:q"], args=[f"t{i}"])
             results[i] = await asyncio.wait_for(arrived.get(), 30)
             samples.append(results[i] - started)
+    except BaseException:  # stopped or failed: the worker process would wait for tasks for up to 30s more
+        stopped = True
+        process.terminate()
+        raise
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         await pubsub.aclose()
         await client.aclose()
-        worker = receiving.recv() if receiving.poll(60) else {}
+        worker = receiving.recv() if not stopped and receiving.poll(60) else {}
         process.join(60)
     return (*_percentiles(samples), _legs(dispatched, results, worker))
 
 
 def _queue_worker(url: str, prefix: str, runs: int, stamps: Any) -> None:
+    _default_sigterm()
     from distributed_agents.core.backend_resolver import open_backend
 
     async def serve() -> dict[int, tuple[float, float]]:
@@ -164,6 +182,7 @@ async def queue(url: str, runs: int) -> tuple[float, float, Legs]:
     process.start()
     backend = open_backend(url, prefix=prefix)
     await backend.connect()
+    stopped = False
     samples = []
     dispatched: dict[int, float] = {}
     arrived: dict[int, float] = {}
@@ -178,9 +197,13 @@ async def queue(url: str, runs: int) -> tuple[float, float, Legs]:
                 results = await backend.task_queue.wait_results([task.id], timeout=1.0)
             arrived[i] = time.perf_counter()
             samples.append(arrived[i] - started)
+    except BaseException:  # stopped or failed: the worker process would wait for its tasks for ever
+        stopped = True
+        process.terminate()
+        raise
     finally:
         await backend.close()
-        worker = receiving.recv() if receiving.poll(60) else {}
+        worker = receiving.recv() if not stopped and receiving.poll(60) else {}
         process.join(60)
     return (*_percentiles(samples), _legs(dispatched, arrived, worker))
 
@@ -256,16 +279,43 @@ class _ServerTimes:
             await self._client.aclose()
 
 
+async def check_redis(url: str) -> None:
+    """PING ``url`` with redis-py (what the floor uses): ``SystemExit`` saying what failed, where and
+    what to do if it cannot, before any process is started."""
+    from distributed_agents.core.redaction import redact_url
+
+    shown = redact_url(url)
+    hint = "or leave out --backend-url to start a temporary redis-server"
+    try:
+        client = redis_asyncio.Redis.from_url(url)
+    except ValueError as exc:
+        raise SystemExit(f"--backend-url {shown!r} is not a Redis URL ({exc}): pass redis://host:port/db, "
+                         f"{hint}") from None
+    try:
+        await client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise SystemExit(f"cannot connect to Redis at {shown}: {str(exc).rstrip('.')}; check that redis-server "
+                         f"is running and listening on that address, and the URL's host, port and credentials "
+                         f"({hint})") from None
+    except redis.exceptions.ResponseError as exc:
+        raise SystemExit(f"Redis at {shown} refused PING: {exc}; check the URL's credentials and the server's "
+                         "ACLs") from None
+    finally:
+        await client.aclose()
+
+
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_support.parser(__doc__)
     parser.add_argument("--backend-url", help="a Redis URL; default: start a temporary redis-server")
-    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--runs", type=bench_support.positive_int, default=500, help="tasks measured per layer")
     parser.add_argument("--results", help="write the figures as JSON: {layer: {p50_ms, p99_ms}}")
     parser.add_argument("--server-times", action="store_true",
                         help="also print each script's median time inside redis-server, per layer (SLOWLOG)")
     args = parser.parse_args()
     import distributed_benchmark as bench
 
+    if args.backend_url:
+        await check_redis(args.backend_url)
     figures: dict[str, dict[str, float]] = {}
     with bench.local_server(None if args.backend_url else "redis", args.backend_url) as url:
         for name, measure in (("floor", floor), ("queue", queue), ("engine", engine)):
@@ -292,5 +342,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-    asyncio.run(main())
+    bench_support.run(main)

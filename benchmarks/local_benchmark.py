@@ -17,13 +17,17 @@ round trip. ``--node-ms`` makes each node wait that long (as I/O would), which i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import pathlib
 import statistics
+import sys
 import time
 from typing import Any
 
-from distributed_agents import Graph, Orchestrator, State
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_support  # noqa: E402
+
+from distributed_agents import Graph, Orchestrator, State  # noqa: E402
 
 
 NODE_SECONDS = 0.0  # set by --node-ms: how long each node waits
@@ -85,15 +89,18 @@ def report(label: str, times: list[float], steps: int, nodes: int) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chain", type=int, default=1000)
-    parser.add_argument("--fan-out", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--chain", type=bench_support.positive_int, default=1000, help="nodes of the chain")
+    parser.add_argument("--fan-out", type=bench_support.positive_int, default=100, help="parallel nodes of the fan-out")
+    parser.add_argument("--repeat", type=bench_support.positive_int, default=5, help="runs of each workload and mode")
     parser.add_argument("--durability", choices=["sync", "async", "exit", "all"], default="sync",
                         help="when steps are written (execute(durability=)); all: each mode, with ratios to sync")
-    parser.add_argument("--backend", default="memory://", help="backend URL (default memory://)")
-    parser.add_argument("--node-ms", type=float, default=0.0, help="milliseconds each node waits (default 0)")
+    parser.add_argument("--backend", default="memory://", help="backend URL")
+    parser.add_argument("--node-ms", type=bench_support.non_negative_float, default=0.0,
+                        help="milliseconds each node waits")
     args = parser.parse_args()
+    if args.backend != "memory://":
+        await bench_support.check_backend(args.backend)
     global NODE_SECONDS
     NODE_SECONDS = args.node_ms / 1000
     modes = ["sync", "async", "exit"] if args.durability == "all" else [args.durability]
@@ -113,4 +120,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_support.run(main)

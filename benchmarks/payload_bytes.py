@@ -17,7 +17,6 @@ server holds the queued tasks in memory meanwhile (``--width 100`` keeps it at 1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -30,12 +29,16 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 
-from distributed_agents import Graph, Orchestrator, State, Worker
-from distributed_agents.adapters.redis.backend import open_redis_backend
-from distributed_agents.core import engine
-from distributed_agents.core.ports.backend import BackendOptions
-
 HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench_support  # noqa: E402
+
+from distributed_agents import Graph, Orchestrator, Worker  # noqa: E402
+from distributed_agents.adapters.redis.backend import open_redis_backend  # noqa: E402
+from distributed_agents.core import engine  # noqa: E402
+from distributed_agents.core.ports.backend import BackendOptions  # noqa: E402
 MB = 1_000_000
 
 
@@ -54,6 +57,13 @@ def fan_graph(width: int, state_mb: float) -> Graph:
 async def one_run(url: str, width: int, state_mb: float, capacity: int) -> dict[str, Any]:
     options = BackendOptions.from_url(url, prefix=f"pb{uuid.uuid4().hex[:8]}", max_payload_bytes=int(4 * state_mb * MB))
     worker_backend, orchestrator_backend = open_redis_backend(url, options), open_redis_backend(url, options)
+    # Connected before the worker starts: a server that is not there fails here, at once (a
+    # worker waits for its backend, retrying with backoff, for as long as it takes).
+    try:
+        await orchestrator_backend.connect()
+    except BaseException:
+        await bench_support.close_within(orchestrator_backend.close())
+        raise
     worker = Worker(["reader"], capacity=capacity, backend=worker_backend, poll_wait=0.2)
     worker.register_node("reader", lambda state: {} if len(state["doc"]) else None)
     serving = asyncio.ensure_future(worker.start())
@@ -61,8 +71,10 @@ async def one_run(url: str, width: int, state_mb: float, capacity: int) -> dict[
     orchestrator = Orchestrator(backend=orchestrator_backend, wait_for_workers=True)
     try:
         graph = fan_graph(width, state_mb)
-        while not worker._serving:
+        while not worker._serving and not serving.done():
             await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()  # the worker's own error, if it could not start
         before = int((await meter.info("stats"))["total_net_input_bytes"])
         started = time.perf_counter()
         await orchestrator.execute(graph, {})
@@ -71,12 +83,15 @@ async def one_run(url: str, width: int, state_mb: float, capacity: int) -> dict[
         return {"width": width, "state_mb": state_mb, "mb_written": round(written / MB, 2),
                 "seconds": round(seconds, 2), "state_reads": worker.state_cache.fetches}
     finally:
-        await orchestrator.close()
-        await worker.stop(grace=10)
-        await serving
-        await meter.aclose()
-        await orchestrator_backend.close()
-        await worker_backend.close()
+        # Each bounded: with the server gone, a close could wait on it for ever.
+        await bench_support.close_within(orchestrator.close())
+        await bench_support.close_within(worker.stop(grace=10), 15)
+        if not serving.done():
+            serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await bench_support.close_within(meter.aclose())
+        await bench_support.close_within(orchestrator_backend.close())
+        await bench_support.close_within(worker_backend.close())
 
 
 @contextlib.contextmanager
@@ -84,26 +99,23 @@ def redis_url(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from support.redis_server import RedisServer  # type: ignore[import-not-found]
-
-    server = RedisServer()
-    server.start()
-    try:
+    with bench_support.started_server(bench_support.redis_server()) as server:  # its data directory removed after
         yield server.url
-    finally:
-        server.stop()
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_support.parser(__doc__)
     parser.add_argument("--backend-url", help="a Redis URL (default: start a temporary redis-server)")
-    parser.add_argument("--width", type=int, default=1000)
-    parser.add_argument("--state-mb", type=float, default=1.0)
-    parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="fan-out width")
+    parser.add_argument("--state-mb", type=bench_support.positive_float, default=1.0,
+                        help="megabytes of the string the state holds")
+    parser.add_argument("--capacity", type=bench_support.positive_int, default=64,
+                        help="tasks the worker runs at once")
     parser.add_argument("--inline", action="store_true", help="also run with every task carrying the state")
-    parser.add_argument("--results", type=pathlib.Path)
+    parser.add_argument("--results", type=pathlib.Path, help="write the figures as JSON to this file")
     args = parser.parse_args()
+    if args.backend_url and not args.backend_url.startswith(("redis://", "rediss://", "unix://")):
+        parser.error(f"--backend-url must be a Redis URL (redis://, rediss:// or unix://), not {args.backend_url!r}")
     figures = []
     with redis_url(args.backend_url) as url:
         by_reference = await one_run(url, args.width, args.state_mb, args.capacity)
@@ -124,4 +136,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_support.run(main)

@@ -11,12 +11,15 @@ full state would take).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+import sys
 from typing import Any
 
 import matplotlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_support  # noqa: E402  (needs nothing of distributed_agents: this runs in the peers' environment)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -75,9 +78,9 @@ def checkpoint_bytes(results: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=pathlib.Path)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs"))
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("results", type=pathlib.Path, help="a results file written by run_all.py --results")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs"), help="directory to write into")
     parser.add_argument("--formats", default="svg", help="file types to write, e.g. svg,png")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())

@@ -44,6 +44,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_support  # noqa: E402
 import distributed_benchmark as bench  # noqa: E402
 
 from distributed_agents.core.codec import decode, encode  # noqa: E402
@@ -151,29 +152,27 @@ def _line(label: str, figures: dict[str, float], width: int) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--start", default="redis,nats", help="servers to start: redis, nats or both (default)")
-    parser.add_argument("--width", type=int, default=1000, help="tasks per pass (default 1000)")
-    parser.add_argument("--batch", type=int, default=64, help="tasks per claim (default 64, a worker's capacity)")
-    parser.add_argument("--rounds", type=int, default=5, help="measured passes per line (default 5)")
+    parser = bench_support.parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--start", type=bench_support.backends, default="redis,nats",
+                        help="servers to start: redis, nats or both")
+    parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="tasks per pass")
+    parser.add_argument("--batch", type=bench_support.positive_int, default=64,
+                        help="tasks per claim (a worker's capacity)")
+    parser.add_argument("--rounds", type=bench_support.positive_int, default=5, help="measured passes per line")
     parser.add_argument("--results", help="write the lines as JSON to this file")
     args = parser.parse_args()
-    kinds = [kind.strip() for kind in args.start.split(",") if kind.strip()]
-    if not kinds or set(kinds) - {"redis", "nats"}:
-        parser.error(f"--start takes redis, nats or both, got {args.start!r}")
-    if args.width < 1 or args.batch < 1 or args.rounds < 1:
-        parser.error("--width, --batch and --rounds must be at least 1")
+    kinds, args.start = args.start, ",".join(args.start)  # the text in --results, as given
     rows: dict[str, dict[str, float]] = {}
     for kind in kinds:
         with bench.local_server(kind, None) as url:
-            rows[f"port {kind}"] = _line(f"port {kind}", asyncio.run(_port(url, kind, args)), args.width)
+            rows[f"port {kind}"] = _line(f"port {kind}", bench_support.arun(_port(url, kind, args)), args.width)
             if kind == "nats":
                 for level in range(4):
                     label = f"protocol {level}"
-                    rows[label] = _line(label, asyncio.run(_protocol(url, level, args)), args.width)
+                    rows[label] = _line(label, bench_support.arun(_protocol(url, level, args)), args.width)
     if args.results:
         Path(args.results).write_text(json.dumps({"parameters": vars(args), "lines": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    bench_support.run(main)

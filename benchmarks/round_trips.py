@@ -15,7 +15,6 @@ workflow's path), and the commands by name. Use an otherwise idle server.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -30,13 +29,17 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 
-from distributed_agents import Graph, NodeRegistry, State, Worker
-from distributed_agents.adapters.redis.backend import open_redis_backend
-from distributed_agents.adapters.redis.message_bus import PUBLISH_SCRIPT
-from distributed_agents.core.orchestrator import Orchestrator
-from distributed_agents.core.ports.backend import Backend, BackendOptions
-
 HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench_support  # noqa: E402
+
+from distributed_agents import Graph, NodeRegistry, State, Worker  # noqa: E402
+from distributed_agents.adapters.redis.backend import open_redis_backend  # noqa: E402
+from distributed_agents.adapters.redis.message_bus import PUBLISH_SCRIPT  # noqa: E402
+from distributed_agents.core.orchestrator import Orchestrator  # noqa: E402
+from distributed_agents.core.ports.backend import Backend, BackendOptions  # noqa: E402
 
 
 def _backend(url: str, prefix: str) -> Backend:
@@ -102,24 +105,24 @@ async def measure(url: str, runs: int, capacity: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def redis_url(url: str | None) -> Iterator[str]:
     if url:
+        bench_support.arun(bench_support.check_backend(url))
         yield url
         return
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from support.redis_server import RedisServer  # type: ignore[import-not-found]
-
-    with RedisServer() as server:
+    with bench_support.started_server(bench_support.redis_server()) as server:
         yield server.url
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_support.parser(__doc__)
     parser.add_argument("--backend-url", help="a Redis URL (default: start a temporary redis-server)")
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--capacity", type=int, default=4)
-    parser.add_argument("--results", type=pathlib.Path)
+    parser.add_argument("--runs", type=bench_support.positive_int, default=10, help="workflows counted")
+    parser.add_argument("--capacity", type=bench_support.positive_int, default=4, help="tasks the worker runs at once")
+    parser.add_argument("--results", type=pathlib.Path, help="write the figures as JSON to this file")
     args = parser.parse_args()
+    if args.backend_url and not args.backend_url.startswith(("redis://", "rediss://", "unix://")):
+        parser.error(f"--backend-url must be a Redis URL (redis://, rediss:// or unix://), not {args.backend_url!r}")
     with redis_url(args.backend_url) as url:
-        figures = asyncio.run(measure(url, args.runs, args.capacity))
+        figures = bench_support.arun(measure(url, args.runs, args.capacity))
     commands = ", ".join(f"{name} {count:g}" for name, count in figures["commands"].items())
     print(f"round trips per single-node workflow {figures['round_trips']:g} (besides {figures['publishes']:g} "
           f"event publishes); commands: {commands}")
@@ -128,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_support.run(main)

