@@ -1490,8 +1490,9 @@ class NatsTaskQueue(TaskQueue):
                     # the cancel's). A purge or a requeue taking over one paused past
                     # _REQUEUE_TAKEOVER_SECONDS took it for a dead one: that call answered True and
                     # settled the letter; this requeue requeued nothing.
-                    if current is None or current.get("state") != "cancelled":
-                        return False
+                    if (current is None or current.get("state") != "cancelled"
+                            or current.get("requeued_at") != record["requeued_at"]):
+                        return False  # (a cancelled record another requeue wrote is that one's)
             # Only the letter read above: the requeued task, claimed and failed for good meanwhile,
             # may have written a new one under the same key.
             await kv.remove_through(self._conn.js, self._dead, matches[-1].key, matches[-1].revision)
@@ -1919,11 +1920,12 @@ _RECORD_FIRST_KINDS = ("/requeue/", "/again/")
 def _written_after_its_record(msg: Msg, task_id: str) -> bool:
     """Whether ``msg`` (of task ``task_id``) was published after its record was written: a requeue's
     or a delayed task's move to the end of its priority (``requeue_dead_letter``, ``_republish``),
-    told by its ``Nats-Msg-Id``: the id's carried form (or, from older versions, the id itself),
-    ``/requeue/`` or ``/again/`` and 32 hex digits. An enqueue's message id is the carried form, or
+    told by its ``Nats-Msg-Id``: the id's carried form (or, from older versions, the id itself or
+    ``_older_header_forms``), ``/requeue/`` or ``/again/`` and 32 hex digits. An enqueue's message id is the carried form, or
     it and ``/`` and 32 hex digits, so it never reads as one."""
     message_id = (msg.headers or {}).get("Nats-Msg-Id") or ""
-    for prefix in dict.fromkeys((_carried_id(task_id), task_id)):
+    # An older version's id in the header as a header delivers it (" a" as "a"), or its "=" form.
+    for prefix in dict.fromkeys(p for p in (_carried_id(task_id), task_id, *_older_header_forms(task_id)) if p):
         for kind in _RECORD_FIRST_KINDS:
             head = prefix + kind
             if message_id.startswith(head):
