@@ -48,11 +48,13 @@ _BATCH = 1000
 
 @dataclass(frozen=True)
 class Entry:
-    """A key's current value and revision."""
+    """A key's current value and revision; ``written_at``: when the server stored it (seconds
+    since the epoch, the server's clock), where the read returns it (``get_from_leader``), else None."""
 
     key: str
     value: bytes
     revision: int
+    written_at: float | None = None
 
 
 def _stream(kv: KeyValue) -> str:
@@ -97,7 +99,9 @@ async def get_from_leader(js: JetStreamContext, kv: KeyValue, key: str) -> Entry
         return None
     if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
         return None
-    return Entry(key, msg.data or b"", int(msg.seq or 0))
+    stored = getattr(msg, "time", None)
+    written_at = stored.timestamp() if hasattr(stored, "timestamp") else None
+    return Entry(key, msg.data or b"", int(msg.seq or 0), written_at)
 
 
 async def start_get(kv: KeyValue, key: str, *, timeout: float = 5.0) -> replies.Started:

@@ -242,6 +242,8 @@ class _Found:
     extra: dict[str, Any] = field(default_factory=dict)
     # ``record``'s JSON as read (None when not kept): a claim edits it (``_claimed_bytes``).
     raw: bytes | None = None
+    # When the server stored the record (seconds since the epoch), from a leader read; else None.
+    written_at: float | None = None
 
 
 LETTER_RESERVE_BYTES = 32 * 1024
@@ -371,7 +373,8 @@ class NatsTaskQueue(TaskQueue):
         """``entry`` of the task bucket (or None) as a ``_Found``."""
         if entry is None:
             return _Found(None)
-        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision)
+        return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision,
+                      written_at=entry.written_at)
 
     async def _ensure_consumer(self, node_type: str, priority: int) -> float:
         key = (node_type, priority)
@@ -1365,10 +1368,8 @@ class NatsTaskQueue(TaskQueue):
             if found.record.get("purged"):
                 return node_type, "purged"
             if found.record.get("state") == "queued" and not found.record.get("seq"):
-                if "requeued_at" not in found.record or not _requeue_died(found.record):
-                    # A requeue under way, or an older version's (no requeued_at: its age is
-                    # unknown, and a live one would publish after the purge answered True).
-                    return node_type, "unbound"
+                if not _requeue_died(found.record, found.written_at):
+                    return node_type, "unbound"  # a requeue under way
                 # Its requeue died before publishing: the letter is purged as the task's death it
                 # is (another requeue would finish it; a CAS decides which of the two does).
                 dead = await self._died_requeue_as_dead(task_id, found.record)
@@ -1458,7 +1459,8 @@ class NatsTaskQueue(TaskQueue):
             task = dead.task
             self._check_letter_fits(task, encode(task_to_dict(task)))
             found = await self._read_from_leader(task_id)  # not a lagging replica's record from before it went dead
-            if found.record is not None and not (found.record["state"] == "dead" or _requeue_died(found.record)):
+            if found.record is not None and not (found.record["state"] == "dead"
+                                                 or _requeue_died(found.record, found.written_at)):
                 return False
             if found.record is not None and found.record.get("purged"):
                 return False  # a purge came first (the letter this scan saw is being removed)
@@ -1735,11 +1737,15 @@ def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_resul
 _REQUEUE_TAKEOVER_SECONDS = 30.0
 
 
-def _requeue_died(record: Mapping[str, Any]) -> bool:
+def _requeue_died(record: Mapping[str, Any], written_at: float | None) -> bool:
     """Whether ``record`` is what a requeue that died before binding its message left (see
-    ``_REQUEUE_TAKEOVER_SECONDS``; a record without ``requeued_at`` is an older version's)."""
-    return (record.get("state") == "queued" and not record.get("seq")
-            and time.time() - float(record.get("requeued_at") or 0) > _REQUEUE_TAKEOVER_SECONDS)
+    ``_REQUEUE_TAKEOVER_SECONDS``), aged by its ``requeued_at``; a record an older version's
+    requeue wrote has none, and is aged by when the server stored it (``written_at``, from a
+    leader read; None: unknown, taken for a requeue under way)."""
+    if record.get("state") != "queued" or record.get("seq"):
+        return False
+    since = record.get("requeued_at", written_at)
+    return since is not None and time.time() - float(since) > _REQUEUE_TAKEOVER_SECONDS
 
 
 # The longest task id this queue keeps, as a key token (``token``: up to 12 bytes a character),

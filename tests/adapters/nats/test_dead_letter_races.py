@@ -240,3 +240,39 @@ def test_a_requeues_message_whose_record_expired_never_runs_and_an_enqueues_mess
     cancelled, letters, ran, again = run(scenario(), 60)
     assert cancelled and letters == [], (cancelled, letters)
     assert ran == [lookalike] and again == [], (ran, again)
+
+
+def test_a_requeue_record_without_requeued_at_is_aged_by_when_the_server_stored_it(nats_server: Any) -> None:
+    """An older version's requeue writes its record without ``requeued_at``. Such a record is
+    aged by the time the server stored it (a leader read returns it): just written, it is a
+    requeue under way, which neither a purge nor another requeue takes (both False, the
+    letter listed); older than the takeover time, it is a died one's (``_requeue_died``)."""
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import _REQUEUE_TAKEOVER_SECONDS, _new_record, _requeue_died
+    from distributed_agents.core.codec import encode
+
+    async def scenario() -> tuple[bool, bool, list[str], float | None]:
+        backend = await open_nats(nats_server.url, prefix=f"ov{uuid.uuid4().hex[:8]}")
+        queue = backend.task_queue
+        try:
+            await _dead(queue, "ov")
+            found = await queue._read_from_leader("ov")  # noqa: SLF001
+            assert await kv.cas(backend.connection.js, queue._tasks, token("ov"),  # noqa: SLF001
+                                encode(_new_record("ov", "alpha", 0, 1, seq=0)), last=found.revision)
+            written_at = (await queue._read_from_leader("ov")).written_at  # noqa: SLF001
+            purged = await queue.purge_dead_letter("ov")
+            requeued = await queue.requeue_dead_letter("ov")
+            return purged, requeued, [d.task_id for d in await queue.dead_letters("alpha")], written_at
+        finally:
+            await backend.close()
+
+    purged, requeued, letters, written_at = run(scenario(), 60)
+    assert (purged, requeued, letters) == (False, False, ["ov"]), (purged, requeued, letters)
+    assert written_at is not None and abs(time.time() - written_at) < 60, written_at
+    old = _new_record("ov", "alpha", 0, 1, seq=0)
+    long_ago = time.time() - _REQUEUE_TAKEOVER_SECONDS - 1
+    assert _requeue_died(old, long_ago) and not _requeue_died(old, time.time()) and not _requeue_died(old, None)
+    assert _requeue_died({**old, "requeued_at": long_ago}, None)
+    assert not _requeue_died({**old, "requeued_at": time.time()}, long_ago)  # its own time first
+    assert not _requeue_died({**old, "seq": 7}, long_ago) and not _requeue_died({**old, "state": "dead"}, long_ago)

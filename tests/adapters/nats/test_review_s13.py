@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -677,7 +678,8 @@ def test_a_purge_after_a_requeue_that_died_midway_leaves_the_task_recoverable_or
             await _make_dead(queue, " half")
             found = await queue._read_from_leader(" half")
             assert found.record is not None and found.record["state"] == "dead"
-            record = _new_record(" half", "alpha", 0, 1, seq=0)
+            # As a requeue of this version leaves it, dead for longer than the takeover time.
+            record = {**_new_record(" half", "alpha", 0, 1, seq=0), "requeued_at": time.time() - 31}
             assert await kv.cas(backend.connection.js, queue._tasks, token(" half"), encode(record),
                                 last=found.revision) is not None
             purged = await queue.purge_dead_letter(" half")
@@ -706,7 +708,8 @@ def test_a_requeue_that_died_midway_is_finished_by_the_next_requeue(nats_url: st
         try:
             await _make_dead(queue, " half")
             found = await queue._read_from_leader(" half")
-            record = _new_record(" half", "alpha", 0, 1, seq=0)
+            # As a requeue of this version leaves it, dead for longer than the takeover time.
+            record = {**_new_record(" half", "alpha", 0, 1, seq=0), "requeued_at": time.time() - 31}
             assert await kv.cas(backend.connection.js, queue._tasks, token(" half"), encode(record),
                                 last=found.revision) is not None
             requeued = await queue.requeue_dead_letter(" half")

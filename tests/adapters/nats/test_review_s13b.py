@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ async def _die_midway(backend: Any, task_id: str) -> None:
     queue = backend.task_queue
     found = await queue._read_from_leader(task_id)
     assert found.record is not None and found.record["state"] == "dead"
-    record = _new_record(task_id, "alpha", 0, 1, seq=0)
+    # As a requeue of this version leaves it, dead for longer than the takeover time.
+    record = {**_new_record(task_id, "alpha", 0, 1, seq=0), "requeued_at": time.time() - 31}
     assert await kv.cas(backend.connection.js, queue._tasks, token(task_id), encode(record),
                         last=found.revision) is not None
 
