@@ -225,9 +225,9 @@ def test_an_older_versions_died_requeue_message_of_a_cancelled_task_never_runs(n
 
 def test_a_cancel_of_a_delayed_task_during_its_move_never_runs_it(nats_url: str) -> None:
     """A delayed task's move (its record queued with seq 0, an ``/again/`` message published
-    after) with a cancel in between: the cancel answers True, no letter of the task (it has
-    none) or of another is touched, and the task never runs, also once the cancelled record
-    expired. Another dead task's letter (same node type) stays listed."""
+    after) of a task once dead and requeued, with a cancel in between: the cancel answers True,
+    another task's letter stays listed, and the ``/again/`` message, claimed once the cancelled
+    record expired, never runs the task."""
 
     async def scenario() -> tuple[Any, ...]:
         from distributed_agents.adapters.nats.task_queue import _carried_id, _id_headers
@@ -236,7 +236,7 @@ def test_a_cancel_of_a_delayed_task_during_its_move_never_runs_it(nats_url: str)
         queue = backend.task_queue
         try:
             await _make_dead(queue, "other")
-            # A letter of the task itself, left by an earlier death (it may be tried 5 times).
+            # Dead once (it may be tried 5 times), then requeued.
             assert await queue.enqueue(_task("mv", max_attempts=5))
             [first] = await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=5)
             assert not await queue.nack(first, "boom", final=True)
@@ -255,13 +255,12 @@ def test_a_cancel_of_a_delayed_task_during_its_move_never_runs_it(nats_url: str)
                 backend.connection.names.task_subject("alpha", 0), encode(task_to_dict(claim.task)),
                 headers=_id_headers("mv", f"{_carried_id('mv')}/again/{uuid.uuid4().hex}"))
             listed = await _letters(queue)
-            kept = await _drain(queue, wait=0.5)
-            await _wait_gone(queue, "mv")
-            return cancelled, listed, kept, await _drain(queue, wait=0.5)
+            await _wait_gone(queue, "mv")  # claimed only once the cancelled record expired
+            return cancelled, listed, await _drain(queue, wait=0.5)
         finally:
             await backend.close()
 
-    assert run(scenario(), 90) == (True, ["other"], [], [])
+    assert run(scenario(), 90) == (True, ["other"], [])
 
 
 # -- requeue, purge and cancel racing on one died requeue's letter ------------------------------------
@@ -436,6 +435,25 @@ def test_a_paused_requeue_whose_cancelled_record_expired_answers_as_the_cancel_s
             await backend.close()
 
     assert _paused_requeue(nats_url, "e", meanwhile) == ((True, []), True, [], [])
+
+
+def test_a_requeue_paused_past_the_takeover_time_answers_false_after_a_purge_whose_record_expired(
+        nats_url: str) -> None:
+    """A requeue paused past the takeover time (its record aged); a purge takes the letter
+    (True), and its purged record expires (result_ttl 1 s) before the requeue goes on. The
+    requeue finds no record: False (the purge came first); nothing runs, no letter is left."""
+
+    async def meanwhile(prefix: str) -> tuple[Any, ...]:
+        backend = await open_nats(nats_url, prefix=prefix, result_ttl=1.0)
+        try:
+            await _age(backend, " x", 31.0)
+            purged = await backend.task_queue.purge_dead_letter(" x")
+            await _wait_gone(backend.task_queue, " x")
+            return purged, await _letters(backend.task_queue)
+        finally:
+            await backend.close()
+
+    assert _paused_requeue(nats_url, " x", meanwhile) == ((True, []), False, [], [])
 
 
 def test_a_requeue_paused_past_the_takeover_time_answers_false_after_a_takeover_that_ran(nats_url: str) -> None:
