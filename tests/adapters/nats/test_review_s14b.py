@@ -1,8 +1,9 @@
 """Review of 305f737 (NATS dead letters: a requeue's or delayed task's message whose record is
 gone is acked away unrun; a requeue whose bind lost answers False unless a cancel took the
 record; a purge never takes an unbound record without ``requeued_at``; a cancel of a
-requeue's unbound record removes the task's letters), on real nats-servers (one, and the
-3-server cluster) and processes.
+requeue's unbound record removes the task's letters), and of its follow-ups 0e56eee and
+bdf29a4 (faults this module found), on real nats-servers (one, a restarted one, and the
+3-server cluster with a restarted follower) and processes.
 
 A requeue paused between its record write and its publish is a real process stopped there
 (SIGSTOP, as in test_review_s14), resumed after what the test does meanwhile. A requeue that
@@ -280,7 +281,7 @@ def _explainable(requeued: bool, purged: bool, cancelled: bool, ran: list[str]) 
             return [(True, "cancelled"), (False, state)]
         return [(True, "cancelled")] if state == "queued" else [(False, state)]
 
-    outcomes = set()
+    outcomes: set[tuple[bool, bool, bool, bool]] = set()
     for order in permutations("RPC"):
         paths: list[tuple[str, dict[str, bool]]] = [("died", {})]
         for call in order:
