@@ -78,6 +78,18 @@ class NatsCluster:
         else:
             raise RuntimeError(f"cluster route ports kept being taken: {self.route_ports}")
         self.wait_ready(timeout)
+        self.wait_placement(timeout)
+
+    def wait_placement(self, timeout: float = 60.0) -> None:
+        """Wait until the meta leader places a stream on every server: JetStream answers as soon
+        as a meta leader is elected, but until it has heard from each peer a stream of as many
+        replicas as servers is refused ("no suitable peers for placement")."""
+        give_up = time.monotonic() + timeout
+        while not run(_places_on_all(self.url, len(self.servers)), timeout=30):
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"cluster placed no {len(self.servers)}-replica stream within {timeout}s: "
+                                   f"{self.servers[0].log_tail()}")
+            time.sleep(0.2)
 
     def wait_ready(self, timeout: float = 60.0, servers: list[int] | None = None) -> None:
         """Wait until JetStream answers account-info requests through each listed server (all by default)."""
@@ -113,6 +125,30 @@ async def _jetstream_answers(url: str) -> bool:
         await nc.jetstream().account_info()
         return True
     except Exception:  # no meta leader yet: JetStream is not available
+        return False
+    finally:
+        await nc.close()
+
+
+async def _places_on_all(url: str, replicas: int) -> bool:
+    """Whether a probe stream of ``replicas`` replicas is created (then deleted) through ``url``."""
+    import uuid
+
+    import nats
+    from nats.js import api
+
+    try:
+        nc = await nats.connect(servers=servers_of(url), connect_timeout=2, allow_reconnect=False)
+    except Exception:
+        return False
+    name = f"PROBE_{uuid.uuid4().hex[:12]}"
+    try:
+        js = nc.jetstream()
+        await js.add_stream(api.StreamConfig(name=name, subjects=[f"probe.{name}"], num_replicas=replicas,
+                                             storage=api.StorageType.MEMORY))
+        await js.delete_stream(name)
+        return True
+    except Exception:  # "no suitable peers for placement", or no meta leader yet
         return False
     finally:
         await nc.close()
