@@ -21,7 +21,7 @@ import functools
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distributed_agents.adapters.nats import replies
@@ -54,7 +54,7 @@ class Entry:
     key: str
     value: bytes
     revision: int
-    written_at: float | None = None
+    written_at: float | None = field(default=None, compare=False)  # not part of what the entry is
 
 
 def _stream(kv: KeyValue) -> str:
