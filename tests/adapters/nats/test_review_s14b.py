@@ -536,7 +536,8 @@ def test_record_first_messages_run_after_a_server_restart() -> None:
     """A requeued task (bound), a requeue that died after publishing (its record unbound), a
     nacked task (its ``/again/`` message) and a delayed one (moved after the restart), ids a
     header carries and not; the server is SIGKILLed and started again on its store. A claimer
-    connecting at once runs each task once (their records are there: none is acked away)."""
+    connecting at once runs each task once (their records are there: none is acked away),
+    within the AckWait after which the server delivers what it no longer knows as settled."""
     from support.nats_server import NatsServer, require_nats_server
 
     server = NatsServer(require_nats_server())
@@ -545,7 +546,10 @@ def test_record_first_messages_run_after_a_server_restart() -> None:
     ids = ["rq", " rq", "died", "=died", "nk", " nk", "dl", "=dl"]
     try:
         async def before() -> None:
-            backend = await open_nats(server.url, prefix=prefix)
+            # A short AckWait: a SIGKILLed server may come back without the consumer's latest acks
+            # and naks (its state is flushed now and then), and then delivers those messages again
+            # only after AckWait (30 s by default).
+            backend = await open_nats(server.url, prefix=prefix, visibility_timeout=3.0)
             queue = backend.task_queue
             try:
                 for task_id in ids[:4]:
@@ -576,7 +580,8 @@ def test_record_first_messages_run_after_a_server_restart() -> None:
         server.restart(kill=True)
 
         async def after() -> tuple[list[str], list[str]]:
-            backend = await _retrying(lambda: open_nats(server.url + "?reconnect_wait=0.1", prefix=prefix))
+            backend = await _retrying(lambda: open_nats(server.url + "?reconnect_wait=0.1", prefix=prefix,
+                                                        visibility_timeout=3.0))
             queue = backend.task_queue
             try:
                 ran: list[str] = []
