@@ -57,26 +57,25 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
-def positive_int(text: str) -> int:
-    """An int of at least 1 (argparse type)."""
+def _whole(text: str, least: int) -> int:
+    """``text`` as an int of at least ``least`` (argparse type errors otherwise)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An int of at least 1 (argparse type)."""
+    return _whole(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An int of at least 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole(text, 0)
 
 
 def positive_float(text: str) -> float:

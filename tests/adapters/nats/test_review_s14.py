@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -580,26 +581,26 @@ def tree_before_requeued_at() -> Any:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _paused_requeue_and_purge(url: str, tree: Path | None, task_id: str, *, age: float) -> tuple[Any, ...]:
+def _paused_requeue(url: str, task_id: str, meanwhile: Callable[[str], Awaitable[Any]],
+                    tree: Path | None = None) -> tuple[Any, bool, list[str], list[str]]:
     """A requeue of dead ``task_id`` in another process (of ``tree``, or this version) stopped
-    between its record write and its publish; meanwhile its record is aged ``age`` seconds
-    (standing in for the pause lasting that long) and a purge runs; then the requeue goes on.
-    The purge's and the requeue's answers, what ran after, the letters left."""
-    prefix = _prefix("sr")
+    between its record write and its publish; ``meanwhile(prefix)`` runs; then the requeue goes
+    on. What ``meanwhile`` returned, the requeue's answer, what ran after, the letters left."""
+    prefix = _prefix("pq")
 
-    async def make() -> None:
+    async def setup() -> None:
         backend = await open_nats(url, prefix=prefix)
         try:
             await _make_dead(backend.task_queue, task_id)
         finally:
             await backend.close()
 
-    run(make(), 60)
-    env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None
+    run(setup(), 60)
     err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-c", STALLED_REQUEUE,
                              json.dumps({"url": url, "prefix": prefix, "id": task_id})],
-                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tempfile.gettempdir(), env=env)
+                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tempfile.gettempdir(),
+                            env={**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -610,22 +611,7 @@ def _paused_requeue_and_purge(url: str, tree: Path | None, task_id: str, *, age:
                 break
             time.sleep(0.05)
         assert _stopped(proc.pid)
-
-        async def purge_meanwhile() -> bool:
-            backend = await open_nats(url, prefix=prefix)
-            queue = backend.task_queue
-            try:
-                found = await queue._read_from_leader(task_id)  # noqa: SLF001
-                assert found.record is not None and found.record["state"] == "queued" and not found.record["seq"]
-                if age:
-                    aged = {**found.record, "requeued_at": found.record["requeued_at"] - age}
-                    assert await kv.cas(backend.connection.js, queue._tasks, token(task_id),  # noqa: SLF001
-                                        encode(aged), last=found.revision) is not None
-                return bool(await queue.purge_dead_letter(task_id))
-            finally:
-                await backend.close()
-
-        purged = run(purge_meanwhile(), 60)
+        seen = run(meanwhile(prefix), 60)
         os.kill(proc.pid, signal.SIGCONT)
         out, _ = proc.communicate(timeout=60)
         err.seek(0)
@@ -649,7 +635,36 @@ def _paused_requeue_and_purge(url: str, tree: Path | None, task_id: str, *, age:
             await backend.close()
 
     ran, letters = run(after(), 60)
-    return purged, requeued, ran, letters
+    return seen, requeued, ran, letters
+
+
+async def _age(backend: Any, task_id: str, age: float) -> None:
+    """Make the paused requeue's record ``age`` seconds older (standing in for the pause lasting that long)."""
+    queue = backend.task_queue
+    found = await queue._read_from_leader(task_id)  # noqa: SLF001
+    assert found.record is not None and found.record["state"] == "queued" and not found.record["seq"], found.record
+    aged = {**found.record, "requeued_at": found.record["requeued_at"] - age}
+    assert await kv.cas(backend.connection.js, queue._tasks, token(task_id), encode(aged),  # noqa: SLF001
+                        last=found.revision) is not None
+
+
+def _paused_requeue_and_purge(url: str, tree: Path | None, task_id: str, *, age: float) -> tuple[Any, ...]:
+    """``_paused_requeue`` with, meanwhile, its record aged ``age`` seconds (standing in for the
+    pause lasting that long; 0: not aged) and a purge: the purge's and the requeue's answers,
+    what ran after, the letters left."""
+
+    async def purge_meanwhile(prefix: str) -> bool:
+        backend = await open_nats(url, prefix=prefix)
+        try:
+            found = await backend.task_queue._read_from_leader(task_id)  # noqa: SLF001
+            assert found.record is not None and found.record["state"] == "queued" and not found.record["seq"]
+            if age:
+                await _age(backend, task_id, age)
+            return bool(await backend.task_queue.purge_dead_letter(task_id))
+        finally:
+            await backend.close()
+
+    return _paused_requeue(url, task_id, purge_meanwhile, tree)
 
 
 def test_a_requeue_paused_past_the_takeover_time_and_a_purge_are_not_both_true(nats_url: str) -> None:

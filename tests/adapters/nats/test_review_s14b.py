@@ -13,13 +13,6 @@ message, published with the headers the requeue gives it."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from itertools import permutations
@@ -37,14 +30,14 @@ from distributed_agents.core.ports.task_queue import task_to_dict
 from .conftest import open_nats
 from .test_review_s11b import _retrying
 from .test_review_s14 import (
-    STALLED_REQUEUE,
     _drain,
     _letters,
+    _age,
     _make_dead,
+    _paused_requeue,
     _prefix,
     _requeue_died,
     _requeue_message,
-    _stopped,
     _task,
     tree_before_requeued_at,  # noqa: F401 (a fixture)
 )
@@ -336,73 +329,6 @@ def test_racing_requeue_purge_and_cancel_of_a_died_requeues_letter_are_explainab
 
 
 # -- a requeue paused between its record write and its publish ---------------------------------------
-
-def _paused_requeue(url: str, task_id: str, meanwhile: Callable[[str], Awaitable[Any]],
-                    tree: Path | None = None) -> tuple[Any, bool, list[str], list[str]]:
-    """A requeue of dead ``task_id`` in another process (of ``tree``, or this version) stopped
-    between its record write and its publish; ``meanwhile(prefix)`` runs; then the requeue goes
-    on. What ``meanwhile`` returned, the requeue's answer, what ran after, the letters left."""
-    prefix = _prefix("pq")
-
-    async def setup() -> None:
-        backend = await open_nats(url, prefix=prefix)
-        try:
-            await _make_dead(backend.task_queue, task_id)
-        finally:
-            await backend.close()
-
-    run(setup(), 60)
-    err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_REQUEUE,
-                             json.dumps({"url": url, "prefix": prefix, "id": task_id})],
-                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tempfile.gettempdir(),
-                            env={**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        err.seek(0)
-        assert line == "STOPPING", (line, err.read()[-4000:])
-        for _ in range(200):
-            if _stopped(proc.pid):
-                break
-            time.sleep(0.05)
-        assert _stopped(proc.pid)
-        seen = run(meanwhile(prefix), 60)
-        os.kill(proc.pid, signal.SIGCONT)
-        out, _ = proc.communicate(timeout=60)
-        err.seek(0)
-        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-        assert lines, (proc.returncode, out[-1000:], err.read()[-4000:])
-        requeued = json.loads(lines[-1][7:])
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        err.close()
-
-    async def after() -> tuple[list[str], list[str]]:
-        backend = await open_nats(url, prefix=prefix)
-        try:
-            return await _drain(backend.task_queue, wait=1.0), await _letters(backend.task_queue)
-        finally:
-            await backend.close()
-
-    ran, letters = run(after(), 60)
-    return seen, requeued, ran, letters
-
-
-async def _age(backend: Any, task_id: str, age: float) -> None:
-    """Make the paused requeue's record ``age`` seconds older (standing in for the pause lasting that long)."""
-    queue = backend.task_queue
-    found = await queue._read_from_leader(task_id)  # noqa: SLF001
-    assert found.record is not None and found.record["state"] == "queued" and not found.record["seq"], found.record
-    aged = {**found.record, "requeued_at": found.record["requeued_at"] - age}
-    assert await kv.cas(backend.connection.js, queue._tasks, token(task_id), encode(aged),  # noqa: SLF001
-                        last=found.revision) is not None
-
 
 def test_a_paused_requeue_and_a_cancel_both_answer_true_and_the_task_never_runs(nats_url: str) -> None:
     """A cancel while a requeue is paused before its publish: True (it takes the requeue's
