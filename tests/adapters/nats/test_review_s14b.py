@@ -95,11 +95,14 @@ def test_lookalike_ids_run_through_requeue_delay_and_nack(where: str, request: p
         claims_of: dict[str, list[int]] = {task_id: [] for task_id in LOOKALIKES}
         try:
             for task_id in LOOKALIKES:
-                assert await one.task_queue.enqueue(_task(task_id, max_attempts=5)), task_id
+                # Not asserted True: an enqueue that timed out but landed answers False when retried.
+                await _retrying(lambda: one.task_queue.enqueue(_task(task_id, max_attempts=5)))
             for _ in range(20):
                 if all(claims_of.values()):
                     break
-                for claim in await two.task_queue.claim(["alpha"], worker_id="w", max_tasks=8, wait=0.5):
+                # The first claim makes the consumer: on a cluster it may wait for the consumer's leader.
+                for claim in await _retrying(lambda: two.task_queue.claim(["alpha"], worker_id="w", max_tasks=8,
+                                                                          wait=0.5)):
                     claims_of[claim.task.id].append(claim.attempt)
                     assert not await two.task_queue.nack(claim, "first", final=True)
             assert sorted(await _letters(one.task_queue)) == sorted(LOOKALIKES)
@@ -571,8 +574,10 @@ def test_record_first_messages_claimed_through_a_restarted_lagging_replica_run(n
         killed: list[int] = []
         claimer = None
         try:
-            await queue.enqueue(_task("warm"))  # the streams exist before the follower goes
-            [warm] = await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=5)
+            # The streams exist (and their consumers have leaders) before the follower goes; on a
+            # loaded machine a new 3-replica consumer can take over 5 s to elect one.
+            await _retrying(lambda: queue.enqueue(_task("warm")))
+            [warm] = await _retrying(lambda: queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=5))
             await queue.ack(warm, {})
             leader, _ = await stream_leader(cluster.url, f"KV_{holder.connection.names.task_bucket}")
             follower = next(i for i in range(3) if f"n{i}" != leader)
