@@ -549,9 +549,12 @@ async def _settled(queue: Any) -> None:
             assert await queue.requeue_dead_letter(probe)
             [claim] = await queue.claim([probe], worker_id="p", max_tasks=1, wait=5)
             await queue.ack(claim, {})
-            # The probe's consumer is new; the test's own ("alpha") may have been led by the
-            # killed server: a claim through it answers once it has a leader again.
-            await _retrying(lambda: queue.claim(["alpha"], worker_id="p", max_tasks=1, wait=0))
+            # The probe's consumer is new; the test's own ("alpha", priority 0) may have been led
+            # by the killed server, and its election takes seconds (a claim's consumer-info
+            # request timed out in CI): until it answers again.
+            names = queue._conn.names  # noqa: SLF001
+            await _retrying(lambda: queue._conn.js.consumer_info(  # noqa: SLF001
+                names.task_stream, names.task_consumer("alpha", 0), timeout=2))
             return
         except Exception as exc:  # an election under way: a fresh probe
             last = exc
