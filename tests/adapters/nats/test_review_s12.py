@@ -33,7 +33,7 @@ from distributed_agents.adapters.nats.task_queue import _new_record
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
-from .conftest import open_nats
+from .conftest import open_nats, settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -482,11 +482,14 @@ def test_on_a_cluster_cancelled_queued_tasks_leave_nothing_queued_and_the_rest_r
         producer = await open_nats(cluster.server(0).url + "?replicas=3", prefix=prefix)
         claimer = await open_nats(cluster.server(1).url + "?replicas=3", prefix=prefix)
         try:
+            # Streams and a consumer just made on a cluster: until their leaders answer.
+            await settle(producer)
+            await settle(claimer)
             ids = [f"c{i}" for i in range(12)]
             assert await producer.task_queue.enqueue_many([_task(i) for i in ids]) == [True] * 12
             cancelled = [await producer.task_queue.cancel(i) for i in ids[::2]]
             stats = await producer.task_queue.stats("alpha")
-            ran = await _drain(claimer, ["alpha"], max_tasks=4)
+            ran = await _drain(claimer, ["alpha"], max_tasks=4, wait=2.0)
             info = await producer.connection.js.stream_info(producer.connection.names.task_stream)
             return cancelled, stats, ran, int(info.state.messages)
         finally:

@@ -33,7 +33,7 @@ from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
-from .conftest import open_nats
+from .conftest import open_nats, settle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -605,6 +605,7 @@ def test_a_requeue_and_a_purge_in_two_processes_agree(where: str, request: pytes
     async def make() -> None:
         backend = await open_nats(url, prefix=prefix)
         try:
+            await settle(backend)  # on the cluster: the streams and consumer just made answer
             for task_id in ids:
                 await _make_dead(backend.task_queue, task_id)
         finally:

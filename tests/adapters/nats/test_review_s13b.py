@@ -29,7 +29,7 @@ from distributed_agents.core.codec import encode
 from distributed_agents.core.errors import PayloadTooLargeError
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
-from .conftest import open_nats
+from .conftest import open_nats, settle
 from .test_review_s13 import _drain, _make_dead, _prefix, _racing_purges, _task
 from .test_review_s13 import old_tree, previous_tree  # noqa: F401 - fixtures
 
@@ -256,6 +256,8 @@ async def _nats_racing_requeues(urls: list[str]) -> tuple[list[list[bool]], list
     prefix = _prefix("nq")
     backends = [await open_nats(url, prefix=prefix) for url in urls]
     try:
+        for backend in backends:  # on the cluster: the streams and consumer just made answer through each
+            await settle(backend)
         return await _racing_requeues(*backends, rounds=len(IDS))
     finally:
         for backend in backends:
@@ -293,6 +295,8 @@ def test_two_racing_purges_of_one_letter_answer_true_once_on_a_cluster(nats_clus
         one = await open_nats(nats_cluster.server(0).url + "?replicas=3", prefix=prefix)
         two = await open_nats(nats_cluster.server(1).url + "?replicas=3", prefix=prefix)
         try:
+            await settle(one)  # the streams and consumer just made answer through each
+            await settle(two)
             return await _racing_purges(one, two, 10)
         finally:
             await one.close()

@@ -35,7 +35,7 @@ from distributed_agents.adapters.nats.naming import token
 from distributed_agents.core.codec import encode
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
-from .conftest import open_nats
+from .conftest import open_nats, settle
 from .test_review_s13 import PROCESS_RACE
 
 pytestmark = pytest.mark.timeout(120)
@@ -155,6 +155,7 @@ def _died_letters_in_two_processes(url: str, other: str,
     async def make() -> None:
         backend = await open_nats(url, prefix=prefix)
         try:
+            await settle(backend)  # on the cluster: the streams and consumer just made answer
             for task_id in ids:
                 await _make_dead(backend.task_queue, task_id)
                 await _requeue_died(backend, task_id)
@@ -243,6 +244,8 @@ def test_racing_purges_through_different_cluster_servers_answer_true_once(nats_c
         writer, one, two = backends
         outcomes = []
         try:
+            for backend in backends:  # the streams and consumer just made answer through each
+                await settle(backend)
             for round_ in range(6):
                 task_id = f"{AWKWARD[round_ % 3]}c{round_}"
                 await _make_dead(writer.task_queue, task_id)
