@@ -1,7 +1,7 @@
 """``Worker``: serves node tasks from a backend's queue.
 
-A worker claims tasks of the node types it serves (never more than ``capacity`` at
-once), runs each node with its timeout while extending the task's lease, acks the
+A worker claims tasks of the node types it serves, runs each node with its timeout
+while extending the task's lease (never more than ``capacity`` nodes at once), acks the
 updates, and nacks failures with the delay the node's retry policy asks for (or
 dead-letters them when the policy gives up). It heartbeats into the worker registry,
 cancels running tasks of workflows that get cancelled, and on ``stop()`` drains:
@@ -18,6 +18,13 @@ slot until it returns (it is told through ``NodeContext.cancelled``). The worker
 registry entry shows its slots in ``metadata`` (``slot_usage()``: ``in_flight``,
 ``busy_abandoned``), refreshed at each heartbeat and at once when an abandoned thread
 starts or ends.
+
+Slots. A task takes a slot from its claim until its node has finished; while its result
+is being settled (the ack, or a nack, on its way to the backend) it keeps its lease but
+leaves its slot to the next claim, so the backend's work on one batch's acks overlaps
+the claim and the nodes of the next (Celery's prefetch, bounded). At most ``capacity``
+settling tasks are counted so: a worker holds at most ``2 * capacity`` leases, and one
+whose acks stall (a backend outage) stops claiming once that many are waiting.
 """
 
 from __future__ import annotations
@@ -160,7 +167,8 @@ class Worker:
     """Serves node tasks of ``node_types`` from ``backend`` (default ``memory://``).
 
     ``node_types`` defaults to every type with a registered function; each listed
-    type must have one by ``start()``. ``capacity`` bounds concurrent tasks.
+    type must have one by ``start()``. ``capacity`` bounds the nodes running at once
+    (a task settling its result leaves its slot: see the module docstring, "Slots").
     ``heartbeat_interval`` paces registry heartbeats (at most half the registry's
     ``heartbeat_ttl``, else ``ConfigurationError``); ``shutdown_grace`` is how long
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
@@ -233,6 +241,8 @@ class Worker:
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
+        # Set when a task starts settling (its slot freed): wakes a claim loop waiting for a slot.
+        self._slot_freed: asyncio.Event | None = None  # created on the serving loop
         self._unstarted: set[asyncio.Task[Any]] = set()  # node tasks made, first step not taken yet
         self._lease_watch = _LeaseWatch()  # lease keepers of running nodes not extending yet
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
@@ -309,6 +319,7 @@ class Worker:
         self._check_heartbeat(backend.worker_registry.heartbeat_ttl)
         self._serving = True
         self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._beat_now = asyncio.Event()
         info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid(),
@@ -429,16 +440,23 @@ class Worker:
             await self._stopped.wait()
 
     async def _claim_loop(self, types: frozenset[str]) -> None:
-        assert self._stopping is not None
+        assert self._stopping is not None and self._slot_freed is not None
+        freed_slot = self._slot_freed
         queue = self.backend.task_queue
         loop = asyncio.get_running_loop()
         backoff = 0.1
         while not self._stopping.is_set():
-            free = self.capacity - len(self._running) - len(self._abandoned)
+            # A task settling (its node done, its ack on its way) leaves its slot: the next
+            # claim overlaps the backend's work on the acks. At most ``capacity`` of them.
+            settling = min(len(self._settling), self.capacity)
+            free = self.capacity - (len(self._running) - settling) - len(self._abandoned)
             if free <= 0:
                 stopping = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait([*self._running, *self._abandoned, stopping], return_when=asyncio.FIRST_COMPLETED)
+                freed_slot.clear()
+                freed = asyncio.ensure_future(freed_slot.wait())
+                await asyncio.wait([*self._running, *self._abandoned, stopping, freed], return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
+                freed.cancel()
                 continue
             try:
                 claims = await queue.claim(types, worker_id=self.worker_id, max_tasks=free,
@@ -486,7 +504,8 @@ class Worker:
     def slot_usage(self) -> dict[str, int]:
         """What the worker's capacity slots hold, as published in its registry ``metadata``.
 
-        ``in_flight``: tasks running now; ``busy_abandoned``: threads of cancelled
+        ``in_flight``: tasks it holds now, running or settling their result (up to
+        ``2 * capacity``: see the module docstring, "Slots"); ``busy_abandoned``: threads of cancelled
         plain-function nodes that have not returned (each still takes a slot, though
         its task is settled and no queue counts it).
         """
@@ -760,6 +779,8 @@ class Worker:
         task = asyncio.current_task()
         if task is not None:
             self._settling.add(task)
+            if self._slot_freed is not None:
+                self._slot_freed.set()
         try:
             # The first attempt made here: no retry coroutine per task while the backend answers.
             try:

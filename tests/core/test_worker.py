@@ -211,6 +211,61 @@ def test_an_ack_under_way_is_not_interrupted_by_its_workflows_cancel_or_by_stop(
     assert (worker.stats.succeeded, worker.stats.released) == (1, 0)
 
 
+def test_tasks_settling_their_result_leave_their_slots_to_the_next_claim() -> None:
+    """``capacity`` bounds the nodes running at once, not the acks on their way: with capacity 2
+    and every ack held back, the worker runs 4 tasks (2 settling, then 2 more), never more than
+    2 nodes at once, and claims no fifth (at most ``capacity`` settling tasks leave their
+    slots) until the acks go through; then all 6 finish."""
+    running = {"now": 0, "peak": 0}
+    ran: list[int] = []
+
+    async def node(state: State) -> dict[str, Any]:
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        await asyncio.sleep(0.01)
+        running["now"] -= 1
+        ran.append(state["i"])
+        return {"done": state["i"]}
+
+    worker = Worker(capacity=2, poll_wait=0.05)
+    worker.register_node("work", node)
+    queue = worker.backend.task_queue
+    held: list[str] = []
+    gate = asyncio.Event()
+    passing = queue.ack
+
+    async def gated(claim: Any, output: Any) -> None:
+        held.append(claim.task.id)
+        await gate.wait()
+        await passing(claim, output)
+
+    queue.ack = gated  # type: ignore[method-assign]
+
+    async def body() -> tuple[Any, ...]:
+        ids = [f"slot-{i}" for i in range(6)]
+        for i, task_id in enumerate(ids):
+            assert await queue.enqueue(Task(task_id, "wf-slots", "work", "work", {"state": {"i": i}}))
+        for _ in range(500):  # (a worker that keeps the slots of settling tasks stops at 2)
+            if len(held) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # six claim waits: a fifth task would have been claimed by now
+        during = (sorted(ran), len(held), (await queue.stats("work")).queued, worker.slot_usage()["in_flight"])
+        gate.set()
+        results: dict[str, Any] = {}
+        for _ in range(50):  # (wait_results answers with what has finished so far)
+            if len(results) == len(ids):
+                break
+            results.update(await queue.wait_results([i for i in ids if i not in results], timeout=10))
+        return during, sorted(result.status for result in results.values())
+
+    during, statuses = run(with_worker(worker, body))
+    assert during == ([0, 1, 2, 3], 4, 2, 4)
+    assert statuses == ["succeeded"] * 6
+    assert running["peak"] == 2
+    assert worker.stats.succeeded == 6
+
+
 def test_nodes_longer_than_their_lease_keep_it_and_quick_ones_leave_no_timer() -> None:
     """Leases are extended through the worker's one lease watch: a node running for several
     leases keeps its task (one run, attempt 1); quick nodes leave nothing on the watch."""
