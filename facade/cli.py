@@ -252,8 +252,9 @@ NODE_TYPES = Option("--node-types", ("NODE_TYPES",), _node_types,
                     default_text="every node type --app has a function for", metavar="TYPES")
 WORKER_ID = Option("--worker-id", ("WORKER_ID",), _text, "unique name of this worker", "worker-1",
                    default_text="worker-HOST-PID-RANDOM", metavar="ID")
-CAPACITY = Option("--capacity", ("CAPACITY",), _positive_int, "tasks run at the same time", "4", default=1,
-                  metavar="N")
+CAPACITY = Option("--capacity", ("CAPACITY",), _positive_int,
+                  "nodes run at the same time (a task whose result is on its way to the backend leaves its slot)",
+                  "4", default=1, metavar="N")
 HEARTBEAT_INTERVAL = Option("--heartbeat-interval", ("HEARTBEAT_INTERVAL",), _seconds(0.0, strict=True),
                             "seconds between liveness heartbeats", "10", default=10.0, metavar="SECONDS")
 SHUTDOWN_GRACE = Option("--shutdown-grace", ("SHUTDOWN_GRACE",), _seconds(0.0, strict=False),
@@ -435,7 +436,8 @@ def _parser() -> Parser:
 
     workers = command("workers", "list live workers: node types, capacity and busy slots",
                       "Print one JSON object per live worker (heartbeat within the backend's heartbeat_ttl), "
-                      "sorted by id: worker_id, node_types, capacity, in_flight (tasks running), busy_abandoned "
+                      "sorted by id: worker_id, node_types, capacity, in_flight (tasks held: running, or their "
+                      "result on its way), busy_abandoned "
                       "(threads of cancelled plain-function nodes still running; each keeps a slot taken), host, "
                       "pid, heartbeat_age (seconds since its last heartbeat; slot counts are as of then).")
     for option in BACKEND_OPTIONS:
