@@ -84,6 +84,7 @@ from support.redis_server import RedisServer
 
 from distributed_agents import Command, Orchestrator
 from distributed_agents.core.engine import node_task_id
+from distributed_agents.core.errors import BackendUnavailableError
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.plugins import open_backend
 
@@ -518,7 +519,15 @@ def test_workflows_survive_killed_workers_killed_orchestrator_and_backend_restar
         settle = time.monotonic() + 15
         while True:
             # One read per record and checkpoint list: a soak's 1,000 on a loaded cluster take minutes.
-            snap = run(snapshot(server.url, prefix, ids), timeout=30 + len(ids) * 0.5)
+            try:
+                snap = run(snapshot(server.url, prefix, ids), timeout=30 + len(ids) * 0.5)
+            except BackendUnavailableError:
+                # A server restarted (or a cluster node killed) shortly before: its streams' leaders
+                # may still be elected. Read again until the settle time is out.
+                if time.monotonic() > settle + 60:
+                    raise
+                time.sleep(1.0)
+                continue
             busy = {t: s for t, s in snap["stats"].items() if s.queued or s.in_flight}
             if not busy or time.monotonic() > settle:
                 break
