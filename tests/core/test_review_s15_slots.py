@@ -473,3 +473,45 @@ def test_a_workflow_cancel_while_acks_wait_leaves_them_alone_and_cancels_only_ru
     cancelled, got, succeeded = run(body(), timeout=50)
     assert cancelled == ["c-2", "c-3"]
     assert got["c-0"] == got["c-1"] == "succeeded" and succeeded == 2
+
+
+def test_stop_wakes_a_claim_loop_waiting_for_a_slot_while_every_task_is_stuck() -> None:
+    """Capacity 1: the first task's ack is held, the second's node blocks: the claim loop waits
+    for a slot that nothing frees. stop() must end that wait by itself (the loop stops claiming,
+    stop_claiming is called) before any ack lands; then everything drains."""
+
+    async def body() -> tuple[bool, list[str], int, int]:
+        worker = Worker(capacity=1, poll_wait=0.05)
+        leases = Leases(worker)
+        started: list[str] = []
+        stopped_claiming: list[str] = []
+        stop_claiming = leases.queue.stop_claiming
+
+        async def recorded(worker_id: str) -> Any:
+            stopped_claiming.append(worker_id)
+            return await stop_claiming(worker_id)
+
+        leases.queue.stop_claiming = recorded  # type: ignore[method-assign]
+
+        async def node(state: State, context: NodeContext) -> dict[str, Any]:
+            started.append(context.idempotency_key)
+            if context.idempotency_key == "k-1":
+                await asyncio.sleep(30)
+            return {}
+
+        worker.register_node("work", node)
+        task = await serving(worker)
+        await enqueue(worker, ["k-0", "k-1", "k-2"])
+        leases.gate.clear()
+        assert await until(lambda: started == ["k-0", "k-1"] and leases.waiting_settles == 1)
+        await asyncio.sleep(0.2)  # the claim loop waits for a slot
+        stopping = asyncio.ensure_future(worker.stop(grace=0.2))
+        woke = await until(lambda: bool(stopped_claiming), bound=10.0)
+        leases.gate.set()
+        await asyncio.wait_for(stopping, 30)
+        await task
+        return woke, started, worker.stats.succeeded, worker.stats.released
+
+    woke, started, succeeded, released = run(body(), timeout=50)
+    assert woke
+    assert started == ["k-0", "k-1"] and (succeeded, released) == (1, 1)
