@@ -678,7 +678,7 @@ class Worker:
             # meanwhile (as for the settling call itself, see _settle).
             current = asyncio.current_task()
             if current is not None:
-                self._settling.add(current)
+                self._start_settling(current)
             try:
                 await self._stream.wait_published(streamed, timeout=STREAM_FLUSH_TIMEOUT)
             finally:
@@ -778,9 +778,7 @@ class Worker:
         """
         task = asyncio.current_task()
         if task is not None:
-            self._settling.add(task)
-            if self._slot_freed is not None:
-                self._slot_freed.set()
+            self._start_settling(task)
         try:
             # The first attempt made here: no retry coroutine per task while the backend answers.
             try:
@@ -814,6 +812,14 @@ class Worker:
             if task is not None:
                 self._settling.discard(task)
         return False
+
+    def _start_settling(self, task: asyncio.Task[Any]) -> None:
+        """``task``'s node is done and its result on its way: cancellations leave it alone
+        (``_settling``), and its slot is free for the next claim, whose loop is woken if it
+        waits for one (module docstring, "Slots")."""
+        self._settling.add(task)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
 
     def _until_settled(self, operation: Callable[[], Awaitable[Any]], claim: ClaimedTask) -> Awaitable[Any]:
         return until_available(operation, what=f"settle task {claim.task.id}", outage=self._outage,

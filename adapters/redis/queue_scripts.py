@@ -667,29 +667,35 @@ return deadline
 ACK = _script(r"""
 -- ARGV: 4 id, 5 lease id, 6 op id, 7 result JSON; optionally 8 the acking worker's parked
 --       registration (claimer id), 9 ms since that claimer last claimed (0: claiming now),
---       10 how long a registration lasts after its claimer's last claim (ms).
+--       10 how long a registration lasts after its claimer's last claim (ms), 11 the most
+--       tasks the claim using it takes (its room never grows past that; absent: no bound).
 -- Returns 1, or -1 if the lease is lost; 2 when it also gave the registration the task's
--- slot back, 3 when it also made the registration last 10 ms after the claimer's last claim.
+-- slot back, 3 when it also made the registration last 10 ms after the claimer's last claim,
+-- 4 when it did that but the registration's room was full already (no slot given back).
 local id, lease, op = ARGV[4], ARGV[5], ARGV[6]
 
 -- The worker's slot is free again: its parked registration, while live, may be handed one
--- more task (room + 1), and lasts ARGV[10] ms after the claimer's last claim (renewed when
--- less than half of that is left): under steady traffic a parked worker never registers
--- again (no claim script, no second wait), and one that stopped claiming still runs out.
-local function top_up(c, now, age, park_ms)
+-- more task (room + 1, up to what its claim takes: a worker may count a task's slot free
+-- before its ack, core.worker "Slots"), and lasts ARGV[10] ms after the claimer's last claim
+-- (renewed when less than half of that is left): under steady traffic a parked worker never
+-- registers again (no claim script, no second wait), and one that stopped claiming still runs out.
+local function top_up(c, now, age, park_ms, cap)
   local h = k_park(c)
-  local f = redis.call('HMGET', h, 'u', 'ty')
+  local f = redis.call('HMGET', h, 'u', 'ty', 'm')
   local u = tonumber(f[1])
   if not u or u <= now + PARK_MARGIN then return 1 end  -- gone, or taken off its idle lists
-  redis.call('HINCRBY', h, 'm', 1)
+  local grew = not cap or (tonumber(f[3]) or 0) < cap
+  if grew then redis.call('HINCRBY', h, 'm', 1) end
   local ends = now - age + park_ms
   if u - now < park_ms / 2 and ends > u then
     redis.call('HSET', h, 'u', ends)
     redis.call('PEXPIRE', h, ends - now + 1000)
     for _, t in ipairs(cjson.decode(f[2])) do redis.call('PEXPIRE', k_idle(t), ends - now + 60000) end
-    return 3
+    if grew then return 3 end
+    return 4
   end
-  return 2
+  if grew then return 2 end
+  return 1
 end
 local now = now_ms()
 local state, t, attempt = check_held(id, lease, op, now)
@@ -705,7 +711,7 @@ redis.call('PEXPIRE', h, RESULT_TTL)
 -- delivery is attempt 2 or later; a requeue deletes them).
 if attempt ~= '1' then redis.call('DEL', k_errors(id)) end
 store_result(id, ARGV[7])
-if ARGV[8] and ARGV[8] ~= '' then return top_up(ARGV[8], now, tonumber(ARGV[9]), tonumber(ARGV[10])) end
+if ARGV[8] and ARGV[8] ~= '' then return top_up(ARGV[8], now, tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])) end
 return 1
 """)
 

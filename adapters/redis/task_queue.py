@@ -94,7 +94,9 @@ list, in one reply): wake-up and claim are one round
 trip, and the enqueue pushes no token for them. A registration keeps its room left
 (it stays parked) and lasts ``min(poll_cap, 5 s)`` (plus 0.2 s); the next claim of the same types,
 worker and lease length reuses it and blocks at once. The ack of a task of the same
-worker id gives its live registration the task's slot back (room + 1) and, when less than
+worker id gives its live registration the task's slot back (room + 1, never past the max
+tasks of the claim using it: a worker counts a settling task's slot free before its ack,
+``core.worker`` "Slots", and its claim asked for that slot already) and, when less than
 half of it is left, makes it last that long after the claimer's last claim call (now, if
 one is waiting): under steady traffic a worker registers once, instead of again after
 every ``max_tasks`` tasks and every second (a claim script, and a second wait, in the path
@@ -385,6 +387,7 @@ class RedisTaskQueue(TaskQueue):
         park = spare.pop() if spare else (_Park(uuid.uuid4().hex) if wait > 0 else None)
         if park is not None:
             park.claiming = True
+            park.cap = max_tasks
             self._park_of[worker_id] = park
         park_ms = _ms(self._park_seconds())
         closes = self._closes
@@ -581,15 +584,16 @@ class RedisTaskQueue(TaskQueue):
             sent = _loop_time()()
             if park.live(sent):
                 generation, age = park.generation, 0.0 if park.claiming else max(0.0, sent - park.claimed_at)
-                args += [park.id, round(age * 1000), _ms(self._park_seconds())]
+                args += [park.id, round(age * 1000), _ms(self._park_seconds()), park.cap]
             else:
                 park = None
         outcome = int(await self._run("ack", args, f"ack task {claim.task.id!r}", now=True))
         if outcome < 0:
             raise self._lost(claim)
         if outcome > 1 and park is not None and park.generation == generation:
-            park.room += 1
-            if outcome == 3:
+            if outcome in (2, 3):
+                park.room += 1
+            if outcome in (3, 4):
                 park.until = max(park.until, sent - age + self._park_seconds() - _PARK_MARGIN)
         if self._early.expecting(claim.task.id):  # known stored now, whatever its event does
             self._early.on_event(f"{claim.task.id}\n{raw.decode('utf-8')}")
@@ -803,12 +807,16 @@ class _Oversized(ValueError):
 class _Park:
     """One parked claimer registration: its id and until when (loop time) it is live."""
 
-    __slots__ = ("id", "until", "next_at", "room", "claiming", "claimed_at", "generation")
+    __slots__ = ("id", "until", "next_at", "room", "cap", "claiming", "claimed_at", "generation")
 
     def __init__(self, park_id: str) -> None:
         self.id = park_id
         self.until = 0.0  # loop time; 0: not registered
         self.room = 0  # tasks it may still be handed
+        # The most tasks the claim call using it (or that used it last) takes: an ack gives
+        # the registration a slot back only up to that (the caller may count a task's slot
+        # free before its ack: core.worker "Slots").
+        self.cap = 0
         self.next_at = -1.0  # loop time of the next delayed release or lease expiry it was told; -1: none
         self.claiming = False  # a claim call is using it now
         self.claimed_at = 0.0  # loop time the last claim call using it returned
