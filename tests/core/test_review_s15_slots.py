@@ -5,7 +5,8 @@ never more than ``capacity`` node functions at once (async, plain functions in t
 abandoned threads, streaming nodes, nodes that raise and are retried), never more than
 ``2 * capacity`` claimed-and-unsettled tasks (also while acks fail as an outage would make
 them, and across stop()/start()), stop() drains, a cancel during settling leaves the ack
-alone, and the claim loop wakes when a slot frees (no lost wake-up). Real servers:
+alone, and the claim loop wakes when a slot frees (no lost wake-up; a streaming task's
+wait for its chunks did not wake it: found here, fixed in d51b0b2). Real servers:
 ``tests/distributed/test_review_s15_slots.py``.
 """
 
@@ -320,19 +321,19 @@ def test_a_claim_loop_waiting_for_a_slot_wakes_when_a_task_starts_settling() -> 
     assert run(body(), timeout=50) == ["w-0", "w-1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review s15 fault: a streaming node's task in the streaming wait before its ack is in _settling "
-    "(so counted as a freed slot) but _slot_freed is not set: a claim loop waiting for a slot is not "
-    "woken until the chunks are published or STREAM_FLUSH_TIMEOUT passes and the ack starts"))
 def test_a_claim_loop_waiting_for_a_slot_wakes_when_a_streaming_task_waits_for_its_chunks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Capacity 1: a node streams a chunk and ends; the bus holds its publishing back. Its task
     waits for the chunk before its ack (the "streaming wait" that the Slots change counts as
-    settling), so its slot is free: the next task must be claimed and run meanwhile."""
+    settling), so its slot is free: the next task must be claimed and run meanwhile, before
+    the first one's ack is even sent. (Fault found in review on aebc12b, fixed in d51b0b2: the
+    wait did not set _slot_freed, so the claim loop slept until the chunks went out, up to
+    STREAM_FLUSH_TIMEOUT with a slow bus.)"""
     monkeypatch.setattr(worker_module, "STREAM_FLUSH_TIMEOUT", 60.0)
 
-    async def body() -> tuple[bool, list[str]]:
+    async def body() -> tuple[bool, dict[str, Any]]:
         worker = Worker(capacity=1, poll_wait=0.05)
+        leases = Leases(worker)
         started: list[str] = []
         first_may_end = asyncio.Event()
         bus_open = asyncio.Event()
@@ -356,13 +357,26 @@ def test_a_claim_loop_waiting_for_a_slot_wakes_when_a_streaming_task_waits_for_i
         # A subscriber, so the in-process bus publishes the chunk at all.
         sub = await bus.subscribe("stream.>")
         task = await serving(worker)
+        assert worker._slot_freed is not None
+        freed = worker._slot_freed
+        event_wait = freed.wait
+        waits: list[int] = []
+
+        async def counted_wait() -> Any:  # the claim loop waiting for a slot
+            waits.append(len(started))
+            return await event_wait()
+
+        freed.wait = counted_wait  # type: ignore[method-assign]
         try:
             await enqueue(worker, ["st-0", "st-1"])
-            assert await until(lambda: started == ["st-0"])
-            await asyncio.sleep(0.2)  # the claim loop waits for the slot now
+            # The claim loop waits for a slot, with st-0 running.
+            assert await until(lambda: started == ["st-0"] and bool(waits) and waits[-1] == 1)
             first_may_end.set()
-            await until(lambda: worker._settling != set())
+            # st-0 is in its streaming wait: settling, its ack not sent.
+            assert await until(lambda: bool(worker._settling))
             woke = await until(lambda: "st-1" in started, bound=10.0)
+            state = {"started": list(started), "settled": list(leases.settled), "waits": list(waits)}
+            woke = woke and "st-0" not in {task_id for _, task_id in leases.settled}  # before st-0's ack
             bus_open.set()
             await results(worker, ["st-0", "st-1"])
         finally:
@@ -371,10 +385,10 @@ def test_a_claim_loop_waiting_for_a_slot_wakes_when_a_streaming_task_waits_for_i
             await worker.stop(grace=2)
             await task
             await sub.close()
-        return woke, started
+        return woke, state
 
-    woke, started = run(body(), timeout=50)
-    assert woke, started
+    woke, state = run(body(), timeout=50)
+    assert woke, state
 
 
 def test_stop_waits_for_the_slot_waiting_claim_loop_drains_and_gives_back_the_rest() -> None:
@@ -515,3 +529,51 @@ def test_stop_wakes_a_claim_loop_waiting_for_a_slot_while_every_task_is_stuck() 
     woke, started, succeeded, released = run(body(), timeout=50)
     assert woke
     assert started == ["k-0", "k-1"] and (succeeded, released) == (1, 1)
+
+
+def test_the_registry_and_the_workers_listing_count_settling_tasks_in_flight() -> None:
+    """Capacity 2, acks held: 2 tasks settle and 2 nodes run blocked. slot_usage(), the registry's
+    metadata (at the next heartbeat) and the `workers` listing's JSON say in_flight 4 (twice
+    capacity, as the README and --help say), busy_abandoned 0, capacity 2."""
+    from distributed_agents.operations import worker_json
+
+    async def body() -> tuple[dict[str, int], dict[str, Any]]:
+        worker = Worker(capacity=2, poll_wait=0.05, heartbeat_interval=0.05)
+        leases = Leases(worker)
+        started: list[str] = []
+        block = asyncio.Event()
+
+        async def node(state: State, context: NodeContext) -> dict[str, Any]:
+            started.append(context.idempotency_key)
+            if len(started) > 2:
+                await block.wait()
+            return {}
+
+        worker.register_node("work", node)
+        leases.gate.clear()
+        task = await serving(worker)
+        try:
+            await enqueue(worker, [f"r-{i}" for i in range(5)])
+            assert await until(lambda: len(started) == 4 and leases.waiting_settles == 2)
+            usage = worker.slot_usage()
+            listed: list[Any] = []
+
+            async def published() -> bool:
+                listed[:] = await worker.backend.worker_registry.list_workers()
+                return bool(listed) and listed[0].metadata.get("in_flight") == 4
+
+            for _ in range(500):
+                if await published():
+                    break
+                await asyncio.sleep(0.01)
+            row = worker_json(listed[0])
+        finally:
+            leases.gate.set()
+            block.set()
+            await worker.stop(grace=2)
+            await task
+        return usage, row
+
+    usage, row = run(body(), timeout=50)
+    assert usage == {"in_flight": 4, "busy_abandoned": 0}
+    assert (row["capacity"], row["in_flight"], row["busy_abandoned"]) == (2, 4, 0)

@@ -5,8 +5,9 @@ nodes and holds at most ``2 * capacity`` claimed, unsettled tasks. Checked here 
 worker's settling calls held back or failing (an in-process wrapper of its queue) while a
 second connection enqueues and waits for results, as an orchestrator would: bounds, and
 every task succeeding once on its first attempt (or its second, for one that raised once).
-Redis only: its parked claim registration is given a slot back by each ack of the worker,
-a slot the worker already counted free when the ack started (see the last test).
+Redis only (fault found here, fixed in d51b0b2): the parked claim registration was given a
+slot back by each ack of the worker, a slot the worker already counted free when the ack
+started, so enqueues handed an idle worker tasks its claim gave back (the last test).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio
 from support.aio import run
 
 from distributed_agents import NodeContext, RetryPolicy, State, Worker, get_stream_writer
@@ -216,16 +218,11 @@ def test_mixed_nodes_on_a_real_backend_stay_within_capacity_and_twice_capacity_l
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(strict=True, reason=(
-    "review s15 fault (Redis): the parked claim registration's room is the claim's max_tasks, which "
-    "already counts the worker's settling tasks as free; each of their acks then gives the "
-    "registration the slot back again (ACK top_up, room + 1), so enqueues hand the idle worker more "
-    "tasks than its claim may take: the claim leases and releases them (a round trip each, and "
-    "the tasks kept from other workers meanwhile)"))
 def test_redis_parked_claim_is_not_handed_more_tasks_than_it_takes_after_settling_acks(redis_url: str) -> None:
     """Capacity 2: two tasks run and their acks are held; the worker, counting them free, parks a
-    claim for 2. The acks land (each gives the registration a slot back). Four tasks are then
-    enqueued: the worker should be handed only what its claim takes, never tasks it gives back."""
+    claim for 2. The acks land (on aebc12b each gave the registration a slot back: room 4). Four
+    tasks are then enqueued: the worker is handed only what its claim takes, never tasks it
+    gives back (on aebc12b: two, leased to it and released by its claim)."""
     prefix = f"rv15{uuid.uuid4().hex[:8]}"
 
     async def body() -> tuple[list[tuple[str, str]], dict[str, Any]]:
@@ -261,6 +258,13 @@ def test_redis_parked_claim_is_not_handed_more_tasks_than_it_takes_after_settlin
                                and park.claiming and park.live(loop.time()) and park.room == 2)
             leases.gate.set()
             assert await until(lambda: [k for k, _ in leases.settled].count("ack") == 2)
+            # The registration's room as the server keeps it (what an enqueue may hand over).
+            park = queue._park_of[worker.worker_id]
+            client = redis.asyncio.Redis.from_url(redis_url)
+            try:
+                room = await client.hget(f"{queue._keys.prefix}:q:park:{park.id}", "m")
+            finally:
+                await client.aclose()
             ids = [f"q-{i}" for i in range(4)]
             await producer.task_queue.enqueue_many([Task(i, "wf-s15", "work", "work", {"state": {}}) for i in ids])
             assert await until(lambda: len(started) == 4)
@@ -273,7 +277,10 @@ def test_redis_parked_claim_is_not_handed_more_tasks_than_it_takes_after_settlin
             await task
             await backend.close()
             await producer.close()
-        return settled, {"started": started}
+        return settled, {"started": started, "room": None if room is None else int(room)}
 
     settled, info = run(body(), timeout=100)
+    # The claim asked for 2 (its slots, the settling tasks' counted free): its registration's room
+    # stays 2 after their acks, and the worker is handed no task it gives back.
+    assert info["room"] is not None and info["room"] <= 2, (settled, info)
     assert [entry for entry in settled if entry[0].startswith("adapter-")] == [], (settled, info)
