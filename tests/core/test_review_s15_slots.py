@@ -577,3 +577,56 @@ def test_the_registry_and_the_workers_listing_count_settling_tasks_in_flight() -
     usage, row = run(body(), timeout=50)
     assert usage == {"in_flight": 4, "busy_abandoned": 0}
     assert (row["capacity"], row["in_flight"], row["busy_abandoned"]) == (2, 4, 0)
+
+
+def test_stop_with_acks_stuck_past_settle_on_stop_gives_up_on_them_and_a_restart_runs_them_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capacity 2, leases of 1 s, acks stuck: 2 tasks settle, 2 more run. stop() cancels the
+    running nodes after the grace (their releases go through) and gives up on the stuck acks
+    once SETTLE_ON_STOP (0.3 s here) passes. Once acks answer again, a restarted worker runs
+    what the lapsed leases gave back: every task ends succeeded (at least once), the one never
+    claimed runs once, and the worker never held more than 4."""
+    monkeypatch.setattr(worker_module, "SETTLE_ON_STOP", 0.3)
+
+    async def body() -> tuple[Any, ...]:
+        worker = Worker(capacity=2, poll_wait=0.05, lease_seconds=1.0)
+        release = worker.backend.task_queue.release
+        leases = Leases(worker)
+
+        async def released(claim: Any) -> None:  # releases are not held back
+            await release(claim)
+            leases.held.discard(claim.task.id)
+
+        leases.queue.release = released  # type: ignore[method-assign]
+        runs: list[str] = []
+
+        async def node(state: State, context: NodeContext) -> dict[str, Any]:
+            runs.append(context.idempotency_key)
+            if len(runs) in (3, 4):
+                await asyncio.sleep(30)  # the first run of the third and fourth task: stopped
+            return {}
+
+        worker.register_node("work", node)
+        ids = [f"x-{i}" for i in range(5)]
+        leases.gate.clear()
+        task = await serving(worker)
+        await enqueue(worker, ids)
+        assert await until(lambda: len(runs) == 4 and leases.waiting_settles == 2)
+        await asyncio.wait_for(worker.stop(grace=0.2), 20)
+        await task
+        first_runs = sorted(runs)
+        leases.held.clear()  # (the acks given up on: their leases lapse; the worker holds nothing)
+        leases.gate.set()
+        task = await serving(worker)
+        try:
+            got = await results(worker, ids)
+        finally:
+            await worker.stop(grace=2)
+            await task
+        return first_runs, {k: v.status for k, v in got.items()}, sorted(runs), leases.peak_held
+
+    first_runs, got, runs, peak_held = run(body(), timeout=55)
+    assert first_runs == ["x-0", "x-1", "x-2", "x-3"]
+    assert got == {f"x-{i}": "succeeded" for i in range(5)}
+    assert set(runs) == {f"x-{i}" for i in range(5)} and runs.count("x-4") == 1
+    assert peak_held <= 4
