@@ -97,8 +97,9 @@ STREAM_FLUSH_TIMEOUT = 5.0
 F = TypeVar("F", bound=NodeFunction)
 
 
-# Seconds stop() lets a task finish the settling call (ack, nack, release) it is in before
-# cancelling it: such a task is not cancelled with the others (see Worker._settle).
+# Seconds stop() lets the settling calls under way (ack, nack, release, and the releases of the
+# tasks it stops) land before cancelling them: a settling task is not cancelled with the
+# others (see Worker._settle), but a backend outage does not hold stop() up beyond this.
 SETTLE_ON_STOP = 5.0
 # Loop rounds a quick node's task is given from its start to its ack's write before the next
 # claim is sent (see _claim_loop): the task's first run and a backend's batched send (Redis
@@ -365,10 +366,13 @@ class Worker:
             for task in list(self._running):
                 if task not in self._settling:
                     self._stop_task(task, "worker stopped")
-            settling = [task for task in self._running if task in self._settling]
-            if settling:  # their ack, nack or release is under way: let it land (bounded)
-                await asyncio.wait(settling, timeout=SETTLE_ON_STOP)
-                for task in settling:
+            if self._running:
+                # Acks, nacks and releases under way, and the releases of the tasks just
+                # stopped (they start theirs now): let them land, within SETTLE_ON_STOP in all.
+                # One a backend outage holds longer is abandoned: its lease runs out and the
+                # task is delivered again (a stop() is never held up to SETTLE_PATIENCE).
+                await asyncio.wait(list(self._running), timeout=SETTLE_ON_STOP)
+                for task in list(self._running):
                     task.cancel()
             await asyncio.gather(*helpers, *self._running, return_exceptions=True)
             reset_stream_sink(sink)

@@ -152,6 +152,44 @@ def test_stop_releases_unfinished_tasks_back_to_the_queue() -> None:
     assert worker.stats.released == 1
 
 
+def test_stop_is_not_held_up_by_a_release_the_backend_never_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend outage during stop(): the release of the task stop() gives back never lands
+    (the backend would be retried for SETTLE_PATIENCE, 60 s). stop() returns once SETTLE_ON_STOP
+    has passed all the same, and nothing is lost: the task's lease runs out and it is delivered
+    again (attempt 2)."""
+    import distributed_agents.core.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SETTLE_ON_STOP", 0.5)
+    started = asyncio.Event()
+
+    async def stuck(state: State) -> dict[str, Any]:
+        started.set()
+        await asyncio.sleep(60)
+        return {}
+
+    worker = Worker(poll_wait=0.05, lease_seconds=1.0)
+    worker.register_node("stuck", stuck)
+    queue = worker.backend.task_queue
+    releasing = asyncio.Event()
+
+    async def unanswered(claim: Any) -> None:
+        releasing.set()
+        await asyncio.Event().wait()  # the backend never answers
+
+    queue.release = unanswered  # type: ignore[method-assign]
+
+    async def scenario() -> Any:
+        serving = asyncio.ensure_future(worker.start())
+        assert await queue.enqueue(Task("t-outage", "wf-outage", "stuck", "stuck", {"state": {}}))
+        await started.wait()
+        await worker.stop(grace=0.05)
+        await serving
+        again = await queue.claim(["stuck"], worker_id="next", max_tasks=1, wait=5)
+        return releasing.is_set(), [(claim.task.id, claim.attempt) for claim in again]
+
+    assert run(scenario(), timeout=20) == (True, [("t-outage", 2)])
+
+
 def test_cancel_reaches_tasks_running_on_a_worker() -> None:
     worker = Worker(poll_wait=0.05)
 
