@@ -17,7 +17,7 @@ import redis.asyncio as redis_asyncio
 from support.aio import run
 from support.redis_server import RedisServer
 
-from distributed_agents import NodeRegistry, State, Worker
+from distributed_agents import NodeContext, NodeRegistry, State, Worker
 from distributed_agents.adapters.redis.backend import open_redis_backend
 from distributed_agents.core.ports.backend import Backend, BackendOptions
 from distributed_agents.core.ports.task_queue import Task
@@ -45,19 +45,29 @@ async def _rooms(meter: redis_asyncio.Redis, prefix: str) -> list[int]:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_bursts_to_workers_never_exceed_capacity_and_run_every_task_once(seed: int) -> None:
     """Two workers (capacity 3 and 2) under bursts of single and batched enqueues, nodes of
-    random short length: no node ever runs beside more than its worker's capacity, no
-    registration ever has more room than its worker's capacity, every task runs exactly
-    once, on its first attempt, and nothing is left queued, leased or handed over."""
+    random short length: no node ever runs beside more than its worker's capacity, no worker
+    ever holds more than twice its capacity (its settling tasks leave their slots:
+    core.worker "Slots"), no registration ever has more room than its worker's capacity,
+    every task runs exactly once, on its first attempt, and nothing is left queued, leased
+    or handed over."""
     rng = random.Random(seed)
     registry = NodeRegistry()
     running: dict[str, int] = {}
     peak: dict[str, int] = {}
+    held: dict[str, int] = {}
+    peak_held: dict[str, int] = {}
     runs: dict[str, int] = {}
 
     @registry.register("quick")
-    async def quick(state: State) -> dict[str, Any]:
+    async def quick(state: State, context: NodeContext) -> dict[str, Any]:
         runs[state["id"]] = runs.get(state["id"], 0) + 1
-        await asyncio.sleep(state["pause"])
+        worker_id = context.worker_id
+        running[worker_id] = running.get(worker_id, 0) + 1
+        peak[worker_id] = max(peak.get(worker_id, 0), running[worker_id])
+        try:
+            await asyncio.sleep(state["pause"])
+        finally:
+            running[worker_id] -= 1
         return {"ok": state["id"]}
 
     async def scenario(url: str) -> tuple[dict[str, Any], list[int], Any]:
@@ -67,17 +77,17 @@ def test_bursts_to_workers_never_exceed_capacity_and_run_every_task_once(seed: i
         workers = [Worker(["quick"], capacity=cap, backend=b, registry=registry, worker_id=f"w{cap}",
                           heartbeat_interval=300, poll_wait=1, lease_seconds=60)
                    for cap, b in zip((3, 2), backends)]
-        # Count concurrency per worker from the task handler's side: wrap each worker's handler.
+        # Count the tasks each worker holds (claimed, not settled) from the task handler's side.
         for worker in workers:
             original = worker._handle  # noqa: SLF001
 
             async def counted(claim: Any, _original: Any = original, _id: str = worker.worker_id) -> Any:
-                running[_id] = running.get(_id, 0) + 1
-                peak[_id] = max(peak.get(_id, 0), running[_id])
+                held[_id] = held.get(_id, 0) + 1
+                peak_held[_id] = max(peak_held.get(_id, 0), held[_id])
                 try:
                     return await _original(claim)
                 finally:
-                    running[_id] -= 1
+                    held[_id] -= 1
 
             worker._handle = counted  # type: ignore[method-assign]  # noqa: SLF001
         serving = [asyncio.ensure_future(w.start()) for w in workers]
@@ -122,6 +132,7 @@ def test_bursts_to_workers_never_exceed_capacity_and_run_every_task_once(seed: i
         [(r.task_id, r.status, r.attempts) for r in found.values() if r.status != "succeeded" or r.attempts != 1]
     assert set(runs.values()) == {1}, {k: v for k, v in runs.items() if v != 1}
     assert peak.get("w3", 0) <= 3 and peak.get("w2", 0) <= 2, peak
+    assert peak_held.get("w3", 0) <= 6 and peak_held.get("w2", 0) <= 4, peak_held
     assert max(rooms, default=0) <= 3, rooms
     assert (stats.queued, stats.in_flight) == (0, 0), stats
 
