@@ -14,97 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from support.aio import run
+from support.worker_slots import Leases, register_mixed_nodes, serving, until
 
 from distributed_agents import NodeContext, RetryPolicy, State, Worker
 from distributed_agents.core import worker as worker_module
-from distributed_agents.core.errors import BackendUnavailableError
 from distributed_agents.core.ports import Task
 from distributed_agents import get_stream_writer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Leases:
-    """Counts what one worker holds, by wrapping its queue: tasks claimed and not yet settled
-    (ack, nack, release), and node functions running (the test's nodes report in and out)."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.queue = worker.backend.task_queue
-        self.held: set[str] = set()
-        self.peak_held = 0
-        self.claims: list[int] = []  # max_tasks of each claim call
-        self.nodes = 0
-        self.peak_nodes = 0
-        self.peak_in_flight = 0
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.failing = False  # settling calls raise BackendUnavailableError
-        self.waiting_settles = 0
-        self.settled: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        claim, ack, nack, release = self.queue.claim, self.queue.ack, self.queue.nack, self.queue.release
-
-        async def claimed(*args: Any, **kwargs: Any) -> Any:
-            self.claims.append(kwargs.get("max_tasks", 1))
-            got = await claim(*args, **kwargs)
-            for c in got:
-                self.held.add(c.task.id)
-            self.peak_held = max(self.peak_held, len(self.held))
-            return got
-
-        def settling(kind: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def wrapped(c: Any, *args: Any, **kwargs: Any) -> Any:
-                self.waiting_settles += 1
-                try:
-                    await self.gate.wait()
-                finally:
-                    self.waiting_settles -= 1
-                if self.failing:
-                    raise BackendUnavailableError("review s15: backend down for settling calls")
-                out = await call(c, *args, **kwargs)
-                self.held.discard(c.task.id)
-                self.settled.append((kind, c.task.id))
-                return out
-            return wrapped
-
-        self.queue.claim = claimed  # type: ignore[method-assign]
-        self.queue.ack = settling("ack", ack)  # type: ignore[method-assign]
-        self.queue.nack = settling("nack", nack)  # type: ignore[method-assign]
-        self.queue.release = settling("release", release)  # type: ignore[method-assign]
-
-    def node_in(self) -> None:
-        with self._lock:
-            self.nodes += 1
-            self.peak_nodes = max(self.peak_nodes, self.nodes)
-        self.peak_in_flight = max(self.peak_in_flight, self.worker.slot_usage()["in_flight"])
-
-    def node_out(self) -> None:
-        with self._lock:
-            self.nodes -= 1
-
-
-async def serving(worker: Worker) -> asyncio.Future[None]:
-    task = asyncio.ensure_future(worker.start())
-    while not worker._serving:
-        await asyncio.sleep(0.005)
-    return task
-
-
-async def until(condition: Callable[[], bool], bound: float = 20.0) -> bool:
-    """Poll ``condition`` up to ``bound`` seconds (a generous bound: only a fault reaches it)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + bound
-    while not condition():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def enqueue(worker: Worker, ids: list[str], node_type: str = "work", workflow: str = "wf-s15",
@@ -132,42 +53,7 @@ def test_mixed_nodes_never_exceed_capacity_nor_twice_capacity_leases_with_acks_h
     async def body() -> tuple[Leases, Worker, dict[str, Any], int]:
         worker = Worker(capacity=capacity, poll_wait=0.05)
         leases = Leases(worker)
-        failed_once: set[str] = set()
-
-        async def async_node(state: State) -> dict[str, Any]:
-            leases.node_in()
-            await asyncio.sleep(0.005)
-            leases.node_out()
-            return {"v": state["i"]}
-
-        def thread_node(state: State) -> dict[str, Any]:
-            leases.node_in()
-            threading.Event().wait(0.005)
-            leases.node_out()
-            return {"v": state["i"]}
-
-        async def flaky_node(state: State, context: NodeContext) -> dict[str, Any]:
-            leases.node_in()
-            try:
-                await asyncio.sleep(0.005)
-                if context.idempotency_key not in failed_once:
-                    failed_once.add(context.idempotency_key)
-                    raise RuntimeError("first attempt fails")
-            finally:
-                leases.node_out()
-            return {"v": state["i"]}
-
-        async def streaming_node(state: State) -> dict[str, Any]:
-            leases.node_in()
-            writer = get_stream_writer()
-            for k in range(3):
-                writer({"k": k})
-                await asyncio.sleep(0)
-            leases.node_out()
-            return {"v": state["i"]}
-
-        for name, func in (("a", async_node), ("t", thread_node), ("f", flaky_node), ("s", streaming_node)):
-            worker.register_node(name, func)
+        register_mixed_nodes(worker, leases)
         task = await serving(worker)
         ids: list[str] = []
         leases.gate.clear()
