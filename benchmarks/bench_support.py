@@ -259,13 +259,24 @@ def tests_support() -> None:
         sys.path.insert(0, path)
 
 
-def redis_server() -> Any:
-    """A ``RedisServer`` launcher (not started); exits with the install hint when there is no binary."""
+#: ``--redis-persistence`` choices: ``none`` keeps nothing across a restart (``appendonly no``,
+#: ``save ""``); ``aof`` is ``appendonly yes`` with the default ``appendfsync everysec``, the
+#: configuration ``docs/durability.md`` requires of a deployment that must survive a Redis
+#: restart or crash, and as durable as NATS's file storage with its default ``sync_interval``
+#: (both keep every acknowledged write through a server restart or SIGKILL).
+REDIS_PERSISTENCE = ("none", "aof")
+
+
+def redis_server(persistence: str = "none") -> Any:
+    """A ``RedisServer`` launcher (not started), persisting as ``persistence`` says (one of
+    ``REDIS_PERSISTENCE``); exits with the install hint when there is no binary."""
     tests_support()
     from support.redis_server import RedisServer  # type: ignore[import-not-found]
 
+    if persistence not in REDIS_PERSISTENCE:
+        raise ValueError(f"redis persistence {persistence!r}: expected one of {', '.join(REDIS_PERSISTENCE)}")
     try:
-        return RedisServer()
+        return RedisServer(appendonly=persistence == "aof")
     except RuntimeError as exc:
         raise SystemExit(str(exc).replace(" — the Redis tests need a real server and do not skip", "")) from None
 

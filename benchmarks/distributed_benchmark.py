@@ -24,6 +24,11 @@ CPU cost per task compares backends where wall-clock throughput cannot.
 workflows/s and fan-out tasks/s (1 worker) over arq's no-op jobs/s, and fan-out with
 the most workers over 1 worker. ``--results FILE`` writes every figure as JSON.
 
+``--redis-persistence aof`` starts the temporary Redis (``--start redis``) with
+``appendonly yes`` (AOF, ``appendfsync everysec``): as durable as the NATS server
+``--start nats`` runs (file storage), which is how ``run_all.py`` compares the two backends;
+the default, ``none``, persists nothing (as arq's figures on this machine were measured).
+
 Each measured pass must end within ``--pass-timeout`` seconds (default 120): a server
 that stops mid-run ends the script with an error naming the pass, not a wait for ever.
 """
@@ -223,13 +228,15 @@ async def measure_passes(orchestrator: DistributedOrchestrator, url: str, pids: 
 
 
 @contextlib.contextmanager
-def local_server(kind: str | None, url: str | None) -> Iterator[str]:
+def local_server(kind: str | None, url: str | None, redis_persistence: str = "none") -> Iterator[str]:
+    """The URL of ``url``'s server, or of a temporary local ``kind`` server (Redis persisting as
+    ``redis_persistence`` says: ``bench_support.REDIS_PERSISTENCE``), stopped and removed after."""
     if kind is None:
         if not url:
             raise SystemExit("pass --backend-url URL or --start redis|nats")
         yield url
         return
-    server = bench_support.redis_server() if kind == "redis" else bench_support.nats_server()
+    server = bench_support.redis_server(redis_persistence) if kind == "redis" else bench_support.nats_server()
     # cleanup(), not stop(): the server's data directory (JetStream's store) goes too.
     with bench_support.started_server(server):
         SERVER_PIDS[:] = [server.process.pid] if getattr(server, "process", None) is not None else []
@@ -259,6 +266,9 @@ async def main() -> None:
                         help="passes of each throughput workload (and of arq's); the median is reported")
     parser.add_argument("--pass-timeout", type=bench_support.positive_float, default=120.0,
                         help="seconds each measured pass may take before the run fails")
+    parser.add_argument("--redis-persistence", choices=bench_support.REDIS_PERSISTENCE, default="none",
+                        help="what the temporary Redis of --start redis persists: none, or aof (appendonly yes, "
+                             "everysec: as durable as NATS's file storage)")
     parser.add_argument("--arq-python", help="interpreter of an environment with arq installed (redis only)")
     parser.add_argument("--results", help="write the figures and ratios to this JSON file")
     args = parser.parse_args()
@@ -268,11 +278,15 @@ async def main() -> None:
         parser.error("--arq-python needs a Redis server (arq runs on Redis only)")
     if args.arq_python and args.start == "nats":
         parser.error("--arq-python needs a Redis server (arq runs on Redis only): use --start redis")
+    if args.redis_persistence != "none" and args.start != "redis":
+        parser.error("--redis-persistence applies to the temporary Redis of --start redis only")
     results: dict[str, Any] = {"workers": {}}
-    with local_server(args.start, args.backend_url) as url:
+    if args.start == "redis":
+        results["redis_persistence"] = args.redis_persistence
+    with local_server(args.start, args.backend_url, args.redis_persistence) as url:
         if not args.start:
             await bench_support.check_backend(url)
-        print(f"backend {url}")
+        print(f"backend {url}" + (f" (persistence: {args.redis_persistence})" if args.start == "redis" else ""))
         for count in (int(c) for c in args.workers.split(",")):
             f = await measure(url, count, args)
             p50, p99 = f["latency"]

@@ -24,7 +24,7 @@ import bench_support  # noqa: E402  (needs nothing of distributed_agents: this r
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
-COLOURS = {"redis": "#c0392b", "nats": "#2471a3", "memory": "#7d3c98", "full": "#7f8c8d", "arq": "#d68910"}
+COLOURS = {"redis": "#c0392b", "redis-aof": "#e59866", "nats": "#2471a3", "memory": "#7d3c98", "full": "#7f8c8d", "arq": "#d68910"}
 
 
 def throughput(results: dict[str, Any], path: pathlib.Path) -> None:
