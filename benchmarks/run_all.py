@@ -67,6 +67,23 @@ REQUIREMENTS = HERE / "requirements-bench.txt"
 #: (``docs/durability.md``), so neither backend is measured with less work to do.
 DURABLE_REDIS = "redis-aof"
 DEFAULT_PEERS_ENV = pathlib.Path(tempfile.gettempdir()) / "distributed-agents-bench-peers"
+#: What each step's failure takes out of the table (printed with the failure).
+ROWS_OF_STEP = {
+    "distributed redis": "rows: single-node and fan-out vs arq, worker processes, latency; the NATS row then has "
+                         "no ratio against a Redis persisting nothing",
+    "distributed nats": "row: NATS vs Redis",
+    f"distributed {DURABLE_REDIS}": "the NATS row is then judged against the Redis persisting nothing",
+    "round trips": "row: round trips",
+    "latency layers": "the latency row's floor figures",
+    "payload bytes": "row: bytes written for a fan-out",
+    "checkpoint growth": "row: checkpoint bytes",
+    "langgraph": "row: local engine vs LangGraph",
+    "local": "no row: the durability modes' times",
+    "charts": "no row: the charts",
+}
+#: What the peers' interpreter must import: arq and LangGraph for their runs, matplotlib for the charts.
+PEER_MODULES = ("arq", "langgraph", "matplotlib")
+PLOT_MODULES = ("matplotlib",)
 
 
 def peers_python(env: pathlib.Path) -> str:
@@ -153,7 +170,10 @@ def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
 
     redis = figures.get("distributed", {}).get("redis")
     nats = figures.get("distributed", {}).get("nats")
+    durable = figures.get("distributed", {}).get(DURABLE_REDIS)
     if redis:
+        # The fan-out's width as run (results written before it was recorded ran the default, 1,000).
+        width = int(redis.get("width", 1000))
         one = redis["workers"]["1"]
         arq = redis.get("arq")
         if arq:
@@ -162,7 +182,7 @@ def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{one['single']:,.0f} vs {arq:,.0f}: {ratio:.2f}x", ">= 1.5x", ratio >= 1.5,
                 ours=one["single"], arq=arq, ratio=ratio)
             ratio = one["fan-out"] / arq
-            row("one 1,000-way fan-out, 1 worker, Redis: node tasks/s vs the same arq figure",
+            row(f"one {width:,}-way fan-out, 1 worker, Redis: node tasks/s vs the same arq figure",
                 f"{one['fan-out']:,.0f}: {ratio:.2f}x", ">= 2.5x", ratio >= 2.5,
                 ours=one["fan-out"], arq=arq, ratio=ratio)
         most = max(redis["workers"], key=int)
@@ -171,29 +191,32 @@ def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
             row(f"{most} worker processes vs 1 (fan-out), Redis",
                 f"{redis['workers'][most]['fan-out']:,.0f} vs {one['fan-out']:,.0f} tasks/s: {ratio:.2f}x",
                 ">= 1x on 2 cores", ratio >= 1.0, ratio=ratio)
-        if nats:
-            # Against the Redis as durable as NATS's file storage (AOF: DURABLE_REDIS) when it was
-            # measured; the Redis that persists nothing is shown beside it.
-            theirs = nats["workers"]["1"]
-            durable = figures["distributed"].get(DURABLE_REDIS)
-            base = durable["workers"]["1"] if durable else one
-            single = theirs["single"] / base["single"]
-            fan = theirs["fan-out"] / base["fan-out"]
-            now = f"{single:.2f}x, {fan:.2f}x"
-            cpu: dict[str, float] = {}
-            if "single_cpu_ms" in base and "single_cpu_ms" in theirs:  # CPU per task: Redis's over NATS's
-                cpu = {"single_cpu": base["single_cpu_ms"] / theirs["single_cpu_ms"],
-                       "fan_out_cpu": base["fan_cpu_ms"] / theirs["fan_cpu_ms"]}
-                now += f" (by CPU per task: {cpu['single_cpu']:.2f}x, {cpu['fan_out_cpu']:.2f}x)"
-            volatile: dict[str, float] = {}
-            if durable:
-                volatile = {"single_vs_no_persistence": theirs["single"] / one["single"],
-                            "fan_out_vs_no_persistence": theirs["fan-out"] / one["fan-out"]}
-                now += (f"; against a Redis persisting nothing: {volatile['single_vs_no_persistence']:.2f}x, "
-                        f"{volatile['fan_out_vs_no_persistence']:.2f}x")
-            against = "Redis with AOF, as durable as NATS's file storage" if durable else "Redis persisting nothing"
-            row(f"NATS vs Redis, same workloads (1 worker: single-node workflows, fan-out; {against})",
-                now, ">= 0.8x", min(single, fan) >= 0.8, single=single, fan_out=fan, **cpu, **volatile)
+    if nats and (durable or redis):
+        # Against the Redis as durable as NATS's file storage (AOF: DURABLE_REDIS) when it was
+        # measured; the Redis that persists nothing is shown beside it (or instead, without the other).
+        theirs = nats["workers"]["1"]
+        base = (durable or redis)["workers"]["1"]
+        single = theirs["single"] / base["single"]
+        fan = theirs["fan-out"] / base["fan-out"]
+        now = f"{single:.2f}x, {fan:.2f}x"
+        cpu: dict[str, float] = {}
+        if "single_cpu_ms" in base and "single_cpu_ms" in theirs:  # CPU per task: Redis's over NATS's
+            cpu = {"single_cpu": base["single_cpu_ms"] / theirs["single_cpu_ms"],
+                   "fan_out_cpu": base["fan_cpu_ms"] / theirs["fan_cpu_ms"]}
+            now += f" (by CPU per task: {cpu['single_cpu']:.2f}x, {cpu['fan_out_cpu']:.2f}x)"
+        volatile: dict[str, float] = {}
+        if durable and redis:
+            plain = redis["workers"]["1"]
+            volatile = {"single_vs_no_persistence": theirs["single"] / plain["single"],
+                        "fan_out_vs_no_persistence": theirs["fan-out"] / plain["fan-out"]}
+            now += (f"; against a Redis persisting nothing: {volatile['single_vs_no_persistence']:.2f}x, "
+                    f"{volatile['fan_out_vs_no_persistence']:.2f}x")
+        against = ("judged against Redis with AOF, as durable as NATS's file storage" if durable
+                   else "against Redis persisting nothing")
+        row(f"NATS vs Redis, same workloads (1 worker: single-node workflows, fan-out; {against})",
+            now, ">= 0.8x", min(single, fan) >= 0.8, single=single, fan_out=fan, **cpu, **volatile)
+    if redis:
+        one = redis["workers"]["1"]
         layers = figures.get("latency_layers")
         floor = ""
         if layers:  # the same path with no framework code: what the machine itself costs
@@ -267,6 +290,14 @@ def main() -> None:
     parser.add_argument("--from-results", type=pathlib.Path,
                         help="run nothing: the table (and --charts) of a results file written before")
     args = parser.parse_args()
+    # Checked before anything runs: a typo fails now, not after the measurements with a traceback.
+    if args.results:
+        bench_support.writable_file(args.results, "--results")
+    if args.charts:
+        bench_support.writable_directory(args.charts, "--charts")
+    if args.peers_python:
+        bench_support.peers_interpreter(args.peers_python, "--peers-python",
+                                        PLOT_MODULES if args.from_results else PEER_MODULES)
     if args.from_results:
         earlier = read_results(args.from_results)
         earlier["table"] = table(earlier["figures"])
@@ -332,7 +363,8 @@ def main() -> None:
     print_table(rows)
     failed = [title for title, run in log.items() if "error" in run]
     if failed:
-        print(f"\nfailed, so left out of the table: {', '.join(failed)}")
+        print(f"\nfailed, so left out of the table: "
+              f"{'; '.join(f'{title} ({ROWS_OF_STEP.get(title, title)})' for title in failed)}")
     left_out = not_measured(backends)
     if left_out:
         print(f"\nnot measured, so left out of the table: {'; '.join(left_out)}")

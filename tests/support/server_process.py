@@ -54,6 +54,10 @@ class ServerProcess:
     #: judged on this start's log only, so another process answering on the port (a port
     #: collision) is never taken for this one. None: ``ready()`` alone.
     ready_line: str | None = None
+    #: Start the server in a session of its own, out of the caller's process group: a Ctrl-C in
+    #: the terminal then reaches the caller alone, which stops the server after what uses it (the
+    #: benchmark scripts). False for the tests: a Ctrl-C stops pytest's servers with it.
+    own_session = False
 
     def __init__(self, binary: str, *, port: int | None, directory: str | None, temp_prefix: str) -> None:
         self.binary = binary
@@ -92,7 +96,8 @@ class ServerProcess:
         """One start; False when the server exited because its (chosen) port was taken."""
         offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         with open(self._log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=self.own_session)
         give_up = time.monotonic() + timeout
         while time.monotonic() < give_up:
             if self.process.poll() is not None:

@@ -1,0 +1,129 @@
+"""The benchmark scripts' shared checks and stops (``benchmarks/bench_support.py``), run as a user runs
+them: a bad output path or peers' interpreter fails before anything starts, with one line and no
+traceback; Ctrl-C stops a run with its servers and worker processes, and says so."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_support  # noqa: E402
+
+
+def script(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=BENCHMARKS.parent)
+
+
+def test_writable_file_makes_the_missing_folder_and_refuses_a_directory_or_a_file_above_it(tmp_path: pathlib.Path) -> None:
+    target = bench_support.writable_file(tmp_path / "new" / "deeper" / "results.json", "--results")
+    assert target.parent.is_dir() and not target.exists()  # the folder is made, nothing written
+    with pytest.raises(SystemExit, match=r"--results: .* is a directory; give a file path"):
+        bench_support.writable_file(tmp_path, "--results")
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(SystemExit, match=r"--results: .*plain.* is a file, not a directory"):
+        bench_support.writable_file(tmp_path / "plain" / "results.json", "--results")
+    with pytest.raises(SystemExit, match=r"--charts: .*plain.* is a file, not a directory"):
+        bench_support.writable_directory(tmp_path / "plain" / "charts", "--charts")
+
+
+def test_peers_interpreter_names_what_is_missing(tmp_path: pathlib.Path) -> None:
+    assert bench_support.peers_interpreter(sys.executable, "--peers-python", ["json"]) == sys.executable
+    with pytest.raises(SystemExit, match=r"--peers-python .*nope: no such file; .*requirements-bench.txt"):
+        bench_support.peers_interpreter(str(tmp_path / "nope"), "--peers-python", ["arq"])
+    with pytest.raises(SystemExit, match=r"--arq-python .*: not an executable file"):
+        bench_support.peers_interpreter(str(tmp_path), "--arq-python", ["arq"])
+    with pytest.raises(SystemExit, match=r"cannot import no_such_module_da \(ModuleNotFoundError"):
+        bench_support.peers_interpreter(sys.executable, "--peers-python", ["no_such_module_da"])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--start", "redis", "--arq-python", "/nonexistent/python"], "--arq-python /nonexistent/python: no such file"),
+    (["--start", "redis", "--results", "."], "--results: . is a directory"),
+])
+def test_distributed_benchmark_refuses_a_bad_path_before_starting_anything(args: list[str], says: str) -> None:
+    done = script("distributed_benchmark.py", *args)
+    assert done.returncode == 1, done
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert "backend " not in done.stdout  # no server was started: the banner comes once one serves
+
+
+def test_run_all_refuses_a_bad_peers_interpreter_before_running_anything(tmp_path: pathlib.Path) -> None:
+    started = time.monotonic()
+    done = script("run_all.py", "--start", "redis", "--peers-python", str(tmp_path / "python"),
+                  "--results", str(tmp_path / "r.json"))
+    assert done.returncode == 1 and "no such file" in done.stderr and "Traceback" not in done.stderr
+    assert "== " not in done.stdout and not (tmp_path / "r.json").exists()  # no step ran
+    assert time.monotonic() - started < 30
+
+
+def _serves(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ignored", [False, True], ids=["terminal", "started-with-sigint-ignored"])
+def test_ctrl_c_stops_a_run_its_workers_and_its_server_with_one_line(ignored: bool) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: here the script's own, since
+    its server and workers run in sessions of their own and are stopped by it, in order. A script
+    started with SIGINT ignored (a background job of a non-interactive shell) stops on it too."""
+    def start() -> subprocess.Popen[str]:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return subprocess.Popen([sys.executable, str(BENCHMARKS / "distributed_benchmark.py"), "--start", "redis",
+                                     "--workers", "1", "--workflows", "100000", "--rounds", "3"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    cwd=BENCHMARKS.parent, start_new_session=True)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    run = start()
+    try:
+        assert run.stdout is not None
+        banner = run.stdout.readline()  # "backend redis://127.0.0.1:PORT/0 (persistence: none)"
+        assert banner.startswith("backend redis://"), banner
+        url = banner.split()[1]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        give_up = time.monotonic() + 30
+        while not _processes_naming(url) and time.monotonic() < give_up:
+            time.sleep(0.1)
+        workers = _processes_naming(url)
+        assert workers, "the worker processes did not start"
+        time.sleep(2)  # into the measured passes
+        os.killpg(run.pid, signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "interrupted (Ctrl-C): the servers and worker processes this run started are stopped" in stderr
+    assert "Traceback" not in stderr
+    assert not _serves(port), "the run's redis-server still serves"
+    assert not [pid for pid in workers if pathlib.Path(f"/proc/{pid}").exists()
+                and "zombie" not in (pathlib.Path(f"/proc/{pid}/status").read_text().lower())], "a worker still runs"
