@@ -5,11 +5,11 @@
 * ``positive_int``, ``non_negative_float``, ``counts``...: argparse types, so a bad value
   is refused before anything runs (``error: argument --workflows: ...``, exit 2).
 * ``run(main)``: runs a script's ``main`` (``arun`` for a coroutine function) with
-  Ctrl-C (SIGINT) and SIGTERM stopping it the same way: its ``with`` blocks stop the
+  Ctrl-C (SIGINT), SIGTERM and SIGHUP (its terminal closed) stopping it the same way: its ``with`` blocks stop the
   servers and worker processes it started, then it exits with one line (``interrupted``,
-  exit code 130; ``stopped``, 143), not a traceback; a backend that cannot be reached or an
+  exit code 130; ``stopped``, 143 or 129), not a traceback; a backend that cannot be reached or an
   option the framework refuses ends it with the framework's one-line message and exit code
-  1. ``arun(coroutine)`` is ``asyncio.run`` with SIGINT and SIGTERM cancelling the coroutine.
+  1. ``arun(coroutine)`` is ``asyncio.run`` with SIGINT, SIGTERM and SIGHUP cancelling the coroutine.
 * ``writable_file(path, option)``, ``writable_directory(path, option)``, ``peers_interpreter(path,
   option, modules)``: checks of output paths and of the peers' interpreter made before anything
   runs, so a typo fails in a second with what to do, not after the measurements with a traceback.
@@ -46,6 +46,10 @@ T = TypeVar("T")
 SIGTERM_EXIT = 128 + signal.SIGTERM
 #: Exit code of a script stopped by Ctrl-C (SIGINT), as a shell reports it.
 SIGINT_EXIT = 128 + signal.SIGINT
+#: Exit code of a script stopped by SIGHUP (its terminal closed), as a shell reports it.
+SIGHUP_EXIT = 128 + signal.SIGHUP
+#: The signals that stop a script cleanly, besides SIGINT (which Python turns into KeyboardInterrupt).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -138,10 +142,19 @@ def backends(text: str) -> list[str]:
     return kinds
 
 
+class _Stopped(SystemExit):
+    """SIGTERM or SIGHUP outside an event loop: unwinds the script (its ``with`` blocks stop what it
+    started), then ``run`` says so in one line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(_STOPPED[signal.Signals(signum)][1])
+        self.signum = signum
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    # A second SIGTERM while the first one's cleanup runs ends the script at once.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(SIGTERM_EXIT)
+    # A second one while the first one's cleanup runs ends the script at once.
+    signal.signal(signum, signal.SIG_DFL)
+    raise _Stopped(signum)
 
 
 def stop_on_sigterm() -> None:
@@ -153,11 +166,16 @@ def stop_on_sigterm() -> None:
     inside one (``arun``) SIGTERM cancels the main task instead, as asyncio does on Ctrl-C,
     so its ``finally`` blocks can still await.
 
+    SIGHUP (the terminal closed) does the same: the servers run in sessions of their own
+    (``redis_server``, ``nats_server``), so no hang-up reaches them, and the script must stop them.
+
     Ctrl-C is made to stop the script even where it started with SIGINT ignored (a
     background job of a non-interactive shell): the nats-server it starts stops on SIGINT
     whatever it inherited, so a script that ignored it would go on against a stopped server.
     """
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(signum, _stop_on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -168,6 +186,8 @@ _STOPPED = {
                     SIGINT_EXIT),
     signal.SIGTERM: ("stopped (SIGTERM): the servers and worker processes this run started are stopped",
                      SIGTERM_EXIT),
+    signal.SIGHUP: ("stopped (SIGHUP): the servers and worker processes this run started are stopped",
+                    SIGHUP_EXIT),
 }
 
 
@@ -178,9 +198,9 @@ def _stopped_by(signum: int) -> SystemExit:
 
 
 def arun(coroutine: Awaitable[T]) -> T:
-    """``asyncio.run(coroutine)``, with Ctrl-C (SIGINT) and SIGTERM cancelling it (its ``finally``
+    """``asyncio.run(coroutine)``, with Ctrl-C (SIGINT), SIGTERM and SIGHUP cancelling it (its ``finally``
     blocks run: the servers and processes it started are stopped) and then ending the script with
-    ``SystemExit`` (exit code 130 or 143, after one line saying so). The first signal prints that
+    ``SystemExit`` (exit code 130, 143 or 129, after one line saying so). The first signal prints that
     the run is stopping; a second one of the same kind ends the script at once. The handler of
     ``stop_on_sigterm`` is back afterwards."""
     stopped: int | None = None
@@ -195,14 +215,15 @@ def arun(coroutine: Awaitable[T]) -> T:
                 stopped = signum
                 print(f"{signal.Signals(signum).name}: stopping the servers and worker processes this run started "
                       "(again to end at once)", file=sys.stderr, flush=True)
-            # A second one of this kind ends the script at once (SIGINT: KeyboardInterrupt; SIGTERM: default).
+            # A second one of this kind ends the script at once (SIGINT: KeyboardInterrupt; the others: default).
             loop.remove_signal_handler(signum)
             for child in list(_children):  # scripts run by run_child in a thread: the thread waits on them
                 child.terminate()
             task.cancel()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+        for signum in (signal.SIGINT, *_STOP_SIGNALS):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                loop.add_signal_handler(signum, on_signal, signum)
         try:
             return await coroutine
         except asyncio.CancelledError:
@@ -216,7 +237,7 @@ def arun(coroutine: Awaitable[T]) -> T:
         raise _stopped_by(signal.SIGINT) from None
     if stopped is not None:
         raise _stopped_by(stopped)
-    stop_on_sigterm()  # the loop put SIGTERM back to its default when it closed
+    stop_on_sigterm()  # the loop put the signals back to their defaults when it closed
     return result  # type: ignore[no-any-return]
 
 
@@ -247,6 +268,8 @@ def run(main: Callable[[], Any]) -> None:
         raise SystemExit(str(exc)) from None
     except KeyboardInterrupt:  # Ctrl-C outside an event loop: its ``with`` blocks have run
         raise _stopped_by(signal.SIGINT) from None
+    except _Stopped as stop:  # SIGTERM or SIGHUP outside an event loop: the same
+        raise _stopped_by(stop.signum) from None
 
 
 def writable_file(path: str | os.PathLike[str], option: str) -> pathlib.Path:

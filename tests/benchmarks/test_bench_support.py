@@ -87,11 +87,17 @@ def _processes_naming(text: str) -> list[int]:
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("ignored", [False, True], ids=["terminal", "started-with-sigint-ignored"])
-def test_ctrl_c_stops_a_run_its_workers_and_its_server_with_one_line(ignored: bool) -> None:
+@pytest.mark.parametrize("how, ignored, code, says", [
+    ("ctrl-c", False, 130, "interrupted (Ctrl-C)"),
+    ("ctrl-c", True, 130, "interrupted (Ctrl-C)"),
+    ("hang-up", False, 129, "stopped (SIGHUP)"),
+], ids=["terminal-ctrl-c", "ctrl-c-started-with-sigint-ignored", "terminal-closed"])
+def test_a_signal_stops_a_run_its_workers_and_its_server_with_one_line(how: str, ignored: bool, code: int,
+                                                                        says: str) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group: here the script's own, since
     its server and workers run in sessions of their own and are stopped by it, in order. A script
-    started with SIGINT ignored (a background job of a non-interactive shell) stops on it too."""
+    started with SIGINT ignored (a background job of a non-interactive shell) stops on it too. A
+    closed terminal hangs up the script alone (its servers are in other sessions): it stops them."""
     def start() -> subprocess.Popen[str]:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -116,13 +122,16 @@ def test_ctrl_c_stops_a_run_its_workers_and_its_server_with_one_line(ignored: bo
         workers = _processes_naming(url)
         assert workers, "the worker processes did not start"
         time.sleep(2)  # into the measured passes
-        os.killpg(run.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            os.kill(run.pid, signal.SIGHUP)
         _, stderr = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode == 130, stderr[-2000:]
-    assert "interrupted (Ctrl-C): the servers and worker processes this run started are stopped" in stderr
+    assert run.returncode == code, stderr[-2000:]
+    assert f"{says}: the servers and worker processes this run started are stopped" in stderr
     assert "Traceback" not in stderr
     assert not _serves(port), "the run's redis-server still serves"
     assert not [pid for pid in workers if pathlib.Path(f"/proc/{pid}").exists()
