@@ -23,7 +23,8 @@ time and acks each (confirmed). Printed: the server's and this client's CPU time
   priority had a stream of its own).
 
 What it showed on a 2-core machine (nats-server 2.15.1, server CPU µs per message for pull and
-ack): at 1,000 queued all three are alike (about 20); at 20,000, per-message 42-53 against 17-20
+ack): at 1,000 queued the per-message layout costs a few µs more (about 20 for all three; one
+measurement of 1,000 messages is only a few of /proc's 10 ms ticks: repeat it); at 20,000, per-message 42-53 against 17-20
 shared; at 50,000, per-message 75-92 against 14 shared and 20 unfiltered: a consumer whose filter
 is a wildcard over many distinct subjects pays per message for their number, so draining a deep
 queue laid out that way grows quadratically. Compare the ratios of one run.
