@@ -34,6 +34,7 @@ import contextlib
 import inspect
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,33 +152,51 @@ class _Stopped(SystemExit):
         self.signum = signum
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    # A second one while the first one's cleanup runs ends the script at once.
-    signal.signal(signum, signal.SIG_DFL)
+#: The first stopping signal this script received (None: none yet). A second one hurries (``_hurry``).
+_signalled: int | None = None
+
+
+def _first_signal(signum: int) -> bool:
+    """Note ``signum``; True the first time (the script starts stopping and says so), False after."""
+    global _signalled
+    if _signalled is not None:
+        return False
+    _signalled = signum
+    print(f"{signal.Signals(signum).name}: stopping the servers and worker processes this run started "
+          "(again to end at once)", file=sys.stderr, flush=True)
+    return True
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """Outside an event loop: the first stopping signal unwinds the script (SIGINT as
+    ``KeyboardInterrupt``, the others as ``_Stopped``); a second one hurries."""
+    if not _first_signal(signum):
+        _hurry(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise _Stopped(signum)
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, ``timeout``, a cancelled CI job) unwind the script as Ctrl-C does.
+    """Make SIGTERM (``kill``, ``timeout``, a cancelled CI job) and SIGHUP unwind the script as
+    Ctrl-C does, and a second stopping signal end it at once without leaving what it started.
 
     Without this Python dies at once on SIGTERM and the ``with`` blocks that stop the
     servers and worker processes the script started never run: those would be left
-    running. Outside an event loop the handler raises ``SystemExit`` in the main thread;
-    inside one (``arun``) SIGTERM cancels the main task instead, as asyncio does on Ctrl-C,
-    so its ``finally`` blocks can still await.
-
-    SIGHUP (the terminal closed) does the same: the servers run in sessions of their own
-    (``redis_server``, ``nats_server``), so no hang-up reaches them, and the script must stop them.
+    running. Outside an event loop the handler raises in the main thread; inside one
+    (``arun``) the signal cancels the main task instead, so its ``finally`` blocks can still
+    await. SIGHUP (the terminal closed) does the same: the servers run in sessions of their
+    own (``redis_server``, ``nats_server``), so no hang-up reaches them, and the script must
+    stop them. A second signal (``_hurry``) kills the servers and worker processes the script
+    owns (``own``, ``started_server``) and exits: "at once" never means "and leave them running".
 
     Ctrl-C is made to stop the script even where it started with SIGINT ignored (a
     background job of a non-interactive shell): the nats-server it starts stops on SIGINT
     whatever it inherited, so a script that ignored it would go on against a stopped server.
     """
-    for signum in _STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
-            signal.signal(signum, _stop_on_sigterm)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGINT, *_STOP_SIGNALS):
+        if signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(signum, _on_signal)
 
 
 #: What a script says when a signal stopped it, by signal: the line it exits with and its exit code.
@@ -197,12 +216,56 @@ def _stopped_by(signum: int) -> SystemExit:
     return SystemExit(code)
 
 
+#: Worker processes and servers this script started and must not outlive (``own``, ``started_server``).
+_owned_processes: set[subprocess.Popen[Any]] = set()
+_owned_servers: list[Any] = []
+_owned_directories: list[str] = []
+
+
+def own(process: subprocess.Popen[Any]) -> None:
+    """Have a second stopping signal kill ``process`` (one this script started in a session of its
+    own, which a terminal's Ctrl-C does not reach); ``disown`` once it has been stopped."""
+    _owned_processes.add(process)
+
+
+def own_directory(path: str | os.PathLike[str]) -> None:
+    """Have a second stopping signal remove ``path`` (a temporary directory whose ``with`` block
+    would have removed it)."""
+    _owned_directories.append(os.fspath(path))
+
+
+def disown(process: subprocess.Popen[Any]) -> None:
+    """``process`` has been stopped: a second signal has nothing to do for it."""
+    _owned_processes.discard(process)
+
+
+def _hurry(signum: int) -> None:
+    """A second stopping signal: kill what the script owns, remove its servers' data directories,
+    pass the signal on to the scripts ``run_child`` runs (each does the same), say so and exit."""
+    for process in list(_owned_processes):
+        with contextlib.suppress(OSError):
+            process.kill()
+    for server in list(_owned_servers):
+        with contextlib.suppress(Exception):
+            server.stop(kill=True, timeout=5)
+            server.cleanup()
+    for child in list(_children):
+        with contextlib.suppress(OSError):
+            child.send_signal(signum)
+    for directory in _owned_directories:
+        shutil.rmtree(directory, ignore_errors=True)
+    name = signal.Signals(signum).name
+    print(f"{name} again: the servers and worker processes this run started are killed; stopped at once",
+          file=sys.stderr, flush=True)
+    os._exit(_STOPPED[signal.Signals(signum)][1])
+
+
 def arun(coroutine: Awaitable[T]) -> T:
     """``asyncio.run(coroutine)``, with Ctrl-C (SIGINT), SIGTERM and SIGHUP cancelling it (its ``finally``
     blocks run: the servers and processes it started are stopped) and then ending the script with
     ``SystemExit`` (exit code 130, 143 or 129, after one line saying so). The first signal prints that
-    the run is stopping; a second one of the same kind ends the script at once. The handler of
-    ``stop_on_sigterm`` is back afterwards."""
+    the run is stopping; a second one ends the script at once (``_hurry``: what it started is killed).
+    The handlers of ``stop_on_sigterm`` are back afterwards."""
     stopped: int | None = None
 
     async def guarded() -> Any:
@@ -211,12 +274,9 @@ def arun(coroutine: Awaitable[T]) -> T:
 
         def on_signal(signum: int) -> None:
             nonlocal stopped
-            if stopped is None:
-                stopped = signum
-                print(f"{signal.Signals(signum).name}: stopping the servers and worker processes this run started "
-                      "(again to end at once)", file=sys.stderr, flush=True)
-            # A second one of this kind ends the script at once (SIGINT: KeyboardInterrupt; the others: default).
-            loop.remove_signal_handler(signum)
+            if not _first_signal(signum):
+                _hurry(signum)
+            stopped = signum
             for child in list(_children):  # scripts run by run_child in a thread: the thread waits on them
                 child.terminate()
             task.cancel()
@@ -233,11 +293,10 @@ def arun(coroutine: Awaitable[T]) -> T:
 
     try:
         result = asyncio.run(guarded())
-    except KeyboardInterrupt:  # the second Ctrl-C, during the first one's cleanup
-        raise _stopped_by(signal.SIGINT) from None
+    finally:
+        stop_on_sigterm()  # the loop put the signals back to their defaults when it closed
     if stopped is not None:
         raise _stopped_by(stopped)
-    stop_on_sigterm()  # the loop put the signals back to their defaults when it closed
     return result  # type: ignore[no-any-return]
 
 
@@ -313,7 +372,8 @@ def peers_interpreter(python: str, option: str, modules: Sequence[str]) -> str:
         found = "no such file" if not os.path.exists(python) else "not an executable file"
         raise SystemExit(f"{option} {python}: {found}; pass the python of an environment with "
                          f"{', '.join(modules)}; {PEERS_HINT}")
-    check = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
+    # It must say so: any program that exits 0 (``/bin/true``) would pass a check of the exit code alone.
+    check = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\nprint('imported')"
     try:
         done = subprocess.run([python, "-c", check, *modules], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -321,6 +381,9 @@ def peers_interpreter(python: str, option: str, modules: Sequence[str]) -> str:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"{option} {python}: cannot import {', '.join(modules)} ({last}); {PEERS_HINT}")
+    if done.stdout.strip() != "imported":
+        raise SystemExit(f"{option} {python}: not a Python interpreter (it did not run a Python -c check); "
+                         f"{PEERS_HINT}")
     return python
 
 
@@ -356,7 +419,9 @@ async def close_within(awaitable: Awaitable[Any], seconds: float = 5.0) -> None:
 @contextlib.contextmanager
 def started_server(server: Any) -> Iterator[Any]:
     """Start ``server`` (a ``tests/support`` launcher) and yield it; stop it and remove its data
-    directory afterwards, also when it fails to start. A start that fails exits with its message."""
+    directory afterwards, also when it fails to start. A start that fails exits with its message.
+    Until then a second stopping signal kills it (``_hurry``)."""
+    _owned_servers.append(server)
     try:
         try:
             server.start()
@@ -365,6 +430,7 @@ def started_server(server: Any) -> Iterator[Any]:
         yield server
     finally:
         server.cleanup()
+        _owned_servers.remove(server)
 
 
 def tests_support() -> None:

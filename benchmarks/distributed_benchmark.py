@@ -118,7 +118,7 @@ def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[i
 
     Each runs in a session of its own, as the server does (``bench_support``): a Ctrl-C in the
     terminal reaches this script alone, which stops the workers while the server still serves,
-    then the server."""
+    then the server; a second Ctrl-C kills both (``bench_support.own``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     processes = [
         subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
@@ -127,6 +127,8 @@ def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[i
                          cwd=HERE, env=env, start_new_session=True)
         for i in range(count)
     ]
+    for process in processes:
+        bench_support.own(process)  # a second Ctrl-C kills them
     try:
         yield [process.pid for process in processes]
     finally:
@@ -139,6 +141,7 @@ def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[i
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            bench_support.disown(process)
 
 
 async def wait_for_workers(orchestrator: DistributedOrchestrator, count: int) -> None:

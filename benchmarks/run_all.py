@@ -93,9 +93,14 @@ def peers_python(env: pathlib.Path) -> str:
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return str(python)
+    bench_support.writable_directory(env, "--peers-env")
     print(f"making the peers' environment {env} from {REQUIREMENTS.name} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    for what, command in (("python -m venv", [sys.executable, "-m", "venv", str(env)]),
+                          ("pip install", [str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)])):
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"--peers-env {env}: {what} failed (its error is above); pip needs the package "
+                             "index; or pass --peers-python PATH of an environment with "
+                             f"{', '.join(PEER_MODULES)} made already")
     stamp.write_text(wanted + "\n")
     return str(python)
 
@@ -150,14 +155,16 @@ def read_results(path: pathlib.Path) -> dict[str, Any]:
     return results
 
 
-def not_measured(start: list[str]) -> list[str]:
-    """The table's rows that a run on ``start``'s backends does not measure, and why."""
+def not_measured(start: list[str], workers: str | None = None) -> list[str]:
+    """The table's rows that a run on ``start``'s backends with ``workers`` (``--workers``) does not
+    measure, and why."""
     if "redis" not in start:
         return ["every Redis row (single-node and fan-out vs arq, worker processes, NATS vs Redis, latency, "
                 "round trips, payload bytes): --start has no redis"]
-    if "nats" not in start:
-        return ["NATS vs Redis: --start has no nats"]
-    return []
+    left_out = [] if "nats" in start else ["NATS vs Redis: --start has no nats"]
+    if workers is not None and all(int(count) <= 1 for count in workers.split(",") if count.strip().isdigit()):
+        left_out.append("worker processes vs 1: --workers has no count above 1")
+    return left_out
 
 
 def table(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -303,7 +310,8 @@ def main() -> None:
         earlier["table"] = table(earlier["figures"])
         print_table(earlier["table"])
         start = earlier.get("parameters", {}).get("start")
-        left_out = not_measured(start) if isinstance(start, list) else []
+        workers = earlier.get("parameters", {}).get("workers")
+        left_out = not_measured(start, workers if isinstance(workers, str) else None) if isinstance(start, list) else []
         if left_out:
             print(f"\nnot measured, so left out of the table: {'; '.join(left_out)}")
         if args.results:
@@ -318,6 +326,7 @@ def main() -> None:
     log: dict[str, Any] = {}
     figures: dict[str, Any] = {"distributed": {}}
     with tempfile.TemporaryDirectory(prefix="da-bench-") as scratch:
+        bench_support.own_directory(scratch)  # a second Ctrl-C removes it too
         out = pathlib.Path(scratch)
 
         def script(name: str, *extra: str) -> list[str]:
@@ -365,7 +374,7 @@ def main() -> None:
     if failed:
         print(f"\nfailed, so left out of the table: "
               f"{'; '.join(f'{title} ({ROWS_OF_STEP.get(title, title)})' for title in failed)}")
-    left_out = not_measured(backends)
+    left_out = not_measured(backends, args.workers)
     if left_out:
         print(f"\nnot measured, so left out of the table: {'; '.join(left_out)}")
     print(f"\nload average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "

@@ -4,6 +4,7 @@ traceback; Ctrl-C stops a run with its servers and worker processes, and says so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -45,6 +46,12 @@ def test_peers_interpreter_names_what_is_missing(tmp_path: pathlib.Path) -> None
         bench_support.peers_interpreter(str(tmp_path), "--arq-python", ["arq"])
     with pytest.raises(SystemExit, match=r"cannot import no_such_module_da \(ModuleNotFoundError"):
         bench_support.peers_interpreter(sys.executable, "--peers-python", ["no_such_module_da"])
+    # A program that exits 0 whatever it is given is not taken for an interpreter.
+    true = tmp_path / "true"
+    true.write_text("#!/bin/sh\nexit 0\n")
+    true.chmod(0o755)
+    with pytest.raises(SystemExit, match=r"--arq-python .*true: not a Python interpreter"):
+        bench_support.peers_interpreter(str(true), "--arq-python", ["arq"])
 
 
 @pytest.mark.parametrize("args, says", [
@@ -88,16 +95,21 @@ def _processes_naming(text: str) -> list[int]:
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how, ignored, code, says", [
-    ("ctrl-c", False, 130, "interrupted (Ctrl-C)"),
-    ("ctrl-c", True, 130, "interrupted (Ctrl-C)"),
-    ("hang-up", False, 129, "stopped (SIGHUP)"),
-], ids=["terminal-ctrl-c", "ctrl-c-started-with-sigint-ignored", "terminal-closed"])
+    ("ctrl-c", False, 130, "interrupted (Ctrl-C): the servers and worker processes this run started are stopped"),
+    ("ctrl-c", True, 130, "interrupted (Ctrl-C): the servers and worker processes this run started are stopped"),
+    ("hang-up", False, 129, "stopped (SIGHUP): the servers and worker processes this run started are stopped"),
+    ("ctrl-c twice", False, 130, "SIGINT again: the servers and worker processes this run started are killed"),
+    ("sigterm twice", False, 143, "SIGTERM again: the servers and worker processes this run started are killed"),
+], ids=["terminal-ctrl-c", "ctrl-c-started-with-sigint-ignored", "terminal-closed", "ctrl-c-twice",
+        "sigterm-twice-as-a-parent-passing-it-on"])
 def test_a_signal_stops_a_run_its_workers_and_its_server_with_one_line(how: str, ignored: bool, code: int,
                                                                         says: str) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group: here the script's own, since
     its server and workers run in sessions of their own and are stopped by it, in order. A script
     started with SIGINT ignored (a background job of a non-interactive shell) stops on it too. A
-    closed terminal hangs up the script alone (its servers are in other sessions): it stops them."""
+    closed terminal hangs up the script alone (its servers are in other sessions): it stops them.
+    A second signal while it stops ends it at once, but kills what it started rather than leave it
+    (the workers and servers, in sessions of their own, would otherwise outlive it)."""
     def start() -> subprocess.Popen[str]:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -122,16 +134,22 @@ def test_a_signal_stops_a_run_its_workers_and_its_server_with_one_line(how: str,
         workers = _processes_naming(url)
         assert workers, "the worker processes did not start"
         time.sleep(2)  # into the measured passes
-        if how == "ctrl-c":
+        if how.startswith("ctrl-c"):
             os.killpg(run.pid, signal.SIGINT)
-        else:
+        elif how == "hang-up":
             os.kill(run.pid, signal.SIGHUP)
+        else:
+            os.kill(run.pid, signal.SIGTERM)
+        if how.endswith("twice"):
+            time.sleep(0.1)  # while it stops its workers
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGINT if how.startswith("ctrl-c") else signal.SIGTERM)
         _, stderr = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == code, stderr[-2000:]
-    assert f"{says}: the servers and worker processes this run started are stopped" in stderr
+    assert says in stderr
     assert "Traceback" not in stderr
     assert not _serves(port), "the run's redis-server still serves"
     assert not [pid for pid in workers if pathlib.Path(f"/proc/{pid}").exists()
