@@ -154,6 +154,8 @@ class _Stopped(SystemExit):
 
 #: The first stopping signal this script received (None: none yet). A second one hurries (``_hurry``).
 _signalled: int | None = None
+#: The process that installed the handlers (``stop_on_sigterm``): a forked child inherits them.
+_installed_in = 0
 
 
 def _first_signal(signum: int) -> bool:
@@ -170,6 +172,12 @@ def _first_signal(signum: int) -> bool:
 def _on_signal(signum: int, frame: Any) -> None:
     """Outside an event loop: the first stopping signal unwinds the script (SIGINT as
     ``KeyboardInterrupt``, the others as ``_Stopped``); a second one hurries."""
+    if os.getpid() != _installed_in:  # a forked child (multiprocessing): what it owns is its parent's
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if not _first_signal(signum):
         _hurry(signum)
     if signum == signal.SIGINT:
@@ -194,6 +202,8 @@ def stop_on_sigterm() -> None:
     background job of a non-interactive shell): the nats-server it starts stops on SIGINT
     whatever it inherited, so a script that ignored it would go on against a stopped server.
     """
+    global _installed_in
+    _installed_in = os.getpid()
     for signum in (signal.SIGINT, *_STOP_SIGNALS):
         if signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
             signal.signal(signum, _on_signal)

@@ -37,8 +37,32 @@ async def flush_in_order(nc: Any) -> None:
     commands may still sit in the client's pending buffer, so the PONG can come back
     before the server saw them (seen under CPU load: a subscription that missed
     messages published after ``subscribe`` returned). Pushing the pending buffer out
-    first restores the order ``flush`` promises.
+    first restores the order ``flush`` promises (``_flush_now``).
+
+    Cancelling the caller ends its wait at once (``CancelledError``) and leaves the flush
+    to finish on its own: nats-py swallows a cancellation that lands while it pushes its
+    buffer (``_flush_pending`` catches ``CancelledError``), so a caller awaiting it directly
+    could not be cancelled there, and a PONG waiter it cancels half-way breaks its read loop
+    when the PONG comes (``replace_abandoned_pongs``). Raises what the flush raises
+    (``nats.errors.FlushTimeoutError``, ``ConnectionClosedError``).
     """
+    flushing = asyncio.ensure_future(_flush_now(nc))
+    try:
+        await asyncio.shield(flushing)
+    except asyncio.CancelledError:
+        if not flushing.done():
+            flushing.add_done_callback(_retrieved)
+        raise
+
+
+def _retrieved(flushing: asyncio.Future[None]) -> None:
+    """A flush its caller stopped waiting for: its outcome is read, so none is reported as never retrieved."""
+    if not flushing.cancelled():
+        flushing.exception()
+
+
+async def _flush_now(nc: Any) -> None:
+    """The flush of ``flush_in_order``, awaited in a task of its own (``flush_in_order``, ``_start_flush``)."""
     push_pending = getattr(nc, "_flush_pending", None)
     if push_pending is not None:
         await push_pending(force_flush=True)
@@ -84,7 +108,7 @@ def _start_flush(nc: Any, future: asyncio.Future[None]) -> None:
         else:
             future.set_result(None)
 
-    asyncio.ensure_future(flush_in_order(nc)).add_done_callback(settle)
+    asyncio.ensure_future(_flush_now(nc)).add_done_callback(settle)
 
 
 def replace_abandoned_pongs(nc: Any) -> None:
