@@ -411,19 +411,24 @@ async def check_backend(url: str) -> None:
 
 
 async def bounded(awaitable: Awaitable[T], seconds: float, what: str, url: str) -> T:
-    """``await awaitable``, or ``SystemExit`` naming ``what`` once ``seconds`` have passed."""
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
+    """``await awaitable``, or ``SystemExit`` naming ``what`` once ``seconds`` have passed. A Ctrl-C
+    that lands as the pass ends still stops the script (not ``asyncio.wait_for``: ``core.timeouts``)."""
+    from distributed_agents.core.timeouts import wait_within  # the framework's environment only
+
+    running = asyncio.ensure_future(awaitable)
+    if not await wait_within(running, seconds):
         raise SystemExit(f"{what} did not finish within {seconds:g}s (--pass-timeout): check that the server at "
                          f"{url} is still up and answering, then run again (or raise --pass-timeout on a slow "
-                         "machine)") from None
+                         "machine)")
+    return running.result()
 
 
 async def close_within(awaitable: Awaitable[Any], seconds: float = 5.0) -> None:
     """Await a close that may wait on a server that is gone: give up after ``seconds``, errors ignored."""
-    with contextlib.suppress(Exception, asyncio.TimeoutError):
-        await asyncio.wait_for(awaitable, seconds)
+    from distributed_agents.core.timeouts import wait_within  # the framework's environment only
+
+    with contextlib.suppress(Exception):
+        await wait_within(awaitable, seconds)
 
 
 @contextlib.contextmanager

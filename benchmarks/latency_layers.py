@@ -52,6 +52,8 @@ import redis.exceptions
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_support  # noqa: E402
 
+from distributed_agents.core.timeouts import wait_within  # noqa: E402
+
 _ENQUEUE = "redis.call('RPUSH', KEYS[1], ARGV[1]) return 1"
 _ACK = "redis.call('SET', KEYS[1], ARGV[2]) redis.call('PUBLISH', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2]) return 1"
 
@@ -134,7 +136,11 @@ async def floor(url: str, runs: int) -> tuple[float, float, Legs]:
         for i in range(runs):
             started = dispatched[i] = time.perf_counter()
             await enqueue(keys=[f"{prefix}:q"], args=[f"t{i}"])
-            results[i] = await asyncio.wait_for(arrived.get(), 30)
+            getting = asyncio.ensure_future(arrived.get())
+            # Not asyncio.wait_for: before Python 3.12 it loses a Ctrl-C that lands as a result comes.
+            if not await wait_within(getting, 30):
+                raise TimeoutError(f"no result of task t{i} within 30s: is the floor worker process alive?")
+            results[i] = getting.result()
             samples.append(results[i] - started)
     except BaseException:  # stopped or failed: the worker process would wait for tasks for up to 30s more
         stopped = True

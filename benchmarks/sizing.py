@@ -47,6 +47,7 @@ import bench_support  # noqa: E402
 from distributed_benchmark import SERVER_PIDS, cpu_seconds, local_server, wait_for_workers, workers  # noqa: E402
 
 from distributed_agents import Graph  # noqa: E402
+from distributed_agents.core.timeouts import wait_within  # noqa: E402
 from distributed_agents.distributed import DistributedOrchestrator  # noqa: E402
 
 
@@ -121,7 +122,8 @@ async def run_workflows(orchestrator: DistributedOrchestrator, graph: Graph, tot
 
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(total))), timeout)
+        if not await wait_within(asyncio.gather(*(one(i) for i in range(total))), timeout):  # see core.timeouts
+            raise asyncio.TimeoutError
     except asyncio.TimeoutError:
         statuses = {wf: (await orchestrator.get_workflow_status(wf)).status for wf in sorted(waiting)[:10]}
         raise TimeoutError(f"{len(waiting)} of {total} workflows not returned by execute() after {timeout}s; "

@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from distributed_agents.core.ports.message_bus import MessageBus
+from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_CHUNK_LIMIT", "EVENT_KINDS", "EventPublisher", "event_channel", "stream_channel"]
 
@@ -249,11 +250,7 @@ class EventPublisher:
         if timeout is None:  # each waiter has its own future: a cancelled one is skipped when released
             await future
             return True
-        try:
-            await asyncio.wait_for(future, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_within(future, timeout)  # not wait_for: see core.timeouts
 
     def flush(self) -> Awaitable[bool]:
         """Wait until every queued event and chunk has been published (or failed to be); await it (True).

@@ -66,6 +66,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, StateStore, Wo
 from distributed_agents.core.schema import result_values
 from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
 from distributed_agents.core.types import INTERRUPT_KEY
+from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "StreamGap", "StreamGapError", "StreamReader",
            "check_on_gap", "parse_stream_mode"]
@@ -389,8 +390,7 @@ class StreamReader:
                     if loop.time() - driver_done_at >= END_GRACE or await self._never_started(driver):
                         break
                 wait = self.poll_interval if driver is None or not driver.done() else 0.05
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._buffer.ready.wait(), wait)
+                await wait_within(self._buffer.ready.wait(), wait)  # not wait_for: see core.timeouts
                 if not self._buffer.items:  # silence: the record says whether steps or the end were missed
                     record = await self._record()
                     for chunk in await self._catch_up(record):

@@ -84,6 +84,7 @@ from distributed_agents.core.task_state import (
     TaskStateError,
     read_ref,
 )
+from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -377,7 +378,7 @@ class Worker:
             await asyncio.gather(*helpers, *self._running, return_exceptions=True)
             reset_stream_sink(sink)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._stream.close(), STREAM_FLUSH_TIMEOUT)
+                await wait_within(self._stream.close(), STREAM_FLUSH_TIMEOUT)  # not wait_for: core.timeouts
             with contextlib.suppress(Exception):
                 await subscription.close()
             with contextlib.suppress(Exception):

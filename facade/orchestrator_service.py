@@ -30,6 +30,7 @@ from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError
 from distributed_agents.core.graph import Graph
 from distributed_agents.core.orchestrator import Orchestrator
+from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["OrchestratorService", "queue_backlog"]
 
@@ -136,8 +137,7 @@ class OrchestratorService:
                      orchestrator.orchestrator_id, names, safe_url(orchestrator.backend.url), self.poll_interval)
             while not self._stopping.is_set():
                 await self._round()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                await wait_within(self._stopping.wait(), self.poll_interval)  # not wait_for: see core.timeouts
         finally:
             self._stopping.set()
             # Cancels the drives: each releases its workflow's lease for the next orchestrator.

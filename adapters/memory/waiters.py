@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from distributed_agents.core.timeouts import wait_within
 from collections.abc import Hashable
 
 __all__ = ["WaiterSet"]
@@ -54,9 +55,7 @@ class WaiterSet:
         """Sleep until a ``notify`` of one of ``keys`` or ``timeout`` seconds, whichever first."""
         future = self.add(keys)
         try:
-            await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await wait_within(future, timeout)  # not wait_for: see core.timeouts
         finally:
             self.discard(keys, future)
 

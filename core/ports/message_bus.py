@@ -27,6 +27,7 @@ The contract (checked by ``distributed_agents.conformance``):
 from __future__ import annotations
 
 import asyncio
+from distributed_agents.core.timeouts import wait_within
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,9 +100,7 @@ class BufferedSubscription(Subscription):
             remaining = None if give_up is None else give_up - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
-            try:
-                await asyncio.wait_for(self._ready.wait(), remaining)
-            except asyncio.TimeoutError:
+            if not await wait_within(self._ready.wait(), remaining):  # not wait_for: see core.timeouts
                 return None
 
     async def close(self) -> None:
