@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["wait_within"]
+__all__ = ["wait_within", "within"]
+
+T = TypeVar("T")
 
 
 async def wait_within(awaitable: Awaitable[Any], timeout: float | None) -> bool:
@@ -31,10 +33,27 @@ async def wait_within(awaitable: Awaitable[Any], timeout: float | None) -> bool:
     try:
         done, _ = await asyncio.wait({inner}, timeout=None if timeout is None else max(timeout, 0.0))
     except asyncio.CancelledError:
-        inner.cancel()
+        _abandon(inner)
         raise
     if not done:
-        inner.cancel()
+        _abandon(inner)
         return False
     inner.result()
     return True
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for(awaitable, timeout)`` without its loss of the caller's cancellation: the
+    result of ``awaitable``, or ``asyncio.TimeoutError`` once ``timeout`` seconds have passed (it is
+    cancelled then); its own exception is raised as it is."""
+    inner = asyncio.ensure_future(awaitable)
+    if not await wait_within(inner, timeout):
+        raise asyncio.TimeoutError
+    return inner.result()
+
+
+def _abandon(inner: asyncio.Future[Any]) -> None:
+    """Cancel what the caller no longer waits for; an outcome it still reaches is read (never reported
+    as "exception was never retrieved")."""
+    inner.cancel()
+    inner.add_done_callback(lambda done: None if done.cancelled() else done.exception())

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from distributed_agents.core.errors import ConfigurationError
+from distributed_agents.core.timeouts import within
 
 __all__ = ["HealthServer"]
 
@@ -118,7 +119,7 @@ class HealthServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            status, body = await asyncio.wait_for(self._answer(reader), REQUEST_TIMEOUT + self.check_timeout)
+            status, body = await within(self._answer(reader), REQUEST_TIMEOUT + self.check_timeout)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
             status, body = 400, {"status": "error", "reason": "incomplete or malformed request"}
         data = json.dumps(body).encode()
@@ -137,12 +138,12 @@ class HealthServer:
                 pass
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
-        request = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+        request = await within(reader.readline(), REQUEST_TIMEOUT)
         parts = request.decode("latin-1").split()
         if len(parts) < 2:
             raise ValueError("no request line")
         for _ in range(MAX_HEADERS):  # the headers are not used; read them so the client sees a clean close
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            line = await within(reader.readline(), REQUEST_TIMEOUT)
             if line in (b"\r\n", b"\n", b""):
                 break
         method, target = parts[0], urlsplit(parts[1])
@@ -159,7 +160,7 @@ class HealthServer:
             return 404, {"status": "error", "reason": f"no route {path!r}; use one of {known}"}
         query = {key: values[-1] for key, values in parse_qs(target.query).items()}
         try:
-            return 200, await asyncio.wait_for(route(query), self.check_timeout)
+            return 200, await within(route(query), self.check_timeout)
         except asyncio.TimeoutError:
             return 503, {"status": "unavailable", "reason": f"{path} took longer than {self.check_timeout:g}s"}
         except Exception as exc:
@@ -167,7 +168,7 @@ class HealthServer:
 
     async def _run(self, check: ReadyCheck) -> str | None:
         try:
-            return await asyncio.wait_for(check(), self.check_timeout)
+            return await within(check(), self.check_timeout)
         except asyncio.TimeoutError:
             return f"the check took longer than {self.check_timeout:g}s"
         except Exception as exc:

@@ -42,6 +42,7 @@ from distributed_agents.adapters.nats.errors import mask_url, nats_errors, note_
 from distributed_agents.adapters.nats.naming import Names
 from distributed_agents.core.errors import BackendConfigError, BackendError, BackendUnavailableError, MissingExtraError
 from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.timeouts import within
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -530,14 +531,14 @@ class NatsConnection:
         for server in self.settings.servers:
             host, _, port = server.split("://", 1)[1].rpartition(":")
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), _PROBE_TIMEOUT)
+                reader, writer = await within(asyncio.open_connection(host, int(port)), _PROBE_TIMEOUT)
             except ConnectionRefusedError:
                 refused += 1
                 continue
             except (OSError, ValueError, asyncio.TimeoutError):
                 return  # DNS, routing, timeouts: nats-py's connect reports them
             try:
-                line = await asyncio.wait_for(reader.readline(), _PROBE_TIMEOUT)
+                line = await within(reader.readline(), _PROBE_TIMEOUT)
             except (OSError, asyncio.TimeoutError):
                 line = b""
             finally:

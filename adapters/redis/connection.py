@@ -63,6 +63,7 @@ from distributed_agents.adapters.redis.batching import HeldConnections, ScriptBa
 from distributed_agents.adapters.redis.errors import load_redis, mask_url, redis_errors
 from distributed_agents.core.errors import BackendConfigError, BackendUnavailableError
 from distributed_agents.core.ports.backend import BackendOptions
+from distributed_agents.core.timeouts import within
 
 __all__ = ["RedisConnection", "redis_client_url"]
 
@@ -548,13 +549,13 @@ class RedisConnection:
         if address is None:
             return False
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), _TLS_PROBE_AFTER)
+            reader, writer = await within(asyncio.open_connection(*address), _TLS_PROBE_AFTER)
         except (OSError, asyncio.TimeoutError):
             return False
         try:
             writer.write(b"PING\r\n")
             await writer.drain()
-            reply = await asyncio.wait_for(reader.readline(), _TLS_PROBE_AFTER)
+            reply = await within(reader.readline(), _TLS_PROBE_AFTER)
         except (OSError, asyncio.TimeoutError):
             return False
         finally:

@@ -50,6 +50,7 @@ from distributed_agents.core.ports.message_bus import (
     Subscription,
     pattern_matches,
 )
+from distributed_agents.core.timeouts import within
 
 __all__ = ["PUBLISH_SCRIPT", "RedisMessageBus", "RedisSubscription"]
 
@@ -186,7 +187,7 @@ class RedisMessageBus(MessageBus):
                 self._subscriptions.pop(glob, None)
                 raise
             try:
-                await asyncio.wait_for(confirmed, _SUBSCRIBE_TIMEOUT)
+                await within(confirmed, _SUBSCRIBE_TIMEOUT)
             except BackendError:  # refused (ACL)
                 self._subscriptions.pop(glob, None)
                 self._confirm.pop(glob, None)
@@ -213,7 +214,7 @@ class RedisMessageBus(MessageBus):
         try:
             with redis_errors(self._connection.url, f"subscribe to {subscription.pattern!r}"):
                 await self._command("ping", token)
-            await asyncio.wait_for(joined, _SUBSCRIBE_TIMEOUT)
+            await within(joined, _SUBSCRIBE_TIMEOUT)
         except asyncio.TimeoutError:
             raise BackendUnavailableError(
                 f"Redis at {self._connection.masked_url} did not answer the subscription to "

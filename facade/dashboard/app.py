@@ -47,6 +47,7 @@ from distributed_agents.core.errors import (BackendUnavailableError, Configurati
                                             PayloadDecodeError, WorkflowNotFoundError)
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.redaction import redact_text, redact_url
+from distributed_agents.core.timeouts import within
 
 from . import graph_svg
 from .hub import CLOSED, EventHub
@@ -443,7 +444,7 @@ def create_app(orchestrator: Orchestrator, *, token: str | None = None, read_onl
                 yield "retry: 2000\n: connected\n\n"
                 while True:
                     try:
-                        event = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                        event = await within(queue.get(), KEEPALIVE)  # not wait_for: core.timeouts
                     except asyncio.TimeoutError:
                         yield ": keepalive\n\n"
                         continue

@@ -12,7 +12,7 @@ import pytest
 
 from distributed_agents.adapters.memory.message_bus import BusData, MemoryMessageBus
 from distributed_agents.core.ports.message_bus import BufferedSubscription, BusMessage
-from distributed_agents.core.timeouts import wait_within
+from distributed_agents.core.timeouts import wait_within, within
 
 
 def run(coroutine):  # type: ignore[no-untyped-def]
@@ -99,3 +99,27 @@ def test_a_subscription_reader_cancelled_as_a_message_comes_is_cancelled(kind: s
         return outcomes
 
     assert run(scenario()) == [True] * 10
+
+
+def test_within_is_wait_for_that_keeps_the_cancellation() -> None:
+    async def scenario() -> tuple[bool, list[str]]:
+        assert await within(asyncio.sleep(0, result=7), 5) == 7
+        with pytest.raises(asyncio.TimeoutError):
+            await within(asyncio.sleep(10), 0.05)
+
+        async def fails() -> None:
+            raise KeyError("k")
+
+        with pytest.raises(KeyError):
+            await within(fails(), 5)
+        queue: asyncio.Queue[str] = asyncio.Queue()
+
+        async def reader() -> str:
+            return await within(queue.get(), 5)
+
+        cancelled = await _cancelled_as_it_is_woken(reader, lambda: queue.put_nowait("event"))
+        left = [queue.get_nowait() for _ in range(queue.qsize())]
+        return cancelled, left
+
+    cancelled, _ = run(scenario())
+    assert cancelled is True  # an SSE or subscription reader stops when its client goes away
