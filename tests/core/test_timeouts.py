@@ -9,28 +9,11 @@ import sys
 from typing import Any
 
 import pytest
+from support.aio import ends_cancelled, run
 
 from distributed_agents.adapters.memory.message_bus import BusData, MemoryMessageBus
 from distributed_agents.core.ports.message_bus import BufferedSubscription, BusMessage
 from distributed_agents.core.timeouts import wait_within, within
-
-
-def run(coroutine):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coroutine, 10))
-
-
-async def _cancelled_as_it_is_woken(wait, wake) -> bool:  # type: ignore[no-untyped-def]
-    """Start ``wait()``, let it block, then wake it and cancel it in the same pass: whether it raised."""
-    waiter = asyncio.ensure_future(wait())
-    for _ in range(3):
-        await asyncio.sleep(0)
-    wake()
-    waiter.cancel()
-    try:
-        await waiter
-    except asyncio.CancelledError:
-        return True
-    return False
 
 
 def test_a_caller_cancelled_as_the_event_comes_is_cancelled() -> None:
@@ -40,7 +23,7 @@ def test_a_caller_cancelled_as_the_event_comes_is_cancelled() -> None:
         async def ours() -> bool:
             return await wait_within(event.wait(), 5)
 
-        mine = await _cancelled_as_it_is_woken(ours, event.set)
+        mine = await ends_cancelled(ours, passes=3, wake=event.set)
         event = asyncio.Event()
 
         async def theirs() -> bool:
@@ -48,7 +31,7 @@ def test_a_caller_cancelled_as_the_event_comes_is_cancelled() -> None:
             return True
 
         # The reason for the helper: wait_for loses this cancellation before Python 3.12.
-        return mine, await _cancelled_as_it_is_woken(theirs, event.set)
+        return mine, await ends_cancelled(theirs, passes=3, wake=event.set)
 
     mine, theirs = run(scenario())
     assert mine is True
@@ -93,8 +76,8 @@ def test_a_subscription_reader_cancelled_as_a_message_comes_is_cancelled(kind: s
         outcomes = []
         for index in range(10):
             message = BusMessage("events.x", {"i": index})
-            outcomes.append(await _cancelled_as_it_is_woken(lambda: subscription.get(timeout=5),
-                                                            lambda: subscription._deliver(message)))
+            outcomes.append(await ends_cancelled(lambda: subscription.get(timeout=5), passes=3,
+                                                 wake=lambda: subscription._deliver(message)))
             assert await subscription.get(timeout=0) is message  # kept for the next reader, not lost
         return outcomes
 
@@ -117,7 +100,7 @@ def test_within_is_wait_for_that_keeps_the_cancellation() -> None:
         async def reader() -> str:
             return await within(queue.get(), 5)
 
-        cancelled = await _cancelled_as_it_is_woken(reader, lambda: queue.put_nowait("event"))
+        cancelled = await ends_cancelled(reader, passes=3, wake=lambda: queue.put_nowait("event"))
         left = [queue.get_nowait() for _ in range(queue.qsize())]
         return cancelled, left
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -16,6 +16,27 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+async def ends_cancelled(start: Callable[[], Awaitable[Any]], *, passes: int = 1,
+                         wake: Callable[[], object] | None = None) -> bool:
+    """Start ``start()``, let the event loop run ``passes`` passes (so it reaches its wait), then call
+    ``wake`` (if given) and cancel it in that same pass: whether it ended with ``CancelledError``
+    (False: it returned normally, the cancellation lost).
+
+    With ``wake``, the awaited thing ends in the very pass the caller is cancelled, the case
+    ``asyncio.wait_for`` gets wrong before Python 3.12 (``core.timeouts``)."""
+    task = asyncio.ensure_future(start())
+    for _ in range(passes):
+        await asyncio.sleep(0)
+    if wake is not None:
+        wake()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
 def connect_failure(url: str, timeout: float = 30) -> BaseException:

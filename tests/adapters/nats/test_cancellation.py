@@ -10,24 +10,12 @@ import asyncio
 import logging
 
 import pytest
-from support.aio import run
+from support.aio import ends_cancelled, run
 
 from distributed_agents.adapters.nats.message_bus import flush_in_order
 from distributed_agents.core.ports.task_queue import Task
 
 from .conftest import open_nats
-
-
-async def _cancelled_at_first_suspension(make: object) -> bool:
-    """Start ``make()``, let it run to its first suspension, cancel it: whether it was cancelled."""
-    task = asyncio.ensure_future(make())  # type: ignore[operator]
-    await asyncio.sleep(0)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        return True
-    return False
 
 
 @pytest.mark.timeout(60)
@@ -37,7 +25,7 @@ def test_a_flush_cancelled_while_the_buffer_is_pushed_raises_and_the_connection_
         backend = await open_nats(nats_url)
         try:
             nc = backend.connection.nc
-            outcomes = [await _cancelled_at_first_suspension(lambda: flush_in_order(nc)) for _ in range(20)]
+            outcomes = [await ends_cancelled(lambda: flush_in_order(nc)) for _ in range(20)]
             # The connection still answers: the abandoned flushes finished on their own.
             await asyncio.wait_for(flush_in_order(nc), 5)
             queue = backend.task_queue
@@ -64,7 +52,7 @@ def test_wait_results_cancelled_as_it_subscribes_raises(nats_url: str) -> None:
             backend = await open_nats(nats_url)
             try:
                 queue = backend.task_queue
-                outcomes.append(await _cancelled_at_first_suspension(
+                outcomes.append(await ends_cancelled(
                     lambda: queue.wait_results(["never-enqueued"], timeout=2.0)))
             finally:
                 await backend.close()
