@@ -9,6 +9,15 @@ it stops claiming, lets running tasks finish within the grace period, gives the 
 back to the queue and deregisters. A malformed task never crashes it: the task is
 dead-lettered with the reason and the worker goes on.
 
+Stopping on signals (``handle_signals``), as Celery's workers do: the first SIGTERM or
+SIGINT drains (a warm stop, above); a second one while it drains hurries the stop (a
+cold stop): the claim under way, the running nodes and the settling calls are
+cancelled at once, and what is left of stopping (the releases of the stopped tasks,
+flushing stream chunks, deregistering, closing the connection) gets ``HURRIED_CLEANUP``
+seconds in all, so the worker ends within a few seconds even when the backend is gone.
+A task whose release or ack did not land runs again once its lease expires (delivery
+is at least once); a node's thread, which cannot be interrupted, is abandoned.
+
 A result the backend could not store (not JSON, over ``max_payload_bytes``) fails the
 node before the ack, finally (no retry). Settling a task expects only two failures: a
 backend outage (repeated with backoff) and a lost lease; any other exception is a bug,
@@ -32,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -84,7 +94,6 @@ from distributed_agents.core.task_state import (
     TaskStateError,
     read_ref,
 )
-from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -96,12 +105,18 @@ SETTLE_PATIENCE = 60.0  # seconds a result is kept trying to reach an unavailabl
 # so a bus that is down delays the result by at most this much (the chunks are then reported lost).
 STREAM_FLUSH_TIMEOUT = 5.0
 F = TypeVar("F", bound=NodeFunction)
+T = TypeVar("T")
 
 
 # Seconds stop() lets the settling calls under way (ack, nack, release, and the releases of the
 # tasks it stops) land before cancelling them: a settling task is not cancelled with the
 # others (see Worker._settle), but a backend outage does not hold stop() up beyond this.
 SETTLE_ON_STOP = 5.0
+# Seconds a hurried stop (a second signal while draining) gives what is left of stopping, all
+# together: the releases of the tasks it stopped, flushing stream chunks, deregistering and
+# closing the connection. A backend that is gone answers none of them: each would otherwise
+# wait out its own timeouts and retries (about 15 s beyond the grace, measured on Redis).
+HURRIED_CLEANUP = 2.0
 # Loop rounds a quick node's task is given from its start to its ack's write before the next
 # claim is sent (see _claim_loop): the task's first run and a backend's batched send (Redis
 # writes a lone ack at once) each take one; two more for a node that awaits something quick.
@@ -155,6 +170,13 @@ def _known_heartbeat_ttl(backend: str | Backend | None, options: Mapping[str, An
         return None
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s exception retrieved (``Worker._unless_hurried``: a cleanup step that
+    failed is not worth the loop's "exception was never retrieved" report)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _graph_name(payload: Any) -> str:
     """The graph name a task payload carries (``executors.task_payload``), or "" for a malformed one."""
     graph = payload.get("graph") if isinstance(payload, Mapping) else None
@@ -175,8 +197,9 @@ class Worker:
     ``heartbeat_ttl``, else ``ConfigurationError``); ``shutdown_grace`` is how long
     ``stop()`` lets running tasks finish before giving them back; ``poll_wait`` is
     the longest a claim waits for work (and so the longest ``stop()`` waits for it).
-    With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop (only
-    when serving on the main thread's event loop). ``state_cache_bytes`` bounds the states kept
+    With ``handle_signals``, SIGTERM and SIGINT make the worker drain and stop, and a
+    second one while it drains hurries the stop (``hurried``; the module docstring says
+    what that gives up), only when serving on the main thread's event loop. ``state_cache_bytes`` bounds the states kept
     that tasks name instead of carrying (``core.task_state``; 0: read for every task). ``instrumentation`` (default: the
     process-wide one of ``core.instrumentation.install``, read by ``start()``) is told
     of every task attempt and runs its ``watch`` while the worker serves.
@@ -240,6 +263,9 @@ class Worker:
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None
         self._owns_backend = not isinstance(backend, Backend)
         self._stopping: asyncio.Event | None = None  # created on the serving loop
+        # Set by a second stop signal (``_hurry``); ``_hurried_at`` is then its loop time.
+        self._hurry: asyncio.Event | None = None
+        self._hurried_at = math.inf
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
@@ -321,6 +347,8 @@ class Worker:
         self._check_heartbeat(backend.worker_registry.heartbeat_ttl)
         self._serving = True
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._hurried_at = math.inf
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._beat_now = asyncio.Event()
@@ -354,11 +382,14 @@ class Worker:
         self._stream.start()
         sink = set_stream_sink(self._stream)
         try:
-            await self._claim_loop(types)
+            # A hurried stop abandons the claim under way (a backend that is gone holds it
+            # through its retries); tasks it took meanwhile come back when their leases expire.
+            claiming = await self._unless_hurried(self._claim_loop(types))
+            if not claiming.cancelled():
+                claiming.result()
             # No task is handed to a worker that claims no more (a Redis parked registration
             # would be, until it ran out): those handed already go back to the queue.
-            with contextlib.suppress(Exception):
-                await backend.task_queue.stop_claiming(self.worker_id)
+            await self._unless_hurried(backend.task_queue.stop_claiming(self.worker_id))
             await self._drain()
         finally:
             for helper in helpers:
@@ -369,23 +400,20 @@ class Worker:
                     self._stop_task(task, "worker stopped")
             if self._running:
                 # Acks, nacks and releases under way, and the releases of the tasks just
-                # stopped (they start theirs now): let them land, within SETTLE_ON_STOP in all.
-                # One a backend outage holds longer is abandoned: its lease runs out and the
-                # task is delivered again (a stop() is never held up to SETTLE_PATIENCE).
-                await asyncio.wait(list(self._running), timeout=SETTLE_ON_STOP)
+                # stopped (they start theirs now): let them land, within SETTLE_ON_STOP in all
+                # (HURRIED_CLEANUP once hurried). One a backend outage holds longer is abandoned:
+                # its lease runs out and the task is delivered again (a stop() is never held up
+                # to SETTLE_PATIENCE).
+                await self._unless_hurried(asyncio.wait(list(self._running)), SETTLE_ON_STOP)
                 for task in list(self._running):
                     task.cancel()
-            await asyncio.gather(*helpers, *self._running, return_exceptions=True)
+            await self._unless_hurried(asyncio.gather(*helpers, *self._running, return_exceptions=True))
             reset_stream_sink(sink)
-            with contextlib.suppress(Exception):
-                await wait_within(self._stream.close(), STREAM_FLUSH_TIMEOUT)  # not wait_for: core.timeouts
-            with contextlib.suppress(Exception):
-                await subscription.close()
-            with contextlib.suppress(Exception):
-                await backend.worker_registry.deregister(self.worker_id)
+            await self._unless_hurried(self._stream.close(), STREAM_FLUSH_TIMEOUT)
+            await self._unless_hurried(subscription.close())
+            await self._unless_hurried(backend.worker_registry.deregister(self.worker_id))
             if self._owns_backend:
-                with contextlib.suppress(Exception):
-                    await backend.close()
+                await self._unless_hurried(backend.close())
             self._remove_signal_handlers(signals)
             self._serving = False
             log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
@@ -405,9 +433,62 @@ class Worker:
         return installed
 
     def _on_signal(self, sig: int) -> None:
-        log.info("worker %s received %s: draining", self.worker_id, signal.Signals(sig).name)
-        if self._stopping is not None:
-            self._stopping.set()
+        name = signal.Signals(sig).name
+        if self._stopping is None:
+            return
+        if self._stopping.is_set():
+            self._hurry_stop(f"received {name} while stopping")
+            return
+        log.info("worker %s received %s: draining (running tasks get up to %gs to finish; %s again stops at once)",
+                 self.worker_id, name, self.shutdown_grace, name)
+        self._stopping.set()
+
+    def _hurry_stop(self, why: str) -> None:
+        """Make the stop a cold one (see the module docstring): what it still waits for gets
+        ``HURRIED_CLEANUP`` seconds from now, in all."""
+        if self._hurry is None or self._stopping is None or self._hurry.is_set():
+            return
+        busy = [task for task in self._running if not task.done()]
+        log.warning("worker %s %s: stopping now; %d running or settling task(s) are not waited for (each is "
+                    "given back if the backend answers within %gs, else it runs again once its lease expires)",
+                    self.worker_id, why, len(busy), HURRIED_CLEANUP)
+        self._hurried_at = asyncio.get_running_loop().time()
+        self._hurry.set()
+        self._stopping.set()
+        for task in busy:
+            self._stop_task(task, "worker stopped")  # settling ones too: their ack may be lost
+
+    @property
+    def hurried(self) -> bool:
+        """Whether the last stop was hurried by a second signal (a cold stop: module docstring)."""
+        return self._hurry is not None and self._hurry.is_set()
+
+    async def _unless_hurried(self, awaitable: Awaitable[T], timeout: float = math.inf) -> asyncio.Future[T]:
+        """Run ``awaitable`` (a coroutine or future) for at most ``timeout`` seconds, and once the
+        stop is hurried no longer than ``HURRIED_CLEANUP`` seconds from then; returns its future,
+        cancelled if it did not end in time. Its exception, if any, is marked retrieved (the
+        caller reads it with ``result()`` if it cares). A cancellation of the caller cancels it."""
+        assert self._hurry is not None
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(awaitable)
+        future.add_done_callback(_retrieve)
+        deadline = loop.time() + timeout
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while not future.done():
+                if self._hurry.is_set():
+                    deadline = min(deadline, self._hurried_at + HURRIED_CLEANUP)
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                waits: list[asyncio.Future[Any]] = [future] if self._hurry.is_set() else [future, hurried]
+                await asyncio.wait(waits, timeout=None if math.isinf(left) else left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
+            if not future.done():
+                future.cancel()
+        return future
 
     def _remove_signal_handlers(self, signals: list[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -524,8 +605,8 @@ class Worker:
     async def _drain(self) -> None:
         if not self._running:
             return
-        _, late = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
-        for task in late:
+        await self._unless_hurried(asyncio.wait(list(self._running)), self.shutdown_grace)
+        for task in [task for task in self._running if not task.done()]:
             if task not in self._settling:  # (a settling one is about to end: start() waits for it)
                 self._stop_task(task, "worker stopped")
 

@@ -370,7 +370,9 @@ def _parser() -> Parser:
     worker = command(
         "worker", "serve node tasks until SIGTERM/SIGINT",
         "Serve the node functions of --app on a backend until SIGTERM or SIGINT, then drain: stop claiming, "
-        "let running tasks finish (up to --shutdown-grace), give the rest back, deregister.",
+        "let running tasks finish (up to --shutdown-grace), give the rest back, deregister. A second SIGTERM or "
+        "SIGINT while it drains stops it within a few seconds (running tasks are given back, or run again once "
+        "their leases expire).",
     )
     for option in WORKER_OPTIONS:
         option.add_to(worker)
@@ -744,6 +746,15 @@ async def _run_worker(args: argparse.Namespace) -> int:
     finally:
         if health is not None:
             await health.close()
+    threads = worker.slot_usage()["busy_abandoned"]
+    if worker.hurried and threads:
+        # A node's thread cannot be interrupted, and the interpreter waits for its executor's
+        # threads at exit: a hurried stop would last as long as the slowest plain-function node.
+        logging.getLogger("distributed_agents.worker").warning("worker %s: %d node thread(s) still running are abandoned (their tasks run again once their "
+                    "leases expire)", worker.worker_id, threads)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import time
 from typing import Any
 
 from distributed_agents import NodeContext, NodeRegistry, State
@@ -68,3 +69,13 @@ def interrupted(state: State) -> dict[str, Any]:
 @registry.register("hugeerror")
 def hugeerror(state: State) -> dict[str, Any]:
     raise RuntimeError("HTTP 500: " + "<html>" * 1_000_000 + " END")  # a 6 MB message
+
+
+@registry.register("blocking")
+def blocking(state: State, context: NodeContext) -> dict[str, Any]:
+    """A plain function that blocks its thread (``DA_HANG=1``: for 300 s), which nothing can interrupt."""
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
+    marker.write_text(str(os.getpid()))
+    if os.environ.get("DA_HANG") == "1":
+        time.sleep(300)
+    return {"analysis": f"analysed {state['query']} in a thread"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.crash_workers import Workers, single
 
 from distributed_agents import Graph, RetryPolicy
 from distributed_agents.core.errors import (
@@ -31,39 +31,6 @@ from distributed_agents.distributed import DistributedOrchestrator
 
 HERE = pathlib.Path(__file__).resolve().parent
 pytestmark = pytest.mark.timeout(90)
-
-
-def single(node_type: str, **options: Any) -> Graph:
-    graph = Graph(f"single_{node_type}").add_node(node_type, **options)
-    return graph.set_entry_point(node_type).set_finish_point(node_type).compile()
-
-
-class Workers:
-    """Worker processes for one test, with output in log files; all killed at the end."""
-
-    def __init__(self, url: str, prefix: str, tmp: pathlib.Path, **env: str) -> None:
-        self.url, self.prefix, self.tmp = url, prefix, tmp
-        self.env = {**os.environ, "PYTHONPATH": str(HERE), "DA_MARKER_DIR": str(tmp), **env}
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, worker_id: str, *extra: str) -> subprocess.Popen[str]:
-        with open(self.tmp / f"{worker_id}.log", "a") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "distributed_agents", "worker", "--app", "crash_app:registry",
-                 "--backend-url", self.url, "--prefix", self.prefix, "--worker-id", worker_id,
-                 "--heartbeat-interval", "0.5", *extra],
-                cwd=HERE, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        self.processes.append(process)
-        return process
-
-    def log(self, worker_id: str) -> str:
-        return (self.tmp / f"{worker_id}.log").read_text()
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
 
 
 def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: str, tmp_path: pathlib.Path) -> None:

@@ -1,0 +1,154 @@
+"""A second SIGTERM or SIGINT hurries a draining worker (``core.worker``: a cold stop).
+
+The first signal drains: running nodes get ``--shutdown-grace`` to finish. A second one
+while it drains stops the worker within a few seconds (``HURRIED_CLEANUP``), whatever the
+grace, with its nodes cancelled and given back; when the backend is gone, or a node's
+thread cannot be interrupted, too. Real worker processes (the CLI), real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+from support.crash_workers import Workers, single
+from support.redis_server import RedisServer
+
+from distributed_agents import Graph
+from distributed_agents.core.timeouts import wait_within
+from distributed_agents.distributed import DistributedOrchestrator
+
+pytestmark = pytest.mark.timeout(120)
+
+# The grace the first signal gives: far longer than any bound below, so a worker that ends
+# within one was hurried, not drained.
+GRACE = "120"
+# How long a hurried worker may take to exit: HURRIED_CLEANUP (2 s) plus the interpreter's
+# exit, on a loaded machine.
+HURRIED_EXIT = 20.0
+
+
+@pytest.fixture(params=["redis", "nats"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a real Redis or NATS server."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def _graph(node: str) -> Graph:
+    return single(node)
+
+
+def _wait_for(path: pathlib.Path, process: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the worker exited (status {process.returncode}) before {path.name}"
+        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout:g}s"
+        time.sleep(0.05)
+
+
+def _stop_twice(process: subprocess.Popen[str], sig: signal.Signals) -> float:
+    """Send ``sig``, check the worker drains (still running a second later), send it again;
+    the seconds from the second signal until the process exited."""
+    process.send_signal(sig)
+    time.sleep(1.5)
+    assert process.poll() is None, "one signal should drain (the node is given --shutdown-grace), not stop at once"
+    process.send_signal(sig)
+    hurried = time.monotonic()
+    process.wait(timeout=HURRIED_EXIT)
+    return time.monotonic() - hurried
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_stops_a_draining_worker_and_its_task_runs_on_another(
+    shared_url: str, tmp_path: pathlib.Path, sig: signal.Signals
+) -> None:
+    prefix = f"cold{uuid.uuid4().hex[:8]}"
+    hanging = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    healthy = Workers(shared_url, prefix, tmp_path)
+    first = hanging.start("w1", "--shutdown-grace", GRACE)
+    try:
+        async def scenario() -> Any:
+            orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=60)
+            try:
+                running = asyncio.ensure_future(orchestrator.execute(
+                    Graph("cold").add_node("prepare").add_node("slow").set_entry_point("prepare")
+                    .add_edge("prepare", "slow").set_finish_point("slow").compile(),
+                    {"query": "q"}, workflow_id=f"{prefix}-1"))
+                await asyncio.to_thread(_wait_for, tmp_path / "w1.attempt1", first)
+                took = await asyncio.to_thread(_stop_twice, first, sig)
+                # Given back by the hurried stop (the backend answers): another worker runs it
+                # now, not after the visibility timeout (300 s by default).
+                healthy.start("w2")
+                return took, await running
+            finally:
+                await orchestrator.close()
+
+        took, result = run(scenario(), timeout=110)
+        assert first.returncode == 0
+        assert took < HURRIED_EXIT
+        assert result["analysis"] == "analysed prepared q"
+        assert (tmp_path / "w2.attempt1").exists(), "the released task should run again as attempt 1 (release gives the attempt back)"
+        log = hanging.log("w1")
+        assert f"received {sig.name}: draining" in log
+        assert f"received {sig.name} while stopping: stopping now" in log
+        assert "1 released" in log
+    finally:
+        hanging.close()
+        healthy.close()
+
+
+async def _run_until_stopped(url: str, prefix: str, node: str, marker: pathlib.Path, worker: subprocess.Popen[str],
+                             before_stopping: Any = None) -> float:
+    """Run a one-node workflow of ``node`` until ``worker`` runs it (``marker``), call
+    ``before_stopping``, stop the worker twice (``_stop_twice``); the seconds the second stop took."""
+    orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
+    running = asyncio.ensure_future(orchestrator.execute(_graph(node), {"query": "q"}, workflow_id=f"{prefix}-1"))
+    try:
+        await asyncio.to_thread(_wait_for, marker, worker)
+        if before_stopping is not None:
+            before_stopping()
+        return await asyncio.to_thread(_stop_twice, worker, signal.SIGTERM)
+    finally:
+        running.cancel()
+        await wait_within(asyncio.gather(running, return_exceptions=True), 10)
+        await wait_within(orchestrator.close(), 10)
+
+
+def test_a_second_signal_stops_a_worker_whose_backend_is_gone(tmp_path: pathlib.Path) -> None:
+    prefix = f"cold{uuid.uuid4().hex[:8]}"
+    with RedisServer() as server:
+        workers = Workers(server.url, prefix, tmp_path, DA_HANG="1")
+        worker = workers.start("w1", "--shutdown-grace", GRACE)
+        try:
+            took = run(_run_until_stopped(server.url, prefix, "slow", tmp_path / "w1.attempt1", worker,
+                                          before_stopping=server.stop), timeout=110)
+            assert worker.returncode == 0
+            assert took < HURRIED_EXIT
+            log = workers.log("w1")
+            assert "while stopping: stopping now" in log
+            assert "stopped:" in log  # it went through its stop (nothing answered), not killed
+        finally:
+            workers.close()
+
+
+def test_a_second_signal_does_not_wait_for_a_node_thread(shared_url: str, tmp_path: pathlib.Path) -> None:
+    prefix = f"cold{uuid.uuid4().hex[:8]}"
+    workers = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    worker = workers.start("w1", "--shutdown-grace", GRACE)
+    try:
+        took = run(_run_until_stopped(shared_url, prefix, "blocking", tmp_path / "w1.attempt1", worker), timeout=110)
+        assert worker.returncode == 0
+        assert took < HURRIED_EXIT
+        log = workers.log("w1")
+        # The node's thread (time.sleep) cannot be interrupted: it is left behind, not waited for.
+        assert "1 node thread(s) still running are abandoned" in log
+        assert "1 released" in log  # its task was given back all the same
+    finally:
+        workers.close()
