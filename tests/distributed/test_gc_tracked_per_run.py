@@ -50,7 +50,16 @@ async def _in_flight(orchestrator: Orchestrator, count: int) -> tuple[int, Count
             await asyncio.sleep(0.02)
             if _engines() >= count:
                 break
-        await asyncio.sleep(0.2)  # past the create and the first step's bookkeeping: every run waits
+        # Past the create and the first step's bookkeeping, every run waits and the count holds
+        # still: read once it is the same three times 0.1 s apart (on a loaded machine some runs
+        # are still on their way a fixed while after the last engine appeared).
+        await asyncio.sleep(0.2)
+        seen: list[int] = []
+        while len(seen) < 3 or len(set(seen[-3:])) > 1:
+            assert len(seen) < 100, f"the GC-tracked objects never held still: {seen[-10:]}"
+            await asyncio.sleep(0.1)
+            gc.collect()
+            seen.append(len(gc.get_objects()))
         assert not any(run.done() for run in runs), [run.exception() for run in runs if run.done()][:1]
         gc.collect()
         after = Counter(type(item).__name__ for item in gc.get_objects())
