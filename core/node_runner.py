@@ -18,6 +18,7 @@ not be interrupted (a function that checks the flag and returns in time logs non
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -369,10 +370,11 @@ def is_output_error(exc: BaseException) -> bool:
 
 
 async def _in_thread(
-    func: NodeFunction, args: tuple[Any, ...], context: NodeContext, on_abandoned: AbandonedHook | None
+    func: NodeFunction, args: tuple[Any, ...], context: NodeContext, on_abandoned: AbandonedHook | None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> Any:
     ctx = contextvars.copy_context()
-    thread = asyncio.get_running_loop().run_in_executor(None, ctx.run, _guarded, func, *args)
+    thread = asyncio.get_running_loop().run_in_executor(executor, ctx.run, _guarded, func, *args)
     try:
         # Shielded: cancelling the caller must not cancel ``thread``, which has to keep
         # reporting when the function really returns.
@@ -465,6 +467,7 @@ async def invoke_node(
     on_abandoned: AbandonedHook | None = None,
     resume: Any = None,
     message_keys: Collection[str] = (),
+    executor: concurrent.futures.Executor | None = None,
 ) -> dict[str, Any] | None:
     """Run ``func`` once on ``state``; return its checked updates.
 
@@ -486,6 +489,8 @@ async def invoke_node(
     cancelled; a plain function's thread cannot be stopped: it is logged once, its
     result will be discarded, and ``on_abandoned`` receives a future that completes
     when the thread returns (a worker counts it against its capacity until then).
+    A plain function runs in ``executor`` (default: the event loop's default executor,
+    whose ``min(32, CPUs + 4)`` threads cap how many run at once).
     """
     takes_context, is_async = _call_style(func)
     args: tuple[Any, ...] = (state, context) if takes_context else (state,)
@@ -502,7 +507,7 @@ async def invoke_node(
             if is_async:
                 result = await func(*args)
             else:
-                result = await _in_thread(func, args, context, on_abandoned)
+                result = await _in_thread(func, args, context, on_abandoned, executor)
             if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 result = await result
             return result

@@ -16,7 +16,12 @@ cancelled at once, and what is left of stopping (the releases of the stopped tas
 flushing stream chunks, deregistering, closing the connection) gets ``HURRIED_CLEANUP``
 seconds in all, so the worker ends within a few seconds even when the backend is gone.
 A task whose release or ack did not land runs again once its lease expires (delivery
-is at least once); a node's thread, which cannot be interrupted, is abandoned.
+is at least once); a node's thread, which cannot be interrupted, is abandoned (the CLI
+exits without waiting for such threads after any stop). A stop signal while the worker
+still connects or registers (a backend that is not up yet) ends that wait.
+
+Plain-function nodes run in a thread pool of the worker's own, ``capacity`` threads: the
+event loop's default one has ``min(32, CPUs + 4)``, fewer than a large capacity.
 
 A result the backend could not store (not JSON, over ``max_payload_bytes``) fails the
 node before the ack, finally (no retry). Settling a task expects only two failures: a
@@ -39,7 +44,7 @@ whose acks stall (a backend outage) stops claiming once that many are waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import math
 import os
@@ -187,6 +192,10 @@ class _Cancelled(Exception):
     """Why a running node task was stopped from outside."""
 
 
+class _StoppedEarly(Exception):
+    """``Worker.start`` was stopped before it served (while connecting or registering)."""
+
+
 class Worker:
     """Serves node tasks of ``node_types`` from ``backend`` (default ``memory://``).
 
@@ -266,6 +275,11 @@ class Worker:
         # Set by a second stop signal (``_hurry``); ``_hurried_at`` is then its loop time.
         self._hurry: asyncio.Event | None = None
         self._hurried_at = math.inf
+        # Plain-function nodes' threads: ``capacity`` of them (a thread abandoned by its
+        # cancelled node keeps its slot, so no more are ever busy). The event loop's default
+        # executor has min(32, CPUs + 4): a capacity above that would leave claimed tasks
+        # waiting for a thread, their leases kept, nothing running.
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
@@ -349,25 +363,52 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._hurried_at = math.inf
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.capacity, thread_name_prefix=f"node-{self.worker_id}")
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._beat_now = asyncio.Event()
         info = WorkerInfo(self.worker_id, types, self.capacity, socket.gethostname(), os.getpid(),
                           metadata=self.slot_usage())
-        # A worker started while the backend is down waits for it instead of exiting.
-        try:
+        # Installed first: a stop signal while the backend is not up yet ends the wait for it.
+        signals = self._install_signal_handlers()
+        registered = False
+
+        async def set_up() -> Subscription:
+            nonlocal registered
+            # A worker started while the backend is down waits for it instead of exiting.
             await until_available(backend.connect, what="connect", outage=self._outage)
             await until_available(lambda: backend.worker_registry.register(info), what="register", outage=self._outage)
+            registered = True
             self._beat_ok_at = time.monotonic()
-            subscription = await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
-                                                 what="subscribe to cancellations", outage=self._outage)
-        except BaseException:  # refused (credentials, ACL, config): release the connection, stop being "serving"
+            return await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
+                                         what="subscribe to cancellations", outage=self._outage)
+
+        setting_up = asyncio.ensure_future(set_up())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([setting_up, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not setting_up.done():  # a stop before it served: the setup is abandoned
+                setting_up.cancel()
+                await self._unless_hurried(asyncio.gather(setting_up, return_exceptions=True))
+                if registered:
+                    await self._unless_hurried(backend.worker_registry.deregister(self.worker_id), SETTLE_ON_STOP)
+                log.info("worker %s stopped before it served (%s)", self.worker_id,
+                         "registered, not yet subscribed" if registered else "the backend had not answered yet")
+                raise _StoppedEarly
+            subscription = setting_up.result()  # refused (credentials, ACL, config): raised here
+        except BaseException as exc:  # release the connection, stop being "serving"
+            setting_up.cancel()
             if self._owns_backend:
-                with contextlib.suppress(Exception):
-                    await backend.close()
+                await self._unless_hurried(backend.close(), SETTLE_ON_STOP)
+            self._remove_signal_handlers(signals)
             self._serving = False
+            self._threads.shutdown(wait=False)
             self._stopped.set()
+            if isinstance(exc, _StoppedEarly):
+                return
             raise
+        finally:
+            stopping.cancel()
         helpers = [
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
@@ -376,7 +417,6 @@ class Worker:
         if self._observer is not None:
             helpers.append(asyncio.ensure_future(self._observer.watch(backend, types)))
         log.info("worker %s serving %s (capacity %d) on %s", self.worker_id, sorted(types), self.capacity, backend.redacted_url)
-        signals = self._install_signal_handlers()
         # Nodes' stream writers publish through one ordered publisher per worker; tasks inherit the sink.
         self._stream = EventPublisher(backend.message_bus)
         self._stream.start()
@@ -385,7 +425,7 @@ class Worker:
             # A hurried stop abandons the claim under way (a backend that is gone holds it
             # through its retries); tasks it took meanwhile come back when their leases expire.
             claiming = await self._unless_hurried(self._claim_loop(types))
-            if not claiming.cancelled():
+            if claiming.done() and not claiming.cancelled():
                 claiming.result()
             # No task is handed to a worker that claims no more (a Redis parked registration
             # would be, until it ran out): those handed already go back to the queue.
@@ -416,7 +456,14 @@ class Worker:
                 await self._unless_hurried(backend.close())
             self._remove_signal_handlers(signals)
             self._serving = False
+            left = [claim.task for task, claim in self._running.items() if not task.done()]
+            if left:  # (only a hurried stop leaves any: a node that ignores its cancellation)
+                log.warning("worker %s: %d task(s) did not stop in time and are left to their leases (they run "
+                            "again once those expire): %s", self.worker_id, len(left),
+                            ", ".join(f"{t.id} (node {t.node!r})" for t in left[:10]) + (", ..." if len(left) > 10 else ""))
             log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
+            # Not waited for: a node thread that is still running was abandoned by its stopped node.
+            self._threads.shutdown(wait=False)
             self._stopped.set()
 
     def _install_signal_handlers(self) -> list[int]:
@@ -449,9 +496,11 @@ class Worker:
         if self._hurry is None or self._stopping is None or self._hurry.is_set():
             return
         busy = [task for task in self._running if not task.done()]
-        log.warning("worker %s %s: stopping now; %d running or settling task(s) are not waited for (each is "
-                    "given back if the backend answers within %gs, else it runs again once its lease expires)",
-                    self.worker_id, why, len(busy), HURRIED_CLEANUP)
+        settling = sum(1 for task in busy if task in self._settling)
+        log.warning("worker %s %s: stopping now: %d running node(s) are stopped and given back, and %d result(s) "
+                    "on their way are let land, if the backend answers within %gs in all (a task that is not "
+                    "runs again once its lease expires)", self.worker_id, why, len(busy) - settling, settling,
+                    HURRIED_CLEANUP)
         self._hurried_at = asyncio.get_running_loop().time()
         self._hurry.set()
         self._stopping.set()
@@ -728,6 +777,7 @@ class Worker:
             if state is None:  # a large state stays in its checkpoint; the task names it
                 state = await self._referenced_state(task)
             updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
+                                        executor=self._threads,
                                         resume=task.payload.get("resume"),
                                         message_keys=[str(k) for k in task.payload.get("message_keys") or ()])
             # Checked here, before the ack writes it: a result the backend cannot store
@@ -829,8 +879,8 @@ class Worker:
                                   claim):
                 await self._purge_cancelled(claim.task.id)
         elif reason == "worker stopped":
-            self.stats.released += 1
-            await self._settle(lambda: queue.release(claim), claim)
+            if await self._settle(lambda: queue.release(claim), claim):
+                self.stats.released += 1  # (given back: one whose release did not land runs again after its lease)
         # a lost lease: another worker owns the task now; nothing to settle
 
     async def _purge_cancelled(self, task_id: str) -> None:

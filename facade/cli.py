@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import time
 from collections.abc import Callable, Sequence
@@ -741,21 +744,41 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
         health = HealthServer(port, ready=ready, what=f"worker {worker.worker_id}")
         await health.start()
+    previous: dict[int, Any] = {}
     try:
-        await worker.start()
+        try:
+            await worker.start()
+        finally:
+            # Stopped (the worker's own handlers are gone): a signal while what follows waits
+            # (closing the health server, the exit) means "now", and gets it.
+            if threading.current_thread() is threading.main_thread():
+                previous = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGTERM, signal.SIGINT)}
+            if health is not None:
+                await health.close()
+        usage = worker.slot_usage()
+        if usage["busy_abandoned"] or usage["in_flight"]:
+            # Given back or left to their leases already: a node's thread cannot be interrupted,
+            # and the interpreter would wait at exit for it (and asyncio.run for a node that
+            # ignores its cancellation), as long as the slowest of them runs.
+            logging.getLogger("distributed_agents.worker").warning(
+                "worker %s: exiting without waiting for %d node thread(s) and %d node task(s) still running "
+                "(their tasks were given back or run again once their leases expire)", worker.worker_id,
+                usage["busy_abandoned"], usage["in_flight"])
+            _exit_at_once()
+        return 0
     finally:
-        if health is not None:
-            await health.close()
-    threads = worker.slot_usage()["busy_abandoned"]
-    if worker.hurried and threads:
-        # A node's thread cannot be interrupted, and the interpreter waits for its executor's
-        # threads at exit: a hurried stop would last as long as the slowest plain-function node.
-        logging.getLogger("distributed_agents.worker").warning("worker %s: %d node thread(s) still running are abandoned (their tasks run again once their "
-                    "leases expire)", worker.worker_id, threads)
-        logging.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_at_once(*_: Any) -> NoReturn:
+    """End the process now, status 0, with the logs and stdout flushed: what is left only waits
+    for node threads or tasks that no longer matter (see ``_run_worker``)."""
+    logging.shutdown()
+    with contextlib.suppress(Exception):
         sys.stdout.flush()
-        os._exit(0)
-    return 0
+        sys.stderr.flush()
+    os._exit(0)
 
 
 async def _run_orchestrator(args: argparse.Namespace) -> int:

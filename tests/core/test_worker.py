@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -77,6 +79,29 @@ def test_capacity_bounds_concurrent_tasks() -> None:
     run(with_worker(worker, lambda: Orchestrator().execute(graph, {})))
     assert running["peak"] == 3
     assert worker.stats.succeeded == 8
+
+
+def test_plain_function_nodes_run_as_many_at_once_as_the_capacity_says() -> None:
+    # One more than the threads of the event loop's default executor (min(32, CPUs + 4)):
+    # nodes waiting for each other (a barrier of them all) finish only if all run at once.
+    capacity = min(32, (os.cpu_count() or 1) + 4) + 1
+    barrier = threading.Barrier(capacity)
+
+    def node(state: State) -> dict[str, Any]:
+        barrier.wait(timeout=10)  # raises BrokenBarrierError if they do not all run together
+        return {}
+
+    graph = Graph("threads")
+    graph.add_node("start", lambda s: None)
+    for index in range(capacity):
+        graph.add_node(f"t{index}", node_type="thread_work")
+        graph.add_edge("start", f"t{index}")
+        graph.set_finish_point(f"t{index}")
+    graph.set_entry_point("start").compile()
+    worker = Worker(capacity=capacity, poll_wait=0.05)
+    worker.register_node("thread_work", node)
+    run(with_worker(worker, lambda: Orchestrator().execute(graph, {})), timeout=30)
+    assert worker.stats.succeeded == capacity
 
 
 def test_worker_retries_with_the_nodes_policy_then_dead_letters() -> None:

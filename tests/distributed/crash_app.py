@@ -79,3 +79,17 @@ def blocking(state: State, context: NodeContext) -> dict[str, Any]:
     if os.environ.get("DA_HANG") == "1":
         time.sleep(300)
     return {"analysis": f"analysed {state['query']} in a thread"}
+
+
+@registry.register("stubborn")
+async def stubborn(state: State, context: NodeContext) -> dict[str, Any]:
+    """An async node that ignores every cancellation for 300 s (a library swallowing CancelledError)."""
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
+    marker.write_text(str(os.getpid()))
+    ends = time.monotonic() + 300
+    while time.monotonic() < ends:
+        try:
+            await asyncio.sleep(ends - time.monotonic())
+        except asyncio.CancelledError:
+            continue
+    return {"analysis": "stubborn"}
