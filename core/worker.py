@@ -280,6 +280,9 @@ class Worker:
         # executor has min(32, CPUs + 4): a capacity above that would leave claimed tasks
         # waiting for a thread, their leases kept, nothing running.
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        # ``start()``'s task while it connects and registers; whether a stop cancelled that.
+        self._setting_up: asyncio.Task[Any] | None = None
+        self._set_up_interrupted = False
         self._running: dict[asyncio.Task[None], ClaimedTask] = {}
         # Tasks inside a settling call (_settle): cancellations leave them alone until it returns.
         self._settling: set[asyncio.Task[Any]] = set()
@@ -383,21 +386,27 @@ class Worker:
             return await until_available(lambda: backend.message_bus.subscribe(CONTROL_CANCEL_CHANNEL),
                                          what="subscribe to cancellations", outage=self._outage)
 
-        setting_up = asyncio.ensure_future(set_up())
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        # Run in this task (a task of its own would register a beat later: a caller that starts
+        # the worker and goes on at once must find it registered); a stop meanwhile cancels it
+        # (``_interrupt_set_up``).
+        self._setting_up, self._set_up_interrupted = asyncio.current_task(), False
         try:
-            await asyncio.wait([setting_up, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if not setting_up.done():  # a stop before it served: the setup is abandoned
-                setting_up.cancel()
-                await self._unless_hurried(asyncio.gather(setting_up, return_exceptions=True))
+            try:
+                subscription = await set_up()  # refused (credentials, ACL, config): raised here
+            except asyncio.CancelledError:
+                if not self._set_up_interrupted:
+                    raise  # cancelled from outside
+                current = asyncio.current_task()
+                if current is not None and hasattr(current, "uncancel"):  # (Python 3.11+)
+                    current.uncancel()
                 if registered:
                     await self._unless_hurried(backend.worker_registry.deregister(self.worker_id), SETTLE_ON_STOP)
                 log.info("worker %s stopped before it served (%s)", self.worker_id,
                          "registered, not yet subscribed" if registered else "the backend had not answered yet")
-                raise _StoppedEarly
-            subscription = setting_up.result()  # refused (credentials, ACL, config): raised here
+                raise _StoppedEarly from None
+            finally:
+                self._setting_up = None
         except BaseException as exc:  # release the connection, stop being "serving"
-            setting_up.cancel()
             if self._owns_backend:
                 await self._unless_hurried(backend.close(), SETTLE_ON_STOP)
             self._remove_signal_handlers(signals)
@@ -407,8 +416,6 @@ class Worker:
             if isinstance(exc, _StoppedEarly):
                 return
             raise
-        finally:
-            stopping.cancel()
         helpers = [
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
@@ -489,6 +496,13 @@ class Worker:
         log.info("worker %s received %s: draining (running tasks get up to %gs to finish; %s again stops at once)",
                  self.worker_id, name, self.shutdown_grace, name)
         self._stopping.set()
+        self._interrupt_set_up()
+
+    def _interrupt_set_up(self) -> None:
+        """A stop while ``start()`` still connects or registers: that wait ends now."""
+        if self._setting_up is not None and not self._set_up_interrupted:
+            self._set_up_interrupted = True
+            self._setting_up.cancel()
 
     def _hurry_stop(self, why: str) -> None:
         """Make the stop a cold one (see the module docstring): what it still waits for gets
@@ -571,6 +585,7 @@ class Worker:
             self.shutdown_grace = grace
         if self._stopping is not None:
             self._stopping.set()
+            self._interrupt_set_up()
         if self._serving and self._stopped is not None:
             await self._stopped.wait()
 
