@@ -10,9 +10,9 @@ back to the queue and deregisters. A malformed task never crashes it: the task i
 dead-lettered with the reason and the worker goes on.
 
 Stopping on signals (``handle_signals``), as Celery's workers do: the first SIGTERM or
-SIGINT drains (a warm stop, above); a second one while it drains hurries the stop (a
-cold stop): the claim under way, the running nodes and the settling calls are
-cancelled at once, and what is left of stopping (the releases of the stopped tasks,
+SIGINT drains (a warm stop, above; tasks the claim under way brings back after it are
+given back, not run); a second one while it drains hurries the stop (a cold stop): the
+claim under way, the running nodes and the settling calls are cancelled at once, and what is left of stopping (the releases of the stopped tasks,
 flushing stream chunks, deregistering, closing the connection) gets ``HURRIED_CLEANUP``
 seconds in all, so the worker ends within a few seconds even when the backend is gone.
 A task whose release or ack did not land runs again once its lease expires (delivery
@@ -454,7 +454,10 @@ class Worker:
                 await self._unless_hurried(asyncio.wait(list(self._running)), SETTLE_ON_STOP)
                 for task in list(self._running):
                     task.cancel()
-            await self._unless_hurried(asyncio.gather(*helpers, *self._running, return_exceptions=True))
+            # Bounded too: a node that ignores its cancellation (a library swallowing it) is
+            # left to its lease, named below.
+            await self._unless_hurried(asyncio.gather(*helpers, *self._running, return_exceptions=True),
+                                       SETTLE_ON_STOP)
             reset_stream_sink(sink)
             await self._unless_hurried(self._stream.close(), STREAM_FLUSH_TIMEOUT)
             await self._unless_hurried(subscription.close())
@@ -463,25 +466,31 @@ class Worker:
                 await self._unless_hurried(backend.close())
             self._remove_signal_handlers(signals)
             self._serving = False
-            left = [claim.task for task, claim in self._running.items() if not task.done()]
-            if left:  # (only a hurried stop leaves any: a node that ignores its cancellation)
-                log.warning("worker %s: %d task(s) did not stop in time and are left to their leases (they run "
-                            "again once those expire): %s", self.worker_id, len(left),
-                            ", ".join(f"{t.id} (node {t.node!r})" for t in left[:10]) + (", ..." if len(left) > 10 else ""))
+            left = [(claim.task, task in self._settling) for task, claim in self._running.items() if not task.done()]
+            for settling, what in ((False, "node(s) did not stop when cancelled"),
+                                   (True, "release(s) or result(s) did not reach the backend in time")):
+                tasks = [task for task, late in left if late is settling]
+                if tasks:  # each runs again once its lease expires
+                    log.warning("worker %s: %d %s; their tasks are left to their leases (they run again once "
+                                "those expire): %s", self.worker_id, len(tasks), what,
+                                ", ".join(f"{t.id} (node {t.node!r})" for t in tasks[:10])
+                                + (", ..." if len(tasks) > 10 else ""))
             log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
             # Not waited for: a node thread that is still running was abandoned by its stopped node.
             self._threads.shutdown(wait=False)
             self._stopped.set()
 
-    def _install_signal_handlers(self) -> list[int]:
+    def _install_signal_handlers(self) -> list[tuple[int, Any]]:
+        """The event loop's handlers for SIGTERM and SIGINT, and the handlers they replace."""
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return []
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[tuple[int, Any]] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
+                installed.append((sig, previous))
             except (NotImplementedError, RuntimeError):  # not supported on this platform/loop
                 pass
         return installed
@@ -492,6 +501,11 @@ class Worker:
             return
         if self._stopping.is_set():
             self._hurry_stop(f"received {name} while stopping")
+            return
+        if self._setting_up is not None:
+            log.info("worker %s received %s before it served: stopping", self.worker_id, name)
+            self._stopping.set()
+            self._interrupt_set_up()
             return
         log.info("worker %s received %s: draining (running tasks get up to %gs to finish; %s again stops at once)",
                  self.worker_id, name, self.shutdown_grace, name)
@@ -553,10 +567,24 @@ class Worker:
                 future.cancel()
         return future
 
-    def _remove_signal_handlers(self, signals: list[int]) -> None:
+    def _remove_signal_handlers(self, signals: list[tuple[int, Any]]) -> None:
+        """Put back the handlers the worker's replaced (the event loop's removal alone would
+        leave the default action: a signal then would kill a process still shutting down)."""
+        if not signals:
+            return
         loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        # Blocked meanwhile: between the loop's removal (which sets the default action) and
+        # the previous handler's return, a signal would end the process. One that comes
+        # meanwhile is handled by the previous handler once they are unblocked.
+        blocked = {sig for sig, _ in signals}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            for sig, previous in signals:
+                loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
     def readiness(self) -> str | None:
         """None while the worker serves and is registered as live; else why not, in one line.
@@ -628,6 +656,10 @@ class Worker:
                 self._running[task] = claim
                 self._unstarted.add(task)
                 task.add_done_callback(self._forget)
+                if self._stopping.is_set():
+                    # The claim under way when the stop came back with this task (on Redis, it can
+                    # be one the stop just released): given back at once, not run.
+                    self._stop_task(task, "worker stopped")
             if claims:
                 # The tasks start (a quick node runs and sends its ack) before the next claim
                 # is sent: a claim's send costs the loop a few hundred microseconds, which

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import importlib
 import json
@@ -692,6 +693,7 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
+    atexit.register(_ignore_stop_signals_last)  # first: the app's and telemetry's exit functions run before it
     spec = APP.resolve(args)
     if spec is None:
         raise UsageError(
@@ -744,31 +746,42 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
         health = HealthServer(port, ready=ready, what=f"worker {worker.worker_id}")
         await health.start()
-    previous: dict[int, Any] = {}
+    # Until the process ends, a signal the worker does not take (before it serves, once it has
+    # stopped, while the interpreter exits) means "now", and gets it: status 0, at once
+    # (``main`` puts the previous handlers back for a caller that passed its own arguments).
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            _SIGNALS_BEFORE_WORKER.setdefault(sig, signal.signal(sig, _exit_at_once))
     try:
-        try:
-            await worker.start()
-        finally:
-            # Stopped (the worker's own handlers are gone): a signal while what follows waits
-            # (closing the health server, the exit) means "now", and gets it.
-            if threading.current_thread() is threading.main_thread():
-                previous = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGTERM, signal.SIGINT)}
-            if health is not None:
-                await health.close()
-        usage = worker.slot_usage()
-        if usage["busy_abandoned"] or usage["in_flight"]:
-            # Given back or left to their leases already: a node's thread cannot be interrupted,
-            # and the interpreter would wait at exit for it (and asyncio.run for a node that
-            # ignores its cancellation), as long as the slowest of them runs.
-            logging.getLogger("distributed_agents.worker").warning(
-                "worker %s: exiting without waiting for %d node thread(s) and %d node task(s) still running "
-                "(their tasks were given back or run again once their leases expire)", worker.worker_id,
-                usage["busy_abandoned"], usage["in_flight"])
-            _exit_at_once()
-        return 0
+        await worker.start()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if health is not None:
+            await health.close()
+    usage = worker.slot_usage()
+    if usage["busy_abandoned"] or usage["in_flight"]:
+        # Given back or left to their leases already: a node's thread cannot be interrupted,
+        # and the interpreter would wait at exit for it (and asyncio.run for a node that
+        # ignores its cancellation), as long as the slowest of them runs.
+        logging.getLogger("distributed_agents.worker").warning(
+            "worker %s: exiting without waiting for %d node thread(s) and %d node task(s) still running "
+            "(their tasks were given back or run again once their leases expire)", worker.worker_id,
+            usage["busy_abandoned"], usage["in_flight"])
+        _exit_at_once()
+    return 0
+
+
+# The SIGTERM/SIGINT handlers ``_run_worker`` replaced, put back by ``main`` once the run is over.
+_SIGNALS_BEFORE_WORKER: dict[int, Any] = {}
+
+
+def _ignore_stop_signals_last() -> None:
+    """The last exit function of a worker run (registered before the others it makes): from here on
+    the interpreter only tears down, and Python puts the default action back for signals
+    with a Python handler (``_exit_at_once``), so a signal now would end an exit that is as
+    good as done with status 143 or 130. Ignored instead; a caller's own handlers are left."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is _exit_at_once:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _exit_at_once(*_: Any) -> NoReturn:
@@ -1096,7 +1109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(level, log_format)
         for option in args.options:
             option.resolve(args)  # every environment value this command uses is checked up front
-        status: int = asyncio.run(args.run(args))
+        try:
+            status: int = asyncio.run(args.run(args))
+        finally:
+            # A caller that passed ``argv`` goes on: its handlers come back. The command line's
+            # process keeps "exit now" until it ends (the default action would end it with
+            # status 143 or 130 while the interpreter exits).
+            while _SIGNALS_BEFORE_WORKER:
+                sig, handler = _SIGNALS_BEFORE_WORKER.popitem()
+                if argv is not None:
+                    signal.signal(sig, handler)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:

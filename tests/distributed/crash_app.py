@@ -18,6 +18,16 @@ from distributed_agents import NodeContext, NodeRegistry, State
 registry = NodeRegistry()
 
 
+def _mark(context: NodeContext) -> None:
+    """Say that a run started: ``<worker>.attempt<n>`` in ``DA_MARKER_DIR`` holds the pid, and the
+    file ``DA_RUNS_LOG`` (when set) gets a line per run."""
+    marker = pathlib.Path(os.environ["DA_MARKER_DIR"])
+    (marker / f"{context.worker_id}.attempt{context.attempt}").write_text(str(os.getpid()))
+    if os.environ.get("DA_RUNS_LOG"):
+        with open(os.environ["DA_RUNS_LOG"], "a") as runs:
+            runs.write(f"{context.worker_id} {context.node} {context.attempt}\n")
+
+
 @registry.register("prepare")
 async def prepare(state: State) -> dict[str, Any]:
     return {"prepared": f"prepared {state['query']}"}
@@ -25,8 +35,7 @@ async def prepare(state: State) -> dict[str, Any]:
 
 @registry.register("slow")
 async def slow(state: State, context: NodeContext) -> dict[str, Any]:
-    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
-    marker.write_text(str(os.getpid()))
+    _mark(context)
     if os.environ.get("DA_HANG") == "1":
         await asyncio.sleep(300)
     return {"analysis": f"analysed {state['prepared']}"}
@@ -74,8 +83,7 @@ def hugeerror(state: State) -> dict[str, Any]:
 @registry.register("blocking")
 def blocking(state: State, context: NodeContext) -> dict[str, Any]:
     """A plain function that blocks its thread (``DA_HANG=1``: for 300 s), which nothing can interrupt."""
-    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
-    marker.write_text(str(os.getpid()))
+    _mark(context)
     if os.environ.get("DA_HANG") == "1":
         time.sleep(300)
     return {"analysis": f"analysed {state['query']} in a thread"}
@@ -84,8 +92,7 @@ def blocking(state: State, context: NodeContext) -> dict[str, Any]:
 @registry.register("stubborn")
 async def stubborn(state: State, context: NodeContext) -> dict[str, Any]:
     """An async node that ignores every cancellation for 300 s (a library swallowing CancelledError)."""
-    marker = pathlib.Path(os.environ["DA_MARKER_DIR"]) / f"{context.worker_id}.attempt{context.attempt}"
-    marker.write_text(str(os.getpid()))
+    _mark(context)
     ends = time.monotonic() + 300
     while time.monotonic() < ends:
         try:
