@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,14 +57,44 @@ def _wait_for(path: pathlib.Path, process: subprocess.Popen[str], timeout: float
 
 def _stop_twice(process: subprocess.Popen[str], sig: signal.Signals) -> float:
     """Send ``sig``, check the worker drains (still running a second later), send it again;
-    the seconds from the second signal until the process exited."""
+    when (``time.monotonic``) the second went out."""
     process.send_signal(sig)
     time.sleep(1.5)
     assert process.poll() is None, "one signal should drain (the node is given --shutdown-grace), not stop at once"
     process.send_signal(sig)
-    hurried = time.monotonic()
-    process.wait(timeout=HURRIED_EXIT)
-    return time.monotonic() - hurried
+    return time.monotonic()
+
+
+async def _stopped_then_finished(url: str, prefix: str, graph: Graph, state: dict[str, Any], tmp: pathlib.Path,
+                                 worker: subprocess.Popen[str], healthy: Workers,
+                                 stop: Callable[[], float]) -> tuple[float, Any]:
+    """Run ``graph`` until ``worker`` (id w1) runs its node, ``stop`` it (a blocking call
+    sending signals, returning when its last went out), then start a healthy worker (w2)
+    and finish the workflow; the seconds from the last signal until ``worker`` exited, and
+    the workflow's result."""
+    orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
+    try:
+        running = asyncio.ensure_future(orchestrator.execute(graph, state, workflow_id=f"{prefix}-1"))
+        await asyncio.to_thread(_wait_for, tmp / "w1.attempt1", worker)
+        last = await asyncio.to_thread(stop)
+        await asyncio.to_thread(worker.wait, HURRIED_EXIT)
+        took = time.monotonic() - last
+        # Given back (the backend answers): another worker runs it now, not after the
+        # visibility timeout (300 s by default).
+        healthy.start("w2")
+        return took, await running
+    finally:
+        await orchestrator.close()
+
+
+def _signals(process: subprocess.Popen[str], *plan: tuple[float, signal.Signals]) -> Callable[[], float]:
+    """A ``stop`` for ``_stopped_then_finished``: each (pause in seconds, signal) of ``plan`` in turn."""
+    def stop() -> float:
+        for pause, sig in plan:
+            time.sleep(pause)
+            process.send_signal(sig)
+        return time.monotonic()
+    return stop
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -75,23 +106,10 @@ def test_a_second_signal_stops_a_draining_worker_and_its_task_runs_on_another(
     healthy = Workers(shared_url, prefix, tmp_path)
     first = hanging.start("w1", "--shutdown-grace", GRACE)
     try:
-        async def scenario() -> Any:
-            orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=60)
-            try:
-                running = asyncio.ensure_future(orchestrator.execute(
-                    Graph("cold").add_node("prepare").add_node("slow").set_entry_point("prepare")
-                    .add_edge("prepare", "slow").set_finish_point("slow").compile(),
-                    {"query": "q"}, workflow_id=f"{prefix}-1"))
-                await asyncio.to_thread(_wait_for, tmp_path / "w1.attempt1", first)
-                took = await asyncio.to_thread(_stop_twice, first, sig)
-                # Given back by the hurried stop (the backend answers): another worker runs it
-                # now, not after the visibility timeout (300 s by default).
-                healthy.start("w2")
-                return took, await running
-            finally:
-                await orchestrator.close()
-
-        took, result = run(scenario(), timeout=110)
+        graph = (Graph("cold").add_node("prepare").add_node("slow").set_entry_point("prepare")
+                 .add_edge("prepare", "slow").set_finish_point("slow").compile())
+        took, result = run(_stopped_then_finished(shared_url, prefix, graph, {"query": "q"}, tmp_path, first, healthy,
+                                                  lambda: _stop_twice(first, sig)), timeout=110)
         assert first.returncode == 0
         assert took < HURRIED_EXIT
         assert result["analysis"] == "analysed prepared q"
@@ -115,7 +133,9 @@ async def _run_until_stopped(url: str, prefix: str, node: str, marker: pathlib.P
         await asyncio.to_thread(_wait_for, marker, worker)
         if before_stopping is not None:
             before_stopping()
-        return await asyncio.to_thread(_stop_twice, worker, signal.SIGTERM)
+        last = await asyncio.to_thread(_stop_twice, worker, signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, HURRIED_EXIT)
+        return time.monotonic() - last
     finally:
         running.cancel()
         await wait_within(asyncio.gather(running, return_exceptions=True), 10)
@@ -183,7 +203,9 @@ def test_a_second_signal_while_a_claim_waits_on_a_paused_backend_exits_cleanly(t
             server.process.send_signal(signal.SIGSTOP)
             try:
                 time.sleep(0.5)
-                took = _stop_twice(worker, signal.SIGTERM)
+                last = _stop_twice(worker, signal.SIGTERM)
+                worker.wait(timeout=HURRIED_EXIT)
+                took = time.monotonic() - last
             finally:
                 server.process.send_signal(signal.SIGCONT)
             assert worker.returncode == 0, workers.log("w1")
@@ -203,23 +225,10 @@ def test_one_signal_does_not_wait_past_the_grace_for_a_node_thread(shared_url: s
     healthy = Workers(shared_url, prefix, tmp_path)
     worker = hanging.start("w1", "--shutdown-grace", "1")
 
-    async def scenario() -> Any:
-        orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=60)
-        try:
-            running = asyncio.ensure_future(orchestrator.execute(_graph("blocking"), {"query": "q"},
-                                                                 workflow_id=f"{prefix}-1"))
-            await asyncio.to_thread(_wait_for, tmp_path / "w1.attempt1", worker)
-            worker.send_signal(signal.SIGTERM)
-            stopped = time.monotonic()
-            await asyncio.to_thread(worker.wait, HURRIED_EXIT)
-            took = time.monotonic() - stopped
-            healthy.start("w2")
-            return took, await running
-        finally:
-            await orchestrator.close()
 
     try:
-        took, result = run(scenario(), timeout=110)
+        took, result = run(_stopped_then_finished(shared_url, prefix, _graph("blocking"), {"query": "q"}, tmp_path,
+                                                  worker, healthy, _signals(worker, (0, signal.SIGTERM))), timeout=110)
         assert worker.returncode == 0
         assert took < HURRIED_EXIT
         assert result["analysis"] == "analysed q in a thread"
@@ -266,25 +275,11 @@ def test_a_quick_second_signal_gives_the_task_back_without_running_it_again(
     healthy = Workers(shared_url, prefix, tmp_path, DA_RUNS_LOG=str(runs_log))
     worker = hanging.start("w1", "--shutdown-grace", GRACE, "--capacity", "8")
 
-    async def scenario() -> Any:
-        orchestrator = DistributedOrchestrator(backend_url=shared_url, prefix=prefix, worker_timeout=60)
-        try:
-            running = asyncio.ensure_future(orchestrator.execute(_graph("slow"), {"query": "q", "prepared": "p"},
-                                                                 workflow_id=f"{prefix}-1"))
-            await asyncio.to_thread(_wait_for, tmp_path / "w1.attempt1", worker)
-            worker.send_signal(signal.SIGTERM)
-            await asyncio.sleep(gap)
-            worker.send_signal(signal.SIGTERM)
-            stopped = time.monotonic()
-            await asyncio.to_thread(worker.wait, HURRIED_EXIT)
-            took = time.monotonic() - stopped
-            healthy.start("w2")
-            return took, await running
-        finally:
-            await orchestrator.close()
 
     try:
-        took, result = run(scenario(), timeout=110)
+        stop = _signals(worker, (0, signal.SIGTERM), (gap, signal.SIGTERM))
+        took, result = run(_stopped_then_finished(shared_url, prefix, _graph("slow"), {"query": "q", "prepared": "p"},
+                                                  tmp_path, worker, healthy, stop), timeout=110)
         assert worker.returncode == 0
         assert took < HURRIED_EXIT
         assert result["analysis"] == "analysed p"
