@@ -409,10 +409,7 @@ class Worker:
         except BaseException as exc:  # release the connection, stop being "serving"
             if self._owns_backend:
                 await self._unless_hurried(backend.close(), SETTLE_ON_STOP)
-            self._remove_signal_handlers(signals)
-            self._serving = False
-            self._threads.shutdown(wait=False)
-            self._stopped.set()
+            self._end_serving(signals)
             if isinstance(exc, _StoppedEarly):
                 return
             raise
@@ -464,8 +461,6 @@ class Worker:
             await self._unless_hurried(backend.worker_registry.deregister(self.worker_id))
             if self._owns_backend:
                 await self._unless_hurried(backend.close())
-            self._remove_signal_handlers(signals)
-            self._serving = False
             left = [(claim.task, task in self._settling) for task, claim in self._running.items() if not task.done()]
             for settling, what in ((False, "node(s) did not stop when cancelled"),
                                    (True, "release(s) or result(s) did not reach the backend in time")):
@@ -476,8 +471,17 @@ class Worker:
                                 ", ".join(f"{t.id} (node {t.node!r})" for t in tasks[:10])
                                 + (", ..." if len(tasks) > 10 else ""))
             log.info("worker %s stopped: %s", self.worker_id, self.stats.summary())
-            # Not waited for: a node thread that is still running was abandoned by its stopped node.
+            self._end_serving(signals)
+
+    def _end_serving(self, signals: list[tuple[int, Any]]) -> None:
+        """The last of every ``start()``: the signal handlers put back, the node threads' pool
+        shut down (not waited for: a thread still running was abandoned by its stopped node),
+        and ``stop()`` callers woken."""
+        self._remove_signal_handlers(signals)
+        self._serving = False
+        if self._threads is not None:
             self._threads.shutdown(wait=False)
+        if self._stopped is not None:
             self._stopped.set()
 
     def _install_signal_handlers(self) -> list[tuple[int, Any]]:

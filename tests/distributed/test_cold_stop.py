@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.crash_workers import Workers, single
+from support.crash_workers import crash_workers, single
+from support.worker_processes import WorkerProcesses
 from support.redis_server import RedisServer
 
 from distributed_agents import Graph
@@ -55,6 +56,15 @@ def _wait_for(path: pathlib.Path, process: subprocess.Popen[str], timeout: float
         time.sleep(0.05)
 
 
+def _wait_for_line(workers: WorkerProcesses, worker_id: str, process: subprocess.Popen[str], text: str,
+                   timeout: float = 30.0) -> None:
+    """Until ``text`` is in the log of worker ``worker_id`` (``process``, which must keep running)."""
+    deadline = time.monotonic() + timeout
+    while text not in workers.log(worker_id):
+        assert time.monotonic() < deadline and process.poll() is None, workers.log(worker_id)
+        time.sleep(0.05)
+
+
 def _stop_twice(process: subprocess.Popen[str], sig: signal.Signals) -> float:
     """Send ``sig``, check the worker drains (still running a second later), send it again;
     when (``time.monotonic``) the second went out."""
@@ -66,7 +76,7 @@ def _stop_twice(process: subprocess.Popen[str], sig: signal.Signals) -> float:
 
 
 async def _stopped_then_finished(url: str, prefix: str, graph: Graph, state: dict[str, Any], tmp: pathlib.Path,
-                                 worker: subprocess.Popen[str], healthy: Workers,
+                                 worker: subprocess.Popen[str], healthy: WorkerProcesses,
                                  stop: Callable[[], float]) -> tuple[float, Any]:
     """Run ``graph`` until ``worker`` (id w1) runs its node, ``stop`` it (a blocking call
     sending signals, returning when its last went out), then start a healthy worker (w2)
@@ -102,8 +112,8 @@ def test_a_second_signal_stops_a_draining_worker_and_its_task_runs_on_another(
     shared_url: str, tmp_path: pathlib.Path, sig: signal.Signals
 ) -> None:
     prefix = f"cold{uuid.uuid4().hex[:8]}"
-    hanging = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
-    healthy = Workers(shared_url, prefix, tmp_path)
+    hanging = crash_workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    healthy = crash_workers(shared_url, prefix, tmp_path)
     first = hanging.start("w1", "--shutdown-grace", GRACE)
     try:
         graph = (Graph("cold").add_node("prepare").add_node("slow").set_entry_point("prepare")
@@ -145,7 +155,7 @@ async def _run_until_stopped(url: str, prefix: str, node: str, marker: pathlib.P
 def test_a_second_signal_stops_a_worker_whose_backend_is_gone(tmp_path: pathlib.Path) -> None:
     prefix = f"cold{uuid.uuid4().hex[:8]}"
     with RedisServer() as server:
-        workers = Workers(server.url, prefix, tmp_path, DA_HANG="1")
+        workers = crash_workers(server.url, prefix, tmp_path, DA_HANG="1")
         worker = workers.start("w1", "--shutdown-grace", GRACE)
         try:
             took = run(_run_until_stopped(server.url, prefix, "slow", tmp_path / "w1.attempt1", worker,
@@ -173,7 +183,7 @@ def test_a_second_signal_does_not_wait_for_a_node_that_will_not_stop(
     shared_url: str, tmp_path: pathlib.Path, node: str, expected: list[str]
 ) -> None:
     prefix = f"cold{uuid.uuid4().hex[:8]}"
-    workers = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    workers = crash_workers(shared_url, prefix, tmp_path, DA_HANG="1")
     worker = workers.start("w1", "--shutdown-grace", GRACE)
     try:
         took = run(_run_until_stopped(shared_url, prefix, node, tmp_path / "w1.attempt1", worker), timeout=110)
@@ -191,13 +201,10 @@ def test_a_second_signal_while_a_claim_waits_on_a_paused_backend_exits_cleanly(t
     # connection stays up, nothing comes back): the hurried stop abandons that claim.
     prefix = f"cold{uuid.uuid4().hex[:8]}"
     with RedisServer() as server:
-        workers = Workers(server.url, prefix, tmp_path)
+        workers = crash_workers(server.url, prefix, tmp_path)
         worker = workers.start("w1", "--shutdown-grace", GRACE)
         try:
-            deadline = time.monotonic() + 30
-            while "serving" not in workers.log("w1"):
-                assert time.monotonic() < deadline and worker.poll() is None, workers.log("w1")
-                time.sleep(0.05)
+            _wait_for_line(workers, "w1", worker, "serving")
             time.sleep(0.5)
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
@@ -221,8 +228,8 @@ def test_one_signal_does_not_wait_past_the_grace_for_a_node_thread(shared_url: s
     # A warm stop: the grace (1 s) ends, the task is given back, and the process exits
     # although the node's thread, which nothing can interrupt, still runs.
     prefix = f"cold{uuid.uuid4().hex[:8]}"
-    hanging = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
-    healthy = Workers(shared_url, prefix, tmp_path)
+    hanging = crash_workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    healthy = crash_workers(shared_url, prefix, tmp_path)
     worker = hanging.start("w1", "--shutdown-grace", "1")
 
 
@@ -246,13 +253,10 @@ def test_a_signal_before_the_backend_answers_stops_the_waiting_worker(tmp_path: 
     # wait with a line saying so (it used to end by the signal's default action, status -15).
     with RedisServer() as server:
         url = server.url
-    workers = Workers(url, f"cold{uuid.uuid4().hex[:8]}", tmp_path)
+    workers = crash_workers(url, f"cold{uuid.uuid4().hex[:8]}", tmp_path)
     worker = workers.start("w1")
     try:
-        deadline = time.monotonic() + 30
-        while "backend unavailable" not in workers.log("w1"):
-            assert time.monotonic() < deadline and worker.poll() is None, workers.log("w1")
-            time.sleep(0.05)
+        _wait_for_line(workers, "w1", worker, "backend unavailable")
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=HURRIED_EXIT)
         assert worker.returncode == 0, workers.log("w1")
@@ -271,8 +275,8 @@ def test_a_quick_second_signal_gives_the_task_back_without_running_it_again(
     # the very task the stop just released. That task goes back again, it is not run here.
     prefix = f"cold{uuid.uuid4().hex[:8]}"
     runs_log = tmp_path / "runs.log"
-    hanging = Workers(shared_url, prefix, tmp_path, DA_HANG="1", DA_RUNS_LOG=str(runs_log))
-    healthy = Workers(shared_url, prefix, tmp_path, DA_RUNS_LOG=str(runs_log))
+    hanging = crash_workers(shared_url, prefix, tmp_path, DA_HANG="1", DA_RUNS_LOG=str(runs_log))
+    healthy = crash_workers(shared_url, prefix, tmp_path, DA_RUNS_LOG=str(runs_log))
     worker = hanging.start("w1", "--shutdown-grace", GRACE, "--capacity", "8")
 
 
@@ -300,13 +304,10 @@ def test_signals_that_keep_coming_while_a_worker_stops_still_end_it_with_status_
 ) -> None:
     # Whatever phase each lands in (draining, hurrying, logging its summary, the interpreter's
     # exit), a stop signal ends the worker cleanly: none falls on the default action.
-    workers = Workers(shared_url, f"cold{uuid.uuid4().hex[:8]}", tmp_path)
+    workers = crash_workers(shared_url, f"cold{uuid.uuid4().hex[:8]}", tmp_path)
     worker = workers.start("w1")
     try:
-        deadline = time.monotonic() + 30
-        while "serving" not in workers.log("w1"):
-            assert time.monotonic() < deadline and worker.poll() is None, workers.log("w1")
-            time.sleep(0.05)
+        _wait_for_line(workers, "w1", worker, "serving")
         deadline = time.monotonic() + HURRIED_EXIT
         while worker.poll() is None and time.monotonic() < deadline:
             worker.send_signal(sig)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
-from support.crash_workers import Workers, single
+from support.crash_workers import crash_workers, single
 
 from distributed_agents import Graph, RetryPolicy
 from distributed_agents.core.errors import (
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(90)
 
 def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: str, tmp_path: pathlib.Path) -> None:
     prefix = f"poison{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, prefix, tmp_path)
+    workers = crash_workers(redis_url, prefix, tmp_path)
     worker = workers.start("w1")
     try:
         async def scenario() -> Any:
@@ -93,7 +93,7 @@ def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: st
 def test_node_that_kills_its_worker_every_time_ends_in_dead_letters(redis_url: str, tmp_path: pathlib.Path) -> None:
     """Each delivery kills the worker; after max_attempts lease expiries the task is dead-lettered."""
     prefix = f"crasher{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, prefix, tmp_path)
+    workers = crash_workers(redis_url, prefix, tmp_path)
     try:
         async def scenario() -> Any:
             orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=60,
@@ -131,7 +131,7 @@ def test_a_failing_node_without_retry_policy_runs_once_in_a_worker_process(
 ) -> None:
     """No retry policy: one attempt, and the workflow fails with the node's own ValueError at once."""
     prefix = f"once{uuid.uuid4().hex[:8]}"
-    workers = Workers(shared_url, prefix, tmp_path)
+    workers = crash_workers(shared_url, prefix, tmp_path)
     worker = workers.start("w1")
     try:
         async def scenario() -> Any:
@@ -155,7 +155,7 @@ def test_a_failing_node_without_retry_policy_runs_once_in_a_worker_process(
 
 def test_cancel_reaches_a_task_running_in_another_process(shared_url: str, tmp_path: pathlib.Path) -> None:
     prefix = f"cancel{uuid.uuid4().hex[:8]}"
-    workers = Workers(shared_url, prefix, tmp_path, DA_HANG="1")
+    workers = crash_workers(shared_url, prefix, tmp_path, DA_HANG="1")
     worker = workers.start("w1")
     try:
         async def scenario() -> Any:
@@ -228,7 +228,7 @@ def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letter
     """Such a node used to hang: the task kept its lease, never retried, execute() never returned."""
     redis_url = str(request.getfixturevalue(backend))  # the backend's URL (Redis or NATS)
     prefix = f"base{node_type}{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, prefix, tmp_path)
+    workers = crash_workers(redis_url, prefix, tmp_path)
     worker = workers.start("w1")
     try:
         async def scenario() -> Any:
@@ -258,7 +258,7 @@ def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letter
 def test_a_node_error_of_megabytes_on_a_worker_is_cut_and_reported_as_the_nodes_error(
         redis_url: str, tmp_path: pathlib.Path) -> None:
     prefix = f"huge{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, prefix, tmp_path)
+    workers = crash_workers(redis_url, prefix, tmp_path)
     workers.start("w1")
     try:
         async def scenario() -> Any:

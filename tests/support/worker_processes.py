@@ -24,11 +24,12 @@ def load_test_app(name: str) -> ModuleType:
 
 
 class WorkerProcesses:
-    """Worker processes serving ``app`` on one backend and prefix; all killed by ``close``."""
+    """Worker processes serving ``app`` on one backend and prefix, with ``env`` added to their
+    environment; all killed by ``close``."""
 
-    def __init__(self, url: str, prefix: str, tmp: pathlib.Path, app: str) -> None:
+    def __init__(self, url: str, prefix: str, tmp: pathlib.Path, app: str, **env: str) -> None:
         self.url, self.prefix, self.tmp, self.app = url, prefix, tmp, app
-        self.env = {**os.environ, "PYTHONPATH": str(HERE), "DA_MARKER_DIR": str(tmp)}
+        self.env = {**os.environ, "PYTHONPATH": str(HERE), "DA_MARKER_DIR": str(tmp), **env}
         self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, worker_id: str, *extra: str) -> subprocess.Popen[str]:
