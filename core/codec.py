@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.errors import PayloadDecodeError
 
-__all__ = ["decode", "encode", "ensure_json_value", "find_non_json", "on_fresh_stack"]
+__all__ = ["REQUIRED", "checked_object", "decode", "encode", "ensure_json_value", "find_non_json", "on_fresh_stack"]
 
 T = TypeVar("T")
 
@@ -138,6 +138,38 @@ def decode(data: bytes | bytearray | str) -> Any:
         raise PayloadDecodeError(
             f"payload is nested too deeply to be JSON this engine wrote (more than about "
             f"{sys.getrecursionlimit()} levels of lists or objects); starts with {_preview_of(data)!r}") from None
+
+
+REQUIRED: Any = object()  # a ``checked_object`` default: the field must be there and not null
+
+
+def checked_object(raw: bytes | bytearray | str | Any, shape: dict[str, tuple[tuple[type, ...], Any]],
+                   what: str) -> dict[str, Any]:
+    """The fields of ``shape`` read from ``raw`` (JSON bytes or text, or a decoded value), checked.
+
+    ``shape`` maps a field name to (the Python types its JSON value may have, the value to
+    use when it is absent or null; ``REQUIRED``: refused then). Numbers must be finite;
+    booleans are never taken for numbers. Fields not in ``shape`` are ignored. Raises
+    ``PayloadDecodeError`` if ``raw`` is not JSON, ``ValueError`` naming ``what`` or the
+    field otherwise (callers add where the bytes were read).
+    """
+    data: Any = decode(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for name, (kinds, default) in shape.items():
+        value: Any = data.get(name)
+        if value is None:
+            if default is REQUIRED:
+                raise ValueError(f"field {name!r} is missing")
+            values[name] = default
+            continue
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ValueError(f"field {name!r} is a JSON {type(value).__name__}, not {kinds[0].__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN and Infinity parse as JSON
+            raise ValueError(f"field {name!r} is not a finite number")
+        values[name] = value
+    return values
 
 
 def _decode(data: bytes | bytearray | str) -> Any:

@@ -17,9 +17,10 @@ from typing import Any
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.errors import nats_errors
-from distributed_agents.adapters.nats.naming import token
-from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry
+from distributed_agents.adapters.nats.naming import token, untoken
+from distributed_agents.core.codec import encode
+from distributed_agents.core.errors import PayloadDecodeError
+from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry, readable_workers, stored_worker
 
 __all__ = ["NatsWorkerRegistry"]
 
@@ -42,6 +43,15 @@ class NatsWorkerRegistry(WorkerRegistry):
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return nats_errors(self._conn.url, action)
 
+    def _where(self, key: str) -> str:
+        return f"key {key!r} of JetStream KV bucket {self._conn.names.worker_bucket!r}"
+
+    def _entry(self, entry: kv.Entry) -> tuple[str, str | None, Any]:
+        worker_id = untoken(entry.key[2:])
+        if worker_id is None:
+            return self._where(entry.key), None, ValueError("its key names no worker id this engine writes")
+        return self._where(entry.key), worker_id, entry.value
+
     def _alive(self, info: WorkerInfo, now: float) -> bool:
         return now - info.last_heartbeat < self.heartbeat_ttl
 
@@ -58,7 +68,10 @@ class NatsWorkerRegistry(WorkerRegistry):
                 now = time.time()
                 if entry is None:
                     return False
-                info = WorkerInfo.from_dict(decode(entry.value))
+                try:
+                    info = stored_worker(entry.value, self._where(key), worker_id)
+                except PayloadDecodeError:  # not a record this worker wrote: it registers again over it
+                    return False
                 if not self._alive(info, now):
                     await kv.remove(self._conn.js, self._kv, key)
                     return False
@@ -75,6 +88,6 @@ class NatsWorkerRegistry(WorkerRegistry):
         with self._errors("list workers"):
             entries = await kv.scan(self._conn.js, self._kv, "w.*")
         now = time.time()
-        workers = [WorkerInfo.from_dict(decode(e.value)) for e in entries]
+        workers = readable_workers([self._entry(e) for e in entries])
         live = [w for w in workers if self._alive(w, now) and (node_type is None or node_type in w.node_types)]
         return sorted(live, key=lambda w: w.worker_id)

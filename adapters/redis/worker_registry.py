@@ -22,9 +22,9 @@ from typing import Any
 from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.keys import WorkerKeys
 from distributed_agents.adapters.redis.queue_scripts import SERVER_CLOCK
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import encode
 from distributed_agents.core.ports.backend import BackendOptions
-from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry
+from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry, readable_workers
 
 __all__ = ["RedisNodeRegistry"]
 
@@ -52,13 +52,18 @@ return 1
 """
 
 _LIST = _NOW + r"""
--- KEYS: 1 beats. ARGV: 1 prefix, 2 ttl ms. Returns {id, info JSON, heartbeat ms, ...}.
+-- KEYS: 1 beats. ARGV: 1 prefix, 2 ttl ms. Returns {id, info JSON, heartbeat ms, ...};
+-- a key of another type comes back as "\0" .. its type, for the caller to report.
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #entries, 2 do
-  local info = redis.call('GET', ARGV[1] .. ':w:i:' .. entries[i])
+  local key = ARGV[1] .. ':w:i:' .. entries[i]
+  local info = redis.pcall('GET', key)
+  if type(info) == 'table' and info.err then
+    info = '\0' .. redis.call('TYPE', key).ok
+  end
   if info then
     out[#out + 1] = entries[i]
     out[#out + 1] = info
@@ -76,6 +81,10 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _ms(seconds: float) -> int:
@@ -135,12 +144,20 @@ class RedisNodeRegistry(WorkerRegistry):
         reply = await self._script(
             "registry_list", _LIST, [self._keys.beats], [self._keys.prefix, _ms(self.heartbeat_ttl)], "list workers"
         )
-        workers = []
+        entries: list[tuple[str, str | None, Any]] = []
+        beats: dict[str, float] = {}
         for index in range(0, len(reply), 3):
-            info = WorkerInfo.from_dict(decode(reply[index + 1]))
-            info = replace(info, last_heartbeat=float(reply[index + 2]) / 1000.0)
-            if node_type is None or node_type in info.node_types:
-                workers.append(info)
+            worker_id = _text(reply[index])
+            raw = reply[index + 1]
+            if isinstance(raw, bytes) and raw.startswith(b"\0"):
+                raw = ValueError(f"a Redis {raw[1:].decode(errors='replace')}, not a string")
+            entries.append((f"Redis key {self._keys.info(worker_id)!r}", worker_id, raw))
+            beats[worker_id] = float(reply[index + 2]) / 1000.0
+        workers = [
+            replace(info, last_heartbeat=beats[info.worker_id])
+            for info in readable_workers(entries)
+            if node_type is None or node_type in info.node_types
+        ]
         return sorted(workers, key=lambda w: w.worker_id)
 
     async def close(self) -> None:

@@ -67,12 +67,12 @@ The node cache (``core.cache``; optional: the port's defaults keep nothing):
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from distributed_agents.core.codec import REQUIRED
 from distributed_agents.core.quick_init import FACTORY, quick_init
 
 if TYPE_CHECKING:  # imported where raised at run time (core.errors is imported by code this module serves)
@@ -178,11 +178,10 @@ class WorkflowRecord:
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(WorkflowRecord))
 log = logging.getLogger("distributed_agents.state_store")
-_MISSING: Any = object()
-# name -> (JSON types allowed, default when absent or null: _MISSING = required)
+# name -> (JSON types allowed, default when absent or null): codec.checked_object's shape
 _RECORD_SHAPE: dict[str, tuple[tuple[type, ...], Any]] = {
-    "workflow_id": ((str,), _MISSING),
-    "status": ((str,), _MISSING),
+    "workflow_id": ((str,), REQUIRED),
+    "status": ((str,), REQUIRED),
     "graph_name": ((str,), ""),
     "state": ((dict,), {}),
     "step": ((int,), 0),
@@ -206,26 +205,11 @@ def stored_record(raw: bytes | str | Any, where: str, workflow_id: str | None = 
     truncated or hand-edited record), so the one workflow fails with that error and
     nothing else does.
     """
-    from distributed_agents.core.codec import decode
+    from distributed_agents.core.codec import checked_object
     from distributed_agents.core.errors import PayloadDecodeError
 
     try:
-        data: Any = decode(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
-        if not isinstance(data, dict):
-            raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
-        values: dict[str, Any] = {}
-        for name, (kinds, default) in _RECORD_SHAPE.items():
-            value: Any = data.get(name)
-            if value is None:
-                if default is _MISSING:
-                    raise ValueError(f"field {name!r} is missing")
-                values[name] = default
-                continue
-            if not isinstance(value, kinds) or isinstance(value, bool):
-                raise ValueError(f"field {name!r} is a JSON {type(value).__name__}, not {kinds[0].__name__}")
-            if isinstance(value, float) and not math.isfinite(value):  # NaN and Infinity parse as JSON
-                raise ValueError(f"field {name!r} is not a finite number")
-            values[name] = value
+        values = checked_object(raw, _RECORD_SHAPE, "a record")
         if workflow_id is not None and values["workflow_id"] != workflow_id:
             raise ValueError(f"it holds workflow {values['workflow_id'][:80]!r}")
         values["created_at"] = float(values["created_at"])
