@@ -21,6 +21,7 @@ on its own ``arg`` in the next step, as its own task; and a node may return
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import inspect
 import json
@@ -132,6 +133,7 @@ class Graph:
     # Static breakpoints (see compile()); class-level defaults so every constructor path has them.
     _interrupt_before: tuple[str, ...] = ()
     _interrupt_after: tuple[str, ...] = ()
+    _declared_breakpoints: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the constructor's
 
     def __init__(
         self,
@@ -170,6 +172,7 @@ class Graph:
         self._routing = _Routing()
         self._interrupt_before = () if interrupt_before is None else _breakpoints(interrupt_before)
         self._interrupt_after = () if interrupt_after is None else _breakpoints(interrupt_after)
+        self._declared_breakpoints = (self._interrupt_before, self._interrupt_after)
         if state_schema is None and (input_schema is not None or output_schema is not None):
             raise ConfigurationError(f"graph {name!r}: input_schema and output_schema need a state_schema too; "
                                      "pass Graph(name, state_schema=...)")
@@ -468,7 +471,13 @@ class Graph:
         self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,
         checkpointer: Any = None, cache: Any = None,
     ) -> Graph:
-        """Validate and freeze the graph; returns it. Raises ``GraphValidationError``.
+        """Validate and freeze the graph; returns the compiled graph. Raises ``GraphValidationError``.
+
+        The first call freezes this graph and returns it. As in LangGraph, where every
+        ``builder.compile(...)`` makes a new compiled graph, a later call never changes
+        what an earlier one returned: with the same breakpoints it returns this graph
+        again, with others a copy that differs only in them (its own fingerprint, so
+        workflows of either are told apart).
 
         ``checkpointer`` is accepted so LangGraph code ports as is, and ignored: every
         workflow is checkpointed at each step in the backend of the orchestrator that
@@ -480,21 +489,23 @@ class Graph:
         (or ``"*"`` for all) before whose step, or after whose step, every workflow of
         the graph pauses as ``interrupted``; ``Orchestrator.resume(workflow_id)``
         continues it. ``execute(..., interrupt_before=, interrupt_after=)`` sets them per
-        workflow instead. Compiling a compiled graph again with other breakpoints raises
-        ``GraphFrozenError``.
+        workflow instead. ``None`` (not given) means the breakpoints given to the
+        constructor (none by default), not those of an earlier ``compile``.
         """
-        before = self._interrupt_before if interrupt_before is None else _breakpoints(interrupt_before)
-        after = self._interrupt_after if interrupt_after is None else _breakpoints(interrupt_after)
-        if self._compiled:
-            if (before, after) != (self._interrupt_before, self._interrupt_after):
-                raise GraphFrozenError(f"graph {self.name!r} is compiled with interrupt_before="
-                                       f"{list(self._interrupt_before)}, interrupt_after={list(self._interrupt_after)}; "
-                                       "pass other breakpoints to execute(...) instead")
-            return self
+        declared_before, declared_after = self._declared_breakpoints
+        before = declared_before if interrupt_before is None else _breakpoints(interrupt_before)
+        after = declared_after if interrupt_after is None else _breakpoints(interrupt_after)
         for name in (*before, *after):
             if name != "*" and name not in self._nodes:
                 raise self._fail(f"breakpoint on unknown node {name!r}; interrupt_before/interrupt_after take node "
                                  "names or '*'", name)
+        if self._compiled:
+            if (before, after) == (self._interrupt_before, self._interrupt_after):
+                return self
+            other = copy.copy(self)  # compiled graphs are frozen: the copy shares nodes, edges and routing
+            other._interrupt_before, other._interrupt_after = before, after
+            other.__dict__.pop("_fingerprint", None)  # breakpoints are part of the spec it hashes
+            return other
         self._interrupt_before, self._interrupt_after = before, after
         self._validate()
         routing = _Routing(order={name: i for i, name in enumerate(self._nodes)})

@@ -67,7 +67,7 @@ def load_graph(spec: str) -> Graph:
     if not isinstance(found, Graph):
         raise ConfigurationError(f"{spec!r} is a {type(found).__name__}, not a Graph (or a function returning one)")
     try:
-        return found.compile()
+        return found if found.compiled else found.compile()
     except GraphValidationError as exc:
         raise ConfigurationError(f"{spec!r} does not compile: {exc}") from None
 

@@ -339,6 +339,62 @@ def test_static_breakpoints_pause_and_resume_continues(compiled: dict[str, Any],
     assert dict(result) == {"a": True, "b": True, "c": True}
 
 
+def _paused_before(graph: Graph, ran: list[str]) -> list[str]:
+    """The nodes one workflow of ``graph`` ran before it first paused (all of them if it never did)."""
+    del ran[:]
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {}, workflow_id=new_id())
+
+    run(scenario())
+    return list(ran)
+
+
+@pytest.mark.parametrize("builder", ["Graph", "StateGraph"])
+def test_each_compile_returns_a_graph_with_exactly_its_own_breakpoints(builder: str) -> None:
+    """As LangGraph's builder.compile(): a later compile never changes what an earlier one returned.
+
+    The example (LangGraph parity trial): compile(interrupt_before=["b"]) then compile()
+    silently kept the first call's breakpoint (and the other order raised GraphFrozenError).
+    """
+    from distributed_agents import StateGraph
+
+    ran: list[str] = []
+    if builder == "Graph":
+        graph = chain(f"recompile_{uuid.uuid4().hex[:6]}", ran)
+    else:
+        graph = StateGraph(dict, name=f"recompile_{uuid.uuid4().hex[:6]}")
+        for n in ("a", "b", "c"):
+            graph.add_node(n, lambda s, n=n: ran.append(n) or {n: True})
+        graph.set_entry_point("a").add_edge("a", "b").add_edge("b", "c")
+    paused = graph.compile(interrupt_before=["b"])
+    plain = graph.compile()
+    after_c = graph.compile(interrupt_after=["a"])
+    again = graph.compile(interrupt_before=["b"])
+    assert plain.interrupt_before == () and plain.interrupt_after == ()
+    assert paused.interrupt_before == ("b",) and again is paused
+    assert after_c.interrupt_after == ("a",) and after_c.interrupt_before == ()
+    assert plain.fingerprint() != paused.fingerprint() != after_c.fingerprint()
+    assert _paused_before(plain, ran) == ["a", "b", "c"]
+    assert _paused_before(paused, ran) == ["a"]
+    assert _paused_before(after_c, ran) == ["a"]
+    assert paused.interrupt_before == ("b",)  # unchanged by the later compiles
+
+
+def test_compile_without_breakpoints_keeps_the_constructors() -> None:
+    ran: list[str] = []
+    graph = chain(f"declared_{uuid.uuid4().hex[:6]}", ran, interrupt_before=["c"])
+    first = graph.compile()
+    assert graph.compile() is first and first.interrupt_before == ("c",)
+    cleared = graph.compile(interrupt_before=[])
+    assert cleared.interrupt_before == () and first.interrupt_before == ("c",)
+    assert _paused_before(first, ran) == ["a", "b"]
+    assert _paused_before(cleared, ran) == ["a", "b", "c"]
+    with pytest.raises(Exception, match="breakpoint on unknown node 'zz'"):
+        first.compile(interrupt_before=["zz"])  # checked on a compiled graph too
+
+
 def test_breakpoints_name_nodes_of_the_graph() -> None:
     with pytest.raises(Exception, match="breakpoint on unknown node 'zz'"):
         chain("bp_unknown", []).compile(interrupt_before=["zz"])
