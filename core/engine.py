@@ -117,7 +117,7 @@ __all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_du
 log = logging.getLogger("distributed_agents.engine")
 
 
-SubgraphCall = Callable[[Graph, WorkflowRecord, TaskEntry, str], Awaitable[NodeOutcome]]
+SubgraphCall = Callable[[Graph, WorkflowRecord, TaskEntry, str, int], Awaitable[NodeOutcome]]
 
 
 class WorkflowTakenOverError(ExecutionError):
@@ -615,7 +615,7 @@ class StepEngine(_Progress):
                                          "Orchestrator runs")
                 self._events.emit(record.workflow_id, "node.started", step=record.step, node=name, where="subgraph",
                                   **({"task": entry.key} if entry.is_send else {}))
-                batches.append(self._subgraph_batch(graph, record, entry))
+                batches.append(self._subgraph_batch(graph, record, entry, step_limit))
                 continue
             func = self._local_function(spec)
             # Built already when the first step's tasks were queued with the create (first_step_calls).
@@ -783,9 +783,10 @@ class StepEngine(_Progress):
             outcomes.update(zip((entry.key for entry in leftovers), again))
         return [outcomes[entry.key] for entry in entries]
 
-    async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry) -> list[NodeOutcome]:
+    async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry,
+                              step_limit: int) -> list[NodeOutcome]:
         assert self._subgraphs is not None
-        return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key))]
+        return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key), step_limit)]
 
     async def _route_failure(
         self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, outcome: NodeOutcome

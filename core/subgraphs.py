@@ -45,8 +45,10 @@ first) and ``"subgraph_workflow_id"``.
   node: set it on the subgraph's nodes.
 * ``cancel_workflow(parent)`` cancels the children it is running too.
 * A child runs with its parent's priority plus the subgraph node's ``priority``, and
-  its parent's durability mode; its step limit is the orchestrator's
-  (``Orchestrator(step_limit=)``), counted apart from its parent's steps.
+  its parent's durability mode; its step limit is its parent's run's (``execute(...,
+  step_limit=)``, LangGraph's ``config["recursion_limit"]``, else ``Orchestrator(step_limit=)``),
+  counted apart from its parent's steps, as LangGraph hands a subgraph its caller's
+  ``recursion_limit``.
 """
 
 from __future__ import annotations
@@ -250,8 +252,12 @@ class SubgraphRunner:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self._orchestrator = orchestrator
 
-    async def run(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, task_id: str) -> NodeOutcome:
+    async def run(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, task_id: str,
+                  step_limit: int) -> NodeOutcome:
         """Advance the child of ``entry`` (a subgraph node's task of ``record``'s step) as far as it goes.
+
+        ``step_limit`` is the parent's run's (the engine's: it counts from the step a
+        continued run started at); the child runs with the same number of steps of its own.
 
         Returns the node's outcome: its updates (or a ``Command`` of the child's
         ``Command.PARENT``), a pause (``{INTERRUPT_KEY: {..., "subgraph": ...}}``) or a
@@ -274,12 +280,15 @@ class SubgraphRunner:
         # The node's priority adds to the workflow's for every task of its child, as for a node's own task.
         priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(record.metadata.get("priority", 0)) + spec.priority))
         durability = str(record.metadata.get("durability") or "sync")  # the parent's mode (engine.durability_of)
+        from distributed_agents.core.orchestrator import RUN_START_KEY  # the orchestrator imports this module
+
+        limit = max(1, step_limit - int(record.metadata.get(RUN_START_KEY, 0)))
         started = time.time()
         attempts = 0
         while True:
             attempts += 1
             try:
-                child = await self._advance(sub, child_id, state, metadata, answers, priority, durability)
+                child = await self._advance(sub, child_id, state, metadata, answers, priority, durability, limit)
                 answers = None  # handed to the child once
                 if child.status == WorkflowStatus.FAILED and spec.retry is not None \
                         and attempts < spec.retry.max_attempts:
@@ -296,7 +305,8 @@ class SubgraphRunner:
             return NodeOutcome(entry.node, task_id, output, None, attempts, started, time.time() - started)
 
     async def _advance(self, sub: Subgraph, child_id: str, state: Mapping[str, Any], metadata: Mapping[str, Any],
-                       answers: Mapping[str, Any] | None, priority: int, durability: str) -> WorkflowRecord:
+                       answers: Mapping[str, Any] | None, priority: int, durability: str,
+                       step_limit: int) -> WorkflowRecord:
         """Create, continue or answer the child until it completes, fails, is cancelled or pauses."""
         orchestrator = self._orchestrator
         store = orchestrator.backend.state_store
@@ -318,9 +328,9 @@ class SubgraphRunner:
                 if current is None:
                     values = _mapped(sub.input, state, f"the input= mapping of subgraph {sub.graph.name!r}")
                     record, lease = await orchestrator._start(
-                        sub.graph, values, workflow_id=child_id, step_limit=None, priority=priority,
+                        sub.graph, values, workflow_id=child_id, step_limit=step_limit, priority=priority,
                         from_checkpoint=None, durability=durability, metadata=metadata)
-                    await orchestrator._drive(sub.graph, record, lease, None)
+                    await orchestrator._drive(sub.graph, record, lease, step_limit)
                 elif current.status == WorkflowStatus.COMPLETED:
                     return current
                 elif current.status == WorkflowStatus.INTERRUPTED:
@@ -329,9 +339,10 @@ class SubgraphRunner:
                     if answers is None or (not chosen and any(p.kind == "interrupt" for p in pending)):
                         return current  # no answer for it (yet): the parent pauses with it
                     answers = None
-                    await orchestrator.resume(child_id, sub.graph, resume=chosen if chosen else NO_ANSWER)
+                    await orchestrator.resume(child_id, sub.graph, resume=chosen if chosen else NO_ANSWER,
+                                              step_limit=step_limit)
                 else:  # running (its driver stopped), pending, failed or cancelled: continue it
-                    await orchestrator.resume(child_id, sub.graph)
+                    await orchestrator.resume(child_id, sub.graph, step_limit=step_limit)
             except (BackendUnavailableError, asyncio.CancelledError):
                 raise
             except Exception as exc:

@@ -393,6 +393,46 @@ def test_the_child_inherits_the_parent_durability_and_priority() -> None:
     assert child.metadata["parent"] == child.workflow_id.split(":sub:")[0]
 
 
+def _looping(seen: list[Any]) -> Graph:
+    """A subgraph whose node loops until the step limit stops it, noting each config's recursion_limit."""
+    def spin(state: State, config: Any) -> dict[str, Any]:
+        seen.append(config.get("recursion_limit"))
+        return {"n": state.get("n", 0) + 1}
+
+    graph = Graph("spinner").add_node("spin", spin).add_edge(START, "spin")
+    return graph.add_conditional_edge("spin", lambda s: "spin").compile()
+
+
+@pytest.mark.parametrize("how", ["execute", "invoke", "nested", "resumed"])
+def test_the_child_runs_under_its_parents_step_limit(how: str) -> None:
+    """The example (LangGraph parity trial): a loop in a subgraph ran to the default 10,000
+    steps whatever execute(step_limit=) / config["recursion_limit"] said, and its nodes saw
+    recursion_limit 10000. As LangGraph hands its recursion_limit down, the child now gets its
+    parent's run's limit (counted in its own steps)."""
+    seen: list[Any] = []
+    child = _looping(seen)
+    if how == "nested":  # two deep: the limit reaches the grandchild
+        child = Graph("middle").add_node("inner", child).add_edge(START, "inner").add_edge("inner", END).compile()
+    parent = Graph(f"limited_{how}").add_node("sub", child).add_edge(START, "sub").add_edge("sub", END).compile()
+    workflow_id = new_id()
+
+    async def go() -> Any:
+        orchestrator = Orchestrator()
+        if how == "resumed":  # paused before the subgraph, continued with a limit of the resume
+            paused = await orchestrator.execute(parent, {}, workflow_id=workflow_id, interrupt_before=["sub"])
+            assert "__interrupt__" in paused
+            return await orchestrator.resume(workflow_id, step_limit=7)
+        return await orchestrator.execute(parent, {}, workflow_id=workflow_id, step_limit=7)
+
+    with pytest.raises(NodeExecutionError, match="step limit of 7|7 steps") as caught:
+        if how == "invoke":
+            parent.invoke({}, {"recursion_limit": 7, "configurable": {"thread_id": workflow_id}})
+        else:
+            run(go())
+    assert "10000" not in str(caught.value)
+    assert len(seen) == 7 and set(seen) == {7}
+
+
 @settings(max_examples=15, deadline=None)
 @given(depth=st.integers(0, 3), asks=st.integers(0, 3), by_id=st.booleans(), mapped=st.booleans())
 def test_any_nesting_any_number_of_interrupts_resumes_to_the_flat_result(
