@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from distributed_agents.core.errors import BackendNotFoundError
-from distributed_agents.core.redaction import redact_url
+from distributed_agents.core.errors import BackendNotFoundError, ConfigurationError
+from distributed_agents.core.redaction import redact_text, redact_url
 from distributed_agents.core.ports.backend import Backend
 
-__all__ = ["BackendOpener", "DEFAULT_BACKEND_URL", "install_backend_opener", "open_backend"]
+__all__ = ["BackendOpener", "DEFAULT_BACKEND_URL", "check_backend_argument", "install_backend_opener", "open_backend"]
 
 DEFAULT_BACKEND_URL = "memory://"
 
@@ -41,3 +41,17 @@ def open_backend(url: str = DEFAULT_BACKEND_URL, **options: Any) -> Backend:
             f"cannot open {redact_url(url)!r}: no backend opener is installed; import distributed_agents first"
         )
     return _opener(url, **options)
+
+
+def check_backend_argument(backend: object, where: str) -> None:
+    """Raise ``ConfigurationError`` unless ``backend`` is None, a URL string or a ``Backend``.
+
+    ``where`` names the call (``"Orchestrator(backend=...)"``). Anything else (bytes, a
+    number, a dict of options) would otherwise run on ``memory://`` without a word.
+    """
+    if backend is None or isinstance(backend, (str, Backend)):
+        return
+    hint = ("decode it first: backend=url.decode()" if isinstance(backend, (bytes, bytearray))
+            else "pass a URL such as 'redis://host:6379/0', 'nats://host:4222' or 'memory://', or an opened Backend")
+    raise ConfigurationError(f"{where} takes a backend URL string or a Backend, got {type(backend).__name__} "
+                             f"{redact_text(repr(backend))[:120]}; {hint}")

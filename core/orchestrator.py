@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, check_backend_argument, open_backend
 from distributed_agents.core import run_cancels
 from distributed_agents.core.backoff import Outage, retry_after, until_available
 from distributed_agents.core.cache import NodeCache, graph_implementations
@@ -460,6 +460,7 @@ class Orchestrator:
                 f"Orchestrator(registry=...) takes a NodeRegistry, got {type(registry).__name__}; pass the backend "
                 "URL as backend='redis://host:6379/0'")
         self.registry = registry if registry is not None else NodeRegistry()
+        check_backend_argument(backend, "Orchestrator(backend=...)")
         self._backend_arg = backend
         self._owns_backend = not isinstance(backend, Backend)
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None

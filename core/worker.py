@@ -57,9 +57,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, open_backend
+from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, check_backend_argument, open_backend
 from distributed_agents.core.backoff import INITIAL_DELAY, MAX_DELAY, Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError, ConfigurationError, LeaseLostError
+from distributed_agents.core.redaction import redact_url
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.instrumentation import (
@@ -232,11 +233,16 @@ class Worker:
         instrumentation: Instrumentation | None = None,
     ) -> None:
         if isinstance(node_types, (str, bytes)):
-            # Worker("redis://...") or Worker("llm") would otherwise serve the string's characters.
+            # Worker("redis://...") or Worker(node_types="llm") would otherwise serve the string's characters.
+            text = node_types.decode(errors="replace") if isinstance(node_types, bytes) else node_types
+            if "://" in text:
+                raise ConfigurationError(
+                    f"Worker({redact_url(text)!r}): the first argument (node_types) is the node types to serve, not "
+                    "a backend; pass the backend by keyword and node types as a list: "
+                    "Worker(['llm'], backend='redis://host:6379/0')")
             raise ConfigurationError(
-                f"Worker({node_types!r}): the first argument is the node types to serve (a list of names), not a "
-                f"backend or a single name; pass the backend by keyword (Worker(backend={node_types!r})) and node "
-                "types as a list (Worker(['llm'], backend=...))")
+                f"Worker(node_types={node_types!r}) takes a collection of node type names, got one string (it would "
+                f"serve each of its characters); pass a list or set: node_types=[{text!r}]")
         from distributed_agents.core.graph import Graph  # the graph module builds on this one's imports
 
         if isinstance(node_types, Graph) and registry is None:
@@ -268,6 +274,7 @@ class Worker:
         self.stats = WorkerStats()
         self.handle_signals = handle_signals
         self._backend_options = dict(backend_options or {})
+        check_backend_argument(backend, "Worker(backend=...)")
         self._backend_arg = backend
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None
         self._owns_backend = not isinstance(backend, Backend)

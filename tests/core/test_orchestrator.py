@@ -430,3 +430,32 @@ def test_resume_waits_for_a_lease_left_behind_and_says_who_holds_one_that_stays(
     assert "wait_for_lease=seconds" in at_once and "still was after waiting" not in at_once
     assert "still was after waiting 0s" in after_waiting and "for another" in after_waiting
     assert answer == "x"
+
+
+# -- what the constructors take as a backend ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [b"redis://user:pw@127.0.0.1:6379/0", 5, {"url": "redis://h"}, ["memory://"],
+                                     bytearray(b"nats://h")])
+@pytest.mark.parametrize("who", ["Orchestrator", "Worker"])
+def test_a_backend_that_is_no_url_or_backend_is_refused_not_run_on_memory(backend: Any, who: str) -> None:
+    """The example (hostile-input trial): Orchestrator(backend=b"redis://...") and backend=5 ran on
+    memory:// without a word, so workers on Redis never saw its tasks."""
+    from distributed_agents import Worker
+
+    cls = Orchestrator if who == "Orchestrator" else Worker
+    with pytest.raises(ConfigurationError, match=rf"{who}\(backend=\.\.\.\) takes a backend URL string or a Backend, "
+                                                 rf"got {type(backend).__name__}") as caught:
+        cls(backend=backend)
+    assert "pw" not in str(caught.value)  # credentials are masked wherever the URL is shown
+
+
+@pytest.mark.parametrize("node_types", ["writer", b"writer"])
+def test_a_worker_given_one_string_for_its_node_types_says_to_pass_a_set(node_types: Any) -> None:
+    from distributed_agents import Worker
+
+    with pytest.raises(ConfigurationError, match=r"collection of node type names, got one string .*node_types=\['writer'\]"):
+        Worker(node_types=node_types)
+    with pytest.raises(ConfigurationError, match=r"not a backend; pass the backend by keyword") as caught:
+        Worker("redis://u:secret@h:6379/0")  # type: ignore[arg-type]
+    assert "secret" not in str(caught.value)
