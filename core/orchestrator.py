@@ -61,7 +61,7 @@ from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.instrumentation import installed as installed_instrumentation
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
-from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.backend import Backend, check_duration
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
@@ -448,8 +448,7 @@ class Orchestrator:
             raise ConfigurationError(
                 f"Orchestrator(step_limit=...) must be an int >= 1 (the most steps a workflow may take), "
                 f"got {step_limit!r}")
-        if lease_ttl <= 0:
-            raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        check_duration("Orchestrator(lease_ttl=...)", lease_ttl, error=ConfigurationError)
         if isinstance(registry, (str, bytes)):
             # Orchestrator("redis://...") would otherwise run on memory:// without a word.
             raise ConfigurationError(

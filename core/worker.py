@@ -83,7 +83,7 @@ from distributed_agents.core.node_runner import (
     is_output_error,
     safe_text,
 )
-from distributed_agents.core.ports.backend import Backend, BackendOptions
+from distributed_agents.core.ports.backend import Backend, BackendOptions, check_duration
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask, Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerInfo
@@ -260,6 +260,7 @@ class Worker:
                 "Worker(registry=registry, backend='redis://host:6379/0')")
         if capacity < 1:
             raise ConfigurationError(f"Worker capacity must be >= 1, got {capacity}")
+        check_duration("Worker(lease_seconds=...)", lease_seconds, optional=True, error=ConfigurationError)
         if heartbeat_interval <= 0:
             raise ConfigurationError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
         self.node_types = frozenset(node_types) if node_types is not None else None

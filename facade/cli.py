@@ -55,7 +55,7 @@ from distributed_agents.core.errors import (
     PayloadDecodeError,
 )
 from distributed_agents.core.graph import Graph
-from distributed_agents.core.ports.backend import Backend
+from distributed_agents.core.ports.backend import MAX_DURATION, Backend
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
@@ -106,6 +106,8 @@ def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
         if value < minimum or (strict and value == minimum):
             bound = "more than" if strict else "at least"
             raise ValueError(f"{text!r} seconds must be {bound} {minimum:g}")
+        if value > MAX_DURATION:  # TTLs and leases past it overflow the engines' clocks
+            raise ValueError(f"{text!r} seconds must be at most {MAX_DURATION:,.0f} (10 years)")
         return value
 
     return parse

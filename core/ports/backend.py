@@ -21,7 +21,31 @@ from distributed_agents.core.ports.task_queue import TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.redaction import redact_url
 
-__all__ = ["Backend", "BackendOptions", "split_backend_url"]
+__all__ = ["MAX_ATTEMPTS_LIMIT", "MAX_DURATION", "Backend", "BackendOptions", "check_duration", "split_backend_url"]
+
+MAX_DURATION = 10 * 365 * 24 * 3600.0  # seconds: the longest TTL, lease or timeout any option takes (10 years)
+MAX_ATTEMPTS_LIMIT = 1_000_000  # the largest max_attempts: a delivery count every engine stores exactly
+
+
+def check_duration(name: str, value: object, where: str = "", *, optional: bool = False,
+                   error: type[Exception] = BackendConfigError) -> None:
+    """Raise ``error`` unless ``value`` is a number of seconds > 0 and <= ``MAX_DURATION``.
+
+    ``name`` and ``where`` (e.g. `` in 'redis://h/0'``) go into the message; ``optional``
+    also accepts None; ``error`` is ``BackendConfigError`` for backend options,
+    ``ConfigurationError`` for a constructor's argument. The bound keeps every TTL and lease within what Redis (``PX``,
+    milliseconds) and NATS (nanoseconds in an int64) can express after adding the
+    current time; longer would overflow there (an ``OverflowError`` or a claim that
+    never succeeds) instead of failing here.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{name}{where} must be a number of seconds, got {type(value).__name__} {value!r}")
+    if not 0 < value <= MAX_DURATION:  # NaN fails both comparisons
+        unset = " or unset (None: forever)" if optional else ""
+        raise error(f"{name}{where} must be > 0 and at most {MAX_DURATION:,.0f} seconds (10 years)"
+                                 f"{unset}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -84,29 +108,46 @@ class BackendOptions:
         if not self.prefix or any(ch in self.prefix for ch in " \t\n*>"):
             raise BackendConfigError(f"prefix {self.prefix!r}{where} must be non-empty without spaces, '*' or '>'")
         for name in ("visibility_timeout", "result_ttl", "heartbeat_ttl"):
-            if getattr(self, name) <= 0:
-                raise BackendConfigError(f"{name}{where} must be > 0, got {getattr(self, name)!r}")
-        if self.state_ttl is not None and self.state_ttl <= 0:
-            raise BackendConfigError(f"state_ttl{where} must be > 0 or unset, got {self.state_ttl!r}")
-        if self.max_attempts < 1:
-            raise BackendConfigError(f"max_attempts{where} must be >= 1, got {self.max_attempts!r}")
+            check_duration(name, getattr(self, name), where)
+        check_duration("state_ttl", self.state_ttl, where, optional=True)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            shown = f"{float(self.max_attempts):g}" if isinstance(self.max_attempts, int) else repr(self.max_attempts)
+            raise BackendConfigError(f"max_attempts{where} must be an integer from 1 to {MAX_ATTEMPTS_LIMIT:,}, "
+                                     f"got {shown}")
+        if self.max_payload_bytes is not None and (
+                isinstance(self.max_payload_bytes, bool) or not isinstance(self.max_payload_bytes, int)):
+            raise BackendConfigError(f"max_payload_bytes{where} must be an integer number of bytes or unset, "
+                                     f"got {self.max_payload_bytes!r}")
         if self.max_payload_bytes is not None and self.max_payload_bytes < 1:
             raise BackendConfigError(f"max_payload_bytes{where} must be >= 1 or unset, got {self.max_payload_bytes!r}")
+
+
+def _whole(raw: str) -> int | float:
+    """``raw`` as an int; a float written for a whole number (``1e3``) counts, so that the range check names it."""
+    try:
+        return int(raw)
+    except ValueError:
+        value = float(raw)
+        if value.is_integer():
+            return int(value)
+        raise
 
 
 def _coerce(url: str, key: str, raw: str) -> Any:
     try:
         if key == "prefix":
             return raw
-        if key == "max_attempts":
-            return int(raw)
-        if key == "max_payload_bytes":
-            return None if raw.lower() in ("", "none") else int(raw)
+        if key in ("max_attempts", "max_payload_bytes"):
+            if key == "max_payload_bytes" and raw.lower() in ("", "none"):
+                return None
+            return _whole(raw)
         if key == "state_ttl" and raw.lower() in ("", "none"):
             return None
         return float(raw)
     except ValueError:
-        raise BackendConfigError(f"backend option {key}={raw!r} in {redact_url(url)!r} is not a number") from None
+        kind = "a whole number" if key in ("max_attempts", "max_payload_bytes") else "a number"
+        raise BackendConfigError(f"backend option {key}={raw!r} in {redact_url(url)!r} is not {kind}") from None
 
 
 def split_backend_url(url: str) -> tuple[str, str]:

@@ -79,5 +79,5 @@ def test_the_option_comes_from_keywords_or_the_url_and_is_validated() -> None:
     assert BackendOptions.from_url("memory://").max_payload_bytes is None
     with pytest.raises(BackendConfigError, match="max_payload_bytes"):
         BackendOptions.from_url("memory://?max_payload_bytes=0")
-    with pytest.raises(BackendConfigError, match="not a number"):
+    with pytest.raises(BackendConfigError, match="not a whole number"):
         BackendOptions.from_url("memory://?max_payload_bytes=big")
