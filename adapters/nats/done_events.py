@@ -70,13 +70,19 @@ def parse_done(data: bytes) -> tuple[str, TaskResult | None]:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         return data.decode("utf-8", "replace"), None  # a bare id (older publishers)
-    result = body.get("result")
+    return body["id"], _inline(body["id"], body.get("result"))
+
+
+def _inline(task_id: str, result: Any) -> TaskResult | None:
+    """The inline result of ``task_id``'s event, if it is one of that task (else it is read from the record:
+    an event naming one task with another's result was not published by an ack)."""
     if not isinstance(result, dict):
-        return body["id"], None
+        return None
     try:
-        return body["id"], TaskResult.from_dict(result)
+        parsed = TaskResult.from_dict(result)
     except (KeyError, TypeError, ValueError):
-        return body["id"], None
+        return None
+    return parsed if parsed.task_id == task_id else None
 
 
 def parse_done_events(data: bytes) -> list[tuple[str, TaskResult | None]]:
@@ -95,14 +101,7 @@ def parse_done_events(data: bytes) -> list[tuple[str, TaskResult | None]]:
     for item in body:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
-        result = item.get("result")
-        parsed: TaskResult | None = None
-        if isinstance(result, dict):
-            try:
-                parsed = TaskResult.from_dict(result)
-            except (KeyError, TypeError, ValueError):
-                parsed = None
-        events.append((item["id"], parsed))
+        events.append((item["id"], _inline(item["id"], item.get("result"))))
     return events
 
 

@@ -71,6 +71,15 @@ local function k_delayed(t) return P .. ':q:delayed:' .. t end
 local function k_leased(t) return P .. ':q:leased:' .. t end
 local function k_dead(t) return P .. ':q:dead:' .. t end
 
+-- A task's stored result, false if none, or "\0" .. the key's type when something other
+-- than a string sits there (written below the engine): reported by the caller, naming
+-- the key, instead of a WRONGTYPE error failing every task the script reads.
+local function result_of(id)
+  local r = redis.pcall('GET', k_result(id))
+  if type(r) == 'table' and r.err then return '\0' .. redis.call('TYPE', k_result(id)).ok end
+  return r
+end
+
 
 -- Wake-up tokens: claimers with nothing to do block on {p}:q:wake:{t} (BLPOP), so each
 -- token wakes one idle claimer, not all of them. One token per newly claimable task, at
@@ -778,7 +787,7 @@ local now = now_ms()
 local out = {-1}
 local missing = false
 for i = 4, #ARGV do
-  local r = redis.call('GET', k_result(ARGV[i]))
+  local r = result_of(ARGV[i])
   out[#out + 1] = r or false
   if not r then missing = true end
 end
@@ -796,7 +805,7 @@ end
 local next_at = nil
 for i = 4, #ARGV do
   if not out[i - 2] then
-    local r = redis.call('GET', k_result(ARGV[i]))
+    local r = result_of(ARGV[i])
     if r then
       out[i - 2] = r
     else

@@ -128,6 +128,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -155,6 +156,8 @@ from distributed_agents.core.ports.task_queue import (
 )
 
 __all__ = ["RedisTaskQueue"]
+
+log = logging.getLogger(__name__)
 
 # Upper bound of one sleep while waiting, in case a pub/sub message was lost.
 _POLL_CAP = 1.0  # default of RedisTaskQueue.poll_cap
@@ -630,8 +633,30 @@ class RedisTaskQueue(TaskQueue):
         found: dict[str, TaskResult] = {}
         for task_id, raw in zip(ids, reply[1:]):
             if raw is not None:
-                found[task_id] = TaskResult.from_dict(decode(raw))
+                found[task_id] = self._stored_result(task_id, raw)
         return found, int(reply[0])
+
+    def _stored_result(self, task_id: str, raw: bytes) -> TaskResult:
+        """The result stored for ``task_id``; a failed one naming its key if the bytes are not a result of it.
+
+        Something other than this engine wrote there (or a result of another task was
+        copied in): the task's outcome is unknown, so the workflow's step fails with an
+        error saying where and what to do, instead of a decoding error with no key.
+        """
+        key = self._keys.result(task_id)
+        try:
+            if raw.startswith(b"\0"):
+                raise ValueError(f"a Redis {raw[1:].decode(errors='replace')}, not a string")
+            result = TaskResult.from_dict(decode(raw))
+            if result.task_id != task_id:
+                raise ValueError(f"it is the result of task {result.task_id[:80]!r}")
+            return result
+        except ValueError as exc:  # PayloadDecodeError too
+            log.error("the result of task %r at Redis key %r is malformed: %s", task_id, key, exc)
+            return TaskResult(task_id, "failed", error=(
+                f"the result of task {task_id!r} at Redis key {key!r} is malformed ({exc}); it was not written by a "
+                "worker of this version of the engine (or was edited), so the task's outcome is unknown. Delete the "
+                "key (DEL) and resume the workflow to run the task again"))
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (one round trip)."""
@@ -893,9 +918,11 @@ def _done_event(message: str) -> tuple[str, TaskResult | None]:
     if not body:
         return task_id, None
     try:
-        return task_id, TaskResult.from_dict(decode(body.encode("utf-8")))
+        result = TaskResult.from_dict(decode(body.encode("utf-8")))
     except (PayloadDecodeError, ValueError, KeyError, TypeError):
         return task_id, None  # read it from its key instead
+    # An event naming one task with another's result was not published by an ack: read the key.
+    return task_id, (result if result.task_id == task_id else None)
 
 
 def _not_in(ids: Sequence[str], found: Mapping[str, Any]) -> list[str]:

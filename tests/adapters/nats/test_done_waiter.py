@@ -38,3 +38,19 @@ def test_a_wait_ends_on_an_event_and_times_out_without_one() -> None:
         assert await waiter.wait(10) is True
 
     run(scenario(), 20)
+
+
+def test_an_event_carrying_another_tasks_result_gives_no_inline_result() -> None:
+    """As on Redis (tests/adapters/redis/test_hostile_results.py): an event naming task t-1 with
+    t-2's result was not published by an ack; its id is kept (the waiter reads t-1's record)."""
+    import json
+
+    from distributed_agents.adapters.nats.done_events import done_payload, parse_done, parse_done_events
+
+    other = TaskResult("t-2", "succeeded", output={"forged": True})
+    forged = json.dumps({"id": "t-1", "result": other.to_dict()}).encode()
+    assert parse_done(forged) == ("t-1", None)
+    assert parse_done_events(b"[" + forged + b"]") == [("t-1", None)]
+    own = TaskResult("t-1", "succeeded", output={"real": True})
+    assert parse_done(done_payload("t-1", own)) == ("t-1", own)
+    assert parse_done_events(b"[" + done_payload("t-1", own) + b"," + forged + b"]") == [("t-1", own), ("t-1", None)]
