@@ -583,7 +583,9 @@ class NatsConnection:
         storage = api.StorageType.FILE
         stream = api.StreamConfig(
             name=names.task_stream,
-            subjects=[f"{names.base}.tasks.>"],
+            # Exactly <base>.tasks.<type>.<priority>: a publish on a subject of any other depth is
+            # refused by the server (the publisher's JetStream ack says so), never stored unserved.
+            subjects=[f"{names.base}.tasks.*.*"],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=storage,
             num_replicas=replicas,

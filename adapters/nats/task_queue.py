@@ -4,7 +4,10 @@ Layout (``<p>`` is the sanitised prefix):
 
 * Stream ``<p>_TASKS`` (work-queue retention, file storage) with one subject per node
   type and priority, ``<p>.tasks.<type>.<p3|m2>``, and one durable pull consumer per
-  subject (``<type>-<p3>``), shared by every worker of that type. ``AckWait`` is the
+  subject (``<type>-<p3>``), shared by every worker of that type. The stream takes
+  exactly ``<p>.tasks.*.*`` (a publish of another depth is refused by the server); a
+  message on a subject of a served type whose priority token is none of these is
+  dead-lettered by the next look (``_sweep_off_layout``). ``AckWait`` is the
   visibility timeout. A claim asks the stream which priority subjects hold messages
   (``stream_info(subjects_filter=...)``: the look), then pulls highest priority first with
   ``no_wait``; within a priority, messages of several node types are merged by stream
@@ -765,10 +768,49 @@ class NatsTaskQueue(TaskQueue):
         for subject, count in counts.items():
             _, _, type_token, priority_token = subject.rsplit(".", 3)
             priority = priority_from_token(priority_token)
-            if type_token in wanted and priority is not None:
+            if type_token in wanted and priority is None and count:
+                await self._sweep_off_layout(wanted[type_token], subject)
+            elif type_token in wanted and priority is not None:
                 if count > held[names.task_consumer(wanted[type_token], priority)]:
                     levels.setdefault(priority, []).append(wanted[type_token])
         return levels
+
+    async def _sweep_off_layout(self, node_type: str, subject: str) -> None:
+        """Dead-letter the messages on ``subject``, a subject of ``node_type``'s tasks whose
+        priority token is none this queue writes (``<base>.tasks.<type>.zzz``, published by
+        hand or by a foreign producer): no consumer serves it, so they would sit in the
+        stream unseen for ever. Each becomes a dead letter (its bytes kept, the reason
+        naming the subject and the layout) and is logged. Through an ephemeral consumer on
+        that subject alone; when another claimer sweeps it already (the work-queue stream
+        allows one consumer per subject), this one leaves it to that one.
+        """
+        import nats.js.errors
+        from nats.js import api
+
+        names = self._conn.names
+        config = api.ConsumerConfig(
+            filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=max(self.visibility_timeout, 5.0), max_deliver=-1, inactive_threshold=30.0,
+            mem_storage=True, num_replicas=1,
+        )
+        try:
+            info = await self._conn.js.add_consumer(names.task_stream, config)
+        except nats.js.errors.BadRequestError:  # another claimer's sweep holds the subject
+            return
+        reason = (f"malformed task: published on subject {subject!r}, outside this queue's layout "
+                  f"({names.base}.tasks.<node type>.p<N> or .m<N>, N the priority): no consumer serves it")
+        try:
+            for _ in range(1000):  # bounded: the rest waits for the next look
+                messages = await pull_ready(self._conn.nc, names.task_stream, info.name, 100)
+                if not messages:
+                    break
+                for msg in messages:
+                    log.error("a message of node type %r at stream sequence %s is dead-lettered: %s", node_type,
+                              stream_sequence(msg.reply or ""), reason)
+                    await self._dead_letter_raw(msg, node_type, reason)
+        finally:
+            with contextlib.suppress(Exception):  # it expires by itself (inactive_threshold)
+                await self._conn.js.delete_consumer(names.task_stream, info.name)
 
     async def _prefetch(self, messages: list[Msg]) -> tuple[dict[int, _Found], dict[int, Task]]:
         """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read,
