@@ -102,6 +102,7 @@ from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
+from distributed_agents.core.node_runner import bounded
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.record_json import encode_rest, kept as kept_json, remember as remember_json
@@ -858,12 +859,20 @@ class StepEngine(_Progress):
         if entry.handles is not None:
             what = (f"error handler {outcome.node!r} of node {handled.get('node', entry.handles)!r} (which failed with "
                     f"{handled.get('error_type')}: {handled.get('message')})")
+        others = ""
+        if len(failed) > 1:  # a fan-out whose tasks fail together: every one is named, not the first alone
+            shown = [f"{o.node!r} ({o.failure.error_type}: {bounded(o.failure.message, 200)})"
+                     for _, o in failed[1:6] if o.failure is not None]
+            more = f" and {len(failed) - 6} more" if len(failed) > 6 else ""
+            others = f"; {len(failed) - 1} other task(s) of the step failed too: {', '.join(shown)}{more}"
         error = error_cls(
             f"{what} of graph {graph.name!r} (workflow {record.workflow_id!r}) failed after "
-            f"{outcome.attempts} attempt(s): {failure.error_type}: {failure.message}",
+            f"{outcome.attempts} attempt(s): {failure.error_type}: {failure.message}{others}",
             node=outcome.node, attempts=outcome.attempts, error_type=failure.error_type,
             error_message=failure.message, traceback_text=failure.traceback_text,
         )
+        # Run in this process: the node's own exception is the cause (as LangGraph raises it itself).
+        error.__cause__ = failure.exception
         self._events.emit(record.workflow_id, "node.failed", step=record.step, node=outcome.node,
                           attempts=outcome.attempts, error=f"{failure.error_type}: {failure.message}",
                           duration=outcome.duration)

@@ -1008,15 +1008,79 @@ class Graph:
         return Orchestrator(backend=backend).stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs,
                                                     **options)
 
-    def get_state(self, config: Mapping[str, Any], *, backend: str | None = None) -> Any:
-        """LangGraph's ``graph.get_state(config)``: the thread's ``StateSnapshot`` (``values``, ``next``, ...)."""
+    def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False, backend: str | None = None) -> Any:
+        """LangGraph's ``graph.get_state(config)``: the thread's ``StateSnapshot`` (``values``, ``next``, ``config``...).
+
+        ``config["configurable"]["thread_id"]`` names the workflow; with a
+        ``checkpoint_id`` too (a snapshot's ``config``), that checkpoint's snapshot.
+        ``subgraphs=True`` nests the snapshots of running subgraphs (latest only).
+        ``WorkflowNotFoundError`` if the thread or checkpoint is not stored,
+        ``ConfigurationError`` if the checkpoint is of another thread.
+        """
         from distributed_agents.core.orchestrator import Orchestrator
 
-        thread = _thread_id(self.name, config)
-        if thread is None:
-            raise ConfigurationError(f"graph {self.name!r}: get_state needs config="
-                                     "{'configurable': {'thread_id': ...}}")
-        return Orchestrator(backend=backend).sync.get_state(thread)
+        thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state")
+        orchestrator = Orchestrator(backend=backend)
+        if checkpoint is None:
+            return orchestrator.sync.get_state(thread, subgraphs=subgraphs)
+        from distributed_agents.core.history import parse_checkpoint_id
+
+        step = parse_checkpoint_id(checkpoint)[1]
+        found = orchestrator.sync.get_state_history(thread, limit=1, before=step + 1)
+        if not found or found[0].checkpoint_id != checkpoint:
+            from distributed_agents.core.errors import WorkflowNotFoundError
+
+            raise WorkflowNotFoundError(f"graph {self.name!r}: thread {thread!r} has no checkpoint {checkpoint!r} "
+                                        "(get_state_history(config) lists the ones it has)")
+        return found[0]
+
+    def get_state_history(self, config: Mapping[str, Any], *, filter: Mapping[str, Any] | None = None,
+                          before: Mapping[str, Any] | str | None = None, limit: int | None = None,
+                          backend: str | None = None) -> Iterator[Any]:
+        """LangGraph's ``graph.get_state_history(config)``: the thread's snapshots, newest first.
+
+        ``before`` (a snapshot's ``config``, or a checkpoint id) keeps only older ones;
+        ``limit`` bounds how many; ``filter`` (LangGraph's match on checkpoint metadata)
+        keeps the snapshots whose ``metadata`` holds every given key with that value.
+        A ``checkpoint_id`` in ``config`` starts at that checkpoint (it included), as in
+        LangGraph. ``WorkflowNotFoundError`` if the thread is unknown.
+        """
+        from distributed_agents.core.history import parse_checkpoint_id
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state_history")
+        if isinstance(before, Mapping):
+            before = _thread_and_checkpoint(self.name, before, "get_state_history(before=)")[1]
+        bounds = [] if checkpoint is None else [parse_checkpoint_id(checkpoint)[1] + 1]  # it included
+        if before is not None:
+            bounds.append(parse_checkpoint_id(before)[1])
+        snapshots = Orchestrator(backend=backend).sync.get_state_history(
+            thread, before=min(bounds) if bounds else None, limit=None if filter else limit)
+        if filter:
+            snapshots = [s for s in snapshots if all(k in s.metadata and s.metadata[k] == v for k, v in filter.items())]
+            snapshots = snapshots if limit is None else snapshots[:limit]
+        return iter(snapshots)
+
+    def update_state(self, config: Mapping[str, Any], values: Mapping[str, Any] | None, as_node: str | None = None,
+                     *, backend: str | None = None) -> dict[str, Any]:
+        """LangGraph's ``graph.update_state(config, values, as_node=)``: the new checkpoint's ``config``.
+
+        ``Orchestrator.update_state`` on the thread (``values`` merged through the
+        reducers as if ``as_node`` returned them; ``resume`` / ``invoke(None, config)``
+        then continues). Updating from a past checkpoint (a ``checkpoint_id`` in
+        ``config`` that is not the latest) is refused: ``Orchestrator.fork`` it first.
+        """
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        thread, checkpoint = _thread_and_checkpoint(self.name, config, "update_state")
+        orchestrator = Orchestrator(backend=backend)
+        if checkpoint is not None and orchestrator.sync.get_state(thread).checkpoint_id != checkpoint:
+            raise ConfigurationError(
+                f"graph {self.name!r}: update_state from checkpoint {checkpoint!r}, which is not thread {thread!r}'s "
+                "latest, would fork the thread; fork it first (Orchestrator.fork(checkpoint_id) gives a new thread "
+                "id) and update that one")
+        snapshot = orchestrator.sync.update_state(thread, dict(values or {}), as_node=as_node, graph=self)
+        return dict(snapshot.config)
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       backend: str | None = None) -> dict[str, Any]:
@@ -1229,6 +1293,23 @@ def _thread_id(graph: str, config: Mapping[str, Any] | None) -> str | None:
     return None if thread is None else str(thread)
 
 
+def _thread_and_checkpoint(graph: str, config: Mapping[str, Any], call: str) -> tuple[str, str | None]:
+    """``(thread_id, checkpoint_id or None)`` of a LangGraph ``config``; ``ConfigurationError`` without a
+    thread, or with a checkpoint of another thread."""
+    thread = _thread_id(graph, config)
+    if thread is None:
+        raise ConfigurationError(f"graph {graph!r}: {call} needs config={{'configurable': {{'thread_id': ...}}}}")
+    checkpoint = config["configurable"].get("checkpoint_id")
+    if checkpoint is None:
+        return thread, None
+    from distributed_agents.core.history import parse_checkpoint_id
+
+    if parse_checkpoint_id(checkpoint)[0] != thread:
+        raise ConfigurationError(f"graph {graph!r}: {call}: checkpoint {checkpoint!r} is not of thread {thread!r}; "
+                                 "pass the config a snapshot of that thread gives (snapshot.config)")
+    return thread, checkpoint
+
+
 def _batch_configs(graph: str, inputs: Sequence[Any],
                    config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any] | None]:
     """One config per input for ``batch``: ``config`` repeated, or the list given (same length)."""
@@ -1263,6 +1344,12 @@ def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]
                                  "a config holds 'configurable' ({'thread_id': ...}) and 'recursion_limit' (the "
                                  f"step limit); {', '.join(map(repr, _IGNORED_CONFIG_KEYS))} are accepted and ignored")
     options: dict[str, Any] = {}
+    if isinstance(config.get("configurable"), Mapping) and config["configurable"].get("checkpoint_id") is not None:
+        checkpoint = config["configurable"]["checkpoint_id"]
+        raise ConfigurationError(
+            f"graph {graph!r}: running from checkpoint {checkpoint!r} (config['configurable']['checkpoint_id']) is not "
+            "done in place: fork it (Orchestrator.fork(checkpoint_id) returns a new thread id holding that checkpoint), "
+            "then invoke(None, {'configurable': {'thread_id': <that id>}}); get_state(config) reads a checkpoint")
     if "configurable" in config:
         thread = _thread_id(graph, config)
         extra = {key: value for key, value in config["configurable"].items()

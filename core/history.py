@@ -44,6 +44,7 @@ from distributed_agents.core.types import read_output
 
 __all__ = [
     "StateSnapshot",
+    "checkpoint_config",
     "checkpoint_id",
     "parse_checkpoint_id",
     "plan_fork",
@@ -58,6 +59,11 @@ __all__ = [
 def checkpoint_id(workflow_id: str, step: int) -> str:
     """The id of the checkpoint of ``workflow_id`` after ``step`` committed steps."""
     return f"{workflow_id}:{step}"
+
+
+def checkpoint_config(workflow_id: str, checkpoint: str) -> dict[str, Any]:
+    """The LangGraph ``config`` naming checkpoint ``checkpoint`` of ``workflow_id`` (its thread)."""
+    return {"configurable": {"thread_id": workflow_id, "checkpoint_ns": "", "checkpoint_id": checkpoint}}
 
 
 def parse_checkpoint_id(text: str) -> tuple[str, int]:
@@ -105,6 +111,26 @@ class StateSnapshot:
     status: str | None = None
     error: Mapping[str, Any] | None = None
     subgraphs: Mapping[str, StateSnapshot] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """LangGraph's ``snapshot.config``: ``{"configurable": {"thread_id", "checkpoint_ns", "checkpoint_id"}}``.
+
+        Passed back to ``graph.get_state(config)`` it reads this very checkpoint; a
+        fresh dict each call.
+        """
+        return checkpoint_config(self.workflow_id, self.checkpoint_id)
+
+    @property
+    def parent_config(self) -> dict[str, Any] | None:
+        """LangGraph's ``snapshot.parent_config``: the ``config`` of ``parent_checkpoint_id``, None for a first checkpoint.
+
+        A fork's parent is a checkpoint of the workflow it was forked from: its
+        ``thread_id`` is that workflow's.
+        """
+        if self.parent_checkpoint_id is None:
+            return None
+        return checkpoint_config(parse_checkpoint_id(self.parent_checkpoint_id)[0], self.parent_checkpoint_id)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape."""

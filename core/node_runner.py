@@ -238,12 +238,18 @@ def get_stream_writer() -> StreamWriter:
 
 @dataclass(frozen=True)
 class NodeFailure:
-    """A node's exception, in a form that crosses processes."""
+    """A node's exception, in a form that crosses processes.
+
+    ``exception`` is the exception object itself when the node ran in this process
+    (never stored or sent: ``to_dict``/``to_text`` leave it out); the workflow's
+    ``NodeExecutionError`` then names it as its ``__cause__``.
+    """
 
     error_type: str
     message: str
     traceback_text: str
     timed_out: bool = False
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
     def to_text(self) -> str:
         """One string: ``Type: message`` then the traceback (what dead letters record)."""
@@ -329,7 +335,8 @@ def describe_failure(exc: BaseException) -> NodeFailure:
     except Exception as problem:  # the failure must be reported whatever the exception object does
         text = f"{type(exc).__name__}: <its traceback could not be formatted: {type(problem).__name__}>"
     return NodeFailure(type(exc).__name__, safe_text(bounded(exception_message(exc), MAX_MESSAGE)),
-                       safe_text(bounded(text, MAX_TRACEBACK)), timed_out=isinstance(exc, NodeTimeoutError))
+                       safe_text(bounded(text, MAX_TRACEBACK)), timed_out=isinstance(exc, NodeTimeoutError),
+                       exception=exc)
 
 
 def exception_message(exc: BaseException) -> str:

@@ -238,8 +238,8 @@ class Worker:
             if "://" in text:
                 raise ConfigurationError(
                     f"Worker({redact_url(text)!r}): the first argument (node_types) is the node types to serve, not "
-                    "a backend; pass the backend by keyword and node types as a list: "
-                    "Worker(['llm'], backend='redis://host:6379/0')")
+                    f"a backend; pass the backend by keyword (Worker(backend={redact_url(text)!r})) and node types "
+                    "as a list (Worker(['llm'], backend=...))")
             raise ConfigurationError(
                 f"Worker(node_types={node_types!r}) takes a collection of node type names, got one string (it would "
                 f"serve each of its characters); pass a list or set: node_types=[{text!r}]")

@@ -719,6 +719,7 @@ def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
     ({"recursion_limit": "5"}, "recursion_limit"),
     ({"configurable": {"thread_id": "x", "user_id": ("not", "json")}}, "configurable"),
     ({"configurable": {"thread_id": "x"}, "retries": 2}, "'retries' are not understood"),
+    ({"configurable": {"thread_id": "x", "checkpoint_id": "x:0"}}, "is not done in place: fork it"),
 ])
 def test_a_config_it_cannot_honour_is_refused_saying_why(config: dict[str, Any], match: str) -> None:
     from distributed_agents import StateGraph
@@ -909,3 +910,92 @@ def test_a_paused_thread_given_a_new_input_says_to_resume_and_execute_keeps_refu
     with pytest.raises(WorkflowExistsError, match="'multi-turn-3' already exists"):
         run(Orchestrator().execute(app, {"answer": "z"}, workflow_id="multi-turn-3"))
     assert "__interrupt__" in app.invoke({"answer": "next"}, config)  # completed: a new run, paused again
+
+
+# -- "Time travel" / persistence: the compiled graph's state methods and snapshot configs ------
+
+
+def _counting_thread() -> tuple[Any, dict[str, Any]]:
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        n: int
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(S, name=f"tt_{uuid.uuid4().hex[:6]}")
+    builder.add_node("a", lambda s: {"n": s["n"] + 1, "log": ["a"]})
+    builder.add_node("b", lambda s: {"n": s["n"] * 10, "log": ["b"]})
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", END)
+    graph = builder.compile()
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    assert graph.invoke({"n": 1, "log": []}, config) == {"n": 20, "log": ["a", "b"]}
+    return graph, config
+
+
+def test_get_state_history_and_get_state_of_a_snapshots_config_as_in_langgraph() -> None:
+    """The parity trial's examples: ``checkpoint_id`` in a config was silently ignored by
+    get_state (it gave the latest), and the compiled graph had no get_state_history or
+    update_state, nor snapshots a ``config``."""
+    graph, config = _counting_thread()
+    thread = config["configurable"]["thread_id"]
+    history = list(graph.get_state_history(config))
+    assert [h.values["n"] for h in history] == [20, 2, 1]
+    middle = history[1]
+    assert middle.config == {"configurable": {"thread_id": thread, "checkpoint_ns": "",
+                                              "checkpoint_id": middle.checkpoint_id}}
+    assert middle.parent_config == history[2].config and history[2].parent_config is None
+    assert graph.get_state(middle.config).values == {"n": 2, "log": ["a"]}  # that checkpoint, not the latest
+    assert graph.get_state(config).values["n"] == 20
+    assert [h.step for h in graph.get_state_history(middle.config)] == [1, 0]  # from it, it included
+    assert [h.step for h in graph.get_state_history(config, before=middle.config)] == [0]
+    assert [h.step for h in graph.get_state_history(config, limit=1)] == [2]
+    assert [h.step for h in graph.get_state_history(config, filter={"source": "loop"})] == [2, 1]
+
+
+def test_update_state_returns_the_new_checkpoints_config_and_a_past_one_is_refused() -> None:
+    from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+
+    graph, config = _counting_thread()
+    thread = config["configurable"]["thread_id"]
+    first = list(graph.get_state_history(config))[-1]
+    new = graph.update_state(config, {"n": 100, "log": ["edit"]}, as_node="b")
+    assert new["configurable"]["thread_id"] == thread
+    assert graph.get_state(new).values == {"n": 100, "log": ["a", "b", "edit"]}
+    with pytest.raises(ConfigurationError, match="not thread .* latest, would fork the thread"):
+        graph.update_state(first.config, {"n": 5})
+    with pytest.raises(WorkflowNotFoundError, match="has no checkpoint"):
+        graph.get_state({"configurable": {"thread_id": thread, "checkpoint_id": f"{thread}:99"}})
+    with pytest.raises(ConfigurationError, match="is not of thread 'other'"):
+        graph.get_state({"configurable": {"thread_id": "other", "checkpoint_id": first.checkpoint_id}})
+    with pytest.raises(ConfigurationError, match="is not done in place"):
+        graph.invoke(None, first.config)  # LangGraph replays from there; here: fork it, saying so
+
+
+def test_a_node_exception_is_the_cause_of_the_workflows_error_and_every_failed_task_is_named() -> None:
+    """The parity trial's example: the NodeExecutionError of a node run in this process had
+    no __cause__ (LangGraph raises the node's exception itself); and a fan-out whose Sends
+    all failed named only the first."""
+    from distributed_agents import Send
+    from distributed_agents.core.errors import NodeExecutionError
+
+    class Kaput(Exception):
+        pass
+
+    def boom(state: State) -> dict[str, Any]:
+        raise Kaput("kaput")
+
+    graph = Graph(f"cause_{uuid.uuid4().hex[:6]}").add_node("a", boom).set_entry_point("a").set_finish_point("a")
+    with pytest.raises(NodeExecutionError) as caught:
+        graph.compile().invoke({})
+    assert isinstance(caught.value.__cause__, Kaput) and str(caught.value.__cause__) == "kaput"
+
+    def worker(state: State) -> dict[str, Any]:
+        raise ValueError(f"bad {state['i']}")
+
+    fan = Graph(f"fan_{uuid.uuid4().hex[:6]}").add_node("w", worker).set_finish_point("w")
+    fan.add_conditional_edge(START, lambda s: [Send("w", {"i": i}) for i in range(9)])
+    with pytest.raises(NodeExecutionError) as caught:
+        fan.compile().invoke({})
+    message = str(caught.value)
+    assert "8 other task(s) of the step failed too" in message and "and 3 more" in message
+    assert all(f"bad {i}" in message for i in range(6))
