@@ -180,6 +180,10 @@ class Graph:
         for key, (schema_reducer, label) in (self._schema.reducers() if self._schema else {}).items():
             self._reducers[key] = schema_reducer
             self._reducer_names[key] = label
+        if reducers is not None and not isinstance(reducers, Mapping):
+            raise ConfigurationError(
+                f"graph {name!r}: reducers must map state keys to reducers (a dict like {{'messages': 'append'}}), got "
+                f"{type(reducers).__name__} {repr(reducers)[:80]}")
         for key, reducer in (reducers or {}).items():
             self.add_reducer(key, reducer)
 

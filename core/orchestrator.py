@@ -1029,11 +1029,23 @@ class Orchestrator:
             return await self._fork(from_checkpoint, graph, workflow_id, WorkflowStatus.RUNNING, priority, durable)
         # The input is copied through JSON (sharing nothing with the caller's objects); that
         # encoding is the state's for the size check, the first tasks and the stored record.
+        if workflow_id is not None:  # "" would otherwise mean "a fresh id" without a word
+            validate_workflow_id(workflow_id)
         if isinstance(initial_state, State):
             state_json = encode(dict(initial_state))
             workflow_id = workflow_id or initial_state.workflow_id
         else:
-            values = dict(initial_state or {})
+            try:
+                # A mapping, or what dict() reads as one (a Pydantic model of the state schema);
+                # never a string or a sequence, which dict() would take apart or refuse obscurely.
+                if isinstance(initial_state, (str, bytes, bytearray, list, tuple, set, frozenset, int, float)):
+                    raise TypeError
+                values = dict(initial_state or {})
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"the input state of graph {graph.name!r} must be a dict of state keys (or None), got "
+                    f"{type(initial_state).__name__} {repr(initial_state)[:80]}; e.g. execute(graph, {{'question': ...}})"
+                ) from None
             if graph.message_keys:  # LangGraph's ("user", "hi") / "hi" messages, as dicts
                 values = coerce_message_updates(values, graph.message_keys)
             check_values(values)
@@ -1263,7 +1275,7 @@ class Orchestrator:
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow forked from ``checkpoint`` (see ``history.plan_fork``), leased to this orchestrator."""
-        new_id = validate_workflow_id(workflow_id or State().workflow_id)
+        new_id = validate_workflow_id(State().workflow_id if workflow_id is None else workflow_id)
         await self.connect()
         source, past = await history.read_checkpoint(self.backend.state_store, checkpoint, where=self.backend.redacted_url)
         graph = self._history_graph(source, graph, f"fork of checkpoint {checkpoint!r}")

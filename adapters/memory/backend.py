@@ -9,12 +9,15 @@ process find each other, as they would through Redis.
 from __future__ import annotations
 
 import threading
+from dataclasses import fields
 
 from distributed_agents.adapters.memory.message_bus import BusData, MemoryMessageBus
 from distributed_agents.adapters.memory.state_store import MemoryStateStore, StateData
 from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue, QueueData
 from distributed_agents.adapters.memory.worker_registry import MemoryWorkerRegistry, RegistryData
+from distributed_agents.core.errors import BackendConfigError
 from distributed_agents.core.ports.backend import Backend, BackendOptions, split_backend_url
+from distributed_agents.core.redaction import redact_url
 
 __all__ = ["MemorySpace", "open_memory_backend", "reset_memory_spaces"]
 
@@ -48,7 +51,17 @@ def reset_memory_spaces() -> None:
 
 
 def open_memory_backend(url: str, options: BackendOptions) -> Backend:
-    """Backend factory for ``memory://[name]``."""
+    """Backend factory for ``memory://[name]``.
+
+    Takes only the options every backend shares (``BackendOptions``); any other
+    (``options.extra``: a typo, or a Redis/NATS setting) raises ``BackendConfigError``
+    naming it, as the other adapters refuse what they do not know.
+    """
+    if options.extra:
+        known = sorted(f.name for f in fields(BackendOptions) if f.name != "extra")
+        raise BackendConfigError(
+            f"unknown option(s) {', '.join(map(repr, sorted(options.extra)))} for {redact_url(url)!r}: the memory "
+            f"backend takes only {', '.join(known)}")
     _, rest = split_backend_url(url)
     name = rest.split("?", 1)[0].strip("/") or "default"
     space = _space(name, options.prefix)

@@ -177,6 +177,12 @@ def redis_client_url(url: str, extra: Mapping[str, str] | None = None) -> str:
     if scheme not in _SCHEMES:
         raise BackendConfigError(f"{mask_url(url)} is not a Redis URL; use redis://, rediss:// or unix://")
     settings: dict[str, str] = {}
+    database = parts.path.strip("/") if scheme != "unix" else ""  # a unix URL's path is the socket's
+    database = dict(parse_qsl(parts.query, keep_blank_values=True)).get("db", "") if not database else database
+    if database and not (database.isascii() and database.isdigit() and len(database) <= 9):
+        raise BackendConfigError(
+            f"database {database[:40]!r} in {mask_url(url)} is not a database number; Redis numbers its databases "
+            "from 0 (redis://host:6379/0, the default); separate deployments with ?prefix=")
     for key, value in [*parse_qsl(parts.query, keep_blank_values=True), *(extra or {}).items()]:
         if key in _OUR_OPTIONS or key in _ADAPTER_OPTIONS:
             continue
@@ -527,15 +533,31 @@ class RedisConnection:
                     await ping
 
     async def _ping(self) -> None:
-        with redis_errors(self.url, "connect"):
-            client = self.client()
-            if self.cluster:
-                # One node is enough (redis-py's cluster PING asks every node, and one of
-                # them may be down while its replica serves its slots).
-                await client.initialize()
-                await client.ping(target_nodes=client.RANDOM)
-            else:
-                await client.ping()
+        try:
+            with redis_errors(self.url, "connect"):
+                client = self.client()
+                if self.cluster:
+                    # One node is enough (redis-py's cluster PING asks every node, and one of
+                    # them may be down while its replica serves its slots).
+                    await client.initialize()
+                    await client.ping(target_nodes=client.RANDOM)
+                else:
+                    await client.ping()
+        except Exception as exc:
+            # Answers no retry changes: the URL asks the server for something it does not offer.
+            text = f"{exc} {exc.__cause__}"
+            if "DB index is out of range" in text:
+                database = urlsplit(self._client_url).path.strip("/") or "?"
+                raise BackendConfigError(
+                    f"Redis at {self.masked_url} has no database {database}: the server's 'databases' setting "
+                    "(16 by default: 0-15) bounds the number; use one below it (/0), and separate deployments "
+                    "with ?prefix=") from None
+            if "cluster support disabled" in text or "Cluster mode is not enabled" in text:
+                raise BackendConfigError(
+                    f"?cluster=true in {self.masked_url}, but the Redis server there is not a cluster node "
+                    f"({exc.__cause__ or exc}); drop ?cluster=true for a single server, or point the URL at a "
+                    "node of the cluster") from None
+            raise
 
     def _tls_host(self) -> tuple[str, int] | None:
         parts = urlsplit(self._client_url)

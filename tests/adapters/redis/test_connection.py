@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -262,3 +263,27 @@ def test_a_command_under_way_when_the_connection_closes_leaves_no_connection_ope
     busy, left_open = run(scenario(), 60)
     assert busy == 1
     assert left_open == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("path", "problem"), [
+    ("/99", r"has no database 99: the server's 'databases' setting"),  # the example: exit 1, redis-py's words
+    ("/0?cluster=true", r"\?cluster=true in .* but the Redis server there is not a cluster node"),  # hinted a dead server
+])
+def test_what_the_server_does_not_offer_is_a_config_error_saying_what_to_change(redis_url: str, path: str,
+                                                                                problem: str) -> None:
+    """Answers no retry changes (a worker would wait for ever): BackendConfigError, exit 2 on the command line."""
+    base = redis_url.rsplit("/", 1)[0]
+
+    async def connect() -> None:
+        backend = open_backend(base + path)
+        try:
+            await backend.connect()
+        finally:
+            await backend.close()
+
+    with pytest.raises(BackendConfigError, match=problem):
+        run(connect(), 20)
+    done = subprocess.run([sys.executable, "-m", "distributed_agents", "list", "--backend-url", base + path],
+                          capture_output=True, text=True, timeout=25)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
