@@ -27,6 +27,7 @@ from distributed_agents.core.ports.task_queue import (
     TaskQueue,
     TaskResult,
     decode_task,
+    lease_expired_reason,
     task_to_dict,
 )
 from distributed_agents.adapters.memory.waiters import WaiterSet
@@ -195,7 +196,7 @@ class MemoryTaskQueue(TaskQueue):
             entry.errors.append(f"attempt {entry.attempt}: lease expired (worker {entry.worker_id!r})")
             entry.lease_id = ""
             if entry.attempt >= self._limit(entry):
-                self._dead_letter(entry, f"lease expired on attempt {entry.attempt} of {self._limit(entry)}", now)
+                self._dead_letter(entry, lease_expired_reason(entry.attempt, self._limit(entry), entry.worker_id), now)
             else:
                 self._push_ready(entry)
 

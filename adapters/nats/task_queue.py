@@ -152,6 +152,7 @@ from distributed_agents.core.ports.task_queue import (
     TaskResult,
     check_attempt,
     decode_task,
+    lease_expired_reason,
     task_from_dict,
     task_to_dict,
 )
@@ -1003,7 +1004,7 @@ class NatsTaskQueue(TaskQueue):
                 errors = with_error(errors, f"attempt {record['attempt']}: lease expired (worker {record.get('worker', '')!r})")
                 limit = self._limit(record)
                 if record["attempt"] >= limit:
-                    reason = f"lease expired on attempt {record['attempt']} of {limit}"
+                    reason = lease_expired_reason(record["attempt"], limit, str(record.get("worker", "")))
                     if await self._dead_letter(record, found.revision, task, reason, errors, lease_id):
                         return None
                     from_leader = True
@@ -1097,7 +1098,7 @@ class NatsTaskQueue(TaskQueue):
         limit = self._limit(record)
         task = await self._task_of(record)
         if record["attempt"] >= limit:
-            reason = f"lease expired on attempt {record['attempt']} of {limit}"
+            reason = lease_expired_reason(record["attempt"], limit, str(record.get("worker", "")))
             await self._dead_letter(record, held.revision, task, reason, errors, lease_id)
             return
         new = {**record, "state": "queued", "errors": errors, "lease": ""}

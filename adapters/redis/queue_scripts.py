@@ -244,7 +244,10 @@ local function tick(t, now)
     if limit == nil then
       dead_letter(id, t, malformed(h, 'max', redis.call('HGET', h, 'max'), 'a number of attempts'), attempt, now, '1')
     elseif attempt >= limit then
-      dead_letter(id, t, 'lease expired on attempt ' .. attempt .. ' of ' .. limit, attempt, now, '0')
+      -- core.ports.task_queue.lease_expired_reason's words
+      dead_letter(id, t, 'lease expired on attempt ' .. attempt .. ' of ' .. limit .. ": worker '" .. (f[2] or '') ..
+        "' held it and stopped renewing it (it died, hung, or lost the backend); each attempt a worker does not " ..
+        'finish counts toward max_attempts', attempt, now, '0')
     else
       push_ready(id, t)
     end

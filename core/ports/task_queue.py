@@ -79,6 +79,7 @@ __all__ = [
     "TaskResult",
     "check_attempt",
     "decode_task",
+    "lease_expired_reason",
     "task_from_dict",
     "task_to_dict",
 ]
@@ -203,6 +204,17 @@ def decode_task(raw: bytes | bytearray, *, queued_as: str | None = None, queued_
             f"{queued_in[:80]!r}; it was written by something other than enqueue, so it is not run: enqueue it "
             "again as a task of the node type it means")
     return task
+
+
+def lease_expired_reason(attempt: int, limit: int, worker: str) -> str:
+    """The dead-letter reason of a task whose last allowed lease expired: every backend's one wording.
+
+    ``worker`` held the lease and stopped renewing it. The Redis adapter's claim script
+    writes the same words (``queue_scripts``); the tests compare them.
+    """
+    return (f"lease expired on attempt {attempt} of {limit}: worker {worker!r} held it and stopped renewing it "
+            "(it died, hung, or lost the backend); each attempt a worker does not finish counts toward "
+            "max_attempts")
 
 
 def check_attempt(attempt: int, where: str) -> None:
