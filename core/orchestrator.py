@@ -111,6 +111,17 @@ def validate_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
+def _no_pause_to_answer(workflow_id: str, status: str) -> str:
+    """Why ``resume(workflow_id, answer)`` has nothing to answer, and what to do instead, by status."""
+    if status in (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED):
+        # Most often another resume answered the pause first (two operators, a retried command).
+        then = f"wait({workflow_id!r}) for it" if status == WorkflowStatus.RUNNING else f"get_result({workflow_id!r})"
+        return (f"resume({workflow_id!r}) was given an answer, but the workflow is {status}, not paused: nothing waits "
+                f"for an answer (another resume may have answered it already); {then}")
+    return (f"resume({workflow_id!r}) was given an answer, but the workflow is {status}, not interrupted; call "
+            "resume() without one")
+
+
 def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any]) -> str | None:
     """How ``record``'s stored graph fingerprint differs from ``fingerprint``; None if it matches.
 
@@ -1486,17 +1497,17 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
-            raise ConfigurationError(
-                f"resume({workflow_id!r}) was given an answer, but the workflow is {record.status}, not interrupted; "
-                "call resume() without one")
+            raise ConfigurationError(_no_pause_to_answer(workflow_id, record.status))
         if workflow_id in self._running or workflow_id in self._background:
             # Its lease is this orchestrator's own, so acquiring it would succeed: refuse
             # here, or the step in flight would run a second time beside itself.
             raise ExecutionError(
                 f"resume({workflow_id!r}): this orchestrator is running workflow {workflow_id!r} already; "
                 f"wait for it with wait({workflow_id!r}) (or cancel_workflow() it first)")
+        asked: tuple[str, ...] = ()  # the pauses an answer is for: another resume may answer them first
         if record.status == WorkflowStatus.INTERRUPTED:
             answer_interrupts(workflow_id, record.frontier, resume)  # a wrong answer fails before anything changes
+            asked = tuple(p.id for p in read_interrupts(record.frontier))
         if record.status == WorkflowStatus.COMPLETED:
             # A graph passed explicitly is checked even here: a result is no answer to a wrong graph.
             if graph is not None and graph.compiled and not allow_graph_change:
@@ -1529,6 +1540,16 @@ class Orchestrator:
             # Re-read under the lease: the record may have moved since the first read.
             current = await self.backend.state_store.get(workflow_id)
             record = current if current is not None else record
+            if resume is not NO_ANSWER and (record.status != WorkflowStatus.INTERRUPTED
+                                            or tuple(p.id for p in read_interrupts(record.frontier)) != asked):
+                # Another resume answered those pauses meanwhile (its run may have paused again, at
+                # another interrupt): this answer was for them, never for what is pending now.
+                await self._release(lease)
+                now = ", ".join(repr(p.id) for p in read_interrupts(record.frontier)) or "none"
+                raise ExecutionError(
+                    f"resume({workflow_id!r}): the interrupt(s) this answer was for ({', '.join(map(repr, asked))}) "
+                    f"were answered by another resume meanwhile; the workflow is now {record.status} (pending "
+                    f"interrupts: {now}). Read get_state({workflow_id!r}) and answer what is pending, if anything")
             if record.status == WorkflowStatus.COMPLETED:
                 await self._release(lease)
                 return State._trusted(result_values(record.state, record.metadata), workflow_id)
@@ -1551,8 +1572,7 @@ class Orchestrator:
             if record.status == WorkflowStatus.INTERRUPTED:
                 record = record.evolve(frontier=answer_interrupts(workflow_id, record.frontier, resume))
             elif resume is not NO_ANSWER:
-                raise ConfigurationError(f"resume({workflow_id!r}) was given an answer, but the workflow is "
-                                         f"{record.status}, not interrupted; call resume() without one")
+                raise ConfigurationError(_no_pause_to_answer(workflow_id, record.status))
             if record.status != WorkflowStatus.RUNNING:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,
                 # but the step's tasks that did succeed (also after a requeue) are.
