@@ -51,7 +51,8 @@ def test_the_commit_check_counts_the_state_plus_the_writes_it_does_not_hold() ->
     message = str(caught.value)
     assert caught.value.node == "writer" and caught.value.size == size
     assert "workflow 'wf' cannot commit step 3" in message and "'a' (602 bytes)" in message
-    assert "most by node 'writer'" in message and "max_payload_bytes" in message
+    assert "node 'writer' wrote the most this step (608 bytes)" in message and "max_payload_bytes" in message
+    assert "the step's writes come to 716 bytes, of which 630 bytes are stored besides the state" in message
 
 
 def test_a_value_a_node_set_is_counted_once_not_in_the_state_and_again_in_the_writes() -> None:
