@@ -100,7 +100,7 @@ def _messages(side: str, value: Any) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             where = f"{side}[{index}]" if isinstance(value, list) else side
             raise TypeError(
-                f"add_messages: {where} is a {type(item).__name__}, not a message; messages are dicts in the "
+                f"add_messages: {where} is of type {type(item).__name__}, not a message; messages are dicts in the "
                 "OpenAI chat format, e.g. {'role': 'assistant', 'content': 'hi'}"
             )
         message_id = item.get("id")

@@ -667,7 +667,7 @@ def load_app(spec: str) -> NodeRegistry | Worker:
         return registry
     if not isinstance(app, (NodeRegistry, Worker)):
         raise ConfigurationError(
-            f"--app {spec!r} is a {type(app).__name__}, not a NodeRegistry, Worker or Graph; "
+            f"--app {spec!r} is of type {type(app).__name__}, not a NodeRegistry, Worker or Graph; "
             "point it at the NodeRegistry your node functions are registered on, or at the graph that holds them"
         )
     return app

@@ -65,7 +65,7 @@ def load_graph(spec: str) -> Graph:
                 "point at a Graph, or at a function that builds one from nothing"
             ) from None
     if not isinstance(found, Graph):
-        raise ConfigurationError(f"{spec!r} is a {type(found).__name__}, not a Graph (or a function returning one)")
+        raise ConfigurationError(f"{spec!r} is of type {type(found).__name__}, not a Graph (or a function returning one)")
     try:
         return found if found.compiled else found.compile()
     except GraphValidationError as exc:

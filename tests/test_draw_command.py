@@ -72,7 +72,7 @@ def test_draw_prints_mermaid_by_default_and_ascii_on_request(flows_dir: pathlib.
     (["draw", "flows"], ["'flows' must look like MODULE:GRAPH"]),
     (["draw", "nosuchmodule_xyz:graph"], ["cannot import 'nosuchmodule_xyz'", "PYTHONPATH"]),
     (["draw", "flows:nope"], ["has no attribute 'nope'", "flows:draft, flows:graph"]),
-    (["draw", "flows:not_a_graph"], ["is a int, not a Graph"]),
+    (["draw", "flows:not_a_graph"], ["is of type int, not a Graph"]),
     (["draw", "flows:needs_arguments"], ["could not be called without arguments"]),
     (["draw", "flows:broken"], ["does not compile", "no entry point"]),
     (["draw", "flows:graph", "--format", "gif"], ["--format", "'gif' is not a format", "mermaid, ascii, dot, png, svg"]),
