@@ -106,7 +106,6 @@ def test_waiting_for_a_worker_is_logged_and_visible_from_any_process(
 
     with caplog.at_level(logging.INFO, logger="distributed_agents.orchestrator"):
         seen, elsewhere, result, after = run(scenario(), timeout=80)
-    import gc; gc.collect(); print("URL", url); print([(r.name, r.levelname, r.getMessage()[:150], bool(r.exc_info)) for r in caplog.records if r.levelno >= 30 or r.exc_info])
     assert seen == WAITING
     assert elsewhere in (None, WAITING)
     if not url.startswith("memory"):
