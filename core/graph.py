@@ -480,8 +480,9 @@ class Graph:
         The first call freezes this graph and returns it. As in LangGraph, where every
         ``builder.compile(...)`` makes a new compiled graph, a later call never changes
         what an earlier one returned: with the same breakpoints it returns this graph
-        again, with others a copy that differs only in them (its own fingerprint, so
-        workflows of either are told apart).
+        again, with others a copy that differs only in them. Breakpoints are not part of
+        the fingerprint: a workflow started by one compile continues under another (its
+        breakpoints then apply), as a LangGraph thread does.
 
         ``checkpointer`` is accepted so LangGraph code ports as is, and ignored: every
         workflow is checkpointed at each step in the backend of the orchestrator that
@@ -951,11 +952,24 @@ class Graph:
         known = self.__dict__.get("_fingerprint")
         if known is not None and self._compiled:  # a compiled graph no longer changes; every run asks
             return dict(known)
-        digest = hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
+        # Static breakpoints are left out: as in LangGraph, a thread started by a graph compiled
+        # with some breakpoints continues under a compile of the same builder with others.
+        spec = {k: v for k, v in self.spec().items() if k not in ("interrupt_before", "interrupt_after")}
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         found = {"name": self.name, "nodes": len(self._nodes), "sha256": digest}
         if self._compiled:
             self.__dict__["_fingerprint"] = found
         return dict(found)
+
+    def earlier_digests(self) -> tuple[str, ...]:
+        """The ``sha256`` this graph's fingerprint had in versions that hashed its breakpoints too.
+
+        Empty for a graph without breakpoints (its fingerprint never changed). A workflow
+        stored with such a digest still matches this graph (``orchestrator.graph_mismatch``).
+        """
+        if not (self._interrupt_before or self._interrupt_after):
+            return ()
+        return (hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest(),)
 
     # -- running it as LangGraph code does ------------------------------------------------------
 
@@ -981,6 +995,9 @@ class Graph:
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config)
         thread = options.get("workflow_id")
+        named = _checkpoint_named(self.name, config, "invoke")
+        if named is not None:
+            _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -1003,14 +1020,17 @@ class Graph:
 
         options = _run_options(self.name, config)
         thread = options.get("workflow_id")
+        orchestrator = Orchestrator(backend=backend)
+        named = _checkpoint_named(self.name, config, "stream")
+        if named is not None:
+            _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
                     f"graph {self.name!r}: stream({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             input = Command() if input is None else input
-        return Orchestrator(backend=backend).stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs,
-                                                    **options)
+        return orchestrator.stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
 
     def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False, backend: str | None = None) -> Any:
         """LangGraph's ``graph.get_state(config)``: the thread's ``StateSnapshot`` (``values``, ``next``, ``config``...).
@@ -1094,7 +1114,10 @@ class Graph:
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config)
         thread = options.get("workflow_id")
+        named = _checkpoint_named(self.name, config, "ainvoke")
         try:
+            if named is not None:
+                _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
             if input is None or isinstance(input, Command):
                 if thread is None:
                     raise ConfigurationError(
@@ -1202,6 +1225,13 @@ class Graph:
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             input = Command() if input is None else input
         orchestrator = Orchestrator(backend=backend)
+        named = _checkpoint_named(self.name, config, "astream")
+        if named is not None:
+            try:
+                _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
+            except BaseException:
+                await orchestrator.close()
+                raise
         chunks = orchestrator.astream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
         try:
             async for chunk in chunks:
@@ -1297,6 +1327,28 @@ def _thread_id(graph: str, config: Mapping[str, Any] | None) -> str | None:
     return None if thread is None else str(thread)
 
 
+def _checkpoint_named(graph: str, config: Mapping[str, Any] | None, call: str) -> tuple[str, str] | None:
+    """``(thread, checkpoint_id)`` when a run's ``config`` names a checkpoint (a snapshot's ``config``), else None."""
+    if not isinstance(config, Mapping) or not isinstance(config.get("configurable"), Mapping) \
+            or config["configurable"].get("checkpoint_id") is None:
+        return None
+    thread, checkpoint = _thread_and_checkpoint(graph, config, call)
+    assert checkpoint is not None
+    return thread, checkpoint
+
+
+def _refuse_past_checkpoint(graph: str, named: tuple[str, str], latest: str) -> None:
+    """A run from checkpoint ``named`` goes on in place only from the thread's ``latest`` one (LangGraph's
+    edit-then-continue: ``invoke(None, update_state(...))``); from an older one it would fork the thread."""
+    thread, checkpoint = named
+    if checkpoint != latest:
+        raise ConfigurationError(
+            f"graph {graph!r}: running from checkpoint {checkpoint!r}, older than thread {thread!r}'s latest "
+            f"({latest!r}), would fork the thread, which is not done in place: fork it (Orchestrator.fork("
+            f"{checkpoint!r}) returns a new thread id holding that checkpoint), then invoke(None, {{'configurable': "
+            "{'thread_id': <that id>}}); get_state(config) reads a past checkpoint")
+
+
 def _thread_and_checkpoint(graph: str, config: Mapping[str, Any], call: str) -> tuple[str, str | None]:
     """``(thread_id, checkpoint_id or None)`` of a LangGraph ``config``; ``ConfigurationError`` without a
     thread, or with a checkpoint of another thread."""
@@ -1348,16 +1400,10 @@ def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]
                                  "a config holds 'configurable' ({'thread_id': ...}) and 'recursion_limit' (the "
                                  f"step limit); {', '.join(map(repr, _IGNORED_CONFIG_KEYS))} are accepted and ignored")
     options: dict[str, Any] = {}
-    if isinstance(config.get("configurable"), Mapping) and config["configurable"].get("checkpoint_id") is not None:
-        checkpoint = config["configurable"]["checkpoint_id"]
-        raise ConfigurationError(
-            f"graph {graph!r}: running from checkpoint {checkpoint!r} (config['configurable']['checkpoint_id']) is not "
-            "done in place: fork it (Orchestrator.fork(checkpoint_id) returns a new thread id holding that checkpoint), "
-            "then invoke(None, {'configurable': {'thread_id': <that id>}}); get_state(config) reads a checkpoint")
     if "configurable" in config:
         thread = _thread_id(graph, config)
         extra = {key: value for key, value in config["configurable"].items()
-                 if key not in ("thread_id", "checkpoint_ns")}
+                 if key not in ("thread_id", "checkpoint_ns", "checkpoint_id")}
         if extra:
             options["configurable"] = extra
         if thread is not None:  # a thread takes a new input as a new run once completed, as in LangGraph

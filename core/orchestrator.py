@@ -122,13 +122,15 @@ def _no_pause_to_answer(workflow_id: str, status: str) -> str:
             "resume() without one")
 
 
-def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any]) -> str | None:
+def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any], also: Sequence[str] = ()) -> str | None:
     """How ``record``'s stored graph fingerprint differs from ``fingerprint``; None if it matches.
 
-    A record without a fingerprint (written before fingerprints were stored) matches any graph.
+    A record without a fingerprint (written before fingerprints were stored) matches any graph;
+    so does one stored with a digest in ``also`` (``Graph.earlier_digests``: the same graph,
+    hashed as earlier versions did).
     """
     stored = record.graph
-    if not stored or stored.get("sha256") == fingerprint.get("sha256"):
+    if not stored or stored.get("sha256") == fingerprint.get("sha256") or stored.get("sha256") in also:
         return None
 
     def describe(fp: Mapping[str, Any]) -> str:
@@ -1130,7 +1132,7 @@ class Orchestrator:
         if record is None:
             return None
         _refuse_continuing(record, self.backend.redacted_url)
-        changed = graph_mismatch(record, graph.fingerprint())
+        changed = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
         if changed:
             raise ConfigurationError(f"execute(workflow_id={workflow_id!r}) continues that completed workflow: "
                                      f"{changed}; pass the graph it ran, or a new workflow_id")
@@ -1307,7 +1309,7 @@ class Orchestrator:
             raise ConfigurationError(f"{call} needs the graph {record.graph_name!r}: pass it as graph=")
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
-        changed = graph_mismatch(record, graph.fingerprint())
+        changed = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
         if changed:
             raise ConfigurationError(f"{call}: {changed}; pass the graph it was started with")
         self._remember(graph)
@@ -1511,7 +1513,7 @@ class Orchestrator:
         if record.status == WorkflowStatus.COMPLETED:
             # A graph passed explicitly is checked even here: a result is no answer to a wrong graph.
             if graph is not None and graph.compiled and not allow_graph_change:
-                mismatch = graph_mismatch(record, graph.fingerprint())
+                mismatch = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
                 if mismatch:
                     raise ConfigurationError(f"resume({workflow_id!r}): {mismatch}; pass the graph it was "
                                              "started with (the workflow is completed)")
@@ -1524,7 +1526,7 @@ class Orchestrator:
         if not graph.compiled:
             raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
         fingerprint = graph.fingerprint()
-        changed = graph_mismatch(record, fingerprint)
+        changed = graph_mismatch(record, fingerprint, graph.earlier_digests())
         if changed and not allow_graph_change:
             raise ConfigurationError(
                 f"resume({workflow_id!r}): {changed}; pass the graph it was started with, or "
@@ -1890,7 +1892,7 @@ class Orchestrator:
                     or record.metadata.get(PARENT_KEY)):
                 # A subgraph's child is continued by whoever drives its parent.
                 continue
-            changed = graph_mismatch(record, graph.fingerprint())
+            changed = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
             if changed:
                 # Another orchestrator may have the right version: leave it for that one.
                 seen = (record.workflow_id, str((record.graph or {}).get("sha256")))

@@ -375,7 +375,7 @@ def test_each_compile_returns_a_graph_with_exactly_its_own_breakpoints(builder: 
     assert plain.interrupt_before == () and plain.interrupt_after == ()
     assert paused.interrupt_before == ("b",) and again is paused
     assert after_c.interrupt_after == ("a",) and after_c.interrupt_before == ()
-    assert plain.fingerprint() != paused.fingerprint() != after_c.fingerprint()
+    assert plain.fingerprint() == paused.fingerprint() == after_c.fingerprint()  # one graph, as in LangGraph
     assert _paused_before(plain, ran) == ["a", "b", "c"]
     assert _paused_before(paused, ran) == ["a"]
     assert _paused_before(after_c, ran) == ["a"]
@@ -657,3 +657,23 @@ def test_a_pause_reads_as_item_and_as_attribute_from_execute_and_from_the_status
         from_status["nope"]
     with pytest.raises(AttributeError, match="pending interrupt has no 'nope'"):
         returned.nope
+
+
+def test_a_workflow_stored_when_breakpoints_were_hashed_still_matches_its_graph() -> None:
+    """Fingerprints left breakpoints out from this version on; a record stored with the earlier
+    digest (spec with the breakpoints) matches the same graph still, a different graph does not."""
+    import hashlib
+    import json
+
+    from distributed_agents.core.orchestrator import graph_mismatch
+    from distributed_agents.core.ports.state_store import WorkflowRecord
+
+    graph = chain("legacy_fp", [], interrupt_before=["b"]).compile()
+    earlier = hashlib.sha256(json.dumps(graph.spec(), sort_keys=True).encode()).hexdigest()
+    record = WorkflowRecord("wf-legacy", "legacy_fp", "interrupted", {}, graph={"name": "legacy_fp", "nodes": 3,
+                                                                            "sha256": earlier})
+    assert graph.earlier_digests() == (earlier,) and earlier != graph.fingerprint()["sha256"]
+    assert graph_mismatch(record, graph.fingerprint(), graph.earlier_digests()) is None
+    other = chain("legacy_fp", []).add_node("d", lambda s: {}).add_edge("c", "d").set_finish_point("d").compile()
+    assert graph_mismatch(record, other.fingerprint(), other.earlier_digests()) is not None
+    assert chain("plain_fp", []).compile().earlier_digests() == ()

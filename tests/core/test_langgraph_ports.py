@@ -719,7 +719,6 @@ def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
     ({"recursion_limit": "5"}, "recursion_limit"),
     ({"configurable": {"thread_id": "x", "user_id": ("not", "json")}}, "configurable"),
     ({"configurable": {"thread_id": "x"}, "retries": 2}, "'retries' are not understood"),
-    ({"configurable": {"thread_id": "x", "checkpoint_id": "x:0"}}, "is not done in place: fork it"),
 ])
 def test_a_config_it_cannot_honour_is_refused_saying_why(config: dict[str, Any], match: str) -> None:
     from distributed_agents import StateGraph
@@ -967,8 +966,53 @@ def test_update_state_returns_the_new_checkpoints_config_and_a_past_one_is_refus
         graph.get_state({"configurable": {"thread_id": thread, "checkpoint_id": f"{thread}:99"}})
     with pytest.raises(ConfigurationError, match="is not of thread 'other'"):
         graph.get_state({"configurable": {"thread_id": "other", "checkpoint_id": first.checkpoint_id}})
-    with pytest.raises(ConfigurationError, match="is not done in place"):
+    with pytest.raises(ConfigurationError, match="older than thread .* latest .* is not done in place"):
         graph.invoke(None, first.config)  # LangGraph replays from there; here: fork it, saying so
+
+
+def test_edit_then_continue_from_the_latest_checkpoints_config() -> None:
+    """LangGraph's edit-and-continue: invoke(None, update_state(...)) and invoke(Command, latest.config) go on
+    in place (the fresh-user trial's example: both were refused as if the checkpoint were a past one)."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(S, name=f"edit_{uuid.uuid4().hex[:6]}")
+    builder.add_node("a", lambda s: {"log": ["a"]}).add_node("b", lambda s: {"log": ["b"]})
+    builder.add_node("c", lambda s: {"log": [f"c:{interrupt('ok?')}"]})
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+    graph = builder.compile(interrupt_before=["b"])
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    assert "__interrupt__" in graph.invoke({"log": []}, config)
+    edited = graph.update_state(config, {"log": ["edited"]}, as_node="a")
+    paused = graph.invoke(None, edited)  # runs b, then pauses in c's interrupt()
+    assert paused["log"] == ["a", "edited", "b"] and paused["__interrupt__"][0]["value"] == "ok?"
+    latest = graph.get_state(config).config
+    assert graph.invoke(Command(resume="yes"), latest)["log"] == ["a", "edited", "b", "c:yes"]
+    assert [chunk for chunk in graph.stream({"log": ["again"]}, graph.get_state(config).config)]  # a new run
+
+
+def test_a_thread_continues_under_another_compile_of_the_same_builder() -> None:
+    """As in LangGraph, breakpoints belong to the compiled graph making the call, not to the thread
+    (the trial's example: a thread started by compile(interrupt_before=['b']) was refused, as 'another
+    graph', by compile(interrupt_before=['c']) and by compile())."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(S, name=f"variants_{uuid.uuid4().hex[:6]}")
+    for name in ("a", "b", "c"):
+        builder.add_node(name, lambda s, name=name: {"log": [name]})
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+    before_b, before_c, plain = (builder.compile(interrupt_before=["b"]), builder.compile(interrupt_before=["c"]),
+                                 builder.compile())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    assert before_b.invoke({"log": []}, config)["log"] == ["a"]  # paused before b
+    assert before_c.invoke(None, config)["log"] == ["a", "b"]  # paused before c: this compile's breakpoint
+    assert plain.invoke(None, config)["log"] == ["a", "b", "c"]
+    assert before_b.invoke({"log": ["x"]}, config)["log"] == ["a", "b", "c", "x", "a"]  # a new turn, paused again
 
 
 def test_a_node_exception_is_the_cause_of_the_workflows_error_and_every_failed_task_is_named() -> None:
