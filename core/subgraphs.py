@@ -64,6 +64,7 @@ from distributed_agents.core.errors import (
     ExecutionError,
     GraphValidationError,
     InvalidNodeOutputError,
+    NodeExecutionError,
     WorkflowExistsError,
     WorkflowLeaseHeldError,
 )
@@ -288,13 +289,14 @@ class SubgraphRunner:
         while True:
             attempts += 1
             try:
-                child = await self._advance(sub, child_id, state, metadata, answers, priority, durability, limit)
+                child, raised = await self._advance(sub, child_id, state, metadata, answers, priority, durability,
+                                                    limit)
                 answers = None  # handed to the child once
                 if child.status == WorkflowStatus.FAILED and spec.retry is not None \
                         and attempts < spec.retry.max_attempts:
                     await asyncio.sleep(spec.retry.delay(attempts))
                     continue
-                output = self._output(graph, entry.node, sub, child, namespace[-1])
+                output = self._output(graph, entry.node, sub, child, namespace[-1], raised)
             except (BackendUnavailableError, asyncio.CancelledError):
                 raise
             except Exception as exc:
@@ -306,14 +308,20 @@ class SubgraphRunner:
 
     async def _advance(self, sub: Subgraph, child_id: str, state: Mapping[str, Any], metadata: Mapping[str, Any],
                        answers: Mapping[str, Any] | None, priority: int, durability: str,
-                       step_limit: int) -> WorkflowRecord:
-        """Create, continue or answer the child until it completes, fails, is cancelled or pauses."""
+                       step_limit: int) -> tuple[WorkflowRecord, BaseException | None]:
+        """Create, continue or answer the child until it completes, fails, is cancelled or pauses.
+
+        Returns its final record, and the exception its run raised here when it failed in
+        this call (None otherwise): the cause of the subgraph node's failure, as LangGraph
+        raises a subgraph's exception from its parent.
+        """
         orchestrator = self._orchestrator
         store = orchestrator.backend.state_store
 
         async def read() -> WorkflowRecord | None:  # through an outage: the parent's step goes on waiting
             return await orchestrator._retrying(lambda: store.get(child_id), f"read subgraph workflow {child_id!r}")
 
+        raised: BaseException | None = None
         while True:
             current = await read()
             if current is not None and current.metadata.get(PARENT_INCARNATION_KEY, "") != \
@@ -332,12 +340,12 @@ class SubgraphRunner:
                         from_checkpoint=None, durability=durability, metadata=metadata)
                     await orchestrator._drive(sub.graph, record, lease, step_limit)
                 elif current.status == WorkflowStatus.COMPLETED:
-                    return current
+                    return current, None
                 elif current.status == WorkflowStatus.INTERRUPTED:
                     pending = read_interrupts(current.frontier)
                     chosen = {key: value for key, value in (answers or {}).items() if key in {p.id for p in pending}}
                     if answers is None or (not chosen and any(p.kind == "interrupt" for p in pending)):
-                        return current  # no answer for it (yet): the parent pauses with it
+                        return current, None  # no answer for it (yet): the parent pauses with it
                     answers = None
                     await orchestrator.resume(child_id, sub.graph, resume=chosen if chosen else NO_ANSWER,
                                               step_limit=step_limit)
@@ -354,18 +362,20 @@ class SubgraphRunner:
                 final = await read()
                 if final is None or final.version == version:
                     raise  # nothing was recorded: the error is the node's failure
-                # Otherwise the child recorded how it ended (failed, cancelled): read below.
+                # Otherwise the child recorded how it ended (failed, cancelled): read below. A
+                # node's own exception (run in this process) is the cause; else the child's error.
+                raised = exc.__cause__ if isinstance(exc, NodeExecutionError) and exc.__cause__ is not None else exc
             final = await read()
             if final is None:
                 raise ExecutionError(f"subgraph workflow {child_id!r} disappeared from the store while it ran")
             if final.status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
                 await asyncio.sleep(min(orchestrator.lease_ttl / 3, 1.0))
                 continue  # its driver stopped (a lost lease): continue it
-            return final
+            return final, (raised if final.status == WorkflowStatus.FAILED else None)
 
     def _output(self, graph: Graph, node: str, sub: Subgraph, child: WorkflowRecord,
-                scope: str) -> dict[str, Any] | NodeFailure:
-        """The subgraph node's output for its child's final record ``child``."""
+                scope: str, raised: BaseException | None = None) -> dict[str, Any] | NodeFailure:
+        """The subgraph node's output for its child's final record ``child`` (``raised``: what its run raised here)."""
         if child.status == WorkflowStatus.INTERRUPTED:
             return {INTERRUPT_KEY: {"value": None, "index": 0, "subgraph": {
                 "workflow_id": child.workflow_id, "namespace": scope,
@@ -379,7 +389,7 @@ class SubgraphRunner:
                 str(error.get("error_type") or error.get("kind") or "ExecutionError"),
                 f"subgraph {sub.graph.name!r} of node {node!r} (workflow {child.workflow_id!r}) failed: "
                 f"{error.get('summary', 'no details recorded')}", str(error.get("traceback") or ""),
-                bool(error.get("kind") == "NodeTimeoutError"))
+                bool(error.get("kind") == "NodeTimeoutError"), exception=raised)
         commands = child.frontier.get(PARENT_COMMAND_KEY)
         if commands:
             update: dict[str, Any] = {}

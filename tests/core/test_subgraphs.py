@@ -431,6 +431,27 @@ def test_the_child_runs_under_its_parents_step_limit(how: str) -> None:
             run(go())
     assert "10000" not in str(caught.value)
     assert len(seen) == 7 and set(seen) == {7}
+    from distributed_agents.core.errors import StepLimitExceededError
+
+    assert isinstance(caught.value.__cause__, StepLimitExceededError)  # catchable as LangGraph's GraphRecursionError
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_node_exception_inside_a_subgraph_is_the_cause_of_the_parents_error(depth: int) -> None:
+    """As LangGraph raises a subgraph's exception from the parent's invoke (the trial's example:
+    __cause__ was None for a failure inside a subgraph, though set for a failure in the parent)."""
+    class Deep(Exception):
+        pass
+
+    def boom(state: State) -> dict[str, Any]:
+        raise Deep("deep down")
+
+    graph = chain("innermost", ("x", boom))
+    for level in range(depth):
+        graph = chain(f"level{level}", ("sub", graph))
+    with pytest.raises(NodeExecutionError) as caught:
+        graph.invoke({})
+    assert isinstance(caught.value.__cause__, Deep) and str(caught.value.__cause__) == "deep down"
 
 
 @settings(max_examples=15, deadline=None)
