@@ -111,15 +111,26 @@ def validate_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
-def _no_pause_to_answer(workflow_id: str, status: str) -> str:
-    """Why ``resume(workflow_id, answer)`` has nothing to answer, and what to do instead, by status."""
-    if status in (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED):
-        # Most often another resume answered the pause first (two operators, a retried command).
-        then = f"wait({workflow_id!r}) for it" if status == WorkflowStatus.RUNNING else f"get_result({workflow_id!r})"
-        return (f"resume({workflow_id!r}) was given an answer, but the workflow is {status}, not paused: nothing waits "
-                f"for an answer (another resume may have answered it already); {then}")
-    return (f"resume({workflow_id!r}) was given an answer, but the workflow is {status}, not interrupted; call "
-            "resume() without one")
+def _no_pause_to_answer(workflow_id: str, status: str) -> Exception:
+    """Why ``resume(workflow_id, answer)`` has nothing to answer, and what to do instead, by status.
+
+    Running or completed: most often another resume answered the pause first (two
+    operators, a retried command), a race lost like the one ``resume`` finds under the
+    lease, so the same ``ExecutionError`` (exit 1); pending, failed or cancelled: the
+    answer is the caller's mistake (``ConfigurationError``, exit 2).
+    """
+    if status == WorkflowStatus.RUNNING:
+        return ExecutionError(
+            f"resume({workflow_id!r}) was given an answer, but the workflow is running, not paused: nothing waits for "
+            f"an answer (another resume may have answered it already); wait({workflow_id!r}) for its result, or, if "
+            f"no orchestrator drives it any more (one stopped mid-run), resume({workflow_id!r}) without an answer "
+            "continues it")
+    if status == WorkflowStatus.COMPLETED:
+        return ExecutionError(
+            f"resume({workflow_id!r}) was given an answer, but the workflow is completed, not paused: nothing waits "
+            f"for an answer (another resume may have answered it already); get_result({workflow_id!r}) reads it")
+    return ConfigurationError(f"resume({workflow_id!r}) was given an answer, but the workflow is {status}, not "
+                              "interrupted; call resume() without one")
 
 
 def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any], also: Sequence[str] = ()) -> str | None:
@@ -1499,7 +1510,7 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
-            raise ConfigurationError(_no_pause_to_answer(workflow_id, record.status))
+            raise _no_pause_to_answer(workflow_id, record.status)
         if workflow_id in self._running or workflow_id in self._background:
             # Its lease is this orchestrator's own, so acquiring it would succeed: refuse
             # here, or the step in flight would run a second time beside itself.
@@ -1574,7 +1585,7 @@ class Orchestrator:
             if record.status == WorkflowStatus.INTERRUPTED:
                 record = record.evolve(frontier=answer_interrupts(workflow_id, record.frontier, resume))
             elif resume is not NO_ANSWER:
-                raise ConfigurationError(_no_pause_to_answer(workflow_id, record.status))
+                raise _no_pause_to_answer(workflow_id, record.status)
             if record.status != WorkflowStatus.RUNNING:
                 # A new run: fresh task ids, so failed or cancelled tasks are not reused,
                 # but the step's tasks that did succeed (also after a requeue) are.

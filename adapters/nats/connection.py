@@ -537,14 +537,31 @@ class NatsConnection:
                 continue
             except (OSError, ValueError, asyncio.TimeoutError):
                 return  # DNS, routing, timeouts: nats-py's connect reports them
+            reply = b""
             try:
                 line = await within(reader.readline(), _PROBE_TIMEOUT)
             except (OSError, asyncio.TimeoutError):
                 line = b""
+            try:
+                if not line.strip() and not self.settings.tls:
+                    # Silent: a service that waits for its client to speak. Redis answers a PING
+                    # (+PONG, or -NOAUTH/-ERR): then it is surely another kind of server.
+                    writer.write(b"PING\r\n")
+                    await within(writer.drain(), _PROBE_TIMEOUT)
+                    reply = await within(reader.readline(), _PROBE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError):
+                reply = b""
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
+            if reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS", b"HTTP/")):
+                kind = "an HTTP server" if reply.startswith(b"HTTP/") else "a Redis server"
+                raise BackendConfigError(
+                    f"cannot connect to NATS at {mask_url(self.url)}: the server at {host}:{port} is {kind}, not a "
+                    f"NATS server (it answered a PING with {reply[:40].strip()!r}); check the URL's scheme and port "
+                    "(NATS listens on 4222 by default)"
+                )
             if not line.startswith(b"INFO "):
                 if line.strip():
                     raise BackendConfigError(

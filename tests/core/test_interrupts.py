@@ -255,7 +255,7 @@ def test_resume_refuses_answers_that_do_not_fit() -> None:
                 await orchestrator.resume(workflow_id, Command(update={"a": 1}))
             assert (await orchestrator.get_workflow_status(workflow_id)).status == WorkflowStatus.INTERRUPTED
             await orchestrator.resume(workflow_id, Command(resume=True))
-            with pytest.raises(ConfigurationError, match="completed, not paused: nothing waits for an answer"):
+            with pytest.raises(ExecutionError, match="completed, not paused: nothing waits for an answer"):
                 await orchestrator.resume(workflow_id, Command(resume=True))
 
     run(scenario())

@@ -6,10 +6,11 @@ call resume() without one", advice that fits no one. Worse, a loser that read th
 before the winner's run and took the lease after it (the run paused again, at the next
 ``interrupt()``) would have answered that next pause with an answer meant for the first.
 
-Now the loser fails (ExecutionError, exit 1) naming the pauses its answer was for and what
-is pending now, or (when it reads the record after the winner started) says the workflow
-is running or completed and another resume may have answered it. The next pause keeps
-waiting for its own answer. On memory, Redis and NATS, several rounds.
+Now the loser fails with ExecutionError (exit 1) however the race went: naming the pauses
+its answer was for and what is pending now, or (when it reads the record after the winner
+started) saying the workflow is running or completed, that another resume may have answered
+it, and how to continue it if its driver stopped. The next pause keeps waiting for its own
+answer. On memory, Redis and NATS, several rounds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from support.aio import run
 
 from distributed_agents import Command, Graph, Orchestrator, interrupt
-from distributed_agents.core.errors import ConfigurationError, ExecutionError
+from distributed_agents.core.errors import ExecutionError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,7 +74,7 @@ def test_the_losing_answer_is_refused_and_never_answers_the_next_pause(url: str)
         lost = [a for a in answers if isinstance(a, BaseException)]
         assert len(won) == 1 and len(lost) == 1, answers
         assert "__interrupt__" in won[0] and won[0]["__interrupt__"][0]["value"] == "q2"
-        assert isinstance(lost[0], (ExecutionError, ConfigurationError)), repr(lost[0])
+        assert isinstance(lost[0], ExecutionError), repr(lost[0])  # one class (exit 1) however the race went
         assert "another resume" in str(lost[0]) and "call resume() without one" not in str(lost[0])
         assert state.values["first"] in ("from-one", "from-two")
         assert "second" not in state.values and [p.value for p in state.interrupts] == ["q2"]

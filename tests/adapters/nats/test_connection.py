@@ -244,12 +244,47 @@ def test_a_refused_connection_is_reported_at_once_without_retries() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_nats_url_at_a_redis_port_says_it_is_not_a_nats_server(redis_url: str) -> None:
+def test_a_nats_url_at_a_redis_port_says_it_is_a_redis_server(redis_url: str) -> None:
+    """Redis says nothing until spoken to; the probe's PING makes it answer: a config error (no retry helps)."""
     address = redis_url.split("://", 1)[1].split("/", 1)[0]
     error = connect_error(f"nats://{address}?{PATIENT}")
+    assert isinstance(error, BackendConfigError)
+    assert f"the server at {address} is a Redis server, not a NATS server" in str(error)
+    assert "+PONG" in str(error) and "4222" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_stays_silent_is_unavailable_not_misnamed() -> None:
+    """A listener that accepts and never answers (a NATS server not ready, a hung service) may come
+    right: BackendUnavailableError, naming the address."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        error = connect_error(f"nats://{address}?{PATIENT}")
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in held:
+            connection.close()
+        listener.close()
     assert isinstance(error, BackendUnavailableError)
     assert f"{address} accepted the connection but sent no NATS INFO line" in str(error)
-    assert "4222" in str(error)
 
 
 @pytest.mark.timeout(60)
