@@ -861,8 +861,8 @@ class StepEngine(_Progress):
                     f"{handled.get('error_type')}: {handled.get('message')})")
         others = ""
         if len(failed) > 1:  # a fan-out whose tasks fail together: every one is named, not the first alone
-            shown = [f"{o.node!r} ({o.failure.error_type}: {bounded(o.failure.message, 200)})"
-                     for _, o in failed[1:6] if o.failure is not None]
+            shown = [f"{e.key!r} ({o.failure.error_type}: {bounded(o.failure.message, 200)})"  # node, node#i for a Send
+                     for e, o in failed[1:6] if o.failure is not None]
             more = f" and {len(failed) - 6} more" if len(failed) > 6 else ""
             others = f"; {len(failed) - 1} other task(s) of the step failed too: {', '.join(shown)}{more}"
         error = error_cls(

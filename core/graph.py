@@ -180,10 +180,11 @@ class Graph:
         for key, (schema_reducer, label) in (self._schema.reducers() if self._schema else {}).items():
             self._reducers[key] = schema_reducer
             self._reducer_names[key] = label
-        if reducers is not None and not isinstance(reducers, Mapping):
+        if reducers is not None and (not isinstance(reducers, Mapping)
+                                     or not all(isinstance(key, str) for key in reducers)):
             raise ConfigurationError(
-                f"graph {name!r}: reducers must map state keys to reducers (a dict like {{'messages': 'append'}}), got "
-                f"{type(reducers).__name__} {repr(reducers)[:80]}")
+                f"graph {name!r}: reducers must map state keys (strings) to reducers (a dict like "
+                f"{{'messages': 'append'}}), got {type(reducers).__name__} {repr(reducers)[:80]}")
         for key, reducer in (reducers or {}).items():
             self.add_reducer(key, reducer)
 
@@ -1073,8 +1074,17 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state_history")
-        if isinstance(before, Mapping):
-            before = _thread_and_checkpoint(self.name, before, "get_state_history(before=)")[1]
+        if filter is not None and not isinstance(filter, Mapping):
+            raise ConfigurationError(f"graph {self.name!r}: get_state_history(filter=...) takes a dict of metadata "
+                                     f"keys and values, e.g. {{'source': 'loop'}}, got {filter!r}")
+        if limit == 0:  # as LangGraph: nothing asked, nothing listed
+            return iter(())
+        if isinstance(before, Mapping):  # a snapshot's config
+            configurable = before.get("configurable")
+            before = configurable.get("checkpoint_id") if isinstance(configurable, Mapping) else None
+        if before is not None:  # of this thread, as get_state checks
+            _thread_and_checkpoint(self.name, {"configurable": {"thread_id": thread, "checkpoint_id": before}},
+                                   "get_state_history(before=)")
         bounds = [] if checkpoint is None else [parse_checkpoint_id(checkpoint)[1] + 1]  # it included
         if before is not None:
             bounds.append(parse_checkpoint_id(before)[1])

@@ -46,11 +46,18 @@ class NatsWorkerRegistry(WorkerRegistry):
     def _where(self, key: str) -> str:
         return f"key {key!r} of JetStream KV bucket {self._conn.names.worker_bucket!r}"
 
-    def _entry(self, entry: kv.Entry) -> tuple[str, str | None, Any]:
+    def _entry(self, entry: kv.Entry, now: float) -> tuple[str, str | None, Any]:
         worker_id = untoken(entry.key[2:])
         if worker_id is None:
             return self._where(entry.key), None, ValueError("its key names no worker id this engine writes")
-        return self._where(entry.key), worker_id, entry.value
+        try:
+            info = stored_worker(entry.value, self._where(entry.key), worker_id)
+        except PayloadDecodeError:
+            return self._where(entry.key), worker_id, entry.value  # readable_workers reports it
+        if info.last_heartbeat > now + self.heartbeat_ttl:
+            return self._where(entry.key), worker_id, ValueError(
+                "its last_heartbeat is dated more than heartbeat_ttl ahead of this clock, which no worker writes")
+        return self._where(entry.key), worker_id, info.to_dict()
 
     def _alive(self, info: WorkerInfo, now: float) -> bool:
         return now - info.last_heartbeat < self.heartbeat_ttl
@@ -88,6 +95,6 @@ class NatsWorkerRegistry(WorkerRegistry):
         with self._errors("list workers"):
             entries = await kv.scan(self._conn.js, self._kv, "w.*")
         now = time.time()
-        workers = readable_workers([self._entry(e) for e in entries])
+        workers = readable_workers([self._entry(e, now) for e in entries])
         live = [w for w in workers if self._alive(w, now) and (node_type is None or node_type in w.node_types)]
         return sorted(live, key=lambda w: w.worker_id)

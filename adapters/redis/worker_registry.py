@@ -53,7 +53,8 @@ return 1
 
 _LIST = _NOW + r"""
 -- KEYS: 1 beats. ARGV: 1 prefix, 2 ttl ms. Returns {id, info JSON, heartbeat ms, ...};
--- a key of another type comes back as "\0" .. its type, for the caller to report.
+-- a key of another type comes back as "\0" .. its type, a beat dated ahead as "\1", for the
+-- caller to report.
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
@@ -63,6 +64,8 @@ for i = 1, #entries, 2 do
   local info = redis.pcall('GET', key)
   if type(info) == 'table' and info.err then
     info = '\0' .. redis.call('TYPE', key).ok
+  elseif info and tonumber(entries[i + 1]) > now + tonumber(ARGV[2]) then
+    info = '\1'  -- a heartbeat dated past the ttl ahead: no worker writes one (it would be listed for ever)
   end
   if info then
     out[#out + 1] = entries[i]
@@ -151,6 +154,9 @@ class RedisNodeRegistry(WorkerRegistry):
             raw = reply[index + 1]
             if isinstance(raw, bytes) and raw.startswith(b"\0"):
                 raw = ValueError(f"a Redis {raw[1:].decode(errors='replace')}, not a string")
+            elif raw == b"\1":
+                raw = ValueError(f"its heartbeat in {self._keys.beats!r} is dated more than heartbeat_ttl ahead of the "
+                                 "server's clock, which no worker writes")
             entries.append((f"Redis key {self._keys.info(worker_id)!r}", worker_id, raw))
             beats[worker_id] = float(reply[index + 2]) / 1000.0
         workers = [

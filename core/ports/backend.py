@@ -82,7 +82,13 @@ class BackendOptions:
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
         values: dict[str, Any] = {}
         extra: dict[str, str] = {}
-        for key, raw in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+        given = [key for key, _ in pairs]
+        twice = sorted({key for key in given if given.count(key) > 1})
+        if twice:  # which one was meant? (parse_qsl would keep the last without a word)
+            raise BackendConfigError(f"backend option(s) {', '.join(map(repr, twice))} given more than once in "
+                                     f"{redact_url(url)!r}; give each once")
+        for key, raw in pairs:
             if key in known:
                 values[key] = _coerce(url, key, raw)
             else:
@@ -151,7 +157,13 @@ def _coerce(url: str, key: str, raw: str) -> Any:
 
 
 def split_backend_url(url: str) -> tuple[str, str]:
-    """Return ``(scheme, rest)``; ``BackendConfigError`` if the URL has no scheme."""
+    """Return ``(scheme, rest)``; ``BackendConfigError`` if the URL has no scheme or cannot be parsed."""
+    try:
+        urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL": a bracket not closed
+        raise BackendConfigError(
+            f"backend URL {redact_url(url)!r} cannot be parsed ({exc}); check its brackets and ports (an IPv6 "
+            "host goes in brackets: redis://[::1]:6379/0)") from None
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
         raise BackendConfigError(

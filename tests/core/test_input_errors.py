@@ -22,9 +22,9 @@ def _graph() -> Graph:
     return Graph("inputs").add_node("a", lambda s: {"seen": sorted(s)}).set_entry_point("a").set_finish_point("a").compile()
 
 
-@pytest.mark.parametrize("reducers", [["a"], "append", ("a", "append"), 5])
+@pytest.mark.parametrize("reducers", [["a"], "append", ("a", "append"), 5, {1: "append"}, {("a",): "append"}])
 def test_reducers_that_are_no_mapping_are_refused(reducers: Any) -> None:
-    with pytest.raises(ConfigurationError, match=rf"graph 'e': reducers must map state keys to reducers .* got "
+    with pytest.raises(ConfigurationError, match=rf"graph 'e': reducers must map state keys \(strings\) to reducers .* got "
                                                  rf"{type(reducers).__name__}"):
         Graph("e", reducers=reducers)
 
@@ -70,3 +70,20 @@ def test_a_redis_database_that_is_no_number_is_refused(url: str) -> None:
     pytest.importorskip("redis")
     with pytest.raises(BackendConfigError, match="is not a database number"):
         open_backend(url)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1/0?max_attempts=2&max_attempts=3",
+                                 "memory://?prefix=a&prefix=b", "nats://127.0.0.1:4222?result_ttl=5&result_ttl=5"])
+def test_an_option_given_twice_is_refused(url: str) -> None:
+    with pytest.raises(BackendConfigError, match="given more than once"):
+        open_backend(url)
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@[::1:6379/0", "nats://[::1:4222", "memory://[x"])
+def test_an_unparseable_url_is_a_config_error_that_shows_no_secret(url: str) -> None:
+    """The trial's example: a ValueError traceback ('Invalid IPv6 URL') from the Python API and the CLI."""
+    with pytest.raises(BackendConfigError, match="cannot be parsed .*brackets") as caught:
+        open_backend(url)
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(BackendConfigError, match="cannot be parsed"):
+        run(Orchestrator(backend=url).connect())

@@ -949,6 +949,14 @@ def test_get_state_history_and_get_state_of_a_snapshots_config_as_in_langgraph()
     assert [h.step for h in graph.get_state_history(config, before=middle.config)] == [0]
     assert [h.step for h in graph.get_state_history(config, limit=1)] == [2]
     assert [h.step for h in graph.get_state_history(config, filter={"source": "loop"})] == [2, 1]
+    assert list(graph.get_state_history(config, limit=0)) == []  # as LangGraph
+    from distributed_agents.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="filter=...\\) takes a dict"):
+        graph.get_state_history(config, filter="loop")  # type: ignore[arg-type]
+    other = {"configurable": {"thread_id": "other", "checkpoint_id": "other:1"}}
+    with pytest.raises(ConfigurationError, match="is not of thread"):
+        graph.get_state_history(config, before=other)  # another thread's checkpoint is refused, as get_state does
 
 
 def test_update_state_returns_the_new_checkpoints_config_and_a_past_one_is_refused() -> None:
@@ -1042,4 +1050,5 @@ def test_a_node_exception_is_the_cause_of_the_workflows_error_and_every_failed_t
         fan.compile().invoke({})
     message = str(caught.value)
     assert "8 other task(s) of the step failed too" in message and "and 3 more" in message
+    assert "'w#1' (ValueError: bad 1)" in message  # each Send task by its key, not only the node
     assert all(f"bad {i}" in message for i in range(6))

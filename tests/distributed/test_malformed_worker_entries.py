@@ -65,14 +65,17 @@ async def _plant(kind: str, url: str, backend: Any, prefix: str) -> list[str]:
                 await client.zadd(keys.beats, {worker_id: now * 1000})
             await client.hset(keys.info("hashed"), "a", "b")  # WRONGTYPE for a GET
             await client.zadd(keys.beats, {"hashed": now * 1000})
+            await client.set(keys.info("future"), _record(worker_id="future"))  # a well-formed record, but
+            await client.zadd(keys.beats, {"future": 1e17})  # a beat in the year 5138: it was listed for ever
         finally:
             await client.aclose()
-        return [keys.info(worker_id) for worker_id, _ in BAD] + [keys.info("hashed")]
+        return [keys.info(worker_id) for worker_id, _ in BAD] + [keys.info("hashed"), keys.info("future")]
     bucket = await backend.connection.js.key_value(backend.connection.names.worker_bucket)
     for worker_id, raw in BAD:
         await bucket.put(f"w.{worker_id}", raw)
     await bucket.put("w._zz", _record(worker_id="_zz", last_heartbeat=time.time()))  # no id makes token '_zz'
-    return [f"w.{worker_id}" for worker_id, _ in BAD] + ["w._zz"]
+    await bucket.put("w.future", _record(worker_id="future", last_heartbeat=time.time() + 1e8))  # listed for ever
+    return [f"w.{worker_id}" for worker_id, _ in BAD] + ["w._zz", "w.future"]
 
 
 @pytest.fixture(params=["redis", "nats"])
@@ -128,6 +131,7 @@ def test_bad_entries_are_left_out_logged_and_harm_no_workflow(target: tuple[str,
     assert any("'capacity' is -3" in m for m in messages)
     if kind == "redis":
         assert any("a Redis hash, not a string" in m for m in messages)
+    assert any("future'" in m and "ahead of" in m for m in messages)
 
     listing = subprocess.run([sys.executable, "-m", "distributed_agents", "workers", "--backend-url", url],
                              capture_output=True, text=True, timeout=60)
