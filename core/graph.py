@@ -974,7 +974,9 @@ class Graph:
 
     # -- running it as LangGraph code does ------------------------------------------------------
 
-    def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None) -> dict[str, Any]:
+    def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
+               interrupt_before: Sequence[str] | None = None,
+               interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
         """LangGraph's ``graph.invoke(input, config)``: run a workflow of this graph here, blocking.
 
         A shortcut over ``Orchestrator(backend=backend).invoke`` / ``.sync.resume``
@@ -994,7 +996,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
         named = _checkpoint_named(self.name, config, "invoke")
         if named is not None:
@@ -1005,11 +1007,12 @@ class Graph:
                     f"graph {self.name!r}: invoke({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
-            return dict(orchestrator.sync.resume(*args))
+            return dict(orchestrator.sync.resume(*args, **_breakpoint_options(options)))
         return dict(orchestrator.invoke(self, input, **options))
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
-               subgraphs: bool = False, backend: str | None = None) -> Iterator[Any]:
+               subgraphs: bool = False, backend: str | None = None, interrupt_before: Sequence[str] | None = None,
+               interrupt_after: Sequence[str] | None = None) -> Iterator[Any]:
         """LangGraph's ``graph.stream(input, config, stream_mode=...)``: ``invoke``'s run, chunk by chunk.
 
         Chunks as ``Orchestrator.stream`` yields them (LangGraph's shapes); a dict
@@ -1019,7 +1022,7 @@ class Graph:
         """
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
         named = _checkpoint_named(self.name, config, "stream")
@@ -1038,23 +1041,41 @@ class Graph:
 
         ``config["configurable"]["thread_id"]`` names the workflow; with a
         ``checkpoint_id`` too (a snapshot's ``config``), that checkpoint's snapshot.
-        ``subgraphs=True`` nests the snapshots of running subgraphs (latest only).
-        ``WorkflowNotFoundError`` if the thread or checkpoint is not stored,
-        ``ConfigurationError`` if the checkpoint is of another thread.
+        ``subgraphs=True`` nests the snapshots of running subgraphs (latest only). A thread
+        that does not exist gives an empty snapshot (``values == {}``, ``next == ()``,
+        ``step == -1``), as in LangGraph; ``WorkflowNotFoundError`` for a checkpoint the
+        thread does not have, ``ConfigurationError`` for one of another thread.
         """
         from distributed_agents.core.orchestrator import Orchestrator
+        from distributed_agents.core.sync_api import run_sync
+
+        orchestrator = Orchestrator(backend=backend)
+        return run_sync(orchestrator, "get_state()", lambda: self._get_state(orchestrator, config, subgraphs))
+
+    async def aget_state(self, config: Mapping[str, Any], *, subgraphs: bool = False,
+                         backend: str | None = None) -> Any:
+        """``get_state`` for async code (LangGraph's ``aget_state``)."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        try:
+            return await self._get_state(orchestrator, config, subgraphs)
+        finally:
+            await orchestrator.close()
+
+    async def _get_state(self, orchestrator: Any, config: Mapping[str, Any], subgraphs: bool) -> Any:
+        from distributed_agents.core.errors import WorkflowNotFoundError
+        from distributed_agents.core.history import StateSnapshot, parse_checkpoint_id
 
         thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state")
-        orchestrator = Orchestrator(backend=backend)
         if checkpoint is None:
-            return orchestrator.sync.get_state(thread, subgraphs=subgraphs)
-        from distributed_agents.core.history import parse_checkpoint_id
-
+            try:
+                return await orchestrator.get_state(thread, subgraphs=subgraphs)
+            except WorkflowNotFoundError:  # LangGraph's answer for a thread with no checkpoint yet
+                return StateSnapshot(thread, {}, (), -1, "", None, 0.0)
         step = parse_checkpoint_id(checkpoint)[1]
-        found = orchestrator.sync.get_state_history(thread, limit=1, before=step + 1)
+        found = await orchestrator.get_state_history(thread, limit=1, before=step + 1)
         if not found or found[0].checkpoint_id != checkpoint:
-            from distributed_agents.core.errors import WorkflowNotFoundError
-
             raise WorkflowNotFoundError(f"graph {self.name!r}: thread {thread!r} has no checkpoint {checkpoint!r} "
                                         "(get_state_history(config) lists the ones it has)")
         return found[0]
@@ -1065,64 +1086,111 @@ class Graph:
         """LangGraph's ``graph.get_state_history(config)``: the thread's snapshots, newest first.
 
         ``before`` (a snapshot's ``config``, or a checkpoint id) keeps only older ones;
-        ``limit`` bounds how many; ``filter`` (LangGraph's match on checkpoint metadata)
-        keeps the snapshots whose ``metadata`` holds every given key with that value.
-        A ``checkpoint_id`` in ``config`` starts at that checkpoint (it included), as in
-        LangGraph. ``WorkflowNotFoundError`` if the thread is unknown.
+        ``limit`` bounds how many (0: none); ``filter`` (LangGraph's match on checkpoint
+        metadata) keeps the snapshots whose ``metadata`` holds every given key with that
+        value. A ``checkpoint_id`` in ``config`` starts at that checkpoint (it included), as
+        in LangGraph. A thread that does not exist has no snapshots. ``ConfigurationError``
+        for a ``filter`` that is no dict or a checkpoint of another thread.
         """
-        from distributed_agents.core.history import parse_checkpoint_id
         from distributed_agents.core.orchestrator import Orchestrator
+        from distributed_agents.core.sync_api import run_sync
+
+        orchestrator = Orchestrator(backend=backend)
+        return iter(run_sync(orchestrator, "get_state_history()",
+                             lambda: self._history(orchestrator, config, filter, before, limit)))
+
+    async def aget_state_history(self, config: Mapping[str, Any], *, filter: Mapping[str, Any] | None = None,
+                                 before: Mapping[str, Any] | str | None = None, limit: int | None = None,
+                                 backend: str | None = None) -> AsyncIterator[Any]:
+        """``get_state_history`` for async code (LangGraph's ``aget_state_history``): an async iterator."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        try:
+            snapshots = await self._history(orchestrator, config, filter, before, limit)
+        finally:
+            await orchestrator.close()
+        for snapshot in snapshots:
+            yield snapshot
+
+    async def _history(self, orchestrator: Any, config: Mapping[str, Any], filter: Mapping[str, Any] | None,
+                       before: Mapping[str, Any] | str | None, limit: int | None) -> list[Any]:
+        from distributed_agents.core.errors import WorkflowNotFoundError
+        from distributed_agents.core.history import parse_checkpoint_id
 
         thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state_history")
         if filter is not None and not isinstance(filter, Mapping):
             raise ConfigurationError(f"graph {self.name!r}: get_state_history(filter=...) takes a dict of metadata "
                                      f"keys and values, e.g. {{'source': 'loop'}}, got {filter!r}")
-        if limit == 0:  # as LangGraph: nothing asked, nothing listed
-            return iter(())
         if isinstance(before, Mapping):  # a snapshot's config
             configurable = before.get("configurable")
             before = configurable.get("checkpoint_id") if isinstance(configurable, Mapping) else None
         if before is not None:  # of this thread, as get_state checks
             _thread_and_checkpoint(self.name, {"configurable": {"thread_id": thread, "checkpoint_id": before}},
                                    "get_state_history(before=)")
+        if limit == 0:  # as LangGraph: nothing asked, nothing listed
+            return []
         bounds = [] if checkpoint is None else [parse_checkpoint_id(checkpoint)[1] + 1]  # it included
         if before is not None:
             bounds.append(parse_checkpoint_id(before)[1])
-        snapshots = Orchestrator(backend=backend).sync.get_state_history(
-            thread, before=min(bounds) if bounds else None, limit=None if filter else limit)
+        try:
+            snapshots = await orchestrator.get_state_history(
+                thread, before=min(bounds) if bounds else None, limit=None if filter else limit)
+        except WorkflowNotFoundError:
+            return []  # as LangGraph: a thread with no checkpoints has no history
         if filter:
             snapshots = [s for s in snapshots if all(k in s.metadata and s.metadata[k] == v for k, v in filter.items())]
             snapshots = snapshots if limit is None else snapshots[:limit]
-        return iter(snapshots)
+        return list(snapshots)
 
     def update_state(self, config: Mapping[str, Any], values: Mapping[str, Any] | None, as_node: str | None = None,
                      *, backend: str | None = None) -> dict[str, Any]:
         """LangGraph's ``graph.update_state(config, values, as_node=)``: the new checkpoint's ``config``.
 
         ``Orchestrator.update_state`` on the thread (``values`` merged through the
-        reducers as if ``as_node`` returned them; ``resume`` / ``invoke(None, config)``
-        then continues). Updating from a past checkpoint (a ``checkpoint_id`` in
-        ``config`` that is not the latest) is refused: ``Orchestrator.fork`` it first.
+        reducers as if ``as_node`` returned them; ``invoke(None, config)`` then
+        continues). Updating from a past checkpoint (a ``checkpoint_id`` in ``config``
+        that is not the latest) is refused: ``Orchestrator.fork`` it first.
+        ``WorkflowNotFoundError`` for a thread that does not exist (LangGraph would
+        create it: start it with ``invoke`` instead).
         """
         from distributed_agents.core.orchestrator import Orchestrator
+        from distributed_agents.core.sync_api import run_sync
 
-        thread, checkpoint = _thread_and_checkpoint(self.name, config, "update_state")
         orchestrator = Orchestrator(backend=backend)
-        if checkpoint is not None and orchestrator.sync.get_state(thread).checkpoint_id != checkpoint:
+        return run_sync(orchestrator, "update_state()",
+                        lambda: self._update_state(orchestrator, config, values, as_node))
+
+    async def aupdate_state(self, config: Mapping[str, Any], values: Mapping[str, Any] | None,
+                            as_node: str | None = None, *, backend: str | None = None) -> dict[str, Any]:
+        """``update_state`` for async code (LangGraph's ``aupdate_state``)."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        try:
+            return await self._update_state(orchestrator, config, values, as_node)
+        finally:
+            await orchestrator.close()
+
+    async def _update_state(self, orchestrator: Any, config: Mapping[str, Any], values: Mapping[str, Any] | None,
+                            as_node: str | None) -> dict[str, Any]:
+        thread, checkpoint = _thread_and_checkpoint(self.name, config, "update_state")
+        if checkpoint is not None and (await orchestrator.get_state(thread)).checkpoint_id != checkpoint:
             raise ConfigurationError(
                 f"graph {self.name!r}: update_state from checkpoint {checkpoint!r}, which is not thread {thread!r}'s "
                 "latest, would fork the thread; fork it first (Orchestrator.fork(checkpoint_id) gives a new thread "
                 "id) and update that one")
-        snapshot = orchestrator.sync.update_state(thread, dict(values or {}), as_node=as_node, graph=self)
+        snapshot = await orchestrator.update_state(thread, dict(values or {}), as_node=as_node, graph=self)
         return dict(snapshot.config)
 
-    async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *,
-                      backend: str | None = None) -> dict[str, Any]:
+    async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
+                      interrupt_before: Sequence[str] | None = None,
+                      interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
         """``invoke`` for async code (LangGraph's ``ainvoke``)."""
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
         named = _checkpoint_named(self.name, config, "ainvoke")
         try:
@@ -1134,8 +1202,8 @@ class Graph:
                         f"graph {self.name!r}: ainvoke({input!r}) continues a workflow: pass config="
                         "{'configurable': {'thread_id': <the id it was started with>}}")
                 if input is None:
-                    return dict(await orchestrator.resume(thread, self))
-                return dict(await orchestrator.resume(thread, self, input))
+                    return dict(await orchestrator.resume(thread, self, **_breakpoint_options(options)))
+                return dict(await orchestrator.resume(thread, self, input, **_breakpoint_options(options)))
             return dict(await orchestrator.execute(self, input, **options))
         finally:
             await orchestrator.close()
@@ -1223,11 +1291,12 @@ class Graph:
 
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       stream_mode: str | Sequence[str] = "updates", subgraphs: bool = False,
-                      backend: str | None = None) -> AsyncIterator[Any]:
+                      backend: str | None = None, interrupt_before: Sequence[str] | None = None,
+                      interrupt_after: Sequence[str] | None = None) -> AsyncIterator[Any]:
         """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
                 raise ConfigurationError(
@@ -1392,15 +1461,26 @@ def _batch_configs(graph: str, inputs: Sequence[Any],
 _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "max_concurrency")
 
 
-def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``interrupt_before``/``interrupt_after`` among ``_run_options``'s, for ``resume``."""
+    return {key: options[key] for key in ("interrupt_before", "interrupt_after") if key in options}
+
+
+def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None = None,
+                 interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
     """``execute`` options from a LangGraph ``config``: ``thread_id`` -> ``workflow_id``, ``recursion_limit`` -> ``step_limit``.
+
+    ``interrupt_before``/``interrupt_after`` (LangGraph's ``invoke(..., interrupt_before=)``) are
+    added as given: this run's breakpoints instead of the compiled graph's.
 
     ``ConfigurationError`` for a key it does not understand (saying what is). Other
     ``configurable`` values than ``thread_id`` go to ``execute(configurable=)``: the
     run's nodes read them as ``config["configurable"][key]``.
     """
+    breakpoints = {key: value for key, value in (("interrupt_before", interrupt_before),
+                                                  ("interrupt_after", interrupt_after)) if value is not None}
     if config is None:
-        return {}
+        return breakpoints
     if not isinstance(config, Mapping):
         raise ConfigurationError(f"graph {graph!r}: config must be a dict like {{'configurable': {{'thread_id': ...}}, "
                                  f"'recursion_limit': 25}}, got {config!r}")
@@ -1409,7 +1489,7 @@ def _run_options(graph: str, config: Mapping[str, Any] | None) -> dict[str, Any]
         raise ConfigurationError(f"graph {graph!r}: config key(s) {', '.join(map(repr, unknown))} are not understood; "
                                  "a config holds 'configurable' ({'thread_id': ...}) and 'recursion_limit' (the "
                                  f"step limit); {', '.join(map(repr, _IGNORED_CONFIG_KEYS))} are accepted and ignored")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(breakpoints)
     if "configurable" in config:
         thread = _thread_id(graph, config)
         extra = {key: value for key, value in config["configurable"].items()

@@ -805,7 +805,8 @@ class Orchestrator:
         """
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
-            continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable)
+            continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable,
+                                                       _breakpoint_metadata(graph, interrupt_before, interrupt_after))
             if continued is not None:
                 return await self._drive(graph, *continued, step_limit)
         if isinstance(initial_state, Command):
@@ -1127,10 +1128,13 @@ class Orchestrator:
 
     async def _continue_completed(
         self, graph: Graph, initial_state: Mapping[str, Any] | None, workflow_id: str, priority: int,
-        configurable: Mapping[str, Any] | None = None,
+        configurable: Mapping[str, Any] | None = None, breakpoints: Mapping[str, list[str]] | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
         """A new run of the stored workflow ``workflow_id`` from ``START`` with ``initial_state`` applied
         through the reducers, leased to this orchestrator; None if no such workflow is stored.
+
+        ``breakpoints`` (``_breakpoint_metadata``) are this run's own, as each LangGraph invoke
+        has its own ``interrupt_before``: an earlier run's are not kept.
 
         ``WorkflowExistsError`` unless the stored workflow is COMPLETED (see ``execute``);
         ``ConfigurationError`` if it was run by another graph or version of this one.
@@ -1175,6 +1179,9 @@ class Orchestrator:
                              RUN_START_KEY: step})
             metadata.pop(CONFIGURABLE_KEY, None)
             metadata.update(given)
+            metadata.pop("interrupt_before", None)
+            metadata.pop("interrupt_after", None)
+            metadata.update(breakpoints or {})
             if priority:
                 metadata["priority"] = priority
             record = await store.save(

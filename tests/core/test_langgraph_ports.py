@@ -1052,3 +1052,52 @@ def test_a_node_exception_is_the_cause_of_the_workflows_error_and_every_failed_t
     assert "8 other task(s) of the step failed too" in message and "and 3 more" in message
     assert "'w#1' (ValueError: bad 1)" in message  # each Send task by its key, not only the node
     assert all(f"bad {i}" in message for i in range(6))
+
+
+def test_an_unknown_thread_reads_as_empty_and_the_async_state_methods_exist() -> None:
+    """LangGraph's "first turn?" check: get_state of a thread with no checkpoint is an empty snapshot, its
+    history empty (both raised WorkflowNotFoundError); aget_state, aget_state_history, aupdate_state exist."""
+    graph, config = _counting_thread()
+    fresh = {"configurable": {"thread_id": f"never-{uuid.uuid4().hex[:8]}"}}
+    empty = graph.get_state(fresh)
+    assert (empty.values, empty.next, empty.step) == ({}, (), -1)
+    assert empty.config == {"configurable": {"thread_id": fresh["configurable"]["thread_id"], "checkpoint_ns": ""}}
+    assert list(graph.get_state_history(fresh)) == []
+
+    async def scenario() -> tuple[Any, list[int], dict[str, Any], Any]:
+        latest = await graph.aget_state(config)
+        steps = [s.step async for s in graph.aget_state_history(config)]
+        new = await graph.aupdate_state(config, {"n": 7}, as_node="b")
+        return latest, steps, new, await graph.aget_state(fresh)
+
+    latest, steps, new, empty_again = run(scenario())
+    assert latest.values["n"] == 20 and steps == [2, 1, 0]
+    assert graph.get_state(new).values["n"] == 7 and empty_again.values == {}
+
+
+def test_invoke_takes_this_runs_breakpoints_as_langgraph_does() -> None:
+    """invoke/stream(..., interrupt_before=[...]) (a TypeError before): this run's breakpoints, the compiled
+    graph's otherwise; a new turn on a completed thread has its own, not an earlier turn's."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(S, name=f"runbp_{uuid.uuid4().hex[:6]}")
+    for name in ("a", "b", "c"):
+        builder.add_node(name, lambda s, name=name: {"log": [name]})
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+    graph = builder.compile()
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    assert graph.invoke({"log": []}, config, interrupt_before=["b"])["log"] == ["a"]
+    assert graph.invoke(None, config, interrupt_before=["c"])["log"] == ["a", "b"]
+    assert graph.invoke(None, config)["log"] == ["a", "b", "c"]
+    assert graph.invoke({"log": ["x"]}, config)["log"] == ["a", "b", "c", "x", "a", "b", "c"]  # none kept
+    chunks = list(graph.stream({"log": ["y"]}, config, interrupt_after=["a"], stream_mode="values"))
+    assert chunks[-1]["log"][-2:] == ["y", "a"] and graph.get_state(config).next == ("b",)  # paused after a
+
+    async def scenario() -> dict[str, Any]:
+        other = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+        return await graph.ainvoke({"log": []}, other, interrupt_after=["b"])
+
+    assert run(scenario())["log"] == ["a", "b"]
