@@ -117,8 +117,11 @@ class StateSnapshot:
         """LangGraph's ``snapshot.config``: ``{"configurable": {"thread_id", "checkpoint_ns", "checkpoint_id"}}``.
 
         Passed back to ``graph.get_state(config)`` it reads this very checkpoint; a
-        fresh dict each call.
+        fresh dict each call. The empty snapshot of a thread with no checkpoint yet names
+        no ``checkpoint_id``.
         """
+        if not self.checkpoint_id:
+            return {"configurable": {"thread_id": self.workflow_id, "checkpoint_ns": ""}}
         return checkpoint_config(self.workflow_id, self.checkpoint_id)
 
     @property
