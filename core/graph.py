@@ -1001,6 +1001,8 @@ class Graph:
         named = _checkpoint_named(self.name, config, "invoke")
         if named is not None:
             _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
+        if isinstance(input, Command) and thread is not None:
+            input = _past_breakpoint(input, orchestrator.sync.get_state(thread))
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -1028,6 +1030,8 @@ class Graph:
         named = _checkpoint_named(self.name, config, "stream")
         if named is not None:
             _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
+        if isinstance(input, Command) and thread is not None:
+            input = _past_breakpoint(input, orchestrator.sync.get_state(thread))
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -1178,10 +1182,46 @@ class Graph:
         if checkpoint is not None and (await orchestrator.get_state(thread)).checkpoint_id != checkpoint:
             raise ConfigurationError(
                 f"graph {self.name!r}: update_state from checkpoint {checkpoint!r}, which is not thread {thread!r}'s "
-                "latest, would fork the thread; fork it first (Orchestrator.fork(checkpoint_id) gives a new thread "
-                "id) and update that one")
+                "latest, would fork the thread, which is not done in place: fork it first (new_config = "
+                "graph.fork(config) gives a new thread holding that checkpoint) and update that one")
         snapshot = await orchestrator.update_state(thread, dict(values or {}), as_node=as_node, graph=self)
         return dict(snapshot.config)
+
+    def fork(self, config: Mapping[str, Any], *, thread_id: str | None = None,
+             backend: str | None = None) -> dict[str, Any]:
+        """A new thread holding the checkpoint ``config`` names (a past snapshot's ``config``); its ``config``.
+
+        What LangGraph does in place when it runs or updates from a past checkpoint (a
+        branch of the same thread), done here as ``Orchestrator.fork``: a new workflow
+        (``thread_id``, default a fresh id) starting at that checkpoint, not yet run;
+        ``invoke(None, new_config)`` runs it, ``update_state(new_config, ...)`` edits it
+        first. The original thread is left as it was. ``config`` without a
+        ``checkpoint_id`` forks the thread's latest. ``WorkflowNotFoundError`` if the
+        thread or checkpoint is not stored, ``WorkflowExistsError`` if ``thread_id`` is taken.
+        """
+        from distributed_agents.core.orchestrator import Orchestrator
+        from distributed_agents.core.sync_api import run_sync
+
+        orchestrator = Orchestrator(backend=backend)
+        return run_sync(orchestrator, "fork()", lambda: self._fork(orchestrator, config, thread_id))
+
+    async def afork(self, config: Mapping[str, Any], *, thread_id: str | None = None,
+                    backend: str | None = None) -> dict[str, Any]:
+        """``fork`` for async code."""
+        from distributed_agents.core.orchestrator import Orchestrator
+
+        orchestrator = Orchestrator(backend=backend)
+        try:
+            return await self._fork(orchestrator, config, thread_id)
+        finally:
+            await orchestrator.close()
+
+    async def _fork(self, orchestrator: Any, config: Mapping[str, Any], thread_id: str | None) -> dict[str, Any]:
+        thread, checkpoint = _thread_and_checkpoint(self.name, config, "fork")
+        if checkpoint is None:
+            checkpoint = (await orchestrator.get_state(thread)).checkpoint_id
+        new_id = await orchestrator.fork(checkpoint, workflow_id=thread_id, graph=self)
+        return {"configurable": {"thread_id": new_id}}
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                       interrupt_before: Sequence[str] | None = None,
@@ -1196,6 +1236,8 @@ class Graph:
         try:
             if named is not None:
                 _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
+            if isinstance(input, Command) and thread is not None:
+                input = _past_breakpoint(input, await orchestrator.get_state(thread))
             if input is None or isinstance(input, Command):
                 if thread is None:
                     raise ConfigurationError(
@@ -1305,12 +1347,14 @@ class Graph:
             input = Command() if input is None else input
         orchestrator = Orchestrator(backend=backend)
         named = _checkpoint_named(self.name, config, "astream")
-        if named is not None:
-            try:
+        try:
+            if named is not None:
                 _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
-            except BaseException:
-                await orchestrator.close()
-                raise
+            if isinstance(input, Command) and "workflow_id" in options:
+                input = _past_breakpoint(input, await orchestrator.get_state(options["workflow_id"])) or Command()
+        except BaseException:
+            await orchestrator.close()
+            raise
         chunks = orchestrator.astream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
         try:
             async for chunk in chunks:
@@ -1423,9 +1467,9 @@ def _refuse_past_checkpoint(graph: str, named: tuple[str, str], latest: str) -> 
     if checkpoint != latest:
         raise ConfigurationError(
             f"graph {graph!r}: running from checkpoint {checkpoint!r}, older than thread {thread!r}'s latest "
-            f"({latest!r}), would fork the thread, which is not done in place: fork it (Orchestrator.fork("
-            f"{checkpoint!r}) returns a new thread id holding that checkpoint), then invoke(None, {{'configurable': "
-            "{'thread_id': <that id>}}); get_state(config) reads a past checkpoint")
+            f"({latest!r}), would fork the thread, which is not done in place: fork it (new_config = "
+            "graph.fork(config) gives a new thread holding that checkpoint), then invoke(None, new_config); "
+            "get_state(config) reads a past checkpoint")
 
 
 def _thread_and_checkpoint(graph: str, config: Mapping[str, Any], call: str) -> tuple[str, str | None]:
@@ -1459,6 +1503,20 @@ def _batch_configs(graph: str, inputs: Sequence[Any],
 
 # LangGraph config keys about tracing/callbacks, accepted and not used here.
 _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "max_concurrency")
+
+
+def _past_breakpoint(input: Any, snapshot: Any) -> Any:
+    """``input``, or None for a ``Command(resume=...)`` given to a thread paused only at static breakpoints.
+
+    LangGraph continues past a static breakpoint whatever resume value it is given (the
+    usual loop ``while "__interrupt__" in out: out = graph.invoke(Command(resume=...), config)``
+    relies on it); ``Orchestrator.resume`` refuses an answer nothing waits for, so the
+    LangGraph-style calls leave it out there.
+    """
+    if not isinstance(input, Command) or input.update is not None or input.goto or input.graph is not None:
+        return input
+    pauses = getattr(snapshot, "interrupts", ())
+    return None if pauses and all(p.kind != "interrupt" for p in pauses) else input
 
 
 def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Modes (LangGraph's names and shapes):
 
 * ``values``: the workflow's values (as ``execute`` returns them) after each committed
-  step, starting with the input (step 0);
+  step, starting with the input (step 0); a pause in ``interrupt()`` adds those values
+  once more with ``"__interrupt__"`` (its pauses), as LangGraph does (a static breakpoint
+  adds nothing);
 * ``updates``: ``{node: what it returned}`` per task of each committed step, in merge
   order; a pause adds ``{"__interrupt__": [{"id", "node", "value", "kind"}]}``;
 * ``custom``: what nodes emit with their ``StreamWriter`` (``writer(chunk)``);
@@ -475,10 +477,16 @@ class StreamReader:
     def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
         """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""
         out = []
-        if record.status == WorkflowStatus.INTERRUPTED and "updates" in self.modes:
+        if record.status == WorkflowStatus.INTERRUPTED and {"updates", "values"} & set(self.modes):
             pauses = [PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind)
                       for i in read_interrupts(record.frontier)]
-            out.append(self._shape("updates", {INTERRUPT_KEY: pauses}, ()))
+            if "updates" in self.modes:
+                out.append(self._shape("updates", {INTERRUPT_KEY: pauses}, ()))
+            asked = [pause for pause in pauses if pause.kind == "interrupt"]
+            if asked and "values" in self.modes:
+                # As LangGraph: interrupt() pauses (not static breakpoints) add the values so far with them.
+                out.append(self._shape("values", {**result_values(record.state, record.metadata),
+                                                  INTERRUPT_KEY: asked}, ()))
         if raise_errors and record.status == WorkflowStatus.FAILED:
             summary = (record.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {self.workflow_id!r} failed: {summary}",

@@ -1101,3 +1101,54 @@ def test_invoke_takes_this_runs_breakpoints_as_langgraph_does() -> None:
         return await graph.ainvoke({"log": []}, other, interrupt_after=["b"])
 
     assert run(scenario())["log"] == ["a", "b"]
+
+
+def test_the_usual_resume_loop_goes_past_static_breakpoints_and_values_streams_show_the_pause() -> None:
+    """From the third trial: ``while "__interrupt__" in out: out = graph.invoke(Command(resume=...), config)``
+    raised at a static breakpoint (LangGraph continues past one whatever the resume value); and a
+    "values" stream ended at an interrupt() with no chunk saying so (LangGraph's last chunk holds
+    the values and "__interrupt__")."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(S, name=f"loop_{uuid.uuid4().hex[:6]}")
+    builder.add_node("a", lambda s: {"log": ["a"]})
+    builder.add_node("ask", lambda s: {"log": [f"ask:{interrupt('ok?')}"]})
+    builder.add_node("c", lambda s: {"log": ["c"]})
+    builder.add_edge(START, "a").add_edge("a", "ask").add_edge("ask", "c")
+    graph = builder.compile(interrupt_before=["c"])
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    out = graph.invoke({"log": []}, config)
+    answers = iter(["yes", "ignored at the breakpoint"])
+    while "__interrupt__" in out:
+        out = graph.invoke(Command(resume=next(answers)), config)
+    assert out["log"] == ["a", "ask:yes", "c"]
+
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    chunks = list(graph.stream({"log": []}, config, stream_mode="values"))
+    assert chunks[-2] == {"log": ["a"]}
+    assert chunks[-1]["log"] == ["a"] and [p["value"] for p in chunks[-1]["__interrupt__"]] == ["ok?"]
+    resumed = list(graph.stream(Command(resume="fine"), config, stream_mode="values"))
+    assert resumed[-1] == {"log": ["a", "ask:fine"]}  # paused before c: a static breakpoint adds no chunk
+    assert list(graph.stream(Command(resume="x"), config, stream_mode="values"))[-1]["log"][-1] == "c"
+
+
+def test_fork_gives_a_new_thread_at_a_past_checkpoint_as_the_refusal_says() -> None:
+    """The advice of the refusal to run from a past checkpoint, followed as written."""
+    from distributed_agents.core.errors import ConfigurationError
+
+    graph, config = _counting_thread()
+    past = list(graph.get_state_history(config))[1]  # after node a: n == 2
+    with pytest.raises(ConfigurationError, match=r"graph.fork\(config\)") as refused:
+        graph.invoke(None, past.config)
+    assert "invoke(None, new_config)" in str(refused.value)
+    new_config = graph.fork(past.config)
+    assert new_config["configurable"]["thread_id"] != config["configurable"]["thread_id"]
+    assert graph.get_state(new_config).values["n"] == 2
+    graph.update_state(new_config, {"n": 5}, as_node="a")
+    assert graph.invoke(None, new_config)["n"] == 50
+    assert graph.get_state(config).values["n"] == 20  # the original thread as it was
+    named = graph.fork(config, thread_id=f"copy-{uuid.uuid4().hex[:6]}")  # no checkpoint: the latest
+    assert graph.get_state(named).values["n"] == 20
