@@ -54,6 +54,7 @@ first) and ``"subgraph_workflow_id"``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ if TYPE_CHECKING:
     from distributed_agents.core.orchestrator import Orchestrator
 
 __all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "is_child_of", "namespace_of"]
+
+log = logging.getLogger("distributed_agents.orchestrator")
 
 PARENT_KEY = "parent"  # record metadata of a child workflow: its parent's id
 ROOT_KEY = "root"  # ... the outermost workflow's id (whose channels carry the child's events)
@@ -345,11 +348,16 @@ class SubgraphRunner:
                     pending = read_interrupts(current.frontier)
                     chosen = {key: value for key, value in (answers or {}).items() if key in {p.id for p in pending}}
                     if answers is None or (not chosen and any(p.kind == "interrupt" for p in pending)):
+                        if answers:
+                            _undelivered(child_id, answers, current, metadata)
                         return current, None  # no answer for it (yet): the parent pauses with it
                     answers = None
                     await orchestrator.resume(child_id, sub.graph, resume=chosen if chosen else NO_ANSWER,
                                               step_limit=step_limit)
                 else:  # running (its driver stopped), pending, failed or cancelled: continue it
+                    if answers:  # it was changed since it paused (update_state on it): they answer nothing
+                        _undelivered(child_id, answers, current, metadata)
+                        answers = None
                     await orchestrator.resume(child_id, sub.graph, step_limit=step_limit)
             except (BackendUnavailableError, asyncio.CancelledError):
                 raise
@@ -404,6 +412,19 @@ class SubgraphRunner:
         if graph.schema is not None:
             return {key: value for key, value in values.items() if key in graph.schema.keys}
         return dict(values)
+
+
+def _undelivered(child_id: str, answers: Mapping[str, Any], child: WorkflowRecord, metadata: Mapping[str, Any]) -> None:
+    """Log that ``answers`` (for pauses the child had) reach nothing: never dropped without a word.
+
+    The child was changed since the parent recorded its pauses (``update_state`` on the
+    child's own id drops them); the parent pauses again with what the child asks now.
+    """
+    pending = read_interrupts(child.frontier) if child.status == WorkflowStatus.INTERRUPTED else ()
+    log.warning("subgraph workflow %r: the answer(s) for %s were not delivered: the child is %s with pending "
+                "interrupt(s) %s (its state was changed directly, e.g. by update_state on it); its parent %r "
+                "pauses again with what it asks now: answer those", child_id, ", ".join(map(repr, answers)),
+                child.status, ", ".join(repr(p.id) for p in pending) or "none", metadata.get(PARENT_KEY))
 
 
 def _driven_elsewhere(exc: Exception, child_id: str, orchestrator: Orchestrator) -> bool:

@@ -546,3 +546,34 @@ def test_sends_to_a_subgraph_that_interrupts_pause_once_each_and_are_answered_to
     assert sorted(p["id"] for p in paused["__interrupt__"]) == [
         "0:each#0/0:ask:0", "0:each#1/0:ask:0", "0:each#2/0:ask:0"]
     assert done["answers"] == ["a=A", "b=B", "c=C"]
+
+
+def test_an_answer_for_a_pause_the_child_no_longer_has_is_reported_not_dropped_silently(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """From the third trial: the child's state changed directly (update_state on the child's own id)
+    drops its pending interrupt; the parent still shows the old pause, and an answer to it was
+    silently dropped while the parent paused again. Now it is logged, naming both pauses."""
+    import logging
+
+    def ask(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("approve?")}
+
+    child = chain("asks_once", ("write", lambda s: {"draft": "ABC"}), ("review", ask))
+    parent = chain("reviewing", ("sub", child))
+    workflow_id = new_id()
+
+    async def go() -> tuple[Any, Any]:
+        orchestrator = Orchestrator()
+        first = await orchestrator.execute(parent, {}, workflow_id=workflow_id)
+        child_id = child_workflow_id(workflow_id, 0, "sub")
+        await orchestrator.update_state(child_id, {"draft": "EDITED"}, as_node="write", graph=child)
+        again = await orchestrator.resume(workflow_id, Command(resume="y"))
+        return first, again
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents.orchestrator"):
+        first, again = run(go())
+    old = first["__interrupt__"][0]["id"]
+    new = again["__interrupt__"][0]["id"]
+    assert old != new
+    warned = [r.getMessage() for r in caplog.records if "were not delivered" in r.getMessage()]
+    assert len(warned) == 1 and repr(old.split("/", 1)[1]) in warned[0] and workflow_id in warned[0]
