@@ -46,7 +46,8 @@ def graph_svg(graph: Graph) -> str:
 
     Raises what ``draw_image`` raises (``ConfigurationError`` when Graphviz is missing).
     """
-    key = f"{graph.name}/{graph.fingerprint()['sha256']}"
+    # The fingerprint leaves breakpoints out; the drawing marks them: both make the version drawn.
+    key = f"{graph.name}/{graph.fingerprint()['sha256']}/{graph.interrupt_before}/{graph.interrupt_after}"
     cached = _cache.get(key)
     if cached is not None:
         return cached
