@@ -813,6 +813,11 @@ for i = 4, #ARGV do
       out[i - 2] = r
     else
       local f = redis.call('HMGET', k_task(ARGV[i]), 'state', 'deadline')
+      if f[1] == 'done' or f[1] == 'dead' then
+        -- Settled, but its result is gone (evicted by a maxmemory policy, or deleted): reported,
+        -- or a waiter would wait for ever for a result nothing will write again.
+        out[i - 2] = '\2' .. f[1]
+      end
       if f[1] == 'claimed' and f[2] then
         local d = tonumber(f[2])
         if next_at == nil or d < next_at then next_at = d end

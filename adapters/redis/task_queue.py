@@ -647,6 +647,8 @@ class RedisTaskQueue(TaskQueue):
         try:
             if raw.startswith(b"\0"):
                 raise ValueError(f"a Redis {raw[1:].decode(errors='replace')}, not a string")
+            if raw.startswith(b"\2"):
+                return _gone(task_id, key, raw[1:].decode(errors="replace"))
             result = TaskResult.from_dict(decode(raw))
             if result.task_id != task_id:
                 raise ValueError(f"it is the result of task {result.task_id[:80]!r}")
@@ -910,6 +912,15 @@ class _EarlyResults:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def _gone(task_id: str, key: str, state: str) -> TaskResult:
+    """The failed result of a task settled (``state``) whose result key is gone: logged, never waited on."""
+    log.error("the result of task %r is gone from Redis key %r though the task is %s", task_id, key, state)
+    return TaskResult(task_id, "failed", error=(
+        f"the result of task {task_id!r} is gone from Redis key {key!r} though the task is {state} (evicted by the "
+        "server's maxmemory policy, or deleted), so its outcome is unknown; resume the workflow to run the task "
+        "again, and give the server maxmemory-policy noeviction (a volatile-* policy evicts results)"))
 
 
 def _done_event(message: str) -> tuple[str, TaskResult | None]:

@@ -98,3 +98,36 @@ def test_a_done_event_carrying_another_tasks_result_is_not_taken(open_redis: Any
 
     found = run(scenario(), 40)
     assert found["t-1"].output == {"real": True} and found["t-1"].task_id == "t-1"
+
+
+@pytest.mark.parametrize("settled", ["acked", "dead-lettered"])
+def test_a_result_gone_from_a_settled_task_is_reported_not_waited_on_for_ever(
+        open_redis: Any, redis_url: str, settled: str) -> None:
+    """From a trial: the orchestrator SIGKILLed mid fan-out, one finished task's result key deleted (as a
+    volatile-* maxmemory policy may evict it: it has a TTL), then resume: it waited for ever, no log.
+    Now the read answers a failed result saying the result is gone and what to do."""
+    async def scenario() -> tuple[TaskResult, TaskResult | None, str]:
+        backend = await open_redis()
+        reader = await open_redis(prefix=backend.options.prefix)
+        client = redis_asyncio.from_url(redis_url)
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(task("t-gone"))
+            [claim] = await queue.claim(["alpha"], worker_id="w", max_tasks=1)
+            if settled == "acked":
+                await queue.ack(claim, {"real": True})
+            else:
+                await queue.nack(claim, "boom", final=True)
+            key = queue._keys.result("t-gone")
+            assert await client.delete(key) == 1
+            waited = await reader.task_queue.wait_results(["t-gone"], timeout=5)
+            return waited["t-gone"], await reader.task_queue.get_result("t-gone"), key
+        finally:
+            await client.aclose()
+            await reader.close()
+            await backend.close()
+
+    waited, read, key = run(scenario(), 40)
+    for result in (waited, read):
+        assert result is not None and result.status == "failed"
+        assert f"is gone from Redis key {key!r}" in (result.error or "") and "noeviction" in (result.error or "")
