@@ -135,6 +135,7 @@ from distributed_agents.adapters.nats.wakeups import Wakeups
 from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, REASON_KEPT_BYTES, shortened, with_error
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token, untoken
+from distributed_agents.adapters.nats.naming import priority_token as written_priority_token
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError, PayloadTooLargeError
 from distributed_agents.core.limits import (
@@ -769,6 +770,8 @@ class NatsTaskQueue(TaskQueue):
         for subject, count in counts.items():
             _, _, type_token, priority_token = subject.rsplit(".", 3)
             priority = priority_from_token(priority_token)
+            if priority is not None and priority_token != written_priority_token(priority):
+                priority = None  # "p00", "m0": read as a level, but no consumer filters on that spelling
             if type_token in wanted and priority is None and count:
                 await self._sweep_off_layout(wanted[type_token], subject)
             elif type_token in wanted and priority is not None:

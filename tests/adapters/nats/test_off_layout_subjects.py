@@ -28,7 +28,8 @@ from .conftest import open_nats
 pytestmark = pytest.mark.timeout(60)
 
 OFF_DEPTH = ["{base}.tasks.echo", "{base}.tasks.echo.p0.extra", "{base}.tasks.echo.p0.a.b"]
-BAD_PRIORITY = ["{base}.tasks.echo.zzz", "{base}.tasks.echo.p", "{base}.tasks.echo.p-1", "{base}.tasks.echo.P3"]
+BAD_PRIORITY = ["{base}.tasks.echo.zzz", "{base}.tasks.echo.p", "{base}.tasks.echo.p-1", "{base}.tasks.echo.P3",
+                "{base}.tasks.echo.p00", "{base}.tasks.echo.m0", "{base}.tasks.echo.p01"]  # a level, spelled otherwise
 
 
 def _task(task_id: str) -> Task:
