@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 import types
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from distributed_agents.core.codec import decode
-from distributed_agents.core.errors import NodeNotFoundError
+from distributed_agents.core.errors import BackendUnavailableError, NodeNotFoundError
 from distributed_agents.core.instrumentation import (
     CANCELLED,
     FAILED,
@@ -40,6 +41,8 @@ from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
            "flat_state", "node_task", "task_payload"]
+
+_log = logging.getLogger("distributed_agents.orchestrator")
 
 T = TypeVar("T")
 CONFIGURABLE_KEY = "configurable"  # in a workflow record's metadata and a task's payload: the caller's configurable
@@ -375,9 +378,22 @@ class TaskQueueExecutor(NodeExecutor):
             await self.on_waiting([])
 
     async def _types_without_workers(self, calls: Sequence[NodeCall]) -> list[str]:
+        """The node types of ``calls`` no live worker serves. The registry only informs (a note
+        while waiting, a quicker error with ``require_workers``): one it cannot read (its keys
+        damaged below the engine) is logged and counts as "no type missing", never failing
+        the step, whose tasks wait in the queue as they would anyway."""
         missing = []
         for node_type in sorted({call.node_type for call in calls}):
-            if not await self.workers.list_workers(node_type):
+            try:
+                found = await self.workers.list_workers(node_type)
+            except (BackendUnavailableError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                _log.warning("workflow %r: the worker registry could not be read (%s: %s); its tasks are queued "
+                             "without knowing whether a worker serves them", calls[0].workflow_id,
+                             type(exc).__name__, exc)
+                return []
+            if not found:
                 missing.append(node_type)
         return missing
 

@@ -16,6 +16,7 @@ records with their last heartbeat. Round trips: 1 per call.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -23,27 +24,43 @@ from distributed_agents.adapters.redis.connection import RedisConnection
 from distributed_agents.adapters.redis.keys import WorkerKeys
 from distributed_agents.adapters.redis.queue_scripts import SERVER_CLOCK
 from distributed_agents.core.codec import encode
+from distributed_agents.core.errors import PayloadDecodeError
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.worker_registry import WorkerInfo, WorkerRegistry, readable_workers
 
 __all__ = ["RedisNodeRegistry"]
 
+log = logging.getLogger("distributed_agents.worker_registry")
+
 _NOW = SERVER_CLOCK
 
 _REGISTER = _NOW + r"""
--- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 info JSON, 3 ttl ms. Returns the heartbeat ms.
+-- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 info JSON, 3 ttl ms. Returns 1 if it replaced a
+-- beats key of another type, else 0.
 local now = now_ms()
+local kind = redis.call('TYPE', KEYS[2]).ok
+local replaced = 0
+if kind ~= 'zset' and kind ~= 'none' then  -- written below the engine: every worker's listing needs it
+  redis.call('DEL', KEYS[2])
+  replaced = 1
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return now
+return replaced
 """
 
 _HEARTBEAT = _NOW + r"""
--- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 ttl ms. Returns 1, or 0 if not registered.
+-- KEYS: 1 info, 2 beats. ARGV: 1 worker id, 2 ttl ms. Returns 1, or 0 if not registered (or
+-- its entry is not its record: written over below the engine), telling it to register again.
 local now = now_ms()
-if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
+local info = redis.pcall('GET', KEYS[1])
+local ok, record = false, nil
+if type(info) == 'string' then ok, record = pcall(cjson.decode, info) end
+local kind = redis.call('TYPE', KEYS[2]).ok
+if not ok or type(record) ~= 'table' or record['worker_id'] ~= ARGV[1] or (kind ~= 'zset' and kind ~= 'none')
+    or redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
+  redis.pcall('ZREM', KEYS[2], ARGV[1])
   return 0
 end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -56,6 +73,8 @@ _LIST = _NOW + r"""
 -- a key of another type comes back as "\0" .. its type, a beat dated ahead as "\1", for the
 -- caller to report.
 local now = now_ms()
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'zset' and kind ~= 'none' then return {'\0' .. kind} end  -- written below the engine: reported
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -120,12 +139,19 @@ class RedisNodeRegistry(WorkerRegistry):
         return await self._connection.run_script(name, source, keys, args, action)
 
     async def register(self, info: WorkerInfo) -> None:
-        """Record ``info`` as live now (replacing an earlier record of the same id)."""
-        await self._script(
+        """Record ``info`` as live now (replacing an earlier record of the same id).
+
+        A heartbeat index (``{p}:w:beats``) of another type, written below the engine, is
+        replaced (logged): every listing needs it.
+        """
+        replaced = await self._script(
             "registry_register", _REGISTER, [self._keys.info(info.worker_id), self._keys.beats],
             [info.worker_id, encode(info.to_dict()), _ms(self.heartbeat_ttl)],
             f"register worker {info.worker_id!r}",
         )
+        if replaced == 1:
+            log.warning("worker %r: the worker registry's heartbeat index at Redis key %r was not a sorted set "
+                        "(written below the engine); it was replaced", info.worker_id, self._keys.beats)
 
     async def heartbeat(self, worker_id: str) -> bool:
         """Refresh ``worker_id``; False if it is not registered (or expired)."""
@@ -147,6 +173,11 @@ class RedisNodeRegistry(WorkerRegistry):
         reply = await self._script(
             "registry_list", _LIST, [self._keys.beats], [self._keys.prefix, _ms(self.heartbeat_ttl)], "list workers"
         )
+        if len(reply) == 1 and isinstance(reply[0], bytes) and reply[0].startswith(b"\0"):
+            raise PayloadDecodeError(
+                f"the worker registry's heartbeat index at Redis key {self._keys.beats!r} is a Redis "
+                f"{reply[0][1:].decode(errors='replace')}, not a sorted set: it was not written by this engine; "
+                "delete it there (live workers write it again on their next heartbeat)")
         entries: list[tuple[str, str | None, Any]] = []
         beats: dict[str, float] = {}
         for index in range(0, len(reply), 3):

@@ -164,3 +164,66 @@ def test_stored_worker_names_the_problem_and_the_key(raw: bytes, problem: str) -
 def test_stored_worker_reads_what_a_worker_writes() -> None:
     info = WorkerInfo("w-1", frozenset({"a", "b"}), capacity=3, host="h", pid=9, metadata={"zone": "eu"})
     assert stored_worker(json.dumps(info.to_dict()), "key 'k'", "w-1") == info
+
+
+def test_redis_a_damaged_heartbeat_index_fails_no_workflow_and_is_repaired(redis_url: str,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """From a trial: ``SET <p>:w:beats garbage`` mid-run failed the running workflow (WRONGTYPE from the
+    registry read the orchestrator makes while a node runs over a second), and ``workers`` said
+    WRONGTYPE without the key. Now the listing names the key, the workflow goes on (logged), and a
+    registering worker replaces the index; a live worker whose own entry was written over
+    registers again on its next heartbeat instead of staying hidden."""
+    import redis.asyncio
+
+    prefix = f"beats{uuid.uuid4().hex[:8]}"
+    url = f"{redis_url}?prefix={prefix}"
+    worker = Worker(backend=url, node_types={"slow"}, poll_wait=0.1, heartbeat_interval=0.2)
+
+    async def slow(state: Any) -> dict[str, Any]:
+        await asyncio.sleep(1.3)
+        return {"done": True}
+
+    worker.register_node("slow", slow)
+    graph = Graph("slowly_b").add_node("slow").set_entry_point("slow").set_finish_point("slow").compile()
+
+    async def scenario() -> tuple[Any, str, list[str], list[str]]:
+        backend = open_backend(url)
+        await backend.connect()
+        client = redis.asyncio.from_url(redis_url)
+        serving = asyncio.ensure_future(worker.start())
+        orchestrator = Orchestrator(backend=url, local_nodes=False)
+        keys = backend.worker_registry._keys
+        try:
+            while not await backend.worker_registry.list_workers("slow"):
+                await asyncio.sleep(0.05)
+            await client.delete(keys.beats)
+            await client.set(keys.beats, "garbage")
+            try:
+                await backend.worker_registry.list_workers()
+                listing_error = ""
+            except Exception as exc:
+                listing_error = str(exc)
+            result = await orchestrator.execute(graph, {}, workflow_id=f"wf-{uuid.uuid4().hex[:6]}")
+            await backend.worker_registry.register(WorkerInfo("other", frozenset({"x"})))  # replaces the index
+            await client.set(keys.info(worker.worker_id), "written over")
+            listed: list[str] = []
+            for _ in range(100):  # the live worker's next heartbeats register it again
+                listed = [w.worker_id for w in await backend.worker_registry.list_workers("slow")]
+                if listed:
+                    break
+                await asyncio.sleep(0.05)
+            return result, listing_error, listed, [worker.worker_id]
+        finally:
+            await worker.stop(grace=1)
+            await serving
+            await orchestrator.close()
+            await client.aclose()
+            await backend.close()
+
+    with caplog.at_level(logging.WARNING):
+        result, listing_error, listed, expected = run(scenario(), timeout=90)
+    assert f"heartbeat index at Redis key '{prefix}:w:beats' is a Redis string" in listing_error
+    assert result["done"] is True  # the step went on
+    assert any("the worker registry could not be read" in r.getMessage() for r in caplog.records)
+    assert any("was not a sorted set" in r.getMessage() and "replaced" in r.getMessage() for r in caplog.records)
+    assert listed == expected
