@@ -998,11 +998,10 @@ class Graph:
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
-        named = _checkpoint_named(self.name, config, "invoke")
-        if named is not None:
-            _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
-        if isinstance(input, Command) and thread is not None:
-            input = _past_breakpoint(input, orchestrator.sync.get_state(thread))
+        if _continues_at(config, input) is not None:
+            from distributed_agents.core.sync_api import run_sync
+
+            input = run_sync(orchestrator, "invoke()", lambda: self._continuation(orchestrator, config, input, "invoke"))
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -1027,11 +1026,10 @@ class Graph:
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
-        named = _checkpoint_named(self.name, config, "stream")
-        if named is not None:
-            _refuse_past_checkpoint(self.name, named, orchestrator.sync.get_state(named[0]).checkpoint_id)
-        if isinstance(input, Command) and thread is not None:
-            input = _past_breakpoint(input, orchestrator.sync.get_state(thread))
+        if _continues_at(config, input) is not None:
+            from distributed_agents.core.sync_api import run_sync
+
+            input = run_sync(orchestrator, "stream()", lambda: self._continuation(orchestrator, config, input, "stream"))
         if input is None or isinstance(input, Command):
             if thread is None:
                 raise ConfigurationError(
@@ -1187,6 +1185,22 @@ class Graph:
         snapshot = await orchestrator.update_state(thread, dict(values or {}), as_node=as_node, graph=self)
         return dict(snapshot.config)
 
+    async def _continuation(self, orchestrator: Any, config: Mapping[str, Any] | None, input: Any, call: str) -> Any:
+        """``input`` for a run on ``config``'s thread, checked against the thread's latest snapshot (read once).
+
+        A ``checkpoint_id`` in ``config`` must be the latest (``_refuse_past_checkpoint``); a
+        ``Command(resume=...)`` at static breakpoints only becomes None (``_past_breakpoint``).
+        Nothing is read when neither applies.
+        """
+        thread = _continues_at(config, input)
+        if thread is None:
+            return input
+        named = _checkpoint_named(self.name, config, call)  # a checkpoint of another thread: refused first
+        snapshot = await orchestrator.get_state(thread)
+        if named is not None:
+            _refuse_past_checkpoint(self.name, named, snapshot.checkpoint_id)
+        return _past_breakpoint(input, snapshot) if isinstance(input, Command) else input
+
     def fork(self, config: Mapping[str, Any], *, thread_id: str | None = None,
              backend: str | None = None) -> dict[str, Any]:
         """A new thread holding the checkpoint ``config`` names (a past snapshot's ``config``); its ``config``.
@@ -1232,12 +1246,8 @@ class Graph:
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
         thread = options.get("workflow_id")
-        named = _checkpoint_named(self.name, config, "ainvoke")
         try:
-            if named is not None:
-                _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
-            if isinstance(input, Command) and thread is not None:
-                input = _past_breakpoint(input, await orchestrator.get_state(thread))
+            input = await self._continuation(orchestrator, config, input, "ainvoke")
             if input is None or isinstance(input, Command):
                 if thread is None:
                     raise ConfigurationError(
@@ -1346,12 +1356,8 @@ class Graph:
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             input = Command() if input is None else input
         orchestrator = Orchestrator(backend=backend)
-        named = _checkpoint_named(self.name, config, "astream")
         try:
-            if named is not None:
-                _refuse_past_checkpoint(self.name, named, (await orchestrator.get_state(named[0])).checkpoint_id)
-            if isinstance(input, Command) and "workflow_id" in options:
-                input = _past_breakpoint(input, await orchestrator.get_state(options["workflow_id"])) or Command()
+            input = await self._continuation(orchestrator, config, input, "astream") or Command()
         except BaseException:
             await orchestrator.close()
             raise
@@ -1503,6 +1509,18 @@ def _batch_configs(graph: str, inputs: Sequence[Any],
 
 # LangGraph config keys about tracing/callbacks, accepted and not used here.
 _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "max_concurrency")
+
+
+def _continues_at(config: Mapping[str, Any] | None, input: Any) -> str | None:
+    """The thread whose latest snapshot a run on ``config`` must check first (a ``checkpoint_id``
+    in the config, or a ``Command`` input), else None."""
+    configurable = config.get("configurable") if isinstance(config, Mapping) else None
+    if not isinstance(configurable, Mapping):
+        return None
+    thread = configurable.get("thread_id")
+    if configurable.get("checkpoint_id") is not None:
+        return "" if thread is None else str(thread)  # "": _checkpoint_named refuses it, saying why
+    return None if thread is None or not isinstance(input, Command) else str(thread)
 
 
 def _past_breakpoint(input: Any, snapshot: Any) -> Any:

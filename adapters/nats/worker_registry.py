@@ -57,7 +57,7 @@ class NatsWorkerRegistry(WorkerRegistry):
         if info.last_heartbeat > now + self.heartbeat_ttl:
             return self._where(entry.key), worker_id, ValueError(
                 "its last_heartbeat is dated more than heartbeat_ttl ahead of this clock, which no worker writes")
-        return self._where(entry.key), worker_id, info.to_dict()
+        return self._where(entry.key), worker_id, info
 
     def _alive(self, info: WorkerInfo, now: float) -> bool:
         return now - info.last_heartbeat < self.heartbeat_ttl

@@ -146,10 +146,14 @@ def readable_workers(entries: list[tuple[str, str | None, Any]]) -> list[WorkerI
     """``stored_worker`` of each ``(where, worker id or None, raw)``; a bad one is logged once and left out.
 
     ``raw`` may also be an ``Exception`` a backend met reading the entry (a Redis key of
-    another type), logged the same way. Used by every registry's ``list_workers``.
+    another type), logged the same way, or a ``WorkerInfo`` it checked already (taken as
+    it is). Used by every registry's ``list_workers``.
     """
     workers = []
     for where, worker_id, raw in entries:
+        if isinstance(raw, WorkerInfo):
+            workers.append(raw)
+            continue
         try:
             if isinstance(raw, Exception):
                 raise malformed_worker(where, str(raw))

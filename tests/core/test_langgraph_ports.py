@@ -1001,19 +1001,25 @@ def test_edit_then_continue_from_the_latest_checkpoints_config() -> None:
     assert [chunk for chunk in graph.stream({"log": ["again"]}, graph.get_state(config).config)]  # a new run
 
 
+class LogState(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def _abc_builder(name: str) -> Any:
+    """A StateGraph builder a -> b -> c, each node appending its name to ``log``."""
+    from distributed_agents import StateGraph
+
+    builder = StateGraph(LogState, name=f"{name}_{uuid.uuid4().hex[:6]}")
+    for node in ("a", "b", "c"):
+        builder.add_node(node, lambda s, node=node: {"log": [node]})
+    return builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+
+
 def test_a_thread_continues_under_another_compile_of_the_same_builder() -> None:
     """As in LangGraph, breakpoints belong to the compiled graph making the call, not to the thread
     (the trial's example: a thread started by compile(interrupt_before=['b']) was refused, as 'another
     graph', by compile(interrupt_before=['c']) and by compile())."""
-    from distributed_agents import StateGraph
-
-    class S(TypedDict):
-        log: Annotated[list[str], operator.add]
-
-    builder = StateGraph(S, name=f"variants_{uuid.uuid4().hex[:6]}")
-    for name in ("a", "b", "c"):
-        builder.add_node(name, lambda s, name=name: {"log": [name]})
-    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+    builder = _abc_builder("variants")
     before_b, before_c, plain = (builder.compile(interrupt_before=["b"]), builder.compile(interrupt_before=["c"]),
                                  builder.compile())
     config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
@@ -1078,16 +1084,7 @@ def test_an_unknown_thread_reads_as_empty_and_the_async_state_methods_exist() ->
 def test_invoke_takes_this_runs_breakpoints_as_langgraph_does() -> None:
     """invoke/stream(..., interrupt_before=[...]) (a TypeError before): this run's breakpoints, the compiled
     graph's otherwise; a new turn on a completed thread has its own, not an earlier turn's."""
-    from distributed_agents import StateGraph
-
-    class S(TypedDict):
-        log: Annotated[list[str], operator.add]
-
-    builder = StateGraph(S, name=f"runbp_{uuid.uuid4().hex[:6]}")
-    for name in ("a", "b", "c"):
-        builder.add_node(name, lambda s, name=name: {"log": [name]})
-    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
-    graph = builder.compile()
+    graph = _abc_builder("runbp").compile()
     config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
     assert graph.invoke({"log": []}, config, interrupt_before=["b"])["log"] == ["a"]
     assert graph.invoke(None, config, interrupt_before=["c"])["log"] == ["a", "b"]
