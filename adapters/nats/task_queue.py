@@ -1588,8 +1588,8 @@ class NatsTaskQueue(TaskQueue):
         if not _keyable(task_id):
             return None  # no task with such an id was enqueued (and its key would end the connection)
         with self._errors(f"read the result of task {task_id!r}"):
-            found = await self._read(task_id)
-        return _result_of(found.record)
+            entry = await kv.get(self._tasks, token(task_id))
+        return None if entry is None else self._stored_result(task_id, entry)
 
     async def _results(self, ids: Collection[str]) -> dict[str, TaskResult]:
         """Stored results of ``ids`` (one batched read per 256 ids)."""
@@ -1597,10 +1597,39 @@ class NatsTaskQueue(TaskQueue):
         entries = await kv.get_many(self._tasks, list(keys))
         found = {}
         for key, entry in entries.items():
-            result = _result_of(decode(entry.value))
-            if result is not None and key in keys:
+            result = self._stored_result(keys[key], entry) if key in keys else None
+            if result is not None:
                 found[keys[key]] = result
         return found
+
+    def _stored_result(self, task_id: str, entry: kv.Entry) -> TaskResult | None:
+        """The result ``task_id``'s record ``entry`` holds (None: not settled, or expired); a failed
+        result naming the bucket and key if the record is not one this queue writes for that task.
+
+        Something other than this engine wrote there (bytes that are not a record, a settled
+        record without a result, the record or result of another task copied in): the task's
+        outcome is unknown, so the workflow's step fails with an error saying where and what
+        to do, instead of a decoding error naming nothing, or a wait that never ends (as the
+        Redis queue does for its result keys).
+        """
+        where = f"{self._conn.names.task_bucket} {entry.key}"
+        try:
+            record = _control_record(entry.value, where)
+            if record["id"] != task_id:
+                raise ValueError(f"it is the record of task {record['id'][:80]!r}")
+            if record["state"] in ("done", "dead") and not record.get("result"):
+                raise ValueError(f"it is {record['state']!r} but holds no result")
+            result = _result_of(record)
+            if result is not None and result.task_id != task_id:
+                raise ValueError(f"it holds the result of task {result.task_id[:80]!r}")
+            return result
+        except ValueError as exc:  # PayloadDecodeError too
+            log.error("the record of task %r in NATS KV %s is malformed: %s", task_id, where, exc)
+            return TaskResult(task_id, "failed", error=(
+                f"the record of task {task_id!r} in NATS KV bucket {self._conn.names.task_bucket!r} key "
+                f"{entry.key!r} is malformed ({exc}); it was not written by a worker of this version of the engine "
+                "(or was edited), so the task's outcome is unknown. Delete the key (nats kv del BUCKET KEY) and "
+                "resume the workflow to run the task again"))
 
     async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
         """Finished results among ``task_ids``; waits (woken by done events) up to ``timeout``.
