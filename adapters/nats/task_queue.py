@@ -868,6 +868,7 @@ class NatsTaskQueue(TaskQueue):
             record = None if found is None else found.record
             if (found is None or record is None or task is None
                     or task.node_type != node_type  # another type than its subject's: _take dead-letters it
+                    or record.get("id") != task.id  # another task's record: _take dead-letters it
                     or record.get("state") != "queued" or delivery_count(lease_id) != 1
                     or record.get("seq") not in (0, seq)):
                 continue
@@ -966,6 +967,14 @@ class NatsTaskQueue(TaskQueue):
             except PayloadDecodeError as exc:  # its control record is damaged: the task cannot be tracked
                 await self._dead_letter_raw(msg, node_type, str(exc))
                 return None
+            if found.record is not None and found.record["id"] != task.id:
+                # Another task's record under this one's key (copied or edited there): read as
+                # this task's, its seq or state would have the message acked away unrun, unseen.
+                await self._dead_letter_raw(msg, node_type, (
+                    f"malformed task: its record at {self._conn.names.task_bucket} {token(task.id)} is the record "
+                    f"of another task ({str(found.record['id'])[:80]!r}), copied or edited there, so this task "
+                    "cannot be tracked; it was not run"))
+                return None
             if found.record is None and _written_after_its_record(msg, task.id):
                 # A requeue's (or a delayed task's) message: its record was written before it,
                 # so with none left the record expired or was ended (the task purged, cancelled
@@ -973,6 +982,10 @@ class NatsTaskQueue(TaskQueue):
                 if not from_leader:
                     from_leader = True
                     continue
+                # Logged: were the record deleted by hand, this is where the task would vanish.
+                log.warning("NATS %s: the message of task %r at stream sequence %d was queued after its record, "
+                            "which is gone from %s (expired, purged, or deleted by hand): it is not run",
+                            mask_url(self._conn.url), task.id, seq, self._conn.names.task_bucket)
                 await send_ack(self._conn.nc, lease_id, "ack")
                 return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
@@ -1482,7 +1495,8 @@ class NatsTaskQueue(TaskQueue):
             record = (await self._read_from_leader(task_id)).record
         except PayloadDecodeError:
             return True  # a damaged record: the message's letter takes its place, as before
-        return record is None or int(record.get("seq") or 0) == seq
+        # Another task's record under this one's key is damaged too.
+        return record is None or record["id"] != task_id or int(record.get("seq") or 0) == seq
 
     async def dead_letters(self, node_type: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         with self._errors("list dead letters"):

@@ -1,6 +1,6 @@
 """Hostile input: task records edited by hand in the NATS KV bucket ``<p>_tasks`` after the task settled.
 
-The example (hostile-input trial): garbage written over a finished task's record failed the
+The examples (hostile-input trial): garbage written over a finished task's record failed the
 waiting workflow with a decoding error naming no key, and a record rewritten to ``done``
 without a result (or carrying another task's) was waited on for ever. Now such a record
 reads as a failed result of its task whose error names the bucket, the key and what to do
@@ -106,3 +106,62 @@ def test_a_queued_tasks_record_is_not_a_result_and_an_expired_one_is_none(nats_u
 
     queued, claimed, expired = run(scenario(), 40)
     assert queued is None and claimed is None and expired is None
+
+
+@pytest.mark.parametrize("queued_together", [1, 3])
+def test_a_queued_task_whose_record_is_another_tasks_is_dead_lettered_not_acked_away(
+        nats_url: str, queued_together: int) -> None:
+    """From a trial: another task's record copied over a queued task's key had the claim take the
+    task for a stale duplicate (the record names another message) and ack it away unrun, unseen:
+    the workflow waited for ever. Now the task is dead-lettered with the reason naming the key,
+    its result is a failure saying so, and the tasks claimed with it run (the batched claim of
+    several messages and the claim of one take different paths)."""
+    async def scenario() -> tuple[list[str], Any, TaskResult | None, str]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        others = [f"t-ok{i}" for i in range(queued_together - 1)]
+        try:
+            await queue.enqueue_many([task("t-source")])
+            [source] = await queue.claim(["alpha"], worker_id="w", max_tasks=1)
+            await queue.ack(source, {"real": True})
+            await queue.enqueue_many([task("t-victim"), *map(task, others)])
+            copied = await kv.get(queue._tasks, token("t-source"))
+            assert copied is not None
+            await kv.put(backend.connection.js, queue._tasks, token("t-victim"), copied.value)
+            claims = await queue.claim(["alpha"], worker_id="w", max_tasks=10)
+            for claim in claims:
+                await queue.ack(claim, {"real": True})
+            [letter] = await queue.dead_letters("alpha")
+            return sorted(c.task.id for c in claims), letter, await queue.get_result("t-victim"), token("t-victim")
+        finally:
+            await backend.close()
+
+    claimed, letter, result, key = run(scenario(), 40)
+    assert claimed == [f"t-ok{i}" for i in range(queued_together - 1)]
+    assert letter.task_id == "t-victim"
+    assert key in letter.reason and "another task ('t-source')" in letter.reason, letter.reason
+    assert result is not None and result.status == "failed" and "another task" in (result.error or "")
+
+
+def test_a_requeued_message_whose_record_was_deleted_is_logged_not_dropped_unseen(
+        nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A message queued after its record (a retry's) whose record is gone is stale and not run:
+    that is logged, naming the task and the bucket, so a record deleted by hand is traceable."""
+    async def scenario() -> tuple[list[Any], str]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            await queue.enqueue(task("t-retried"))
+            [claim] = await queue.claim(["alpha"], worker_id="w", max_tasks=1)
+            await queue.nack(claim, "boom")  # queued again: a message written after its record
+            await kv.remove(backend.connection.js, queue._tasks, token("t-retried"))
+            return await queue.claim(["alpha"], worker_id="w", max_tasks=1, wait=1.0), \
+                backend.connection.names.task_bucket
+        finally:
+            await backend.close()
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents.adapters.nats"):
+        claims, bucket = run(scenario(), 40)
+    assert claims == []
+    assert any("'t-retried'" in r.getMessage() and bucket in r.getMessage() and "deleted by hand" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
