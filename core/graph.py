@@ -30,7 +30,7 @@ import os
 from types import MappingProxyType
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from distributed_agents.core.cache import CachePolicy
 from distributed_agents.core.errors import (
@@ -44,7 +44,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
-from distributed_agents.core.node_runner import cancel_requested
+from distributed_agents.core.node_runner import NodeContext, cancel_requested, current_context
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
@@ -1008,8 +1008,8 @@ class Graph:
                     f"graph {self.name!r}: invoke({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
-            return dict(orchestrator.sync.resume(*args, **_breakpoint_options(options)))
-        return dict(orchestrator.invoke(self, input, **options))
+            return _unless_paused_in_node(self.name, dict(orchestrator.sync.resume(*args, **_breakpoint_options(options))))
+        return _unless_paused_in_node(self.name, dict(orchestrator.invoke(self, input, **options)))
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
                subgraphs: bool = False, backend: str | None = None, interrupt_before: Sequence[str] | None = None,
@@ -1036,7 +1036,8 @@ class Graph:
                     f"graph {self.name!r}: stream({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             input = Command() if input is None else input
-        return orchestrator.stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
+        chunks = orchestrator.stream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
+        return chunks if current_context() is None else _chunks_unless_paused_in_node(self.name, chunks)
 
     def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False, backend: str | None = None) -> Any:
         """LangGraph's ``graph.get_state(config)``: the thread's ``StateSnapshot`` (``values``, ``next``, ``config``...).
@@ -1070,6 +1071,7 @@ class Graph:
         from distributed_agents.core.history import StateSnapshot, parse_checkpoint_id
 
         thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state")
+        await self._check_thread_graph(orchestrator, thread, "get_state")
         if checkpoint is None:
             try:
                 return await orchestrator.get_state(thread, subgraphs=subgraphs)
@@ -1081,6 +1083,36 @@ class Graph:
             raise WorkflowNotFoundError(f"graph {self.name!r}: thread {thread!r} has no checkpoint {checkpoint!r} "
                                         "(get_state_history(config) lists the ones it has)")
         return found[0]
+
+    async def _check_thread_graph(self, orchestrator: Any, thread: str, call: str) -> None:
+        """``ConfigurationError`` if workflow ``thread`` exists and was started with another graph than this one.
+
+        A LangGraph checkpointer belongs to one compiled graph, so tutorials give every graph
+        thread "1"; here threads are workflows of the backend, shared by every graph run on
+        it, and a thread another graph ran would read as this one's state. (What
+        ``invoke`` and ``update_state`` refuse too: ``orchestrator.graph_mismatch``.)
+        """
+        from distributed_agents.core.orchestrator import graph_mismatch
+
+        await orchestrator.connect()
+        record = await orchestrator.backend.state_store.get(thread)
+        if record is None:
+            return
+        # A subgraph's child workflow (a child snapshot's config) reads through its parent, as in LangGraph.
+        graphs, changed = [self], None
+        while graphs:
+            graph = graphs.pop()
+            mismatch = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
+            if mismatch is None:
+                return
+            changed = changed or mismatch
+            graphs += [spec.subgraph.graph for spec in graph._nodes.values() if spec.subgraph is not None]
+        if changed:
+            raise ConfigurationError(
+                f"graph {self.name!r}: {call}() of thread {thread!r}: {changed}. Thread ids name workflows shared by "
+                "every graph run on this backend (a LangGraph checkpointer belongs to one graph): read the thread "
+                "through the graph it ran (or Orchestrator.get_state, which takes no graph), and give each graph "
+                "thread ids of its own")
 
     def get_state_history(self, config: Mapping[str, Any], *, filter: Mapping[str, Any] | None = None,
                           before: Mapping[str, Any] | str | None = None, limit: int | None = None,
@@ -1130,6 +1162,7 @@ class Graph:
         if before is not None:  # of this thread, as get_state checks
             _thread_and_checkpoint(self.name, {"configurable": {"thread_id": thread, "checkpoint_id": before}},
                                    "get_state_history(before=)")
+        await self._check_thread_graph(orchestrator, thread, "get_state_history")
         if limit == 0:  # as LangGraph: nothing asked, nothing listed
             return []
         bounds = [] if checkpoint is None else [parse_checkpoint_id(checkpoint)[1] + 1]  # it included
@@ -1254,9 +1287,12 @@ class Graph:
                         f"graph {self.name!r}: ainvoke({input!r}) continues a workflow: pass config="
                         "{'configurable': {'thread_id': <the id it was started with>}}")
                 if input is None:
-                    return dict(await orchestrator.resume(thread, self, **_breakpoint_options(options)))
-                return dict(await orchestrator.resume(thread, self, input, **_breakpoint_options(options)))
-            return dict(await orchestrator.execute(self, input, **options))
+                    result = await orchestrator.resume(thread, self, **_breakpoint_options(options))
+                else:
+                    result = await orchestrator.resume(thread, self, input, **_breakpoint_options(options))
+            else:
+                result = await orchestrator.execute(self, input, **options)
+            return _unless_paused_in_node(self.name, dict(result))
         finally:
             await orchestrator.close()
 
@@ -1357,13 +1393,16 @@ class Graph:
             input = Command() if input is None else input
         orchestrator = Orchestrator(backend=backend)
         try:
-            input = await self._continuation(orchestrator, config, input, "astream") or Command()
+            # None (a resume past static breakpoints only) continues; an empty dict is an input like any other.
+            resolved = await self._continuation(orchestrator, config, input, "astream")
+            input = Command() if resolved is None else resolved
         except BaseException:
             await orchestrator.close()
             raise
         chunks = orchestrator.astream(self, input, stream_mode=stream_mode, subgraphs=subgraphs, **options)
         try:
             async for chunk in chunks:
+                _unless_paused_in_node(self.name, chunk)
                 yield chunk
         finally:
             closing = getattr(chunks, "aclose", None)
@@ -1511,6 +1550,66 @@ def _batch_configs(graph: str, inputs: Sequence[Any],
 _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "max_concurrency")
 
 
+_R = TypeVar("_R")
+
+
+def _nested_config(config: Any) -> Any:
+    """``config`` for a run, with a running node's own config passed through made a nested run's.
+
+    LangGraph code runs a graph from inside a node as ``sub.invoke(x, config)``, handing on the
+    node's ``config`` (here a ``NodeContext``, or its ``as_config()`` dict). Its ``thread_id`` is
+    the calling workflow's, which the nested run must not take over: the run gets a workflow of
+    its own, keeping the caller's other ``configurable`` values and its ``recursion_limit``.
+    Any other config is returned as given.
+    """
+    if isinstance(config, NodeContext):
+        config = config.as_config()
+    caller = current_context()
+    if caller is None or not isinstance(config, Mapping):
+        return config
+    configurable = config.get("configurable")
+    own = caller.as_config()["configurable"]
+    if not isinstance(configurable, Mapping) or configurable.get("thread_id") != own["thread_id"]:
+        return config
+    return {**config, "configurable": {key: value for key, value in configurable.items()
+                                       if key not in ("thread_id", "checkpoint_ns", "checkpoint_id")}}
+
+
+def _paused(chunk: Any) -> bool:
+    """Whether a run's result or stream chunk (a dict, or a tuple of mode/namespace and one) reports a pause."""
+    if isinstance(chunk, tuple):
+        return any(_paused(part) for part in chunk)
+    return isinstance(chunk, Mapping) and "__interrupt__" in chunk
+
+
+def _unless_paused_in_node(graph: str, result: _R) -> _R:
+    """``result``, unless it is a pause of a run started inside a running node: ``ExecutionError`` then.
+
+    LangGraph's nested run pauses its caller; here a run started from a node's code is a
+    workflow of its own, whose pause its caller would take for a result (the answer lost,
+    the caller going on without it), so it fails the node instead, saying what to do.
+    """
+    caller = current_context() if _paused(result) else None
+    if caller is None:
+        return result
+    raise ExecutionError(
+        f"graph {graph!r} paused at an interrupt while run from inside node {caller.node!r} of workflow "
+        f"{caller.workflow_id!r}: a graph run from a node's code is a workflow of its own and cannot pause its "
+        "caller. Add the graph as a node instead (add_node(name, subgraph), or add_node(name, subgraph, input=..., "
+        "output=...) to map the states), so its interrupts pause the parent and Command(resume=...) reaches them")
+
+
+def _chunks_unless_paused_in_node(graph: str, chunks: Iterator[Any]) -> Iterator[Any]:
+    """``chunks`` passed through ``_unless_paused_in_node`` (closed when this is, or when it raises)."""
+    try:
+        for chunk in chunks:
+            yield _unless_paused_in_node(graph, chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 def _continues_at(config: Mapping[str, Any] | None, input: Any) -> str | None:
     """The thread whose latest snapshot a run on ``config`` must check first (a ``checkpoint_id``
     in the config, or a ``Command`` input), else None."""
@@ -1555,6 +1654,7 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     """
     breakpoints = {key: value for key, value in (("interrupt_before", interrupt_before),
                                                   ("interrupt_after", interrupt_after)) if value is not None}
+    config = _nested_config(config)
     if config is None:
         return breakpoints
     if not isinstance(config, Mapping):

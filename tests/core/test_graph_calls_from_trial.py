@@ -1,0 +1,164 @@
+"""LangGraph-style calls on a compiled graph, from a LangGraph user's trial.
+
+The examples: ``astream({})`` treated the empty input as "continue the thread" (a new
+thread raised WorkflowNotFoundError, a completed one yielded nothing); a graph run from
+inside a node (``sub.invoke(x)``, LangGraph's nested run) that paused at ``interrupt()``
+handed its caller the pause as a result, and the answer was lost; ``sub.invoke(x, config)``
+with the node's own config was refused; ``get_state`` through one graph read a thread another
+graph ran, as if it were its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypedDict
+
+import pytest
+from support.aio import run
+
+from distributed_agents import END, START, Command, StateGraph, interrupt
+from distributed_agents.core.errors import ConfigurationError, NodeExecutionError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class S(TypedDict, total=False):
+    topic: str
+    approved: str
+    log: str
+
+
+def thread() -> dict[str, Any]:
+    return {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+
+
+def one_node(name: str, func: Any, schema: Any = S) -> Any:
+    builder = StateGraph(schema)
+    builder.add_node(name, func)
+    builder.add_edge(START, name)
+    builder.add_edge(name, END)
+    return builder.compile()
+
+
+def starts(state: S) -> dict[str, Any]:
+    return {"topic": state.get("topic", "fresh"), "log": state.get("log", "") + "+"}
+
+
+async def collect(app: Any, input: Any, config: Any = None, **options: Any) -> list[Any]:
+    return [chunk async for chunk in app.astream(input, config, **options)]
+
+
+# -- astream({}) is an input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["updates", "values"])
+def test_astream_of_an_empty_dict_runs_the_graph_as_invoke_does(mode: str) -> None:
+    app = one_node("start", starts)
+    config = thread()
+    new_thread = run(collect(app, {}, config, stream_mode=mode), 30)
+    completed_thread = run(collect(app, {}, config, stream_mode=mode), 30)
+    no_config = run(collect(app, {}, stream_mode=mode), 30)
+    for chunks in (new_thread, completed_thread, no_config):
+        assert chunks, "nothing ran"
+        last = chunks[-1] if mode == "values" else chunks[-1]["start"]
+        assert last["topic"] == "fresh"
+    assert app.get_state(config).values["log"] == "++"  # the completed thread ran again on its state
+    assert app.invoke({}, thread())["topic"] == "fresh"
+
+
+# -- a graph run from a node's code ---------------------------------------------------------------------
+
+def asks(state: S) -> dict[str, Any]:
+    return {"approved": interrupt("ok?")}
+
+
+SUB = one_node("ask", asks)
+PLAIN_SUB = one_node("start", starts)
+
+
+def nested(how: str, sub: Any = SUB) -> Any:
+    """A parent graph whose node runs ``sub`` from its code, the way ``how`` says."""
+    if how == "invoke":
+        def node(state: S, config: Any) -> dict[str, Any]:
+            out = sub.invoke({"topic": state["topic"]}, config)
+            return {"approved": str(out.get("approved")), "log": str(out.get("log"))}
+    elif how == "invoke with the config as a dict":
+        def node(state: S, config: Any) -> dict[str, Any]:
+            out = sub.invoke({"topic": state["topic"]}, config.as_config())
+            return {"approved": str(out.get("approved")), "log": str(out.get("log"))}
+    elif how == "ainvoke":
+        async def node(state: S) -> dict[str, Any]:  # type: ignore[misc]
+            out = await sub.ainvoke({"topic": state["topic"]})
+            return {"approved": str(out.get("approved")), "log": str(out.get("log"))}
+    elif how == "stream":
+        def node(state: S) -> dict[str, Any]:
+            chunks = list(sub.stream({"topic": state["topic"]}, stream_mode="values"))
+            return {"approved": str(chunks[-1].get("approved")), "log": str(chunks[-1].get("log"))}
+    else:
+        async def node(state: S) -> dict[str, Any]:  # type: ignore[misc]
+            chunks = [c async for c in sub.astream({"topic": state["topic"]}, stream_mode=["values", "updates"])]
+            return {"approved": str(chunks[-1][1].get("approved")), "log": ""}
+    return one_node("n1", node)
+
+
+@pytest.mark.parametrize("how", ["invoke", "invoke with the config as a dict", "ainvoke", "stream", "astream"])
+def test_a_graph_run_from_a_node_that_pauses_fails_the_node_saying_what_to_do(how: str) -> None:
+    app = nested(how)
+    config = thread()
+    with pytest.raises(NodeExecutionError) as caught:
+        app.invoke({"topic": "sea"}, config)
+    message = str(caught.value)
+    assert "paused at an interrupt while run from inside node 'n1'" in message, message
+    assert "add_node(name, subgraph" in message
+    assert app.get_state(config).values.get("approved") is None  # no pause taken for a result
+
+
+@pytest.mark.parametrize("how", ["invoke", "invoke with the config as a dict"])
+def test_a_node_handing_its_own_config_to_a_nested_run_runs_it_on_a_thread_of_its_own(how: str) -> None:
+    app = nested(how, PLAIN_SUB)
+    config = {"configurable": {**thread()["configurable"], "user": "ada"}}
+    out = app.invoke({"topic": "sea"}, config)
+    assert out["log"] == "+" and out["topic"] == "sea"
+    assert app.get_state(config).values["log"] == "+"  # the caller's thread holds the caller's run
+
+
+def test_a_nested_run_that_completes_is_not_touched_and_a_top_level_pause_still_returns() -> None:
+    app = one_node("ask", asks)
+    config = thread()
+    assert "__interrupt__" in app.invoke({"topic": "x"}, config)  # outside a node: returned as before
+    assert app.invoke(Command(resume="yes"), config)["approved"] == "yes"
+
+
+# -- threads of other graphs ---------------------------------------------------------------------------
+
+class A(TypedDict, total=False):
+    x: int
+
+
+class B(TypedDict, total=False):
+    y: str
+
+
+def test_get_state_through_another_graph_is_refused_naming_both_graphs() -> None:
+    graph_a = one_node("inc", lambda s: {"x": s["x"] + 1}, A)
+    graph_b = one_node("echo", lambda s: {"y": s["y"] * 2}, B)
+    config = thread()
+    graph_a.invoke({"x": 1}, config)
+    for call in (lambda: graph_b.get_state(config), lambda: list(graph_b.get_state_history(config))):
+        with pytest.raises(ConfigurationError) as caught:
+            call()
+        assert "started with graph 'A'" in str(caught.value) and "thread ids of its own" in str(caught.value)
+    assert graph_a.get_state(config).values == {"x": 2}
+    assert len(list(graph_a.get_state_history(config))) == 2
+    assert graph_b.get_state(thread()).values == {}  # a thread no graph ran is empty, as before
+
+
+def test_a_subgraphs_child_thread_reads_through_its_parent() -> None:
+    parent = StateGraph(S)
+    parent.add_node("review", SUB)
+    parent.add_edge(START, "review")
+    parent.add_edge("review", END)
+    app = parent.compile()
+    config = thread()
+    assert "__interrupt__" in app.invoke({"topic": "x"}, config)
+    child = app.get_state(config, subgraphs=True).subgraphs["review"]
+    assert app.get_state(child.config).values["topic"] == "x"
