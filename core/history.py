@@ -36,6 +36,7 @@ from distributed_agents.core.graph import START, Graph
 from distributed_agents.core.interrupts import read_interrupts
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
+from distributed_agents.core.messages import coerce_message_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import OUTPUT_KEYS
 from distributed_agents.core.state import State, check_values, reserved_keys
@@ -291,6 +292,9 @@ def _as_node(graph: Graph, record: WorkflowRecord, as_node: str | None, last: Ch
         if record.step == 0:
             return START
         writers = sorted((last.writes if last is not None and last.step == record.step else {}).keys())
+        if not writers and last is not None and last.step == record.step and last.metadata.get("source") == "fork":
+            # A fork's first checkpoint: the writers of the step it was forked at (``plan_fork``).
+            writers = sorted(str(name) for name in last.metadata.get("writers") or ())
         if len(writers) == 1:
             return str(writers[0])
         ran = f"nodes {', '.join(map(repr, writers))} wrote" if writers else "no node wrote"
@@ -339,6 +343,8 @@ async def plan_update(
         )
     node = _as_node(graph, record, as_node, last)
     updates = dict(values)
+    if graph.message_keys:  # ("user", "hi") and the other shorthands a node may return: the same here
+        updates = coerce_message_updates(updates, graph.message_keys)
     reserved = reserved_keys(updates)
     if reserved:
         raise ConfigurationError(
@@ -470,6 +476,8 @@ def plan_fork(
         metadata={**inherited, **metadata,
                   "forked_from": {"workflow_id": checkpoint.workflow_id, "checkpoint_id": parent}},
     )
+    # The nodes that wrote in the forked checkpoint's step: update_state(fork) without as_node
+    # stands for the one of them, as it would on the source (``_as_node``).
     first = Checkpoint(workflow_id, checkpoint.step, dict(checkpoint.state), frontier,
-                       metadata={"source": "fork", "parent": parent})
+                       metadata={"source": "fork", "parent": parent, "writers": sorted(checkpoint.writes)})
     return record, first

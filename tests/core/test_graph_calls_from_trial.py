@@ -162,3 +162,60 @@ def test_a_subgraphs_child_thread_reads_through_its_parent() -> None:
     assert "__interrupt__" in app.invoke({"topic": "x"}, config)
     child = app.get_state(config, subgraphs=True).subgraphs["review"]
     assert app.get_state(child.config).values["topic"] == "x"
+
+
+# -- time travel as LangGraph's tutorial writes it ------------------------------------------------------
+
+class Joke(TypedDict, total=False):
+    topic: str
+    joke: str
+
+
+def test_update_state_on_a_fork_without_as_node_stands_for_the_forked_steps_writer() -> None:
+    """LangGraph's time-travel tutorial: fork a past checkpoint, update it without ``as_node``, run on.
+    The fork's checkpoint has no writes of its own; the update stands for the node that wrote in
+    the forked step (it was refused: "no node wrote in the last step")."""
+    builder = StateGraph(Joke)
+    builder.add_node("gen_topic", lambda s: {"topic": "cats"})
+    builder.add_node("write", lambda s: {"joke": "about " + s["topic"]})
+    builder.add_edge(START, "gen_topic")
+    builder.add_edge("gen_topic", "write")
+    builder.add_edge("write", END)
+    app = builder.compile()
+    config = thread()
+    assert app.invoke({}, config)["joke"] == "about cats"
+    [before_write] = [s for s in app.get_state_history(config) if s.next == ("write",)]
+    forked = app.update_state(app.fork(before_write.config), {"topic": "chickens"})
+    assert app.get_state(forked).metadata["as_node"] == "gen_topic"
+    assert app.invoke(None, forked) == {"topic": "chickens", "joke": "about chickens"}
+    assert app.get_state(config).values["joke"] == "about cats"  # the source thread is as it was
+
+
+def test_update_state_on_a_fork_of_a_parallel_step_still_asks_for_as_node() -> None:
+    builder = StateGraph(Joke)
+    builder.add_node("a", lambda s: {"topic": "a"})
+    builder.add_node("b", lambda s: {"joke": "b"})
+    builder.add_node("c", lambda s: {})
+    builder.add_edge(START, "a")
+    builder.add_edge(START, "b")
+    builder.add_edge("a", "c")
+    builder.add_edge("b", "c")
+    builder.add_edge("c", END)
+    app = builder.compile()
+    config = thread()
+    app.invoke({}, config)
+    [before_c] = [s for s in app.get_state_history(config) if s.next == ("c",)]
+    with pytest.raises(ConfigurationError, match="pass as_node=.*nodes 'a', 'b' wrote"):
+        app.update_state(app.fork(before_c.config), {"topic": "x"})
+
+
+def test_update_state_takes_the_message_shorthands_a_node_may_return() -> None:
+    from distributed_agents import MessagesState
+
+    app = one_node("bot", lambda s: {"messages": [("assistant", "hi")]}, MessagesState)
+    config = thread()
+    app.invoke({"messages": [("user", "yo")]}, config)
+    app.update_state(config, {"messages": [("user", "never mind"), "and another"]})
+    messages = app.get_state(config).values["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "yo"), ("assistant", "hi"), ("user", "never mind"), ("user", "and another")]
