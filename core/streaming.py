@@ -394,7 +394,18 @@ class StreamReader:
                 wait = self.poll_interval if driver is None or not driver.done() else 0.05
                 await wait_within(self._buffer.ready.wait(), wait)  # not wait_for: see core.timeouts
                 if not self._buffer.items:  # silence: the record says whether steps or the end were missed
-                    record = await self._record()
+                    if driver is not None:
+                        stored = await self._read_store(lambda: self._store.get(self.workflow_id),
+                                                        f"read workflow {self.workflow_id!r}")
+                        if stored is None:
+                            # Not stored (yet): the run is starting, or failed before storing it (a bad
+                            # input): then its own error, which ``await driver`` below raises, is the answer.
+                            if driver.done():
+                                break
+                            continue
+                        record = stored
+                    else:
+                        record = await self._record()
                     for chunk in await self._catch_up(record):
                         yield chunk
                     if driver is None and self._finished(record):

@@ -39,11 +39,12 @@ from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
+    StateNotSerializableError,
     WorkflowCancelledError,
     WorkflowNotFoundError,
 )
 from distributed_agents.core.orchestrator import Orchestrator
-from distributed_agents.core.state import new_workflow_id
+from distributed_agents.core.state import check_values, new_workflow_id
 from distributed_agents import operations
 from distributed_agents.draw import load_graph
 
@@ -76,6 +77,10 @@ def parse_input_state(text: str | None) -> dict[str, Any]:
                 if isinstance(value, list) else "a string" if isinstance(value, str) else "a number")
         raise ConfigurationError(
             f"--input must be a JSON object (the initial state, keys to values), not {kind} ({text!r}); e.g. --input '{{\"topic\": \"tides\"}}'")
+    try:
+        check_values(value)  # NaN, Infinity, 1e999: parsed by Python's json, refused as state
+    except StateNotSerializableError as exc:
+        raise ConfigurationError(f"--input: {exc}") from None
     return value
 
 
