@@ -137,7 +137,7 @@ from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token, untoken
 from distributed_agents.adapters.nats.naming import priority_token as written_priority_token
 from distributed_agents.core.codec import decode, encode
-from distributed_agents.core.errors import LeaseLostError, PayloadDecodeError, PayloadTooLargeError
+from distributed_agents.core.errors import ConfigurationError, LeaseLostError, PayloadDecodeError, PayloadTooLargeError
 from distributed_agents.core.limits import (
     DEAD_RAW_KEPT,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -300,6 +300,8 @@ class NatsTaskQueue(TaskQueue):
         self._drained: dict[tuple[str, ...], list[asyncio.Event]] = {}
         # Per set of node types: when a claim last looked at the stream (time.monotonic()).
         self._looked: dict[tuple[str, ...], float] = {}
+        # The node types the last claim checked against the consumer name limit (``_check_consumer_name``).
+        self._long_types_checked: list[str] = []
         # Per node type: the one priority level its levels key listed at its last claim.
         self._level: dict[str, int] = {}
 
@@ -389,6 +391,7 @@ class NatsTaskQueue(TaskQueue):
         from nats.js import api
 
         names = self._conn.names
+        _check_consumer_name(node_type, names.task_consumer(node_type, priority))
         config = api.ConsumerConfig(
             durable_name=names.task_consumer(node_type, priority),
             filter_subject=names.task_subject(node_type, priority),
@@ -675,6 +678,10 @@ class NatsTaskQueue(TaskQueue):
         types = list(dict.fromkeys(node_types))
         if not types or max_tasks < 1:
             return []
+        if self._long_types_checked != types:  # (a worker claims the same types each time: checked once)
+            for node_type in types:  # one no task of which could be enqueued: said, not waited on for ever
+                _check_consumer_name(node_type, self._conn.names.task_consumer(node_type, 0))
+            self._long_types_checked = types
         lease = self.visibility_timeout if lease_seconds is None else lease_seconds
         give_up = time.monotonic() + max(wait, 0.0)
         key = tuple(types)
@@ -1766,6 +1773,25 @@ def _result_of(record: Mapping[str, Any] | None) -> TaskResult | None:
     if float(record.get("expires_at") or 0) and float(record["expires_at"]) <= time.time():
         return None
     return TaskResult.from_dict(record["result"])
+
+
+#: The longest name JetStream takes for a consumer (nats-server's ``JSMaxNameLen``).
+MAX_CONSUMER_NAME = 255
+
+
+def _check_consumer_name(node_type: str, name: str) -> None:
+    """``ConfigurationError`` if ``node_type``'s consumer ``name`` is longer than JetStream allows.
+
+    The name is the node type as a subject token (``naming.token``: a character outside
+    ``[A-Za-z0-9-]`` takes 3 bytes per UTF-8 byte) and its priority; the server's own refusal
+    reads as "consumer not found", naming neither the node type nor the cause.
+    """
+    if len(name) > MAX_CONSUMER_NAME:
+        raise ConfigurationError(
+            f"node type {node_type[:60]!r}{'...' if len(node_type) > 60 else ''} ({len(node_type)} characters) is too "
+            f"long for NATS: its JetStream consumer name, the type escaped for subjects (characters other than "
+            f"A-Z, a-z, 0-9 and '-' take 3 per UTF-8 byte) and its priority, is {len(name)} characters, over the "
+            f"{MAX_CONSUMER_NAME} NATS allows; use a shorter node type (ASCII letters, digits and '-' cost 1 each)")
 
 
 def _holds(record: Mapping[str, Any], lease_id: str) -> bool:
