@@ -816,9 +816,7 @@ class NatsTaskQueue(TaskQueue):
                 if not messages:
                     break
                 for msg in messages:
-                    log.error("a message of node type %r at stream sequence %s is dead-lettered: %s", node_type,
-                              stream_sequence(msg.reply or ""), reason)
-                    await self._dead_letter_raw(msg, node_type, reason)
+                    await self._dead_letter_raw(msg, node_type, reason)  # (logged there)
         finally:
             with contextlib.suppress(Exception):  # it expires by itself (inactive_threshold)
                 await self._conn.js.delete_consumer(names.task_stream, info.name)
@@ -1483,6 +1481,10 @@ class NatsTaskQueue(TaskQueue):
             task_id = None  # its header names a task whose record is another message's: not this one's to end
         task_id = task_id or f"raw-{seq}"
         reason = shortened(reason)
+        # Said where the worker's operator looks, not only in the dead letter: it was not run.
+        log.error("NATS %s: task %r (node type %r, stream sequence %d) is malformed and was dead-lettered unrun: %s; "
+                  "'distributed-agents dead-letters show %s' shows it", mask_url(self._conn.url), task_id, node_type,
+                  seq, reason, task_id)
         now = time.time()
         result = TaskResult(task_id, "failed", error=reason, attempts=0, finished_at=now)
         # Bound to this message: a redelivery of it (its ack lost) is lettered under the same id.

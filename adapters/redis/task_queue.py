@@ -550,6 +550,9 @@ class RedisTaskQueue(TaskQueue):
                 check_attempt(int(attempt), self._keys.task(task_id))
             except ValueError as exc:  # _Oversized, PayloadDecodeError: the message is the reason
                 await self._run("bad_payload", [task_id, lease_id, str(exc)], "dead-letter an undecodable task")
+                # Said where the worker's operator looks, not only in the dead letter: it was not run.
+                log.error("task %r (node type %r) is malformed and was dead-lettered unrun: %s; "
+                          "'distributed-agents dead-letters show %s' shows it", task_id, queue_type, exc, task_id)
                 continue
             claimed.append(ClaimedTask(task, lease_id, int(attempt), int(deadline) / 1000.0, worker_id))
         return claimed
