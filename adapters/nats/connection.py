@@ -180,8 +180,26 @@ def _server_list(url: str, scheme: str) -> list[str]:
         if not item and index > 0:
             raise BackendConfigError(f"{mask_url(url)!r} has an empty server in its list (two commas, or one at the "
                                      "end); write host:port,host:port")
+        _check_port(url, index, item)
         hosts.append(item)
     return hosts
+
+
+def _check_port(url: str, index: int, item: str) -> None:
+    """``BackendConfigError`` unless server ``index``'s ``[user@]host[:port]`` has a port that names a
+    server: 1-65535, or none (4222). (Checked here: nats-py fails on such a port with an
+    assertion or an OverflowError from the socket, naming neither URL nor port.)"""
+    where = f"server {index + 1} of {mask_url(url)!r}"
+    try:
+        port = urlsplit(f"//{item.rpartition('@')[2]}").port
+    except ValueError:
+        raise BackendConfigError(
+            f"{where} has a port that is not a number from 1 to 65535 ({mask_url(item)!r}); write host:port, e.g. "
+            "127.0.0.1:4222 (the NATS client port)") from None
+    if port == 0:
+        raise BackendConfigError(
+            f"{where} names port 0, which no server listens on (0 asks the system for any free port when a "
+            "server binds); write the server's client port, e.g. 127.0.0.1:4222")
 
 
 @dataclass(frozen=True)

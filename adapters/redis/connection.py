@@ -176,6 +176,16 @@ def redis_client_url(url: str, extra: Mapping[str, str] | None = None) -> str:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise BackendConfigError(f"{mask_url(url)} is not a Redis URL; use redis://, rediss:// or unix://")
+    if scheme != "unix":
+        try:
+            port = parts.port
+        except ValueError as exc:  # not a number, or out of range: said the way the rest of this check says it
+            raise BackendConfigError(f"{mask_url(url)} has an invalid port ({exc}); write redis://host:port/db, "
+                                     "e.g. redis://127.0.0.1:6379/0") from None
+        if port == 0:  # redis-py would take it for "no port" and connect to 6379
+            raise BackendConfigError(
+                f"{mask_url(url)} names port 0, which no server listens on (0 asks the system for any free port "
+                "when a server binds); write the server's port, e.g. redis://127.0.0.1:6379/0")
     settings: dict[str, str] = {}
     database = parts.path.strip("/") if scheme != "unix" else ""  # a unix URL's path is the socket's
     database = dict(parse_qsl(parts.query, keep_blank_values=True)).get("db", "") if not database else database
@@ -300,7 +310,9 @@ def _seed_nodes(url: str, cluster: bool) -> tuple[str, list[tuple[str, int]]]:
     for host in names[1:]:
         address = urlsplit(f"//{host}")
         try:
-            port = address.port or 6379
+            port = address.port if address.port is not None else 6379
+            if port == 0:
+                raise ValueError("port 0")
         except ValueError:
             raise BackendConfigError(f"host {host!r} in {mask_url(url)} has an invalid port") from None
         seeds.append((address.hostname or "localhost", port))
