@@ -62,7 +62,7 @@ from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import Worker
 from distributed_agents import cli_client, operations
 from distributed_agents.distributed import DistributedWorker
-from distributed_agents.draw import FORMATS, draw_graph, format_for_path
+from distributed_agents.draw import FORMATS, draw_graph, file_path_problem, format_for_path
 from distributed_agents import observability
 from distributed_agents.log_format import LOG_FORMATS, configure_logging
 from distributed_agents.plugins import available_backends, open_backend
@@ -143,6 +143,9 @@ def _app_spec(text: str) -> str:
     module_name, sep, attribute = text.strip().partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"{text!r} must look like MODULE:ATTRIBUTE, e.g. myapp.nodes:registry")
+    path_like = file_path_problem(module_name.strip(), attribute)
+    if path_like:
+        raise ValueError(f"{text!r}: {path_like}")
     return text.strip()
 
 

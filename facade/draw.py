@@ -20,6 +20,22 @@ FORMATS = ("mermaid", "ascii", "dot", *IMAGE_FORMATS)
 _SUFFIXES = {".png": "png", ".svg": "svg", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".txt": "ascii"}
 
 
+def file_path_problem(module_name: str, attribute: str) -> str | None:
+    """Why ``module_name`` of a ``MODULE:ATTRIBUTE`` spec is a file path, not a module (None if it is not one).
+
+    ``python -m``-style specs name a module as Python imports it (``myapp.flows``); a path
+    (``../app/myapp.py``, ``app/myapp``) would otherwise fail the import with a hint to
+    ``import ../app/myapp.py``, which is no Python.
+    """
+    if "/" not in module_name and "\\" not in module_name and not module_name.endswith(".py"):
+        return None
+    folder, _, file = module_name.replace("\\", "/").rpartition("/")
+    module = file[:-3] if file.endswith(".py") else file
+    where = f"run from {folder!r} (or add it to PYTHONPATH) and pass" if folder not in ("", ".") else "pass"
+    return (f"{module_name!r} is a file path; MODULE:ATTRIBUTE takes a module name as Python imports it: "
+            f"{where} {module}:{attribute}")
+
+
 def load_graph(spec: str) -> Graph:
     """Import ``module:attribute`` and return the compiled ``Graph`` it names.
 
@@ -31,6 +47,9 @@ def load_graph(spec: str) -> Graph:
     module_name, separator, attribute = spec.strip().partition(":") if isinstance(spec, str) else ("", "", "")
     if not separator or not module_name or not attribute:
         raise ConfigurationError(f"{spec!r} must look like MODULE:GRAPH, e.g. myapp.flows:graph")
+    path_like = file_path_problem(module_name, attribute)
+    if path_like:
+        raise ConfigurationError(f"{spec!r}: {path_like}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -74,3 +74,19 @@ def test_astream_of_a_run_that_fails_before_it_is_stored_raises_the_runs_error(s
     with pytest.raises(error) as caught:
         run(scenario(), 30)
     assert "no such workflow" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["run", "../app/myapp.py:graph", "--backend-url", "memory://"], ["is a file path", "run from '../app'",
+                                                                      "myapp:graph"]),
+    (["run", "app/myapp:graph", "--backend-url", "memory://"], ["is a file path", "myapp:graph"]),
+    (["draw", "flows.py:g"], ["is a file path", "pass flows:g"]),
+    (["worker", "--app", "./nodes.py:registry", "--backend-url", "memory://"], ["is a file path",
+                                                                                 "pass nodes:registry"]),
+])
+def test_a_file_path_given_for_a_module_says_to_pass_the_module_name(
+        app_dir: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]) -> None:
+    """From the trial: 'run ../app/myapp.py:graph' suggested "python3 -c 'import ../app/myapp.py'"."""
+    status, _, err = in_process(capsys, *argv)
+    assert_one_line_error(status, err, *needles, code=2)
+    assert "import ../" not in err
