@@ -508,7 +508,7 @@ class StepEngine(_Progress):
                 # (No coroutine for a step whose routing runs no condition: the usual one.)
                 frontier = graph.plain_frontier(ran, gotos, deferred, handlers) or await graph.next_frontier(
                     ran, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {}), gotos,
-                    deferred, handlers,
+                    deferred, handlers, configurable=record.metadata.get(CONFIGURABLE_KEY),
                 )
                 frontier = subgraph_tasks.with_positions(graph, record.workflow_id, record.step + 1, frontier)
             except ExecutionError as exc:

@@ -44,7 +44,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
-from distributed_agents.core.node_runner import NodeContext, cancel_requested, current_context
+from distributed_agents.core.node_runner import NodeContext, cancel_requested, current_context, wants_context
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
@@ -95,6 +95,8 @@ class ConditionalEdge:
     condition: Condition
     mapping: Mapping[Hashable, str] | None
     allowed: frozenset[str] | None
+    # ``condition(state, config)`` (LangGraph's path function taking a config), read once: ``Graph._follow``.
+    with_config: bool = False
 
     def possible_targets(self, all_nodes: Iterable[str]) -> set[str]:
         """Every node (or END) this edge may route to."""
@@ -385,7 +387,7 @@ class Graph:
                     f"graph {self.name!r}: conditional edge from {source!r} has an empty targets list",
                     graph=self.name, culprit=source,
                 )
-        self._conditional.append(ConditionalEdge(source, condition, mapping, allowed))
+        self._conditional.append(ConditionalEdge(source, condition, mapping, allowed, wants_context(condition)))
         return self
 
     def add_conditional_edges(
@@ -691,10 +693,11 @@ class Graph:
         """
         return _plain(await self.start_frontier(state), "start_frontier")
 
-    async def start_frontier(self, state: Any) -> dict[str, Any]:
+    async def start_frontier(self, state: Any, *, configurable: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The first step's frontier for input ``state`` (see ``core.frontier``).
 
-        As ``start``, plus the ``Send``s conditions from ``START`` return.
+        As ``start``, plus the ``Send``s conditions from ``START`` return. ``configurable``:
+        the run's ``config["configurable"]`` values, for conditions taking a config (``_follow``).
         """
         fixed = self.fixed_start()  # no condition to run: a copy of the one every workflow starts with
         if fixed is not None:
@@ -702,7 +705,7 @@ class Graph:
         triggered: list[str] = list(self._routing.entry)
         sends: list[dict[str, Any]] = []
         for edge in self._routing.conditional.get(START, ()):
-            self._split(await self._follow(edge, state), triggered, sends)
+            self._split(await self._follow(edge, state, configurable), triggered, sends)
         return self._frontier(triggered, sends, {}, ())
 
     def fixed_start(self) -> dict[str, Any] | None:
@@ -742,7 +745,7 @@ class Graph:
     async def next_frontier(
         self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]],
         gotos: Sequence[tuple[str, Sequence[str | Send]]] = (), deferred: Sequence[str] = (),
-        handlers: Sequence[Mapping[str, Any]] = (),
+        handlers: Sequence[Mapping[str, Any]] = (), *, configurable: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The frontier after a step that ran the nodes ``ran`` (see ``route``) and merged ``state``.
 
@@ -756,6 +759,8 @@ class Graph:
         sends ``{"node": handler, "arg": {"error": ..., "state": ...}, "handles": task}``,
         see ``add_node(on_error=)``): they come after every other Send; the failed
         nodes themselves are not in ``ran``.
+        ``configurable``: the run's ``config["configurable"]`` values, for conditions taking a
+        config (``_follow``).
         Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
         plain = self.plain_frontier(ran, gotos, deferred, handlers)
@@ -767,7 +772,7 @@ class Graph:
         for node in ran:
             triggered.extend(self._routing.static.get(node, ()))
             for edge in self._routing.conditional.get(node, ()):
-                self._split(await self._follow(edge, state), triggered, sends)
+                self._split(await self._follow(edge, state, configurable), triggered, sends)
         for source, targets in gotos:
             self._split(self._check_goto(source, targets), triggered, sends)
         fired, progress = advance_joins(self._routing.joins, ran, joins)
@@ -836,10 +841,17 @@ class Graph:
         where = "at START" if edge.source == START else f"after node {edge.source!r}"
         return f"condition {_callable_name(edge.condition)} {where}"
 
-    async def _follow(self, edge: ConditionalEdge, state: Any) -> list[str | Send]:
-        """The routes ``edge``'s condition chooses on ``state``; ``RoutingError`` naming node and condition."""
+    async def _follow(self, edge: ConditionalEdge, state: Any,
+                      configurable: Mapping[str, Any] | None = None) -> list[str | Send]:
+        """The routes ``edge``'s condition chooses on ``state``; ``RoutingError`` naming node and condition.
+
+        A condition taking a second argument (``def route(state, config)``, as LangGraph
+        passes path functions that accept it; the rule of ``node_runner.wants_context``) gets
+        a LangGraph ``RunnableConfig`` dict: ``{"configurable": {<the run's values>, "thread_id",
+        "checkpoint_ns"}, "metadata": {"thread_id"}}``.
+        """
         try:
-            return await self._follow_condition(edge, state)
+            return await self._follow_condition(edge, state, configurable)
         except RoutingError:
             raise
         except ExecutionError as exc:
@@ -847,11 +859,15 @@ class Graph:
             raise RoutingError(str(exc), node=edge.source,
                                condition=_callable_name(edge.condition)) from (exc.__cause__ or exc)
 
-    async def _follow_condition(self, edge: ConditionalEdge, state: Any) -> list[str | Send]:
+    async def _follow_condition(self, edge: ConditionalEdge, state: Any,
+                                configurable: Mapping[str, Any] | None) -> list[str | Send]:
         label = self._condition_label(edge)
         view = ReadOnlyState.of(state, where=f"graph {self.name!r}: {label}")
         try:
-            chosen = edge.condition(view)
+            if edge.with_config:
+                chosen = edge.condition(view, _condition_config(state, configurable))
+            else:
+                chosen = edge.condition(view)
             if inspect.isawaitable(chosen):
                 chosen = await chosen
         except asyncio.CancelledError as exc:
@@ -1551,6 +1567,16 @@ _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "
 
 
 _R = TypeVar("_R")
+
+
+def _condition_config(state: Any, configurable: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config a condition taking one is called with (``Graph._follow``): the run's
+    ``configurable`` values and its thread (the outermost workflow, as ``NodeContext.as_config``)."""
+    workflow_id = str(getattr(state, "workflow_id", "") or "")
+    thread = workflow_id.split(":sub:", 1)[0]
+    namespace = "" if thread == workflow_id else workflow_id
+    return {"configurable": {**(configurable or {}), "thread_id": thread, "checkpoint_ns": namespace},
+            "metadata": {"thread_id": thread, "langgraph_checkpoint_ns": namespace}}
 
 
 def _nested_config(config: Any) -> Any:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import START, Graph
 from distributed_agents.core.interrupts import read_interrupts
@@ -356,13 +357,15 @@ async def plan_update(
     view = State._trusted(merged, record.workflow_id)
     joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
     step_writes: list[tuple[str, Mapping[str, Any]]] = [(node, updates)]
+    configurable = record.metadata.get(CONFIGURABLE_KEY)
     if node == START:
-        frontier = await graph.start_frontier(view)
+        frontier = await graph.start_frontier(view, configurable=configurable)
         frontier["joins"] = {key: list(seen) for key, seen in joins.items()}
     elif record.frontier.get("pending_writes"):
         step_writes, merged, frontier = await _complete_step(graph, record, node, updates)
     else:
-        frontier = await graph.next_frontier([node], view, joins, deferred=record.frontier.get("deferred", ()))
+        frontier = await graph.next_frontier([node], view, joins, deferred=record.frontier.get("deferred", ()),
+                                             configurable=configurable)
     if frontier_nodes(frontier) and _paused_before(record):
         # As LangGraph's resume after a breakpoint: the pause was seen, so the next step runs
         # (the paused node, kept by routing after the last writer, or what ``as_node`` routes to).
@@ -433,7 +436,8 @@ async def _complete_step(
     graph.check_writes(writes, merged)
     frontier = await graph.next_frontier(list(dict.fromkeys(ran)), State._trusted(merged, record.workflow_id),
                                          record.frontier.get("joins", {}), gotos,
-                                         record.frontier.get("deferred", ()))
+                                         record.frontier.get("deferred", ()),
+                                         configurable=record.metadata.get(CONFIGURABLE_KEY))
     again = [entry.node for entry in missing if not entry.is_send]
     if again:
         frontier["next"] = sorted(dict.fromkeys([*frontier["next"], *again]), key=lambda n: order.get(n, len(order)))

@@ -1087,7 +1087,8 @@ class Orchestrator:
         # Conditional entry points route the input state; if one fails, no workflow is created.
         frontier = graph.fixed_start()  # the same for every input (no conditional entry point), else:
         if frontier is None:
-            frontier = await graph.start_frontier(State._trusted(values, workflow_id))
+            frontier = await graph.start_frontier(State._trusted(values, workflow_id),
+                                                  configurable=(metadata or {}).get(CONFIGURABLE_KEY))
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
         if not self._connected or self._loop is not asyncio.get_running_loop():  # (no coroutine once connected)
             await self.connect()
@@ -1171,7 +1172,8 @@ class Orchestrator:
             _refuse_continuing(record, self.backend.redacted_url)
             merged = merge_updates(record.state, [("__input__", update)], graph.reducers)
             step = record.step + 1
-            frontier = await graph.start_frontier(State._trusted(merged, workflow_id))
+            frontier = await graph.start_frontier(State._trusted(merged, workflow_id),
+                                                  configurable=given.get(CONFIGURABLE_KEY))
             frontier = with_positions(graph, workflow_id, step, frontier)
             check_commit_size(workflow_id, step, merged, {}, None, self.backend.max_payload_bytes)
             metadata = dict(record.metadata)
