@@ -28,6 +28,15 @@ create (no record) deletes any checkpoint list left by an earlier run of the id,
 lease hash left by it (its ``max``: tokens keep growing past that run's holders), and
 index entries left by it are ignored and dropped by listings (the record's status decides).
 
+Malformed records (written by something else, or edited by hand): a record key that is not a
+hash, a 'rec' that is not a record's JSON, a 'ver' that is not a whole number from 1, a
+'status' outside ``WorkflowStatus.ALL``, a missing one of the three, or 'ver'/'status'
+disagreeing with the JSON's version/status. Reading one raises ``PayloadDecodeError`` naming
+its key, the field and the value (``core.ports.state_store.malformed_record``); a save
+against a bad 'ver' raises it too (its compare-and-set cannot be decided); listings and
+``count_workflows`` log it and leave it out, keeping its index entries (an entry is dropped
+only when its record is gone or holds another known status); ``delete`` removes it.
+
 Checkpoints cost what changed: the store remembers the newest entry it wrote per
 workflow (a bounded cache, forgotten by the save that releases the workflow's lease and
 by ``delete``) and sends a delta against it; the script appends it only if
@@ -76,6 +85,7 @@ from distributed_agents.core.record_json import record_json
 from distributed_agents.core.errors import (
     BackendError,
     FencingTokenRejectedError,
+    PayloadDecodeError,
     LeaseLostError,
     VersionConflictError,
     WorkflowExistsError,
@@ -89,13 +99,12 @@ from distributed_agents.core.ports.state_store import (
     WorkflowStatus,
     malformed_record,
     stored_record,
-    stored_records,
 )
 from distributed_agents.core.ports.task_queue import Task, TaskQueue
 
 __all__ = ["RedisStateManager"]
 
-log = logging.getLogger("distributed_agents.state_store")  # where stored_records logs what a listing leaves out
+log = logging.getLogger("distributed_agents.state_store")  # where listings log the malformed records they leave out
 
 _NOW = SERVER_CLOCK
 
@@ -136,7 +145,7 @@ end
 if expected == 0 then
   if cur[1] then return {'exists'} end
 else
-  if not cur[1] or tonumber(cur[1]) ~= expected then return {'conflict', cur[1] or ''} end
+  if not cur[1] or tonumber(cur[1]) ~= expected then return {'conflict', cur[1] or false} end
 end
 local base = ARGV[11] or ''
 if base ~= '' and cur[5] ~= base then return {'rebase'} end
@@ -311,64 +320,85 @@ end
 return 0
 """
 
-_LIST = r"""
+# The statuses a record hash's 'status' field may hold, as a Lua table (a set): an index entry
+# whose record has another status is moved only if that status is one of these; any other
+# value (or a missing field) is damage, reported, and its entry kept.
+_KNOWN_STATUSES = "local KNOWN = {" + ", ".join(f"{s}=true" for s in sorted(WorkflowStatus.ALL)) + "}\n"
+
+_LIST = _KNOWN_STATUSES + r"""
 -- KEYS: 1 the index to read (all or one status). ARGV: 1 prefix, 2 status or ''.
--- Returns id, record JSON, id, record JSON, ... oldest first; drops index entries of expired
--- or moved records. A record key that is not a hash (written by something else) gives
--- NUL and the server's error instead of the JSON: only that record is left out.
+-- Returns id, record JSON, status, version, id, ... oldest first (a missing field: nil, for
+-- the caller to report); drops index entries of expired records (no field left) and, reading
+-- one status, of records moved to another known status. A record key that is not a hash
+-- (written by something else) gives NUL and the server's error instead of the JSON: only that
+-- record is left out.
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local f = redis.pcall('HMGET', ARGV[1] .. ':wf:r:' .. id, 'rec', 'status')
+  local f = redis.pcall('HMGET', ARGV[1] .. ':wf:r:' .. id, 'rec', 'status', 'ver')
   if f.err then
     out[#out + 1] = id
     out[#out + 1] = '\0' .. f.err
-  elseif not f[1] then
+    out[#out + 1] = false
+    out[#out + 1] = false
+  elseif not f[1] and not f[2] and not f[3] then
     redis.call('ZREM', KEYS[1], id)
-  elseif ARGV[2] ~= '' and f[2] ~= ARGV[2] then
+  elseif ARGV[2] ~= '' and f[2] ~= ARGV[2] and KNOWN[f[2]] then
     redis.call('ZREM', KEYS[1], id)
   else
     out[#out + 1] = id
     out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[3]
   end
 end
 return out
 """
 
-_COUNT = r"""
+_COUNT = _KNOWN_STATUSES + r"""
 -- KEYS: the status indexes to count. ARGV: 1 prefix, then the status of each index.
--- Returns one count per index; drops entries of expired or moved records, as _LIST does.
-local out = {}
+-- Returns one count per index, then id, index number, what its record's status field holds
+-- ('' missing, NUL and the server's error for a key that is not a hash) for each entry whose
+-- record is malformed (not counted, kept); drops entries of expired or moved records, as _LIST does.
+local out, bad = {}, {}
 for i, index in ipairs(KEYS) do
   local n = 0
   for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    -- pcall: a record key that is not a hash (written by something else) is not counted
-    if redis.pcall('HGET', ARGV[1] .. ':wf:r:' .. id, 'status') == ARGV[i + 1] then
+    local key = ARGV[1] .. ':wf:r:' .. id
+    local status = redis.pcall('HGET', key, 'status')
+    if status == ARGV[i + 1] then
       n = n + 1
+    elseif type(status) == 'table' then
+      bad[#bad + 1] = id; bad[#bad + 1] = i; bad[#bad + 1] = '\0' .. status.err
+    elseif status and KNOWN[status] then
+      redis.call('ZREM', index, id)
+    elseif status then
+      bad[#bad + 1] = id; bad[#bad + 1] = i; bad[#bad + 1] = status
+    elseif redis.call('EXISTS', key) == 1 then
+      bad[#bad + 1] = id; bad[#bad + 1] = i; bad[#bad + 1] = ''
     else
       redis.call('ZREM', index, id)
     end
   end
   out[i] = n
 end
+for _, item in ipairs(bad) do out[#out + 1] = item end
 return out
 """
 
-_DELETE = r"""
+_DELETE = _KNOWN_STATUSES + r"""
 -- KEYS: 1 record, 2 checkpoints, 3 lease, 4 index. ARGV: 1 prefix, 2 workflow id.
+-- Returns 1 if there was a record key (of any type or content), else 0.
 local status = redis.pcall('HGET', KEYS[1], 'status')
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[3], 'owner', 'token', 'deadline')  -- 'max' stays: tokens only grow
 redis.call('ZREM', KEYS[4], ARGV[2])
-if type(status) == 'table' then  -- the record key is not a hash (written by something else): removed all the same
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-if status then
+if type(status) == 'string' and KNOWN[status] then
   redis.call('ZREM', ARGV[1] .. ':wf:status:' .. status, ARGV[2])
-  redis.call('DEL', KEYS[1])
-  return 1
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Malformed (not a hash, or its status missing or unknown): which index holds it is not known.
+  for s in pairs(KNOWN) do redis.call('ZREM', ARGV[1] .. ':wf:status:' .. s, ARGV[2]) end
 end
-return 0
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -418,12 +448,14 @@ class RedisStateManager(StateStore):
         key = self._keys.record(workflow_id)
         try:
             with redis_errors(self._connection.url, f"read workflow {workflow_id!r}"):
-                raw = await self._connection.client().hget(key, "rec")
+                raw, status, version = await self._connection.client().hmget(key, "rec", "status", "ver")
         except BackendError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             raise malformed_record(key, workflow_id, _not_a_hash(str(exc.__cause__ or exc))) from None
-        return None if raw is None else stored_record(raw, key, workflow_id)
+        if raw is None and status is None and version is None:
+            return None
+        return _checked_record(key, workflow_id, raw, status, version)
 
     async def save(
         self,
@@ -572,8 +604,9 @@ class RedisStateManager(StateStore):
         if outcome == "exists":
             raise WorkflowExistsError(f"workflow {workflow_id!r} already exists; choose another workflow_id")
         if outcome == "conflict":
-            actual = _text(reply[1]) if len(reply) > 1 else ""
-            found = int(actual) if actual else None
+            # The 'ver' field found (nil: no record, or no such field, which reading the record reports).
+            actual = reply[1] if len(reply) > 1 else None
+            found = None if actual is None else _checked_version(self._keys.record(workflow_id), workflow_id, actual)
             raise VersionConflictError(
                 f"workflow {workflow_id!r}: expected version {expected_version}, found {found}; "
                 "another writer committed first: reload and retry",
@@ -631,15 +664,18 @@ class RedisStateManager(StateStore):
         """Records (optionally of one status), oldest first (one round trip)."""
         index = self._keys.index if status is None else self._keys.status_index(status)
         reply = await self._script("state_list", _LIST, [index], [self._keys.prefix, status or ""], "list workflows")
-        raws = []
-        for n in range(0, len(reply), 2):
-            workflow_id, raw = _text(reply[n]), reply[n + 1]
-            if raw[:1] == b"\0":  # not a hash: HMGET's error, from the server
-                log.error("left out of the listing: %s", malformed_record(
-                    self._keys.record(workflow_id), workflow_id, _not_a_hash(raw[1:])))
-            else:
-                raws.append((self._keys.record(workflow_id), raw))
-        return stored_records(raws)
+        records = []
+        for n in range(0, len(reply), 4):
+            workflow_id, raw, found_status, version = _text(reply[n]), reply[n + 1], reply[n + 2], reply[n + 3]
+            key = self._keys.record(workflow_id)
+            try:
+                if raw is not None and raw[:1] == b"\0":  # not a hash: HMGET's error, from the server
+                    raise malformed_record(key, workflow_id, _not_a_hash(raw[1:]))
+                # (Its id is the index's: a record holding another id is malformed, as get() says.)
+                records.append(_checked_record(key, workflow_id, raw, found_status, version))
+            except PayloadDecodeError as exc:
+                log.error("left out of the listing: %s", exc)
+        return records
 
     async def count_workflows(self) -> dict[str, int]:
         """Workflows per status, counted inside the server from the status indexes (one round trip).
@@ -647,9 +683,15 @@ class RedisStateManager(StateStore):
         No record is sent back: each index entry costs the server one field read.
         """
         statuses = sorted(WorkflowStatus.ALL)
-        counts = await self._script("state_count", _COUNT, [self._keys.status_index(s) for s in statuses],
-                                    [self._keys.prefix, *statuses], "count workflows by status")
-        return {status: int(count) for status, count in zip(statuses, counts)}
+        reply = await self._script("state_count", _COUNT, [self._keys.status_index(s) for s in statuses],
+                                   [self._keys.prefix, *statuses], "count workflows by status")
+        for n in range(len(statuses), len(reply), 3):  # entries of malformed records: kept, reported
+            workflow_id, index, found = _text(reply[n]), int(reply[n + 1]), reply[n + 2]
+            key = self._keys.record(workflow_id)
+            problem = _not_a_hash(found[1:]) if found[:1] == b"\0" else _status_problem(found or None)
+            log.error("left out of the count of %r workflows: %s", statuses[index - 1],
+                      malformed_record(key, workflow_id, problem or "its 'status' field does not match its index"))
+        return {status: int(count) for status, count in zip(statuses, reply)}
 
     async def delete(self, workflow_id: str) -> bool:
         """Remove record, checkpoints and lease (the fencing counter stays)."""
@@ -753,6 +795,66 @@ def _not_a_hash(error: bytes | str) -> str:
     """What to say of a record key holding another Redis type (the server's WRONGTYPE ``error``)."""
     text = error.decode("utf-8", "replace") if isinstance(error, bytes) else error
     return f"the key is not a Redis hash ({text.strip()[:120]}); check it with TYPE and remove it with DEL"
+
+
+# The fields of a record hash read besides 'rec' (its JSON, core.ports.state_store.stored_record):
+# 'ver' by the save script's compare-and-set, 'status' by the index upkeep of the scripts. A
+# value this adapter never writes (a hand edit, another program) makes the record malformed:
+# PayloadDecodeError naming the key, the field and the value, as for a bad 'rec'. ('cid',
+# 'created', 'ctip' and 'ttl' are only compared with what a save sends: any value is safe.)
+_SHOWN = 60  # characters of a bad value quoted in the error
+
+
+def _shown(value: bytes | str) -> str:
+    text = _text(value)
+    return repr(text) if len(text) <= _SHOWN else f"{text[:_SHOWN]!r}... ({len(text)} characters)"
+
+
+def _version_problem(value: bytes | str | None) -> str | None:
+    """What is wrong with a record hash's 'ver' field, or None (a whole number from 1, as saves write)."""
+    if value is None:
+        return "its 'ver' field is missing"
+    text = _text(value)
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        return f"its 'ver' field holds {_shown(value)}, not a version number (a whole number from 1)"
+    return None
+
+
+def _status_problem(value: bytes | str | None) -> str | None:
+    """What is wrong with a record hash's 'status' field, or None (one of WorkflowStatus.ALL)."""
+    if value is None:
+        return "its 'status' field is missing"
+    if _text(value) not in WorkflowStatus.ALL:
+        known = ", ".join(sorted(WorkflowStatus.ALL))
+        return f"its 'status' field holds {_shown(value)}, not a workflow status ({known})"
+    return None
+
+
+def _checked_version(key: str, workflow_id: str, value: bytes | str | None) -> int:
+    """The record's 'ver' field as a number; ``PayloadDecodeError`` (naming ``key``) if it is none."""
+    problem = _version_problem(value)
+    if problem is not None:
+        raise malformed_record(key, workflow_id, problem)
+    return int(_text(value))
+
+
+def _checked_record(key: str, workflow_id: str, raw: bytes | str | None, status: bytes | str | None,
+                    version: bytes | str | None) -> WorkflowRecord:
+    """The record of the hash at ``key`` whose 'rec', 'status' and 'ver' fields are given, all checked:
+    each readable and the three in agreement (a save writes them together), else ``PayloadDecodeError``."""
+    if raw is None:
+        raise malformed_record(key, workflow_id, "its 'rec' field (the record's JSON) is missing")
+    record = stored_record(raw, key, workflow_id)
+    problem = _status_problem(status)
+    if problem is None and status is not None and _text(status) != record.status:
+        problem = f"its 'status' field holds {_shown(status)} but its record says {_shown(record.status)}"
+    if problem is None:
+        found = _checked_version(key, workflow_id, version)
+        if found != record.version:
+            problem = f"its 'ver' field holds {_shown(version or b'')} but its record says version {record.version}"
+    if problem is not None:
+        raise malformed_record(key, workflow_id, problem)
+    return record
 
 
 def _text(value: Any) -> str:
