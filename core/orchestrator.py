@@ -61,7 +61,7 @@ from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.instrumentation import installed as installed_instrumentation
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
-from distributed_agents.core.ports.backend import Backend, check_duration
+from distributed_agents.core.ports.backend import MAX_DURATION, Backend, check_duration
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
@@ -88,6 +88,12 @@ from distributed_agents.core.streaming import (
 from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
+from distributed_agents.core.worker import (
+    check_flag_argument,
+    check_instrumentation_argument,
+    check_name_argument,
+    check_options_argument,
+)
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 
@@ -213,6 +219,20 @@ def _check_migration(workflow_id: str, record: WorkflowRecord, graph: Graph) -> 
             "nothing was changed: add the node(s) to the new graph, or resume with the graph the workflow was "
             "started with"
         )
+
+
+def _check_graph(graph: object, call: str) -> Graph:
+    """``graph``, if it is a compiled ``Graph``; else ``ConfigurationError`` (not a graph) or ``GraphNotCompiledError``.
+
+    ``call`` names the entry point (``"Orchestrator.execute()"``) in the message.
+    """
+    if not isinstance(graph, Graph):
+        raise ConfigurationError(
+            f"{call} takes a compiled Graph as its graph, got {type(graph).__name__} {repr(graph)[:80]}; build one "
+            "with StateGraph(...) or Graph(...) and pass what its compile() returns")
+    if not graph.compiled:
+        raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() before {call}")
+    return graph
 
 
 def _breakpoint_metadata(
@@ -436,7 +456,7 @@ class Orchestrator:
     orchestrator's ownership of a workflow survives without renewal. With
     ``wait_for_workers`` False (the default here), a node that has no local function
     and no live worker fails at once; when True the workflow waits for a worker,
-    up to ``worker_timeout`` seconds if that is set. ``backend_options`` are passed
+    up to ``worker_timeout`` seconds if that is set (0: not at all). ``backend_options`` are passed
     to the backend (``prefix``, ``visibility_timeout``, ...). With ``local_nodes``
     False every node goes to workers, even one whose function this process has.
 
@@ -473,6 +493,21 @@ class Orchestrator:
                 f"Orchestrator(step_limit=...) must be an int >= 1 (the most steps a workflow may take), "
                 f"got {step_limit!r}")
         check_duration("Orchestrator(lease_ttl=...)", lease_ttl, error=ConfigurationError)
+        name = type(self).__name__  # Orchestrator, or the subclass the caller made (DistributedOrchestrator)
+        if worker_timeout is not None and (isinstance(worker_timeout, bool)
+                                           or not isinstance(worker_timeout, (int, float))
+                                           or not 0 <= worker_timeout <= MAX_DURATION):  # (NaN fails the comparison)
+            raise ConfigurationError(
+                f"{name}(worker_timeout=...) must be a number of seconds from 0 (fail at once when no live worker "
+                f"serves a node's type) to {MAX_DURATION:,.0f} (10 years), or None (wait for a worker as long as it "
+                f"takes), got {type(worker_timeout).__name__} {worker_timeout!r}")
+        if recovery_interval is not None:  # (None: half the lease_ttl)
+            check_duration(f"{name}(recovery_interval=...)", recovery_interval, error=ConfigurationError)
+        check_name_argument(f"{name}(orchestrator_id=...)", orchestrator_id, "orchestrator-1")
+        check_options_argument(f"{name}(backend_options=...)", backend_options)
+        for flag, value in (("wait_for_workers", wait_for_workers), ("local_nodes", local_nodes), ("recover", recover)):
+            check_flag_argument(f"{name}({flag}=...)", value)
+        check_instrumentation_argument(f"{name}(instrumentation=...)", instrumentation)
         if isinstance(registry, (str, bytes)):
             # Orchestrator("redis://...") would otherwise run on memory:// without a word.
             raise ConfigurationError(
@@ -658,6 +693,10 @@ class Orchestrator:
         else:
             if isinstance(nodes, str):
                 nodes = [nodes]
+            elif not isinstance(nodes, Collection):
+                raise ConfigurationError(
+                    f"clear_cache(nodes=...) takes a list of node names of graph {graph.name!r} (or None: every "
+                    f"node), got {type(nodes).__name__} {nodes!r}")
             unknown = [n for n in nodes if n not in graph.nodes]
             if unknown:
                 raise ConfigurationError(
@@ -674,9 +713,7 @@ class Orchestrator:
         Several versions of one graph name may be registered: each workflow is driven
         by the version whose fingerprint it was started with (or migrated to).
         """
-        if not graph.compiled:
-            raise GraphNotCompiledError(f"graph {graph.name!r} is not compiled; call graph.compile() first")
-        self._remember(graph)
+        self._remember(_check_graph(graph, "Orchestrator.register_graph()"))
 
     def known_graph(self, name: str) -> Graph | None:
         """The latest graph named ``name`` this orchestrator was given (registered or run), else None."""
@@ -803,6 +840,7 @@ class Orchestrator:
         is stored with the run and read by its nodes as ``config["configurable"][key]``
         (see ``NodeContext.as_config``), in this process and on workers.
         """
+        _check_graph(graph, "Orchestrator.execute()")
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
             continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable,
@@ -847,6 +885,7 @@ class Orchestrator:
         the workflow is stored (a bad argument, a failing entry condition) are raised
         here; later ones are recorded in its status.
         """
+        _check_graph(graph, "Orchestrator.submit()")
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
                                           priority=priority, from_checkpoint=from_checkpoint,
                                           breakpoints=_breakpoint_metadata(graph, interrupt_before, interrupt_after),
@@ -866,6 +905,7 @@ class Orchestrator:
         event loop is running (use ``await execute(...)`` there). ``sync`` offers every
         other method the same way.
         """
+        _check_graph(graph, "Orchestrator.invoke()")
         return run_sync(self, "invoke()", lambda: self.execute(graph, initial_state, **options))
 
     execute_sync = invoke
@@ -1324,7 +1364,7 @@ class Orchestrator:
 
     def _history_graph(self, record: WorkflowRecord, graph: Graph | None, call: str) -> Graph:
         """``graph`` (default: the known graph of ``record``), checked to be the one ``record`` was started with."""
-        graph = graph or self._known_graph(record)
+        graph = self._known_graph(record) if graph is None else _check_graph(graph, call)
         if graph is None:
             raise ConfigurationError(f"{call} needs the graph {record.graph_name!r}: pass it as graph=")
         if not graph.compiled:

@@ -59,6 +59,10 @@ class RetryPolicy:
                 "RetryPolicy needs finite numbers initial_interval >= 0, max_interval >= 0 and backoff_factor >= 1, "
                 f"got {self.initial_interval!r}, {self.max_interval!r} and {self.backoff_factor!r}"
             )
+        if not isinstance(self.jitter, bool):
+            raise ConfigurationError(
+                f"RetryPolicy.jitter must be True (randomise each delay by up to ±25%) or False, got "
+                f"{type(self.jitter).__name__} {self.jitter!r}")
         types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
             raise ConfigurationError(f"RetryPolicy.retry_on must be exception types, got {self.retry_on!r}")

@@ -72,7 +72,8 @@ class DistributedOrchestrator(Orchestrator):
     """Runs workflows whose nodes execute on ``DistributedWorker``s.
 
     ``worker_timeout``: fail a node after waiting that long for a live worker of its
-    type (default: wait, reporting "waiting for a worker of type ..." in the status).
+    type (0: at once; default: wait, reporting "waiting for a worker of type ..." in the
+    status). A bad argument (``worker_timeout="x"``, a negative one) is ``ConfigurationError`` at once.
     Backend options (``prefix``, ``visibility_timeout``, ``max_attempts``,
     ``result_ttl``, ``state_ttl``, ``heartbeat_ttl``) may be given as keywords.
     ``recover`` (on by default) takes over workflows of orchestrators that died,
