@@ -1865,6 +1865,17 @@ class Orchestrator:
         try:
             run.lease = await self.backend.state_store.renew_lease(run.lease, self.lease_ttl)
             self._outage.succeeded()
+            # Cancelled from another process (cancel_workflow there records it and takes the
+            # step's queued tasks back): a drive waiting for those tasks' results would wait
+            # for ever, its next commit never coming. Read with each renewal, so it stops
+            # within a third of lease_ttl, withdrawing what it queued.
+            workflow_id = run.lease.workflow_id
+            record = await self.backend.state_store.get(workflow_id)
+            if (record is not None and record.status == WorkflowStatus.CANCELLED and not run.drive.done()
+                    and not run.released() and self._running.get(workflow_id) is run.drive):
+                log.info("workflow %r was cancelled by another process; stopping its run here", workflow_id)
+                self._cancelled.add(workflow_id)
+                run.drive.cancel()
         except LeaseLostError as exc:
             if run.released() or run.drive.done():  # released by the last commit while the renewal was on its way
                 return
