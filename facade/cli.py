@@ -53,8 +53,10 @@ from distributed_agents.core.errors import (
     DistributedAgentsError,
     MissingExtraError,
     PayloadDecodeError,
+    WorkflowNotFoundError,
 )
 from distributed_agents.core.graph import Graph
+from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.ports.backend import MAX_DURATION, Backend
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
@@ -434,13 +436,14 @@ def _parser() -> Parser:
     delete = command("delete", "delete finished or malformed workflows for good: record, checkpoints, lease, "
                      "dead letters",
                      "Delete each workflow's record, checkpoints and lease, so that its id is free again. A workflow "
-                     "still running or paused is refused (cancel it first, or pass --force); one whose record "
+                     "still running or paused is refused (cancel it first, or pass --force, which cancels it "
+                     "first: its queued tasks are taken back); one whose record "
                      "cannot be read (malformed, e.g. edited by hand) can always be deleted. Asks for confirmation "
                      "unless --yes.")
     delete.add_argument("workflow_ids", nargs="+", metavar="WORKFLOW_ID", help="workflow ids, as 'list' prints them")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation (default: ask)")
     delete.add_argument("--force", action="store_true",
-                        help="delete running or paused workflows too (default: refuse them)")
+                        help="delete running or paused workflows too, cancelling them first (default: refuse them)")
     for option in BACKEND_OPTIONS:
         option.add_to(delete)
     delete.set_defaults(run=_delete_workflows, options=BACKEND_OPTIONS)
@@ -957,6 +960,7 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
     async def use(backend: Backend) -> int:
         store = backend.state_store
         targets: list[str] = []
+        live: list[str] = []  # running or paused ones (--force): cancelled before they are deleted
         status = 0
         for workflow_id in dict.fromkeys(args.workflow_ids):
             try:
@@ -973,12 +977,25 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
                 status = 1
             else:
                 targets.append(workflow_id)
+                if record.status not in WorkflowStatus.TERMINAL:
+                    live.append(workflow_id)
         if not targets:
             print("no workflows to delete")
             return status
         if not args.yes and not _confirm(f"delete {len(targets)} workflow(s) for good?"):
             print("nothing deleted")
             return 1
+        if live:
+            # Cancelled first, as 'cancel' does: the step's queued tasks are taken back (a worker
+            # would otherwise run them later, for a workflow that no longer exists), workers stop
+            # its running ones, and the orchestrator driving it stops.
+            orchestrator = Orchestrator(backend=backend)
+            try:
+                for workflow_id in live:
+                    with contextlib.suppress(WorkflowNotFoundError):
+                        await orchestrator.cancel_workflow(workflow_id)
+            finally:
+                await orchestrator.close()
         deleted = 0
         for workflow_id in targets:
             if await store.delete(workflow_id):
