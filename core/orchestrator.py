@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, check_backend_argument, open_backend
@@ -64,7 +65,7 @@ from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.backend import MAX_DURATION, Backend, check_duration
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
-from distributed_agents.core.ports.state_store import Checkpoint, WorkflowLease, WorkflowRecord, WorkflowStatus
+from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import Task
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
@@ -2001,7 +2002,20 @@ class Orchestrator:
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
-        return WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
+        info = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
+        store = self.backend.state_store
+        # (A store that does not override lease_holder says None for "unknown", not "free".)
+        if (info.status == WorkflowStatus.RUNNING and info.waiting_for is None
+                and type(store).lease_holder is not StateStore.lease_holder):
+            # Running, as stored, but perhaps driven by nobody (submitted with no orchestrator up,
+            # or its orchestrator died and none recovers it): said, so it does not look live.
+            holder = await store.lease_holder(workflow_id)
+            if holder is None or holder.deadline <= time.time():
+                info = replace(info, waiting_for=(
+                    "an orchestrator: none is driving it (its lease is free); one with recovery on takes it "
+                    f"over ('distributed-agents orchestrator' with this graph), or resume({workflow_id!r}) continues "
+                    "it"))
+        return info
 
     async def get_result(self, workflow_id: str) -> State:
         """The final state of a completed workflow (of an interrupted one: its state so far,

@@ -1,0 +1,56 @@
+"""A running workflow that no orchestrator drives says so in its status.
+
+The example (distributed trial): ``submit`` with no orchestrator up (or after the driving
+orchestrator died and none recovers) left ``status --json`` at ``"status": "running"``,
+``"waiting_for": null``: it looked as live as a workflow being driven. Now ``waiting_for``
+says an orchestrator is needed and how to get one; a workflow whose lease is held says
+nothing more than before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from support.aio import run
+from support.nodes import BlockingNode
+
+from distributed_agents import Graph, Orchestrator
+from distributed_agents.core.ports.state_store import WorkflowStatus
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def one(node: object) -> Graph:
+    return Graph("one").add_node("n", node).set_entry_point("n").set_finish_point("n").compile()  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "redis", "nats"])
+def url(request: pytest.FixtureRequest) -> str:
+    prefix = f"ud{uuid.uuid4().hex[:8]}"
+    base = "memory://" if request.param == "memory" else request.getfixturevalue(f"{request.param}_url")
+    return f"{base}?prefix={prefix}"
+
+
+def test_a_submitted_workflow_nobody_drives_says_it_waits_for_an_orchestrator(url: str) -> None:
+    async def scenario() -> tuple[str | None, str | None, str]:
+        node = BlockingNode()
+        driver = Orchestrator(backend=url, lease_ttl=1.0)
+        reader = Orchestrator(backend=url)
+        try:
+            running = asyncio.ensure_future(driver.execute(one(node), {}, workflow_id="wf-live"))
+            await asyncio.wait_for(node.started.wait(), 20)
+            driven = (await reader.get_workflow_status("wf-live")).waiting_for
+            running.cancel()  # the caller gives up: the workflow stays stored, running, its lease released
+            await asyncio.gather(running, return_exceptions=True)
+            info = await reader.get_workflow_status("wf-live")
+            return driven, info.waiting_for, info.status
+        finally:
+            await driver.close()
+            await reader.close()
+
+    driven, undriven, status = run(scenario(), 50)
+    assert driven is None
+    assert status == WorkflowStatus.RUNNING
+    assert undriven is not None and "none is driving it" in undriven and "resume('wf-live')" in undriven
