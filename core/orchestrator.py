@@ -1850,6 +1850,12 @@ class Orchestrator:
                 log.warning("workflow %r: lease lapsed but was free; continuing from step %d", workflow_id, current.step)
                 return await self._drive(graph, current, lease, step_limit)
             await self._release(lease)
+            if current is None:
+                # Not taken over: gone. Said as such, not as a takeover (the lease was free).
+                raise WorkflowNotFoundError(
+                    f"workflow {workflow_id!r} is gone from {self.backend.redacted_url!r} while this orchestrator "
+                    "drove it: deleted ('distributed-agents delete --force'), or the server lost its data (a restart "
+                    "without persistence); its run stopped here")
         log.warning("workflow %r: lease taken by another orchestrator; waiting for its result", workflow_id)
         return await self.wait(workflow_id)
 

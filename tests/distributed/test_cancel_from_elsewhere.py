@@ -83,3 +83,38 @@ def test_a_cancel_from_another_orchestrator_stops_the_driver_waiting_for_queued_
     took, status = run(scenario(), timeout=80)
     assert status == WorkflowStatus.CANCELLED
     assert took < 20  # (bounded by the wait_for above: before, it never returned)
+
+
+def test_a_workflow_deleted_under_its_driver_ends_its_run_saying_it_is_gone(url: str) -> None:
+    """From the trial: a record deleted (or lost by a server restarted without persistence)
+    while its orchestrator drove it was logged as "lease taken by another orchestrator;
+    waiting for its result", then a bare WorkflowNotFoundError. Now the run ends with an
+    error saying the workflow is gone and why that happens."""
+    from distributed_agents.core.errors import WorkflowNotFoundError
+
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+
+    async def scenario() -> str:
+        slow = BlockingNode()
+        worker.register_node("start", lambda s: None)
+        worker.register_node("slow", slow)
+        driver = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60,
+                              lease_ttl=LEASE_TTL)
+        other = Orchestrator(backend=url)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            running = asyncio.ensure_future(driver.execute(two_branches(), {}, workflow_id="wf-gone"))
+            await asyncio.wait_for(slow.started.wait(), 20)
+            await other.connect()
+            assert await other.backend.state_store.delete("wf-gone")
+            with pytest.raises(WorkflowNotFoundError) as caught:
+                await asyncio.wait_for(running, 20)
+            return str(caught.value)
+        finally:
+            await worker.stop(grace=2)
+            await serving
+            await driver.close()
+            await other.close()
+
+    message = run(scenario(), timeout=80)
+    assert "is gone from" in message and "delete --force" in message, message
