@@ -28,7 +28,7 @@ import json
 import math
 import os
 from types import MappingProxyType
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -642,9 +642,10 @@ class Graph:
         """The state schema (keys, types, reducers, defaults), or None for an untyped state."""
         return self._schema
 
-    def prepare_input(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The initial state for input ``values``: unchanged without a schema, else ``StateSchema.prepare_input``."""
-        return dict(values) if self._schema is None else self._schema.prepare_input(values)
+    def prepare_input(self, values: Mapping[str, Any], *, present: Collection[str] = ()) -> dict[str, Any]:
+        """The initial state for input ``values``: unchanged without a schema, else ``StateSchema.prepare_input``
+        (``present``: keys the state already holds, a thread's next run: its required keys need not be given)."""
+        return dict(values) if self._schema is None else self._schema.prepare_input(values, present=present)
 
     def check_writes(self, writes: Sequence[tuple[str, Mapping[str, Any]]], merged: Mapping[str, Any]) -> None:
         """With a schema, ``StateSchema.check_writes`` on one step's writes and merged state."""

@@ -1202,7 +1202,7 @@ class Orchestrator:
                 f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
                 "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
         # Checked and filtered as a first input is; defaults are not written over the saved state.
-        prepared = graph.prepare_input(values)
+        prepared = graph.prepare_input(values, present=record.state)  # (required keys the state has are given)
         update = {key: value for key, value in prepared.items() if key in values}
         given = _configurable_metadata(configurable)  # this call's, as each LangGraph invoke has its own
         self._remember(graph)

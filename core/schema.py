@@ -48,7 +48,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -78,6 +78,8 @@ class KeySpec:
     owner: str  # the declaring schema's name, for messages
     # value -> (the value to store, None) if it fits, else (value, what is wrong); instead of check
     convert: Callable[[Any], tuple[Any, str | None]] | None = None
+    # A Pydantic field without a default: the input must give it (Pydantic's own rule for the model).
+    required: bool = False
 
 
 def _schema_name(cls: Any) -> str:
@@ -289,6 +291,7 @@ def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
             convert=_pydantic_convert(cls, name) if kind == "pydantic" else None,
             reducer=reducer, reducer_label=reducer_label,
             default=None if make is None else _json_default(cls, name, make), owner=_schema_name(cls),
+            required=kind == "pydantic" and make is None,
         )
     return specs
 
@@ -315,6 +318,9 @@ class StateSchema:
                         f"graph {graph!r}: state key {key!r} has reducer {known.reducer_label!r} in {known.owner} "
                         f"but {spec.reducer_label!r} in {spec.owner}; declare one reducer for the key")
         self.input_keys: frozenset[str] | None = None if input is None else frozenset(declared[id(input)])
+        # What the input must give: the required fields of the input schema (else the state schema's).
+        self.required_input: tuple[str, ...] = tuple(
+            key for key, spec in declared[id(input if input is not None else state)].items() if spec.required)
         self.output_keys: list[str] = list(declared[id(output if output is not None else state)])
 
     # -- reading ------------------------------------------------------------------------
@@ -361,11 +367,13 @@ class StateSchema:
                 f"{spec.type_label}: {problem}", key=key, graph=self.graph, node=node)
         return value
 
-    def prepare_input(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    def prepare_input(self, values: Mapping[str, Any], *, present: Collection[str] = ()) -> dict[str, Any]:
         """The initial state for input ``values``: checked, filtered, reduced and defaulted (module docstring).
 
-        Raises ``StateValidationError`` for an undeclared key or a value of the wrong
-        type, naming the key and the graph.
+        Raises ``StateValidationError`` for an undeclared key, a value of the wrong type,
+        or a required key (a Pydantic field without a default, of the input schema if
+        there is one) neither in ``values`` nor in ``present`` (the keys a thread's state
+        holds already, for its next run), naming the key and the graph.
         """
         for key in values:
             if key not in self.keys:
@@ -388,6 +396,13 @@ class StateSchema:
         for key, spec in self.keys.items():
             if key not in result and spec.default is not None:
                 result[key] = spec.default()
+        missing = [key for key in self.required_input if key not in result and key not in present]
+        if missing:  # as LangGraph, whose first node's input fails the model's validation
+            owner = self.keys[missing[0]].owner
+            raise StateValidationError(
+                f"graph {self.graph!r}: the input state lacks required key(s) {', '.join(map(repr, missing))}, which "
+                f"{owner} declares without a default; give them in the input, or a default in {owner}",
+                key=missing[0], graph=self.graph, node=None)
         return result
 
     def check_writes(self, writes: Sequence[tuple[str, Mapping[str, Any]]], merged: Mapping[str, Any]) -> None:
