@@ -1102,34 +1102,31 @@ class Graph:
         return found[0]
 
     async def _check_thread_graph(self, orchestrator: Any, thread: str, call: str) -> None:
-        """``ConfigurationError`` if workflow ``thread`` exists and was started with another graph than this one.
+        """``ConfigurationError`` if workflow ``thread`` exists and was started with a graph of another name.
 
         A LangGraph checkpointer belongs to one compiled graph, so tutorials give every graph
         thread "1"; here threads are workflows of the backend, shared by every graph run on
-        it, and a thread another graph ran would read as this one's state. (What
-        ``invoke`` and ``update_state`` refuse too: ``orchestrator.graph_mismatch``.)
+        it, and a thread another graph ran would read as this one's state. A graph of the same
+        name whose nodes or edges changed since (code edited between runs) still reads it, as
+        LangGraph reads old checkpoints; running on it is what ``invoke`` and ``update_state``
+        refuse (``orchestrator.graph_mismatch``). A subgraph's child workflow (a child
+        snapshot's ``config``) reads through its parent, as in LangGraph.
         """
-        from distributed_agents.core.orchestrator import graph_mismatch
-
         await orchestrator.connect()
         record = await orchestrator.backend.state_store.get(thread)
         if record is None:
             return
-        # A subgraph's child workflow (a child snapshot's config) reads through its parent, as in LangGraph.
-        graphs, changed = [self], None
+        graphs, names = [self], set()
         while graphs:
             graph = graphs.pop()
-            mismatch = graph_mismatch(record, graph.fingerprint(), graph.earlier_digests())
-            if mismatch is None:
-                return
-            changed = changed or mismatch
+            names.add(graph.name)
             graphs += [spec.subgraph.graph for spec in graph._nodes.values() if spec.subgraph is not None]
-        if changed:
+        if record.graph_name not in names:
             raise ConfigurationError(
-                f"graph {self.name!r}: {call}() of thread {thread!r}: {changed}. Thread ids name workflows shared by "
-                "every graph run on this backend (a LangGraph checkpointer belongs to one graph): read the thread "
-                "through the graph it ran (or Orchestrator.get_state, which takes no graph), and give each graph "
-                "thread ids of its own")
+                f"graph {self.name!r}: {call}() of thread {thread!r}: that workflow was started with graph "
+                f"{record.graph_name!r}. Thread ids name workflows shared by every graph run on this backend (a "
+                "LangGraph checkpointer belongs to one graph): read the thread through the graph it ran (or "
+                "Orchestrator.get_state, which takes no graph), and give each graph thread ids of its own")
 
     def get_state_history(self, config: Mapping[str, Any], *, filter: Mapping[str, Any] | None = None,
                           before: Mapping[str, Any] | str | None = None, limit: int | None = None,

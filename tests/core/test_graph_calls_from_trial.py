@@ -271,3 +271,22 @@ def test_a_condition_taking_a_config_gets_the_runs_configurable_values(route: An
 def test_a_condition_whose_second_parameter_has_a_default_keeps_it() -> None:
     app = routed_graph(lambda state, target="a": target, after_node=True)
     assert app.invoke({"x": 1})["who"] == "a"
+
+
+def test_a_graph_whose_code_changed_since_still_reads_its_threads() -> None:
+    """Same name, other nodes (the code was edited between runs): reading the old thread works,
+    as LangGraph reads old checkpoints; running on it is refused, as before."""
+    before = one_node("inc", lambda s: {"x": s["x"] + 1}, A)
+    builder = StateGraph(A)
+    builder.add_node("inc", lambda s: {"x": s["x"] + 1})
+    builder.add_node("more", lambda s: {"x": s["x"] * 10})
+    builder.add_edge(START, "inc")
+    builder.add_edge("inc", "more")
+    builder.add_edge("more", END)
+    after = builder.compile()
+    config = thread()
+    before.invoke({"x": 1}, config)
+    assert after.get_state(config).values == {"x": 2}
+    assert len(list(after.get_state_history(config))) == 2
+    with pytest.raises(ConfigurationError, match="differs from the given graph"):
+        after.invoke({"x": 5}, config)
