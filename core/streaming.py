@@ -254,6 +254,8 @@ class StreamReader:
         self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self._last = -1  # the last step whose values/updates were yielded
+        # The last step a live chunk asked the values/updates before it for (``_take``).
+        self._announced = -1
         self._wants_steps = bool({"values", "updates"} & set(self.modes))
         self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
         self._sub_steps: set[tuple[str, int]] = set()  # (subgraph workflow id, step) whose chunks were yielded
@@ -313,6 +315,14 @@ class StreamReader:
             if mode in self.modes:
                 for one in data.get("chunks") or () if data.get("type") == "chunks" else (data,):
                     inner = await self._chunk_namespace(one)
+                    step = one.get("step")
+                    if not inner and self._wants_steps and type(step) is int and step > self._announced:
+                        # A node of step N streams after the values of checkpoint N (its input), as in
+                        # LangGraph. Its step's commit event may come later than the chunk (the first
+                        # step's tasks go out with the workflow's creation, before "workflow.started"):
+                        # the values up to N are caught up first.
+                        self._announced = step
+                        self._buffer.put(["commit", step])
                     if not inner or self.subgraphs:
                         self._buffer.put(["chunk", mode, _live_chunk(mode, one), inner])
                 if self._buffer.live:
@@ -373,7 +383,7 @@ class StreamReader:
         is completed, failed, cancelled or interrupted, raising ``WorkflowFailedError`` /
         ``WorkflowCancelledError`` for the last two of those after yielding everything.
         """
-        self._last = after_step
+        self._last = self._announced = after_step
         if driver is None:
             record = await self._record()
             for chunk in await self._catch_up(record):
