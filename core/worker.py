@@ -103,6 +103,14 @@ from distributed_agents.core.task_state import (
 
 __all__ = ["Worker", "WorkerStats"]
 
+
+#: The signals that stop a worker or orchestrator process cleanly (drain, then exit; again:
+#: at once): SIGTERM (Kubernetes, systemd, docker stop), SIGINT (Ctrl-C) and, where the platform
+#: has it, SIGHUP (the terminal or SSH session that started the process closed), which would
+#: otherwise end the process at once, leaving its leases and registry entry to expire.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    sig for sig in (getattr(signal, name, None) for name in ("SIGTERM", "SIGINT", "SIGHUP")) if sig is not None)
+
 log = logging.getLogger("distributed_agents.worker")
 
 CONTROL_CANCEL_CHANNEL = "control.cancel"
@@ -566,12 +574,12 @@ class Worker:
             self._stopped.set()
 
     def _install_signal_handlers(self) -> list[tuple[int, Any]]:
-        """The event loop's handlers for SIGTERM and SIGINT, and the handlers they replace."""
+        """The event loop's handlers for ``STOP_SIGNALS``, and the handlers they replace."""
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return []
         loop = asyncio.get_running_loop()
         installed: list[tuple[int, Any]] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             previous = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)

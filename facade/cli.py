@@ -61,7 +61,7 @@ from distributed_agents.core.ports.backend import MAX_DURATION, Backend
 from distributed_agents.core.ports.state_store import WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
-from distributed_agents.core.worker import Worker
+from distributed_agents.core.worker import STOP_SIGNALS, Worker
 from distributed_agents import cli_client, operations
 from distributed_agents.distributed import DistributedWorker
 from distributed_agents.draw import FORMATS, draw_graph, file_path_problem, format_for_path
@@ -379,8 +379,8 @@ def _parser() -> Parser:
         return sub
 
     worker = command(
-        "worker", "serve node tasks until SIGTERM/SIGINT",
-        "Serve the node functions of --app on a backend until SIGTERM or SIGINT, then drain: stop claiming, "
+        "worker", "serve node tasks until SIGTERM/SIGINT/SIGHUP",
+        "Serve the node functions of --app on a backend until SIGTERM, SIGINT or SIGHUP, then drain: stop claiming, "
         "let running tasks finish (up to --shutdown-grace), give the rest back, deregister. A second SIGTERM or "
         "SIGINT while it drains stops it within a few seconds (running tasks are given back, or run again once "
         "their leases expire).",
@@ -391,10 +391,10 @@ def _parser() -> Parser:
     observability.add_flags(worker)
 
     orchestrator = command(
-        "orchestrator", "drive submitted workflows until SIGTERM/SIGINT",
+        "orchestrator", "drive submitted workflows until SIGTERM/SIGINT/SIGHUP",
         "Drive the workflows of the --app graphs that clients submit ('submit', Orchestrator.submit) or that "
         "a stopped or dead orchestrator left, each from its last committed step, their nodes on workers. "
-        "SIGTERM or SIGINT stops it: its workflows stay resumable and their leases are released, so another "
+        "SIGTERM, SIGINT or SIGHUP stops it: its workflows stay resumable and their leases are released, so another "
         "orchestrator takes them over at once.",
     )
     for option in ORCHESTRATOR_OPTIONS:
@@ -758,7 +758,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     # stopped, while the interpreter exits) means "now", and gets it: status 0, at once
     # (``main`` puts the previous handlers back for a caller that passed its own arguments).
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             _SIGNALS_BEFORE_WORKER.setdefault(sig, signal.signal(sig, _exit_at_once))
     try:
         await worker.start()
@@ -787,7 +787,7 @@ def _ignore_stop_signals_last() -> None:
     the interpreter only tears down, and Python puts the default action back for signals
     with a Python handler (``_exit_at_once``), so a signal now would end an exit that is as
     good as done with status 143 or 130. Ignored instead; a caller's own handlers are left."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is _exit_at_once:
             signal.signal(sig, signal.SIG_IGN)
 

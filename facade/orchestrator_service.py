@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from distributed_agents.core.backoff import Outage, until_available
 from distributed_agents.core.errors import BackendUnavailableError
 from distributed_agents.core.graph import Graph
+from distributed_agents.core.worker import STOP_SIGNALS
 from distributed_agents.core.orchestrator import Orchestrator
 from distributed_agents.core.timeouts import wait_within
 
@@ -170,7 +171,7 @@ class OrchestratorService:
             return []
         loop = asyncio.get_running_loop()
         installed: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)

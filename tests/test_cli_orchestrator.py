@@ -183,6 +183,20 @@ def test_submitted_workflow_runs_to_its_end_and_sigterm_hands_it_over(deployment
 
 @pytest.mark.redis
 @pytest.mark.timeout(300)
+def test_sighup_stops_the_orchestrator_cleanly_and_releases_its_lease(deployment: Deployment) -> None:
+    """From an operations trial: SIGHUP (its terminal closed) ended the service at once, status
+    129, its leases held until they expired. Now it stops as on SIGTERM."""
+    deployment.orchestrator("orch-a")
+    held = deployment.submit("hups")
+    wait_until(lambda: deployment.started("hups"), lambda: f"the held node never started\n{deployment.logs()}")
+    assert deployment.stop("orch-a", signal.SIGHUP) == 0, deployment.log("orch-a")
+    assert "received SIGHUP: stopping" in deployment.log("orch-a")
+    assert deployment.lease_holder(held) is None
+    deployment.open_gate("hups")
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
 def test_a_second_orchestrator_takes_over_after_sigkill(deployment: Deployment) -> None:
     deployment.orchestrator("orch-a", "--lease-ttl", "2")
     workflow_id = deployment.submit("reefs")

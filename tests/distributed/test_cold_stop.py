@@ -298,7 +298,7 @@ def test_a_quick_second_signal_gives_the_task_back_without_running_it_again(
         healthy.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_that_keep_coming_while_a_worker_stops_still_end_it_with_status_0(
     shared_url: str, tmp_path: pathlib.Path, sig: signal.Signals
 ) -> None:
@@ -314,5 +314,22 @@ def test_signals_that_keep_coming_while_a_worker_stops_still_end_it_with_status_
             time.sleep(0.002)
         worker.wait(timeout=5)
         assert worker.returncode == 0, workers.log("w1")
+    finally:
+        workers.close()
+
+
+def test_a_sighup_drains_a_worker_as_sigterm_does(shared_url: str, tmp_path: pathlib.Path) -> None:
+    """From an operations trial: SIGHUP (the terminal or SSH session closed) ended the worker at
+    once with status 129, logging nothing, its registry entry and task leases left to expire.
+    Now it drains and deregisters as on SIGTERM, and exits 0."""
+    workers = crash_workers(shared_url, f"cold{uuid.uuid4().hex[:8]}", tmp_path)
+    worker = workers.start("w1")
+    try:
+        _wait_for_line(workers, "w1", worker, "serving")
+        worker.send_signal(signal.SIGHUP)
+        worker.wait(timeout=HURRIED_EXIT)
+        log = workers.log("w1")
+        assert worker.returncode == 0, log
+        assert "received SIGHUP: draining" in log, log
     finally:
         workers.close()
