@@ -2011,10 +2011,11 @@ class Orchestrator:
         info = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
         store = self.backend.state_store
         # (A store that does not override lease_holder says None for "unknown", not "free".)
-        if (info.status == WorkflowStatus.RUNNING and info.waiting_for is None
-                and type(store).lease_holder is not StateStore.lease_holder):
+        if (info.status == WorkflowStatus.RUNNING and workflow_id not in self._waiting
+                and workflow_id not in self._running and type(store).lease_holder is not StateStore.lease_holder):
             # Running, as stored, but perhaps driven by nobody (submitted with no orchestrator up,
-            # or its orchestrator died and none recovers it): said, so it does not look live.
+            # or its orchestrator died and none recovers it): said, so it does not look live. A
+            # note its dead driver left ("waiting for a worker ...") would name the wrong cause.
             holder = await store.lease_holder(workflow_id)
             if holder is None or holder.deadline <= time.time():
                 info = replace(info, waiting_for=(

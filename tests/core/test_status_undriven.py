@@ -10,6 +10,7 @@ nothing more than before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from support.aio import run
 from support.nodes import BlockingNode
 
 from distributed_agents import Graph, Orchestrator
+from distributed_agents.core.errors import WorkflowNotFoundError
 from distributed_agents.core.ports.state_store import WorkflowStatus
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,3 +56,33 @@ def test_a_submitted_workflow_nobody_drives_says_it_waits_for_an_orchestrator(ur
     assert driven is None
     assert status == WorkflowStatus.RUNNING
     assert undriven is not None and "none is driving it" in undriven and "resume('wf-live')" in undriven
+
+
+def test_the_note_a_dead_driver_left_gives_way_to_saying_nobody_drives_it(url: str) -> None:
+    """From an operations trial: the driver, waiting for a worker, stored "waiting for a worker of
+    type 'work'"; once it was gone (SIGKILL, or stopped) status still said that, though a worker
+    was up by then and what was missing was an orchestrator."""
+    graph = Graph("remote").add_node("n", node_type="far_away").set_entry_point("n").set_finish_point("n").compile()
+
+    async def scenario() -> tuple[str | None, str | None]:
+        driver = Orchestrator(backend=url, lease_ttl=1.0, wait_for_workers=True, local_nodes=False)
+        reader = Orchestrator(backend=url)
+        try:
+            running = asyncio.ensure_future(driver.execute(graph, {}, workflow_id="wf-noted"))
+            noted = None
+            for _ in range(200):
+                with contextlib.suppress(WorkflowNotFoundError):  # (not stored yet)
+                    noted = (await reader.get_workflow_status("wf-noted")).waiting_for
+                if noted:
+                    break
+                await asyncio.sleep(0.05)
+            running.cancel()  # the driver stops; its note stays in the record
+            await asyncio.gather(running, return_exceptions=True)
+            return noted, (await reader.get_workflow_status("wf-noted")).waiting_for
+        finally:
+            await driver.close()
+            await reader.close()
+
+    noted, after = run(scenario(), 50)
+    assert noted is not None and "waiting for a worker of type 'far_away'" in noted
+    assert after is not None and "none is driving it" in after
