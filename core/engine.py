@@ -951,6 +951,8 @@ class StepEngine(_Progress):
                 await self._commit(failed, lease)
         else:
             await self._commit(failed, lease)
+        # Said where alerting looks (WARNING and up), in the process that drove it, once stored.
+        log.warning("workflow %r failed at step %d: %s", record.workflow_id, record.step, summary)
         self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
     def _commit(

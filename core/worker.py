@@ -942,8 +942,10 @@ class Worker:
                 return RETRIED, exc
             else:
                 self.stats.failed += 1
-                log.info("task %s node %r failed on attempt %d: %s: %s",
-                         task.id, task.node, claim.attempt, failure.error_type, failure.message)
+                # A final failure (dead-lettered, its workflow's step fails): WARNING, where alerting
+                # looks, with the traceback the status shows too (as Celery logs a failed task).
+                log.warning("task %s node %r failed on attempt %d: %s: %s",
+                            task.id, task.node, claim.attempt, failure.error_type, failure.message, exc_info=exc)
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return DEAD_LETTERED, exc
         keeper.cancel()

@@ -1,0 +1,64 @@
+"""A failed workflow and a node's final failure are logged at WARNING, where alerting looks.
+
+The example (operations trial): the worker logged a node's final failure at INFO with no
+traceback, and the orchestrator logged nothing when the workflow failed: alerting on
+WARNING-and-up log lines missed every failure. Now the worker's line is a WARNING with the
+traceback, and the driving process logs "workflow ... failed at step N: ..." as a WARNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from support.aio import run
+
+from distributed_agents import Graph, Orchestrator, Worker
+from distributed_agents.core.errors import NodeExecutionError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def explode(state: Any) -> dict[str, Any]:
+    raise ValueError("boom on purpose")
+
+
+def graph() -> Graph:
+    return Graph("fails").add_node("bad", explode).set_entry_point("bad").set_finish_point("bad").compile()
+
+
+def test_a_local_workflow_failure_is_a_warning_naming_it(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="distributed_agents"):
+        with pytest.raises(NodeExecutionError):
+            run(Orchestrator().execute(graph(), {}, workflow_id="wf-fails"), 30)
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING and "wf-fails" in r.getMessage()]
+    assert any("failed at step 0" in r.getMessage() and "boom on purpose" in r.getMessage() for r in lines), \
+        [r.getMessage() for r in caplog.records]
+
+
+def test_a_workers_final_node_failure_is_a_warning_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"memory://?prefix=fl{uuid.uuid4().hex[:8]}"
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+    worker.register_node("bad", explode)
+
+    async def scenario() -> None:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=30)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            with pytest.raises(NodeExecutionError):
+                await orchestrator.execute(Graph("fails_far").add_node("bad", node_type="bad").set_entry_point(
+                    "bad").set_finish_point("bad").compile(), {}, workflow_id="wf-far")
+        finally:
+            await worker.stop(grace=1)
+            await serving
+            await orchestrator.close()
+
+    with caplog.at_level(logging.INFO, logger="distributed_agents"):
+        run(scenario(), 50)
+    [line] = [r for r in caplog.records if "failed on attempt" in r.getMessage()]
+    assert line.levelno == logging.WARNING and line.exc_info is not None
+    assert "ValueError: boom on purpose" in line.getMessage()
+    assert any(r.levelno >= logging.WARNING and "'wf-far' failed at step 0" in r.getMessage() for r in caplog.records)
