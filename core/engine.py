@@ -102,7 +102,7 @@ from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
-from distributed_agents.core.node_runner import bounded
+from distributed_agents.core.node_runner import bounded, safe_text
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.record_json import encode_rest, kept as kept_json, remember as remember_json
@@ -952,7 +952,7 @@ class StepEngine(_Progress):
         else:
             await self._commit(failed, lease)
         # Said where alerting looks (WARNING and up), in the process that drove it, once stored.
-        log.warning("workflow %r failed at step %d: %s", record.workflow_id, record.step, summary)
+        log.warning("workflow %r failed at step %d: %s", record.workflow_id, record.step, safe_text(summary))
         self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
     def _commit(

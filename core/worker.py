@@ -944,8 +944,9 @@ class Worker:
                 self.stats.failed += 1
                 # A final failure (dead-lettered, its workflow's step fails): WARNING, where alerting
                 # looks, with the traceback the status shows too (as Celery logs a failed task).
-                log.warning("task %s node %r failed on attempt %d: %s: %s",
-                            task.id, task.node, claim.attempt, failure.error_type, failure.message, exc_info=exc)
+                # Escaped (safe_text): a message a log stream cannot encode would fail the handler.
+                log.warning("task %s node %r failed on attempt %d: %s", task.id, task.node, claim.attempt,
+                            safe_text(failure.to_text()))
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return DEAD_LETTERED, exc
         keeper.cancel()

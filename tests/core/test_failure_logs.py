@@ -59,6 +59,37 @@ def test_a_workers_final_node_failure_is_a_warning_with_its_traceback(caplog: py
     with caplog.at_level(logging.INFO, logger="distributed_agents"):
         run(scenario(), 50)
     [line] = [r for r in caplog.records if "failed on attempt" in r.getMessage()]
-    assert line.levelno == logging.WARNING and line.exc_info is not None
-    assert "ValueError: boom on purpose" in line.getMessage()
+    assert line.levelno == logging.WARNING
+    assert "ValueError: boom on purpose" in line.getMessage() and "Traceback" in line.getMessage()
     assert any(r.levelno >= logging.WARNING and "'wf-far' failed at step 0" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failure_message_no_utf8_stream_can_carry_is_logged_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    """A lone surrogate in the node's error (as test_settling raises) is escaped in the log line:
+    raw, it would fail a UTF-8 log handler (and pytest-xdist's report of the captured log)."""
+    url = f"memory://?prefix=fl{uuid.uuid4().hex[:8]}"
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+
+    def rude(state: Any) -> dict[str, Any]:
+        raise ValueError("bad byte \udcff here")
+
+    worker.register_node("rude", rude)
+
+    async def scenario() -> None:
+        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=30)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            with pytest.raises(NodeExecutionError):
+                await orchestrator.execute(Graph("rude").add_node("rude", node_type="rude").set_entry_point(
+                    "rude").set_finish_point("rude").compile(), {}, workflow_id="wf-rude")
+        finally:
+            await worker.stop(grace=1)
+            await serving
+            await orchestrator.close()
+
+    with caplog.at_level(logging.INFO, logger="distributed_agents"):
+        run(scenario(), 50)
+    for record in caplog.records:
+        if record.levelno >= logging.WARNING:
+            record.getMessage().encode("utf-8")  # no UnicodeEncodeError
+    assert any("bad byte \\udcff here" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
