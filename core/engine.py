@@ -951,8 +951,11 @@ class StepEngine(_Progress):
                 await self._commit(failed, lease)
         else:
             await self._commit(failed, lease)
-        # Said where alerting looks (WARNING and up), in the process that drove it, once stored.
-        log.warning("workflow %r failed at step %d: %s", record.workflow_id, record.step, safe_text(summary))
+        # Said where alerting looks (WARNING and up) in a process whose logging is set up (the
+        # orchestrator service); with none, Python's last-resort handler would print it to
+        # stderr beside the error the caller gets, so it is INFO there.
+        log.log(logging.WARNING if log.hasHandlers() else logging.INFO, "workflow %r failed at step %d: %s",
+                record.workflow_id, record.step, safe_text(summary))
         self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
     def _commit(

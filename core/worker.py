@@ -945,8 +945,10 @@ class Worker:
                 # A final failure (dead-lettered, its workflow's step fails): WARNING, where alerting
                 # looks, with the traceback the status shows too (as Celery logs a failed task).
                 # Escaped (safe_text): a message a log stream cannot encode would fail the handler.
-                log.warning("task %s node %r failed on attempt %d: %s", task.id, task.node, claim.attempt,
-                            safe_text(failure.to_text()))
+                # (INFO where no logging is set up: Python's last-resort handler would print it.)
+                log.log(logging.WARNING if log.hasHandlers() else logging.INFO,
+                        "task %s node %r failed on attempt %d: %s", task.id, task.node, claim.attempt,
+                        safe_text(failure.to_text()))
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return DEAD_LETTERED, exc
         keeper.cancel()
