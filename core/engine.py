@@ -102,6 +102,7 @@ from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
+from distributed_agents.core.log_context import alert_level
 from distributed_agents.core.node_runner import bounded, safe_text
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
@@ -951,11 +952,9 @@ class StepEngine(_Progress):
                 await self._commit(failed, lease)
         else:
             await self._commit(failed, lease)
-        # Said where alerting looks (WARNING and up) in a process whose logging is set up (the
-        # orchestrator service); with none, Python's last-resort handler would print it to
-        # stderr beside the error the caller gets, so it is INFO there.
-        log.log(logging.WARNING if log.hasHandlers() else logging.INFO, "workflow %r failed at step %d: %s",
-                record.workflow_id, record.step, safe_text(summary))
+        # Said where alerting looks (log_context.alert_level), in the process that drove it.
+        log.log(alert_level(log), "workflow %r failed at step %d: %s", record.workflow_id, record.step,
+                safe_text(summary))
         self._events.emit(record.workflow_id, "workflow.failed", step=record.step, error=summary)
 
     def _commit(

@@ -24,7 +24,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["FIELDS", "LogContextFilter", "bind", "bind_fields", "current", "reset", "restore", "set_fields"]
+__all__ = ["FIELDS", "LogContextFilter", "alert_level", "bind", "bind_fields", "current", "reset", "restore",
+           "set_fields"]
 
 # The record attributes, in the order they are shown.
 FIELDS: tuple[str, ...] = ("workflow_id", "step", "node", "task_id", "attempt")
@@ -106,3 +107,13 @@ class LogContextFilter(logging.Filter):
         if not hasattr(record, "log_context"):
             record.log_context = f"[{shown}] " if shown else ""
         return True
+
+
+def alert_level(logger: logging.Logger) -> int:
+    """The level of a line alerting should see (a final node failure, a failed workflow).
+
+    WARNING where logging is set up (``logger.hasHandlers()``: the worker and orchestrator
+    services, an application's own handlers); INFO where none is, because Python's
+    last-resort handler would print a WARNING to stderr beside the error a script already gets.
+    """
+    return logging.WARNING if logger.hasHandlers() else logging.INFO

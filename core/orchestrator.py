@@ -23,6 +23,12 @@ from typing import Any, Protocol, TypeVar
 
 from distributed_agents.core.backend_resolver import DEFAULT_BACKEND_URL, check_backend_argument, open_backend
 from distributed_agents.core import run_cancels
+from distributed_agents.core.arguments import (
+    check_flag_argument,
+    check_instrumentation_argument,
+    check_name_argument,
+    check_options_argument,
+)
 from distributed_agents.core.backoff import Outage, retry_after, until_available
 from distributed_agents.core.cache import NodeCache, graph_implementations
 from distributed_agents.core.dead_letters import find_dead_letter
@@ -89,12 +95,6 @@ from distributed_agents.core.streaming import (
 from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run_sync
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
-from distributed_agents.core.worker import (
-    check_flag_argument,
-    check_instrumentation_argument,
-    check_name_argument,
-    check_options_argument,
-)
 
 __all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
 

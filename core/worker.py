@@ -74,6 +74,15 @@ from distributed_agents.core.instrumentation import (
     trace_carrier,
 )
 from distributed_agents.core.limits import check_result_size
+from distributed_agents.core.arguments import (
+    check_count,
+    check_flag_argument,
+    check_instrumentation_argument,
+    check_name_argument,
+    check_node_types,
+    check_options_argument,
+)
+from distributed_agents.core.log_context import alert_level
 from distributed_agents.core.log_context import bind as bind_log_context
 from distributed_agents.core.node_runner import (
     NodeContext,
@@ -167,64 +176,6 @@ def _configurable(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     """The caller's ``configurable`` values a task carries (``executors.task_payload``), or None."""
     values = payload.get(CONFIGURABLE_KEY)
     return dict(values) if isinstance(values, Mapping) and values else None
-
-
-def check_name_argument(where: str, value: object, example: str) -> None:
-    """Raise ``ConfigurationError`` unless ``value`` is None or a str that is not blank.
-
-    For the ids that name a worker or an orchestrator (``where``: ``"Worker(worker_id=...)"``,
-    ``example``: ``"worker-1"``); None makes one up.
-    """
-    if value is None or (isinstance(value, str) and value.strip()):
-        return
-    raise ConfigurationError(
-        f"{where} must be a non-empty str (a name unique among the processes on the backend), got "
-        f"{type(value).__name__} {value!r}; pass a name such as {example!r}, or leave it unset (None) for a "
-        "generated one")
-
-
-def check_flag_argument(where: str, value: object) -> None:
-    """Raise ``ConfigurationError`` unless ``value`` is True or False (a str such as ``"no"`` would read as True)."""
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{where} must be True or False, got {type(value).__name__} {value!r}")
-
-
-def check_options_argument(where: str, value: object) -> None:
-    """Raise ``ConfigurationError`` unless ``value`` is None or a mapping of str option names (``backend_options``)."""
-    if value is None or (isinstance(value, Mapping) and all(isinstance(key, str) for key in value)):
-        return
-    got = (f"a mapping with key(s) {', '.join(repr(k) for k in value if not isinstance(k, str))} that are not str"
-           if isinstance(value, Mapping) else f"{type(value).__name__} {value!r}")
-    raise ConfigurationError(
-        f"{where} takes a mapping of backend option names to values (e.g. {{'prefix': 'app', 'heartbeat_ttl': 60}}), "
-        f"got {got}")
-
-
-def check_instrumentation_argument(where: str, value: object) -> None:
-    """Raise ``ConfigurationError`` unless ``value`` is None or an ``Instrumentation``."""
-    if value is None or isinstance(value, Instrumentation):
-        return
-    raise ConfigurationError(
-        f"{where} takes an Instrumentation (a subclass of distributed_agents.core.instrumentation.Instrumentation, "
-        f"such as telemetry.Tracing or metrics.Metrics) or None (the process-wide one), got "
-        f"{type(value).__name__} {value!r}")
-
-
-def _check_node_types(where: str, node_types: object) -> frozenset[str] | None:
-    """``node_types`` as a frozenset; ``ConfigurationError`` unless None or a collection of non-empty strs."""
-    if node_types is None:
-        return None
-    if not isinstance(node_types, Iterable):
-        raise ConfigurationError(
-            f"{where} takes a collection of node type names, got {type(node_types).__name__} {node_types!r}; "
-            "pass a list such as node_types=['llm'], or None for every type with a registered function")
-    types = list(node_types)
-    bad = [t for t in types if not isinstance(t, str) or not t]
-    if bad:
-        raise ConfigurationError(
-            f"{where}: node types are non-empty strs (the names given to register_node / add_node), got "
-            f"{', '.join(f'{type(t).__name__} {t!r}' for t in bad)} in {types!r}; pass names such as ['llm']")
-    return frozenset(types)
 
 
 def _known_heartbeat_ttl(backend: str | Backend | None, options: Mapping[str, Any]) -> float | None:
@@ -325,10 +276,8 @@ class Worker:
                 "Worker(registry): the first argument is the node types to serve; pass the registry by keyword: "
                 "Worker(registry=registry, backend='redis://host:6379/0')")
         name = type(self).__name__  # Worker, or the subclass the caller made (DistributedWorker)
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ConfigurationError(
-                f"{name}(capacity=...) must be an int >= 1 (the nodes it runs at once), got "
-                f"{type(capacity).__name__} {capacity!r}; pass a whole number such as capacity=4")
+        check_count(f"{name}(capacity=...)", capacity, 1, "the nodes it runs at once",
+                    "pass a whole number such as capacity=4")
         check_duration(f"{name}(lease_seconds=...)", lease_seconds, optional=True, error=ConfigurationError)
         check_duration(f"{name}(heartbeat_interval=...)", heartbeat_interval, error=ConfigurationError)
         check_duration(f"{name}(poll_wait=...)", poll_wait, error=ConfigurationError)
@@ -340,11 +289,8 @@ class Worker:
         check_options_argument(f"{name}(backend_options=...)", backend_options)
         check_flag_argument(f"{name}(handle_signals=...)", handle_signals)
         check_instrumentation_argument(f"{name}(instrumentation=...)", instrumentation)
-        if isinstance(state_cache_bytes, bool) or not isinstance(state_cache_bytes, int) or state_cache_bytes < 0:
-            raise ConfigurationError(
-                f"{name}(state_cache_bytes=...) must be an int >= 0 (bytes of workflow states kept; 0 keeps none), "
-                f"got {type(state_cache_bytes).__name__} {state_cache_bytes!r}")
-        self.node_types = _check_node_types(f"{name}(node_types=...)", node_types)
+        check_count(f"{name}(state_cache_bytes=...)", state_cache_bytes, 0, "bytes of workflow states kept; 0 keeps none")
+        self.node_types = check_node_types(f"{name}(node_types=...)", node_types)
         self.capacity = capacity
         self.worker_id = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry = registry if registry is not None else NodeRegistry()
@@ -942,13 +888,11 @@ class Worker:
                 return RETRIED, exc
             else:
                 self.stats.failed += 1
-                # A final failure (dead-lettered, its workflow's step fails): WARNING, where alerting
-                # looks, with the traceback the status shows too (as Celery logs a failed task).
-                # Escaped (safe_text): a message a log stream cannot encode would fail the handler.
-                # (INFO where no logging is set up: Python's last-resort handler would print it.)
-                log.log(logging.WARNING if log.hasHandlers() else logging.INFO,
-                        "task %s node %r failed on attempt %d: %s", task.id, task.node, claim.attempt,
-                        safe_text(failure.to_text()))
+                # A final failure (dead-lettered, its workflow's step fails): where alerting looks
+                # (log_context.alert_level), with the traceback the status shows too (as Celery logs
+                # a failed task); escaped: a message a log stream cannot encode would fail the handler.
+                log.log(alert_level(log), "task %s node %r failed on attempt %d: %s", task.id, task.node,
+                        claim.attempt, safe_text(failure.to_text()))
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), final=True), claim)
             return DEAD_LETTERED, exc
         keeper.cancel()

@@ -154,6 +154,7 @@ from distributed_agents.core.ports.task_queue import (
     check_attempt,
     decode_task,
     lease_expired_reason,
+    malformed_result,
     task_from_dict,
     task_to_dict,
 )
@@ -1648,11 +1649,8 @@ class NatsTaskQueue(TaskQueue):
             return result
         except ValueError as exc:  # PayloadDecodeError too
             log.error("the record of task %r in NATS KV %s is malformed: %s", task_id, where, exc)
-            return TaskResult(task_id, "failed", error=(
-                f"the record of task {task_id!r} in NATS KV bucket {self._conn.names.task_bucket!r} key "
-                f"{entry.key!r} is malformed ({exc}); it was not written by a worker of this version of the engine "
-                "(or was edited), so the task's outcome is unknown. Delete the key (nats kv del BUCKET KEY) and "
-                "resume the workflow to run the task again"))
+            return malformed_result(task_id, "the record", f"NATS KV bucket {self._conn.names.task_bucket!r} key "
+                                    f"{entry.key!r}", exc, "nats kv del BUCKET KEY")
 
     async def wait_results(self, task_ids: Collection[str], *, timeout: float) -> dict[str, TaskResult]:
         """Finished results among ``task_ids``; waits (woken by done events) up to ``timeout``.

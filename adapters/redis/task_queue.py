@@ -152,6 +152,7 @@ from distributed_agents.core.ports.task_queue import (
     TaskResult,
     check_attempt,
     decode_task,
+    malformed_result,
     task_to_dict,
 )
 
@@ -658,10 +659,7 @@ class RedisTaskQueue(TaskQueue):
             return result
         except ValueError as exc:  # PayloadDecodeError too
             log.error("the result of task %r at Redis key %r is malformed: %s", task_id, key, exc)
-            return TaskResult(task_id, "failed", error=(
-                f"the result of task {task_id!r} at Redis key {key!r} is malformed ({exc}); it was not written by a "
-                "worker of this version of the engine (or was edited), so the task's outcome is unknown. Delete the "
-                "key (DEL) and resume the workflow to run the task again"))
+            return malformed_result(task_id, "the result", f"Redis key {key!r}", exc, "DEL")
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         """The stored result, or None (one round trip)."""

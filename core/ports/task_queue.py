@@ -80,6 +80,7 @@ __all__ = [
     "check_attempt",
     "decode_task",
     "lease_expired_reason",
+    "malformed_result",
     "task_from_dict",
     "task_to_dict",
 ]
@@ -215,6 +216,21 @@ def lease_expired_reason(attempt: int, limit: int, worker: str) -> str:
     return (f"lease expired on attempt {attempt} of {limit}: worker {worker!r} held it and stopped renewing it "
             "(it died, hung, or lost the backend); each attempt a worker does not finish counts toward "
             "max_attempts")
+
+
+def malformed_result(task_id: str, what: str, where: str, problem: object, delete: str) -> TaskResult:
+    """The failed result of a task whose stored result is not one this engine wrote: every backend's one wording.
+
+    ``what`` is what was read (``"the result"``, ``"the record"``), ``where`` the key that
+    holds it (``"Redis key 'p:q:r:t1'"``), ``problem`` what is wrong with it and ``delete``
+    the command that deletes the key. The task's outcome is unknown, so its workflow's
+    step fails with this error instead of a decoding error naming nothing, or a wait for
+    ever; the caller logs it.
+    """
+    return TaskResult(task_id, "failed", error=(
+        f"{what} of task {task_id!r} at {where} is malformed ({problem}); it was not written by a worker of this "
+        "version of the engine (or was edited), so the task's outcome is unknown. Delete the key "
+        f"({delete}) and resume the workflow to run the task again"))
 
 
 def check_attempt(attempt: int, where: str) -> None:

@@ -39,25 +39,26 @@ def test_a_local_workflow_failure_is_a_warning_naming_it(caplog: pytest.LogCaptu
         [r.getMessage() for r in caplog.records]
 
 
-def test_a_workers_final_node_failure_is_a_warning_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+async def fail_on_a_worker(node: Any, workflow_id: str) -> None:
+    """Run a one-node workflow whose node ``node`` raises on an in-process worker (memory://)."""
     url = f"memory://?prefix=fl{uuid.uuid4().hex[:8]}"
     worker = Worker(backend=url, capacity=1, poll_wait=0.1)
-    worker.register_node("bad", explode)
+    worker.register_node("far", node)
+    orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=30)
+    serving = asyncio.ensure_future(worker.start())
+    try:
+        with pytest.raises(NodeExecutionError):
+            await orchestrator.execute(Graph("fails_far").add_node("far", node_type="far").set_entry_point(
+                "far").set_finish_point("far").compile(), {}, workflow_id=workflow_id)
+    finally:
+        await worker.stop(grace=1)
+        await serving
+        await orchestrator.close()
 
-    async def scenario() -> None:
-        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=30)
-        serving = asyncio.ensure_future(worker.start())
-        try:
-            with pytest.raises(NodeExecutionError):
-                await orchestrator.execute(Graph("fails_far").add_node("bad", node_type="bad").set_entry_point(
-                    "bad").set_finish_point("bad").compile(), {}, workflow_id="wf-far")
-        finally:
-            await worker.stop(grace=1)
-            await serving
-            await orchestrator.close()
 
+def test_a_workers_final_node_failure_is_a_warning_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="distributed_agents"):
-        run(scenario(), 50)
+        run(fail_on_a_worker(explode, "wf-far"), 50)
     [line] = [r for r in caplog.records if "failed on attempt" in r.getMessage()]
     assert line.levelno == logging.WARNING
     assert "ValueError: boom on purpose" in line.getMessage() and "Traceback" in line.getMessage()
@@ -67,28 +68,11 @@ def test_a_workers_final_node_failure_is_a_warning_with_its_traceback(caplog: py
 def test_a_failure_message_no_utf8_stream_can_carry_is_logged_escaped(caplog: pytest.LogCaptureFixture) -> None:
     """A lone surrogate in the node's error (as test_settling raises) is escaped in the log line:
     raw, it would fail a UTF-8 log handler (and pytest-xdist's report of the captured log)."""
-    url = f"memory://?prefix=fl{uuid.uuid4().hex[:8]}"
-    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
-
     def rude(state: Any) -> dict[str, Any]:
         raise ValueError("bad byte \udcff here")
 
-    worker.register_node("rude", rude)
-
-    async def scenario() -> None:
-        orchestrator = Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=30)
-        serving = asyncio.ensure_future(worker.start())
-        try:
-            with pytest.raises(NodeExecutionError):
-                await orchestrator.execute(Graph("rude").add_node("rude", node_type="rude").set_entry_point(
-                    "rude").set_finish_point("rude").compile(), {}, workflow_id="wf-rude")
-        finally:
-            await worker.stop(grace=1)
-            await serving
-            await orchestrator.close()
-
     with caplog.at_level(logging.INFO, logger="distributed_agents"):
-        run(scenario(), 50)
+        run(fail_on_a_worker(rude, "wf-rude"), 50)
     for record in caplog.records:
         if record.levelno >= logging.WARNING:
             record.getMessage().encode("utf-8")  # no UnicodeEncodeError
