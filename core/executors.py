@@ -356,10 +356,10 @@ class TaskQueueExecutor(NodeExecutor):
         """``queue.enqueue_many(tasks)``, run to its end even when the step is cancelled meanwhile
         to withdraw its tasks (the workflow was cancelled); the cancellation is raised after it.
 
-        An enqueue is more than one write on some backends (NATS: the message, then the task's
-        record): cut between them, the withdraw found no record to cancel and the message
-        stayed, to be adopted and run by a worker started later. Finished first, every task it
-        queued is there for the withdraw to take back.
+        An enqueue is more than one write on some backends (NATS: the task's record, then its
+        message; older versions the other way round, where a cut between them left a message
+        the withdraw found no record of, to be adopted and run by a worker started later).
+        Finished first, every task it queued is there, whole, for the withdraw to take back.
         """
         enqueue = asyncio.ensure_future(self.queue.enqueue_many(tasks))
         try:

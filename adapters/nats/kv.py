@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["Entry", "cas", "cas_answer", "cas_headers", "cas_many", "cas_request", "count", "entry_of", "get", "get_from_leader", "get_many", "get_range", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
+__all__ = ["Entry", "cas", "cas_answer", "cas_headers", "cas_many", "cas_request", "count", "entry_of", "get", "get_from_leader", "get_many", "get_range", "keys_matching", "put", "put_many", "remove", "scan", "start_get", "subject_counts"]
 
 # The header of a CAS (nats-py's ``api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE``).
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -352,6 +352,13 @@ async def count(js: JetStreamContext, kv: KeyValue, pattern: str) -> int:
     """How many keys matching ``pattern`` (``*``/``>`` wildcards) exist."""
     info = await js.stream_info(_stream(kv), subjects_filter=_subject(kv, pattern))
     return len(info.state.subjects or {})
+
+
+async def keys_matching(nc: Any, kv: KeyValue, pattern: str) -> list[str]:
+    """The keys matching ``pattern`` (``*``/``>`` wildcards) that hold a value, without reading
+    any value (one stream info; ``count`` is its length)."""
+    prefix = len(_subject(kv, ""))
+    return [subject[prefix:] for subject in await subject_counts(nc, _stream(kv), _subject(kv, pattern))]
 
 
 async def subject_counts(nc: Any, stream: str, subjects_filter: str, *, timeout: float = 5.0) -> dict[str, int]:

@@ -15,7 +15,9 @@ Layout (``<p>`` is the sanitised prefix):
   ``poll_interval``) a claim reads its types' levels keys instead (below): when they list
   one priority, it pulls there, and for one type the pull goes out with the key's read.
 * KV ``<p>_tasks``: one control record per task id: state (queued, claimed, delayed,
-  done, dead, cancelled), the stream sequence of the message that carries it, the
+  done, dead, cancelled), the stream sequence of the message that carries it (0, none
+  bound, until the first claim binds one), the task's ``created_at`` (an enqueue's
+  record: it tells the id's messages of an earlier task from this one's), the
   attempt count, the error history (its newest errors, about 16 KiB: ``error_history``,
   so a result of ``max_payload_bytes`` still fits beside it), the current lease (delivery)
   and, once settled, the ``TaskResult``. It is the source of truth for ownership; every transition is a
@@ -25,6 +27,9 @@ Layout (``<p>`` is the sanitised prefix):
   delivered and not acked (the consumers' ``num_ack_pending``) minus these marks (JetStream
   counts a NAKed message as unacked until its next delivery), so the hot path of a task
   (claim, ack) writes nothing for ``stats``.
+* KV ``<p>_claims`` also holds a mark per message of a task cancelled before any claim
+  bound it (``<type>.gone.<task>``): such a message cannot be deleted by sequence, and
+  stays until a claim acks it away (removing the mark); ``stats`` does not count it queued.
 * KV ``<p>_claims`` also holds ``<type>.levels``: the priorities tasks of that type were
   ever queued at (a JSON list, never shrinking). Every enqueue path adds its level there
   before its first message at that level goes out, so a claim that reads the key after an
@@ -69,19 +74,29 @@ attempt, or a lease expiry on it, CASes the record to ``dead`` with a failed res
 writes the dead letter and acks the message away. Undecodable bytes are dead-lettered
 at claim time with the reason.
 
-Idempotent enqueue. The message is published with ``Nats-Msg-Id`` = task id (dedup within
-the stream's window; as ``_carried_id`` writes it: the id itself, or "=" and its token for
-an id a header cannot carry exactly, so distinct ids never share a message id) and the id
-it is queued under (``_id_headers``: ``Da-Task-Id`` = the id itself where a header carries
-it exactly, as every version wrote it, else ``Da-Task-Token`` = its token, a message older
-claimers take as one without a header), then the record is created with ``create`` semantics, which holds
-for as long as the record lives (done records live ``result_ttl``, dead ones until
-requeued). A
-duplicate published after the window finds the record and deletes its own message. A
-claimer that finds no record (the producer died between the two writes) creates it.
-As the port requires, a finished id is new again once its result expired, even inside
-the dedup window (``_id_is_free``: the task goes out under a message id of its own),
-while a dead letter keeps its id until it is requeued or purged.
+Idempotent enqueue. The record is created first (``create`` semantics: it holds for as long
+as the record lives; done records live ``result_ttl``, dead ones until requeued), then the
+message is published with ``Nats-Msg-Id`` = the id's carried form (``_carried_id``: the id
+itself, or "=" and its token for an id a header cannot carry exactly, so distinct ids never
+share a message id), "@" and the revision the record was created at
+(``_enqueue_message_id``), and the id it is queued under (``_id_headers``: ``Da-Task-Id`` =
+the id itself where a header carries it exactly, else ``Da-Task-Token`` = its token). An
+enqueue that finds the record still queued with no message bound sends the message again
+under the same message id (its producer may have died, or lost the server, between the two
+writes): the dedup window drops the copy if the first went out within it; past it, the first
+claimed runs and the other is acked away unrun. As the port requires, a finished id is new
+again once its result expired (``_id_is_free``: a record of its own, so a message id of its
+own), while a dead letter keeps its id until it is requeued or purged. A message of the id's
+earlier task (another ``created_at``) is never claimed under the new record
+(``_of_this_record``). A message with no record (a foreign producer's, or an older version's
+whose producer died between its message and its record) is claimed with a record the claim
+creates; one published after its record (``_written_after_its_record``) whose record is gone
+is stale and acked away unrun.
+
+First claims without a read. The revision in an enqueue's message id names the record that
+enqueue created: a first delivery is claimed by a CAS against that revision, built from the
+task the message carries (``_trusted_revision``); any later write of the record moves its
+revision on, so the CAS loses and the claim reads the record (``_take``).
 
 Replicas. A direct get may be answered by a replica behind the stream's leader (nats-server
 issue 4162: one just restarted answers with records as they were). A write after a read is
@@ -97,11 +112,12 @@ in done events, which carry small results (``done_events``): a queue never reads
 result of a task it enqueued unless an event may have been lost; other results are read
 in one batched direct get.
 
-Round trips per task: enqueue 2 (publish, create record), pipelined across the tasks of
-``enqueue_many``, each record sent from the client's reader as soon as its message is
+Round trips per task: enqueue 2 (create record, publish), pipelined across the tasks of
+``enqueue_many``, each message sent from the client's reader as soon as its record is
 stored (``replies.js_publish_chain``: the producer wakes once); claim 1 (the record's
-CAS) plus the levels key's read and a pull (sent together; a look instead once per poll
-interval) and a record read, shared by the tasks of one claim (one batched read); ack 2
+CAS, against the revision the message names) plus the levels key's read and a pull (sent
+together; a look instead once per poll interval), shared by the tasks of one claim (a
+redelivery's record is read, one batched read for those of one claim); ack 2
 (CAS with the result, then the confirmed ack, sent from the reader once the CAS is
 stored: one wait; the acks made in one event-loop pass go out together behind one
 waiter, ``_send_acks``), and the done event, one message for the acks whose CASes one
@@ -118,6 +134,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -176,6 +193,8 @@ _POLL = 0.2
 _RESULT_POLL = 1.0
 # The middle token of a given-back mark's key (``<type>.nak.<stream seq>``).
 _GIVEN_BACK = "nak"
+# The middle token of a withdrawn message's mark (``<type>.gone.<task token>``).
+_WITHDRAWN = "gone"
 # Tasks whose messages (then records) enqueue_many has in flight at once.
 _ENQUEUE_CHUNK = 256
 
@@ -382,7 +401,7 @@ class NatsTaskQueue(TaskQueue):
         if entry is None:
             return _Found(None)
         return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision,
-                      written_at=entry.written_at)
+                      raw=entry.value, written_at=entry.written_at)
 
     async def _ensure_consumer(self, node_type: str, priority: int) -> float:
         key = (node_type, priority)
@@ -523,46 +542,69 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue(self, task: Task, raw: bytes) -> bool:
         with self._errors(f"enqueue task {task.id!r}"):
             await self._ensure_consumer(task.node_type, task.priority)
-            subject = self._conn.names.task_subject(task.node_type, task.priority)
-            ack = await replies.js_publish(self._conn.nc, subject, raw, headers=_task_headers(task.id))
-            last = 0
-            if ack.duplicate:
-                # The dedup window still knows the id, but the port remembers a finished id
-                # only as long as its result: once that expired, the task goes out again
-                # under a message id of its own.
-                found = await self._read(task.id)
-                if not await self._id_is_free(task.id, found, int(ack.seq)):
-                    return False
-                headers = _id_headers(task.id, f"{_carried_id(task.id)}/{uuid.uuid4().hex}")
-                ack = await replies.js_publish(self._conn.nc, subject, raw, headers=headers)
-                last = found.revision
-            record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
-            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=last) is None:
-                return await self._record_exists(task, record, int(ack.seq), last)
+            fresh = _new_record_bytes(_new_record_head(task), 0)
+            revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=0)
+            if revision is None:
+                return await self._enqueue_known(task, raw, fresh)
+            await self._publish_task(task, raw, _enqueue_message_id(task.id, revision))
             await self._wake(task.node_type)
             return True
 
-    async def _record_exists(self, task: Task, record: dict[str, Any], seq: int, last: int) -> bool:
-        """Our message (stream sequence ``seq``) is stored but creating ``record`` found one."""
-        found = await self._read(task.id)
-        if found.record is not None and found.record.get("seq") == seq:
-            return True  # a claimer adopted our message before we wrote the record
-        if last == 0 and found.record is not None and await self._id_is_free(task.id, found, None):
-            # A finished task whose result expired (its record awaits the server's TTL).
-            if await kv.cas(self._conn.js, self._tasks, token(task.id), encode(record), last=found.revision):
+    async def _enqueue_known(self, task: Task, raw: bytes, fresh: bytes) -> bool:
+        """``enqueue`` of ``task`` (its JSON ``raw``; ``fresh``, the record a first enqueue
+        creates) whose record could not be created: one exists. True if the task was queued
+        anew (its id was free: ``_id_is_free``). A record still queued with no message bound
+        (seq 0) under the same node type and priority gets its message sent again: the
+        producer that wrote it may have died or lost the server before publishing. Under the
+        record's revision the message id is the one that producer used, so the dedup window
+        drops the copy if the first went out within it; past the window, the first of the
+        two messages claimed runs and the other is acked away unrun (a stale duplicate)."""
+        for _ in range(3):
+            found = await self._read(task.id)
+            record = found.record
+            if record is None:  # gone since (expired): created anew
+                revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=0)
+            elif (record.get("state") == "queued" and not record.get("seq") and record.get("id") == task.id
+                  and record.get("node_type") == task.node_type and record.get("priority") == task.priority):
+                # Sent as the record has it (its max_attempts and created_at: ``_of_this_record``),
+                # under the id of the record's own message. A first claim trusts the revision in
+                # an enqueue's message id (``_trusted_revision``) only for the record an enqueue
+                # created; another (a requeue's, a retry's) is read.
+                max_attempts = record.get("max_attempts")
+                created_at = record.get("created_at", task.created_at)
+                if ((max_attempts, created_at) != (task.max_attempts, task.created_at)
+                        and (max_attempts is None or type(max_attempts) is int) and type(created_at) in (int, float)):
+                    task = dataclasses.replace(task, max_attempts=max_attempts, created_at=created_at)
+                    raw = encode(task_to_dict(task))
+                created = _new_record_bytes(_new_record_head(task), 0)
+                message_id = (_enqueue_message_id(task.id, found.revision) if found.raw == created
+                              else f"{_carried_id(task.id)}/again/{uuid.uuid4().hex}")
+                await self._publish_task(task, raw, message_id)
+                await self._wake(task.node_type)
+                return False
+            elif await self._id_is_free(task.id, found, None):
+                # A finished task whose result expired (its record awaits the server's TTL).
+                revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=found.revision)
+            else:
+                return False
+            if revision is not None:
+                await self._publish_task(task, raw, _enqueue_message_id(task.id, revision))
                 await self._wake(task.node_type)
                 return True
-        # The id was seen before (outside the dedup window): withdraw our copy.
-        with contextlib.suppress(Exception):
-            await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
         return False
 
+    async def _publish_task(self, task: Task, raw: bytes, message_id: str) -> None:
+        """Publish ``task``'s message (its JSON ``raw``) under ``message_id``, after its record."""
+        subject = self._conn.names.task_subject(task.node_type, task.priority)
+        await replies.js_publish(self._conn.nc, subject, raw, headers=_message_headers(task.id, message_id))
+
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
-        """``enqueue`` each task, pipelined: the messages of up to ``_ENQUEUE_CHUNK`` tasks
-        are published together, then their records created together (two round-trip
-        latencies per chunk, not two per task), then one wake-up per node type. A publish
-        the server reports as a duplicate, or a record that exists, takes ``enqueue``'s
-        path for that task. The same guarantees as ``enqueue``: message before record."""
+        """``enqueue`` each task, pipelined: the records of up to ``_ENQUEUE_CHUNK`` tasks are
+        created together, each message published from the client's reader as soon as its
+        record is stored (two round-trip latencies per chunk, not two per task, and one
+        wake of this task), then one wake-up per node type. A record that exists takes
+        ``enqueue``'s path for that task. The same guarantees as ``enqueue``: record before
+        message."""
         first: dict[str, int] = {}
         for index, task in enumerate(tasks):
             first.setdefault(task.id, index)
@@ -588,47 +630,41 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue_chunk(self, chunk: Sequence[Task], raws: Sequence[bytes]) -> list[bool]:
         """``enqueue_many``'s writes for ``chunk``, whose tasks' JSON is ``raws``; per task, whether it was created."""
         names, bucket = self._conn.names, self._tasks
-        # Each record's JSON up to its stream sequence, made before the publishes go out:
-        # the reader then only writes the sequence in (``_new_record_bytes``).
-        heads = [_new_record_head(task.id, task.node_type, task.priority, task.max_attempts) for task in chunk]
+        fresh = [_new_record_bytes(_new_record_head(task), 0) for task in chunk]
 
-        def create_record(index: int, ack: replies.PubAck) -> tuple[str, bytes, bytes] | None:
-            # The message is stored: its record is created at once, from the client's reader.
-            if ack.duplicate:
-                return None  # ``_enqueue``'s path, below
-            return kv.cas_request(bucket, token(chunk[index].id), _new_record_bytes(heads[index], int(ack.seq)), last=0)
+        def publish_message(index: int, ack: replies.PubAck) -> tuple[str, bytes, bytes]:
+            # The record is stored: its message goes out at once, from the client's reader,
+            # under a message id naming the record's revision (``_trusted_revision``).
+            task = chunk[index]
+            return (names.task_subject(task.node_type, task.priority), raws[index],
+                    _message_headers(task.id, _enqueue_message_id(task.id, int(ack.seq))))
 
         answers = await replies.js_publish_chain(self._conn.nc, [
-            (names.task_subject(task.node_type, task.priority), raw, _task_headers(task.id))
-            for task, raw in zip(chunk, raws)], create_record)
-        acks: list[replies.PubAck] = []
-        for answer, _ in answers:
-            if isinstance(answer, Exception):
-                raise answer
-            acks.append(answer)
+            kv.cas_request(bucket, token(task.id), record, last=0) for task, record in zip(chunk, fresh)],
+            publish_message)
         flags = [False] * len(chunk)
+        known: list[int] = []
         woken: set[str] = set()
         first_error: Exception | None = None
-        for index, (ack, created) in enumerate(answers):
-            if isinstance(ack, Exception) or ack.duplicate:
-                continue
+        for index, (created, published) in enumerate(answers):
             try:
                 revision = kv.cas_answer(created)
-            except Exception as error:  # raised once every record's answer is read (as cas_many did)
+                if revision is None:
+                    known.append(index)  # ``enqueue``'s path, below
+                    continue
+                answer = published if isinstance(published, Exception) else replies.pub_ack_of(published)
+                if isinstance(answer, Exception):
+                    # Its record is queued with no message: enqueuing it again sends the message.
+                    raise answer
+            except Exception as error:  # raised once every answer is read (as cas_many did)
                 first_error = first_error or error
                 continue
-            if revision is not None:
-                flags[index] = True
-                woken.add(chunk[index].node_type)
+            flags[index] = True
+            woken.add(chunk[index].node_type)
         if first_error is not None:
             raise first_error
-        for index, ack in enumerate(acks):
-            task = chunk[index]
-            if ack.duplicate:
-                flags[index] = await self._enqueue(task, raws[index])
-            elif not flags[index]:
-                record = _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=int(ack.seq))
-                flags[index] = await self._record_exists(task, record, int(ack.seq), 0)
+        for index in known:
+            flags[index] = await self._enqueue_known(chunk[index], raws[index], fresh[index])
         for node_type in woken:
             await self._wake(node_type)
         return flags
@@ -756,12 +792,14 @@ class NatsTaskQueue(TaskQueue):
                     continue
                 outcomes.append(await self._take(msg, node_type, worker_id, lease, ack_wait))
             for taken in outcomes:
-                if taken is _MOVED:
+                if taken is _MOVED or taken is None:
                     moved = True
                 elif isinstance(taken, ClaimedTask):
                     claimed.append(taken)
         if moved and len(claimed) < max_tasks and passes > 0:
             # A delayed task moved to the end of its priority: it (or a peer) is claimable now.
+            # Or a delivery was not claimed (acked away: a cancelled task's, a stale duplicate;
+            # dead-lettered): the tasks queued behind it are pulled now, not after a wait.
             claimed += await self._claim_now(types, worker_id, max_tasks - len(claimed), lease, passes - 1)
         return claimed
 
@@ -823,13 +861,15 @@ class NatsTaskQueue(TaskQueue):
                 await self._conn.js.delete_consumer(names.task_stream, info.name)
 
     async def _prefetch(self, messages: list[Msg]) -> tuple[dict[int, _Found], dict[int, Task]]:
-        """The records of the tasks ``messages`` carry, by ``id(msg)``, in one batched read,
-        and the tasks decoded on the way, for ``_take`` (messages that do not decode are
-        left out of both: ``_take`` dead-letters them)."""
-        if len(messages) < 2:
-            return {}, {}  # one record: _take's own read costs the same (and decoding twice would not)
+        """The records of the tasks ``messages`` carry, by ``id(msg)``, and the tasks decoded on
+        the way, for ``_take`` (messages that do not decode are left out of both: ``_take``
+        dead-letters them). A first delivery of an enqueue's message is given the record that
+        enqueue created, at the revision its message id names (``_trusted_revision``: if the
+        record changed since, the claim's CAS loses and ``_take`` reads it); the others' records
+        come in one batched read (none for a single one: ``_take``'s own read costs the same)."""
         keys: dict[int, str] = {}
         decoded: dict[int, Task] = {}
+        found: dict[int, _Found] = {}
         # The longest task decoded here: not over max_task_bytes, and its letter surely fits.
         longest = min(self.max_task_bytes, self._max_payload - LETTER_RESERVE_BYTES)
         for msg in messages:
@@ -842,11 +882,16 @@ class NatsTaskQueue(TaskQueue):
             if self._unlettered_reason(len(msg.data), task) is not None:
                 continue  # its letter may not fit (a long id): _take checks it exactly and dead-letters it
             decoded[id(msg)] = task
-            keys[id(msg)] = token(task.id)
+            revision = _trusted_revision(msg, task.id) if delivery_count(msg.reply or "") == 1 else None
+            if revision is not None:
+                found[id(msg)] = _Found(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=0,
+                                                    created_at=task.created_at),
+                                        revision, raw=_new_record_bytes(_new_record_head(task), 0))
+            else:
+                keys[id(msg)] = token(task.id)
         if len(keys) < 2:
-            return {}, decoded  # one record: _take's own read costs the same
+            return found, decoded  # one record (or none) to read: _take's own read costs the same
         entries = await kv.get_many(self._tasks, list(keys.values()))
-        found = {}
         for ident, key in keys.items():
             entry = entries.get(key)
             try:
@@ -876,7 +921,7 @@ class NatsTaskQueue(TaskQueue):
                     or task.node_type != node_type  # another type than its subject's: _take dead-letters it
                     or record.get("id") != task.id  # another task's record: _take dead-letters it
                     or record.get("state") != "queued" or delivery_count(lease_id) != 1
-                    or record.get("seq") not in (0, seq)):
+                    or record.get("seq") not in (0, seq) or not _of_this_record(record, task)):
                 continue
             attempt = int(record["attempt"]) + 1
             if attempt < 1:  # (the where, an f-string, made only then)
@@ -993,6 +1038,16 @@ class NatsTaskQueue(TaskQueue):
                             "which is gone from %s (expired, purged, or deleted by hand): it is not run",
                             mask_url(self._conn.url), task.id, seq, self._conn.names.task_bucket)
                 await send_ack(self._conn.nc, lease_id, "ack")
+                # (A cancelled task's record expired before its message was claimed: its mark goes too.)
+                await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task.id))
+                return None
+            if found.record is not None and not _of_this_record(found.record, task):
+                # A message of the id's earlier task (enqueued again once its record expired):
+                # the record's own message is another one, and this one is stale. (Confirmed on the leader.)
+                if not from_leader:
+                    from_leader = True
+                    continue
+                await send_ack(self._conn.nc, lease_id, "ack")
                 return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
             if (record.get("seq") not in (0, seq) or record["state"] in _TERMINAL) and not from_leader:
@@ -1008,6 +1063,9 @@ class NatsTaskQueue(TaskQueue):
                 if record["state"] == "dead":
                     await self._write_dead_letter_unless_purged(record, task)
                 await send_ack(self._conn.nc, lease_id, "ack")  # settled; only the ack was lost
+                if record["state"] == "cancelled" and not record.get("seq"):
+                    # Cancelled before any claim bound its message: withdrawn from ``stats`` till now.
+                    await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task.id))
                 return None
             if record["state"] == "delayed" and record.get("seq") == seq:
                 # The nack delay passed: the task joins the end of its priority now.
@@ -1558,6 +1616,9 @@ class NatsTaskQueue(TaskQueue):
                 if current is None or int(current.get("seq") or 0) != seq:
                     with contextlib.suppress(Exception):
                         await self._conn.js.delete_msg(self._conn.names.task_stream, seq)
+                    if current is not None and current.get("state") == "cancelled":
+                        # The cancel marked this message withdrawn (``stats``); deleted, it needs no mark.
+                        await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task_id))
                     # A cancel took the queued record meanwhile: the requeue came first (True, as
                     # the cancel's). A purge or a requeue taking over one paused past
                     # _REQUEUE_TAKEOVER_SECONDS took it for a dead one: that call answered True and
@@ -1709,7 +1770,15 @@ class NatsTaskQueue(TaskQueue):
             if record is None or record["state"] not in ("queued", "delayed"):
                 return False
             new = {**record, "state": "cancelled", "expires_at": time.time() + self.result_ttl}
+            withdrawn = None if record.get("seq") else _withdrawn_key(str(record["node_type"]), task_id)
+            if withdrawn is not None:
+                # No message bound: it cannot be deleted, and stays in the stream until a claim
+                # acks it away; marked first (a claim may find the record cancelled at once), so
+                # ``stats`` does not count it queued meanwhile. Kept no longer than the record.
+                await kv.put(self._conn.js, self._claims, withdrawn, b"1", ttl=self.result_ttl)
             if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(new), last=found.revision, ttl=self.result_ttl) is None:
+                if withdrawn is not None:
+                    await kv.remove(self._conn.js, self._claims, withdrawn)
                 return False
             if record.get("seq"):
                 with contextlib.suppress(Exception):
@@ -1743,12 +1812,15 @@ class NatsTaskQueue(TaskQueue):
                 except nats.js.errors.NotFoundError:
                     continue
                 unacked += int(consumer.num_ack_pending or 0)
-            given_back = await kv.count(self._conn.js, self._claims, f"{token(node_type)}.{_GIVEN_BACK}.*")
+            # The given-back and withdrawn marks of this type, in one read (``<type>.<mark>.<what>``).
+            marks = Counter(key.split(".")[1] for key in await kv.keys_matching(
+                self._conn.nc, self._claims, f"{token(node_type)}.*.*"))
             dead = await kv.count(self._conn.js, self._dead, f"{token(node_type)}.*")
         # Every message in the stream is waiting, delayed or delivered and not acked (acked
-        # ones are gone); of the delivered ones, those given back (NAKed) wait again.
-        in_flight = max(unacked - given_back, 0)
-        return QueueStats(node_type, max(stored - in_flight, 0), in_flight, dead)
+        # ones are gone); of the delivered ones, those given back (NAKed) wait again; of the
+        # waiting ones, those of tasks cancelled before a claim bound them are withdrawn.
+        in_flight = max(unacked - marks[_GIVEN_BACK], 0)
+        return QueueStats(node_type, max(stored - in_flight - marks[_WITHDRAWN], 0), in_flight, dead)
 
     async def close(self) -> None:
         await self._done.close()
@@ -1816,6 +1888,12 @@ def _levels_of(entry: kv.Entry | None) -> list[int] | None:
     if not isinstance(levels, list) or not all(type(level) is int for level in levels):
         return None
     return levels
+
+
+def _withdrawn_key(node_type: str, task_id: str) -> str:
+    """The claims-bucket key marking the message of ``task_id``, cancelled before a claim bound
+    its message to its record, as withdrawn (``cancel``, ``stats``)."""
+    return f"{token(node_type)}.{_WITHDRAWN}.{token(task_id)}"
 
 
 def _given_back_key(node_type: str, seq: int) -> str:
@@ -1919,13 +1997,57 @@ def _id_headers(task_id: str, message_id: str) -> dict[str, str]:
 
 
 def _task_headers(task_id: str) -> bytes:
-    """``replies.header_block(_id_headers(task_id, _carried_id(task_id)))``, the header block of an
-    enqueued task's message, written directly (one string per task of ``enqueue_many`` instead
-    of the builder's loop over a dict), the same bytes."""
-    carried = _carried_id(task_id)
+    """``_message_headers`` of ``task_id`` under its carried id alone (``_carried_id``): the
+    shortest header block of its messages (``_MSG_ID_SUFFIX_BYTES`` more covers any)."""
+    return _message_headers(task_id, _carried_id(task_id))
+
+
+def _message_headers(task_id: str, message_id: str) -> bytes:
+    """``replies.header_block(_id_headers(task_id, message_id))``, the header block of a task's
+    message, written directly (one string per task of ``enqueue_many`` instead of the builder's
+    loop over a dict), the same bytes."""
     if _header_carries(task_id):
-        return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
-    return f"NATS/1.0\r\nNats-Msg-Id: {carried}\r\nDa-Task-Token: {token(task_id)}\r\n\r\n".encode()
+        return f"NATS/1.0\r\nNats-Msg-Id: {message_id}\r\nDa-Task-Id: {task_id}\r\n\r\n".encode()
+    return f"NATS/1.0\r\nNats-Msg-Id: {message_id}\r\nDa-Task-Token: {token(task_id)}\r\n\r\n".encode()
+
+
+def _enqueue_message_id(task_id: str, revision: int) -> str:
+    """The ``Nats-Msg-Id`` of the message an enqueue publishes after creating ``task_id``'s record at
+    ``revision``: its carried id (``_carried_id``), "@" and the revision. Distinct per record (a
+    reused id's new record has a revision of its own, so the dedup window never takes its message
+    for the earlier one's), the same for every producer of one record (the window drops a second
+    copy), and distinct across ids (the revision has no "@": the last "@" splits it off)."""
+    return f"{_carried_id(task_id)}@{revision}"
+
+
+def _of_this_record(record: Mapping[str, Any], task: Task) -> bool:
+    """Whether a delivered ``task`` may be claimed under ``record``: not when the record is one an
+    enqueue wrote for another task of the same id (queued, no message bound, another
+    ``created_at``: the id enqueued again once its earlier record expired, whose message this
+    is). A record that names no ``created_at`` (older versions', a requeue's) takes any message
+    of its id, as before."""
+    if record.get("state") != "queued" or record.get("seq") or "created_at" not in record:
+        return True
+    return bool(record["created_at"] == task.created_at)
+
+
+def _trusted_revision(msg: Msg, task_id: str) -> int | None:
+    """The record revision ``msg``'s ``Nats-Msg-Id`` names (``_enqueue_message_id``), if it names one.
+
+    Only an enqueue writes such an id, right after creating the task's record at that revision
+    (``_new_record`` with seq 0, ``fresh`` in ``_enqueue``). Any later write of the record moves
+    its revision on (revisions are stream sequences and never come back), so a first claim may
+    write its claim against this revision without reading the record: if the record is still
+    the one the enqueue created, the claim is right; if anything changed it, the claim's
+    compare-and-set loses and the claim reads the record (``_take``)."""
+    message_id = (msg.headers or {}).get("Nats-Msg-Id") or ""
+    head = _carried_id(task_id) + "@"
+    if not message_id.startswith(head):
+        return None
+    revision = message_id[len(head):]
+    if not (0 < len(revision) <= 20 and revision.isascii() and revision.isdigit()):
+        return None
+    return int(revision) or None
 
 
 def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, lease_id: str, worker: bytes,
@@ -1949,12 +2071,16 @@ def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, le
         queued[:cut], seq, encode(lease_id), worker, encode(deadline))
 
 
-def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int) -> dict[str, Any]:
+def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int,
+                created_at: float | None = None) -> dict[str, Any]:
+    """A task's control record as first written: by an enqueue (queued, seq 0, and the task's
+    ``created_at``, which tells its messages from those of an earlier task of the id:
+    ``_of_this_record``), or by a claim of a message that has none (a foreign producer's)."""
+    head: dict[str, Any] = {"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts}
+    if created_at is not None:
+        head["created_at"] = created_at
     return {
-        "id": task_id,
-        "node_type": node_type,
-        "priority": priority,
-        "max_attempts": max_attempts,
+        **head,
         "seq": seq,
         "state": "queued",
         "attempt": 0,
@@ -1969,16 +2095,18 @@ def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int |
 _NEW_RECORD_TAIL = b',"state":"queued","attempt":0,"errors":[],"lease":"","worker":"","deadline":0.0}'
 
 
-def _new_record_head(task_id: str, node_type: str, priority: int, max_attempts: int | None) -> bytes:
-    """The JSON of ``_new_record(task_id, node_type, priority, max_attempts, seq=...)`` up to its
-    ``seq``'s value; ``_new_record_bytes`` completes it. ``priority`` an int, ``max_attempts`` an int
-    or None (``Task`` checks both); raises ``TypeError``/``ValueError`` as ``encode`` does."""
-    if type(priority) is int and (max_attempts is None or type(max_attempts) is int):
+def _new_record_head(task: Task) -> bytes:
+    """The JSON of the record an enqueue of ``task`` creates (``_new_record`` with its
+    ``created_at``) up to its ``seq``'s value; ``_new_record_bytes`` completes it. Raises
+    ``TypeError``/``ValueError`` as ``encode`` does."""
+    priority, max_attempts, created_at = task.priority, task.max_attempts, task.created_at
+    if type(priority) is int and (max_attempts is None or type(max_attempts) is int) and type(created_at) is float:
         # The members written one by one: encoding the dict costs about three times as much.
         attempts = b"null" if max_attempts is None else b"%d" % max_attempts
-        return b'{"id":%s,"node_type":%s,"priority":%d,"max_attempts":%s,"seq":' % (
-            encode(task_id), encode(node_type), priority, attempts)
-    head = encode({"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts})
+        return b'{"id":%s,"node_type":%s,"priority":%d,"max_attempts":%s,"created_at":%s,"seq":' % (
+            encode(task.id), encode(task.node_type), priority, attempts, encode(created_at))
+    head = encode({"id": task.id, "node_type": task.node_type, "priority": priority, "max_attempts": max_attempts,
+                   "created_at": created_at})
     return head[:-1] + b',"seq":'
 
 
@@ -2042,8 +2170,12 @@ def _written_after_its_record(msg: Msg, task_id: str) -> bool:
     """Whether ``msg`` (of task ``task_id``) was published after its record was written: a requeue's
     or a delayed task's move to the end of its priority (``requeue_dead_letter``, ``_republish``),
     told by its ``Nats-Msg-Id``: the id's carried form (or, from older versions, the id itself or
-    ``_older_header_forms``), ``/requeue/`` or ``/again/`` and 32 hex digits. An enqueue's message id is the carried form, or
-    it and ``/`` and 32 hex digits, so it never reads as one."""
+    ``_older_header_forms``), ``/requeue/`` or ``/again/`` and 32 hex digits; or an enqueue's,
+    which names its record's revision (``_trusted_revision``). Older versions published an
+    enqueue's message before its record, under the carried form (or it and ``/`` and 32 hex
+    digits), which never reads as either."""
+    if _trusted_revision(msg, task_id) is not None:
+        return True  # an enqueue's message, published once its record was created
     message_id = (msg.headers or {}).get("Nats-Msg-Id") or ""
     # An older version's id in the header as a header delivers it (" a" as "a"), or its "=" form.
     for prefix in dict.fromkeys(p for p in (_carried_id(task_id), task_id, *_older_header_forms(task_id)) if p):

@@ -107,7 +107,8 @@ def test_claimed_records_are_stored_as_encoded_and_acked_from_there(nats_server:
     assert len(claims) == 5
     for claim, record, raw in zip(claims, stored, raws):
         task = claim.task
-        expected = {**_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=record["seq"]),
+        expected = {**_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=record["seq"],
+                                  created_at=task.created_at),
                     "state": "claimed", "attempt": 1, "lease": claim.lease_id, "worker": "worker \"7\"",
                     "deadline": record["deadline"]}
         assert raw == encode(expected)

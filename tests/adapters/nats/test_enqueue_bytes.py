@@ -88,20 +88,26 @@ def test_an_id_a_header_cannot_carry_has_no_da_task_id_for_older_claimers_to_mis
 
 
 @given(task_id=_IDS, node_type=_IDS, priority=st.integers(-10**6, 10**6),
-       max_attempts=st.none() | st.integers(1, 10**6), seq=st.integers(0, 2**63))
+       max_attempts=st.none() | st.integers(1, 10**6), seq=st.integers(0, 2**63),
+       created_at=st.floats(allow_nan=False, allow_infinity=False))
 @settings(max_examples=300, deadline=None)
 def test_new_record_bytes_are_the_encoded_new_record(
-        task_id: str, node_type: str, priority: int, max_attempts: int | None, seq: int) -> None:
-    made = _new_record_bytes(_new_record_head(task_id, node_type, priority, max_attempts), seq)
-    assert made == encode(_new_record(task_id, node_type, priority, max_attempts, seq=seq))
-    assert decode(made) == _new_record(task_id, node_type, priority, max_attempts, seq=seq)
+        task_id: str, node_type: str, priority: int, max_attempts: int | None, seq: int, created_at: float) -> None:
+    task = Task(task_id, "wf", "n", node_type, {}, priority=priority, max_attempts=max_attempts, created_at=created_at)
+    made = _new_record_bytes(_new_record_head(task), seq)
+    record = _new_record(task_id, node_type, priority, max_attempts, seq=seq, created_at=created_at)
+    assert made == encode(record)
+    assert decode(made) == record
 
 
-@pytest.mark.parametrize(("priority", "max_attempts"), [(True, None), (0, False), (2**70, 2**70), (-1, 1)])
-def test_new_record_bytes_for_values_the_members_are_not_written_for(priority: Any, max_attempts: Any) -> None:
-    """Values other than a plain int (a bool) take the encoder's path, big ints the written one: the same bytes."""
-    made = _new_record_bytes(_new_record_head("t", "alpha", priority, max_attempts), 9)
-    assert made == encode(_new_record("t", "alpha", priority, max_attempts, seq=9))
+@pytest.mark.parametrize(("priority", "max_attempts", "created_at"),
+                         [(True, None, 1.5), (0, False, 2.0), (2**70, 2**70, 3.25), (-1, 1, 7), (0, None, True)])
+def test_new_record_bytes_for_values_the_members_are_not_written_for(priority: Any, max_attempts: Any,
+                                                                     created_at: Any) -> None:
+    """Values other than a plain int (a bool) or float take the encoder's path, big ints the written one: the same bytes."""
+    task = Task("t", "wf", "n", "alpha", {}, priority=priority, max_attempts=max_attempts, created_at=created_at)
+    made = _new_record_bytes(_new_record_head(task), 9)
+    assert made == encode(_new_record("t", "alpha", priority, max_attempts, seq=9, created_at=created_at))
 
 
 async def _open(url: str) -> NatsBackend:
@@ -111,9 +117,10 @@ async def _open(url: str) -> NatsBackend:
 
 
 def test_enqueue_many_stores_each_task_its_headers_and_its_record(nats_server: Any) -> None:
-    """Tasks with awkward ids, two priorities: every message holds its task's JSON under
-    headers naming its id, every record is the new record of its message's sequence, and
-    the tasks are claimed as they were enqueued (a claim checks its message's Da-Task-Id
+    """Tasks with awkward ids, two priorities: every record is the new record an enqueue
+    creates (queued, no message bound: seq 0), every message holds its task's JSON under
+    headers naming its id and, in its message id, the revision its record was created at,
+    and the tasks are claimed as they were enqueued (a claim checks its message's Da-Task-Id
     header against the task's id: one that differs is dead-lettered, not claimed)."""
     ids = ["quote\"d", "ünï©ødé", "a.b*c>d", "wf:n:0", "back\\slash", "tab\tinside"]
 
@@ -125,11 +132,14 @@ def test_enqueue_many_stores_each_task_its_headers_and_its_record(nats_server: A
                      for i, task_id in enumerate(ids)]
             flags = await queue.enqueue_many(tasks)
             stored = []
+            names = backend.connection.names
+            messages = [await backend.connection.js.get_msg(names.task_stream, seq)
+                        for seq in range(1, len(tasks) + 1)]
+            by_data = {bytes(m.data): m for m in messages}
             for task in tasks:
                 entry = await kv.get(queue._tasks, token(task.id))
-                record = decode(entry.value)
-                message = await backend.connection.js.get_msg(backend.connection.names.task_stream, record["seq"])
-                stored.append((entry.value, record, message.data, dict(message.headers or {})))
+                message = by_data[encode(task_to_dict(task))]
+                stored.append((entry.value, entry.revision, message.data, dict(message.headers or {})))
             claims = await queue.claim(["alpha"], worker_id="w", max_tasks=len(tasks))
             return tasks, flags, stored, claims
         finally:
@@ -137,11 +147,13 @@ def test_enqueue_many_stores_each_task_its_headers_and_its_record(nats_server: A
 
     tasks, flags, stored, claims = run(scenario(nats_server.url), 60)
     assert flags == [True] * len(tasks)
-    for task, (raw, record, data, headers) in zip(tasks, stored):
-        assert raw == encode(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=record["seq"]))
+    for task, (raw, revision, data, headers) in zip(tasks, stored):
+        assert raw == encode(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=0,
+                                         created_at=task.created_at))
         assert data == encode(task_to_dict(task))
         if task.id.isascii():  # (nats-py's get_msg reads other header values as email headers)
-            assert headers["Nats-Msg-Id"] == headers["Da-Task-Id"] == task.id
+            assert headers["Da-Task-Id"] == task.id
+            assert headers["Nats-Msg-Id"] == f"{task.id}@{revision}"
             assert "Da-Task-Token" not in headers
     assert sorted(c.task.id for c in claims) == sorted(ids)
     assert {c.task.id: c.task for c in claims} == {t.id: t for t in tasks}

@@ -163,11 +163,12 @@ def test_enqueue_many_keeps_a_dead_letters_id_until_requeued_and_runs_a_requeued
 
 # -- a message without its record, and records written otherwise ---------------------------------
 
-def test_a_message_whose_producer_died_before_the_record_runs_once_and_blocks_its_id(nats_url: str) -> None:
-    """The messages of three tasks are stored as ``enqueue`` publishes them, their records never
-    written (the producer died between the two writes), beside two tasks enqueued normally:
-    ``enqueue_many`` of the same tasks again answers False for the three (their messages
-    wait in the stream) and True for a new one; a batched claim runs each of the six once."""
+def test_a_message_an_older_producer_stored_without_its_record_runs_once(nats_url: str) -> None:
+    """The messages of three tasks are stored as an older version's ``enqueue`` published them
+    (message first), their records never written (that producer died between its two
+    writes), beside two tasks enqueued normally: ``enqueue_many`` of the same tasks again
+    creates their records (True) and a new one's; a batched claim runs each of the six
+    once (the second message of each of the three is acked away unrun) and stores its result."""
 
     async def scenario() -> tuple[list[bool], list[str], dict[str, Any]]:
         backend = await open_nats(nats_url, prefix=_prefix("pd"))
@@ -187,9 +188,69 @@ def test_a_message_whose_producer_died_before_the_record_runs_once_and_blocks_it
             await backend.close()
 
     flags, ran, records = run(scenario(), 40)
-    assert flags == [False, False, False, True]
+    assert flags == [True, True, True, True]
     assert sorted(ran) == ["new", "ok1", "ok2", "orphan0", "orphan1", "orphan2"]
     assert set(records.values()) == {"done"}
+
+
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_many"])
+def test_a_record_whose_producer_died_before_its_message_runs_once_when_enqueued_again(nats_url: str, how: str) -> None:
+    """Records created as ``enqueue`` creates them, their messages never published (the producer
+    died, or lost the server, between its two writes): enqueuing the same tasks again answers
+    False (the ids are known) and sends their messages; each runs once, a second enqueue
+    within the dedup window adds no copy, and stats count exactly what waits."""
+    from distributed_agents.adapters.nats.task_queue import _new_record_bytes, _new_record_head
+
+    async def scenario() -> tuple[list[bool], Any, list[str], Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("pm"))
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            assert await queue.enqueue_many([_task("warm")]) == [True]
+            assert await _drain(backend, ["alpha"]) == ["warm"]
+            orphans = [_task(f"lost{i}") for i in range(3)]
+            for task in orphans:
+                assert await kv.cas(js, queue._tasks, token(task.id), _new_record_bytes(_new_record_head(task), 0), last=0)
+            if how == "enqueue":
+                flags = [await queue.enqueue(task) for task in [*orphans, _task("new")]]
+                flags += [await queue.enqueue(task) for task in orphans]
+            else:
+                flags = await queue.enqueue_many([*orphans, _task("new")])
+                flags += await queue.enqueue_many(orphans)
+            stats = await queue.stats("alpha")
+            ran = await _drain(backend, ["alpha"], max_tasks=8)
+            return flags, stats, ran, await queue.stats("alpha")
+        finally:
+            await backend.close()
+
+    flags, before, ran, after = run(scenario(), 40)
+    assert flags == [False, False, False, True, False, False, False]
+    assert (before.queued, before.in_flight) == (4, 0)
+    assert sorted(ran) == ["lost0", "lost1", "lost2", "new"]
+    assert (after.queued, after.in_flight, after.dead) == (0, 0, 0)
+
+
+def test_a_message_of_an_earlier_task_of_the_id_never_runs_under_the_new_record(nats_url: str) -> None:
+    """A task queued (no worker yet), its record then lost past its message (deleted, as an
+    expired record is), and the id enqueued again with another payload: the first message
+    is not claimed under the new record (another ``created_at``); only the new task runs."""
+
+    async def scenario() -> list[Any]:
+        backend = await open_nats(nats_url, prefix=_prefix("er"))
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            assert await queue.enqueue(Task("x", "wf", "n", "alpha", {"v": 1}, created_at=1000.0)) is True
+            await kv.remove(js, queue._tasks, token("x"))
+            assert await queue.enqueue(Task("x", "wf", "n", "alpha", {"v": 2}, created_at=2000.0)) is True
+            runs = []
+            for _ in range(4):
+                for claim in await queue.claim(["alpha"], worker_id="w", max_tasks=4, wait=0.3):
+                    runs.append(claim.task.payload["v"])
+                    await queue.ack(claim, None)
+            return runs
+        finally:
+            await backend.close()
+
+    assert run(scenario(), 40) == [2]
 
 
 def test_messages_of_a_foreign_producer_without_headers_run_once_each_in_a_batched_claim(nats_url: str) -> None:
