@@ -20,7 +20,9 @@ client) and of the server (``/proc``). Lines:
      leased, result-keeping queue on JetStream needs;
   1. and read the task's record first (one batched direct get per claim);
   2. and claim it by a compare-and-set of that record before running it (``claimed``);
-  3. and create the record at enqueue, as the message is stored: the adapter's protocol.
+  3. and create the record at enqueue, before the message, which names the record's
+     revision in its message id: the claim's compare-and-set is made against that
+     revision, without the read of level 1 - the adapter's protocol.
 
 The gap between ``protocol 3`` and ``port nats`` is the adapter's own code per task; the
 gaps between the levels are what each protocol step costs; ``protocol 0`` against
@@ -109,19 +111,29 @@ async def _protocol(url: str, level: int, args: argparse.Namespace) -> dict[str,
         tasks = [Task(f"{name}_{i}", "wf", "n", "x", {"i": i}) for i in range(args.width)]
         for start in range(0, len(tasks), 256):
             chunk = tasks[start:start + 256]
-            messages = [(subject, encode(task_to_dict(task)), f"NATS/1.0\r\nNats-Msg-Id: {task.id}\r\n\r\n".encode())
-                        for task in chunk]
+            raws = [encode(task_to_dict(task)) for task in chunk]
+            if level < 3:
+                await replies.js_publish_many(nc, [
+                    (subject, raw, f"NATS/1.0\r\nNats-Msg-Id: {task.id}\r\n\r\n".encode())
+                    for task, raw in zip(chunk, raws)])
+                continue
 
-            def create(index: int, ack: replies.PubAck, chunk: list[Task] = chunk) -> tuple[str, bytes, bytes]:
-                return kv.cas_request(bucket, f"rec.{chunk[index].id}", b'{"state":"queued","seq":%d}' % ack.seq, last=0)
+            def publish(index: int, ack: replies.PubAck, chunk: list[Task] = chunk,
+                        raws: list[bytes] = raws) -> tuple[str, bytes, bytes]:
+                return subject, raws[index], f"NATS/1.0\r\nNats-Msg-Id: {chunk[index].id}@{ack.seq}\r\n\r\n".encode()
 
-            await replies.js_publish_chain(nc, messages, create if level >= 3 else None)
+            await replies.js_publish_chain(nc, [
+                kv.cas_request(bucket, f"rec.{task.id}", b'{"state":"queued","seq":0}', last=0) for task in chunk],
+                publish)
         done = 0
         while done < args.width:
             delivered = await pull_ready(nc, names.task_stream, consumer, args.batch)
             keys = [f"rec.{decode(msg.data)['id']}" for msg in delivered]
             revisions: dict[str, int] = {}
-            if level >= 1 and keys:
+            if level >= 3:
+                revisions = {key: int(msg.headers["Nats-Msg-Id"].rsplit("@", 1)[1])
+                             for key, msg in zip(keys, delivered)}
+            elif level >= 1 and keys:
                 revisions = {key: entry.revision for key, entry in (await kv.get_many(bucket, keys)).items()}
             if level >= 2 and keys:
                 claimed = await kv.cas_many(conn.js, bucket, [
