@@ -966,6 +966,9 @@ class Worker:
             # dying in between leaves the letter, which 'dead-letters purge' deletes.
             if await self._settle(lambda: queue.nack(claim, "cancelled: the workflow was cancelled", final=True),
                                   claim):
+                # (As Celery logs a revoked task: the worker's log says why the node stopped.)
+                log.info("task %s node %r stopped on attempt %d: its workflow %s was cancelled", claim.task.id,
+                         claim.task.node, claim.attempt, safe_text(claim.task.workflow_id))
                 await self._purge_cancelled(claim.task.id)
         elif reason == "worker stopped":
             if await self._settle(lambda: queue.release(claim), claim):

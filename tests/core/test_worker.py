@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -234,6 +235,39 @@ def test_cancel_reaches_tasks_running_on_a_worker() -> None:
         await with_worker(worker, body)
 
     run(scenario())
+
+
+def test_a_task_stopped_by_its_workflows_cancel_is_logged_by_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's log says which task stopped and why (as Celery logs a revoked task), at INFO:
+    a cancel is deliberate, not a failure; and it leaves no dead letter."""
+    worker = Worker(poll_wait=0.05)
+
+    async def scenario() -> list[Any]:
+        long = BlockingNode()
+        worker.register_node("long", long)
+
+        async def body() -> None:
+            orchestrator = Orchestrator()
+            running = asyncio.ensure_future(orchestrator.execute(remote_chain("long", "long"), {}, workflow_id="wf-log"))
+            await long.started.wait()
+            await orchestrator.cancel_workflow("wf-log")
+            with pytest.raises(WorkflowCancelledError):
+                await running
+            await asyncio.wait_for(long.cancelled.wait(), 5)
+            for _ in range(100):  # the settling (and its log line) follows the node's cancellation
+                if any("was cancelled" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+
+        await with_worker(worker, body)
+        return await worker.backend.task_queue.dead_letters()
+
+    with caplog.at_level(logging.INFO, logger="distributed_agents"):
+        letters = run(scenario())
+    lines = [r for r in caplog.records if "was cancelled" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
+    assert "wf-log" in lines[0].getMessage() and "attempt 1" in lines[0].getMessage()
+    assert letters == []
 
 
 def test_an_ack_under_way_is_not_interrupted_by_its_workflows_cancel_or_by_stop() -> None:
