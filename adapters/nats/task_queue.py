@@ -16,7 +16,7 @@ Layout (``<p>`` is the sanitised prefix):
   one priority, it pulls there, and for one type the pull goes out with the key's read.
 * KV ``<p>_tasks``: one control record per task id: state (queued, claimed, delayed,
   done, dead, cancelled), the stream sequence of the message that carries it (0, none
-  bound, until the first claim binds one), the task's ``created_at`` (an enqueue's
+  bound, until the first claim binds one), a digest of the task's message (an enqueue's
   record: it tells the id's messages of an earlier task from this one's), the
   attempt count, the error history (its newest errors, about 16 KiB: ``error_history``,
   so a result of ``max_payload_bytes`` still fits beside it), the current lease (delivery)
@@ -81,13 +81,15 @@ itself, or "=" and its token for an id a header cannot carry exactly, so distinc
 share a message id), "@" and the revision the record was created at
 (``_enqueue_message_id``), and the id it is queued under (``_id_headers``: ``Da-Task-Id`` =
 the id itself where a header carries it exactly, else ``Da-Task-Token`` = its token). An
-enqueue that finds the record still queued with no message bound sends the message again
-under the same message id (its producer may have died, or lost the server, between the two
-writes): the dedup window drops the copy if the first went out within it; past it, the first
-claimed runs and the other is acked away unrun. As the port requires, a finished id is new
+enqueue that finds the record as an enqueue created it (queued, no message bound, written by
+no one since) and older than ``_UNPUBLISHED_GRACE`` (5 s; it waits till then) sends the
+message again under the same message id (its producer may have died, or lost the server,
+between the two writes): the dedup window drops the copy if the first went out within it;
+past it (120 s), the first claimed runs and the other is acked away unrun, and ``stats``
+counts both as queued until then. As the port requires, a finished id is new
 again once its result expired (``_id_is_free``: a record of its own, so a message id of its
 own), while a dead letter keeps its id until it is requeued or purged. A message of the id's
-earlier task (another ``created_at``) is never claimed under the new record
+earlier task (another message: its ``digest``) is never claimed under the new record
 (``_of_this_record``). A message with no record (a foreign producer's, or an older version's
 whose producer died between its message and its record) is claimed with a record the claim
 creates; one published after its record (``_written_after_its_record``) whose record is gone
@@ -135,6 +137,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -195,6 +198,10 @@ _RESULT_POLL = 1.0
 _GIVEN_BACK = "nak"
 # The middle token of a withdrawn message's mark (``<type>.gone.<task token>``).
 _WITHDRAWN = "gone"
+# Seconds after which an enqueue's record with no message bound is taken for that of a producer
+# that died (or lost the server) before publishing (``_enqueue_known``): a producer still running
+# publishes within its request timeout (5 s).
+_UNPUBLISHED_GRACE = 5.0
 # Tasks whose messages (then records) enqueue_many has in flight at once.
 _ENQUEUE_CHUNK = 256
 
@@ -542,7 +549,7 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue(self, task: Task, raw: bytes) -> bool:
         with self._errors(f"enqueue task {task.id!r}"):
             await self._ensure_consumer(task.node_type, task.priority)
-            fresh = _new_record_bytes(_new_record_head(task), 0)
+            fresh = _fresh_record_bytes(task, raw)
             revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=0)
             if revision is None:
                 return await self._enqueue_known(task, raw, fresh)
@@ -553,33 +560,35 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue_known(self, task: Task, raw: bytes, fresh: bytes) -> bool:
         """``enqueue`` of ``task`` (its JSON ``raw``; ``fresh``, the record a first enqueue
         creates) whose record could not be created: one exists. True if the task was queued
-        anew (its id was free: ``_id_is_free``). A record still queued with no message bound
-        (seq 0) under the same node type and priority gets its message sent again: the
-        producer that wrote it may have died or lost the server before publishing. Under the
-        record's revision the message id is the one that producer used, so the dedup window
-        drops the copy if the first went out within it; past the window, the first of the
-        two messages claimed runs and the other is acked away unrun (a stale duplicate)."""
-        for _ in range(3):
-            found = await self._read(task.id)
+        anew (its id was free: ``_id_is_free``).
+
+        A record an enqueue created and no one wrote since (``_untouched``: queued, no message
+        bound) under the same node type and priority gets its message sent again, once the
+        record is ``_UNPUBLISHED_GRACE`` seconds old (waiting till then, while it stays so): its
+        producer may have died or lost the server between the two writes, and one still
+        running has published within that time. The message goes out under the message id
+        that producer used (the record's revision), so the dedup window drops it if the first
+        went out within the window (and the first's task runs); past the window, the first of
+        the two messages claimed runs and the other is acked away unrun, and ``stats`` counts
+        both as queued until then."""
+        for _ in range(5):
+            found = await self._read_from_leader(task.id)
             record = found.record
             if record is None:  # gone since (expired): created anew
                 revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=0)
             elif (record.get("state") == "queued" and not record.get("seq") and record.get("id") == task.id
                   and record.get("node_type") == task.node_type and record.get("priority") == task.priority):
-                # Sent as the record has it (its max_attempts and created_at: ``_of_this_record``),
-                # under the id of the record's own message. A first claim trusts the revision in
-                # an enqueue's message id (``_trusted_revision``) only for the record an enqueue
-                # created; another (a requeue's, a retry's) is read.
+                if not _untouched(record, found.raw):
+                    return False  # a requeue's or a retry's, which sends its own message
+                age = math.inf if found.written_at is None else time.time() - found.written_at
+                if age < _UNPUBLISHED_GRACE:
+                    await asyncio.sleep(_UNPUBLISHED_GRACE - age)
+                    continue  # read again: claimed, cancelled or still unbound
                 max_attempts = record.get("max_attempts")
-                created_at = record.get("created_at", task.created_at)
-                if ((max_attempts, created_at) != (task.max_attempts, task.created_at)
-                        and (max_attempts is None or type(max_attempts) is int) and type(created_at) in (int, float)):
-                    task = dataclasses.replace(task, max_attempts=max_attempts, created_at=created_at)
+                if max_attempts != task.max_attempts:  # as the record has it: its claim keeps the limit
+                    task = dataclasses.replace(task, max_attempts=max_attempts)
                     raw = encode(task_to_dict(task))
-                created = _new_record_bytes(_new_record_head(task), 0)
-                message_id = (_enqueue_message_id(task.id, found.revision) if found.raw == created
-                              else f"{_carried_id(task.id)}/again/{uuid.uuid4().hex}")
-                await self._publish_task(task, raw, message_id)
+                await self._publish_task(task, raw, _enqueue_message_id(task.id, found.revision))
                 await self._wake(task.node_type)
                 return False
             elif await self._id_is_free(task.id, found, None):
@@ -630,7 +639,7 @@ class NatsTaskQueue(TaskQueue):
     async def _enqueue_chunk(self, chunk: Sequence[Task], raws: Sequence[bytes]) -> list[bool]:
         """``enqueue_many``'s writes for ``chunk``, whose tasks' JSON is ``raws``; per task, whether it was created."""
         names, bucket = self._conn.names, self._tasks
-        fresh = [_new_record_bytes(_new_record_head(task), 0) for task in chunk]
+        fresh = [_fresh_record_bytes(task, raw) for task, raw in zip(chunk, raws)]
 
         def publish_message(index: int, ack: replies.PubAck) -> tuple[str, bytes, bytes]:
             # The record is stored: its message goes out at once, from the client's reader,
@@ -884,9 +893,11 @@ class NatsTaskQueue(TaskQueue):
             decoded[id(msg)] = task
             revision = _trusted_revision(msg, task.id) if delivery_count(msg.reply or "") == 1 else None
             if revision is not None:
+                digest = _digest(msg.data)
                 found[id(msg)] = _Found(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=0,
-                                                    created_at=task.created_at),
-                                        revision, raw=_new_record_bytes(_new_record_head(task), 0))
+                                                    digest=digest), revision, raw=_new_record_bytes(_new_record_head(
+                                                        task.id, task.node_type, task.priority, task.max_attempts,
+                                                        digest), 0))
             else:
                 keys[id(msg)] = token(task.id)
         if len(keys) < 2:
@@ -921,7 +932,7 @@ class NatsTaskQueue(TaskQueue):
                     or task.node_type != node_type  # another type than its subject's: _take dead-letters it
                     or record.get("id") != task.id  # another task's record: _take dead-letters it
                     or record.get("state") != "queued" or delivery_count(lease_id) != 1
-                    or record.get("seq") not in (0, seq) or not _of_this_record(record, task)):
+                    or record.get("seq") not in (0, seq) or not _of_this_record(record, msg.data)):
                 continue
             attempt = int(record["attempt"]) + 1
             if attempt < 1:  # (the where, an f-string, made only then)
@@ -1041,13 +1052,15 @@ class NatsTaskQueue(TaskQueue):
                 # (A cancelled task's record expired before its message was claimed: its mark goes too.)
                 await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task.id))
                 return None
-            if found.record is not None and not _of_this_record(found.record, task):
+            if found.record is not None and not _of_this_record(found.record, msg.data):
                 # A message of the id's earlier task (enqueued again once its record expired):
                 # the record's own message is another one, and this one is stale. (Confirmed on the leader.)
                 if not from_leader:
                     from_leader = True
                     continue
                 await send_ack(self._conn.nc, lease_id, "ack")
+                # (That earlier task, cancelled before a claim, was withdrawn from ``stats`` till now.)
+                await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task.id))
                 return None
             record = found.record or _new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=seq)
             if (record.get("seq") not in (0, seq) or record["state"] in _TERMINAL) and not from_leader:
@@ -1774,8 +1787,8 @@ class NatsTaskQueue(TaskQueue):
             if withdrawn is not None:
                 # No message bound: it cannot be deleted, and stays in the stream until a claim
                 # acks it away; marked first (a claim may find the record cancelled at once), so
-                # ``stats`` does not count it queued meanwhile. Kept no longer than the record.
-                await kv.put(self._conn.js, self._claims, withdrawn, b"1", ttl=self.result_ttl)
+                # ``stats`` does not count it queued meanwhile (however long that takes).
+                await kv.put(self._conn.js, self._claims, withdrawn, b"1")
             if await kv.cas(self._conn.js, self._tasks, token(task_id), encode(new), last=found.revision, ttl=self.result_ttl) is None:
                 if withdrawn is not None:
                     await kv.remove(self._conn.js, self._claims, withdrawn)
@@ -2020,15 +2033,40 @@ def _enqueue_message_id(task_id: str, revision: int) -> str:
     return f"{_carried_id(task_id)}@{revision}"
 
 
-def _of_this_record(record: Mapping[str, Any], task: Task) -> bool:
-    """Whether a delivered ``task`` may be claimed under ``record``: not when the record is one an
-    enqueue wrote for another task of the same id (queued, no message bound, another
-    ``created_at``: the id enqueued again once its earlier record expired, whose message this
-    is). A record that names no ``created_at`` (older versions', a requeue's) takes any message
-    of its id, as before."""
-    if record.get("state") != "queued" or record.get("seq") or "created_at" not in record:
+def _digest(data: bytes) -> str:
+    """What an enqueue's record keeps of its task's message ``data``: 16 hex digits of its BLAKE2b."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _fresh_record_bytes(task: Task, raw: bytes) -> bytes:
+    """The record an enqueue of ``task`` (its message ``raw``) creates, as bytes."""
+    return _new_record_bytes(_new_record_head(task.id, task.node_type, task.priority, task.max_attempts, _digest(raw)), 0)
+
+
+def _untouched(record: Mapping[str, Any], raw: bytes | None) -> bool:
+    """Whether ``raw`` (``record``'s bytes) are those an enqueue created, written by no one since
+    (then the revision they were read at is the one the enqueue's message names)."""
+    digest, priority, max_attempts = record.get("digest"), record.get("priority"), record.get("max_attempts")
+    if raw is None or type(digest) is not str or type(priority) is not int or not (
+            max_attempts is None or type(max_attempts) is int):
+        return False
+    try:
+        head = _new_record_head(str(record["id"]), str(record["node_type"]), priority, max_attempts, digest)
+    except (TypeError, ValueError):
+        return False
+    return raw == _new_record_bytes(head, 0)
+
+
+def _of_this_record(record: Mapping[str, Any], data: bytes) -> bool:
+    """Whether a delivered message (its bytes ``data``) may be claimed under ``record``: not when
+    the record is one an enqueue wrote for another task of the same id (queued, no message
+    bound, another ``digest``: the id enqueued again once its earlier record expired, with
+    another task, whose message this is not). A message with the same bytes is the same task.
+    A record that names no ``digest`` (older versions', a requeue's) takes any message of its
+    id, as before."""
+    if record.get("state") != "queued" or record.get("seq") or "digest" not in record:
         return True
-    return bool(record["created_at"] == task.created_at)
+    return bool(record["digest"] == _digest(data))
 
 
 def _trusted_revision(msg: Msg, task_id: str) -> int | None:
@@ -2072,13 +2110,14 @@ def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, le
 
 
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int,
-                created_at: float | None = None) -> dict[str, Any]:
-    """A task's control record as first written: by an enqueue (queued, seq 0, and the task's
-    ``created_at``, which tells its messages from those of an earlier task of the id:
-    ``_of_this_record``), or by a claim of a message that has none (a foreign producer's)."""
+                digest: str | None = None) -> dict[str, Any]:
+    """A task's control record as first written: by an enqueue (queued, seq 0, and the
+    ``_digest`` of the task's message, which tells its messages from those of an earlier task
+    of the id: ``_of_this_record``), or by a claim of a message that has none (a foreign
+    producer's)."""
     head: dict[str, Any] = {"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts}
-    if created_at is not None:
-        head["created_at"] = created_at
+    if digest is not None:
+        head["digest"] = digest
     return {
         **head,
         "seq": seq,
@@ -2095,18 +2134,17 @@ def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int |
 _NEW_RECORD_TAIL = b',"state":"queued","attempt":0,"errors":[],"lease":"","worker":"","deadline":0.0}'
 
 
-def _new_record_head(task: Task) -> bytes:
-    """The JSON of the record an enqueue of ``task`` creates (``_new_record`` with its
-    ``created_at``) up to its ``seq``'s value; ``_new_record_bytes`` completes it. Raises
+def _new_record_head(task_id: str, node_type: str, priority: int, max_attempts: int | None, digest: str) -> bytes:
+    """The JSON of the record an enqueue creates (``_new_record`` with the ``digest`` of the
+    task's message) up to its ``seq``'s value; ``_new_record_bytes`` completes it. Raises
     ``TypeError``/``ValueError`` as ``encode`` does."""
-    priority, max_attempts, created_at = task.priority, task.max_attempts, task.created_at
-    if type(priority) is int and (max_attempts is None or type(max_attempts) is int) and type(created_at) is float:
+    if type(priority) is int and (max_attempts is None or type(max_attempts) is int):
         # The members written one by one: encoding the dict costs about three times as much.
         attempts = b"null" if max_attempts is None else b"%d" % max_attempts
-        return b'{"id":%s,"node_type":%s,"priority":%d,"max_attempts":%s,"created_at":%s,"seq":' % (
-            encode(task.id), encode(task.node_type), priority, attempts, encode(created_at))
-    head = encode({"id": task.id, "node_type": task.node_type, "priority": priority, "max_attempts": max_attempts,
-                   "created_at": created_at})
+        return b'{"id":%s,"node_type":%s,"priority":%d,"max_attempts":%s,"digest":%s,"seq":' % (
+            encode(task_id), encode(node_type), priority, attempts, encode(digest))
+    head = encode({"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts,
+                   "digest": digest})
     return head[:-1] + b',"seq":'
 
 

@@ -20,10 +20,10 @@ from support.aio import run
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.backend import NatsBackend
 from distributed_agents.adapters.nats.naming import token
-from distributed_agents.adapters.nats.task_queue import _claimed_bytes, _new_record
+from distributed_agents.adapters.nats.task_queue import _claimed_bytes, _digest, _new_record
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.ports.backend import BackendOptions
-from distributed_agents.core.ports.task_queue import Task
+from distributed_agents.core.ports.task_queue import Task, task_to_dict
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,7 +108,7 @@ def test_claimed_records_are_stored_as_encoded_and_acked_from_there(nats_server:
     for claim, record, raw in zip(claims, stored, raws):
         task = claim.task
         expected = {**_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=record["seq"],
-                                  created_at=task.created_at),
+                                  digest=_digest(encode(task_to_dict(task)))),
                     "state": "claimed", "attempt": 1, "lease": claim.lease_id, "worker": "worker \"7\"",
                     "deadline": record["deadline"]}
         assert raw == encode(expected)

@@ -197,9 +197,10 @@ def test_a_message_an_older_producer_stored_without_its_record_runs_once(nats_ur
 def test_a_record_whose_producer_died_before_its_message_runs_once_when_enqueued_again(nats_url: str, how: str) -> None:
     """Records created as ``enqueue`` creates them, their messages never published (the producer
     died, or lost the server, between its two writes): enqueuing the same tasks again answers
-    False (the ids are known) and sends their messages; each runs once, a second enqueue
-    within the dedup window adds no copy, and stats count exactly what waits."""
-    from distributed_agents.adapters.nats.task_queue import _new_record_bytes, _new_record_head
+    False (the ids are known) and, once the records are past the grace a live producer has
+    to publish, sends their messages; each runs once, a second enqueue within the dedup
+    window adds no copy, and stats count exactly what waits."""
+    from distributed_agents.adapters.nats.task_queue import _fresh_record_bytes
 
     async def scenario() -> tuple[list[bool], Any, list[str], Any]:
         backend = await open_nats(nats_url, prefix=_prefix("pm"))
@@ -209,7 +210,8 @@ def test_a_record_whose_producer_died_before_its_message_runs_once_when_enqueued
             assert await _drain(backend, ["alpha"]) == ["warm"]
             orphans = [_task(f"lost{i}") for i in range(3)]
             for task in orphans:
-                assert await kv.cas(js, queue._tasks, token(task.id), _new_record_bytes(_new_record_head(task), 0), last=0)
+                raw = encode(task_to_dict(task))
+                assert await kv.cas(js, queue._tasks, token(task.id), _fresh_record_bytes(task, raw), last=0)
             if how == "enqueue":
                 flags = [await queue.enqueue(task) for task in [*orphans, _task("new")]]
                 flags += [await queue.enqueue(task) for task in orphans]
@@ -232,7 +234,7 @@ def test_a_record_whose_producer_died_before_its_message_runs_once_when_enqueued
 def test_a_message_of_an_earlier_task_of_the_id_never_runs_under_the_new_record(nats_url: str) -> None:
     """A task queued (no worker yet), its record then lost past its message (deleted, as an
     expired record is), and the id enqueued again with another payload: the first message
-    is not claimed under the new record (another ``created_at``); only the new task runs."""
+    is not claimed under the new record (another task: its digest); only the new task runs."""
 
     async def scenario() -> list[Any]:
         backend = await open_nats(nats_url, prefix=_prefix("er"))
