@@ -492,12 +492,16 @@ class StepEngine(_Progress):
                 return await self._end_for_parent(graph, record, lease, entries, parsed, to_parent)
             ran: list[str] = []
             writes: list[tuple[str, dict[str, Any]]] = []
+            # Every node that ran is in the checkpoint's writes, None for one that wrote nothing
+            # (LangGraph streams such a node's update as {node: None}).
+            ran_writes: dict[str, dict[str, Any] | None] = {}
             gotos: list[tuple[str, list[str | Send]]] = []
             for entry in entries:
                 got = parsed.get(entry.key)
                 if got is None:
                     continue
                 ran.append(entry.node)
+                ran_writes[entry.key] = got.updates or None
                 if got.updates:
                     writes.append((entry.key, got.updates))
                 if got.goto:
@@ -517,7 +521,7 @@ class StepEngine(_Progress):
                 raise
             recent = (*recent[-7:], next_nodes)
             step = record.step + 1
-            checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=dict(writes))
+            checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=ran_writes)
             status = WorkflowStatus.RUNNING if frontier["next"] or frontier.get("sends") else WorkflowStatus.COMPLETED
             after = _breakpoint_hits(breaks_after, [e.node for e in entries]) if breaks_after else []
             if after:

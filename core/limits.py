@@ -116,7 +116,7 @@ def check_commit_size(
     step: int,
     state: Mapping[str, Any],
     record_rest: Mapping[str, Any] | bytes,
-    writes: Mapping[str, Mapping[str, Any]] | None,
+    writes: Mapping[str, Mapping[str, Any] | None] | None,
     limit: int | None,
     *,
     state_json: bytes | None = None,
@@ -125,7 +125,7 @@ def check_commit_size(
 
     A commit stores the workflow record (``state`` plus ``record_rest``: frontier,
     metadata, error) and, for a step, a checkpoint (``state`` plus the step's
-    ``writes`` by node). ``PayloadTooLargeError`` names the workflow, the step, the
+    ``writes`` by node; None for a node that wrote nothing). ``PayloadTooLargeError`` names the workflow, the step, the
     size, the limit, the largest state keys and (as ``node``) the node that wrote the
     most. ``limit`` None: no check. Values that are not JSON are not measured here.
     ``state_json`` is ``encode(state)`` when the caller has it already (it is not encoded again),
@@ -138,7 +138,8 @@ def check_commit_size(
     record_size = state_size + (rest_size or 0)
     # What the checkpoint entry stores: the writes less the values the state holds already
     # (checkpoint_delta.split_writes), so a node's large output is not counted twice.
-    kept = None if writes is None else split_writes({k: dict(v) for k, v in writes.items()}, state)[0]
+    written = None if writes is None else {k: dict(v) for k, v in writes.items() if v is not None}
+    kept = None if written is None else split_writes(written, state)[0]
     writes_size = 0 if not kept else (_size(kept) or 0)
     checkpoint_size = state_size + writes_size
     size = max(record_size, checkpoint_size)
@@ -146,8 +147,8 @@ def check_commit_size(
         return size
     what = "checkpoint (the state plus this step's writes)" if checkpoint_size >= record_size else "workflow record"
     writer = ""
-    if writes:
-        sizes = {name: _size(dict(updates)) or 0 for name, updates in writes.items()}
+    if written:
+        sizes = {name: _size(updates) or 0 for name, updates in written.items()}
         writer = max(sizes, key=lambda name: sizes[name])
         # writes_size counts only what the checkpoint stores besides the state (values the state
         # holds are stored once): say which, or 8 bytes of writes next to a 5 MB node output reads as a mistake.

@@ -1018,6 +1018,10 @@ class Orchestrator:
         driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
         driver.add_done_callback(_ignore_outcome)  # its outcome is the stream's, if anyone still reads it
         try:
+            if isinstance(initial_state, Command) and current is not None:
+                # A resumed run starts with the state it resumes from, as LangGraph's does.
+                for chunk in reader.leading_values(current):
+                    yield chunk
             async for chunk in reader.chunks(after_step=after, driver=driver):
                 yield chunk
         finally:

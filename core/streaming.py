@@ -579,6 +579,13 @@ class StreamReader:
                 out += await self._replay_children(child, step)
         return out
 
+    def leading_values(self, record: WorkflowRecord) -> list[Any]:
+        """The chunk a resumed run's stream starts with (LangGraph's): the "values" of the state
+        ``record`` holds, the one the run resumes from; none unless "values" is streamed."""
+        if "values" not in self.modes:
+            return []
+        return [self._shape("values", result_values(record.state, record.metadata), ())]
+
     def _step_chunks(
         self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()
     ) -> list[Any]:
@@ -586,7 +593,7 @@ class StreamReader:
         if "updates" in self.modes:
             for key, writes in checkpoint.writes.items():
                 out.append(self._shape("updates", {str(key).partition("#")[0]: writes}, namespace))
-        if "values" in self.modes:
+        if "values" in self.modes and not _wrote_nothing(checkpoint):
             values = dict(checkpoint.state) if record is None else result_values(checkpoint.state, record.metadata)
             out.append(self._shape("values", values, namespace))
         return out
@@ -595,6 +602,14 @@ class StreamReader:
         if self.subgraphs:
             return (namespace, mode, chunk) if self.tagged else (namespace, chunk)
         return (mode, chunk) if self.tagged else chunk
+
+
+def _wrote_nothing(checkpoint: Checkpoint) -> bool:
+    """Whether ``checkpoint`` is a step whose nodes all ran and wrote nothing: its state is the
+    step before's, so "values" yields nothing for it (as LangGraph yields values only for a
+    step that updated the state); "updates" still names each node (``{node: None}``)."""
+    writes = checkpoint.writes
+    return checkpoint.step > 0 and bool(writes) and all(updates is None for updates in writes.values())
 
 
 def _live_chunk(mode: str, data: Mapping[str, Any]) -> Any:

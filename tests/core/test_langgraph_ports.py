@@ -559,9 +559,11 @@ def test_static_breakpoint_before_a_node_then_continue_with_none() -> None:
 def test_static_breakpoint_streamed_as_in_the_docs() -> None:
     """The same breakpoints example as LangGraph's docs run it: ``stream`` with ``stream_mode="values"``.
 
-    LangGraph prints ``{'input': 'hello world'}`` three times (the input, after step 1, after
-    step 2), then ``graph.get_state(thread).next == ('step_3',)``; ``stream(None, thread)``
-    runs step 3.
+    LangGraph 1.2 prints ``{'input': 'hello world'}`` once (the input: steps 1 and 2 write
+    nothing, so no values follow them; older releases, whose docs show it three times, printed
+    it after every step), then ``graph.get_state(thread).next == ('step_3',)``;
+    ``stream(None, thread)`` prints the state it resumes from once and runs step 3 (which
+    writes nothing either).
     """
     ran: list[str] = []
 
@@ -581,7 +583,7 @@ def test_static_breakpoint_streamed_as_in_the_docs() -> None:
     graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["step_3"])
     thread = {"configurable": {"thread_id": "breakpoints-2"}}
     events = list(graph.stream({"input": "hello world"}, thread, stream_mode="values"))
-    assert events == [{"input": "hello world"}] * 3 and ran == ["---Step 1---", "---Step 2---"]
+    assert events == [{"input": "hello world"}] and ran == ["---Step 1---", "---Step 2---"]
     assert graph.get_state(thread).next == ("step_3",)
     assert list(graph.stream(None, thread, stream_mode="values")) == [{"input": "hello world"}]
     assert ran == ["---Step 1---", "---Step 2---", "---Step 3---"] and graph.get_state(thread).next == ()

@@ -246,7 +246,9 @@ def test_a_failing_workflow_streams_what_happened_then_raises_its_error() -> Non
     assert replayed == [{"ok": {"a": 1}}]
 
 
-def test_an_interrupt_ends_the_stream_and_a_resume_streams_only_the_new_steps() -> None:
+def test_an_interrupt_ends_the_stream_and_a_resume_streams_the_state_it_resumes_from_then_the_new_steps() -> None:
+    """As LangGraph 1.2 streams a resume (``Command(resume=...)``): the values it resumes from
+    first, then the steps it runs; not the steps before the pause again."""
     def ask(state: State) -> dict[str, Any]:
         return {"answer": interrupt("name?")}
 
@@ -262,7 +264,7 @@ def test_an_interrupt_ends_the_stream_and_a_resume_streams_only_the_new_steps() 
 
     paused, resumed = run(scenario())
     assert len(paused) == 1 and paused[0]["__interrupt__"][0]["value"] == "name?"
-    assert resumed == [("updates", {"ask": {"answer": "Ada"}}), ("values", {"answer": "Ada"})]
+    assert resumed == [("values", {}), ("updates", {"ask": {"answer": "Ada"}}), ("values", {"answer": "Ada"})]
 
 
 def test_writer_refuses_what_is_not_json_and_takes_model_dump_objects() -> None:
