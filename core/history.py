@@ -45,6 +45,7 @@ from distributed_agents.core.subgraphs import children_of
 from distributed_agents.core.types import read_output
 
 __all__ = [
+    "PregelTask",
     "StateSnapshot",
     "checkpoint_config",
     "checkpoint_id",
@@ -81,12 +82,54 @@ def parse_checkpoint_id(text: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class PregelTask:
+    """One task of a snapshot's next step, as LangGraph's ``StateSnapshot.tasks`` holds it.
+
+    ``id`` is ``"<checkpoint_id>:<task>"`` (``task``: the node, or ``node#i`` for its i-th
+    ``Send``); ``name`` its node; ``path`` ``("__pregel_pull", node)`` for an edge-triggered
+    task, ``("__pregel_push", i)`` for a Send; ``interrupts`` the pending ``Interrupt``s its
+    ``interrupt()`` calls raised (a static breakpoint is not one, as in LangGraph: it is in
+    the snapshot's ``interrupts`` only); ``error``, ``state`` and ``result`` None (the task
+    has not run: LangGraph sets them for a task of a step that failed, ran a subgraph, or
+    finished while a sibling paused).
+    """
+
+    id: str
+    name: str
+    path: tuple[Any, ...] = ()
+    error: Any = None
+    interrupts: tuple[Any, ...] = ()
+    state: Any = None
+    result: Any = None
+
+
+def _tasks_of(checkpoint_key: str, frontier: Mapping[str, Any], interrupts: tuple[Any, ...]) -> tuple[PregelTask, ...]:
+    """The ``PregelTask`` of each task ``frontier``'s step runs, in ``_next_tasks``'s order."""
+    by_task: dict[str, list[Any]] = {}
+    for pause in interrupts:
+        if getattr(pause, "kind", "interrupt") == "interrupt":
+            by_task.setdefault(str(getattr(pause, "task", "") or getattr(pause, "node", "")), []).append(pause)
+    tasks: list[PregelTask] = []
+    counts: dict[str, int] = {}
+    for position, send in enumerate(frontier.get("sends") or ()):
+        node = str(send["node"])
+        index = counts.get(node, 0)
+        counts[node] = index + 1
+        key = f"{node}#{index}"
+        tasks.append(PregelTask(f"{checkpoint_key}:{key}", node, ("__pregel_push", position), None,
+                                tuple(by_task.get(key, ()))))
+    tasks.extend(PregelTask(f"{checkpoint_key}:{name}", name, ("__pregel_pull", name), None, tuple(by_task.get(name, ())))
+                 for name in dict.fromkeys(str(name) for name in frontier.get("next", ())))
+    return tuple(tasks)
+
+
+@dataclass(frozen=True)
 class StateSnapshot:
     """A workflow's state at one checkpoint.
 
     ``values`` is the full state after ``step`` committed steps; ``next`` the nodes of
-    the tasks the next step runs, one entry per task as in LangGraph (three ``Send`` tasks to
-    ``w`` are ``("w", "w", "w")``; edge-triggered nodes first, then the Sends in order;
+    the tasks the next step runs, one entry per task as in LangGraph 1.2 (three ``Send`` tasks to
+    ``w`` are ``("w", "w", "w")``; the Sends in order first, then edge-triggered nodes;
     empty: nothing left to run); ``checkpoint_id`` is
     ``"<workflow_id>:<step>"`` and ``parent_checkpoint_id`` the checkpoint it followed
     (None for a workflow's first; for a fork, a checkpoint of the workflow it was
@@ -98,7 +141,9 @@ class StateSnapshot:
     (as ``get_workflow_status`` reports them) on its latest checkpoint, None on older ones.
     ``subgraphs`` (only from ``get_state(id, subgraphs=True)``) maps each task of the
     current step that runs a subgraph (the node name, or ``node#i``) to that child
-    workflow's latest snapshot, itself with its ``subgraphs``.
+    workflow's latest snapshot, itself with its ``subgraphs``. ``tasks`` (LangGraph's) has a
+    ``PregelTask`` per entry of ``next``, each with the interrupts its node raised
+    (``state.tasks[0].interrupts[0].value``).
     """
 
     workflow_id: str
@@ -113,6 +158,7 @@ class StateSnapshot:
     status: str | None = None
     error: Mapping[str, Any] | None = None
     subgraphs: Mapping[str, StateSnapshot] = field(default_factory=dict)
+    tasks: tuple[PregelTask, ...] = ()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -171,9 +217,10 @@ def _parent(checkpoint: Checkpoint) -> str | None:
 
 
 def _next_tasks(frontier: Mapping[str, Any]) -> tuple[str, ...]:
-    """The node of each task ``frontier``'s step runs: edge-triggered nodes once each, then one per Send."""
-    names = list(dict.fromkeys(str(name) for name in frontier.get("next", ())))
-    names.extend(str(send["node"]) for send in frontier.get("sends") or ())
+    """The node of each task ``frontier``'s step runs: one per Send, in order, then the
+    edge-triggered nodes once each (LangGraph 1.2's order: its push tasks before its pull tasks)."""
+    names = [str(send["node"]) for send in frontier.get("sends") or ()]
+    names.extend(dict.fromkeys(str(name) for name in frontier.get("next", ())))
     return tuple(names)
 
 
@@ -188,6 +235,9 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
     frontier = record.frontier if latest and record is not None else checkpoint.frontier
     metadata = {**checkpoint.metadata, "source": _source(checkpoint), "step": checkpoint.step,
                 "writes": dict(checkpoint.writes)}
+    interrupts = read_interrupts(frontier) if latest and record is not None \
+        and record.status == WorkflowStatus.INTERRUPTED else ()
+    key = checkpoint_id(checkpoint.workflow_id, checkpoint.step)
     return StateSnapshot(
         workflow_id=checkpoint.workflow_id,
         values=dict(values),
@@ -199,8 +249,8 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
         metadata=metadata,
         status=record.status if latest and record is not None else None,
         error=record.error if latest and record is not None else None,
-        interrupts=read_interrupts(frontier) if latest and record is not None
-        and record.status == WorkflowStatus.INTERRUPTED else (),
+        interrupts=interrupts,
+        tasks=_tasks_of(key, frontier, interrupts),
     )
 
 

@@ -20,7 +20,7 @@ _install_backend_opener(_plugins.open_backend)
 from distributed_agents.core.cache import CachePolicy  # noqa: E402
 from distributed_agents.core.checkpointers import InMemorySaver, MemorySaver  # noqa: E402
 from distributed_agents.core.graph import END, START, Graph, StateGraph  # noqa: E402
-from distributed_agents.core.history import StateSnapshot  # noqa: E402
+from distributed_agents.core.history import PregelTask, StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
 from distributed_agents.core.messages import (  # noqa: E402
     REMOVE_ALL_MESSAGES,
@@ -56,6 +56,7 @@ __all__ = [
     "NodeContext",
     "NodeRegistry",
     "Orchestrator",
+    "PregelTask",
     "REMOVE_ALL_MESSAGES",
     "RemoveMessage",
     "RetryPolicy",

@@ -191,5 +191,6 @@ def test_next_has_one_entry_per_task_as_in_langgraph(sends: int) -> None:
             return snapshot.next, await orchestrator.resume(f"wf-next-{sends}")
 
     next_tasks, done = run(scenario())
-    assert next_tasks == ("log", *["w"] * sends)  # edge-triggered nodes once each, then one per Send
+    # One per Send, then edge-triggered nodes once each: LangGraph 1.2.24 gives ('w', 'w', 'w', 'log') here.
+    assert next_tasks == (*["w"] * sends, "log")
     assert sorted(done.get("out", [])) == list(range(sends))

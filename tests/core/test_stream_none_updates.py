@@ -9,7 +9,8 @@ breakpoint) starts with the values of the state it resumes from.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+import operator
+from typing import Annotated, Any, Literal, TypedDict
 
 from support.aio import run
 
@@ -18,6 +19,10 @@ from distributed_agents import END, START, Command, InMemorySaver, Orchestrator,
 
 class S(TypedDict, total=False):
     x: int
+
+
+class L(TypedDict, total=False):
+    log: Annotated[list[str], operator.add]
 
 
 def _writes_nothing_then_something() -> Any:
@@ -89,3 +94,41 @@ def test_a_resumed_run_streams_the_state_it_resumes_from_first() -> None:
                        ("updates", {"double": {"x": 10}}), ("values", {"x": 10})]
     # "updates" alone has no leading chunk: only "values" starts with the state resumed from.
     assert updates[-2:] == [{"ask": {"x": 3}}, {"double": {"x": 6}}]
+
+
+def test_state_tasks_carry_the_interrupts_of_each_pending_task_sends_first() -> None:
+    """LangGraph's ``state.tasks``: one ``PregelTask`` per entry of ``next`` (Sends first, as
+    LangGraph 1.2.24 orders them), each with the interrupts its node raised:
+    ``state.tasks[0].interrupts[0].value`` reads the question, as LangGraph's docs do."""
+    from distributed_agents import PregelTask, Send
+
+    def root(state: L) -> dict[str, Any]:
+        return {"log": ["root"]}
+
+    def approve(state: L) -> dict[str, Any]:
+        return {"log": [f"approve={interrupt('approve?')}"]}
+
+    def work(state: dict[str, Any]) -> dict[str, Any]:
+        key = state["k"]
+        answer = interrupt(f"w {key}?")
+        return {"log": [f"w{key}={answer}"]}
+
+    graph = StateGraph(L)
+    graph.add_node("root", root).add_node("approve", approve).add_node("w", work)
+    graph.add_edge(START, "root").add_edge("root", "approve")
+    graph.add_conditional_edges("root", lambda s: [Send("w", {"k": 1}), Send("w", {"k": 2})], ["w"])
+    graph.add_edge("approve", END).add_edge("w", END)
+    app = graph.compile(checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "tasks"}}
+    app.invoke({"log": []}, thread)
+    state = app.get_state(thread)
+    assert state.next == ("w", "w", "approve")
+    assert all(isinstance(task, PregelTask) for task in state.tasks)
+    assert [(t.name, t.path, [i.value for i in t.interrupts]) for t in state.tasks] == [
+        ("w", ("__pregel_push", 0), ["w 1?"]), ("w", ("__pregel_push", 1), ["w 2?"]),
+        ("approve", ("__pregel_pull", "approve"), ["approve?"])]
+    assert len({task.id for task in state.tasks}) == 3
+    app.invoke(Command(resume={state.tasks[0].interrupts[0].id: "a", state.tasks[1].interrupts[0].id: "b",
+                               state.tasks[2].interrupts[0].id: "c"}), thread)
+    after = app.get_state(thread)
+    assert after.tasks == () and sorted(after.values["log"]) == ["approve=c", "root", "w1=a", "w2=b"]
