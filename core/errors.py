@@ -22,7 +22,7 @@ The tree::
     │   ├── PayloadTooLargeError          a result or state is over the backend's size limit
     │   ├── ReducerConflictError          two nodes wrote one key in a step, no reducer
     │   ├── RoutingError                  a condition failed, wrote state or chose no node
-    │   ├── StepLimitExceededError        a loop ran past the step limit
+    │   ├── StepLimitExceededError        a loop ran past the step limit (a RecursionError; alias GraphRecursionError)
     │   ├── WorkflowCancelledError        the workflow was cancelled
     │   ├── WorkflowFailedError           waiting on a workflow that failed
     │   ├── WorkflowLeaseHeldError        another orchestrator drives the workflow (holds its lease)
@@ -54,6 +54,7 @@ __all__ = [
     "GraphError",
     "GraphFrozenError",
     "GraphNotCompiledError",
+    "GraphRecursionError",
     "GraphValidationError",
     "InvalidNodeOutputError",
     "LeaseLostError",
@@ -217,13 +218,22 @@ class ReducerConflictError(ExecutionError):
         self.nodes = nodes
 
 
-class StepLimitExceededError(ExecutionError):
-    """The workflow ran more steps than allowed; ``nodes`` were still being triggered."""
+class StepLimitExceededError(ExecutionError, RecursionError):
+    """The workflow ran more steps than allowed; ``nodes`` were still being triggered.
+
+    A ``RecursionError`` too, and importable as ``GraphRecursionError``, as LangGraph's error
+    for its recursion limit is: ported ``except GraphRecursionError`` / ``except
+    RecursionError`` clauses catch it.
+    """
 
     def __init__(self, message: str, *, limit: int, nodes: tuple[str, ...]) -> None:
         super().__init__(message)
         self.limit = limit
         self.nodes = nodes
+
+
+#: LangGraph's name for the step limit's error (``langgraph.errors.GraphRecursionError``).
+GraphRecursionError = StepLimitExceededError
 
 
 class WorkflowCancelledError(ExecutionError):

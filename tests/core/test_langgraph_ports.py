@@ -716,6 +716,30 @@ def test_recursion_limit_in_the_config_stops_a_loop_as_the_step_limit() -> None:
         builder.compile().invoke({"n": 0}, {"recursion_limit": 3})
 
 
+def test_the_step_limit_error_is_caught_as_langgraphs_graph_recursion_error_and_as_recursion_error() -> None:
+    """LangGraph code catches its recursion limit as ``GraphRecursionError`` (a ``RecursionError``):
+    both clauses, ported with the import changed, catch the step limit's error."""
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import GraphRecursionError, StepLimitExceededError
+
+    class S(TypedDict):
+        n: int
+
+    builder = StateGraph(S)
+    builder.add_node("loop", lambda s: {"n": s["n"] + 1})
+    builder.add_edge(START, "loop").add_conditional_edges("loop", lambda s: "loop", ["loop", END])
+    app = builder.compile()
+    with pytest.raises(GraphRecursionError) as caught:
+        app.invoke({"n": 0}, {"recursion_limit": 4})
+    assert isinstance(caught.value, StepLimitExceededError) and caught.value.limit == 4
+    try:
+        app.invoke({"n": 0}, {"recursion_limit": 2})
+    except RecursionError as exc:  # what `except RecursionError` in ported code sees
+        assert "loop" in str(exc)
+    else:
+        raise AssertionError("the step limit was not reached")
+
+
 @pytest.mark.parametrize(("config", "match"), [
     ({"recursion_limit": 0}, "recursion_limit"),
     ({"recursion_limit": "5"}, "recursion_limit"),
