@@ -365,7 +365,7 @@ class _Drive:
 class _LeaseRun:
     """One running workflow whose lease the orchestrator's ``_Renewer`` keeps alive."""
 
-    __slots__ = ("lease", "drive", "released", "loop", "due", "lost", "renewing")
+    __slots__ = ("lease", "drive", "released", "loop", "due", "lost", "renewing", "missing")
 
     def __init__(self, lease: WorkflowLease, drive: _Stoppable, released: Callable[[], bool],
                  loop: asyncio.AbstractEventLoop, due: float) -> None:
@@ -376,6 +376,7 @@ class _LeaseRun:
         self.due = due  # loop time of the next renewal
         self.lost = False  # set when a renewal found the lease lost (the drive is then cancelled)
         self.renewing = False
+        self.missing = 0  # renewals in a row that found no record (deleted: see _renew)
 
 
 class _Renewer:
@@ -1886,6 +1887,15 @@ class Orchestrator:
                     and not run.released() and self._running.get(workflow_id) is run.drive):
                 log.info("workflow %r was cancelled by another process; stopping its run here", workflow_id)
                 self._cancelled.add(workflow_id)
+                run.drive.cancel()
+            run.missing = run.missing + 1 if record is None else 0
+            if run.missing >= 2 and not run.drive.done() and not run.released():
+                # Deleted under the run ('delete --force' cancels, then deletes: a renewal that
+                # read neither the cancel nor a lease gone would renew on for ever), seen twice
+                # in a row (not one read of a replica behind): the run stops, as at a lost lease,
+                # and finds the workflow gone (_after_lease_loss: WorkflowNotFoundError).
+                log.warning("workflow %r is gone (deleted); stopping its run here", workflow_id)
+                run.lost = True
                 run.drive.cancel()
         except LeaseLostError as exc:
             if run.released() or run.drive.done():  # released by the last commit while the renewal was on its way

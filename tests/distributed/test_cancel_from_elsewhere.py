@@ -118,3 +118,40 @@ def test_a_workflow_deleted_under_its_driver_ends_its_run_saying_it_is_gone(url:
 
     message = run(scenario(), timeout=80)
     assert "is gone from" in message and "delete --force" in message, message
+
+
+def test_a_record_deleted_while_its_lease_stays_held_still_ends_the_run() -> None:
+    """A delete whose write freeing the lease lost a race with a renewal (on NATS, a CAS against
+    the revision it read) left the record gone and the lease renewing: the driver renewed on
+    and waited for ever. Now two renewals in a row that find no record stop the run, which
+    says the workflow is gone. The state is made by hand on the memory backend: the record
+    removed, the lease kept."""
+    from distributed_agents.core.errors import WorkflowNotFoundError
+
+    url = f"memory://?prefix=kept{uuid.uuid4().hex[:8]}"
+    worker = Worker(backend=url, capacity=1, poll_wait=0.1)
+
+    async def scenario() -> str:
+        slow = BlockingNode()
+        worker.register_node("start", lambda s: None)
+        worker.register_node("slow", slow)
+        driver = Orchestrator(backend=url, wait_for_workers=True, local_nodes=False, worker_timeout=60,
+                              lease_ttl=LEASE_TTL)
+        serving = asyncio.ensure_future(worker.start())
+        try:
+            running = asyncio.ensure_future(driver.execute(two_branches(), {}, workflow_id="wf-kept"))
+            await asyncio.wait_for(slow.started.wait(), 20)
+            data = driver.backend.state_store._data  # type: ignore[attr-defined]
+            with data.lock:
+                assert data.leases.get("wf-kept") is not None
+                data.workflows.pop("wf-kept")  # the record goes, the lease stays
+            with pytest.raises(WorkflowNotFoundError) as caught:  # before: it never returned
+                await asyncio.wait_for(running, 20)
+            return str(caught.value)
+        finally:
+            await worker.stop(grace=2)
+            await serving
+            await driver.close()
+
+    message = run(scenario(), timeout=60)
+    assert "wf-kept" in message, message
