@@ -932,7 +932,7 @@ class NatsTaskQueue(TaskQueue):
                     or task.node_type != node_type  # another type than its subject's: _take dead-letters it
                     or record.get("id") != task.id  # another task's record: _take dead-letters it
                     or record.get("state") != "queued" or delivery_count(lease_id) != 1
-                    or record.get("seq") not in (0, seq) or not _of_this_record(record, msg.data)):
+                    or record.get("seq") not in (0, seq) or not _of_this_record(record, found.revision, msg, task.id)):
                 continue
             attempt = int(record["attempt"]) + 1
             if attempt < 1:  # (the where, an f-string, made only then)
@@ -1052,7 +1052,7 @@ class NatsTaskQueue(TaskQueue):
                 # (A cancelled task's record expired before its message was claimed: its mark goes too.)
                 await kv.remove(self._conn.js, self._claims, _withdrawn_key(task.node_type, task.id))
                 return None
-            if found.record is not None and not _of_this_record(found.record, msg.data):
+            if found.record is not None and not _of_this_record(found.record, found.revision, msg, task.id):
                 # A message of the id's earlier task (enqueued again once its record expired):
                 # the record's own message is another one, and this one is stale. (Confirmed on the leader.)
                 if not from_leader:
@@ -2057,16 +2057,20 @@ def _untouched(record: Mapping[str, Any], raw: bytes | None) -> bool:
     return raw == _new_record_bytes(head, 0)
 
 
-def _of_this_record(record: Mapping[str, Any], data: bytes) -> bool:
-    """Whether a delivered message (its bytes ``data``) may be claimed under ``record``: not when
-    the record is one an enqueue wrote for another task of the same id (queued, no message
-    bound, another ``digest``: the id enqueued again once its earlier record expired, with
-    another task, whose message this is not). A message with the same bytes is the same task.
-    A record that names no ``digest`` (older versions', a requeue's) takes any message of its
-    id, as before."""
+def _of_this_record(record: Mapping[str, Any], revision: int, msg: Msg, task_id: str) -> bool:
+    """Whether the delivered ``msg`` may be claimed under ``record`` (read at ``revision``): not
+    when the record is one an enqueue wrote for another task of the same id (queued, no
+    message bound, another ``digest``: the id enqueued again once its earlier record expired,
+    with another task, whose message this is not). A message whose id names this revision
+    (``_trusted_revision``) was published for this very record: by its enqueue, or sent again
+    by a later enqueue of the id (``_enqueue_known``), whose task's bytes may differ (its
+    ``created_at``). A message with the same bytes is the same task. A record that names no
+    ``digest`` (older versions', a requeue's) takes any message of its id, as before."""
     if record.get("state") != "queued" or record.get("seq") or "digest" not in record:
         return True
-    return bool(record["digest"] == _digest(data))
+    if _trusted_revision(msg, task_id) == revision:
+        return True
+    return bool(record["digest"] == _digest(msg.data))
 
 
 def _trusted_revision(msg: Msg, task_id: str) -> int | None:

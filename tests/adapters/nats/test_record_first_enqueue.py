@@ -181,3 +181,42 @@ def test_a_cancelled_message_stays_withdrawn_past_result_ttl_and_never_runs_for_
     assert again is True
     assert seen == [(0, 0, 0), (0, 0, 0), (1, 0, 0), (0, 0, 0)]
     assert ran == [{"v": "new"}]
+
+
+def test_a_message_sent_again_for_a_dead_producers_record_runs_even_when_redelivered(nats_url: str) -> None:
+    """From the chaos soak: an orchestrator created a task's record and died before publishing;
+    the one taking over enqueued the task again (a Task of its own: another ``created_at``, so
+    other bytes than the record's digest) and the message went out; its first delivery was
+    pulled by a worker that died before claiming it. Redelivered, it was taken for an earlier
+    task's message (the digest differs) and acked away unrun: the workflow waited for ever.
+    Now a message whose id names the record's revision is that record's, whatever its bytes."""
+    from distributed_agents.adapters.nats.delivery import pull_ready
+    from distributed_agents.adapters.nats.naming import token
+    from distributed_agents.adapters.nats.task_queue import _fresh_record_bytes
+    from distributed_agents.adapters.nats import kv
+    from distributed_agents.core.codec import encode
+    from distributed_agents.core.ports.task_queue import task_to_dict
+
+    async def scenario() -> tuple[Any, ...]:
+        backend = await open_nats(nats_url, visibility_timeout=1.0)
+        queue, names = backend.task_queue, backend.connection.names
+        try:
+            await queue._ensure_consumer("x", 0)
+            first = Task("t", "wf", "n", "x", {"v": 1}, created_at=1000.0)  # the producer that died
+            assert await kv.cas(backend.connection.js, queue._tasks, token("t"),
+                                _fresh_record_bytes(first, encode(task_to_dict(first))), last=0)
+            again = await queue.enqueue(Task("t", "wf", "n", "x", {"v": 1}, created_at=2000.0))
+            # A worker pulls the delivery and dies before claiming it: redelivered after AckWait.
+            pulled = await pull_ready(backend.connection.nc, names.task_stream, names.task_consumer("x", 0), 1)
+            claims = await queue.claim(["x"], worker_id="w", max_tasks=1, wait=5)
+            ran = [(c.task.id, c.attempt) for c in claims]
+            for claim in claims:
+                await queue.ack(claim, None)
+            return again, len(pulled), ran, await queue.get_result("t")
+        finally:
+            await backend.close()
+
+    again, pulled, ran, result = run(scenario(), 40)
+    assert again is False and pulled == 1
+    assert ran == [("t", 1)]
+    assert result is not None and result.status == "succeeded"
