@@ -2065,8 +2065,10 @@ def _of_this_record(record: Mapping[str, Any], revision: int, msg: Msg, task_id:
     (``_trusted_revision``) was published for this very record: by its enqueue, or sent again
     by a later enqueue of the id (``_enqueue_known``), whose task's bytes may differ (its
     ``created_at``). A message with the same bytes is the same task. A record that names no
-    ``digest`` (older versions', a requeue's) takes any message of its id, as before."""
-    if record.get("state") != "queued" or record.get("seq") or "digest" not in record:
+    ``digest`` (older versions', a requeue's) takes any message of its id, as before, and so
+    does one claimed before (``attempt`` over 0: queued again for a retry or a delay, whose
+    message is the claimed task sent again)."""
+    if record.get("state") != "queued" or record.get("seq") or record.get("attempt") or "digest" not in record:
         return True
     if _trusted_revision(msg, task_id) == revision:
         return True
