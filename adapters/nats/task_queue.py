@@ -591,7 +591,7 @@ class NatsTaskQueue(TaskQueue):
                 await self._publish_task(task, raw, _enqueue_message_id(task.id, found.revision))
                 await self._wake(task.node_type)
                 return False
-            elif await self._id_is_free(task.id, found, None):
+            elif await self._id_is_free(task.id, record):
                 # A finished task whose result expired (its record awaits the server's TTL).
                 revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=found.revision)
             else:
@@ -678,28 +678,10 @@ class NatsTaskQueue(TaskQueue):
             await self._wake(node_type)
         return flags
 
-    async def _id_is_free(self, task_id: str, found: _Found, seq: int | None) -> bool:
-        """Whether a known task id may be enqueued again: its task finished (acked, cancelled,
-        or dead-lettered and since purged) and its result expired (``result_ttl``).
-
-        ``seq`` is the stream sequence of the id's earlier message when the server reported
-        the publish as a duplicate: with no record, that message still being in the stream
-        means another producer is between its publish and its record write.
-        """
-        record = found.record
-        if record is None:
-            if seq is not None:
-                import nats.js.errors
-
-                try:
-                    earlier = await self._conn.js.get_msg(self._conn.names.task_stream, seq)
-                except nats.js.errors.NotFoundError:
-                    pass
-                else:
-                    # Another id's message can hold the same Nats-Msg-Id: an older producer wrote
-                    # the id itself, which may be this id's carried form ("=_20a" for " a").
-                    return _task_id_of(earlier.data) != task_id
-        elif record.get("state") not in _TERMINAL or not 0 < float(record.get("expires_at") or 0) <= time.time():
+    async def _id_is_free(self, task_id: str, record: Mapping[str, Any]) -> bool:
+        """Whether a known task id (its ``record``) may be enqueued again: its task finished
+        (acked, cancelled, or dead-lettered and since purged) and its result expired (``result_ttl``)."""
+        if record.get("state") not in _TERMINAL or not 0 < float(record.get("expires_at") or 0) <= time.time():
             return False
         # A dead letter keeps its id until it is requeued or purged.
         return not await kv.scan(self._conn.js, self._dead, f"*.{token(task_id)}")
