@@ -50,6 +50,7 @@ __all__ = [
     "checkpoint_config",
     "checkpoint_id",
     "parse_checkpoint_id",
+    "plan_command_update",
     "plan_fork",
     "plan_update",
     "read_checkpoint",
@@ -388,22 +389,11 @@ async def plan_update(
     ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` as a step
     would, ``PayloadTooLargeError`` over ``payload_limit`` bytes.
     """
+    call = f"update_state({record.workflow_id!r})"
     if not isinstance(values, Mapping):
-        raise ConfigurationError(
-            f"update_state({record.workflow_id!r}): values must be a dict of state updates, got {type(values).__name__}"
-        )
+        raise ConfigurationError(f"{call}: values must be a dict of state updates, got {type(values).__name__}")
     node = _as_node(graph, record, as_node, last)
-    updates = dict(values)
-    if graph.message_keys:  # ("user", "hi") and the other shorthands a node may return: the same here
-        updates = coerce_message_updates(updates, graph.message_keys)
-    reserved = reserved_keys(updates)
-    if reserved:
-        raise ConfigurationError(
-            f"update_state({record.workflow_id!r}): state key(s) {', '.join(map(repr, reserved))} start with '__', "
-            "which is reserved for the framework (e.g. '__interrupt__'); rename the key")
-    check_values(updates)
-    merged = merge_updates(record.state, [(node, updates)], graph.reducers)
-    graph.check_writes([(node, updates)], merged)  # a state schema's keys and types, as for a node
+    updates, merged = _merged_update(graph, record, values, node, call)
     view = State._trusted(merged, record.workflow_id)
     joins: Mapping[str, Sequence[str]] = record.frontier.get("joins", {})
     step_writes: list[tuple[str, Mapping[str, Any]]] = [(node, updates)]
@@ -433,6 +423,56 @@ async def plan_update(
     checkpoint = Checkpoint(record.workflow_id, step, merged, frontier, writes=writes,
                             metadata={"source": "update", "as_node": node})
     return updated, checkpoint
+
+
+def plan_command_update(
+    graph: Graph, record: WorkflowRecord, values: Any, frontier: Mapping[str, Any], payload_limit: int | None,
+) -> tuple[WorkflowRecord, Checkpoint]:
+    """The record and checkpoint that ``Command(update=values)`` commits as a paused workflow is resumed (not saved).
+
+    LangGraph's ``invoke(Command(resume=answer, update=values), config)``: ``values``
+    merge into ``record``'s state through the graph's reducers as a write of ``START``,
+    in a new step (source ``"update"``) whose ``frontier`` (``record``'s, with the
+    answers applied) is the paused step's unchanged: nothing is routed, the outputs its
+    other nodes kept are kept, and the nodes that run again (the interrupted one, the
+    one paused before) run on the updated state, their updates merged after it. The
+    checkpoint holds the state the step's tasks run on, so a task referring to it (a
+    large state: ``core.task_state``) reads that state.
+
+    Raises ``ConfigurationError`` for a ``values`` that is not a dict or uses a reserved
+    key, and ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` and
+    ``PayloadTooLargeError`` as ``plan_update`` does.
+    """
+    call = f"resume({record.workflow_id!r}, Command(update=...))"
+    if not isinstance(values, Mapping):
+        raise ConfigurationError(f"{call}: update must be a dict of state updates, got {type(values).__name__}")
+    updates, merged = _merged_update(graph, record, values, START, call)
+    step = record.step + 1
+    writes = {START: updates}
+    updated = record.evolve(state=merged, step=step, frontier=dict(frontier))
+    check_commit_size(record.workflow_id, step, merged, {**updated.to_dict(), "state": None}, writes, payload_limit)
+    checkpoint = Checkpoint(record.workflow_id, step, merged, dict(frontier), writes=writes,
+                            metadata={"source": "update", "as_node": START})
+    return updated, checkpoint
+
+
+def _merged_update(
+    graph: Graph, record: WorkflowRecord, values: Mapping[str, Any], node: str, call: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` as ``node``'s update (message shorthands read as a node's are) and ``record``'s
+    state with it merged through the graph's reducers, checked as a node's writes are."""
+    updates = dict(values)
+    if graph.message_keys:  # ("user", "hi") and the other shorthands a node may return: the same here
+        updates = coerce_message_updates(updates, graph.message_keys)
+    reserved = reserved_keys(updates)
+    if reserved:
+        raise ConfigurationError(
+            f"{call}: state key(s) {', '.join(map(repr, reserved))} start with '__', "
+            "which is reserved for the framework (e.g. '__interrupt__'); rename the key")
+    check_values(updates)
+    merged = merge_updates(record.state, [(node, updates)], graph.reducers)
+    graph.check_writes([(node, updates)], merged)  # a state schema's keys and types, as for a node
+    return updates, merged
 
 
 def _paused_before(record: WorkflowRecord) -> bool:

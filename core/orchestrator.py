@@ -1019,7 +1019,10 @@ class Orchestrator:
         driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
         driver.add_done_callback(_ignore_outcome)  # its outcome is the stream's, if anyone still reads it
         try:
-            if isinstance(initial_state, Command) and current is not None:
+            if (isinstance(initial_state, Command) and initial_state.update is not None and current is not None
+                    and current.status == WorkflowStatus.INTERRUPTED):
+                reader.lead_with_update(current.step + 1)  # the edited state leads, once committed
+            elif isinstance(initial_state, Command) and current is not None:
                 # A resumed run starts with the state it resumes from, as LangGraph's does.
                 for chunk in reader.leading_values(current):
                     yield chunk
@@ -1501,6 +1504,14 @@ class Orchestrator:
         workflow's breakpoints from here on. Answering a workflow that is not waiting
         for an answer is a ``ConfigurationError``.
 
+        ``Command(resume=answer, update=values)`` (or ``Command(update=values)`` at a
+        breakpoint) also edits the paused workflow's state first, as LangGraph's: the
+        values merge through the reducers as a write of ``START`` in a checkpoint of their
+        own (source ``"update"``, ``history.plan_command_update``), and the paused step runs
+        on the edited state. Only for a paused (``interrupted``) workflow; otherwise a
+        ``ConfigurationError`` says to call ``update_state`` first. ``goto=`` and
+        ``graph=`` are refused (``ConfigurationError``).
+
         Committed steps are not run again. Of the step that did not commit, only nodes
         that did not finish run again: the writes of nodes that succeeded before the
         step failed are kept in the record, and results of tasks that finished on
@@ -1553,17 +1564,23 @@ class Orchestrator:
                     f"resume({workflow_id!r}, graph, {command!r}): the third argument is taken as the answer, and an "
                     "answer is also given as resume=; give it once")
             resume, command = command, None
+        update: Any = None
         if command is not None:
-            if command.update is not None or command.goto != () or command.graph is not None:
+            if command.goto != () or command.graph is not None:
                 raise ConfigurationError(
-                    f"resume({workflow_id!r}, Command(...)) takes only resume=; to change the state first, call "
-                    "update_state(), then resume()")
+                    f"resume({workflow_id!r}, Command(...)) takes resume= and update=, not goto= or graph=; to run "
+                    "other nodes next, call update_state(values, as_node=...) to route from that node, then resume()")
+            update = command.update
             if command.resume is not None:
                 resume = command.resume
         await self.connect()
         record = await self.backend.state_store.get(workflow_id)
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
+        if update is not None and record.status != WorkflowStatus.INTERRUPTED:
+            raise ConfigurationError(
+                f"resume({workflow_id!r}, Command(update=...)): the workflow is {record.status}, not paused; "
+                f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r}) continues it")
         if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
             raise _no_pause_to_answer(workflow_id, record.status)
         if workflow_id in self._running or workflow_id in self._background:
@@ -1652,11 +1669,21 @@ class Orchestrator:
                 frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
+            checkpoint = None
+            if update is not None:
+                if record.status != WorkflowStatus.INTERRUPTED:  # (answered by another resume meanwhile)
+                    raise ConfigurationError(
+                        f"resume({workflow_id!r}, Command(update=...)): the workflow is {record.status}, not paused; "
+                        f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r})")
+                # A step of its own, checkpointed: the paused step runs next on the updated state.
+                updated, checkpoint = history.plan_command_update(
+                    graph, record, update, changes.get("frontier", record.frontier), self.backend.max_payload_bytes)
+                changes.update(state=updated.state, step=updated.step)
             if changes or metadata != dict(record.metadata):
                 try:
                     record = await self.backend.state_store.save(
                         record.evolve(metadata=metadata, **changes),
-                        expected_version=record.version, fencing_token=lease.fencing_token,
+                        expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token,
                     )
                 except (FencingTokenRejectedError, LeaseLostError, VersionConflictError) as exc:
                     # Our lease ran out before the write (a slow process, lease_ttl short)

@@ -60,6 +60,12 @@ def ask_twice(state: State) -> dict[str, Any]:
     return {"greeting": f"{interrupt(f'title of {name}?')} {name}"}
 
 
+@registry.register("review_draft")
+def review_draft(state: State) -> dict[str, Any]:
+    answer = interrupt("send this draft?")
+    return {"answer": answer, "seen": state["draft"][-8:], "length": len(state["draft"])}
+
+
 def fan_out(state: State) -> list[Send]:
     extra = {key: state[key] for key in ("mark", "pause") if key in state}
     return [Send("square", {"n": n, **extra}) for n in state["items"]]
@@ -87,6 +93,12 @@ def ask_graph(local: bool = False) -> Graph:
     """One node asking two questions in a row."""
     graph = Graph("distributed_ask").add_node("ask_twice", _func("ask_twice", local))
     return graph.set_entry_point("ask_twice").set_finish_point("ask_twice").compile()
+
+
+def review_graph(local: bool = False) -> Graph:
+    """One node that asks before it reads ``draft`` (which may be edited by the answer's ``Command(update=)``)."""
+    graph = Graph("distributed_review").add_node("review_draft", _func("review_draft", local))
+    return graph.set_entry_point("review_draft").set_finish_point("review_draft").compile()
 
 
 def _func(node_type: str, local: bool) -> Any:

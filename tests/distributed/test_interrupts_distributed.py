@@ -88,3 +88,40 @@ def test_an_interrupt_survives_sigkill_of_its_orchestrator_and_another_process_r
     assert status.status == WorkflowStatus.INTERRUPTED
     assert [(i.id, i.node) for i in status.interrupts] == [(seen["interrupt"][0]["id"], "human_approval")]
     assert dict(done) == {"topic": "storms", "llm_output": "summary of storms", "decision": "approved"}
+
+
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_an_answer_with_an_update_reaches_the_node_on_a_worker_through_the_state_reference(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    """``Command(resume=..., update=...)`` over a state too large to travel in the task
+    (``core.task_state``): the re-run node reads the checkpoint its task refers to, which
+    must hold the edited state, not the one the step paused on."""
+    url = str(request.getfixturevalue(backend))
+    prefix = f"hitlupd{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(url, prefix, tmp_path, "control_app:registry")
+    app = control_app()
+    edited = "y" * 6000 + "-edited-"
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+        starter = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+        answerer = DistributedOrchestrator(backend_url=url, prefix=prefix, recover=False)
+        try:
+            paused = await starter.execute(app.review_graph(), {"draft": "x" * 6000}, workflow_id="wf-review")
+            done = await answerer.resume("wf-review", app.review_graph(),
+                                         Command(resume="send", update={"draft": edited}))
+            history = await answerer.get_state_history("wf-review")
+            return dict(paused), dict(done), history
+        finally:
+            await starter.close()
+            await answerer.close()
+
+    workers.start("w1")
+    try:
+        paused, done, history = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    assert [i["value"] for i in paused["__interrupt__"]] == ["send this draft?"]
+    assert (done["answer"], done["seen"], done["length"]) == ("send", "-edited-", len(edited))
+    assert [(s.metadata.get("source"), s.metadata.get("step")) for s in reversed(history)] == [
+        ("input", 0), ("update", 1), ("loop", 2)]

@@ -1,0 +1,129 @@
+"""``resume(id, Command(resume=answer, update=values))``: LangGraph's answer-with-an-edit.
+
+The update is merged through the reducers as a write of ``START`` in a checkpoint of its
+own (source ``"update"``); the paused step runs next on the updated state, unchanged
+otherwise: the node that asked runs again and sees the edit, the writes its step's other
+nodes kept are kept and merged after it. Checked side by side with LangGraph 1.2.24
+(``langgraph`` gives the same values for the same graph and calls).
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from support.aio import run
+
+from distributed_agents import END, START, Command, InMemorySaver, Orchestrator, StateGraph, WorkflowStatus, interrupt
+from distributed_agents.core.errors import ConfigurationError, StateNotSerializableError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Review(TypedDict, total=False):
+    q: str
+    a: str
+    n: int
+    log: Annotated[list[str], operator.add]
+
+
+def ask(state: Review) -> dict[str, Any]:
+    answer = interrupt({"question": state.get("q")})
+    return {"a": f"{answer}-{state.get('n')}", "log": ["ask"]}
+
+
+def other(state: Review) -> dict[str, Any]:
+    return {"log": ["other"]}
+
+
+def after(state: Review) -> dict[str, Any]:
+    return {"n": state.get("n", 0) + 1}
+
+
+def review_graph(**breakpoints: Any) -> Any:
+    builder = StateGraph(Review)
+    builder.add_node("ask", ask).add_node("other", other).add_node("after", after)
+    builder.add_edge(START, "ask").add_edge(START, "other").add_edge(["ask", "other"], "after").add_edge("after", END)
+    return builder.compile(checkpointer=InMemorySaver(), **breakpoints)
+
+
+def thread() -> dict[str, Any]:
+    return {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+
+
+def test_the_node_that_asked_runs_again_on_the_updated_state_and_kept_writes_merge_after_the_update() -> None:
+    app, config = review_graph(), thread()
+    paused = app.invoke({"q": "hi", "n": 1, "log": []}, config)
+    assert [i.value for i in paused["__interrupt__"]] == [{"question": "hi"}]
+    done = app.invoke(Command(resume="yes", update={"n": 10, "log": ["upd"]}), config)
+    # LangGraph 1.2.24: {'q': 'hi', 'a': 'yes-10', 'n': 11, 'log': ['upd', 'ask', 'other']}
+    assert done == {"q": "hi", "a": "yes-10", "n": 11, "log": ["upd", "ask", "other"]}
+    history = list(app.get_state_history(config))
+    update = next(s for s in history if s.metadata.get("source") == "update")
+    assert update.values == {"q": "hi", "n": 10, "log": ["upd"]} and set(update.next) == {"ask", "other"}
+    assert update.metadata["writes"] == {"__start__": {"n": 10, "log": ["upd"]}}
+
+
+def test_an_update_without_an_answer_passes_a_static_breakpoint_and_the_paused_node_reads_it() -> None:
+    builder = StateGraph(Review)
+    builder.add_node("other", other).add_node("after", after)
+    builder.add_edge(START, "other").add_edge("other", "after").add_edge("after", END)
+    app, config = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["after"]), thread()
+    app.invoke({"n": 1, "log": []}, config)
+    assert app.get_state(config).next == ("after",)
+    done = app.invoke(Command(update={"n": 40}), config)
+    assert done == {"n": 41, "log": ["other"]}
+
+
+def test_a_bad_update_is_refused_before_anything_changes() -> None:
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+    graph = review_graph()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {"q": "hi", "n": 1, "log": []}, workflow_id=workflow_id)
+            before = await orchestrator.get_state(workflow_id)
+            with pytest.raises(ConfigurationError, match="'__secret' start with '__'"):
+                await orchestrator.resume(workflow_id, Command(resume="yes", update={"__secret": 1}))
+            with pytest.raises(StateNotSerializableError):
+                await orchestrator.resume(workflow_id, Command(resume="yes", update={"n": object()}))
+            with pytest.raises(ConfigurationError, match="update must be a dict"):
+                await orchestrator.resume(workflow_id, Command(resume="yes", update=[("n", 2)]))
+            with pytest.raises(ConfigurationError, match="not goto= or graph="):
+                await orchestrator.resume(workflow_id, Command(resume="yes", goto="after"))
+            after_refusals = await orchestrator.get_state(workflow_id)
+            assert after_refusals.checkpoint_id == before.checkpoint_id and after_refusals.values == before.values
+            assert (await orchestrator.get_workflow_status(workflow_id)).status == WorkflowStatus.INTERRUPTED
+            done = await orchestrator.resume(workflow_id, Command(resume="ok", update={"n": 2}))
+            assert dict(done)["a"] == "ok-2"
+
+    run(scenario())
+
+
+def test_an_update_for_a_workflow_that_is_not_paused_says_to_use_update_state() -> None:
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+    graph = review_graph()
+
+    async def scenario() -> None:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.execute(graph, {"q": "hi", "n": 1, "log": []}, workflow_id=workflow_id)
+            await orchestrator.resume(workflow_id, Command(resume="yes"))
+            with pytest.raises(ConfigurationError, match=r"completed, not paused; update_state\("):
+                await orchestrator.resume(workflow_id, Command(update={"n": 5}))
+            assert dict(await orchestrator.get_result(workflow_id))["n"] == 2
+
+    run(scenario())
+
+
+def test_a_stream_resumed_with_an_update_starts_with_the_edited_state() -> None:
+    app, config = review_graph(), thread()
+    app.invoke({"q": "hi", "n": 1, "log": []}, config)
+    chunks = list(app.stream(Command(resume="yes", update={"n": 10, "log": ["upd"]}), config,
+                             stream_mode=["values", "updates"]))
+    # LangGraph 1.2.24 leads with the edited state and streams no chunk for the edit itself.
+    assert chunks[0] == ("values", {"q": "hi", "n": 10, "log": ["upd"]})
+    assert all("__start__" not in data for mode, data in chunks if mode == "updates")
+    assert sorted(next(iter(data)) for mode, data in chunks if mode == "updates") == ["after", "ask", "other"]
+    assert chunks[-1] == ("values", {"q": "hi", "a": "yes-10", "n": 11, "log": ["upd", "ask", "other"]})
