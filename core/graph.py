@@ -1200,8 +1200,9 @@ class Graph:
         reducers as if ``as_node`` returned them; ``invoke(None, config)`` then
         continues). Updating from a past checkpoint (a ``checkpoint_id`` in ``config``
         that is not the latest) is refused: ``Orchestrator.fork`` it first.
-        ``WorkflowNotFoundError`` for a thread that does not exist (LangGraph would
-        create it: start it with ``invoke`` instead).
+        A thread that does not exist is started unrun, as LangGraph's: ``values`` are its
+        input (its entry points next) or, with ``as_node``, that node's output (the nodes
+        routed after it next); ``invoke(None, config)`` runs it.
         """
         from distributed_agents.core.orchestrator import Orchestrator
         from distributed_agents.core.sync_api import run_sync

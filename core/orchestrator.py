@@ -62,7 +62,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY, NodeCall, TaskQueueExecutor, node_task
 from distributed_agents.core.frontier import frontier_nodes, read_entries
-from distributed_agents.core.graph import MAX_PRIORITY, Graph, NodeSpec
+from distributed_agents.core.graph import MAX_PRIORITY, START, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
 from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.instrumentation import installed as installed_instrumentation
@@ -1074,8 +1074,11 @@ class Orchestrator:
         durability: str = "sync",
         metadata: Mapping[str, Any] | None = None,
         enqueued: dict[str, tuple[NodeCall, float]] | None = None,
+        announce: bool = True,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
+
+        ``announce``: emit its ``workflow.started`` event (not for one ``update_state`` creates unrun).
 
         ``metadata`` is added to the record's (a subgraph's child names its parent there).
         With ``enqueued`` (a dict), the first step's worker tasks are queued with the create
@@ -1171,9 +1174,9 @@ class Orchestrator:
             for call in calls or ():
                 if call.task_id in queued:
                     enqueued[call.task_id] = (call, sent)
-        # Dated from the create's dispatch, as the tasks queued with it (one atomic step).
-        scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name,
-                                                        time=sent)
+        if announce:  # dated from the create's dispatch, as the tasks queued with it (one atomic step)
+            scoped_events(self._publisher(), metadata).emit(workflow_id, "workflow.started", step=0, graph=graph.name,
+                                                            time=sent)
         return record, lease
 
     async def _continue_completed(
@@ -1443,13 +1446,25 @@ class Orchestrator:
         orchestrator drives the workflow (its lease is held): cancel it first, or
         wait for it. ``graph`` defaults to the known graph of the workflow. See
         ``history.plan_update`` for the errors a bad update raises (nothing is written).
+
+        An id not stored yet, with ``graph``, starts a workflow there without running it
+        (LangGraph's update of a new thread; ``_seed``): ``pending``, ``values`` its input
+        (``as_node`` None or ``START``) or ``as_node``'s output; ``resume`` runs it. Without
+        ``graph``, ``WorkflowNotFoundError``.
         """
         await self.connect()
         call = f"update_state({workflow_id!r})"
         store = self.backend.state_store
         record = await store.get(workflow_id)
+        if record is None and graph is not None:
+            try:
+                return await self._seed(workflow_id, values, as_node, graph)
+            except WorkflowExistsError:  # another caller created it meanwhile: updated as any stored one
+                record = await store.get(workflow_id)
         if record is None:
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
+            raise WorkflowNotFoundError(
+                f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}; pass graph= to start a new one "
+                "from these values")
         graph = self._history_graph(record, graph, call)
         # An owner of its own: a lease this orchestrator holds to drive the workflow is
         # never granted (and then released) here, however the calls interleave.
@@ -1474,6 +1489,48 @@ class Orchestrator:
         finally:
             await self._release(lease)
         return history.snapshot_of(checkpoint, saved)
+
+    async def _seed(
+        self, workflow_id: str, values: Mapping[str, Any], as_node: str | None, graph: Graph
+    ) -> StateSnapshot:
+        """``update_state`` of a workflow id not stored yet (LangGraph's update of a new thread):
+        the workflow is created ``pending``, not run, with ``values`` as its input (``as_node``
+        None or ``START``: its next nodes are the entry points on them) or, for a node, as
+        that node's output over an empty input (its next nodes are those routed after it).
+        ``resume`` (``invoke(None, config)``) runs it. ``WorkflowExistsError`` if the id was
+        taken meanwhile; the input's errors are ``execute``'s, the update's ``plan_update``'s."""
+        if not isinstance(values, Mapping):
+            raise ConfigurationError(
+                f"update_state({workflow_id!r}): values must be a dict of state updates, got {type(values).__name__}")
+        if as_node is not None and as_node != START and as_node not in graph.nodes:
+            raise ConfigurationError(
+                f"update_state({workflow_id!r}): as_node={as_node!r} is not a node of graph {graph.name!r}; use one "
+                f"of {', '.join(map(repr, graph.nodes))} or START")
+        seeded = as_node is None or as_node == START
+        record, lease = await self._start(graph, values if seeded else {}, workflow_id=workflow_id, step_limit=None,
+                                          priority=0, from_checkpoint=None, announce=False)
+        store = self.backend.state_store
+        try:
+            checkpoint: Checkpoint | None = None
+            if seeded:
+                updated = record.evolve(status=WorkflowStatus.PENDING)
+            else:
+                last = await store.list_checkpoints(workflow_id, limit=1)
+                updated, checkpoint = await history.plan_update(graph, record.evolve(status=WorkflowStatus.PENDING),
+                                                                values, as_node, last[0] if last else None,
+                                                                self.backend.max_payload_bytes)
+            saved = await store.save(updated, expected_version=record.version, checkpoint=checkpoint,
+                                      fencing_token=lease.fencing_token)
+        except BaseException:
+            # Nothing of the update stands: the workflow it would have started is not left behind.
+            with contextlib.suppress(Exception):
+                await store.delete(workflow_id)
+            raise
+        finally:
+            await self._release(lease)
+        if checkpoint is not None:
+            return history.snapshot_of(checkpoint, saved)
+        return await self.get_state(workflow_id)
 
     async def resume(
         self,
