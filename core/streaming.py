@@ -617,10 +617,12 @@ class StreamReader:
 
 
 def _wrote_nothing(checkpoint: Checkpoint) -> bool:
-    """Whether ``checkpoint`` is a step whose nodes all ran and wrote nothing: its state is the
-    step before's, so "values" yields nothing for it (as LangGraph yields values only for a
+    """Whether ``checkpoint`` is a step whose nodes all ran and wrote nothing (or the first,
+    of an empty input): its state is the step before's, so "values" yields nothing for it (as LangGraph yields values only for a
     step that updated the state); "updates" still names each node (``{node: None}``)."""
     writes = checkpoint.writes
+    if checkpoint.step == 0 and not writes and not checkpoint.state:
+        return True  # an empty first input (``stream({})``): LangGraph yields no values for it either
     return checkpoint.step > 0 and bool(writes) and all(updates is None for updates in writes.values())
 
 

@@ -132,3 +132,23 @@ def test_state_tasks_carry_the_interrupts_of_each_pending_task_sends_first() -> 
                                state.tasks[2].interrupts[0].id: "c"}), thread)
     after = app.get_state(thread)
     assert after.tasks == () and sorted(after.values["log"]) == ["approve=c", "root", "w1=a", "w2=b"]
+
+
+def test_an_empty_input_yields_no_values_and_a_non_empty_one_does() -> None:
+    """LangGraph 1.2.24, side by side: ``stream({})`` starts with the first step's values (the
+    empty input wrote nothing), ``stream({"y": 2})`` with the input's."""
+    from typing import TypedDict
+
+    from distributed_agents import END, START, StateGraph
+
+    class XY(TypedDict, total=False):
+        x: int
+        y: int
+
+    builder = StateGraph(XY)
+    builder.add_node("a", lambda s: {"x": 1}).add_node("b", lambda s: None)
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", END)
+    app = builder.compile()
+    assert list(app.stream({}, stream_mode="values")) == [{"x": 1}]
+    assert list(app.stream({"y": 2}, stream_mode="values")) == [{"y": 2}, {"x": 1, "y": 2}]
+    assert list(app.stream({}, stream_mode="updates")) == [{"a": {"x": 1}}, {"b": None}]
