@@ -97,7 +97,7 @@ from distributed_agents.core.executors import (
     TaskQueueExecutor,
     flat_state,
 )
-from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
+from distributed_agents.core.frontier import STATE_EDITED_KEY, TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import Graph, NodeSpec
 from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
@@ -700,8 +700,8 @@ class StepEngine(_Progress):
             await asyncio.wait([inflight])  # not cancelled with this step: it is shielded where it is settled
         if inflight is not None and (inflight.cancelled() or inflight.exception() is not None):
             return None  # refused: the step is stopped (_alongside_commit raises its error)
-        if self._stored_step != record.step:
-            return None
+        if self._stored_step != record.step or record.frontier.get(STATE_EDITED_KEY):
+            return None  # (edited since its checkpoint: a reference would name the unedited state)
         return state_ref(record.step, record.state, encoded_size)
 
     async def _cache_lookup(

@@ -13,6 +13,9 @@ Shape (JSON; every key but ``next`` optional, so frontiers of older versions rea
      "interrupts": [Interrupt.to_dict(), ...],# pending pauses (status "interrupted")
      "resume": {task: [answer, ...]},         # answers to a task's interrupt() calls
      "breakpoint_passed": true,               # a pause at this point was resumed: no interrupt_before pause
+     "state_edited": true,                    # the state was edited since this step's checkpoint (a
+                                              # resume's Command(update=)): its tasks carry it, see
+                                              # engine._state_reference
      "subgraphs": {task: child workflow id},  # the step's subgraph tasks (core.subgraphs)
      "subgraph_resume": {task: {id: answer}}} # answers for pauses inside those subgraphs
 
@@ -32,7 +35,10 @@ from typing import Any
 
 from distributed_agents.core.quick_init import quick_init
 
-__all__ = ["TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
+__all__ = ["STATE_EDITED_KEY", "TaskEntry", "frontier_nodes", "make_frontier", "read_entries"]
+
+# Set by a resume whose Command(update=) edited the state after the step's checkpoint was written.
+STATE_EDITED_KEY = "state_edited"
 
 
 @quick_init  # made every step (a Send's)

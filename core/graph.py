@@ -1006,7 +1006,8 @@ class Graph:
         ``{"id", "node", "value", "kind"}`` dicts, where LangGraph has a tuple of
         ``Interrupt`` objects). As a LangGraph thread, a completed workflow given a new
         ``input`` runs again from ``START`` on its state with the input applied through the
-        reducers (``execute(continue_completed=True)``); one running or paused is
+        reducers (``execute(continue_completed=True)``), as does a pending one (seeded by
+        ``update_state``, or updated since it last ran); one running or paused is
         ``WorkflowExistsError`` saying to resume or wait for it. Graphs are also run by an
         ``Orchestrator`` directly, which is how they reach workers.
         """
@@ -1648,17 +1649,21 @@ def _continues_at(config: Mapping[str, Any] | None, input: Any) -> str | None:
 
 
 def _past_breakpoint(input: Any, snapshot: Any) -> Any:
-    """``input``, or None for a ``Command(resume=...)`` given to a thread paused only at static breakpoints.
+    """``input``, or None for a ``Command(resume=...)`` given to a thread paused only at static breakpoints
+    (``Command(update=...)`` without the answer, for one with an update).
 
     LangGraph continues past a static breakpoint whatever resume value it is given (the
     usual loop ``while "__interrupt__" in out: out = graph.invoke(Command(resume=...), config)``
     relies on it); ``Orchestrator.resume`` refuses an answer nothing waits for, so the
     LangGraph-style calls leave it out there.
     """
-    if not isinstance(input, Command) or input.update is not None or input.goto or input.graph is not None:
+    if not isinstance(input, Command) or input.goto or input.graph is not None:
         return input
     pauses = getattr(snapshot, "interrupts", ())
-    return None if pauses and all(p.kind != "interrupt" for p in pauses) else input
+    if not (pauses and all(p.kind != "interrupt" for p in pauses)):
+        return input
+    # The answer dropped; an update= kept (``Orchestrator.resume`` applies it there).
+    return None if input.update is None else Command(update=input.update)
 
 
 def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:

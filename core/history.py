@@ -49,8 +49,8 @@ __all__ = [
     "StateSnapshot",
     "checkpoint_config",
     "checkpoint_id",
+    "edited_state",
     "parse_checkpoint_id",
-    "plan_command_update",
     "plan_fork",
     "plan_update",
     "read_checkpoint",
@@ -425,35 +425,28 @@ async def plan_update(
     return updated, checkpoint
 
 
-def plan_command_update(
-    graph: Graph, record: WorkflowRecord, values: Any, frontier: Mapping[str, Any], payload_limit: int | None,
-) -> tuple[WorkflowRecord, Checkpoint]:
-    """The record and checkpoint that ``Command(update=values)`` commits as a paused workflow is resumed (not saved).
+def edited_state(graph: Graph, record: WorkflowRecord, values: Any, payload_limit: int | None) -> dict[str, Any]:
+    """``record``'s state with ``Command(update=values)`` merged in, as a paused workflow is resumed (not saved).
 
     LangGraph's ``invoke(Command(resume=answer, update=values), config)``: ``values``
-    merge into ``record``'s state through the graph's reducers as a write of ``START``,
-    in a new step (source ``"update"``) whose ``frontier`` (``record``'s, with the
-    answers applied) is the paused step's unchanged: nothing is routed, the outputs its
-    other nodes kept are kept, and the nodes that run again (the interrupted one, the
-    one paused before) run on the updated state, their updates merged after it. The
-    checkpoint holds the state the step's tasks run on, so a task referring to it (a
-    large state: ``core.task_state``) reads that state.
+    merge through the graph's reducers as a write of ``START``, before the paused step
+    runs again: the nodes that run again (the interrupted one, the one paused before)
+    see the edit, and the step's writes (kept or new) merge after it. The step keeps its
+    number (interrupt and subgraph ids are the step's), so the edit has no checkpoint of
+    its own: the step's commit holds it, and ``resume`` marks the frontier
+    ``state_edited`` so that the step's tasks carry the edited state instead of
+    referring to the step's checkpoint (``core.task_state``).
 
     Raises ``ConfigurationError`` for a ``values`` that is not a dict or uses a reserved
-    key, and ``StateNotSerializableError``/``ReducerConflictError``/``ExecutionError`` and
-    ``PayloadTooLargeError`` as ``plan_update`` does.
+    key, ``StateNotSerializableError``/``ReducerConflictError``/``StateValidationError``
+    as a node's write would, and ``PayloadTooLargeError`` over ``payload_limit`` bytes.
     """
     call = f"resume({record.workflow_id!r}, Command(update=...))"
     if not isinstance(values, Mapping):
         raise ConfigurationError(f"{call}: update must be a dict of state updates, got {type(values).__name__}")
-    updates, merged = _merged_update(graph, record, values, START, call)
-    step = record.step + 1
-    writes = {START: updates}
-    updated = record.evolve(state=merged, step=step, frontier=dict(frontier))
-    check_commit_size(record.workflow_id, step, merged, {**updated.to_dict(), "state": None}, writes, payload_limit)
-    checkpoint = Checkpoint(record.workflow_id, step, merged, dict(frontier), writes=writes,
-                            metadata={"source": "update", "as_node": START})
-    return updated, checkpoint
+    merged = _merged_update(graph, record, values, START, call)[1]
+    check_commit_size(record.workflow_id, record.step, merged, b"{}", None, payload_limit)
+    return merged
 
 
 def _merged_update(

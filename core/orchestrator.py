@@ -61,7 +61,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY, NodeCall, TaskQueueExecutor, node_task
-from distributed_agents.core.frontier import frontier_nodes, read_entries
+from distributed_agents.core.frontier import STATE_EDITED_KEY, frontier_nodes, read_entries
 from distributed_agents.core.graph import MAX_PRIORITY, START, Graph, NodeSpec
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
 from distributed_agents.core.instrumentation import Instrumentation
@@ -162,8 +162,9 @@ RUN_START_KEY = "run_start_step"  # record metadata: the step a continued run st
 
 
 def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
-    """``WorkflowExistsError`` unless ``record`` is COMPLETED, saying what to do with it instead."""
-    if record.status == WorkflowStatus.COMPLETED:
+    """``WorkflowExistsError`` unless ``record`` is COMPLETED or PENDING (not run since an
+    ``update_state``, a seed of a new thread among them, or a ``fork``), saying what to do instead."""
+    if record.status in (WorkflowStatus.COMPLETED, WorkflowStatus.PENDING):
         return
     workflow_id = record.workflow_id
     how = {WorkflowStatus.INTERRUPTED: f"answer it with resume({workflow_id!r}, Command(resume=answer)) (or "
@@ -174,7 +175,7 @@ def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
            WorkflowStatus.CANCELLED: "it cannot continue"}.get(record.status, f"resume({workflow_id!r})")
     raise WorkflowExistsError(
         f"workflow {workflow_id!r} already exists in {where!r} and is {record.status} at step {record.step}; only a "
-        f"completed workflow takes a new input as a new run: {how}, or pass a new workflow_id")
+        f"completed (or pending) workflow takes a new input as a new run: {how}, or pass a new workflow_id")
 
 
 def _configurable_metadata(configurable: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -827,8 +828,9 @@ class Orchestrator:
 
         A ``workflow_id`` that is already stored is ``WorkflowExistsError`` (an id is
         also a guard against running the same request twice), unless
-        ``continue_completed=True`` and that workflow is COMPLETED: then, as a LangGraph
-        thread does on a second ``invoke``, ``initial_state`` is applied to its final
+        ``continue_completed=True`` and that workflow is COMPLETED (or PENDING: not run
+        since an ``update_state``, e.g. of a new thread, or a ``fork``; its next nodes are
+        dropped): then, as a LangGraph thread does on a second ``invoke``, ``initial_state`` is applied to its final
         state through the reducers (only the keys given; an input schema filters and
         checks them) and the graph runs again from ``START`` as a new run of the same
         workflow (``metadata["run"]`` + 1; its steps continue the numbering, so the
@@ -1003,7 +1005,7 @@ class Orchestrator:
         after = -1
         current = await backend.state_store.get(workflow_id)
         continuing = bool(options.get("continue_completed")) and current is not None and \
-            current.status == WorkflowStatus.COMPLETED and options.get("from_checkpoint") is None
+            current.status in (WorkflowStatus.COMPLETED, WorkflowStatus.PENDING) and options.get("from_checkpoint") is None
         if isinstance(initial_state, Command) or continuing:  # streams the steps it runs, not the history
             after = current.step if current is not None else -1
         elif current is not None and options.get("from_checkpoint") is None:
@@ -1019,12 +1021,14 @@ class Orchestrator:
         driver = asyncio.ensure_future(self.execute(graph, initial_state, workflow_id=workflow_id, **options))
         driver.add_done_callback(_ignore_outcome)  # its outcome is the stream's, if anyone still reads it
         try:
-            if (isinstance(initial_state, Command) and initial_state.update is not None and current is not None
-                    and current.status == WorkflowStatus.INTERRUPTED):
-                reader.lead_with_update(current.step + 1)  # the edited state leads, once committed
-            elif isinstance(initial_state, Command) and current is not None:
-                # A resumed run starts with the state it resumes from, as LangGraph's does.
-                for chunk in reader.leading_values(current):
+            if isinstance(initial_state, Command) and current is not None:
+                # A resumed run starts with the state it resumes from, as LangGraph's does (edited by
+                # its update=: what resume merges, unless it refuses the update, which the stream raises).
+                edited = current
+                if initial_state.update is not None and current.status == WorkflowStatus.INTERRUPTED:
+                    with contextlib.suppress(Exception):
+                        edited = current.evolve(state=history.edited_state(graph, current, initial_state.update, None))
+                for chunk in reader.leading_values(edited):
                     yield chunk
             async for chunk in reader.chunks(after_step=after, driver=driver):
                 yield chunk
@@ -1075,10 +1079,14 @@ class Orchestrator:
         metadata: Mapping[str, Any] | None = None,
         enqueued: dict[str, tuple[NodeCall, float]] | None = None,
         announce: bool = True,
+        seed_as: str | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease]:
         """Store a new workflow (RUNNING, leased to this orchestrator) as ``execute`` describes.
 
         ``announce``: emit its ``workflow.started`` event (not for one ``update_state`` creates unrun).
+        ``seed_as``: the input is an ``update_state`` of a new thread as that node (or ``START``):
+        its checkpoint's source is ``"update"``; for a node, the input is checked as that node's
+        writes and the next nodes are those routed after it (``_seed``).
 
         ``metadata`` is added to the record's (a subgraph's child names its parent there).
         With ``enqueued`` (a dict), the first step's worker tasks are queued with the create
@@ -1132,15 +1140,28 @@ class Orchestrator:
             raise ConfigurationError(
                 f"the input state of graph {graph.name!r} has key(s) {', '.join(map(repr, reserved_keys(values)))}: "
                 "keys starting with '__' are reserved for the framework (e.g. '__interrupt__'); rename them")
-        # A state schema checks the input, filters it to the input schema and fills defaults.
-        values = graph.prepare_input(values)
-        encoded: bytes | None = state_json if graph.schema is None else None  # else the schema may change it
+        node_seed = seed_as is not None and seed_as != START
+        written = values
+        if node_seed:  # a node's output over the schema's defaults: checked as its writes, not as an input
+            empty = graph.prepare_input({}, present=list(graph.schema.keys)) if graph.schema is not None else {}
+            values = merge_updates(empty, [(str(seed_as), written)], graph.reducers)
+            graph.check_writes([(str(seed_as), written)], values)
+        else:  # a state schema checks the input, filters it to the input schema and fills defaults
+            values = graph.prepare_input(values)
+        # (A schema, or a node seed's reducers, may change the state from what was encoded.)
+        encoded: bytes | None = state_json if graph.schema is None and not node_seed else None
         workflow_id = validate_workflow_id(workflow_id or new_workflow_id())
         # Conditional entry points route the input state; if one fails, no workflow is created.
-        frontier = graph.fixed_start()  # the same for every input (no conditional entry point), else:
-        if frontier is None:
+        frontier = None if node_seed else graph.fixed_start()  # the same for every input (no conditional entry), else:
+        if node_seed:
+            frontier = await graph.next_frontier([str(seed_as)], State._trusted(values, workflow_id), {},
+                                                 configurable=(metadata or {}).get(CONFIGURABLE_KEY))
+        elif frontier is None:
             frontier = await graph.start_frontier(State._trusted(values, workflow_id),
                                                   configurable=(metadata or {}).get(CONFIGURABLE_KEY))
+        if seed_as is not None:
+            # As LangGraph's run from an update: the step it routes to does not pause before it runs.
+            frontier = {**frontier, "breakpoint_passed": True}
         frontier = with_positions(graph, workflow_id, 0, frontier)  # where its subgraph tasks' children live
         if not self._connected or self._loop is not asyncio.get_running_loop():  # (no coroutine once connected)
             await self.connect()
@@ -1169,7 +1190,10 @@ class Orchestrator:
             remember_json(record, encoded, encode_rest(record, keep=True))  # what the store writes (core.record_json)
         queued: set[str] = set()
         sent = time.time()  # the tasks' dispatch: their node.started events carry it
-        record, lease = await self._create(record, Checkpoint(workflow_id, 0, values, frontier), tasks, queued)
+        first = Checkpoint(workflow_id, 0, values, frontier) if seed_as is None else Checkpoint(
+            workflow_id, 0, values, frontier, writes={str(seed_as): written} if node_seed else {},
+            metadata={"source": "update", "as_node": str(seed_as)})
+        record, lease = await self._create(record, first, tasks, queued)
         if queued and enqueued is not None:
             for call in calls or ():
                 if call.task_id in queued:
@@ -1456,11 +1480,13 @@ class Orchestrator:
         call = f"update_state({workflow_id!r})"
         store = self.backend.state_store
         record = await store.get(workflow_id)
+        raced = False
         if record is None and graph is not None:
             try:
                 return await self._seed(workflow_id, values, as_node, graph)
-            except WorkflowExistsError:  # another caller created it meanwhile: updated as any stored one
-                record = await store.get(workflow_id)
+            except (WorkflowExistsError, WorkflowLeaseHeldError):
+                # Another caller seeded it meanwhile: updated as any stored one, once that seed is saved.
+                record, raced = await store.get(workflow_id), True
         if record is None:
             raise WorkflowNotFoundError(
                 f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}; pass graph= to start a new one "
@@ -1471,6 +1497,10 @@ class Orchestrator:
         ours = workflow_id in self._running or workflow_id in self._background
         lease = None if ours else await store.acquire_lease(
             workflow_id, f"{self.orchestrator_id}/update_state", self.lease_ttl)
+        give_up = time.monotonic() + 5.0
+        while lease is None and raced and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)  # a seed holds the lease for the two writes that store it
+            lease = await store.acquire_lease(workflow_id, f"{self.orchestrator_id}/update_state", self.lease_ttl)
         if lease is None:
             who = "this" if ours else "another"
             raise ExecutionError(
@@ -1480,7 +1510,8 @@ class Orchestrator:
             )
         try:
             record = await store.get(workflow_id)  # re-read under the lease
-            assert record is not None
+            if record is None:  # deleted meanwhile (or a racing seed that failed)
+                raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
             last = await store.list_checkpoints(workflow_id, limit=1)
             updated, checkpoint = await history.plan_update(graph, record, values, as_node, last[0] if last else None,
                                                             self.backend.max_payload_bytes)
@@ -1494,11 +1525,14 @@ class Orchestrator:
         self, workflow_id: str, values: Mapping[str, Any], as_node: str | None, graph: Graph
     ) -> StateSnapshot:
         """``update_state`` of a workflow id not stored yet (LangGraph's update of a new thread):
-        the workflow is created ``pending``, not run, with ``values`` as its input (``as_node``
-        None or ``START``: its next nodes are the entry points on them) or, for a node, as
-        that node's output over an empty input (its next nodes are those routed after it).
-        ``resume`` (``invoke(None, config)``) runs it. ``WorkflowExistsError`` if the id was
-        taken meanwhile; the input's errors are ``execute``'s, the update's ``plan_update``'s."""
+        the workflow is created ``pending``, not run, in one checkpoint (source ``"update"``)
+        holding ``values``: as its input (``as_node`` None or ``START``: the entry points
+        next) or as ``as_node``'s output (checked as its writes; the nodes routed after it
+        next). The step it runs first does not pause before it (as LangGraph's).
+        ``resume`` (``invoke(None, config)``) runs it, and a new input (``invoke(input,
+        config)``) starts it over from ``START``. ``WorkflowExistsError`` if the id was
+        taken meanwhile; a bad ``values`` raises what ``execute``'s input or a node's
+        writes would, and nothing is stored."""
         if not isinstance(values, Mapping):
             raise ConfigurationError(
                 f"update_state({workflow_id!r}): values must be a dict of state updates, got {type(values).__name__}")
@@ -1506,31 +1540,21 @@ class Orchestrator:
             raise ConfigurationError(
                 f"update_state({workflow_id!r}): as_node={as_node!r} is not a node of graph {graph.name!r}; use one "
                 f"of {', '.join(map(repr, graph.nodes))} or START")
-        seeded = as_node is None or as_node == START
-        record, lease = await self._start(graph, values if seeded else {}, workflow_id=workflow_id, step_limit=None,
-                                          priority=0, from_checkpoint=None, announce=False)
+        record, lease = await self._start(graph, values, workflow_id=workflow_id, step_limit=None, priority=0,
+                                          from_checkpoint=None, announce=False, seed_as=as_node or START)
         store = self.backend.state_store
         try:
-            checkpoint: Checkpoint | None = None
-            if seeded:
-                updated = record.evolve(status=WorkflowStatus.PENDING)
-            else:
-                last = await store.list_checkpoints(workflow_id, limit=1)
-                updated, checkpoint = await history.plan_update(graph, record.evolve(status=WorkflowStatus.PENDING),
-                                                                values, as_node, last[0] if last else None,
-                                                                self.backend.max_payload_bytes)
-            saved = await store.save(updated, expected_version=record.version, checkpoint=checkpoint,
-                                      fencing_token=lease.fencing_token)
+            saved = await store.save(record.evolve(status=WorkflowStatus.PENDING), expected_version=record.version,
+                                     fencing_token=lease.fencing_token)
         except BaseException:
-            # Nothing of the update stands: the workflow it would have started is not left behind.
+            # Not left stored as running (recovery would run it): the seed did not happen.
             with contextlib.suppress(Exception):
                 await store.delete(workflow_id)
             raise
         finally:
             await self._release(lease)
-        if checkpoint is not None:
-            return history.snapshot_of(checkpoint, saved)
-        return await self.get_state(workflow_id)
+        checkpoints = await self.backend.state_store.list_checkpoints(workflow_id, limit=1)
+        return history.snapshot_of(checkpoints[0], saved)
 
     async def resume(
         self,
@@ -1726,21 +1750,20 @@ class Orchestrator:
                 frontier = await self._reuse_finished_tasks(record)
                 metadata.update({"run": old_run + 1, "orchestrator": self.orchestrator_id})
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
-            checkpoint = None
             if update is not None:
                 if record.status != WorkflowStatus.INTERRUPTED:  # (answered by another resume meanwhile)
                     raise ConfigurationError(
                         f"resume({workflow_id!r}, Command(update=...)): the workflow is {record.status}, not paused; "
                         f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r})")
-                # A step of its own, checkpointed: the paused step runs next on the updated state.
-                updated, checkpoint = history.plan_command_update(
-                    graph, record, update, changes.get("frontier", record.frontier), self.backend.max_payload_bytes)
-                changes.update(state=updated.state, step=updated.step)
+                # The paused step runs again on the edited state, under its own number (its interrupt
+                # and subgraph ids stay); its tasks carry that state (``state_edited``).
+                changes["state"] = history.edited_state(graph, record, update, self.backend.max_payload_bytes)
+                changes["frontier"] = {**changes.get("frontier", record.frontier), STATE_EDITED_KEY: True}
             if changes or metadata != dict(record.metadata):
                 try:
                     record = await self.backend.state_store.save(
                         record.evolve(metadata=metadata, **changes),
-                        expected_version=record.version, checkpoint=checkpoint, fencing_token=lease.fencing_token,
+                        expected_version=record.version, fencing_token=lease.fencing_token,
                     )
                 except (FencingTokenRejectedError, LeaseLostError, VersionConflictError) as exc:
                     # Our lease ran out before the write (a slow process, lease_ttl short)

@@ -254,7 +254,6 @@ class StreamReader:
         self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self._last = -1  # the last step whose values/updates were yielded
-        self._leading_update: int | None = None  # the step of a resume's Command(update=) checkpoint (lead_with_update)
         # The last step a live chunk asked the values/updates before it for (``_take``).
         self._announced = -1
         self._wants_steps = bool({"values", "updates"} & set(self.modes))
@@ -587,20 +586,9 @@ class StreamReader:
             return []
         return [self._shape("values", result_values(record.state, record.metadata), ())]
 
-    def lead_with_update(self, step: int) -> None:
-        """For a resumed run whose ``Command(update=)`` commits step ``step`` (``history.plan_command_update``):
-        the stream starts with that checkpoint's values (the state the run resumes from, edited),
-        as LangGraph's does, in place of ``leading_values`` and of that step's own chunks."""
-        self._leading_update = step
-
     def _step_chunks(
         self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()
     ) -> list[Any]:
-        if checkpoint.step == self._leading_update and not namespace and checkpoint.metadata.get("source") == "update":
-            if "values" not in self.modes:
-                return []
-            values = dict(checkpoint.state) if record is None else result_values(checkpoint.state, record.metadata)
-            return [self._shape("values", values, namespace)]
         out = []
         if "updates" in self.modes:
             for key, writes in checkpoint.writes.items():

@@ -1,9 +1,9 @@
 """``resume(id, Command(resume=answer, update=values))``: LangGraph's answer-with-an-edit.
 
-The update is merged through the reducers as a write of ``START`` in a checkpoint of its
-own (source ``"update"``); the paused step runs next on the updated state, unchanged
-otherwise: the node that asked runs again and sees the edit, the writes its step's other
-nodes kept are kept and merged after it. Checked side by side with LangGraph 1.2.24
+The update is merged through the reducers as a write of ``START``; the paused step runs
+next on the updated state, under its own number (its interrupt and subgraph ids stay),
+unchanged otherwise: the node that asked runs again and sees the edit, the writes its
+step's other nodes kept are kept and merged after it; the step's commit holds the edit. Checked side by side with LangGraph 1.2.24
 (``langgraph`` gives the same values for the same graph and calls).
 """
 
@@ -60,10 +60,72 @@ def test_the_node_that_asked_runs_again_on_the_updated_state_and_kept_writes_mer
     done = app.invoke(Command(resume="yes", update={"n": 10, "log": ["upd"]}), config)
     # LangGraph 1.2.24: {'q': 'hi', 'a': 'yes-10', 'n': 11, 'log': ['upd', 'ask', 'other']}
     assert done == {"q": "hi", "a": "yes-10", "n": 11, "log": ["upd", "ask", "other"]}
+    # The edit is committed with the step it re-runs (its ids are the step's): no checkpoint of its own.
     history = list(app.get_state_history(config))
-    update = next(s for s in history if s.metadata.get("source") == "update")
-    assert update.values == {"q": "hi", "n": 10, "log": ["upd"]} and set(update.next) == {"ask", "other"}
-    assert update.metadata["writes"] == {"__start__": {"n": 10, "log": ["upd"]}}
+    assert [s.metadata["source"] for s in history] == ["loop", "loop", "input"]
+    assert history[1].values == {"q": "hi", "a": "yes-10", "n": 10, "log": ["upd", "ask", "other"]}
+
+
+def test_the_interrupts_left_unanswered_keep_their_ids_when_an_answer_comes_with_an_update() -> None:
+    class Two(TypedDict, total=False):
+        note: str
+        log: Annotated[list[str], operator.add]
+
+    def asker(name: str) -> Any:
+        def node(state: Two) -> dict[str, Any]:
+            return {"log": [f"{name}={interrupt(name)} note={state.get('note')}"]}
+        return node
+
+    builder = StateGraph(Two)
+    builder.add_node("x", asker("x")).add_node("y", asker("y"))
+    builder.add_edge(START, "x").add_edge(START, "y").add_edge("x", END).add_edge("y", END)
+    app, config = builder.compile(checkpointer=InMemorySaver()), thread()
+    paused = app.invoke({"log": []}, config)
+    assert sorted(i.id for i in paused["__interrupt__"]) == ["0:x:0", "0:y:0"]
+    again = app.invoke(Command(resume={"0:x:0": "X"}, update={"note": "edited"}), config)
+    assert [i.id for i in again["__interrupt__"]] == ["0:y:0"]  # (README: it pauses again with the same id)
+    done = app.invoke(Command(resume={"0:y:0": "Y"}), config)
+    assert sorted(done["log"]) == ["x=X note=edited", "y=Y note=edited"]
+
+
+def test_a_paused_subgraph_goes_on_with_the_answer_when_its_parent_is_edited() -> None:
+    class Doc(TypedDict, total=False):
+        topic: str
+        draft: str
+        approved: list[Any]
+        log: Annotated[list[str], operator.add]
+
+    writes: list[str] = []
+
+    def write(state: Doc) -> dict[str, Any]:
+        writes.append(state["topic"])
+        return {"draft": state["topic"].upper()}
+
+    def approve(state: Doc) -> dict[str, Any]:
+        return {"approved": [interrupt({"draft": state["draft"]}), state["draft"]]}
+
+    inner = StateGraph(Doc)
+    inner.add_node("write", write).add_node("approve", approve)
+    inner.add_edge(START, "write").add_edge("write", "approve").add_edge("approve", END)
+    outer = StateGraph(Doc)
+    outer.add_node("review", inner.compile()).add_node("after", lambda s: {"log": [f"after draft={s['draft']}"]})
+    outer.add_edge(START, "review").add_edge("review", "after").add_edge("after", END)
+    app, config = outer.compile(checkpointer=InMemorySaver()), thread()
+    app.invoke({"topic": "tides"}, config)
+    done = app.invoke(Command(resume="yes", update={"log": ["upd"]}), config)
+    # LangGraph 1.2.24: the subgraph goes on from its pause (its first node does not run again).
+    assert done == {"topic": "tides", "draft": "TIDES", "approved": ["yes", "TIDES"], "log": ["upd", "after draft=TIDES"]}
+    assert writes == ["tides"]
+
+
+def test_an_answer_with_an_update_at_a_static_breakpoint_applies_the_update_and_goes_on() -> None:
+    builder = StateGraph(Review)
+    builder.add_node("other", other).add_node("after", after)
+    builder.add_edge(START, "other").add_edge("other", "after").add_edge("after", END)
+    app, config = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["after"]), thread()
+    app.invoke({"n": 1, "log": []}, config)
+    # LangGraph ignores the resume value at a static breakpoint, and applies the update.
+    assert app.invoke(Command(resume="ignored", update={"n": 20}), config) == {"n": 21, "log": ["other"]}
 
 
 def test_an_update_without_an_answer_passes_a_static_breakpoint_and_the_paused_node_reads_it() -> None:

@@ -9,8 +9,10 @@ no ``workflow.started`` event), and a bad update leaves no workflow behind.
 
 from __future__ import annotations
 
+import asyncio
+import operator
 import uuid
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from support.aio import run
@@ -52,6 +54,7 @@ def test_values_for_a_new_thread_are_its_input_and_invoke_none_runs_it() -> None
     assert new_config["configurable"]["thread_id"] == config["configurable"]["thread_id"]
     snapshot = app.get_state(config)
     assert snapshot.values == {"q": "seed", "n": 5} and snapshot.next == ("ask",)
+    assert snapshot.metadata["source"] == "update"  # (LangGraph 1.2.24's, for an update of a new thread)
     paused = app.invoke(None, config)
     assert [i.value for i in paused["__interrupt__"]] == [{"question": "seed"}]
 
@@ -62,6 +65,7 @@ def test_values_as_a_node_of_a_new_thread_route_after_that_node() -> None:
     snapshot = app.get_state(config)
     assert snapshot.values == {"q": "seed"} and snapshot.next == ("after",)
     assert snapshot.metadata["source"] == "update" and snapshot.metadata["writes"] == {"ask": {"q": "seed"}}
+    assert snapshot.step == 0 and len(list(app.get_state_history(config))) == 1  # one checkpoint, as LangGraph's
     assert app.invoke(None, config) == {"q": "seed", "n": 1}
 
 
@@ -103,3 +107,75 @@ def test_without_a_graph_an_unknown_id_is_still_not_found_and_says_how_to_start_
                 await orchestrator.update_state(f"wf-{uuid.uuid4().hex[:8]}", {"q": "x"})
 
     run(scenario())
+
+
+def test_a_node_seed_is_checked_as_that_nodes_writes_over_the_schemas_defaults() -> None:
+    """LangGraph 1.2.24: a Pydantic state with a required field, seeded as a node's output that
+    gives it; the default of another field is there when the next node reads the state."""
+    from pydantic import BaseModel
+
+    class Profile(BaseModel):
+        name: str
+        count: int = 7
+        items: Annotated[list[str], operator.add] = []
+
+    def greet(state: Any) -> dict[str, Any]:
+        return {"items": [f"{state['name']}:{state['count']}"]}  # (a dict here: README, state schemas)
+
+    builder = StateGraph(Profile)
+    builder.add_node("seed", lambda s: {}).add_node("greet", greet)
+    builder.add_edge(START, "seed").add_edge("seed", "greet").add_edge("greet", END)
+    app, config = builder.compile(checkpointer=InMemorySaver()), thread()
+    app.update_state(config, {"name": "bob", "items": ["seeded"]}, as_node="seed")
+    assert app.get_state(config).next == ("greet",)
+    assert app.invoke(None, config) == {"name": "bob", "count": 7, "items": ["seeded", "bob:7"]}
+
+
+def test_a_new_input_on_a_seeded_thread_runs_from_start_on_the_seeded_state() -> None:
+    """LangGraph's "seed the history, then invoke with the user's message"."""
+    class Log(TypedDict, total=False):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(Log)
+    builder.add_node("a", lambda s: {"log": ["a"]}).add_edge(START, "a").add_edge("a", END)
+    app, config = builder.compile(checkpointer=InMemorySaver()), thread()
+    app.update_state(config, {"log": ["seed"]})
+    assert app.invoke({"log": ["input"]}, config) == {"log": ["seed", "input", "a"]}
+
+
+def test_the_first_step_a_seeded_thread_runs_does_not_pause_before_it() -> None:
+    """LangGraph 1.2.24: a run from an update does not stop at an interrupt_before of its first step."""
+    class Log(TypedDict, total=False):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(Log)
+    builder.add_node("a", lambda s: {"log": ["a"]}).add_node("c", lambda s: {"log": ["c"]})
+    builder.add_edge(START, "a").add_edge("a", "c").add_edge("c", END)
+    app = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["a", "c"])
+    config = thread()
+    app.update_state(config, {"log": ["seed"]})
+    assert app.invoke(None, config)["log"] == ["seed", "a"]  # through a, paused before c
+    assert app.get_state(config).next == ("c",)
+
+
+def test_concurrent_seeds_of_one_thread_all_land() -> None:
+    class Log(TypedDict, total=False):
+        log: Annotated[list[str], operator.add]
+
+    builder = StateGraph(Log)
+    builder.add_node("a", lambda s: {"log": ["a"]}).add_edge(START, "a").add_edge("a", END)
+    graph = builder.compile()
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> dict[str, Any]:
+        orchestrators = [Orchestrator() for _ in range(3)]
+        try:
+            await asyncio.gather(*(o.update_state(workflow_id, {"log": [f"seed{i}"]}, graph=graph)
+                                   for i, o in enumerate(orchestrators)))
+            return dict(await orchestrators[0].resume(workflow_id, graph))
+        finally:
+            for orchestrator in orchestrators:
+                await orchestrator.close()
+
+    done = run(scenario())
+    assert sorted(done["log"][:3]) == ["seed0", "seed1", "seed2"] and done["log"][3:] == ["a"]

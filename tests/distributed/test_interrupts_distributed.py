@@ -95,8 +95,8 @@ def test_an_answer_with_an_update_reaches_the_node_on_a_worker_through_the_state
     backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> None:
     """``Command(resume=..., update=...)`` over a state too large to travel in the task
-    (``core.task_state``): the re-run node reads the checkpoint its task refers to, which
-    must hold the edited state, not the one the step paused on."""
+    (``core.task_state``): the step's checkpoint holds the state it paused on, so the re-run
+    node's task must carry the edited state rather than refer to that checkpoint."""
     url = str(request.getfixturevalue(backend))
     prefix = f"hitlupd{uuid.uuid4().hex[:8]}"
     workers = WorkerProcesses(url, prefix, tmp_path, "control_app:registry")
@@ -123,5 +123,8 @@ def test_an_answer_with_an_update_reaches_the_node_on_a_worker_through_the_state
         workers.close()
     assert [i["value"] for i in paused["__interrupt__"]] == ["send this draft?"]
     assert (done["answer"], done["seen"], done["length"]) == ("send", "-edited-", len(edited))
+    # The edit has no checkpoint of its own (the step keeps its number, so its interrupt and
+    # subgraph ids stay): the step's commit holds it.
     assert [(s.metadata.get("source"), s.metadata.get("step")) for s in reversed(history)] == [
-        ("input", 0), ("update", 1), ("loop", 2)]
+        ("input", 0), ("loop", 1)]
+    assert history[0].values["draft"] == edited
