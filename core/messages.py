@@ -59,7 +59,28 @@ def _coerce_one(item: Any) -> Any:
         return {"role": "user", "content": item}
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] in _ROLES:
         return {"role": _ROLES[item[0]], "content": item[1]}
+    if isinstance(item, dict):
+        return _coerce_dict(item)
     return item
+
+
+def _coerce_dict(item: dict[str, Any]) -> dict[str, Any]:
+    """A message dict with LangChain's spellings read as LangGraph reads them: ``{"type": "human"}``
+    (no ``role``) and ``{"role": "human"|"ai"}`` get the OpenAI role, and a tool call given as
+    ``{"name", "args", ...}`` gets ``"type": "tool_call"``; the dict itself if none applies."""
+    role, kind = item.get("role"), item.get("type")
+    out = item
+    if isinstance(role, str) and role in _ROLES and _ROLES[role] != role:
+        out = {**item, "role": _ROLES[role]}
+    elif role is None and isinstance(kind, str) and kind in _ROLES:  # LangChain's message dict: type, no role
+        out = {key: value for key, value in item.items() if key != "type"}
+        out["role"] = _ROLES[kind]
+    calls = out.get("tool_calls")
+    if isinstance(calls, list) and any(isinstance(call, dict) and "args" in call and "name" in call
+                                       and "type" not in call for call in calls):
+        out = {**out, "tool_calls": [{**call, "type": "tool_call"} if isinstance(call, dict) and "args" in call
+                                     and "name" in call and "type" not in call else call for call in calls]}
+    return out
 
 
 def coerce_messages(value: Any) -> Any:
@@ -67,7 +88,9 @@ def coerce_messages(value: Any) -> Any:
 
     A ``str`` is ``{"role": "user", "content": s}``; a ``(role, content)`` tuple whose
     role is one of user/human, assistant/ai, system, developer, tool, function is
-    ``{"role": <OpenAI role>, "content": content}``. Applies to ``value`` itself and to
+    ``{"role": <OpenAI role>, "content": content}``; a dict spelled as LangChain's
+    (``{"type": "human", ...}`` without a role, ``{"role": "ai", ...}``) gets the OpenAI
+    role, and its ``{"name", "args"}`` tool calls ``"type": "tool_call"`` (``_coerce_dict``). Applies to ``value`` itself and to
     the items of a list (or tuple) of messages; returns a new list, never mutating.
     Ids are given later, by ``add_messages``.
     """
