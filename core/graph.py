@@ -1015,6 +1015,7 @@ class Graph:
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        input = _input_of(input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
             from distributed_agents.core.sync_api import run_sync
@@ -1042,6 +1043,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        input = _input_of(input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
         if _continues_at(config, input) is not None:
@@ -1294,6 +1296,7 @@ class Graph:
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        input = _input_of(input)
         thread = options.get("workflow_id")
         try:
             input = await self._continuation(orchestrator, config, input, "ainvoke")
@@ -1401,6 +1404,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        input = _input_of(input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
                 raise ConfigurationError(
@@ -1664,6 +1668,15 @@ def _past_breakpoint(input: Any, snapshot: Any) -> Any:
         return input
     # The answer dropped; an update= kept (``Orchestrator.resume`` applies it there).
     return None if input.update is None else Command(update=input.update)
+
+
+def _input_of(input: Any) -> Any:
+    """A run's ``input`` as LangGraph takes it: the state a node was given (a ``State``, which
+    names its own workflow) as plain values, so a graph invoked inside a node runs as a
+    workflow of its own (its thread from ``config`` alone) rather than under the caller's id."""
+    from distributed_agents.core.state import State
+
+    return dict(input) if isinstance(input, State) else input
 
 
 def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -1175,3 +1175,33 @@ def test_fork_gives_a_new_thread_at_a_past_checkpoint_as_the_refusal_says() -> N
     assert graph.get_state(config).values["n"] == 20  # the original thread as it was
     named = graph.fork(config, thread_id=f"copy-{uuid.uuid4().hex[:6]}")  # no checkpoint: the latest
     assert graph.get_state(named).values["n"] == 20
+
+
+def test_a_graph_invoked_inside_a_node_runs_as_a_workflow_of_its_own() -> None:
+    """LangGraph's "call a graph from a node" (e.g. a subgraph with another schema): the node's
+    state passed as the input. Before, the ``State`` it got named the caller's workflow, so the
+    inner run took that id and failed on the caller's lease (WorkflowLeaseHeldError)."""
+    import operator
+    from typing import Annotated, TypedDict
+
+    from distributed_agents import END, START, StateGraph
+
+    class Log(TypedDict, total=False):
+        foo: str
+        log: Annotated[list[str], operator.add]
+
+    inner_builder = StateGraph(Log)
+    inner_builder.add_node("x", lambda s: {"log": ["x"]}).add_edge(START, "x").add_edge("x", END)
+    inner = inner_builder.compile()
+
+    def wrapper(state: Log) -> dict[str, Any]:
+        return inner.invoke(state)
+
+    async def awrapper(state: Log) -> dict[str, Any]:
+        return {"foo": (await inner.ainvoke(state))["log"][-1]}
+
+    outer = StateGraph(Log)
+    outer.add_node("w", wrapper).add_node("aw", awrapper)
+    outer.add_edge(START, "w").add_edge("w", "aw").add_edge("aw", END)
+    # LangGraph 1.2.24: {'foo': '', 'log': ['in', 'in', 'x']} after w (the inner final state, appended)
+    assert outer.compile().invoke({"foo": "", "log": ["in"]}) == {"foo": "x", "log": ["in", "in", "x"]}
