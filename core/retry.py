@@ -29,7 +29,7 @@ def _qualified(exc_type: type[BaseException]) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How to retry a failing node.
+    """How to retry a failing node (LangGraph's ``RetryPolicy``: the same fields, in the same order).
 
     Attempt ``n`` (1-based) that fails is followed, if ``n < max_attempts`` and the
     exception matches ``retry_on``, by a wait of
@@ -37,12 +37,13 @@ class RetryPolicy:
     randomised by up to ±25% when ``jitter`` is set.
     """
 
-    max_attempts: int = 3
+    # LangGraph's field order (RetryPolicy(0.5, 2.0) means the same there and here).
     initial_interval: float = 0.5
     backoff_factor: float = 2.0
     max_interval: float = 60.0
+    max_attempts: int = 3
     jitter: bool = True
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    retry_on: type[BaseException] | Sequence[type[BaseException]] = Exception
     # None means "derive from retry_on"; () is a real value (retry nothing) that must survive from_dict.
     _retry_names: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
@@ -63,9 +64,15 @@ class RetryPolicy:
             raise ConfigurationError(
                 f"RetryPolicy.jitter must be True (randomise each delay by up to ±25%) or False, got "
                 f"{type(self.jitter).__name__} {self.jitter!r}")
+        if isinstance(self.retry_on, (list, set, frozenset)):  # LangGraph's Sequence of types too
+            object.__setattr__(self, "retry_on", tuple(self.retry_on))
         types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-            raise ConfigurationError(f"RetryPolicy.retry_on must be exception types, got {self.retry_on!r}")
+            predicate = callable(self.retry_on) and not isinstance(self.retry_on, type)
+            raise ConfigurationError(
+                f"RetryPolicy.retry_on must be an exception type or a list/tuple of them, got {self.retry_on!r}"
+                + ("; a predicate (LangGraph's retry_on=callable) cannot travel with a task to a worker: list the "
+                   "exception types it accepts instead" if predicate else ""))
         if self._retry_names is None:
             object.__setattr__(self, "_retry_names", tuple(_qualified(t) for t in types))
 

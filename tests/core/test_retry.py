@@ -158,7 +158,8 @@ def test_from_dict_fills_defaults() -> None:
         {"retry_on": int},
         {"retry_on": "ValueError"},
         {"retry_on": (ValueError, 3)},
-        {"retry_on": [ValueError]},
+        {"retry_on": [ValueError, "x"]},
+        {"retry_on": lambda exc: True},  # LangGraph's predicate form: cannot travel to a worker
     ],
     ids=lambda kwargs: "-".join(f"{k}={v!r}" for k, v in kwargs.items()),
 )
@@ -169,3 +170,15 @@ def test_invalid_arguments_are_configuration_errors(kwargs: dict[str, Any]) -> N
     field = next(iter(kwargs))
     expected = "retry_on" if field == "retry_on" else "max_attempts" if field == "max_attempts" else field
     assert expected in str(info.value)
+
+
+def test_langgraph_forms_positional_fields_and_a_list_of_types() -> None:
+    """LangGraph's ``RetryPolicy(initial_interval, backoff_factor, max_interval, max_attempts, jitter,
+    retry_on)`` order, and ``retry_on`` as a list (LangGraph's Sequence) of exception types."""
+    policy = RetryPolicy(0.01, 3.0, 5.0, 4, False, [ConnectionError, TimeoutError])
+    assert (policy.initial_interval, policy.backoff_factor, policy.max_interval, policy.max_attempts,
+            policy.jitter) == (0.01, 3.0, 5.0, 4, False)
+    assert policy.retries(ConnectionResetError()) and policy.retries(TimeoutError()) and not policy.retries(ValueError())
+    assert RetryPolicy.from_dict(policy.to_dict()).retries(ConnectionResetError())  # as on a worker
+    with pytest.raises(ConfigurationError, match="a predicate .* cannot travel with a task to a worker"):
+        RetryPolicy(retry_on=lambda exc: isinstance(exc, ValueError))
