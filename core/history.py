@@ -218,10 +218,18 @@ def _parent(checkpoint: Checkpoint) -> str | None:
 
 
 def _next_tasks(frontier: Mapping[str, Any]) -> tuple[str, ...]:
-    """The node of each task ``frontier``'s step runs: one per Send, in order, then the
-    edge-triggered nodes once each (LangGraph 1.2's order: its push tasks before its pull tasks)."""
-    names = [str(send["node"]) for send in frontier.get("sends") or ()]
-    names.extend(dict.fromkeys(str(name) for name in frontier.get("next", ())))
+    """The node of each task ``frontier``'s step still runs: one per Send, in order, then the
+    edge-triggered nodes once each (LangGraph 1.2's order: its push tasks before its pull tasks);
+    as LangGraph's, tasks of a paused or failed step that finished (``pending_writes``) are left out."""
+    done = frontier.get("pending_writes") or {}
+    names: list[str] = []
+    sent: dict[str, int] = {}
+    for send in frontier.get("sends") or ():
+        node = str(send["node"])
+        index = sent[node] = sent.get(node, -1) + 1
+        if f"{node}#{index}" not in done:  # (a task of a paused or failed step that finished: not next)
+            names.append(node)
+    names.extend(dict.fromkeys(str(name) for name in frontier.get("next", ()) if str(name) not in done))
     return tuple(names)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+import uuid
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from hypothesis import given, settings
@@ -194,3 +196,29 @@ def test_next_has_one_entry_per_task_as_in_langgraph(sends: int) -> None:
     # One per Send, then edge-triggered nodes once each: LangGraph 1.2.24 gives ('w', 'w', 'w', 'log') here.
     assert next_tasks == (*["w"] * sends, "log")
     assert sorted(done.get("out", [])) == list(range(sends))
+
+
+def test_next_of_a_paused_step_leaves_out_its_tasks_that_finished() -> None:
+    """LangGraph 1.2.24, side by side: a step paused by one task's interrupt() lists as next only
+    the tasks still to run, not those whose writes are kept (edge-triggered ones and Sends)."""
+    from distributed_agents import END, START, InMemorySaver, Send, StateGraph, interrupt
+
+    def work(state: Work) -> dict[str, Any]:
+        if state["item"] == "q":
+            interrupt("which?")
+        return {"log": [state["item"]]}
+
+    builder = StateGraph(Work)
+    builder.add_node("p1", lambda s: {"log": ["p1"]}).add_node("work", work)
+    builder.add_conditional_edges(START, lambda s: [Send("work", {"item": i}) for i in ("x", "q", "y")] + ["p1"],
+                                  ["work", "p1"])
+    builder.add_edge("p1", END).add_edge("work", END)
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    app.invoke({"log": []}, config)
+    assert app.get_state(config).next == ("work",)
+
+
+class Work(TypedDict, total=False):
+    log: Annotated[list[str], operator.add]
+    item: str

@@ -161,7 +161,8 @@ def test_from_dict_fills_defaults() -> None:
         {"retry_on": [ValueError, "x"]},
         {"retry_on": lambda exc: True},  # LangGraph's predicate form: cannot travel to a worker
     ],
-    ids=lambda kwargs: "-".join(f"{k}={v!r}" for k, v in kwargs.items()),
+    ids=lambda kwargs: "-".join(f"{k}={'a predicate' if callable(v) and not isinstance(v, type) else repr(v)}"
+                                for k, v in kwargs.items()),  # (a function's repr names its address)
 )
 def test_invalid_arguments_are_configuration_errors(kwargs: dict[str, Any]) -> None:
     """Out-of-range, NaN, infinite or mistyped arguments raise ConfigurationError naming the field."""
