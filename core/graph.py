@@ -1092,6 +1092,8 @@ class Graph:
 
         thread, checkpoint = _thread_and_checkpoint(self.name, config, "get_state")
         await self._check_thread_graph(orchestrator, thread, "get_state")
+        if self._compiled:
+            orchestrator._remember(self)  # a paused step's kept writes show in its values (its reducers)
         if checkpoint is None:
             try:
                 return await orchestrator.get_state(thread, subgraphs=subgraphs)

@@ -51,6 +51,7 @@ __all__ = [
     "checkpoint_id",
     "edited_state",
     "parse_checkpoint_id",
+    "paused_values",
     "plan_fork",
     "plan_update",
     "read_checkpoint",
@@ -455,6 +456,25 @@ def edited_state(graph: Graph, record: WorkflowRecord, values: Any, payload_limi
     merged = _merged_update(graph, record, values, START, call)[1]
     check_commit_size(record.workflow_id, record.step, merged, b"{}", None, payload_limit)
     return merged
+
+
+def paused_values(graph: Graph | None, record: WorkflowRecord) -> Mapping[str, Any]:
+    """``record``'s state with the writes its paused (or failed) step kept merged in, as LangGraph
+    shows a paused thread's values; the state itself without a ``graph`` (its reducers) or kept
+    writes. Only for display: the step's commit merges those writes into the stored state."""
+    pending = record.frontier.get("pending_writes") or {}
+    if graph is None or not pending or record.status not in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
+        return record.state
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    writes: list[tuple[str, Mapping[str, Any]]] = []
+    for entry in read_entries(record.frontier, order):
+        result = read_output(pending[entry.key]) if entry.key in pending else None
+        if result is not None and result.interrupt is None and result.updates:
+            writes.append((entry.key, result.updates))
+    try:
+        return merge_updates(record.state, writes, graph.reducers) if writes else record.state
+    except Exception:  # the step's own commit reports what fails to merge; shown as stored until then
+        return record.state
 
 
 def _merged_update(

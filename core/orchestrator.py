@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -256,9 +257,10 @@ def _breakpoint_metadata(
     return stored
 
 
-def _result_state(record: WorkflowRecord) -> State:
-    """What ``execute``/``resume``/``wait`` return: the output values, plus ``__interrupt__`` when paused."""
-    values = result_values(record.state, record.metadata)
+def _result_state(record: WorkflowRecord, graph: Graph | None = None) -> State:
+    """What ``execute``/``resume``/``wait`` return: the output values, plus ``__interrupt__`` when
+    paused (the values with the writes the paused step kept, given its ``graph``: LangGraph's)."""
+    values = result_values(history.paused_values(graph, record), record.metadata)
     if record.status == WorkflowStatus.INTERRUPTED:
         values = {**values, INTERRUPT_KEY: [
             PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind,
@@ -1436,8 +1438,17 @@ class Orchestrator:
         or ``node#i``), nested as deep as they go. ``WorkflowNotFoundError`` if it is unknown.
         """
         await self.connect()
-        return await history.read_state(self.backend.state_store, workflow_id, where=self.backend.redacted_url,
-                                        subgraphs=subgraphs)
+        snapshot = await history.read_state(self.backend.state_store, workflow_id, where=self.backend.redacted_url,
+                                            subgraphs=subgraphs)
+        if snapshot.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
+            # A paused or failed step's kept writes show in its values, as LangGraph's (given the graph).
+            record = await self.backend.state_store.get(workflow_id)
+            if record is not None and record.step == snapshot.step and record.frontier.get("pending_writes"):
+                with contextlib.suppress(ConfigurationError):
+                    values = history.paused_values(self._known_graph(record), record)
+                    if values is not record.state:
+                        snapshot = dataclasses.replace(snapshot, values=result_values(values, record.metadata))
+        return snapshot
 
     async def get_state_history(
         self, workflow_id: str, *, limit: int | None = None, before: str | int | None = None
@@ -1947,7 +1958,7 @@ class Orchestrator:
             return await self.wait(workflow_id)
         if lease_lost:
             return await self._after_lease_loss(graph, workflow_id, step_limit)
-        return _result_state(final)
+        return _result_state(final, graph)
 
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
         # The lease lapsed (this process stalled). If nobody took it, carry on from the
@@ -2163,7 +2174,11 @@ class Orchestrator:
         workflow_id = record.workflow_id
         status = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
         if status.status in (WorkflowStatus.COMPLETED, WorkflowStatus.INTERRUPTED):
-            return _result_state(record)
+            try:
+                graph = self._known_graph(record) if record.frontier.get("pending_writes") else None
+            except ConfigurationError:
+                graph = None  # (two graphs of that name: shown as stored)
+            return _result_state(record, graph)
         if status.status == WorkflowStatus.FAILED:
             summary = (status.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {workflow_id!r} failed: {summary}", workflow_id=workflow_id,

@@ -222,3 +222,29 @@ def test_next_of_a_paused_step_leaves_out_its_tasks_that_finished() -> None:
 class Work(TypedDict, total=False):
     log: Annotated[list[str], operator.add]
     item: str
+
+
+class Side(TypedDict, total=False):
+    log: Annotated[list[str], operator.add]
+    a: str
+
+
+def test_a_paused_steps_kept_writes_show_in_its_values_and_merge_once() -> None:
+    """LangGraph 1.2.24, side by side: ``invoke`` at the pause returns ``{'log': ['side'], ...}``,
+    ``get_state`` has ``values == {'log': ['side']}`` and ``next == ('ask',)``, and the resumed run
+    ends with ``{'log': ['side'], 'a': 'A'}``: the kept write is shown, and merged once."""
+    from distributed_agents import END, START, Command, InMemorySaver, StateGraph, interrupt
+
+    def ask(state: Side) -> dict[str, Any]:
+        return {"a": interrupt("q?")}
+
+    builder = StateGraph(Side)
+    builder.add_node("ask", ask).add_node("side", lambda s: {"log": ["side"]})
+    builder.add_edge(START, "ask").add_edge(START, "side").add_edge("ask", END).add_edge("side", END)
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    paused = app.invoke({"log": []}, config)
+    assert paused["log"] == ["side"] and [i.value for i in paused["__interrupt__"]] == ["q?"]
+    snapshot = app.get_state(config)
+    assert (snapshot.values, snapshot.next) == ({"log": ["side"]}, ("ask",))
+    assert app.invoke(Command(resume="A"), config) == {"log": ["side"], "a": "A"}
