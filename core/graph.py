@@ -44,7 +44,15 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
-from distributed_agents.core.node_runner import NodeContext, cancel_requested, current_context, wants_context
+from distributed_agents.core.node_runner import (
+    CONTEXT_KEY,
+    NodeContext,
+    cancel_requested,
+    context_values,
+    current_context,
+    visible_configurable,
+    wants_context,
+)
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
@@ -993,7 +1001,7 @@ class Graph:
 
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                interrupt_before: Sequence[str] | None = None,
-               interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
+               interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
         """LangGraph's ``graph.invoke(input, config)``: run a workflow of this graph here, blocking.
 
         A shortcut over ``Orchestrator(backend=backend).invoke`` / ``.sync.resume``
@@ -1014,7 +1022,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
         input = _input_of(input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
@@ -1032,7 +1040,7 @@ class Graph:
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
                subgraphs: bool = False, backend: str | None = None, interrupt_before: Sequence[str] | None = None,
-               interrupt_after: Sequence[str] | None = None) -> Iterator[Any]:
+               interrupt_after: Sequence[str] | None = None, context: Any = None) -> Iterator[Any]:
         """LangGraph's ``graph.stream(input, config, stream_mode=...)``: ``invoke``'s run, chunk by chunk.
 
         Chunks as ``Orchestrator.stream`` yields them (LangGraph's shapes); a dict
@@ -1042,7 +1050,7 @@ class Graph:
         """
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
         input = _input_of(input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
@@ -1292,12 +1300,12 @@ class Graph:
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                       interrupt_before: Sequence[str] | None = None,
-                      interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
+                      interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
         """``invoke`` for async code (LangGraph's ``ainvoke``)."""
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
         input = _input_of(input)
         thread = options.get("workflow_id")
         try:
@@ -1401,11 +1409,11 @@ class Graph:
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       stream_mode: str | Sequence[str] = "updates", subgraphs: bool = False,
                       backend: str | None = None, interrupt_before: Sequence[str] | None = None,
-                      interrupt_after: Sequence[str] | None = None) -> AsyncIterator[Any]:
+                      interrupt_after: Sequence[str] | None = None, context: Any = None) -> AsyncIterator[Any]:
         """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config, interrupt_before, interrupt_after)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
         input = _input_of(input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
@@ -1581,7 +1589,7 @@ def _condition_config(state: Any, configurable: Mapping[str, Any] | None) -> dic
     workflow_id = str(getattr(state, "workflow_id", "") or "")
     thread = workflow_id.split(":sub:", 1)[0]
     namespace = "" if thread == workflow_id else workflow_id
-    return {"configurable": {**(configurable or {}), "thread_id": thread, "checkpoint_ns": namespace},
+    return {"configurable": {**visible_configurable(configurable), "thread_id": thread, "checkpoint_ns": namespace},
             "metadata": {"thread_id": thread, "langgraph_checkpoint_ns": namespace}}
 
 
@@ -1687,7 +1695,7 @@ def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None = None,
-                 interrupt_after: Sequence[str] | None = None) -> dict[str, Any]:
+                 interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
     """``execute`` options from a LangGraph ``config``: ``thread_id`` -> ``workflow_id``, ``recursion_limit`` -> ``step_limit``.
 
     ``interrupt_before``/``interrupt_after`` (LangGraph's ``invoke(..., interrupt_before=)``) are
@@ -1697,6 +1705,16 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     ``configurable`` values than ``thread_id`` go to ``execute(configurable=)``: the
     run's nodes read them as ``config["configurable"][key]``.
     """
+    options = _config_options(graph, config, interrupt_before, interrupt_after)
+    if context is not None:  # LangGraph's run context: travels with the configurable values (CONTEXT_KEY)
+        options["configurable"] = {**options.get("configurable", {}), CONTEXT_KEY: context_values(f"graph {graph!r}",
+                                                                                                   context)}
+    return options
+
+
+def _config_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None,
+                    interrupt_after: Sequence[str] | None) -> dict[str, Any]:
+    """``_run_options`` without the run context."""
     breakpoints = {key: value for key, value in (("interrupt_before", interrupt_before),
                                                   ("interrupt_after", interrupt_after)) if value is not None}
     config = _nested_config(config)
@@ -1733,8 +1751,9 @@ class StateGraph(Graph):
 
     ``StateGraph(State)`` is ``Graph(State.__name__, state_schema=State)``;
     ``input_schema``/``output_schema`` (or LangGraph's older ``input``/``output``) as for
-    ``Graph``; ``StateGraph(dict)`` is an untyped graph. ``context_schema`` /
-    ``config_schema`` are accepted and ignored (nodes get a ``NodeContext`` instead).
+    ``Graph``; ``StateGraph(dict)`` is an untyped graph. ``context_schema`` is accepted
+    and not checked: a run's ``context=`` travels as JSON and nodes read it as
+    ``runtime.context`` (``NodeContext.context``); ``config_schema`` is accepted and ignored.
     ``name=`` names the graph otherwise (graph names key stored workflows and drawings).
     """
 

@@ -50,22 +50,74 @@ from distributed_agents.core.stream_writer import StreamWriter, current_stream_s
 from distributed_agents.core.types import Command, command_output, interrupt_output
 
 __all__ = [
+    "CONTEXT_KEY",
     "NodeContext",
     "NodeFailure",
     "NodeRaisedBaseException",
+    "RunContext",
     "bounded",
     "cancel_requested",
+    "context_values",
     "current_context",
     "describe_failure",
     "exception_message",
+    "get_runtime",
     "get_stream_writer",
     "invoke_node",
     "is_output_error",
     "safe_text",
+    "visible_configurable",
     "wants_context",
 ]
 
 log = logging.getLogger("distributed_agents.node")
+
+
+# In a run's ``configurable`` (record metadata, task payloads): LangGraph's run context
+# (``invoke(..., context=...)``), travelling with the configurable values; never shown in them.
+CONTEXT_KEY = "__context__"
+
+
+def visible_configurable(configurable: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's ``configurable`` values as nodes and conditions see them (the run context left out)."""
+    return {key: value for key, value in (configurable or {}).items() if key != CONTEXT_KEY}
+
+
+def context_values(where: str, context: Any) -> dict[str, Any]:
+    """A run's ``context=`` as the JSON object it travels as (``CONTEXT_KEY``): a dataclass's fields,
+    a Pydantic model's dump, or a mapping's items. ``ConfigurationError`` naming ``where`` for
+    anything else, or for values JSON cannot carry."""
+    import dataclasses
+
+    from distributed_agents.core.errors import ConfigurationError
+    from distributed_agents.core.state import check_value
+
+    if dataclasses.is_dataclass(context) and not isinstance(context, type):
+        values: Any = dataclasses.asdict(context)
+    elif callable(getattr(context, "model_dump", None)):
+        values = context.model_dump(mode="json")
+    elif isinstance(context, Mapping):
+        values = dict(context)
+    else:
+        raise ConfigurationError(
+            f"{where}: context= must be a dataclass, a Pydantic model or a dict (its fields travel as JSON to the "
+            f"run's nodes, also on workers), got {type(context).__name__}")
+    try:
+        check_value("context", values)
+    except Exception as exc:
+        raise ConfigurationError(f"{where}: context= cannot travel as JSON: {exc}") from None
+    return dict(values)
+
+
+class RunContext(dict[str, Any]):
+    """A run's context (``NodeContext.context``): a dict whose keys also read as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the run context has no {name!r}; it has {', '.join(map(repr, self)) or 'nothing'}"
+                                 ) from None
 
 
 @quick_init  # made every step
@@ -166,6 +218,31 @@ class NodeContext:
                     self._cancel.append(threading.Event())
         return self._cancel[0]
 
+    # -- read as LangGraph's Runtime (``def node(state, runtime: Runtime[Context])``) -------------------
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        """``Runtime[Context]`` (``NodeContext[...]``) in annotations: the class itself."""
+        return cls
+
+    @property
+    def context(self) -> RunContext | None:
+        """The run's context (LangGraph's ``runtime.context``: ``invoke(..., context=...)``), read
+        by attribute or key (``runtime.context.user_id``, ``runtime.context["user_id"]``); it
+        travelled as JSON, so it is a ``RunContext`` dict, not the caller's object; None if none
+        was given."""
+        value = (self.configurable or {}).get(CONTEXT_KEY)
+        return RunContext(value) if isinstance(value, Mapping) else None
+
+    @property
+    def store(self) -> None:
+        """LangGraph's ``runtime.store``: None (no long-term store is attached to a run)."""
+        return None
+
+    @property
+    def previous(self) -> None:
+        """LangGraph's ``runtime.previous`` (the Functional API's): None for graph nodes."""
+        return None
+
     # -- read as LangGraph's RunnableConfig (``def node(state, config)``) ---------------------------
 
     def as_config(self) -> dict[str, Any]:
@@ -182,7 +259,7 @@ class NodeContext:
         thread = getattr(self, "root_workflow_id", None) or self.workflow_id.split(":sub:", 1)[0]
         namespace = "" if thread == self.workflow_id else self.workflow_id
         config: dict[str, Any] = {
-            "configurable": {**(self.configurable or {}), "thread_id": thread, "checkpoint_ns": namespace},
+            "configurable": {**visible_configurable(self.configurable), "thread_id": thread, "checkpoint_ns": namespace},
             "metadata": {"thread_id": thread, "langgraph_step": self.step, "langgraph_node": self.node,
                          "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
                          "attempt": self.attempt},
@@ -215,6 +292,16 @@ _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("d
 
 
 _writer_lock = threading.Lock()
+
+
+def get_runtime(context_schema: Any = None) -> NodeContext:
+    """LangGraph's ``get_runtime()``: the running node's ``NodeContext``, read as its ``Runtime``
+    (``.context``, ``.stream_writer``, ``.store``). ``context_schema`` is accepted for LangGraph's
+    signature and not checked. ``RuntimeError`` outside a node."""
+    context = current_context()
+    if context is None:
+        raise RuntimeError("get_runtime() is called inside a running node (or code a node calls), and none runs here")
+    return context
 
 
 def current_context() -> NodeContext | None:

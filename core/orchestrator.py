@@ -69,6 +69,7 @@ from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.instrumentation import installed as installed_instrumentation
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.merge import merge_updates
+from distributed_agents.core.node_runner import CONTEXT_KEY, context_values
 from distributed_agents.core.ports.backend import MAX_DURATION, Backend, check_duration
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
@@ -768,6 +769,7 @@ class Orchestrator:
         durability: str = "sync",
         continue_completed: bool = False,
         configurable: Mapping[str, Any] | None = None,
+        context: Any = None,
     ) -> State:
         """Run ``graph`` from ``initial_state`` to the end; return the final state.
 
@@ -844,9 +846,13 @@ class Orchestrator:
 
         ``configurable`` (a dict of JSON values, as LangGraph's ``config["configurable"]``)
         is stored with the run and read by its nodes as ``config["configurable"][key]``
-        (see ``NodeContext.as_config``), in this process and on workers.
+        (see ``NodeContext.as_config``), in this process and on workers. ``context`` (a
+        dataclass, Pydantic model or dict: LangGraph's ``invoke(..., context=...)``) travels
+        with it as JSON and is read by nodes as ``runtime.context`` (``NodeContext.context``).
         """
         _check_graph(graph, "Orchestrator.execute()")
+        if context is not None:
+            configurable = {**(configurable or {}), CONTEXT_KEY: context_values("execute()", context)}
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
             continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable,

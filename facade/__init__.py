@@ -28,7 +28,15 @@ from distributed_agents.core.messages import (  # noqa: E402
     RemoveMessage,
     add_messages,
 )
-from distributed_agents.core.node_runner import NodeContext, current_context, get_stream_writer  # noqa: E402
+from distributed_agents.core.node_runner import (  # noqa: E402
+    NodeContext,
+    current_context,
+    get_runtime,
+    get_stream_writer,
+)
+
+# LangGraph's Runtime (``def node(state, runtime: Runtime[Context])``) is a node's NodeContext here.
+Runtime = NodeContext
 from distributed_agents.core.orchestrator import Orchestrator  # noqa: E402
 from distributed_agents.core.ports.state_store import WorkflowStatus  # noqa: E402
 from distributed_agents.core.registry import NodeRegistry  # noqa: E402
@@ -60,6 +68,7 @@ __all__ = [
     "REMOVE_ALL_MESSAGES",
     "RemoveMessage",
     "RetryPolicy",
+    "Runtime",
     "START",
     "Send",
     "State",
@@ -74,6 +83,7 @@ __all__ = [
     "add_messages",
     "available_backends",
     "current_context",
+    "get_runtime",
     "get_stream_writer",
     "interrupt",
     "open_backend",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from distributed_agents import END, START, Graph, StateGraph
+from distributed_agents import END, START, Graph, Runtime, StateGraph
 
 
 class QA(TypedDict, total=False):
@@ -30,3 +30,17 @@ builder.add_node(answer)
 builder.add_node("verify", checker)
 builder.add_edge(START, "answer").add_edge("answer", "verify").add_edge("verify", END)
 app = builder.compile()
+
+
+class Greeting(TypedDict, total=False):
+    greeting: str
+
+
+def greet(state: Greeting, runtime: Runtime[Any]) -> dict[str, Any]:
+    """Reads the run's context (LangGraph's ``runtime.context``) on a worker."""
+    return {"greeting": f"hello {runtime.context.user_id} at level {runtime.context['level']}"}
+
+
+greeter = StateGraph(Greeting)
+greeter.add_node(greet).add_edge(START, "greet").add_edge("greet", END)
+greeter_app = greeter.compile()

@@ -42,3 +42,32 @@ def test_a_worker_process_started_on_a_graph_serves_its_nodes_and_its_subgraphs_
     assert result == {"q": "x", "a": "answer to x", "checked": "ANSWER TO X"}
     log = workers.log("w1")
     assert "node 'answer' done" in log and "node 'check' done" in log
+
+
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_a_node_on_a_worker_reads_the_run_context(backend: str, request: pytest.FixtureRequest,
+                                                  tmp_path: pathlib.Path) -> None:
+    """``execute(..., context=...)`` (LangGraph's ``invoke(..., context=...)``) travels with the
+    task: the node's ``runtime.context`` on the worker holds it."""
+    url = str(request.getfixturevalue(backend))
+    module = load_test_app("lg_graph_app")
+    prefix = f"lgctx{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(url, prefix, tmp_path, "lg_graph_app:greeter_app")
+
+    async def scenario() -> dict[str, str]:
+        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix)
+        try:
+            return dict(await orchestrator.execute(module.greeter_app, {}, context={"user_id": "ann", "level": 3}))
+        finally:
+            await orchestrator.close()
+
+    workers.start("w1")
+    try:
+        result = run(scenario(), timeout=100)
+        deadline = time.monotonic() + 20  # (its "done" line may come after the orchestrator saw the ack)
+        while time.monotonic() < deadline and "node 'greet' done" not in workers.log("w1"):
+            time.sleep(0.05)
+    finally:
+        workers.close()
+    assert result == {"greeting": "hello ann at level 3"}
+    assert "node 'greet' done" in workers.log("w1")  # it ran on the worker

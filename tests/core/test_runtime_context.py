@@ -1,0 +1,110 @@
+"""LangGraph's run context: ``invoke(..., context=...)`` read by nodes as ``runtime.context``.
+
+``def node(state, runtime: Runtime[Context])`` gets the node's ``NodeContext`` (``Runtime``
+is its name in ``distributed_agents``), whose ``context`` holds what the run was given, as
+JSON read by attribute or key; ``get_runtime()`` returns it inside a node. Checked side by
+side with LangGraph 1.2.24 (same values for the same graph and calls).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import pytest
+from pydantic import BaseModel
+
+from distributed_agents import END, START, Command, InMemorySaver, Runtime, StateGraph, get_runtime, interrupt
+from distributed_agents.core.errors import ConfigurationError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Ctx:
+    user_id: str
+    level: int = 1
+
+
+class PCtx(BaseModel):
+    user_id: str
+    level: int = 2
+
+
+class Out(TypedDict, total=False):
+    out: str
+    seen: str
+    routed: str
+
+
+def node(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
+    return {"out": f"user={runtime.context.user_id} level={runtime.context['level']}"}
+
+
+def other(state: Out, config: Any) -> dict[str, Any]:
+    return {"seen": f"{get_runtime(Ctx).context.user_id} {sorted(config['configurable'])}"}
+
+
+def route(state: Out, config: Any) -> str:
+    assert "__context__" not in config["configurable"]  # (the context is not a configurable value)
+    return END
+
+
+def context_graph() -> Any:
+    builder = StateGraph(Out, context_schema=Ctx)
+    builder.add_node("node", node).add_node("other", other)
+    builder.add_edge(START, "node").add_edge("node", "other").add_conditional_edges("other", route)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+def test_nodes_read_the_run_context_by_attribute_and_key_and_get_runtime() -> None:
+    app = context_graph()
+    # LangGraph 1.2.24: {'out': 'user=ann level=3', 'seen': 'ann'} (here with the configurable keys seen)
+    assert app.invoke({}, context=Ctx(user_id="ann", level=3)) == {
+        "out": "user=ann level=3", "seen": "ann ['checkpoint_ns', 'thread_id']"}
+    assert app.invoke({}, context=PCtx(user_id="pia"))["out"] == "user=pia level=2"
+    assert app.invoke({}, context={"user_id": "dee", "level": 0})["out"] == "user=dee level=0"
+    chunks = list(app.stream({}, context=Ctx(user_id="bob"), stream_mode="values"))
+    assert chunks[0] == {"out": "user=bob level=1"}
+
+
+def test_without_a_context_it_is_none_and_a_missing_field_says_what_there_is() -> None:
+    def plain(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        return {"out": repr(runtime.context)}
+
+    def missing(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        try:
+            runtime.context.nope
+        except AttributeError as exc:
+            return {"out": str(exc)}
+        return {"out": "no error"}
+
+    for func, given, expected in ((plain, None, "None"),
+                                  (missing, Ctx(user_id="x"), "the run context has no 'nope'; it has 'user_id', 'level'")):
+        builder = StateGraph(Out)
+        builder.add_node("n", func).add_edge(START, "n").add_edge("n", END)
+        assert builder.compile().invoke({}, context=given)["out"] == expected
+
+
+def test_a_context_json_cannot_carry_is_refused_before_the_run() -> None:
+    app = context_graph()
+    with pytest.raises(ConfigurationError, match="context= must be a dataclass, a Pydantic model or a dict"):
+        app.invoke({}, context="ann")
+    with pytest.raises(ConfigurationError, match="context= cannot travel as JSON"):
+        app.invoke({}, context={"user_id": object()})
+
+
+def test_each_new_run_of_a_thread_has_its_own_context_and_a_resume_keeps_the_runs() -> None:
+    def ask(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        answer = interrupt("go?")
+        return {"out": f"{answer} for {runtime.context.user_id}"}
+
+    builder = StateGraph(Out, context_schema=Ctx)
+    builder.add_node("ask", ask).add_edge(START, "ask").add_edge("ask", END)
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    app.invoke({}, config, context=Ctx(user_id="ann"))
+    assert app.invoke(Command(resume="yes"), config)["out"] == "yes for ann"
+    app.invoke({}, config, context=Ctx(user_id="bob"))  # a new run of the completed thread
+    assert app.invoke(Command(resume="ok"), config)["out"] == "ok for bob"
