@@ -1001,7 +1001,8 @@ class Graph:
 
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                interrupt_before: Sequence[str] | None = None,
-               interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
+               interrupt_after: Sequence[str] | None = None, context: Any = None,
+               stream_mode: str | Sequence[str] = "values") -> Any:
         """LangGraph's ``graph.invoke(input, config)``: run a workflow of this graph here, blocking.
 
         A shortcut over ``Orchestrator(backend=backend).invoke`` / ``.sync.resume``
@@ -1018,7 +1019,14 @@ class Graph:
         ``update_state``, or updated since it last ran); one running or paused is
         ``WorkflowExistsError`` saying to resume or wait for it. Graphs are also run by an
         ``Orchestrator`` directly, which is how they reach workers.
+
+        ``stream_mode`` other than ``"values"`` (one mode, or a list) returns the list of the
+        run's chunks in that mode, as LangGraph's ``invoke(..., stream_mode=...)`` does.
         """
+        if stream_mode != "values":
+            return list(self.stream(input, config, stream_mode=stream_mode, backend=backend,
+                                    interrupt_before=interrupt_before, interrupt_after=interrupt_after,
+                                    context=context))
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
@@ -1300,8 +1308,13 @@ class Graph:
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                       interrupt_before: Sequence[str] | None = None,
-                      interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
+                      interrupt_after: Sequence[str] | None = None, context: Any = None,
+                      stream_mode: str | Sequence[str] = "values") -> Any:
         """``invoke`` for async code (LangGraph's ``ainvoke``)."""
+        if stream_mode != "values":
+            return [chunk async for chunk in self.astream(
+                input, config, stream_mode=stream_mode, backend=backend, interrupt_before=interrupt_before,
+                interrupt_after=interrupt_after, context=context)]
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)

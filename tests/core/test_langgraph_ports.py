@@ -1205,3 +1205,24 @@ def test_a_graph_invoked_inside_a_node_runs_as_a_workflow_of_its_own() -> None:
     outer.add_edge(START, "w").add_edge("w", "aw").add_edge("aw", END)
     # LangGraph 1.2.24: {'foo': '', 'log': ['in', 'in', 'x']} after w (the inner final state, appended)
     assert outer.compile().invoke({"foo": "", "log": ["in"]}) == {"foo": "x", "log": ["in", "in", "x"]}
+
+
+def test_invoke_with_a_stream_mode_returns_that_modes_chunks() -> None:
+    """LangGraph 1.2.24, side by side: ``invoke(..., stream_mode="updates")`` is the list of the run's
+    updates chunks, a list of modes gives ``(mode, chunk)`` pairs, ``"values"`` the final state."""
+    from typing import TypedDict
+
+    from distributed_agents import END, START, StateGraph
+
+    class X(TypedDict, total=False):
+        x: int
+
+    builder = StateGraph(X)
+    builder.add_node("a", lambda s: {"x": 1}).add_node("b", lambda s: {"x": 2})
+    builder.add_edge(START, "a").add_edge("a", "b").add_edge("b", END)
+    app = builder.compile()
+    assert app.invoke({}, stream_mode="values") == {"x": 2}
+    assert app.invoke({}, stream_mode="updates") == [{"a": {"x": 1}}, {"b": {"x": 2}}]
+    assert app.invoke({}, stream_mode=["values", "updates"]) == [
+        ("updates", {"a": {"x": 1}}), ("values", {"x": 1}), ("updates", {"b": {"x": 2}}), ("values", {"x": 2})]
+    assert run(app.ainvoke({}, stream_mode="updates")) == [{"a": {"x": 1}}, {"b": {"x": 2}}]
