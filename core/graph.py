@@ -324,6 +324,11 @@ class Graph:
                 f"None), got {cache_policy!r}", graph=self.name, culprit=name)
         if destinations is None and func is not None:
             destinations = _annotated_destinations(func)
+        if func is not None and self._schema is not None:
+            # LangGraph's private state: the keys of a node's own input schema are state keys too.
+            schema = _input_annotation(func)
+            if schema is not None:
+                self._schema.add_node_schema(schema)
         if destinations is not None:
             if isinstance(destinations, str) or not all(isinstance(d, str) for d in destinations):
                 raise GraphValidationError(
@@ -1470,6 +1475,19 @@ def _breakpoints(names: Sequence[str]) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in names):
         raise ConfigurationError(f"breakpoints must be a list of node names (or '*'), got {names!r}")
     return tuple(dict.fromkeys(names))
+
+
+def _input_annotation(func: Any) -> Any:
+    """The annotation of ``func``'s first parameter (its state) if it resolves to a class, else None."""
+    import inspect
+    import typing
+
+    try:
+        first = next(iter(inspect.signature(func).parameters))
+        hint = typing.get_type_hints(func).get(first)
+    except Exception:  # no parameters, or unresolvable annotations: no input schema
+        return None
+    return hint if isinstance(hint, type) else None
 
 
 def _annotated_destinations(func: Any) -> tuple[str, ...] | None:

@@ -323,6 +323,23 @@ class StateSchema:
             key for key, spec in declared[id(input if input is not None else state)].items() if spec.required)
         self.output_keys: list[str] = list(declared[id(output if output is not None else state)])
 
+    def add_node_schema(self, cls: Any) -> None:
+        """Declare the keys of ``cls``, a node's input schema (LangGraph's private state: a key one
+        node writes and another reads, declared only in that node's input TypedDict), as state
+        keys: nodes may write them, they are not input or output keys. A class that is not a
+        TypedDict, dataclass or Pydantic model, or is one of this schema's own, is ignored;
+        ``ConfigurationError`` for a key it declares with another reducer than the state's."""
+        if cls in (self.state, self.input, self.output) or not isinstance(cls, type):
+            return
+        if not (typing.is_typeddict(cls) or dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
+            return
+        for key, spec in _fields(cls, _kind(cls)).items():
+            known = self.keys.setdefault(key, spec)
+            if spec.reducer is not None and spec.reducer is not known.reducer:
+                raise ConfigurationError(
+                    f"graph {self.graph!r}: state key {key!r} has reducer {known.reducer_label!r} in {known.owner} "
+                    f"but {spec.reducer_label!r} in {spec.owner}; declare one reducer for the key")
+
     # -- reading ------------------------------------------------------------------------
 
     def reducers(self) -> dict[str, tuple[Reducer, str]]:

@@ -180,7 +180,10 @@ class PrivateOverall(TypedDict):
     foo: str
     user_input: str
     graph_output: str
-    bar: str  # LangGraph keeps this in a private node schema; here every key is declared in a graph schema
+
+
+class PrivateBar(TypedDict):  # LangGraph's private node schema: node_3's input declares "bar"
+    bar: str
 
 
 class PortInput(TypedDict):
@@ -203,7 +206,7 @@ def test_private_keys_pass_between_nodes_but_not_out() -> None:
     def node_2(state: State) -> dict[str, Any]:
         return {"bar": state["foo"] + " is"}
 
-    def node_3(state: State) -> dict[str, Any]:
+    def node_3(state: PrivateBar) -> dict[str, Any]:
         return {"graph_output": state["bar"] + " Lance"}
 
     graph = Graph("private_port", state_schema=PrivateOverall, input_schema=PortInput, output_schema=PortOutput)
@@ -1226,3 +1229,42 @@ def test_invoke_with_a_stream_mode_returns_that_modes_chunks() -> None:
     assert app.invoke({}, stream_mode=["values", "updates"]) == [
         ("updates", {"a": {"x": 1}}), ("values", {"x": 1}), ("updates", {"b": {"x": 2}}), ("values", {"x": 2})]
     assert run(app.ainvoke({}, stream_mode="updates")) == [{"a": {"x": 1}}, {"b": {"x": 2}}]
+
+
+class PassOverall(TypedDict):
+    a: str
+
+
+class Node1Output(TypedDict):
+    private_data: str
+
+
+class Node2Input(TypedDict):
+    private_data: str
+
+
+def test_private_state_declared_only_in_a_nodes_input_schema_passes_between_nodes() -> None:
+    """LangGraph's "pass private state between nodes": node_1 writes ``private_data``, which only
+    node_2's input TypedDict declares. LangGraph 1.2.24: ``{'a': 'set by node_2 from set by node_1'}``
+    (the key is not in the output); a key no schema declares is still refused."""
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import StateValidationError
+
+    def node_1(state: PassOverall) -> Node1Output:
+        return {"private_data": "set by node_1"}
+
+    def node_2(state: Node2Input) -> PassOverall:
+        return {"a": f"set by node_2 from {state['private_data']}"}
+
+    builder = StateGraph(PassOverall)
+    builder.add_node(node_1).add_node(node_2)
+    builder.add_edge(START, "node_1").add_edge("node_1", "node_2").add_edge("node_2", END)
+    assert builder.compile().invoke({"a": "start"}) == {"a": "set by node_2 from set by node_1"}
+
+    def stray(state: PassOverall) -> dict[str, Any]:
+        return {"undeclared": 1}
+
+    refused = StateGraph(PassOverall)
+    refused.add_node(stray).add_edge(START, "stray").add_edge("stray", END)
+    with pytest.raises(StateValidationError, match="wrote state key 'undeclared'"):
+        refused.compile().invoke({"a": "x"})
