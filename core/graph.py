@@ -46,6 +46,7 @@ from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
 from distributed_agents.core.node_runner import (
     CONTEXT_KEY,
+    RETURNS_TO_CALLER_KEY,
     NodeContext,
     cancel_requested,
     context_values,
@@ -222,6 +223,7 @@ class Graph:
         cache_policy: CachePolicy | None = None,
         input: Callable[..., Any] | None = None,
         output: Callable[..., Any] | None = None,
+        input_schema: type | None = None,
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
 
@@ -267,7 +269,11 @@ class Graph:
         made). ``Orchestrator.clear_cache`` removes a graph's entries.
 
         As in LangGraph, ``add_node(func)`` names the node after the function
-        (``func.__name__``), and ``retry_policy=`` is another name for ``retry=``.
+        (``func.__name__``), and ``retry_policy=`` is another name for ``retry=``. The keys
+        (and reducers) of the node's input schema - ``input_schema=``, else the class its
+        state parameter is annotated with - are state keys too (LangGraph's private state;
+        the node still gets the whole state). ``ConfigurationError`` for a key declared with
+        another reducer than the state's.
         """
         self._mutable()
         if not isinstance(name, str):
@@ -324,11 +330,15 @@ class Graph:
                 f"None), got {cache_policy!r}", graph=self.name, culprit=name)
         if destinations is None and func is not None:
             destinations = _annotated_destinations(func)
-        if func is not None and self._schema is not None:
+        if self._schema is not None and (input_schema is not None or func is not None):
             # LangGraph's private state: the keys of a node's own input schema are state keys too.
-            schema = _input_annotation(func)
+            schema = input_schema if input_schema is not None else _input_annotation(func)
             if schema is not None:
                 self._schema.add_node_schema(schema)
+                for key, (schema_reducer, label) in self._schema.reducers().items():
+                    if key not in self._reducers:  # (a private key's reducer, declared there)
+                        self._reducers[key] = schema_reducer
+                        self._reducer_names[key] = label
         if destinations is not None:
             if isinstance(destinations, str) or not all(isinstance(d, str) for d in destinations):
                 raise GraphValidationError(
@@ -1049,6 +1059,11 @@ class Graph:
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
             return _unless_paused_in_node(self.name, dict(orchestrator.sync.resume(*args, **_breakpoint_options(options))))
+        if current_context() is not None:  # invoked inside a node: it may end with Command.PARENT for it
+            from distributed_agents.core.sync_api import run_sync
+
+            return _unless_paused_in_node(self.name, dict(run_sync(
+                orchestrator, "invoke()", lambda: self._run_for_caller(orchestrator, input, options))))
         return _unless_paused_in_node(self.name, dict(orchestrator.invoke(self, input, **options)))
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
@@ -1338,10 +1353,28 @@ class Graph:
                 else:
                     result = await orchestrator.resume(thread, self, input, **_breakpoint_options(options))
             else:
-                result = await orchestrator.execute(self, input, **options)
+                result = await (self._run_for_caller(orchestrator, input, options) if current_context() is not None
+                                else orchestrator.execute(self, input, **options))
             return _unless_paused_in_node(self.name, dict(result))
         finally:
             await orchestrator.close()
+
+    async def _run_for_caller(self, orchestrator: Any, input: Any, options: dict[str, Any]) -> Any:
+        """``execute`` of this graph invoked inside a node: a node of it returning
+        ``Command(graph=Command.PARENT)`` ends the run for the calling node, which then raises
+        ``ParentCommand`` with that command (LangGraph's), ending the node as if it returned it."""
+        from distributed_agents.core.subgraphs import parent_command_of
+        from distributed_agents.core.types import ParentCommand
+
+        options = {**options, "configurable": {**options.get("configurable", {}), RETURNS_TO_CALLER_KEY: True}}
+        result = await orchestrator.execute(self, input, **options)
+        record = await orchestrator.backend.state_store.get(result.workflow_id)
+        folded = None if record is None else parent_command_of(record)
+        if folded is not None:
+            update, goto = folded
+            targets = [Send(str(t["node"]), t.get("arg")) if isinstance(t, Mapping) else t for t in goto]
+            raise ParentCommand(Command(update=update or None, goto=targets))
+        return result
 
     def clear_cache(self, nodes: Sequence[str] | None = None, *, backend: str | None = None) -> None:
         """LangGraph's ``graph.clear_cache(nodes=None)``: remove the node cache entries of this graph, blocking.

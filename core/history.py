@@ -389,6 +389,9 @@ async def plan_update(
     paused on an interrupt), the update stands in for ``as_node``'s output in *that*
     step: the outputs its other tasks kept are merged with it and routed as the step
     would have been, and its tasks still without an output run next (never dropped).
+    A node whose kept output was merged so is not run again by the routing from an
+    ``as_node`` outside the step (by default the last committed step's writer, whose
+    successors are that step's nodes): its write would count twice.
     A workflow paused at a static breakpoint (``interrupt_before`` or ``interrupt_after``) or
     in ``interrupt()`` does not pause again at the same point: the new frontier is marked
     ``breakpoint_passed``, so ``resume`` runs the step it routes to without an
@@ -549,6 +552,11 @@ async def _complete_step(
                                          record.frontier.get("joins", {}), gotos,
                                          record.frontier.get("deferred", ()),
                                          configurable=record.metadata.get(CONFIGURABLE_KEY))
+    if not placed:
+        # Routed from a node outside the step (its predecessor, by default): the step's nodes whose
+        # kept outputs were just merged are not run again (each write counts once).
+        kept = {entry.node for entry in entries if not entry.is_send and entry.node in ran}
+        frontier["next"] = [name for name in frontier["next"] if name not in kept]
     again = [entry.node for entry in missing if not entry.is_send]
     if again:
         frontier["next"] = sorted(dict.fromkeys([*frontier["next"], *again]), key=lambda n: order.get(n, len(order)))

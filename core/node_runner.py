@@ -47,13 +47,14 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.run_cancels import pending_at_start
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
-from distributed_agents.core.types import Command, command_output, interrupt_output
+from distributed_agents.core.types import Command, ParentCommand, command_output, interrupt_output
 
 __all__ = [
     "CONTEXT_KEY",
     "NodeContext",
     "NodeFailure",
     "NodeRaisedBaseException",
+    "RETURNS_TO_CALLER_KEY",
     "RunContext",
     "bounded",
     "cancel_requested",
@@ -76,11 +77,14 @@ log = logging.getLogger("distributed_agents.node")
 # In a run's ``configurable`` (record metadata, task payloads): LangGraph's run context
 # (``invoke(..., context=...)``), travelling with the configurable values; never shown in them.
 CONTEXT_KEY = "__context__"
+# Also there: the run is a graph invoked inside a node, which may end with Command.PARENT for
+# that node (``ParentCommand``). Keys of this shape ("__...") are never shown as configurable values.
+RETURNS_TO_CALLER_KEY = "__returns_to_caller__"
 
 
 def visible_configurable(configurable: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's ``configurable`` values as nodes and conditions see them (the run context left out)."""
-    return {key: value for key, value in (configurable or {}).items() if key != CONTEXT_KEY}
+    """The caller's ``configurable`` values as nodes and conditions see them (the framework's ``__`` keys left out)."""
+    return {key: value for key, value in (configurable or {}).items() if not str(key).startswith("__")}
 
 
 def context_values(where: str, context: Any) -> dict[str, Any]:
@@ -607,6 +611,8 @@ async def invoke_node(
             return result
         except interrupts.GraphInterrupt as paused:
             return paused
+        except ParentCommand as handed:  # a graph this node ran ended with Command.PARENT: the node's own Command
+            return handed.command
         except asyncio.CancelledError as exc:
             if _cancel_requested():  # the run itself is cancelled (timeout, workflow cancelled, worker stops)
                 context.cancel()

@@ -1453,7 +1453,7 @@ class Orchestrator:
                 with contextlib.suppress(ConfigurationError):
                     values = history.paused_values(self._known_graph(record), record)
                     if values is not record.state:
-                        snapshot = dataclasses.replace(snapshot, values=result_values(values, record.metadata))
+                        snapshot = dataclasses.replace(snapshot, values=dict(values))  # (all keys, as the record's)
         return snapshot
 
     async def get_state_history(

@@ -65,7 +65,6 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
-from distributed_agents.core.schema import result_values
 from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
 from distributed_agents.core.types import INTERRUPT_KEY
 from distributed_agents.core.timeouts import wait_within
@@ -506,8 +505,7 @@ class StreamReader:
             asked = [pause for pause in pauses if pause.kind == "interrupt"]
             if asked and "values" in self.modes:
                 # As LangGraph: interrupt() pauses (not static breakpoints) add the values so far with them.
-                out.append(self._shape("values", {**result_values(record.state, record.metadata),
-                                                  INTERRUPT_KEY: asked}, ()))
+                out.append(self._shape("values", {**record.state, INTERRUPT_KEY: asked}, ()))
         if raise_errors and record.status == WorkflowStatus.FAILED:
             summary = (record.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {self.workflow_id!r} failed: {summary}",
@@ -584,7 +582,7 @@ class StreamReader:
         ``record`` holds, the one the run resumes from; none unless "values" is streamed."""
         if "values" not in self.modes:
             return []
-        return [self._shape("values", result_values(record.state, record.metadata), ())]
+        return [self._shape("values", dict(record.state), ())]
 
     def _step_chunks(
         self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()
@@ -594,7 +592,8 @@ class StreamReader:
             for key, writes in checkpoint.writes.items():
                 out.append(self._shape("updates", {str(key).partition("#")[0]: writes}, namespace))
         if "values" in self.modes and not _wrote_nothing(checkpoint):
-            values = dict(checkpoint.state) if record is None else result_values(checkpoint.state, record.metadata)
+            # The whole state, as LangGraph streams it: an output schema filters only the run's result.
+            values = dict(checkpoint.state)
             out.append(self._shape("values", values, namespace))
         return out
 

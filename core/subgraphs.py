@@ -70,11 +70,11 @@ from distributed_agents.core.errors import (
     WorkflowLeaseHeldError,
 )
 from distributed_agents.core.events import EventPublisher
-from distributed_agents.core.executors import NodeOutcome
+from distributed_agents.core.executors import CONFIGURABLE_KEY, NodeOutcome
 from distributed_agents.core.frontier import TaskEntry, read_entries
 from distributed_agents.core.incarnation import PARENT_INCARNATION_KEY, incarnation_of
 from distributed_agents.core.interrupts import NO_ANSWER, Interrupt, read_interrupts
-from distributed_agents.core.node_runner import NodeFailure, describe_failure
+from distributed_agents.core.node_runner import RETURNS_TO_CALLER_KEY, NodeFailure, describe_failure
 from distributed_agents.core.ports.state_store import StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
 from distributed_agents.core.state import State, check_values
@@ -84,7 +84,8 @@ if TYPE_CHECKING:
     from distributed_agents.core.graph import Graph
     from distributed_agents.core.orchestrator import Orchestrator
 
-__all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "is_child_of", "namespace_of"]
+__all__ = ["PARENT_KEY", "Subgraph", "SubgraphRunner", "child_workflow_id", "children_of", "is_child_of", "namespace_of",
+           "parent_command_of"]
 
 log = logging.getLogger("distributed_agents.orchestrator")
 
@@ -234,13 +235,31 @@ def subgraph_pauses(step: int, entry: TaskEntry, info: Mapping[str, Any]) -> lis
 
 
 def check_parent_command(graph_name: str, record: WorkflowRecord, nodes: Sequence[str]) -> None:
-    """``InvalidNodeOutputError`` if ``record`` is no child workflow: ``Command.PARENT`` has nowhere to go."""
+    """``InvalidNodeOutputError`` if ``record`` is no child workflow, nor a graph invoked inside a node
+    (``node_runner.RETURNS_TO_CALLER_KEY``): ``Command.PARENT`` has nowhere to go."""
+    configurable = record.metadata.get(CONFIGURABLE_KEY)
+    if isinstance(configurable, Mapping) and configurable.get(RETURNS_TO_CALLER_KEY):
+        return
     if not record.metadata.get(PARENT_KEY):
         raise InvalidNodeOutputError(
             f"node {nodes[0]!r} of graph {graph_name!r} (workflow {record.workflow_id!r}) returned "
             "Command(graph=Command.PARENT), but the graph runs as a graph of its own, not as a subgraph of another: "
             "return Command(update=..., goto=...) without graph=, or add this graph to a parent with "
             "parent.add_node(name, this_graph)")
+
+
+def parent_command_of(record: WorkflowRecord) -> tuple[dict[str, Any], list[Any]] | None:
+    """The ``Command.PARENT`` a completed child ``record`` ended with, as one ``(update, goto)``
+    (its bodies' updates merged in order, their gotos in order: names, or Send dicts), or None."""
+    commands = record.frontier.get(PARENT_COMMAND_KEY)
+    if not commands:
+        return None
+    update: dict[str, Any] = {}
+    goto: list[Any] = []
+    for body in commands:
+        update.update(body.get("update") or {})
+        goto.extend(body.get("goto") or ())
+    return update, goto
 
 
 def parent_command_bodies(results: Sequence[tuple[str, Mapping[str, Any], Sequence[Any]]]) -> list[dict[str, Any]]:
@@ -398,14 +417,9 @@ class SubgraphRunner:
                 f"subgraph {sub.graph.name!r} of node {node!r} (workflow {child.workflow_id!r}) failed: "
                 f"{error.get('summary', 'no details recorded')}", str(error.get("traceback") or ""),
                 bool(error.get("kind") == "NodeTimeoutError"), exception=raised)
-        commands = child.frontier.get(PARENT_COMMAND_KEY)
-        if commands:
-            update: dict[str, Any] = {}
-            goto: list[Any] = []
-            for body in commands:
-                update.update(body.get("update") or {})
-                goto.extend(body.get("goto") or ())
-            return {COMMAND_KEY: {"update": update, "goto": goto}}
+        folded = parent_command_of(child)
+        if folded is not None:
+            return {COMMAND_KEY: {"update": folded[0], "goto": folded[1]}}
         values = result_values(child.state, child.metadata)
         if sub.output is not None:
             return _mapped(sub.output, values, f"the output= mapping of subgraph node {node!r}")

@@ -22,7 +22,7 @@ from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSeria
 from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.state import check_value, check_values
 
-__all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "Send", "command_output", "read_output"]
+__all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "ParentCommand", "Send", "command_output", "read_output"]
 
 COMMAND_KEY = "__command__"
 INTERRUPT_KEY = "__interrupt__"
@@ -60,6 +60,17 @@ class Send:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape stored in a frontier: ``{"node": ..., "arg": {...}}``."""
         return {"node": self.node, "arg": self.arg}
+
+
+class ParentCommand(Exception):
+    """Raised by a graph's ``invoke``/``ainvoke`` run inside a node when the graph ended with
+    ``Command(graph=Command.PARENT)`` (LangGraph's ``ParentCommand``): the node that called it
+    ends as if it had returned ``command`` (its ``update`` and ``goto``, for the node's own graph).
+    Not to be caught by node code (``except Exception`` would)."""
+
+    def __init__(self, command: Command[Any]) -> None:
+        super().__init__(f"Command.PARENT for the calling node's graph: {command!r}")
+        self.command = command
 
 
 @dataclass(frozen=True)

@@ -248,3 +248,32 @@ def test_a_paused_steps_kept_writes_show_in_its_values_and_merge_once() -> None:
     snapshot = app.get_state(config)
     assert (snapshot.values, snapshot.next) == ({"log": ["side"]}, ("ask",))
     assert app.invoke(Command(resume="A"), config) == {"log": ["side"], "a": "A"}
+
+
+class Paused(TypedDict, total=False):
+    log: Annotated[list[str], operator.add]
+    x: int
+
+
+def test_an_update_as_the_steps_predecessor_does_not_run_a_node_whose_kept_write_it_merged() -> None:
+    """start -> (ok, ask) -> after; ask pauses in interrupt(), ok's write is kept. update_state with
+    the default as_node (start, the last committed step's writer) routes from start again: ok, whose
+    kept write the update merged, must not run a second time (its write counted twice before)."""
+    from distributed_agents import END, START, InMemorySaver, StateGraph, interrupt
+
+    def ask(state: Paused) -> dict[str, Any]:
+        return {"log": [f"ask:{interrupt('q')}"]}
+
+    builder = StateGraph(Paused)
+    builder.add_node("start", lambda s: {"log": ["start"]}).add_node("ok", lambda s: {"log": ["ok"], "x": 1})
+    builder.add_node("ask", ask).add_node("after", lambda s: {"log": ["after"]})
+    builder.add_edge(START, "start").add_edge("start", "ok").add_edge("start", "ask")
+    builder.add_edge(["ok", "ask"], "after").add_edge("after", END)
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    app.invoke({"log": []}, config)
+    app.update_state(config, {"log": ["edit"]})
+    assert app.get_state(config).next == ("ask",)
+    assert app.invoke(None, config)["log"] == ["start", "ok", "edit"]  # asks again; ok did not run again
+    from distributed_agents import Command
+    assert app.invoke(Command(resume="Y"), config)["log"] == ["start", "ok", "edit", "ask:Y", "after"]
