@@ -1268,3 +1268,81 @@ def test_private_state_declared_only_in_a_nodes_input_schema_passes_between_node
     refused.add_node(stray).add_edge(START, "stray").add_edge("stray", END)
     with pytest.raises(StateValidationError, match="wrote state key 'undeclared'"):
         refused.compile().invoke({"a": "x"})
+
+
+class Handoff(TypedDict):
+    foo: str
+    log: Annotated[list[str], operator.add]
+
+
+def test_command_parent_from_a_graph_invoked_inside_a_node_routes_that_node() -> None:
+    """LangGraph 1.2.24: ``{'foo': 'from-sub', 'log': ['in', 'sub_a', 'parent_c saw from-sub']}``."""
+    from distributed_agents import StateGraph
+
+    def sub_a(state: Handoff) -> Command[Any]:
+        return Command(graph=Command.PARENT, goto="parent_c", update={"foo": "from-sub", "log": ["sub_a"]})
+
+    inner = StateGraph(Handoff)
+    inner.add_node("sub_a", sub_a).add_edge(START, "sub_a")
+    compiled = inner.compile()
+
+    def wrapper(state: Handoff) -> dict[str, Any]:
+        return compiled.invoke(state)
+
+    outer = StateGraph(Handoff)
+    outer.add_node("wrapper", wrapper, destinations=("parent_c",))
+    outer.add_node("parent_c", lambda s: {"log": ["parent_c saw " + s["foo"]]}).add_edge(START, "wrapper")
+    assert outer.compile().invoke({"foo": "", "log": ["in"]}) == {
+        "foo": "from-sub", "log": ["in", "sub_a", "parent_c saw from-sub"]}
+
+
+class AccOverall(TypedDict, total=False):
+    out: str
+
+
+class AccPrivate(TypedDict, total=False):
+    acc: Annotated[list[str], operator.add]
+
+
+def test_a_private_keys_reducer_merges_parallel_writes() -> None:
+    """The reducer of a key declared only in a node's input schema merges two parallel writes
+    (LangGraph 1.2.24: ``{'out': 'p1,p2'}``); ``add_node(input_schema=)`` declares one too."""
+    from distributed_agents import StateGraph
+
+    def join(state: AccPrivate) -> dict[str, Any]:
+        return {"out": ",".join(sorted(state["acc"]))}
+
+    for explicit in (False, True):
+        builder = StateGraph(AccOverall)
+        builder.add_node("p1", lambda s: {"acc": ["p1"]}).add_node("p2", lambda s: {"acc": ["p2"]})
+        if explicit:
+            builder.add_node("join", lambda s: {"out": ",".join(sorted(s["acc"]))}, input_schema=AccPrivate)
+        else:
+            builder.add_node("join", join)
+        builder.add_edge(START, "p1").add_edge(START, "p2").add_edge(["p1", "p2"], "join").add_edge("join", END)
+        assert builder.compile().invoke({}) == {"out": "p1,p2"}
+
+
+class StreamIn(TypedDict, total=False):
+    question: str
+
+
+class StreamOut(TypedDict, total=False):
+    answer: str
+
+
+class StreamAll(StreamIn, StreamOut):
+    pass
+
+
+def test_the_values_stream_carries_the_whole_state_with_an_output_schema() -> None:
+    """LangGraph 1.2.24 streams ``{'question': 'hi'}`` then ``{'answer': 'bye', 'question': 'hi'}``;
+    only the run's result is filtered to the output schema (``{'answer': 'bye'}``)."""
+    from distributed_agents import StateGraph
+
+    builder = StateGraph(StreamAll, input_schema=StreamIn, output_schema=StreamOut)
+    builder.add_node("answer", lambda s: {"answer": "bye"}).add_edge(START, "answer").add_edge("answer", END)
+    app = builder.compile()
+    assert list(app.stream({"question": "hi"}, stream_mode="values")) == [
+        {"question": "hi"}, {"question": "hi", "answer": "bye"}]
+    assert app.invoke({"question": "hi"}) == {"answer": "bye"}
