@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -48,7 +49,9 @@ from distributed_agents.core.node_runner import (
     CONTEXT_KEY,
     RETURNS_TO_CALLER_KEY,
     NodeContext,
+    RunContext,
     cancel_requested,
+    condition_runtime,
     context_values,
     current_context,
     visible_configurable,
@@ -887,6 +890,9 @@ class Graph:
                                 configurable: Mapping[str, Any] | None) -> list[str | Send]:
         label = self._condition_label(edge)
         view = ReadOnlyState.of(state, where=f"graph {self.name!r}: {label}")
+        # A run context is there for get_runtime() in the condition too (LangGraph's).
+        token = None if not configurable or CONTEXT_KEY not in configurable else \
+            condition_runtime.set(_condition_config(state, configurable))
         try:
             if edge.with_config:
                 chosen = edge.condition(view, _condition_config(state, configurable))
@@ -902,6 +908,9 @@ class Graph:
             if exc is view.refused:
                 raise  # a write to the read-only view: its message already names condition, graph and key
             raise ExecutionError(f"graph {self.name!r}: {label} raised {type(exc).__name__}: {exc}") from exc
+        finally:
+            if token is not None:
+                condition_runtime.reset(token)
         if view.refused is not None:
             # The condition caught its refused write and went on: the write still fails the workflow.
             raise view.refused
@@ -1045,7 +1054,8 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after,
+                               _with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
@@ -1078,7 +1088,8 @@ class Graph:
         """
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after,
+                               _with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
@@ -1338,7 +1349,8 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
-        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after,
+                               _with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         try:
@@ -1440,21 +1452,22 @@ class Graph:
         return self
 
     def batch(self, inputs: Sequence[Any], config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-              *, backend: str | None = None) -> list[dict[str, Any]]:
+              *, backend: str | None = None, context: Any = None) -> list[dict[str, Any]]:
         """LangGraph's ``graph.batch(inputs, config)``: ``invoke`` each input in turn; the results in order.
 
         ``config`` is one config for every input or a list of one per input (``ConfigurationError``
         if the lengths differ). One config with a ``thread_id`` for several inputs runs each as a
         new run of that thread (see ``invoke``).
         """
-        return [self.invoke(item, one, backend=backend) for item, one in zip(inputs, _batch_configs(self.name, inputs, config))]
+        return [self.invoke(item, one, backend=backend, context=context)
+                for item, one in zip(inputs, _batch_configs(self.name, inputs, config))]
 
     async def abatch(self, inputs: Sequence[Any],
                      config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
-                     backend: str | None = None) -> list[dict[str, Any]]:
+                     backend: str | None = None, context: Any = None) -> list[dict[str, Any]]:
         """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in order."""
         configs = _batch_configs(self.name, inputs, config)
-        return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend)
+        return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend, context=context)
                                            for item, one in zip(inputs, configs))))
 
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
@@ -1464,7 +1477,8 @@ class Graph:
         """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
         from distributed_agents.core.orchestrator import Orchestrator
 
-        options = _run_options(self.name, config, interrupt_before, interrupt_after, context)
+        options = _run_options(self.name, config, interrupt_before, interrupt_after,
+                               _with_context_schema(self, context))
         input = _input_of(input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
@@ -1647,14 +1661,37 @@ _IGNORED_CONFIG_KEYS = ("tags", "metadata", "run_name", "run_id", "callbacks", "
 _R = TypeVar("_R")
 
 
+class ConditionConfig(dict[str, Any]):
+    """The config a condition taking a second parameter gets: LangGraph's ``RunnableConfig`` dict,
+    which also reads as its ``Runtime`` (``route(state, runtime)``: ``runtime.context``, the run's
+    context as ``NodeContext.context`` gives it; ``runtime.store`` None)."""
+
+    @property
+    def context(self) -> RunContext | None:
+        """The run's context (``invoke(..., context=...)``), or None."""
+        value = self.get("__context__")
+        return RunContext(value) if isinstance(value, Mapping) else None
+
+    @property
+    def store(self) -> None:
+        """LangGraph's ``runtime.store``: None."""
+        return None
+
+
 def _condition_config(state: Any, configurable: Mapping[str, Any] | None) -> dict[str, Any]:
     """The config a condition taking one is called with (``Graph._follow``): the run's
-    ``configurable`` values and its thread (the outermost workflow, as ``NodeContext.as_config``)."""
+    ``configurable`` values and its thread (the outermost workflow, as ``NodeContext.as_config``),
+    also read as LangGraph's ``Runtime`` (``ConditionConfig``)."""
     workflow_id = str(getattr(state, "workflow_id", "") or "")
     thread = workflow_id.split(":sub:", 1)[0]
     namespace = "" if thread == workflow_id else workflow_id
-    return {"configurable": {**visible_configurable(configurable), "thread_id": thread, "checkpoint_ns": namespace},
-            "metadata": {"thread_id": thread, "langgraph_checkpoint_ns": namespace}}
+    config = ConditionConfig(
+        configurable={**visible_configurable(configurable), "thread_id": thread, "checkpoint_ns": namespace},
+        metadata={"thread_id": thread, "langgraph_checkpoint_ns": namespace})
+    context = (configurable or {}).get(CONTEXT_KEY)
+    if context is not None:
+        dict.__setitem__(config, "__context__", context)  # (read by .context; not a config key LangGraph has)
+    return config
 
 
 def _nested_config(config: Any) -> Any:
@@ -1769,11 +1806,35 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     ``configurable`` values than ``thread_id`` go to ``execute(configurable=)``: the
     run's nodes read them as ``config["configurable"][key]``.
     """
+    caller = current_context()
+    if caller is not None:  # a run started inside a node inherits its configurable values and context (LangGraph's)
+        if config is None and visible_configurable(caller.configurable):
+            config = {"configurable": visible_configurable(caller.configurable)}
+        if context is None:
+            context = (caller.configurable or {}).get(CONTEXT_KEY)
     options = _config_options(graph, config, interrupt_before, interrupt_after)
     if context is not None:  # LangGraph's run context: travels with the configurable values (CONTEXT_KEY)
         options["configurable"] = {**options.get("configurable", {}), CONTEXT_KEY: context_values(f"graph {graph!r}",
                                                                                                    context)}
     return options
+
+
+def _with_context_schema(graph: Graph, context: Any) -> Any:
+    """A dict ``context`` read through the graph's ``context_schema`` (a dataclass or Pydantic
+    model: its defaults filled, its fields checked, as LangGraph builds it), else ``context``.
+    ``ConfigurationError`` naming the schema for a dict it does not accept."""
+    schema = getattr(graph, "context_schema", None)
+    if schema is None or not isinstance(context, Mapping) or not isinstance(schema, type):
+        return context
+    try:
+        if dataclasses.is_dataclass(schema):
+            return schema(**context)
+        if callable(getattr(schema, "model_validate", None)):
+            return schema.model_validate(dict(context))  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise ConfigurationError(f"graph {graph.name!r}: context= {dict(context)!r} does not fit its context_schema "
+                                 f"{schema.__name__}: {type(exc).__name__}: {exc}") from None
+    return context
 
 
 def _config_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None,
@@ -1837,6 +1898,7 @@ class StateGraph(Graph):
         typed = state_schema if state_schema not in (None, dict) else None
         super().__init__(name or getattr(state_schema, "__name__", None) or "StateGraph", state_schema=typed,
                          input_schema=input_schema or input, output_schema=output_schema or output, **options)
+        self.context_schema = context_schema  # a dict context= is read through it (``_with_context_schema``)
 
     def compile(
         self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,

@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import dataclasses
 import inspect
 import logging
@@ -58,6 +59,7 @@ __all__ = [
     "RunContext",
     "bounded",
     "cancel_requested",
+    "condition_runtime",
     "context_values",
     "current_context",
     "describe_failure",
@@ -109,7 +111,10 @@ def context_values(where: str, context: Any) -> dict[str, Any]:
     try:
         check_value("context", values)
     except Exception as exc:
-        raise ConfigurationError(f"{where}: context= cannot travel as JSON: {exc}") from None
+        detail = str(exc).replace("state key 'context', ", "").split(". State holds only")[0]
+        raise ConfigurationError(
+            f"{where}: context= cannot travel as JSON with the run's tasks (also to workers): {detail}; keep objects "
+            "such as clients out of it (make them in the node, or once per process at module level)") from None
     return dict(values)
 
 
@@ -118,7 +123,9 @@ class RunContext(dict[str, Any]):
 
     def __getattr__(self, name: str) -> Any:
         try:
-            return self[name]
+            value = self[name]
+            # (A nested dataclass or model travelled as a dict: read by attribute too.)
+            return RunContext(value) if type(value) is dict else value
         except KeyError:
             raise AttributeError(f"the run context has no {name!r}; it has {', '.join(map(repr, self)) or 'nothing'}"
                                  ) from None
@@ -298,13 +305,21 @@ _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("d
 _writer_lock = threading.Lock()
 
 
-def get_runtime(context_schema: Any = None) -> NodeContext:
+# While a condition runs with a run context: what get_runtime() returns there (graph.ConditionConfig).
+condition_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("condition_runtime", default=None)
+
+
+def get_runtime(context_schema: Any = None) -> Any:
     """LangGraph's ``get_runtime()``: the running node's ``NodeContext``, read as its ``Runtime``
-    (``.context``, ``.stream_writer``, ``.store``). ``context_schema`` is accepted for LangGraph's
-    signature and not checked. ``RuntimeError`` outside a node."""
+    (``.context``, ``.stream_writer``, ``.store``); in a condition, its config (``.context``).
+    ``context_schema`` is accepted for LangGraph's signature and not checked. ``RuntimeError``
+    outside a node or condition."""
     context = current_context()
     if context is None:
-        raise RuntimeError("get_runtime() is called inside a running node (or code a node calls), and none runs here")
+        context = condition_runtime.get()
+    if context is None:
+        raise RuntimeError("get_runtime() is called inside a running node or condition (or code one calls), and "
+                           "none runs here")
     return context
 
 
@@ -535,22 +550,48 @@ def wants_context(func: NodeFunction) -> bool:
     return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-# Per function: (wants_context, is a coroutine function). Reading a signature costs more than
-# running a no-op node, and a node is called once per step.
-_CALL_STYLES: weakref.WeakKeyDictionary[Any, tuple[bool, bool]] = weakref.WeakKeyDictionary()
+# Per function: (wants_context, is a coroutine function, what its second positional parameter
+# gets, the parameters passed by keyword). Reading a signature costs more than running a no-op
+# node, and a node is called once per step.
+_CallStyle = tuple[bool, bool, str, tuple[tuple[str, str], ...]]
+_CALL_STYLES: weakref.WeakKeyDictionary[Any, _CallStyle] = weakref.WeakKeyDictionary()
+# LangGraph's injected parameters, by name: what each gets here (a NodeContext reads as both).
+_INJECTED = {"config": "context", "runtime": "context", "writer": "writer", "store": "none"}
 
 
-def _call_style(func: NodeFunction) -> tuple[bool, bool]:
-    """``(wants_context(func), whether func is async)``, remembered per function object while it lives."""
+def _call_style(func: NodeFunction) -> _CallStyle:
+    """How ``func`` is called, remembered per function object while it lives: whether it takes a
+    second argument (``wants_context``), whether it is async, what that argument is (its
+    ``NodeContext``; its ``stream_writer`` for a parameter named ``writer``; None for ``store``), and
+    LangGraph's injected parameters it takes by keyword (``config``, ``runtime``, ``writer``,
+    ``store``: keyword-only ones, and positional ones after the second)."""
     try:
         return _CALL_STYLES[func]
     except (KeyError, TypeError):  # TypeError: not hashable or not weakly referenceable
         pass
+    second, by_name = "context", []
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 2 and positional[1].name in _INJECTED:
+        second = _INJECTED[positional[1].name]
+    for param in params:
+        later = param.kind is param.POSITIONAL_OR_KEYWORD and param in positional[2:]
+        if (param.kind is param.KEYWORD_ONLY or later) and param.name in _INJECTED:
+            by_name.append((param.name, _INJECTED[param.name]))
     style = (wants_context(func),
-             inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)))
+             inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)),
+             second, tuple(by_name))
     with contextlib.suppress(TypeError):
         _CALL_STYLES[func] = style
     return style
+
+
+def _injected(kind: str, context: NodeContext) -> Any:
+    """What a parameter of ``kind`` (``_INJECTED``) gets."""
+    return context if kind == "context" else context.stream_writer if kind == "writer" else None
 
 
 AbandonedHook = Callable[["asyncio.Future[Any]"], None]
@@ -590,8 +631,10 @@ async def invoke_node(
     A plain function runs in ``executor`` (default: the event loop's default executor,
     whose ``min(32, CPUs + 4)`` threads cap how many run at once).
     """
-    takes_context, is_async = _call_style(func)
-    args: tuple[Any, ...] = (state, context) if takes_context else (state,)
+    takes_context, is_async, second, by_name = _call_style(func)
+    args: tuple[Any, ...] = (state, _injected(second, context)) if takes_context else (state,)
+    if by_name:  # LangGraph's injected parameters taken by keyword (def node(state, *, runtime))
+        func = functools.partial(func, **{name: _injected(kind, context) for name, kind in by_name})
     context._bind_stream()
 
     async def call() -> Any:

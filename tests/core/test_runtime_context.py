@@ -108,3 +108,94 @@ def test_each_new_run_of_a_thread_has_its_own_context_and_a_resume_keeps_the_run
     assert app.invoke(Command(resume="yes"), config)["out"] == "yes for ann"
     app.invoke({}, config, context=Ctx(user_id="bob"))  # a new run of the completed thread
     assert app.invoke(Command(resume="ok"), config)["out"] == "ok for bob"
+
+
+def test_langgraphs_injected_parameters_by_name_and_keyword() -> None:
+    """LangGraph 1.2.24 accepts these node signatures (side by side, same outputs)."""
+    def kw_runtime(state: Out, *, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        return {"out": runtime.context.user_id}
+
+    def config_then_runtime(state: Out, config: Any, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        return {"out": f"{config['configurable']['thread_id'] != ''} {runtime.context.user_id}"}
+
+    def config_kw_runtime(state: Out, config: Any, *, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        return {"out": runtime.context.user_id}
+
+    def writer_param(state: Out, writer: Any) -> dict[str, Any]:
+        writer({"progress": 1})
+        return {"out": "wrote"}
+
+    expected = {kw_runtime: "ann", config_then_runtime: "True ann", config_kw_runtime: "ann", writer_param: "wrote"}
+    for func, out in expected.items():
+        builder = StateGraph(Out, context_schema=Ctx)
+        builder.add_node("n", func).add_edge(START, "n").add_edge("n", END)
+        app = builder.compile()
+        assert app.invoke({}, context=Ctx(user_id="ann"))["out"] == out
+    assert list(app.stream({}, stream_mode="custom")) == [{"progress": 1}]
+
+
+def test_conditions_read_the_context_as_a_runtime_and_through_get_runtime() -> None:
+    def by_param(state: Out, runtime: Runtime[Ctx]) -> str:
+        return "yes" if runtime.context.user_id == "go" else END
+
+    def by_get_runtime(state: Out) -> str:
+        return "yes" if get_runtime(Ctx).context.user_id == "go" else END
+
+    for route in (by_param, by_get_runtime):
+        builder = StateGraph(Out, context_schema=Ctx)
+        builder.add_node("s", lambda s: {}).add_node("yes", lambda s: {"routed": "yes"})
+        builder.add_edge(START, "s").add_conditional_edges("s", route, ["yes", END]).add_edge("yes", END)
+        app = builder.compile()
+        assert app.invoke({}, context=Ctx(user_id="go")) == {"routed": "yes"}
+        assert app.invoke({}, context=Ctx(user_id="stop")) == {}
+
+
+@dataclass
+class Inner:
+    x: int
+
+
+@dataclass
+class Outer:
+    user_id: str
+    inner: Inner
+    level: int = 4
+
+
+def test_a_dict_context_is_read_through_the_context_schema_and_nested_values_by_attribute() -> None:
+    def node(state: Out, runtime: Runtime[Outer]) -> dict[str, Any]:
+        return {"out": f"{runtime.context.user_id} {runtime.context.level} {runtime.context.inner.x}"}
+
+    builder = StateGraph(Out, context_schema=Outer)
+    builder.add_node("n", node).add_edge(START, "n").add_edge("n", END)
+    app = builder.compile()
+    assert app.invoke({}, context={"user_id": "ann", "inner": {"x": 7}})["out"] == "ann 4 7"  # the schema's default
+    with pytest.raises(ConfigurationError, match="does not fit its context_schema Outer"):
+        app.invoke({}, context={"nope": 1})
+    with pytest.raises(ConfigurationError, match="keep objects such as clients out of it"):
+        app.invoke({}, context={"user_id": "ann", "inner": {"x": object()}})
+
+
+def test_a_graph_invoked_inside_a_node_gets_the_callers_context_and_configurable_values() -> None:
+    inner_builder = StateGraph(Out)
+
+    def inner_node(state: Out, runtime: Runtime[Ctx], config: Any = None) -> dict[str, Any]:
+        return {"out": f"{runtime.context.user_id} {get_runtime().as_config()['configurable'].get('user')}"}
+
+    inner_builder.add_node("i", inner_node).add_edge(START, "i").add_edge("i", END)
+    inner = inner_builder.compile()
+
+    def caller(state: Out) -> dict[str, Any]:
+        return {"seen": inner.invoke({})["out"]}
+
+    builder = StateGraph(Out, context_schema=Ctx)
+    builder.add_node("c", caller).add_edge(START, "c").add_edge("c", END)
+    # LangGraph 1.2.24 hands the caller's config and context on to the inner run.
+    assert builder.compile().invoke({}, {"configurable": {"user": "U7"}}, context=Ctx(user_id="ctxU")) == {
+        "seen": "ctxU U7"}
+
+
+def test_batch_takes_a_context_for_every_run() -> None:
+    app = context_graph()
+    results = app.batch([{}, {}], context=Ctx(user_id="bat"))
+    assert [r["out"] for r in results] == ["user=bat level=1", "user=bat level=1"]
