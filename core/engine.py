@@ -87,6 +87,7 @@ from distributed_agents.core.errors import (
     StepLimitExceededError,
     VersionConflictError,
     WorkflowCancelledError,
+    node_error_class,
 )
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import (
@@ -858,7 +859,8 @@ class StepEngine(_Progress):
         entry, outcome = failed[0]
         failure = outcome.failure
         assert failure is not None
-        error_cls = NodeTimeoutError if failure.timed_out else NodeExecutionError
+        # Run in this process, also of the node's own exception type (``except ValueError`` catches it).
+        error_cls = node_error_class(NodeTimeoutError if failure.timed_out else NodeExecutionError, failure.exception)
         handled = dict((entry.arg or {}).get("error") or {}) if entry.handles is not None else {}
         what = f"node {outcome.node!r}"
         if entry.handles is not None:

@@ -76,6 +76,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowLeaseHeldError",
     "WorkflowNotFoundError",
+    "node_error_class",
 ]
 
 
@@ -313,3 +314,35 @@ class PayloadDecodeError(BackendError, ValueError):
 
 class ConfigurationError(DistributedAgentsError, ValueError):
     """An argument to a public API is invalid; the message names it."""
+
+
+_ALSO_AS: dict[tuple[type, type], type] = {}
+# Not mixed in: what the framework (or Python itself) reads as something else than a node's
+# failure - a backend outage (OSError, ConnectionError, TimeoutError), the end of an iterator,
+# memory running out.
+_NEVER_ALSO: tuple[type[BaseException], ...] = (OSError, StopIteration, StopAsyncIteration, MemoryError)
+
+
+def node_error_class(base: type[NodeExecutionError], raised: BaseException | None) -> type[NodeExecutionError]:
+    """``base``, or a subclass of it that is also of the type the node raised (``raised``, run in
+    this process), so ``except ValueError`` around a run catches a node's ``ValueError``, as it
+    does around LangGraph's ``invoke``, while ``except NodeExecutionError`` still does too. Only
+    for ``Exception`` types outside this framework whose ``__init__`` takes the message alone,
+    and not ``_NEVER_ALSO``'s (an ``OSError`` would read as a backend outage): else ``base``.
+    Made once per pair."""
+    kind = type(raised)
+    if raised is None or not isinstance(raised, Exception) or kind is Exception \
+            or isinstance(raised, (DistributedAgentsError, *_NEVER_ALSO)):
+        return base
+    key = (base, kind)
+    made = _ALSO_AS.get(key)
+    if made is None:
+        try:
+            made = type(base.__name__, (base, kind), {"__module__": base.__module__,
+                                                      "__doc__": f"{base.__name__}, also a {kind.__qualname__}.",
+                                                      "__str__": base.__str__})  # (not KeyError's repr of it)
+            made("probe", node="", attempts=0)  # its __init__ chain must take the message alone
+        except Exception:
+            made = base
+        _ALSO_AS[key] = made
+    return made
