@@ -20,7 +20,7 @@ The tree::
     │   │   └── NodeTimeoutError          ... because an attempt ran past its timeout
     │   ├── InvalidNodeOutputError        a node returned something other than a dict/None
     │   ├── PayloadTooLargeError          a result or state is over the backend's size limit
-    │   ├── ReducerConflictError          two nodes wrote one key in a step, no reducer
+    │   ├── ReducerConflictError          two nodes wrote one key in a step, no reducer (alias InvalidUpdateError)
     │   ├── RoutingError                  a condition failed, wrote state or chose no node
     │   ├── StepLimitExceededError        a loop ran past the step limit (a RecursionError; alias GraphRecursionError)
     │   ├── WorkflowCancelledError        the workflow was cancelled
@@ -55,6 +55,7 @@ __all__ = [
     "GraphFrozenError",
     "GraphNotCompiledError",
     "GraphRecursionError",
+    "InvalidUpdateError",
     "GraphValidationError",
     "InvalidNodeOutputError",
     "LeaseLostError",
@@ -211,7 +212,8 @@ class PayloadTooLargeError(ExecutionError):
 
 
 class ReducerConflictError(ExecutionError):
-    """Two nodes wrote one key in the same step and the key has no reducer."""
+    """Two nodes wrote one key in the same step and the key has no reducer. Importable as
+    ``InvalidUpdateError`` too, LangGraph's name for this error."""
 
     def __init__(self, message: str, *, key: str, nodes: tuple[str, ...]) -> None:
         super().__init__(message)
@@ -235,6 +237,7 @@ class StepLimitExceededError(ExecutionError, RecursionError):
 
 #: LangGraph's name for the step limit's error (``langgraph.errors.GraphRecursionError``).
 GraphRecursionError = StepLimitExceededError
+InvalidUpdateError = ReducerConflictError  # LangGraph's name (langgraph.errors.InvalidUpdateError)
 
 
 class WorkflowCancelledError(ExecutionError):

@@ -29,3 +29,9 @@ def test_a_local_nodes_error_is_also_of_the_type_the_node_raised() -> None:
         assert info.value.__cause__ is raised or isinstance(raised, StopIteration)
     assert node_error_class(NodeExecutionError, None) is NodeExecutionError
     assert node_error_class(NodeExecutionError, NodeExecutionError("x", node="n", attempts=1)) is NodeExecutionError
+
+
+def test_langgraphs_name_for_a_conflicting_write_is_importable() -> None:
+    from distributed_agents.core.errors import InvalidUpdateError, ReducerConflictError
+
+    assert InvalidUpdateError is ReducerConflictError
