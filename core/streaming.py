@@ -379,7 +379,8 @@ class StreamReader:
         With ``driver`` (the task running the workflow in this process) the stream ends
         once it is done and the end event arrived (or ``END_GRACE`` passed), and then
         raises what it raised. Without it (attached), the stream ends when the workflow
-        is completed, failed, cancelled or interrupted, raising ``WorkflowFailedError`` /
+        is completed, failed, cancelled, interrupted or pending (updated, forked or seeded and
+        not run since: nothing drives it until a resume), raising ``WorkflowFailedError`` /
         ``WorkflowCancelledError`` for the last two of those after yielding everything.
         """
         self._last = self._announced = after_step
@@ -492,7 +493,9 @@ class StreamReader:
 
     @staticmethod
     def _finished(record: WorkflowRecord) -> bool:
-        return record.status in WorkflowStatus.TERMINAL or record.status == WorkflowStatus.INTERRUPTED
+        # (Pending: updated, forked or seeded and not run since; nothing drives it until a resume, as a pause.)
+        return record.status in WorkflowStatus.TERMINAL or record.status in (WorkflowStatus.INTERRUPTED,
+                                                                               WorkflowStatus.PENDING)
 
     def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
         """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""

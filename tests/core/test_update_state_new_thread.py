@@ -179,3 +179,17 @@ def test_concurrent_seeds_of_one_thread_all_land() -> None:
 
     done = run(scenario())
     assert sorted(done["log"][:3]) == ["seed0", "seed1", "seed2"] and done["log"][3:] == ["a"]
+
+
+def test_attaching_to_a_seeded_thread_replays_it_and_ends() -> None:
+    """A pending workflow (seeded, updated or forked, not run since) has nothing driving it: a
+    stream attached to it ends after its checkpoints, as one attached at a pause does."""
+    graph = ask_graph()
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[Any]:
+        async with Orchestrator() as orchestrator:
+            await orchestrator.update_state(workflow_id, {"q": "x"}, graph=graph)
+            return [chunk async for chunk in orchestrator.astream(workflow_id, stream_mode="values")]
+
+    assert run(scenario(), timeout=20) == [{"q": "x"}]
