@@ -120,6 +120,16 @@ def validate_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
+def _edit_only(record: WorkflowRecord, update: Any, resume: Any) -> bool:
+    """Whether a resume of the interrupted ``record`` edits it without answering: an ``update=``
+    without the answer its ``interrupt()`` waits for. As LangGraph, the paused step then runs again
+    on the edited state and the node asks again (at a static breakpoint alone, an edit continues)."""
+    pauses = read_interrupts(record.frontier)
+    # (A pause inside a subgraph is answered in its child: an edit of the parent does not re-ask it.)
+    return update is not None and resume is NO_ANSWER and any(p.kind == "interrupt" for p in pauses) and \
+        not any(p.subgraph for p in pauses)
+
+
 def _no_pause_to_answer(workflow_id: str, status: str) -> Exception:
     """Why ``resume(workflow_id, answer)`` has nothing to answer, and what to do instead, by status.
 
@@ -1688,7 +1698,7 @@ class Orchestrator:
                 f"resume({workflow_id!r}): this orchestrator is running workflow {workflow_id!r} already; "
                 f"wait for it with wait({workflow_id!r}) (or cancel_workflow() it first)")
         asked: tuple[str, ...] = ()  # the pauses an answer is for: another resume may answer them first
-        if record.status == WorkflowStatus.INTERRUPTED:
+        if record.status == WorkflowStatus.INTERRUPTED and not _edit_only(record, update, resume):
             answer_interrupts(workflow_id, record.frontier, resume)  # a wrong answer fails before anything changes
             asked = tuple(p.id for p in read_interrupts(record.frontier))
         if record.status == WorkflowStatus.COMPLETED:
@@ -1752,7 +1762,15 @@ class Orchestrator:
                 metadata.pop(DURABILITY_KEY, None)
                 if durability != "sync":
                     metadata[DURABILITY_KEY] = durability
-            if record.status == WorkflowStatus.INTERRUPTED:
+            if record.status == WorkflowStatus.INTERRUPTED and _edit_only(record, update, resume):
+                # An edit without the answer an interrupt() waits for: as LangGraph, the paused step runs
+                # again on the edited state, and the node asks again (with the same interrupt ids).
+                paused = read_interrupts(record.frontier)
+                frontier = {key: value for key, value in record.frontier.items() if key != "interrupts"}
+                if any(pause.kind != "interrupt" for pause in paused):
+                    frontier["breakpoint_passed"] = True
+                record = record.evolve(frontier=frontier)
+            elif record.status == WorkflowStatus.INTERRUPTED:
                 record = record.evolve(frontier=answer_interrupts(workflow_id, record.frontier, resume))
             elif resume is not NO_ANSWER:
                 raise _no_pause_to_answer(workflow_id, record.status)

@@ -189,3 +189,24 @@ def test_a_stream_resumed_with_an_update_starts_with_the_edited_state() -> None:
     assert all("__start__" not in data for mode, data in chunks if mode == "updates")
     assert sorted(next(iter(data)) for mode, data in chunks if mode == "updates") == ["after", "ask", "other"]
     assert chunks[-1] == ("values", {"q": "hi", "a": "yes-10", "n": 11, "log": ["upd", "ask", "other"]})
+
+
+class Topic(TypedDict, total=False):
+    topic: str
+    log: Annotated[list[str], operator.add]
+
+
+def test_an_edit_without_an_answer_at_an_interrupt_asks_again_on_the_edited_state() -> None:
+    """LangGraph 1.2.24, side by side: ``Command(update={'topic': 'EDIT'})`` at an ``interrupt()``
+    re-runs the node, which asks again with the edited topic (same id); the answer then goes on."""
+    def ask(state: Topic) -> dict[str, Any]:
+        return {"log": [f"ask {interrupt({'topic': state['topic']})} {state['topic']}"]}
+
+    builder = StateGraph(Topic)
+    builder.add_node("ask", ask).add_edge(START, "ask").add_edge("ask", END)
+    app, config = builder.compile(checkpointer=InMemorySaver()), thread()
+    first = app.invoke({"topic": "t", "log": []}, config)
+    again = app.invoke(Command(update={"topic": "EDIT"}), config)
+    assert [i.value for i in again["__interrupt__"]] == [{"topic": "EDIT"}]
+    assert [i.id for i in again["__interrupt__"]] == [i.id for i in first["__interrupt__"]]
+    assert app.invoke(Command(resume="ok"), config) == {"topic": "EDIT", "log": ["ask ok EDIT"]}

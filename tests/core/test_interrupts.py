@@ -251,8 +251,9 @@ def test_resume_refuses_answers_that_do_not_fit() -> None:
             await orchestrator.execute(graph, {"topic": "x"}, workflow_id=workflow_id)
             with pytest.raises(ConfigurationError, match=r"paused by interrupt\(\) in node\(s\) human_approval"):
                 await orchestrator.resume(workflow_id)
-            with pytest.raises(ConfigurationError, match=r"paused by interrupt\(\) in node\(s\) human_approval"):
-                await orchestrator.resume(workflow_id, Command(update={"a": 1}))  # an edit is no answer
+            # An edit is no answer: as LangGraph, the node runs again on the edited state and asks again.
+            asked_again = await orchestrator.resume(workflow_id, Command(update={"a": 1}))
+            assert asked_again["a"] == 1 and [i["node"] for i in asked_again["__interrupt__"]] == ["human_approval"]
             assert (await orchestrator.get_workflow_status(workflow_id)).status == WorkflowStatus.INTERRUPTED
             await orchestrator.resume(workflow_id, Command(resume=True))
             with pytest.raises(ExecutionError, match="completed, not paused: nothing waits for an answer"):
