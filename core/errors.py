@@ -55,9 +55,9 @@ __all__ = [
     "GraphFrozenError",
     "GraphNotCompiledError",
     "GraphRecursionError",
-    "InvalidUpdateError",
     "GraphValidationError",
     "InvalidNodeOutputError",
+    "InvalidUpdateError",
     "LeaseLostError",
     "MissingExtraError",
     "NodeExecutionError",
@@ -77,7 +77,6 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowLeaseHeldError",
     "WorkflowNotFoundError",
-    "node_error_class",
 ]
 
 
