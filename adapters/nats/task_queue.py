@@ -315,6 +315,7 @@ class NatsTaskQueue(TaskQueue):
         # The chained acks of this event-loop pass, sent together at its end (see ``_ack_chained``).
         self._acks: _Acks | None = None
         self._ack_waits: dict[tuple[str, int], float] = {}
+        self._claimed_levels: set[tuple[str, int]] = set()  # consumers whose AckWait a claim of this queue set
         self._done = DoneEvents(conn)
         # The done events of the chained acks, published together per reply read (``_ack_chained``).
         self._done_batch: DoneBatch | None = None
@@ -410,10 +411,19 @@ class NatsTaskQueue(TaskQueue):
         return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision,
                       raw=entry.value, written_at=entry.written_at)
 
-    async def _ensure_consumer(self, node_type: str, priority: int) -> float:
+    async def _ensure_consumer(self, node_type: str, priority: int, *, claiming: bool = False) -> float:
+        """The AckWait (seconds) of the consumer of ``node_type``'s tasks at ``priority``, made if missing.
+
+        The claimers' ``visibility_timeout`` sets it: a claim (``claiming``) updates a consumer
+        made with another AckWait to its own (of claimers with different ones, the last to start
+        claiming there sets it); an enqueue (an orchestrator) makes the consumer with its own if
+        there is none, and never changes one that exists (it used to, so an orchestrator's default
+        30 s replaced the workers' shorter AckWait, delaying the redelivery of a dead worker's tasks).
+        """
         key = (node_type, priority)
-        if key in self._ack_waits:
-            return self._ack_waits[key]
+        known = self._ack_waits.get(key)
+        if known is not None and (not claiming or key in self._claimed_levels):
+            return known
         import nats.js.errors
         from nats.js import api
 
@@ -429,10 +439,17 @@ class NatsTaskQueue(TaskQueue):
             max_ack_pending=100_000,
         )
         try:
-            info = await self._conn.js.add_consumer(names.task_stream, config)
-        except nats.js.errors.BadRequestError:
-            # Created by a process with another visibility timeout: use it as it is.
             info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is None or (claiming and float(info.config.ack_wait or 0) != float(self.visibility_timeout)):
+            try:
+                info = await self._conn.js.add_consumer(names.task_stream, config)  # made, or its AckWait set
+            except nats.js.errors.BadRequestError:
+                # Made meanwhile by a process the server refuses to let this one change: as it is.
+                info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
+        if claiming:
+            self._claimed_levels.add(key)
         ack_wait = float(info.config.ack_wait or self.visibility_timeout)
         # Before any message of this process goes out at this level (see ``_known_levels``).
         await self._register_level(node_type, priority)
@@ -754,7 +771,7 @@ class NatsTaskQueue(TaskQueue):
                 break
             batch: list[tuple[int, str, Msg, float]] = []
             for node_type in levels[priority]:
-                ack_wait = await self._ensure_consumer(node_type, priority)
+                ack_wait = await self._ensure_consumer(node_type, priority, claiming=True)
                 consumer = names.task_consumer(node_type, priority)
                 # The stream counted messages here (``_look``), or the levels key says tasks were
                 # queued here: an empty answer is checked (the levels key's pull went out with its read).
