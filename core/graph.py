@@ -65,7 +65,8 @@ from distributed_agents.core.state_view import ReadOnlyState
 from distributed_agents.core.subgraphs import Subgraph
 from distributed_agents.core.types import Command, Send, send_dict
 
-__all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "StateGraph", "join_key"]
+__all__ = ["END", "START", "Command", "ConditionalEdge", "Graph", "NodeSpec", "Send", "StateGraph", "join_key",
+           "with_context_schema"]
 
 START = "__start__"
 END = "__end__"
@@ -1055,7 +1056,7 @@ class Graph:
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               _with_context_schema(self, context))
+                               with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
@@ -1068,7 +1069,7 @@ class Graph:
                     f"graph {self.name!r}: invoke({input!r}) continues a workflow: pass config="
                     "{'configurable': {'thread_id': <the id it was started with>}}")
             args: tuple[Any, ...] = (thread, self) if input is None else (thread, self, input)
-            return _unless_paused_in_node(self.name, dict(orchestrator.sync.resume(*args, **_breakpoint_options(options))))
+            return _unless_paused_in_node(self.name, dict(orchestrator.sync.resume(*args, **_resume_options(options))))
         if current_context() is not None:  # invoked inside a node: it may end with Command.PARENT for it
             from distributed_agents.core.sync_api import run_sync
 
@@ -1089,7 +1090,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               _with_context_schema(self, context))
+                               with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
@@ -1350,7 +1351,7 @@ class Graph:
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               _with_context_schema(self, context))
+                               with_context_schema(self, context))
         input = _input_of(input)
         thread = options.get("workflow_id")
         try:
@@ -1361,9 +1362,9 @@ class Graph:
                         f"graph {self.name!r}: ainvoke({input!r}) continues a workflow: pass config="
                         "{'configurable': {'thread_id': <the id it was started with>}}")
                 if input is None:
-                    result = await orchestrator.resume(thread, self, **_breakpoint_options(options))
+                    result = await orchestrator.resume(thread, self, **_resume_options(options))
                 else:
-                    result = await orchestrator.resume(thread, self, input, **_breakpoint_options(options))
+                    result = await orchestrator.resume(thread, self, input, **_resume_options(options))
             else:
                 result = await (self._run_for_caller(orchestrator, input, options) if current_context() is not None
                                 else orchestrator.execute(self, input, **options))
@@ -1478,7 +1479,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               _with_context_schema(self, context))
+                               with_context_schema(self, context))
         input = _input_of(input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
@@ -1790,9 +1791,13 @@ def _input_of(input: Any) -> Any:
     return dict(input) if isinstance(input, State) else input
 
 
-def _breakpoint_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``interrupt_before``/``interrupt_after`` among ``_run_options``'s, for ``resume``."""
-    return {key: options[key] for key in ("interrupt_before", "interrupt_after") if key in options}
+def _resume_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``interrupt_before``/``interrupt_after`` among ``_run_options``'s, and the run context, for ``resume``."""
+    picked = {key: options[key] for key in ("interrupt_before", "interrupt_after") if key in options}
+    context = (options.get("configurable") or {}).get(CONTEXT_KEY)
+    if context is not None:
+        picked["context"] = context
+    return picked
 
 
 def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None = None,
@@ -1819,7 +1824,7 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     return options
 
 
-def _with_context_schema(graph: Graph, context: Any) -> Any:
+def with_context_schema(graph: Graph, context: Any) -> Any:
     """A dict ``context`` read through the graph's ``context_schema`` (a dataclass or Pydantic
     model: its defaults filled, its fields checked, as LangGraph builds it), else ``context``.
     ``ConfigurationError`` naming the schema for a dict it does not accept."""
@@ -1898,7 +1903,7 @@ class StateGraph(Graph):
         typed = state_schema if state_schema not in (None, dict) else None
         super().__init__(name or getattr(state_schema, "__name__", None) or "StateGraph", state_schema=typed,
                          input_schema=input_schema or input, output_schema=output_schema or output, **options)
-        self.context_schema = context_schema  # a dict context= is read through it (``_with_context_schema``)
+        self.context_schema = context_schema  # a dict context= is read through it (``with_context_schema``)
 
     def compile(
         self, *, interrupt_before: Sequence[str] | None = None, interrupt_after: Sequence[str] | None = None,

@@ -63,7 +63,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.events import EventPublisher
 from distributed_agents.core.executors import CONFIGURABLE_KEY, NodeCall, TaskQueueExecutor, node_task
 from distributed_agents.core.frontier import STATE_EDITED_KEY, frontier_nodes, read_entries
-from distributed_agents.core.graph import MAX_PRIORITY, START, Graph, NodeSpec
+from distributed_agents.core.graph import MAX_PRIORITY, START, Graph, NodeSpec, with_context_schema
 from distributed_agents.core.interrupts import NO_ANSWER, PendingInterrupt, answer_interrupts, read_interrupts
 from distributed_agents.core.instrumentation import Instrumentation
 from distributed_agents.core.instrumentation import installed as installed_instrumentation
@@ -862,7 +862,8 @@ class Orchestrator:
         """
         _check_graph(graph, "Orchestrator.execute()")
         if context is not None:
-            configurable = {**(configurable or {}), CONTEXT_KEY: context_values("execute()", context)}
+            context = context_values("execute()", with_context_schema(graph, context))
+            configurable = {**(configurable or {}), CONTEXT_KEY: context}
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
             continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable,
@@ -875,7 +876,8 @@ class Orchestrator:
                                          "workflow_id=")
             return await self.resume(workflow_id, graph, initial_state, step_limit=step_limit,
                                      interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                                     durability=None if durability == "sync" else durability)
+                                     durability=None if durability == "sync" else durability,
+                                     context=(configurable or {}).get(CONTEXT_KEY))
         # The first step's calls, when their tasks were queued with the create, and when they were sent.
         enqueued: dict[str, tuple[NodeCall, float]] = {}
         record, lease = await self._start(graph, initial_state, workflow_id=workflow_id, step_limit=step_limit,
@@ -1596,6 +1598,7 @@ class Orchestrator:
         interrupt_after: Sequence[str] | None = None,
         durability: str | None = None,
         wait_for_lease: float | None = None,
+        context: Any = None,
     ) -> State:
         """Continue a workflow from its last committed step; return the final state.
 
@@ -1639,7 +1642,9 @@ class Orchestrator:
         A completed workflow given a different graph is refused the same way.
 
         ``durability`` (see ``execute``) replaces the workflow's mode from here on;
-        None keeps the one it was started with.
+        None keeps the one it was started with. ``context`` (see ``execute``) replaces the
+        run's context from here on (LangGraph's ``invoke(Command(...), config, context=...)``);
+        None keeps the run's.
 
         ``wait_for_lease``: seconds to wait while another orchestrator holds the
         workflow's lease, as one that was killed mid-run leaves it (it runs out
@@ -1656,6 +1661,9 @@ class Orchestrator:
                 f"lease_ttl ({self.lease_ttl}s)")
         if durability is not None:
             check_durability(durability, "resume")
+        if context is not None:  # checked before anything is read or written
+            context = context_values(f"resume({workflow_id!r})",
+                                     with_context_schema(graph, context) if isinstance(graph, Graph) else context)
         if isinstance(graph, Command):
             command, graph = graph, None
         elif graph is not None and not isinstance(graph, Graph):
@@ -1762,6 +1770,8 @@ class Orchestrator:
                 metadata.pop(DURABILITY_KEY, None)
                 if durability != "sync":
                     metadata[DURABILITY_KEY] = durability
+            if context is not None:
+                metadata[CONFIGURABLE_KEY] = {**(metadata.get(CONFIGURABLE_KEY) or {}), CONTEXT_KEY: context}
             if record.status == WorkflowStatus.INTERRUPTED and _edit_only(record, update, resume):
                 # An edit without the answer an interrupt() waits for: as LangGraph, the paused step runs
                 # again on the edited state, and the node asks again (with the same interrupt ids).

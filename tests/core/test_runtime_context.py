@@ -95,6 +95,35 @@ def test_a_context_json_cannot_carry_is_refused_before_the_run() -> None:
         app.invoke({}, context={"user_id": object()})
 
 
+def test_a_context_given_with_a_continuation_is_the_runs_from_then_on() -> None:
+    """LangGraph 1.2.24: ``invoke(None, config, context=...)`` on a thread seeded by update_state, and
+    ``invoke(Command(resume=...), config, context=...)``, run with that context."""
+    def ask(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
+        answer = interrupt("go?")
+        return {"out": f"{answer} for {runtime.context.user_id}/{runtime.context.level}"}
+
+    builder = StateGraph(Out, context_schema=Ctx)
+    builder.add_node("node", node).add_node("ask", ask)
+    builder.add_edge(START, "node").add_edge("node", "ask").add_edge("ask", END)
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
+    app.update_state(config, {"seen": "seeded"})
+    assert app.invoke(None, config, context={"user_id": "alice"})["out"] == "user=alice level=1"  # schema default
+    assert app.invoke(Command(resume="yes"), config, context=Ctx(user_id="bob", level=2))["out"] == "yes for bob/2"
+
+
+def test_orchestrator_execute_reads_a_dict_context_through_the_context_schema() -> None:
+    from support.aio import run
+
+    from distributed_agents import Orchestrator
+
+    async def scenario() -> dict[str, Any]:
+        async with Orchestrator() as orchestrator:
+            return dict(await orchestrator.execute(context_graph(), {}, context={"user_id": "bob"}))
+
+    assert run(scenario())["out"] == "user=bob level=1"
+
+
 def test_each_new_run_of_a_thread_has_its_own_context_and_a_resume_keeps_the_runs() -> None:
     def ask(state: Out, runtime: Runtime[Ctx]) -> dict[str, Any]:
         answer = interrupt("go?")
