@@ -357,6 +357,12 @@ class SubgraphRunner:
             try:
                 if current is None:
                     values = _mapped(sub.input, state, f"the input= mapping of subgraph {sub.graph.name!r}")
+                    schema = sub.graph.schema
+                    if sub.input is None and schema is not None:
+                        # The keys it shares with the parent (its input schema's, else its state's), as
+                        # LangGraph hands a subgraph node its own channels: a parent-only key is not its input.
+                        shared = schema.input_keys if schema.input_keys is not None else schema.keys
+                        values = {key: value for key, value in values.items() if key in shared}
                     record, lease = await orchestrator._start(
                         sub.graph, values, workflow_id=child_id, step_limit=step_limit, priority=priority,
                         from_checkpoint=None, durability=durability, metadata=metadata)

@@ -1346,3 +1346,25 @@ def test_the_values_stream_carries_the_whole_state_with_an_output_schema() -> No
     assert list(app.stream({"question": "hi"}, stream_mode="values")) == [
         {"question": "hi"}, {"question": "hi", "answer": "bye"}]
     assert app.invoke({"question": "hi"}) == {"answer": "bye"}
+
+
+class WideParent(TypedDict):
+    foo: str
+    other: str
+
+
+class NarrowSub(TypedDict):
+    foo: str
+
+
+def test_a_typed_subgraph_gets_only_the_keys_it_shares_with_its_parent() -> None:
+    """LangGraph 1.2.24: a subgraph node whose schema declares some of the parent's keys runs on
+    those; the parent's other keys stay as they were (``{'foo': 'a!', 'other': 'x'}``)."""
+    from distributed_agents import StateGraph
+
+    for options in ({}, {"input_schema": NarrowSub}):
+        inner = StateGraph(NarrowSub, name=f"narrow{len(options)}", **options)
+        inner.add_node("inner", lambda s: {"foo": s["foo"] + "!"}).add_edge(START, "inner")
+        outer = StateGraph(WideParent, name=f"wide{len(options)}")
+        outer.add_node("child", inner.compile()).add_edge(START, "child")
+        assert outer.compile().invoke({"foo": "a", "other": "x"}) == {"foo": "a!", "other": "x"}
