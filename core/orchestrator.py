@@ -665,7 +665,7 @@ class Orchestrator:
         # (No closures here: one is GC-tracked objects per workflow, kept while it runs.)
         store = NotingStore(backend.state_store, workflow_id, lease)
         waiting = WaitingReporter(workflow_id, store, self._waiting, self.waiting_log_interval,
-                                  hint_graph=graph, backend_url=backend.redacted_url)
+                                  hint_graph=graph, backend_url=backend.redacted_url, prefix=backend.options.prefix)
         executor = TaskQueueExecutor(
             backend.task_queue, backend.worker_registry, worker_timeout=self.worker_timeout,
             on_waiting=waiting, require_workers=not self.wait_for_workers,

@@ -205,7 +205,7 @@ def _same_commit(current: WorkflowRecord, attempted: WorkflowRecord, version: in
             and dict(current.state) == dict(attempted.state) and dict(current.frontier) == dict(attempted.frontier))
 
 
-def start_worker_hint(graph: Any, node_types: Sequence[str], backend_url: str) -> str:
+def start_worker_hint(graph: Any, node_types: Sequence[str], backend_url: str, prefix: str = "da") -> str:
     """What to run so a worker serves ``node_types`` of ``graph``, for the "no live worker" warning.
 
     When ``graph`` itself holds the functions (added inline, LangGraph style) and an
@@ -216,7 +216,8 @@ def start_worker_hint(graph: Any, node_types: Sequence[str], backend_url: str) -
     from distributed_agents.core.redaction import redact_url
     from distributed_agents.core.registry import NodeRegistry  # the registry is the worker's side
 
-    url = redact_url(backend_url)
+    # (The prefix too, when not the default: a worker started without it would serve another deployment.)
+    url = redact_url(backend_url) + ("" if prefix == "da" else f" --prefix {prefix}")
     types = ",".join(node_types)
     try:
         inline = NodeRegistry.from_graph(graph)
@@ -249,12 +250,13 @@ class WaitingReporter:
 
     def __init__(self, workflow_id: str, store: NotingStore, in_memory: MutableMapping[str, str],
                  log_interval: float = WAITING_LOG_INTERVAL, *,
-                 hint_graph: Any = None, backend_url: str = "") -> None:
+                 hint_graph: Any = None, backend_url: str = "", prefix: str = "da") -> None:
         """How to start a worker serving the missing types is told as
         ``start_worker_hint(hint_graph, node_types, backend_url)`` with ``hint_graph``,
         else in the registry form."""
         self._hint_graph = hint_graph
         self._backend_url = backend_url
+        self._prefix = prefix
         self._workflow_id = workflow_id
         self._store = store
         self._in_memory = in_memory
@@ -278,10 +280,10 @@ class WaitingReporter:
             if self._text is None:
                 self._since = now
             self._text, self._logged = text, now
-            how = (start_worker_hint(self._hint_graph, node_types, self._backend_url)
+            how = (start_worker_hint(self._hint_graph, node_types, self._backend_url, self._prefix)
                    if self._hint_graph is not None else
                    "start a worker that serves them, e.g. distributed-agents worker --app module:registry "
-                   f"--node-types {','.join(node_types)}")
+                   f"--node-types {','.join(node_types)}" + ("" if self._prefix == "da" else f" --prefix {self._prefix}"))
             log.warning("workflow %r: no live worker serves node type(s) %s; %s. %s",
                         self._workflow_id, ", ".join(map(repr, node_types)), text, how[:1].upper() + how[1:])
         elif now - self._logged >= self._log_interval:

@@ -608,6 +608,9 @@ def test_waiting_for_a_worker_says_how_to_start_one_for_this_graph(caplog: pytes
     hint = start_worker_hint(remote, ["llm"], "redis://user:secret@h:1/0")
     assert "--app module:registry --node-types llm --backend-url redis://user:***@h:1/0" in hint
     assert "secret" not in hint
+    # Another prefix than the default: a worker started without it would wait on another deployment.
+    prefixed = start_worker_hint(remote, ["llm"], "redis://h:1/0", prefix="tenant7")
+    assert "--backend-url redis://h:1/0 --prefix tenant7" in prefixed
 
 
 def test_a_node_on_a_worker_reads_the_callers_configurable_and_thread_id() -> None:
