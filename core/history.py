@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from distributed_agents.core.errors import ConfigurationError, WorkflowNotFoundError
+from distributed_agents.core.errors import ConfigurationError, InvalidNodeOutputError, WorkflowNotFoundError
 from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import START, Graph
@@ -42,7 +42,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, StateStore, Wo
 from distributed_agents.core.schema import OUTPUT_KEYS
 from distributed_agents.core.state import State, check_values, reserved_keys
 from distributed_agents.core.subgraphs import children_of
-from distributed_agents.core.types import read_output
+from distributed_agents.core.types import read_output, update_dict
 
 __all__ = [
     "PregelTask",
@@ -454,6 +454,11 @@ def edited_state(graph: Graph, record: WorkflowRecord, values: Any, payload_limi
     as a node's write would, and ``PayloadTooLargeError`` over ``payload_limit`` bytes.
     """
     call = f"resume({record.workflow_id!r}, Command(update=...))"
+    if isinstance(values, (list, tuple)):  # LangGraph's list of (key, value) pairs
+        try:
+            values = update_dict(values, call)
+        except InvalidNodeOutputError as exc:
+            raise ConfigurationError(str(exc)) from None
     if not isinstance(values, Mapping):
         raise ConfigurationError(f"{call}: update must be a dict of state updates, got {type(values).__name__}")
     merged = _merged_update(graph, record, values, START, call)[1]

@@ -48,7 +48,7 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.run_cancels import pending_at_start
 from distributed_agents.core.state import RESERVED_PREFIX, State, check_values, reserved_keys
 from distributed_agents.core.stream_writer import StreamWriter, current_stream_sink
-from distributed_agents.core.types import Command, ParentCommand, command_output, interrupt_output
+from distributed_agents.core.types import Command, ParentCommand, command_output, interrupt_output, update_dict
 
 __all__ = [
     "CONTEXT_KEY",
@@ -698,10 +698,11 @@ async def invoke_node(
     if isinstance(output, interrupts.GraphInterrupt):
         return _detached(interrupt_output(output.value, output.index, context.node))
     if isinstance(output, Command):
-        if isinstance(output.update, Mapping):
-            _refuse_reserved(output.update, context.node)
-            if message_keys:
-                output = dataclasses.replace(output, update=coerce_message_updates(output.update, message_keys))
+        if output.update is not None:  # (a list of (key, value) pairs read as the dict it stands for)
+            update = update_dict(output.update, f"node {context.node!r} returned Command(update=...)")
+            _refuse_reserved(update, context.node)
+            output = dataclasses.replace(output, update=coerce_message_updates(update, message_keys)
+                                         if message_keys else update)
         return _detached(command_output(output, context.node))
     if not isinstance(output, Mapping):
         raise InvalidNodeOutputError(

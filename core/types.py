@@ -22,7 +22,8 @@ from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSeria
 from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.state import check_value, check_values
 
-__all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "ParentCommand", "Send", "command_output", "read_output"]
+__all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "ParentCommand", "Send", "command_output", "read_output",
+           "update_dict"]
 
 COMMAND_KEY = "__command__"
 INTERRUPT_KEY = "__interrupt__"
@@ -123,6 +124,28 @@ class NodeResult:
         self.__dict__.update({"updates": updates, "goto": goto, "interrupt": interrupt, "parent": parent})
 
 
+def update_dict(update: Any, where: str) -> dict[str, Any]:
+    """A ``Command``'s ``update`` as a dict: a dict as it is (None: empty), or LangGraph's list of
+    ``(key, value)`` pairs with one pair per key. ``InvalidNodeOutputError`` naming ``where`` for
+    anything else, or a key repeated (two writes of one key: merge them into one value)."""
+    if update is None:
+        return {}
+    if isinstance(update, Mapping):
+        return dict(update)
+    if isinstance(update, (list, tuple)) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) for pair in update):
+        keys = [pair[0] for pair in update]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise InvalidNodeOutputError(
+                f"{where}: the list of (key, value) pairs writes {', '.join(map(repr, repeated))} more than once; "
+                "give one pair per key (for a list key with a reducer, one list holding every item)")
+        return {key: value for key, value in update}
+    raise InvalidNodeOutputError(
+        f"{where}: update is {type(update).__name__}; it must be a dict of state updates (or a list of (key, value) "
+        "pairs)")
+
+
 def command_output(command: Command[Any], node: str) -> dict[str, Any]:
     """The JSON form of ``command`` returned by ``node`` (see the module docstring).
 
@@ -139,13 +162,7 @@ def command_output(command: Command[Any], node: str) -> dict[str, Any]:
         raise InvalidNodeOutputError(
             f"node {node!r} returned Command(resume=...); resume answers an interrupt and is given to "
             "Orchestrator.resume(workflow_id, Command(resume=answer)), not returned by a node")
-    update = command.update
-    if update is None:
-        update = {}
-    if not isinstance(update, Mapping):
-        raise InvalidNodeOutputError(
-            f"node {node!r} returned Command(update={type(update).__name__}); update must be a dict of state updates")
-    updates = dict(update)
+    updates = update_dict(command.update, f"node {node!r} returned Command(update=...)")
     try:
         check_values(updates)
     except StateNotSerializableError as exc:

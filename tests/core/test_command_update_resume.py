@@ -151,8 +151,8 @@ def test_a_bad_update_is_refused_before_anything_changes() -> None:
                 await orchestrator.resume(workflow_id, Command(resume="yes", update={"__secret": 1}))
             with pytest.raises(StateNotSerializableError):
                 await orchestrator.resume(workflow_id, Command(resume="yes", update={"n": object()}))
-            with pytest.raises(ConfigurationError, match="update must be a dict"):
-                await orchestrator.resume(workflow_id, Command(resume="yes", update=[("n", 2)]))
+            with pytest.raises(ConfigurationError, match="must be a dict of state updates"):
+                await orchestrator.resume(workflow_id, Command(resume="yes", update=[1, 2]))
             with pytest.raises(ConfigurationError, match="not goto= or graph="):
                 await orchestrator.resume(workflow_id, Command(resume="yes", goto="after"))
             after_refusals = await orchestrator.get_state(workflow_id)
@@ -210,3 +210,27 @@ def test_an_edit_without_an_answer_at_an_interrupt_asks_again_on_the_edited_stat
     assert [i.value for i in again["__interrupt__"]] == [{"topic": "EDIT"}]
     assert [i.id for i in again["__interrupt__"]] == [i.id for i in first["__interrupt__"]]
     assert app.invoke(Command(resume="ok"), config) == {"topic": "EDIT", "log": ["ask ok EDIT"]}
+
+
+def test_langgraphs_list_of_key_value_pairs_is_an_update_too() -> None:
+    """LangGraph takes ``Command(update=[(key, value), ...])`` from a node and in an answer; one pair
+    per key here (a repeated key is refused, saying to merge its values)."""
+    def pairs(state: Review) -> Command[Any]:
+        return Command(update=[("n", 5), ("log", ["pairs"])], goto="after")
+
+    builder = StateGraph(Review)
+    builder.add_node("pairs", pairs, destinations=("after",)).add_node("after", after)
+    builder.add_edge(START, "pairs").add_edge("after", END)
+    assert builder.compile().invoke({"log": []}) == {"n": 6, "log": ["pairs"]}
+
+    def twice(state: Review) -> Command[Any]:
+        return Command(update=[("log", ["a"]), ("log", ["b"])])
+
+    repeated = StateGraph(Review)
+    repeated.add_node("twice", twice).add_edge(START, "twice").add_edge("twice", END)
+    with pytest.raises(Exception, match="writes 'log' more than once"):
+        repeated.compile().invoke({"log": []})
+
+    app, config = review_graph(), thread()
+    app.invoke({"q": "hi", "n": 1, "log": []}, config)
+    assert app.invoke(Command(resume="yes", update=[("n", 10)]), config)["a"] == "yes-10"
