@@ -414,11 +414,13 @@ class NatsTaskQueue(TaskQueue):
     async def _ensure_consumer(self, node_type: str, priority: int, *, claiming: bool = False) -> float:
         """The AckWait (seconds) of the consumer of ``node_type``'s tasks at ``priority``, made if missing.
 
-        The claimers' ``visibility_timeout`` sets it: a claim (``claiming``) updates a consumer
-        made with another AckWait to its own (of claimers with different ones, the last to start
-        claiming there sets it); an enqueue (an orchestrator) makes the consumer with its own if
-        there is none, and never changes one that exists (it used to, so an orchestrator's default
-        30 s replaced the workers' shorter AckWait, delaying the redelivery of a dead worker's tasks).
+        The first process to need it makes it, with its own ``visibility_timeout``; no process
+        changes one that exists (every holder must know the AckWait the server applies: a worker
+        lowering it under another's feet had that one's running tasks redelivered to it, run
+        twice). A claimer (``claiming``) whose visibility timeout differs from the consumer's logs
+        it once: the consumer's applies to its tasks (an orchestrator with the default 30 s that
+        enqueued first makes a dead worker's tasks come back after 30 s, not the workers' 5 s),
+        so give every process of a deployment one visibility timeout (``?visibility_timeout=``).
         """
         key = (node_type, priority)
         known = self._ack_waits.get(key)
@@ -441,16 +443,19 @@ class NatsTaskQueue(TaskQueue):
         try:
             info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
         except nats.js.errors.NotFoundError:
-            info = None
-        if info is None or (claiming and float(info.config.ack_wait or 0) != float(self.visibility_timeout)):
             try:
-                info = await self._conn.js.add_consumer(names.task_stream, config)  # made, or its AckWait set
-            except nats.js.errors.BadRequestError:
-                # Made meanwhile by a process the server refuses to let this one change: as it is.
+                info = await self._conn.js.add_consumer(names.task_stream, config)
+            except nats.js.errors.BadRequestError:  # made meanwhile by another process: as it is
                 info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
+        ack_wait = float(info.config.ack_wait or self.visibility_timeout)
         if claiming:
             self._claimed_levels.add(key)
-        ack_wait = float(info.config.ack_wait or self.visibility_timeout)
+            if abs(ack_wait - float(self.visibility_timeout)) > 1e-3:
+                log.warning("NATS %s: the consumer of node type %r (priority %d) redelivers after %gs (its AckWait, "
+                            "set by the process that made it), not this queue's visibility timeout of %gs: a dead "
+                            "worker's tasks come back after %gs; give every process of the deployment one "
+                            "visibility timeout (?visibility_timeout=)", mask_url(self._conn.url), node_type,
+                            priority, ack_wait, self.visibility_timeout, ack_wait)
         # Before any message of this process goes out at this level (see ``_known_levels``).
         await self._register_level(node_type, priority)
         self._ack_waits[key] = ack_wait
