@@ -96,11 +96,20 @@ def _is_pydantic(cls: Any) -> bool:
     return isinstance(getattr(cls, "model_fields", None), dict) and callable(getattr(cls, "model_validate", None))
 
 
+def _is_typeddict(cls: Any) -> bool:
+    """``typing.is_typeddict``, also true of a ``typing_extensions.TypedDict`` class (another
+    metaclass before Python 3.12, which ``typing`` does not recognise): a dict subclass with
+    the attributes every TypedDict class has."""
+    return typing.is_typeddict(cls) or (
+        isinstance(cls, type) and issubclass(cls, dict) and hasattr(cls, "__total__")
+        and hasattr(cls, "__required_keys__") and hasattr(cls, "__optional_keys__"))
+
+
 def _kind(cls: Any) -> str:
     if not isinstance(cls, type):
         raise ConfigurationError(
             f"state schema {cls!r} is not a class; pass a TypedDict, a dataclass or a Pydantic model class")
-    if typing.is_typeddict(cls):
+    if _is_typeddict(cls):
         return "typeddict"
     if dataclasses.is_dataclass(cls):
         return "dataclass"
@@ -331,7 +340,7 @@ class StateSchema:
         ``ConfigurationError`` for a key it declares with another reducer than the state's."""
         if cls in (self.state, self.input, self.output) or not isinstance(cls, type):
             return
-        if not (typing.is_typeddict(cls) or dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
+        if not (_is_typeddict(cls) or dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
             return
         for key, spec in _fields(cls, _kind(cls)).items():
             known = self.keys.setdefault(key, spec)

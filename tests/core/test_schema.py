@@ -549,3 +549,19 @@ def test_pydantic_conversions_are_stored_in_their_json_form_through_reducers_too
         assert values["day"] == "2024-01-02"  # a date in its JSON form: state is JSON
     with pytest.raises(StateValidationError, match="refuses it"):
         run(Orchestrator().execute(single(Graph("pd_refuse", state_schema=model), lambda s: {"count": "3.5"}), {}))
+
+
+def test_a_typing_extensions_typeddict_is_a_state_schema_too() -> None:
+    """``typing_extensions.TypedDict`` (LangGraph's own examples use it) is read as ``typing``'s:
+    its keys, types and ``Annotated`` reducers."""
+    typing_extensions = pytest.importorskip("typing_extensions")
+
+    class Extended(typing_extensions.TypedDict, total=False):
+        x: int
+        log: Annotated[list[str], operator.add]
+
+    from distributed_agents import END, START, StateGraph
+
+    builder = StateGraph(Extended)
+    builder.add_node("a", lambda s: {"x": 1, "log": ["a"]}).add_edge(START, "a").add_edge("a", END)
+    assert builder.compile().invoke({"log": ["in"]}) == {"x": 1, "log": ["in", "a"]}
