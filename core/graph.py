@@ -54,6 +54,7 @@ from distributed_agents.core.node_runner import (
     condition_runtime,
     context_values,
     current_context,
+    run_context_of,
     visible_configurable,
     wants_context,
 )
@@ -1527,8 +1528,7 @@ def _breakpoints(names: Sequence[str]) -> tuple[str, ...]:
 
 def _input_annotation(func: Any) -> Any:
     """The annotation of ``func``'s first parameter (its state) if it resolves to a class, else None."""
-    import inspect
-    import typing
+    import typing  # only when a node has a function: reading annotations may evaluate strings
 
     try:
         first = next(iter(inspect.signature(func).parameters))
@@ -1670,8 +1670,7 @@ class ConditionConfig(dict[str, Any]):
     @property
     def context(self) -> RunContext | None:
         """The run's context (``invoke(..., context=...)``), or None."""
-        value = self.get("__context__")
-        return RunContext(value) if isinstance(value, Mapping) else None
+        return run_context_of(self)
 
     @property
     def store(self) -> None:
@@ -1691,7 +1690,7 @@ def _condition_config(state: Any, configurable: Mapping[str, Any] | None) -> dic
         metadata={"thread_id": thread, "langgraph_checkpoint_ns": namespace})
     context = (configurable or {}).get(CONTEXT_KEY)
     if context is not None:
-        dict.__setitem__(config, "__context__", context)  # (read by .context; not a config key LangGraph has)
+        config[CONTEXT_KEY] = context  # (read by .context; not a config key LangGraph has)
     return config
 
 
@@ -1881,9 +1880,9 @@ class StateGraph(Graph):
 
     ``StateGraph(State)`` is ``Graph(State.__name__, state_schema=State)``;
     ``input_schema``/``output_schema`` (or LangGraph's older ``input``/``output``) as for
-    ``Graph``; ``StateGraph(dict)`` is an untyped graph. ``context_schema`` is accepted
-    and not checked: a run's ``context=`` travels as JSON and nodes read it as
-    ``runtime.context`` (``NodeContext.context``); ``config_schema`` is accepted and ignored.
+    ``Graph``; ``StateGraph(dict)`` is an untyped graph. ``context_schema`` reads a dict
+    ``context=`` (``with_context_schema``); a run's context travels as JSON and nodes read it
+    as ``runtime.context`` (``NodeContext.context``). ``config_schema`` is accepted and ignored.
     ``name=`` names the graph otherwise (graph names key stored workflows and drawings).
     """
 

@@ -454,14 +454,11 @@ def edited_state(graph: Graph, record: WorkflowRecord, values: Any, payload_limi
     as a node's write would, and ``PayloadTooLargeError`` over ``payload_limit`` bytes.
     """
     call = f"resume({record.workflow_id!r}, Command(update=...))"
-    if isinstance(values, (list, tuple)):  # LangGraph's list of (key, value) pairs
-        try:
-            values = update_dict(values, call)
-        except InvalidNodeOutputError as exc:
-            raise ConfigurationError(str(exc)) from None
-    if not isinstance(values, Mapping):
-        raise ConfigurationError(f"{call}: update must be a dict of state updates, got {type(values).__name__}")
-    merged = _merged_update(graph, record, values, START, call)[1]
+    try:  # a dict, or LangGraph's list of (key, value) pairs, as a node's Command takes them
+        updates = update_dict(values, call)
+    except InvalidNodeOutputError as exc:
+        raise ConfigurationError(str(exc)) from None
+    merged = _merged_update(graph, record, updates, START, call)[1]
     check_commit_size(record.workflow_id, record.step, merged, b"{}", None, payload_limit)
     return merged
 

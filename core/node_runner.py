@@ -68,6 +68,7 @@ __all__ = [
     "get_stream_writer",
     "invoke_node",
     "is_output_error",
+    "run_context_of",
     "safe_text",
     "visible_configurable",
     "wants_context",
@@ -116,6 +117,12 @@ def context_values(where: str, context: Any) -> dict[str, Any]:
             f"{where}: context= cannot travel as JSON with the run's tasks (also to workers): {detail}; keep objects "
             "such as clients out of it (make them in the node, or once per process at module level)") from None
     return dict(values)
+
+
+def run_context_of(configurable: Mapping[str, Any] | None) -> RunContext | None:
+    """The run context the ``configurable`` values carry (``CONTEXT_KEY``) as a ``RunContext``, or None."""
+    value = (configurable or {}).get(CONTEXT_KEY)
+    return RunContext(value) if isinstance(value, Mapping) else None
 
 
 class RunContext(dict[str, Any]):
@@ -241,8 +248,7 @@ class NodeContext:
         by attribute or key (``runtime.context.user_id``, ``runtime.context["user_id"]``); it
         travelled as JSON, so it is a ``RunContext`` dict, not the caller's object; None if none
         was given."""
-        value = (self.configurable or {}).get(CONTEXT_KEY)
-        return RunContext(value) if isinstance(value, Mapping) else None
+        return run_context_of(self.configurable)
 
     @property
     def store(self) -> None:

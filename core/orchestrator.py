@@ -130,6 +130,13 @@ def _edit_only(record: WorkflowRecord, update: Any, resume: Any) -> bool:
         not any(p.subgraph for p in pauses)
 
 
+def _no_pause_to_edit(workflow_id: str, status: str) -> ConfigurationError:
+    """Why ``resume(workflow_id, Command(update=...))`` cannot edit a workflow of ``status``, and what to do."""
+    return ConfigurationError(
+        f"resume({workflow_id!r}, Command(update=...)): the workflow is {status}, not paused; "
+        f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r}) continues it")
+
+
 def _no_pause_to_answer(workflow_id: str, status: str) -> Exception:
     """Why ``resume(workflow_id, answer)`` has nothing to answer, and what to do instead, by status.
 
@@ -742,6 +749,16 @@ class Orchestrator:
             self._graph_conflicts[key] = (known, graph)
         self._graphs[graph.name] = graph
         self._graph_versions[key] = graph
+
+    def _paused_graph(self, record: WorkflowRecord) -> Graph | None:
+        """The known graph of a record whose step kept writes (``history.paused_values`` merges
+        them with its reducers), else None; None too when two graphs of its name are known (shown as stored)."""
+        if not record.frontier.get("pending_writes"):
+            return None
+        try:
+            return self._known_graph(record)
+        except ConfigurationError:
+            return None
 
     def _known_graph(self, record: WorkflowRecord) -> Graph | None:
         """The known graph of ``record``'s fingerprint, else the latest of its name (may differ).
@@ -1461,11 +1478,10 @@ class Orchestrator:
         if snapshot.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
             # A paused or failed step's kept writes show in its values, as LangGraph's (given the graph).
             record = await self.backend.state_store.get(workflow_id)
-            if record is not None and record.step == snapshot.step and record.frontier.get("pending_writes"):
-                with contextlib.suppress(ConfigurationError):
-                    values = history.paused_values(self._known_graph(record), record)
-                    if values is not record.state:
-                        snapshot = dataclasses.replace(snapshot, values=dict(values))  # (all keys, as the record's)
+            if record is not None and record.step == snapshot.step:
+                values = history.paused_values(self._paused_graph(record), record)
+                if values is not record.state:
+                    snapshot = dataclasses.replace(snapshot, values=dict(values))  # (all keys, as the record's)
         return snapshot
 
     async def get_state_history(
@@ -1615,12 +1631,12 @@ class Orchestrator:
         workflow's breakpoints from here on. Answering a workflow that is not waiting
         for an answer is a ``ConfigurationError``.
 
-        ``Command(resume=answer, update=values)`` (or ``Command(update=values)`` at a
-        breakpoint) also edits the paused workflow's state first, as LangGraph's: the
-        values merge through the reducers as a write of ``START`` in a checkpoint of their
-        own (source ``"update"``, ``history.plan_command_update``), and the paused step runs
-        on the edited state. Only for a paused (``interrupted``) workflow; otherwise a
-        ``ConfigurationError`` says to call ``update_state`` first. ``goto=`` and
+        ``Command(resume=answer, update=values)`` (or ``Command(update=values)`` alone) also
+        edits the paused workflow's state first, as LangGraph's: the values merge through the
+        reducers as a write of ``START`` (``history.edited_state``) and the paused step runs
+        again on the edited state, under its own number; without an answer at an
+        ``interrupt()``, the node asks again. Only for a paused (``interrupted``) workflow;
+        otherwise a ``ConfigurationError`` says to call ``update_state`` first. ``goto=`` and
         ``graph=`` are refused (``ConfigurationError``).
 
         Committed steps are not run again. Of the step that did not commit, only nodes
@@ -1694,9 +1710,7 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         if update is not None and record.status != WorkflowStatus.INTERRUPTED:
-            raise ConfigurationError(
-                f"resume({workflow_id!r}, Command(update=...)): the workflow is {record.status}, not paused; "
-                f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r}) continues it")
+            raise _no_pause_to_edit(workflow_id, record.status)
         if resume is not NO_ANSWER and record.status != WorkflowStatus.INTERRUPTED:
             raise _no_pause_to_answer(workflow_id, record.status)
         if workflow_id in self._running or workflow_id in self._background:
@@ -1797,9 +1811,7 @@ class Orchestrator:
                 changes.update(status=WorkflowStatus.RUNNING, error=None, frontier=frontier)
             if update is not None:
                 if record.status != WorkflowStatus.INTERRUPTED:  # (answered by another resume meanwhile)
-                    raise ConfigurationError(
-                        f"resume({workflow_id!r}, Command(update=...)): the workflow is {record.status}, not paused; "
-                        f"update_state({workflow_id!r}, values) changes its state, then resume({workflow_id!r})")
+                    raise _no_pause_to_edit(workflow_id, record.status)
                 # The paused step runs again on the edited state, under its own number (its interrupt
                 # and subgraph ids stay); its tasks carry that state (``state_edited``).
                 changes["state"] = history.edited_state(graph, record, update, self.backend.max_payload_bytes)
@@ -2208,11 +2220,7 @@ class Orchestrator:
         workflow_id = record.workflow_id
         status = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
         if status.status in (WorkflowStatus.COMPLETED, WorkflowStatus.INTERRUPTED):
-            try:
-                graph = self._known_graph(record) if record.frontier.get("pending_writes") else None
-            except ConfigurationError:
-                graph = None  # (two graphs of that name: shown as stored)
-            return _result_state(record, graph)
+            return _result_state(record, self._paused_graph(record))
         if status.status == WorkflowStatus.FAILED:
             summary = (status.error or {}).get("summary", "no details recorded")
             raise WorkflowFailedError(f"workflow {workflow_id!r} failed: {summary}", workflow_id=workflow_id,

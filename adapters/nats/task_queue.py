@@ -315,7 +315,7 @@ class NatsTaskQueue(TaskQueue):
         # The chained acks of this event-loop pass, sent together at its end (see ``_ack_chained``).
         self._acks: _Acks | None = None
         self._ack_waits: dict[tuple[str, int], float] = {}
-        self._claimed_levels: set[tuple[str, int]] = set()  # consumers whose AckWait a claim of this queue set
+        self._claimed_levels: set[tuple[str, int]] = set()  # consumers a claim of this queue checked (_ensure_consumer)
         self._done = DoneEvents(conn)
         # The done events of the chained acks, published together per reply read (``_ack_chained``).
         self._done_batch: DoneBatch | None = None

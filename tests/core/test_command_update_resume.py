@@ -139,13 +139,17 @@ def test_an_update_without_an_answer_passes_a_static_breakpoint_and_the_paused_n
     assert done == {"n": 41, "log": ["other"]}
 
 
-def test_a_bad_update_is_refused_before_anything_changes() -> None:
+async def paused_review(orchestrator: Orchestrator) -> str:
+    """A review workflow started on ``orchestrator`` and paused at ``ask``'s interrupt(); its id."""
     workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
-    graph = review_graph()
+    await orchestrator.execute(review_graph(), {"q": "hi", "n": 1, "log": []}, workflow_id=workflow_id)
+    return workflow_id
 
+
+def test_a_bad_update_is_refused_before_anything_changes() -> None:
     async def scenario() -> None:
         async with Orchestrator() as orchestrator:
-            await orchestrator.execute(graph, {"q": "hi", "n": 1, "log": []}, workflow_id=workflow_id)
+            workflow_id = await paused_review(orchestrator)
             before = await orchestrator.get_state(workflow_id)
             with pytest.raises(ConfigurationError, match="'__secret' start with '__'"):
                 await orchestrator.resume(workflow_id, Command(resume="yes", update={"__secret": 1}))
@@ -165,12 +169,9 @@ def test_a_bad_update_is_refused_before_anything_changes() -> None:
 
 
 def test_an_update_for_a_workflow_that_is_not_paused_says_to_use_update_state() -> None:
-    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
-    graph = review_graph()
-
     async def scenario() -> None:
         async with Orchestrator() as orchestrator:
-            await orchestrator.execute(graph, {"q": "hi", "n": 1, "log": []}, workflow_id=workflow_id)
+            workflow_id = await paused_review(orchestrator)
             await orchestrator.resume(workflow_id, Command(resume="yes"))
             with pytest.raises(ConfigurationError, match=r"completed, not paused; update_state\("):
                 await orchestrator.resume(workflow_id, Command(update={"n": 5}))
