@@ -315,7 +315,7 @@ class NatsTaskQueue(TaskQueue):
         # The chained acks of this event-loop pass, sent together at its end (see ``_ack_chained``).
         self._acks: _Acks | None = None
         self._ack_waits: dict[tuple[str, int], float] = {}
-        self._claimed_levels: set[tuple[str, int]] = set()  # consumers a claim of this queue checked (_ensure_consumer)
+        self._levels_known: set[tuple[str, int]] = set()  # levels this queue registered (_ensure_level)
         self._done = DoneEvents(conn)
         # The done events of the chained acks, published together per reply read (``_ack_chained``).
         self._done_batch: DoneBatch | None = None
@@ -411,26 +411,43 @@ class NatsTaskQueue(TaskQueue):
         return _Found(_control_record(entry.value, f"{self._conn.names.task_bucket} {entry.key}"), entry.revision,
                       raw=entry.value, written_at=entry.written_at)
 
-    async def _ensure_consumer(self, node_type: str, priority: int, *, claiming: bool = False) -> float:
-        """The AckWait (seconds) of the consumer of ``node_type``'s tasks at ``priority``, made if missing.
+    async def _ensure_level(self, node_type: str, priority: int) -> None:
+        """Before a message of ``node_type`` goes out at ``priority``: its consumer name is
+        checked and the level is in the type's levels key (see ``_known_levels``). Once per
+        queue and level.
 
-        The first process to need it makes it, with its own ``visibility_timeout``; no process
-        changes one that exists (every holder must know the AckWait the server applies: a worker
-        lowering it under another's feet had that one's running tasks redelivered to it, run
-        twice). A claimer (``claiming``) whose visibility timeout differs from the consumer's logs
-        it once: the consumer's applies to its tasks (an orchestrator with the default 30 s that
-        enqueued first makes a dead worker's tasks come back after 30 s, not the workers' 5 s),
-        so give every process of a deployment one visibility timeout (``?visibility_timeout=``).
+        An enqueue does not make the consumer: the work-queue stream keeps a message no
+        consumer has seen, and the first claimer makes it with its own visibility timeout
+        (``_ensure_consumer``), so the workers' ``visibility_timeout`` is the AckWait of their
+        tasks whatever the orchestrator that enqueued first was given.
+        """
+        key = (node_type, priority)
+        if key in self._levels_known:
+            return
+        _check_consumer_name(node_type, self._conn.names.task_consumer(node_type, priority))
+        await self._register_level(node_type, priority)
+        self._levels_known.add(key)
+
+    async def _ensure_consumer(self, node_type: str, priority: int) -> float:
+        """The AckWait (seconds) of the consumer of ``node_type``'s tasks at ``priority``, for a
+        claim: made if missing, with this queue's ``visibility_timeout``.
+
+        Only claimers make consumers (an enqueue does not, ``_ensure_level``), so the first
+        worker to claim a level sets its AckWait; no process changes one that exists (every
+        holder must know the AckWait the server applies: a worker lowering it under another's
+        feet had that one's running tasks redelivered to it, run twice). A claimer whose
+        visibility timeout differs from the consumer's logs it once and keeps its leases alive
+        by the consumer's AckWait: give every worker of a deployment one visibility timeout.
         """
         key = (node_type, priority)
         known = self._ack_waits.get(key)
-        if known is not None and (not claiming or key in self._claimed_levels):
+        if known is not None:
             return known
         import nats.js.errors
         from nats.js import api
 
+        await self._ensure_level(node_type, priority)
         names = self._conn.names
-        _check_consumer_name(node_type, names.task_consumer(node_type, priority))
         config = api.ConsumerConfig(
             durable_name=names.task_consumer(node_type, priority),
             filter_subject=names.task_subject(node_type, priority),
@@ -448,16 +465,12 @@ class NatsTaskQueue(TaskQueue):
             except nats.js.errors.BadRequestError:  # made meanwhile by another process: as it is
                 info = await self._conn.js.consumer_info(names.task_stream, config.durable_name or "")
         ack_wait = float(info.config.ack_wait or self.visibility_timeout)
-        if claiming:
-            self._claimed_levels.add(key)
-            if abs(ack_wait - float(self.visibility_timeout)) > 1e-3:
-                log.warning("NATS %s: the consumer of node type %r (priority %d) redelivers after %gs (its AckWait, "
-                            "set by the process that made it), not this queue's visibility timeout of %gs: a dead "
-                            "worker's tasks come back after %gs; give every process of the deployment one "
-                            "visibility timeout (?visibility_timeout=)", mask_url(self._conn.url), node_type,
-                            priority, ack_wait, self.visibility_timeout, ack_wait)
-        # Before any message of this process goes out at this level (see ``_known_levels``).
-        await self._register_level(node_type, priority)
+        if abs(ack_wait - float(self.visibility_timeout)) > 1e-3:
+            log.warning("NATS %s: the consumer of node type %r (priority %d) redelivers after %gs (its AckWait, "
+                        "set by the worker that made it), not this queue's visibility timeout of %gs: a dead "
+                        "worker's tasks come back after %gs; give every worker of the deployment one "
+                        "visibility timeout (--visibility-timeout or ?visibility_timeout=)", mask_url(self._conn.url),
+                        node_type, priority, ack_wait, self.visibility_timeout, ack_wait)
         self._ack_waits[key] = ack_wait
         return ack_wait
 
@@ -516,7 +529,7 @@ class NatsTaskQueue(TaskQueue):
         to pull: a key absent or damaged, or more than one level (then the look counts them).
 
         Enough instead of a look: every enqueue adds its level to the key before its
-        message is published (``_ensure_consumer``), so a claim reading the key after an
+        message is published (``_ensure_level``), so a claim reading the key after an
         enqueue returned knows its level; with one level, pulling there is priority order.
         """
         keys = [_levels_key(t) for t in types]
@@ -570,7 +583,7 @@ class NatsTaskQueue(TaskQueue):
 
     async def _enqueue(self, task: Task, raw: bytes) -> bool:
         with self._errors(f"enqueue task {task.id!r}"):
-            await self._ensure_consumer(task.node_type, task.priority)
+            await self._ensure_level(task.node_type, task.priority)
             fresh = _fresh_record_bytes(task, raw)
             revision = await kv.cas(self._conn.js, self._tasks, token(task.id), fresh, last=0)
             if revision is None:
@@ -650,7 +663,7 @@ class NatsTaskQueue(TaskQueue):
             for task in unique:
                 self._done.expect(task.id)
             for node_type, priority in dict.fromkeys((t.node_type, t.priority) for t in unique):
-                await self._ensure_consumer(node_type, priority)
+                await self._ensure_level(node_type, priority)
             for start in range(0, len(unique), _ENQUEUE_CHUNK):
                 chunk = unique[start:start + _ENQUEUE_CHUNK]
                 flags = await self._enqueue_chunk(chunk, raws[start:start + _ENQUEUE_CHUNK])
@@ -710,7 +723,7 @@ class NatsTaskQueue(TaskQueue):
 
     async def enqueue_raw(self, node_type: str, data: bytes, *, priority: int = 0) -> None:
         with self._errors(f"enqueue raw bytes for node type {node_type!r}"):
-            await self._ensure_consumer(node_type, priority)
+            await self._ensure_level(node_type, priority)
             subject = self._conn.names.task_subject(node_type, priority)
             await replies.js_publish(self._conn.nc, subject, bytes(data), headers={"Da-Task-Id": f"raw-{uuid.uuid4().hex}"})
             await self._wake(node_type)
@@ -776,7 +789,7 @@ class NatsTaskQueue(TaskQueue):
                 break
             batch: list[tuple[int, str, Msg, float]] = []
             for node_type in levels[priority]:
-                ack_wait = await self._ensure_consumer(node_type, priority, claiming=True)
+                ack_wait = await self._ensure_consumer(node_type, priority)
                 consumer = names.task_consumer(node_type, priority)
                 # The stream counted messages here (``_look``), or the levels key says tasks were
                 # queued here: an empty answer is checked (the levels key's pull went out with its read).
@@ -1382,7 +1395,7 @@ class NatsTaskQueue(TaskQueue):
         acked (if it came back meanwhile and was adopted, the new message is stale).
         """
         priority = int(record.get("priority", task.priority))
-        await self._ensure_consumer(task.node_type, priority)
+        await self._ensure_level(task.node_type, priority)
         ack = await replies.js_publish(self._conn.nc, 
             self._conn.names.task_subject(task.node_type, priority),
             encode(task_to_dict(task)),
@@ -1617,7 +1630,7 @@ class NatsTaskQueue(TaskQueue):
             revision = await kv.cas(self._conn.js, self._tasks, token(task_id), encode(record), last=found.revision)
             if revision is None:
                 return False
-            await self._ensure_consumer(task.node_type, priority)
+            await self._ensure_level(task.node_type, priority)
             # seq 0 in the record until the CAS below: a claimer of the new message adopts it.
             ack = await replies.js_publish(self._conn.nc, 
                 self._conn.names.task_subject(task.node_type, priority),

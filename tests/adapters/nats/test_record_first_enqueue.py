@@ -118,13 +118,13 @@ def test_an_enqueue_while_a_dead_letter_is_requeued_sends_nothing_and_the_letter
             assert await q1.enqueue(Task("a", "wf-1", "n", "x", {"v": "orig"})) is True
             [claim] = await q1.claim(["x"], worker_id="w")
             await q1.nack(claim, "bad")
-            ensure = q1._ensure_consumer
+            ensure = q1._ensure_level
 
-            async def stalled(*args: Any, **kwargs: Any) -> float:
+            async def stalled(*args: Any, **kwargs: Any) -> None:
                 await asyncio.sleep(0.3)
                 return await ensure(*args, **kwargs)
 
-            q1._ensure_consumer = stalled  # type: ignore[method-assign]
+            q1._ensure_level = stalled  # type: ignore[method-assign]
 
             async def meanwhile() -> bool:
                 await asyncio.sleep(0.1)

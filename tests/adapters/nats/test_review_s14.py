@@ -540,7 +540,7 @@ async def main(job):
         def stop_once_written(frame, event, arg):
             # The record is written (its CAS answered) when the requeue goes on to the consumer:
             # the process stops there, as one paused by the machine would.
-            if event == "call" and frame.f_code.co_name == "_ensure_consumer":
+            if event == "call" and frame.f_code.co_name in ("_ensure_level", "_ensure_consumer"):
                 sys.setprofile(None)
                 print("STOPPING", flush=True)
                 os.kill(os.getpid(), signal.SIGSTOP)
