@@ -1229,6 +1229,8 @@ def _node_call(
         resume=list(answers.get(entry.key) or ()) or None,
         remaining_steps=step_limit - record.step,
         message_keys=graph.message_keys,
+        # Managed values go into the node's input when that is the state (not a Send's argument, nor an error).
+        managed=graph.managed_keys if entry.arg is None and entry.state_ref is None else None,
         configurable=record.metadata.get(CONFIGURABLE_KEY),
         trace=trace,
     )

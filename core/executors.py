@@ -36,7 +36,7 @@ from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
-from distributed_agents.core.task_payload import PAYLOAD_VERSION
+from distributed_agents.core.task_payload import MANAGED_KEY, MANAGED_PAYLOAD_VERSION, PAYLOAD_VERSION
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
@@ -73,6 +73,8 @@ class NodeCall:
     resume: list[Any] | None = None
     remaining_steps: int | None = None
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
+    # The graph's managed values (core.managed: key -> kind) the node's input gets; None: none.
+    managed: Mapping[str, str] | None = None
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (JSON)
     # A task on the queue carries this reference to the committed state instead of the state
     # itself (core.task_state); None: it carries ``state_json``.
@@ -164,7 +166,7 @@ class InProcessExecutor(NodeExecutor):
                 graph=call.graph_name, trace=call.trace))
             try:
                 updates = await invoke_node(func, state, context, timeout=call.timeout, resume=call.resume,
-                                            message_keys=call.message_keys)
+                                            message_keys=call.message_keys, managed=call.managed)
             except Exception as exc:
                 # A rejected output (not JSON, not a dict, too large) would be the same again.
                 again = policy is not None and not is_output_error(exc) and policy.should_retry(attempt, exc)
@@ -220,7 +222,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     ``"wrap"`` (with ``"state_ref"`` only) makes the input ``{**wrap, "state": <that state>}``.
     """
     return {
-        "v": PAYLOAD_VERSION,
+        "v": MANAGED_PAYLOAD_VERSION if call.managed else PAYLOAD_VERSION,
         "graph": call.graph_name,
         "step": call.step,
         **({STATE_REF_KEY: dict(call.state_ref)} if call.state_ref is not None else {"state": decode(call.state_json)}),
@@ -231,6 +233,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         **({"resume": list(call.resume)} if call.resume else {}),
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
         **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
+        **({MANAGED_KEY: dict(call.managed)} if call.managed else {}),
         **({CONFIGURABLE_KEY: dict(call.configurable)} if call.configurable else {}),
         **({TRACE_KEY: dict(call.trace)} if call.trace else {}),
     }

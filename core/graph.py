@@ -131,6 +131,7 @@ class _Routing:
     conditional: dict[str, list[ConditionalEdge]] = field(default_factory=dict)
     entry: list[str] = field(default_factory=list)
     message_keys: tuple[str, ...] = ()  # see Graph.message_keys
+    managed: Mapping[str, str] | None = None  # see Graph.managed_keys
     # Per node with only plain edges (no conditional edge, no deferred target): the next
     # step's nodes after a step that ran it alone, in declaration order.
     plain_next: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -561,6 +562,7 @@ class Graph:
         for edge in self._conditional:
             routing.conditional.setdefault(edge.source, []).append(edge)
         routing.message_keys = self._message_keys()
+        routing.managed = self._managed_keys()
         for name in self._nodes:
             targets = [t for t in routing.static.get(name, ()) if t != END]
             if name not in routing.conditional and not any(self._nodes[t].defer for t in targets):
@@ -691,6 +693,17 @@ class Graph:
         if self._compiled:  # reducers are fixed once compiled; every step asks
             return self._routing.message_keys
         return self._message_keys()
+
+    @property
+    def managed_keys(self) -> Mapping[str, str] | None:
+        """The schema's managed values (``core.managed``: ``RemainingSteps``, ``IsLastStep``), key ->
+        kind, read-only; None when it declares none (or the state is untyped)."""
+        if self._compiled:
+            return self._routing.managed
+        return self._managed_keys()
+
+    def _managed_keys(self) -> Mapping[str, str] | None:
+        return MappingProxyType(dict(self._schema.managed)) if self._schema is not None and self._schema.managed else None
 
     def _message_keys(self) -> tuple[str, ...]:
         from distributed_agents.core.messages import add_messages  # messages imports nothing of graphs

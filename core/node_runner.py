@@ -43,6 +43,7 @@ from distributed_agents.core.errors import (
     StateNotSerializableError,
 )
 from distributed_agents.core.messages import coerce_message_updates
+from distributed_agents.core.managed import drop_managed, managed_inputs
 from distributed_agents.core.quick_init import FACTORY, quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.run_cancels import pending_at_start
@@ -613,6 +614,7 @@ async def invoke_node(
     resume: Any = None,
     message_keys: Collection[str] = (),
     executor: concurrent.futures.Executor | None = None,
+    managed: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Run ``func`` once on ``state``; return its checked updates.
 
@@ -621,6 +623,8 @@ async def invoke_node(
     the list of answers the node's ``interrupt()`` calls return, in order.
     ``message_keys`` (keys whose reducer is ``add_messages``) take LangGraph's message
     shorthands (``("user", "hi")``, ``"hi"``), turned into message dicts before the check.
+    ``managed`` (key -> kind, ``core.managed``) are the managed values the node's input
+    gets, from ``context.remaining_steps``; its writes to them are dropped (logged).
 
     Raises ``NodeTimeoutError`` past ``timeout``, ``InvalidNodeOutputError`` for a
     return value that is not a dict or None, ``StateNotSerializableError`` for a
@@ -637,6 +641,8 @@ async def invoke_node(
     A plain function runs in ``executor`` (default: the event loop's default executor,
     whose ``min(32, CPUs + 4)`` threads cap how many run at once).
     """
+    if managed and context.remaining_steps is not None:  # (a copy: the caller's state stays as it was)
+        state = State._trusted({**state, **managed_inputs(managed, context.remaining_steps)}, context.workflow_id)
     takes_context, is_async, second, by_name = _call_style(func)
     args: tuple[Any, ...] = (state, _injected(second, context)) if takes_context else (state,)
     if by_name:  # LangGraph's injected parameters taken by keyword (def node(state, *, runtime))
@@ -707,6 +713,8 @@ async def invoke_node(
         if output.update is not None:  # (a list of (key, value) pairs read as the dict it stands for)
             update = update_dict(output.update, f"node {context.node!r} returned Command(update=...)")
             _refuse_reserved(update, context.node)
+            if managed:
+                update = drop_managed(update, managed, context.node)
             output = dataclasses.replace(output, update=coerce_message_updates(update, message_keys)
                                          if message_keys else update)
         return _detached(command_output(output, context.node))
@@ -717,6 +725,8 @@ async def invoke_node(
         )
     updates = coerce_message_updates(output, message_keys) if message_keys else dict(output)
     _refuse_reserved(updates, context.node)
+    if managed:
+        updates = drop_managed(updates, managed, context.node)
     try:
         check_values(updates)
     except StateNotSerializableError as exc:

@@ -54,6 +54,7 @@ from typing import Any, Literal, Union
 
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import ConfigurationError, StateNotSerializableError, StateValidationError
+from distributed_agents.core.managed import managed_kind
 from distributed_agents.core.reducers import BUILTIN_REDUCERS, Reducer, resolve_reducer
 from distributed_agents.core.state import check_value
 
@@ -255,7 +256,9 @@ def _annotated(base: Any, metadata: tuple[Any, ...]) -> Any:
     return typing.Annotated[args]
 
 
-def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
+def _fields(cls: Any, kind: str, managed: dict[str, str] | None = None) -> dict[str, KeySpec]:
+    """The state keys ``cls`` declares; its managed values (``core.managed``: key -> kind) go
+    into ``managed`` instead, when given (else they are left out)."""
     hints: dict[str, Any]
     if kind == "pydantic":
         # Pydantic resolved the annotations itself (also of local classes); Annotated
@@ -289,6 +292,11 @@ def _fields(cls: Any, kind: str) -> dict[str, KeySpec]:
     specs = {}
     for name in names:
         annotation, metadata = _strip_annotated(hints.get(name, Any))
+        managed_as = managed_kind(metadata) if metadata else None
+        if managed_as is not None:  # filled in for each node, never state (core.managed)
+            if managed is not None:
+                managed[name] = managed_as
+            continue
         reducer, reducer_label = _reducer_from(cls, name, metadata)
         make = defaults.get(name)
         if make is None and reducer is not None:
@@ -317,7 +325,10 @@ class StateSchema:
         self.graph = graph
         self.state, self.input, self.output = state, input, output
         self.name = _schema_name(state)
-        declared = {id(cls): _fields(cls, _kind(cls)) for cls in (state, input, output) if cls is not None}
+        # Managed values (core.managed: key -> kind) of every schema: node inputs, never state keys.
+        self.managed: dict[str, str] = {}
+        declared = {id(cls): _fields(cls, _kind(cls), self.managed) for cls in (state, input, output)
+                    if cls is not None}
         self.keys: dict[str, KeySpec] = dict(declared[id(state)])
         for cls in (input, output):
             for key, spec in (declared[id(cls)] if cls is not None else {}).items():
@@ -342,7 +353,7 @@ class StateSchema:
             return
         if not (_is_typeddict(cls) or dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
             return
-        for key, spec in _fields(cls, _kind(cls)).items():
+        for key, spec in _fields(cls, _kind(cls), self.managed).items():
             known = self.keys.setdefault(key, spec)
             if spec.reducer is not None and spec.reducer is not known.reducer:
                 raise ConfigurationError(
@@ -366,11 +377,16 @@ class StateSchema:
                      for key, spec in self.keys.items()},
             "input_keys": None if self.input_keys is None else sorted(self.input_keys),
             "output_keys": list(self.output_keys),
+            **({"managed": dict(self.managed)} if self.managed else {}),
         }
 
     # -- checking -----------------------------------------------------------------------
 
     def _unknown(self, key: str, who: str) -> StateValidationError:
+        if key in self.managed:
+            return StateValidationError(
+                f"graph {self.graph!r}: {who} {key!r}, a managed value ({self.managed[key]}) that the engine fills in "
+                f"for each node and never stores; leave it out", key=key, graph=self.graph, node=None)
         declared = ", ".join(map(repr, self.keys)) or "none"
         return StateValidationError(
             f"graph {self.graph!r}: {who} state key {key!r}, which its state schema {self.name} does not declare "
@@ -402,10 +418,12 @@ class StateSchema:
         holds already, for its next run), naming the key and the graph.
         """
         for key in values:
-            if key not in self.keys:
+            if key not in self.keys and key not in self.managed:
                 err = self._unknown(key, "the input state has")
                 raise err
-        given = {k: v for k, v in values.items() if self.input_keys is None or k in self.input_keys}
+        # An input value for a managed key is ignored, as in LangGraph (core.managed).
+        given = {k: v for k, v in values.items()
+                 if (self.input_keys is None or k in self.input_keys) and k not in self.managed}
         result: dict[str, Any] = {}
         for key, value in given.items():
             spec = self.keys[key]

@@ -14,14 +14,21 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from distributed_agents.core.managed import MANAGED_KINDS
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY, read_ref
 
-__all__ = ["PAYLOAD_VERSION", "READABLE_VERSIONS", "check_payload"]
+__all__ = ["MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "PAYLOAD_VERSION", "READABLE_VERSIONS", "check_payload"]
+
+MANAGED_KEY = "managed"
+"""The payload field naming the managed values the node's input gets (``core.managed``: key -> kind)."""
 
 PAYLOAD_VERSION = 1
 """The version ``executors.task_payload`` writes (``"v"``); bumped when a change would
 make an older worker run a task wrongly."""
-READABLE_VERSIONS = (1,)
+MANAGED_PAYLOAD_VERSION = 2
+"""The version of a payload with ``managed`` values: a version-1 worker would ignore them and
+run the node without the keys it reads, so it dead-letters the task saying to upgrade."""
+READABLE_VERSIONS = (1, 2)
 """Versions this worker reads. A payload without ``"v"`` is read as version 1."""
 
 # Optional fields: name -> (allowed JSON types, what the message says it must be). None is allowed for each.
@@ -31,6 +38,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "retry": ((dict,), "an object (a retry policy)"),
     "resume": ((list,), "a list (interrupt answers)"),
     "message_keys": ((list,), "a list of strings"),
+    MANAGED_KEY: ((dict,), "an object (managed value kinds by key)"),
     "configurable": ((dict,), "an object"),
     "trace": ((dict,), "an object"),
 }
@@ -43,14 +51,15 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     else a valid ``state_ref`` (``core.task_state``); ``step`` and ``remaining_steps``
     ints >= 0; ``timeout`` a finite number of seconds > 0; ``graph`` a string;
     ``retry``, ``wrap``, ``configurable`` and ``trace`` objects; ``resume`` a list;
-    ``message_keys`` a list of strings; ``retry.retry_on`` a list of strings. Each of
+    ``message_keys`` a list of strings; ``managed`` an object whose values are managed
+    value kinds (``core.managed.MANAGED_KINDS``); ``retry.retry_on`` a list of strings. Each of
     these but ``state``/``state_ref`` may be absent or null. Other keys are ignored.
     JSON types exactly: ``true`` is no int. The retry policy's numbers are checked where
     the policy is built (``RetryPolicy.from_dict``).
     """
     version = payload.get("v", 1)
     if type(version) is not int or version not in READABLE_VERSIONS:
-        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        readable = " or ".join(str(v) for v in READABLE_VERSIONS)
         raise ValueError(
             f"unknown payload version {version!r:.40}; this worker reads version {readable}; upgrade the worker "
             "(a newer engine wrote the task), then requeue the dead letter")
@@ -73,6 +82,10 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     keys = payload.get("message_keys")
     if keys and not all(type(key) is str for key in keys):
         raise ValueError("payload field 'message_keys' must be a list of strings")
+    managed = payload.get(MANAGED_KEY)
+    if managed and not all(type(kind) is str and kind in MANAGED_KINDS for kind in managed.values()):
+        raise ValueError(f"payload field {MANAGED_KEY!r} must map state keys to one of "
+                         f"{', '.join(sorted(MANAGED_KINDS))}; upgrade the worker if a newer engine wrote the task")
     retry = payload.get("retry")
     if retry is not None and "retry_on" in retry:
         names = retry["retry_on"]

@@ -100,7 +100,7 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
-from distributed_agents.core.task_payload import check_payload
+from distributed_agents.core.task_payload import MANAGED_KEY, check_payload
 from distributed_agents.core.task_state import (
     DEFAULT_CACHE_BYTES,
     STATE_REF_KEY,
@@ -865,7 +865,8 @@ class Worker:
             updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
                                         executor=self._threads,
                                         resume=task.payload.get("resume"),
-                                        message_keys=[str(k) for k in task.payload.get("message_keys") or ()])
+                                        message_keys=[str(k) for k in task.payload.get("message_keys") or ()],
+                                        managed=task.payload.get(MANAGED_KEY))
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)

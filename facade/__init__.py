@@ -22,6 +22,7 @@ from distributed_agents.core.checkpointers import InMemorySaver, MemorySaver  # 
 from distributed_agents.core.graph import END, START, Graph, StateGraph  # noqa: E402
 from distributed_agents.core.history import PregelTask, StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
+from distributed_agents.core.managed import IsLastStep, RemainingSteps  # noqa: E402
 from distributed_agents.core.messages import (  # noqa: E402
     REMOVE_ALL_MESSAGES,
     MessagesState,
@@ -59,6 +60,7 @@ __all__ = [
     "Graph",
     "InMemorySaver",
     "Interrupt",
+    "IsLastStep",
     "MemorySaver",
     "MessagesState",
     "NodeContext",
@@ -66,6 +68,7 @@ __all__ = [
     "Orchestrator",
     "PregelTask",
     "REMOVE_ALL_MESSAGES",
+    "RemainingSteps",
     "RemoveMessage",
     "RetryPolicy",
     "Runtime",
