@@ -1231,6 +1231,7 @@ def _node_call(
         message_keys=graph.message_keys,
         # Managed values go into the node's input when that is the state (not a Send's argument, nor an error).
         managed=graph.managed_keys if entry.arg is None and entry.state_ref is None else None,
+        node_metadata=spec.metadata,
         configurable=record.metadata.get(CONFIGURABLE_KEY),
         trace=trace,
     )

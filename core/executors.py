@@ -36,7 +36,7 @@ from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
-from distributed_agents.core.task_payload import MANAGED_KEY, MANAGED_PAYLOAD_VERSION, PAYLOAD_VERSION
+from distributed_agents.core.task_payload import MANAGED_KEY, MANAGED_PAYLOAD_VERSION, NODE_METADATA_KEY, PAYLOAD_VERSION
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
@@ -75,6 +75,7 @@ class NodeCall:
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
     # The graph's managed values (core.managed: key -> kind) the node's input gets; None: none.
     managed: Mapping[str, str] | None = None
+    node_metadata: Mapping[str, Any] | None = None  # add_node(metadata=): the node reads it in config["metadata"]
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (JSON)
     # A task on the queue carries this reference to the committed state instead of the state
     # itself (core.task_state); None: it carries ``state_json``.
@@ -155,7 +156,8 @@ class InProcessExecutor(NodeExecutor):
         while True:
             attempt += 1
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
-                                  remaining_steps=call.remaining_steps, configurable=call.configurable)
+                                  remaining_steps=call.remaining_steps, configurable=call.configurable,
+                                  metadata=call.node_metadata)
             # The node's own copy of its input, sharing nothing it could change (``state`` is
             # given only when it holds scalars alone: a shallow copy is a full one).
             state = State._trusted(dict(call.state) if call.state is not None else decode(call.state_json),
@@ -234,6 +236,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
         **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
         **({MANAGED_KEY: dict(call.managed)} if call.managed else {}),
+        **({NODE_METADATA_KEY: dict(call.node_metadata)} if call.node_metadata else {}),
         **({CONFIGURABLE_KEY: dict(call.configurable)} if call.configurable else {}),
         **({TRACE_KEY: dict(call.trace)} if call.trace else {}),
     }

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from distributed_agents.core.cache import CachePolicy
+from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.errors import (
     ConfigurationError,
     DistributedAgentsError,
@@ -42,6 +43,7 @@ from distributed_agents.core.errors import (
     GraphNotCompiledError,
     GraphValidationError,
     RoutingError,
+    StateNotSerializableError,
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
@@ -62,6 +64,7 @@ from distributed_agents.core.reducers import Reducer, reducer_name, resolve_redu
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.schema import StateSchema
+from distributed_agents.core.state import check_values
 from distributed_agents.core.state_view import ReadOnlyState
 from distributed_agents.core.subgraphs import Subgraph
 from distributed_agents.core.types import Command, Send, send_dict
@@ -92,6 +95,8 @@ class NodeSpec:
     on_error: str | None = None  # the node a final failure of this one is routed to; None: the workflow fails
     subgraph: Subgraph | None = None  # a compiled Graph run as this node (see core.subgraphs)
     cache_policy: CachePolicy | None = None  # see core.cache; not in spec(): caching never changes results
+    # add_node(metadata=): JSON the node reads in config["metadata"]; not in spec(): it never changes results.
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,7 @@ class Graph:
         input: Callable[..., Any] | None = None,
         output: Callable[..., Any] | None = None,
         input_schema: type | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Graph:
         """Add node ``name``, run by ``func`` or by whatever serves ``node_type`` (default: ``name``).
 
@@ -280,6 +286,11 @@ class Graph:
         state parameter is annotated with - are state keys too (LangGraph's private state;
         the node still gets the whole state). ``ConfigurationError`` for a key declared with
         another reducer than the state's.
+
+        ``metadata`` (a dict with string keys and JSON values, LangGraph's) is the node's
+        own: its function reads it in ``config["metadata"]`` (beside ``langgraph_step``
+        and the others, which win a clash), also on workers, and ``get_graph().nodes[name]
+        .metadata`` shows it. It never changes what the node does or the graph's fingerprint.
         """
         self._mutable()
         if not isinstance(name, str):
@@ -334,6 +345,8 @@ class Graph:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: cache_policy must be a CachePolicy(key_func=..., ttl=...) (or "
                 f"None), got {cache_policy!r}", graph=self.name, culprit=name)
+        if metadata is not None:
+            metadata = _checked_node_metadata(self.name, name, metadata)
         if destinations is None and func is not None:
             destinations = _annotated_destinations(func)
         if self._schema is not None and (input_schema is not None or func is not None):
@@ -354,8 +367,8 @@ class Graph:
         self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
                                      None if destinations is None else tuple(destinations), bool(defer), on_error,
                                      subgraph)
-        if cache_policy is not None:
-            self._nodes[name] = replace(self._nodes[name], cache_policy=cache_policy)
+        if cache_policy is not None or metadata:
+            self._nodes[name] = replace(self._nodes[name], cache_policy=cache_policy, metadata=metadata or None)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
@@ -1886,6 +1899,22 @@ def _config_options(graph: str, config: Mapping[str, Any] | None, interrupt_befo
                                      f"limit), got {limit!r}")
         options["step_limit"] = limit
     return options
+
+
+def _checked_node_metadata(graph: str, node: str, metadata: Any) -> dict[str, Any]:
+    """``add_node(metadata=)`` as a JSON dict of its own; ``GraphValidationError`` naming the graph
+    and node if it is not a dict with string keys whose values JSON returns unchanged."""
+    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+        raise GraphValidationError(
+            f"graph {graph!r}: node {node!r}: metadata must be a dict with string keys (JSON), got {metadata!r:.120}",
+            graph=graph, culprit=node)
+    try:
+        check_values(metadata)
+    except StateNotSerializableError as exc:
+        raise GraphValidationError(f"graph {graph!r}: node {node!r}: metadata is not JSON: {exc}", graph=graph,
+                                   culprit=node) from None
+    copied: dict[str, Any] = decode(encode(dict(metadata)))  # its own: later changes to the caller's dict do not leak in
+    return copied
 
 
 class StateGraph(Graph):

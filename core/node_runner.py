@@ -167,6 +167,7 @@ class NodeContext:
     worker_id: str = ""
     remaining_steps: int | None = None  # steps left before the step limit, this one included
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (execute(configurable=))
+    metadata: Mapping[str, Any] | None = None  # the node's own (add_node(metadata=)), read in config["metadata"]
     # [event] once anything waits for or sets the cancellation: most runs never need one, and a
     # threading.Event per node call costs more than a no-op node.
     _cancel: list[threading.Event] = field(default_factory=list, repr=False, compare=False)
@@ -175,13 +176,13 @@ class NodeContext:
 
     def __init__(self, workflow_id: str, step: int, node: str, node_type: str, attempt: int, idempotency_key: str,
                  worker_id: str = "", remaining_steps: int | None = None,
-                 configurable: Mapping[str, Any] | None = None, _cancel: list[threading.Event] = FACTORY,
-                 _stream: list[Any] = FACTORY) -> None:
+                 configurable: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
+                 _cancel: list[threading.Event] = FACTORY, _stream: list[Any] = FACTORY) -> None:
         # One per node attempt: the fields at once (core.quick_init checks this against them).
         self.__dict__.update({
             "workflow_id": workflow_id, "step": step, "node": node, "node_type": node_type, "attempt": attempt,
             "idempotency_key": idempotency_key, "worker_id": worker_id, "remaining_steps": remaining_steps,
-            "configurable": configurable, "_cancel": [] if _cancel is FACTORY else _cancel,
+            "configurable": configurable, "metadata": metadata, "_cancel": [] if _cancel is FACTORY else _cancel,
             "_stream": [] if _stream is FACTORY else _stream})
 
     @property
@@ -268,7 +269,7 @@ class NodeContext:
 
         ``{"configurable": {"thread_id", "checkpoint_ns", <the caller's configurable>}, "metadata": {"thread_id",
         "langgraph_step", "langgraph_node", "langgraph_checkpoint_ns", "langgraph_task_id",
-        "attempt"}, "recursion_limit"}``. ``thread_id`` is the workflow id (inside a
+        "attempt", and the node's own ``add_node(metadata=)``}, "recursion_limit"}``. ``thread_id`` is the workflow id (inside a
         subgraph, that of the outermost workflow, as LangGraph's subgraphs share the
         parent's thread); ``checkpoint_ns`` is ``""`` for the outermost graph, else the
         subgraph's workflow id. ``recursion_limit`` (the step limit) is there only when
@@ -278,7 +279,8 @@ class NodeContext:
         namespace = "" if thread == self.workflow_id else self.workflow_id
         config: dict[str, Any] = {
             "configurable": {**visible_configurable(self.configurable), "thread_id": thread, "checkpoint_ns": namespace},
-            "metadata": {"thread_id": thread, "langgraph_step": self.step, "langgraph_node": self.node,
+            "metadata": {**(self.metadata or {}), "thread_id": thread, "langgraph_step": self.step,
+                         "langgraph_node": self.node,
                          "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
                          "attempt": self.attempt},
         }

@@ -17,10 +17,13 @@ from typing import Any
 from distributed_agents.core.managed import MANAGED_KINDS
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY, read_ref
 
-__all__ = ["MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "PAYLOAD_VERSION", "READABLE_VERSIONS", "check_payload"]
+__all__ = ["MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "NODE_METADATA_KEY", "PAYLOAD_VERSION", "READABLE_VERSIONS",
+           "check_payload"]
 
 MANAGED_KEY = "managed"
 """The payload field naming the managed values the node's input gets (``core.managed``: key -> kind)."""
+NODE_METADATA_KEY = "node_metadata"
+"""The payload field holding the node's own metadata (``add_node(metadata=)``), read in ``config["metadata"]``."""
 
 PAYLOAD_VERSION = 1
 """The version ``executors.task_payload`` writes (``"v"``); bumped when a change would
@@ -39,6 +42,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "resume": ((list,), "a list (interrupt answers)"),
     "message_keys": ((list,), "a list of strings"),
     MANAGED_KEY: ((dict,), "an object (managed value kinds by key)"),
+    NODE_METADATA_KEY: ((dict,), "an object (the node's metadata)"),
     "configurable": ((dict,), "an object"),
     "trace": ((dict,), "an object"),
 }
@@ -50,7 +54,7 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     The rules: ``v`` (absent: 1) one of ``READABLE_VERSIONS``; ``state`` an object, or
     else a valid ``state_ref`` (``core.task_state``); ``step`` and ``remaining_steps``
     ints >= 0; ``timeout`` a finite number of seconds > 0; ``graph`` a string;
-    ``retry``, ``wrap``, ``configurable`` and ``trace`` objects; ``resume`` a list;
+    ``retry``, ``wrap``, ``configurable``, ``node_metadata`` and ``trace`` objects; ``resume`` a list;
     ``message_keys`` a list of strings; ``managed`` an object whose values are managed
     value kinds (``core.managed.MANAGED_KINDS``); ``retry.retry_on`` a list of strings. Each of
     these but ``state``/``state_ref`` may be absent or null. Other keys are ignored.

@@ -100,7 +100,7 @@ from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.retry import RetryPolicy
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
-from distributed_agents.core.task_payload import MANAGED_KEY, check_payload
+from distributed_agents.core.task_payload import MANAGED_KEY, NODE_METADATA_KEY, check_payload
 from distributed_agents.core.task_state import (
     DEFAULT_CACHE_BYTES,
     STATE_REF_KEY,
@@ -852,7 +852,8 @@ class Worker:
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
                               claim.attempt, task.id, self.worker_id,
                               remaining_steps=remaining if isinstance(remaining, int) else None,
-                              configurable=_configurable(task.payload))
+                              configurable=_configurable(task.payload),
+                              metadata=task.payload.get(NODE_METADATA_KEY))
         lease = _LeaseKeeper(self, claim, queue)
         keeper = lease.start()
         started = time.monotonic()

@@ -15,3 +15,9 @@ def agent(state: State) -> dict[str, Any]:
     if state["remaining_steps"] < 2:
         return {"log": [["done", state["remaining_steps"], state["is_last_step"]]]}
     return {"log": [["think", state["remaining_steps"], state["is_last_step"]]]}
+
+
+@registry.register("tagged")
+def tagged(state: State, config: Any) -> dict[str, Any]:
+    """Notes its node's own metadata, as its config shows it."""
+    return {"log": [{k: v for k, v in config["metadata"].items() if k in ("team", "n", "langgraph_node")}]}

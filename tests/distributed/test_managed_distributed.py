@@ -57,3 +57,26 @@ def test_a_worker_node_reads_the_managed_values(blob_bytes: int, redis_url: str,
         workers.close()
     assert result["log"] == [["think", 4, False], ["think", 3, False], ["think", 2, False], ["done", 1, True]]
     assert set(result) == set(stored) == {"log", "blob"}
+
+
+def test_a_worker_node_reads_its_own_metadata(redis_url: str, tmp_path: pathlib.Path) -> None:
+    """add_node(metadata=) reaches the node's config["metadata"] on a worker too."""
+    prefix = f"md{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(redis_url, prefix, tmp_path, "managed_app:registry")
+    builder = StateGraph(Agent, name="tagged_graph")
+    builder.add_node("tagged", node_type="tagged", metadata={"team": "red", "n": [1, 2]}).add_edge(START, "tagged")
+    graph = builder.compile()
+
+    async def scenario() -> dict[str, Any]:
+        orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, recover=False)
+        try:
+            return dict(await orchestrator.execute(graph, {"log": [], "blob": ""}, workflow_id="wf-tagged"))
+        finally:
+            await orchestrator.close()
+
+    workers.start("w1")
+    try:
+        result = run(scenario(), timeout=100)
+    finally:
+        workers.close()
+    assert result["log"] == [{"team": "red", "n": [1, 2], "langgraph_node": "tagged"}]
