@@ -13,13 +13,25 @@ Modes (LangGraph's names and shapes):
   ``workflow_id``, ``node``, ``step``, ``task_id``, ``run``, ``attempt`` (and the
   node's own metadata);
 * ``debug``: ``{"type": "task" | "task_result" | "checkpoint" | "workflow", "event",
-  "step", "timestamp", "payload"}`` per event (task start, finish with timing, commit).
+  "step", "timestamp", "payload"}`` per event (task start, finish with timing, commit);
+* ``checkpoints``: per committed checkpoint, LangGraph's shape of it: ``{"config",
+  "parent_config", "values", "metadata", "next", "tasks": [{"id", "name", "interrupts",
+  "state"}]}`` (what ``get_state`` returns for that checkpoint, as a dict);
+* ``tasks``: LangGraph's task events: ``{"id", "name", "input", "triggers"}`` as a step's
+  task starts (``input`` the state, or a ``Send``'s argument; ``triggers``
+  ``["branch:to:<node>"]``, or ``["__pregel_push"]`` for a ``Send``), then ``{"id", "name",
+  "error", "result", "interrupts"}`` once it ended (``result`` its writes; ``interrupts``
+  the ``{"value", "id"}`` of its ``interrupt()`` pauses; ``error`` the failure's message).
+  Ids are ``PregelTask`` ids (``get_state().tasks``). Read from the checkpoints like
+  ``values``, a task's start comes when its step committed (or paused, or failed), right
+  before its result, in LangGraph's order (checkpoint, starts, results, next checkpoint);
+  a task paused before it ran (a breakpoint) has none until it runs.
 
 One mode yields chunks; a list of modes yields ``(mode, chunk)``; ``subgraphs=True``
 prefixes a namespace tuple (``(namespace, chunk)`` or ``(namespace, mode, chunk)``, the
 root graph's being ``()``); without it, chunks from inside subgraphs are left out.
 
-Where chunks come from: ``values``/``updates`` from the checkpoints (a ``step.committed``
+Where chunks come from: ``values``/``updates``/``checkpoints``/``tasks`` from the checkpoints (a ``step.committed``
 event says when to read them; silences are covered by reading the workflow record every
 ``poll_interval`` seconds), so none is ever missed or repeated (each step is emitted
 once, in order, from the checkpoint store); ``custom``/``messages``/``debug`` live from
@@ -55,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from distributed_agents.core.backoff import Outage, until_available
+from distributed_agents.core import history
 from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
@@ -66,7 +79,7 @@ from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
-from distributed_agents.core.types import INTERRUPT_KEY
+from distributed_agents.core.types import INTERRUPT_KEY, read_output
 from distributed_agents.core.timeouts import wait_within
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "STREAM_MODES", "ChunkStream", "OnGap", "StreamGap", "StreamGapError", "StreamReader",
@@ -76,7 +89,9 @@ log = logging.getLogger("distributed_agents.streaming")
 
 T = TypeVar("T")
 
-STREAM_MODES = ("values", "updates", "custom", "messages", "debug")
+STREAM_MODES = ("values", "updates", "custom", "messages", "debug", "checkpoints", "tasks")
+# The modes read from the checkpoints (the others come live from the bus).
+_STEP_MODES = frozenset({"values", "updates", "checkpoints", "tasks"})
 DEFAULT_BUFFER_SIZE = 10_000  # live chunks held for a slow consumer before the oldest are dropped
 END_GRACE = 5.0  # seconds to wait for the end event once the driving task returned
 _END_EVENTS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.interrupted"})
@@ -255,9 +270,10 @@ class StreamReader:
         self._last = -1  # the last step whose values/updates were yielded
         # The last step a live chunk asked the values/updates before it for (``_take``).
         self._announced = -1
-        self._wants_steps = bool({"values", "updates"} & set(self.modes))
+        self._wants_steps = bool(_STEP_MODES & set(self.modes))
         self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
         self._sub_steps: set[tuple[str, int]] = set()  # (subgraph workflow id, step) whose chunks were yielded
+        self._started: set[str] = set()  # ids of the tasks whose "tasks" start was yielded
         # The stream rides out a backend outage as the workflow's driver does: its reads of
         # the store wait for the backend (core.backoff) instead of ending the stream.
         self._outage = Outage(log, f"stream of workflow {workflow_id!r}")
@@ -500,6 +516,10 @@ class StreamReader:
     def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
         """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""
         out = []
+        if "tasks" in self.modes and record.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
+            for start, result in _stopped_tasks(record):
+                out += self._starts([start], ())
+                out.append(self._shape("tasks", result, ()))
         if record.status == WorkflowStatus.INTERRUPTED and {"updates", "values"} & set(self.modes):
             pauses = [PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind)
                       for i in read_interrupts(record.frontier)]
@@ -525,18 +545,22 @@ class StreamReader:
         subgraphs' own commit events come live after it.
         """
         top = record.step if upto is None else min(record.step, upto)
-        if top <= self._last or not ({"values", "updates"} & set(self.modes)):
+        if top <= self._last or not self._wants_steps:
             self._last = max(self._last, top)
             return []
-        wanted = top - self._last
+        # With "tasks", the checkpoint before the first too: its step's task starts come from it.
+        wanted = top - self._last + ("tasks" in self.modes)
         checkpoints = await self._read_store(
             lambda: self._store.list_checkpoints(self.workflow_id, limit=wanted, before=top + 1),
             f"read the checkpoints of workflow {self.workflow_id!r}")
         out: list[Any] = []
+        prior: Checkpoint | None = None
         for checkpoint in sorted(checkpoints, key=lambda cp: cp.step):
             if checkpoint.step <= self._last:
+                prior = checkpoint
                 continue
-            out += self._step_chunks(checkpoint, record)
+            out += self._step_chunks(checkpoint, record, (), prior)
+            prior = checkpoint
             if self.subgraphs and replay:  # the subgraphs this step ran come before the next step's chunks
                 out += await self._replay_children(record, checkpoint)
             self._last = checkpoint.step
@@ -547,12 +571,13 @@ class StreamReader:
         """Values/updates of a subgraph's committed step (its child workflow's checkpoint), once each."""
         if (child, step) in self._sub_steps:
             return []
-        found = await self._read_store(lambda: self._store.list_checkpoints(child, limit=1, before=step + 1),
+        found = await self._read_store(lambda: self._store.list_checkpoints(child, limit=2, before=step + 1),
                                        f"read the checkpoints of subgraph workflow {child!r}")
-        if not found or found[0].step != step:
+        found = sorted(found, key=lambda cp: cp.step)
+        if not found or found[-1].step != step:
             return []
         self._sub_steps.add((child, step))
-        return self._step_chunks(found[0], None, namespace)
+        return self._step_chunks(found[-1], None, namespace, found[0] if len(found) > 1 else None)
 
     async def _replay_children(self, parent: WorkflowRecord, checkpoint: Checkpoint) -> list[Any]:
         """Values/updates of the subgraphs run by the step after ``checkpoint`` of ``parent``, so far.
@@ -573,24 +598,51 @@ class StreamReader:
                 functools.partial(self._store.list_checkpoints, child.workflow_id, limit=child.step + 1,
                                   before=child.step + 1),
                 f"read the checkpoints of subgraph workflow {child.workflow_id!r}")
+            prior: Checkpoint | None = None
             for step in sorted(found, key=lambda cp: cp.step):
                 if (child.workflow_id, step.step) not in self._sub_steps:
                     self._sub_steps.add((child.workflow_id, step.step))
-                    out += self._step_chunks(step, None, namespace)
+                    out += self._step_chunks(step, None, namespace, prior)
                 out += await self._replay_children(child, step)
+                prior = step
         return out
 
     def leading_values(self, record: WorkflowRecord) -> list[Any]:
-        """The chunk a resumed run's stream starts with (LangGraph's): the "values" of the state
-        ``record`` holds, the one the run resumes from; none unless "values" is streamed."""
-        if "values" not in self.modes:
-            return []
-        return [self._shape("values", dict(record.state), ())]
+        """The chunks a resumed run's stream starts with (LangGraph's): the "values" of the state
+        ``record`` holds, the one the run resumes from, and (``tasks``) the starts of the tasks
+        its step runs again (not those it kept the writes of)."""
+        out = []
+        if "values" in self.modes:
+            out.append(self._shape("values", dict(record.state), ()))
+        if "tasks" in self.modes:
+            done = record.frontier.get("pending_writes") or {}
+            out += self._starts([start for start in _task_starts(record.workflow_id, record.step, record.state,
+                                                                 record.frontier) if start["_key"] not in done], ())
+        return out
+
+    def _starts(self, starts: Sequence[dict[str, Any]], namespace: tuple[str, ...]) -> list[Any]:
+        """``tasks`` start chunks of ``starts`` (from ``_task_starts``) not yielded yet, shaped."""
+        out = []
+        for start in starts:
+            if start["id"] not in self._started:
+                self._started.add(start["id"])
+                out.append(self._shape("tasks", {k: v for k, v in start.items() if k != "_key"}, namespace))
+        return out
 
     def _step_chunks(
-        self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = ()
+        self, checkpoint: Checkpoint, record: WorkflowRecord | None, namespace: tuple[str, ...] = (),
+        prior: Checkpoint | None = None,
     ) -> list[Any]:
+        """The chunks of ``checkpoint`` (``prior``: the checkpoint before it, if read: its step's
+        task starts come from it, for ``tasks``)."""
         out = []
+        if "tasks" in self.modes and _ran_tasks(checkpoint):
+            if prior is not None and prior.workflow_id == checkpoint.workflow_id and prior.step == checkpoint.step - 1:
+                out += self._starts(_task_starts(prior.workflow_id, prior.step, prior.state, prior.frontier),
+                                    namespace)
+            out += [self._shape("tasks", chunk, namespace) for chunk in _task_results(checkpoint)]
+        if "checkpoints" in self.modes:
+            out.append(self._shape("checkpoints", _checkpoint_chunk(checkpoint), namespace))
         if "updates" in self.modes:
             for key, writes in checkpoint.writes.items():
                 out.append(self._shape("updates", {str(key).partition("#")[0]: writes}, namespace))
@@ -604,6 +656,80 @@ class StreamReader:
         if self.subgraphs:
             return (namespace, mode, chunk) if self.tagged else (namespace, chunk)
         return (mode, chunk) if self.tagged else chunk
+
+
+def _checkpoint_chunk(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A ``checkpoints`` chunk: LangGraph's dict of ``checkpoint``'s snapshot (``history.snapshot_of``)."""
+    snapshot = history.snapshot_of(checkpoint)
+    return {"config": snapshot.config, "parent_config": snapshot.parent_config, "values": dict(snapshot.values),
+            "metadata": dict(snapshot.metadata), "next": list(snapshot.next),
+            "tasks": [{"id": task.id, "name": task.name, "interrupts": list(task.interrupts), "state": None}
+                      for task in snapshot.tasks]}
+
+
+def _task_id(workflow_id: str, step: int, key: str) -> str:
+    """The id of the task ``key`` (a node, or ``node#i`` for its i-th Send) of the step after
+    checkpoint ``step``: its ``PregelTask`` id in ``get_state().tasks``."""
+    return f"{history.checkpoint_id(workflow_id, step)}:{key}"
+
+
+def _task_starts(workflow_id: str, step: int, state: Mapping[str, Any],
+                 frontier: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``tasks`` start chunks of the step ``frontier`` (of checkpoint ``step``) runs, in
+    ``get_state().tasks`` order (Sends first), each with its task key under ``"_key"``."""
+    starts: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    for send in frontier.get("sends") or ():
+        node = str(send["node"])
+        index = counts.get(node, 0)
+        counts[node] = index + 1
+        key = f"{node}#{index}"
+        starts.append({"id": _task_id(workflow_id, step, key), "name": node, "input": dict(send.get("arg") or {}),
+                       "triggers": ["__pregel_push"], "_key": key})
+    for name in dict.fromkeys(str(name) for name in frontier.get("next", ())):
+        starts.append({"id": _task_id(workflow_id, step, name), "name": name, "input": dict(state),
+                       "triggers": [f"branch:to:{name}"], "_key": name})
+    return starts
+
+
+def _ran_tasks(checkpoint: Checkpoint) -> bool:
+    """Whether tasks ran to make ``checkpoint`` (not an input, an ``update_state`` or a fork)."""
+    return checkpoint.step > 0 and checkpoint.metadata.get("source") not in ("input", "update", "fork")
+
+
+def _task_results(checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    """The ``tasks`` result chunks of the step that made ``checkpoint`` (``_ran_tasks``)."""
+    workflow_id, step = checkpoint.workflow_id, checkpoint.step - 1
+    return [{"id": _task_id(workflow_id, step, str(key)), "name": str(key).partition("#")[0], "error": None,
+             "result": dict(writes or {}), "interrupts": []} for key, writes in checkpoint.writes.items()]
+
+
+def _stopped_tasks(record: WorkflowRecord) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The (start, result) ``tasks`` chunks of the tasks of a paused or failed step that ended:
+    finished (their kept writes), paused in ``interrupt()`` (their pauses) or failed (the
+    error's message). A task paused before it ran (a breakpoint) has none."""
+    pauses: dict[str, list[dict[str, Any]]] = {}
+    for pause in read_interrupts(record.frontier):
+        if pause.kind == "interrupt":
+            pauses.setdefault(pause.task or pause.node, []).append({"value": pause.value, "id": pause.id})
+    pending = record.frontier.get("pending_writes") or {}
+    error = record.error or {}
+    failed = str(error.get("node") or "") if record.status == WorkflowStatus.FAILED else ""
+    out = []
+    for start in _task_starts(record.workflow_id, record.step, record.state, record.frontier):
+        key = start["_key"]
+        kept = read_output(pending[key]) if key in pending else None
+        result = {"id": start["id"], "name": start["name"], "error": None, "result": {}, "interrupts": []}
+        if key in pauses or (kept is not None and kept.interrupt is not None):
+            result["interrupts"] = pauses.get(key, [])
+        elif kept is not None:
+            result["result"] = dict(kept.updates or {})
+        elif failed and failed in (key, start["name"]):
+            result["error"] = str(error.get("message") or error.get("summary") or "")
+        else:
+            continue  # not run (a breakpoint), or not known to have ended
+        out.append((start, result))
+    return out
 
 
 def _wrote_nothing(checkpoint: Checkpoint) -> bool:

@@ -167,3 +167,25 @@ def test_a_burst_arrives_intact_a_left_stream_still_ends_and_inline_nodes_run_on
     assert tokens == list(range(25_000))
     assert "'counted': 5" in left and "'talked': 50" in left
     assert inline == {"tokens": 3, "talked": 3, "counted": 5}
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis_url"])
+def test_tasks_and_checkpoints_streams_of_nodes_run_on_workers(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    """stream_mode "tasks"/"checkpoints" read the checkpoints workers' results made: each task's
+    start and result in order, one snapshot per committed step."""
+    async def scenario(orchestrator: Orchestrator, url: str, prefix: str) -> list[Any]:
+        return await collect(orchestrator.astream(app.talk_graph(), {"tokens": 3}, workflow_id="wf-task-modes",
+                                                  stream_mode=["tasks", "checkpoints"]))
+
+    chunks = run(with_workers(backend, request, tmp_path, scenario), timeout=100)
+    tasks = [chunk for mode, chunk in chunks if mode == "tasks"]
+    assert [(t["id"], "input" in t) for t in tasks] == [
+        ("wf-task-modes:0:talk", True), ("wf-task-modes:0:talk", False),
+        ("wf-task-modes:1:count", True), ("wf-task-modes:1:count", False)]
+    assert tasks[0]["input"] == {"tokens": 3} and all(t.get("error") is None for t in tasks)
+    snapshots = [chunk for mode, chunk in chunks if mode == "checkpoints"]
+    assert [s["config"]["configurable"]["checkpoint_id"] for s in snapshots] == [
+        "wf-task-modes:0", "wf-task-modes:1", "wf-task-modes:2"]
+    assert [s["next"] for s in snapshots] == [["talk"], ["count"], []]

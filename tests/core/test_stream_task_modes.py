@@ -1,0 +1,108 @@
+"""stream_mode="tasks" and "checkpoints": LangGraph's task events and checkpoint snapshots."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+import pytest
+
+from distributed_agents import END, START, Command, InMemorySaver, Send, StateGraph, interrupt
+from distributed_agents.core.errors import NodeExecutionError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class S(TypedDict):
+    log: Annotated[list, operator.add]
+
+
+def _graph(**compile_options: Any) -> Any:
+    def a(state: dict[str, Any]) -> None:
+        return None
+
+    def fan(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": ["fan"]}
+
+    def leaf(arg: dict[str, Any]) -> dict[str, Any]:
+        return {"log": [arg["i"]]}
+
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": [interrupt("ok?")]}
+
+    builder = StateGraph(S)
+    builder.add_node("a", a).add_node("fan", fan).add_node("leaf", leaf).add_node("ask", ask)
+    builder.add_edge(START, "a").add_edge("a", "fan").add_edge("leaf", "ask")
+    builder.add_conditional_edges("fan", lambda s: [Send("leaf", {"i": i}) for i in range(2)])
+    return builder.compile(checkpointer=InMemorySaver(), **compile_options)
+
+
+def test_tasks_stream_each_tasks_start_then_its_result_with_pauses_and_resumes() -> None:
+    app = _graph()
+    config = {"configurable": {"thread_id": "tasks-1"}}
+    chunks = list(app.stream({"log": []}, config, stream_mode="tasks"))
+    assert chunks == [
+        {"id": "tasks-1:0:a", "name": "a", "input": {"log": []}, "triggers": ["branch:to:a"]},
+        {"id": "tasks-1:0:a", "name": "a", "error": None, "result": {}, "interrupts": []},
+        {"id": "tasks-1:1:fan", "name": "fan", "input": {"log": []}, "triggers": ["branch:to:fan"]},
+        {"id": "tasks-1:1:fan", "name": "fan", "error": None, "result": {"log": ["fan"]}, "interrupts": []},
+        {"id": "tasks-1:2:leaf#0", "name": "leaf", "input": {"i": 0}, "triggers": ["__pregel_push"]},
+        {"id": "tasks-1:2:leaf#1", "name": "leaf", "input": {"i": 1}, "triggers": ["__pregel_push"]},
+        {"id": "tasks-1:2:leaf#0", "name": "leaf", "error": None, "result": {"log": [0]}, "interrupts": []},
+        {"id": "tasks-1:2:leaf#1", "name": "leaf", "error": None, "result": {"log": [1]}, "interrupts": []},
+        {"id": "tasks-1:3:ask", "name": "ask", "input": {"log": ["fan", 0, 1]}, "triggers": ["branch:to:ask"]},
+        {"id": "tasks-1:3:ask", "name": "ask", "error": None, "result": {},
+         "interrupts": [{"value": "ok?", "id": "3:ask:0"}]},
+    ]
+    # The ids are get_state's task ids; the resumed run starts the paused task again, once.
+    assert [task.id for task in app.get_state(config).tasks] == ["tasks-1:3:ask"]
+    resumed = list(app.stream(Command(resume="yes"), config, stream_mode="tasks"))
+    assert resumed == [
+        {"id": "tasks-1:3:ask", "name": "ask", "input": {"log": ["fan", 0, 1]}, "triggers": ["branch:to:ask"]},
+        {"id": "tasks-1:3:ask", "name": "ask", "error": None, "result": {"log": ["yes"]}, "interrupts": []},
+    ]
+
+
+def test_a_failed_task_ends_with_its_error_and_a_breakpoint_starts_nothing_until_resumed() -> None:
+    def bad(state: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    builder = StateGraph(S)
+    builder.add_node("bad", bad).add_edge(START, "bad")
+    seen: list[Any] = []
+    with pytest.raises(NodeExecutionError):
+        for chunk in builder.compile().stream({"log": []}, stream_mode="tasks"):
+            seen.append(chunk)
+    assert [(c["name"], c.get("error"), "input" in c) for c in seen] == [("bad", None, True), ("bad", "boom", False)]
+
+    app = _graph(interrupt_before=["fan"])
+    config = {"configurable": {"thread_id": "tasks-2"}}
+    assert [c["name"] for c in app.stream({"log": []}, config, stream_mode="tasks")] == ["a", "a"]
+    assert [(c["name"], "input" in c) for c in app.stream(None, config, stream_mode="tasks")][:2] == [
+        ("fan", True), ("fan", False)]
+
+
+def test_checkpoints_stream_what_get_state_history_holds_in_langgraphs_shape() -> None:
+    app = _graph()
+    config = {"configurable": {"thread_id": "checkpoints-1"}}
+    chunks = list(app.stream({"log": []}, config, stream_mode="checkpoints"))
+    history = list(reversed(list(app.get_state_history(config))))
+    assert len(chunks) == len(history) == 4
+    for chunk, snapshot in zip(chunks, history):
+        assert set(chunk) == {"config", "parent_config", "values", "metadata", "next", "tasks"}
+        assert chunk["config"] == snapshot.config and chunk["parent_config"] == snapshot.parent_config
+        assert chunk["values"] == snapshot.values and chunk["next"] == list(snapshot.next)
+        assert [t["id"] for t in chunk["tasks"]] == [t.id for t in snapshot.tasks]
+    assert chunks[0]["parent_config"] is None and chunks[0]["metadata"]["source"] == "input"
+    assert chunks[-1]["next"] == ["ask"] and chunks[2]["next"] == ["leaf", "leaf"]
+
+
+def test_several_modes_interleave_in_langgraphs_order() -> None:
+    def b(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": ["b"]}
+
+    builder = StateGraph(S)
+    builder.add_node("b", b).add_edge(START, "b").add_edge("b", END)
+    chunks = list(builder.compile().stream({"log": []}, stream_mode=["tasks", "checkpoints", "updates"]))
+    assert [(mode, chunk.get("name") if mode == "tasks" else None) for mode, chunk in chunks] == [
+        ("checkpoints", None), ("tasks", "b"), ("tasks", "b"), ("checkpoints", None), ("updates", None)]
