@@ -104,6 +104,7 @@ from distributed_agents.core.incarnation import incarnation_of
 from distributed_agents.core.interrupts import Interrupt, interrupt_id
 from distributed_agents.core.limits import check_commit_size
 from distributed_agents.core.log_context import alert_level
+from distributed_agents.core.managed import managed_inputs
 from distributed_agents.core.node_runner import bounded, safe_text
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
@@ -114,7 +115,7 @@ from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, r
 from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import NodeResult, Send, read_output
 
-__all__ = ["DURABILITY_MODES", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
+__all__ = ["DURABILITY_MODES", "RUN_START_KEY", "StepEngine", "WorkflowTakenOverError", "check_durability", "durability_of",
            "first_step_calls", "merge_updates", "node_run", "node_task_id", "task_id_for"]
 
 log = logging.getLogger("distributed_agents.engine")
@@ -170,6 +171,9 @@ def node_run(record: WorkflowRecord, node: str) -> int:
     """
     pinned = (record.frontier.get("task_runs") or {}).get(node)
     return int(pinned if pinned is not None else record.metadata.get("run", 0))
+
+
+RUN_START_KEY = "run_start_step"  # record metadata: the step a continued run (a thread's next invoke) started at
 
 
 def node_task_id(record: WorkflowRecord, node: str) -> str:
@@ -515,6 +519,7 @@ class StepEngine(_Progress):
                 frontier = graph.plain_frontier(ran, gotos, deferred, handlers) or await graph.next_frontier(
                     ran, State._trusted(merged, record.workflow_id), record.frontier.get("joins", {}), gotos,
                     deferred, handlers, configurable=record.metadata.get(CONFIGURABLE_KEY),
+                    remaining_steps=step_limit - record.step,
                 )
                 frontier = subgraph_tasks.with_positions(graph, record.workflow_id, record.step + 1, frontier)
             except ExecutionError as exc:
@@ -595,7 +600,7 @@ class StepEngine(_Progress):
                 with_state.append(await self._handler_input(graph, record, entry))
             entries = with_state
         all_entries = entries
-        keys, hits, followers = await self._cache_lookup(graph, record, entries, share) \
+        keys, hits, followers = await self._cache_lookup(graph, record, entries, share, step_limit - record.step) \
             if self._cache is not None and _any_cached(graph, entries) else ({}, {}, {})
         if hits or followers:
             entries = _entries_outside(_entries_outside(entries, hits), followers)
@@ -706,9 +711,12 @@ class StepEngine(_Progress):
         return state_ref(record.step, record.state, encoded_size)
 
     async def _cache_lookup(
-        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], share: bool
+        self, graph: Graph, record: WorkflowRecord, entries: Sequence[TaskEntry], share: bool, remaining_steps: int,
     ) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
         """The cache keys of ``entries`` whose node has a ``cache_policy``, the hits, and the followers.
+
+        A key is made of the node's input: the state with the graph's managed values
+        (``remaining_steps`` steps left: ``core.managed``), or a Send's argument.
 
         All by entry key. A follower (only with ``share``) is a miss with the node and key
         of an earlier miss of ``entries``, its leader: it waits for the leader's output
@@ -720,12 +728,14 @@ class StepEngine(_Progress):
         answers = record.frontier.get("resume") or {}
         keys: dict[str, str] = {}
         nodes: dict[str, str] = {}
+        managed = graph.managed_keys
+        state_input = {**record.state, **managed_inputs(managed, remaining_steps)} if managed else record.state
         for entry in entries:
             policy = graph.node(entry.node).cache_policy
             if policy is None or answers.get(entry.key) or not self._cache.usable(graph.name, entry.node):
                 continue
             keys[entry.key] = self._cache.key(graph.name, entry.node, policy,
-                                              record.state if entry.arg is None else entry.arg)
+                                              state_input if entry.arg is None else entry.arg)
             nodes[entry.key] = entry.node
         hits: dict[str, dict[str, Any]] = {}
         pending = list(keys)
@@ -1228,6 +1238,7 @@ def _node_call(
         retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
         resume=list(answers.get(entry.key) or ()) or None,
         remaining_steps=step_limit - record.step,
+        step_limit=step_limit - int(record.metadata.get(RUN_START_KEY, 0)),  # the run's (step_limit counts from step 0)
         message_keys=graph.message_keys,
         # Managed values go into the node's input when that is the state (not a Send's argument, nor an error).
         managed=graph.managed_keys if entry.arg is None and entry.state_ref is None else None,

@@ -72,6 +72,7 @@ class NodeCall:
     priority: int = 0
     resume: list[Any] | None = None
     remaining_steps: int | None = None
+    step_limit: int | None = None  # the run's step limit (LangGraph's recursion_limit), as config["recursion_limit"] shows
     message_keys: tuple[str, ...] = ()  # keys whose reducer is add_messages (LangGraph message shorthands)
     # The graph's managed values (core.managed: key -> kind) the node's input gets; None: none.
     managed: Mapping[str, str] | None = None
@@ -157,7 +158,7 @@ class InProcessExecutor(NodeExecutor):
             attempt += 1
             context = NodeContext(call.workflow_id, call.step, call.node, call.node_type, attempt, call.task_id,
                                   remaining_steps=call.remaining_steps, configurable=call.configurable,
-                                  metadata=call.node_metadata)
+                                  metadata=call.node_metadata, step_limit=call.step_limit)
             # The node's own copy of its input, sharing nothing it could change (``state`` is
             # given only when it holds scalars alone: a shallow copy is a full one).
             state = State._trusted(dict(call.state) if call.state is not None else decode(call.state_json),
@@ -234,6 +235,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         # Only when set, so other tasks' payloads keep their shape.
         **({"resume": list(call.resume)} if call.resume else {}),
         **({"remaining_steps": call.remaining_steps} if call.remaining_steps is not None else {}),
+        **({"step_limit": call.step_limit} if call.step_limit is not None else {}),
         **({"message_keys": list(call.message_keys)} if call.message_keys else {}),
         **({MANAGED_KEY: dict(call.managed)} if call.managed else {}),
         **({NODE_METADATA_KEY: dict(call.node_metadata)} if call.node_metadata else {}),

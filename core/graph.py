@@ -47,6 +47,7 @@ from distributed_agents.core.errors import (
 )
 from distributed_agents.core.frontier import make_frontier
 from distributed_agents.core.joins import Join, advance_joins, join_key
+from distributed_agents.core.managed import managed_inputs
 from distributed_agents.core.node_runner import (
     CONTEXT_KEY,
     RETURNS_TO_CALLER_KEY,
@@ -748,11 +749,13 @@ class Graph:
         """
         return _plain(await self.start_frontier(state), "start_frontier")
 
-    async def start_frontier(self, state: Any, *, configurable: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def start_frontier(self, state: Any, *, configurable: Mapping[str, Any] | None = None,
+                             remaining_steps: int | None = None) -> dict[str, Any]:
         """The first step's frontier for input ``state`` (see ``core.frontier``).
 
         As ``start``, plus the ``Send``s conditions from ``START`` return. ``configurable``:
-        the run's ``config["configurable"]`` values, for conditions taking a config (``_follow``).
+        the run's ``config["configurable"]`` values, for conditions taking a config (``_follow``);
+        ``remaining_steps``: the first step's, for the managed values conditions read (``_follow``).
         """
         fixed = self.fixed_start()  # no condition to run: a copy of the one every workflow starts with
         if fixed is not None:
@@ -760,7 +763,7 @@ class Graph:
         triggered: list[str] = list(self._routing.entry)
         sends: list[dict[str, Any]] = []
         for edge in self._routing.conditional.get(START, ()):
-            self._split(await self._follow(edge, state, configurable), triggered, sends)
+            self._split(await self._follow(edge, state, configurable, remaining_steps), triggered, sends)
         return self._frontier(triggered, sends, {}, ())
 
     def fixed_start(self) -> dict[str, Any] | None:
@@ -801,6 +804,7 @@ class Graph:
         self, ran: Sequence[str], state: Any, joins: Mapping[str, Sequence[str]],
         gotos: Sequence[tuple[str, Sequence[str | Send]]] = (), deferred: Sequence[str] = (),
         handlers: Sequence[Mapping[str, Any]] = (), *, configurable: Mapping[str, Any] | None = None,
+        remaining_steps: int | None = None,
     ) -> dict[str, Any]:
         """The frontier after a step that ran the nodes ``ran`` (see ``route``) and merged ``state``.
 
@@ -815,7 +819,8 @@ class Graph:
         see ``add_node(on_error=)``): they come after every other Send; the failed
         nodes themselves are not in ``ran``.
         ``configurable``: the run's ``config["configurable"]`` values, for conditions taking a
-        config (``_follow``).
+        config (``_follow``); ``remaining_steps``: the step's that ran ``ran`` (its nodes'), for
+        the managed values conditions read (``_follow``).
         Raises ``ExecutionError`` naming the condition or node for a bad route.
         """
         plain = self.plain_frontier(ran, gotos, deferred, handlers)
@@ -827,7 +832,7 @@ class Graph:
         for node in ran:
             triggered.extend(self._routing.static.get(node, ()))
             for edge in self._routing.conditional.get(node, ()):
-                self._split(await self._follow(edge, state, configurable), triggered, sends)
+                self._split(await self._follow(edge, state, configurable, remaining_steps), triggered, sends)
         for source, targets in gotos:
             self._split(self._check_goto(source, targets), triggered, sends)
         fired, progress = advance_joins(self._routing.joins, ran, joins)
@@ -896,15 +901,22 @@ class Graph:
         where = "at START" if edge.source == START else f"after node {edge.source!r}"
         return f"condition {_callable_name(edge.condition)} {where}"
 
-    async def _follow(self, edge: ConditionalEdge, state: Any,
-                      configurable: Mapping[str, Any] | None = None) -> list[str | Send]:
+    async def _follow(self, edge: ConditionalEdge, state: Any, configurable: Mapping[str, Any] | None = None,
+                      remaining_steps: int | None = None) -> list[str | Send]:
         """The routes ``edge``'s condition chooses on ``state``; ``RoutingError`` naming node and condition.
+
+        With ``remaining_steps`` (the steps left of the step whose nodes it routes from, as
+        they read it), the condition's state holds the graph's managed values too
+        (``core.managed``), as the nodes' does: ``state["remaining_steps"] < 2`` ends a loop.
 
         A condition taking a second argument (``def route(state, config)``, as LangGraph
         passes path functions that accept it; the rule of ``node_runner.wants_context``) gets
         a LangGraph ``RunnableConfig`` dict: ``{"configurable": {<the run's values>, "thread_id",
         "checkpoint_ns"}, "metadata": {"thread_id"}}``.
         """
+        managed = self.managed_keys
+        if managed and remaining_steps is not None:
+            state = {**state, **managed_inputs(managed, remaining_steps)}
         try:
             return await self._follow_condition(edge, state, configurable)
         except RoutingError:
@@ -1817,8 +1829,9 @@ def _input_of(input: Any) -> Any:
 
 
 def _resume_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``interrupt_before``/``interrupt_after`` among ``_run_options``'s, and the run context, for ``resume``."""
-    picked = {key: options[key] for key in ("interrupt_before", "interrupt_after") if key in options}
+    """The ``interrupt_before``/``interrupt_after`` and ``step_limit`` among ``_run_options``'s, and the
+    run context, for ``resume``."""
+    picked = {key: options[key] for key in ("interrupt_before", "interrupt_after", "step_limit") if key in options}
     context = (options.get("configurable") or {}).get(CONTEXT_KEY)
     if context is not None:
         picked["context"] = context
@@ -1837,12 +1850,17 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     run's nodes read them as ``config["configurable"][key]``.
     """
     caller = current_context()
+    inherited_limit = None
     if caller is not None:  # a run started inside a node inherits its configurable values and context (LangGraph's)
         if config is None and visible_configurable(caller.configurable):
             config = {"configurable": visible_configurable(caller.configurable)}
         if context is None:
             context = (caller.configurable or {}).get(CONTEXT_KEY)
+        # ... and its run's step limit, unless the config gives one (LangGraph hands recursion_limit down).
+        inherited_limit = caller.as_config().get("recursion_limit")
     options = _config_options(graph, config, interrupt_before, interrupt_after)
+    if inherited_limit is not None and "step_limit" not in options:
+        options["step_limit"] = inherited_limit
     if context is not None:  # LangGraph's run context: travels with the configurable values (CONTEXT_KEY)
         options["configurable"] = {**options.get("configurable", {}), CONTEXT_KEY: context_values(f"graph {graph!r}",
                                                                                                    context)}

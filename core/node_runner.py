@@ -168,6 +168,7 @@ class NodeContext:
     remaining_steps: int | None = None  # steps left before the step limit, this one included
     configurable: Mapping[str, Any] | None = None  # the caller's config["configurable"] values (execute(configurable=))
     metadata: Mapping[str, Any] | None = None  # the node's own (add_node(metadata=)), read in config["metadata"]
+    step_limit: int | None = None  # the run's step limit (config["recursion_limit"]); None: step + remaining_steps
     # [event] once anything waits for or sets the cancellation: most runs never need one, and a
     # threading.Event per node call costs more than a no-op node.
     _cancel: list[threading.Event] = field(default_factory=list, repr=False, compare=False)
@@ -177,12 +178,14 @@ class NodeContext:
     def __init__(self, workflow_id: str, step: int, node: str, node_type: str, attempt: int, idempotency_key: str,
                  worker_id: str = "", remaining_steps: int | None = None,
                  configurable: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                 _cancel: list[threading.Event] = FACTORY, _stream: list[Any] = FACTORY) -> None:
+                 step_limit: int | None = None, _cancel: list[threading.Event] = FACTORY,
+                 _stream: list[Any] = FACTORY) -> None:
         # One per node attempt: the fields at once (core.quick_init checks this against them).
         self.__dict__.update({
             "workflow_id": workflow_id, "step": step, "node": node, "node_type": node_type, "attempt": attempt,
             "idempotency_key": idempotency_key, "worker_id": worker_id, "remaining_steps": remaining_steps,
-            "configurable": configurable, "metadata": metadata, "_cancel": [] if _cancel is FACTORY else _cancel,
+            "configurable": configurable, "metadata": metadata, "step_limit": step_limit,
+            "_cancel": [] if _cancel is FACTORY else _cancel,
             "_stream": [] if _stream is FACTORY else _stream})
 
     @property
@@ -284,7 +287,9 @@ class NodeContext:
                          "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
                          "attempt": self.attempt},
         }
-        if self.remaining_steps is not None:
+        if self.step_limit is not None:  # the run's: a thread's later runs count their own steps
+            config["recursion_limit"] = self.step_limit
+        elif self.remaining_steps is not None:
             config["recursion_limit"] = self.step + self.remaining_steps
         return config
 

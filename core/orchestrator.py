@@ -35,6 +35,7 @@ from distributed_agents.core.cache import NodeCache, graph_implementations
 from distributed_agents.core.dead_letters import find_dead_letter
 from distributed_agents.core.engine import (
     DURABILITY_KEY,
+    RUN_START_KEY,
     DriveOptions,
     StepEngine,
     SubgraphCall,
@@ -177,7 +178,6 @@ def graph_mismatch(record: WorkflowRecord, fingerprint: Mapping[str, Any], also:
             f"which differs from the given {describe(fingerprint)}")
 
 
-RUN_START_KEY = "run_start_step"  # record metadata: the step a continued run started at
 
 
 def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
@@ -884,7 +884,8 @@ class Orchestrator:
         if continue_completed and workflow_id is not None and from_checkpoint is None and \
                 not isinstance(initial_state, (Command, State)):
             continued = await self._continue_completed(graph, initial_state, workflow_id, priority, configurable,
-                                                       _breakpoint_metadata(graph, interrupt_before, interrupt_after))
+                                                       _breakpoint_metadata(graph, interrupt_before, interrupt_after),
+                                                       step_limit=step_limit)
             if continued is not None:
                 return await self._drive(graph, *continued, step_limit)
         if isinstance(initial_state, Command):
@@ -1195,7 +1196,8 @@ class Orchestrator:
                                                  configurable=(metadata or {}).get(CONFIGURABLE_KEY))
         elif frontier is None:
             frontier = await graph.start_frontier(State._trusted(values, workflow_id),
-                                                  configurable=(metadata or {}).get(CONFIGURABLE_KEY))
+                                                  configurable=(metadata or {}).get(CONFIGURABLE_KEY),
+                                                  remaining_steps=self.step_limit if step_limit is None else step_limit)
         if seed_as is not None:
             # As LangGraph's run from an update: the step it routes to does not pause before it runs.
             frontier = {**frontier, "breakpoint_passed": True}
@@ -1243,9 +1245,11 @@ class Orchestrator:
     async def _continue_completed(
         self, graph: Graph, initial_state: Mapping[str, Any] | None, workflow_id: str, priority: int,
         configurable: Mapping[str, Any] | None = None, breakpoints: Mapping[str, list[str]] | None = None,
+        *, step_limit: int | None = None,
     ) -> tuple[WorkflowRecord, WorkflowLease] | None:
         """A new run of the stored workflow ``workflow_id`` from ``START`` with ``initial_state`` applied
         through the reducers, leased to this orchestrator; None if no such workflow is stored.
+        (``step_limit``: the run's, for the managed values conditions from ``START`` read.)
 
         ``breakpoints`` (``_breakpoint_metadata``) are this run's own, as each LangGraph invoke
         has its own ``interrupt_before``: an earlier run's are not kept.
@@ -1286,7 +1290,8 @@ class Orchestrator:
             merged = merge_updates(record.state, [("__input__", update)], graph.reducers)
             step = record.step + 1
             frontier = await graph.start_frontier(State._trusted(merged, workflow_id),
-                                                  configurable=given.get(CONFIGURABLE_KEY))
+                                                  configurable=given.get(CONFIGURABLE_KEY),
+                                                  remaining_steps=self.step_limit if step_limit is None else step_limit)
             frontier = with_positions(graph, workflow_id, step, frontier)
             check_commit_size(workflow_id, step, merged, {}, None, self.backend.max_payload_bytes)
             metadata = dict(record.metadata)

@@ -313,6 +313,15 @@ def _fields(cls: Any, kind: str, managed: dict[str, str] | None = None) -> dict[
     return specs
 
 
+def _check_managed(graph: str, managed: Mapping[str, str], keys: Mapping[str, KeySpec]) -> None:
+    """``ConfigurationError`` for a key one schema declares as state and another as a managed value."""
+    for key in managed:
+        if key in keys:
+            raise ConfigurationError(
+                f"graph {graph!r}: key {key!r} is a managed value ({managed[key]}) in one schema and a state key in "
+                f"{keys[key].owner}; a managed value is never state: rename one of them")
+
+
 class StateSchema:
     """The declared keys of a graph's state; see the module docstring.
 
@@ -342,6 +351,7 @@ class StateSchema:
         self.required_input: tuple[str, ...] = tuple(
             key for key, spec in declared[id(input if input is not None else state)].items() if spec.required)
         self.output_keys: list[str] = list(declared[id(output if output is not None else state)])
+        _check_managed(self.graph, self.managed, self.keys)
 
     def add_node_schema(self, cls: Any) -> None:
         """Declare the keys of ``cls``, a node's input schema (LangGraph's private state: a key one
@@ -353,12 +363,20 @@ class StateSchema:
             return
         if not (_is_typeddict(cls) or dataclasses.is_dataclass(cls) or _is_pydantic(cls)):
             return
-        for key, spec in _fields(cls, _kind(cls), self.managed).items():
-            known = self.keys.setdefault(key, spec)
+        # Checked before anything is declared: a refused schema leaves this one as it was.
+        managed: dict[str, str] = {}
+        fields = _fields(cls, _kind(cls), managed)
+        keys = {**fields, **{k: v for k, v in self.keys.items() if k not in fields}}
+        for key, spec in fields.items():
+            known = self.keys.get(key, spec)
             if spec.reducer is not None and spec.reducer is not known.reducer:
                 raise ConfigurationError(
                     f"graph {self.graph!r}: state key {key!r} has reducer {known.reducer_label!r} in {known.owner} "
                     f"but {spec.reducer_label!r} in {spec.owner}; declare one reducer for the key")
+        _check_managed(self.graph, {**self.managed, **managed}, {**keys, **self.keys})
+        for key, spec in fields.items():
+            self.keys.setdefault(key, spec)
+        self.managed.update(managed)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -303,7 +303,7 @@ class SubgraphRunner:
         # The node's priority adds to the workflow's for every task of its child, as for a node's own task.
         priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(record.metadata.get("priority", 0)) + spec.priority))
         durability = str(record.metadata.get("durability") or "sync")  # the parent's mode (engine.durability_of)
-        from distributed_agents.core.orchestrator import RUN_START_KEY  # the orchestrator imports this module
+        from distributed_agents.core.engine import RUN_START_KEY  # the engine imports this module
 
         limit = max(1, step_limit - int(record.metadata.get(RUN_START_KEY, 0)))
         started = time.time()

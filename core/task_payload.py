@@ -52,8 +52,8 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the field and the rule if ``payload`` is not a node-task payload this worker reads.
 
     The rules: ``v`` (absent: 1) one of ``READABLE_VERSIONS``; ``state`` an object, or
-    else a valid ``state_ref`` (``core.task_state``); ``step`` and ``remaining_steps``
-    ints >= 0; ``timeout`` a finite number of seconds > 0; ``graph`` a string;
+    else a valid ``state_ref`` (``core.task_state``); ``step``, ``remaining_steps`` and
+    ``step_limit`` ints >= 0; ``timeout`` a finite number of seconds > 0; ``graph`` a string;
     ``retry``, ``wrap``, ``configurable``, ``node_metadata`` and ``trace`` objects; ``resume`` a list;
     ``message_keys`` a list of strings; ``managed`` an object whose values are managed
     value kinds (``core.managed.MANAGED_KINDS``); ``retry.retry_on`` a list of strings. Each of
@@ -72,7 +72,7 @@ def check_payload(payload: Mapping[str, Any]) -> None:
         read_ref(payload[STATE_REF_KEY])  # raises ValueError if it is no reference
     elif type(state) is not dict:
         raise ValueError(f"payload has no 'state' object and no {STATE_REF_KEY!r}")
-    for name in ("step", "remaining_steps"):
+    for name in ("step", "remaining_steps", "step_limit"):
         value = payload.get(name)
         if value is not None and (type(value) is not int or value < 0):
             raise ValueError(f"payload field {name!r} must be an int >= 0, got {value!r:.80}")

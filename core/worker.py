@@ -172,6 +172,12 @@ class WorkerStats:
                 f"{self.released} released, {self.lost_leases} lost leases, {self.malformed} malformed")
 
 
+def _step_limit(payload: Mapping[str, Any]) -> int | None:
+    """The run's step limit a task carries (``executors.task_payload``: checked by ``check_payload``), or None."""
+    limit = payload.get("step_limit")
+    return limit if type(limit) is int else None
+
+
 def _configurable(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     """The caller's ``configurable`` values a task carries (``executors.task_payload``), or None."""
     values = payload.get(CONFIGURABLE_KEY)
@@ -853,7 +859,8 @@ class Worker:
                               claim.attempt, task.id, self.worker_id,
                               remaining_steps=remaining if isinstance(remaining, int) else None,
                               configurable=_configurable(task.payload),
-                              metadata=task.payload.get(NODE_METADATA_KEY))
+                              metadata=task.payload.get(NODE_METADATA_KEY),
+                              step_limit=_step_limit(task.payload))
         lease = _LeaseKeeper(self, claim, queue)
         keeper = lease.start()
         started = time.monotonic()

@@ -161,3 +161,108 @@ def test_execute_with_a_step_limit_fills_them_in_too() -> None:
         return await Orchestrator().execute(_looping(3), {"log": []}, step_limit=3)
 
     assert run(go()) == {"log": [[3, False], [2, False], [1, True]]}
+
+
+def test_a_condition_reads_the_managed_values_its_nodes_step_read() -> None:
+    """LangGraph's loop guard in the router: ``END if state["remaining_steps"] < 2``; also from START."""
+    class Looping(TypedDict):
+        n: int
+        remaining_steps: RemainingSteps
+        is_last_step: IsLastStep
+
+    def agent(state: dict[str, Any]) -> dict[str, Any]:
+        return {"n": state["n"] + 1}
+
+    builder = StateGraph(Looping)
+    builder.add_node("agent", agent).add_edge(START, "agent")
+    builder.add_conditional_edges("agent", lambda s: END if s["remaining_steps"] < 2 else "agent", ["agent", END])
+    assert builder.compile().invoke({"n": 0}, {"recursion_limit": 5}) == {"n": 5}
+    entry = StateGraph(Looping).add_node("agent", agent)
+    entry.add_conditional_edges(START, lambda s, config: "agent" if (s["remaining_steps"], s["is_last_step"]) == (5, False)
+                                else END)
+    assert entry.compile().invoke({"n": 0}, {"recursion_limit": 5}) == {"n": 1}
+
+
+def test_a_continued_paused_thread_keeps_the_callers_recursion_limit() -> None:
+    """invoke(Command(resume=)) / invoke(None) with a config holding recursion_limit: the continued
+    run is bounded by it (it ran on to the default 10,000 steps)."""
+    from distributed_agents import interrupt
+
+    class Paused(TypedDict):
+        n: Annotated[int, operator.add]
+        remaining_steps: RemainingSteps
+
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        interrupt("go?")
+        return {"n": 0}
+
+    builder = StateGraph(Paused)
+    builder.add_node("ask", ask).add_node("loop", lambda s: {"n": 1}).add_edge(START, "ask").add_edge("ask", "loop")
+    builder.add_conditional_edges("loop", lambda s: "loop" if s["n"] < 50 else END, ["loop", END])
+    for how, app in (("resume", builder.compile()), ("breakpoint", builder.compile(interrupt_after=["ask"]))):
+        config = {"configurable": {"thread_id": f"managed-continued-{how}"}, "recursion_limit": 5}
+        assert "__interrupt__" in app.invoke({"n": 0}, config)
+        if how == "breakpoint":
+            assert "__interrupt__" in app.invoke(Command(resume=True), config)  # answered: paused after it
+        with pytest.raises(GraphRecursionError):
+            app.invoke(Command(resume=True) if how == "resume" else None, config)
+
+
+def test_a_graph_invoked_in_a_node_inherits_the_runs_limit_and_config_shows_each_runs_own() -> None:
+    """A graph a node invokes without a config runs under the caller's run's step limit (it ran
+    under 10,000), and config["recursion_limit"] is each run's limit on every turn of a thread
+    (it grew by the steps of earlier runs)."""
+    class Inner(TypedDict):
+        log: Annotated[list, operator.add]
+        remaining_steps: RemainingSteps
+
+    inner = StateGraph(Inner).add_node("note", lambda s: {"log": [s["remaining_steps"]]}).add_edge(START, "note").compile()
+
+    def outer_node(state: dict[str, Any], config: Any) -> dict[str, Any]:
+        return {"log": [config["recursion_limit"], *inner.invoke({"log": []})["log"]]}
+
+    outer = StateGraph(Inner)
+    outer.add_node("first", lambda s: {"log": []}).add_node("outer", outer_node)
+    app = outer.add_edge(START, "first").add_edge("first", "outer").compile()
+    config = {"configurable": {"thread_id": "managed-turns"}, "recursion_limit": 7}
+    seen = [app.invoke({"log": []}, config)["log"][-2:] for _ in range(3)]
+    assert seen == [[7, 7], [7, 7], [7, 7]]
+
+
+def test_the_node_cache_keys_on_the_managed_values_too() -> None:
+    from distributed_agents import CachePolicy
+
+    class Cached(TypedDict):
+        out: int
+        remaining_steps: RemainingSteps
+
+    builder = StateGraph(Cached)
+    builder.add_node("n", lambda s: {"out": s["remaining_steps"]}, cache_policy=CachePolicy()).add_edge(START, "n")
+    app = builder.compile()
+    assert [app.invoke({}, {"recursion_limit": limit})["out"] for limit in (10, 50, 10)] == [10, 50, 10]
+
+
+class Plain(TypedDict):
+    out: str
+    remaining_steps: int
+
+
+class ManagedOnly(TypedDict):
+    remaining_steps: RemainingSteps
+
+
+def _managed_node(state: ManagedOnly) -> dict[str, Any]:
+    return {}
+
+
+def test_a_key_managed_in_one_schema_and_state_in_another_is_refused_and_changes_nothing() -> None:
+    from distributed_agents.core.errors import ConfigurationError
+
+    builder = StateGraph(Plain)
+    with pytest.raises(ConfigurationError, match=r"'remaining_steps' is a managed value \(remaining_steps\) in one "
+                                                 r"schema and a state key in Plain"):
+        builder.add_node("m", _managed_node)
+    with pytest.raises(ConfigurationError, match="managed value"):
+        StateGraph(ManagedOnly, output_schema=Plain)
+    builder.add_node("plain", lambda s: {"out": str(s["remaining_steps"])}).add_edge(START, "plain")
+    assert builder.compile().invoke({"out": "", "remaining_steps": 7}) == {"out": "7", "remaining_steps": 7}
