@@ -1087,6 +1087,7 @@ class Graph:
         ``stream_mode`` other than ``"values"`` (one mode, or a list) returns the list of the
         run's chunks in that mode, as LangGraph's ``invoke(..., stream_mode=...)`` does.
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         if stream_mode != "values":
             return list(self.stream(input, config, stream_mode=stream_mode, backend=backend,
                                     interrupt_before=interrupt_before, interrupt_after=interrupt_after,
@@ -1126,6 +1127,7 @@ class Graph:
         answers its interrupts and None continues it from a breakpoint (streaming only
         the steps it runs).
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
@@ -1156,6 +1158,7 @@ class Graph:
         ``step == -1``), as in LangGraph; ``WorkflowNotFoundError`` for a checkpoint the
         thread does not have, ``ConfigurationError`` for one of another thread.
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
         from distributed_agents.core.sync_api import run_sync
 
@@ -1165,6 +1168,7 @@ class Graph:
     async def aget_state(self, config: Mapping[str, Any], *, subgraphs: bool = False,
                          backend: str | None = None) -> Any:
         """``get_state`` for async code (LangGraph's ``aget_state``)."""
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
@@ -1232,6 +1236,7 @@ class Graph:
         in LangGraph. A thread that does not exist has no snapshots. ``ConfigurationError``
         for a ``filter`` that is no dict or a checkpoint of another thread.
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
         from distributed_agents.core.sync_api import run_sync
 
@@ -1243,6 +1248,7 @@ class Graph:
                                  before: Mapping[str, Any] | str | None = None, limit: int | None = None,
                                  backend: str | None = None) -> AsyncIterator[Any]:
         """``get_state_history`` for async code (LangGraph's ``aget_state_history``): an async iterator."""
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
@@ -1296,6 +1302,7 @@ class Graph:
         input (its entry points next) or, with ``as_node``, that node's output (the nodes
         routed after it next); ``invoke(None, config)`` runs it.
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
         from distributed_agents.core.sync_api import run_sync
 
@@ -1306,6 +1313,7 @@ class Graph:
     async def aupdate_state(self, config: Mapping[str, Any], values: Mapping[str, Any] | None,
                             as_node: str | None = None, *, backend: str | None = None) -> dict[str, Any]:
         """``update_state`` for async code (LangGraph's ``aupdate_state``)."""
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
@@ -1353,6 +1361,7 @@ class Graph:
         ``checkpoint_id`` forks the thread's latest. ``WorkflowNotFoundError`` if the
         thread or checkpoint is not stored, ``WorkflowExistsError`` if ``thread_id`` is taken.
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
         from distributed_agents.core.sync_api import run_sync
 
@@ -1362,6 +1371,7 @@ class Graph:
     async def afork(self, config: Mapping[str, Any], *, thread_id: str | None = None,
                     backend: str | None = None) -> dict[str, Any]:
         """``fork`` for async code."""
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
@@ -1382,6 +1392,7 @@ class Graph:
                       interrupt_after: Sequence[str] | None = None, context: Any = None,
                       stream_mode: str | Sequence[str] = "values") -> Any:
         """``invoke`` for async code (LangGraph's ``ainvoke``)."""
+        config = self._bound(config)  # with_config()'s, under this call's
         if stream_mode != "values":
             return [chunk async for chunk in self.astream(
                 input, config, stream_mode=stream_mode, backend=backend, interrupt_before=interrupt_before,
@@ -1484,6 +1495,38 @@ class Graph:
 
         return draw_image(self, "svg", path).decode("utf-8")
 
+    #: The config ``with_config`` bound (None: none), merged under each call's.
+    _bound_config: Mapping[str, Any] | None = None
+
+    def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Graph:
+        """LangGraph's ``compiled.with_config(config, **kwargs)``: this compiled graph with a config
+        bound, used by every call that takes one (``invoke``, ``stream``, ``batch``, ``get_state``,
+        ``update_state``, ... and their async forms) under the call's own.
+
+        ``kwargs`` are config keys (``recursion_limit=100``). The call's config wins a clash;
+        ``configurable`` and ``metadata`` are merged key by key, ``tags`` added. The graph itself is
+        unchanged (a copy sharing its nodes is returned). ``GraphNotCompiledError`` before compile;
+        ``ConfigurationError`` if ``config`` is not a dict.
+        """
+        self._require_compiled()
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigurationError(f"graph {self.name!r}: with_config() takes a config dict "
+                                     f"({{'recursion_limit': ..., 'configurable': {{...}}}}), got {config!r:.80}")
+        bound = copy.copy(self)
+        bound._bound_config = _merge_configs(self._bound_config, {**(config or {}), **kwargs})
+        return bound
+
+    def _bound(self, config: Any) -> Any:
+        """``config`` (a call's: a dict, a list of them for ``batch``, or None) under ``with_config``'s."""
+        bound = self._bound_config
+        if not bound:
+            return config
+        if isinstance(config, (list, tuple)):
+            return [_merge_configs(bound, item) for item in config]
+        if config is not None and not isinstance(config, Mapping):
+            return config  # (a NodeContext handed on, or a wrong type the call itself reports)
+        return _merge_configs(bound, config)
+
     def get_graph(self, config: Any = None, *, xray: int | bool = False) -> Graph:
         """LangGraph's ``compiled.get_graph()``: this graph, which draws itself (``draw_mermaid()``,
         ``draw_ascii()``, ``draw_png()``, ...). ``config`` and ``xray`` are accepted for ports; a
@@ -1499,6 +1542,7 @@ class Graph:
         if the lengths differ). One config with a ``thread_id`` for several inputs runs each as a
         new run of that thread (see ``invoke``).
         """
+        config = self._bound(config)  # with_config()'s, under this call's
         return [self.invoke(item, one, backend=backend, context=context)
                 for item, one in zip(inputs, _batch_configs(self.name, inputs, config))]
 
@@ -1506,6 +1550,7 @@ class Graph:
                      config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
                      backend: str | None = None, context: Any = None) -> list[dict[str, Any]]:
         """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in order."""
+        config = self._bound(config)  # with_config()'s, under this call's
         configs = _batch_configs(self.name, inputs, config)
         return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend, context=context)
                                            for item, one in zip(inputs, configs))))
@@ -1515,6 +1560,7 @@ class Graph:
                       backend: str | None = None, interrupt_before: Sequence[str] | None = None,
                       interrupt_after: Sequence[str] | None = None, context: Any = None) -> AsyncIterator[Any]:
         """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
+        config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
@@ -1730,6 +1776,20 @@ def _condition_config(state: Any, configurable: Mapping[str, Any] | None) -> dic
     if context is not None:
         config[CONTEXT_KEY] = context  # (read by .context; not a config key LangGraph has)
     return config
+
+
+def _merge_configs(base: Mapping[str, Any] | None, over: Mapping[str, Any] | None) -> dict[str, Any]:
+    """LangGraph's config merge: ``over``'s keys win, ``configurable``/``metadata`` merge key by key,
+    ``tags`` add up."""
+    merged = dict(base or {})
+    for key, value in (over or {}).items():
+        if key in ("configurable", "metadata") and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        elif key == "tags" and isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = [*merged[key], *(tag for tag in value if tag not in merged[key])]
+        else:
+            merged[key] = value
+    return merged
 
 
 def _nested_config(config: Any) -> Any:

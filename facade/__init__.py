@@ -18,7 +18,7 @@ from distributed_agents.core.backend_resolver import install_backend_opener as _
 _install_backend_opener(_plugins.open_backend)
 
 from distributed_agents.core.cache import CachePolicy  # noqa: E402
-from distributed_agents.core.checkpointers import InMemorySaver, MemorySaver  # noqa: E402
+from distributed_agents.core.checkpointers import InMemoryCache, InMemorySaver, MemorySaver  # noqa: E402
 from distributed_agents.core.graph import END, START, Graph, StateGraph  # noqa: E402
 from distributed_agents.core.history import PregelTask, StateSnapshot  # noqa: E402
 from distributed_agents.core.interrupts import Interrupt, interrupt  # noqa: E402
@@ -58,6 +58,7 @@ __all__ = [
     "Command",
     "END",
     "Graph",
+    "InMemoryCache",
     "InMemorySaver",
     "Interrupt",
     "IsLastStep",

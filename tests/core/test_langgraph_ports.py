@@ -1368,3 +1368,33 @@ def test_a_typed_subgraph_gets_only_the_keys_it_shares_with_its_parent() -> None
         outer = StateGraph(WideParent, name=f"wide{len(options)}")
         outer.add_node("child", inner.compile()).add_edge(START, "child")
         assert outer.compile().invoke({"foo": "a", "other": "x"}) == {"foo": "a!", "other": "x"}
+
+
+def test_with_config_binds_a_config_under_each_calls_own() -> None:
+    """LangGraph's ``compiled.with_config(...)``: the bound recursion_limit and configurable values
+    apply to invoke/stream/batch; the call's own config wins; the original graph is unchanged."""
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import ConfigurationError, StepLimitExceededError
+
+    class S(TypedDict):
+        n: int
+
+    def step(state: dict[str, Any], config: Any) -> dict[str, Any]:
+        return {"n": 99 if config["configurable"].get("user") == "x" else state["n"] + 1}
+
+    builder = StateGraph(S)
+    builder.add_node("a", step).add_edge(START, "a")
+    builder.add_conditional_edges("a", lambda s: "a" if s["n"] < 10 else END, ["a", END])
+    app = builder.compile()
+    limited = app.with_config({"recursion_limit": 3})
+    with pytest.raises(StepLimitExceededError):
+        limited.invoke({"n": 0})
+    with pytest.raises(StepLimitExceededError):
+        list(limited.stream({"n": 0}))
+    assert limited.invoke({"n": 0}, {"recursion_limit": 20}) == {"n": 10}  # the call's own wins
+    assert app.invoke({"n": 0}) == {"n": 10}  # unchanged
+    tagged = app.with_config(configurable={"user": "x"}).with_config(recursion_limit=50)
+    assert tagged.invoke({"n": 0}) == {"n": 99}
+    assert tagged.batch([{"n": 0}, {"n": 5}], [{"configurable": {"user": "y"}}, {}]) == [{"n": 10}, {"n": 99}]
+    with pytest.raises(ConfigurationError, match="with_config"):
+        app.with_config(["recursion_limit"])  # type: ignore[arg-type]
