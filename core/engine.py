@@ -183,10 +183,16 @@ def node_task_id(record: WorkflowRecord, node: str) -> str:
 
 @dataclass
 class DriveOptions:
-    """Per-run settings of the step loop (the loop keeps none of it while it runs, only ``step_limit``)."""
+    """Per-run settings of the step loop (the loop keeps none of it while it runs, only ``step_limit``).
+
+    ``step_limit`` is the step number the run may not pass (the call's limit plus
+    ``budget_start``, the step this call's budget counts from: a call gets the limit's
+    number of steps of its own, as each LangGraph invoke does).
+    """
 
     step_limit: int
     lease_ttl: float
+    budget_start: int = 0
 
 
 class _Progress:
@@ -209,6 +215,8 @@ class _Progress:
 
 class StepEngine(_Progress):
     """Drives workflows step by step against one backend's state store and queue."""
+
+    _budget_start = 0  # the step the driven call's step budget counts from (DriveOptions.budget_start)
 
     def __init__(
         self,
@@ -327,6 +335,7 @@ class StepEngine(_Progress):
         self._encoded = None
         # The loop takes the limit alone: the options object is not kept while the run lasts.
         step_limit = options.step_limit
+        self._budget_start = options.budget_start  # (an int: what the call's own limit is, step_limit minus it)
         del options
         progress: _Progress = self  # (see _Progress)
         progress.begin(record)
@@ -640,7 +649,8 @@ class StepEngine(_Progress):
                         len(encoded or b"") > INLINE_STATE_LIMIT:
                     reference = await self._state_reference(record, len(encoded or b"")) or {}
                 call = _node_call(graph, record, entry, spec, task_id, bool(shared), encoded, reference,
-                                  func is not None, workflow_priority, answers, step_limit, self._trace)
+                                  func is not None, workflow_priority, answers, step_limit, self._trace,
+                                  self._budget_start)
             if func is not None:
                 local[name] = func
                 if local_calls is None:
@@ -803,7 +813,9 @@ class StepEngine(_Progress):
     async def _subgraph_batch(self, graph: Graph, record: WorkflowRecord, entry: TaskEntry,
                               step_limit: int) -> list[NodeOutcome]:
         assert self._subgraphs is not None
-        return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key), step_limit)]
+        # The child gets the call's own limit (counted in its own steps).
+        return [await self._subgraphs(graph, record, entry, node_task_id(record, entry.key),
+                                      step_limit - self._budget_start)]
 
     async def _route_failure(
         self, graph: Graph, record: WorkflowRecord, entry: TaskEntry, outcome: NodeOutcome
@@ -1222,9 +1234,10 @@ def _cache_ttl(spec: NodeSpec) -> float | None:
 def _node_call(
     graph: Graph, record: WorkflowRecord, entry: TaskEntry, spec: NodeSpec, task_id: str, shared: bool,
     encoded: bytes | None, reference: Mapping[str, Any] | None, local: bool, workflow_priority: int,
-    answers: Mapping[str, Any], step_limit: int, trace: Mapping[str, str] | None,
+    answers: Mapping[str, Any], step_limit: int, trace: Mapping[str, str] | None, budget_start: int = 0,
 ) -> NodeCall:
-    """The call running ``entry`` of ``record``'s step (``shared``: an in-process node reads the state as it is)."""
+    """The call running ``entry`` of ``record``'s step (``shared``: an in-process node reads the state as it is;
+    ``step_limit``: the step the run may not pass, ``budget_start`` the step its call's budget counts from)."""
     return NodeCall(
         workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=entry.node,
         node_type=spec.node_type, task_id=task_id,
@@ -1238,7 +1251,7 @@ def _node_call(
         retry=spec.retry, timeout=spec.timeout, priority=workflow_priority + spec.priority,
         resume=list(answers.get(entry.key) or ()) or None,
         remaining_steps=step_limit - record.step,
-        step_limit=step_limit - int(record.metadata.get(RUN_START_KEY, 0)),  # the run's (step_limit counts from step 0)
+        step_limit=step_limit - budget_start,  # the call's own (config["recursion_limit"])
         message_keys=graph.message_keys,
         # Managed values go into the node's input when that is the state (not a Send's argument, nor an error).
         managed=graph.managed_keys if entry.arg is None and entry.state_ref is None else None,

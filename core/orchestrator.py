@@ -1838,7 +1838,8 @@ class Orchestrator:
         except BaseException:
             await self._release(lease)
             raise
-        final = await self._drive(graph, record, lease, step_limit)
+        # A resume is a call of its own: its steps count from here (LangGraph's resumed invoke).
+        final = await self._drive(graph, record, lease, step_limit, budget_from=record.step)
         if obsolete:
             await self._purge_obsolete_dead_letters(workflow_id, obsolete)
         return final
@@ -1940,7 +1941,8 @@ class Orchestrator:
             await self.backend.state_store.release_lease(lease)
 
     async def _drive(self, graph: Graph, record: WorkflowRecord, lease: WorkflowLease, step_limit: int | None,
-                     enqueued: dict[str, tuple[NodeCall, float]] | None = None) -> State:
+                     enqueued: dict[str, tuple[NodeCall, float]] | None = None, *,
+                     budget_from: int | None = None) -> State:
         workflow_id = record.workflow_id
         publisher = self._publisher()
         publisher.start()
@@ -1961,11 +1963,13 @@ class Orchestrator:
             # Cancellations the caller's task had pending already are not this run's (core.run_cancels).
             pending = run_cancels.begin(task)
             try:
-                # A continued run (execute(continue_completed=True)) counts its steps from where it
-                # started. (No local of the options: this frame is kept while the run lasts.)
+                # A call counts its steps from where it started: a continued run (a thread's next
+                # invoke) from its start, a resume (``budget_from``) from where it resumed. (No local of
+                # the options: this frame is kept while the run lasts.)
+                budget = int(record.metadata.get(RUN_START_KEY, 0)) if budget_from is None else budget_from
                 final = await engine.drive(graph, record, lease, DriveOptions(
-                    step_limit=(step_limit or self.step_limit) + int(record.metadata.get(RUN_START_KEY, 0)),
-                    lease_ttl=self.lease_ttl))
+                    step_limit=(step_limit or self.step_limit) + budget, lease_ttl=self.lease_ttl,
+                    budget_start=budget))
             finally:
                 drive.finish()
                 run_cancels.end(task, pending)

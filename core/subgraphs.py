@@ -279,8 +279,8 @@ class SubgraphRunner:
                   step_limit: int) -> NodeOutcome:
         """Advance the child of ``entry`` (a subgraph node's task of ``record``'s step) as far as it goes.
 
-        ``step_limit`` is the parent's run's (the engine's: it counts from the step a
-        continued run started at); the child runs with the same number of steps of its own.
+        ``step_limit`` is the parent's call's own limit (``engine.DriveOptions``); the child runs
+        with the same number of steps of its own.
 
         Returns the node's outcome: its updates (or a ``Command`` of the child's
         ``Command.PARENT``), a pause (``{INTERRUPT_KEY: {..., "subgraph": ...}}``) or a
@@ -303,9 +303,7 @@ class SubgraphRunner:
         # The node's priority adds to the workflow's for every task of its child, as for a node's own task.
         priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(record.metadata.get("priority", 0)) + spec.priority))
         durability = str(record.metadata.get("durability") or "sync")  # the parent's mode (engine.durability_of)
-        from distributed_agents.core.engine import RUN_START_KEY  # the engine imports this module
-
-        limit = max(1, step_limit - int(record.metadata.get(RUN_START_KEY, 0)))
+        limit = max(1, step_limit)
         started = time.time()
         attempts = 0
         while True:

@@ -20,6 +20,7 @@ from distributed_agents import (
     Graph,
     MessagesState,
     Orchestrator,
+    RemainingSteps,
     RemoveMessage,
     State,
     add_messages,
@@ -1398,3 +1399,35 @@ def test_with_config_binds_a_config_under_each_calls_own() -> None:
     assert tagged.batch([{"n": 0}, {"n": 5}], [{"configurable": {"user": "y"}}, {}]) == [{"n": 10}, {"n": 99}]
     with pytest.raises(ConfigurationError, match="with_config"):
         app.with_config(["recursion_limit"])  # type: ignore[arg-type]
+
+
+class Turns(TypedDict):
+    turns: Annotated[list, operator.add]
+    remaining_steps: RemainingSteps
+
+
+def test_each_resume_is_a_call_with_its_own_step_budget() -> None:
+    """A human-in-the-loop agent that pauses on every turn: each resume gets recursion_limit steps
+    of its own, as each LangGraph invoke does (the run's steps since its first call counted, so
+    it hit the limit after a few approvals)."""
+    from distributed_agents.core.errors import StepLimitExceededError
+
+    def agent(state: dict[str, Any]) -> dict[str, Any]:
+        approved = interrupt(f"turn {len(state['turns'])}?")
+        return {"turns": [[approved, state["remaining_steps"]]]}
+
+    builder = StateGraph(Turns)
+    builder.add_node("agent", agent).add_edge(START, "agent")
+    builder.add_conditional_edges("agent", lambda s: "agent" if len(s["turns"]) < 6 else END, ["agent", END])
+    app = builder.compile()
+    config = {"configurable": {"thread_id": "hitl-budget"}, "recursion_limit": 3}
+    assert "__interrupt__" in app.invoke({"turns": []}, config)
+    for turn in range(5):
+        assert "__interrupt__" in app.invoke(Command(resume=f"ok{turn}"), config)
+    assert app.invoke(Command(resume="ok5"), config)["turns"] == [[f"ok{i}", 3] for i in range(6)]
+    # The budget still bounds one call: a loop that never pauses stops at the limit.
+    looping = StateGraph(Turns)
+    looping.add_node("agent", lambda s: {"turns": [1]}).add_edge(START, "agent")
+    looping.add_conditional_edges("agent", lambda s: "agent", ["agent", END])
+    with pytest.raises(StepLimitExceededError):
+        looping.compile().invoke({"turns": []}, config)
