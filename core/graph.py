@@ -1916,8 +1916,8 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
             config = {"configurable": visible_configurable(caller.configurable)}
         if context is None:
             context = (caller.configurable or {}).get(CONTEXT_KEY)
-        # ... and its run's step limit, unless the config gives one (LangGraph hands recursion_limit down).
-        inherited_limit = caller.as_config().get("recursion_limit")
+        # ... and its call's step limit, unless the config gives one (LangGraph hands recursion_limit down).
+        inherited_limit = caller.step_limit
     options = _config_options(graph, config, interrupt_before, interrupt_after)
     if inherited_limit is not None and "step_limit" not in options:
         options["step_limit"] = inherited_limit
@@ -1975,7 +1975,9 @@ def _config_options(graph: str, config: Mapping[str, Any] | None, interrupt_befo
         if type(limit) is not int or limit < 1:
             raise ConfigurationError(f"graph {graph!r}: config['recursion_limit'] must be an int >= 1 (the step "
                                      f"limit), got {limit!r}")
-        options["step_limit"] = limit
+        # LangGraph's recursion_limit of N lets a call run N - 1 steps (its input takes one): the same
+        # here (1, which lets LangGraph run one step before it raises, allows that step).
+        options["step_limit"] = max(1, limit - 1)
     return options
 
 

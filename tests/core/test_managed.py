@@ -35,8 +35,11 @@ def _looping(limit_of_loop: int = 100) -> Any:
 
 
 def test_each_step_reads_the_steps_left_and_the_last_allowed_step_is_told() -> None:
-    result = _looping(6).invoke({"log": []}, {"recursion_limit": 6})
+    # LangGraph's own figures for this loop: recursion_limit 7 allows 6 steps, the first reads 6.
+    result = _looping(6).invoke({"log": []}, {"recursion_limit": 7})
     assert result == {"log": [[6, False], [5, False], [4, False], [3, False], [2, False], [1, True]]}
+    with pytest.raises(GraphRecursionError):
+        _looping(6).invoke({"log": []}, {"recursion_limit": 6})
 
 
 def test_an_agent_loop_stops_itself_on_the_last_step_instead_of_hitting_the_limit() -> None:
@@ -50,7 +53,7 @@ def test_an_agent_loop_stops_itself_on_the_last_step_instead_of_hitting_the_limi
     builder.add_node("agent", agent).add_edge(START, "agent")
     builder.add_conditional_edges("agent", lambda s: END if s["log"][-1].startswith("sorry") else "agent")
     app = builder.compile()
-    assert app.invoke({"log": []}, {"recursion_limit": 4})["log"] == ["thinking"] * 3 + ["sorry, need more steps"]
+    assert app.invoke({"log": []}, {"recursion_limit": 5})["log"] == ["thinking"] * 3 + ["sorry, need more steps"]
     with pytest.raises(GraphRecursionError):  # without the guard the same loop runs into the limit
         _looping().invoke({"log": []}, {"recursion_limit": 4})
 
@@ -138,7 +141,7 @@ def test_dataclass_and_pydantic_schemas_and_langgraphs_own_markers() -> None:
     for schema, expected in ((DataAgent, {"remaining_steps": 5, "left": 5}), (ModelAgent, {"is_last_step": False})):
         builder = StateGraph(schema)
         builder.add_node("note", note).add_edge(START, "note")
-        assert builder.compile().invoke({}, {"recursion_limit": 5}) == {"log": [expected]}
+        assert builder.compile().invoke({}, {"recursion_limit": 6}) == {"log": [expected]}
 
 
 def test_the_task_payload_names_the_managed_keys_and_a_worker_checks_them() -> None:
@@ -176,11 +179,11 @@ def test_a_condition_reads_the_managed_values_its_nodes_step_read() -> None:
     builder = StateGraph(Looping)
     builder.add_node("agent", agent).add_edge(START, "agent")
     builder.add_conditional_edges("agent", lambda s: END if s["remaining_steps"] < 2 else "agent", ["agent", END])
-    assert builder.compile().invoke({"n": 0}, {"recursion_limit": 5}) == {"n": 5}
+    assert builder.compile().invoke({"n": 0}, {"recursion_limit": 6}) == {"n": 5}
     entry = StateGraph(Looping).add_node("agent", agent)
     entry.add_conditional_edges(START, lambda s, config: "agent" if (s["remaining_steps"], s["is_last_step"]) == (5, False)
                                 else END)
-    assert entry.compile().invoke({"n": 0}, {"recursion_limit": 5}) == {"n": 1}
+    assert entry.compile().invoke({"n": 0}, {"recursion_limit": 6}) == {"n": 1}
 
 
 def test_a_continued_paused_thread_keeps_the_callers_recursion_limit() -> None:
@@ -226,7 +229,7 @@ def test_a_graph_invoked_in_a_node_inherits_the_runs_limit_and_config_shows_each
     app = outer.add_edge(START, "first").add_edge("first", "outer").compile()
     config = {"configurable": {"thread_id": "managed-turns"}, "recursion_limit": 7}
     seen = [app.invoke({"log": []}, config)["log"][-2:] for _ in range(3)]
-    assert seen == [[7, 7], [7, 7], [7, 7]]
+    assert seen == [[7, 6], [7, 6], [7, 6]]  # the inner graph: 6 steps, as LangGraph hands recursion_limit 7 down
 
 
 def test_the_node_cache_keys_on_the_managed_values_too() -> None:
@@ -239,7 +242,7 @@ def test_the_node_cache_keys_on_the_managed_values_too() -> None:
     builder = StateGraph(Cached)
     builder.add_node("n", lambda s: {"out": s["remaining_steps"]}, cache_policy=CachePolicy()).add_edge(START, "n")
     app = builder.compile()
-    assert [app.invoke({}, {"recursion_limit": limit})["out"] for limit in (10, 50, 10)] == [10, 50, 10]
+    assert [app.invoke({}, {"recursion_limit": limit})["out"] for limit in (11, 51, 11)] == [10, 50, 10]
 
 
 class Plain(TypedDict):

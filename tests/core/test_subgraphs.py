@@ -425,12 +425,12 @@ def test_the_child_runs_under_its_parents_step_limit(how: str) -> None:
         return await orchestrator.execute(parent, {}, workflow_id=workflow_id, step_limit=7)
 
     with pytest.raises(NodeExecutionError, match="step limit of 7|7 steps") as caught:
-        if how == "invoke":
-            parent.invoke({}, {"recursion_limit": 7, "configurable": {"thread_id": workflow_id}})
+        if how == "invoke":  # LangGraph's recursion_limit of 8 is 7 steps
+            parent.invoke({}, {"recursion_limit": 8, "configurable": {"thread_id": workflow_id}})
         else:
             run(go())
     assert "10000" not in str(caught.value)
-    assert len(seen) == 7 and set(seen) == {7}
+    assert len(seen) == 7 and set(seen) == {8}  # the child's nodes see the recursion_limit of 7 steps
     from distributed_agents.core.errors import StepLimitExceededError
 
     assert isinstance(caught.value.__cause__, StepLimitExceededError)  # catchable as LangGraph's GraphRecursionError
