@@ -30,7 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from distributed_agents.core.errors import ConfigurationError, InvalidNodeOutputError, WorkflowNotFoundError
+from distributed_agents.core.errors import (
+    ConfigurationError,
+    InvalidNodeOutputError,
+    NodeExecutionError,
+    WorkflowNotFoundError,
+)
 from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import START, Graph
@@ -91,9 +96,10 @@ class PregelTask:
     ``Send``); ``name`` its node; ``path`` ``("__pregel_pull", node)`` for an edge-triggered
     task, ``("__pregel_push", i)`` for a Send; ``interrupts`` the pending ``Interrupt``s its
     ``interrupt()`` calls raised (a static breakpoint is not one, as in LangGraph: it is in
-    the snapshot's ``interrupts`` only); ``error``, ``state`` and ``result`` None (the task
-    has not run: LangGraph sets them for a task of a step that failed, ran a subgraph, or
-    finished while a sibling paused).
+    the snapshot's ``interrupts`` only). On a workflow's latest snapshot, as LangGraph sets
+    them: ``error`` the ``NodeExecutionError`` of a task whose failure failed the step,
+    ``result`` the writes of a task that finished in a step that paused or failed (else
+    None), ``state`` (``get_state(subgraphs=True)``) the snapshot of the subgraph it runs.
     """
 
     id: str
@@ -105,24 +111,47 @@ class PregelTask:
     result: Any = None
 
 
-def _tasks_of(checkpoint_key: str, frontier: Mapping[str, Any], interrupts: tuple[Any, ...]) -> tuple[PregelTask, ...]:
-    """The ``PregelTask`` of each task ``frontier``'s step runs, in ``_next_tasks``'s order."""
+def _tasks_of(checkpoint_key: str, frontier: Mapping[str, Any], interrupts: tuple[Any, ...],
+              errors: Mapping[str, Exception] | None = None) -> tuple[PregelTask, ...]:
+    """The ``PregelTask`` of each task ``frontier``'s step runs, in ``_next_tasks``'s order, with the
+    ``errors`` of the failed ones (by task key) and the results a paused or failed step kept."""
     by_task: dict[str, list[Any]] = {}
     for pause in interrupts:
         if getattr(pause, "kind", "interrupt") == "interrupt":
             by_task.setdefault(str(getattr(pause, "task", "") or getattr(pause, "node", "")), []).append(pause)
+    kept = frontier.get("pending_writes") or {}
+    failed = errors or {}
+
+    def task(key: str, node: str, path: tuple[Any, ...]) -> PregelTask:
+        result = read_output(kept[key]) if key in kept else None
+        done = None if result is None or result.interrupt is not None else dict(result.updates)
+        return PregelTask(f"{checkpoint_key}:{key}", node, path, failed.get(key), tuple(by_task.get(key, ())),
+                          None, done)
+
     tasks: list[PregelTask] = []
     counts: dict[str, int] = {}
     for position, send in enumerate(frontier.get("sends") or ()):
         node = str(send["node"])
         index = counts.get(node, 0)
         counts[node] = index + 1
-        key = f"{node}#{index}"
-        tasks.append(PregelTask(f"{checkpoint_key}:{key}", node, ("__pregel_push", position), None,
-                                tuple(by_task.get(key, ()))))
-    tasks.extend(PregelTask(f"{checkpoint_key}:{name}", name, ("__pregel_pull", name), None, tuple(by_task.get(name, ())))
+        tasks.append(task(f"{node}#{index}", node, ("__pregel_push", position)))
+    tasks.extend(task(name, name, ("__pregel_pull", name))
                  for name in dict.fromkeys(str(name) for name in frontier.get("next", ())))
     return tuple(tasks)
+
+
+def _failed_errors(record: WorkflowRecord) -> dict[str, Exception]:
+    """Of a workflow whose step failed: the error of each task that failed it, by task key."""
+    error = record.error or {}
+    failed = error.get("failed_nodes") or ([error["node"]] if error.get("node") else [])
+    errors: dict[str, Exception] = {}
+    for name in failed if isinstance(failed, list) else ():
+        errors[str(name)] = NodeExecutionError(
+            str(error.get("summary") or ""), node=str(name).partition("#")[0],
+            attempts=int(error.get("attempts") or 0) if isinstance(error.get("attempts"), int) else 0,
+            error_type=str(error.get("error_type") or ""), error_message=str(error.get("message") or ""),
+            traceback_text=str(error.get("traceback") or ""))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -247,6 +276,7 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
                 "writes": dict(checkpoint.writes)}
     interrupts = read_interrupts(frontier) if latest and record is not None \
         and record.status == WorkflowStatus.INTERRUPTED else ()
+    errors = _failed_errors(record) if latest and record is not None and record.status == WorkflowStatus.FAILED else {}
     key = checkpoint_id(checkpoint.workflow_id, checkpoint.step)
     return StateSnapshot(
         workflow_id=checkpoint.workflow_id,
@@ -260,7 +290,7 @@ def snapshot_of(checkpoint: Checkpoint, record: WorkflowRecord | None = None) ->
         status=record.status if latest and record is not None else None,
         error=record.error if latest and record is not None else None,
         interrupts=interrupts,
-        tasks=_tasks_of(key, frontier, interrupts),
+        tasks=_tasks_of(key, frontier, interrupts, errors),
     )
 
 
@@ -287,7 +317,10 @@ async def read_state(store: StateStore, workflow_id: str, *, where: str, subgrap
         children = {task: await read_state(store, child.workflow_id, where=where, subgraphs=True)
                     for task, child in (await children_of(store, record)).items()}
         if children:
-            snapshot = replace(snapshot, subgraphs=children)
+            # As LangGraph's: each subgraph task's ``state`` is its child's snapshot too.
+            prefix = len(snapshot.checkpoint_id) + 1
+            tasks = tuple(replace(task, state=children.get(task.id[prefix:], task.state)) for task in snapshot.tasks)
+            snapshot = replace(snapshot, subgraphs=children, tasks=tasks)
     return snapshot
 
 

@@ -106,3 +106,44 @@ def test_several_modes_interleave_in_langgraphs_order() -> None:
     chunks = list(builder.compile().stream({"log": []}, stream_mode=["tasks", "checkpoints", "updates"]))
     assert [(mode, chunk.get("name") if mode == "tasks" else None) for mode, chunk in chunks] == [
         ("checkpoints", None), ("tasks", "b"), ("tasks", "b"), ("checkpoints", None), ("updates", None)]
+
+
+def test_get_state_tasks_carry_the_error_the_kept_result_and_the_subgraphs_state() -> None:
+    """LangGraph's PregelTask fields on a thread's latest snapshot: ``error`` of the task that failed
+    its step, ``result`` of a task that finished in a step that paused, ``state`` of a subgraph's task
+    (``get_state(subgraphs=True)``): the child's snapshot."""
+    from distributed_agents.core.errors import NodeExecutionError as NodeError
+
+    def bad(state: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("b down")
+
+    failing = StateGraph(S)
+    failing.add_node("ok", lambda s: {"log": ["ok"]}).add_node("bad", bad)
+    failing.add_edge(START, "ok").add_edge(START, "bad")
+    app = failing.compile()
+    config = {"configurable": {"thread_id": "task-fields-1"}}
+    with pytest.raises(NodeExecutionError):
+        app.invoke({"log": []}, config)
+    tasks = {task.name: task for task in app.get_state(config).tasks}
+    assert isinstance(tasks["bad"].error, NodeError) and tasks["bad"].error.error_message == "b down"
+    assert tasks["bad"].error.error_type == "RuntimeError" and tasks["ok"].error is None
+    assert tasks["ok"].result == {"log": ["ok"]} and tasks["bad"].result is None
+
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": [interrupt("q")]}
+
+    pausing = StateGraph(S)
+    pausing.add_node("ask", ask).add_node("c", lambda s: {"log": ["c"]}).add_edge(START, "ask").add_edge(START, "c")
+    app = pausing.compile()
+    config = {"configurable": {"thread_id": "task-fields-2"}}
+    app.invoke({"log": []}, config)
+    tasks = {task.name: task for task in app.get_state(config).tasks}
+    assert tasks["c"].result == {"log": ["c"]} and tasks["ask"].result is None and tasks["ask"].interrupts
+
+    inner = StateGraph(S).add_node("ask", ask).add_edge(START, "ask").compile()
+    outer = StateGraph(S).add_node("sub", inner).add_edge(START, "sub").compile()
+    config = {"configurable": {"thread_id": "task-fields-3"}}
+    outer.invoke({"log": []}, config)
+    snapshot = outer.get_state(config, subgraphs=True)
+    [task] = snapshot.tasks
+    assert task.state is snapshot.subgraphs["sub"] and task.state.next == ("ask",)
