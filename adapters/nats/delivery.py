@@ -88,13 +88,19 @@ def delivery_count(reply: str) -> int:
     return int(reply.split(".")[4])
 
 
-async def send_ack(nc: Client, reply: str, kind: str, *, delay: float = 0.0, timeout: float = 5.0) -> None:
-    """Settle a delivery: ``ack`` (waits for the server), ``nak`` (optional delay), ``progress``, ``term``."""
+async def send_ack(nc: Client, reply: str, kind: str, *, delay: float = 0.0, timeout: float = 5.0,
+                   confirmed: bool = False) -> None:
+    """Settle a delivery: ``ack`` (waits for the server), ``nak`` (optional delay; with ``confirmed``,
+    waits for the server to have taken it: it queues acks and serves pulls apart, so a pull sent
+    right after an unconfirmed NAK may not find the message yet), ``progress``, ``term``."""
     if kind == "ack":
         await replies.request(nc, reply, b"+ACK", timeout=timeout)
     elif kind == "nak":
         payload = b"-NAK" if delay <= 0 else b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
-        replies.send(nc, reply, payload)
+        if confirmed:
+            await replies.request(nc, reply, payload, timeout=timeout)
+        else:
+            replies.send(nc, reply, payload)
     elif kind == "progress":
         replies.send(nc, reply, b"+WPI")
     elif kind == "term":

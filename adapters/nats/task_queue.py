@@ -559,9 +559,11 @@ class NatsTaskQueue(TaskQueue):
     async def _give_back(self, node_type: str, lease_id: str, *, delay: float = 0.0) -> None:
         """NAK a delivery (JetStream delivers it again, after ``delay``), marked first as
         given back: the server counts a NAKed message as pending an ack until it is
-        delivered again, and ``stats`` takes the marked ones out of its in-flight count."""
+        delivered again, and ``stats`` takes the marked ones out of its in-flight count.
+        The NAK is confirmed: a claim that looks or pulls next (this process's, or a test's)
+        finds the message ready again, not still held."""
         await kv.put(self._conn.js, self._claims, _given_back_key(node_type, stream_sequence(lease_id)), b"1")
-        await send_ack(self._conn.nc, lease_id, "nak", delay=delay)
+        await send_ack(self._conn.nc, lease_id, "nak", delay=delay, confirmed=True)
 
     async def _taken_back(self, node_type: str, lease_id: str) -> None:
         """A delivery came again: drop the mark ``_give_back`` may have left on its message."""
