@@ -7,24 +7,54 @@ policy gives up. Attempts count every delivery, including ones whose worker died
 
 ``retry_on`` lists exception types; only those (and their subclasses) are retried.
 Because a policy travels with the task to other machines, exception types are matched
-by qualified name against the raised exception's class hierarchy.
+by qualified name against the raised exception's class hierarchy. The default,
+``default_retry_on``, is LangGraph's rule (``langgraph.types.RetryPolicy``'s default):
+connection errors and HTTP 5xx responses (httpx, requests) are retried, errors that
+would fail again the same way (``ValueError``, ``TypeError``, ``KeyError``,
+``RuntimeError``, other ``OSError``s, ...) are not, any other ``Exception`` is.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError
 
-__all__ = ["NO_RETRY", "RetryPolicy"]
+__all__ = ["NO_RETRY", "RetryPolicy", "default_retry_on"]
 
 
 def _qualified(exc_type: type[BaseException]) -> str:
     return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+# Errors that fail again the same way (LangGraph's default_retry_on does not retry them).
+_NOT_RETRIED = (ValueError, TypeError, ArithmeticError, ImportError, LookupError, NameError, SyntaxError,
+                RuntimeError, ReferenceError, StopIteration, StopAsyncIteration, OSError)
+_HTTP_ERRORS = frozenset({"httpx.HTTPStatusError", "requests.exceptions.HTTPError"})
+#: How ``default_retry_on`` travels in a task's policy (``retry_on`` holds type names otherwise).
+DEFAULT_RULE = "@default"
+
+
+def default_retry_on(exc: BaseException) -> bool:
+    """LangGraph's default ``retry_on`` rule: whether ``exc`` is worth another attempt.
+
+    True for a ``ConnectionError``, an HTTP 5xx error of httpx (``HTTPStatusError``) or requests
+    (``HTTPError``; one without a response too), and any other ``Exception`` not below; False
+    for an HTTP 4xx, ``ValueError``, ``TypeError``, ``ArithmeticError``, ``ImportError``,
+    ``LookupError``, ``NameError``, ``SyntaxError``, ``RuntimeError``, ``ReferenceError``,
+    ``StopIteration``, ``StopAsyncIteration``, other ``OSError``s and a ``BaseException``
+    that is no ``Exception``. httpx and requests are recognised by name, never imported.
+    """
+    if isinstance(exc, ConnectionError):
+        return True
+    if not _HTTP_ERRORS.isdisjoint(_qualified(cls) for cls in type(exc).__mro__):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return 500 <= status < 600 if isinstance(status, int) else True
+    return isinstance(exc, Exception) and not isinstance(exc, _NOT_RETRIED)
 
 
 @dataclass(frozen=True)
@@ -40,10 +70,10 @@ class RetryPolicy:
     # LangGraph's field order (RetryPolicy(0.5, 2.0) means the same there and here).
     initial_interval: float = 0.5
     backoff_factor: float = 2.0
-    max_interval: float = 60.0
+    max_interval: float = 128.0
     max_attempts: int = 3
     jitter: bool = True
-    retry_on: type[BaseException] | Sequence[type[BaseException]] = Exception
+    retry_on: type[BaseException] | Sequence[type[BaseException]] | Callable[[BaseException], bool] = default_retry_on
     # None means "derive from retry_on"; () is a real value (retry nothing) that must survive from_dict.
     _retry_names: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
@@ -64,13 +94,18 @@ class RetryPolicy:
             raise ConfigurationError(
                 f"RetryPolicy.jitter must be True (randomise each delay by up to ±25%) or False, got "
                 f"{type(self.jitter).__name__} {self.jitter!r}")
+        if self.retry_on is default_retry_on:  # LangGraph's default rule: it travels by name
+            if self._retry_names is None:
+                object.__setattr__(self, "_retry_names", (DEFAULT_RULE,))
+            return
         if isinstance(self.retry_on, (list, set, frozenset)):  # LangGraph's Sequence of types too
             object.__setattr__(self, "retry_on", tuple(self.retry_on))
         types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
             predicate = callable(self.retry_on) and not isinstance(self.retry_on, type)
             raise ConfigurationError(
-                f"RetryPolicy.retry_on must be an exception type or a list/tuple of them, got {self.retry_on!r}"
+                f"RetryPolicy.retry_on must be an exception type or a list/tuple of them (or default_retry_on, the "
+                f"default), got {self.retry_on!r}"
                 + ("; a predicate (LangGraph's retry_on=callable) cannot travel with a task to a worker: list the "
                    "exception types it accepts instead" if predicate else ""))
         if self._retry_names is None:
@@ -109,12 +144,12 @@ class RetryPolicy:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
         """Rebuild a policy on a worker; ``retry_on`` stays as qualified names."""
-        names = tuple(data.get("retry_on", ("builtins.Exception",)))
+        names = tuple(data.get("retry_on", (DEFAULT_RULE,)))
         return cls(
             max_attempts=int(data.get("max_attempts", 3)),
             initial_interval=float(data.get("initial_interval", 0.5)),
             backoff_factor=float(data.get("backoff_factor", 2.0)),
-            max_interval=float(data.get("max_interval", 60.0)),
+            max_interval=float(data.get("max_interval", 128.0)),
             jitter=bool(data.get("jitter", True)),
             _retry_names=names,
         )
@@ -130,6 +165,8 @@ def matches_exception(names: Sequence[str], exc: BaseException) -> bool:
 
     if isinstance(exc, NodeRaisedBaseException):
         exc = exc.original
+    if DEFAULT_RULE in names and default_retry_on(exc):
+        return True
     wanted = set(names)
     return any(_qualified(cls) in wanted for cls in type(exc).__mro__)
 

@@ -39,7 +39,7 @@ def work(state: State, context: NodeContext) -> dict[str, Any]:
     return {"done": True}
 
 
-graph = (Graph("measured").add_node("work", work, retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False))
+graph = (Graph("measured").add_node("work", work, retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False, retry_on=Exception))
          .set_entry_point("work").set_finish_point("work").compile())
 '''
 ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFIX", "DA_LOG_FORMAT", "DA_APP",

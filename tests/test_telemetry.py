@@ -55,7 +55,7 @@ def write(state: State, context: NodeContext) -> dict[str, Any]:
 
 
 graph = (Graph("traced").add_node("plan", plan)
-         .add_node("write", write, retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False))
+         .add_node("write", write, retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False, retry_on=Exception))
          .add_edge("plan", "write").set_entry_point("plan").set_finish_point("write").compile())
 '''
 ENV_NAMES = ("DA_BACKEND_URL", "BACKEND_URL", "REDIS_URL", "NATS_URL", "DA_PREFIX", "DA_LOG_FORMAT", "DA_APP",

@@ -292,7 +292,7 @@ def build_graphs() -> dict[str, Graph]:
     nested.set_entry_point("prep").add_edge("prep", "inner").add_edge("inner", "post").set_finish_point("post")
 
     handled = Graph("chaos_fallback", reducers={"trail": "extend"})
-    handled.add_node("prepare").add_node("flaky", retry=RetryPolicy(max_attempts=2, initial_interval=0.1, jitter=False),
+    handled.add_node("prepare").add_node("flaky", retry=RetryPolicy(max_attempts=2, initial_interval=0.1, jitter=False, retry_on=Exception),
                                          on_error="fallback")
     handled.add_node("fallback").add_node("finish")
     handled.set_entry_point("prepare").add_edge("prepare", "flaky").add_edge("flaky", "finish")

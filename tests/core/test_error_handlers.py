@@ -62,7 +62,7 @@ def test_the_retry_policy_is_exhausted_before_the_handler_runs() -> None:
         attempts["fetch"] += 1
         raise TimeoutError(f"try {attempts['fetch']}")
 
-    graph = pipeline(fetch, retry=RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False))
+    graph = pipeline(fetch, retry=RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False, retry_on=Exception))
     result = run(Orchestrator().execute(graph, {}, workflow_id="wf-oe-retry"))
     assert attempts["fetch"] == 3
     assert result["handled"] == ["fetch: TimeoutError: try 3 after 3 attempt(s)"]

@@ -324,7 +324,7 @@ def test_spec_lists_nodes_types_edges_routes_and_reducers_as_json() -> None:
         return update
 
     graph = Graph("described", "what it does", reducers={"log": "append", "x": custom})
-    graph.add_node("a", noop, node_type="researcher", retry=RetryPolicy(max_attempts=2, jitter=False), timeout=1.5)
+    graph.add_node("a", noop, node_type="researcher", retry=RetryPolicy(max_attempts=2, jitter=False, retry_on=Exception), timeout=1.5)
     graph.add_node("b").add_node("c").add_node("d")
     graph.set_entry_point("a")
     graph.add_edge("a", "b").add_edge("a", "c").add_edge(["b", "c"], "d")

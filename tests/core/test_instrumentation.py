@@ -133,7 +133,7 @@ def test_retried_and_failed_attempts_and_the_failed_run_are_reported_with_their_
         raise RuntimeError("no luck")
 
     graph = chain("broken", a=lambda s: {"x": 1},
-                  b={"func": broken, "retry": RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False)})
+                  b={"func": broken, "retry": RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False, retry_on=Exception)})
     with pytest.raises(NodeExecutionError):
         run(Orchestrator(instrumentation=recorder).execute(graph, {}))
     ended = [(e[2], e[3]) for e in recorder.named("node_ended")]
@@ -165,7 +165,7 @@ def test_a_worker_reports_each_claim_with_the_trace_context_from_the_payload_and
     registry.register_node("flaky", flaky)
     worker = Worker(["flaky"], registry=registry, poll_wait=0.05, instrumentation=worker_side)
     graph = chain("remote", a=lambda s: {"x": 1},
-                  b={"node_type": "flaky", "retry": RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False)})
+                  b={"node_type": "flaky", "retry": RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False, retry_on=Exception)})
 
     async def body() -> State:
         serving = asyncio.ensure_future(worker.start())

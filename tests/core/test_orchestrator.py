@@ -157,7 +157,7 @@ def test_failure_reports_node_attempts_and_traceback_in_status() -> None:
         calls.append(1)
         raise ValueError("upstream said no")
 
-    graph = chain("fails", flaky, retry=RetryPolicy(max_attempts=3, initial_interval=0.001, jitter=False))
+    graph = chain("fails", flaky, retry=RetryPolicy(max_attempts=3, initial_interval=0.001, jitter=False, retry_on=Exception))
 
     async def scenario() -> Any:
         orchestrator = Orchestrator()
@@ -196,7 +196,7 @@ def test_retry_succeeds_and_node_sees_its_attempt_and_idempotency_key() -> None:
             raise ConnectionError("transient")
         return {"ok": context.attempt}
 
-    graph = chain("retry_ok", node, retry=RetryPolicy(max_attempts=3, initial_interval=0.001))
+    graph = chain("retry_ok", node, retry=RetryPolicy(max_attempts=3, initial_interval=0.001, retry_on=Exception))
     result = run(Orchestrator().execute(graph, {}, workflow_id="wf-retry"))
     assert result["ok"] == 3
     assert [c.attempt for c in seen] == [1, 2, 3]

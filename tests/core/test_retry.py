@@ -72,7 +72,7 @@ def test_jitter_actually_varies_the_delay() -> None:
 def test_should_retry_stops_at_max_attempts() -> None:
     """Failed attempts 1 and 2 of 3 are retried, attempt 3 is final."""
     policy = RetryPolicy(max_attempts=3)
-    assert [policy.should_retry(n, RuntimeError()) for n in (1, 2, 3, 4)] == [True, True, False, False]
+    assert [policy.should_retry(n, ConnectionError()) for n in (1, 2, 3, 4)] == [True, True, False, False]
     assert NO_RETRY.should_retry(1, RuntimeError()) is False
 
 
@@ -91,7 +91,8 @@ def test_retry_on_accepts_a_tuple_and_base_exceptions() -> None:
     assert policy.retries(KeyError("k"))
     assert policy.retries(KeyboardInterrupt())
     assert not policy.retries(LookupError())  # a base class of KeyError is not matched
-    assert RetryPolicy().retries(ValueError()) and not RetryPolicy().retries(KeyboardInterrupt())
+    assert RetryPolicy(retry_on=Exception).retries(ValueError())
+    assert not RetryPolicy(retry_on=Exception).retries(KeyboardInterrupt())
 
 
 # -- JSON form ---------------------------------------------------------------------------
@@ -131,8 +132,8 @@ def test_a_policy_that_retries_nothing_stays_so_after_a_round_trip() -> None:
 def test_from_dict_fills_defaults() -> None:
     """Missing fields take the documented defaults."""
     assert RetryPolicy.from_dict({}).to_dict() == {
-        "max_attempts": 3, "initial_interval": 0.5, "backoff_factor": 2.0, "max_interval": 60.0,
-        "jitter": True, "retry_on": ["builtins.Exception"],
+        "max_attempts": 3, "initial_interval": 0.5, "backoff_factor": 2.0, "max_interval": 128.0,
+        "jitter": True, "retry_on": ["@default"],
     }
 
 
@@ -183,3 +184,52 @@ def test_langgraph_forms_positional_fields_and_a_list_of_types() -> None:
     assert RetryPolicy.from_dict(policy.to_dict()).retries(ConnectionResetError())  # as on a worker
     with pytest.raises(ConfigurationError, match="a predicate .* cannot travel with a task to a worker"):
         RetryPolicy(retry_on=lambda exc: isinstance(exc, ValueError))
+
+
+# -- LangGraph's default rule ---------------------------------------------------------------
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+def _http_error(module: str, name: str, status: int | None) -> BaseException:
+    """An exception class named as httpx's / requests' HTTP errors are (matched by name, never imported)."""
+    cls = type(name, (Exception,), {"__module__": module})
+    exc = cls("http")
+    if status is not None:
+        exc.response = _Response(status)  # type: ignore[attr-defined]
+    return exc
+
+
+@pytest.mark.parametrize(("exc", "retried"), [
+    (ConnectionError("refused"), True),
+    (ConnectionResetError("reset"), True),
+    (TransientError(), True),
+    (Exception("something"), True),
+    (_http_error("httpx", "HTTPStatusError", 503), True),
+    (_http_error("httpx", "HTTPStatusError", 404), False),
+    (_http_error("requests.exceptions", "HTTPError", 502), True),
+    (_http_error("requests.exceptions", "HTTPError", 400), False),
+    (_http_error("requests.exceptions", "HTTPError", None), True),
+    (ValueError("bad input"), False),
+    (TypeError("bad call"), False),
+    (KeyError("k"), False),
+    (ZeroDivisionError(), False),
+    (RuntimeError("nope"), False),
+    (FileNotFoundError("f"), False),
+    (TimeoutError("slow"), False),
+    (StopIteration(), False),
+    (KeyboardInterrupt(), False),
+], ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value))
+def test_the_default_retries_what_langgraphs_default_retry_on_retries(exc: BaseException, retried: bool) -> None:
+    """RetryPolicy() retries as LangGraph's RetryPolicy() does (its default_retry_on): a ported
+    node raising ValueError under RetryPolicy(max_attempts=3) runs once there, and so here."""
+    from distributed_agents.core.retry import default_retry_on
+
+    policy = RetryPolicy(max_attempts=3)
+    assert default_retry_on(exc) is retried
+    assert policy.retries(exc) is retried
+    assert RetryPolicy.from_dict(policy.to_dict()).retries(exc) is retried  # on a worker too
+    assert policy.to_dict()["retry_on"] == ["@default"] and policy.max_interval == 128.0

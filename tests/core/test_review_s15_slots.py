@@ -57,7 +57,7 @@ def test_mixed_nodes_never_exceed_capacity_nor_twice_capacity_leases_with_acks_h
         task = await serving(worker)
         ids: list[str] = []
         leases.gate.clear()
-        retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False).to_dict()
+        retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception).to_dict()
         for name in ("a", "t", "f", "s"):
             batch = [f"{name}-{i}" for i in range(6)]
             ids += batch

@@ -287,7 +287,7 @@ def test_retry_resumes_the_failed_child_and_on_error_handles_a_final_failure() -
         return {"ok": calls["n"]}
 
     retried = Graph("retried")
-    retried.add_node("sub", chain("inner_retry", ("flaky", flaky)), retry=RetryPolicy(max_attempts=3, initial_interval=0))
+    retried.add_node("sub", chain("inner_retry", ("flaky", flaky)), retry=RetryPolicy(max_attempts=3, initial_interval=0, retry_on=Exception))
     retried.add_edge(START, "sub").add_edge("sub", END).compile()
     assert run(Orchestrator().execute(retried, {})).values_copy() == {"ok": 3}
 

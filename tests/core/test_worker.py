@@ -114,7 +114,7 @@ def test_worker_retries_with_the_nodes_policy_then_dead_letters() -> None:
 
     worker = Worker(poll_wait=0.05)
     worker.register_node("flaky", flaky)
-    graph = remote_chain("flaky", "flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+    graph = remote_chain("flaky", "flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
 
     async def body() -> Any:
         with pytest.raises(NodeExecutionError) as caught:
@@ -423,7 +423,7 @@ def test_a_node_past_its_timeout_is_cancelled_on_the_worker_and_retried() -> Non
     worker = Worker(poll_wait=0.05)
     worker.register_node("sleepy", sleepy)
     graph = remote_chain("sleepy", "sleepy", timeout=0.05,
-                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False))
+                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False, retry_on=Exception))
 
     async def body() -> Any:
         with pytest.raises(NodeExecutionError) as caught:
@@ -444,7 +444,7 @@ def test_a_rejected_output_is_not_retried_in_process_or_on_a_worker(where: str) 
         calls.append("bad")
         return {"text": "\udc80"} if state.get("kind") == "json" else ["not", "a", "dict"]
 
-    retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False)
+    retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception)
     graph = Graph(f"rejected_{where.replace('-', '_')}")
     graph.add_node("bad", bad if where == "in-process" else None, node_type="bad", retry=retry)
     graph.set_entry_point("bad").set_finish_point("bad").compile()
@@ -480,7 +480,7 @@ def test_a_plain_function_past_its_timeout_is_told_and_holds_its_slot_until_it_r
     worker = Worker(capacity=1, poll_wait=0.05)
     worker.register_node("slow", slow)
     graph = remote_chain("slow_plain", "slow", timeout=0.1,
-                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False))
+                         retry=RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False, retry_on=Exception))
     result = run(with_worker(worker, lambda: Orchestrator().execute(graph, {})))
     assert result["done"] is True and "late" not in result
     assert events == ["1 cancelled=True", "1 returned", "2 started"]

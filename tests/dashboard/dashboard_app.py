@@ -46,5 +46,5 @@ essay = (Graph("essay").add_node("draft").add_node("polish").set_entry_point("dr
          .set_finish_point("polish").compile())
 approval = (Graph("approval").add_node("draft").add_node("ask").add_node("publish").set_entry_point("draft")
             .add_edge("draft", "ask").add_edge("ask", "publish").set_finish_point("publish").compile())
-archive = (Graph("archive").add_node("draft").add_node("fragile", retry=RetryPolicy(max_attempts=1))
+archive = (Graph("archive").add_node("draft").add_node("fragile", retry=RetryPolicy(max_attempts=1, retry_on=Exception))
            .set_entry_point("draft").add_edge("draft", "fragile").set_finish_point("fragile").compile())

@@ -47,6 +47,6 @@ def error_graph(handler: str = "recover") -> Graph:
     """fetch (2 attempts) -> END; fetch's failure -> the handler -> END; every node runs on a worker."""
     return (Graph(f"error_handling_{handler}")
             .add_node("fetch", node_type="fetch", retry=RetryPolicy(max_attempts=2, initial_interval=0.0,
-                                                                    jitter=False), on_error="handler")
+                                                                    jitter=False, retry_on=Exception), on_error="handler")
             .add_node("handler", node_type=handler)
             .set_entry_point("fetch").set_finish_point("fetch").set_finish_point("handler").compile())

@@ -33,7 +33,7 @@ def backend_url(request: pytest.FixtureRequest) -> str:
 
 def notify_archive() -> Graph:
     graph = Graph("notify_archive")
-    graph.add_node("notify", retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False))
+    graph.add_node("notify", retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False, retry_on=Exception))
     graph.add_node("archive")
     return graph.set_entry_point("notify").add_edge("notify", "archive").set_finish_point("archive").compile()
 
@@ -153,7 +153,7 @@ def test_resume_on_workers_reruns_only_the_failed_node_of_a_parallel_step(
     backend_url: str, tmp_path: pathlib.Path
 ) -> None:
     """Parallel audit (succeeds, side effect) and notify (fails); after the fix, resume runs notify only."""
-    graph = Graph("audit_notify").add_node("audit").add_node("notify", retry=RetryPolicy(max_attempts=1))
+    graph = Graph("audit_notify").add_node("audit").add_node("notify", retry=RetryPolicy(max_attempts=1, retry_on=Exception))
     graph.set_entry_point("audit").set_entry_point("notify").set_finish_point("audit").set_finish_point("notify")
     graph.compile()
 
@@ -212,7 +212,7 @@ def test_requeue_after_the_workflow_completed_says_nothing_needs_re_running(
     after the workflow's last commit.
     """
     graph = Graph("notify_fallback")
-    graph.add_node("notify", retry=RetryPolicy(max_attempts=1), on_error="fallback").add_node("fallback")
+    graph.add_node("notify", retry=RetryPolicy(max_attempts=1, retry_on=Exception), on_error="fallback").add_node("fallback")
     graph.set_entry_point("notify").set_finish_point("notify").set_finish_point("fallback").compile()
 
     async def scenario(prefix: str, workers: WorkerProcesses) -> Any:

@@ -40,7 +40,7 @@ def test_poison_task_is_dead_lettered_and_the_worker_keeps_serving(redis_url: st
     try:
         async def scenario() -> Any:
             orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
-            poisoned = single("poison", retry=RetryPolicy(max_attempts=3, initial_interval=0.05, jitter=False))
+            poisoned = single("poison", retry=RetryPolicy(max_attempts=3, initial_interval=0.05, jitter=False, retry_on=Exception))
             with pytest.raises(NodeExecutionError) as caught:
                 await orchestrator.execute(poisoned, {}, workflow_id=f"{prefix}-bad")
             status = await orchestrator.get_workflow_status(f"{prefix}-bad")
@@ -233,7 +233,7 @@ def test_node_raising_a_base_exception_on_a_worker_fails_retries_and_dead_letter
     try:
         async def scenario() -> Any:
             orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
-            graph = single(node_type, retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False))
+            graph = single(node_type, retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False, retry_on=Exception))
             with pytest.raises(NodeExecutionError) as caught:
                 await orchestrator.execute(graph, {}, workflow_id=f"{prefix}-1")
             status = await orchestrator.get_workflow_status(f"{prefix}-1")
@@ -263,7 +263,7 @@ def test_a_node_error_of_megabytes_on_a_worker_is_cut_and_reported_as_the_nodes_
     try:
         async def scenario() -> Any:
             orchestrator = DistributedOrchestrator(backend_url=redis_url, prefix=prefix, worker_timeout=30)
-            graph = single("hugeerror", retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False))
+            graph = single("hugeerror", retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=False, retry_on=Exception))
             with pytest.raises(NodeExecutionError) as caught:
                 await orchestrator.execute(graph, {}, workflow_id=f"{prefix}-1")
             status = await orchestrator.get_workflow_status(f"{prefix}-1")

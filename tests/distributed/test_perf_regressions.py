@@ -193,7 +193,7 @@ def test_a_first_node_that_fails_once_is_retried_and_runs_twice(url: str) -> Non
         return {"done": 1}
 
     worker.register_node("count", flaky)
-    graph = _single(retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+    graph = _single(retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
 
     async def body(orchestrator: Orchestrator) -> Any:
         final = await orchestrator.execute(graph, {}, workflow_id="wf-retry")

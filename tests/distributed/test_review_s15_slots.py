@@ -66,7 +66,7 @@ def test_mixed_nodes_on_a_real_backend_stay_within_capacity_and_twice_capacity_l
             leases.failing = True
         task = await serving(worker)
         ids: list[str] = []
-        retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False).to_dict()
+        retry = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception).to_dict()
         try:
             for name in ("a", "t", "f", "s"):
                 for i in range(6):

@@ -86,7 +86,7 @@ def test_a_result_that_is_not_utf8_fails_at_once_even_with_a_retry_policy(url: s
 
     worker = Worker(backend=url, poll_wait=0.1)
     worker.register_node("surrogate", lone_surrogate)
-    graph = single("surrogate", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+    graph = single("surrogate", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
 
     async def body(orchestrator: Orchestrator) -> NodeExecutionError:
         with pytest.raises(NodeExecutionError) as caught:

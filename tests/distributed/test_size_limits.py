@@ -59,7 +59,7 @@ def test_a_result_over_the_limit_fails_the_node_once_naming_node_size_and_limit(
 
     worker = Worker(backend=url, poll_wait=0.1, backend_options={"max_payload_bytes": 10_000})
     worker.register_node("big", big)
-    graph = single("big", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+    graph = single("big", retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False, retry_on=Exception))
     error, status = run(on_worker(url, worker, graph, "wf-big", max_payload_bytes=10_000), timeout=60)
     assert calls == [1]
     assert error.node == "big" and error.attempts == 1 and error.error_type == "PayloadTooLargeError"
