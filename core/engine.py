@@ -111,6 +111,7 @@ from distributed_agents.core.ports.state_store import Checkpoint, StateStore, Wo
 from distributed_agents.core.record_json import encode_rest, kept as kept_json, remember as remember_json
 from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.state import State
+from distributed_agents.core.task_payload import NODE_METADATA_KEY
 from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, read_ref, state_ref
 from distributed_agents.core import subgraphs as subgraph_tasks
 from distributed_agents.core.types import NodeResult, Send, read_output
@@ -1255,7 +1256,9 @@ def _node_call(
         message_keys=graph.message_keys,
         # Managed values go into the node's input when that is the state (not a Send's argument, nor an error).
         managed=graph.managed_keys if entry.arg is None and entry.state_ref is None else None,
-        node_metadata=spec.metadata,
+        # A subgraph's nodes have the metadata of the node running it too (LangGraph hands it down).
+        node_metadata={**record.metadata[NODE_METADATA_KEY], **(spec.metadata or {})}
+        if record.metadata.get(NODE_METADATA_KEY) else spec.metadata,
         configurable=record.metadata.get(CONFIGURABLE_KEY),
         trace=trace,
     )

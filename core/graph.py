@@ -1066,7 +1066,7 @@ class Graph:
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                interrupt_before: Sequence[str] | None = None,
                interrupt_after: Sequence[str] | None = None, context: Any = None,
-               stream_mode: str | Sequence[str] = "values") -> Any:
+               stream_mode: str | Sequence[str] = "values", durability: str | None = None) -> Any:
         """LangGraph's ``graph.invoke(input, config)``: run a workflow of this graph here, blocking.
 
         A shortcut over ``Orchestrator(backend=backend).invoke`` / ``.sync.resume``
@@ -1086,17 +1086,20 @@ class Graph:
 
         ``stream_mode`` other than ``"values"`` (one mode, or a list) returns the list of the
         run's chunks in that mode, as LangGraph's ``invoke(..., stream_mode=...)`` does.
+        ``durability`` (``"sync"``, ``"async"`` or ``"exit"``, LangGraph's) is the run's
+        checkpointing mode (``Orchestrator.execute(durability=)``); ``ConfigurationError``
+        for another value.
         """
         config = self._bound(config)  # with_config()'s, under this call's
         if stream_mode != "values":
             return list(self.stream(input, config, stream_mode=stream_mode, backend=backend,
                                     interrupt_before=interrupt_before, interrupt_after=interrupt_after,
-                                    context=context))
+                                    context=context, durability=durability))
         from distributed_agents.core.orchestrator import Orchestrator  # the orchestrator builds on graphs
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               with_context_schema(self, context))
+                               with_context_schema(self, context), durability)
         input = _input_of(input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
@@ -1119,7 +1122,8 @@ class Graph:
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None, *, stream_mode: str | Sequence[str] = "updates",
                subgraphs: bool = False, backend: str | None = None, interrupt_before: Sequence[str] | None = None,
-               interrupt_after: Sequence[str] | None = None, context: Any = None) -> Iterator[Any]:
+               interrupt_after: Sequence[str] | None = None, context: Any = None,
+               durability: str | None = None) -> Iterator[Any]:
         """LangGraph's ``graph.stream(input, config, stream_mode=...)``: ``invoke``'s run, chunk by chunk.
 
         Chunks as ``Orchestrator.stream`` yields them (LangGraph's shapes); a dict
@@ -1131,7 +1135,7 @@ class Graph:
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               with_context_schema(self, context))
+                               with_context_schema(self, context), durability)
         input = _input_of(input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
@@ -1390,18 +1394,18 @@ class Graph:
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, *, backend: str | None = None,
                       interrupt_before: Sequence[str] | None = None,
                       interrupt_after: Sequence[str] | None = None, context: Any = None,
-                      stream_mode: str | Sequence[str] = "values") -> Any:
+                      stream_mode: str | Sequence[str] = "values", durability: str | None = None) -> Any:
         """``invoke`` for async code (LangGraph's ``ainvoke``)."""
         config = self._bound(config)  # with_config()'s, under this call's
         if stream_mode != "values":
             return [chunk async for chunk in self.astream(
                 input, config, stream_mode=stream_mode, backend=backend, interrupt_before=interrupt_before,
-                interrupt_after=interrupt_after, context=context)]
+                interrupt_after=interrupt_after, context=context, durability=durability)]
         from distributed_agents.core.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(backend=backend)
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               with_context_schema(self, context))
+                               with_context_schema(self, context), durability)
         input = _input_of(input)
         thread = options.get("workflow_id")
         try:
@@ -1558,13 +1562,14 @@ class Graph:
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       stream_mode: str | Sequence[str] = "updates", subgraphs: bool = False,
                       backend: str | None = None, interrupt_before: Sequence[str] | None = None,
-                      interrupt_after: Sequence[str] | None = None, context: Any = None) -> AsyncIterator[Any]:
+                      interrupt_after: Sequence[str] | None = None, context: Any = None,
+                      durability: str | None = None) -> AsyncIterator[Any]:
         """``stream`` for async code (LangGraph's ``astream``): the same chunks, as an async iterator."""
         config = self._bound(config)  # with_config()'s, under this call's
         from distributed_agents.core.orchestrator import Orchestrator
 
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
-                               with_context_schema(self, context))
+                               with_context_schema(self, context), durability)
         input = _input_of(input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
@@ -1891,7 +1896,8 @@ def _input_of(input: Any) -> Any:
 def _resume_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The ``interrupt_before``/``interrupt_after`` and ``step_limit`` among ``_run_options``'s, and the
     run context, for ``resume``."""
-    picked = {key: options[key] for key in ("interrupt_before", "interrupt_after", "step_limit") if key in options}
+    picked = {key: options[key] for key in ("interrupt_before", "interrupt_after", "step_limit", "durability")
+              if key in options}
     context = (options.get("configurable") or {}).get(CONTEXT_KEY)
     if context is not None:
         picked["context"] = context
@@ -1899,7 +1905,8 @@ def _resume_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None = None,
-                 interrupt_after: Sequence[str] | None = None, context: Any = None) -> dict[str, Any]:
+                 interrupt_after: Sequence[str] | None = None, context: Any = None,
+                 durability: str | None = None) -> dict[str, Any]:
     """``execute`` options from a LangGraph ``config``: ``thread_id`` -> ``workflow_id``, ``recursion_limit`` -> ``step_limit``.
 
     ``interrupt_before``/``interrupt_after`` (LangGraph's ``invoke(..., interrupt_before=)``) are
@@ -1921,6 +1928,8 @@ def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before:
     options = _config_options(graph, config, interrupt_before, interrupt_after)
     if inherited_limit is not None and "step_limit" not in options:
         options["step_limit"] = inherited_limit
+    if durability is not None:  # LangGraph's invoke(..., durability=): "sync", "async" or "exit"
+        options["durability"] = durability
     if context is not None:  # LangGraph's run context: travels with the configurable values (CONTEXT_KEY)
         options["configurable"] = {**options.get("configurable", {}), CONTEXT_KEY: context_values(f"graph {graph!r}",
                                                                                                    context)}
@@ -1989,7 +1998,7 @@ def _checked_node_metadata(graph: str, node: str, metadata: Any) -> dict[str, An
             f"graph {graph!r}: node {node!r}: metadata must be a dict with string keys (JSON), got {metadata!r:.120}",
             graph=graph, culprit=node)
     try:
-        check_values(metadata)
+        check_values(metadata, "metadata")
     except StateNotSerializableError as exc:
         raise GraphValidationError(f"graph {graph!r}: node {node!r}: metadata is not JSON: {exc}", graph=graph,
                                    culprit=node) from None

@@ -199,7 +199,7 @@ class NodeContext:
                     self._stream.append(StreamWriter(
                         self._stream[0], workflow_id=self.workflow_id, node=self.node, step=self.step,
                         task_id=self.idempotency_key, attempt=self.attempt, namespace=getattr(self, "namespace", None),
-                        root_workflow_id=getattr(self, "root_workflow_id", None)))
+                        root_workflow_id=getattr(self, "root_workflow_id", None), node_metadata=self.metadata))
         writer: StreamWriter = self._stream[1]
         return writer
 

@@ -208,7 +208,7 @@ def _configurable_metadata(configurable: Mapping[str, Any] | None) -> dict[str, 
         raise ConfigurationError(f"execute(configurable=...) must be a dict, got {type(configurable).__name__}")
     values = {key: value for key, value in configurable.items() if key not in ("thread_id", "checkpoint_ns")}
     try:
-        check_values(values)
+        check_values(values, "configurable")
     except StateNotSerializableError as exc:
         raise ConfigurationError(f"execute(configurable=...): {exc}; nodes on workers read it, so it must be JSON") \
             from None

@@ -37,34 +37,36 @@ def new_workflow_id() -> str:
     return "wf_" + random_hex(16)
 
 
-def check_value(key: str, value: Any) -> None:
+def check_value(key: str, value: Any, what: str = "state") -> None:
     """Raise ``StateNotSerializableError`` unless JSON returns ``value`` unchanged (see ``codec``).
 
-    The message names the state key and the nested path of the culprit (e.g.
-    ``findings[1].fetched`` or ``by_id.<key 7>``) and says what to store instead.
+    The message names the key (of ``what``: the state, or e.g. a node's ``metadata``) and the
+    nested path of the culprit (e.g. ``findings[1].fetched`` or ``by_id.<key 7>``) and says
+    what to store instead.
     """
     if type(key) is not str:
         raise StateNotSerializableError(
-            f"state keys must be strings, got {key!r} ({type(key).__name__}); JSON would turn it into "
+            f"{what} keys must be strings, got {key!r} ({type(key).__name__}); JSON would turn it into "
             f"{str(key)!r}", key=str(key))
     found = find_non_json(value)
     if found is None:
         if not key.isascii() and find_non_json(key) is not None:
-            raise StateNotSerializableError(f"state key {key!r} has a lone surrogate; it cannot be encoded as "
+            raise StateNotSerializableError(f"{what} key {key!r} has a lone surrogate; it cannot be encoded as "
                                             "UTF-8 JSON", key=key)
         return
     path, why = found
+    holder = "State holds" if what == "state" else f"{what[0].upper()}{what[1:]} holds"
     raise StateNotSerializableError(
-        f"state key {key!r}, at {key}{path}: {why}. State holds only what JSON returns unchanged: "
+        f"{what} key {key!r}, at {key}{path}: {why}. {holder} only what JSON returns unchanged: "
         "str, int, float, bool, None, and lists and dicts (with str keys) of them",
         key=key,
     )
 
 
-def check_values(values: Mapping[str, Any]) -> None:
-    """``check_value`` every item of ``values``: one pass, no encoding."""
+def check_values(values: Mapping[str, Any], what: str = "state") -> None:
+    """``check_value`` every item of ``values`` (of ``what``: see there): one pass, no encoding."""
     for key, value in values.items():
-        check_value(key, value)
+        check_value(key, value, what)
 
 
 class State(dict[str, Any]):

@@ -82,8 +82,11 @@ class StreamWriter:
     def __init__(
         self, sink: EventPublisher | None, *, workflow_id: str, node: str, step: int, task_id: str,
         attempt: int, namespace: Sequence[str] | None = None, root_workflow_id: str | None = None,
+        node_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self._sink = sink
+        # The node's own metadata (add_node(metadata=)): in every message's metadata, as LangGraph's.
+        self._node_metadata = dict(node_metadata) if node_metadata else None
         # A subgraph's node runs in a child workflow ("<root>:sub:<step>:<task>", see core.subgraphs):
         # its chunks go to the root workflow's stream, which is what callers follow.
         self._channel_workflow = root_workflow_id or workflow_id.partition(":sub:")[0] or workflow_id
@@ -106,9 +109,11 @@ class StreamWriter:
     def message(self, chunk: Any, metadata: Mapping[str, Any] | None = None) -> None:
         """Stream one LLM message chunk (a token, a delta) in ``stream_mode="messages"``.
 
-        The caller gets ``(chunk, metadata)``: ``metadata`` merged with the node, step,
-        task id, workflow id, run and attempt.
+        The caller gets ``(chunk, metadata)``: the node's own metadata (``add_node(metadata=)``),
+        then ``metadata``, merged with the node, step, task id, workflow id, run and attempt.
         """
+        if self._node_metadata:
+            metadata = {**self._node_metadata, **(metadata or {})}
         self._emit("messages", chunk, metadata)
 
     def _emit(self, mode: str, chunk: Any, metadata: Mapping[str, Any] | None) -> None:

@@ -698,10 +698,20 @@ def _ran_tasks(checkpoint: Checkpoint) -> bool:
 
 
 def _task_results(checkpoint: Checkpoint) -> list[dict[str, Any]]:
-    """The ``tasks`` result chunks of the step that made ``checkpoint`` (``_ran_tasks``)."""
+    """The ``tasks`` result chunks of the step that made ``checkpoint`` (``_ran_tasks``): each task
+    that wrote, then each that failed into its error handler (``add_node(on_error=)``: the
+    handler's Send in the checkpoint names it and carries the error)."""
     workflow_id, step = checkpoint.workflow_id, checkpoint.step - 1
-    return [{"id": _task_id(workflow_id, step, str(key)), "name": str(key).partition("#")[0], "error": None,
-             "result": dict(writes or {}), "interrupts": []} for key, writes in checkpoint.writes.items()]
+    out = [{"id": _task_id(workflow_id, step, str(key)), "name": str(key).partition("#")[0], "error": None,
+            "result": dict(writes or {}), "interrupts": []} for key, writes in checkpoint.writes.items()]
+    for send in checkpoint.frontier.get("sends") or ():
+        handled = send.get("handles")
+        if isinstance(handled, str):
+            error = (send.get("arg") or {}).get("error") or {}
+            message = error.get("message") if isinstance(error, Mapping) else None
+            out.append({"id": _task_id(workflow_id, step, handled), "name": handled.partition("#")[0],
+                        "error": str(message if message is not None else error), "result": {}, "interrupts": []})
+    return out
 
 
 def _stopped_tasks(record: WorkflowRecord) -> list[tuple[dict[str, Any], dict[str, Any]]]:

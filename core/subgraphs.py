@@ -78,6 +78,7 @@ from distributed_agents.core.node_runner import RETURNS_TO_CALLER_KEY, NodeFailu
 from distributed_agents.core.ports.state_store import StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.schema import result_values
 from distributed_agents.core.state import State, check_values
+from distributed_agents.core.task_payload import NODE_METADATA_KEY
 from distributed_agents.core.types import COMMAND_KEY, INTERRUPT_KEY, Send
 
 if TYPE_CHECKING:
@@ -291,11 +292,14 @@ class SubgraphRunner:
         assert sub is not None
         child_id = child_workflow_id(record.workflow_id, record.step, entry.key)
         namespace = [*namespace_of(record), f"{entry.node}:{task_id}"]
+        inherited = {**(record.metadata.get(NODE_METADATA_KEY) or {}), **(spec.metadata or {})}
         metadata = {PARENT_KEY: record.workflow_id, ROOT_KEY: str(record.metadata.get(ROOT_KEY) or record.workflow_id),
                     PARENT_INCARNATION_KEY: incarnation_of(record),
                     NAMESPACE_KEY: namespace, "parent_task": entry.key,
                     # The caller's config["configurable"] reaches the child's nodes too (as LangGraph's do).
-                    **({"configurable": record.metadata["configurable"]} if record.metadata.get("configurable") else {})}
+                    **({"configurable": record.metadata["configurable"]} if record.metadata.get("configurable") else {}),
+                    # ... and so does the metadata of the node running it (and of its own callers).
+                    **({NODE_METADATA_KEY: inherited} if inherited else {})}
         answers = (record.frontier.get(SUBGRAPH_RESUME_KEY) or {}).get(entry.key)
         state = dict(entry.arg) if entry.arg is not None else dict(record.state)
         from distributed_agents.core.graph import MAX_PRIORITY  # graph imports this module

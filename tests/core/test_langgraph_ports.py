@@ -1431,3 +1431,29 @@ def test_each_resume_is_a_call_with_its_own_step_budget() -> None:
     looping.add_conditional_edges("agent", lambda s: "agent", ["agent", END])
     with pytest.raises(StepLimitExceededError):
         looping.compile().invoke({"turns": []}, config)
+
+
+def test_invoke_and_stream_take_langgraphs_durability() -> None:
+    """invoke/stream/ainvoke(..., durability="exit") as in LangGraph 1.x: the run checkpoints at
+    exit only (its history holds the input and the end), "sync" at every step."""
+    from distributed_agents import StateGraph
+    from distributed_agents.core.errors import ConfigurationError
+    from support.aio import run as run_async
+
+    class S(TypedDict):
+        n: int
+
+    builder = StateGraph(S)
+    builder.add_node("a", lambda s: {"n": s["n"] + 1}).add_node("b", lambda s: {"n": s["n"] + 1})
+    app = builder.add_edge(START, "a").add_edge("a", "b").compile()
+
+    def steps(thread: str) -> list[int]:
+        return sorted(snapshot.step for snapshot in app.get_state_history({"configurable": {"thread_id": thread}}))
+
+    assert app.invoke({"n": 0}, {"configurable": {"thread_id": "dur-exit"}}, durability="exit") == {"n": 2}
+    assert list(app.stream({"n": 0}, {"configurable": {"thread_id": "dur-sync"}}, durability="sync",
+                           stream_mode="values")) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert run_async(app.ainvoke({"n": 0}, {"configurable": {"thread_id": "dur-async"}}, durability="async")) == {"n": 2}
+    assert len(steps("dur-exit")) < len(steps("dur-sync")) == 3
+    with pytest.raises(ConfigurationError, match="durability"):
+        app.invoke({"n": 0}, durability="sometimes")

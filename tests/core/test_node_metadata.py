@@ -47,3 +47,27 @@ def test_metadata_does_not_change_the_graphs_fingerprint() -> None:
 def test_metadata_that_is_not_a_json_dict_is_refused_naming_the_node(metadata: Any) -> None:
     with pytest.raises(GraphValidationError, match=r"graph 'S': node 'a': metadata "):
         StateGraph(S).add_node("a", _noting, metadata=metadata)
+
+
+def test_a_subgraph_nodes_metadata_reaches_the_subgraphs_nodes_and_messages_carry_the_nodes_own() -> None:
+    """As LangGraph: the nodes inside a subgraph read the metadata of the node running it (theirs
+    win a clash), and a node's streamed messages carry its metadata."""
+    def inner_node(state: dict[str, Any], config: Any) -> dict[str, Any]:
+        return {"seen": [{k: v for k, v in config["metadata"].items() if k in ("pk", "team", "own")}]}
+
+    inner = StateGraph(S).add_node("i", inner_node, metadata={"own": 1, "team": "inner"}).add_edge(START, "i").compile()
+    middle = StateGraph(S).add_node("inner", inner, metadata={"team": "middle"}).add_edge(START, "inner").compile()
+
+    def talk(state: dict[str, Any], config: Any) -> dict[str, Any]:
+        config.stream_writer.message("hello", metadata={"model": "m", "team": "override"})
+        return {}
+
+    builder = StateGraph(S)
+    builder.add_node("sub", middle, metadata={"pk": "parent-only"}).add_node("talk", talk, metadata={"team": "red"})
+    app = builder.add_edge(START, "sub").add_edge(START, "talk").compile()
+    assert app.invoke({"seen": []}) == {"seen": [{"pk": "parent-only", "team": "inner", "own": 1}]}
+    [(token, meta)] = list(app.stream({"seen": []}, stream_mode="messages"))
+    assert token == "hello" and meta["model"] == "m" and meta["team"] == "override" and meta["node"] == "talk"
+    [(token, meta)] = [c for c in StateGraph(S).add_node("talk", talk, metadata={"team": "red", "x": [1]}).add_edge(
+        START, "talk").compile().stream({"seen": []}, stream_mode="messages")]
+    assert meta["x"] == [1] and meta["team"] == "override"

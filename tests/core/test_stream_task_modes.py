@@ -147,3 +147,16 @@ def test_get_state_tasks_carry_the_error_the_kept_result_and_the_subgraphs_state
     snapshot = outer.get_state(config, subgraphs=True)
     [task] = snapshot.tasks
     assert task.state is snapshot.subgraphs["sub"] and task.state.next == ("ask",)
+
+
+def test_a_task_failing_into_its_error_handler_ends_with_its_error() -> None:
+    def bad(state: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("fetch down")
+
+    builder = StateGraph(S)
+    builder.add_node("bad", bad, on_error="fallback").add_node("fallback", lambda s: {"log": ["fallback"]})
+    builder.add_edge(START, "bad")
+    chunks = list(builder.compile().stream({"log": []}, stream_mode="tasks"))
+    assert [(c["name"], "input" in c, c.get("error")) for c in chunks] == [
+        ("bad", True, None), ("bad", False, "fetch down"), ("fallback", True, None), ("fallback", False, None)]
+    assert chunks[1]["id"] == chunks[0]["id"]
