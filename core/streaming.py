@@ -702,8 +702,9 @@ def _task_results(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     that wrote, then each that failed into its error handler (``add_node(on_error=)``: the
     handler's Send in the checkpoint names it and carries the error)."""
     workflow_id, step = checkpoint.workflow_id, checkpoint.step - 1
-    out: list[dict[str, Any]] = [{"id": _task_id(workflow_id, step, str(key)), "name": str(key).partition("#")[0], "error": None,
-            "result": dict(writes or {}), "interrupts": []} for key, writes in checkpoint.writes.items()]
+    out: list[dict[str, Any]] = [
+        {"id": _task_id(workflow_id, step, str(key)), "name": str(key).partition("#")[0], "error": None,
+         "result": dict(writes or {}), "interrupts": []} for key, writes in checkpoint.writes.items()]
     for send in checkpoint.frontier.get("sends") or ():
         handled = send.get("handles")
         if isinstance(handled, str):
