@@ -274,6 +274,9 @@ class StreamReader:
         self._namespaces: dict[str, tuple[str, ...]] = {}  # subgraph workflow id -> its namespace
         self._sub_steps: set[tuple[str, int]] = set()  # (subgraph workflow id, step) whose chunks were yielded
         self._started: set[str] = set()  # ids of the tasks whose "tasks" start was yielded
+        # (step, task keys) of a resumed step whose finished tasks' writes were kept: streamed by the
+        # run that paused (``_finish``), so the resumed step's commit does not stream them again.
+        self._kept: tuple[int, frozenset[str]] = (-1, frozenset())
         # The stream rides out a backend outage as the workflow's driver does: its reads of
         # the store wait for the backend (core.backoff) instead of ending the stream.
         self._outage = Outage(log, f"stream of workflow {workflow_id!r}")
@@ -520,6 +523,10 @@ class StreamReader:
             for start, result in _stopped_tasks(record):
                 out += self._starts([start], ())
                 out.append(self._shape("tasks", result, ()))
+        if "updates" in self.modes and record.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
+            # The tasks that finished in the step that paused or failed, as LangGraph streams them
+            # then (their writes are kept and merged when the step commits, not streamed again).
+            out += [self._shape("updates", {key.partition("#")[0]: writes}, ()) for key, writes in _kept_writes(record)]
         if record.status == WorkflowStatus.INTERRUPTED and {"updates", "values"} & set(self.modes):
             pauses = [PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind)
                       for i in read_interrupts(record.frontier)]
@@ -609,15 +616,16 @@ class StreamReader:
 
     def leading_values(self, record: WorkflowRecord) -> list[Any]:
         """The chunks a resumed run's stream starts with (LangGraph's): the "values" of the state
-        ``record`` holds, the one the run resumes from, and (``tasks``) the starts of the tasks
-        its step runs again (not those it kept the writes of)."""
+        ``record`` holds, the one the run resumes from, and (``tasks``) the starts of the tasks of
+        its step (those whose writes it kept end with no result: the run that paused streamed it,
+        and their ``updates`` come again marked ``{"__metadata__": {"cached": True}}``)."""
         out = []
+        kept = frozenset(key for key, _ in _kept_writes(record))
+        self._kept = (record.step, kept)
         if "values" in self.modes:
             out.append(self._shape("values", dict(record.state), ()))
-        if "tasks" in self.modes:
-            done = record.frontier.get("pending_writes") or {}
-            out += self._starts([start for start in _task_starts(record.workflow_id, record.step, record.state,
-                                                                 record.frontier) if start["_key"] not in done], ())
+        if "tasks" in self.modes:  # every task of the step starts again, as LangGraph's (the kept ones end cached)
+            out += self._starts(_task_starts(record.workflow_id, record.step, record.state, record.frontier), ())
         return out
 
     def _starts(self, starts: Sequence[dict[str, Any]], namespace: tuple[str, ...]) -> list[Any]:
@@ -636,16 +644,23 @@ class StreamReader:
         """The chunks of ``checkpoint`` (``prior``: the checkpoint before it, if read: its step's
         task starts come from it, for ``tasks``)."""
         out = []
+        kept_step, kept = self._kept
+        # The resumed step's tasks that finished before its pause: streamed by that run already.
+        streamed = kept if checkpoint.workflow_id == self.workflow_id and checkpoint.step == kept_step + 1 \
+            else frozenset()
         if "tasks" in self.modes and _ran_tasks(checkpoint):
             if prior is not None and prior.workflow_id == checkpoint.workflow_id and prior.step == checkpoint.step - 1:
                 out += self._starts(_task_starts(prior.workflow_id, prior.step, prior.state, prior.frontier),
                                     namespace)
-            out += [self._shape("tasks", chunk, namespace) for chunk in _task_results(checkpoint)]
+            out += [self._shape("tasks", chunk, namespace) for chunk in _task_results(checkpoint)
+                    if chunk["id"].rpartition(":")[2] not in streamed]
         if "checkpoints" in self.modes:
             out.append(self._shape("checkpoints", _checkpoint_chunk(checkpoint), namespace))
         if "updates" in self.modes:
             for key, writes in checkpoint.writes.items():
-                out.append(self._shape("updates", {str(key).partition("#")[0]: writes}, namespace))
+                # A kept task's writes again, marked cached, as LangGraph streams its pending writes.
+                cached = {"__metadata__": {"cached": True}} if str(key) in streamed else {}
+                out.append(self._shape("updates", {str(key).partition("#")[0]: writes, **cached}, namespace))
         if "values" in self.modes and not _wrote_nothing(checkpoint):
             # The whole state, as LangGraph streams it: an output schema filters only the run's result.
             values = dict(checkpoint.state)
@@ -712,6 +727,20 @@ def _task_results(checkpoint: Checkpoint) -> list[dict[str, Any]]:
             message = error.get("message") if isinstance(error, Mapping) else None
             out.append({"id": _task_id(workflow_id, step, handled), "name": handled.partition("#")[0],
                         "error": str(message if message is not None else error), "result": {}, "interrupts": []})
+    return out
+
+
+def _kept_writes(record: WorkflowRecord) -> list[tuple[str, dict[str, Any]]]:
+    """(task key, writes) of each task that finished in ``record``'s step before it paused or
+    failed (its kept pending writes; not a task paused in ``interrupt()``), in task order."""
+    pending = record.frontier.get("pending_writes") or {}
+    out = []
+    for start in _task_starts(record.workflow_id, record.step, {}, record.frontier):
+        key = start["_key"]
+        if key in pending:
+            kept = read_output(pending[key])
+            if kept.interrupt is None:
+                out.append((key, dict(kept.updates or {})))
     return out
 
 

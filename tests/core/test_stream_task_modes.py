@@ -160,3 +160,34 @@ def test_a_task_failing_into_its_error_handler_ends_with_its_error() -> None:
     assert [(c["name"], "input" in c, c.get("error")) for c in chunks] == [
         ("bad", True, None), ("bad", False, "fetch down"), ("fallback", True, None), ("fallback", False, None)]
     assert chunks[1]["id"] == chunks[0]["id"]
+
+
+def test_a_paused_steps_finished_task_streams_in_the_run_that_paused_and_comes_back_cached() -> None:
+    """LangGraph's order: c finished while its sibling asked; the run that paused streams c's update
+    and result, the resumed run starts both tasks again and streams c's kept writes marked cached
+    (never a second result: c ran once)."""
+    runs: list[str] = []
+
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": [interrupt("q")]}
+
+    def c(state: dict[str, Any]) -> dict[str, Any]:
+        runs.append("c")
+        return {"log": ["c"]}
+
+    builder = StateGraph(S)
+    builder.add_node("ask", ask).add_node("c", c).add_edge(START, "ask").add_edge(START, "c")
+    app = builder.compile()
+    config = {"configurable": {"thread_id": "kept-writes"}}
+
+    def seen(chunks: Any) -> list[tuple[str, Any]]:
+        return [(mode, (chunk["name"], "input" in chunk) if mode == "tasks" else chunk) for mode, chunk in chunks]
+
+    first = seen(app.stream({"log": []}, config, stream_mode=["tasks", "updates"]))
+    assert ("updates", {"c": {"log": ["c"]}}) in first and ("tasks", ("c", False)) in first
+    assert first[-1][0] == "updates" and "__interrupt__" in first[-1][1]
+    second = seen(app.stream(Command(resume="y"), config, stream_mode=["tasks", "updates"]))
+    assert second == [("tasks", ("ask", True)), ("tasks", ("c", True)), ("tasks", ("ask", False)),
+                      ("updates", {"ask": {"log": ["y"]}}),
+                      ("updates", {"c": {"log": ["c"]}, "__metadata__": {"cached": True}})]
+    assert runs == ["c"]
