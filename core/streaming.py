@@ -78,7 +78,7 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.interrupts import PendingInterrupt, read_interrupts
 from distributed_agents.core.ports.message_bus import BusMessage, MessageBus, Subscription
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowRecord, WorkflowStatus
-from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, is_child_of
+from distributed_agents.core.subgraphs import NAMESPACE_KEY, SUBGRAPHS_KEY, children_of, is_child_of
 from distributed_agents.core.types import INTERRUPT_KEY, read_output
 from distributed_agents.core.timeouts import wait_within
 
@@ -408,7 +408,7 @@ class StreamReader:
             for chunk in await self._catch_up(record):
                 yield chunk
             if self._finished(record):
-                for chunk in self._finish(record):
+                for chunk in await self._finish(record):
                     yield chunk
                 return
         driver_done_at: float | None = None
@@ -438,7 +438,7 @@ class StreamReader:
                     for chunk in await self._catch_up(record):
                         yield chunk
                     if driver is None and self._finished(record):
-                        for chunk in self._finish(record):
+                        for chunk in await self._finish(record):
                             yield chunk
                         return
                 continue
@@ -480,10 +480,10 @@ class StreamReader:
                 if driver is None and not self._finished(record):
                     continue  # an old end (e.g. a pause since resumed): keep following
                 if driver is None:
-                    for chunk in self._finish(record):
+                    for chunk in await self._finish(record):
                         yield chunk
                     return
-                for chunk in self._finish(record, raise_errors=False):
+                for chunk in await self._finish(record, raise_errors=False):
                     yield chunk
                 break
         assert driver is not None
@@ -516,9 +516,12 @@ class StreamReader:
         return record.status in WorkflowStatus.TERMINAL or record.status in (WorkflowStatus.INTERRUPTED,
                                                                                WorkflowStatus.PENDING)
 
-    def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
+    async def _finish(self, record: WorkflowRecord, *, raise_errors: bool = True) -> list[Any]:
         """The closing chunks of an ended workflow; raises for a failed or cancelled one (attached)."""
         out = []
+        if self.subgraphs and record.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED) and \
+                {"tasks", "updates"} & set(self.modes):
+            out += await self._stopped_children(record)  # the subgraphs' paused or failed steps, deepest first
         if "tasks" in self.modes and record.status in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
             for start, result in _stopped_tasks(record):
                 out += self._starts([start], ())
@@ -542,6 +545,31 @@ class StreamReader:
                                       workflow_id=self.workflow_id)
         if raise_errors and record.status == WorkflowStatus.CANCELLED:
             raise WorkflowCancelledError(f"workflow {self.workflow_id!r} was cancelled")
+        return out
+
+    async def _stopped_children(self, parent: WorkflowRecord) -> list[Any]:
+        """With ``subgraphs``: the ``tasks`` and ``updates`` chunks of the step each child workflow of
+        ``parent``'s step stopped at (paused or failed), under its namespace, deepest first: its
+        ended tasks, its finished tasks' writes, and a pause's ``__interrupt__``, as at the root."""
+        out: list[Any] = []
+        children = await self._read_store(functools.partial(children_of, self._store, parent),
+                                          f"read the subgraph workflows of {parent.workflow_id!r}")
+        for child in children.values():
+            if child.status not in (WorkflowStatus.INTERRUPTED, WorkflowStatus.FAILED):
+                continue
+            namespace = tuple(str(part) for part in child.metadata.get(NAMESPACE_KEY) or [child.workflow_id])
+            out += await self._stopped_children(child)
+            if "tasks" in self.modes:
+                for start, result in _stopped_tasks(child):
+                    out += self._starts([start], namespace)
+                    out.append(self._shape("tasks", result, namespace))
+            if "updates" in self.modes:
+                out += [self._shape("updates", {key.partition("#")[0]: writes}, namespace)
+                        for key, writes in _kept_writes(child)]
+                asked = [PendingInterrupt(id=i.id, node=i.node, value=i.value, kind=i.kind)
+                         for i in read_interrupts(child.frontier) if i.kind == "interrupt"]
+                if child.status == WorkflowStatus.INTERRUPTED and asked:
+                    out.append(self._shape("updates", {INTERRUPT_KEY: asked}, namespace))
         return out
 
     async def _catch_up(self, record: WorkflowRecord, upto: int | None = None, *, replay: bool = True) -> list[Any]:

@@ -191,3 +191,24 @@ def test_a_paused_steps_finished_task_streams_in_the_run_that_paused_and_comes_b
                       ("updates", {"ask": {"log": ["y"]}}),
                       ("updates", {"c": {"log": ["c"]}, "__metadata__": {"cached": True}})]
     assert runs == ["c"]
+
+
+def test_a_pause_two_subgraphs_deep_streams_each_levels_task_and_interrupt() -> None:
+    """subgraphs=True: the paused step of each level (the asking node's, its subgraph's, the
+    root's) ends in the tasks stream with its interrupts and an __interrupt__ update, deepest first."""
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        return {"log": ["ask:" + interrupt("deep?")]}
+
+    inner = StateGraph(S).add_node("i1", lambda s: {"log": ["i1"]}).add_node("ask", ask)
+    inner = inner.add_edge(START, "i1").add_edge("i1", "ask").compile()
+    mid = StateGraph(S).add_node("m1", lambda s: {"log": ["m1"]}).add_node("inner", inner)
+    mid = mid.add_edge(START, "m1").add_edge("m1", "inner").compile()
+    app = StateGraph(S).add_node("mid", mid).add_edge(START, "mid").compile()
+    chunks = list(app.stream({"log": []}, {"configurable": {"thread_id": "deep-pause"}},
+                             stream_mode=["tasks", "updates"], subgraphs=True))
+    levels = [tuple(part.split(":")[0] for part in ns) for ns, _, _ in chunks]
+    ended = [(level, chunk["name"], [i["value"] for i in chunk["interrupts"]])
+             for level, (_, mode, chunk) in zip(levels, chunks) if mode == "tasks" and "interrupts" in chunk]
+    assert ended[-3:] == [(("mid", "inner"), "ask", ["deep?"]), (("mid",), "inner", ["deep?"]), ((), "mid", ["deep?"])]
+    paused = [level for level, (_, mode, chunk) in zip(levels, chunks) if mode == "updates" and "__interrupt__" in chunk]
+    assert paused == [("mid", "inner"), ("mid",), ()]
