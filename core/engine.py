@@ -401,7 +401,8 @@ class StepEngine(_Progress):
                 self._events.emit(record.workflow_id, "workflow.completed", step=record.step)
                 return record
             if record.step >= step_limit:
-                error, cycling = _step_limit_error(graph, record, next_nodes, recent, step_limit)
+                # The call's own limit (step_limit counts from the step its budget starts at).
+                error, cycling = _step_limit_error(graph, record, next_nodes, recent, step_limit - self._budget_start)
                 await self._fail(record, lease, error, {"nodes": list(next_nodes), "cycling": cycling})
                 raise error
             unknown = _names_outside(next_nodes, order) if _any_outside(next_nodes, order) else None

@@ -1101,6 +1101,7 @@ class Graph:
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
                                with_context_schema(self, context), durability)
         input = _input_of(input)
+        _budget_for(options, input)
         thread = options.get("workflow_id")
         if _continues_at(config, input) is not None:
             from distributed_agents.core.sync_api import run_sync
@@ -1137,6 +1138,7 @@ class Graph:
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
                                with_context_schema(self, context), durability)
         input = _input_of(input)
+        _budget_for(options, input)
         thread = options.get("workflow_id")
         orchestrator = Orchestrator(backend=backend)
         if _continues_at(config, input) is not None:
@@ -1407,6 +1409,7 @@ class Graph:
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
                                with_context_schema(self, context), durability)
         input = _input_of(input)
+        _budget_for(options, input)
         thread = options.get("workflow_id")
         try:
             input = await self._continuation(orchestrator, config, input, "ainvoke")
@@ -1571,6 +1574,7 @@ class Graph:
         options = _run_options(self.name, config, interrupt_before, interrupt_after,
                                with_context_schema(self, context), durability)
         input = _input_of(input)
+        _budget_for(options, input)
         if input is None or isinstance(input, Command):
             if "workflow_id" not in options:
                 raise ConfigurationError(
@@ -1894,14 +1898,27 @@ def _input_of(input: Any) -> Any:
 
 
 def _resume_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``interrupt_before``/``interrupt_after`` and ``step_limit`` among ``_run_options``'s, and the
-    run context, for ``resume``."""
+    """The ``interrupt_before``/``interrupt_after``, ``step_limit`` and ``durability`` among
+    ``_run_options``'s, and the run context, for ``resume``."""
     picked = {key: options[key] for key in ("interrupt_before", "interrupt_after", "step_limit", "durability")
               if key in options}
     context = (options.get("configurable") or {}).get(CONTEXT_KEY)
     if context is not None:
         picked["context"] = context
     return picked
+
+
+#: ``_config_options``: the config's own recursion_limit, beside the step_limit it gives a new run.
+_RECURSION_LIMIT = "recursion_limit"
+
+
+def _budget_for(options: dict[str, Any], input: Any) -> None:
+    """The step limit of a call with ``input``, from the config's ``recursion_limit`` of N (taken out
+    of ``options``): N - 1 steps for a new run (``_config_options``), N + 1 for a continuation (None
+    or a ``Command``), which LangGraph runs without an input step."""
+    limit = options.pop(_RECURSION_LIMIT, None)
+    if limit is not None and (input is None or isinstance(input, Command)):
+        options["step_limit"] = limit + 1
 
 
 def _run_options(graph: str, config: Mapping[str, Any] | None, interrupt_before: Sequence[str] | None = None,
@@ -1985,8 +2002,10 @@ def _config_options(graph: str, config: Mapping[str, Any] | None, interrupt_befo
             raise ConfigurationError(f"graph {graph!r}: config['recursion_limit'] must be an int >= 1 (the step "
                                      f"limit), got {limit!r}")
         # LangGraph's recursion_limit of N lets a call run N - 1 steps (its input takes one): the same
-        # here (1, which lets LangGraph run one step before it raises, allows that step).
+        # here (1, which lets LangGraph run one step before it raises, allows that step). A resume
+        # takes no input step there and runs N + 1 (``_resume_options``).
         options["step_limit"] = max(1, limit - 1)
+        options[_RECURSION_LIMIT] = limit
     return options
 
 

@@ -30,12 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from distributed_agents.core.errors import (
-    ConfigurationError,
-    InvalidNodeOutputError,
-    NodeExecutionError,
-    WorkflowNotFoundError,
-)
+from distributed_agents.core.errors import ConfigurationError, InvalidNodeOutputError, WorkflowNotFoundError
 from distributed_agents.core.executors import CONFIGURABLE_KEY
 from distributed_agents.core.frontier import TaskEntry, frontier_nodes, read_entries
 from distributed_agents.core.graph import START, Graph
@@ -97,7 +92,8 @@ class PregelTask:
     task, ``("__pregel_push", i)`` for a Send; ``interrupts`` the pending ``Interrupt``s its
     ``interrupt()`` calls raised (a static breakpoint is not one, as in LangGraph: it is in
     the snapshot's ``interrupts`` only). On a workflow's latest snapshot, as LangGraph sets
-    them: ``error`` the ``NodeExecutionError`` of a task whose failure failed the step,
+    them: ``error`` of a task whose failure failed the step (``"<Type>('<message>')"``, the
+    string LangGraph's stored task error reads as),
     ``result`` the writes of a task that finished in a step that paused or failed (else
     None), ``state`` (``get_state(subgraphs=True)``) the snapshot of the subgraph it runs.
     """
@@ -112,7 +108,7 @@ class PregelTask:
 
 
 def _tasks_of(checkpoint_key: str, frontier: Mapping[str, Any], interrupts: tuple[Any, ...],
-              errors: Mapping[str, Exception] | None = None) -> tuple[PregelTask, ...]:
+              errors: Mapping[str, str] | None = None) -> tuple[PregelTask, ...]:
     """The ``PregelTask`` of each task ``frontier``'s step runs, in ``_next_tasks``'s order, with the
     ``errors`` of the failed ones (by task key) and the results a paused or failed step kept."""
     by_task: dict[str, list[Any]] = {}
@@ -140,17 +136,15 @@ def _tasks_of(checkpoint_key: str, frontier: Mapping[str, Any], interrupts: tupl
     return tuple(tasks)
 
 
-def _failed_errors(record: WorkflowRecord) -> dict[str, Exception]:
-    """Of a workflow whose step failed: the error of each task that failed it, by task key."""
+def _failed_errors(record: WorkflowRecord) -> dict[str, str]:
+    """Of a workflow whose step failed: the error of each task that failed it, by task key, as
+    LangGraph's ``PregelTask.error`` reads once stored: ``"<Type>('<message>')"``."""
     error = record.error or {}
     failed = error.get("failed_nodes") or ([error["node"]] if error.get("node") else [])
-    errors: dict[str, Exception] = {}
+    errors: dict[str, str] = {}
+    kind, message = str(error.get("error_type") or ""), str(error.get("message") or "")
     for name in failed if isinstance(failed, list) else ():
-        errors[str(name)] = NodeExecutionError(
-            str(error.get("summary") or ""), node=str(name).partition("#")[0],
-            attempts=int(error.get("attempts") or 0) if isinstance(error.get("attempts"), int) else 0,
-            error_type=str(error.get("error_type") or ""), error_message=str(error.get("message") or ""),
-            traceback_text=str(error.get("traceback") or ""))
+        errors[str(name)] = f"{kind}({message!r})" if kind else str(error.get("summary") or message)
     return errors
 
 

@@ -646,10 +646,15 @@ class StreamReader:
         """The chunks a resumed run's stream starts with (LangGraph's): the "values" of the state
         ``record`` holds, the one the run resumes from, and (``tasks``) the starts of the tasks of
         its step (those whose writes it kept end with no result: the run that paused streamed it,
-        and their ``updates`` come again marked ``{"__metadata__": {"cached": True}}``)."""
+        and their ``updates`` come again marked ``{"__metadata__": {"cached": True}}``), after
+        (``checkpoints``) the checkpoint it resumes from."""
         out = []
         kept = frozenset(key for key, _ in _kept_writes(record))
         self._kept = (record.step, kept)
+        if "checkpoints" in self.modes:  # the checkpoint it resumes from, with its pauses and kept results
+            out.append(self._shape("checkpoints", _checkpoint_chunk(Checkpoint(
+                record.workflow_id, record.step, record.state, record.frontier, created_at=record.updated_at),
+                record), ()))
         if "values" in self.modes:
             out.append(self._shape("values", dict(record.state), ()))
         if "tasks" in self.modes:  # every task of the step starts again, as LangGraph's (the kept ones end cached)
@@ -701,9 +706,10 @@ class StreamReader:
         return (mode, chunk) if self.tagged else chunk
 
 
-def _checkpoint_chunk(checkpoint: Checkpoint) -> dict[str, Any]:
-    """A ``checkpoints`` chunk: LangGraph's dict of ``checkpoint``'s snapshot (``history.snapshot_of``)."""
-    snapshot = history.snapshot_of(checkpoint)
+def _checkpoint_chunk(checkpoint: Checkpoint, record: WorkflowRecord | None = None) -> dict[str, Any]:
+    """A ``checkpoints`` chunk: LangGraph's dict of ``checkpoint``'s snapshot (``history.snapshot_of``;
+    ``record``: the workflow's, when the checkpoint is its latest)."""
+    snapshot = history.snapshot_of(checkpoint, record)
     return {"config": snapshot.config, "parent_config": snapshot.parent_config, "values": dict(snapshot.values),
             "metadata": dict(snapshot.metadata), "next": list(snapshot.next),
             "tasks": [{"id": task.id, "name": task.name, "interrupts": list(task.interrupts), "state": None}

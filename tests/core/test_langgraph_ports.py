@@ -1420,11 +1420,12 @@ def test_each_resume_is_a_call_with_its_own_step_budget() -> None:
     builder.add_node("agent", agent).add_edge(START, "agent")
     builder.add_conditional_edges("agent", lambda s: "agent" if len(s["turns"]) < 6 else END, ["agent", END])
     app = builder.compile()
-    config = {"configurable": {"thread_id": "hitl-budget"}, "recursion_limit": 4}  # 3 steps each call
+    # recursion_limit 4: the first call 3 steps, each resume 5 (LangGraph's resumed invoke has no input step)
+    config = {"configurable": {"thread_id": "hitl-budget"}, "recursion_limit": 4}
     assert "__interrupt__" in app.invoke({"turns": []}, config)
     for turn in range(5):
         assert "__interrupt__" in app.invoke(Command(resume=f"ok{turn}"), config)
-    assert app.invoke(Command(resume="ok5"), config)["turns"] == [[f"ok{i}", 3] for i in range(6)]
+    assert app.invoke(Command(resume="ok5"), config)["turns"] == [[f"ok{i}", 5] for i in range(6)]
     # The budget still bounds one call: a loop that never pauses stops at the limit.
     looping = StateGraph(Turns)
     looping.add_node("agent", lambda s: {"turns": [1]}).add_edge(START, "agent")
