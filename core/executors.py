@@ -34,7 +34,7 @@ from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
-from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.retry import NodeRetry
 from distributed_agents.core.state import State
 from distributed_agents.core.task_payload import MANAGED_KEY, MANAGED_PAYLOAD_VERSION, NODE_METADATA_KEY, PAYLOAD_VERSION
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
@@ -67,7 +67,7 @@ class NodeCall:
     node_type: str
     task_id: str
     state_json: bytes
-    retry: RetryPolicy | None = None
+    retry: NodeRetry | None = None
     timeout: float | None = None
     priority: int = 0
     resume: list[Any] | None = None
@@ -177,7 +177,7 @@ class InProcessExecutor(NodeExecutor):
                     observer.node_ended(observed, RETRIED if again else FAILED, exc)
                 if again:
                     assert policy is not None
-                    await asyncio.sleep(policy.delay(attempt))
+                    await asyncio.sleep(policy.delay(attempt, exc))
                     continue
                 return NodeOutcome(call.node, call.task_id, None, describe_failure(exc), attempt, started,
                                    time.time() - started)

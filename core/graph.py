@@ -63,7 +63,7 @@ from distributed_agents.core.node_runner import (
 )
 from distributed_agents.core.reducers import Reducer, reducer_name, resolve_reducer
 from distributed_agents.core.registry import NodeFunction
-from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.retry import NodeRetry, RetryChain, RetryPolicy, node_retry
 from distributed_agents.core.schema import StateSchema
 from distributed_agents.core.state import check_values
 from distributed_agents.core.state_view import ReadOnlyState
@@ -88,7 +88,7 @@ class NodeSpec:
     name: str
     func: NodeFunction | None
     node_type: str
-    retry: RetryPolicy | None = None
+    retry: NodeRetry | None = None  # a RetryPolicy, or a RetryChain of several
     timeout: float | None = None
     priority: int = 0
     destinations: tuple[str, ...] | None = None  # where its Command(goto=) may go; None: anywhere
@@ -225,8 +225,8 @@ class Graph:
         func: NodeFunction | Graph | None = None,
         node_type: str | None = None,
         *,
-        retry: RetryPolicy | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry: RetryPolicy | Sequence[RetryPolicy] | None = None,
+        retry_policy: RetryPolicy | Sequence[RetryPolicy] | None = None,
         timeout: float | None = None,
         priority: int = 0,
         destinations: Sequence[str] | None = None,
@@ -282,7 +282,9 @@ class Graph:
         made). ``Orchestrator.clear_cache`` removes a graph's entries.
 
         As in LangGraph, ``add_node(func)`` names the node after the function
-        (``func.__name__``), and ``retry_policy=`` is another name for ``retry=``. The keys
+        (``func.__name__``), and ``retry_policy=`` is another name for ``retry=``; either takes a
+        ``RetryPolicy`` or a list of them, the first whose ``retry_on`` matches an error deciding
+        whether and when to retry (``core.retry.RetryChain``). The keys
         (and reducers) of the node's input schema - ``input_schema=``, else the class its
         state parameter is annotated with - are state keys too (LangGraph's private state;
         the node still gets the whole state). ``ConfigurationError`` for a key declared with
@@ -330,10 +332,16 @@ class Graph:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: timeout must be a finite number of seconds > 0 (or None for "
                 f"no timeout), got {timeout!r}", graph=self.name, culprit=name)
-        if retry is not None and not isinstance(retry, RetryPolicy):
+        try:
+            node_retries = node_retry(retry, f"graph {self.name!r}: node {name!r}")
+        except ConfigurationError as exc:
+            raise GraphValidationError(str(exc), graph=self.name, culprit=name) from None
+        if subgraph is not None and isinstance(node_retries, RetryChain):
+            # Its retry_on is not consulted (core.subgraphs): which policy would rule is undecidable.
             raise GraphValidationError(
-                f"graph {self.name!r}: node {name!r}: retry must be a RetryPolicy (or None), got {retry!r}",
-                graph=self.name, culprit=name)
+                f"graph {self.name!r}: node {name!r}: a subgraph node takes one RetryPolicy (its max_attempts resumes "
+                "the failed child; retry_on is not consulted), got a list of several; give the subgraph's own nodes "
+                "the policies that differ by exception", graph=self.name, culprit=name)
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
             raise GraphValidationError(
                 f"graph {self.name!r}: node {name!r}: priority must be an int between {-MAX_PRIORITY} and "
@@ -365,7 +373,7 @@ class Graph:
                     f"graph {self.name!r}: node {name!r}: destinations must be a list of node names, got "
                     f"{destinations!r}", graph=self.name, culprit=name)
             destinations = tuple(destinations)
-        self._nodes[name] = NodeSpec(name, func, node_type or name, retry, timeout, priority,
+        self._nodes[name] = NodeSpec(name, func, node_type or name, node_retries, timeout, priority,
                                      None if destinations is None else tuple(destinations), bool(defer), on_error,
                                      subgraph)
         if cache_policy is not None or metadata:

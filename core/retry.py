@@ -6,6 +6,10 @@ policy gives up. Attempts count every delivery, including ones whose worker died
 ``max_attempts`` also bounds how often a crashing node is re-delivered.
 
 ``retry_on`` lists exception types; only those (and their subclasses) are retried.
+A node may have several policies (``add_node(retry_policy=[...])``, LangGraph's
+``Sequence[RetryPolicy]``): a ``RetryChain``, where the first policy whose ``retry_on``
+matches the error decides whether and when to retry, against the node's one count of
+attempts.
 Because a policy travels with the task to other machines, exception types are matched
 by qualified name against the raised exception's class hierarchy. The default,
 ``default_retry_on``, is LangGraph's rule (``langgraph.types.RetryPolicy``'s default):
@@ -24,7 +28,7 @@ from typing import Any
 
 from distributed_agents.core.errors import ConfigurationError
 
-__all__ = ["NO_RETRY", "RetryPolicy", "default_retry_on"]
+__all__ = ["NO_RETRY", "NodeRetry", "RetryChain", "RetryPolicy", "default_retry_on", "node_retry", "retry_from_wire"]
 
 
 def _qualified(exc_type: type[BaseException]) -> str:
@@ -111,8 +115,9 @@ class RetryPolicy:
         if self._retry_names is None:
             object.__setattr__(self, "_retry_names", tuple(_qualified(t) for t in types))
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+    def delay(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based); ``exc`` is not read (a
+        ``RetryChain`` chooses its policy by it)."""
         try:
             grown = self.initial_interval * self.backoff_factor ** max(attempt - 1, 0)
         except OverflowError:  # float ** int overflows long before a retry loop would end
@@ -153,6 +158,88 @@ class RetryPolicy:
             jitter=bool(data.get("jitter", True)),
             _retry_names=names,
         )
+
+
+@dataclass(frozen=True)
+class RetryChain:
+    """Several retry policies for one node: LangGraph's ``retry_policy=[p1, p2, ...]``.
+
+    After failed attempt ``n`` (1-based, every attempt of the node counted, whatever
+    policy ruled the ones before), the first policy whose ``retry_on`` matches the error
+    decides: another attempt if ``n`` is below its ``max_attempts``, after its
+    ``delay(n)``; an error no policy matches is not retried (``langgraph.pregel``'s
+    ``run_with_retry``). ``max_attempts`` is the largest of the policies': the most
+    deliveries the queue allows the task (a worker that dies mid-task counts too).
+    Built by ``node_retry``; travels with a task as a JSON list of policies.
+    """
+
+    policies: tuple[RetryPolicy, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.policies) < 2 or not all(isinstance(p, RetryPolicy) for p in self.policies):
+            raise ConfigurationError(f"RetryChain needs two or more RetryPolicy objects, got {self.policies!r}")
+
+    @property
+    def max_attempts(self) -> int:
+        """The largest ``max_attempts`` of the policies."""
+        return max(p.max_attempts for p in self.policies)
+
+    def policy_for(self, exc: BaseException) -> RetryPolicy | None:
+        """The first policy that retries ``exc``, or None."""
+        return next((p for p in self.policies if p.retries(exc)), None)
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether any policy retries ``exc``."""
+        return self.policy_for(exc) is not None
+
+    def should_retry(self, attempt: int, exc: BaseException) -> bool:
+        """Whether failed attempt ``attempt`` should be followed by another (the matching policy's rule)."""
+        policy = self.policy_for(exc)
+        return policy is not None and attempt < policy.max_attempts
+
+    def delay(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt``: the delay of the policy matching
+        ``exc`` (the first policy when ``exc`` is None or matches none)."""
+        policy = None if exc is None else self.policy_for(exc)
+        return (policy or self.policies[0]).delay(attempt)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """The JSON shape that travels with a task: a list of ``RetryPolicy.to_dict()``."""
+        return [p.to_dict() for p in self.policies]
+
+
+#: What a node's ``retry`` holds: one policy, or several in order.
+NodeRetry = RetryPolicy | RetryChain
+
+
+def node_retry(value: Any, where: str) -> NodeRetry | None:
+    """A node's retry from what ``add_node(retry=/retry_policy=)`` was given: a
+    ``RetryPolicy`` as it is; a list or tuple of them (LangGraph's ``Sequence[RetryPolicy]``)
+    as a ``RetryChain`` - one policy as that policy, none as None (no retry, as in LangGraph);
+    None as None. Raises ``ConfigurationError`` naming ``where`` for anything else."""
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, (list, tuple)):
+        policies = tuple(value)
+        if all(isinstance(p, RetryPolicy) for p in policies):
+            if not policies:
+                return None
+            return policies[0] if len(policies) == 1 else RetryChain(policies)
+    raise ConfigurationError(f"{where}: retry must be a RetryPolicy, a list of them (the first whose retry_on "
+                             f"matches the error decides) or None, got {value!r:.200}")
+
+
+def retry_from_wire(data: Any) -> NodeRetry:
+    """A node's retry as a task carries it (``NodeRetry.to_dict()``): an object is one policy,
+    a list several. Raises ``ValueError``/``TypeError``/``ConfigurationError`` for other shapes."""
+    if isinstance(data, list):
+        policies = tuple(RetryPolicy.from_dict(item) for item in data)
+        if len(policies) == 1:
+            return policies[0]
+        return RetryChain(policies)
+    if not isinstance(data, Mapping):
+        raise TypeError(f"a retry policy is a JSON object or a list of them, got {type(data).__name__}")
+    return RetryPolicy.from_dict(data)
 
 
 def matches_exception(names: Sequence[str], exc: BaseException) -> bool:

@@ -38,7 +38,7 @@ READABLE_VERSIONS = (1, 2)
 _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "graph": ((str,), "a string"),
     WRAP_KEY: ((dict,), "an object"),
-    "retry": ((dict,), "an object (a retry policy)"),
+    "retry": ((dict, list), "an object (a retry policy) or a list of them"),
     "resume": ((list,), "a list (interrupt answers)"),
     "message_keys": ((list,), "a list of strings"),
     MANAGED_KEY: ((dict,), "an object (managed value kinds by key)"),
@@ -54,7 +54,8 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     The rules: ``v`` (absent: 1) one of ``READABLE_VERSIONS``; ``state`` an object, or
     else a valid ``state_ref`` (``core.task_state``); ``step``, ``remaining_steps`` and
     ``step_limit`` ints >= 0; ``timeout`` a finite number of seconds > 0; ``graph`` a string;
-    ``retry``, ``wrap``, ``configurable``, ``node_metadata`` and ``trace`` objects; ``resume`` a list;
+    ``retry`` an object or a list of objects (several policies); ``wrap``, ``configurable``,
+    ``node_metadata`` and ``trace`` objects; ``resume`` a list;
     ``message_keys`` a list of strings; ``managed`` an object whose values are managed
     value kinds (``core.managed.MANAGED_KINDS``); ``retry.retry_on`` a list of strings. Each of
     these but ``state``/``state_ref`` may be absent or null. Other keys are ignored.
@@ -91,7 +92,13 @@ def check_payload(payload: Mapping[str, Any]) -> None:
         raise ValueError(f"payload field {MANAGED_KEY!r} must map state keys to one of "
                          f"{', '.join(sorted(MANAGED_KINDS))}; upgrade the worker if a newer engine wrote the task")
     retry = payload.get("retry")
-    if retry is not None and "retry_on" in retry:
-        names = retry["retry_on"]
-        if type(names) is not list or not all(type(name) is str for name in names):
-            raise ValueError("payload field 'retry.retry_on' must be a list of exception names (strings)")
+    if retry == []:  # (the engine writes one policy as an object, several as a list; none as null)
+        raise ValueError("payload field 'retry' must be a retry policy object or a non-empty list of them, got []")
+    for policy in retry if isinstance(retry, list) else () if retry is None else (retry,):
+        if type(policy) is not dict:
+            raise ValueError("payload field 'retry' must be a retry policy object or a list of them, got a list "
+                             f"holding a JSON {type(policy).__name__}")
+        if "retry_on" in policy:
+            names = policy["retry_on"]
+            if type(names) is not list or not all(type(name) is str for name in names):
+                raise ValueError("payload field 'retry.retry_on' must be a list of exception names (strings)")

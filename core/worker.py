@@ -97,7 +97,7 @@ from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask, Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerInfo
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
-from distributed_agents.core.retry import RetryPolicy
+from distributed_agents.core.retry import NodeRetry, retry_from_wire
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
 from distributed_agents.core.task_payload import MANAGED_KEY, NODE_METADATA_KEY, check_payload
@@ -890,7 +890,7 @@ class Worker:
             if (retry is not None and not is_output_error(exc) and not isinstance(exc, TaskStateError)
                     and retry.should_retry(claim.attempt, exc)):
                 self.stats.retried += 1
-                delay = retry.delay(claim.attempt)
+                delay = retry.delay(claim.attempt, exc)
                 log.info("task %s node %r attempt %d failed (%s); retrying in %.2fs",
                          task.id, task.node, claim.attempt, failure.error_type, delay)
                 await self._settle(lambda: queue.nack(lease.claim, failure.to_text(), delay=delay), claim)
@@ -926,7 +926,7 @@ class Worker:
                      time.monotonic() - started, claim.attempt)
         return SUCCEEDED, None
 
-    def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State | None, RetryPolicy | None, float | None]:
+    def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State | None, NodeRetry | None, float | None]:
         """The task's function, state (None: the task names it, ``_referenced_state`` reads it), retry, timeout.
 
         Raises ``ValueError`` if the task is malformed.
@@ -939,7 +939,7 @@ class Worker:
         state = payload.get("state")
         retry_data = payload.get("retry")
         try:
-            retry = None if retry_data is None else RetryPolicy.from_dict(retry_data)
+            retry = None if retry_data is None else retry_from_wire(retry_data)
             timeout = payload.get("timeout")
             timeout = None if timeout is None else float(timeout)
         except (TypeError, ValueError, AttributeError, ConfigurationError) as exc:

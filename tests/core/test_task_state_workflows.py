@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from support.aio import run
+from support.aio import with_worker as serving
 
 from distributed_agents import END, START, Graph, Orchestrator, Send, State, Worker, open_backend
 from distributed_agents.adapters.memory.task_queue import MemoryTaskQueue
@@ -51,17 +51,6 @@ def metered_backend() -> tuple[Backend, MeteredQueue]:
     queue.payloads = []
     backend.task_queue = queue
     return backend, queue
-
-
-async def serving(worker: Worker, body: Callable[[], Awaitable[Any]]) -> Any:
-    task = asyncio.ensure_future(worker.start())
-    while not worker._serving:
-        await asyncio.sleep(0.005)
-    try:
-        return await body()
-    finally:
-        await worker.stop(grace=1)
-        await task
 
 
 def static_fan_out(width: int) -> Graph:

@@ -8,11 +8,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from support.aio import run
+from support.aio import run, with_worker
 from support.nodes import BlockingNode
 
 from distributed_agents import Graph, NodeContext, Orchestrator, RetryPolicy, State, Worker, open_backend
@@ -30,17 +29,6 @@ def remote_chain(name: str, *types: str, **options: Any) -> Graph:
     for a, b in zip(types, types[1:]):
         graph.add_edge(a, b)
     return graph.set_finish_point(types[-1]).compile()
-
-
-async def with_worker(worker: Worker, body: Callable[[], Awaitable[Any]]) -> Any:
-    serving = asyncio.ensure_future(worker.start())
-    while not worker._serving:
-        await asyncio.sleep(0.005)
-    try:
-        return await body()
-    finally:
-        await worker.stop(grace=1)
-        await serving
 
 
 def test_worker_serves_only_its_types_and_reports_to_the_registry() -> None:

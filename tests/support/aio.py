@@ -55,3 +55,16 @@ def connect_failure(url: str, timeout: float = 30) -> BaseException:
         raise AssertionError(f"{url} connected")
 
     return run(attempt(), timeout)
+
+
+async def with_worker(worker: Any, body: Callable[[], Awaitable[T]]) -> T:
+    """``body()`` while ``worker`` (a ``distributed_agents.Worker``) serves; the worker is
+    stopped (1 s grace) and its serving task awaited on the way out, whatever ``body`` did."""
+    serving = asyncio.ensure_future(worker.start())
+    while not worker._serving:
+        await asyncio.sleep(0.005)
+    try:
+        return await body()
+    finally:
+        await worker.stop(grace=1)
+        await serving
