@@ -172,13 +172,15 @@ class ChunkStream(AsyncIterator[Any]):
 def parse_stream_mode(stream_mode: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
     """``(modes, tagged)``: the modes asked for, and whether chunks come as ``(mode, chunk)``.
 
-    ``ConfigurationError`` naming the valid modes for anything else.
+    An empty list asks for none: the run goes to its end streaming nothing (LangGraph's
+    ``stream(..., stream_mode=[])``). ``ConfigurationError`` naming the valid modes for
+    anything else.
     """
     tagged = not isinstance(stream_mode, str)
-    modes = (stream_mode,) if isinstance(stream_mode, str) else tuple(stream_mode) if isinstance(
-        stream_mode, (list, tuple)) else ()
+    listed = isinstance(stream_mode, (list, tuple))
+    modes = (stream_mode,) if isinstance(stream_mode, str) else tuple(stream_mode) if listed else ()
     unknown = [m for m in modes if m not in STREAM_MODES]
-    if not modes or unknown:
+    if not (modes or listed) or unknown:
         shown = ", ".join(map(repr, unknown)) if unknown else repr(stream_mode)
         raise ConfigurationError(
             f"stream_mode {shown} is not a stream mode; use one of {', '.join(map(repr, STREAM_MODES))}, "

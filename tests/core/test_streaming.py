@@ -154,7 +154,7 @@ def test_sync_stream_is_a_plain_iterator_and_refused_inside_a_loop() -> None:
 
 def test_unknown_modes_and_bad_arguments_are_refused_at_once_naming_the_valid_modes() -> None:
     orchestrator = Orchestrator()
-    for bad in ("tokens", ["values", "token"], [], 3):
+    for bad in ("tokens", ["values", "token"], 3, None):
         with pytest.raises(ConfigurationError) as caught:
             orchestrator.astream(two_steps(), {}, stream_mode=bad)  # type: ignore[arg-type]
         assert "'values', 'updates', 'custom', 'messages', 'debug'" in str(caught.value)
@@ -164,6 +164,31 @@ def test_unknown_modes_and_bad_arguments_are_refused_at_once_naming_the_valid_mo
         orchestrator.astream("wf-1", {"x": 1})
     with pytest.raises(ConfigurationError, match="workflow_id"):
         orchestrator.astream("bad id.with dots")
+
+
+def test_an_empty_list_of_modes_runs_to_the_end_streaming_nothing() -> None:
+    """LangGraph's stream(..., stream_mode=[]): the run goes on to its end (or pause), nothing is yielded."""
+    ran: list[str] = []
+
+    def ask(state: State) -> dict[str, Any]:
+        ran.append("ask")
+        return {"answer": interrupt("name?")}
+
+    asking = Graph("asking").add_node("ask", ask).set_entry_point("ask").set_finish_point("ask").compile()
+
+    async def scenario() -> None:
+        orchestrator = Orchestrator()
+        try:
+            assert await collect(orchestrator.astream(two_steps(), {"topic": "x"}, stream_mode=[],
+                                                      workflow_id="wf-none")) == []
+            assert (await orchestrator.get_state("wf-none")).values["counted"] == 3  # both steps ran
+            assert await collect(orchestrator.astream(asking, {}, stream_mode=[], workflow_id="wf-ask")) == []
+            assert ran == ["ask"] and (await orchestrator.get_state("wf-ask")).next == ("ask",)  # paused
+        finally:
+            await orchestrator.close()
+
+    run(scenario())
+    assert list(Orchestrator().stream(two_steps(), {"topic": "x"}, stream_mode=[], subgraphs=True)) == []
 
 
 def test_attaching_to_an_unknown_workflow_names_it() -> None:

@@ -189,3 +189,17 @@ def test_tasks_and_checkpoints_streams_of_nodes_run_on_workers(
     assert [s["config"]["configurable"]["checkpoint_id"] for s in snapshots] == [
         "wf-task-modes:0", "wf-task-modes:1", "wf-task-modes:2"]
     assert [s["next"] for s in snapshots] == [["talk"], ["count"], []]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_list_of_modes_runs_the_workers_nodes_to_the_end_streaming_nothing(
+    backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    """LangGraph's stream_mode=[]: nothing is yielded, and the workflow still completes on the workers."""
+    async def scenario(orchestrator: Orchestrator, url: str, prefix: str) -> tuple[list[Any], Any]:
+        chunks = await collect(orchestrator.astream(app.talk_graph(), {"tokens": 3}, workflow_id="wf-no-modes",
+                                                    stream_mode=[]))
+        return chunks, await orchestrator.get_state("wf-no-modes")
+
+    chunks, snapshot = run(with_workers(backend, request, tmp_path, scenario), timeout=100)
+    assert chunks == [] and snapshot.next == () and snapshot.metadata["step"] == 2
