@@ -34,9 +34,15 @@ from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.quick_init import quick_init
 from distributed_agents.core.registry import NodeFunction
-from distributed_agents.core.retry import NodeRetry
+from distributed_agents.core.retry import NodeRetry, RetryChain
 from distributed_agents.core.state import State
-from distributed_agents.core.task_payload import MANAGED_KEY, MANAGED_PAYLOAD_VERSION, NODE_METADATA_KEY, PAYLOAD_VERSION
+from distributed_agents.core.task_payload import (
+    MANAGED_KEY,
+    MANAGED_PAYLOAD_VERSION,
+    NODE_METADATA_KEY,
+    PAYLOAD_VERSION,
+    RETRY_LIST_PAYLOAD_VERSION,
+)
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY
 
 __all__ = ["CONFIGURABLE_KEY", "InProcessExecutor", "NodeCall", "NodeExecutor", "NodeOutcome", "TaskQueueExecutor",
@@ -225,7 +231,9 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
     ``"wrap"`` (with ``"state_ref"`` only) makes the input ``{**wrap, "state": <that state>}``.
     """
     return {
-        "v": MANAGED_PAYLOAD_VERSION if call.managed else PAYLOAD_VERSION,
+        # The lowest version that says all this payload holds: older workers keep reading the rest.
+        "v": RETRY_LIST_PAYLOAD_VERSION if isinstance(call.retry, RetryChain) else MANAGED_PAYLOAD_VERSION
+        if call.managed else PAYLOAD_VERSION,
         "graph": call.graph_name,
         "step": call.step,
         **({STATE_REF_KEY: dict(call.state_ref)} if call.state_ref is not None else {"state": decode(call.state_json)}),

@@ -219,14 +219,32 @@ def node_retry(value: Any, where: str) -> NodeRetry | None:
     None as None. Raises ``ConfigurationError`` naming ``where`` for anything else."""
     if value is None or isinstance(value, RetryPolicy):
         return value
-    if isinstance(value, (list, tuple)):
+    rule = "retry must be a RetryPolicy, a list of them (the first whose retry_on matches the error decides) or None"
+    if isinstance(value, (list, tuple)) and not _foreign_policy(value):
         policies = tuple(value)
-        if all(isinstance(p, RetryPolicy) for p in policies):
-            if not policies:
-                return None
-            return policies[0] if len(policies) == 1 else RetryChain(policies)
-    raise ConfigurationError(f"{where}: retry must be a RetryPolicy, a list of them (the first whose retry_on "
-                             f"matches the error decides) or None, got {value!r:.200}")
+        for index, policy in enumerate(policies):
+            if not isinstance(policy, RetryPolicy):
+                raise ConfigurationError(f"{where}: {rule}; item {index} of the list is {_what(policy)}")
+        if not policies:
+            return None
+        return policies[0] if len(policies) == 1 else RetryChain(policies)
+    raise ConfigurationError(f"{where}: {rule}, got {_what(value)}")
+
+
+def _foreign_policy(value: Any) -> bool:
+    """Whether ``value`` is another library's RetryPolicy (LangGraph's is a NamedTuple, so a tuple)."""
+    return type(value).__name__ == "RetryPolicy" and not isinstance(value, RetryPolicy)
+
+
+def _what(value: Any) -> str:
+    """``value`` described for an error message: its type, and what to do for a look-alike."""
+    if _foreign_policy(value):
+        origin = f"{type(value).__module__}.RetryPolicy"
+        return (f"{origin} (another library's policy); use distributed_agents.RetryPolicy, which takes the same "
+                "fields (retry_on as exception types, not a predicate)")
+    if isinstance(value, (list, tuple)):
+        return f"a nested {type(value).__name__} (the policies go in one flat list)"
+    return f"{type(value).__name__} {value!r:.80}"
 
 
 def retry_from_wire(data: Any) -> NodeRetry:

@@ -18,7 +18,7 @@ from distributed_agents.core.managed import MANAGED_KINDS
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY, read_ref
 
 __all__ = ["MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "NODE_METADATA_KEY", "PAYLOAD_VERSION", "READABLE_VERSIONS",
-           "check_payload"]
+           "RETRY_LIST_PAYLOAD_VERSION", "check_payload"]
 
 MANAGED_KEY = "managed"
 """The payload field naming the managed values the node's input gets (``core.managed``: key -> kind)."""
@@ -31,7 +31,11 @@ make an older worker run a task wrongly."""
 MANAGED_PAYLOAD_VERSION = 2
 """The version of a payload with ``managed`` values: a version-1 worker would ignore them and
 run the node without the keys it reads, so it dead-letters the task saying to upgrade."""
-READABLE_VERSIONS = (1, 2)
+RETRY_LIST_PAYLOAD_VERSION = 3
+"""The version of a payload whose ``retry`` is a list of policies (``core.retry.RetryChain``):
+a version-2 worker would refuse the list without saying why, so it dead-letters the task
+saying to upgrade."""
+READABLE_VERSIONS = (1, 2, 3)
 """Versions this worker reads. A payload without ``"v"`` is read as version 1."""
 
 # Optional fields: name -> (allowed JSON types, what the message says it must be). None is allowed for each.
@@ -64,7 +68,8 @@ def check_payload(payload: Mapping[str, Any]) -> None:
     """
     version = payload.get("v", 1)
     if type(version) is not int or version not in READABLE_VERSIONS:
-        readable = " or ".join(str(v) for v in READABLE_VERSIONS)
+        *rest, last = READABLE_VERSIONS
+        readable = f"{', '.join(map(str, rest))} or {last}" if rest else str(last)
         raise ValueError(
             f"unknown payload version {version!r:.40}; this worker reads version {readable}; upgrade the worker "
             "(a newer engine wrote the task), then requeue the dead letter")

@@ -5,6 +5,7 @@ engine, on a worker, and as the task carries them."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,10 @@ from support.aio import run, with_worker
 from distributed_agents import END, START, Graph, NodeContext, Orchestrator, RetryPolicy, State, Worker
 from distributed_agents.core.errors import GraphValidationError, NodeExecutionError
 from distributed_agents.core.ports import Task
+from distributed_agents.core.executors import NodeCall, task_payload
 from distributed_agents.core.retry import RetryChain, node_retry, retry_from_wire
+from distributed_agents.core import task_payload as task_payload_module
+from distributed_agents.core.task_payload import RETRY_LIST_PAYLOAD_VERSION, check_payload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,6 +88,39 @@ def test_add_node_refuses_other_retry_values_naming_graph_and_node(bad: Any) -> 
         graph.add_node("n", lambda s: {}, retry_policy=bad)
     message = str(caught.value)
     assert "graph 'g'" in message and "node 'n'" in message and "list of them" in message
+
+
+def test_the_error_names_the_bad_item_and_a_langgraph_policy_left_in_the_imports() -> None:
+    # LangGraph's RetryPolicy is a NamedTuple of the same fields (langgraph.types).
+    foreign = collections.namedtuple("RetryPolicy", "initial_interval backoff_factor max_interval max_attempts "
+                                     "jitter retry_on")
+    foreign.__module__ = "langgraph.types"
+    theirs = foreign(0.5, 2.0, 128.0, 3, True, Exception)
+    cases = [([RetryPolicy(), RetryPolicy(max_attempts=5), "oops"], "item 2 of the list is str 'oops'"),
+             ([[RetryPolicy()]], "item 0 of the list is a nested list"),
+             (theirs, "got langgraph.types.RetryPolicy (another library's policy); use distributed_agents.RetryPolicy"),
+             ([RetryPolicy(), theirs], "item 1 of the list is langgraph.types.RetryPolicy")]
+    for bad, said in cases:
+        with pytest.raises(GraphValidationError) as caught:
+            Graph("g").add_node("n", lambda s: {}, retry=bad)
+        assert said in str(caught.value)
+
+
+def test_a_task_with_several_policies_is_a_version_3_payload_an_older_worker_refuses_asking_to_upgrade(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def payload(retry: Any) -> dict[str, Any]:
+        graph = Graph("versions")
+        graph.add_node("remote", retry_policy=retry)
+        app = graph.add_edge(START, "remote").add_edge("remote", END).compile()
+        call = NodeCall("wf", app.name, 0, "remote", "remote", "wf:0:remote", b"{}", retry=app.nodes["remote"].retry)
+        return task_payload(call)
+
+    assert payload(policies())["v"] == RETRY_LIST_PAYLOAD_VERSION == 3
+    assert payload(policies())["retry"] == [p.to_dict() for p in policies()]
+    assert payload(policies()[:1])["v"] == payload(None)["v"] == 1  # one policy: the payload older workers read
+    monkeypatch.setattr(task_payload_module, "READABLE_VERSIONS", (1, 2))  # a worker of before lists
+    with pytest.raises(ValueError, match="reads version 1 or 2; upgrade the worker"):
+        check_payload(payload(policies()))
 
 
 def test_a_subgraph_node_refuses_several_policies() -> None:

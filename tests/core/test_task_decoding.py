@@ -116,7 +116,7 @@ def test_a_negative_attempt_count_is_malformed() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"v": 99}, "unknown payload version 99; this worker reads version 1 or 2; upgrade the worker"),
+    ({"v": 99}, "unknown payload version 99; this worker reads version 1, 2 or 3; upgrade the worker"),
     ({"v": "1"}, "unknown payload version '1'"), ({"v": True}, "unknown payload version True"),
     ({"timeout": -5}, "'timeout' must be a number of seconds > 0"), ({"timeout": 0}, "'timeout'"),
     ({"timeout": "5"}, "'timeout'"), ({"remaining_steps": -1}, "'remaining_steps' must be an int >= 0"),
