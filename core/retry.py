@@ -225,10 +225,13 @@ def node_retry(value: Any, where: str) -> NodeRetry | None:
         for index, policy in enumerate(policies):
             if not isinstance(policy, RetryPolicy):
                 raise ConfigurationError(f"{where}: {rule}; item {index} of the list is {_what(policy)}")
-        if not policies:
-            return None
-        return policies[0] if len(policies) == 1 else RetryChain(policies)
+        return None if not policies else _one_or_chain(policies)
     raise ConfigurationError(f"{where}: {rule}, got {_what(value)}")
+
+
+def _one_or_chain(policies: tuple[RetryPolicy, ...]) -> NodeRetry:
+    """One policy as itself (its payload and fingerprint unchanged), several as a ``RetryChain``."""
+    return policies[0] if len(policies) == 1 else RetryChain(policies)
 
 
 def _foreign_policy(value: Any) -> bool:
@@ -251,10 +254,7 @@ def retry_from_wire(data: Any) -> NodeRetry:
     """A node's retry as a task carries it (``NodeRetry.to_dict()``): an object is one policy,
     a list several. Raises ``ValueError``/``TypeError``/``ConfigurationError`` for other shapes."""
     if isinstance(data, list):
-        policies = tuple(RetryPolicy.from_dict(item) for item in data)
-        if len(policies) == 1:
-            return policies[0]
-        return RetryChain(policies)
+        return _one_or_chain(tuple(RetryPolicy.from_dict(item) for item in data))
     if not isinstance(data, Mapping):
         raise TypeError(f"a retry policy is a JSON object or a list of them, got {type(data).__name__}")
     return RetryPolicy.from_dict(data)
