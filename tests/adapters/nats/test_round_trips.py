@@ -168,7 +168,14 @@ def test_one_single_node_workflow_costs_few_round_trips(private_nats: str) -> No
     """
     graph = Graph("rt").add_node("n", node_type="noop").set_entry_point("n").set_finish_point("n").compile()
     runs = run(_measure(private_nats, graph, 3), 90)
+    rechecks = []
     for orchestrator, one_way, worker in runs:
+        # Under load nats-server may answer the pull "no messages" right after the message was
+        # stored (delivery.pull_pending): the claim then asks the consumer's info and pulls again.
+        rechecked = worker.pop("$JS.API.CONSUMER.INFO", 0)
+        worker.pop("$JS.API.STREAM.MSG.GET", 0)  # (part of that check when the consumer counts none pending)
+        worker["$JS.API.CONSUMER.MSG"] -= rechecked
+        rechecks.append(rechecked)
         flushes = orchestrator.pop("flush", 0)
         # An idle worker's claim also ends every 3 s (poll_wait) and reads the levels once more.
         looks = worker.pop("$JS.API.STREAM.INFO", 0) + worker.pop("$JS.API.DIRECT.GET.claims", 0)
@@ -177,6 +184,7 @@ def test_one_single_node_workflow_costs_few_round_trips(private_nats: str) -> No
         assert flushes <= 5 and one_way["bus"] <= 5, runs  # events, published by the core
         assert one_way["wake"] == 1, runs
         assert worker == {"$JS.API.CONSUMER.MSG": 1, "$KV.tasks": 2, "$JS.ACK": 1}, runs
+    assert min(rechecks) == 0, runs  # the recheck is the exception, never every claim's cost
 
 
 def test_a_fan_out_costs_a_handful_of_round_trips_per_task_and_no_result_reads(private_nats: str) -> None:
