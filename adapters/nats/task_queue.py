@@ -119,11 +119,12 @@ Round trips per task: enqueue 2 (create record, publish), pipelined across the t
 stored (``replies.js_publish_chain``: the producer wakes once); claim 1 (the record's
 CAS, against the revision the message names) plus the levels key's read and a pull (sent
 together; a look instead once per poll interval), shared by the tasks of one claim (a
-redelivery's record is read, one batched read for those of one claim); ack 2
-(CAS with the result, then the confirmed ack, sent from the reader once the CAS is
-stored: one wait; the acks made in one event-loop pass go out together behind one
-waiter, ``_send_acks``), and the done event, one message for the acks whose CASes one
-read of the reader found stored (``done_events.DoneBatch``). The result is durable (a stored KV write) before the
+redelivery's record is read, one batched read for those of one claim); ack 1 to 2
+(CAS with the result, then the ``+ACK``, sent from the reader once the CAS is stored: one
+wait; the acks made in one event-loop pass go out together behind one waiter, and only
+the last ``+ACK`` of each consumer there asks for the server's answer, which a consumer
+gives once it took every ack before it: ``_send_acks``), and the done event, one message
+for the acks whose CASes one read of the reader found stored (``done_events.DoneBatch``). The result is durable (a stored KV write) before the
 message is acked; a crash in between leaves the message to be redelivered, and its
 claimer sees the record ``done`` and just acks it. Requests go out through one shared
 reply subscription per client (``replies``), not nats-py's per-call machinery, and are
@@ -248,15 +249,17 @@ class _Shared(asyncio.Future[None]):
 
 
 class _Acks:
-    """Chained acks of one event-loop pass: their CAS requests and follow-ups, sent together by
-    ``_send_acks``; ``waiter`` completes when every one is answered."""
+    """Chained acks of one event-loop pass: their CAS requests, what each does once its CAS is
+    stored, and the leases their ``+ACK``s settle, sent together by ``_send_acks``; ``waiter``
+    completes when every one is answered and their consumers confirmed them."""
 
-    __slots__ = ("_answers", "batch", "follows", "requests", "waiter")
+    __slots__ = ("_answers", "batch", "committed", "leases", "requests", "waiter")
 
     def __init__(self, waiter: asyncio.Future[None]) -> None:
         self.waiter = waiter
         self.requests: list[tuple[str, bytes, bytes]] = []
-        self.follows: list[Callable[[int, replies.PubAck], tuple[str, bytes, None]]] = []
+        self.committed: list[Callable[[], None]] = []
+        self.leases: list[str] = []
         self.batch: Any = None
         self._answers: list[tuple[Any, Any]] | None = None
 
@@ -1296,10 +1299,12 @@ class NatsTaskQueue(TaskQueue):
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
 
     async def _ack_chained(self, claim: ClaimedTask, held: _Held, change: dict[str, Any], raw_result: bytes) -> bool:
-        """``ack``'s commit against the remembered revision of our lease, its confirmed ack sent
-        from the client's reader as soon as the commit is stored (one wait, two round trips),
-        and its done event queued there too (``DoneBatch``: published once that read is over,
-        with those of the other acks it found stored). False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
+        """``ack``'s commit against the remembered revision of our lease, its ``+ACK`` sent from
+        the client's reader as soon as the commit is stored (one wait, two round trips), and
+        its done event queued there too (``DoneBatch``: published once that read is over, with
+        those of the other acks it found stored). The acks of one event-loop pass go out
+        together (``_send_acks``): only the last ``+ACK`` of each consumer there is confirmed.
+        False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
         task_id, nc = claim.task.id, self._conn.nc
         raw = _done_bytes(held, claim.lease_id, change, raw_result)
         if raw is None:
@@ -1313,12 +1318,15 @@ class NatsTaskQueue(TaskQueue):
         if announce is None or announce.nc is not nc:
             announce = self._done_batch = DoneBatch(nc, self._conn.names.done_subject)
 
-        def committed(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
-            # Committed: the lease is settled, the message acked, and the result announced
-            # with those of the other acks this read stored (one event: ``DoneBatch``).
+        def committed() -> None:
+            # Committed: the lease is settled, and the result announced with those of the
+            # other acks this read stored (one event: ``DoneBatch``); the message is acked next.
             self._forget(claim.lease_id)
             announce.add(done)
-            return claim.lease_id, b"+ACK", None
+
+        def committed_then_acked(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
+            committed()
+            return claim.lease_id, b"+ACK", None  # confirmed
 
         request = kv.cas_request(self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)
         acks, loop = self._acks, asyncio.get_running_loop()
@@ -1332,11 +1340,12 @@ class NatsTaskQueue(TaskQueue):
         elif acks is not None and acks.waiter.get_loop() is not loop:
             acks = None
         if acks is None:
-            [(stored, acked)] = await replies.js_publish_chain(nc, [request], committed)
+            [(stored, acked)] = await replies.js_publish_chain(nc, [request], committed_then_acked)
         else:
             index = len(acks.requests)
             acks.requests.append(request)
-            acks.follows.append(committed)
+            acks.committed.append(committed)
+            acks.leases.append(claim.lease_id)
             await acks.waiter
             stored, acked = acks.answers()[index]
         if kv.cas_answer(stored) is None:
@@ -1350,18 +1359,62 @@ class NatsTaskQueue(TaskQueue):
 
     def _send_acks(self, acks: _Acks) -> None:
         """Send the chained acks gathered in one loop pass (``_ack_chained``); their callers
-        wake once all are answered (each item is bounded by its own timeout)."""
+        wake once all are answered (each item is bounded by its own timeout).
+
+        Each ``+ACK`` leaves as soon as its CAS is stored. Per consumer, only the last of the
+        pass asks for the server's answer: a consumer takes its acks in the order they come
+        (one queue per consumer; nats-server answers an ack's request once it took it, a
+        repeated one too), so that answer means every ``+ACK`` of the pass before it was
+        taken as well, and once the callers wake no other process counts those messages
+        in flight (``stats``). One answer per consumer and pass instead of one per task
+        (a worker's acks are about a third of the replies it reads). When the last CAS of
+        a consumer in the pass did not store (lost, or not answered), the newest ``+ACK``
+        it did send is sent again, confirmed (``_confirm_acks``)."""
         if self._acks is acks:
             self._acks = None
-        follows = acks.follows
+        nc, loop = self._conn.nc, acks.waiter.get_loop()
+        committed, leases = acks.committed, acks.leases
+        left = Counter(_consumer_of(lease) for lease in leases)
+        unconfirmed: dict[str, str] = {}  # consumer -> the lease of its newest plain +ACK
+
+        def follow(index: int, _: replies.PubAck) -> tuple[str, bytes, None] | None:
+            committed[index]()
+            lease = leases[index]
+            consumer = _consumer_of(lease)
+            left[consumer] -= 1
+            if not left[consumer]:  # its last in this pass: confirmed, after every one before it
+                unconfirmed.pop(consumer, None)
+                return lease, b"+ACK", None
+            replies.send(nc, lease, b"+ACK")  # (an error sending is this item's second answer)
+            unconfirmed[consumer] = lease
+            return None
+
+        stored: asyncio.Future[None] = loop.create_future()
         try:
-            acks.batch = replies.chain_now(self._conn.nc, acks.requests, lambda i, ack: follows[i](i, ack), acks.waiter)
+            acks.batch = replies.chain_now(nc, acks.requests, follow, stored)
             if acks.batch is None:  # the reply inbox went away (cannot happen once made): as a send error
                 raise RuntimeError("the NATS client's reply inbox is not set up")
         except Exception as error:
             if not acks.waiter.done():
                 acks.waiter.set_exception(error)
                 acks.waiter.exception()  # retrieved here too: its callers may all have been cancelled
+            return
+        stored.add_done_callback(lambda _: self._confirm_acks(nc, acks.waiter, unconfirmed))
+
+    @staticmethod
+    def _confirm_acks(nc: Any, waiter: asyncio.Future[None], unconfirmed: Mapping[str, str]) -> None:
+        """Complete ``waiter`` once the consumers that got plain ``+ACK``s not followed by a
+        confirmed one in their pass (``unconfirmed``: consumer -> its newest such lease)
+        answered that ``+ACK`` sent again (or it timed out: the acks were sent all the same)."""
+        if waiter.done():
+            return
+        batch = None
+        if unconfirmed:
+            batch = replies.chain_now(nc, [(lease, b"+ACK", None) for lease in unconfirmed.values()], None, waiter)
+        if batch is None:
+            waiter.set_result(None)
+        else:
+            waiter.add_done_callback(lambda _: replies.chain_answers(batch))  # their reply tokens closed
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):
@@ -1896,6 +1949,11 @@ def _check_consumer_name(node_type: str, name: str) -> None:
             f"long for NATS: its JetStream consumer name, the type escaped for subjects (characters other than "
             f"A-Z, a-z, 0-9 and '-' take 3 per UTF-8 byte) and its priority, is {len(name)} characters, over the "
             f"{MAX_CONSUMER_NAME} NATS allows; use a shorter node type (ASCII letters, digits and '-' cost 1 each)")
+
+
+def _consumer_of(lease_id: str) -> str:
+    """The consumer a delivery's reply subject (``$JS.ACK.<stream>.<consumer>.…``) names."""
+    return lease_id.split(".", 4)[3] if lease_id.count(".") >= 4 else lease_id
 
 
 def _holds(record: Mapping[str, Any], lease_id: str) -> bool:

@@ -1,6 +1,8 @@
 """Acks of one event-loop pass go out together (``NatsTaskQueue._send_acks``): one batch of
 requests behind one waiter, each ack still settled on its own (its result, its stats, its
-error). Counted by spying on ``replies.chain_now`` (it still sends), never timed."""
+error); of their ``+ACK``s only the last of each consumer asks for the server's answer, and
+once the acks returned no process counts their messages in flight. Counted by spying on
+``replies.chain_now`` and on the commands written to the socket (both still send), never timed."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Any
 import pytest
 from support.aio import run
 
-from distributed_agents.adapters.nats import replies
+from distributed_agents.adapters.nats import kv, replies
+from distributed_agents.adapters.nats.backend import NatsBackend
+from distributed_agents.adapters.nats.naming import token
 from distributed_agents.core.errors import LeaseLostError
 from distributed_agents.core.ports.task_queue import Task
 
@@ -19,8 +23,41 @@ from .conftest import open_nats
 pytestmark = pytest.mark.timeout(60)
 
 
-def task(task_id: str) -> Task:
-    return Task(task_id, "wf", "n", "n", {})
+def task(task_id: str, node_type: str = "n", priority: int = 0) -> Task:
+    return Task(task_id, "wf", "n", node_type, {}, priority=priority)
+
+
+class AckCommands:
+    """The ``+ACK`` commands ``backend``'s client writes to its socket, by consumer (the
+    ``$JS.ACK.<stream>.<consumer>.…`` subject's fourth token): ``confirmed`` (with a reply
+    subject) and ``plain``."""
+
+    def __init__(self, backend: NatsBackend) -> None:
+        self.confirmed: list[str] = []
+        self.plain: list[str] = []
+        transport = backend.connection.nc._transport
+        writelines, write = transport.writelines, transport.write
+
+        def counted_writelines(chunks: list[bytes]) -> Any:
+            self._count(b"".join(bytes(chunk) for chunk in chunks))
+            return writelines(chunks)
+
+        def counted_write(data: bytes) -> Any:
+            self._count(bytes(data))
+            return write(data)
+
+        transport.writelines, transport.write = counted_writelines, counted_write
+
+    def _count(self, data: bytes) -> None:
+        while data:
+            line, _, data = data.partition(b"\r\n")
+            op, *args = line.decode().split()
+            if op in ("PUB", "HPUB"):
+                sizes = 1 if op == "PUB" else 2
+                subject, reply = args[0], (args[1] if len(args) == sizes + 2 else "")
+                body, data = data[:int(args[-1])], data[int(args[-1]) + 2:]
+                if subject.startswith("$JS.ACK.") and body.endswith(b"+ACK"):
+                    (self.confirmed if reply else self.plain).append(subject.split(".")[3])
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -81,7 +118,9 @@ def test_an_ack_that_cannot_be_sent_fails_alone(nats_url: str, monkeypatch: pyte
             outcomes = await asyncio.gather(
                 queue.ack(claims["a"], {"v": 1}), queue.ack(claims["big"], {"v": huge}), queue.ack(claims["b"], {"v": 2}),
                 return_exceptions=True)
-            assert sizes == [3]
+            # The three chained CASes; then, the big one's CAS never sent, the newest +ACK its
+            # consumer got plain is sent again, confirmed (none of a pass goes unconfirmed).
+            assert sizes == [3, 1]
             assert outcomes[0] is None and outcomes[2] is None
             assert isinstance(outcomes[1], Exception)
             results = await queue.wait_results(["a", "b"], timeout=10)
@@ -121,3 +160,76 @@ def test_a_cancelled_ack_does_not_cancel_its_batch(nats_url: str, monkeypatch: p
             await backend.close()
 
     run(scenario())
+
+
+def test_only_the_last_ack_of_each_consumer_in_a_pass_is_confirmed_and_another_process_sees_none_in_flight(
+        nats_url: str) -> None:
+    """20 passes of 12 tasks over two node types (two consumers), each pass's acks made
+    together: every task is acked once, one +ACK per consumer and pass asks for an answer,
+    and right after each pass's acks returned another connection's ``stats`` counts none in
+    flight and nothing queued (the plain acks before it were taken: a consumer takes its
+    acks in order)."""
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url)
+        observer = await open_nats(nats_url, prefix=backend.connection.names.prefix)
+        queue = backend.task_queue
+        try:
+            meter = AckCommands(backend)
+            for round_ in range(20):
+                tasks = [task(f"r{round_}-{i}", ("n", "m")[i % 2]) for i in range(12)]
+                assert await queue.enqueue_many(tasks) == [True] * 12
+                claims: list[Any] = []
+                while len(claims) < 12:
+                    got = await queue.claim(["n", "m"], worker_id="w", max_tasks=12, wait=2)
+                    assert got, "a claim came back empty with tasks queued"
+                    claims += got
+                meter.confirmed.clear()
+                meter.plain.clear()
+                await asyncio.gather(*(queue.ack(c, {"i": c.task.id}) for c in claims))
+                assert sorted(meter.confirmed) == sorted({c.lease_id.split(".")[3] for c in claims}), meter.confirmed
+                assert len(meter.plain) + len(meter.confirmed) == 12, (meter.plain, meter.confirmed)
+                seen = [await observer.task_queue.stats(t) for t in ("n", "m")]
+                assert [(s.queued, s.in_flight) for s in seen] == [(0, 0), (0, 0)], (round_, seen)
+            again = await queue.claim(["n", "m"], worker_id="w2", max_tasks=12, wait=0.3)
+            assert again == []
+        finally:
+            await observer.close()
+            await backend.close()
+
+    run(scenario(), 60)
+
+
+@pytest.mark.parametrize("lost", ["first", "middle", "last", "all"])
+def test_acks_whose_cas_lost_leave_the_others_confirmed(nats_url: str, lost: str) -> None:
+    """Five tasks of one consumer acked together, the records of some rewritten behind the
+    queue's back first (same content, new revision: their chained CAS loses and the ack
+    re-reads and commits): whichever they are, every ack returns, every result is stored,
+    and right after, another connection counts none in flight; nothing comes back after
+    AckWait."""
+
+    async def scenario() -> None:
+        backend = await open_nats(nats_url, visibility_timeout=1.0)
+        observer = await open_nats(nats_url, prefix=backend.connection.names.prefix)
+        queue, js = backend.task_queue, backend.connection.js
+        try:
+            ids = [f"c{i}" for i in range(5)]
+            assert await queue.enqueue_many([task(i) for i in ids]) == [True] * 5
+            claims = await queue.claim(["n"], worker_id="w", max_tasks=5, wait=2)
+            assert len(claims) == 5
+            picked = {"first": claims[:1], "middle": claims[2:3], "last": claims[-1:], "all": claims}[lost]
+            for claim in picked:
+                entry = await kv.get(queue._tasks, token(claim.task.id))
+                assert await kv.cas(js, queue._tasks, token(claim.task.id), entry.value, last=entry.revision)
+            await asyncio.gather(*(queue.ack(c, {"id": c.task.id}) for c in claims))
+            stats = await observer.task_queue.stats("n")
+            assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), stats
+            results = await queue.wait_results(ids, timeout=5)
+            assert {i: r.output for i, r in results.items()} == {i: {"id": i} for i in ids}
+            await asyncio.sleep(1.5)
+            assert await queue.claim(["n"], worker_id="w2", max_tasks=5, wait=0.3) == []
+        finally:
+            await observer.close()
+            await backend.close()
+
+    run(scenario(), 60)
