@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.errors import PayloadDecodeError
 
-__all__ = ["REQUIRED", "checked_object", "decode", "encode", "ensure_json_value", "find_non_json", "on_fresh_stack"]
+__all__ = ["REQUIRED", "checked_object", "decode", "encode", "encode_float", "encode_text", "ensure_json_value",
+           "find_non_json", "on_fresh_stack"]
 
 T = TypeVar("T")
 
@@ -117,6 +118,25 @@ def encode(value: Any) -> bytes:
         return _encoder.encode(value).encode("utf-8")
     except RecursionError:
         return on_fresh_stack(_encoder.encode, value).encode("utf-8")
+
+
+# The escaping ``encode`` applies to a string (the C function where there is one).
+_escape_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def encode_text(text: str) -> bytes:
+    """``encode(text)`` for a ``str``: the same bytes (its JSON string, quotes included),
+    without the encoder's dispatch, for fields written on every task's path. Raises
+    ``UnicodeEncodeError`` (a ``ValueError``) for a lone surrogate, as ``encode`` does."""
+    return _escape_text(text).encode("utf-8")
+
+
+def encode_float(number: float) -> bytes:
+    """``encode(number)`` for a ``float``: the same bytes (``float.__repr__``); ``ValueError``
+    for NaN and the infinities, which JSON cannot hold (as ``encode`` raises)."""
+    if not math.isfinite(number):
+        raise ValueError(f"Out of range float values are not JSON compliant: {number!r}")
+    return float.__repr__(number).encode()
 
 
 def decode(data: bytes | bytearray | str) -> Any:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from distributed_agents.adapters.nats.connection import NatsConnection
 from distributed_agents.adapters.nats.replies import Direct, send
 from distributed_agents.adapters.nats.message_bus import flush_in_order
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import decode, encode, encode_text
 from distributed_agents.core.errors import PayloadDecodeError
 from distributed_agents.core.ports.task_queue import TaskResult
 
@@ -58,7 +58,7 @@ def done_payload(task_id: str, result: TaskResult | None) -> bytes:
 
 def done_payload_raw(task_id: str, raw_result: bytes) -> bytes:
     """``done_payload`` for a result already encoded (``encode(result.to_dict())``): the same bytes."""
-    raw = b'{"id":' + encode(task_id) + b',"result":' + raw_result + b"}"
+    raw = b'{"id":' + encode_text(task_id) + b',"result":' + raw_result + b"}"
     return raw if len(raw) <= INLINE_LIMIT else encode({"id": task_id})
 
 

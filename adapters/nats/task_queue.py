@@ -157,7 +157,7 @@ from distributed_agents.adapters.nats.error_history import ERRORS_KEPT_BYTES, RE
 from distributed_agents.adapters.nats.errors import mask_url, nats_errors
 from distributed_agents.adapters.nats.naming import priority_from_token, token, untoken
 from distributed_agents.adapters.nats.naming import priority_token as written_priority_token
-from distributed_agents.core.codec import decode, encode
+from distributed_agents.core.codec import decode, encode, encode_float, encode_text
 from distributed_agents.core.errors import ConfigurationError, LeaseLostError, PayloadDecodeError, PayloadTooLargeError
 from distributed_agents.core.limits import (
     DEAD_RAW_KEPT,
@@ -279,6 +279,9 @@ class _Found:
     raw: bytes | None = None
     # When the server stored the record (seconds since the epoch), from a leader read; else None.
     written_at: float | None = None
+    # For a record an enqueue created, as a first delivery of its message trusts it to be
+    # (``_trusted_revision``; not read): its JSON up to its seq's value (``_new_record_head``).
+    head: bytes | None = None
 
 
 LETTER_RESERVE_BYTES = 32 * 1024
@@ -916,10 +919,9 @@ class NatsTaskQueue(TaskQueue):
             revision = _trusted_revision(msg, task.id) if delivery_count(msg.reply or "") == 1 else None
             if revision is not None:
                 digest = _digest(msg.data)
+                head = _new_record_head(task.id, task.node_type, task.priority, task.max_attempts, digest)
                 found[id(msg)] = _Found(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=0,
-                                                    digest=digest), revision, raw=_new_record_bytes(_new_record_head(
-                                                        task.id, task.node_type, task.priority, task.max_attempts,
-                                                        digest), 0))
+                                                    digest=digest), revision, raw=_new_record_bytes(head, 0), head=head)
             else:
                 keys[id(msg)] = token(task.id)
         if len(keys) < 2:
@@ -950,6 +952,17 @@ class NatsTaskQueue(TaskQueue):
         for seq, node_type, msg, ack_wait in batch:
             found, task, lease_id = records.get(id(msg)), decoded.get(id(msg)), msg.reply or ""
             record = None if found is None else found.record
+            if found is not None and found.head is not None and record is not None and task is not None \
+                    and task.node_type == node_type:
+                # A first delivery of an enqueue's message, its record as that enqueue created it
+                # (``_prefetch``): every check below holds by construction, and the claimed record's
+                # JSON is its head and the claim's members (exactly ``encode(new)``).
+                deadline = time.time() + lease
+                new = {**record, "seq": seq, "state": "claimed", "attempt": 1, "errors": [], "lease": lease_id,
+                       "worker": worker_id, "deadline": deadline}
+                chosen.append((msg, task, new, found.revision, ack_wait))
+                raws.append(_first_claim_bytes(found.head, seq, lease_id, worker, deadline))
+                continue
             if (found is None or record is None or task is None
                     or task.node_type != node_type  # another type than its subject's: _take dead-letters it
                     or record.get("id") != task.id  # another task's record: _take dead-letters it
@@ -1286,7 +1299,7 @@ class NatsTaskQueue(TaskQueue):
             change = {"state": "done", "lease": "", "expires_at": time.time() + self.result_ttl}
             held = self._held.get(claim.lease_id)
             if held is not None and _holds(held.record, claim.lease_id) and await self._ack_chained(
-                    claim, held, change, raw_result):
+                    claim, held, change["expires_at"], raw_result):
                 return
             stored = decode(raw_result)
             await self._commit(claim, {**change, "result": stored}, ttl=self.result_ttl)
@@ -1298,17 +1311,17 @@ class NatsTaskQueue(TaskQueue):
             except Exception as acked:  # the result is stored: a redelivery will just be acked
                 log.warning("ack of task %r not confirmed (%s); it will be cleaned up on redelivery", claim.task.id, acked)
 
-    async def _ack_chained(self, claim: ClaimedTask, held: _Held, change: dict[str, Any], raw_result: bytes) -> bool:
+    async def _ack_chained(self, claim: ClaimedTask, held: _Held, expires_at: float, raw_result: bytes) -> bool:
         """``ack``'s commit against the remembered revision of our lease, its ``+ACK`` sent from
         the client's reader as soon as the commit is stored (one wait, two round trips), and
         its done event queued there too (``DoneBatch``: published once that read is over, with
         those of the other acks it found stored). The acks of one event-loop pass go out
         together (``_send_acks``): only the last ``+ACK`` of each consumer there is confirmed.
         False if the CAS lost (nothing written: ``ack``'s full path re-reads)."""
-        task_id, nc = claim.task.id, self._conn.nc
-        raw = _done_bytes(held, claim.lease_id, change, raw_result)
+        task_id, nc, lease_id = claim.task.id, self._conn.nc, claim.lease_id
+        raw = _done_bytes(held, lease_id, expires_at, raw_result)
         if raw is None:
-            fields = {**held.record, **change}
+            fields = {**held.record, "state": "done", "lease": "", "expires_at": expires_at}
             fields.pop("result", None)
             # The result's JSON spliced in as it is: encoded once, for the record and the done event.
             raw = encode(fields)[:-1] + b',"result":' + raw_result + b"}"
@@ -1321,31 +1334,32 @@ class NatsTaskQueue(TaskQueue):
         def committed() -> None:
             # Committed: the lease is settled, and the result announced with those of the
             # other acks this read stored (one event: ``DoneBatch``); the message is acked next.
-            self._forget(claim.lease_id)
+            self._forget(lease_id)
             announce.add(done)
-
-        def committed_then_acked(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
-            committed()
-            return claim.lease_id, b"+ACK", None  # confirmed
 
         request = kv.cas_request(self._tasks, token(task_id), raw, last=held.revision, ttl=self.result_ttl)
         acks, loop = self._acks, asyncio.get_running_loop()
-        if (acks is None or acks.waiter.get_loop() is not loop) and replies.chain_ready(nc):
-            # The first ack of this loop pass: the others that come in it (tasks claimed
-            # together finish together) join it, and all go out together once the pass
-            # ends, behind one waiter (no future, batch or coroutine each). (A batch of
-            # another event loop, stopped before it was sent, is left to that loop.)
-            acks = self._acks = _Acks(_Shared(loop=loop))
-            loop.call_soon(self._send_acks, acks)
-        elif acks is not None and acks.waiter.get_loop() is not loop:
-            acks = None
+        if acks is None or acks.waiter.get_loop() is not loop:
+            if replies.chain_ready(nc):
+                # The first ack of this loop pass: the others that come in it (tasks claimed
+                # together finish together) join it, and all go out together once the pass
+                # ends, behind one waiter (no future, batch or coroutine each). (A batch of
+                # another event loop, stopped before it was sent, is left to that loop.)
+                acks = self._acks = _Acks(_Shared(loop=loop))
+                loop.call_soon(self._send_acks, acks)
+            else:
+                acks = None
         if acks is None:
+            def committed_then_acked(_: int, __: replies.PubAck) -> tuple[str, bytes, None]:
+                committed()
+                return lease_id, b"+ACK", None  # confirmed
+
             [(stored, acked)] = await replies.js_publish_chain(nc, [request], committed_then_acked)
         else:
             index = len(acks.requests)
             acks.requests.append(request)
             acks.committed.append(committed)
-            acks.leases.append(claim.lease_id)
+            acks.leases.append(lease_id)
             await acks.waiter
             stored, acked = acks.answers()[index]
         if kv.cas_answer(stored) is None:
@@ -1374,13 +1388,13 @@ class NatsTaskQueue(TaskQueue):
             self._acks = None
         nc, loop = self._conn.nc, acks.waiter.get_loop()
         committed, leases = acks.committed, acks.leases
-        left = Counter(_consumer_of(lease) for lease in leases)
+        consumers = [_consumer_of(lease) for lease in leases]
+        left = Counter(consumers)
         unconfirmed: dict[str, str] = {}  # consumer -> the lease of its newest plain +ACK
 
         def follow(index: int, _: replies.PubAck) -> tuple[str, bytes, None] | None:
             committed[index]()
-            lease = leases[index]
-            consumer = _consumer_of(lease)
+            lease, consumer = leases[index], consumers[index]
             left[consumer] -= 1
             if not left[consumer]:  # its last in this pass: confirmed, after every one before it
                 unconfirmed.pop(consumer, None)
@@ -1994,23 +2008,22 @@ def _given_back_key(node_type: str, seq: int) -> str:
 _CLAIMED = b'"state":"claimed"'
 
 
-def _done_bytes(held: _Held, lease_id: str, change: Mapping[str, Any], raw_result: bytes) -> bytes | None:
-    """The JSON of ``{**held.record, **change, "result": <raw_result>}`` for an ack's ``change``
-    (exactly ``state`` done, ``lease`` "" and ``expires_at``), made by editing the bytes the
-    claim stored (``held.raw``) instead of encoding the record again (its errors, lease
-    and floats: about a tenth of a worker's CPU per task is JSON encoding). None when
-    that does not apply: no bytes kept, a record that already has ``expires_at`` or
-    ``result``, or ``state``/``lease`` not found exactly once as members (then the caller
-    encodes). A string value cannot hold them: JSON escapes its quotes."""
+def _done_bytes(held: _Held, lease_id: str, expires_at: float, raw_result: bytes) -> bytes | None:
+    """The JSON of ``{**held.record, "state": "done", "lease": "", "expires_at": expires_at,
+    "result": <raw_result>}``, an ack's record, made by editing the bytes the claim stored
+    (``held.raw``) instead of encoding the record again (its errors, lease and floats:
+    about a tenth of a worker's CPU per task is JSON encoding). None when that does not
+    apply: no bytes kept, a record that already has ``expires_at`` or ``result``, or
+    ``state``/``lease`` not found exactly once as members (then the caller encodes). A
+    string value cannot hold them: JSON escapes its quotes."""
     claimed, record = held.raw, held.record
-    if (claimed is None or "expires_at" in record or "result" in record or set(change) != {"state", "lease", "expires_at"}
-            or change["state"] != "done" or change["lease"] != "" or type(change["expires_at"]) is not float):
+    if claimed is None or "expires_at" in record or "result" in record or type(expires_at) is not float:
         return None
-    lease = b'"lease":' + encode(lease_id)
+    lease = b'"lease":' + encode_text(lease_id)
     if claimed.count(_CLAIMED) != 1 or claimed.count(lease) != 1 or not claimed.endswith(b"}"):
         return None
     edited = claimed.replace(_CLAIMED, b'"state":"done"').replace(lease, b'"lease":""')
-    return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode(change["expires_at"]), raw_result)
+    return b"%s,\"expires_at\":%s,\"result\":%s}" % (edited[:-1], encode_float(expires_at), raw_result)
 
 
 # Seconds after which a record a requeue wrote (queued, no message bound yet) is taken for that
@@ -2189,7 +2202,15 @@ def _claimed_bytes(queued: bytes | None, record: Mapping[str, Any], seq: int, le
     if not queued.endswith(tail) or not queued.endswith(b',"seq":', 0, cut):
         return None
     return b'%s%d,"state":"claimed","attempt":1,"errors":[],"lease":%s,"worker":%s,"deadline":%s}' % (
-        queued[:cut], seq, encode(lease_id), worker, encode(deadline))
+        queued[:cut], seq, encode_text(lease_id), worker, encode_float(deadline))
+
+
+def _first_claim_bytes(head: bytes, seq: int, lease_id: str, worker: bytes, deadline: float) -> bytes:
+    """The JSON of a first claim of the record an enqueue created, from its ``_new_record_head``:
+    ``encode({**record, "seq": seq, "state": "claimed", "attempt": 1, "errors": [], "lease": lease_id,
+    "worker": <worker>, "deadline": deadline})``, ``worker`` already encoded; the same bytes."""
+    return b'%s%d,"state":"claimed","attempt":1,"errors":[],"lease":%s,"worker":%s,"deadline":%s}' % (
+        head, seq, encode_text(lease_id), worker, encode_float(deadline))
 
 
 def _new_record(task_id: str, node_type: str, priority: int, max_attempts: int | None, *, seq: int,
@@ -2225,7 +2246,7 @@ def _new_record_head(task_id: str, node_type: str, priority: int, max_attempts: 
         # The members written one by one: encoding the dict costs about three times as much.
         attempts = b"null" if max_attempts is None else b"%d" % max_attempts
         return b'{"id":%s,"node_type":%s,"priority":%d,"max_attempts":%s,"digest":%s,"seq":' % (
-            encode(task_id), encode(node_type), priority, attempts, encode(digest))
+            encode_text(task_id), encode_text(node_type), priority, attempts, encode_text(digest))
     head = encode({"id": task_id, "node_type": node_type, "priority": priority, "max_attempts": max_attempts,
                    "digest": digest})
     return head[:-1] + b',"seq":'

@@ -20,7 +20,14 @@ from support.aio import run
 from distributed_agents.adapters.nats import kv
 from distributed_agents.adapters.nats.backend import NatsBackend
 from distributed_agents.adapters.nats.naming import token
-from distributed_agents.adapters.nats.task_queue import _claimed_bytes, _digest, _new_record
+from distributed_agents.adapters.nats.task_queue import (
+    _claimed_bytes,
+    _digest,
+    _first_claim_bytes,
+    _new_record,
+    _new_record_bytes,
+    _new_record_head,
+)
 from distributed_agents.core.codec import decode, encode
 from distributed_agents.core.ports.backend import BackendOptions
 from distributed_agents.core.ports.task_queue import Task, task_to_dict
@@ -48,6 +55,31 @@ def test_a_new_records_claim_is_its_encoding(task_id: str, node_type: str, prior
     seq = stored_seq or 7
     made = _claimed_bytes(encode(record), record, seq, lease_id, encode(worker_id), deadline)
     assert made == encode(_claimed(record, seq, lease_id, worker_id, deadline))
+
+
+@given(task_id=_TEXT, node_type=_TEXT, priority=st.integers(-10**6, 10**6), max_attempts=st.none() | st.integers(1, 99),
+       seq=st.integers(1, 2**50), lease_id=_LEASES | _TEXT, worker_id=_TEXT, deadline=st.floats(0, 4e9, allow_nan=False))
+@settings(max_examples=300, deadline=None)
+def test_a_first_claim_of_an_enqueues_record_is_its_encoding(task_id: str, node_type: str, priority: int,
+                                                             max_attempts: int | None, seq: int, lease_id: str,
+                                                             worker_id: str, deadline: float) -> None:
+    """The record a first delivery claims without reading it (``_take_queued``'s trusted path) is
+    made from the head of the record its enqueue created: byte for byte ``encode`` of the
+    claimed record, as ``_claimed_bytes`` of the stored bytes makes it."""
+    digest = _digest(task_id.encode())
+    record = _new_record(task_id, node_type, priority, max_attempts, seq=0, digest=digest)
+    head = _new_record_head(task_id, node_type, priority, max_attempts, digest)
+    assert _new_record_bytes(head, 0) == encode(record)
+    made = _first_claim_bytes(head, seq, lease_id, encode(worker_id), deadline)
+    assert made == encode(_claimed(record, seq, lease_id, worker_id, deadline))
+    assert made == _claimed_bytes(encode(record), record, seq, lease_id, encode(worker_id), deadline)
+
+
+def test_a_first_claim_refuses_a_deadline_json_cannot_hold() -> None:
+    """An infinite deadline (an infinite lease) is refused as ``encode`` refuses it."""
+    head = _new_record_head("t", "alpha", 0, None, _digest(b"t"))
+    with pytest.raises(ValueError):
+        _first_claim_bytes(head, 3, "lease", encode("w"), float("inf"))
 
 
 @given(extra=st.dictionaries(_TEXT, st.integers() | _TEXT, max_size=3), deadline=st.floats(0, 4e9, allow_nan=False))

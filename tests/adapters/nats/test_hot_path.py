@@ -370,7 +370,7 @@ def test_a_shared_timer_is_cancelled_once_every_lease_it_arms_is_settled(nats_ur
 def test_an_ack_edits_the_claims_bytes_into_the_record_encoding_would_write(
         errors: list[str], worker: str, lease_id: str, had_expiry: bool, expires_at: float) -> None:
     """``_done_bytes``: the record an ack stores, made from the claim's stored bytes, decodes to
-    what encoding ``{**record, **change, "result": ...}`` writes, whatever the record's
+    (and is byte for byte) what encoding ``{**record, **change, "result": ...}`` writes, whatever the record's
     strings hold (text like a member, braces); or it is None and the caller encodes."""
     from distributed_agents.adapters.nats.task_queue import _done_bytes, _Held, _new_record
     from distributed_agents.core.codec import decode, encode
@@ -382,12 +382,12 @@ def test_an_ack_edits_the_claims_bytes_into_the_record_encoding_would_write(
     held = _Held(record, 7, 30.0, raw=encode(record))
     change = {"state": "done", "lease": "", "expires_at": expires_at}
     raw_result = encode(TaskResult("t", "succeeded", output={"o": [1, "}"]}).to_dict())
-    made = _done_bytes(held, lease_id, change, raw_result)
+    made = _done_bytes(held, lease_id, expires_at, raw_result)
     expected = {**record, **change, "result": decode(raw_result)}
     if made is None:
         assert had_expiry or any('"state":"claimed"' in e or "lease" in e for e in errors) or "claimed" in worker \
             or '"' in lease_id
         return
     assert not had_expiry
-    assert decode(made) == expected
-    assert _done_bytes(_Held(record, 7, 30.0), lease_id, change, raw_result) is None  # no bytes kept
+    assert decode(made) == expected and made == encode(expected)
+    assert _done_bytes(_Held(record, 7, 30.0), lease_id, expires_at, raw_result) is None  # no bytes kept
