@@ -66,7 +66,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.prefix = ""
         self.sub: Any = None
-        self.waiting: dict[str, Callable[[Msg], None]] = {}
+        self.waiting: dict[str, Callable[[Msg], None] | _Slot] = {}
         self.counter = itertools.count(1)
         self.lock = asyncio.Lock()
         # token -> (loop time after which it times out, the future that then fails).
@@ -90,8 +90,8 @@ class _Inbox:
                     nc._parse_header_lines = header_lines  # type: ignore[method-assign]
                     read_directly(nc)
                 prefix = nc.new_inbox()
-                self.sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_reply))
                 self.prefix = prefix + "."
+                self.sub = await nc.subscribe(f"{prefix}.*", future=Direct(self._on_reply, self._on_answer))
 
     async def ensure_pulls(self, nc: Client) -> None:
         if self.pull_sub is not None:
@@ -120,7 +120,22 @@ class _Inbox:
         if handler is not None:
             handler(msg)
 
-    def open(self, handler: Callable[[Msg], None]) -> tuple[str, str]:
+    def _on_answer(self, subject: bytes, data: bytes) -> bool:
+        """A reply without headers, as the reader read it (``Direct.answer``): the first
+        answer of a ``_Slot`` (a JetStream publish's: the common reply of a task's path) is
+        handed over as its bytes, no message built; False for any other (``_on_reply``
+        then gets it as a message)."""
+        try:
+            token = subject.decode()[len(self.prefix):]
+        except UnicodeDecodeError:
+            return False
+        handler = self.waiting.get(token)
+        if type(handler) is _Slot and not handler.following:
+            handler.on_answer(data)
+            return True
+        return False
+
+    def open(self, handler: Callable[[Msg], None] | _Slot) -> tuple[str, str]:
         token = str(next(self.counter))
         self.waiting[token] = handler
         return token, self.prefix + token
@@ -313,10 +328,13 @@ class Direct:
     client's CPU per round trip on a busy worker. ``handler`` runs inside the reader, so it
     must not block; an error it raises is logged rather than stopping the reader."""
 
-    __slots__ = ("handler",)
+    __slots__ = ("answer", "handler")
 
-    def __init__(self, handler: Callable[[Msg], None]) -> None:
+    def __init__(self, handler: Callable[[Msg], None], answer: Callable[[bytes, bytes], bool] | None = None) -> None:
         self.handler = handler
+        # Offered a message without headers first, as (subject, payload) bytes, by the reader
+        # (``read_directly``): True when it took it (no message is built then).
+        self.answer = answer
 
     def cancelled(self) -> bool:
         return False
@@ -361,6 +379,18 @@ def read_directly(nc: Client) -> None:
             return False
         if not headers:
             parsed = None
+            answer = future.answer
+            if answer is not None:
+                try:
+                    taken = answer(subject, data)
+                except Exception:  # a bug here must not stop the client's reader
+                    log.exception("handling a reply on %r failed", subject)
+                    taken = True
+                if taken:
+                    stats["in_msgs"] += 1
+                    stats["in_bytes"] += len(data)
+                    sub._received += 1  # noqa: SLF001
+                    return True
         elif headers.startswith(_PLAIN_HEADERS):
             parsed = header_lines(headers[len(_PLAIN_HEADERS):]) or None
         else:
@@ -542,7 +572,19 @@ async def js_publish(nc: Client, subject: str, payload: bytes, *, headers: dict[
 
 def _ack_of(msg: Msg) -> PubAck:
     """The ``PubAck`` a JetStream publish's answer ``msg`` carries; raises its ``APIError`` subclass."""
-    data = msg.data
+    return _ack_of_data(msg.data)
+
+
+def _pub_ack_of_data(data: bytes) -> PubAck | Exception:
+    """``pub_ack_of`` for the payload of an answer without headers."""
+    try:
+        return _ack_of_data(data)
+    except Exception as error:  # an API error, or an answer that is not one
+        return error
+
+
+def _ack_of_data(data: bytes) -> PubAck:
+    """``_ack_of`` of an answer's payload ``data``."""
     found = _SEQ.search(data) if b'"error"' not in data else None
     if found is not None:
         # The common answer, {"stream":..,"seq":N[,"duplicate":true]}, read without json.loads.
@@ -596,7 +638,7 @@ def _open_slot(batch: _Batch, index: int, nc: Client, inbox: _Inbox, timeout: fl
     """Item ``index``'s slot in ``batch``: its reply subject opened in ``inbox`` (``slot.reply``), expiring after ``timeout`` s."""
     slot = _Slot(batch, index, nc, inbox, timeout)
     batch.slots.append(slot)
-    slot.token, slot.reply = inbox.open(slot.on_reply)
+    slot.token, slot.reply = inbox.open(slot)
     inbox.expire(slot.token, slot, timeout)
     return slot
 
@@ -698,7 +740,17 @@ class _Slot:
             self.second = _errors().NoRespondersError() if msg.headers and msg.headers.get("Status") == "503" else msg
             self._settle()
             return
-        self.first = pub_ack_of(msg)
+        self._answered(pub_ack_of(msg))
+
+    __call__ = on_reply  # the inbox's handler of its reply subject (``_Inbox.open``)
+
+    def on_answer(self, data: bytes) -> None:
+        """``on_reply`` for the publish's answer read as bytes (no headers: not a status)."""
+        if not self.is_done:
+            self._answered(_pub_ack_of_data(data))
+
+    def _answered(self, first: PubAck | Exception) -> None:
+        self.first = first
         follow = self.batch.follow
         if follow is None or not isinstance(self.first, PubAck):
             self._settle()

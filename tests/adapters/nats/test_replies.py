@@ -142,22 +142,29 @@ def test_jetstream_publishes_sent_together_answer_each_in_order(nats_url: str) -
             js = nc.jetstream()
             stream = f"MANY{uuid.uuid4().hex[:8]}"
             await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+            await replies.js_publish(nc, f"{stream}.z", b"0")  # the inbox made
+            await js.purge_stream(stream)
+            inbox = replies._INBOXES[nc]
+            received, counted = inbox.sub._received, nc.stats["in_msgs"]
             answers = await replies.js_publish_many(nc, [
                 (f"{stream}.a", b"1", None),
                 (f"{stream}.b", b"2", {"Nats-Expected-Last-Subject-Sequence": "7"}),
                 (f"{stream}.c", b"3", {"Nats-Msg-Id": "x"}),
                 (f"{stream}.c", b"3", {"Nats-Msg-Id": "x"}),
             ])
+            # The answers (read as bytes, no message built: ``Direct.answer``) are counted as nats-py counts them.
+            assert inbox.sub._received - received == 4 and nc.stats["in_msgs"] - counted >= 4
+            assert inbox.waiting == {} and inbox.deadlines == {}
             await js.delete_stream(stream)
             return answers
         finally:
             await nc.close()
 
     first, wrong, third, duplicate = run(scenario(), 30)
-    assert isinstance(first, replies.PubAck) and first.seq == 1 and not first.duplicate
+    assert isinstance(first, replies.PubAck) and first.seq == 2 and not first.duplicate
     assert isinstance(wrong, nats.js.errors.APIError) and wrong.err_code in (10071, 10164)
-    assert isinstance(third, replies.PubAck) and third.seq == 2
-    assert isinstance(duplicate, replies.PubAck) and duplicate.duplicate and duplicate.seq == 2
+    assert isinstance(third, replies.PubAck) and third.seq == 3
+    assert isinstance(duplicate, replies.PubAck) and duplicate.duplicate and duplicate.seq == 3
 
 
 @settings(max_examples=200, deadline=None)
@@ -180,10 +187,14 @@ def test_a_publish_answer_reads_as_json_reads_it(seq: int, duplicate: bool | Non
     raw = json.dumps(body, separators=(", ", ": ") if spaced else (",", ":")).encode()
     ack = replies._ack_of(Msg(None, data=raw))  # type: ignore[arg-type]
     assert (ack.seq, ack.duplicate) == (seq, bool(duplicate))
+    as_bytes = replies._pub_ack_of_data(raw)  # the reader's path for an answer without headers
+    assert isinstance(as_bytes, replies.PubAck) and (as_bytes.seq, as_bytes.duplicate) == (seq, bool(duplicate))
     error = json.dumps({"error": {"code": 400, "err_code": 10071, "description": "wrong last sequence: 5"},
                         "stream": stream, "seq": 0}).encode()
     with pytest.raises(nats.js.errors.APIError):
         replies._ack_of(Msg(None, data=error))  # type: ignore[arg-type]
+    assert isinstance(replies._pub_ack_of_data(error), nats.js.errors.APIError)
+    assert isinstance(replies._pub_ack_of_data(b"not json"), ValueError)
 
 
 _TOKENS = st.text(alphabet="abcXYZ09-_$", min_size=1, max_size=8)
