@@ -121,7 +121,7 @@ def encode(value: Any) -> bytes:
 
 
 # The escaping ``encode`` applies to a string (the C function where there is one).
-_escape_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_escape_text: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def encode_text(text: str) -> bytes:
