@@ -380,7 +380,7 @@ def read_directly(nc: Client) -> None:
         if not headers:
             parsed = None
             answer = future.answer
-            if answer is not None:
+            if answer is not None and not reply:  # (an answer to a request carries no reply subject)
                 try:
                     taken = answer(subject, data)
                 except Exception:  # a bug here must not stop the client's reader

@@ -253,7 +253,7 @@ class _Acks:
     stored, and the leases their ``+ACK``s settle, sent together by ``_send_acks``; ``waiter``
     completes when every one is answered and their consumers confirmed them."""
 
-    __slots__ = ("_answers", "batch", "committed", "leases", "requests", "waiter")
+    __slots__ = ("_answers", "batch", "committed", "leases", "requests", "unconfirmed", "waiter")
 
     def __init__(self, waiter: asyncio.Future[None]) -> None:
         self.waiter = waiter
@@ -261,12 +261,16 @@ class _Acks:
         self.committed: list[Callable[[], None]] = []
         self.leases: list[str] = []
         self.batch: Any = None
+        # Items whose plain +ACK its consumer did not confirm (the confirming request failed): why.
+        self.unconfirmed: dict[int, Exception] = {}
         self._answers: list[tuple[Any, Any]] | None = None
 
     def answers(self) -> list[tuple[Any, Any]]:
-        """Per request, in order: ``js_publish_chain``'s answers (read once, tokens closed)."""
+        """Per request, in order: ``js_publish_chain``'s answers (read once, tokens closed); an
+        item sent plain whose consumer's confirmation failed has that failure as its second."""
         if self._answers is None:
-            self._answers = replies.chain_answers(self.batch)
+            self._answers = [(first, self.unconfirmed.get(index, second)) for index, (first, second) in
+                             enumerate(replies.chain_answers(self.batch))]
         return self._answers
 
 
@@ -1296,10 +1300,11 @@ class NatsTaskQueue(TaskQueue):
                             started_at=claim.started_at)
         raw_result = encode(result.to_dict())  # fails before touching the engine if not JSON
         with self._errors(f"ack task {claim.task.id!r}"):
-            change = {"state": "done", "lease": "", "expires_at": time.time() + self.result_ttl}
+            expires_at = time.time() + self.result_ttl
+            change = {"state": "done", "lease": "", "expires_at": expires_at}
             held = self._held.get(claim.lease_id)
             if held is not None and _holds(held.record, claim.lease_id) and await self._ack_chained(
-                    claim, held, change["expires_at"], raw_result):
+                    claim, held, expires_at, raw_result):
                 return
             stored = decode(raw_result)
             await self._commit(claim, {**change, "result": stored}, ttl=self.result_ttl)
@@ -1383,24 +1388,28 @@ class NatsTaskQueue(TaskQueue):
         in flight (``stats``). One answer per consumer and pass instead of one per task
         (a worker's acks are about a third of the replies it reads). When the last CAS of
         a consumer in the pass did not store (lost, or not answered), the newest ``+ACK``
-        it did send is sent again, confirmed (``_confirm_acks``)."""
+        it did send is sent again, confirmed (``_confirm_acks``). If a consumer's confirmation
+        fails (no answer in time, no responders, an error sending), every caller whose
+        ``+ACK`` to it went plain in the pass gets that failure as its ack's answer (logged:
+        the result is stored, a redelivery is acked away)."""
         if self._acks is acks:
             self._acks = None
         nc, loop = self._conn.nc, acks.waiter.get_loop()
         committed, leases = acks.committed, acks.leases
         consumers = [_consumer_of(lease) for lease in leases]
         left = Counter(consumers)
-        unconfirmed: dict[str, str] = {}  # consumer -> the lease of its newest plain +ACK
+        plain: dict[str, list[int]] = {}  # consumer -> the items whose +ACK went out plain
+        confirming: dict[str, int] = {}  # consumer -> the item whose +ACK asks for the answer
 
         def follow(index: int, _: replies.PubAck) -> tuple[str, bytes, None] | None:
             committed[index]()
             lease, consumer = leases[index], consumers[index]
             left[consumer] -= 1
             if not left[consumer]:  # its last in this pass: confirmed, after every one before it
-                unconfirmed.pop(consumer, None)
+                confirming[consumer] = index
                 return lease, b"+ACK", None
             replies.send(nc, lease, b"+ACK")  # (an error sending is this item's second answer)
-            unconfirmed[consumer] = lease
+            plain.setdefault(consumer, []).append(index)
             return None
 
         stored: asyncio.Future[None] = loop.create_future()
@@ -1413,22 +1422,41 @@ class NatsTaskQueue(TaskQueue):
                 acks.waiter.set_exception(error)
                 acks.waiter.exception()  # retrieved here too: its callers may all have been cancelled
             return
-        stored.add_done_callback(lambda _: self._confirm_acks(nc, acks.waiter, unconfirmed))
+        stored.add_done_callback(lambda _: self._confirm_acks(nc, acks, plain, confirming))
 
     @staticmethod
-    def _confirm_acks(nc: Any, waiter: asyncio.Future[None], unconfirmed: Mapping[str, str]) -> None:
-        """Complete ``waiter`` once the consumers that got plain ``+ACK``s not followed by a
-        confirmed one in their pass (``unconfirmed``: consumer -> its newest such lease)
-        answered that ``+ACK`` sent again (or it timed out: the acks were sent all the same)."""
+    def _confirm_acks(nc: Any, acks: _Acks, plain: Mapping[str, list[int]], confirming: Mapping[str, int]) -> None:
+        """Once every CAS of the pass is answered: note the consumers whose confirming ``+ACK``
+        failed (its answer an error), send the newest plain ``+ACK`` again, confirmed, to each
+        consumer that got plain ones and no confirming one (its last CAS did not store), and
+        complete ``acks.waiter`` when those are answered too. The answers are read (and their
+        reply tokens closed) here, whether or not a caller still waits."""
+        waiter = acks.waiter
         if waiter.done():
+            acks.answers()  # (tokens closed)
             return
-        batch = None
-        if unconfirmed:
-            batch = replies.chain_now(nc, [(lease, b"+ACK", None) for lease in unconfirmed.values()], None, waiter)
-        if batch is None:
-            waiter.set_result(None)
-        else:
-            waiter.add_done_callback(lambda _: replies.chain_answers(batch))  # their reply tokens closed
+        failed: dict[str, Exception] = {}
+        slots = acks.batch.slots
+        for consumer, index in confirming.items():
+            answer = slots[index].second if index < len(slots) else None
+            if isinstance(answer, Exception):
+                failed[consumer] = answer
+        again = {consumer: acks.leases[items[-1]] for consumer, items in plain.items() if consumer not in confirming}
+
+        def settle(answers: Mapping[str, Any]) -> None:
+            failed.update((consumer, answer) for consumer, answer in answers.items() if isinstance(answer, Exception))
+            acks.unconfirmed = {index: failed[consumer] for consumer, items in plain.items() if consumer in failed
+                                for index in items}
+            acks.answers()  # (tokens closed, whoever still waits)
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if not again:
+            settle({})
+            return
+        confirm = asyncio.gather(*(replies.request(nc, lease, b"+ACK") for lease in again.values()),
+                                 return_exceptions=True)
+        confirm.add_done_callback(lambda done: settle({} if done.cancelled() else dict(zip(again, done.result()))))
 
     async def nack(self, claim: ClaimedTask, error: str, *, delay: float = 0.0, final: bool = False) -> bool:
         with self._errors(f"nack task {claim.task.id!r}"):

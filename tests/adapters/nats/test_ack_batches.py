@@ -118,9 +118,9 @@ def test_an_ack_that_cannot_be_sent_fails_alone(nats_url: str, monkeypatch: pyte
             outcomes = await asyncio.gather(
                 queue.ack(claims["a"], {"v": 1}), queue.ack(claims["big"], {"v": huge}), queue.ack(claims["b"], {"v": 2}),
                 return_exceptions=True)
-            # The three chained CASes; then, the big one's CAS never sent, the newest +ACK its
-            # consumer got plain is sent again, confirmed (none of a pass goes unconfirmed).
-            assert sizes == [3, 1]
+            # The three chained CASes (the big one's never sent: the newest +ACK its consumer got
+            # plain is then sent again as a request of its own, so none of a pass goes unconfirmed).
+            assert sizes == [3]
             assert outcomes[0] is None and outcomes[2] is None
             assert isinstance(outcomes[1], Exception)
             results = await queue.wait_results(["a", "b"], timeout=10)
@@ -233,3 +233,73 @@ def test_acks_whose_cas_lost_leave_the_others_confirmed(nats_url: str, lost: str
             await backend.close()
 
     run(scenario(), 60)
+
+
+@pytest.mark.parametrize("last_cas", ["stored", "lost"])
+def test_when_a_consumer_does_not_confirm_every_ack_of_the_pass_says_so(
+        nats_url: str, last_cas: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The task consumer is deleted after the claim, so nothing answers the pass's confirming
+    +ACK (sent with the last stored CAS, or sent again once the last CAS lost): every ack
+    still returns (the results are stored), and each one whose +ACK went out plain logs that
+    it was not confirmed, as the confirmed one does; nothing of the pass is left in the inbox."""
+
+    async def scenario() -> tuple[list[Any], list[str], dict[str, Any]]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            ids = [f"u{i}" for i in range(3)]
+            assert await queue.enqueue_many([task(i) for i in ids]) == [True] * 3
+            claims = await queue.claim(["n"], worker_id="w", max_tasks=3, wait=2)
+            assert len(claims) == 3
+            if last_cas == "lost":
+                entry = await kv.get(queue._tasks, token(claims[-1].task.id))
+                assert await kv.cas(backend.connection.js, queue._tasks, token(claims[-1].task.id), entry.value,
+                                    last=entry.revision)
+            names = backend.connection.names
+            await backend.connection.js.delete_consumer(names.task_stream, claims[0].lease_id.split(".")[3])
+            inbox = replies._INBOXES[backend.connection.nc]
+            with caplog.at_level("WARNING", logger="distributed_agents.adapters.nats"):
+                outcomes = await asyncio.gather(*(queue.ack(c, {"id": c.task.id}) for c in claims),
+                                                return_exceptions=True)
+            warned = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+            results = await queue.wait_results(ids, timeout=5)
+            assert inbox.waiting == {} and inbox.deadlines == {}
+            return outcomes, warned, {i: r.output for i, r in results.items()}
+        finally:
+            await backend.close()
+
+    outcomes, warned, results = run(scenario(), 60)
+    assert outcomes == [None, None, None]
+    assert results == {f"u{i}": {"id": f"u{i}"} for i in range(3)}
+    # Every ack of the pass logged it (the lost CAS's ack confirms on its own path).
+    assert sorted(w.split("'")[1] for w in warned) == ["u0", "u1", "u2"], warned
+
+
+def test_acks_whose_callers_all_went_away_leave_nothing_in_the_inbox(nats_url: str) -> None:
+    """Every ack of a pass cancelled while its batch is on its way: the batch still completes
+    and its reply tokens are closed (no waiting handler, no deadline left)."""
+
+    async def scenario() -> tuple[int, int, Any]:
+        backend = await open_nats(nats_url)
+        queue = backend.task_queue
+        try:
+            ids = [f"a{i}" for i in range(4)]
+            assert await queue.enqueue_many([task(i) for i in ids]) == [True] * 4
+            claims = await queue.claim(["n"], worker_id="w", max_tasks=4, wait=2)
+            inbox = replies._INBOXES[backend.connection.nc]
+            acks = [asyncio.ensure_future(queue.ack(c, {"v": 1})) for c in claims]
+            await asyncio.sleep(0)  # all joined the batch
+            for ack in acks:
+                ack.cancel()
+            await asyncio.gather(*acks, return_exceptions=True)
+            for _ in range(100):
+                if not inbox.waiting and not inbox.deadlines:
+                    break
+                await asyncio.sleep(0.05)
+            return len(inbox.waiting), len(inbox.deadlines), await queue.stats("n")
+        finally:
+            await backend.close()
+
+    waiting, deadlines, stats = run(scenario(), 30)
+    assert (waiting, deadlines) == (0, 0)
+    assert (stats.queued, stats.in_flight) == (0, 0), stats

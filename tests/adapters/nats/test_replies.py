@@ -383,3 +383,49 @@ def test_a_write_expecting_a_revision_sends_the_header_block_of_its_headers_dict
     headers = {"Nats-Expected-Last-Subject-Sequence": str(last), **ttl_header(ttl)}
     assert kv.cas_headers(last, ttl) == replies.header_block(headers)
     assert type(kv.cas_headers(last, ttl)) is bytes
+
+
+def test_an_answer_with_an_undecodable_reply_subject_is_dropped_as_nats_py_drops_it(nats_url: str) -> None:
+    """A publish's answer read as bytes (``Direct.answer``) is taken only without a reply
+    subject (no server answer carries one): a forged answer whose reply subject is not UTF-8
+    is dropped as the message path drops it (uncounted; the request times out), and one
+    with a readable reply subject is an answer like any other."""
+    from urllib.parse import urlsplit
+
+    async def scenario() -> dict[str, tuple[str, int | None, int]]:
+        nc = await nats.connect(nats_url)
+        address = urlsplit(nats_url)
+        try:
+            async def quiet(msg: object) -> None:
+                pass
+
+            await nc.subscribe("answers.silent", cb=quiet)
+            inbox = await replies._inbox(nc)
+            loop = asyncio.get_running_loop()
+            out: dict[str, tuple[str, int | None, int]] = {}
+            for label, reply in (("readable", b"some.reply"), ("undecodable", b"bad.\xff\xfe")):
+                waiter = loop.create_future()
+                batch = replies.chain_now(nc, [("answers.silent", b"x", None)], None, waiter, timeout=1.0)
+                assert batch is not None
+                slot = batch.slots[0]
+                received = inbox.sub._received
+                reader, writer = await asyncio.open_connection(address.hostname, address.port)
+                await reader.readline()  # INFO
+                body = b'{"stream":"S","seq":7}'
+                writer.write(b'CONNECT {"verbose":false}\r\nPUB ' + slot.reply.encode() + b" " + reply
+                             + b" %d\r\n" % len(body) + body + b"\r\nPING\r\n")
+                await writer.drain()
+                await reader.readline()  # PONG: the server routed it
+                await asyncio.wait_for(asyncio.shield(waiter), 5)
+                first = slot.first
+                out[label] = (type(first).__name__, getattr(first, "seq", None), inbox.sub._received - received)
+                replies.chain_answers(batch)
+                writer.close()
+            assert inbox.waiting == {} and inbox.deadlines == {}
+            return out
+        finally:
+            await nc.close()
+
+    out = run(scenario(), 30)
+    assert out["readable"] == ("PubAck", 7, 1), out
+    assert out["undecodable"][0] == "TimeoutError" and out["undecodable"][2] == 0, out
