@@ -782,10 +782,7 @@ def pub_ack_of(msg: Msg) -> PubAck | Exception:
         import nats.js.errors
 
         return nats.js.errors.NoStreamResponseError()
-    try:
-        return _ack_of(msg)
-    except Exception as error:  # an API error, or an answer that is not one
-        return error
+    return _pub_ack_of_data(msg.data)
 
 
 async def collect(nc: Client, subject: str, payload: bytes, *, limit: int, timeout: float = 5.0,

@@ -924,8 +924,9 @@ class NatsTaskQueue(TaskQueue):
             if revision is not None:
                 digest = _digest(msg.data)
                 head = _new_record_head(task.id, task.node_type, task.priority, task.max_attempts, digest)
+                # (No ``raw``: its claim is written from ``head``, ``_first_claim_bytes``.)
                 found[id(msg)] = _Found(_new_record(task.id, task.node_type, task.priority, task.max_attempts, seq=0,
-                                                    digest=digest), revision, raw=_new_record_bytes(head, 0), head=head)
+                                                    digest=digest), revision, head=head)
             else:
                 keys[id(msg)] = token(task.id)
         if len(keys) < 2:

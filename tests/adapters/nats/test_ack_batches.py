@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.nats_commands import watch_commands
 
 from distributed_agents.adapters.nats import kv, replies
 from distributed_agents.adapters.nats.backend import NatsBackend
@@ -35,29 +36,19 @@ class AckCommands:
     def __init__(self, backend: NatsBackend) -> None:
         self.confirmed: list[str] = []
         self.plain: list[str] = []
-        transport = backend.connection.nc._transport
-        writelines, write = transport.writelines, transport.write
+        watch_commands(backend.connection.nc, self._count)
 
-        def counted_writelines(chunks: list[bytes]) -> Any:
-            self._count(b"".join(bytes(chunk) for chunk in chunks))
-            return writelines(chunks)
+    def _count(self, op: str, subject: str, reply: str, payload: bytes) -> None:
+        if subject.startswith("$JS.ACK.") and payload.endswith(b"+ACK"):
+            (self.confirmed if reply else self.plain).append(subject.split(".")[3])
 
-        def counted_write(data: bytes) -> Any:
-            self._count(bytes(data))
-            return write(data)
 
-        transport.writelines, transport.write = counted_writelines, counted_write
-
-    def _count(self, data: bytes) -> None:
-        while data:
-            line, _, data = data.partition(b"\r\n")
-            op, *args = line.decode().split()
-            if op in ("PUB", "HPUB"):
-                sizes = 1 if op == "PUB" else 2
-                subject, reply = args[0], (args[1] if len(args) == sizes + 2 else "")
-                body, data = data[:int(args[-1])], data[int(args[-1]) + 2:]
-                if subject.startswith("$JS.ACK.") and body.endswith(b"+ACK"):
-                    (self.confirmed if reply else self.plain).append(subject.split(".")[3])
+async def _lose_cas(backend: NatsBackend, task_id: str) -> None:
+    """Rewrite ``task_id``'s record behind the queue's back (same content, a new revision), so
+    the CAS its holder's ack makes against the revision it remembers loses."""
+    queue = backend.task_queue
+    entry = await kv.get(queue._tasks, token(task_id))
+    assert await kv.cas(backend.connection.js, queue._tasks, token(task_id), entry.value, last=entry.revision)
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -211,7 +202,7 @@ def test_acks_whose_cas_lost_leave_the_others_confirmed(nats_url: str, lost: str
     async def scenario() -> None:
         backend = await open_nats(nats_url, visibility_timeout=1.0)
         observer = await open_nats(nats_url, prefix=backend.connection.names.prefix)
-        queue, js = backend.task_queue, backend.connection.js
+        queue = backend.task_queue
         try:
             ids = [f"c{i}" for i in range(5)]
             assert await queue.enqueue_many([task(i) for i in ids]) == [True] * 5
@@ -219,8 +210,7 @@ def test_acks_whose_cas_lost_leave_the_others_confirmed(nats_url: str, lost: str
             assert len(claims) == 5
             picked = {"first": claims[:1], "middle": claims[2:3], "last": claims[-1:], "all": claims}[lost]
             for claim in picked:
-                entry = await kv.get(queue._tasks, token(claim.task.id))
-                assert await kv.cas(js, queue._tasks, token(claim.task.id), entry.value, last=entry.revision)
+                await _lose_cas(backend, claim.task.id)
             await asyncio.gather(*(queue.ack(c, {"id": c.task.id}) for c in claims))
             stats = await observer.task_queue.stats("n")
             assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0), stats
@@ -252,9 +242,7 @@ def test_when_a_consumer_does_not_confirm_every_ack_of_the_pass_says_so(
             claims = await queue.claim(["n"], worker_id="w", max_tasks=3, wait=2)
             assert len(claims) == 3
             if last_cas == "lost":
-                entry = await kv.get(queue._tasks, token(claims[-1].task.id))
-                assert await kv.cas(backend.connection.js, queue._tasks, token(claims[-1].task.id), entry.value,
-                                    last=entry.revision)
+                await _lose_cas(backend, claims[-1].task.id)
             names = backend.connection.names
             await backend.connection.js.delete_consumer(names.task_stream, claims[0].lease_id.split(".")[3])
             inbox = replies._INBOXES[backend.connection.nc]

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from support.aio import run
+from support.nats_commands import watch_commands
 from support.nats_server import NatsServer, find_nats_server
 
 from distributed_agents import Graph, NodeRegistry, State, Worker
@@ -53,35 +54,15 @@ class Meter:
         self.round_trips: Counter[str] = Counter()
         self.one_way: Counter[str] = Counter()
         self.on = False
-        transport = backend.connection.nc._transport
-        write, writelines = transport.write, transport.writelines
+        watch_commands(backend.connection.nc, self._count)
 
-        def counted_write(data: bytes) -> Any:
-            self._count(bytes(data))
-            return write(data)
-
-        def counted_writelines(chunks: list[bytes]) -> Any:
-            self._count(b"".join(bytes(chunk) for chunk in chunks))
-            return writelines(chunks)
-
-        transport.write = counted_write
-        transport.writelines = counted_writelines
-
-    def _count(self, data: bytes) -> None:
-        """Read the protocol commands in ``data`` (whole commands: the client writes no partial ones)."""
-        while data:
-            line, _, data = data.partition(b"\r\n")
-            op, *args = line.decode().split()
-            if op == "PING":
-                if self.on:
-                    self.round_trips["flush"] += 1
-            elif op in ("PUB", "HPUB"):
-                # PUB <subject> [reply] <size>; HPUB <subject> [reply] <header size> <total size>
-                sizes = 1 if op == "PUB" else 2
-                subject, reply = args[0], (args[1] if len(args) == sizes + 2 else "")
-                data = data[int(args[-1]) + 2:]
-                if self.on:
-                    (self.round_trips if reply else self.one_way)[_kind(subject)] += 1
+    def _count(self, op: str, subject: str, reply: str, payload: bytes) -> None:
+        if not self.on:
+            return
+        if op == "PING":
+            self.round_trips["flush"] += 1
+        else:
+            (self.round_trips if reply else self.one_way)[_kind(subject)] += 1
 
     def reset(self) -> None:
         self.round_trips.clear()
