@@ -24,6 +24,10 @@ CPU cost per task compares backends where wall-clock throughput cannot.
 workflows/s and fan-out tasks/s (1 worker) over arq's no-op jobs/s, and fan-out with
 the most workers over 1 worker. ``--results FILE`` writes every figure as JSON.
 
+``--node-cpu-us N`` has every node keep its worker's CPU busy for N microseconds before it
+returns (default 0: no-op nodes): how fast the throughput falls as N grows says how much of a
+task's time is the worker's own CPU (``bench_app.py``).
+
 ``--redis-persistence aof`` starts the temporary Redis (``--start redis``) with
 ``appendonly yes`` (AOF, ``appendfsync everysec``): as durable as the NATS server
 ``--start nats`` runs (file storage), which is how ``run_all.py`` compares the two backends;
@@ -112,14 +116,15 @@ WORKER_STOP_S = 15.0
 
 
 @contextlib.contextmanager
-def workers(url: str, prefix: str, count: int, capacity: int) -> Iterator[list[int]]:
+def workers(url: str, prefix: str, count: int, capacity: int, node_cpu_us: int = 0) -> Iterator[list[int]]:
     """``count`` worker processes serving ``bench_app`` on ``url`` under ``prefix``, their pids yielded;
     stopped (SIGTERM, then SIGKILL after ``WORKER_STOP_S``) on the way out.
 
     Each runs in a session of its own, as the server does (``bench_support``): a Ctrl-C in the
     terminal reaches this script alone, which stops the workers while the server still serves,
     then the server; a second Ctrl-C kills both (``bench_support.own``)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+           "BENCH_NODE_CPU_US": str(node_cpu_us)}
     processes = [
         subprocess.Popen([sys.executable, "-m", "distributed_agents", "--log-level", "WARNING", "worker",
                           "--app", "bench_app:registry", "--backend-url", url, "--prefix", prefix,
@@ -198,7 +203,7 @@ async def measure(url: str, worker_count: int, args: argparse.Namespace) -> dict
     orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix, worker_timeout=60)
     await orchestrator.connect()
     try:
-        with workers(url, prefix, worker_count, args.capacity) as pids:
+        with workers(url, prefix, worker_count, args.capacity, args.node_cpu_us) as pids:
             return await measure_passes(orchestrator, url, pids + SERVER_PIDS, worker_count, args)
     finally:
         await close_within(orchestrator.close())
@@ -289,6 +294,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=bench_support.positive_int, default=200,
                         help="single-node workflows in flight at once")
     parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="fan-out width")
+    parser.add_argument("--node-cpu-us", type=bench_support.non_negative_int, default=0,
+                        help="microseconds of CPU each node spends before it returns (default 0: no-op nodes)")
     parser.add_argument("--latency-runs", type=bench_support.positive_int, default=200,
                         help="workflows of the latency pass, one after another")
     parser.add_argument("--rounds", type=bench_support.positive_int, default=3,
@@ -315,7 +322,8 @@ async def main() -> None:
         bench_support.writable_file(args.results, "--results")
     if args.arq_python:
         bench_support.peers_interpreter(args.arq_python, "--arq-python", ["arq"])
-    results: dict[str, Any] = {"workers": {}, "width": args.width, "workflows": args.workflows}
+    results: dict[str, Any] = {"workers": {}, "width": args.width, "workflows": args.workflows,
+                               "node_cpu_us": args.node_cpu_us}
     if args.start == "redis":
         results["redis_persistence"] = args.redis_persistence
     with local_server(args.start, args.backend_url, args.redis_persistence) as url:
