@@ -295,7 +295,7 @@ async def main() -> None:
                         help="single-node workflows in flight at once")
     parser.add_argument("--width", type=bench_support.positive_int, default=1000, help="fan-out width")
     parser.add_argument("--node-cpu-us", type=bench_support.non_negative_int, default=0,
-                        help="microseconds of CPU each node spends before it returns (default 0: no-op nodes)")
+                        help="microseconds of CPU each node spends before it returns (0: no-op nodes)")
     parser.add_argument("--latency-runs", type=bench_support.positive_int, default=200,
                         help="workflows of the latency pass, one after another")
     parser.add_argument("--rounds", type=bench_support.positive_int, default=3,
