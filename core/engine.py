@@ -109,7 +109,7 @@ from distributed_agents.core.node_runner import bounded, safe_text
 from distributed_agents.core.merge import merge_updates
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.record_json import encode_rest, kept as kept_json, remember as remember_json
-from distributed_agents.core.registry import NodeFunction
+from distributed_agents.core.registry import NodeFunction, function_name
 from distributed_agents.core.state import State
 from distributed_agents.core.task_payload import NODE_METADATA_KEY
 from distributed_agents.core.task_state import INLINE_STATE_LIMIT, StateCache, read_ref, state_ref
@@ -1243,6 +1243,8 @@ def _node_call(
     return NodeCall(
         workflow_id=record.workflow_id, graph_name=graph.name, step=record.step, node=entry.node,
         node_type=spec.node_type, task_id=task_id,
+        # Named for a worker serving the graph's functions (a node run here needs no name).
+        function=None if local or spec.func is None or spec.subgraph is not None else function_name(spec.func),
         # A Send's node gets the Send's argument, not the shared state.
         state_json=b"" if shared else (encoded or b"") if entry.arg is None else encode(entry.arg),
         state=record.state if shared else None,

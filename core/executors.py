@@ -37,6 +37,7 @@ from distributed_agents.core.registry import NodeFunction
 from distributed_agents.core.retry import NodeRetry, RetryChain
 from distributed_agents.core.state import State
 from distributed_agents.core.task_payload import (
+    FUNCTION_KEY,
     MANAGED_KEY,
     MANAGED_PAYLOAD_VERSION,
     NODE_METADATA_KEY,
@@ -92,6 +93,9 @@ class NodeCall:
     wrap: Mapping[str, Any] | None = None
     trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
     state: Mapping[str, Any] | None = None  # see the class docstring
+    # The node's own function, ``module:qualname`` (core.registry.function_name), when the graph
+    # holds one: a worker serving the graph's functions runs only that one (Worker._foreign_function).
+    function: str | None = None
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -249,6 +253,7 @@ def task_payload(call: NodeCall) -> dict[str, Any]:
         **({NODE_METADATA_KEY: dict(call.node_metadata)} if call.node_metadata else {}),
         **({CONFIGURABLE_KEY: dict(call.configurable)} if call.configurable else {}),
         **({TRACE_KEY: dict(call.trace)} if call.trace else {}),
+        **({FUNCTION_KEY: call.function} if call.function else {}),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.errors import ConfigurationError
 
-__all__ = ["NodeFunction", "NodeRegistry"]
+__all__ = ["NodeFunction", "NodeRegistry", "function_name", "same_function"]
 
 NodeFunction = Callable[..., Any]
 F = TypeVar("F", bound=NodeFunction)
@@ -23,6 +23,9 @@ class NodeRegistry:
 
     def __init__(self) -> None:
         self._functions: dict[str, NodeFunction] = {}
+        # Node type -> the graphs its function was taken from (``from_graph``); a type not here
+        # was registered by node type (``register``/``register_node``) and serves any graph.
+        self._graphs: dict[str, frozenset[str]] = {}
 
     @classmethod
     def from_graph(cls, graph: Any, registry: NodeRegistry | None = None) -> NodeRegistry:
@@ -34,9 +37,15 @@ class NodeRegistry:
         added without a function (served by a registry) are not. Added to ``registry``
         when given (and returned). ``ConfigurationError`` naming both when two nodes share
         a node type but not a function.
+
+        A function taken from a graph is bound to it (``graphs_of``): node types are shared by
+        every graph on a deployment's key prefix (a node's type is its name unless given), so a
+        worker serving graph ``billing`` must not run the node ``work`` of graph ``faq`` with
+        ``billing``'s function; a task naming another function (``function_name``) is
+        dead-lettered, saying so (``Worker``).
         """
         target = registry if registry is not None else cls()
-        for node_type, func, where in _inline_functions(graph, ()):
+        for node_type, func, where, graphs in _inline_functions(graph, ()):
             existing = target.get(node_type)
             if existing is not None and existing is not func:
                 raise ConfigurationError(
@@ -44,7 +53,10 @@ class NodeRegistry:
                     f"{getattr(existing, '__qualname__', existing)!r}, and this node runs "
                     f"{getattr(func, '__qualname__', func)!r}; give one of them another node type "
                     "(add_node(..., node_type=...)) so a worker can tell them apart")
-            target.register_node(node_type, func)
+            bound = existing is None or node_type in target._graphs
+            target._add(node_type, func)
+            if bound:
+                target._graphs[node_type] = target._graphs.get(node_type, frozenset()) | graphs
         return target
 
     def register(self, node_type: str) -> Callable[[F], F]:
@@ -60,7 +72,11 @@ class NodeRegistry:
         return decorate
 
     def register_node(self, node_type: str, func: NodeFunction) -> None:
-        """Register ``func`` for ``node_type``; replacing an existing one is an error."""
+        """Register ``func`` for ``node_type``, for the tasks of any graph; replacing an existing one is an error."""
+        self._add(node_type, func)
+        self._graphs.pop(node_type, None)
+
+    def _add(self, node_type: str, func: NodeFunction) -> None:
         _check_node_type(node_type)
         if not callable(func):
             raise ConfigurationError(f"node {node_type!r}: {func!r} is not callable")
@@ -74,6 +90,13 @@ class NodeRegistry:
     def get(self, node_type: str) -> NodeFunction | None:
         """The function for ``node_type``, or None."""
         return self._functions.get(node_type)
+
+    def graphs_of(self, node_type: str) -> frozenset[str] | None:
+        """The names of the graphs ``node_type``'s function was taken from (``from_graph``: the
+        graph holding the node and every graph above it): a worker runs with it only the tasks
+        that name the same function or none; None when it was registered by node type
+        (``register``, ``register_node``): then it runs every task of the type."""
+        return self._graphs.get(node_type)
 
     def node_types(self) -> frozenset[str]:
         """Every registered node type."""
@@ -89,15 +112,39 @@ class NodeRegistry:
         return len(self._functions)
 
 
-def _inline_functions(graph: Any, path: tuple[str, ...]) -> Iterator[tuple[str, NodeFunction, str]]:
-    """(node type, function, where) of each node of ``graph`` and its subgraphs that has a function."""
+def function_name(func: Any) -> str:
+    """``module:qualname`` of a node function (of its class for a callable object, a
+    ``functools.partial`` say): what a task names its node's function by (``task_payload``'s
+    ``function``), so that a worker can tell another graph's function of the same node type."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        module, qualname = type(func).__module__, type(func).__qualname__
+    return f"{module if isinstance(module, str) else ''}:{qualname}"
+
+
+def same_function(name: str, other: str) -> bool:
+    """Whether two ``function_name`` values may name the same function: the same qualified name,
+    in the same module, or in a script's (``__main__``: a graph defined in the script that runs
+    it names its functions so, where workers import the same module by its name)."""
+    module, _, qualname = name.partition(":")
+    other_module, _, other_qualname = other.partition(":")
+    return qualname == other_qualname and (module == other_module or "__main__" in (module, other_module))
+
+
+def _inline_functions(graph: Any, path: tuple[str, ...],
+                      above: frozenset[str] = frozenset()) -> Iterator[tuple[str, NodeFunction, str, frozenset[str]]]:
+    """(node type, function, where, graph names) of each node of ``graph`` and its subgraphs that
+    has a function; the names are those of the graph holding the node and of the graphs above it
+    (``above``): a subgraph's task may name either."""
+    graphs = above | {graph.name}
     for name, spec in graph.nodes.items():
         where = f"graph {graph.name!r}: node {'/'.join((*path, name))!r}"
         subgraph = getattr(spec, "subgraph", None)
         if subgraph is not None:
-            yield from _inline_functions(subgraph.graph, (*path, name))
+            yield from _inline_functions(subgraph.graph, (*path, name), graphs)
         elif spec.func is not None:
-            yield spec.node_type, spec.func, where
+            yield spec.node_type, spec.func, where, graphs
 
 
 def _check_node_type(node_type: object) -> None:

@@ -17,13 +17,17 @@ from typing import Any
 from distributed_agents.core.managed import MANAGED_KINDS
 from distributed_agents.core.task_state import STATE_REF_KEY, WRAP_KEY, read_ref
 
-__all__ = ["MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "NODE_METADATA_KEY", "PAYLOAD_VERSION", "READABLE_VERSIONS",
+__all__ = ["FUNCTION_KEY", "MANAGED_KEY", "MANAGED_PAYLOAD_VERSION", "NODE_METADATA_KEY", "PAYLOAD_VERSION", "READABLE_VERSIONS",
            "RETRY_LIST_PAYLOAD_VERSION", "check_payload"]
 
 MANAGED_KEY = "managed"
 """The payload field naming the managed values the node's input gets (``core.managed``: key -> kind)."""
 NODE_METADATA_KEY = "node_metadata"
 """The payload field holding the node's own metadata (``add_node(metadata=)``), read in ``config["metadata"]``."""
+FUNCTION_KEY = "function"
+"""The payload field naming the node's own function (``module:qualname``, ``core.registry.function_name``)
+when its graph holds one: a worker serving that graph's functions runs the task only with the same one
+(an older worker ignores it)."""
 
 PAYLOAD_VERSION = 1
 """The version ``executors.task_payload`` writes (``"v"``); bumped when a change would
@@ -47,6 +51,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "message_keys": ((list,), "a list of strings"),
     MANAGED_KEY: ((dict,), "an object (managed value kinds by key)"),
     NODE_METADATA_KEY: ((dict,), "an object (the node's metadata)"),
+    FUNCTION_KEY: ((str,), "a string (module:qualname)"),
     "configurable": ((dict,), "an object"),
     "trace": ((dict,), "an object"),
 }

@@ -96,11 +96,11 @@ from distributed_agents.core.ports.backend import Backend, BackendOptions, check
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask, Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerInfo
-from distributed_agents.core.registry import NodeFunction, NodeRegistry
+from distributed_agents.core.registry import NodeFunction, NodeRegistry, function_name, same_function
 from distributed_agents.core.retry import NodeRetry, retry_from_wire
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
-from distributed_agents.core.task_payload import MANAGED_KEY, NODE_METADATA_KEY, check_payload
+from distributed_agents.core.task_payload import FUNCTION_KEY, MANAGED_KEY, NODE_METADATA_KEY, check_payload
 from distributed_agents.core.task_state import (
     DEFAULT_CACHE_BYTES,
     STATE_REF_KEY,
@@ -847,6 +847,12 @@ class Worker:
         backend = self.backend
         queue = backend.task_queue
         task = claim.task
+        foreign = self._foreign_function(task)
+        if foreign:
+            self.stats.malformed += 1  # (with the other tasks it cannot run as they came)
+            log.error("task %s: %s; it was dead-lettered", task.id, foreign)
+            await self._settle(lambda: queue.nack(claim, foreign, final=True), claim)
+            return DEAD_LETTERED, ValueError(foreign)
         try:
             func, state, retry, timeout = self._prepare(claim)
         except ValueError as exc:
@@ -925,6 +931,28 @@ class Worker:
             log.info("task %s node %r done in %.3fs (attempt %d)", task.id, task.node,
                      time.monotonic() - started, claim.attempt)
         return SUCCEEDED, None
+
+    def _foreign_function(self, task: Task) -> str:
+        """Why this worker must not run ``task`` with its function (the reason its dead letter
+        gives), or "": its function was taken from a graph (``NodeRegistry.graphs_of``) and the
+        task names another one (``core.registry.same_function``). Node types are shared by every
+        graph on a key prefix, and a node's type is its name unless given: a worker serving graph
+        ``billing`` would otherwise run graph ``faq``'s node ``work`` with ``billing``'s function."""
+        graphs = self.registry.graphs_of(task.node_type)
+        named = task.payload.get(FUNCTION_KEY) if graphs is not None else None
+        func = self.registry.get(task.node_type)
+        if not isinstance(named, str) or func is None:
+            return ""
+        own = function_name(func)
+        if same_function(own, named):
+            return ""
+        served = ", ".join(repr(name) for name in sorted(graphs or ()))
+        graph = _graph_name(task.payload)
+        return (f"wrong function: worker {self.worker_id!r} serves node type {task.node_type!r} with {own!r}, taken "
+                f"from graph {served}, and this task (node {task.node!r} of graph {graph!r}) runs {named!r}; node "
+                f"types are shared by every graph on the same key prefix, so give one of the nodes a type of its "
+                f"own (add_node({task.node!r}, ..., node_type='{graph}.{task.node}')) or run each graph's "
+                "workflows and workers under their own --prefix")
 
     def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State | None, NodeRetry | None, float | None]:
         """The task's function, state (None: the task names it, ``_referenced_state`` reads it), retry, timeout.

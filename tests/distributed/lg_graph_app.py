@@ -44,3 +44,13 @@ def greet(state: Greeting, runtime: Runtime[Any]) -> dict[str, Any]:
 greeter = StateGraph(Greeting)
 greeter.add_node(greet).add_edge(START, "greet").add_edge("greet", END)
 greeter_app = greeter.compile()
+
+
+def other_answer(state: QA) -> dict[str, Any]:
+    """Another graph's node ``answer``: the same node type as ``app``'s, another function."""
+    return {"a": "another graph's answer"}
+
+
+other = StateGraph(QA)  # named "QA" too, as app: only the functions tell the graphs apart
+other.add_node("answer", other_answer).add_edge(START, "answer").add_edge("answer", END)
+other_app = other.compile()

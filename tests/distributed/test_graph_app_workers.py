@@ -10,6 +10,7 @@ import pytest
 from support.aio import run
 from support.worker_processes import WorkerProcesses, load_test_app
 
+from distributed_agents.core.errors import NodeExecutionError
 from distributed_agents.distributed import DistributedOrchestrator
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,3 +72,38 @@ def test_a_node_on_a_worker_reads_the_run_context(backend: str, request: pytest.
         workers.close()
     assert result == {"greeting": "hello ann at level 3"}
     assert "node 'greet' done" in workers.log("w1")  # it ran on the worker
+
+
+@pytest.mark.parametrize("backend", ["redis_url", "nats_url"])
+def test_a_worker_process_started_on_a_graph_refuses_another_graphs_node_of_the_same_type(
+        backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
+    """Node types are shared by every graph on a prefix: a worker serving ``app`` gets the task of
+    ``other_app``'s node ``answer`` (type "answer", as ``app``'s) and dead-letters it, naming both
+    functions and what to do, instead of answering it with ``app``'s function."""
+    url = str(request.getfixturevalue(backend))
+    module = load_test_app("lg_graph_app")
+    prefix = f"lgother{uuid.uuid4().hex[:8]}"
+    workers = WorkerProcesses(url, prefix, tmp_path, "lg_graph_app:app")
+
+    async def scenario() -> str:
+        orchestrator = DistributedOrchestrator(backend_url=url, prefix=prefix)
+        try:
+            with pytest.raises(NodeExecutionError) as info:
+                await orchestrator.execute(module.other_app, {"q": "x"})
+            return str(info.value)
+        finally:
+            await orchestrator.close()
+
+    workers.start("w1")
+    try:
+        message = run(scenario(), timeout=100)
+        deadline = time.monotonic() + 20  # (its log line may come after the orchestrator saw the dead letter)
+        while time.monotonic() < deadline and "wrong function" not in workers.log("w1"):
+            time.sleep(0.05)
+    finally:
+        workers.close()
+    assert "wrong function" in message
+    assert "'lg_graph_app:answer'" in message and "'lg_graph_app:other_answer'" in message
+    assert "node_type='QA.answer'" in message
+    log = workers.log("w1")
+    assert "wrong function" in log and "node 'answer' done" not in log

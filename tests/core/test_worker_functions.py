@@ -1,0 +1,119 @@
+"""A worker serving a graph's own functions runs a task only with the function the task names.
+
+Node types are shared by every graph on a key prefix (a node's type is its name unless given):
+two graphs each with a node ``work`` would otherwise have a worker started from one of them run
+the other's ``work`` with its own function, silently. The task names its node's function
+(``module:qualname``); a worker whose function for the type was taken from a graph
+(``NodeRegistry.from_graph``) dead-letters a task naming another one, saying what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+from support.aio import run, with_worker
+
+from distributed_agents import Graph, NodeRegistry, Orchestrator, State, Worker
+from distributed_agents.core.errors import NodeExecutionError
+from distributed_agents.core.registry import function_name, same_function
+
+RAN: list[str] = []
+
+
+def billing_work(state: State) -> dict[str, Any]:
+    RAN.append("billing")
+    return {"who": "billing", "refund_issued": True}
+
+
+def faq_work(state: State) -> dict[str, Any]:
+    RAN.append("faq")
+    return {"who": "faq"}
+
+
+def shared_work(state: State) -> dict[str, Any]:
+    RAN.append("shared")
+    return {"who": "shared"}
+
+
+def one_node(name: str, func: Any, node: str = "work") -> Graph:
+    return Graph(name).add_node(node, func).set_entry_point(node).set_finish_point(node).compile()
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    RAN.clear()
+
+
+def execute_on(worker: Worker, backend: str, graph: Graph) -> Any:
+    async def body() -> Any:
+        async with Orchestrator(backend=backend, local_nodes=False) as orchestrator:
+            return await orchestrator.execute(graph, {"q": "hi"})
+
+    return run(with_worker(worker, body))
+
+
+def test_another_graphs_node_of_the_same_type_is_dead_lettered_not_run_with_this_graphs_function() -> None:
+    worker = Worker(registry=one_node("billing", billing_work), backend="memory://wrong-fn", poll_wait=0.05)
+    with pytest.raises(NodeExecutionError) as info:
+        execute_on(worker, "memory://wrong-fn", one_node("faq", faq_work))
+    message = str(info.value)
+    assert "wrong function" in message and "'billing'" in message and "'faq'" in message
+    assert f"{__name__}:billing_work" in message and f"{__name__}:faq_work" in message
+    assert "node_type='faq.work'" in message and "--prefix" in message
+    assert RAN == []  # billing's function never ran for faq's task
+    assert worker.stats.malformed == 1 and worker.stats.succeeded == 0
+
+
+def test_the_graph_the_worker_serves_and_a_graph_sharing_its_function_run_as_before() -> None:
+    worker = Worker(registry=one_node("billing", shared_work), backend="memory://same-fn", poll_wait=0.05)
+    assert dict(execute_on(worker, "memory://same-fn", one_node("billing", shared_work)))["who"] == "shared"
+    # Another graph (another name) whose node has the very same function: the same work, run.
+    assert dict(execute_on(worker, "memory://same-fn", one_node("reports", shared_work)))["who"] == "shared"
+    assert RAN == ["shared", "shared"]
+
+
+def test_a_function_registered_by_node_type_serves_every_graph_whatever_its_inline_function() -> None:
+    """The README's pattern: the orchestrator's graph may hold a local function; a worker registered
+    by node type runs its own (``register``/``register_node``), as documented."""
+    registry = NodeRegistry()
+    registry.register_node("work", shared_work)
+    worker = Worker(registry=registry, backend="memory://by-type", poll_wait=0.05)
+    assert dict(execute_on(worker, "memory://by-type", one_node("faq", faq_work)))["who"] == "shared"
+    # A registry that has the type by node type first stays open when a graph with that function is added.
+    NodeRegistry.from_graph(one_node("billing", shared_work), registry)
+    assert registry.graphs_of("work") is None
+
+
+def test_graphs_of_names_the_graph_and_the_graphs_above_a_subgraphs_node() -> None:
+    inner = one_node("inner", faq_work, node="deep")
+    outer = Graph("outer").add_node("work", billing_work).add_node("nested", inner)
+    outer.set_entry_point("work").add_edge("work", "nested").set_finish_point("nested").compile()
+    registry = NodeRegistry.from_graph(outer)
+    assert registry.graphs_of("work") == {"outer"}
+    assert registry.graphs_of("deep") == {"inner", "outer"}
+    # The same function from a second graph: bound to both.
+    NodeRegistry.from_graph(one_node("again", billing_work), registry)
+    assert registry.graphs_of("work") == {"outer", "again"}
+    # Registered by type afterwards: open to every graph.
+    registry.register_node("work", billing_work)
+    assert registry.graphs_of("work") is None
+
+
+class Tool:
+    def __call__(self, state: State) -> dict[str, Any]:
+        return {}
+
+
+def test_function_names_and_when_two_may_be_the_same() -> None:
+    assert function_name(billing_work) == f"{__name__}:billing_work"
+    assert function_name(Tool()) == f"{__name__}:Tool"  # a callable object: its class
+    assert function_name(functools.partial(billing_work)) == "functools:partial"
+    assert function_name(lambda s: s) == f"{__name__}:test_function_names_and_when_two_may_be_the_same.<locals>.<lambda>"
+    assert same_function("agents:work", "agents:work")
+    assert not same_function("agents:work", "other:work")  # two modules' functions of one name
+    assert not same_function("agents:work", "agents:work2")
+    # A script defines its graph in __main__, where workers import the module by its name.
+    assert same_function("__main__:work", "agents:work") and same_function("agents:work", "__main__:work")
+    assert not same_function("__main__:work", "agents:other")
