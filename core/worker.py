@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import math
 import os
@@ -84,6 +85,7 @@ from distributed_agents.core.arguments import (
 )
 from distributed_agents.core.log_context import alert_level
 from distributed_agents.core.log_context import bind as bind_log_context
+from distributed_agents.core.loop_stalls import StallWatch
 from distributed_agents.core.node_runner import (
     NodeContext,
     describe_failure,
@@ -331,6 +333,8 @@ class Worker:
         self._slot_freed: asyncio.Event | None = None  # created on the serving loop
         self._unstarted: set[asyncio.Task[Any]] = set()  # node tasks made, first step not taken yet
         self._lease_watch = _LeaseWatch()  # lease keepers of running nodes not extending yet
+        self._stalls = StallWatch(self.worker_id, self._running_nodes)  # (started by start())
+        self._runs_on_loop: dict[str, tuple[Any, bool]] = {}  # node type -> (its function, async def?)
         self._cancel_reasons: dict[asyncio.Task[None], str] = {}
         # Threads of cancelled plain-function nodes that have not returned yet: each
         # still uses a capacity slot, though its task is settled.
@@ -458,6 +462,8 @@ class Worker:
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
         ]
+        self._stalls = StallWatch(self.worker_id, self._running_nodes)
+        self._stalls.start()
         self._observer = self.instrumentation if self.instrumentation is not None else installed()
         if self._observer is not None:
             helpers.append(asyncio.ensure_future(self._observer.watch(backend, types)))
@@ -479,6 +485,7 @@ class Worker:
         finally:
             for helper in helpers:
                 helper.cancel()
+            self._stalls.close()
             self._lease_watch.close()  # (the nodes are stopped below; any keeper is cancelled with its node)
             for task in list(self._running):
                 if task not in self._settling:
@@ -881,6 +888,8 @@ class Worker:
                                         resume=task.payload.get("resume"),
                                         message_keys=[str(k) for k in task.payload.get("message_keys") or ()],
                                         managed=task.payload.get(MANAGED_KEY))
+            if self._on_loop(task.node_type, func):
+                self._stalls.ended_step(f"node {task.node!r} (task {task.id})")
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
@@ -891,6 +900,8 @@ class Worker:
             raise
         except Exception as exc:
             keeper.cancel()
+            if self._on_loop(task.node_type, func):
+                self._stalls.ended_step(f"node {task.node!r} (task {task.id})")
             failure = describe_failure(exc)
             # A state that is gone stays gone: no retry.
             if (retry is not None and not is_output_error(exc) and not isinstance(exc, TaskStateError)
@@ -1092,8 +1103,26 @@ class Worker:
 
     def _lease_lost_before_settling(self, claim: ClaimedTask) -> None:
         self.stats.lost_leases += 1
-        log.warning("task %s node %r: lease lost before settling; another worker will run it",
-                    claim.task.id, claim.task.node)
+        lease = self.lease_seconds or self.backend.task_queue.visibility_timeout
+        blocked = self._stalls.longest_since(asyncio.get_running_loop().time() - lease)
+        log.warning("task %s node %r: lease lost before settling; another worker will run it%s",
+                    claim.task.id, claim.task.node,
+                    f" (this worker's event loop was blocked for at least {blocked:.1f}s within the lease, and "
+                    "renewed no lease meanwhile: see the warning naming the nodes that ran then)" if blocked else "")
+
+    def _running_nodes(self) -> list[tuple[str, bool]]:
+        """The nodes running now (not settling), each with whether it runs on the event loop (``StallWatch``)."""
+        return [(f"node {claim.task.node!r} (task {claim.task.id})",
+                 self._on_loop(claim.task.node_type, self.registry.get(claim.task.node_type)))
+                for task, claim in list(self._running.items()) if task not in self._settling]
+
+    def _on_loop(self, node_type: str, func: Any) -> bool:
+        """Whether ``func`` (``node_type``'s) runs on the event loop (``async def``), not in a thread."""
+        known = self._runs_on_loop.get(node_type)
+        if known is None or known[0] is not func:
+            known = self._runs_on_loop[node_type] = (func, inspect.iscoroutinefunction(func) or
+                                                     inspect.iscoroutinefunction(getattr(func, "__call__", None)))
+        return known[1]
 
 
 class _LeaseWatch:

@@ -110,7 +110,8 @@ def test_function_names_and_when_two_may_be_the_same() -> None:
     assert function_name(billing_work) == f"{__name__}:billing_work"
     assert function_name(Tool()) == f"{__name__}:Tool"  # a callable object: its class
     assert function_name(functools.partial(billing_work)) == "functools:partial"
-    assert function_name(lambda s: s) == f"{__name__}:test_function_names_and_when_two_may_be_the_same.<locals>.<lambda>"
+    here = "test_function_names_and_when_two_may_be_the_same"
+    assert function_name(lambda s: s) == f"{__name__}:{here}.<locals>.<lambda>"
     assert same_function("agents:work", "agents:work")
     assert not same_function("agents:work", "other:work")  # two modules' functions of one name
     assert not same_function("agents:work", "agents:work2")
