@@ -479,8 +479,12 @@ class NatsTaskQueue(TaskQueue):
             log.warning("NATS %s: the consumer of node type %r (priority %d) redelivers after %gs (its AckWait, "
                         "set by the worker that made it), not this queue's visibility timeout of %gs: a dead "
                         "worker's tasks come back after %gs; give every worker of the deployment one "
-                        "visibility timeout (--visibility-timeout or ?visibility_timeout=)", mask_url(self._conn.url),
-                        node_type, priority, ack_wait, self.visibility_timeout, ack_wait)
+                        "visibility timeout (--visibility-timeout or ?visibility_timeout=). To change the "
+                        "consumer's: stop every worker serving %r, delete consumer %r of stream %r (nats consumer "
+                        "rm %s %s); the next worker to claim makes it anew with its own visibility timeout, and "
+                        "the queued tasks stay in the stream", mask_url(self._conn.url),
+                        node_type, priority, ack_wait, self.visibility_timeout, ack_wait, node_type,
+                        config.durable_name, names.task_stream, names.task_stream, config.durable_name)
         self._ack_waits[key] = ack_wait
         return ack_wait
 

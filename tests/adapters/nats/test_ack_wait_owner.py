@@ -136,3 +136,38 @@ def test_a_silent_workers_task_comes_back_after_the_workers_visibility_timeout_n
                 await backend.close()
 
     assert run(scenario(), 40) < 10
+
+
+def test_the_way_the_warning_gives_to_change_the_ack_wait_works_and_keeps_the_queued_tasks(
+        nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Workers stopped, the consumer the warning names deleted: the next claimer makes it anew
+    with its own visibility timeout, and every task queued before is still there to claim."""
+    async def scenario() -> tuple[float | None, float | None, int]:
+        old = await open_nats(nats_url, visibility_timeout=30.0)
+        new = await open_nats(nats_url, prefix=old.options.prefix, visibility_timeout=3.0)
+        try:
+            for _ in range(3):
+                await old.task_queue.enqueue(_task())
+            assert len(await old.task_queue.claim(["n"], worker_id="w-old", max_tasks=1)) == 1  # made with 30 s
+            assert len(await new.task_queue.claim(["n"], worker_id="w-new", max_tasks=1)) == 1  # warns
+            warned = " ".join(r.getMessage() for r in caplog.records if "redelivers after" in r.getMessage())
+            conn = new.task_queue._conn  # type: ignore[attr-defined]
+            stream, consumer = conn.names.task_stream, conn.names.task_consumer("n", 0)
+            assert f"delete consumer {consumer!r} of stream {stream!r}" in warned
+            assert f"nats consumer rm {stream} {consumer}" in warned
+            before = await _ack_wait(new, "n")
+            await conn.js.delete_consumer(stream, consumer)  # (what `nats consumer rm` does)
+            fresh = await open_nats(nats_url, prefix=old.options.prefix, visibility_timeout=3.0)
+            try:
+                claimed = await fresh.task_queue.claim(["n"], worker_id="w-fresh", max_tasks=5)
+                return before, await _ack_wait(fresh, "n"), len(claimed)
+            finally:
+                await fresh.close()
+        finally:
+            for backend in (old, new):
+                await backend.close()
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents"):
+        before, after, claimed = run(scenario())
+    assert (before, after) == (30.0, 3.0)
+    assert claimed == 1  # the task nobody held; the two held ones come back when their leases run out
