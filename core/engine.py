@@ -82,8 +82,6 @@ from distributed_agents.core.errors import (
     NodeExecutionError,
     NodeTimeoutError,
     PayloadTooLargeError,
-    StateNotSerializableError,
-    StateValidationError,
     StepLimitExceededError,
     VersionConflictError,
     WorkflowCancelledError,
@@ -944,9 +942,11 @@ class StepEngine(_Progress):
             details["largest_writer"] = details.pop("node")
         if error is not exc:
             details["kind"] = type(exc).__name__
-        if isinstance(exc, (StateValidationError, StateNotSerializableError)):
-            # The graph's own input or a node's write is wrong: the message says which and what to do,
-            # and the caller gets the error; a traceback of the engine would only hide it.
+        if _only_our_errors(exc):
+            # The graph's own input, a node's write or a route is wrong: the message says which and
+            # what to do, and the caller gets the error with its traceback; the engine's in the log
+            # (on stderr, where logging is not configured) would only hide it. An exception of other
+            # code (a reducer's, a condition's, a bug) keeps its traceback here.
             log.error("workflow %r failed in step %d while %s: %s", record.workflow_id, record.step, what, exc)
         else:
             log.error("workflow %r failed in step %d while %s", record.workflow_id, record.step, what, exc_info=exc)
@@ -1231,6 +1231,19 @@ def _status_after(exc: BaseException) -> str:
 def _cache_ttl(spec: NodeSpec) -> float | None:
     """The seconds ``spec``'s cached outputs live (None: until cleared)."""
     return None if spec.cache_policy is None else spec.cache_policy.ttl
+
+
+def _only_our_errors(exc: BaseException) -> bool:
+    """Whether ``exc`` and every exception it was raised from (``__cause__``/``__context__``) are
+    this package's own errors, whose messages say what is wrong: no other code's traceback to show."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if not isinstance(current, DistributedAgentsError):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return True
 
 
 def _node_call(

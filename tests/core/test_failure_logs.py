@@ -77,3 +77,26 @@ def test_a_failure_message_no_utf8_stream_can_carry_is_logged_escaped(caplog: py
         if record.levelno >= logging.WARNING:
             record.getMessage().encode("utf-8")  # no UnicodeEncodeError
     assert any("bad byte \\udcff here" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_a_routing_error_is_logged_once_as_its_message_without_the_engines_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The caller gets the error (with its traceback); the log line says the same in one line: a
+    script without logging configured printed the engine's traceback on stderr besides."""
+    from distributed_agents import END, START, Orchestrator
+    from distributed_agents.core.errors import RoutingError
+
+    graph = Graph("route_log")
+    graph.add_node("a", lambda state: {"x": 1}).add_node("b", lambda state: {"y": 1})
+    graph.add_edge(START, "a").add_conditional_edges("a", lambda state: "nope", ["b"])
+    graph.add_edge("b", END).compile()
+
+    async def scenario() -> None:
+        with pytest.raises(RoutingError, match="returned 'nope', which is not one of"):
+            await Orchestrator().execute(graph, {})
+
+    with caplog.at_level(logging.ERROR, logger="distributed_agents"):
+        run(scenario())
+    [record] = [r for r in caplog.records if "failed in step" in r.getMessage()]
+    assert "returned 'nope'" in record.getMessage()
+    assert record.exc_info is None
