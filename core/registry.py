@@ -45,14 +45,17 @@ class NodeRegistry:
         dead-lettered, saying so (``Worker``).
         """
         target = registry if registry is not None else cls()
+        first: dict[str, str] = {}  # node type -> where this graph's first node of it is
         for node_type, func, where, graphs in _inline_functions(graph, ()):
             existing = target.get(node_type)
             if existing is not None and existing is not func:
+                other = (f"and {first[node_type]} has it too, with {function_name(existing)!r}" if node_type in first
+                         else f"which the registry runs with {function_name(existing)!r} already")
                 raise ConfigurationError(
-                    f"{where}: node type {node_type!r} is already registered to "
-                    f"{getattr(existing, '__qualname__', existing)!r}, and this node runs "
-                    f"{getattr(func, '__qualname__', func)!r}; give one of them another node type "
-                    "(add_node(..., node_type=...)) so a worker can tell them apart")
+                    f"{where} (function {function_name(func)!r}) has node type {node_type!r}, {other}: a worker "
+                    "runs one function per node type, so give one of them another node type "
+                    "(add_node(..., node_type=...))")
+            first.setdefault(node_type, where)
             bound = existing is None or node_type in target._graphs
             target._add(node_type, func)
             if bound:

@@ -132,5 +132,17 @@ def test_from_graph_registers_every_inline_function_by_node_type_subgraphs_inclu
     assert NodeRegistry.from_graph(outer, existing) is existing and sorted(existing) == ["a", "other", "typed_b"]
     clash = (Graph("clash").add_node("x", a, node_type="same").add_node("y", b, node_type="same")
              .set_entry_point("x").add_edge("x", "y").set_finish_point("y").compile())
-    with pytest.raises(ConfigurationError, match=r"graph 'clash': node 'y': node type 'same' is already registered"):
+    with pytest.raises(ConfigurationError, match=r"graph 'clash': node 'y' \(function '.*\.b'\) has node type "
+                                                 r"'same', and graph 'clash': node 'x' has it too, with '.*\.a'"):
         NodeRegistry.from_graph(clash)
+    # A subgraph's node of the parent's node's type (both named "write", say): both are named.
+    sub = Graph("sub").add_node("write", b).set_entry_point("write").set_finish_point("write").compile()
+    parent = (Graph("parent").add_node("write", a).add_node("nested", sub)
+              .set_entry_point("write").add_edge("write", "nested").set_finish_point("nested").compile())
+    with pytest.raises(ConfigurationError, match=r"graph 'sub': node 'nested/write' \(function '.*\.b'\) has node "
+                                                 r"type 'write', and graph 'parent': node 'write' has it too, with '.*\.a'"):
+        NodeRegistry.from_graph(parent)
+    # Against a registry that had the type before: the function it has is named.
+    with pytest.raises(ConfigurationError, match=r"has node type 'other', which the registry runs with '.*\.b' already"):
+        NodeRegistry.from_graph(Graph("g").add_node("o", a, node_type="other").set_entry_point("o")
+                                .set_finish_point("o").compile(), existing)
