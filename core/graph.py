@@ -31,7 +31,7 @@ import os
 from types import MappingProxyType
 from collections.abc import AsyncIterator, Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from distributed_agents.core.cache import CachePolicy
 from distributed_agents.core.codec import decode, encode
@@ -429,10 +429,21 @@ class Graph:
                     "map each value the condition returns to a node or END",
                     graph=self.name, culprit=source,
                 )
+            for value, target in mapping.items():
+                if not isinstance(target, str):
+                    self._bad_path_map(source, f"maps {repr(value)[:80]} to {type(target).__name__} "
+                                               f"{repr(target)[:80]}, which is not a node name")
         elif targets is not None:
             if isinstance(targets, str):
                 targets = [targets]
-            allowed = frozenset(targets)
+            if isinstance(targets, (bytes, bytearray)) or not isinstance(targets, Iterable):
+                self._bad_path_map(source, f"is {type(targets).__name__} {repr(targets)[:80]}")
+            names = list(targets)
+            for target in names:
+                if not isinstance(target, str):
+                    self._bad_path_map(source, f"lists {type(target).__name__} {repr(target)[:80]}, "
+                                               "which is not a node name")
+            allowed = frozenset(names)
             if not allowed:
                 raise GraphValidationError(
                     f"graph {self.name!r}: conditional edge from {source!r} has an empty targets list",
@@ -440,6 +451,14 @@ class Graph:
                 )
         self._conditional.append(ConditionalEdge(source, condition, mapping, allowed, wants_context(condition)))
         return self
+
+    def _bad_path_map(self, source: str, detail: str) -> NoReturn:
+        raise GraphValidationError(
+            f"graph {self.name!r}: conditional edge from {source!r}: the path map (targets) {detail}; it must be a "
+            "dict from the values the condition returns to node names or END (e.g. {'yes': 'publish', 'no': END}), "
+            "a list of the node names the condition may return, or omitted (the condition returns node names)",
+            graph=self.name, culprit=source,
+        )
 
     def add_conditional_edges(
         self, source: str, path: Condition, path_map: Mapping[Hashable, str] | Sequence[str] | None = None
@@ -979,7 +998,8 @@ class Graph:
                 except (KeyError, TypeError):
                     raise ExecutionError(
                         f"graph {self.name!r}: {label} "
-                        f"returned {returned()}, which is not in its targets {sorted(map(repr, edge.mapping))}"
+                        f"returned {returned()}, which is not in its targets "
+                        f"[{', '.join(sorted(map(repr, edge.mapping)))}]"
                     ) from None
             else:
                 target = key

@@ -184,6 +184,23 @@ def interrupt(value: Any) -> Any:
 NO_ANSWER: Any = object()  # resume() without an answer (a breakpoint, or a failed/cancelled workflow)
 
 
+def _check_answer(workflow_id: str, pause: Interrupt, answer: Any) -> None:
+    """``StateNotSerializableError`` unless JSON carries ``answer`` (the resume value for ``pause``) unchanged."""
+    from distributed_agents.core.codec import find_non_json
+    from distributed_agents.core.errors import StateNotSerializableError
+
+    found = find_non_json(answer)
+    if found is None:
+        return
+    path, why = found
+    where = f"at answer{path}: " if path else ""
+    raise StateNotSerializableError(
+        f"resume({workflow_id!r}): the resume value (the answer to interrupt {pause.id!r} of node {pause.node!r} in "
+        f"workflow {workflow_id!r}) is not JSON-serialisable: {where}{why}. An answer is stored with the workflow, "
+        "so it holds only what JSON returns unchanged: str, int, float, bool, None, and lists and dicts (with str "
+        "keys) of them", key="resume")
+
+
 def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any) -> dict[str, Any]:
     """``frontier`` of an interrupted workflow with ``answer`` applied, ready to run again.
 
@@ -197,7 +214,6 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
     ``StateNotSerializableError`` for an answer JSON cannot carry.
     """
     from distributed_agents.core.errors import ConfigurationError
-    from distributed_agents.core.state import check_value
 
     pending = read_interrupts(frontier)
     waiting = [p for p in pending if p.kind == "interrupt"]
@@ -242,7 +258,7 @@ def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any
     # an empty dict continues a child paused at its breakpoints.
     nested: dict[str, dict[str, Any]] = {p.task: {} for p in pending if p.subgraph}
     for pause, value in chosen:
-        check_value("resume", value)
+        _check_answer(workflow_id, pause, value)
         if pause.subgraph:
             nested[pause.task][pause.subgraph] = value
         else:

@@ -5,11 +5,16 @@ connections before returning: backend clients belong to the loop that opened the
 the next call opens fresh ones. Data lives in the backend, so nothing is lost between
 calls (``memory://`` keeps its data for the whole process). Inside a running loop (an
 ``async def``, a Jupyter cell) a blocking call would stall that loop; it is refused.
+
+A plain-function node that timed out (or was cancelled) keeps running in its thread,
+which Python cannot stop: a blocking call returns (or raises) without waiting for it,
+as ``await execute(...)`` does; the thread finishes on its own, its result discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,16 +32,34 @@ T = TypeVar("T")
 _BACKGROUND_ONLY = frozenset({"submit", "connect", "close", "recover_workflows"})
 
 
+class _UnjoinedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The default executor of a blocking call's event loop: shutting it down never waits.
+
+    ``asyncio.run`` ends by shutting its loop's default executor down and waiting for its
+    threads; a plain-function node abandoned on a timeout would then hold the caller until
+    the function returned (as long as it likes). Its thread is let go instead: idle
+    threads exit at once, a busy one when its function returns (the interpreter still
+    waits for it at exit, as for any thread).
+    """
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+
+
 def run_sync(orchestrator: Orchestrator, what: str, call: Callable[[], Awaitable[T]]) -> T:
     """Run ``call()`` to completion in a new event loop, then close ``orchestrator``'s connections.
 
-    ``ExecutionError`` when an event loop is already running in this thread;
-    ``ConfigurationError`` when the orchestrator was given an opened ``Backend``
-    (its connections belong to another loop) instead of a URL.
+    Returns (or raises) without waiting for threads of plain-function nodes it abandoned
+    (timed out, cancelled): they finish on their own. ``ExecutionError`` when an event
+    loop is already running in this thread; ``ConfigurationError`` when the orchestrator
+    was given an opened ``Backend`` (its connections belong to another loop) instead of a URL.
     """
     _check_blocking(orchestrator, what)
 
     async def main() -> T:
+        # Plain-function nodes run in the loop's default executor: one that asyncio.run's
+        # ending does not wait for (see _UnjoinedExecutor).
+        asyncio.get_running_loop().set_default_executor(_UnjoinedExecutor(thread_name_prefix="asyncio"))
         try:
             return await call()
         finally:

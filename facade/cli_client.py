@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -58,9 +59,13 @@ def parse_json_value(flag: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigurationError(
-            f"{flag} {text!r} is not JSON ({exc.msg} at character {exc.pos}); quote it for the shell, "
-            f"e.g. {flag} '{{\"topic\": \"tides\"}}'") from None
+        if flag == "--value" and text.lstrip()[:1] not in ("{", "[", '"'):
+            # resume --value yes: a string answer is JSON too, its double quotes inside the shell's quotes.
+            hint = (f"a string answer is a JSON string, in double quotes inside the shell's quotes: "
+                    f"{flag} {shlex.quote(json.dumps(text))}")
+        else:
+            hint = f"quote it for the shell, e.g. {flag} '{{\"topic\": \"tides\"}}'"
+        raise ConfigurationError(f"{flag} {text!r} is not JSON ({exc.msg} at character {exc.pos}); {hint}") from None
 
 
 def parse_input_state(text: str | None) -> dict[str, Any]:
