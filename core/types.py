@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from distributed_agents.core.codec import find_non_json
 from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSerializableError
 from distributed_agents.core.quick_init import quick_init
-from distributed_agents.core.state import check_value, check_values
+from distributed_agents.core.state import check_values
 
 __all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "ParentCommand", "Send", "command_output", "read_output",
            "update_dict"]
@@ -203,11 +204,14 @@ def send_dict(send: Send, where: str) -> dict[str, Any]:
 
 def interrupt_output(value: Any, index: int, node: str) -> dict[str, Any]:
     """The JSON form of a node paused by its ``index``-th ``interrupt(value)``."""
-    try:
-        check_value("interrupt", value)
-    except StateNotSerializableError as exc:
-        raise StateNotSerializableError(f"node {node!r}: the value given to interrupt(): {exc}",
-                                        key="interrupt") from None
+    found = find_non_json(value)
+    if found is not None:
+        path, why = found
+        raise StateNotSerializableError(
+            f"node {node!r}: the value given to interrupt() is not JSON-serialisable: "
+            f"{f'at value{path}: ' if path else ''}{why}. It is stored with the workflow and shown to whoever "
+            "answers, so it holds only what JSON returns unchanged: str, int, float, bool, None, and lists and "
+            "dicts (with str keys) of them", key="interrupt")
     return {INTERRUPT_KEY: {"value": value, "index": index}}
 
 

@@ -125,3 +125,17 @@ def test_a_resume_value_that_is_not_json_through_graph_invoke_names_the_thread()
     graph.invoke({}, config)
     with pytest.raises(StateNotSerializableError, match=r"resume\('thread-1'\): the resume value .* set \{1, 2\}"):
         graph.invoke(Command(resume={1, 2}), config)
+
+
+def test_an_interrupt_value_that_is_not_json_is_named_as_such_not_as_a_state_key() -> None:
+    def ask(state: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": interrupt({"options": {1, 2}})}
+
+    graph = Graph("asking_badly").add_node("ask", ask)
+    graph.add_edge(START, "ask").add_edge("ask", END).compile()
+    with pytest.raises(Exception) as caught:
+        Orchestrator().invoke(graph, {})
+    message = str(caught.value)
+    assert ("node 'ask': the value given to interrupt() is not JSON-serialisable: at value.options: "
+            "set {1, 2} is not JSON") in message
+    assert "state key" not in message and "State holds" not in message
