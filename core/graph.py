@@ -28,6 +28,7 @@ import inspect
 import json
 import math
 import os
+import typing
 from types import MappingProxyType
 from collections.abc import AsyncIterator, Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -148,6 +149,21 @@ class _Routing:
     order_view: Mapping[str, int] | None = None
     start: dict[str, Any] | None = None
     subgraphs: bool = False  # whether any node is a subgraph
+
+
+def literal_targets(condition: Any) -> list[str] | None:
+    """The node names a condition's ``Literal`` return annotation lists (``-> Literal["tools", END]``),
+    or None when it has none (or one naming anything but strings): LangGraph's path map then."""
+    func = condition if inspect.isfunction(condition) or inspect.ismethod(condition) else \
+        getattr(condition, "__call__", condition)
+    try:
+        returned = typing.get_type_hints(func).get("return")
+    except Exception:  # an annotation that does not resolve (a name only a type checker sees): none
+        return None
+    if typing.get_origin(returned) is not typing.Literal:
+        return None
+    names = list(typing.get_args(returned))
+    return names if names and all(isinstance(name, str) for name in names) else None
 
 
 class Graph:
@@ -409,7 +425,10 @@ class Graph:
 
         ``targets`` is a dict from the condition's return values to node names (or
         END), a list of the node names the condition may return, or omitted (the
-        condition returns node names). The condition may return one value or a list.
+        condition returns node names). Omitted, a condition annotated ``-> Literal["a",
+        "b"]`` gives the list: its names are the targets, as LangGraph reads them (drawings
+        show only those edges; another name returned is a ``RoutingError``). The condition
+        may return one value or a list.
         It is called in the orchestrator with a read-only view of the state merged
         after ``source``'s step (``ReadOnlyState``; writing to it raises
         ``ExecutionError``); from ``START`` it routes the input state before the first
@@ -433,7 +452,10 @@ class Graph:
                 if not isinstance(target, str):
                     self._bad_path_map(source, f"maps {repr(value)[:80]} to {type(target).__name__} "
                                                f"{repr(target)[:80]}, which is not a node name")
-        elif targets is not None:
+        elif targets is None:
+            annotated = literal_targets(condition)
+            allowed = None if annotated is None else frozenset(annotated)
+        else:
             if isinstance(targets, str):
                 targets = [targets]
             if isinstance(targets, (bytes, bytearray)) or not isinstance(targets, Iterable):

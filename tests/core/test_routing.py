@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +22,7 @@ from distributed_agents.core.errors import (
     ConfigurationError,
     ExecutionError,
     GraphValidationError,
+    RoutingError,
     StepLimitExceededError,
     WorkflowNotFoundError,
 )
@@ -696,3 +697,49 @@ def test_a_condition_returning_a_collection_with_a_bad_item_is_reported_as_retur
     with pytest.raises(ExecutionError) as caught:
         run(Orchestrator().execute(graph, {}))
     assert f"returned {returned!r}, whose item 'junk'" in str(caught.value)
+
+
+def _route_annotated(state: Any) -> Literal["tools", "__end__"]:
+    return "tools" if not state.get("done") else END
+
+
+def _route_elsewhere(state: Any) -> Literal["tools", "__end__"]:
+    return "other"  # type: ignore[return-value]  # not what it says it returns
+
+
+class _Router:
+    def __call__(self, state: Any) -> Literal["tools", "__end__"]:
+        return END
+
+
+def _agent_graph(name: str, condition: Any, extra: bool = False) -> Graph:
+    graph = Graph(name)
+    graph.add_node("agent", lambda s: {"n": s.get("n", 0) + 1}).add_node("tools", lambda s: {"done": True})
+    if extra:
+        graph.add_node("other", lambda s: {}).add_edge("other", END)
+    graph.add_edge(START, "agent").add_conditional_edges("agent", condition).add_edge("tools", "agent")
+    return graph
+
+
+def test_a_conditions_literal_return_annotation_is_its_path_map_as_in_langgraph() -> None:
+    graph = _agent_graph("literal_routes", _route_annotated).compile()
+    drawn = graph.draw_ascii()
+    assert "-.-> [tools]" in drawn and "-.-> (END)" in drawn and "-.-> [agent]" not in drawn
+    assert dict(Orchestrator().invoke(graph, {})) == {"n": 2, "done": True}
+    # A callable object's __call__ annotation counts too (without one, every node is a target: agent too).
+    assert "-.-> [agent]" not in _agent_graph("literal_object", _Router()).compile().draw_ascii()
+    # The targets are checked: a node the annotation does not name is unreachable, and a
+    # returned name it does not list is a routing error (LangGraph raises too).
+    with pytest.raises(GraphValidationError, match="node 'other' is unreachable"):
+        _agent_graph("literal_unreachable", _route_annotated, extra=True).compile()
+    with pytest.raises(RoutingError, match="returned 'other', which is not one of"):
+        Orchestrator().invoke(_agent_graph("literal_wrong", _route_elsewhere).compile(), {})
+
+
+def test_a_condition_without_a_literal_annotation_may_still_return_any_node() -> None:
+    def route(state: Any) -> str:
+        return "tools" if not state.get("done") else END
+
+    graph = _agent_graph("plain_routes", route, extra=True).compile()  # "other" may be routed to: reachable
+    assert "-.-> [agent]" in graph.draw_ascii()
+    assert dict(Orchestrator().invoke(graph, {})) == {"n": 2, "done": True}
