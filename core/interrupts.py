@@ -147,6 +147,7 @@ class _Scratchpad:
     node: str
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    raised: GraphInterrupt | None = None  # the last pause interrupt() raised (``swallowed_pause``)
 
 
 _scratchpad: contextvars.ContextVar[_Scratchpad | None] = contextvars.ContextVar(
@@ -178,7 +179,15 @@ def interrupt(value: Any) -> Any:
     pad.calls += 1
     if index < len(pad.answers):
         return pad.answers[index]
-    raise GraphInterrupt(value, index)
+    pad.raised = GraphInterrupt(value, index)
+    raise pad.raised
+
+
+def swallowed_pause() -> GraphInterrupt | None:
+    """In a node that returned normally: the pause an ``interrupt()`` of it raised, which the node's
+    own code caught (an ``except Exception`` around it), or None."""
+    pad = _scratchpad.get()
+    return None if pad is None else pad.raised
 
 
 NO_ANSWER: Any = object()  # resume() without an answer (a breakpoint, or a failed/cancelled workflow)

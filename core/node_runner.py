@@ -671,6 +671,12 @@ async def invoke_node(
                 result = await _in_thread(func, args, context, on_abandoned, executor)
             if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 result = await result
+            swallowed = interrupts.swallowed_pause()
+            if swallowed is not None:
+                log.warning("node %r called interrupt() and caught the pause it raises (GraphInterrupt, an "
+                            "Exception: an except Exception around interrupt() catches it), so the workflow did not "
+                            "pause and the node's result was used; let it through (catch narrower exceptions, or "
+                            "re-raise GraphInterrupt)", context.node)
             return result
         except interrupts.GraphInterrupt as paused:
             return paused

@@ -678,3 +678,39 @@ def test_a_workflow_stored_when_breakpoints_were_hashed_still_matches_its_graph(
     other = chain("legacy_fp", []).add_node("d", lambda s: {}).add_edge("c", "d").set_finish_point("d").compile()
     assert graph_mismatch(record, other.fingerprint(), other.earlier_digests()) is not None
     assert chain("plain_fp", []).compile().earlier_digests() == ()
+
+
+def test_a_node_that_catches_its_own_interrupt_is_warned_about_and_one_that_lets_it_through_is_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``except Exception`` around ``interrupt()`` catches the pause (``GraphInterrupt`` is an
+    ``Exception``, as in LangGraph): the workflow runs on without pausing, now with a warning
+    naming the node; a node that lets it through pauses, silently."""
+    import logging
+
+    from distributed_agents import END, START, Graph, Orchestrator, interrupt
+
+    def careless(state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = interrupt("approve?")
+        except Exception:
+            answer = "no answer"
+        return {"answer": answer}
+
+    def careful(state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = interrupt("approve?")
+        except ValueError:
+            answer = "no answer"
+        return {"answer": answer}
+
+    def thread_graph(name: str, node: Any) -> Graph:
+        graph = Graph(name).add_node("ask", node)
+        return graph.add_edge(START, "ask").add_edge("ask", END).compile()
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents"):
+        ran_on = Orchestrator().invoke(thread_graph("careless", careless), {})
+        paused = Orchestrator().invoke(thread_graph("careful", careful), {})
+    assert dict(ran_on) == {"answer": "no answer"}
+    assert "__interrupt__" in paused
+    warned = [r.getMessage() for r in caplog.records if "caught the pause" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("node 'ask' called interrupt() and caught the pause")
