@@ -286,6 +286,12 @@ class TaskQueueExecutor(NodeExecutor):
     because this orchestrator lost the workflow's lease, or is closing, leaves its tasks
     queued: the orchestrator that takes over enqueues the same task ids and reuses them,
     and withdrawing them here could remove tasks the new owner is waiting for.
+
+    A run that ends in an error instead (``NodeNotFoundError`` after ``worker_timeout``,
+    an error of the queue) leaves its tasks queued too, for the same reason: it cannot
+    tell whether the lease still holds. It names those without a result in
+    ``left_queued`` (until the next run); whoever records the step's failure withdraws
+    them once that is committed (``Orchestrator._drive``, with ``withdraw``).
     """
 
     queue: TaskQueue
@@ -301,8 +307,12 @@ class TaskQueueExecutor(NodeExecutor):
     # (``StateStore.create_leased_enqueuing``): their first run does not enqueue them again.
     # (A tuple of strings: the collector stops tracking it.)
     enqueued: Collection[str] = ()
+    # Ids of the tasks the last run left queued when it ended in an error other than a
+    # cancellation (see the class docstring); () otherwise. A tuple of strings, as ``enqueued``.
+    left_queued: tuple[str, ...] = ()
 
     async def run(self, calls: Sequence[NodeCall]) -> list[NodeOutcome]:
+        self.left_queued = ()
         if self.require_workers:
             missing = await self._types_without_workers(calls)
             if missing:
@@ -314,12 +324,13 @@ class TaskQueueExecutor(NodeExecutor):
                 raise _no_worker_error(calls, missing)
         # (The step's wait is here, not in a coroutine of its own: one layer fewer that every
         # resumption of the wait passes through.)
+        # (No comprehension here reads a local or self: each would make a cell per step, kept
+        # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
+        # Calls by task id; none for one call (the usual step), looked up as ``_call_of`` says.
+        by_id = _by_task_id(calls)
+        outcomes: dict[str, NodeOutcome] = {}
         try:
             started = time.time()
-            # (No comprehension here reads a local or self: each would make a cell per step, kept
-            # while its tasks run, for the GC to visit; hundreds of steps wait at once.)
-            # Calls by task id; none for one call (the usual step), looked up as ``_call_of`` says.
-            by_id = _by_task_id(calls)
             fresh: Sequence[NodeCall] = calls
             if self.enqueued:  # queued with the workflow's create: once only (a retried step enqueues again)
                 fresh = _not_enqueued(calls, self.enqueued)
@@ -327,7 +338,6 @@ class TaskQueueExecutor(NodeExecutor):
             if fresh:
                 # A fan-out's tasks go out as one batch (one round trip on Redis).
                 await self._enqueue_whole(_tasks_of(fresh, self.queue.max_attempts))
-            outcomes: dict[str, NodeOutcome] = {}
             waiting_since: float | None = None
             while len(outcomes) < len(calls):
                 pending = _ids_outside(calls, by_id, outcomes)
@@ -359,19 +369,36 @@ class TaskQueueExecutor(NodeExecutor):
                     await self.on_waiting(missing)
                 if self.worker_timeout is not None and time.monotonic() - waiting_since >= self.worker_timeout:
                     raise NodeNotFoundError(
-                        f"no live worker serves node type(s) {', '.join(map(repr, missing))} "
-                        f"after waiting {self.worker_timeout}s; start a worker with those node types"
+                        f"workflow {calls[0].workflow_id!r} of graph {calls[0].graph_name!r}: no live worker "
+                        f"serves node type(s) {', '.join(map(repr, missing))} after waiting {self.worker_timeout}s; "
+                        "start a worker with those node types"
                     )
             return _outcomes_of(calls, outcomes)
         except asyncio.CancelledError:
             if self.withdraw_on_cancel is not None and not self.withdraw_on_cancel(calls[0].workflow_id):
                 raise
-            for call in calls:  # take back tasks no worker has claimed yet
-                try:
-                    await asyncio.shield(self.queue.cancel(call.task_id))
-                except Exception:  # best effort: a claimed task ends with its worker
-                    pass
+            await self.withdraw(_ids_outside(calls, None, {}))  # take back tasks no worker has claimed yet
             raise
+        except Exception:
+            # Left queued here (see the class docstring): the recorder of the failure withdraws them.
+            self.left_queued = _ids_outside(calls, by_id, outcomes)
+            raise
+
+    async def withdraw(self, task_ids: Sequence[str]) -> int:
+        """Take back the tasks of ``task_ids`` that no worker has claimed (``TaskQueue.cancel``); how many were.
+
+        Best effort: a claimed task ends with its worker, and a cancel the queue refuses
+        (an error, an outage) leaves that task queued. A cancel under way runs to its end
+        when the caller is cancelled meanwhile (the cancellation goes on at once, the
+        tasks after it left queued).
+        """
+        withdrawn = 0
+        for task_id in task_ids:
+            try:
+                withdrawn += bool(await asyncio.shield(self.queue.cancel(task_id)))
+            except Exception:
+                pass
+        return withdrawn
 
     async def _enqueue_whole(self, tasks: list[Task]) -> None:
         """``queue.enqueue_many(tasks)``, run to its end even when the step is cancelled meanwhile
@@ -424,7 +451,8 @@ class TaskQueueExecutor(NodeExecutor):
 def _no_worker_error(calls: Sequence[NodeCall], missing: Sequence[str]) -> NodeNotFoundError:
     nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)
     return NodeNotFoundError(
-        f"no function and no live worker for node(s) {nodes} of graph {calls[0].graph_name!r}: "
+        f"no function and no live worker for node(s) {nodes} of graph {calls[0].graph_name!r} "
+        f"(workflow {calls[0].workflow_id!r}): "
         "pass the function to graph.add_node(name, func), register it with "
         "@registry.register(node_type), or start a Worker serving that type"
     )

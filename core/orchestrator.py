@@ -75,7 +75,7 @@ from distributed_agents.core.ports.backend import MAX_DURATION, Backend, check_d
 from distributed_agents.core import history
 from distributed_agents.core.history import StateSnapshot
 from distributed_agents.core.ports.state_store import Checkpoint, StateStore, WorkflowLease, WorkflowRecord, WorkflowStatus
-from distributed_agents.core.ports.task_queue import Task
+from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.registry import NodeFunction, NodeRegistry
 from distributed_agents.core.schema import OUTPUT_KEYS, result_values
 from distributed_agents.core.messages import coerce_message_updates
@@ -99,7 +99,8 @@ from distributed_agents.core.sync_api import SyncOrchestrator, iterate_sync, run
 from distributed_agents.core.types import INTERRUPT_KEY, Command, is_interrupt_output
 from distributed_agents.core.waiting import WAITING_LOG_INTERVAL, NotingStore, WaitingReporter
 
-__all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "validate_workflow_id"]
+__all__ = ["DEFAULT_STEP_LIMIT", "Orchestrator", "graph_mismatch", "step_task_ids", "validate_workflow_id",
+           "withdraw_step_tasks"]
 
 log = logging.getLogger("distributed_agents.orchestrator")
 T = TypeVar("T")
@@ -273,6 +274,54 @@ def _breakpoint_metadata(
                 f"graph {graph.name!r}; pass node names (or '*' for every node)")
         stored[f"interrupt_{when}"] = list(dict.fromkeys(names))
     return stored
+
+
+# In a FAILED record's error: the ids of the failed step's tasks taken back from the queue
+# (Orchestrator._withdraw_left); a resume runs their nodes under new task ids.
+WITHDRAWN_TASKS_KEY = "withdrawn_tasks"
+
+
+def _withdrawn_tasks(record: WorkflowRecord) -> frozenset[str]:
+    """The task ids ``record``'s failure withdrew (``WITHDRAWN_TASKS_KEY``); none for another status."""
+    if record.status != WorkflowStatus.FAILED or not isinstance(record.error, Mapping):
+        return frozenset()
+    ids = record.error.get(WITHDRAWN_TASKS_KEY)
+    return frozenset(i for i in ids if isinstance(i, str)) if isinstance(ids, list) else frozenset()
+
+
+def step_task_ids(record: WorkflowRecord) -> list[str]:
+    """The ids of the node tasks of ``record``'s current step, in every run of the workflow so far.
+
+    Task ids are deterministic (``core.engine.task_id_for``): a step's tasks of run R are
+    named alike in every process. A workflow whose step failed and was resumed (a new run,
+    new ids) and failed again may have tasks of each run of that step left queued;
+    ``withdraw_step_tasks`` takes these back. ``ValueError`` or ``TypeError`` for a record
+    whose frontier or run number is malformed.
+    """
+    runs = int(record.metadata.get("run", 0))
+    incarnation = incarnation_of(record)
+    ids = []
+    for entry in read_entries(record.frontier, {}):
+        for run in range(runs + 1):
+            ids.append(task_id_for(record.workflow_id, run, record.step, entry.key, incarnation))
+    return ids
+
+
+async def withdraw_step_tasks(queue: TaskQueue, record: WorkflowRecord) -> tuple[int, int]:
+    """Take back the tasks of ``record``'s current step (``step_task_ids``) that no worker has claimed.
+
+    For a workflow nobody will drive again (deleted): a task left queued would be run by
+    a worker started later, for no one. Returns (how many were withdrawn, how many
+    withdrawals failed: those tasks may still be queued). Finished and claimed tasks are
+    left as they are (``TaskQueue.cancel`` takes back queued ones only).
+    """
+    ids = step_task_ids(record)
+    if not ids:
+        return 0, 0
+    outcomes = await asyncio.gather(*(queue.cancel(task_id) for task_id in ids), return_exceptions=True)
+    withdrawn = sum(1 for outcome in outcomes if outcome is True)
+    failed = sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+    return withdrawn, failed
 
 
 def _result_state(record: WorkflowRecord, graph: Graph | None = None) -> State:
@@ -479,7 +528,9 @@ class Orchestrator:
     orchestrator's ownership of a workflow survives without renewal. With
     ``wait_for_workers`` False (the default here), a node that has no local function
     and no live worker fails at once; when True the workflow waits for a worker,
-    up to ``worker_timeout`` seconds if that is set (0: not at all). ``backend_options`` are passed
+    up to ``worker_timeout`` seconds if that is set (0: not at all), then fails
+    (``NodeNotFoundError``, naming the workflow, the graph and the node types) with the
+    step's queued tasks withdrawn, as a cancel withdraws them. ``backend_options`` are passed
     to the backend (``prefix``, ``visibility_timeout``, ...). With ``local_nodes``
     False every node goes to workers, even one whose function this process has.
 
@@ -665,7 +716,8 @@ class Orchestrator:
         return spec.func if spec.func is not None else self.registry.get(spec.node_type)
 
     def _engine(self, workflow_id: str, lease: WorkflowLease, metadata: Mapping[str, Any] | None = None,
-                graph: Graph | None = None, enqueued: Collection[str] = ()) -> StepEngine:
+                graph: Graph | None = None, enqueued: Collection[str] = ()) -> tuple[StepEngine, TaskQueueExecutor]:
+        """The step engine of one run of ``workflow_id``, and the executor its worker tasks go through."""
         backend = self.backend
         # Waiting for a worker is logged, and noted in the stored record (visible from
         # any process) through a store view that keeps the engine's commits in step.
@@ -681,7 +733,7 @@ class Orchestrator:
         return StepEngine(store=store, queue_executor=executor, events=scoped_events(self._publisher(), metadata),
                           local_function=self._local_lookup, outage=self._outage,
                           payload_limit=backend.max_payload_bytes, cache=self._cache(),
-                          subgraphs=self._subgraph_call(), instrumentation=self._observer())
+                          subgraphs=self._subgraph_call(), instrumentation=self._observer()), executor
 
     def _subgraph_call(self) -> SubgraphCall:
         # One runner per orchestrator (it holds nothing else), not one per workflow run.
@@ -1870,13 +1922,17 @@ class Orchestrator:
         pending write; one whose task failed runs under the new run's id. Of a FAILED
         workflow, a node whose task has no result and is no dead letter keeps its task
         id (``task_runs``): the task may be queued or running still - a dead letter
-        requeued after the failure, or a task left queued when waiting for a worker
-        timed out - and the step waits for it instead of running the node twice.
+        requeued after the failure, a task a worker claimed just as waiting for a worker
+        timed out, or one a failed run could not withdraw - and the step waits for it
+        instead of running the node twice. Tasks the failed run withdrew (named in its
+        error's ``withdrawn_tasks``, see ``_withdraw_left``) are not waited for: their
+        nodes run under the new run's ids.
         """
         frontier = dict(record.frontier)
         pending = dict(frontier.get("pending_writes") or {})
         pinned: dict[str, int] = {}
         queue = self.backend.task_queue
+        withdrawn = _withdrawn_tasks(record)
         for entry in read_entries(frontier, {}):
             node = entry.key
             if node in pending:
@@ -1888,7 +1944,8 @@ class Orchestrator:
                 if result.status == "succeeded" and not is_interrupt_output(result.output):
                     pending[node] = dict(result.output or {})
                 continue
-            if record.status == WorkflowStatus.FAILED and await find_dead_letter(self.backend, task_id) is None:
+            if record.status == WorkflowStatus.FAILED and task_id not in withdrawn and \
+                    await find_dead_letter(self.backend, task_id) is None:
                 pinned[node] = node_run(record, node)
         frontier.pop("task_runs", None)
         if pending:
@@ -1946,7 +2003,7 @@ class Orchestrator:
         workflow_id = record.workflow_id
         publisher = self._publisher()
         publisher.start()
-        engine = self._engine(workflow_id, lease, record.metadata, graph, tuple(enqueued or ()))
+        engine, executor = self._engine(workflow_id, lease, record.metadata, graph, tuple(enqueued or ()))
         if enqueued:
             # The caller's dict itself (it keeps it while the run lasts): no second dict of them.
             engine.first_calls = enqueued
@@ -1995,6 +2052,13 @@ class Orchestrator:
             if not renewal.lost:
                 raise
             lease_lost = True
+        except Exception:
+            # The run failed (a node type no live worker served in time, an error after its
+            # step's tasks were queued): what that step left queued is withdrawn, as a cancel
+            # does, once the failure is stored (a worker started later would run it for nobody).
+            if executor.left_queued or executor.enqueued:
+                await self._withdraw_left(executor, record)
+            raise
         finally:
             try:
                 self._renewer.discard(renewal)
@@ -2014,6 +2078,58 @@ class Orchestrator:
         if lease_lost:
             return await self._after_lease_loss(graph, workflow_id, step_limit)
         return _result_state(final, graph)
+
+    async def _withdraw_left(self, executor: TaskQueueExecutor, record: WorkflowRecord) -> None:
+        """Withdraw the tasks the failed run of ``record``'s workflow left queued: those of its last
+        step without a result (``executor.left_queued``) and any queued with its create that no step
+        took up (``executor.enqueued``).
+
+        Only once the run's end is stored. A workflow still unfinished in the same run was
+        taken over by another orchestrator (this run's lease was lost before its failure could
+        be committed), and one in a later run was resumed (which may wait for these very tasks,
+        see ``_reuse_finished_tasks``): either way the tasks stay queued, as at any lost lease.
+        A workflow gone, cancelled or completed has them withdrawn. A FAILED one first gets
+        their ids in its error (``withdrawn_tasks``, a write that fails if the record changed
+        meanwhile), so that a ``resume`` runs those nodes under new task ids rather than wait
+        for a task taken back; then they are withdrawn. Best effort: a record that cannot be
+        read or marked leaves them queued (logged); a task a worker claimed meanwhile ends with
+        that worker.
+        """
+        left = tuple(dict.fromkeys((*executor.left_queued, *executor.enqueued)))
+        executor.left_queued, executor.enqueued = (), ()
+        workflow_id = record.workflow_id
+        store = self.backend.state_store
+        run = record.metadata.get("run", 0)
+        for _ in range(3):
+            try:
+                current = await store.get(workflow_id)
+                if current is not None and current.status == WorkflowStatus.FAILED and \
+                        current.metadata.get("run", 0) == run:
+                    error = {**(current.error or {}), WITHDRAWN_TASKS_KEY: list(left)}
+                    await store.save(current.evolve(error=error), expected_version=current.version)
+            except VersionConflictError:
+                continue  # changed meanwhile (a note of the wait cleared, a resume): look again
+            except Exception as exc:
+                log.warning("workflow %r failed, but its record could not be read or marked (%s: %s): the %d "
+                            "task(s) its step queued are left in the queue (a worker of their type would run "
+                            "them): %s", workflow_id, type(exc).__name__, exc, len(left), ", ".join(left))
+                return
+            break
+        else:
+            log.warning("workflow %r failed, but its record kept changing: the %d task(s) its step queued are left "
+                        "in the queue (a worker of their type would run them): %s", workflow_id, len(left),
+                        ", ".join(left))
+            return
+        if current is not None and (current.status not in WorkflowStatus.TERMINAL or
+                                    current.metadata.get("run", 0) != run):
+            log.info("workflow %r is %s (run %s, driven on elsewhere): the %d task(s) this run's failed step "
+                     "queued stay queued for it", workflow_id, current.status, current.metadata.get("run", 0),
+                     len(left))
+            return
+        withdrawn = await executor.withdraw(left)
+        if withdrawn:
+            log.info("workflow %r: withdrew %d queued task(s) of its failed step from the queue", workflow_id,
+                     withdrawn)
 
     async def _after_lease_loss(self, graph: Graph, workflow_id: str, step_limit: int | None) -> State:
         # The lease lapsed (this process stalled). If nobody took it, carry on from the

@@ -56,9 +56,9 @@ from distributed_agents.core.errors import (
     WorkflowNotFoundError,
 )
 from distributed_agents.core.graph import Graph
-from distributed_agents.core.orchestrator import Orchestrator
+from distributed_agents.core.orchestrator import Orchestrator, withdraw_step_tasks
 from distributed_agents.core.ports.backend import MAX_DURATION, Backend
-from distributed_agents.core.ports.state_store import WorkflowStatus
+from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
 from distributed_agents.core.worker import STOP_SIGNALS, Worker
@@ -955,12 +955,19 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
 
 
 async def _delete_workflows(args: argparse.Namespace) -> int:
-    """``delete ID...``: exit 1 if any id was not found or was refused, else 0."""
+    """``delete ID...``: exit 1 if any id was not found or was refused, else 0.
+
+    Each workflow's tasks still queued (of its current step, in each of its runs: a failed
+    one's, a cancelled one's that a cancel missed) are withdrawn before its record goes, so
+    no worker started later runs them; what could not be withdrawn (or, for a malformed
+    record, named) is said on stderr.
+    """
 
     async def use(backend: Backend) -> int:
         store = backend.state_store
         targets: list[str] = []
         live: list[str] = []  # running or paused ones (--force): cancelled before they are deleted
+        records: dict[str, WorkflowRecord] = {}  # the readable ones: their step's queued tasks are withdrawn
         status = 0
         for workflow_id in dict.fromkeys(args.workflow_ids):
             try:
@@ -977,6 +984,7 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
                 status = 1
             else:
                 targets.append(workflow_id)
+                records[workflow_id] = record
                 if record.status not in WorkflowStatus.TERMINAL:
                     live.append(workflow_id)
         if not targets:
@@ -996,13 +1004,39 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
                         await orchestrator.cancel_workflow(workflow_id)
             finally:
                 await orchestrator.close()
+        # The step's tasks still queued (a failed workflow's, or ones a cancel missed): a worker
+        # would otherwise run them later, for a workflow that no longer exists.
+        withdrawn = 0
+        unnamed: set[str] = set()  # deleted without withdrawing: their tasks could not be named
+        for workflow_id in targets:
+            record = records.get(workflow_id)
+            if record is None:  # malformed
+                unnamed.add(workflow_id)
+                continue
+            try:
+                taken, failed = await withdraw_step_tasks(backend.task_queue, record)
+            except (TypeError, ValueError):  # a frontier or run number edited by hand
+                unnamed.add(workflow_id)
+                continue
+            withdrawn += taken
+            if failed:  # kept, so that its tasks can still be named: deleting again retries
+                print(f"{workflow_id}: not deleted: {failed} of its step's queued task(s) could not be withdrawn "
+                      f"(the backend answered with an error); run '{PROG} delete {workflow_id}' again", file=sys.stderr)
+                targets = [t for t in targets if t != workflow_id]
+                status = 1
         deleted = 0
         for workflow_id in targets:
             if await store.delete(workflow_id):
                 deleted += 1
+                if workflow_id in unnamed:
+                    print(f"{workflow_id}: its record was malformed, so the tasks it may have queued could not be "
+                          "named and were not withdrawn: any still queued stay there, and a worker of their node "
+                          f"type would run them ('{PROG} queues' counts them)", file=sys.stderr)
             else:
                 print(f"{workflow_id}: already gone", file=sys.stderr)
         print(f"deleted {deleted} workflow(s)")
+        if withdrawn:
+            print(f"withdrew {withdrawn} queued task(s) of the deleted workflows")
         # Their dead letters would otherwise stay listed (and requeueable) with no workflow
         # left to take the result.
         purged = 0

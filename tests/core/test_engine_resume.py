@@ -399,7 +399,9 @@ def test_resume_waits_for_a_requeued_task_that_has_not_run_yet() -> None:
     assert runs == {"flaky": 2}  # the failed attempt, then the requeued task - never a third run
 
 
-def test_resume_after_waiting_for_a_worker_timed_out_reuses_the_still_queued_task() -> None:
+def test_resume_after_waiting_for_a_worker_timed_out_runs_the_node_once() -> None:
+    # The failed wait withdrew its task (named in the failure's withdrawn_tasks): the resumed
+    # run queues the node under its own task id instead of waiting for the withdrawn one.
     runs: Counter[str] = Counter()
 
     def slow_to_come(state: State) -> dict[str, Any]:
@@ -423,7 +425,7 @@ def test_resume_after_waiting_for_a_worker_timed_out_reuses_the_still_queued_tas
             await serving
 
     assert dict(run(scenario())) == {"late": True}
-    assert runs == {"late": 1}  # the task left queued by the failed wait, not a second one
+    assert runs == {"late": 1}  # the resumed run's task only: the failed wait's was withdrawn
 
 
 def test_resume_on_the_orchestrator_already_running_the_workflow_is_refused_and_runs_nothing_twice() -> None:
