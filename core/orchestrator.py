@@ -324,6 +324,17 @@ async def withdraw_step_tasks(queue: TaskQueue, record: WorkflowRecord) -> tuple
     return withdrawn, failed
 
 
+UNDRIVEN_LOOK_AFTER = 5.0
+"""Seconds ``wait`` waits on a running workflow before it looks whether any orchestrator drives it
+(and again each time this passes, until it finds none: then it logs so, once)."""
+
+
+def _undriven_note(workflow_id: str) -> str:
+    """The ``waiting_for`` of a running workflow no orchestrator drives (its lease free)."""
+    return ("an orchestrator: none is driving it (its lease is free); one with recovery on takes it over "
+            f"('distributed-agents orchestrator' with this graph), or resume({workflow_id!r}) continues it")
+
+
 def _result_state(record: WorkflowRecord, graph: Graph | None = None) -> State:
     """What ``execute``/``resume``/``wait`` return: the output values, plus ``__interrupt__`` when
     paused (the values with the writes the paused step kept, given its ``graph``: LangGraph's)."""
@@ -2214,7 +2225,9 @@ class Orchestrator:
         what = f"wait for workflow {workflow_id!r}"
         subscription = await self._retrying(
             lambda: self.backend.message_bus.subscribe(f"events.{workflow_id}.workflow.*"), what)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        look_for_driver = loop.time() + UNDRIVEN_LOOK_AFTER  # (then every UNDRIVEN_LOOK_AFTER s until said)
         try:
             while True:
                 try:
@@ -2225,6 +2238,13 @@ class Orchestrator:
                         raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
                     if record.status in WorkflowStatus.TERMINAL or record.status == WorkflowStatus.INTERRUPTED:
                         return self._result_of(record)
+                    if loop.time() >= look_for_driver:
+                        look_for_driver = loop.time() + UNDRIVEN_LOOK_AFTER
+                        if await self._driven_by_nobody(workflow_id, record.status):
+                            look_for_driver = math.inf  # said once
+                            log.warning("%s: it is running, but waiting for %s; this wait goes on until it ends%s",
+                                        what, _undriven_note(workflow_id),
+                                        "" if timeout is None else f" or {timeout:g}s have passed")
                     self._outage.succeeded()
                 except BackendUnavailableError as exc:  # keep waiting through an outage
                     self._outage.failed(what, exc)
@@ -2312,20 +2332,22 @@ class Orchestrator:
         if record is None:
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r} in {self.backend.redacted_url!r}")
         info = WorkflowStatusInfo.from_record(record, waiting_for=self._waiting.get(workflow_id))
+        if await self._driven_by_nobody(workflow_id, info.status):
+            # Running, as stored, but driven by nobody (submitted with no orchestrator up, or its
+            # orchestrator died and none recovers it): said, so it does not look live. A note its
+            # dead driver left ("waiting for a worker ...") would name the wrong cause.
+            info = replace(info, waiting_for=_undriven_note(workflow_id))
+        return info
+
+    async def _driven_by_nobody(self, workflow_id: str, status: str) -> bool:
+        """Whether a workflow stored as ``status`` is running with its lease free (and not driven here)."""
         store = self.backend.state_store
         # (A store that does not override lease_holder says None for "unknown", not "free".)
-        if (info.status == WorkflowStatus.RUNNING and workflow_id not in self._waiting
-                and workflow_id not in self._running and type(store).lease_holder is not StateStore.lease_holder):
-            # Running, as stored, but perhaps driven by nobody (submitted with no orchestrator up,
-            # or its orchestrator died and none recovers it): said, so it does not look live. A
-            # note its dead driver left ("waiting for a worker ...") would name the wrong cause.
-            holder = await store.lease_holder(workflow_id)
-            if holder is None or holder.deadline <= time.time():
-                info = replace(info, waiting_for=(
-                    "an orchestrator: none is driving it (its lease is free); one with recovery on takes it "
-                    f"over ('distributed-agents orchestrator' with this graph), or resume({workflow_id!r}) continues "
-                    "it"))
-        return info
+        if (status != WorkflowStatus.RUNNING or workflow_id in self._waiting or workflow_id in self._running
+                or type(store).lease_holder is StateStore.lease_holder):
+            return False
+        holder = await store.lease_holder(workflow_id)
+        return holder is None or holder.deadline <= time.time()
 
     async def get_result(self, workflow_id: str) -> State:
         """The final state of a completed workflow (of an interrupted one: its state so far,

@@ -86,3 +86,38 @@ def test_the_note_a_dead_driver_left_gives_way_to_saying_nobody_drives_it(url: s
     noted, after = run(scenario(), 50)
     assert noted is not None and "waiting for a worker of type 'far_away'" in noted
     assert after is not None and "none is driving it" in after
+
+
+def test_a_wait_on_a_workflow_nobody_drives_says_so_once_and_one_on_a_driven_workflow_says_nothing(
+        url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wait`` on a workflow submitted with no orchestrator up waited silently for ever."""
+    import logging
+
+    from distributed_agents.core import orchestrator as orchestrator_module
+
+    monkeypatch.setattr(orchestrator_module, "UNDRIVEN_LOOK_AFTER", 0.2)
+
+    async def scenario() -> None:
+        node = BlockingNode()
+        driver = Orchestrator(backend=url, lease_ttl=1.0)
+        reader = Orchestrator(backend=url)
+        try:
+            running = asyncio.ensure_future(driver.execute(one(node), {}, workflow_id="wf-waited"))
+            await asyncio.wait_for(node.started.wait(), 20)
+            with pytest.raises(TimeoutError):
+                await reader.wait("wf-waited", timeout=0.8)  # driven: nothing said
+            assert not [r for r in caplog.records if "none is driving it" in r.getMessage()]
+            running.cancel()  # the caller gives up: stored running, its lease released
+            await asyncio.gather(running, return_exceptions=True)
+            with pytest.raises(TimeoutError):
+                await reader.wait("wf-waited", timeout=1.5)
+        finally:
+            await driver.close()
+            await reader.close()
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents"):
+        run(scenario(), 50)
+    said = [r.getMessage() for r in caplog.records if "none is driving it" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith("wait for workflow 'wf-waited': it is running, but waiting for an orchestrator")
+    assert "resume('wf-waited')" in said[0] and "or 1.5s have passed" in said[0]
