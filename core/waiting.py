@@ -284,8 +284,10 @@ class WaitingReporter:
                    if self._hint_graph is not None else
                    "start a worker that serves them, e.g. distributed-agents worker --app module:registry "
                    f"--node-types {','.join(node_types)}" + ("" if self._prefix == "da" else f" --prefix {self._prefix}"))
-            log.warning("workflow %r: no live worker serves node type(s) %s; %s. %s",
-                        self._workflow_id, ", ".join(map(repr, node_types)), text, how[:1].upper() + how[1:])
+            # The prefix too: a worker started with another --prefix serves another deployment, unseen here.
+            log.warning("workflow %r: no live worker serves node type(s) %s on key prefix %r; %s. %s",
+                        self._workflow_id, ", ".join(map(repr, node_types)), self._prefix, text,
+                        how[:1].upper() + how[1:])
         elif now - self._logged >= self._log_interval:
             self._logged = now
             log.warning("workflow %r: still %s, after %.0fs", self._workflow_id, text, now - self._since)

@@ -115,6 +115,7 @@ def test_waiting_for_a_worker_is_logged_and_visible_from_any_process(
     messages = [r.getMessage() for r in caplog.records if r.name == "distributed_agents.orchestrator"]
     started = [m for m in messages if "no live worker serves node type(s) 'writer'" in m]
     assert len(started) == 1 and "--node-types writer" in started[0]
+    assert "on key prefix " in started[0]  # (a worker of another --prefix is not seen)
     assert any("done waiting" in m and "'writer'" in m for m in messages)
 
 
