@@ -93,7 +93,7 @@ class NodeCall:
     wrap: Mapping[str, Any] | None = None
     trace: Mapping[str, str] | None = None  # the step's trace context (core.instrumentation), if traced
     state: Mapping[str, Any] | None = None  # see the class docstring
-    # The node's own function, ``module:qualname`` (core.registry.function_name), when the graph
+    # The node's own function, ``file:qualname`` (core.registry.function_name), when the graph
     # holds one: a worker serving the graph's functions runs only that one (Worker._foreign_function).
     function: str | None = None
 

@@ -147,7 +147,9 @@ class _Scratchpad:
     node: str
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    raised: GraphInterrupt | None = None  # the last pause interrupt() raised (``swallowed_pause``)
+    # The last pause interrupt() raised: set in a node that returned normally, its code caught it
+    # (an ``except Exception`` around interrupt()): node_runner warns.
+    raised: GraphInterrupt | None = None
 
 
 _scratchpad: contextvars.ContextVar[_Scratchpad | None] = contextvars.ContextVar(
@@ -181,13 +183,6 @@ def interrupt(value: Any) -> Any:
         return pad.answers[index]
     pad.raised = GraphInterrupt(value, index)
     raise pad.raised
-
-
-def swallowed_pause() -> GraphInterrupt | None:
-    """In a node that returned normally: the pause an ``interrupt()`` of it raised, which the node's
-    own code caught (an ``except Exception`` around it), or None."""
-    pad = _scratchpad.get()
-    return None if pad is None else pad.raised
 
 
 NO_ANSWER: Any = object()  # resume() without an answer (a breakpoint, or a failed/cancelled workflow)

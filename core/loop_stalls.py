@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 __all__ = ["TICK", "WARN_AFTER", "Stall", "StallWatch"]
@@ -58,19 +59,22 @@ class StallWatch:
         self.warn_after = warn_after
         self.stalls: list[Stall] = []  # the last few, newest last
         self._timer: asyncio.TimerHandle | None = None
-        self._due = 0.0
-        self._reported = -1.0  # the ``_due`` of the block reported last (each is reported once)
+        # Loop time (``time.monotonic()`` on asyncio's loops) the next tick is due at; infinite
+        # while stopped, so that ``time.monotonic() - due`` is never late then.
+        self.due = math.inf
+        self._reported = -1.0  # the ``due`` of the block reported last (each is reported once)
 
     def start(self) -> None:
         """Start looking (on the running loop)."""
         loop = asyncio.get_running_loop()
-        self._due = loop.time() + TICK
-        self._timer = loop.call_at(self._due, self._tick)
+        self.due = loop.time() + TICK
+        self._timer = loop.call_at(self.due, self._tick)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.due = math.inf
 
     def longest_since(self, since: float) -> float:
         """Seconds of the longest block that ended after loop time ``since``, or of the one
@@ -84,25 +88,25 @@ class StallWatch:
         awaits): a tick overdue by ``WARN_AFTER`` now means the loop was blocked while that step
         ran, and the block is reported naming it (the tick would come after the node ended)."""
         late = self._overdue()
-        if late >= self.warn_after and self._reported != self._due:
+        if late >= self.warn_after and self._reported != self.due:
             self._report(asyncio.get_running_loop().time(), late, [what])
 
     def _overdue(self) -> float:
         if self._timer is None:
             return 0.0
-        return asyncio.get_running_loop().time() - self._due
+        return asyncio.get_running_loop().time() - self.due
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        late = now - self._due
-        if late >= self.warn_after and self._reported != self._due:
+        late = now - self.due
+        if late >= self.warn_after and self._reported != self.due:
             self._report(now, late)
-        self._due = now + TICK
-        self._timer = loop.call_at(self._due, self._tick)
+        self.due = now + TICK
+        self._timer = loop.call_at(self.due, self._tick)
 
     def _report(self, now: float, late: float, suspects: Sequence[str] | None = None) -> None:
-        self._reported = self._due
+        self._reported = self.due
         self.stalls = [*self.stalls[-7:], Stall(now, late)]
         if suspects is None:
             running = list(self.running())

@@ -671,8 +671,8 @@ async def invoke_node(
                 result = await _in_thread(func, args, context, on_abandoned, executor)
             if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 result = await result
-            swallowed = interrupts.swallowed_pause()
-            if swallowed is not None:
+            pad = answers.var.get()  # (the node's scratchpad: no call per node to look)
+            if pad is not None and pad.raised is not None:  # an interrupt() of it raised, and it returned
                 log.warning("node %r called interrupt() and caught the pause it raises (GraphInterrupt, an "
                             "Exception: an except Exception around interrupt() catches it), so the workflow did not "
                             "pause and the node's result was used; let it through (catch narrower exceptions, or "

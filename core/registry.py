@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -116,23 +119,27 @@ class NodeRegistry:
 
 
 def function_name(func: Any) -> str:
-    """``module:qualname`` of a node function (of its class for a callable object, a
-    ``functools.partial`` say): what a task names its node's function by (``task_payload``'s
-    ``function``), so that a worker can tell another graph's function of the same node type."""
-    module = getattr(func, "__module__", None)
+    """``file:qualname`` of a node function: the base name of the file that defines it and its
+    qualified name (of the wrapped function for a ``functools.partial``; of its class for another
+    callable object). What a task names its node's function by (``task_payload``'s ``function``),
+    so that a worker can tell another graph's function of the same node type. The file, not the
+    module: the same file is imported under other module names in other processes (``__main__``
+    in a script, ``pkg.agents`` in one and ``agents`` in another), never under another base name."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
     qualname = getattr(func, "__qualname__", None)
-    if not isinstance(qualname, str):
-        module, qualname = type(func).__module__, type(func).__qualname__
-    return f"{module if isinstance(module, str) else ''}:{qualname}"
+    if code is None or not isinstance(qualname, str):
+        cls = type(func) if not isinstance(func, type) else func
+        module = sys.modules.get(cls.__module__)
+        where = getattr(module, "__file__", None) or cls.__module__.rpartition(".")[2]
+        return f"{os.path.basename(str(where))}:{cls.__qualname__}"
+    return f"{os.path.basename(code.co_filename)}:{qualname}"
 
 
 def same_function(name: str, other: str) -> bool:
-    """Whether two ``function_name`` values may name the same function: the same qualified name,
-    in the same module, or in a script's (``__main__``: a graph defined in the script that runs
-    it names its functions so, where workers import the same module by its name)."""
-    module, _, qualname = name.partition(":")
-    other_module, _, other_qualname = other.partition(":")
-    return qualname == other_qualname and (module == other_module or "__main__" in (module, other_module))
+    """Whether two ``function_name`` values name the same function (in any process)."""
+    return name == other
 
 
 def _inline_functions(graph: Any, path: tuple[str, ...],

@@ -25,7 +25,7 @@ MANAGED_KEY = "managed"
 NODE_METADATA_KEY = "node_metadata"
 """The payload field holding the node's own metadata (``add_node(metadata=)``), read in ``config["metadata"]``."""
 FUNCTION_KEY = "function"
-"""The payload field naming the node's own function (``module:qualname``, ``core.registry.function_name``)
+"""The payload field naming the node's own function (``file:qualname``, ``core.registry.function_name``)
 when its graph holds one: a worker serving that graph's functions runs the task only with the same one
 (an older worker ignores it)."""
 
@@ -51,7 +51,7 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "message_keys": ((list,), "a list of strings"),
     MANAGED_KEY: ((dict,), "an object (managed value kinds by key)"),
     NODE_METADATA_KEY: ((dict,), "an object (the node's metadata)"),
-    FUNCTION_KEY: ((str,), "a string (module:qualname)"),
+    FUNCTION_KEY: ((str,), "a string (file:qualname)"),
     "configurable": ((dict,), "an object"),
     "trace": ((dict,), "an object"),
 }

@@ -854,7 +854,7 @@ class Worker:
         backend = self.backend
         queue = backend.task_queue
         task = claim.task
-        foreign = self._foreign_function(task)
+        foreign = self._foreign_function(task) if FUNCTION_KEY in task.payload else ""
         if foreign:
             self.stats.malformed += 1  # (with the other tasks it cannot run as they came)
             log.error("task %s: %s; it was dead-lettered", task.id, foreign)
@@ -888,8 +888,10 @@ class Worker:
                                         resume=task.payload.get("resume"),
                                         message_keys=[str(k) for k in task.payload.get("message_keys") or ()],
                                         managed=task.payload.get(MANAGED_KEY))
-            if self._on_loop(task.node_type, func):
-                self._stalls.ended_step(f"node {task.node!r} (task {task.id})")
+            # (Inline, no call per task: the watch's tick overdue by a second means the loop was blocked.)
+            stalls = self._stalls
+            if time.monotonic() - stalls.due >= stalls.warn_after and self._on_loop(task.node_type, func):
+                stalls.ended_step(f"node {task.node!r} (task {task.id})")
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
@@ -900,8 +902,9 @@ class Worker:
             raise
         except Exception as exc:
             keeper.cancel()
-            if self._on_loop(task.node_type, func):
-                self._stalls.ended_step(f"node {task.node!r} (task {task.id})")
+            stalls = self._stalls
+            if time.monotonic() - stalls.due >= stalls.warn_after and self._on_loop(task.node_type, func):
+                stalls.ended_step(f"node {task.node!r} (task {task.id})")
             failure = describe_failure(exc)
             # A state that is gone stays gone: no retry.
             if (retry is not None and not is_output_error(exc) and not isinstance(exc, TaskStateError)

@@ -3,7 +3,7 @@
 Node types are shared by every graph on a key prefix (a node's type is its name unless given):
 two graphs each with a node ``work`` would otherwise have a worker started from one of them run
 the other's ``work`` with its own function, silently. The task names its node's function
-(``module:qualname``); a worker whose function for the type was taken from a graph
+(``file:qualname``); a worker whose function for the type was taken from a graph
 (``NodeRegistry.from_graph``) dead-letters a task naming another one, saying what to do.
 """
 
@@ -60,7 +60,7 @@ def test_another_graphs_node_of_the_same_type_is_dead_lettered_not_run_with_this
         execute_on(worker, "memory://wrong-fn", one_node("faq", faq_work))
     message = str(info.value)
     assert "wrong function" in message and "'billing'" in message and "'faq'" in message
-    assert f"{__name__}:billing_work" in message and f"{__name__}:faq_work" in message
+    assert "'test_worker_functions.py:billing_work'" in message and "'test_worker_functions.py:faq_work'" in message
     assert "node_type='faq.work'" in message and "--prefix" in message
     assert RAN == []  # billing's function never ran for faq's task
     assert worker.stats.malformed == 1 and worker.stats.succeeded == 0
@@ -107,14 +107,33 @@ class Tool:
 
 
 def test_function_names_and_when_two_may_be_the_same() -> None:
-    assert function_name(billing_work) == f"{__name__}:billing_work"
-    assert function_name(Tool()) == f"{__name__}:Tool"  # a callable object: its class
-    assert function_name(functools.partial(billing_work)) == "functools:partial"
-    here = "test_function_names_and_when_two_may_be_the_same"
-    assert function_name(lambda s: s) == f"{__name__}:{here}.<locals>.<lambda>"
-    assert same_function("agents:work", "agents:work")
-    assert not same_function("agents:work", "other:work")  # two modules' functions of one name
-    assert not same_function("agents:work", "agents:work2")
-    # A script defines its graph in __main__, where workers import the module by its name.
-    assert same_function("__main__:work", "agents:work") and same_function("agents:work", "__main__:work")
-    assert not same_function("__main__:work", "agents:other")
+    here = "test_worker_functions.py"
+    assert function_name(billing_work) == f"{here}:billing_work"
+    assert function_name(Tool()) == f"{here}:Tool"  # a callable object: its class
+    assert function_name(functools.partial(billing_work, x=1)) == f"{here}:billing_work"  # what it wraps
+    name = "test_function_names_and_when_two_may_be_the_same"
+    assert function_name(lambda s: s) == f"{here}:{name}.<locals>.<lambda>"
+    assert same_function(function_name(billing_work), function_name(functools.partial(billing_work)))
+    assert not same_function(function_name(billing_work), function_name(faq_work))
+
+
+def test_one_file_imported_under_two_module_names_names_its_functions_alike(tmp_path: Any) -> None:
+    """A script runs its file as __main__, a worker imports it by name; a package is imported as
+    ``pkg.agents`` in one process and as ``agents`` in another: the file decides, not the module."""
+    import importlib.util
+
+    (tmp_path / "agents_file.py").write_text("def work(state):\n    return {}\n")
+    loaded = []
+    for module_name in ("agents_file", "__main_alias__", "pkg.agents_file"):
+        spec = importlib.util.spec_from_file_location(module_name, tmp_path / "agents_file.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(function_name(module.work))
+    assert loaded == ["agents_file.py:work"] * 3
+    (tmp_path / "other_file.py").write_text("def work(state):\n    return {}\n")
+    spec = importlib.util.spec_from_file_location("agents_file", tmp_path / "other_file.py")
+    assert spec is not None and spec.loader is not None
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    assert not same_function(loaded[0], function_name(other.work))  # another file's work, same module name

@@ -103,7 +103,7 @@ def test_a_worker_process_started_on_a_graph_refuses_another_graphs_node_of_the_
     finally:
         workers.close()
     assert "wrong function" in message
-    assert "'lg_graph_app:answer'" in message and "'lg_graph_app:other_answer'" in message
+    assert "'lg_graph_app.py:answer'" in message and "'lg_graph_app.py:other_answer'" in message
     assert "node_type='QA.answer'" in message
     log = workers.log("w1")
     assert "wrong function" in log and "node 'answer' done" not in log
