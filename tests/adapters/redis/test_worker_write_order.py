@@ -142,7 +142,10 @@ def test_a_woken_workers_path_from_its_blmpop_reply_to_the_acks_write_stays_shor
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Python function calls and loop rounds on the worker between the BLMPOP reply that hands
     it a task and the write of that task's ack: the part of a task's latency the worker adds.
-    (217 calls and 3 loop rounds before the ack was written by the node's own task; 139 and 1 after.)
+    (217 calls and 3 loop rounds before the ack was written by the node's own task; 139 and 1 after.
+    Since, on this kind of machine, 143 or 175 calls, 175 most often: 32 more when another reply of
+    the connection is read inside the window; a timer may add a few. Measured alike on the trees of
+    this session and the one before, where the limit of 175 on the median failed one run in three.)
     """
     import sys
 
@@ -220,4 +223,4 @@ def test_a_woken_workers_path_from_its_blmpop_reply_to_the_acks_write_stays_shor
     assert len(steady) >= 5, counts
     assert all(rounds <= 1 for _, rounds in steady), counts
     # The common path (a timer or a reply of another connection may add its own calls to one of them).
-    assert sorted(calls for calls, _ in steady)[len(steady) // 2] <= 175, counts
+    assert sorted(calls for calls, _ in steady)[len(steady) // 2] <= 190, counts
