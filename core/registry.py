@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -119,22 +120,40 @@ class NodeRegistry:
 
 
 def function_name(func: Any) -> str:
-    """``file:qualname`` of a node function: the base name of the file that defines it and its
-    qualified name (of the wrapped function for a ``functools.partial``; of its class for another
-    callable object). What a task names its node's function by (``task_payload``'s ``function``),
-    so that a worker can tell another graph's function of the same node type. The file, not the
-    module: the same file is imported under other module names in other processes (``__main__``
-    in a script, ``pkg.agents`` in one and ``agents`` in another), never under another base name."""
-    while isinstance(func, functools.partial):
+    """``file:qualname`` of a node function: the file that defines it (its base name, under its
+    package's directory when it is in a package: ``faq/agents.py``) and its qualified name; of
+    the function a decorator wrapped (``functools.wraps``) or a ``functools.partial`` wraps, of
+    its class for another callable object. What a task names its node's function by
+    (``task_payload``'s ``function``), so that a worker can tell another graph's function of the
+    same node type. The file, not the module: one file is imported under other module names in
+    other processes (``__main__`` in a script, ``pkg.agents`` in one and ``agents`` in another),
+    and a top-level module's directory differs between machines."""
+    for _ in range(8):  # (a partial of a decorated function of a partial...)
+        try:
+            func = inspect.unwrap(func)
+        except ValueError:  # a __wrapped__ cycle
+            break
+        if not isinstance(func, functools.partial):
+            break
         func = func.func
     code = getattr(func, "__code__", None)
     qualname = getattr(func, "__qualname__", None)
     if code is None or not isinstance(qualname, str):
         cls = type(func) if not isinstance(func, type) else func
         module = sys.modules.get(cls.__module__)
-        where = getattr(module, "__file__", None) or cls.__module__.rpartition(".")[2]
-        return f"{os.path.basename(str(where))}:{cls.__qualname__}"
-    return f"{os.path.basename(code.co_filename)}:{qualname}"
+        where = getattr(module, "__file__", None)
+        return f"{_file_label(where) if isinstance(where, str) else cls.__module__}:{cls.__qualname__}"
+    return f"{_file_label(code.co_filename)}:{qualname}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_label(path: str) -> str:
+    """``path``'s base name, under its directory's name when that directory is a package."""
+    path = os.path.normpath(path)
+    folder = os.path.dirname(path)
+    if folder and os.path.isfile(os.path.join(folder, "__init__.py")):
+        return f"{os.path.basename(folder)}/{os.path.basename(path)}"
+    return os.path.basename(path)
 
 
 def same_function(name: str, other: str) -> bool:

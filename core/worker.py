@@ -948,25 +948,30 @@ class Worker:
 
     def _foreign_function(self, task: Task) -> str:
         """Why this worker must not run ``task`` with its function (the reason its dead letter
-        gives), or "": its function was taken from a graph (``NodeRegistry.graphs_of``) and the
-        task names another one (``core.registry.same_function``). Node types are shared by every
-        graph on a key prefix, and a node's type is its name unless given: a worker serving graph
-        ``billing`` would otherwise run graph ``faq``'s node ``work`` with ``billing``'s function."""
+        gives), or "": its function was taken from graphs (``NodeRegistry.graphs_of``), and the
+        task names another function (``core.registry.function_name``) or another graph. Node
+        types are shared by every graph on a key prefix, and a node's type is its name unless
+        given: a worker serving graph ``faq`` would otherwise run graph ``support``'s node
+        ``agent`` with ``faq``'s function. (The graph's name tells apart what the function's
+        name cannot: two packages' ``agents.py:agent``, closures of one factory, partials, lambdas.)"""
         graphs = self.registry.graphs_of(task.node_type)
         named = task.payload.get(FUNCTION_KEY) if graphs is not None else None
         func = self.registry.get(task.node_type)
         if not isinstance(named, str) or func is None:
             return ""
         own = function_name(func)
-        if same_function(own, named):
+        graph = _graph_name(task.payload)
+        same = same_function(own, named)
+        if same and (not graph or graph in (graphs or ())):
             return ""
         served = ", ".join(repr(name) for name in sorted(graphs or ()))
-        graph = _graph_name(task.payload)
-        return (f"wrong function: worker {self.worker_id!r} serves node type {task.node_type!r} with {own!r}, taken "
-                f"from graph {served}, and this task (node {task.node!r} of graph {graph!r}) runs {named!r}; node "
-                f"types are shared by every graph on the same key prefix, so give one of the nodes a type of its "
-                f"own (add_node({task.node!r}, ..., node_type='{graph}.{task.node}')) or run each graph's "
-                "workflows and workers under their own --prefix")
+        runs = (f"which runs {named!r}" if not same else
+                "whose function has the same name, but which this worker was not started from (start one from it)")
+        return (f"wrong function: worker {self.worker_id!r} serves node type {task.node_type!r} with {own!r} of "
+                f"graph {served} (it was started from that graph), and this task is node {task.node!r} of graph "
+                f"{graph!r}, {runs}; node types are shared by every graph on the same key prefix, so give one of "
+                f"the nodes a type of its own (add_node({task.node!r}, ..., node_type='{graph}.{task.node}')), or "
+                "run each graph's workflows and workers under their own --prefix")
 
     def _prepare(self, claim: ClaimedTask) -> tuple[NodeFunction, State | None, NodeRetry | None, float | None]:
         """The task's function, state (None: the task names it, ``_referenced_state`` reads it), retry, timeout.

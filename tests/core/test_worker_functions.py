@@ -66,12 +66,30 @@ def test_another_graphs_node_of_the_same_type_is_dead_lettered_not_run_with_this
     assert worker.stats.malformed == 1 and worker.stats.succeeded == 0
 
 
-def test_the_graph_the_worker_serves_and_a_graph_sharing_its_function_run_as_before() -> None:
+def test_the_graph_the_worker_serves_runs_and_another_graph_is_refused_even_with_a_function_of_the_same_name() -> None:
+    """A function's name cannot tell everything apart (two packages' agents.py:agent, closures of
+    one factory, partials, lambdas): the task's graph must be one the worker was started from."""
     worker = Worker(registry=one_node("billing", shared_work), backend="memory://same-fn", poll_wait=0.05)
     assert dict(execute_on(worker, "memory://same-fn", one_node("billing", shared_work)))["who"] == "shared"
-    # Another graph (another name) whose node has the very same function: the same work, run.
-    assert dict(execute_on(worker, "memory://same-fn", one_node("reports", shared_work)))["who"] == "shared"
-    assert RAN == ["shared", "shared"]
+    with pytest.raises(NodeExecutionError, match="of graph 'reports', whose function has the same name, but which "
+                                                 "this worker was not started from"):
+        execute_on(worker, "memory://same-fn", one_node("reports", shared_work))
+    assert RAN == ["shared"]
+
+
+def _factory(tag: str) -> Any:
+    def agent(state: State) -> dict[str, Any]:
+        RAN.append(tag)
+        return {"who": tag}
+    return agent
+
+
+def test_closures_of_one_factory_in_two_graphs_are_told_apart_by_the_graph() -> None:
+    worker = Worker(registry=one_node("team_a", _factory("a"), node="agent"), backend="memory://factory",
+                    poll_wait=0.05)
+    with pytest.raises(NodeExecutionError, match="wrong function"):
+        execute_on(worker, "memory://factory", one_node("team_b", _factory("b"), node="agent"))
+    assert RAN == []
 
 
 def test_a_function_registered_by_node_type_serves_every_graph_whatever_its_inline_function() -> None:
@@ -101,6 +119,18 @@ def test_graphs_of_names_the_graph_and_the_graphs_above_a_subgraphs_node() -> No
     assert registry.graphs_of("work") is None
 
 
+def _logged(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(state: State) -> Any:
+        return func(state)
+    return wrapper
+
+
+@_logged
+def _decorated(state: State) -> dict[str, Any]:
+    return {}
+
+
 class Tool:
     def __call__(self, state: State) -> dict[str, Any]:
         return {}
@@ -111,6 +141,7 @@ def test_function_names_and_when_two_may_be_the_same() -> None:
     assert function_name(billing_work) == f"{here}:billing_work"
     assert function_name(Tool()) == f"{here}:Tool"  # a callable object: its class
     assert function_name(functools.partial(billing_work, x=1)) == f"{here}:billing_work"  # what it wraps
+    assert function_name(_decorated) == f"{here}:_decorated"  # what functools.wraps wrapped
     name = "test_function_names_and_when_two_may_be_the_same"
     assert function_name(lambda s: s) == f"{here}:{name}.<locals>.<lambda>"
     assert same_function(function_name(billing_work), function_name(functools.partial(billing_work)))
@@ -131,6 +162,19 @@ def test_one_file_imported_under_two_module_names_names_its_functions_alike(tmp_
         spec.loader.exec_module(module)
         loaded.append(function_name(module.work))
     assert loaded == ["agents_file.py:work"] * 3
+    # In a package, its directory's name too: faq/agents.py and support/agents.py differ.
+    for package in ("faq", "support"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / "agents_file.py").write_text("def work(state):\n    return {}\n")
+    named = []
+    for package in ("faq", "support"):
+        spec = importlib.util.spec_from_file_location(f"{package}.agents_file", tmp_path / package / "agents_file.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        named.append(function_name(module.work))
+    assert named == ["faq/agents_file.py:work", "support/agents_file.py:work"]
     (tmp_path / "other_file.py").write_text("def work(state):\n    return {}\n")
     spec = importlib.util.spec_from_file_location("agents_file", tmp_path / "other_file.py")
     assert spec is not None and spec.loader is not None
