@@ -30,8 +30,9 @@ log = logging.getLogger("distributed_agents.worker")
 
 TICK = 0.25
 """Seconds between two looks at the loop's clock."""
-WARN_AFTER = 1.0
-"""Seconds a tick may come late before the block is reported (a loop busy with many quick
+WARN_AFTER = 0.75
+"""Seconds a tick may come late before the block is reported: a tick comes up to ``TICK`` after
+a block began, so every block of a second or more is reported (a loop busy with many quick
 nodes is late by milliseconds, never by this much)."""
 
 
@@ -114,7 +115,8 @@ class StallWatch:
         named = ", ".join(suspects[:3]) + (f" and {len(suspects) - 3} more" if len(suspects) > 3 else "")
         log.warning(
             "worker %s: its event loop was blocked for at least %.1fs%s; an async def node must not make blocking "
-            "calls (time.sleep, a synchronous HTTP or LLM client): await them (asyncio.to_thread for a blocking library) "
-            "or make the node a plain def, which runs in a thread. While the loop is blocked no lease is renewed: "
-            "a task whose lease runs out meanwhile runs again on another worker",
+            "calls (time.sleep, a synchronous HTTP or LLM client) or compute for long: await them (asyncio.to_thread "
+            "for a blocking library) or make the node a plain def, which runs in a thread (a result of many "
+            "megabytes also holds the loop while the worker checks and encodes it). While the loop is blocked no "
+            "lease is renewed: a task whose lease runs out meanwhile is delivered again",
             self.who, late, f" while running {named}" if named else "")

@@ -1113,8 +1113,8 @@ class Worker:
         self.stats.lost_leases += 1
         lease = self.lease_seconds or self.backend.task_queue.visibility_timeout
         blocked = self._stalls.longest_since(asyncio.get_running_loop().time() - lease)
-        log.warning("task %s node %r: lease lost before settling; it is another worker's now, or was taken back "
-                    "(its workflow cancelled or gone)%s",
+        log.warning("task %s node %r: lease lost before settling; its result is dropped: the task is delivered "
+                    "again (to this worker or another), or was taken back (its workflow cancelled or gone)%s",
                     claim.task.id, claim.task.node,
                     f" (this worker's event loop was blocked for at least {blocked:.1f}s within the lease, and "
                     "renewed no lease meanwhile: see the warning naming the nodes that ran then)" if blocked else "")

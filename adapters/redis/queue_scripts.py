@@ -246,7 +246,8 @@ local function tick(t, now)
     elseif attempt >= limit then
       -- core.ports.task_queue.lease_expired_reason's words
       dead_letter(id, t, 'lease expired on attempt ' .. attempt .. ' of ' .. limit .. ": worker '" .. (f[2] or '') ..
-        "' held it and stopped renewing it (it died, hung, or lost the backend); each attempt a worker does not " ..
+        "' held it and stopped renewing it (it died, hung, lost the backend, or its event loop was blocked by " ..
+        "an async def node making a blocking call: the worker's log says which); each attempt a worker does not " ..
         'finish counts toward max_attempts', attempt, now, '0')
     else
       push_ready(id, t)

@@ -214,7 +214,8 @@ def lease_expired_reason(attempt: int, limit: int, worker: str) -> str:
     writes the same words (``queue_scripts``); the tests compare them.
     """
     return (f"lease expired on attempt {attempt} of {limit}: worker {worker!r} held it and stopped renewing it "
-            "(it died, hung, or lost the backend); each attempt a worker does not finish counts toward "
+            "(it died, hung, lost the backend, or its event loop was blocked by an async def node making a "
+            "blocking call: the worker's log says which); each attempt a worker does not finish counts toward "
             "max_attempts")
 
 
