@@ -150,6 +150,7 @@ class _Scratchpad:
     # The last pause interrupt() raised: set in a node that returned normally, its code caught it
     # (an ``except Exception`` around interrupt()): node_runner warns.
     raised: GraphInterrupt | None = None
+    pauses: int = 0  # how many pauses interrupt() raised in this run of the node
 
 
 _scratchpad: contextvars.ContextVar[_Scratchpad | None] = contextvars.ContextVar(
@@ -182,6 +183,7 @@ def interrupt(value: Any) -> Any:
     if index < len(pad.answers):
         return pad.answers[index]
     pad.raised = GraphInterrupt(value, index)
+    pad.pauses += 1
     raise pad.raised
 
 

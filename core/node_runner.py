@@ -679,6 +679,11 @@ async def invoke_node(
                             "re-raise GraphInterrupt)", context.node)
             return result
         except interrupts.GraphInterrupt as paused:
+            pad = answers.var.get()
+            if pad is not None and pad.pauses > 1:
+                log.warning("node %r caught the pause of an earlier interrupt() (an except Exception around it) and "
+                            "paused at a later one: answers go to its interrupt() calls in order, so the caught one "
+                            "takes the next resume's answer; let GraphInterrupt through", context.node)
             return paused
         except ParentCommand as handed:  # a graph this node ran ended with Command.PARENT: the node's own Command
             return handed.command
@@ -687,7 +692,12 @@ async def invoke_node(
                 context.cancel()
                 raise
             raise NodeRaisedBaseException(exc) from exc  # the node's code raised it: a node failure
-        except Exception:
+        except Exception as exc:
+            pad = answers.var.get()
+            if pad is not None and pad.raised is not None:
+                log.warning("node %r raised %s after catching the pause its interrupt() raises (an except Exception "
+                            "around it raised another error): the step fails instead of pausing; let GraphInterrupt "
+                            "through", context.node, type(exc).__name__)
             raise
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit... raised by the node
             raise NodeRaisedBaseException(exc) from exc

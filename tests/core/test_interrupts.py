@@ -714,3 +714,36 @@ def test_a_node_that_catches_its_own_interrupt_is_warned_about_and_one_that_lets
     assert "__interrupt__" in paused
     warned = [r.getMessage() for r in caplog.records if "caught the pause" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("node 'ask' called interrupt() and caught the pause")
+
+
+def test_a_caught_pause_is_named_when_the_node_raises_another_error_or_pauses_at_a_later_interrupt(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from distributed_agents import END, START, Graph, Orchestrator, interrupt
+
+    def rewraps(state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            interrupt("approve?")
+        except Exception as exc:  # a retry or tool wrapper's pattern
+            raise RuntimeError("wrapped") from exc
+        return {}
+
+    def asks_twice(state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            interrupt("first")
+        except Exception:
+            pass
+        return {"answer": interrupt("second")}
+
+    def one(name: str, node: Any) -> Graph:
+        return Graph(name).add_node("ask", node).add_edge(START, "ask").add_edge("ask", END).compile()
+
+    with caplog.at_level(logging.WARNING, logger="distributed_agents"):
+        with pytest.raises(Exception, match="wrapped"):
+            Orchestrator().invoke(one("rewraps", rewraps), {})
+        paused = Orchestrator().invoke(one("asks_twice", asks_twice), {})
+    assert "__interrupt__" in paused
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("node 'ask' raised RuntimeError after catching the pause") for m in messages)
+    assert any(m.startswith("node 'ask' caught the pause of an earlier interrupt()") for m in messages)
