@@ -1242,7 +1242,9 @@ def _only_our_errors(exc: BaseException) -> bool:
         if not isinstance(current, DistributedAgentsError):
             return False
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        # (``raise ... from None`` hides the exception being handled: not a cause to show.)
+        current = current.__cause__ if current.__cause__ is not None else \
+            None if current.__suppress_context__ else current.__context__
     return True
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -153,17 +154,50 @@ class _Routing:
 
 def literal_targets(condition: Any) -> list[str] | None:
     """The node names a condition's ``Literal`` return annotation lists (``-> Literal["tools", END]``),
-    or None when it has none (or one naming anything but strings): LangGraph's path map then."""
+    or None when it has none (or one naming anything but strings): LangGraph's path map then.
+    A ``functools.partial``'s is its function's; the return annotation is read by itself, so a
+    parameter's annotation naming a type only a type checker imports does not hide it."""
+    while isinstance(condition, functools.partial):
+        condition = condition.func
     func = condition if inspect.isfunction(condition) or inspect.ismethod(condition) else \
         getattr(condition, "__call__", condition)
     try:
         returned = typing.get_type_hints(func).get("return")
-    except Exception:  # an annotation that does not resolve (a name only a type checker sees): none
-        return None
+    except Exception:  # another annotation does not resolve: the return's alone, read without evaluating it
+        returned = getattr(func, "__annotations__", {}).get("return")
+        if isinstance(returned, str):
+            return _literal_names(returned, getattr(func, "__globals__", {}))
     if typing.get_origin(returned) is not typing.Literal:
         return None
     names = list(typing.get_args(returned))
     return names if names and all(isinstance(name, str) for name in names) else None
+
+
+def _literal_names(annotation: str, names: Mapping[str, Any]) -> list[str] | None:
+    """The strings of a ``Literal[...]`` annotation written as text (``from __future__ import
+    annotations``), its items string constants or names bound to strings in ``names`` (``END``),
+    parsed, not evaluated; None for any other annotation."""
+    import ast
+
+    try:
+        tree = ast.parse(annotation, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.Subscript):
+        return None
+    head = tree.value
+    if not ((isinstance(head, ast.Name) and head.id == "Literal") or
+            (isinstance(head, ast.Attribute) and head.attr == "Literal")):
+        return None
+    items = tree.slice.elts if isinstance(tree.slice, ast.Tuple) else [tree.slice]
+    found: list[str] = []
+    for item in items:
+        value = item.value if isinstance(item, ast.Constant) else \
+            names.get(item.id) if isinstance(item, ast.Name) else None
+        if not isinstance(value, str):
+            return None
+        found.append(value)
+    return found or None
 
 
 class Graph:
@@ -1010,7 +1044,7 @@ class Graph:
             # Name what the condition returned; for a collection, also the item at fault. Only
             # on an error: a repr of the whole collection per item is quadratic in a Send map's size.
             def returned(key: Any = key) -> str:
-                return f"{chosen!r}, whose item {key!r}" if several else repr(key)
+                return f"{chosen!r}: its item {key!r} is" if several else f"{key!r}, which is"
             if isinstance(key, Send):
                 targets.append(self._check_send(edge, label, key))
                 continue
@@ -1020,7 +1054,7 @@ class Graph:
                 except (KeyError, TypeError):
                     raise ExecutionError(
                         f"graph {self.name!r}: {label} "
-                        f"returned {returned()}, which is not in its targets "
+                        f"returned {returned()} not in its targets "
                         f"[{', '.join(sorted(map(repr, edge.mapping)))}]"
                     ) from None
             else:
@@ -1029,7 +1063,7 @@ class Graph:
                 # An unhashable key (a nested list, a dict) must not escape as a bare TypeError.
                 if not isinstance(target, str) or target not in valid:
                     raise ExecutionError(
-                        f"graph {self.name!r}: {label} returned {returned()}, which is not one of {sorted(valid)}"
+                        f"graph {self.name!r}: {label} returned {returned()} not one of {sorted(valid)}"
                     )
             targets.append(target)
         return targets

@@ -412,7 +412,7 @@ def test_targets_omitted_lets_the_condition_name_any_node() -> None:
     assert routed(graph, ["a"], {"pick": [END, "a"]}) == (["a"], {})
     with pytest.raises(ExecutionError, match=r"after node 'a' returned 'nowhere'"):
         routed(graph, ["a"], {"pick": "nowhere"})
-    with pytest.raises(ExecutionError, match=r"after node 'a' returned \[\['b'\]\], whose item \['b'\]"):
+    with pytest.raises(ExecutionError, match=r"after node 'a' returned \[\['b'\]\]: its item \['b'\] is not one of"):
         routed(graph, ["a"], {"pick": [["b"]]})  # an unhashable key is an ExecutionError too
 
 

@@ -696,7 +696,7 @@ def test_a_condition_returning_a_collection_with_a_bad_item_is_reported_as_retur
     graph.compile()
     with pytest.raises(ExecutionError) as caught:
         run(Orchestrator().execute(graph, {}))
-    assert f"returned {returned!r}, whose item 'junk'" in str(caught.value)
+    assert f"returned {returned!r}: its item 'junk' is not in its targets" in str(caught.value)
 
 
 def _route_annotated(state: Any) -> Literal["tools", "__end__"]:
@@ -743,3 +743,21 @@ def test_a_condition_without_a_literal_annotation_may_still_return_any_node() ->
     graph = _agent_graph("plain_routes", route, extra=True).compile()  # "other" may be routed to: reachable
     assert "-.-> [agent]" in graph.draw_ascii()
     assert dict(Orchestrator().invoke(graph, {})) == {"n": 2, "done": True}
+
+
+def _route_unresolvable(state: "OnlyATypeCheckerSeesThis") -> Literal["tools", "__end__"]:  # noqa: F821
+    return "tools" if not state.get("done") else END
+
+
+def _route_with_flag(state: Any, flag: bool) -> Literal["tools", "__end__"]:
+    return "tools" if not state.get("done") else END
+
+
+def test_a_literal_return_is_read_when_another_annotation_does_not_resolve_and_through_a_partial() -> None:
+    import functools
+
+    for name, condition in (("unresolvable", _route_unresolvable),
+                            ("partial", functools.partial(_route_with_flag, flag=True))):
+        graph = _agent_graph(f"literal_{name}", condition).compile()
+        assert "-.-> [agent]" not in graph.draw_ascii(), name  # only the Literal's targets
+        assert dict(Orchestrator().invoke(graph, {})) == {"n": 2, "done": True}
