@@ -329,10 +329,11 @@ UNDRIVEN_LOOK_AFTER = 5.0
 (and again each time this passes, until it finds none: then it logs so, once)."""
 
 
-def _undriven_note(workflow_id: str) -> str:
+def _undriven_note(workflow_id: str, graph_name: str) -> str:
     """The ``waiting_for`` of a running workflow no orchestrator drives (its lease free)."""
     return ("an orchestrator: none is driving it (its lease is free); one with recovery on takes it over "
-            f"('distributed-agents orchestrator' with this graph), or resume({workflow_id!r}) continues it")
+            f"('distributed-agents orchestrator' serving graph {graph_name!r}), or resume({workflow_id!r}, graph) "
+            "continues it")
 
 
 def _result_state(record: WorkflowRecord, graph: Graph | None = None) -> State:
@@ -2243,7 +2244,7 @@ class Orchestrator:
                         if await self._driven_by_nobody(workflow_id, record.status):
                             look_for_driver = math.inf  # said once
                             log.warning("%s: it is running, but waiting for %s; this wait goes on until it ends%s",
-                                        what, _undriven_note(workflow_id),
+                                        what, _undriven_note(workflow_id, record.graph_name),
                                         "" if timeout is None else f" or {timeout:g}s have passed")
                     self._outage.succeeded()
                 except BackendUnavailableError as exc:  # keep waiting through an outage
@@ -2336,7 +2337,7 @@ class Orchestrator:
             # Running, as stored, but driven by nobody (submitted with no orchestrator up, or its
             # orchestrator died and none recovers it): said, so it does not look live. A note its
             # dead driver left ("waiting for a worker ...") would name the wrong cause.
-            info = replace(info, waiting_for=_undriven_note(workflow_id))
+            info = replace(info, waiting_for=_undriven_note(workflow_id, record.graph_name))
         return info
 
     async def _driven_by_nobody(self, workflow_id: str, status: str) -> bool:

@@ -55,7 +55,8 @@ def test_a_submitted_workflow_nobody_drives_says_it_waits_for_an_orchestrator(ur
     driven, undriven, status = run(scenario(), 50)
     assert driven is None
     assert status == WorkflowStatus.RUNNING
-    assert undriven is not None and "none is driving it" in undriven and "resume('wf-live')" in undriven
+    assert undriven is not None and "none is driving it" in undriven and "resume('wf-live', graph)" in undriven
+    assert "serving graph 'one'" in undriven
 
 
 def test_the_note_a_dead_driver_left_gives_way_to_saying_nobody_drives_it(url: str) -> None:
@@ -120,4 +121,4 @@ def test_a_wait_on_a_workflow_nobody_drives_says_so_once_and_one_on_a_driven_wor
     said = [r.getMessage() for r in caplog.records if "none is driving it" in r.getMessage()]
     assert len(said) == 1
     assert said[0].startswith("wait for workflow 'wf-waited': it is running, but waiting for an orchestrator")
-    assert "resume('wf-waited')" in said[0] and "or 1.5s have passed" in said[0]
+    assert "resume('wf-waited', graph)" in said[0] and "or 1.5s have passed" in said[0]
