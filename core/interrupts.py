@@ -147,10 +147,10 @@ class _Scratchpad:
     node: str
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    # The last pause interrupt() raised: set in a node that returned normally, its code caught it
-    # (an ``except Exception`` around interrupt()): node_runner warns.
-    raised: GraphInterrupt | None = None
-    pauses: int = 0  # how many pauses interrupt() raised in this run of the node
+    # How many pauses interrupt() raised in this run of the node: any, in a node that returned or
+    # raised another error, or more than the one pausing it, were caught by its code (an ``except
+    # Exception`` around interrupt()): node_runner warns.
+    pauses: int = 0
 
 
 _scratchpad: contextvars.ContextVar[_Scratchpad | None] = contextvars.ContextVar(
@@ -182,9 +182,8 @@ def interrupt(value: Any) -> Any:
     pad.calls += 1
     if index < len(pad.answers):
         return pad.answers[index]
-    pad.raised = GraphInterrupt(value, index)
     pad.pauses += 1
-    raise pad.raised
+    raise GraphInterrupt(value, index)
 
 
 NO_ANSWER: Any = object()  # resume() without an answer (a breakpoint, or a failed/cancelled workflow)
@@ -192,19 +191,16 @@ NO_ANSWER: Any = object()  # resume() without an answer (a breakpoint, or a fail
 
 def _check_answer(workflow_id: str, pause: Interrupt, answer: Any) -> None:
     """``StateNotSerializableError`` unless JSON carries ``answer`` (the resume value for ``pause``) unchanged."""
-    from distributed_agents.core.codec import find_non_json
     from distributed_agents.core.errors import StateNotSerializableError
+    from distributed_agents.core.state import JSON_VALUES, non_json_problem
 
-    found = find_non_json(answer)
-    if found is None:
+    problem = non_json_problem(answer, "answer")
+    if problem is None:
         return
-    path, why = found
-    where = f"at answer{path}: " if path else ""
     raise StateNotSerializableError(
         f"resume({workflow_id!r}): the resume value (the answer to interrupt {pause.id!r} of node {pause.node!r} in "
-        f"workflow {workflow_id!r}) is not JSON-serialisable: {where}{why}. An answer is stored with the workflow, "
-        "so it holds only what JSON returns unchanged: str, int, float, bool, None, and lists and dicts (with str "
-        "keys) of them", key="resume")
+        f"workflow {workflow_id!r}) is not JSON-serialisable: {problem}. An answer is stored with the workflow, "
+        f"so it holds only {JSON_VALUES}", key="resume")
 
 
 def answer_interrupts(workflow_id: str, frontier: Mapping[str, Any], answer: Any) -> dict[str, Any]:

@@ -672,7 +672,7 @@ async def invoke_node(
             if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 result = await result
             pad = answers.var.get()  # (the node's scratchpad: no call per node to look)
-            if pad is not None and pad.raised is not None:  # an interrupt() of it raised, and it returned
+            if pad is not None and pad.pauses:  # an interrupt() of it raised, and it returned
                 log.warning("node %r called interrupt() and caught the pause it raises (GraphInterrupt, an "
                             "Exception: an except Exception around interrupt() catches it), so the workflow did not "
                             "pause and the node's result was used; let it through (catch narrower exceptions, or "
@@ -694,7 +694,7 @@ async def invoke_node(
             raise NodeRaisedBaseException(exc) from exc  # the node's code raised it: a node failure
         except Exception as exc:
             pad = answers.var.get()
-            if pad is not None and pad.raised is not None:
+            if pad is not None and pad.pauses:
                 log.warning("node %r raised %s after catching the pause its interrupt() raises (an except Exception "
                             "around it raised another error): the step fails instead of pausing; let GraphInterrupt "
                             "through", context.node, type(exc).__name__)

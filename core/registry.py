@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from distributed_agents.core.errors import ConfigurationError
 
-__all__ = ["NodeFunction", "NodeRegistry", "function_name", "same_function"]
+__all__ = ["NodeFunction", "NodeRegistry", "function_name"]
 
 NodeFunction = Callable[..., Any]
 F = TypeVar("F", bound=NodeFunction)
@@ -128,6 +128,14 @@ def function_name(func: Any) -> str:
     same node type. The file, not the module: one file is imported under other module names in
     other processes (``__main__`` in a script, ``pkg.agents`` in one and ``agents`` in another),
     and a top-level module's directory differs between machines."""
+    try:
+        return _cached_name(func)
+    except TypeError:  # an unhashable callable object: named each time
+        return _name_of(func)
+
+
+def _name_of(func: Any) -> str:
+    """``function_name``, worked out (``_cached_name`` keeps it per function)."""
     for _ in range(8):  # (a partial of a decorated function of a partial...)
         try:
             func = inspect.unwrap(func)
@@ -146,6 +154,10 @@ def function_name(func: Any) -> str:
     return f"{_file_label(code.co_filename)}:{qualname}"
 
 
+# A queued node task names its function (core.engine): once per function, not per task.
+_cached_name = functools.lru_cache(maxsize=1024)(_name_of)
+
+
 @functools.lru_cache(maxsize=1024)
 def _file_label(path: str) -> str:
     """``path``'s base name, under its directory's name when that directory is a package."""
@@ -154,11 +166,6 @@ def _file_label(path: str) -> str:
     if folder and os.path.isfile(os.path.join(folder, "__init__.py")):
         return f"{os.path.basename(folder)}/{os.path.basename(path)}"
     return os.path.basename(path)
-
-
-def same_function(name: str, other: str) -> bool:
-    """Whether two ``function_name`` values name the same function (in any process)."""
-    return name == other
 
 
 def _inline_functions(graph: Any, path: tuple[str, ...],

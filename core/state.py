@@ -56,11 +56,21 @@ def check_value(key: str, value: Any, what: str = "state") -> None:
         return
     path, why = found
     holder = "State holds" if what == "state" else f"{what[0].upper()}{what[1:]} holds"
-    raise StateNotSerializableError(
-        f"{what} key {key!r}, at {key}{path}: {why}. {holder} only what JSON returns unchanged: "
-        "str, int, float, bool, None, and lists and dicts (with str keys) of them",
-        key=key,
-    )
+    raise StateNotSerializableError(f"{what} key {key!r}, at {key}{path}: {why}. {holder} only {JSON_VALUES}", key=key)
+
+
+JSON_VALUES = "what JSON returns unchanged: str, int, float, bool, None, and lists and dicts (with str keys) of them"
+"""What a value stored or sent as JSON may hold, as error messages say it."""
+
+
+def non_json_problem(value: Any, root: str) -> str | None:
+    """Where and why ``value`` is not JSON (``find_non_json``), as a message's words: ``at
+    <root><path>: <why>`` (without ``at`` for ``value`` itself), or None when it is JSON."""
+    found = find_non_json(value)
+    if found is None:
+        return None
+    path, why = found
+    return f"at {root}{path}: {why}" if path else why
 
 
 def check_values(values: Mapping[str, Any], what: str = "state") -> None:

@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from distributed_agents.core.codec import find_non_json
 from distributed_agents.core.errors import InvalidNodeOutputError, StateNotSerializableError
 from distributed_agents.core.quick_init import quick_init
-from distributed_agents.core.state import check_values
+from distributed_agents.core.state import JSON_VALUES, check_values, non_json_problem
 
 __all__ = ["COMMAND_KEY", "INTERRUPT_KEY", "Command", "NodeResult", "ParentCommand", "Send", "command_output", "read_output",
            "update_dict"]
@@ -204,14 +203,11 @@ def send_dict(send: Send, where: str) -> dict[str, Any]:
 
 def interrupt_output(value: Any, index: int, node: str) -> dict[str, Any]:
     """The JSON form of a node paused by its ``index``-th ``interrupt(value)``."""
-    found = find_non_json(value)
-    if found is not None:
-        path, why = found
+    problem = non_json_problem(value, "value")
+    if problem is not None:
         raise StateNotSerializableError(
-            f"node {node!r}: the value given to interrupt() is not JSON-serialisable: "
-            f"{f'at value{path}: ' if path else ''}{why}. It is stored with the workflow and shown to whoever "
-            "answers, so it holds only what JSON returns unchanged: str, int, float, bool, None, and lists and "
-            "dicts (with str keys) of them", key="interrupt")
+            f"node {node!r}: the value given to interrupt() is not JSON-serialisable: {problem}. It is stored with "
+            f"the workflow and shown to whoever answers, so it holds only {JSON_VALUES}", key="interrupt")
     return {INTERRUPT_KEY: {"value": value, "index": index}}
 
 

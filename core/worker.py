@@ -98,7 +98,7 @@ from distributed_agents.core.ports.backend import Backend, BackendOptions, check
 from distributed_agents.core.ports.message_bus import Subscription
 from distributed_agents.core.ports.task_queue import ClaimedTask, Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerInfo
-from distributed_agents.core.registry import NodeFunction, NodeRegistry, function_name, same_function
+from distributed_agents.core.registry import NodeFunction, NodeRegistry, function_name
 from distributed_agents.core.retry import NodeRetry, retry_from_wire
 from distributed_agents.core.state import State
 from distributed_agents.core.stream_writer import reset_stream_sink, set_stream_sink
@@ -462,7 +462,6 @@ class Worker:
             asyncio.ensure_future(self._heartbeat(info)),
             asyncio.ensure_future(self._listen_for_cancels(subscription)),
         ]
-        self._stalls = StallWatch(self.worker_id, self._running_nodes)
         self._stalls.start()
         self._observer = self.instrumentation if self.instrumentation is not None else installed()
         if self._observer is not None:
@@ -883,15 +882,18 @@ class Worker:
         try:
             if state is None:  # a large state stays in its checkpoint; the task names it
                 state = await self._referenced_state(task)
-            updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
-                                        executor=self._threads,
-                                        resume=task.payload.get("resume"),
-                                        message_keys=[str(k) for k in task.payload.get("message_keys") or ()],
-                                        managed=task.payload.get(MANAGED_KEY))
-            # (Inline, no call per task: the watch's tick overdue by a second means the loop was blocked.)
-            stalls = self._stalls
-            if time.monotonic() - stalls.due >= stalls.warn_after and self._on_loop(task.node_type, func):
-                stalls.ended_step(f"node {task.node!r} (task {task.id})")
+            try:
+                updates = await invoke_node(func, state, context, timeout=timeout, on_abandoned=self._hold_slot,
+                                            executor=self._threads,
+                                            resume=task.payload.get("resume"),
+                                            message_keys=[str(k) for k in task.payload.get("message_keys") or ()],
+                                            managed=task.payload.get(MANAGED_KEY))
+            finally:
+                # The node's last step ended (returned or raised): a tick of the watch overdue by a
+                # second means the loop was blocked in it. Inline: no call per task otherwise.
+                stalls = self._stalls
+                if time.monotonic() - stalls.due >= stalls.warn_after and self._on_loop(task.node_type, func):
+                    stalls.ended_step(f"node {task.node!r} (task {task.id})")
             # Checked here, before the ack writes it: a result the backend cannot store
             # fails the node now, with the reason, instead of failing the write.
             check_result_size(updates, backend.max_payload_bytes, node=task.node, workflow_id=task.workflow_id)
@@ -902,9 +904,6 @@ class Worker:
             raise
         except Exception as exc:
             keeper.cancel()
-            stalls = self._stalls
-            if time.monotonic() - stalls.due >= stalls.warn_after and self._on_loop(task.node_type, func):
-                stalls.ended_step(f"node {task.node!r} (task {task.id})")
             failure = describe_failure(exc)
             # A state that is gone stays gone: no retry.
             if (retry is not None and not is_output_error(exc) and not isinstance(exc, TaskStateError)
@@ -961,7 +960,7 @@ class Worker:
             return ""
         own = function_name(func)
         graph = _graph_name(task.payload)
-        same = same_function(own, named)
+        same = own == named
         if same and (not graph or graph in (graphs or ())):
             return ""
         served = ", ".join(repr(name) for name in sorted(graphs or ()))

@@ -17,7 +17,7 @@ from support.aio import run, with_worker
 
 from distributed_agents import Graph, NodeRegistry, Orchestrator, State, Worker
 from distributed_agents.core.errors import NodeExecutionError
-from distributed_agents.core.registry import function_name, same_function
+from distributed_agents.core.registry import function_name
 
 RAN: list[str] = []
 
@@ -144,8 +144,8 @@ def test_function_names_and_when_two_may_be_the_same() -> None:
     assert function_name(_decorated) == f"{here}:_decorated"  # what functools.wraps wrapped
     name = "test_function_names_and_when_two_may_be_the_same"
     assert function_name(lambda s: s) == f"{here}:{name}.<locals>.<lambda>"
-    assert same_function(function_name(billing_work), function_name(functools.partial(billing_work)))
-    assert not same_function(function_name(billing_work), function_name(faq_work))
+    assert function_name(billing_work) == function_name(functools.partial(billing_work))
+    assert function_name(billing_work) != function_name(faq_work)
 
 
 def test_one_file_imported_under_two_module_names_names_its_functions_alike(tmp_path: Any) -> None:
@@ -180,4 +180,4 @@ def test_one_file_imported_under_two_module_names_names_its_functions_alike(tmp_
     assert spec is not None and spec.loader is not None
     other = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(other)
-    assert not same_function(loaded[0], function_name(other.work))  # another file's work, same module name
+    assert loaded[0] != function_name(other.work)  # another file's work, same module name
