@@ -68,6 +68,7 @@ from distributed_agents.draw import FORMATS, draw_graph, file_path_problem, form
 from distributed_agents import observability
 from distributed_agents.log_format import LOG_FORMATS, configure_logging
 from distributed_agents.plugins import available_backends, open_backend
+from distributed_agents.service_gc import settle_for_service
 
 __all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
 
@@ -760,6 +761,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             _SIGNALS_BEFORE_WORKER.setdefault(sig, signal.signal(sig, _exit_at_once))
+    settle_for_service()  # (the app is loaded: what it made stays for the process's life)
     try:
         await worker.start()
     finally:
@@ -830,6 +832,7 @@ async def _run_orchestrator(args: argparse.Namespace) -> int:
         health = HealthServer(port, ready=service.readiness, routes={"/queues": service.queues},
                               what=f"orchestrator {orchestrator.orchestrator_id}")
         await health.start()
+    settle_for_service()  # (the graphs are loaded: what they made stays for the process's life)
     try:
         await service.serve()
     finally:

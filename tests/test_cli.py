@@ -72,11 +72,20 @@ def cli(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None,
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``main(argv)`` in this process: (exit status, stdout, stderr)."""
+    """``main(argv)`` in this process: (exit status, stdout, stderr). The collector settings
+    of the test process stay as they are (``service_gc``: a worker or orchestrator command
+    freezes what its process made)."""
+    before = os.environ.get("DA_GC_DEFAULTS")
+    os.environ["DA_GC_DEFAULTS"] = "1"
     try:
         status = main(list(argv))
     except SystemExit as exc:  # argparse: --help, --version and usage errors
         status = int(exc.code or 0)
+    finally:
+        if before is None:
+            os.environ.pop("DA_GC_DEFAULTS", None)
+        else:
+            os.environ["DA_GC_DEFAULTS"] = before
     out, err = capsys.readouterr()
     return status, out, err
 

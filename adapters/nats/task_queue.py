@@ -205,6 +205,10 @@ _WITHDRAWN = "gone"
 _UNPUBLISHED_GRACE = 5.0
 # Tasks whose messages (then records) enqueue_many has in flight at once.
 _ENQUEUE_CHUNK = 256
+# The first chunk of a wide enqueue_many, doubled chunk by chunk up to _ENQUEUE_CHUNK: its
+# wake-up reaches the waiting workers after a few tasks' writes, not 256 tasks' (they run
+# the first tasks while the rest are written).
+_FIRST_ENQUEUE_CHUNK = 32
 
 
 @dataclass
@@ -680,10 +684,12 @@ class NatsTaskQueue(TaskQueue):
                 self._done.expect(task.id)
             for node_type, priority in dict.fromkeys((t.node_type, t.priority) for t in unique):
                 await self._ensure_level(node_type, priority)
-            for start in range(0, len(unique), _ENQUEUE_CHUNK):
-                chunk = unique[start:start + _ENQUEUE_CHUNK]
-                flags = await self._enqueue_chunk(chunk, raws[start:start + _ENQUEUE_CHUNK])
+            start, size = 0, _FIRST_ENQUEUE_CHUNK
+            while start < len(unique):
+                chunk = unique[start:start + size]
+                flags = await self._enqueue_chunk(chunk, raws[start:start + size])
                 created.update(zip((t.id for t in chunk), flags))
+                start, size = start + size, min(size * 2, _ENQUEUE_CHUNK)
             self._done.forget([task_id for task_id, flag in created.items() if not flag])
         return [first[task.id] == index and created[task.id] for index, task in enumerate(tasks)]
 
