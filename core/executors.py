@@ -29,7 +29,14 @@ from distributed_agents.core.instrumentation import (
     Instrumentation,
     NodeAttempt,
 )
-from distributed_agents.core.node_runner import NodeContext, NodeFailure, describe_failure, invoke_node, is_output_error
+from distributed_agents.core.node_runner import (
+    NodeContext,
+    NodeFailure,
+    bounded,
+    describe_failure,
+    invoke_node,
+    is_output_error,
+)
 from distributed_agents.core.ports.task_queue import Task, TaskQueue
 from distributed_agents.core.ports.worker_registry import WorkerRegistry
 from distributed_agents.core.quick_init import quick_init
@@ -371,7 +378,7 @@ class TaskQueueExecutor(NodeExecutor):
                     raise NodeNotFoundError(
                         f"workflow {calls[0].workflow_id!r} of graph {calls[0].graph_name!r}: no live worker "
                         f"serves node type(s) {', '.join(map(repr, missing))} after waiting {self.worker_timeout}s; "
-                        "start a worker with those node types"
+                        f"start a worker with those node types{_failed_meanwhile(outcomes)}"
                     )
             return _outcomes_of(calls, outcomes)
         except asyncio.CancelledError:
@@ -447,6 +454,20 @@ class TaskQueueExecutor(NodeExecutor):
 
 
 # Helpers of TaskQueueExecutor (module functions: see its _run).
+
+def _failed_meanwhile(outcomes: Mapping[str, NodeOutcome]) -> str:
+    """For the no-worker error of a step some of whose nodes had failed already (their final
+    failures, dead-lettered): "; meanwhile node 'x' failed: Type: message" for each (up to
+    five), so the step's error does not hide them; "" when none did."""
+    failed = [outcome for outcome in outcomes.values() if outcome.failure is not None]
+    if not failed:
+        return ""
+    shown = "; ".join(f"node {outcome.node!r} failed after {outcome.attempts} attempt(s): "
+                      f"{outcome.failure.error_type}: {bounded(outcome.failure.message, 200)}"
+                      for outcome in failed[:5] if outcome.failure is not None)
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    return (f"; meanwhile {shown}{more} (each failure's dead letter keeps its traceback: "
+            "distributed-agents dead-letters list)")
 
 def _no_worker_error(calls: Sequence[NodeCall], missing: Sequence[str]) -> NodeNotFoundError:
     nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)
