@@ -1626,25 +1626,51 @@ class Graph:
         return self
 
     def batch(self, inputs: Sequence[Any], config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-              *, backend: str | None = None, context: Any = None) -> list[dict[str, Any]]:
+              *, return_exceptions: bool = False, backend: str | None = None,
+              context: Any = None) -> list[dict[str, Any] | Exception]:
         """LangGraph's ``graph.batch(inputs, config)``: ``invoke`` each input in turn; the results in order.
 
         ``config`` is one config for every input or a list of one per input (``ConfigurationError``
         if the lengths differ). One config with a ``thread_id`` for several inputs runs each as a
-        new run of that thread (see ``invoke``).
+        new run of that thread (see ``invoke``). The first input whose run raises stops the batch
+        with that error, unless ``return_exceptions`` (LangGraph's keyword): then every input
+        runs, and a failed one's error (an ``Exception``; a ``KeyboardInterrupt`` or a
+        cancellation still stops the batch) stands in its place in the list.
         """
         config = self._bound(config)  # with_config()'s, under this call's
-        return [self.invoke(item, one, backend=backend, context=context)
-                for item, one in zip(inputs, _batch_configs(self.name, inputs, config))]
+        configs = _batch_configs(self.name, inputs, config)
+        if not return_exceptions:
+            return [self.invoke(item, one, backend=backend, context=context) for item, one in zip(inputs, configs)]
+        results: list[dict[str, Any] | Exception] = []
+        for item, one in zip(inputs, configs):
+            try:
+                results.append(self.invoke(item, one, backend=backend, context=context))
+            except Exception as error:
+                results.append(error)
+        return results
 
     async def abatch(self, inputs: Sequence[Any],
                      config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
-                     backend: str | None = None, context: Any = None) -> list[dict[str, Any]]:
-        """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in order."""
+                     return_exceptions: bool = False, backend: str | None = None,
+                     context: Any = None) -> list[dict[str, Any] | Exception]:
+        """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in
+        order. Without ``return_exceptions`` the first error to come is raised (as LangGraph's,
+        the other runs are not cancelled: each is a workflow that commits its own steps); with
+        it, every run's result or ``Exception`` in its place."""
         config = self._bound(config)  # with_config()'s, under this call's
         configs = _batch_configs(self.name, inputs, config)
-        return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend, context=context)
-                                           for item, one in zip(inputs, configs))))
+        if not return_exceptions:
+            return list(await asyncio.gather(*(self.ainvoke(item, one, backend=backend, context=context)
+                                               for item, one in zip(inputs, configs))))
+
+        async def one_run(item: Any, one: Any) -> dict[str, Any] | Exception:
+            try:
+                result: dict[str, Any] = await self.ainvoke(item, one, backend=backend, context=context)
+            except Exception as error:
+                return error
+            return result
+
+        return list(await asyncio.gather(*(one_run(item, one) for item, one in zip(inputs, configs))))
 
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None, *,
                       stream_mode: str | Sequence[str] = "updates", subgraphs: bool = False,

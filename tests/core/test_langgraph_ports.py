@@ -1458,3 +1458,59 @@ def test_invoke_and_stream_take_langgraphs_durability() -> None:
     assert len(steps("dur-exit")) < len(steps("dur-sync")) == 3
     with pytest.raises(ConfigurationError, match="durability"):
         app.invoke({"n": 0}, durability="sometimes")
+
+
+# -- batch(return_exceptions=True) -------------------------------------------------------------------
+
+
+def _picky_app() -> Any:
+    """A graph whose node fails on a negative ``n`` (a NodeExecutionError naming the node)."""
+    from distributed_agents import StateGraph
+
+    class S(TypedDict):
+        n: int
+
+    def check(state: S) -> dict[str, int]:
+        if state["n"] < 0:
+            raise ValueError(f"negative: {state['n']}")
+        return {"n": state["n"] * 10}
+
+    builder = StateGraph(S)
+    builder.add_node("check", check)
+    builder.add_edge(START, "check")
+    return builder.compile()
+
+
+def test_batch_with_return_exceptions_puts_each_failed_runs_error_in_its_place() -> None:
+    """LangGraph's ``batch(inputs, return_exceptions=True)``: every input runs; a failed one's
+    error stands in the list where its result would be. Without it the first failure is raised."""
+    from distributed_agents.core.errors import NodeExecutionError
+
+    app = _picky_app()
+    results = app.batch([{"n": 1}, {"n": -2}, {"n": 3}], return_exceptions=True)
+    assert results[0] == {"n": 10} and results[2] == {"n": 30}
+    assert isinstance(results[1], NodeExecutionError) and "negative: -2" in str(results[1])
+    with pytest.raises(NodeExecutionError, match="negative: -2"):
+        app.batch([{"n": 1}, {"n": -2}, {"n": 3}])
+
+
+def test_abatch_with_return_exceptions_runs_every_input_concurrently_and_keeps_the_order() -> None:
+    import asyncio
+
+    from distributed_agents.core.errors import NodeExecutionError
+
+    app = _picky_app()
+
+    async def scenario() -> tuple[list[Any], BaseException | None]:
+        got = await app.abatch([{"n": -1}, {"n": 2}, {"n": -3}, {"n": 4}], return_exceptions=True)
+        try:
+            await app.abatch([{"n": 5}, {"n": -6}])
+        except NodeExecutionError as error:
+            return got, error
+        return got, None
+
+    got, raised = asyncio.run(scenario())
+    assert [type(item).__name__ for item in got] == ["NodeExecutionError", "dict", "NodeExecutionError", "dict"]
+    assert got[1] == {"n": 20} and got[3] == {"n": 40}
+    assert "negative: -1" in str(got[0]) and "negative: -3" in str(got[2])
+    assert raised is not None and "negative: -6" in str(raised)
