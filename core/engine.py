@@ -676,7 +676,7 @@ class StepEngine(_Progress):
             del batches  # (not kept while the step waits, as local_calls above)
             results = [await batch]
         else:
-            results = await asyncio.gather(*batches)
+            results = await _all_or_stop(batches)
         if len(results) == 1 and len(results[0]) == len(entries) == 1:
             outcomes = results[0]  # one task: its outcome
         else:
@@ -1411,6 +1411,42 @@ def _paused_entries(entries: Sequence[TaskEntry], parsed: Mapping[str, NodeResul
 
 def _parent_entries(entries: Sequence[TaskEntry], parsed: Mapping[str, NodeResult]) -> list[TaskEntry]:
     return [entry for entry in entries if entry.key in parsed and parsed[entry.key].parent]
+
+
+async def _all_or_stop(batches: Sequence[Awaitable[list[NodeOutcome]]]) -> list[list[NodeOutcome]]:
+    """The outcomes of every batch of a step (its in-process nodes, its worker tasks, each
+    subgraph), in order; when one batch raises (no worker after ``worker_timeout``, a backend
+    outage), the others are cancelled and awaited before its error is raised.
+
+    A node's failure is an outcome, not an error: only the step's machinery raises. Left
+    running (``asyncio.gather`` leaves them), a subgraph's child workflow went on being driven
+    after its parent's step had failed, and a step retried after an outage started a second
+    driver of the same child beside the first. (A cancellation of the step cancels them all.)"""
+    if not batches:
+        return []  # (every task of the step came from the node cache)
+    tasks = [asyncio.ensure_future(batch) for batch in batches]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # (as gather does: the step ends once its batches have)
+        raise
+    failed = next((task for task in tasks if task.done() and not task.cancelled() and task.exception() is not None),
+                  None)
+    if failed is None:
+        return [task.result() for task in tasks]
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in tasks:  # (the others' errors are the step's too: retrieved, so none is logged as lost)
+        if task is not failed and task.done() and not task.cancelled():
+            task.exception()
+    error = failed.exception()
+    assert error is not None
+    raise error
 
 
 def _unhandled_failures(
