@@ -864,7 +864,8 @@ class Worker:
         except ValueError as exc:
             self.stats.malformed += 1
             log.error("task %s (node %r) is malformed and was dead-lettered: %s", task.id, task.node, exc)
-            await self._settle(lambda: queue.nack(claim, f"malformed task: {exc}", final=True), claim)
+            reason = f"malformed task: {exc}"
+            await self._settle(lambda: queue.nack(claim, reason, final=True), claim)
             return DEAD_LETTERED, exc
         remaining = task.payload.get("remaining_steps")
         context = NodeContext(task.workflow_id, int(task.payload.get("step", 0)), task.node, task.node_type,
