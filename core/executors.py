@@ -274,7 +274,8 @@ def node_task(call: NodeCall, max_attempts: int) -> Task:
                 priority=call.priority, max_attempts=max_attempts if call.retry is None else call.retry.max_attempts)
 
 
-WaitingHook = Callable[[Sequence[str]], Awaitable[None]]
+# (missing node types, and what failed meanwhile: "" or "; meanwhile node 'x' failed ...": _failed_meanwhile)
+WaitingHook = Callable[[Sequence[str], str], Awaitable[None]]
 
 
 @dataclass
@@ -284,7 +285,9 @@ class TaskQueueExecutor(NodeExecutor):
     Results of tasks that already finished (for example before an orchestrator was
     restarted) are reused: task ids are deterministic and enqueue is idempotent.
     When no live worker serves a node type, ``on_waiting`` is told which types are
-    missing, at every poll while that lasts, and once with none when the wait is over
+    missing (and which nodes of the step failed meanwhile: the step waits for the others all
+    the same, their outputs kept, unless ``worker_timeout`` ends the wait), at every poll
+    while that lasts, and once with none when the wait is over
     (the orchestrator logs it and records it in the workflow's status); with
     ``worker_timeout`` set, waiting longer than that fails the node.
 
@@ -373,7 +376,7 @@ class TaskQueueExecutor(NodeExecutor):
                     continue
                 waiting_since = waiting_since or time.monotonic()
                 if self.on_waiting is not None:
-                    await self.on_waiting(missing)
+                    await self.on_waiting(missing, _failed_meanwhile(outcomes))
                 if self.worker_timeout is not None and time.monotonic() - waiting_since >= self.worker_timeout:
                     raise NodeNotFoundError(
                         f"workflow {calls[0].workflow_id!r} of graph {calls[0].graph_name!r}: no live worker "
@@ -430,7 +433,7 @@ class TaskQueueExecutor(NodeExecutor):
     async def _waited(self, waiting_since: float | None) -> None:
         """The wait (if there was one) is over: tell ``on_waiting`` with no types."""
         if waiting_since is not None and self.on_waiting is not None:
-            await self.on_waiting([])
+            await self.on_waiting([], "")
 
     async def _types_without_workers(self, calls: Sequence[NodeCall]) -> list[str]:
         """The node types of ``calls`` no live worker serves. The registry only informs (a note

@@ -1637,6 +1637,7 @@ class Graph:
         runs, and a failed one's error (an ``Exception``; a ``KeyboardInterrupt`` or a
         cancellation still stops the batch) stands in its place in the list.
         """
+        inputs = list(inputs)  # (any iterable, a generator's too: its length is checked against the configs)
         config = self._bound(config)  # with_config()'s, under this call's
         configs = _batch_configs(self.name, inputs, config)
         if not return_exceptions:
@@ -1656,7 +1657,10 @@ class Graph:
         """``batch`` for async code (LangGraph's ``abatch``): the runs go concurrently, results in
         order. Without ``return_exceptions`` the first error to come is raised (as LangGraph's,
         the other runs are not cancelled: each is a workflow that commits its own steps); with
-        it, every run's result or ``Exception`` in its place."""
+        it, every run's result or ``Exception`` in its place. Being concurrent, inputs that share
+        one ``thread_id`` collide: one runs, the others get ``WorkflowExistsError`` (the thread
+        is running); ``batch`` runs them one after another as new runs of that thread."""
+        inputs = list(inputs)  # (any iterable, as batch)
         config = self._bound(config)  # with_config()'s, under this call's
         configs = _batch_configs(self.name, inputs, config)
         if not return_exceptions:

@@ -329,11 +329,19 @@ UNDRIVEN_LOOK_AFTER = 5.0
 (and again each time this passes, until it finds none: then it logs so, once)."""
 
 
-def _undriven_note(workflow_id: str, graph_name: str) -> str:
-    """The ``waiting_for`` of a running workflow no orchestrator drives (its lease free)."""
+def _undriven_note(record: WorkflowRecord) -> str:
+    """The ``waiting_for`` of a running workflow no orchestrator drives (its lease free). A
+    subgraph's child workflow is driven by its parent's run, never taken over on its own: the
+    note names the parent to resume."""
+    parent = record.metadata.get(PARENT_KEY)
+    if isinstance(parent, str) and parent:
+        return (f"its parent workflow {parent!r}, whose run drives it (it is a subgraph's workflow): none is driving "
+                "it (its lease is free; the parent's step stopped: it failed, was cancelled or paused, or its "
+                f"orchestrator stopped); resume({parent!r}, parent graph) continues it, or an orchestrator with "
+                "recovery on does once the parent is running")
     return ("an orchestrator: none is driving it (its lease is free); one with recovery on takes it over "
-            f"('distributed-agents orchestrator' serving graph {graph_name!r}), or resume({workflow_id!r}, graph) "
-            "continues it")
+            f"('distributed-agents orchestrator' serving graph {record.graph_name!r}), or "
+            f"resume({record.workflow_id!r}, graph) continues it")
 
 
 def _result_state(record: WorkflowRecord, graph: Graph | None = None) -> State:
@@ -2244,7 +2252,7 @@ class Orchestrator:
                         if await self._driven_by_nobody(workflow_id, record.status):
                             look_for_driver = math.inf  # said once
                             log.warning("%s: it is running, but waiting for %s; this wait goes on until it ends%s",
-                                        what, _undriven_note(workflow_id, record.graph_name),
+                                        what, _undriven_note(record),
                                         "" if timeout is None else f" or {timeout:g}s have passed")
                     self._outage.succeeded()
                 except BackendUnavailableError as exc:  # keep waiting through an outage
@@ -2337,7 +2345,7 @@ class Orchestrator:
             # Running, as stored, but driven by nobody (submitted with no orchestrator up, or its
             # orchestrator died and none recovers it): said, so it does not look live. A note its
             # dead driver left ("waiting for a worker ...") would name the wrong cause.
-            info = replace(info, waiting_for=_undriven_note(workflow_id, record.graph_name))
+            info = replace(info, waiting_for=_undriven_note(record))
         return info
 
     async def _driven_by_nobody(self, workflow_id: str, status: str) -> bool:

@@ -265,7 +265,10 @@ class WaitingReporter:
         self._since = 0.0
         self._logged = 0.0
 
-    async def __call__(self, node_types: Sequence[str]) -> None:
+    async def __call__(self, node_types: Sequence[str], meanwhile: str = "") -> None:
+        """Note the wait for workers of ``node_types`` (none: the wait is over); ``meanwhile``
+        (``"; meanwhile node 'x' failed ..."`` or "") follows the note, so the status of a step
+        that waits on after a node's final failure says so."""
         now = time.monotonic()
         if not node_types:
             if self._text is not None:
@@ -275,7 +278,7 @@ class WaitingReporter:
                 self._in_memory.pop(self._workflow_id, None)
                 await self._store.note(None)
             return
-        text = waiting_text(node_types)
+        text = waiting_text(node_types) + meanwhile
         if text != self._text:
             if self._text is None:
                 self._since = now

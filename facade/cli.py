@@ -68,7 +68,7 @@ from distributed_agents.draw import FORMATS, draw_graph, file_path_problem, form
 from distributed_agents import observability
 from distributed_agents.log_format import LOG_FORMATS, configure_logging
 from distributed_agents.plugins import available_backends, open_backend
-from distributed_agents.service_gc import settle_for_service
+from distributed_agents.service_gc import keep_defaults_from, settle_for_service
 
 __all__ = ["UsageError", "load_app", "main", "requeue_dead_letters"]
 
@@ -390,6 +390,7 @@ def _parser() -> Parser:
         option.add_to(worker)
     worker.set_defaults(run=_run_worker, options=WORKER_OPTIONS)
     observability.add_flags(worker)
+    _add_gc_flag(worker)
 
     orchestrator = command(
         "orchestrator", "drive submitted workflows until SIGTERM/SIGINT/SIGHUP",
@@ -402,6 +403,7 @@ def _parser() -> Parser:
         option.add_to(orchestrator)
     orchestrator.set_defaults(run=_run_orchestrator, options=ORCHESTRATOR_OPTIONS)
     observability.add_flags(orchestrator)
+    _add_gc_flag(orchestrator)
 
     dead = command("dead-letters", "list, show, requeue or purge dead-lettered tasks",
                    "Tasks that failed their last allowed attempt, or whose payload could not be decoded.")
@@ -701,6 +703,15 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"prefix": prefix} if prefix else {}
 
 
+def _add_gc_flag(parser: argparse.ArgumentParser) -> None:
+    """``--gc-defaults`` (``service_gc``) on a long-running command."""
+    parser.add_argument("--gc-defaults", dest="gc_defaults", action="store_true", default=None,
+                        help="keep CPython's garbage-collector settings; without it, what start-up made (the app, "
+                             "its imports) is frozen out of the collector's passes once the app is loaded, which "
+                             "saves CPU per task but never frees a start-up object the app drops later inside a "
+                             "reference cycle (default: off; env: $DA_GC_DEFAULTS=1)")
+
+
 async def _run_worker(args: argparse.Namespace) -> int:
     atexit.register(_ignore_stop_signals_last)  # first: the app's and telemetry's exit functions run before it
     spec = APP.resolve(args)
@@ -709,6 +720,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             "worker needs the node functions to serve: pass --app MODULE:ATTRIBUTE naming a NodeRegistry "
             "(e.g. --app myapp.nodes:registry), or set DA_APP"
         )
+    keep_gc_defaults = keep_defaults_from(getattr(args, "gc_defaults", None))
     app = load_app(spec)
     registry = app.registry if isinstance(app, Worker) else app
     available = sorted(registry.node_types())
@@ -761,7 +773,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             _SIGNALS_BEFORE_WORKER.setdefault(sig, signal.signal(sig, _exit_at_once))
-    settle_for_service()  # (the app is loaded: what it made stays for the process's life)
+    settle_for_service(keep_gc_defaults)  # (the app is loaded: what it made stays for the process's life)
     try:
         await worker.start()
     finally:
@@ -814,6 +826,7 @@ async def _run_orchestrator(args: argparse.Namespace) -> int:
     if not specs:
         raise UsageError("orchestrator needs the graphs whose workflows to drive: pass --app MODULE:GRAPH "
                          "(e.g. --app myapp.flows:graph; several comma-separated), or set DA_APP")
+    keep_gc_defaults = keep_defaults_from(getattr(args, "gc_defaults", None))
     graphs = [load_graph(spec) for spec in specs]
     url = _backend_url(args)
     if url.partition("://")[0].lower() == "memory":
@@ -832,7 +845,7 @@ async def _run_orchestrator(args: argparse.Namespace) -> int:
         health = HealthServer(port, ready=service.readiness, routes={"/queues": service.queues},
                               what=f"orchestrator {orchestrator.orchestrator_id}")
         await health.start()
-    settle_for_service()  # (the graphs are loaded: what they made stays for the process's life)
+    settle_for_service(keep_gc_defaults)  # (the graphs are loaded: what they made stays for the process's life)
     try:
         await service.serve()
     finally:

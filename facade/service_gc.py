@@ -1,25 +1,23 @@
 """Garbage-collector settings of the long-running processes the command line starts.
 
 ``distributed-agents worker`` and ``distributed-agents orchestrator`` call ``settle_for_service``
-once their application is loaded, before they serve:
+once their application is loaded, before they connect and serve: ``gc.freeze()`` moves what
+start-up made (modules, the app's graphs and functions, their imports) to the collector's
+permanent generation, which its passes skip. Those objects live as long as the process; each
+full pass used to walk all of them again (tens of thousands of objects, about 10 ms a pass on
+a small machine: with the passes of the young generations, about a tenth of a NATS worker's
+CPU per no-op task). Garbage made later, a node's included, is collected as CPython always
+does (its thresholds are left as they are).
 
-* ``gc.freeze()``: what start-up made (modules, the app's graphs and functions, the backend
-  client) moves to the collector's permanent generation, which its passes skip. Those objects
-  live as long as the process; a full pass used to walk all of them again (tens of thousands of
-  objects: about 10 ms a pass on a small machine).
-* ``gc.set_threshold(GEN0_THRESHOLD, 10, 10)``: a young-generation pass after 10,000 net
-  allocations of container objects instead of CPython's 700. Every task in flight holds a few
-  dozen containers (its claim, payload, futures, the backend's bookkeeping), so each pass walked
-  the same live objects again; passes were about a tenth of a worker's CPU per task on a
-  NATS fan-out. Cyclic garbage waits for a pass a little longer (bounded by the threshold).
+Measured with ``benchmarks/distributed_benchmark.py --start nats --workers 1`` and
+``gc.callbacks``: the worker's full passes took 0.07 s of a run of about 10,000 tasks before,
+0.01 s after.
 
-Measured with ``benchmarks/distributed_benchmark.py --start nats --workers 1``: the worker
-process's time in collector passes over one run fell from about 0.16 s to 0.03 s (``gc.callbacks``).
-A process that embeds ``DistributedOrchestrator`` or ``Worker`` keeps its own settings; it can
-call this function itself (after loading what it serves) for the same effect.
-
-``DA_GC_DEFAULTS=1`` in the environment keeps CPython's settings (for a node that relies on
-prompt collection of reference cycles, say).
+The cost: an object made during start-up and dropped later, inside a reference cycle (a
+warm-up cache the app replaces, say), is never freed. ``--gc-defaults`` (``DA_GC_DEFAULTS=1``)
+keeps CPython's settings for an app that does that. A process that embeds ``Worker`` or
+``DistributedOrchestrator`` keeps its own settings; it can call ``settle_for_service()`` itself
+once it has loaded what it serves.
 """
 
 from __future__ import annotations
@@ -28,27 +26,42 @@ import gc
 import logging
 import os
 
-__all__ = ["GEN0_THRESHOLD", "settle_for_service"]
+from distributed_agents.core.errors import ConfigurationError
+
+__all__ = ["keep_defaults_from", "settle_for_service"]
 
 log = logging.getLogger(__name__)
 
-#: Net allocations of container objects between young-generation passes (CPython's default: 700).
-GEN0_THRESHOLD = 10_000
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
-def settle_for_service() -> bool:
-    """Freeze what the process made so far out of the collector's passes and raise the
-    young-generation threshold to ``GEN0_THRESHOLD`` (a higher one is kept; the older
-    generations' are left as they are); once start-up is done. Returns False, changing
-    nothing, when ``DA_GC_DEFAULTS`` is set to a true value (``1``, ``true``, ``yes``) or the
-    collector is off (``gc.disable()``, a threshold of 0: the process manages it). Raises nothing."""
-    young, older, oldest = gc.get_threshold()
-    if (os.environ.get("DA_GC_DEFAULTS", "").strip().lower() in ("1", "true", "yes")
-            or not gc.isenabled() or young == 0):
+def keep_defaults_from(flag: bool | None) -> bool:
+    """Whether to keep CPython's collector settings: ``flag`` (``--gc-defaults``) when given,
+    else the ``DA_GC_DEFAULTS`` environment variable (``1``/``true``/``yes``/``on`` keep them;
+    unset, empty, ``0``/``false``/``no``/``off`` do not; any case). ``ConfigurationError`` for
+    another value, as for the command's other variables."""
+    if flag is not None:
+        return flag
+    value = os.environ.get("DA_GC_DEFAULTS", "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigurationError(f"environment variable DA_GC_DEFAULTS={value!r} is not on or off; set it to 1 "
+                                 "(keep CPython's garbage-collector settings) or 0")
+    return value in _TRUE
+
+
+def settle_for_service(keep_defaults: bool = False) -> bool:
+    """Collect what start-up left as garbage, then freeze what the process made so far out of
+    the collector's passes (``gc.freeze()``); once start-up is done. Returns False, changing
+    nothing, when ``keep_defaults`` (``keep_defaults_from``) or the collector is off
+    (``gc.disable()``, a threshold of 0: the process manages it). Logs what it did at DEBUG.
+    Raises nothing."""
+    if keep_defaults or not gc.isenabled() or gc.get_threshold()[0] == 0:
+        log.debug("garbage collector: CPython's settings kept (%s)",
+                  "--gc-defaults or DA_GC_DEFAULTS" if keep_defaults else "the collector is off")
         return False
     gc.collect()  # what start-up left as garbage goes first: a frozen object is never collected
     gc.freeze()
-    gc.set_threshold(max(GEN0_THRESHOLD, young), older, oldest)
-    log.debug("garbage collector: %d start-up objects frozen, young-generation threshold %d "
-              "(DA_GC_DEFAULTS=1 keeps CPython's settings)", gc.get_freeze_count(), gc.get_threshold()[0])
+    log.debug("garbage collector: %d start-up objects frozen out of its passes (--gc-defaults or "
+              "DA_GC_DEFAULTS=1 keeps CPython's settings)", gc.get_freeze_count())
     return True

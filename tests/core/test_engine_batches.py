@@ -64,6 +64,12 @@ def test_a_failing_batch_cancels_the_subgraph_running_beside_it() -> None:
             assert seen == ["child started", "child cancelled"]
             await asyncio.sleep(0.3)
             before_resume = list(seen)
+            # The child is left resumable; its status names the parent whose run drives it.
+            children = [r for r in await orchestrator.backend.state_store.list_workflows()
+                        if r.workflow_id.startswith("wf-batches:sub:")]
+            assert [c.status for c in children] == ["running"], children
+            note = (await orchestrator.get_workflow_status(children[0].workflow_id)).waiting_for or ""
+            assert "its parent workflow 'wf-batches'" in note and "resume('wf-batches', parent graph)" in note, note
             # The cancelled child is continued when the parent is resumed (its node runs again).
             never.set()
             worker = Worker(backend=url, poll_wait=0.05)

@@ -87,3 +87,32 @@ def test_a_step_whose_other_nodes_did_not_fail_keeps_the_plain_no_worker_error()
 
     text = run(with_worker(worker, body))
     assert "no live worker serves node type(s) 'unserved_archiver'" in text and "meanwhile" not in text, text
+
+
+def test_without_worker_timeout_the_status_of_the_waiting_step_names_the_failed_node() -> None:
+    """The step waits on for a worker (no ``worker_timeout``), and its status says which node
+    failed meanwhile, not only which worker it waits for."""
+    url = f"memory://waiting-{uuid.uuid4().hex[:6]}"
+    worker = Worker(backend=url, poll_wait=0.05)
+    worker.register_node("starter", lambda state: {})
+    worker.register_node("served", _boom)
+
+    async def body() -> str:
+        import asyncio
+
+        async with Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, recover=False) as orchestrator:
+            running = asyncio.ensure_future(orchestrator.execute(_parallel(["mailer"], ["archiver"]), {},
+                                                                 workflow_id="wf-waits"))
+            note = ""
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                note = (await orchestrator.get_workflow_status("wf-waits")).waiting_for or ""
+                if "meanwhile" in note:
+                    break
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return note
+
+    note = run(with_worker(worker, body))
+    assert note.startswith("waiting for a worker of type 'unserved_archiver'"), note
+    assert "meanwhile node 'mailer' failed after 1 attempt(s): ValueError: the mail server refused" in note, note

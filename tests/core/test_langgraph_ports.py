@@ -1514,3 +1514,12 @@ def test_abatch_with_return_exceptions_runs_every_input_concurrently_and_keeps_t
     assert got[1] == {"n": 20} and got[3] == {"n": 40}
     assert "negative: -1" in str(got[0]) and "negative: -3" in str(got[2])
     assert raised is not None and "negative: -6" in str(raised)
+
+
+def test_batch_takes_any_iterable_of_inputs() -> None:
+    app = _picky_app()
+    assert app.batch(({"n": n} for n in (1, 2))) == [{"n": 10}, {"n": 20}]
+    from distributed_agents.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="2 input"):
+        app.batch(({"n": n} for n in (1, 2)), [{}])
