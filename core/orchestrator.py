@@ -191,7 +191,7 @@ def _refuse_continuing(record: WorkflowRecord, where: str) -> None:
                                        f"invoke(Command(resume=answer), config)), or resume({workflow_id!r}) past a "
                                        "breakpoint",
            WorkflowStatus.RUNNING: f"wait({workflow_id!r}) for its result",
-           WorkflowStatus.FAILED: f"resume({workflow_id!r}) re-runs its failed step",
+           WorkflowStatus.FAILED: f"resume({workflow_id!r}) (or invoke(None, config)) re-runs its failed step",
            WorkflowStatus.CANCELLED: "it cannot continue"}.get(record.status, f"resume({workflow_id!r})")
     raise WorkflowExistsError(
         f"workflow {workflow_id!r} already exists in {where!r} and is {record.status} at step {record.step}; only a "
