@@ -41,7 +41,7 @@ import sys
 import threading
 import traceback
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -58,9 +58,10 @@ from distributed_agents.core.errors import (
 from distributed_agents.core.graph import Graph
 from distributed_agents.core.orchestrator import Orchestrator, withdraw_step_tasks
 from distributed_agents.core.ports.backend import MAX_DURATION, Backend
-from distributed_agents.core.ports.state_store import WorkflowRecord, WorkflowStatus
+from distributed_agents.core.ports.state_store import StateStore, WorkflowRecord, WorkflowStatus
 from distributed_agents.core.ports.task_queue import DeadLetter
 from distributed_agents.core.registry import NodeRegistry
+from distributed_agents.core.subgraphs import PARENT_KEY
 from distributed_agents.core.worker import STOP_SIGNALS, Worker
 from distributed_agents import cli_client, operations
 from distributed_agents.distributed import DistributedWorker
@@ -438,7 +439,8 @@ def _parser() -> Parser:
 
     delete = command("delete", "delete finished or malformed workflows for good: record, checkpoints, lease, "
                      "dead letters",
-                     "Delete each workflow's record, checkpoints and lease, so that its id is free again. A workflow "
+                     "Delete each workflow's record, checkpoints and lease, so that its id is free again, with the "
+                     "child workflows of its subgraph nodes (and theirs). A workflow "
                      "still running or paused is refused (cancel it first, or pass --force, which cancels it "
                      "first: its queued tasks are taken back); one whose record "
                      "cannot be read (malformed, e.g. edited by hand) can always be deleted. Asks for confirmation "
@@ -970,6 +972,27 @@ async def _purge_dead_letters(args: argparse.Namespace) -> int:
     return await _with_backend(args, use)
 
 
+async def _subgraph_workflows_of(store: StateStore, parents: Mapping[str, WorkflowRecord]) -> dict[str, WorkflowRecord]:
+    """Every stored child workflow of ``parents`` (by id), their children's too: the records whose
+    ``parent`` metadata names one of them (``core.subgraphs.PARENT_KEY``), found in one listing
+    of the store."""
+    if not parents:
+        return {}
+    by_parent: dict[str, list[WorkflowRecord]] = {}
+    for record in await store.list_workflows():
+        parent = record.metadata.get(PARENT_KEY)
+        if isinstance(parent, str) and parent:
+            by_parent.setdefault(parent, []).append(record)
+    found: dict[str, WorkflowRecord] = {}
+    pending = list(parents)
+    while pending:
+        for child in by_parent.get(pending.pop(), ()):
+            if child.workflow_id not in found and child.workflow_id not in parents:
+                found[child.workflow_id] = child
+                pending.append(child.workflow_id)
+    return found
+
+
 async def _delete_workflows(args: argparse.Namespace) -> int:
     """``delete ID...``: exit 1 if any id was not found or was refused, else 0.
 
@@ -1006,6 +1029,13 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
         if not targets:
             print("no workflows to delete")
             return status
+        # A subgraph's child workflows (and theirs) go with their parent: nothing else drives or
+        # resumes them, and their step's queued tasks would otherwise be run for nobody.
+        children = await _subgraph_workflows_of(store, records)
+        for child_id, child in children.items():
+            if child_id not in records:
+                targets.append(child_id)
+                records[child_id] = child
         if not args.yes and not _confirm(f"delete {len(targets)} workflow(s) for good?"):
             print("nothing deleted")
             return 1
@@ -1050,7 +1080,8 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
                           f"type would run them ('{PROG} queues' counts them)", file=sys.stderr)
             else:
                 print(f"{workflow_id}: already gone", file=sys.stderr)
-        print(f"deleted {deleted} workflow(s)")
+        print(f"deleted {deleted} workflow(s)" + (f", {len(children)} of them subgraph workflows of the others"
+                                                  if children else ""))
         if withdrawn:
             print(f"withdrew {withdrawn} queued task(s) of the deleted workflows")
         # Their dead letters would otherwise stay listed (and requeueable) with no workflow
