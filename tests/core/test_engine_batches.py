@@ -57,7 +57,7 @@ def test_a_failing_batch_cancels_the_subgraph_running_beside_it() -> None:
 
         never = asyncio.Event()
         graph = _graphs(seen, never)
-        async with Orchestrator(backend=url, wait_for_workers=True, worker_timeout=0.3, recover=False) as orchestrator:
+        async with Orchestrator(backend=url, wait_for_workers=True, worker_timeout=1.0, recover=False) as orchestrator:
             with pytest.raises(NodeNotFoundError) as caught:
                 await orchestrator.execute(graph, {}, workflow_id="wf-batches")
             # The step's error came once the subgraph had ended: nothing of it runs from here on.

@@ -43,7 +43,7 @@ def _failure(failing: list[str], orphaned: list[str]) -> tuple[str, str]:
     worker.register_node("served", _boom)
 
     async def scenario() -> tuple[str, str]:
-        async with Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=0.3,
+        async with Orchestrator(backend=url, local_nodes=False, wait_for_workers=True, worker_timeout=1.5,
                                 recover=False) as orchestrator:
             with pytest.raises(NodeNotFoundError) as caught:
                 await orchestrator.execute(_parallel(failing, orphaned), {}, workflow_id="wf-mixed")
