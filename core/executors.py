@@ -460,8 +460,8 @@ class TaskQueueExecutor(NodeExecutor):
 
 def _failed_meanwhile(outcomes: Mapping[str, NodeOutcome]) -> str:
     """For the no-worker error of a step some of whose nodes had failed already (their final
-    failures, dead-lettered): "; meanwhile node 'x' failed: Type: message" for each (up to
-    five), so the step's error does not hide them; "" when none did."""
+    failures, dead-lettered): "; meanwhile node 'x' failed after N attempt(s): Type: message"
+    for each (up to five), so the step's error does not hide them; "" when none did."""
     failed = [outcome for outcome in outcomes.values() if outcome.failure is not None]
     if not failed:
         return ""
@@ -471,6 +471,7 @@ def _failed_meanwhile(outcomes: Mapping[str, NodeOutcome]) -> str:
     more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
     return (f"; meanwhile {shown}{more} (each failure's dead letter keeps its traceback: "
             "distributed-agents dead-letters list)")
+
 
 def _no_worker_error(calls: Sequence[NodeCall], missing: Sequence[str]) -> NodeNotFoundError:
     nodes = ", ".join(f"{c.node!r} (type {c.node_type!r})" for c in calls if c.node_type in missing)

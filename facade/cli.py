@@ -1031,11 +1031,9 @@ async def _delete_workflows(args: argparse.Namespace) -> int:
             return status
         # A subgraph's child workflows (and theirs) go with their parent: nothing else drives or
         # resumes them, and their step's queued tasks would otherwise be run for nobody.
-        children = await _subgraph_workflows_of(store, records)
-        for child_id, child in children.items():
-            if child_id not in records:
-                targets.append(child_id)
-                records[child_id] = child
+        children = await _subgraph_workflows_of(store, records)  # (none of them a target already)
+        targets += children
+        records.update(children)
         if not args.yes and not _confirm(f"delete {len(targets)} workflow(s) for good?"):
             print("nothing deleted")
             return 1

@@ -27,14 +27,11 @@ import logging
 import os
 
 from distributed_agents.core.errors import ConfigurationError
+from distributed_agents.observability import FALSE, TRUE
 
 __all__ = ["keep_defaults_from", "settle_for_service"]
 
 log = logging.getLogger(__name__)
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
-
 
 def keep_defaults_from(flag: bool | None) -> bool:
     """Whether to keep CPython's collector settings: ``flag`` (``--gc-defaults``) when given,
@@ -44,10 +41,10 @@ def keep_defaults_from(flag: bool | None) -> bool:
     if flag is not None:
         return flag
     value = os.environ.get("DA_GC_DEFAULTS", "").strip().lower()
-    if value not in _TRUE + _FALSE:
+    if value not in TRUE + FALSE:
         raise ConfigurationError(f"environment variable DA_GC_DEFAULTS={value!r} is not on or off; set it to 1 "
                                  "(keep CPython's garbage-collector settings) or 0")
-    return value in _TRUE
+    return value in TRUE
 
 
 def settle_for_service(keep_defaults: bool = False) -> bool:
