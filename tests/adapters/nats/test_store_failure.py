@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import nats
 import pytest
@@ -28,9 +29,18 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def plant(obstacle: tuple[str, str]) -> None:
-    """Make the symbolic link ``obstacle[1]`` -> ``obstacle[0]`` (a path that does not exist)."""
-    os.makedirs(os.path.dirname(obstacle[1]), exist_ok=True)
-    os.symlink(*obstacle)
+    """Make the symbolic link ``obstacle[1]`` -> ``obstacle[0]`` (a path that does not exist).
+
+    The server may remove the account's directory between the two calls (the very moment this
+    test is about, right after it enabled JetStream for the account): made again then."""
+    for _ in range(50):
+        os.makedirs(os.path.dirname(obstacle[1]), exist_ok=True)
+        try:
+            os.symlink(*obstacle)
+            return
+        except FileNotFoundError:
+            time.sleep(0.02)
+    os.symlink(*obstacle)  # (raises what went wrong)
 
 
 async def add_stream_fails(url: str, obstacle: tuple[str, str]) -> str:
