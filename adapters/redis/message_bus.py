@@ -142,8 +142,9 @@ class RedisMessageBus(MessageBus):
             await self._connection.client().publish(bus_channel(self._channel_prefix, channel), payload)
 
     async def publish_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Publish in order: one round trip for the whole batch (sent with the connection's
-        other calls of this tick, see ``batching``).
+        """Publish in order: one round trip for the whole batch (sent with the other
+        publishes of this tick, on a connection of their own: ``RedisConnection.run_script``'s
+        ``lane``).
 
         On one server the batch is one script (``PUBLISH_SCRIPT``): one command and one
         reply for the whole batch, where a pipeline costs a command, a reply and a waiting
@@ -159,7 +160,7 @@ class RedisMessageBus(MessageBus):
             for channel, data in messages:
                 args += (bus_channel(prefix, channel), encode(data if type(data) is dict else dict(data)))
             await self._connection.run_script("bus_publish", PUBLISH_SCRIPT, [], args,
-                                              f"publish {len(messages)} messages")
+                                              f"publish {len(messages)} messages", lane="bus")
             return
         await self._connection.run_commands(
             [["PUBLISH", bus_channel(prefix, channel), encode(data if type(data) is dict else dict(data))]
