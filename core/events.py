@@ -38,17 +38,18 @@ everything queued, up to ``MAX_BATCH`` items, in one ``publish_many``. ``emit_ch
 called from any thread (a plain-function node runs in one); everything else only on the
 event loop the publisher runs on.
 
-Linger: on a networked bus, lifecycle events are held up to ``linger`` seconds (default
-``DEFAULT_LINGER``, 2 ms; as Kafka's producer ``linger.ms``) before their round is
-published, so that the events a step emits as it dispatches its tasks (``workflow.started``,
-``node.started``) are not published while those tasks are on their way to a worker and
-back: measured on a 2-core machine, publishing them at once made the publish, the server's
-work on it and the worker's handling of the task compete for the cores, and the step's
-trigger -> merged latency 7-9% longer (``benchmarks/distributed_benchmark.py``, alternated
-passes). Nothing waits out a linger: a chunk (streamed tokens are wanted at once), a
-``flush`` or ``wait_published`` (a run ending), or ``close`` has everything queued
-published at once. An in-process bus (one that overrides ``MessageBus.may_deliver``) has no
-linger: its publishes cost no other process anything.
+Linger: on a networked bus, a round made only of the events a step emits as it dispatches
+its tasks (``workflow.started``, ``node.started``: ``LINGERING_KINDS``) is held up to
+``linger`` seconds (default ``DEFAULT_LINGER``, 2 ms; as Kafka's producer ``linger.ms``),
+so that it is not published while those tasks are on their way to a worker and back:
+measured on a 2-core machine, publishing them at once made the publish, the server's work
+on it and the worker's handling of the task compete for the cores, and the step's trigger
+-> merged latency 6-9% longer (``benchmarks/distributed_benchmark.py``, alternated passes).
+Nothing else waits: any other event (a node's completion, a commit), a chunk (streamed
+tokens are wanted at once), a ``flush`` or ``wait_published`` (a run ending), or ``close``
+has everything queued published at once, in order; so under load, where completions keep
+coming, rounds go out as before. An in-process bus (one that overrides
+``MessageBus.may_deliver``) has no linger: its publishes cost no other process anything.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from typing import Any
 from distributed_agents.core.ports.message_bus import MessageBus
 from distributed_agents.core.timeouts import wait_within
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_CHUNK_LIMIT", "DEFAULT_LINGER", "EVENT_KINDS", "EventPublisher", "event_channel", "stream_channel"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_CHUNK_LIMIT", "DEFAULT_LINGER", "EVENT_KINDS", "LINGERING_KINDS", "EventPublisher", "event_channel", "stream_channel"]
 
 log = logging.getLogger("distributed_agents.events")
 
@@ -81,7 +82,9 @@ DEFAULT_CHUNK_LIMIT: int | None = None  # no bound on the count of queued chunks
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # approximate JSON bytes of stream chunks queued before the oldest are dropped
 GROUP_CHUNKS = 256  # chunks in one grouped bus message at most
 GROUP_BYTES = 256 * 1024  # their approximate JSON size at most (NATS refuses messages over 1 MiB by default)
-DEFAULT_LINGER = 0.002  # seconds lifecycle events wait for more before a round is published (networked buses)
+DEFAULT_LINGER = 0.002  # seconds dispatch events may wait before their round is published (networked buses)
+# The events a step emits as it dispatches its tasks: the only ones a round lingers for (see the module docstring).
+LINGERING_KINDS = frozenset({"workflow.started", "node.started"})
 
 _Item = tuple[int, str, Mapping[str, Any], int]  # (sequence number, channel, data, approximate bytes)
 
@@ -132,6 +135,7 @@ class EventPublisher:
         self.linger = float(linger)
         # The pump's wait while it lingers, resolved early by whatever wants the queue out now.
         self._lingering: asyncio.Future[None] | None = None
+        self._urgent = False  # an event not of LINGERING_KINDS is queued: no linger
 
     def start(self) -> None:
         """Start the background task on the running loop (``emit`` does this too); idempotent."""
@@ -154,13 +158,19 @@ class EventPublisher:
         if task is None or task.done():
             self.start()
         event = {"type": kind, "workflow_id": workflow_id, "time": time.time(), **fields}
+        urgent = kind not in LINGERING_KINDS
         with self._lock:
             self._seq += 1
             self._events.append((self._seq, channel, event, 0))
-            wake = not self._wake_pending
+            # (An urgent event also ends a linger under way.)
+            wake = not self._wake_pending or (urgent and self._lingering is not None)
             self._wake_pending = True
+            self._urgent = self._urgent or urgent
         if wake:  # else the pump was woken already and has not taken the queue yet
-            self._signal()
+            if urgent:
+                self._signal_now()
+            else:
+                self._signal()
 
     def emit_chunk(self, workflow_id: str, mode: str, data: Mapping[str, Any], size: int = 256) -> int:
         """Queue a stream chunk (about ``size`` bytes of JSON) from any thread; its sequence number.
@@ -214,9 +224,9 @@ class EventPublisher:
             lingering.set_result(None)
 
     async def _linger(self) -> None:
-        """Wait up to ``linger`` seconds for more events before a round is published, unless a
-        chunk is queued, someone waits for the queue to be out, or the publisher is closing."""
-        if self.linger <= 0 or self._closing or self._waiters or self._chunks or not self._events:
+        """Wait up to ``linger`` seconds before a round of dispatch events is published, unless
+        anything else is queued, someone waits for the queue to be out, or the publisher is closing."""
+        if self.linger <= 0 or self._closing or self._waiters or self._chunks or self._urgent or not self._events:
             return
         loop = asyncio.get_running_loop()
         lingering = loop.create_future()
@@ -234,6 +244,7 @@ class EventPublisher:
         """Up to MAX_BATCH queued items in sequence order, and the drops to report first."""
         with self._lock:
             self._wake_pending = False
+            self._urgent = False
             dropped, self._dropped = self._dropped, {}
             if not self._chunks:
                 count = min(len(self._events), MAX_BATCH)

@@ -51,14 +51,14 @@ def test_a_linger_that_is_no_finite_number_of_seconds_is_refused(bad: Any) -> No
         EventPublisher(_NetworkedBus(), linger=bad)
 
 
-def test_events_of_an_idle_publisher_wait_out_the_linger_and_go_as_one_round() -> None:
+def test_dispatch_events_of_an_idle_publisher_wait_out_the_linger_and_go_as_one_round() -> None:
     async def scenario() -> tuple[list[list[str]], list[list[str]]]:
         bus = _NetworkedBus()
         publisher = EventPublisher(bus, linger=0.3)
         publisher.emit("wf", "workflow.started")
         publisher.emit("wf", "node.started", node="a")
         await asyncio.sleep(0.05)
-        publisher.emit("wf", "node.completed", node="a")
+        publisher.emit("wf", "node.started", node="b")
         early = list(bus.rounds)  # still lingering: nothing sent
         await asyncio.wait_for(bus.published.wait(), 5)
         later = list(bus.rounds)
@@ -68,7 +68,39 @@ def test_events_of_an_idle_publisher_wait_out_the_linger_and_go_as_one_round() -
     early, later = run(scenario())
     assert early == []
     assert later == [["events.wf.workflow.started:workflow.started", "events.wf.node.started:node.started",
-                      "events.wf.node.completed:node.completed"]]
+                      "events.wf.node.started:node.started"]]
+
+
+@pytest.mark.parametrize("kind", ["node.completed", "node.failed", "step.committed", "workflow.completed",
+                                  "workflow.interrupted"])
+def test_any_other_event_goes_at_once_with_the_lingering_ones_before_it(kind: str) -> None:
+    async def scenario() -> list[list[str]]:
+        bus = _NetworkedBus()
+        publisher = EventPublisher(bus, linger=60)  # longer than the test's timeout
+        publisher.emit("wf", "node.started", node="a")
+        await asyncio.sleep(0.01)  # lingering
+        assert bus.rounds == []
+        publisher.emit("wf", kind)
+        await asyncio.wait_for(bus.published.wait(), 5)
+        rounds = list(bus.rounds)
+        await publisher.close()
+        return rounds
+
+    assert run(scenario()) == [["events.wf.node.started:node.started", f"events.wf.{kind}:{kind}"]]
+
+
+def test_a_round_holding_another_event_does_not_linger() -> None:
+    async def scenario() -> list[list[str]]:
+        bus = _NetworkedBus()
+        publisher = EventPublisher(bus, linger=60)
+        publisher.emit("wf", "step.committed", step=1)
+        publisher.emit("wf", "node.started", node="b")  # queued after it: goes with it
+        await asyncio.wait_for(bus.published.wait(), 5)
+        rounds = list(bus.rounds)
+        await publisher.close()
+        return rounds
+
+    assert run(scenario()) == [["events.wf.step.committed:step.committed", "events.wf.node.started:node.started"]]
 
 
 def test_no_linger_publishes_at_once() -> None:
