@@ -12,7 +12,8 @@
   1. ``arun(coroutine)`` is ``asyncio.run`` with SIGINT, SIGTERM and SIGHUP cancelling the coroutine.
 * ``writable_file(path, option)``, ``writable_directory(path, option)``, ``peers_interpreter(path,
   option, modules)``: checks of output paths and of the peers' interpreter made before anything
-  runs, so a typo fails in a second with what to do, not after the measurements with a traceback.
+  runs, so a typo fails in a second with what to do, not after the measurements with a traceback;
+  ``parser()``'s ``parse_args`` makes the first two for ``--results`` and ``--charts`` of every script.
 * ``check_backend(url)``: connect once to ``url`` and close, so a server that is not there
   fails the script at once instead of after it started worker processes.
 * ``bounded(awaitable, seconds, what, url)``: a measured pass that must end, or a clear
@@ -65,9 +66,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class BenchParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose ``parse_args`` also checks the output paths a script writes, before
+    anything runs: ``--results`` must be a file it can write (``writable_file``) and ``--charts`` a
+    directory it can write into (``writable_directory``), whichever of them the script has. So a typo
+    in either fails every script in a second with what to do, never after its measurements."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        results = getattr(parsed, "results", None)
+        if results:
+            writable_file(results, "--results")
+        charts = getattr(parsed, "charts", None)
+        if charts:
+            writable_directory(charts, "--charts")
+        return parsed
+
+
 def parser(description: str | None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with ``HelpFormatter``."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    """A ``BenchParser`` with ``HelpFormatter``."""
+    return BenchParser(description=description, formatter_class=HelpFormatter)
 
 
 def _whole(text: str, least: int) -> int:

@@ -317,9 +317,8 @@ async def main() -> None:
     if args.redis_persistence is not None and args.start != "redis":
         parser.error("--redis-persistence applies to the temporary Redis of --start redis only")
     args.redis_persistence = args.redis_persistence or "none"
-    # Checked before any server or worker starts: a typo fails now, not after the measurements.
-    if args.results:
-        bench_support.writable_file(args.results, "--results")
+    # Checked before any server or worker starts: a typo fails now, not after the measurements
+    # (--results by parse_args, see bench_support.BenchParser).
     if args.arq_python:
         bench_support.peers_interpreter(args.arq_python, "--arq-python", ["arq"])
     results: dict[str, Any] = {"workers": {}, "width": args.width, "workflows": args.workflows,

@@ -297,11 +297,8 @@ def main() -> None:
     parser.add_argument("--from-results", type=pathlib.Path,
                         help="run nothing: the table (and --charts) of a results file written before")
     args = parser.parse_args()
-    # Checked before anything runs: a typo fails now, not after the measurements with a traceback.
-    if args.results:
-        bench_support.writable_file(args.results, "--results")
-    if args.charts:
-        bench_support.writable_directory(args.charts, "--charts")
+    # Checked before anything runs: a typo fails now, not after the measurements with a traceback
+    # (--results and --charts by parse_args, see bench_support.BenchParser).
     if args.peers_python:
         bench_support.peers_interpreter(args.peers_python, "--peers-python",
                                         PLOT_MODULES if args.from_results else PEER_MODULES)

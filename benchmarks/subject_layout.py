@@ -101,9 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=bench_support.positive_int, default=1,
                         help="measurements of each layout at each count, alternated")
     parser.add_argument("--results", help="write the lines as JSON to this file")
-    args = parser.parse_args()
-    if args.results:
-        bench_support.writable_file(args.results, "--results")
+    args = parser.parse_args()  # (--results is checked here: bench_support.BenchParser)
     lines: list[dict[str, Any]] = []
     with bench.local_server("nats", None) as url:
         for count in (int(c) for c in args.messages.split(",")):

@@ -65,6 +65,31 @@ def test_distributed_benchmark_refuses_a_bad_path_before_starting_anything(args:
     assert "backend " not in done.stdout  # no server was started: the banner comes once one serves
 
 
+# Every script with a --results option, found in the scripts themselves (a new one is covered too).
+# The peers' scripts run in their own environment (arq, matplotlib), not this one; bench_support is no script.
+_PEERS_ONLY = {"arq_benchmark.py", "plot_results.py", "bench_support.py"}
+_WITH_RESULTS = sorted(path.name for path in BENCHMARKS.glob("*.py")
+                       if '"--results"' in path.read_text() and path.name not in _PEERS_ONLY)
+
+
+def test_the_scripts_with_results_are_found() -> None:
+    assert {"latency_layers.py", "round_trips.py", "payload_bytes.py", "queue_layers.py",
+            "distributed_benchmark.py", "run_all.py"} <= set(_WITH_RESULTS)
+
+
+@pytest.mark.parametrize("name", _WITH_RESULTS)
+def test_every_script_refuses_a_bad_results_path_before_measuring_anything(name: str, tmp_path: pathlib.Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for bad, says in ((tmp_path, f"--results: {tmp_path} is a directory"),
+                      (afile / "results.json", f"--results: {afile} (or a folder above it) is a file")):
+        extra = ["--start", "redis"] if name == "distributed_benchmark.py" else []
+        done = script(name, *extra, "--results", str(bad))
+        assert done.returncode == 1, (name, done)
+        assert says in done.stderr and "Traceback" not in done.stderr, (name, done.stderr)
+        assert done.stdout.strip() == "", (name, done.stdout)  # nothing measured, nothing started
+
+
 def test_run_all_refuses_a_bad_peers_interpreter_before_running_anything(tmp_path: pathlib.Path) -> None:
     started = time.monotonic()
     done = script("run_all.py", "--start", "redis", "--peers-python", str(tmp_path / "python"),
