@@ -310,6 +310,8 @@ async def main() -> None:
     args = parser.parse_args()
     if args.start and args.backend_url:
         parser.error("--start and --backend-url exclude each other: --start runs a temporary server of its own")
+    if not args.start and not args.backend_url:
+        parser.error("pass --backend-url URL or --start redis|nats")
     if args.arq_python and args.backend_url and not args.backend_url.startswith(("redis://", "rediss://")):
         parser.error("--arq-python needs a Redis server (arq runs on Redis only)")
     if args.arq_python and args.start == "nats":

@@ -90,6 +90,12 @@ def test_every_script_refuses_a_bad_results_path_before_measuring_anything(name:
         assert done.stdout.strip() == "", (name, done.stdout)  # nothing measured, nothing started
 
 
+def test_distributed_benchmark_without_a_backend_is_a_usage_error() -> None:
+    done = script("distributed_benchmark.py")
+    assert done.returncode == 2, done  # as every other option error (argparse)
+    assert "error: pass --backend-url URL or --start redis|nats" in done.stderr and "usage:" in done.stderr
+
+
 def test_run_all_refuses_a_bad_peers_interpreter_before_running_anything(tmp_path: pathlib.Path) -> None:
     started = time.monotonic()
     done = script("run_all.py", "--start", "redis", "--peers-python", str(tmp_path / "python"),
