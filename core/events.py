@@ -106,8 +106,8 @@ class EventPublisher:
         self, bus: MessageBus, *, chunk_limit: int | None = DEFAULT_CHUNK_LIMIT,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES, linger: float | None = None,
     ) -> None:
-        """``linger``: seconds lifecycle events may wait before their round is published (see
-        the module docstring); None: ``DEFAULT_LINGER`` on a networked bus, 0 on an in-process
+        """``linger``: seconds a round of dispatch events (``LINGERING_KINDS``) may wait before it
+        is published (see the module docstring); None: ``DEFAULT_LINGER`` on a networked bus, 0 on an in-process
         one. ``ValueError`` for a negative or non-finite value."""
         self._bus = bus
         self.chunk_limit = chunk_limit
@@ -167,10 +167,7 @@ class EventPublisher:
             self._wake_pending = True
             self._urgent = self._urgent or urgent
         if wake:  # else the pump was woken already and has not taken the queue yet
-            if urgent:
-                self._signal_now()
-            else:
-                self._signal()
+            self._signal_now()  # (ends a linger under way: wake is True during one only for an urgent event)
 
     def emit_chunk(self, workflow_id: str, mode: str, data: Mapping[str, Any], size: int = 256) -> int:
         """Queue a stream chunk (about ``size`` bytes of JSON) from any thread; its sequence number.

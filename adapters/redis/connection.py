@@ -456,7 +456,7 @@ class RedisConnection:
         and written on a connection of their own, so that a batch of a few hundred
         publishes is never in the write of a tick's commits and enqueues, nor ahead of
         their replies. (Measured with ``benchmarks/distributed_benchmark.py``: single-node
-        workflows/s +8-19% on Redis, the same CPU per workflow.)
+        workflows/s +13-20% on Redis, the same CPU per workflow.)
         """
         script = self.script(name, source)
         if self.cluster:
